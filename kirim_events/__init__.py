@@ -1,0 +1,42 @@
+"""kirim-events: turn Kirim webhooks into analysis-ready data.
+
+The public API is what ``__all__`` lists; everything else is internal.
+"""
+
+from __future__ import annotations
+
+from kirim_events.config import Secret, Settings
+from kirim_events.errors import (
+    ApiError,
+    ConfigError,
+    KirimEventsError,
+    LakeError,
+    PayloadError,
+    PermanentApiError,
+    RetryableApiError,
+    SignatureError,
+    StorageError,
+)
+from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.signing import sign, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiError",
+    "ConfigError",
+    "EventRecord",
+    "KirimEventsError",
+    "LakeError",
+    "PayloadError",
+    "PermanentApiError",
+    "RetryableApiError",
+    "Secret",
+    "Settings",
+    "SignatureError",
+    "StorageError",
+    "__version__",
+    "parse_delivery",
+    "sign",
+    "verify",
+]

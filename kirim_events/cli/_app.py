@@ -1,0 +1,85 @@
+"""The typer application object, shared options and error rendering."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from kirim_events import __version__
+from kirim_events.config import Settings
+from kirim_events.errors import KirimEventsError
+
+app = typer.Typer(
+    name="kirim-events",
+    help="Turn Kirim webhooks into analysis-ready data: collect, backfill, analyse, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="Data folder (the lake). Env: KIRIM_DATA_DIR; default ./data."),
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"kirim-events {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Show the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Turn Kirim webhooks into analysis-ready data: collect, backfill, analyse, export."""
+
+
+def settings(**overrides: Any) -> Settings:
+    """Resolve settings from CLI options (None = not given) and the process environment."""
+    with errors_to_exit():
+        return Settings.load(os.environ, **overrides)
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Render library errors as one red line and exit 1 (2 for configuration errors)."""
+    try:
+        yield
+    except KirimEventsError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        from kirim_events.errors import ConfigError
+
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on the app (``@command("name")``)."""
+    return app.command(*args, **kwargs)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

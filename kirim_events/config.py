@@ -1,0 +1,174 @@
+"""Settings: explicit arguments, then KIRIM_* environment, then defaults; secrets stay hidden."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kirim_events.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.kirim.chat"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_TOLERANCE = 300
+_HIDDEN = "**********"
+
+
+class Secret:
+    """A secret string whose ``repr`` and ``str`` never show the value.
+
+    Use :meth:`reveal` at the one place that needs the plaintext (HMAC, Authorization header).
+
+    >>> s = Secret("whsec_abc")
+    >>> s
+    Secret('**********')
+    >>> s.reveal()
+    'whsec_abc'
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("Secret takes a str")
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the plaintext value."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_HIDDEN}')"
+
+    def __str__(self) -> str:
+        return _HIDDEN
+
+    def __format__(self, spec: str) -> str:
+        return _HIDDEN
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return hmac.compare_digest(self._value.encode(), other._value.encode())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:
+        # Pickling (multiprocessing) keeps the value; only display hides it.
+        return (Secret, (self._value,))
+
+
+SecretLike = str | Secret
+
+
+def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret, ...]:
+    """Normalise one secret, a comma-separated list, or an iterable into a tuple of Secrets.
+
+    Blank entries are dropped, so ``"whsec_a, whsec_b,"`` gives two secrets.
+    """
+    if value is None:
+        return ()
+    items: Iterable[SecretLike]
+    items = [value] if isinstance(value, (str, Secret)) else value
+    out: list[Secret] = []
+    for item in items:
+        raw = item.reveal() if isinstance(item, Secret) else item
+        if not isinstance(raw, str):
+            raise ConfigError("secrets must be strings")
+        for part in raw.split(","):
+            part = part.strip()
+            if part:
+                out.append(Secret(part))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration shared by every command.
+
+    Build it with :meth:`Settings.load`; fields hold already-validated values.
+    """
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    api_url: str = DEFAULT_API_URL
+    api_key: Secret | None = None
+    webhook_secrets: tuple[Secret, ...] = field(default=())
+    tolerance: int | None = DEFAULT_TOLERANCE
+    log_format: str = "text"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Resolve settings: ``overrides`` (arguments, None = not given) > ``env`` > defaults.
+
+        ``env`` is passed in (usually ``os.environ``) so that tests never touch the process.
+        """
+        env = env or {}
+        values: dict[str, Any] = {}
+        if "KIRIM_DATA_DIR" in env:
+            values["data_dir"] = env["KIRIM_DATA_DIR"]
+        if "KIRIM_API_URL" in env:
+            values["api_url"] = env["KIRIM_API_URL"]
+        if env.get("KIRIM_KEY"):
+            values["api_key"] = env["KIRIM_KEY"]
+        if "KIRIM_WEBHOOK_SECRET" in env:
+            values["webhook_secrets"] = env["KIRIM_WEBHOOK_SECRET"]
+        if "KIRIM_TOLERANCE" in env:
+            values["tolerance"] = env["KIRIM_TOLERANCE"]
+        if "KIRIM_LOG_FORMAT" in env:
+            values["log_format"] = env["KIRIM_LOG_FORMAT"]
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return replace(cls(), **_validate(values))
+
+    def require_secrets(self) -> tuple[Secret, ...]:
+        """Return the webhook secrets, or raise ConfigError naming the variable to set."""
+        if not self.webhook_secrets:
+            raise ConfigError("no webhook secret: set KIRIM_WEBHOOK_SECRET (comma-separated)")
+        return self.webhook_secrets
+
+    def require_api_key(self) -> Secret:
+        """Return the API key, or raise ConfigError naming the variable to set."""
+        if not self.api_key:
+            raise ConfigError("no API key: set KIRIM_KEY")
+        return self.api_key
+
+
+def _validate(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    if "data_dir" in out:
+        out["data_dir"] = Path(out["data_dir"]).expanduser()
+    if "api_url" in out:
+        url = str(out["api_url"]).rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"KIRIM_API_URL must start with http:// or https://, got {url!r}")
+        out["api_url"] = url
+    if "api_key" in out:
+        key = out["api_key"]
+        out["api_key"] = key if isinstance(key, Secret) else Secret(str(key))
+    if "webhook_secrets" in out:
+        out["webhook_secrets"] = as_secrets(out["webhook_secrets"])
+    if "tolerance" in out:
+        tol = out["tolerance"]
+        if isinstance(tol, str):
+            tol = None if tol.strip().lower() in {"", "none", "off"} else tol
+        if tol is not None:
+            try:
+                tol = int(tol)
+            except (TypeError, ValueError):
+                raise ConfigError(f"tolerance must be whole seconds, got {tol!r}") from None
+            if tol < 0:
+                raise ConfigError("tolerance must not be negative")
+        out["tolerance"] = tol
+    if "log_format" in out and out["log_format"] not in {"text", "json"}:
+        raise ConfigError("log format must be 'text' or 'json'")
+    return out

@@ -1,0 +1,496 @@
+"""Parse one webhook delivery (headers + raw body) into normalized event records.
+
+Three body shapes are accepted (kirim-api.md §4); the shape is detected from the body, the
+``X-Kirim-Source`` header is only a hint:
+
+1. Meta passthrough: ``object == "whatsapp_business_account"`` with a list ``entry``. Every
+   ``messages[]`` and ``statuses[]`` item becomes one record, so a batched body with three
+   statuses gives three records.
+2. Kirim-native: string ``type`` and object ``data``.
+3. The "third shape" from one older docs page: string ``event`` and object ``data``.
+
+Event identity (``event_key``) -- the rule the whole store deduplicates on:
+
+* Meta status: ``<statuses[].id>:<statuses[].status>``. The wamid is the *outbound message's*
+  id and is shared by its sent, delivered, read and failed callbacks (and probably by their
+  X-Kirim-Event-Id), so the status is part of the key: a retry collapses, the three
+  statuses of one message stay three rows.
+* Meta inbound message: ``messages[].id``.
+* Kirim-native: the body ``id`` (``evt_...``), else ``X-Kirim-Event-Id``.
+* Third shape: ``<data.message.id>:<type>[:<status>]``; its body ``id`` is a *delivery* id.
+* Last resort only: ``sha256:<hex>`` of the raw body (plus the item position).
+
+The key never uses the delivery id, the attempt, the signature ``t`` or a whole-body hash
+while an id exists: those differ between retries and replays of the same event.
+
+Event time (``occurred_at``) is the payload's own time; when the payload has none, the
+signature ``t``, then ``received_at``; ``time_source`` says which was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
+
+__all__ = [
+    "EVENT_TYPE_PATTERN",
+    "EventRecord",
+    "parse_delivery",
+    "parse_time",
+]
+
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
+MAX_TYPE_LENGTH = 64
+ORIGINS = ("webhook", "backfill", "replay", "import")
+
+# The third shape names the status event differently (kirim-api.md §4.3).
+_TYPE_ALIASES = {"message.status_updated": "message.status"}
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One normalized event; the lake's ``events`` row (plus ``ingest_seq`` given at write)."""
+
+    event_key: str
+    event_id: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    origin: str
+    source_format: str  # "kirim", "meta" or "legacy" (the third shape)
+    time_source: str  # "payload", "signature" or "received"
+    delivery_id: str | None
+    attempt: int | None
+    signature: str | None
+    phone_number_id: str | None
+    message_id: str | None
+    conversation_id: str | None
+    contact_id: str | None
+    status: str | None
+    error_code: str | None
+    error_title: str | None
+    recipient_id: str | None
+    wa_id: str | None
+    user_id: str | None
+    previous_user_id: str | None
+    closed_by_user_id: str | None
+    team_id: str | None
+    payload: str
+    payload_exact: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a plain dict (column name -> value)."""
+        return asdict(self)
+
+
+EVENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(EventRecord))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _str(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value).strip()
+    return text or None
+
+
+def _digits(value: Any) -> str | None:
+    text = _str(value)
+    if text is None:
+        return None
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return digits or None
+
+
+_ISO = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
+    r"(Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Parse Kirim/Meta time values into an aware UTC datetime with microsecond precision.
+
+    Accepts ISO-8601 (``Z`` or an offset, 0-9 fraction digits; no offset means UTC) and unix
+    seconds as a number or a decimal string (Meta's ``timestamp``). Returns None when the value
+    is absent or unreadable.
+
+    >>> parse_time("2026-05-23T10:00:00.123456789Z").isoformat()
+    '2026-05-23T10:00:00.123456+00:00'
+    >>> parse_time("1779531402").isoformat()
+    '2026-05-23T10:16:42+00:00'
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+        return parse_time(float(text))
+    m = _ISO.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro)
+        if zone in (None, "Z"):
+            return dt.replace(tzinfo=UTC)
+        zone = zone.replace(":", "")
+        sign = 1 if zone[0] == "+" else -1
+        offset = sign * (int(zone[1:3]) * 3600 + int(zone[3:5]) * 60)
+        return datetime.fromtimestamp(dt.replace(tzinfo=UTC).timestamp() - offset, UTC)
+    except ValueError:
+        return None
+
+
+class _Headers:
+    """Case-insensitive read-only view of request headers."""
+
+    def __init__(self, headers: Mapping[str, str] | None) -> None:
+        self._h = {k.lower(): v for k, v in (headers or {}).items()}
+
+    def get(self, name: str) -> str | None:
+        value = self._h.get(name.lower())
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _signature_time(header: str | None) -> datetime | None:
+    if not header:
+        return None
+    for part in header.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "t" and value.strip().isdigit():
+            return parse_time(int(value.strip()))
+    return None
+
+
+def _check_type(value: str) -> str:
+    if len(value) > MAX_TYPE_LENGTH or not EVENT_TYPE_PATTERN.match(value):
+        raise InvalidEventType(f"event type {value[:80]!r} is not a valid Kirim event type")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every record of one delivery shares."""
+
+    headers: _Headers
+    payload: str
+    body_hash: str
+    received_at: datetime
+    origin: str
+    signature: str | None
+    signed_at: datetime | None
+    payload_exact: bool
+
+    def base(self, source_format: str, time_value: Any) -> dict[str, Any]:
+        occurred = parse_time(time_value)
+        if occurred is not None:
+            time_source = "payload"
+        elif self.signed_at is not None:
+            occurred, time_source = self.signed_at, "signature"
+        else:
+            occurred, time_source = self.received_at, "received"
+        attempt_text = self.headers.get("X-Kirim-Attempt")
+        attempt = int(attempt_text) if attempt_text and attempt_text.isdigit() else None
+        return {
+            "occurred_at": occurred,
+            "received_at": self.received_at,
+            "origin": self.origin,
+            "source_format": source_format,
+            "time_source": time_source,
+            "delivery_id": self.headers.get("X-Kirim-Delivery-Id"),
+            "attempt": attempt,
+            "signature": self.signature,
+            "payload": self.payload,
+            "payload_exact": self.payload_exact,
+        }
+
+
+_TYPED = (
+    "phone_number_id",
+    "message_id",
+    "conversation_id",
+    "contact_id",
+    "status",
+    "error_code",
+    "error_title",
+    "recipient_id",
+    "wa_id",
+    "user_id",
+    "previous_user_id",
+    "closed_by_user_id",
+    "team_id",
+)
+
+
+def _record(base: dict[str, Any], **values: Any) -> EventRecord:
+    typed = {name: values.pop(name, None) for name in _TYPED}
+    return EventRecord(**base, **values, **typed)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
+    block = body.get("kirim")
+    kirim: dict[str, Any] = block if isinstance(block, dict) else {}
+    position = 0
+    for entry in body.get("entry") or []:
+        changes = _get(entry, "changes")
+        for change in changes if isinstance(changes, list) else []:
+            value = _get(change, "value")
+            if not isinstance(value, dict):
+                continue
+            phone_id = _str(_get(value, "metadata", "phone_number_id")) or _str(
+                _get(kirim, "phone_number_id")
+            )
+            shared = {
+                "phone_number_id": phone_id,
+                "conversation_id": _str(_get(kirim, "conversation_id")),
+                "contact_id": _str(_get(kirim, "contact_id")),
+            }
+            for item in value.get("statuses") or []:
+                if isinstance(item, dict):
+                    yield _meta_status(item, shared, ctx, position)
+                    position += 1
+            for item in value.get("messages") or []:
+                if isinstance(item, dict):
+                    yield _meta_message(item, shared, ctx, position)
+                    position += 1
+    if position == 0:
+        yield _meta_other(body, kirim, ctx)
+
+
+def _meta_status(
+    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int
+) -> EventRecord:
+    wamid = _str(item.get("id"))
+    status = (_str(item.get("status")) or "unknown").lower()
+    errors = item.get("errors")
+    first_error = errors[0] if isinstance(errors, list) and errors else {}
+    key = f"{wamid}:{status}" if wamid else f"sha256:{ctx.body_hash}:{position}"
+    recipient = _digits(item.get("recipient_id"))
+    return _record(
+        ctx.base("meta", item.get("timestamp")),
+        event_key=key,
+        event_id=wamid or ctx.headers.get("X-Kirim-Event-Id") or key,
+        type="message.status",
+        message_id=wamid,
+        status=status,
+        error_code=_str(_get(first_error, "code")),
+        error_title=_str(_get(first_error, "title")),
+        recipient_id=recipient,
+        wa_id=recipient,
+        **shared,
+    )
+
+
+def _meta_message(
+    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int
+) -> EventRecord:
+    wamid = _str(item.get("id"))
+    key = wamid or f"sha256:{ctx.body_hash}:{position}"
+    return _record(
+        ctx.base("meta", item.get("timestamp")),
+        event_key=key,
+        event_id=wamid or ctx.headers.get("X-Kirim-Event-Id") or key,
+        type="message.received",
+        message_id=wamid,
+        wa_id=_digits(item.get("from")),
+        **shared,
+    )
+
+
+def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> EventRecord:
+    # A Meta body with neither messages nor statuses (another Meta field): keep it whole.
+    header_type = ctx.headers.get("X-Kirim-Event")
+    kind = header_type if header_type and EVENT_TYPE_PATTERN.match(header_type) else "meta.other"
+    event_id = ctx.headers.get("X-Kirim-Event-Id")
+    key = event_id or f"sha256:{ctx.body_hash}"
+    return _record(
+        ctx.base("meta", None),
+        event_key=key,
+        event_id=event_id or key,
+        type=_check_type(kind),
+        phone_number_id=_str(_get(kirim, "phone_number_id")),
+        conversation_id=_str(_get(kirim, "conversation_id")),
+        contact_id=_str(_get(kirim, "contact_id")),
+    )
+
+
+def _kirim_typed(data: dict[str, Any]) -> dict[str, Any]:
+    """Pull the typed ids out of a Kirim-native ``data`` object (any event type)."""
+    message = _get(data, "message") if isinstance(_get(data, "message"), dict) else {}
+    conversation = _get(data, "conversation")
+    contact = _get(data, "contact")
+    assignee = _get(data, "assignee")
+    error = _get(message, "error")
+    recipient = _digits(_get(message, "to"))
+    contact_phone = _digits(_get(contact, "phone_number"))
+    return {
+        "phone_number_id": _str(_get(data, "meta", "phone_number_id"))
+        or _str(_get(data, "phone_number_id"))
+        or _str(_get(message, "phone_number_id"))
+        or _str(_get(data, "session")),
+        # Outbound messages join Meta status callbacks on the wamid (provider_id).
+        "message_id": _str(_get(message, "provider_id")) or _str(_get(message, "id")),
+        "conversation_id": _str(_get(conversation, "id")) or _str(_get(data, "conversation_id")),
+        "contact_id": _str(_get(contact, "id")) or _str(_get(data, "contact_id")),
+        "status": _str(_get(message, "status")) or _str(_get(conversation, "status")),
+        "error_code": _str(_get(error, "provider_code")) or _str(_get(error, "code")),
+        "error_title": _str(_get(error, "message")),
+        "recipient_id": recipient,
+        "wa_id": recipient or contact_phone or _digits(_get(data, "contact", "wa_id")),
+        "user_id": _str(_get(assignee, "user_id")),
+        "previous_user_id": _str(_get(assignee, "previous_user_id")),
+        "closed_by_user_id": _str(_get(conversation, "closed_by_user_id")),
+        "team_id": _str(_get(assignee, "team_id")),
+    }
+
+
+def _kirim_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
+    kind = _check_type(body["type"])
+    event_id = _str(body.get("id")) or ctx.headers.get("X-Kirim-Event-Id")
+    key = event_id or f"sha256:{ctx.body_hash}"
+    yield _record(
+        ctx.base("kirim", body.get("created_at")),
+        event_key=key,
+        event_id=event_id or key,
+        type=kind,
+        **_kirim_typed(body["data"]),
+    )
+
+
+def _legacy_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
+    raw_type = body["event"]
+    kind = _check_type(_TYPE_ALIASES.get(raw_type, raw_type))
+    data = body["data"]
+    message = _get(data, "message") if isinstance(_get(data, "message"), dict) else {}
+    typed = _kirim_typed(data)
+    message_id = _str(_get(message, "id"))
+    status = typed["status"]
+    if message_id:
+        key = f"{message_id}:{kind}" + (f":{status}" if status else "")
+    else:
+        key = ctx.headers.get("X-Kirim-Event-Id") or f"sha256:{ctx.body_hash}"
+    typed["message_id"] = typed["message_id"] or message_id
+    time_value = message.get("created_at") or message.get("timestamp") or body.get("delivered_at")
+    yield _record(
+        ctx.base("legacy", time_value),
+        event_key=key,
+        event_id=ctx.headers.get("X-Kirim-Event-Id") or message_id or key,
+        type=kind,
+        **typed,
+    )
+
+
+def _detect(body: dict[str, Any]) -> str:
+    if body.get("object") == "whatsapp_business_account" and isinstance(body.get("entry"), list):
+        return "meta"
+    if isinstance(body.get("type"), str) and isinstance(body.get("data"), dict):
+        return "kirim"
+    if isinstance(body.get("event"), str) and isinstance(body.get("data"), dict):
+        return "legacy"
+    raise UnknownShape("body matches none of the Meta, Kirim-native or third shapes")
+
+
+def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode a raw body as UTF-8 JSON object; return ``(text, object)``.
+
+    Raises InvalidJSON or NotAnObject (the receiver quarantines such bodies).
+    """
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidJSON(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise NotAnObject(f"body is JSON {type(value).__name__}, not an object")
+    return text, value
+
+
+def parse_delivery(
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    received_at: datetime | None = None,
+    origin: str = "webhook",
+    payload_exact: bool = True,
+) -> list[EventRecord]:
+    """Turn one delivery into event records.
+
+    Parameters
+    ----------
+    body
+        The raw request body, byte-exact; it is stored as each record's ``payload``.
+    headers
+        Request headers (any case). ``X-Kirim-Event-Id``, ``X-Kirim-Delivery-Id``,
+        ``X-Kirim-Attempt`` and ``X-Kirim-Signature`` (or ``-256``) are read when present.
+    received_at
+        When we received it (aware datetime); now when omitted.
+    origin
+        ``webhook``, ``backfill``, ``replay`` or ``import``.
+    payload_exact
+        False when ``body`` is a re-serialisation (the original bytes were lost).
+
+    Returns
+    -------
+    list[EventRecord]
+        One record per event: a Meta body with three statuses gives three.
+
+    Raises
+    ------
+    InvalidJSON, NotAnObject, UnknownShape, InvalidEventType
+        Subclasses of PayloadError: the body is kept in quarantine, not lost.
+    """
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    text, obj = decode_body(body)
+    received = received_at or datetime.now(UTC)
+    if received.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    received = received.astimezone(UTC)
+    hdrs = _Headers(headers)
+    signature = hdrs.get("X-Kirim-Signature") or hdrs.get("X-Kirim-Signature-256")
+    ctx = _Context(
+        headers=hdrs,
+        payload=text,
+        body_hash=hashlib.sha256(body).hexdigest(),
+        received_at=received,
+        origin=origin,
+        signature=signature,
+        signed_at=_signature_time(signature),
+        payload_exact=payload_exact,
+    )
+    shape = _detect(obj)
+    if shape == "meta":
+        return list(_meta_records(obj, ctx))
+    if shape == "kirim":
+        return list(_kirim_records(obj, ctx))
+    return list(_legacy_records(obj, ctx))

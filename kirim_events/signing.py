@@ -1,0 +1,149 @@
+"""Sign and verify X-Kirim-Signature headers: pure functions, no I/O, injectable clock.
+
+Header: ``t=<unix seconds>,v1=<hex>[,v1=<hex>...]``. The signed message is the ASCII ``t``,
+a ``.``, then the raw body bytes; the MAC is HMAC-SHA256 keyed with the UTF-8 bytes of the
+whole secret string (``whsec_`` prefix included, no base64 decoding), as Kirim's official
+plugin does (kirim-api.md §2.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+from datetime import datetime
+
+from kirim_events.config import Secret, SecretLike, as_secrets
+from kirim_events.errors import (
+    SignatureExpired,
+    SignatureMalformed,
+    SignatureMismatch,
+    SignatureMissing,
+)
+
+__all__ = ["parse_header", "sign", "verify"]
+
+DEFAULT_TOLERANCE = 300
+
+
+def _mac(secret: Secret, timestamp: int, body: bytes) -> str:
+    message = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.reveal().encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def sign(
+    body: bytes,
+    secrets: SecretLike | Iterable[SecretLike],
+    timestamp: int | None = None,
+) -> str:
+    """Build an ``X-Kirim-Signature`` value with one ``v1`` per secret.
+
+    Parameters
+    ----------
+    body
+        The exact bytes that will be sent.
+    secrets
+        One secret, a comma-separated string, or several (rotation: every active secret signs).
+    timestamp
+        Unix seconds; the current time when omitted.
+
+    Examples
+    --------
+    >>> sign(b"{}", "whsec_x", timestamp=1)
+    't=1,v1=...'  # doctest: +SKIP
+    """
+    keys = as_secrets(secrets)
+    if not keys:
+        raise ValueError("sign() needs at least one secret")
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    return ",".join([f"t={t}", *(f"v1={_mac(k, t, body)}" for k in keys)])
+
+
+def parse_header(header: str | None) -> tuple[int, list[str]]:
+    """Split a signature header into ``(t, [v1, ...])``.
+
+    Splits on ``,`` then on each part's first ``=``, trims blanks, ignores unknown keys
+    (``v0``, a future ``v2``). Raises SignatureMissing or SignatureMalformed.
+    """
+    if header is None or not header.strip():
+        raise SignatureMissing("missing X-Kirim-Signature header")
+    stamps: list[str] = []
+    v1s: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key == "t":
+            stamps.append(value)
+        elif key == "v1" and value:
+            v1s.append(value)
+    if len(stamps) != 1:
+        raise SignatureMalformed("signature header needs exactly one t= value")
+    if not stamps[0].isascii() or not stamps[0].isdigit():
+        raise SignatureMalformed("signature timestamp t= is not a whole number of seconds")
+    if not v1s:
+        raise SignatureMalformed("signature header has no v1= value")
+    return int(stamps[0]), v1s
+
+
+def _now_seconds(now: float | datetime | None) -> float:
+    if now is None:
+        return time.time()
+    if isinstance(now, datetime):
+        return now.timestamp()
+    return float(now)
+
+
+def verify(
+    body: bytes,
+    header: str | None,
+    secrets: SecretLike | Iterable[SecretLike],
+    tolerance: int | None = DEFAULT_TOLERANCE,
+    now: float | datetime | None = None,
+) -> int:
+    """Check that ``body`` was signed by one of ``secrets``; return the signing time ``t``.
+
+    Parameters
+    ----------
+    body
+        The raw request body, exactly as received.
+    header
+        The ``X-Kirim-Signature`` value (None when the request had none).
+    secrets
+        Every secret currently accepted; a match on any one is enough (rotation).
+    tolerance
+        Maximum distance in seconds between ``t`` and ``now``, in the past or the future.
+        ``None`` skips only this freshness check, for stored events; the HMAC is always checked.
+    now
+        The current time (unix seconds or an aware datetime); the system clock when omitted.
+
+    Raises
+    ------
+    SignatureMissing, SignatureMalformed, SignatureExpired, SignatureMismatch
+        All subclasses of :class:`kirim_events.errors.SignatureError`. Messages never
+        contain a secret.
+    """
+    t, candidates = parse_header(header)
+    keys = as_secrets(secrets)
+    if not keys:
+        raise SignatureMismatch("no secret configured to verify against")
+    if tolerance is not None:
+        skew = _now_seconds(now) - t
+        if abs(skew) > tolerance:
+            raise SignatureExpired(
+                f"signature timestamp is {abs(skew):.0f}s in the "
+                f"{'past' if skew > 0 else 'future'}; tolerance is {tolerance}s"
+            )
+    matched = False
+    for key in keys:
+        expected = _mac(key, t, body)
+        for candidate in candidates:
+            # Compare every pair (no early exit) so timing does not reveal which matched.
+            matched |= hmac.compare_digest(expected.encode(), candidate.encode("utf-8"))
+    if not matched:
+        raise SignatureMismatch(
+            f"no v1 signature matches any of the {len(keys)} configured secret(s)"
+        )
+    return t

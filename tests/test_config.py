@@ -1,0 +1,94 @@
+"""Settings resolution order and the Secret type."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+
+from kirim_events.config import Secret, Settings, as_secrets
+from kirim_events.errors import ConfigError
+
+
+def test_defaults() -> None:
+    s = Settings.load({})
+    assert s.data_dir == Path("data")
+    assert s.api_url == "https://api.kirim.chat"
+    assert s.api_key is None
+    assert s.webhook_secrets == ()
+    assert s.tolerance == 300
+
+
+def test_environment_over_defaults_and_arguments_over_environment() -> None:
+    env = {
+        "KIRIM_DATA_DIR": "/tmp/lake",
+        "KIRIM_API_URL": "http://127.0.0.1:9/",
+        "KIRIM_KEY": "kdv_live_abc",
+        "KIRIM_WEBHOOK_SECRET": "whsec_new, whsec_old",
+        "KIRIM_TOLERANCE": "60",
+    }
+    s = Settings.load(env)
+    assert s.data_dir == Path("/tmp/lake")
+    assert s.api_url == "http://127.0.0.1:9"
+    assert s.api_key == Secret("kdv_live_abc")
+    assert [x.reveal() for x in s.webhook_secrets] == ["whsec_new", "whsec_old"]
+    assert s.tolerance == 60
+    s2 = Settings.load(env, data_dir="/elsewhere", tolerance=None)
+    assert s2.data_dir == Path("/elsewhere")
+    assert s2.tolerance == 60  # None means "not given", so the environment stays
+
+
+def test_tolerance_can_be_switched_off_from_the_environment() -> None:
+    assert Settings.load({"KIRIM_TOLERANCE": "off"}).tolerance is None
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides"),
+    [
+        ({"KIRIM_API_URL": "ftp://x"}, {}),
+        ({"KIRIM_TOLERANCE": "soon"}, {}),
+        ({"KIRIM_TOLERANCE": "-1"}, {}),
+        ({}, {"no_such_setting": 1}),
+        ({"KIRIM_LOG_FORMAT": "xml"}, {}),
+    ],
+)
+def test_bad_settings_raise_config_error(env: dict[str, str], overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        Settings.load(env, **overrides)
+
+
+def test_require_helpers_name_the_variable() -> None:
+    s = Settings.load({})
+    with pytest.raises(ConfigError, match="KIRIM_WEBHOOK_SECRET"):
+        s.require_secrets()
+    with pytest.raises(ConfigError, match="KIRIM_KEY"):
+        s.require_api_key()
+
+
+def test_secret_never_shows_its_value(caplog: pytest.LogCaptureFixture) -> None:
+    secret = Secret("whsec_supersecret")
+    settings = Settings.load({"KIRIM_KEY": "kdv_live_hidden", "KIRIM_WEBHOOK_SECRET": "whsec_x"})
+    shown = [repr(secret), str(secret), f"{secret}", f"{secret:>30}", repr(settings), str(settings)]
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("settings %s secret %s", settings, secret)
+    shown.append(caplog.text)
+    for text in shown:
+        assert "supersecret" not in text
+        assert "kdv_live_hidden" not in text
+        assert "whsec_x" not in text
+    assert secret.reveal() == "whsec_supersecret"
+
+
+def test_secret_survives_pickling_and_compares_by_value() -> None:
+    secret = Secret("whsec_a")
+    assert pickle.loads(pickle.dumps(secret)) == secret
+    assert secret != Secret("whsec_b")
+    assert len({Secret("x"), Secret("x")}) == 1
+
+
+def test_as_secrets_splits_and_drops_blanks() -> None:
+    assert [s.reveal() for s in as_secrets("a, b,,")] == ["a", "b"]
+    assert [s.reveal() for s in as_secrets([Secret("a"), "b,c"])] == ["a", "b", "c"]
+    assert as_secrets(None) == ()

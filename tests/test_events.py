@@ -1,0 +1,410 @@
+"""Event parsing: the three body shapes, event identity, event time, bad bodies."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kirim_events import parse_delivery
+from kirim_events.errors import (
+    InvalidEventType,
+    InvalidJSON,
+    NotAnObject,
+    PayloadError,
+    UnknownShape,
+)
+from kirim_events.events import parse_time
+
+RECEIVED = datetime(2026, 5, 23, 12, 0, tzinfo=UTC)
+WAMID = "wamid.HBgMNjI4MTExMTExMTExFQIAERgSQTUxRjNEMEI5QzJFNDdCODFEAA=="
+PHONE_ID = "106540352242922"
+
+
+def _meta_status_body(*statuses: dict[str, Any], kirim: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "62851176008029",
+                                "phone_number_id": PHONE_ID,
+                            },
+                            "statuses": list(statuses),
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    if kirim is not None:
+        body["kirim"] = kirim
+    return json.dumps(body).encode()
+
+
+def _status(status: str, ts: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": WAMID,
+        "status": status,
+        "timestamp": str(ts),
+        "recipient_id": "628111111111",
+        **extra,
+    }
+
+
+def _headers(
+    event: str, event_id: str, delivery: str = "wbd_1", attempt: int = 1
+) -> dict[str, str]:
+    return {
+        "X-Kirim-Event": event,
+        "X-Kirim-Event-Id": event_id,
+        "X-Kirim-Delivery-Id": delivery,
+        "X-Kirim-Attempt": str(attempt),
+        "X-Kirim-Signature": "t=1779531500,v1=" + "0" * 64,
+    }
+
+
+KIRIM_ASSIGNED = json.dumps(
+    {
+        "id": "evt_01KSA5AR5G0QBPAHDNHQ752ZGG",
+        "type": "conversation.assigned",
+        "created_at": "2026-05-23T10:15:42Z",
+        "livemode": True,
+        "data": {
+            "conversation": {
+                "id": "cnv_01KSA4J05RE483AXDGDKHW4X5C",
+                "object": "conversation",
+                "status": "open",
+            },
+            "assignee": {
+                "user_id": "usr_01K94DCQT0FDNH29JZCP5GXCXY",
+                "team_id": "team_support",
+                "previous_user_id": None,
+            },
+        },
+    }
+).encode()
+
+META_RECEIVED = json.dumps(
+    {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "62851176008029",
+                                "phone_number_id": PHONE_ID,
+                            },
+                            "contacts": [{"profile": {"name": "Siti"}, "wa_id": "628111111111"}],
+                            "messages": [
+                                {
+                                    "from": "628111111111",
+                                    "id": "wamid.IN1",
+                                    "timestamp": "1779530530",
+                                    "type": "text",
+                                    "text": {"body": "Halo"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+        "kirim": {"conversation_id": "cnv_X", "contact_id": "ctc_Y", "media_status": "ready"},
+    }
+).encode()
+
+
+# ---- shapes
+
+
+def test_kirim_native_conversation_assigned() -> None:
+    headers = _headers("conversation.assigned", "evt_01KSA5AR5G0QBPAHDNHQ752ZGG", "wbd_9", 3)
+    [rec] = parse_delivery(KIRIM_ASSIGNED, headers, received_at=RECEIVED)
+    assert rec.event_key == "evt_01KSA5AR5G0QBPAHDNHQ752ZGG"
+    assert rec.type == "conversation.assigned"
+    assert rec.source_format == "kirim"
+    assert rec.occurred_at == datetime(2026, 5, 23, 10, 15, 42, tzinfo=UTC)
+    assert rec.time_source == "payload"
+    assert rec.received_at == RECEIVED
+    assert rec.delivery_id == "wbd_9"
+    assert rec.attempt == 3
+    assert rec.conversation_id == "cnv_01KSA4J05RE483AXDGDKHW4X5C"
+    assert rec.user_id == "usr_01K94DCQT0FDNH29JZCP5GXCXY"
+    assert rec.previous_user_id is None
+    assert rec.team_id == "team_support"
+    assert rec.status == "open"
+    assert rec.payload.encode() == KIRIM_ASSIGNED
+    assert rec.origin == "webhook"
+
+
+def test_meta_status_delivered() -> None:
+    body = _meta_status_body(_status("delivered", 1779531402))
+    [rec] = parse_delivery(body, _headers("message.status", WAMID), received_at=RECEIVED)
+    assert rec.type == "message.status"
+    assert rec.source_format == "meta"
+    assert rec.message_id == WAMID
+    assert rec.status == "delivered"
+    assert rec.phone_number_id == PHONE_ID
+    assert rec.recipient_id == "628111111111"
+    assert rec.occurred_at == datetime.fromtimestamp(1779531402, UTC)
+    assert rec.event_key == f"{WAMID}:delivered"
+
+
+def test_meta_status_failed_carries_error() -> None:
+    failed = _status("failed", 1779531402, errors=[{"code": 131047, "title": "Re-engagement"}])
+    [rec] = parse_delivery(_meta_status_body(failed), {}, received_at=RECEIVED)
+    assert rec.status == "failed"
+    assert rec.error_code == "131047"
+    assert rec.error_title == "Re-engagement"
+
+
+def test_meta_body_with_three_statuses_gives_three_records() -> None:
+    body = _meta_status_body(
+        _status("sent", 1779531400), _status("delivered", 1779531402), _status("read", 1779531500)
+    )
+    records = parse_delivery(body, _headers("message.status", WAMID), received_at=RECEIVED)
+    assert [r.status for r in records] == ["sent", "delivered", "read"]
+    assert len({r.event_key for r in records}) == 3
+    assert all(r.payload.encode() == body for r in records)
+
+
+def test_meta_inbound_message_with_kirim_block() -> None:
+    [rec] = parse_delivery(META_RECEIVED, _headers("message.received", "wamid.IN1"))
+    assert rec.type == "message.received"
+    assert rec.event_key == "wamid.IN1"
+    assert rec.wa_id == "628111111111"
+    assert rec.conversation_id == "cnv_X"
+    assert rec.contact_id == "ctc_Y"
+    assert rec.occurred_at == datetime.fromtimestamp(1779530530, UTC)
+
+
+def test_third_shape_uses_message_id_and_maps_status_alias() -> None:
+    body = json.dumps(
+        {
+            "id": "wbd_DELIVERY",
+            "event": "message.status_updated",
+            "delivered_at": "2026-05-23T10:00:05.5Z",
+            "data": {"message": {"id": "msg_1", "status": "read", "content": "hi"}},
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert rec.source_format == "legacy"
+    assert rec.type == "message.status"
+    assert rec.event_key == "msg_1:message.status:read"
+    assert rec.event_id == "msg_1"
+    assert rec.occurred_at == datetime(2026, 5, 23, 10, 0, 5, 500000, tzinfo=UTC)
+
+
+def test_third_shape_prefers_header_event_id() -> None:
+    body = json.dumps(
+        {
+            "id": "wbd_D",
+            "event": "message.received",
+            "delivered_at": "2026-05-23T10:00:05Z",
+            "data": {"message": {"id": "msg_2", "created_at": "2026-05-23T09:59:00Z"}},
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {"x-kirim-event-id": "evt_H"}, received_at=RECEIVED)
+    assert rec.event_id == "evt_H"
+    assert rec.occurred_at == datetime(2026, 5, 23, 9, 59, tzinfo=UTC)
+
+
+def test_unknown_event_type_is_kept() -> None:
+    body = json.dumps(
+        {
+            "id": "evt_NEW",
+            "type": "widget.exploded",
+            "created_at": "2026-05-23T10:00:00Z",
+            "data": {"widget": {"id": "w1"}, "brand_new": [1, 2]},
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert rec.type == "widget.exploded"
+    assert rec.event_key == "evt_NEW"
+    assert json.loads(rec.payload)["data"]["brand_new"] == [1, 2]
+
+
+def test_kirim_message_sent_joins_on_wamid() -> None:
+    body = json.dumps(
+        {
+            "id": "evt_S",
+            "type": "message.sent",
+            "created_at": "2026-05-23T10:00:00Z",
+            "data": {
+                "message": {"to": "+62 811-1111-1111", "provider_id": WAMID, "source": "api"},
+                "meta": {"phone_number_id": PHONE_ID},
+            },
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert rec.message_id == WAMID
+    assert rec.recipient_id == "6281111111111"
+    assert rec.phone_number_id == PHONE_ID
+
+
+def test_conversation_closed_with_closer() -> None:
+    body = json.dumps(
+        {
+            "id": "evt_C",
+            "type": "conversation.closed",
+            "created_at": "2026-05-23T11:00:00+07:00",
+            "data": {
+                "conversation": {"id": "cnv_1", "status": "resolved", "closed_by_user_id": "usr_A"}
+            },
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert rec.closed_by_user_id == "usr_A"
+    assert rec.occurred_at == datetime(2026, 5, 23, 4, 0, tzinfo=UTC)
+
+
+# ---- event_key: retries collapse, statuses stay apart
+
+
+def test_retry_of_same_delivery_gives_same_key() -> None:
+    body = _meta_status_body(_status("read", 1779531500))
+    first = parse_delivery(
+        body, _headers("message.status", WAMID, "wbd_1", 1), received_at=RECEIVED
+    )
+    retry = parse_delivery(
+        body,
+        _headers("message.status", WAMID, "wbd_2", 2) | {"X-Kirim-Signature": "t=1,v1=" + "1" * 64},
+        received_at=datetime(2026, 5, 23, 13, 0, tzinfo=UTC),
+    )
+    assert [r.event_key for r in first] == [r.event_key for r in retry]
+
+
+def test_replay_with_changed_kirim_block_keeps_key() -> None:
+    a = _meta_status_body(_status("sent", 1779531400), kirim={"media_status": "pending"})
+    b = _meta_status_body(_status("sent", 1779531400), kirim={"media_status": "ready"})
+    assert parse_delivery(a)[0].event_key == parse_delivery(b)[0].event_key
+
+
+def test_statuses_sharing_one_event_id_give_three_keys() -> None:
+    keys = set()
+    for status, ts in [("sent", 1779531400), ("delivered", 1779531402), ("read", 1779531500)]:
+        body = _meta_status_body(_status(status, ts))
+        [rec] = parse_delivery(body, _headers("message.status", WAMID), received_at=RECEIVED)
+        assert rec.event_id == WAMID
+        keys.add(rec.event_key)
+    assert len(keys) == 3
+
+
+def test_kirim_native_retry_same_key_different_events_different_keys() -> None:
+    first = parse_delivery(KIRIM_ASSIGNED, _headers("conversation.assigned", "e", "wbd_1", 1))
+    retry = parse_delivery(KIRIM_ASSIGNED, _headers("conversation.assigned", "e", "wbd_7", 2))
+    other = json.loads(KIRIM_ASSIGNED)
+    other["id"] = "evt_OTHER"
+    different = parse_delivery(json.dumps(other).encode())
+    assert first[0].event_key == retry[0].event_key
+    assert different[0].event_key != first[0].event_key
+
+
+def test_body_without_ids_falls_back_to_body_hash() -> None:
+    body = json.dumps({"type": "contact.updated", "data": {}}).encode()
+    [a] = parse_delivery(body)
+    [b] = parse_delivery(body)
+    assert a.event_key.startswith("sha256:")
+    assert a.event_key == b.event_key
+
+
+# ---- event time fallbacks
+
+
+def test_missing_event_time_falls_back_to_signature_then_received() -> None:
+    body = json.dumps({"id": "evt_T", "type": "contact.updated", "data": {}}).encode()
+    [signed] = parse_delivery(
+        body, {"X-Kirim-Signature": "t=1779531500,v1=ab"}, received_at=RECEIVED
+    )
+    assert signed.time_source == "signature"
+    assert signed.occurred_at == datetime.fromtimestamp(1779531500, UTC)
+    [unsigned] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert unsigned.time_source == "received"
+    assert unsigned.occurred_at == RECEIVED
+
+
+def test_signature_256_header_is_read() -> None:
+    body = json.dumps({"id": "evt_T", "type": "customer.created", "data": {}}).encode()
+    [rec] = parse_delivery(body, {"X-Kirim-Signature-256": "t=1779531500,v1=ab"})
+    assert rec.signature == "t=1779531500,v1=ab"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-05-23T10:00:00Z", datetime(2026, 5, 23, 10, tzinfo=UTC)),
+        ("2026-05-23T10:00:00.000Z", datetime(2026, 5, 23, 10, tzinfo=UTC)),
+        ("2026-05-23T10:00:00+00:00", datetime(2026, 5, 23, 10, tzinfo=UTC)),
+        ("2026-05-23T10:00:00.1234567Z", datetime(2026, 5, 23, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-05-23T17:00:00+07:00", datetime(2026, 5, 23, 10, tzinfo=UTC)),
+        ("1779531402", datetime.fromtimestamp(1779531402, UTC)),
+        (1779531402, datetime.fromtimestamp(1779531402, UTC)),
+        ("yesterday", None),
+        ("2026-13-40T99:00:00Z", None),
+        (None, None),
+        (True, None),
+    ],
+)
+def test_parse_time(text: object, expected: datetime | None) -> None:
+    assert parse_time(text) == expected
+
+
+# ---- bad bodies
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", InvalidJSON),
+        (b"{not json", InvalidJSON),
+        (b"\xff\xfe{}", InvalidJSON),
+        (b"[1, 2]", NotAnObject),
+        (b'"text"', NotAnObject),
+        (b"{}", UnknownShape),
+        (b'{"type": 5, "data": {}}', UnknownShape),
+        (b'{"type": "../etc/passwd", "data": {}}', InvalidEventType),
+        (b'{"type": "NoDots", "data": {}}', InvalidEventType),
+        (b'{"type": "a.' + b"b" * 70 + b'", "data": {}}', InvalidEventType),
+    ],
+)
+def test_bad_bodies_raise_payload_errors(body: bytes, error: type[PayloadError]) -> None:
+    with pytest.raises(error):
+        parse_delivery(body)
+
+
+def test_naive_received_at_is_refused() -> None:
+    with pytest.raises(ValueError):
+        parse_delivery(KIRIM_ASSIGNED, received_at=datetime(2026, 1, 1))
+
+
+def test_unknown_origin_is_refused() -> None:
+    with pytest.raises(ValueError):
+        parse_delivery(KIRIM_ASSIGNED, origin="carrier-pigeon")
+
+
+def test_meta_body_without_items_is_kept_whole() -> None:
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "1", "changes": [{"field": "account_update", "value": {"event": "x"}}]}
+            ],
+        }
+    ).encode()
+    [rec] = parse_delivery(body, {"X-Kirim-Event": "account.updated", "X-Kirim-Event-Id": "evt_A"})
+    assert rec.type == "account.updated"
+    assert rec.event_key == "evt_A"

@@ -1,0 +1,240 @@
+"""Signing: the documented test vector, rotation, one broken thing per test, a round trip."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kirim_events import Secret, sign, verify
+from kirim_events.errors import (
+    SignatureError,
+    SignatureExpired,
+    SignatureMalformed,
+    SignatureMismatch,
+    SignatureMissing,
+)
+from kirim_events.signing import parse_header
+
+SECRET = "whsec_test_secret"
+NEXT = "whsec_test_secret_next"
+T = 1716480000
+BODY = (
+    b'{"id":"evt_01HYK2WG008XHFBG3A1Y7ZVA9R","type":"contact.updated",'
+    b'"created_at":"2024-05-23T16:00:00Z","data":{}}'
+)
+V1 = "cd4f5720ad0487a5d6408c5beb85824134ae5e5629f0f9aef39ff8aaa9cb8a85"
+V1_NEXT = "79859fadfba2820783b5bfe14e1cca8cb502d202f6f74327705ff517ab59483d"
+V1_SPACED = "55d0bbf3d2d28175192740c9b4ad91514b82a65bc4b169bd8873a0ea83a15daf"
+HEADER = f"t={T},v1={V1}"
+NOW = T + 10
+
+
+def test_vector_body_is_110_bytes() -> None:
+    assert len(BODY) == 110
+
+
+def test_vector_matches_plain_hmac() -> None:
+    expected = hmac.new(SECRET.encode(), f"{T}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert expected == V1
+
+
+def test_sign_reproduces_the_documented_header() -> None:
+    assert sign(BODY, SECRET, timestamp=T) == HEADER
+
+
+def test_sign_with_two_secrets_gives_the_documented_rotation_header() -> None:
+    assert sign(BODY, [SECRET, NEXT], timestamp=T) == f"t={T},v1={V1},v1={V1_NEXT}"
+
+
+def test_verify_accepts_the_vector_and_returns_t() -> None:
+    assert verify(BODY, HEADER, [SECRET], now=NOW) == T
+
+
+def test_verify_accepts_secret_objects_and_datetime_now() -> None:
+    now = datetime.fromtimestamp(NOW, UTC)
+    assert verify(BODY, HEADER, Secret(SECRET), now=now) == T
+
+
+def test_space_after_first_colon_gives_the_documented_negative_mac() -> None:
+    spaced = BODY.replace(b'"id":', b'"id": ', 1)
+    assert sign(spaced, SECRET, timestamp=T) == f"t={T},v1={V1_SPACED}"
+    with pytest.raises(SignatureMismatch):
+        verify(spaced, HEADER, [SECRET], now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("header_secrets", "configured"),
+    [
+        (hs, conf)
+        for hs in ([SECRET], [NEXT], [SECRET, NEXT], [NEXT, SECRET])
+        for conf in ([SECRET], [NEXT], [SECRET, NEXT], [NEXT, SECRET])
+        if set(hs) & set(conf)
+    ],
+)
+def test_rotation_accepts_any_overlap(header_secrets: list[str], configured: list[str]) -> None:
+    header = sign(BODY, header_secrets, timestamp=T)
+    assert verify(BODY, header, configured, now=NOW) == T
+
+
+@pytest.mark.parametrize(
+    ("header_secrets", "configured"),
+    [([SECRET], [NEXT]), ([NEXT], [SECRET]), ([SECRET, NEXT], ["whsec_other"])],
+)
+def test_rotation_rejects_without_overlap(header_secrets: list[str], configured: list[str]) -> None:
+    header = sign(BODY, header_secrets, timestamp=T)
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, header, configured, now=NOW)
+
+
+def test_comma_separated_secret_string_is_a_list() -> None:
+    header = sign(BODY, NEXT, timestamp=T)
+    assert verify(BODY, header, f"{SECRET}, {NEXT}", now=NOW) == T
+
+
+# ---- one broken thing per test
+
+
+def test_changed_body_byte_fails() -> None:
+    broken = bytearray(BODY)
+    broken[-3] ^= 0x01
+    with pytest.raises(SignatureMismatch):
+        verify(bytes(broken), HEADER, [SECRET], now=NOW)
+
+
+def test_changed_timestamp_fails() -> None:
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, f"t={T + 1},v1={V1}", [SECRET], now=NOW)
+
+
+def test_wrong_secret_fails() -> None:
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, HEADER, ["whsec_test_secreT"], now=NOW)
+
+
+def test_changed_v1_hex_fails() -> None:
+    broken = V1[:-1] + ("0" if V1[-1] != "0" else "1")
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, f"t={T},v1={broken}", [SECRET], now=NOW)
+
+
+def test_upper_case_hex_does_not_match() -> None:
+    # The header format is 64 *lowercase* hex; an upper-cased MAC is not Kirim's output.
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, f"t={T},v1={V1.upper()}", [SECRET], now=NOW)
+
+
+def test_missing_t_is_malformed() -> None:
+    with pytest.raises(SignatureMalformed):
+        verify(BODY, f"v1={V1}", [SECRET], now=NOW)
+
+
+def test_non_integer_t_is_malformed() -> None:
+    with pytest.raises(SignatureMalformed):
+        verify(BODY, f"t=17164800x0,v1={V1}", [SECRET], now=NOW)
+
+
+def test_two_t_values_are_malformed() -> None:
+    with pytest.raises(SignatureMalformed):
+        verify(BODY, f"t={T},t={T},v1={V1}", [SECRET], now=NOW)
+
+
+def test_no_v1_is_malformed() -> None:
+    with pytest.raises(SignatureMalformed):
+        verify(BODY, f"t={T},v0={V1}", [SECRET], now=NOW)
+
+
+@pytest.mark.parametrize("header", [None, "", "   "])
+def test_missing_header(header: str | None) -> None:
+    with pytest.raises(SignatureMissing):
+        verify(BODY, header, [SECRET], now=NOW)
+
+
+def test_unknown_segments_are_ignored() -> None:
+    header = f"t={T},v0=deadbeef,v1={V1},v2=future"
+    assert verify(BODY, header, [SECRET], now=NOW) == T
+
+
+def test_spaces_after_commas_are_trimmed() -> None:
+    assert verify(BODY, f"t={T}, v1={V1}", [SECRET], now=NOW) == T
+    assert verify(BODY, f" t = {T} ,  v1 = {V1} ", [SECRET], now=NOW) == T
+
+
+def test_non_ascii_v1_is_a_mismatch_not_a_crash() -> None:
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, f"t={T},v1=é{V1[1:]}", [SECRET], now=NOW)
+
+
+# ---- freshness
+
+
+@pytest.mark.parametrize("offset", [-300, 0, 300])
+def test_within_tolerance_passes(offset: int) -> None:
+    assert verify(BODY, HEADER, [SECRET], now=T + offset) == T
+
+
+@pytest.mark.parametrize("offset", [-301, 301, 86_400])
+def test_outside_tolerance_is_expired(offset: int) -> None:
+    with pytest.raises(SignatureExpired):
+        verify(BODY, HEADER, [SECRET], now=T + offset)
+
+
+def test_tolerance_is_configurable() -> None:
+    with pytest.raises(SignatureExpired):
+        verify(BODY, HEADER, [SECRET], tolerance=5, now=T + 6)
+    assert verify(BODY, HEADER, [SECRET], tolerance=3600, now=T + 3000) == T
+
+
+def test_tolerance_none_skips_only_the_time_check() -> None:
+    assert verify(BODY, HEADER, [SECRET], tolerance=None, now=T + 10 * 86_400) == T
+    with pytest.raises(SignatureMismatch):
+        verify(BODY + b" ", HEADER, [SECRET], tolerance=None, now=T + 10 * 86_400)
+
+
+def test_no_configured_secret_is_a_mismatch() -> None:
+    with pytest.raises(SignatureMismatch):
+        verify(BODY, HEADER, [], now=NOW)
+
+
+def test_errors_share_one_base_and_never_show_the_secret() -> None:
+    cases = [
+        (None, NOW),
+        ("t=x", NOW),
+        (HEADER, T + 1000),
+        (f"t={T},v1={'0' * 64}", NOW),
+    ]
+    for header, now in cases:
+        with pytest.raises(SignatureError) as info:
+            verify(BODY, header, [SECRET, NEXT], now=now)
+        assert SECRET not in str(info.value)
+        assert "whsec_" not in repr(info.value)
+
+
+def test_sign_needs_a_secret() -> None:
+    with pytest.raises(ValueError):
+        sign(BODY, [], timestamp=T)
+
+
+def test_parse_header_returns_all_v1_values() -> None:
+    assert parse_header(f"t={T},v1=a,v1=b") == (T, ["a", "b"])
+
+
+_secret_text = st.text(min_size=1, max_size=40).filter(lambda s: "," not in s and s.strip() != "")
+
+
+@given(
+    body=st.binary(max_size=2048),
+    secrets=st.lists(_secret_text, min_size=1, max_size=3),
+    t=st.integers(min_value=0, max_value=4_000_000_000),
+    skew=st.integers(min_value=-300, max_value=300),
+)
+def test_round_trip(body: bytes, secrets: list[str], t: int, skew: int) -> None:
+    header = sign(body, secrets, timestamp=t)
+    for secret in secrets:
+        assert verify(body, header, [secret], now=t + skew) == t
+    with pytest.raises(SignatureMismatch):
+        verify(body + b"x", header, secrets, now=t)

@@ -1,0 +1,329 @@
+"""ASGI app that receives Kirim webhooks: raw body -> verify -> journal (fsync) -> 2xx.
+
+Answers (kirim-api.md §3: any non-408/429 4xx is *permanent* for Kirim, 5xx is retried):
+
+======================================  ======  =============================================
+request                                  status  receipt outcome
+======================================  ======  =============================================
+signed, new event(s)                     200     ``new`` (body ``{"outcome": "new"}``)
+signed, every event already journaled    200     ``duplicate``
+no / malformed / wrong / stale signature 401     ``rejected`` (reason missing, malformed, ...)
+body above ``max_body`` bytes            413     ``rejected`` (reason ``too_large``)
+signed but unparseable                   200     ``quarantined`` (kept byte-exact first)
+journal or quarantine cannot be written  503     none (Kirim retries)
+another method on the webhook path       405
+another path                             404
+======================================  ======  =============================================
+
+The signature is checked on the raw bytes before any parsing. 2xx is sent only after the
+journal commit that holds the delivery returned (durable). ``GET /healthz`` proves the journal
+is writable; ``GET /metrics`` serves Prometheus text. Logs carry ids and reasons, never
+bodies or secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kirim_events.config import Secret, SecretLike, as_secrets
+from kirim_events.errors import PayloadError, SignatureError, StorageError
+from kirim_events.events import parse_delivery
+from kirim_events.journal import Journal
+from kirim_events.signing import verify
+
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics", "Receiver"]
+
+DEFAULT_PATH = "/webhooks/kirim"
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+log = logging.getLogger("kirim_events.receiver")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Metrics:
+    """Counters for ``/metrics``: requests, outcomes, rejections by reason, flushes."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.events_new = 0
+        self.duplicates = 0
+        self.quarantined = 0
+        self.storage_errors = 0
+        self.rejected: dict[str, int] = {}
+        self.flushes = 0
+        self.flush_seconds_total = 0.0
+        self.flush_seconds_last = 0.0
+        self.flush_errors = 0
+        self.last_flush_at = 0.0
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected request under ``reason``."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def flushed(self, seconds: float, at: float) -> None:
+        """Record one completed flush that took ``seconds``, finished at unix time ``at``."""
+        self.flushes += 1
+        self.flush_seconds_total += seconds
+        self.flush_seconds_last = seconds
+        self.last_flush_at = at
+
+    def render(self, backlog: int) -> str:
+        """Return the Prometheus text exposition of every metric."""
+        p = "kirim_events_"
+        lines = [
+            f"# HELP {p}received_total Webhook POSTs received on the webhook path.",
+            f"# TYPE {p}received_total counter",
+            f"{p}received_total {self.received}",
+            f"# HELP {p}events_new_total Events journaled for the first time.",
+            f"# TYPE {p}events_new_total counter",
+            f"{p}events_new_total {self.events_new}",
+            f"# HELP {p}duplicates_total Deliveries whose events were all seen before.",
+            f"# TYPE {p}duplicates_total counter",
+            f"{p}duplicates_total {self.duplicates}",
+            f"# HELP {p}quarantined_total Signed bodies kept in quarantine (unparseable).",
+            f"# TYPE {p}quarantined_total counter",
+            f"{p}quarantined_total {self.quarantined}",
+            f"# HELP {p}rejected_total Requests rejected, by reason.",
+            f"# TYPE {p}rejected_total counter",
+        ]
+        lines += [
+            f'{p}rejected_total{{reason="{r}"}} {n}' for r, n in sorted(self.rejected.items())
+        ]
+        lines += [
+            f"# HELP {p}storage_errors_total Requests answered 503 because storage failed.",
+            f"# TYPE {p}storage_errors_total counter",
+            f"{p}storage_errors_total {self.storage_errors}",
+            f"# HELP {p}journal_backlog Events journaled but not yet flushed to the lake.",
+            f"# TYPE {p}journal_backlog gauge",
+            f"{p}journal_backlog {backlog}",
+            f"# HELP {p}flush_seconds Time spent flushing the journal into the lake.",
+            f"# TYPE {p}flush_seconds summary",
+            f"{p}flush_seconds_sum {self.flush_seconds_total:.6f}",
+            f"{p}flush_seconds_count {self.flushes}",
+            f"# HELP {p}flush_last_seconds Duration of the latest flush.",
+            f"# TYPE {p}flush_last_seconds gauge",
+            f"{p}flush_last_seconds {self.flush_seconds_last:.6f}",
+            f"# HELP {p}flush_last_timestamp_seconds Unix time the latest flush finished.",
+            f"# TYPE {p}flush_last_timestamp_seconds gauge",
+            f"{p}flush_last_timestamp_seconds {self.last_flush_at:.3f}",
+            f"# HELP {p}flush_errors_total Flushes that failed (retried at the next tick).",
+            f"# TYPE {p}flush_errors_total counter",
+            f"{p}flush_errors_total {self.flush_errors}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Receiver:
+    """The webhook receiver, an ASGI application.
+
+    Parameters
+    ----------
+    journal
+        Where accepted events, receipts and quarantined bodies go.
+    secrets
+        Every webhook secret currently accepted (rotation); a match on any one is enough.
+    path
+        The webhook path; other paths get 404 (except ``/healthz`` and ``/metrics``).
+    max_body
+        Largest accepted body in bytes (413 above it), enforced while streaming.
+    tolerance
+        Signature freshness window in seconds (``None`` disables only the freshness check).
+    now
+        Clock returning unix seconds, used for freshness and ``received_at``.
+    metrics
+        Shared counters (a new :class:`Metrics` when omitted).
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        secrets: SecretLike | Iterable[SecretLike],
+        *,
+        path: str = DEFAULT_PATH,
+        max_body: int = DEFAULT_MAX_BODY,
+        tolerance: int | None = 300,
+        now: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.journal = journal
+        self._secrets: tuple[Secret, ...] = as_secrets(secrets)
+        if not self._secrets:
+            raise ValueError("the receiver needs at least one webhook secret")
+        self.path = "/" + path.strip("/")
+        self.max_body = max_body
+        self.tolerance = tolerance
+        self._now = now
+        self.metrics = metrics or Metrics()
+
+    def __repr__(self) -> str:
+        return f"Receiver(path={self.path!r}, secrets={len(self._secrets)})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        method = scope["method"]
+        if path == self.path:
+            if method != "POST":
+                await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+                return
+            status, payload = await self._webhook(scope, receive)
+            await _answer(send, status, payload)
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            await self._healthz(send)
+        elif path == "/metrics" and method in ("GET", "HEAD"):
+            text = self.metrics.render(self.journal.backlog).encode()
+            await _send(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
+        else:
+            await _answer(send, 404, {"error": "not found"})
+
+    async def _healthz(self, send: Send) -> None:
+        try:
+            await asyncio.wait_for(self.journal.ping_async(), timeout=5)
+        except (StorageError, TimeoutError) as exc:
+            log.error("health check failed: journal not writable (%s)", type(exc).__name__)
+            await _answer(send, 503, {"status": "unavailable", "journal": "not writable"})
+            return
+        await _answer(send, 200, {"status": "ok", "journal_backlog": self.journal.backlog})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionError("client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        self.metrics.received += 1
+        received_ts = self._now()
+        received_at = datetime.fromtimestamp(received_ts, UTC)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        receipt: dict[str, Any] = {
+            "delivery_id": headers.get("x-kirim-delivery-id"),
+            "attempt": _int(headers.get("x-kirim-attempt")),
+            "event_id": headers.get("x-kirim-event-id"),
+            "event_type": headers.get("x-kirim-event"),
+            "origin": "webhook",
+            "received_at": received_at,
+        }
+        try:
+            body = await self._read_body(scope, receive)
+        except _TooLarge:
+            return await self._reject(receipt, "too_large", 413, "body exceeds the size limit")
+        except ConnectionError:
+            return 400, {"error": "client disconnected"}
+        signature = headers.get("x-kirim-signature") or headers.get("x-kirim-signature-256")
+        try:
+            verify(body, signature, self._secrets, tolerance=self.tolerance, now=received_ts)
+        except SignatureError as exc:
+            return await self._reject(receipt, exc.reason, 401, "invalid signature")
+        try:
+            records = parse_delivery(body, headers, received_at=received_at, origin="webhook")
+        except PayloadError as exc:
+            return await self._quarantine(body, headers, receipt, exc.reason)
+        receipt["n_events"] = len(records)
+        if receipt["event_id"] is None and records:
+            receipt["event_id"] = records[0].event_id
+        if receipt["event_type"] is None and records:
+            receipt["event_type"] = records[0].type
+        try:
+            flags = await self.journal.append_async(records, [receipt])
+        except StorageError as exc:
+            self.metrics.storage_errors += 1
+            log.error("journal write failed, answering 503: %s", exc)
+            return 503, {"error": "storage unavailable, retry later"}
+        n_new = sum(flags)
+        outcome = "new" if n_new else "duplicate"
+        self.metrics.events_new += n_new
+        if not n_new:
+            self.metrics.duplicates += 1
+        log.debug("delivery %s: %s (%d events)", receipt["delivery_id"], outcome, len(flags))
+        return 200, {"outcome": outcome, "events": len(flags), "new": n_new}
+
+    async def _reject(
+        self, receipt: dict[str, Any], reason: str, status: int, message: str
+    ) -> tuple[int, dict[str, Any]]:
+        self.metrics.reject(reason)
+        log.warning("rejected delivery %s (%s): %d", receipt["delivery_id"] or "-", reason, status)
+        receipt.update(outcome="rejected", reason=reason, n_events=0)
+        try:
+            await self.journal.append_async([], [receipt])
+        except StorageError as exc:
+            # The answer is about the request, not our storage: still reject it.
+            log.error("could not journal a rejection receipt: %s", exc)
+        return status, {"error": message, "reason": reason}
+
+    async def _quarantine(
+        self, body: bytes, headers: dict[str, str], receipt: dict[str, Any], reason: str
+    ) -> tuple[int, dict[str, Any]]:
+        try:
+            await asyncio.to_thread(
+                self.journal.quarantine, body, headers, reason, received_at=receipt["received_at"]
+            )
+            receipt.update(outcome="quarantined", reason=reason, n_events=0)
+            await self.journal.append_async([], [receipt])
+        except StorageError as exc:
+            self.metrics.storage_errors += 1
+            log.error("quarantine write failed, answering 503: %s", exc)
+            return 503, {"error": "storage unavailable, retry later"}
+        self.metrics.quarantined += 1
+        log.warning("quarantined delivery %s (%s)", receipt["delivery_id"] or "-", reason)
+        return 200, {"outcome": "quarantined", "reason": reason}
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra: Any = ()) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _answer(send: Send, status: int, payload: dict[str, Any], extra: Any = ()) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    await _send(send, status, body, b"application/json", extra)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

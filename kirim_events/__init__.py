@@ -18,6 +18,7 @@ from kirim_events.errors import (
     StorageError,
 )
 from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.lake import Lake
 from kirim_events.signing import sign, verify
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "EventRecord",
     "KirimEventsError",
+    "Lake",
     "LakeError",
     "PayloadError",
     "PermanentApiError",

@@ -1,0 +1,294 @@
+"""The lake: partitioned Parquet on a folder or S3, with dedup, compaction and fast readers.
+
+Layout (design.md)::
+
+    DATA/events/type=<type>/date=<YYYY-MM-DD>/<name>.parquet
+    DATA/deliveries/date=<YYYY-MM-DD>/<name>.parquet
+    DATA/_state/lake.json                    schema version
+    DATA/_state/compaction/...               compaction manifests
+    DATA/_state/changes/...                  partitions written since the last compaction
+
+The files hold EVENT_SCHEMA / DELIVERY_SCHEMA (``kirim_events.schema``) without the Hive
+partition columns, so any engine that reads Hive Parquet reads the lake. Before compaction a
+plain engine may see several copies of an event; ``Lake.events()`` and ``Lake.sql()`` never
+do: the first received copy wins (smallest ``received_at``, then ``ingest_seq``). After
+compaction each event_key is on disk exactly once.
+
+Modules: ``paths`` (names), ``storage`` (local/S3, atomic publish), ``state`` (version,
+manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from datetime import time as dtime
+from os import PathLike
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from kirim_events.analytics import AnalyticsMixin
+from kirim_events.errors import ConfigError
+from kirim_events.events import EventRecord, parse_time
+from kirim_events.lake.paths import decode_type
+from kirim_events.lake.reader import list_dates, list_groups, parquet_names, plan_table, scan
+from kirim_events.lake.sqlviews import create_view
+from kirim_events.lake.state import Manifest, check_version, manifest_path
+from kirim_events.lake.storage import Storage, open_storage
+from kirim_events.lake.writer import Writer, partition_dir
+
+__all__ = ["Lake"]
+
+TimeLike = datetime | date | str
+
+
+def to_utc(value: TimeLike, *, end_of_day: bool = False) -> datetime:
+    """Read a time argument: aware datetime, naive datetime (taken as UTC), date, ISO text."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, dtime.max if end_of_day else dtime.min, UTC)
+    if isinstance(value, str):
+        if len(value.strip()) == 10:
+            try:
+                return to_utc(date.fromisoformat(value.strip()), end_of_day=end_of_day)
+            except ValueError:
+                pass
+        parsed = parse_time(value)
+        if parsed is not None:
+            return parsed
+    raise ConfigError(f"not a time: {value!r} (use ISO 8601, a date or a datetime)")
+
+
+class Lake(AnalyticsMixin):
+    """A kirim-events lake on a local folder or at ``s3://bucket/prefix``.
+
+    Parameters
+    ----------
+    location
+        Folder path or ``s3://bucket/prefix`` (standard AWS environment, plus
+        ``AWS_ENDPOINT_URL`` for S3-compatible servers).
+    dedup_window_days
+        How far apart (in days of event time) two copies of one event may land; see
+        :mod:`kirim_events.lake.reader`.
+    env, filesystem
+        Environment mapping for S3 settings, or a ready ``pyarrow.fs.FileSystem``.
+    now
+        Clock (unix seconds) used for ingest sequence numbers and file names.
+    writer_id
+        Identifies this writer in file names; random by default.
+
+    Examples
+    --------
+    >>> import tempfile, kirim_events as ke
+    >>> lake = ke.Lake(tempfile.mkdtemp())
+    >>> lake.events().collect().height
+    0
+    """
+
+    def __init__(
+        self,
+        location: str | PathLike[str],
+        *,
+        dedup_window_days: int = 2,
+        env: Mapping[str, str] | None = None,
+        filesystem: pafs.FileSystem | None = None,
+        now: Callable[[], float] = time.time,
+        writer_id: str | None = None,
+    ) -> None:
+        self.storage: Storage = open_storage(location, env=env, filesystem=filesystem)
+        check_version(self.storage)
+        self.location = str(location)
+        self.dedup_window_days = dedup_window_days
+        self.as_of_ts: datetime | None = None
+        self.now = now
+        self.writer_id = writer_id or uuid.uuid4().hex[:12]
+        self._writer = Writer(self.storage, writer_id=self.writer_id, now=now)
+
+    def __repr__(self) -> str:
+        suffix = f", as_of={self.as_of_ts.isoformat()!r}" if self.as_of_ts else ""
+        return f"Lake({self.location!r}{suffix})"
+
+    # ------------------------------------------------------------------ writing
+
+    def write_events(self, records: Sequence[EventRecord] | pa.Table) -> int:
+        """Append events; durable when it returns.
+
+        Parameters
+        ----------
+        records
+            EventRecords, or an Arrow table with EVENT_SCHEMA's columns (``ingest_seq`` is
+            assigned here and any given value is replaced).
+
+        Returns
+        -------
+        int
+            Rows written (duplicates included: dedup happens on read and at compaction).
+
+        Raises
+        ------
+        LakeError
+            A row lacks event_key, type, occurred_at or received_at, or a column has the
+            wrong type. Nothing is written then.
+        StorageError
+            The storage failed; retry later.
+        """
+        return self._writer.write_events(records)
+
+    def write_deliveries(self, rows: Sequence[Mapping[str, Any]] | pa.Table) -> int:
+        """Append delivery rows (DELIVERY_SCHEMA columns; missing ones are null).
+
+        Partitioned by the UTC date of ``created_at`` (Kirim's time), else ``received_at``.
+        Returns the number of rows written; durable when it returns.
+        """
+        return self._writer.write_deliveries(rows)
+
+    # ------------------------------------------------------------------ reading
+
+    def _range(
+        self, since: TimeLike | None, until: TimeLike | None
+    ) -> tuple[datetime | None, datetime | None]:
+        lo = to_utc(since) if since is not None else None
+        hi = to_utc(until, end_of_day=True) if until is not None else None
+        if self.as_of_ts is not None and (hi is None or hi > self.as_of_ts):
+            hi = self.as_of_ts
+        return lo, hi
+
+    def events(
+        self,
+        type: str | Sequence[str] | None = None,
+        *,
+        since: TimeLike | None = None,
+        until: TimeLike | None = None,
+        **kwargs: Any,
+    ) -> pl.LazyFrame:
+        """Events as a Polars LazyFrame, one row per event_key (the first received copy).
+
+        Parameters
+        ----------
+        type
+            One event type or several; all types when None. Only those folders are read.
+        since, until
+            Inclusive bounds on ``occurred_at`` (a date as ``until`` means its whole day);
+            only the matching ``date=`` folders are read.
+
+        Returns
+        -------
+        polars.LazyFrame
+            EVENT_SCHEMA's columns plus ``date`` (the partition date).
+        """
+        if kwargs:
+            raise TypeError(f"events() got unexpected arguments {sorted(kwargs)}")
+        lo, hi = self._range(since, until)
+        types = [type] if isinstance(type, str) else (list(type) if type is not None else None)
+        plans = plan_table(
+            self.storage,
+            "events",
+            types=types,
+            lo=lo.date().isoformat() if lo else None,
+            hi=hi.date().isoformat() if hi else None,
+            window_days=self.dedup_window_days,
+        )
+        lf = scan(self.storage, "events", plans)
+        if lo is not None:
+            lf = lf.filter(pl.col("occurred_at") >= lo)
+        if hi is not None:
+            lf = lf.filter(pl.col("occurred_at") <= hi)
+        return lf
+
+    def deliveries(
+        self, *, since: TimeLike | None = None, until: TimeLike | None = None
+    ) -> pl.LazyFrame:
+        """Delivery rows (receipts and Kirim's history) as a LazyFrame; exact copies collapse.
+
+        ``since`` / ``until`` bound ``coalesce(created_at, received_at)``, as does ``as_of``.
+        """
+        lo, hi = self._range(since, until)
+        plans = plan_table(
+            self.storage,
+            "deliveries",
+            lo=lo.date().isoformat() if lo else None,
+            hi=hi.date().isoformat() if hi else None,
+        )
+        lf = scan(self.storage, "deliveries", plans)
+        when = pl.coalesce("created_at", "received_at")
+        if lo is not None:
+            lf = lf.filter(when >= lo)
+        if hi is not None:
+            lf = lf.filter(when <= hi)
+        return lf
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A new in-memory DuckDB connection with the lake's views (a snapshot of now)."""
+        con = duckdb.connect()
+        for table in ("events", "deliveries"):
+            plans = plan_table(self.storage, table, window_days=self.dedup_window_days)
+            create_view(con, self.storage, table, plans, as_of=self.as_of_ts)
+        for name, body in self.analytics_views().items():
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
+        return con
+
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        """Run SQL over views ``events``, ``deliveries`` and the analytics views.
+
+        Example: ``lake.sql("select type, count(*) from events group by 1").pl()``.
+        """
+        return self.connect().sql(query)
+
+    def as_of(self, ts: TimeLike) -> Lake:
+        """The same lake, restricted to events with ``occurred_at <= ts``."""
+        view = copy.copy(self)
+        view.as_of_ts = to_utc(ts)
+        return view
+
+    # ------------------------------------------------------------------ upkeep
+
+    def stats(self) -> pl.DataFrame:
+        """Rows, files and bytes per partition (files our readers count; copies included).
+
+        Columns: ``table``, ``type``, ``date``, ``files``, ``rows``, ``bytes``, ``clean``
+        (compacted, nothing written since).
+        """
+        out: list[dict[str, Any]] = []
+        for table in ("events", "deliveries"):
+            for group in list_groups(self.storage, table):
+                manifest = Manifest.load(self.storage, manifest_path(table, group))
+                for day in list_dates(self.storage, table, group):
+                    folder = partition_dir(table, group, day)
+                    sizes = parquet_names(self.storage, folder)
+                    counted = manifest.counted(day, list(sizes))
+                    rows = 0
+                    for name in counted:
+                        meta = pq.read_metadata(
+                            self.storage.full(f"{folder}/{name}"), filesystem=self.storage.fs
+                        )
+                        rows += meta.num_rows
+                    out.append(
+                        {
+                            "table": table,
+                            "type": None if group is None else decode_type(group),
+                            "date": date.fromisoformat(day),
+                            "files": len(counted),
+                            "rows": rows,
+                            "bytes": sum(sizes[n] for n in counted),
+                            "clean": manifest.is_clean(day, counted),
+                        }
+                    )
+        schema = {
+            "table": pl.String,
+            "type": pl.String,
+            "date": pl.Date,
+            "files": pl.Int64,
+            "rows": pl.Int64,
+            "bytes": pl.Int64,
+            "clean": pl.Boolean,
+        }
+        return pl.DataFrame(out, schema=schema)

@@ -1,0 +1,255 @@
+"""Find the files a query needs and read them without duplicates (Polars and DuckDB).
+
+Partition pruning happens on folder names: only the ``type=`` and ``date=`` folders a query
+asks for are listed. Within those, the compaction manifest says which files count
+(:mod:`kirim_events.lake.state`).
+
+Dedup rule: one row per ``event_key``; the copy received first wins (smallest
+``received_at``, then smallest ``ingest_seq``). Dedup is needed only where a partition is not
+clean (it has files written since its last compaction). Copies of one event share its type,
+and their event times differ by at most the *dedup window* (default 2 days: Kirim retries for
+about 31 hours, and an event's time only varies between copies when the payload has no time
+of its own and the signature time stands in). So a clean partition is read as is, and a
+partition with a dirty neighbour within the window is deduplicated together with all its
+neighbours within the window. Delivery rows collapse only when they are exact copies
+(everything but ``ingest_seq`` equal), which is what a repeated journal flush produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from kirim_events.lake.paths import decode_type, encode_type, parse_partition_dir
+from kirim_events.lake.state import Manifest, manifest_path
+from kirim_events.lake.storage import Storage
+from kirim_events.lake.writer import partition_dir
+from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
+
+__all__ = [
+    "DELIVERY_DEDUP_COLUMNS",
+    "EVENT_FILE_SCHEMA",
+    "GroupPlan",
+    "list_groups",
+    "output_schema",
+    "plan_group",
+    "scan",
+]
+
+EVENT_FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
+"""What an events Parquet file holds: EVENT_SCHEMA without the ``type`` partition column."""
+
+DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_seq")
+EVENT_ORDER = ("received_at", "ingest_seq")
+
+
+def file_schema(table: str) -> pa.Schema:
+    """Columns inside the Parquet files of ``table``."""
+    return EVENT_FILE_SCHEMA if table == "events" else DELIVERY_SCHEMA
+
+
+def output_schema(table: str) -> pa.Schema:
+    """Columns our readers return: the table schema plus the ``date`` partition."""
+    base = EVENT_SCHEMA if table == "events" else DELIVERY_SCHEMA
+    return base.append(pa.field("date", pa.date32()))
+
+
+@dataclass
+class GroupPlan:
+    """What to read from one group (an event type, or all deliveries)."""
+
+    table: str
+    group: str | None
+    clean: list[str] = field(default_factory=list)
+    dedup: list[str] = field(default_factory=list)
+    keep_dates: list[str] = field(default_factory=list)
+
+    @property
+    def type_value(self) -> str | None:
+        """The decoded event type of this group."""
+        return None if self.group is None else decode_type(self.group)
+
+
+def list_groups(storage: Storage, table: str) -> list[str | None]:
+    """Encoded event types present (``[None]`` for deliveries)."""
+    if table != "events":
+        return [None]
+    groups: list[str | None] = []
+    for entry in storage.list_dir(table):
+        value = parse_partition_dir(entry.name, "type") if entry.is_dir else None
+        if value is not None:
+            groups.append(value)
+    return sorted(groups, key=str)
+
+
+def group_dir(table: str, group: str | None) -> str:
+    """Folder holding a group's ``date=`` folders."""
+    return table if group is None else f"{table}/type={group}"
+
+
+def list_dates(storage: Storage, table: str, group: str | None) -> list[str]:
+    """Date partitions of one group, sorted."""
+    dates = []
+    for entry in storage.list_dir(group_dir(table, group)):
+        value = parse_partition_dir(entry.name, "date") if entry.is_dir else None
+        if value is not None:
+            dates.append(value)
+    return sorted(dates)
+
+
+def parquet_names(storage: Storage, rel_dir: str) -> dict[str, int]:
+    """Parquet files in a partition folder (name -> size), hidden files skipped."""
+    return {
+        e.name: e.size
+        for e in storage.list_dir(rel_dir)
+        if not e.is_dir and e.name.endswith(".parquet") and e.name[0] not in "._"
+    }
+
+
+def _shift(day: str, days: int) -> str:
+    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+
+
+def plan_group(
+    storage: Storage,
+    table: str,
+    group: str | None,
+    *,
+    lo: str | None = None,
+    hi: str | None = None,
+    window_days: int = 2,
+) -> GroupPlan:
+    """Decide which files of one group to read as is and which to deduplicate."""
+    manifest = Manifest.load(storage, manifest_path(table, group))
+    dates = list_dates(storage, table, group)
+    selected = [d for d in dates if (lo is None or d >= lo) and (hi is None or d <= hi)]
+    counted: dict[str, list[str]] = {}
+
+    def files(day: str) -> list[str]:
+        if day not in counted:
+            names = parquet_names(storage, partition_dir(table, group, day))
+            counted[day] = manifest.counted(day, list(names))
+        return counted[day]
+
+    existing = set(dates)
+
+    def near(day: str) -> list[str]:
+        days = (_shift(day, k) for k in range(-window_days, window_days + 1))
+        return [d for d in days if d in existing]
+
+    plan = GroupPlan(table, group)
+    to_dedup: set[str] = set()
+    for day in selected:
+        if any(not manifest.is_clean(d, files(d)) for d in near(day)):
+            plan.keep_dates.append(day)
+            to_dedup.update(near(day))
+        else:
+            plan.clean.extend(f"{partition_dir(table, group, day)}/{n}" for n in files(day))
+    for day in sorted(to_dedup):
+        plan.dedup.extend(f"{partition_dir(table, group, day)}/{n}" for n in files(day))
+    return plan
+
+
+def plan_table(
+    storage: Storage,
+    table: str,
+    *,
+    types: list[str] | None = None,
+    lo: str | None = None,
+    hi: str | None = None,
+    window_days: int = 2,
+) -> list[GroupPlan]:
+    """Plans for every group a query touches."""
+    if table == "events":
+        present = list_groups(storage, table)
+        groups: list[str | None] = (
+            list(present)
+            if types is None
+            else [g for g in dict.fromkeys(encode_type(t) for t in types) if g in present]
+        )
+    else:
+        groups = [None]
+        window_days = 0
+    return [plan_group(storage, table, g, lo=lo, hi=hi, window_days=window_days) for g in groups]
+
+
+# ---------------------------------------------------------------------- Polars
+
+
+def _polars_schema(schema: pa.Schema) -> dict[str, Any]:
+    frame = pl.from_arrow(schema.empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    return dict(frame.schema)
+
+
+def _scan_files(storage: Storage, table: str, rels: list[str]) -> pl.LazyFrame:
+    schema = file_schema(table)
+    hive: dict[str, Any] = {"date": pl.Date}
+    if table == "events":
+        hive = {"type": pl.String, "date": pl.Date}
+    if storage.local:
+        return pl.scan_parquet(
+            [storage.full(r) for r in rels],
+            hive_partitioning=True,
+            hive_schema=hive,
+            schema=_polars_schema(schema),
+            missing_columns="insert",
+            extra_columns="ignore",
+        )
+    dataset = arrow_dataset(storage, table, rels)
+    return pl.scan_pyarrow_dataset(dataset)
+
+
+def arrow_dataset(storage: Storage, table: str, rels: list[str]) -> pads.Dataset:
+    """A pyarrow dataset over some files of a table, with hive partition columns."""
+    parts = [pa.field("date", pa.date32())]
+    if table == "events":
+        parts.insert(0, pa.field("type", pa.string()))
+    partitioning = pads.partitioning(pa.schema(parts), flavor="hive")
+    full_schema = pa.schema(list(file_schema(table)) + parts)
+    return pads.dataset(
+        [storage.full(r) for r in rels],
+        schema=full_schema,
+        format="parquet",
+        filesystem=storage.fs,
+        partitioning=partitioning,
+        partition_base_dir=storage.full(table),
+    )
+
+
+def _empty(table: str) -> pl.LazyFrame:
+    frame = pl.from_arrow(output_schema(table).empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame.lazy()
+
+
+def _finish(lf: pl.LazyFrame, plan: GroupPlan) -> pl.LazyFrame:
+    names = output_schema(plan.table).names
+    if plan.table == "events" and plan.group != plan.type_value:
+        lf = lf.with_columns(pl.lit(plan.type_value, pl.String).alias("type"))
+    return lf.select(names)
+
+
+def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
+    """One LazyFrame over the plans, never returning a duplicate (see module doc)."""
+    frames: list[pl.LazyFrame] = []
+    for plan in plans:
+        if plan.clean:
+            frames.append(_finish(_scan_files(storage, plan.table, plan.clean), plan))
+        if plan.dedup:
+            lf = _scan_files(storage, plan.table, plan.dedup)
+            if plan.table == "events":
+                lf = lf.sort(list(EVENT_ORDER)).unique(subset=["event_key"], keep="first")
+            else:
+                lf = lf.sort("ingest_seq").unique(subset=list(DELIVERY_DEDUP_COLUMNS), keep="first")
+            keep = [date.fromisoformat(d) for d in plan.keep_dates]
+            lf = lf.filter(pl.col("date").is_in(keep))
+            frames.append(_finish(lf, plan))
+    if not frames:
+        return _empty(table)
+    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]

@@ -1,0 +1,271 @@
+"""Lake writer and readers: layout, dedup before compaction, plain engines, path tricks."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import kirim_events as ke
+from kirim_events.errors import LakeError
+from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.lake.paths import decode_type, encode_type
+from kirim_events.schema import events_table
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def ev(
+    key: str,
+    *,
+    type: str = "message.created",
+    occurred: datetime = T0,
+    received: datetime | None = None,
+    payload: str | None = None,
+) -> EventRecord:
+    """A minimal event record."""
+    return EventRecord(
+        event_key=key,
+        event_id=key,
+        type=type,
+        occurred_at=occurred,
+        received_at=received or occurred + timedelta(seconds=2),
+        origin="webhook",
+        source_format="kirim",
+        time_source="payload",
+        delivery_id=None,
+        attempt=1,
+        signature=None,
+        phone_number_id="pn1",
+        message_id=key,
+        conversation_id=None,
+        contact_id=None,
+        status=None,
+        error_code=None,
+        error_title=None,
+        recipient_id=None,
+        wa_id=None,
+        user_id=None,
+        previous_user_id=None,
+        closed_by_user_id=None,
+        team_id=None,
+        payload=payload or json.dumps({"id": key, "type": type}),
+    )
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.parquet"))
+
+
+def test_layout_is_hive_by_type_and_event_time_date(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    late = ev("late", type="message.status", occurred=T0 - timedelta(days=3), received=T0)
+    assert lake.write_events([ev("a"), late]) == 2
+    rel = sorted(str(p.relative_to(tmp_path).parent) for p in parquet_files(tmp_path / "events"))
+    assert rel == [
+        "events/type=message.created/date=2026-05-01",
+        "events/type=message.status/date=2026-04-28",
+    ]
+    (path,) = parquet_files(tmp_path / "events/type=message.created")
+    schema = pq.read_schema(path)
+    assert "type" not in schema.names
+    assert "date" not in schema.names
+    assert schema.field("occurred_at").type == pa.timestamp("us", tz="UTC")
+    assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
+    assert not list((tmp_path / "_tmp").iterdir())  # temp names are gone after rename
+    state = json.loads((tmp_path / "_state/lake.json").read_text())
+    assert state["schema_version"] == 1
+
+
+def test_ingest_seq_increases_per_writer_and_files_never_collide(tmp_path: Path) -> None:
+    clock = iter([1000.0] * 10)
+    a = ke.Lake(tmp_path, now=lambda: next(clock))
+    b = ke.Lake(tmp_path, now=lambda: 1000.0)
+    a.write_events([ev("k1"), ev("k2")])
+    a.write_events([ev("k3")])
+    b.write_events([ev("k4")])
+    frame = a.events().sort("ingest_seq").collect()
+    seqs = dict(zip(frame["event_key"], frame["ingest_seq"], strict=True))
+    assert seqs["k1"] < seqs["k2"] < seqs["k3"]
+    assert seqs["k4"] >> 20 == 1_000_000  # time-based high bits, shared clock
+    assert len(parquet_files(tmp_path / "events")) == 3
+
+
+def test_events_never_duplicate_and_first_received_wins(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("k", received=T0 + timedelta(hours=2), payload='{"copy": "late"}')])
+    lake.write_events([ev("k", received=T0 + timedelta(hours=1), payload='{"copy": "early"}')])
+    lake.write_events([ev("k", received=T0 + timedelta(hours=3), payload='{"copy": "later"}')])
+    frame = lake.events().collect()
+    assert frame.height == 1
+    assert frame["payload"][0] == '{"copy": "early"}'
+    (row,) = lake.sql("select payload from events").fetchall()
+    assert row == ('{"copy": "early"}',)
+    # Same received_at: the smaller ingest_seq (the earlier write) wins.
+    lake.write_events([ev("same", received=T0, payload="first")])
+    lake.write_events([ev("same", received=T0, payload="second")])
+    assert lake.events().filter(pl.col("event_key") == "same").collect()["payload"][0] == "first"
+    assert lake.sql("select count(*) from events where event_key='same'").fetchall() == [(1,)]
+
+
+def test_dedup_spans_neighbouring_days(tmp_path: Path) -> None:
+    # An event without a payload time gets the signature time, which differs per retry.
+    lake = ke.Lake(tmp_path)
+    first = ev("k", occurred=datetime(2026, 5, 1, 23, 59, tzinfo=UTC))
+    retry = ev("k", occurred=datetime(2026, 5, 2, 0, 30, tzinfo=UTC))
+    lake.write_events([first])
+    lake.write_events([retry])
+    assert lake.events().collect().height == 1
+    assert lake.events(since="2026-05-02").collect().height == 0  # the winner is on May 1
+    assert lake.events(since="2026-05-01", until="2026-05-01").collect().height == 1
+    assert lake.sql("select count(*) from events").fetchall() == [(1,)]
+
+
+def test_filters_type_and_time(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events(
+        [ev(f"c{i}", occurred=T0 + timedelta(days=i)) for i in range(5)]
+        + [ev(f"s{i}", type="message.status", occurred=T0 + timedelta(days=i)) for i in range(5)]
+    )
+    assert lake.events("message.status").collect().height == 5
+    assert lake.events(["message.status", "message.created"]).collect().height == 10
+    assert lake.events("no.such_type").collect().height == 0
+    day = lake.events("message.status", since="2026-05-03", until="2026-05-03").collect()
+    assert day["event_key"].to_list() == ["s2"]
+    assert day["date"].to_list() == [date(2026, 5, 3)]
+    since = lake.events(since=T0 + timedelta(days=3, seconds=1)).collect()
+    assert sorted(since["event_key"]) == ["c4", "s4"]
+    assert list(lake.events().collect_schema())[-1] == "date"
+    assert lake.events().collect_schema()["occurred_at"] == pl.Datetime("us", "UTC")
+
+
+def test_plain_duckdb_and_polars_read_the_lake_without_help(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b", type="message.status", occurred=T0 + timedelta(days=1))])
+    lake.write_deliveries([{"delivery_id": "d1", "attempt": 1, "received_at": T0}])
+    glob = str(tmp_path / "events/**/*.parquet")
+    rows = duckdb.sql(
+        f"select event_key, type, date from read_parquet('{glob}', hive_partitioning=true) "
+        "order by 1"
+    ).fetchall()
+    assert rows == [
+        ("a", "message.created", date(2026, 5, 1)),
+        ("b", "message.status", date(2026, 5, 2)),
+    ]
+    frame = pl.scan_parquet(tmp_path / "events", hive_partitioning=True).collect().sort("event_key")
+    assert frame["type"].to_list() == ["message.created", "message.status"]
+    assert frame.columns.count("type") == 1
+    assert frame.columns.count("date") == 1
+    deliveries = pl.scan_parquet(tmp_path / "deliveries", hive_partitioning=True).collect()
+    assert deliveries["delivery_id"].to_list() == ["d1"]
+    assert deliveries["date"].to_list() == [date(2026, 5, 1)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../x", "a/b", "", ".", "..", "../../etc/passwd", "A.B", "x\x00y", "a\\b", "é.x", "/abs"],
+)
+def test_path_tricks_in_event_types_stay_inside_the_lake(tmp_path: Path, bad: str) -> None:
+    root = tmp_path / "lake"
+    lake = ke.Lake(root)
+    lake.write_events([ev("k", type=bad)])
+    for path in tmp_path.rglob("*"):
+        assert path.resolve().is_relative_to(root.resolve())
+    (folder,) = (root / "events").iterdir()
+    assert folder.name == f"type={encode_type(bad)}"
+    assert "/" not in folder.name[5:]
+    assert folder.name[5:] not in ("", ".", "..")
+    assert decode_type(encode_type(bad)) == bad
+    assert lake.events().collect()["type"].to_list() == [bad]
+    assert lake.events(bad).collect().height == 1
+    assert lake.sql("select type from events").fetchall() == [(bad,)]
+
+
+def test_valid_types_pass_through_and_encoded_names_cannot_clash() -> None:
+    assert encode_type("message.status") == "message.status"
+    assert encode_type("conversation.closed") == "conversation.closed"
+    # An encoded name has no dot, so it is never a valid type itself.
+    assert encode_type("_x_61") != "_x_61"
+    assert decode_type(encode_type("_x_61")) == "_x_61"
+    assert encode_type("y" * 500).startswith("_h_")
+
+
+def test_unknown_types_and_new_payload_fields_are_lossless(tmp_path: Path) -> None:
+    body = json.dumps(
+        {
+            "id": "evt_new",
+            "type": "reaction.added_v_two",
+            "created_at": "2026-05-01T10:00:00Z",
+            "data": {"emoji": "🎉", "brand_new_field": {"nested": [1, 2, 3]}},
+        }
+    ).encode()
+    lake = ke.Lake(tmp_path)
+    lake.write_events(parse_delivery(body, received_at=T0))
+    row = lake.events("reaction.added_v_two").collect().row(0, named=True)
+    assert row["payload"].encode() == body
+    assert json.loads(row["payload"])["data"]["brand_new_field"] == {"nested": [1, 2, 3]}
+
+
+def test_bad_rows_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+
+    good = events_table([ev("a")])
+    no_key = good.set_column(0, "event_key", pa.array([None], pa.string()))
+    with pytest.raises(LakeError, match="event_key"):
+        lake.write_events(no_key)
+    with pytest.raises(LakeError, match="unknown columns"):
+        lake.write_events(good.append_column("surprise", pa.array([1])))
+    with pytest.raises(LakeError, match="created_at or received_at"):
+        lake.write_deliveries([{"delivery_id": "d"}])
+    with pytest.raises(LakeError, match="bad delivery rows"):
+        lake.write_deliveries([{"nope": 1}])
+    assert parquet_files(tmp_path) == []
+    assert lake.write_events([]) == 0
+
+
+def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    receipt = {"delivery_id": "d1", "attempt": 1, "origin": "webhook", "received_at": T0}
+    history = {
+        "delivery_id": "d1",
+        "attempt": 2,
+        "origin": "backfill",
+        "received_at": T0 + timedelta(days=9),
+        "created_at": T0 - timedelta(days=1),
+    }
+    lake.write_deliveries([receipt, history])
+    lake.write_deliveries([receipt])  # a repeated journal flush
+    folders = sorted(p.parent.name for p in parquet_files(tmp_path / "deliveries"))
+    assert folders == ["date=2026-04-30", "date=2026-05-01", "date=2026-05-01"]
+    frame = lake.deliveries().collect()
+    assert sorted(frame["attempt"].to_list()) == [1, 2]
+    assert lake.sql("select count(*) from deliveries").fetchall() == [(2,)]
+    assert lake.deliveries(until="2026-04-30").collect()["attempt"].to_list() == [2]
+
+
+def test_empty_lake_reads_empty_with_schema(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path / "missing")
+    assert lake.events().collect().height == 0
+    assert lake.deliveries().collect().height == 0
+    assert lake.sql("select count(*) from events").fetchall() == [(0,)]
+    assert "event_key" in lake.sql("select * from events").columns
+    assert not (tmp_path / "missing").exists()  # reading creates nothing
+
+
+def test_stats_counts_rows_files_and_bytes(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    lake.write_events([ev("a")])
+    stats = lake.stats().filter(pl.col("table") == "events").row(0, named=True)
+    assert stats["rows"] == 3
+    assert stats["files"] == 2
+    assert not stats["clean"]
+    on_disk = sum(os.path.getsize(p) for p in parquet_files(tmp_path / "events"))
+    assert stats["bytes"] == on_disk

@@ -1,0 +1,336 @@
+"""Run the webhook receiver with a background flusher into the lake, until told to stop.
+
+:class:`Collector` wires one data folder's journal, receiver and lake together and can be
+used in-process (tests, notebooks). :func:`collect` serves it with uvicorn on a loopback
+address by default: the flusher moves journaled events into the lake every
+``flush_interval`` seconds; on SIGINT or SIGTERM the server stops accepting connections,
+finishes the requests in flight, the journal is flushed one last time, and the function
+returns (so the CLI exits 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kirim_events.config import SecretLike, Settings
+from kirim_events.errors import ConfigError
+from kirim_events.journal import FlushReport, Journal, LakeSink
+from kirim_events.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH, Metrics, Receiver
+
+__all__ = ["CollectReport", "Collector", "JsonFormatter", "collect"]
+
+log = logging.getLogger("kirim_events.collect")
+DEFAULT_FLUSH_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    """What a :func:`collect` run did, for the CLI to render."""
+
+    url: str
+    received: int
+    events_new: int
+    duplicates: int
+    quarantined: int
+    rejected: dict[str, int]
+    flushes: int
+    backlog: int
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``time``, ``level``, ``logger``, ``message``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class Collector:
+    """A data folder's journal, receiver and lake, with a flusher.
+
+    Parameters
+    ----------
+    data_dir
+        The data folder; the journal goes in ``_journal/``, the lake around it.
+    secrets
+        The accepted webhook secrets (rotation: several).
+    lake
+        Where flushes go; ``kirim_events.Lake(data_dir)`` when omitted.
+    path, max_body, tolerance, now
+        Passed to :class:`kirim_events.receiver.Receiver`.
+    flush_interval
+        Seconds between background flushes.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        secrets: SecretLike | Iterable[SecretLike],
+        *,
+        lake: LakeSink | None = None,
+        path: str = DEFAULT_PATH,
+        max_body: int = DEFAULT_MAX_BODY,
+        tolerance: int | None = 300,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._lake = lake
+        self.flush_interval = flush_interval
+        self._now = now
+        self.metrics = Metrics()
+        self.journal = Journal(self.data_dir, now=now)
+        self.receiver = Receiver(
+            self.journal,
+            secrets,
+            path=path,
+            max_body=max_body,
+            tolerance=tolerance,
+            now=now,
+            metrics=self.metrics,
+        )
+
+    @property
+    def lake(self) -> LakeSink:
+        """The lake flushes write into (opened on first use)."""
+        if self._lake is None:
+            from kirim_events.lake import Lake  # the lake pulls in duckdb/polars: load lazily
+
+            self._lake = Lake(self.data_dir)
+        return self._lake
+
+    def flush(self) -> FlushReport:
+        """Move everything journaled into the lake now; updates the flush metrics."""
+        try:
+            report = self.journal.flush(self.lake)
+        except Exception:
+            self.metrics.flush_errors += 1
+            raise
+        self.metrics.flushed(report.seconds, self._now())
+        if report.events or report.receipts:
+            log.info(
+                "flushed %d events and %d receipts in %.3fs",
+                report.events,
+                report.receipts,
+                report.seconds,
+            )
+        return report
+
+    async def run_flusher(self, stop: asyncio.Event) -> None:
+        """Flush every ``flush_interval`` seconds until ``stop`` is set (no final flush)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.flush_interval)
+            if stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(self.flush)
+            except Exception as exc:
+                # Keep serving: the events are safe in the journal; the next tick retries.
+                log.error("flush failed, will retry: %s: %s", type(exc).__name__, exc)
+
+    def report(self, url: str = "") -> CollectReport:
+        """Summarise the counters so far."""
+        m = self.metrics
+        return CollectReport(
+            url=url,
+            received=m.received,
+            events_new=m.events_new,
+            duplicates=m.duplicates,
+            quarantined=m.quarantined,
+            rejected=dict(m.rejected),
+            flushes=m.flushes,
+            backlog=self.journal.backlog,
+        )
+
+    def close(self) -> None:
+        """Stop the journal's writer thread (does not flush)."""
+        self.journal.close()
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's Server, minus re-raising the signal after its graceful shutdown.
+
+        uvicorn >= 0.29 re-raises SIGINT/SIGTERM once it has drained, which would kill the
+        process before our final flush and make the exit code non-zero.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+            log.info("received %s: draining requests, then flushing", signal.Signals(sig).name)
+            self.handle_exit(sig, frame)
+
+    return _Server
+
+
+def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    """Send kirim_events logs to stderr as text or JSON lines (bodies and secrets never logged)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("kirim_events")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def collect(
+    data_dir: str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    path: str = DEFAULT_PATH,
+    secrets: SecretLike | Iterable[SecretLike] | None = None,
+    settings: Settings | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    lake: LakeSink | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> CollectReport:
+    """Receive Kirim webhooks at ``http://host:port/path`` until SIGINT/SIGTERM.
+
+    Parameters
+    ----------
+    data_dir
+        The data folder (default: ``settings.data_dir``).
+    host, port, path
+        Where to listen; loopback by default (put a TLS proxy in front for Kirim).
+    secrets
+        Accepted webhook secrets; default ``settings.webhook_secrets`` (KIRIM_WEBHOOK_SECRET).
+    settings
+        Resolved settings (``Settings.load(os.environ)`` when omitted): tolerance, log format.
+    max_body
+        Largest accepted body in bytes (413 above).
+    flush_interval
+        Seconds between flushes into the lake.
+    lake
+        Flush target; ``Lake(data_dir)`` when omitted.
+    on_ready
+        Called with the webhook URL once the server listens.
+
+    Returns
+    -------
+    CollectReport
+        Counters of the run, after the final flush.
+
+    Raises
+    ------
+    ConfigError
+        No webhook secret configured.
+    StorageError
+        The journal cannot be opened.
+    """
+    import os
+
+    import uvicorn
+
+    s = settings or Settings.load(os.environ)
+    keys = secrets if secrets is not None else s.require_secrets()
+    folder = Path(data_dir) if data_dir is not None else s.data_dir
+    configure_logging(s.log_format)
+    collector = Collector(
+        folder,
+        keys,
+        lake=lake,
+        path=path,
+        max_body=max_body,
+        tolerance=s.tolerance,
+        flush_interval=flush_interval,
+    )
+    config = uvicorn.Config(
+        collector.receiver,
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+    server = _server_class()(config)
+    try:
+        sock = _bind(host, port)
+    except ConfigError:
+        collector.close()
+        raise
+    url = f"http://{_url_host(host)}:{sock.getsockname()[1]}{collector.receiver.path}"
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(collector.run_flusher(stop))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            log.info("listening on %s", url)
+            if on_ready is not None:
+                on_ready(url)
+        try:
+            await serving
+        finally:
+            stop.set()
+            await flusher
+
+    try:
+        asyncio.run(main())
+        # uvicorn has stopped accepting and drained in-flight requests: flush what they wrote.
+        collector.flush()
+        log.info("stopped; journal flushed into the lake")
+        return collector.report(url)
+    finally:
+        sock.close()
+        collector.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a busy port is a clear ConfigError (and port 0 works)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

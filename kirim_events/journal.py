@@ -171,6 +171,8 @@ class Journal:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._flush_lock = threading.Lock()
         self._closed = False
+        self.commits = 0
+        """Transactions committed by this instance (one per group of appends)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect()
@@ -235,6 +237,7 @@ class Journal:
                     conn.execute("RELEASE job")
                     results.append((job, None, exc))
             conn.execute("COMMIT")
+            self.commits += 1
         except (sqlite3.Error, OSError) as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -287,6 +290,8 @@ class Journal:
                 )
             for receipt in receipts:
                 row = dict(receipt)
+                if row.get("received_at") is None:
+                    row["received_at"] = _from_micros(seen_at)
                 if row.get("outcome") is None:
                     row["outcome"] = "new" if any(flags) else "duplicate"
                 conn.execute("INSERT INTO receipts (row) VALUES (?)", (_dump(row, row),))
@@ -301,7 +306,7 @@ class Journal:
         """Queue an append; the future resolves with per-record "was new" after the commit.
 
         A receipt whose ``outcome`` is None gets ``new`` if any record was new, else
-        ``duplicate``. The future fails with :class:`StorageError` when the disk write fails.
+        ``duplicate``; one without ``received_at`` gets the commit time. The future fails with :class:`StorageError` when the disk write fails.
         """
         return self._submit(self._append_work(list(records), [dict(r) for r in receipts]))
 

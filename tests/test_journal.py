@@ -1,0 +1,206 @@
+"""The journal: dedup flags, durability across reopen, group commit, flush, retention, quarantine."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kirim_events import testing
+from kirim_events.errors import StorageError
+from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.journal import Journal
+from kirim_events.lake import Lake
+
+SECRET = "whsec_test_secret"
+RECEIVED = datetime(2026, 5, 23, 10, 0, tzinfo=UTC)
+
+
+def records(body: Mapping[str, Any] | bytes) -> list[EventRecord]:
+    req = testing.signed_request(body, SECRET)
+    return parse_delivery(req.body, req.headers, received_at=RECEIVED)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path)
+    yield j
+    j.close()
+
+
+def test_append_says_which_records_are_new(journal: Journal) -> None:
+    first = records(testing.kirim_event())
+    second = records(testing.meta_status("delivered"))
+    assert journal.append(first) == [True]
+    assert journal.append(first + second) == [False, True]
+    assert journal.backlog == 2
+
+
+def test_statuses_of_one_message_are_distinct_events(journal: Journal) -> None:
+    wamid = "wamid.SAME"
+    got = [journal.append(records(testing.meta_status(s, wamid=wamid))) for s in ("sent", "read")]
+    assert got == [[True], [True]]
+    assert journal.append(records(testing.meta_status("sent", wamid=wamid))) == [False]
+
+
+def test_index_and_inbox_survive_reopen(tmp_path: Path) -> None:
+    recs = records(testing.kirim_event())
+    with Journal(tmp_path) as j:
+        assert j.append(recs) == [True]
+    with Journal(tmp_path) as j:
+        assert j.backlog == 1
+        assert j.append(recs) == [False]
+        assert j.seen([recs[0].event_key, "evt_other"]) == {recs[0].event_key}
+
+
+def test_receipt_outcome_is_filled_from_the_flags(tmp_path: Path) -> None:
+    recs = records(testing.kirim_event())
+    lake = Lake(tmp_path)
+    with Journal(tmp_path) as j:
+        j.append(recs, [{"delivery_id": "wbd_1", "outcome": None}])
+        j.append(recs, [{"delivery_id": "wbd_2", "outcome": None}])
+        j.append([], [{"delivery_id": "wbd_3", "outcome": "rejected", "reason": "mismatch"}])
+        report = j.flush(lake)
+    assert (report.events, report.receipts) == (1, 3)
+    rows = lake.deliveries().sort("delivery_id").collect()
+    assert rows["outcome"].to_list() == ["new", "duplicate", "rejected"]
+    assert rows["reason"].to_list() == [None, None, "mismatch"]
+
+
+def test_flush_moves_events_into_the_lake_byte_exact(tmp_path: Path) -> None:
+    body = testing.encode(testing.meta_status("read"))
+    recs = records(body)
+    lake = Lake(tmp_path)
+    with Journal(tmp_path) as j:
+        j.append(recs)
+        assert j.flush(lake).events == 1
+        assert j.backlog == 0
+        assert j.flush(lake).events == 0  # nothing left to move
+        assert j.append(recs) == [False]  # the index remembers after the flush
+    events = lake.events().collect()
+    assert events["event_key"].to_list() == [recs[0].event_key]
+    assert events["payload"][0].encode() == body
+    assert events["occurred_at"][0] == recs[0].occurred_at
+
+
+def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
+    body = testing.meta_status("sent")
+    value = body["entry"][0]["changes"][0]["value"]
+    value["statuses"].append(dict(value["statuses"][0], status="delivered"))
+    recs = records(body)
+    assert len(recs) == 2
+    assert journal.append(recs) == [True, True]
+    import sqlite3
+
+    with sqlite3.connect(journal.path) as conn:
+        assert conn.execute("SELECT count(*) FROM bodies").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 2
+
+
+class _CrashAfterWrite:
+    """A lake whose write succeeds and then the process "dies" before the journal marks it."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    def write_events(self, recs: Sequence[EventRecord]) -> int:
+        self.lake.write_events(recs)
+        raise KeyboardInterrupt("simulated crash after the lake write")
+
+    def write_deliveries(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.lake.write_deliveries(rows)
+
+
+def test_crash_between_lake_write_and_mark_creates_no_visible_duplicate(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    recs = [r for i in range(5) for r in records(testing.kirim_event(rng=random.Random(i)))]
+    with Journal(tmp_path) as j:
+        assert j.append(recs) == [True] * 5
+        with pytest.raises(KeyboardInterrupt):
+            j.flush(_CrashAfterWrite(lake))
+        assert j.backlog == 5  # not marked: it will be written again
+    with Journal(tmp_path) as j:
+        assert j.flush(lake).events == 5  # the re-flush writes a second copy on disk
+    keys = lake.events().collect()["event_key"].to_list()
+    assert sorted(keys) == sorted(r.event_key for r in recs)  # ... which readers never see
+
+
+def test_concurrent_appends_share_commits(journal: Journal) -> None:
+    gate = threading.Event()
+    # Hold the writer inside a transaction so that the appends below pile up in its queue.
+    blocker = journal._submit(lambda conn: gate.wait(10))
+    futures = [journal.submit(records(testing.kirim_event())) for _ in range(200)]
+    commits_before = journal.commits
+    gate.set()
+    blocker.result()
+    assert all(f.result() == [True] for f in futures)
+    assert journal.commits - commits_before <= 2  # 200 appends, one or two fsyncs
+
+
+def test_threads_appending_one_event_store_it_once(journal: Journal) -> None:
+    recs = records(testing.kirim_event())
+    with ThreadPoolExecutor(8) as pool:
+        flags = list(pool.map(lambda _: journal.append(recs)[0], range(100)))
+    assert flags.count(True) == 1
+    assert journal.backlog == 1
+
+
+def test_one_failing_append_does_not_fail_its_group(journal: Journal) -> None:
+    good = records(testing.kirim_event())
+    bad = journal.submit([object()])  # type: ignore[list-item]
+    ok = journal.submit(good)
+    with pytest.raises(AttributeError):
+        bad.result()
+    assert ok.result() == [True]
+
+
+def test_retention_forgets_keys_only_after_the_horizon(tmp_path: Path) -> None:
+    clock = [1_800_000_000.0]
+    recs = records(testing.kirim_event())
+    lake = Lake(tmp_path)
+    with Journal(tmp_path, now=lambda: clock[0], retention=timedelta(days=35)) as j:
+        j.append(recs)
+        clock[0] += 34 * 86400
+        j.flush(lake)  # flush prunes keys older than the retention
+        assert j.append(recs) == [False]
+        clock[0] += 2 * 86400
+        j.flush(lake)
+        assert j.seen([recs[0].event_key]) == set()
+    with pytest.raises(ValueError, match="30 days"):
+        Journal(tmp_path, retention=timedelta(days=29))
+
+
+def test_quarantine_keeps_bytes_headers_and_reason(journal: Journal, tmp_path: Path) -> None:
+    body = b'\xff\xfe{"not": json'
+    headers = {
+        "X-Kirim-Delivery-Id": "wbd_9",
+        "Authorization": "Bearer no",
+        "X-Kirim-Signature": "t",
+    }
+    path = journal.quarantine(body, headers, "invalid_json", received_at=RECEIVED)
+    assert path.parent.parent == tmp_path / "quarantine"
+    assert path.read_bytes() == body
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["reason"] == "invalid_json"
+    assert meta["headers"] == {"x-kirim-delivery-id": "wbd_9", "x-kirim-signature": "t"}
+    assert meta["size"] == len(body)
+
+
+def test_closed_journal_raises_storage_error(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.close()
+    with pytest.raises(StorageError):
+        j.append(records(testing.kirim_event()))
+
+
+def test_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "_journal").write_text("a file where the folder should be")
+    with pytest.raises(StorageError):
+        Journal(tmp_path)

@@ -306,7 +306,8 @@ class Journal:
         """Queue an append; the future resolves with per-record "was new" after the commit.
 
         A receipt whose ``outcome`` is None gets ``new`` if any record was new, else
-        ``duplicate``; one without ``received_at`` gets the commit time. The future fails with :class:`StorageError` when the disk write fails.
+        ``duplicate``; one without ``received_at`` gets the commit time. The future fails
+        with :class:`StorageError` when the disk write fails.
         """
         return self._submit(self._append_work(list(records), [dict(r) for r in receipts]))
 

@@ -1,4 +1,4 @@
-"""The journal: dedup flags, durability across reopen, group commit, flush, retention, quarantine."""
+"""Journal: dedup flags, durability across reopen, group commit, flush, retention, quarantine."""
 
 from __future__ import annotations
 

@@ -1,0 +1,78 @@
+"""Shared rules of the analytics helpers: status precedence, error labels, as-of cuts.
+
+Everything here is the single source of a rule used by both the Polars helpers and the
+DuckDB views (``sql.py`` renders the same tables into SQL), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+__all__ = [
+    "ERROR_LABELS",
+    "STATUS_EVENT_TYPES",
+    "STATUS_RANK",
+    "as_utc",
+    "cut",
+    "seconds_between",
+]
+
+# kirim-api.md §6.1: pending < sent < delivered < read; failed outranks pending/sent, while
+# delivered/read outrank failed (the message did arrive; the row is flagged as an anomaly).
+STATUS_RANK: dict[str, int] = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
+
+# Event types that report a status of an outbound message, keyed by the wamid in
+# ``message_id``. Only Meta's ``message.status`` callbacks qualify: Kirim's ``message.created``
+# carries Kirim's own ``msg_`` id (no wamid yet), so it cannot be joined to the callbacks.
+STATUS_EVENT_TYPES: tuple[str, ...] = ("message.status",)
+
+# kirim-api.md §6.1: Meta's error code -> Kirim's error name; anything else is ``other``.
+ERROR_LABELS: dict[str, str] = {
+    "131047": "outside_24h_window",
+    "132015": "template_paused",
+    "132016": "template_disabled",
+    "132000": "template_param_count_mismatch",
+    "132001": "template_param_format_mismatch",
+    "1006": "recipient_not_on_whatsapp",
+    "1013": "recipient_blocked",
+    "131053": "media_download_failed",
+}
+OTHER_ERROR = "other"
+
+US = pl.Datetime("us", "UTC")
+
+
+def as_utc(ts: datetime | str) -> datetime:
+    """Return ``ts`` as an aware UTC datetime (ISO text accepted; naive means UTC)."""
+    value = datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def cut(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+    """Keep the events that had happened by ``as_of`` (event time); all when None."""
+    if as_of is None:
+        return events
+    return events.filter(pl.col("occurred_at") <= pl.lit(as_utc(as_of), dtype=US))
+
+
+def seconds_between(later: str, earlier: str) -> pl.Expr:
+    """``later - earlier`` in seconds (float), null when either side is null.
+
+    Durations are float seconds, not ``Duration``, so that the DuckDB views (which would
+    otherwise return INTERVAL, a type Polars cannot import) give the same values.
+    """
+    micros = pl.col(later).dt.epoch("us") - pl.col(earlier).dt.epoch("us")
+    return micros.cast(pl.Float64) / 1_000_000.0
+
+
+def error_label(code: pl.Expr) -> pl.Expr:
+    """Kirim's name for a Meta error code (§6.1); ``other`` for unknown codes, null if none."""
+    return (
+        pl.when(code.is_null())
+        .then(pl.lit(None, dtype=pl.String))
+        .otherwise(code.replace_strict(ERROR_LABELS, default=OTHER_ERROR, return_dtype=pl.String))
+    )

@@ -1,0 +1,106 @@
+"""Delivery health per day and event type: volume, attempts, retries, lateness, duplicates.
+
+``day`` is the UTC date on which *we received* something, so a row answers "what did our
+endpoint see that day". Two sources are combined (full outer join on day and type):
+
+* the ``deliveries`` table, our webhook receipts (``origin == "webhook"``): ``deliveries``
+  (attempts seen), ``n_attempt_1`` .. ``n_attempt_8`` (attempt 8 and above in the last),
+  ``retry_rate`` (share with attempt > 1), ``max_attempt``, ``duplicates`` (receipts whose
+  outcome is ``duplicate``: an event we already had), ``rejected`` (bad signature) and
+  ``quarantined`` (signed but unparseable);
+* the ``events`` table (one row per event, first copy): ``n_events`` and the lateness of
+  each event's first copy, ``received_at - occurred_at`` in seconds: ``lateness_p50``,
+  ``lateness_p90``, ``lateness_max``.
+
+Rows that only one source knows have nulls in the other source's columns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from kirim_events.analytics._common import US, as_utc, cut, seconds_between
+
+__all__ = ["MAX_ATTEMPT", "delivery_health"]
+
+MAX_ATTEMPT = 8  # Kirim's retry schedule has 8 attempts (kirim-api.md §3)
+
+HEALTH_COLUMNS = (
+    "day",
+    "event_type",
+    "deliveries",
+    *(f"n_attempt_{n}" for n in range(1, MAX_ATTEMPT + 1)),
+    "retry_rate",
+    "max_attempt",
+    "duplicates",
+    "rejected",
+    "quarantined",
+    "n_events",
+    "lateness_p50",
+    "lateness_p90",
+    "lateness_max",
+)
+
+
+def delivery_health(
+    events: pl.LazyFrame,
+    deliveries: pl.LazyFrame,
+    *,
+    as_of: datetime | None = None,
+) -> pl.LazyFrame:
+    """Per (day, event_type): deliveries, attempt distribution, retry rate, lateness, duplicates.
+
+    Parameters
+    ----------
+    events
+        Deduplicated events, e.g. ``lake.events()``.
+    deliveries
+        Delivery rows in DELIVERY_SCHEMA, e.g. ``lake.deliveries()``; only webhook receipts
+        (``origin == "webhook"``) count.
+    as_of
+        Only events that happened, and receipts received, by this instant count.
+
+    Returns
+    -------
+    polars.LazyFrame
+        The columns of ``HEALTH_COLUMNS`` (module docstring), sorted by day, event_type.
+    """
+    receipts = deliveries.filter(pl.col("origin") == "webhook")
+    if as_of is not None:
+        receipts = receipts.filter(pl.col("received_at") <= pl.lit(as_utc(as_of), dtype=US))
+    attempt = pl.col("attempt").fill_null(1)
+    outcome = pl.col("outcome")
+    per_delivery = receipts.group_by(
+        day=pl.col("received_at").dt.date(), event_type=pl.col("event_type")
+    ).agg(
+        pl.len().cast(pl.Int64).alias("deliveries"),
+        *(
+            (attempt == n).sum().cast(pl.Int64).alias(f"n_attempt_{n}")
+            for n in range(1, MAX_ATTEMPT)
+        ),
+        (attempt >= MAX_ATTEMPT).sum().cast(pl.Int64).alias(f"n_attempt_{MAX_ATTEMPT}"),
+        ((attempt > 1).sum().cast(pl.Float64) / pl.len().cast(pl.Float64)).alias("retry_rate"),
+        attempt.max().cast(pl.Int64).alias("max_attempt"),
+        (outcome == "duplicate").sum().cast(pl.Int64).alias("duplicates"),
+        (outcome == "rejected").sum().cast(pl.Int64).alias("rejected"),
+        (outcome == "quarantined").sum().cast(pl.Int64).alias("quarantined"),
+    )
+    late = seconds_between("received_at", "occurred_at")
+    per_event = (
+        cut(events, as_of)
+        .with_columns(_late=late)
+        .group_by(day=pl.col("received_at").dt.date(), event_type=pl.col("type"))
+        .agg(
+            pl.len().cast(pl.Int64).alias("n_events"),
+            pl.col("_late").quantile(0.5, interpolation="linear").alias("lateness_p50"),
+            pl.col("_late").quantile(0.9, interpolation="linear").alias("lateness_p90"),
+            pl.col("_late").max().alias("lateness_max"),
+        )
+    )
+    return (
+        per_delivery.join(per_event, on=["day", "event_type"], how="full", coalesce=True)
+        .select(HEALTH_COLUMNS)
+        .sort(["day", "event_type"])
+    )

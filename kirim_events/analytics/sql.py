@@ -1,0 +1,274 @@
+"""The analytics helpers as DuckDB views: the same rules as the Polars code, written in SQL.
+
+Each function returns one ``SELECT`` over the views ``events`` and ``deliveries`` (and,
+for duplicate counts, a relation of ``(event_key, n_copies)``). The Polars modules document
+the rules; any change there must be mirrored here, and the tests compare both row for row.
+Timestamps are TIMESTAMPTZ; days are taken in UTC whatever the session time zone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from kirim_events.analytics._common import (
+    STATUS_EVENT_TYPES,
+    STATUS_RANK,
+    as_utc,
+)
+from kirim_events.analytics.health import MAX_ATTEMPT
+
+__all__ = ["analytics_views"]
+
+_ORDER = "occurred_at, received_at, event_key"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _in(values: tuple[str, ...] | list[str]) -> str:
+    return "(" + ", ".join(_quote(v) for v in values) + ")"
+
+
+def _cut(as_of: datetime | None, column: str = "occurred_at") -> str:
+    if as_of is None:
+        return ""
+    return f" AND {column} <= TIMESTAMPTZ {_quote(as_utc(as_of).isoformat())}"
+
+
+def _seconds(later: str, earlier: str) -> str:
+    return f"(epoch_us({later}) - epoch_us({earlier}))::DOUBLE / 1000000.0"
+
+
+def _events_with_dups(copies: str | None) -> str:
+    if copies is None:
+        return "(SELECT e.*, NULL::BIGINT AS _dups FROM events e)"
+    return (
+        "(SELECT e.*, coalesce(c.n_copies - 1, 0)::BIGINT AS _dups FROM events e "
+        f"LEFT JOIN ({copies}) c ON c.event_key = e.event_key)"
+    )
+
+
+def _rank_case(column: str) -> str:
+    whens = " ".join(f"WHEN {_quote(s)} THEN {r}" for s, r in STATUS_RANK.items())
+    return f"CASE {column} {whens} END"
+
+
+def _status_case(column: str) -> str:
+    whens = " ".join(f"WHEN {r} THEN {_quote(s)}" for s, r in STATUS_RANK.items())
+    return f"CASE {column} {whens} END"
+
+
+def _status_events(as_of: datetime | None, copies: str | None) -> str:
+    return f"""
+    SELECT s.*, {_rank_case("status")}::TINYINT AS _rank,
+      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_ORDER}
+        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS _late
+    FROM {_events_with_dups(copies)} s
+    WHERE type IN {_in(STATUS_EVENT_TYPES)} AND message_id IS NOT NULL
+      AND status IN {_in(list(STATUS_RANK))}{_cut(as_of)}"""
+
+
+def message_timelines_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+    """SELECT for the ``message_timelines`` view (rules: ``timelines.py``)."""
+    from kirim_events.analytics._common import ERROR_LABELS, OTHER_ERROR
+
+    labels = " ".join(f"WHEN {_quote(k)} THEN {_quote(v)}" for k, v in ERROR_LABELS.items())
+
+    def first_time(status: str) -> str:
+        return f"min(occurred_at) FILTER (WHERE status = {_quote(status)}) AS {status}_at"
+
+    return f"""
+    WITH s AS ({_status_events(as_of, copies)}),
+    g AS (
+      SELECT message_id,
+        min(phone_number_id) AS phone_number_id, min(recipient_id) AS recipient_id,
+        first(conversation_id ORDER BY {_ORDER}) FILTER (WHERE conversation_id IS NOT NULL)
+          AS conversation_id,
+        {first_time("sent")}, {first_time("delivered")}, {first_time("read")},
+        {first_time("failed")},
+        max(_rank) AS _rank,
+        first(error_code ORDER BY {_ORDER}) FILTER (WHERE status = 'failed') AS error_code,
+        first(error_title ORDER BY {_ORDER}) FILTER (WHERE status = 'failed') AS error_title,
+        count(*)::BIGINT AS n_events,
+        sum(_dups)::BIGINT AS n_duplicates,
+        bool_or(_late) AS out_of_order,
+        min(received_at) AS first_received_at, max(received_at) AS last_received_at
+      FROM s GROUP BY message_id
+    )
+    SELECT message_id, phone_number_id, recipient_id, conversation_id,
+      sent_at, delivered_at, read_at, failed_at,
+      {_status_case("_rank")} AS status,
+      error_code, error_title,
+      CASE WHEN error_code IS NULL THEN NULL ELSE CASE error_code {labels}
+        ELSE {_quote(OTHER_ERROR)} END END AS error_label,
+      n_events, n_duplicates, out_of_order,
+      (read_at IS NOT NULL AND delivered_at IS NULL) AS read_without_delivered,
+      (failed_at IS NOT NULL AND (delivered_at IS NOT NULL OR read_at IS NOT NULL))
+        AS failed_after_delivered,
+      (sent_at IS NULL) AS never_sent,
+      (_rank >= {STATUS_RANK["sent"]}) AS reached_sent,
+      (_rank >= {STATUS_RANK["delivered"]}) AS reached_delivered,
+      {_seconds("delivered_at", "sent_at")} AS time_to_deliver,
+      {_seconds("read_at", "sent_at")} AS time_to_read,
+      first_received_at, last_received_at
+    FROM g ORDER BY message_id"""
+
+
+def message_status_history_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+    """SELECT for the ``message_status_history`` view (rules: ``timelines.py``)."""
+    window = f"PARTITION BY message_id ORDER BY {_ORDER}"
+    return f"""
+    WITH s AS ({_status_events(as_of, copies)}),
+    h AS (
+      SELECT s.*, row_number() OVER ({window})::BIGINT AS seq,
+        max(_rank) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS _before,
+        max(_rank) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _after
+      FROM s
+    )
+    SELECT message_id, seq, event_key, status, occurred_at, received_at,
+      {_status_case("_before")} AS previous_status,
+      {_status_case("_after")} AS current_status,
+      (_before IS NULL OR _rank > _before) AS is_upgrade,
+      _late AS arrived_late, error_code, _dups AS n_duplicates
+    FROM h ORDER BY message_id, seq"""
+
+
+def _conversation_rows(as_of: datetime | None, copies: str | None) -> str:
+    assigned = "type = 'conversation.assigned'"
+    return f"""
+    r AS (
+      SELECT e.*, (type = 'conversation.closed') AS _close,
+        ({assigned} AND user_id IS NOT NULL) AS _assign
+      FROM {_events_with_dups(copies)} e
+      WHERE conversation_id IS NOT NULL{_cut(as_of)}
+    ),
+    c AS (
+      SELECT r.*,
+        (1 + sum(_close::BIGINT) OVER (PARTITION BY conversation_id ORDER BY occurred_at
+              RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+           - sum(_close::BIGINT) OVER (PARTITION BY conversation_id, occurred_at))::BIGINT
+          AS cycle,
+        CASE WHEN {assigned} THEN previous_user_id IS DISTINCT FROM lag(user_id) OVER (
+          PARTITION BY conversation_id, {assigned} ORDER BY {_ORDER}) ELSE false END AS _missing
+      FROM r
+    )"""
+
+
+def _conversation_aggs() -> str:
+    assigned = "type = 'conversation.assigned'"
+    return f"""
+        min(occurred_at) AS opened_at,
+        min(occurred_at) FILTER (WHERE _assign) AS _first_assign_any,
+        min(occurred_at) FILTER (WHERE _assign AND previous_user_id IS NULL)
+          AS _first_assign_root,
+        count(*) FILTER (WHERE _assign)::BIGINT AS n_assignments,
+        count(DISTINCT user_id) FILTER (WHERE _assign)::BIGINT AS n_assignees,
+        last(user_id ORDER BY {_ORDER}) FILTER (WHERE {assigned}) AS assignee_id,
+        count(*) FILTER (WHERE _close)::BIGINT AS n_closes,
+        max(occurred_at) FILTER (WHERE _close) AS closed_at,
+        last(closed_by_user_id ORDER BY {_ORDER}) FILTER (WHERE _close) AS closed_by_user_id,
+        max(cycle) AS n_cycles,
+        max(cycle) FILTER (WHERE _close) AS _last_closed_cycle,
+        count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments,
+        first(_missing ORDER BY {_ORDER}) FILTER (WHERE {assigned}) AS _first_missing,
+        count(*)::BIGINT AS n_events,
+        sum(_dups)::BIGINT AS n_duplicates,
+        max(occurred_at) AS last_event_at"""
+
+
+def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+    """SELECT for the ``conversation_cycles`` view (rules: ``conversations.py``)."""
+    return f"""
+    WITH {_conversation_rows(as_of, copies)},
+    g AS (SELECT conversation_id, cycle, {_conversation_aggs()}
+          FROM c GROUP BY conversation_id, cycle)
+    SELECT conversation_id, cycle, opened_at, _first_assign_any AS first_assigned_at,
+      n_assignments, n_assignees, assignee_id, n_closes, closed_at, closed_by_user_id,
+      (n_closes = 0) AS is_open, (cycle > 1) AS is_reopen, n_missing_assignments,
+      {_seconds("_first_assign_any", "opened_at")} AS time_to_first_assignment,
+      {_seconds("closed_at", "opened_at")} AS time_to_close,
+      n_events, n_duplicates, last_event_at
+    FROM g ORDER BY conversation_id, cycle"""
+
+
+def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+    """SELECT for the ``conversation_lifecycles`` view (rules: ``conversations.py``)."""
+    return f"""
+    WITH {_conversation_rows(as_of, copies)},
+    g AS (SELECT conversation_id, {_conversation_aggs()} FROM c GROUP BY conversation_id),
+    f AS (
+      SELECT g.*,
+        (_last_closed_cycle IS NULL OR _last_closed_cycle < n_cycles) AS is_open,
+        coalesce(_first_missing, false) AS missing_first_assignment
+      FROM g
+    ),
+    h AS (
+      SELECT f.*,
+        CASE WHEN missing_first_assignment THEN NULL ELSE _first_assign_root END
+          AS first_assigned_at
+      FROM f
+    )
+    SELECT conversation_id, opened_at, first_assigned_at, n_assignments, n_assignees,
+      assignee_id, n_closes, n_cycles - 1 AS n_reopens, n_cycles, closed_at,
+      closed_by_user_id, is_open,
+      {_seconds("first_assigned_at", "opened_at")} AS time_to_first_assignment,
+      CASE WHEN is_open THEN NULL ELSE {_seconds("closed_at", "opened_at")} END
+        AS time_to_close,
+      missing_first_assignment, n_missing_assignments, n_events, n_duplicates, last_event_at
+    FROM h ORDER BY conversation_id"""
+
+
+def delivery_health_sql(as_of: datetime | None = None) -> str:
+    """SELECT for the ``delivery_health`` view (rules: ``health.py``)."""
+    attempts = ",\n        ".join(
+        f"count(*) FILTER (WHERE a = {n})::BIGINT AS n_attempt_{n}" for n in range(1, MAX_ATTEMPT)
+    )
+    late = _seconds("received_at", "occurred_at")
+    return f"""
+    WITH d AS (
+      SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, event_type,
+        coalesce(attempt, 1) AS a, outcome
+      FROM deliveries WHERE origin = 'webhook'{_cut(as_of, "received_at")}
+    ),
+    pd AS (
+      SELECT day, event_type, count(*)::BIGINT AS deliveries,
+        {attempts},
+        count(*) FILTER (WHERE a >= {MAX_ATTEMPT})::BIGINT AS n_attempt_{MAX_ATTEMPT},
+        (count(*) FILTER (WHERE a > 1))::DOUBLE / count(*)::DOUBLE AS retry_rate,
+        max(a)::BIGINT AS max_attempt,
+        count(*) FILTER (WHERE outcome = 'duplicate')::BIGINT AS duplicates,
+        count(*) FILTER (WHERE outcome = 'rejected')::BIGINT AS rejected,
+        count(*) FILTER (WHERE outcome = 'quarantined')::BIGINT AS quarantined
+      FROM d GROUP BY day, event_type
+    ),
+    pe AS (
+      SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, type AS event_type,
+        count(*)::BIGINT AS n_events,
+        quantile_cont({late}, 0.5) AS lateness_p50,
+        quantile_cont({late}, 0.9) AS lateness_p90,
+        max({late}) AS lateness_max
+      FROM events WHERE true{_cut(as_of)} GROUP BY ALL
+    )
+    SELECT * FROM pd FULL OUTER JOIN pe USING (day, event_type)
+    ORDER BY day, event_type"""
+
+
+def analytics_views(*, as_of: datetime | None = None, copies: str | None = None) -> dict[str, str]:
+    """View name -> SELECT, for every analytics helper.
+
+    Parameters
+    ----------
+    as_of
+        Restrict every view to events that happened by this instant.
+    copies
+        SQL relation with ``(event_key, n_copies)`` (received copies per event, the first
+        included); when None, ``n_duplicates`` is NULL.
+    """
+    return {
+        "message_timelines": message_timelines_sql(as_of, copies),
+        "message_status_history": message_status_history_sql(as_of, copies),
+        "conversation_lifecycles": conversation_lifecycles_sql(as_of, copies),
+        "conversation_cycles": conversation_cycles_sql(as_of, copies),
+        "delivery_health": delivery_health_sql(as_of),
+    }

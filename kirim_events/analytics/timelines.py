@@ -1,0 +1,253 @@
+"""Message status timelines rebuilt from raw status events, never last-write-wins.
+
+Rules (kirim-api.md §6.1), shared with the DuckDB views in ``sql.py``:
+
+* Input: ``message.status`` events with a ``message_id`` (the wamid) and a known status
+  (``pending``, ``sent``, ``delivered``, ``read``, ``failed``); other statuses are ignored.
+* ``sent_at`` / ``delivered_at`` / ``read_at`` / ``failed_at``: the earliest *event time* of
+  that status, whatever the arrival order.
+* ``status``: the highest rank reached, ``pending < sent < failed < delivered < read``. So
+  failed outranks pending and sent, delivered and read outrank failed (the message did
+  arrive), and nothing ever downgrades.
+* A higher status implies the lower ones: ``reached_sent`` / ``reached_delivered`` say a step
+  was reached even when its own event is missing; its time then stays null.
+* ``error_code`` / ``error_title``: those of the earliest failed event; ``error_label`` names
+  the code from the §6.1 table, ``other`` for an unknown code.
+* Flags: ``out_of_order`` (an event arrived after one that happened later: in event-time
+  order, some ``received_at`` is earlier than the latest ``received_at`` before it),
+  ``read_without_delivered`` (read seen, delivered never seen), ``failed_after_delivered``
+  (a failed status and a delivered or read status were both seen, in either order),
+  ``never_sent`` (no ``sent`` event seen).
+* ``time_to_deliver`` = delivered_at - sent_at, ``time_to_read`` = read_at - sent_at, float
+  seconds, null when either side is unknown.
+* ``phone_number_id`` / ``recipient_id``: the smallest seen (a message has one);
+  ``conversation_id``: the first non-null one in event-time order (only Kirim's optional
+  ``kirim`` block carries it on Meta bodies).
+* ``n_events``: distinct status events (one per ``event_key``). ``n_duplicates``: received
+  copies beyond the first, summed over those events (null when the copies are unknown).
+
+Ties in event time are broken by ``received_at`` then ``event_key``; every engine uses that
+order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from kirim_events.analytics._common import (
+    STATUS_EVENT_TYPES,
+    STATUS_RANK,
+    cut,
+    error_label,
+    seconds_between,
+)
+
+__all__ = ["message_status_history", "message_timelines", "status_events"]
+
+ORDER = ("occurred_at", "received_at", "event_key")
+_RANK_TO_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
+
+
+def _copies(events: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Attach ``_dups`` (received copies beyond the first) to each event row."""
+    if copies is None:
+        return events.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
+    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
+    return events.join(per_key, on="event_key", how="left").with_columns(
+        pl.col("_dups").fill_null(0)
+    )
+
+
+def status_events(
+    events: pl.LazyFrame,
+    *,
+    copies: pl.LazyFrame | None = None,
+    as_of: datetime | None = None,
+) -> pl.LazyFrame:
+    """The status events timelines are built from, sorted by message then event-time order.
+
+    Adds ``_rank`` (the status precedence), ``_late`` (this event arrived after an event of
+    the same message that happened later) and ``_dups`` (copies beyond the first, or null).
+    """
+    known = list(STATUS_RANK)
+    rows = cut(events, as_of).filter(
+        pl.col("type").is_in(list(STATUS_EVENT_TYPES))
+        & pl.col("message_id").is_not_null()
+        & pl.col("status").is_in(known)
+    )
+    return (
+        _copies(rows, copies)
+        .sort(["message_id", *ORDER])
+        .with_columns(
+            _rank=pl.col("status").replace_strict(STATUS_RANK, return_dtype=pl.Int8),
+            _late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
+            .fill_null(False)
+            .over("message_id"),
+        )
+    )
+
+
+def message_timelines(
+    events: pl.LazyFrame,
+    *,
+    copies: pl.LazyFrame | None = None,
+    as_of: datetime | None = None,
+) -> pl.LazyFrame:
+    """One row per outbound message (wamid): first time of each status, final status, flags.
+
+    Parameters
+    ----------
+    events
+        Deduplicated events (EVENT_SCHEMA columns), e.g. ``lake.events()``.
+    copies
+        Optional ``(event_key, n_copies)``: how many copies of each event were received,
+        the first included. Without it ``n_duplicates`` is null.
+    as_of
+        Answer as of this instant: only events with ``occurred_at <= as_of`` count.
+
+    Returns
+    -------
+    polars.LazyFrame
+        ``message_id``, ``phone_number_id``, ``recipient_id``, ``conversation_id``,
+        ``sent_at``, ``delivered_at``, ``read_at``, ``failed_at``, ``status``,
+        ``error_code``, ``error_title``, ``error_label``, ``n_events``, ``n_duplicates``,
+        ``out_of_order``, ``read_without_delivered``, ``failed_after_delivered``,
+        ``never_sent``, ``reached_sent``, ``reached_delivered``, ``time_to_deliver``,
+        ``time_to_read``, ``first_received_at``, ``last_received_at``; sorted by message_id.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> from kirim_events.schema import events_table
+    >>> message_timelines(pl.from_arrow(events_table([])).lazy()).collect().height
+    0
+    """
+    rows = status_events(events, copies=copies, as_of=as_of)
+
+    def first_time(status: str) -> pl.Expr:
+        return pl.col("occurred_at").filter(pl.col("status") == status).min().alias(f"{status}_at")
+
+    failed = pl.col("status") == "failed"
+    grouped = rows.group_by("message_id").agg(
+        pl.col("phone_number_id").min(),
+        pl.col("recipient_id").min(),
+        pl.col("conversation_id").drop_nulls().first(),
+        first_time("sent"),
+        first_time("delivered"),
+        first_time("read"),
+        first_time("failed"),
+        pl.col("_rank").max(),
+        # Rows are in event-time order inside each group, so first() is the earliest failure.
+        pl.col("error_code").filter(failed).first(),
+        pl.col("error_title").filter(failed).first(),
+        pl.len().cast(pl.Int64).alias("n_events"),
+        pl.col("_dups").sum().alias("n_duplicates"),
+        pl.col("_late").any().alias("out_of_order"),
+        pl.col("received_at").min().alias("first_received_at"),
+        pl.col("received_at").max().alias("last_received_at"),
+    )
+    if copies is None:
+        grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
+    delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
+    return (
+        grouped.with_columns(
+            status=pl.col("_rank").replace_strict(_RANK_TO_STATUS, return_dtype=pl.String),
+            error_label=error_label(pl.col("error_code")),
+            read_without_delivered=pl.col("read_at").is_not_null()
+            & pl.col("delivered_at").is_null(),
+            failed_after_delivered=pl.col("failed_at").is_not_null() & delivered_or_read,
+            never_sent=pl.col("sent_at").is_null(),
+            reached_sent=pl.col("_rank") >= STATUS_RANK["sent"],
+            reached_delivered=pl.col("_rank") >= STATUS_RANK["delivered"],
+            time_to_deliver=seconds_between("delivered_at", "sent_at"),
+            time_to_read=seconds_between("read_at", "sent_at"),
+        )
+        .select(
+            "message_id",
+            "phone_number_id",
+            "recipient_id",
+            "conversation_id",
+            "sent_at",
+            "delivered_at",
+            "read_at",
+            "failed_at",
+            "status",
+            "error_code",
+            "error_title",
+            "error_label",
+            "n_events",
+            "n_duplicates",
+            "out_of_order",
+            "read_without_delivered",
+            "failed_after_delivered",
+            "never_sent",
+            "reached_sent",
+            "reached_delivered",
+            "time_to_deliver",
+            "time_to_read",
+            "first_received_at",
+            "last_received_at",
+        )
+        .sort("message_id")
+    )
+
+
+def message_status_history(
+    events: pl.LazyFrame,
+    *,
+    copies: pl.LazyFrame | None = None,
+    as_of: datetime | None = None,
+) -> pl.LazyFrame:
+    """One row per status event of each message, in event-time order, with its effect.
+
+    Parameters
+    ----------
+    events
+        Deduplicated events, e.g. ``lake.events()``.
+    copies
+        Optional ``(event_key, n_copies)``; see :func:`message_timelines`.
+    as_of
+        Only events with ``occurred_at <= as_of`` count.
+
+    Returns
+    -------
+    polars.LazyFrame
+        ``message_id``, ``seq`` (1, 2, ... in event-time order), ``event_key``, ``status``,
+        ``occurred_at``, ``received_at``, ``previous_status`` (the status by precedence
+        before this event; null for the first), ``current_status`` (after it),
+        ``is_upgrade`` (it raised the status), ``arrived_late`` (it arrived after an event
+        that happened later), ``error_code``, ``n_duplicates``; sorted by message_id, seq.
+    """
+    rows = status_events(events, copies=copies, as_of=as_of)
+    running = pl.col("_rank").cum_max()
+    return (
+        rows.with_columns(
+            seq=(pl.int_range(pl.len(), dtype=pl.Int64) + 1).over("message_id"),
+            _before=running.shift(1).over("message_id"),
+            _after=running.over("message_id"),
+        )
+        .with_columns(
+            previous_status=pl.col("_before").replace_strict(
+                _RANK_TO_STATUS, default=None, return_dtype=pl.String
+            ),
+            current_status=pl.col("_after").replace_strict(_RANK_TO_STATUS, return_dtype=pl.String),
+            is_upgrade=pl.col("_before").is_null() | (pl.col("_rank") > pl.col("_before")),
+        )
+        .select(
+            "message_id",
+            "seq",
+            "event_key",
+            "status",
+            "occurred_at",
+            "received_at",
+            "previous_status",
+            "current_status",
+            "is_upgrade",
+            pl.col("_late").alias("arrived_late"),
+            "error_code",
+            pl.col("_dups").alias("n_duplicates"),
+        )
+        .sort(["message_id", "seq"])
+    )

@@ -1,0 +1,151 @@
+"""Support for the analytics tests (no tests here): hand-built deliveries, DuckDB views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from kirim_events.analytics.sql import analytics_views
+from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.schema import deliveries_table, events_table
+
+T0 = datetime(2026, 5, 23, 10, 0, tzinfo=UTC)
+PHONE = "106540352242922"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def status(
+    wamid: str,
+    value: str,
+    occurred: float,
+    received: float,
+    *,
+    error: tuple[int, str] | None = None,
+    attempt: int = 1,
+    recipient: str = "628111111111",
+    conversation_id: str | None = None,
+) -> EventRecord:
+    item: dict[str, Any] = {
+        "id": wamid,
+        "status": value,
+        "timestamp": str(int(at(occurred).timestamp())),
+        "recipient_id": recipient,
+    }
+    if error is not None:
+        item["errors"] = [{"code": error[0], "title": error[1]}]
+    body: dict[str, Any] = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"phone_number_id": PHONE},
+                            "statuses": [item],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    if conversation_id is not None:
+        body["kirim"] = {"conversation_id": conversation_id}
+    headers = {"X-Kirim-Event-Id": wamid, "X-Kirim-Attempt": str(attempt)}
+    (record,) = parse_delivery(json.dumps(body).encode(), headers, received_at=at(received))
+    return record
+
+
+def conversation(
+    event_id: str,
+    kind: str,
+    cnv: str,
+    occurred: float,
+    received: float,
+    *,
+    user: str | None = None,
+    previous: str | None = None,
+    closed_by: str | None = None,
+    attempt: int = 1,
+) -> EventRecord:
+    data: dict[str, Any]
+    if kind == "assigned":
+        data = {
+            "conversation": {"id": cnv, "object": "conversation", "status": "open"},
+            "assignee": {"user_id": user, "team_id": "team", "previous_user_id": previous},
+        }
+    elif kind == "closed":
+        data = {
+            "conversation": {
+                "id": cnv,
+                "object": "conversation",
+                "status": "resolved",
+                "closed_by_user_id": closed_by,
+            }
+        }
+    else:
+        data = {"conversation_id": cnv, "contact": {"id": "ctc_1", "phone_number": "+62811"}}
+    body = {
+        "id": event_id,
+        "type": f"conversation.{kind}" if kind in ("assigned", "closed") else kind,
+        "created_at": at(occurred).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+    headers = {"X-Kirim-Attempt": str(attempt)}
+    (record,) = parse_delivery(json.dumps(body).encode(), headers, received_at=at(received))
+    return record
+
+
+def dedup(records: Sequence[EventRecord]) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(events with the first received copy of each key, copies per key)."""
+    raw = pl.from_arrow(events_table(list(records)))
+    assert isinstance(raw, pl.DataFrame)
+    events = raw.sort("received_at").unique("event_key", keep="first", maintain_order=True)
+    copies = raw.group_by("event_key").agg(pl.len().alias("n_copies"))
+    return events.lazy(), copies.lazy()
+
+
+def duck(
+    events: pl.LazyFrame,
+    copies: pl.LazyFrame | None,
+    deliveries: Sequence[Mapping[str, Any]] = (),
+    *,
+    as_of: datetime | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with ``events``, ``deliveries``, ``event_copies`` and the views."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Jakarta'")  # views must not depend on the session zone
+    events_arrow: pa.Table = events.collect().to_arrow()
+    con.register("events_arrow", events_arrow)
+    con.execute("CREATE VIEW events AS SELECT * FROM events_arrow")
+    con.register("deliveries_arrow", deliveries_table(list(deliveries)))
+    con.execute("CREATE VIEW deliveries AS SELECT * FROM deliveries_arrow")
+    source = None
+    if copies is not None:
+        con.register("copies_arrow", copies.collect().to_arrow())
+        con.execute("CREATE VIEW event_copies AS SELECT * FROM copies_arrow")
+        source = "SELECT event_key, n_copies FROM event_copies"
+    for name, select in analytics_views(as_of=as_of, copies=source).items():
+        con.execute(f"CREATE VIEW {name} AS {select}")
+    return con
+
+
+def from_duck(con: duckdb.DuckDBPyConnection, view: str) -> pl.DataFrame:
+    frame = con.sql(f"SELECT * FROM {view}").pl()
+    # DuckDB exports TIMESTAMPTZ in the session zone; compare instants in UTC.
+    return frame.with_columns(
+        pl.col(c).dt.convert_time_zone("UTC")
+        for c, t in frame.schema.items()
+        if isinstance(t, pl.Datetime) and t.time_zone is not None
+    )

@@ -38,6 +38,8 @@ import pyarrow.parquet as pq
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError
 from kirim_events.events import EventRecord, parse_time
+from kirim_events.lake.compact import STEPS, CompactionReport, Hook
+from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
 from kirim_events.lake.reader import list_dates, list_groups, parquet_names, plan_table, scan
 from kirim_events.lake.sqlviews import create_view
@@ -45,7 +47,7 @@ from kirim_events.lake.state import Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
 
-__all__ = ["Lake"]
+__all__ = ["STEPS", "CompactionReport", "Lake"]
 
 TimeLike = datetime | date | str
 
@@ -250,6 +252,42 @@ class Lake(AnalyticsMixin):
         return view
 
     # ------------------------------------------------------------------ upkeep
+
+    def compact(
+        self,
+        *,
+        full: bool = False,
+        target_file_bytes: int = 256 * 1024 * 1024,
+        hook: Hook | None = None,
+    ) -> CompactionReport:
+        """Merge the partitions written since the last compaction, deduplicating.
+
+        Parameters
+        ----------
+        full
+            Visit every partition, not only those with change markers.
+        target_file_bytes
+            Aim for merged files of about this size (one file per partition below it).
+        hook
+            Called with each step name of :data:`STEPS` as it completes; tests raise from it
+            to simulate a crash there.
+
+        Returns
+        -------
+        CompactionReport
+            Partitions, rows and files in and out, duplicates removed.
+
+        Crash-safe at every step: see :mod:`kirim_events.lake.compact`.
+        """
+        return _compact(
+            self.storage,
+            window_days=self.dedup_window_days,
+            target_file_bytes=target_file_bytes,
+            full=full,
+            writer_id=self.writer_id,
+            now=self.now,
+            hook=hook,
+        )
 
     def stats(self) -> pl.DataFrame:
         """Rows, files and bytes per partition (files our readers count; copies included).

@@ -1,0 +1,339 @@
+"""Compaction: merge each changed partition's small files into a few large, deduplicated ones.
+
+Only partitions named by change markers (``_state/changes/``, left by the writer) are
+visited, with their neighbours inside the dedup window, so the cost follows the partitions
+written since the last run, not the size of the lake. Per group (one event type, or all
+deliveries) the steps are, with a crash possible between any two:
+
+1. ``planned``: list markers, the group's manifest and the partition files.
+2. ``file_written``: write the merged files under new ``c-<generation>-...`` names (temp
+   name, fsync, rename). Readers ignore ``c-`` files the manifest does not list, so nothing
+   changes for them yet.
+3. ``manifest_published``: publish the new manifest atomically -- the commit point. From now
+   on readers count the new files and ignore the replaced ones.
+4. ``file_deleted``: delete the replaced files (and orphans of crashed runs).
+5. ``markers_cleared``: delete the markers this run consumed. A crash before this leaves the
+   markers, so the next run revisits the partitions and finishes the clean-up.
+
+At every point our readers see the old files or the new ones, never neither and never both.
+Plain engines (DuckDB/Polars on the folders) see one copy per event_key once a run finishes.
+
+Dedup: the first received copy of each event_key wins (``received_at``, then ``ingest_seq``),
+across all partitions of its type within the dedup window; delivery rows collapse when exact.
+Run one compaction at a time per lake (a lock file enforces it on local disks).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from kirim_events.errors import LakeError
+from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
+from kirim_events.lake.reader import (
+    DELIVERY_DEDUP_COLUMNS,
+    EVENT_ORDER,
+    file_schema,
+    list_dates,
+    list_groups,
+    parquet_names,
+)
+from kirim_events.lake.state import Manifest, manifest_path
+from kirim_events.lake.storage import Storage
+from kirim_events.lake.writer import parquet_bytes, partition_dir
+
+__all__ = ["STEPS", "CompactionReport", "compact"]
+
+STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "markers_cleared")
+"""Names passed to the ``hook`` of :func:`compact`, in order (some repeat per file)."""
+
+Hook = Callable[[str], None]
+
+
+@dataclass
+class CompactionReport:
+    """What one compaction run did."""
+
+    partitions: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    files_in: int = 0
+    files_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    files_deleted: int = 0
+    seconds: float = 0.0
+    touched: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    @property
+    def duplicates_removed(self) -> int:
+        """Rows dropped as copies of an event (or delivery row) kept elsewhere."""
+        return self.rows_in - self.rows_out
+
+
+@contextmanager
+def _lock(storage: Storage) -> Iterator[None]:
+    if not storage.local:
+        yield  # S3 has no cheap lock: run a single compactor (documented).
+        return
+    path = storage.full("_state/compact.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LakeError(f"another compaction of {storage.uri} is running") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[str]]]:
+    """Change markers: (table, group) -> date -> marker paths."""
+    found: dict[tuple[str, str | None], dict[str, list[str]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for rel, _size in storage.list_files("_state/changes"):
+        parts = rel.split("/")[2:]  # drop "_state", "changes"
+        if len(parts) == 3 and parts[0] == "deliveries":
+            table, group, day = "deliveries", None, parse_partition_dir(parts[1], "date")
+        elif len(parts) == 4 and parts[0] == "events":
+            table, day = "events", parse_partition_dir(parts[2], "date")
+            group = parse_partition_dir(parts[1], "type")
+            if group is None:
+                continue
+        else:
+            continue
+        if day is not None:
+            found[(table, group)][day].append(rel)
+    return found
+
+
+def _near(day: str, window: int, existing: set[str]) -> list[str]:
+    base = date.fromisoformat(day)
+    days = ((base + timedelta(days=k)).isoformat() for k in range(-window, window + 1))
+    return [d for d in days if d in existing]
+
+
+class _Group:
+    """Compaction of one group (an event type, or all deliveries)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        table: str,
+        group: str | None,
+        changed: set[str],
+        *,
+        window: int,
+        target_file_bytes: int,
+        row_group_rows: int,
+        writer_id: str,
+        now: Callable[[], float],
+        hook: Hook,
+        report: CompactionReport,
+    ) -> None:
+        self.storage, self.table, self.group = storage, table, group
+        self.changed, self.window = changed, window if table == "events" else 0
+        self.target, self.row_group_rows = target_file_bytes, row_group_rows
+        self.writer_id, self.now, self.hook, self.report = writer_id, now, hook, report
+        self.manifest_rel = manifest_path(table, group)
+        self.manifest = Manifest.load(storage, self.manifest_rel)
+
+    def folder(self, day: str) -> str:
+        return partition_dir(self.table, self.group, day)
+
+    def run(self) -> None:
+        existing = set(list_dates(self.storage, self.table, self.group))
+        members = sorted(
+            {d for c in self.changed if c in existing for d in _near(c, self.window, existing)}
+        )
+        listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
+        counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
+        dirty = [d for d in members if not self.manifest.is_clean(d, counted[d])]
+        self.hook("planned")
+        winners = self._winners(members, counted) if dirty and self.table == "events" else None
+        rewrite = self._rewrite_set(members, dirty, counted, winners)
+        new = Manifest(
+            generation=self.manifest.generation + 1,
+            files=dict(self.manifest.files),
+            rows=dict(self.manifest.rows),
+            replaced=dict(self.manifest.replaced),
+        )
+        for day in rewrite:
+            names, rows = self._rewrite(day, counted[day], listed[day], winners)
+            new.files[day], new.rows[day] = names, rows
+            new.replaced[day] = sorted(set(listed[day]) - set(names))
+        if rewrite:
+            new.save(self.storage, self.manifest_rel)
+            self.manifest = new
+            self.hook("manifest_published")
+        # Delete everything listed that the current manifest does not count: the replaced
+        # files of this run, and leftovers of an earlier run that crashed before its deletes.
+        for day in members:
+            keep = set(self.manifest.counted(day, list(listed[day])))
+            for name in sorted(set(listed[day]) - keep):
+                self.storage.delete(f"{self.folder(day)}/{name}")
+                self.report.files_deleted += 1
+                self.hook("file_deleted")
+            self.storage.sync_dir(self.folder(day))
+
+    def _read(self, day: str, names: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+        if not names:
+            schema = file_schema(self.table)
+            empty = schema.empty_table()
+            frame = pl.from_arrow(empty if columns is None else empty.select(columns))
+        else:
+            dataset = pads.dataset(
+                [self.storage.full(f"{self.folder(day)}/{n}") for n in names],
+                schema=file_schema(self.table),
+                format="parquet",
+                filesystem=self.storage.fs,
+            )
+            frame = pl.from_arrow(dataset.to_table(columns=columns))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def _winners(self, members: list[str], counted: dict[str, list[str]]) -> pl.DataFrame:
+        """(event_key, date) of the copy that wins for every key in the group's members."""
+        keys = pl.concat(
+            [
+                self._read(d, counted[d], ["event_key", *EVENT_ORDER]).with_columns(
+                    pl.lit(d).alias("_date")
+                )
+                for d in members
+            ]
+        )
+        return (
+            keys.sort([*EVENT_ORDER, "_date"])
+            .unique(subset=["event_key"], keep="first", maintain_order=False)
+            .select("event_key", "_date")
+        )
+
+    def _rewrite_set(
+        self,
+        members: list[str],
+        dirty: list[str],
+        counted: dict[str, list[str]],
+        winners: pl.DataFrame | None,
+    ) -> list[str]:
+        if winners is None:
+            return dirty
+        out = set(dirty)
+        for day in members:
+            if day in out:
+                continue
+            keys = self._read(day, counted[day], ["event_key"])
+            lost = keys.join(winners, on="event_key", how="left").filter(pl.col("_date") != day)
+            if lost.height:
+                out.add(day)  # a clean neighbour holds a copy that lost to a new one
+        return sorted(out)
+
+    def _rewrite(
+        self,
+        day: str,
+        names: list[str],
+        listed: dict[str, int],
+        winners: pl.DataFrame | None,
+    ) -> tuple[list[str], int]:
+        frame = self._read(day, names)
+        rows_in = frame.height
+        if self.table == "events":
+            frame = frame.sort(list(EVENT_ORDER)).unique(
+                subset=["event_key"], keep="first", maintain_order=True
+            )
+            if winners is not None:
+                mine = winners.filter(pl.col("_date") == day).select("event_key")
+                frame = frame.join(mine, on="event_key", how="semi")
+            frame = frame.sort(["occurred_at", "event_key"])
+        else:
+            frame = frame.sort("ingest_seq").unique(
+                subset=list(DELIVERY_DEDUP_COLUMNS), keep="first", maintain_order=True
+            )
+        bytes_in = sum(listed[n] for n in names)
+        per_row = bytes_in / rows_in if rows_in else 1.0
+        rows_per_file = max(1, int(self.target / max(per_row, 1.0)))
+        n_files = max(1, math.ceil(frame.height / rows_per_file)) if frame.height else 0
+        out_names = []
+        arrow = frame.to_arrow().cast(file_schema(self.table))
+        ms = int(self.now() * 1000)
+        for i in range(n_files):
+            chunk: pa.Table = arrow.slice(i * rows_per_file, rows_per_file)
+            name = compaction_file_name(self.manifest.generation + 1, ms, self.writer_id, i)
+            data = parquet_bytes(chunk, row_group_size=self.row_group_rows)
+            self.storage.publish(f"{self.folder(day)}/{name}", data)
+            out_names.append(name)
+            self.report.bytes_out += len(data)
+            self.hook("file_written")
+        self.report.partitions += 1
+        self.report.rows_in += rows_in
+        self.report.rows_out += frame.height
+        self.report.files_in += len(names)
+        self.report.files_out += len(out_names)
+        self.report.bytes_in += bytes_in
+        self.report.touched.append((self.table, self.group, day))
+        return out_names, frame.height
+
+
+def compact(
+    storage: Storage,
+    *,
+    window_days: int = 2,
+    target_file_bytes: int = 256 * 1024 * 1024,
+    row_group_rows: int = 128 * 1024,
+    full: bool = False,
+    writer_id: str = "compact",
+    now: Callable[[], float] = time.time,
+    hook: Hook | None = None,
+) -> CompactionReport:
+    """Compact the partitions changed since the last run (all of them with ``full=True``).
+
+    See the module documentation for the steps and guarantees; ``hook(step)`` is called
+    after each step (tests raise from it to simulate a crash there).
+    """
+    started = time.perf_counter()
+    report = CompactionReport()
+    step: Hook = hook or (lambda _step: None)
+    with _lock(storage):
+        markers = _markers(storage)
+        changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
+        if full:
+            for table in ("events", "deliveries"):
+                for group in list_groups(storage, table):
+                    days = set(list_dates(storage, table, group))
+                    changes.setdefault((table, group), set()).update(days)
+        for (table, group), days in sorted(
+            changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+        ):
+            _Group(
+                storage,
+                table,
+                group,
+                days,
+                window=window_days,
+                target_file_bytes=target_file_bytes,
+                row_group_rows=row_group_rows,
+                writer_id=writer_id,
+                now=now,
+                hook=step,
+                report=report,
+            ).run()
+            for day_markers in markers.get((table, group), {}).values():
+                for rel in day_markers:
+                    storage.delete(rel)
+            if (table, group) in markers:
+                step("markers_cleared")
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,256 @@
+"""Compaction: dedup on disk, interleaving with writes, crash injection at every step."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+import kirim_events as ke
+from kirim_events.errors import LakeError
+from kirim_events.lake import STEPS
+from test_lake import T0, ev, parquet_files
+
+
+class Crash(Exception):
+    """Raised from a compaction hook to stop it like a power cut would."""
+
+
+def winners(lake: ke.Lake) -> dict[str, str]:
+    """event_key -> payload as our reader returns it (asserting no duplicate keys)."""
+    frame = lake.events().select("event_key", "payload").collect()
+    assert frame["event_key"].n_unique() == frame.height
+    via_sql = lake.sql("select event_key, payload from events").fetchall()
+    assert sorted(via_sql) == sorted(frame.iter_rows())
+    return dict(frame.iter_rows())
+
+
+def on_disk(root: Path) -> list[str]:
+    """Event keys in all Parquet files, read by plain DuckDB with no help from us."""
+    if not parquet_files(root / "events"):
+        return []
+    glob = str(root / "events/**/*.parquet")
+    rows = duckdb.sql(f"select event_key from read_parquet('{glob}', hive_partitioning=true)")
+    return sorted(r[0] for r in rows.fetchall())
+
+
+def fill(lake: ke.Lake) -> dict[str, str]:
+    """Several writes with duplicates in one partition, across files and across midnight."""
+    midnight = datetime(2026, 5, 2, tzinfo=UTC)
+    lake.write_events([ev(f"k{i}", payload=f"a{i}", received=T0 + timedelta(i)) for i in range(6)])
+    lake.write_events([ev(f"k{i}", payload=f"b{i}", received=T0) for i in range(3, 9)])
+    lake.write_events(
+        [
+            ev("x", occurred=midnight - timedelta(minutes=1), received=T0, payload="x-first"),
+            ev("s", type="message.status", payload="s1"),
+        ]
+    )
+    lake.write_events(
+        [
+            ev(
+                "x",
+                occurred=midnight + timedelta(minutes=5),
+                received=T0 + timedelta(1),
+                payload="x2",
+            )
+        ]
+    )
+    lake.write_deliveries([{"delivery_id": "d1", "attempt": 1, "received_at": T0}] * 2)
+    return {
+        **{f"k{i}": f"a{i}" for i in range(3)},
+        **{f"k{i}": f"b{i}" for i in range(3, 9)},
+        "x": "x-first",
+        "s": "s1",
+    }
+
+
+def test_compaction_leaves_each_event_key_on_disk_once(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    expected = fill(lake)
+    assert len(on_disk(tmp_path)) > len(expected)  # copies before compaction
+    report = lake.compact()
+    assert (
+        report.duplicates_removed == len(on_disk(tmp_path)) * 0 + report.rows_in - report.rows_out
+    )
+    assert report.rows_out == len(expected) + 1  # + the delivery row
+    assert winners(lake) == expected
+    assert on_disk(tmp_path) == sorted(expected)
+    assert all(p.name.startswith("c-") for p in parquet_files(tmp_path))
+    assert list((tmp_path / "_state").rglob("changes/**/*.parquet")) == []
+    assert lake.deliveries().collect().height == 1
+    assert pl.scan_parquet(tmp_path / "deliveries", hive_partitioning=True).collect().height == 1
+    assert lake.stats()["clean"].all()
+    assert lake.compact().partitions == 0  # nothing changed since
+
+
+def test_cost_follows_changed_partitions(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev(f"k{d}", occurred=T0 + timedelta(days=10 * d)) for d in range(8)])
+    assert lake.compact().partitions == 8
+    lake.write_events([ev("new", occurred=T0 + timedelta(days=30))])
+    report = lake.compact()
+    assert report.partitions == 1
+    assert report.touched == [("events", "message.created", "2026-05-31")]
+    assert report.files_in == 2
+    assert sorted(winners(lake)) == sorted([f"k{d}" for d in range(8)] + ["new"])
+
+
+def test_a_late_earlier_copy_beats_a_compacted_one(tmp_path: Path) -> None:
+    # Another collector flushes late a copy it received earlier, on the next day's partition.
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("k", received=T0 + timedelta(hours=5), payload="late")])
+    lake.compact()
+    lake.write_events(
+        [
+            ev(
+                "k",
+                occurred=T0 + timedelta(days=1),
+                received=T0 + timedelta(hours=1),
+                payload="early",
+            )
+        ]
+    )
+    assert winners(lake) == {"k": "early"}
+    report = lake.compact()
+    assert report.partitions == 2  # the clean neighbour lost its copy, so it is rewritten
+    assert winners(lake) == {"k": "early"}
+    assert on_disk(tmp_path) == ["k"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dedup_holds_under_interleaved_writes_and_compactions(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    writers = [ke.Lake(tmp_path, writer_id=f"w{i}") for i in range(3)]
+    best: dict[str, tuple[datetime, str]] = {}
+    for step in range(25):
+        if rng.random() < 0.25:
+            rng.choice(writers).compact()
+        else:
+            batch = []
+            for _ in range(rng.randint(1, 12)):
+                key = f"k{rng.randint(0, 30)}"
+                day = int(key[1:]) % 5
+                occurred = T0 + timedelta(days=day, minutes=rng.choice([0, 0, 0, 700, -700]))
+                received = T0 + timedelta(seconds=rng.randint(0, 10**6))
+                payload = f"{key}@{step}.{len(batch)}"
+                batch.append(ev(key, occurred=occurred, received=received, payload=payload))
+                if key not in best or received < best[key][0]:
+                    best[key] = (received, payload)
+            rng.choice(writers).write_events(batch)
+        assert winners(writers[0]) == {k: p for k, (_, p) in best.items()}
+    writers[1].compact()
+    assert on_disk(tmp_path) == sorted(best)
+    assert winners(writers[2]) == {k: p for k, (_, p) in best.items()}
+
+
+def _template(root: Path) -> dict[str, str]:
+    lake = ke.Lake(root, writer_id="tpl")
+    expected = fill(lake)
+    lake.compact()
+    # Second round: new copies in compacted partitions and a neighbour that loses a row.
+    lake.write_events([ev("k1", payload="late-copy", received=T0 + timedelta(days=30))])
+    lake.write_events(
+        [
+            ev(
+                "s",
+                type="message.status",
+                occurred=T0 + timedelta(days=1),
+                received=T0 - timedelta(1),
+                payload="s0",
+            )
+        ]
+    )
+    lake.write_events(
+        [ev("n1", payload="n1"), ev("n1", payload="n1-dup", received=T0 + timedelta(9))]
+    )
+    expected.update({"s": "s0", "n1": "n1"})
+    return expected
+
+
+def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    expected = _template(template)
+    calls: list[str] = []
+    probe = tmp_path / "probe"
+    shutil.copytree(template, probe)
+    ke.Lake(probe).compact(hook=calls.append)
+    assert set(calls) == set(STEPS)
+    for crash_at, step in enumerate(calls):
+        root = tmp_path / f"crash{crash_at}"
+        shutil.copytree(template, root)
+        lake = ke.Lake(root)
+        seen = 0
+
+        def hook(name: str) -> None:
+            nonlocal seen
+            if seen == crash_at:
+                raise Crash(name)
+            seen += 1
+
+        with pytest.raises(Crash):
+            lake.compact(hook=hook)
+        assert winners(lake) == expected, f"after a crash at step {crash_at} ({step})"
+        assert lake.deliveries().collect().height == 1
+        lake.compact()  # the next run finishes the job
+        assert winners(lake) == expected
+        assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
+        assert not list((root / "_state/changes").rglob("*.parquet"))
+
+
+def test_a_write_during_compaction_is_kept(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("a", payload="dup", received=T0 + timedelta(1))])
+    other = ke.Lake(tmp_path, writer_id="other")
+
+    def hook(step: str) -> None:
+        if step == "planned":
+            other.write_events([ev("b"), ev("a", payload="latest", received=T0 + timedelta(2))])
+
+    lake.compact(hook=hook)
+    assert set(winners(lake)) == {"a", "b"}
+    assert winners(lake)["a"] != "dup"
+    lake.compact()
+    assert on_disk(tmp_path) == ["a", "b"]
+
+
+def test_only_one_compaction_at_a_time(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a")])
+    errors: list[Exception] = []
+
+    def hook(step: str) -> None:
+        if step == "planned":
+            try:
+                ke.Lake(tmp_path).compact()
+            except LakeError as exc:
+                errors.append(exc)
+
+    lake.compact(hook=hook)
+    assert len(errors) == 1
+    assert "another compaction" in str(errors[0])
+
+
+def test_large_partitions_split_into_files_of_the_target_size(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    for part in range(4):
+        lake.write_events([ev(f"k{part}-{i}", payload="x" * 200 + str(i)) for i in range(500)])
+    report = lake.compact(target_file_bytes=8_000)
+    assert report.files_out > 1
+    assert report.rows_out == 2000
+    assert len(winners(lake)) == 2000
+    assert len(on_disk(tmp_path)) == 2000
+
+
+def test_full_compaction_without_markers(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("a", payload="dup", received=T0 + timedelta(1))])
+    lake.write_events([ev("a", payload="dup2", received=T0 + timedelta(2))])
+    shutil.rmtree(tmp_path / "_state/changes")
+    assert lake.compact().partitions == 0
+    assert lake.compact(full=True).partitions == 1
+    assert on_disk(tmp_path) == ["a"]

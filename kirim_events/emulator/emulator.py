@@ -1,0 +1,187 @@
+"""The Emulator facade: one seeded world, its truth, a delivery engine and the REST app."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from kirim_events.config import Secret, SecretLike, as_secrets
+from kirim_events.emulator.api import create_app
+from kirim_events.emulator.engine import (
+    Clock,
+    DeliveryEngine,
+    EngineConfig,
+    EngineReport,
+    SignedDelivery,
+    Sleep,
+    iter_signed,
+)
+from kirim_events.emulator.faults import FaultConfig, FaultInjector
+from kirim_events.emulator.ids import api_key, webhook_secret
+from kirim_events.emulator.store import Store, Subscription
+from kirim_events.emulator.truth import Truth
+from kirim_events.emulator.world import Bundle, World, WorldConfig
+
+__all__ = ["Emulator"]
+
+
+class Emulator:
+    """A local Kirim: simulated traffic, signed deliveries, delivery history and REST API.
+
+    Parameters
+    ----------
+    seed
+        Seeds the world, ids, secrets, jitter and faults: the same seed (and an injected
+        ``clock``) gives byte-identical deliveries.
+    world, engine, faults
+        :class:`WorldConfig`, :class:`EngineConfig`, :class:`FaultConfig`.
+    start
+        Simulated start of the world (unix seconds or aware datetime).
+    secrets
+        Webhook secrets for subscriptions this object creates (``KIRIM_WEBHOOK_SECRET``);
+        one is generated from the seed when omitted (see :attr:`webhook_secrets`).
+    api_keys
+        ``kdv_live_`` keys the REST app accepts; one is generated when omitted
+        (see :attr:`api_keys`).
+    clock, sleep
+        Injected time for the engine and the API (``time.time`` / real waiting by default).
+    truth_path
+        Write the truth's event log to this Parquet file instead of keeping it in memory.
+    read_limit, write_limit
+        API rate limits per minute.
+
+    Examples
+    --------
+    >>> emu = Emulator(seed=1)
+    >>> sub = emu.subscribe("https://example.test/webhooks/kirim")
+    >>> sent = list(emu.iter_deliveries(20))
+    >>> len(emu.truth) == 20 and len(sent) >= 19
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        world: WorldConfig | None = None,
+        engine: EngineConfig | None = None,
+        faults: FaultConfig | None = None,
+        start: int | datetime | None = None,
+        secrets: SecretLike | Iterable[SecretLike] | None = None,
+        api_keys: Iterable[SecretLike] = (),
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        truth_path: str | Path | None = None,
+        read_limit: int = 600,
+        write_limit: int = 60,
+        record_attempts: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.world = World(world, seed=seed, start=start)
+        block = self.world.config.kirim_block
+        self.truth = Truth(kirim_block=block, path=truth_path)
+        self.clock: Clock = clock or time.time
+        rng = random.Random(f"{seed}:emulator")
+        self.store = Store(rng=random.Random(rng.getrandbits(64)), record_attempts=record_attempts)
+        self.webhook_secrets: tuple[Secret, ...] = as_secrets(secrets) or (
+            Secret(webhook_secret(rng)),
+        )
+        keys = tuple(as_secrets(list(api_keys)))
+        self.api_keys: tuple[Secret, ...] = keys or (Secret(api_key(rng)),)
+        self.engine = DeliveryEngine(
+            self.store,
+            engine,
+            clock=self.clock,
+            sleep=sleep,
+            rng=random.Random(rng.getrandbits(64)),
+            kirim_block=block,
+        )
+        self.engine_config = self.engine.config
+        self.app: FaultInjector = create_app(
+            self.store,
+            api_keys=self.api_keys,
+            clock=self.clock,
+            rng=random.Random(rng.getrandbits(64)),
+            read_limit=read_limit,
+            write_limit=write_limit,
+            faults=faults,
+            fault_sleep=sleep,
+        )
+        self._started = False
+
+    def subscribe(
+        self,
+        url: str,
+        *,
+        events: list[str] | None = None,
+        secrets: SecretLike | Iterable[SecretLike] | None = None,
+        now: float | None = None,
+    ) -> Subscription:
+        """Create a subscription signed with ``secrets`` (default :attr:`webhook_secrets`)."""
+        chosen = list(as_secrets(secrets)) if secrets is not None else list(self.webhook_secrets)
+        sub, _ = self.store.create_subscription(
+            url,
+            now=self.clock() if now is None else now,
+            events=events,
+            secrets=chosen,
+        )
+        return sub
+
+    def bundles(self, n_events: int | None) -> Iterator[Bundle]:
+        """The world's bundles (each recorded in :attr:`truth`); one stream per Emulator."""
+        if self._started:
+            raise RuntimeError("an Emulator streams its world once; make a new Emulator")
+        self._started = True
+        return self.truth.watch(self.world.bundles(n_events))
+
+    def iter_deliveries(
+        self, n_events: int | None, *, record: bool = True
+    ) -> Iterator[SignedDelivery]:
+        """Signed requests for ``n_events`` world events, no network (see :func:`iter_signed`).
+
+        Needs at least one subscription (:meth:`subscribe`); signature ``t`` is simulated time.
+        """
+        if not self.store.subscriptions:
+            raise RuntimeError("no subscription: call subscribe(url) first")
+        return iter_signed(
+            self.bundles(n_events),
+            self.store,
+            config=self.engine_config,
+            seed=self.seed,
+            kirim_block=self.world.config.kirim_block,
+            record=record,
+        )
+
+    async def send(
+        self,
+        n_events: int | None,
+        *,
+        url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        forever: bool = False,
+    ) -> EngineReport:
+        """POST ``n_events`` world events to every subscription (retries, replays included).
+
+        ``url`` creates a subscription when none exists; ``transport`` routes every request
+        through it (``httpx.ASGITransport(app=receiver)`` for in-process receivers). Returns
+        when everything is delivered or terminal, or after :meth:`stop` when ``forever``.
+        """
+        if url is not None and not self.store.subscriptions:
+            self.subscribe(url)
+        if not self.store.subscriptions:
+            raise RuntimeError("no subscription: pass url= or call subscribe(url) first")
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await self.engine.run(self.bundles(n_events), client=client, forever=forever)
+
+    def stop(self) -> None:
+        """Stop a :meth:`send` running with ``forever=True``."""
+        self.engine.stop()
+
+    def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
+        """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx."""
+        return self.store.unacknowledged_event_keys(subscription_id)

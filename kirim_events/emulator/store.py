@@ -1,0 +1,312 @@
+"""The emulator's state: webhook subscriptions with their secrets, delivery rows, attempts.
+
+One delivery row per (event, subscription) pair, as Kirim's replay semantics imply (a replay
+makes a *new* row whose ``replayed_from`` names the original). The row keeps one
+``X-Kirim-Delivery-Id`` across its attempts (kirim-api.md §2: docs disagree; we pick one id
+per row) and shows its latest state; every attempt is also appended to :attr:`Store.attempts`
+with its outcome. Rows live in memory in creation order (``seq``), which is also the order the
+REST API pages through (newest first).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from kirim_events.config import Secret
+from kirim_events.emulator.bodies import iso
+from kirim_events.emulator.ids import ulid, webhook_secret
+
+__all__ = ["AttemptRecord", "DeliveryRow", "SecretRecord", "Store", "Subscription"]
+
+
+@dataclass(slots=True)
+class SecretRecord:
+    """A signing secret; ``value`` is shown once at creation, never in listings."""
+
+    id: str
+    value: Secret
+    created_at: float
+    expires_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        """True while the secret has not expired."""
+        return self.expires_at is None or now < self.expires_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The listing form (no plaintext)."""
+        return {
+            "id": self.id,
+            "created_at": iso(self.created_at, ms=True),
+            "expires_at": None if self.expires_at is None else iso(self.expires_at, ms=True),
+        }
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A webhook subscription (``wbs_``)."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    created_at: float
+    updated_at: float
+    secrets: list[SecretRecord] = field(default_factory=list)
+    status: str = "active"
+    consecutive_failures: int = 0
+    deleted: bool = False
+
+    def matches(self, event_type: str) -> bool:
+        """Whether deliveries of ``event_type`` go to this subscription (``*`` = all)."""
+        return "*" in self.events or event_type in self.events
+
+    def active_secrets(self, now: float) -> list[Secret]:
+        """Every secret that signs at ``now`` (one ``v1`` each)."""
+        return [s.value for s in self.secrets if s.active(now)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST form."""
+        return {
+            "id": self.id,
+            "object": "webhook_subscription",
+            "url": self.url,
+            "events": list(self.events),
+            "description": self.description,
+            "status": self.status,
+            "secrets": [s.to_json() for s in self.secrets],
+            "created_at": iso(self.created_at, ms=True),
+            "updated_at": iso(self.updated_at, ms=True),
+        }
+
+
+@dataclass(slots=True)
+class DeliveryRow:
+    """One (event, subscription) delivery and its latest state."""
+
+    seq: int
+    id: str
+    subscription_id: str
+    event_id: str
+    event_type: str
+    source: str
+    event_keys: tuple[str, ...]
+    payload: bytes
+    url: str
+    created_at: float
+    updated_at: float
+    status: str = "pending"
+    attempt: int = 0
+    response_status_code: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+    next_retry_at: float | None = None
+    replayed_from: str | None = None
+    acknowledged: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The REST delivery object (kirim-api.md §7.4 superset; ``payload`` = raw body)."""
+        return {
+            "id": self.id,
+            "object": "webhook_delivery",
+            "status": self.status,
+            "replayed_from": self.replayed_from,
+            "subscription_id": self.subscription_id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "attempt": self.attempt,
+            "url": self.url,
+            "response_status_code": self.response_status_code,
+            "response_body": self.response_body,
+            "error": self.error,
+            "next_retry_at": None
+            if self.next_retry_at is None
+            else iso(self.next_retry_at, ms=True),
+            "created_at": iso(self.created_at, ms=True),
+            "updated_at": iso(self.updated_at, ms=True),
+            "payload": self.payload.decode("utf-8"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One POST attempt and what came of it."""
+
+    delivery_id: str
+    attempt: int
+    subscription_id: str
+    event_id: str
+    event_type: str
+    sent_at: float
+    signature_t: int
+    outcome: str  # succeeded | retry | failed | dead | lost_ack
+    response_status_code: int | None
+    error: str | None
+    next_retry_at: float | None
+
+
+_ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("delivery_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("subscription_id", pa.string()),
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("sent_at", pa.float64()),
+        ("signature_t", pa.int64()),
+        ("outcome", pa.string()),
+        ("response_status_code", pa.int32()),
+        ("error", pa.string()),
+        ("next_retry_at", pa.float64()),
+    ]
+)
+
+
+class Store:
+    """Subscriptions, delivery rows and attempts of one emulated organisation.
+
+    Parameters
+    ----------
+    rng
+        Source for ids and secrets (seeded for reproducible runs).
+    record_attempts
+        Keep every :class:`AttemptRecord` (turn off for very long runs).
+    """
+
+    def __init__(self, *, rng: random.Random | None = None, record_attempts: bool = True) -> None:
+        self.rng = rng or random.Random(0)
+        self.subscriptions: dict[str, Subscription] = {}
+        self.deliveries: list[DeliveryRow] = []
+        self.by_id: dict[str, DeliveryRow] = {}
+        self.attempts: list[AttemptRecord] = []
+        self.record_attempts = record_attempts
+        self.on_enqueue: Callable[[DeliveryRow], None] | None = None
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def create_subscription(
+        self,
+        url: str,
+        *,
+        now: float,
+        events: list[str] | None = None,
+        description: str | None = None,
+        secrets: list[Secret] | None = None,
+    ) -> tuple[Subscription, list[Secret]]:
+        """Create a subscription; return it and its plaintext secret(s) (shown only here).
+
+        ``secrets`` adopts existing secrets (the CLI uses ``KIRIM_WEBHOOK_SECRET``); otherwise
+        one new ``whsec_`` secret is minted.
+        """
+        ms = int(now * 1000)
+        sub = Subscription(
+            id=ulid("wbs", ms, self.rng),
+            url=url,
+            events=list(events or ["*"]),
+            description=description,
+            created_at=now,
+            updated_at=now,
+        )
+        values = list(secrets) if secrets else [Secret(webhook_secret(self.rng))]
+        for value in values:
+            sub.secrets.append(SecretRecord(ulid("sec", ms, self.rng), value, now))
+        self.subscriptions[sub.id] = sub
+        return sub, values
+
+    def mint_secret(
+        self, sub: Subscription, *, now: float, expires_in_hours: float
+    ) -> SecretRecord:
+        """Add a secret; the older ones expire ``expires_in_hours`` from now (kirim-api §7.5)."""
+        expiry = now + expires_in_hours * 3600
+        for old in sub.secrets:
+            if old.active(now) and (old.expires_at is None or old.expires_at > expiry):
+                old.expires_at = expiry
+        record = SecretRecord(
+            ulid("sec", int(now * 1000), self.rng), Secret(webhook_secret(self.rng)), now
+        )
+        sub.secrets.append(record)
+        sub.updated_at = now
+        return record
+
+    def live_subscriptions(self, event_type: str) -> Iterator[Subscription]:
+        """Active subscriptions that want ``event_type``, in creation order."""
+        for sub in self.subscriptions.values():
+            if sub.status == "active" and not sub.deleted and sub.matches(event_type):
+                yield sub
+
+    # ------------------------------------------------------------------ deliveries
+
+    def new_delivery(
+        self,
+        sub: Subscription,
+        *,
+        event_id: str,
+        event_type: str,
+        source: str,
+        event_keys: tuple[str, ...],
+        payload: bytes,
+        now: float,
+        delivery_id: str | None = None,
+        replayed_from: str | None = None,
+    ) -> DeliveryRow:
+        """Create (and keep) a pending delivery row."""
+        row = DeliveryRow(
+            seq=len(self.deliveries),
+            id=delivery_id or ulid("wbd", int(now * 1000), self.rng),
+            subscription_id=sub.id,
+            event_id=event_id,
+            event_type=event_type,
+            source=source,
+            event_keys=event_keys,
+            payload=payload,
+            url=sub.url,
+            created_at=now,
+            updated_at=now,
+            replayed_from=replayed_from,
+        )
+        self.deliveries.append(row)
+        self.by_id[row.id] = row
+        return row
+
+    def replay(self, original: DeliveryRow, *, now: float) -> DeliveryRow:
+        """A new pending row for ``original``'s event, handed to the engine if one listens."""
+        sub = self.subscriptions[original.subscription_id]
+        row = self.new_delivery(
+            sub,
+            event_id=original.event_id,
+            event_type=original.event_type,
+            source=original.source,
+            event_keys=original.event_keys,
+            payload=original.payload,
+            now=now,
+            replayed_from=original.id,
+        )
+        if self.on_enqueue is not None:
+            self.on_enqueue(row)
+        return row
+
+    def record(self, attempt: AttemptRecord) -> None:
+        """Append an attempt (when attempts are recorded)."""
+        if self.record_attempts:
+            self.attempts.append(attempt)
+
+    def attempts_table(self) -> pa.Table:
+        """Every recorded attempt as an Arrow table."""
+        rows = [{name: getattr(a, name) for name in _ATTEMPT_SCHEMA.names} for a in self.attempts]
+        return pa.Table.from_pylist(rows, schema=_ATTEMPT_SCHEMA)
+
+    def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
+        """Event keys that no delivery (of ``subscription_id``, or any) got a 2xx for."""
+        acked: set[str] = set()
+        seen: set[str] = set()
+        for row in self.deliveries:
+            if subscription_id is not None and row.subscription_id != subscription_id:
+                continue
+            seen.update(row.event_keys)
+            if row.acknowledged:
+                acked.update(row.event_keys)
+        return seen - acked

@@ -1,0 +1,232 @@
+"""The receiver over real HTTP in-process (httpx.ASGITransport): answers, dedup, receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import kirim_events as ke
+from kirim_events import testing
+from kirim_events.journal import Journal
+from kirim_events.lake import Lake
+from kirim_events.receiver import Receiver
+
+SECRET = "whsec_current"
+OLD_SECRET = "whsec_previous"
+PATH = "/webhooks/kirim"
+NOW = 1_779_531_500.0  # pinned clock: 2026-05-23T10:18:20Z
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path)
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def receiver(journal: Journal) -> Receiver:
+    return Receiver(journal, [SECRET, OLD_SECRET], max_body=64 * 1024, now=lambda: NOW)
+
+
+def client(app: Receiver) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://collector")
+
+
+async def post(app: Receiver, req: testing.SignedRequest) -> httpx.Response:
+    async with client(app) as c:
+        return await c.post(PATH, content=req.body, headers=req.headers)
+
+
+def signed(body: Any = None, secret: str = SECRET, **kw: Any) -> testing.SignedRequest:
+    body = testing.kirim_event() if body is None else body
+    return testing.signed_request(body, secret, timestamp=int(NOW), **kw)
+
+
+def lake_after_flush(journal: Journal) -> Lake:
+    lake = Lake(journal.data_dir)
+    journal.flush(lake)
+    return lake
+
+
+async def test_new_then_duplicate(receiver: Receiver, journal: Journal) -> None:
+    req = signed()
+    first, again = await post(receiver, req), await post(receiver, req)
+    assert (first.status_code, first.json()["outcome"]) == (200, "new")
+    assert (again.status_code, again.json()["outcome"]) == (200, "duplicate")
+    lake = lake_after_flush(journal)
+    assert lake.events().collect().height == 1
+    outcomes = lake.deliveries().collect()["outcome"].to_list()
+    assert sorted(outcomes) == ["duplicate", "new"]
+
+
+@pytest.mark.parametrize("shape", ["kirim", "meta_status", "meta_message", "legacy"])
+async def test_every_body_shape_is_accepted(receiver: Receiver, shape: str) -> None:
+    body = testing.sample_bodies(random.Random(7))[shape]
+    resp = await post(receiver, signed(body))
+    assert resp.status_code == 200
+    assert resp.json() == {"outcome": "new", "events": 1, "new": 1}
+
+
+async def test_rotation_and_the_256_header_name(receiver: Receiver) -> None:
+    old = await post(receiver, signed(secret=OLD_SECRET))
+    alt = await post(receiver, signed(signature_header="X-Kirim-Signature-256"))
+    assert (old.status_code, alt.status_code) == (200, 200)
+
+
+def _tamper(req: testing.SignedRequest) -> testing.SignedRequest:
+    return testing.SignedRequest(
+        req.body.replace(b'"livemode":true', b'"livemode":false'), req.headers
+    )
+
+
+def _header(req: testing.SignedRequest, value: str | None) -> testing.SignedRequest:
+    headers = {k: v for k, v in req.headers.items() if k != "X-Kirim-Signature"}
+    if value is not None:
+        headers["X-Kirim-Signature"] = value
+    return testing.SignedRequest(req.body, headers)
+
+
+BAD_SIGNATURES = {
+    "missing": lambda r: _header(r, None),
+    "malformed": lambda r: _header(r, "v1=abc"),
+    "mismatch": lambda r: _header(r, ke.sign(r.body, "whsec_wrong", timestamp=int(NOW))),
+    "stale": lambda r: testing.signed_request(r.body, SECRET, timestamp=int(NOW) - 301),
+    "tampered": _tamper,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SIGNATURES))
+async def test_bad_signatures_get_401_and_reach_no_table(
+    receiver: Receiver, journal: Journal, case: str
+) -> None:
+    resp = await post(receiver, BAD_SIGNATURES[case](signed()))
+    assert resp.status_code == 401
+    expected = {"tampered": "mismatch"}.get(case, case)
+    assert resp.json()["reason"] == expected
+    lake = lake_after_flush(journal)
+    assert lake.events().collect().height == 0
+    receipt = lake.deliveries().collect().to_dicts()
+    assert [(r["outcome"], r["reason"]) for r in receipt] == [("rejected", expected)]
+
+
+async def test_too_large_by_content_length_is_413(receiver: Receiver, journal: Journal) -> None:
+    big = testing.kirim_event(data={"blob": "x" * 70_000})
+    resp = await post(receiver, signed(big))
+    assert resp.status_code == 413
+    assert lake_after_flush(journal).events().collect().height == 0
+
+
+async def test_size_limit_is_enforced_while_streaming(receiver: Receiver) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked upload
+        nonlocal sent
+        for _ in range(1000):
+            sent += 1
+            yield b"x" * 8192
+
+    async with client(receiver) as c:
+        resp = await c.post(PATH, content=chunks(), headers={"X-Kirim-Signature": "t=1,v1=0"})
+    assert resp.status_code == 413
+    assert sent < 20  # stopped reading soon after 64 KiB, not after 8 MB
+
+
+async def test_other_methods_and_paths(receiver: Receiver) -> None:
+    async with client(receiver) as c:
+        assert (await c.get(PATH)).status_code == 405
+        assert (await c.put(PATH, content=b"{}")).status_code == 405
+        assert (await c.post("/webhooks/other", content=b"{}")).status_code == 404
+        assert (await c.get("/")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"\xff\xfe", b"[1,2]", b'{"hello":"world"}', b'{"type":"Bad","data":{}}']
+)
+async def test_signed_unparseable_is_quarantined_byte_exact(
+    receiver: Receiver, journal: Journal, body: bytes
+) -> None:
+    resp = await post(receiver, signed(body))
+    assert resp.status_code == 200
+    assert resp.json()["outcome"] == "quarantined"
+    kept = list((journal.data_dir / "quarantine").rglob("*.body"))
+    assert [p.read_bytes() for p in kept] == [body]
+    lake = lake_after_flush(journal)
+    assert lake.events().collect().height == 0
+    assert lake.deliveries().collect()["outcome"].to_list() == ["quarantined"]
+
+
+async def test_storage_failure_is_503_so_kirim_retries(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    app = Receiver(journal, SECRET, now=lambda: NOW)
+    journal.close()  # storage gone
+    assert (await post(app, signed())).status_code == 503
+    # The quarantine file is written, but its receipt cannot be: still a storage failure.
+    assert (await post(app, signed(b"not json"))).status_code == 503
+    async with client(app) as c:
+        assert (await c.get("/healthz")).status_code == 503
+
+
+async def test_two_hundred_concurrent_deliveries_of_one_event_give_one_row(
+    receiver: Receiver, journal: Journal
+) -> None:
+    body = testing.encode(testing.meta_status("delivered"))
+    reqs = [signed(body, attempt=1 + i % 8) for i in range(200)]
+    async with client(receiver) as c:
+        resps = await asyncio.gather(
+            *(c.post(PATH, content=r.body, headers=r.headers) for r in reqs)
+        )
+    assert {r.status_code for r in resps} == {200}
+    assert sorted(r.json()["outcome"] for r in resps) == ["duplicate"] * 199 + ["new"]
+    lake = lake_after_flush(journal)
+    assert lake.events().collect().height == 1
+    assert lake.deliveries().collect().height == 200
+
+
+async def test_healthz_and_metrics(receiver: Receiver) -> None:
+    await post(receiver, signed())
+    await post(receiver, _header(signed(), None))
+    async with client(receiver) as c:
+        health = await c.get("/healthz")
+        metrics = (await c.get("/metrics")).text
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "journal_backlog": 1}
+    assert "kirim_events_received_total 2" in metrics
+    assert 'kirim_events_rejected_total{reason="missing"} 1' in metrics
+    assert "kirim_events_journal_backlog 1" in metrics
+
+
+async def test_logs_hold_neither_secrets_nor_bodies(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kirim_events")
+    marker = "SECRET-CUSTOMER-TEXT"
+    for req in (
+        signed(testing.meta_message(marker)),
+        signed(b"unparseable " + marker.encode()),
+        signed(testing.meta_message(marker), secret="whsec_wrong"),
+    ):
+        await post(receiver, req)
+    assert caplog.records  # it did log
+    assert marker not in caplog.text
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(receiver)
+
+
+def test_a_receiver_needs_a_secret(journal: Journal) -> None:
+    with pytest.raises(ValueError):
+        Receiver(journal, [])

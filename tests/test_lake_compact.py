@@ -10,11 +10,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from test_lake import T0, ev, parquet_files
 
 import kirim_events as ke
 from kirim_events.errors import LakeError
 from kirim_events.lake import STEPS
-from test_lake import T0, ev, parquet_files
 
 
 class Crash(Exception):
@@ -186,7 +186,7 @@ def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_p
         lake = ke.Lake(root)
         seen = 0
 
-        def hook(name: str) -> None:
+        def hook(name: str, crash_at: int = crash_at) -> None:
             nonlocal seen
             if seen == crash_at:
                 raise Crash(name)

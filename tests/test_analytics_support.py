@@ -149,3 +149,35 @@ def from_duck(con: duckdb.DuckDBPyConnection, view: str) -> pl.DataFrame:
         for c, t in frame.schema.items()
         if isinstance(t, pl.Datetime) and t.time_zone is not None
     )
+
+
+def both(
+    view: str,
+    records: Sequence[EventRecord],
+    *,
+    deliveries: Sequence[Mapping[str, Any]] = (),
+    as_of: datetime | None = None,
+) -> pl.DataFrame:
+    """Run one helper in Polars and as the DuckDB view; assert equal rows; return them."""
+    from polars.testing import assert_frame_equal
+
+    from kirim_events.analytics import conversations, health, timelines
+
+    events, copies = dedup(records)
+    if view == "delivery_health":
+        frame = health.delivery_health(
+            events, pl.from_arrow(deliveries_table(list(deliveries))).lazy(), as_of=as_of
+        )
+    else:
+        module = timelines if view.startswith("message") else conversations
+        frame = getattr(module, view)(events, copies=copies, as_of=as_of)
+    result = frame.collect()
+    assert_frame_equal(result, from_duck(duck(events, copies, deliveries, as_of=as_of), view))
+    return result
+
+
+def row(frame: pl.DataFrame, **match: Any) -> dict[str, Any]:
+    """The single row of ``frame`` matching ``match`` (column == value)."""
+    rows = frame.filter(**match).to_dicts()
+    assert len(rows) == 1, rows
+    return rows[0]

@@ -1,0 +1,149 @@
+"""conversation_lifecycles / conversation_cycles on hand-built deliveries, Polars and DuckDB."""
+
+from __future__ import annotations
+
+import random
+
+from polars.testing import assert_frame_equal
+from test_analytics_support import at, both, conversation, row, status
+
+from kirim_events.events import EventRecord
+
+
+def _story() -> list[EventRecord]:
+    """cnv_1: assigned at 10, reassigned at 20, closed at 50, reopened by a message at 100."""
+    return [
+        conversation("evt_a1", "assigned", "cnv_1", 10, 11, user="usr_a"),
+        conversation("evt_a2", "assigned", "cnv_1", 20, 21, user="usr_b", previous="usr_a"),
+        conversation("evt_c1", "closed", "cnv_1", 50, 51, closed_by="usr_b"),
+        status("wamid.R", "sent", 100, 101, conversation_id="cnv_1"),
+        conversation("evt_a3", "assigned", "cnv_1", 130, 131, user="usr_a", previous="usr_b"),
+    ]
+
+
+def test_lifecycle_of_a_reopened_conversation() -> None:
+    got = row(both("conversation_lifecycles", _story()), conversation_id="cnv_1")
+    assert got["opened_at"] == at(10)
+    assert got["first_assigned_at"] == at(10)
+    assert (got["n_assignments"], got["n_assignees"], got["assignee_id"]) == (3, 2, "usr_a")
+    assert (got["n_closes"], got["n_reopens"], got["n_cycles"]) == (1, 1, 2)
+    assert (got["closed_at"], got["closed_by_user_id"]) == (at(50), "usr_b")
+    assert got["is_open"] is True
+    assert got["time_to_first_assignment"] == 0.0
+    assert got["time_to_close"] is None  # open now
+    assert (got["missing_first_assignment"], got["n_missing_assignments"]) == (False, 0)
+    assert got["n_events"] == 5
+
+
+def test_cycles_split_at_each_close() -> None:
+    cycles = both("conversation_cycles", _story())
+    assert cycles["cycle"].to_list() == [1, 2]
+    first, second = cycles.to_dicts()
+    assert (first["opened_at"], first["closed_at"], first["is_open"]) == (at(10), at(50), False)
+    assert first["time_to_close"] == 40.0
+    assert (first["n_assignments"], first["assignee_id"]) == (2, "usr_b")
+    assert (second["opened_at"], second["is_reopen"], second["is_open"]) == (at(100), True, True)
+    assert second["first_assigned_at"] == at(130)
+    assert second["time_to_first_assignment"] == 30.0
+    assert second["closed_at"] is None
+
+
+def test_close_arriving_before_the_assignment_uses_event_time() -> None:
+    # Arrival order close, then assignment; event time says assignment came first.
+    records = [
+        conversation("evt_c", "closed", "cnv_2", 50, 60, closed_by="usr_a"),
+        conversation("evt_a", "assigned", "cnv_2", 10, 70, user="usr_a"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_2")
+    assert (got["n_cycles"], got["n_reopens"], got["is_open"]) == (1, 0, False)
+    assert got["time_to_close"] == 40.0
+
+
+def test_result_does_not_depend_on_arrival_order() -> None:
+    expected = both("conversation_lifecycles", _story())
+    rng = random.Random(3)
+    for _ in range(5):
+        records = _story()
+        rng.shuffle(records)
+        # Re-stamp arrival in the shuffled order; event times stay.
+        restamped = [_restamp(r, i) for i, r in enumerate(records)]
+        assert_frame_equal(both("conversation_lifecycles", restamped), expected)
+
+
+def _restamp(record: EventRecord, received: int) -> EventRecord:
+    from dataclasses import replace
+
+    return replace(record, received_at=at(received))
+
+
+def test_missing_first_assignment_is_flagged_not_invented() -> None:
+    # The first assignment we see already names a previous user: the real first one is lost.
+    records = [
+        conversation("evt_x", "assigned", "cnv_3", 10, 11, user="usr_b", previous="usr_a"),
+        conversation("evt_y", "closed", "cnv_3", 40, 41, closed_by="usr_b"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_3")
+    assert got["missing_first_assignment"] is True
+    assert got["first_assigned_at"] is None
+    assert got["time_to_first_assignment"] is None
+    assert got["n_missing_assignments"] == 1
+
+
+def test_missing_reassignment_is_counted() -> None:
+    records = [
+        conversation("evt_1", "assigned", "cnv_4", 10, 11, user="usr_a"),
+        # usr_a -> usr_b was never seen: this one says its previous user is usr_b.
+        conversation("evt_2", "assigned", "cnv_4", 30, 31, user="usr_c", previous="usr_b"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_4")
+    assert (got["missing_first_assignment"], got["n_missing_assignments"]) == (False, 1)
+    assert got["first_assigned_at"] == at(10)
+
+
+def test_unassignment_is_not_an_assignment() -> None:
+    records = [
+        conversation("evt_1", "assigned", "cnv_5", 10, 11, user="usr_a"),
+        conversation("evt_2", "assigned", "cnv_5", 20, 21, user=None, previous="usr_a"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_5")
+    assert (got["n_assignments"], got["n_assignees"], got["assignee_id"]) == (1, 1, None)
+    assert got["n_missing_assignments"] == 0
+
+
+def test_event_at_the_instant_of_a_close_does_not_reopen() -> None:
+    records = [
+        conversation("evt_1", "assigned", "cnv_6", 10, 11, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_6", 40, 41, closed_by="usr_a"),
+        status("wamid.S", "read", 40, 42, conversation_id="cnv_6"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_6")
+    assert (got["n_cycles"], got["is_open"]) == (1, False)
+
+
+def test_duplicates_counted_once() -> None:
+    records = [
+        conversation("evt_1", "assigned", "cnv_7", 10, 11, user="usr_a"),
+        conversation("evt_1", "assigned", "cnv_7", 10, 21, user="usr_a", attempt=2),
+        conversation("evt_2", "closed", "cnv_7", 40, 41, closed_by="usr_a"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_7")
+    assert (got["n_assignments"], got["n_events"], got["n_duplicates"]) == (1, 2, 1)
+
+
+def test_as_of_answers_as_the_world_looked_then() -> None:
+    story = _story()
+    before = both("conversation_lifecycles", story, as_of=at(5))
+    assert before.height == 0  # not opened yet
+    waiting = row(both("conversation_lifecycles", story, as_of=at(15)), conversation_id="cnv_1")
+    assert (waiting["is_open"], waiting["n_assignments"], waiting["assignee_id"]) == (
+        True,
+        1,
+        "usr_a",
+    )
+    closed = row(both("conversation_lifecycles", story, as_of=at(60)), conversation_id="cnv_1")
+    assert (closed["is_open"], closed["n_cycles"], closed["time_to_close"]) == (False, 1, 40.0)
+    reopened = row(both("conversation_lifecycles", story, as_of=at(100)), conversation_id="cnv_1")
+    assert (reopened["is_open"], reopened["n_reopens"]) == (True, 1)
+    cycles = both("conversation_cycles", story, as_of=at(100))
+    assert cycles["cycle"].to_list() == [1, 2]
+    assert cycles["first_assigned_at"].to_list() == [at(10), None]

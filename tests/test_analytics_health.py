@@ -1,0 +1,91 @@
+"""delivery_health and event_copies on hand-built receipts, Polars and DuckDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from test_analytics_support import at, both, conversation, row, status
+
+from kirim_events.analytics import event_copies
+from kirim_events.schema import deliveries_table
+
+
+def _receipt(
+    delivery: str, attempt: int, received: float, outcome: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery,
+        "attempt": attempt,
+        "event_id": "x",
+        "event_type": extra.pop("event_type", "message.status"),
+        "origin": extra.pop("origin", "webhook"),
+        "outcome": outcome,
+        "received_at": at(received),
+        **extra,
+    }
+
+
+def test_attempts_retries_duplicates_and_lateness() -> None:
+    records = [
+        status("wamid.A", "sent", 0, 2),
+        status("wamid.A", "delivered", 5, 15),
+        status("wamid.B", "sent", 0, 40),
+        conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
+    ]
+    receipts = [
+        _receipt("wbd_1", 1, 2, "new"),
+        _receipt("wbd_2", 1, 15, "new"),
+        _receipt("wbd_2", 2, 25, "duplicate"),
+        _receipt("wbd_3", 3, 40, "new"),
+        _receipt("wbd_4", 1, 41, "rejected"),
+        _receipt("wbd_5", 9, 42, "new"),  # beyond the schedule: counted with attempt 8
+        _receipt("wbd_6", 1, 42, "quarantined"),
+        _receipt("wbd_7", 1, 43, "succeeded", origin="backfill"),  # Kirim's history: ignored
+    ]
+    health = both("delivery_health", records, deliveries=receipts)
+    assert health["event_type"].to_list() == ["conversation.assigned", "message.status"]
+    got = row(health, event_type="message.status")
+    assert got["deliveries"] == 7
+    assert [got[f"n_attempt_{n}"] for n in range(1, 9)] == [4, 1, 1, 0, 0, 0, 0, 1]
+    assert got["retry_rate"] == 3 / 7
+    assert got["max_attempt"] == 9
+    assert (got["duplicates"], got["rejected"], got["quarantined"]) == (1, 1, 1)
+    assert got["n_events"] == 3
+    assert (got["lateness_p50"], got["lateness_max"]) == (10.0, 40.0)
+    assert got["lateness_p90"] == 10.0 + 0.8 * 30.0
+    conv = row(health, event_type="conversation.assigned")
+    assert conv["deliveries"] is None  # no receipts for it: unknown, not zero
+    assert conv["n_events"] == 1
+
+
+def test_days_are_utc_receipt_days() -> None:
+    late = status("wamid.L", "sent", 0, 86_400 * 2)  # happened on day 0, received on day 2
+    health = both("delivery_health", [late], deliveries=[_receipt("wbd_1", 1, 86_400 * 2, "new")])
+    assert health["day"].to_list() == [at(86_400 * 2).date()]
+    assert health["lateness_max"].to_list() == [86_400.0 * 2]
+
+
+def test_as_of_counts_what_had_arrived() -> None:
+    records = [status("wamid.A", "sent", 0, 2), status("wamid.A", "read", 50, 51)]
+    receipts = [_receipt("wbd_1", 1, 2, "new"), _receipt("wbd_2", 1, 51, "new")]
+    got = row(both("delivery_health", records, deliveries=receipts, as_of=at(10)), day=at(0).date())
+    assert (got["deliveries"], got["n_events"]) == (1, 1)
+
+
+def test_event_copies_follow_the_delivery_id() -> None:
+    events = pl.DataFrame(
+        {"event_key": ["k1", "k2", "k3"], "delivery_id": ["wbd_1", "wbd_1", None]}
+    ).lazy()
+    receipts = pl.from_arrow(
+        deliveries_table(
+            [
+                _receipt("wbd_1", 1, 1, "new"),
+                _receipt("wbd_1", 2, 11, "duplicate"),  # a retry carries both events again
+                _receipt("wbd_9", 1, 12, "duplicate"),  # a replay: new id, not attributed
+            ]
+        )
+    )
+    assert isinstance(receipts, pl.DataFrame)
+    copies = event_copies(events, receipts.lazy()).collect().sort("event_key")
+    assert copies.rows() == [("k1", 2), ("k2", 2), ("k3", 1)]

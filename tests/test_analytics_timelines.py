@@ -1,0 +1,202 @@
+"""message_timelines / message_status_history on hand-built deliveries, Polars and DuckDB."""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from test_analytics_support import at, both, dedup, row, status
+
+from kirim_events.analytics.timelines import message_timelines
+
+
+def test_late_delivered_never_overwrites_read() -> None:
+    # The last-write-wins bug: "delivered" arrives after "read" and must not downgrade it.
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "read", 60, 61),
+        status("wamid.A", "delivered", 5, 300),
+    ]
+    got = row(both("message_timelines", records), message_id="wamid.A")
+    assert got["status"] == "read"
+    assert (got["sent_at"], got["delivered_at"], got["read_at"]) == (at(0), at(5), at(60))
+    assert got["time_to_deliver"] == 5.0
+    assert got["time_to_read"] == 60.0
+    assert got["out_of_order"] is True
+    assert got["read_without_delivered"] is False
+    assert got["n_events"] == 3
+
+
+def test_in_order_arrival_is_not_flagged() -> None:
+    records = [status("wamid.A", "sent", 0, 1), status("wamid.A", "delivered", 5, 6)]
+    got = row(both("message_timelines", records), message_id="wamid.A")
+    assert got["out_of_order"] is False
+    assert got["status"] == "delivered"
+
+
+def test_result_does_not_depend_on_arrival_order() -> None:
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "delivered", 5, 6),
+        status("wamid.A", "read", 60, 61),
+        status("wamid.B", "sent", 3, 4),
+        status("wamid.B", "failed", 9, 10, error=(131047, "Re-engagement message")),
+    ]
+    drop = ["out_of_order", "first_received_at", "last_received_at"]
+    events, copies = dedup(records)
+    expected = message_timelines(events, copies=copies).collect().drop(drop)
+    rng = random.Random(7)
+    for _ in range(5):
+        shuffled = records[:]
+        rng.shuffle(shuffled)
+        # Arrival order is the received time: re-stamp the copies in their shuffled order.
+        restamped = [
+            status(r.message_id or "", r.status or "", (r.occurred_at - at(0)).total_seconds(), i)
+            if r.error_code is None
+            else status(
+                r.message_id or "",
+                "failed",
+                (r.occurred_at - at(0)).total_seconds(),
+                i,
+                error=(int(r.error_code), r.error_title or ""),
+            )
+            for i, r in enumerate(shuffled)
+        ]
+        got = both("message_timelines", restamped).drop(drop)
+        assert_frame_equal(got, expected)
+
+
+def test_read_without_delivered_implies_delivered_with_null_time() -> None:
+    records = [status("wamid.A", "sent", 0, 1), status("wamid.A", "read", 30, 31)]
+    got = row(both("message_timelines", records), message_id="wamid.A")
+    assert got["status"] == "read"
+    assert got["read_without_delivered"] is True
+    assert got["reached_delivered"] is True
+    assert got["delivered_at"] is None
+    assert got["time_to_deliver"] is None
+    assert got["time_to_read"] == 30.0
+
+
+def test_never_sent_flag_and_implied_sent() -> None:
+    got = row(
+        both("message_timelines", [status("wamid.A", "delivered", 5, 6)]), message_id="wamid.A"
+    )
+    assert got["never_sent"] is True
+    assert got["reached_sent"] is True
+    assert got["sent_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("statuses", "final", "anomaly"),
+    [
+        (["failed"], "failed", False),
+        (["sent", "failed"], "failed", False),
+        (["pending", "failed"], "failed", False),
+        (["sent", "delivered", "failed"], "delivered", True),  # failed after delivered
+        (["sent", "failed", "delivered"], "delivered", True),  # delivered after failed
+        (["sent", "failed", "read"], "read", True),
+        (["pending"], "pending", False),
+    ],
+)
+def test_failed_precedence(statuses: list[str], final: str, anomaly: bool) -> None:
+    # Rules (kirim-api.md §6.1): failed outranks pending and sent; delivered and read outrank
+    # failed and the row is flagged failed_after_delivered, whatever the order.
+    records = [
+        status(
+            "wamid.F",
+            s,
+            10 * i,
+            10 * i + 1,
+            error=(1013, "User is blocked") if s == "failed" else None,
+        )
+        for i, s in enumerate(statuses)
+    ]
+    got = row(both("message_timelines", records), message_id="wamid.F")
+    assert got["status"] == final
+    assert got["failed_after_delivered"] is anomaly
+    if "failed" in statuses:
+        assert got["error_code"] == "1013"
+        assert got["error_title"] == "User is blocked"
+        assert got["error_label"] == "recipient_blocked"
+        assert got["failed_at"] == at(10 * statuses.index("failed"))
+    else:
+        assert got["error_code"] is None
+        assert got["error_label"] is None
+
+
+def test_unknown_error_code_is_labelled_other() -> None:
+    records = [status("wamid.X", "failed", 0, 1, error=(131026, "Message undeliverable"))]
+    got = row(both("message_timelines", records), message_id="wamid.X")
+    assert (got["error_code"], got["error_label"]) == ("131026", "other")
+
+
+def test_duplicates_are_counted_not_double_counted() -> None:
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "sent", 0, 11, attempt=2),
+        status("wamid.A", "sent", 0, 41, attempt=3),
+        status("wamid.A", "delivered", 5, 6),
+        status("wamid.A", "delivered", 5, 16, attempt=2),
+    ]
+    got = row(both("message_timelines", records), message_id="wamid.A")
+    assert got["n_events"] == 2
+    assert got["n_duplicates"] == 3
+    assert got["first_received_at"] == at(1)  # the first copy wins
+    history = both("message_status_history", records)
+    assert history["n_duplicates"].to_list() == [2, 1]
+
+
+def test_without_copies_n_duplicates_is_unknown() -> None:
+    events, _ = dedup([status("wamid.A", "sent", 0, 1)])
+    got = message_timelines(events).collect()
+    assert got["n_duplicates"].to_list() == [None]
+
+
+def test_as_of_cuts_on_event_time() -> None:
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "delivered", 5, 600),  # arrives late, but happened at 5
+        status("wamid.A", "read", 60, 61),
+    ]
+    early = row(both("message_timelines", records, as_of=at(4)), message_id="wamid.A")
+    assert (early["status"], early["delivered_at"], early["n_events"]) == ("sent", None, 1)
+    middle = row(both("message_timelines", records, as_of=at(5)), message_id="wamid.A")
+    assert (middle["status"], middle["delivered_at"]) == ("delivered", at(5))
+    before = both("message_timelines", records, as_of=at(-1))
+    assert before.height == 0
+
+
+def test_status_history_records_each_step_in_event_time_order() -> None:
+    records = [
+        status("wamid.A", "delivered", 5, 6),
+        status("wamid.A", "read", 60, 61),
+        status("wamid.A", "sent", 0, 100),  # late and below the current status
+        status("wamid.B", "failed", 0, 1, error=(132015, "Template is paused")),
+    ]
+    history = both("message_status_history", records).filter(pl.col("message_id") == "wamid.A")
+    assert history["seq"].to_list() == [1, 2, 3]
+    assert history["status"].to_list() == ["sent", "delivered", "read"]
+    assert history["previous_status"].to_list() == [None, "sent", "delivered"]
+    assert history["current_status"].to_list() == ["sent", "delivered", "read"]
+    assert history["arrived_late"].to_list() == [False, True, True]
+    assert history["is_upgrade"].to_list() == [True, True, True]
+
+
+def test_status_history_marks_steps_that_change_nothing() -> None:
+    records = [
+        status("wamid.A", "read", 60, 61),
+        status("wamid.A", "failed", 70, 71, error=(1013, "User is blocked")),
+    ]
+    history = both("message_status_history", records)
+    assert history["current_status"].to_list() == ["read", "read"]
+    assert history["is_upgrade"].to_list() == [True, False]
+    assert history["error_code"].to_list() == [None, "1013"]
+
+
+def test_other_event_types_and_unknown_statuses_are_ignored() -> None:
+    records = [status("wamid.A", "sent", 0, 1), status("wamid.A", "deleted", 3, 4)]
+    got = both("message_timelines", records)
+    assert got["n_events"].to_list() == [1]
+    assert got["status"].to_list() == ["sent"]

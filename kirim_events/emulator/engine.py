@@ -379,6 +379,10 @@ class DeliveryEngine:
         sub = self.store.subscriptions[row.subscription_id]
         if row.attempt == 0:
             self._fresh = max(0, self._fresh - 1)
+        if sub.status != "active" or sub.deleted:
+            # Queued before the subscription was disabled or deleted: held, not sent.
+            row.error = f"not sent: subscription is {'deleted' if sub.deleted else sub.status}"
+            return
         row.attempt += 1
         n = row.attempt
         started = self._clock()

@@ -1,0 +1,378 @@
+"""The emulator's delivery engine: signatures, determinism, retries, duplicates, disorder."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+import kirim_events
+from kirim_events.emulator import (
+    SCHEDULE,
+    Emulator,
+    EngineConfig,
+    WorldConfig,
+    retry_delay,
+)
+from kirim_events.errors import ConfigError, SignatureMismatch
+from kirim_events.events import parse_delivery
+
+SECRET = "whsec_engine_test_secret"
+URL = "http://receiver.test/webhooks/kirim"
+
+
+class FakeClock:
+    """Time that moves only when the engine sleeps."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+class Receiver:
+    """A tiny ASGI webhook receiver: verifies, records, answers what ``policy`` says."""
+
+    def __init__(
+        self,
+        secrets: Any = SECRET,
+        policy: Callable[[int, dict[str, str]], int] = lambda n, h: 200,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.secrets = secrets
+        self.policy = policy
+        self.clock = clock
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.verified = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.requests.append((headers, body))
+        now = self.clock() if self.clock else None
+        kirim_events.verify(body, headers["x-kirim-signature"], self.secrets, now=now)
+        self.verified += 1
+        status = self.policy(len(self.requests), headers)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _live(
+    n: int, *, seed: int = 5, receiver: Receiver | None = None, **engine: Any
+) -> tuple[Emulator, Receiver, FakeClock]:
+    clock = FakeClock()
+    receiver = receiver or Receiver(clock=clock)
+    if receiver.clock is None:
+        receiver.clock = clock
+    emu = Emulator(
+        seed=seed, secrets=SECRET, clock=clock, sleep=clock.sleep, engine=EngineConfig(**engine)
+    )
+    emu.subscribe(URL)
+    _run(emu.send(n, transport=httpx.ASGITransport(app=receiver)))
+    return emu, receiver, clock
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def test_every_offline_delivery_verifies_and_parses() -> None:
+    emu = Emulator(seed=11, secrets=SECRET, engine=EngineConfig(duplicate_rate=0.1, disorder=0.2))
+    emu.subscribe(URL)
+    deliveries = list(emu.iter_deliveries(3000))
+    assert len(deliveries) > 2900
+    keys: set[str] = set()
+    for d in deliveries:
+        t = kirim_events.verify(d.body, d.headers["X-Kirim-Signature"], SECRET, now=d.sent_at)
+        assert t == d.signature_t
+        records = parse_delivery(d.body, d.headers)
+        assert tuple(r.event_key for r in records) == d.event_keys
+        keys.update(d.event_keys)
+    # Every world event reached the receiver at least once, with the key the truth names.
+    truth_keys = set(emu.truth.log().collect()["event_key"].to_list())
+    assert keys == truth_keys
+    assert len(truth_keys) == 3000
+
+
+def test_a_wrong_secret_fails_verification() -> None:
+    emu = Emulator(seed=2, secrets=SECRET)
+    emu.subscribe(URL)
+    d = next(emu.iter_deliveries(5))
+    with pytest.raises(SignatureMismatch):
+        kirim_events.verify(d.body, d.headers["X-Kirim-Signature"], "whsec_other", tolerance=None)
+
+
+def test_headers_are_exactly_kirims() -> None:
+    emu = Emulator(seed=4, secrets=SECRET)
+    emu.subscribe(URL)
+    for d in emu.iter_deliveries(200):
+        assert set(d.headers) == {
+            "Content-Type",
+            "User-Agent",
+            "X-Kirim-Source",
+            "X-Kirim-Event",
+            "X-Kirim-Event-Id",
+            "X-Kirim-Delivery-Id",
+            "X-Kirim-Attempt",
+            "X-Kirim-Signature",
+        }
+        assert d.headers["X-Kirim-Delivery-Id"].startswith("wbd_")
+        assert d.headers["X-Kirim-Source"] in {"meta", "kirim"}
+        assert d.headers["X-Kirim-Attempt"] in {"1", "2"}
+
+
+def test_every_live_delivery_verifies_with_two_active_secrets() -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=8, secrets=[SECRET, "whsec_next"], clock=clock, sleep=clock.sleep)
+    emu.subscribe(URL)
+    old_only = Receiver(secrets="whsec_next", clock=clock)
+    _run(emu.send(200, transport=httpx.ASGITransport(app=old_only)))
+    assert old_only.verified == len(old_only.requests) > 150
+    header = old_only.requests[0][0]["x-kirim-signature"]
+    assert header.count("v1=") == 2
+
+
+def test_an_expired_secret_stops_signing() -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=8, secrets=SECRET, clock=clock, sleep=clock.sleep)
+    sub = emu.subscribe(URL)
+    minted = emu.store.mint_secret(sub, now=clock(), expires_in_hours=0)
+    receiver = Receiver(secrets=minted.value, clock=clock)
+    _run(emu.send(30, transport=httpx.ASGITransport(app=receiver)))
+    for headers, body in receiver.requests:
+        assert headers["x-kirim-signature"].count("v1=") == 1
+        with pytest.raises(SignatureMismatch):
+            kirim_events.verify(body, headers["x-kirim-signature"], SECRET, tolerance=None)
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def test_same_seed_gives_byte_identical_offline_deliveries() -> None:
+    def run(seed: int) -> list[tuple[tuple[tuple[str, str], ...], bytes]]:
+        emu = Emulator(
+            seed=seed, secrets=SECRET, engine=EngineConfig(duplicate_rate=0.2, disorder=0.3)
+        )
+        emu.subscribe(URL, now=0)
+        return [(tuple(sorted(d.headers.items())), d.body) for d in emu.iter_deliveries(1500)]
+
+    first, second = run(21), run(21)
+    assert first == second
+    assert first != run(22)
+
+
+def test_same_seed_gives_byte_identical_live_deliveries() -> None:
+    def run() -> list[tuple[tuple[tuple[str, str], ...], bytes]]:
+        _, receiver, _ = _live(
+            400, seed=9, concurrency=4, duplicate_rate=0.1, disorder=0.2, disorder_delay=5
+        )
+        return [(tuple(sorted(h.items())), b) for h, b in receiver.requests]
+
+    first, second = run(), run()
+    assert len(first) > 380
+    assert first == second
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_retry_times_follow_the_schedule_with_jitter() -> None:
+    emu, receiver, _ = _live(
+        25, receiver=Receiver(policy=lambda n, h: 503), concurrency=3, time_compression=1.0
+    )
+    attempts = emu.store.attempts
+    by_row: dict[str, list[Any]] = {}
+    for a in attempts:
+        by_row.setdefault(a.delivery_id, []).append(a)
+    ratios = []
+    for rows in by_row.values():
+        assert [a.attempt for a in rows] == list(range(1, 9))
+        assert [a.outcome for a in rows] == ["retry"] * 7 + ["dead"]
+        for prev, cur in itertools.pairwise(rows):
+            nominal = SCHEDULE[cur.attempt - 1]
+            gap = cur.sent_at - prev.sent_at
+            assert 0.8 * nominal - 1e-6 <= gap <= 1.2 * nominal + 1e-6
+            ratios.append(gap / nominal)
+            assert cur.signature_t == int(cur.sent_at)
+    total = [rows[-1].sent_at - rows[0].sent_at for rows in by_row.values()]
+    assert all(0.8 * 112_360 <= t <= 1.2 * 112_360 for t in total)
+    # Jitter is real: spread across the band, not pinned to the nominal delay.
+    assert min(ratios) < 0.9
+    assert max(ratios) > 1.1
+    assert all(row.status == "dead" for row in emu.store.deliveries)
+    assert len(receiver.requests) == 8 * len(by_row)
+
+
+def test_time_compression_divides_the_waits() -> None:
+    emu, _, _ = _live(
+        5, receiver=Receiver(policy=lambda n, h: 500), concurrency=1, time_compression=100.0
+    )
+    rows = [a for a in emu.store.attempts if a.delivery_id == emu.store.deliveries[0].id]
+    gap = rows[-1].sent_at - rows[0].sent_at
+    assert 0.8 * 1123.6 <= gap <= 1.2 * 1123.6
+
+
+def test_retry_delay_is_uniform_in_the_band() -> None:
+    rng = random.Random(1)
+    draws = [retry_delay(2, rng) for _ in range(4000)]
+    assert 8.0 <= min(draws) < 8.05
+    assert 11.95 < max(draws) <= 12.0
+    assert abs(sum(draws) / len(draws) - 10.0) < 0.1
+    with pytest.raises(ValueError):
+        retry_delay(1, rng)
+    with pytest.raises(ValueError):
+        retry_delay(9, rng)
+
+
+def test_permanent_4xx_fails_at_once_and_5xx_then_2xx_succeeds() -> None:
+    def policy(n: int, headers: dict[str, str]) -> int:
+        if headers["x-kirim-event"].startswith("contact."):
+            return 410
+        return 503 if headers["x-kirim-attempt"] == "1" else 200
+
+    emu, _, _ = _live(120, receiver=Receiver(policy=policy))
+    statuses = Counter(
+        (r.event_type.startswith("contact."), r.status, r.attempt) for r in emu.store.deliveries
+    )
+    assert set(statuses) <= {(True, "failed", 1), (False, "succeeded", 2)}
+    assert statuses[(True, "failed", 1)] > 0
+    unacked = emu.unacknowledged_event_keys()
+    assert unacked
+    assert all(k.startswith("evt_") for k in unacked)
+    contact_keys = {
+        k for r in emu.store.deliveries if r.event_type.startswith("contact.") for k in r.event_keys
+    }
+    assert unacked == contact_keys
+
+
+def test_429_waits_for_retry_after() -> None:
+    class Limited(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            self.requests.append(({}, b""))
+            if len(self.requests) == 1:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 429,
+                        "headers": [(b"retry-after", b"120")],
+                    }
+                )
+            else:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    emu, _, _ = _live(1, receiver=Limited(), concurrency=1)
+    first, second = emu.store.attempts[:2]
+    assert first.response_status_code == 429
+    assert first.outcome == "retry"
+    assert second.sent_at - first.sent_at >= 120
+
+
+def test_timeouts_and_connection_errors_are_retried() -> None:
+    clock = FakeClock()
+
+    class Flaky(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            self.requests.append(({}, b""))
+            if len(self.requests) == 1:
+                await asyncio.sleep(1.0)  # longer than the engine's timeout
+            if len(self.requests) == 2:
+                raise httpx.ConnectError("refused")
+            await receive()
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    emu = Emulator(
+        seed=1,
+        secrets=SECRET,
+        clock=clock,
+        sleep=clock.sleep,
+        engine=EngineConfig(concurrency=1, timeout=0.05),
+    )
+    emu.subscribe(URL)
+    _run(emu.send(1, transport=httpx.ASGITransport(app=Flaky())))
+    outcomes = [(a.outcome, a.error is not None) for a in emu.store.attempts]
+    assert outcomes == [("retry", True), ("retry", True), ("succeeded", False)]
+    assert "timeout" in (emu.store.attempts[0].error or "")
+    assert emu.store.deliveries[0].status == "succeeded"
+
+
+def test_duplicates_repeat_the_same_delivery_as_a_new_attempt() -> None:
+    emu, receiver, _ = _live(300, duplicate_rate=0.3)
+    seen = Counter(h["x-kirim-delivery-id"] for h, _ in receiver.requests)
+    twice = [d for d, n in seen.items() if n >= 2]
+    assert 0.15 * len(seen) < len(twice) < 0.45 * len(seen)
+    bodies: dict[str, set[bytes]] = {}
+    for headers, body in receiver.requests:
+        bodies.setdefault(headers["x-kirim-delivery-id"], set()).add(body)
+    assert all(len(b) == 1 for b in bodies.values())
+    assert all(r.status == "succeeded" for r in emu.store.deliveries)
+    assert emu.unacknowledged_event_keys() == set()
+
+
+def test_disorder_delivers_statuses_out_of_order() -> None:
+    _emu, receiver, _ = _live(600, seed=12, disorder=0.5, disorder_delay=30, concurrency=4)
+    arrival = [
+        (r.message_id, r.status, r.occurred_at)
+        for h, b in receiver.requests
+        for r in parse_delivery(b, h)
+        if r.type == "message.status"
+    ]
+    inversions = sum(1 for a, b in itertools.pairwise(arrival) if b[2] < a[2])
+    assert inversions > 10
+    # Without disorder the engine keeps event-time order (a batched Meta body counts at
+    # its latest item, as Meta sends it then).
+    _, calm, _ = _live(600, seed=12, concurrency=1)
+    times = [max(r.occurred_at for r in parse_delivery(b, h)) for h, b in calm.requests]
+    assert times == sorted(times)
+
+
+def test_auto_disable_after_consecutive_failed_deliveries() -> None:
+    emu, receiver, _ = _live(
+        80, receiver=Receiver(policy=lambda n, h: 400), concurrency=1, auto_disable_after=5
+    )
+    sub = next(iter(emu.store.subscriptions.values()))
+    assert sub.status == "disabled"
+    assert len(receiver.requests) == 5
+    held = [r for r in emu.store.deliveries if r.attempt == 0]
+    assert held
+    assert all(r.status == "pending" and "disabled" in (r.error or "") for r in held)
+
+
+def test_bad_engine_config_is_a_config_error() -> None:
+    for bad in (
+        {"concurrency": 0},
+        {"duplicate_rate": 1.5},
+        {"time_compression": 0},
+        {"max_attempts": 9},
+    ):
+        with pytest.raises(ConfigError):
+            EngineConfig(**bad).validate()
+    with pytest.raises(ConfigError):
+        WorldConfig(failure_rate=2).validate()
+
+
+def test_sending_needs_a_subscription() -> None:
+    emu = Emulator(seed=1)
+    with pytest.raises(RuntimeError, match="subscription"):
+        list(emu.iter_deliveries(3))

@@ -1,0 +1,62 @@
+"""``kirim-events compact``: flush the collector's journal into the lake, then compact it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
+from kirim_events.journal import Journal
+from kirim_events.lake import Lake
+
+
+@command("compact")
+def compact_command(
+    data: DataOption = None,
+    lake_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="Lake location when it is not the data folder, e.g. s3://bucket/prefix "
+            "(standard AWS environment).",
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Visit every partition, not only those changed since."),
+    ] = False,
+    target_mb: Annotated[
+        int, typer.Option("--target-mb", min=1, help="Target size of merged files, in MB.")
+    ] = 256,
+    flush: Annotated[
+        bool,
+        typer.Option("--flush/--no-flush", help="Flush the journal into the lake first."),
+    ] = True,
+) -> None:
+    """Flush the journal (DATA/_journal, when present) into the lake and compact the lake.
+
+    Merges each changed partition's small files, keeping each event's first received copy.
+    Safe to interrupt at any moment.
+    """
+    s = settings(data_dir=data)
+    with errors_to_exit():
+        lake = Lake(lake_uri or s.data_dir)
+        flushed = None
+        if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():
+            with Journal(s.data_dir) as journal:
+                flushed = journal.flush(lake)
+        report = lake.compact(full=full, target_file_bytes=target_mb * 1024 * 1024)
+    table = Table("", "value", title=f"compacted {lake_uri or s.data_dir}")
+    if flushed is not None:
+        table.add_row("journal: events flushed", f"{flushed.events:,}")
+        table.add_row("journal: receipts flushed", f"{flushed.receipts:,}")
+    table.add_row("partitions rewritten", f"{report.partitions:,}")
+    table.add_row("rows in / out", f"{report.rows_in:,} / {report.rows_out:,}")
+    table.add_row("duplicates removed", f"{report.duplicates_removed:,}")
+    table.add_row("files in / out", f"{report.files_in:,} / {report.files_out:,}")
+    table.add_row("old files deleted", f"{report.files_deleted:,}")
+    table.add_row("MB in / out", f"{report.bytes_in / 1e6:,.1f} / {report.bytes_out / 1e6:,.1f}")
+    table.add_row("seconds", f"{report.seconds:.2f}")
+    console.print(table)

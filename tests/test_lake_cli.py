@@ -1,0 +1,61 @@
+"""``kirim-events compact``: flushes the journal, compacts; checked through the library."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from test_lake import T0, ev, parquet_files
+from typer.testing import CliRunner
+
+import kirim_events as ke
+from kirim_events.cli import app
+from kirim_events.journal import Journal
+
+runner = CliRunner()
+
+
+def test_compact_flushes_the_journal_then_compacts(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a", payload="first", received=T0)])
+    with Journal(tmp_path) as journal:
+        journal.append(
+            [ev("b"), ev("c", occurred=T0 + timedelta(days=1))],
+            receipts=[{"delivery_id": "d1", "attempt": 1, "received_at": T0, "outcome": "new"}],
+        )
+    lake.write_events([ev("a", payload="second", received=T0 + timedelta(hours=1))])
+
+    result = runner.invoke(app, ["compact", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "duplicates removed" in result.output
+
+    reopened = ke.Lake(tmp_path)
+    events = reopened.events().sort("event_key").collect()
+    assert events["event_key"].to_list() == ["a", "b", "c"]
+    assert events["payload"][0] == "first"
+    assert reopened.deliveries().collect()["delivery_id"].to_list() == ["d1"]
+    assert reopened.stats()["clean"].all()
+    assert all(p.name.startswith("c-") for p in parquet_files(tmp_path / "events"))
+    with Journal(tmp_path) as journal:
+        assert journal.flush(reopened).events == 0  # nothing left behind
+
+
+def test_compact_without_a_journal_and_into_another_lake(tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    ke.Lake(other).write_events([ev("a"), ev("a", received=T0 + timedelta(1))])
+    result = runner.invoke(
+        app, ["compact", "--data", str(tmp_path / "data"), "--lake", str(other), "--full"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "data" / "_journal").exists()  # no journal is created
+    assert len(parquet_files(other)) == 1
+
+
+def test_compact_refuses_a_newer_lake_with_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "_state").mkdir()
+    (tmp_path / "_state/lake.json").write_text(
+        '{"format": "kirim-events-lake", "schema_version": 9, "min_reader_version": 9}'
+    )
+    result = runner.invoke(app, ["compact", "--data", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Upgrade kirim-events" in result.output

@@ -1,0 +1,520 @@
+"""The emulated Kirim REST API: pagination under faults, errors, rate limits, replays."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+import kirim_events
+from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
+
+KEY = "kdv_live_abcdefghijklmnopqrstuvwx"
+SECRET = "whsec_api_test_secret"
+URL = "http://127.0.0.1:9/webhooks/kirim"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.t = start
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.slept += seconds
+        await asyncio.sleep(0)
+
+
+def _emulator(n_events: int = 300, **kw: Any) -> Emulator:
+    emu = Emulator(seed=6, secrets=SECRET, api_keys=[KEY], **kw)
+    emu.subscribe(URL, now=0)
+    for _ in emu.iter_deliveries(n_events):
+        pass
+    return emu
+
+
+async def _get(client: httpx.AsyncClient, path: str, **params: Any) -> httpx.Response:
+    return await client.get(path, params=params, headers=AUTH)
+
+
+def _async_client(emu: Emulator) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=emu.app), base_url="http://kirim.test"
+    )
+
+
+async def _walk(client: httpx.AsyncClient, **filters: Any) -> tuple[list[str], int]:
+    """Walk every page, retrying 5xx and dropped connections; return ids and retries."""
+    ids: list[str] = []
+    cursor: str | None = None
+    retries = 0
+    while True:
+        params = dict(filters, limit=37)
+        if cursor:
+            params["cursor"] = cursor
+        try:
+            response = await client.get("/v1/webhook_deliveries", params=params, headers=AUTH)
+        except httpx.TransportError:
+            retries += 1
+            continue
+        if response.status_code >= 500:
+            retries += 1
+            continue
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids.extend(row["id"] for row in page["data"])
+        assert (page["next_cursor"] is None) == (not page["has_more"])
+        if not page["has_more"]:
+            return ids, retries
+        cursor = page["next_cursor"]
+
+
+# ------------------------------------------------------------------ pagination
+
+
+def test_pagination_sees_the_full_history_exactly_once_under_faults() -> None:
+    clock = FakeClock()
+    faults = FaultConfig(error_rate=0.25, latency=0.5, latency_rate=0.3, drop_rate=0.1)
+    emu = _emulator(1200, faults=faults, clock=clock, sleep=clock.sleep, read_limit=100_000)
+
+    async def main() -> tuple[list[str], int]:
+        async with _async_client(emu) as client:
+            return await _walk(client)
+
+    ids, retries = asyncio.run(main())
+    expected = [row.id for row in reversed(emu.store.deliveries)]
+    assert len(expected) > 1100
+    assert ids == expected  # newest first, every row once
+    assert retries > 5
+    assert emu.app.injected["error"] > 0
+    assert emu.app.injected["drop"] > 0
+    assert emu.app.injected["latency"] > 0
+    assert clock.slept == pytest.approx(0.5 * emu.app.injected["latency"])
+
+
+def test_pagination_with_filters_and_payloads() -> None:
+    emu = _emulator(400)
+    created = sorted(row.created_at for row in emu.store.deliveries)
+    middle = created[len(created) // 2]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(middle))
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            ids, _ = await _walk(client, event_type="conversation.closed", created_after=iso)
+            want = [
+                r.id
+                for r in reversed(emu.store.deliveries)
+                if r.event_type == "conversation.closed" and r.created_at >= int(middle)
+            ]
+            assert ids == want
+            assert want
+            one = (await _get(client, f"/v1/webhook_deliveries/{want[0]}")).json()["data"]
+            row = emu.store.by_id[want[0]]
+            assert one["payload"].encode() == row.payload
+            assert one["status"] == "succeeded"
+            assert one["object"] == "webhook_delivery"
+            assert (await _get(client, "/v1/webhook_deliveries/wbd_nope")).status_code == 404
+
+    asyncio.run(main())
+
+
+def test_stored_payloads_still_verify_with_the_original_signature() -> None:
+    emu = Emulator(seed=6, secrets=SECRET, api_keys=[KEY])
+    emu.subscribe(URL, now=0)
+    signatures = {d.delivery_id: d.headers["X-Kirim-Signature"] for d in emu.iter_deliveries(50)}
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            page = (await _get(client, "/v1/webhook_deliveries", limit=100)).json()
+            for row in page["data"]:
+                body = row["payload"].encode()
+                kirim_events.verify(body, signatures[row["id"]], SECRET, tolerance=None)
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "abc", "-1", "2.5"])
+def test_bad_limit(limit: str) -> None:
+    emu = _emulator(20)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await _get(client, "/v1/webhook_deliveries", limit=limit)
+            assert r.status_code == 400
+            err = r.json()["error"]
+            assert (err["type"], err["code"], err["param"]) == (
+                "invalid_request_error",
+                "invalid_limit",
+                "limit",
+            )
+            assert r.headers["X-Request-Id"] == err["request_id"] == r.json()["request_id"]
+            assert "X-RateLimit-Remaining" in r.headers
+
+    asyncio.run(main())
+
+
+def test_limits_1_and_100_are_accepted() -> None:
+    emu = _emulator(200)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            for limit, n in (("1", 1), ("100", 100)):
+                r = await _get(client, "/v1/webhook_deliveries", limit=limit)
+                assert r.status_code == 200
+                assert len(r.json()["data"]) == n
+            assert len((await _get(client, "/v1/webhook_deliveries")).json()["data"]) == 25
+
+    asyncio.run(main())
+
+
+def test_tampered_and_rebound_cursors_are_rejected() -> None:
+    emu = _emulator(200)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            page = (await _get(client, "/v1/webhook_deliveries", limit=10)).json()
+            cursor = page["next_cursor"]
+            text, mac = cursor.split(".")
+            forged = base64.urlsafe_b64encode(b'{"s": 5, "f": "x"}').decode().rstrip("=")
+            for bad in (forged + "." + mac, text[:-1] + "A." + mac, "garbage", cursor + "0"):
+                r = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=bad)
+                assert r.status_code == 400
+                assert r.json()["error"]["code"] == "invalid_cursor"
+            # Same cursor, a filter changed: the cursor is bound to the filters.
+            r = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=cursor, status="dead")
+            assert r.status_code == 400
+            assert "filters" in r.json()["error"]["message"]
+            ok = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=cursor)
+            assert ok.status_code == 200
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer kdv_live_wrongwrongwrongwrongwron"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": "Bearer "},
+    ],
+)
+def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
+    emu = _emulator(5)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await client.get("/v1/webhook_deliveries", headers=headers)
+            assert r.status_code == 401
+            err = r.json()["error"]
+            assert err["type"] == "authentication_error"
+            assert err["code"] == "invalid_api_key"
+            assert r.headers["X-Request-Id"] == err["request_id"]
+            assert KEY not in r.text
+            health = await client.get("/v1/health")
+            assert health.status_code == 200
+
+    asyncio.run(main())
+
+
+def test_bad_filter_times_and_unknown_paths() -> None:
+    emu = _emulator(5)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await _get(client, "/v1/webhook_deliveries", created_after="yesterday")
+            assert r.status_code == 400
+            assert r.json()["error"]["param"] == "created_after"
+            r = await _get(client, "/v1/nothing_here")
+            assert r.status_code == 404
+            assert r.json()["error"]["type"] == "not_found"
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ rate limits
+
+
+def test_rate_limit_returns_429_with_retry_after_and_refills() -> None:
+    clock = FakeClock()
+    emu = _emulator(5, clock=clock, read_limit=6, write_limit=2)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            remaining = []
+            for _ in range(6):
+                r = await _get(client, "/v1/webhook_deliveries", limit=1)
+                assert r.status_code == 200
+                assert r.headers["X-RateLimit-Limit"] == "6"
+                remaining.append(int(r.headers["X-RateLimit-Remaining"]))
+            assert remaining == [5, 4, 3, 2, 1, 0]
+            r = await _get(client, "/v1/webhook_deliveries", limit=1)
+            assert r.status_code == 429
+            assert r.json()["error"]["code"] == "rate_limit_exceeded"
+            assert r.json()["error"]["type"] == "rate_limit_error"
+            assert int(r.headers["Retry-After"]) == 10
+            assert int(r.headers["X-RateLimit-Reset"]) == int(clock() + 60)
+            # Writes have their own bucket.
+            post = await client.post(
+                "/v1/webhook_subscriptions",
+                json={"url": "https://example.test/h", "events": ["*"]},
+                headers=AUTH,
+            )
+            assert post.status_code == 201
+            clock.t += 10
+            assert (await _get(client, "/v1/webhook_deliveries", limit=1)).status_code == 200
+            assert (await _get(client, "/v1/webhook_deliveries", limit=1)).status_code == 429
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ subscriptions and secrets
+
+
+def test_subscriptions_secrets_and_rotation() -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=3, api_keys=[KEY], clock=clock, sleep=clock.sleep)
+    received: list[tuple[dict[str, str], bytes]] = []
+    secrets: dict[str, str] = {}
+
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        received.append(({k.decode(): v.decode() for k, v in scope["headers"]}, message["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            bad = await client.post(
+                "/v1/webhook_subscriptions",
+                json={"url": "http://example.com/h", "events": ["*"]},
+                headers=AUTH,
+            )
+            assert bad.status_code == 400
+            assert bad.json()["error"]["code"] == "invalid_webhook_url"
+            bad = await client.post(
+                "/v1/webhook_subscriptions", json={"url": URL, "events": []}, headers=AUTH
+            )
+            assert bad.json()["error"]["param"] == "events"
+            r = await client.post(
+                "/v1/webhook_subscriptions",
+                json={"url": URL, "events": ["message.status", "conversation.closed"]},
+                headers=AUTH,
+            )
+            assert r.status_code == 201
+            sub = r.json()["data"]
+            first_secret = secrets["first"] = sub["initial_secret"]
+            assert first_secret.startswith("whsec_")
+            listed = (await client.get("/v1/webhook_subscriptions", headers=AUTH)).json()
+            assert [s["id"] for s in listed["data"]] == [sub["id"]]
+            assert first_secret not in str(listed)
+            minted = await client.post(
+                f"/v1/webhook_subscriptions/{sub['id']}/secrets",
+                json={"expires_in_hours": 1},
+                headers=AUTH,
+            )
+            assert minted.status_code == 201
+            secrets["new"] = minted.json()["data"]["secret"]
+            got = (await client.get(f"/v1/webhook_subscriptions/{sub['id']}", headers=AUTH)).json()
+            assert [s["expires_at"] is None for s in got["data"]["secrets"]] == [False, True]
+            bad = await client.post(
+                f"/v1/webhook_subscriptions/{sub['id']}/secrets",
+                json={"expires_in_hours": "soon"},
+                headers=AUTH,
+            )
+            assert bad.status_code == 400
+        await emu.send(150, transport=httpx.ASGITransport(app=receiver))
+
+    asyncio.run(main())
+    assert received
+    assert {h["x-kirim-event"] for h, _ in received} <= {"message.status", "conversation.closed"}
+    for headers, body in received:
+        signature = headers["x-kirim-signature"]
+        assert signature.count("v1=") == 2
+        kirim_events.verify(body, signature, secrets["new"], tolerance=None)
+        kirim_events.verify(body, signature, secrets["first"], tolerance=None)
+
+
+def test_patch_and_delete_subscription() -> None:
+    emu = _emulator(5)
+    sub_id = next(iter(emu.store.subscriptions))
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await client.patch(
+                f"/v1/webhook_subscriptions/{sub_id}",
+                json={"description": "orders", "events": ["message.status"]},
+                headers=AUTH,
+            )
+            assert r.json()["data"]["events"] == ["message.status"]
+            r = await client.patch(
+                f"/v1/webhook_subscriptions/{sub_id}", json={"status": "paused"}, headers=AUTH
+            )
+            assert r.status_code == 400
+            r = await client.delete(f"/v1/webhook_subscriptions/{sub_id}", headers=AUTH)
+            assert r.json()["data"]["deleted"] is True
+            r = await client.get(f"/v1/webhook_subscriptions/{sub_id}", headers=AUTH)
+            assert r.status_code == 404
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ replay
+
+
+def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None:
+    clock = FakeClock()
+    emu = Emulator(
+        seed=4,
+        secrets=SECRET,
+        api_keys=[KEY],
+        clock=clock,
+        sleep=clock.sleep,
+        engine=EngineConfig(concurrency=2),
+    )
+    emu.subscribe(URL)
+    failing = {"on": True}
+
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        status = 410 if failing["on"] and headers["x-kirim-event"] == "contact.created" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=receiver)
+
+    async def main() -> None:
+        await emu.send(200, transport=transport)
+        failed = [r for r in emu.store.deliveries if r.status == "failed"]
+        assert failed
+        assert emu.unacknowledged_event_keys()
+        failing["on"] = False
+        sub_id = failed[0].subscription_id
+        async with _async_client(emu) as client:
+            r = await client.post(f"/v1/webhook_deliveries/{failed[0].id}/replay", headers=AUTH)
+            assert r.status_code == 202
+            assert r.json()["data"]["replayed_from"] == failed[0].id
+            assert r.json()["data"]["status"] == "pending"
+            r = await client.post(
+                "/v1/webhook_deliveries/bulk_replay",
+                json={"subscription_id": sub_id, "status": "failed"},
+                headers=AUTH,
+            )
+            assert r.json()["data"] == {"enqueued": len(failed), "capped": False}
+            for body in (
+                {"status": "failed"},
+                {"subscription_id": "wbs_short", "status": "failed"},
+                {"subscription_id": sub_id, "status": "succeeded"},
+                {"subscription_id": sub_id, "event_type": ""},
+            ):
+                r = await client.post("/v1/webhook_deliveries/bulk_replay", json=body, headers=AUTH)
+                assert r.status_code == 400, body
+            r = await client.post(
+                "/v1/webhook_deliveries/bulk_replay", content=b"{nope", headers=AUTH
+            )
+            assert r.status_code == 400
+            r = await client.post("/v1/webhook_deliveries/wbd_missing/replay", headers=AUTH)
+            assert r.status_code == 404
+        async with httpx.AsyncClient(transport=transport) as client:
+            await emu.engine.run(None, client=client)
+
+    asyncio.run(main())
+    replays = [r for r in emu.store.deliveries if r.replayed_from]
+    assert len(replays) == 1 + len([r for r in emu.store.deliveries if r.status == "failed"])
+    assert all(r.status == "succeeded" for r in replays)
+    assert all(emu.store.by_id[r.replayed_from].status == "failed" for r in replays)
+    assert emu.unacknowledged_event_keys() == set()
+
+
+def test_bulk_replay_is_capped_at_1000() -> None:
+    emu = _emulator(1100, engine=EngineConfig())
+    for row in emu.store.deliveries:
+        row.status = "dead"
+    sub_id = next(iter(emu.store.subscriptions))
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await client.post(
+                "/v1/webhook_deliveries/bulk_replay", json={"subscription_id": sub_id}, headers=AUTH
+            )
+            assert r.status_code == 202
+            assert r.json()["data"] == {"enqueued": 1000, "capped": True}
+
+    n_dead = len(emu.store.deliveries)
+    assert n_dead > 1000
+    asyncio.run(main())
+    assert len(emu.store.deliveries) == n_dead + 1000
+
+
+# ------------------------------------------------------------------ a real loopback server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serve(app: Any) -> Iterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_pagination_over_a_loopback_uvicorn_server_with_faults() -> None:
+    faults = FaultConfig(error_rate=0.2, drop_rate=0.1)
+    emu = _emulator(500, faults=faults, read_limit=100_000)
+    with _serve(emu.app) as base, httpx.Client(base_url=base, timeout=10) as client:
+        ids: list[str] = []
+        cursor = None
+        dropped = errors = 0
+        while True:
+            params: dict[str, Any] = {"limit": 50}
+            if cursor:
+                params["cursor"] = cursor
+            try:
+                r = client.get("/v1/webhook_deliveries", params=params, headers=AUTH)
+            except httpx.TransportError:
+                dropped += 1
+                continue
+            if r.status_code >= 500:
+                errors += 1
+                assert r.json()["error"]["type"] == "api_error"
+                continue
+            page = r.json()
+            ids.extend(row["id"] for row in page["data"])
+            if not page["has_more"]:
+                break
+            cursor = page["next_cursor"]
+    assert ids == [row.id for row in reversed(emu.store.deliveries)]
+    assert errors + dropped > 0

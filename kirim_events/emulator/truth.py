@@ -27,8 +27,10 @@ conversation_cycles (one row per (conversation_id, cycle)), events ordered by ev
     (a *reopen*). Per cycle: ``opened_at`` (first event), ``closed_at`` and
     ``closed_by_user_id`` (the close ending the cycle, null while open), ``first_assigned_at``
     (first ``conversation.assigned`` in the cycle), ``n_assignments``, ``assignee_id``
-    (``user_id`` of the cycle's last assignment), ``n_events``. The world never puts an
-    assignment or a close in the same second as another event of the same conversation.
+    (``user_id`` of the cycle's last assignment), ``n_events``. The world never puts a
+    close in the same second as another event of its conversation, nor two assignments of
+    one conversation in the same second, so event-time order is unambiguous where it
+    matters (ties between other events change none of these columns).
 
 conversation_lifecycles (one row per conversation_id)
     ``opened_at`` = first event; ``first_assigned_at`` = first assignment (any cycle);

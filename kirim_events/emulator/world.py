@@ -16,8 +16,8 @@ event, sometimes two statuses of one message in one Meta body.
 Invariants the ground truth relies on (see :mod:`kirim_events.emulator.truth`):
 
 * all times are whole unix seconds (Meta's ``timestamp`` has second precision);
-* within one conversation, assignment and close events never share a second with another
-  event that carries the conversation id, so ordering by event time is unambiguous;
+* within one conversation, a close never shares a second with another event, and neither
+  do two assignments, so ordering by event time is unambiguous where it matters;
 * a close comes after every status of the conversation's messages sent so far, so statuses
   never reopen a conversation by accident (a new inbound or outbound message does).
 """
@@ -557,7 +557,8 @@ class World:
                 self._inbound(conv)
                 yield from self._handle(conv)
             elif rng.random() < 0.3:
-                yield 86400
+                # Unanswered campaigns are closed automatically (no closing user).
+                yield self._lognormal(4 * 3600, 0.5, 86400)
                 yield max(0, self._close(conv, automatic=True) - self.now)
         finally:
             self._busy.discard((conv.phone, conv.contact))

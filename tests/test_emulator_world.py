@@ -1,0 +1,317 @@
+"""The emulated world and its ground truth: realism, invariants, determinism, streaming."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from kirim_events.emulator import (
+    Emulator,
+    EngineConfig,
+    Truth,
+    World,
+    WorldConfig,
+    emitted_conversation_id,
+    render,
+)
+from kirim_events.emulator.world import META_ERRORS
+from kirim_events.events import EventRecord, parse_delivery
+
+SECRET = "whsec_world_test"
+
+
+def _bundles(n: int, seed: int = 1, **cfg: Any) -> list[Any]:
+    return list(World(WorldConfig(**cfg), seed=seed).bundles(n))
+
+
+# ------------------------------------------------------------------ realism
+
+
+def test_the_world_has_everything_kirim_sends() -> None:
+    bundles = _bundles(20_000)
+    events = [e for b in bundles for e in b.events]
+    assert len(events) == 20_000
+    kinds = Counter(e.type for e in events)
+    assert set(kinds) == {
+        "contact.created",
+        "contact.updated",
+        "message.received",
+        "message.status",
+        "conversation.assigned",
+        "conversation.closed",
+    }
+    statuses = Counter(e.status for e in events if e.type == "message.status")
+    assert set(statuses) == {"sent", "delivered", "read", "failed"}
+    codes = {e.error[0] for e in events if e.error}
+    assert codes <= {code for code, _, _ in META_ERRORS}
+    assert len(codes) >= 5
+    assert any(e.previous_user_id for e in events)  # reassignments
+    assert any(e.type == "conversation.closed" and e.closed_by_user_id is None for e in events)
+    assert any(len(b.events) == 2 for b in bundles)  # batched Meta statuses
+    times = [b.at for b in bundles]
+    assert times == sorted(times)
+
+
+def test_message_statuses_move_forward_and_some_never_arrive() -> None:
+    per_message: dict[str, list[Any]] = defaultdict(list)
+    for b in _bundles(20_000, seed=2):
+        for e in b.events:
+            if e.type == "message.status":
+                per_message[e.message_id].append(e)
+    shapes = Counter()
+    for events in per_message.values():
+        order = [e.status for e in sorted(events, key=lambda e: e.at)]
+        times = [e.at for e in sorted(events, key=lambda e: e.at)]
+        assert order in (
+            ["sent"],
+            ["sent", "delivered"],
+            ["sent", "delivered", "read"],
+            ["failed"],
+            ["sent", "failed"],
+        ), order
+        assert len(set(times)) == len(times)
+        shapes[tuple(order)] += 1
+    assert shapes[("sent", "delivered")] > 0  # delivered, never read
+    assert shapes[("sent",)] > 0  # never delivered
+    assert shapes[("failed",)] + shapes[("sent", "failed")] > 0
+
+
+def test_conversation_invariants_hold() -> None:
+    per_conv: dict[str, list[Any]] = defaultdict(list)
+    for b in _bundles(30_000, seed=3):
+        for e in b.events:
+            if e.conversation_id:
+                per_conv[e.conversation_id].append(e)
+    reopened = 0
+    for events in per_conv.values():
+        events.sort(key=lambda e: e.at)
+        seconds = Counter(e.at for e in events)
+        for e in events:
+            if e.type == "conversation.closed":
+                assert seconds[e.at] == 1, "a close shares its second"
+        assign_seconds = Counter(e.at for e in events if e.type == "conversation.assigned")
+        assert all(n == 1 for n in assign_seconds.values())
+        closes = [e.at for e in events if e.type == "conversation.closed"]
+        reopened += any(e.at > closes[0] for e in events) if closes else 0
+    assert reopened > 10
+
+
+def test_contacts_are_created_before_their_messages_and_updated_later() -> None:
+    first_seen: dict[str, tuple[int, str]] = {}
+    for b in _bundles(10_000, seed=4):
+        for e in b.events:
+            if e.contact and e.contact.id not in first_seen:
+                first_seen[e.contact.id] = (e.at, e.type)
+    assert {kind for _, kind in first_seen.values()} == {"contact.created"}
+
+
+def test_bad_world_config_is_rejected() -> None:
+    from kirim_events.errors import ConfigError
+
+    for bad in ({"read_rate": -0.1}, {"agents": 1}, {"session_interval": 0}):
+        with pytest.raises(ConfigError):
+            World(WorldConfig(**bad))
+
+
+def test_a_world_streams_once() -> None:
+    world = World(seed=1)
+    list(world.bundles(5))
+    with pytest.raises(RuntimeError):
+        list(world.bundles(5))
+    assert list(World(seed=1).bundles(0)) == []
+
+
+# ------------------------------------------------------------------ determinism and streaming
+
+
+def test_same_seed_same_bodies() -> None:
+    def bodies(seed: int) -> list[bytes]:
+        return [render(b).body for b in World(seed=seed).bundles(3000)]
+
+    assert bodies(5) == bodies(5)
+    assert bodies(5) != bodies(6)
+
+
+def test_a_long_stream_keeps_bounded_state() -> None:
+    world = World(WorldConfig(max_contacts=300), seed=9)
+    peak = 0
+    for i, _ in enumerate(world.bundles(150_000)):
+        if i % 500 == 0:
+            peak = max(peak, len(world._heap))
+    assert world.emitted == 150_000
+    assert len(world.contacts) <= 300
+    assert peak < 2_000  # pending statuses and open sessions, not the event history
+
+
+def test_truth_can_stream_to_parquet(tmp_path: Path) -> None:
+    on_disk = Truth(path=tmp_path / "log.parquet")
+    in_memory = Truth()
+    for bundle in World(seed=7).bundles(70_000):  # more than one 65 536-row chunk
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+    assert len(on_disk) == len(in_memory) == 70_000
+    assert on_disk.log().collect().equals(in_memory.log().collect())
+    assert on_disk.conversation_lifecycles().equals(in_memory.conversation_lifecycles())
+    written = in_memory.write_parquet(tmp_path / "truth")
+    assert pl.read_parquet(written["message_timelines"]).equals(in_memory.message_timelines())
+    assert set(written) == {
+        "events",
+        "message_timelines",
+        "conversation_lifecycles",
+        "conversation_cycles",
+    }
+
+
+# ------------------------------------------------------------------ truth = what the webhooks say
+
+
+def _reduce(records: list[EventRecord], upto: datetime | None = None) -> dict[str, Any]:
+    """An independent, plain-Python reading of the truth definitions from parsed webhooks."""
+    unique: dict[str, EventRecord] = {}
+    for r in records:
+        unique.setdefault(r.event_key, r)
+    events = [r for r in unique.values() if upto is None or r.occurred_at <= upto]
+    messages: dict[str, dict[str, Any]] = {}
+    for r in events:
+        if r.type != "message.status":
+            continue
+        m = messages.setdefault(str(r.message_id), {"conversation_id": None, "n_events": 0})
+        m[f"{r.status}_at"] = r.occurred_at
+        m["n_events"] += 1
+        m["conversation_id"] = m["conversation_id"] or r.conversation_id
+        if r.status == "failed":
+            m["error_code"] = r.error_code
+    for m in messages.values():
+        for name in ("read", "delivered", "failed", "sent"):
+            if m.get(f"{name}_at"):
+                m["status"] = name
+                break
+    convs: dict[str, list[EventRecord]] = defaultdict(list)
+    for r in events:
+        if r.conversation_id:
+            convs[r.conversation_id].append(r)
+    lifecycles = {}
+    for cid, evs in convs.items():
+        evs.sort(key=lambda r: (r.occurred_at, r.type == "conversation.closed"))
+        cycles, closed = 1, False
+        for r in evs:
+            if closed:
+                cycles += 1
+            closed = r.type == "conversation.closed"
+        assigns = [r for r in evs if r.type == "conversation.assigned"]
+        closes = [r for r in evs if r.type == "conversation.closed"]
+        lifecycles[cid] = {
+            "opened_at": evs[0].occurred_at,
+            "first_assigned_at": assigns[0].occurred_at if assigns else None,
+            "n_assignments": len(assigns),
+            "n_assignees": len({r.user_id for r in assigns if r.user_id}),
+            "assignee_id": assigns[-1].user_id if assigns else None,
+            "n_closes": len(closes),
+            "n_reopens": cycles - 1,
+            "closed_at": closes[-1].occurred_at if closes else None,
+            "closed_by_user_id": closes[-1].closed_by_user_id if closes else None,
+            "is_open": evs[-1].type != "conversation.closed",
+        }
+    return {"messages": messages, "lifecycles": lifecycles}
+
+
+def _truth_rows(frame: pl.DataFrame, key: str) -> dict[str, dict[str, Any]]:
+    return {row[key]: row for row in frame.to_dicts()}
+
+
+@pytest.mark.parametrize(
+    "world",
+    [WorldConfig(), WorldConfig(kirim_block=False, third_shape_rate=0.2)],
+    ids=["enriched", "plain+third-shape"],
+)
+def test_truth_is_what_the_emitted_webhooks_say(world: WorldConfig) -> None:
+    emu = Emulator(
+        seed=13,
+        world=world,
+        secrets=SECRET,
+        engine=EngineConfig(duplicate_rate=0.2, disorder=0.3, disorder_delay=600),
+    )
+    emu.subscribe("https://example.test/hook", now=0)
+    records = [r for d in emu.iter_deliveries(12_000) for r in parse_delivery(d.body, d.headers)]
+    cut = datetime.fromtimestamp(emu.world.start + 40_000, UTC)
+    for upto, truth in ((None, emu.truth), (cut, emu.truth.as_of(cut))):
+        got = _reduce(records, upto)
+        timelines = _truth_rows(truth.message_timelines(), "message_id")
+        assert set(timelines) == set(got["messages"])
+        for message_id, want in got["messages"].items():
+            row = timelines[message_id]
+            for name in ("sent_at", "delivered_at", "read_at", "failed_at"):
+                assert row[name] == want.get(name), (message_id, name)
+            assert row["status"] == want["status"]
+            assert row["error_code"] == want.get("error_code")
+            assert row["conversation_id"] == want["conversation_id"]
+            assert row["n_events"] == want["n_events"]
+        lifecycles = _truth_rows(truth.conversation_lifecycles(), "conversation_id")
+        assert set(lifecycles) == set(got["lifecycles"])
+        for cid, want in got["lifecycles"].items():
+            row = lifecycles[cid]
+            assert {k: row[k] for k in want} == want, cid
+    lifecycles = emu.truth.conversation_lifecycles()
+    assert lifecycles["n_reopens"].sum() > 0
+    assert lifecycles["is_open"].any()
+    assert not lifecycles["is_open"].all()
+    if world.kirim_block:
+        assert emu.truth.message_timelines()["conversation_id"].null_count() == 0
+    else:
+        shapes = set(emu.truth.log().collect()["shape"])
+        assert shapes == {"meta", "kirim", "legacy"}
+
+
+def test_cycles_add_up_to_lifecycles() -> None:
+    truth = Truth()
+    for bundle in World(seed=17).bundles(15_000):
+        truth.record(bundle)
+    cycles = truth.conversation_cycles()
+    lifecycles = truth.conversation_lifecycles()
+    per_conv = cycles.group_by("conversation_id").agg(
+        pl.len().alias("n"),
+        pl.col("n_assignments").sum().alias("assignments"),
+        pl.col("closed_at").is_not_null().sum().alias("closes"),
+        pl.col("opened_at").min().alias("opened"),
+    )
+    joined = lifecycles.join(per_conv, on="conversation_id")
+    assert len(joined) == len(lifecycles)
+    assert (joined["n"] == joined["n_cycles"]).all()
+    assert (joined["n_cycles"] - 1 == joined["n_reopens"]).all()
+    assert (joined["assignments"] == joined["n_assignments"]).all()
+    assert (joined["closes"] == joined["n_closes"]).all()
+    assert (joined["opened"] == joined["opened_at"]).all()
+    for _, group in itertools.islice(cycles.group_by("conversation_id"), 200):
+        rows = group.sort("cycle").to_dicts()
+        for prev, cur in itertools.pairwise(rows):
+            assert prev["closed_at"] is not None
+            assert cur["opened_at"] > prev["closed_at"]
+
+
+def test_as_of_before_the_start_is_empty_and_accepts_strings() -> None:
+    truth = Truth()
+    world = World(seed=1)
+    for bundle in world.bundles(500):
+        truth.record(bundle)
+    assert truth.as_of(world.start - 1).message_timelines().height == 0
+    iso = datetime.fromtimestamp(world.now, UTC).isoformat().replace("+00:00", "Z")
+    assert truth.as_of(iso).conversation_lifecycles().equals(truth.conversation_lifecycles())
+    with pytest.raises(ValueError):
+        truth.as_of(datetime(2026, 5, 1))  # naive
+
+
+def test_emitted_conversation_ids_follow_the_switch() -> None:
+    bundles = _bundles(2000, kirim_block=False)
+    for b in bundles:
+        for e in b.events:
+            expected = emitted_conversation_id(e, b.shape, False)
+            records = parse_delivery(render(b, kirim_block=False).body)
+            assert all(r.conversation_id == expected for r in records)
+            if b.shape == "meta":
+                assert expected is None

@@ -116,6 +116,8 @@ def test_failed_precedence(statuses: list[str], final: str, anomaly: bool) -> No
     got = row(both("message_timelines", records), message_id="wamid.F")
     assert got["status"] == final
     assert got["failed_after_delivered"] is anomaly
+    # failed implies no earlier step: a message that only failed was never sent
+    assert got["reached_sent"] is ("sent" in statuses or final in ("delivered", "read"))
     if "failed" in statuses:
         assert got["error_code"] == "1013"
         assert got["error_title"] == "User is blocked"

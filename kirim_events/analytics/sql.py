@@ -107,8 +107,8 @@ def message_timelines_sql(as_of: datetime | None = None, copies: str | None = No
       (failed_at IS NOT NULL AND (delivered_at IS NOT NULL OR read_at IS NOT NULL))
         AS failed_after_delivered,
       (sent_at IS NULL) AS never_sent,
-      (_rank >= {STATUS_RANK["sent"]}) AS reached_sent,
-      (_rank >= {STATUS_RANK["delivered"]}) AS reached_delivered,
+      (sent_at IS NOT NULL OR delivered_at IS NOT NULL OR read_at IS NOT NULL) AS reached_sent,
+      (delivered_at IS NOT NULL OR read_at IS NOT NULL) AS reached_delivered,
       {_seconds("delivered_at", "sent_at")} AS time_to_deliver,
       {_seconds("read_at", "sent_at")} AS time_to_read,
       first_received_at, last_received_at

@@ -10,7 +10,9 @@ Rules (kirim-api.md §6.1), shared with the DuckDB views in ``sql.py``:
   failed outranks pending and sent, delivered and read outrank failed (the message did
   arrive), and nothing ever downgrades.
 * A higher status implies the lower ones: ``reached_sent`` / ``reached_delivered`` say a step
-  was reached even when its own event is missing; its time then stays null.
+  was reached even when its own event is missing (read implies delivered and sent, delivered
+  implies sent); its time then stays null. ``failed`` implies nothing: a message that only
+  failed was never sent.
 * ``error_code`` / ``error_title``: those of the earliest failed event; ``error_label`` names
   the code from the §6.1 table, ``other`` for an unknown code.
 * Flags: ``out_of_order`` (an event arrived after one that happened later: in event-time
@@ -159,8 +161,8 @@ def message_timelines(
             & pl.col("delivered_at").is_null(),
             failed_after_delivered=pl.col("failed_at").is_not_null() & delivered_or_read,
             never_sent=pl.col("sent_at").is_null(),
-            reached_sent=pl.col("_rank") >= STATUS_RANK["sent"],
-            reached_delivered=pl.col("_rank") >= STATUS_RANK["delivered"],
+            reached_sent=pl.col("sent_at").is_not_null() | delivered_or_read,
+            reached_delivered=delivered_or_read,
             time_to_deliver=seconds_between("delivered_at", "sent_at"),
             time_to_read=seconds_between("read_at", "sent_at"),
         )

@@ -1,0 +1,289 @@
+"""Notebook helpers: delivery funnel, read rate, failure reasons, time percentiles, charts.
+
+The summaries take the frames of :mod:`~kirim_events.analytics.timelines` and
+:mod:`~kirim_events.analytics.conversations` (DataFrame or LazyFrame) and return small Polars
+DataFrames. The charts are Altair (the ``[notebook]`` extra, imported only when a chart is
+asked for); :func:`save_html` writes a self-contained page with the Vega JavaScript inlined
+(through ``vl-convert-python``), so the report opens offline, with no CDN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from kirim_events.errors import ConfigError
+
+if TYPE_CHECKING:
+    import altair
+
+__all__ = [
+    "TIME_METRICS",
+    "delivery_rate",
+    "failure_reasons",
+    "failures_chart",
+    "funnel",
+    "funnel_chart",
+    "health_chart",
+    "read_rate",
+    "save_html",
+    "time_summary",
+    "times_chart",
+]
+
+Frame = pl.DataFrame | pl.LazyFrame
+
+TIME_METRICS = (
+    ("time_to_deliver", "messages"),
+    ("time_to_read", "messages"),
+    ("time_to_first_assignment", "conversations"),
+    ("time_to_close", "conversations"),
+)
+
+
+def _df(frame: Frame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+
+
+def funnel(timelines: Frame) -> pl.DataFrame:
+    """Messages reaching each stage: all, sent, delivered, read; and failed.
+
+    A stage counts as reached when a higher one was (``read`` without ``delivered`` still
+    counts as delivered). ``failed`` counts messages whose final status is failed.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``stage``, ``messages``, ``share`` (of all messages), ``share_of_previous``
+        (of the stage before; null for ``messages`` and ``failed``).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> t = pl.DataFrame({"status": ["read", "sent"], "reached_sent": [True, True],
+    ...                   "reached_delivered": [True, False]})
+    >>> funnel(t)["messages"].to_list()
+    [2, 2, 1, 1, 0]
+    """
+    t = _df(timelines)
+    total = t.height
+    counts = [
+        ("messages", total),
+        ("sent", int(t["reached_sent"].sum())),
+        ("delivered", int(t["reached_delivered"].sum())),
+        ("read", int((t["status"] == "read").sum())),
+        ("failed", int((t["status"] == "failed").sum())),
+    ]
+    rows = []
+    for i, (stage, n) in enumerate(counts):
+        previous = counts[i - 1][1] if 0 < i < 4 else None
+        rows.append(
+            {
+                "stage": stage,
+                "messages": n,
+                "share": n / total if total else None,
+                "share_of_previous": n / previous if previous else None,
+            }
+        )
+    schema = {
+        "stage": pl.String,
+        "messages": pl.Int64,
+        "share": pl.Float64,
+        "share_of_previous": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def read_rate(timelines: Frame) -> float | None:
+    """Read messages / delivered messages (None when nothing was delivered)."""
+    t = _df(timelines)
+    delivered = int(t["reached_delivered"].sum())
+    return int((t["status"] == "read").sum()) / delivered if delivered else None
+
+
+def delivery_rate(timelines: Frame) -> float | None:
+    """Delivered messages / sent messages (None when nothing was sent)."""
+    t = _df(timelines)
+    sent = int(t["reached_sent"].sum())
+    return int(t["reached_delivered"].sum()) / sent if sent else None
+
+
+def failure_reasons(timelines: Frame) -> pl.DataFrame:
+    """Messages that failed, by error: Kirim's label (§6.1; ``other`` if unknown) and code.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``error_label``, ``error_code``, ``error_title`` (the most common one),
+        ``messages``, ``share`` (of failed messages); most frequent first.
+    """
+    failed = _df(timelines).filter(pl.col("failed_at").is_not_null())
+    total = failed.height
+    return (
+        failed.with_columns(pl.col("error_label").fill_null("other"))
+        .group_by("error_label", "error_code")
+        .agg(
+            pl.col("error_title").drop_nulls().mode().sort().first(),
+            pl.len().cast(pl.Int64).alias("messages"),
+        )
+        .with_columns(share=pl.col("messages") / total if total else pl.lit(None, pl.Float64))
+        .sort(["messages", "error_label", "error_code"], descending=[True, False, False])
+    )
+
+
+def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFrame:
+    """Median and 90th percentile (linear interpolation) of each time, in seconds.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``metric``, ``of`` (messages or conversations), ``n`` (rows with a value),
+        ``median``, ``p90``, ``mean``.
+    """
+    frames = {"messages": _df(timelines)}
+    if lifecycles is not None:
+        frames["conversations"] = _df(lifecycles)
+    rows: list[dict[str, Any]] = []
+    for metric, of in TIME_METRICS:
+        if of not in frames:
+            continue
+        values = frames[of][metric].drop_nulls()
+        rows.append(
+            {
+                "metric": metric,
+                "of": of,
+                "n": values.len(),
+                "median": values.quantile(0.5, "linear"),
+                "p90": values.quantile(0.9, "linear"),
+                "mean": values.mean(),
+            }
+        )
+    schema = {
+        "metric": pl.String,
+        "of": pl.String,
+        "n": pl.Int64,
+        "median": pl.Float64,
+        "p90": pl.Float64,
+        "mean": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _alt() -> Any:
+    try:
+        import altair as alt
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ConfigError("charts need Altair: pip install 'kirim-events[notebook]'") from None
+    return alt
+
+
+def funnel_chart(funnel_frame: pl.DataFrame) -> altair.Chart:
+    """Horizontal bars: messages per funnel stage (from :func:`funnel`)."""
+    alt = _alt()
+    chart: altair.Chart = (
+        alt.Chart(funnel_frame, title="Delivery funnel")
+        .mark_bar()
+        .encode(
+            x=alt.X("messages:Q", title="messages"),
+            y=alt.Y("stage:N", sort=None, title=None),
+            tooltip=["stage", "messages", alt.Tooltip("share:Q", format=".1%")],
+        )
+    )
+    return chart
+
+
+def failures_chart(reasons: pl.DataFrame, *, top: int = 10) -> altair.Chart:
+    """Bars: failed messages per error label (from :func:`failure_reasons`)."""
+    alt = _alt()
+    data = reasons.head(top).with_columns(
+        reason=pl.col("error_label") + " (" + pl.col("error_code").fill_null("?") + ")"
+    )
+    chart: altair.Chart = (
+        alt.Chart(data, title="Failure reasons")
+        .mark_bar()
+        .encode(
+            x=alt.X("messages:Q"),
+            y=alt.Y("reason:N", sort="-x", title=None),
+            tooltip=["error_label", "error_code", "error_title", "messages"],
+        )
+    )
+    return chart
+
+
+def times_chart(summary: pl.DataFrame) -> altair.Chart:
+    """Median and p90 of each time metric, in seconds (from :func:`time_summary`)."""
+    alt = _alt()
+    data = summary.unpivot(
+        index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
+    )
+    chart: altair.Chart = (
+        alt.Chart(data, title="Median and p90 times (seconds)")
+        .mark_bar()
+        .encode(
+            x=alt.X("seconds:Q", scale=alt.Scale(type="symlog")),
+            y=alt.Y("metric:N", title=None),
+            yOffset="stat:N",
+            color="stat:N",
+            tooltip=["metric", "stat", alt.Tooltip("seconds:Q", format=".1f")],
+        )
+    )
+    return chart
+
+
+def health_chart(health: Frame) -> altair.Chart:
+    """Stacked bars: events first received per day, by event type (from ``delivery_health``).
+
+    Webhook deliveries (all copies) and the retry rate are in the tooltip when receipts exist.
+    """
+    alt = _alt()
+    data = (
+        _df(health)
+        .filter(pl.col("n_events").is_not_null())
+        .select(pl.col("day").cast(pl.String), "event_type", "n_events", "deliveries", "retry_rate")
+    )
+    chart: altair.Chart = (
+        alt.Chart(data, title="Events received per day")
+        .mark_bar()
+        .encode(
+            x=alt.X("day:O", title="day (UTC, received)"),
+            y=alt.Y("n_events:Q", title="events"),
+            color="event_type:N",
+            tooltip=[
+                "day",
+                "event_type",
+                "n_events",
+                "deliveries",
+                alt.Tooltip("retry_rate:Q", format=".1%"),
+            ],
+        )
+    )
+    return chart
+
+
+def save_html(
+    charts: Sequence[altair.Chart], path: str | Path, *, title: str = "kirim-events report"
+) -> Path:
+    """Write the charts, stacked, to one self-contained HTML file (no network needed).
+
+    Raises
+    ------
+    ConfigError
+        Altair or ``vl-convert-python`` (which supplies the inlined JavaScript) is missing.
+    """
+    alt = _alt()
+    page = alt.vconcat(*charts, title=title).resolve_scale(color="independent")
+    try:
+        html = page.to_html(inline=True)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot inline the chart JavaScript ({exc}); install vl-convert-python"
+        ) from None
+    target = Path(path)
+    target.write_text(html, encoding="utf-8")
+    return target

@@ -1,0 +1,99 @@
+"""``kirim-events report``: funnel, failures and conversation times; optional HTML charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kirim_events.analytics.report import Report, build_report, write_html
+from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
+from kirim_events.lake import Lake
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _render(report: Report, *, top: int) -> None:
+    when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
+    console.print(
+        f"[bold]{report.n_messages:,}[/bold] outbound messages, "
+        f"[bold]{report.n_conversations:,}[/bold] conversations "
+        f"({report.n_open_conversations:,} open){when}"
+    )
+    funnel = Table("stage", "messages", "share", "of previous", title="Delivery funnel")
+    for row in report.funnel.iter_rows(named=True):
+        funnel.add_row(
+            row["stage"], f"{row['messages']:,}", _pct(row["share"]), _pct(row["share_of_previous"])
+        )
+    console.print(funnel)
+    console.print(f"delivery rate {_pct(report.delivery_rate)}, read rate {_pct(report.read_rate)}")
+    failures = Table("reason", "code", "title", "messages", "share", title="Top failures")
+    for row in report.failures.head(top).iter_rows(named=True):
+        failures.add_row(
+            row["error_label"],
+            row["error_code"] or "-",
+            row["error_title"] or "-",
+            f"{row['messages']:,}",
+            _pct(row["share"]),
+        )
+    console.print(failures)
+    times = Table("time", "of", "n", "median", "p90", title="Times")
+    for row in report.times.iter_rows(named=True):
+        times.add_row(
+            row["metric"], row["of"], f"{row['n']:,}", _secs(row["median"]), _secs(row["p90"])
+        )
+    console.print(times)
+    flags = Table("anomaly", "count", title="What the data could not show cleanly")
+    for name, count in report.anomalies.items():
+        flags.add_row(name, f"{count:,}")
+    console.print(flags)
+
+
+@command("report")
+def report_command(
+    data: DataOption = None,
+    lake_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="Lake location when it is not the data folder, e.g. s3://bucket/prefix.",
+        ),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the charts to this HTML file (works offline)."),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Report as the world looked at this instant (ISO 8601)."),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Failure reasons to list.")] = 10,
+) -> None:
+    """Summarise the lake: delivery funnel, read rate, top failures, conversation times.
+
+    Reads the lake only: run ``kirim-events compact`` first to include events still in the
+    collector's journal.
+    """
+    s = settings(data_dir=data)
+    with errors_to_exit():
+        lake = Lake(lake_uri or s.data_dir)
+        view = lake.as_of(as_of) if as_of else lake
+        report = build_report(view)
+        _render(report, top=top)
+        if html is not None:
+            written = write_html(report, html)
+            console.print(f"charts written to {written}")

@@ -1,0 +1,125 @@
+"""Notebook summaries, offline HTML charts and ``kirim-events report``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_analytics_support import at, conversation, dedup, status
+from typer.testing import CliRunner
+
+import kirim_events as ke
+from kirim_events.analytics import notebook
+from kirim_events.analytics.report import build_report
+from kirim_events.analytics.timelines import message_timelines
+from kirim_events.cli import app
+from kirim_events.events import EventRecord
+
+runner = CliRunner()
+
+
+def _records() -> list[EventRecord]:
+    return [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "delivered", 4, 5),
+        status("wamid.A", "read", 64, 65),
+        status("wamid.B", "sent", 0, 1),
+        status("wamid.B", "delivered", 10, 11),
+        status("wamid.C", "sent", 0, 1),
+        status("wamid.C", "failed", 2, 3, error=(131047, "Re-engagement message")),
+        status("wamid.D", "failed", 0, 1, error=(131026, "Message undeliverable")),
+        status("wamid.E", "failed", 0, 1, error=(131047, "Re-engagement message")),
+        conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_1", 600, 601, closed_by="usr_a"),
+        conversation("evt_3", "assigned", "cnv_2", 30, 31, user="usr_b"),
+    ]
+
+
+def _timelines() -> pl.DataFrame:
+    events, copies = dedup(_records())
+    return message_timelines(events, copies=copies).collect()
+
+
+def test_funnel_and_rates() -> None:
+    t = _timelines()
+    funnel = notebook.funnel(t)
+    assert funnel["stage"].to_list() == ["messages", "sent", "delivered", "read", "failed"]
+    assert funnel["messages"].to_list() == [5, 3, 2, 1, 3]
+    assert funnel["share_of_previous"].to_list() == [None, 3 / 5, 2 / 3, 1 / 2, None]
+    assert notebook.read_rate(t) == 0.5
+    assert notebook.delivery_rate(t) == pytest.approx(2 / 3)
+    assert notebook.read_rate(t.head(0)) is None
+
+
+def test_failure_reasons_use_kirim_labels_and_other() -> None:
+    reasons = notebook.failure_reasons(_timelines())
+    assert reasons.select("error_label", "error_code", "messages").rows() == [
+        ("outside_24h_window", "131047", 2),
+        ("other", "131026", 1),
+    ]
+    assert reasons["share"].to_list() == [2 / 3, 1 / 3]
+    assert reasons["error_title"][0] == "Re-engagement message"
+
+
+def test_time_summary_median_and_p90() -> None:
+    events, copies = dedup(_records())
+    from kirim_events.analytics.conversations import conversation_lifecycles
+
+    summary = notebook.time_summary(
+        _timelines(), conversation_lifecycles(events, copies=copies)
+    ).to_dicts()
+    by_metric = {row["metric"]: row for row in summary}
+    deliver = by_metric["time_to_deliver"]
+    assert (deliver["n"], deliver["median"], deliver["p90"]) == (2, 7.0, 4.0 + 0.9 * 6.0)
+    assert (by_metric["time_to_read"]["n"], by_metric["time_to_read"]["median"]) == (1, 64.0)
+    close = by_metric["time_to_close"]
+    assert (close["of"], close["n"], close["median"]) == ("conversations", 1, 600.0)
+
+
+def test_html_report_is_self_contained(tmp_path: Path) -> None:
+    t = _timelines()
+    charts = [
+        notebook.funnel_chart(notebook.funnel(t)),
+        notebook.failures_chart(notebook.failure_reasons(t)),
+    ]
+    page = notebook.save_html(charts, tmp_path / "r.html").read_text(encoding="utf-8")
+    # No script or stylesheet is fetched from anywhere: the Vega bundle is inlined.
+    assert re.findall(r"<script[^>]*\bsrc=", page) == []
+    assert re.findall(r"<link[^>]*\bhref=", page) == []
+    assert "vega-embed.js bundle" in page
+    assert "outside_24h_window" in page  # the data travels with the page
+
+
+def test_report_command_summarises_and_writes_html(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events(_records())
+    html = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data"), "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    assert "Delivery funnel" in result.output
+    assert "outside_24h_window" in result.output
+    assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    # The figures printed are the library's.
+    report = build_report(ke.Lake(tmp_path / "data"))
+    assert report.n_messages == 5
+    assert (report.n_conversations, report.n_open_conversations) == (2, 1)
+
+
+def test_report_as_of(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())
+    early = build_report(lake.as_of(at(1)))
+    assert early.n_messages == 5
+    assert early.funnel["messages"].to_list()[2] == 0  # nothing delivered yet at +1 s
+    assert early.n_open_conversations == 1
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", at(1).isoformat()])
+    assert result.exit_code == 0, result.output
+    assert "as of" in result.output
+
+
+def test_report_on_an_empty_lake(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "0 outbound messages" in result.output

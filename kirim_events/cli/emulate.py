@@ -1,0 +1,247 @@
+"""``kirim-events emulate``: a local Kirim that sends signed webhooks and serves the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+from rich.table import Table
+
+from kirim_events.cli._app import command, console, err_console, errors_to_exit, settings
+from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
+from kirim_events.errors import ConfigError
+from kirim_events.events import parse_time
+
+# Simulated seconds per world event with the default world (measured: ~0.23 events/s), used
+# to start the world early enough that its traffic ends about now.
+_SECONDS_PER_EVENT = 4.3
+_HISTORY_URL = "https://example.invalid/webhooks/kirim"
+
+
+class _Server(uvicorn.Server):
+    # The command owns SIGINT/SIGTERM (to stop sending too, and exit 0), not uvicorn.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _start(value: str | None, events: int) -> int:
+    if value is None:
+        return int(time.time() - events * _SECONDS_PER_EVENT)
+    parsed = parse_time(value)
+    if parsed is None:
+        raise ConfigError(f"--start must be an ISO-8601 time, got {value!r}")
+    return int(parsed.timestamp())
+
+
+def _summary(report: EngineReport, emu: Emulator) -> Table:
+    table = Table("deliveries", "value", title="emulated Kirim deliveries")
+    table.add_row("world events", str(len(emu.truth)))
+    table.add_row("delivery rows", str(len(emu.store.deliveries)))
+    table.add_row("attempts", str(report.attempts))
+    table.add_row("succeeded", str(report.succeeded))
+    table.add_row("retries scheduled", str(report.retries))
+    table.add_row("duplicates sent (lost acks)", str(report.duplicates))
+    table.add_row("failed (permanent 4xx)", str(report.failed))
+    table.add_row("dead (8 attempts)", str(report.dead))
+    table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))
+    return table
+
+
+@command("emulate")
+def emulate(
+    port: Annotated[
+        int, typer.Option("--port", help="Serve the REST API on 127.0.0.1:PORT.")
+    ] = 8765,
+    no_api: Annotated[
+        bool, typer.Option("--no-api", help="Do not serve the REST API; exit when sending ends.")
+    ] = False,
+    send_to: Annotated[
+        str | None,
+        typer.Option(
+            "--send-to",
+            help="POST signed webhooks to this URL (signed with KIRIM_WEBHOOK_SECRET). Without "
+            "it, the events are only recorded as delivery history for the API.",
+        ),
+    ] = None,
+    events: Annotated[
+        int, typer.Option("--events", min=0, help="Stop sending after N world events.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same world and ids.")] = 0,
+    rate: Annotated[
+        float,
+        typer.Option("--rate", min=0, help="World events per second; 0 = as fast as possible."),
+    ] = 0.0,
+    start: Annotated[
+        str | None,
+        typer.Option("--start", help="Simulated start time (ISO-8601); default: ends about now."),
+    ] = None,
+    contacts: Annotated[
+        int, typer.Option("--contacts", min=1, help="Scale: most contacts the world creates.")
+    ] = 2000,
+    failure_rate: Annotated[
+        float,
+        typer.Option(
+            "--failure-rate", min=0, max=1, help="Share of sends that fail (Meta errors)."
+        ),
+    ] = 0.05,
+    duplicate_rate: Annotated[
+        float,
+        typer.Option(
+            "--duplicate-rate", min=0, max=1, help="Share of deliveries sent twice (lost ack)."
+        ),
+    ] = 0.02,
+    disorder: Annotated[
+        float,
+        typer.Option(
+            "--disorder", min=0, max=1, help="Share of deliveries held back and reordered."
+        ),
+    ] = 0.05,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Deliveries in flight at once.")
+    ] = 8,
+    time_compression: Annotated[
+        float,
+        typer.Option(
+            "--time-compression", min=0.001, help="Divide retry waits by this (3600: 1 h -> 1 s)."
+        ),
+    ] = 1.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.01, help="Seconds to wait for the receiver's 2xx.")
+    ] = 10.0,
+    fault_rate: Annotated[
+        float,
+        typer.Option("--fault-rate", min=0, max=1, help="Share of API requests answered 5xx."),
+    ] = 0.0,
+    fault_latency: Annotated[
+        float,
+        typer.Option("--fault-latency", min=0, help="Seconds of latency added to slow requests."),
+    ] = 0.0,
+    fault_latency_rate: Annotated[
+        float,
+        typer.Option("--fault-latency-rate", min=0, max=1, help="Share of API requests slowed."),
+    ] = 0.0,
+    fault_drop_rate: Annotated[
+        float,
+        typer.Option(
+            "--fault-drop-rate", min=0, max=1, help="Share of API connections dropped mid-answer."
+        ),
+    ] = 0.0,
+    kirim_block: Annotated[
+        bool,
+        typer.Option(
+            "--kirim-block/--no-kirim-block",
+            help="Add Kirim's optional `kirim` block (conversation_id, contact_id) to Meta bodies.",
+        ),
+    ] = True,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--truth", help="Write the ground truth (Parquet) into this folder at the end."
+        ),
+    ] = None,
+) -> None:
+    """Run a local Kirim: send realistic signed webhooks and serve the REST API.
+
+    Sends --events world events (messages, statuses, assignments, closes, contacts) to
+    --send-to with Kirim's headers, signatures (every secret in KIRIM_WEBHOOK_SECRET),
+    retries, duplicates and reordering; serves /v1/webhook_deliveries, replays and
+    subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY, until Ctrl+C / SIGTERM.
+    """
+    s = settings()
+    with errors_to_exit():
+        if send_to and not s.webhook_secrets:
+            raise ConfigError("--send-to needs KIRIM_WEBHOOK_SECRET (the receiver's secret)")
+        if not no_api and not s.api_key:
+            raise ConfigError(
+                "serving the API needs KIRIM_KEY (kdv_live_ + 24 url-safe chars); or pass --no-api"
+            )
+        if no_api and not send_to:
+            raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
+        emu = Emulator(
+            seed=seed,
+            world=WorldConfig(
+                max_contacts=contacts, failure_rate=failure_rate, kirim_block=kirim_block
+            ),
+            engine=EngineConfig(
+                concurrency=concurrency,
+                timeout=timeout,
+                duplicate_rate=duplicate_rate,
+                disorder=disorder,
+                time_compression=time_compression,
+                rate=rate,
+            ),
+            faults=FaultConfig(
+                error_rate=fault_rate,
+                latency=fault_latency,
+                latency_rate=fault_latency_rate,
+                drop_rate=fault_drop_rate,
+            ),
+            start=_start(start, events),
+            secrets=s.webhook_secrets or None,
+            api_keys=[s.api_key] if s.api_key else [],
+        )
+    asyncio.run(_run(emu, send_to=send_to, events=events, port=None if no_api else port))
+    if truth is not None:
+        paths = emu.truth.write_parquet(truth)
+        console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
+
+
+async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        emu.stop()
+        if server is not None:
+            server.should_exit = True
+
+    server: _Server | None = None
+    if port is not None:
+        config = uvicorn.Config(
+            emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+        server = _Server(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, request_stop)
+    serving = asyncio.ensure_future(server.serve()) if server is not None else None
+    if server is not None:
+        while not server.started and not serving.done():  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        if serving is not None and serving.done():
+            serving.result()
+            err_console.print(f"[red]error:[/red] could not serve on 127.0.0.1:{port}")
+            raise typer.Exit(1)
+        console.print(f"Kirim API emulator on http://127.0.0.1:{port}/v1 (key from KIRIM_KEY)")
+    if send_to:
+        emu.subscribe(send_to)
+        console.print(f"sending {events} world events to {send_to} ...")
+        report = await emu.send(events)
+    else:
+        emu.subscribe(_HISTORY_URL)
+        for _ in emu.iter_deliveries(events):
+            pass
+        report = EngineReport(events=len(emu.truth), deliveries=len(emu.store.deliveries))
+        console.print(f"recorded {events} world events as delivery history (not sent)")
+    console.print(_summary(report, emu))
+    if server is not None and serving is not None:
+        if not stop.is_set():
+            console.print(
+                "sending done; the API keeps serving (replays are delivered). Ctrl+C stops."
+            )
+        async with httpx.AsyncClient() as client:
+            replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
+            await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)
+            request_stop()
+            await asyncio.gather(serving, replays, return_exceptions=True)
+    console.print("emulator stopped")

@@ -1,0 +1,184 @@
+"""``kirim-events emulate``: sends signed webhooks to a real loopback server, serves the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import uvicorn
+from typer.testing import CliRunner
+
+import kirim_events
+from kirim_events.cli import app
+from kirim_events.events import parse_delivery
+
+SECRET = "whsec_cli_test_secret"
+KEY = "kdv_live_" + "cli" * 8
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.bodies: list[tuple[dict[str, str], bytes]] = []
+        self.bad = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        try:
+            kirim_events.verify(body, headers.get("x-kirim-signature"), SECRET)
+            status = 200
+            self.bodies.append((headers, body))
+        except kirim_events.SignatureError:
+            self.bad += 1
+            status = 401
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@contextmanager
+def _serve(asgi: Any) -> Iterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) -> None:
+    receiver = Receiver()
+    with _serve(receiver) as base:
+        result = runner.invoke(
+            app,
+            [
+                "emulate",
+                "--no-api",
+                "--send-to",
+                f"{base}/webhooks/kirim",
+                "--events",
+                "150",
+                "--seed",
+                "3",
+                "--duplicate-rate",
+                "0.1",
+                "--time-compression",
+                "1000",
+                "--truth",
+                str(tmp_path / "truth"),
+            ],
+            env={"KIRIM_WEBHOOK_SECRET": SECRET},
+        )
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    assert receiver.bad == 0
+    keys = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    truth = pl.read_parquet(tmp_path / "truth" / "events.parquet")
+    assert keys == set(truth["event_key"])
+    assert truth.height == 150
+    assert "events never acknowledged" in result.output
+
+
+def test_emulate_refuses_to_run_without_its_secrets() -> None:
+    result = runner.invoke(app, ["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/"], env={})
+    assert result.exit_code == 2
+    assert "KIRIM_WEBHOOK_SECRET" in result.output
+    result = runner.invoke(app, ["emulate", "--events", "3"], env={"KIRIM_KEY": ""})
+    assert result.exit_code == 2
+    assert "KIRIM_KEY" in result.output
+    result = runner.invoke(app, ["emulate", "--no-api"], env={})
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["emulate", "--events", "-1"], env={})
+    assert result.exit_code == 2
+
+
+def test_emulate_sends_and_serves_the_api_until_sigterm() -> None:
+    receiver = Receiver()
+    with _serve(receiver) as target:
+        _send_and_serve(target, receiver)
+
+
+def _send_and_serve(target: str, receiver: Receiver) -> None:
+    port = _free_port()
+    env = dict(os.environ, KIRIM_KEY=KEY, KIRIM_WEBHOOK_SECRET=SECRET)
+    argv = ["emulate", "--port", str(port), "--events", "120", "--send-to", f"{target}/hook"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kirim_events", *argv, "--time-compression", "1000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        for _ in range(400):
+            if any("sending done" in line for line in lines):
+                break
+            time.sleep(0.05)
+        assert any("sending done" in line for line in lines), lines
+        base = f"http://127.0.0.1:{port}"
+        rows: list[Any] = []
+        for _ in range(300):
+            try:
+                r = httpx.get(
+                    f"{base}/v1/webhook_deliveries",
+                    params={"limit": 100},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
+                if r.status_code == 200 and len(r.json()["data"]) == 100:
+                    rows = r.json()["data"]
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        assert len(rows) == 100, lines
+        assert all(row["payload"] for row in rows)
+        denied = httpx.get(f"{base}/v1/webhook_deliveries")
+        assert denied.status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        reader.join(timeout=5)
+        out = "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert receiver.bad == 0
+    assert len({r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}) == 120
+    assert "emulator stopped" in out
+    assert SECRET not in out
+    assert KEY not in out

@@ -187,9 +187,13 @@ def iter_signed(
         rendered = render(bundle, kirim_block=kirim_block)
         for sub in list(store.live_subscriptions(rendered.event_type)):
             row = _new_row(store, sub, rendered, now=bundle.at, root=root, record=record)
-            rng = derive_rng(root, row.id, 1)
-            first = bundle.at + _lag(rng, cfg) / cfg.time_compression
+            first: float = bundle.at
             seq += 1
+            if not (cfg.disorder or cfg.duplicate_rate):
+                heapq.heappush(pending, (first, seq, 1, row, rendered))
+                continue
+            rng = derive_rng(root, row.id, 1)
+            first += _lag(rng, cfg) / cfg.time_compression
             heapq.heappush(pending, (first, seq, 1, row, rendered))
             if cfg.duplicate_rate and rng.random() < cfg.duplicate_rate:
                 seq += 1

@@ -28,7 +28,7 @@ import heapq
 import math
 import random
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 from kirim_events.emulator.ids import ulid, wamid
@@ -191,11 +191,9 @@ class _Conversation:
 _Process = Generator[float, None, None]
 
 
-@dataclass(order=True)
-class _Item:
-    at: int
-    seq: int
-    body: _Process | tuple[str, tuple[WorldEvent, ...]] = field(compare=False)
+_Body = _Process | tuple[str, tuple[WorldEvent, ...]]
+# Heap entries are plain tuples (time, seq, body): much cheaper to compare than dataclasses.
+_Item = tuple[int, int, _Body]
 
 
 class World:
@@ -255,9 +253,9 @@ class World:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _push(self, at: int, body: _Process | tuple[str, tuple[WorldEvent, ...]]) -> None:
+    def _push(self, at: int, body: _Body) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, _Item(at, self._seq, body))
+        heapq.heappush(self._heap, (at, self._seq, body))
 
     def _schedule(self, *events: WorldEvent, shape: str) -> None:
         self._push(max(e.at for e in events), (shape, events))
@@ -273,22 +271,22 @@ class World:
             return
         self._push(self.start, self._spawner())
         while self._heap:
-            item = heapq.heappop(self._heap)
-            self.now = item.at
-            if isinstance(item.body, tuple):
-                shape, events = item.body
+            at, _, body = heapq.heappop(self._heap)
+            self.now = at
+            if isinstance(body, tuple):
+                shape, events = body
                 if max_events is not None and self.emitted + len(events) > max_events:
                     events = events[: max_events - self.emitted]
                 self.emitted += len(events)
-                yield Bundle(self.emitted - len(events), item.at, shape, events)
+                yield Bundle(self.emitted - len(events), at, shape, events)
                 if max_events is not None and self.emitted >= max_events:
                     return
                 continue
             try:
-                delay = next(item.body)
+                delay = next(body)
             except StopIteration:
                 continue
-            self._push(item.at + max(0, math.ceil(delay)), item.body)
+            self._push(at + max(0, math.ceil(delay)), body)
 
     def events(self, max_events: int | None = None) -> Iterator[WorldEvent]:
         """Yield single events (bundles flattened) in emission order."""

@@ -1,0 +1,233 @@
+"""Benchmark: emulator events generated and signed per second, against baselines in the same run.
+
+Stages, each timed over the same seeded world:
+
+* ``baseline: json+hmac`` -- ``json.dumps`` of one fixed Kirim body plus one HMAC-SHA256 per
+  event: the floor any signed-webhook generator pays.
+* ``world only`` -- the simulation (``World.bundles``), no bodies.
+* ``world + bodies`` -- plus rendering the exact JSON bodies.
+* ``world + bodies + signed`` -- :func:`iter_signed` (headers, one ``v1`` per secret), the
+  figure the issue asks for; ``+ truth`` also records the ground truth.
+* ``in-process HTTP`` -- :class:`DeliveryEngine` POSTing to an ASGI receiver through
+  ``httpx.ASGITransport`` (run at a tenth of the events: it is the slow path).
+
+``--million`` also streams 1,000,000 events (generated, signed, truth written to Parquet) and
+reports peak memory, to show the stream is not held in memory.
+
+Usage: ``python benchmarks/bench_emulator.py --scale 1 [--repeats 3] [--million] [--no-write]``.
+Writes its section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kirim_events.emulator import Emulator, EngineConfig, Truth, World, iter_signed, render
+from kirim_events.emulator.store import Store
+
+SECRET = "whsec_benchmark_secret"
+BASE_EVENTS = 20_000
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADING = "## Emulator: events generated and signed per second (bench_emulator.py)"
+FIXED_BODY = {
+    "id": "evt_01HYK2WG008XHFBG3A1Y7ZVA9R",
+    "type": "conversation.assigned",
+    "created_at": "2026-05-23T10:15:42Z",
+    "livemode": True,
+    "data": {
+        "conversation": {"id": "cnv_01KSA4J05RE483AXDGDKHW4X5C", "object": "conversation"},
+        "assignee": {"user_id": "usr_01K94DCQT0FDNH29JZCP5GXCXY", "previous_user_id": None},
+    },
+}
+
+
+def _baseline(n: int) -> int:
+    key = SECRET.encode()
+    for i in range(n):
+        body = json.dumps(FIXED_BODY, separators=(",", ":")).encode()
+        hmac.new(key, b"%d." % (1_700_000_000 + i) + body, hashlib.sha256).hexdigest()
+    return n
+
+
+def _world(n: int) -> int:
+    return sum(len(b.events) for b in World(seed=1).bundles(n))
+
+
+def _bodies(n: int) -> int:
+    count = 0
+    for bundle in World(seed=1).bundles(n):
+        render(bundle)
+        count += len(bundle.events)
+    return count
+
+
+def _store() -> Store:
+    store = Store()
+    store.create_subscription("https://example.test/hook", now=0, secrets=None)
+    sub = next(iter(store.subscriptions.values()))
+    from kirim_events.config import Secret
+
+    sub.secrets[0].value = Secret(SECRET)
+    return store
+
+
+def _signed(n: int) -> int:
+    deliveries = iter_signed(World(seed=1).bundles(n), _store(), seed=1, record=False)
+    return sum(1 for _ in deliveries) and n
+
+
+def _signed_truth(n: int) -> int:
+    truth = Truth()
+    bundles = truth.watch(World(seed=1).bundles(n))
+    for _ in iter_signed(bundles, _store(), seed=1, record=False):
+        pass
+    truth.close()
+    return n
+
+
+def _http(n: int) -> int:
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    emu = Emulator(seed=1, secrets=SECRET, engine=EngineConfig(concurrency=16))
+    emu.subscribe("http://receiver.test/hook")
+    asyncio.run(emu.send(n, transport=httpx.ASGITransport(app=receiver)))
+    return n
+
+
+STAGES: list[tuple[str, Callable[[int], int], float]] = [
+    ("baseline: json+hmac of a fixed body", _baseline, 1.0),
+    ("world only", _world, 1.0),
+    ("world + bodies", _bodies, 1.0),
+    ("world + bodies + signed", _signed, 1.0),
+    ("world + bodies + signed + truth", _signed_truth, 1.0),
+    ("in-process HTTP (ASGI receiver)", _http, 0.1),
+]
+
+
+def _time(fn: Callable[[int], int], n: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = fn(n)
+        rates.append(done / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _million() -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        truth = Truth(path=Path(tmp) / "truth.parquet")
+        start = time.perf_counter()
+        count = 0
+        for _ in iter_signed(truth.watch(World(seed=1).bundles(1_000_000)), _store(), record=False):
+            count += 1
+        truth.close()
+        elapsed = time.perf_counter() - start
+        size = os.path.getsize(Path(tmp) / "truth.parquet")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "deliveries": count,
+        "seconds": elapsed,
+        "rate": 1_000_000 / elapsed,
+        "peak_rss_mb": after / 1024,
+        "rss_growth_mb": (after - before) / 1024,
+        "truth_mb": size / 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--scale",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help=f"multiples of {BASE_EVENTS} events (several: show growth)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per stage; median kept")
+    parser.add_argument("--million", action="store_true", help="also stream 1M events")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args()
+
+    rows = []
+    for scale in args.scale:
+        n = int(BASE_EVENTS * scale)
+        base = None
+        for name, fn, share in STAGES:
+            count = max(100, int(n * share))
+            rate = _time(fn, count, args.repeats)
+            base = base or rate
+            rows.append((scale, count, name, rate, rate / base))
+            print(
+                f"scale {scale:g} {name:40s} {count:>8d} events {rate:>10,.0f}/s "
+                f"{rate / base:5.2f}x baseline",
+                flush=True,
+            )
+    million = _million() if args.million else None
+    if million:
+        print(million)
+    if not args.no_write:
+        _write(rows, million, args)
+
+
+def _write(
+    rows: list[tuple[float, int, str, float, float]],
+    million: dict[str, float] | None,
+    args: argparse.Namespace,
+) -> None:
+    lines = [
+        HEADING,
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Median of "
+        f"{args.repeats} runs per cell. Scales are multiples of {BASE_EVENTS:,} world events; "
+        "kept small because the 2 shared cores also run the other helpers' work.",
+        "",
+        "| scale | events | stage | events/s (median) | vs json+hmac baseline |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s:g} | {n:,} | {name} | {rate:,.0f} | {ratio:.2f}x |"
+        for s, n, name, rate, ratio in rows
+    ]
+    if million:
+        lines += [
+            "",
+            f"1,000,000 events streamed (generated, rendered, signed, truth written to Parquet): "
+            f"{million['seconds']:.0f} s, {million['rate']:,.0f} events/s, "
+            f"{million['deliveries']:,.0f} signed deliveries; peak RSS "
+            f"{million['peak_rss_mb']:.0f} MB (growth during the run "
+            f"{million['rss_growth_mb']:.0f} MB), truth log {million['truth_mb']:.0f} MB on disk.",
+        ]
+    section = "\n".join(lines) + "\n"
+    text = RESULTS.read_text(encoding="utf-8")
+    if HEADING in text:
+        start = text.index(HEADING)
+        nxt = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

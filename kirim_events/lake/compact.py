@@ -28,9 +28,11 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -48,6 +50,7 @@ from kirim_events.lake.reader import (
     list_dates,
     list_groups,
     parquet_names,
+    polars_schema,
 )
 from kirim_events.lake.state import Manifest, manifest_path
 from kirim_events.lake.storage import Storage
@@ -59,6 +62,7 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 """Names passed to the ``hook`` of :func:`compact`, in order (some repeat per file)."""
 
 Hook = Callable[[str], None]
+MARKER_TTL = 86_400.0
 
 
 @dataclass
@@ -121,6 +125,15 @@ def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[st
     return found
 
 
+def _marker_ms(rel: str) -> int:
+    """The writer clock (ms) in a marker's file name; 0 if unreadable."""
+    name = rel.rsplit("/", 1)[1]
+    try:
+        return int(name.split("-")[1], 16)
+    except (IndexError, ValueError):
+        return 0
+
+
 def _near(day: str, window: int, existing: set[str]) -> list[str]:
     base = date.fromisoformat(day)
     days = ((base + timedelta(days=k)).isoformat() for k in range(-window, window + 1))
@@ -144,6 +157,7 @@ class _Group:
         now: Callable[[], float],
         hook: Hook,
         report: CompactionReport,
+        workers: int,
     ) -> None:
         self.storage, self.table, self.group = storage, table, group
         self.changed, self.window = changed, window if table == "events" else 0
@@ -151,11 +165,14 @@ class _Group:
         self.writer_id, self.now, self.hook, self.report = writer_id, now, hook, report
         self.manifest_rel = manifest_path(table, group)
         self.manifest = Manifest.load(storage, self.manifest_rel)
+        self.workers = workers
+        self.lock = threading.Lock()
 
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
 
-    def run(self) -> None:
+    def run(self) -> set[str]:
+        """Compact this group; return the names of the files seen (for marker clean-up)."""
         existing = set(list_dates(self.storage, self.table, self.group))
         members = sorted(
             {d for c in self.changed if c in existing for d in _near(c, self.window, existing)}
@@ -163,51 +180,77 @@ class _Group:
         listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         dirty = [d for d in members if not self.manifest.is_clean(d, counted[d])]
+        # Files already merged: listed now, or replaced (and perhaps deleted) by an earlier run.
+        seen = {n for d in members for n in [*listed[d], *self.manifest.replaced.get(d, ())]}
         self.hook("planned")
-        winners = self._winners(members, counted) if dirty and self.table == "events" else None
-        rewrite = self._rewrite_set(members, dirty, counted, winners)
+        winners = None
+        rewrite = list(dirty)
+        if dirty and self.table == "events":
+            winners, losing_days = self._winners(members, counted)
+            rewrite = sorted(set(dirty) | losing_days)  # clean days that lost a copy too
         new = Manifest(
             generation=self.manifest.generation + 1,
             files=dict(self.manifest.files),
             rows=dict(self.manifest.rows),
             replaced=dict(self.manifest.replaced),
         )
-        for day in rewrite:
-            names, rows = self._rewrite(day, counted[day], listed[day], winners)
-            new.files[day], new.rows[day] = names, rows
-            new.replaced[day] = sorted(set(listed[day]) - set(names))
+        with ThreadPoolExecutor(self.workers) as pool:
+            done = pool.map(lambda d: self._rewrite(d, counted[d], listed[d], winners), rewrite)
+            for day, (names, rows) in zip(rewrite, done, strict=True):
+                new.files[day], new.rows[day] = names, rows
+                new.replaced[day] = sorted(set(listed[day]) - set(names))
         if rewrite:
             new.save(self.storage, self.manifest_rel)
             self.manifest = new
             self.hook("manifest_published")
         # Delete everything listed that the current manifest does not count: the replaced
         # files of this run, and leftovers of an earlier run that crashed before its deletes.
+        doomed = [
+            f"{self.folder(day)}/{name}"
+            for day in members
+            for name in sorted(
+                set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
+            )
+        ]
+        with ThreadPoolExecutor(self.workers * 4) as pool:
+            list(pool.map(self._delete, doomed))
         for day in members:
-            keep = set(self.manifest.counted(day, list(listed[day])))
-            for name in sorted(set(listed[day]) - keep):
-                self.storage.delete(f"{self.folder(day)}/{name}")
-                self.report.files_deleted += 1
-                self.hook("file_deleted")
             self.storage.sync_dir(self.folder(day))
+        return seen
+
+    def _delete(self, rel: str) -> None:
+        self.storage.delete(rel)
+        with self.lock:
+            self.report.files_deleted += 1
+        self.hook("file_deleted")
 
     def _read(self, day: str, names: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+        schema = file_schema(self.table)
+        paths = [self.storage.full(f"{self.folder(day)}/{n}") for n in names]
         if not names:
-            schema = file_schema(self.table)
             empty = schema.empty_table()
             frame = pl.from_arrow(empty if columns is None else empty.select(columns))
+        elif self.storage.local:
+            lazy = pl.scan_parquet(
+                paths,
+                hive_partitioning=False,
+                schema=polars_schema(schema),
+                missing_columns="insert",
+                extra_columns="ignore",
+            )
+            frame = (lazy if columns is None else lazy.select(columns)).collect()
         else:
             dataset = pads.dataset(
-                [self.storage.full(f"{self.folder(day)}/{n}") for n in names],
-                schema=file_schema(self.table),
-                format="parquet",
-                filesystem=self.storage.fs,
+                paths, schema=schema, format="parquet", filesystem=self.storage.fs
             )
             frame = pl.from_arrow(dataset.to_table(columns=columns))
         assert isinstance(frame, pl.DataFrame)
         return frame
 
-    def _winners(self, members: list[str], counted: dict[str, list[str]]) -> pl.DataFrame:
-        """(event_key, date) of the copy that wins for every key in the group's members."""
+    def _winners(
+        self, members: list[str], counted: dict[str, list[str]]
+    ) -> tuple[pl.DataFrame, set[str]]:
+        """(event_key, date) of the winning copy of every key, and the days holding losers."""
         keys = pl.concat(
             [
                 self._read(d, counted[d], ["event_key", *EVENT_ORDER]).with_columns(
@@ -216,30 +259,18 @@ class _Group:
                 for d in members
             ]
         )
-        return (
+        winners = (
             keys.sort([*EVENT_ORDER, "_date"])
             .unique(subset=["event_key"], keep="first", maintain_order=False)
             .select("event_key", "_date")
         )
-
-    def _rewrite_set(
-        self,
-        members: list[str],
-        dirty: list[str],
-        counted: dict[str, list[str]],
-        winners: pl.DataFrame | None,
-    ) -> list[str]:
-        if winners is None:
-            return dirty
-        out = set(dirty)
-        for day in members:
-            if day in out:
-                continue
-            keys = self._read(day, counted[day], ["event_key"])
-            lost = keys.join(winners, on="event_key", how="left").filter(pl.col("_date") != day)
-            if lost.height:
-                out.add(day)  # a clean neighbour holds a copy that lost to a new one
-        return sorted(out)
+        losing = (
+            keys.select("event_key", "_date")
+            .unique()
+            .join(winners, on="event_key", suffix="_won")
+            .filter(pl.col("_date") != pl.col("_date_won"))
+        )
+        return winners, set(losing["_date"].to_list())
 
     def _rewrite(
         self,
@@ -269,21 +300,24 @@ class _Group:
         out_names = []
         arrow = frame.to_arrow().cast(file_schema(self.table))
         ms = int(self.now() * 1000)
+        bytes_out = 0
         for i in range(n_files):
             chunk: pa.Table = arrow.slice(i * rows_per_file, rows_per_file)
             name = compaction_file_name(self.manifest.generation + 1, ms, self.writer_id, i)
             data = parquet_bytes(chunk, row_group_size=self.row_group_rows)
             self.storage.publish(f"{self.folder(day)}/{name}", data)
             out_names.append(name)
-            self.report.bytes_out += len(data)
+            bytes_out += len(data)
             self.hook("file_written")
-        self.report.partitions += 1
-        self.report.rows_in += rows_in
-        self.report.rows_out += frame.height
-        self.report.files_in += len(names)
-        self.report.files_out += len(out_names)
-        self.report.bytes_in += bytes_in
-        self.report.touched.append((self.table, self.group, day))
+        with self.lock:
+            self.report.partitions += 1
+            self.report.rows_in += rows_in
+            self.report.rows_out += frame.height
+            self.report.files_in += len(names)
+            self.report.files_out += len(out_names)
+            self.report.bytes_in += bytes_in
+            self.report.bytes_out += bytes_out
+            self.report.touched.append((self.table, self.group, day))
         return out_names, frame.height
 
 
@@ -297,11 +331,13 @@ def compact(
     writer_id: str = "compact",
     now: Callable[[], float] = time.time,
     hook: Hook | None = None,
+    workers: int | None = None,
 ) -> CompactionReport:
     """Compact the partitions changed since the last run (all of them with ``full=True``).
 
     See the module documentation for the steps and guarantees; ``hook(step)`` is called
-    after each step (tests raise from it to simulate a crash there).
+    after each step (tests raise from it to simulate a crash there). Partitions of a group
+    are rewritten by ``workers`` threads (default: the number of CPUs).
     """
     started = time.perf_counter()
     report = CompactionReport()
@@ -317,7 +353,7 @@ def compact(
         for (table, group), days in sorted(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):
-            _Group(
+            seen = _Group(
                 storage,
                 table,
                 group,
@@ -329,11 +365,21 @@ def compact(
                 now=now,
                 hook=step,
                 report=report,
+                workers=workers or os.cpu_count() or 1,
             ).run()
-            for day_markers in markers.get((table, group), {}).values():
-                for rel in day_markers:
-                    storage.delete(rel)
-            if (table, group) in markers:
+            # A marker is consumed once its file was seen (it is merged now, or still counted
+            # and the partition is clean); a marker whose file never appeared (the write
+            # crashed before its rename) is dropped after a day.
+            stale = int((now() - MARKER_TTL) * 1000)
+            consumed = [
+                rel
+                for day_markers in markers.get((table, group), {}).values()
+                for rel in day_markers
+                if rel.rsplit("/", 1)[1] in seen or _marker_ms(rel) < stale
+            ]
+            for rel in consumed:
+                storage.delete(rel)
+            if consumed:
                 step("markers_cleared")
     report.seconds = time.perf_counter() - started
     return report

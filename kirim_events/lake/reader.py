@@ -38,6 +38,7 @@ __all__ = [
     "list_groups",
     "output_schema",
     "plan_group",
+    "polars_schema",
     "scan",
 ]
 
@@ -181,7 +182,8 @@ def plan_table(
 # ---------------------------------------------------------------------- Polars
 
 
-def _polars_schema(schema: pa.Schema) -> dict[str, Any]:
+def polars_schema(schema: pa.Schema) -> dict[str, Any]:
+    """Polars dtypes of an Arrow schema."""
     frame = pl.from_arrow(schema.empty_table())
     assert isinstance(frame, pl.DataFrame)
     return dict(frame.schema)
@@ -197,7 +199,7 @@ def _scan_files(storage: Storage, table: str, rels: list[str]) -> pl.LazyFrame:
             [storage.full(r) for r in rels],
             hive_partitioning=True,
             hive_schema=hive,
-            schema=_polars_schema(schema),
+            schema=polars_schema(schema),
             missing_columns="insert",
             extra_columns="ignore",
         )

@@ -6,6 +6,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 from __future__ import annotations
 
 from kirim_events.config import Secret, Settings
+from kirim_events.emulator import Emulator
 from kirim_events.errors import (
     ApiError,
     ConfigError,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiError",
     "ConfigError",
+    "Emulator",
     "EventRecord",
     "KirimEventsError",
     "Lake",

@@ -1,0 +1,230 @@
+"""collect end to end: emulator deliveries, loopback server, SIGTERM drain, SIGKILL crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kirim_events import testing
+from kirim_events.emulator import Emulator, EngineConfig
+from kirim_events.events import parse_delivery
+from kirim_events.journal import Journal
+from kirim_events.lake import Lake
+from kirim_events.receiver import Receiver
+
+SECRET = "whsec_collect_test"
+PATH = "/webhooks/kirim"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Collector:
+    """``kirim-events collect`` in a child process on a loopback port."""
+
+    def __init__(self, data: Path, port: int, *, flush_interval: float = 3600.0) -> None:
+        self.data, self.port, self.flush_interval = data, port, flush_interval
+        self.url = f"http://127.0.0.1:{port}{PATH}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Collector:
+        env = {**os.environ, "KIRIM_WEBHOOK_SECRET": f"whsec_old,{SECRET}"}
+        cmd = [sys.executable, "-m", "kirim_events", "collect", "--data", str(self.data)]
+        cmd += ["--port", str(self.port), "--flush-interval", str(self.flush_interval)]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.communicate()[1].decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).is_success:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("collector did not become healthy")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err.decode()
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(tmp_path, free_port())
+    yield c
+    if c.proc is not None and c.proc.poll() is None:
+        c.proc.kill()
+        c.proc.wait()
+
+
+def test_emulator_deliveries_land_in_the_lake_exactly_once(tmp_path: Path) -> None:
+    # At-least-once with 30 % duplicate deliveries and disorder, through real HTTP in-process.
+    config = EngineConfig(duplicate_rate=0.3, disorder=0.3, time_compression=1000)
+    emu = Emulator(seed=11, engine=config)
+    with Journal(tmp_path) as journal:
+        app = Receiver(journal, emu.webhook_secrets)
+        report = asyncio.run(
+            emu.send(300, url=f"http://c{PATH}", transport=httpx.ASGITransport(app))
+        )
+        assert report.duplicates > 0
+        assert emu.unacknowledged_event_keys() == set()
+        journal.flush(Lake(tmp_path))
+    truth = set(emu.truth.log().collect()["event_key"])
+    events = Lake(tmp_path).events().collect()
+    assert events.height == len(truth) == 300
+    assert set(events["event_key"]) == truth
+
+
+def test_loopback_server_sigterm_drains_flushes_and_exits_0(collector: Collector) -> None:
+    # The flush interval is an hour: only the shutdown flush can put events in the lake.
+    collector.start()
+    config = EngineConfig(duplicate_rate=0.2, time_compression=1000)
+    emu = Emulator(seed=4, secrets=SECRET, engine=config)
+    asyncio.run(emu.send(120, url=collector.url))
+    assert emu.unacknowledged_event_keys() == set()
+    with httpx.Client() as c:
+        assert c.get(collector.url).status_code == 405
+        assert c.post(collector.url, content=b"{}").status_code == 401
+        metrics = c.get(f"http://127.0.0.1:{collector.port}/metrics").text
+    assert "kirim_events_journal_backlog 120" in metrics
+    code, stderr = collector.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert SECRET not in stderr
+    events = Lake(collector.data).events().collect()
+    assert set(events["event_key"]) == set(emu.truth.log().collect()["event_key"])
+    assert events.height == 120
+    assert "rejected" in Lake(collector.data).deliveries().collect()["outcome"].to_list()
+
+
+def test_a_request_in_flight_at_sigterm_is_finished_and_flushed(collector: Collector) -> None:
+    collector.start()
+    req = testing.signed_request(testing.kirim_event(), SECRET)
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", collector.port)) as sock:
+        sock.sendall(head.encode() + req.body[:10])
+        time.sleep(0.3)  # the request is now in flight
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        sock.sendall(req.body[10:])
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    code, stderr = collector.stop(signal.SIGINT)
+    assert code == 0, stderr
+    assert Lake(collector.data).events().collect().height == 1
+
+
+class RetryingSender:
+    """Kirim-like sender: posts events from several threads and retries all unacknowledged."""
+
+    def __init__(self, url: str, n: int, seed: int) -> None:
+        rng = random.Random(seed)
+        self.url = url
+        self.requests = [
+            testing.signed_request(
+                testing.kirim_event(rng=rng) if i % 2 else testing.meta_status(rng=rng), SECRET
+            )
+            for i in range(n)
+        ]
+        self.acked: set[int] = set()
+        self.pending = list(range(n))
+        self.lock = threading.Lock()
+        self.rng = rng
+        self.failures = 0  # requests that got no 200 (the collector was down or dying)
+
+    def _next(self) -> int | None:
+        with self.lock:
+            if self.pending:
+                return self.pending.pop(0)
+            if len(self.acked) < len(self.requests):
+                return -1  # others are in flight and may fail: wait
+            return None
+
+    def worker(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while (i := self._next()) is not None:
+                if i < 0:
+                    time.sleep(0.02)
+                    continue
+                req = self.requests[i]
+                try:
+                    ok = client.post(self.url, content=req.body, headers=req.headers).status_code
+                except httpx.TransportError:
+                    ok = 0
+                with self.lock:
+                    if ok == 200:
+                        self.acked.add(i)
+                        if self.rng.random() < 0.1:  # at-least-once: re-send some acked ones
+                            self.pending.append(i)
+                    else:
+                        self.failures += 1
+                        if i not in self.acked:
+                            self.pending.append(i)
+                time.sleep(0.05)
+
+
+def test_sigkill_at_random_instants_loses_no_acknowledged_event(collector: Collector) -> None:
+    # Flush every 0.3 s so kills also land inside lake writes and journal marks.
+    collector.flush_interval = 0.3
+    sender = RetryingSender(collector.url, n=600, seed=20261129)
+    kills = random.Random(7)
+    collector.start()
+    threads = [threading.Thread(target=sender.worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(4):
+        time.sleep(kills.uniform(0.2, 1.2))
+        assert collector.proc is not None
+        collector.proc.kill()  # SIGKILL: no handler runs
+        collector.proc.wait()
+        collector.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(sender.acked) == 600
+    assert sender.failures > 0  # the kills did interrupt traffic
+    code, stderr = collector.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    events = Lake(collector.data).events().collect()
+    expected = {
+        r.event_key for req in sender.requests for r in parse_delivery(req.body, req.headers)
+    }
+    assert events.height == len(expected) == 600
+    assert set(events["event_key"]) == expected
+    with Journal(collector.data) as journal:
+        assert journal.backlog == 0
+
+
+def test_cli_refuses_to_start_without_a_secret_or_on_a_busy_port(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "kirim_events", "collect", "--data", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "KIRIM_WEBHOOK_SECRET"}
+    run = subprocess.run(base, env=env, capture_output=True, timeout=60)
+    assert run.returncode == 2
+    assert b"KIRIM_WEBHOOK_SECRET" in run.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env["KIRIM_WEBHOOK_SECRET"] = SECRET
+        run = subprocess.run([*base, "--port", str(port)], env=env, capture_output=True, timeout=60)
+    assert run.returncode == 2
+    assert b"cannot listen" in run.stderr

@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from __future__ import annotations
 
+from kirim_events.collect import Collector, collect
 from kirim_events.config import Secret, Settings
 from kirim_events.emulator import Emulator
 from kirim_events.errors import (
@@ -19,27 +20,33 @@ from kirim_events.errors import (
     StorageError,
 )
 from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.journal import Journal
 from kirim_events.lake import Lake
+from kirim_events.receiver import Receiver
 from kirim_events.signing import sign, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
+    "Collector",
     "ConfigError",
     "Emulator",
     "EventRecord",
+    "Journal",
     "KirimEventsError",
     "Lake",
     "LakeError",
     "PayloadError",
     "PermanentApiError",
+    "Receiver",
     "RetryableApiError",
     "Secret",
     "Settings",
     "SignatureError",
     "StorageError",
     "__version__",
+    "collect",
     "parse_delivery",
     "sign",
     "verify",

@@ -20,7 +20,8 @@
         │   └── RateLimited                429, carries retry_after
         └── PermanentApiError            other 4xx: do not retry
             ├── AuthenticationError        401 / 403
-            └── NotFoundError              404
+            ├── NotFoundError              404
+            └── InvalidResponse            a 2xx answer that is not the JSON Kirim documents
 
 Retry code asks ``err.retryable``, not which class it is.
 """
@@ -172,3 +173,7 @@ class AuthenticationError(PermanentApiError):
 
 class NotFoundError(PermanentApiError):
     """404: the resource does not exist (or was purged after 30 days)."""
+
+
+class InvalidResponse(PermanentApiError):
+    """A 2xx answer we cannot read (not JSON, no ``data``, a broken page): do not retry."""

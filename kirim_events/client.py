@@ -1,0 +1,694 @@
+"""KirimClient: Kirim's REST API over httpx, with retries, rate-limit pacing and pagination.
+
+What it does (kirim-api.md §7):
+
+* ``Authorization: Bearer <KIRIM_KEY>``; the key is a :class:`~kirim_events.config.Secret` and
+  never appears in a repr, a log line or an error message.
+* The error envelope ``{"error": {"type", "code", "message", "request_id"}}`` becomes an
+  :class:`~kirim_events.errors.ApiError` subclass carrying ``status_code``, ``type``, ``code``
+  and ``request_id`` (from the body, else the ``X-Request-Id`` header).
+* 408, 429, 5xx and transport errors are retried with exponential backoff and full jitter;
+  ``Retry-After`` is honoured (seconds or an HTTP date). Other 4xx raise at once.
+* One :class:`RateLimiter` per client (shared by every thread using it) paces requests from
+  ``X-RateLimit-Limit/Remaining/Reset`` so that it does not run past the limit: it keeps a
+  local token estimate, re-synchronised by every response, and derives the refill rate from
+  ``(Limit - Remaining) / (Reset - now)``. Reads (GET) and writes (POST...) are separate
+  buckets, as Kirim's are.
+* :meth:`KirimClient.iter_pages` walks ``GET /v1/webhook_deliveries``: the cursor is opaque and
+  sent back verbatim with the same filters on every page (cursors are filter-bound).
+* Delivery objects are parsed tolerantly into :class:`Delivery` (alternative field names of
+  §7.4 mapped, unknown fields kept in ``extra``, a ``payload`` object re-serialised and flagged
+  inexact).
+* POSTs carry an ``Idempotency-Key`` made once per logical operation and reused on retries.
+
+Clock, sleep and randomness are injected (``clock=``, ``sleep=``, ``rng=``) for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from kirim_events.config import Secret
+from kirim_events.errors import (
+    ApiError,
+    AuthenticationError,
+    InvalidResponse,
+    NotFoundError,
+    PermanentApiError,
+    RateLimited,
+    RetryableApiError,
+)
+from kirim_events.events import parse_time
+
+__all__ = [
+    "BulkReplayResult",
+    "Delivery",
+    "KirimClient",
+    "Page",
+    "RateLimiter",
+    "format_time",
+]
+
+log = logging.getLogger("kirim_events.client")
+
+MAX_PAGE_SIZE = 100
+BULK_REPLAY_CAP = 1000
+_USER_AGENT = "kirim-events"
+
+
+def format_time(value: datetime) -> str:
+    """Format an aware datetime as Kirim's ISO-8601 UTC (``Z``; microseconds when non-zero)."""
+    if value.tzinfo is None:
+        raise ValueError("datetimes sent to Kirim must be timezone-aware")
+    value = value.astimezone(UTC)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- rate limiting
+
+
+@dataclass
+class _Bucket:
+    tokens: float | None = None  # local estimate; None = not known yet
+    rate: float | None = None  # tokens per second, derived from the headers
+    limit: int | None = None
+    updated: float = 0.0
+    in_flight: int = 0
+    blocked_until: float = 0.0
+    reset_at: float = 0.0
+
+
+class RateLimiter:
+    """Client-side pacing shared by every request (and thread) of one client.
+
+    Parameters
+    ----------
+    clock
+        Wall-clock seconds (``time.time``); ``X-RateLimit-Reset`` is a unix time.
+    sleep
+        How to wait (``time.sleep``); tests pass a fake that advances ``clock``.
+    reserve
+        Tokens left unused as a safety margin against floored ``Remaining`` values.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        reserve: float = 1.0,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._reserve = reserve
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+        self.waited = 0.0  # total seconds spent waiting (for reports and tests)
+
+    def _bucket(self, klass: str) -> _Bucket:
+        return self._buckets.setdefault(klass, _Bucket())
+
+    def _reserve_or_wait(self, klass: str) -> float:
+        """Take one token (return 0) or return how long to wait before trying again."""
+        with self._lock:
+            b = self._bucket(klass)
+            now = self._clock()
+            if b.blocked_until > now:
+                return b.blocked_until - now
+            if b.tokens is not None:
+                if b.rate:
+                    cap = float(b.limit) if b.limit else float("inf")
+                    b.tokens = min(cap, b.tokens + b.rate * (now - b.updated))
+                elif b.reset_at and now >= b.reset_at and b.limit:
+                    b.tokens = float(b.limit)  # no rate known: the bucket is full at Reset
+                b.updated = now
+                if b.tokens < 1 + self._reserve:
+                    need = 1 + self._reserve - b.tokens
+                    if b.rate:
+                        return need / b.rate
+                    if b.reset_at > now:
+                        return b.reset_at - now
+                    b.tokens = None  # nothing known: probe, the answer re-synchronises
+                if b.tokens is not None:
+                    b.tokens -= 1
+            b.in_flight += 1
+            return 0.0
+
+    def acquire(self, klass: str = "read") -> None:
+        """Block until a request of class ``klass`` ("read" or "write") may be sent."""
+        while True:
+            wait = self._reserve_or_wait(klass)
+            if wait <= 0:
+                return
+            self.waited += wait
+            self._sleep(wait)
+
+    def release(self, klass: str, headers: Mapping[str, str] | None) -> None:
+        """Record a finished request and re-synchronise from its rate-limit headers."""
+        with self._lock:
+            b = self._bucket(klass)
+            b.in_flight = max(0, b.in_flight - 1)
+            if headers is None:
+                return
+            limit = _int_header(headers, "X-RateLimit-Limit")
+            remaining = _int_header(headers, "X-RateLimit-Remaining")
+            reset = _float_header(headers, "X-RateLimit-Reset")
+            if remaining is None:
+                return
+            now = self._clock()
+            if limit is not None:
+                b.limit = limit
+            if reset is not None:
+                b.reset_at = reset
+                deficit = (limit or 0) - remaining
+                # Only a large deficit gives a rate unspoilt by Reset's whole-second rounding.
+                if limit and deficit >= max(3, limit // 4) and reset - now > 0.5:
+                    b.rate = deficit / (reset - now)
+            # Requests still in flight may not be counted by the server yet: assume they are
+            # not (conservative; it costs a constant few tokens, not throughput).
+            b.tokens = float(remaining - b.in_flight)
+            b.updated = now
+
+    def block(self, klass: str, seconds: float) -> None:
+        """Stop every request of ``klass`` for ``seconds`` (after a 429)."""
+        with self._lock:
+            b = self._bucket(klass)
+            b.blocked_until = max(b.blocked_until, self._clock() + seconds)
+            if b.rate:
+                b.tokens = 0.0
+                b.updated = b.blocked_until
+            else:
+                b.tokens = None  # after the block, probe; the answer re-synchronises
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = _float_header(headers, name)
+    return None if value is None else int(value)
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip())
+    except ValueError:
+        return None
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw.strip()))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------- objects
+
+
+_ALIASES = {
+    "attempts": "attempt",
+    "response_status": "response_status_code",
+    "last_attempt_at": "updated_at",
+}
+_KNOWN = (
+    "id",
+    "object",
+    "status",
+    "replayed_from",
+    "subscription_id",
+    "event_id",
+    "event_type",
+    "attempt",
+    "url",
+    "response_status_code",
+    "response_body",
+    "error",
+    "next_retry_at",
+    "created_at",
+    "updated_at",
+    "payload",
+)
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One row of Kirim's delivery history, read tolerantly (kirim-api.md §7.4).
+
+    Every field but ``extra`` may be None: only ``id``, ``object``, ``status`` and
+    ``replayed_from`` are documented. ``payload`` is the raw body as sent when Kirim returns
+    it as a string (``payload_exact``); a JSON object is re-serialised (``payload_exact`` is
+    False: never check a signature against it); None when absent.
+    """
+
+    id: str | None
+    status: str | None
+    event_id: str | None
+    event_type: str | None
+    subscription_id: str | None
+    replayed_from: str | None
+    attempt: int | None
+    url: str | None
+    response_status_code: int | None
+    response_body: str | None
+    error: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    next_retry_at: datetime | None
+    payload: str | None
+    payload_exact: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> Delivery:
+        """Build a Delivery from one API object, mapping alternative field names."""
+        if not isinstance(obj, Mapping):
+            raise InvalidResponse(f"a delivery must be a JSON object, got {type(obj).__name__}")
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in obj.items():
+            name = _ALIASES.get(key, key)
+            if name in _KNOWN:
+                values.setdefault(name, value)  # the documented name wins over an alias
+                if key != name and values[name] is None:
+                    values[name] = value
+            else:
+                extra[key] = value
+        payload = values.get("payload")
+        exact = True
+        if payload is not None and not isinstance(payload, str):
+            # Original bytes lost (§7.4): keep a canonical re-serialisation, flagged inexact.
+            payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+            exact = False
+        return cls(
+            id=_opt_str(values.get("id")),
+            status=_opt_str(values.get("status")),
+            event_id=_opt_str(values.get("event_id")),
+            event_type=_opt_str(values.get("event_type")),
+            subscription_id=_opt_str(values.get("subscription_id")),
+            replayed_from=_opt_str(values.get("replayed_from")),
+            attempt=_opt_int(values.get("attempt")),
+            url=_opt_str(values.get("url")),
+            response_status_code=_opt_int(values.get("response_status_code")),
+            response_body=_opt_str(values.get("response_body")),
+            error=_opt_str(values.get("error")),
+            created_at=parse_time(values.get("created_at")),
+            updated_at=parse_time(values.get("updated_at")),
+            next_retry_at=parse_time(values.get("next_retry_at")),
+            payload=payload,
+            payload_exact=exact,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list endpoint."""
+
+    deliveries: list[Delivery]
+    next_cursor: str | None
+    has_more: bool
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReplayResult:
+    """The answer to ``bulk_replay``: how many were enqueued, and whether the 1000 cap hit."""
+
+    enqueued: int
+    capped: bool
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class KirimClient:
+    """A small synchronous client for Kirim's REST API (thread-safe).
+
+    Parameters
+    ----------
+    base_url
+        ``KIRIM_API_URL``, e.g. ``https://api.kirim.chat`` (``/v1`` is added per path).
+    api_key
+        The ``KIRIM_KEY`` API key, as a :class:`Secret` (a plain str is wrapped).
+    transport
+        An httpx transport (the test seam: ``httpx.MockTransport``, an ASGI transport).
+    sleep, clock, rng
+        Injected waiting, wall clock and randomness (jitter, idempotency keys).
+    max_attempts
+        Tries per request before a retryable error is raised.
+    backoff, max_backoff
+        Base and ceiling in seconds of the exponential backoff (full jitter).
+    timeout
+        Per-request timeout in seconds.
+
+    Examples
+    --------
+    >>> client = KirimClient("https://api.kirim.chat", Secret("kdv_live_x"))  # doctest: +SKIP
+    >>> for page in client.iter_pages(status="dead"):  # doctest: +SKIP
+    ...     print(len(page.deliveries))
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret | str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        max_attempts: int = 8,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        timeout: float = 30.0,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        self.base_url = base_url.rstrip("/")
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.limiter = limiter or RateLimiter(clock=clock, sleep=sleep)
+        self.requests_sent = 0
+        self.retries = 0
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {key.reveal()}", "User-Agent": _USER_AGENT},
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"KirimClient({self.base_url!r}, api_key=Secret('**********'))"
+
+    def __enter__(self) -> KirimClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying connection pool."""
+        self._http.close()
+
+    def new_idempotency_key(self) -> str:
+        """A UUIDv4 from the injected rng: one per logical operation (§7.2)."""
+        with self._rng_lock:
+            bits = self._rng.getrandbits(128)
+        return str(uuid.UUID(int=bits, version=4))
+
+    # ------------------------------------------------------------------ requests
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one API request with pacing and retries; return the decoded JSON object.
+
+        Raises
+        ------
+        RetryableApiError
+            Still failing after ``max_attempts`` tries (408/429/5xx/transport).
+        PermanentApiError
+            Any other 4xx (AuthenticationError for 401/403, NotFoundError for 404), or an
+            answer that is not a JSON object (InvalidResponse).
+        """
+        method = method.upper()
+        klass = "read" if method in {"GET", "HEAD"} else "write"
+        headers: dict[str, str] = {}
+        if method == "POST":
+            headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.limiter.acquire(klass)
+            try:
+                self.requests_sent += 1
+                response = self._http.request(
+                    method, path, params=params, json=json_body, headers=headers
+                )
+            except httpx.TransportError as exc:
+                self.limiter.release(klass, None)
+                error: ApiError = RetryableApiError(f"{method} {path}: {type(exc).__name__}: {exc}")
+            else:
+                self.limiter.release(klass, response.headers)
+                if response.is_success:
+                    return _decode(response, method, path)
+                error = _error_from(response, method, path, self._clock())
+            if not error.retryable or attempt >= self.max_attempts:
+                log.warning("kirim api error (giving up): %s", error)
+                raise error
+            self.retries += 1
+            delay = self._delay(attempt, error)
+            log.info("kirim api: retrying in %.2fs after %s", delay, error)
+            if isinstance(error, RateLimited):
+                self.limiter.block(klass, delay)
+            else:
+                self._sleep(delay)
+
+    def _delay(self, attempt: int, error: ApiError) -> float:
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        with self._rng_lock:
+            jitter = self._rng.uniform(0, ceiling)
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            # Never earlier than Kirim asked; a little jitter so threads do not stampede.
+            return error.retry_after + jitter * 0.1
+        return jitter
+
+    # ------------------------------------------------------------------ deliveries
+
+    def list_deliveries(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        **filters: str | datetime | None,
+    ) -> Page:
+        """Fetch one page of ``GET /v1/webhook_deliveries``.
+
+        ``filters`` (``subscription_id``, ``status``, ``event_type``, ``event_id``,
+        ``created_after``, ``created_before``; datetimes are formatted for Kirim) must be the
+        same on every page of one walk: cursors are filter-bound.
+        """
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be 1-{MAX_PAGE_SIZE}, got {limit}")
+        params = _params(filters)
+        params["limit"] = str(limit)
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = self.request("GET", "/v1/webhook_deliveries", params=params)
+        return _page(body)
+
+    def iter_pages(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        **filters: str | datetime | None,
+    ) -> Iterator[tuple[Page, str | None]]:
+        """Walk every page; yield ``(page, cursor used to fetch it)``.
+
+        The cursor is sent back verbatim with the same filters each time; a checkpoint
+        stores ``page.next_cursor`` to resume after the page is durably handled.
+        """
+        while True:
+            page = self.list_deliveries(cursor=cursor, limit=limit, **filters)
+            yield page, cursor
+            if not page.has_more:
+                return
+            cursor = page.next_cursor
+
+    def get_delivery(self, delivery_id: str) -> Delivery:
+        """``GET /v1/webhook_deliveries/{id}`` (assumed endpoint) as a Delivery."""
+        body = self.request("GET", f"/v1/webhook_deliveries/{_path_id(delivery_id)}")
+        return Delivery.from_api(_data_object(body))
+
+    def replay(self, delivery_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Ask Kirim to send a stored delivery again (a new delivery row); return its object."""
+        body = self.request(
+            "POST",
+            f"/v1/webhook_deliveries/{_path_id(delivery_id)}/replay",
+            idempotency_key=idempotency_key or self.new_idempotency_key(),
+        )
+        return _data_object(body)
+
+    def bulk_replay(
+        self,
+        subscription_id: str,
+        *,
+        status: str = "dead",
+        event_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> BulkReplayResult:
+        """``POST /v1/webhook_deliveries/bulk_replay`` once (at most 1000 replays per call).
+
+        When the result is ``capped``, narrow the window and call again (see
+        :func:`kirim_events.reconcile.bulk_replay_window` for the splitting loop).
+        """
+        if status not in {"dead", "failed"}:
+            raise ValueError("bulk_replay status must be 'dead' or 'failed'")
+        payload: dict[str, Any] = {"subscription_id": subscription_id, "status": status}
+        payload.update(
+            _params(
+                {
+                    "event_type": event_type,
+                    "created_after": created_after,
+                    "created_before": created_before,
+                }
+            )
+        )
+        body = self.request(
+            "POST",
+            "/v1/webhook_deliveries/bulk_replay",
+            json_body=payload,
+            idempotency_key=idempotency_key or self.new_idempotency_key(),
+        )
+        data = _data_object(body)
+        enqueued = _opt_int(data.get("enqueued"))
+        if enqueued is None:
+            raise InvalidResponse("bulk_replay answer has no integer 'enqueued'")
+        return BulkReplayResult(enqueued=enqueued, capped=bool(data.get("capped")))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _path_id(value: str) -> str:
+    if not value or "/" in value or value in {".", ".."}:
+        raise ValueError(f"not a valid id: {value!r}")
+    return value
+
+
+def _params(filters: Mapping[str, str | datetime | None]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in filters.items():
+        if value is None:
+            continue
+        out[key] = format_time(value) if isinstance(value, datetime) else str(value)
+    return out
+
+
+def _decode(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise InvalidResponse(
+            f"{method} {path}: answer is not JSON",
+            status_code=response.status_code,
+            request_id=response.headers.get("X-Request-Id"),
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidResponse(
+            f"{method} {path}: answer is JSON {type(body).__name__}, not an object",
+            status_code=response.status_code,
+            request_id=response.headers.get("X-Request-Id"),
+        )
+    return body
+
+
+def _data_object(body: Mapping[str, Any]) -> dict[str, Any]:
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise InvalidResponse("answer has no 'data' object", request_id=_rid(body))
+    return data
+
+
+def _rid(body: Mapping[str, Any]) -> str | None:
+    rid = body.get("request_id")
+    return rid if isinstance(rid, str) else None
+
+
+def _page(body: Mapping[str, Any]) -> Page:
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise InvalidResponse("list answer has no 'data' array", request_id=_rid(body))
+    cursor = body.get("next_cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise InvalidResponse("next_cursor is not a string", request_id=_rid(body))
+    has_more_raw = body.get("has_more")
+    # has_more may be missing (tolerance): then a cursor means "more".
+    has_more = bool(has_more_raw) if isinstance(has_more_raw, bool) else cursor is not None
+    if has_more and not cursor:
+        raise InvalidResponse("has_more is true but next_cursor is empty", request_id=_rid(body))
+    return Page(
+        deliveries=[Delivery.from_api(item) for item in data],
+        next_cursor=cursor if has_more else None,
+        has_more=has_more,
+        request_id=_rid(body),
+    )
+
+
+def _error_from(response: httpx.Response, method: str, path: str, now: float) -> ApiError:
+    status = response.status_code
+    etype = code = message = rid = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            etype, code = _opt_str(err.get("type")), _opt_str(err.get("code"))
+            message, rid = _opt_str(err.get("message")), _opt_str(err.get("request_id"))
+        rid = rid or _opt_str(body.get("request_id"))
+    rid = rid or response.headers.get("X-Request-Id")
+    text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
+    kw: dict[str, Any] = {"status_code": status, "type": etype, "code": code, "request_id": rid}
+    if status == 429:
+        return RateLimited(text, retry_after=_retry_after(response.headers, now), **kw)
+    if status == 408 or status >= 500 or code == "idempotency_in_progress":
+        return RetryableApiError(text, **kw)
+    if status in (401, 403):
+        return AuthenticationError(text, **kw)
+    if status == 404:
+        return NotFoundError(text, **kw)
+    return PermanentApiError(text, **kw)

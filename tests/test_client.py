@@ -1,0 +1,358 @@
+"""KirimClient against httpx.MockTransport: envelopes, retries, Retry-After, pacing, parsing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from kirim_events.client import Delivery, KirimClient, RateLimiter, format_time
+from kirim_events.config import Secret
+from kirim_events.errors import (
+    ApiError,
+    AuthenticationError,
+    InvalidResponse,
+    NotFoundError,
+    PermanentApiError,
+    RateLimited,
+    RetryableApiError,
+)
+
+KEY = "kdv_live_AAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+class FakeTime:
+    """A clock that only moves when something sleeps."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_client(handler: Callable[[httpx.Request], httpx.Response], t: FakeTime) -> KirimClient:
+    return KirimClient(
+        "https://api.test",
+        Secret(KEY),
+        transport=httpx.MockTransport(handler),
+        sleep=t.sleep,
+        clock=t.clock,
+        rng=random.Random(7),
+    )
+
+
+def error(status: int, type_: str, code: str, **headers: str) -> httpx.Response:
+    body = {"error": {"type": type_, "code": code, "message": f"{code}!", "request_id": "req_1"}}
+    return httpx.Response(status, json=body, headers={"X-Request-Id": "req_1", **headers})
+
+
+def page(items: list[dict[str, Any]], cursor: str | None) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={"data": items, "has_more": cursor is not None, "next_cursor": cursor},
+    )
+
+
+def test_bearer_auth_and_key_hidden(caplog: pytest.LogCaptureFixture) -> None:
+    t = FakeTime()
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return error(401, "authentication_error", "invalid_api_key")
+
+    client = make_client(handler, t)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(AuthenticationError) as info:
+        client.list_deliveries()
+    assert seen[0].headers["Authorization"] == f"Bearer {KEY}"
+    err = info.value
+    assert (err.status_code, err.type, err.code, err.request_id) == (
+        401,
+        "authentication_error",
+        "invalid_api_key",
+        "req_1",
+    )
+    assert len(seen) == 1  # permanent: no retry
+    for text in (str(err), repr(err), repr(client), caplog.text):
+        assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(400, PermanentApiError), (403, AuthenticationError), (404, NotFoundError)],
+)
+def test_permanent_errors_raise_at_once(status: int, cls: type[ApiError]) -> None:
+    t = FakeTime()
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return error(status, "invalid_request_error", "resource_not_found")
+
+    with pytest.raises(cls) as info:
+        make_client(handler, t).get_delivery("wbd_X")
+    assert not info.value.retryable
+    assert len(calls) == 1
+
+
+def test_retries_5xx_and_408_then_succeeds_with_growing_jittered_backoff() -> None:
+    t = FakeTime()
+    answers = [
+        error(500, "api_error", "internal_error"),
+        error(408, "api_error", "timeout"),
+        httpx.Response(503, text="<html>bad gateway</html>"),
+        page([{"id": "wbd_1", "status": "succeeded"}], None),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    client = make_client(handler, t)
+    result = client.list_deliveries()
+    assert [d.id for d in result.deliveries] == ["wbd_1"]
+    assert client.retries == 3
+    assert len(t.sleeps) == 3
+    # full jitter under a doubling ceiling: 0.5, 1, 2
+    for delay, ceiling in zip(t.sleeps, [0.5, 1.0, 2.0], strict=True):
+        assert 0 <= delay <= ceiling
+
+
+def test_transport_errors_are_retried_then_raised() -> None:
+    t = FakeTime()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = make_client(handler, t)
+    client.max_attempts = 3
+    with pytest.raises(RetryableApiError, match="ConnectError"):
+        client.list_deliveries()
+    assert client.requests_sent == 3
+
+
+def test_429_honours_retry_after_seconds() -> None:
+    t = FakeTime()
+    answers = [
+        error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "7"}),
+        page([], None),
+    ]
+    sent_at: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent_at.append(t.now)
+        return answers.pop(0)
+
+    make_client(handler, t).list_deliveries()
+    assert sent_at[1] - sent_at[0] >= 7.0
+    assert sent_at[1] - sent_at[0] <= 7.0 + 0.1 * 0.5 + 1e-9
+
+
+def test_429_gives_up_as_rate_limited_with_retry_after() -> None:
+    t = FakeTime()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "2"})
+
+    client = make_client(handler, t)
+    client.max_attempts = 2
+    with pytest.raises(RateLimited) as info:
+        client.list_deliveries()
+    assert info.value.retry_after == 2.0
+    assert info.value.code == "rate_limit_exceeded"
+
+
+class BucketServer:
+    """A token bucket like Kirim's: `limit` per `window` seconds, headers on every answer."""
+
+    def __init__(self, t: FakeTime, limit: int, window: float) -> None:
+        self.t, self.limit, self.rate = t, limit, limit / window
+        self.tokens = float(limit)
+        self.updated = t.now
+        self.served = 0
+        self.rejected = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = self.t.now
+        self.tokens = min(self.limit, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            self.rejected += 1
+            return error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "1"})
+        self.tokens -= 1
+        self.served += 1
+        reset = now + (self.limit - self.tokens) / self.rate
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(int(self.tokens)),
+            "X-RateLimit-Reset": str(int(reset + 0.999)),
+        }
+        return httpx.Response(200, json={"data": [], "has_more": False}, headers=headers)
+
+
+def test_pacing_from_headers_never_runs_past_the_limit_and_keeps_up() -> None:
+    t = FakeTime()
+    server = BucketServer(t, limit=60, window=60.0)  # 1 request per second, burst 60
+    client = make_client(server, t)
+    start = t.now
+    for _ in range(300):
+        client.list_deliveries()
+    elapsed = t.now - start
+    assert server.rejected == 0  # never ran past the limit
+    # 300 requests with a burst of 60 at 1/s take at least 240 s; pacing wastes little.
+    assert elapsed >= 240 - 2
+    steady = (300 - 60) / elapsed
+    assert steady >= 0.9  # >= 90 % of the limit
+
+
+def test_limiter_blocks_all_threads_after_429() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(clock=t.clock, sleep=t.sleep)
+    limiter.block("read", 5)
+    limiter.acquire("read")
+    assert sum(t.sleeps) >= 5
+    limiter.acquire("write")  # other class unaffected
+    assert sum(t.sleeps) == pytest.approx(5)
+
+
+def test_iter_pages_sends_cursor_verbatim_with_same_filters() -> None:
+    t = FakeTime()
+    seen: list[httpx.QueryParams] = []
+    cursors = ["c1/+==", "c2"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params)
+        n = len(seen)
+        nxt = cursors[n - 1] if n <= len(cursors) else None
+        return page([{"id": f"wbd_{n}"}], nxt)
+
+    before = datetime(2026, 5, 2, tzinfo=UTC)
+    pages = list(
+        make_client(handler, t).iter_pages(
+            status="dead", created_before=before, created_after=None, limit=50
+        )
+    )
+    assert [p.deliveries[0].id for p, _ in pages] == ["wbd_1", "wbd_2", "wbd_3"]
+    assert [c for _, c in pages] == [None, "c1/+==", "c2"]
+    for params in seen:
+        assert params["status"] == "dead"
+        assert params["created_before"] == "2026-05-02T00:00:00Z"
+        assert params["limit"] == "50"
+        assert "created_after" not in params
+    assert seen[1]["cursor"] == "c1/+=="
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        json.dumps({"items": []}).encode(),
+        json.dumps({"data": [], "has_more": True, "next_cursor": None}).encode(),
+        json.dumps({"data": [5], "has_more": False}).encode(),
+    ],
+)
+def test_malformed_pages_raise_invalid_response(body: bytes) -> None:
+    t = FakeTime()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    with pytest.raises(InvalidResponse):
+        make_client(handler, t).list_deliveries()
+
+
+def test_list_limit_is_checked() -> None:
+    client = make_client(lambda r: page([], None), FakeTime())
+    with pytest.raises(ValueError, match="limit"):
+        client.list_deliveries(limit=101)
+
+
+def test_delivery_parsing_is_tolerant() -> None:
+    d = Delivery.from_api(
+        {
+            "id": "wbd_1",
+            "status": "dead",
+            "attempts": 8,
+            "response_status": 500,
+            "last_attempt_at": "2026-05-01T10:00:00Z",
+            "created_at": "2026-05-01T09:00:00.123Z",
+            "shiny_new_field": {"a": 1},
+            "payload": '{"id":"evt_1", "type":"a.b","data":{}}',
+        }
+    )
+    assert (d.attempt, d.response_status_code) == (8, 500)
+    assert d.updated_at == datetime(2026, 5, 1, 10, tzinfo=UTC)
+    assert d.created_at == datetime(2026, 5, 1, 9, 0, 0, 123000, tzinfo=UTC)
+    assert d.extra == {"shiny_new_field": {"a": 1}}
+    assert d.payload == '{"id":"evt_1", "type":"a.b","data":{}}'
+    assert d.payload_exact
+    assert d.event_id is None
+    assert d.replayed_from is None
+
+    obj = Delivery.from_api({"id": "wbd_2", "payload": {"id": "evt_2", "type": "a.b", "data": {}}})
+    assert obj.payload == '{"id":"evt_2","type":"a.b","data":{}}'
+    assert not obj.payload_exact
+
+    bare = Delivery.from_api({})
+    assert bare.id is None
+    assert bare.payload is None
+
+
+def test_replay_reuses_idempotency_key_on_retry() -> None:
+    t = FakeTime()
+    keys: list[str] = []
+    answers = [
+        error(502, "api_error", "internal_error"),
+        httpx.Response(202, json={"data": {"id": "wbd_new", "replayed_from": "wbd_1"}}),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        assert request.url.path == "/v1/webhook_deliveries/wbd_1/replay"
+        return answers.pop(0)
+
+    result = make_client(handler, t).replay("wbd_1")
+    assert result["replayed_from"] == "wbd_1"
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert len(keys[0]) == 36
+
+
+def test_bulk_replay_body_and_result() -> None:
+    t = FakeTime()
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"data": {"enqueued": 1000, "capped": True}})
+
+    client = make_client(handler, t)
+    result = client.bulk_replay(
+        "wbs_X", status="failed", created_after=datetime(2026, 5, 1, 0, 0, 0, 5, tzinfo=UTC)
+    )
+    assert (result.enqueued, result.capped) == (1000, True)
+    assert bodies[0] == {
+        "subscription_id": "wbs_X",
+        "status": "failed",
+        "created_after": "2026-05-01T00:00:00.000005Z",
+    }
+    with pytest.raises(ValueError, match="dead"):
+        client.bulk_replay("wbs_X", status="succeeded")
+
+
+def test_format_time_rejects_naive() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        format_time(datetime(2026, 1, 1))

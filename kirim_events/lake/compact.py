@@ -7,8 +7,8 @@ deliveries) the steps are, with a crash possible between any two:
 
 1. ``planned``: list markers, the group's manifest and the partition files.
 2. ``file_written``: write the merged files under new ``c-<generation>-...`` names (temp
-   name, fsync, rename). Readers ignore ``c-`` files the manifest does not list, so nothing
-   changes for them yet.
+   names, made durable, renamed into place; one hook call per file). Readers ignore ``c-``
+   files the manifest does not list, so nothing changes for them yet.
 3. ``manifest_published``: publish the new manifest atomically -- the commit point. From now
    on readers count the new files and ignore the replaced ones.
 4. ``file_deleted``: delete the replaced files (and orphans of crashed runs).
@@ -53,7 +53,7 @@ from kirim_events.lake.reader import (
     polars_schema,
 )
 from kirim_events.lake.state import Manifest, manifest_path
-from kirim_events.lake.storage import Storage
+from kirim_events.lake.storage import Staged, Storage
 from kirim_events.lake.writer import parquet_bytes, partition_dir
 
 __all__ = ["STEPS", "CompactionReport", "compact"]
@@ -194,11 +194,18 @@ class _Group:
             rows=dict(self.manifest.rows),
             replaced=dict(self.manifest.replaced),
         )
-        with ThreadPoolExecutor(self.workers) as pool:
-            done = pool.map(lambda d: self._rewrite(d, counted[d], listed[d], winners), rewrite)
-            for day, (names, rows) in zip(rewrite, done, strict=True):
-                new.files[day], new.rows[day] = names, rows
-                new.replaced[day] = sorted(set(listed[day]) - set(names))
+        staged: list[Staged] = []
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                done = pool.map(
+                    lambda d: self._rewrite(d, counted[d], listed[d], winners, staged), rewrite
+                )
+                for day, (names, rows) in zip(rewrite, done, strict=True):
+                    new.files[day], new.rows[day] = names, rows
+                    new.replaced[day] = sorted(set(listed[day]) - set(names))
+            self.storage.commit(staged, after_each=lambda _rel: self.hook("file_written"))
+        finally:
+            self.storage.discard(staged)
         if rewrite:
             new.save(self.storage, self.manifest_rel)
             self.manifest = new
@@ -214,8 +221,7 @@ class _Group:
         ]
         with ThreadPoolExecutor(self.workers * 4) as pool:
             list(pool.map(self._delete, doomed))
-        for day in members:
-            self.storage.sync_dir(self.folder(day))
+        self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
 
     def _delete(self, rel: str) -> None:
@@ -278,6 +284,7 @@ class _Group:
         names: list[str],
         listed: dict[str, int],
         winners: pl.DataFrame | None,
+        staged: list[Staged],
     ) -> tuple[list[str], int]:
         frame = self._read(day, names)
         rows_in = frame.height
@@ -305,10 +312,11 @@ class _Group:
             chunk: pa.Table = arrow.slice(i * rows_per_file, rows_per_file)
             name = compaction_file_name(self.manifest.generation + 1, ms, self.writer_id, i)
             data = parquet_bytes(chunk, row_group_size=self.row_group_rows)
-            self.storage.publish(f"{self.folder(day)}/{name}", data)
+            item = self.storage.stage(f"{self.folder(day)}/{name}", data)
+            with self.lock:
+                staged.append(item)
             out_names.append(name)
             bytes_out += len(data)
-            self.hook("file_written")
         with self.lock:
             self.report.partitions += 1
             self.report.rows_in += rows_in

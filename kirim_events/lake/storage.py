@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 
 from kirim_events.errors import ConfigError, StorageError
 
-__all__ = ["Entry", "Storage", "open_storage"]
+__all__ = ["Entry", "Staged", "Storage", "open_storage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,14 @@ class Entry:
     name: str
     is_dir: bool
     size: int
+
+
+@dataclass(slots=True)
+class Staged:
+    """A file written by :meth:`Storage.stage`, waiting for :meth:`Storage.commit`."""
+
+    rel: str
+    tmp: str | None
 
 
 @contextmanager
@@ -144,44 +152,79 @@ class Storage:
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Publish several files, each atomically, all durable on return, in the given order.
 
-        Local: every temp file is written, then made durable (one ``syncfs(2)`` for a batch on
-        Linux, else an fsync per file), then renamed into place in order, then the renames are
-        made durable the same way. One batch costs two journal commits instead of two per file.
+        Local: every temp file is written, then made durable (one ``syncfs(2)`` for the batch
+        on Linux, else an fsync per file), then renamed into place in order, then the renames
+        are made durable the same way: two journal commits per batch instead of two per file.
         """
-        if not items:
-            return
-        with _translate("write", items[0][0]):
+        staged: list[Staged] = []
+        try:
+            staged.extend(self.stage(rel, data) for rel, data in items)
+            self.commit(staged)
+        finally:
+            self.discard(staged)
+
+    def stage(self, rel: str, data: bytes) -> Staged:
+        """First half of a publish: the bytes are written but not yet visible under ``rel``.
+
+        On S3 the object is written under its final key at once (a PUT is atomic); callers
+        that stage S3 files must make readers ignore them until committed (compaction names
+        them ``c-...`` and lists them in its manifest only after the commit).
+        """
+        with _translate("write", rel):
             if not self.local:
-                for rel, data in items:
-                    with self.fs.open_output_stream(self.full(rel)) as out:
-                        out.write(data)
-                return
+                with self.fs.open_output_stream(self.full(rel)) as out:
+                    out.write(data)
+                return Staged(rel, None)
             tmp_dir = self.full("_tmp")
             os.makedirs(tmp_dir, exist_ok=True)
-            batch = len(items) > 2 and _SYNCFS is not None
-            temps: list[str] = []
+            tmp = os.path.join(tmp_dir, uuid.uuid4().hex)
             try:
-                for _rel, data in items:
-                    tmp = os.path.join(tmp_dir, uuid.uuid4().hex)
-                    temps.append(tmp)
-                    _write_file(tmp, data, fsync=not batch)
-                if batch:
-                    _syncfs(tmp_dir)
-                parents: dict[str, None] = {}
-                for (rel, _data), tmp in zip(items, temps, strict=True):
-                    target = self.full(rel)
-                    parent = os.path.dirname(target)
-                    _makedirs_durable(parent, fsync=not batch)
-                    os.replace(tmp, target)
-                    parents[parent] = None
-                if batch:
-                    _syncfs(tmp_dir)
-                else:
-                    for parent in parents:
-                        _fsync_dir(parent)
-            finally:
-                for tmp in temps:
-                    _unlink_quiet(tmp)
+                _write_file(tmp, data, fsync=_SYNCFS is None)
+            except BaseException:
+                _unlink_quiet(tmp)
+                raise
+            return Staged(rel, tmp)
+
+    def commit(
+        self, staged: Sequence[Staged], after_each: Callable[[str], None] | None = None
+    ) -> None:
+        """Second half: make staged files durable and rename them into place, in order."""
+        pending = [s for s in staged if s.tmp is not None]
+        if not self.local or not pending:
+            for s in staged:
+                if after_each is not None:
+                    after_each(s.rel)
+            return
+        tmp_dir = self.full("_tmp")
+        with _translate("write", pending[0].rel):
+            if _SYNCFS is not None:
+                _syncfs(tmp_dir)
+            parents: dict[str, None] = {}
+            for s in pending:
+                target = self.full(s.rel)
+                parent = os.path.dirname(target)
+                _makedirs_durable(parent, fsync=_SYNCFS is None)
+                assert s.tmp is not None
+                os.replace(s.tmp, target)
+                s.tmp = None
+                parents[parent] = None
+                if after_each is not None:
+                    after_each(s.rel)
+            self._sync_paths(list(parents))
+
+    def discard(self, staged: Sequence[Staged]) -> None:
+        """Remove the temp files of staged files that were never committed."""
+        for s in staged:
+            if s.tmp is not None:
+                _unlink_quiet(s.tmp)
+                s.tmp = None
+
+    def _sync_paths(self, folders: list[str]) -> None:
+        if _SYNCFS is not None and folders:
+            _syncfs(folders[0])
+        else:
+            for folder in folders:
+                _fsync_dir(folder)
 
     def delete(self, rel: str) -> None:
         """Delete a file; a missing file is not an error."""
@@ -193,11 +236,11 @@ class Storage:
             with suppress(FileNotFoundError):
                 self.fs.delete_file(path)
 
-    def sync_dir(self, rel: str) -> None:
-        """Make earlier deletions in a local folder durable (no-op on S3)."""
-        if self.local:
-            with _translate("sync", rel):
-                _fsync_dir(self.full(rel))
+    def sync_dirs(self, rels: Sequence[str]) -> None:
+        """Make earlier deletions in local folders durable (no-op on S3)."""
+        if self.local and rels:
+            with _translate("sync", rels[0]):
+                self._sync_paths([self.full(r) for r in rels])
 
 
 def _unlink_quiet(path: str) -> None:

@@ -518,3 +518,63 @@ def test_pagination_over_a_loopback_uvicorn_server_with_faults() -> None:
             cursor = page["next_cursor"]
     assert ids == [row.id for row in reversed(emu.store.deliveries)]
     assert errors + dropped > 0
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+def test_idempotency_key_runs_a_post_once() -> None:
+    emu = _emulator(20)
+    row = emu.store.deliveries[0]
+    n_rows = len(emu.store.deliveries)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            headers = {**AUTH, "Idempotency-Key": "6f1c1c1e-1111-4a4a-9b9b-000000000001"}
+            path = f"/v1/webhook_deliveries/{row.id}/replay"
+            first = await client.post(path, headers=headers)
+            again = await client.post(path, headers=headers)
+            assert first.status_code == again.status_code == 202
+            assert first.headers["Idempotent-Replayed"] == "false"
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert first.json()["data"] == again.json()["data"]
+            assert first.json()["request_id"] != again.json()["request_id"]
+            other = await client.post(
+                "/v1/webhook_deliveries/bulk_replay",
+                json={"subscription_id": row.subscription_id},
+                headers=headers,
+            )
+            assert other.status_code == 422
+            assert other.json()["error"]["code"] == "idempotency_key_reuse"
+            long_key = {**AUTH, "Idempotency-Key": "x" * 256}
+            assert (await client.post(path, headers=long_key)).status_code == 400
+
+    asyncio.run(main())
+    assert len(emu.store.deliveries) == n_rows + 1
+
+
+def test_lost_answers_are_safe_to_retry_with_an_idempotency_key() -> None:
+    emu = _emulator(20, faults=FaultConfig(drop_rate=0.6), write_limit=1000)
+    rows = list(emu.store.deliveries[:10])
+    n_rows = len(emu.store.deliveries)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            for i, row in enumerate(rows):
+                headers = {**AUTH, "Idempotency-Key": f"key-{i}"}
+                while True:
+                    try:
+                        r = await client.post(
+                            f"/v1/webhook_deliveries/{row.id}/replay", headers=headers
+                        )
+                    except httpx.TransportError:
+                        continue
+                    assert r.status_code == 202
+                    break
+
+    asyncio.run(main())
+    assert emu.app.injected["lost_answer"] > 0
+    assert len(emu.store.deliveries) == n_rows + len(rows)
+    assert sorted(r.replayed_from for r in emu.store.deliveries[n_rows:]) == sorted(
+        r.id for r in rows
+    )

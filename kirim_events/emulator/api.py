@@ -8,7 +8,8 @@ opaque filter-bound cursors, ``limit`` 1-100, filters ``subscription_id``, ``sta
 patch, delete) and ``POST /v1/webhook_subscriptions/{id}/secrets``. Bearer auth with
 ``kdv_live_`` keys, the error envelope with ``X-Request-Id``, token-bucket rate limits per
 class (read: GET/HEAD, write: the rest) with ``X-RateLimit-*`` on 2xx and 4xx and
-``Retry-After`` on 429. :func:`create_app` wraps it in the fault injector.
+``Retry-After`` on 429; ``Idempotency-Key`` on POST (a repeated request gets the first
+answer with ``Idempotent-Replayed: true``). :func:`create_app` wraps it in the fault injector.
 
 Emulator choices (assumed in kirim-api.md): cursors are base64url JSON plus an HMAC, bound to
 a hash of the filters; subscription URLs must be https, except loopback http URLs when
@@ -81,6 +82,8 @@ class _Api:
 
     def __post_init__(self) -> None:
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
+        # (api key, Idempotency-Key) -> (expires, fingerprint, status, payload)
+        self.idempotency: dict[tuple[str, str], tuple[float, str, int, dict[str, Any]]] = {}
 
     def request_id(self) -> str:
         return ulid("req", int(self.clock() * 1000), self.rng)
@@ -155,8 +158,14 @@ def _endpoint(
                         "rate_limit_exceeded",
                         "too many requests; wait Retry-After seconds",
                     )
-            status, payload = await handler(request, api)
-            payload["request_id"] = request_id
+                if request.method == "POST" and "idempotency-key" in request.headers:
+                    status, payload, replayed = await _idempotent(api, key, request, handler)
+                    headers["Idempotent-Replayed"] = "true" if replayed else "false"
+                else:
+                    status, payload = await handler(request, api)
+            else:
+                status, payload = await handler(request, api)
+            payload = {**payload, "request_id": request_id}
         except ApiError as err:
             status = err.status
             error: dict[str, Any] = {"type": err.type, "code": err.code, "message": str(err)}
@@ -169,6 +178,38 @@ def _endpoint(
         return JSONResponse(payload, status_code=status, headers=headers)
 
     return run
+
+
+async def _idempotent(
+    api: _Api, key: str, request: Request, handler: Handler
+) -> tuple[int, dict[str, Any], bool]:
+    """Run ``handler`` once per Idempotency-Key (kirim-api.md §7.2): kept 24 h, matched on
+    method + path + canonical body; the same key with another body is a 422
+    ``idempotency_key_reuse`` (docs disagree: 422 vs 409 ``idempotency_conflict``; we pick 422)."""
+    token = request.headers["idempotency-key"]
+    if not token or len(token) > 255:
+        raise _bad("invalid_parameter", "Idempotency-Key must be 1-255 chars", "Idempotency-Key")
+    raw = await request.body()
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True) if raw.strip() else ""
+    except ValueError:
+        canonical = raw.decode("utf-8", "replace")
+    fingerprint = f"{request.method} {request.url.path} {canonical}"
+    now = api.clock()
+    entry = api.idempotency.get((key, token))
+    if entry is not None and entry[0] > now:
+        if entry[1] != fingerprint:
+            raise ApiError(
+                422,
+                "invalid_request_error",
+                "idempotency_key_reuse",
+                "this Idempotency-Key was used with another request",
+                "Idempotency-Key",
+            )
+        return entry[2], entry[3], True
+    status, payload = await handler(request, api)
+    api.idempotency[(key, token)] = (now + 86400, fingerprint, status, payload)
+    return status, payload, False
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,7 +1,8 @@
 """Fault injection and rate limiting for the emulated REST API.
 
 :class:`FaultInjector` wraps any ASGI app: a share of requests get a 5xx in Kirim's error
-envelope, some get added latency, some lose their connection mid-response.
+envelope, some get added latency, some lose their connection mid-response (half of those
+after the request was handled, so only the answer is lost).
 :class:`TokenBucket` is the per-organisation, per-class limiter of kirim-api.md §7.2.
 """
 
@@ -83,7 +84,7 @@ class FaultInjector:
         self.config = config.validate()
         self.rng = rng or random.Random(0)
         self.sleep = sleep
-        self.injected = {"error": 0, "latency": 0, "drop": 0}
+        self.injected = {"error": 0, "latency": 0, "drop": 0, "lost_answer": 0}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.config
@@ -100,6 +101,11 @@ class FaultInjector:
             return
         if roll() < cfg.drop_rate:
             self.injected["drop"] += 1
+            if roll() < 0.5:
+                # Half the drops happen after the request was handled: only the answer is lost
+                # (what makes a retried POST without an Idempotency-Key act twice).
+                self.injected["lost_answer"] += 1
+                await self.app(scope, receive, _swallow)
             await send(
                 {
                     "type": "http.response.start",
@@ -110,6 +116,10 @@ class FaultInjector:
             await send({"type": "http.response.body", "body": b'{"data":', "more_body": True})
             raise DroppedConnection()
         await self.app(scope, receive, send)
+
+
+async def _swallow(message: Message) -> None:
+    return None
 
 
 async def _error_503(send: Send, rng: random.Random) -> None:

@@ -376,3 +376,48 @@ def test_sending_needs_a_subscription() -> None:
     emu = Emulator(seed=1)
     with pytest.raises(RuntimeError, match="subscription"):
         list(emu.iter_deliveries(3))
+
+
+def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    calls: list[float] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            await asyncio.sleep(0.6)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(slow, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        emu = Emulator(
+            seed=1,
+            secrets=SECRET,
+            engine=EngineConfig(concurrency=1, timeout=0.3, time_compression=1000),
+        )
+        emu.subscribe(f"http://127.0.0.1:{port}/hook")
+        _run(emu.send(1))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    first, second = emu.store.attempts
+    assert first.outcome == "retry"
+    assert "timeout" in (first.error or "")
+    assert second.outcome == "succeeded"
+    assert second.response_status_code == 200

@@ -239,7 +239,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             console.print(
                 "sending done; the API keeps serving (replays are delivered). Ctrl+C stops."
             )
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=emu.engine_config.timeout + 1.0) as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)
             request_stop()

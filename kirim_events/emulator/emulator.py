@@ -175,7 +175,9 @@ class Emulator:
             self.subscribe(url)
         if not self.store.subscriptions:
             raise RuntimeError("no subscription: pass url= or call subscribe(url) first")
-        async with httpx.AsyncClient(transport=transport) as client:
+        # httpx's own 5 s default would cut Kirim's 10 s answer window short.
+        timeout = self.engine_config.timeout + 1.0
+        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
             return await self.engine.run(self.bundles(n_events), client=client, forever=forever)
 
     def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -253,4 +254,30 @@ def test_full_compaction_without_markers(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "_state/changes")
     assert lake.compact().partitions == 0
     assert lake.compact(full=True).partitions == 1
+    assert on_disk(tmp_path) == ["a"]
+
+
+def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> None:
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    lake.write_events([ev("a")])
+    changes = tmp_path / "_state/changes/events/type=message.created/date=2026-05-01"
+    # A write that crashed after its marker, before its file: the marker names a file that
+    # never arrives. It is kept (the file may still be coming) until it is a day old.
+    orphan = changes / f"w-{int(clock[0] * 1000):012x}-000009-gone.parquet"
+    orphan.touch()
+    stale_tmp = tmp_path / "_tmp" / "deadbeef"
+    stale_tmp.write_bytes(b"half a file")
+    os.utime(stale_tmp, (clock[0] - 7200, clock[0] - 7200))
+    fresh_tmp = tmp_path / "_tmp" / "inflight"
+    fresh_tmp.write_bytes(b"being written")
+    os.utime(fresh_tmp, (clock[0], clock[0]))
+
+    lake.compact()
+    assert [p.name for p in changes.iterdir()] == [orphan.name]
+    assert not stale_tmp.exists()
+    assert fresh_tmp.exists()
+    clock[0] += 2 * 86_400
+    lake.compact()
+    assert list(changes.iterdir()) == []
     assert on_disk(tmp_path) == ["a"]

@@ -63,6 +63,7 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 
 Hook = Callable[[str], None]
 MARKER_TTL = 86_400.0
+TMP_TTL = 3_600.0
 
 
 @dataclass
@@ -123,6 +124,20 @@ def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[st
         if day is not None:
             found[(table, group)][day].append(rel)
     return found
+
+
+def _clean_tmp(storage: Storage, now: float) -> None:
+    """Remove temp files of writes that died before their rename (older than an hour)."""
+    if not storage.local:
+        return
+    folder = storage.full("_tmp")
+    for entry in storage.list_dir("_tmp"):
+        path = os.path.join(folder, entry.name)
+        try:
+            if not entry.is_dir and os.stat(path).st_mtime < now - TMP_TTL:
+                storage.delete(f"_tmp/{entry.name}")
+        except FileNotFoundError:
+            continue
 
 
 def _marker_ms(rel: str) -> int:
@@ -351,6 +366,7 @@ def compact(
     report = CompactionReport()
     step: Hook = hook or (lambda _step: None)
     with _lock(storage):
+        _clean_tmp(storage, now())
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
         if full:

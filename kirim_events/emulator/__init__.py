@@ -2,8 +2,10 @@
 
 Parts, one module each: :mod:`~.world` (simulation), :mod:`~.truth` (ground truth and its
 definitions), :mod:`~.bodies` (exact bodies and headers), :mod:`~.engine` (delivery, retries),
-:mod:`~.store` (subscriptions, delivery rows), :mod:`~.api` (REST app), :mod:`~.faults`
-(fault injection, rate limits) and :mod:`~.emulator` (the :class:`Emulator` facade).
+:mod:`~.store` (subscriptions, delivery rows), :mod:`~.api` (REST app, with its shared
+state and helpers in :mod:`~.apistate` and handlers in :mod:`~.routes`), :mod:`~.faults`
+(fault injection, rate limits), :mod:`~.ids` and :mod:`~.emulator` (the :class:`Emulator`
+facade).
 
 >>> from kirim_events.emulator import Emulator
 >>> emu = Emulator(seed=3)

@@ -56,7 +56,16 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     return table
 
 
-@command("emulate")
+_HELP = (
+    "Run a local Kirim: send realistic signed webhooks and serve the REST API.\n\n"
+    "Sends --events world events (messages, statuses, assignments, closes, contacts) to "
+    "--send-to with Kirim's headers, signatures (every secret in KIRIM_WEBHOOK_SECRET), "
+    "retries, duplicates and reordering. Serves /v1/webhook_deliveries, replays and "
+    "subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY until Ctrl+C or SIGTERM."
+)
+
+
+@command("emulate", help=_HELP)
 def emulate(
     port: Annotated[
         int, typer.Option("--port", help="Serve the REST API on 127.0.0.1:PORT.")

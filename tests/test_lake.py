@@ -80,6 +80,7 @@ def test_layout_is_hive_by_type_and_event_time_date(tmp_path: Path) -> None:
     assert schema.field("occurred_at").type == pa.timestamp("us", tz="UTC")
     assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
     assert not list((tmp_path / "_tmp").iterdir())  # temp names are gone after rename
+    assert all(p.is_relative_to(tmp_path / "events") for p in tmp_path.rglob("*.parquet"))
     state = json.loads((tmp_path / "_state/lake.json").read_text())
     assert state["schema_version"] == 1
 

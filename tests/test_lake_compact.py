@@ -82,7 +82,7 @@ def test_compaction_leaves_each_event_key_on_disk_once(tmp_path: Path) -> None:
     assert winners(lake) == expected
     assert on_disk(tmp_path) == sorted(expected)
     assert all(p.name.startswith("c-") for p in parquet_files(tmp_path))
-    assert list((tmp_path / "_state").rglob("changes/**/*.parquet")) == []
+    assert list((tmp_path / "_state/changes").rglob("*.changed")) == []
     assert lake.deliveries().collect().height == 1
     assert pl.scan_parquet(tmp_path / "deliveries", hive_partitioning=True).collect().height == 1
     assert lake.stats()["clean"].all()
@@ -200,7 +200,7 @@ def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_p
         lake.compact()  # the next run finishes the job
         assert winners(lake) == expected
         assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
-        assert not list((root / "_state/changes").rglob("*.parquet"))
+        assert not list((root / "_state/changes").rglob("*.changed"))
 
 
 def test_a_write_during_compaction_is_kept(tmp_path: Path) -> None:
@@ -264,7 +264,7 @@ def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> N
     changes = tmp_path / "_state/changes/events/type=message.created/date=2026-05-01"
     # A write that crashed after its marker, before its file: the marker names a file that
     # never arrives. It is kept (the file may still be coming) until it is a day old.
-    orphan = changes / f"w-{int(clock[0] * 1000):012x}-000009-gone.parquet"
+    orphan = changes / f"w-{int(clock[0] * 1000):012x}-000009-gone.changed"
     orphan.touch()
     stale_tmp = tmp_path / "_tmp" / "deadbeef"
     stale_tmp.write_bytes(b"half a file")

@@ -54,7 +54,7 @@ from kirim_events.lake.reader import (
 )
 from kirim_events.lake.state import Manifest, manifest_path
 from kirim_events.lake.storage import Staged, Storage
-from kirim_events.lake.writer import parquet_bytes, partition_dir
+from kirim_events.lake.writer import marker_file_name, parquet_bytes, partition_dir
 
 __all__ = ["STEPS", "CompactionReport", "compact"]
 
@@ -399,7 +399,7 @@ def compact(
                 rel
                 for day_markers in markers.get((table, group), {}).values()
                 for rel in day_markers
-                if rel.rsplit("/", 1)[1] in seen or _marker_ms(rel) < stale
+                if marker_file_name(rel) in seen or _marker_ms(rel) < stale
             ]
             for rel in consumed:
                 storage.delete(rel)

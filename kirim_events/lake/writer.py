@@ -40,6 +40,7 @@ __all__ = [
     "PARQUET_OPTIONS",
     "Writer",
     "change_marker",
+    "marker_file_name",
     "parquet_bytes",
     "partition_dir",
 ]
@@ -82,9 +83,22 @@ def partition_dir(table: str, group: str | None, date: str) -> str:
     return f"{table}/type={group}/date={date}"
 
 
+MARKER_SUFFIX = ".changed"
+
+
 def change_marker(table: str, group: str | None, date: str, name: str) -> str:
-    """Relative path of the change marker left for a newly written file."""
-    return f"_state/changes/{partition_dir(table, group, date)}/{name}"
+    """Relative path of the change marker left for a newly written file.
+
+    Named like the file with ``.changed`` for ``.parquet``, so a careless
+    ``DATA/**/*.parquet`` glob never picks up an empty marker.
+    """
+    stem = name.removesuffix(".parquet")
+    return f"_state/changes/{partition_dir(table, group, date)}/{stem}{MARKER_SUFFIX}"
+
+
+def marker_file_name(marker_rel: str) -> str:
+    """The data file name a change marker stands for."""
+    return marker_rel.rsplit("/", 1)[-1].removesuffix(MARKER_SUFFIX) + ".parquet"
 
 
 def parquet_bytes(table: pa.Table, *, row_group_size: int) -> bytes:

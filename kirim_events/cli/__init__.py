@@ -12,6 +12,7 @@ from kirim_events.cli._app import app, main
 # Command modules register themselves on import; keep this list sorted.
 from kirim_events.cli import collect as _collect  # noqa: F401  isort: skip
 from kirim_events.cli import compact as _compact  # noqa: F401  isort: skip
+from kirim_events.cli import demo as _demo  # noqa: F401  isort: skip
 from kirim_events.cli import emulate as _emulate  # noqa: F401  isort: skip
 from kirim_events.cli import info as _info  # noqa: F401  isort: skip
 from kirim_events.cli import report as _report  # noqa: F401  isort: skip

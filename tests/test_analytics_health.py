@@ -88,4 +88,4 @@ def test_event_copies_follow_the_delivery_id() -> None:
     )
     assert isinstance(receipts, pl.DataFrame)
     copies = event_copies(events, receipts.lazy()).collect().sort("event_key")
-    assert copies.rows() == [("k1", 2), ("k2", 2), ("k3", 1)]
+    assert copies.rows() == [("k1", 2), ("k2", 2)]  # k3 came once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -10,6 +11,7 @@ from polars.testing import assert_frame_equal
 from test_analytics_support import at, both, dedup, row, status
 
 from kirim_events.analytics.timelines import message_timelines
+from kirim_events.events import EventRecord
 
 
 def test_late_delivered_never_overwrites_read() -> None:
@@ -202,3 +204,31 @@ def test_other_event_types_and_unknown_statuses_are_ignored() -> None:
     got = both("message_timelines", records)
     assert got["n_events"].to_list() == [1]
     assert got["status"].to_list() == ["sent"]
+
+
+def test_several_events_of_one_status_use_event_time_order() -> None:
+    # Two shapes can report the same status of one message under different event keys
+    # (Meta's wamid:status and the third shape's wamid:message.status:status).
+    def legacy(record: EventRecord) -> EventRecord:
+        return replace(record, event_key=f"{record.message_id}:message.status:{record.status}")
+
+    records = [
+        status("wamid.M", "sent", 0, 50),
+        legacy(status("wamid.M", "sent", 3, 4)),
+        status("wamid.M", "delivered", 5, 6),
+        legacy(status("wamid.N", "failed", 1, 2, error=(132015, "Template is paused"))),
+        status("wamid.N", "failed", 7, 8, error=(1013, "User is blocked")),
+        status("wamid.O", "sent", 0, 1),
+        legacy(status("wamid.O", "sent", 0, 2)),
+    ]
+    got = both("message_timelines", records)
+    m = row(got, message_id="wamid.M")
+    assert (m["n_events"], m["sent_at"], m["out_of_order"]) == (3, at(0), True)
+    n = row(got, message_id="wamid.N")
+    # the earliest failure's code and title, not the smallest code
+    assert (n["error_code"], n["error_title"], n["failed_at"]) == (
+        "132015",
+        "Template is paused",
+        at(1),
+    )
+    assert row(got, message_id="wamid.O")["out_of_order"] is False

@@ -27,15 +27,18 @@ __all__ = ["AnalyticsMixin", "event_copies"]
 
 
 def event_copies(events: pl.LazyFrame, deliveries: pl.LazyFrame) -> pl.LazyFrame:
-    """``(event_key, n_copies)``: received copies of each event, the first included.
+    """``(event_key, n_copies)`` for the events received more than once.
+
+    Events not listed were received once. Webhook receipts (``origin == "webhook"``) whose
+    outcome is ``duplicate`` add a copy to each event first received under the same
+    ``delivery_id``.
 
     Parameters
     ----------
     events
         Deduplicated events (``event_key``, ``delivery_id``).
     deliveries
-        Delivery rows; webhook receipts with outcome ``duplicate`` add a copy to each event
-        first received under the same ``delivery_id``.
+        Delivery rows (DELIVERY_SCHEMA).
     """
     dups = (
         deliveries.filter(
@@ -48,14 +51,14 @@ def event_copies(events: pl.LazyFrame, deliveries: pl.LazyFrame) -> pl.LazyFrame
     )
     return (
         events.select("event_key", "delivery_id")
-        .join(dups, on="delivery_id", how="left")
-        .select("event_key", n_copies=pl.col("_n").fill_null(0) + 1)
+        .join(dups, on="delivery_id", how="inner")
+        .select("event_key", n_copies=pl.col("_n") + 1)
     )
 
 
 _COPIES_SQL = """
-    SELECT e.event_key, (1 + coalesce(d.n, 0))::BIGINT AS n_copies
-    FROM events e LEFT JOIN (
+    SELECT e.event_key, (1 + d.n)::BIGINT AS n_copies
+    FROM events e JOIN (
       SELECT delivery_id, count(*) AS n FROM deliveries
       WHERE origin = 'webhook' AND outcome = 'duplicate' AND delivery_id IS NOT NULL
       GROUP BY delivery_id
@@ -78,7 +81,7 @@ class AnalyticsMixin:
         raise NotImplementedError
 
     def event_copies(self) -> pl.LazyFrame:
-        """``(event_key, n_copies)`` for every event; see the module docstring."""
+        """``(event_key, n_copies)`` of events received more than once (module docstring)."""
         return event_copies(self.events(), self.deliveries())
 
     def message_timelines(self) -> pl.LazyFrame:

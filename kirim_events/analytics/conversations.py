@@ -29,86 +29,95 @@ import polars as pl
 
 from kirim_events.analytics._common import cut, seconds_between
 
-__all__ = ["conversation_cycles", "conversation_events", "conversation_lifecycles"]
+__all__ = ["conversation_cycles", "conversation_lifecycles"]
 
 ORDER = ("occurred_at", "received_at", "event_key")
 ASSIGNED = "conversation.assigned"
 CLOSED = "conversation.closed"
 
 
-def conversation_events(
-    events: pl.LazyFrame,
-    *,
-    copies: pl.LazyFrame | None = None,
-    as_of: datetime | None = None,
+def _rows(
+    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
 ) -> pl.LazyFrame:
-    """Events with a conversation id, in event-time order, each tagged with its ``cycle``.
-
-    Adds ``cycle``, ``_assign`` (an assignment to a user), ``_close``, ``_missing`` (an
-    assignment event whose previous user is not the assignee before it) and ``_dups``.
-    """
+    """Events carrying a conversation id, with ``_dups`` (copies beyond the first, or null)."""
     rows = cut(events, as_of).filter(pl.col("conversation_id").is_not_null())
     if copies is None:
-        rows = rows.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
-    else:
-        per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
-        rows = rows.join(per_key, on="event_key", how="left").with_columns(
-            pl.col("_dups").fill_null(0)
-        )
-    is_close = (pl.col("type") == CLOSED).cast(pl.Int64)
-    rows = (
-        rows.sort(["conversation_id", *ORDER])
-        .with_columns(_close_n=is_close, _assigned_evt=pl.col("type") == ASSIGNED)
-        .with_columns(_through=pl.col("_close_n").cum_sum().over("conversation_id"))
+        return rows.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
+    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
+    return rows.join(per_key, on="event_key", how="left").with_columns(pl.col("_dups").fill_null(0))
+
+
+def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """``conversation.assigned`` events in event-time order with ``_missing`` (module doc)."""
+    return (
+        rows.filter(pl.col("type") == ASSIGNED)
+        .sort(["conversation_id", *ORDER])
         .with_columns(
-            # closes up to and including this instant, minus those at this very instant
-            cycle=(pl.col("_through").max() - pl.col("_close_n").sum() + 1).over(
-                "conversation_id", "occurred_at"
-            ),
-            _close=pl.col("_close_n") == 1,
-            _assign=pl.col("_assigned_evt") & pl.col("user_id").is_not_null(),
+            _missing=pl.col("previous_user_id")
+            .ne_missing(pl.col("user_id").shift(1))
+            .over("conversation_id")
         )
     )
-    # The assignee before each assignment event = user_id of the previous assignment event.
-    assigns = rows.filter(pl.col("_assigned_evt")).select(
-        "event_key",
-        _missing=pl.col("previous_user_id")
-        .ne_missing(pl.col("user_id").shift(1))
-        .over("conversation_id"),
+
+
+def _closes(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """``conversation.closed`` events in event-time order."""
+    return rows.filter(pl.col("type") == CLOSED).sort(["conversation_id", *ORDER])
+
+
+def _with_cycle(frame: pl.LazyFrame, closes: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``cycle`` = 1 + closes of the conversation strictly before each row's event time."""
+    marks = (
+        closes.group_by("conversation_id", "occurred_at")
+        .agg(pl.len().cast(pl.Int64).alias("_n"))
+        .sort(["conversation_id", "occurred_at"])
+        .with_columns(_k=pl.col("_n").cum_sum().over("conversation_id"))
+        .select("conversation_id", "occurred_at", "_k")
+        .sort("occurred_at")
     )
     return (
-        rows.join(assigns, on="event_key", how="left", maintain_order="left")
-        .with_columns(pl.col("_missing").fill_null(False))
-        .drop("_through", "_close_n", "_assigned_evt")
+        frame.sort("occurred_at")
+        .join_asof(
+            marks,
+            on="occurred_at",
+            by="conversation_id",
+            strategy="backward",
+            allow_exact_matches=False,
+            check_sortedness=False,  # both sides are sorted by occurred_at just above
+        )
+        .with_columns(cycle=pl.col("_k").fill_null(0) + 1)
+        .drop("_k")
     )
 
 
-def _agg(rows: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
-    """Aggregations shared by cycles and lifecycles (rows are in event-time order)."""
-    assign = pl.col("_assign")
-    assign_evt = pl.col("type") == ASSIGNED
-    close = pl.col("_close")
-    return rows.group_by(keys).agg(
-        pl.col("occurred_at").min().alias("opened_at"),
-        pl.col("occurred_at").filter(assign).min().alias("_first_assign_any"),
-        pl.col("occurred_at")
-        .filter(assign & pl.col("previous_user_id").is_null())
-        .min()
-        .alias("_first_assign_root"),
-        assign.sum().cast(pl.Int64).alias("n_assignments"),
-        pl.col("user_id").filter(assign).n_unique().cast(pl.Int64).alias("n_assignees"),
-        pl.col("user_id").filter(assign_evt).last().alias("assignee_id"),
-        close.sum().cast(pl.Int64).alias("n_closes"),
-        pl.col("occurred_at").filter(close).max().alias("closed_at"),
-        pl.col("closed_by_user_id").filter(close).last(),
-        pl.col("cycle").max().alias("n_cycles"),
-        pl.col("cycle").filter(close).max().alias("_last_closed_cycle"),
+def _assignment_aggs() -> list[pl.Expr]:
+    user = pl.col("user_id")
+    return [
+        user.is_not_null().sum().cast(pl.Int64).alias("n_assignments"),
+        user.drop_nulls().n_unique().cast(pl.Int64).alias("n_assignees"),
+        user.last().alias("assignee_id"),
         pl.col("_missing").sum().cast(pl.Int64).alias("n_missing_assignments"),
-        pl.col("_missing").filter(assign_evt).first().alias("_first_missing"),
+    ]
+
+
+def _close_aggs() -> list[pl.Expr]:
+    return [
+        pl.len().cast(pl.Int64).alias("n_closes"),
+        pl.col("occurred_at").max().alias("closed_at"),
+        pl.col("closed_by_user_id").last(),
+    ]
+
+
+def _base_aggs() -> list[pl.Expr]:
+    return [
+        pl.col("occurred_at").min().alias("opened_at"),
+        pl.col("occurred_at").max().alias("last_event_at"),
         pl.len().cast(pl.Int64).alias("n_events"),
         pl.col("_dups").sum().alias("n_duplicates"),
-        pl.col("occurred_at").max().alias("last_event_at"),
-    )
+    ]
+
+
+_ZERO = ("n_assignments", "n_assignees", "n_missing_assignments", "n_closes")
 
 
 def conversation_cycles(
@@ -124,7 +133,8 @@ def conversation_cycles(
     events
         Deduplicated events, e.g. ``lake.events()``.
     copies
-        Optional ``(event_key, n_copies)``: received copies per event, the first included.
+        Optional ``(event_key, n_copies)``: received copies per event, the first included
+        (events not listed: one copy).
     as_of
         Only events with ``occurred_at <= as_of`` count.
 
@@ -138,16 +148,32 @@ def conversation_cycles(
         ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
         ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by conversation_id, cycle.
     """
-    rows = conversation_events(events, copies=copies, as_of=as_of)
-    out = _agg(rows, ["conversation_id", "cycle"])
+    rows = _rows(events, copies, as_of)
+    closes = _closes(rows)
+    keys = ["conversation_id", "cycle"]
+    base = _with_cycle(rows, closes).group_by(keys).agg(_base_aggs())
+    assigned = (
+        _with_cycle(_assignments(rows), closes)
+        .sort([*keys, *ORDER])
+        .group_by(keys)
+        .agg(
+            pl.col("occurred_at")
+            .filter(pl.col("user_id").is_not_null())
+            .min()
+            .alias("first_assigned_at"),
+            *_assignment_aggs(),
+        )
+    )
+    closed = _with_cycle(closes, closes).sort([*keys, *ORDER]).group_by(keys).agg(_close_aggs())
+    out = (
+        base.join(assigned, on=keys, how="left")
+        .join(closed, on=keys, how="left")
+        .with_columns(pl.col(c).fill_null(0) for c in _ZERO)
+    )
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     return (
-        out.with_columns(
-            first_assigned_at=pl.col("_first_assign_any"),
-            is_open=pl.col("n_closes") == 0,
-            is_reopen=pl.col("cycle") > 1,
-        )
+        out.with_columns(is_open=pl.col("n_closes") == 0, is_reopen=pl.col("cycle") > 1)
         .with_columns(
             time_to_first_assignment=seconds_between("first_assigned_at", "opened_at"),
             time_to_close=seconds_between("closed_at", "opened_at"),
@@ -172,7 +198,7 @@ def conversation_cycles(
             "n_duplicates",
             "last_event_at",
         )
-        .sort(["conversation_id", "cycle"])
+        .sort(keys)
     )
 
 
@@ -184,12 +210,19 @@ def conversation_lifecycles(
 ) -> pl.LazyFrame:
     """One row per conversation: opening, assignments, closes, reopens, open now.
 
+    Only the assignment and close events are ordered; everything else is one aggregation,
+    so the cost is about one ``GROUP BY conversation_id``. The number of cycles is
+    ``1 + closes strictly before the conversation's last event``, and it is open when an
+    event came after its last close (or it was never closed), which is what tagging every
+    event with its cycle would give.
+
     Parameters
     ----------
     events
         Deduplicated events, e.g. ``lake.events()``.
     copies
-        Optional ``(event_key, n_copies)``: received copies per event, the first included.
+        Optional ``(event_key, n_copies)``: received copies per event, the first included
+        (events not listed: one copy).
     as_of
         Answer as of this instant (``is_open`` is then "open at as_of").
 
@@ -204,22 +237,44 @@ def conversation_lifecycles(
         ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``;
         sorted by conversation_id.
     """
-    rows = conversation_events(events, copies=copies, as_of=as_of)
-    out = _agg(rows, ["conversation_id"])
+    rows = _rows(events, copies, as_of)
+    closes = _closes(rows)
+    key = "conversation_id"
+    base = rows.group_by(key).agg(_base_aggs())
+    root = pl.col("user_id").is_not_null() & pl.col("previous_user_id").is_null()
+    assigned = (
+        _assignments(rows)
+        .group_by(key)
+        .agg(
+            pl.col("occurred_at").filter(root).min().alias("_first_root"),
+            pl.col("_missing").first().alias("missing_first_assignment"),
+            *_assignment_aggs(),
+        )
+    )
+    closed = closes.group_by(key).agg(_close_aggs())
+    before_last = (
+        closes.join(base.select(key, "last_event_at"), on=key)
+        .group_by(key)
+        .agg((pl.col("occurred_at") < pl.col("last_event_at")).sum().alias("_before_last"))
+    )
+    out = (
+        base.join(assigned, on=key, how="left")
+        .join(closed, on=key, how="left")
+        .join(before_last, on=key, how="left")
+        .with_columns(pl.col(c).fill_null(0) for c in _ZERO)
+        .with_columns(
+            n_cycles=pl.col("_before_last").fill_null(0).cast(pl.Int64) + 1,
+            missing_first_assignment=pl.col("missing_first_assignment").fill_null(False),
+            is_open=pl.col("closed_at").is_null() | (pl.col("last_event_at") > pl.col("closed_at")),
+        )
+    )
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
-    is_open = pl.col("_last_closed_cycle").is_null() | (
-        pl.col("_last_closed_cycle") < pl.col("n_cycles")
-    )
-    missing_first = pl.col("_first_missing").fill_null(False)
+    missing_first = pl.col("missing_first_assignment")
     return (
         out.with_columns(
-            is_open=is_open,
             n_reopens=pl.col("n_cycles") - 1,
-            missing_first_assignment=missing_first,
-            first_assigned_at=pl.when(missing_first)
-            .then(None)
-            .otherwise(pl.col("_first_assign_root")),
+            first_assigned_at=pl.when(missing_first).then(None).otherwise(pl.col("_first_root")),
         )
         .with_columns(
             time_to_first_assignment=seconds_between("first_assigned_at", "opened_at"),
@@ -248,5 +303,5 @@ def conversation_lifecycles(
             "n_duplicates",
             "last_event_at",
         )
-        .sort("conversation_id")
+        .sort(key)
     )

@@ -83,8 +83,7 @@ def message_timelines_sql(as_of: datetime | None = None, copies: str | None = No
     g AS (
       SELECT message_id,
         min(phone_number_id) AS phone_number_id, min(recipient_id) AS recipient_id,
-        first(conversation_id ORDER BY {_ORDER}) FILTER (WHERE conversation_id IS NOT NULL)
-          AS conversation_id,
+        min(conversation_id) AS conversation_id,
         {first_time("sent")}, {first_time("delivered")}, {first_time("read")},
         {first_time("failed")},
         max(_rank) AS _rank,

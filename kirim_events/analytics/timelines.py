@@ -22,9 +22,9 @@ Rules (kirim-api.md §6.1), shared with the DuckDB views in ``sql.py``:
   ``never_sent`` (no ``sent`` event seen).
 * ``time_to_deliver`` = delivered_at - sent_at, ``time_to_read`` = read_at - sent_at, float
   seconds, null when either side is unknown.
-* ``phone_number_id`` / ``recipient_id``: the smallest seen (a message has one);
-  ``conversation_id``: the first non-null one in event-time order (only Kirim's optional
-  ``kirim`` block carries it on Meta bodies).
+* ``phone_number_id`` / ``recipient_id`` / ``conversation_id``: the smallest non-null one
+  seen (a message has one; only Kirim's optional ``kirim`` block carries the conversation
+  id on Meta bodies).
 * ``n_events``: distinct status events (one per ``event_key``). ``n_duplicates``: received
   copies beyond the first, summed over those events (null when the copies are unknown).
 
@@ -50,6 +50,32 @@ __all__ = ["message_status_history", "message_timelines", "status_events"]
 
 ORDER = ("occurred_at", "received_at", "event_key")
 _RANK_TO_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
+TIMELINE_COLUMNS = (
+    "message_id",
+    "phone_number_id",
+    "recipient_id",
+    "conversation_id",
+    "sent_at",
+    "delivered_at",
+    "read_at",
+    "failed_at",
+    "status",
+    "error_code",
+    "error_title",
+    "error_label",
+    "n_events",
+    "n_duplicates",
+    "out_of_order",
+    "read_without_delivered",
+    "failed_after_delivered",
+    "never_sent",
+    "reached_sent",
+    "reached_delivered",
+    "time_to_deliver",
+    "time_to_read",
+    "first_received_at",
+    "last_received_at",
+)
 
 
 def _copies(events: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
@@ -59,6 +85,29 @@ def _copies(events: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
     per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
     return events.join(per_key, on="event_key", how="left").with_columns(
         pl.col("_dups").fill_null(0)
+    )
+
+
+def _status_rows(
+    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
+) -> pl.LazyFrame:
+    """Status events with ``_rank`` and ``_dups``, in no particular order."""
+    rows = cut(events, as_of).filter(
+        pl.col("type").is_in(list(STATUS_EVENT_TYPES))
+        & pl.col("message_id").is_not_null()
+        & pl.col("status").is_in(list(STATUS_RANK))
+    )
+    return _copies(rows, copies).with_columns(
+        _rank=pl.col("status").replace_strict(STATUS_RANK, return_dtype=pl.Int8)
+    )
+
+
+def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Sort by message then event-time order; add ``_late`` (arrived after a later event)."""
+    return rows.sort(["message_id", *ORDER]).with_columns(
+        _late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
+        .fill_null(False)
+        .over("message_id")
     )
 
 
@@ -73,22 +122,18 @@ def status_events(
     Adds ``_rank`` (the status precedence), ``_late`` (this event arrived after an event of
     the same message that happened later) and ``_dups`` (copies beyond the first, or null).
     """
-    known = list(STATUS_RANK)
-    rows = cut(events, as_of).filter(
-        pl.col("type").is_in(list(STATUS_EVENT_TYPES))
-        & pl.col("message_id").is_not_null()
-        & pl.col("status").is_in(known)
-    )
-    return (
-        _copies(rows, copies)
-        .sort(["message_id", *ORDER])
-        .with_columns(
-            _rank=pl.col("status").replace_strict(STATUS_RANK, return_dtype=pl.Int8),
-            _late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
-            .fill_null(False)
-            .over("message_id"),
-        )
-    )
+    return _sorted(_status_rows(events, copies, as_of))
+
+
+def _pairwise_late(statuses: list[str]) -> pl.Expr:
+    """Some status happened before another yet arrived after it (one event per status)."""
+    pairs = [
+        (pl.col(f"_o_{a}") < pl.col(f"_o_{b}")) & (pl.col(f"_r_{a}") > pl.col(f"_r_{b}"))
+        for a in statuses
+        for b in statuses
+        if a != b
+    ]
+    return pl.any_horizontal(p.fill_null(False) for p in pairs)
 
 
 def message_timelines(
@@ -105,7 +150,8 @@ def message_timelines(
         Deduplicated events (EVENT_SCHEMA columns), e.g. ``lake.events()``.
     copies
         Optional ``(event_key, n_copies)``: how many copies of each event were received,
-        the first included. Without it ``n_duplicates`` is null.
+        the first included (events not listed: one copy). Without it ``n_duplicates`` is
+        null.
     as_of
         Answer as of this instant: only events with ``occurred_at <= as_of`` count.
 
@@ -126,35 +172,68 @@ def message_timelines(
     >>> message_timelines(pl.from_arrow(events_table([])).lazy()).collect().height
     0
     """
-    rows = status_events(events, copies=copies, as_of=as_of)
-
-    def first_time(status: str) -> pl.Expr:
-        return pl.col("occurred_at").filter(pl.col("status") == status).min().alias(f"{status}_at")
-
+    rows = _status_rows(events, copies, as_of)
+    statuses = list(STATUS_RANK)
     failed = pl.col("status") == "failed"
-    grouped = rows.group_by("message_id").agg(
-        pl.col("phone_number_id").min(),
-        pl.col("recipient_id").min(),
-        pl.col("conversation_id").drop_nulls().first(),
-        first_time("sent"),
-        first_time("delivered"),
-        first_time("read"),
-        first_time("failed"),
-        pl.col("_rank").max(),
-        # Rows are in event-time order inside each group, so first() is the earliest failure.
-        pl.col("error_code").filter(failed).first(),
-        pl.col("error_title").filter(failed).first(),
-        pl.len().cast(pl.Int64).alias("n_events"),
-        pl.col("_dups").sum().alias("n_duplicates"),
-        pl.col("_late").any().alias("out_of_order"),
-        pl.col("received_at").min().alias("first_received_at"),
-        pl.col("received_at").max().alias("last_received_at"),
+    # Fast path, no sort: each status's own event time and arrival, side by side. Exact
+    # whenever a message has at most one event per status (Meta's event_key makes that the
+    # rule); messages with more go through the sorted path below.
+    spread = {}
+    for status in statuses:
+        is_status = pl.col("status") == status
+        spread[f"_o_{status}"] = pl.when(is_status).then(pl.col("occurred_at"))
+        spread[f"_r_{status}"] = pl.when(is_status).then(pl.col("received_at"))
+    spread["_error_code"] = pl.when(failed).then(pl.col("error_code"))
+    spread["_error_title"] = pl.when(failed).then(pl.col("error_title"))
+    grouped = (
+        rows.with_columns(**spread)
+        .group_by("message_id")
+        .agg(
+            pl.col("phone_number_id").min(),
+            pl.col("recipient_id").min(),
+            pl.col("conversation_id").min(),
+            *(pl.col(name).min() for name in spread),
+            pl.col("_rank").max(),
+            pl.len().cast(pl.Int64).alias("n_events"),
+            pl.col("_dups").sum().alias("n_duplicates"),
+            pl.col("received_at").min().alias("first_received_at"),
+            pl.col("received_at").max().alias("last_received_at"),
+        )
+        .with_columns(
+            _multi=pl.col("n_events")
+            > pl.sum_horizontal(pl.col(f"_o_{s}").is_not_null() for s in statuses),
+            _late_fast=_pairwise_late(statuses),
+        )
+    )
+    # Sorted path for the rare messages with several events of one status.
+    multi = grouped.filter(pl.col("_multi")).select("message_id")
+    slow = (
+        _sorted(rows.join(multi, on="message_id", how="semi"))
+        .group_by("message_id")
+        .agg(
+            pl.col("_late").any().alias("_late_slow"),
+            # In event-time order inside each group: first() is the earliest failure.
+            pl.col("error_code").filter(failed).first().alias("_error_code_slow"),
+            pl.col("error_title").filter(failed).first().alias("_error_title_slow"),
+        )
+    )
+    grouped = grouped.join(slow, on="message_id", how="left").with_columns(
+        out_of_order=pl.when(pl.col("_multi"))
+        .then(pl.col("_late_slow"))
+        .otherwise(pl.col("_late_fast")),
+        error_code=pl.when(pl.col("_multi"))
+        .then(pl.col("_error_code_slow"))
+        .otherwise(pl.col("_error_code")),
+        error_title=pl.when(pl.col("_multi"))
+        .then(pl.col("_error_title_slow"))
+        .otherwise(pl.col("_error_title")),
     )
     if copies is None:
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
     return (
-        grouped.with_columns(
+        grouped.rename({f"_o_{s}": f"{s}_at" for s in ("sent", "delivered", "read", "failed")})
+        .with_columns(
             status=pl.col("_rank").replace_strict(_RANK_TO_STATUS, return_dtype=pl.String),
             error_label=error_label(pl.col("error_code")),
             read_without_delivered=pl.col("read_at").is_not_null()
@@ -166,32 +245,7 @@ def message_timelines(
             time_to_deliver=seconds_between("delivered_at", "sent_at"),
             time_to_read=seconds_between("read_at", "sent_at"),
         )
-        .select(
-            "message_id",
-            "phone_number_id",
-            "recipient_id",
-            "conversation_id",
-            "sent_at",
-            "delivered_at",
-            "read_at",
-            "failed_at",
-            "status",
-            "error_code",
-            "error_title",
-            "error_label",
-            "n_events",
-            "n_duplicates",
-            "out_of_order",
-            "read_without_delivered",
-            "failed_after_delivered",
-            "never_sent",
-            "reached_sent",
-            "reached_delivered",
-            "time_to_deliver",
-            "time_to_read",
-            "first_received_at",
-            "last_received_at",
-        )
+        .select(TIMELINE_COLUMNS)
         .sort("message_id")
     )
 

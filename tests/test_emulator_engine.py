@@ -307,7 +307,7 @@ def test_timeouts_and_connection_errors_are_retried() -> None:
         secrets=SECRET,
         clock=clock,
         sleep=clock.sleep,
-        engine=EngineConfig(concurrency=1, timeout=0.05),
+        engine=EngineConfig(concurrency=1, timeout=0.25),
     )
     emu.subscribe(URL)
     _run(emu.send(1, transport=httpx.ASGITransport(app=Flaky())))
@@ -391,7 +391,7 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
         await receive()
         calls.append(time.monotonic())
         if len(calls) == 1:
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(2.0)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -409,7 +409,7 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
         emu = Emulator(
             seed=1,
             secrets=SECRET,
-            engine=EngineConfig(concurrency=1, timeout=0.3, time_compression=1000),
+            engine=EngineConfig(concurrency=1, timeout=1.0, time_compression=1000),
         )
         emu.subscribe(f"http://127.0.0.1:{port}/hook")
         _run(emu.send(1))

@@ -16,6 +16,7 @@ The library never prints: progress goes to ``on_progress(stage, done, total)``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import time
@@ -257,4 +258,14 @@ def run_demo(
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     progress = on_progress or (lambda stage, done, total: None)
-    return asyncio.run(_run(folder, scale=scale, seed=seed, progress=progress))
+
+    def go() -> DemoReport:
+        return asyncio.run(_run(folder, scale=scale, seed=seed, progress=progress))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return go()
+    # Called from a running event loop (a Jupyter kernel): run on a thread with its own loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(go).result()

@@ -1,0 +1,515 @@
+"""Backfill: pull Kirim's delivery history into the journal (then the lake), resumably.
+
+``backfill(data, client=..., since=..., until=...)`` walks ``GET /v1/webhook_deliveries`` for
+``[since, until)`` and, page by page:
+
+1. turns every history row into a ``deliveries`` row (``origin = "backfill"``, ``outcome`` =
+   Kirim's status) and, when the row carries its ``payload``, parses it into events
+   (``origin = "backfill"``);
+2. appends both to the collector's :class:`~kirim_events.journal.Journal` in one durable
+   commit, so events go through the same dedup index as webhooks and replays;
+3. only then saves the checkpoint (filters, cursor, ``created_before``) under
+   ``DATA/_state/backfill/``. A killed run started again with the same arguments resumes
+   from the last checkpointed cursor.
+
+Exactly once in the lake, across kills: events are deduplicated by the journal's index;
+delivery rows of a page fetched twice (killed after the commit, before the checkpoint) are
+exact copies, because ``received_at`` is the run's fixed snapshot time, and the lake
+collapses exact copies of delivery rows.
+
+The range is split into ``slices`` time slices walked in parallel threads through one
+:class:`~kirim_events.client.KirimClient`, whose single rate limiter keeps all of them within
+Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
+asks for one second more on both sides and keeps only rows inside its own bounds, so the
+result is right whether Kirim's bounds are inclusive or exclusive. Memory stays flat: one
+page per slice is held at a time; the journal is flushed to the lake in bounded batches.
+
+The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
+every page (the CLI draws a progress bar from it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kirim_events.client import Delivery, KirimClient, Page, format_time
+from kirim_events.errors import ConfigError, PayloadError, StorageError
+from kirim_events.events import EventRecord, parse_delivery, parse_time
+from kirim_events.journal import Journal
+
+__all__ = [
+    "BackfillProgress",
+    "BackfillReport",
+    "backfill",
+    "delivery_events",
+    "delivery_row",
+    "parse_when",
+]
+
+CHECKPOINT_VERSION = 1
+_OVERLAP = timedelta(seconds=1)
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> datetime:
+    """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
+
+    Raises ConfigError with the option's ``name`` for anything else.
+    """
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = value.strip().lower()
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        try:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    parsed = parse_time(value) if not text.isdigit() else None
+    if parsed is None:
+        raise ConfigError(
+            f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
+            "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
+        )
+    return parsed
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _headers(d: Delivery) -> dict[str, str]:
+    out = {}
+    for name, value in (
+        ("X-Kirim-Event-Id", d.event_id),
+        ("X-Kirim-Event", d.event_type),
+        ("X-Kirim-Delivery-Id", d.id),
+        ("X-Kirim-Attempt", None if d.attempt is None else str(d.attempt)),
+    ):
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def delivery_events(
+    d: Delivery, *, received_at: datetime, origin: str = "backfill"
+) -> list[EventRecord]:
+    """Parse a history row's payload into events ([] when it carries none).
+
+    Raises PayloadError (the caller quarantines) when the payload is not a known body.
+    """
+    if d.payload is None:
+        return []
+    return parse_delivery(
+        d.payload.encode("utf-8"),
+        _headers(d),
+        received_at=received_at,
+        origin=origin,
+        payload_exact=d.payload_exact,
+    )
+
+
+def delivery_row(
+    d: Delivery, *, received_at: datetime, n_events: int | None, reason: str | None = None
+) -> dict[str, Any]:
+    """The ``deliveries`` table row (DELIVERY_SCHEMA) for one history row."""
+    return {
+        "delivery_id": d.id,
+        "attempt": d.attempt,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "origin": "backfill",
+        "outcome": d.status,
+        "reason": reason or d.error,
+        "received_at": received_at,
+        "created_at": d.created_at,
+        "subscription_id": d.subscription_id,
+        "replayed_from": d.replayed_from,
+        "response_status_code": d.response_status_code,
+        "n_events": n_events,
+    }
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Slice:
+    after: str  # ISO; rows kept when after <= created_at < before
+    before: str
+    cursor: str | None = None
+    started: bool = False
+    done: bool = False
+    pages: int = 0
+    rows: int = 0
+    oldest: str | None = None  # oldest created_at seen (pages come newest first)
+
+    def fraction(self) -> float:
+        if self.done:
+            return 1.0
+        if self.oldest is None:
+            return 0.0
+        lo, hi, at = (_ts(self.after), _ts(self.before), _ts(self.oldest))
+        return min(1.0, max(0.0, (hi - at) / max(hi - lo, 1e-6)))
+
+
+def _ts(text: str) -> float:
+    value = parse_time(text)
+    assert value is not None
+    return value.timestamp()
+
+
+@dataclass
+class _Checkpoint:
+    key: str
+    since: str
+    until: str  # the fixed created_before
+    snapshot: str  # received_at of every row of this run
+    filters: dict[str, str]
+    slices: list[_Slice]
+    version: int = CHECKPOINT_VERSION
+
+    @classmethod
+    def load(cls, path: Path) -> _Checkpoint | None:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read backfill checkpoint {path}: {exc}") from exc
+        if raw.get("version") != CHECKPOINT_VERSION:
+            raise StorageError(f"backfill checkpoint {path} has an unknown version")
+        raw["slices"] = [_Slice(**s) for s in raw["slices"]]
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        data = json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write backfill checkpoint {path}: {exc}") from exc
+
+
+def _run_key(since: datetime, until: datetime | None, filters: Mapping[str, str]) -> str:
+    ident = json.dumps(
+        [format_time(since), format_time(until) if until else "now", sorted(filters.items())]
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """A snapshot after each page: what the progress bar shows."""
+
+    pages: int
+    rows: int
+    events_new: int
+    fraction: float  # share of the time range walked (pages come newest first)
+    elapsed: float
+    slices_done: int
+    slices: int
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows stored per second so far."""
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, estimated from the share of the time range done (None at first)."""
+        if self.fraction <= 0:
+            return None
+        return self.elapsed * (1 - self.fraction) / self.fraction
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did; the CLI renders it."""
+
+    since: datetime
+    until: datetime
+    slices: int
+    resumed: bool
+    pages: int = 0
+    rows: int = 0
+    events_new: int = 0
+    events_duplicate: int = 0
+    rows_without_payload: int = 0
+    quarantined: int = 0
+    requests: int = 0
+    retries: int = 0
+    flushed_events: int = 0
+    flushed_deliveries: int = 0
+    seconds: float = 0.0
+    checkpoint: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """One backfill run's shared state (threads update it under one lock)."""
+
+    def __init__(
+        self,
+        client: KirimClient,
+        journal: Journal,
+        cp: _Checkpoint,
+        path: Path,
+        report: BackfillReport,
+        page_size: int,
+        progress: Callable[[BackfillProgress], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.client, self.journal, self.cp, self.path = client, journal, cp, path
+        self.report, self.page_size, self.progress, self.clock = report, page_size, progress, clock
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.started = clock()
+        self.snapshot = parse_time(cp.snapshot) or datetime.now(UTC)
+
+    def walk(self, s: _Slice) -> None:
+        if s.done:
+            return
+        after, before = parse_time(s.after), parse_time(s.before)
+        assert after is not None
+        assert before is not None
+        filters: dict[str, Any] = dict(self.cp.filters)
+        filters["created_after"] = after - _OVERLAP
+        filters["created_before"] = before + _OVERLAP
+        pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
+        for page, _ in pages:
+            if self.stop.is_set():
+                return
+            self.store(s, page, after, before)
+
+    def store(self, s: _Slice, page: Page, after: datetime, before: datetime) -> None:
+        records: list[EventRecord] = []
+        receipts: list[dict[str, Any]] = []
+        quarantined = bare = 0
+        oldest: datetime | None = None
+        for d in page.deliveries:
+            if d.created_at is not None and not after <= d.created_at < before:
+                continue  # the overlap second: another slice owns it
+            if d.created_at is not None:
+                oldest = d.created_at if oldest is None else min(oldest, d.created_at)
+            reason = None
+            try:
+                found = delivery_events(d, received_at=self.snapshot)
+            except PayloadError as exc:
+                assert d.payload is not None
+                self.journal.quarantine(d.payload.encode("utf-8"), _headers(d), exc.reason)
+                found, reason, quarantined = [], f"quarantined: {exc.reason}", quarantined + 1
+            if d.payload is None:
+                bare += 1
+            records.extend(found)
+            n = len(found) if d.payload is not None else None
+            receipts.append(delivery_row(d, received_at=self.snapshot, n_events=n, reason=reason))
+        flags = self.journal.append(records, receipts)  # durable when it returns
+        with self.lock:
+            s.started = True
+            s.cursor = page.next_cursor
+            s.done = not page.has_more
+            s.pages += 1
+            s.rows += len(receipts)
+            if oldest is not None:
+                text = format_time(oldest)
+                s.oldest = text if s.oldest is None or text < s.oldest else s.oldest
+            self.cp.save(self.path)  # only after the journal commit
+            r = self.report
+            r.pages += 1
+            r.rows += len(receipts)
+            r.events_new += sum(flags)
+            r.events_duplicate += len(flags) - sum(flags)
+            r.quarantined += quarantined
+            r.rows_without_payload += bare
+            snap = BackfillProgress(
+                pages=r.pages,
+                rows=r.rows,
+                events_new=r.events_new,
+                fraction=sum(x.fraction() for x in self.cp.slices) / len(self.cp.slices),
+                elapsed=self.clock() - self.started,
+                slices_done=sum(x.done for x in self.cp.slices),
+                slices=len(self.cp.slices),
+            )
+        if self.progress is not None:
+            self.progress(snap)
+
+
+def _split(since: datetime, until: datetime, n: int) -> list[_Slice]:
+    step = (until - since) / n
+    edges = [since + step * i for i in range(n)] + [until]
+    return [
+        _Slice(after=format_time(a), before=format_time(b))
+        for a, b in itertools.pairwise(edges)
+        if b > a
+    ]
+
+
+def backfill(
+    data: str | Path,
+    *,
+    client: KirimClient,
+    since: str | datetime,
+    until: str | datetime | None = None,
+    subscription_id: str | None = None,
+    status: str | None = None,
+    event_type: str | None = None,
+    slices: int = 4,
+    page_size: int = 100,
+    journal: Journal | None = None,
+    lake: Any = None,
+    flush: bool = True,
+    progress: Callable[[BackfillProgress], None] | None = None,
+    now: Callable[[], float] = time.time,
+) -> BackfillReport:
+    """Pull Kirim's delivery history for ``[since, until)`` into the store, resumably.
+
+    Parameters
+    ----------
+    data
+        The data folder (journal, lake, checkpoints).
+    client
+        A :class:`KirimClient`; its one rate limiter paces every slice.
+    since, until
+        The range of delivery ``created_at`` (ISO text, a date, ``7d``-style spans ago, or
+        aware datetimes). ``until`` defaults to now, fixed at the start of the run.
+    subscription_id, status, event_type
+        Optional history filters (sent on every page: cursors are filter-bound).
+    slices
+        Time slices fetched in parallel (threads sharing the client's rate limit).
+    page_size
+        Rows per page (1-100).
+    journal, lake
+        Reuse open ones; by default ``Journal(data)`` and ``Lake(data)`` are opened here.
+    flush
+        Move the journal into the lake at the end (``Journal.flush``).
+    progress
+        Called with a :class:`BackfillProgress` after every stored page.
+    now
+        Clock (unix seconds).
+
+    Returns
+    -------
+    BackfillReport
+
+    Raises
+    ------
+    ConfigError
+        Bad times or options (before anything is fetched).
+    ApiError
+        Kirim kept failing; the checkpoint lets the next run resume.
+
+    Examples
+    --------
+    >>> report = backfill("data", client=client, since="7d")  # doctest: +SKIP
+    """
+    if not 1 <= slices <= 64:
+        raise ConfigError("slices must be 1-64")
+    if not 1 <= page_size <= 100:
+        raise ConfigError("page size must be 1-100")
+    start = datetime.fromtimestamp(now(), UTC)
+    lo = parse_when(since, now=start, name="--since")
+    hi_given = None if until is None else parse_when(until, now=start, name="--until")
+    if hi_given is not None and hi_given > start:
+        hi_given = start  # nothing exists after now; fixing it keeps resumes consistent
+    filters = {
+        k: v
+        for k, v in (
+            ("subscription_id", subscription_id),
+            ("status", status),
+            ("event_type", event_type),
+        )
+        if v
+    }
+    root = Path(data)
+    key = _run_key(lo, None if until is None else hi_given, filters)
+    path = root / "_state" / "backfill" / f"{key}.json"
+    cp = _Checkpoint.load(path)
+    resumed = cp is not None
+    if cp is None:
+        hi = hi_given or start
+        if not lo < hi:
+            raise ConfigError(
+                f"--since ({format_time(lo)}) must be before --until ({format_time(hi)})"
+            )
+        cp = _Checkpoint(
+            key=key,
+            since=format_time(lo),
+            until=format_time(hi),
+            snapshot=format_time(start),
+            filters=filters,
+            slices=_split(lo, hi, slices),
+        )
+        cp.save(path)
+    until_fixed = parse_time(cp.until)
+    assert until_fixed is not None
+    report = BackfillReport(
+        since=lo, until=until_fixed, slices=len(cp.slices), resumed=resumed, checkpoint=str(path)
+    )
+    own_journal = journal is None
+    jr = journal or Journal(root)
+    sent0, retries0 = client.requests_sent, client.retries
+    try:
+        run = _Run(client, jr, cp, path, report, page_size, progress, now)
+        with ThreadPoolExecutor(max_workers=len(cp.slices), thread_name_prefix="backfill") as pool:
+            futures = [pool.submit(run.walk, s) for s in cp.slices]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                run.stop.set()  # let the other slices stop after their current page
+                raise
+        if flush:
+            if lake is None:
+                from kirim_events.lake import Lake
+
+                lake = Lake(root)
+            flushed = jr.flush(lake, batch_size=10_000)
+            report.flushed_events = flushed.events
+            report.flushed_deliveries = flushed.receipts
+        _finish(path)
+    finally:
+        report.requests = client.requests_sent - sent0
+        report.retries = client.retries - retries0
+        report.seconds = now() - start.timestamp()
+        if own_journal:
+            jr.close()
+    return report
+
+
+def _finish(path: Path) -> None:
+    """Move a completed run's checkpoint aside, so the next run starts afresh."""
+    done = path.parent / "done"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    try:
+        done.mkdir(parents=True, exist_ok=True)
+        os.replace(path, done / f"{path.stem}-{stamp}.json")
+    except OSError as exc:
+        raise StorageError(f"cannot retire backfill checkpoint {path}: {exc}") from exc

@@ -7,7 +7,7 @@ transaction (group commit), so N concurrent deliveries pay one fsync, not N. A c
 resolves only after the commit that holds its rows, hence "acknowledged" implies "durable"; a
 SIGKILL at any instant loses nothing that was acknowledged (SQLite's WAL recovery on reopen).
 
-Tables:
+Tables (layout in :mod:`kirim_events.journal_rows`):
 
 * ``keys``: the dedup index, one row per ``event_key`` ever accepted, with its first-seen
   time; kept for ``retention`` (35 days by default, above Kirim's 30-day replay horizon).
@@ -18,76 +18,72 @@ Tables:
 
 :meth:`Journal.flush` copies the inbox and receipts into a lake, then deletes them. A crash
 between the lake write and the delete re-flushes the same rows later; the lake deduplicates
-events on ``event_key`` when read and at compaction, so a re-flush is harmless.
-Signed bodies that cannot be parsed go to ``DATA/quarantine/`` (:meth:`Journal.quarantine`),
-byte-exact, with their headers and the reason, fsync'd before the caller acknowledges them.
+events on ``event_key`` (and exact copies of receipts) when read and at compaction, so a
+re-flush is harmless. Signed bodies that cannot be parsed go to ``DATA/quarantine/``
+(:meth:`Journal.quarantine`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import os
 import queue
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
+from kirim_events.journal_quarantine import write_quarantine
+from kirim_events.journal_rows import (
+    EVENT_COLUMNS,
+    OUTCOME,
+    RECEIPT_COLUMNS,
+    RECEIVED,
+    ddl,
+    event_row,
+    events_arrow,
+    receipt_row,
+    receipts_arrow,
+)
 
 __all__ = ["FlushReport", "Journal", "LakeSink"]
 
 JOURNAL_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=35)
-_TIME_FIELDS = ("occurred_at", "received_at", "created_at")
-_RECORD_FIELDS = tuple(f.name for f in fields(EventRecord) if f.name != "payload")
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS keys (event_key TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS keys_seen_at ON keys (seen_at);
-CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY, event_key TEXT NOT NULL,
-    body_id INTEGER NOT NULL, record TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS inbox_body ON inbox (body_id);
-CREATE TABLE IF NOT EXISTS receipts (seq INTEGER PRIMARY KEY, row TEXT NOT NULL);
-"""
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_CHUNK = 500  # keys per "IN (...)" lookup, below SQLite's parameter limit
+_INSERT_INBOX = (
+    f"INSERT INTO inbox (body_id, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})"
+)
+_INSERT_RECEIPT = (
+    f"INSERT INTO receipts ({', '.join(RECEIPT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RECEIPT_COLUMNS))})"
+)
+_SELECT_INBOX = (
+    "SELECT i.seq, b.payload, "
+    + ", ".join(f"i.{c}" for c in EVENT_COLUMNS)
+    + " FROM inbox i JOIN bodies b ON b.id = i.body_id ORDER BY i.seq LIMIT ?"
+)
+_SELECT_RECEIPTS = f"SELECT seq, {', '.join(RECEIPT_COLUMNS)} FROM receipts ORDER BY seq LIMIT ?"
 
 
 class LakeSink(Protocol):
-    """What :meth:`Journal.flush` needs from a lake (``kirim_events.Lake`` provides it)."""
+    """What :meth:`Journal.flush` needs from a lake (``kirim_events.Lake`` provides it).
 
-    def write_events(self, records: Sequence[EventRecord]) -> int: ...
+    Both methods receive Arrow tables (EVENT_SCHEMA / DELIVERY_SCHEMA) and must be durable
+    when they return.
+    """
 
-    def write_deliveries(self, rows: Sequence[Mapping[str, Any]]) -> int: ...
+    def write_events(self, records: Any) -> int: ...
+
+    def write_deliveries(self, rows: Any) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -99,37 +95,29 @@ class FlushReport:
     seconds: float
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(value: datetime) -> int:
-    return (value.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def _dump(row: Mapping[str, Any], names: Iterable[str]) -> str:
-    out: dict[str, Any] = {}
-    for name in names:
-        value = row.get(name)
-        out[name] = _micros(value) if isinstance(value, datetime) else value
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _load(text: str) -> dict[str, Any]:
-    row: dict[str, Any] = json.loads(text)
-    for name in _TIME_FIELDS:
-        if isinstance(row.get(name), int):
-            row[name] = _from_micros(row[name])
-    return row
-
-
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    work: Callable[[sqlite3.Connection], Any]
-    future: Future[Any]
+    """One queued unit of work and where its result goes."""
+
+    future: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None
+    work: Callable[[sqlite3.Connection], Any] | None = None  # an internal operation, or ...
+    keys: list[str] = field(default_factory=list)  # ... an append (rows built by the caller)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    body_of: list[int] = field(default_factory=list)
+    payloads: list[str] = field(default_factory=list)
+    receipts: list[list[Any]] = field(default_factory=list)
+    backlog_delta: int = 0
+
+
+def _settle(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, value, error in items:
+        if job.future.done():
+            continue  # the caller gave up (an asyncio task was cancelled)
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(value)
 
 
 class Journal:
@@ -176,7 +164,7 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect()
-            self._conn.executescript(_DDL)
+            self._conn.executescript(ddl())
             self._check_version(self._conn)
             self._backlog: int = self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
@@ -184,7 +172,7 @@ class Journal:
         self._thread = threading.Thread(target=self._run, name="kirim-journal", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ writer thread
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -224,95 +212,130 @@ class Journal:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
+            appends = [job for job in batch if job.work is None]
+            if appends:
+                results += self._write_appends(conn, appends)
             for job in batch:
-                # A savepoint per job: one bad append fails alone, not the whole group.
-                conn.execute("SAVEPOINT job")
-                try:
+                if job.work is not None:
                     results.append((job, job.work(conn), None))
-                    conn.execute("RELEASE job")
-                except sqlite3.Error:
-                    raise
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((job, None, exc))
             conn.execute("COMMIT")
             self.commits += 1
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # sqlite3.Error, OSError, or a bug in an internal job
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             err = StorageError(f"journal write failed: {exc}")
-            with contextlib.suppress(sqlite3.Error):
-                self._backlog = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
-            for job in batch:
-                job.future.set_exception(err)
-            return
-        for job, value, error in results:
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(value)
+            results = [(job, None, err) for job in batch]
+        else:
+            self._backlog += sum(job.backlog_delta for job in batch)
+        self._deliver(results)
 
-    def _submit(self, work: Callable[[sqlite3.Connection], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        if self._closed or not self._thread.is_alive():
-            future.set_exception(StorageError("journal is closed"))
-            return future
-        self._queue.put(_Job(work, future))
-        return future
-
-    # ------------------------------------------------------------------ appends
-
-    def _append_work(
-        self, records: Sequence[EventRecord], receipts: Sequence[Mapping[str, Any]]
-    ) -> Callable[[sqlite3.Connection], list[bool]]:
-        def work(conn: sqlite3.Connection) -> list[bool]:
-            seen_at = int(self._now() * 1_000_000)
+    def _write_appends(
+        self, conn: sqlite3.Connection, jobs: list[_Job]
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        seen_at = int(self._now() * 1_000_000)
+        wanted = list({key for job in jobs for key in job.keys})
+        known: set[str] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
+            known.update(row[0] for row in conn.execute(sql, chunk))
+        next_body = (conn.execute("SELECT max(id) FROM bodies").fetchone()[0] or 0) + 1
+        key_rows: list[tuple[str, int]] = []
+        body_rows: list[tuple[int, str]] = []
+        inbox_rows: list[tuple[Any, ...]] = []
+        receipt_rows: list[list[Any]] = []
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        for job in jobs:
             flags: list[bool] = []
-            body_ids: dict[str, int] = {}
-            for record in records:
-                cur = conn.execute(
-                    "INSERT INTO keys VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    (record.event_key, seen_at),
-                )
-                is_new = cur.rowcount == 1
+            body_ids: dict[int, int] = {}
+            for key, row, body in zip(job.keys, job.events, job.body_of, strict=True):
+                is_new = key not in known
                 flags.append(is_new)
                 if not is_new:
                     continue
-                body_id = body_ids.get(record.payload)
-                if body_id is None:
-                    cur = conn.execute("INSERT INTO bodies (payload) VALUES (?)", (record.payload,))
-                    body_id = body_ids[record.payload] = int(cur.lastrowid or 0)
-                row = {name: getattr(record, name) for name in _RECORD_FIELDS}
-                conn.execute(
-                    "INSERT INTO inbox (event_key, body_id, record) VALUES (?, ?, ?)",
-                    (record.event_key, body_id, _dump(row, _RECORD_FIELDS)),
-                )
-            for receipt in receipts:
-                row = dict(receipt)
-                if row.get("received_at") is None:
-                    row["received_at"] = _from_micros(seen_at)
-                if row.get("outcome") is None:
-                    row["outcome"] = "new" if any(flags) else "duplicate"
-                conn.execute("INSERT INTO receipts (row) VALUES (?)", (_dump(row, row),))
-            self._backlog += sum(flags)
-            return flags
+                known.add(key)  # a second copy later in this same batch is a duplicate
+                key_rows.append((key, seen_at))
+                if body not in body_ids:
+                    body_ids[body] = next_body
+                    body_rows.append((next_body, job.payloads[body]))
+                    next_body += 1
+                inbox_rows.append((body_ids[body], *row))
+            for receipt in job.receipts:
+                if receipt[OUTCOME] is None:
+                    receipt[OUTCOME] = "new" if any(flags) else "duplicate"
+                if receipt[RECEIVED] is None:
+                    receipt[RECEIVED] = seen_at
+                receipt_rows.append(receipt)
+            job.backlog_delta = sum(flags)
+            results.append((job, flags, None))
+        conn.executemany("INSERT INTO keys VALUES (?, ?)", key_rows)
+        conn.executemany("INSERT INTO bodies VALUES (?, ?)", body_rows)
+        conn.executemany(_INSERT_INBOX, inbox_rows)
+        conn.executemany(_INSERT_RECEIPT, receipt_rows)
+        return results
 
-        return work
+    def _deliver(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        # One wake-up per event loop per commit, not one per request.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop = {}
+        for item in results:
+            loop = item[0].loop
+            if loop is None:
+                _settle([item])
+            else:
+                by_loop.setdefault(loop, []).append(item)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, items)
+
+    def _enqueue(self, job: _Job) -> None:
+        if self._closed or not self._thread.is_alive():
+            raise StorageError("journal is closed")
+        self._queue.put(job)
+
+    def _submit(
+        self, work: Callable[[sqlite3.Connection], Any], backlog_delta: int = 0
+    ) -> Future[Any]:
+        job = _Job(Future(), None, work=work, backlog_delta=backlog_delta)
+        self._enqueue(job)
+        return job.future  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ appends
+
+    @staticmethod
+    def _append_job(
+        job: _Job, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]]
+    ) -> _Job:
+        # Rows are built in the caller's thread: bad input fails there, alone.
+        index: dict[str, int] = {}
+        for record in records:
+            job.events.append(event_row(record))
+            job.keys.append(record.event_key)
+            body = index.get(record.payload)
+            if body is None:
+                body = index[record.payload] = len(job.payloads)
+                job.payloads.append(record.payload)
+            job.body_of.append(body)
+        job.receipts = [receipt_row(receipt) for receipt in receipts]
+        return job
 
     def submit(
-        self, records: Sequence[EventRecord], receipts: Sequence[Mapping[str, Any]] = ()
+        self, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]] = ()
     ) -> Future[list[bool]]:
         """Queue an append; the future resolves with per-record "was new" after the commit.
 
         A receipt whose ``outcome`` is None gets ``new`` if any record was new, else
         ``duplicate``; one without ``received_at`` gets the commit time. The future fails
-        with :class:`StorageError` when the disk write fails.
+        with :class:`StorageError` when the disk write fails. Raises TypeError or ValueError
+        at once for a record or receipt of the wrong form.
         """
-        return self._submit(self._append_work(list(records), [dict(r) for r in receipts]))
+        job = self._append_job(_Job(Future(), None), records, receipts)
+        self._enqueue(job)
+        return job.future  # type: ignore[return-value]
 
     def append(
-        self, records: Sequence[EventRecord], receipts: Sequence[Mapping[str, Any]] = ()
+        self, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]] = ()
     ) -> list[bool]:
         """Store new records and receipts durably; return, per record, whether it was new.
 
@@ -336,17 +359,20 @@ class Journal:
         return self.submit(records, receipts).result()
 
     async def append_async(
-        self, records: Sequence[EventRecord], receipts: Sequence[Mapping[str, Any]] = ()
+        self, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]] = ()
     ) -> list[bool]:
         """:meth:`append` for asyncio callers; concurrent callers share one commit."""
-        result: list[bool] = await asyncio.wrap_future(self.submit(records, receipts))
-        return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bool]] = loop.create_future()
+        self._enqueue(self._append_job(_Job(future, loop), records, receipts))
+        return await future
 
     async def ping_async(self) -> None:
         """Commit a tiny write, proving the journal is writable (for ``/healthz``)."""
+        stamp = str(self._now())
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('health', ?)", (str(self._now()),))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('health', ?)", (stamp,))
 
         await asyncio.wrap_future(self._submit(work))
 
@@ -362,17 +388,15 @@ class Journal:
         keys = list(dict.fromkeys(event_keys))
         found: set[str] = set()
         with self._reader() as conn:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT event_key FROM keys WHERE event_key IN ({marks})", chunk
-                )
-                found.update(row[0] for row in rows)
+                sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
+                found.update(row[0] for row in conn.execute(sql, chunk))
         return found
 
     @contextlib.contextmanager
-    def _reader(self) -> Any:
+    def _reader(self) -> Iterator[sqlite3.Connection]:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -403,48 +427,24 @@ class Journal:
         with self._flush_lock:
             while True:
                 with self._reader() as conn:
-                    rows = conn.execute(
-                        "SELECT i.seq, i.record, b.payload FROM inbox i "
-                        "JOIN bodies b ON b.id = i.body_id ORDER BY i.seq LIMIT ?",
-                        (batch_size,),
-                    ).fetchall()
+                    rows = conn.execute(_SELECT_INBOX, (batch_size,)).fetchall()
                 if not rows:
                     break
-                records = [EventRecord(**_load(rec), payload=payload) for _, rec, payload in rows]
-                lake.write_events(records)
-                self._submit(self._forget_events(rows[-1][0], len(rows))).result()
+                columns = list(zip(*rows, strict=True))
+                lake.write_events(events_arrow(columns[2:], columns[1]))
+                self._submit(_forget("inbox", rows[-1][0]), -len(rows)).result()
                 n_events += len(rows)
             while True:
                 with self._reader() as conn:
-                    got = conn.execute(
-                        "SELECT seq, row FROM receipts ORDER BY seq LIMIT ?", (batch_size,)
-                    ).fetchall()
+                    got = conn.execute(_SELECT_RECEIPTS, (batch_size,)).fetchall()
                 if not got:
                     break
-                lake.write_deliveries([_load(text) for _, text in got])
-                self._submit(self._forget_receipts(got[-1][0])).result()
+                lake.write_deliveries(receipts_arrow(list(zip(*got, strict=True))[1:]))
+                self._submit(_forget("receipts", got[-1][0])).result()
                 n_receipts += len(got)
-            self._prune()
+            cutoff = int((self._now() - self.retention.total_seconds()) * 1_000_000)
+            self._submit(_prune(cutoff)).result()
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
-
-    def _forget_events(self, last_seq: int, count: int) -> Callable[[sqlite3.Connection], None]:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM inbox WHERE seq <= ?", (last_seq,))
-            conn.execute("DELETE FROM bodies WHERE id NOT IN (SELECT body_id FROM inbox)")
-            self._backlog -= count
-
-        return work
-
-    @staticmethod
-    def _forget_receipts(last_seq: int) -> Callable[[sqlite3.Connection], None]:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM receipts WHERE seq <= ?", (last_seq,))
-
-        return work
-
-    def _prune(self) -> None:
-        cutoff = int((self._now() - self.retention.total_seconds()) * 1_000_000)
-        self._submit(lambda c: c.execute("DELETE FROM keys WHERE seen_at < ?", (cutoff,))).result()
 
     # ------------------------------------------------------------------ quarantine
 
@@ -460,8 +460,7 @@ class Journal:
 
         Writes ``<day>/<time>-<sha256 prefix>-<random>.body`` (the exact bytes) and a ``.json``
         beside it (reason, receipt time, size, sha256 and the ``X-Kirim-*``, content-type and
-        user-agent headers). Both are written under a temporary name, fsync'd and renamed, and
-        the folder is fsync'd, before this returns.
+        user-agent headers), each fsync'd and renamed into place, before returning.
 
         Returns
         -------
@@ -473,31 +472,8 @@ class Journal:
         StorageError
             The files could not be written.
         """
-        when = (received_at or datetime.fromtimestamp(self._now(), UTC)).astimezone(UTC)
-        digest = hashlib.sha256(body).hexdigest()
-        folder = self.data_dir / "quarantine" / when.strftime("%Y-%m-%d")
-        stem = f"{when.strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:16]}-{uuid.uuid4().hex[:8]}"
-        kept = {
-            k.lower(): v
-            for k, v in headers.items()
-            if k.lower().startswith("x-kirim-") or k.lower() in {"content-type", "user-agent"}
-        }
-        meta = {
-            "reason": reason,
-            "received_at": when.isoformat(),
-            "size": len(body),
-            "sha256": digest,
-            "headers": kept,
-        }
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_durably(folder / f"{stem}.body", body)
-            _write_durably(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
-            _fsync_dir(folder)
-            _fsync_dir(folder.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot write quarantine file: {exc}") from exc
-        return folder / f"{stem}.body"
+        when = received_at or datetime.fromtimestamp(self._now(), UTC)
+        return write_quarantine(self.data_dir, body, headers, reason, when)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -518,3 +494,19 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.data_dir)!r}, backlog={self._backlog})"
+
+
+def _forget(table: str, last_seq: int) -> Callable[[sqlite3.Connection], None]:
+    def work(conn: sqlite3.Connection) -> None:
+        conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last_seq,))
+        if table == "inbox":
+            conn.execute("DELETE FROM bodies WHERE id NOT IN (SELECT body_id FROM inbox)")
+
+    return work
+
+
+def _prune(cutoff: int) -> Callable[[sqlite3.Connection], None]:
+    def work(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM keys WHERE seen_at < ?", (cutoff,))
+
+    return work

@@ -152,13 +152,26 @@ def test_threads_appending_one_event_store_it_once(journal: Journal) -> None:
     assert journal.backlog == 1
 
 
-def test_one_failing_append_does_not_fail_its_group(journal: Journal) -> None:
+def test_bad_input_fails_at_once_and_alone(journal: Journal) -> None:
     good = records(testing.kirim_event())
-    bad = journal.submit([object()])  # type: ignore[list-item]
-    ok = journal.submit(good)
-    with pytest.raises(AttributeError):
-        bad.result()
-    assert ok.result() == [True]
+    with pytest.raises(TypeError):
+        journal.submit([object()])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="unknown receipt columns"):
+        journal.submit(good, [{"not_a_column": 1}])
+    assert journal.append(good) == [True]
+
+
+def test_storage_failure_fails_the_whole_group_with_storage_error(journal: Journal) -> None:
+    gate = threading.Event()
+    blocker = journal._submit(lambda conn: gate.wait(10))
+    pending = journal.submit(records(testing.kirim_event()))
+    journal._submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    gate.set()
+    blocker.exception()
+    with pytest.raises(StorageError):
+        pending.result()
+    assert journal.backlog == 0
+    assert journal.append(records(testing.kirim_event())) == [True]  # the next group is fine
 
 
 def test_retention_forgets_keys_only_after_the_horizon(tmp_path: Path) -> None:

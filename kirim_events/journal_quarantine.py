@@ -1,0 +1,69 @@
+"""Quarantine files: signed bodies that cannot be parsed, kept byte-exact and fsync'd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kirim_events.errors import StorageError
+
+__all__ = ["write_quarantine"]
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_quarantine(
+    data_dir: Path, body: bytes, headers: Mapping[str, str], reason: str, when: datetime
+) -> Path:
+    """Write ``body`` and a ``.json`` description under ``data_dir/quarantine/<day>/``.
+
+    Names are ``<time>-<sha256 prefix>-<random>.body`` and ``.json`` (reason, receipt time,
+    size, sha256, and the ``X-Kirim-*``, content-type and user-agent headers; nothing else, so
+    no credentials). Each file is written under a temporary name, fsync'd and renamed, then
+    the folders are fsync'd. Returns the ``.body`` path; raises StorageError on failure.
+    """
+    when = when.astimezone(UTC)
+    digest = hashlib.sha256(body).hexdigest()
+    folder = data_dir / "quarantine" / when.strftime("%Y-%m-%d")
+    stem = f"{when.strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+    kept = {
+        k.lower(): v
+        for k, v in headers.items()
+        if k.lower().startswith("x-kirim-") or k.lower() in {"content-type", "user-agent"}
+    }
+    meta = {
+        "reason": reason,
+        "received_at": when.isoformat(),
+        "size": len(body),
+        "sha256": digest,
+        "headers": kept,
+    }
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_durably(folder / f"{stem}.body", body)
+        _write_durably(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
+        _fsync_dir(folder)
+        _fsync_dir(folder.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write quarantine file: {exc}") from exc
+    return folder / f"{stem}.body"

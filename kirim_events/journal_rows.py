@@ -1,0 +1,134 @@
+"""The journal's table layout and row codecs: records and receipts <-> SQLite rows <-> Arrow.
+
+Events and receipts are stored one column per field (times as UTC microseconds), so that an
+append is a few ``executemany`` calls and a flush builds Arrow columns straight from the
+rows, with no per-row JSON or object rebuilding on either path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from kirim_events.events import EventRecord
+from kirim_events.schema import DELIVERY_FIELDS, DELIVERY_SCHEMA, EVENT_SCHEMA
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "OUTCOME",
+    "RECEIPT_COLUMNS",
+    "RECEIVED",
+    "ddl",
+    "event_row",
+    "events_arrow",
+    "from_micros",
+    "micros",
+    "receipt_row",
+    "receipts_arrow",
+]
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRecord) if f.name != "payload")
+"""Inbox columns (the raw body lives once per delivery in ``bodies``)."""
+RECEIPT_COLUMNS: tuple[str, ...] = tuple(n for n in DELIVERY_FIELDS if n != "ingest_seq")
+OUTCOME = RECEIPT_COLUMNS.index("outcome")
+RECEIVED = RECEIPT_COLUMNS.index("received_at")
+_TIMES = frozenset({"occurred_at", "received_at", "created_at"})
+_INTS = frozenset({"attempt", "response_status_code", "n_events", "payload_exact"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (UTC)."""
+    return (value - _EPOCH) // _US
+
+
+def from_micros(value: int) -> datetime:
+    """Inverse of :func:`micros`."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _sql_type(name: str) -> str:
+    return "INTEGER" if name in _TIMES or name in _INTS else "TEXT"
+
+
+def ddl() -> str:
+    """The journal's schema (idempotent ``CREATE ... IF NOT EXISTS``)."""
+    inbox = ", ".join(f"{c} {_sql_type(c)}" for c in EVENT_COLUMNS)
+    receipts = ", ".join(f"{c} {_sql_type(c)}" for c in RECEIPT_COLUMNS)
+    return f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (event_key TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_seen_at ON keys (seen_at);
+CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY, body_id INTEGER NOT NULL, {inbox});
+CREATE INDEX IF NOT EXISTS inbox_body ON inbox (body_id);
+CREATE TABLE IF NOT EXISTS receipts (seq INTEGER PRIMARY KEY, {receipts});
+"""
+
+
+def event_row(record: EventRecord) -> tuple[Any, ...]:
+    """An EventRecord as inbox column values (raises on anything that is not a record)."""
+    if not isinstance(record, EventRecord):
+        raise TypeError(f"expected EventRecord, got {type(record).__name__}")
+    out: list[Any] = []
+    for name in EVENT_COLUMNS:
+        value = getattr(record, name)
+        if name in _TIMES:
+            value = micros(value)
+        elif name == "payload_exact":
+            value = int(value)
+        out.append(value)
+    return tuple(out)
+
+
+def receipt_row(receipt: Mapping[str, Any]) -> list[Any]:
+    """A receipt mapping (DELIVERY_SCHEMA names) as receipt column values."""
+    unknown = set(receipt) - set(RECEIPT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown receipt columns: {sorted(unknown)}")
+    out: list[Any] = []
+    for name in RECEIPT_COLUMNS:
+        value = receipt.get(name)
+        if name in _TIMES and value is not None:
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise ValueError(f"receipt {name} must be an aware datetime")
+            value = micros(value)
+        out.append(value)
+    return out
+
+
+def _table(
+    schema: pa.Schema,
+    names: Sequence[str],
+    columns: Sequence[Sequence[Any]],
+    extra: dict[str, Sequence[Any]],
+) -> pa.Table:
+    by_name = dict(zip(names, columns, strict=True))
+    n = len(columns[0]) if columns else 0
+    arrays = []
+    for f in schema:
+        if f.name in extra:
+            arrays.append(pa.array(extra[f.name], type=f.type))
+        elif f.name not in by_name:
+            arrays.append(pa.nulls(n, type=f.type))
+        elif f.name in _TIMES or f.name == "payload_exact":
+            arrays.append(pa.array(by_name[f.name], type=pa.int64()).cast(f.type))
+        else:
+            arrays.append(pa.array(by_name[f.name], type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def events_arrow(columns: Sequence[Sequence[Any]], payloads: Sequence[str]) -> pa.Table:
+    """Inbox columns (EVENT_COLUMNS order) plus the payloads as an EVENT_SCHEMA table."""
+    return _table(EVENT_SCHEMA, EVENT_COLUMNS, columns, {"payload": payloads})
+
+
+def receipts_arrow(columns: Sequence[Sequence[Any]]) -> pa.Table:
+    """Receipt columns (RECEIPT_COLUMNS order) as a DELIVERY_SCHEMA table."""
+    return _table(DELIVERY_SCHEMA, RECEIPT_COLUMNS, columns, {})

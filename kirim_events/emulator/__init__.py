@@ -1,11 +1,11 @@
 """A local Kirim: seeded world with ground truth, signed deliveries, REST API (issue 3).
 
-Parts, one module each: :mod:`~.world` (simulation), :mod:`~.truth` (ground truth and its
-definitions), :mod:`~.bodies` (exact bodies and headers), :mod:`~.engine` (delivery, retries),
-:mod:`~.store` (subscriptions, delivery rows), :mod:`~.api` (REST app, with its shared
-state and helpers in :mod:`~.apistate` and handlers in :mod:`~.routes`), :mod:`~.faults`
-(fault injection, rate limits), :mod:`~.ids` and :mod:`~.emulator` (the :class:`Emulator`
-facade).
+Parts, one module each: :mod:`~.model` (config, entities, events), :mod:`~.world`
+(simulation), :mod:`~.truth` (ground truth and its definitions), :mod:`~.bodies` (exact
+bodies and headers), :mod:`~.engine` (delivery, retries), :mod:`~.store` (subscriptions,
+delivery rows), :mod:`~.api` (REST app, with its shared state and helpers in
+:mod:`~.apistate` and handlers in :mod:`~.routes`), :mod:`~.faults` (fault injection, rate
+limits), :mod:`~.ids` and :mod:`~.emulator` (the :class:`Emulator` facade).
 
 >>> from kirim_events.emulator import Emulator
 >>> emu = Emulator(seed=3)

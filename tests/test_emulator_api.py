@@ -578,3 +578,26 @@ def test_lost_answers_are_safe_to_retry_with_an_idempotency_key() -> None:
     assert sorted(r.replayed_from for r in emu.store.deliveries[n_rows:]) == sorted(
         r.id for r in rows
     )
+
+
+def test_purged_history_disappears_from_the_api() -> None:
+    emu = _emulator(300)
+    rows = emu.store.deliveries
+    cutoff = rows[len(rows) // 2].created_at
+    expected = [r.id for r in reversed(rows) if r.created_at >= cutoff]
+
+    async def main() -> tuple[list[str], int]:
+        async with _async_client(emu) as client:
+            first = (await _get(client, "/v1/webhook_deliveries", limit=10)).json()
+            gone = emu.purge(older_than_days=0, now=cutoff)
+            # A cursor issued before the purge still works; purged rows are simply absent.
+            rest, _ = await _walk(client)
+            r = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=first["next_cursor"])
+            assert r.status_code == 200
+            missing = await _get(client, f"/v1/webhook_deliveries/{rows[0].id}")
+            assert missing.status_code == 404
+            return rest, gone
+
+    rest, gone = asyncio.run(main())
+    assert rest == expected
+    assert gone == len(rows) - len(expected) > 0

@@ -166,7 +166,8 @@ def row_filter(f: dict[str, Any]) -> Callable[[DeliveryRow], bool]:
 
     def keep(row: DeliveryRow) -> bool:
         return (
-            (f["subscription_id"] is None or row.subscription_id == f["subscription_id"])
+            row.status != "purged"
+            and (f["subscription_id"] is None or row.subscription_id == f["subscription_id"])
             and (f["status"] is None or row.status == f["status"])
             and (f["event_type"] is None or row.event_type == f["event_type"])
             and (f["event_id"] is None or row.event_id == f["event_id"])

@@ -184,6 +184,15 @@ class Emulator:
         """Stop a :meth:`send` running with ``forever=True``."""
         self.engine.stop()
 
+    def purge(self, *, older_than_days: float = 30.0, now: float | None = None) -> int:
+        """Delete delivery history older than ``older_than_days`` (Kirim keeps 30 days).
+
+        Kirim purges daily on its own; here it happens when called, so tests choose when.
+        Returns how many delivery rows were deleted.
+        """
+        now = self.clock() if now is None else now
+        return self.store.purge(now - older_than_days * 86400)
+
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
         """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx."""
         return self.store.unacknowledged_event_keys(subscription_id)

@@ -289,6 +289,19 @@ class Store:
             self.on_enqueue(row)
         return row
 
+    def purge(self, before: float) -> int:
+        """Delete delivery rows created before ``before`` (Kirim's daily 30-day purge).
+
+        Seqs are kept, so cursors issued earlier stay valid. Returns how many rows went.
+        """
+        gone = 0
+        for index, row in enumerate(self.deliveries):
+            if row.seq >= 0 and row.created_at < before and row.id in self.by_id:
+                del self.by_id[row.id]
+                self.deliveries[index] = _tombstone(row)
+                gone += 1
+        return gone
+
     def record(self, attempt: AttemptRecord) -> None:
         """Append an attempt (when attempts are recorded)."""
         if self.record_attempts:
@@ -310,3 +323,21 @@ class Store:
             if row.acknowledged:
                 acked.update(row.event_keys)
         return seen - acked
+
+
+def _tombstone(row: DeliveryRow) -> DeliveryRow:
+    # A purged row keeps its place (seq) but matches no filter and carries no payload.
+    return DeliveryRow(
+        seq=row.seq,
+        id=row.id,
+        subscription_id="",
+        event_id="",
+        event_type="",
+        source="",
+        event_keys=(),
+        payload=b"",
+        url="",
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        status="purged",
+    )

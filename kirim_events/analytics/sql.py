@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from kirim_events.analytics._common import (
+    ERROR_LABELS,
+    OTHER_ERROR,
     STATUS_EVENT_TYPES,
     STATUS_RANK,
     as_utc,
@@ -59,41 +61,74 @@ def _status_case(column: str) -> str:
     return f"CASE {column} {whens} END"
 
 
-def _status_events(as_of: datetime | None, copies: str | None) -> str:
+def _status_rows(as_of: datetime | None, copies: str | None) -> str:
     return f"""
-    SELECT s.*, {_rank_case("status")}::TINYINT AS _rank,
-      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_ORDER}
-        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS _late
+    SELECT s.*, {_rank_case("status")}::TINYINT AS _rank
     FROM {_events_with_dups(copies)} s
     WHERE type IN {_in(STATUS_EVENT_TYPES)} AND message_id IS NOT NULL
       AND status IN {_in(list(STATUS_RANK))}{_cut(as_of)}"""
 
 
-def message_timelines_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
-    """SELECT for the ``message_timelines`` view (rules: ``timelines.py``)."""
-    from kirim_events.analytics._common import ERROR_LABELS, OTHER_ERROR
-
-    labels = " ".join(f"WHEN {_quote(k)} THEN {_quote(v)}" for k, v in ERROR_LABELS.items())
-
-    def first_time(status: str) -> str:
-        return f"min(occurred_at) FILTER (WHERE status = {_quote(status)}) AS {status}_at"
-
+def _late(source: str) -> str:
     return f"""
-    WITH s AS ({_status_events(as_of, copies)}),
+    SELECT x.*,
+      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_ORDER}
+        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS _late
+    FROM ({source}) x"""
+
+
+def _status_events(as_of: datetime | None, copies: str | None) -> str:
+    return _late(_status_rows(as_of, copies))
+
+
+def message_timelines_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+    """SELECT for the ``message_timelines`` view (rules and fast path: ``timelines.py``)."""
+    statuses = list(STATUS_RANK)
+    labels = " ".join(f"WHEN {_quote(k)} THEN {_quote(v)}" for k, v in ERROR_LABELS.items())
+    spread = ",\n        ".join(
+        f"min(occurred_at) FILTER (WHERE status = {_quote(st)}) AS _o_{st}, "
+        f"min(received_at) FILTER (WHERE status = {_quote(st)}) AS _r_{st}"
+        for st in statuses
+    )
+    present = " + ".join(f"(_o_{st} IS NOT NULL)::INTEGER" for st in statuses)
+    pairs = " OR ".join(
+        f"coalesce(_o_{a} < _o_{b} AND _r_{a} > _r_{b}, false)"
+        for a in statuses
+        for b in statuses
+        if a != b
+    )
+    return f"""
+    WITH s AS ({_status_rows(as_of, copies)}),
     g AS (
       SELECT message_id,
         min(phone_number_id) AS phone_number_id, min(recipient_id) AS recipient_id,
         min(conversation_id) AS conversation_id,
-        {first_time("sent")}, {first_time("delivered")}, {first_time("read")},
-        {first_time("failed")},
+        {spread},
+        min(error_code) FILTER (WHERE status = 'failed') AS _error_code,
+        min(error_title) FILTER (WHERE status = 'failed') AS _error_title,
         max(_rank) AS _rank,
-        first(error_code ORDER BY {_ORDER}) FILTER (WHERE status = 'failed') AS error_code,
-        first(error_title ORDER BY {_ORDER}) FILTER (WHERE status = 'failed') AS error_title,
         count(*)::BIGINT AS n_events,
         sum(_dups)::BIGINT AS n_duplicates,
-        bool_or(_late) AS out_of_order,
         min(received_at) AS first_received_at, max(received_at) AS last_received_at
       FROM s GROUP BY message_id
+    ),
+    f AS (SELECT g.*, n_events > ({present}) AS _multi, ({pairs}) AS _late_fast FROM g),
+    slow AS (
+      SELECT message_id, bool_or(_late) AS _late_slow,
+        first(error_code ORDER BY {_ORDER}) FILTER (WHERE status = 'failed')
+          AS _error_code_slow,
+        first(error_title ORDER BY {_ORDER}) FILTER (WHERE status = 'failed')
+          AS _error_title_slow
+      FROM ({_late("SELECT * FROM s WHERE message_id IN (SELECT message_id FROM f WHERE _multi)")})
+      GROUP BY message_id
+    ),
+    h AS (
+      SELECT f.*, _o_sent AS sent_at, _o_delivered AS delivered_at, _o_read AS read_at,
+        _o_failed AS failed_at,
+        CASE WHEN _multi THEN _late_slow ELSE _late_fast END AS out_of_order,
+        CASE WHEN _multi THEN _error_code_slow ELSE _error_code END AS error_code,
+        CASE WHEN _multi THEN _error_title_slow ELSE _error_title END AS error_title
+      FROM f LEFT JOIN slow USING (message_id)
     )
     SELECT message_id, phone_number_id, recipient_id, conversation_id,
       sent_at, delivered_at, read_at, failed_at,
@@ -111,7 +146,7 @@ def message_timelines_sql(as_of: datetime | None = None, copies: str | None = No
       {_seconds("delivered_at", "sent_at")} AS time_to_deliver,
       {_seconds("read_at", "sent_at")} AS time_to_read,
       first_received_at, last_received_at
-    FROM g ORDER BY message_id"""
+    FROM h ORDER BY message_id"""
 
 
 def message_status_history_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
@@ -192,21 +227,65 @@ def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = 
 
 
 def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
-    """SELECT for the ``conversation_lifecycles`` view (rules: ``conversations.py``)."""
+    """SELECT for the ``conversation_lifecycles`` view (rules: ``conversations.py``).
+
+    Like the Polars helper, only assignments and closes are ordered; the rest is one
+    aggregation per conversation.
+    """
     return f"""
-    WITH {_conversation_rows(as_of, copies)},
-    g AS (SELECT conversation_id, {_conversation_aggs()} FROM c GROUP BY conversation_id),
-    f AS (
-      SELECT g.*,
-        (_last_closed_cycle IS NULL OR _last_closed_cycle < n_cycles) AS is_open,
-        coalesce(_first_missing, false) AS missing_first_assignment
-      FROM g
+    WITH r AS (
+      SELECT * FROM {_events_with_dups(copies)} e WHERE conversation_id IS NOT NULL{_cut(as_of)}
+    ),
+    base AS (
+      SELECT conversation_id, min(occurred_at) AS opened_at, max(occurred_at) AS last_event_at,
+        count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates
+      FROM r GROUP BY conversation_id
+    ),
+    a AS (
+      SELECT r.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
+          PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
+      FROM r WHERE type = 'conversation.assigned'
+    ),
+    ag AS (
+      SELECT conversation_id,
+        min(occurred_at) FILTER (WHERE user_id IS NOT NULL AND previous_user_id IS NULL)
+          AS _first_root,
+        first(_missing ORDER BY {_ORDER}) AS _first_missing,
+        count(user_id)::BIGINT AS n_assignments,
+        count(DISTINCT user_id)::BIGINT AS n_assignees,
+        last(user_id ORDER BY {_ORDER}) AS assignee_id,
+        count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments
+      FROM a GROUP BY conversation_id
+    ),
+    c AS (SELECT * FROM r WHERE type = 'conversation.closed'),
+    cg AS (
+      SELECT conversation_id, count(*)::BIGINT AS n_closes, max(occurred_at) AS closed_at,
+        last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id
+      FROM c GROUP BY conversation_id
+    ),
+    bl AS (
+      SELECT c.conversation_id,
+        count(*) FILTER (WHERE c.occurred_at < b.last_event_at)::BIGINT AS _before_last
+      FROM c JOIN base b ON b.conversation_id = c.conversation_id GROUP BY c.conversation_id
+    ),
+    j AS (
+      SELECT base.*, ag._first_root,
+        coalesce(ag._first_missing, false) AS missing_first_assignment,
+        coalesce(ag.n_assignments, 0) AS n_assignments,
+        coalesce(ag.n_assignees, 0) AS n_assignees, ag.assignee_id,
+        coalesce(ag.n_missing_assignments, 0) AS n_missing_assignments,
+        coalesce(cg.n_closes, 0) AS n_closes, cg.closed_at, cg.closed_by_user_id,
+        coalesce(bl._before_last, 0) + 1 AS n_cycles,
+        (cg.closed_at IS NULL OR base.last_event_at > cg.closed_at) AS is_open
+      FROM base
+      LEFT JOIN ag ON ag.conversation_id = base.conversation_id
+      LEFT JOIN cg ON cg.conversation_id = base.conversation_id
+      LEFT JOIN bl ON bl.conversation_id = base.conversation_id
     ),
     h AS (
-      SELECT f.*,
-        CASE WHEN missing_first_assignment THEN NULL ELSE _first_assign_root END
-          AS first_assigned_at
-      FROM f
+      SELECT j.*,
+        CASE WHEN missing_first_assignment THEN NULL ELSE _first_root END AS first_assigned_at
+      FROM j
     )
     SELECT conversation_id, opened_at, first_assigned_at, n_assignments, n_assignees,
       assignee_id, n_closes, n_cycles - 1 AS n_reopens, n_cycles, closed_at,

@@ -185,9 +185,10 @@ def message_timelines(
         spread[f"_r_{status}"] = pl.when(is_status).then(pl.col("received_at"))
     spread["_error_code"] = pl.when(failed).then(pl.col("error_code"))
     spread["_error_title"] = pl.when(failed).then(pl.col("error_title"))
+    # One frame feeds both paths, so Polars reads the files once and caches it.
+    rows = rows.with_columns(**spread).cache()
     grouped = (
-        rows.with_columns(**spread)
-        .group_by("message_id")
+        rows.group_by("message_id")
         .agg(
             pl.col("phone_number_id").min(),
             pl.col("recipient_id").min(),

@@ -156,7 +156,8 @@ class Journal:
         self.retention = retention
         self._now = now
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._flush_lock = threading.Lock()
         self._closed = False
         self.commits = 0
@@ -192,10 +193,10 @@ class Journal:
     def _run(self) -> None:
         stop = False
         while not stop:
-            job = self._queue.get()
-            if job is None:
+            first = self._queue.get()
+            if first is None:
                 break
-            batch = [job]
+            batch = list(first)
             while len(batch) < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -204,7 +205,7 @@ class Journal:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             self._commit(batch)
 
     def _commit(self, batch: list[_Job]) -> None:
@@ -292,7 +293,26 @@ class Journal:
     def _enqueue(self, job: _Job) -> None:
         if self._closed or not self._thread.is_alive():
             raise StorageError("journal is closed")
-        self._queue.put(job)
+        self._queue.put([job])
+
+    def _enqueue_async(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+        # Requests handled in one event-loop pass go to the writer as one item: one wake-up
+        # of the writer thread (and one GIL hand-over) per pass, not one per request.
+        if self._closed or not self._thread.is_alive():
+            raise StorageError("journal is closed")
+        waiting = self._pending.get(loop)
+        if waiting is None:
+            self._pending[loop] = [job]
+            loop.call_soon(self._hand_over, loop)
+        else:
+            waiting.append(job)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._pending.pop(loop, [])
+        if self._closed:
+            _settle([(job, None, StorageError("journal is closed")) for job in jobs])
+        elif jobs:
+            self._queue.put(jobs)
 
     def _submit(
         self, work: Callable[[sqlite3.Connection], Any], backlog_delta: int = 0
@@ -364,7 +384,7 @@ class Journal:
         """:meth:`append` for asyncio callers; concurrent callers share one commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[bool]] = loop.create_future()
-        self._enqueue(self._append_job(_Job(future, loop), records, receipts))
+        self._enqueue_async(self._append_job(_Job(future, loop), records, receipts), loop)
         return await future
 
     async def ping_async(self) -> None:

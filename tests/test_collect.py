@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import kirim_events as ke
 from kirim_events import testing
 from kirim_events.emulator import Emulator, EngineConfig
 from kirim_events.events import parse_delivery
@@ -228,3 +229,57 @@ def test_cli_refuses_to_start_without_a_secret_or_on_a_busy_port(tmp_path: Path)
         run = subprocess.run([*base, "--port", str(port)], env=env, capture_output=True, timeout=60)
     assert run.returncode == 2
     assert b"cannot listen" in run.stderr
+
+
+def test_flusher_runs_in_the_background_and_survives_lake_failures(tmp_path: Path) -> None:
+    class BrokenLake:
+        def write_events(self, records: object) -> int:
+            raise OSError("disk full")
+
+        def write_deliveries(self, rows: object) -> int:
+            raise OSError("disk full")
+
+    async def scenario(collector: ke.Collector) -> None:
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(collector.run_flusher(stop))
+        req = testing.signed_request(testing.kirim_event(), SECRET)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(collector.receiver)) as c:
+            resp = await c.post(f"http://c{PATH}", content=req.body, headers=req.headers)
+        assert resp.status_code == 200
+        for _ in range(200):
+            if collector.metrics.flushes or collector.metrics.flush_errors:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await flusher
+
+    broken = ke.Collector(tmp_path, SECRET, lake=BrokenLake(), flush_interval=0.01)
+    try:
+        asyncio.run(scenario(broken))
+        assert broken.metrics.flush_errors >= 1
+        assert broken.journal.backlog == 1  # still safe in the journal
+    finally:
+        broken.close()
+    working = ke.Collector(tmp_path, SECRET, flush_interval=0.01)
+    try:
+        asyncio.run(scenario(working))
+        assert working.metrics.flushes >= 1
+        assert working.journal.backlog == 0
+    finally:
+        working.close()
+    assert Lake(tmp_path).events().collect().height == 2
+
+
+def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import logging
+
+    from kirim_events.collect import JsonFormatter
+
+    record = logging.LogRecord(
+        "kirim_events.x", logging.WARNING, "f", 1, "hello %s", ("you",), None
+    )
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["level"] == "warning"
+    assert doc["message"] == "hello you"
+    assert doc["logger"] == "kirim_events.x"

@@ -92,6 +92,20 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert "outside_24h_window" in page  # the data travels with the page
 
 
+def test_offline_notebook_charts_are_drawn_locally() -> None:
+    import altair as alt
+
+    before = alt.renderers.active
+    try:
+        assert notebook.enable_offline_charts() == "svg"
+        bundle = notebook.funnel_chart(notebook.funnel(_timelines()))._repr_mimebundle_()
+        bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+        assert "<svg" in bundle["image/svg+xml"]
+        assert "text/html" not in bundle  # nothing that would fetch JavaScript
+    finally:
+        alt.renderers.enable(before)
+
+
 def test_report_command_summarises_and_writes_html(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path / "data")
     lake.write_events(_records())

@@ -4,7 +4,8 @@ The summaries take the frames of :mod:`~kirim_events.analytics.timelines` and
 :mod:`~kirim_events.analytics.conversations` (DataFrame or LazyFrame) and return small Polars
 DataFrames. The charts are Altair (the ``[notebook]`` extra, imported only when a chart is
 asked for); :func:`save_html` writes a self-contained page with the Vega JavaScript inlined
-(through ``vl-convert-python``), so the report opens offline, with no CDN.
+(through ``vl-convert-python``), so the report opens offline, with no CDN; in a notebook,
+:func:`enable_offline_charts` switches Altair to locally drawn SVG for the same reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TIME_METRICS",
     "delivery_rate",
+    "enable_offline_charts",
     "failure_reasons",
     "failures_chart",
     "funnel",
@@ -264,6 +266,17 @@ def health_chart(health: Frame) -> altair.Chart:
         )
     )
     return chart
+
+
+def enable_offline_charts() -> str:
+    """Render Altair charts in notebooks as inline SVG (drawn locally by vl-convert).
+
+    Altair's default ``html`` renderer loads Vega from a CDN, so charts stay blank without
+    network; ``svg`` needs none (charts are static: no tooltips). Returns the renderer name.
+    """
+    alt = _alt()
+    alt.renderers.enable("svg")
+    return "svg"
 
 
 def save_html(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,31 @@ def test_message_timelines_equal_the_truth(run: Run) -> None:
     got = run.lake.message_timelines().collect().select(truth.columns)
     assert truth.height > 200
     assert_frame_equal(got, truth)
+
+
+def test_status_history_equals_the_truth_log(run: Run) -> None:
+    log = (
+        run.truth.log()
+        .filter(pl.col("type") == "message.status")
+        .select("message_id", "event_key", "status", pl.col("at").alias("occurred_at"))
+        .sort("message_id", "occurred_at", "event_key")
+        .collect()
+    )
+    history = run.lake.message_status_history().collect()
+    got = history.select(log.columns).sort("message_id", "occurred_at", "event_key")
+    assert_frame_equal(got, log)
+    # seq follows event time, and the status never goes down along it
+    step = history.select(pl.col("occurred_at").diff().over("message_id").alias("d"))["d"]
+    assert (step.drop_nulls() >= timedelta(0)).all()
+    assert (
+        history.group_by("message_id")
+        .agg(pl.col("seq").max(), pl.len())
+        .select((pl.col("seq") == pl.col("len")).all())
+    ).item()
+    ranks = {"sent": 1, "failed": 2, "delivered": 3, "read": 4}
+    current = history["current_status"].replace_strict(ranks)
+    previous = history["previous_status"].replace_strict(ranks, default=0)
+    assert (current >= previous).all()
 
 
 def test_conversation_cycles_equal_the_truth(run: Run) -> None:

@@ -58,14 +58,7 @@ __all__ = ["FlushReport", "Journal", "LakeSink"]
 JOURNAL_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=35)
 _CHUNK = 500  # keys per "IN (...)" lookup, below SQLite's parameter limit
-_INSERT_INBOX = (
-    f"INSERT INTO inbox (body_id, {', '.join(EVENT_COLUMNS)}) "
-    f"VALUES (?, {', '.join('?' * len(EVENT_COLUMNS))})"
-)
-_INSERT_RECEIPT = (
-    f"INSERT INTO receipts ({', '.join(RECEIPT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(RECEIPT_COLUMNS))})"
-)
+_MAX_PARAMS = 30_000  # below SQLite's 32766 host parameters per statement
 _SELECT_INBOX = (
     "SELECT i.seq, b.payload, "
     + ", ".join(f"i.{c}" for c in EVENT_COLUMNS)
@@ -274,10 +267,10 @@ class Journal:
                 receipt_rows.append(receipt)
             job.backlog_delta = sum(flags)
             results.append((job, flags, None))
-        conn.executemany("INSERT INTO keys VALUES (?, ?)", key_rows)
-        conn.executemany("INSERT INTO bodies VALUES (?, ?)", body_rows)
-        conn.executemany(_INSERT_INBOX, inbox_rows)
-        conn.executemany(_INSERT_RECEIPT, receipt_rows)
+        _insert(conn, "keys", ("event_key", "seen_at"), key_rows)
+        _insert(conn, "bodies", ("id", "payload"), body_rows)
+        _insert(conn, "inbox", ("body_id", *EVENT_COLUMNS), inbox_rows)
+        _insert(conn, "receipts", RECEIPT_COLUMNS, receipt_rows)
         return results
 
     def _deliver(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
@@ -520,6 +513,29 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.data_dir)!r}, backlog={self._backlog})"
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """Insert ``rows`` with as few statements as possible.
+
+    Multi-row ``VALUES`` rather than ``executemany``: the sqlite3 module releases and retakes
+    the GIL around every step, and each retake can wait a whole switch interval while the
+    event loop is busy; one statement per table keeps the writer's GIL hand-overs per commit
+    constant instead of one per row.
+    """
+    per_row = len(columns)
+    step = max(1, _MAX_PARAMS // per_row)
+    one = "(" + ",".join("?" * per_row) + ")"
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        params = [value for row in chunk for value in row]
+        conn.execute(head + ",".join([one] * len(chunk)), params)
 
 
 def _forget(table: str, last_seq: int) -> Callable[[sqlite3.Connection], None]:

@@ -230,28 +230,51 @@ def _empty(table: str) -> pl.LazyFrame:
     return frame.lazy()
 
 
-def _finish(lf: pl.LazyFrame, plan: GroupPlan) -> pl.LazyFrame:
-    names = output_schema(plan.table).names
-    if plan.table == "events" and plan.group != plan.type_value:
-        lf = lf.with_columns(pl.lit(plan.type_value, pl.String).alias("type"))
-    return lf.select(names)
+@dataclass
+class Merged:
+    """All plans of one table folded into two file lists (one scan each)."""
+
+    table: str
+    clean: list[str]
+    dedup: list[str]
+    keep: list[str]
+    """``<encoded type>/<date>`` (events) or ``<date>`` (deliveries) kept from ``dedup``."""
+    decode: dict[str, str]
+    """Encoded folder value -> event type, for the few types that are not folder-safe."""
+
+
+def merge(table: str, plans: list[GroupPlan]) -> Merged:
+    """Fold per-group plans: clean files need no dedup; dedup files are deduplicated together
+    (an event_key never spans two types, so one dedup over all of them is the same)."""
+    out = Merged(table, [], [], [], {})
+    for plan in plans:
+        out.clean.extend(plan.clean)
+        out.dedup.extend(plan.dedup)
+        prefix = "" if plan.group is None else plan.group + "/"
+        out.keep.extend(prefix + d for d in plan.keep_dates)
+        if plan.group is not None and plan.type_value != plan.group:
+            out.decode[plan.group] = plan.type_value or ""
+    return out
 
 
 def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     """One LazyFrame over the plans, never returning a duplicate (see module doc)."""
+    merged = merge(table, plans)
     frames: list[pl.LazyFrame] = []
-    for plan in plans:
-        if plan.clean:
-            frames.append(_finish(_scan_files(storage, plan.table, plan.clean), plan))
-        if plan.dedup:
-            lf = _scan_files(storage, plan.table, plan.dedup)
-            if plan.table == "events":
-                lf = lf.sort(list(EVENT_ORDER)).unique(subset=["event_key"], keep="first")
-            else:
-                lf = lf.sort("ingest_seq").unique(subset=list(DELIVERY_DEDUP_COLUMNS), keep="first")
-            keep = [date.fromisoformat(d) for d in plan.keep_dates]
-            lf = lf.filter(pl.col("date").is_in(keep))
-            frames.append(_finish(lf, plan))
+    if merged.clean:
+        frames.append(_scan_files(storage, table, merged.clean))
+    if merged.dedup:
+        lf = _scan_files(storage, table, merged.dedup)
+        if table == "events":
+            lf = lf.sort(list(EVENT_ORDER)).unique(subset=["event_key"], keep="first")
+            where = pl.concat_str([pl.col("type"), pl.col("date").cast(pl.String)], separator="/")
+        else:
+            lf = lf.sort("ingest_seq").unique(subset=list(DELIVERY_DEDUP_COLUMNS), keep="first")
+            where = pl.col("date").cast(pl.String)
+        frames.append(lf.filter(where.is_in(merged.keep)))
     if not frames:
         return _empty(table)
-    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    lf = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    if merged.decode:
+        lf = lf.with_columns(pl.col("type").replace(merged.decode))
+    return lf.select(output_schema(table).names)

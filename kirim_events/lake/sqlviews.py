@@ -1,8 +1,12 @@
 """DuckDB views ``events`` and ``deliveries`` over the lake, deduplicated like the Polars reader.
 
-Local files are read with ``read_parquet`` (no extension needed); S3 files are handed to
-DuckDB as pyarrow datasets, since DuckDB's httpfs extension cannot be assumed to be loadable.
-The dedup rule is the one in :mod:`kirim_events.lake.reader`.
+The files are handed to DuckDB as pyarrow datasets with the lake's schema: on S3 because
+DuckDB's httpfs extension cannot be assumed to be loadable, and locally too because binding a
+view over ``read_parquet([...])`` with ``union_by_name`` reads every file's footer, again for
+each view built on ``events`` -- seconds on a lake of a few thousand files (measured in
+``benchmarks/bench_lake.py``), where a dataset binds at once. Filters on ``type``/``date`` and
+column projections are pushed into the dataset scan. The dedup rule is the one in
+:mod:`kirim_events.lake.reader`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from kirim_events.lake.reader import (
     DELIVERY_DEDUP_COLUMNS,
     EVENT_ORDER,
     GroupPlan,
+    Merged,
     arrow_dataset,
+    merge,
     output_schema,
 )
 from kirim_events.lake.storage import Storage
@@ -32,7 +38,7 @@ def _ident(name: str) -> str:
 
 
 class _Sources:
-    """Turns file lists into DuckDB table expressions (registering datasets for S3)."""
+    """Turns file lists into DuckDB table names (registered pyarrow datasets)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, storage: Storage, prefix: str) -> None:
         self.con = con
@@ -41,48 +47,44 @@ class _Sources:
         self.n = 0
 
     def __call__(self, table: str, rels: list[str]) -> str:
-        if self.storage.local:
-            files = ", ".join(_quote(self.storage.full(r)) for r in rels)
-            hive = (
-                "{'type': 'VARCHAR', 'date': 'DATE'}" if table == "events" else "{'date': 'DATE'}"
-            )
-            return (
-                f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
-                f"hive_types = {hive})"
-            )
         self.n += 1
         name = f"_{self.prefix}_src_{self.n}"
         self.con.register(name, arrow_dataset(self.storage, table, rels))
         return _ident(name)
 
 
-def _columns(plan: GroupPlan) -> str:
+def _columns(merged: Merged) -> str:
     cols = []
-    for name in output_schema(plan.table).names:
-        if name == "type" and plan.group != plan.type_value:
-            cols.append(f"{_quote(plan.type_value or '')} AS type")
+    for name in output_schema(merged.table).names:
+        if name == "type" and merged.decode:
+            cases = " ".join(
+                f"WHEN {_quote(enc)} THEN {_quote(dec)}" for enc, dec in merged.decode.items()
+            )
+            cols.append(f"CASE type {cases} ELSE type END AS type")
         else:
             cols.append(_ident(name))
     return ", ".join(cols)
 
 
-def _select(plan: GroupPlan, source: _Sources) -> list[str]:
+def _select(merged: Merged, source: _Sources) -> list[str]:
     parts = []
-    cols = _columns(plan)
-    if plan.clean:
-        parts.append(f"SELECT {cols} FROM {source(plan.table, plan.clean)}")
-    if plan.dedup:
-        if plan.table == "events":
+    cols = _columns(merged)
+    if merged.clean:
+        parts.append(f"SELECT {cols} FROM {source(merged.table, merged.clean)}")
+    if merged.dedup:
+        if merged.table == "events":
             key = "event_key"
             order = ", ".join(EVENT_ORDER)
+            where = "type || '/' || CAST(\"date\" AS VARCHAR)"
         else:
             key = ", ".join(_ident(c) for c in DELIVERY_DEDUP_COLUMNS)
             order = "ingest_seq"
-        dates = ", ".join(f"DATE {_quote(d)}" for d in plan.keep_dates)
+            where = 'CAST("date" AS VARCHAR)'
+        keep = ", ".join(_quote(k) for k in merged.keep)
         parts.append(
             f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
-            f"ORDER BY {order}) AS _rn FROM {source(plan.table, plan.dedup)}) "
-            f'WHERE _rn = 1 AND "date" IN ({dates})'
+            f"ORDER BY {order}) AS _rn FROM {source(merged.table, merged.dedup)}) "
+            f"WHERE _rn = 1 AND {where} IN ({keep})"
         )
     return parts
 
@@ -97,7 +99,7 @@ def create_view(
 ) -> None:
     """Create or replace view ``table`` over the planned files."""
     source = _Sources(con, storage, table)
-    parts = [p for plan in plans for p in _select(plan, source)]
+    parts = _select(merge(table, plans), source)
     if not parts:
         empty = f"_{table}_empty"
         con.register(empty, output_schema(table).empty_table())

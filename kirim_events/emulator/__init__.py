@@ -2,10 +2,11 @@
 
 Parts, one module each: :mod:`~.model` (config, entities, events), :mod:`~.world`
 (simulation), :mod:`~.truth` (ground truth and its definitions), :mod:`~.bodies` (exact
-bodies and headers), :mod:`~.engine` (delivery, retries), :mod:`~.store` (subscriptions,
-delivery rows), :mod:`~.api` (REST app, with its shared state and helpers in
-:mod:`~.apistate` and handlers in :mod:`~.routes`), :mod:`~.faults` (fault injection, rate
-limits), :mod:`~.ids` and :mod:`~.emulator` (the :class:`Emulator` facade).
+bodies and headers), :mod:`~.engine` (delivery over HTTP, retries), :mod:`~.offline` (the
+same requests without a network), :mod:`~.store` (subscriptions, delivery rows),
+:mod:`~.api` (REST app, with its shared state and helpers in :mod:`~.apistate` and handlers
+in :mod:`~.routes`), :mod:`~.faults` (fault injection, rate limits), :mod:`~.ids` and
+:mod:`~.emulator` (the :class:`Emulator` facade).
 
 >>> from kirim_events.emulator import Emulator
 >>> emu = Emulator(seed=3)
@@ -26,11 +27,10 @@ from kirim_events.emulator.engine import (
     DeliveryEngine,
     EngineConfig,
     EngineReport,
-    SignedDelivery,
-    iter_signed,
     retry_delay,
 )
 from kirim_events.emulator.faults import DroppedConnection, FaultConfig, FaultInjector, TokenBucket
+from kirim_events.emulator.offline import SignedDelivery, iter_signed
 from kirim_events.emulator.store import AttemptRecord, DeliveryRow, Store, Subscription
 from kirim_events.emulator.truth import Truth, emitted_conversation_id, event_key
 from kirim_events.emulator.world import Bundle, World, WorldConfig, WorldEvent

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kirim_events.emulator.ids import meta_billing_id
+from kirim_events.emulator.ids import derive_rng, meta_billing_id, ulid
 from kirim_events.emulator.truth import event_key
 from kirim_events.emulator.world import Bundle, WorldEvent
 
@@ -211,7 +211,8 @@ def _legacy_body(bundle: Bundle) -> dict[str, Any]:
             message["error"] = {"provider_code": event.error[0], "message": event.error[1]}
         name = "message.status_updated"
     return {
-        "id": f"wbd_{event.event_id[-26:]}",
+        # The third shape's body id is a delivery id (kirim-api.md §4.3).
+        "id": ulid("wbd", bundle.at * 1000, derive_rng(0, event.event_id, event.status)),
         "event": name,
         "delivered_at": iso(bundle.at),
         "data": {"message": message, "conversation_id": event.conversation_id},

@@ -17,12 +17,11 @@ from kirim_events.emulator.engine import (
     DeliveryEngine,
     EngineConfig,
     EngineReport,
-    SignedDelivery,
     Sleep,
-    iter_signed,
 )
 from kirim_events.emulator.faults import FaultConfig, FaultInjector
 from kirim_events.emulator.ids import api_key, webhook_secret
+from kirim_events.emulator.offline import SignedDelivery, iter_signed
 from kirim_events.emulator.store import Store, Subscription
 from kirim_events.emulator.truth import Truth
 from kirim_events.emulator.world import Bundle, World, WorldConfig

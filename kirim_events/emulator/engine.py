@@ -1,13 +1,10 @@
-"""Turn world bundles into signed webhook deliveries, with Kirim's retry rules.
+"""Deliver world bundles as signed webhooks over HTTP, with Kirim's retry rules.
 
-Two ways to run:
-
-* :func:`iter_signed` -- no network: yields every signed request (first attempts, duplicate
-  retries, reordering) in simulated time, for collector and lake tests and benchmarks.
-* :class:`DeliveryEngine` -- POSTs to each subscription's URL through an ``httpx.AsyncClient``
-  (a real URL, or an in-process ASGI app via ``httpx.ASGITransport``), with bounded
-  concurrency, and reads the answer as kirim-api.md §3 says: 2xx delivered; 408, 429, 3xx,
-  5xx, timeouts and connection errors retried on the schedule; any other 4xx permanent.
+:class:`DeliveryEngine` POSTs to each subscription's URL through an ``httpx.AsyncClient`` (a
+real URL, or an in-process ASGI app via ``httpx.ASGITransport``), with bounded concurrency,
+and reads the answer as kirim-api.md §3 says: 2xx delivered; 408, 429, 3xx, 5xx, timeouts and
+connection errors retried on the schedule; any other 4xx permanent. The same requests without
+a network come from :func:`kirim_events.emulator.offline.iter_signed`.
 
 Retry schedule: attempt n waits ``SCHEDULE[n-1]`` seconds after attempt n-1 (0, 10 s, 30 s,
 2 min, 10 min, 1 h, 6 h, 24 h), times a uniform jitter in [0.8, 1.2] (the distribution is
@@ -27,11 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -49,8 +45,8 @@ __all__ = [
     "DeliveryEngine",
     "EngineConfig",
     "EngineReport",
-    "SignedDelivery",
-    "iter_signed",
+    "disorder_lag",
+    "new_row",
     "retry_delay",
 ]
 
@@ -104,25 +100,6 @@ class EngineConfig:
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class SignedDelivery:
-    """One signed request, ready to POST (or to hand to a receiver directly)."""
-
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    delivery_id: str
-    attempt: int
-    subscription_id: str
-    event_keys: tuple[str, ...]
-    sent_at: float  # simulated (offline) or engine-clock time of the attempt
-
-    @property
-    def signature_t(self) -> int:
-        """The signing time ``t`` (use it as ``now=`` when verifying offline)."""
-        return int(self.headers["X-Kirim-Signature"].split(",", 1)[0][2:])
-
-
 @dataclass(slots=True)
 class EngineReport:
     """Counts of one engine run."""
@@ -138,71 +115,13 @@ class EngineReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _lag(rng: random.Random, config: EngineConfig) -> float:
+def disorder_lag(rng: random.Random, config: EngineConfig) -> float:
     if config.disorder and rng.random() < config.disorder:
         return rng.uniform(0.0, config.disorder_delay)
     return 0.0
 
 
-def iter_signed(
-    bundles: Iterable[Bundle],
-    store: Store,
-    *,
-    config: EngineConfig | None = None,
-    seed: int = 0,
-    kirim_block: bool = True,
-    record: bool = True,
-) -> Iterator[SignedDelivery]:
-    """Yield every signed request for ``bundles`` in simulated send-time order, no network.
-
-    Each (event, live subscription) pair gets a delivery id and attempt 1 at the event's
-    time (plus a disorder lag); with probability ``duplicate_rate`` the same delivery comes
-    again as attempt 2 after the retry delay, as if the first 2xx had been lost. The
-    signature ``t`` is the simulated send time. With ``record``, each delivery is kept in
-    ``store`` as ``succeeded`` (the caller is assumed to have acknowledged it).
-    """
-    cfg = (config or EngineConfig()).validate()
-    root = random.Random(seed).getrandbits(64)
-    pending: list[tuple[float, int, int, DeliveryRow, Rendered]] = []
-    seq = 0
-
-    def release(upto: float) -> Iterator[SignedDelivery]:
-        while pending and pending[0][0] <= upto:
-            at, _, attempt, row, rendered = heapq.heappop(pending)
-            sub = store.subscriptions[row.subscription_id]
-            signature = sign(row.payload, sub.active_secrets(at), timestamp=int(at))
-            headers = delivery_headers(
-                rendered, delivery_id=row.id, attempt=attempt, signature=signature
-            )
-            if record:
-                row.attempt = attempt
-                row.status, row.acknowledged = "succeeded", True
-                row.response_status_code, row.updated_at = 200, at
-            yield SignedDelivery(
-                row.url, headers, row.payload, row.id, attempt, sub.id, rendered.event_keys, at
-            )
-
-    for bundle in bundles:
-        yield from release(bundle.at)
-        rendered = render(bundle, kirim_block=kirim_block)
-        for sub in list(store.live_subscriptions(rendered.event_type)):
-            row = _new_row(store, sub, rendered, now=bundle.at, root=root, record=record)
-            first: float = bundle.at
-            seq += 1
-            if not (cfg.disorder or cfg.duplicate_rate):
-                heapq.heappush(pending, (first, seq, 1, row, rendered))
-                continue
-            rng = derive_rng(root, row.id, 1)
-            first += _lag(rng, cfg) / cfg.time_compression
-            heapq.heappush(pending, (first, seq, 1, row, rendered))
-            if cfg.duplicate_rate and rng.random() < cfg.duplicate_rate:
-                seq += 1
-                delay = retry_delay(2, rng, jitter=cfg.jitter) / cfg.time_compression
-                heapq.heappush(pending, (first + delay, seq, 2, row, rendered))
-    yield from release(math.inf)
-
-
-def _new_row(
+def new_row(
     store: Store, sub: Subscription, rendered: Rendered, *, now: float, root: int, record: bool
 ) -> DeliveryRow:
     if record:
@@ -292,8 +211,8 @@ class DeliveryEngine:
         rows = []
         now = self._clock()
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
-            row = _new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
-            lag = _lag(derive_rng(self._root, row.id, 0), self.config)
+            row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
+            lag = disorder_lag(derive_rng(self._root, row.id, 0), self.config)
             self._fresh += 1
             self.enqueue(row, lag / self.config.time_compression)
             rows.append(row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -270,3 +271,28 @@ def test_stats_counts_rows_files_and_bytes(tmp_path: Path) -> None:
     assert not stats["clean"]
     on_disk = sum(os.path.getsize(p) for p in parquet_files(tmp_path / "events"))
     assert stats["bytes"] == on_disk
+
+
+def test_first_received_wins_at_scale_in_both_readers(tmp_path: Path) -> None:
+    """Many copies per key, shuffled over files and days: both readers pick the same winner."""
+    rng = random.Random(5)
+    lake = ke.Lake(tmp_path)
+    best: dict[str, tuple[datetime, str]] = {}
+    for batch in range(6):
+        records = []
+        for i in range(3000):
+            key = f"k{rng.randint(0, 4000)}"
+            received = T0 + timedelta(seconds=rng.randint(0, 10**7))
+            day = int(key[1:]) % 7
+            payload = f"{key}/{batch}/{i}"
+            records.append(
+                ev(key, occurred=T0 + timedelta(days=day), received=received, payload=payload)
+            )
+            if key not in best or received < best[key][0]:
+                best[key] = (received, payload)
+        lake.write_events(records)
+    expected = {k: p for k, (_, p) in best.items()}
+    frame = lake.events().select("event_key", "payload").collect()
+    assert frame.height == len(expected)
+    assert dict(frame.iter_rows()) == expected
+    assert dict(lake.sql("select event_key, payload from events").fetchall()) == expected

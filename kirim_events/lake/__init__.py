@@ -14,6 +14,12 @@ plain engine may see several copies of an event; ``Lake.events()`` and ``Lake.sq
 do: the first received copy wins (smallest ``received_at``, then ``ingest_seq``). After
 compaction each event_key is on disk exactly once.
 
+``ingest_seq`` (int64, given at write time) increases per writer and follows the wall clock
+across writers, for export watermarks; see :mod:`kirim_events.lake.writer`.
+
+A LazyFrame or relation is planned over the files present when it was made; a compaction that
+finishes before it is collected deletes the files it planned to read, so plan again then.
+
 Modules: ``paths`` (names), ``storage`` (local/S3, atomic publish), ``state`` (version,
 manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``.
 """
@@ -229,7 +235,15 @@ class Lake(AnalyticsMixin):
         return lf
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A new in-memory DuckDB connection with the lake's views (a snapshot of now)."""
+        """A new in-memory DuckDB connection with the lake's views.
+
+        Returns
+        -------
+        duckdb.DuckDBPyConnection
+            Views ``events`` and ``deliveries`` (deduplicated like :meth:`events`, restricted
+            by :meth:`as_of`) and the analytics views, over the files present now; call again
+            to see later writes.
+        """
         con = duckdb.connect()
         for table in ("events", "deliveries"):
             plans = plan_table(self.storage, table, window_days=self.dedup_window_days)
@@ -241,12 +255,37 @@ class Lake(AnalyticsMixin):
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
         """Run SQL over views ``events``, ``deliveries`` and the analytics views.
 
-        Example: ``lake.sql("select type, count(*) from events group by 1").pl()``.
+        Parameters
+        ----------
+        query
+            DuckDB SQL. No extension is needed, also for lakes on S3.
+
+        Returns
+        -------
+        duckdb.DuckDBPyRelation
+            Fetch with ``.fetchall()``, ``.pl()``, ``.arrow()``, ``.df()``.
+
+        Examples
+        --------
+        >>> lake.sql("select type, count(*) from events group by 1").pl()  # doctest: +SKIP
         """
         return self.connect().sql(query)
 
     def as_of(self, ts: TimeLike) -> Lake:
-        """The same lake, restricted to events with ``occurred_at <= ts``."""
+        """The same lake, as the world looked at ``ts``.
+
+        Parameters
+        ----------
+        ts
+            An instant (aware datetime, naive = UTC, ISO text, or a date = its midnight).
+
+        Returns
+        -------
+        Lake
+            The same API (events, deliveries, sql, analytics) restricted to events with
+            ``occurred_at <= ts`` and delivery rows with ``coalesce(created_at, received_at)
+            <= ts``; ``as_of_ts`` is set. Writes through it go to the same lake.
+        """
         view = copy.copy(self)
         view.as_of_ts = to_utc(ts)
         return view

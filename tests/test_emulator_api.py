@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kirim_events
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
@@ -601,3 +603,60 @@ def test_purged_history_disappears_from_the_api() -> None:
     rest, gone = asyncio.run(main())
     assert rest == expected
     assert gone == len(rows) - len(expected) > 0
+
+
+# ------------------------------------------------ property: any filters, any limit
+
+_PROPERTY_EMU = _emulator(600, read_limit=10**9)
+for _i, _row in enumerate(_PROPERTY_EMU.store.deliveries):
+    _row.status = ("succeeded", "failed", "dead", "pending")[_i % 4]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=100),
+    status=st.sampled_from([None, "succeeded", "failed", "dead", "pending"]),
+    event_type=st.sampled_from(
+        [None, "message.status", "message.received", "conversation.closed", "contact.created"]
+    ),
+    window=st.one_of(st.none(), st.tuples(st.floats(0, 1), st.floats(0, 1))),
+)
+def test_any_filtered_walk_returns_exactly_the_matching_rows(
+    limit: int, status: str | None, event_type: str | None, window: tuple[float, float] | None
+) -> None:
+    emu = _PROPERTY_EMU
+    rows = emu.store.deliveries
+    params: dict[str, Any] = {"limit": limit}
+    lo = hi = None
+    if status:
+        params["status"] = status
+    if event_type:
+        params["event_type"] = event_type
+    if window:
+        first, last = rows[0].created_at, rows[-1].created_at
+        lo = int(first + (last - first) * min(window))
+        hi = int(first + (last - first) * max(window)) + 1
+        params["created_after"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(lo))
+        params["created_before"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hi))
+    expected = [
+        r.id
+        for r in reversed(rows)
+        if (status is None or r.status == status)
+        and (event_type is None or r.event_type == event_type)
+        and (lo is None or lo <= r.created_at < hi)
+    ]
+
+    async def walk() -> list[str]:
+        ids: list[str] = []
+        cursor = None
+        async with _async_client(emu) as client:
+            while True:
+                query = dict(params, **({"cursor": cursor} if cursor else {}))
+                page = (await _get(client, "/v1/webhook_deliveries", **query)).json()
+                assert len(page["data"]) <= limit
+                ids.extend(row["id"] for row in page["data"])
+                if not page["has_more"]:
+                    return ids
+                cursor = page["next_cursor"]
+
+    assert asyncio.run(walk()) == expected

@@ -117,6 +117,10 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
     result = runner.invoke(app, ["emulate", "--events", "3"], env={"KIRIM_KEY": ""})
     assert result.exit_code == 2
     assert "KIRIM_KEY" in result.output
+    result = runner.invoke(app, ["emulate", "--events", "3"], env={"KIRIM_KEY": "kdv_live_short"})
+    assert result.exit_code == 2
+    assert "24 url-safe" in result.output
+    assert "kdv_live_short" not in result.output
     result = runner.invoke(app, ["emulate", "--no-api"], env={})
     assert result.exit_code == 2
     result = runner.invoke(app, ["emulate", "--events", "-1"], env={})

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from kirim_events.cli._app import command, console, err_console, errors_to_exit, settings
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
+from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.errors import ConfigError
 from kirim_events.events import parse_time
 
@@ -173,6 +174,8 @@ def emulate(
             raise ConfigError(
                 "serving the API needs KIRIM_KEY (kdv_live_ + 24 url-safe chars); or pass --no-api"
             )
+        if not no_api and s.api_key and not KEY_PATTERN.match(s.api_key.reveal()):
+            raise ConfigError("KIRIM_KEY must be kdv_live_ followed by 24 url-safe characters")
         if no_api and not send_to:
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
         emu = Emulator(

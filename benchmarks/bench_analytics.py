@@ -42,6 +42,7 @@ import polars as pl
 
 RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
 IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
+APPLY = "pandas-apply"  # slow: run once per scale, only up to --apply-max events
 TASKS = ("timelines", "lifecycles")
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 14
@@ -270,6 +271,85 @@ def pandas_lifecycles(path: Path) -> Any:
     return out.reset_index()
 
 
+def pandas_apply_timelines(path: Path) -> Any:
+    """The other common pandas way: one Python function per message (groupby-apply)."""
+    import pandas as pd
+
+    cols = ["event_key", "message_id", "status", "occurred_at", "received_at", "error_code"]
+    df = pd.read_parquet(path / "events" / "type=message.status", columns=cols)
+    df = df[df["message_id"].notna() & df["status"].isin(list(RANK))]
+    df = df.sort_values(["message_id", "occurred_at", "received_at", "event_key"])
+
+    def one(g: Any) -> Any:
+        firsts = g.groupby("status")["occurred_at"].min()
+        rank = int(g["status"].map(RANK).max())
+        late = bool((g["received_at"] < g["received_at"].cummax().shift(1)).any())
+        failed = g[g["status"] == "failed"]
+        sent, delivered, read = (firsts.get(s) for s in ("sent", "delivered", "read"))
+        return pd.Series(
+            {
+                "status": {v: k for k, v in RANK.items()}[rank],
+                "sent_at": sent,
+                "delivered_at": delivered,
+                "read_at": read,
+                "failed_at": firsts.get("failed"),
+                "error_code": failed["error_code"].iloc[0] if len(failed) else None,
+                "n_events": len(g),
+                "out_of_order": late,
+            }
+        )
+
+    return df.groupby("message_id", sort=True).apply(one, include_groups=False).reset_index()
+
+
+def pandas_apply_lifecycles(path: Path) -> Any:
+    """One Python function per conversation (groupby-apply), walking its events in order."""
+    import pandas as pd
+
+    cols = ["event_key", "type", "conversation_id", "occurred_at", "received_at", "user_id",
+            "previous_user_id", "closed_by_user_id"]  # fmt: skip
+    df = pd.read_parquet(path / "events", columns=cols)
+    df = df[df["conversation_id"].notna()]
+    df = df.sort_values(["conversation_id", "occurred_at", "received_at", "event_key"])
+
+    def one(g: Any) -> Any:
+        closes, last_close, assignees, n_assign = 0, None, set(), 0
+        assignee, closed_by, first_root = None, None, None
+        for occurred, kind, user, previous, closer in zip(
+            g["occurred_at"], g["type"], g["user_id"], g["previous_user_id"],
+            g["closed_by_user_id"], strict=True,
+        ):  # fmt: skip
+            if kind == "conversation.assigned":
+                assignee = user
+                if user is not None:
+                    n_assign += 1
+                    assignees.add(user)
+                    if previous is None and first_root is None:
+                        first_root = occurred
+            elif kind == "conversation.closed":
+                closes += 1
+                last_close, closed_by = occurred, closer
+        close_times = g.loc[g["type"] == "conversation.closed", "occurred_at"]
+        last_event = g["occurred_at"].iloc[-1]
+        n_cycles = 1 + int((close_times < last_event).sum())
+        return pd.Series(
+            {
+                "opened_at": g["occurred_at"].iloc[0],
+                "n_assignments": n_assign,
+                "n_assignees": len(assignees),
+                "assignee_id": assignee,
+                "n_closes": closes,
+                "closed_at": last_close,
+                "closed_by_user_id": closed_by,
+                "n_cycles": n_cycles,
+                "is_open": last_close is None or last_event > last_close,
+                "n_events": len(g),
+            }
+        )
+
+    return df.groupby("conversation_id", sort=True).apply(one, include_groups=False).reset_index()
+
+
 # --------------------------------------------------------------------------- workers
 
 
@@ -311,6 +391,9 @@ def run_once(impl: str, task: str, path: Path) -> int:
     if impl == "pandas":
         fn = pandas_timelines if task == "timelines" else pandas_lifecycles
         return len(fn(path))
+    if impl == "pandas-apply":
+        fn = pandas_apply_timelines if task == "timelines" else pandas_apply_lifecycles
+        return len(fn(path))
     return int(_duckdb_bare(path, task).num_rows)
 
 
@@ -324,26 +407,33 @@ def _rss_mb() -> float:
 
 def worker(impl: str, task: str, path: Path, repeat: int) -> dict[str, Any]:
     base = _rss_mb()
-    rows = run_once(impl, task, path)  # warm-up (file cache, imports)
+    # warm-up (file cache, lazy imports); the groupby-apply baseline is too slow for one
+    rows = run_once(impl, task, path) if impl != APPLY else 0
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        run_once(impl, task, path)
+        rows = run_once(impl, task, path)
         times.append(time.perf_counter() - t)
     return {"rows": rows, "times": times, "rss_base_mb": base, "rss_peak_mb": _rss_mb()}
 
 
-def check_equal(path: Path) -> None:
-    """The pandas baseline computes what ours does (so the comparison is fair)."""
+def check_equal(path: Path, *, apply: bool = False) -> None:
+    """The pandas baselines compute what ours does (so the comparison is fair)."""
     from polars.testing import assert_frame_equal
 
     from kirim_events.lake import Lake
 
     lake = Lake(path)
-    for task, fn, ours in (
+    cases = [
         ("timelines", pandas_timelines, lake.message_timelines()),
         ("lifecycles", pandas_lifecycles, lake.conversation_lifecycles()),
-    ):
+    ]
+    if apply:
+        cases = [
+            ("timelines (apply)", pandas_apply_timelines, lake.message_timelines()),
+            ("lifecycles (apply)", pandas_apply_lifecycles, lake.conversation_lifecycles()),
+        ]
+    for task, fn, ours in cases:
         mine = ours.collect()
         extra = ["rank", "_first_missing", "last_closed_cycle"]
         theirs = pl.from_pandas(fn(path).drop(columns=extra, errors="ignore"))
@@ -358,12 +448,16 @@ def check_equal(path: Path) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def measure(path: Path, repeat: int) -> dict[tuple[str, str], dict[str, Any]]:
-    """Round-robin: each round runs every implementation once, so load drifts hit all alike."""
+def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], dict[str, Any]]:
+    """Round-robin: each round runs every implementation once, so load drifts hit all alike.
+
+    With ``apply``, the groupby-apply baseline runs once per task after the rounds.
+    """
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for _ in range(repeat):
+    rounds = [list(IMPLS)] * repeat + ([[APPLY]] if apply else [])
+    for impls in rounds:
         for task in TASKS:
-            for impl in IMPLS:
+            for impl in impls:
                 cmd = [sys.executable, __file__, "--worker", impl, "--task", task]
                 cmd += ["--data", str(path), "--repeat", "1"]
                 result = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -395,20 +489,25 @@ def write_results(results: dict[int, dict[tuple[str, str], dict[str, Any]]], rep
         "every implementation in its own process; peak = that process's max RSS, imports",
         'included. Compacted synthetic lake. "ours" is the Polars helper',
         "(`lake.message_timelines()` / `lake.conversation_lifecycles()`); the DuckDB view of",
-        "the same name is shown beside it. The pandas baseline was checked equal to ours on",
-        "every column it computes.",
+        "the same name is shown beside it. Two pandas baselines, both checked equal to ours on",
+        "every column they compute: vectorised (sort, groupby agg/cummax/shift/unstack) and",
+        "groupby-apply (one Python function per message / conversation; run once per scale up",
+        "to --apply-max events, no warm-up).",
         "",
         "| events | task | ours (Polars) s | ours (DuckDB view) s | pandas s "
-        "| bare DuckDB GROUP BY s | pandas / ours | ours / bare DuckDB "
-        "| peak MB ours / view / pandas / bare |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pandas groupby-apply s | bare DuckDB GROUP BY s | pandas / ours | apply / ours "
+        "| ours / bare DuckDB | peak MB ours / view / pandas / bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, d, p, b = (res[(task, i)] for i in IMPLS)
+            a = res.get((task, APPLY))
+            apply_s = f"{a['median']:.1f}" if a else "not run"
+            apply_x = f"{a['median'] / o['median']:.0f}x" if a else "-"
             lines.append(
                 f"| {n:,} | {task} | {o['median']:.2f} | {d['median']:.2f} | {p['median']:.2f} "
-                f"| {b['median']:.2f} | {p['median'] / o['median']:.1f}x "
+                f"| {apply_s} | {b['median']:.2f} | {p['median'] / o['median']:.1f}x | {apply_x} "
                 f"| {o['median'] / b['median']:.1f}x "
                 f"| {o['rss_peak_mb']:.0f} / {d['rss_peak_mb']:.0f} / {p['rss_peak_mb']:.0f} / "
                 f"{b['rss_peak_mb']:.0f} |"
@@ -432,7 +531,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    ap.add_argument("--worker", choices=IMPLS)
+    ap.add_argument(
+        "--apply-max", type=int, default=1_000_000, help="largest scale for pandas-apply"
+    )
+    ap.add_argument("--worker", choices=(*IMPLS, APPLY))
     ap.add_argument("--task", choices=TASKS)
     ap.add_argument("--data", type=Path)
     args = ap.parse_args()
@@ -441,6 +543,10 @@ def main() -> None:
         return
     results = {}
     scales = [int(float(s)) for s in args.scale.split(",")]
+    if min(scales) <= args.apply_max:
+        small = args.workdir / "check_100000"
+        build_lake(100_000, small)
+        check_equal(small, apply=True)
     for i, n in enumerate(scales):
         path = args.workdir / f"events_{n}"
         t = time.perf_counter()
@@ -448,7 +554,7 @@ def main() -> None:
         print(f"scale {n:,}: lake with {rows:,} events ready in {time.perf_counter() - t:.0f} s")
         if i == 0:
             check_equal(path)
-        results[rows] = measure(path, args.repeat)
+        results[rows] = measure(path, args.repeat, apply=n <= args.apply_max)
     if args.write:
         write_results(results, args.repeat)
 

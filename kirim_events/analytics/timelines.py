@@ -174,7 +174,6 @@ def message_timelines(
     """
     rows = _status_rows(events, copies, as_of)
     statuses = list(STATUS_RANK)
-    failed = pl.col("status") == "failed"
     # Fast path, no sort: each status's own event time and arrival, side by side. Exact
     # whenever a message has at most one event per status (Meta's event_key makes that the
     # rule); messages with more go through the sorted path below.
@@ -183,12 +182,11 @@ def message_timelines(
         is_status = pl.col("status") == status
         spread[f"_o_{status}"] = pl.when(is_status).then(pl.col("occurred_at"))
         spread[f"_r_{status}"] = pl.when(is_status).then(pl.col("received_at"))
-    spread["_error_code"] = pl.when(failed).then(pl.col("error_code"))
-    spread["_error_title"] = pl.when(failed).then(pl.col("error_title"))
-    # One frame feeds both paths, so Polars reads the files once and caches it.
-    rows = rows.with_columns(**spread).cache()
+    # One frame feeds every path, so Polars reads the files once and caches it.
+    rows = rows.cache()
     grouped = (
-        rows.group_by("message_id")
+        rows.with_columns(**spread)
+        .group_by("message_id")
         .agg(
             pl.col("phone_number_id").min(),
             pl.col("recipient_id").min(),
@@ -211,23 +209,21 @@ def message_timelines(
     slow = (
         _sorted(rows.join(multi, on="message_id", how="semi"))
         .group_by("message_id")
-        .agg(
-            pl.col("_late").any().alias("_late_slow"),
-            # In event-time order inside each group: first() is the earliest failure.
-            pl.col("error_code").filter(failed).first().alias("_error_code_slow"),
-            pl.col("error_title").filter(failed).first().alias("_error_title_slow"),
-        )
+        .agg(pl.col("_late").any().alias("_late_slow"))
     )
-    grouped = grouped.join(slow, on="message_id", how="left").with_columns(
+    # The earliest failure's error, from the (few) failed events in event-time order.
+    failures = (
+        rows.filter(pl.col("status") == "failed")
+        .sort(["message_id", *ORDER])
+        .group_by("message_id")
+        .agg(pl.col("error_code").first(), pl.col("error_title").first())
+    )
+    # Both side frames are small: merge them first, then probe once with every message.
+    side = failures.join(slow, on="message_id", how="full", coalesce=True)
+    grouped = grouped.join(side, on="message_id", how="left").with_columns(
         out_of_order=pl.when(pl.col("_multi"))
         .then(pl.col("_late_slow"))
-        .otherwise(pl.col("_late_fast")),
-        error_code=pl.when(pl.col("_multi"))
-        .then(pl.col("_error_code_slow"))
-        .otherwise(pl.col("_error_code")),
-        error_title=pl.when(pl.col("_multi"))
-        .then(pl.col("_error_title_slow"))
-        .otherwise(pl.col("_error_title")),
+        .otherwise(pl.col("_late_fast"))
     )
     if copies is None:
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))

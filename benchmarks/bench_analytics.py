@@ -468,6 +468,7 @@ def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], di
                 entry["rss_peak_mb"] = max(entry["rss_peak_mb"], stats["rss_peak_mb"])
     for (task, impl), entry in out.items():
         entry["median"] = statistics.median(entry["times"])
+        entry["rounds"] = len(entry["times"])
         print(
             f"  {task:10} {impl:12} median {entry['median']:8.3f} s  "
             f"peak {entry['rss_peak_mb']:8.0f} MB  rows {entry['rows']:,}",
@@ -485,7 +486,8 @@ def write_results(results: dict[int, dict[tuple[str, str], dict[str, Any]]], rep
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
         f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
         f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}.",
-        f"Median of {repeat} round-robin rounds (one timed run after a warm-up in each worker),",
+        f"Median of {repeat} round-robin rounds (one at scales above --large; see the rounds",
+        "column), one timed run after a warm-up in each worker,",
         "every implementation in its own process; peak = that process's max RSS, imports",
         'included. Compacted synthetic lake. "ours" is the Polars helper',
         "(`lake.message_timelines()` / `lake.conversation_lifecycles()`); the DuckDB view of",
@@ -494,10 +496,10 @@ def write_results(results: dict[int, dict[tuple[str, str], dict[str, Any]]], rep
         "groupby-apply (one Python function per message / conversation; run once per scale up",
         "to --apply-max events, no warm-up).",
         "",
-        "| events | task | ours (Polars) s | ours (DuckDB view) s | pandas s "
+        "| events | rounds | task | ours (Polars) s | ours (DuckDB view) s | pandas s "
         "| pandas groupby-apply s | bare DuckDB GROUP BY s | pandas / ours | apply / ours "
         "| ours / bare DuckDB | peak MB ours / view / pandas / bare |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, res in sorted(results.items()):
         for task in TASKS:
@@ -506,7 +508,8 @@ def write_results(results: dict[int, dict[tuple[str, str], dict[str, Any]]], rep
             apply_s = f"{a['median']:.1f}" if a else "not run"
             apply_x = f"{a['median'] / o['median']:.0f}x" if a else "-"
             lines.append(
-                f"| {n:,} | {task} | {o['median']:.2f} | {d['median']:.2f} | {p['median']:.2f} "
+                f"| {n:,} | {o['rounds']} | {task} | {o['median']:.2f} | {d['median']:.2f} "
+                f"| {p['median']:.2f} "
                 f"| {apply_s} | {b['median']:.2f} | {p['median'] / o['median']:.1f}x | {apply_x} "
                 f"| {o['median'] / b['median']:.1f}x "
                 f"| {o['rss_peak_mb']:.0f} / {d['rss_peak_mb']:.0f} / {p['rss_peak_mb']:.0f} / "
@@ -554,7 +557,8 @@ def main() -> None:
         print(f"scale {n:,}: lake with {rows:,} events ready in {time.perf_counter() - t:.0f} s")
         if i == 0:
             check_equal(path)
-        results[rows] = measure(path, args.repeat, apply=n <= args.apply_max)
+        rounds = args.repeat if n <= args.large else 1
+        results[rows] = measure(path, rounds, apply=n <= args.apply_max)
     if args.write:
         write_results(results, args.repeat)
 

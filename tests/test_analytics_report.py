@@ -137,3 +137,9 @@ def test_report_on_an_empty_lake(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--data", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "0 outbound messages" in result.output
+
+
+def test_report_refuses_a_missing_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "no lake at" in result.output

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from kirim_events.analytics.report import Report, build_report, write_html
 from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
+from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
 
 
@@ -90,6 +91,9 @@ def report_command(
     """
     s = settings(data_dir=data)
     with errors_to_exit():
+        if lake_uri is None and not s.data_dir.is_dir():
+            # A typo in --data would otherwise print an all-zero report.
+            raise ConfigError(f"no lake at {s.data_dir} (use --data DIR or KIRIM_DATA_DIR)")
         lake = Lake(lake_uri or s.data_dir)
         view = lake.as_of(as_of) if as_of else lake
         report = build_report(view)

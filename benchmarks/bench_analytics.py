@@ -537,6 +537,9 @@ def main() -> None:
     ap.add_argument(
         "--apply-max", type=int, default=1_000_000, help="largest scale for pandas-apply"
     )
+    ap.add_argument(
+        "--large", type=int, default=5_000_000, help="scales above this get a single round"
+    )
     ap.add_argument("--worker", choices=(*IMPLS, APPLY))
     ap.add_argument("--task", choices=TASKS)
     ap.add_argument("--data", type=Path)

@@ -571,7 +571,7 @@ def render(scale: float, rows: list[dict[str, float]], queries: list[dict[str, f
         "| scan / pruned | sql() one day s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for q in queries:
+    for q in sorted(queries, key=lambda q: q["events"]):
         lines.append(
             f"| {int(q['events']):,} | {int(q['files']):,} | {int(q['rows_day']):,} "
             f"| {q['pruned_s']:.3f} | {q['pruned_rows_s']:.3f} | {q['full_s']:.2f} "

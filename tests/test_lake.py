@@ -296,3 +296,14 @@ def test_first_received_wins_at_scale_in_both_readers(tmp_path: Path) -> None:
     assert frame.height == len(expected)
     assert dict(frame.iter_rows()) == expected
     assert dict(lake.sql("select event_key, payload from events").fetchall()) == expected
+
+
+def test_a_failed_write_is_a_storage_error_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a")])
+    # A file where a partition folder must go: the write cannot complete.
+    (tmp_path / "events/type=message.status").write_text("in the way")
+    with pytest.raises(ke.StorageError, match="lake storage failed"):
+        lake.write_events([ev("b", type="message.status"), ev("c")])
+    assert list((tmp_path / "_tmp").iterdir()) == []
+    assert lake.events().collect()["event_key"].to_list() == ["a"]  # nothing half-visible

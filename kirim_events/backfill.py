@@ -20,8 +20,9 @@ collapses exact copies of delivery rows.
 The range is split into ``slices`` time slices walked in parallel threads through one
 :class:`~kirim_events.client.KirimClient`, whose single rate limiter keeps all of them within
 Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
-asks for one second more on both sides and keeps only rows inside its own bounds, so the
-result is right whether Kirim's bounds are inclusive or exclusive. Memory stays flat: one
+asks for one millisecond more on both sides (the precision of Kirim's times) and keeps only
+rows inside its own bounds, so the result is right whether Kirim's bounds are inclusive or
+exclusive. Memory stays flat: one
 page per slice is held at a time; the journal is flushed to the lake in bounded batches.
 
 The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 1
-_OVERLAP = timedelta(seconds=1)
+_OVERLAP = timedelta(milliseconds=1)  # Kirim shows delivery times in milliseconds
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -436,9 +437,9 @@ def backfill(
         raise ConfigError("page size must be 1-100")
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="--since")
-    hi_given = None if until is None else parse_when(until, now=start, name="--until")
-    if hi_given is not None and hi_given > start:
-        hi_given = start  # nothing exists after now; fixing it keeps resumes consistent
+    hi_asked = None if until is None else parse_when(until, now=start, name="--until")
+    # Nothing exists after now: cap the range there (the run key keeps the asked value).
+    hi_given = None if hi_asked is None else min(hi_asked, start)
     filters = {
         k: v
         for k, v in (
@@ -449,7 +450,7 @@ def backfill(
         if v
     }
     root = Path(data)
-    key = _run_key(lo, None if until is None else hi_given, filters)
+    key = _run_key(lo, hi_asked, filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
     resumed = cp is not None

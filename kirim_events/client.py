@@ -154,6 +154,8 @@ class RateLimiter:
             wait = self._reserve_or_wait(klass)
             if wait <= 0:
                 return
+            # At least 1 ms: a tinier wait may not even move a float unix clock forward.
+            wait = max(wait, 0.001)
             self.waited += wait
             self._sleep(wait)
 

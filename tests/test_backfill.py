@@ -1,0 +1,287 @@
+"""backfill() against the emulator's REST app: faults, 429s, a kill, resume, exactness."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
+
+from kirim_events.backfill import BackfillProgress, backfill, parse_when
+from kirim_events.client import KirimClient
+from kirim_events.emulator import FaultConfig
+from kirim_events.errors import AuthenticationError, ConfigError
+from kirim_events.journal import Journal
+
+
+class Killed(Exception):
+    """Stands in for the process dying right after a page was checkpointed."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("collector"), seed=21, events=400)
+    yield w
+    w.close()
+
+
+@pytest.fixture(autouse=True)
+def _portals() -> Iterator[None]:
+    yield
+    SyncASGI.shutdown_all()
+
+
+def dt(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def window(world: World) -> tuple[datetime, datetime]:
+    lo, hi = world.span
+    return dt(lo) - timedelta(minutes=1), dt(hi) + timedelta(minutes=1)
+
+
+def assert_lake_is_exactly_the_history(home: Path, world: World) -> None:
+    events, deliveries = lake_frames(home)
+    keys = events["event_key"].to_list()
+    assert len(keys) == len(set(keys)), "duplicate events"
+    assert set(keys) == world.history_keys, "gap or extra events"
+    ids = deliveries["delivery_id"].to_list()
+    store_ids = [row.id for row in world.emu.store.deliveries]
+    assert sorted(ids) == sorted(store_ids), "delivery rows missing or duplicated"
+    assert set(deliveries["origin"]) == {"backfill"}
+    by_id = {row.id: row.status for row in world.emu.store.deliveries}
+    for did, outcome in zip(ids, deliveries["outcome"], strict=True):
+        assert outcome == by_id[did]
+    assert set(events["origin"]) == {"backfill"}
+
+
+def test_backfill_with_429_5xx_latency_drops_and_a_kill_resumes_exactly(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    faults = FaultConfig(error_rate=0.15, latency=0.5, latency_rate=0.3, drop_rate=0.03)
+    transport, client = world.api(t, faults=faults, read_limit=20)
+    # Another user of the same key has just spent the read budget: the first pages get 429s.
+    with httpx.Client(transport=transport, base_url="http://kirim.test") as other:
+        auth = {"Authorization": f"Bearer {world.emu.api_keys[0].reveal()}"}
+        for _ in range(25):
+            with contextlib.suppress(httpx.TransportError):
+                other.get("/v1/me", headers=auth)
+
+    seen: list[BackfillProgress] = []
+
+    def die_after_page_9(p: BackfillProgress) -> None:
+        seen.append(p)
+        if p.pages == 9:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(
+            tmp_path,
+            client=client,
+            since=since,
+            until=until,
+            slices=3,
+            page_size=10,
+            progress=die_after_page_9,
+        )
+    checkpoint = next((tmp_path / "_state" / "backfill").glob("*.json"))
+    state = json.loads(checkpoint.read_text())
+    assert sum(s["pages"] for s in state["slices"]) >= 9
+    events, _ = lake_frames(tmp_path)
+    assert events.height == 0  # killed before the final flush: everything is in the journal
+
+    # A new process: new client, same arguments -> resumes from the checkpoint.
+    _, client2 = world.api(t, faults=faults, read_limit=20)
+    second: list[BackfillProgress] = []
+    report = backfill(
+        tmp_path,
+        client=client2,
+        since=since,
+        until=until,
+        slices=3,
+        page_size=10,
+        progress=second.append,
+    )
+    assert report.resumed
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    # The faults really happened, and the resumed run did not start over.
+    assert transport.statuses[429] >= 1
+    assert transport.statuses[503] >= 1
+    assert transport.transport_errors >= 1
+    assert client.retries + client2.retries >= 3
+    total_pages = sum(s["pages"] for s in state["slices"]) + report.pages
+    assert report.pages < total_pages
+    assert second[-1].fraction == 1.0
+    assert [p.pages for p in second] == sorted(p.pages for p in second)
+    assert not checkpoint.exists()  # retired once complete
+    assert (tmp_path / "_state" / "backfill" / "done").is_dir()
+
+
+def test_kill_between_journal_commit_and_checkpoint_leaves_no_duplicate(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+    saved: dict[str, str] = {}
+
+    def progress(p: BackfillProgress) -> None:
+        path = next((tmp_path / "_state" / "backfill").glob("*.json"))
+        if p.pages == 4:
+            saved["path"], saved["text"] = str(path), path.read_text()
+        if p.pages == 8:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, since=since, until=until, slices=2, page_size=10,
+                 progress=progress)  # fmt: skip
+    # Pages 5-8 were committed to the journal, but their checkpoints are "lost".
+    Path(saved["path"]).write_text(saved["text"])
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=2, page_size=10)
+    assert report.resumed
+    assert report.events_duplicate > 0  # the re-fetched pages' events were already journaled
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+def test_backfill_in_one_go_single_slice_and_a_rerun_adds_no_event(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1)
+    assert not report.resumed
+    assert report.rows == len(world.emu.store.deliveries)
+    assert report.events_new == len(world.history_keys)
+    assert report.flushed_events == report.events_new
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    again = backfill(tmp_path, client=client, since=since, until=until, slices=4)
+    assert again.events_new == 0
+    events, _ = lake_frames(tmp_path)
+    assert events.height == len(world.history_keys)
+
+
+def test_slices_split_the_range_without_gap_or_overlap(world: World, tmp_path: Path) -> None:
+    # Slice edges fall between deliveries created in the same second: nothing lost, no copy.
+    lo, hi = world.span
+    t = FakeTime(hi + 3600)
+    _, client = world.api(t)
+    # The API shows milliseconds: a range from just below the first to just above the last.
+    since, until = dt(lo - 0.001), dt(hi + 0.002)
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=7, page_size=7,
+                      now=t.clock)  # fmt: skip
+    assert report.slices == 7
+    # Each slice reads only its own part (plus a millisecond): no slice re-reads the range.
+    assert report.pages <= len(world.emu.store.deliveries) // 7 + 2 * 7
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+def test_history_without_payload_stores_delivery_rows_only(world: World, tmp_path: Path) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t, transport_wrapper=StripPayload)
+    report = backfill(tmp_path, client=client, since=since, until=until)
+    assert report.rows_without_payload == report.rows == len(world.emu.store.deliveries)
+    events, deliveries = lake_frames(tmp_path)
+    assert events.height == 0
+    assert deliveries.height == report.rows
+    assert deliveries["n_events"].null_count() == deliveries.height
+
+
+def test_payload_object_is_kept_inexact_and_garbage_is_quarantined(tmp_path: Path) -> None:
+    body = {"id": "evt_01", "type": "contact.updated", "created_at": "2026-05-01T10:00:00Z",
+            "data": {"contact": {"id": "ctc_1"}}}  # fmt: skip
+    rows = [
+        {"id": "wbd_a", "status": "succeeded", "event_id": "evt_01", "payload": body,
+         "created_at": "2026-05-01T10:00:01Z", "attempts": 2},
+        {"id": "wbd_b", "status": "dead", "event_id": "evt_02", "payload": "{not json",
+         "created_at": "2026-05-01T10:00:02Z"},
+    ]  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
+    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    assert (report.rows, report.events_new, report.quarantined) == (2, 1, 1)
+    events, deliveries = lake_frames(tmp_path)
+    assert events["payload_exact"].to_list() == [False]
+    assert events["event_key"].to_list() == ["evt_01"]
+    bad = deliveries.filter(deliveries["delivery_id"] == "wbd_b")
+    assert bad["reason"].to_list() == ["quarantined: invalid_json"]
+    quarantined = list((tmp_path / "quarantine").rglob("*.body"))
+    assert [p.read_bytes() for p in quarantined] == [b"{not json"]
+    good = deliveries.filter(deliveries["delivery_id"] == "wbd_a")
+    assert good["attempt"].to_list() == [2]
+
+
+def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    transport, _ = world.api(t)
+    bad = KirimClient("http://kirim.test", "kdv_live_" + "B" * 24, transport=transport)
+    with pytest.raises(AuthenticationError) as info:
+        backfill(tmp_path, client=bad, since=since, until=until)
+    assert info.value.status_code == 401
+    assert info.value.request_id
+    assert list((tmp_path / "_state" / "backfill").glob("*.json"))
+    with Journal(tmp_path) as j:
+        assert j.backlog == 0
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [
+        ("yesterday-ish", None, "--since"),
+        ("2026-05-02", "2026-05-01", "must be before"),
+        ("2026-05-01", "13 o'clock", "--until"),
+        ("2026-02-30", None, "--since"),
+    ],
+)
+def test_bad_times_are_clear_config_errors(
+    tmp_path: Path, since: str, until: str | None, message: str
+) -> None:
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(lambda r: 1 / 0))
+    with pytest.raises(ConfigError, match=message):
+        backfill(tmp_path, client=client, since=since, until=until)
+    assert not (tmp_path / "_state").exists() or not list((tmp_path / "_state").rglob("*.json"))
+
+
+def test_parse_when_forms() -> None:
+    now = datetime(2026, 5, 10, 12, tzinfo=UTC)
+    assert parse_when("7d", now=now) == now - timedelta(days=7)
+    assert parse_when("90m", now=now) == now - timedelta(minutes=90)
+    assert parse_when("now", now=now) == now
+    assert parse_when("2026-05-01", now=now) == datetime(2026, 5, 1, tzinfo=UTC)
+    assert parse_when("2026-05-01T10:00:00+02:00", now=now) == datetime(2026, 5, 1, 8, tzinfo=UTC)
+    with pytest.raises(ConfigError):
+        parse_when("1779531402", now=now)
+
+
+def test_resume_after_copying_the_folder_keeps_working(world: World, tmp_path: Path) -> None:
+    # The checkpoint is plain versioned JSON inside the data folder: moving the folder is fine.
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+
+    def stop(p: BackfillProgress) -> None:
+        if p.pages == 3:
+            raise Killed
+
+    first = tmp_path / "a"
+    with pytest.raises(Killed):
+        backfill(first, client=client, since=since, until=until, slices=2, page_size=20,
+                 progress=stop)  # fmt: skip
+    moved = tmp_path / "b"
+    shutil.copytree(first, moved)
+    report = backfill(moved, client=client, since=since, until=until, slices=2, page_size=20)
+    assert report.resumed
+    assert_lake_is_exactly_the_history(moved, world)

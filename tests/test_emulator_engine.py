@@ -421,3 +421,15 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
     assert "timeout" in (first.error or "")
     assert second.outcome == "succeeded"
     assert second.response_status_code == 200
+
+
+def test_rate_paces_world_events_per_second() -> None:
+    emu, receiver, _clock = _live(200, concurrency=4, rate=20.0)
+    first = [a.sent_at for a in emu.store.attempts if a.attempt == 1]
+    span = max(first) - min(first)
+    # 200 events at 20/s: about 10 s of engine time, never faster.
+    assert 9.0 <= span <= 10.5
+    assert len(receiver.requests) == len(emu.store.deliveries)
+    fast, _, _ = _live(200, concurrency=4)
+    fast_first = [a.sent_at for a in fast.store.attempts if a.attempt == 1]
+    assert max(fast_first) - min(fast_first) < 1.0

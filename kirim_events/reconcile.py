@@ -1,0 +1,408 @@
+"""Reconcile: find the events Kirim's delivery history knows that the store lacks; recover them.
+
+``reconcile(data, client=..., since=...)`` walks the history for ``[since, until)`` and
+decides, per event, whether the store already holds it:
+
+* A history row with its ``payload`` is parsed into events; each ``event_key`` is present when
+  the journal's dedup index (which outlives Kirim's 30-day history) or the lake holds it.
+* A row without ``payload`` only names ``event_id`` and ``event_type``. For most types the
+  event id is the event's key (``evt_`` ids, inbound wamids), checked against the index and
+  the lake's ``event_id``. A Meta ``message.status`` id is the *message's* wamid, shared by
+  its sent/delivered/read events (kirim-api.md §5), so the store cannot tell them apart; such
+  a row counts as missing exactly when its delivery chain (the row and its replays) never
+  succeeded -- Kirim's own record that our endpoint never acknowledged it.
+
+The report lists the missing events by type and day, oldest first, and warns when one is
+within ``warn_days`` of Kirim's 30-day purge. Recovery, unless ``dry_run``:
+
+1. events whose payload came with the history are imported through the journal (one dedup
+   index) and flushed to the lake;
+2. the rest are replayed by Kirim to the subscription URL, where the collector receives them:
+   ``bulk_replay`` for dead/failed deliveries when it needs fewer calls than single replays
+   (windows planned to hold at most 1000 rows; a ``capped`` answer splits its window and
+   repeats), else one ``replay`` each. Every call goes through the client's write-rate pacing.
+
+The library never prints; the CLI renders the :class:`ReconcileReport`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kirim_events.backfill import delivery_events, parse_when
+from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
+from kirim_events.errors import ApiError, ConfigError, PayloadError
+from kirim_events.events import EventRecord
+from kirim_events.journal import Journal
+
+__all__ = ["BulkWindow", "MissingEvent", "ReconcileReport", "reconcile"]
+
+PURGE_DAYS = 30
+_SHARED_ID_TYPES = frozenset({"message.status", "message.status_updated"})
+_TERMINAL = ("dead", "failed")
+
+
+@dataclass
+class MissingEvent:
+    """One event Kirim knows that the store lacks, and how it will be recovered."""
+
+    key: str  # event_key when the payload was seen, else the event id (+ delivery for statuses)
+    event_id: str | None
+    event_type: str | None
+    day: str  # UTC date of the event time (payload), else of the first delivery
+    first_seen: datetime | None  # earliest delivery created_at: the purge clock
+    delivery_id: str | None  # the delivery to replay
+    subscription_id: str | None
+    status: str | None  # Kirim status of that delivery
+    action: str = "replay"  # import | replay | bulk_replay
+    records: list[EventRecord] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class BulkWindow:
+    """One planned bulk_replay call."""
+
+    subscription_id: str
+    status: str
+    created_after: datetime
+    created_before: datetime
+    rows: int  # terminal rows of that status the history shows in the window
+
+
+@dataclass
+class ReconcileReport:
+    """What reconcile found and (unless dry_run) did."""
+
+    since: datetime
+    until: datetime
+    dry_run: bool
+    history_rows: int = 0
+    history_pages: int = 0
+    missing: list[MissingEvent] = field(default_factory=list)
+    near_purge: int = 0
+    warn_before: datetime | None = None
+    windows: list[BulkWindow] = field(default_factory=list)
+    imported: int = 0
+    replayed: int = 0
+    bulk_calls: int = 0
+    bulk_enqueued: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def by_type_day(self) -> list[tuple[str, str, int]]:
+        """``(type, day, count)`` of missing events, oldest day first."""
+        counts = Counter((m.day, m.event_type or "?") for m in self.missing)
+        return [(t, d, n) for (d, t), n in sorted(counts.items())]
+
+    @property
+    def actions(self) -> Counter[str]:
+        """How many missing events each recovery action covers."""
+        return Counter(m.action for m in self.missing)
+
+
+@dataclass
+class _Chain:
+    """A no-payload status delivery and its replays."""
+
+    ok: bool = False
+    rows: list[Delivery] = field(default_factory=list)
+
+
+class _Scan:
+    """Accumulates one walk of the history (memory grows with what is missing, not with all)."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        self.journal = journal
+        self.candidates: dict[str, MissingEvent] = {}
+        self.by_id: dict[str, MissingEvent] = {}  # no-payload unique-id candidates
+        self.parent: dict[str, str] = {}
+        self.chains: dict[str, _Chain] = {}
+        self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
+        self.received_at = datetime.now(UTC)
+
+    def seen(self, keys: list[str]) -> set[str]:
+        return self.journal.seen(keys) if self.journal is not None and keys else set()
+
+    def page(self, rows: list[Delivery]) -> None:
+        pending: list[tuple[Delivery, list[EventRecord]]] = []
+        keys: list[str] = []
+        for d in rows:
+            if d.status in _TERMINAL and d.subscription_id and d.created_at:
+                self.terminal.append((d.subscription_id, d.status, d.created_at))
+            if d.payload is not None:
+                try:
+                    found = delivery_events(d, received_at=self.received_at)
+                except PayloadError:
+                    found = []  # kept in quarantine by backfill; nothing to recover from it
+                if found:
+                    pending.append((d, found))
+                    keys.extend(r.event_key for r in found)
+                    continue
+            self.bare(d)
+        have = self.seen(keys)
+        for d, found in pending:
+            for r in found:
+                if r.event_key not in have:
+                    self.add(r.event_key, d, r.type, r.occurred_at, [r])
+
+    def bare(self, d: Delivery) -> None:
+        if d.event_type in _SHARED_ID_TYPES or d.event_id is None:
+            if d.id is None:
+                return
+            if d.replayed_from:
+                self.parent[d.id] = d.replayed_from
+            chain = self.chains.setdefault(d.id, _Chain())
+            chain.rows.append(d)
+            chain.ok = chain.ok or d.status == "succeeded"
+            return
+        if self.seen([d.event_id]):
+            return
+        self.add(d.event_id, d, d.event_type, None, [])
+
+    def add(
+        self,
+        key: str,
+        d: Delivery,
+        event_type: str | None,
+        occurred: datetime | None,
+        records: list[EventRecord],
+    ) -> None:
+        m = self.candidates.get(key)
+        if m is None:
+            when = occurred or d.created_at
+            m = self.candidates[key] = MissingEvent(
+                key=key,
+                event_id=d.event_id,
+                event_type=event_type,
+                day=when.date().isoformat() if when else "unknown",
+                first_seen=d.created_at,
+                delivery_id=d.id,
+                subscription_id=d.subscription_id,
+                status=d.status,
+                records=records,
+            )
+        else:
+            if d.created_at and (m.first_seen is None or d.created_at < m.first_seen):
+                m.first_seen = d.created_at
+            if _better(d, m):
+                m.delivery_id, m.subscription_id, m.status = d.id, d.subscription_id, d.status
+            if records and not m.records:
+                m.records = records
+
+    def status_chains(self) -> None:
+        """Turn never-acknowledged no-payload status chains into candidates."""
+        merged: dict[str, _Chain] = {}
+        for ident, chain in self.chains.items():
+            root = ident
+            for _ in range(100):  # replay of a replay...; bounded against cycles
+                if root not in self.parent:
+                    break
+                root = self.parent[root]
+            target = merged.setdefault(root, _Chain())
+            target.ok = target.ok or chain.ok
+            target.rows.extend(chain.rows)
+        for root, chain in merged.items():
+            if chain.ok:
+                continue
+            first = min(chain.rows, key=lambda d: d.created_at or datetime.max.replace(tzinfo=UTC))
+            self.add(f"{first.event_id}@{root}", first, first.event_type, None, [])
+            for d in chain.rows:
+                self.add(f"{first.event_id}@{root}", d, d.event_type, None, [])
+
+
+def _better(d: Delivery, m: MissingEvent) -> bool:
+    """Prefer replaying a terminal delivery (bulk_replay can take it), then the newest."""
+    return (d.status in _TERMINAL) and (m.status not in _TERMINAL)
+
+
+def _in_lake(lake: Any, keys: list[str], ids: list[str]) -> tuple[set[str], set[str]]:
+    if not keys and not ids:
+        return set(), set()
+    frame = (
+        lake.events()
+        .select("event_key", "event_id")
+        .filter(pl.col("event_key").is_in(keys) | pl.col("event_id").is_in(ids))
+        .collect()
+    )
+    return set(frame["event_key"].to_list()), set(frame["event_id"].to_list())
+
+
+def plan_windows(
+    rows: list[tuple[str, str, datetime]], cap: int = BULK_REPLAY_CAP
+) -> list[BulkWindow]:
+    """Cut (subscription, status, created_at) rows into windows of at most ``cap`` rows each.
+
+    Window edges fall on row times (cut only between different times), so a row is in exactly
+    one window whether Kirim's ``created_after`` is inclusive or not at millisecond precision.
+    """
+    out: list[BulkWindow] = []
+    groups: dict[tuple[str, str], list[datetime]] = {}
+    for sub, status, created in rows:
+        groups.setdefault((sub, status), []).append(created)
+    for (sub, status), times in sorted(groups.items()):
+        times.sort()
+        start = 0
+        while start < len(times):
+            end = min(start + cap, len(times))
+            while end < len(times) and end > start + 1 and times[end] == times[end - 1]:
+                end -= 1  # never cut between equal times
+            lo = times[start] - timedelta(seconds=1) if start == 0 else times[start]
+            hi = times[end] if end < len(times) else times[-1] + timedelta(seconds=1)
+            out.append(BulkWindow(sub, status, lo, hi, end - start))
+            start = end
+    return out
+
+
+def reconcile(
+    data: str | Path,
+    *,
+    client: KirimClient,
+    since: str | datetime,
+    until: str | datetime | None = None,
+    dry_run: bool = False,
+    warn_days: float = 3.0,
+    lake: Any = None,
+    journal: Journal | None = None,
+    now: Any = time.time,
+) -> ReconcileReport:
+    """Compare Kirim's delivery history with the store; report and recover what is missing.
+
+    Parameters
+    ----------
+    data
+        The data folder.
+    client
+        A :class:`KirimClient` (reads page the history; replays are writes).
+    since, until
+        Range of delivery ``created_at`` (as for :func:`kirim_events.backfill`).
+    dry_run
+        Only plan: nothing is imported, replayed or written.
+    warn_days
+        Flag missing events whose first delivery is within this many days of the purge.
+    lake, journal
+        Reuse open ones; by default they are opened on ``data`` (in a dry run a journal that
+        does not exist yet is not created).
+    now
+        Clock (unix seconds).
+
+    Returns
+    -------
+    ReconcileReport
+    """
+    start = datetime.fromtimestamp(now(), UTC)
+    lo = parse_when(since, now=start, name="--since")
+    hi = start if until is None else min(parse_when(until, now=start, name="--until"), start)
+    if not lo < hi:
+        raise ConfigError("--since must be before --until")
+    root = Path(data)
+    if lake is None:
+        from kirim_events.lake import Lake
+
+        lake = Lake(root)
+    own_journal = journal is None
+    if journal is None and (not dry_run or (root / "_journal").exists()):
+        journal = Journal(root)
+    report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
+    try:
+        scan = _Scan(journal)
+        for page, _ in client.iter_pages(created_after=lo, created_before=hi):
+            report.history_pages += 1
+            report.history_rows += len(page.deliveries)
+            scan.page(page.deliveries)
+        scan.status_chains()
+        cands = scan.candidates
+        keys = [k for k, m in cands.items() if m.records]
+        ids = [m.event_id for m in cands.values() if not m.records and m.event_id]
+        lake_keys, lake_ids = _in_lake(lake, keys, [i for i in ids if i])
+        missing = [
+            m
+            for k, m in cands.items()
+            if not (k in lake_keys or (not m.records and "@" not in k and m.event_id in lake_ids))
+        ]
+        missing.sort(key=lambda m: (m.day, m.first_seen or start, m.key))
+        report.missing = missing
+        report.warn_before = start - timedelta(days=PURGE_DAYS - warn_days)
+        report.near_purge = sum(
+            1 for m in missing if m.first_seen is not None and m.first_seen <= report.warn_before
+        )
+        _plan(report, scan.terminal)
+        if not dry_run:
+            assert journal is not None
+            _recover(report, client, journal, lake)
+    finally:
+        if own_journal and journal is not None:
+            journal.close()
+    return report
+
+
+def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) -> None:
+    for m in report.missing:
+        m.action = "import" if m.records else "replay"
+    groups: dict[tuple[str, str], list[MissingEvent]] = {}
+    for m in report.missing:
+        if m.action == "replay" and m.status in _TERMINAL and m.subscription_id and m.first_seen:
+            groups.setdefault((m.subscription_id, m.status), []).append(m)
+    for (sub, status), members in groups.items():
+        first = min(m.first_seen for m in members if m.first_seen)
+        last = max(m.first_seen for m in members if m.first_seen)
+        rows = [r for r in terminal if r[0] == sub and r[1] == status and first <= r[2] <= last]
+        windows = plan_windows(rows)
+        unique_deliveries = {m.delivery_id for m in members}
+        if len(windows) < len(unique_deliveries):
+            report.windows.extend(windows)
+            for m in members:
+                m.action = "bulk_replay"
+
+
+def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lake: Any) -> None:
+    records = [r for m in report.missing if m.action == "import" for r in m.records]
+    if records:
+        flags = journal.append(records)
+        report.imported = sum(flags)
+        journal.flush(lake, batch_size=10_000)
+    done: set[str] = set()
+    for m in report.missing:
+        if m.action != "replay" or not m.delivery_id or m.delivery_id in done:
+            continue
+        done.add(m.delivery_id)
+        try:
+            client.replay(m.delivery_id)
+            report.replayed += 1
+        except ApiError as exc:
+            report.errors.append(f"replay {m.delivery_id}: {exc}")
+    for w in report.windows:
+        _bulk(report, client, w, depth=0)
+
+
+def _bulk(report: ReconcileReport, client: KirimClient, w: BulkWindow, depth: int) -> None:
+    try:
+        result = client.bulk_replay(
+            w.subscription_id,
+            status=w.status,
+            created_after=w.created_after,
+            created_before=w.created_before,
+        )
+    except ApiError as exc:
+        report.errors.append(f"bulk_replay {w.subscription_id} {w.status}: {exc}")
+        return
+    report.bulk_calls += 1
+    report.bulk_enqueued += result.enqueued
+    if result.capped:
+        # More rows than planned (new ones since the walk): halve the window and repeat both
+        # halves. The first call already replayed up to 1000; repeats are harmless duplicates.
+        if depth >= 20:
+            report.errors.append(f"bulk_replay still capped at {w.created_after.isoformat()}")
+            return
+        mid = w.created_after + (w.created_before - w.created_after) / 2
+        for half in (
+            BulkWindow(w.subscription_id, w.status, w.created_after, mid, w.rows // 2),
+            BulkWindow(w.subscription_id, w.status, mid, w.created_before, w.rows - w.rows // 2),
+        ):
+            _bulk(report, client, half, depth + 1)

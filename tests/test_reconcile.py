@@ -1,0 +1,200 @@
+"""reconcile() against the emulator: exactly the never-acknowledged events, then recovered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
+
+from kirim_events.client import KirimClient
+from kirim_events.emulator import FaultConfig
+from kirim_events.errors import ConfigError
+from kirim_events.reconcile import plan_windows, reconcile
+
+
+@pytest.fixture(autouse=True)
+def _portals() -> Iterator[None]:
+    yield
+    SyncASGI.shutdown_all()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path / "data", seed=8, events=250)
+    yield w
+    w.close()
+
+
+def window(world: World) -> tuple[datetime, datetime]:
+    lo, hi = world.span
+    return (
+        datetime.fromtimestamp(lo, UTC) - timedelta(minutes=1),
+        datetime.fromtimestamp(hi, UTC) + timedelta(minutes=1),
+    )
+
+
+def lake_files(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+
+def test_dry_run_finds_exactly_the_unacknowledged_events_and_changes_nothing(
+    world: World,
+) -> None:
+    truth = world.emu.unacknowledged_event_keys()
+    assert truth  # the broken collector refused some events for good
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    transport, client = world.api(t)
+    before = lake_files(world.home)
+    report = reconcile(
+        world.home, client=client, since=since, until=until, dry_run=True,
+        journal=world.journal, now=t.clock,
+    )  # fmt: skip
+    assert {m.key for m in report.missing} == truth
+    assert report.dry_run
+    assert report.actions == {"import": len(truth)}
+    assert lake_files(world.home) == before
+    assert not [p for p in transport.paths if p.startswith("POST")]
+    # Oldest day first, one row per (type, day).
+    days = [day for _, day, _ in report.by_type_day]
+    assert days == sorted(days)
+    assert sum(n for _, _, n in report.by_type_day) == len(truth)
+    assert report.near_purge == 0
+
+
+def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World) -> None:
+    truth = world.emu.unacknowledged_event_keys()
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, faults=FaultConfig(error_rate=0.2, latency=0.3, latency_rate=0.5))
+    events, _ = lake_frames(world.home)
+    assert not truth & set(events["event_key"])
+    report = reconcile(world.home, client=client, since=since, until=until,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert {m.key for m in report.missing} == truth
+    assert report.imported == len(truth)
+    events, _ = lake_frames(world.home)
+    keys = events["event_key"].to_list()
+    assert len(keys) == len(set(keys))
+    assert set(keys) == world.history_keys
+    assert set(events.filter(events["event_key"].is_in(list(truth)))["origin"]) == {"backfill"}
+    # A second pass finds nothing left to do.
+    again = reconcile(world.home, client=client, since=since, until=until,
+                      journal=world.journal, now=t.clock)  # fmt: skip
+    assert again.missing == []
+
+
+def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> None:
+    truth = world.emu.unacknowledged_event_keys()
+    rows_truth = {row.id for row in world.emu.store.deliveries if set(row.event_keys) & truth}
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    faults = FaultConfig(error_rate=0.15, latency=0.2, latency_rate=0.3)
+    transport, client = world.api(t, faults=faults, write_limit=10,
+                                  transport_wrapper=StripPayload)  # fmt: skip
+    report = reconcile(world.home, client=client, since=since, until=until,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    # Without bodies, each missing event is named by its delivery (statuses share wamids).
+    assert {m.delivery_id for m in report.missing} <= rows_truth
+    assert {eid for m in report.missing for eid in [m.event_id]} == {
+        world.emu.store.by_id[r].event_id for r in rows_truth
+    }
+    assert report.imported == 0
+    assert report.errors == []
+    assert report.bulk_calls >= 1  # dead / failed ones went through bulk_replay
+    assert transport.paths["POST /v1/webhook_deliveries/bulk_replay"] >= 1
+    # The collector is fixed; Kirim delivers the replays; the lake now has every event.
+    world.collector.healthy = True
+    world.deliver_pending()
+    assert world.emu.unacknowledged_event_keys() == set()
+    events, _ = lake_frames(world.home)
+    keys = events["event_key"].to_list()
+    assert len(keys) == len(set(keys))
+    assert set(keys) == world.history_keys
+    assert set(events.filter(events["event_key"].is_in(list(truth)))["origin"]) == {"webhook"}
+
+
+def test_warns_when_missing_events_are_near_the_purge(world: World) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 28 * 86400)  # 28 days later: 2 days before the purge
+    _, client = world.api(t)
+    report = reconcile(world.home, client=client, since=since, until=until, dry_run=True,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert report.missing
+    assert report.near_purge == len(report.missing)
+    relaxed = reconcile(world.home, client=client, since=since, until=until, dry_run=True,
+                        journal=world.journal, now=t.clock, warn_days=1)  # fmt: skip
+    assert relaxed.near_purge == 0
+
+
+def test_dry_run_on_an_empty_folder_creates_nothing(world: World, tmp_path: Path) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = reconcile(empty, client=client, since=since, until=until, dry_run=True,
+                       now=t.clock)  # fmt: skip
+    assert len({m.key for m in report.missing}) == len(world.history_keys)
+    assert list(empty.iterdir()) == []
+
+
+def test_bad_range_is_a_config_error(tmp_path: Path) -> None:
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(lambda r: 1 / 0))
+    with pytest.raises(ConfigError, match="before"):
+        reconcile(tmp_path, client=client, since="2026-05-02", until="2026-05-01")
+    with pytest.raises(ConfigError, match="--since"):
+        reconcile(tmp_path, client=client, since="last tuesday")
+
+
+def test_plan_windows_respects_the_cap_and_covers_every_row() -> None:
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = [("wbs_A", "dead", base + timedelta(milliseconds=i // 3)) for i in range(2500)]
+    rows += [("wbs_A", "failed", base)]
+    windows = plan_windows(rows)
+    dead = [w for w in windows if w.status == "dead"]
+    assert len(dead) == 3
+    assert all(w.rows <= 1000 for w in windows)
+    for _, status, at in rows:
+        inside = [
+            w for w in windows if w.status == status and w.created_after <= at < w.created_before
+        ]
+        assert len(inside) == 1
+
+
+def test_capped_bulk_replay_narrows_the_window_and_repeats(tmp_path: Path) -> None:
+    # Kirim reports more dead rows than the history showed: the window is halved until not capped.
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    history = [
+        {"id": f"wbd_{i}", "status": "dead", "subscription_id": "wbs_A", "event_id": f"evt_{i}",
+         "event_type": "contact.updated",
+         "created_at": (base + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")}
+        for i in range(30)
+    ]  # fmt: skip
+    calls: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": history, "has_more": False})
+        body = json.loads(request.content)
+        calls.append(body)
+        capped = len(calls) == 1
+        return httpx.Response(202, json={"data": {"enqueued": 1000 if capped else 5,
+                                                  "capped": capped}})  # fmt: skip
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler),
+                         sleep=lambda s: None)  # fmt: skip
+    report = reconcile(tmp_path, client=client, since=base, until=base + timedelta(hours=1),
+                       now=lambda: (base + timedelta(days=1)).timestamp())  # fmt: skip
+    assert len(report.missing) == 30
+    assert report.actions == {"bulk_replay": 30}
+    assert len(calls) == 3
+    assert calls[1]["created_after"] == calls[0]["created_after"]
+    assert calls[2]["created_before"] == calls[0]["created_before"]
+    assert calls[1]["created_before"] == calls[2]["created_after"]
+    assert report.bulk_enqueued == 1010

@@ -1,11 +1,18 @@
 """Durable inbox and persistent dedup index between the receiver (or backfill) and the lake.
 
 Files live under ``DATA/_journal/``: one SQLite database in WAL mode with
-``synchronous=FULL``, so a commit is on disk (fsync'd) when it returns. One writer thread owns
-the write connection: it drains a queue of appends and commits everything waiting in one
-transaction (group commit), so N concurrent deliveries pay one fsync, not N. A caller's future
-resolves only after the commit that holds its rows, hence "acknowledged" implies "durable"; a
-SIGKILL at any instant loses nothing that was acknowledged (SQLite's WAL recovery on reopen).
+``synchronous=FULL``, so a commit is on disk (fsync'd) when it returns. Appends are group
+committed, so N concurrent deliveries pay one fsync, not N:
+
+* :meth:`Journal.append_async` (the receiver): the appends of one event-loop pass are
+  inserted on the loop in one transaction whose COMMIT (the fsync) runs on a commit thread,
+  while the loop keeps serving and gathers the next group (pipelined group commit);
+* :meth:`Journal.append` / :meth:`Journal.submit` (any thread, e.g. backfill): a writer
+  thread drains a queue and commits everything waiting in one transaction.
+
+A caller's future resolves only after the commit that holds its rows, hence "acknowledged"
+implies "durable"; a SIGKILL at any instant loses nothing that was acknowledged (SQLite's WAL
+recovery on reopen). One lock keeps the two paths off the connection at the same time.
 
 Tables (layout in :mod:`kirim_events.journal_rows`):
 
@@ -32,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,7 +132,11 @@ class Journal:
     now
         Clock returning unix seconds (injectable for tests of retention).
     max_batch
-        Most appends committed in one transaction.
+        Most appends committed in one transaction by the writer thread.
+    commit_in_loop
+        For :meth:`append_async`: insert each event-loop pass's rows on the loop and fsync
+        on a commit thread while the loop gathers the next group (True), or hand every
+        group to the writer thread (False).
 
     Examples
     --------
@@ -141,6 +152,7 @@ class Journal:
         retention: timedelta = DEFAULT_RETENTION,
         now: Callable[[], float] = time.time,
         max_batch: int = 2000,
+        commit_in_loop: bool = True,
     ) -> None:
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
@@ -151,7 +163,11 @@ class Journal:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        self._in_flight: set[asyncio.AbstractEventLoop] = set()
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="kirim-journal-commit")
         self._flush_lock = threading.Lock()
+        self._lock = threading.Lock()  # one user of the write connection at a time
+        self.commit_in_loop = commit_in_loop
         self._closed = False
         self.commits = 0
         """Transactions committed by this instance (one per group of appends)."""
@@ -203,7 +219,8 @@ class Journal:
                     stop = True
                     break
                 batch.extend(nxt)
-            self._commit(batch)
+            with self._lock:
+                self._commit(batch)
 
     def _commit(self, batch: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
@@ -305,11 +322,67 @@ class Journal:
             waiting.append(job)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        jobs = self._pending.pop(loop, [])
         if self._closed:
+            jobs = self._pending.pop(loop, [])
             _settle([(job, None, StorageError("journal is closed")) for job in jobs])
-        elif jobs:
-            self._queue.put(jobs)
+            return
+        if not self.commit_in_loop:
+            jobs = self._pending.pop(loop, [])
+            if jobs:
+                self._queue.put(jobs)
+            return
+        if loop in self._in_flight:
+            return  # _after_commit starts the next group when this one is on disk
+        jobs = self._pending.pop(loop, [])
+        if not jobs:
+            return
+        # Pipelined group commit: this pass's rows are inserted here, on the loop, and only
+        # the COMMIT (the fsync) runs on the commit thread, while the loop keeps serving and
+        # gathers the next group. One thread hand-over per group, none per row or request.
+        self._lock.acquire()
+        self._in_flight.add(loop)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            results = self._write_appends(self._conn, jobs)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            self._lock.release()
+            self._in_flight.discard(loop)
+            error = StorageError(f"journal write failed: {exc}")
+            _settle([(job, None, error) for job in jobs])
+            return
+        self._committer.submit(self._commit_off_loop, loop, jobs, results)
+
+    def _commit_off_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        jobs: list[_Job],
+        results: list[tuple[_Job, Any, BaseException | None]],
+    ) -> None:
+        error: StorageError | None = None
+        try:
+            self._conn.execute("COMMIT")
+            self.commits += 1
+            self._backlog += sum(job.backlog_delta for job in jobs)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            error = StorageError(f"journal write failed: {exc}")
+        finally:
+            self._lock.release()
+        if error is not None:
+            results = [(job, None, error) for job in jobs]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._after_commit, loop, results)
+
+    def _after_commit(
+        self, loop: asyncio.AbstractEventLoop, results: list[tuple[_Job, Any, BaseException | None]]
+    ) -> None:
+        self._in_flight.discard(loop)
+        _settle(results)
+        if self._pending.get(loop):
+            self._hand_over(loop)
 
     def _submit(
         self, work: Callable[[sqlite3.Connection], Any], backlog_delta: int = 0
@@ -503,7 +576,9 @@ class Journal:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self._conn.close()
+        self._committer.shutdown(wait=True)
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> Journal:
         return self

@@ -217,3 +217,21 @@ def test_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "_journal").write_text("a file where the folder should be")
     with pytest.raises(StorageError):
         Journal(tmp_path)
+
+
+@pytest.mark.parametrize("commit_in_loop", [True, False])
+def test_async_appends_group_commit_either_way(tmp_path: Path, commit_in_loop: bool) -> None:
+    import asyncio
+
+    recs = [records(testing.kirim_event(rng=random.Random(i))) for i in range(100)]
+
+    async def burst(journal: Journal) -> list[bool]:
+        flags = await asyncio.gather(*(journal.append_async(r) for r in recs * 3))
+        return [f[0] for f in flags]
+
+    with Journal(tmp_path, commit_in_loop=commit_in_loop) as journal:
+        flags = asyncio.run(burst(journal))
+        assert flags.count(True) == 100
+        assert flags[:100] == [True] * 100  # the first copy of each event wins
+        assert journal.backlog == 100
+        assert journal.commits < 300  # grouped, not one commit per append

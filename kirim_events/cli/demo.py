@@ -25,6 +25,8 @@ def _summary(report: DemoReport) -> Table:
     table.add_row("events never acknowledged", f"{report.unacknowledged_events:,}")
     table.add_row("found missing by reconcile", f"{report.reconcile_missing:,}")
     table.add_row("recovered by reconcile", f"{report.reconcile_recovered:,}")
+    exact = "[green]yes[/green]" if report.reconcile_found_exactly else "[red]no[/red]"
+    table.add_row("reconcile found exactly the unacknowledged events", exact)
     table.add_row("events in the lake (deduplicated)", f"{report.lake_events:,}")
     verdict = "[green]yes[/green]" if report.lake_matches_truth else "[red]no[/red]"
     table.add_row("lake equals the emulator's ground truth", verdict)

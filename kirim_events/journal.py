@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,22 +50,26 @@ from kirim_events.events import EventRecord
 from kirim_events.journal_quarantine import write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
-    OUTCOME,
     RECEIPT_COLUMNS,
-    RECEIVED,
     ddl,
-    event_row,
     events_arrow,
-    receipt_row,
     receipts_arrow,
+)
+from kirim_events.journal_write import (
+    CHUNK,
+    Job,
+    Result,
+    append_job,
+    forget,
+    prune,
+    settle,
+    write_appends,
 )
 
 __all__ = ["FlushReport", "Journal", "LakeSink"]
 
 JOURNAL_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=35)
-_CHUNK = 500  # keys per "IN (...)" lookup, below SQLite's parameter limit
-_MAX_PARAMS = 30_000  # below SQLite's 32766 host parameters per statement
 _SELECT_INBOX = (
     "SELECT i.seq, b.payload, "
     + ", ".join(f"i.{c}" for c in EVENT_COLUMNS)
@@ -93,31 +97,6 @@ class FlushReport:
     events: int
     receipts: int
     seconds: float
-
-
-@dataclass(eq=False)
-class _Job:
-    """One queued unit of work and where its result goes."""
-
-    future: Future[Any] | asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop | None
-    work: Callable[[sqlite3.Connection], Any] | None = None  # an internal operation, or ...
-    keys: list[str] = field(default_factory=list)  # ... an append (rows built by the caller)
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    body_of: list[int] = field(default_factory=list)
-    payloads: list[str] = field(default_factory=list)
-    receipts: list[list[Any]] = field(default_factory=list)
-    backlog_delta: int = 0
-
-
-def _settle(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for job, value, error in items:
-        if job.future.done():
-            continue  # the caller gave up (an asyncio task was cancelled)
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(value)
 
 
 class Journal:
@@ -161,8 +140,8 @@ class Journal:
         self.retention = retention
         self._now = now
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         self._in_flight: set[asyncio.AbstractEventLoop] = set()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="kirim-journal-commit")
         self._flush_lock = threading.Lock()
@@ -222,14 +201,14 @@ class Journal:
             with self._lock:
                 self._commit(batch)
 
-    def _commit(self, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+    def _commit(self, batch: list[Job]) -> None:
+        results: list[Result] = []
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             appends = [job for job in batch if job.work is None]
             if appends:
-                results += self._write_appends(conn, appends)
+                results += write_appends(conn, appends, self._seen_at())
             for job in batch:
                 if job.work is not None:
                     results.append((job, job.work(conn), None))
@@ -244,72 +223,29 @@ class Journal:
             self._backlog += sum(job.backlog_delta for job in batch)
         self._deliver(results)
 
-    def _write_appends(
-        self, conn: sqlite3.Connection, jobs: list[_Job]
-    ) -> list[tuple[_Job, Any, BaseException | None]]:
-        seen_at = int(self._now() * 1_000_000)
-        wanted = list({key for job in jobs for key in job.keys})
-        known: set[str] = set()
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
-            known.update(row[0] for row in conn.execute(sql, chunk))
-        next_body = (conn.execute("SELECT max(id) FROM bodies").fetchone()[0] or 0) + 1
-        key_rows: list[tuple[str, int]] = []
-        body_rows: list[tuple[int, str]] = []
-        inbox_rows: list[tuple[Any, ...]] = []
-        receipt_rows: list[list[Any]] = []
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        for job in jobs:
-            flags: list[bool] = []
-            body_ids: dict[int, int] = {}
-            for key, row, body in zip(job.keys, job.events, job.body_of, strict=True):
-                is_new = key not in known
-                flags.append(is_new)
-                if not is_new:
-                    continue
-                known.add(key)  # a second copy later in this same batch is a duplicate
-                key_rows.append((key, seen_at))
-                if body not in body_ids:
-                    body_ids[body] = next_body
-                    body_rows.append((next_body, job.payloads[body]))
-                    next_body += 1
-                inbox_rows.append((body_ids[body], *row))
-            for receipt in job.receipts:
-                if receipt[OUTCOME] is None:
-                    receipt[OUTCOME] = "new" if any(flags) else "duplicate"
-                if receipt[RECEIVED] is None:
-                    receipt[RECEIVED] = seen_at
-                receipt_rows.append(receipt)
-            job.backlog_delta = sum(flags)
-            results.append((job, flags, None))
-        _insert(conn, "keys", ("event_key", "seen_at"), key_rows)
-        _insert(conn, "bodies", ("id", "payload"), body_rows)
-        _insert(conn, "inbox", ("body_id", *EVENT_COLUMNS), inbox_rows)
-        _insert(conn, "receipts", RECEIPT_COLUMNS, receipt_rows)
-        return results
+    def _seen_at(self) -> int:
+        return int(self._now() * 1_000_000)
 
-    def _deliver(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    def _deliver(self, results: list[Result]) -> None:
         # One wake-up per event loop per commit, not one per request.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Result]]
         by_loop = {}
         for item in results:
             loop = item[0].loop
             if loop is None:
-                _settle([item])
+                settle([item])
             else:
                 by_loop.setdefault(loop, []).append(item)
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle, items)
+                loop.call_soon_threadsafe(settle, items)
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: Job) -> None:
         if self._closed or not self._thread.is_alive():
             raise StorageError("journal is closed")
         self._queue.put([job])
 
-    def _enqueue_async(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+    def _enqueue_async(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         # Requests handled in one event-loop pass go to the writer as one item: one wake-up
         # of the writer thread (and one GIL hand-over) per pass, not one per request.
         if self._closed or not self._thread.is_alive():
@@ -324,7 +260,7 @@ class Journal:
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._closed:
             jobs = self._pending.pop(loop, [])
-            _settle([(job, None, StorageError("journal is closed")) for job in jobs])
+            settle([(job, None, StorageError("journal is closed")) for job in jobs])
             return
         if not self.commit_in_loop:
             jobs = self._pending.pop(loop, [])
@@ -343,22 +279,22 @@ class Journal:
         self._in_flight.add(loop)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            results = self._write_appends(self._conn, jobs)
+            results = write_appends(self._conn, jobs, self._seen_at())
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             self._lock.release()
             self._in_flight.discard(loop)
             error = StorageError(f"journal write failed: {exc}")
-            _settle([(job, None, error) for job in jobs])
+            settle([(job, None, error) for job in jobs])
             return
         self._committer.submit(self._commit_off_loop, loop, jobs, results)
 
     def _commit_off_loop(
         self,
         loop: asyncio.AbstractEventLoop,
-        jobs: list[_Job],
-        results: list[tuple[_Job, Any, BaseException | None]],
+        jobs: list[Job],
+        results: list[Result],
     ) -> None:
         error: StorageError | None = None
         try:
@@ -376,39 +312,20 @@ class Journal:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(self._after_commit, loop, results)
 
-    def _after_commit(
-        self, loop: asyncio.AbstractEventLoop, results: list[tuple[_Job, Any, BaseException | None]]
-    ) -> None:
+    def _after_commit(self, loop: asyncio.AbstractEventLoop, results: list[Result]) -> None:
         self._in_flight.discard(loop)
-        _settle(results)
+        settle(results)
         if self._pending.get(loop):
             self._hand_over(loop)
 
     def _submit(
         self, work: Callable[[sqlite3.Connection], Any], backlog_delta: int = 0
     ) -> Future[Any]:
-        job = _Job(Future(), None, work=work, backlog_delta=backlog_delta)
+        job = Job(Future(), None, work=work, backlog_delta=backlog_delta)
         self._enqueue(job)
         return job.future  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ appends
-
-    @staticmethod
-    def _append_job(
-        job: _Job, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]]
-    ) -> _Job:
-        # Rows are built in the caller's thread: bad input fails there, alone.
-        index: dict[str, int] = {}
-        for record in records:
-            job.events.append(event_row(record))
-            job.keys.append(record.event_key)
-            body = index.get(record.payload)
-            if body is None:
-                body = index[record.payload] = len(job.payloads)
-                job.payloads.append(record.payload)
-            job.body_of.append(body)
-        job.receipts = [receipt_row(receipt) for receipt in receipts]
-        return job
 
     def submit(
         self, records: Sequence[EventRecord], receipts: Iterable[Mapping[str, Any]] = ()
@@ -420,7 +337,7 @@ class Journal:
         with :class:`StorageError` when the disk write fails. Raises TypeError or ValueError
         at once for a record or receipt of the wrong form.
         """
-        job = self._append_job(_Job(Future(), None), records, receipts)
+        job = append_job(Job(Future(), None), records, receipts)
         self._enqueue(job)
         return job.future  # type: ignore[return-value]
 
@@ -454,7 +371,7 @@ class Journal:
         """:meth:`append` for asyncio callers; concurrent callers share one commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[bool]] = loop.create_future()
-        self._enqueue_async(self._append_job(_Job(future, loop), records, receipts), loop)
+        self._enqueue_async(append_job(Job(future, loop), records, receipts), loop)
         return await future
 
     async def ping_async(self) -> None:
@@ -478,8 +395,8 @@ class Journal:
         keys = list(dict.fromkeys(event_keys))
         found: set[str] = set()
         with self._reader() as conn:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
                 found.update(row[0] for row in conn.execute(sql, chunk))
@@ -522,7 +439,7 @@ class Journal:
                     break
                 columns = list(zip(*rows, strict=True))
                 lake.write_events(events_arrow(columns[2:], columns[1]))
-                self._submit(_forget("inbox", rows[-1][0]), -len(rows)).result()
+                self._submit(forget("inbox", rows[-1][0]), -len(rows)).result()
                 n_events += len(rows)
             while True:
                 with self._reader() as conn:
@@ -530,10 +447,10 @@ class Journal:
                 if not got:
                     break
                 lake.write_deliveries(receipts_arrow(list(zip(*got, strict=True))[1:]))
-                self._submit(_forget("receipts", got[-1][0])).result()
+                self._submit(forget("receipts", got[-1][0])).result()
                 n_receipts += len(got)
             cutoff = int((self._now() - self.retention.total_seconds()) * 1_000_000)
-            self._submit(_prune(cutoff)).result()
+            self._submit(prune(cutoff)).result()
             with self._reader() as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
@@ -588,42 +505,3 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.data_dir)!r}, backlog={self._backlog})"
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    table: str,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-) -> None:
-    """Insert ``rows`` with as few statements as possible.
-
-    Multi-row ``VALUES`` rather than ``executemany``: the sqlite3 module releases and retakes
-    the GIL around every step, and each retake can wait a whole switch interval while the
-    event loop is busy; one statement per table keeps the writer's GIL hand-overs per commit
-    constant instead of one per row.
-    """
-    per_row = len(columns)
-    step = max(1, _MAX_PARAMS // per_row)
-    one = "(" + ",".join("?" * per_row) + ")"
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-    for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        params = [value for row in chunk for value in row]
-        conn.execute(head + ",".join([one] * len(chunk)), params)
-
-
-def _forget(table: str, last_seq: int) -> Callable[[sqlite3.Connection], None]:
-    def work(conn: sqlite3.Connection) -> None:
-        conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last_seq,))
-        if table == "inbox":
-            conn.execute("DELETE FROM bodies WHERE id NOT IN (SELECT body_id FROM inbox)")
-
-    return work
-
-
-def _prune(cutoff: int) -> Callable[[sqlite3.Connection], None]:
-    def work(conn: sqlite3.Connection) -> None:
-        conn.execute("DELETE FROM keys WHERE seen_at < ?", (cutoff,))
-
-    return work

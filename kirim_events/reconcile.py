@@ -42,7 +42,14 @@ from kirim_events.errors import ApiError, ConfigError, PayloadError
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
 
-__all__ = ["BulkWindow", "MissingEvent", "ReconcileReport", "reconcile"]
+__all__ = [
+    "BulkWindow",
+    "MissingEvent",
+    "ReconcileReport",
+    "bulk_replay_window",
+    "plan_windows",
+    "reconcile",
+]
 
 PURGE_DAYS = 30
 _SHARED_ID_TYPES = frozenset({"message.status", "message.status_updated"})
@@ -378,31 +385,47 @@ def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lak
         except ApiError as exc:
             report.errors.append(f"replay {m.delivery_id}: {exc}")
     for w in report.windows:
-        _bulk(report, client, w, depth=0)
+        bulk_replay_window(client, w, report)
 
 
-def _bulk(report: ReconcileReport, client: KirimClient, w: BulkWindow, depth: int) -> None:
+def bulk_replay_window(
+    client: KirimClient,
+    window: BulkWindow,
+    report: ReconcileReport,
+    *,
+    event_type: str | None = None,
+    depth: int = 0,
+) -> None:
+    """``bulk_replay`` one window; when Kirim answers ``capped``, halve it and repeat both.
+
+    Counts calls and enqueued deliveries into ``report``; API errors are recorded in
+    ``report.errors`` rather than raised, so one bad window does not stop the others.
+    """
     try:
         result = client.bulk_replay(
-            w.subscription_id,
-            status=w.status,
-            created_after=w.created_after,
-            created_before=w.created_before,
+            window.subscription_id,
+            status=window.status,
+            event_type=event_type,
+            created_after=window.created_after,
+            created_before=window.created_before,
         )
     except ApiError as exc:
-        report.errors.append(f"bulk_replay {w.subscription_id} {w.status}: {exc}")
+        report.errors.append(f"bulk_replay {window.subscription_id} {window.status}: {exc}")
         return
     report.bulk_calls += 1
     report.bulk_enqueued += result.enqueued
-    if result.capped:
-        # More rows than planned (new ones since the walk): halve the window and repeat both
-        # halves. The first call already replayed up to 1000; repeats are harmless duplicates.
-        if depth >= 20:
-            report.errors.append(f"bulk_replay still capped at {w.created_after.isoformat()}")
-            return
-        mid = w.created_after + (w.created_before - w.created_after) / 2
-        for half in (
-            BulkWindow(w.subscription_id, w.status, w.created_after, mid, w.rows // 2),
-            BulkWindow(w.subscription_id, w.status, mid, w.created_before, w.rows - w.rows // 2),
-        ):
-            _bulk(report, client, half, depth + 1)
+    if not result.capped:
+        return
+    # More rows than planned (new ones since the walk, or no plan): halve the window and
+    # repeat both halves. The capped call already replayed up to 1000 of them; the repeats
+    # send those again, which the collector's dedup index absorbs.
+    if depth >= 20:
+        report.errors.append(f"bulk_replay still capped at {window.created_after.isoformat()}")
+        return
+    w = window
+    mid = w.created_after + (w.created_before - w.created_after) / 2
+    for half in (
+        BulkWindow(w.subscription_id, w.status, w.created_after, mid, w.rows // 2),
+        BulkWindow(w.subscription_id, w.status, mid, w.created_before, w.rows - w.rows // 2),
+    ):
+        bulk_replay_window(client, half, report, event_type=event_type, depth=depth + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from kirim_events.cli._app import app, main
 
 # Command modules register themselves on import; keep this list sorted.
+from kirim_events.cli import backfill as _backfill  # noqa: F401  isort: skip
 from kirim_events.cli import collect as _collect  # noqa: F401  isort: skip
 from kirim_events.cli import compact as _compact  # noqa: F401  isort: skip
 from kirim_events.cli import demo as _demo  # noqa: F401  isort: skip

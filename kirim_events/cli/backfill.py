@@ -1,0 +1,317 @@
+"""``kirim-events backfill``, ``reconcile`` and ``deliveries``: Kirim's history from the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
+from kirim_events.cli._app import DataOption, app, command, console, err_console, errors_to_exit
+from kirim_events.cli._app import settings as load_settings
+from kirim_events.client import Delivery, KirimClient, format_time
+from kirim_events.errors import ApiError, ConfigError
+from kirim_events.reconcile import BulkWindow, ReconcileReport, bulk_replay_window, reconcile
+
+SinceOption = Annotated[
+    str,
+    typer.Option(
+        "--since",
+        help="Start of the range of delivery times: ISO 8601, a date, or a span ago (7d, 12h).",
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", help="End of the range (exclusive); default: now, fixed at start."),
+]
+SubscriptionOption = Annotated[
+    str | None, typer.Option("--subscription-id", help="Only this subscription (wbs_...).")
+]
+EventTypeOption = Annotated[
+    str | None, typer.Option("--event-type", help="Only this event type (e.g. message.status).")
+]
+
+
+def _client(data: object = None) -> KirimClient:
+    s = load_settings(data_dir=data)
+    with errors_to_exit():
+        return KirimClient(s.api_url, s.require_api_key())
+
+
+def _fmt(value: datetime | None) -> str:
+    return "-" if value is None else format_time(value)
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+def _eta(p: BackfillProgress) -> str:
+    eta = p.eta
+    return "?" if eta is None else str(timedelta(seconds=int(eta)))
+
+
+@command("backfill")
+def backfill_command(
+    since: SinceOption,
+    until: UntilOption = None,
+    data: DataOption = None,
+    slices: Annotated[
+        int, typer.Option("--slices", help="Time slices fetched in parallel (one rate limit).")
+    ] = 4,
+    page_size: Annotated[int, typer.Option("--page-size", help="Rows per page, 1-100.")] = 100,
+    subscription_id: SubscriptionOption = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only deliveries in this Kirim status.")
+    ] = None,
+    event_type: EventTypeOption = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = True,
+) -> None:
+    """Pull Kirim's delivery history into the store; a killed run resumes when started again.
+
+    Rows go to the deliveries table; rows that carry their payload become events through the
+    collector's dedup index. Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
+    """
+    s = load_settings(data_dir=data)
+    client = _client(data)
+    bar = Progress(
+        TextColumn("[bold]backfill"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[pages]} pages  {task.fields[rows]} rows  {task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=err_console,
+        disable=not progress,
+        transient=False,
+    )
+    task = bar.add_task("backfill", total=100.0, pages=0, rows=0, rate="0", eta="?")
+
+    def update(p: BackfillProgress) -> None:
+        bar.update(
+            task,
+            completed=100.0 * p.fraction,
+            pages=p.pages,
+            rows=p.rows,
+            rate=f"{p.rows_per_second:.0f}",
+            eta=_eta(p),
+        )
+
+    with errors_to_exit(), bar, client:
+        report = backfill(
+            s.data_dir,
+            client=client,
+            since=since,
+            until=until,
+            subscription_id=subscription_id,
+            status=status,
+            event_type=event_type,
+            slices=slices,
+            page_size=page_size,
+            progress=update,
+        )
+    _render_backfill(report)
+
+
+def _render_backfill(r: BackfillReport) -> None:
+    table = Table("", "value", title="backfill", show_header=False)
+    table.add_row("range", f"{_fmt(r.since)} .. {_fmt(r.until)}")
+    table.add_row("resumed a killed run", "yes" if r.resumed else "no")
+    table.add_row("pages / requests / retries", f"{r.pages} / {r.requests} / {r.retries}")
+    table.add_row("delivery rows", str(r.rows))
+    table.add_row("new events", str(r.events_new))
+    table.add_row("events already stored", str(r.events_duplicate))
+    table.add_row("rows without payload", str(r.rows_without_payload))
+    table.add_row("quarantined payloads", str(r.quarantined))
+    table.add_row("flushed to the lake", f"{r.flushed_events} events, {r.flushed_deliveries} rows")
+    table.add_row("seconds", f"{r.seconds:.1f}")
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+@command("reconcile")
+def reconcile_command(
+    since: SinceOption,
+    until: UntilOption = None,
+    data: DataOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; import and replay nothing.")
+    ] = False,
+    warn_days: Annotated[
+        float, typer.Option("--warn-days", help="Warn about events this close to the purge.")
+    ] = 3.0,
+) -> None:
+    """Report the events Kirim knows that the lake lacks, and recover them.
+
+    Payloads in the history are imported; the rest are replayed by Kirim to your collector
+    (bulk_replay for dead/failed deliveries when it takes fewer calls).
+    """
+    s = load_settings(data_dir=data)
+    client = _client(data)
+    with errors_to_exit(), client:
+        report = reconcile(
+            s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
+            warn_days=warn_days,
+        )  # fmt: skip
+    _render_reconcile(report)
+
+
+def _render_reconcile(r: ReconcileReport) -> None:
+    head = "reconcile (dry run: nothing changed)" if r.dry_run else "reconcile"
+    console.print(
+        f"[bold]{head}[/bold]  {_fmt(r.since)} .. {_fmt(r.until)}: "
+        f"{r.history_rows} history rows, {len(r.missing)} events missing from the lake"
+    )
+    if r.missing:
+        table = Table("day", "type", "missing", title="missing events, oldest first")
+        for event_type, day, n in r.by_type_day:
+            table.add_row(day, event_type, str(n))
+        console.print(table)
+    if r.near_purge:
+        console.print(
+            f"[yellow]warning:[/yellow] {r.near_purge} missing event(s) were first delivered "
+            f"before {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now"
+        )
+    plan = Table("action", "events", title="plan" if r.dry_run else "recovery")
+    for action, n in sorted(r.actions.items()):
+        plan.add_row(action, str(n))
+    if r.missing:
+        console.print(plan)
+    for w in r.windows:
+        console.print(
+            f"  bulk_replay {w.subscription_id} status={w.status} "
+            f"{_fmt(w.created_after)} .. {_fmt(w.created_before)} (~{w.rows} rows)"
+        )
+    if not r.dry_run and r.missing:
+        console.print(
+            f"imported {r.imported}; replayed {r.replayed}; bulk_replay calls {r.bulk_calls} "
+            f"({r.bulk_enqueued} enqueued). Replays reach your collector, not this command."
+        )
+    for line in r.errors:
+        err_console.print(f"[red]error:[/red] {line}")
+    if r.errors:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- deliveries
+
+deliveries_app = typer.Typer(
+    help="Inspect Kirim's delivery history and ask Kirim to replay deliveries.",
+    no_args_is_help=True,
+)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    since: Annotated[str | None, typer.Option("--since", help="Created at or after.")] = None,
+    until: UntilOption = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="succeeded, pending, failed, dead...")
+    ] = None,
+    event_type: EventTypeOption = None,
+    subscription_id: SubscriptionOption = None,
+    event_id: Annotated[str | None, typer.Option("--event-id", help="Only this event.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most rows to show.")] = 25,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List deliveries, newest first (the payload is not shown)."""
+    if limit < 1:
+        raise typer.BadParameter("--limit must be at least 1")
+    client = _client()
+    now = datetime.now(UTC)
+    with errors_to_exit(), client:
+        after = None if since is None else parse_when(since, now=now, name="--since")
+        before = None if until is None else parse_when(until, now=now, name="--until")
+        shown: list[Delivery] = []
+        pages = client.iter_pages(
+            limit=min(100, limit), status=status, event_type=event_type,
+            subscription_id=subscription_id, event_id=event_id,
+            created_after=after, created_before=before,
+        )  # fmt: skip
+        for page, _ in pages:
+            shown.extend(page.deliveries[: limit - len(shown)])
+            if len(shown) >= limit:
+                break
+    if as_json:
+        for d in shown:
+            row = {
+                "id": d.id, "status": d.status, "event_id": d.event_id,
+                "event_type": d.event_type, "subscription_id": d.subscription_id,
+                "attempt": d.attempt, "response_status_code": d.response_status_code,
+                "replayed_from": d.replayed_from, "created_at": _fmt(d.created_at),
+                "has_payload": d.payload is not None,
+            }  # fmt: skip
+            typer.echo(json.dumps(row))
+        return
+    table = Table("id", "status", "event type", "event id", "attempt", "code", "created")
+    for d in shown:
+        table.add_row(
+            d.id or "-", d.status or "-", d.event_type or "-", d.event_id or "-",
+            str(d.attempt or "-"), str(d.response_status_code or "-"), _fmt(d.created_at),
+        )  # fmt: skip
+    console.print(table)
+
+
+@deliveries_app.command("replay")
+def deliveries_replay(
+    ids: Annotated[list[str], typer.Argument(help="Delivery ids (wbd_...) to send again.")],
+) -> None:
+    """Ask Kirim to send these deliveries again (each becomes a new delivery row)."""
+    client = _client()
+    failed = 0
+    with client:
+        for ident in ids:
+            try:
+                with_errors = client.replay(ident)
+            except (ApiError, ValueError) as exc:
+                failed += 1
+                err_console.print(f"[red]error:[/red] {ident}: {exc}")
+                continue
+            console.print(f"{ident} -> {with_errors.get('id', '?')} ({with_errors.get('status')})")
+    if failed:
+        raise typer.Exit(1)
+
+
+@deliveries_app.command("bulk-replay")
+def deliveries_bulk_replay(
+    subscription_id: Annotated[
+        str, typer.Option("--subscription-id", help="The subscription (wbs_...); required.")
+    ],
+    status: Annotated[str, typer.Option("--status", help="dead or failed.")] = "dead",
+    event_type: EventTypeOption = None,
+    since: Annotated[
+        str, typer.Option("--since", help="Created at or after (default: 30 days ago).")
+    ] = "30d",
+    until: UntilOption = None,
+) -> None:
+    """Replay every dead (or failed) delivery of a subscription in a time window.
+
+    Kirim replays at most 1000 per call; when it says ``capped``, the window is halved and
+    both halves are replayed again (a few deliveries may then be sent twice; the collector
+    deduplicates them).
+    """
+    client = _client()
+    now = datetime.now(UTC)
+    with errors_to_exit(), client:
+        if status not in {"dead", "failed"}:
+            raise ConfigError("--status must be 'dead' or 'failed'")
+        lo = parse_when(since, now=now, name="--since")
+        hi = now if until is None else parse_when(until, now=now, name="--until")
+        if not lo < hi:
+            raise ConfigError("--since must be before --until")
+        report = ReconcileReport(since=lo, until=hi, dry_run=False)
+        window = BulkWindow(subscription_id, status, lo, hi, 0)
+        bulk_replay_window(client, window, report, event_type=event_type)
+    console.print(f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s)")
+    for line in report.errors:
+        err_console.print(f"[red]error:[/red] {line}")
+    if report.errors:
+        raise typer.Exit(1)

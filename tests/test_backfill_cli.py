@@ -3,6 +3,7 @@ reconcile --dry-run, and Kirim-side replay (`deliveries`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,10 +89,8 @@ def window(world: World) -> tuple[str, str]:
 def checkpoint_pages(data: Path) -> int:
     total = 0
     for path in (data / "_state" / "backfill").glob("*.json"):
-        try:
+        with contextlib.suppress(ValueError, KeyError, FileNotFoundError):  # mid-rename
             total += sum(s["pages"] for s in json.loads(path.read_text())["slices"])
-        except (ValueError, KeyError):
-            pass  # caught mid-rename
     return total
 
 

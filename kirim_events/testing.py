@@ -249,8 +249,11 @@ def signed_request(
     }
     if source:
         headers["X-Kirim-Source"] = source
-    if event_type or guessed_type:
-        headers["X-Kirim-Event"] = str(event_type or guessed_type)
-    if event_id or guessed_id:
-        headers["X-Kirim-Event-Id"] = str(event_id or guessed_id)
+    for name, value in (
+        ("X-Kirim-Event", event_type or guessed_type),
+        ("X-Kirim-Event-Id", event_id or guessed_id),
+    ):
+        # Guessed from an arbitrary body: only plain text can be a header value.
+        if isinstance(value, str) and value.isascii() and value.isprintable() and value:
+            headers[name] = value
     return SignedRequest(raw, headers)

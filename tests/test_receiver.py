@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import kirim_events as ke
 from kirim_events import testing
@@ -230,3 +232,39 @@ async def test_logs_hold_neither_secrets_nor_bodies(
 def test_a_receiver_needs_a_secret(journal: Journal) -> None:
     with pytest.raises(ValueError):
         Receiver(journal, [])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_shaped = st.fixed_dictionaries(
+    {},
+    optional={
+        "object": st.sampled_from(["whatsapp_business_account", "page"]),
+        "entry": _json,
+        "type": st.one_of(st.sampled_from(["message.status", "Bad.Type", "a.b"]), _json),
+        "event": _json,
+        "id": _json,
+        "created_at": _json,
+        "data": _json,
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(st.binary(max_size=200), _json.map(testing.encode), _shaped.map(testing.encode))
+)
+async def test_no_signed_or_unsigned_input_gets_a_5xx(receiver: Receiver, body: bytes) -> None:
+    async with client(receiver) as c:
+        signed_resp = await c.post(PATH, content=body, headers=signed(body).headers)
+        unsigned = await c.post(PATH, content=body, headers={"X-Kirim-Signature": "t=1,v1=00"})
+    assert signed_resp.status_code == 200
+    assert signed_resp.json()["outcome"] in {"new", "duplicate", "quarantined"}
+    assert unsigned.status_code == 401

@@ -133,7 +133,7 @@ async def test_too_large_by_content_length_is_413(receiver: Receiver, journal: J
     assert lake_after_flush(journal).events().collect().height == 0
 
 
-async def test_size_limit_is_enforced_while_streaming(receiver: Receiver) -> None:
+async def test_size_limit_is_enforced_while_streaming(receiver: Receiver, journal: Journal) -> None:
     sent = 0
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked upload
@@ -146,14 +146,19 @@ async def test_size_limit_is_enforced_while_streaming(receiver: Receiver) -> Non
         resp = await c.post(PATH, content=chunks(), headers={"X-Kirim-Signature": "t=1,v1=0"})
     assert resp.status_code == 413
     assert sent < 20  # stopped reading soon after 64 KiB, not after 8 MB
+    assert lake_after_flush(journal).events().collect().height == 0
 
 
-async def test_other_methods_and_paths(receiver: Receiver) -> None:
+async def test_other_methods_and_paths(receiver: Receiver, journal: Journal) -> None:
+    req = signed()
     async with client(receiver) as c:
         assert (await c.get(PATH)).status_code == 405
-        assert (await c.put(PATH, content=b"{}")).status_code == 405
-        assert (await c.post("/webhooks/other", content=b"{}")).status_code == 404
+        assert (await c.put(PATH, content=req.body, headers=req.headers)).status_code == 405
+        assert (
+            await c.post("/webhooks/other", content=req.body, headers=req.headers)
+        ).status_code == 404
         assert (await c.get("/")).status_code == 404
+    assert lake_after_flush(journal).events().collect().height == 0
 
 
 @pytest.mark.parametrize(

@@ -228,5 +228,5 @@ class Writer:
             files.append((f"{partition_dir(table, group, date)}/{name}", data))
             markers.append((change_marker(table, group, date, name), b""))
         # Markers first: a file never exists without its marker, so compaction finds it.
-        self.storage.publish_many(markers + files)
+        self.storage.publish_many(markers + files, first=len(markers))
         return frame.height

@@ -17,7 +17,7 @@ delivery rows of a page fetched twice (killed after the commit, before the check
 exact copies, because ``received_at`` is the run's fixed snapshot time, and the lake
 collapses exact copies of delivery rows.
 
-The range is split into ``slices`` time slices walked in parallel threads through one
+The range is split into ``4 x slices`` time slices walked by ``slices`` threads through one
 :class:`~kirim_events.client.KirimClient`, whose single rate limiter keeps all of them within
 Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
 asks for one millisecond more on both sides (the precision of Kirim's times) and keeps only
@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 1
+_PIECES = 4  # time slices per parallel fetcher
+_FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
 _OVERLAP = timedelta(milliseconds=1)  # Kirim shows delivery times in milliseconds
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -404,7 +406,9 @@ def backfill(
     subscription_id, status, event_type
         Optional history filters (sent on every page: cursors are filter-bound).
     slices
-        Time slices fetched in parallel (threads sharing the client's rate limit).
+        Parallel fetchers (threads sharing the client's rate limit). The range is cut into
+        ``4 x slices`` time slices that the fetchers take in turn, so a busy stretch of
+        history does not leave one fetcher working alone at the end.
     page_size
         Rows per page (1-100).
     journal, lake
@@ -466,7 +470,7 @@ def backfill(
             until=format_time(hi),
             snapshot=format_time(start),
             filters=filters,
-            slices=_split(lo, hi, slices),
+            slices=_split(lo, hi, slices * _PIECES),
         )
         cp.save(path)
     until_fixed = parse_time(cp.until)
@@ -479,7 +483,8 @@ def backfill(
     sent0, retries0 = client.requests_sent, client.retries
     try:
         run = _Run(client, jr, cp, path, report, page_size, progress, now)
-        with ThreadPoolExecutor(max_workers=len(cp.slices), thread_name_prefix="backfill") as pool:
+        workers = min(slices, len(cp.slices))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
             futures = [pool.submit(run.walk, s) for s in cp.slices]
             try:
                 for f in futures:
@@ -492,7 +497,7 @@ def backfill(
                 from kirim_events.lake import Lake
 
                 lake = Lake(root)
-            flushed = jr.flush(lake, batch_size=10_000)
+            flushed = jr.flush(lake, batch_size=_FLUSH_BATCH)
             report.flushed_events = flushed.events
             report.flushed_deliveries = flushed.receipts
         _finish(path)

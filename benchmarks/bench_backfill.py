@@ -1,0 +1,294 @@
+"""Benchmark: backfill of the emulator's delivery history over loopback HTTP, under a rate limit.
+
+Setup: the emulator's REST app holds ``100,000 x --scale`` signed deliveries (payload included)
+and runs in its own process on a loopback uvicorn, with ``--latency`` seconds added to every
+request and a read limit of ``--limit`` requests per minute (a token bucket holding one
+minute's worth). Before each run the bucket is drained, so every run is limit-bound from its
+first request.
+
+Each run is a fresh process (so its peak RSS is its own) doing a full ``backfill()`` of the
+selected share of the history with ``--slices`` parallel slices: journal, checkpoints and the
+final flush to the lake included. Baseline, same run, same limit: the same client and slices
+with header pacing switched off (it only honours Retry-After on a 429), i.e. what a plain
+"retry on 429" client does. Reported: 2xx requests/s against the limit, 429s served, wall time,
+peak RSS, for two history sizes to show memory stays flat.
+
+    .venv/bin/python benchmarks/bench_backfill.py --scale 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+HEADING = "## Backfill: history over loopback HTTP under a rate limit (bench_backfill.py)"
+FULL = 100_000
+
+
+# --------------------------------------------------------------------------- server process
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from kirim_events.emulator import Emulator, FaultConfig, create_app
+
+    emu = Emulator(seed=7)
+    emu.subscribe("https://example.test/webhooks/kirim")
+    for _ in emu.iter_deliveries(None):
+        if len(emu.store.deliveries) >= args.deliveries:
+            break
+    times = sorted(r.created_at for r in emu.store.deliveries)
+    app = create_app(
+        emu.store,
+        api_keys=emu.api_keys,
+        read_limit=args.limit,
+        faults=FaultConfig(latency=args.latency, latency_rate=1.0),
+    )
+    port = args.port
+    ready = {
+        "port": port,
+        "key": emu.api_keys[0].reveal(),
+        "times": times[:: max(1, len(times) // 1000)],
+    }
+    ready["last"] = times[-1]
+    ready["n"] = len(times)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", backlog=256)
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        while not server.started:
+            time.sleep(0.05)
+        print(json.dumps(ready), flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+
+
+# --------------------------------------------------------------------------- one measured run
+
+
+class Recording(httpx.HTTPTransport):
+    """Counts answers and remembers when the first and last ones arrived."""
+
+    def __init__(self) -> None:
+        super().__init__(limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self.lock = threading.Lock()
+        self.codes: dict[int, int] = {}
+        self.first = self.last = 0.0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        now = time.monotonic()
+        with self.lock:
+            self.codes[response.status_code] = self.codes.get(response.status_code, 0) + 1
+            self.first = self.first or now
+            self.last = now
+        return response
+
+
+def run_once(args: argparse.Namespace) -> None:
+    from kirim_events.backfill import backfill
+    from kirim_events.client import KirimClient, RateLimiter
+    from kirim_events.lake import Lake  # noqa: F401  (imported before the baseline RSS)
+
+    class NoPacing(RateLimiter):
+        """Baseline: ignore the X-RateLimit headers (429 + Retry-After still honoured)."""
+
+        def release(self, klass: str, headers: Any) -> None:
+            super().release(klass, None)
+
+    drain(args.url, args.key)  # here, after the imports: the run starts limit-bound
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    transport = Recording()
+    limiter = None if args.pacing else NoPacing()
+    client = KirimClient(args.url, args.key, transport=transport, limiter=limiter, max_attempts=50)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as data:
+        report = backfill(
+            data,
+            client=client,
+            since=datetime.fromtimestamp(args.since, UTC),
+            until=datetime.fromtimestamp(args.until, UTC),
+            slices=args.slices,
+        )
+    wall = time.monotonic() - started
+    ok = sum(n for code, n in transport.codes.items() if 200 <= code < 300)
+    fetch = transport.last - transport.first
+    out = {
+        "rows": report.rows,
+        "events": report.events_new,
+        "ok_requests": ok,
+        "n429": transport.codes.get(429, 0),
+        "fetch_s": fetch,
+        "ok_per_s": (ok - 1) / fetch if fetch > 0 else 0.0,
+        "wall_s": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
+    }
+    print(json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drain(url: str, key: str) -> None:
+    """Spend the read bucket so the run starts limit-bound (another user of the key)."""
+    import asyncio
+
+    async def go() -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as c:
+            done = asyncio.Event()
+
+            async def spend() -> None:
+                while not done.is_set():
+                    if (await c.get("/v1/me")).status_code == 429:
+                        done.set()
+
+            await asyncio.gather(*(spend() for _ in range(64)))
+
+    asyncio.run(go())
+
+
+def measure(
+    url: str, key: str, since: float, until: float, slices: int, pacing: bool
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--run", "--url", url, "--key", key,
+           "--since", repr(since), "--until", repr(until), "--slices", str(slices)]  # fmt: skip
+    if not pacing:
+        cmd.append("--no-pacing")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ})
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def write_results(text: str) -> None:
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = current.find(HEADING)
+    if start == -1:
+        new = current.rstrip("\n") + "\n\n" + text
+    else:
+        end = current.find("\n## ", start + len(HEADING))
+        new = current[:start] + text + (current[end + 1 :] if end != -1 else "")
+    RESULTS.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", type=float, default=0.3, help="share of 100,000 deliveries")
+    p.add_argument("--steps", default="0.2,1.0", help="history shares measured (of --scale)")
+    p.add_argument("--limit", type=int, default=1200, help="read requests per minute")
+    p.add_argument("--latency", type=float, default=0.25, help="seconds added per request")
+    p.add_argument("--slices", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--no-write", action="store_true")
+    # internal modes
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--deliveries", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--since", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--until", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--no-pacing", dest="pacing", action="store_false", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    if args.run:
+        run_once(args)
+        return
+
+    n = int(FULL * args.scale)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--deliveries", str(n), "--port", str(port),
+         "--limit", str(args.limit), "--latency", str(args.latency)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = json.loads(server.stdout.readline())
+        url, key, times = f"http://127.0.0.1:{port}", ready["key"], ready["times"]
+        rows = []
+        limit_per_s = args.limit / 60
+        for step in [float(s) for s in args.steps.split(",")]:
+            cut = times[min(len(times) - 1, int(len(times) * step))] if step < 1 else None
+            since, until = times[0] - 1, (cut if cut is not None else ready["last"] + 1)
+            for pacing in (False, True):
+                runs = [measure(url, key, since, until, args.slices, pacing)
+                        for _ in range(args.repeats)]  # fmt: skip
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                med["pacing"] = pacing
+                med["step"] = step
+                rows.append(med)
+                print(json.dumps(med), flush=True)
+    finally:
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(10)
+    text = render(args, n, rows, limit_per_s)
+    print(text)
+    if not args.no_write:
+        write_results(text)
+
+
+def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: float) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        HEADING,
+        "",
+        f"Run {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} cores "
+        f"(shared with other jobs), Python {platform.python_version()}; `--scale {args.scale}` "
+        f"= {n:,} deliveries with payloads in the emulator (its own process, loopback uvicorn), "
+        f"{args.latency:g} s added to every request, read limit {args.limit}/min "
+        f"({limit:g} requests/s; the bucket is drained before each run), page size 100, "
+        f"{args.slices} slices. Medians of {args.repeats} run(s); each run is a fresh process "
+        "doing the whole backfill (journal, checkpoint per page, flush to the lake).",
+        "",
+        "| history rows | client | 2xx requests/s | vs limit | 429s served | fetch s | wall s "
+        "| rows/s (wall) | peak RSS MB | RSS growth MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        who = "kirim-events (header pacing)" if r["pacing"] else "baseline: retry on 429 only"
+        lines.append(
+            f"| {int(r['rows']):,} | {who} | {r['ok_per_s']:.1f} | {r['ok_per_s'] / limit:.0%} "
+            f"| {int(r['n429'])} | {r['fetch_s']:.1f} | {r['wall_s']:.1f} "
+            f"| {r['rows'] / r['wall_s']:,.0f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['rss_growth_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

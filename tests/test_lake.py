@@ -13,6 +13,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kirim_events as ke
 from kirim_events.errors import LakeError
@@ -172,7 +174,20 @@ def test_plain_duckdb_and_polars_read_the_lake_without_help(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "bad",
-    ["../x", "a/b", "", ".", "..", "../../etc/passwd", "A.B", "x\x00y", "a\\b", "é.x", "/abs"],
+    [
+        "../x",
+        "a/b",
+        "",
+        ".",
+        "..",
+        "../../etc/passwd",
+        "A.B",
+        "x\x00y",
+        "a\\b",
+        "é.x",
+        "/abs",
+        "a.b\n",
+    ],
 )
 def test_path_tricks_in_event_types_stay_inside_the_lake(tmp_path: Path, bad: str) -> None:
     root = tmp_path / "lake"
@@ -307,3 +322,24 @@ def test_a_failed_write_is_a_storage_error_and_leaves_no_temp_files(tmp_path: Pa
         lake.write_events([ev("b", type="message.status"), ev("c")])
     assert list((tmp_path / "_tmp").iterdir()) == []
     assert lake.events().collect()["event_key"].to_list() == ["a"]  # nothing half-visible
+
+
+@given(st.text(max_size=80))
+def test_any_type_maps_to_one_safe_folder_name(event_type: str) -> None:
+    name = encode_type(event_type)
+    assert name
+    assert "/" not in name
+    assert "\\" not in name
+    assert "\x00" not in name
+    assert "\n" not in name
+    assert name not in (".", "..")
+    assert len(name.encode()) <= 255
+    assert name.isascii()
+    if not name.startswith("_h_"):
+        assert decode_type(name) == event_type
+
+
+def test_compacting_a_folder_that_is_not_a_lake_creates_nothing(tmp_path: Path) -> None:
+    report = ke.Lake(tmp_path / "typo").compact()
+    assert report.partitions == 0
+    assert not (tmp_path / "typo").exists()

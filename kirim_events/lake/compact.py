@@ -52,7 +52,7 @@ from kirim_events.lake.reader import (
     parquet_names,
     polars_schema,
 )
-from kirim_events.lake.state import Manifest, manifest_path
+from kirim_events.lake.state import Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Staged, Storage
 from kirim_events.lake.writer import marker_file_name, parquet_bytes, partition_dir
 
@@ -365,6 +365,8 @@ def compact(
     started = time.perf_counter()
     report = CompactionReport()
     step: Hook = hook or (lambda _step: None)
+    if check_version(storage) is None:
+        return report  # never written by kirim-events: nothing to do, and create nothing
     with _lock(storage):
         _clean_tmp(storage, now())
         markers = _markers(storage)

@@ -57,7 +57,7 @@ def encode_type(event_type: str) -> str:
     >>> encode_type("")
     '_x_'
     """
-    if len(event_type) <= MAX_TYPE_LENGTH and EVENT_TYPE_PATTERN.match(event_type):
+    if len(event_type) <= MAX_TYPE_LENGTH and EVENT_TYPE_PATTERN.fullmatch(event_type):
         return event_type
     hexed = event_type.encode("utf-8", "surrogatepass").hex()
     if len(hexed) > _MAX_HEX:
@@ -83,7 +83,7 @@ def decode_type(value: str) -> str:
 
 def is_safe_value(value: str) -> bool:
     """True when a folder value read back from storage is one we could have written."""
-    return bool(_SAFE_VALUE.match(value)) and value not in (".", "..")
+    return bool(_SAFE_VALUE.fullmatch(value)) and value not in (".", "..")
 
 
 def parse_partition_dir(name: str, key: str) -> str | None:

@@ -5,6 +5,8 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from __future__ import annotations
 
+from kirim_events.backfill import BackfillReport, backfill
+from kirim_events.client import KirimClient
 from kirim_events.collect import Collector, collect
 from kirim_events.config import Secret, Settings
 from kirim_events.emulator import Emulator
@@ -23,31 +25,37 @@ from kirim_events.events import EventRecord, parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.receiver import Receiver
+from kirim_events.reconcile import ReconcileReport, reconcile
 from kirim_events.signing import sign, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
+    "BackfillReport",
     "Collector",
     "ConfigError",
     "Emulator",
     "EventRecord",
     "Journal",
+    "KirimClient",
     "KirimEventsError",
     "Lake",
     "LakeError",
     "PayloadError",
     "PermanentApiError",
     "Receiver",
+    "ReconcileReport",
     "RetryableApiError",
     "Secret",
     "Settings",
     "SignatureError",
     "StorageError",
     "__version__",
+    "backfill",
     "collect",
     "parse_delivery",
+    "reconcile",
     "sign",
     "verify",
 ]

@@ -108,3 +108,34 @@ def test_s3_location_errors_are_clear(s3_env: dict[str, str]) -> None:
     missing = ke.Lake("s3://no-such-bucket/x", env=s3_env)
     with pytest.raises(ke.StorageError):
         missing.write_events([ev("a")])
+
+
+def test_s3_compaction_lease_stops_a_second_compactor(s3_env: dict[str, str]) -> None:
+    clock = [1_900_000_000.0]
+    lake = ke.Lake("s3://lake/leased", env=s3_env, now=lambda: clock[0])
+    lake.write_events([ev("a"), ev("a", received=T0 + timedelta(1))])
+    other = ke.Lake("s3://lake/leased", env=s3_env, now=lambda: clock[0])
+    errors: list[Exception] = []
+
+    def hook(step: str) -> None:
+        if step == "planned" and not errors:
+            try:
+                other.compact()
+            except ke.LakeError as exc:
+                errors.append(exc)
+
+    lake.compact(hook=hook)
+    assert len(errors) == 1
+    assert "holds the lease" in str(errors[0])
+    assert not any(k.endswith("compact.lease") for k in _keys(s3_env, "leased/"))
+
+    # A compactor that died leaves its lease; it lapses after ten minutes.
+    lake.storage.publish(
+        "_state/compact.lease", b'{"owner": "dead", "until": %d}' % (clock[0] + 600)
+    )
+    lake.write_events([ev("b")])
+    with pytest.raises(ke.LakeError, match="holds the lease"):
+        lake.compact()
+    clock[0] += 601
+    assert lake.compact().partitions == 1
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]

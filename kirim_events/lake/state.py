@@ -138,5 +138,7 @@ class Manifest:
         )
 
     def is_clean(self, date: str, counted: list[str]) -> bool:
-        """True when the counted files are exactly the last compaction's output."""
+        """True when the counted files are exactly the last compaction's output (or none)."""
+        if not counted:
+            return True
         return date in self.files and set(counted) == set(self.files[date])

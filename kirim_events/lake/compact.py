@@ -27,25 +27,22 @@ starting in the same instant could both proceed, so schedule a single compactor 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import os
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from kirim_events.errors import LakeError
+from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
 from kirim_events.lake.reader import (
     DELIVERY_DEDUP_COLUMNS,
@@ -68,7 +65,6 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 Hook = Callable[[str], None]
 MARKER_TTL = 86_400.0
 TMP_TTL = 3_600.0
-LEASE_SECONDS = 600.0
 
 
 @dataclass
@@ -90,57 +86,6 @@ class CompactionReport:
     def duplicates_removed(self) -> int:
         """Rows dropped as copies of an event (or delivery row) kept elsewhere."""
         return self.rows_in - self.rows_out
-
-
-@contextmanager
-def _lock(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[Callable[[], None]]:
-    """Hold the lake's compaction lock; yields a ``renew()`` to call between groups."""
-    if not storage.local:
-        with _lease(storage, owner, now) as renew:
-            yield renew
-        return
-    path = storage.full("_state/compact.lock")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LakeError(f"another compaction of {storage.uri} is running") from None
-        yield lambda: None
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _lease(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[Callable[[], None]]:
-    """Best-effort exclusion on object storage, which has no lock: a lease record that a
-    second compactor sees and respects. Two compactors starting in the same instant can both
-    miss it, so on S3 schedule one compactor per lake (one cron job, one machine). The lease
-    is renewed between groups and lapses LEASE_SECONDS after a crashed compactor's last one."""
-    rel = "_state/compact.lease"
-    data = storage.read_bytes(rel)
-    if data:
-        try:
-            lease = json.loads(data)
-            held = lease["owner"] != owner and float(lease["until"]) > now()
-        except (ValueError, KeyError, TypeError):
-            held = False
-        if held:
-            raise LakeError(
-                f"another compaction of {storage.uri} holds the lease until "
-                f"{datetime.fromtimestamp(float(lease['until']), UTC).isoformat()}"
-            )
-
-    def renew() -> None:
-        record = {"owner": owner, "until": now() + LEASE_SECONDS}
-        storage.publish(rel, json.dumps(record).encode())
-
-    renew()
-    try:
-        yield renew
-    finally:
-        storage.delete(rel)
 
 
 def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[str]]]:
@@ -405,7 +350,7 @@ def compact(
     step: Hook = hook or (lambda _step: None)
     if check_version(storage) is None:
         return report  # never written by kirim-events: nothing to do, and create nothing
-    with _lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as renew:
+    with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as renew:
         _clean_tmp(storage, now())
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}

@@ -21,7 +21,8 @@ A LazyFrame or relation is planned over the files present when it was made; a co
 finishes before it is collected deletes the files it planned to read, so plan again then.
 
 Modules: ``paths`` (names), ``storage`` (local/S3, atomic publish), ``state`` (version,
-manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``.
+manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``, ``lock``
+(one compaction at a time).
 """
 
 from __future__ import annotations

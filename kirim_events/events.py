@@ -151,7 +151,7 @@ def parse_time(value: Any) -> datetime | None:
     text = value.strip()
     if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
         return parse_time(float(text))
-    m = _ISO.match(text)
+    m = _ISO.fullmatch(text)
     if not m:
         return None
     year, month, day, hour, minute, second, frac, zone = m.groups()
@@ -190,7 +190,7 @@ def _signature_time(header: str | None) -> datetime | None:
 
 
 def _check_type(value: str) -> str:
-    if len(value) > MAX_TYPE_LENGTH or not EVENT_TYPE_PATTERN.match(value):
+    if len(value) > MAX_TYPE_LENGTH or not EVENT_TYPE_PATTERN.fullmatch(value):
         raise InvalidEventType(f"event type {value[:80]!r} is not a valid Kirim event type")
     return value
 
@@ -330,7 +330,9 @@ def _meta_message(
 def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> EventRecord:
     # A Meta body with neither messages nor statuses (another Meta field): keep it whole.
     header_type = ctx.headers.get("X-Kirim-Event")
-    kind = header_type if header_type and EVENT_TYPE_PATTERN.match(header_type) else "meta.other"
+    kind = (
+        header_type if header_type and EVENT_TYPE_PATTERN.fullmatch(header_type) else "meta.other"
+    )
     event_id = ctx.headers.get("X-Kirim-Event-Id")
     key = event_id or f"sha256:{ctx.body_hash}"
     return _record(

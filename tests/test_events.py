@@ -378,6 +378,7 @@ def test_parse_time(text: object, expected: datetime | None) -> None:
         (b'{"type": 5, "data": {}}', UnknownShape),
         (b'{"type": "../etc/passwd", "data": {}}', InvalidEventType),
         (b'{"type": "NoDots", "data": {}}', InvalidEventType),
+        (b'{"type": "a.b\\n", "data": {}}', InvalidEventType),
         (b'{"type": "a.' + b"b" * 70 + b'", "data": {}}', InvalidEventType),
     ],
 )

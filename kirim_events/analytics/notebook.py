@@ -116,6 +116,10 @@ def delivery_rate(timelines: Frame) -> float | None:
 def failure_reasons(timelines: Frame) -> pl.DataFrame:
     """Messages that failed, by error: Kirim's label (§6.1; ``other`` if unknown) and code.
 
+    Every message with a failed status event counts, including the few later delivered
+    (``failed_after_delivered``), so the total can exceed the funnel's ``failed`` stage,
+    which counts final statuses.
+
     Returns
     -------
     polars.DataFrame

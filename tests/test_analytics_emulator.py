@@ -23,7 +23,7 @@ from kirim_events.events import parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 
-N_EVENTS = 3000
+N_EVENTS = 10_000
 VIEWS = (
     "message_timelines",
     "message_status_history",
@@ -42,12 +42,20 @@ class Run:
         self.arrivals = arrivals
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+CONFIGS = {
+    "kirim-block": (11, WorldConfig(third_shape_rate=0.1), 0.2),
+    # no kirim block: Meta statuses carry no conversation id; more third-shape bodies
+    "no-block": (4, WorldConfig(third_shape_rate=0.3, kirim_block=False), 0.35),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    seed, world, duplicate_rate = CONFIGS[request.param]
     emu = Emulator(
-        seed=11,
-        world=WorldConfig(third_shape_rate=0.1),
-        engine=EngineConfig(duplicate_rate=0.2, disorder=0.3, disorder_delay=900),
+        seed=seed,
+        world=world,
+        engine=EngineConfig(duplicate_rate=duplicate_rate, disorder=0.3, disorder_delay=900),
     )
     emu.subscribe("https://example.test/webhooks/kirim")
     sent = list(emu.iter_deliveries(N_EVENTS))

@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -100,6 +102,9 @@ class Collector:
         self._now = now
         self.metrics = Metrics()
         self.journal = Journal(self.data_dir, now=now)
+        # One dedicated, lower-priority thread for flushes: when the CPU is short, the event
+        # loop (acknowledgements) goes first and the lake write waits.
+        self._flusher = ThreadPoolExecutor(1, "kirim-flusher", initializer=_lower_priority)
         self.receiver = Receiver(
             self.journal,
             secrets,
@@ -144,7 +149,7 @@ class Collector:
             if stop.is_set():
                 return
             try:
-                await asyncio.to_thread(self.flush)
+                await asyncio.get_running_loop().run_in_executor(self._flusher, self.flush)
             except Exception as exc:
                 # Keep serving: the events are safe in the journal; the next tick retries.
                 log.error("flush failed, will retry: %s: %s", type(exc).__name__, exc)
@@ -165,7 +170,13 @@ class Collector:
 
     def close(self) -> None:
         """Stop the journal's writer thread (does not flush)."""
+        self._flusher.shutdown(wait=True)
         self.journal.close()
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(AttributeError, OSError):  # per-thread nice: Linux only
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _server_class() -> Any:
@@ -257,8 +268,6 @@ def collect(
     StorageError
         The journal cannot be opened.
     """
-    import os
-
     import uvicorn
 
     s = settings or Settings.load(os.environ)

@@ -287,6 +287,25 @@ def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: 
             f"| {r['rows'] / r['wall_s']:,.0f} | {r['peak_rss_mb']:.0f} "
             f"| {r['rss_growth_mb']:.0f} |"
         )
+    ours = [r for r in rows if r["pacing"]]
+    base = [r for r in rows if not r["pacing"]]
+    if len(ours) >= 2:
+        small, big = ours[0], ours[-1]
+        lines += [
+            "",
+            f"Reading: with header pacing the backfill holds {big['ok_per_s'] / limit:.0%} of "
+            f"the limit on {int(big['rows']):,} rows ({small['ok_per_s'] / limit:.0%} on "
+            f"{int(small['rows']):,}) and was answered 429 {int(sum(r['n429'] for r in ours))} "
+            f"time(s) in total, against {int(sum(r['n429'] for r in base))} for the baseline "
+            "that only reacts to 429s (it runs past the limit and then waits out Retry-After). "
+            f"Peak RSS: {small['peak_rss_mb']:.0f} MB at {int(small['rows']):,} rows, "
+            f"{big['peak_rss_mb']:.0f} MB at {int(big['rows']):,} "
+            f"({big['rows'] / small['rows']:.0f}x the rows, "
+            f"{big['peak_rss_mb'] / small['peak_rss_mb']:.2f}x the memory): pages stream through "
+            "the journal and the final flush moves 2,000 events at a time, so memory does not "
+            "grow with the history; most of the peak is the imported libraries (polars, "
+            "pyarrow, duckdb). Wall time grows linearly with the rows at the limit's pace.",
+        ]
     return "\n".join(lines) + "\n"
 
 

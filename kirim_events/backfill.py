@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from kirim_events.client import Delivery, KirimClient, Page, format_time
-from kirim_events.errors import ConfigError, PayloadError, StorageError
+from kirim_events.errors import ConfigError, PayloadError, PermanentApiError, StorageError
 from kirim_events.events import EventRecord, parse_delivery, parse_time
 from kirim_events.journal import Journal
 
@@ -162,6 +162,8 @@ class _Slice:
     pages: int = 0
     rows: int = 0
     oldest: str | None = None  # oldest created_at seen (pages come newest first)
+    fetch_before: str | None = None  # created_before the cursor is bound to (None: before)
+    restarts: int = 0  # cursor chains restarted after Kirim refused a stale cursor
 
     def fraction(self) -> float:
         if self.done:
@@ -298,14 +300,34 @@ class _Run:
         self.snapshot = parse_time(cp.snapshot) or datetime.now(UTC)
 
     def walk(self, s: _Slice) -> None:
-        if s.done:
-            return
+        while not s.done and not self.stop.is_set():
+            try:
+                self._walk(s)
+                return
+            except PermanentApiError as exc:
+                # A cursor Kirim no longer accepts (expired, or its encoding changed between
+                # runs): start a new chain just above the oldest row already stored. Rows
+                # fetched twice are harmless (dedup index; exact copies of delivery rows).
+                if exc.code != "invalid_cursor" or s.cursor is None or s.restarts >= 3:
+                    raise
+                with self.lock:
+                    oldest = parse_time(s.oldest) if s.oldest else None
+                    s.cursor = None
+                    s.fetch_before = None if oldest is None else format_time(oldest + _OVERLAP)
+                    s.restarts += 1
+                    self.cp.save(self.path)
+
+    def _walk(self, s: _Slice) -> None:
         after, before = parse_time(s.after), parse_time(s.before)
         assert after is not None
         assert before is not None
+        if s.fetch_before is None:
+            with self.lock:
+                s.fetch_before = format_time(before + _OVERLAP)
+        fetch_before = parse_time(s.fetch_before)
         filters: dict[str, Any] = dict(self.cp.filters)
         filters["created_after"] = after - _OVERLAP
-        filters["created_before"] = before + _OVERLAP
+        filters["created_before"] = fetch_before
         pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
         for page, _ in pages:
             if self.stop.is_set():
@@ -341,9 +363,9 @@ class _Run:
             s.done = not page.has_more
             s.pages += 1
             s.rows += len(receipts)
-            if oldest is not None:
-                text = format_time(oldest)
-                s.oldest = text if s.oldest is None or text < s.oldest else s.oldest
+            known = parse_time(s.oldest) if s.oldest else None
+            if oldest is not None and (known is None or oldest < known):
+                s.oldest = format_time(oldest)
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
             r.pages += 1

@@ -285,3 +285,31 @@ def test_resume_after_copying_the_folder_keeps_working(world: World, tmp_path: P
     report = backfill(moved, client=client, since=since, until=until, slices=2, page_size=20)
     assert report.resumed
     assert_lake_is_exactly_the_history(moved, world)
+
+
+def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    transport, client = world.api(t)
+
+    def stop(p: BackfillProgress) -> None:
+        if p.pages == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10,
+                 progress=stop)  # fmt: skip
+    path = next((tmp_path / "_state" / "backfill").glob("*.json"))
+    state = json.loads(path.read_text())
+    for s in state["slices"]:
+        if s["cursor"]:
+            s["cursor"] = "tampered" + s["cursor"]
+    path.write_text(json.dumps(state))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10)
+    assert report.resumed
+    assert transport.statuses[400] >= 1  # Kirim said invalid_cursor
+    done = json.loads(next((tmp_path / "_state" / "backfill" / "done").glob("*.json")).read_text())
+    assert sum(s["restarts"] for s in done["slices"]) >= 1
+    assert_lake_is_exactly_the_history(tmp_path, world)

@@ -267,15 +267,17 @@ class Journal:
             if jobs:
                 self._queue.put(jobs)
             return
-        if loop in self._in_flight:
+        if loop in self._in_flight or not self._pending.get(loop):
             return  # _after_commit starts the next group when this one is on disk
-        jobs = self._pending.pop(loop, [])
-        if not jobs:
+        if not self._lock.acquire(blocking=False):
+            # The writer thread (a flush's delete, a backfill append) holds the connection:
+            # keep serving and gathering, try again shortly; never block the event loop.
+            loop.call_later(0.0005, self._hand_over, loop)
             return
+        jobs = self._pending.pop(loop)
         # Pipelined group commit: this pass's rows are inserted here, on the loop, and only
         # the COMMIT (the fsync) runs on the commit thread, while the loop keeps serving and
         # gathers the next group. One thread hand-over per group, none per row or request.
-        self._lock.acquire()
         self._in_flight.add(loop)
         try:
             self._conn.execute("BEGIN IMMEDIATE")

@@ -7,6 +7,7 @@ rows, with no per-row JSON or object rebuilding on either path.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -67,39 +68,41 @@ CREATE TABLE IF NOT EXISTS keys (event_key TEXT PRIMARY KEY, seen_at INTEGER NOT
 CREATE INDEX IF NOT EXISTS keys_seen_at ON keys (seen_at);
 CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY, body_id INTEGER NOT NULL, {inbox});
-CREATE INDEX IF NOT EXISTS inbox_body ON inbox (body_id);
+DROP INDEX IF EXISTS inbox_body;
 CREATE TABLE IF NOT EXISTS receipts (seq INTEGER PRIMARY KEY, {receipts});
 """
 
 
-def event_row(record: EventRecord) -> tuple[Any, ...]:
+_GET_EVENT = operator.attrgetter(*EVENT_COLUMNS)
+_EVENT_TIMES = tuple(i for i, n in enumerate(EVENT_COLUMNS) if n in _TIMES)
+_EXACT = EVENT_COLUMNS.index("payload_exact")
+_RECEIPT_SET = frozenset(RECEIPT_COLUMNS)
+_RECEIPT_TIMES = tuple(i for i, n in enumerate(RECEIPT_COLUMNS) if n in _TIMES)
+
+
+def event_row(record: EventRecord) -> list[Any]:
     """An EventRecord as inbox column values (raises on anything that is not a record)."""
     if not isinstance(record, EventRecord):
         raise TypeError(f"expected EventRecord, got {type(record).__name__}")
-    out: list[Any] = []
-    for name in EVENT_COLUMNS:
-        value = getattr(record, name)
-        if name in _TIMES:
-            value = micros(value)
-        elif name == "payload_exact":
-            value = int(value)
-        out.append(value)
-    return tuple(out)
+    out = list(_GET_EVENT(record))
+    for i in _EVENT_TIMES:
+        out[i] = micros(out[i])
+    out[_EXACT] = int(out[_EXACT])
+    return out
 
 
 def receipt_row(receipt: Mapping[str, Any]) -> list[Any]:
     """A receipt mapping (DELIVERY_SCHEMA names) as receipt column values."""
-    unknown = set(receipt) - set(RECEIPT_COLUMNS)
+    unknown = receipt.keys() - _RECEIPT_SET
     if unknown:
         raise ValueError(f"unknown receipt columns: {sorted(unknown)}")
-    out: list[Any] = []
-    for name in RECEIPT_COLUMNS:
-        value = receipt.get(name)
-        if name in _TIMES and value is not None:
+    out = [receipt.get(name) for name in RECEIPT_COLUMNS]
+    for i in _RECEIPT_TIMES:
+        value = out[i]
+        if value is not None:
             if not isinstance(value, datetime) or value.tzinfo is None:
-                raise ValueError(f"receipt {name} must be an aware datetime")
-            value = micros(value)
-        out.append(value)
+                raise ValueError(f"receipt {RECEIPT_COLUMNS[i]} must be an aware datetime")
+            out[i] = micros(value)
     return out
 
 

@@ -36,7 +36,7 @@ class Job:
     loop: asyncio.AbstractEventLoop | None
     work: Callable[[sqlite3.Connection], Any] | None = None  # an internal operation, or ...
     keys: list[str] = field(default_factory=list)  # ... an append (rows built by the caller)
-    events: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[list[Any]] = field(default_factory=list)
     body_of: list[int] = field(default_factory=list)
     payloads: list[str] = field(default_factory=list)
     receipts: list[list[Any]] = field(default_factory=list)

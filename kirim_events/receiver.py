@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics", "Receiver"]
 DEFAULT_PATH = "/webhooks/kirim"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 log = logging.getLogger("kirim_events.receiver")
+_KEPT = (b"content-type", b"user-agent")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -226,7 +227,12 @@ class Receiver:
         self.metrics.received += 1
         received_ts = self._now()
         received_at = datetime.fromtimestamp(received_ts, UTC)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI header names are lower-case already; only these are ever read or kept.
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k.startswith(b"x-kirim-") or k in _KEPT
+        }
         receipt: dict[str, Any] = {
             "delivery_id": headers.get("x-kirim-delivery-id"),
             "attempt": _int(headers.get("x-kirim-attempt")),

@@ -190,3 +190,20 @@ def test_cli_bad_input(world: World, env: dict[str, str], tmp_path: Path) -> Non
     bad_status = runner.invoke(app, ["deliveries", "bulk-replay", "--subscription-id",
                                      "wbs_X", "--status", "succeeded"], env=env)  # fmt: skip
     assert bad_status.exit_code == 2
+
+
+def test_backfill_progress_bar_and_summary(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    since, until = window(world)
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["backfill", "--data", str(tmp_path), "--since", since, "--until", until,
+              "--slices", "3"], env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "pages" in result.output
+    assert "ETA" in result.output
+    assert f"{len(world.emu.store.deliveries)}" in result.output  # rows in the summary
+    events, _ = lake_frames(tmp_path)
+    assert set(events["event_key"]) == world.history_keys

@@ -1,0 +1,167 @@
+"""Client-side pacing for Kirim's rate limits, read from ``X-RateLimit-*`` and ``Retry-After``.
+
+Kirim limits each organisation with token buckets per class (kirim-api.md §7.2): *read* for
+GET/HEAD and *write* for the rest. Every 2xx and 4xx answer carries ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining`` (floored) and ``X-RateLimit-Reset`` (unix seconds when the bucket is
+full again); a 429 adds ``Retry-After``. :class:`RateLimiter` keeps a local token estimate per
+class, re-synchronised by every answer, and derives the refill rate from
+``(Limit - Remaining) / (Reset - now)`` when the deficit is large enough for Reset's
+whole-second rounding not to matter. It is shared by every thread of one
+:class:`~kirim_events.client.KirimClient`, so parallel backfill slices stay within one limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+__all__ = ["RateLimiter", "retry_after"]
+
+
+@dataclass
+class _Bucket:
+    tokens: float | None = None  # local estimate; None = not known yet
+    rate: float | None = None  # tokens per second, derived from the headers
+    limit: int | None = None
+    updated: float = 0.0
+    in_flight: int = 0
+    blocked_until: float = 0.0
+    reset_at: float = 0.0
+
+
+class RateLimiter:
+    """Client-side pacing shared by every request (and thread) of one client.
+
+    Parameters
+    ----------
+    clock
+        Wall-clock seconds (``time.time``); ``X-RateLimit-Reset`` is a unix time.
+    sleep
+        How to wait (``time.sleep``); tests pass a fake that advances ``clock``.
+    reserve
+        Tokens left unused as a safety margin against floored ``Remaining`` values.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        reserve: float = 1.0,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._reserve = reserve
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+        self.waited = 0.0  # total seconds spent waiting (for reports and tests)
+
+    def _bucket(self, klass: str) -> _Bucket:
+        return self._buckets.setdefault(klass, _Bucket())
+
+    def _reserve_or_wait(self, klass: str) -> float:
+        """Take one token (return 0) or return how long to wait before trying again."""
+        with self._lock:
+            b = self._bucket(klass)
+            now = self._clock()
+            if b.blocked_until > now:
+                return b.blocked_until - now
+            if b.tokens is not None:
+                if b.rate:
+                    cap = float(b.limit) if b.limit else float("inf")
+                    b.tokens = min(cap, b.tokens + b.rate * (now - b.updated))
+                elif b.reset_at and now >= b.reset_at and b.limit:
+                    b.tokens = float(b.limit)  # no rate known: the bucket is full at Reset
+                b.updated = now
+                if b.tokens < 1 + self._reserve:
+                    need = 1 + self._reserve - b.tokens
+                    if b.rate:
+                        return need / b.rate
+                    if b.reset_at > now:
+                        return b.reset_at - now
+                    b.tokens = None  # nothing known: probe, the answer re-synchronises
+                if b.tokens is not None:
+                    b.tokens -= 1
+            b.in_flight += 1
+            return 0.0
+
+    def acquire(self, klass: str = "read") -> None:
+        """Block until a request of class ``klass`` ("read" or "write") may be sent."""
+        while True:
+            wait = self._reserve_or_wait(klass)
+            if wait <= 0:
+                return
+            # At least 1 ms: a tinier wait may not even move a float unix clock forward.
+            wait = max(wait, 0.001)
+            self.waited += wait
+            self._sleep(wait)
+
+    def release(self, klass: str, headers: Mapping[str, str] | None) -> None:
+        """Record a finished request and re-synchronise from its rate-limit headers."""
+        with self._lock:
+            b = self._bucket(klass)
+            b.in_flight = max(0, b.in_flight - 1)
+            if headers is None:
+                return
+            limit = _int_header(headers, "X-RateLimit-Limit")
+            remaining = _int_header(headers, "X-RateLimit-Remaining")
+            reset = _float_header(headers, "X-RateLimit-Reset")
+            if remaining is None:
+                return
+            now = self._clock()
+            if limit is not None:
+                b.limit = limit
+            if reset is not None:
+                b.reset_at = reset
+                deficit = (limit or 0) - remaining
+                # Only a large deficit gives a rate unspoilt by Reset's whole-second rounding.
+                if limit and deficit >= max(3, limit // 4) and reset - now > 0.5:
+                    b.rate = deficit / (reset - now)
+            # Requests still in flight may not be counted by the server yet: assume they are
+            # not (conservative; it costs a constant few tokens, not throughput).
+            b.tokens = float(remaining - b.in_flight)
+            b.updated = now
+
+    def block(self, klass: str, seconds: float) -> None:
+        """Stop every request of ``klass`` for ``seconds`` (after a 429)."""
+        with self._lock:
+            b = self._bucket(klass)
+            b.blocked_until = max(b.blocked_until, self._clock() + seconds)
+            if b.rate:
+                b.tokens = 0.0
+                b.updated = b.blocked_until
+            else:
+                b.tokens = None  # after the block, probe; the answer re-synchronises
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = _float_header(headers, name)
+    return None if value is None else int(value)
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip())
+    except ValueError:
+        return None
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent."""
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw.strip()))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None

@@ -302,6 +302,12 @@ def reconcile(
     Returns
     -------
     ReconcileReport
+
+    Examples
+    --------
+    >>> plan = reconcile("data", client=client, since="7d", dry_run=True)  # doctest: +SKIP
+    >>> plan.by_type_day[:1]  # doctest: +SKIP
+    [('message.status', '2026-05-02', 14)]
     """
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="--since")

@@ -96,6 +96,10 @@ class Collector:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         now: Callable[[], float] = time.time,
     ) -> None:
+        if flush_interval <= 0:
+            raise ConfigError(f"flush interval must be positive seconds, got {flush_interval}")
+        if max_body < 1:
+            raise ConfigError(f"max body must be at least 1 byte, got {max_body}")
         self.data_dir = Path(data_dir)
         self._lake = lake
         self.flush_interval = flush_interval
@@ -264,7 +268,7 @@ def collect(
     Raises
     ------
     ConfigError
-        No webhook secret configured.
+        No webhook secret configured, a bad option, or the port cannot be bound.
     StorageError
         The journal cannot be opened.
     """

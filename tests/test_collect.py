@@ -283,3 +283,9 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["level"] == "warning"
     assert doc["message"] == "hello you"
     assert doc["logger"] == "kirim_events.x"
+
+
+@pytest.mark.parametrize("bad", [{"flush_interval": 0}, {"max_body": 0}])
+def test_bad_collector_options_are_config_errors(tmp_path: Path, bad: dict[str, float]) -> None:
+    with pytest.raises(ke.ConfigError):
+        ke.Collector(tmp_path, SECRET, **bad)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from kirim_events.analytics.report import build_report
 from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
-from kirim_events.cli.report import _render as render_report
+from kirim_events.cli.report import render_report
 from kirim_events.demo import DemoReport, run_demo
 from kirim_events.lake import Lake
 

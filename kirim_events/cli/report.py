@@ -28,7 +28,8 @@ def _secs(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def _render(report: Report, *, top: int) -> None:
+def render_report(report: Report, *, top: int) -> None:
+    """Print a report as rich tables (shared by `report` and `demo`)."""
     when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
     console.print(
         f"[bold]{report.n_messages:,}[/bold] outbound messages, "
@@ -97,7 +98,7 @@ def report_command(
         lake = Lake(lake_uri or s.data_dir)
         view = lake.as_of(as_of) if as_of else lake
         report = build_report(view)
-        _render(report, top=top)
+        render_report(report, top=top)
         if html is not None:
             written = write_html(report, html)
             console.print(f"charts written to {written}")

@@ -16,12 +16,14 @@ id (a replay) is counted in ``delivery_health.duplicates`` but not attributed to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from kirim_events.analytics import conversations, health, sql, timelines
+from kirim_events.analytics._common import STATUS_EVENT_TYPES
 
 __all__ = ["AnalyticsMixin", "event_copies"]
 
@@ -74,7 +76,7 @@ class AnalyticsMixin:
 
     as_of_ts: datetime | None
 
-    def events(self, type: str | None = None, **kwargs: Any) -> pl.LazyFrame:
+    def events(self, type: str | Sequence[str] | None = None, **kwargs: Any) -> pl.LazyFrame:
         raise NotImplementedError
 
     def deliveries(self) -> pl.LazyFrame:
@@ -84,17 +86,24 @@ class AnalyticsMixin:
         """``(event_key, n_copies)`` of events received more than once (module docstring)."""
         return event_copies(self.events(), self.deliveries())
 
+    def _status_events(self) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        """The status events and their copies, reading only the status types' folders.
+
+        An event_key never spans two types, so the copies of the status events are found
+        among the status events alone.
+        """
+        events = self.events(type=list(STATUS_EVENT_TYPES))
+        return events, event_copies(events, self.deliveries())
+
     def message_timelines(self) -> pl.LazyFrame:
         """One row per outbound message (wamid); see :func:`timelines.message_timelines`."""
-        return timelines.message_timelines(
-            self.events(), copies=self.event_copies(), as_of=self.as_of_ts
-        )
+        events, copies = self._status_events()
+        return timelines.message_timelines(events, copies=copies, as_of=self.as_of_ts)
 
     def message_status_history(self) -> pl.LazyFrame:
         """One row per status event; see :func:`timelines.message_status_history`."""
-        return timelines.message_status_history(
-            self.events(), copies=self.event_copies(), as_of=self.as_of_ts
-        )
+        events, copies = self._status_events()
+        return timelines.message_status_history(events, copies=copies, as_of=self.as_of_ts)
 
     def conversation_lifecycles(self) -> pl.LazyFrame:
         """One row per conversation; see :func:`conversations.conversation_lifecycles`."""

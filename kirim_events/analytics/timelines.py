@@ -88,17 +88,37 @@ def _copies(events: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
     )
 
 
-def _status_rows(
-    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
-) -> pl.LazyFrame:
-    """Status events with ``_rank`` and ``_dups``, in no particular order."""
+def _ranked(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+    """Status events with ``_rank``, in no particular order."""
     rows = cut(events, as_of).filter(
         pl.col("type").is_in(list(STATUS_EVENT_TYPES))
         & pl.col("message_id").is_not_null()
         & pl.col("status").is_in(list(STATUS_RANK))
     )
-    return _copies(rows, copies).with_columns(
+    return rows.with_columns(
         _rank=pl.col("status").replace_strict(STATUS_RANK, return_dtype=pl.Int8)
+    )
+
+
+def _status_rows(
+    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
+) -> pl.LazyFrame:
+    """Status events with ``_rank`` and ``_dups``, in no particular order."""
+    return _copies(_ranked(events, as_of), copies)
+
+
+def _dups_per_message(rows: pl.LazyFrame, copies: pl.LazyFrame) -> pl.LazyFrame:
+    """``(message_id, n_duplicates)`` for the messages with a copied event.
+
+    Joins only the two key columns (not every column of every row) to the few copied
+    events, then sums per message; messages not listed have no duplicates.
+    """
+    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
+    return (
+        rows.select("event_key", "message_id")
+        .join(per_key, on="event_key", how="inner")
+        .group_by("message_id")
+        .agg(pl.col("_dups").fill_null(0).sum().alias("n_duplicates"))
     )
 
 
@@ -172,61 +192,76 @@ def message_timelines(
     >>> message_timelines(pl.from_arrow(events_table([])).lazy()).collect().height
     0
     """
-    rows = _status_rows(events, copies, as_of)
+    rows = _ranked(events, as_of)
     statuses = list(STATUS_RANK)
-    # Fast path, no sort: each status's own event time and arrival, side by side. Exact
-    # whenever a message has at most one event per status (Meta's event_key makes that the
-    # rule); messages with more go through the sorted path below.
-    spread = {}
-    for status in statuses:
-        is_status = pl.col("status") == status
-        spread[f"_o_{status}"] = pl.when(is_status).then(pl.col("occurred_at"))
-        spread[f"_r_{status}"] = pl.when(is_status).then(pl.col("received_at"))
-    # One frame feeds every path, so Polars reads the files once and caches it.
+    failed = pl.col("_rank") == STATUS_RANK["failed"]
+    # Fast path, one pass, no sort: each status's own event time and arrival, side by side.
+    # Exact whenever a message has at most one event per status (Meta's event_key makes that
+    # the rule); messages with more go through the sorted path below.
+    spread = []
+    for status, rank in STATUS_RANK.items():
+        is_status = pl.col("_rank") == rank
+        spread.append(pl.when(is_status).then(pl.col("occurred_at")).min().alias(f"_o_{status}"))
+        spread.append(pl.when(is_status).then(pl.col("received_at")).min().alias(f"_r_{status}"))
+    # One frame feeds both paths, so Polars reads the files once and caches it.
     rows = rows.cache()
     grouped = (
-        rows.with_columns(**spread)
-        .group_by("message_id")
+        rows.group_by("message_id")
         .agg(
             pl.col("phone_number_id").min(),
             pl.col("recipient_id").min(),
             pl.col("conversation_id").min(),
-            *(pl.col(name).min() for name in spread),
+            *spread,
             pl.col("_rank").max(),
             pl.len().cast(pl.Int64).alias("n_events"),
-            pl.col("_dups").sum().alias("n_duplicates"),
             pl.col("received_at").min().alias("first_received_at"),
             pl.col("received_at").max().alias("last_received_at"),
+            # the only failed event's error (a message with several goes the sorted path)
+            pl.col("error_code").filter(failed).first().alias("_code_fast"),
+            pl.col("error_title").filter(failed).first().alias("_title_fast"),
         )
         .with_columns(
             _multi=pl.col("n_events")
             > pl.sum_horizontal(pl.col(f"_o_{s}").is_not_null() for s in statuses),
             _late_fast=_pairwise_late(statuses),
         )
+        .cache()
     )
-    # Sorted path for the rare messages with several events of one status.
+    # Sorted path for the rare messages with several events of one status: arrival order
+    # and the earliest failure's error in event-time order.
     multi = grouped.filter(pl.col("_multi")).select("message_id")
     slow = (
         _sorted(rows.join(multi, on="message_id", how="semi"))
         .group_by("message_id")
-        .agg(pl.col("_late").any().alias("_late_slow"))
+        .agg(
+            pl.col("_late").any().alias("_late_slow"),
+            pl.col("error_code").filter(failed).first().alias("_code_slow"),
+            pl.col("error_title").filter(failed).first().alias("_title_slow"),
+        )
     )
-    # The earliest failure's error, from the (few) failed events in event-time order.
-    failures = (
-        rows.filter(pl.col("status") == "failed")
-        .sort(["message_id", *ORDER])
-        .group_by("message_id")
-        .agg(pl.col("error_code").first(), pl.col("error_title").first())
-    )
-    # Both side frames are small: merge them first, then probe once with every message.
-    side = failures.join(slow, on="message_id", how="full", coalesce=True)
-    grouped = grouped.join(side, on="message_id", how="left").with_columns(
-        out_of_order=pl.when(pl.col("_multi"))
-        .then(pl.col("_late_slow"))
-        .otherwise(pl.col("_late_fast"))
+    grouped = pl.concat(
+        [
+            grouped.filter(~pl.col("_multi")).with_columns(
+                out_of_order=pl.col("_late_fast"),
+                error_code=pl.col("_code_fast"),
+                error_title=pl.col("_title_fast"),
+            ),
+            grouped.filter(pl.col("_multi"))
+            .join(slow, on="message_id", how="left")
+            .with_columns(
+                out_of_order=pl.col("_late_slow"),
+                error_code=pl.col("_code_slow"),
+                error_title=pl.col("_title_slow"),
+            ),
+        ],
+        how="diagonal_relaxed",
     )
     if copies is None:
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
+    else:
+        grouped = grouped.join(
+            _dups_per_message(rows, copies), on="message_id", how="left"
+        ).with_columns(pl.col("n_duplicates").fill_null(0))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
     return (
         grouped.rename({f"_o_{s}": f"{s}_at" for s in ("sent", "delivered", "read", "failed")})

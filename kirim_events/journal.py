@@ -246,8 +246,8 @@ class Journal:
         self._queue.put([job])
 
     def _enqueue_async(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        # Requests handled in one event-loop pass go to the writer as one item: one wake-up
-        # of the writer thread (and one GIL hand-over) per pass, not one per request.
+        # Requests handled in one event-loop pass form one group: _hand_over runs after them
+        # and commits them together (pipelined, or through the writer thread as one item).
         if self._closed or not self._thread.is_alive():
             raise StorageError("journal is closed")
         waiting = self._pending.get(loop)

@@ -47,6 +47,21 @@ def _rows(
     return rows.join(per_key, on="event_key", how="left").with_columns(pl.col("_dups").fill_null(0))
 
 
+def _dups_per_conversation(rows: pl.LazyFrame, copies: pl.LazyFrame) -> pl.LazyFrame:
+    """``(conversation_id, n_duplicates)`` for the conversations with a copied event.
+
+    Joins only the two key columns (not every column of every row) to the few copied
+    events, then sums per conversation; conversations not listed have no duplicates.
+    """
+    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
+    return (
+        rows.select("event_key", "conversation_id")
+        .join(per_key, on="event_key", how="inner")
+        .group_by("conversation_id")
+        .agg(pl.col("_dups").fill_null(0).sum().alias("n_duplicates"))
+    )
+
+
 def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
     """``conversation.assigned`` events in event-time order with ``_missing`` (module doc)."""
     return (
@@ -108,13 +123,13 @@ def _close_aggs() -> list[pl.Expr]:
     ]
 
 
-def _base_aggs() -> list[pl.Expr]:
-    return [
+def _base_aggs(*, dups: bool = True) -> list[pl.Expr]:
+    aggs = [
         pl.col("occurred_at").min().alias("opened_at"),
         pl.col("occurred_at").max().alias("last_event_at"),
         pl.len().cast(pl.Int64).alias("n_events"),
-        pl.col("_dups").sum().alias("n_duplicates"),
     ]
+    return [*aggs, pl.col("_dups").sum().alias("n_duplicates")] if dups else aggs
 
 
 _ZERO = ("n_assignments", "n_assignees", "n_missing_assignments", "n_closes")
@@ -237,10 +252,12 @@ def conversation_lifecycles(
         ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``;
         sorted by conversation_id.
     """
-    rows = _rows(events, copies, as_of)
+    # Duplicates are summed per conversation apart (see _dups_per_conversation), so the
+    # events themselves are not joined to the copies.
+    rows = _rows(events, None, as_of).drop("_dups")
     closes = _closes(rows)
     key = "conversation_id"
-    base = rows.group_by(key).agg(_base_aggs())
+    base = rows.group_by(key).agg(_base_aggs(dups=False))
     root = pl.col("user_id").is_not_null() & pl.col("previous_user_id").is_null()
     assigned = (
         _assignments(rows)
@@ -270,6 +287,10 @@ def conversation_lifecycles(
     )
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
+    else:
+        out = out.join(_dups_per_conversation(rows, copies), on=key, how="left").with_columns(
+            pl.col("n_duplicates").fill_null(0)
+        )
     missing_first = pl.col("missing_first_assignment")
     return (
         out.with_columns(

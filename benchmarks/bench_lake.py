@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from kirim_events import Lake, parse_delivery
 from kirim_events.schema import events_table
+from kirim_events.testing import encode, meta_envelope
 
 BATCH = 50_000
 DAYS = 30
@@ -112,28 +113,7 @@ class Ids:
 
 
 def _meta(phone_id: str, value: dict[str, object]) -> bytes:
-    body = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "6281100000000",
-                                "phone_number_id": phone_id,
-                            },
-                            **value,
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return encode(meta_envelope(value, phone_number_id=phone_id))
 
 
 def _kirim(event_id: str, kind: str, t: datetime, data: dict[str, object]) -> bytes:

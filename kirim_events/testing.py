@@ -26,6 +26,7 @@ __all__ = [
     "encode",
     "kirim_event",
     "legacy_message",
+    "meta_envelope",
     "meta_message",
     "meta_status",
     "new_id",
@@ -85,10 +86,17 @@ def kirim_event(
     }
 
 
-def _meta(value: dict[str, Any]) -> dict[str, Any]:
-    base = {
+def meta_envelope(
+    value: Mapping[str, Any], *, phone_number_id: str = PHONE_NUMBER_ID
+) -> dict[str, Any]:
+    """Wrap a ``changes[].value`` (``statuses``, ``messages``, ...) in Meta's passthrough body.
+
+    >>> meta_envelope({"statuses": []})["object"]
+    'whatsapp_business_account'
+    """
+    base: dict[str, Any] = {
         "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "62851176008029", "phone_number_id": PHONE_NUMBER_ID},
+        "metadata": {"display_phone_number": "62851176008029", "phone_number_id": phone_number_id},
     }
     base.update(value)
     return {
@@ -114,7 +122,7 @@ def meta_status(
     }
     if status == "failed":
         item["errors"] = [{"code": 131047, "title": "Re-engagement message"}]
-    return _meta({"statuses": [item]})
+    return meta_envelope({"statuses": [item]})
 
 
 def meta_message(
@@ -126,7 +134,7 @@ def meta_message(
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
     """A Meta passthrough ``message.received`` text message body."""
-    return _meta(
+    return meta_envelope(
         {
             "contacts": [{"profile": {"name": "Siti"}, "wa_id": sender}],
             "messages": [

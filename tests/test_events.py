@@ -17,6 +17,7 @@ from kirim_events.errors import (
     UnknownShape,
 )
 from kirim_events.events import parse_time
+from kirim_events.testing import meta_envelope
 
 RECEIVED = datetime(2026, 5, 23, 12, 0, tzinfo=UTC)
 WAMID = "wamid.HBgMNjI4MTExMTExMTExFQIAERgSQTUxRjNEMEI5QzJFNDdCODFEAA=="
@@ -24,27 +25,7 @@ PHONE_ID = "106540352242922"
 
 
 def _meta_status_body(*statuses: dict[str, Any], kirim: dict[str, Any] | None = None) -> bytes:
-    body: dict[str, Any] = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "62851176008029",
-                                "phone_number_id": PHONE_ID,
-                            },
-                            "statuses": list(statuses),
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    body = meta_envelope({"statuses": list(statuses)}, phone_number_id=PHONE_ID)
     if kirim is not None:
         body["kirim"] = kirim
     return json.dumps(body).encode()
@@ -94,37 +75,22 @@ KIRIM_ASSIGNED = json.dumps(
 ).encode()
 
 META_RECEIVED = json.dumps(
-    {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "62851176008029",
-                                "phone_number_id": PHONE_ID,
-                            },
-                            "contacts": [{"profile": {"name": "Siti"}, "wa_id": "628111111111"}],
-                            "messages": [
-                                {
-                                    "from": "628111111111",
-                                    "id": "wamid.IN1",
-                                    "timestamp": "1779530530",
-                                    "type": "text",
-                                    "text": {"body": "Halo"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-        "kirim": {"conversation_id": "cnv_X", "contact_id": "ctc_Y", "media_status": "ready"},
-    }
+    meta_envelope(
+        {
+            "contacts": [{"profile": {"name": "Siti"}, "wa_id": "628111111111"}],
+            "messages": [
+                {
+                    "from": "628111111111",
+                    "id": "wamid.IN1",
+                    "timestamp": "1779530530",
+                    "type": "text",
+                    "text": {"body": "Halo"},
+                }
+            ],
+        },
+        phone_number_id=PHONE_ID,
+    )
+    | {"kirim": {"conversation_id": "cnv_X", "contact_id": "ctc_Y", "media_status": "ready"}}
 ).encode()
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from kirim_events.collect import Collector
 from kirim_events.config import Secret
 from kirim_events.emulator import EngineConfig, FaultConfig, WorldConfig
 from kirim_events.emulator.emulator import Emulator
+from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
 from kirim_events.reconcile import reconcile
 
@@ -256,6 +259,30 @@ async def _run(
     return report
 
 
+DEMO_MARKER = Path("_state") / "demo.json"
+_DEMO_CONTENT = ("events", "deliveries", "quarantine", "_journal", "_state", "_tmp")
+
+
+def _prepare(folder: Path) -> None:
+    """Make ``folder`` ready for a demo run, never touching data the demo did not write.
+
+    A folder the demo wrote before (it holds the marker) is cleared, so each run starts
+    from an empty lake; any other non-empty folder is refused.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
+    if not present:
+        return
+    if not (folder / DEMO_MARKER).is_file():
+        raise ConfigError(
+            f"{folder} is not empty and was not written by the demo; "
+            "run the demo on an empty folder (--data DIR) so it cannot mix with real data"
+        )
+    for path in present:
+        if path.name in _DEMO_CONTENT and path.is_dir():
+            shutil.rmtree(path)
+
+
 def run_demo(
     data_dir: str | Path = "data",
     *,
@@ -268,7 +295,8 @@ def run_demo(
     Parameters
     ----------
     data_dir
-        Where the lake is written (created if missing; an existing lake is added to).
+        Where the lake is written: an empty or missing folder, or one a previous demo wrote
+        (it is cleared first). Any other non-empty folder raises ConfigError.
     scale
         Multiplies the amount of traffic (1.0: about 4 000 world events).
     seed
@@ -277,9 +305,11 @@ def run_demo(
         Called as ``on_progress(stage, done, total)``.
     """
     if scale <= 0:
-        raise ValueError("scale must be positive")
+        raise ConfigError("scale must be positive")
     folder = Path(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    _prepare(folder)
+    (folder / DEMO_MARKER).parent.mkdir(parents=True, exist_ok=True)
+    (folder / DEMO_MARKER).write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
     progress = on_progress or (lambda stage, done, total: None)
 
     def go() -> DemoReport:

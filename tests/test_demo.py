@@ -6,11 +6,13 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from kirim_events import Lake
 from kirim_events.cli import app
 from kirim_events.demo import run_demo
+from kirim_events.errors import ConfigError
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -53,3 +55,25 @@ def test_demo_refuses_a_bad_scale(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0"])
     assert result.exit_code != 0
     assert not any(tmp_path.glob("events/**/*.parquet"))
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    precious = tmp_path / "events" / "mine.parquet"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"not the demo's")
+    with pytest.raises(ConfigError, match="not written by the demo"):
+        run_demo(tmp_path, scale=0.05)
+    assert precious.read_bytes() == b"not the demo's"
+    result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0.05"])
+    assert result.exit_code == 2
+    assert "not written by the demo" in result.output
+    assert precious.exists()
+
+
+def test_demo_twice_on_one_folder_starts_afresh(tmp_path: Path) -> None:
+    first = run_demo(tmp_path, scale=0.05, seed=2)
+    second = run_demo(tmp_path, scale=0.05, seed=2)
+    for report in (first, second):
+        assert report.lake_matches_truth, report.notes
+        assert report.reconcile_found_exactly
+    assert second.lake_events == second.world_events

@@ -180,7 +180,11 @@ def test_slices_split_the_range_without_gap_or_overlap(world: World, tmp_path: P
                       now=t.clock)  # fmt: skip
     assert report.slices == 28  # 4 time slices per fetcher
     # Each slice reads only its own part (plus a millisecond): no slice re-reads the range.
-    assert report.pages <= len(world.emu.store.deliveries) // 7 + 28
+    # Per slice: ceil(rows/7) pages, plus one more when the slice's last page is exactly full
+    # or rows created in the shared boundary millisecond are read by both neighbours (the
+    # world sends in bursts, so a millisecond can hold several rows on a loaded machine).
+    # Re-reading the range would cost many times this bound.
+    assert report.pages <= len(world.emu.store.deliveries) // 7 + 2 * report.slices
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 

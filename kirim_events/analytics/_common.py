@@ -59,6 +59,37 @@ def cut(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
     return events.filter(pl.col("occurred_at") <= pl.lit(as_utc(as_of), dtype=US))
 
 
+ORDER = ("occurred_at", "received_at", "event_key")
+"""Event-time order; arrival and the key only break ties, so arrival order never decides."""
+
+
+def _dups(copies: pl.LazyFrame) -> pl.LazyFrame:
+    return copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
+
+
+def with_dups(rows: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Attach ``_dups`` (received copies beyond the first) to each row; null without copies."""
+    if copies is None:
+        return rows.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
+    return rows.join(_dups(copies), on="event_key", how="left").with_columns(
+        pl.col("_dups").fill_null(0)
+    )
+
+
+def dups_per(rows: pl.LazyFrame, copies: pl.LazyFrame, key: str) -> pl.LazyFrame:
+    """``(key, n_duplicates)`` for the ``key`` values (message, conversation) with a copy.
+
+    Joins only the two key columns (not every column of every row) to the few copied
+    events, then sums per ``key``; values not listed have no duplicates.
+    """
+    return (
+        rows.select("event_key", key)
+        .join(_dups(copies), on="event_key", how="inner")
+        .group_by(key)
+        .agg(pl.col("_dups").fill_null(0).sum().alias("n_duplicates"))
+    )
+
+
 def seconds_between(later: str, earlier: str) -> pl.Expr:
     """``later - earlier`` in seconds (float), null when either side is null.
 

@@ -27,11 +27,10 @@ from datetime import datetime
 
 import polars as pl
 
-from kirim_events.analytics._common import cut, seconds_between
+from kirim_events.analytics._common import ORDER, cut, dups_per, seconds_between, with_dups
 
 __all__ = ["conversation_cycles", "conversation_lifecycles"]
 
-ORDER = ("occurred_at", "received_at", "event_key")
 ASSIGNED = "conversation.assigned"
 CLOSED = "conversation.closed"
 
@@ -40,26 +39,7 @@ def _rows(
     events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
 ) -> pl.LazyFrame:
     """Events carrying a conversation id, with ``_dups`` (copies beyond the first, or null)."""
-    rows = cut(events, as_of).filter(pl.col("conversation_id").is_not_null())
-    if copies is None:
-        return rows.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
-    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
-    return rows.join(per_key, on="event_key", how="left").with_columns(pl.col("_dups").fill_null(0))
-
-
-def _dups_per_conversation(rows: pl.LazyFrame, copies: pl.LazyFrame) -> pl.LazyFrame:
-    """``(conversation_id, n_duplicates)`` for the conversations with a copied event.
-
-    Joins only the two key columns (not every column of every row) to the few copied
-    events, then sums per conversation; conversations not listed have no duplicates.
-    """
-    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
-    return (
-        rows.select("event_key", "conversation_id")
-        .join(per_key, on="event_key", how="inner")
-        .group_by("conversation_id")
-        .agg(pl.col("_dups").fill_null(0).sum().alias("n_duplicates"))
-    )
+    return with_dups(cut(events, as_of).filter(pl.col("conversation_id").is_not_null()), copies)
 
 
 def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -252,7 +232,7 @@ def conversation_lifecycles(
         ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``;
         sorted by conversation_id.
     """
-    # Duplicates are summed per conversation apart (see _dups_per_conversation), so the
+    # Duplicates are summed per conversation apart (see _common.dups_per), so the
     # events themselves are not joined to the copies.
     rows = _rows(events, None, as_of).drop("_dups")
     closes = _closes(rows)
@@ -288,7 +268,7 @@ def conversation_lifecycles(
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     else:
-        out = out.join(_dups_per_conversation(rows, copies), on=key, how="left").with_columns(
+        out = out.join(dups_per(rows, copies, "conversation_id"), on=key, how="left").with_columns(
             pl.col("n_duplicates").fill_null(0)
         )
     missing_first = pl.col("missing_first_assignment")

@@ -39,16 +39,18 @@ from datetime import datetime
 import polars as pl
 
 from kirim_events.analytics._common import (
+    ORDER,
     STATUS_EVENT_TYPES,
     STATUS_RANK,
     cut,
+    dups_per,
     error_label,
     seconds_between,
+    with_dups,
 )
 
 __all__ = ["message_status_history", "message_timelines", "status_events"]
 
-ORDER = ("occurred_at", "received_at", "event_key")
 _RANK_TO_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
 TIMELINE_COLUMNS = (
     "message_id",
@@ -78,16 +80,6 @@ TIMELINE_COLUMNS = (
 )
 
 
-def _copies(events: pl.LazyFrame, copies: pl.LazyFrame | None) -> pl.LazyFrame:
-    """Attach ``_dups`` (received copies beyond the first) to each event row."""
-    if copies is None:
-        return events.with_columns(_dups=pl.lit(None, dtype=pl.Int64))
-    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
-    return events.join(per_key, on="event_key", how="left").with_columns(
-        pl.col("_dups").fill_null(0)
-    )
-
-
 def _ranked(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
     """Status events with ``_rank``, in no particular order."""
     rows = cut(events, as_of).filter(
@@ -104,22 +96,7 @@ def _status_rows(
     events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
 ) -> pl.LazyFrame:
     """Status events with ``_rank`` and ``_dups``, in no particular order."""
-    return _copies(_ranked(events, as_of), copies)
-
-
-def _dups_per_message(rows: pl.LazyFrame, copies: pl.LazyFrame) -> pl.LazyFrame:
-    """``(message_id, n_duplicates)`` for the messages with a copied event.
-
-    Joins only the two key columns (not every column of every row) to the few copied
-    events, then sums per message; messages not listed have no duplicates.
-    """
-    per_key = copies.select("event_key", (pl.col("n_copies").cast(pl.Int64) - 1).alias("_dups"))
-    return (
-        rows.select("event_key", "message_id")
-        .join(per_key, on="event_key", how="inner")
-        .group_by("message_id")
-        .agg(pl.col("_dups").fill_null(0).sum().alias("n_duplicates"))
-    )
+    return with_dups(_ranked(events, as_of), copies)
 
 
 def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -260,7 +237,7 @@ def message_timelines(
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     else:
         grouped = grouped.join(
-            _dups_per_message(rows, copies), on="message_id", how="left"
+            dups_per(rows, copies, "message_id"), on="message_id", how="left"
         ).with_columns(pl.col("n_duplicates").fill_null(0))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
     return (

@@ -3,8 +3,11 @@
 Measures, in one run on one machine, against baselines from the same run:
 
 1. write N events in journal-flush-sized batches (50k) and compact them; bytes on disk of the
-   compacted ``events/`` folder against the raw NDJSON of the same (unique) webhook bodies
-   (target: at most 20%);
+   compacted ``events/`` folder against three NDJSON forms of the same unique events (target:
+   at most 20% of raw NDJSON): the webhook bodies alone; the deliveries as received (a line
+   per delivery with the Kirim headers whose values the lake keeps, the arrival time and the
+   body: the same information as the lake, minus the signature, which it does not keep); and
+   the lake's own rows written as NDJSON;
 2. compaction rows/s against DuckDB rewriting the same partitions from the same files with
    ``COPY (SELECT ... deduplicated ...) TO ... (FORMAT parquet, PARTITION_BY (type, date))``
    (target: at least half of DuckDB's speed); also DuckDB's plain rewrite without dedup;
@@ -282,23 +285,34 @@ def deliveries(n: int, seed: int, days: int) -> Iterator[tuple[bytes, dict[str, 
             made += 1
 
 
-def generate(n: int, seed: int, days: int) -> tuple[list[pa.Table], int, int, int]:
-    """Arrow batches (arrival order, 3% retried copies), raw NDJSON bytes of the unique
-    bodies, the same NDJSON compressed with zstd (level 3, 1 MB blocks), and unique events."""
+KEPT_HEADERS = ("X-Kirim-Event", "X-Kirim-Event-Id", "X-Kirim-Delivery-Id", "X-Kirim-Attempt")
+
+
+def delivery_line(body: bytes, headers: dict[str, str], received: datetime) -> bytes:
+    """One delivery as received, as an NDJSON line: arrival time, kept headers, body."""
+    kept = {name: headers[name] for name in KEPT_HEADERS}
+    head = json.dumps({"received_at": received.isoformat(), "headers": kept}, separators=(",", ":"))
+    return head[:-1].encode() + b',"body":' + body + b"}\n"
+
+
+def generate(n: int, seed: int, days: int) -> tuple[list[pa.Table], dict[str, int], int]:
+    """Arrow batches (arrival order, 3% retried copies), NDJSON byte counts of the unique
+    deliveries (``bodies``, ``bodies_zstd``: the same compressed with zstd level 3 in 1 MB
+    blocks, ``deliveries``: see :func:`delivery_line`), and the number of unique events."""
     rng = random.Random(seed + 1)
     batches: list[pa.Table] = []
     pending = []
-    raw = 0
-    raw_zstd = 0
+    raw = {"bodies": 0, "bodies_zstd": 0, "deliveries": 0}
     block: list[bytes] = []
     unique = 0
     for body, headers, when in deliveries(n, seed, days):
-        raw += len(body) + 1
+        raw["bodies"] += len(body) + 1
         block.append(body)
         if len(block) >= 2000:
-            raw_zstd += len(pa.compress(b"\n".join(block) + b"\n", "zstd", asbytes=True))
+            raw["bodies_zstd"] += len(pa.compress(b"\n".join(block) + b"\n", "zstd", asbytes=True))
             block = []
         received = when + timedelta(seconds=rng.uniform(0.2, 3))
+        raw["deliveries"] += len(delivery_line(body, headers, received))
         records = parse_delivery(body, headers, received_at=received)
         pending.extend(records)
         unique += len(records)
@@ -314,8 +328,8 @@ def generate(n: int, seed: int, days: int) -> tuple[list[pa.Table], int, int, in
     if pending:
         batches.append(events_table(pending))
     if block:
-        raw_zstd += len(pa.compress(b"\n".join(block) + b"\n", "zstd", asbytes=True))
-    return batches, raw, raw_zstd, unique
+        raw["bodies_zstd"] += len(pa.compress(b"\n".join(block) + b"\n", "zstd", asbytes=True))
+    return batches, raw, unique
 
 
 # --------------------------------------------------------------------------- measurements
@@ -369,7 +383,7 @@ def write_lake(root: Path, batches: list[pa.Table]) -> float:
 
 
 def bench_write_compact(n: int, repeats: int, work: Path, seed: int) -> dict[str, float]:
-    batches, raw_bytes, raw_zstd, unique = generate(n, seed, DAYS)
+    batches, raw, unique = generate(n, seed, DAYS)
     rows = sum(b.num_rows for b in batches)
     template = work / "template"
     write_s = write_lake(template, batches)
@@ -394,7 +408,8 @@ def bench_write_compact(n: int, repeats: int, work: Path, seed: int) -> dict[str
         shutil.rmtree(plain)
         if i < repeats - 1:
             shutil.rmtree(root)
-    columns = column_bytes(work / f"run{repeats - 1}" / "events", ("payload", "signature"))
+    ids = ("event_key", "event_id", "delivery_id", "message_id")
+    columns = column_bytes(work / f"run{repeats - 1}" / "events", ("payload", *ids))
     check = Lake(work / f"run{repeats - 1}")
     assert check.events().select(pl.len()).collect().item() == unique
     ndjson = work / "events.ndjson"
@@ -405,14 +420,16 @@ def bench_write_compact(n: int, repeats: int, work: Path, seed: int) -> dict[str
         "events": unique,
         "rows_written": rows,
         "write_rows_s": rows / write_s,
-        "raw_ndjson_mb": raw_bytes / 1e6,
+        "raw_ndjson_mb": raw["bodies"] / 1e6,
+        "deliveries_ndjson_mb": raw["deliveries"] / 1e6,
         "records_ndjson_mb": records_ndjson / 1e6,
         "lake_mb": compacted_bytes / 1e6,
         "duckdb_out_mb": duck_bytes / 1e6,
-        "ratio_raw": compacted_bytes / raw_bytes,
-        "raw_zstd_mb": raw_zstd / 1e6,
+        "ratio_raw": compacted_bytes / raw["bodies"],
+        "ratio_deliveries": compacted_bytes / raw["deliveries"],
+        "raw_zstd_mb": raw["bodies_zstd"] / 1e6,
         "payload_mb": columns["payload"] / 1e6,
-        "signature_mb": columns["signature"] / 1e6,
+        "ids_mb": sum(columns[c] for c in ids) / 1e6,
         "ratio_records": compacted_bytes / records_ndjson,
         "ours_s": statistics.median(ours),
         "duck_s": statistics.median(duck),
@@ -513,31 +530,36 @@ def render(scale: float, rows: list[dict[str, float]], queries: list[dict[str, f
         "`COPY ... TO ... (FORMAT parquet, PARTITION_BY (type, date))`):",
         "",
         "| events | write rows/s | compact rows/s | DuckDB COPY dedup rows/s | ours / DuckDB "
-        "| DuckDB COPY plain rows/s | ours / plain | lake MB | raw NDJSON MB | lake / raw "
-        "| records NDJSON MB | lake / records |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| DuckDB COPY plain rows/s | ours / plain | lake MB | bodies NDJSON MB "
+        "| lake / bodies | deliveries NDJSON MB | lake / deliveries | rows NDJSON MB "
+        "| lake / rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['events']):,} | {r['write_rows_s']:,.0f} | {r['ours_rows_s']:,.0f} "
             f"| {r['duck_rows_s']:,.0f} | {r['speed_vs_duck']:.2f} | {r['duck_plain_rows_s']:,.0f} "
             f"| {r['speed_vs_duck_plain']:.2f} | {r['lake_mb']:,.1f} | {r['raw_ndjson_mb']:,.1f} "
-            f"| {r['ratio_raw']:.1%} | {r['records_ndjson_mb']:,.1f} | {r['ratio_records']:.1%} |"
+            f"| {r['ratio_raw']:.1%} | {r['deliveries_ndjson_mb']:,.1f} "
+            f"| {r['ratio_deliveries']:.1%} | {r['records_ndjson_mb']:,.1f} "
+            f"| {r['ratio_records']:.1%} |"
         )
     lines += [
         "",
         "Where the bytes go (compacted lake): the `payload` column alone (the exact bodies), "
-        "the `signature` column (32 random HMAC bytes per event), and the raw NDJSON "
-        "compressed with zstd -3 in 1 MB blocks for reference:",
+        "the four id columns design.md asks for beside it (`event_key`, `event_id`, "
+        "`delivery_id`, `message_id`: random ids, three of them repeated from the body), and "
+        "the bodies NDJSON compressed with zstd -3 in 1 MB blocks for reference:",
         "",
-        "| events | payload column MB | payload / raw | signature column MB "
-        "| raw NDJSON zstd MB | zstd / raw |",
-        "|---|---|---|---|---|---|",
+        "| events | payload column MB | payload / bodies | id columns MB | ids / bodies "
+        "| bodies NDJSON zstd MB | zstd / bodies |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['events']):,} | {r['payload_mb']:,.1f} "
-            f"| {r['payload_mb'] / r['raw_ndjson_mb']:.1%} | {r['signature_mb']:,.1f} "
+            f"| {r['payload_mb'] / r['raw_ndjson_mb']:.1%} | {r['ids_mb']:,.1f} "
+            f"| {r['ids_mb'] / r['raw_ndjson_mb']:.1%} "
             f"| {r['raw_zstd_mb']:,.1f} | {r['raw_zstd_mb'] / r['raw_ndjson_mb']:.1%} |"
         )
     lines += [

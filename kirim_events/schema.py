@@ -18,6 +18,8 @@ __all__ = [
     "DELIVERY_FIELDS",
     "DELIVERY_SCHEMA",
     "EVENT_SCHEMA",
+    "LAKE_EVENT_FIELDS",
+    "NOT_STORED",
     "SCHEMA_VERSION",
     "TS",
     "deliveries_table",
@@ -35,11 +37,23 @@ _EVENT_TYPES: dict[str, pa.DataType] = {
     "payload_exact": pa.bool_(),
 }
 
+NOT_STORED: frozenset[str] = frozenset({"signature"})
+"""EventRecord fields the lake does not keep.
+
+``signature`` is the header of one delivery attempt, not part of the event: every retry
+carries another one, it is 32 random bytes that cannot be compressed (about a quarter of a
+compacted lake when it was kept), and it proves nothing without the secret, which rotates.
+It is used once, at parse time, as the event's time when the body has none. Lakes written
+before it was dropped still read: readers ignore the extra column and compaction drops it.
+"""
+
+LAKE_EVENT_FIELDS: tuple[str, ...] = tuple(f for f in EVENT_FIELDS if f not in NOT_STORED)
+
 EVENT_SCHEMA = pa.schema(
-    [pa.field(name, _EVENT_TYPES.get(name, pa.string())) for name in EVENT_FIELDS]
+    [pa.field(name, _EVENT_TYPES.get(name, pa.string())) for name in LAKE_EVENT_FIELDS]
     + [pa.field("ingest_seq", pa.int64())]
 )
-"""Full events row: EventRecord's fields, then ``ingest_seq`` (given by the lake writer)."""
+"""Full events row: EventRecord's stored fields, then ``ingest_seq`` (given by the writer)."""
 
 DELIVERY_SCHEMA = pa.schema(
     [
@@ -66,9 +80,9 @@ def events_table(
     records: Sequence[EventRecord], ingest_seq: Iterable[int] | None = None
 ) -> pa.Table:
     """Build an Arrow table in EVENT_SCHEMA from records (``ingest_seq`` null unless given)."""
-    columns: dict[str, list[Any]] = {name: [] for name in EVENT_FIELDS}
+    columns: dict[str, list[Any]] = {name: [] for name in LAKE_EVENT_FIELDS}
     for record in records:
-        for name in EVENT_FIELDS:
+        for name in LAKE_EVENT_FIELDS:
             columns[name].append(getattr(record, name))
     seqs = list(ingest_seq) if ingest_seq is not None else [None] * len(records)
     if len(seqs) != len(records):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -97,3 +98,26 @@ def test_bad_time_arguments_are_clear(tmp_path: Path) -> None:
         lake.as_of("yesterday-ish")
     with pytest.raises(TypeError, match="unexpected"):
         lake.events(kind="x")
+
+
+def test_the_attempt_signature_is_not_stored_and_older_files_with_it_still_read(
+    tmp_path: Path,
+) -> None:
+    """The signature header belongs to one delivery attempt: parsed, used, not kept."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([replace(ev("new"), signature="t=1,v1=" + "ab" * 32)])
+    folder = tmp_path / "events/type=message.created/date=2026-05-01"
+    (written,) = folder.glob("*.parquet")
+    assert "signature" not in pq.read_schema(written).names
+    # A file from a lake written before the column was dropped.
+    file_schema = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
+    old = events_table([ev("old")], ingest_seq=[1]).select(file_schema.names)
+    old = old.append_column("signature", pa.array(["t=1,v1=" + "cd" * 32]))
+    pq.write_table(old, folder / "w-000000000001-000001-old.parquet")
+    assert sorted(lake.events().collect()["event_key"]) == ["new", "old"]
+    assert "signature" not in lake.events().collect_schema().names()
+    lake.compact(full=True)
+    files = list(folder.glob("*.parquet"))
+    assert files
+    assert all("signature" not in pq.read_schema(f).names for f in files)
+    assert sorted(lake.events().collect()["event_key"]) == ["new", "old"]

@@ -43,15 +43,19 @@ def _rows(
 
 
 def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """``conversation.assigned`` events in event-time order with ``_missing`` (module doc)."""
+    """``conversation.assigned`` events in event-time order with ``_missing`` (module doc).
+
+    The rows are sorted by conversation first, so the assignment before a row is the row
+    above it when that row has the same conversation (none at a conversation's first row):
+    a plain shift, which gives what ``shift(1).over("conversation_id")`` would without its
+    per-group pass (most of this step's time at 3M events).
+    """
+    same = pl.col("conversation_id") == pl.col("conversation_id").shift(1)
+    before = pl.when(same).then(pl.col("user_id").shift(1))
     return (
         rows.filter(pl.col("type") == ASSIGNED)
         .sort(["conversation_id", *ORDER])
-        .with_columns(
-            _missing=pl.col("previous_user_id")
-            .ne_missing(pl.col("user_id").shift(1))
-            .over("conversation_id")
-        )
+        .with_columns(_missing=pl.col("previous_user_id").ne_missing(before))
     )
 
 

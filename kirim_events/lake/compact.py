@@ -255,14 +255,13 @@ class _Group:
         self, members: list[str], counted: dict[str, list[str]]
     ) -> tuple[pl.DataFrame, set[str]]:
         """(event_key, date) of the winning copy of every key, and the days holding losers."""
-        keys = pl.concat(
-            [
-                self._read(d, counted[d], ["event_key", *EVENT_ORDER]).with_columns(
-                    pl.lit(d).alias("_date")
-                )
-                for d in members
-            ]
-        )
+
+        def read_keys(day: str) -> pl.DataFrame:
+            frame = self._read(day, counted[day], ["event_key", *EVENT_ORDER])
+            return frame.with_columns(pl.lit(day).alias("_date"))
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            keys = pl.concat(list(pool.map(read_keys, members)))
         winners = (
             keys.sort([*EVENT_ORDER, "_date"])
             .unique(subset=["event_key"], keep="first", maintain_order=False)

@@ -272,7 +272,12 @@ def conversation_lifecycles(
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     else:
-        out = out.join(dups_per(rows, copies, "conversation_id"), on=key, how="left").with_columns(
+        # The keys are read by a plan of their own: sharing ``rows`` would make Polars cache
+        # every event's columns for the assignments and this join together.
+        keys = cut(events.select("event_key", key, "occurred_at"), as_of).filter(
+            pl.col(key).is_not_null()
+        )
+        out = out.join(dups_per(keys, copies, key), on=key, how="left").with_columns(
             pl.col("n_duplicates").fill_null(0)
         )
     missing_first = pl.col("missing_first_assignment")

@@ -45,15 +45,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.journal_quarantine import write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
     RECEIPT_COLUMNS,
+    conform,
     ddl,
-    events_arrow,
-    receipts_arrow,
+    ndjson_select,
+    table_from_ndjson,
 )
 from kirim_events.journal_write import (
     CHUNK,
@@ -65,17 +69,19 @@ from kirim_events.journal_write import (
     settle,
     write_appends,
 )
+from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
 
 __all__ = ["FlushReport", "Journal", "LakeSink"]
 
 JOURNAL_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=35)
-_SELECT_INBOX = (
-    "SELECT i.seq, b.payload, "
-    + ", ".join(f"i.{c}" for c in EVENT_COLUMNS)
-    + " FROM inbox i JOIN bodies b ON b.id = i.body_id ORDER BY i.seq LIMIT ?"
-)
-_SELECT_RECEIPTS = f"SELECT seq, {', '.join(RECEIPT_COLUMNS)} FROM receipts ORDER BY seq LIMIT ?"
+# Flushes read batches as NDJSON built by SQLite (see journal_rows): only the lake's columns.
+_INBOX_JSON = [("seq", "i.seq"), ("payload", "b.payload")] + [
+    (c, f"i.{c}") for c in EVENT_COLUMNS if c in EVENT_SCHEMA.names
+]
+_SELECT_INBOX = ndjson_select("inbox i JOIN bodies b ON b.id = i.body_id", _INBOX_JSON, "i.seq")
+_RECEIPTS_JSON = [("seq", "seq")] + [(c, c) for c in RECEIPT_COLUMNS]
+_SELECT_RECEIPTS = ndjson_select("receipts", _RECEIPTS_JSON, "seq")
 
 
 class LakeSink(Protocol):
@@ -434,28 +440,32 @@ class Journal:
         started = time.perf_counter()
         n_events = n_receipts = 0
         with self._flush_lock:
-            while True:
-                with self._reader() as conn:
-                    rows = conn.execute(_SELECT_INBOX, (batch_size,)).fetchall()
-                if not rows:
-                    break
-                columns = list(zip(*rows, strict=True))
-                lake.write_events(events_arrow(columns[2:], columns[1]))
-                self._submit(forget("inbox", rows[-1][0]), -len(rows)).result()
-                n_events += len(rows)
-            while True:
-                with self._reader() as conn:
-                    got = conn.execute(_SELECT_RECEIPTS, (batch_size,)).fetchall()
-                if not got:
-                    break
-                lake.write_deliveries(receipts_arrow(list(zip(*got, strict=True))[1:]))
-                self._submit(forget("receipts", got[-1][0])).result()
-                n_receipts += len(got)
+            while (batch := self._read_batch(_SELECT_INBOX, _INBOX_JSON, batch_size)) is not None:
+                last, events = batch
+                lake.write_events(conform(events, EVENT_SCHEMA))
+                self._submit(forget("inbox", last), -events.num_rows).result()
+                n_events += events.num_rows
+            while batch := self._read_batch(_SELECT_RECEIPTS, _RECEIPTS_JSON, batch_size):
+                last, receipts = batch
+                lake.write_deliveries(conform(receipts, DELIVERY_SCHEMA))
+                self._submit(forget("receipts", last)).result()
+                n_receipts += receipts.num_rows
             cutoff = int((self._now() - self.retention.total_seconds()) * 1_000_000)
             self._submit(prune(cutoff)).result()
             with self._reader() as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
+
+    def _read_batch(
+        self, sql: str, columns: Sequence[tuple[str, str]], limit: int
+    ) -> tuple[int, pa.Table] | None:
+        """The next ``limit`` rows as an Arrow table (with ``seq``) and their last seq."""
+        with self._reader() as conn:
+            data = conn.execute(sql, (limit,)).fetchone()[0]
+        if data is None:
+            return None
+        table = table_from_ndjson(data, [name for name, _ in columns])
+        return int(pc.max(table.column("seq")).as_py()), table
 
     # ------------------------------------------------------------------ quarantine
 

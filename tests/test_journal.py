@@ -90,6 +90,33 @@ def test_flush_moves_events_into_the_lake_byte_exact(tmp_path: Path) -> None:
     assert events["occurred_at"][0] == recs[0].occurred_at
 
 
+def test_flush_keeps_every_character_of_bodies_and_ids(tmp_path: Path) -> None:
+    # The flush reads batches as NDJSON built by SQLite: escapes must round-trip exactly.
+    odd = 'q"uote \\back\\slash\ttab \u00e9\u4e2d \U0001f600 \x7f \u2028 nul:\x00 end'
+    bodies = [
+        # pretty-printed (raw newlines outside strings), unicode left unescaped
+        json.dumps(testing.kirim_event(event_id="evt_" + odd), indent=2, ensure_ascii=False),
+        # every non-ASCII character escaped, a surrogate pair among them
+        json.dumps(testing.kirim_event(event_id="evt_ascii_" + odd), ensure_ascii=True),
+        # a large body: one NDJSON line of several megabytes
+        json.dumps(testing.kirim_event(data={"blob": "x\\" * 1_500_000, "contact": {}})),
+    ]
+    recs = [r for body in bodies for r in records(body.encode())]
+    receipt = {"delivery_id": "wbd_" + odd, "attempt": 2, "reason": odd, "outcome": "new"}
+    lake = Lake(tmp_path)
+    with Journal(tmp_path) as j:
+        assert j.append(recs, [receipt]) == [True, True, True]
+        report = j.flush(lake)
+    assert (report.events, report.receipts) == (3, 1)
+    events = lake.events().sort("received_at", "event_key").collect()
+    by_key = dict(zip(events["event_key"].to_list(), events["payload"].to_list(), strict=True))
+    assert by_key == {r.event_key: r.payload for r in recs}
+    assert {r.payload for r in recs} == set(bodies)
+    assert "evt_" + odd in by_key
+    row = lake.deliveries().collect().row(0, named=True)
+    assert (row["delivery_id"], row["attempt"], row["reason"]) == ("wbd_" + odd, 2, odd)
+
+
 def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
     body = testing.meta_status("sent")
     value = body["entry"][0]["changes"][0]["value"]

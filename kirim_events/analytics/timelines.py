@@ -232,12 +232,12 @@ def message_timelines(
             ),
         ],
         how="diagonal_relaxed",
-    )
+    ).sort("message_id")
     if copies is None:
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     else:
         grouped = grouped.join(
-            dups_per(rows, copies, "message_id"), on="message_id", how="left"
+            dups_per(rows, copies, "message_id"), on="message_id", how="left", maintain_order="left"
         ).with_columns(pl.col("n_duplicates").fill_null(0))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
     return (
@@ -255,7 +255,6 @@ def message_timelines(
             time_to_read=seconds_between("read_at", "sent_at"),
         )
         .select(TIMELINE_COLUMNS)
-        .sort("message_id")
     )
 
 

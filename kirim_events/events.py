@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
 
 __all__ = [
@@ -121,6 +123,7 @@ def _digits(value: Any) -> str | None:
     return digits or None
 
 
+_UNIX = re.compile(r"\d{1,12}(\.\d+)?")
 _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
     r"(Z|[+-]\d{2}:?\d{2})?$"
@@ -149,7 +152,7 @@ def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
-    if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+    if _UNIX.fullmatch(text):
         return parse_time(float(text))
     m = _ISO.fullmatch(text)
     if not m:
@@ -201,12 +204,19 @@ class _Context:
 
     headers: _Headers
     payload: str
-    body_hash: str
+    body: bytes
     received_at: datetime
     origin: str
     signature: str | None
     signed_at: datetime | None
     payload_exact: bool
+    delivery_id: str | None
+    attempt: int | None
+
+    @property
+    def body_hash(self) -> str:
+        """sha256 of the raw body, for the last-resort keys only (computed when needed)."""
+        return hashlib.sha256(self.body).hexdigest()
 
     def base(self, source_format: str, time_value: Any) -> dict[str, Any]:
         occurred = parse_time(time_value)
@@ -216,16 +226,14 @@ class _Context:
             occurred, time_source = self.signed_at, "signature"
         else:
             occurred, time_source = self.received_at, "received"
-        attempt_text = self.headers.get("X-Kirim-Attempt")
-        attempt = int(attempt_text) if attempt_text and attempt_text.isdigit() else None
         return {
             "occurred_at": occurred,
             "received_at": self.received_at,
             "origin": self.origin,
             "source_format": source_format,
             "time_source": time_source,
-            "delivery_id": self.headers.get("X-Kirim-Delivery-Id"),
-            "attempt": attempt,
+            "delivery_id": self.delivery_id,
+            "attempt": self.attempt,
             "signature": self.signature,
             "payload": self.payload,
             "payload_exact": self.payload_exact,
@@ -422,6 +430,25 @@ def _detect(body: dict[str, Any]) -> str:
     raise UnknownShape("body matches none of the Meta, Kirim-native or third shapes")
 
 
+# A run of 19+ digits may be an integer beyond 64 bits, which orjson turns into a float.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def _loads(body: bytes, text: str) -> Any:
+    """``json.loads(text)``, answered by orjson (about 4x faster) whenever the two agree.
+
+    orjson rejects what ``json`` accepts as extensions (NaN, Infinity, lone surrogates, numbers
+    beyond a double) and would round integers beyond 64 bits: those bodies, and any body it
+    rejects, go to ``json``, so the value (or the error) is always ``json``'s.
+    """
+    if not _LONG_DIGITS.search(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
     """Decode a raw body as UTF-8 JSON object; return ``(text, object)``.
 
@@ -429,7 +456,7 @@ def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
     """
     try:
         text = body.decode("utf-8")
-        value = json.loads(text)
+        value = _loads(body, text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidJSON(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -480,15 +507,18 @@ def parse_delivery(
     received = received.astimezone(UTC)
     hdrs = _Headers(headers)
     signature = hdrs.get("X-Kirim-Signature") or hdrs.get("X-Kirim-Signature-256")
+    attempt_text = hdrs.get("X-Kirim-Attempt")
     ctx = _Context(
         headers=hdrs,
         payload=text,
-        body_hash=hashlib.sha256(body).hexdigest(),
+        body=body,
         received_at=received,
         origin=origin,
         signature=signature,
         signed_at=_signature_time(signature),
         payload_exact=payload_exact,
+        delivery_id=hdrs.get("X-Kirim-Delivery-Id"),
+        attempt=int(attempt_text) if attempt_text and attempt_text.isdigit() else None,
     )
     shape = _detect(obj)
     if shape == "meta":

@@ -353,6 +353,31 @@ def test_bad_bodies_raise_payload_errors(body: bytes, error: type[PayloadError])
         parse_delivery(body)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "contact.updated", "id": 123456789012345678901234567890, "data": {}}',
+        '{"type": "contact.updated", "id": -9223372036854775809, "data": {"n": 1.5e-320}}',
+        '{"type": "contact.updated", "id": "evt_1", "data": {"x": NaN, "y": -Infinity}}',
+        '{"type": "contact.updated", "id": "evt_\\ud800", "data": {}}',
+        '{"type": "contact.updated", "id": "evt_2", "id": "evt_3", "data": {"big": 1e400}}',
+        '{"type": "contact.updated", "id": "evt_\\u00e9\\ud83d\\ude00", "data": {"a": [{}]}}',
+    ],
+)
+def test_bodies_parse_as_the_json_module_reads_them(text: str) -> None:
+    # The fast parser (orjson) must never change a value: big integers stay exact, the json
+    # module's extensions (NaN, lone surrogates, huge numbers) are still accepted.
+    (record,) = parse_delivery(text.encode(), received_at=RECEIVED)
+    expected = json.loads(text)
+    assert record.event_key == str(expected["id"])
+    assert record.payload == text
+
+
+def test_a_byte_order_mark_is_still_invalid_json() -> None:
+    with pytest.raises(InvalidJSON):
+        parse_delivery(b"\xef\xbb\xbf" + KIRIM_ASSIGNED)
+
+
 def test_naive_received_at_is_refused() -> None:
     with pytest.raises(ValueError):
         parse_delivery(KIRIM_ASSIGNED, received_at=datetime(2026, 1, 1))

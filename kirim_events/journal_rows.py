@@ -101,9 +101,8 @@ def event_row(record: EventRecord) -> list[Any]:
 
 def receipt_row(receipt: Mapping[str, Any]) -> list[Any]:
     """A receipt mapping (DELIVERY_SCHEMA names) as receipt column values."""
-    unknown = receipt.keys() - _RECEIPT_SET
-    if unknown:
-        raise ValueError(f"unknown receipt columns: {sorted(unknown)}")
+    if not _RECEIPT_SET.issuperset(receipt):
+        raise ValueError(f"unknown receipt columns: {sorted(receipt.keys() - _RECEIPT_SET)}")
     out = [receipt.get(name) for name in RECEIPT_COLUMNS]
     for i in _RECEIPT_TIMES:
         value = out[i]

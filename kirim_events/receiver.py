@@ -24,6 +24,7 @@ bodies or secrets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -185,8 +186,8 @@ class Receiver:
             if method != "POST":
                 await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
                 return
-            status, payload = await self._webhook(scope, receive)
-            await _answer(send, status, payload)
+            status, body = await self._webhook(scope, receive)
+            await _send(send, status, body, _JSON_TYPE)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._healthz(send)
         elif path == "/metrics" and method in ("GET", "HEAD"):
@@ -223,7 +224,7 @@ class Receiver:
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         self.metrics.received += 1
         received_ts = self._now()
         received_at = datetime.fromtimestamp(received_ts, UTC)
@@ -246,7 +247,7 @@ class Receiver:
         except _TooLarge:
             return await self._reject(receipt, "too_large", 413, "body exceeds the size limit")
         except ConnectionError:
-            return 400, {"error": "client disconnected"}
+            return 400, _json({"error": "client disconnected"})
         signature = headers.get("x-kirim-signature") or headers.get("x-kirim-signature-256")
         try:
             verify(body, signature, self._secrets, tolerance=self.tolerance, now=received_ts)
@@ -269,18 +270,17 @@ class Receiver:
         except StorageError as exc:
             self.metrics.storage_errors += 1
             log.error("journal write failed, answering 503: %s", exc)
-            return 503, {"error": "storage unavailable, retry later"}
+            return 503, _json({"error": "storage unavailable, retry later"})
         n_new = sum(flags)
-        outcome = "new" if n_new else "duplicate"
         self.metrics.events_new += n_new
         if not n_new:
             self.metrics.duplicates += 1
-        log.debug("delivery %s: %s (%d events)", receipt["delivery_id"], outcome, len(flags))
-        return 200, {"outcome": outcome, "events": len(flags), "new": n_new}
+        log.debug("delivery %s: %d of %d events new", receipt["delivery_id"], n_new, len(flags))
+        return 200, _accepted(len(flags), n_new)
 
     async def _reject(
         self, receipt: dict[str, Any], reason: str, status: int, message: str
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, bytes]:
         self.metrics.reject(reason)
         log.warning("rejected delivery %s (%s): %d", receipt["delivery_id"] or "-", reason, status)
         receipt.update(outcome="rejected", reason=reason, n_events=0)
@@ -289,11 +289,11 @@ class Receiver:
         except StorageError as exc:
             # The answer is about the request, not our storage: still reject it.
             log.error("could not journal a rejection receipt: %s", exc)
-        return status, {"error": message, "reason": reason}
+        return status, _json({"error": message, "reason": reason})
 
     async def _quarantine(
         self, body: bytes, headers: dict[str, str], receipt: dict[str, Any], reason: str
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, bytes]:
         try:
             await asyncio.to_thread(
                 self.journal.quarantine, body, headers, reason, received_at=receipt["received_at"]
@@ -303,10 +303,10 @@ class Receiver:
         except StorageError as exc:
             self.metrics.storage_errors += 1
             log.error("quarantine write failed, answering 503: %s", exc)
-            return 503, {"error": "storage unavailable, retry later"}
+            return 503, _json({"error": "storage unavailable, retry later"})
         self.metrics.quarantined += 1
         log.warning("quarantined delivery %s (%s)", receipt["delivery_id"] or "-", reason)
-        return 200, {"outcome": "quarantined", "reason": reason}
+        return 200, _json({"outcome": "quarantined", "reason": reason})
 
 
 def _int(value: str | None) -> int | None:
@@ -323,9 +323,21 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra
     await send({"type": "http.response.body", "body": body})
 
 
+_JSON_TYPE = b"application/json"
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted(events: int, new: int) -> bytes:
+    # The 200 answer of a journaled delivery: a handful of distinct bodies, encoded once each.
+    return _json({"outcome": "new" if new else "duplicate", "events": events, "new": new})
+
+
 async def _answer(send: Send, status: int, payload: dict[str, Any], extra: Any = ()) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    await _send(send, status, body, b"application/json", extra)
+    await _send(send, status, _json(payload), _JSON_TYPE, extra)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -436,6 +436,10 @@ class Journal:
         lake write returned (the lake's writes are durable on return). The dedup index keeps
         the keys. Safe to call from any thread; concurrent flushes run one after another.
 
+        A flush moves what was journaled when it started; rows appended meanwhile wait for
+        the next one. (Chasing them under a steady stream of webhooks kept the flusher
+        writing small batches without pause, each paying the lake's fixed cost per write.)
+
         Returns
         -------
         FlushReport
@@ -443,12 +447,19 @@ class Journal:
         started = time.perf_counter()
         n_events = n_receipts = 0
         with self._flush_lock:
-            while (batch := self._read_batch(_SELECT_INBOX, _INBOX_JSON, batch_size)) is not None:
+            with self._reader() as conn:
+                top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
+                top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0
+            while (
+                batch := self._read_batch(_SELECT_INBOX, _INBOX_JSON, top_inbox, batch_size)
+            ) is not None:
                 last, events = batch
                 lake.write_events(conform(events, EVENT_SCHEMA))
                 self._submit(forget("inbox", last), -events.num_rows).result()
                 n_events += events.num_rows
-            while batch := self._read_batch(_SELECT_RECEIPTS, _RECEIPTS_JSON, batch_size):
+            while batch := self._read_batch(
+                _SELECT_RECEIPTS, _RECEIPTS_JSON, top_receipts, batch_size
+            ):
                 last, receipts = batch
                 lake.write_deliveries(conform(receipts, DELIVERY_SCHEMA))
                 self._submit(forget("receipts", last)).result()
@@ -460,11 +471,11 @@ class Journal:
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
 
     def _read_batch(
-        self, sql: str, columns: Sequence[tuple[str, str]], limit: int
+        self, sql: str, columns: Sequence[tuple[str, str]], top: int, limit: int
     ) -> tuple[int, pa.Table] | None:
-        """The next ``limit`` rows as an Arrow table (with ``seq``) and their last seq."""
+        """The next ``limit`` rows up to seq ``top`` as an Arrow table and their last seq."""
         with self._reader() as conn:
-            data = conn.execute(sql, (limit,)).fetchone()[0]
+            data = conn.execute(sql, (top, limit)).fetchone()[0]
         if data is None:
             return None
         table = table_from_ndjson(data, [name for name, _ in columns])

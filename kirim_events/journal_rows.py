@@ -151,15 +151,15 @@ def _json_name(name: str) -> str:
 
 
 def ndjson_select(source: str, columns: Sequence[tuple[str, str]], order: str) -> str:
-    """SQL returning one BLOB: ``LIMIT ?`` rows of ``source`` as NDJSON, in ``order``.
+    """SQL returning one BLOB: rows of ``source`` with ``order <= ?`` as NDJSON, ``LIMIT ?``.
 
-    ``columns`` are ``(json name, SQL expression)`` pairs. NULL when there are no rows.
-    The blob (not text) spares decoding the whole batch into a Python str.
+    ``columns`` are ``(json name, SQL expression)`` pairs; rows come in ``order``. NULL when
+    there are no rows. The blob (not text) spares decoding the whole batch into a Python str.
     """
     pairs = ", ".join(f"'{_json_name(name)}', {expr}" for name, expr in columns)
     return (
-        f"SELECT CAST(group_concat(line, char(10)) AS BLOB) FROM "
-        f"(SELECT json_object({pairs}) AS line FROM {source} ORDER BY {order} LIMIT ?)"
+        f"SELECT CAST(group_concat(line, char(10)) AS BLOB) FROM (SELECT json_object({pairs}) "
+        f"AS line FROM {source} WHERE {order} <= ? ORDER BY {order} LIMIT ?)"
     )
 
 

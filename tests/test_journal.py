@@ -117,6 +117,37 @@ def test_flush_keeps_every_character_of_bodies_and_ids(tmp_path: Path) -> None:
     assert (row["delivery_id"], row["attempt"], row["reason"]) == ("wbd_" + odd, 2, odd)
 
 
+class _AppendDuringWrite:
+    """A lake that, while a flush writes, sees one more event journaled (a webhook arriving)."""
+
+    def __init__(self, lake: Lake, journal: Journal, late: list[EventRecord]) -> None:
+        self.lake, self.journal, self.late = lake, journal, late
+
+    def write_events(self, table: Any) -> int:
+        if self.late:
+            self.journal.append(self.late, [{"delivery_id": "wbd_late", "outcome": None}])
+            self.late = []
+        return self.lake.write_events(table)
+
+    def write_deliveries(self, table: Any) -> int:
+        return self.lake.write_deliveries(table)
+
+
+def test_a_flush_moves_what_was_journaled_when_it_started(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    early = [r for i in range(3) for r in records(testing.kirim_event(rng=random.Random(i)))]
+    late = records(testing.kirim_event(rng=random.Random(99)))
+    with Journal(tmp_path) as j:
+        j.append(early, [{"delivery_id": "wbd_early", "outcome": None}])
+        report = j.flush(_AppendDuringWrite(lake, j, late))
+        assert (report.events, report.receipts) == (3, 1)
+        assert j.backlog == 1  # the late event waits for the next flush, it is not lost
+        assert (j.flush(lake).events, j.backlog) == (1, 0)
+    keys = sorted(lake.events().collect()["event_key"].to_list())
+    assert keys == sorted(r.event_key for r in early + late)
+    assert sorted(lake.deliveries().collect()["delivery_id"].to_list()) == ["wbd_early", "wbd_late"]
+
+
 def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
     body = testing.meta_status("sent")
     value = body["entry"][0]["changes"][0]["value"]

@@ -37,8 +37,6 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
 
 __all__ = [
@@ -430,25 +428,6 @@ def _detect(body: dict[str, Any]) -> str:
     raise UnknownShape("body matches none of the Meta, Kirim-native or third shapes")
 
 
-# A run of 19+ digits may be an integer beyond 64 bits, which orjson turns into a float.
-_LONG_DIGITS = re.compile(rb"\d{19}")
-
-
-def _loads(body: bytes, text: str) -> Any:
-    """``json.loads(text)``, answered by orjson (about 4x faster) whenever the two agree.
-
-    orjson rejects what ``json`` accepts as extensions (NaN, Infinity, lone surrogates, numbers
-    beyond a double) and would round integers beyond 64 bits: those bodies, and any body it
-    rejects, go to ``json``, so the value (or the error) is always ``json``'s.
-    """
-    if not _LONG_DIGITS.search(body):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
-
-
 def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
     """Decode a raw body as UTF-8 JSON object; return ``(text, object)``.
 
@@ -456,7 +435,7 @@ def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
     """
     try:
         text = body.decode("utf-8")
-        value = _loads(body, text)
+        value = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidJSON(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):

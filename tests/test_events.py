@@ -365,8 +365,8 @@ def test_bad_bodies_raise_payload_errors(body: bytes, error: type[PayloadError])
     ],
 )
 def test_bodies_parse_as_the_json_module_reads_them(text: str) -> None:
-    # The fast parser (orjson) must never change a value: big integers stay exact, the json
-    # module's extensions (NaN, lone surrogates, huge numbers) are still accepted.
+    # Bodies read as the json module reads them (a faster parser must not change this): big
+    # integers stay exact, its extensions (NaN, lone surrogates, huge numbers) are accepted.
     (record,) = parse_delivery(text.encode(), received_at=RECEIVED)
     expected = json.loads(text)
     assert record.event_key == str(expected["id"])

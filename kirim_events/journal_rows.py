@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from kirim_events.events import EventRecord
-from kirim_events.schema import DELIVERY_FIELDS, DELIVERY_SCHEMA, EVENT_SCHEMA
+from kirim_events.schema import DELIVERY_FIELDS
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -31,12 +31,9 @@ __all__ = [
     "conform",
     "ddl",
     "event_row",
-    "events_arrow",
-    "from_micros",
     "micros",
     "ndjson_select",
     "receipt_row",
-    "receipts_arrow",
     "table_from_ndjson",
 ]
 
@@ -54,11 +51,6 @@ _US = timedelta(microseconds=1)
 def micros(value: datetime) -> int:
     """An aware datetime as integer microseconds since the epoch (UTC)."""
     return (value - _EPOCH) // _US
-
-
-def from_micros(value: int) -> datetime:
-    """Inverse of :func:`micros`."""
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def _sql_type(name: str) -> str:
@@ -111,37 +103,6 @@ def receipt_row(receipt: Mapping[str, Any]) -> list[Any]:
                 raise ValueError(f"receipt {RECEIPT_COLUMNS[i]} must be an aware datetime")
             out[i] = micros(value)
     return out
-
-
-def _table(
-    schema: pa.Schema,
-    names: Sequence[str],
-    columns: Sequence[Sequence[Any]],
-    extra: dict[str, Sequence[Any]],
-) -> pa.Table:
-    by_name = dict(zip(names, columns, strict=True))
-    n = len(columns[0]) if columns else 0
-    arrays = []
-    for f in schema:
-        if f.name in extra:
-            arrays.append(pa.array(extra[f.name], type=f.type))
-        elif f.name not in by_name:
-            arrays.append(pa.nulls(n, type=f.type))
-        elif f.name in _TIMES or f.name == "payload_exact":
-            arrays.append(pa.array(by_name[f.name], type=pa.int64()).cast(f.type))
-        else:
-            arrays.append(pa.array(by_name[f.name], type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def events_arrow(columns: Sequence[Sequence[Any]], payloads: Sequence[str]) -> pa.Table:
-    """Inbox columns (EVENT_COLUMNS order) plus the payloads as an EVENT_SCHEMA table."""
-    return _table(EVENT_SCHEMA, EVENT_COLUMNS, columns, {"payload": payloads})
-
-
-def receipts_arrow(columns: Sequence[Sequence[Any]]) -> pa.Table:
-    """Receipt columns (RECEIPT_COLUMNS order) as a DELIVERY_SCHEMA table."""
-    return _table(DELIVERY_SCHEMA, RECEIPT_COLUMNS, columns, {})
 
 
 def _json_name(name: str) -> str:

@@ -78,10 +78,8 @@ __all__ = ["FlushReport", "Journal", "LakeSink"]
 
 JOURNAL_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=35)
-# Flushes read batches as NDJSON built by SQLite (see journal_rows): only the lake's columns.
-_INBOX_JSON = [("seq", "i.seq"), ("payload", "b.payload")] + [
-    (c, f"i.{c}") for c in EVENT_COLUMNS if c in EVENT_SCHEMA.names
-]
+# Flushes read batches as NDJSON built by SQLite (see journal_rows).
+_INBOX_JSON = [("seq", "i.seq"), ("payload", "b.payload")] + [(c, f"i.{c}") for c in EVENT_COLUMNS]
 _SELECT_INBOX = ndjson_select("inbox i JOIN bodies b ON b.id = i.body_id", _INBOX_JSON, "i.seq")
 _RECEIPTS_JSON = [("seq", "seq")] + [(c, c) for c in RECEIPT_COLUMNS]
 _SELECT_RECEIPTS = ndjson_select("receipts", _RECEIPTS_JSON, "seq")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from kirim_events.events import EventRecord
-from kirim_events.schema import DELIVERY_FIELDS
+from kirim_events.schema import DELIVERY_FIELDS, LAKE_EVENT_FIELDS
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -37,8 +36,10 @@ __all__ = [
     "table_from_ndjson",
 ]
 
-EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRecord) if f.name != "payload")
-"""Inbox columns (the raw body lives once per delivery in ``bodies``)."""
+EVENT_COLUMNS: tuple[str, ...] = tuple(f for f in LAKE_EVENT_FIELDS if f != "payload")
+"""Inbox columns: what the lake keeps of a record (the raw body lives once per delivery in
+``bodies``). A journal made when it also kept ``signature`` still has that column; inserts
+name their columns, so it stays null there."""
 RECEIPT_COLUMNS: tuple[str, ...] = tuple(n for n in DELIVERY_FIELDS if n != "ingest_seq")
 OUTCOME = RECEIPT_COLUMNS.index("outcome")
 RECEIVED = RECEIPT_COLUMNS.index("received_at")

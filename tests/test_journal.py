@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,27 @@ def test_flush_moves_events_into_the_lake_byte_exact(tmp_path: Path) -> None:
     assert events["event_key"].to_list() == [recs[0].event_key]
     assert events["payload"][0].encode() == body
     assert events["occurred_at"][0] == recs[0].occurred_at
+
+
+def test_the_signature_is_not_journaled_and_an_older_journal_with_it_still_works(
+    tmp_path: Path,
+) -> None:
+    """The lake does not keep the signature, so the inbox does not either; a journal made
+    when it had that column keeps working (the column just stays null)."""
+    first, second = records(testing.meta_status("sent")), records(testing.meta_status("read"))
+    assert first[0].signature
+    with Journal(tmp_path) as j:
+        j.append(first)
+    with sqlite3.connect(tmp_path / "_journal" / "journal.sqlite3") as conn:
+        inbox = [row[1] for row in conn.execute("PRAGMA table_info(inbox)")]
+        assert "signature" not in inbox
+        conn.execute("ALTER TABLE inbox ADD COLUMN signature TEXT")  # the older layout
+    conn.close()
+    lake = Lake(tmp_path)
+    with Journal(tmp_path) as j:
+        assert j.append(second) == [True]
+        assert j.flush(lake).events == 2
+    assert sorted(lake.events().collect()["status"]) == ["read", "sent"]
 
 
 def test_flush_keeps_every_character_of_bodies_and_ids(tmp_path: Path) -> None:

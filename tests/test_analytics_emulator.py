@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from test_analytics_support import by_key
 
 from kirim_events.emulator import Emulator, EngineConfig, SignedDelivery, Truth, WorldConfig
 from kirim_events.events import parse_delivery
@@ -108,7 +109,8 @@ def test_the_run_has_duplicates_and_disorder(run: Run) -> None:
 
 def test_message_timelines_equal_the_truth(run: Run) -> None:
     truth = run.truth.message_timelines()
-    got = run.lake.message_timelines().collect().select(truth.columns)
+    got = by_key(run.lake.message_timelines().collect(), "message_timelines")
+    got = got.select(truth.columns)
     assert truth.height > 200
     assert_frame_equal(got, truth)
 
@@ -140,14 +142,15 @@ def test_status_history_equals_the_truth_log(run: Run) -> None:
 
 def test_conversation_cycles_equal_the_truth(run: Run) -> None:
     truth = run.truth.conversation_cycles()
-    got = run.lake.conversation_cycles().collect().select(truth.columns)
+    got = by_key(run.lake.conversation_cycles().collect(), "conversation_cycles")
+    got = got.select(truth.columns)
     assert truth.filter(pl.col("cycle") > 1).height > 5  # reopens happen
     assert_frame_equal(got, truth)
 
 
 def test_conversation_lifecycles_equal_the_truth(run: Run) -> None:
     truth = _seconds(run.truth.conversation_lifecycles(), "time_to_first_assignment")
-    got = run.lake.conversation_lifecycles().collect()
+    got = by_key(run.lake.conversation_lifecycles().collect(), "conversation_lifecycles")
     assert_frame_equal(got.select(truth.columns), truth)
     # With every event present, nothing is missing.
     assert got["missing_first_assignment"].sum() == 0
@@ -160,12 +163,14 @@ def test_as_of_equals_the_truth_at_several_instants(run: Run, n: int) -> None:
         view = run.lake.as_of(ts)
         truth = run.truth.as_of(ts)
         expected = truth.message_timelines()
-        got = view.message_timelines().collect().select(expected.columns)
-        assert_frame_equal(got, expected)
+        got = by_key(view.message_timelines().collect(), "message_timelines")
+        assert_frame_equal(got.select(expected.columns), expected)
         expected = truth.conversation_cycles()
-        assert_frame_equal(view.conversation_cycles().collect().select(expected.columns), expected)
+        got = by_key(view.conversation_cycles().collect(), "conversation_cycles")
+        assert_frame_equal(got.select(expected.columns), expected)
         expected = _seconds(truth.conversation_lifecycles(), "time_to_first_assignment")
-        got = view.conversation_lifecycles().collect().select(expected.columns)
+        got = by_key(view.conversation_lifecycles().collect(), "conversation_lifecycles")
+        got = got.select(expected.columns)
         assert_frame_equal(got, expected)
         # The open conversations at ts, seen through DuckDB too.
         open_sql = view.sql(
@@ -229,8 +234,8 @@ def test_delivery_health_counts_every_copy(run: Run) -> None:
 @pytest.mark.parametrize("view", VIEWS)
 def test_polars_and_duckdb_agree_row_for_row(run: Run, view: str) -> None:
     for lake in (run.lake, run.lake.as_of(_instants(run, 1)[0])):
-        polars_rows = getattr(lake, view)().collect()
-        duck_rows = lake.sql(f"select * from {view}").pl()
+        polars_rows = by_key(getattr(lake, view)().collect(), view)
+        duck_rows = by_key(lake.sql(f"select * from {view}").pl(), view)
         duck_rows = duck_rows.with_columns(
             pl.col(c).dt.convert_time_zone("UTC")
             for c, t in duck_rows.schema.items()

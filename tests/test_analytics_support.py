@@ -141,6 +141,24 @@ def duck(
     return con
 
 
+# Timelines, lifecycles and cycles come in no particular order (history and health are
+# sorted); tests compare them in key order.
+KEYS: dict[str, tuple[str, ...]] = {
+    "message_timelines": ("message_id",),
+    "message_status_history": ("message_id", "seq"),
+    "conversation_lifecycles": ("conversation_id",),
+    "conversation_cycles": ("conversation_id", "cycle"),
+    "delivery_health": ("day", "event_type"),
+}
+
+
+def by_key(frame: pl.DataFrame, view: str) -> pl.DataFrame:
+    """``frame`` sorted by the key of ``view`` (one row per key)."""
+    keys = list(KEYS[view])
+    assert frame.select(keys).is_unique().all(), f"{view}: key {keys} is not unique"
+    return frame.sort(keys)
+
+
 def from_duck(con: duckdb.DuckDBPyConnection, view: str) -> pl.DataFrame:
     frame = con.sql(f"SELECT * FROM {view}").pl()
     # DuckDB exports TIMESTAMPTZ in the session zone; compare instants in UTC.
@@ -158,7 +176,10 @@ def both(
     deliveries: Sequence[Mapping[str, Any]] = (),
     as_of: datetime | None = None,
 ) -> pl.DataFrame:
-    """Run one helper in Polars and as the DuckDB view; assert equal rows; return them."""
+    """Run one helper in Polars and as the DuckDB view; assert equal rows; return them.
+
+    The rows are returned in key order (``KEYS``).
+    """
     from polars.testing import assert_frame_equal
 
     from kirim_events.analytics import conversations, health, timelines
@@ -171,8 +192,9 @@ def both(
     else:
         module = timelines if view.startswith("message") else conversations
         frame = getattr(module, view)(events, copies=copies, as_of=as_of)
-    result = frame.collect()
-    assert_frame_equal(result, from_duck(duck(events, copies, deliveries, as_of=as_of), view))
+    result = by_key(frame.collect(), view)
+    duck_rows = by_key(from_duck(duck(events, copies, deliveries, as_of=as_of), view), view)
+    assert_frame_equal(result, duck_rows)
     return result
 
 

@@ -145,7 +145,7 @@ def conversation_cycles(
         ``assignee_id`` (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
         ``closed_by_user_id``, ``is_open``, ``is_reopen`` (cycle > 1),
         ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
-        ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by conversation_id, cycle.
+        ``n_events``, ``n_duplicates``, ``last_event_at``; in no particular order.
     """
     rows = _rows(events, copies, as_of)
     closes = _closes(rows)
@@ -197,7 +197,6 @@ def conversation_cycles(
             "n_duplicates",
             "last_event_at",
         )
-        .sort(keys)
     )
 
 
@@ -233,8 +232,8 @@ def conversation_lifecycles(
         unassignment), ``n_closes``, ``n_reopens``, ``n_cycles``, ``closed_at`` (last close),
         ``closed_by_user_id`` (of the last close), ``is_open``,
         ``time_to_first_assignment``, ``time_to_close``, ``missing_first_assignment``,
-        ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``;
-        sorted by conversation_id.
+        ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``; in
+        no particular order.
     """
     # Duplicates are summed per conversation apart (see _common.dups_per), so the
     # events themselves are not joined to the copies.
@@ -313,5 +312,4 @@ def conversation_lifecycles(
             "n_duplicates",
             "last_event_at",
         )
-        .sort(key)
     )

@@ -146,7 +146,7 @@ def message_timelines_sql(as_of: datetime | None = None, copies: str | None = No
       {_seconds("delivered_at", "sent_at")} AS time_to_deliver,
       {_seconds("read_at", "sent_at")} AS time_to_read,
       first_received_at, last_received_at
-    FROM h ORDER BY message_id"""
+    FROM h"""
 
 
 def message_status_history_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
@@ -223,7 +223,7 @@ def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = 
       {_seconds("_first_assign_any", "opened_at")} AS time_to_first_assignment,
       {_seconds("closed_at", "opened_at")} AS time_to_close,
       n_events, n_duplicates, last_event_at
-    FROM g ORDER BY conversation_id, cycle"""
+    FROM g"""
 
 
 def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
@@ -294,7 +294,7 @@ def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | Non
       CASE WHEN is_open THEN NULL ELSE {_seconds("closed_at", "opened_at")} END
         AS time_to_close,
       missing_first_assignment, n_missing_assignments, n_events, n_duplicates, last_event_at
-    FROM h ORDER BY conversation_id"""
+    FROM h"""
 
 
 def delivery_health_sql(as_of: datetime | None = None) -> str:

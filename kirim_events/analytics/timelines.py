@@ -160,7 +160,9 @@ def message_timelines(
         ``error_code``, ``error_title``, ``error_label``, ``n_events``, ``n_duplicates``,
         ``out_of_order``, ``read_without_delivered``, ``failed_after_delivered``,
         ``never_sent``, ``reached_sent``, ``reached_delivered``, ``time_to_deliver``,
-        ``time_to_read``, ``first_received_at``, ``last_received_at``; sorted by message_id.
+        ``time_to_read``, ``first_received_at``, ``last_received_at``; in no particular
+        order, like a group-by: add ``.sort("message_id")`` where the order matters (on a
+        10M-event lake, sorting the 3M rows took about a quarter of the time).
 
     Examples
     --------
@@ -232,12 +234,12 @@ def message_timelines(
             ),
         ],
         how="diagonal_relaxed",
-    ).sort("message_id")
+    )
     if copies is None:
         grouped = grouped.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
     else:
         grouped = grouped.join(
-            dups_per(rows, copies, "message_id"), on="message_id", how="left", maintain_order="left"
+            dups_per(rows, copies, "message_id"), on="message_id", how="left"
         ).with_columns(pl.col("n_duplicates").fill_null(0))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
     return (

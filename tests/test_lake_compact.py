@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -281,3 +282,54 @@ def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> N
     lake.compact()
     assert list(changes.iterdir()) == []
     assert on_disk(tmp_path) == ["a"]
+
+
+def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    minute = timedelta(minutes=1)
+    statuses = [
+        dataclasses.replace(
+            ev(f"s{m}:{i}", type="message.status", occurred=T0 + rng.randrange(600) * minute),
+            message_id=f"wamid.{m:02d}",
+        )
+        for m in range(40)
+        for i in range(3)
+    ]
+    assigned = [
+        dataclasses.replace(
+            ev(
+                f"a{c}:{i}", type="conversation.assigned", occurred=T0 + rng.randrange(600) * minute
+            ),
+            message_id=None,
+            conversation_id=f"cnv_{c:02d}",
+        )
+        for c in range(15)
+        for i in range(3)
+    ]
+    created = [ev(f"m{i}", occurred=T0 + rng.randrange(600) * minute) for i in range(30)]
+    records = statuses + assigned + created
+    rng.shuffle(records)
+    lake = ke.Lake(tmp_path)
+    for start in range(0, len(records), 25):  # several unsorted files per partition
+        lake.write_events(records[start : start + 25])
+    order = {
+        "message.status": ["message_id", "occurred_at", "event_key"],
+        "conversation.assigned": ["conversation_id", "occurred_at", "event_key"],
+        "message.created": ["occurred_at", "event_key"],
+    }
+
+    def files_in_order() -> dict[str, bool]:
+        result = {}
+        for kind, columns in order.items():
+            files = parquet_files(tmp_path / "events" / f"type={kind}")
+            frames = [pl.read_parquet(f, hive_partitioning=False) for f in files]
+            result[kind] = all(
+                f.select(columns).equals(f.select(columns).sort(columns)) for f in frames
+            )
+        return result
+
+    assert files_in_order() == dict.fromkeys(order, False)  # as written: arrival order
+    lake.compact()
+    assert files_in_order() == dict.fromkeys(order, True)
+    got = lake.events().select("event_key").collect()["event_key"].sort().to_list()
+    assert got == sorted(r.event_key for r in records)

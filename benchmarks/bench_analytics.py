@@ -536,9 +536,8 @@ def section(
     results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: int, apply_max: int
 ) -> str:
     """This benchmark's section of benchmarks/RESULTS.md (Markdown)."""
-    head = HEAD
     lines = [
-        head,
+        HEAD,
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
         f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
@@ -583,14 +582,13 @@ def section(
     return "\n".join(lines) + "\n"
 
 
-def write_results(text_of_section: str) -> None:
+def write_results(section: str) -> None:
     """Replace (or add) this benchmark's section of benchmarks/RESULTS.md."""
-    head, section = HEAD, text_of_section
     target = Path(__file__).with_name("RESULTS.md")
     text = target.read_text(encoding="utf-8")
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
+    if HEAD in text:
+        start = text.index(HEAD)
+        nxt = text.find("\n## ", start + len(HEAD))
         text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -291,6 +291,7 @@ def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: P
         dataclasses.replace(
             ev(f"s{m}:{i}", type="message.status", occurred=T0 + rng.randrange(600) * minute),
             message_id=f"wamid.{m:02d}",
+            conversation_id=f"cnv_{m % 7:02d}" if m % 4 else None,  # some without one
         )
         for m in range(40)
         for i in range(3)
@@ -312,15 +313,13 @@ def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: P
     lake = ke.Lake(tmp_path)
     for start in range(0, len(records), 25):  # several unsorted files per partition
         lake.write_events(records[start : start + 25])
-    order = {
-        "message.status": ["message_id", "occurred_at", "event_key"],
-        "conversation.assigned": ["conversation_id", "occurred_at", "event_key"],
-        "message.created": ["occurred_at", "event_key"],
-    }
+    # every type by conversation, then message, then event time (absent ids sort first)
+    kinds = ("message.status", "conversation.assigned", "message.created")
+    columns = ["conversation_id", "message_id", "occurred_at", "event_key"]
 
     def files_in_order() -> dict[str, bool]:
         result = {}
-        for kind, columns in order.items():
+        for kind in kinds:
             files = parquet_files(tmp_path / "events" / f"type={kind}")
             frames = [pl.read_parquet(f, hive_partitioning=False) for f in files]
             result[kind] = all(
@@ -328,8 +327,8 @@ def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: P
             )
         return result
 
-    assert files_in_order() == dict.fromkeys(order, False)  # as written: arrival order
+    assert files_in_order() == dict.fromkeys(kinds, False)  # as written: arrival order
     lake.compact()
-    assert files_in_order() == dict.fromkeys(order, True)
+    assert files_in_order() == dict.fromkeys(kinds, True)
     got = lake.events().select("event_key").collect()["event_key"].sort().to_list()
     assert got == sorted(r.event_key for r in records)

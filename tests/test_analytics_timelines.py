@@ -10,7 +10,8 @@ import pytest
 from polars.testing import assert_frame_equal
 from test_analytics_support import at, both, dedup, row, status
 
-from kirim_events.analytics.timelines import message_timelines
+from kirim_events.analytics._common import STATUS_RANK
+from kirim_events.analytics.timelines import message_status_history, message_timelines
 from kirim_events.events import EventRecord
 
 
@@ -186,6 +187,41 @@ def test_status_history_records_each_step_in_event_time_order() -> None:
     assert history["current_status"].to_list() == ["sent", "delivered", "read"]
     assert history["arrived_late"].to_list() == [False, True, True]
     assert history["is_upgrade"].to_list() == [True, True, True]
+
+
+def test_status_history_is_sorted_and_equals_per_message_windows() -> None:
+    # Many messages, ties in event time and in arrival: the history must come sorted by
+    # message then event-time order, and its running columns must be what per-message
+    # windows (``over``) give on those rows.
+    rng = random.Random(11)
+    records = [
+        status(f"wamid.{m:02d}", value, rng.randint(0, 4), rng.randint(0, 4))
+        for m in range(60)
+        for value in rng.sample(list(STATUS_RANK), rng.randint(1, 5))
+    ]
+    events, copies = dedup(records)
+    history = message_status_history(events, copies=copies).collect()
+    assert history.height == len(records)
+    order = ["message_id", "occurred_at", "received_at", "event_key"]
+    assert history.select(order).equals(history.select(order).sort(order))
+    rank = pl.col("status").replace_strict(STATUS_RANK)
+    expected = history.select(
+        seq=(pl.int_range(pl.len(), dtype=pl.Int64) + 1).over("message_id"),
+        arrived_late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
+        .fill_null(False)
+        .over("message_id"),
+        _before=rank.cum_max().shift(1).over("message_id"),
+        _after=rank.cum_max().over("message_id"),
+    )
+    got = history.select(
+        "seq",
+        "arrived_late",
+        _before=pl.col("previous_status").replace_strict(STATUS_RANK, default=None),
+        _after=pl.col("current_status").replace_strict(STATUS_RANK),
+    )
+    assert_frame_equal(got, expected, check_dtypes=False)
+    assert got["arrived_late"].any()
+    assert not got["arrived_late"].all()
 
 
 def test_status_history_marks_steps_that_change_nothing() -> None:

@@ -45,6 +45,8 @@ from kirim_events.analytics._common import (
     cut,
     dups_per,
     error_label,
+    run_cum_max,
+    run_start,
     seconds_between,
     with_dups,
 )
@@ -100,11 +102,17 @@ def _status_rows(
 
 
 def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Sort by message then event-time order; add ``_late`` (arrived after a later event)."""
-    return rows.sort(["message_id", *ORDER]).with_columns(
-        _late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
-        .fill_null(False)
-        .over("message_id")
+    """Sort by message then event-time order; add ``_first`` (a message's first row) and
+    ``_late`` (it arrived after an event of the message that happened later)."""
+    first = pl.col("_first")
+    # arrival order as an integer (dense rank), so that a running max per message is a
+    # plain column operation (run_cum_max)
+    arrival = pl.col("received_at").rank("dense")
+    latest_before = run_cum_max(arrival, first, pl.len().cast(pl.Int64) + 1).shift(1)
+    return (
+        rows.sort(["message_id", *ORDER])
+        .with_columns(_first=run_start("message_id"))
+        .with_columns(_late=(~first & (arrival < latest_before)).fill_null(False))
     )
 
 
@@ -116,8 +124,9 @@ def status_events(
 ) -> pl.LazyFrame:
     """The status events timelines are built from, sorted by message then event-time order.
 
-    Adds ``_rank`` (the status precedence), ``_late`` (this event arrived after an event of
-    the same message that happened later) and ``_dups`` (copies beyond the first, or null).
+    Adds ``_rank`` (the status precedence), ``_first`` (the message's first event),
+    ``_late`` (this event arrived after an event of the same message that happened later)
+    and ``_dups`` (copies beyond the first, or null).
     """
     return _sorted(_status_rows(events, copies, as_of))
 
@@ -287,12 +296,14 @@ def message_status_history(
         that happened later), ``error_code``, ``n_duplicates``; sorted by message_id, seq.
     """
     rows = status_events(events, copies=copies, as_of=as_of)
-    running = pl.col("_rank").cum_max()
+    first = pl.col("_first")
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    after = run_cum_max(pl.col("_rank"), first, len(STATUS_RANK))
     return (
         rows.with_columns(
-            seq=(pl.int_range(pl.len(), dtype=pl.Int64) + 1).over("message_id"),
-            _before=running.shift(1).over("message_id"),
-            _after=running.over("message_id"),
+            seq=row - pl.when(first).then(row).forward_fill() + 1,
+            _after=after,
+            _before=pl.when(~first).then(after.shift(1)),
         )
         .with_columns(
             previous_status=pl.col("_before").replace_strict(
@@ -315,5 +326,4 @@ def message_status_history(
             "error_code",
             pl.col("_dups").alias("n_duplicates"),
         )
-        .sort(["message_id", "seq"])
-    )
+    )  # still in status_events' order: message_id, then seq

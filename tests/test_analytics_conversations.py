@@ -48,6 +48,37 @@ def test_cycles_split_at_each_close() -> None:
     assert second["closed_at"] is None
 
 
+def test_cycles_with_closes_at_one_instant_or_at_several() -> None:
+    # Conversations closed never, once, several times at one instant, or at several instants,
+    # with other events tying with the closes. The Polars cycles (a hash join, or an as-of
+    # join for closes at several instants) must equal the DuckDB view (a window over every
+    # event), and each event must fall in cycle 1 + the closes strictly before it.
+    rng = random.Random(5)
+    records: list[EventRecord] = []
+    times: dict[str, list[int]] = {}
+    closes: dict[str, list[int]] = {}
+    for c in range(48):
+        cnv = f"cnv_{c:02d}"
+        one_instant = c % 2 == 0
+        close_times = [20 if one_instant else rng.choice([10, 20, 30]) for _ in range(c % 4)]
+        user_times = [rng.choice([5, 10, 15, 20, 25, 30, 35]) for _ in range(3)]
+        closes[cnv] = close_times
+        times[cnv] = close_times + user_times
+        for i, t in enumerate(close_times):
+            records.append(conversation(f"evt_{c}_c{i}", "closed", cnv, t, t, closed_by="usr"))
+        for i, t in enumerate(user_times):
+            records.append(conversation(f"evt_{c}_a{i}", "assigned", cnv, t, t, user=f"u{i}"))
+    expected: dict[tuple[str, int], int] = {}
+    for cnv, ts in times.items():
+        for t in ts:
+            cycle = 1 + sum(1 for x in closes[cnv] if x < t)
+            expected[(cnv, cycle)] = expected.get((cnv, cycle), 0) + 1
+    cycles = both("conversation_cycles", records)
+    got = {(r["conversation_id"], r["cycle"]): r["n_events"] for r in cycles.to_dicts()}
+    assert got == expected
+    assert max(cycle for _, cycle in got) >= 3
+
+
 def test_close_arriving_before_the_assignment_uses_event_time() -> None:
     # Arrival order close, then assignment; event time says assignment came first.
     records = [

@@ -148,6 +148,14 @@ def test_conversation_cycles_equal_the_truth(run: Run) -> None:
     assert_frame_equal(got, truth)
 
 
+def test_cycles_view_runs_its_asof_join_as_one(run: Run) -> None:
+    # DuckDB cannot size the pyarrow datasets behind the lake's views, and for a small left
+    # side it plans an ASOF join as a nested loop: 42 s instead of 0.6 s on 1M events.
+    plan = run.lake.connect().sql("EXPLAIN SELECT * FROM conversation_cycles").fetchall()[0][1]
+    assert "Asof Join" in plan
+    assert "Nested Loop Join" not in plan
+
+
 def test_conversation_lifecycles_equal_the_truth(run: Run) -> None:
     truth = _seconds(run.truth.conversation_lifecycles(), "time_to_first_assignment")
     got = by_key(run.lake.conversation_lifecycles().collect(), "conversation_lifecycles")

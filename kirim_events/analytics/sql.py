@@ -169,61 +169,72 @@ def message_status_history_sql(as_of: datetime | None = None, copies: str | None
 
 
 def _conversation_rows(as_of: datetime | None, copies: str | None) -> str:
-    assigned = "type = 'conversation.assigned'"
     return f"""
     r AS (
-      SELECT e.*, (type = 'conversation.closed') AS _close,
-        ({assigned} AND user_id IS NOT NULL) AS _assign
-      FROM {_events_with_dups(copies)} e
-      WHERE conversation_id IS NOT NULL{_cut(as_of)}
-    ),
-    c AS (
-      SELECT r.*,
-        (1 + sum(_close::BIGINT) OVER (PARTITION BY conversation_id ORDER BY occurred_at
-              RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-           - sum(_close::BIGINT) OVER (PARTITION BY conversation_id, occurred_at))::BIGINT
-          AS cycle,
-        CASE WHEN {assigned} THEN previous_user_id IS DISTINCT FROM lag(user_id) OVER (
-          PARTITION BY conversation_id, {assigned} ORDER BY {_ORDER}) ELSE false END AS _missing
-      FROM r
+      SELECT * FROM {_events_with_dups(copies)} e WHERE conversation_id IS NOT NULL{_cut(as_of)}
     )"""
 
 
-def _conversation_aggs() -> str:
-    assigned = "type = 'conversation.assigned'"
-    return f"""
-        min(occurred_at) AS opened_at,
-        min(occurred_at) FILTER (WHERE _assign) AS _first_assign_any,
-        min(occurred_at) FILTER (WHERE _assign AND previous_user_id IS NULL)
-          AS _first_assign_root,
-        count(*) FILTER (WHERE _assign)::BIGINT AS n_assignments,
-        count(DISTINCT user_id) FILTER (WHERE _assign)::BIGINT AS n_assignees,
-        last(user_id ORDER BY {_ORDER}) FILTER (WHERE {assigned}) AS assignee_id,
-        count(*) FILTER (WHERE _close)::BIGINT AS n_closes,
-        max(occurred_at) FILTER (WHERE _close) AS closed_at,
-        last(closed_by_user_id ORDER BY {_ORDER}) FILTER (WHERE _close) AS closed_by_user_id,
-        max(cycle) AS n_cycles,
-        max(cycle) FILTER (WHERE _close) AS _last_closed_cycle,
-        count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments,
-        first(_missing ORDER BY {_ORDER}) FILTER (WHERE {assigned}) AS _first_missing,
-        count(*)::BIGINT AS n_events,
-        sum(_dups)::BIGINT AS n_duplicates,
-        max(occurred_at) AS last_event_at"""
-
-
 def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
-    """SELECT for the ``conversation_cycles`` view (rules: ``conversations.py``)."""
+    """SELECT for the ``conversation_cycles`` view (rules: ``conversations.py``).
+
+    Each event gets its cycle from an as-of join with the running count of closes per
+    close instant; then, as in the Polars helper, all events, the assignments and the
+    closes are aggregated apart (only the latter two are ordered) and joined.
+    """
     return f"""
     WITH {_conversation_rows(as_of, copies)},
-    g AS (SELECT conversation_id, cycle, {_conversation_aggs()}
-          FROM c GROUP BY conversation_id, cycle)
-    SELECT conversation_id, cycle, opened_at, _first_assign_any AS first_assigned_at,
-      n_assignments, n_assignees, assignee_id, n_closes, closed_at, closed_by_user_id,
-      (n_closes = 0) AS is_open, (cycle > 1) AS is_reopen, n_missing_assignments,
-      {_seconds("_first_assign_any", "opened_at")} AS time_to_first_assignment,
+    instants AS (
+      SELECT conversation_id, occurred_at, count(*) AS n
+      FROM r WHERE type = 'conversation.closed' GROUP BY conversation_id, occurred_at
+    ),
+    marks AS (
+      SELECT conversation_id, occurred_at,
+        sum(n) OVER (PARTITION BY conversation_id ORDER BY occurred_at)::BIGINT AS k
+      FROM instants
+    ),
+    t AS (
+      SELECT r.*, (1 + coalesce(m.k, 0))::BIGINT AS cycle
+      FROM r ASOF LEFT JOIN marks m
+        ON r.conversation_id = m.conversation_id AND r.occurred_at > m.occurred_at
+    ),
+    base AS (
+      SELECT conversation_id, cycle, min(occurred_at) AS opened_at,
+        max(occurred_at) AS last_event_at, count(*)::BIGINT AS n_events,
+        sum(_dups)::BIGINT AS n_duplicates
+      FROM t GROUP BY conversation_id, cycle
+    ),
+    a AS (
+      SELECT t.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
+          PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
+      FROM t WHERE type = 'conversation.assigned'
+    ),
+    ag AS (
+      SELECT conversation_id, cycle,
+        min(occurred_at) FILTER (WHERE user_id IS NOT NULL) AS first_assigned_at,
+        count(user_id)::BIGINT AS n_assignments,
+        count(DISTINCT user_id)::BIGINT AS n_assignees,
+        last(user_id ORDER BY {_ORDER}) AS assignee_id,
+        count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments
+      FROM a GROUP BY conversation_id, cycle
+    ),
+    cg AS (
+      SELECT conversation_id, cycle, count(*)::BIGINT AS n_closes,
+        max(occurred_at) AS closed_at,
+        last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id
+      FROM t WHERE type = 'conversation.closed' GROUP BY conversation_id, cycle
+    )
+    SELECT conversation_id, cycle, opened_at, first_assigned_at,
+      coalesce(n_assignments, 0) AS n_assignments, coalesce(n_assignees, 0) AS n_assignees,
+      assignee_id, coalesce(n_closes, 0) AS n_closes, closed_at, closed_by_user_id,
+      (n_closes IS NULL) AS is_open, (cycle > 1) AS is_reopen,
+      coalesce(n_missing_assignments, 0) AS n_missing_assignments,
+      {_seconds("first_assigned_at", "opened_at")} AS time_to_first_assignment,
       {_seconds("closed_at", "opened_at")} AS time_to_close,
       n_events, n_duplicates, last_event_at
-    FROM g"""
+    FROM base
+    LEFT JOIN ag USING (conversation_id, cycle)
+    LEFT JOIN cg USING (conversation_id, cycle)"""
 
 
 def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
@@ -233,9 +244,7 @@ def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | Non
     aggregation per conversation.
     """
     return f"""
-    WITH r AS (
-      SELECT * FROM {_events_with_dups(copies)} e WHERE conversation_id IS NOT NULL{_cut(as_of)}
-    ),
+    WITH {_conversation_rows(as_of, copies)},
     base AS (
       SELECT conversation_id, min(occurred_at) AS opened_at, max(occurred_at) AS last_event_at,
         count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates
@@ -342,6 +351,11 @@ def analytics_views(*, as_of: datetime | None = None, copies: str | None = None)
     copies
         SQL relation with ``(event_key, n_copies)`` (received copies per event, the first
         included); when None, ``n_duplicates`` is NULL.
+
+    ``conversation_cycles`` uses an ASOF join: over relations whose size DuckDB cannot
+    estimate (pyarrow datasets), ``SET asof_loop_join_threshold = 0`` on the connection, as
+    :meth:`Lake.connect <kirim_events.lake.Lake.connect>` does, or DuckDB may run it as a
+    nested loop.
     """
     return {
         "message_timelines": message_timelines_sql(as_of, copies),

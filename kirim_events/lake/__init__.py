@@ -246,6 +246,10 @@ class Lake(AnalyticsMixin):
             to see later writes.
         """
         con = duckdb.connect()
+        # The files are pyarrow datasets, whose row counts DuckDB does not know (it assumes
+        # one row), and for a small left side it runs an ASOF join as a nested loop: the
+        # conversation_cycles view took 42 s on 1M events that way, 0.6 s without.
+        con.execute("SET asof_loop_join_threshold = 0")
         for table in ("events", "deliveries"):
             plans = plan_table(self.storage, table, window_days=self.dedup_window_days)
             create_view(con, self.storage, table, plans, as_of=self.as_of_ts)

@@ -582,13 +582,13 @@ def section(
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str) -> None:
-    """Replace (or add) this benchmark's section of benchmarks/RESULTS.md."""
+def write_results(section: str, head: str = HEAD) -> None:
+    """Replace (or add) the section starting with ``head`` in benchmarks/RESULTS.md."""
     target = Path(__file__).with_name("RESULTS.md")
     text = target.read_text(encoding="utf-8")
-    if HEAD in text:
-        start = text.index(HEAD)
-        nxt = text.find("\n## ", start + len(HEAD))
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
         text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

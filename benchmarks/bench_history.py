@@ -1,0 +1,282 @@
+"""Benchmark: message status history and conversation cycles, ours vs pandas vs bare DuckDB.
+
+The two helpers that keep one row per event (history) or split conversations at every close
+(cycles), on the lakes of ``bench_analytics.py`` (built by its ``build_lake`` when missing).
+Per scale, every implementation runs in its own process, round-robin over ``--repeat``
+rounds, one timed run after a warm-up each; figures are medians:
+
+* ``ours-polars``: ``lake.message_status_history()`` / ``lake.conversation_cycles()``,
+  ``.collect()``
+* ``ours-duckdb``: the DuckDB view of the same name through ``lake.sql(...)``
+* ``pandas``: a straightforward vectorised pandas version (sort, groupby cumcount/cummax/
+  shift; cycles from cumulative closes, then groupby), checked equal to ours on every column
+  it computes at the first scale
+* ``duckdb-bare``: the least a query must do: history, a sequence number and running status
+  per message in event-time order; cycles, an as-of join of every event with the running
+  close count and one ``GROUP BY conversation_id, cycle`` with first/last time and a count.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_history.py --scale 1000000,3000000,10000000 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_analytics as ba  # the same lakes and memory probe
+
+IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
+TASKS = ("history", "cycles")
+VIEWS = {"history": "message_status_history", "cycles": "conversation_cycles"}
+ORDER = ["occurred_at", "received_at", "event_key"]
+INV = {v: k for k, v in ba.RANK.items()}
+
+
+# --------------------------------------------------------------------------- pandas baseline
+
+
+def pandas_history(path: Path) -> Any:
+    """Sort by message and event time; sequence, running status and late arrival per message."""
+    import pandas as pd
+
+    cols = ["event_key", "message_id", "status", "occurred_at", "received_at", "error_code"]
+    df = pd.read_parquet(path / "events" / "type=message.status", columns=cols)
+    df = df[df["message_id"].notna() & df["status"].isin(list(ba.RANK))]
+    df = df.sort_values(["message_id", *ORDER]).reset_index(drop=True)
+    df["rank"] = df["status"].map(ba.RANK)
+    by = df.groupby("message_id", sort=False)
+    df["seq"] = by.cumcount() + 1
+    after = by["rank"].cummax()
+    before = after.groupby(df["message_id"]).shift(1)
+    df["current_status"] = after.map(INV)
+    df["previous_status"] = before.map(INV)
+    df["is_upgrade"] = before.isna() | (df["rank"] > before)
+    latest = by["received_at"].cummax().groupby(df["message_id"]).shift(1)
+    df["arrived_late"] = (df["received_at"] < latest).fillna(False)
+    return df
+
+
+def pandas_cycles(path: Path) -> Any:
+    """Cycle of each event from cumulative closes, then one groupby per kind of event."""
+    import pandas as pd
+
+    cols = ["event_key", "type", "conversation_id", "occurred_at", "received_at", "user_id",
+            "previous_user_id", "closed_by_user_id"]  # fmt: skip
+    df = pd.read_parquet(path / "events", columns=cols)
+    df = df[df["conversation_id"].notna()]
+    df = df.sort_values(["conversation_id", *ORDER]).reset_index(drop=True)
+    close = (df["type"] == "conversation.closed").astype("int64")
+    through = close.groupby(df["conversation_id"]).cumsum()
+    at = [df["conversation_id"], df["occurred_at"]]
+    df["cycle"] = through.groupby(at).transform("max") - close.groupby(at).transform("sum") + 1
+    keys = ["conversation_id", "cycle"]
+    out = df.groupby(keys).agg(
+        opened_at=("occurred_at", "min"),
+        last_event_at=("occurred_at", "max"),
+        n_events=("event_key", "size"),
+    )
+    a = df[df["type"] == "conversation.assigned"].copy()
+    prev = a.groupby("conversation_id")["user_id"].shift(1)
+    same = (a["previous_user_id"] == prev) | (a["previous_user_id"].isna() & prev.isna())
+    a["missing"] = ~same
+    ga = a.groupby(keys)
+    out["n_assignments"] = ga["user_id"].count()
+    out["n_assignees"] = ga["user_id"].nunique()
+    out["assignee_id"] = ga.tail(1).set_index(keys)["user_id"]
+    out["first_assigned_at"] = a[a["user_id"].notna()].groupby(keys)["occurred_at"].min()
+    out["n_missing_assignments"] = ga["missing"].sum()
+    c = df[df["type"] == "conversation.closed"]
+    gc = c.groupby(keys)
+    out["n_closes"] = gc.size()
+    out["closed_at"] = gc["occurred_at"].max()
+    out["closed_by_user_id"] = gc.tail(1).set_index(keys)["closed_by_user_id"]
+    counts = ["n_assignments", "n_assignees", "n_missing_assignments", "n_closes"]
+    out[counts] = out[counts].fillna(0).astype("int64")
+    out = out.reset_index()
+    out["is_open"] = out["n_closes"] == 0
+    out["is_reopen"] = out["cycle"] > 1
+    wait = out["first_assigned_at"] - out["opened_at"]
+    out["time_to_first_assignment"] = wait.dt.total_seconds()
+    out["time_to_close"] = (out["closed_at"] - out["opened_at"]).dt.total_seconds()
+    return out
+
+
+# --------------------------------------------------------------------------- bare DuckDB
+
+
+def _duckdb_bare(path: Path, task: str) -> Any:
+    import duckdb
+
+    events = str(path / "events")
+    if task == "history":
+        ranks = " ".join(f"WHEN '{s}' THEN {r}" for s, r in ba.RANK.items())
+        query = f"""
+        SELECT message_id, event_key, row_number() OVER w AS seq, max(rank) OVER w AS rank
+        FROM (SELECT message_id, event_key, occurred_at, received_at,
+                CASE status {ranks} END AS rank
+              FROM read_parquet('{events}/type=message.status/*/*.parquet'))
+        WINDOW w AS (PARTITION BY message_id ORDER BY occurred_at, received_at, event_key)
+        ORDER BY message_id, seq"""
+    else:
+        query = f"""
+        WITH e AS (
+          SELECT conversation_id, occurred_at, type
+          FROM read_parquet('{events}/*/*/*.parquet', hive_partitioning = true)
+          WHERE conversation_id IS NOT NULL),
+        i AS (SELECT conversation_id, occurred_at, count(*) AS n FROM e
+              WHERE type = 'conversation.closed' GROUP BY ALL),
+        m AS (SELECT conversation_id, occurred_at,
+                sum(n) OVER (PARTITION BY conversation_id ORDER BY occurred_at) AS k FROM i)
+        SELECT e.conversation_id, 1 + coalesce(m.k, 0) AS cycle, min(e.occurred_at) AS opened,
+          max(e.occurred_at) AS last, count(*) AS n_events
+        FROM e ASOF LEFT JOIN m
+          ON e.conversation_id = m.conversation_id AND e.occurred_at > m.occurred_at
+        GROUP BY ALL"""
+    return duckdb.connect().sql(query).to_arrow_table()
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def run_once(impl: str, task: str, path: Path) -> int:
+    """Run one implementation of one task; return the number of rows produced."""
+    if impl == "ours-polars":
+        from kirim_events.lake import Lake
+
+        return int(getattr(Lake(path), VIEWS[task])().collect().height)
+    if impl == "ours-duckdb":
+        from kirim_events.lake import Lake
+
+        return int(Lake(path).sql(f"SELECT * FROM {VIEWS[task]}").to_arrow_table().num_rows)
+    if impl == "pandas":
+        return len((pandas_history if task == "history" else pandas_cycles)(path))
+    return int(_duckdb_bare(path, task).num_rows)
+
+
+def worker(impl: str, task: str, path: Path) -> dict[str, Any]:
+    needs = {"pandas": ("pandas", "pyarrow.parquet"), "duckdb-bare": ("duckdb",)}
+    for module in needs.get(impl, ("kirim_events.lake",)):
+        importlib.import_module(module)
+    run_once(impl, task, path)  # warm-up: file cache, lazy imports
+    t = time.perf_counter()
+    rows = run_once(impl, task, path)
+    return {"rows": rows, "time": time.perf_counter() - t, "rss_peak_mb": ba._rss_mb()}
+
+
+def check_equal(path: Path) -> None:
+    """pandas computes what ours does, on every column it has (so the comparison is fair)."""
+    from polars.testing import assert_frame_equal
+
+    from kirim_events.lake import Lake
+
+    lake = Lake(path)
+    cases = [
+        ("history", pandas_history, lake.message_status_history(), ["message_id", "seq"]),
+        ("cycles", pandas_cycles, lake.conversation_cycles(), ["conversation_id", "cycle"]),
+    ]
+    for task, fn, ours, key in cases:
+        mine = ours.collect()
+        theirs = pl.from_pandas(fn(path))
+        cols = [c for c in theirs.columns if c in mine.columns]
+        a = mine.select(cols).sort(key)
+        b = theirs.select(cols).sort(key).cast(a.schema, strict=False)
+        assert_frame_equal(a, b, check_dtypes=False)
+        print(f"check {task}: pandas == ours on {len(cols)} columns, {a.height} rows", flush=True)
+
+
+def measure(path: Path, repeat: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Round-robin: each round runs every implementation once, so load drifts hit all alike."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for _ in range(repeat):
+        for task in TASKS:
+            for impl in IMPLS:
+                cmd = [sys.executable, __file__, "--worker", impl, "--task", task]
+                result = subprocess.run(
+                    [*cmd, "--data", str(path)], capture_output=True, text=True, check=True
+                )
+                stats = json.loads(result.stdout.strip().splitlines()[-1])
+                entry = out.setdefault((task, impl), {"times": [], "rss_peak_mb": 0.0})
+                entry["times"].append(stats["time"])
+                entry["rows"] = stats["rows"]
+                entry["rss_peak_mb"] = max(entry["rss_peak_mb"], stats["rss_peak_mb"])
+    for (task, impl), entry in out.items():
+        entry["median"] = statistics.median(entry["times"])
+        median, peak = entry["median"], entry["rss_peak_mb"]
+        print(f"  {task:8} {impl:12} {median:8.3f} s  peak {peak:6.0f} MB", flush=True)
+    return out
+
+
+HEAD = "## Analytics: status history and cycles (benchmarks/bench_history.py)"
+
+
+def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: int) -> str:
+    lines = [
+        HEAD,
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
+        f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}.",
+        f"Median of {repeat} round-robin rounds, each implementation in its own process, one",
+        "timed run after a warm-up, from the same Parquet files (the lakes of the Analytics",
+        "benchmark) to the finished result; peak = that process's max RSS. The pandas baseline",
+        "is checked equal to ours on every column it computes.",
+        "",
+        "| events | task | ours (Polars) s | ours (DuckDB view) s | pandas s | bare DuckDB s "
+        "| pandas / ours | ours / bare DuckDB | peak MB ours / view / pandas / bare |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, res in sorted(results.items()):
+        for task in TASKS:
+            o, d, p, b = (res[(task, i)] for i in IMPLS)
+            lines.append(
+                f"| {n:,} | {task} | {o['median']:.2f} | {d['median']:.2f} | {p['median']:.2f} "
+                f"| {b['median']:.2f} | {p['median'] / o['median']:.1f}x "
+                f"| {o['median'] / b['median']:.1f}x | {o['rss_peak_mb']:.0f} / "
+                f"{d['rss_peak_mb']:.0f} / {p['rss_peak_mb']:.0f} / {b['rss_peak_mb']:.0f} |"
+            )
+    return "\n".join([*lines, ""]) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="1000000", help="events, comma-separated for several")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--worker", choices=IMPLS)
+    ap.add_argument("--task", choices=TASKS)
+    ap.add_argument("--data", type=Path)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.task, args.data)))
+        return
+    results = {}
+    for i, n in enumerate(int(float(s)) for s in args.scale.split(",")):
+        path = args.workdir / f"events_{n}"
+        rows = ba.build_lake(n, path)
+        if i == 0:
+            check_equal(path)
+        results[rows] = measure(path, args.repeat)
+    text = section(results, args.repeat)
+    print(text)
+    if args.write:
+        ba.write_results(text, HEAD)
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,7 @@ def _with_cycle(frame: pl.LazyFrame, closes: pl.LazyFrame) -> pl.LazyFrame:
 
     Most conversations have closes at one instant at most; their rows get the cycle from a
     hash join with that instant. Only the rows of conversations closed at several instants
-    are sorted by time for an as-of join; sorting every row took most of the time of the
+    are sorted by time for an as-of join; sorting every row took about half the time of the
     cycles at 10M events.
     """
     key = "conversation_id"

@@ -529,6 +529,15 @@ def _reading(results: dict[int, dict[tuple[str, str], dict[str, Any]]]) -> str:
     )
 
 
+def machine() -> str:
+    """The machine line of a results section: cores, load at the end, versions, date."""
+    return (
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
+        f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}."
+    )
+
+
 HEAD = "## Analytics (benchmarks/bench_analytics.py)"
 
 
@@ -539,9 +548,7 @@ def section(
     lines = [
         HEAD,
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
-        f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}.",
+        machine(),
         f"Median of {repeat} round-robin rounds (one at scales above --large; see the rounds",
         "column), one timed run after a warm-up in each worker,",
         "every implementation in its own process, each timed from the same Parquet files to",

@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,9 +225,7 @@ def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: i
     lines = [
         HEAD,
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
-        f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}.",
+        ba.machine(),
         f"Median of {repeat} round-robin rounds, each implementation in its own process, one",
         "timed run after a warm-up, from the same Parquet files (the lakes of the Analytics",
         "benchmark) to the finished result; peak = that process's max RSS. The pandas baseline",

@@ -39,6 +39,7 @@ __all__ = [
     "output_schema",
     "plan_group",
     "polars_schema",
+    "read_in_place",
     "scan",
 ]
 
@@ -189,12 +190,19 @@ def polars_schema(schema: pa.Schema) -> dict[str, Any]:
     return dict(frame.schema)
 
 
+def read_in_place(storage: Storage) -> bool:
+    """Whether Polars' and DuckDB's own Parquet readers can take the files by path: local,
+    and no ``key=value`` folder above the lake that they would take for a partition column
+    (elsewhere the files go through a pyarrow dataset rooted at the table's folder)."""
+    return storage.local and "=" not in storage.root
+
+
 def _scan_files(storage: Storage, table: str, rels: list[str]) -> pl.LazyFrame:
     schema = file_schema(table)
     hive: dict[str, Any] = {"date": pl.Date}
     if table == "events":
         hive = {"type": pl.String, "date": pl.Date}
-    if storage.local:
+    if read_in_place(storage):
         return pl.scan_parquet(
             [storage.full(r) for r in rels],
             hive_partitioning=True,

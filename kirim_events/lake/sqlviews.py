@@ -1,19 +1,28 @@
 """DuckDB views ``events`` and ``deliveries`` over the lake, deduplicated like the Polars reader.
 
-The files are handed to DuckDB as pyarrow datasets with the lake's schema: on S3 because
-DuckDB's httpfs extension cannot be assumed to be loadable, and locally too because binding a
-view over ``read_parquet([...])`` with ``union_by_name`` reads every file's footer, again for
-each view built on ``events`` -- seconds on a lake of a few thousand files (measured in
-``benchmarks/bench_lake.py``), where a dataset binds at once. Filters on ``type``/``date`` and
-column projections are pushed into the dataset scan. The dedup rule is the one in
-:mod:`kirim_events.lake.reader`.
+On a local lake the files are read by DuckDB's own Parquet reader (``read_parquet`` over the
+planned file list, the hive partition columns typed): it knows each file's row count, so
+``count(*)`` reads footers only and joins are planned on real sizes, and the analytics views
+ran about a fifth faster than over pyarrow datasets on a compacted 10M-event lake. It binds
+on the first file and fails on a file that lacks a column, so each file's footer is checked
+once (cached by path, size and mtime: lake files are never rewritten in place); a file from
+an older writer without a column sends the table back to a pyarrow dataset, which fills the
+column with nulls. ``union_by_name`` is not used: it reads every footer each time a view is
+bound, about a second on a lake of 1,351 files. On S3, or when the lake's own path holds a
+``key=value`` folder that DuckDB would take for a partition, the files are handed over as
+pyarrow datasets with the lake's schema (DuckDB's httpfs extension cannot be assumed to be
+loadable). Filters on ``type``/``date`` and column projections are pushed into either scan.
+The dedup rule is the one in :mod:`kirim_events.lake.reader`.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from datetime import datetime
 
 import duckdb
+import pyarrow.parquet as pq
 
 from kirim_events.lake.reader import (
     DELIVERY_DEDUP_COLUMNS,
@@ -21,8 +30,10 @@ from kirim_events.lake.reader import (
     GroupPlan,
     Merged,
     arrow_dataset,
+    file_schema,
     merge,
     output_schema,
+    read_in_place,
 )
 from kirim_events.lake.storage import Storage
 
@@ -37,8 +48,31 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@functools.lru_cache(maxsize=65_536)
+def _complete(path: str, size: int, mtime_ns: int, names: tuple[str, ...]) -> bool:
+    """The file at ``path`` has every column in ``names`` (its footer is read once: lake files
+    are never rewritten in place, so size and mtime pin the content)."""
+    return set(names) <= set(pq.read_schema(path).names)
+
+
+def _native(storage: Storage, table: str, rels: list[str]) -> list[str] | None:
+    """The files' local paths if DuckDB's own reader can take them all, else None."""
+    if not read_in_place(storage):
+        return None
+    names = tuple(file_schema(table).names)
+    paths = [storage.full(r) for r in rels]
+    try:
+        for path in paths:
+            stat = os.stat(path)
+            if not _complete(path, stat.st_size, stat.st_mtime_ns, names):
+                return None  # an older writer's file without a column
+    except (OSError, ValueError):
+        return None  # gone or unreadable: the dataset path reports it when queried
+    return paths
+
+
 class _Sources:
-    """Turns file lists into DuckDB table names (registered pyarrow datasets)."""
+    """Turns file lists into DuckDB table expressions (``read_parquet`` or a pyarrow dataset)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, storage: Storage, prefix: str) -> None:
         self.con = con
@@ -47,6 +81,11 @@ class _Sources:
         self.n = 0
 
     def __call__(self, table: str, rels: list[str]) -> str:
+        paths = _native(self.storage, table, rels)
+        if paths is not None:
+            files = ", ".join(_quote(p) for p in paths)
+            hive = "'type': 'VARCHAR', 'date': 'DATE'" if table == "events" else "'date': 'DATE'"
+            return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{{hive}}})"
         self.n += 1
         name = f"_{self.prefix}_src_{self.n}"
         self.con.register(name, arrow_dataset(self.storage, table, rels))

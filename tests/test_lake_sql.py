@@ -1,0 +1,110 @@
+"""The DuckDB views over the lake: which reader they use, and that both give Polars' rows."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from test_lake import T0, ev
+
+import kirim_events as ke
+
+
+def plan(lake: ke.Lake, query: str) -> str:
+    return "\n".join(row[1] for row in lake.sql(f"EXPLAIN {query}").fetchall())
+
+
+def fill(lake: ke.Lake) -> None:
+    """Two types over two days, an encoded type, compacted files plus newer writer files
+    (which go through the dedup path), a duplicate and deliveries."""
+    lake.write_events(
+        [ev(f"a{i}", occurred=T0 + timedelta(hours=20 * i)) for i in range(4)]
+        + [ev(f"s{i}", type="message.status") for i in range(3)]
+        + [ev("odd", type="Not A Type/..")]
+    )
+    lake.compact(full=True)
+    lake.write_events([ev("a1", occurred=T0 + timedelta(hours=20)), ev("late")])
+    lake.write_deliveries([{"delivery_id": f"d{i}", "received_at": T0} for i in range(3)])
+
+
+def same_rows(lake: ke.Lake) -> None:
+    ours = lake.sql("select * from events").pl().sort("event_key")
+    assert_frame_equal(ours, lake.events().collect().sort("event_key"))
+    assert ours["event_key"].to_list() == ["a0", "a1", "a2", "a3", "late", "odd", "s0", "s1", "s2"]
+    assert lake.sql("select type from events where event_key = 'odd'").fetchall() == [
+        ("Not A Type/..",)
+    ]
+    assert lake.sql("select count(*) from deliveries").fetchall() == [(3,)]
+
+
+def test_a_local_lake_is_read_by_duckdbs_own_parquet_reader(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    fill(lake)
+    same_rows(lake)
+    query = "select count(*) from events where type = 'message.status'"
+    assert "READ_PARQUET" in plan(lake, query)
+    assert "ARROW_SCAN" not in plan(lake, query)
+    assert lake.sql(query).fetchall() == [(3,)]
+
+
+def test_a_lake_under_a_key_value_folder_is_read_through_datasets(tmp_path: Path) -> None:
+    """DuckDB would take ``env=prod`` in the lake's own path for a partition column."""
+    lake = ke.Lake(tmp_path / "env=prod" / "lake")
+    fill(lake)
+    same_rows(lake)
+    assert "READ_PARQUET" not in plan(lake, "select count(*) from events")
+
+
+def test_a_file_without_a_column_goes_through_a_dataset(tmp_path: Path) -> None:
+    """An older writer's file lacks ``team_id``: DuckDB's reader would fail on it, so the
+    files listed with it are read as a pyarrow dataset (the compacted ones still are not)."""
+    import pyarrow.parquet as pq
+
+    lake = ke.Lake(tmp_path)
+    fill(lake)
+    assert "ARROW_SCAN" not in plan(lake, "select count(*) from events")
+    folder = next((tmp_path / "events").glob("type=message.status/date=*"))
+    table = pq.read_table(next(folder.glob("*.parquet"))).slice(0, 1)
+    older = table.drop_columns(["team_id"]).set_column(
+        0, "event_key", pl.Series(["older"]).to_arrow()
+    )
+    pq.write_table(older, folder / "w-000000000001-000001-older.parquet")
+    both = plan(lake, "select count(*) from events")
+    assert "ARROW_SCAN" in both
+    assert "READ_PARQUET" in both
+    assert lake.sql("select team_id from events where event_key = 'older'").fetchall() == [(None,)]
+    assert lake.sql("select count(*) from events").fetchall() == [(10,)]
+    assert lake.events().collect().height == 10
+
+
+@pytest.fixture
+def jakarta() -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Jakarta"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.usefixtures("jakarta")
+def test_views_give_utc_timestamps_whatever_the_machines_zone(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    fill(lake)
+    frame = lake.sql("select event_key, occurred_at from events").pl()
+    assert frame.schema["occurred_at"] == pl.Datetime("us", "UTC")
+    # so a view joins a helper's frame without a cast
+    joined = frame.join(lake.events().select("event_key", "occurred_at").collect(), on="event_key")
+    assert (joined["occurred_at"] == joined["occurred_at_right"]).all()
+    assert joined.height == 9

@@ -73,6 +73,15 @@ def test_as_of_counts_what_had_arrived() -> None:
     assert (got["deliveries"], got["n_events"]) == (1, 1)
 
 
+def test_as_of_leaves_out_events_that_happened_but_had_not_arrived() -> None:
+    records = [status("wamid.A", "sent", 0, 2), status("wamid.A", "delivered", 5, 500)]
+    receipts = [_receipt("wbd_1", 1, 2, "new"), _receipt("wbd_2", 1, 500, "new")]
+    got = row(both("delivery_health", records, deliveries=receipts, as_of=at(10)), day=at(0).date())
+    assert (got["deliveries"], got["n_events"], got["lateness_max"]) == (1, 1, 2.0)
+    later = both("delivery_health", records, deliveries=receipts, as_of=at(500))
+    assert row(later, day=at(0).date())["lateness_max"] == 495.0
+
+
 def test_event_copies_follow_the_delivery_id() -> None:
     events = pl.DataFrame(
         {"event_key": ["k1", "k2", "k3"], "delivery_id": ["wbd_1", "wbd_1", None]}

@@ -12,7 +12,8 @@ endpoint see that day". Two sources are combined (full outer join on day and typ
   each event's first copy, ``received_at - occurred_at`` in seconds: ``lateness_p50``,
   ``lateness_p90``, ``lateness_max``.
 
-Rows that only one source knows have nulls in the other source's columns.
+Rows that only one source knows have nulls in the other source's columns. As of an instant,
+both sources count only what had been received by then (events also had to have happened).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def delivery_health(
         Delivery rows in DELIVERY_SCHEMA, e.g. ``lake.deliveries()``; only webhook receipts
         (``origin == "webhook"``) count.
     as_of
-        Only events that happened, and receipts received, by this instant count.
+        Only receipts received, and events that happened and were received, by this
+        instant count: what our endpoint had seen then.
 
     Returns
     -------
@@ -68,8 +70,11 @@ def delivery_health(
         The columns of ``HEALTH_COLUMNS`` (module docstring), sorted by day, event_type.
     """
     receipts = deliveries.filter(pl.col("origin") == "webhook")
+    seen = cut(events, as_of)
     if as_of is not None:
-        receipts = receipts.filter(pl.col("received_at") <= pl.lit(as_utc(as_of), dtype=US))
+        arrived = pl.col("received_at") <= pl.lit(as_utc(as_of), dtype=US)
+        receipts = receipts.filter(arrived)
+        seen = seen.filter(arrived)  # what our endpoint had seen by then
     attempt = pl.col("attempt").fill_null(1)
     outcome = pl.col("outcome")
     per_delivery = receipts.group_by(
@@ -89,8 +94,7 @@ def delivery_health(
     )
     late = seconds_between("received_at", "occurred_at")
     per_event = (
-        cut(events, as_of)
-        .with_columns(_late=late)
+        seen.with_columns(_late=late)
         .group_by(day=pl.col("received_at").dt.date(), event_type=pl.col("type"))
         .agg(
             pl.len().cast(pl.Int64).alias("n_events"),

@@ -335,7 +335,7 @@ def delivery_health_sql(as_of: datetime | None = None) -> str:
         quantile_cont({late}, 0.5) AS lateness_p50,
         quantile_cont({late}, 0.9) AS lateness_p90,
         max({late}) AS lateness_max
-      FROM events WHERE true{_cut(as_of)} GROUP BY ALL
+      FROM events WHERE true{_cut(as_of)}{_cut(as_of, "received_at")} GROUP BY ALL
     )
     SELECT * FROM pd FULL OUTER JOIN pe USING (day, event_type)
     ORDER BY day, event_type"""

@@ -137,7 +137,9 @@ async def _run(
     api_key = Secret("kdv_live_" + "demoDEMOdemoDEMOdemoDEMO")
     emu = Emulator(
         seed=seed,
-        world=WorldConfig(session_interval=160.0),
+        # Sessions come often enough that the traffic spans about 22 of the 24 simulated
+        # hours before now at any scale, so no event is stamped after it was received.
+        world=WorldConfig(session_interval=134.0 * BASE_EVENTS / n_events),
         engine=EngineConfig(
             concurrency=16,
             timeout=5.0,

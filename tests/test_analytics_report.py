@@ -121,6 +121,21 @@ def test_report_command_summarises_and_writes_html(tmp_path: Path) -> None:
     assert (report.n_conversations, report.n_open_conversations) == (2, 1)
 
 
+def test_report_top_limits_the_table_and_the_chart(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events(_records())
+    html = tmp_path / "report.html"
+    args = ["report", "--data", str(tmp_path / "data"), "--html", str(html), "--top", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    page = html.read_text(encoding="utf-8")
+    # 131047 fails two messages, 131026 one: only the first is listed and charted
+    assert "outside_24h_window" in result.output
+    assert "131026" not in result.output
+    assert "outside_24h_window (131047)" in page
+    assert "131026" not in page
+
+
 def test_report_as_of(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     lake.write_events(_records())

@@ -68,11 +68,12 @@ def build_report(lake: AnalyticsMixin) -> Report:
     )
 
 
-def write_html(report: Report, path: str | Path) -> Path:
-    """Write the report's charts to a self-contained HTML file (opens offline)."""
+def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
+    """Write the report's charts to a self-contained HTML file (opens offline); the failures
+    chart shows the ``top`` most frequent reasons, like the terminal table."""
     charts = [
         notebook.funnel_chart(report.funnel),
-        notebook.failures_chart(report.failures),
+        notebook.failures_chart(report.failures, top=top),
         notebook.times_chart(report.times),
         notebook.health_chart(report.health),
     ]

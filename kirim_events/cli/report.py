@@ -83,7 +83,9 @@ def report_command(
         str | None,
         typer.Option("--as-of", help="Report as the world looked at this instant (ISO 8601)."),
     ] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Failure reasons to list.")] = 10,
+    top: Annotated[
+        int, typer.Option("--top", min=1, help="Failure reasons to list (and to chart).")
+    ] = 10,
 ) -> None:
     """Summarise the lake: delivery funnel, read rate, top failures, conversation times.
 
@@ -100,5 +102,5 @@ def report_command(
         report = build_report(view)
         render_report(report, top=top)
         if html is not None:
-            written = write_html(report, html)
+            written = write_html(report, html, top=top)
             console.print(f"charts written to {written}")

@@ -215,11 +215,19 @@ def failures_chart(reasons: pl.DataFrame, *, top: int = 10) -> altair.Chart:
         .mark_bar()
         .encode(
             x=alt.X("messages:Q"),
-            y=alt.Y("reason:N", sort="-x", title=None),
+            # labelLimit 0: the whole "label (code)", not cut before the code
+            y=alt.Y("reason:N", sort="-x", title=None, axis=alt.Axis(labelLimit=0)),
             tooltip=["error_label", "error_code", "error_title", "messages"],
         )
     )
     return chart
+
+
+_TIME_TICKS = (1, 10, 60, 600, 3600, 36_000, 86_400)
+_TIME_LABEL = (
+    "datum.value >= 86400 ? '1 d' : datum.value >= 3600 ? (datum.value / 3600) + ' h'"
+    " : datum.value >= 60 ? (datum.value / 60) + ' min' : datum.value + ' s'"
+)
 
 
 def times_chart(summary: pl.DataFrame) -> altair.Chart:
@@ -229,10 +237,16 @@ def times_chart(summary: pl.DataFrame) -> altair.Chart:
         index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
     )
     chart: altair.Chart = (
-        alt.Chart(data, title="Median and p90 times (seconds)")
+        alt.Chart(data, title="Median and p90 times")
         .mark_bar()
         .encode(
-            x=alt.X("seconds:Q", scale=alt.Scale(type="symlog")),
+            # a tick at each step a reader thinks in (1 s, 10 s, 1 min, 10 min, 1 h, 10 h, 1 day)
+            x=alt.X(
+                "seconds:Q",
+                scale=alt.Scale(type="symlog"),
+                title="time (symlog scale)",
+                axis=alt.Axis(values=list(_TIME_TICKS), labelExpr=_TIME_LABEL),
+            ),
             y=alt.Y("metric:N", title=None),
             yOffset="stat:N",
             color="stat:N",

@@ -83,6 +83,20 @@ def test_a_file_without_a_column_goes_through_a_dataset(tmp_path: Path) -> None:
     assert lake.events().collect().height == 10
 
 
+def test_only_files_compaction_did_not_write_have_their_footer_checked(tmp_path: Path) -> None:
+    from kirim_events.lake import sqlviews
+
+    lake = ke.Lake(tmp_path)
+    fill(lake)
+    lake.compact(full=True)
+    sqlviews._complete.cache_clear()
+    assert lake.sql("select count(*) from events").fetchall() == [(9,)]
+    assert sqlviews._complete.cache_info().misses == 0  # every file is a compaction output
+    lake.write_events([ev("newer")])
+    assert lake.sql("select count(*) from events").fetchall() == [(10,)]
+    assert sqlviews._complete.cache_info().misses == 1  # the one writer file
+
+
 @pytest.fixture
 def jakarta() -> Iterator[None]:
     before = os.environ.get("TZ")

@@ -332,3 +332,26 @@ def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: P
     assert files_in_order() == dict.fromkeys(kinds, True)
     got = lake.events().select("event_key").collect()["event_key"].sort().to_list()
     assert got == sorted(r.event_key for r in records)
+
+
+def test_compaction_that_reads_no_rows_from_full_files_stops_and_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A safety net: a reader returning nothing (as Polars did for a glob-like lake path)
+    must not make compaction replace the files with nothing."""
+    from kirim_events.lake import compact as compact_module
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev(f"k{i}") for i in range(5)])
+    before = on_disk(tmp_path)
+    real = pl.scan_parquet
+
+    def reads_nothing(paths: list[str], **kwargs: object) -> pl.LazyFrame:
+        return real(paths, **kwargs).head(0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compact_module.pl, "scan_parquet", reads_nothing)
+    with pytest.raises(LakeError, match="read no rows from 1 files holding 5"):
+        lake.compact(full=True)
+    monkeypatch.undo()
+    assert on_disk(tmp_path) == before
+    assert lake.events().collect().height == 5

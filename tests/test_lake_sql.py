@@ -127,3 +127,22 @@ def test_views_give_utc_timestamps_whatever_the_machines_zone(tmp_path: Path) ->
     joined = frame.join(lake.events().select("event_key", "occurred_at").collect(), on="event_key")
     assert (joined["occurred_at"] == joined["occurred_at_right"]).all()
     assert joined.height == 9
+
+
+@pytest.mark.parametrize("name", ["lake[1]", "lake?", "lake*", "lake{a,b}"])
+def test_a_lake_path_with_glob_characters_is_read_as_it_is(tmp_path: Path, name: str) -> None:
+    """``[1]`` was a character class to Polars (no rows, and compaction then deleted every
+    file) and to DuckDB (which read ``lake1`` instead); siblings that a pattern would match
+    must not be read either."""
+    for sibling in ("lake1", "lakeX", "lakea"):
+        other = ke.Lake(tmp_path / sibling)
+        fill(other)
+        other.compact(full=True)
+    lake = ke.Lake(tmp_path / name)
+    fill(lake)
+    same_rows(lake)
+    assert lake.deliveries().collect().height == 3
+    lake.compact(full=True)
+    same_rows(lake)
+    assert lake.events().collect().height == 9
+    assert any((tmp_path / name / "events").rglob("c-*.parquet"))

@@ -203,7 +203,7 @@ class Truth:
             self.close()
             if not self.path.exists():
                 return pl.from_arrow(LOG_SCHEMA.empty_table()).lazy()  # type: ignore[union-attr]
-            return pl.scan_parquet(self.path)
+            return pl.scan_parquet(self.path, glob=False)
         self._flush()
         if self._frozen is None:
             table = pa.Table.from_batches(self._batches, schema=LOG_SCHEMA)

@@ -42,6 +42,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
 from kirim_events.lake.reader import (
@@ -247,11 +248,18 @@ class _Group:
             lazy = pl.scan_parquet(
                 paths,
                 hive_partitioning=False,
+                glob=False,  # "[1]" in the lake's path would match nothing: no rows, no error
                 schema=polars_schema(schema),
                 missing_columns="insert",
                 extra_columns="ignore",
             )
             frame = (lazy if columns is None else lazy.select(columns)).collect()
+            if frame.height == 0:
+                # Compaction deletes what it read: reading nothing from files that hold rows
+                # (as a glob-like path once did) must stop it before anything is replaced.
+                held = pads.dataset(paths, format="parquet", filesystem=self.storage.fs)
+                if (rows := held.count_rows()) > 0:
+                    raise LakeError(f"read no rows from {len(paths)} files holding {rows}")
         else:
             dataset = pads.dataset(
                 paths, schema=schema, format="parquet", filesystem=self.storage.fs

@@ -190,11 +190,17 @@ def polars_schema(schema: pa.Schema) -> dict[str, Any]:
     return dict(frame.schema)
 
 
+_NOT_IN_PLACE = frozenset("=*?[]{}")
+
+
 def read_in_place(storage: Storage) -> bool:
     """Whether Polars' and DuckDB's own Parquet readers can take the files by path: local,
-    and no ``key=value`` folder above the lake that they would take for a partition column
-    (elsewhere the files go through a pyarrow dataset rooted at the table's folder)."""
-    return storage.local and "=" not in storage.root
+    with no ``key=value`` folder above the lake (they would take it for a partition column)
+    and no glob character in the lake's path (DuckDB expands ``lake[1]`` to ``lake1`` and
+    ``lake?`` to every such sibling, with no option to stop it). Elsewhere the files go
+    through a pyarrow dataset rooted at the table's folder, which takes paths as they are.
+    """
+    return storage.local and not _NOT_IN_PLACE.intersection(storage.root)
 
 
 def _scan_files(storage: Storage, table: str, rels: list[str]) -> pl.LazyFrame:
@@ -207,6 +213,7 @@ def _scan_files(storage: Storage, table: str, rels: list[str]) -> pl.LazyFrame:
             [storage.full(r) for r in rels],
             hive_partitioning=True,
             hive_schema=hive,
+            glob=False,  # a path is a path: "lake[1]" is not a character class
             schema=polars_schema(schema),
             missing_columns="insert",
             extra_columns="ignore",

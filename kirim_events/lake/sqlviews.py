@@ -9,11 +9,11 @@ compaction did not write is checked once (cached by path, size and mtime: lake f
 never rewritten in place); a file from an older writer without a column sends the files
 listed with it through a pyarrow dataset, which fills the column with nulls.
 ``union_by_name`` is not used: it reads every footer each time a view is bound, about a
-second on a lake of 1,351 files. On S3, or when the lake's own path holds a ``key=value``
-folder that DuckDB would take for a partition, the files are handed over as pyarrow
-datasets with the lake's schema (DuckDB's httpfs extension cannot be assumed to be
-loadable). Filters on ``type``/``date`` and column projections are pushed into either scan.
-The dedup rule is the one in :mod:`kirim_events.lake.reader`.
+second on a lake of 1,351 files. On S3 (DuckDB's httpfs extension cannot be assumed to be
+loadable), or when the lake's own path holds a ``key=value`` folder or a glob character
+(:func:`kirim_events.lake.reader.read_in_place`), the files are handed over as pyarrow
+datasets with the lake's schema. Filters on ``type``/``date`` and column projections are
+pushed into either scan. The dedup rule is the one in :mod:`kirim_events.lake.reader`.
 """
 
 from __future__ import annotations

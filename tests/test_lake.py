@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -343,3 +344,25 @@ def test_compacting_a_folder_that_is_not_a_lake_creates_nothing(tmp_path: Path) 
     report = ke.Lake(tmp_path / "typo").compact()
     assert report.partitions == 0
     assert not (tmp_path / "typo").exists()
+
+
+def test_copies_tied_across_writers_resolve_the_same_way_everywhere(tmp_path: Path) -> None:
+    """Two writers in the same millisecond give equal ingest_seq; with equal received_at
+    too, origin, delivery_id and attempt decide, in both readers and in compaction."""
+    clock = 1_780_000_000.0
+    first = ke.Lake(tmp_path, now=lambda: clock, writer_id="bbb")
+    second = ke.Lake(tmp_path, now=lambda: clock, writer_id="aaa")
+    keys = [f"k{i}" for i in range(40)]
+    first.write_events([dataclasses.replace(ev(k), delivery_id="wbd_b", attempt=1) for k in keys])
+    second.write_events([dataclasses.replace(ev(k), delivery_id="wbd_a", attempt=2) for k in keys])
+    raw = pl.read_parquet(parquet_files(tmp_path / "events"), hive_partitioning=False)
+    assert raw.group_by("event_key").agg(pl.col("ingest_seq").n_unique()).get_column(
+        "ingest_seq"
+    ).to_list() == [1] * len(keys)  # a real tie: same received_at, same ingest_seq
+    expected = {k: "wbd_a" for k in keys}  # "wbd_a" < "wbd_b"
+    assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
+    for _ in range(3):  # DuckDB's row_number had picked a different copy on each call
+        rows = first.sql("select event_key, delivery_id from events").fetchall()
+        assert dict(rows) == expected
+    first.compact(full=True)
+    assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected

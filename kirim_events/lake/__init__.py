@@ -11,7 +11,8 @@ Layout (design.md)::
 The files hold EVENT_SCHEMA / DELIVERY_SCHEMA (``kirim_events.schema``) without the Hive
 partition columns, so any engine that reads Hive Parquet reads the lake. Before compaction a
 plain engine may see several copies of an event; ``Lake.events()`` and ``Lake.sql()`` never
-do: the first received copy wins (smallest ``received_at``, then ``ingest_seq``). After
+do: the first received copy wins (smallest ``received_at``, then ``ingest_seq``; ties across
+writers go by ``origin``, ``delivery_id``, ``attempt``: ``reader.EVENT_ORDER``). After
 compaction each event_key is on disk exactly once.
 
 ``ingest_seq`` (int64, given at write time) increases per writer and follows the wall clock

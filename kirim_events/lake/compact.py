@@ -18,8 +18,9 @@ deliveries) the steps are, with a crash possible between any two:
 At every point our readers see the old files or the new ones, never neither and never both.
 Plain engines (DuckDB/Polars on the folders) see one copy per event_key once a run finishes.
 
-Dedup: the first received copy of each event_key wins (``received_at``, then ``ingest_seq``),
-across all partitions of its type within the dedup window; delivery rows collapse when exact.
+Dedup: the first received copy of each event_key wins (``received_at``, then ``ingest_seq``,
+then the tie-breaks of ``reader.EVENT_ORDER``), across all partitions of its type within the
+dedup window; delivery rows collapse when exact.
 Run one compaction at a time per lake: a lock file enforces it on local disks; on S3 a lease
 record (``_state/compact.lease``) stops a second compactor that starts while one runs, but two
 starting in the same instant could both proceed, so schedule a single compactor per S3 lake.
@@ -280,7 +281,7 @@ class _Group:
         with ThreadPoolExecutor(self.workers) as pool:
             keys = pl.concat(list(pool.map(read_keys, members)))
         winners = (
-            keys.sort([*EVENT_ORDER, "_date"])
+            keys.sort([*EVENT_ORDER, "_date"], nulls_last=True)
             .unique(subset=["event_key"], keep="first", maintain_order=False)
             .select("event_key", "_date")
         )
@@ -303,7 +304,7 @@ class _Group:
         frame = self._read(day, names)
         rows_in = frame.height
         if self.table == "events":
-            frame = frame.sort(list(EVENT_ORDER)).unique(
+            frame = frame.sort(list(EVENT_ORDER), nulls_last=True).unique(
                 subset=["event_key"], keep="first", maintain_order=True
             )
             if winners is not None:

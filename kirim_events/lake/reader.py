@@ -47,7 +47,10 @@ EVENT_FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
 """What an events Parquet file holds: EVENT_SCHEMA without the ``type`` partition column."""
 
 DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_seq")
-EVENT_ORDER = ("received_at", "ingest_seq")
+EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
+"""Which copy of an event is kept (the first in this order, nulls last): the first received.
+``ingest_seq`` is not unique across writers, so two copies written in the same millisecond
+can tie on both; the last three columns then choose the same copy in every reader."""
 
 
 def file_schema(table: str) -> pa.Schema:
@@ -281,7 +284,9 @@ def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     if merged.dedup:
         lf = _scan_files(storage, table, merged.dedup)
         if table == "events":
-            lf = lf.sort(list(EVENT_ORDER)).unique(subset=["event_key"], keep="first")
+            lf = lf.sort(list(EVENT_ORDER), nulls_last=True).unique(
+                subset=["event_key"], keep="first"
+            )
             where = pl.concat_str([pl.col("type"), pl.col("date").cast(pl.String)], separator="/")
         else:
             lf = lf.sort("ingest_seq").unique(subset=list(DELIVERY_DEDUP_COLUMNS), keep="first")

@@ -121,7 +121,7 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
     if merged.dedup:
         if merged.table == "events":
             key = "event_key"
-            order = ", ".join(EVENT_ORDER)
+            order = ", ".join(f"{c} NULLS LAST" for c in EVENT_ORDER)
             where = "type || '/' || CAST(\"date\" AS VARCHAR)"
         else:
             key = ", ".join(_ident(c) for c in DELIVERY_DEDUP_COLUMNS)

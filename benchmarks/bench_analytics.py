@@ -466,17 +466,17 @@ def check_equal(path: Path, *, apply: bool = False) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], dict[str, Any]]:
-    """Round-robin: each round runs every implementation once, so load drifts hit all alike.
-
-    With ``apply``, the groupby-apply baseline runs once per task after the rounds.
-    """
+def run_rounds(
+    script: str, path: Path, tasks: tuple[str, ...], rounds: list[list[str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Run ``script --worker IMPL --task TASK`` in a fresh process for each implementation
+    of each round, in turn, so load drifts hit all alike; collect times, rows and peak RSS.
+    (Shared with bench_history.py.)"""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    rounds = [[*IMPLS, STREAMING]] * repeat + ([[APPLY]] if apply else [])
     for impls in rounds:
-        for task in TASKS:
+        for task in tasks:
             for impl in impls:
-                cmd = [sys.executable, __file__, "--worker", impl, "--task", task]
+                cmd = [sys.executable, script, "--worker", impl, "--task", task]
                 cmd += ["--data", str(path), "--repeat", "1"]
                 result = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 stats = json.loads(result.stdout.strip().splitlines()[-1])
@@ -493,6 +493,13 @@ def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], di
             flush=True,
         )
     return out
+
+
+def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], dict[str, Any]]:
+    """Round-robin rounds of every implementation; with ``apply``, the groupby-apply
+    baseline runs once per task after the rounds."""
+    rounds = [[*IMPLS, STREAMING]] * repeat + ([[APPLY]] if apply else [])
+    return run_rounds(__file__, path, TASKS, rounds)
 
 
 def _reading(results: dict[int, dict[tuple[str, str], dict[str, Any]]]) -> str:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -172,7 +170,7 @@ def worker(impl: str, task: str, path: Path) -> dict[str, Any]:
     run_once(impl, task, path)  # warm-up: file cache, lazy imports
     t = time.perf_counter()
     rows = run_once(impl, task, path)
-    return {"rows": rows, "time": time.perf_counter() - t, "rss_peak_mb": ba._rss_mb()}
+    return {"rows": rows, "times": [time.perf_counter() - t], "rss_peak_mb": ba._rss_mb()}
 
 
 def check_equal(path: Path) -> None:
@@ -198,24 +196,7 @@ def check_equal(path: Path) -> None:
 
 def measure(path: Path, repeat: int) -> dict[tuple[str, str], dict[str, Any]]:
     """Round-robin: each round runs every implementation once, so load drifts hit all alike."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for _ in range(repeat):
-        for task in TASKS:
-            for impl in IMPLS:
-                cmd = [sys.executable, __file__, "--worker", impl, "--task", task]
-                result = subprocess.run(
-                    [*cmd, "--data", str(path)], capture_output=True, text=True, check=True
-                )
-                stats = json.loads(result.stdout.strip().splitlines()[-1])
-                entry = out.setdefault((task, impl), {"times": [], "rss_peak_mb": 0.0})
-                entry["times"].append(stats["time"])
-                entry["rows"] = stats["rows"]
-                entry["rss_peak_mb"] = max(entry["rss_peak_mb"], stats["rss_peak_mb"])
-    for (task, impl), entry in out.items():
-        entry["median"] = statistics.median(entry["times"])
-        median, peak = entry["median"], entry["rss_peak_mb"]
-        print(f"  {task:8} {impl:12} {median:8.3f} s  peak {peak:6.0f} MB", flush=True)
-    return out
+    return ba.run_rounds(__file__, path, TASKS, [list(IMPLS)] * repeat)
 
 
 HEAD = "## Analytics: status history and cycles (benchmarks/bench_history.py)"

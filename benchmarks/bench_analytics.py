@@ -548,14 +548,24 @@ def machine() -> str:
 HEAD = "## Analytics (benchmarks/bench_analytics.py)"
 
 
+def section_lines(head: str, intro: list[str], columns: list[str]) -> list[str]:
+    """A RESULTS.md section's first lines: heading, machine, ``intro``, the table's header."""
+    return [
+        head,
+        "",
+        machine(),
+        *intro,
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+
+
 def section(
     results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: int, apply_max: int
 ) -> str:
     """This benchmark's section of benchmarks/RESULTS.md (Markdown)."""
-    lines = [
-        HEAD,
-        "",
-        machine(),
+    intro = [
         f"Median of {repeat} round-robin rounds (one at scales above --large; see the rounds",
         "column), one timed run after a warm-up in each worker,",
         "every implementation in its own process, each timed from the same Parquet files to",
@@ -568,13 +578,23 @@ def section(
         "every column they compute: vectorised (sort, groupby agg/cummax/shift/unstack) and",
         "groupby-apply (one Python function per message / conversation; run once per scale up",
         f"to --apply-max = {apply_max:,} events, no warm-up; larger scales: not run).",
-        "",
-        "| events | rounds | task | ours (Polars) s | ours, streaming engine s "
-        "| ours (DuckDB view) s | pandas s "
-        "| pandas groupby-apply s | bare DuckDB GROUP BY s | pandas / ours | apply / ours "
-        "| ours / bare DuckDB | peak MB ours / streaming / view / pandas / bare |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    columns = [
+        "events",
+        "rounds",
+        "task",
+        "ours (Polars) s",
+        "ours, streaming engine s",
+        "ours (DuckDB view) s",
+        "pandas s",
+        "pandas groupby-apply s",
+        "bare DuckDB GROUP BY s",
+        "pandas / ours",
+        "apply / ours",
+        "ours / bare DuckDB",
+        "peak MB ours / streaming / view / pandas / bare",
+    ]
+    lines = section_lines(HEAD, intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, d, p, b = (res[(task, i)] for i in IMPLS)

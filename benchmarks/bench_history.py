@@ -203,19 +203,24 @@ HEAD = "## Analytics: status history and cycles (benchmarks/bench_history.py)"
 
 
 def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: int) -> str:
-    lines = [
-        HEAD,
-        "",
-        ba.machine(),
+    intro = [
         f"Median of {repeat} round-robin rounds, each implementation in its own process, one",
         "timed run after a warm-up, from the same Parquet files (the lakes of the Analytics",
         "benchmark) to the finished result; peak = that process's max RSS. The pandas baseline",
         "is checked equal to ours on every column it computes.",
-        "",
-        "| events | task | ours (Polars) s | ours (DuckDB view) s | pandas s | bare DuckDB s "
-        "| pandas / ours | ours / bare DuckDB | peak MB ours / view / pandas / bare |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    columns = [
+        "events",
+        "task",
+        "ours (Polars) s",
+        "ours (DuckDB view) s",
+        "pandas s",
+        "bare DuckDB s",
+        "pandas / ours",
+        "ours / bare DuckDB",
+        "peak MB ours / view / pandas / bare",
+    ]
+    lines = ba.section_lines(HEAD, intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, d, p, b = (res[(task, i)] for i in IMPLS)

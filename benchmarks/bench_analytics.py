@@ -629,12 +629,22 @@ def write_results(section: str, head: str = HEAD) -> None:
     target.write_text(text, encoding="utf-8")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(doc: str, workers: tuple[str, ...], tasks: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options both analytics benchmarks take (bench_history.py too)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--scale", default="1000000", help="events, comma-separated for several")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--worker", choices=workers)
+    ap.add_argument("--task", choices=tasks)
+    ap.add_argument("--data", type=Path)
+    return ap
+
+
+def main() -> None:
+    assert __doc__
+    ap = parser(__doc__, (*IMPLS, APPLY, STREAMING), TASKS)
     ap.add_argument("--section-out", type=Path, help="also write the section to this file")
     ap.add_argument(
         "--apply-max", type=int, default=1_000_000, help="largest scale for pandas-apply"
@@ -642,9 +652,6 @@ def main() -> None:
     ap.add_argument(
         "--large", type=int, default=5_000_000, help="scales above this get a single round"
     )
-    ap.add_argument("--worker", choices=(*IMPLS, APPLY, STREAMING))
-    ap.add_argument("--task", choices=TASKS)
-    ap.add_argument("--data", type=Path)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.task, args.data, args.repeat)))

@@ -22,7 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
@@ -234,15 +233,8 @@ def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", default="1000000", help="events, comma-separated for several")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
-    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
-    ap.add_argument("--worker", choices=IMPLS)
-    ap.add_argument("--task", choices=TASKS)
-    ap.add_argument("--data", type=Path)
-    args = ap.parse_args()
+    assert __doc__
+    args = ba.parser(__doc__, IMPLS, TASKS).parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.task, args.data)))
         return

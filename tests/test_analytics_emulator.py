@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from test_analytics_support import by_key
+from test_analytics_support import by_key, in_utc
 
 from kirim_events.emulator import Emulator, EngineConfig, SignedDelivery, Truth, WorldConfig
 from kirim_events.events import parse_delivery
@@ -243,11 +243,31 @@ def test_delivery_health_counts_every_copy(run: Run) -> None:
 def test_polars_and_duckdb_agree_row_for_row(run: Run, view: str) -> None:
     for lake in (run.lake, run.lake.as_of(_instants(run, 1)[0])):
         polars_rows = by_key(getattr(lake, view)().collect(), view)
-        duck_rows = by_key(lake.sql(f"select * from {view}").pl(), view)
-        duck_rows = duck_rows.with_columns(
-            pl.col(c).dt.convert_time_zone("UTC")
-            for c, t in duck_rows.schema.items()
-            if isinstance(t, pl.Datetime) and t.time_zone is not None
-        )
+        duck_rows = by_key(in_utc(lake.sql(f"select * from {view}").pl()), view)
         assert polars_rows.height > 0
         assert_frame_equal(polars_rows, duck_rows)
+
+
+# the helpers that come sorted by their key (the others in no particular order)
+SORTED = ("conversation_cycles", "delivery_health", "message_status_history")
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_streaming_and_in_memory_engines_give_the_same_frame(run: Run, view: str) -> None:
+    for lake in (run.lake, run.lake.as_of(_instants(run, 1)[0])):
+        frame = getattr(lake, view)()
+        streaming = frame.collect(engine="streaming")
+        in_memory = frame.collect(engine="in-memory")
+        assert streaming.height > 0
+        if view in SORTED:
+            # the same rows in the same order, and that order is the documented one
+            assert_frame_equal(streaming, in_memory)
+            assert_frame_equal(streaming, by_key(streaming, view))
+        else:
+            assert_frame_equal(by_key(streaming, view), by_key(in_memory, view))
+
+
+@pytest.mark.parametrize("view", SORTED)
+def test_sorted_views_come_in_the_same_order_as_the_helpers(run: Run, view: str) -> None:
+    duck_rows = in_utc(run.lake.sql(f"select * from {view}").pl())
+    assert_frame_equal(getattr(run.lake, view)().collect(), duck_rows)

@@ -141,7 +141,7 @@ def duck(
     return con
 
 
-# Timelines, lifecycles and cycles come in no particular order (history and health are
+# Timelines and lifecycles come in no particular order (history, cycles and health are
 # sorted); tests compare them in key order.
 KEYS: dict[str, tuple[str, ...]] = {
     "message_timelines": ("message_id",),
@@ -159,14 +159,18 @@ def by_key(frame: pl.DataFrame, view: str) -> pl.DataFrame:
     return frame.sort(keys)
 
 
-def from_duck(con: duckdb.DuckDBPyConnection, view: str) -> pl.DataFrame:
-    frame = con.sql(f"SELECT * FROM {view}").pl()
-    # DuckDB exports TIMESTAMPTZ in the session zone; compare instants in UTC.
+def in_utc(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every zoned timestamp in UTC (DuckDB exports TIMESTAMPTZ in the
+    session's zone; compare instants)."""
     return frame.with_columns(
         pl.col(c).dt.convert_time_zone("UTC")
         for c, t in frame.schema.items()
         if isinstance(t, pl.Datetime) and t.time_zone is not None
     )
+
+
+def from_duck(con: duckdb.DuckDBPyConnection, view: str) -> pl.DataFrame:
+    return in_utc(con.sql(f"SELECT * FROM {view}").pl())
 
 
 def both(

@@ -179,7 +179,8 @@ def conversation_cycles(
         ``assignee_id`` (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
         ``closed_by_user_id``, ``is_open``, ``is_reopen`` (cycle > 1),
         ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
-        ``n_events``, ``n_duplicates``, ``last_event_at``; in no particular order.
+        ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by conversation_id, cycle
+        (the same order under Polars' streaming and in-memory engines, and in the view).
     """
     rows = _rows(events, as_of)
     closes = _closes(rows)
@@ -237,6 +238,7 @@ def conversation_cycles(
             "n_duplicates",
             "last_event_at",
         )
+        .sort(keys)
     )
 
 

@@ -234,7 +234,8 @@ def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = 
       n_events, n_duplicates, last_event_at
     FROM base
     LEFT JOIN ag USING (conversation_id, cycle)
-    LEFT JOIN cg USING (conversation_id, cycle)"""
+    LEFT JOIN cg USING (conversation_id, cycle)
+    ORDER BY conversation_id, cycle"""
 
 
 def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:

@@ -7,6 +7,9 @@ rounds, one timed run after a warm-up each; figures are medians:
 
 * ``ours-polars``: ``lake.message_status_history()`` / ``lake.conversation_cycles()``,
   ``.collect()``
+* ``ours-in-memory``: the same, ``.collect(engine="in-memory")`` (``collect()`` lets Polars
+  pick; Polars 2 picks its streaming engine). At every scale both engines' frames are
+  checked equal row for row, order included, before timing.
 * ``ours-duckdb``: the DuckDB view of the same name through ``lake.sql(...)``
 * ``pandas``: a straightforward vectorised pandas version (sort, groupby cumcount/cummax/
   shift; cycles from cumulative closes, then groupby), checked equal to ours on every column
@@ -34,7 +37,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_analytics as ba  # the same lakes and memory probe
 
-IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
+IMPLS = ("ours-polars", "ours-in-memory", "ours-duckdb", "pandas", "duckdb-bare")
 TASKS = ("history", "cycles")
 VIEWS = {"history": "message_status_history", "cycles": "conversation_cycles"}
 ORDER = ["occurred_at", "received_at", "event_key"]
@@ -153,6 +156,10 @@ def run_once(impl: str, task: str, path: Path) -> int:
         from kirim_events.lake import Lake
 
         return int(getattr(Lake(path), VIEWS[task])().collect().height)
+    if impl == "ours-in-memory":
+        from kirim_events.lake import Lake
+
+        return int(getattr(Lake(path), VIEWS[task])().collect(engine="in-memory").height)
     if impl == "ours-duckdb":
         from kirim_events.lake import Lake
 
@@ -193,6 +200,20 @@ def check_equal(path: Path) -> None:
         print(f"check {task}: pandas == ours on {len(cols)} columns, {a.height} rows", flush=True)
 
 
+def check_engines(path: Path) -> None:
+    """Polars' streaming and in-memory engines give the same frame, rows and order alike."""
+    from polars.testing import assert_frame_equal
+
+    from kirim_events.lake import Lake
+
+    lake = Lake(path)
+    for task, view in VIEWS.items():
+        frame = getattr(lake, view)()
+        streaming = frame.collect(engine="streaming")
+        assert_frame_equal(streaming, frame.collect(engine="in-memory"))
+        print(f"check {task}: streaming == in-memory, {streaming.height} rows in order", flush=True)
+
+
 def measure(path: Path, repeat: int) -> dict[tuple[str, str], dict[str, Any]]:
     """Round-robin: each round runs every implementation once, so load drifts hit all alike."""
     return ba.run_rounds(__file__, path, TASKS, [list(IMPLS)] * repeat)
@@ -206,28 +227,31 @@ def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: i
         f"Median of {repeat} round-robin rounds, each implementation in its own process, one",
         "timed run after a warm-up, from the same Parquet files (the lakes of the Analytics",
         "benchmark) to the finished result; peak = that process's max RSS. The pandas baseline",
-        "is checked equal to ours on every column it computes.",
+        "is checked equal to ours on every column it computes. At every scale the",
+        'frames of `collect(engine="streaming")` and `collect(engine="in-memory")` are checked',
+        "equal row for row, in the same order (the benchmark stops otherwise).",
     ]
     columns = [
         "events",
         "task",
         "ours (Polars) s",
+        "ours, in-memory engine s",
         "ours (DuckDB view) s",
         "pandas s",
         "bare DuckDB s",
         "pandas / ours",
         "ours / bare DuckDB",
-        "peak MB ours / view / pandas / bare",
+        "peak MB ours / in-memory / view / pandas / bare",
     ]
     lines = ba.section_lines(HEAD, intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
-            o, d, p, b = (res[(task, i)] for i in IMPLS)
+            o, m, d, p, b = (res[(task, i)] for i in IMPLS)
+            peaks = " / ".join(f"{r['rss_peak_mb']:.0f}" for r in (o, m, d, p, b))
             lines.append(
-                f"| {n:,} | {task} | {o['median']:.2f} | {d['median']:.2f} | {p['median']:.2f} "
-                f"| {b['median']:.2f} | {p['median'] / o['median']:.1f}x "
-                f"| {o['median'] / b['median']:.1f}x | {o['rss_peak_mb']:.0f} / "
-                f"{d['rss_peak_mb']:.0f} / {p['rss_peak_mb']:.0f} / {b['rss_peak_mb']:.0f} |"
+                f"| {n:,} | {task} | {o['median']:.2f} | {m['median']:.2f} | {d['median']:.2f} "
+                f"| {p['median']:.2f} | {b['median']:.2f} | {p['median'] / o['median']:.1f}x "
+                f"| {o['median'] / b['median']:.1f}x | {peaks} |"
             )
     return "\n".join([*lines, ""]) + "\n"
 
@@ -244,6 +268,7 @@ def main() -> None:
         rows = ba.build_lake(n, path)
         if i == 0:
             check_equal(path)
+        check_engines(path)
         results[rows] = measure(path, args.repeat)
     text = section(results, args.repeat)
     print(text)

@@ -104,15 +104,20 @@ def _status_rows(
 def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Sort by message then event-time order; add ``_first`` (a message's first row) and
     ``_late`` (it arrived after an event of the message that happened later)."""
-    first = pl.col("_first")
-    # arrival order as an integer (dense rank), so that a running max per message is a
-    # plain column operation (run_cum_max)
-    arrival = pl.col("received_at").rank("dense")
+    first, arrival = pl.col("_first"), pl.col("_arrival")
     latest_before = run_cum_max(arrival, first, pl.len().cast(pl.Int64) + 1).shift(1)
+    # Each expression used twice is its own column first: the streaming engine does not
+    # share common subexpressions as the in-memory one does, and computed them twice.
     return (
         rows.sort(["message_id", *ORDER])
-        .with_columns(_first=run_start("message_id"))
+        .with_columns(
+            _first=run_start("message_id"),
+            # arrival order as an integer (dense rank), so that a running max per message
+            # is a plain column operation (run_cum_max)
+            _arrival=pl.col("received_at").rank("dense"),
+        )
         .with_columns(_late=(~first & (arrival < latest_before)).fill_null(False))
+        .drop("_arrival")
     )
 
 
@@ -296,14 +301,15 @@ def message_status_history(
         that happened later), ``error_code``, ``n_duplicates``; sorted by message_id, seq.
     """
     rows = status_events(events, copies=copies, as_of=as_of)
-    first = pl.col("_first")
-    row = pl.int_range(pl.len(), dtype=pl.Int64)
-    after = run_cum_max(pl.col("_rank"), first, len(STATUS_RANK))
+    first, row = pl.col("_first"), pl.col("_row")
     return (
         rows.with_columns(
+            _row=pl.int_range(pl.len(), dtype=pl.Int64),
+            _after=run_cum_max(pl.col("_rank"), first, len(STATUS_RANK)),
+        )
+        .with_columns(
             seq=row - pl.when(first).then(row).forward_fill() + 1,
-            _after=after,
-            _before=pl.when(~first).then(after.shift(1)),
+            _before=pl.when(~first).then(pl.col("_after").shift(1)),
         )
         .with_columns(
             previous_status=pl.col("_before").replace_strict(

@@ -47,9 +47,9 @@ from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
 from kirim_events.lake.reader import (
-    DELIVERY_DEDUP_COLUMNS,
     EVENT_ORDER,
     file_schema,
+    first_copies,
     list_dates,
     list_groups,
     parquet_names,
@@ -303,18 +303,12 @@ class _Group:
     ) -> tuple[list[str], int]:
         frame = self._read(day, names)
         rows_in = frame.height
+        frame = first_copies(frame, self.table, maintain_order=True)
         if self.table == "events":
-            frame = frame.sort(list(EVENT_ORDER), nulls_last=True).unique(
-                subset=["event_key"], keep="first", maintain_order=True
-            )
             if winners is not None:
                 mine = winners.filter(pl.col("_date") == day).select("event_key")
                 frame = frame.join(mine, on="event_key", how="semi")
             frame = frame.sort(list(CLUSTER_ORDER))
-        else:
-            frame = frame.sort("ingest_seq").unique(
-                subset=list(DELIVERY_DEDUP_COLUMNS), keep="first", maintain_order=True
-            )
         bytes_in = sum(listed[n] for n in names)
         per_row = bytes_in / rows_in if rows_in else 1.0
         rows_per_file = max(1, int(self.target / max(per_row, 1.0)))

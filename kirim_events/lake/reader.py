@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -35,6 +35,7 @@ __all__ = [
     "DELIVERY_DEDUP_COLUMNS",
     "EVENT_FILE_SCHEMA",
     "GroupPlan",
+    "first_copies",
     "list_groups",
     "output_schema",
     "plan_group",
@@ -275,6 +276,22 @@ def merge(table: str, plans: list[GroupPlan]) -> Merged:
     return out
 
 
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> Frame:
+    """The dedup rule, for the readers and compaction alike: one row per ``event_key`` (the
+    first copy in ``EVENT_ORDER``, nulls last), or per distinct delivery row (the earliest
+    written). ``maintain_order`` keeps the rows in that order."""
+    if table == "events":
+        ordered = frame.sort(list(EVENT_ORDER), nulls_last=True)
+        subset = ["event_key"]
+    else:
+        ordered = frame.sort("ingest_seq")
+        subset = list(DELIVERY_DEDUP_COLUMNS)
+    return ordered.unique(subset=subset, keep="first", maintain_order=maintain_order)
+
+
 def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     """One LazyFrame over the plans, never returning a duplicate (see module doc)."""
     merged = merge(table, plans)
@@ -284,14 +301,10 @@ def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     if merged.dedup:
         lf = _scan_files(storage, table, merged.dedup)
         if table == "events":
-            lf = lf.sort(list(EVENT_ORDER), nulls_last=True).unique(
-                subset=["event_key"], keep="first"
-            )
             where = pl.concat_str([pl.col("type"), pl.col("date").cast(pl.String)], separator="/")
         else:
-            lf = lf.sort("ingest_seq").unique(subset=list(DELIVERY_DEDUP_COLUMNS), keep="first")
             where = pl.col("date").cast(pl.String)
-        frames.append(lf.filter(where.is_in(merged.keep)))
+        frames.append(first_copies(lf, table).filter(where.is_in(merged.keep)))
     if not frames:
         return _empty(table)
     lf = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]

@@ -8,8 +8,9 @@ peak memory is its own:
 
 * ``ours-polars``: ``lake.message_timelines().collect()`` / ``lake.conversation_lifecycles()``
 * ``ours-duckdb``: the DuckDB views of the same name through ``lake.sql(...)``
-* ``ours-streaming``: the Polars helpers collected with ``engine="streaming"`` (the default
-  ``collect()`` lets Polars pick the engine)
+* ``ours-in-memory``: the Polars helpers collected with ``engine="in-memory"`` (the plain
+  ``collect()`` lets Polars pick; Polars 2 picks its streaming engine). At every scale both
+  engines are checked to give the same rows.
 * ``pandas``: a straightforward pandas implementation of the same columns (sort, groupby,
   cummax/shift, agg), reading the same Parquet files; checked equal to ours at the first scale
 * ``duckdb-bare``: one ``GROUP BY message_id`` (``conversation_id``) over the same files:
@@ -50,7 +51,7 @@ import polars as pl
 RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
 IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
 APPLY = "pandas-apply"  # slow: run once per scale, only up to --apply-max events
-STREAMING = "ours-streaming"  # the same Polars helper, collected with engine="streaming"
+IN_MEMORY = "ours-in-memory"  # the same Polars helper, collected with engine="in-memory"
 TASKS = ("timelines", "lifecycles")
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 14
@@ -387,17 +388,50 @@ def _duckdb_bare(path: Path, task: str) -> Any:
     return duckdb.connect().sql(query).to_arrow_table()
 
 
-def run_once(impl: str, task: str, path: Path) -> int:
-    """Run one implementation of one task; return the number of rows produced."""
+def ours(impl: str, view: str, path: Path) -> int | None:
+    """Run our Polars helper or DuckDB view ``view`` as ``impl`` says; the number of rows,
+    or None when ``impl`` is not ours. (Shared with bench_history.py.)"""
     from kirim_events.lake import Lake
 
-    view = "message_timelines" if task == "timelines" else "conversation_lifecycles"
     if impl == "ours-polars":
         return int(getattr(Lake(path), view)().collect().height)
-    if impl == STREAMING:
-        return int(getattr(Lake(path), view)().collect(engine="streaming").height)
+    if impl == IN_MEMORY:
+        return int(getattr(Lake(path), view)().collect(engine="in-memory").height)
     if impl == "ours-duckdb":
         return int(Lake(path).sql(f"SELECT * FROM {view}").to_arrow_table().num_rows)
+    return None
+
+
+def check_engines(path: Path, views: dict[str, str], *, ordered: bool) -> None:
+    """Polars' streaming and in-memory engines give the same frame for each helper: the same
+    rows in the same order when ``ordered``, else the same rows (compared in the order of
+    the first column, the helper's key). (Shared with bench_history.py.)"""
+    from polars.testing import assert_frame_equal
+
+    from kirim_events.lake import Lake
+
+    lake = Lake(path)
+    for task, view in views.items():
+        frame = getattr(lake, view)()
+        streaming = frame.collect(engine="streaming")
+        in_memory = frame.collect(engine="in-memory")
+        if not ordered:
+            key = streaming.columns[0]
+            assert streaming[key].is_unique().all(), f"{view}: {key} is not unique"
+            streaming, in_memory = streaming.sort(key), in_memory.sort(key)
+        assert_frame_equal(streaming, in_memory)
+        how = "in order" if ordered else "as sets"
+        print(f"check {task}: streaming == in-memory, {streaming.height} rows {how}", flush=True)
+
+
+VIEWS = {"timelines": "message_timelines", "lifecycles": "conversation_lifecycles"}
+
+
+def run_once(impl: str, task: str, path: Path) -> int:
+    """Run one implementation of one task; return the number of rows produced."""
+    rows = ours(impl, VIEWS[task], path)
+    if rows is not None:
+        return rows
     if impl == "pandas":
         fn = pandas_timelines if task == "timelines" else pandas_lifecycles
         return len(fn(path))
@@ -498,20 +532,20 @@ def run_rounds(
 def measure(path: Path, repeat: int, *, apply: bool) -> dict[tuple[str, str], dict[str, Any]]:
     """Round-robin rounds of every implementation; with ``apply``, the groupby-apply
     baseline runs once per task after the rounds."""
-    rounds = [[*IMPLS, STREAMING]] * repeat + ([[APPLY]] if apply else [])
+    rounds = [[*IMPLS, IN_MEMORY]] * repeat + ([[APPLY]] if apply else [])
     return run_rounds(__file__, path, TASKS, rounds)
 
 
 def _reading(results: dict[int, dict[tuple[str, str], dict[str, Any]]]) -> str:
     """One paragraph: the ranges of the ratios, against the issue's targets."""
-    vs_pandas, vs_apply, vs_bare, streaming = [], [], [], []
+    vs_pandas, vs_apply, vs_bare, in_memory = [], [], [], []
     for res in results.values():
         for task in TASKS:
             ours = res[(task, "ours-polars")]["median"]
             vs_pandas.append(res[(task, "pandas")]["median"] / ours)
             vs_bare.append(ours / res[(task, "duckdb-bare")]["median"])
-            streaming.append(
-                res[(task, STREAMING)]["median"] / res[(task, "duckdb-bare")]["median"]
+            in_memory.append(
+                res[(task, IN_MEMORY)]["median"] / res[(task, "duckdb-bare")]["median"]
             )
             if (task, APPLY) in res:
                 vs_apply.append(res[(task, APPLY)]["median"] / ours)
@@ -527,7 +561,7 @@ def _reading(results: dict[int, dict[tuple[str, str], dict[str, Any]]]) -> str:
         f"{'met' if min(vs_pandas) >= 20 else 'not met'}){apply}. It takes "
         f"{min(vs_bare):.1f}-{max(vs_bare):.1f}x the time of the bare DuckDB GROUP BY (target "
         f"within 3x: met in {met} of {len(vs_bare)} rows); collected with "
-        f'engine="streaming" {min(streaming):.1f}-{max(streaming):.1f}x. '
+        f'engine="in-memory" {min(in_memory):.1f}-{max(in_memory):.1f}x. '
         "The bare query returns 6 columns "
         "(first time per status and a count); ours returns 24 (timelines) and 19 "
         "(lifecycles): three string ids per message, received times, flags, durations, "
@@ -573,7 +607,8 @@ def section(
         "process's max RSS, imports included. Compacted synthetic lake (no duplicate",
         'receipts, so the duplicates path of ours is near-free). "ours" is the Polars helper',
         "(`lake.message_timelines()` / `lake.conversation_lifecycles()`, `.collect()`), also",
-        'shown collected with `engine="streaming"`; the DuckDB view of',
+        'shown collected with `engine="in-memory"` (a plain `collect()` picks streaming in',
+        "Polars 2; both engines checked to give the same rows at every scale); the DuckDB view of",
         "the same name is shown beside it. Two pandas baselines, both checked equal to ours on",
         "every column they compute: vectorised (sort, groupby agg/cummax/shift/unstack) and",
         "groupby-apply (one Python function per message / conversation; run once per scale up",
@@ -584,7 +619,7 @@ def section(
         "rounds",
         "task",
         "ours (Polars) s",
-        "ours, streaming engine s",
+        "ours, in-memory engine s",
         "ours (DuckDB view) s",
         "pandas s",
         "pandas groupby-apply s",
@@ -592,13 +627,13 @@ def section(
         "pandas / ours",
         "apply / ours",
         "ours / bare DuckDB",
-        "peak MB ours / streaming / view / pandas / bare",
+        "peak MB ours / in-memory / view / pandas / bare",
     ]
     lines = section_lines(HEAD, intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, d, p, b = (res[(task, i)] for i in IMPLS)
-            st = res[(task, STREAMING)]
+            st = res[(task, IN_MEMORY)]
             a = res.get((task, APPLY))
             apply_s = f"{a['median']:.1f}" if a else "not run"
             apply_x = f"{a['median'] / o['median']:.0f}x" if a else "-"
@@ -644,7 +679,7 @@ def parser(doc: str, workers: tuple[str, ...], tasks: tuple[str, ...]) -> argpar
 
 def main() -> None:
     assert __doc__
-    ap = parser(__doc__, (*IMPLS, APPLY, STREAMING), TASKS)
+    ap = parser(__doc__, (*IMPLS, APPLY, IN_MEMORY), TASKS)
     ap.add_argument("--section-out", type=Path, help="also write the section to this file")
     ap.add_argument(
         "--apply-max", type=int, default=1_000_000, help="largest scale for pandas-apply"
@@ -669,6 +704,7 @@ def main() -> None:
         print(f"scale {n:,}: lake with {rows:,} events ready in {time.perf_counter() - t:.0f} s")
         if i == 0:
             check_equal(path)
+        check_engines(path, VIEWS, ordered=False)
         rounds = args.repeat if n <= args.large else 1
         results[rows] = measure(path, rounds, apply=n <= args.apply_max)
     text = section(results, args.repeat, args.apply_max)

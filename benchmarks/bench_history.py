@@ -37,7 +37,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_analytics as ba  # the same lakes and memory probe
 
-IMPLS = ("ours-polars", "ours-in-memory", "ours-duckdb", "pandas", "duckdb-bare")
+IMPLS = ("ours-polars", ba.IN_MEMORY, "ours-duckdb", "pandas", "duckdb-bare")
 TASKS = ("history", "cycles")
 VIEWS = {"history": "message_status_history", "cycles": "conversation_cycles"}
 ORDER = ["occurred_at", "received_at", "event_key"]
@@ -152,18 +152,9 @@ def _duckdb_bare(path: Path, task: str) -> Any:
 
 def run_once(impl: str, task: str, path: Path) -> int:
     """Run one implementation of one task; return the number of rows produced."""
-    if impl == "ours-polars":
-        from kirim_events.lake import Lake
-
-        return int(getattr(Lake(path), VIEWS[task])().collect().height)
-    if impl == "ours-in-memory":
-        from kirim_events.lake import Lake
-
-        return int(getattr(Lake(path), VIEWS[task])().collect(engine="in-memory").height)
-    if impl == "ours-duckdb":
-        from kirim_events.lake import Lake
-
-        return int(Lake(path).sql(f"SELECT * FROM {VIEWS[task]}").to_arrow_table().num_rows)
+    rows = ba.ours(impl, VIEWS[task], path)
+    if rows is not None:
+        return rows
     if impl == "pandas":
         return len((pandas_history if task == "history" else pandas_cycles)(path))
     return int(_duckdb_bare(path, task).num_rows)
@@ -198,20 +189,6 @@ def check_equal(path: Path) -> None:
         b = theirs.select(cols).sort(key).cast(a.schema, strict=False)
         assert_frame_equal(a, b, check_dtypes=False)
         print(f"check {task}: pandas == ours on {len(cols)} columns, {a.height} rows", flush=True)
-
-
-def check_engines(path: Path) -> None:
-    """Polars' streaming and in-memory engines give the same frame, rows and order alike."""
-    from polars.testing import assert_frame_equal
-
-    from kirim_events.lake import Lake
-
-    lake = Lake(path)
-    for task, view in VIEWS.items():
-        frame = getattr(lake, view)()
-        streaming = frame.collect(engine="streaming")
-        assert_frame_equal(streaming, frame.collect(engine="in-memory"))
-        print(f"check {task}: streaming == in-memory, {streaming.height} rows in order", flush=True)
 
 
 def measure(path: Path, repeat: int) -> dict[tuple[str, str], dict[str, Any]]:
@@ -268,7 +245,7 @@ def main() -> None:
         rows = ba.build_lake(n, path)
         if i == 0:
             check_equal(path)
-        check_engines(path)
+        ba.check_engines(path, VIEWS, ordered=True)
         results[rows] = measure(path, args.repeat)
     text = section(results, args.repeat)
     print(text)

@@ -7,51 +7,20 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
+from loopback import serve
 from test_backfill_kit import World, lake_frames
 from typer.testing import CliRunner
 
 from kirim_events.cli import app
 from kirim_events.emulator import FaultConfig, create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """The emulator's REST app served by uvicorn on 127.0.0.1 in a thread."""
-
-    def __init__(self, world: World, faults: FaultConfig) -> None:
-        app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, faults=faults,
-                          read_limit=6000, write_limit=600)  # fmt: skip
-        self.port = free_port()
-        config = uvicorn.Config(app_, host="127.0.0.1", port=self.port, log_level="error")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +31,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def server(world: World) -> Iterator[Server]:
-    s = Server(world, FaultConfig(error_rate=0.1, latency=0.03, latency_rate=1.0))
-    yield s
-    s.stop()
+def api_url(world: World) -> Iterator[str]:
+    """The emulator's REST app, with faults, served on 127.0.0.1."""
+    faults = FaultConfig(error_rate=0.1, latency=0.03, latency_rate=1.0)
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, faults=faults,
+                      read_limit=6000, write_limit=600)  # fmt: skip
+    with serve(app_, log_level="error") as url:
+        yield url
 
 
 @pytest.fixture
-def env(world: World, server: Server) -> dict[str, str]:
+def env(world: World, api_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "KIRIM_KEY": world.emu.api_keys[0].reveal(),
-        "KIRIM_API_URL": server.url,
+        "KIRIM_API_URL": api_url,
     }
 
 

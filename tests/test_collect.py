@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from loopback import free_port
 
 import kirim_events as ke
 from kirim_events import testing
@@ -27,13 +28,6 @@ from kirim_events.receiver import Receiver
 
 SECRET = "whsec_collect_test"
 PATH = "/webhooks/kirim"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Collector:

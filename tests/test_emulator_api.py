@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loopback import serve
 
 import kirim_events
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
@@ -468,35 +464,10 @@ def test_bulk_replay_is_capped_at_1000() -> None:
 # ------------------------------------------------------------------ a real loopback server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_pagination_over_a_loopback_uvicorn_server_with_faults() -> None:
     faults = FaultConfig(error_rate=0.2, drop_rate=0.1)
     emu = _emulator(500, faults=faults, read_limit=100_000)
-    with _serve(emu.app) as base, httpx.Client(base_url=base, timeout=10) as client:
+    with serve(emu.app) as base, httpx.Client(base_url=base, timeout=10) as client:
         ids: list[str] = []
         cursor = None
         dropped = errors = 0

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
-import uvicorn
+from loopback import free_port, serve
 from typer.testing import CliRunner
 
 import kirim_events
@@ -26,12 +23,6 @@ from kirim_events.events import parse_delivery
 SECRET = "whsec_cli_test_secret"
 KEY = "kdv_live_" + "cli" * 8
 runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -58,28 +49,9 @@ class Receiver:
         await send({"type": "http.response.body", "body": b""})
 
 
-@contextmanager
-def _serve(asgi: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) -> None:
     receiver = Receiver()
-    with _serve(receiver) as base:
+    with serve(receiver) as base:
         result = runner.invoke(
             app,
             [
@@ -129,12 +101,12 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
 
 def test_emulate_sends_and_serves_the_api_until_sigterm() -> None:
     receiver = Receiver()
-    with _serve(receiver) as target:
-        _send_and_serve(target, receiver)
+    with serve(receiver) as target:
+        _send_andserve(target, receiver)
 
 
-def _send_and_serve(target: str, receiver: Receiver) -> None:
-    port = _free_port()
+def _send_andserve(target: str, receiver: Receiver) -> None:
+    port = free_port()
     env = dict(os.environ, KIRIM_KEY=KEY, KIRIM_WEBHOOK_SECRET=SECRET)
     argv = ["emulate", "--port", str(port), "--events", "120", "--send-to", f"{target}/hook"]
     proc = subprocess.Popen(

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from loopback import serve
 
 import kirim_events
 from kirim_events.emulator import (
@@ -379,11 +380,7 @@ def test_sending_needs_a_subscription() -> None:
 
 
 def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
-    import socket
-    import threading
     import time
-
-    import uvicorn
 
     calls: list[float] = []
 
@@ -395,27 +392,14 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(slow, host="127.0.0.1", port=port, log_level="critical", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
+    with serve(slow) as base:
         emu = Emulator(
             seed=1,
             secrets=SECRET,
             engine=EngineConfig(concurrency=1, timeout=1.0, time_compression=1000),
         )
-        emu.subscribe(f"http://127.0.0.1:{port}/hook")
+        emu.subscribe(f"{base}/hook")
         _run(emu.send(1))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     first, second = emu.store.attempts
     assert first.outcome == "retry"
     assert "timeout" in (first.error or "")

@@ -1,0 +1,44 @@
+"""Real HTTP on 127.0.0.1 for the tests: a free port, and an ASGI app served by uvicorn."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the OS picks it; free until someone binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread; yield its base URL, stop it on exit.
+
+    ``config`` goes to ``uvicorn.Config`` (defaults: no lifespan, quiet logs). Raises if the
+    server has not started within 10 s, so a test never hangs waiting for it.
+    """
+    port = port or free_port()
+    settings: dict[str, Any] = {"lifespan": "off", "log_level": "critical", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -159,9 +161,7 @@ class Journal:
         """Transactions committed by this instance (one per group of appends)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = self._connect()
-            self._conn.executescript(ddl())
-            self._check_version(self._conn)
+            self._conn = self._open()
             self._backlog: int = self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open journal at {self.path}: {exc}") from exc
@@ -170,8 +170,29 @@ class Journal:
 
     # ------------------------------------------------------------------ writer thread
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def _open(self, wait: float = 30.0) -> sqlite3.Connection:
+        """Connect and create the tables. Two processes opening one new journal at once
+        (two collectors started together) can find it locked while the other switches it
+        to WAL, which SQLite's busy timeout does not cover: try again for ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                self._setup(conn)
+                conn.executescript(ddl())
+                self._check_version(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except BaseException:
+                conn.close()
+                raise
+
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: every commit fsyncs the WAL, so a returned commit survives power loss.
@@ -180,12 +201,14 @@ class Journal:
         # the acknowledgement path; this larger automatic threshold is only a safety net for
         # a journal that is never flushed.
         conn.execute("PRAGMA wal_autocheckpoint = 16384")
-        return conn
 
     def _check_version(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         if row is None:
-            conn.execute("INSERT INTO meta VALUES ('version', ?)", (str(JOURNAL_VERSION),))
+            # OR IGNORE: another process opening the new journal may have written it first
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(JOURNAL_VERSION),)
+            )
         elif int(row[0]) > JOURNAL_VERSION:
             raise StorageError(f"journal version {row[0]} is newer than this kirim-events")
 
@@ -219,6 +242,9 @@ class Journal:
             for job in batch:
                 if job.work is not None:
                     results.append((job, job.work(conn), None))
+            count = None  # the inbox's rows, counted after this batch's appends and work
+            if any(job.recounts_backlog for job in batch):
+                count = int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # sqlite3.Error, OSError, or a bug in an internal job
@@ -227,7 +253,10 @@ class Journal:
             err = StorageError(f"journal write failed: {exc}")
             results = [(job, None, err) for job in batch]
         else:
-            self._backlog += sum(job.backlog_delta for job in batch)
+            if count is not None:
+                self._backlog = count
+            else:
+                self._backlog += sum(job.backlog_delta for job in batch)
         self._deliver(results)
 
     def _seen_at(self) -> int:
@@ -328,9 +357,9 @@ class Journal:
             self._hand_over(loop)
 
     def _submit(
-        self, work: Callable[[sqlite3.Connection], Any], backlog_delta: int = 0
+        self, work: Callable[[sqlite3.Connection], Any], *, recounts_backlog: bool = False
     ) -> Future[Any]:
-        job = Job(Future(), None, work=work, backlog_delta=backlog_delta)
+        job = Job(Future(), None, work=work, recounts_backlog=recounts_backlog)
         self._enqueue(job)
         return job.future  # type: ignore[return-value]
 
@@ -396,7 +425,11 @@ class Journal:
 
     @property
     def backlog(self) -> int:
-        """Events journaled but not yet flushed to the lake."""
+        """Events journaled but not yet flushed to the lake.
+
+        Counted in the journal at each flush, then kept up by this instance's appends; other
+        processes' appends to the same journal show from the next flush on.
+        """
         return self._backlog
 
     def seen(self, event_keys: Iterable[str]) -> set[str]:
@@ -434,6 +467,11 @@ class Journal:
         lake write returned (the lake's writes are durable on return). The dedup index keeps
         the keys. Safe to call from any thread; concurrent flushes run one after another.
 
+        Flushes of one journal run one after another, also across processes (a ``collect``
+        and a ``compact``, ``backfill`` or second ``collect`` on the same data folder): each
+        holds an exclusive lock on ``_journal/flush.lock`` from reading its first batch to
+        deleting its last.
+
         A flush moves what was journaled when it started; rows appended meanwhile wait for
         the next one. (Chasing them under a steady stream of webhooks kept the flusher
         writing small batches without pause, each paying the lake's fixed cost per write.)
@@ -444,7 +482,7 @@ class Journal:
         """
         started = time.perf_counter()
         n_events = n_receipts = 0
-        with self._flush_lock:
+        with self._flush_lock, self._flush_file_lock():
             with self._reader() as conn:
                 top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
                 top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0
@@ -453,7 +491,7 @@ class Journal:
             ) is not None:
                 last, events = batch
                 lake.write_events(conform(events, EVENT_SCHEMA))
-                self._submit(forget("inbox", last), -events.num_rows).result()
+                self._submit(forget("inbox", last), recounts_backlog=True).result()
                 n_events += events.num_rows
             while batch := self._read_batch(
                 _SELECT_RECEIPTS, _RECEIPTS_JSON, top_receipts, batch_size
@@ -463,10 +501,25 @@ class Journal:
                 self._submit(forget("receipts", last)).result()
                 n_receipts += receipts.num_rows
             cutoff = int((self._now() - self.retention.total_seconds()) * 1_000_000)
-            self._submit(prune(cutoff)).result()
+            self._submit(prune(cutoff), recounts_backlog=True).result()
             with self._reader() as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def _flush_file_lock(self) -> Iterator[None]:
+        """Exclusive across processes: a flush deletes "every row up to the last one it read",
+        and SQLite reuses row numbers once a table is empty, so a second flusher emptying the
+        inbox meanwhile would let that delete take a newly acknowledged event."""
+        try:
+            fd = os.open(self.path.parent / "flush.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot lock journal for a flush: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another process's flush to end
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _read_batch(
         self, sql: str, columns: Sequence[tuple[str, str]], top: int, limit: int

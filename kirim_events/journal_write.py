@@ -41,6 +41,7 @@ class Job:
     payloads: list[str] = field(default_factory=list)
     receipts: list[list[Any]] = field(default_factory=list)
     backlog_delta: int = 0
+    recounts_backlog: bool = False  # count the inbox after this work, in its transaction
 
 
 def settle(items: list[Result]) -> None:
@@ -133,6 +134,8 @@ def insert(
 
 
 def forget(table: str, last_seq: int) -> Callable[[sqlite3.Connection], None]:
+    """Delete the rows up to ``last_seq`` (those a flush wrote)."""
+
     def work(conn: sqlite3.Connection) -> None:
         conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last_seq,))
         if table == "inbox":

@@ -170,6 +170,42 @@ def test_a_flush_moves_what_was_journaled_when_it_started(tmp_path: Path) -> Non
     assert sorted(lake.deliveries().collect()["delivery_id"].to_list()) == ["wbd_early", "wbd_late"]
 
 
+class _SecondFlusherDuringWrite:
+    """While journal ``a`` writes its batch to the lake, a second journal on the same folder
+    (another process: a ``compact``, a second ``collect``) flushes, then a webhook arrives."""
+
+    def __init__(self, lake: Lake, a: Journal, b: Journal, late: list[EventRecord]) -> None:
+        self.lake, self.a, self.b, self.late = lake, a, b, late
+        self.other = threading.Thread(target=lambda: b.flush(lake))
+
+    def write_events(self, table: Any) -> int:
+        if self.late:
+            self.other.start()
+            self.other.join(timeout=0.5)  # without a lock across processes it empties the inbox
+            assert self.a.append(self.late) == [True]  # acknowledged: must reach the lake
+            self.late = []
+        return self.lake.write_events(table)
+
+    def write_deliveries(self, table: Any) -> int:
+        return self.lake.write_deliveries(table)
+
+
+def test_two_flushers_on_one_journal_lose_no_acknowledged_event(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    early = [r for i in range(3) for r in records(testing.kirim_event(rng=random.Random(i)))]
+    late = records(testing.kirim_event(rng=random.Random(99)))
+    with Journal(tmp_path) as a, Journal(tmp_path) as b:
+        a.append(early)
+        sink = _SecondFlusherDuringWrite(lake, a, b, late)
+        assert a.flush(sink).events == 3
+        sink.other.join(timeout=30)
+        assert not sink.other.is_alive()
+        assert b.backlog == 0  # b's flush, which waited for a's, moved the late event
+        assert (a.flush(lake).events, a.backlog) == (0, 0)
+    keys = set(lake.events().collect()["event_key"].to_list())
+    assert keys == {r.event_key for r in early + late}
+
+
 def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
     body = testing.meta_status("sent")
     value = body["entry"][0]["changes"][0]["value"]
@@ -315,3 +351,19 @@ def test_async_appends_group_commit_either_way(tmp_path: Path, commit_in_loop: b
         assert flags[:100] == [True] * 100  # the first copy of each event wins
         assert journal.backlog == 100
         assert journal.commits < 300  # grouped, not one commit per append
+
+
+def test_journals_opened_at_once_on_a_new_folder_all_open(tmp_path: Path) -> None:
+    # Two collectors started together: one switching the new database to WAL, or both
+    # writing its version row, made the other fail with "locked" or a UNIQUE error.
+    for trial in range(10):
+        folder = tmp_path / str(trial)
+        start = threading.Barrier(6)
+
+        def open_one(folder: Path = folder, start: threading.Barrier = start) -> None:
+            start.wait()
+            Journal(folder).close()
+
+        with ThreadPoolExecutor(6) as pool:
+            for future in [pool.submit(open_one) for _ in range(6)]:
+                future.result()

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from kirim_events.config import Secret
+from kirim_events.config import Secret, checked_api_key
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
@@ -253,7 +253,7 @@ class KirimClient:
         timeout: float = 30.0,
         limiter: RateLimiter | None = None,
     ) -> None:
-        key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        self._key = key = checked_api_key(api_key)
         self.base_url = base_url.rstrip("/")
         self._sleep = sleep
         self._clock = clock
@@ -329,7 +329,11 @@ class KirimClient:
                 )
             except httpx.TransportError as exc:
                 self.limiter.release(klass, None)
-                error: ApiError = RetryableApiError(f"{method} {path}: {type(exc).__name__}: {exc}")
+                # a transport error can quote a header: never let it show the key
+                text = str(exc).replace(self._key.reveal(), str(self._key))
+                error: ApiError = RetryableApiError(
+                    f"{method} {path}: {type(exc).__name__}: {text}"
+                )
             else:
                 self.limiter.release(klass, response.headers)
                 if response.is_success:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from kirim_events.errors import ConfigError
 
 DEFAULT_API_URL = "https://api.kirim.chat"
@@ -65,6 +67,20 @@ class Secret:
 
 
 SecretLike = str | Secret
+
+
+def checked_api_key(value: Secret | str) -> Secret:
+    """An API key as a Secret, without surrounding whitespace (a key read from a file often
+    ends in a newline); ConfigError, which never shows the key, if a header cannot carry it."""
+    raw = (value.reveal() if isinstance(value, Secret) else str(value)).strip()
+    if not raw:
+        raise ConfigError("no API key: set KIRIM_KEY")
+    if not all(33 <= ord(ch) <= 126 for ch in raw):
+        raise ConfigError(
+            "the API key holds a space, a control or a non-ASCII character, which an HTTP"
+            " header cannot carry: check KIRIM_KEY"
+        )
+    return Secret(raw)
 
 
 def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret, ...]:
@@ -140,7 +156,7 @@ class Settings:
         """Return the API key, or raise ConfigError naming the variable to set."""
         if not self.api_key:
             raise ConfigError("no API key: set KIRIM_KEY")
-        return self.api_key
+        return checked_api_key(self.api_key)
 
 
 def _validate(values: dict[str, Any]) -> dict[str, Any]:
@@ -148,13 +164,18 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
     if "data_dir" in out:
         out["data_dir"] = Path(out["data_dir"]).expanduser()
     if "api_url" in out:
-        url = str(out["api_url"]).rstrip("/")
+        url = str(out["api_url"]).strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"KIRIM_API_URL must start with http:// or https://, got {url!r}")
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"KIRIM_API_URL is not a valid URL ({exc}): {url!r}") from None
         out["api_url"] = url
-    if "api_key" in out:
+    if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)
         key = out["api_key"]
-        out["api_key"] = key if isinstance(key, Secret) else Secret(str(key))
+        raw = "" if key is None else key.reveal() if isinstance(key, Secret) else str(key)
+        out["api_key"] = Secret(raw.strip()) if raw.strip() else None
     if "webhook_secrets" in out:
         out["webhook_secrets"] = as_secrets(out["webhook_secrets"])
     if "tolerance" in out:

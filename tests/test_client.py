@@ -65,6 +65,22 @@ def page(items: list[dict[str, Any]], cursor: str | None) -> httpx.Response:
     )
 
 
+def test_a_transport_error_that_quotes_the_key_does_not_show_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # h11 names an illegal header with its value; any transport error text could.
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError(f"Illegal header value {request.headers['Authorization']!r}")
+
+    client = make_client(handler, FakeTime())
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(RetryableApiError) as info:
+        client.list_deliveries()
+    assert "Illegal header value" in str(info.value)
+    for text in (str(info.value), repr(info.value), caplog.text):
+        assert KEY not in text
+
+
 def test_bearer_auth_and_key_hidden(caplog: pytest.LogCaptureFixture) -> None:
     t = FakeTime()
     seen: list[httpx.Request] = []

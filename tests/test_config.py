@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kirim_events.client import KirimClient
 from kirim_events.config import Secret, Settings, as_secrets
 from kirim_events.errors import ConfigError
 
@@ -92,3 +93,23 @@ def test_as_secrets_splits_and_drops_blanks() -> None:
     assert [s.reveal() for s in as_secrets("a, b,,")] == ["a", "b"]
     assert [s.reveal() for s in as_secrets([Secret("a"), "b,c"])] == ["a", "b", "c"]
     assert as_secrets(None) == ()
+
+
+def test_an_api_key_is_trimmed_and_one_a_header_cannot_carry_is_refused() -> None:
+    # A key read from a file or a Kubernetes secret often ends in a newline.
+    assert Settings.load({"KIRIM_KEY": "kdv_live_abc\n"}).require_api_key() == Secret(
+        "kdv_live_abc"
+    )
+    assert Settings.load({"KIRIM_KEY": "  \n"}).api_key is None
+    for bad in ("kdv_live_a b", "kdv_live_a\nb", "kdv_live_é"):
+        settings = Settings.load({"KIRIM_KEY": bad})
+        with pytest.raises(ConfigError, match="KIRIM_KEY") as caught:
+            settings.require_api_key()
+        assert bad.strip() not in str(caught.value)
+        with pytest.raises(ConfigError):
+            KirimClient("http://127.0.0.1:9", bad)
+
+
+def test_a_malformed_api_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="KIRIM_API_URL"):
+        Settings.load({"KIRIM_API_URL": "http://[::1"})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import kirim_events
@@ -46,3 +48,16 @@ def test_bad_environment_is_a_one_line_error() -> None:
     result = runner.invoke(app, ["info"], env={"KIRIM_API_URL": "ftp://nope"})
     assert result.exit_code == 2
     assert "KIRIM_API_URL" in result.output
+
+
+def test_brackets_in_paths_and_messages_are_printed_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rich took "[lake]" (and "[notebook]" in an install hint) for styles and dropped them.
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["report", "--data", "my[lake]"])
+    assert result.exit_code == 2
+    assert "error: no lake at my[lake] (use" in " ".join(result.output.split())  # unwrapped
+    result = runner.invoke(app, ["info", "--data", "my[lake]"])
+    assert result.exit_code == 0
+    assert "my[lake]" in result.output

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from kirim_events import __version__
 from kirim_events.config import Settings
@@ -24,8 +25,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# No markup parsing: paths, ids and Kirim's error titles may hold "[...]", which rich would
+# take for a style and drop. Styled pieces are built as Text (print_error, Text.assemble).
+console = Console(highlight=False, markup=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
+
+
+def print_error(message: object) -> None:
+    """One red ``error:`` line on stderr, the message printed as it is."""
+    err_console.print(Text.assemble(("error:", "red"), " ", str(message)))
+
 
 DataOption = Annotated[
     Path | None,
@@ -66,7 +75,7 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except KirimEventsError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         from kirim_events.errors import ConfigError
 
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None

@@ -9,9 +9,18 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
-from kirim_events.cli._app import DataOption, app, command, console, err_console, errors_to_exit
+from kirim_events.cli._app import (
+    DataOption,
+    app,
+    command,
+    console,
+    err_console,
+    errors_to_exit,
+    print_error,
+)
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, ConfigError
@@ -166,8 +175,11 @@ def reconcile_command(
 def _render_reconcile(r: ReconcileReport) -> None:
     head = "reconcile (dry run: nothing changed)" if r.dry_run else "reconcile"
     console.print(
-        f"[bold]{head}[/bold]  {_fmt(r.since)} .. {_fmt(r.until)}: "
-        f"{r.history_rows} history rows, {len(r.missing)} events missing from the lake"
+        Text.assemble(
+            (head, "bold"),
+            f"  {_fmt(r.since)} .. {_fmt(r.until)}: "
+            f"{r.history_rows} history rows, {len(r.missing)} events missing from the lake",
+        )
     )
     if r.missing:
         table = Table("day", "type", "missing", title="missing events, oldest first")
@@ -176,8 +188,11 @@ def _render_reconcile(r: ReconcileReport) -> None:
         console.print(table)
     if r.near_purge:
         console.print(
-            f"[yellow]warning:[/yellow] {r.near_purge} missing event(s) were first delivered "
-            f"before {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now"
+            Text.assemble(
+                ("warning:", "yellow"),
+                f" {r.near_purge} missing event(s) were first delivered before"
+                f" {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now",
+            )
         )
     plan = Table("action", "events", title="plan" if r.dry_run else "recovery")
     for action, n in sorted(r.actions.items()):
@@ -195,7 +210,7 @@ def _render_reconcile(r: ReconcileReport) -> None:
             f"({r.bulk_enqueued} enqueued). Replays reach your collector, not this command."
         )
     for line in r.errors:
-        err_console.print(f"[red]error:[/red] {line}")
+        print_error(line)
     if r.errors:
         raise typer.Exit(1)
 
@@ -273,7 +288,7 @@ def deliveries_replay(
                 with_errors = client.replay(ident)
             except (ApiError, ValueError) as exc:
                 failed += 1
-                err_console.print(f"[red]error:[/red] {ident}: {exc}")
+                print_error(f"{ident}: {exc}")
                 continue
             console.print(f"{ident} -> {with_errors.get('id', '?')} ({with_errors.get('status')})")
     if failed:
@@ -312,6 +327,6 @@ def deliveries_bulk_replay(
         bulk_replay_window(client, window, report, event_type=event_type)
     console.print(f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s)")
     for line in report.errors:
-        err_console.print(f"[red]error:[/red] {line}")
+        print_error(line)
     if report.errors:
         raise typer.Exit(1)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kirim_events.cli._app import (
     DataOption,
@@ -50,7 +51,9 @@ def collect_command(
         s.require_secrets()
 
         def ready(url: str) -> None:
-            err_console.print(f"collecting webhooks at [bold]{url}[/bold] into {s.data_dir}")
+            err_console.print(
+                Text.assemble("collecting webhooks at ", (url, "bold"), f" into {s.data_dir}")
+            )
 
         report = collect(
             s.data_dir,

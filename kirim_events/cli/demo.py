@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from kirim_events.analytics.report import build_report
 from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
@@ -25,10 +26,10 @@ def _summary(report: DemoReport) -> Table:
     table.add_row("events never acknowledged", f"{report.unacknowledged_events:,}")
     table.add_row("found missing by reconcile", f"{report.reconcile_missing:,}")
     table.add_row("recovered by reconcile", f"{report.reconcile_recovered:,}")
-    exact = "[green]yes[/green]" if report.reconcile_found_exactly else "[red]no[/red]"
+    exact = Text("yes", "green") if report.reconcile_found_exactly else Text("no", "red")
     table.add_row("reconcile found exactly the unacknowledged events", exact)
     table.add_row("events in the lake (deduplicated)", f"{report.lake_events:,}")
-    verdict = "[green]yes[/green]" if report.lake_matches_truth else "[red]no[/red]"
+    verdict = Text("yes", "green") if report.lake_matches_truth else Text("no", "red")
     table.add_row("lake equals the emulator's ground truth", verdict)
     return table
 
@@ -68,7 +69,7 @@ def demo(
             result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
     console.print(_summary(result))
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
     with errors_to_exit():
         render_report(build_report(Lake(Path(s.data_dir))), top=5)
     console.print(

@@ -15,7 +15,13 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from kirim_events.cli._app import command, console, err_console, errors_to_exit, settings
+from kirim_events.cli._app import (
+    command,
+    console,
+    errors_to_exit,
+    print_error,
+    settings,
+)
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.errors import ConfigError
@@ -232,7 +238,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             await asyncio.sleep(0.05)
         if serving is not None and serving.done():
             serving.result()
-            err_console.print(f"[red]error:[/red] could not serve on 127.0.0.1:{port}")
+            print_error(f"could not serve on 127.0.0.1:{port}")
             raise typer.Exit(1)
         console.print(f"Kirim API emulator on http://127.0.0.1:{port}/v1 (key from KIRIM_KEY)")
     if send_to:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kirim_events.analytics.report import Report, build_report, write_html
 from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
@@ -32,9 +33,12 @@ def render_report(report: Report, *, top: int) -> None:
     """Print a report as rich tables (shared by `report` and `demo`)."""
     when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
     console.print(
-        f"[bold]{report.n_messages:,}[/bold] outbound messages, "
-        f"[bold]{report.n_conversations:,}[/bold] conversations "
-        f"({report.n_open_conversations:,} open){when}"
+        Text.assemble(
+            (f"{report.n_messages:,}", "bold"),
+            " outbound messages, ",
+            (f"{report.n_conversations:,}", "bold"),
+            f" conversations ({report.n_open_conversations:,} open){when}",
+        )
     )
     funnel = Table("stage", "messages", "share", "of previous", title="Delivery funnel")
     for row in report.funnel.iter_rows(named=True):

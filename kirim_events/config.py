@@ -189,6 +189,7 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"tolerance must be whole seconds, got {tol!r}") from None
             if tol < 0:
                 raise ConfigError("tolerance must not be negative")
+            tol = tol or None  # 0 disables the check, as in Kirim's TypeScript SDK
         out["tolerance"] = tol
     if "log_format" in out and out["log_format"] not in {"text", "json"}:
         raise ConfigError("log format must be 'text' or 'json'")

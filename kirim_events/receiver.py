@@ -310,7 +310,9 @@ class Receiver:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
+    """A header's small whole number, else None (``str.isdigit`` alone takes "²" and "١")."""
+    text = (value or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra: Any = ()) -> None:

@@ -25,6 +25,7 @@ from kirim_events.errors import (
 __all__ = ["parse_header", "sign", "verify"]
 
 DEFAULT_TOLERANCE = 300
+_MAX_T_DIGITS = 12  # unix seconds; longer is no time at all (and int() of 5000 digits raises)
 
 
 def _mac(secret: Secret, timestamp: int, body: bytes) -> str:
@@ -81,7 +82,7 @@ def parse_header(header: str | None) -> tuple[int, list[str]]:
             v1s.append(value)
     if len(stamps) != 1:
         raise SignatureMalformed("signature header needs exactly one t= value")
-    if not stamps[0].isascii() or not stamps[0].isdigit():
+    if not stamps[0].isascii() or not stamps[0].isdigit() or len(stamps[0]) > _MAX_T_DIGITS:
         raise SignatureMalformed("signature timestamp t= is not a whole number of seconds")
     if not v1s:
         raise SignatureMalformed("signature header has no v1= value")
@@ -115,7 +116,8 @@ def verify(
         Every secret currently accepted; a match on any one is enough (rotation).
     tolerance
         Maximum distance in seconds between ``t`` and ``now``, in the past or the future.
-        ``None`` skips only this freshness check, for stored events; the HMAC is always checked.
+        ``None`` (or 0, as in Kirim's TypeScript SDK) skips only this freshness check, for
+        stored events; the HMAC is always checked.
     now
         The current time (unix seconds or an aware datetime); the system clock when omitted.
 
@@ -129,11 +131,11 @@ def verify(
     keys = as_secrets(secrets)
     if not keys:
         raise SignatureMismatch("no secret configured to verify against")
-    if tolerance is not None:
+    if tolerance:
         skew = _now_seconds(now) - t
         if abs(skew) > tolerance:
             raise SignatureExpired(
-                f"signature timestamp is {abs(skew):.0f}s in the "
+                f"signature timestamp is {abs(skew):.1f}s in the "
                 f"{'past' if skew > 0 else 'future'}; tolerance is {tolerance}s"
             )
     matched = False

@@ -113,3 +113,8 @@ def test_an_api_key_is_trimmed_and_one_a_header_cannot_carry_is_refused() -> Non
 def test_a_malformed_api_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="KIRIM_API_URL"):
         Settings.load({"KIRIM_API_URL": "http://[::1"})
+
+
+@pytest.mark.parametrize("off", ["off", "none", "", "0"])
+def test_a_tolerance_of_off_or_zero_disables_the_freshness_check(off: str) -> None:
+    assert Settings.load({"KIRIM_TOLERANCE": off}).tolerance is None

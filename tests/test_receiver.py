@@ -109,6 +109,9 @@ BAD_SIGNATURES = {
     "mismatch": lambda r: _header(r, ke.sign(r.body, "whsec_wrong", timestamp=int(NOW))),
     "stale": lambda r: testing.signed_request(r.body, SECRET, timestamp=int(NOW) - 301),
     "tampered": _tamper,
+    # int() of these raised (OverflowError, then ValueError past 4300 digits): a 500
+    "malformed-t400": lambda r: _header(r, f"t={'9' * 400},v1=00"),
+    "malformed-t5000": lambda r: _header(r, f"t={'9' * 5000},v1=00"),
 }
 
 
@@ -118,12 +121,28 @@ async def test_bad_signatures_get_401_and_reach_no_table(
 ) -> None:
     resp = await post(receiver, BAD_SIGNATURES[case](signed()))
     assert resp.status_code == 401
-    expected = {"tampered": "mismatch"}.get(case, case)
+    expected = {"tampered": "mismatch"}.get(case, case.split("-")[0])
     assert resp.json()["reason"] == expected
     lake = lake_after_flush(journal)
     assert lake.events().collect().height == 0
     receipt = lake.deliveries().collect().to_dicts()
     assert [(r["outcome"], r["reason"]) for r in receipt] == [("rejected", expected)]
+
+
+@pytest.mark.parametrize("attempt", [b"\xb2", "\u0661".encode(), b"9" * 5000, b"-1", b"", b"2"])
+async def test_an_odd_attempt_header_is_kept_as_unknown_never_a_5xx(
+    receiver: Receiver, journal: Journal, attempt: bytes
+) -> None:
+    # "²".isdigit() is true, yet int("²") raises: that was a 500 before the signature check.
+    req = signed()
+    async with client(receiver) as c:
+        ok = await c.post(
+            PATH, content=req.body, headers={**req.headers, "X-Kirim-Attempt": attempt}
+        )
+        bad = await c.post(PATH, content=req.body, headers={"X-Kirim-Attempt": attempt})
+    assert (ok.status_code, bad.status_code) == (200, 401)
+    receipts = lake_after_flush(journal).deliveries().collect()
+    assert set(receipts["attempt"].to_list()) == ({2} if attempt == b"2" else {None})
 
 
 async def test_too_large_by_content_length_is_413(receiver: Receiver, journal: Journal) -> None:

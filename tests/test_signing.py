@@ -189,10 +189,16 @@ def test_tolerance_is_configurable() -> None:
     assert verify(BODY, HEADER, [SECRET], tolerance=3600, now=T + 3000) == T
 
 
-def test_tolerance_none_skips_only_the_time_check() -> None:
-    assert verify(BODY, HEADER, [SECRET], tolerance=None, now=T + 10 * 86_400) == T
+@pytest.mark.parametrize("off", [None, 0])  # 0 disables it in Kirim's TypeScript SDK
+def test_tolerance_none_or_zero_skips_only_the_time_check(off: int | None) -> None:
+    assert verify(BODY, HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400) == T
     with pytest.raises(SignatureMismatch):
-        verify(BODY + b" ", HEADER, [SECRET], tolerance=None, now=T + 10 * 86_400)
+        verify(BODY + b" ", HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400)
+
+
+def test_an_expiry_message_does_not_round_to_the_tolerance() -> None:
+    with pytest.raises(SignatureExpired, match=r"300\.5s in the past; tolerance is 300s"):
+        verify(BODY, HEADER, [SECRET], now=T + 300.5)
 
 
 def test_no_configured_secret_is_a_mismatch() -> None:

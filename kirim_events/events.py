@@ -180,13 +180,23 @@ class _Headers:
         return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+def header_number(text: str | None, digits: int = 9) -> int | None:
+    """A header's whole number (ASCII digits, at most ``digits`` of them), else None.
+
+    ``str.isdigit`` alone accepts "²" and "١", which ``int`` refuses or reads as another
+    number, and ``int`` of thousands of digits raises.
+    """
+    value = (text or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= digits else None
+
+
 def _signature_time(header: str | None) -> datetime | None:
     if not header:
         return None
     for part in header.split(","):
         key, _, value = part.partition("=")
-        if key.strip() == "t" and value.strip().isdigit():
-            return parse_time(int(value.strip()))
+        if key.strip() == "t" and (seconds := header_number(value, 12)) is not None:
+            return parse_time(seconds)
     return None
 
 
@@ -486,7 +496,6 @@ def parse_delivery(
     received = received.astimezone(UTC)
     hdrs = _Headers(headers)
     signature = hdrs.get("X-Kirim-Signature") or hdrs.get("X-Kirim-Signature-256")
-    attempt_text = hdrs.get("X-Kirim-Attempt")
     ctx = _Context(
         headers=hdrs,
         payload=text,
@@ -497,7 +506,7 @@ def parse_delivery(
         signed_at=_signature_time(signature),
         payload_exact=payload_exact,
         delivery_id=hdrs.get("X-Kirim-Delivery-Id"),
-        attempt=int(attempt_text) if attempt_text and attempt_text.isdigit() else None,
+        attempt=header_number(hdrs.get("X-Kirim-Attempt")),
     )
     shape = _detect(obj)
     if shape == "meta":

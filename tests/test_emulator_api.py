@@ -147,7 +147,7 @@ def test_stored_payloads_still_verify_with_the_original_signature() -> None:
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("limit", ["0", "101", "abc", "-1", "2.5"])
+@pytest.mark.parametrize("limit", ["0", "101", "abc", "-1", "2.5", "\u00b2", "9" * 5000])
 def test_bad_limit(limit: str) -> None:
     emu = _emulator(20)
 
@@ -190,7 +190,8 @@ def test_tampered_and_rebound_cursors_are_rejected() -> None:
             cursor = page["next_cursor"]
             text, mac = cursor.split(".")
             forged = base64.urlsafe_b64encode(b'{"s": 5, "f": "x"}').decode().rstrip("=")
-            for bad in (forged + "." + mac, text[:-1] + "A." + mac, "garbage", cursor + "0"):
+            odd = ("x.\u00e9", text + ".\u00e9" + mac)  # non-ASCII: compare_digest raised, a 500
+            for bad in (forged + "." + mac, text[:-1] + "A." + mac, "garbage", cursor + "0", *odd):
                 r = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=bad)
                 assert r.status_code == 400
                 assert r.json()["error"]["code"] == "invalid_cursor"

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from kirim_events.emulator.faults import TokenBucket
 from kirim_events.emulator.ids import ulid
 from kirim_events.emulator.store import DeliveryRow, Store, Subscription
-from kirim_events.events import EVENT_TYPE_PATTERN, parse_time
+from kirim_events.events import EVENT_TYPE_PATTERN, header_number, parse_time
 
 __all__ = ["BULK_REPLAY_CAP", "ApiError", "ApiState", "Handler"]
 
@@ -105,7 +105,8 @@ class ApiState:
     def decode_cursor(self, cursor: str, filters_hash: str) -> int:
         """The ``seq`` inside ``cursor``; 400 ``invalid_cursor`` if forged or rebound."""
         text, _, mac = cursor.partition(".")
-        if not mac or not hmac.compare_digest(mac, self._mac(text)):
+        # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+        if not mac or not hmac.compare_digest(mac.encode(), self._mac(text).encode()):
             raise bad("invalid_cursor", "cursor is not one this API issued", "cursor")
         try:
             value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
@@ -132,9 +133,10 @@ def query_limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return 25
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= 100:
+    limit = header_number(raw, 3)
+    if limit is None or not 1 <= limit <= 100:
         raise bad("invalid_limit", "limit must be a whole number from 1 to 100", "limit")
-    return int(raw)
+    return limit
 
 
 def time_param(value: Any, name: str) -> float | None:

@@ -453,6 +453,21 @@ def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
     return text, value
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a pair is fine: json.loads joins it
+
+
+def _refuse_lone_surrogates(records: list[EventRecord]) -> None:
+    """Valid JSON may escape half a UTF-16 pair ("\\ud800"): no Unicode text, so no UTF-8
+    store (the journal, Parquet) takes it in a column. In the raw payload it is harmless."""
+    for record in records:
+        for name in EVENT_FIELDS:
+            value = getattr(record, name)
+            if name == "payload" or not isinstance(value, str) or value.isascii():
+                continue
+            if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+                raise InvalidJSON(f"{name} holds a lone UTF-16 surrogate escape (\\ud800)")
+
+
 def parse_delivery(
     body: bytes,
     headers: Mapping[str, str] | None = None,
@@ -509,8 +524,8 @@ def parse_delivery(
         attempt=header_number(hdrs.get("X-Kirim-Attempt")),
     )
     shape = _detect(obj)
-    if shape == "meta":
-        return list(_meta_records(obj, ctx))
-    if shape == "kirim":
-        return list(_kirim_records(obj, ctx))
-    return list(_legacy_records(obj, ctx))
+    build = {"meta": _meta_records, "kirim": _kirim_records}.get(shape, _legacy_records)
+    records = list(build(obj, ctx))
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(records)
+    return records

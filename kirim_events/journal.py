@@ -250,6 +250,10 @@ class Journal:
         except Exception as exc:  # sqlite3.Error, OSError, or a bug in an internal job
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            if len(batch) > 1:  # one bad job must not fail those grouped with it: each alone
+                for job in batch:
+                    self._commit([job])
+                return
             err = StorageError(f"journal write failed: {exc}")
             results = [(job, None, err) for job in batch]
         else:
@@ -323,8 +327,11 @@ class Journal:
                 self._conn.execute("ROLLBACK")
             self._lock.release()
             self._in_flight.discard(loop)
-            error = StorageError(f"journal write failed: {exc}")
-            settle([(job, None, error) for job in jobs])
+            if len(jobs) > 1:  # the writer thread commits each alone: one bad job fails alone
+                for job in jobs:
+                    self._queue.put([job])
+            else:
+                settle([(jobs[0], None, StorageError(f"journal write failed: {exc}"))])
             return
         self._committer.submit(self._commit_off_loop, loop, jobs, results)
 

@@ -216,6 +216,26 @@ async def test_signed_unparseable_is_quarantined_byte_exact(
     assert lake.deliveries().collect()["outcome"].to_list() == ["quarantined"]
 
 
+async def test_an_id_with_half_a_utf16_pair_is_quarantined_not_a_503(
+    receiver: Receiver, journal: Journal
+) -> None:
+    # Valid JSON, yet "\\ud800" is no Unicode text: the journal insert failed (503 for ever,
+    # and for every delivery committed with it). A pair (an emoji) is fine.
+    bad = testing.encode(testing.kirim_event(event_id="evt_X")).replace(b"evt_X", rb"evt_\ud800")
+    emoji = testing.encode(testing.kirim_event(event_id="evt_Y")).replace(
+        b"evt_Y", rb"evt_\ud83d\ude00"
+    )
+    async with client(receiver) as c:
+        answers = await asyncio.gather(
+            *(c.post(PATH, content=r.body, headers=r.headers) for r in map(signed, [bad, emoji]))
+        )
+    assert [(a.status_code, a.json()["outcome"]) for a in answers] == [
+        (200, "quarantined"),
+        (200, "new"),
+    ]
+    assert lake_after_flush(journal).events().collect()["event_id"].to_list() == ["evt_\U0001f600"]
+
+
 async def test_storage_failure_is_503_so_kirim_retries(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     app = Receiver(journal, SECRET, now=lambda: NOW)

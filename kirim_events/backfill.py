@@ -67,11 +67,21 @@ _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> datetime:
     """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
 
-    Raises ConfigError with the option's ``name`` for anything else.
+    Raises ConfigError with the option's ``name`` for anything else, or a time before 1970.
     """
+    when = _when(value, now, name)
+    if when < _EPOCH:
+        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+    return when
+
+
+def _when(value: str | datetime, now: datetime, name: str) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     text = value.strip().lower()
@@ -79,7 +89,10 @@ def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> d
         return now
     m = _RELATIVE.match(text)
     if m:
-        return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        try:
+            return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        except OverflowError:
+            raise ConfigError(f"{name} {value!r} is before 1970") from None
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         try:
             return datetime.fromisoformat(text).replace(tzinfo=UTC)
@@ -92,6 +105,19 @@ def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> d
             "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
         )
     return parsed
+
+
+def _asked(value: str | datetime | None, resolved: datetime | None) -> str:
+    """How a run key names a bound: a span ago (``7d``) or ``now`` by its text, so that a
+    killed run resumes when started again with the same arguments; a time by its value."""
+    if value is None:
+        return "now"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "now" or _RELATIVE.match(text):
+            return "ago:" + re.sub(r"\s+", "", text)
+    assert resolved is not None
+    return format_time(resolved)
 
 
 # --------------------------------------------------------------------------- rows
@@ -217,10 +243,8 @@ class _Checkpoint:
             raise StorageError(f"cannot write backfill checkpoint {path}: {exc}") from exc
 
 
-def _run_key(since: datetime, until: datetime | None, filters: Mapping[str, str]) -> str:
-    ident = json.dumps(
-        [format_time(since), format_time(until) if until else "now", sorted(filters.items())]
-    )
+def _run_key(since: str, until: str, filters: Mapping[str, str]) -> str:
+    ident = json.dumps([since, until, sorted(filters.items())])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -476,7 +500,7 @@ def backfill(
         if v
     }
     root = Path(data)
-    key = _run_key(lo, hi_asked, filters)
+    key = _run_key(_asked(since, lo), _asked(until, hi_asked), filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
     resumed = cp is not None
@@ -495,10 +519,14 @@ def backfill(
             slices=_split(lo, hi, slices * _PIECES),
         )
         cp.save(path)
-    until_fixed = parse_time(cp.until)
-    assert until_fixed is not None
+    since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
+    assert since_fixed is not None and until_fixed is not None
     report = BackfillReport(
-        since=lo, until=until_fixed, slices=len(cp.slices), resumed=resumed, checkpoint=str(path)
+        since=since_fixed,
+        until=until_fixed,
+        slices=len(cp.slices),
+        resumed=resumed,
+        checkpoint=str(path),
     )
     own_journal = journal is None
     jr = journal or Journal(root)

@@ -17,6 +17,7 @@ from kirim_events.backfill import BackfillProgress, backfill, parse_when
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError
+from kirim_events.events import parse_time
 from kirim_events.journal import Journal
 
 
@@ -123,6 +124,45 @@ def test_backfill_with_429_5xx_latency_drops_and_a_kill_resumes_exactly(
     assert [p.pages for p in second] == sorted(p.pages for p in second)
     assert not checkpoint.exists()  # retired once complete
     assert (tmp_path / "_state" / "backfill" / "done").is_dir()
+
+
+def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
+    world: World, tmp_path: Path
+) -> None:
+    # "--since 2h" names a different instant each time it is read; the run it started must
+    # still resume (it started over and left its checkpoint behind).
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 60)
+    ago = f"{int(t.clock() - since.timestamp()) + 60}s"
+
+    def die_after_page_3(p: BackfillProgress) -> None:
+        if p.pages == 3:
+            raise Killed
+
+    _, client = world.api(t)
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, since=ago, page_size=10, progress=die_after_page_3,
+                 now=t.clock)  # fmt: skip
+    first = json.loads(next((tmp_path / "_state" / "backfill").glob("*.json")).read_text())
+    t.sleep(30)
+    _, client2 = world.api(t)
+    report = backfill(tmp_path, client=client2, since=ago, page_size=10, now=t.clock)
+    assert report.resumed
+    assert (report.since, report.until) == (parse_time(first["since"]), parse_time(first["until"]))
+    assert list((tmp_path / "_state" / "backfill").glob("*.json")) == []  # none left behind
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+@pytest.mark.parametrize(
+    ("since", "message"), [("99999999d", "before 1970"), ("0001-01-01", "before 1970")]
+)
+def test_a_since_before_1970_is_a_config_error(
+    world: World, tmp_path: Path, since: str, message: str
+) -> None:
+    _, client = world.api(FakeTime(2_000_000_000))
+    with pytest.raises(ConfigError, match=message):
+        backfill(tmp_path, client=client, since=since)
+    assert not (tmp_path / "_state").exists()
 
 
 def test_kill_between_journal_commit_and_checkpoint_leaves_no_duplicate(

@@ -123,7 +123,8 @@ def _asked(value: str | datetime | None, resolved: datetime | None) -> str:
 # --------------------------------------------------------------------------- rows
 
 
-def _headers(d: Delivery) -> dict[str, str]:
+def delivery_headers(d: Delivery) -> dict[str, str]:
+    """The ``X-Kirim-*`` headers a history row stands for (as its webhook would carry)."""
     out = {}
     for name, value in (
         ("X-Kirim-Event-Id", d.event_id),
@@ -147,7 +148,7 @@ def delivery_events(
         return []
     return parse_delivery(
         d.payload.encode("utf-8"),
-        _headers(d),
+        delivery_headers(d),
         received_at=received_at,
         origin=origin,
         payload_exact=d.payload_exact,
@@ -373,7 +374,9 @@ class _Run:
                 found = delivery_events(d, received_at=self.snapshot)
             except PayloadError as exc:
                 assert d.payload is not None
-                self.journal.quarantine(d.payload.encode("utf-8"), _headers(d), exc.reason)
+                self.journal.quarantine_once(
+                    d.payload.encode("utf-8"), delivery_headers(d), exc.reason
+                )
                 found, reason, quarantined = [], f"quarantined: {exc.reason}", quarantined + 1
             if d.payload is None:
                 bare += 1
@@ -520,7 +523,8 @@ def backfill(
         )
         cp.save(path)
     since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
-    assert since_fixed is not None and until_fixed is not None
+    assert since_fixed is not None
+    assert until_fixed is not None
     report = BackfillReport(
         since=since_fixed,
         until=until_fixed,

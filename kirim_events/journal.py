@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
-from kirim_events.journal_quarantine import write_quarantine
+from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
     RECEIPT_COLUMNS,
@@ -567,6 +567,14 @@ class Journal:
         """
         when = received_at or datetime.fromtimestamp(self._now(), UTC)
         return write_quarantine(self.data_dir, body, headers, reason, when)
+
+    def quarantine_once(self, body: bytes, headers: Mapping[str, str], reason: str) -> bool:
+        """:meth:`quarantine` unless the same bytes are kept already (a history walked twice,
+        by backfill and reconcile or by two runs); True when it wrote them now."""
+        if find_quarantined(self.data_dir, body) is not None:
+            return False
+        self.quarantine(body, headers, reason)
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 

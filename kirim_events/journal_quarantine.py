@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from kirim_events.errors import StorageError
 
-__all__ = ["write_quarantine"]
+__all__ = ["find_quarantined", "write_quarantine"]
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -30,6 +31,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
+    """The ``.body`` file already holding exactly ``body``, if any (any day's folder)."""
+    digest = hashlib.sha256(body).hexdigest()
+    for path in sorted((data_dir / "quarantine").glob(f"*/*-{digest[:16]}-*.body")):
+        with contextlib.suppress(OSError):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+                return path
+    return None
 
 
 def write_quarantine(

@@ -36,7 +36,7 @@ from typing import Any
 
 import polars as pl
 
-from kirim_events.backfill import delivery_events, parse_when
+from kirim_events.backfill import delivery_events, delivery_headers, parse_when
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError
 from kirim_events.events import EventRecord
@@ -54,6 +54,17 @@ __all__ = [
 PURGE_DAYS = 30
 _SHARED_ID_TYPES = frozenset({"message.status", "message.status_updated"})
 _TERMINAL = ("dead", "failed")
+# kirim-api.md §7.4: only pending, failed and dead are documented; Kirim's name for success
+# is unknown ("succeeded" is the emulator's guess). A delivery counts as acknowledged under
+# any of these names or with a 2xx response; anything else counts as not, which at worst
+# replays an event the lake already holds (deduplicated), never skips a lost one.
+_ACKNOWLEDGED = frozenset({"succeeded", "success", "successful", "delivered", "sent", "ok"})
+
+
+def acknowledged(d: Delivery) -> bool:
+    """Our endpoint answered this delivery with a 2xx, by its status or response code."""
+    code = d.response_status_code
+    return (d.status or "").lower() in _ACKNOWLEDGED or (code is not None and 200 <= code < 300)
 
 
 @dataclass
@@ -68,6 +79,7 @@ class MissingEvent:
     delivery_id: str | None  # the delivery to replay
     subscription_id: str | None
     status: str | None  # Kirim status of that delivery
+    created_at: datetime | None  # and its created_at (a bulk_replay window must hold it)
     action: str = "replay"  # import | replay | bulk_replay
     records: list[EventRecord] = field(default_factory=list, repr=False)
 
@@ -96,6 +108,8 @@ class ReconcileReport:
     near_purge: int = 0
     warn_before: datetime | None = None
     windows: list[BulkWindow] = field(default_factory=list)
+    unparseable: int = 0  # history payloads that are no known body: replaying cannot help
+    quarantined: int = 0  # of those, newly kept under DATA/quarantine/ by this run
     imported: int = 0
     replayed: int = 0
     bulk_calls: int = 0
@@ -125,8 +139,11 @@ class _Chain:
 class _Scan:
     """Accumulates one walk of the history (memory grows with what is missing, not with all)."""
 
-    def __init__(self, journal: Journal | None) -> None:
+    def __init__(self, journal: Journal | None, subscription_id: str | None) -> None:
         self.journal = journal
+        self.subscription_id = subscription_id
+        self.subscriptions: set[str] = set()
+        self.unparseable: list[tuple[Delivery, str]] = []
         self.candidates: dict[str, MissingEvent] = {}
         self.by_id: dict[str, MissingEvent] = {}  # no-payload unique-id candidates
         self.parent: dict[str, str] = {}
@@ -141,13 +158,17 @@ class _Scan:
         pending: list[tuple[Delivery, list[EventRecord]]] = []
         keys: list[str] = []
         for d in rows:
+            if not self._ours(d):
+                continue
             if d.status in _TERMINAL and d.subscription_id and d.created_at:
                 self.terminal.append((d.subscription_id, d.status, d.created_at))
             if d.payload is not None:
                 try:
                     found = delivery_events(d, received_at=self.received_at)
-                except PayloadError:
-                    found = []  # kept in quarantine by backfill; nothing to recover from it
+                except PayloadError as exc:
+                    # no known body: a replay would bring the same bytes; keep them instead
+                    self.unparseable.append((d, exc.reason))
+                    continue
                 if found:
                     pending.append((d, found))
                     keys.extend(r.event_key for r in found)
@@ -159,6 +180,23 @@ class _Scan:
                 if r.event_key not in have:
                     self.add(r.event_key, d, r.type, r.occurred_at, [r])
 
+    def _ours(self, d: Delivery) -> bool:
+        """Whether ``d`` went to the subscription reconciled. Replays go to the URL of the
+        delivery replayed, so with several subscriptions the one to use must be named."""
+        if d.subscription_id is None:
+            return True
+        if self.subscription_id is not None:
+            return d.subscription_id == self.subscription_id
+        self.subscriptions.add(d.subscription_id)
+        if len(self.subscriptions) > 1:
+            names = ", ".join(sorted(self.subscriptions))
+            raise ConfigError(
+                f"Kirim's history holds deliveries of several subscriptions ({names}); a replay"
+                " goes to its delivery's URL, so name the one that feeds this collector with"
+                " --subscription-id"
+            )
+        return True
+
     def bare(self, d: Delivery) -> None:
         if d.event_type in _SHARED_ID_TYPES or d.event_id is None:
             if d.id is None:
@@ -167,7 +205,7 @@ class _Scan:
                 self.parent[d.id] = d.replayed_from
             chain = self.chains.setdefault(d.id, _Chain())
             chain.rows.append(d)
-            chain.ok = chain.ok or d.status == "succeeded"
+            chain.ok = chain.ok or acknowledged(d)
             return
         if self.seen([d.event_id]):
             return
@@ -193,6 +231,7 @@ class _Scan:
                 delivery_id=d.id,
                 subscription_id=d.subscription_id,
                 status=d.status,
+                created_at=d.created_at,
                 records=records,
             )
         else:
@@ -200,6 +239,7 @@ class _Scan:
                 m.first_seen = d.created_at
             if _better(d, m):
                 m.delivery_id, m.subscription_id, m.status = d.id, d.subscription_id, d.status
+                m.created_at = d.created_at
             if records and not m.records:
                 m.records = records
 
@@ -277,6 +317,7 @@ def reconcile(
     warn_days: float = 3.0,
     lake: Any = None,
     journal: Journal | None = None,
+    subscription_id: str | None = None,
     now: Any = time.time,
 ) -> ReconcileReport:
     """Compare Kirim's delivery history with the store; report and recover what is missing.
@@ -296,6 +337,9 @@ def reconcile(
     lake, journal
         Reuse open ones; by default they are opened on ``data`` (in a dry run a journal that
         does not exist yet is not created).
+    subscription_id
+        Only this subscription's deliveries count, and replays go to its URL. Required when
+        the history holds deliveries of several subscriptions (ConfigError otherwise).
     now
         Clock (unix seconds).
 
@@ -324,7 +368,7 @@ def reconcile(
         journal = Journal(root)
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
-        scan = _Scan(journal)
+        scan = _Scan(journal, subscription_id)
         for page, _ in client.iter_pages(created_after=lo, created_before=hi):
             report.history_pages += 1
             report.history_rows += len(page.deliveries)
@@ -346,8 +390,12 @@ def reconcile(
             1 for m in missing if m.first_seen is not None and m.first_seen <= report.warn_before
         )
         _plan(report, scan.terminal)
+        report.unparseable = len(scan.unparseable)
         if not dry_run:
             assert journal is not None
+            for d, reason in scan.unparseable:
+                body = (d.payload or "").encode("utf-8")
+                report.quarantined += journal.quarantine_once(body, delivery_headers(d), reason)
             _recover(report, client, journal, lake)
     finally:
         if own_journal and journal is not None:
@@ -360,11 +408,12 @@ def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) ->
         m.action = "import" if m.records else "replay"
     groups: dict[tuple[str, str], list[MissingEvent]] = {}
     for m in report.missing:
-        if m.action == "replay" and m.status in _TERMINAL and m.subscription_id and m.first_seen:
+        if m.action == "replay" and m.status in _TERMINAL and m.subscription_id and m.created_at:
             groups.setdefault((m.subscription_id, m.status), []).append(m)
     for (sub, status), members in groups.items():
-        first = min(m.first_seen for m in members if m.first_seen)
-        last = max(m.first_seen for m in members if m.first_seen)
+        # the windows must hold the very rows chosen for replay, not each event's first one
+        first = min(m.created_at for m in members if m.created_at)
+        last = max(m.created_at for m in members if m.created_at)
         rows = [r for r in terminal if r[0] == sub and r[1] == status and first <= r[2] <= last]
         windows = plan_windows(rows)
         unique_deliveries = {m.delivery_id for m in members}

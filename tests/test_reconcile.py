@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -198,3 +199,98 @@ def test_capped_bulk_replay_narrows_the_window_and_repeats(tmp_path: Path) -> No
     assert calls[2]["created_before"] == calls[0]["created_before"]
     assert calls[1]["created_before"] == calls[2]["created_after"]
     assert report.bulk_enqueued == 1010
+
+
+# ------------------------------------------------------------------ history as Kirim may send it
+
+OURS, OTHER = "wbs_01J0000000000000000000000A", "wbs_01J0000000000000000000000B"
+BASE = datetime(2026, 5, 1, 10, tzinfo=UTC)
+
+
+def delivery(n: int, seconds: float, event: str, status: str, **extra: Any) -> dict[str, Any]:
+    at = (BASE + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return {"id": f"wbd_{n:03d}", "status": status, "subscription_id": OURS, "event_id": event,
+            "event_type": "contact.updated", "created_at": at, **extra}  # fmt: skip
+
+
+class History:
+    """One page of delivery rows; records what reconcile asks Kirim to replay."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows, self.replays, self.bulk = rows, list[str](), list[dict[str, Any]]()
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": self.rows, "has_more": False})
+        if request.url.path.endswith("/replay"):
+            self.replays.append(request.url.path.split("/")[-2])
+            return httpx.Response(202, json={"data": {"id": "wbd_new", "status": "pending"}})
+        body = json.loads(request.content)
+        self.bulk.append(body)
+        lo, hi = (datetime.fromisoformat(body[k]) for k in ("created_after", "created_before"))
+        hits = [r for r in self.rows if r["subscription_id"] == body["subscription_id"]
+                and r["status"] == body["status"]
+                and lo <= datetime.fromisoformat(r["created_at"]) < hi]  # fmt: skip
+        self.enqueued = [*getattr(self, "enqueued", []), *(r["event_id"] for r in hits)]
+        return httpx.Response(202, json={"data": {"enqueued": len(hits), "capped": False}})
+
+    def reconcile(self, home: Path, **kwargs: Any) -> Any:
+        client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(self.handler),
+                             sleep=lambda s: None)  # fmt: skip
+        return reconcile(home, client=client, since=BASE, until=BASE + timedelta(hours=1),
+                         now=lambda: (BASE + timedelta(days=1)).timestamp(), **kwargs)  # fmt: skip
+
+
+def test_with_several_subscriptions_replays_go_only_to_the_one_named(tmp_path: Path) -> None:
+    # Both systems missed five events. Replaying a delivery of the other subscription would
+    # send the event to its URL, never to our collector.
+    rows = [delivery(2 * i + k, i, f"evt_{i}", "dead", subscription_id=sub)
+            for i in range(5) for k, sub in enumerate((OTHER, OURS))]  # fmt: skip
+    history = History(rows)
+    with pytest.raises(ConfigError, match=f"{OURS}, {OTHER}.*--subscription-id"):
+        history.reconcile(tmp_path, dry_run=True)
+    report = history.reconcile(tmp_path, subscription_id=OURS)
+    assert len(report.missing) == 5
+    assert {m.subscription_id for m in report.missing} == {OURS}
+    assert {b["subscription_id"] for b in history.bulk} | {
+        r["subscription_id"] for r in rows if r["id"] in history.replays
+    } == {OURS}
+    assert report.errors == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "missing"),
+    [("succeeded", None, 0), ("delivered", None, 0), ("Success", None, 0), ("complete", 200, 0),
+     ("pending", None, 1), ("dead", 500, 1), ("retrying", None, 1)],
+)  # fmt: skip
+def test_a_status_without_payload_is_acknowledged_by_any_success_name_or_a_2xx(
+    tmp_path: Path, status: str, code: int | None, missing: int
+) -> None:
+    # kirim-api.md 7.4: Kirim's name for success is unknown ("succeeded" is a guess).
+    row = delivery(1, 0, "wamid.X", status, event_type="message.status", response_status_code=code)
+    report = History([row]).reconcile(tmp_path, dry_run=True)
+    assert len(report.missing) == missing
+
+
+def test_bulk_windows_hold_the_very_rows_chosen_for_replay(tmp_path: Path) -> None:
+    # evt_6 first failed (a terminal status), long before its replay went dead; the dead
+    # replay is the row to bulk-replay, so a window must hold its time, not the first one's.
+    rows = [delivery(i, i, f"evt_{i}", "dead") for i in range(1, 6)]
+    rows.append(delivery(6, 0.5, "evt_6", "pending"))
+    rows.append(delivery(7, 9, "evt_6", "dead", replayed_from="wbd_006"))
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert report.actions == {"bulk_replay": 6}
+    assert sorted(history.enqueued) == [f"evt_{i}" for i in range(1, 7)]
+
+
+def test_a_history_payload_that_is_no_body_is_kept_once_and_never_replayed(tmp_path: Path) -> None:
+    rows = [delivery(1, 0, "evt_1", "dead", payload="<html>not json</html>")]
+    history = History(rows)
+    first = history.reconcile(tmp_path)
+    second = history.reconcile(tmp_path)
+    assert (first.unparseable, first.quarantined, first.missing) == (1, 1, [])
+    assert (second.unparseable, second.quarantined, second.missing) == (1, 0, [])
+    assert (history.replays, history.bulk) == ([], [])
+    kept = sorted((tmp_path / "quarantine").rglob("*.body"))
+    assert [p.read_bytes() for p in kept] == [b"<html>not json</html>"]

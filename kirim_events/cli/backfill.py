@@ -156,6 +156,14 @@ def reconcile_command(
     warn_days: Annotated[
         float, typer.Option("--warn-days", help="Warn about events this close to the purge.")
     ] = 3.0,
+    subscription_id: Annotated[
+        str | None,
+        typer.Option(
+            "--subscription-id",
+            help="The subscription (wbs_...) that feeds this collector; needed when Kirim's "
+            "history holds several.",
+        ),
+    ] = None,
 ) -> None:
     """Report the events Kirim knows that the lake lacks, and recover them.
 
@@ -167,7 +175,7 @@ def reconcile_command(
     with errors_to_exit(), client:
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
-            warn_days=warn_days,
+            warn_days=warn_days, subscription_id=subscription_id,
         )  # fmt: skip
     _render_reconcile(report)
 
@@ -203,6 +211,12 @@ def _render_reconcile(r: ReconcileReport) -> None:
         console.print(
             f"  bulk_replay {w.subscription_id} status={w.status} "
             f"{_fmt(w.created_after)} .. {_fmt(w.created_before)} (~{w.rows} rows)"
+        )
+    if r.unparseable:
+        kept = "" if r.dry_run else f" ({r.quarantined} newly kept under quarantine/)"
+        console.print(
+            f"{r.unparseable} history payload(s) are no known body: a replay would bring the"
+            f" same bytes, so they are kept in quarantine, not replayed{kept}"
         )
     if not r.dry_run and r.missing:
         console.print(

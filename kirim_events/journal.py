@@ -83,6 +83,16 @@ DEFAULT_RETENTION = timedelta(days=35)
 # Flushes read batches as NDJSON built by SQLite (see journal_rows).
 _INBOX_JSON = [("seq", "i.seq"), ("payload", "b.payload")] + [(c, f"i.{c}") for c in EVENT_COLUMNS]
 _SELECT_INBOX = ndjson_select("inbox i JOIN bodies b ON b.id = i.body_id", _INBOX_JSON, "i.seq")
+# The last seq of the next batch such that the rows before it hold under a budget of payload
+# bytes (the first row always comes). length() of a BLOB reads its size; of TEXT it counts
+# characters, which made this query take half again as long.
+_INBOX_CUT = """SELECT max(seq) FROM (
+    SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size AS before FROM (
+        SELECT i.seq AS seq, length(CAST(b.payload AS BLOB)) AS size
+        FROM inbox i JOIN bodies b ON b.id = i.body_id WHERE i.seq <= ? ORDER BY i.seq LIMIT ?
+    )
+) WHERE before < ?"""
+FLUSH_BYTES = 64 * 1024 * 1024  # payload bytes per lake write, besides the row limit
 _RECEIPTS_JSON = [("seq", "seq")] + [(c, c) for c in RECEIPT_COLUMNS]
 _SELECT_RECEIPTS = ndjson_select("receipts", _RECEIPTS_JSON, "seq")
 
@@ -467,7 +477,9 @@ class Journal:
 
     # ------------------------------------------------------------------ flush
 
-    def flush(self, lake: LakeSink, *, batch_size: int = 50_000) -> FlushReport:
+    def flush(
+        self, lake: LakeSink, *, batch_size: int = 50_000, max_bytes: int = FLUSH_BYTES
+    ) -> FlushReport:
         """Move journaled events and receipts into ``lake``, then forget them here.
 
         Events go first, then receipts; each batch is deleted from the journal only after the
@@ -483,6 +495,10 @@ class Journal:
         the next one. (Chasing them under a steady stream of webhooks kept the flusher
         writing small batches without pause, each paying the lake's fixed cost per write.)
 
+        Each lake write takes at most ``batch_size`` events and, past the first, at most
+        ``max_bytes`` bytes of payload: each record of a batched Meta body carries the
+        whole body, so a body of n statuses is n copies of n statuses.
+
         Returns
         -------
         FlushReport
@@ -494,14 +510,16 @@ class Journal:
                 top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
                 top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0
             while (
-                batch := self._read_batch(_SELECT_INBOX, _INBOX_JSON, top_inbox, batch_size)
+                batch := self._read_batch(
+                    _SELECT_INBOX, _INBOX_JSON, (top_inbox, batch_size), (_INBOX_CUT, max_bytes)
+                )
             ) is not None:
                 last, events = batch
                 lake.write_events(conform(events, EVENT_SCHEMA))
                 self._submit(forget("inbox", last), recounts_backlog=True).result()
                 n_events += events.num_rows
             while batch := self._read_batch(
-                _SELECT_RECEIPTS, _RECEIPTS_JSON, top_receipts, batch_size
+                _SELECT_RECEIPTS, _RECEIPTS_JSON, (top_receipts, batch_size)
             ):
                 last, receipts = batch
                 lake.write_deliveries(conform(receipts, DELIVERY_SCHEMA))
@@ -529,10 +547,20 @@ class Journal:
             os.close(fd)  # releases the lock
 
     def _read_batch(
-        self, sql: str, columns: Sequence[tuple[str, str]], top: int, limit: int
+        self,
+        sql: str,
+        columns: Sequence[tuple[str, str]],
+        params: tuple[int, int],
+        budget: tuple[str, int] | None = None,
     ) -> tuple[int, pa.Table] | None:
-        """The next ``limit`` rows up to seq ``top`` as an Arrow table and their last seq."""
+        """The next rows (``params``: up to which seq, how many) as an Arrow table, and their
+        last seq; ``budget`` (a query and its limit) first moves that seq down so that the
+        rows hold at most so many payload bytes."""
+        top, limit = params
         with self._reader() as conn:
+            if budget is not None:
+                cut = conn.execute(budget[0], (top, limit, budget[1])).fetchone()[0]
+                top = top if cut is None else min(top, int(cut))
             data = conn.execute(sql, (top, limit)).fetchone()[0]
         if data is None:
             return None

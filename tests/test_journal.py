@@ -206,6 +206,36 @@ def test_two_flushers_on_one_journal_lose_no_acknowledged_event(tmp_path: Path) 
     assert keys == {r.event_key for r in early + late}
 
 
+class _CountingLake:
+    def __init__(self, lake: Lake) -> None:
+        self.lake, self.batches = lake, list[int]()
+
+    def write_events(self, table: Any) -> int:
+        self.batches.append(table.num_rows)
+        return self.lake.write_events(table)
+
+    def write_deliveries(self, table: Any) -> int:
+        return self.lake.write_deliveries(table)
+
+
+def test_a_flush_bounds_the_payload_bytes_of_each_lake_write(tmp_path: Path) -> None:
+    # Each record of a batched Meta body carries the whole body: 300 statuses in one body
+    # are 300 copies of it. Bounded by rows alone, one large batch took gigabytes.
+    statuses = [testing.meta_status("delivered", rng=random.Random(i)) for i in range(300)]
+    body = statuses[0]
+    value = body["entry"][0]["changes"][0]["value"]
+    value["statuses"] = [s["entry"][0]["changes"][0]["value"]["statuses"][0] for s in statuses]
+    recs = records(body)
+    size = len(testing.encode(body))
+    lake = _CountingLake(Lake(tmp_path))
+    with Journal(tmp_path) as j:
+        assert j.append(recs) == [True] * 300
+        report = j.flush(lake, max_bytes=10 * size)
+    assert report.events == 300
+    assert lake.batches == [10] * 30  # ten copies of the body per write
+    assert sorted(lake.lake.events().collect()["event_key"]) == sorted(r.event_key for r in recs)
+
+
 def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
     body = testing.meta_status("sent")
     value = body["entry"][0]["changes"][0]["value"]

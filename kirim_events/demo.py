@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,14 +277,42 @@ def _prepare(folder: Path) -> None:
     present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
     if not present:
         return
-    if not (folder / DEMO_MARKER).is_file():
+    marker = folder / DEMO_MARKER
+    if not marker.is_file():
         raise ConfigError(
             f"{folder} is not empty and was not written by the demo; "
             "run the demo on an empty folder (--data DIR) so it cannot mix with real data"
         )
+    try:
+        sealed = json.loads(marker.read_text()).get("contents")
+    except (OSError, ValueError, AttributeError):
+        sealed = None
+    if sealed is not None and sealed != _contents(folder):
+        raise ConfigError(
+            f"{folder} was written by the demo, but events were added since (a collector or a"
+            " backfill?), so the demo will not clear it; run the demo on another --data DIR"
+        )
     for path in present:
         if path.name in _DEMO_CONTENT and path.is_dir():
             shutil.rmtree(path)
+
+
+def _contents(folder: Path) -> dict[str, Any]:
+    """What the demo left, to check before it clears the folder again: the names of the
+    lake's and the quarantine's files and the journal's number of dedup keys. A collector,
+    a backfill or a compaction changes them; reading the lake does not."""
+    names = sorted(
+        str(path.relative_to(folder))
+        for part in ("events", "deliveries", "quarantine")
+        for path in (folder / part).rglob("*")
+        if path.is_file()
+    )
+    keys = 0
+    journal = folder / "_journal" / "journal.sqlite3"
+    if journal.is_file():
+        with contextlib.closing(sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True)) as conn:
+            keys = int(conn.execute("SELECT count(*) FROM keys").fetchone()[0])
+    return {"files": hashlib.sha256("\n".join(names).encode()).hexdigest(), "keys": keys}
 
 
 def run_demo(
@@ -310,8 +340,9 @@ def run_demo(
         raise ConfigError("scale must be positive")
     folder = Path(data_dir)
     _prepare(folder)
-    (folder / DEMO_MARKER).parent.mkdir(parents=True, exist_ok=True)
-    (folder / DEMO_MARKER).write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
+    marker = folder / DEMO_MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
     progress = on_progress or (lambda stage, done, total: None)
 
     def go() -> DemoReport:
@@ -320,7 +351,11 @@ def run_demo(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return go()
-    # Called from a running event loop (a Jupyter kernel): run on a thread with its own loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(go).result()
+        report = go()
+    else:
+        # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            report = pool.submit(go).result()
+    sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
+    marker.write_text(json.dumps(sealed) + "\n")
+    return report

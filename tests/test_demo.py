@@ -9,10 +9,12 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from kirim_events import Lake
+from kirim_events import Lake, testing
 from kirim_events.cli import app
 from kirim_events.demo import run_demo
 from kirim_events.errors import ConfigError
+from kirim_events.events import parse_delivery
+from kirim_events.journal import Journal
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -72,8 +74,24 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 def test_demo_twice_on_one_folder_starts_afresh(tmp_path: Path) -> None:
     first = run_demo(tmp_path, scale=0.05, seed=2)
+    lake = Lake(tmp_path)  # reading the demo's lake (as the report and notebooks do) is fine
+    assert lake.message_timelines().collect().height > 0
+    assert lake.sql("select count(*) from events").fetchall() == [(first.lake_events,)]
     second = run_demo(tmp_path, scale=0.05, seed=2)
     for report in (first, second):
         assert report.lake_matches_truth, report.notes
         assert report.reconcile_found_exactly
     assert second.lake_events == second.world_events
+
+
+def test_demo_refuses_to_clear_its_folder_once_real_events_came_in(tmp_path: Path) -> None:
+    # `collect --data DIR` into a demo folder, then `demo` again: it cleared the real event.
+    run_demo(tmp_path, scale=0.05, seed=2)
+    real = parse_delivery(testing.encode(testing.kirim_event(event_id="evt_REAL")), {})
+    with Journal(tmp_path) as journal:
+        assert journal.append(real) == [True]
+        journal.flush(Lake(tmp_path))
+    with pytest.raises(ConfigError, match="events were added since"):
+        run_demo(tmp_path, scale=0.05)
+    events = Lake(tmp_path).events().filter(pl.col("event_id") == "evt_REAL").collect()
+    assert events.height == 1

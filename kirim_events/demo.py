@@ -273,8 +273,11 @@ def _prepare(folder: Path) -> None:
     A folder the demo wrote before (it holds the marker) is cleared, so each run starts
     from an empty lake; any other non-empty folder is refused.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
+    except OSError as exc:
+        raise ConfigError(f"cannot use {folder} for the demo's lake: {exc.strerror}") from None
     if not present:
         return
     marker = folder / DEMO_MARKER

@@ -61,3 +61,32 @@ def test_brackets_in_paths_and_messages_are_printed_as_they_are(
     result = runner.invoke(app, ["info", "--data", "my[lake]"])
     assert result.exit_code == 0
     assert "my[lake]" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["report", "--html", "{tmp}/no-such-dir/r.html"], "--html"),
+        (["report", "--html", "{tmp}"], "--html"),
+        (["compact", "--data", "{tmp}/no-such-dir"], "no lake at"),
+        (["demo", "--data", "{tmp}/a-file"], "cannot use"),
+        (["emulate", "--no-api", "--send-to", "not-a-url"], "--send-to"),
+        (["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/h", "--truth", "{tmp}/a-file/x"],
+         "--truth"),
+        (["collect", "--port", "99999"], "--port"),
+    ],
+)  # fmt: skip
+def test_simple_mistakes_get_one_clear_error_and_no_traceback(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "events").mkdir()  # a lake folder for report to open
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if args[0] == "report":
+        args += ["--data", str(tmp_path)]
+    env = {"KIRIM_WEBHOOK_SECRET": "whsec_x", "KIRIM_DATA_DIR": str(tmp_path)}
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, OSError)

@@ -92,3 +92,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # a path or port the OS refused, met past the commands' checks
+        print_error(exc)
+        sys.exit(1)

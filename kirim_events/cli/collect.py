@@ -26,7 +26,9 @@ def collect_command(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; loopback unless you mean otherwise.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8000,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")
+    ] = 8000,
     path: Annotated[
         str, typer.Option("--path", help="Webhook path; other paths answer 404.")
     ] = DEFAULT_PATH,

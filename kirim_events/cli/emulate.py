@@ -75,7 +75,8 @@ _HELP = (
 @command("emulate", help=_HELP)
 def emulate(
     port: Annotated[
-        int, typer.Option("--port", help="Serve the REST API on 127.0.0.1:PORT.")
+        int,
+        typer.Option("--port", min=1, max=65535, help="Serve the REST API on 127.0.0.1:PORT."),
     ] = 8765,
     no_api: Annotated[
         bool, typer.Option("--no-api", help="Do not serve the REST API; exit when sending ends.")
@@ -184,6 +185,13 @@ def emulate(
             raise ConfigError("KIRIM_KEY must be kdv_live_ followed by 24 url-safe characters")
         if no_api and not send_to:
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
+        if send_to and not send_to.startswith(("http://", "https://")):
+            raise ConfigError(f"--send-to must be an http:// or https:// URL, got {send_to!r}")
+        if truth is not None:  # before the run, not after it: the truth would be lost
+            try:
+                truth.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"--truth {truth}: cannot write there ({exc.strerror})") from None
         emu = Emulator(
             seed=seed,
             world=WorldConfig(

@@ -40,6 +40,9 @@ def render_report(report: Report, *, top: int) -> None:
             f" conversations ({report.n_open_conversations:,} open){when}",
         )
     )
+    if report.n_messages == 0 and report.n_conversations == 0:
+        # an empty folder, or an --as-of before the first event: say so, not just zeros
+        console.print(f"(no message or conversation events in the lake{when})")
     funnel = Table("stage", "messages", "share", "of previous", title="Delivery funnel")
     for row in report.funnel.iter_rows(named=True):
         funnel.add_row(
@@ -101,6 +104,8 @@ def report_command(
         if lake_uri is None and not s.data_dir.is_dir():
             # A typo in --data would otherwise print an all-zero report.
             raise ConfigError(f"no lake at {s.data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+        if html is not None and (html.is_dir() or not html.parent.is_dir()):
+            raise ConfigError(f"--html {html}: needs a file name in an existing folder")
         lake = Lake(lake_uri or s.data_dir)
         view = lake.as_of(as_of) if as_of else lake
         report = build_report(view)

@@ -351,12 +351,17 @@ class KirimClient:
                 self._sleep(delay)
 
     def _delay(self, attempt: int, error: ApiError) -> float:
-        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        ceiling: float = min(self.max_backoff, self.backoff * float(1 << min(attempt - 1, 30)))
         with self._rng_lock:
             jitter = self._rng.uniform(0, ceiling)
         if isinstance(error, RateLimited) and error.retry_after is not None:
             # Never earlier than Kirim asked; a little jitter so threads do not stampede.
             return error.retry_after + jitter * 0.1
+        if isinstance(error, RateLimited):
+            # A 429 that says nothing (a proxy's): the limit's window is unknown, so wait at
+            # least 2 s, 4 s, 8 s ... (up to max_backoff), never a jittered instant.
+            floor: float = min(self.max_backoff, float(1 << min(attempt, 30)))
+            return max(floor, ceiling) + jitter * 0.1
         return jitter
 
     # ------------------------------------------------------------------ deliveries

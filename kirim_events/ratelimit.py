@@ -153,7 +153,11 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
 
 
 def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent."""
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date); None if absent.
+
+    An HTTP date is measured from the answer's own ``Date`` when it has one, so a client
+    clock that runs ahead of Kirim's does not shorten the wait; else from ``now``.
+    """
     raw = headers.get("Retry-After")
     if raw is None:
         return None
@@ -161,7 +165,17 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return max(0.0, float(raw.strip()))
     except ValueError:
         pass
+    until = _http_date(raw)
+    if until is None:
+        return None
+    sent = _http_date(headers.get("Date"))
+    return max(0.0, until - (now if sent is None else sent))
+
+
+def _http_date(raw: str | None) -> float | None:
+    if raw is None:
+        return None
     try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - now)
+        return parsedate_to_datetime(raw).timestamp()
     except (TypeError, ValueError, IndexError):
         return None

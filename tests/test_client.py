@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ from kirim_events.errors import (
     RateLimited,
     RetryableApiError,
 )
+from kirim_events.ratelimit import retry_after
 
 KEY = "kdv_live_AAAAAAAAAAAAAAAAAAAAAAAA"
 
@@ -188,6 +191,36 @@ def test_429_gives_up_as_rate_limited_with_retry_after() -> None:
         client.list_deliveries()
     assert info.value.retry_after == 2.0
     assert info.value.code == "rate_limit_exceeded"
+
+
+def test_a_429_without_headers_waits_seconds_growing_each_time() -> None:
+    # A proxy's bare 429 was retried like a 5xx: the first retry could come at once.
+    t = FakeTime()
+    sent_at: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent_at.append(t.now)
+        return httpx.Response(429, text="slow down")
+
+    client = make_client(handler, t)
+    client.max_attempts = 5
+    with pytest.raises(RateLimited):
+        client.list_deliveries()
+    waits = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert [round(w) for w in waits] == [2, 4, 8, 16]
+
+
+def test_retry_after_as_a_date_counts_from_the_answers_own_date() -> None:
+    # Our clock runs 45 s ahead of Kirim's: measured from it, "in 30 s" was already past.
+    now = 1_800_000_000.0
+    kirim_now = now - 45
+    headers = {
+        "Date": formatdate(kirim_now, usegmt=True),
+        "Retry-After": formatdate(kirim_now + 30, usegmt=True),
+    }
+    assert retry_after(headers, now) == 30.0
+    assert retry_after({"Retry-After": headers["Retry-After"]}, now) == 0.0  # no Date: ours
+    assert retry_after({"Retry-After": "12"}, now) == 12.0
 
 
 class BucketServer:

@@ -39,7 +39,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -539,12 +539,17 @@ def backfill(
         run = _Run(client, jr, cp, path, report, page_size, progress, now)
         workers = min(slices, len(cp.slices))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
-            futures = [pool.submit(run.walk, s) for s in cp.slices]
+            pending = {pool.submit(run.walk, s) for s in cp.slices}
             try:
-                for f in futures:
-                    f.result()
+                while pending:
+                    # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
+                    # main thread only when it next runs Python, not while it blocks untimed.
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        f.result()  # the first slice's error, if any
             except BaseException:
                 run.stop.set()  # let the other slices stop after their current page
+                client.interrupt()  # and not sit out a Retry-After or a backoff first
                 raise
         if flush:
             if lake is None:

@@ -42,6 +42,7 @@ from kirim_events.config import Secret, checked_api_key
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
+    Interrupted,
     InvalidResponse,
     NotFoundError,
     PermanentApiError,
@@ -255,14 +256,15 @@ class KirimClient:
     ) -> None:
         self._key = key = checked_api_key(api_key)
         self.base_url = base_url.rstrip("/")
-        self._sleep = sleep
+        self._sleep_fn = sleep
+        self._interrupted = threading.Event()
         self._clock = clock
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.limiter = limiter or RateLimiter(clock=clock, sleep=sleep)
+        self.limiter = limiter or RateLimiter(clock=clock, sleep=self._sleep)
         self.requests_sent = 0
         self.retries = 0
         self._http = httpx.Client(
@@ -275,6 +277,20 @@ class KirimClient:
 
     def __repr__(self) -> str:
         return f"KirimClient({self.base_url!r}, api_key=Secret('**********'))"
+
+    def interrupt(self) -> None:
+        """Cut short every wait of this client, now and later (Retry-After, backoff, pacing):
+        they raise :class:`~kirim_events.errors.Interrupted` (a stopping backfill calls it, so
+        Ctrl-C does not sit out a long Retry-After)."""
+        self._interrupted.set()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._sleep_fn is time.sleep:
+            self._interrupted.wait(seconds)
+        elif not self._interrupted.is_set():
+            self._sleep_fn(seconds)
+        if self._interrupted.is_set():
+            raise Interrupted("the client was interrupted while it waited")
 
     def __enter__(self) -> KirimClient:
         return self

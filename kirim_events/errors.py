@@ -15,6 +15,7 @@
     ├── StorageError                   our own storage failed (retryable: answer 503)
     ├── LakeError                      the lake on disk is unusable
     │   └── SchemaVersionError           written by a newer, incompatible kirim-events
+    ├── Interrupted                    a client's wait (Retry-After, backoff) cut short on stop
     └── ApiError                       an error from Kirim's REST API
         ├── RetryableApiError            408, 429, 5xx, transport errors: try again later
         │   └── RateLimited                429, carries retry_after
@@ -115,6 +116,10 @@ class LakeError(KirimEventsError):
 
 class SchemaVersionError(LakeError):
     """The lake was written by a newer, incompatible version of kirim-events."""
+
+
+class Interrupted(KirimEventsError):
+    """:meth:`KirimClient.interrupt` was called while the client waited to retry or pace."""
 
 
 class ApiError(KirimEventsError):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from loopback import serve
@@ -94,6 +95,35 @@ def test_sigkill_mid_backfill_then_resume_gives_exactly_the_history(
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys
     assert sorted(deliveries["delivery_id"]) == sorted(r.id for r in world.emu.store.deliveries)
+
+
+def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(tmp_path: Path) -> None:
+    # Every answer is 429 with Retry-After: 600. Ctrl-C sat out those ten minutes (the
+    # workers slept, and the signal could land on a worker while the main thread blocked).
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"error": {"type": "rate"}}'})
+
+    data = tmp_path / "data"
+    with serve(busy) as url:
+        env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
+        cmd = [sys.executable, "-m", "kirim_events", "backfill", "--data", str(data),
+               "--since", "1d", "--slices", "3", "--no-progress"]  # fmt: skip
+        # (a child of a background job would start with SIGINT ignored)
+        interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=interruptible)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not list((data / "_state" / "backfill").glob("*.json")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # the slices are waiting out Retry-After now
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert list((data / "_state" / "backfill").glob("*.json"))  # kept: run it again to resume
 
 
 def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) -> None:

@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import random
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import formatdate
@@ -19,6 +21,7 @@ from kirim_events.config import Secret
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
+    Interrupted,
     InvalidResponse,
     NotFoundError,
     PermanentApiError,
@@ -221,6 +224,31 @@ def test_retry_after_as_a_date_counts_from_the_answers_own_date() -> None:
     assert retry_after(headers, now) == 30.0
     assert retry_after({"Retry-After": headers["Retry-After"]}, now) == 0.0  # no Date: ours
     assert retry_after({"Retry-After": "12"}, now) == 12.0
+
+
+def test_interrupt_cuts_a_long_retry_after_short() -> None:
+    # Ctrl-C during a backfill sat out Retry-After: 600 in a worker thread.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "600"})
+
+    client = KirimClient("https://api.test", Secret(KEY), transport=httpx.MockTransport(handler))
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.list_deliveries()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call)
+    started = time.monotonic()
+    worker.start()
+    time.sleep(0.2)
+    client.interrupt()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 10
+    assert [type(e) for e in outcome] == [Interrupted]
 
 
 class BucketServer:

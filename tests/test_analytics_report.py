@@ -90,6 +90,7 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert re.findall(r"<link[^>]*\bhref=", page) == []
     assert "vega-embed.js bundle" in page
     assert "outside_24h_window" in page  # the data travels with the page
+    assert "<title>kirim-events report</title>" in page
 
 
 def test_offline_notebook_charts_are_drawn_locally() -> None:

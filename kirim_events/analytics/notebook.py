@@ -11,6 +11,7 @@ asked for); :func:`save_html` writes a self-contained page with the Vega JavaScr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -315,6 +316,8 @@ def save_html(
         raise ConfigError(
             f"cannot inline the chart JavaScript ({exc}); install vl-convert-python"
         ) from None
+    if "<title>" not in html:  # a browser tab and a bookmark name the report
+        html = html.replace("<head>", f"<head>\n<title>{escape(title)}</title>", 1)
     target = Path(path)
     target.write_text(html, encoding="utf-8")
     return target

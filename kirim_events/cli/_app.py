@@ -19,7 +19,7 @@ from kirim_events.errors import KirimEventsError
 
 app = typer.Typer(
     name="kirim-events",
-    help="Turn Kirim webhooks into analysis-ready data: collect, backfill, analyse, export.",
+    help="Turn Kirim webhooks into analysis-ready data: collect, backfill, reconcile, analyse.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -60,7 +60,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Turn Kirim webhooks into analysis-ready data: collect, backfill, analyse, export."""
+    """Turn Kirim webhooks into analysis-ready data: collect, backfill, reconcile, analyse."""
 
 
 def settings(**overrides: Any) -> Settings:

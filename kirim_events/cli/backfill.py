@@ -323,7 +323,7 @@ def deliveries_bulk_replay(
 ) -> None:
     """Replay every dead (or failed) delivery of a subscription in a time window.
 
-    Kirim replays at most 1000 per call; when it says ``capped``, the window is halved and
+    Kirim replays at most 1000 per call; when it says "capped", the window is halved and
     both halves are replayed again (a few deliveries may then be sent twice; the collector
     deduplicates them).
     """

@@ -17,4 +17,5 @@ def info(data: DataOption = None) -> None:
     table.add_row("API key (KIRIM_KEY)", "set" if s.api_key else "not set")
     table.add_row("webhook secrets (KIRIM_WEBHOOK_SECRET)", f"{len(s.webhook_secrets)} configured")
     table.add_row("signature tolerance", "off" if s.tolerance is None else f"{s.tolerance} s")
+    table.add_row("log format (KIRIM_LOG_FORMAT)", s.log_format)
     console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kirim_events.analytics.report import Report, build_report, write_html
+from kirim_events.backfill import parse_when
 from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
 from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
@@ -88,7 +90,11 @@ def report_command(
     ] = None,
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Report as the world looked at this instant (ISO 8601)."),
+        typer.Option(
+            "--as-of",
+            help="Report as the world looked at this instant: ISO 8601, a date (its 00:00 UTC) "
+            "or a span ago (12h, 7d).",
+        ),
     ] = None,
     top: Annotated[
         int, typer.Option("--top", min=1, help="Failure reasons to list (and to chart).")
@@ -96,7 +102,7 @@ def report_command(
 ) -> None:
     """Summarise the lake: delivery funnel, read rate, top failures, conversation times.
 
-    Reads the lake only: run ``kirim-events compact`` first to include events still in the
+    Reads the lake only: run kirim-events compact first to include events still in the
     collector's journal.
     """
     s = settings(data_dir=data)
@@ -107,7 +113,9 @@ def report_command(
         if html is not None and (html.is_dir() or not html.parent.is_dir()):
             raise ConfigError(f"--html {html}: needs a file name in an existing folder")
         lake = Lake(lake_uri or s.data_dir)
-        view = lake.as_of(as_of) if as_of else lake
+        view = (
+            lake.as_of(parse_when(as_of, now=datetime.now(UTC), name="--as-of")) if as_of else lake
+        )
         report = build_report(view)
         render_report(report, top=top)
         if html is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from typing import Any
 
 import httpx
 import polars as pl
+import pytest
 from loopback import free_port, serve
 from typer.testing import CliRunner
 
@@ -158,3 +161,26 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
     assert "emulator stopped" in out
     assert SECRET not in out
     assert KEY not in out
+
+
+def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It printed nothing for as long as Kirim keeps retrying (about 31 hours, compressed).
+    from kirim_events.cli.emulate import _watch
+    from kirim_events.emulator import Emulator, EngineConfig
+
+    emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=3600))
+    emu.subscribe(f"http://127.0.0.1:{free_port()}/hook")
+
+    async def main() -> None:
+        sending = asyncio.ensure_future(emu.send(5))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_watch(emu, every=0.3), timeout=1.0)
+        emu.stop()
+        await asyncio.gather(sending, return_exceptions=True)
+
+    asyncio.run(main())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0 acknowledged" in out
+    assert "failed in the last 0.3 s, the last: ConnectError" in out

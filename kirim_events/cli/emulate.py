@@ -221,6 +221,24 @@ def emulate(
         console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
 
 
+async def _watch(emu: Emulator, every: float = 5.0) -> None:
+    """A line every few seconds while sending, so an unreachable or failing receiver shows
+    at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression)."""
+    seen = 0
+    while True:
+        await asyncio.sleep(every)
+        attempts = emu.store.attempts
+        new, seen = attempts[seen:], len(attempts)
+        ok = sum(1 for a in attempts if a.outcome == "succeeded")
+        line = f"{len(attempts):,} attempts, {ok:,} acknowledged"
+        failed = [a for a in new if a.outcome != "succeeded"]
+        if failed:
+            last = failed[-1]
+            why = last.error or f"HTTP {last.response_status_code}"
+            line += f"; {len(failed):,} failed in the last {every:g} s, the last: {why}"
+        console.print(line)
+
+
 async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -252,7 +270,11 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
     if send_to:
         emu.subscribe(send_to)
         console.print(f"sending {events} world events to {send_to} ...")
-        report = await emu.send(events)
+        watch = asyncio.ensure_future(_watch(emu))
+        try:
+            report = await emu.send(events)
+        finally:
+            watch.cancel()
     else:
         emu.subscribe(_HISTORY_URL)
         for _ in emu.iter_deliveries(events):

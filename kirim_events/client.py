@@ -356,7 +356,7 @@ class KirimClient:
                     return _decode(response, method, path)
                 error = _error_from(response, method, path, self._clock())
             if not error.retryable or attempt >= self.max_attempts:
-                log.warning("kirim api error (giving up): %s", error)
+                log.info("kirim api error (giving up): %s", error)  # the caller reports it
                 raise error
             self.retries += 1
             delay = self._delay(attempt, error)

@@ -69,9 +69,14 @@ def backfill_command(
     until: UntilOption = None,
     data: DataOption = None,
     slices: Annotated[
-        int, typer.Option("--slices", help="Time slices fetched in parallel (one rate limit).")
+        int,
+        typer.Option(
+            "--slices", min=1, max=64, help="Time slices fetched in parallel (one rate limit)."
+        ),
     ] = 4,
-    page_size: Annotated[int, typer.Option("--page-size", help="Rows per page, 1-100.")] = 100,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, max=100, help="Rows per page, 1-100.")
+    ] = 100,
     subscription_id: SubscriptionOption = None,
     status: Annotated[
         str | None, typer.Option("--status", help="Only deliveries in this Kirim status.")
@@ -88,6 +93,11 @@ def backfill_command(
     """
     s = load_settings(data_dir=data)
     client = _client(data)
+    with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
+        now = datetime.now(UTC)
+        parse_when(since, now=now, name="--since")
+        if until is not None:
+            parse_when(until, now=now, name="--until")
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),

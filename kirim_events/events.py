@@ -34,7 +34,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
@@ -162,10 +162,12 @@ def parse_time(value: Any) -> datetime | None:
         if zone in (None, "Z"):
             return dt.replace(tzinfo=UTC)
         zone = zone.replace(":", "")
-        sign = 1 if zone[0] == "+" else -1
-        offset = sign * (int(zone[1:3]) * 3600 + int(zone[3:5]) * 60)
-        return datetime.fromtimestamp(dt.replace(tzinfo=UTC).timestamp() - offset, UTC)
-    except ValueError:
+        hours, minutes = int(zone[1:3]), int(zone[3:5])
+        if hours > 23 or minutes > 59:
+            return None  # no such offset (+99:99)
+        offset = timedelta(hours=hours, minutes=minutes) * (1 if zone[0] == "+" else -1)
+        return (dt - offset).replace(tzinfo=UTC)  # exact: no float seconds
+    except (ValueError, OverflowError):
         return None
 
 

@@ -403,3 +403,17 @@ def test_meta_body_without_items_is_kept_whole() -> None:
     [rec] = parse_delivery(body, {"X-Kirim-Event": "account.updated", "X-Kirim-Event-Id": "evt_A"})
     assert rec.type == "account.updated"
     assert rec.event_key == "evt_A"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-05-01T00:00:00+99:99", None),  # no such offset
+        ("2026-05-01T00:00:00+05:60", None),
+        ("2026-05-01T00:00:00+14:00", datetime(2026, 4, 30, 10, tzinfo=UTC)),
+        # exact to the microsecond with an offset (it went through float seconds)
+        ("2026-05-01T00:00:00.999999-05:30", datetime(2026, 5, 1, 5, 30, 0, 999999, tzinfo=UTC)),
+    ],
+)
+def test_offsets_are_checked_and_exact(text: str, expected: datetime | None) -> None:
+    assert parse_time(text) == expected

@@ -350,6 +350,9 @@ class KirimClient:
                 error: ApiError = RetryableApiError(
                     f"{method} {path}: {type(exc).__name__}: {text}"
                 )
+            except BaseException:
+                self.limiter.release(klass, None)  # or the limiter counts it in flight for ever
+                raise
             else:
                 self.limiter.release(klass, response.headers)
                 if response.is_success:

@@ -433,3 +433,14 @@ def test_bulk_replay_body_and_result() -> None:
 def test_format_time_rejects_naive() -> None:
     with pytest.raises(ValueError, match="aware"):
         format_time(datetime(2026, 1, 1))
+
+
+def test_a_request_that_raises_otherwise_still_leaves_the_limiter() -> None:
+    # Only transport errors released the limiter's slot: any other error left it "in flight".
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug in a transport")
+
+    client = make_client(handler, FakeTime())
+    with pytest.raises(RuntimeError):
+        client.list_deliveries()
+    assert client.limiter._bucket("read").in_flight == 0

@@ -56,7 +56,7 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("attempts", str(report.attempts))
     table.add_row("succeeded", str(report.succeeded))
     table.add_row("retries scheduled", str(report.retries))
-    table.add_row("duplicates sent (lost acks)", str(report.duplicates))
+    table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))

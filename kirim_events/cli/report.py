@@ -31,6 +31,17 @@ def _secs(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+_ANOMALY_LABELS = {
+    "out_of_order": "messages with a status that arrived out of order",
+    "read_without_delivered": "messages read, never seen delivered",
+    "failed_after_delivered": "messages both failed and delivered",
+    "never_sent": "messages with no sent status seen",
+    "n_duplicates": "status events received more than once (extra copies)",
+    "missing_first_assignment": "conversations whose first assignment was never seen",
+    "n_missing_assignments": "reassignments never seen",
+}
+
+
 def render_report(report: Report, *, top: int) -> None:
     """Print a report as rich tables (shared by `report` and `demo`)."""
     when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
@@ -70,7 +81,7 @@ def render_report(report: Report, *, top: int) -> None:
     console.print(times)
     flags = Table("anomaly", "count", title="What the data could not show cleanly")
     for name, count in report.anomalies.items():
-        flags.add_row(name, f"{count:,}")
+        flags.add_row(_ANOMALY_LABELS.get(name, name), f"{count:,}")
     console.print(flags)
 
 

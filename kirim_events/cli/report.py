@@ -64,7 +64,9 @@ def render_report(report: Report, *, top: int) -> None:
     console.print(funnel)
     console.print(f"delivery rate {_pct(report.delivery_rate)}, read rate {_pct(report.read_rate)}")
     failures = Table("reason", "code", "title", "messages", "share", title="Top failures")
-    for row in report.failures.head(top).iter_rows(named=True):
+    failures.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
+    shown = report.failures.head(top)
+    for row in shown.iter_rows(named=True):
         failures.add_row(
             row["error_label"],
             row["error_code"] or "-",

@@ -6,7 +6,7 @@ import json
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,20 +139,34 @@ def test_flush_keeps_every_character_of_bodies_and_ids(tmp_path: Path) -> None:
     assert (row["delivery_id"], row["attempt"], row["reason"]) == ("wbd_" + odd, 2, odd)
 
 
-class _AppendDuringWrite:
-    """A lake that, while a flush writes, sees one more event journaled (a webhook arriving)."""
+class _Sink:
+    """A lake in front of which a test runs ``before`` at each write of events."""
 
-    def __init__(self, lake: Lake, journal: Journal, late: list[EventRecord]) -> None:
-        self.lake, self.journal, self.late = lake, journal, late
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    def before(self, table: Any) -> None:
+        pass
 
     def write_events(self, table: Any) -> int:
-        if self.late:
-            self.journal.append(self.late, [{"delivery_id": "wbd_late", "outcome": None}])
-            self.late = []
+        self.before(table)
         return self.lake.write_events(table)
 
     def write_deliveries(self, table: Any) -> int:
         return self.lake.write_deliveries(table)
+
+
+class _AppendDuringWrite(_Sink):
+    """A lake that, while a flush writes, sees one more event journaled (a webhook arriving)."""
+
+    def __init__(self, lake: Lake, journal: Journal, late: list[EventRecord]) -> None:
+        super().__init__(lake)
+        self.journal, self.late = journal, late
+
+    def before(self, table: Any) -> None:
+        if self.late:
+            self.journal.append(self.late, [{"delivery_id": "wbd_late", "outcome": None}])
+            self.late = []
 
 
 def test_a_flush_moves_what_was_journaled_when_it_started(tmp_path: Path) -> None:
@@ -170,24 +184,21 @@ def test_a_flush_moves_what_was_journaled_when_it_started(tmp_path: Path) -> Non
     assert sorted(lake.deliveries().collect()["delivery_id"].to_list()) == ["wbd_early", "wbd_late"]
 
 
-class _SecondFlusherDuringWrite:
+class _SecondFlusherDuringWrite(_Sink):
     """While journal ``a`` writes its batch to the lake, a second journal on the same folder
     (another process: a ``compact``, a second ``collect``) flushes, then a webhook arrives."""
 
     def __init__(self, lake: Lake, a: Journal, b: Journal, late: list[EventRecord]) -> None:
-        self.lake, self.a, self.b, self.late = lake, a, b, late
+        super().__init__(lake)
+        self.a, self.late = a, late
         self.other = threading.Thread(target=lambda: b.flush(lake))
 
-    def write_events(self, table: Any) -> int:
+    def before(self, table: Any) -> None:
         if self.late:
             self.other.start()
             self.other.join(timeout=0.5)  # without a lock across processes it empties the inbox
             assert self.a.append(self.late) == [True]  # acknowledged: must reach the lake
             self.late = []
-        return self.lake.write_events(table)
-
-    def write_deliveries(self, table: Any) -> int:
-        return self.lake.write_deliveries(table)
 
 
 def test_two_flushers_on_one_journal_lose_no_acknowledged_event(tmp_path: Path) -> None:
@@ -206,16 +217,13 @@ def test_two_flushers_on_one_journal_lose_no_acknowledged_event(tmp_path: Path) 
     assert keys == {r.event_key for r in early + late}
 
 
-class _CountingLake:
+class _CountingLake(_Sink):
     def __init__(self, lake: Lake) -> None:
-        self.lake, self.batches = lake, list[int]()
+        super().__init__(lake)
+        self.batches: list[int] = []
 
-    def write_events(self, table: Any) -> int:
+    def before(self, table: Any) -> None:
         self.batches.append(table.num_rows)
-        return self.lake.write_events(table)
-
-    def write_deliveries(self, table: Any) -> int:
-        return self.lake.write_deliveries(table)
 
 
 def test_a_flush_bounds_the_payload_bytes_of_each_lake_write(tmp_path: Path) -> None:
@@ -250,18 +258,12 @@ def test_a_meta_batch_stores_its_body_once(journal: Journal) -> None:
         assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 2
 
 
-class _CrashAfterWrite:
+class _CrashAfterWrite(_Sink):
     """A lake whose write succeeds and then the process "dies" before the journal marks it."""
 
-    def __init__(self, lake: Lake) -> None:
-        self.lake = lake
-
-    def write_events(self, recs: Sequence[EventRecord]) -> int:
-        self.lake.write_events(recs)
+    def write_events(self, table: Any) -> int:
+        self.lake.write_events(table)
         raise KeyboardInterrupt("simulated crash after the lake write")
-
-    def write_deliveries(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        return self.lake.write_deliveries(rows)
 
 
 def test_crash_between_lake_write_and_mark_creates_no_visible_duplicate(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
 _FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
 _OVERLAP = timedelta(milliseconds=1)  # Kirim shows delivery times in milliseconds
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
+_RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -506,6 +507,11 @@ def backfill(
     key = _run_key(_asked(since, lo), _asked(until, hi_asked), filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
+    if cp is not None and _asked(since, lo).startswith("ago:"):
+        # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range
+        started = parse_time(cp.snapshot)
+        if started is None or start - started > SPAN_RESUME_WITHIN:
+            cp = None  # start afresh; saving the new checkpoint replaces the old one
     resumed = cp is not None
     if cp is None:
         hi = hi_given or start
@@ -547,10 +553,14 @@ def backfill(
                     done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
                     for f in done:
                         f.result()  # the first slice's error, if any
-            except BaseException:
+            except BaseException as exc:
                 run.stop.set()  # let the other slices stop after their current page
-                client.interrupt()  # and not sit out a Retry-After or a backoff first
+                if not isinstance(exc, Exception):  # Ctrl-C: no Retry-After or backoff first
+                    client.interrupt()
                 raise
+            finally:
+                pool.shutdown(wait=True)
+                client.resume()  # the caller may use this client again
         if flush:
             if lake is None:
                 from kirim_events.lake import Lake

@@ -279,10 +279,14 @@ class KirimClient:
         return f"KirimClient({self.base_url!r}, api_key=Secret('**********'))"
 
     def interrupt(self) -> None:
-        """Cut short every wait of this client, now and later (Retry-After, backoff, pacing):
-        they raise :class:`~kirim_events.errors.Interrupted` (a stopping backfill calls it, so
-        Ctrl-C does not sit out a long Retry-After)."""
+        """Cut short every wait of this client (Retry-After, backoff, pacing) until
+        :meth:`resume`: they raise :class:`~kirim_events.errors.Interrupted` (a backfill
+        stopping on Ctrl-C calls it, so as not to sit out a long Retry-After)."""
         self._interrupted.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`interrupt`: waits are waited out again."""
+        self._interrupted.clear()
 
     def _sleep(self, seconds: float) -> None:
         if self._sleep_fn is time.sleep:

@@ -97,6 +97,13 @@ _RECEIPTS_JSON = [("seq", "seq")] + [(c, c) for c in RECEIPT_COLUMNS]
 _SELECT_RECEIPTS = ndjson_select("receipts", _RECEIPTS_JSON, "seq")
 
 
+def _one_job_may_cause(exc: BaseException) -> bool:
+    """Whether retrying a failed group job by job can help: not when the database itself
+    failed (locked past the busy timeout, disk full, I/O error: SQLite's OperationalError),
+    where each retry would wait and fail again."""
+    return not isinstance(exc, (sqlite3.OperationalError, OSError))
+
+
 class LakeSink(Protocol):
     """What :meth:`Journal.flush` needs from a lake (``kirim_events.Lake`` provides it).
 
@@ -260,8 +267,8 @@ class Journal:
         except Exception as exc:  # sqlite3.Error, OSError, or a bug in an internal job
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            if len(batch) > 1:  # one bad job must not fail those grouped with it: each alone
-                for job in batch:
+            if len(batch) > 1 and _one_job_may_cause(exc):
+                for job in batch:  # one bad job must not fail those grouped with it
                     self._commit([job])
                 return
             err = StorageError(f"journal write failed: {exc}")
@@ -337,7 +344,7 @@ class Journal:
                 self._conn.execute("ROLLBACK")
             self._lock.release()
             self._in_flight.discard(loop)
-            if len(jobs) > 1:  # the writer thread commits each alone: one bad job fails alone
+            if len(jobs) > 1 and _one_job_may_cause(exc):  # the writer thread: each alone
                 for job in jobs:
                     self._queue.put([job])
             else:

@@ -103,7 +103,8 @@ def write_appends(conn: sqlite3.Connection, jobs: list[Job], seen_at: int) -> li
                 body_rows.append((next_body, job.payloads[body]))
                 next_body += 1
             inbox_rows.append((body_ids[body], *row))
-        for receipt in job.receipts:
+        for asked in job.receipts:
+            receipt = list(asked)  # a copy: a job retried alone decides its outcome anew
             if receipt[OUTCOME] is None:
                 receipt[OUTCOME] = "new" if any(flags) else "duplicate"
             if receipt[RECEIVED] is None:

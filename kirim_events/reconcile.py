@@ -185,9 +185,9 @@ class _Scan:
         delivery replayed, so with several subscriptions the one to use must be named."""
         if d.subscription_id is None:
             return True
+        self.subscriptions.add(d.subscription_id)
         if self.subscription_id is not None:
             return d.subscription_id == self.subscription_id
-        self.subscriptions.add(d.subscription_id)
         if len(self.subscriptions) > 1:
             names = ", ".join(sorted(self.subscriptions))
             raise ConfigError(
@@ -373,6 +373,14 @@ def reconcile(
             report.history_pages += 1
             report.history_rows += len(page.deliveries)
             scan.page(page.deliveries)
+        others = scan.subscriptions - {subscription_id}
+        if subscription_id is not None and others and others == scan.subscriptions:
+            # a typo in --subscription-id would otherwise report nothing missing
+            names = ", ".join(sorted(scan.subscriptions))
+            raise ConfigError(
+                f"no delivery of subscription {subscription_id} in Kirim's history for this"
+                f" range; it holds deliveries of {names}"
+            )
         scan.status_chains()
         cands = scan.candidates
         keys = [k for k, m in cands.items() if m.records]

@@ -153,6 +153,43 @@ def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 
+def test_a_span_run_killed_more_than_a_day_ago_starts_afresh(world: World, tmp_path: Path) -> None:
+    # "--since 7d" means the days before now: a killed run weeks old must not be resumed (it
+    # walked the old range, perhaps purged by Kirim, and skipped the days asked for).
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 60)
+    ago = f"{int(t.clock() - since.timestamp()) + 60}s"
+
+    def die(p: BackfillProgress) -> None:
+        raise Killed
+
+    _, client = world.api(t)
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, since=ago, page_size=10, progress=die, now=t.clock)
+    t.sleep(25 * 3600)
+    report = backfill(tmp_path, client=client, since=ago, page_size=10, now=t.clock)
+    assert not report.resumed
+    assert report.until == datetime.fromtimestamp(t.clock(), UTC)
+
+
+def test_a_client_works_again_after_a_backfill_that_failed(world: World, tmp_path: Path) -> None:
+    # A stopping backfill cut the client's waits short for good: every later retry raised.
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t, faults=FaultConfig(error_rate=0.3))
+
+    def fail(p: BackfillProgress) -> None:
+        raise RuntimeError("a bug in a progress callback")
+
+    for stop in (fail, lambda p: (_ for _ in ()).throw(KeyboardInterrupt)):
+        with pytest.raises((RuntimeError, KeyboardInterrupt)):
+            backfill(tmp_path, client=client, since=since, until=until, progress=stop)
+    report = backfill(tmp_path, client=client, since=since, until=until, page_size=10)
+    assert report.resumed
+    assert client.retries > 0  # the faults made it wait, and the waits were waited out
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
 @pytest.mark.parametrize(
     ("since", "message"), [("99999999d", "before 1970"), ("0001-01-01", "before 1970")]
 )

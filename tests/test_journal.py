@@ -281,9 +281,8 @@ def test_crash_between_lake_write_and_mark_creates_no_visible_duplicate(tmp_path
 
 
 def test_concurrent_appends_share_commits(journal: Journal) -> None:
-    gate = threading.Event()
     # Hold the writer inside a transaction so that the appends below pile up in its queue.
-    blocker = journal._submit(lambda conn: gate.wait(10))
+    gate, blocker = _hold(journal)
     futures = [journal.submit(records(testing.kirim_event())) for _ in range(200)]
     commits_before = journal.commits
     gate.set()
@@ -309,11 +308,28 @@ def test_bad_input_fails_at_once_and_alone(journal: Journal) -> None:
     assert journal.append(good) == [True]
 
 
+def _hold(journal: Journal) -> tuple[threading.Event, Any]:
+    """Park the journal's writer thread in a job, so that what is submitted next commits
+    as one group once the returned gate is set. Returns the gate and the job's future."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def park(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    future = journal._submit(park)
+    assert entered.wait(10)
+    return gate, future
+
+
+def _bad_job(conn: sqlite3.Connection) -> None:
+    raise ValueError("a bug in an internal job")
+
+
 def test_a_failing_write_fails_alone_with_storage_error(journal: Journal) -> None:
-    gate = threading.Event()
-    blocker = journal._submit(lambda conn: gate.wait(10))
+    gate, blocker = _hold(journal)
     pending = journal.submit(records(testing.kirim_event()))
-    failing = journal._submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    failing = journal._submit(_bad_job)
     gate.set()  # the three commit as one group, which fails, then each alone
     blocker.exception()
     with pytest.raises(StorageError):
@@ -321,6 +337,21 @@ def test_a_failing_write_fails_alone_with_storage_error(journal: Journal) -> Non
     assert pending.result() == [True]  # grouped with the failure, committed all the same
     assert journal.backlog == 1
     assert journal.append(records(testing.kirim_event())) == [True]  # the next group is fine
+
+
+def test_a_database_error_fails_the_group_without_retrying_each_job(journal: Journal) -> None:
+    # SQLite's OperationalError (locked past the busy timeout, disk full, I/O) would fail
+    # each job again, after another wait: the group fails once, each caller gets a 503.
+    gate, blocker = _hold(journal)
+    pending = journal.submit(records(testing.kirim_event()))
+    journal._submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    commits = journal.commits
+    gate.set()
+    blocker.exception()
+    with pytest.raises(StorageError):
+        pending.result()
+    assert journal.commits == commits + 1  # the blocker's own commit, no retries
+    assert journal.backlog == 0
 
 
 def test_retention_forgets_keys_only_after_the_horizon(tmp_path: Path) -> None:
@@ -424,3 +455,24 @@ def test_journals_opened_at_once_on_a_new_folder_all_open(tmp_path: Path) -> Non
         with ThreadPoolExecutor(6) as pool:
             for future in [pool.submit(open_one) for _ in range(6)]:
                 future.result()
+
+
+def test_a_job_retried_alone_decides_its_receipt_anew(journal: Journal) -> None:
+    # A failed group is retried job by job; the receipt of B kept the outcome "duplicate"
+    # that the failed attempt had given it (A, the same event, came first in the group).
+    import dataclasses
+
+    (good,) = records(testing.kirim_event())
+    bad = dataclasses.replace(good, attempt=2**70)  # a value SQLite cannot bind
+    gate, blocker = _hold(journal)
+    first = journal.submit([bad], [{"delivery_id": "wbd_A", "outcome": None}])
+    second = journal.submit([good], [{"delivery_id": "wbd_B", "outcome": None}])
+    gate.set()  # A and B commit as one group, which fails, then each alone
+    blocker.result()
+    with pytest.raises(StorageError):
+        first.result()
+    assert second.result() == [True]
+    with sqlite3.connect(journal.path) as conn:
+        assert conn.execute("SELECT delivery_id, outcome FROM receipts").fetchall() == [
+            ("wbd_B", "new")
+        ]

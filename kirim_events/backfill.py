@@ -507,7 +507,8 @@ def backfill(
     key = _run_key(_asked(since, lo), _asked(until, hi_asked), filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
-    if cp is not None and _asked(since, lo).startswith("ago:"):
+    spans = _asked(since, lo).startswith("ago:") or _asked(until, hi_asked).startswith("ago:")
+    if cp is not None and spans:
         # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range
         started = parse_time(cp.snapshot)
         if started is None or start - started > SPAN_RESUME_WITHIN:
@@ -553,14 +554,15 @@ def backfill(
                     done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
                     for f in done:
                         f.result()  # the first slice's error, if any
-            except BaseException as exc:
+            except BaseException:
                 run.stop.set()  # let the other slices stop after their current page
-                if not isinstance(exc, Exception):  # Ctrl-C: no Retry-After or backoff first
-                    client.interrupt()
+                client.interrupt()  # without first sitting out a Retry-After or a backoff
                 raise
             finally:
-                pool.shutdown(wait=True)
-                client.resume()  # the caller may use this client again
+                try:
+                    pool.shutdown(wait=True)
+                finally:
+                    client.resume()  # the caller may use this client again
         if flush:
             if lake is None:
                 from kirim_events.lake import Lake

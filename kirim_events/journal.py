@@ -348,7 +348,8 @@ class Journal:
                 for job in jobs:
                     self._queue.put([job])
             else:
-                settle([(jobs[0], None, StorageError(f"journal write failed: {exc}"))])
+                error = StorageError(f"journal write failed: {exc}")
+                settle([(job, None, error) for job in jobs])
             return
         self._committer.submit(self._commit_off_loop, loop, jobs, results)
 

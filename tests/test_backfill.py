@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,23 +154,47 @@ def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 
-def test_a_span_run_killed_more_than_a_day_ago_starts_afresh(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bound", ["since", "until"])
+def test_a_span_run_killed_more_than_a_day_ago_starts_afresh(
+    world: World, tmp_path: Path, bound: str
+) -> None:
     # "--since 7d" means the days before now: a killed run weeks old must not be resumed (it
-    # walked the old range, perhaps purged by Kirim, and skipped the days asked for).
+    # walked the old range, perhaps purged by Kirim, and skipped the days asked for). The
+    # same for a span as --until.
     since, until = window(world)
     t = FakeTime(until.timestamp() + 60)
     ago = f"{int(t.clock() - since.timestamp()) + 60}s"
+    asked = {"since": ago} if bound == "since" else {"since": since, "until": "1s"}
 
     def die(p: BackfillProgress) -> None:
         raise Killed
 
     _, client = world.api(t)
     with pytest.raises(Killed):
-        backfill(tmp_path, client=client, since=ago, page_size=10, progress=die, now=t.clock)
+        backfill(tmp_path, client=client, page_size=10, progress=die, now=t.clock, **asked)
     t.sleep(25 * 3600)
-    report = backfill(tmp_path, client=client, since=ago, page_size=10, now=t.clock)
+    report = backfill(tmp_path, client=client, page_size=10, now=t.clock, **asked)
     assert not report.resumed
-    assert report.until == datetime.fromtimestamp(t.clock(), UTC)
+    end = t.clock() - (0 if bound == "since" else 1)
+    assert report.until == datetime.fromtimestamp(end, UTC)
+
+
+def test_a_backfill_failing_in_one_slice_stops_the_others_at_once(tmp_path: Path) -> None:
+    # One slice got a 401 while the others waited out Retry-After: 8 three times: the error
+    # came 32 s late (the client was interrupted only on Ctrl-C).
+    answers = iter([httpx.Response(401, json={"error": {"type": "authentication_error"}})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(answers, None) or httpx.Response(
+            429, json={"error": {"type": "rate_limit_error"}}, headers={"Retry-After": "8"}
+        )
+
+    client = KirimClient("http://kirim.test", "kdv_live_" + "A" * 24,
+                         transport=httpx.MockTransport(handler), max_attempts=3)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError):
+        backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02", slices=3)
+    assert time.monotonic() - started < 6
 
 
 def test_a_client_works_again_after_a_backfill_that_failed(world: World, tmp_path: Path) -> None:

@@ -476,3 +476,32 @@ def test_a_job_retried_alone_decides_its_receipt_anew(journal: Journal) -> None:
         assert conn.execute("SELECT delivery_id, outcome FROM receipts").fetchall() == [
             ("wbd_B", "new")
         ]
+
+
+def test_a_locked_database_fails_every_grouped_async_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # commit_in_loop: a group failing with a database error settled only its first job; the
+    # others waited for ever. (Busy timeout cut to 0.2 s, another writer holds the lock.)
+    import asyncio
+
+    setup = Journal._setup
+
+    def quick(conn: sqlite3.Connection) -> None:
+        setup(conn)
+        conn.execute("PRAGMA busy_timeout = 200")
+
+    monkeypatch.setattr(Journal, "_setup", staticmethod(quick))
+    recs = [records(testing.kirim_event(rng=random.Random(i))) for i in range(3)]
+    with Journal(tmp_path, commit_in_loop=True) as journal:
+        other = sqlite3.connect(journal.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+
+        async def burst() -> list[Any]:
+            appends = [journal.append_async(r) for r in recs]
+            return await asyncio.wait_for(asyncio.gather(*appends, return_exceptions=True), 10)
+
+        results = asyncio.run(burst())
+        other.execute("ROLLBACK")
+        other.close()
+    assert [type(r) for r in results] == [StorageError] * 3

@@ -249,8 +249,13 @@ def test_with_several_subscriptions_replays_go_only_to_the_one_named(tmp_path: P
     history = History(rows)
     with pytest.raises(ConfigError, match=f"{OURS}, {OTHER}.*--subscription-id"):
         history.reconcile(tmp_path, dry_run=True)
-    with pytest.raises(ConfigError, match=f"no delivery of subscription {OTHER[:-1]}C"):
-        history.reconcile(tmp_path, subscription_id=OTHER[:-1] + "C")  # a typo: not 0 missing
+    # A typo (or a quiet range) reported nothing missing without a word: now a note says so.
+    typo = history.reconcile(tmp_path, subscription_id=OTHER[:-1] + "C", dry_run=True)
+    assert typo.missing == []
+    assert typo.notes == [
+        f"no delivery of subscription {OTHER[:-1]}C in this range; the history holds"
+        f" deliveries of {OURS}, {OTHER}: check --subscription-id"
+    ]
     report = history.reconcile(tmp_path, subscription_id=OURS)
     assert len(report.missing) == 5
     assert {m.subscription_id for m in report.missing} == {OURS}

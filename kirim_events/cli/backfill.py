@@ -233,6 +233,8 @@ def _render_reconcile(r: ReconcileReport) -> None:
             f"imported {r.imported}; replayed {r.replayed}; bulk_replay calls {r.bulk_calls} "
             f"({r.bulk_enqueued} enqueued). Replays reach your collector, not this command."
         )
+    for note in r.notes:
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
     for line in r.errors:
         print_error(line)
     if r.errors:

@@ -507,7 +507,9 @@ def backfill(
     key = _run_key(_asked(since, lo), _asked(until, hi_asked), filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
-    spans = _asked(since, lo).startswith("ago:") or _asked(until, hi_asked).startswith("ago:")
+    # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
+    bounds = (_asked(since, lo), _asked(until, hi_asked))
+    spans = any(b.startswith("ago:") and b != "ago:now" for b in bounds)
     if cp is not None and spans:
         # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range
         started = parse_time(cp.snapshot)

@@ -179,6 +179,26 @@ def test_a_span_run_killed_more_than_a_day_ago_starts_afresh(
     assert report.until == datetime.fromtimestamp(end, UTC)
 
 
+@pytest.mark.parametrize("until", [None, "now"])
+def test_an_until_of_now_stays_fixed_when_resumed_even_days_later(
+    world: World, tmp_path: Path, until: str | None
+) -> None:
+    # Omitted and "now" mean the same: the end fixed when the run first started.
+    since, _ = window(world)
+    t = FakeTime(window(world)[1].timestamp() + 60)
+    first_end = datetime.fromtimestamp(t.clock(), UTC)
+
+    def die(p: BackfillProgress) -> None:
+        raise Killed
+
+    _, client = world.api(t)
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, since=since, until=until, progress=die, now=t.clock)
+    t.sleep(25 * 3600)
+    report = backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
+    assert (report.resumed, report.until) == (True, first_end)
+
+
 def test_a_backfill_failing_in_one_slice_stops_the_others_at_once(tmp_path: Path) -> None:
     # One slice got a 401 while the others waited out Retry-After: 8 three times: the error
     # came 32 s late (the client was interrupted only on Ctrl-C).

@@ -9,8 +9,10 @@ decides, per event, whether the store already holds it:
   event id is the event's key (``evt_`` ids, inbound wamids), checked against the index and
   the lake's ``event_id``. A Meta ``message.status`` id is the *message's* wamid, shared by
   its sent/delivered/read events (kirim-api.md §5), so the store cannot tell them apart; such
-  a row counts as missing exactly when its delivery chain (the row and its replays) never
-  succeeded -- Kirim's own record that our endpoint never acknowledged it.
+  a row counts as missing exactly when no delivery of its chain (the row and its replays) was
+  acknowledged (:func:`acknowledged`) -- Kirim's own record that our endpoint never took it.
+* Only the deliveries of one subscription count (``subscription_id``; required when the
+  history holds several): a replay goes to the URL of the delivery it repeats.
 
 The report lists the missing events by type and day, oldest first, and warns when one is
 within ``warn_days`` of Kirim's 30-day purge. Recovery, unless ``dry_run``:

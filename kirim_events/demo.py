@@ -313,7 +313,8 @@ def _contents(folder: Path) -> dict[str, Any]:
     keys = 0
     journal = folder / "_journal" / "journal.sqlite3"
     if journal.is_file():
-        with contextlib.closing(sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True)) as conn:
+        uri = f"{journal.resolve().as_uri()}?mode=ro"  # as_uri() refuses a relative path
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             keys = int(conn.execute("SELECT count(*) FROM keys").fetchone()[0])
     return {"files": hashlib.sha256("\n".join(names).encode()).hexdigest(), "keys": keys}
 

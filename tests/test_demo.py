@@ -72,12 +72,16 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert precious.exists()
 
 
-def test_demo_twice_on_one_folder_starts_afresh(tmp_path: Path) -> None:
-    first = run_demo(tmp_path, scale=0.05, seed=2)
+def test_demo_twice_on_one_folder_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative folder, as README's `kirim-events demo` uses
+    first = run_demo("data", scale=0.05, seed=2)
+    tmp_path = tmp_path / "data"
     lake = Lake(tmp_path)  # reading the demo's lake (as the report and notebooks do) is fine
     assert lake.message_timelines().collect().height > 0
     assert lake.sql("select count(*) from events").fetchall() == [(first.lake_events,)]
-    second = run_demo(tmp_path, scale=0.05, seed=2)
+    second = run_demo("data", scale=0.05, seed=2)
     for report in (first, second):
         assert report.lake_matches_truth, report.notes
         assert report.reconcile_found_exactly

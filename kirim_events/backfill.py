@@ -504,11 +504,11 @@ def backfill(
         if v
     }
     root = Path(data)
-    key = _run_key(_asked(since, lo), _asked(until, hi_asked), filters)
+    bounds = (_asked(since, lo), _asked(until, hi_asked))
+    key = _run_key(*bounds, filters)
     path = root / "_state" / "backfill" / f"{key}.json"
     cp = _Checkpoint.load(path)
     # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
-    bounds = (_asked(since, lo), _asked(until, hi_asked))
     spans = any(b.startswith("ago:") and b != "ago:now" for b in bounds)
     if cp is not None and spans:
         # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range

@@ -36,6 +36,11 @@ def print_error(message: object) -> None:
     err_console.print(Text.assemble(("error:", "red"), " ", str(message)))
 
 
+def print_note(message: object) -> None:
+    """One yellow ``note:`` line on stdout: worth a look, not a failure."""
+    console.print(Text.assemble(("note:", "yellow"), " ", str(message)))
+
+
 DataOption = Annotated[
     Path | None,
     typer.Option("--data", help="Data folder (the lake). Env: KIRIM_DATA_DIR; default ./data."),

@@ -20,6 +20,7 @@ from kirim_events.cli._app import (
     err_console,
     errors_to_exit,
     print_error,
+    print_note,
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
@@ -234,7 +235,7 @@ def _render_reconcile(r: ReconcileReport) -> None:
             f"({r.bulk_enqueued} enqueued). Replays reach your collector, not this command."
         )
     for note in r.notes:
-        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
+        print_note(note)
     for line in r.errors:
         print_error(line)
     if r.errors:

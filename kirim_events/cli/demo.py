@@ -11,7 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from kirim_events.analytics.report import build_report
-from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
+from kirim_events.cli._app import (
+    DataOption,
+    command,
+    console,
+    errors_to_exit,
+    print_note,
+    settings,
+)
 from kirim_events.cli.report import render_report
 from kirim_events.demo import DemoReport, run_demo
 from kirim_events.lake import Lake
@@ -69,7 +76,7 @@ def demo(
             result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
     console.print(_summary(result))
     for note in result.notes:
-        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
+        print_note(note)
     with errors_to_exit():
         render_report(build_report(Lake(Path(s.data_dir))), top=5)
     console.print(

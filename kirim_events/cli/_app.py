@@ -15,7 +15,7 @@ from rich.text import Text
 
 from kirim_events import __version__
 from kirim_events.config import Settings
-from kirim_events.errors import KirimEventsError
+from kirim_events.errors import ConfigError, KirimEventsError
 
 app = typer.Typer(
     name="kirim-events",
@@ -34,6 +34,13 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 def print_error(message: object) -> None:
     """One red ``error:`` line on stderr, the message printed as it is."""
     err_console.print(Text.assemble(("error:", "red"), " ", str(message)))
+
+
+def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
+    """ConfigError unless the data folder exists (when it is the lake): a typo in --data
+    would otherwise read an empty lake and print zeros."""
+    if lake_uri is None and not data_dir.is_dir():
+        raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
 
 
 def print_note(message: object) -> None:
@@ -81,8 +88,6 @@ def errors_to_exit() -> Iterator[None]:
         yield
     except KirimEventsError as exc:
         print_error(exc)
-        from kirim_events.errors import ConfigError
-
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
 
 

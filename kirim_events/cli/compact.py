@@ -7,8 +7,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
-from kirim_events.errors import ConfigError
+from kirim_events.cli._app import (
+    DataOption,
+    command,
+    console,
+    errors_to_exit,
+    require_folder,
+    settings,
+)
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 
@@ -43,9 +49,7 @@ def compact_command(
     """
     s = settings(data_dir=data)
     with errors_to_exit():
-        if lake_uri is None and not s.data_dir.is_dir():
-            # A typo in --data would otherwise print an all-zero table.
-            raise ConfigError(f"no lake at {s.data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+        require_folder(s.data_dir, lake_uri)
         lake = Lake(lake_uri or s.data_dir)
         flushed = None
         if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():

@@ -12,7 +12,14 @@ from rich.text import Text
 
 from kirim_events.analytics.report import Report, build_report, write_html
 from kirim_events.backfill import parse_when
-from kirim_events.cli._app import DataOption, command, console, errors_to_exit, settings
+from kirim_events.cli._app import (
+    DataOption,
+    command,
+    console,
+    errors_to_exit,
+    require_folder,
+    settings,
+)
 from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
 
@@ -65,8 +72,7 @@ def render_report(report: Report, *, top: int) -> None:
     console.print(f"delivery rate {_pct(report.delivery_rate)}, read rate {_pct(report.read_rate)}")
     failures = Table("reason", "code", "title", "messages", "share", title="Top failures")
     failures.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
-    shown = report.failures.head(top)
-    for row in shown.iter_rows(named=True):
+    for row in report.failures.head(top).iter_rows(named=True):
         failures.add_row(
             row["error_label"],
             row["error_code"] or "-",
@@ -120,9 +126,7 @@ def report_command(
     """
     s = settings(data_dir=data)
     with errors_to_exit():
-        if lake_uri is None and not s.data_dir.is_dir():
-            # A typo in --data would otherwise print an all-zero report.
-            raise ConfigError(f"no lake at {s.data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+        require_folder(s.data_dir, lake_uri)
         if html is not None and (html.is_dir() or not html.parent.is_dir()):
             raise ConfigError(f"--html {html}: needs a file name in an existing folder")
         lake = Lake(lake_uri or s.data_dir)

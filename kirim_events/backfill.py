@@ -47,7 +47,7 @@ from typing import Any
 
 from kirim_events.client import Delivery, KirimClient, Page, format_time
 from kirim_events.errors import ConfigError, PayloadError, PermanentApiError, StorageError
-from kirim_events.events import EventRecord, parse_delivery, parse_time
+from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.journal import Journal
 
 __all__ = [
@@ -164,7 +164,7 @@ def delivery_row(
         "delivery_id": d.id,
         "attempt": d.attempt,
         "event_id": d.event_id,
-        "event_type": d.event_type,
+        "event_type": canonical_type(d.event_type),
         "origin": "backfill",
         "outcome": d.status,
         "reason": reason or d.error,

@@ -54,6 +54,12 @@ ORIGINS = ("webhook", "backfill", "replay", "import")
 _TYPE_ALIASES = {"message.status_updated": "message.status"}
 
 
+def canonical_type(raw: str | None) -> str | None:
+    """The event type under the name the lake stores it by (``message.status_updated``,
+    the third shape's name, is ``message.status``); other names are kept as given."""
+    return None if raw is None else _TYPE_ALIASES.get(raw, raw)
+
+
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     """One normalized event; the lake's ``events`` row (plus ``ingest_seq`` given at write)."""
@@ -409,7 +415,7 @@ def _kirim_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]
 
 def _legacy_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     raw_type = body["event"]
-    kind = _check_type(_TYPE_ALIASES.get(raw_type, raw_type))
+    kind = _check_type(canonical_type(raw_type))
     data = body["data"]
     message = _get(data, "message") if isinstance(_get(data, "message"), dict) else {}
     typed = _kirim_typed(data)

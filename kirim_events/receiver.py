@@ -34,7 +34,7 @@ from typing import Any
 
 from kirim_events.config import Secret, SecretLike, as_secrets
 from kirim_events.errors import PayloadError, SignatureError, StorageError
-from kirim_events.events import header_number, parse_delivery
+from kirim_events.events import canonical_type, header_number, parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.signing import verify
 
@@ -241,7 +241,7 @@ class Receiver:
             "delivery_id": headers.get("x-kirim-delivery-id"),
             "attempt": header_number(headers.get("x-kirim-attempt")),
             "event_id": headers.get("x-kirim-event-id"),
-            "event_type": headers.get("x-kirim-event"),
+            "event_type": canonical_type(headers.get("x-kirim-event")),
             "origin": "webhook",
             "received_at": received_at,
         }

@@ -84,6 +84,28 @@ async def test_every_body_shape_is_accepted(receiver: Receiver, shape: str) -> N
     assert resp.json() == {"outcome": "new", "events": 1, "new": 1}
 
 
+async def test_a_receipt_names_the_type_as_the_lake_does(
+    receiver: Receiver, journal: Journal
+) -> None:
+    """The third shape's ``message.status_updated`` is stored as ``message.status``; its
+    receipts must be too, or delivery health splits one type over two rows."""
+    body = {
+        "id": "wbd_01",
+        "event": "message.status_updated",
+        "delivered_at": "2026-05-23T10:00:00Z",
+        "data": {"message": {"id": "wamid.X", "status": "delivered"}},
+    }
+    req = signed(body, delivery_id="wbd_01")
+    assert req.headers["X-Kirim-Event"] == "message.status_updated"
+    for _ in range(2):
+        assert (await post(receiver, req)).status_code == 200
+    lake = lake_after_flush(journal)
+    health = lake.delivery_health().collect()
+    assert health["event_type"].to_list() == ["message.status"]
+    row = health.row(0, named=True)
+    assert (row["deliveries"], row["duplicates"], row["n_events"]) == (2, 1, 1)
+
+
 async def test_rotation_and_the_256_header_name(receiver: Receiver) -> None:
     old = await post(receiver, signed(secret=OLD_SECRET))
     alt = await post(receiver, signed(signature_header="X-Kirim-Signature-256"))

@@ -49,6 +49,7 @@ from kirim_events.client import Delivery, KirimClient, Page, format_time
 from kirim_events.errors import ConfigError, PayloadError, PermanentApiError, StorageError
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.journal import Journal
+from kirim_events.timearg import read_time
 
 __all__ = [
     "BackfillProgress",
@@ -94,12 +95,7 @@ def _when(value: str | datetime, now: datetime, name: str) -> datetime:
             return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
         except OverflowError:
             raise ConfigError(f"{name} {value!r} is before 1970") from None
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        try:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    parsed = parse_time(value) if not text.isdigit() else None
+    parsed = read_time(value)
     if parsed is None:
         raise ConfigError(
             f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
 
@@ -54,6 +54,10 @@ ORIGINS = ("webhook", "backfill", "replay", "import")
 _TYPE_ALIASES = {"message.status_updated": "message.status"}
 
 
+@overload
+def canonical_type(raw: str) -> str: ...
+@overload
+def canonical_type(raw: None) -> None: ...
 def canonical_type(raw: str | None) -> str | None:
     """The event type under the name the lake stores it by (``message.status_updated``,
     the third shape's name, is ``message.status``); other names are kept as given."""

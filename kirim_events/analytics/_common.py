@@ -6,9 +6,12 @@ DuckDB views (``sql.py`` renders the same tables into SQL), so the two cannot dr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import polars as pl
+
+from kirim_events.errors import ConfigError
+from kirim_events.timearg import TimeLike, read_time
 
 __all__ = [
     "ERROR_LABELS",
@@ -44,15 +47,18 @@ OTHER_ERROR = "other"
 US = pl.Datetime("us", "UTC")
 
 
-def as_utc(ts: datetime | str) -> datetime:
-    """Return ``ts`` as an aware UTC datetime (ISO text accepted; naive means UTC)."""
-    value = datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+def as_utc(ts: TimeLike) -> datetime:
+    """Return ``ts`` as an aware UTC datetime (see :func:`kirim_events.timearg.read_time`).
+
+    Raises ConfigError for anything that names no time.
+    """
+    value = read_time(ts)
+    if value is None:
+        raise ConfigError(f"as_of {ts!r} is not a time: use ISO 8601, a date or a datetime")
+    return value
 
 
-def cut(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
     """Keep the events that had happened by ``as_of`` (event time); all when None."""
     if as_of is None:
         return events

@@ -18,11 +18,10 @@ both sources count only what had been received by then (events also had to have 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import polars as pl
 
 from kirim_events.analytics._common import US, as_utc, cut, seconds_between
+from kirim_events.timearg import TimeLike
 
 __all__ = ["MAX_ATTEMPT", "delivery_health"]
 
@@ -49,7 +48,7 @@ def delivery_health(
     events: pl.LazyFrame,
     deliveries: pl.LazyFrame,
     *,
-    as_of: datetime | None = None,
+    as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """Per (day, event_type): deliveries, attempt distribution, retry rate, lateness, duplicates.
 

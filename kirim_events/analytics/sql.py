@@ -8,8 +8,6 @@ Timestamps are TIMESTAMPTZ; days are taken in UTC whatever the session time zone
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from kirim_events.analytics._common import (
     ERROR_LABELS,
     OTHER_ERROR,
@@ -18,6 +16,7 @@ from kirim_events.analytics._common import (
     as_utc,
 )
 from kirim_events.analytics.health import MAX_ATTEMPT
+from kirim_events.timearg import TimeLike
 
 __all__ = ["analytics_views"]
 
@@ -32,7 +31,7 @@ def _in(values: tuple[str, ...] | list[str]) -> str:
     return "(" + ", ".join(_quote(v) for v in values) + ")"
 
 
-def _cut(as_of: datetime | None, column: str = "occurred_at") -> str:
+def _cut(as_of: TimeLike | None, column: str = "occurred_at") -> str:
     if as_of is None:
         return ""
     return f" AND {column} <= TIMESTAMPTZ {_quote(as_utc(as_of).isoformat())}"
@@ -61,7 +60,7 @@ def _status_case(column: str) -> str:
     return f"CASE {column} {whens} END"
 
 
-def _status_rows(as_of: datetime | None, copies: str | None) -> str:
+def _status_rows(as_of: TimeLike | None, copies: str | None) -> str:
     return f"""
     SELECT s.*, {_rank_case("status")}::TINYINT AS _rank
     FROM {_events_with_dups(copies)} s
@@ -77,11 +76,11 @@ def _late(source: str) -> str:
     FROM ({source}) x"""
 
 
-def _status_events(as_of: datetime | None, copies: str | None) -> str:
+def _status_events(as_of: TimeLike | None, copies: str | None) -> str:
     return _late(_status_rows(as_of, copies))
 
 
-def message_timelines_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``message_timelines`` view (rules and fast path: ``timelines.py``)."""
     statuses = list(STATUS_RANK)
     labels = " ".join(f"WHEN {_quote(k)} THEN {_quote(v)}" for k, v in ERROR_LABELS.items())
@@ -149,7 +148,7 @@ def message_timelines_sql(as_of: datetime | None = None, copies: str | None = No
     FROM h"""
 
 
-def message_status_history_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``message_status_history`` view (rules: ``timelines.py``)."""
     window = f"PARTITION BY message_id ORDER BY {_ORDER}"
     return f"""
@@ -168,14 +167,14 @@ def message_status_history_sql(as_of: datetime | None = None, copies: str | None
     FROM h ORDER BY message_id, seq"""
 
 
-def _conversation_rows(as_of: datetime | None, copies: str | None) -> str:
+def _conversation_rows(as_of: TimeLike | None, copies: str | None) -> str:
     return f"""
     r AS (
       SELECT * FROM {_events_with_dups(copies)} e WHERE conversation_id IS NOT NULL{_cut(as_of)}
     )"""
 
 
-def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``conversation_cycles`` view (rules: ``conversations.py``).
 
     Each event gets its cycle from an as-of join with the running count of closes per
@@ -238,7 +237,7 @@ def conversation_cycles_sql(as_of: datetime | None = None, copies: str | None = 
     ORDER BY conversation_id, cycle"""
 
 
-def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | None = None) -> str:
+def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``conversation_lifecycles`` view (rules: ``conversations.py``).
 
     Like the Polars helper, only assignments and closes are ordered; the rest is one
@@ -307,7 +306,7 @@ def conversation_lifecycles_sql(as_of: datetime | None = None, copies: str | Non
     FROM h"""
 
 
-def delivery_health_sql(as_of: datetime | None = None) -> str:
+def delivery_health_sql(as_of: TimeLike | None = None) -> str:
     """SELECT for the ``delivery_health`` view (rules: ``health.py``)."""
     attempts = ",\n        ".join(
         f"count(*) FILTER (WHERE a = {n})::BIGINT AS n_attempt_{n}" for n in range(1, MAX_ATTEMPT)
@@ -342,7 +341,7 @@ def delivery_health_sql(as_of: datetime | None = None) -> str:
     ORDER BY day, event_type"""
 
 
-def analytics_views(*, as_of: datetime | None = None, copies: str | None = None) -> dict[str, str]:
+def analytics_views(*, as_of: TimeLike | None = None, copies: str | None = None) -> dict[str, str]:
     """View name -> SELECT, for every analytics helper.
 
     Parameters

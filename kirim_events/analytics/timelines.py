@@ -34,8 +34,6 @@ order, so results are deterministic.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import polars as pl
 
 from kirim_events.analytics._common import (
@@ -50,6 +48,7 @@ from kirim_events.analytics._common import (
     seconds_between,
     with_dups,
 )
+from kirim_events.timearg import TimeLike
 
 __all__ = ["message_status_history", "message_timelines", "status_events"]
 
@@ -82,7 +81,7 @@ TIMELINE_COLUMNS = (
 )
 
 
-def _ranked(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
+def _ranked(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
     """Status events with ``_rank``, in no particular order."""
     rows = cut(events, as_of).filter(
         pl.col("type").is_in(list(STATUS_EVENT_TYPES))
@@ -95,7 +94,7 @@ def _ranked(events: pl.LazyFrame, as_of: datetime | None) -> pl.LazyFrame:
 
 
 def _status_rows(
-    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: datetime | None
+    events: pl.LazyFrame, copies: pl.LazyFrame | None, as_of: TimeLike | None
 ) -> pl.LazyFrame:
     """Status events with ``_rank`` and ``_dups``, in no particular order."""
     return with_dups(_ranked(events, as_of), copies)
@@ -125,7 +124,7 @@ def status_events(
     events: pl.LazyFrame,
     *,
     copies: pl.LazyFrame | None = None,
-    as_of: datetime | None = None,
+    as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """The status events timelines are built from, sorted by message then event-time order.
 
@@ -151,7 +150,7 @@ def message_timelines(
     events: pl.LazyFrame,
     *,
     copies: pl.LazyFrame | None = None,
-    as_of: datetime | None = None,
+    as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per outbound message (wamid): first time of each status, final status, flags.
 
@@ -278,7 +277,7 @@ def message_status_history(
     events: pl.LazyFrame,
     *,
     copies: pl.LazyFrame | None = None,
-    as_of: datetime | None = None,
+    as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per status event of each message, in event-time order, with its effect.
 

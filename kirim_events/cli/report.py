@@ -131,7 +131,9 @@ def report_command(
             raise ConfigError(f"--html {html}: needs a file name in an existing folder")
         lake = Lake(lake_uri or s.data_dir)
         view = (
-            lake.as_of(parse_when(as_of, now=datetime.now(UTC), name="--as-of")) if as_of else lake
+            lake.as_of(parse_when(as_of, now=datetime.now(UTC), name="--as-of"))
+            if as_of is not None
+            else lake
         )
         report = build_report(view)
         render_report(report, top=top)

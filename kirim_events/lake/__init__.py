@@ -32,8 +32,7 @@ import copy
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
-from datetime import time as dtime
+from datetime import date, datetime
 from os import PathLike
 from typing import Any
 
@@ -45,7 +44,7 @@ import pyarrow.parquet as pq
 
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError
-from kirim_events.events import EventRecord, parse_time
+from kirim_events.events import EventRecord
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
@@ -54,28 +53,20 @@ from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
+from kirim_events.timearg import TimeLike, read_time
 
 __all__ = ["STEPS", "CompactionReport", "Lake"]
-
-TimeLike = datetime | date | str
 
 
 def to_utc(value: TimeLike, *, end_of_day: bool = False) -> datetime:
     """Read a time argument: aware datetime, naive datetime (taken as UTC), date, ISO text."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, dtime.max if end_of_day else dtime.min, UTC)
-    if isinstance(value, str):
-        if len(value.strip()) == 10:
-            try:
-                return to_utc(date.fromisoformat(value.strip()), end_of_day=end_of_day)
-            except ValueError:
-                pass
-        parsed = parse_time(value)
-        if parsed is not None:
-            return parsed
-    raise ConfigError(f"not a time: {value!r} (use ISO 8601, a date or a datetime)")
+    when = read_time(value, end_of_day=end_of_day)
+    if when is None:
+        raise ConfigError(
+            f"not a time: {value!r} (use ISO 8601 such as 2026-05-01T09:00:00Z, a date "
+            "such as 2026-05-01, or a datetime)"
+        )
+    return when
 
 
 class Lake(AnalyticsMixin):

@@ -1,0 +1,78 @@
+"""One reader for typed times: Lake.as_of, the core helpers' as_of and the CLI agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_analytics_support import T0, status
+from typer.testing import CliRunner
+
+import kirim_events as ke
+from kirim_events.analytics.timelines import message_timelines
+from kirim_events.backfill import parse_when
+from kirim_events.cli import app
+from kirim_events.schema import events_table
+from kirim_events.timearg import read_time
+
+NOW = datetime(2026, 5, 24, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-05-01", datetime(2026, 5, 1, tzinfo=UTC)),
+        ("2026-05-01T09:00", datetime(2026, 5, 1, 9, tzinfo=UTC)),  # no seconds
+        ("2026-05-01 09:00:00+07:00", datetime(2026, 5, 1, 2, tzinfo=UTC)),
+        ("2026-05-01T09:00:00.123456789Z", datetime(2026, 5, 1, 9, 0, 0, 123456, UTC)),
+        (datetime(2026, 5, 1, 9), datetime(2026, 5, 1, 9, tzinfo=UTC)),  # naive: UTC
+        (
+            datetime(2026, 5, 1, 9, tzinfo=timezone(timedelta(hours=-5))),
+            datetime(2026, 5, 1, 14, tzinfo=UTC),
+        ),
+        (date(2026, 5, 1), datetime(2026, 5, 1, tzinfo=UTC)),
+    ],
+)
+def test_every_entry_point_reads_a_time_alike(text: str | datetime, expected: datetime) -> None:
+    assert read_time(text) == expected
+    assert ke.Lake("/nonexistent-lake-folder").as_of(text).as_of_ts == expected
+    if isinstance(text, str):
+        assert parse_when(text, now=NOW, name="--as-of") == expected
+
+
+@pytest.mark.parametrize("text", ["20260501", "1779531402", "1779531402.5", "", "  ", "2026-13-01"])
+def test_digits_and_non_times_are_refused_everywhere(text: str) -> None:
+    """Typed as a time, ``20260501`` is a mistake, not unix seconds in 1970."""
+    assert read_time(text) is None
+    with pytest.raises(ke.ConfigError, match="not a time"):
+        ke.Lake("/nonexistent-lake-folder").as_of(text)
+    with pytest.raises(ke.ConfigError, match="not a time"):
+        parse_when(text, now=NOW, name="--as-of")
+    frame = pl.from_arrow(events_table([])).lazy()
+    assert isinstance(frame, pl.LazyFrame)
+    with pytest.raises(ke.ConfigError, match="not a time"):
+        message_timelines(frame, as_of=text)
+
+
+def test_a_core_helper_takes_a_date_as_of() -> None:
+    """A date means its midnight (UTC), as in Lake.as_of."""
+    frame = pl.from_arrow(
+        events_table([status("wamid.A", "sent", 0, 1), status("wamid.A", "read", 86_400, 86_401)])
+    )
+    assert isinstance(frame, pl.DataFrame)
+
+    def status_on(day: date) -> list[str]:
+        return message_timelines(frame.lazy(), as_of=day).collect()["status"].to_list()
+
+    assert status_on(T0.date()) == []  # sent at 10:00 that day
+    assert status_on(T0.date() + timedelta(days=1)) == ["sent"]
+    assert status_on(T0.date() + timedelta(days=2)) == ["read"]
+
+
+def test_report_refuses_an_empty_as_of(tmp_path: Path) -> None:
+    ke.Lake(tmp_path).write_events([status("wamid.A", "sent", 0, 1)])
+    result = CliRunner().invoke(app, ["report", "--data", str(tmp_path), "--as-of", ""])
+    assert result.exit_code == 2, result.output
+    assert "not a time" in result.output

@@ -59,3 +59,28 @@ def test_compact_refuses_a_newer_lake_with_a_one_line_error(tmp_path: Path) -> N
     result = runner.invoke(app, ["compact", "--data", str(tmp_path)])
     assert result.exit_code == 1
     assert "Upgrade kirim-events" in result.output
+
+
+def test_a_damaged_file_is_named_in_one_line_and_the_rest_is_kept(tmp_path: Path) -> None:
+    """A file that is not Parquet (here: truncated, and one overwritten) makes compact and
+    report fail with one line naming it, never a traceback; nothing else is touched."""
+    lake = ke.Lake(tmp_path)
+    for day in range(3):
+        lake.write_events([ev(f"k{day}", occurred=T0 + timedelta(days=day))])
+    assert lake.damaged_files() == []
+    files = sorted(parquet_files(tmp_path / "events"))
+    truncated, overwritten, healthy = files
+    truncated.write_bytes(truncated.read_bytes()[:-20])
+    overwritten.write_text("garbage")
+    before = healthy.read_bytes()
+
+    damaged = lake.damaged_files()
+    assert sorted(damaged) == sorted(str(p.relative_to(tmp_path)) for p in (truncated, overwritten))
+    for args in (["compact"], ["report"]):
+        result = runner.invoke(app, [*args, "--data", str(tmp_path)])
+        assert result.exit_code == 1, result.output
+        out = " ".join(result.output.split())
+        assert "2 damaged Parquet file(s)" in out
+        assert "Traceback" not in out
+    assert healthy.read_bytes() == before
+    assert sorted(parquet_files(tmp_path / "events")) == files

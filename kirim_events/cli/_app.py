@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
+import polars as pl
+import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -16,6 +19,7 @@ from rich.text import Text
 from kirim_events import __version__
 from kirim_events.config import Settings
 from kirim_events.errors import ConfigError, KirimEventsError
+from kirim_events.lake import Lake
 
 app = typer.Typer(
     name="kirim-events",
@@ -81,14 +85,44 @@ def settings(**overrides: Any) -> Settings:
         return Settings.load(os.environ, **overrides)
 
 
+# What the engines raise on a lake file they cannot read (damaged, truncated, not Parquet).
+READ_ERRORS = (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException)
+
+
+def _read_failure(exc: Exception, lake: str | Path) -> str:
+    """One line for a failed read of ``lake``, naming the damaged files when the footers
+    tell which (a file damaged past its footer is named only by the engine's message)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        damaged = Lake(lake).damaged_files()
+    except (KirimEventsError, *READ_ERRORS, OSError):
+        damaged = []
+    if not damaged:
+        return f"could not read the lake at {lake}: {reason}"
+    listed = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
+    return (
+        f"{len(damaged)} damaged Parquet file(s) in the lake at {lake}: {listed}. Move them "
+        "out of the lake and run again; kirim-events reconcile can fetch again the events "
+        "of the last 30 days from Kirim's history"
+    )
+
+
 @contextmanager
-def errors_to_exit() -> Iterator[None]:
-    """Render library errors as one red line and exit 1 (2 for configuration errors)."""
+def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
+    """Render library errors as one red line and exit 1 (2 for configuration errors).
+
+    With ``lake``, a file of that lake the engines cannot read is one line too.
+    """
     try:
         yield
     except KirimEventsError as exc:
         print_error(exc)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    except READ_ERRORS as exc:
+        if lake is None:
+            raise
+        print_error(_read_failure(exc, lake))
+        raise typer.Exit(1) from None
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -183,7 +183,7 @@ def reconcile_command(
     """
     s = load_settings(data_dir=data)
     client = _client(data)
-    with errors_to_exit(), client:
+    with errors_to_exit(lake=s.data_dir), client:
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
             warn_days=warn_days, subscription_id=subscription_id,

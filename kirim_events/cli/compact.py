@@ -48,7 +48,7 @@ def compact_command(
     Safe to interrupt at any moment.
     """
     s = settings(data_dir=data)
-    with errors_to_exit():
+    with errors_to_exit(lake=lake_uri or s.data_dir):
         require_folder(s.data_dir, lake_uri)
         lake = Lake(lake_uri or s.data_dir)
         flushed = None

@@ -125,7 +125,7 @@ def report_command(
     collector's journal.
     """
     s = settings(data_dir=data)
-    with errors_to_exit():
+    with errors_to_exit(lake=lake_uri or s.data_dir):
         require_folder(s.data_dir, lake_uri)
         if html is not None and (html.is_dir() or not html.parent.is_dir()):
             raise ConfigError(f"--html {html}: needs a file name in an existing folder")

@@ -31,10 +31,10 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from os import PathLike
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
@@ -67,6 +67,16 @@ def to_utc(value: TimeLike, *, end_of_day: bool = False) -> datetime:
             "such as 2026-05-01, or a datetime)"
         )
     return when
+
+
+class _Partition(NamedTuple):
+    table: str
+    group: str | None  # the encoded event type; None for deliveries
+    day: str
+    folder: str
+    sizes: dict[str, int]  # every Parquet file in the folder -> bytes
+    counted: list[str]  # the files our readers count
+    manifest: Manifest
 
 
 class Lake(AnalyticsMixin):
@@ -331,13 +341,8 @@ class Lake(AnalyticsMixin):
             hook=hook,
         )
 
-    def stats(self) -> pl.DataFrame:
-        """Rows, files and bytes per partition (files our readers count; copies included).
-
-        Columns: ``table``, ``type``, ``date``, ``files``, ``rows``, ``bytes``, ``clean``
-        (compacted, nothing written since).
-        """
-        out: list[dict[str, Any]] = []
+    def _partitions(self) -> Iterator[_Partition]:
+        """Every partition of both tables, with the files our readers count in it."""
         for table in ("events", "deliveries"):
             for group in list_groups(self.storage, table):
                 manifest = Manifest.load(self.storage, manifest_path(table, group))
@@ -345,23 +350,41 @@ class Lake(AnalyticsMixin):
                     folder = partition_dir(table, group, day)
                     sizes = parquet_names(self.storage, folder)
                     counted = manifest.counted(day, list(sizes))
-                    rows = 0
-                    for name in counted:
-                        meta = pq.read_metadata(
-                            self.storage.full(f"{folder}/{name}"), filesystem=self.storage.fs
-                        )
-                        rows += meta.num_rows
-                    out.append(
-                        {
-                            "table": table,
-                            "type": None if group is None else decode_type(group),
-                            "date": date.fromisoformat(day),
-                            "files": len(counted),
-                            "rows": rows,
-                            "bytes": sum(sizes[n] for n in counted),
-                            "clean": manifest.is_clean(day, counted),
-                        }
-                    )
+                    yield _Partition(table, group, day, folder, sizes, counted, manifest)
+
+    def _rows_in(self, rel: str) -> int:
+        return int(pq.read_metadata(self.storage.full(rel), filesystem=self.storage.fs).num_rows)
+
+    def damaged_files(self) -> list[str]:
+        """Files our readers count whose Parquet footer cannot be read (truncated, damaged,
+        or not Parquet), as paths relative to the lake. Reads each file's footer only."""
+        damaged = []
+        for part in self._partitions():
+            for name in part.counted:
+                try:
+                    self._rows_in(f"{part.folder}/{name}")
+                except (pa.ArrowException, OSError):
+                    damaged.append(f"{part.folder}/{name}")
+        return damaged
+
+    def stats(self) -> pl.DataFrame:
+        """Rows, files and bytes per partition (files our readers count; copies included).
+
+        Columns: ``table``, ``type``, ``date``, ``files``, ``rows``, ``bytes``, ``clean``
+        (compacted, nothing written since).
+        """
+        out = [
+            {
+                "table": part.table,
+                "type": None if part.group is None else decode_type(part.group),
+                "date": date.fromisoformat(part.day),
+                "files": len(part.counted),
+                "rows": sum(self._rows_in(f"{part.folder}/{name}") for name in part.counted),
+                "bytes": sum(part.sizes[n] for n in part.counted),
+                "clean": part.manifest.is_clean(part.day, part.counted),
+            }
+            for part in self._partitions()
+        ]
         schema = {
             "table": pl.String,
             "type": pl.String,

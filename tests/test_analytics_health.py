@@ -59,6 +59,18 @@ def test_attempts_retries_duplicates_and_lateness() -> None:
     assert conv["n_events"] == 1
 
 
+def test_an_unknown_or_zero_attempt_counts_as_the_first() -> None:
+    receipts = [
+        _receipt("wbd_1", 0, 2, "new"),
+        {**_receipt("wbd_2", 1, 3, "new"), "attempt": None},
+        _receipt("wbd_3", 2, 4, "new"),
+    ]
+    got = row(both("delivery_health", [], deliveries=receipts), event_type="message.status")
+    assert got["deliveries"] == 3
+    assert [got[f"n_attempt_{n}"] for n in range(1, 4)] == [2, 1, 0]
+    assert (got["retry_rate"], got["max_attempt"]) == (1 / 3, 2)
+
+
 def test_days_are_utc_receipt_days() -> None:
     late = status("wamid.L", "sent", 0, 86_400 * 2)  # happened on day 0, received on day 2
     health = both("delivery_health", [late], deliveries=[_receipt("wbd_1", 1, 86_400 * 2, "new")])

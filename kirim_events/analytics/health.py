@@ -7,7 +7,8 @@ endpoint see that day". Two sources are combined (full outer join on day and typ
   (attempts seen), ``n_attempt_1`` .. ``n_attempt_8`` (attempt 8 and above in the last),
   ``retry_rate`` (share with attempt > 1), ``max_attempt``, ``duplicates`` (receipts whose
   outcome is ``duplicate``: an event we already had), ``rejected`` (bad signature) and
-  ``quarantined`` (signed but unparseable);
+  ``quarantined`` (signed but unparseable); an attempt that is unknown or 0 (Kirim counts
+  from 1) counts as a first attempt;
 * the ``events`` table (one row per event, first copy): ``n_events`` and the lateness of
   each event's first copy, ``received_at - occurred_at`` in seconds: ``lateness_p50``,
   ``lateness_p90``, ``lateness_max``.
@@ -74,7 +75,7 @@ def delivery_health(
         arrived = pl.col("received_at") <= pl.lit(as_utc(as_of), dtype=US)
         receipts = receipts.filter(arrived)
         seen = seen.filter(arrived)  # what our endpoint had seen by then
-    attempt = pl.col("attempt").fill_null(1)
+    attempt = pl.col("attempt").fill_null(1).clip(lower_bound=1)  # unknown or 0: the first
     outcome = pl.col("outcome")
     per_delivery = receipts.group_by(
         day=pl.col("received_at").dt.date(), event_type=pl.col("event_type")

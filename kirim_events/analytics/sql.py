@@ -315,7 +315,7 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
     return f"""
     WITH d AS (
       SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, event_type,
-        coalesce(attempt, 1) AS a, outcome
+        greatest(coalesce(attempt, 1), 1) AS a, outcome
       FROM deliveries WHERE origin = 'webhook'{_cut(as_of, "received_at")}
     ),
     pd AS (

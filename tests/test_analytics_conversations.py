@@ -118,6 +118,25 @@ def test_missing_first_assignment_is_flagged_not_invented() -> None:
     assert got["first_assigned_at"] is None
     assert got["time_to_first_assignment"] is None
     assert got["n_missing_assignments"] == 1
+    # The cycles say the same of cycle 1, rather than a time to first assignment of 0 s.
+    (cycle,) = both("conversation_cycles", records).to_dicts()
+    assert (cycle["missing_first_assignment"], cycle["first_assigned_at"]) == (True, None)
+    assert cycle["time_to_first_assignment"] is None
+
+
+def test_a_later_cycle_starts_from_the_assignee_before_it() -> None:
+    """After a reopen the first assignment is a reassignment from the last assignee: not
+    missing, and the cycle's first assignment all the same."""
+    records = [
+        conversation("evt_1", "assigned", "cnv_5", 10, 11, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_5", 20, 21, closed_by="usr_a"),
+        conversation("evt_3", "assigned", "cnv_5", 30, 31, user="usr_b", previous="usr_a"),
+    ]
+    first, second = both("conversation_cycles", records).to_dicts()
+    assert (first["first_assigned_at"], first["missing_first_assignment"]) == (at(10), False)
+    assert (second["first_assigned_at"], second["missing_first_assignment"]) == (at(30), False)
+    assert second["time_to_first_assignment"] == 0.0
+    assert first["n_missing_assignments"] + second["n_missing_assignments"] == 0
 
 
 def test_missing_reassignment_is_counted() -> None:

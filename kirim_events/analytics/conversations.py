@@ -174,10 +174,12 @@ def conversation_cycles(
     -------
     polars.LazyFrame
         ``conversation_id``, ``cycle`` (1, 2, ...), ``opened_at``, ``first_assigned_at``
-        (earliest assignment in the cycle), ``n_assignments``, ``n_assignees``,
-        ``assignee_id`` (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
+        (earliest assignment in the cycle; null in cycle 1 when
+        ``missing_first_assignment``), ``n_assignments``, ``n_assignees``, ``assignee_id``
+        (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
         ``closed_by_user_id``, ``is_open``, ``is_reopen`` (cycle > 1),
-        ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
+        ``missing_first_assignment`` (cycle 1 only: its first assignment event already
+        names a previous user, as in the lifecycle), ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
         ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
     """
@@ -193,8 +195,18 @@ def conversation_cycles(
             pl.col("occurred_at")
             .filter(pl.col("user_id").is_not_null())
             .min()
-            .alias("first_assigned_at"),
+            .alias("_first_assigned"),
+            pl.col("_missing").first().alias("_missing_first"),
             *_assignment_aggs(),
+        )
+        .with_columns(
+            # the conversation's first assignment was never seen (as in the lifecycle)
+            missing_first_assignment=(pl.col("cycle") == 1) & pl.col("_missing_first")
+        )
+        .with_columns(
+            first_assigned_at=pl.when(pl.col("missing_first_assignment"))
+            .then(None)
+            .otherwise(pl.col("_first_assigned"))
         )
     )
     closed = _with_cycle(closes, closes).sort([*keys, *ORDER]).group_by(keys).agg(_close_aggs())
@@ -202,6 +214,7 @@ def conversation_cycles(
         base.join(assigned, on=keys, how="left")
         .join(closed, on=keys, how="left")
         .with_columns(pl.col(c).fill_null(0) for c in _ZERO)
+        .with_columns(pl.col("missing_first_assignment").fill_null(False))
     )
     if copies is None:
         out = out.with_columns(n_duplicates=pl.lit(None, dtype=pl.Int64))
@@ -230,6 +243,7 @@ def conversation_cycles(
             "closed_by_user_id",
             "is_open",
             "is_reopen",
+            "missing_first_assignment",
             "n_missing_assignments",
             "time_to_first_assignment",
             "time_to_close",

@@ -210,7 +210,8 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     ),
     ag AS (
       SELECT conversation_id, cycle,
-        min(occurred_at) FILTER (WHERE user_id IS NOT NULL) AS first_assigned_at,
+        min(occurred_at) FILTER (WHERE user_id IS NOT NULL) AS _first_assigned,
+        cycle = 1 AND first(_missing ORDER BY {_ORDER}) AS _missing_first,
         count(user_id)::BIGINT AS n_assignments,
         count(DISTINCT user_id)::BIGINT AS n_assignees,
         last(user_id ORDER BY {_ORDER}) AS assignee_id,
@@ -222,18 +223,24 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
         max(occurred_at) AS closed_at,
         last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id
       FROM t WHERE type = 'conversation.closed' GROUP BY conversation_id, cycle
+    ),
+    j AS (
+      SELECT base.*, ag.*EXCLUDE (conversation_id, cycle), cg.*EXCLUDE (conversation_id, cycle),
+        coalesce(ag._missing_first, false) AS missing_first_assignment,
+        CASE WHEN ag._missing_first THEN NULL ELSE ag._first_assigned END AS first_assigned_at
+      FROM base
+      LEFT JOIN ag USING (conversation_id, cycle)
+      LEFT JOIN cg USING (conversation_id, cycle)
     )
     SELECT conversation_id, cycle, opened_at, first_assigned_at,
       coalesce(n_assignments, 0) AS n_assignments, coalesce(n_assignees, 0) AS n_assignees,
       assignee_id, coalesce(n_closes, 0) AS n_closes, closed_at, closed_by_user_id,
-      (n_closes IS NULL) AS is_open, (cycle > 1) AS is_reopen,
+      (n_closes IS NULL) AS is_open, (cycle > 1) AS is_reopen, missing_first_assignment,
       coalesce(n_missing_assignments, 0) AS n_missing_assignments,
       {_seconds("first_assigned_at", "opened_at")} AS time_to_first_assignment,
       {_seconds("closed_at", "opened_at")} AS time_to_close,
       n_events, n_duplicates, last_event_at
-    FROM base
-    LEFT JOIN ag USING (conversation_id, cycle)
-    LEFT JOIN cg USING (conversation_id, cycle)
+    FROM j
     ORDER BY conversation_id, cycle"""
 
 

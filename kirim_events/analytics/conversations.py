@@ -179,8 +179,9 @@ def conversation_cycles(
         (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
         ``closed_by_user_id``, ``is_open``, ``is_reopen`` (cycle > 1),
         ``missing_first_assignment`` (cycle 1 only: its first assignment event already
-        names a previous user, as in the lifecycle), ``n_missing_assignments``, ``time_to_first_assignment``, ``time_to_close``,
-        ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by conversation_id, cycle
+        names a previous user, as in the lifecycle), ``n_missing_assignments``,
+        ``time_to_first_assignment``, ``time_to_close``, ``n_events``, ``n_duplicates``,
+        ``last_event_at``; sorted by conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
     """
     rows = _rows(events, as_of)

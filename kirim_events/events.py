@@ -37,7 +37,13 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
-from kirim_events.errors import InvalidEventType, InvalidJSON, NotAnObject, UnknownShape
+from kirim_events.errors import (
+    InvalidEventType,
+    InvalidJSON,
+    NotAnObject,
+    PayloadError,
+    UnknownShape,
+)
 
 __all__ = [
     "EVENT_TYPE_PATTERN",
@@ -285,13 +291,17 @@ def _record(base: dict[str, Any], **values: Any) -> EventRecord:
 # --------------------------------------------------------------------------- shapes
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else no items (Meta's arrays, read tolerantly)."""
+    return value if isinstance(value, list) else []
+
+
 def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     block = body.get("kirim")
     kirim: dict[str, Any] = block if isinstance(block, dict) else {}
     position = 0
-    for entry in body.get("entry") or []:
-        changes = _get(entry, "changes")
-        for change in changes if isinstance(changes, list) else []:
+    for entry in _list(body.get("entry")):
+        for change in _list(_get(entry, "changes")):
             value = _get(change, "value")
             if not isinstance(value, dict):
                 continue
@@ -303,11 +313,11 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
                 "conversation_id": _str(_get(kirim, "conversation_id")),
                 "contact_id": _str(_get(kirim, "contact_id")),
             }
-            for item in value.get("statuses") or []:
+            for item in _list(value.get("statuses")):
                 if isinstance(item, dict):
                     yield _meta_status(item, shared, ctx, position)
                     position += 1
-            for item in value.get("messages") or []:
+            for item in _list(value.get("messages")):
                 if isinstance(item, dict):
                     yield _meta_message(item, shared, ctx, position)
                     position += 1
@@ -460,6 +470,8 @@ def decode_body(body: bytes) -> tuple[str, dict[str, Any]]:
         value = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidJSON(f"body is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJSON("body is JSON nested too deeply to read") from None
     if not isinstance(value, dict):
         raise NotAnObject(f"body is JSON {type(value).__name__}, not an object")
     return text, value
@@ -537,7 +549,14 @@ def parse_delivery(
     )
     shape = _detect(obj)
     build = {"meta": _meta_records, "kirim": _kirim_records}.get(shape, _legacy_records)
-    records = list(build(obj, ctx))
+    try:
+        records = list(build(obj, ctx))
+    except PayloadError:
+        raise
+    except Exception as exc:  # valid JSON of a shape we did not foresee: quarantine, never lose
+        raise UnknownShape(
+            f"body looks like the {shape} shape but does not fit it ({type(exc).__name__}: {exc})"
+        ) from exc
     if _SURROGATE_ESCAPE.search(text):
         _refuse_lone_surrogates(records)
     return records

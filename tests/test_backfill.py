@@ -322,6 +322,33 @@ def test_history_without_payload_stores_delivery_rows_only(world: World, tmp_pat
     assert deliveries["n_events"].null_count() == deliveries.height
 
 
+def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) -> None:
+    """Valid JSON the parser did not foresee is kept (whole, or in quarantine): a run that
+    stopped on it would stop again on every resume."""
+    odd_meta = ('{"object":"whatsapp_business_account","entry":[{"id":"1","changes":'
+                '[{"field":"messages","value":{"statuses":5}}]}]}')  # fmt: skip
+    deep = '{"a":' + "[" * 100_000 + "]" * 100_000 + "}"
+    rows = [
+        {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "payload": odd_meta,
+         "created_at": "2026-05-01T10:00:01Z"},
+        {"id": "wbd_b", "status": "dead", "event_id": "evt_2", "payload": deep,
+         "created_at": "2026-05-01T10:00:02Z"},
+    ]  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
+    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    assert (report.rows, report.events_new, report.quarantined) == (2, 1, 1)
+    events, deliveries = lake_frames(tmp_path)
+    assert events["type"].to_list() == ["meta.other"]
+    bad = deliveries.filter(deliveries["delivery_id"] == "wbd_b")
+    assert bad["reason"].to_list() == ["quarantined: invalid_json"]
+    (kept,) = (tmp_path / "quarantine").rglob("*.body")
+    assert kept.read_bytes() == deep.encode()
+
+
 def test_payload_object_is_kept_inexact_and_garbage_is_quarantined(tmp_path: Path) -> None:
     body = {"id": "evt_01", "type": "contact.updated", "created_at": "2026-05-01T10:00:00Z",
             "data": {"contact": {"id": "ctc_1"}}}  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kirim_events import parse_delivery
+from kirim_events import events, parse_delivery
 from kirim_events.errors import (
     InvalidEventType,
     InvalidJSON,
@@ -341,6 +341,7 @@ def test_parse_time(text: object, expected: datetime | None) -> None:
         (b"[1, 2]", NotAnObject),
         (b'"text"', NotAnObject),
         (b"{}", UnknownShape),
+        (b'{"object": "whatsapp_business_account", "entry": 5}', UnknownShape),
         (b'{"type": 5, "data": {}}', UnknownShape),
         (b'{"type": "../etc/passwd", "data": {}}', InvalidEventType),
         (b'{"type": "NoDots", "data": {}}', InvalidEventType),
@@ -374,6 +375,41 @@ def test_bodies_parse_as_the_json_module_reads_them(text: str) -> None:
     expected = json.loads(text)
     assert record.event_key == str(expected["id"])
     assert record.payload == text
+
+
+META_HEAD = '{"object":"whatsapp_business_account","entry":'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        META_HEAD + '[{"id":"1","changes":[{"field":"messages","value":{"statuses":5}}]}]}',
+        META_HEAD + '[{"id":"1","changes":[{"field":"messages","value":{"messages":true}}]}]}',
+        META_HEAD + '[{"id":"1","changes":[{"value":{"statuses":{"id":"wamid.X"}}}]}]}',
+    ],
+)
+def test_meta_arrays_of_another_json_type_keep_the_body_whole(text: str) -> None:
+    (record,) = parse_delivery(text.encode(), received_at=RECEIVED)
+    assert (record.type, record.payload) == ("meta.other", text)
+
+
+def test_json_nested_too_deeply_is_invalid_json_not_a_crash() -> None:
+    with pytest.raises(InvalidJSON, match="nested too deeply"):
+        parse_delivery(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+def test_a_body_the_parser_did_not_foresee_is_a_payload_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a shape's reader trips on, the caller gets a PayloadError (quarantine),
+    never another exception that would stop a backfill or a reconcile."""
+
+    def trips(*args: object) -> None:
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr(events, "_meta_status", trips)
+    with pytest.raises(UnknownShape, match=r"meta shape.*TypeError"):
+        parse_delivery(_meta_status_body(_status("delivered", 1779531402)))
 
 
 def test_a_byte_order_mark_is_still_invalid_json() -> None:

@@ -218,7 +218,9 @@ class KirimClient:
     Parameters
     ----------
     base_url
-        ``KIRIM_API_URL``, e.g. ``https://api.kirim.chat`` (``/v1`` is added per path).
+        ``KIRIM_API_URL``, e.g. ``https://api.kirim.chat``. Every path starts with ``/v1``,
+        which is added per request; a base URL that already ends in ``/v1`` is taken
+        without it.
     api_key
         The ``KIRIM_KEY`` API key, as a :class:`Secret` (a plain str is wrapped).
     transport
@@ -255,7 +257,7 @@ class KirimClient:
         limiter: RateLimiter | None = None,
     ) -> None:
         self._key = key = checked_api_key(api_key)
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self._sleep_fn = sleep
         self._interrupted = threading.Event()
         self._clock = clock

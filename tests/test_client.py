@@ -87,6 +87,22 @@ def test_a_transport_error_that_quotes_the_key_does_not_show_it(
         assert KEY not in text
 
 
+@pytest.mark.parametrize(
+    "base", ["https://api.test", "https://api.test/", "https://api.test/v1", "https://api.test/v1/"]
+)
+def test_a_base_url_ending_in_v1_is_taken_without_it(base: str) -> None:
+    """Every path starts with /v1; a KIRIM_API_URL copied with it must not give /v1/v1."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return page([], None)
+
+    client = KirimClient(base, Secret(KEY), transport=httpx.MockTransport(handler))
+    client.list_deliveries()
+    assert seen == ["/v1/webhook_deliveries"]
+
+
 def test_bearer_auth_and_key_hidden(caplog: pytest.LogCaptureFixture) -> None:
     t = FakeTime()
     seen: list[httpx.Request] = []

@@ -102,6 +102,43 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--send-to", "http://127.0.0.1:99999/hook"], "--send-to must be"),
+        (["--send-to", "http://"], "--send-to must be"),
+        (["--send-to", "ftp://example.com/x"], "--send-to must be"),
+        (["--send-to", "http://127.0.0.1:9/x", "--start", "9999-12-31T23:59:59Z"], "--start"),
+        (["--send-to", "http://127.0.0.1:9/x", "--start", "1969-01-01T00:00:00Z"], "--start"),
+    ],
+)
+def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says: str) -> None:
+    result = runner.invoke(
+        app, ["emulate", "--no-api", "--events", "2", *args], env={"KIRIM_WEBHOOK_SECRET": SECRET}
+    )
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output
+
+
+def test_emulate_on_a_port_in_use_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "kirim_events", "emulate", "--port", str(port), "--events",
+             "2"],
+            env={**os.environ, "KIRIM_KEY": KEY, "COLUMNS": "200"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert f"could not serve on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_emulate_sends_and_serves_the_api_until_sigterm() -> None:
     receiver = Receiver()
     with serve(receiver) as target:

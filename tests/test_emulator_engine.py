@@ -360,6 +360,110 @@ def test_auto_disable_after_consecutive_failed_deliveries() -> None:
     assert all(r.status == "pending" and "disabled" in (r.error or "") for r in held)
 
 
+def test_rows_held_by_a_disabled_subscription_go_out_when_it_is_active_again() -> None:
+    answer = {"status": 400}
+    clock = FakeClock()
+    key = "kdv_live_abcdefghijklmnopqrstuvwx"
+    emu = Emulator(
+        seed=5, secrets=SECRET, api_keys=[key], clock=clock, sleep=clock.sleep,
+        engine=EngineConfig(concurrency=1, auto_disable_after=5),
+    )  # fmt: skip
+    sub = emu.subscribe(URL)
+    receiver = Receiver(policy=lambda n, h: answer["status"], clock=clock)
+    hook = httpx.ASGITransport(app=receiver)
+    _run(emu.send(40, transport=hook))
+    held = [r for r in emu.store.deliveries if r.attempt == 0]
+    assert held
+    assert all(r.status == "pending" for r in held)
+
+    async def reenable_and_deliver() -> int:
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=emu.app), base_url="http://k")
+        async with api, httpx.AsyncClient(transport=hook) as client:
+            answer["status"] = 200
+            resp = await api.patch(
+                f"/v1/webhook_subscriptions/{sub.id}",
+                json={"status": "active"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            await emu.engine.run(None, client=client)
+            return resp.status_code
+
+    assert _run(reenable_and_deliver()) == 200
+    assert all(r.status == "succeeded" and r.error is None for r in held)
+    assert sub.status == "active"
+
+
+def test_a_handler_that_raises_counts_as_a_5xx_and_is_retried() -> None:
+    class Raising(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if not self.requests:
+                self.requests.append(({}, b""))
+                raise RuntimeError("handler bug")
+            await super().__call__(scope, receive, send)
+
+    emu, _, _ = _live(1, receiver=Raising(), concurrency=1)
+    first, second = emu.store.attempts[:2]
+    assert (first.outcome, second.outcome) == ("retry", "succeeded")
+    assert "RuntimeError: handler bug" in (first.error or "")
+    assert emu.engine.report.errors == []
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "waited"),
+    [("inf", (8.0, 12.0)), ("1e300", (8.0, 12.0)), ("-3", (8.0, 12.0)),
+     ("9" * 40, (86_400.0, 86_400.0))],
+)  # fmt: skip
+def test_an_odd_retry_after_never_stalls_the_run(
+    retry_after: str, waited: tuple[float, float]
+) -> None:
+    """Only whole seconds count (else the schedule's 10 s, jittered), at most the longest
+    wait of the schedule: an answer of ``inf`` once left the run waiting for ever."""
+
+    class Limited(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            self.requests.append(({}, b""))
+            first = len(self.requests) == 1
+            headers = [(b"retry-after", retry_after.encode())] if first else []
+            start = {"type": "http.response.start", "status": 429 if first else 200}
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+    async def within_a_minute() -> Emulator:
+        clock = FakeClock()
+        emu = Emulator(
+            seed=1, secrets=SECRET, clock=clock, sleep=clock.sleep,
+            engine=EngineConfig(concurrency=1),
+        )  # fmt: skip
+        emu.subscribe(URL)
+        await asyncio.wait_for(emu.send(1, transport=httpx.ASGITransport(app=Limited())), 60)
+        return emu
+
+    first, second = _run(within_a_minute()).store.attempts[:2]
+    assert waited[0] <= second.sent_at - first.sent_at <= waited[1]
+
+
+def test_pacing_with_held_back_deliveries_waits_instead_of_spinning() -> None:
+    """With --rate, once the queue of fresh deliveries is full and the held-back ones are
+    due later, the loop must wait for them: it once looped without awaiting, which on a
+    fake clock never ends (and on a real one burnt a core)."""
+
+    async def within_a_minute() -> Emulator:
+        clock = FakeClock()
+        emu = Emulator(
+            seed=1, secrets=SECRET, clock=clock, sleep=clock.sleep,
+            engine=EngineConfig(rate=100, disorder=1.0, disorder_delay=5.0, concurrency=1,
+                                duplicate_rate=0),
+        )  # fmt: skip
+        emu.subscribe(URL)
+        receiver = Receiver(clock=clock)
+        await asyncio.wait_for(emu.send(6, transport=httpx.ASGITransport(app=receiver)), 60)
+        return emu
+
+    emu = _run(within_a_minute())
+    assert all(r.status == "succeeded" for r in emu.store.deliveries)
+
+
 def test_bad_engine_config_is_a_config_error() -> None:
     for bad in (
         {"concurrency": 0},

@@ -31,6 +31,8 @@ from kirim_events.events import parse_time
 # to start the world early enough that its traffic ends about now.
 _SECONDS_PER_EVENT = 4.3
 _HISTORY_URL = "https://example.invalid/webhooks/kirim"
+# a lost_ack is a 2xx the emulator sends again, as if the answer never reached Kirim
+_ACKNOWLEDGED = ("succeeded", "lost_ack")
 
 
 class _Server(uvicorn.Server):
@@ -46,7 +48,21 @@ def _start(value: str | None, events: int) -> int:
     parsed = parse_time(value)
     if parsed is None:
         raise ConfigError(f"--start must be an ISO-8601 time, got {value!r}")
+    if not 1970 <= parsed.year <= 9000:  # the world runs on from it, in Kirim's time format
+        raise ConfigError(f"--start must be between 1970 and 9000, got {value!r}")
     return int(parsed.timestamp())
+
+
+def _check_send_to(url: str) -> None:
+    """ConfigError for a URL no request can go to (found now, not after the run)."""
+    try:
+        parsed = httpx.URL(url)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+        ok = ok and (parsed.port is None or 0 < parsed.port < 65536)
+    except httpx.InvalidURL:
+        ok = False
+    if not ok:
+        raise ConfigError(f"--send-to must be an http:// or https:// URL with a host, got {url!r}")
 
 
 def _summary(report: EngineReport, emu: Emulator) -> Table:
@@ -59,6 +75,8 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
+    if report.errors:
+        table.add_row("engine errors (the first)", f"{len(report.errors)} ({report.errors[0]})")
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))
     return table
 
@@ -185,8 +203,8 @@ def emulate(
             raise ConfigError("KIRIM_KEY must be kdv_live_ followed by 24 url-safe characters")
         if no_api and not send_to:
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
-        if send_to and not send_to.startswith(("http://", "https://")):
-            raise ConfigError(f"--send-to must be an http:// or https:// URL, got {send_to!r}")
+        if send_to:
+            _check_send_to(send_to)
         if truth is not None:  # before the run, not after it: the truth would be lost
             try:
                 truth.mkdir(parents=True, exist_ok=True)
@@ -229,14 +247,20 @@ async def _watch(emu: Emulator, every: float = 5.0) -> None:
         await asyncio.sleep(every)
         attempts = emu.store.attempts
         new, seen = attempts[seen:], len(attempts)
-        ok = sum(1 for a in attempts if a.outcome == "succeeded")
+        ok = sum(1 for a in attempts if a.outcome in _ACKNOWLEDGED)
         line = f"{len(attempts):,} attempts, {ok:,} acknowledged"
-        failed = [a for a in new if a.outcome != "succeeded"]
+        failed = [a for a in new if a.outcome not in _ACKNOWLEDGED]
         if failed:
             last = failed[-1]
             why = last.error or f"HTTP {last.response_status_code}"
             line += f"; {len(failed):,} failed in the last {every:g} s, the last: {why}"
         console.print(line)
+
+
+async def _serve(server: _Server) -> None:
+    """Serve until told to stop; uvicorn's sys.exit when it cannot bind ends just this."""
+    with contextlib.suppress(SystemExit):
+        await server.serve()
 
 
 async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
@@ -258,15 +282,17 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_stop)
-    serving = asyncio.ensure_future(server.serve()) if server is not None else None
+    serving = asyncio.ensure_future(_serve(server)) if server is not None else None
     if server is not None:
         while not server.started and not serving.done():  # type: ignore[union-attr]
             await asyncio.sleep(0.05)
         if serving is not None and serving.done():
-            serving.result()
-            print_error(f"could not serve on 127.0.0.1:{port}")
+            print_error(f"could not serve on 127.0.0.1:{port} (is the port in use?)")
             raise typer.Exit(1)
-        console.print(f"Kirim API emulator on http://127.0.0.1:{port}/v1 (key from KIRIM_KEY)")
+        console.print(
+            f"Kirim API emulator on http://127.0.0.1:{port}/v1: point backfill and reconcile "
+            f"at it with KIRIM_API_URL=http://127.0.0.1:{port} (key from KIRIM_KEY)"
+        )
     if send_to:
         emu.subscribe(send_to)
         console.print(f"sending {events} world events to {send_to} ...")
@@ -277,17 +303,22 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             watch.cancel()
     else:
         emu.subscribe(_HISTORY_URL)
-        for _ in emu.iter_deliveries(events):
-            pass
+        for n, _ in enumerate(emu.iter_deliveries(events)):
+            if n % 200 == 0:  # let the API answer and Ctrl+C act while the history grows
+                await asyncio.sleep(0)
+                if stop.is_set():
+                    break
         report = EngineReport(events=len(emu.truth), deliveries=len(emu.store.deliveries))
-        console.print(f"recorded {events} world events as delivery history (not sent)")
+        console.print(f"recorded {len(emu.truth)} world events as delivery history (not sent)")
     console.print(_summary(report, emu))
     if server is not None and serving is not None:
         if not stop.is_set():
             console.print(
                 "sending done; the API keeps serving (replays are delivered). Ctrl+C stops."
             )
-        async with httpx.AsyncClient(timeout=emu.engine_config.timeout + 1.0) as client:
+        async with httpx.AsyncClient(
+            timeout=emu.engine_config.timeout + 1.0, trust_env=False
+        ) as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)
             request_stop()

@@ -176,7 +176,10 @@ class Emulator:
             raise RuntimeError("no subscription: pass url= or call subscribe(url) first")
         # httpx's own 5 s default would cut Kirim's 10 s answer window short.
         timeout = self.engine_config.timeout + 1.0
-        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+        # trust_env=False: a proxy set for the internet must not carry loopback webhooks
+        async with httpx.AsyncClient(
+            transport=transport, timeout=timeout, trust_env=False
+        ) as client:
             return await self.engine.run(self.bundles(n_events), client=client, forever=forever)
 
     def stop(self) -> None:

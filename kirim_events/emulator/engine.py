@@ -267,7 +267,9 @@ class DeliveryEngine:
                     await self._wake.wait()
                     continue
                 wake_at = [self._timers[0][0]] if self._timers else []
-                if source is not None and cfg.rate > 0:
+                if source is not None and cfg.rate > 0 and self._fresh < cfg.concurrency * 4:
+                    # (while the cap holds emitting back, only an attempt or a timer frees
+                    # it: waking for a past next_emit would spin)
                     wake_at.append(next_emit)
                 delay = max(0.0, min(wake_at) - now) if wake_at else None
                 if inflight:
@@ -303,8 +305,9 @@ class DeliveryEngine:
         if row.attempt == 0:
             self._fresh = max(0, self._fresh - 1)
         if sub.status != "active" or sub.deleted:
-            # Queued before the subscription was disabled or deleted: held, not sent.
-            row.error = f"not sent: subscription is {'deleted' if sub.deleted else sub.status}"
+            # Queued before the subscription was disabled or deleted: held, not sent
+            # (sent when the subscription is made active again).
+            self.store.hold(row, "deleted" if sub.deleted else sub.status)
             return
         row.attempt += 1
         n = row.attempt
@@ -334,7 +337,7 @@ class DeliveryEngine:
                     retry_after = _retry_after(response.headers.get("Retry-After"))
             except TimeoutError:
                 error = f"timeout: no answer within {cfg.timeout:g}s"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx
                 error = f"{type(exc).__name__}: {exc}"[:500]
         self.report.attempts += 1
         finished = self._clock()
@@ -394,7 +397,9 @@ def _as_rendered(row: DeliveryRow) -> Rendered:
 
 
 def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else 0.0
-    except ValueError:
+    """A handler's ``Retry-After`` in seconds: whole seconds only (``inf``, ``1e300`` or a
+    date count as none), at most the schedule's longest wait, so no answer stalls the run."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):
         return 0.0
+    return min(float(text), SCHEDULE[-1])  # thousands of digits: float() gives inf

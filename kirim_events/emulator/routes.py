@@ -149,7 +149,7 @@ async def patch_subscription(request: Request, api: ApiState) -> tuple[int, dict
     if "description" in body:
         sub.description = body["description"]
     if body.get("status") == "active":
-        sub.status, sub.consecutive_failures = "active", 0
+        api.store.reactivate(sub)
     sub.updated_at = api.clock()
     return 200, {"data": sub.to_json()}
 

@@ -185,6 +185,8 @@ class Store:
         self.attempts: list[AttemptRecord] = []
         self.record_attempts = record_attempts
         self.on_enqueue: Callable[[DeliveryRow], None] | None = None
+        # subscription id -> rows queued for it while it was not active (sent on reactivate)
+        self.held: dict[str, list[DeliveryRow]] = {}
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -271,6 +273,23 @@ class Store:
         self.deliveries.append(row)
         self.by_id[row.id] = row
         return row
+
+    def hold(self, row: DeliveryRow, why: str) -> None:
+        """Keep a pending row whose subscription is ``why`` (disabled, deleted) unsent."""
+        row.error, row.next_retry_at = f"not sent: subscription is {why}", None
+        self.held.setdefault(row.subscription_id, []).append(row)
+
+    def reactivate(self, sub: Subscription) -> int:
+        """Make ``sub`` active again and hand its held rows to the engine, if one listens
+        (else they stay held). Returns how many rows were handed over."""
+        sub.status, sub.consecutive_failures = "active", 0
+        if self.on_enqueue is None:
+            return 0
+        rows = self.held.pop(sub.id, [])
+        for row in rows:
+            row.error = None
+            self.on_enqueue(row)
+        return len(rows)
 
     def replay(self, original: DeliveryRow, *, now: float) -> DeliveryRow:
         """A new pending row for ``original``'s event, handed to the engine if one listens."""

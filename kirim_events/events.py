@@ -139,17 +139,17 @@ def _digits(value: Any) -> str | None:
 
 _UNIX = re.compile(r"\d{1,12}(\.\d+)?")
 _ISO = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
-    r"(Z|[+-]\d{2}:?\d{2})?$"
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"([Zz]|[+-]\d{2}:?\d{2})?$"
 )
 
 
 def parse_time(value: Any) -> datetime | None:
     """Parse Kirim/Meta time values into an aware UTC datetime with microsecond precision.
 
-    Accepts ISO-8601 (``Z`` or an offset, 0-9 fraction digits; no offset means UTC) and unix
-    seconds as a number or a decimal string (Meta's ``timestamp``). Returns None when the value
-    is absent or unreadable.
+    Accepts ISO-8601 (``Z`` or an offset, 0-9 fraction digits, seconds optional, either case
+    of ``T`` and ``Z``; no offset means UTC) and unix seconds as a number or a decimal string
+    (Meta's ``timestamp``). Returns None when the value is absent or unreadable.
 
     >>> parse_time("2026-05-23T10:00:00.123456789Z").isoformat()
     '2026-05-23T10:00:00.123456+00:00'
@@ -174,8 +174,10 @@ def parse_time(value: Any) -> datetime | None:
     year, month, day, hour, minute, second, frac, zone = m.groups()
     micro = int((frac or "0")[:6].ljust(6, "0"))
     try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro)
-        if zone in (None, "Z"):
+        dt = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro
+        )
+        if zone in (None, "Z", "z"):
             return dt.replace(tzinfo=UTC)
         zone = zone.replace(":", "")
         hours, minutes = int(zone[1:3]), int(zone[3:5])

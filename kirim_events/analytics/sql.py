@@ -313,12 +313,22 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     FROM h"""
 
 
+def _quantile(values: str, q: float) -> str:
+    """Linear quantile of the sorted list ``values`` as Polars computes it, low + (high -
+    low) * fraction (DuckDB's quantile_cont weighs the two ends instead, which differs in
+    the last bits of a double)."""
+    pos = f"((len({values}) - 1) * {q})"
+    low = f"{values}[floor({pos})::BIGINT + 1]"
+    high = f"{values}[least(floor({pos})::BIGINT + 2, len({values}))]"
+    return f"({low}::DOUBLE + ({high} - {low})::DOUBLE * ({pos} - floor({pos})))"
+
+
 def delivery_health_sql(as_of: TimeLike | None = None) -> str:
     """SELECT for the ``delivery_health`` view (rules: ``health.py``)."""
     attempts = ",\n        ".join(
         f"count(*) FILTER (WHERE a = {n})::BIGINT AS n_attempt_{n}" for n in range(1, MAX_ATTEMPT)
     )
-    late = _seconds("received_at", "occurred_at")
+    late = "(epoch_us(received_at) - epoch_us(occurred_at))"  # seconds last: see health.py
     return f"""
     WITH d AS (
       SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, event_type,
@@ -336,13 +346,18 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
         count(*) FILTER (WHERE outcome = 'quarantined')::BIGINT AS quarantined
       FROM d GROUP BY day, event_type
     ),
-    pe AS (
+    pl AS (
       SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, type AS event_type,
         count(*)::BIGINT AS n_events,
-        quantile_cont({late}, 0.5) AS lateness_p50,
-        quantile_cont({late}, 0.9) AS lateness_p90,
-        max({late}) AS lateness_max
+        list_sort(list({late}) FILTER (WHERE {late} IS NOT NULL)) AS _s
       FROM events WHERE true{_cut(as_of)}{_cut(as_of, "received_at")} GROUP BY ALL
+    ),
+    pe AS (
+      SELECT day, event_type, n_events,
+        {_quantile("_s", 0.5)} / 1000000.0 AS lateness_p50,
+        {_quantile("_s", 0.9)} / 1000000.0 AS lateness_p90,
+        _s[-1]::DOUBLE / 1000000.0 AS lateness_max
+      FROM pl
     )
     SELECT * FROM pd FULL OUTER JOIN pe USING (day, event_type)
     ORDER BY day, event_type"""

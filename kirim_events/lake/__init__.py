@@ -371,7 +371,10 @@ class Lake(AnalyticsMixin):
         """Rows, files and bytes per partition (files our readers count; copies included).
 
         Columns: ``table``, ``type``, ``date``, ``files``, ``rows``, ``bytes``, ``clean``
-        (compacted, nothing written since).
+        (compacted, nothing written since, and no file left over from an interrupted
+        compaction: a plain Parquet reader sees each event of a clean partition once),
+        ``leftover_files`` (on disk, not counted by our readers; the next compaction
+        deletes them).
         """
         out = [
             {
@@ -381,7 +384,9 @@ class Lake(AnalyticsMixin):
                 "files": len(part.counted),
                 "rows": sum(self._rows_in(f"{part.folder}/{name}") for name in part.counted),
                 "bytes": sum(part.sizes[n] for n in part.counted),
-                "clean": part.manifest.is_clean(part.day, part.counted),
+                "clean": part.manifest.is_clean(part.day, part.counted)
+                and len(part.counted) == len(part.sizes),
+                "leftover_files": len(part.sizes) - len(part.counted),
             }
             for part in self._partitions()
         ]
@@ -393,5 +398,6 @@ class Lake(AnalyticsMixin):
             "rows": pl.Int64,
             "bytes": pl.Int64,
             "clean": pl.Boolean,
+            "leftover_files": pl.Int64,
         }
         return pl.DataFrame(out, schema=schema)

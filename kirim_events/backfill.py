@@ -83,6 +83,14 @@ def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> d
     return when
 
 
+def check_order(since: datetime, until: datetime) -> None:
+    """ConfigError unless ``since`` is before ``until``."""
+    if not since < until:
+        raise ConfigError(
+            f"--since ({format_time(since)}) must be before --until ({format_time(until)})"
+        )
+
+
 def _when(value: str | datetime, now: datetime, name: str) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -514,10 +522,7 @@ def backfill(
     resumed = cp is not None
     if cp is None:
         hi = hi_given or start
-        if not lo < hi:
-            raise ConfigError(
-                f"--since ({format_time(lo)}) must be before --until ({format_time(hi)})"
-            )
+        check_order(lo, hi)
         cp = _Checkpoint(
             key=key,
             since=format_time(lo),

@@ -178,6 +178,13 @@ def test_cli_bad_input(world: World, env: dict[str, str], tmp_path: Path) -> Non
                               env=env)  # fmt: skip
     assert bad_since.exit_code == 2
     assert "--since" in bad_since.output
+    # the wrong order is refused before a progress bar is drawn, on one line however narrow
+    backwards = runner.invoke(app, ["backfill", "--data", str(tmp_path), "--since",
+                                    "2026-05-02", "--until", "2026-05-01"], env=env)  # fmt: skip
+    assert backwards.exit_code == 2
+    (line,) = backwards.output.strip().splitlines()
+    assert line.startswith("error: --since")
+    assert line.endswith("(2026-05-01T00:00:00Z)")
     wrong_key = {**env, "KIRIM_KEY": "kdv_live_" + "Z" * 24}
     denied = runner.invoke(app, ["backfill", "--data", str(tmp_path), "--since", "1d",
                                  "--no-progress"], env=wrong_key)  # fmt: skip

@@ -37,7 +37,8 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 
 def print_error(message: object) -> None:
     """One red ``error:`` line on stderr, the message printed as it is."""
-    err_console.print(Text.assemble(("error:", "red"), " ", str(message)))
+    # soft_wrap: one line however narrow the terminal (it wraps it), never cut by rich
+    err_console.print(Text.assemble(("error:", "red"), " ", str(message)), soft_wrap=True)
 
 
 def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
@@ -49,7 +50,7 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
 
 def print_note(message: object) -> None:
     """One yellow ``note:`` line on stdout: worth a look, not a failure."""
-    console.print(Text.assemble(("note:", "yellow"), " ", str(message)))
+    console.print(Text.assemble(("note:", "yellow"), " ", str(message)), soft_wrap=True)
 
 
 DataOption = Annotated[

@@ -11,7 +11,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
+from kirim_events.backfill import (
+    BackfillProgress,
+    BackfillReport,
+    backfill,
+    check_order,
+    parse_when,
+)
 from kirim_events.cli._app import (
     DataOption,
     app,
@@ -72,7 +78,11 @@ def backfill_command(
     slices: Annotated[
         int,
         typer.Option(
-            "--slices", min=1, max=64, help="Time slices fetched in parallel (one rate limit)."
+            "--slices",
+            min=1,
+            max=64,
+            help="Parallel fetchers, sharing one rate limit (the range is cut into 4 time "
+            "slices per fetcher).",
         ),
     ] = 4,
     page_size: Annotated[
@@ -96,9 +106,8 @@ def backfill_command(
     client = _client(data)
     with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
         now = datetime.now(UTC)
-        parse_when(since, now=now, name="--since")
-        if until is not None:
-            parse_when(until, now=now, name="--until")
+        lo = parse_when(since, now=now, name="--since")
+        check_order(lo, now if until is None else parse_when(until, now=now, name="--until"))
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),

@@ -9,12 +9,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
 
-from kirim_events.backfill import BackfillProgress, backfill, parse_when
+from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError
@@ -322,6 +323,16 @@ def test_history_without_payload_stores_delivery_rows_only(world: World, tmp_pat
     assert deliveries["n_events"].null_count() == deliveries.height
 
 
+def _backfill_one_page(root: Path, rows: list[dict[str, Any]]) -> BackfillReport:
+    """Backfill 2026-05-01 from a history of one page holding ``rows``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
+    return backfill(root, client=client, since="2026-05-01", until="2026-05-02")
+
+
 def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) -> None:
     """Valid JSON the parser did not foresee is kept (whole, or in quarantine): a run that
     stopped on it would stop again on every resume."""
@@ -334,12 +345,7 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
         {"id": "wbd_b", "status": "dead", "event_id": "evt_2", "payload": deep,
          "created_at": "2026-05-01T10:00:02Z"},
     ]  # fmt: skip
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
-
-    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
-    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    report = _backfill_one_page(tmp_path, rows)
     assert (report.rows, report.events_new, report.quarantined) == (2, 1, 1)
     events, deliveries = lake_frames(tmp_path)
     assert events["type"].to_list() == ["meta.other"]
@@ -358,12 +364,7 @@ def test_payload_object_is_kept_inexact_and_garbage_is_quarantined(tmp_path: Pat
         {"id": "wbd_b", "status": "dead", "event_id": "evt_02", "payload": "{not json",
          "created_at": "2026-05-01T10:00:02Z"},
     ]  # fmt: skip
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
-
-    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
-    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    report = _backfill_one_page(tmp_path, rows)
     assert (report.rows, report.events_new, report.quarantined) == (2, 1, 1)
     events, deliveries = lake_frames(tmp_path)
     assert events["payload_exact"].to_list() == [False]

@@ -285,7 +285,7 @@ class Store:
         sub.status, sub.consecutive_failures = "active", 0
         if self.on_enqueue is None:
             return 0
-        rows = self.held.pop(sub.id, [])
+        rows = [r for r in self.held.pop(sub.id, []) if r.id in self.by_id]  # not purged
         for row in rows:
             row.error = None
             self.on_enqueue(row)

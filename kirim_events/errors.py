@@ -11,7 +11,8 @@
     │   ├── InvalidJSON                  not UTF-8 JSON
     │   ├── NotAnObject                  JSON, but not an object
     │   ├── UnknownShape                 an object in none of the three body shapes
-    │   └── InvalidEventType             an event type that is not ``a.b`` lowercase, <= 64 chars
+    │   ├── InvalidEventType             an event type that is not ``a.b`` lowercase, <= 64 chars
+    │   └── ParseFailure                 the parser failed on it (logged: our bug, or odd JSON)
     ├── StorageError                   our own storage failed (retryable: answer 503)
     ├── LakeError                      the lake on disk is unusable
     │   └── SchemaVersionError           written by a newer, incompatible kirim-events
@@ -102,6 +103,14 @@ class InvalidEventType(PayloadError):
     """Raised when the event type does not match ``^[a-z_]+(\\.[a-z_]+)+$`` (<= 64 chars)."""
 
     reason = "invalid_type"
+
+
+class ParseFailure(PayloadError):
+    """Raised when the parser fails on a body of a known shape: a bug in kirim-events or a
+    form of valid JSON nobody foresaw. The body is quarantined all the same; the failure
+    is logged as an error, so that it is looked into."""
+
+    reason = "parse_error"
 
 
 class StorageError(KirimEventsError):

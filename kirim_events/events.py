@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -41,6 +42,7 @@ from kirim_events.errors import (
     InvalidEventType,
     InvalidJSON,
     NotAnObject,
+    ParseFailure,
     PayloadError,
     UnknownShape,
 )
@@ -58,6 +60,7 @@ ORIGINS = ("webhook", "backfill", "replay", "import")
 
 # The third shape names the status event differently (kirim-api.md §4.3).
 _TYPE_ALIASES = {"message.status_updated": "message.status"}
+log = logging.getLogger(__name__)
 
 
 @overload
@@ -555,9 +558,12 @@ def parse_delivery(
         records = list(build(obj, ctx))
     except PayloadError:
         raise
-    except Exception as exc:  # valid JSON of a shape we did not foresee: quarantine, never lose
-        raise UnknownShape(
-            f"body looks like the {shape} shape but does not fit it ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # quarantine, never lose; and say so, it may be our bug
+        log.error(
+            "parser failed on a %s-shape body (%s); quarantining it", shape, type(exc).__name__
+        )
+        raise ParseFailure(
+            f"the parser failed on a {shape}-shape body ({type(exc).__name__}: {exc})"
         ) from exc
     if _SURROGATE_ESCAPE.search(text):
         _refuse_lone_surrogates(records)

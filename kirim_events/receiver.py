@@ -260,7 +260,7 @@ class Receiver:
             records = parse_delivery(body, headers, received_at=received_at, origin="webhook")
         except PayloadError as exc:
             return await self._quarantine(body, headers, receipt, exc.reason)
-        except Exception as exc:  # a parser bug must not turn a signed body into a 5xx loop
+        except Exception as exc:  # never a 5xx loop (parse_delivery raises ParseFailure)
             log.error("parser failed on a signed body (%s); quarantining it", type(exc).__name__)
             return await self._quarantine(body, headers, receipt, "parse_error")
         receipt["n_events"] = len(records)

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def parse_when(value: str | datetime, *, now: datetime, name: str = "time") -> datetime:
+def parse_when(value: str | datetime | date, *, now: datetime, name: str = "time") -> datetime:
     """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
 
     Raises ConfigError with the option's ``name`` for anything else, or a time before 1970.
@@ -91,9 +91,12 @@ def check_order(since: datetime, until: datetime) -> None:
         )
 
 
-def _when(value: str | datetime, now: datetime, name: str) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _when(value: str | datetime | date, now: datetime, name: str) -> datetime:
+    if not isinstance(value, str):
+        when = read_time(value)
+        if when is None:
+            raise ConfigError(f"{name} {value!r} is out of range")
+        return when
     text = value.strip().lower()
     if text == "now":
         return now

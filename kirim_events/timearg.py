@@ -35,7 +35,10 @@ def read_time(value: TimeLike, *, end_of_day: bool = False) -> datetime | None:
     True
     """
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01 at +01:00 is before the first UTC instant
+            return None
     if isinstance(value, date):
         return datetime.combine(value, dtime.max if end_of_day else dtime.min, UTC)
     if not isinstance(value, str):

@@ -38,11 +38,22 @@ NOW = datetime(2026, 5, 24, 12, tzinfo=UTC)
 def test_every_entry_point_reads_a_time_alike(text: str | datetime, expected: datetime) -> None:
     assert read_time(text) == expected
     assert ke.Lake("/nonexistent-lake-folder").as_of(text).as_of_ts == expected
-    if isinstance(text, str):
-        assert parse_when(text, now=NOW, name="--as-of") == expected
+    assert parse_when(text, now=NOW, name="--as-of") == expected
 
 
-@pytest.mark.parametrize("text", ["20260501", "1779531402", "1779531402.5", "", "  ", "2026-13-01"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20260501",
+        "1779531402",
+        "1779531402.5",
+        "",
+        "  ",
+        "2026-13-01",
+        "0001-01-01T00:00:00+01:00",  # before the first UTC instant
+        "9999-12-31T23:00:00-05:00",  # after the last
+    ],
+)
 def test_digits_and_non_times_are_refused_everywhere(text: str) -> None:
     """Typed as a time, ``20260501`` is a mistake, not unix seconds in 1970."""
     assert read_time(text) is None

@@ -317,7 +317,7 @@ def _quantile(values: str, q: float) -> str:
     """Linear quantile of the sorted list ``values`` as Polars computes it, low + (high -
     low) * fraction (DuckDB's quantile_cont weighs the two ends instead, which differs in
     the last bits of a double)."""
-    pos = f"((len({values}) - 1) * {q})"
+    pos = f"((len({values}) - 1)::DOUBLE * {q!r}::DOUBLE)"  # a bare 0.9 is DECIMAL in DuckDB
     low = f"{values}[floor({pos})::BIGINT + 1]"
     high = f"{values}[least(floor({pos})::BIGINT + 2, len({values}))]"
     return f"({low}::DOUBLE + ({high} - {low})::DOUBLE * ({pos} - floor({pos})))"

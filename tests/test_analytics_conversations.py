@@ -124,6 +124,21 @@ def test_missing_first_assignment_is_flagged_not_invented() -> None:
     assert cycle["time_to_first_assignment"] is None
 
 
+def test_a_first_assignment_never_seen_is_flagged_in_its_own_cycle() -> None:
+    """History that starts mid-conversation may show a close first: the first assignment
+    seen then falls in cycle 2, and that cycle carries the flag."""
+    records = [
+        conversation("evt_0", "closed", "cnv_9", 5, 6, closed_by="usr_x"),
+        conversation("evt_1", "assigned", "cnv_9", 10, 11, user="usr_b", previous="usr_a"),
+    ]
+    life = row(both("conversation_lifecycles", records), conversation_id="cnv_9")
+    assert (life["missing_first_assignment"], life["first_assigned_at"]) == (True, None)
+    first, second = both("conversation_cycles", records).to_dicts()
+    assert first["missing_first_assignment"] is False
+    assert (second["missing_first_assignment"], second["first_assigned_at"]) == (True, None)
+    assert second["time_to_first_assignment"] is None
+
+
 def test_a_later_cycle_starts_from_the_assignee_before_it() -> None:
     """After a reopen the first assignment is a reassignment from the last assignee: not
     missing, and the cycle's first assignment all the same."""

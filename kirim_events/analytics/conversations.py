@@ -174,14 +174,14 @@ def conversation_cycles(
     -------
     polars.LazyFrame
         ``conversation_id``, ``cycle`` (1, 2, ...), ``opened_at``, ``first_assigned_at``
-        (earliest assignment in the cycle; null in cycle 1 when
-        ``missing_first_assignment``), ``n_assignments``, ``n_assignees``, ``assignee_id``
-        (of the cycle's last assignment event), ``n_closes``, ``closed_at``,
-        ``closed_by_user_id``, ``is_open``, ``is_reopen`` (cycle > 1),
-        ``missing_first_assignment`` (cycle 1 only: its first assignment event already
-        names a previous user, as in the lifecycle), ``n_missing_assignments``,
-        ``time_to_first_assignment``, ``time_to_close``, ``n_events``, ``n_duplicates``,
-        ``last_event_at``; sorted by conversation_id, cycle
+        (earliest assignment in the cycle; null when ``missing_first_assignment``),
+        ``n_assignments``, ``n_assignees``, ``assignee_id`` (of the cycle's last assignment
+        event), ``n_closes``, ``closed_at``, ``closed_by_user_id``, ``is_open``,
+        ``is_reopen`` (cycle > 1), ``missing_first_assignment`` (in the cycle of the
+        conversation's first assignment event only: it already names a previous user, as
+        in the lifecycle), ``n_missing_assignments``, ``time_to_first_assignment``,
+        ``time_to_close``, ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by
+        conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
     """
     rows = _rows(events, as_of)
@@ -201,8 +201,11 @@ def conversation_cycles(
             *_assignment_aggs(),
         )
         .with_columns(
-            # the conversation's first assignment was never seen (as in the lifecycle)
-            missing_first_assignment=(pl.col("cycle") == 1) & pl.col("_missing_first")
+            # in the cycle of the conversation's first assignment event (cycle 1, unless the
+            # first events seen are a close): the first assignment was never seen, as in
+            # the lifecycle
+            missing_first_assignment=pl.col("_missing_first")
+            & (pl.col("cycle") == pl.col("cycle").min().over("conversation_id"))
         )
         .with_columns(
             first_assigned_at=pl.when(pl.col("missing_first_assignment"))

@@ -211,7 +211,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     ag AS (
       SELECT conversation_id, cycle,
         min(occurred_at) FILTER (WHERE user_id IS NOT NULL) AS _first_assigned,
-        cycle = 1 AND first(_missing ORDER BY {_ORDER}) AS _missing_first,
+        first(_missing ORDER BY {_ORDER}) AS _missing_first,
         count(user_id)::BIGINT AS n_assignments,
         count(DISTINCT user_id)::BIGINT AS n_assignees,
         last(user_id ORDER BY {_ORDER}) AS assignee_id,
@@ -224,12 +224,18 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
         last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id
       FROM t WHERE type = 'conversation.closed' GROUP BY conversation_id, cycle
     ),
+    ag1 AS (  -- the flag belongs to the cycle of the conversation's first assignment event
+      SELECT ag.*EXCLUDE (_missing_first), _missing_first
+        AND cycle = min(cycle) OVER (PARTITION BY conversation_id) AS _missing_first
+      FROM ag
+    ),
     j AS (
-      SELECT base.*, ag.*EXCLUDE (conversation_id, cycle), cg.*EXCLUDE (conversation_id, cycle),
-        coalesce(ag._missing_first, false) AS missing_first_assignment,
-        CASE WHEN ag._missing_first THEN NULL ELSE ag._first_assigned END AS first_assigned_at
+      SELECT base.*, ag1.*EXCLUDE (conversation_id, cycle),
+        cg.*EXCLUDE (conversation_id, cycle),
+        coalesce(ag1._missing_first, false) AS missing_first_assignment,
+        CASE WHEN ag1._missing_first THEN NULL ELSE ag1._first_assigned END AS first_assigned_at
       FROM base
-      LEFT JOIN ag USING (conversation_id, cycle)
+      LEFT JOIN ag1 USING (conversation_id, cycle)
       LEFT JOIN cg USING (conversation_id, cycle)
     )
     SELECT conversation_id, cycle, opened_at, first_assigned_at,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,23 @@ def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) ->
     n = len(world.emu.unacknowledged_event_keys())
     assert f"{n} events missing from the lake" in result.output
     assert "import" in result.output
+
+
+def test_reconcile_names_a_damaged_lake_file_in_one_line(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    since, until = window(world)
+    data = tmp_path / "data"
+    shutil.copytree(world.home / "events", data / "events")
+    damaged = sorted((data / "events").rglob("*.parquet"))[0]
+    damaged.write_text("not parquet")
+    result = CliRunner().invoke(
+        app, ["reconcile", "--data", str(data), "--since", since, "--until", until,
+              "--dry-run"], env=env,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "1 damaged Parquet file(s)" in result.output
+    assert damaged.name in result.output
 
 
 def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str]) -> None:

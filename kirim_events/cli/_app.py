@@ -90,16 +90,14 @@ def settings(**overrides: Any) -> Settings:
 READ_ERRORS = (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException)
 
 
-def _read_failure(exc: Exception, lake: str | Path) -> str:
-    """One line for a failed read of ``lake``, naming the damaged files when the footers
-    tell which (a file damaged past its footer is named only by the engine's message)."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _damaged(lake: str | Path) -> str | None:
+    """One line naming the damaged files of ``lake`` (their footers unreadable), or None."""
     try:
         damaged = Lake(lake).damaged_files()
     except (KirimEventsError, *READ_ERRORS, OSError):
-        damaged = []
+        return None
     if not damaged:
-        return f"could not read the lake at {lake}: {reason}"
+        return None
     listed = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
     return (
         f"{len(damaged)} damaged Parquet file(s) in the lake at {lake}: {listed}. Move them "
@@ -112,17 +110,20 @@ def _read_failure(exc: Exception, lake: str | Path) -> str:
 def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
     """Render library errors as one red line and exit 1 (2 for configuration errors).
 
-    With ``lake``, a file of that lake the engines cannot read is one line too.
+    With ``lake``, a damaged file in that lake, which the engines fail to read, is one
+    line too.
     """
     try:
         yield
     except KirimEventsError as exc:
         print_error(exc)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-    except READ_ERRORS as exc:
-        if lake is None:
+    except READ_ERRORS:
+        # only a damaged file is one line; anything else may be a bug of ours: traceback
+        found = None if lake is None else _damaged(lake)
+        if found is None:
             raise
-        print_error(_read_failure(exc, lake))
+        print_error(found)
         raise typer.Exit(1) from None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from test_lake import T0, ev, parquet_files
 from typer.testing import CliRunner
 
@@ -84,3 +85,21 @@ def test_a_damaged_file_is_named_in_one_line_and_the_rest_is_kept(tmp_path: Path
         assert "Traceback" not in out
     assert healthy.read_bytes() == before
     assert sorted(parquet_files(tmp_path / "events")) == files
+
+
+def test_a_read_error_without_a_damaged_file_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a damaged file is turned into one line: any other engine error may be a bug of
+    ours, and its traceback is what a report of it needs."""
+    import polars as pl
+
+    import kirim_events.cli.report as report_cli
+
+    def buggy(view: object) -> object:
+        return pl.DataFrame({"a": [1]}).lazy().select("no_such_column").collect()
+
+    ke.Lake(tmp_path).write_events([ev("k")])
+    monkeypatch.setattr(report_cli, "build_report", buggy)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert isinstance(result.exception, pl.exceptions.ColumnNotFoundError)

@@ -59,7 +59,7 @@ MAX_TYPE_LENGTH = 64
 ORIGINS = ("webhook", "backfill", "replay", "import")
 
 # The third shape names the status event differently (kirim-api.md §4.3).
-_TYPE_ALIASES = {"message.status_updated": "message.status"}
+TYPE_ALIASES = {"message.status_updated": "message.status"}
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +70,7 @@ def canonical_type(raw: None) -> None: ...
 def canonical_type(raw: str | None) -> str | None:
     """The event type under the name the lake stores it by (``message.status_updated``,
     the third shape's name, is ``message.status``); other names are kept as given."""
-    return None if raw is None else _TYPE_ALIASES.get(raw, raw)
+    return None if raw is None else TYPE_ALIASES.get(raw, raw)
 
 
 @dataclass(frozen=True, slots=True)

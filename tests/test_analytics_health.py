@@ -87,6 +87,18 @@ def test_lateness_is_the_same_float_in_both_engines(n: int) -> None:
     assert 0 < got["lateness_p50"] <= got["lateness_p90"] <= got["lateness_max"]
 
 
+def test_receipts_stored_under_the_third_shapes_type_name_count_with_its_events() -> None:
+    """Receipts written before they were stored under the lake's type names keep
+    ``message.status_updated``; health still puts them on the events' row."""
+    receipts = [
+        _receipt("wbd_1", 1, 2, "new", event_type="message.status_updated"),
+        _receipt("wbd_2", 1, 3, "new"),
+    ]
+    health = both("delivery_health", [status("wamid.A", "sent", 0, 2)], deliveries=receipts)
+    assert health["event_type"].to_list() == ["message.status"]
+    assert (health["deliveries"][0], health["n_events"][0]) == (2, 1)
+
+
 def test_days_are_utc_receipt_days() -> None:
     late = status("wamid.L", "sent", 0, 86_400 * 2)  # happened on day 0, received on day 2
     health = both("delivery_health", [late], deliveries=[_receipt("wbd_1", 1, 86_400 * 2, "new")])

@@ -355,6 +355,16 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
     assert kept.read_bytes() == deep.encode()
 
 
+def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
+    rows = [
+        {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":
+         "2026-05-01T10:00:01Z", "event_type": "message.status_updated"},
+    ]  # fmt: skip
+    _backfill_one_page(tmp_path, rows)
+    _, deliveries = lake_frames(tmp_path)
+    assert deliveries["event_type"].to_list() == ["message.status"]
+
+
 def test_payload_object_is_kept_inexact_and_garbage_is_quarantined(tmp_path: Path) -> None:
     body = {"id": "evt_01", "type": "contact.updated", "created_at": "2026-05-01T10:00:00Z",
             "data": {"contact": {"id": "ctc_1"}}}  # fmt: skip

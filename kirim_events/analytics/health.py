@@ -22,6 +22,7 @@ from __future__ import annotations
 import polars as pl
 
 from kirim_events.analytics._common import US, as_utc, cut
+from kirim_events.events import TYPE_ALIASES
 from kirim_events.timearg import TimeLike
 
 __all__ = ["MAX_ATTEMPT", "delivery_health"]
@@ -78,7 +79,9 @@ def delivery_health(
     attempt = pl.col("attempt").fill_null(1).clip(lower_bound=1)  # unknown or 0: the first
     outcome = pl.col("outcome")
     per_delivery = receipts.group_by(
-        day=pl.col("received_at").dt.date(), event_type=pl.col("event_type")
+        day=pl.col("received_at").dt.date(),
+        # receipts stored before they were written under the lake's names
+        event_type=pl.col("event_type").replace(TYPE_ALIASES),
     ).agg(
         pl.len().cast(pl.Int64).alias("deliveries"),
         *(

@@ -16,6 +16,7 @@ from kirim_events.analytics._common import (
     as_utc,
 )
 from kirim_events.analytics.health import MAX_ATTEMPT
+from kirim_events.events import TYPE_ALIASES
 from kirim_events.timearg import TimeLike
 
 __all__ = ["analytics_views"]
@@ -319,6 +320,12 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     FROM h"""
 
 
+def _canonical(column: str) -> str:
+    """``column`` under the lake's name of each type (receipts stored before they were)."""
+    whens = " ".join(f"WHEN {_quote(a)} THEN {_quote(c)}" for a, c in TYPE_ALIASES.items())
+    return f"CASE {column} {whens} ELSE {column} END AS {column}"
+
+
 def _quantile(values: str, q: float) -> str:
     """Linear quantile of the sorted list ``values`` as Polars computes it, low + (high -
     low) * fraction (DuckDB's quantile_cont weighs the two ends instead, which differs in
@@ -337,7 +344,7 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
     late = "(epoch_us(received_at) - epoch_us(occurred_at))"  # seconds last: see health.py
     return f"""
     WITH d AS (
-      SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, event_type,
+      SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, {_canonical("event_type")},
         greatest(coalesce(attempt, 1), 1) AS a, outcome
       FROM deliveries WHERE origin = 'webhook'{_cut(as_of, "received_at")}
     ),

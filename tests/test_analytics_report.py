@@ -63,6 +63,29 @@ def test_failure_reasons_use_kirim_labels_and_other() -> None:
     assert reasons["error_title"][0] == "Re-engagement message"
 
 
+def test_a_failure_without_a_code_is_not_an_unknown_code() -> None:
+    records = [*_records(), status("wamid.F", "failed", 0, 1)]  # Meta sent no errors[]
+    events, copies = dedup(records)
+    reasons = notebook.failure_reasons(message_timelines(events, copies=copies))
+    assert ("no_error_code", None, 1) in reasons.select(
+        "error_label", "error_code", "messages"
+    ).rows()
+
+
+def test_summaries_take_a_lake_a_view_or_a_frame_alike(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())
+    expected = notebook.funnel(lake.message_timelines())
+    view = lake.sql("select * from message_timelines")
+    for given in (lake, view, lake.message_timelines().collect()):
+        assert notebook.funnel(given).equals(expected)
+    assert notebook.read_rate(lake) == notebook.read_rate(view) == 0.5
+    times = notebook.time_summary(lake, lake)  # a Lake gives each summary the frame it reads
+    assert times["n"].to_list() == [2, 1, 2, 1]
+    with pytest.raises(TypeError, match="expected a Polars DataFrame or LazyFrame"):
+        notebook.funnel([1, 2])
+
+
 def test_time_summary_median_and_p90() -> None:
     events, copies = dedup(_records())
     from kirim_events.analytics.conversations import conversation_lifecycles

@@ -13,14 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+import duckdb
 import polars as pl
 
 from kirim_events.errors import ConfigError
 
 if TYPE_CHECKING:
     import altair
+
+    from kirim_events.lake import Lake
 
 __all__ = [
     "TIME_METRICS",
@@ -37,7 +40,8 @@ __all__ = [
     "times_chart",
 ]
 
-Frame = pl.DataFrame | pl.LazyFrame
+# A frame of helper rows, a DuckDB relation of them, or a Lake to ask for them (see _df)
+Frame: TypeAlias = "pl.DataFrame | pl.LazyFrame | duckdb.DuckDBPyRelation | Lake"
 
 TIME_METRICS = (
     ("time_to_deliver", "messages"),
@@ -47,8 +51,23 @@ TIME_METRICS = (
 )
 
 
-def _df(frame: Frame) -> pl.DataFrame:
-    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
+    """``frame`` as a DataFrame: a LazyFrame is collected, a DuckDB relation (such as
+    ``lake.sql("select * from message_timelines")``) converted, and a Lake asked for
+    ``helper`` (the frame the summary reads)."""
+    if isinstance(frame, pl.LazyFrame):
+        return frame.collect()
+    if isinstance(frame, pl.DataFrame):
+        return frame
+    if isinstance(frame, duckdb.DuckDBPyRelation):
+        converted: pl.DataFrame = frame.pl()
+        return converted
+    if callable(getattr(frame, helper, None)):  # a Lake, or a Lake as of an instant
+        return _df(getattr(frame, helper)())
+    raise TypeError(
+        f"expected a Polars DataFrame or LazyFrame, a DuckDB relation or a Lake "
+        f"(of {helper} rows), got {type(frame).__name__}"
+    )
 
 
 def funnel(timelines: Frame) -> pl.DataFrame:
@@ -115,7 +134,8 @@ def delivery_rate(timelines: Frame) -> float | None:
 
 
 def failure_reasons(timelines: Frame) -> pl.DataFrame:
-    """Messages that failed, by error: Kirim's label (§6.1; ``other`` if unknown) and code.
+    """Messages that failed, by error: Kirim's label (§6.1; ``other`` for an unknown code,
+    ``no_error_code`` when the failure carried none) and code.
 
     Every message with a failed status event counts, including the few later delivered
     (``failed_after_delivered``), so the total can exceed the funnel's ``failed`` stage,
@@ -130,7 +150,7 @@ def failure_reasons(timelines: Frame) -> pl.DataFrame:
     failed = _df(timelines).filter(pl.col("failed_at").is_not_null())
     total = failed.height
     return (
-        failed.with_columns(pl.col("error_label").fill_null("other"))
+        failed.with_columns(pl.col("error_label").fill_null("no_error_code"))
         .group_by("error_label", "error_code")
         .agg(
             pl.col("error_title").drop_nulls().mode().sort().first(),
@@ -152,7 +172,7 @@ def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFr
     """
     frames = {"messages": _df(timelines)}
     if lifecycles is not None:
-        frames["conversations"] = _df(lifecycles)
+        frames["conversations"] = _df(lifecycles, "conversation_lifecycles")
     rows: list[dict[str, Any]] = []
     for metric, of in TIME_METRICS:
         if of not in frames:
@@ -197,7 +217,7 @@ def funnel_chart(funnel_frame: pl.DataFrame) -> altair.Chart:
         alt.Chart(funnel_frame, title="Delivery funnel")
         .mark_bar()
         .encode(
-            x=alt.X("messages:Q", title="messages"),
+            x=alt.X("messages:Q", title="messages", axis=alt.Axis(tickMinStep=1)),
             y=alt.Y("stage:N", sort=None, title=None),
             tooltip=["stage", "messages", alt.Tooltip("share:Q", format=".1%")],
         )
@@ -215,7 +235,7 @@ def failures_chart(reasons: pl.DataFrame, *, top: int = 10) -> altair.Chart:
         alt.Chart(data, title="Failure reasons")
         .mark_bar()
         .encode(
-            x=alt.X("messages:Q"),
+            x=alt.X("messages:Q", axis=alt.Axis(tickMinStep=1)),  # whole messages
             # labelLimit 0: the whole "label (code)", not cut before the code
             y=alt.Y("reason:N", sort="-x", title=None, axis=alt.Axis(labelLimit=0)),
             tooltip=["error_label", "error_code", "error_title", "messages"],
@@ -224,9 +244,10 @@ def failures_chart(reasons: pl.DataFrame, *, top: int = 10) -> altair.Chart:
     return chart
 
 
-_TIME_TICKS = (1, 10, 60, 600, 3600, 36_000, 86_400)
+_TIME_TICKS = (1, 10, 60, 600, 3600, 36_000, 86_400, 864_000)
 _TIME_LABEL = (
-    "datum.value >= 86400 ? '1 d' : datum.value >= 3600 ? (datum.value / 3600) + ' h'"
+    "datum.value >= 86400 ? (datum.value / 86400) + ' d'"
+    " : datum.value >= 3600 ? (datum.value / 3600) + ' h'"
     " : datum.value >= 60 ? (datum.value / 60) + ' min' : datum.value + ' s'"
 )
 
@@ -241,14 +262,16 @@ def times_chart(summary: pl.DataFrame) -> altair.Chart:
         alt.Chart(data, title="Median and p90 times")
         .mark_bar()
         .encode(
-            # a tick at each step a reader thinks in (1 s, 10 s, 1 min, 10 min, 1 h, 10 h, 1 day)
+            # a tick at each step a reader thinks in (1 s, 10 s, 1 min, 10 min, 1 h, 10 h, 1 d,
+            # 10 d)
             x=alt.X(
                 "seconds:Q",
                 scale=alt.Scale(type="symlog"),
                 title="time (symlog scale)",
                 axis=alt.Axis(values=list(_TIME_TICKS), labelExpr=_TIME_LABEL),
             ),
-            y=alt.Y("metric:N", title=None),
+            # messages' times, then conversations', as in the summary
+            y=alt.Y("metric:N", title=None, sort=[m for m, _ in TIME_METRICS]),
             yOffset="stat:N",
             color="stat:N",
             tooltip=["metric", "stat", alt.Tooltip("seconds:Q", format=".1f")],
@@ -264,7 +287,7 @@ def health_chart(health: Frame) -> altair.Chart:
     """
     alt = _alt()
     data = (
-        _df(health)
+        _df(health, "delivery_health")
         .filter(pl.col("n_events").is_not_null())
         .select(pl.col("day").cast(pl.String), "event_type", "n_events", "deliveries", "retry_rate")
     )

@@ -43,7 +43,7 @@ _ANOMALY_LABELS = {
     "read_without_delivered": "messages read, never seen delivered",
     "failed_after_delivered": "messages both failed and delivered",
     "never_sent": "messages with no sent status seen",
-    "n_duplicates": "status events received more than once (extra copies)",
+    "n_duplicates": "extra copies of status events received (beyond the first)",
     "missing_first_assignment": "conversations whose first assignment was never seen",
     "n_missing_assignments": "reassignments never seen",
 }
@@ -70,7 +70,16 @@ def render_report(report: Report, *, top: int) -> None:
         )
     console.print(funnel)
     console.print(f"delivery rate {_pct(report.delivery_rate)}, read rate {_pct(report.read_rate)}")
-    failures = Table("reason", "code", "title", "messages", "share", title="Top failures")
+    failures = Table(
+        "reason",
+        "code",
+        "title",
+        "messages",
+        "share",
+        title="Top failures",
+        # the funnel's failed stage counts final statuses; this table, every failed message
+        caption="every message with a failed status, also those delivered after it",
+    )
     failures.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
     for row in report.failures.head(top).iter_rows(named=True):
         failures.add_row(

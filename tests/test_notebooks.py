@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,10 +39,8 @@ def test_outputs_are_stripped_in_git(name: str) -> None:
             assert cell["execution_count"] is None
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(
-    name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run(name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Execute one notebook on the lake in ``data_dir``; return it, checked error-free."""
     monkeypatch.setenv("KIRIM_DATA_DIR", str(data_dir))
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
@@ -59,7 +58,38 @@ def test_notebook_runs_top_to_bottom(
         if out.get("output_type") == "error"
     ]
     assert errors == []
-    # The first code cell ends with `lake`, and the lake exists afterwards.
-    assert any(data_dir.glob("events/**/*.parquet"))
     executed = [c for c in book.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in executed)
+    return book
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_top_to_bottom(
+    name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(name, data_dir, monkeypatch)
+    # The first code cell ends with `lake`, and the lake exists afterwards.
+    assert any(data_dir.glob("events/**/*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's lake early on: one message, sent and nothing more, one assignment."""
+    from test_analytics_support import conversation, status
+
+    import kirim_events as ke
+
+    root = tmp_path_factory.mktemp("tiny-lake")
+    ke.Lake(root).write_events(
+        [status("wamid.A", "sent", 0, 1), conversation("evt_1", "assigned", "cnv_1", 0, 1)]
+    )
+    return root
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_on_a_lake_with_almost_nothing_in_it(
+    name: str, tiny_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pointed at one's own young lake, no cell may assume the demo's data (a read rate
+    of None, no read message, no inbound message)."""
+    _run(name, tiny_lake, monkeypatch)

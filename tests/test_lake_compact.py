@@ -361,3 +361,50 @@ def test_compaction_that_reads_no_rows_from_full_files_stops_and_deletes_nothing
     monkeypatch.undo()
     assert on_disk(tmp_path) == before
     assert lake.events().collect().height == 5
+
+
+def test_a_compaction_stops_when_the_manifest_changed_under_it(tmp_path: Path) -> None:
+    """The last guard before the commit point: a manifest published by someone else since
+    this run planned (on S3 two runs can overlap) stops it before it publishes its own."""
+    from kirim_events.lake.paths import encode_type
+    from kirim_events.lake.state import Manifest, manifest_path
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    lake.write_events([ev("c")])
+    rel = manifest_path("events", encode_type("message.created"))
+
+    def meanwhile(step: str) -> None:
+        if step == "file_written":
+            current = Manifest.load(lake.storage, rel)
+            dataclasses.replace(current, generation=current.generation + 1).save(lake.storage, rel)
+
+    with pytest.raises(LakeError, match="changed while this compaction ran"):
+        lake.compact(hook=meanwhile)
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b", "c"]
+    lake.compact()
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b", "c"]
+    assert lake.stats()["clean"].all()
+
+
+def test_a_reader_planning_while_a_compaction_commits_still_sees_every_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction that publishes and deletes between a reader's manifest read and its
+    listing left the reader counting neither the old files nor the new ones."""
+    from kirim_events.lake.state import Manifest
+
+    ke.Lake(tmp_path).write_events([ev(f"k{i}") for i in range(20)])
+    real_load = Manifest.load
+    compacted: list[int] = []
+
+    def load_then_another_process_compacts(storage: object, rel: str) -> Manifest:
+        manifest = real_load(storage, rel)  # type: ignore[arg-type]
+        if not compacted:
+            compacted.append(0)  # once (the compaction reads manifests too)
+            compacted[0] = ke.Lake(tmp_path).compact().files_deleted
+        return manifest
+
+    monkeypatch.setattr(Manifest, "load", load_then_another_process_compacts)
+    assert ke.Lake(tmp_path).events().collect().height == 20
+    assert compacted[0] > 0

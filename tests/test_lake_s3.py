@@ -15,6 +15,7 @@ from moto.server import ThreadedMotoServer
 from test_lake import T0, ev
 
 import kirim_events as ke
+from kirim_events.lake.compact import CompactionReport
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,61 @@ def test_s3_compaction_lease_stops_a_second_compactor(s3_env: dict[str, str]) ->
     clock[0] += 601
     assert lake.compact().partitions == 1
     assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]
+
+
+def test_a_compaction_whose_lease_was_taken_over_stops_and_loses_nothing(
+    s3_env: dict[str, str],
+) -> None:
+    """A run that held its lease past LEASE_SECONDS (one huge group, a stalled machine)
+    while the next scheduled run took the lake over: it must stop before publishing, or
+    its manifest would count files the other run deleted (every event was lost so)."""
+    clock = [1_900_000_000.0]
+    uri = "s3://lake/lease-takeover"
+
+    def lake(writer: str) -> ke.Lake:
+        return ke.Lake(uri, env=s3_env, now=lambda: clock[0], writer_id=writer)
+
+    writer = lake("writer")
+    writer.write_events([ev("a"), ev("b")])
+    writer.write_events([ev("c")])
+    other: list[CompactionReport] = []
+
+    def slow(step: str) -> None:
+        if step == "file_written" and not other:
+            clock[0] += 601  # past the lease: the next run thinks this one died
+            writer.write_events([ev("d")])
+            other.append(lake("cron").compact())
+
+    with pytest.raises(ke.LakeError, match="took over the lease"):
+        lake("slow").compact(hook=slow)
+    assert other[0].files_deleted > 0  # the other run did compact meanwhile
+    assert sorted(lake("reader").events().collect()["event_key"]) == ["a", "b", "c", "d"]
+    lake("next").compact(full=True)
+    assert sorted(lake("reader").events().collect()["event_key"]) == ["a", "b", "c", "d"]
+    assert not _keys(s3_env, "lease-takeover/_state/compact.lease")  # released by its owner
+
+
+def test_the_lease_is_renewed_while_one_group_takes_long(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import time
+
+    from kirim_events.lake import lock
+
+    monkeypatch.setattr(lock, "RENEW_SECONDS", 0.05)
+    lake = ke.Lake("s3://lake/lease-renewal", env=s3_env)
+    lake.write_events([ev("a")])
+    seen: list[float] = []
+
+    def long_group(step: str) -> None:
+        if step == "planned":
+            for _ in range(2):
+                seen.append(
+                    json.loads(lake.storage.read_bytes("_state/compact.lease") or b"")["until"]
+                )
+                time.sleep(0.3)
+
+    lake.compact(hook=long_group)
+    assert seen[1] > seen[0]  # renewed in the meantime, by the run's own thread
+    assert lake.storage.read_bytes("_state/compact.lease") is None

@@ -22,8 +22,10 @@ Dedup: the first received copy of each event_key wins (``received_at``, then ``i
 then the tie-breaks of ``reader.EVENT_ORDER``), across all partitions of its type within the
 dedup window; delivery rows collapse when exact.
 Run one compaction at a time per lake: a lock file enforces it on local disks; on S3 a lease
-record (``_state/compact.lease``) stops a second compactor that starts while one runs, but two
-starting in the same instant could both proceed, so schedule a single compactor per S3 lake.
+record (``_state/compact.lease``, renewed by a thread) stops a second compactor that starts
+while one runs, but two starting in the same instant could both proceed, so schedule a
+single compactor per S3 lake. Before each manifest is published a run checks that it still
+holds the lease and that the manifest is the one it planned from, and stops otherwise.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class _Group:
         hook: Hook,
         report: CompactionReport,
         workers: int,
+        check: Callable[[], None] = lambda: None,
     ) -> None:
         self.storage, self.table, self.group = storage, table, group
         self.changed, self.window = changed, window if table == "events" else 0
@@ -174,7 +177,7 @@ class _Group:
         self.writer_id, self.now, self.hook, self.report = writer_id, now, hook, report
         self.manifest_rel = manifest_path(table, group)
         self.manifest = Manifest.load(storage, self.manifest_rel)
-        self.workers = workers
+        self.workers, self.check = workers, check
         self.lock = threading.Lock()
 
     def folder(self, day: str) -> str:
@@ -216,6 +219,7 @@ class _Group:
         finally:
             self.storage.discard(staged)
         if rewrite:
+            self._still_ours()
             new.save(self.storage, self.manifest_rel)
             self.manifest = new
             self.hook("manifest_published")
@@ -232,6 +236,19 @@ class _Group:
             list(pool.map(self._delete, doomed))
         self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
+
+    def _still_ours(self) -> None:
+        """Raise LakeError unless this run still holds the lake (its lease on S3) and the
+        manifest is the one it planned from: publishing over another compaction's manifest
+        would count files that run deleted, and drop the ones it wrote."""
+        self.check()
+        current = Manifest.load(self.storage, self.manifest_rel).generation
+        if current != self.manifest.generation:
+            raise LakeError(
+                f"{self.manifest_rel} changed while this compaction ran (generation "
+                f"{self.manifest.generation} -> {current}: another compaction?); stopping "
+                "before publishing anything: nothing is lost, the next run compacts again"
+            )
 
     def _delete(self, rel: str) -> None:
         self.storage.delete(rel)
@@ -361,7 +378,7 @@ def compact(
     step: Hook = hook or (lambda _step: None)
     if check_version(storage) is None:
         return report  # never written by kirim-events: nothing to do, and create nothing
-    with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as renew:
+    with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as check:
         _clean_tmp(storage, now())
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
@@ -373,7 +390,7 @@ def compact(
         for (table, group), days in sorted(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):
-            renew()
+            check()
             seen = _Group(
                 storage,
                 table,
@@ -387,6 +404,7 @@ def compact(
                 hook=step,
                 report=report,
                 workers=workers or os.cpu_count() or 1,
+                check=check,
             ).run()
             # A marker is consumed once its file was seen (it is merged now, or still counted
             # and the partition is clean); a marker whose file never appeared (the write

@@ -130,8 +130,37 @@ def plan_group(
     hi: str | None = None,
     window_days: int = 2,
 ) -> GroupPlan:
-    """Decide which files of one group to read as is and which to deduplicate."""
-    manifest = Manifest.load(storage, manifest_path(table, group))
+    """Decide which files of one group to read as is and which to deduplicate.
+
+    A compaction that publishes its manifest and deletes the files it replaced while the
+    folders are being listed would leave a plan that counts neither the old files nor the
+    new ones; so the plan is made again, up to a few times, until the manifest read after
+    the listing is the one read before it.
+    """
+    rel = manifest_path(table, group)
+    manifest = Manifest.load(storage, rel)
+    for _ in range(_REPLANS):
+        plan = _plan_group(storage, table, group, manifest, lo=lo, hi=hi, window_days=window_days)
+        after = Manifest.load(storage, rel)
+        if after.generation == manifest.generation:
+            break
+        manifest = after
+    return plan
+
+
+_REPLANS = 5  # a lake compacted more often than it can be listed keeps the last plan
+
+
+def _plan_group(
+    storage: Storage,
+    table: str,
+    group: str | None,
+    manifest: Manifest,
+    *,
+    lo: str | None,
+    hi: str | None,
+    window_days: int,
+) -> GroupPlan:
     dates = list_dates(storage, table, group)
     selected = [d for d in dates if (lo is None or d >= lo) and (hi is None or d <= hi)]
     counted: dict[str, list[str]] = {}

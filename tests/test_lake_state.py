@@ -92,6 +92,13 @@ def test_as_of_restricts_every_reader_to_event_time(tmp_path: Path) -> None:
     assert past.message_timelines().collect().height == 0  # analytics follow the view
 
 
+@pytest.mark.parametrize("writer_id", ["a/b", "../../x", "Host-1", "", "x" * 33, "é"])
+def test_a_writer_id_that_cannot_name_a_file_is_refused(tmp_path: Path, writer_id: str) -> None:
+    with pytest.raises(ke.ConfigError, match="writer_id"):
+        ke.Lake(tmp_path, writer_id=writer_id)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_bad_time_arguments_are_clear(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     with pytest.raises(ke.ConfigError, match="not a time"):

@@ -29,6 +29,7 @@ manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``,
 from __future__ import annotations
 
 import copy
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -69,6 +70,9 @@ def to_utc(value: TimeLike, *, end_of_day: bool = False) -> datetime:
     return when
 
 
+_WRITER_ID = re.compile(r"[0-9a-z]{1,32}")
+
+
 class _Partition(NamedTuple):
     table: str
     group: str | None  # the encoded event type; None for deliveries
@@ -95,7 +99,8 @@ class Lake(AnalyticsMixin):
     now
         Clock (unix seconds) used for ingest sequence numbers and file names.
     writer_id
-        Identifies this writer in file names; random by default.
+        Identifies this writer in file names (1-32 lower-case letters or digits); random by
+        default. Two writers writing at once need two ids: one id is one writer.
 
     Examples
     --------
@@ -121,6 +126,12 @@ class Lake(AnalyticsMixin):
         self.dedup_window_days = dedup_window_days
         self.as_of_ts: datetime | None = None
         self.now = now
+        if writer_id is not None and not _WRITER_ID.fullmatch(writer_id):
+            # it goes into file names, which readers match: "a/b" wrote into a folder no
+            # reader looks at, "Host-1" made compaction outputs look like writer files
+            raise ConfigError(
+                f"writer_id must be 1-32 lower-case letters or digits, got {writer_id!r}"
+            )
         self.writer_id = writer_id or uuid.uuid4().hex[:12]
         self._writer = Writer(self.storage, writer_id=self.writer_id, now=now)
 

@@ -313,6 +313,11 @@ def collect(
             await asyncio.sleep(0.01)
         if server.started:
             log.info("listening on %s", url)
+            if collector.receiver.tolerance is None:
+                log.warning(
+                    "KIRIM_TOLERANCE is off: signatures of any age are accepted, so a "
+                    "captured delivery can be replayed"
+                )
             if on_ready is not None:
                 on_ready(url)
         try:

@@ -86,22 +86,41 @@ def checked_api_key(value: Secret | str) -> Secret:
 def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret, ...]:
     """Normalise one secret, a comma-separated list, or an iterable into a tuple of Secrets.
 
-    Blank entries are dropped, so ``"whsec_a, whsec_b,"`` gives two secrets.
+    Blank entries and repeats are dropped, so ``"whsec_a, whsec_b,whsec_a"`` gives two
+    secrets. ConfigError (never showing it) for a secret that is not Unicode text.
     """
     if value is None:
         return ()
     items: Iterable[SecretLike]
     items = [value] if isinstance(value, (str, Secret)) else value
-    out: list[Secret] = []
+    out: dict[str, Secret] = {}  # in order, each once (a repeat adds nothing but a v1=)
     for item in items:
         raw = item.reveal() if isinstance(item, Secret) else item
         if not isinstance(raw, str):
             raise ConfigError("secrets must be strings")
         for part in raw.split(","):
             part = part.strip()
-            if part:
-                out.append(Secret(part))
-    return tuple(out)
+            if not part:
+                continue
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8 in the environment
+                raise ConfigError(
+                    "a webhook secret is not Unicode text (bytes that are not UTF-8?): "
+                    "check KIRIM_WEBHOOK_SECRET"
+                ) from None
+            out.setdefault(part, Secret(part))
+    return tuple(out.values())
+
+
+_ENV = {
+    "KIRIM_DATA_DIR": "data_dir",
+    "KIRIM_API_URL": "api_url",
+    "KIRIM_KEY": "api_key",
+    "KIRIM_WEBHOOK_SECRET": "webhook_secrets",
+    "KIRIM_TOLERANCE": "tolerance",
+    "KIRIM_LOG_FORMAT": "log_format",
+}
 
 
 @dataclass(frozen=True)
@@ -126,18 +145,11 @@ class Settings:
         """
         env = env or {}
         values: dict[str, Any] = {}
-        if "KIRIM_DATA_DIR" in env:
-            values["data_dir"] = env["KIRIM_DATA_DIR"]
-        if "KIRIM_API_URL" in env:
-            values["api_url"] = env["KIRIM_API_URL"]
-        if env.get("KIRIM_KEY"):
-            values["api_key"] = env["KIRIM_KEY"]
-        if "KIRIM_WEBHOOK_SECRET" in env:
-            values["webhook_secrets"] = env["KIRIM_WEBHOOK_SECRET"]
-        if "KIRIM_TOLERANCE" in env:
-            values["tolerance"] = env["KIRIM_TOLERANCE"]
-        if "KIRIM_LOG_FORMAT" in env:
-            values["log_format"] = env["KIRIM_LOG_FORMAT"]
+        for name, key in _ENV.items():
+            # blank counts as unset: KIRIM_TOLERANCE=${UNSET} in a compose file must not
+            # turn the replay check off, nor KIRIM_DATA_DIR= mean the current folder
+            if env.get(name, "").strip():
+                values[key] = env[name]
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key not in known:
@@ -165,12 +177,19 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
         out["data_dir"] = Path(out["data_dir"]).expanduser()
     if "api_url" in out:
         url = str(out["api_url"]).strip().rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"KIRIM_API_URL must start with http:// or https://, got {url!r}")
         try:
-            httpx.URL(url)
+            parsed = httpx.URL(url)
         except httpx.InvalidURL as exc:
-            raise ConfigError(f"KIRIM_API_URL is not a valid URL ({exc}): {url!r}") from None
+            raise ConfigError(f"KIRIM_API_URL is not a valid URL ({exc})") from None
+        if parsed.userinfo:  # never shown: it may hold a password
+            raise ConfigError(
+                "KIRIM_API_URL must not carry a user name or password (the API key goes in"
+                " KIRIM_KEY)"
+            )
+        if not url.lower().startswith(("http://", "https://")) or not parsed.host:
+            raise ConfigError(
+                f"KIRIM_API_URL must be an http:// or https:// URL with a host, got {url!r}"
+            )
         out["api_url"] = url
     if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)
         key = out["api_key"]
@@ -181,16 +200,21 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
     if "tolerance" in out:
         tol = out["tolerance"]
         if isinstance(tol, str):
-            tol = None if tol.strip().lower() in {"", "none", "off"} else tol
+            tol = None if tol.strip().lower() in {"none", "off"} else tol
         if tol is not None:
             try:
                 tol = int(tol)
             except (TypeError, ValueError):
-                raise ConfigError(f"tolerance must be whole seconds, got {tol!r}") from None
+                raise ConfigError(
+                    f"KIRIM_TOLERANCE must be whole seconds, 'off' or 0, got {tol!r}"
+                ) from None
             if tol < 0:
-                raise ConfigError("tolerance must not be negative")
+                raise ConfigError("KIRIM_TOLERANCE must not be negative")
             tol = tol or None  # 0 disables the check, as in Kirim's TypeScript SDK
         out["tolerance"] = tol
-    if "log_format" in out and out["log_format"] not in {"text", "json"}:
-        raise ConfigError("log format must be 'text' or 'json'")
+    if "log_format" in out:
+        log_format = str(out["log_format"]).strip().lower()
+        if log_format not in {"text", "json"}:
+            raise ConfigError("KIRIM_LOG_FORMAT (--log-format) must be 'text' or 'json'")
+        out["log_format"] = log_format
     return out

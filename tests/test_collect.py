@@ -33,13 +33,21 @@ PATH = "/webhooks/kirim"
 class Collector:
     """``kirim-events collect`` in a child process on a loopback port."""
 
-    def __init__(self, data: Path, port: int, *, flush_interval: float = 3600.0) -> None:
+    def __init__(
+        self,
+        data: Path,
+        port: int,
+        *,
+        flush_interval: float = 3600.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data, self.port, self.flush_interval = data, port, flush_interval
+        self.env = env or {}
         self.url = f"http://127.0.0.1:{port}{PATH}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Collector:
-        env = {**os.environ, "KIRIM_WEBHOOK_SECRET": f"whsec_old,{SECRET}"}
+        env = {**os.environ, "KIRIM_WEBHOOK_SECRET": f"whsec_old,{SECRET}", **self.env}
         cmd = [sys.executable, "-m", "kirim_events", "collect", "--data", str(self.data)]
         cmd += ["--port", str(self.port), "--flush-interval", str(self.flush_interval)]
         self.proc = subprocess.Popen(
@@ -104,10 +112,21 @@ def test_loopback_server_sigterm_drains_flushes_and_exits_0(collector: Collector
     code, stderr = collector.stop(signal.SIGTERM)
     assert code == 0, stderr
     assert SECRET not in stderr
+    assert "KIRIM_TOLERANCE is off" not in stderr
     events = Lake(collector.data).events().collect()
     assert set(events["event_key"]) == set(emu.truth.log().collect()["event_key"])
     assert events.height == 120
     assert "rejected" in Lake(collector.data).deliveries().collect()["outcome"].to_list()
+
+
+def test_a_collector_without_the_freshness_check_says_so(tmp_path: Path) -> None:
+    """Replays of captured deliveries pass when KIRIM_TOLERANCE is off: a warning at start."""
+    c = Collector(tmp_path, free_port(), env={"KIRIM_TOLERANCE": "off"}).start()
+    stale = testing.signed_request(testing.kirim_event(), SECRET, timestamp=1_700_000_000)
+    assert httpx.post(c.url, content=stale.body, headers=stale.headers).status_code == 200
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    assert "KIRIM_TOLERANCE is off" in stderr
 
 
 def test_a_request_in_flight_at_sigterm_is_finished_and_flushed(collector: Collector) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kirim_events.client import KirimClient
-from kirim_events.config import Secret, Settings, as_secrets
+from kirim_events.config import _ENV, Secret, Settings, as_secrets
 from kirim_events.errors import ConfigError
 
 
@@ -115,6 +115,39 @@ def test_a_malformed_api_url_is_a_config_error() -> None:
         Settings.load({"KIRIM_API_URL": "http://[::1"})
 
 
-@pytest.mark.parametrize("off", ["off", "none", "", "0"])
+@pytest.mark.parametrize("off", ["off", "none", "0", " OFF "])
 def test_a_tolerance_of_off_or_zero_disables_the_freshness_check(off: str) -> None:
     assert Settings.load({"KIRIM_TOLERANCE": off}).tolerance is None
+
+
+def test_blank_variables_count_as_unset() -> None:
+    """KIRIM_TOLERANCE=${UNSET} in a compose file turned the replay check off, and a blank
+    KIRIM_DATA_DIR meant the current folder; a blank one now means the default."""
+    blank = {name: "  " for name in _ENV}
+    assert Settings.load(blank) == Settings.load({})
+    assert Settings.load({"KIRIM_TOLERANCE": ""}).tolerance == 300
+
+
+def test_errors_name_the_variable_and_log_format_is_read_loosely() -> None:
+    with pytest.raises(ConfigError, match="KIRIM_TOLERANCE"):
+        Settings.load({"KIRIM_TOLERANCE": "soon"})
+    with pytest.raises(ConfigError, match="KIRIM_LOG_FORMAT"):
+        Settings.load({"KIRIM_LOG_FORMAT": "xml"})
+    assert Settings.load({"KIRIM_LOG_FORMAT": " JSON"}).log_format == "json"
+
+
+def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError, match="user name or password") as caught:
+        Settings.load({"KIRIM_API_URL": "https://user:s3cr3tpass@api.example.com"})
+    assert "s3cr3tpass" not in str(caught.value)
+    with pytest.raises(ConfigError, match="with a host"):
+        Settings.load({"KIRIM_API_URL": "https://"})
+
+
+def test_secrets_are_kept_once_and_must_be_text() -> None:
+    secrets = Settings.load({"KIRIM_WEBHOOK_SECRET": "whsec_a, whsec_a ,whsec_b"}).webhook_secrets
+    assert [s.reveal() for s in secrets] == ["whsec_a", "whsec_b"]
+    # what os.environ holds for the bytes b"whsec_\xff" (surrogateescape)
+    with pytest.raises(ConfigError, match="KIRIM_WEBHOOK_SECRET") as caught:
+        Settings.load({"KIRIM_WEBHOOK_SECRET": "whsec_good,whsec_\udcff"})
+    assert "whsec_good" not in str(caught.value)

@@ -120,3 +120,18 @@ def test_a_journal_flushes_into_one_lake_only(tmp_path: Path) -> None:
         assert journal.flush(ke.Lake(str(data) + "/")).events == 1  # the same lake, spelled apart
     assert sorted(ke.Lake(data).events().collect()["event_key"]) == ["a", "b"]
     assert not (elsewhere / "events").exists()
+
+
+def test_a_mistyped_lake_is_refused_not_read_as_empty(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    typo = str(tmp_path / "lakee")
+    for args in (["report"], ["compact"]):
+        result = runner.invoke(app, [*args, "--data", str(tmp_path / "data"), "--lake", typo])
+        assert result.exit_code == 2, result.output
+        assert f"no lake at {typo}" in " ".join(result.output.split())
+    # a journal to flush makes a new lake there: not a typo then
+    with Journal(tmp_path / "data") as journal:
+        journal.append([ev("a")])
+    result = runner.invoke(app, ["compact", "--data", str(tmp_path / "data"), "--lake", typo])
+    assert result.exit_code == 0, result.output
+    assert ke.Lake(typo).events().collect()["event_key"].to_list() == ["a"]

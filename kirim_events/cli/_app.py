@@ -20,6 +20,7 @@ from kirim_events import __version__
 from kirim_events.config import Settings
 from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
+from kirim_events.lake.state import check_version
 
 app = typer.Typer(
     name="kirim-events",
@@ -41,11 +42,18 @@ def print_error(message: object) -> None:
     err_console.print(Text.assemble(("error:", "red"), " ", str(message)), soft_wrap=True)
 
 
-def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
-    """ConfigError unless the data folder exists (when it is the lake): a typo in --data
-    would otherwise read an empty lake and print zeros."""
-    if lake_uri is None and not data_dir.is_dir():
-        raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+def require_folder(data_dir: Path, lake_uri: str | None = None, *, flushes: bool = False) -> None:
+    """ConfigError unless there is a lake to read: the data folder, or with ``--lake`` a lake
+    kirim-events wrote (or, when the command ``flushes``, a journal to flush into it). A typo
+    in either would otherwise read an empty lake and print zeros."""
+    if lake_uri is None:
+        if not data_dir.is_dir():
+            raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+        return
+    if flushes and (data_dir / "_journal" / "journal.sqlite3").exists():
+        return
+    if check_version(Lake(lake_uri).storage) is None:
+        raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
 
 
 def print_note(message: object) -> None:

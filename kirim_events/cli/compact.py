@@ -49,7 +49,7 @@ def compact_command(
     """
     s = settings(data_dir=data)
     with errors_to_exit(lake=lake_uri or s.data_dir):
-        require_folder(s.data_dir, lake_uri)
+        require_folder(s.data_dir, lake_uri, flushes=flush)
         lake = Lake(lake_uri or s.data_dir)
         flushed = None
         if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():

@@ -74,6 +74,9 @@ def test_brackets_in_paths_and_messages_are_printed_as_they_are(
         (["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/h", "--truth", "{tmp}/a-file/x"],
          "--truth"),
         (["collect", "--port", "99999"], "--port"),
+        (["collect", "--flush-interval", "nan"], "flush interval"),
+        (["report", "--top", "99999999999999999999999"], "--top"),
+        (["compact", "--target-mb", "99999999999999999999999999"], "--target-mb"),
     ],
 )  # fmt: skip
 def test_simple_mistakes_get_one_clear_error_and_no_traceback(

@@ -300,7 +300,15 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["logger"] == "kirim_events.x"
 
 
-@pytest.mark.parametrize("bad", [{"flush_interval": 0}, {"max_body": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"flush_interval": 0},
+        {"flush_interval": float("nan")},
+        {"flush_interval": 1e9},
+        {"max_body": 0},
+    ],
+)
 def test_bad_collector_options_are_config_errors(tmp_path: Path, bad: dict[str, float]) -> None:
     with pytest.raises(ke.ConfigError):
         ke.Collector(tmp_path, SECRET, **bad)  # type: ignore[arg-type]

@@ -35,7 +35,10 @@ def compact_command(
         typer.Option("--full", help="Visit every partition, not only those changed since."),
     ] = False,
     target_mb: Annotated[
-        int, typer.Option("--target-mb", min=1, help="Target size of merged files, in MB.")
+        int,
+        typer.Option(
+            "--target-mb", min=1, max=1_000_000, help="Target size of merged files, in MB."
+        ),
     ] = 256,
     flush: Annotated[
         bool,

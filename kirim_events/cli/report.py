@@ -125,7 +125,8 @@ def report_command(
         ),
     ] = None,
     top: Annotated[
-        int, typer.Option("--top", min=1, help="Failure reasons to list (and to chart).")
+        int,
+        typer.Option("--top", min=1, max=1000, help="Failure reasons to list (and to chart)."),
     ] = 10,
 ) -> None:
     """Summarise the lake: delivery funnel, read rate, top failures, conversation times.

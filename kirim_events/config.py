@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -113,6 +114,7 @@ def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret,
     return tuple(out.values())
 
 
+_URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")
 _ENV = {
     "KIRIM_DATA_DIR": "data_dir",
     "KIRIM_API_URL": "api_url",
@@ -174,6 +176,11 @@ class Settings:
 def _validate(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     if "data_dir" in out:
+        if _URL_LIKE.match(str(out["data_dir"])):  # s3://b/p, or s3:/b/p once a Path
+            raise ConfigError(
+                f"the data folder is a local folder (the journal lives there), got "
+                f"{str(out['data_dir'])!r}: for a lake on S3 use --lake s3://bucket/prefix"
+            )
         out["data_dir"] = Path(out["data_dir"]).expanduser()
     if "api_url" in out:
         url = str(out["api_url"]).strip().rstrip("/")

@@ -151,3 +151,10 @@ def test_secrets_are_kept_once_and_must_be_text() -> None:
     with pytest.raises(ConfigError, match="KIRIM_WEBHOOK_SECRET") as caught:
         Settings.load({"KIRIM_WEBHOOK_SECRET": "whsec_good,whsec_\udcff"})
     assert "whsec_good" not in str(caught.value)
+
+
+@pytest.mark.parametrize("given", ["s3://bucket/lake", Path("s3://bucket/lake")])
+def test_a_data_folder_given_as_a_url_points_to_lake(given: object) -> None:
+    with pytest.raises(ConfigError, match="--lake s3://"):
+        Settings.load({}, data_dir=given)
+    assert Settings.load({}, data_dir="C:/lake").data_dir == Path("C:/lake")  # not a URL

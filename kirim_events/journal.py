@@ -53,7 +53,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kirim_events.errors import LakeError, StorageError
+from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
@@ -517,8 +517,6 @@ class Journal:
             with self._reader() as conn:
                 top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
                 top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0
-            if top_inbox or top_receipts:
-                self._bind(lake)
             while (
                 batch := self._read_batch(
                     _SELECT_INBOX, _INBOX_JSON, (top_inbox, batch_size), (_INBOX_CUT, max_bytes)
@@ -540,34 +538,6 @@ class Journal:
             with self._reader() as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return FlushReport(n_events, n_receipts, time.perf_counter() - started)
-
-    def _bind(self, lake: LakeSink) -> None:
-        """A journal flushes into one lake: the first it flushed into (``_journal/lake``).
-
-        ``compact --lake s3://...`` beside a ``collect`` on the same folder would otherwise
-        split the acknowledged events between two lakes, each missing the other's share.
-        Sinks that name no lake (no ``storage.identity``) are not bound.
-        """
-        identity = getattr(getattr(lake, "storage", None), "identity", None)
-        if not isinstance(identity, str):
-            return
-        path = self.path.parent / "lake"
-        try:
-            bound = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            tmp = path.with_name(f".lake.{os.getpid()}.tmp")
-            tmp.write_text(identity + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-            return
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc}") from exc
-        if bound != identity:
-            raise LakeError(
-                f"the journal in {self.data_dir} flushes into {bound}, not {identity}: "
-                "whatever flushes this folder (collect too) must use one lake, or each would "
-                f"hold part of its events. To move it, stop every process on the folder, "
-                f"flush it into the old lake, and delete {path}"
-            )
 
     @contextlib.contextmanager
     def _flush_file_lock(self) -> Iterator[None]:

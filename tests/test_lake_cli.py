@@ -105,23 +105,6 @@ def test_a_read_error_without_a_damaged_file_keeps_its_traceback(
     assert isinstance(result.exception, pl.exceptions.ColumnNotFoundError)
 
 
-def test_a_journal_flushes_into_one_lake_only(tmp_path: Path) -> None:
-    """compact --lake elsewhere beside a collect on the same folder split the acknowledged
-    events between two lakes; the journal now keeps to the first lake it flushed into."""
-    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
-    with Journal(data) as journal:
-        journal.append([ev("a")])
-        journal.flush(ke.Lake(data))  # as collect does
-        journal.append([ev("b")])
-    result = runner.invoke(app, ["compact", "--data", str(data), "--lake", str(elsewhere)])
-    assert result.exit_code == 1, result.output
-    assert "flushes into" in result.output
-    with Journal(data) as journal:
-        assert journal.flush(ke.Lake(str(data) + "/")).events == 1  # the same lake, spelled apart
-    assert sorted(ke.Lake(data).events().collect()["event_key"]) == ["a", "b"]
-    assert not (elsewhere / "events").exists()
-
-
 def test_a_mistyped_lake_is_refused_not_read_as_empty(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     typo = str(tmp_path / "lakee")

@@ -80,11 +80,6 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
 
-    @property
-    def identity(self) -> str:
-        """The lake's one name however it was spelled: the resolved folder, or s3://root."""
-        return self.root if self.local else f"s3://{self.root}"
-
     def full(self, rel: str) -> str:
         """Full path of ``rel`` for this storage's filesystem (and for local readers)."""
         rel = rel.strip("/")

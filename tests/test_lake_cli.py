@@ -112,6 +112,12 @@ def test_a_mistyped_lake_is_refused_not_read_as_empty(tmp_path: Path) -> None:
         result = runner.invoke(app, [*args, "--data", str(tmp_path / "data"), "--lake", typo])
         assert result.exit_code == 2, result.output
         assert f"no lake at {typo}" in " ".join(result.output.split())
+    # an emptied journal (collect ran and flushed) does not make a typo a lake
+    with Journal(tmp_path / "data") as journal:
+        journal.append([ev("z")])
+        journal.flush(ke.Lake(tmp_path / "data"))
+    result = runner.invoke(app, ["compact", "--data", str(tmp_path / "data"), "--lake", typo])
+    assert result.exit_code == 2, result.output
     # a journal to flush makes a new lake there: not a typo then
     with Journal(tmp_path / "data") as journal:
         journal.append([ev("a")])

@@ -15,8 +15,10 @@ from kirim_events.cli._app import (
     require_folder,
     settings,
 )
+from kirim_events.errors import ConfigError
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
+from kirim_events.lake.state import check_version
 
 
 @command("compact")
@@ -58,6 +60,8 @@ def compact_command(
         if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():
             with Journal(s.data_dir) as journal:
                 flushed = journal.flush(lake)
+        if lake_uri is not None and check_version(lake.storage) is None:  # an empty journal
+            raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
         report = lake.compact(full=full, target_file_bytes=target_mb * 1024 * 1024)
     table = Table("", "value", title=f"compacted {lake_uri or s.data_dir}")
     if flushed is not None:

@@ -192,3 +192,28 @@ def test_the_lease_is_renewed_while_one_group_takes_long(
     lake.compact(hook=long_group)
     assert seen[1] > seen[0]  # renewed in the meantime, by the run's own thread
     assert lake.storage.read_bytes("_state/compact.lease") is None
+
+
+def test_one_failed_read_of_the_lease_does_not_stop_a_healthy_compaction(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kirim_events.errors import StorageError
+    from kirim_events.lake import lock
+
+    monkeypatch.setattr(lock.time, "sleep", lambda _s: None)
+    lake = ke.Lake("s3://lake/lease-blip", env=s3_env)
+    lake.write_events([ev("a")])
+    lake.write_events([ev("b")])
+    real = lake.storage.read_bytes
+    reads = [0]
+
+    def flaky(rel: str) -> bytes | None:
+        if rel == "_state/compact.lease":
+            reads[0] += 1
+            if reads[0] == 2:  # the run's own check before it publishes
+                raise StorageError("lake storage failed to read: 503 SlowDown")
+        return real(rel)
+
+    monkeypatch.setattr(lake.storage, "read_bytes", flaky)
+    assert lake.compact().partitions == 1
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]

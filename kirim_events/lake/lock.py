@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from kirim_events.errors import LakeError
+from kirim_events.errors import LakeError, StorageError
 from kirim_events.lake.storage import Storage
 
 __all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "compaction_lock"]
@@ -116,6 +117,18 @@ class _Lease:
             self._publish()
 
     def check(self) -> None:
+        """Renew; LakeError when taken over. A storage blip is tried again twice (a 503
+        from S3 must not stop a healthy run); only a lease owned by another run stops it."""
+        for attempt in range(3):
+            try:
+                self._check_once()
+                return
+            except StorageError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+
+    def _check_once(self) -> None:
         with self.lock:
             record = self._record()
             if record is None or record.get("owner") != self.owner:
@@ -127,7 +140,12 @@ class _Lease:
             self._publish()
 
     def release(self) -> None:
-        with self.lock:
-            record = self._record()
-            if record is not None and record.get("owner") == self.owner:
-                self.storage.delete(self.REL)  # never another compaction's lease
+        """Delete the lease if it is still ours; a failure is logged, not raised (it would
+        hide the error the run may be ending with; the lease then lapses by itself)."""
+        try:
+            with self.lock:
+                record = self._record()
+                if record is not None and record.get("owner") == self.owner:
+                    self.storage.delete(self.REL)  # never another compaction's lease
+        except StorageError as exc:
+            log.warning("could not release the compaction lease (%s); it lapses by itself", exc)

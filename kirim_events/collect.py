@@ -97,10 +97,8 @@ class Collector:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         now: Callable[[], float] = time.time,
     ) -> None:
-        if not 0 < flush_interval <= 86_400:  # NaN too: a NaN wait made the flusher spin
-            raise ConfigError(
-                f"flush interval must be positive seconds, at most a day, got {flush_interval}"
-            )
+        if not 0.01 <= flush_interval <= 86_400:  # NaN, or 1e-300, made the flusher spin
+            raise ConfigError(f"flush interval must be 0.01 s to a day, got {flush_interval}")
         if max_body < 1:
             raise ConfigError(f"max body must be at least 1 byte, got {max_body}")
         self.data_dir = Path(data_dir)

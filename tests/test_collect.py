@@ -304,6 +304,7 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     "bad",
     [
         {"flush_interval": 0},
+        {"flush_interval": 1e-300},
         {"flush_interval": float("nan")},
         {"flush_interval": 1e9},
         {"max_body": 0},

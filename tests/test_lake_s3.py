@@ -217,3 +217,18 @@ def test_one_failed_read_of_the_lease_does_not_stop_a_healthy_compaction(
     monkeypatch.setattr(lake.storage, "read_bytes", flaky)
     assert lake.compact().partitions == 1
     assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "env", "says"),
+    [
+        ("s3://lake/q#frag", {}, "'?' or '#'"),
+        ("s3://lake/a?b", {}, "'?' or '#'"),
+        ("s3://lake/x", {"AWS_ENDPOINT_URL": "localhost:45123"}, "AWS_ENDPOINT_URL must start"),
+    ],
+)
+def test_s3_locations_and_endpoints_that_would_be_misread_are_refused(
+    uri: str, env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ke.ConfigError, match=says):
+        ke.Lake(uri, env={"AWS_REGION": "us-east-1", **env})

@@ -353,6 +353,8 @@ def open_storage(
     parsed = urlparse(text)
     if not parsed.netloc:
         raise ConfigError(f"S3 lake location {text!r} has no bucket")
+    if "?" in text or "#" in text:  # urlparse would drop what follows, silently
+        raise ConfigError(f"S3 lake location {text!r}: a prefix with '?' or '#' is not supported")
     root = parsed.netloc + "/" + parsed.path.strip("/")
     if filesystem is None:
         environ = os.environ if env is None else env
@@ -364,7 +366,11 @@ def _s3_from_env(env: Mapping[str, str]) -> pafs.FileSystem:
     kwargs: dict[str, object] = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
-        parsed = urlparse(endpoint)
+        if not endpoint.strip().lower().startswith(("http://", "https://")):
+            raise ConfigError(
+                f"AWS_ENDPOINT_URL must start with http:// or https://, got {endpoint!r}"
+            )
+        parsed = urlparse(endpoint.strip())
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")

@@ -42,17 +42,13 @@ def print_error(message: object) -> None:
     err_console.print(Text.assemble(("error:", "red"), " ", str(message)), soft_wrap=True)
 
 
-def require_folder(data_dir: Path, lake_uri: str | None = None, *, flushes: bool = False) -> None:
+def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
     """ConfigError unless there is a lake to read: the data folder, or with ``--lake`` a lake
-    kirim-events wrote (or, when the command ``flushes``, a journal to flush into it). A typo
-    in either would otherwise read an empty lake and print zeros."""
+    kirim-events wrote. A typo in either would otherwise read an empty lake and print zeros."""
     if lake_uri is None:
         if not data_dir.is_dir():
             raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
-        return
-    if flushes and (data_dir / "_journal" / "journal.sqlite3").exists():
-        return
-    if check_version(Lake(lake_uri).storage) is None:
+    elif check_version(Lake(lake_uri).storage) is None:
         raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
 
 

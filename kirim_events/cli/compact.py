@@ -15,10 +15,8 @@ from kirim_events.cli._app import (
     require_folder,
     settings,
 )
-from kirim_events.errors import ConfigError
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
-from kirim_events.lake.state import check_version
 
 
 @command("compact")
@@ -54,14 +52,15 @@ def compact_command(
     """
     s = settings(data_dir=data)
     with errors_to_exit(lake=lake_uri or s.data_dir):
-        require_folder(s.data_dir, lake_uri, flushes=flush)
+        if lake_uri is None:
+            require_folder(s.data_dir)
         lake = Lake(lake_uri or s.data_dir)
         flushed = None
         if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():
             with Journal(s.data_dir) as journal:
                 flushed = journal.flush(lake)
-        if lake_uri is not None and check_version(lake.storage) is None:  # an empty journal
-            raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
+        if lake_uri is not None:  # after the flush: a journal may have made a new lake there
+            require_folder(s.data_dir, lake_uri)
         report = lake.compact(full=full, target_file_bytes=target_mb * 1024 * 1024)
     table = Table("", "value", title=f"compacted {lake_uri or s.data_dir}")
     if flushed is not None:

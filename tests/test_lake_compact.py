@@ -408,3 +408,41 @@ def test_a_reader_planning_while_a_compaction_commits_still_sees_every_event(
     monkeypatch.setattr(Manifest, "load", load_then_another_process_compacts)
     assert ke.Lake(tmp_path).events().collect().height == 20
     assert compacted[0] > 0
+
+
+def test_a_run_with_nothing_to_rewrite_deletes_no_file_a_newer_manifest_counts(
+    tmp_path: Path,
+) -> None:
+    """A run only cleaning leftovers must check the manifest too: files its stale manifest
+    does not count may be what another compaction published meanwhile."""
+    from kirim_events.lake.paths import encode_type
+    from kirim_events.lake.state import Manifest, manifest_path
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    lake.compact()
+    (counted,) = parquet_files(tmp_path / "events")
+    leftover = counted.with_name(counted.name.replace("c-00000001-", "c-00000002-"))
+    shutil.copyfile(counted, leftover)  # as an interrupted later run would leave it
+    rel = manifest_path("events", encode_type("message.created"))
+
+    planned: list[str] = []
+
+    def another_run_publishes_the_leftover(step: str) -> None:
+        planned.extend([step] if step == "planned" else [])
+        # groups go in order, deliveries (none here) then events: act in the events' one
+        if planned == ["planned", "planned"] and counted.exists():
+            current = Manifest.load(lake.storage, rel)
+            day = next(iter(current.files))
+            newer = dataclasses.replace(
+                current,
+                generation=current.generation + 1,
+                files={**current.files, day: [leftover.name]},
+                replaced={**current.replaced, day: [counted.name]},
+            )
+            newer.save(lake.storage, rel)
+            counted.unlink()
+
+    with pytest.raises(LakeError, match="changed while this compaction ran"):
+        lake.compact(full=True, hook=another_run_publishes_the_leftover)
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]

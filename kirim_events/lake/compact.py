@@ -232,6 +232,8 @@ class _Group:
                 set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
             )
         ]
+        if doomed and not rewrite:
+            self._still_ours()  # what a stale manifest leaves uncounted, a newer one may count
         with ThreadPoolExecutor(self.workers * 4) as pool:
             list(pool.map(self._delete, doomed))
         self.storage.sync_dirs([self.folder(d) for d in members])

@@ -31,8 +31,8 @@ def compaction_lock(
     """Hold the lake's compaction lock; yields a ``check()`` to call before publishing: on
     S3 it renews the lease and raises LakeError if another compaction took it over."""
     if not storage.local:
-        with _lease(storage, owner, now) as renew:
-            yield renew
+        with _lease(storage, owner, now) as check:
+            yield check
         return
     path = storage.full("_state/compact.lock")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -66,7 +66,7 @@ def _lease(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[C
     def keep_alive() -> None:
         while not stop.wait(RENEW_SECONDS):
             try:
-                lease.check()
+                lease.check_once()  # (the next tick is its retry)
             except LakeError:
                 return  # taken over: the run's own check() stops it
             except Exception as exc:  # a storage blip: try again at the next tick
@@ -121,14 +121,14 @@ class _Lease:
         from S3 must not stop a healthy run); only a lease owned by another run stops it."""
         for attempt in range(3):
             try:
-                self._check_once()
+                self.check_once()
                 return
             except StorageError:
                 if attempt == 2:
                     raise
                 time.sleep(1.0 + attempt)
 
-    def _check_once(self) -> None:
+    def check_once(self) -> None:
         with self.lock:
             record = self._record()
             if record is None or record.get("owner") != self.owner:

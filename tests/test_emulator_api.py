@@ -226,6 +226,14 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
             assert err["code"] == "invalid_api_key"
             assert r.headers["X-Request-Id"] == err["request_id"]
             assert KEY not in r.text
+            # kirim-api.md §7.2: every 4xx carries the rate-limit headers; requests without
+            # a valid key draw on their own bucket, not on the key's
+            assert r.headers["X-RateLimit-Limit"] == "600"
+            assert r.headers["X-RateLimit-Remaining"] == "599"
+            assert int(r.headers["X-RateLimit-Reset"]) > 0
+            assert "Retry-After" not in r.headers
+            ok = await _get(client, "/v1/webhook_deliveries")
+            assert ok.headers["X-RateLimit-Remaining"] == "599"
             health = await client.get("/v1/health")
             assert health.status_code == 200
 
@@ -243,6 +251,11 @@ def test_bad_filter_times_and_unknown_paths() -> None:
             r = await _get(client, "/v1/nothing_here")
             assert r.status_code == 404
             assert r.json()["error"]["type"] == "not_found"
+            # the key's own bucket: the 400 above took one token, this 404 another
+            assert r.headers["X-RateLimit-Remaining"] == "598"
+            r = await client.delete("/v1/webhook_deliveries")
+            assert r.status_code == 405
+            assert r.headers["X-RateLimit-Limit"] == "60"
 
     asyncio.run(main())
 

@@ -34,7 +34,14 @@ from starlette.routing import Route
 
 from kirim_events.config import Secret
 from kirim_events.emulator import routes
-from kirim_events.emulator.apistate import BULK_REPLAY_CAP, ApiError, ApiState, Handler, bad
+from kirim_events.emulator.apistate import (
+    ANONYMOUS,
+    BULK_REPLAY_CAP,
+    ApiError,
+    ApiState,
+    Handler,
+    bad,
+)
 from kirim_events.emulator.faults import FaultConfig, FaultInjector
 from kirim_events.emulator.store import Store
 
@@ -75,8 +82,33 @@ def _endpoint(
             error["request_id"] = request_id
             payload = {"error": error, "request_id": request_id}
             if status == 401:
-                headers = {"X-Request-Id": request_id}
+                headers = {"X-Request-Id": request_id, **_limits(api, request, ANONYMOUS)}
         return JSONResponse(payload, status_code=status, headers=headers)
+
+    return run
+
+
+def _limits(api: ApiState, request: Request, key: str) -> dict[str, str]:
+    """``X-RateLimit-*`` for an answer other than the 2xx or 429 of a routed request
+    (kirim-api.md §7.2: every 4xx carries them). It takes a token like any request; the
+    answer stays what it was (a 401, a 404), so without ``Retry-After``. Requests without a
+    valid key share one bucket per class (``ANONYMOUS``), apart from every key's."""
+    _, limits = api.limit(key, request.method not in ("GET", "HEAD"))
+    limits.pop("Retry-After", None)
+    return limits
+
+
+def _unrouted(api: ApiState) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The 404 / 405 for a path or method no route serves, with the caller's rate limits."""
+
+    async def run(request: Request, exc: Exception) -> Response:
+        response = await _http_error(request, exc)
+        try:
+            key = api.authenticate(request)
+        except ApiError:
+            key = ANONYMOUS
+        response.headers.update(_limits(api, request, key))
+        return response
 
     return run
 
@@ -192,7 +224,8 @@ def create_app(
         route("/v1/webhook_subscriptions/{id}", routes.delete_subscription, ["DELETE"]),
         route("/v1/webhook_subscriptions/{id}/secrets", routes.mint_secret, ["POST"]),
     ]
-    app = Starlette(routes=table, exception_handlers={404: _http_error, 405: _http_error})
+    unrouted = _unrouted(api)
+    app = Starlette(routes=table, exception_handlers={404: unrouted, 405: unrouted})
     app.state.api = api
     return FaultInjector(
         app,

@@ -21,9 +21,11 @@ from kirim_events.emulator.ids import ulid
 from kirim_events.emulator.store import DeliveryRow, Store, Subscription
 from kirim_events.events import EVENT_TYPE_PATTERN, header_number, parse_time
 
-__all__ = ["BULK_REPLAY_CAP", "ApiError", "ApiState", "Handler"]
+__all__ = ["ANONYMOUS", "BULK_REPLAY_CAP", "ApiError", "ApiState", "Handler"]
 
 BULK_REPLAY_CAP = 1000
+ANONYMOUS = ""
+"""The rate-limit bucket of requests without a valid key (no key can be empty)."""
 KEY_PATTERN = re.compile(r"^kdv_live_[A-Za-z0-9_-]{24}$")
 SUBSCRIPTION_PATTERN = re.compile(r"^wbs_[0-9A-HJKMNP-TV-Z]{26}$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -23,7 +23,8 @@ Event identity (``event_key``) -- the rule the whole store deduplicates on:
 The key never uses the delivery id, the attempt, the signature ``t`` or a whole-body hash
 while an id exists: those differ between retries and replays of the same event.
 
-Event time (``occurred_at``) is the payload's own time; when the payload has none, the
+Event time (``occurred_at``) is the payload's own time; when the payload has none (or a
+placeholder outside ``EVENT_TIME_RANGE``, such as Go's zero time ``0001-01-01``), the
 signature ``t``, then ``received_at``; ``time_source`` says which was used.
 """
 
@@ -140,6 +141,11 @@ def _digits(value: Any) -> str | None:
     return digits or None
 
 
+EVENT_TIME_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+"""Payload times outside ``[start, end)`` are placeholders, not event times: the event
+takes the signature's time instead (a partition dated year 1 or 9999 also has no
+neighbouring days for the readers' dedup window)."""
+
 _UNIX = re.compile(r"\d{1,12}(\.\d+)?")
 _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
@@ -251,7 +257,7 @@ class _Context:
 
     def base(self, source_format: str, time_value: Any) -> dict[str, Any]:
         occurred = parse_time(time_value)
-        if occurred is not None:
+        if occurred is not None and EVENT_TIME_RANGE[0] <= occurred < EVENT_TIME_RANGE[1]:
             time_source = "payload"
         elif self.signed_at is not None:
             occurred, time_source = self.signed_at, "signature"

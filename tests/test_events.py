@@ -305,6 +305,22 @@ def test_missing_event_time_falls_back_to_signature_then_received() -> None:
     assert unsigned.occurred_at == RECEIVED
 
 
+@pytest.mark.parametrize(
+    "placeholder",
+    ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", 253402300799, "1969-12-31T23:59:59Z"],
+)
+def test_a_placeholder_event_time_gives_way_to_the_signature_time(placeholder: object) -> None:
+    # Go's zero time and 9999-12-31 are common "no time" values; as event times they would
+    # date the event's partition at the ends of the calendar
+    body = json.dumps(
+        {"id": "evt_Z", "type": "contact.updated", "created_at": placeholder, "data": {}}
+    ).encode()
+    [rec] = parse_delivery(body, {"X-Kirim-Signature": "t=1779531500,v1=ab"}, received_at=RECEIVED)
+    assert rec.time_source == "signature"
+    assert rec.occurred_at == datetime.fromtimestamp(1779531500, UTC)
+    assert json.loads(rec.payload)["created_at"] == placeholder  # the body is kept as sent
+
+
 def test_signature_256_header_is_read() -> None:
     body = json.dumps({"id": "evt_T", "type": "customer.created", "data": {}}).encode()
     [rec] = parse_delivery(body, {"X-Kirim-Signature-256": "t=1779531500,v1=ab"})

@@ -133,6 +133,20 @@ def test_dedup_spans_neighbouring_days(tmp_path: Path) -> None:
     assert lake.sql("select count(*) from events").fetchall() == [(1,)]
 
 
+def test_partitions_at_the_ends_of_the_calendar_do_not_break_reads(tmp_path: Path) -> None:
+    # Older versions took a payload's placeholder time (0001-01-01, 9999-12-31) as the event
+    # time: such a partition has no neighbour days on one side, and every read failed with
+    # OverflowError (the dedup window looked two days past it)
+    lake = ke.Lake(tmp_path)
+    ends = [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, tzinfo=UTC)]
+    lake.write_events([ev("a"), ev("b", occurred=ends[0]), ev("c", occurred=ends[1])])
+    lake.write_events([ev("b", occurred=ends[0])])  # a copy, so those days need dedup
+    assert lake.events().collect().height == 3
+    assert lake.sql("select count(*) from events").fetchall() == [(3,)]
+    lake.compact()
+    assert sorted(lake.events().collect()["event_key"]) == ["a", "b", "c"]
+
+
 def test_filters_type_and_time(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     lake.write_events(

@@ -39,7 +39,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 
 import polars as pl
 import pyarrow as pa
@@ -54,6 +53,7 @@ from kirim_events.lake.reader import (
     first_copies,
     list_dates,
     list_groups,
+    near_days,
     parquet_names,
     polars_schema,
 )
@@ -145,12 +145,6 @@ def _marker_ms(rel: str) -> int:
         return 0
 
 
-def _near(day: str, window: int, existing: set[str]) -> list[str]:
-    base = date.fromisoformat(day)
-    days = ((base + timedelta(days=k)).isoformat() for k in range(-window, window + 1))
-    return [d for d in days if d in existing]
-
-
 class _Group:
     """Compaction of one group (an event type, or all deliveries)."""
 
@@ -187,7 +181,7 @@ class _Group:
         """Compact this group; return the names of the files seen (for marker clean-up)."""
         existing = set(list_dates(self.storage, self.table, self.group))
         members = sorted(
-            {d for c in self.changed if c in existing for d in _near(c, self.window, existing)}
+            {d for c in self.changed if c in existing for d in near_days(c, self.window, existing)}
         )
         listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}

@@ -37,6 +37,7 @@ __all__ = [
     "GroupPlan",
     "first_copies",
     "list_groups",
+    "near_days",
     "output_schema",
     "plan_group",
     "polars_schema",
@@ -117,8 +118,21 @@ def parquet_names(storage: Storage, rel_dir: str) -> dict[str, int]:
     }
 
 
-def _shift(day: str, days: int) -> str:
-    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+def near_days(day: str, window: int, existing: set[str]) -> list[str]:
+    """The days of ``existing`` within ``window`` days of ``day`` (itself included).
+
+    Days before year 1 or after 9999 do not exist, so a partition at either end of the
+    calendar (written by an older version from a placeholder time) has fewer neighbours
+    instead of failing every read.
+    """
+    base = date.fromisoformat(day)
+    days = []
+    for k in range(-window, window + 1):
+        try:
+            days.append((base + timedelta(days=k)).isoformat())
+        except OverflowError:
+            continue
+    return [d for d in days if d in existing]
 
 
 def plan_group(
@@ -174,8 +188,7 @@ def _plan_group(
     existing = set(dates)
 
     def near(day: str) -> list[str]:
-        days = (_shift(day, k) for k in range(-window_days, window_days + 1))
-        return [d for d in days if d in existing]
+        return near_days(day, window_days, existing)
 
     plan = GroupPlan(table, group)
     to_dedup: set[str] = set()

@@ -194,8 +194,9 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
                 " KIRIM_KEY)"
             )
         if not url.lower().startswith(("http://", "https://")) or not parsed.host:
+            shown = url.rpartition("@")[2]  # whatever came before an @ may be a password
             raise ConfigError(
-                f"KIRIM_API_URL must be an http:// or https:// URL with a host, got {url!r}"
+                f"KIRIM_API_URL must be an http:// or https:// URL with a host, got {shown!r}"
             )
         out["api_url"] = url
     if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)

@@ -36,7 +36,7 @@ from kirim_events.config import Secret, SecretLike, as_secrets
 from kirim_events.errors import PayloadError, SignatureError, StorageError
 from kirim_events.events import canonical_type, header_number, parse_delivery
 from kirim_events.journal import Journal
-from kirim_events.signing import verify
+from kirim_events.signing import check_tolerance, verify
 
 __all__ = ["DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics", "Receiver"]
 
@@ -166,7 +166,7 @@ class Receiver:
             raise ValueError("the receiver needs at least one webhook secret")
         self.path = "/" + path.strip("/")
         self.max_body = max_body
-        self.tolerance = tolerance
+        self.tolerance = check_tolerance(tolerance)
         self._now = now
         self.metrics = metrics or Metrics()
 

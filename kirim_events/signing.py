@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -22,9 +23,26 @@ from kirim_events.errors import (
     SignatureMissing,
 )
 
-__all__ = ["parse_header", "sign", "verify"]
+__all__ = ["check_tolerance", "parse_header", "sign", "verify"]
 
 DEFAULT_TOLERANCE = 300
+
+
+def check_tolerance(tolerance: int | None) -> int | None:
+    """``tolerance`` if it is None or a finite number of seconds >= 0, else ValueError.
+
+    NaN would pass every signature time (no comparison with it is true) and a negative
+    value would refuse every delivery, so both are refused here rather than met per request.
+    """
+    if tolerance is not None and (
+        isinstance(tolerance, bool) or not math.isfinite(tolerance) or tolerance < 0
+    ):
+        raise ValueError(
+            f"tolerance must be None or a finite number of seconds >= 0, got {tolerance!r}"
+        )
+    return tolerance
+
+
 _MAX_T_DIGITS = 12  # unix seconds; longer is no time at all (and int() of 5000 digits raises)
 
 
@@ -128,6 +146,7 @@ def verify(
         contain a secret.
     """
     t, candidates = parse_header(header)
+    check_tolerance(tolerance)
     keys = as_secrets(secrets)
     if not keys:
         raise SignatureMismatch("no secret configured to verify against")

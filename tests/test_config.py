@@ -142,6 +142,12 @@ def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -
     assert "s3cr3tpass" not in str(caught.value)
     with pytest.raises(ConfigError, match="with a host"):
         Settings.load({"KIRIM_API_URL": "https://"})
+    # without a scheme httpx sees no user info, and the URL is named in the error
+    for url in ("user:hunter2@api.kirim.chat", "hunter2@api.kirim.chat"):
+        with pytest.raises(ConfigError, match="with a host") as caught:
+            Settings.load({"KIRIM_API_URL": url})
+        assert "hunter2" not in str(caught.value)
+        assert "api.kirim.chat" in str(caught.value)
 
 
 def test_secrets_are_kept_once_and_must_be_text() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,8 @@ from kirim_events.errors import (
     SignatureMismatch,
     SignatureMissing,
 )
+from kirim_events.journal import Journal
+from kirim_events.receiver import Receiver
 from kirim_events.signing import parse_header
 
 SECRET = "whsec_test_secret"
@@ -194,6 +197,17 @@ def test_tolerance_none_or_zero_skips_only_the_time_check(off: int | None) -> No
     assert verify(BODY, HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400) == T
     with pytest.raises(SignatureMismatch):
         verify(BODY + b" ", HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1, True])
+def test_a_tolerance_that_would_pass_or_refuse_everything_is_refused(
+    bad: float, tmp_path: Path
+) -> None:
+    # NaN passed every signature time, a negative value refused every delivery
+    with pytest.raises(ValueError, match="tolerance"):
+        verify(BODY, HEADER, [SECRET], tolerance=bad, now=T + 10 * 86_400)  # type: ignore[arg-type]
+    with Journal(tmp_path) as journal, pytest.raises(ValueError, match="tolerance"):
+        Receiver(journal, [SECRET], tolerance=bad)  # type: ignore[arg-type]
 
 
 def test_an_expiry_message_does_not_round_to_the_tolerance() -> None:

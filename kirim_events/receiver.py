@@ -44,6 +44,15 @@ DEFAULT_PATH = "/webhooks/kirim"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 log = logging.getLogger("kirim_events.receiver")
 _KEPT = (b"content-type", b"user-agent")
+RECEIPT_TEXT_MAX = 200
+"""Header values kept in a receipt (and named in logs) are cut to this many characters:
+receipts are written before the signature is checked, and Kirim's ids are about 30 long,
+so anyone reaching the port could otherwise store kilobytes per unsigned request."""
+
+
+def _clip(value: str | None) -> str | None:
+    return value if value is None or len(value) <= RECEIPT_TEXT_MAX else value[:RECEIPT_TEXT_MAX]
+
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -238,10 +247,10 @@ class Receiver:
             if k.startswith(b"x-kirim-") or k in _KEPT
         }
         receipt: dict[str, Any] = {
-            "delivery_id": headers.get("x-kirim-delivery-id"),
+            "delivery_id": _clip(headers.get("x-kirim-delivery-id")),
             "attempt": header_number(headers.get("x-kirim-attempt")),
-            "event_id": headers.get("x-kirim-event-id"),
-            "event_type": canonical_type(headers.get("x-kirim-event")),
+            "event_id": _clip(headers.get("x-kirim-event-id")),
+            "event_type": _clip(canonical_type(headers.get("x-kirim-event"))),
             "origin": "webhook",
             "received_at": received_at,
         }

@@ -18,7 +18,7 @@ import kirim_events as ke
 from kirim_events import testing
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
-from kirim_events.receiver import Receiver
+from kirim_events.receiver import RECEIPT_TEXT_MAX, Receiver
 
 SECRET = "whsec_current"
 OLD_SECRET = "whsec_previous"
@@ -165,6 +165,22 @@ async def test_an_odd_attempt_header_is_kept_as_unknown_never_a_5xx(
     assert (ok.status_code, ok.json()["outcome"], bad.status_code) == (200, "new", 401)
     receipts = lake_after_flush(journal).deliveries().collect()
     assert set(receipts["attempt"].to_list()) == ({2} if attempt == b"2" else {None})
+
+
+async def test_an_unsigned_request_stores_no_more_than_a_short_receipt(
+    receiver: Receiver, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # receipts are written before the signature check: 8 KB headers were kept whole (and
+    # logged), so anyone reaching the port could fill the disk a few KB at a time
+    long = {k: "x" * 8000 for k in ("X-Kirim-Delivery-Id", "X-Kirim-Event-Id", "X-Kirim-Event")}
+    async with client(receiver) as c:
+        resp = await c.post(PATH, content=b"{}", headers=long)
+    assert resp.status_code == 401
+    [row] = lake_after_flush(journal).deliveries().collect().to_dicts()
+    for column in ("delivery_id", "event_id", "event_type"):
+        assert row[column] == "x" * RECEIPT_TEXT_MAX
+    assert all(len(r.getMessage()) < 1000 for r in caplog.records)
+    assert any("rejected delivery" in r.getMessage() for r in caplog.records)
 
 
 async def test_too_large_by_content_length_is_413(receiver: Receiver, journal: Journal) -> None:

@@ -8,10 +8,8 @@ committed, so N concurrent deliveries pay one fsync, not N:
   thread drains a queue and commits everything waiting in one transaction;
 * :meth:`Journal.append_async` (the receiver): the appends of one event-loop pass go to
   that writer thread as one item (one hand-over per pass, one wake-up of the loop per
-  commit), so the inserts, like the fsync, run off the loop that acknowledges webhooks.
-  ``commit_in_loop=True`` instead inserts each pass's rows on the loop and runs only the
-  COMMIT on a commit thread (pipelined); measured under wrk with 32 connections on 2
-  cores, it answered 3-10 % fewer requests/s, its inserts costing the loop ~13 us a request.
+  commit), so the inserts, like the fsync, run off the loop that acknowledges webhooks,
+  and a write lock held by another process (a flush, a backfill) never blocks the loop.
 
 A caller's future resolves only after the commit that holds its rows, hence "acknowledged"
 implies "durable"; a SIGKILL at any instant loses nothing that was acknowledged (SQLite's WAL
@@ -44,7 +42,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,10 +136,6 @@ class Journal:
         Clock returning unix seconds (injectable for tests of retention).
     max_batch
         Most appends committed in one transaction by the writer thread.
-    commit_in_loop
-        For :meth:`append_async`: hand every event-loop pass's group to the writer thread
-        (False, the default), or insert its rows on the loop and fsync on a commit thread
-        while the loop gathers the next group (True).
 
     Examples
     --------
@@ -157,7 +151,6 @@ class Journal:
         retention: timedelta = DEFAULT_RETENTION,
         now: Callable[[], float] = time.time,
         max_batch: int = 2000,
-        commit_in_loop: bool = False,
     ) -> None:
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
@@ -168,11 +161,8 @@ class Journal:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[Job]] = {}
-        self._in_flight: set[asyncio.AbstractEventLoop] = set()
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="kirim-journal-commit")
         self._flush_lock = threading.Lock()
         self._lock = threading.Lock()  # one user of the write connection at a time
-        self.commit_in_loop = commit_in_loop
         self._closed = False
         self.commits = 0
         """Transactions committed by this instance (one per group of appends)."""
@@ -304,7 +294,7 @@ class Journal:
 
     def _enqueue_async(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         # Requests handled in one event-loop pass form one group: _hand_over runs after them
-        # and commits them together (pipelined, or through the writer thread as one item).
+        # and hands them to the writer thread as one item, committed together.
         if self._closed or not self._thread.is_alive():
             raise StorageError("journal is closed")
         waiting = self._pending.get(loop)
@@ -315,71 +305,11 @@ class Journal:
             waiting.append(job)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        jobs = self._pending.pop(loop, [])
         if self._closed:
-            jobs = self._pending.pop(loop, [])
             settle([(job, None, StorageError("journal is closed")) for job in jobs])
-            return
-        if not self.commit_in_loop:
-            jobs = self._pending.pop(loop, [])
-            if jobs:
-                self._queue.put(jobs)
-            return
-        if loop in self._in_flight or not self._pending.get(loop):
-            return  # _after_commit starts the next group when this one is on disk
-        if not self._lock.acquire(blocking=False):
-            # The writer thread (a flush's delete, a backfill append) holds the connection:
-            # keep serving and gathering, try again shortly; never block the event loop.
-            loop.call_later(0.0005, self._hand_over, loop)
-            return
-        jobs = self._pending.pop(loop)
-        # Pipelined group commit: this pass's rows are inserted here, on the loop, and only
-        # the COMMIT (the fsync) runs on the commit thread, while the loop keeps serving and
-        # gathers the next group. One thread hand-over per group, none per row or request.
-        self._in_flight.add(loop)
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            results = write_appends(self._conn, jobs, self._seen_at())
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            self._lock.release()
-            self._in_flight.discard(loop)
-            if len(jobs) > 1 and _one_job_may_cause(exc):  # the writer thread: each alone
-                for job in jobs:
-                    self._queue.put([job])
-            else:
-                error = StorageError(f"journal write failed: {exc}")
-                settle([(job, None, error) for job in jobs])
-            return
-        self._committer.submit(self._commit_off_loop, loop, jobs, results)
-
-    def _commit_off_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        jobs: list[Job],
-        results: list[Result],
-    ) -> None:
-        error: StorageError | None = None
-        try:
-            self._conn.execute("COMMIT")
-            self.commits += 1
-            self._backlog += sum(job.backlog_delta for job in jobs)
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            error = StorageError(f"journal write failed: {exc}")
-        finally:
-            self._lock.release()
-        if error is not None:
-            results = [(job, None, error) for job in jobs]
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(self._after_commit, loop, results)
-
-    def _after_commit(self, loop: asyncio.AbstractEventLoop, results: list[Result]) -> None:
-        self._in_flight.discard(loop)
-        settle(results)
-        if self._pending.get(loop):
-            self._hand_over(loop)
+        elif jobs:
+            self._queue.put(jobs)
 
     def _submit(
         self, work: Callable[[sqlite3.Connection], Any], *, recounts_backlog: bool = False
@@ -621,7 +551,6 @@ class Journal:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self._committer.shutdown(wait=True)
         with self._lock:
             self._conn.close()
 

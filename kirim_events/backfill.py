@@ -31,6 +31,8 @@ every page (the CLI draws a progress bar from it).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -38,7 +40,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -233,14 +235,29 @@ class _Checkpoint:
             return None
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read backfill checkpoint {path}: {exc}") from exc
+        damaged = StorageError(
+            f"backfill checkpoint {path} is damaged; delete it to start the run afresh"
+        )
+        if not isinstance(raw, dict):
+            raise damaged
         if raw.get("version") != CHECKPOINT_VERSION:
             raise StorageError(f"backfill checkpoint {path} has an unknown version")
-        raw["slices"] = [_Slice(**s) for s in raw["slices"]]
-        return cls(**raw)
+        try:
+            raw["slices"] = [_Slice(**s) for s in raw["slices"]]
+            cp = cls(**raw)
+        except (TypeError, KeyError, AttributeError):
+            raise damaged from None
+        times: list[object] = [cp.since, cp.until, cp.snapshot]
+        times += [t for s in cp.slices for t in (s.after, s.before, s.oldest, s.fetch_before)]
+        if not cp.slices or any(
+            t is not None and (not isinstance(t, str) or parse_time(t) is None) for t in times
+        ):
+            raise damaged
+        return cp
 
     def save(self, path: Path) -> None:
         data = json.dumps(asdict(self), indent=1, sort_keys=True).encode()
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
@@ -252,9 +269,35 @@ class _Checkpoint:
             raise StorageError(f"cannot write backfill checkpoint {path}: {exc}") from exc
 
 
-def _run_key(since: str, until: str, filters: Mapping[str, str]) -> str:
-    ident = json.dumps([since, until, sorted(filters.items())])
+def _run_key(since: str, until: str, filters: Mapping[str, str], account: str) -> str:
+    """The checkpoint's name: the asked range and filters, and the Kirim account (a run
+    killed against one Kirim or API key must not resume against another: its slices marked
+    done would be skipped there)."""
+    ident = json.dumps([since, until, sorted(filters.items()), account])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _run_lock(checkpoint: Path) -> Iterator[None]:
+    """Hold ``<checkpoint>.lock`` for the whole run; a second run of the same range on the
+    same data folder is refused (both wrote the one checkpoint)."""
+    lock = checkpoint.with_suffix(".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot lock backfill checkpoint {checkpoint}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(
+                "another backfill of this range is running on this data folder (it holds "
+                f"{lock}); wait for it to end"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reports
@@ -512,79 +555,80 @@ def backfill(
     }
     root = Path(data)
     bounds = (_asked(since, lo), _asked(until, hi_asked))
-    key = _run_key(*bounds, filters)
+    key = _run_key(*bounds, filters, client.account)
     path = root / "_state" / "backfill" / f"{key}.json"
-    cp = _Checkpoint.load(path)
-    # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
-    spans = any(b.startswith("ago:") and b != "ago:now" for b in bounds)
-    if cp is not None and spans:
-        # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range
-        started = parse_time(cp.snapshot)
-        if started is None or start - started > SPAN_RESUME_WITHIN:
-            cp = None  # start afresh; saving the new checkpoint replaces the old one
-    resumed = cp is not None
-    if cp is None:
-        hi = hi_given or start
-        check_order(lo, hi)
-        cp = _Checkpoint(
-            key=key,
-            since=format_time(lo),
-            until=format_time(hi),
-            snapshot=format_time(start),
-            filters=filters,
-            slices=_split(lo, hi, slices * _PIECES),
+    with _run_lock(path):
+        cp = _Checkpoint.load(path)
+        # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
+        spans = any(b.startswith("ago:") and b != "ago:now" for b in bounds)
+        if cp is not None and spans:
+            # "--since 7d" names the last 7 days: a run of it killed long ago walks an old range
+            started = parse_time(cp.snapshot)
+            if started is None or start - started > SPAN_RESUME_WITHIN:
+                cp = None  # start afresh; saving the new checkpoint replaces the old one
+        resumed = cp is not None
+        if cp is None:
+            hi = hi_given or start
+            check_order(lo, hi)
+            cp = _Checkpoint(
+                key=key,
+                since=format_time(lo),
+                until=format_time(hi),
+                snapshot=format_time(start),
+                filters=filters,
+                slices=_split(lo, hi, slices * _PIECES),
+            )
+            cp.save(path)
+        since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
+        assert since_fixed is not None
+        assert until_fixed is not None
+        report = BackfillReport(
+            since=since_fixed,
+            until=until_fixed,
+            slices=len(cp.slices),
+            resumed=resumed,
+            checkpoint=str(path),
         )
-        cp.save(path)
-    since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
-    assert since_fixed is not None
-    assert until_fixed is not None
-    report = BackfillReport(
-        since=since_fixed,
-        until=until_fixed,
-        slices=len(cp.slices),
-        resumed=resumed,
-        checkpoint=str(path),
-    )
-    own_journal = journal is None
-    jr = journal or Journal(root)
-    sent0, retries0 = client.requests_sent, client.retries
-    try:
-        run = _Run(client, jr, cp, path, report, page_size, progress, now)
-        workers = min(slices, len(cp.slices))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
-            pending = {pool.submit(run.walk, s) for s in cp.slices}
-            try:
-                while pending:
-                    # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
-                    # main thread only when it next runs Python, not while it blocks untimed.
-                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
-                    for f in done:
-                        f.result()  # the first slice's error, if any
-            except BaseException:
-                run.stop.set()  # let the other slices stop after their current page
-                client.interrupt()  # without first sitting out a Retry-After or a backoff
-                raise
-            finally:
+        own_journal = journal is None
+        jr = journal or Journal(root)
+        sent0, retries0 = client.requests_sent, client.retries
+        try:
+            run = _Run(client, jr, cp, path, report, page_size, progress, now)
+            workers = min(slices, len(cp.slices))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
+                pending = {pool.submit(run.walk, s) for s in cp.slices}
                 try:
-                    pool.shutdown(wait=True)
+                    while pending:
+                        # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
+                        # main thread only when it next runs Python, not while it blocks untimed.
+                        done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                        for f in done:
+                            f.result()  # the first slice's error, if any
+                except BaseException:
+                    run.stop.set()  # let the other slices stop after their current page
+                    client.interrupt()  # without first sitting out a Retry-After or a backoff
+                    raise
                 finally:
-                    client.resume()  # the caller may use this client again
-        if flush:
-            if lake is None:
-                from kirim_events.lake import Lake
+                    try:
+                        pool.shutdown(wait=True)
+                    finally:
+                        client.resume()  # the caller may use this client again
+            if flush:
+                if lake is None:
+                    from kirim_events.lake import Lake
 
-                lake = Lake(root)
-            flushed = jr.flush(lake, batch_size=_FLUSH_BATCH)
-            report.flushed_events = flushed.events
-            report.flushed_deliveries = flushed.receipts
-        _finish(path)
-    finally:
-        report.requests = client.requests_sent - sent0
-        report.retries = client.retries - retries0
-        report.seconds = now() - start.timestamp()
-        if own_journal:
-            jr.close()
-    return report
+                    lake = Lake(root)
+                flushed = jr.flush(lake, batch_size=_FLUSH_BATCH)
+                report.flushed_events = flushed.events
+                report.flushed_deliveries = flushed.receipts
+            _finish(path)
+        finally:
+            report.requests = client.requests_sent - sent0
+            report.retries = client.retries - retries0
+            report.seconds = now() - start.timestamp()
+            if own_journal:
+                jr.close()
+        return report
 
 
 def _finish(path: Path) -> None:

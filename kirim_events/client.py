@@ -25,6 +25,7 @@ Clock, sleep and randomness are injected (``clock=``, ``sleep=``, ``rng=``) for 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -279,6 +280,13 @@ class KirimClient:
 
     def __repr__(self) -> str:
         return f"KirimClient({self.base_url!r}, api_key=Secret('**********'))"
+
+    @property
+    def account(self) -> str:
+        """Which Kirim and which key this client talks to, as a hash that reveals neither
+        the key nor anything to guess it by (it names backfill checkpoints)."""
+        ident = f"{self.base_url}\n{self._key.reveal()}".encode()
+        return hashlib.sha256(ident).hexdigest()[:32]
 
     def interrupt(self) -> None:
         """Cut short every wait of this client (Retry-After, backoff, pacing) until

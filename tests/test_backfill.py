@@ -18,7 +18,7 @@ from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_fram
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
-from kirim_events.errors import AuthenticationError, ConfigError
+from kirim_events.errors import AuthenticationError, ConfigError, StorageError
 from kirim_events.events import parse_time
 from kirim_events.journal import Journal
 
@@ -449,6 +449,95 @@ def test_resume_after_copying_the_folder_keeps_working(world: World, tmp_path: P
     report = backfill(moved, client=client, since=since, until=until, slices=2, page_size=20)
     assert report.resumed
     assert_lake_is_exactly_the_history(moved, world)
+
+
+def _killed_run(world: World, home: Path, client: KirimClient) -> Path:
+    """Start a backfill of the world's window, die after 3 pages; its checkpoint."""
+    since, until = window(world)
+
+    def stop(p: BackfillProgress) -> None:
+        if p.pages == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(home, client=client, since=since, until=until, slices=2, page_size=20,
+                 progress=stop)  # fmt: skip
+    return next((home / "_state" / "backfill").glob("*.json"))
+
+
+def test_a_checkpoint_of_another_kirim_or_key_is_not_resumed(world: World, tmp_path: Path) -> None:
+    # A run killed against one Kirim (staging) and started again against another: the slices
+    # done at the first would have been skipped at the second, and its history lost.
+    t = FakeTime(window(world)[1].timestamp() + 3600)
+    transport, client = world.api(t)
+    _killed_run(world, tmp_path, client)
+    since, until = window(world)
+    other = KirimClient("http://other-kirim.test", world.emu.api_keys[0], transport=transport,
+                        sleep=t.sleep, clock=t.clock)  # fmt: skip
+    assert other.account != client.account
+    assert world.emu.api_keys[0].reveal() not in other.account
+    report = backfill(tmp_path, client=other, since=since, until=until, slices=2, page_size=20)
+    assert not report.resumed
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    # the first account's run is still there to resume
+    assert backfill(tmp_path, client=client, since=since, until=until, slices=2).resumed
+
+
+def test_a_second_backfill_of_the_same_range_is_refused_while_one_runs(
+    world: World, tmp_path: Path
+) -> None:
+    # Two runs wrote the one checkpoint through one temporary name: one failed on a rename,
+    # and interleaved writes could leave a checkpoint no run could read.
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+    _, client2 = world.api(t)
+    refused: list[StorageError] = []
+
+    def start_another(p: BackfillProgress) -> None:
+        if p.pages == 1:
+            with pytest.raises(StorageError, match="another backfill of this range") as info:
+                backfill(tmp_path, client=client2, since=since, until=until, page_size=20)
+            refused.append(info.value)
+
+    report = backfill(tmp_path, client=client, since=since, until=until, page_size=20,
+                      progress=start_another)  # fmt: skip
+    assert len(refused) == 1
+    assert not report.resumed
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    # once the first run ended, the same range runs again (a new run, nothing to add)
+    assert backfill(tmp_path, client=client2, since=since, until=until).events_new == 0
+
+
+DAMAGE: dict[str, Any] = {
+    "null": lambda state: None,
+    "a list": lambda state: [],
+    "no slices": lambda state: {"version": state["version"]},
+    "empty slices": lambda state: {**state, "slices": []},
+    "a slice without times": lambda state: {**state, "slices": [{"after": "x"}]},
+    "an until that is no time": lambda state: {**state, "until": "not a time"},
+    "an unknown slice field": lambda state: {
+        **state,
+        "slices": [{**state["slices"][0], "surprise": 1}, *state["slices"][1:]],
+    },
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_is_one_clear_error(world: World, tmp_path: Path, damage: str) -> None:
+    # valid JSON of the wrong shape gave AttributeError, KeyError, TypeError, AssertionError
+    # or ValueError tracebacks instead of the one-line error a damaged file gets
+    t = FakeTime(window(world)[1].timestamp() + 3600)
+    _, client = world.api(t)
+    checkpoint = _killed_run(world, tmp_path, client)
+    text = json.dumps(DAMAGE[damage](json.loads(checkpoint.read_text())))
+    checkpoint.write_text(text)
+    since, until = window(world)
+    with pytest.raises(StorageError, match="is damaged; delete it"):
+        backfill(tmp_path, client=client, since=since, until=until, slices=2)
+    checkpoint.unlink()  # as the message says: the run then starts afresh
+    backfill(tmp_path, client=client, since=since, until=until, slices=2)
+    assert_lake_is_exactly_the_history(tmp_path, world)
 
 
 def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(

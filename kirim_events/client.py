@@ -8,7 +8,8 @@ What it does (kirim-api.md §7):
   :class:`~kirim_events.errors.ApiError` subclass carrying ``status_code``, ``type``, ``code``
   and ``request_id`` (from the body, else the ``X-Request-Id`` header).
 * 408, 429, 5xx and transport errors are retried with exponential backoff and full jitter;
-  ``Retry-After`` is honoured (seconds or an HTTP date). Other 4xx raise at once.
+  ``Retry-After`` is honoured (seconds or an HTTP date; up to ``MAX_RETRY_AFTER``, past
+  which the 429 is raised). Other 4xx raise at once.
 * One :class:`~kirim_events.ratelimit.RateLimiter` per client, shared by all its threads,
   paces requests from ``X-RateLimit-Limit/Remaining/Reset`` so that it does not run past the
   limit (see :mod:`kirim_events.ratelimit`). Reads (GET) and writes (POST...) are separate
@@ -65,6 +66,8 @@ __all__ = [
 log = logging.getLogger("kirim_events.client")
 
 MAX_PAGE_SIZE = 100
+MAX_RETRY_AFTER = 3600
+"""A 429 asking to wait longer (seconds) is not retried: the error says how long."""
 BULK_REPLAY_CAP = 1000
 _USER_AGENT = "kirim-events"
 
@@ -579,7 +582,16 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
     text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
     kw: dict[str, Any] = {"status_code": status, "type": etype, "code": code, "request_id": rid}
     if status == 429:
-        return RateLimited(text, retry_after=retry_after(response.headers, now), **kw)
+        wait = retry_after(response.headers, now)
+        if wait is not None and wait > MAX_RETRY_AFTER:
+            # per-minute limits (kirim-api.md §7.2) never ask this much: do not sit silently
+            # for hours or days; a backfill keeps its checkpoint for a later run
+            return PermanentApiError(
+                f"{text} (Kirim asks to wait {wait:.0f} s, more than {MAX_RETRY_AFTER} s: "
+                "stopped; run again later)",
+                **kw,
+            )
+        return RateLimited(text, retry_after=wait, **kw)
     if status == 408 or status >= 500 or code == "idempotency_in_progress":
         return RetryableApiError(text, **kw)
     if status in (401, 403):

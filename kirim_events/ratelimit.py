@@ -12,6 +12,7 @@ whole-second rounding not to matter. It is shared by every thread of one
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -147,9 +148,10 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw.strip())
+        value = float(raw.strip())
     except ValueError:
         return None
+    return value if math.isfinite(value) else None  # nan, inf: as if absent
 
 
 def retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -162,9 +164,11 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if raw is None:
         return None
     try:
-        return max(0.0, float(raw.strip()))
+        seconds = float(raw.strip())
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     until = _http_date(raw)
     if until is None:
         return None

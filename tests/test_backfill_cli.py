@@ -214,6 +214,12 @@ def test_cli_bad_input(world: World, env: dict[str, str], tmp_path: Path) -> Non
                           env={**no_key, "KIRIM_KEY": ""})  # fmt: skip
     assert unset.exit_code == 2
     assert "KIRIM_KEY" in unset.output
+    # a mistyped folder: every event Kirim knows would have been imported or replayed
+    typo = runner.invoke(app, ["reconcile", "--data", str(tmp_path / "typo"), "--since", "1d"],
+                         env=env)  # fmt: skip
+    assert typo.exit_code == 2
+    assert typo.output.startswith("error: no lake at")
+    assert not (tmp_path / "typo").exists()
     bad_status = runner.invoke(app, ["deliveries", "bulk-replay", "--subscription-id",
                                      "wbs_X", "--status", "succeeded"], env=env)  # fmt: skip
     assert bad_status.exit_code == 2

@@ -27,6 +27,7 @@ from kirim_events.cli._app import (
     errors_to_exit,
     print_error,
     print_note,
+    require_folder,
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
@@ -193,6 +194,9 @@ def reconcile_command(
     s = load_settings(data_dir=data)
     client = _client(data)
     with errors_to_exit(lake=s.data_dir), client:
+        # a mistyped folder holds none of the events Kirim knows: every one would be
+        # imported there or replayed to the collector
+        require_folder(s.data_dir)
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
             warn_days=warn_days, subscription_id=subscription_id,

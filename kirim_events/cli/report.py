@@ -55,9 +55,10 @@ def render_report(report: Report, *, top: int) -> None:
     console.print(
         Text.assemble(
             (f"{report.n_messages:,}", "bold"),
-            " outbound messages, ",
+            " outbound message, " if report.n_messages == 1 else " outbound messages, ",
             (f"{report.n_conversations:,}", "bold"),
-            f" conversations ({report.n_open_conversations:,} open){when}",
+            " conversation" if report.n_conversations == 1 else " conversations",
+            f" ({report.n_open_conversations:,} open){when}",
         )
     )
     if report.n_messages == 0 and report.n_conversations == 0:

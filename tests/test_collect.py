@@ -100,7 +100,9 @@ def test_emulator_deliveries_land_in_the_lake_exactly_once(tmp_path: Path) -> No
 def test_loopback_server_sigterm_drains_flushes_and_exits_0(collector: Collector) -> None:
     # The flush interval is an hour: only the shutdown flush can put events in the lake.
     collector.start()
-    config = EngineConfig(duplicate_rate=0.2, time_compression=1000)
+    config = EngineConfig(
+        duplicate_rate=0.2, time_compression=1_000_000
+    )  # 31 h of retries in 0.1 s
     emu = Emulator(seed=4, secrets=SECRET, engine=config)
     asyncio.run(emu.send(120, url=collector.url))
     assert emu.unacknowledged_event_keys() == set()
@@ -134,18 +136,37 @@ def test_a_request_in_flight_at_sigterm_is_finished_and_flushed(collector: Colle
     req = testing.signed_request(testing.kirim_event(), SECRET)
     head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    metrics = f"http://127.0.0.1:{collector.port}/metrics"
     with socket.create_connection(("127.0.0.1", collector.port)) as sock:
         sock.sendall(head.encode() + req.body[:10])
-        time.sleep(0.3)  # the request is now in flight
+        # the request is in flight once the receiver counted it (it reads the body next)
+        wait_until(lambda: "kirim_events_received_total 1" in httpx.get(metrics).text)
         assert collector.proc is not None
         collector.proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        wait_until(lambda: not accepting(collector.port))  # the shutdown has begun
         sock.sendall(req.body[10:])
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     code, stderr = collector.stop(signal.SIGINT)
     assert code == 0, stderr
     assert Lake(collector.data).events().collect().height == 1
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def accepting(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 class RetryingSender:

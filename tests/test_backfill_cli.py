@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,7 +180,7 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     missing = runner.invoke(app, ["deliveries", "replay", "wbd_00000000000000000000000000"],
                             env=env)  # fmt: skip
     assert missing.exit_code == 1
-    assert "404" in missing.output or "not" in missing.output
+    assert "status=404 code=resource_not_found" in missing.output
     assert env["KIRIM_KEY"] not in missing.output
 
     n_dead = sum(1 for r in store.deliveries if r.status == "dead")
@@ -237,6 +238,10 @@ def test_backfill_progress_bar_and_summary(
     assert result.exit_code == 0, result.output
     assert "pages" in result.output
     assert "ETA" in result.output
-    assert f"{len(world.emu.store.deliveries)}" in result.output  # rows in the summary
+    rows = len(world.emu.store.deliveries)
+    assert re.search(rf"│ delivery rows +│ {rows} +│", result.output)
+    assert re.search(
+        rf"│ flushed to the lake +│ {len(world.history_keys)} events, {rows} rows", result.output
+    )
     events, _ = lake_frames(tmp_path)
     assert set(events["event_key"]) == world.history_keys

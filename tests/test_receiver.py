@@ -1,4 +1,5 @@
-"""The receiver over real HTTP in-process (httpx.ASGITransport): answers, dedup, receipts."""
+"""The receiver over real HTTP: in-process (httpx.ASGITransport) for most cases, and every kind
+of answer once more over a loopback socket (uvicorn); answers, dedup, receipts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback import serve
 
 import kirim_events as ke
 from kirim_events import testing
@@ -299,6 +301,56 @@ async def test_two_hundred_concurrent_deliveries_of_one_event_give_one_row(
     lake = lake_after_flush(journal)
     assert lake.events().collect().height == 1
     assert lake.deliveries().collect().height == 200
+
+
+def test_every_kind_of_answer_over_a_loopback_socket(receiver: Receiver, journal: Journal) -> None:
+    # The cases above go through httpx.ASGITransport; here the same receiver is served by
+    # uvicorn on 127.0.0.1 and every kind of answer is asked for over a socket.
+    req, garbage = signed(), signed(b"not json")
+    big = signed(testing.kirim_event(data={"blob": "x" * 70_000}))
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: a chunked upload past the limit
+        for _ in range(100):
+            yield b"x" * 8192
+
+    with serve(receiver) as url, httpx.Client(base_url=url) as c:
+        answers = {
+            "new": c.post(PATH, content=req.body, headers=req.headers),
+            "duplicate": c.post(PATH, content=req.body, headers=req.headers),
+            **{
+                case: c.post(PATH, content=bad.body, headers=bad.headers)
+                for case, make in BAD_SIGNATURES.items()
+                for bad in [make(signed())]
+            },
+            "too large": c.post(PATH, content=big.body, headers=big.headers),
+            "too large, chunked": c.post(
+                PATH, content=chunks(), headers={"X-Kirim-Signature": "t=1,v1=0"}
+            ),
+            "quarantined": c.post(PATH, content=garbage.body, headers=garbage.headers),
+            "other method": c.get(PATH),
+            "other path": c.post("/webhooks/other", content=req.body, headers=req.headers),
+        }
+        health = c.get("/healthz").json()
+        metrics = c.get("/metrics").text
+    outcome = {k: (r.status_code, r.json().get("outcome") or r.json().get("reason"))
+               for k, r in answers.items() if k not in ("other method", "other path")}  # fmt: skip
+    reasons = {case: (401, {"tampered": "mismatch"}.get(case, case.split("-")[0]))
+               for case in BAD_SIGNATURES}  # fmt: skip
+    assert outcome == {
+        "new": (200, "new"),
+        "duplicate": (200, "duplicate"),
+        **reasons,
+        "too large": (413, "too_large"),
+        "too large, chunked": (413, "too_large"),
+        "quarantined": (200, "quarantined"),
+    }
+    assert (answers["other method"].status_code, answers["other path"].status_code) == (405, 404)
+    assert health == {"status": "ok", "journal_backlog": 1}
+    assert f"kirim_events_received_total {len(outcome)}" in metrics
+    lake = lake_after_flush(journal)
+    assert lake.events().collect()["event_key"].to_list() == [
+        r.event_key for r in ke.parse_delivery(req.body)
+    ]
 
 
 async def test_healthz_and_metrics(receiver: Receiver) -> None:

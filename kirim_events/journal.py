@@ -399,6 +399,20 @@ class Journal:
                 found.update(row[0] for row in conn.execute(sql, chunk))
         return found
 
+    def seen_prefixes(self, prefixes: Iterable[str]) -> set[str]:
+        """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
+        status key is ``<wamid>:<status>``: ``"<wamid>:"`` asks for any status of it)."""
+        found: set[str] = set()
+        sql = "SELECT 1 FROM keys WHERE event_key >= ? AND event_key < ? LIMIT 1"
+        with self._reader() as conn:
+            for prefix in dict.fromkeys(prefixes):
+                if not prefix:
+                    continue
+                after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first text past them
+                if conn.execute(sql, (prefix, after)).fetchone() is not None:
+                    found.add(prefix)
+        return found
+
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
         try:

@@ -9,8 +9,10 @@ decides, per event, whether the store already holds it:
   event id is the event's key (``evt_`` ids, inbound wamids), checked against the index and
   the lake's ``event_id``. A Meta ``message.status`` id is the *message's* wamid, shared by
   its sent/delivered/read events (kirim-api.md §5), so the store cannot tell them apart; such
-  a row counts as missing exactly when no delivery of its chain (the row and its replays) was
-  acknowledged (:func:`acknowledged`) -- Kirim's own record that our endpoint never took it.
+  a row counts as missing when no delivery of its chain (the row and its replays) was
+  acknowledged (:func:`acknowledged`) -- Kirim's own record that our endpoint never took it
+  -- and also when one was, yet the store holds no status event of that wamid at all (the
+  index has no ``<wamid>:`` key, the lake no such ``event_id``): stored, then lost.
 * Only the deliveries of one subscription count (``subscription_id``; required when the
   history holds several): a replay goes to the URL of the delivery it repeats.
 
@@ -151,6 +153,7 @@ class _Scan:
         self.by_id: dict[str, MissingEvent] = {}  # no-payload unique-id candidates
         self.parent: dict[str, str] = {}
         self.chains: dict[str, _Chain] = {}
+        self.acked: dict[str, _Chain] = {}  # acknowledged status chains, by candidate key
         self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
         self.received_at = datetime.now(UTC)
 
@@ -259,12 +262,30 @@ class _Scan:
             target.ok = target.ok or chain.ok
             target.rows.extend(chain.rows)
         for root, chain in merged.items():
-            if chain.ok:
-                continue
             first = min(chain.rows, key=lambda d: d.created_at or datetime.max.replace(tzinfo=UTC))
-            self.add(f"{first.event_id}@{root}", first, first.event_type, None, [])
-            for d in chain.rows:
-                self.add(f"{first.event_id}@{root}", d, d.event_type, None, [])
+            chain.rows.sort(key=lambda d: d is not first)  # the first row first
+            if not chain.ok:
+                self.add_chain(f"{first.event_id}@{root}", chain)
+            elif first.event_id is not None:
+                self.acked[f"{first.event_id}@{root}"] = chain
+
+    def add_chain(self, key: str, chain: _Chain) -> None:
+        """One missing status event for a chain, replayed through its best delivery."""
+        for d in chain.rows:
+            self.add(key, d, d.event_type, None, [])
+
+    def lost_acked(self, lake_ids: set[str]) -> None:
+        """Acknowledged status chains whose wamid the store holds no status of: lost since."""
+        ids = {key: chain.rows[0].event_id or "" for key, chain in self.acked.items()}
+        indexed = {p[:-1] for p in self.seen_prefixes([f"{i}:" for i in ids.values()])}
+        for key, chain in self.acked.items():
+            if ids[key] not in indexed and ids[key] not in lake_ids:
+                self.add_chain(key, chain)
+
+    def seen_prefixes(self, prefixes: list[str]) -> set[str]:
+        if self.journal is None or not prefixes:
+            return set()
+        return self.journal.seen_prefixes(prefixes)
 
 
 def _better(d: Delivery, m: MissingEvent) -> bool:
@@ -387,7 +408,9 @@ def reconcile(
         cands = scan.candidates
         keys = [k for k, m in cands.items() if m.records]
         ids = [m.event_id for m in cands.values() if not m.records and m.event_id]
+        ids += [chain.rows[0].event_id or "" for chain in scan.acked.values()]
         lake_keys, lake_ids = _in_lake(lake, keys, [i for i in ids if i])
+        scan.lost_acked(lake_ids)
         missing = [
             m
             for k, m in cands.items()

@@ -12,9 +12,13 @@ import httpx
 import pytest
 from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
 
+from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import ConfigError
+from kirim_events.events import parse_delivery
+from kirim_events.journal import Journal
+from kirim_events.lake import Lake
 from kirim_events.reconcile import plan_windows, reconcile
 
 
@@ -275,8 +279,29 @@ def test_a_status_without_payload_is_acknowledged_by_any_success_name_or_a_2xx(
 ) -> None:
     # kirim-api.md 7.4: Kirim's name for success is unknown ("succeeded" is a guess).
     row = delivery(1, 0, "wamid.X", status, event_type="message.status", response_status_code=code)
+    # the store holds a status of wamid.X (which one it cannot tell from a bare row)
+    body = json.dumps(testing.meta_status("sent", wamid="wamid.X", timestamp=1_779_000_000))
+    Lake(tmp_path).write_events(parse_delivery(body.encode()))
     report = History([row]).reconcile(tmp_path, dry_run=True)
     assert len(report.missing) == missing
+
+
+@pytest.mark.parametrize("held", ["nowhere", "lake", "journal"])
+def test_an_acknowledged_status_the_store_has_lost_is_missing(tmp_path: Path, held: str) -> None:
+    # Kirim says our endpoint took a status of wamid.Y; if the store holds no status of
+    # that message at all (a lake folder deleted, a journal lost), it was stored, then lost,
+    # and is replayed. A store holding any status of it cannot tell which: not missing.
+    row = delivery(1, 0, "wamid.Y", "succeeded", event_type="message.status")
+    records = parse_delivery(json.dumps(testing.meta_status("read", wamid="wamid.Y")).encode())
+    if held == "lake":
+        Lake(tmp_path).write_events(records)
+    elif held == "journal":
+        with Journal(tmp_path) as journal:
+            journal.append(records)  # accepted, not flushed yet
+    history = History([row])
+    report = history.reconcile(tmp_path)
+    assert [m.delivery_id for m in report.missing] == (["wbd_001"] if held == "nowhere" else [])
+    assert history.replays == (["wbd_001"] if held == "nowhere" else [])
 
 
 def test_bulk_windows_hold_the_very_rows_chosen_for_replay(tmp_path: Path) -> None:

@@ -312,6 +312,8 @@ def plan_windows(
 
     Window edges fall on row times (cut only between different times), so a row is in exactly
     one window whether Kirim's ``created_after`` is inclusive or not at millisecond precision.
+    More than ``cap`` rows at one instant cannot be cut: their window holds them all (its
+    ``rows`` above ``cap``), and :func:`reconcile` replays them one by one instead.
     """
     out: list[BulkWindow] = []
     groups: dict[tuple[str, str], list[datetime]] = {}
@@ -324,6 +326,8 @@ def plan_windows(
             end = min(start + cap, len(times))
             while end < len(times) and end > start + 1 and times[end] == times[end - 1]:
                 end -= 1  # never cut between equal times
+            while end < len(times) and times[end] == times[start]:
+                end += 1  # more than cap rows at one instant: one window holds them all
             lo = times[start] - timedelta(seconds=1) if start == 0 else times[start]
             hi = times[end] if end < len(times) else times[-1] + timedelta(seconds=1)
             out.append(BulkWindow(sub, status, lo, hi, end - start))
@@ -450,7 +454,8 @@ def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) ->
         rows = [r for r in terminal if r[0] == sub and r[1] == status and first <= r[2] <= last]
         windows = plan_windows(rows)
         unique_deliveries = {m.delivery_id for m in members}
-        if len(windows) < len(unique_deliveries):
+        crowded = any(w.rows > BULK_REPLAY_CAP for w in windows)  # Kirim would cap it
+        if len(windows) < len(unique_deliveries) and not crowded:
             report.windows.extend(windows)
             for m in members:
                 m.action = "bulk_replay"

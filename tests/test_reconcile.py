@@ -172,6 +172,28 @@ def test_plan_windows_respects_the_cap_and_covers_every_row() -> None:
         assert len(inside) == 1
 
 
+def test_more_rows_at_one_instant_than_the_cap_make_one_window_not_hundreds() -> None:
+    # 1500 rows at one instant: windows shrank to one row each with equal ends (hundreds of
+    # empty windows, each a write call), and the last still held over 1000 rows
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = [("wbs_A", "dead", base - timedelta(seconds=5))] * 3
+    rows += [("wbs_A", "dead", base)] * 1500 + [("wbs_A", "dead", base + timedelta(seconds=1))]
+    windows = plan_windows(rows)
+    assert [w.rows for w in windows] == [3, 1500, 1]
+    assert all(w.created_after < w.created_before for w in windows)
+    for _, _, at in rows:
+        assert sum(w.created_after <= at < w.created_before for w in windows) == 1
+
+
+def test_a_crowded_instant_is_replayed_one_by_one(tmp_path: Path) -> None:
+    base = 1200
+    rows = [delivery(n, base, f"evt_{n}", "dead") for n in range(1001)]
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert (report.bulk_calls, report.windows) == (0, [])
+    assert sorted(history.replays) == sorted(r["id"] for r in rows)
+
+
 def test_capped_bulk_replay_narrows_the_window_and_repeats(tmp_path: Path) -> None:
     # Kirim reports more dead rows than the history showed: the window is halved until not capped.
     base = datetime(2026, 5, 1, tzinfo=UTC)

@@ -54,6 +54,7 @@ from kirim_events.journal import Journal
 from kirim_events.timearg import read_time
 
 __all__ = [
+    "HISTORY_OVERLAP",
     "BackfillProgress",
     "BackfillReport",
     "backfill",
@@ -65,7 +66,10 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
 _FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
-_OVERLAP = timedelta(milliseconds=1)  # Kirim shows delivery times in milliseconds
+HISTORY_OVERLAP = timedelta(milliseconds=1)
+"""Walks of the history reach this far past each end (Kirim shows delivery times in
+milliseconds and does not say whether ``created_after`` is inclusive), then keep only the
+rows inside the range."""
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -389,7 +393,7 @@ class _Run:
                 with self.lock:
                     oldest = parse_time(s.oldest) if s.oldest else None
                     s.cursor = None
-                    s.fetch_before = None if oldest is None else format_time(oldest + _OVERLAP)
+                    s.fetch_before = None if oldest is None else format_time(oldest + HISTORY_OVERLAP)
                     s.restarts += 1
                     self.cp.save(self.path)
 
@@ -399,10 +403,10 @@ class _Run:
         assert before is not None
         if s.fetch_before is None:
             with self.lock:
-                s.fetch_before = format_time(before + _OVERLAP)
+                s.fetch_before = format_time(before + HISTORY_OVERLAP)
         fetch_before = parse_time(s.fetch_before)
         filters: dict[str, Any] = dict(self.cp.filters)
-        filters["created_after"] = after - _OVERLAP
+        filters["created_after"] = after - HISTORY_OVERLAP
         filters["created_before"] = fetch_before
         pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
         for page, _ in pages:

@@ -40,7 +40,12 @@ from typing import Any
 
 import polars as pl
 
-from kirim_events.backfill import delivery_events, delivery_headers, parse_when
+from kirim_events.backfill import (
+    HISTORY_OVERLAP,
+    delivery_events,
+    delivery_headers,
+    parse_when,
+)
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError
 from kirim_events.events import EventRecord
@@ -397,10 +402,14 @@ def reconcile(
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
         scan = _Scan(journal, subscription_id)
-        for page, _ in client.iter_pages(created_after=lo, created_before=hi):
+        pages = client.iter_pages(
+            created_after=lo - HISTORY_OVERLAP, created_before=hi + HISTORY_OVERLAP
+        )
+        for page, _ in pages:
             report.history_pages += 1
-            report.history_rows += len(page.deliveries)
-            scan.page(page.deliveries)
+            rows = [d for d in page.deliveries if d.created_at is None or lo <= d.created_at < hi]
+            report.history_rows += len(rows)
+            scan.page(rows)
         seen = scan.subscriptions
         if subscription_id is not None and seen and subscription_id not in seen:
             # A quiet range, or a typo, which would report nothing missing without a word.

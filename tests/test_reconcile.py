@@ -267,6 +267,37 @@ class History:
                          now=lambda: (BASE + timedelta(days=1)).timestamp(), **kwargs)  # fmt: skip
 
 
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class ExclusiveHistory(History):
+    """A Kirim whose ``created_after`` and ``created_before`` both exclude their instant."""
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "GET":
+            return super().handler(request)
+        lo, hi = (_at(request.url.params[k]) for k in ("created_after", "created_before"))
+        rows = [r for r in self.rows if lo < _at(r["created_at"]) < hi]
+        return httpx.Response(200, json={"data": rows, "has_more": False})
+
+
+@pytest.mark.parametrize("kirim", [History, ExclusiveHistory])
+def test_a_row_at_the_start_of_the_range_is_examined_whatever_kirim_excludes(
+    tmp_path: Path, kirim: type[History]
+) -> None:
+    # Walked with created_after = --since exactly, a Kirim excluding that instant never showed
+    # the row created at it; rows just outside the range are not the range's.
+    rows = [
+        delivery(n, seconds, event, "dead")
+        for n, seconds, event in [(1, -0.001, "evt_before"), (2, 0, "evt_at_since"),
+                                  (3, 3599.999, "evt_last"), (4, 3600, "evt_at_until")]
+    ]  # fmt: skip
+    report = kirim(rows).reconcile(tmp_path, dry_run=True)
+    assert sorted(m.event_id or "" for m in report.missing) == ["evt_at_since", "evt_last"]
+    assert report.history_rows == 2
+
+
 def test_with_several_subscriptions_replays_go_only_to_the_one_named(tmp_path: Path) -> None:
     # Both systems missed five events. Replaying a delivery of the other subscription would
     # send the event to its URL, never to our collector.

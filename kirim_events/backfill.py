@@ -388,12 +388,14 @@ class _Run:
                 # A cursor Kirim no longer accepts (expired, or its encoding changed between
                 # runs): start a new chain just above the oldest row already stored. Rows
                 # fetched twice are harmless (dedup index; exact copies of delivery rows).
-                if exc.code != "invalid_cursor" or s.cursor is None or s.restarts >= 3:
+                if not _stale_cursor(exc) or s.cursor is None or s.restarts >= 3:
                     raise
                 with self.lock:
                     oldest = parse_time(s.oldest) if s.oldest else None
                     s.cursor = None
-                    s.fetch_before = None if oldest is None else format_time(oldest + HISTORY_OVERLAP)
+                    s.fetch_before = (
+                        None if oldest is None else format_time(oldest + HISTORY_OVERLAP)
+                    )
                     s.restarts += 1
                     self.cp.save(self.path)
 
@@ -467,6 +469,12 @@ class _Run:
             )
         if self.progress is not None:
             self.progress(snap)
+
+
+def _stale_cursor(exc: PermanentApiError) -> bool:
+    """Kirim refused the cursor: ``invalid_cursor`` (kirim-api.md §7.3), or, tolerantly, any
+    code naming the cursor or a 410 Gone (how an expired one is refused is undocumented)."""
+    return "cursor" in (exc.code or "") or exc.status_code == 410
 
 
 def _split(since: datetime, until: datetime, n: int) -> list[_Slice]:

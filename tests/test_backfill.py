@@ -540,12 +540,31 @@ def test_a_damaged_checkpoint_is_one_clear_error(world: World, tmp_path: Path, d
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 
+class CursorGone:
+    """ASGI middleware: a tampered cursor gets a 410 ``cursor_expired``, another way a Kirim
+    might refuse an expired cursor (only ``400 invalid_cursor`` is documented)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and b"cursor=tampered" in scope.get("query_string", b""):
+            error = {"type": "invalid_request_error", "code": "cursor_expired", "message": "x"}
+            body = json.dumps({"error": error}).encode()
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 410, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize(("refusal", "status"), [(None, 400), (CursorGone, 410)])
 def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, refusal: Any, status: int
 ) -> None:
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)
-    transport, client = world.api(t)
+    transport, client = world.api(t, transport_wrapper=refusal)
 
     def stop(p: BackfillProgress) -> None:
         if p.pages == 5:
@@ -562,7 +581,7 @@ def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
     path.write_text(json.dumps(state))
     report = backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10)
     assert report.resumed
-    assert transport.statuses[400] >= 1  # Kirim said invalid_cursor
+    assert transport.statuses[status] >= 1  # Kirim refused the cursor
     done = json.loads(next((tmp_path / "_state" / "backfill" / "done").glob("*.json")).read_text())
     assert sum(s["restarts"] for s in done["slices"]) >= 1
     assert_lake_is_exactly_the_history(tmp_path, world)

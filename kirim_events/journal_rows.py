@@ -126,7 +126,8 @@ def ndjson_select(source: str, columns: Sequence[tuple[str, str]], order: str) -
 
 
 def _json_type(name: str) -> pa.DataType:
-    return pa.int64() if name in _TIMES or name in _INTS or name == "seq" else pa.string()
+    integer = name in _TIMES or name in _INTS or name in ("seq", "body_id")
+    return pa.int64() if integer else pa.string()
 
 
 def table_from_ndjson(data: bytes, names: Sequence[str]) -> pa.Table:

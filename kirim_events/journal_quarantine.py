@@ -75,6 +75,7 @@ def write_quarantine(
         _write_durably(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
         _fsync_dir(folder)
         _fsync_dir(folder.parent)
+        _fsync_dir(folder.parent.parent)  # DATA/ itself names quarantine/ once it is new
     except OSError as exc:
         raise StorageError(f"cannot write quarantine file: {exc}") from exc
     return folder / f"{stem}.body"

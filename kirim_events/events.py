@@ -379,9 +379,9 @@ def _meta_message(
 def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> EventRecord:
     # A Meta body with neither messages nor statuses (another Meta field): keep it whole.
     header_type = ctx.headers.get("X-Kirim-Event")
-    kind = (
-        header_type if header_type and EVENT_TYPE_PATTERN.fullmatch(header_type) else "meta.other"
-    )
+    kind = "meta.other"  # the header is only a hint: a bad one must not refuse a valid body
+    if header_type and len(header_type) <= MAX_TYPE_LENGTH:
+        kind = header_type if EVENT_TYPE_PATTERN.fullmatch(header_type) else kind
     event_id = ctx.headers.get("X-Kirim-Event-Id")
     key = event_id or f"sha256:{ctx.body_hash}"
     return _record(

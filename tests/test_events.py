@@ -416,6 +416,17 @@ def test_meta_arrays_of_another_json_type_keep_the_body_whole(text: str) -> None
     assert (record.type, record.payload) == ("meta.other", text)
 
 
+@pytest.mark.parametrize(
+    ("hint", "kind"),
+    [("x." * 40 + "y", "meta.other"), ("Bad", "meta.other"), ("meta.x_y", "meta.x_y")],
+)
+def test_another_meta_field_takes_its_type_from_a_usable_header_only(hint: str, kind: str) -> None:
+    # a type hint over 64 characters was refused, and the valid body quarantined with it
+    text = META_HEAD + '[{"id":"1","changes":[{"field":"account_update","value":{}}]}]}'
+    (record,) = parse_delivery(text.encode(), {"X-Kirim-Event": hint}, received_at=RECEIVED)
+    assert (record.type, record.payload) == (kind, text)
+
+
 def test_json_nested_too_deeply_is_invalid_json_not_a_crash() -> None:
     with pytest.raises(InvalidJSON, match="nested too deeply"):
         parse_delivery(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")

@@ -49,6 +49,7 @@ from kirim_events.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimited,
+    RateLimitTooLong,
     RetryableApiError,
 )
 from kirim_events.events import parse_time
@@ -264,6 +265,8 @@ class KirimClient:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self._sleep_fn = sleep
         self._interrupted = threading.Event()
+        # request class -> (until when, the 429 that asked): refused here without sending
+        self._refused: dict[str, tuple[float, RateLimitTooLong]] = {}
         self._clock = clock
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
@@ -343,11 +346,16 @@ class KirimClient:
         RetryableApiError
             Still failing after ``max_attempts`` tries (408/429/5xx/transport).
         PermanentApiError
-            Any other 4xx (AuthenticationError for 401/403, NotFoundError for 404), or an
-            answer that is not a JSON object (InvalidResponse).
+            Any other 4xx (AuthenticationError for 401/403, NotFoundError for 404), an
+            answer that is not a JSON object (InvalidResponse), or a 429 asking to wait
+            over ``MAX_RETRY_AFTER`` (RateLimitTooLong; until that wait is over, requests
+            of the same class raise it again without being sent).
         """
         method = method.upper()
         klass = "read" if method in {"GET", "HEAD"} else "write"
+        refused = self._refused.get(klass)
+        if refused is not None and self._clock() < refused[0]:
+            raise refused[1]
         headers: dict[str, str] = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
@@ -375,6 +383,8 @@ class KirimClient:
                 if response.is_success:
                     return _decode(response, method, path)
                 error = _error_from(response, method, path, self._clock())
+            if isinstance(error, RateLimitTooLong):
+                self._refused[klass] = (self._clock() + error.retry_after, error)
             if not error.retryable or attempt >= self.max_attempts:
                 log.info("kirim api error (giving up): %s", error)  # the caller reports it
                 raise error
@@ -586,9 +596,10 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
         if wait is not None and wait > MAX_RETRY_AFTER:
             # per-minute limits (kirim-api.md §7.2) never ask this much: do not sit silently
             # for hours or days; a backfill keeps its checkpoint for a later run
-            return PermanentApiError(
+            return RateLimitTooLong(
                 f"{text} (Kirim asks to wait {wait:.0f} s, more than {MAX_RETRY_AFTER} s: "
                 "stopped; run again later)",
+                retry_after=wait,
                 **kw,
             )
         return RateLimited(text, retry_after=wait, **kw)

@@ -23,7 +23,8 @@
         └── PermanentApiError            other 4xx: do not retry
             ├── AuthenticationError        401 / 403
             ├── NotFoundError              404
-            └── InvalidResponse            a 2xx answer that is not the JSON Kirim documents
+            ├── InvalidResponse            a 2xx answer that is not the JSON Kirim documents
+            └── RateLimitTooLong           429 asking to wait over an hour: stop, run later
 
 Retry code asks ``err.retryable``, not which class it is.
 """
@@ -191,3 +192,15 @@ class NotFoundError(PermanentApiError):
 
 class InvalidResponse(PermanentApiError):
     """A 2xx answer we cannot read (not JSON, no ``data``, a broken page): do not retry."""
+
+
+class RateLimitTooLong(PermanentApiError):
+    """429 asking to wait longer than a run should sit silently; ``retry_after`` seconds.
+
+    The client then refuses further requests of that class (reads or writes) until the
+    wait is over, without sending them: every one would be refused the same way.
+    """
+
+    def __init__(self, message: str, *, retry_after: float, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kirim_events.errors import StorageError
 
-__all__ = ["find_quarantined", "write_quarantine"]
+__all__ = ["find_quarantined", "quarantined_event_ids", "write_quarantine"]
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -41,6 +41,18 @@ def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
             if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
                 return path
     return None
+
+
+def quarantined_event_ids(data_dir: Path) -> set[str]:
+    """The ``X-Kirim-Event-Id`` of every quarantined delivery (from the ``.json`` files):
+    events our endpoint acknowledged and kept, though not as rows of the lake."""
+    ids: set[str] = set()
+    for path in (data_dir / "quarantine").glob("*/*.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            event_id = json.loads(path.read_text()).get("headers", {}).get("x-kirim-event-id")
+            if isinstance(event_id, str) and event_id:
+                ids.add(event_id)
+    return ids
 
 
 def write_quarantine(

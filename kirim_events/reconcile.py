@@ -47,9 +47,10 @@ from kirim_events.backfill import (
     parse_when,
 )
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
-from kirim_events.errors import ApiError, ConfigError, PayloadError
+from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
+from kirim_events.journal_quarantine import quarantined_event_ids
 
 __all__ = [
     "BulkWindow",
@@ -279,13 +280,18 @@ class _Scan:
         for d in chain.rows:
             self.add(key, d, d.event_type, None, [])
 
-    def lost_acked(self, lake_ids: set[str]) -> None:
-        """Acknowledged status chains whose wamid the store holds no status of: lost since."""
+    def unindexed_acked(self) -> dict[str, str]:
+        """Acknowledged status chains (candidate key -> wamid) with no ``<wamid>:`` key in
+        the dedup index: the store may have lost them; the lake and quarantine decide."""
         ids = {key: chain.rows[0].event_id or "" for key, chain in self.acked.items()}
         indexed = {p[:-1] for p in self.seen_prefixes([f"{i}:" for i in ids.values()])}
-        for key, chain in self.acked.items():
-            if ids[key] not in indexed and ids[key] not in lake_ids:
-                self.add_chain(key, chain)
+        return {key: i for key, i in ids.items() if i not in indexed}
+
+    def lost_acked(self, unindexed: dict[str, str], held_ids: set[str]) -> None:
+        """Add the acknowledged chains whose wamid the store holds no status of: lost since."""
+        for key, event_id in unindexed.items():
+            if event_id not in held_ids:
+                self.add_chain(key, self.acked[key])
 
     def seen_prefixes(self, prefixes: list[str]) -> set[str]:
         if self.journal is None or not prefixes:
@@ -421,13 +427,15 @@ def reconcile(
         cands = scan.candidates
         keys = [k for k, m in cands.items() if m.records]
         ids = [m.event_id for m in cands.values() if not m.records and m.event_id]
-        ids += [chain.rows[0].event_id or "" for chain in scan.acked.values()]
-        lake_keys, lake_ids = _in_lake(lake, keys, [i for i in ids if i])
-        scan.lost_acked(lake_ids)
+        unindexed = scan.unindexed_acked()
+        lake_keys, lake_ids = _in_lake(lake, keys, [i for i in [*ids, *unindexed.values()] if i])
+        # a quarantined delivery was acknowledged and kept: replaying it brings the same body
+        held_ids = lake_ids | quarantined_event_ids(root)
+        scan.lost_acked(unindexed, held_ids)
         missing = [
             m
             for k, m in cands.items()
-            if not (k in lake_keys or (not m.records and "@" not in k and m.event_id in lake_ids))
+            if not (k in lake_keys or (not m.records and "@" not in k and m.event_id in held_ids))
         ]
         missing.sort(key=lambda m: (m.day, m.first_seen or start, m.key))
         report.missing = missing
@@ -477,17 +485,22 @@ def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lak
         report.imported = sum(flags)
         journal.flush(lake, batch_size=10_000)
     done: set[str] = set()
-    for m in report.missing:
-        if m.action != "replay" or not m.delivery_id or m.delivery_id in done:
-            continue
-        done.add(m.delivery_id)
-        try:
-            client.replay(m.delivery_id)
-            report.replayed += 1
-        except ApiError as exc:
-            report.errors.append(f"replay {m.delivery_id}: {exc}")
-    for w in report.windows:
-        bulk_replay_window(client, w, report)
+    try:
+        for m in report.missing:
+            if m.action != "replay" or not m.delivery_id or m.delivery_id in done:
+                continue
+            done.add(m.delivery_id)
+            try:
+                client.replay(m.delivery_id)
+                report.replayed += 1
+            except RateLimitTooLong:
+                raise
+            except ApiError as exc:
+                report.errors.append(f"replay {m.delivery_id}: {exc}")
+        for w in report.windows:
+            bulk_replay_window(client, w, report)
+    except RateLimitTooLong as exc:  # every further call would be refused the same way
+        report.errors.append(f"replays stopped: {exc}")
 
 
 def bulk_replay_window(
@@ -501,7 +514,8 @@ def bulk_replay_window(
     """``bulk_replay`` one window; when Kirim answers ``capped``, halve it and repeat both.
 
     Counts calls and enqueued deliveries into ``report``; API errors are recorded in
-    ``report.errors`` rather than raised, so one bad window does not stop the others.
+    ``report.errors`` rather than raised, so one bad window does not stop the others (except
+    RateLimitTooLong, which stops them all).
     """
     try:
         result = client.bulk_replay(
@@ -511,6 +525,8 @@ def bulk_replay_window(
             created_after=window.created_after,
             created_before=window.created_before,
         )
+    except RateLimitTooLong:
+        raise
     except ApiError as exc:
         report.errors.append(f"bulk_replay {window.subscription_id} {window.status}: {exc}")
         return

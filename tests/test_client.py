@@ -26,6 +26,7 @@ from kirim_events.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimited,
+    RateLimitTooLong,
     RetryableApiError,
 )
 from kirim_events.ratelimit import retry_after
@@ -307,9 +308,23 @@ def test_a_429_asking_for_more_than_an_hour_stops_with_how_long() -> None:
         sent.append(request)
         return error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "86400"})
 
-    with pytest.raises(PermanentApiError, match="wait 86400 s, more than 3600 s") as info:
-        make_client(handler, t).list_deliveries()
+    client = make_client(handler, t)
+    with pytest.raises(RateLimitTooLong, match="wait 86400 s, more than 3600 s") as info:
+        client.list_deliveries()
+    assert isinstance(info.value, PermanentApiError)
     assert (len(sent), t.sleeps, info.value.status_code) == (1, [], 429)
+    # until the wait is over, reads are refused here, unsent; writes are another class
+    t.now += 86_000
+    with pytest.raises(RateLimitTooLong):
+        client.list_deliveries()
+    assert len(sent) == 1
+    with pytest.raises(RateLimitTooLong):
+        client.replay("wbd_1")  # the handler refuses this one too: sent, then refused
+    assert len(sent) == 2
+    t.now += 401
+    with pytest.raises(RateLimitTooLong):
+        client.list_deliveries()
+    assert len(sent) == 3  # the wait was over: asked again
     ok = [error(429, "rate_limit_error", "x", **{"Retry-After": "3600"}), page([], None)]
     make_client(lambda request: ok.pop(0), t).list_deliveries()  # an hour is still waited
     assert t.sleeps[:1] == [pytest.approx(3600, abs=1)]

@@ -357,6 +357,42 @@ def test_an_acknowledged_status_the_store_has_lost_is_missing(tmp_path: Path, he
     assert history.replays == (["wbd_001"] if held == "nowhere" else [])
 
 
+@pytest.mark.parametrize("event_type", ["message.status", "contact.updated"])
+def test_a_quarantined_delivery_is_held_not_replayed_on_every_run(
+    tmp_path: Path, event_type: str
+) -> None:
+    # Our endpoint answered 200 to a signed body it could not parse and kept it under
+    # quarantine/: replaying it brings the same bytes back, so it is not missing.
+    row = delivery(1, 0, "wamid.Q" if event_type == "message.status" else "evt_Q", "succeeded",
+                   event_type=event_type)  # fmt: skip
+    with Journal(tmp_path) as journal:
+        journal.quarantine(b"{not json", {"X-Kirim-Event-Id": row["event_id"]}, "invalid_json")
+    history = History([row])
+    for _ in range(2):
+        assert history.reconcile(tmp_path).missing == []
+    assert history.replays == []
+
+
+def test_a_429_asking_for_hours_stops_the_replays_at_the_first(tmp_path: Path) -> None:
+    rows = [delivery(n, n, f"evt_{n}", "pending") for n in range(20)]
+
+    class Busy(History):
+        def handler(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                self.replays.append(request.url.path)
+                error = {"type": "rate_limit_error", "code": "rate_limit_exceeded"}
+                return httpx.Response(429, json={"error": error}, headers={"Retry-After": "7200"})
+            return super().handler(request)
+
+    history = Busy(rows)
+    report = history.reconcile(tmp_path)
+    assert len(report.missing) == 20
+    assert len(history.replays) == 1  # the others were not sent
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("replays stopped:")
+    assert "wait 7200 s" in report.errors[0]
+
+
 def test_bulk_windows_hold_the_very_rows_chosen_for_replay(tmp_path: Path) -> None:
     # evt_6 first failed (a terminal status), long before its replay went dead; the dead
     # replay is the row to bulk-replay, so a window must hold its time, not the first one's.

@@ -45,9 +45,10 @@ DEFAULT_MAX_BODY = 4 * 1024 * 1024
 log = logging.getLogger("kirim_events.receiver")
 _KEPT = (b"content-type", b"user-agent")
 RECEIPT_TEXT_MAX = 200
-"""Header values kept in a receipt (and named in logs) are cut to this many characters:
-receipts are written before the signature is checked, and Kirim's ids are about 30 long,
-so anyone reaching the port could otherwise store kilobytes per unsigned request."""
+"""Header values kept in the receipt of a refused request (and named in its log line) are
+cut to this many characters: anyone reaching the port could otherwise store kilobytes per
+unsigned request. Kirim's ids are about 30 long; a signed request's receipt keeps them
+whole, as its events do (the duplicates count joins the two on ``delivery_id``)."""
 
 
 def _clip(value: str | None) -> str | None:
@@ -247,10 +248,10 @@ class Receiver:
             if k.startswith(b"x-kirim-") or k in _KEPT
         }
         receipt: dict[str, Any] = {
-            "delivery_id": _clip(headers.get("x-kirim-delivery-id")),
+            "delivery_id": headers.get("x-kirim-delivery-id"),
             "attempt": header_number(headers.get("x-kirim-attempt")),
-            "event_id": _clip(headers.get("x-kirim-event-id")),
-            "event_type": _clip(canonical_type(headers.get("x-kirim-event"))),
+            "event_id": headers.get("x-kirim-event-id"),
+            "event_type": canonical_type(headers.get("x-kirim-event")),
             "origin": "webhook",
             "received_at": received_at,
         }
@@ -294,6 +295,8 @@ class Receiver:
         self, receipt: dict[str, Any], reason: str, status: int, message: str
     ) -> tuple[int, bytes]:
         self.metrics.reject(reason)
+        for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
+            receipt[name] = _clip(receipt[name])
         log.warning("rejected delivery %s (%s): %d", receipt["delivery_id"] or "-", reason, status)
         receipt.update(outcome="rejected", reason=reason, n_events=0)
         try:

@@ -185,6 +185,24 @@ async def test_an_unsigned_request_stores_no_more_than_a_short_receipt(
     assert any("rejected delivery" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_signed_request_keeps_a_long_delivery_id_whole(
+    receiver: Receiver, journal: Journal
+) -> None:
+    # its events keep the header whole, so its receipts must too: copies are counted by
+    # joining the two on delivery_id
+    req = signed()
+    long_id = "wbd_" + "x" * 300
+    for _ in range(2):
+        assert (await post(receiver, _with(req, {"X-Kirim-Delivery-Id": long_id}))).is_success
+    lake = lake_after_flush(journal)
+    assert set(lake.deliveries().collect()["delivery_id"]) == {long_id}
+    assert lake.event_copies().collect()["n_copies"].to_list() == [2]
+
+
+def _with(req: testing.SignedRequest, headers: dict[str, str]) -> testing.SignedRequest:
+    return testing.SignedRequest(req.body, {**req.headers, **headers})
+
+
 async def test_too_large_by_content_length_is_413(receiver: Receiver, journal: Journal) -> None:
     big = testing.kirim_event(data={"blob": "x" * 70_000})
     resp = await post(receiver, signed(big))

@@ -413,13 +413,13 @@ class Journal:
         """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
         status key is ``<wamid>:<status>``: ``"<wamid>:"`` asks for any status of it)."""
         found: set[str] = set()
-        sql = "SELECT 1 FROM keys WHERE event_key >= ? AND event_key < ? LIMIT 1"
+        # the first key at or after the prefix (the primary key's order) starts with it, or
+        # none does; no upper bound to compute, so any text works as a prefix
+        sql = "SELECT event_key FROM keys WHERE event_key >= ? ORDER BY event_key LIMIT 1"
         with self._reader() as conn:
             for prefix in dict.fromkeys(prefixes):
-                if not prefix:
-                    continue
-                after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first text past them
-                if conn.execute(sql, (prefix, after)).fetchone() is not None:
+                row = conn.execute(sql, (prefix,)).fetchone()
+                if prefix and row is not None and row[0].startswith(prefix):
                     found.add(prefix)
         return found
 

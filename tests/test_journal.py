@@ -550,3 +550,16 @@ def test_another_writer_holding_the_lock_never_blocks_the_event_loop(tmp_path: P
         ticks, flags = asyncio.run(run())
         other.close()
     assert (ticks, flags) == (20, [True])
+
+
+def test_seen_prefixes_answers_for_any_text(journal: Journal) -> None:
+    keys = ["wamid.A:sent", "wamid.A:read", "wamid.AB:sent", "x\U0010ffff:y", "y\ud7ff:z"]
+    journal._submit(
+        lambda conn: conn.executemany(
+            "INSERT INTO keys (event_key, seen_at) VALUES (?, 0)", [(k,) for k in keys]
+        )
+    ).result()
+    asked = ["wamid.A:", "wamid.AB:", "wamid.B:", "wamid.", "x\U0010ffff", "y\ud7ff", "z", ""]
+    # the last two ends broke a computed upper bound (past U+10FFFF; into the surrogates)
+    held = {"wamid.A:", "wamid.AB:", "wamid.", "x\U0010ffff", "y\ud7ff"}
+    assert journal.seen_prefixes(asked) == held

@@ -24,7 +24,7 @@ The key never uses the delivery id, the attempt, the signature ``t`` or a whole-
 while an id exists: those differ between retries and replays of the same event.
 
 Event time (``occurred_at``) is the payload's own time; when the payload has none (or a
-placeholder outside ``EVENT_TIME_RANGE``, such as Go's zero time ``0001-01-01``), the
+placeholder outside ``EVENT_TIME_RANGE``, such as Go's zero time or unix 0), the
 signature ``t``, then ``received_at``; ``time_source`` says which was used.
 """
 
@@ -141,10 +141,10 @@ def _digits(value: Any) -> str | None:
     return digits or None
 
 
-EVENT_TIME_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
-"""Payload times outside ``[start, end)`` are placeholders, not event times: the event
-takes the signature's time instead (a partition dated year 1 or 9999 also has no
-neighbouring days for the readers' dedup window)."""
+EVENT_TIME_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+"""Payload times outside ``[start, end)`` are placeholders, not event times (Go's zero
+time, unix 0, 9999-12-31; WhatsApp's business API began in 2018): the event takes the
+signature's time instead."""
 
 _UNIX = re.compile(r"\d{1,12}(\.\d+)?")
 _ISO = re.compile(

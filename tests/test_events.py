@@ -307,7 +307,7 @@ def test_missing_event_time_falls_back_to_signature_then_received() -> None:
 
 @pytest.mark.parametrize(
     "placeholder",
-    ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", 253402300799, "1969-12-31T23:59:59Z"],
+    ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", 253402300799, "0", 0, "1970-01-01T00:00Z"],
 )
 def test_a_placeholder_event_time_gives_way_to_the_signature_time(placeholder: object) -> None:
     # Go's zero time and 9999-12-31 are common "no time" values; as event times they would

@@ -569,6 +569,7 @@ def backfill(
     bounds = (_asked(since, lo), _asked(until, hi_asked))
     key = _run_key(*bounds, filters, client.account)
     path = root / "_state" / "backfill" / f"{key}.json"
+    check_order(lo, hi_given or start)  # before the lock makes a folder for a bad range
     with _run_lock(path):
         cp = _Checkpoint.load(path)
         # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
@@ -581,7 +582,6 @@ def backfill(
         resumed = cp is not None
         if cp is None:
             hi = hi_given or start
-            check_order(lo, hi)
             cp = _Checkpoint(
                 key=key,
                 since=format_time(lo),

@@ -416,7 +416,7 @@ def test_bad_times_are_clear_config_errors(
     client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(lambda r: 1 / 0))
     with pytest.raises(ConfigError, match=message):
         backfill(tmp_path, client=client, since=since, until=until)
-    assert not (tmp_path / "_state").exists() or not list((tmp_path / "_state").rglob("*.json"))
+    assert list(tmp_path.iterdir()) == []  # nothing made: no checkpoint, no lock, no folder
 
 
 def test_parse_when_forms() -> None:

@@ -13,6 +13,8 @@ decides, per event, whether the store already holds it:
   acknowledged (:func:`acknowledged`) -- Kirim's own record that our endpoint never took it
   -- and also when one was, yet the store holds no status event of that wamid at all (the
   index has no ``<wamid>:`` key, the lake no such ``event_id``): stored, then lost.
+* A delivery kept under ``DATA/quarantine/`` (acknowledged, but no body we could read)
+  counts as held: a replay would bring the same bytes.
 * Only the deliveries of one subscription count (``subscription_id``; required when the
   history holds several): a replay goes to the URL of the delivery it repeats.
 

@@ -8,8 +8,9 @@ What it does (kirim-api.md §7):
   :class:`~kirim_events.errors.ApiError` subclass carrying ``status_code``, ``type``, ``code``
   and ``request_id`` (from the body, else the ``X-Request-Id`` header).
 * 408, 429, 5xx and transport errors are retried with exponential backoff and full jitter;
-  ``Retry-After`` is honoured (seconds or an HTTP date; up to ``MAX_RETRY_AFTER``, past
-  which the 429 is raised). Other 4xx raise at once.
+  ``Retry-After`` is honoured (seconds or an HTTP date) up to ``MAX_RETRY_AFTER``; a longer
+  one raises :class:`~kirim_events.errors.RateLimitTooLong`, and requests of that class are
+  refused unsent until the wait is over. Other 4xx raise at once.
 * One :class:`~kirim_events.ratelimit.RateLimiter` per client, shared by all its threads,
   paces requests from ``X-RateLimit-Limit/Remaining/Reset`` so that it does not run past the
   limit (see :mod:`kirim_events.ratelimit`). Reads (GET) and writes (POST...) are separate

@@ -5,6 +5,8 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from __future__ import annotations
 
+import logging
+
 from kirim_events.backfill import BackfillReport, backfill
 from kirim_events.client import KirimClient
 from kirim_events.collect import Collector, collect
@@ -29,6 +31,10 @@ from kirim_events.reconcile import ReconcileReport, reconcile
 from kirim_events.signing import sign, verify
 
 __version__ = "0.1.0"
+
+# A library leaves logging to its host: without this, Python's last-resort handler would
+# print our warnings (a rejected delivery, a lease lost) to stderr of a host that set none.
+logging.getLogger("kirim_events").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApiError",

@@ -215,16 +215,18 @@ def _server_class() -> Any:
 
 
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send kirim_events logs to stderr as text or JSON lines (bodies and secrets never logged)."""
+    """Send kirim_events logs (and uvicorn's warnings) to stderr as text or JSON lines; for the
+    CLI: a library leaves logging to its host. Bodies and secrets are never logged."""
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("kirim_events")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    for name, at in (("kirim_events", level), ("uvicorn", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(at)
+        logger.propagate = False
 
 
 def collect(
@@ -278,7 +280,6 @@ def collect(
     s = settings or Settings.load(os.environ)
     keys = secrets if secrets is not None else s.require_secrets()
     folder = Path(data_dir) if data_dir is not None else s.data_dir
-    configure_logging(s.log_format)
     collector = Collector(
         folder,
         keys,
@@ -295,6 +296,7 @@ def collect(
         lifespan="off",
         access_log=False,
         log_level="warning",
+        log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
         timeout_graceful_shutdown=30,
     )
     server = _server_class()(config)

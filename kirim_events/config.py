@@ -19,6 +19,22 @@ DEFAULT_TOLERANCE = 300
 _HIDDEN = "**********"
 
 
+def shown_url(text: str) -> str:
+    """``text`` as it may be shown in a message: without a user name or password (what comes
+    before an ``@`` in the host part), a query or a fragment, any of which may hold a secret.
+
+    >>> shown_url("https://user:pw@host.example/path?token=t#x")
+    'https://host.example/path'
+    >>> shown_url("s3://AKIA:sec/ret@bucket/prefix")
+    's3://bucket/prefix'
+    """
+    head, sep, rest = text.partition("://")
+    if not sep:
+        head, rest = "", text
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    return f"{head}{sep}{rest.rpartition('@')[2]}"  # a password may hold a "/" too
+
+
 class Secret:
     """A secret string whose ``repr`` and ``str`` never show the value.
 
@@ -179,24 +195,29 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
         if _URL_LIKE.match(str(out["data_dir"])):  # s3://b/p, or s3:/b/p once a Path
             raise ConfigError(
                 f"the data folder is a local folder (the journal lives there), got "
-                f"{str(out['data_dir'])!r}: for a lake on S3 use --lake s3://bucket/prefix"
+                f"{shown_url(str(out['data_dir']))!r}: for a lake on S3 use --lake "
+                "s3://bucket/prefix"
             )
         out["data_dir"] = Path(out["data_dir"]).expanduser()
     if "api_url" in out:
         url = str(out["api_url"]).strip().rstrip("/")
         try:
             parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"KIRIM_API_URL is not a valid URL ({exc})") from None
-        if parsed.userinfo:  # never shown: it may hold a password
-            raise ConfigError(
+        except httpx.InvalidURL:  # its message may quote a part of a password
+            raise ConfigError(f"KIRIM_API_URL is not a valid URL: {shown_url(url)!r}") from None
+        if parsed.userinfo or "@" in url.partition("://")[2].partition("/")[0]:
+            raise ConfigError(  # never shown: it may hold a password
                 "KIRIM_API_URL must not carry a user name or password (the API key goes in"
                 " KIRIM_KEY)"
             )
+        if parsed.query or parsed.fragment or "?" in url or "#" in url:
+            raise ConfigError(  # never shown: a token goes there; httpx would drop it anyway
+                "KIRIM_API_URL must not carry a query or fragment (the API key goes in KIRIM_KEY)"
+            )
         if not url.lower().startswith(("http://", "https://")) or not parsed.host:
-            shown = url.rpartition("@")[2]  # whatever came before an @ may be a password
             raise ConfigError(
-                f"KIRIM_API_URL must be an http:// or https:// URL with a host, got {shown!r}"
+                "KIRIM_API_URL must be an http:// or https:// URL with a host, got "
+                f"{shown_url(url)!r}"
             )
         out["api_url"] = url
     if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)
@@ -213,8 +234,8 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
             try:
                 tol = int(tol)
             except (TypeError, ValueError):
-                raise ConfigError(
-                    f"KIRIM_TOLERANCE must be whole seconds, 'off' or 0, got {tol!r}"
+                raise ConfigError(  # not quoted: a secret pasted into the wrong variable
+                    "KIRIM_TOLERANCE must be whole seconds, 'off' or 0"
                 ) from None
             if tol < 0:
                 raise ConfigError("KIRIM_TOLERANCE must not be negative")

@@ -102,7 +102,12 @@ class _Served:
                 yield
 
         config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_level="error", timeout_graceful_shutdown=5
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="error",
+            log_config=None,  # leave logging to the host
+            timeout_graceful_shutdown=5,
         )
         self.server = _Quiet(config)
         self.sock = sock

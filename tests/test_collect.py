@@ -334,3 +334,31 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
 def test_bad_collector_options_are_config_errors(tmp_path: Path, bad: dict[str, float]) -> None:
     with pytest.raises(ke.ConfigError):
         ke.Collector(tmp_path, SECRET, **bad)  # type: ignore[arg-type]
+
+
+def test_the_library_leaves_logging_to_its_host(tmp_path: Path) -> None:
+    # collect() replaced the host's handlers on kirim_events and wrote to stderr; without a
+    # NullHandler a rejected delivery printed through Python's last-resort handler
+    script = f'''
+import asyncio, logging, os, signal, sys
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="HOST %(name)s: %(message)s")
+import kirim_events as ke
+ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600,
+           on_ready=lambda url: os.kill(os.getpid(), signal.SIGTERM))
+logging.getLogger().handlers.clear()  # no handler at all: the library must stay quiet
+import httpx
+with ke.Journal({str(tmp_path / "other")!r}) as journal:
+    app = ke.Receiver(journal, ["{SECRET}"])
+    async def post():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as c:
+            return (await c.post("/webhooks/kirim", content=b"{{}}")).status_code
+    print("answer", asyncio.run(post()))
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "HOST kirim_events.collect: listening on http://127.0.0.1:" in done.stdout
+    assert "answer 401" in done.stdout
+    assert "rejected delivery" not in done.stdout  # logged after the host removed its handler

@@ -142,6 +142,21 @@ def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -
     assert "s3cr3tpass" not in str(caught.value)
     with pytest.raises(ConfigError, match="with a host"):
         Settings.load({"KIRIM_API_URL": "https://"})
+    # a query or fragment (where a token would go) is refused unshown; a password with a
+    # "/" broke the URL's parse, whose message quoted a part of it
+    for url in (
+        "https://api.kirim.chat/v1?api_token=hunter2",
+        "https://api.kirim.chat#hunter2",
+        "https://svc:hun/ter2@api.kirim.chat",
+        "https://svc:hunter2@api.kirim.chat:x",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Settings.load({"KIRIM_API_URL": url})
+        assert "hunter2" not in str(caught.value)
+        assert "hun" not in str(caught.value).replace("https", "")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"KIRIM_TOLERANCE": "whsec_hunter2"})
+    assert "hunter2" not in str(caught.value)
     # without a scheme httpx sees no user info, and the URL is named in the error
     for url in ("user:hunter2@api.kirim.chat", "hunter2@api.kirim.chat"):
         with pytest.raises(ConfigError, match="with a host") as caught:

@@ -240,6 +240,11 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
     asyncio.run(main())
 
 
+def test_the_api_state_shows_no_key_in_its_repr() -> None:
+    emu = _emulator(5)
+    assert KEY not in repr(emu.app.app.state.api)
+
+
 def test_bad_filter_times_and_unknown_paths() -> None:
     emu = _emulator(5)
 

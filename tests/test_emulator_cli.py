@@ -108,6 +108,7 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
         (["--send-to", "http://127.0.0.1:99999/hook"], "--send-to must be"),
         (["--send-to", "http://"], "--send-to must be"),
         (["--send-to", "ftp://example.com/x"], "--send-to must be"),
+        (["--send-to", "ftp://hook:S3CRET@example.com/x?token=S3CRET"], "ftp://example.com/x"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "9999-12-31T23:59:59Z"], "--start"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "1969-01-01T00:00:00Z"], "--start"),
     ],
@@ -119,6 +120,7 @@ def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says:
     assert result.exit_code == 2, result.output
     assert says in result.output
     assert "Traceback" not in result.output
+    assert "S3CRET" not in result.output
 
 
 def test_emulate_on_a_port_in_use_says_so_in_one_line() -> None:

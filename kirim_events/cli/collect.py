@@ -16,7 +16,7 @@ from kirim_events.cli._app import (
     errors_to_exit,
     settings,
 )
-from kirim_events.collect import DEFAULT_FLUSH_INTERVAL, collect
+from kirim_events.collect import DEFAULT_FLUSH_INTERVAL, collect, configure_logging
 from kirim_events.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
 
 
@@ -51,6 +51,7 @@ def collect_command(
     s = settings(data_dir=data, log_format=log_format)
     with errors_to_exit():
         s.require_secrets()
+        configure_logging(s.log_format)
 
         def ready(url: str) -> None:
             err_console.print(

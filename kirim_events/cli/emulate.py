@@ -22,6 +22,7 @@ from kirim_events.cli._app import (
     print_error,
     settings,
 )
+from kirim_events.config import shown_url
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.errors import ConfigError
@@ -62,7 +63,9 @@ def _check_send_to(url: str) -> None:
     except httpx.InvalidURL:
         ok = False
     if not ok:
-        raise ConfigError(f"--send-to must be an http:// or https:// URL with a host, got {url!r}")
+        raise ConfigError(
+            f"--send-to must be an http:// or https:// URL with a host, got {shown_url(url)!r}"
+        )
 
 
 def _summary(report: EngineReport, emu: Emulator) -> Table:
@@ -295,7 +298,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         )
     if send_to:
         emu.subscribe(send_to)
-        console.print(f"sending {events} world events to {send_to} ...")
+        console.print(f"sending {events} world events to {shown_url(send_to)} ...")
         watch = asyncio.ensure_future(_watch(emu))
         try:
             report = await emu.send(events)

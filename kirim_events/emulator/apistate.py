@@ -10,7 +10,7 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,13 +56,13 @@ class ApiState:
     """Everything the handlers share: the store, keys, clock, buckets, cursor key."""
 
     store: Store
-    keys: tuple[str, ...]
+    keys: tuple[str, ...] = field(repr=False)  # API keys: never in a repr
     clock: Callable[[], float]
     rng: random.Random
     read_limit: int
     write_limit: int
     allow_http_loopback: bool
-    cursor_key: bytes
+    cursor_key: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         self.buckets: dict[tuple[str, str], TokenBucket] = {}

@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from kirim_events.config import shown_url
 from kirim_events.errors import ConfigError, StorageError
 
 __all__ = ["Entry", "Staged", "Storage", "open_storage"]
@@ -351,10 +352,17 @@ def open_storage(
             uri=text,
         )
     parsed = urlparse(text)
+    if "@" in text:  # pyarrow takes s3://KEY:SECRET@bucket (a "/" in SECRET too); never shown
+        raise ConfigError(
+            "an S3 lake location must not carry credentials (user:password@) nor any '@': "
+            "use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
     if not parsed.netloc:
-        raise ConfigError(f"S3 lake location {text!r} has no bucket")
+        raise ConfigError(f"S3 lake location {shown_url(text)!r} has no bucket")
     if "?" in text or "#" in text:  # urlparse would drop what follows, silently
-        raise ConfigError(f"S3 lake location {text!r}: a prefix with '?' or '#' is not supported")
+        raise ConfigError(
+            f"S3 lake location {shown_url(text)!r}: a prefix with '?' or '#' is not supported"
+        )
     root = parsed.netloc + "/" + parsed.path.strip("/")
     if filesystem is None:
         environ = os.environ if env is None else env
@@ -366,11 +374,17 @@ def _s3_from_env(env: Mapping[str, str]) -> pafs.FileSystem:
     kwargs: dict[str, object] = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
+        parsed = urlparse(endpoint.strip())
+        if "@" in parsed.netloc or "@" in endpoint.partition("/")[0]:
+            raise ConfigError(  # never shown
+                "AWS_ENDPOINT_URL must not carry a user name or password: use "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
         if not endpoint.strip().lower().startswith(("http://", "https://")):
             raise ConfigError(
-                f"AWS_ENDPOINT_URL must start with http:// or https://, got {endpoint!r}"
+                "AWS_ENDPOINT_URL must start with http:// or https://, got "
+                f"{shown_url(endpoint.strip())!r}"
             )
-        parsed = urlparse(endpoint.strip())
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")

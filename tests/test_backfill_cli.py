@@ -245,3 +245,12 @@ def test_backfill_progress_bar_and_summary(
     )
     events, _ = lake_frames(tmp_path)
     assert set(events["event_key"]) == world.history_keys
+
+
+def test_a_plain_http_api_url_off_this_machine_gets_a_note(tmp_path: Path) -> None:
+    env = {"KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": "http://kirim.invalid"}
+    args = ["reconcile", "--since", "1d", "--data", str(tmp_path / "none")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2  # no lake there: stops before any request
+    assert "note: http://kirim.invalid is plain http" in result.stderr
+    assert "plain http" not in result.stdout  # stdout stays the command's (--json output)

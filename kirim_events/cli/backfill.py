@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import httpx
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -56,7 +57,12 @@ EventTypeOption = Annotated[
 def _client(data: object = None) -> KirimClient:
     s = load_settings(data_dir=data)
     with errors_to_exit():
-        return KirimClient(s.api_url, s.require_api_key())
+        client = KirimClient(s.api_url, s.require_api_key())
+    url = httpx.URL(client.base_url)
+    if url.scheme == "http" and url.host not in ("127.0.0.1", "localhost", "::1"):
+        note = f"{client.base_url} is plain http: the API key crosses the network unencrypted"
+        err_console.print(Text.assemble(("note:", "yellow"), " ", note), soft_wrap=True)
+    return client
 
 
 def _fmt(value: datetime | None) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -380,3 +381,44 @@ def test_copies_tied_across_writers_resolve_the_same_way_everywhere(tmp_path: Pa
         assert dict(rows) == expected
     first.compact(full=True)
     assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
+
+
+def test_a_file_deleted_while_its_folder_is_listed_hides_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A compaction deletes the files it replaced while readers list the folders: one entry
+    # gone between reading the folder and its stat() made the whole folder read as empty
+    # (a read short by a partition, with no error; stats() showing it empty and clean).
+    import kirim_events.lake.storage as storage
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev(f"k{i}") for i in range(5)])
+    lake.compact()
+    folder = next(p for p in (tmp_path / "events").rglob("date=*") if p.is_dir())
+    doomed = folder / "w-000000000000-000001-gone.parquet"
+    real = os.scandir
+
+    class DeletingScandir:
+        def __init__(self, path: str) -> None:
+            self.entries = list(real(path))  # the folder is read ...
+            if Path(path) == folder and doomed.exists():
+                doomed.unlink()  # ... then a compaction deletes a file it replaced
+
+        def __enter__(self) -> DeletingScandir:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def __iter__(self) -> Iterator[os.DirEntry[str]]:
+            return iter(self.entries)
+
+    monkeypatch.setattr(storage.os, "scandir", DeletingScandir)
+    doomed.write_bytes(b"x")
+    names = [e.name for e in lake.storage.list_dir(str(folder.relative_to(tmp_path)))]
+    assert len(names) == 1
+    assert names[0].startswith("c-")
+    doomed.write_bytes(b"x")
+    assert sorted(lake.events().collect()["event_key"]) == [f"k{i}" for i in range(5)]
+    doomed.write_bytes(b"x")
+    assert lake.stats()["rows"].sum() == 5

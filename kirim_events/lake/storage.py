@@ -94,13 +94,20 @@ class Storage:
         with _translate("list", rel):
             if self.local:
                 try:
-                    with os.scandir(path) as it:
-                        return [
-                            Entry(e.name, e.is_dir(), 0 if e.is_dir() else e.stat().st_size)
-                            for e in it
-                        ]
+                    it = os.scandir(path)
                 except (FileNotFoundError, NotADirectoryError):
                     return []
+                entries: list[Entry] = []
+                with it:
+                    for e in it:
+                        try:
+                            folder = e.is_dir()
+                            entries.append(Entry(e.name, folder, 0 if folder else e.stat().st_size))
+                        except FileNotFoundError:
+                            # deleted since the folder was read (a compaction removing the
+                            # files it replaced): that entry only, not the whole folder
+                            continue
+                return entries
             selector = pafs.FileSelector(path, allow_not_found=True, recursive=False)
             return [
                 Entry(

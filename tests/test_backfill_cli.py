@@ -155,7 +155,7 @@ def test_reconcile_names_a_damaged_lake_file_in_one_line(
               "--dry-run"], env=env,
     )  # fmt: skip
     assert result.exit_code == 1, result.output
-    assert "1 damaged Parquet file(s)" in result.output
+    assert "1 damaged or foreign Parquet file(s)" in result.output
     assert damaged.name in result.output
 
 

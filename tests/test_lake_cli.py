@@ -81,10 +81,37 @@ def test_a_damaged_file_is_named_in_one_line_and_the_rest_is_kept(tmp_path: Path
         result = runner.invoke(app, [*args, "--data", str(tmp_path)])
         assert result.exit_code == 1, result.output
         out = " ".join(result.output.split())
-        assert "2 damaged Parquet file(s)" in out
+        assert "2 damaged or foreign Parquet file(s)" in out
         assert "Traceback" not in out
     assert healthy.read_bytes() == before
     assert sorted(parquet_files(tmp_path / "events")) == files
+
+
+def test_a_foreign_parquet_file_is_named_and_never_merged_or_deleted(tmp_path: Path) -> None:
+    """A Parquet file someone copied into a partition, without the columns every event has:
+    its rows read as events full of nulls, and a full compaction dropped them and deleted
+    the file (or, with event_key and payload only, merged them for good)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("k1"), ev("k2")])
+    folder = parquet_files(tmp_path / "events")[0].parent
+    other = folder / "from-elsewhere.parquet"
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), other)
+    partial = folder / "partial.parquet"
+    pq.write_table(pa.table({"event_key": ["k9"], "payload": ["{}"]}), partial)
+    assert sorted(lake.damaged_files()) == sorted(
+        str(p.relative_to(tmp_path)) for p in (other, partial)
+    )
+    with pytest.raises(ke.LakeError, match="holds rows without"):
+        lake.compact(full=True)
+    result = runner.invoke(app, ["compact", "--full", "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "holds rows without" in " ".join(result.output.split())
+    assert other.exists()
+    assert partial.exists()
+    assert len(parquet_files(tmp_path / "events")) == 3  # nothing merged, nothing deleted
 
 
 def test_a_read_error_without_a_damaged_file_keeps_its_traceback(

@@ -104,9 +104,9 @@ def _damaged(lake: str | Path) -> str | None:
         return None
     listed = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more" if len(damaged) > 3 else "")
     return (
-        f"{len(damaged)} damaged Parquet file(s) in the lake at {lake}: {listed}. Move them "
-        "out of the lake and run again; kirim-events reconcile can fetch again the events "
-        "of the last 30 days from Kirim's history"
+        f"{len(damaged)} damaged or foreign Parquet file(s) in the lake at {lake}: {listed}. "
+        "Move them out of the lake and run again; kirim-events reconcile can fetch again "
+        "the events of the last 30 days from Kirim's history"
     )
 
 

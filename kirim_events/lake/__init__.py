@@ -49,7 +49,14 @@ from kirim_events.events import EventRecord
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
-from kirim_events.lake.reader import list_dates, list_groups, parquet_names, plan_table, scan
+from kirim_events.lake.reader import (
+    REQUIRED_EVENT_COLUMNS,
+    list_dates,
+    list_groups,
+    parquet_names,
+    plan_table,
+    scan,
+)
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Storage, open_storage
@@ -368,14 +375,23 @@ class Lake(AnalyticsMixin):
 
     def damaged_files(self) -> list[str]:
         """Files our readers count whose Parquet footer cannot be read (truncated, damaged,
-        or not Parquet), as paths relative to the lake. Reads each file's footer only."""
+        or not Parquet), or events files without a column every event has (``event_key``,
+        ``occurred_at``, ``received_at``: a Parquet file not written by kirim-events, whose
+        rows would read as events with nulls), as paths relative to the lake. Reads each
+        file's footer only."""
         damaged = []
         for part in self._partitions():
             for name in part.counted:
+                rel = f"{part.folder}/{name}"
                 try:
-                    self._rows_in(f"{part.folder}/{name}")
+                    footer = pq.read_metadata(self.storage.full(rel), filesystem=self.storage.fs)
                 except (pa.ArrowException, OSError):
-                    damaged.append(f"{part.folder}/{name}")
+                    damaged.append(rel)
+                    continue
+                if part.table == "events" and not set(REQUIRED_EVENT_COLUMNS).issubset(
+                    footer.schema.names
+                ):
+                    damaged.append(rel)
         return damaged
 
     def stats(self) -> pl.DataFrame:

@@ -49,6 +49,7 @@ from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
 from kirim_events.lake.reader import (
     EVENT_ORDER,
+    REQUIRED_EVENT_COLUMNS,
     file_schema,
     first_copies,
     list_dates,
@@ -280,6 +281,15 @@ class _Group:
             )
             frame = pl.from_arrow(dataset.to_table(columns=columns))
         assert isinstance(frame, pl.DataFrame)
+        if self.table == "events":
+            for name in REQUIRED_EVENT_COLUMNS:
+                if name in frame.columns and frame[name].null_count():
+                    # a Parquet file not written by kirim-events: merged, its rows would
+                    # become events with nulls, or be dropped and the file deleted
+                    raise LakeError(
+                        f"{self.folder(day)} holds rows without {name}: a file not written "
+                        "by kirim-events? Lake.damaged_files() names it; move it out of the lake"
+                    )
         return frame
 
     def _winners(

@@ -34,6 +34,7 @@ from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
 __all__ = [
     "DELIVERY_DEDUP_COLUMNS",
     "EVENT_FILE_SCHEMA",
+    "REQUIRED_EVENT_COLUMNS",
     "GroupPlan",
     "first_copies",
     "list_groups",
@@ -44,6 +45,10 @@ __all__ = [
     "read_in_place",
     "scan",
 ]
+
+REQUIRED_EVENT_COLUMNS = ("event_key", "occurred_at", "received_at")
+"""Columns every events file has and no event lacks (the writer refuses such rows); the
+``type`` is the partition's."""
 
 EVENT_FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
 """What an events Parquet file holds: EVENT_SCHEMA without the ``type`` partition column."""

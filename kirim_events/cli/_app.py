@@ -122,13 +122,30 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
     except KirimEventsError as exc:
         print_error(exc)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-    except READ_ERRORS:
-        # only a damaged file is one line; anything else may be a bug of ours: traceback
+    except (*READ_ERRORS, FileNotFoundError) as exc:
+        # only a damaged file, or one a compaction deleted under the read, is one line;
+        # anything else may be a bug of ours: its traceback is what a report of it needs
         found = None if lake is None else _damaged(lake)
+        if found is None and lake is not None and _vanished(exc):
+            found = (
+                "a file this read planned was deleted by a compaction that finished "
+                "meanwhile (nothing is lost); run it again"
+            )
         if found is None:
             raise
         print_error(found)
         raise typer.Exit(1) from None
+
+
+def _vanished(exc: BaseException) -> bool:
+    """Whether a read failed on a lake file that no longer exists (Polars raises
+    FileNotFoundError, DuckDB an IOException naming the file)."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "No files found" in text or "No such file" in text or "Cannot open file" in text
+    )
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

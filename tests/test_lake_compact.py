@@ -6,6 +6,7 @@ import dataclasses
 import os
 import random
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> N
     lake.write_events([ev("a")])
     changes = tmp_path / "_state/changes/events/type=message.created/date=2026-05-01"
     # A write that crashed after its marker, before its file: the marker names a file that
-    # never arrives. It is kept (the file may still be coming) until it is a day old.
+    # never arrives. It is kept (the file may still be coming) until it is an hour old.
     orphan = changes / f"w-{int(clock[0] * 1000):012x}-000009-gone.changed"
     orphan.touch()
     stale_tmp = tmp_path / "_tmp" / "deadbeef"
@@ -284,10 +285,41 @@ def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> N
     assert [p.name for p in changes.iterdir()] == [orphan.name]
     assert not stale_tmp.exists()
     assert fresh_tmp.exists()
-    clock[0] += 2 * 86_400
+    clock[0] += 2 * 3600
     lake.compact()
     assert list(changes.iterdir()) == []
     assert on_disk(tmp_path) == ["a"]
+
+
+def test_two_crashed_compactions_in_a_row_strand_no_marker_past_an_hour(tmp_path: Path) -> None:
+    # The first run merged and deleted a's file, then died before clearing its marker; the
+    # second published a manifest that no longer named that file, then died: the marker
+    # named a file no run would see again, and every compaction revisited its partition.
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    changes = tmp_path / "_state/changes"
+
+    def crash_at(step: str) -> Callable[[str], None]:
+        def hook(name: str) -> None:
+            if name == step:
+                raise Crash(name)
+
+        return hook
+
+    lake.write_events([ev("a")])
+    with pytest.raises(Crash):
+        lake.compact(hook=crash_at("file_deleted"))
+    lake.write_events([ev("b")])
+    with pytest.raises(Crash):
+        lake.compact(hook=crash_at("manifest_published"))
+    lake.compact()
+    assert sorted(winners(lake)) == ["a", "b"]
+    assert len(list(changes.rglob("*.changed"))) == 1  # within the hour, kept
+    clock[0] += 2 * 3600
+    lake.compact()
+    assert list(changes.rglob("*.changed")) == []
+    assert lake.compact().partitions == 0
+    assert lake.stats()["clean"].all()
 
 
 def test_compacted_files_are_clustered_by_the_id_analytics_groups_on(tmp_path: Path) -> None:

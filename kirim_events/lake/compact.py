@@ -77,7 +77,6 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 CLUSTER_ORDER = ("conversation_id", "message_id", "occurred_at", "event_key")
 
 Hook = Callable[[str], None]
-MARKER_TTL = 86_400.0
 TMP_TTL = 3_600.0
 
 
@@ -413,9 +412,10 @@ def compact(
                 check=check,
             ).run()
             # A marker is consumed once its file was seen (it is merged now, or still counted
-            # and the partition is clean); a marker whose file never appeared (the write
-            # crashed before its rename) is dropped after a day.
-            stale = int((now() - MARKER_TTL) * 1000)
+            # and the partition is clean). A marker whose file is not there after an hour was
+            # consumed some other way: its write crashed before the rename, or two crashed
+            # runs in a row merged and deleted the file and forgot its name.
+            stale = int((now() - TMP_TTL) * 1000)
             consumed = [
                 rel
                 for day_markers in markers.get((table, group), {}).values()

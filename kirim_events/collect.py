@@ -253,7 +253,8 @@ def collect(
     secrets
         Accepted webhook secrets; default ``settings.webhook_secrets`` (KIRIM_WEBHOOK_SECRET).
     settings
-        Resolved settings (``Settings.load(os.environ)`` when omitted): tolerance, log format.
+        Resolved settings (``Settings.load(os.environ)`` when omitted): the tolerance.
+        Logging is left to the host (the CLI sets it up from ``log_format``).
     max_body
         Largest accepted body in bytes (413 above).
     flush_interval

@@ -13,7 +13,8 @@ committed, so N concurrent deliveries pay one fsync, not N:
 
 A caller's future resolves only after the commit that holds its rows, hence "acknowledged"
 implies "durable"; a SIGKILL at any instant loses nothing that was acknowledged (SQLite's WAL
-recovery on reopen). One lock keeps the two paths off the connection at the same time.
+recovery on reopen). One lock keeps the writer thread and ``close()`` off the connection at
+the same time.
 
 Tables (layout in :mod:`kirim_events.journal_rows`):
 

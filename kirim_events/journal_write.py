@@ -1,7 +1,8 @@
 """The journal's write path: queued jobs, group inserts, and settling callers' futures.
 
-:class:`kirim_events.journal.Journal` decides *when* a group commits (writer thread or
-pipelined on the event loop); this module builds the rows of a group and writes them.
+:class:`kirim_events.journal.Journal` decides *when* a group commits (on its writer thread:
+one group per event-loop pass or per queue drain); this module builds the rows of a group and
+writes them.
 """
 
 from __future__ import annotations

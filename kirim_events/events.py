@@ -395,6 +395,10 @@ def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> E
     )
 
 
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
 def _kirim_typed(data: dict[str, Any]) -> dict[str, Any]:
     """Pull the typed ids out of a Kirim-native ``data`` object (any event type)."""
     message = _get(data, "message") if isinstance(_get(data, "message"), dict) else {}
@@ -413,7 +417,8 @@ def _kirim_typed(data: dict[str, Any]) -> dict[str, Any]:
         "message_id": _str(_get(message, "provider_id")) or _str(_get(message, "id")),
         "conversation_id": _str(_get(conversation, "id")) or _str(_get(data, "conversation_id")),
         "contact_id": _str(_get(contact, "id")) or _str(_get(data, "contact_id")),
-        "status": _str(_get(message, "status")) or _str(_get(conversation, "status")),
+        # lower case, as Meta statuses are (the analytics rank "read", not "READ")
+        "status": _lower(_str(_get(message, "status")) or _str(_get(conversation, "status"))),
         "error_code": _str(_get(error, "provider_code")) or _str(_get(error, "code")),
         "error_title": _str(_get(error, "message")),
         "recipient_id": recipient,

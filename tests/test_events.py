@@ -177,6 +177,19 @@ def test_third_shape_uses_message_id_and_maps_status_alias() -> None:
     assert rec.occurred_at == datetime(2026, 5, 23, 10, 0, 5, 500000, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("shape", ["legacy", "kirim"])
+def test_a_status_in_upper_case_is_stored_in_lower_case_as_meta_ones_are(shape: str) -> None:
+    # "READ" was stored as is, and the analytics (which rank "read") dropped the event
+    message = {"id": "msg_1", "status": "READ"}
+    body = (
+        {"id": "wbd_D", "event": "message.status_updated", "data": {"message": message}}
+        if shape == "legacy"
+        else {"id": "evt_1", "type": "message.status", "data": {"message": message}}
+    )
+    [rec] = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert rec.status == "read"
+
+
 def test_third_shape_prefers_header_event_id() -> None:
     body = json.dumps(
         {

@@ -52,7 +52,8 @@ def test_cycles_with_closes_at_one_instant_or_at_several() -> None:
     # Conversations closed never, once, several times at one instant, or at several instants,
     # with other events tying with the closes. The Polars cycles (a hash join, or an as-of
     # join for closes at several instants) must equal the DuckDB view (a window over every
-    # event), and each event must fall in cycle 1 + the closes strictly before it.
+    # event), and each event must fall in cycle 1 + the close instants strictly before it
+    # (closes at one instant end one cycle: counting each made cycle numbers skip).
     rng = random.Random(5)
     records: list[EventRecord] = []
     times: dict[str, list[int]] = {}
@@ -71,12 +72,28 @@ def test_cycles_with_closes_at_one_instant_or_at_several() -> None:
     expected: dict[tuple[str, int], int] = {}
     for cnv, ts in times.items():
         for t in ts:
-            cycle = 1 + sum(1 for x in closes[cnv] if x < t)
+            cycle = 1 + len({x for x in closes[cnv] if x < t})
             expected[(cnv, cycle)] = expected.get((cnv, cycle), 0) + 1
     cycles = both("conversation_cycles", records)
     got = {(r["conversation_id"], r["cycle"]): r["n_events"] for r in cycles.to_dicts()}
     assert got == expected
     assert max(cycle for _, cycle in got) >= 3
+    for cnv in times:  # no cycle number is skipped
+        numbers = sorted(cycle for c, cycle in got if c == cnv)
+        assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_closes_at_one_instant_make_one_reopen_not_two() -> None:
+    records = [
+        conversation("evt_a", "assigned", "cnv_9", 0, 0, user="u1"),
+        conversation("evt_c1", "closed", "cnv_9", 10, 10, closed_by="u1"),
+        conversation("evt_c2", "closed", "cnv_9", 10, 11, closed_by="u1"),
+        conversation("evt_b", "assigned", "cnv_9", 15, 15, user="u1"),
+    ]
+    got = row(both("conversation_lifecycles", records), conversation_id="cnv_9")
+    assert (got["n_cycles"], got["n_reopens"], got["n_closes"]) == (2, 1, 2)
+    cycles = both("conversation_cycles", records)
+    assert cycles["cycle"].to_list() == [1, 2]
 
 
 def test_close_arriving_before_the_assignment_uses_event_time() -> None:

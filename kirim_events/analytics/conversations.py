@@ -5,9 +5,10 @@ from every event that carries a ``cnv_`` id (``conversation_id``), in event-time
 arrival order. Rules, shared with the DuckDB views in ``sql.py``:
 
 * Order: ``occurred_at``, then ``received_at``, then ``event_key`` (a total order).
-* Cycle: an event belongs to cycle ``1 + (closes of this conversation with an earlier event
-  time)``. So the first event opens cycle 1, any event *strictly after* a close opens the
-  next cycle (a reopen), and events at the very instant of a close still belong to it.
+* Cycle: an event belongs to cycle ``1 + (instants of closes of this conversation earlier
+  than its event time)``. So the first event opens cycle 1, any event *strictly after* a
+  close opens the next cycle (a reopen), events at the very instant of a close still belong
+  to it, and closes at one instant end one cycle (``n_closes`` still counts each).
 * Opening: the time of a cycle's first event. Close: ``conversation.closed``.
 * Assignment: ``conversation.assigned`` with a ``user_id``; one with a null ``user_id`` is an
   unassignment (accepted, kirim-api.md §4.4). First assignment of a conversation: the earliest
@@ -80,7 +81,8 @@ def _closes(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _with_cycle(frame: pl.LazyFrame, closes: pl.LazyFrame) -> pl.LazyFrame:
-    """Add ``cycle`` = 1 + closes of the conversation strictly before each row's event time.
+    """Add ``cycle`` = 1 + close instants of the conversation strictly before each row's
+    event time (closes at one instant end one cycle: the next starts after them).
 
     Most conversations have closes at one instant at most; their rows get the cycle from a
     hash join with that instant. Only the rows of conversations closed at several instants
@@ -88,7 +90,7 @@ def _with_cycle(frame: pl.LazyFrame, closes: pl.LazyFrame) -> pl.LazyFrame:
     cycles at 10M events.
     """
     key = "conversation_id"
-    per_instant = closes.group_by(key, "occurred_at").agg(pl.len().cast(pl.Int64).alias("_n"))
+    per_instant = closes.group_by(key, "occurred_at").agg(pl.lit(1, dtype=pl.Int64).alias("_n"))
     first = per_instant.group_by(key).agg(
         pl.col("occurred_at").min().alias("_c1"),
         pl.col("_n").get(pl.col("occurred_at").arg_min()).alias("_n1"),
@@ -312,7 +314,12 @@ def conversation_lifecycles(
     before_last = (
         closes.join(base.select(key, "last_event_at"), on=key)
         .group_by(key)
-        .agg((pl.col("occurred_at") < pl.col("last_event_at")).sum().alias("_before_last"))
+        .agg(
+            pl.col("occurred_at")
+            .filter(pl.col("occurred_at") < pl.col("last_event_at"))
+            .n_unique()
+            .alias("_before_last")
+        )
     )
     out = (
         base.join(assigned, on=key, how="left")

@@ -185,7 +185,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     return f"""
     WITH {_conversation_rows(as_of, copies)},
     instants AS (
-      SELECT conversation_id, occurred_at, count(*) AS n
+      SELECT conversation_id, occurred_at, 1 AS n
       FROM r WHERE type = 'conversation.closed' GROUP BY conversation_id, occurred_at
     ),
     marks AS (
@@ -288,7 +288,8 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     ),
     bl AS (
       SELECT c.conversation_id,
-        count(*) FILTER (WHERE c.occurred_at < b.last_event_at)::BIGINT AS _before_last
+        count(DISTINCT c.occurred_at) FILTER (WHERE c.occurred_at < b.last_event_at)::BIGINT
+          AS _before_last
       FROM c JOIN base b ON b.conversation_id = c.conversation_id GROUP BY c.conversation_id
     ),
     j AS (

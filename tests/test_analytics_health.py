@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -138,3 +139,47 @@ def test_event_copies_follow_the_delivery_id() -> None:
     assert isinstance(receipts, pl.DataFrame)
     copies = event_copies(events, receipts.lazy()).collect().sort("event_key")
     assert copies.rows() == [("k1", 2), ("k2", 2)]  # k3 came once
+
+
+def test_fractions_of_a_second_are_the_same_float_in_both_engines() -> None:
+    # Polars divided by 1e6 as a product with its reciprocal: a lateness of 0.8 s came out
+    # as 0.7999999999999999 (DuckDB: 0.8), and so did a third of millisecond-precise values
+    records = [status(f"wamid.{i}", "sent", 10 * i, 10 * i + 0.8) for i in range(3)]
+    health = both("delivery_health", records)  # compares the engines' floats exactly
+    assert row(health, event_type="message.status")["lateness_p50"] == 0.8
+    closes = [
+        event
+        for i in range(3)
+        for event in (
+            conversation(f"evt_a{i}", "assigned", f"cnv_{i}", 0, 1, user="u"),
+            conversation(f"evt_c{i}", "closed", f"cnv_{i}", 86_397.999 + i * 0.001, 86_398),
+        )
+    ]
+    lifecycles = both("conversation_lifecycles", closes)
+    assert lifecycles["time_to_close"].to_list() == [86_397.999, 86_398.0, 86_398.001]
+
+
+def test_backfilled_events_are_not_what_our_endpoint_saw() -> None:
+    # a status fetched from Kirim's history ten days later is not ten days of lateness
+    late = dataclasses.replace(status("wamid.B", "sent", 0, 864_000), origin="backfill")
+    health = both("delivery_health", [status("wamid.A", "sent", 0, 2), late])
+    assert health["n_events"].to_list() == [1]
+    assert health["lateness_max"].to_list() == [2.0]
+
+
+def test_health_rows_come_in_the_same_order_from_both_engines() -> None:
+    # a rejected receipt without X-Kirim-Event has no type: Polars put it first, DuckDB last
+    from test_analytics_support import dedup, duck, from_duck
+
+    from kirim_events.analytics import health as health_module
+
+    receipts = [
+        _receipt("wbd_1", 1, 2, "new"),
+        _receipt("wbd_2", 1, 3, "rejected", event_type=None),
+    ]
+    events, copies = dedup([status("wamid.A", "sent", 0, 2)])
+    table = pl.from_arrow(deliveries_table(receipts)).lazy()
+    ours = health_module.delivery_health(events, table).collect()
+    view = from_duck(duck(events, copies, receipts), "delivery_health")
+    assert ours["event_type"].to_list() == ["message.status", None]
+    assert view["event_type"].to_list() == ours["event_type"].to_list()

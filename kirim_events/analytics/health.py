@@ -9,8 +9,9 @@ endpoint see that day". Two sources are combined (full outer join on day and typ
   outcome is ``duplicate``: an event we already had), ``rejected`` (bad signature) and
   ``quarantined`` (signed but unparseable); an attempt that is unknown or 0 (Kirim counts
   from 1) counts as a first attempt;
-* the ``events`` table (one row per event, first copy): ``n_events`` and the lateness of
-  each event's first copy, ``received_at - occurred_at`` in seconds: ``lateness_p50``,
+* the ``events`` table (one row per event, first copy), the events whose first copy came
+  by webhook (a backfill's are not what our endpoint saw: days late by design): ``n_events``
+  and their lateness, ``received_at - occurred_at`` in seconds: ``lateness_p50``,
   ``lateness_p90``, ``lateness_max``.
 
 Rows that only one source knows have nulls in the other source's columns. As of an instant,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from kirim_events.analytics._common import US, as_utc, cut
+from kirim_events.analytics._common import US, as_utc, cut, seconds
 from kirim_events.events import TYPE_ALIASES
 from kirim_events.timearg import TimeLike
 
@@ -71,7 +72,7 @@ def delivery_health(
         The columns of ``HEALTH_COLUMNS`` (module docstring), sorted by day, event_type.
     """
     receipts = deliveries.filter(pl.col("origin") == "webhook")
-    seen = cut(events, as_of)
+    seen = cut(events, as_of).filter(pl.col("origin") == "webhook")
     if as_of is not None:
         arrived = pl.col("received_at") <= pl.lit(as_utc(as_of), dtype=US)
         receipts = receipts.filter(arrived)
@@ -110,10 +111,11 @@ def delivery_health(
             late_us.quantile(0.9, interpolation="linear").alias("lateness_p90"),
             late_us.max().cast(pl.Float64).alias("lateness_max"),
         )
-        .with_columns(pl.col(c) / 1_000_000.0 for c in lateness)
+        .with_columns(seconds(pl.col(c)) for c in lateness)
     )
     return (
         per_delivery.join(per_event, on=["day", "event_type"], how="full", coalesce=True)
         .select(HEALTH_COLUMNS)
-        .sort(["day", "event_type"])
+        .sort(["day", "event_type"], nulls_last=True)  # as DuckDB orders (a null type: a
+        # rejected receipt without X-Kirim-Event)
     )

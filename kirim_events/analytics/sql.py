@@ -364,7 +364,8 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
       SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, type AS event_type,
         count(*)::BIGINT AS n_events,
         list_sort(list({late}) FILTER (WHERE {late} IS NOT NULL)) AS _s
-      FROM events WHERE true{_cut(as_of)}{_cut(as_of, "received_at")} GROUP BY ALL
+      FROM events WHERE origin = 'webhook'{_cut(as_of)}{_cut(as_of, "received_at")}
+      GROUP BY ALL
     ),
     pe AS (
       SELECT day, event_type, n_events,
@@ -374,7 +375,7 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
       FROM pl
     )
     SELECT * FROM pd FULL OUTER JOIN pe USING (day, event_type)
-    ORDER BY day, event_type"""
+    ORDER BY day, event_type NULLS LAST"""
 
 
 def analytics_views(*, as_of: TimeLike | None = None, copies: str | None = None) -> dict[str, str]:

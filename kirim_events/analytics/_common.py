@@ -68,6 +68,11 @@ def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
 ORDER = ("occurred_at", "received_at", "event_key")
 """Event-time order; arrival and the key only break ties, so arrival order never decides."""
 
+STATUS_ORDER = ("occurred_at", "received_at", "_rank", "event_key")
+"""Event-time order of status events: at one instant, arrived together, the lower status
+first (one Meta body may list sent and delivered with the same timestamp; by the key alone
+"delivered" sorted before "sent")."""
+
 
 def run_start(key: str) -> pl.Expr:
     """True on the first row of each run of equal ``key`` values (rows sorted by ``key``)."""

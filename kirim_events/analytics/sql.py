@@ -22,6 +22,7 @@ from kirim_events.timearg import TimeLike
 __all__ = ["analytics_views"]
 
 _ORDER = "occurred_at, received_at, event_key"
+_STATUS_ORDER = "occurred_at, received_at, _rank, event_key"  # as STATUS_ORDER
 
 
 def _quote(text: str) -> str:
@@ -72,7 +73,7 @@ def _status_rows(as_of: TimeLike | None, copies: str | None) -> str:
 def _late(source: str) -> str:
     return f"""
     SELECT x.*,
-      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_ORDER}
+      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_STATUS_ORDER}
         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS _late
     FROM ({source}) x"""
 
@@ -115,9 +116,9 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
     f AS (SELECT g.*, n_events > ({present}) AS _multi, ({pairs}) AS _late_fast FROM g),
     slow AS (
       SELECT message_id, bool_or(_late) AS _late_slow,
-        first(error_code ORDER BY {_ORDER}) FILTER (WHERE status = 'failed')
+        first(error_code ORDER BY {_STATUS_ORDER}) FILTER (WHERE status = 'failed')
           AS _error_code_slow,
-        first(error_title ORDER BY {_ORDER}) FILTER (WHERE status = 'failed')
+        first(error_title ORDER BY {_STATUS_ORDER}) FILTER (WHERE status = 'failed')
           AS _error_title_slow
       FROM ({_late("SELECT * FROM s WHERE message_id IN (SELECT message_id FROM f WHERE _multi)")})
       GROUP BY message_id
@@ -151,7 +152,7 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
 
 def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``message_status_history`` view (rules: ``timelines.py``)."""
-    window = f"PARTITION BY message_id ORDER BY {_ORDER}"
+    window = f"PARTITION BY message_id ORDER BY {_STATUS_ORDER}"
     return f"""
     WITH s AS ({_status_events(as_of, copies)}),
     h AS (

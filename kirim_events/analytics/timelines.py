@@ -28,8 +28,9 @@ Rules (kirim-api.md §6.1), shared with the DuckDB views in ``sql.py``:
 * ``n_events``: distinct status events (one per ``event_key``). ``n_duplicates``: received
   copies beyond the first, summed over those events (null when the copies are unknown).
 
-Ties in event time are broken by ``received_at`` then ``event_key``; every engine uses that
-order, so results are deterministic.
+Ties in event time are broken by ``received_at``, then the status rank (a ``sent`` and a
+``delivered`` at one instant: sent first), then ``event_key``; every engine uses that order,
+so results are deterministic.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from __future__ import annotations
 import polars as pl
 
 from kirim_events.analytics._common import (
-    ORDER,
     STATUS_EVENT_TYPES,
+    STATUS_ORDER,
     STATUS_RANK,
     cut,
     dups_per,
@@ -108,7 +109,7 @@ def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
     # Each expression used twice is its own column first: the streaming engine does not
     # share common subexpressions as the in-memory one does, and computed them twice.
     return (
-        rows.sort(["message_id", *ORDER])
+        rows.sort(["message_id", *STATUS_ORDER])
         .with_columns(
             _first=run_start("message_id"),
             # arrival order as an integer (dense rank), so that a running max per message

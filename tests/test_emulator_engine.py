@@ -521,3 +521,78 @@ def test_rate_paces_world_events_per_second() -> None:
     fast, _, _ = _live(200, concurrency=4)
     fast_first = [a.sent_at for a in fast.store.attempts if a.attempt == 1]
     assert max(fast_first) - min(fast_first) < 1.0
+
+
+def test_a_disabled_subscription_is_reported_with_the_events_it_never_got() -> None:
+    # After 3 permanent failures in a row the subscription is disabled: Kirim keeps no row
+    # of later events. The run said nothing, and "never acknowledged" left those events out.
+    emu, receiver, _ = _live(40, receiver=Receiver(policy=lambda n, h: 410), auto_disable_after=3)
+    (sub,) = emu.store.subscriptions.values()
+    assert sub.status == "disabled"
+    report = emu.engine.report
+    assert report.disabled == [sub.id]
+    assert report.unsent > 0
+    truth = set(emu.truth.log().collect()["event_key"])
+    assert emu.unacknowledged_event_keys() == truth  # none acknowledged, sent or not
+    assert emu.unacknowledged_event_keys(sub.id) == truth
+    assert len(receiver.requests) < len(truth)
+
+
+class Answers:
+    """An ASGI handler answering 200 with a given body and headers (never verified)."""
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.body, self.headers = body, headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"not gzip at all", [(b"content-encoding", b"gzip")]),  # undecodable: still a 2xx
+        (b"x" * 5_000_000, []),  # a huge answer: only its start is kept
+    ],
+)
+def test_any_2xx_is_delivered_whatever_its_body(
+    body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=3, secrets=SECRET, clock=clock, sleep=clock.sleep)
+    emu.subscribe(URL)
+    _run(emu.send(10, transport=httpx.ASGITransport(app=Answers(body, headers))))
+    rows = emu.store.deliveries
+    assert {(r.status, r.attempt, r.response_status_code) for r in rows} == {("succeeded", 1, 200)}
+    assert all(len(r.response_body or "") <= 500 for r in rows)
+    assert emu.unacknowledged_event_keys() == set()
+
+
+def test_more_deliveries_at_once_than_httpx_pools_by_default_are_not_timed_out() -> None:
+    # httpx holds 100 connections unless told otherwise: with 120 deliveries at once, the
+    # last 20 waited for a connection, ran out their time and were sent twice (here: 1 s
+    # waiting + 1 s answering > 1.6 s)
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def slow(request: Request) -> Response:
+        await request.body()
+        await asyncio.sleep(1.0)
+        return Response("ok")
+
+    app = Starlette(routes=[Route("/hook", slow, methods=["POST"])])
+    with serve(app) as url:
+        emu = Emulator(
+            seed=4,
+            secrets=SECRET,
+            engine=EngineConfig(concurrency=120, timeout=1.6, time_compression=100_000),
+        )
+        emu.subscribe(f"{url}/hook")
+        report = _run(emu.send(120))
+    assert report.retries == 0
+    assert report.succeeded == report.deliveries

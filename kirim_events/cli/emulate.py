@@ -78,6 +78,11 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
+    if report.disabled:
+        table.add_row("subscriptions disabled (failures in a row)", ", ".join(report.disabled))
+        table.add_row("events not sent (subscription disabled)", str(report.unsent))
+        held = sum(len(rows) for rows in emu.store.held.values())
+        table.add_row("deliveries held (queued when disabled)", str(held))
     if report.errors:
         table.add_row("engine errors (the first)", f"{len(report.errors)} ({report.errors[0]})")
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))
@@ -246,8 +251,17 @@ async def _watch(emu: Emulator, every: float = 5.0) -> None:
     """A line every few seconds while sending, so an unreachable or failing receiver shows
     at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression)."""
     seen = 0
+    told: set[str] = set()
     while True:
         await asyncio.sleep(every)
+        for sub in emu.store.subscriptions.values():
+            if sub.status == "disabled" and sub.id not in told:
+                told.add(sub.id)
+                console.print(
+                    f"subscription {sub.id} disabled after "
+                    f"{emu.engine_config.auto_disable_after} failures in a row: new events are "
+                    "not sent to it (make it active again through the API to resume)"
+                )
         attempts = emu.store.attempts
         new, seen = attempts[seen:], len(attempts)
         ok = sum(1 for a in attempts if a.outcome in _ACKNOWLEDGED)
@@ -319,9 +333,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             console.print(
                 "sending done; the API keeps serving (replays are delivered). Ctrl+C stops."
             )
-        async with httpx.AsyncClient(
-            timeout=emu.engine_config.timeout + 1.0, trust_env=False
-        ) as client:
+        async with emu.webhook_client() as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)
             request_stop()

@@ -174,13 +174,26 @@ class Emulator:
             self.subscribe(url)
         if not self.store.subscriptions:
             raise RuntimeError("no subscription: pass url= or call subscribe(url) first")
-        # httpx's own 5 s default would cut Kirim's 10 s answer window short.
-        timeout = self.engine_config.timeout + 1.0
-        # trust_env=False: a proxy set for the internet must not carry loopback webhooks
-        async with httpx.AsyncClient(
-            transport=transport, timeout=timeout, trust_env=False
-        ) as client:
+        async with self.webhook_client(transport) as client:
             return await self.engine.run(self.bundles(n_events), client=client, forever=forever)
+
+    def webhook_client(
+        self, transport: httpx.AsyncBaseTransport | None = None
+    ) -> httpx.AsyncClient:
+        """The HTTP client deliveries go out through.
+
+        Its timeout is above the engine's (httpx's own 5 s would cut Kirim's 10 s answer
+        window short); it holds as many connections as deliveries run at once (else the
+        ones waiting for a connection ran out their time and were sent again); and it
+        ignores proxy settings (one set for the internet must not carry loopback webhooks).
+        """
+        cfg = self.engine_config
+        limits = httpx.Limits(
+            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+        )
+        return httpx.AsyncClient(
+            transport=transport, timeout=cfg.timeout + 1.0, limits=limits, trust_env=False
+        )
 
     def stop(self) -> None:
         """Stop a :meth:`send` running with ``forever=True``."""
@@ -196,5 +209,15 @@ class Emulator:
         return self.store.purge(now - older_than_days * 86400)
 
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
-        """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx."""
-        return self.store.unacknowledged_event_keys(subscription_id)
+        """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx: those
+        of delivery rows never acknowledged, and those of events never sent because their
+        subscription was disabled (Kirim keeps no row of them)."""
+        keys = self.store.unacknowledged_event_keys(subscription_id)
+        acked: set[str] = set()
+        for row in self.store.deliveries:
+            if row.acknowledged and subscription_id in (None, row.subscription_id):
+                acked.update(row.event_keys)
+        for sub_id, unsent in self.engine.unsent_keys.items():
+            if subscription_id in (None, sub_id):
+                keys |= unsent - acked
+        return keys

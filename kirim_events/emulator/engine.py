@@ -112,6 +112,8 @@ class EngineReport:
     dead: int = 0
     retries: int = 0
     duplicates: int = 0
+    unsent: int = 0  # world events a disabled subscription would have got: no delivery row
+    disabled: list[str] = field(default_factory=list)  # subscriptions this run auto-disabled
     errors: list[str] = field(default_factory=list)
 
 
@@ -190,6 +192,7 @@ class DeliveryEngine:
         self._timers: list[tuple[float, int, DeliveryRow]] = []
         self._ready: deque[DeliveryRow] = deque()
         self._fresh = 0
+        self.unsent_keys: dict[str, set[str]] = {}  # subscription -> keys never sent to it
         self._seq = 0
         self._wake: asyncio.Event | None = None
         self._stopping = False
@@ -210,6 +213,12 @@ class DeliveryEngine:
         rendered = render(bundle, kirim_block=self.kirim_block)
         rows = []
         now = self._clock()
+        for sub in self.store.subscriptions.values():
+            if sub.status != "active" and not sub.deleted and sub.matches(rendered.event_type):
+                # Kirim sends nothing to a disabled subscription and keeps no row of it:
+                # these events are lost to it (counted, so a summary can say so)
+                self.report.unsent += 1
+                self.unsent_keys.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
             row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
             lag = disorder_lag(derive_rng(self._root, row.id, 0), self.config)
@@ -328,13 +337,11 @@ class DeliveryEngine:
                 signature=sign(row.payload, secrets, timestamp=t),
             )
             try:
-                response = await asyncio.wait_for(
-                    client.post(sub.url, content=row.payload, headers=headers), cfg.timeout
+                code, body, wait_header = await asyncio.wait_for(
+                    _post(client, sub.url, row.payload, headers), cfg.timeout
                 )
-                code = response.status_code
-                body = response.text[:500]
                 if code == 429:
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = _retry_after(wait_header)
             except TimeoutError:
                 error = f"timeout: no answer within {cfg.timeout:g}s"
             except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx
@@ -373,8 +380,9 @@ class DeliveryEngine:
                 self.report.failed += outcome == "failed"
                 self.report.dead += outcome == "dead"
                 sub.consecutive_failures += 1
-                if sub.consecutive_failures >= cfg.auto_disable_after:
+                if sub.consecutive_failures >= cfg.auto_disable_after and sub.status == "active":
                     sub.status = "disabled"
+                    self.report.disabled.append(sub.id)
         self.store.record(
             AttemptRecord(
                 row.id,
@@ -390,6 +398,22 @@ class DeliveryEngine:
                 row.next_retry_at,
             )
         )
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str]
+) -> tuple[int, str, str | None]:
+    """POST a delivery; return its status, the first 500 characters of the answer and its
+    Retry-After. Only the first 2 KiB of the answer are read, undecoded: a handler's huge
+    or oddly encoded answer costs no memory, and a 2xx is a 2xx whatever its body."""
+    async with client.stream("POST", url, content=payload, headers=headers) as response:
+        raw = b""
+        async for chunk in response.aiter_raw():
+            raw += chunk
+            if len(raw) >= 2048:
+                break
+        text = raw[:2048].decode("utf-8", "replace")[:500]
+        return response.status_code, text, response.headers.get("Retry-After")
 
 
 def _as_rendered(row: DeliveryRow) -> Rendered:

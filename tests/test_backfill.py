@@ -451,17 +451,20 @@ def test_resume_after_copying_the_folder_keeps_working(world: World, tmp_path: P
     assert_lake_is_exactly_the_history(moved, world)
 
 
-def _killed_run(world: World, home: Path, client: KirimClient) -> Path:
-    """Start a backfill of the world's window, die after 3 pages; its checkpoint."""
+def _killed_run(
+    world: World, home: Path, client: KirimClient, *, pages: int = 3, slices: int = 2,
+    page_size: int = 20,
+) -> Path:  # fmt: skip
+    """Start a backfill of the world's window, die after ``pages`` pages; its checkpoint."""
     since, until = window(world)
 
     def stop(p: BackfillProgress) -> None:
-        if p.pages == 3:
+        if p.pages == pages:
             raise Killed
 
     with pytest.raises(Killed):
-        backfill(home, client=client, since=since, until=until, slices=2, page_size=20,
-                 progress=stop)  # fmt: skip
+        backfill(home, client=client, since=since, until=until, slices=slices,
+                 page_size=page_size, progress=stop)  # fmt: skip
     return next((home / "_state" / "backfill").glob("*.json"))
 
 
@@ -565,15 +568,7 @@ def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)
     transport, client = world.api(t, transport_wrapper=refusal)
-
-    def stop(p: BackfillProgress) -> None:
-        if p.pages == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10,
-                 progress=stop)  # fmt: skip
-    path = next((tmp_path / "_state" / "backfill").glob("*.json"))
+    path = _killed_run(world, tmp_path, client, pages=5, slices=1, page_size=10)
     state = json.loads(path.read_text())
     for s in state["slices"]:
         if s["cursor"]:

@@ -596,3 +596,35 @@ def test_more_deliveries_at_once_than_httpx_pools_by_default_are_not_timed_out()
         report = _run(emu.send(120))
     assert report.retries == 0
     assert report.succeeded == report.deliveries
+
+
+@pytest.mark.parametrize("stops", [1, 2])
+def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
+    # Ctrl-C waited out --timeout (30 s here) for a handler that never answered, and a
+    # second Ctrl-C did not cut it short: the attempt now gets a short grace, then stops
+    # (at once on a second stop), and is reported as cut short.
+    arrived = asyncio.Event()
+
+    async def hung(scope: Any, receive: Any, send: Any) -> None:
+        arrived.set()
+        await asyncio.sleep(3600)
+
+    async def main() -> Any:
+        emu = Emulator(seed=2, secrets=SECRET, engine=EngineConfig(timeout=30))
+        emu.subscribe(URL)
+        sending = asyncio.ensure_future(
+            emu.send(1, transport=httpx.ASGITransport(app=hung), forever=True)
+        )
+        await asyncio.wait_for(arrived.wait(), 10)
+        for _ in range(stops):
+            emu.stop()
+        report = await asyncio.wait_for(sending, 10)  # not the 30 s timeout
+        return emu, report
+
+    emu, report = _run(main())
+    assert report.interrupted == 1
+    (row,) = emu.store.deliveries
+    assert (row.status, row.error) == (
+        "pending",
+        "interrupted: the emulator stopped during this attempt",
+    )

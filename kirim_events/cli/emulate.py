@@ -78,6 +78,8 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
+    if report.interrupted:
+        table.add_row("attempts cut short by the stop", str(report.interrupted))
     if report.disabled:
         table.add_row("subscriptions disabled (failures in a row)", ", ".join(report.disabled))
         table.add_row("events not sent (subscription disabled)", str(report.unsent))

@@ -52,6 +52,7 @@ __all__ = [
 
 SCHEDULE: tuple[float, ...] = (0, 10, 30, 120, 600, 3600, 21600, 86400)
 JITTER = 0.2
+STOP_GRACE = 1.0  # seconds the attempts in flight get to end when the engine stops
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -112,6 +113,7 @@ class EngineReport:
     dead: int = 0
     retries: int = 0
     duplicates: int = 0
+    interrupted: int = 0  # attempts cut short by a stop (their rows stay pending)
     unsent: int = 0  # world events a disabled subscription would have got: no delivery row
     disabled: list[str] = field(default_factory=list)  # subscriptions this run auto-disabled
     errors: list[str] = field(default_factory=list)
@@ -196,6 +198,7 @@ class DeliveryEngine:
         self._seq = 0
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._abort = False  # a second stop: cut the attempts in flight short at once
         self.report = EngineReport()
         store.on_enqueue = self.enqueue
 
@@ -230,7 +233,9 @@ class DeliveryEngine:
         return rows
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return after the attempts in flight."""
+        """Ask :meth:`run` to return: the attempts in flight get ``STOP_GRACE`` seconds to
+        end, then are cut short (at once when asked a second time)."""
+        self._abort = self._stopping
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
@@ -295,8 +300,13 @@ class DeliveryEngine:
                 elif delay is None:
                     await asyncio.sleep(0)
         finally:
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+            deadline = time.monotonic() + STOP_GRACE
+            while inflight and not self._abort and time.monotonic() < deadline:
+                _, inflight = await asyncio.wait(inflight, timeout=0.05)
+            for task in inflight:  # a hung handler must not hold the stop for --timeout
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            self.report.interrupted += len(inflight)
         return self.report
 
     async def _wait(self, delay: float) -> None:
@@ -344,6 +354,9 @@ class DeliveryEngine:
                     retry_after = _retry_after(wait_header)
             except TimeoutError:
                 error = f"timeout: no answer within {cfg.timeout:g}s"
+            except asyncio.CancelledError:
+                row.error = "interrupted: the emulator stopped during this attempt"
+                raise
             except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx
                 error = f"{type(exc).__name__}: {exc}"[:500]
         self.report.attempts += 1

@@ -148,11 +148,21 @@ class Storage:
                     return Path(path).read_bytes()
                 except FileNotFoundError:
                     return None
-            try:
-                with self.fs.open_input_stream(path) as stream:
-                    return bytes(stream.read())
-            except FileNotFoundError:
-                return None
+            # pyarrow reads an S3 object as a HEAD (its size) then ranged GETs: an object
+            # replaced in between (a lease renewed, a manifest published) read as the first
+            # bytes of the new one, cut at the old size. Read again until the size agrees.
+            for _ in range(5):
+                try:
+                    with self.fs.open_input_stream(path) as stream:
+                        data = bytes(stream.read())
+                except FileNotFoundError:
+                    return None
+                info = self.fs.get_file_info(path)
+                if info.type == pafs.FileType.NotFound:
+                    return None
+                if info.size == len(data):
+                    return data
+            raise StorageError(f"{rel} kept changing while it was read")
 
     # ------------------------------------------------------------------ writing
 

@@ -540,6 +540,8 @@ class Journal:
             ids = pa.array([row[0] for row in bodies], pa.int64())
             texts = pa.array([row[1] for row in bodies], pa.string())
             at = pc.index_in(table.column("body_id"), value_set=ids)
+            if at.null_count:  # a record whose body is gone: never write it without one
+                raise StorageError(f"journal {self.path}: {at.null_count} records lack a body")
             table = table.drop_columns(["body_id"]).append_column("payload", texts.take(at))
         return int(pc.max(table.column("seq")).as_py()), table
 

@@ -220,7 +220,7 @@ class DeliveryEngine:
             if sub.status != "active" and not sub.deleted and sub.matches(rendered.event_type):
                 # Kirim sends nothing to a disabled subscription and keeps no row of it:
                 # these events are lost to it (counted, so a summary can say so)
-                self.report.unsent += 1
+                self.report.unsent += len(bundle.events)
                 self.unsent_keys.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
             row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)

@@ -32,7 +32,6 @@ every page (the CLI draws a progress bar from it).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -50,6 +49,7 @@ from typing import Any
 from kirim_events.client import Delivery, KirimClient, Page, format_time
 from kirim_events.errors import ConfigError, PayloadError, PermanentApiError, StorageError
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
+from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
 from kirim_events.timearg import read_time
 
@@ -286,22 +286,13 @@ def _run_lock(checkpoint: Path) -> Iterator[None]:
     """Hold ``<checkpoint>.lock`` for the whole run; a second run of the same range on the
     same data folder is refused (both wrote the one checkpoint)."""
     lock = checkpoint.with_suffix(".lock")
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot lock backfill checkpoint {checkpoint}: {exc}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(lock, wait=False) as held:
+        if not held:
             raise StorageError(
                 "another backfill of this range is running on this data folder (it holds "
                 f"{lock}); wait for it to end"
-            ) from None
+            )
         yield
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reports

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import queue
 import sqlite3
 import threading
@@ -54,6 +52,7 @@ import pyarrow.compute as pc
 
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
+from kirim_events.filelock import file_lock
 from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
@@ -503,15 +502,8 @@ class Journal:
         """Exclusive across processes: a flush deletes "every row up to the last one it read",
         and SQLite reuses row numbers once a table is empty, so a second flusher emptying the
         inbox meanwhile would let that delete take a newly acknowledged event."""
-        try:
-            fd = os.open(self.path.parent / "flush.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot lock journal for a flush: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another process's flush to end
+        with file_lock(self.path.parent / "flush.lock"):  # waits for another's flush to end
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _read_batch(
         self,

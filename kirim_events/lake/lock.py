@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kirim_events.errors import LakeError, StorageError
+from kirim_events.filelock import file_lock
 from kirim_events.lake.storage import Storage
 
 __all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "compaction_lock"]
@@ -34,17 +33,10 @@ def compaction_lock(
         with _lease(storage, owner, now) as check:
             yield check
         return
-    path = storage.full("_state/compact.lock")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LakeError(f"another compaction of {storage.uri} is running") from None
+    with file_lock(storage.full("_state/compact.lock"), wait=False) as held:
+        if not held:
+            raise LakeError(f"another compaction of {storage.uri} is running")
         yield lambda: None
-    finally:
-        os.close(fd)
 
 
 @contextmanager

@@ -160,16 +160,10 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     An HTTP date is measured from the answer's own ``Date`` when it has one, so a client
     clock that runs ahead of Kirim's does not shorten the wait; else from ``now``.
     """
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw.strip())
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    until = _http_date(raw)
+    seconds = _float_header(headers, "Retry-After")  # not a finite number: a date, or none
+    if seconds is not None:
+        return max(0.0, seconds)
+    until = _http_date(headers.get("Retry-After"))
     if until is None:
         return None
     sent = _http_date(headers.get("Date"))

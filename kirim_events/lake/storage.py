@@ -392,7 +392,7 @@ def _s3_from_env(env: Mapping[str, str]) -> pafs.FileSystem:
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint.strip())
-        if "@" in parsed.netloc or "@" in endpoint.partition("/")[0]:
+        if "@" in endpoint:  # an endpoint has no other use for one
             raise ConfigError(  # never shown
                 "AWS_ENDPOINT_URL must not carry a user name or password: use "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"

@@ -212,12 +212,4 @@ class Emulator:
         """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx: those
         of delivery rows never acknowledged, and those of events never sent because their
         subscription was disabled (Kirim keeps no row of them)."""
-        keys = self.store.unacknowledged_event_keys(subscription_id)
-        acked: set[str] = set()
-        for row in self.store.deliveries:
-            if row.acknowledged and subscription_id in (None, row.subscription_id):
-                acked.update(row.event_keys)
-        for sub_id, unsent in self.engine.unsent_keys.items():
-            if subscription_id in (None, sub_id):
-                keys |= unsent - acked
-        return keys
+        return self.store.unacknowledged_event_keys(subscription_id)

@@ -194,7 +194,6 @@ class DeliveryEngine:
         self._timers: list[tuple[float, int, DeliveryRow]] = []
         self._ready: deque[DeliveryRow] = deque()
         self._fresh = 0
-        self.unsent_keys: dict[str, set[str]] = {}  # subscription -> keys never sent to it
         self._seq = 0
         self._wake: asyncio.Event | None = None
         self._stopping = False
@@ -221,7 +220,7 @@ class DeliveryEngine:
                 # Kirim sends nothing to a disabled subscription and keeps no row of it:
                 # these events are lost to it (counted, so a summary can say so)
                 self.report.unsent += len(bundle.events)
-                self.unsent_keys.setdefault(sub.id, set()).update(rendered.event_keys)
+                self.store.unsent.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
             row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
             lag = disorder_lag(derive_rng(self._root, row.id, 0), self.config)

@@ -187,6 +187,8 @@ class Store:
         self.on_enqueue: Callable[[DeliveryRow], None] | None = None
         # subscription id -> rows queued for it while it was not active (sent on reactivate)
         self.held: dict[str, list[DeliveryRow]] = {}
+        # subscription -> keys of events never sent to it (it was disabled: Kirim keeps no row)
+        self.unsent: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -332,7 +334,8 @@ class Store:
         return pa.Table.from_pylist(rows, schema=_ATTEMPT_SCHEMA)
 
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
-        """Event keys that no delivery (of ``subscription_id``, or any) got a 2xx for."""
+        """Event keys that no delivery (of ``subscription_id``, or any) got a 2xx for,
+        those never sent to a disabled subscription included."""
         acked: set[str] = set()
         seen: set[str] = set()
         for row in self.deliveries:
@@ -341,6 +344,9 @@ class Store:
             seen.update(row.event_keys)
             if row.acknowledged:
                 acked.update(row.event_keys)
+        for sub_id, keys in self.unsent.items():
+            if subscription_id in (None, sub_id):
+                seen |= keys
         return seen - acked
 
 

@@ -93,6 +93,13 @@ def _live(
     return emu, receiver, clock
 
 
+def _sending_to(url: str, *, seed: int, **engine: Any) -> Emulator:
+    """An emulator on the wall clock, subscribed to ``url`` (a loopback server)."""
+    emu = Emulator(seed=seed, secrets=SECRET, engine=EngineConfig(**engine))
+    emu.subscribe(url)
+    return emu
+
+
 # ------------------------------------------------------------------ signatures
 
 
@@ -497,12 +504,8 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
         await send({"type": "http.response.body", "body": b""})
 
     with serve(slow) as base:
-        emu = Emulator(
-            seed=1,
-            secrets=SECRET,
-            engine=EngineConfig(concurrency=1, timeout=1.0, time_compression=1000),
-        )
-        emu.subscribe(f"{base}/hook")
+        emu = _sending_to(f"{base}/hook", seed=1, concurrency=1, timeout=1.0,
+                          time_compression=1000)  # fmt: skip
         _run(emu.send(1))
     first, second = emu.store.attempts
     assert first.outcome == "retry"
@@ -587,12 +590,8 @@ def test_more_deliveries_at_once_than_httpx_pools_by_default_are_not_timed_out()
 
     app = Starlette(routes=[Route("/hook", slow, methods=["POST"])])
     with serve(app) as url:
-        emu = Emulator(
-            seed=4,
-            secrets=SECRET,
-            engine=EngineConfig(concurrency=120, timeout=1.6, time_compression=100_000),
-        )
-        emu.subscribe(f"{url}/hook")
+        emu = _sending_to(f"{url}/hook", seed=4, concurrency=120, timeout=1.6,
+                          time_compression=100_000)  # fmt: skip
         report = _run(emu.send(120))
     assert report.retries == 0
     assert report.succeeded == report.deliveries

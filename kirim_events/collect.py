@@ -30,12 +30,20 @@ from typing import Any
 from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
-from kirim_events.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH, Metrics, Receiver
+from kirim_events.receiver import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PATH,
+    Metrics,
+    Receiver,
+    check_body_timeout,
+)
 
 __all__ = ["CollectReport", "Collector", "JsonFormatter", "collect"]
 
 log = logging.getLogger("kirim_events.collect")
 DEFAULT_FLUSH_INTERVAL = 5.0
+DEFAULT_MAX_CONNECTIONS = 512
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Collector:
         The accepted webhook secrets (rotation: several).
     lake
         Where flushes go; ``kirim_events.Lake(data_dir)`` when omitted.
-    path, max_body, tolerance, now
+    path, max_body, tolerance, body_timeout, now
         Passed to :class:`kirim_events.receiver.Receiver`.
     flush_interval
         Seconds between background flushes.
@@ -94,6 +102,7 @@ class Collector:
         path: str = DEFAULT_PATH,
         max_body: int = DEFAULT_MAX_BODY,
         tolerance: int | None = 300,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -101,6 +110,7 @@ class Collector:
             raise ConfigError(f"flush interval must be 0.01 s to a day, got {flush_interval}")
         if max_body < 1:
             raise ConfigError(f"max body must be at least 1 byte, got {max_body}")
+        check_body_timeout(body_timeout)
         self.data_dir = Path(data_dir)
         self._lake = lake
         self.flush_interval = flush_interval
@@ -116,6 +126,7 @@ class Collector:
             path=path,
             max_body=max_body,
             tolerance=tolerance,
+            body_timeout=body_timeout,
             now=now,
             metrics=self.metrics,
         )
@@ -238,6 +249,7 @@ def collect(
     secrets: SecretLike | Iterable[SecretLike] | None = None,
     settings: Settings | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     lake: LakeSink | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -257,6 +269,9 @@ def collect(
         Logging is left to the host (the CLI sets it up from ``log_format``).
     max_body
         Largest accepted body in bytes (413 above).
+    max_connections
+        Open connections served at once; beyond it, requests get 503 (Kirim retries). It
+        bounds the memory of bodies being received to about ``max_connections * max_body``.
     flush_interval
         Seconds between flushes into the lake.
     lake
@@ -278,6 +293,8 @@ def collect(
     """
     import uvicorn
 
+    if max_connections < 1:
+        raise ConfigError(f"max connections must be at least 1, got {max_connections}")
     s = settings or Settings.load(os.environ)
     keys = secrets if secrets is not None else s.require_secrets()
     folder = Path(data_dir) if data_dir is not None else s.data_dir
@@ -298,7 +315,8 @@ def collect(
         access_log=False,
         log_level="warning",
         log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=30,  # above the receiver's body timeout (20 s)
+        limit_concurrency=max_connections,
     )
     server = _server_class()(config)
     try:

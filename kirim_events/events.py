@@ -5,7 +5,8 @@ Three body shapes are accepted (kirim-api.md §4); the shape is detected from th
 
 1. Meta passthrough: ``object == "whatsapp_business_account"`` with a list ``entry``. Every
    ``messages[]`` and ``statuses[]`` item becomes one record, so a batched body with three
-   statuses gives three records.
+   statuses gives three records, each with the whole body as its payload (a very large
+   batch: see ``BATCH_PAYLOAD_LIMIT``).
 2. Kirim-native: string ``type`` and object ``data``.
 3. The "third shape" from one older docs page: string ``event`` and object ``data``.
 
@@ -62,6 +63,10 @@ ORIGINS = ("webhook", "backfill", "replay", "import")
 # The third shape names the status event differently (kirim-api.md §4.3).
 TYPE_ALIASES = {"message.status_updated": "message.status"}
 log = logging.getLogger(__name__)
+# A batched Meta body is every record's payload while its copies stay under this many bytes;
+# beyond it (5,000 statuses in 0.33 MB would store 1.6 GB), the first record keeps the whole
+# body and each other one its own one-item body (payload_exact false).
+BATCH_PAYLOAD_LIMIT = 16 * 1024 * 1024
 
 
 @overload
@@ -255,7 +260,9 @@ class _Context:
         """sha256 of the raw body, for the last-resort keys only (computed when needed)."""
         return hashlib.sha256(self.body).hexdigest()
 
-    def base(self, source_format: str, time_value: Any) -> dict[str, Any]:
+    def base(self, source_format: str, time_value: Any, own: str | None = None) -> dict[str, Any]:
+        """The columns every record of this delivery shares; ``own``: the record's own
+        one-item body, stored instead of the whole body (see ``BATCH_PAYLOAD_LIMIT``)."""
         occurred = parse_time(time_value)
         if occurred is not None and EVENT_TIME_RANGE[0] <= occurred < EVENT_TIME_RANGE[1]:
             time_source = "payload"
@@ -272,8 +279,8 @@ class _Context:
             "delivery_id": self.delivery_id,
             "attempt": self.attempt,
             "signature": self.signature,
-            "payload": self.payload,
-            "payload_exact": self.payload_exact,
+            "payload": self.payload if own is None else own,
+            "payload_exact": self.payload_exact and own is None,
         }
 
 
@@ -310,34 +317,66 @@ def _list(value: Any) -> list[Any]:
 def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     block = body.get("kirim")
     kirim: dict[str, Any] = block if isinstance(block, dict) else {}
-    position = 0
+    items: list[tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]]] = []
     for entry in _list(body.get("entry")):
         for change in _list(_get(entry, "changes")):
             value = _get(change, "value")
             if not isinstance(value, dict):
                 continue
-            phone_id = _str(_get(value, "metadata", "phone_number_id")) or _str(
-                _get(kirim, "phone_number_id")
-            )
-            shared = {
-                "phone_number_id": phone_id,
-                "conversation_id": _str(_get(kirim, "conversation_id")),
-                "contact_id": _str(_get(kirim, "contact_id")),
-            }
-            for item in _list(value.get("statuses")):
-                if isinstance(item, dict):
-                    yield _meta_status(item, shared, ctx, position)
-                    position += 1
-            for item in _list(value.get("messages")):
-                if isinstance(item, dict):
-                    yield _meta_message(item, shared, ctx, position)
-                    position += 1
-    if position == 0:
+            for kind in ("statuses", "messages"):
+                items.extend(
+                    (entry, change, kind, item)
+                    for item in _list(value.get(kind))
+                    if isinstance(item, dict)
+                )
+    if not items:
         yield _meta_other(body, kirim, ctx)
+        return
+    split = len(items) > 1 and len(ctx.body) * len(items) > BATCH_PAYLOAD_LIMIT
+    for position, (entry, change, kind, item) in enumerate(items):
+        value = change["value"]
+        phone_id = _str(_get(value, "metadata", "phone_number_id")) or _str(
+            _get(kirim, "phone_number_id")
+        )
+        shared = {
+            "phone_number_id": phone_id,
+            "conversation_id": _str(_get(kirim, "conversation_id")),
+            "contact_id": _str(_get(kirim, "contact_id")),
+        }
+        own = _one_item_body(body, entry, change, kind, item) if split and position else None
+        build = _meta_status if kind == "statuses" else _meta_message
+        yield build(item, shared, ctx, position, own)
+
+
+def _without(obj: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in names}
+
+
+def _one_item_body(
+    body: dict[str, Any],
+    entry: dict[str, Any],
+    change: dict[str, Any],
+    kind: str,
+    item: dict[str, Any],
+) -> str:
+    """A Meta body holding ``item`` alone, with everything around it (the ``kirim`` block,
+    the entry's id, the change's field, the value's metadata and the sender's contact):
+    parsed again, it gives the same record (the same key too, when the item has an id)."""
+    value = _without(change["value"], "statuses", "messages", "contacts")
+    if kind == "messages":
+        sender = item.get("from")
+        contacts = _list(change["value"].get("contacts"))
+        value["contacts"] = [c for c in contacts if _get(c, "wa_id") == sender]
+    value[kind] = [item]
+    one_entry = {
+        **_without(entry, "changes"),
+        "changes": [{**_without(change, "value"), "value": value}],
+    }
+    return json.dumps({**_without(body, "entry"), "entry": [one_entry]}, ensure_ascii=False)
 
 
 def _meta_status(
-    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int
+    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int, own: str | None
 ) -> EventRecord:
     wamid = _str(item.get("id"))
     status = (_str(item.get("status")) or "unknown").lower()
@@ -346,7 +385,7 @@ def _meta_status(
     key = f"{wamid}:{status}" if wamid else f"sha256:{ctx.body_hash}:{position}"
     recipient = _digits(item.get("recipient_id"))
     return _record(
-        ctx.base("meta", item.get("timestamp")),
+        ctx.base("meta", item.get("timestamp"), own),
         event_key=key,
         event_id=wamid or ctx.headers.get("X-Kirim-Event-Id") or key,
         type="message.status",
@@ -361,12 +400,12 @@ def _meta_status(
 
 
 def _meta_message(
-    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int
+    item: dict[str, Any], shared: dict[str, Any], ctx: _Context, position: int, own: str | None
 ) -> EventRecord:
     wamid = _str(item.get("id"))
     key = wamid or f"sha256:{ctx.body_hash}:{position}"
     return _record(
-        ctx.base("meta", item.get("timestamp")),
+        ctx.base("meta", item.get("timestamp"), own),
         event_key=key,
         event_id=wamid or ctx.headers.get("X-Kirim-Event-Id") or key,
         type="message.received",

@@ -29,7 +29,9 @@ DEFAULT_TOLERANCE = 300
 
 
 def check_tolerance(tolerance: int | None) -> int | None:
-    """``tolerance`` if it is None or a finite number of seconds >= 0, else ValueError.
+    """``tolerance`` if it is None or a finite number of seconds >= 0, else ValueError;
+    0 (which turns the freshness check off, as in Kirim's SDK) comes back as None, so a
+    caller sees the check is off in one place.
 
     NaN would pass every signature time (no comparison with it is true) and a negative
     value would refuse every delivery, so both are refused here rather than met per request.
@@ -40,7 +42,7 @@ def check_tolerance(tolerance: int | None) -> int | None:
         raise ValueError(
             f"tolerance must be None or a finite number of seconds >= 0, got {tolerance!r}"
         )
-    return tolerance
+    return tolerance or None
 
 
 _MAX_T_DIGITS = 12  # unix seconds; longer is no time at all (and int() of 5000 digits raises)

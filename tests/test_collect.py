@@ -40,9 +40,10 @@ class Collector:
         *,
         flush_interval: float = 3600.0,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.data, self.port, self.flush_interval = data, port, flush_interval
-        self.env = env or {}
+        self.env, self.args = env or {}, args
         self.url = f"http://127.0.0.1:{port}{PATH}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -50,6 +51,7 @@ class Collector:
         env = {**os.environ, "KIRIM_WEBHOOK_SECRET": f"whsec_old,{SECRET}", **self.env}
         cmd = [sys.executable, "-m", "kirim_events", "collect", "--data", str(self.data)]
         cmd += ["--port", str(self.port), "--flush-interval", str(self.flush_interval)]
+        cmd += self.args
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -150,6 +152,20 @@ def test_a_request_in_flight_at_sigterm_is_finished_and_flushed(collector: Colle
     code, stderr = collector.stop(signal.SIGINT)
     assert code == 0, stderr
     assert Lake(collector.data).events().collect().height == 1
+
+
+def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Path) -> None:
+    # Each open connection may hold a body of up to --max-body bytes: the limit bounds memory.
+    c = Collector(tmp_path, free_port(), args=("--max-connections", "2")).start()
+    req = testing.signed_request(testing.kirim_event(), SECRET)
+    with socket.create_connection(("127.0.0.1", c.port)):  # open, silent: one of the two
+        wait_until(
+            lambda: httpx.post(c.url, content=req.body, headers=req.headers).status_code == 503
+        )
+    wait_until(lambda: httpx.post(c.url, content=req.body, headers=req.headers).status_code == 200)
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    assert Lake(tmp_path).events().collect().height == 1
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -329,6 +345,8 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         {"flush_interval": float("nan")},
         {"flush_interval": 1e9},
         {"max_body": 0},
+        {"body_timeout": 0},
+        {"body_timeout": float("nan")},
     ],
 )
 def test_bad_collector_options_are_config_errors(tmp_path: Path, bad: dict[str, float]) -> None:

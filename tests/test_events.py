@@ -150,6 +150,52 @@ def test_meta_body_with_three_statuses_gives_three_records() -> None:
     assert all(r.payload.encode() == body for r in records)
 
 
+def _record_fields(record: events.EventRecord) -> dict[str, Any]:
+    """A record's columns but its payload (and the key of an item without an id)."""
+    return {k: v for k, v in record.to_dict().items() if k not in ("payload", "payload_exact")}
+
+
+def test_a_very_large_batch_stores_each_record_its_own_item_not_the_whole_body() -> None:
+    statuses = [
+        {**_status("delivered", 1779531400 + i), "id": f"wamid.{i:05d}"} for i in range(5000)
+    ]
+    body = _meta_status_body(*statuses, kirim={"conversation_id": "cnv_1"})
+    records = parse_delivery(body, _headers("message.status", WAMID), received_at=RECEIVED)
+    assert len(records) == 5000
+    assert records[0].payload.encode() == body
+    assert records[0].payload_exact
+    # 5,000 copies of the 0.5 MB body would be 2.6 GB: one body, then 5,000 under 1 kB each
+    assert max(len(r.payload) for r in records[1:]) < 1000
+    for i, record in enumerate(records[1:], start=1):
+        assert not record.payload_exact
+        own = json.loads(record.payload)
+        assert own["kirim"] == {"conversation_id": "cnv_1"}
+        assert own["entry"][0]["changes"][0]["value"]["statuses"] == [statuses[i]]
+        again = parse_delivery(
+            record.payload.encode(), _headers("message.status", WAMID), received_at=RECEIVED
+        )
+        assert [_record_fields(r) for r in again] == [_record_fields(record)]
+
+
+def test_a_large_batch_of_messages_keeps_each_senders_contact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 1000)
+    messages = [
+        {"from": f"62811{i}", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text"}
+        for i in range(3)
+    ]
+    contacts = [{"profile": {"name": f"n{i}"}, "wa_id": f"62811{i}"} for i in range(3)]
+    body = json.dumps(meta_envelope({"contacts": contacts, "messages": messages})).encode()
+    records = parse_delivery(body, {}, received_at=RECEIVED)
+    assert [r.payload_exact for r in records] == [True, False, False]
+    for i in (1, 2):
+        value = json.loads(records[i].payload)["entry"][0]["changes"][0]["value"]
+        assert value["messages"] == [messages[i]]
+        assert value["contacts"] == [contacts[i]]
+        assert value["metadata"] == json.loads(body)["entry"][0]["changes"][0]["value"]["metadata"]
+
+
 def test_meta_inbound_message_with_kirim_block() -> None:
     [rec] = parse_delivery(META_RECEIVED, _headers("message.received", "wamid.IN1"))
     assert rec.type == "message.received"

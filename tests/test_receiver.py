@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from loopback import serve
 
 import kirim_events as ke
+from kirim_events import receiver as receiver_module
 from kirim_events import testing
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -244,6 +247,85 @@ async def test_size_limit_is_enforced_while_streaming(receiver: Receiver, journa
     assert resp.status_code == 413
     assert sent < 20  # stopped reading soon after 64 KiB, not after 8 MB
     assert lake_after_flush(journal).events().collect().height == 0
+
+
+async def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Journal) -> None:
+    receiver = Receiver(journal, [SECRET], body_timeout=0.2)
+    req = signed()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield req.body[:10]
+        await asyncio.sleep(30)  # the answer must not wait for this
+        yield req.body[10:]
+
+    async with client(receiver) as c:
+        resp = await asyncio.wait_for(c.post(PATH, content=trickle(), headers=req.headers), 10)
+    assert (resp.status_code, resp.json()["reason"]) == (408, "body_timeout")
+    lake = lake_after_flush(journal)
+    assert lake.events().collect().height == 0
+    assert lake.deliveries().collect()["reason"].to_list() == ["body_timeout"]
+
+
+def test_a_stalled_upload_over_a_socket_is_answered_408(journal: Journal) -> None:
+    receiver = Receiver(journal, [SECRET], body_timeout=0.3)
+    req = signed()
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    with (
+        serve(receiver) as url,
+        socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock,
+    ):
+        sock.sendall(head.encode() + req.body[:10])
+        sock.settimeout(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.parametrize("bad", [None, "sha256=abc", " ", "t=1,v1=00"])
+async def test_an_unusable_first_signature_header_does_not_hide_a_good_256_one(
+    receiver: Receiver, bad: str | None
+) -> None:
+    good = signed(signature_header="X-Kirim-Signature-256")
+    headers = dict(good.headers) | ({} if bad is None else {"X-Kirim-Signature": bad})
+    resp = await post(receiver, testing.SignedRequest(good.body, headers))
+    assert resp.status_code == 200
+
+
+async def test_when_both_signature_headers_fail_the_first_ones_reason_is_given(
+    receiver: Receiver,
+) -> None:
+    req = signed()
+    stale = testing.signed_request(req.body, SECRET, timestamp=int(NOW) - 301)
+    headers = {**req.headers, "X-Kirim-Signature": "v1=abc"}
+    headers["X-Kirim-Signature-256"] = stale.headers["X-Kirim-Signature"]
+    resp = await post(receiver, testing.SignedRequest(req.body, headers))
+    assert (resp.status_code, resp.json()["reason"]) == (401, "malformed")
+
+
+async def test_a_tolerance_of_0_turns_the_freshness_check_off_visibly(journal: Journal) -> None:
+    receiver = Receiver(journal, [SECRET], tolerance=0, now=lambda: NOW)
+    assert receiver.tolerance is None  # what collect() reads to warn that the check is off
+    old = testing.signed_request(testing.kirim_event(), SECRET, timestamp=int(NOW) - 100_000)
+    assert (await post(receiver, old)).status_code == 200
+
+
+async def test_a_large_body_is_parsed_off_the_event_loop(
+    receiver: Receiver, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    parse = receiver_module.parse_delivery
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(receiver_module, "parse_delivery", watched)
+    receiver.max_body = 1024 * 1024
+    small = signed()
+    large = signed(testing.kirim_event(data={"blob": "x" * receiver_module.PARSE_IN_THREAD_BYTES}))
+    assert [(await post(receiver, r)).status_code for r in (small, large)] == [200, 200]
+    assert threads[0] == threading.current_thread().name
+    assert threads[1] != threading.current_thread().name
+    assert lake_after_flush(journal).events().collect().height == 2
 
 
 async def test_other_methods_and_paths(receiver: Receiver, journal: Journal) -> None:

@@ -16,7 +16,12 @@ from kirim_events.cli._app import (
     errors_to_exit,
     settings,
 )
-from kirim_events.collect import DEFAULT_FLUSH_INTERVAL, collect, configure_logging
+from kirim_events.collect import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_CONNECTIONS,
+    collect,
+    configure_logging,
+)
 from kirim_events.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
 
 
@@ -35,6 +40,14 @@ def collect_command(
     max_body: Annotated[
         int, typer.Option("--max-body", help="Largest accepted body in bytes (413 above).")
     ] = DEFAULT_MAX_BODY,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="Connections served at once; 503 beyond (Kirim retries).",
+        ),
+    ] = DEFAULT_MAX_CONNECTIONS,
     flush_interval: Annotated[
         float,
         typer.Option("--flush-interval", help="Seconds between journal flushes into the lake."),
@@ -65,6 +78,7 @@ def collect_command(
             path=path,
             settings=s,
             max_body=max_body,
+            max_connections=max_connections,
             flush_interval=flush_interval,
             on_ready=ready,
         )

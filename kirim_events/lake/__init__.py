@@ -236,7 +236,8 @@ class Lake(AnalyticsMixin):
     def deliveries(
         self, *, since: TimeLike | None = None, until: TimeLike | None = None
     ) -> pl.LazyFrame:
-        """Delivery rows (receipts and Kirim's history) as a LazyFrame; exact copies collapse.
+        """Delivery rows (receipts and Kirim's history) as a LazyFrame; exact copies collapse,
+        and so do history rows fetched again by a later backfill while Kirim's fields agree.
 
         ``since`` / ``until`` bound ``coalesce(created_at, received_at)``, as does ``as_of``.
         """

@@ -12,7 +12,9 @@ about 31 hours, and an event's time only varies between copies when the payload 
 of its own and the signature time stands in). So a clean partition is read as is, and a
 partition with a dirty neighbour within the window is deduplicated together with all its
 neighbours within the window. Delivery rows collapse only when they are exact copies
-(everything but ``ingest_seq`` equal), which is what a repeated journal flush produces.
+(everything but ``ingest_seq`` equal), which is what a repeated journal flush produces;
+for rows of Kirim's history, ``received_at`` (when a backfill fetched them) does not count
+either, so backfills over one range again keep one row per unchanged delivery.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ EVENT_FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
 """What an events Parquet file holds: EVENT_SCHEMA without the ``type`` partition column."""
 
 DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_seq")
+"""Delivery rows equal on these are one row; but ``received_at`` of a row of Kirim's
+history (origin ``backfill``) is when a run fetched it, not part of the row: each backfill
+over a range fetches its rows again, and they are one row while Kirim's fields agree."""
 EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
 """Which copy of an event is kept (the first in this order, nulls last): the first received.
 ``ingest_seq`` is not unique across writers, so two copies written in the same millisecond
@@ -334,8 +339,13 @@ def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> F
         ordered = frame.sort(list(EVENT_ORDER), nulls_last=True)
         subset = ["event_key"]
     else:
-        ordered = frame.sort("ingest_seq")
-        subset = list(DELIVERY_DEDUP_COLUMNS)
+        fetched = pl.col("origin") == "backfill"  # see DELIVERY_DEDUP_COLUMNS
+        ordered = frame.sort("ingest_seq").with_columns(
+            _seen=pl.when(fetched).then(None).otherwise(pl.col("received_at"))
+        )
+        subset = [c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS]
+        kept = ordered.unique(subset=subset, keep="first", maintain_order=maintain_order)
+        return kept.drop("_seen")
     return ordered.unique(subset=subset, keep="first", maintain_order=maintain_order)
 
 

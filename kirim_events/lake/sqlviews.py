@@ -124,7 +124,12 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
             order = ", ".join(f"{c} NULLS LAST" for c in EVENT_ORDER)
             where = "type || '/' || CAST(\"date\" AS VARCHAR)"
         else:
-            key = ", ".join(_ident(c) for c in DELIVERY_DEDUP_COLUMNS)
+            key = ", ".join(
+                _ident(c)
+                if c != "received_at"  # not for a fetched history row: DELIVERY_DEDUP_COLUMNS
+                else "CASE WHEN origin = 'backfill' THEN NULL ELSE received_at END"
+                for c in DELIVERY_DEDUP_COLUMNS
+            )
             order = "ingest_seq"
             where = 'CAST("date" AS VARCHAR)'
         keep = ", ".join(_quote(k) for k in merged.keep)

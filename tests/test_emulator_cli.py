@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import kirim_events
 from kirim_events.cli import app
+from kirim_events.cli import emulate as emulate_cli
 from kirim_events.events import parse_delivery
 
 SECRET = "whsec_cli_test_secret"
@@ -111,6 +112,8 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
         (["--send-to", "ftp://hook:S3CRET@example.com/x?token=S3CRET"], "ftp://example.com/x"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "9999-12-31T23:59:59Z"], "--start"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "1969-01-01T00:00:00Z"], "--start"),
+        # digits are a mistake, not unix seconds (1970-08-23), as for --since and as_of
+        (["--send-to", "http://127.0.0.1:9/x", "--start", "20260101"], "--start"),
     ],
 )
 def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says: str) -> None:
@@ -121,6 +124,11 @@ def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says:
     assert says in result.output
     assert "Traceback" not in result.output
     assert "S3CRET" not in result.output
+
+
+@pytest.mark.parametrize("start", ["2026-01-01", "2026-01-01T00:00:00Z", "2026-01-01T07:00+07:00"])
+def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> None:
+    assert emulate_cli._start(start, 10) == 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
 def test_emulate_on_a_port_in_use_says_so_in_one_line() -> None:

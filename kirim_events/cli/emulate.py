@@ -26,7 +26,7 @@ from kirim_events.config import shown_url
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.errors import ConfigError
-from kirim_events.events import parse_time
+from kirim_events.timearg import read_time
 
 # Simulated seconds per world event with the default world (measured: ~0.23 events/s), used
 # to start the world early enough that its traffic ends about now.
@@ -46,9 +46,11 @@ class _Server(uvicorn.Server):
 def _start(value: str | None, events: int) -> int:
     if value is None:
         return int(time.time() - events * _SECONDS_PER_EVENT)
-    parsed = parse_time(value)
+    parsed = read_time(value)  # as --since / --until and as_of read theirs: no unix seconds
     if parsed is None:
-        raise ConfigError(f"--start must be an ISO-8601 time, got {value!r}")
+        raise ConfigError(
+            f"--start must be a date or an ISO-8601 time (2026-05-01T09:00Z), got {value!r}"
+        )
     if not 1970 <= parsed.year <= 9000:  # the world runs on from it, in Kirim's time format
         raise ConfigError(f"--start must be between 1970 and 9000, got {value!r}")
     return int(parsed.timestamp())

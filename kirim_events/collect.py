@@ -195,6 +195,29 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
+@contextlib.contextmanager
+def _stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+def _flushing_already(sig: int, frame: FrameType | None) -> None:
+    log.warning(
+        "received %s while the final flush runs: exiting when it ends (a kill -9 loses "
+        "nothing either: the next start flushes the journal)",
+        signal.Signals(sig).name,
+    )
+
+
 def _server_class() -> Any:
     import uvicorn
 
@@ -207,16 +230,8 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
+            with _stop_signals(self._on_signal):
                 yield
-                return
-            sigs = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in sigs}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
 
         def _on_signal(self, sig: int, frame: FrameType | None) -> None:
             log.info("received %s: draining requests, then flushing", signal.Signals(sig).name)
@@ -356,7 +371,10 @@ def collect(
         gc.freeze()
         asyncio.run(main())
         # uvicorn has stopped accepting and drained in-flight requests: flush what they wrote.
-        collector.flush()
+        # A second Ctrl-C or SIGTERM meanwhile is noted, not obeyed: it had killed the flush
+        # and made the exit code non-zero.
+        with _stop_signals(_flushing_already):
+            collector.flush()
         log.info("stopped; journal flushed into the lake")
         return collector.report(url)
     finally:

@@ -168,6 +168,43 @@ def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Pat
     assert Lake(tmp_path).events().collect().height == 1
 
 
+def test_a_second_signal_during_the_final_flush_still_exits_0_with_everything_flushed(
+    tmp_path: Path,
+) -> None:
+    # A lake whose write sends the process a second SIGTERM: it had killed the final flush.
+    script = f'''
+import os, signal, sys, threading, httpx
+import kirim_events as ke
+from kirim_events import testing
+
+class SignalledLake:
+    def __init__(self):
+        self.lake = ke.Lake({str(tmp_path)!r})
+    def write_events(self, table):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return self.lake.write_events(table)
+    def write_deliveries(self, rows):
+        return self.lake.write_deliveries(rows)
+
+def ready(url):
+    def post_then_stop():
+        req = testing.signed_request(testing.kirim_event(), "{SECRET}")
+        print("answer", httpx.post(url, content=req.body, headers=req.headers).status_code)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=post_then_stop).start()
+
+report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600,
+                    lake=SignalledLake(), on_ready=ready)
+print("backlog", report.backlog)
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "answer 200" in done.stdout
+    assert "backlog 0" in done.stdout
+    assert Lake(tmp_path).events().collect().height == 1
+
+
 def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
     """Poll ``condition`` until it holds; fail after ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -373,8 +373,8 @@ class KirimClient:
                 self.limiter.release(klass, None)
                 # a transport error can quote a header: never let it show the key
                 text = str(exc).replace(self._key.reveal(), str(self._key))
-                error: ApiError = RetryableApiError(
-                    f"{method} {path}: {type(exc).__name__}: {text}"
+                error: ApiError = RetryableApiError(  # which host: a DNS error names none
+                    f"{method} {path} at {self.base_url}: {type(exc).__name__}: {text}"
                 )
             except BaseException:
                 self.limiter.release(klass, None)  # or the limiter counts it in flight for ever

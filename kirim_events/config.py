@@ -198,7 +198,13 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
                 f"{shown_url(str(out['data_dir']))!r}: for a lake on S3 use --lake "
                 "s3://bucket/prefix"
             )
-        out["data_dir"] = Path(out["data_dir"]).expanduser()
+        try:
+            out["data_dir"] = Path(out["data_dir"]).expanduser()
+        except RuntimeError:  # ~someone for a user this machine does not know
+            raise ConfigError(
+                f"the data folder {str(out['data_dir'])!r} starts with ~ for a user this "
+                "machine does not know"
+            ) from None
     if "api_url" in out:
         url = str(out["api_url"]).strip().rstrip("/")
         try:

@@ -171,6 +171,14 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     assert {r["id"] for r in rows} == {r.id for r in store.deliveries if r.status == "dead"}
     assert all(r["has_payload"] for r in rows)
 
+    # in a table 80 columns wide, every id is still whole (it is what `replay` takes)
+    table = runner.invoke(app, ["deliveries", "list", "--status", "dead", "--limit", "5"],
+                          env={**env, "COLUMNS": "80"})  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert max(len(line) for line in table.output.splitlines()) <= 80
+    shown = [r["id"] for r in rows][:5]
+    assert all(f" {i} " in table.output for i in shown), table.output
+
     before = len(store.deliveries)
     one = runner.invoke(app, ["deliveries", "replay", dead[0].id], env=env)
     assert one.exit_code == 0, one.output

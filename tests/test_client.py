@@ -200,9 +200,10 @@ def test_transport_errors_are_retried_then_raised() -> None:
 
     client = make_client(handler, t)
     client.max_attempts = 3
-    with pytest.raises(RetryableApiError, match="ConnectError"):
+    with pytest.raises(RetryableApiError, match="ConnectError") as raised:
         client.list_deliveries()
     assert client.requests_sent == 3
+    assert f"at {client.base_url}: ConnectError" in str(raised.value)
 
 
 def test_429_honours_retry_after_seconds() -> None:

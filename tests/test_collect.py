@@ -374,6 +374,19 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["logger"] == "kirim_events.x"
 
 
+def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
+    import json
+
+    c = Collector(tmp_path, free_port(), args=("--log-format", "json")).start()
+    assert httpx.post(c.url, content=b"{}").status_code == 401  # one warning line
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    messages = " | ".join(line["message"] for line in lines)
+    assert "listening on http://127.0.0.1:" in messages
+    assert "rejected delivery" in messages
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -179,3 +179,9 @@ def test_a_data_folder_given_as_a_url_points_to_lake(given: object) -> None:
     with pytest.raises(ConfigError, match="--lake s3://"):
         Settings.load({}, data_dir=given)
     assert Settings.load({}, data_dir="C:/lake").data_dir == Path("C:/lake")  # not a URL
+
+
+def test_a_data_folder_under_an_unknown_users_home_is_a_config_error() -> None:
+    # Path.expanduser raised RuntimeError: a traceback instead of a one-line error
+    with pytest.raises(ConfigError, match="does not know"):
+        Settings.load({"KIRIM_DATA_DIR": "~no_such_user_kirim_test/data"})

@@ -312,7 +312,12 @@ def deliveries_list(
             }  # fmt: skip
             typer.echo(json.dumps(row))
         return
-    table = Table("id", "status", "event type", "event id", "attempt", "code", "created")
+    # the id is what `deliveries replay` takes: never cut, so it can be copied whole
+    table = Table()
+    longest = max((len(d.id or "") for d in shown), default=2)
+    table.add_column("id", no_wrap=True, min_width=longest)
+    for name in ("status", "event type", "event id", "attempt", "code", "created"):
+        table.add_column(name)
     for d in shown:
         table.add_row(
             d.id or "-", d.status or "-", d.event_type or "-", d.event_id or "-",

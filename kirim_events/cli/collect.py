@@ -67,6 +67,8 @@ def collect_command(
         configure_logging(s.log_format)
 
         def ready(url: str) -> None:
+            if s.log_format == "json":  # stderr is JSON lines then: the log says "listening on"
+                return
             err_console.print(
                 Text.assemble("collecting webhooks at ", (url, "bold"), f" into {s.data_dir}")
             )

@@ -248,7 +248,10 @@ class _Checkpoint:
         if not isinstance(raw, dict):
             raise damaged
         if raw.get("version") != CHECKPOINT_VERSION:
-            raise StorageError(f"backfill checkpoint {path} has an unknown version")
+            raise StorageError(
+                f"backfill checkpoint {path} has an unknown version (written by another "
+                "kirim-events?); delete it to start the run afresh (what is stored stays)"
+            )
         try:
             raw["slices"] = [_Slice(**s) for s in raw["slices"]]
             cp = cls(**raw)

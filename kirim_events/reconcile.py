@@ -394,6 +394,8 @@ def reconcile(
     >>> plan.by_type_day[:1]  # doctest: +SKIP
     [('message.status', '2026-05-02', 14)]
     """
+    if not 0 <= warn_days <= PURGE_DAYS:  # NaN too
+        raise ConfigError(f"--warn-days must be 0 to {PURGE_DAYS}, got {warn_days}")
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="--since")
     hi = start if until is None else min(parse_when(until, now=start, name="--until"), start)

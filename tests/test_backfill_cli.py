@@ -123,9 +123,11 @@ def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(tmp_path: Path) 
             time.sleep(0.05)
         time.sleep(1.0)  # the slices are waiting out Retry-After now
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert list((data / "_state" / "backfill").glob("*.json"))  # kept: run it again to resume
+    assert "the same command resumes the run" in err.decode()
+    assert "Traceback" not in err.decode()
 
 
 def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) -> None:

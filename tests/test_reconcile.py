@@ -155,6 +155,9 @@ def test_bad_range_is_a_config_error(tmp_path: Path) -> None:
         reconcile(tmp_path, client=client, since="2026-05-02", until="2026-05-01")
     with pytest.raises(ConfigError, match="--since"):
         reconcile(tmp_path, client=client, since="last tuesday")
+    for days in (-1, 40, float("nan")):  # a warning threshold outside Kirim's 30 days
+        with pytest.raises(ConfigError, match="--warn-days"):
+            reconcile(tmp_path, client=client, since="2d", warn_days=days)
 
 
 def test_plan_windows_respects_the_cap_and_covers_every_row() -> None:

@@ -138,19 +138,27 @@ def backfill_command(
             eta=_eta(p),
         )
 
-    with errors_to_exit(), bar, client:
-        report = backfill(
-            s.data_dir,
-            client=client,
-            since=since,
-            until=until,
-            subscription_id=subscription_id,
-            status=status,
-            event_type=event_type,
-            slices=slices,
-            page_size=page_size,
-            progress=update,
+    try:
+        with errors_to_exit(), bar, client:
+            report = backfill(
+                s.data_dir,
+                client=client,
+                since=since,
+                until=until,
+                subscription_id=subscription_id,
+                status=status,
+                event_type=event_type,
+                slices=slices,
+                page_size=page_size,
+                progress=update,
+            )
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: the pages fetched so far are stored and checkpointed; the same "
+            "command resumes the run",
+            soft_wrap=True,
         )
+        raise typer.Exit(130) from None
     _render_backfill(report)
 
 
@@ -181,7 +189,10 @@ def reconcile_command(
         bool, typer.Option("--dry-run", help="Print the plan; import and replay nothing.")
     ] = False,
     warn_days: Annotated[
-        float, typer.Option("--warn-days", help="Warn about events this close to the purge.")
+        float,
+        typer.Option(
+            "--warn-days", min=0, max=30, help="Warn about events this close to the purge."
+        ),
     ] = 3.0,
     subscription_id: Annotated[
         str | None,

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +29,7 @@ from typing import Any
 from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
+from kirim_events.listen import listen_socket
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -335,7 +335,7 @@ def collect(
     )
     server = _server_class()(config)
     try:
-        sock = _bind(host, port)
+        sock = listen_socket(host, port)
     except ConfigError:
         collector.close()
         raise
@@ -381,22 +381,6 @@ def collect(
         gc.unfreeze()
         sock.close()
         collector.close()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket here, so a busy port is a clear ConfigError (and port 0 works)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
-    # says TCP, and without it Nagle + delayed ACKs add ~40 ms to every answer.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def _url_host(host: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from kirim_events.config import shown_url
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.errors import ConfigError
+from kirim_events.listen import listen_socket
 from kirim_events.timearg import read_time
 
 # Simulated seconds per world event with the default world (measured: ~0.23 events/s), used
@@ -278,10 +280,10 @@ async def _watch(emu: Emulator, every: float = 5.0) -> None:
         console.print(line)
 
 
-async def _serve(server: _Server) -> None:
-    """Serve until told to stop; uvicorn's sys.exit when it cannot bind ends just this."""
-    with contextlib.suppress(SystemExit):
-        await server.serve()
+async def _serve(server: _Server, sock: socket.socket) -> None:
+    """Serve until told to stop; uvicorn's sys.exit when it fails to start ends just this."""
+    with contextlib.suppress(SystemExit), sock:
+        await server.serve(sockets=[sock])
 
 
 async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
@@ -295,15 +297,21 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             server.should_exit = True
 
     server: _Server | None = None
+    serving = None
     if port is not None:
+        try:
+            sock = listen_socket("127.0.0.1", port)
+        except ConfigError as exc:  # one line, not uvicorn's log line and then ours
+            print_error(f"could not serve the API: {exc} (is the port in use?)")
+            raise typer.Exit(1) from None
         config = uvicorn.Config(
             emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
         )
         server = _Server(config)
+        serving = asyncio.ensure_future(_serve(server, sock))
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_stop)
-    serving = asyncio.ensure_future(_serve(server)) if server is not None else None
     if server is not None:
         while not server.started and not serving.done():  # type: ignore[union-attr]
             await asyncio.sleep(0.05)

@@ -210,6 +210,42 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
     assert KEY not in out
 
 
+def test_emulate_without_send_to_reports_the_history_it_serves() -> None:
+    # It had printed the sending table: "succeeded 0" for a history served as succeeded.
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kirim_events", "emulate", "--port", str(port), "--events", "40"],
+        env=dict(os.environ, KIRIM_KEY=KEY, COLUMNS="200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        served = 0
+        for _ in range(400):
+            with contextlib.suppress(httpx.TransportError):
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/v1/webhook_deliveries",
+                    params={"limit": 100},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
+                if r.status_code == 200 and r.json()["data"]:
+                    served = len(r.json()["data"])
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert served > 0, out
+    assert "recorded 40 world events as delivery history (not sent)" in out
+    assert "rows with status succeeded" in out
+    assert "sending done" not in out
+    assert "retries scheduled" not in out  # the sending table is for runs that send
+
+
 def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -72,6 +72,19 @@ def _check_send_to(url: str) -> None:
         )
 
 
+def _history(emu: Emulator) -> Table:
+    """What a run without --send-to made: a history to page, nothing sent."""
+    table = Table("history", "value")
+    table.add_row("world events", str(len(emu.truth)))
+    table.add_row("delivery rows", str(len(emu.store.deliveries)))
+    statuses: dict[str, int] = {}
+    for row in emu.store.deliveries:
+        statuses[row.status] = statuses.get(row.status, 0) + 1
+    for status, n in sorted(statuses.items()):
+        table.add_row(f"rows with status {status}", str(n))
+    return table
+
+
 def _summary(report: EngineReport, emu: Emulator) -> Table:
     table = Table("deliveries", "value", title="emulated Kirim deliveries")
     table.add_row("world events", str(len(emu.truth)))
@@ -330,6 +343,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             report = await emu.send(events)
         finally:
             watch.cancel()
+        console.print(_summary(report, emu))
     else:
         emu.subscribe(_HISTORY_URL)
         for n, _ in enumerate(emu.iter_deliveries(events)):
@@ -337,14 +351,12 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
                 await asyncio.sleep(0)
                 if stop.is_set():
                     break
-        report = EngineReport(events=len(emu.truth), deliveries=len(emu.store.deliveries))
         console.print(f"recorded {len(emu.truth)} world events as delivery history (not sent)")
-    console.print(_summary(report, emu))
+        console.print(_history(emu))
     if server is not None and serving is not None:
         if not stop.is_set():
-            console.print(
-                "sending done; the API keeps serving (replays are delivered). Ctrl+C stops."
-            )
+            done = "sending done; the API keeps serving" if send_to else "the API serves it"
+            console.print(f"{done} (replays are delivered). Ctrl+C stops.")
         async with emu.webhook_client() as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)

@@ -362,11 +362,11 @@ def _one_item_body(
     """A Meta body holding ``item`` alone, with everything around it (the ``kirim`` block,
     the entry's id, the change's field, the value's metadata and the sender's contact):
     parsed again, it gives the same record (the same key too, when the item has an id)."""
-    value = _without(change["value"], "statuses", "messages", "contacts")
-    if kind == "messages":
+    whole = change["value"]
+    value = _without(whole, "statuses", "messages", "contacts")
+    if kind == "messages" and "contacts" in whole:
         sender = item.get("from")
-        contacts = _list(change["value"].get("contacts"))
-        value["contacts"] = [c for c in contacts if _get(c, "wa_id") == sender]
+        value["contacts"] = [c for c in _list(whole["contacts"]) if _get(c, "wa_id") == sender]
     value[kind] = [item]
     one_entry = {
         **_without(entry, "changes"),

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kirim_events.config import Secret, SecretLike, as_secrets
+from kirim_events.deadlines import Deadlines
 from kirim_events.errors import ConfigError, PayloadError, SignatureError, StorageError
 from kirim_events.events import canonical_type, header_number, parse_delivery
 from kirim_events.journal import Journal
@@ -197,6 +198,7 @@ class Receiver:
         self.max_body = max_body
         self.tolerance = check_tolerance(tolerance)
         self.body_timeout = check_body_timeout(body_timeout)
+        self._deadlines = Deadlines(body_timeout)
         self._now = now
         self.metrics = metrics or Metrics()
 
@@ -276,7 +278,7 @@ class Receiver:
             "received_at": received_at,
         }
         try:
-            async with asyncio.timeout(self.body_timeout):
+            async with self._deadlines.limit():
                 body = await self._read_body(scope, receive)
         except _TooLarge:
             return await self._reject(receipt, "too_large", 413, "body exceeds the size limit")
@@ -288,14 +290,13 @@ class Receiver:
             self._verify(body, headers, received_ts)
         except SignatureError as exc:
             return await self._reject(receipt, exc.reason, 401, "invalid signature")
-        parse = functools.partial(
-            parse_delivery, body, headers, received_at=received_at, origin="webhook"
-        )
         try:
             if len(body) < PARSE_IN_THREAD_BYTES:
-                records = parse()
+                records = parse_delivery(body, headers, received_at=received_at, origin="webhook")
             else:
-                records = await asyncio.to_thread(parse)
+                records = await asyncio.to_thread(
+                    parse_delivery, body, headers, received_at=received_at, origin="webhook"
+                )
         except PayloadError as exc:
             return await self._quarantine(body, headers, receipt, exc.reason)
         except Exception as exc:  # never a 5xx loop (parse_delivery raises ParseFailure)
@@ -323,17 +324,20 @@ class Receiver:
         """Accept the body if either signature header verifies (docs name both; one that
         is present but unusable must not hide a good other one); else raise the first
         header's SignatureError."""
-        given = [headers.get(name) for name in ("x-kirim-signature", "x-kirim-signature-256")]
-        candidates: list[str | None] = [h for h in given if h] or [None]
-        refused: list[SignatureError] = []
-        for header in candidates:
+        first = headers.get("x-kirim-signature")
+        other = headers.get("x-kirim-signature-256")
+        try:
+            verify(body, first or other, self._secrets, tolerance=self.tolerance, now=now)
+        except SignatureError:
+            if not (first and other):
+                raise
             try:
-                verify(body, header, self._secrets, tolerance=self.tolerance, now=now)
-            except SignatureError as exc:
-                refused.append(exc)
+                verify(body, other, self._secrets, tolerance=self.tolerance, now=now)
+            except SignatureError:
+                pass
             else:
                 return
-        raise refused[0]
+            raise
 
     async def _reject(
         self, receipt: dict[str, Any], reason: str, status: int, message: str

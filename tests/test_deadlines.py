@@ -1,0 +1,86 @@
+"""Deadlines: a timeout per await, grouped by the second (the receiver's body reads)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kirim_events.deadlines import Deadlines
+
+
+def test_a_block_within_its_deadline_runs_to_the_end() -> None:
+    async def main() -> str:
+        async with Deadlines(5).limit():
+            await asyncio.sleep(0.01)
+        return "done"
+
+    assert asyncio.run(main()) == "done"
+
+
+def test_a_block_past_its_deadline_raises_timeout_error_within_a_second_more() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            async with Deadlines(0.1).limit():
+                await asyncio.sleep(30)
+        return loop.time() - start
+
+    assert 0.1 <= asyncio.run(main()) < 1.6
+
+
+def test_many_blocks_share_one_timer_per_second_and_each_times_out() -> None:
+    deadlines = Deadlines(0.1)
+
+    async def one() -> str:
+        try:
+            async with deadlines.limit():
+                await asyncio.sleep(30)
+        except TimeoutError:
+            return "timeout"
+        return "ran"
+
+    async def main() -> tuple[list[str], int]:
+        tasks = [asyncio.create_task(one()) for _ in range(200)]
+        await asyncio.sleep(0)
+        groups = len(deadlines._groups)
+        return list(await asyncio.gather(*tasks)), groups
+
+    results, groups = asyncio.run(main())
+    assert results == ["timeout"] * 200
+    assert groups <= 2  # the 200 deadlines fell into one or two whole seconds
+
+
+def test_a_cancellation_from_elsewhere_is_passed_on_not_made_a_timeout() -> None:
+    async def main() -> None:
+        async def read() -> None:
+            async with Deadlines(30).limit():
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())
+
+
+def test_a_shutdown_at_the_deadline_is_still_a_cancellation() -> None:
+    deadlines = Deadlines(30)
+
+    async def main() -> None:
+        async def read() -> None:
+            async with deadlines.limit():
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0.01)
+        for second in list(deadlines._groups):
+            deadlines._expire(second)  # the deadline passes ...
+        task.cancel()  # ... as a shutdown cancels the request
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(main())

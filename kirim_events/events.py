@@ -314,38 +314,45 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
-    block = body.get("kirim")
-    kirim: dict[str, Any] = block if isinstance(block, dict) else {}
-    items: list[tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]]] = []
+_MetaItem = tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]]
+
+
+def _meta_items(body: dict[str, Any]) -> Iterator[_MetaItem]:
+    """``(entry, change, kind, item)`` for every ``statuses[]`` / ``messages[]`` item."""
     for entry in _list(body.get("entry")):
         for change in _list(_get(entry, "changes")):
             value = _get(change, "value")
-            if not isinstance(value, dict):
-                continue
-            for kind in ("statuses", "messages"):
-                items.extend(
-                    (entry, change, kind, item)
-                    for item in _list(value.get(kind))
-                    if isinstance(item, dict)
-                )
-    if not items:
-        yield _meta_other(body, kirim, ctx)
-        return
-    split = len(items) > 1 and len(ctx.body) * len(items) > BATCH_PAYLOAD_LIMIT
-    for position, (entry, change, kind, item) in enumerate(items):
+            if isinstance(value, dict):
+                for kind in ("statuses", "messages"):
+                    for item in _list(value.get(kind)):
+                        if isinstance(item, dict):
+                            yield entry, change, kind, item
+
+
+def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
+    block = body.get("kirim")
+    kirim: dict[str, Any] = block if isinstance(block, dict) else {}
+    # Counting the items costs a second walk: only a body above 4 KiB can hold so many
+    # items that its copies pass the limit (each item takes 3 bytes or more, "{},", so
+    # 4096 bytes * 1366 items at most = 5.6 MB).
+    split = len(ctx.body) > 4096 and (
+        len(ctx.body) * sum(1 for _ in _meta_items(body)) > BATCH_PAYLOAD_LIMIT
+    )
+    position = 0
+    for entry, change, kind, item in _meta_items(body):
         value = change["value"]
-        phone_id = _str(_get(value, "metadata", "phone_number_id")) or _str(
-            _get(kirim, "phone_number_id")
-        )
         shared = {
-            "phone_number_id": phone_id,
+            "phone_number_id": _str(_get(value, "metadata", "phone_number_id"))
+            or _str(_get(kirim, "phone_number_id")),
             "conversation_id": _str(_get(kirim, "conversation_id")),
             "contact_id": _str(_get(kirim, "contact_id")),
         }
         own = _one_item_body(body, entry, change, kind, item) if split and position else None
         build = _meta_status if kind == "statuses" else _meta_message
         yield build(item, shared, ctx, position, own)
+        position += 1
+    if position == 0:
+        yield _meta_other(body, kirim, ctx)
 
 
 def _without(obj: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -182,7 +182,13 @@ def test_a_large_batch_of_messages_keeps_each_senders_contact(
 ) -> None:
     monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 1000)
     messages = [
-        {"from": f"62811{i}", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text"}
+        {
+            "from": f"62811{i}",
+            "id": f"wamid.m{i}",
+            "timestamp": "1779531400",
+            "type": "text",
+            "text": {"body": "x" * 2000},
+        }  # a body above 4 KiB: the smallest that can split
         for i in range(3)
     ]
     contacts = [{"profile": {"name": f"n{i}"}, "wa_id": f"62811{i}"} for i in range(3)]

@@ -13,8 +13,11 @@ import asyncio
 import math
 from types import TracebackType
 from typing import Any
+from weakref import WeakKeyDictionary
 
 __all__ = ["Deadlines"]
+
+Task = asyncio.Task[Any]
 
 
 class Deadlines:
@@ -23,25 +26,32 @@ class Deadlines:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._groups: dict[int, set[asyncio.Task[Any]]] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
+        # per event loop: a timer runs on the loop that scheduled it, and cancels only its
+        # own tasks (a Receiver served by one loop after another, e.g. in tests)
+        self._loops: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, set[Task]]] = (
+            WeakKeyDictionary()
+        )
+        self._expired: set[Task] = set()
 
     def limit(self) -> _Limit:
         """Run the block under the deadline (TimeoutError when it is passed)."""
         return _Limit(self)
 
-    def _enter(self, task: asyncio.Task[Any]) -> set[asyncio.Task[Any]]:
+    def _enter(self, task: Task) -> set[Task]:
         loop = asyncio.get_running_loop()
+        groups = self._loops.get(loop)
+        if groups is None:
+            groups = self._loops[loop] = {}
         second = math.ceil(loop.time() + self.seconds)
-        group = self._groups.get(second)
+        group = groups.get(second)
         if group is None:
-            group = self._groups[second] = set()
-            loop.call_at(second, self._expire, second)
+            group = groups[second] = set()
+            loop.call_at(second, self._expire, groups, second)
         group.add(task)
         return group
 
-    def _expire(self, second: int) -> None:
-        for task in self._groups.pop(second, ()):
+    def _expire(self, groups: dict[int, set[Task]], second: int) -> None:
+        for task in groups.pop(second, ()):
             self._expired.add(task)
             task.cancel()
 
@@ -54,8 +64,8 @@ class _Limit:
 
     def __init__(self, deadlines: Deadlines) -> None:
         self._deadlines = deadlines
-        self._task: asyncio.Task[Any] | None = None
-        self._group: set[asyncio.Task[Any]] = set()
+        self._task: Task | None = None
+        self._group: set[Task] = set()
         self._cancelling = 0
 
     async def __aenter__(self) -> None:

@@ -314,11 +314,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-_MetaItem = tuple[dict[str, Any], dict[str, Any], str, dict[str, Any]]
+_MetaItem = tuple[dict[str, Any], str, dict[str, Any]]
 
 
 def _meta_items(body: dict[str, Any]) -> Iterator[_MetaItem]:
-    """``(entry, change, kind, item)`` for every ``statuses[]`` / ``messages[]`` item."""
+    """``(change, kind, item)`` for every ``statuses[]`` / ``messages[]`` item, in order."""
     for entry in _list(body.get("entry")):
         for change in _list(_get(entry, "changes")):
             value = _get(change, "value")
@@ -326,7 +326,7 @@ def _meta_items(body: dict[str, Any]) -> Iterator[_MetaItem]:
                 for kind in ("statuses", "messages"):
                     for item in _list(value.get(kind)):
                         if isinstance(item, dict):
-                            yield entry, change, kind, item
+                            yield change, kind, item
 
 
 def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
@@ -338,8 +338,9 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     split = len(ctx.body) > 4096 and (
         len(ctx.body) * sum(1 for _ in _meta_items(body)) > BATCH_PAYLOAD_LIMIT
     )
+    bodies = _OneItemBodies(body) if split else None
     position = 0
-    for entry, change, kind, item in _meta_items(body):
+    for change, kind, item in _meta_items(body):
         value = change["value"]
         shared = {
             "phone_number_id": _str(_get(value, "metadata", "phone_number_id"))
@@ -347,7 +348,7 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
             "conversation_id": _str(_get(kirim, "conversation_id")),
             "contact_id": _str(_get(kirim, "contact_id")),
         }
-        own = _one_item_body(body, entry, change, kind, item) if split and position else None
+        own = bodies.one(change, kind, item) if bodies is not None and position else None
         build = _meta_status if kind == "statuses" else _meta_message
         yield build(item, shared, ctx, position, own)
         position += 1
@@ -355,31 +356,75 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
         yield _meta_other(body, kirim, ctx)
 
 
-def _without(obj: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in names}
+class _OneItemBodies:
+    """The one-item bodies of a large batch (see ``BATCH_PAYLOAD_LIMIT``).
 
+    Each is the whole body but the other items and their senders' contacts: what is no item
+    (the ``kirim`` block, other changes of an entry, a contact of no item's sender) is in
+    every one of them, so none is lost whichever copies the lake keeps. Parsed again, one
+    gives the same record (the same key too, when the item has an id). Written with ASCII
+    escapes: a lone surrogate escape (valid JSON) must stay an escape, not become text no
+    UTF-8 store takes.
+    """
 
-def _one_item_body(
-    body: dict[str, Any],
-    entry: dict[str, Any],
-    change: dict[str, Any],
-    kind: str,
-    item: dict[str, Any],
-) -> str:
-    """A Meta body holding ``item`` alone, with everything around it (the ``kirim`` block,
-    the entry's id, the change's field, the value's metadata and the sender's contact):
-    parsed again, it gives the same record (the same key too, when the item has an id)."""
-    whole = change["value"]
-    value = _without(whole, "statuses", "messages", "contacts")
-    if kind == "messages" and "contacts" in whole:
-        sender = item.get("from")
-        value["contacts"] = [c for c in _list(whole["contacts"]) if _get(c, "wa_id") == sender]
-    value[kind] = [item]
-    one_entry = {
-        **_without(entry, "changes"),
-        "changes": [{**_without(change, "value"), "value": value}],
-    }
-    return json.dumps({**_without(body, "entry"), "entry": [one_entry]}, ensure_ascii=False)
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = {k: v for k, v in body.items() if k != "entry"}
+        self.entries: list[Any] = []
+        self.changes: list[list[Any]] = []
+        self.where: dict[int, tuple[int, int]] = {}  # id(change) -> its place
+        self.contacts: dict[tuple[int, int], dict[str, list[Any]]] = {}
+        for e, entry in enumerate(_list(body.get("entry"))):
+            skeletons: list[Any] = []
+            for c, change in enumerate(_list(_get(entry, "changes"))):
+                value = _get(change, "value")
+                if isinstance(value, dict):
+                    self.where[id(change)] = (e, c)
+                    change = {**change, "value": self._skeleton(value, (e, c))}
+                skeletons.append(change)
+            self.changes.append(skeletons)
+            is_list = isinstance(entry, dict) and isinstance(entry.get("changes"), list)
+            self.entries.append({**entry, "changes": skeletons} if is_list else entry)
+
+    def _skeleton(self, value: dict[str, Any], place: tuple[int, int]) -> dict[str, Any]:
+        """``value`` without its items, and without the contacts of its items' senders
+        (each goes with its sender's message); anything else is kept as it is."""
+        rest = dict(value)
+        for kind in ("statuses", "messages"):
+            if isinstance(value.get(kind), list):  # keep what in the array is no item
+                rest[kind] = [x for x in value[kind] if not isinstance(x, dict)]
+                if not rest[kind]:
+                    del rest[kind]
+        senders = {
+            m["from"]
+            for m in _list(value.get("messages"))
+            if isinstance(m, dict) and isinstance(m.get("from"), str)
+        }
+        by_sender: dict[str, list[Any]] = {}
+        if isinstance(value.get("contacts"), list):
+            kept = []
+            for contact in value["contacts"]:
+                wa_id = _get(contact, "wa_id")
+                if isinstance(wa_id, str) and wa_id in senders:
+                    by_sender.setdefault(wa_id, []).append(contact)
+                else:
+                    kept.append(contact)
+            rest["contacts"] = kept
+        self.contacts[place] = by_sender
+        return rest
+
+    def one(self, change: dict[str, Any], kind: str, item: dict[str, Any]) -> str:
+        e, c = self.where[id(change)]
+        skeleton = self.changes[e][c]
+        value = dict(skeleton["value"])
+        value[kind] = [*value.get(kind, ()), item]
+        sender = item.get("from") if kind == "messages" else None
+        if isinstance(sender, str) and (own := self.contacts[(e, c)].get(sender)):
+            value["contacts"] = [*value.get("contacts", ()), *own]
+        changes = list(self.changes[e])
+        changes[c] = {**skeleton, "value": value}
+        entries = list(self.entries)
+        entries[e] = {**entries[e], "changes": changes}
+        return json.dumps({**self.body, "entry": entries})
 
 
 def _meta_status(

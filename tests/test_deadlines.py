@@ -44,7 +44,7 @@ def test_many_blocks_share_one_timer_per_second_and_each_times_out() -> None:
     async def main() -> tuple[list[str], int]:
         tasks = [asyncio.create_task(one()) for _ in range(200)]
         await asyncio.sleep(0)
-        groups = len(deadlines._groups)
+        groups = len(deadlines._loops[asyncio.get_running_loop()])
         return list(await asyncio.gather(*tasks)), groups
 
     results, groups = asyncio.run(main())
@@ -77,10 +77,32 @@ def test_a_shutdown_at_the_deadline_is_still_a_cancellation() -> None:
 
         task = asyncio.create_task(read())
         await asyncio.sleep(0.01)
-        for second in list(deadlines._groups):
-            deadlines._expire(second)  # the deadline passes ...
+        groups = deadlines._loops[asyncio.get_running_loop()]
+        for second in list(groups):
+            deadlines._expire(groups, second)  # the deadline passes ...
         task.cancel()  # ... as a shutdown cancels the request
         await task
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(main())
+
+
+def test_one_instance_keeps_its_deadlines_on_a_second_event_loop() -> None:
+    # A second loop joined the first one's group of that second, whose timer had died with
+    # the first loop: no deadline at all (a Receiver served by one loop, then another).
+    deadlines = Deadlines(0.5)
+
+    async def overrun() -> str:
+        try:
+            async with deadlines.limit():
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timeout"
+        return "ran"
+
+    async def brief() -> None:
+        async with deadlines.limit():
+            await asyncio.sleep(0)
+
+    asyncio.run(brief())
+    assert asyncio.run(overrun()) == "timeout"

@@ -202,6 +202,34 @@ def test_a_large_batch_of_messages_keeps_each_senders_contact(
         assert value["metadata"] == json.loads(body)["entry"][0]["changes"][0]["value"]["metadata"]
 
 
+def test_each_one_item_body_keeps_what_is_no_item_so_no_copy_is_needed_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the first record had the whole body: when the lake kept another copy of that
+    # first event, what belonged to no item (here another change, an unmatched contact)
+    # was stored nowhere.
+    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 1000)
+    messages = [
+        {"from": f"62811{i}", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text",
+         "text": {"body": "x" * 2000 + ("\ud83d" if i == 2 else "")}}  # a lone surrogate escape
+        for i in range(3)
+    ]  # fmt: skip
+    stranger = {"profile": {"name": "no message"}, "wa_id": "62899"}
+    contacts = [{"profile": {"name": f"n{i}"}, "wa_id": f"62811{i}"} for i in range(3)]
+    body = meta_envelope({"contacts": [*contacts, stranger], "messages": messages})
+    alerts = {"field": "account_alerts", "value": {"alert": "quality", "level": 2}}
+    body["entry"][0]["changes"].append(alerts)
+    records = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert [r.payload_exact for r in records] == [True, False, False]
+    for i in (1, 2):
+        records[i].payload.encode("utf-8")  # a UTF-8 store takes it (the journal did not)
+        own = json.loads(records[i].payload)
+        changes = own["entry"][0]["changes"]
+        assert changes[1] == alerts
+        assert changes[0]["value"]["messages"] == [messages[i]]
+        assert changes[0]["value"]["contacts"] == [stranger, contacts[i]]
+
+
 def test_meta_inbound_message_with_kirim_block() -> None:
     [rec] = parse_delivery(META_RECEIVED, _headers("message.received", "wamid.IN1"))
     assert rec.type == "message.received"

@@ -290,6 +290,19 @@ async def test_an_unusable_first_signature_header_does_not_hide_a_good_256_one(
     assert resp.status_code == 200
 
 
+async def test_the_signature_time_comes_from_the_header_that_verified(
+    receiver: Receiver, journal: Journal
+) -> None:
+    body = testing.meta_status()
+    del body["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"]  # no time of its own
+    good = signed(body, signature_header="X-Kirim-Signature-256")
+    headers = {**good.headers, "X-Kirim-Signature": "t=946684800,v1=" + "0" * 64}  # 2000-01-01
+    assert (await post(receiver, testing.SignedRequest(good.body, headers))).status_code == 200
+    event = lake_after_flush(journal).events().collect().row(0, named=True)
+    assert event["time_source"] == "signature"
+    assert event["occurred_at"].timestamp() == int(NOW)
+
+
 async def test_when_both_signature_headers_fail_the_first_ones_reason_is_given(
     receiver: Receiver,
 ) -> None:

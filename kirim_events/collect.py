@@ -210,12 +210,29 @@ def _stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[
             signal.signal(sig, before)
 
 
-def _flushing_already(sig: int, frame: FrameType | None) -> None:
-    log.warning(
-        "received %s while the final flush runs: exiting when it ends (a kill -9 loses "
-        "nothing either: the next start flushes the journal)",
-        signal.Signals(sig).name,
-    )
+class _SignalsOutsideServing:
+    """SIGINT and SIGTERM while uvicorn is not serving (it has its own handlers then).
+
+    Before it serves, a stop is kept: the server stops as soon as it has started. Once it
+    has stopped, during the last flushes, a signal is noted, not obeyed: a second Ctrl-C had
+    killed them (exit -15, acknowledged events left in the journal for the next start).
+    """
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.stopping = False
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        name = signal.Signals(sig).name
+        if self.stopping:
+            log.warning(
+                "received %s while the last flush runs: exiting when it ends (a kill -9 "
+                "loses nothing either: the next start flushes the journal)",
+                name,
+            )
+        else:
+            self.asked = True
+            log.info("received %s while starting: stopping as soon as the server is up", name)
 
 
 def _server_class() -> Any:
@@ -347,6 +364,8 @@ def collect(
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
+        if outside.asked:  # a signal came before uvicorn's handlers were in place
+            server.should_exit = True
         if server.started:
             log.info("listening on %s", url)
             if collector.receiver.tolerance is None:
@@ -359,21 +378,23 @@ def collect(
         try:
             await serving
         finally:
+            outside.stopping = True
             stop.set()
             await flusher
 
+    outside = _SignalsOutsideServing()
     try:
-        # The server's long-lived objects (modules, the lake's libraries) leave the garbage
-        # collector's view: full collections then walk only what requests allocate, not the
-        # ~10^5 import-time objects, on the thread that acknowledges webhooks.
-        collector.lake  # noqa: B018 (opened now, so its imports are frozen with the rest)
-        gc.collect()
-        gc.freeze()
-        asyncio.run(main())
-        # uvicorn has stopped accepting and drained in-flight requests: flush what they wrote.
-        # A second Ctrl-C or SIGTERM meanwhile is noted, not obeyed: it had killed the flush
-        # and made the exit code non-zero.
-        with _stop_signals(_flushing_already):
+        with _stop_signals(outside):  # uvicorn's own handlers go on top while it serves
+            # The server's long-lived objects (modules, the lake's libraries) leave the
+            # garbage collector's view: full collections then walk only what requests
+            # allocate, not the ~10^5 import-time objects, on the loop's thread.
+            collector.lake  # noqa: B018 (opened now, so its imports are frozen with the rest)
+            gc.collect()
+            gc.freeze()
+            asyncio.run(main())
+            # uvicorn has stopped accepting and drained in-flight requests: flush what
+            # they wrote.
+            outside.stopping = True
             collector.flush()
         log.info("stopped; journal flushed into the lake")
         return collector.report(url)

@@ -168,20 +168,29 @@ def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Pat
     assert Lake(tmp_path).events().collect().height == 1
 
 
-def test_a_second_signal_during_the_final_flush_still_exits_0_with_everything_flushed(
-    tmp_path: Path,
+@pytest.mark.parametrize("flush", ["final", "periodic"])
+def test_a_second_signal_during_a_last_flush_still_exits_0_with_everything_flushed(
+    tmp_path: Path, flush: str
 ) -> None:
-    # A lake whose write sends the process a second SIGTERM: it had killed the final flush.
+    # A lake whose write sends the process SIGTERM: a second signal had killed the final
+    # flush, or the wait for a periodic flush running when the server stopped (exit -15).
     script = f'''
-import os, signal, sys, threading, httpx
+import os, signal, sys, threading, time, httpx
 import kirim_events as ke
 from kirim_events import testing
+PERIODIC = {flush == "periodic"}
 
 class SignalledLake:
     def __init__(self):
         self.lake = ke.Lake({str(tmp_path)!r})
+        self.writes = 0
     def write_events(self, table):
+        self.writes += 1
         os.kill(os.getpid(), signal.SIGTERM)
+        if PERIODIC and self.writes == 1:  # the server stops while this flush runs...
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)  # ... and a second signal comes
+            time.sleep(0.5)
         return self.lake.write_events(table)
     def write_deliveries(self, rows):
         return self.lake.write_deliveries(rows)
@@ -190,19 +199,46 @@ def ready(url):
     def post_then_stop():
         req = testing.signed_request(testing.kirim_event(), "{SECRET}")
         print("answer", httpx.post(url, content=req.body, headers=req.headers).status_code)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not PERIODIC:
+            os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=post_then_stop).start()
 
-report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600,
-                    lake=SignalledLake(), on_ready=ready)
+report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"],
+                    flush_interval=0.3 if PERIODIC else 3600, lake=SignalledLake(),
+                    on_ready=ready)
 print("backlog", report.backlog)
 '''
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = _python(script)
     assert done.returncode == 0, done.stderr
     assert "answer 200" in done.stdout
     assert "backlog 0" in done.stdout
     assert Lake(tmp_path).events().collect().height == 1
+
+
+def test_a_signal_while_collect_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    # Before uvicorn's handlers were in place, SIGTERM killed the process (exit -15).
+    script = f'''
+import os, signal
+import kirim_events as ke
+from kirim_events import lake
+
+opened = lake.Lake.__init__
+def opening(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # while collect() opens the lake, before serving
+    opened(self, *args, **kwargs)
+lake.Lake.__init__ = opening
+
+report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600)
+print("stopped, received", report.received)
+'''
+    done = _python(script)
+    assert done.returncode == 0, done.stderr
+    assert "stopped, received 0" in done.stdout
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -423,8 +459,7 @@ with ke.Journal({str(tmp_path / "other")!r}) as journal:
             return (await c.post("/webhooks/kirim", content=b"{{}}")).status_code
     print("answer", asyncio.run(post()))
 '''
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = _python(script)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "HOST kirim_events.collect: listening on http://127.0.0.1:" in done.stdout

@@ -323,68 +323,70 @@ def collect(
     StorageError
         The journal cannot be opened.
     """
-    import uvicorn
-
-    if max_connections < 1:
-        raise ConfigError(f"max connections must be at least 1, got {max_connections}")
-    s = settings or Settings.load(os.environ)
-    keys = secrets if secrets is not None else s.require_secrets()
-    folder = Path(data_dir) if data_dir is not None else s.data_dir
-    collector = Collector(
-        folder,
-        keys,
-        lake=lake,
-        path=path,
-        max_body=max_body,
-        tolerance=s.tolerance,
-        flush_interval=flush_interval,
-    )
-    config = uvicorn.Config(
-        collector.receiver,
-        host=host,
-        port=port,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
-        timeout_graceful_shutdown=30,  # above the receiver's body timeout (20 s)
-        limit_concurrency=max_connections,
-    )
-    server = _server_class()(config)
-    try:
-        sock = listen_socket(host, port)
-    except ConfigError:
-        collector.close()
-        raise
-    url = f"http://{_url_host(host)}:{sock.getsockname()[1]}{collector.receiver.path}"
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        flusher = asyncio.create_task(collector.run_flusher(stop))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if outside.asked:  # a signal came before uvicorn's handlers were in place
-            server.should_exit = True
-        if server.started:
-            log.info("listening on %s", url)
-            if collector.receiver.tolerance is None:
-                log.warning(
-                    "KIRIM_TOLERANCE is off: signatures of any age are accepted, so a "
-                    "captured delivery can be replayed"
-                )
-            if on_ready is not None:
-                on_ready(url)
-        try:
-            await serving
-        finally:
-            outside.stopping = True
-            stop.set()
-            await flusher
-
     outside = _SignalsOutsideServing()
-    try:
-        with _stop_signals(outside):  # uvicorn's own handlers go on top while it serves
+    # One handler from here to the end (uvicorn's own go on top while it serves): a signal
+    # while this sets up, or while it flushes and closes, never kills the run half way.
+    with _stop_signals(outside):
+        import uvicorn
+
+        if max_connections < 1:
+            raise ConfigError(f"max connections must be at least 1, got {max_connections}")
+        s = settings or Settings.load(os.environ)
+        keys = secrets if secrets is not None else s.require_secrets()
+        folder = Path(data_dir) if data_dir is not None else s.data_dir
+        collector = Collector(
+            folder,
+            keys,
+            lake=lake,
+            path=path,
+            max_body=max_body,
+            tolerance=s.tolerance,
+            flush_interval=flush_interval,
+        )
+        config = uvicorn.Config(
+            collector.receiver,
+            host=host,
+            port=port,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
+            timeout_graceful_shutdown=30,  # above the receiver's body timeout (20 s)
+            limit_concurrency=max_connections,
+        )
+        server = _server_class()(config)
+        try:
+            sock = listen_socket(host, port)
+        except ConfigError:
+            collector.close()
+            raise
+        url = f"http://{_url_host(host)}:{sock.getsockname()[1]}{collector.receiver.path}"
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            flusher = asyncio.create_task(collector.run_flusher(stop))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if outside.asked:  # a signal came before uvicorn's handlers were in place
+                server.should_exit = True
+            if server.started:
+                log.info("listening on %s", url)
+                if collector.receiver.tolerance is None:
+                    log.warning(
+                        "KIRIM_TOLERANCE is off: signatures of any age are accepted, so a "
+                        "captured delivery can be replayed"
+                    )
+                if on_ready is not None:
+                    on_ready(url)
+            try:
+                await serving
+            finally:
+                outside.stopping = True
+                stop.set()
+                await flusher
+
+        try:
             # The server's long-lived objects (modules, the lake's libraries) leave the
             # garbage collector's view: full collections then walk only what requests
             # allocate, not the ~10^5 import-time objects, on the loop's thread.
@@ -396,12 +398,12 @@ def collect(
             # they wrote.
             outside.stopping = True
             collector.flush()
-        log.info("stopped; journal flushed into the lake")
-        return collector.report(url)
-    finally:
-        gc.unfreeze()
-        sock.close()
-        collector.close()
+            log.info("stopped; journal flushed into the lake")
+            return collector.report(url)
+        finally:
+            gc.unfreeze()
+            sock.close()
+            collector.close()
 
 
 def _url_host(host: str) -> str:

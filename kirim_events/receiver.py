@@ -286,19 +286,20 @@ class Receiver:
             return await self._reject(receipt, "body_timeout", 408, "body not received in time")
         except ConnectionError:
             return 400, _json({"error": "client disconnected"})
+        parsed = headers  # what the parser reads; quarantine keeps every header
         try:
             if self._verify(body, headers, received_ts):
                 # the parser reads the signature time (an event's time when the body has
                 # none) from the header that verified, not from the one that did not
-                headers = {k: v for k, v in headers.items() if k != "x-kirim-signature"}
+                parsed = {k: v for k, v in headers.items() if k != "x-kirim-signature"}
         except SignatureError as exc:
             return await self._reject(receipt, exc.reason, 401, "invalid signature")
         try:
             if len(body) < PARSE_IN_THREAD_BYTES:
-                records = parse_delivery(body, headers, received_at=received_at, origin="webhook")
+                records = parse_delivery(body, parsed, received_at=received_at, origin="webhook")
             else:
                 records = await asyncio.to_thread(
-                    parse_delivery, body, headers, received_at=received_at, origin="webhook"
+                    parse_delivery, body, parsed, received_at=received_at, origin="webhook"
                 )
         except PayloadError as exc:
             return await self._quarantine(body, headers, receipt, exc.reason)

@@ -215,20 +215,33 @@ print("backlog", report.backlog)
     assert Lake(tmp_path).events().collect().height == 1
 
 
-def test_a_signal_while_collect_starts_stops_it_cleanly(tmp_path: Path) -> None:
-    # Before uvicorn's handlers were in place, SIGTERM killed the process (exit -15).
+@pytest.mark.parametrize(
+    ("where", "patched"),
+    [
+        ("opening the journal", "kirim_events.journal.Journal.__init__"),
+        ("opening the lake", "kirim_events.lake.Lake.__init__"),
+        ("closing, after the last flush", "kirim_events.collect.Collector.close"),
+    ],
+)
+def test_a_signal_while_collect_starts_or_ends_stops_it_cleanly(
+    tmp_path: Path, where: str, patched: str
+) -> None:
+    # Outside uvicorn's serving, SIGTERM had killed the process (exit -15).
+    module, cls, method = patched.rsplit(".", 2)
     script = f'''
-import os, signal
+import importlib, os, signal
 import kirim_events as ke
-from kirim_events import lake
 
-opened = lake.Lake.__init__
-def opening(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGTERM)  # while collect() opens the lake, before serving
-    opened(self, *args, **kwargs)
-lake.Lake.__init__ = opening
+owner = getattr(importlib.import_module({module!r}), {cls!r})
+original = getattr(owner, {method!r})
+def signalled(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # {where}
+    return original(self, *args, **kwargs)
+setattr(owner, {method!r}, signalled)
 
-report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600)
+stop = lambda url: os.kill(os.getpid(), signal.SIGTERM)  # the stop itself, once serving
+report = ke.collect({str(tmp_path)!r}, port=0, secrets=["{SECRET}"], flush_interval=3600,
+                    on_ready=stop if "closing" in {where!r} else None)
 print("stopped, received", report.received)
 '''
     done = _python(script)

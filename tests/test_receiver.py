@@ -4,6 +4,7 @@ of answer once more over a loopback socket (uvicorn); answers, dedup, receipts."
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import socket
@@ -301,6 +302,18 @@ async def test_the_signature_time_comes_from_the_header_that_verified(
     event = lake_after_flush(journal).events().collect().row(0, named=True)
     assert event["time_source"] == "signature"
     assert event["occurred_at"].timestamp() == int(NOW)
+
+
+async def test_a_quarantined_body_keeps_both_signature_headers(
+    receiver: Receiver, journal: Journal
+) -> None:
+    good = signed(b"not json", signature_header="X-Kirim-Signature-256")
+    headers = {**good.headers, "X-Kirim-Signature": "t=946684800,v1=" + "0" * 64}
+    resp = await post(receiver, testing.SignedRequest(good.body, headers))
+    assert resp.json()["outcome"] == "quarantined"
+    [kept] = (journal.data_dir / "quarantine").rglob("*.json")
+    names = set(json.loads(kept.read_text())["headers"])
+    assert {"x-kirim-signature", "x-kirim-signature-256"} <= names
 
 
 async def test_when_both_signature_headers_fail_the_first_ones_reason_is_given(

@@ -335,10 +335,9 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     # Counting the items costs a second walk: only a body above 4 KiB can hold so many
     # items that its copies pass the limit (each item takes 3 bytes or more, "{},", so
     # 4096 bytes * 1366 items at most = 5.6 MB).
-    split = len(ctx.body) > 4096 and (
-        len(ctx.body) * sum(1 for _ in _meta_items(body)) > BATCH_PAYLOAD_LIMIT
-    )
-    bodies = _OneItemBodies(body) if split else None
+    items = sum(1 for _ in _meta_items(body)) if len(ctx.body) > 4096 else 0
+    split = len(ctx.body) * items > BATCH_PAYLOAD_LIMIT
+    bodies = _OneItemBodies(body, items) if split else None
     position = 0
     for change, kind, item in _meta_items(body):
         value = change["value"]
@@ -361,17 +360,23 @@ class _OneItemBodies:
 
     Each is the whole body but the other items and their senders' contacts: what is no item
     (the ``kirim`` block, other changes of an entry, a contact of no item's sender) is in
-    every one of them, so none is lost whichever copies the lake keeps. Parsed again, one
-    gives the same record (the same key too, when the item has an id). Written with ASCII
-    escapes: a lone surrogate escape (valid JSON) must stay an escape, not become text no
-    UTF-8 store takes.
+    every one of them, so none is lost whichever copies the lake keeps. Only when that rest
+    is itself too large to copy to every item (thousands of changes, megabytes of contacts
+    of no item's sender; the copies would pass ``BATCH_PAYLOAD_LIMIT``) does each get just
+    its own frame (the body's ``object``, the entry's ``id``, the change's ``field``, the
+    value's ``messaging_product`` and ``metadata``, its sender's first contact), and the
+    rest is in the first record's whole body only. Parsed again, one gives the same record
+    (the same key too, when the item has an id). Written with ASCII escapes: a lone
+    surrogate escape (valid JSON) must stay an escape, not become text no UTF-8 store takes.
     """
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], items: int) -> None:
+        self.source = body
         self.body = {k: v for k, v in body.items() if k != "entry"}
         self.entries: list[Any] = []
         self.changes: list[list[Any]] = []
         self.where: dict[int, tuple[int, int]] = {}  # id(change) -> its place
+        self.own_max = 0  # the largest contacts of one sender, in JSON bytes
         self.contacts: dict[tuple[int, int], dict[str, list[Any]]] = {}
         for e, entry in enumerate(_list(body.get("entry"))):
             skeletons: list[Any] = []
@@ -384,6 +389,8 @@ class _OneItemBodies:
             self.changes.append(skeletons)
             is_list = isinstance(entry, dict) and isinstance(entry.get("changes"), list)
             self.entries.append({**entry, "changes": skeletons} if is_list else entry)
+        rest = len(json.dumps({**self.body, "entry": self.entries}))
+        self.framed = items * (rest + self.own_max) > BATCH_PAYLOAD_LIMIT
 
     def _skeleton(self, value: dict[str, Any], place: tuple[int, int]) -> dict[str, Any]:
         """``value`` without its items, and without the contacts of its items' senders
@@ -409,11 +416,17 @@ class _OneItemBodies:
                 else:
                     kept.append(contact)
             rest["contacts"] = kept
+        for sender, contacts in by_sender.items():  # one copy each (Meta lists one a message)
+            distinct = list({json.dumps(c, sort_keys=True): c for c in contacts}.values())
+            by_sender[sender] = distinct
+            self.own_max = max(self.own_max, len(json.dumps(distinct)))
         self.contacts[place] = by_sender
         return rest
 
     def one(self, change: dict[str, Any], kind: str, item: dict[str, Any]) -> str:
         e, c = self.where[id(change)]
+        if self.framed:
+            return self._framed(e, change, kind, item)
         skeleton = self.changes[e][c]
         value = dict(skeleton["value"])
         value[kind] = [*value.get(kind, ()), item]
@@ -425,6 +438,33 @@ class _OneItemBodies:
         entries = list(self.entries)
         entries[e] = {**entries[e], "changes": changes}
         return json.dumps({**self.body, "entry": entries})
+
+    def _framed(self, e: int, change: dict[str, Any], kind: str, item: dict[str, Any]) -> str:
+        """``item`` in its own frame only: fields kept whole when small, like ids."""
+        value: dict[str, Any] = {
+            k: v for k, v in change["value"].items() if k in _FRAME_VALUE and _small(v)
+        }
+        sender = item.get("from") if kind == "messages" else None
+        if isinstance(sender, str) and (own := self.contacts[(e, self.where[id(change)][1])]):
+            value["contacts"] = own.get(sender, [])[:1]
+        value[kind] = [item]
+        entry = self.source["entry"][e]
+        frame = {k: v for k, v in self.body.items() if k in _FRAME_BODY and _small(v)}
+        one_change = {k: v for k, v in change.items() if k == "field" and _small(v)}
+        one_entry = {k: v for k, v in entry.items() if k == "id" and _small(v)}
+        frame["entry"] = [{**one_entry, "changes": [{**one_change, "value": value}]}]
+        return json.dumps(frame)
+
+
+_FRAME_BODY = frozenset({"object", "kirim"})
+_FRAME_VALUE = frozenset({"messaging_product", "metadata"})
+
+
+def _small(value: Any) -> bool:
+    """Small enough to copy to every item of a batch: a scalar, or JSON under 1 KiB."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return len(value if isinstance(value, str) else json.dumps(value)) <= 1024
 
 
 def _meta_status(

@@ -207,8 +207,8 @@ def test_each_one_item_body_keeps_what_is_no_item_so_no_copy_is_needed_for_it(
 ) -> None:
     # Only the first record had the whole body: when the lake kept another copy of that
     # first event, what belonged to no item (here another change, an unmatched contact)
-    # was stored nowhere.
-    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 1000)
+    # was stored nowhere. (A limit the 19 kB of copies pass, the 1 kB of the rest not.)
+    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 5000)
     messages = [
         {"from": f"62811{i}", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text",
          "text": {"body": "x" * 2000 + ("\ud83d" if i == 2 else "")}}  # a lone surrogate escape
@@ -228,6 +228,40 @@ def test_each_one_item_body_keeps_what_is_no_item_so_no_copy_is_needed_for_it(
         assert changes[1] == alerts
         assert changes[0]["value"]["messages"] == [messages[i]]
         assert changes[0]["value"]["contacts"] == [stranger, contacts[i]]
+
+
+def test_a_batch_whose_rest_is_too_large_to_copy_stores_each_item_in_its_own_frame() -> None:
+    # 2,000 changes of one status each: copying the other 1,999 changes' frames into every
+    # one-item body stored 585 MB for a 0.8 MB body.
+    changes = [
+        {"field": "messages", "value": {"messaging_product": "whatsapp",
+         "metadata": {"phone_number_id": PHONE_ID}, "note": "x" * 100,
+         "statuses": [{**_status("sent", 1779531400 + i), "id": f"wamid.{i:05d}"}]}}
+        for i in range(2000)
+    ]  # fmt: skip
+    body = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": changes}]}
+    raw = json.dumps(body).encode()
+    records = parse_delivery(raw, {}, received_at=RECEIVED)
+    assert len(records) == 2000
+    assert records[0].payload.encode() == raw
+    assert sum(len(r.payload) for r in records[1:]) < 2000 * 1000  # each under 1 kB
+    for record in records[1:]:
+        again = parse_delivery(record.payload.encode(), {}, received_at=RECEIVED)
+        assert [_record_fields(r) for r in again] == [_record_fields(record)]
+
+
+def test_a_senders_repeated_contact_goes_once_into_each_of_its_one_item_bodies() -> None:
+    # Meta lists a contact per message: one sender's 1,000 messages carried 1,000 copies each.
+    contact = {"profile": {"name": "Siti"}, "wa_id": "628111"}
+    messages = [
+        {"from": "628111", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text"}
+        for i in range(1000)
+    ]
+    body = meta_envelope({"contacts": [contact] * 1000, "messages": messages})
+    records = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    for record in records[1:]:
+        value = json.loads(record.payload)["entry"][0]["changes"][0]["value"]
+        assert value["contacts"] == [contact]
 
 
 def test_meta_inbound_message_with_kirim_block() -> None:

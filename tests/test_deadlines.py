@@ -9,6 +9,16 @@ import pytest
 from kirim_events.deadlines import Deadlines
 
 
+async def overrun(deadlines: Deadlines, seconds: float = 30) -> str:
+    """A block of ``seconds`` under ``deadlines``: "timeout", or "ran" when it ran out."""
+    try:
+        async with deadlines.limit():
+            await asyncio.sleep(seconds)
+    except TimeoutError:
+        return "timeout"
+    return "ran"
+
+
 def test_a_block_within_its_deadline_runs_to_the_end() -> None:
     async def main() -> str:
         async with Deadlines(5).limit():
@@ -33,16 +43,8 @@ def test_a_block_past_its_deadline_raises_timeout_error_within_a_second_more() -
 def test_many_blocks_share_one_timer_per_second_and_each_times_out() -> None:
     deadlines = Deadlines(0.1)
 
-    async def one() -> str:
-        try:
-            async with deadlines.limit():
-                await asyncio.sleep(30)
-        except TimeoutError:
-            return "timeout"
-        return "ran"
-
     async def main() -> tuple[list[str], int]:
-        tasks = [asyncio.create_task(one()) for _ in range(200)]
+        tasks = [asyncio.create_task(overrun(deadlines)) for _ in range(200)]
         await asyncio.sleep(0)
         groups = len(deadlines._loops[asyncio.get_running_loop()])
         return list(await asyncio.gather(*tasks)), groups
@@ -91,18 +93,5 @@ def test_one_instance_keeps_its_deadlines_on_a_second_event_loop() -> None:
     # A second loop joined the first one's group of that second, whose timer had died with
     # the first loop: no deadline at all (a Receiver served by one loop, then another).
     deadlines = Deadlines(0.5)
-
-    async def overrun() -> str:
-        try:
-            async with deadlines.limit():
-                await asyncio.sleep(5)
-        except TimeoutError:
-            return "timeout"
-        return "ran"
-
-    async def brief() -> None:
-        async with deadlines.limit():
-            await asyncio.sleep(0)
-
-    asyncio.run(brief())
-    assert asyncio.run(overrun()) == "timeout"
+    assert asyncio.run(overrun(deadlines, 0)) == "ran"
+    assert asyncio.run(overrun(deadlines, 5)) == "timeout"

@@ -22,7 +22,7 @@ Task = asyncio.Task[Any]
 
 class Deadlines:
     """``async with deadlines.limit():`` raises TimeoutError when the block runs for more
-    than ``seconds`` (up to a second more); one instance serves every task of one loop."""
+    than ``seconds`` (up to a second more); one instance serves every task, of any loop."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

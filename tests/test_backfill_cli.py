@@ -257,6 +257,20 @@ def test_backfill_progress_bar_and_summary(
     assert set(events["event_key"]) == world.history_keys
 
 
+def test_an_until_in_the_future_is_read_up_to_now_with_a_note(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    since, _ = window(world)
+    result = CliRunner().invoke(
+        app, ["backfill", "--data", str(tmp_path), "--since", since, "--until", "2999-01-01",
+              "--no-progress"], env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: --until is in the future: the history is read up to now" in result.output
+    events, _ = lake_frames(tmp_path)
+    assert set(events["event_key"]) == world.history_keys
+
+
 def test_a_plain_http_api_url_off_this_machine_gets_a_note(tmp_path: Path) -> None:
     env = {"KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": "http://kirim.invalid"}
     args = ["reconcile", "--since", "1d", "--data", str(tmp_path / "none")]

@@ -114,7 +114,11 @@ def backfill_command(
     with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
         now = datetime.now(UTC)
         lo = parse_when(since, now=now, name="--since")
-        check_order(lo, now if until is None else parse_when(until, now=now, name="--until"))
+        hi = now if until is None else parse_when(until, now=now, name="--until")
+        check_order(lo, hi)
+    if hi > now:  # Kirim's history ends now; the run's range is cut there
+        note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
+        err_console.print(Text.assemble(("note:", "yellow"), " ", note), soft_wrap=True)
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),

@@ -391,6 +391,7 @@ class _OneItemBodies:
             self.entries.append({**entry, "changes": skeletons} if is_list else entry)
         rest = len(json.dumps({**self.body, "entry": self.entries}))
         self.framed = items * (rest + self.own_max) > BATCH_PAYLOAD_LIMIT
+        self.frames: dict[tuple[int, int], tuple[dict[str, Any], ...]] = {}
 
     def _skeleton(self, value: dict[str, Any], place: tuple[int, int]) -> dict[str, Any]:
         """``value`` without its items, and without the contacts of its items' senders
@@ -426,7 +427,7 @@ class _OneItemBodies:
     def one(self, change: dict[str, Any], kind: str, item: dict[str, Any]) -> str:
         e, c = self.where[id(change)]
         if self.framed:
-            return self._framed(e, change, kind, item)
+            return self._framed(e, c, change, kind, item)
         skeleton = self.changes[e][c]
         value = dict(skeleton["value"])
         value[kind] = [*value.get(kind, ()), item]
@@ -439,21 +440,28 @@ class _OneItemBodies:
         entries[e] = {**entries[e], "changes": changes}
         return json.dumps({**self.body, "entry": entries})
 
-    def _framed(self, e: int, change: dict[str, Any], kind: str, item: dict[str, Any]) -> str:
-        """``item`` in its own frame only: fields kept whole when small, like ids."""
-        value: dict[str, Any] = {
-            k: v for k, v in change["value"].items() if k in _FRAME_VALUE and _small(v)
-        }
+    def _framed(
+        self, e: int, c: int, change: dict[str, Any], kind: str, item: dict[str, Any]
+    ) -> str:
+        """``item`` in its own frame only: fields kept whole when small, like ids (the
+        frame of each change is made once, not once per item)."""
+        frame = self.frames.get((e, c))
+        if frame is None:
+            entry = self.source["entry"][e]
+            frame = self.frames[(e, c)] = (
+                {k: v for k, v in self.body.items() if k in _FRAME_BODY and _small(v)},
+                {k: v for k, v in entry.items() if k == "id" and _small(v)},
+                {k: v for k, v in change.items() if k == "field" and _small(v)},
+                {k: v for k, v in change["value"].items() if k in _FRAME_VALUE and _small(v)},
+            )
+        top, one_entry, one_change, base = frame
+        value = dict(base)
         sender = item.get("from") if kind == "messages" else None
-        if isinstance(sender, str) and (own := self.contacts[(e, self.where[id(change)][1])]):
+        if isinstance(sender, str) and (own := self.contacts[(e, c)]):
             value["contacts"] = own.get(sender, [])[:1]
         value[kind] = [item]
-        entry = self.source["entry"][e]
-        frame = {k: v for k, v in self.body.items() if k in _FRAME_BODY and _small(v)}
-        one_change = {k: v for k, v in change.items() if k == "field" and _small(v)}
-        one_entry = {k: v for k, v in entry.items() if k == "id" and _small(v)}
-        frame["entry"] = [{**one_entry, "changes": [{**one_change, "value": value}]}]
-        return json.dumps(frame)
+        changes = [{**one_change, "value": value}]
+        return json.dumps({**top, "entry": [{**one_entry, "changes": changes}]})
 
 
 _FRAME_BODY = frozenset({"object", "kirim"})

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -77,10 +78,7 @@ def _history(emu: Emulator) -> Table:
     table = Table("history", "value")
     table.add_row("world events", str(len(emu.truth)))
     table.add_row("delivery rows", str(len(emu.store.deliveries)))
-    statuses: dict[str, int] = {}
-    for row in emu.store.deliveries:
-        statuses[row.status] = statuses.get(row.status, 0) + 1
-    for status, n in sorted(statuses.items()):
+    for status, n in sorted(Counter(row.status for row in emu.store.deliveries).items()):
         table.add_row(f"rows with status {status}", str(n))
     return table
 

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -282,6 +283,7 @@ def collect(
     settings: Settings | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     lake: LakeSink | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -304,6 +306,10 @@ def collect(
     max_connections
         Open connections served at once; beyond it, requests get 503 (Kirim retries). It
         bounds the memory of bodies being received to about ``max_connections * max_body``.
+    body_timeout
+        Seconds a connection has to send each request head (from its opening, or from the
+        first byte after a response; else it is closed) and then its body (else 408). A
+        silent or trickling client therefore cannot hold a connection slot for long.
     flush_interval
         Seconds between flushes into the lake.
     lake
@@ -329,6 +335,8 @@ def collect(
     with _stop_signals(outside):
         import uvicorn
 
+        from kirim_events.headdeadline import head_deadline_protocol
+
         if max_connections < 1:
             raise ConfigError(f"max connections must be at least 1, got {max_connections}")
         s = settings or Settings.load(os.environ)
@@ -341,6 +349,7 @@ def collect(
             path=path,
             max_body=max_body,
             tolerance=s.tolerance,
+            body_timeout=body_timeout,
             flush_interval=flush_interval,
         )
         config = uvicorn.Config(
@@ -351,8 +360,10 @@ def collect(
             access_log=False,
             log_level="warning",
             log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
-            timeout_graceful_shutdown=30,  # above the receiver's body timeout (20 s)
+            # above the body timeout: a request in flight at the signal can finish
+            timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
             limit_concurrency=max_connections,
+            http=head_deadline_protocol(collector.receiver.body_timeout),
         )
         server = _server_class()(config)
         try:

@@ -11,34 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable, Hashable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
-__all__ = ["Deadlines"]
+__all__ = ["Deadlines", "SecondGroups"]
 
 Task = asyncio.Task[Any]
+T = TypeVar("T", bound=Hashable)
 
 
-class Deadlines:
-    """``async with deadlines.limit():`` raises TimeoutError when the block runs for more
-    than ``seconds`` (up to a second more); one instance serves every task, of any loop."""
+class SecondGroups(Generic[T]):
+    """Items that expire ``seconds`` after they are added, grouped by the whole second their
+    deadline falls in: one loop timer per second calls ``expire`` on each item of its group
+    still there. Adding and discarding an item is a set insert and removal."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, expire: Callable[[T], object]) -> None:
         self.seconds = seconds
-        # per event loop: a timer runs on the loop that scheduled it, and cancels only its
-        # own tasks (a Receiver served by one loop after another, e.g. in tests)
-        self._loops: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, set[Task]]] = (
+        self._expire_item = expire
+        # per event loop: a timer runs on the loop that scheduled it, and expires only its
+        # own items (one instance serving one loop after another, e.g. in tests)
+        self._loops: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, set[T]]] = (
             WeakKeyDictionary()
         )
-        self._expired: set[Task] = set()
 
-    def limit(self) -> _Limit:
-        """Run the block under the deadline (TimeoutError when it is passed)."""
-        return _Limit(self)
-
-    def _enter(self, task: Task) -> set[Task]:
-        loop = asyncio.get_running_loop()
+    def add(self, item: T, loop: asyncio.AbstractEventLoop | None = None) -> set[T]:
+        """Put ``item`` in the group of its deadline; return the group (to discard it from)."""
+        loop = loop or asyncio.get_running_loop()
         groups = self._loops.get(loop)
         if groups is None:
             groups = self._loops[loop] = {}
@@ -47,13 +47,33 @@ class Deadlines:
         if group is None:
             group = groups[second] = set()
             loop.call_at(second, self._expire, groups, second)
-        group.add(task)
+        group.add(item)
         return group
 
-    def _expire(self, groups: dict[int, set[Task]], second: int) -> None:
-        for task in groups.pop(second, ()):
-            self._expired.add(task)
-            task.cancel()
+    def _expire(self, groups: dict[int, set[T]], second: int) -> None:
+        for item in groups.pop(second, ()):
+            self._expire_item(item)
+
+
+class Deadlines:
+    """``async with deadlines.limit():`` raises TimeoutError when the block runs for more
+    than ``seconds`` (up to a second more); one instance serves every task, of any loop."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._groups: SecondGroups[Task] = SecondGroups(seconds, self._cancel)
+        self._expired: set[Task] = set()
+
+    def limit(self) -> _Limit:
+        """Run the block under the deadline (TimeoutError when it is passed)."""
+        return _Limit(self)
+
+    def _enter(self, task: Task) -> set[Task]:
+        return self._groups.add(task)
+
+    def _cancel(self, task: Task) -> None:
+        self._expired.add(task)
+        task.cancel()
 
 
 class _Limit:

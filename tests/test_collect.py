@@ -168,6 +168,74 @@ def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Pat
     assert Lake(tmp_path).events().collect().height == 1
 
 
+def closed_by_peer(sock: socket.socket, trickle: bytes = b"", within: float = 15.0) -> bool:
+    """Whether the server closes ``sock`` within ``within`` s while the client sends
+    ``trickle`` a byte every 0.2 s (a slow request head) or stays silent."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle[:1])
+                trickle = trickle[1:] or trickle
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+    return False
+
+
+def test_a_silent_or_trickling_request_head_is_cut_off_and_frees_its_slot(
+    tmp_path: Path,
+) -> None:
+    # uvicorn times out only idle kept-alive connections: one that never sent a whole
+    # request head held a --max-connections slot for ever, so a few hundred of them turned
+    # every webhook away with 503.
+    c = Collector(tmp_path, free_port(), args=("--max-connections", "2", "--body-timeout", "1"))
+    c.start()
+    req = testing.signed_request(testing.kirim_event(), SECRET)
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    trickle = b"POST /webhooks/kirim HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 1000
+    address = ("127.0.0.1", c.port)
+    with socket.create_connection(address) as silent, socket.create_connection(address) as slow:
+        slow.sendall(trickle[:5])
+        # both slots are taken: a webhook now gets 503
+        assert httpx.post(c.url, content=req.body, headers=req.headers).status_code == 503
+        assert closed_by_peer(silent)
+        assert closed_by_peer(slow, trickle)
+    # the slots are free again
+    assert httpx.post(c.url, content=req.body, headers=req.headers).status_code == 200
+    with socket.create_connection(address) as kept:
+        kept.sendall(head.encode() + req.body)  # a whole request: answered, kept alive ...
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        # ... then the next head trickles in: cut off too
+        assert closed_by_peer(kept, trickle)
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    assert stderr.count("no complete request head in time") == 3, stderr
+    assert Lake(tmp_path).events().collect().height == 1
+
+
+def test_a_request_head_in_time_is_served_however_long_the_connection_lives(
+    tmp_path: Path,
+) -> None:
+    # the deadline is per request head, not per connection: a kept-alive client that sends
+    # a whole request every 0.6 s for longer than the timeout keeps being answered
+    c = Collector(tmp_path, free_port(), args=("--body-timeout", "1")).start()
+    with httpx.Client() as client:
+        for _ in range(5):
+            req = testing.signed_request(testing.kirim_event(), SECRET)
+            assert client.post(c.url, content=req.body, headers=req.headers).status_code == 200
+            time.sleep(0.6)
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    assert "no complete request head" not in stderr
+    assert Lake(tmp_path).events().collect().height == 5
+
+
 @pytest.mark.parametrize("flush", ["final", "periodic"])
 def test_a_second_signal_during_a_last_flush_still_exits_0_with_everything_flushed(
     tmp_path: Path, flush: str

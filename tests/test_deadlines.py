@@ -46,7 +46,7 @@ def test_many_blocks_share_one_timer_per_second_and_each_times_out() -> None:
     async def main() -> tuple[list[str], int]:
         tasks = [asyncio.create_task(overrun(deadlines)) for _ in range(200)]
         await asyncio.sleep(0)
-        groups = len(deadlines._loops[asyncio.get_running_loop()])
+        groups = len(deadlines._groups._loops[asyncio.get_running_loop()])
         return list(await asyncio.gather(*tasks)), groups
 
     results, groups = asyncio.run(main())
@@ -79,9 +79,9 @@ def test_a_shutdown_at_the_deadline_is_still_a_cancellation() -> None:
 
         task = asyncio.create_task(read())
         await asyncio.sleep(0.01)
-        groups = deadlines._loops[asyncio.get_running_loop()]
+        groups = deadlines._groups._loops[asyncio.get_running_loop()]
         for second in list(groups):
-            deadlines._expire(groups, second)  # the deadline passes ...
+            deadlines._groups._expire(groups, second)  # the deadline passes ...
         task.cancel()  # ... as a shutdown cancels the request
         await task
 

@@ -22,7 +22,7 @@ from kirim_events.collect import (
     collect,
     configure_logging,
 )
-from kirim_events.receiver import DEFAULT_MAX_BODY, DEFAULT_PATH
+from kirim_events.receiver import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_PATH
 
 
 @command("collect")
@@ -48,6 +48,14 @@ def collect_command(
             help="Connections served at once; 503 beyond (Kirim retries).",
         ),
     ] = DEFAULT_MAX_CONNECTIONS,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            help="Seconds a client has to send each request's head (else the connection is"
+            " closed), then its body (else 408).",
+        ),
+    ] = DEFAULT_BODY_TIMEOUT,
     flush_interval: Annotated[
         float,
         typer.Option("--flush-interval", help="Seconds between journal flushes into the lake."),
@@ -81,6 +89,7 @@ def collect_command(
             settings=s,
             max_body=max_body,
             max_connections=max_connections,
+            body_timeout=body_timeout,
             flush_interval=flush_interval,
             on_ready=ready,
         )

@@ -28,6 +28,7 @@ import asyncio
 import functools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ __all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics"
 DEFAULT_PATH = "/webhooks/kirim"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 20.0
+DEFAULT_MIN_FREE = 64 << 20  # bytes free where the journal is, below which /healthz is 503
 """Seconds a request may take to send its body (then 408, which Kirim retries). Kirim
 itself gives up after 10 s; a body trickling in for longer only holds a connection and its
 buffer. Below the collector's 30 s graceful stop, so a stop answers it rather than cancels."""
@@ -172,6 +174,10 @@ class Receiver:
         check).
     body_timeout
         Seconds a request may take to send its body; 408 after that.
+    min_free
+        ``/healthz`` answers 503 when the journal's file system has fewer free bytes
+        (default 64 MiB, or four bodies of ``max_body`` if more): a tiny test write still
+        succeeds on a nearly full disk, the next webhooks would not.
     now
         Clock returning unix seconds, used for freshness and ``received_at``.
     metrics
@@ -187,6 +193,7 @@ class Receiver:
         max_body: int = DEFAULT_MAX_BODY,
         tolerance: int | None = 300,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        min_free: int | None = None,
         now: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -199,6 +206,7 @@ class Receiver:
         self.tolerance = check_tolerance(tolerance)
         self.body_timeout = check_body_timeout(body_timeout)
         self._deadlines = Deadlines(body_timeout)
+        self.min_free = max(DEFAULT_MIN_FREE, 4 * max_body) if min_free is None else min_free
         self._now = now
         self.metrics = metrics or Metrics()
 
@@ -231,11 +239,19 @@ class Receiver:
     async def _healthz(self, send: Send) -> None:
         try:
             await asyncio.wait_for(self.journal.ping_async(), timeout=5)
-        except (StorageError, TimeoutError) as exc:
+            free = shutil.disk_usage(self.journal.data_dir).free
+        except (StorageError, TimeoutError, OSError) as exc:
             log.error("health check failed: journal not writable (%s)", type(exc).__name__)
             await _answer(send, 503, {"status": "unavailable", "journal": "not writable"})
             return
-        await _answer(send, 200, {"status": "ok", "journal_backlog": self.journal.backlog})
+        if free < self.min_free:
+            # a tiny write still succeeds on a nearly full disk, but the next bodies will not
+            log.error("health check failed: %d bytes free where the journal is", free)
+            body = {"status": "unavailable", "journal": "disk nearly full", "disk_free": free}
+            await _answer(send, 503, body)
+            return
+        body = {"status": "ok", "journal_backlog": self.journal.backlog, "disk_free": free}
+        await _answer(send, 200, body)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope["headers"]:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -471,6 +472,7 @@ def test_every_kind_of_answer_over_a_loopback_socket(receiver: Receiver, journal
         "quarantined": (200, "quarantined"),
     }
     assert (answers["other method"].status_code, answers["other path"].status_code) == (405, 404)
+    assert health.pop("disk_free") > 0
     assert health == {"status": "ok", "journal_backlog": 1}
     assert f"kirim_events_received_total {len(outcome)}" in metrics
     lake = lake_after_flush(journal)
@@ -486,10 +488,29 @@ async def test_healthz_and_metrics(receiver: Receiver) -> None:
         health = await c.get("/healthz")
         metrics = (await c.get("/metrics")).text
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "journal_backlog": 1}
+    body = health.json()
+    assert body.pop("disk_free") > 0  # the free bytes where the journal is
+    assert body == {"status": "ok", "journal_backlog": 1}
     assert "kirim_events_received_total 2" in metrics
     assert 'kirim_events_rejected_total{reason="missing"} 1' in metrics
     assert "kirim_events_journal_backlog 1" in metrics
+
+
+async def test_healthz_is_503_on_a_nearly_full_disk_while_webhooks_still_land(
+    journal: Journal,
+) -> None:
+    # A tiny test write still succeeds on a nearly full disk, so /healthz said ok until the
+    # webhooks themselves failed. Here the real disk is "nearly full" for a huge threshold.
+    free = shutil.disk_usage(journal.data_dir).free
+    receiver = Receiver(journal, [SECRET], now=lambda: NOW, min_free=free * 2)
+    async with client(receiver) as c:
+        health = await c.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["journal"] == "disk nearly full"
+    assert 0 < health.json()["disk_free"] < free * 2
+    assert (await post(receiver, signed())).status_code == 200  # only a warning sign
+    default = Receiver(journal, [SECRET], max_body=100 << 20)
+    assert (default.min_free, Receiver(journal, [SECRET]).min_free) == (400 << 20, 64 << 20)
 
 
 async def test_logs_hold_neither_secrets_nor_bodies(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from test_lake import T0, ev, parquet_files
 
@@ -253,6 +255,29 @@ def test_large_partitions_split_into_files_of_the_target_size(tmp_path: Path) ->
     assert report.rows_out == 2000
     assert len(winners(lake)) == 2000
     assert len(on_disk(tmp_path)) == 2000
+
+
+def test_row_groups_are_bounded_in_bytes_as_well_as_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large payloads compress well: 3,000 of a megabyte each had made one 3 GB row group in
+    # a 0.3 MB file, which every reader holds whole. Here the bound is 1 MiB, not 128 MiB.
+    monkeypatch.setattr("kirim_events.lake.writer.ROW_GROUP_BYTES", 1 << 20)
+    lake = ke.Lake(tmp_path)
+    events = [ev(f"big{i}", payload=json.dumps({"blob": "x" * 100_000, "i": i})) for i in range(60)]
+    lake.write_events(events)
+    lake.write_events([ev("small")])
+    written = {p: pq.read_metadata(p) for p in parquet_files(tmp_path / "events")}
+    lake.compact()
+    compacted = {p: pq.read_metadata(p) for p in parquet_files(tmp_path / "events")}
+    for metas in (written, compacted):
+        groups = [m.row_group(i) for m in metas.values() for i in range(m.num_row_groups)]
+        assert len(groups) > 5
+        assert max(g.total_byte_size for g in groups) < 2 << 20
+        assert sum(g.num_rows for g in groups) == 61
+    assert sorted(lake.events().collect()["payload"].to_list()) == sorted(
+        [e.payload for e in events] + [ev("small").payload]
+    )
 
 
 def test_full_compaction_without_markers(tmp_path: Path) -> None:

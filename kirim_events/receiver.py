@@ -37,9 +37,10 @@ from typing import Any
 from kirim_events.config import Secret, SecretLike, as_secrets
 from kirim_events.deadlines import Deadlines
 from kirim_events.errors import ConfigError, PayloadError, SignatureError, StorageError
-from kirim_events.events import canonical_type, header_number, parse_delivery
+from kirim_events.events import EventRecord, canonical_type, header_number, parse_delivery
 from kirim_events.journal import Journal
-from kirim_events.signing import check_tolerance, verify
+from kirim_events.replays import HeaderKeyedReplays
+from kirim_events.signing import DEFAULT_TOLERANCE, check_tolerance, verify
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics", "Receiver"]
 
@@ -206,6 +207,8 @@ class Receiver:
         self.tolerance = check_tolerance(tolerance)
         self.body_timeout = check_body_timeout(body_timeout)
         self._deadlines = Deadlines(body_timeout)
+        # a replay verifies within the tolerance of its t, itself within it of the first one
+        self._replays = HeaderKeyedReplays(2 * (self.tolerance or DEFAULT_TOLERANCE) + 60)
         self.min_free = max(DEFAULT_MIN_FREE, 4 * max_body) if min_free is None else min_free
         self._now = now
         self.metrics = metrics or Metrics()
@@ -311,17 +314,22 @@ class Receiver:
         except SignatureError as exc:
             return await self._reject(receipt, exc.reason, 401, "invalid signature")
         try:
-            if len(body) < PARSE_IN_THREAD_BYTES:
-                records = parse_delivery(body, parsed, received_at=received_at, origin="webhook")
-            else:
-                records = await asyncio.to_thread(
-                    parse_delivery, body, parsed, received_at=received_at, origin="webhook"
-                )
+            records = await _parse(body, parsed, received_at)
         except PayloadError as exc:
             return await self._quarantine(body, headers, receipt, exc.reason)
         except Exception as exc:  # never a 5xx loop (parse_delivery raises ParseFailure)
             log.error("parser failed on a signed body (%s); quarantining it", type(exc).__name__)
             return await self._quarantine(body, headers, receipt, "parse_error")
+        event_id = parsed.get("x-kirim-event-id")
+        if event_id and self._replays.header_keyed(records, event_id, body):
+            signature = parsed.get("x-kirim-signature") or parsed["x-kirim-signature-256"]
+            first = self._replays.first_id(body, signature, event_id, received_ts)
+            if first != event_id:
+                # the event key comes from this unsigned header: a signed delivery sent again
+                # with another id is a copy of the first, not a second event
+                log.warning("delivery %s: a signed body seen before under another event id; "
+                            "kept as a copy of it", receipt["delivery_id"] or "-")  # fmt: skip
+                records = await _parse(body, {**parsed, "x-kirim-event-id": first}, received_at)
         receipt["n_events"] = len(records)
         if receipt["event_id"] is None and records:
             receipt["event_id"] = records[0].event_id
@@ -414,6 +422,15 @@ def _json(payload: dict[str, Any]) -> bytes:
 def _accepted(events: int, new: int) -> bytes:
     # The 200 answer of a journaled delivery: a handful of distinct bodies, encoded once each.
     return _json({"outcome": "new" if new else "duplicate", "events": events, "new": new})
+
+
+async def _parse(body: bytes, headers: dict[str, str], received_at: datetime) -> list[EventRecord]:
+    """parse_delivery, in a thread for a large body (the loop keeps answering)."""
+    if len(body) < PARSE_IN_THREAD_BYTES:
+        return parse_delivery(body, headers, received_at=received_at, origin="webhook")
+    return await asyncio.to_thread(
+        parse_delivery, body, headers, received_at=received_at, origin="webhook"
+    )
 
 
 async def _answer(send: Send, status: int, payload: dict[str, Any], extra: Any = ()) -> None:

@@ -26,6 +26,7 @@ from kirim_events import testing
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.receiver import RECEIPT_TEXT_MAX, Receiver
+from kirim_events.replays import HeaderKeyedReplays
 
 SECRET = "whsec_current"
 OLD_SECRET = "whsec_previous"
@@ -511,6 +512,63 @@ async def test_healthz_is_503_on_a_nearly_full_disk_while_webhooks_still_land(
     assert (await post(receiver, signed())).status_code == 200  # only a warning sign
     default = Receiver(journal, [SECRET], max_body=100 << 20)
     assert (default.min_free, Receiver(journal, [SECRET]).min_free) == (400 << 20, 64 << 20)
+
+
+async def test_a_replayed_id_less_body_under_another_event_id_is_a_copy(
+    receiver: Receiver, journal: Journal
+) -> None:
+    # A body without an id of its own is keyed by the unsigned X-Kirim-Event-Id header: a
+    # captured delivery sent again, within the tolerance, with that header changed (and the
+    # signature header rewritten: spacing, another v1) had become a second event.
+    body = {k: v for k, v in testing.kirim_event().items() if k != "id"}
+    first = signed(body, event_id="evt_first")
+    t, v1 = first.headers["X-Kirim-Signature"].split(",")
+    meta_other = testing.meta_envelope({"account_update": {"x": 1}})  # no messages, statuses
+    other = signed(meta_other, event_id="evt_meta")
+    forged = {
+        "same signature": {**first.headers, "X-Kirim-Event-Id": "evt_forged1"},
+        "rewritten signature": {
+            **first.headers,
+            "X-Kirim-Event-Id": "evt_forged2",
+            "X-Kirim-Signature": f" {v1} , {t},v1=00",
+        },
+    }
+    assert (await post(receiver, first)).json()["outcome"] == "new"
+    for headers in forged.values():
+        resp = await post(receiver, testing.SignedRequest(first.body, headers))
+        assert (resp.status_code, resp.json()["outcome"]) == (200, "duplicate")
+    assert (await post(receiver, other)).json()["outcome"] == "new"
+    again = testing.SignedRequest(other.body, {**other.headers, "X-Kirim-Event-Id": "evt_x"})
+    assert (await post(receiver, again)).json()["outcome"] == "duplicate"
+    # Kirim's own retry of the first event (a new t) is a copy as before; the same body at
+    # another instant under another id is another event
+    retry = testing.signed_request(body, SECRET, timestamp=int(NOW) + 60, event_id="evt_first")
+    assert (await post(receiver, retry)).json()["outcome"] == "duplicate"
+    later = testing.signed_request(body, SECRET, timestamp=int(NOW) + 61, event_id="evt_second")
+    assert (await post(receiver, later)).json()["outcome"] == "new"
+    events = lake_after_flush(journal).events().collect()
+    assert sorted(events["event_key"]) == ["evt_first", "evt_meta", "evt_second"]
+
+
+async def test_bodies_with_their_own_id_are_not_remembered_for_replays(
+    receiver: Receiver, journal: Journal
+) -> None:
+    reqs = [signed(testing.kirim_event()), signed(testing.meta_status())]
+    for req in reqs:
+        assert (await post(receiver, req)).json()["outcome"] == "new"
+        forged = testing.SignedRequest(req.body, {**req.headers, "X-Kirim-Event-Id": "evt_z"})
+        assert (await post(receiver, forged)).json()["outcome"] == "duplicate"
+    assert len(receiver._replays) == 0  # only header-keyed deliveries take memory
+
+
+def test_replay_memory_forgets_after_its_window() -> None:
+    replays = HeaderKeyedReplays(window=100)
+    header = testing.signed_request(b"{}", SECRET, timestamp=5).headers["X-Kirim-Signature"]
+    assert replays.first_id(b"{}", header, "a", now=0) == "a"
+    assert replays.first_id(b"{}", header, "b", now=99) == "a"
+    assert replays.first_id(b"{ }", header, "c", now=99) == "c"  # another body
+    assert replays.first_id(b"{}", header, "d", now=100.5) == "d"  # forgotten, then new
+    assert len(replays) == 2  # the first entry is gone; "{ }" and the new one stay
 
 
 async def test_logs_hold_neither_secrets_nor_bodies(

@@ -47,10 +47,12 @@ __all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics"
 DEFAULT_PATH = "/webhooks/kirim"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 20.0
-DEFAULT_MIN_FREE = 64 << 20  # bytes free where the journal is, below which /healthz is 503
 """Seconds a request may take to send its body (then 408, which Kirim retries). Kirim
 itself gives up after 10 s; a body trickling in for longer only holds a connection and its
-buffer. Below the collector's 30 s graceful stop, so a stop answers it rather than cancels."""
+buffer. The collector's graceful stop waits 10 s longer, so a stop answers it rather than
+cancels it; ``collect`` gives each request head the same time."""
+DEFAULT_MIN_FREE = 64 << 20
+"""Bytes free where the journal is below which ``/healthz`` answers 503."""
 PARSE_IN_THREAD_BYTES = 256 * 1024
 """Bodies from this size are parsed off the event loop (a 3.7 MB batch took 3.5 s), so the
 acknowledgements of other deliveries do not wait for them."""

@@ -308,8 +308,9 @@ def collect(
         bounds the memory of bodies being received to about ``max_connections * max_body``.
     body_timeout
         Seconds a connection has to send each request head (from its opening, or from the
-        first byte after a response; else it is closed) and then its body (else 408). A
-        silent or trickling client therefore cannot hold a connection slot for long.
+        previous answer; else it is closed) and then its body (else 408). A silent or
+        trickling client therefore cannot hold a connection slot for long. A stop waits up
+        to this plus 10 s for requests in flight.
     flush_interval
         Seconds between flushes into the lake.
     lake

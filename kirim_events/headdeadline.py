@@ -3,9 +3,11 @@
 uvicorn times a keep-alive connection out only once a response is done: a connection that
 sends nothing, or sends its request line and headers a byte at a time, is never closed. Each
 such connection holds one of ``collect --max-connections`` slots, so a few hundred of them
-would turn every webhook away with 503. Here a connection must finish each request head
-(its first byte included) within ``seconds`` of opening, or of its first byte after a
-response; else it is closed. The body has its own deadline in the receiver.
+would turn every webhook away with 503; so would one that keeps sending the body of a
+request answered early (404, 413, 408). Here a connection must finish each request head
+within ``seconds`` of opening, or of the previous answer; else it is closed. A request's
+body has its own deadline in the receiver. uvicorn's keep-alive timeout (5 s) still closes
+idle connections sooner.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kirim_events.deadlines import SecondGroups
@@ -32,9 +33,9 @@ def head_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
 def _expired(protocol: _HeadDeadlineProtocol) -> None:
     protocol._head_group = None
-    if protocol._awaiting_head() and not protocol.transport.is_closing():
+    if protocol._between_requests() and not protocol.transport.is_closing():
         client = "{}:{}".format(*protocol.client) if protocol.client else "a client"
-        log.info("closed the connection of %s: no complete request head in time", client)
+        log.info("closed the connection of %s: no next request in time", client)
         protocol.transport.close()
 
 
@@ -44,22 +45,30 @@ class _HeadDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        self._head_group = self._waiting.add(self, self.loop)
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self._awaiting_head():
-            self._disarm()
-        elif self._head_group is None and not self.transport.is_closing():
-            # the first byte of the next request head on a kept-alive connection
-            self._head_group = self._waiting.add(self, self.loop)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _awaiting_head(self) -> bool:
-        return bool(self.conn.their_state is h11.IDLE)
+    def _between_requests(self) -> bool:
+        """No request is being served: the next head is awaited, or the rest of a body
+        that was answered early (a 404, 413 or 408) trickles in."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if not self._between_requests():
+            self._disarm()
+        elif self._head_group is None and not self.transport.is_closing():
+            self._head_group = self._waiting.add(self, self.loop)
 
     def _disarm(self) -> None:
         if self._head_group is not None:

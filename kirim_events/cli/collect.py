@@ -52,8 +52,9 @@ def collect_command(
         float,
         typer.Option(
             "--body-timeout",
-            help="Seconds a client has to send each request's head (else the connection is"
-            " closed), then its body (else 408).",
+            help="Seconds a client has to send each request's head, from the connection's"
+            " opening or the previous answer (else the connection is closed), then its body"
+            " (else 408).",
         ),
     ] = DEFAULT_BODY_TIMEOUT,
     flush_interval: Annotated[

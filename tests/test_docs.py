@@ -36,6 +36,17 @@ def test_every_command_has_help_text() -> None:
     assert missing == [], f"commands without help text: {missing}"
 
 
+def test_help_paragraphs_are_one_line_each_so_the_terminal_wraps_them() -> None:
+    # typer keeps a docstring's line breaks: on an 80-column terminal each line of a
+    # 90-column docstring broke in two, leaving a word alone on every other line
+    broken = [
+        name
+        for name, cmd in _all()
+        if any("\n" in paragraph for paragraph in (cmd.help or "").split("\n\n"))
+    ]
+    assert broken == []
+
+
 def test_every_command_is_documented() -> None:
     text = DOCS.read_text(encoding="utf-8")
     missing = [name for name, _ in _all() if f"kirim-events {name}" not in text]

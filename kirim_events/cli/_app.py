@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -148,9 +149,25 @@ def _vanished(exc: BaseException) -> bool:
     )
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a command on the app (``@command("name")``)."""
-    return app.command(*args, **kwargs)
+def command(
+    name: str, *, group: typer.Typer | None = None, **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on the app, or on ``group`` (``@command("name")``), with its
+    docstring as the help text, reflowed."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if "help" not in kwargs and fn.__doc__:
+            kwargs["help"] = reflowed(fn.__doc__)
+        return (group or app).command(name, **kwargs)(fn)
+
+    return register
+
+
+def reflowed(doc: str) -> str:
+    """Help text with each paragraph on one line: the terminal wraps it (typer keeps the
+    docstring's line breaks, which broke each line in two on an 80-column terminal)."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
 def main() -> None:

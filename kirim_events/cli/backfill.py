@@ -285,7 +285,7 @@ deliveries_app = typer.Typer(
 app.add_typer(deliveries_app, name="deliveries")
 
 
-@deliveries_app.command("list")
+@command("list", group=deliveries_app)
 def deliveries_list(
     since: Annotated[str | None, typer.Option("--since", help="Created at or after.")] = None,
     until: UntilOption = None,
@@ -341,7 +341,7 @@ def deliveries_list(
     console.print(table)
 
 
-@deliveries_app.command("replay")
+@command("replay", group=deliveries_app)
 def deliveries_replay(
     ids: Annotated[list[str], typer.Argument(help="Delivery ids (wbd_...) to send again.")],
 ) -> None:
@@ -361,7 +361,7 @@ def deliveries_replay(
         raise typer.Exit(1)
 
 
-@deliveries_app.command("bulk-replay")
+@command("bulk-replay", group=deliveries_app)
 def deliveries_bulk_replay(
     subscription_id: Annotated[
         str, typer.Option("--subscription-id", help="The subscription (wbs_...); required.")

@@ -307,8 +307,8 @@ def collect(
         Open connections served at once; beyond it, requests get 503 (Kirim retries). It
         bounds the memory of bodies being received to about ``max_connections * max_body``.
     body_timeout
-        Seconds a connection has to send each request head (from its opening, or from the
-        previous answer; else it is closed) and then its body (else 408). A silent or
+        Seconds a connection has to send each request head (from its opening, or from its
+        first byte after an answer; else it is closed) and then its body (else 408). A silent or
         trickling client therefore cannot hold a connection slot for long. A stop waits up
         to this plus 10 s for requests in flight.
     flush_interval

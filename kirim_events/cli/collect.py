@@ -53,8 +53,8 @@ def collect_command(
         typer.Option(
             "--body-timeout",
             help="Seconds a client has to send each request's head, from the connection's"
-            " opening or the previous answer (else the connection is closed), then its body"
-            " (else 408).",
+            " opening or its first byte after an answer (else the connection is closed), then"
+            " its body (else 408).",
         ),
     ] = DEFAULT_BODY_TIMEOUT,
     flush_interval: Annotated[

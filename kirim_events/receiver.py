@@ -244,7 +244,10 @@ class Receiver:
     async def _healthz(self, send: Send) -> None:
         try:
             await asyncio.wait_for(self.journal.ping_async(), timeout=5)
-            free = shutil.disk_usage(self.journal.data_dir).free
+            # the journal's own folder: it may be another file system than the data folder;
+            # in a thread, as a hung network mount must not stall the loop
+            where = self.journal.path.parent
+            free = (await asyncio.wait_for(asyncio.to_thread(shutil.disk_usage, where), 5)).free
         except (StorageError, TimeoutError, OSError) as exc:
             log.error("health check failed: journal not writable (%s)", type(exc).__name__)
             await _answer(send, 503, {"status": "unavailable", "journal": "not writable"})

@@ -52,6 +52,8 @@ from kirim_events.errors import (
 __all__ = [
     "EVENT_TYPE_PATTERN",
     "EventRecord",
+    "Records",
+    "header_event_id",
     "parse_delivery",
     "parse_time",
 ]
@@ -240,7 +242,7 @@ def _check_type(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Context:
     """What every record of one delivery shares."""
 
@@ -254,6 +256,7 @@ class _Context:
     payload_exact: bool
     delivery_id: str | None
     attempt: int | None
+    header_keyed: bool = False  # some key came from X-Kirim-Event-Id (or its absence)
 
     @property
     def body_hash(self) -> str:
@@ -523,6 +526,7 @@ def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> E
         kind = header_type if EVENT_TYPE_PATTERN.fullmatch(header_type) else kind
     event_id = ctx.headers.get("X-Kirim-Event-Id")
     key = event_id or f"sha256:{ctx.body_hash}"
+    ctx.header_keyed = True
     return _record(
         ctx.base("meta", None),
         event_key=key,
@@ -571,8 +575,10 @@ def _kirim_typed(data: dict[str, Any]) -> dict[str, Any]:
 
 def _kirim_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
     kind = _check_type(body["type"])
-    event_id = _str(body.get("id")) or ctx.headers.get("X-Kirim-Event-Id")
+    own_id = _str(body.get("id"))
+    event_id = own_id or ctx.headers.get("X-Kirim-Event-Id")
     key = event_id or f"sha256:{ctx.body_hash}"
+    ctx.header_keyed = own_id is None
     yield _record(
         ctx.base("kirim", body.get("created_at")),
         event_key=key,
@@ -594,6 +600,7 @@ def _legacy_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord
         key = f"{message_id}:{kind}" + (f":{status}" if status else "")
     else:
         key = ctx.headers.get("X-Kirim-Event-Id") or f"sha256:{ctx.body_hash}"
+        ctx.header_keyed = True
     typed["message_id"] = typed["message_id"] or message_id
     time_value = message.get("created_at") or message.get("timestamp") or body.get("delivered_at")
     yield _record(
@@ -647,6 +654,19 @@ def _refuse_lone_surrogates(records: list[EventRecord]) -> None:
                 raise InvalidJSON(f"{name} holds a lone UTF-16 surrogate escape (\\ud800)")
 
 
+class Records(list[EventRecord]):
+    """The records of one delivery; ``header_keyed``: some event key came from the
+    ``X-Kirim-Event-Id`` header (or from its absence), which the signature does not cover,
+    because the body has no id of its own."""
+
+    header_keyed: bool = False
+
+
+def header_event_id(headers: Mapping[str, str] | None) -> str | None:
+    """``X-Kirim-Event-Id`` as the parser reads it (any case, blanks trimmed, empty: None)."""
+    return _Headers(headers).get("X-Kirim-Event-Id")
+
+
 def parse_delivery(
     body: bytes,
     headers: Mapping[str, str] | None = None,
@@ -654,7 +674,7 @@ def parse_delivery(
     received_at: datetime | None = None,
     origin: str = "webhook",
     payload_exact: bool = True,
-) -> list[EventRecord]:
+) -> Records:
     """Turn one delivery into event records.
 
     Parameters
@@ -673,8 +693,9 @@ def parse_delivery(
 
     Returns
     -------
-    list[EventRecord]
-        One record per event: a Meta body with three statuses gives three.
+    Records
+        A list of one record per event (a Meta body with three statuses gives three), with
+        ``header_keyed``.
 
     Raises
     ------
@@ -705,7 +726,7 @@ def parse_delivery(
     shape = _detect(obj)
     build = {"meta": _meta_records, "kirim": _kirim_records}.get(shape, _legacy_records)
     try:
-        records = list(build(obj, ctx))
+        records = Records(build(obj, ctx))
     except PayloadError:
         raise
     except Exception as exc:  # quarantine, never lose; and say so, it may be our bug
@@ -717,4 +738,5 @@ def parse_delivery(
         ) from exc
     if _SURROGATE_ESCAPE.search(text):
         _refuse_lone_surrogates(records)
+    records.header_keyed = ctx.header_keyed
     return records

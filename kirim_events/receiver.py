@@ -37,7 +37,13 @@ from typing import Any
 from kirim_events.config import Secret, SecretLike, as_secrets
 from kirim_events.deadlines import Deadlines
 from kirim_events.errors import ConfigError, PayloadError, SignatureError, StorageError
-from kirim_events.events import EventRecord, canonical_type, header_number, parse_delivery
+from kirim_events.events import (
+    Records,
+    canonical_type,
+    header_event_id,
+    header_number,
+    parse_delivery,
+)
 from kirim_events.journal import Journal
 from kirim_events.replays import HeaderKeyedReplays
 from kirim_events.signing import DEFAULT_TOLERANCE, check_tolerance, verify
@@ -325,16 +331,19 @@ class Receiver:
         except Exception as exc:  # never a 5xx loop (parse_delivery raises ParseFailure)
             log.error("parser failed on a signed body (%s); quarantining it", type(exc).__name__)
             return await self._quarantine(body, headers, receipt, "parse_error")
-        event_id = parsed.get("x-kirim-event-id")
-        if event_id and self._replays.header_keyed(records, event_id, body):
+        if records.header_keyed:
+            # the event key comes from the unsigned X-Kirim-Event-Id: a signed delivery sent
+            # again with another id, or none, is a copy of the first, not a second event
+            event_id = header_event_id(parsed)
             signature = parsed.get("x-kirim-signature") or parsed["x-kirim-signature-256"]
             first = self._replays.first_id(body, signature, event_id, received_ts)
             if first != event_id:
-                # the event key comes from this unsigned header: a signed delivery sent again
-                # with another id is a copy of the first, not a second event
                 log.warning("delivery %s: a signed body seen before under another event id; "
                             "kept as a copy of it", receipt["delivery_id"] or "-")  # fmt: skip
-                records = await _parse(body, {**parsed, "x-kirim-event-id": first}, received_at)
+                again = {k: v for k, v in parsed.items() if k != "x-kirim-event-id"}
+                if first is not None:
+                    again["x-kirim-event-id"] = first
+                records = await _parse(body, again, received_at)
         receipt["n_events"] = len(records)
         if receipt["event_id"] is None and records:
             receipt["event_id"] = records[0].event_id
@@ -429,7 +438,7 @@ def _accepted(events: int, new: int) -> bytes:
     return _json({"outcome": "new" if new else "duplicate", "events": events, "new": new})
 
 
-async def _parse(body: bytes, headers: dict[str, str], received_at: datetime) -> list[EventRecord]:
+async def _parse(body: bytes, headers: dict[str, str], received_at: datetime) -> Records:
     """parse_delivery, in a thread for a large body (the loop keeps answering)."""
     if len(body) < PARSE_IN_THREAD_BYTES:
         return parse_delivery(body, headers, received_at=received_at, origin="webhook")

@@ -2,10 +2,12 @@
 
 The signature covers the timestamp and the body, not the headers. When a body carries no id
 of its own (a Kirim-native body without ``id``, a Meta body that is neither a message nor a
-status, the third shape without a message id), its event key is the header's event id. A
-captured delivery sent again within the signature tolerance with that header changed would
-then be a second event. The receiver remembers, for such deliveries only, the event id first
-seen with each signature, and reads a replay with another id as a copy of the first.
+status, the third shape without a message id), its event key is the header's event id, or a
+hash of the body when the header is absent (the parser says so: ``Records.header_keyed``).
+A captured delivery sent again within the signature tolerance with that header changed or
+removed would then be a second event. The receiver remembers, for such deliveries only, the
+event id first seen with each signed body, and reads a replay with another id (or none) as
+a copy of the first.
 
 Per process: a replay to another collector of the same lake is not caught (nor is one when
 the freshness check is off, past the window).
@@ -14,27 +16,21 @@ the freshness check is off, past the window).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
-from kirim_events.events import EventRecord
 from kirim_events.signing import parse_header
 
 __all__ = ["HeaderKeyedReplays"]
 
 
 class HeaderKeyedReplays:
-    """Event ids of header-keyed deliveries by signature, for ``window`` seconds."""
+    """The event id (``X-Kirim-Event-Id``, None when absent) first seen with each signed
+    header-keyed delivery, for ``window`` seconds."""
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self._first: dict[str, tuple[float, str]] = {}  # in insertion (= expiry) order
+        self._first: dict[str, tuple[float, str | None]] = {}  # in insertion (= expiry) order
 
-    @staticmethod
-    def header_keyed(records: Sequence[EventRecord], event_id: str, body: bytes) -> bool:
-        """Whether an event key came from the header's ``event_id`` (not from the body)."""
-        return any(r.event_key == event_id for r in records) and event_id.encode() not in body
-
-    def first_id(self, body: bytes, signature: str, event_id: str, now: float) -> str:
+    def first_id(self, body: bytes, signature: str, event_id: str | None, now: float) -> str | None:
         """The event id first seen with this signed body: the signature header (verified)
         gives its time ``t``; ``t`` and the body are what a replay cannot change, however it
         rewrites the header (more ``v1=``, other spacing). This ``event_id`` if the first."""

@@ -518,27 +518,30 @@ async def test_a_replayed_id_less_body_under_another_event_id_is_a_copy(
     receiver: Receiver, journal: Journal
 ) -> None:
     # A body without an id of its own is keyed by the unsigned X-Kirim-Event-Id header: a
-    # captured delivery sent again, within the tolerance, with that header changed (and the
-    # signature header rewritten: spacing, another v1) had become a second event.
+    # captured delivery sent again, within the tolerance, with that header changed (or
+    # dropped, or padded with what the parser trims, or set to a word of the body) and the
+    # signature header rewritten (spacing, another v1) had become a second event.
     body = {k: v for k, v in testing.kirim_event().items() if k != "id"}
+    body["data"]["note"] = "evt_first is mentioned in the body"  # the real id, in the body
     first = signed(body, event_id="evt_first")
     t, v1 = first.headers["X-Kirim-Signature"].split(",")
+    base = {k: v for k, v in first.headers.items() if k != "X-Kirim-Event-Id"}
+    forged: list[dict[str, Any]] = [
+        {**base, "X-Kirim-Event-Id": "evt_forged"},
+        {**base, "X-Kirim-Event-Id": "evt_forged2", "X-Kirim-Signature": f" {v1} , {t},v1=00"},
+        {**base, "X-Kirim-Event-Id": b"evt_forged3\xa0"},  # latin-1 NBSP, trimmed by parsing
+        {**base, "X-Kirim-Event-Id": "contact.updated"},  # a word of the body
+        {**base, "X-Kirim-Event-Id": ""},
+        base,  # no event id at all: the key would be the body's hash
+    ]
+    assert (await post(receiver, first)).json()["outcome"] == "new"
+    for headers in forged:
+        resp = await post(receiver, testing.SignedRequest(first.body, headers))
+        assert (resp.status_code, resp.json()["outcome"]) == (200, "duplicate"), headers
     meta_other = testing.meta_envelope({"account_update": {"x": 1}})  # no messages, statuses
     other = signed(meta_other, event_id="evt_meta")
-    forged = {
-        "same signature": {**first.headers, "X-Kirim-Event-Id": "evt_forged1"},
-        "rewritten signature": {
-            **first.headers,
-            "X-Kirim-Event-Id": "evt_forged2",
-            "X-Kirim-Signature": f" {v1} , {t},v1=00",
-        },
-    }
-    assert (await post(receiver, first)).json()["outcome"] == "new"
-    for headers in forged.values():
-        resp = await post(receiver, testing.SignedRequest(first.body, headers))
-        assert (resp.status_code, resp.json()["outcome"]) == (200, "duplicate")
     assert (await post(receiver, other)).json()["outcome"] == "new"
-    again = testing.SignedRequest(other.body, {**other.headers, "X-Kirim-Event-Id": "evt_x"})
+    again = testing.SignedRequest(other.body, {**other.headers, "X-Kirim-Event-Id": "entry"})
     assert (await post(receiver, again)).json()["outcome"] == "duplicate"
     # Kirim's own retry of the first event (a new t) is a copy as before; the same body at
     # another instant under another id is another event
@@ -548,6 +551,19 @@ async def test_a_replayed_id_less_body_under_another_event_id_is_a_copy(
     assert (await post(receiver, later)).json()["outcome"] == "new"
     events = lake_after_flush(journal).events().collect()
     assert sorted(events["event_key"]) == ["evt_first", "evt_meta", "evt_second"]
+
+
+async def test_an_id_less_body_first_seen_without_an_event_id_keeps_its_hash_key(
+    receiver: Receiver, journal: Journal
+) -> None:
+    body = {k: v for k, v in testing.kirim_event().items() if k != "id"}
+    first = signed(body, event_id="evt_later")
+    bare = {k: v for k, v in first.headers.items() if k != "X-Kirim-Event-Id"}
+    assert (await post(receiver, testing.SignedRequest(first.body, bare))).json()["new"] == 1
+    resp = await post(receiver, first)  # the same signed body, now with an event id
+    assert resp.json()["outcome"] == "duplicate"
+    (key,) = lake_after_flush(journal).events().collect()["event_key"]
+    assert key.startswith("sha256:")
 
 
 async def test_bodies_with_their_own_id_are_not_remembered_for_replays(
@@ -561,12 +577,32 @@ async def test_bodies_with_their_own_id_are_not_remembered_for_replays(
     assert len(receiver._replays) == 0  # only header-keyed deliveries take memory
 
 
+def test_the_parser_says_which_keys_come_from_the_header() -> None:
+    own = testing.encode(testing.kirim_event(event_id="evt_own"))
+    idless = testing.encode({k: v for k, v in testing.kirim_event().items() if k != "id"})
+    meta_other = testing.encode(testing.meta_envelope({"account_update": {}}))
+    legacy = testing.encode({"event": "contact.updated", "data": {"contact": {"id": "c1"}}})
+    status = testing.encode(testing.meta_status())
+    headers = {"X-Kirim-Event-Id": "evt_h"}
+    keyed = {
+        name: ke.parse_delivery(body, headers).header_keyed
+        for name, body in [
+            ("own", own), ("idless", idless), ("meta_other", meta_other), ("legacy", legacy),
+            ("status", status),
+        ]
+    }  # fmt: skip
+    assert keyed == {
+        "own": False, "idless": True, "meta_other": True, "legacy": True, "status": False
+    }  # fmt: skip
+
+
 def test_replay_memory_forgets_after_its_window() -> None:
     replays = HeaderKeyedReplays(window=100)
     header = testing.signed_request(b"{}", SECRET, timestamp=5).headers["X-Kirim-Signature"]
     assert replays.first_id(b"{}", header, "a", now=0) == "a"
     assert replays.first_id(b"{}", header, "b", now=99) == "a"
-    assert replays.first_id(b"{ }", header, "c", now=99) == "c"  # another body
+    assert replays.first_id(b"{}", header, None, now=99) == "a"
+    assert replays.first_id(b"{ }", header, None, now=99) is None  # another body
     assert replays.first_id(b"{}", header, "d", now=100.5) == "d"  # forgotten, then new
     assert len(replays) == 2  # the first entry is gone; "{ }" and the new one stay
 

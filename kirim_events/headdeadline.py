@@ -1,15 +1,22 @@
-"""uvicorn's HTTP/1.1 protocol, plus a deadline for the request head.
+"""uvicorn's HTTP/1.1 protocol, plus deadlines for what uvicorn waits on without one.
 
 uvicorn times a keep-alive connection out only once a response is done: a connection that
-sends nothing, or sends its request line and headers a byte at a time, is never closed. Each
-such connection holds one of ``collect --max-connections`` slots, so a few hundred of them
-would turn every webhook away with 503; so would one that keeps sending the body of a
-request answered early (404, 413, 408). Here, whenever no request is being served, a
-connection must finish its next request head within ``seconds`` of opening, or of its first
-byte after an answer (uvicorn's keep-alive timeout, 5 s, closes it when it sends nothing
-after an answer); else it is closed. A request's body has its own deadline in the receiver.
-Arming and disarming happen in ``data_received``, nothing per answer, so a request served
-as usual costs one attribute check more.
+sends nothing, or sends its request line and headers a byte at a time, is never closed; nor
+is one that keeps sending the body of a request answered early (404, 413, 408), or one that
+never reads its answers (pipelined requests fill the send buffer and the answer waits). Each
+holds one of ``collect --max-connections`` slots, so a few hundred of them would turn every
+webhook away with 503.
+
+Here a connection is closed when, for ``seconds`` (up to a second more):
+
+* no request is being served and no complete next request head has come, counted from the
+  connection's opening or from its first byte after an answer (uvicorn's keep-alive
+  timeout, 5 s, closes one that sends nothing after an answer);
+* or an answer has waited for the client to read it.
+
+A request's body has its own deadline in the receiver. The deadline is armed and disarmed
+in ``data_received`` and when writing pauses and resumes, nothing per answer: a request
+served as usual costs one attribute check more.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ def head_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
 def _expired(protocol: _HeadDeadlineProtocol) -> None:
     protocol._head_group = None
-    if protocol._between_requests() and not protocol.transport.is_closing():
+    stalled = protocol._between_requests() or protocol.flow.write_paused
+    if stalled and not protocol.transport.is_closing():
         client = "{}:{}".format(*protocol.client) if protocol.client else "a client"
-        log.info("closed the connection of %s: no next request in time", client)
+        why = "an answer unread" if protocol.flow.write_paused else "no next request"
+        log.info("closed the connection of %s: %s in time", client, why)
         protocol.transport.close()
 
 
@@ -51,6 +60,16 @@ class _HeadDeadlineProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self._arm()
+
+    def pause_writing(self) -> None:
+        # the client does not read its answers (e.g. pipelined requests): that too must end
+        super().pause_writing()
+        if self._head_group is None and not self.transport.is_closing():
+            self._head_group = self._waiting.add(self, self.loop)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

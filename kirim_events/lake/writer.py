@@ -43,6 +43,7 @@ __all__ = [
     "marker_file_name",
     "parquet_bytes",
     "partition_dir",
+    "row_groups",
 ]
 
 # Dictionary-encode only columns with few distinct values: for random ids a dictionary only
@@ -113,17 +114,44 @@ def parquet_bytes(table: pa.Table, *, row_group_size: int) -> bytes:
     """
     sink = pa.BufferOutputStream()
     dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
-    if table.num_rows and table.nbytes > ROW_GROUP_BYTES:
-        by_bytes = int(ROW_GROUP_BYTES * table.num_rows / table.nbytes)
-        row_group_size = max(1, min(row_group_size, by_bytes))
-    pq.write_table(
-        table,
-        sink,
-        row_group_size=row_group_size,
-        use_dictionary=dictionary,
-        **PARQUET_OPTIONS,
-    )
+    with pq.ParquetWriter(
+        sink, table.schema, use_dictionary=dictionary, **PARQUET_OPTIONS
+    ) as writer:
+        for offset, length in row_groups(table, row_group_size):
+            writer.write_table(table.slice(offset, length), row_group_size=max(1, length))
     return bytes(sink.getvalue())
+
+
+def row_groups(table: pa.Table, max_rows: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` of each row group: at most ``max_rows`` rows, and a new group
+    each time the rows' running size passes another ``ROW_GROUP_BYTES`` (so a group holds
+    about that much, or one row larger than it; sizes may be skewed, a few huge payloads
+    among many small ones)."""
+    n = table.num_rows
+    if n == 0:
+        return [(0, 0)]
+    texts = [f.name for f in table.schema if pa.types.is_string(f.type)
+             or pa.types.is_large_string(f.type)]  # fmt: skip
+    if table.nbytes <= ROW_GROUP_BYTES or not texts:
+        runs = [n]
+    else:
+        frame = pl.from_arrow(table.select(texts))
+        assert isinstance(frame, pl.DataFrame)
+        lengths = frame.select(
+            pl.sum_horizontal(pl.col(texts).str.len_bytes().fill_null(0)).cast(pl.Int64)
+        ).to_series()
+        rest = max(0.0, (table.nbytes - float(lengths.sum())) / n)  # fixed-width, offsets
+        sizes = lengths.cast(pl.Float64) + rest
+        # the group of a row: how many whole ROW_GROUP_BYTES come before its last byte
+        groups = ((sizes.cum_sum() - 1) // ROW_GROUP_BYTES).cast(pl.Int64)
+        runs = groups.rle().struct.field("len").to_list()
+    bounds = []
+    offset = 0
+    for run in runs:
+        for start in range(0, run, max_rows):
+            bounds.append((offset + start, min(max_rows, run - start)))
+        offset += run
+    return bounds
 
 
 def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:

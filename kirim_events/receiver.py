@@ -235,17 +235,19 @@ class Receiver:
         method = scope["method"]
         if path == self.path:
             if method != "POST":
-                await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+                extra = [(b"allow", b"POST"), _CLOSE]
+                await _answer(send, 405, {"error": "method not allowed"}, extra)
                 return
             status, body = await self._webhook(scope, receive)
-            await _send(send, status, body, _JSON_TYPE)
+            # a 408 or 413 leaves the rest of the body unread: close rather than wait on it
+            await _send(send, status, body, _JSON_TYPE, [_CLOSE] if status in (408, 413) else ())
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._healthz(send)
         elif path == "/metrics" and method in ("GET", "HEAD"):
             text = self.metrics.render(self.journal.backlog).encode()
             await _send(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         else:
-            await _answer(send, 404, {"error": "not found"})
+            await _answer(send, 404, {"error": "not found"}, [_CLOSE])
 
     async def _healthz(self, send: Send) -> None:
         try:
@@ -426,6 +428,7 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra
 
 
 _JSON_TYPE = b"application/json"
+_CLOSE = (b"connection", b"close")  # on answers given before the body was read
 
 
 def _json(payload: dict[str, Any]) -> bytes:

@@ -42,3 +42,22 @@ def serve(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def closed_by_peer(sock: socket.socket, trickle: bytes = b"", within: float = 15.0) -> bool:
+    """Whether the server closes ``sock`` within ``within`` s while the client sends
+    ``trickle`` a byte every 0.2 s (a slow request head) or stays silent."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle[:1])
+                trickle = trickle[1:] or trickle
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+    return False

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from loopback import free_port
+from loopback import closed_by_peer, free_port
 
 import kirim_events as ke
 from kirim_events import testing
@@ -167,25 +167,6 @@ def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Pat
     code, stderr = c.stop()
     assert code == 0, stderr
     assert Lake(tmp_path).events().collect().height == 1
-
-
-def closed_by_peer(sock: socket.socket, trickle: bytes = b"", within: float = 15.0) -> bool:
-    """Whether the server closes ``sock`` within ``within`` s while the client sends
-    ``trickle`` a byte every 0.2 s (a slow request head) or stays silent."""
-    sock.settimeout(0.2)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if trickle:
-                sock.sendall(trickle[:1])
-                trickle = trickle[1:] or trickle
-            if sock.recv(4096) == b"":
-                return True
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            return True
-    return False
 
 
 def test_a_silent_or_trickling_request_head_is_cut_off_and_frees_its_slot(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
-from loopback import serve
+from loopback import closed_by_peer, serve
 
 from kirim_events.headdeadline import head_deadline_protocol
 
@@ -20,23 +19,6 @@ async def early(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def open_after(sock: socket.socket, trickle: bytes, seconds: float) -> bool:
-    """Send ``trickle`` a byte each 0.2 s for ``seconds``: whether the peer kept it open."""
-    sock.settimeout(0.2)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            sock.sendall(trickle[:1])
-            trickle = trickle[1:] or trickle
-            if sock.recv(4096) == b"":
-                return False
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            return False
-    return True
-
-
 def test_the_body_of_a_request_answered_early_cannot_trickle_in_for_ever() -> None:
     with serve(early, http=head_deadline_protocol(1)) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -44,7 +26,7 @@ def test_the_body_of_a_request_answered_early_cannot_trickle_in_for_ever() -> No
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
             sock.settimeout(5)
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            assert not open_after(sock, b"x" * 1000, 15)
+            assert closed_by_peer(sock, b"x" * 1000, within=15)
 
 
 def test_without_the_deadline_uvicorn_keeps_such_a_connection() -> None:
@@ -55,4 +37,4 @@ def test_without_the_deadline_uvicorn_keeps_such_a_connection() -> None:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
             sock.settimeout(5)
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-            assert open_after(sock, b"x" * 1000, 4)
+            assert not closed_by_peer(sock, b"x" * 1000, within=4)

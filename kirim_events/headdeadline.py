@@ -47,7 +47,9 @@ def _expired(protocol: _HeadDeadlineProtocol) -> None:
         client = "{}:{}".format(*protocol.client) if protocol.client else "a client"
         why = "an answer unread" if protocol.flow.write_paused else "no next request"
         log.info("closed the connection of %s: %s in time", client, why)
-        protocol.transport.close()
+        # abort, not close: close would wait for the unread answers to drain, and the
+        # connection would keep its slot
+        protocol.transport.abort()
 
 
 class _HeadDeadlineProtocol(H11Protocol):
@@ -82,7 +84,7 @@ class _HeadDeadlineProtocol(H11Protocol):
         return self.cycle is None or self.cycle.response_complete
 
     def _arm(self) -> None:
-        if not self._between_requests():
+        if not (self._between_requests() or self.flow.write_paused):
             self._disarm()
         elif self._head_group is None and not self.transport.is_closing():
             self._head_group = self._waiting.add(self, self.loop)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
 from typing import Any
 
-from loopback import closed_by_peer, serve
+import uvicorn
+from loopback import closed_by_peer, free_port, serve
 
 from kirim_events.headdeadline import head_deadline_protocol
 
@@ -38,3 +42,46 @@ def test_without_the_deadline_uvicorn_keeps_such_a_connection() -> None:
             sock.settimeout(5)
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
             assert not closed_by_peer(sock, b"x" * 1000, within=4)
+
+
+async def chatty(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A 20 kB answer to every request."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"x" * 20_000})
+
+
+def test_a_client_that_never_reads_its_answers_is_let_go_and_its_slot_freed() -> None:
+    # It pipelines requests and never reads: the answers wait on the send buffer. Closing
+    # the transport waited for them to drain, so the connection kept its slot; and each
+    # further request switched the deadline off again.
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            chatty, host="127.0.0.1", port=port, lifespan="off", log_level="critical",
+            http=head_deadline_protocol(1),
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        with socket.socket() as greedy:
+            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            greedy.connect(("127.0.0.1", port))
+            greedy.settimeout(0.05)
+            end = time.monotonic() + 4  # a request every 20 ms, well past the deadline
+            with contextlib.suppress(OSError):
+                while time.monotonic() < end:
+                    greedy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    time.sleep(0.02)
+            end = time.monotonic() + 10
+            while server.server_state.connections and time.monotonic() < end:
+                time.sleep(0.1)
+            assert not server.server_state.connections
+            assert not server.server_state.tasks
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_lake import T0, ev, parquet_files
@@ -20,6 +21,7 @@ from test_lake import T0, ev, parquet_files
 import kirim_events as ke
 from kirim_events.errors import LakeError
 from kirim_events.lake import STEPS
+from kirim_events.lake.writer import row_groups
 
 
 class Crash(Exception):
@@ -282,6 +284,20 @@ def test_row_groups_are_bounded_in_bytes_as_well_as_rows(
     assert sorted(lake.events().collect()["payload"].to_list()) == sorted(
         [e.payload for e in events] + [ev("small").payload]
     )
+
+
+def test_row_groups_of_ordinary_rows_are_full_not_a_full_one_and_a_scrap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cutting by bytes first and then by rows made [1000, 40, 1000, 40, ...] when the byte
+    # bound held a few more rows than the row bound.
+    monkeypatch.setattr("kirim_events.lake.writer.ROW_GROUP_BYTES", 1 << 20)
+    table = pa.table({"payload": ["x" * 1000] * 5500})
+    assert row_groups(table, 1000) == [(i, 1000) for i in range(0, 5000, 1000)] + [(5000, 500)]
+    skewed = pa.table({"payload": ["x" * 10] * 100 + ["y" * (3 << 20)] + ["z" * 10] * 100})
+    sizes = [n for _, n in row_groups(skewed, 1000)]
+    assert sum(sizes) == 201
+    assert len(sizes) == 2  # the huge row ends the first group
 
 
 def test_full_compaction_without_markers(tmp_path: Path) -> None:

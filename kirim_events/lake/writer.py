@@ -123,34 +123,32 @@ def parquet_bytes(table: pa.Table, *, row_group_size: int) -> bytes:
 
 
 def row_groups(table: pa.Table, max_rows: int) -> list[tuple[int, int]]:
-    """``(offset, length)`` of each row group: at most ``max_rows`` rows, and a new group
-    each time the rows' running size passes another ``ROW_GROUP_BYTES`` (so a group holds
-    about that much, or one row larger than it; sizes may be skewed, a few huge payloads
-    among many small ones)."""
+    """``(offset, length)`` of each row group: a group ends at ``max_rows`` rows or at the
+    row whose running size passes ``ROW_GROUP_BYTES``, whichever comes first (sizes may be
+    skewed: a few huge payloads among many small ones)."""
     n = table.num_rows
     if n == 0:
         return [(0, 0)]
     texts = [f.name for f in table.schema if pa.types.is_string(f.type)
              or pa.types.is_large_string(f.type)]  # fmt: skip
     if table.nbytes <= ROW_GROUP_BYTES or not texts:
-        runs = [n]
-    else:
-        frame = pl.from_arrow(table.select(texts))
-        assert isinstance(frame, pl.DataFrame)
-        lengths = frame.select(
-            pl.sum_horizontal(pl.col(texts).str.len_bytes().fill_null(0)).cast(pl.Int64)
-        ).to_series()
-        rest = max(0.0, (table.nbytes - float(lengths.sum())) / n)  # fixed-width, offsets
-        sizes = lengths.cast(pl.Float64) + rest
-        # the group of a row: how many whole ROW_GROUP_BYTES come before its last byte
-        groups = ((sizes.cum_sum() - 1) // ROW_GROUP_BYTES).cast(pl.Int64)
-        runs = groups.rle().struct.field("len").to_list()
+        return [(o, min(max_rows, n - o)) for o in range(0, n, max_rows)]
+    frame = pl.from_arrow(table.select(texts))
+    assert isinstance(frame, pl.DataFrame)
+    lengths = frame.select(
+        pl.sum_horizontal(pl.col(texts).str.len_bytes().fill_null(0)).cast(pl.Float64)
+    ).to_series()
+    rest = max(0.0, (table.nbytes - float(lengths.sum())) / n)  # fixed-width, offsets
+    ends = (lengths + rest).cum_sum()  # bytes up to and including each row
     bounds = []
-    offset = 0
-    for run in runs:
-        for start in range(0, run, max_rows):
-            bounds.append((offset + start, min(max_rows, run - start)))
-        offset += run
+    start = 0
+    while start < n:
+        before = float(ends[start - 1]) if start else 0.0
+        # the first row whose running size (from this group's start) reaches the bound
+        by_bytes = int(ends.search_sorted(before + ROW_GROUP_BYTES, side="left")) + 1
+        end = max(start + 1, min(n, start + max_rows, by_bytes))
+        bounds.append((start, end - start))
+        start = end
     return bounds
 
 

@@ -56,6 +56,7 @@ class Collector:
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
+        STARTED.append(self)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.communicate()[1].decode()
@@ -73,13 +74,24 @@ class Collector:
         return self.proc.returncode, err.decode()
 
 
+STARTED: list[Collector] = []
+
+
+@pytest.fixture(autouse=True)
+def no_collector_left() -> Iterator[None]:
+    """Kill what a test started and did not stop (it failed half way): a collector left
+    running outlives the test run."""
+    yield
+    while STARTED:
+        c = STARTED.pop()
+        if c.proc is not None and c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.communicate()
+
+
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    c = Collector(tmp_path, free_port())
-    yield c
-    if c.proc is not None and c.proc.poll() is None:
-        c.proc.kill()
-        c.proc.wait()
+def collector(tmp_path: Path) -> Collector:
+    return Collector(tmp_path, free_port())
 
 
 def test_emulator_deliveries_land_in_the_lake_exactly_once(tmp_path: Path) -> None:

@@ -106,16 +106,7 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     return table
 
 
-_HELP = (
-    "Run a local Kirim: send realistic signed webhooks and serve the REST API.\n\n"
-    "Sends --events world events (messages, statuses, assignments, closes, contacts) to "
-    "--send-to with Kirim's headers, signatures (every secret in KIRIM_WEBHOOK_SECRET), "
-    "retries, duplicates and reordering. Serves /v1/webhook_deliveries, replays and "
-    "subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY until Ctrl+C or SIGTERM."
-)
-
-
-@command("emulate", help=_HELP)
+@command("emulate")
 def emulate(
     port: Annotated[
         int,
@@ -213,8 +204,8 @@ def emulate(
 
     Sends --events world events (messages, statuses, assignments, closes, contacts) to
     --send-to with Kirim's headers, signatures (every secret in KIRIM_WEBHOOK_SECRET),
-    retries, duplicates and reordering; serves /v1/webhook_deliveries, replays and
-    subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY, until Ctrl+C / SIGTERM.
+    retries, duplicates and reordering. Serves /v1/webhook_deliveries, replays and
+    subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY until Ctrl+C or SIGTERM.
     """
     s = settings()
     with errors_to_exit():

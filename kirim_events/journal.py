@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
+from kirim_events.journal_index import KeyIndex, journal_path
 from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
@@ -63,7 +64,6 @@ from kirim_events.journal_rows import (
     table_from_ndjson,
 )
 from kirim_events.journal_write import (
-    CHUNK,
     Job,
     Result,
     append_job,
@@ -133,7 +133,7 @@ class FlushReport:
     seconds: float
 
 
-class Journal:
+class Journal(KeyIndex):
     """The durable inbox and dedup index of one data folder.
 
     Parameters
@@ -165,7 +165,7 @@ class Journal:
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
         self.data_dir = Path(data_dir)
-        self.path = self.data_dir / "_journal" / "journal.sqlite3"
+        self.path = journal_path(self.data_dir)
         self.retention = retention
         self._now = now
         self._max_batch = max_batch
@@ -396,46 +396,6 @@ class Journal:
         processes' appends to the same journal show from the next flush on.
         """
         return self._backlog
-
-    def seen(self, event_keys: Iterable[str]) -> set[str]:
-        """Return which of ``event_keys`` the dedup index already holds."""
-        keys = list(dict.fromkeys(event_keys))
-        found: set[str] = set()
-        with self._reader() as conn:
-            for start in range(0, len(keys), CHUNK):
-                chunk = keys[start : start + CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
-                found.update(row[0] for row in conn.execute(sql, chunk))
-        return found
-
-    def seen_prefixes(self, prefixes: Iterable[str]) -> set[str]:
-        """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
-        status key is ``<wamid>:<status>``: ``"<wamid>:"`` asks for any status of it)."""
-        found: set[str] = set()
-        # the first key at or after the prefix (the primary key's order) starts with it, or
-        # none does; no upper bound to compute, so any text works as a prefix
-        sql = "SELECT event_key FROM keys WHERE event_key >= ? ORDER BY event_key LIMIT 1"
-        with self._reader() as conn:
-            for prefix in dict.fromkeys(prefixes):
-                row = conn.execute(sql, (prefix,)).fetchone()
-                if prefix and row is not None and row[0].startswith(prefix):
-                    found.add(prefix)
-        return found
-
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read journal: {exc}") from exc
-        try:
-            conn.execute("PRAGMA busy_timeout = 30000")
-            yield conn
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read journal: {exc}") from exc
-        finally:
-            conn.close()
 
     # ------------------------------------------------------------------ flush
 

@@ -52,6 +52,7 @@ from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
+from kirim_events.journal_index import JournalView, KeyIndex, journal_path
 from kirim_events.journal_quarantine import quarantined_event_ids
 
 __all__ = [
@@ -152,7 +153,7 @@ class _Chain:
 class _Scan:
     """Accumulates one walk of the history (memory grows with what is missing, not with all)."""
 
-    def __init__(self, journal: Journal | None, subscription_id: str | None) -> None:
+    def __init__(self, journal: KeyIndex | None, subscription_id: str | None) -> None:
         self.journal = journal
         self.subscription_id = subscription_id
         self.subscriptions: set[str] = set()
@@ -376,8 +377,9 @@ def reconcile(
     warn_days
         Flag missing events whose first delivery is within this many days of the purge.
     lake, journal
-        Reuse open ones; by default they are opened on ``data`` (in a dry run a journal that
-        does not exist yet is not created).
+        Reuse open ones; by default they are opened on ``data``. A dry run only reads the
+        journal (:class:`~kirim_events.journal_index.JournalView`), so it works on a folder
+        it may not write, and creates none that does not exist yet.
     subscription_id
         Only this subscription's deliveries count, and replays go to its URL. Required when
         the history holds deliveries of several subscriptions (ConfigError otherwise).
@@ -407,11 +409,14 @@ def reconcile(
 
         lake = Lake(root)
     own_journal = journal is None
-    if journal is None and (not dry_run or (root / "_journal").exists()):
-        journal = Journal(root)
+    index: KeyIndex | None = journal
+    if journal is None and not dry_run:
+        index = journal = Journal(root)
+    elif journal is None and journal_path(root).is_file():
+        index = JournalView(root)  # a dry run writes nothing, even on a read-only folder
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
-        scan = _Scan(journal, subscription_id)
+        scan = _Scan(index, subscription_id)
         pages = client.iter_pages(
             created_after=lo - HISTORY_OVERLAP, created_before=hi + HISTORY_OVERLAP
         )

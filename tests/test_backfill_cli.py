@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 
 from kirim_events.cli import app
 from kirim_events.emulator import FaultConfig, create_app
+from kirim_events.journal import Journal
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +144,62 @@ def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) ->
     n = len(world.emu.unacknowledged_event_keys())
     assert f"{n} events missing from the lake" in result.output
     assert "import" in result.output
+
+
+@contextlib.contextmanager
+def read_only_copy(home: Path, *, with_wal: bool) -> Iterator[Path]:
+    """A copy of the data folder that the user running it may read but not write; with
+    ``with_wal``, copied while its journal is open (its -wal and -shm files beside it),
+    else after the journal was closed (everything in the database file)."""
+    top = Path(tempfile.mkdtemp(prefix="kirim-ro-"))
+    top.chmod(0o755)
+    data = top / "data"
+    if with_wal:
+        with Journal(home):  # keeps the WAL files there while copying
+            shutil.copytree(home, data)
+        assert (data / "_journal" / "journal.sqlite3-wal").exists()
+    else:
+        shutil.copytree(home, data)
+        Journal(data).close()  # the last writer folds the WAL in and removes it
+        assert not (data / "_journal" / "journal.sqlite3-wal").exists()
+    for p in [data, *data.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        yield data
+    finally:
+        for p in [data, *data.rglob("*")]:
+            p.chmod(0o755)
+        shutil.rmtree(top)
+
+
+def as_other_user() -> list[str]:
+    """A command prefix that runs as a user without write access: nobody when we are root
+    (who may write anything), else ourselves."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import kirim_events"],
+                           capture_output=True, check=False)  # fmt: skip
+    if shutil.which("setpriv") is None or probe.returncode != 0:
+        pytest.skip("cannot run as a user without write access (setpriv, or nobody's access)")
+    return prefix
+
+
+@pytest.mark.parametrize("with_wal", [False, True], ids=["closed-journal", "open-journal"])
+def test_reconcile_dry_run_works_on_a_read_only_folder(
+    world: World, env: dict[str, str], with_wal: bool
+) -> None:
+    since, until = window(world)
+    n = len(world.emu.unacknowledged_event_keys())
+    prefix = as_other_user()
+    with read_only_copy(world.home, with_wal=with_wal) as data:
+        before = {str(p): p.stat().st_mtime_ns for p in data.rglob("*")}
+        args = ["reconcile", "--data", str(data), "--since", since, "--until", until, "--dry-run"]
+        cmd = [*prefix, sys.executable, "-m", "kirim_events", *args]
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert f"{n} events missing from the lake" in run.stdout
+        assert {str(p): p.stat().st_mtime_ns for p in data.rglob("*")} == before
 
 
 def test_reconcile_names_a_damaged_lake_file_in_one_line(

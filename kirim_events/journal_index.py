@@ -1,0 +1,109 @@
+"""Lookups in a journal's dedup index (the ``keys`` table), read-write or read-only.
+
+:class:`~kirim_events.journal.Journal` answers them on the journal it writes;
+:class:`JournalView` answers them without ever writing, for a dry run that must leave the
+data folder as it found it, even where that folder is read-only (a snapshot, another
+user's lake).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from kirim_events.errors import StorageError
+from kirim_events.journal_write import CHUNK
+
+__all__ = ["JournalView", "KeyIndex", "journal_path"]
+
+
+def journal_path(data_dir: str | Path) -> Path:
+    """The journal database of the data folder ``data_dir``."""
+    return Path(data_dir) / "_journal" / "journal.sqlite3"
+
+
+class KeyIndex:
+    """``seen`` and ``seen_prefixes`` over the database at ``path``; subclasses say how
+    to connect."""
+
+    path: Path
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read journal: {exc}") from exc
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            yield conn
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read journal: {exc}") from exc
+        finally:
+            conn.close()
+
+    def seen(self, event_keys: Iterable[str]) -> set[str]:
+        """Return which of ``event_keys`` the dedup index already holds."""
+        keys = list(dict.fromkeys(event_keys))
+        found: set[str] = set()
+        with self._reader() as conn:
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT event_key FROM keys WHERE event_key IN ({marks})"
+                found.update(row[0] for row in conn.execute(sql, chunk))
+        return found
+
+    def seen_prefixes(self, prefixes: Iterable[str]) -> set[str]:
+        """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
+        status key is ``<wamid>:<status>``: ``"<wamid>:"`` asks for any status of it)."""
+        found: set[str] = set()
+        # the first key at or after the prefix (the primary key's order) starts with it, or
+        # none does; no upper bound to compute, so any text works as a prefix
+        sql = "SELECT event_key FROM keys WHERE event_key >= ? ORDER BY event_key LIMIT 1"
+        with self._reader() as conn:
+            for prefix in dict.fromkeys(prefixes):
+                row = conn.execute(sql, (prefix,)).fetchone()
+                if prefix and row is not None and row[0].startswith(prefix):
+                    found.add(prefix)
+        return found
+
+
+class JournalView(KeyIndex):
+    """The dedup index of ``data_dir``'s journal, read-only: nothing is created, written or
+    locked, so it works on a folder this process may not write.
+
+    SQLite opens a journal in WAL mode read-only only while its ``-wal`` and ``-shm`` files
+    exist (a collector has it open) or can be created. Where neither holds, every commit is
+    in the database file itself (the last writer to close folded the WAL in and removed it),
+    and it is read as immutable. A collector that opens the journal during such a read may
+    add keys the view does not see; they show as missing in a dry run, never the reverse.
+    """
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = journal_path(data_dir)
+        if not self.path.is_file():
+            raise StorageError(f"no journal at {self.path}")
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM keys LIMIT 1").fetchall()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if self.path.with_name(self.path.name + "-wal").exists():
+                raise  # commits may be in the WAL: an immutable read would miss them
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+    def close(self) -> None:
+        """Nothing to release (each lookup opens and closes its own connection)."""
+
+    def __repr__(self) -> str:
+        return f"JournalView({str(self.path.parent.parent)!r})"

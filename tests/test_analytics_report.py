@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import polars as pl
@@ -122,6 +124,42 @@ def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert "vega-embed.js bundle" in page
     assert "outside_24h_window" in page  # the data travels with the page
     assert "<title>kirim-events report</title>" in page
+
+
+class _Scripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        self._inside = tag == "script"
+        if self._inside:
+            self.bodies.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.bodies[-1] += data
+
+
+def test_html_report_data_cannot_end_its_script(tmp_path: Path) -> None:
+    """An error title is webhook text: a ``</script>`` in it must stay data."""
+    evil = "</script><script>document.title='pwned'</script><!-- \u2028 & x"
+    records = [status("wamid.X", "failed", 0, 1, error=(131047, evil))]
+    events, copies = dedup(records)
+    t = message_timelines(events, copies=copies).collect()
+    page = notebook.save_html(
+        [notebook.failures_chart(notebook.failure_reasons(t))], tmp_path / "r.html"
+    ).read_text(encoding="utf-8")
+    parser = _Scripts()
+    parser.feed(page)
+    assert not [b for b in parser.bodies if "pwned" in b and "const spec" not in b]
+    spec = next(b for b in parser.bodies if "const spec" in b)
+    literal = spec.split("const spec = ", 1)[1].split(";\n", 1)[0]
+    assert evil in json.dumps(json.loads(literal), ensure_ascii=False)  # the data is intact
 
 
 def test_offline_notebook_charts_are_drawn_locally() -> None:

@@ -10,6 +10,7 @@ asked for); :func:`save_html` writes a self-contained page with the Vega JavaScr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -321,6 +322,18 @@ def enable_offline_charts() -> str:
     return "svg"
 
 
+class _ScriptSafeJSON(json.JSONEncoder):
+    """JSON that can sit inside an HTML ``<script>``: ``<``, ``>`` and ``&`` escaped (as
+    ``\\u003c`` ...), so a ``</script>`` or ``<!--`` in the data (an error title from a
+    webhook) cannot end the script and run its own; the decoded values are the same."""
+
+    def encode(self, o: Any) -> str:
+        text = super().encode(o)
+        for char in "<>&\u2028\u2029":
+            text = text.replace(char, f"\\u{ord(char):04x}")
+        return text
+
+
 def save_html(
     charts: Sequence[altair.Chart], path: str | Path, *, title: str = "kirim-events report"
 ) -> Path:
@@ -334,7 +347,7 @@ def save_html(
     alt = _alt()
     page = alt.vconcat(*charts, title=title).resolve_scale(color="independent")
     try:
-        html = page.to_html(inline=True)
+        html = page.to_html(inline=True, json_kwds={"cls": _ScriptSafeJSON})
     except (ImportError, ValueError) as exc:
         raise ConfigError(
             f"cannot inline the chart JavaScript ({exc}); install vl-convert-python"

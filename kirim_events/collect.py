@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,7 @@ from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
 from kirim_events.listen import listen_socket
+from kirim_events.printable import printable
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -75,6 +77,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, one line per record: control characters in the
+    message (a header value anyone can send) are escaped, so it can neither forge lines nor
+    drive the terminal (see :func:`~kirim_events.printable.printable`)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The record's line, escaped; a traceback follows it as it is."""
+        return printable(super().formatMessage(record))
 
 
 class Collector:
@@ -258,14 +273,27 @@ def _server_class() -> Any:
     return _Server
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is then, not as it was when made: a host
+    (or a test runner) that swaps stderr does not leave the logs on a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler's own assignment; the stream is always the current stderr
+
+
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     """Send kirim_events logs (and uvicorn's warnings) to stderr as text or JSON lines; for the
     CLI: a library leaves logging to its host. Bodies and secrets are never logged."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     for name, at in (("kirim_events", level), ("uvicorn", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -30,7 +30,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ from kirim_events.events import (
     parse_delivery,
 )
 from kirim_events.journal import Journal
+from kirim_events.printable import printable
 from kirim_events.replays import HeaderKeyedReplays
 from kirim_events.signing import DEFAULT_TOLERANCE, check_tolerance, verify
 
@@ -80,6 +81,12 @@ def check_body_timeout(seconds: float) -> float:
 
 def _clip(value: str | None) -> str | None:
     return value if value is None or len(value) <= RECEIPT_TEXT_MAX else value[:RECEIPT_TEXT_MAX]
+
+
+def _shown_id(receipt: Mapping[str, Any]) -> str:
+    """The delivery id for a log line: an unsigned header, so escaped whatever the host's
+    log formatter (the receipt keeps it as sent)."""
+    return printable(receipt["delivery_id"] or "-")
 
 
 Scope = MutableMapping[str, Any]
@@ -341,7 +348,7 @@ class Receiver:
             first = self._replays.first_id(body, signature, event_id, received_ts)
             if first != event_id:
                 log.warning("delivery %s: a signed body seen before under another event id; "
-                            "kept as a copy of it", receipt["delivery_id"] or "-")  # fmt: skip
+                            "kept as a copy of it", _shown_id(receipt))  # fmt: skip
                 again = {k: v for k, v in parsed.items() if k != "x-kirim-event-id"}
                 if first is not None:
                     again["x-kirim-event-id"] = first
@@ -361,7 +368,7 @@ class Receiver:
         self.metrics.events_new += n_new
         if not n_new:
             self.metrics.duplicates += 1
-        log.debug("delivery %s: %d of %d events new", receipt["delivery_id"], n_new, len(flags))
+        log.debug("delivery %s: %d of %d events new", _shown_id(receipt), n_new, len(flags))
         return 200, _accepted(len(flags), n_new)
 
     def _verify(self, body: bytes, headers: dict[str, str], now: float) -> bool:
@@ -390,7 +397,7 @@ class Receiver:
         self.metrics.reject(reason)
         for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
             receipt[name] = _clip(receipt[name])
-        log.warning("rejected delivery %s (%s): %d", receipt["delivery_id"] or "-", reason, status)
+        log.warning("rejected delivery %s (%s): %d", _shown_id(receipt), reason, status)
         receipt.update(outcome="rejected", reason=reason, n_events=0)
         try:
             await self.journal.append_async([], [receipt])
@@ -413,7 +420,7 @@ class Receiver:
             log.error("quarantine write failed, answering 503: %s", exc)
             return 503, _json({"error": "storage unavailable, retry later"})
         self.metrics.quarantined += 1
-        log.warning("quarantined delivery %s (%s)", receipt["delivery_id"] or "-", reason)
+        log.warning("quarantined delivery %s (%s)", _shown_id(receipt), reason)
         return 200, _json({"outcome": "quarantined", "reason": reason})
 
 

@@ -198,6 +198,27 @@ def test_report_command_summarises_and_writes_html(tmp_path: Path) -> None:
     assert "messages with no sent status seen 2" in rows
 
 
+def test_report_shows_webhook_text_without_obeying_it(tmp_path: Path) -> None:
+    title = "Blocked\x1b]0;PWNED\x1b\\\x1b[2J\x1b[31mrewritten"
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events([status("wamid.X", "failed", 0, 1, error=(131047, title))])
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output  # no escape sequence reaches the terminal
+    assert "Blocked\\x1b]0;PWNED" in result.output  # the title is shown, escaped
+
+
+def test_errors_and_notes_show_quoted_text_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    cli_app.print_error("the API said: \x1b[2Jgone\nsecond line")
+    cli_app.print_note("\u202eexe.txt")
+    out, err = capsys.readouterr()
+    assert "\x1b" not in err
+    assert "\\x1b[2Jgone" in err
+    assert "second line" in err.splitlines()[-1]  # a message's own lines stay lines
+    assert "\u202e" not in out
+    assert "\\u202eexe.txt" in out
+
+
 def table_rows(output: str) -> list[str]:
     """The body rows of the rich tables in ``output``, cells joined by single spaces."""
     return [

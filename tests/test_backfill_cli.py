@@ -227,7 +227,7 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     listed = runner.invoke(app, ["deliveries", "list", "--status", "dead", "--limit", "500",
                                  "--json"], env=env)  # fmt: skip
     assert listed.exit_code == 0, listed.output
-    rows = [json.loads(line) for line in listed.output.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     assert {r["id"] for r in rows} == {r.id for r in store.deliveries if r.status == "dead"}
     assert all(r["has_payload"] for r in rows)
 

@@ -573,3 +573,28 @@ with ke.Journal({str(tmp_path / "other")!r}) as journal:
     assert "HOST kirim_events.collect: listening on http://127.0.0.1:" in done.stdout
     assert "answer 401" in done.stdout
     assert "rejected delivery" not in done.stdout  # logged after the host removed its handler
+
+
+def test_logs_go_to_stderr_as_it_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that swaps stderr (a test runner, a notebook) after the CLI configured logging
+    does not leave the logs writing to a closed stream ("--- Logging error ---")."""
+    import io
+    import logging
+    import sys
+
+    from kirim_events.collect import configure_logging
+
+    loggers = [logging.getLogger(name) for name in ("kirim_events", "uvicorn")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        configure_logging()
+        first, second = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        logging.getLogger("kirim_events.x").warning("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("kirim_events.x").warning("two")
+        assert second.getvalue().rstrip().endswith("WARNING kirim_events.x: two")
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

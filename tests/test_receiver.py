@@ -191,6 +191,21 @@ async def test_an_unsigned_request_stores_no_more_than_a_short_receipt(
     assert any("rejected delivery" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_header_cannot_drive_the_terminal_through_the_log(
+    receiver: Receiver, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kirim_events")
+    forged = "\x1b]0;PWNED\x07\x1b[2K\rINFO kirim_events.collect: all good\nnext"
+    async with client(receiver) as c:
+        resp = await c.post(PATH, content=b"{}", headers={"X-Kirim-Delivery-Id": forged})
+    assert resp.status_code == 401
+    [line] = [r.getMessage() for r in caplog.records if "rejected delivery" in r.getMessage()]
+    assert line.isprintable()
+    assert "\\x1b]0;PWNED\\x07" in line
+    [row] = lake_after_flush(journal).deliveries().collect().to_dicts()
+    assert row["delivery_id"] == forged  # the receipt keeps what was sent
+
+
 async def test_a_signed_request_keeps_a_long_delivery_id_whole(
     receiver: Receiver, journal: Journal
 ) -> None:

@@ -22,6 +22,7 @@ from kirim_events.config import Settings
 from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
 from kirim_events.lake.state import check_version
+from kirim_events.printable import printable
 
 app = typer.Typer(
     name="kirim-events",
@@ -38,9 +39,11 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def print_error(message: object) -> None:
-    """One red ``error:`` line on stderr, the message printed as it is."""
+    """One red ``error:`` line on stderr, the message printed as it is (but for control
+    characters: it may quote what a server or a file said; see :func:`printable`)."""
     # soft_wrap: one line however narrow the terminal (it wraps it), never cut by rich
-    err_console.print(Text.assemble(("error:", "red"), " ", str(message)), soft_wrap=True)
+    text = printable(message, lines=True)
+    err_console.print(Text.assemble(("error:", "red"), " ", text), soft_wrap=True)
 
 
 def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
@@ -53,9 +56,11 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
         raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
 
 
-def print_note(message: object) -> None:
-    """One yellow ``note:`` line on stdout: worth a look, not a failure."""
-    console.print(Text.assemble(("note:", "yellow"), " ", str(message)), soft_wrap=True)
+def print_note(message: object, *, stderr: bool = False) -> None:
+    """One yellow ``note:`` line on stdout (or stderr): worth a look, not a failure."""
+    text = printable(message, lines=True)
+    out = err_console if stderr else console
+    out.print(Text.assemble(("note:", "yellow"), " ", text), soft_wrap=True)
 
 
 DataOption = Annotated[

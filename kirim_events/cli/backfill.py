@@ -33,6 +33,7 @@ from kirim_events.cli._app import (
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, ConfigError
+from kirim_events.printable import printable
 from kirim_events.reconcile import BulkWindow, ReconcileReport, bulk_replay_window, reconcile
 
 SinceOption = Annotated[
@@ -61,7 +62,7 @@ def _client(data: object = None) -> KirimClient:
     url = httpx.URL(client.base_url)
     if url.scheme == "http" and url.host not in ("127.0.0.1", "localhost", "::1"):
         note = f"{client.base_url} is plain http: the API key crosses the network unencrypted"
-        err_console.print(Text.assemble(("note:", "yellow"), " ", note), soft_wrap=True)
+        print_note(note, stderr=True)
     return client
 
 
@@ -118,7 +119,7 @@ def backfill_command(
         check_order(lo, hi)
     if hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
-        err_console.print(Text.assemble(("note:", "yellow"), " ", note), soft_wrap=True)
+        print_note(note, stderr=True)
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),
@@ -237,7 +238,7 @@ def _render_reconcile(r: ReconcileReport) -> None:
     if r.missing:
         table = Table("day", "type", "missing", title="missing events, oldest first")
         for event_type, day, n in r.by_type_day:
-            table.add_row(day, event_type, str(n))
+            table.add_row(day, printable(event_type), str(n))
         console.print(table)
     if r.near_purge:
         console.print(
@@ -334,10 +335,10 @@ def deliveries_list(
     for name in ("status", "event type", "event id", "attempt", "code", "created"):
         table.add_column(name)
     for d in shown:
-        table.add_row(
+        table.add_row(*map(printable, (  # what Kirim's API said, shown, never obeyed
             d.id or "-", d.status or "-", d.event_type or "-", d.event_id or "-",
-            str(d.attempt or "-"), str(d.response_status_code or "-"), _fmt(d.created_at),
-        )  # fmt: skip
+            d.attempt or "-", d.response_status_code or "-", _fmt(d.created_at),
+        )))  # fmt: skip
     console.print(table)
 
 
@@ -356,7 +357,8 @@ def deliveries_replay(
                 failed += 1
                 print_error(f"{ident}: {exc}")
                 continue
-            console.print(f"{ident} -> {with_errors.get('id', '?')} ({with_errors.get('status')})")
+            answer = f"{with_errors.get('id', '?')} ({with_errors.get('status')})"
+            console.print(f"{ident} -> {printable(answer)}")
     if failed:
         raise typer.Exit(1)
 

@@ -22,6 +22,7 @@ from kirim_events.cli._app import (
 )
 from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
+from kirim_events.printable import printable
 
 
 def _pct(value: float | None) -> str:
@@ -83,10 +84,10 @@ def render_report(report: Report, *, top: int) -> None:
     )
     failures.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
     for row in report.failures.head(top).iter_rows(named=True):
-        failures.add_row(
+        failures.add_row(  # code and title are webhook text
             row["error_label"],
-            row["error_code"] or "-",
-            row["error_title"] or "-",
+            printable(row["error_code"] or "-"),
+            printable(row["error_title"] or "-"),
             f"{row['messages']:,}",
             _pct(row["share"]),
         )

@@ -1,0 +1,49 @@
+"""Webhook and API text shown on a terminal or in a log line: controls escaped, text kept."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kirim_events.collect import TextFormatter
+from kirim_events.printable import printable
+
+ATTACK = "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32mINFO all good\x1b[0m\nforged line\u202etxt.exe\x9b31m"
+
+
+def test_controls_and_bidi_marks_are_escaped_and_text_is_kept() -> None:
+    shown = printable(ATTACK)
+    assert shown == (
+        "\\x1b]0;PWNED\\x07\\x1b[2K\\r\\x1b[32mINFO all good\\x1b[0m\\nforged line"
+        "\\u202etxt.exe\\x9b31m"
+    )
+    assert shown.isprintable()
+    text = 'Olá, 你好 😀 ñ – "quoted" [not markup] \\ back'  # printable text stays as it is
+    assert printable(text) == text
+    assert printable(None) == "None"
+    assert printable(12) == "12"
+
+
+def test_lines_mode_keeps_line_breaks_and_tabs_only() -> None:
+    assert printable("a\nb\tc\rd\x1be", lines=True) == "a\nb\tc\\rd\\x1be"
+
+
+def test_text_log_lines_cannot_forge_lines_or_drive_the_terminal() -> None:
+    record = logging.LogRecord("kirim_events.x", logging.WARNING, "f", 1, "rejected %s", (ATTACK,),
+                               None)  # fmt: skip
+    line = TextFormatter().format(record)
+    assert line.isprintable()  # one line, no escape sequence
+    assert line.endswith("WARNING kirim_events.x: rejected " + printable(ATTACK))
+
+
+def test_a_traceback_after_the_line_keeps_its_lines() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("kirim_events.x", logging.ERROR, "f", 1, "failed", (), exc_info)
+    text = TextFormatter().format(record)
+    first, *rest = text.splitlines()
+    assert first.endswith("ERROR kirim_events.x: failed")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"

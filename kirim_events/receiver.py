@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ from kirim_events.events import (
 from kirim_events.journal import Journal
 from kirim_events.printable import printable
 from kirim_events.replays import HeaderKeyedReplays
-from kirim_events.signing import DEFAULT_TOLERANCE, check_tolerance, verify
+from kirim_events.signing import DEFAULT_TOLERANCE, check_header, check_tolerance, verify
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_BODY", "DEFAULT_PATH", "Metrics", "Receiver"]
 
@@ -60,6 +61,11 @@ buffer. The collector's graceful stop waits 10 s longer, so a stop answers it ra
 cancels it; ``collect`` gives each request head the same time."""
 DEFAULT_MIN_FREE = 64 << 20
 """Bytes free where the journal is below which ``/healthz`` answers 503."""
+MIN_BUFFERED = 64 << 20
+"""The least memory (bytes) that bodies being received and handled may hold together; the
+budget is this or four ``max_body``, whichever is more. Past it a request gets 503 (Kirim
+retries): a few hundred clients sending 4 MiB bodies with made-up signatures cannot take
+gigabytes. Kirim's own bodies are a few kB."""
 PARSE_IN_THREAD_BYTES = 256 * 1024
 """Bodies from this size are parsed off the event loop (a 3.7 MB batch took 3.5 s), so the
 acknowledgements of other deliveries do not wait for them."""
@@ -168,8 +174,34 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def _either(headers: Mapping[str, str], check: Callable[[str | None], object]) -> bool:
+    """Run ``check`` on ``X-Kirim-Signature`` (``X-Kirim-Signature-256`` when it is
+    absent), then on ``-256`` if the first failed and both are there: the docs name both,
+    and one present but unusable must not hide a good other. True when only ``-256``
+    passed; when neither did, the first one's SignatureError."""
+    first = headers.get("x-kirim-signature")
+    other = headers.get("x-kirim-signature-256")
+    try:
+        check(first or other)
+    except SignatureError:
+        if not (first and other):
+            raise
+        try:
+            check(other)
+        except SignatureError:
+            pass
+        else:
+            return True
+        raise
+    return False
+
+
 class _TooLarge(Exception):
     pass
+
+
+class _Busy(Exception):
+    """The bodies being received already hold the receiver's memory budget."""
 
 
 class Receiver:
@@ -225,6 +257,9 @@ class Receiver:
         # a replay verifies within the tolerance of its t, itself within it of the first one
         self._replays = HeaderKeyedReplays(2 * (self.tolerance or DEFAULT_TOLERANCE) + 60)
         self.min_free = max(DEFAULT_MIN_FREE, 4 * max_body) if min_free is None else min_free
+        self.max_buffered = max(MIN_BUFFERED, 4 * max_body)
+        self._buffered = 0  # bytes of the bodies being received and handled, all requests
+        self._buffered_lock = threading.Lock()  # a receiver may serve several event loops
         self._now = now
         self.metrics = metrics or Metrics()
 
@@ -245,9 +280,13 @@ class Receiver:
                 extra = [(b"allow", b"POST"), _CLOSE]
                 await _answer(send, 405, {"error": "method not allowed"}, extra)
                 return
-            status, body = await self._webhook(scope, receive)
-            # a 408 or 413 leaves the rest of the body unread: close rather than wait on it
-            await _send(send, status, body, _JSON_TYPE, [_CLOSE] if status in (408, 413) else ())
+            held = [0]  # what this request's body counts against the memory budget
+            try:
+                status, body, unread = await self._webhook(scope, receive, held)
+            finally:
+                self._hold(-held[0])
+            # an answer before the whole body was read: close rather than wait on the rest
+            await _send(send, status, body, _JSON_TYPE, [_CLOSE] if unread else ())
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._healthz(send)
         elif path == "/metrics" and method in ("GET", "HEAD"):
@@ -276,13 +315,23 @@ class Receiver:
         body = {"status": "ok", "journal_backlog": self.journal.backlog, "disk_free": free}
         await _answer(send, 200, body)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    def _hold(self, n: int) -> None:
+        """Count ``n`` more bytes (fewer if negative) against the budget; _Busy past it."""
+        with self._buffered_lock:
+            if n > 0 and self._buffered + n > self.max_buffered:
+                raise _Busy
+            self._buffered += n
+
+    def _check_length(self, scope: Scope) -> None:
+        """_TooLarge when the request says its body is larger than ``max_body``."""
         for name, value in scope["headers"]:
             if name != b"content-length" or not value.isdigit():
                 continue
             # 19 digits or more is too large (and int() of 5000 digits would raise)
             if len(value) > 18 or int(value) > self.max_body:
                 raise _TooLarge
+
+    async def _read_body(self, receive: Receive, held: list[int]) -> bytes:
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -294,11 +343,16 @@ class Receiver:
             size += len(chunk)
             if size > self.max_body:
                 raise _TooLarge
+            self._hold(len(chunk))
+            held[0] += len(chunk)
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    async def _webhook(
+        self, scope: Scope, receive: Receive, held: list[int]
+    ) -> tuple[int, bytes, bool]:
+        """(status, answer, whether the body was left unread)."""
         self.metrics.received += 1
         received_ts = self._now()
         received_at = datetime.fromtimestamp(received_ts, UTC)
@@ -317,14 +371,25 @@ class Receiver:
             "received_at": received_at,
         }
         try:
+            self._check_length(scope)
+            # a request whose every signature header is missing, malformed or stale cannot
+            # verify, whatever its body: answered before the body is read
+            self._check_headers(headers, received_ts)
             async with self._deadlines.limit():
-                body = await self._read_body(scope, receive)
+                body = await self._read_body(receive, held)
+        except SignatureError as exc:
+            return *await self._reject(receipt, exc.reason, 401, "invalid signature"), True
         except _TooLarge:
-            return await self._reject(receipt, "too_large", 413, "body exceeds the size limit")
+            answer = await self._reject(receipt, "too_large", 413, "body exceeds the size limit")
+            return *answer, True
         except TimeoutError:
-            return await self._reject(receipt, "body_timeout", 408, "body not received in time")
+            answer = await self._reject(receipt, "body_timeout", 408, "body not received in time")
+            return *answer, True
+        except _Busy:
+            log.warning("bodies being received hold %d bytes: answering 503", self._buffered)
+            return 503, _json({"error": "busy, retry later"}), True
         except ConnectionError:
-            return 400, _json({"error": "client disconnected"})
+            return 400, _json({"error": "client disconnected"}), True
         parsed = headers  # what the parser reads; quarantine keeps every header
         try:
             if self._verify(body, headers, received_ts):
@@ -332,14 +397,14 @@ class Receiver:
                 # none) from the header that verified, not from the one that did not
                 parsed = {k: v for k, v in headers.items() if k != "x-kirim-signature"}
         except SignatureError as exc:
-            return await self._reject(receipt, exc.reason, 401, "invalid signature")
+            return *await self._reject(receipt, exc.reason, 401, "invalid signature"), False
         try:
             records = await _parse(body, parsed, received_at)
         except PayloadError as exc:
-            return await self._quarantine(body, headers, receipt, exc.reason)
+            return *await self._quarantine(body, headers, receipt, exc.reason), False
         except Exception as exc:  # never a 5xx loop (parse_delivery raises ParseFailure)
             log.error("parser failed on a signed body (%s); quarantining it", type(exc).__name__)
-            return await self._quarantine(body, headers, receipt, "parse_error")
+            return *await self._quarantine(body, headers, receipt, "parse_error"), False
         if records.header_keyed:
             # the event key comes from the unsigned X-Kirim-Event-Id: a signed delivery sent
             # again with another id, or none, is a copy of the first, not a second event
@@ -363,33 +428,24 @@ class Receiver:
         except StorageError as exc:
             self.metrics.storage_errors += 1
             log.error("journal write failed, answering 503: %s", exc)
-            return 503, _json({"error": "storage unavailable, retry later"})
+            return 503, _json({"error": "storage unavailable, retry later"}), False
         n_new = sum(flags)
         self.metrics.events_new += n_new
         if not n_new:
             self.metrics.duplicates += 1
         log.debug("delivery %s: %d of %d events new", _shown_id(receipt), n_new, len(flags))
-        return 200, _accepted(len(flags), n_new)
+        return 200, _accepted(len(flags), n_new), False
+
+    def _check_headers(self, headers: dict[str, str], now: float) -> None:
+        """SignatureError when no signature header could verify any body: missing,
+        malformed or outside the tolerance (the body is not needed to know)."""
+        _either(headers, lambda h: check_header(h, tolerance=self.tolerance, now=now))
 
     def _verify(self, body: bytes, headers: dict[str, str], now: float) -> bool:
-        """Accept the body if either signature header verifies (docs name both; one that
-        is present but unusable must not hide a good other one); else raise the first
-        header's SignatureError. True when only ``X-Kirim-Signature-256`` verified."""
-        first = headers.get("x-kirim-signature")
-        other = headers.get("x-kirim-signature-256")
-        try:
-            verify(body, first or other, self._secrets, tolerance=self.tolerance, now=now)
-        except SignatureError:
-            if not (first and other):
-                raise
-            try:
-                verify(body, other, self._secrets, tolerance=self.tolerance, now=now)
-            except SignatureError:
-                pass
-            else:
-                return True
-            raise
-        return False
+        """Accept the body if either signature header verifies it, else SignatureError.
+        True when only ``X-Kirim-Signature-256`` verified."""
+        secrets = self._secrets
+        return _either(headers, lambda h: verify(body, h, secrets, self.tolerance, now))
 
     async def _reject(
         self, receipt: dict[str, Any], reason: str, status: int, message: str

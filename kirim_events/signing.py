@@ -117,6 +117,32 @@ def _now_seconds(now: float | datetime | None) -> float:
     return float(now)
 
 
+def check_header(
+    header: str | None,
+    tolerance: int | None = DEFAULT_TOLERANCE,
+    now: float | datetime | None = None,
+) -> tuple[int, list[str]]:
+    """What :func:`verify` checks before the body: the header parses and its ``t`` is
+    within ``tolerance`` of ``now``. Returns ``(t, [v1, ...])``.
+
+    A receiver can refuse a request that fails this without reading its body.
+
+    Raises
+    ------
+    SignatureMissing, SignatureMalformed, SignatureExpired
+    """
+    t, candidates = parse_header(header)
+    check_tolerance(tolerance)
+    if tolerance:
+        skew = _now_seconds(now) - t
+        if abs(skew) > tolerance:
+            raise SignatureExpired(
+                f"signature timestamp is {abs(skew):.1f}s in the "
+                f"{'past' if skew > 0 else 'future'}; tolerance is {tolerance}s"
+            )
+    return t, candidates
+
+
 def verify(
     body: bytes,
     header: str | None,
@@ -147,18 +173,11 @@ def verify(
         All subclasses of :class:`kirim_events.errors.SignatureError`. Messages never
         contain a secret.
     """
-    t, candidates = parse_header(header)
-    check_tolerance(tolerance)
     keys = as_secrets(secrets)
     if not keys:
+        parse_header(header)  # a missing or malformed header is named first
         raise SignatureMismatch("no secret configured to verify against")
-    if tolerance:
-        skew = _now_seconds(now) - t
-        if abs(skew) > tolerance:
-            raise SignatureExpired(
-                f"signature timestamp is {abs(skew):.1f}s in the "
-                f"{'past' if skew > 0 else 'future'}; tolerance is {tolerance}s"
-            )
+    t, candidates = check_header(header, tolerance, now)
     matched = False
     for key in keys:
         expected = _mac(key, t, body)

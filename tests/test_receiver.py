@@ -32,6 +32,7 @@ SECRET = "whsec_current"
 OLD_SECRET = "whsec_previous"
 PATH = "/webhooks/kirim"
 NOW = 1_779_531_500.0  # pinned clock: 2026-05-23T10:18:20Z
+MADE_UP = f"t={int(NOW)},v1=" + "0" * 64  # fresh and well formed: the body is read, then fails
 
 pytestmark = pytest.mark.anyio
 
@@ -261,14 +262,14 @@ async def test_size_limit_is_enforced_while_streaming(receiver: Receiver, journa
             yield b"x" * 8192
 
     async with client(receiver) as c:
-        resp = await c.post(PATH, content=chunks(), headers={"X-Kirim-Signature": "t=1,v1=0"})
+        resp = await c.post(PATH, content=chunks(), headers={"X-Kirim-Signature": MADE_UP})
     assert resp.status_code == 413
     assert sent < 20  # stopped reading soon after 64 KiB, not after 8 MB
     assert lake_after_flush(journal).events().collect().height == 0
 
 
 async def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Journal) -> None:
-    receiver = Receiver(journal, [SECRET], body_timeout=0.2)
+    receiver = Receiver(journal, [SECRET], body_timeout=0.2, now=lambda: NOW)
     req = signed()
 
     async def trickle() -> AsyncIterator[bytes]:
@@ -285,7 +286,7 @@ async def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Jou
 
 
 def test_a_stalled_upload_over_a_socket_is_answered_408(journal: Journal) -> None:
-    receiver = Receiver(journal, [SECRET], body_timeout=0.3)
+    receiver = Receiver(journal, [SECRET], body_timeout=0.3, now=lambda: NOW)
     req = signed()
     head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
@@ -467,7 +468,7 @@ def test_every_kind_of_answer_over_a_loopback_socket(receiver: Receiver, journal
             },
             "too large": c.post(PATH, content=big.body, headers=big.headers),
             "too large, chunked": c.post(
-                PATH, content=chunks(), headers={"X-Kirim-Signature": "t=1,v1=0"}
+                PATH, content=chunks(), headers={"X-Kirim-Signature": MADE_UP}
             ),
             "quarantined": c.post(PATH, content=garbage.body, headers=garbage.headers),
             "other method": c.get(PATH),
@@ -674,7 +675,87 @@ _shaped = st.fixed_dictionaries(
 async def test_no_signed_or_unsigned_input_gets_a_5xx(receiver: Receiver, body: bytes) -> None:
     async with client(receiver) as c:
         signed_resp = await c.post(PATH, content=body, headers=signed(body).headers)
-        unsigned = await c.post(PATH, content=body, headers={"X-Kirim-Signature": "t=1,v1=00"})
+        unsigned = await c.post(PATH, content=body, headers={"X-Kirim-Signature": MADE_UP})
     assert signed_resp.status_code == 200
     assert signed_resp.json()["outcome"] in {"new", "duplicate", "quarantined"}
     assert unsigned.status_code == 401
+
+
+class RawPost:
+    """One POST straight through the ASGI interface, its body in the given chunks, each
+    handed over only when the app asks for it (``release`` lets a chunk wait)."""
+
+    def __init__(self, headers: dict[str, str], chunks: list[bytes]) -> None:
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        self.chunks = chunks
+        self.asked = 0  # chunks the app read
+        self.release: dict[int, asyncio.Event] = {}
+        self.sent: list[dict[str, Any]] = []
+
+    async def run(self, app: Receiver) -> tuple[int, dict[bytes, bytes]]:
+        scope = {"type": "http", "method": "POST", "path": PATH, "headers": self.headers,
+                 "query_string": b"", "http_version": "1.1"}  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            index = self.asked
+            self.asked += 1
+            if index in self.release:
+                await self.release[index].wait()
+            more = index + 1 < len(self.chunks)
+            return {"type": "http.request", "body": self.chunks[index], "more_body": more}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.sent.append(message)
+
+        await app(scope, receive, send)
+        start = self.sent[0]
+        return start["status"], dict(start["headers"])
+
+
+async def test_a_request_that_cannot_verify_is_refused_before_its_body_is_read(
+    receiver: Receiver,
+) -> None:
+    """Anyone can send 4 MiB bodies: with no usable signature header none of it is read."""
+    big = [b"x" * 65536] * 16
+    stale = MADE_UP.replace(f"t={int(NOW)}", f"t={int(NOW) - 301}")
+    for headers, reason in (
+        ({}, "missing"),
+        ({"X-Kirim-Signature": "v1=abc"}, "malformed"),
+        ({"X-Kirim-Signature": stale}, "stale"),
+        ({"X-Kirim-Signature": stale, "X-Kirim-Signature-256": "t=x"}, "stale"),
+    ):
+        raw = RawPost(headers, big)
+        status, answer_headers = await raw.run(receiver)
+        assert (status, raw.asked) == (401, 0)
+        assert answer_headers[b"connection"] == b"close"  # the unread body is not waited on
+        assert json.loads(raw.sent[1]["body"])["reason"] == reason
+    # one usable header of the two is enough to read the body (and then verify it)
+    req = signed()
+    headers = {**req.headers, "X-Kirim-Signature": "t=x"}
+    headers["X-Kirim-Signature-256"] = req.headers["X-Kirim-Signature"]
+    raw = RawPost(headers, [req.body])
+    assert (await raw.run(receiver))[0] == 200
+
+
+async def test_bodies_being_received_share_a_memory_budget(receiver: Receiver) -> None:
+    receiver.max_buffered = 1000
+    req = signed()
+    assert len(req.body) < 500
+    # a fresh header with a made-up v1: the body is read, then fails to verify
+    fake = {"X-Kirim-Signature": MADE_UP}
+    slow = RawPost(fake, [b"a" * 600, b"b" * 100])
+    slow.release[1] = asyncio.Event()
+    first = asyncio.ensure_future(slow.run(receiver))
+    while slow.asked < 2:
+        await asyncio.sleep(0)
+    # 600 bytes held: a 500-byte body does not fit, a small signed one does
+    over = RawPost(fake, [b"c" * 500])
+    status, answer_headers = await over.run(receiver)
+    assert status == 503
+    assert answer_headers[b"connection"] == b"close"
+    assert (await RawPost(req.headers, [req.body]).run(receiver))[0] == 200
+    slow.release[1].set()
+    assert (await first)[0] == 401
+    assert receiver._buffered == 0  # every byte counted is given back
+    assert (await RawPost(fake, [b"c" * 500]).run(receiver))[0] == 401  # it fits again
+    assert receiver._buffered == 0

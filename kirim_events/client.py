@@ -218,6 +218,18 @@ class BulkReplayResult:
 # --------------------------------------------------------------------------- the client
 
 
+MAX_EMPTY_PAGES = 100
+"""Empty pages in a row, each saying there is more, after which a walk of the history
+stops (Kirim's pages can be empty once in a while; a hundred in a row is a loop)."""
+
+
+def _short(cursor: str) -> str:
+    return cursor if len(cursor) <= 40 else f"{cursor[:37]}..."
+
+
+_STREAM_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
+
+
 class KirimClient:
     """A small synchronous client for Kirim's REST API (thread-safe).
 
@@ -238,7 +250,9 @@ class KirimClient:
     backoff, max_backoff
         Base and ceiling in seconds of the exponential backoff (full jitter).
     timeout
-        Per-request timeout in seconds.
+        Seconds each step of a request (connecting, sending, each read) may take; a whole
+        answer must also arrive within four times it (a server trickling its answer a byte
+        at a time is cut off there and the request retried).
 
     Examples
     --------
@@ -277,6 +291,7 @@ class KirimClient:
         self.limiter = limiter or RateLimiter(clock=clock, sleep=self._sleep)
         self.requests_sent = 0
         self.retries = 0
+        self.answer_deadline = 4 * timeout
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport,
@@ -366,8 +381,10 @@ class KirimClient:
             self.limiter.acquire(klass)
             try:
                 self.requests_sent += 1
-                response = self._http.request(
-                    method, path, params=params, json=json_body, headers=headers
+                response = self._send(
+                    self._http.build_request(
+                        method, path, params=params, json=json_body, headers=headers
+                    )
                 )
             except httpx.TransportError as exc:
                 self.limiter.release(klass, None)
@@ -396,6 +413,35 @@ class KirimClient:
                 self.limiter.block(klass, delay)
             else:
                 self._sleep(delay)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and read its whole answer within ``answer_deadline`` seconds
+        (httpx's timeout bounds each read, not the answer) and before :meth:`interrupt`."""
+        deadline = time.monotonic() + self.answer_deadline
+        response = self._http.send(request, stream=True)
+        try:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if self._interrupted.is_set():
+                    raise Interrupted("the client was interrupted while it read an answer")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(
+                        f"the answer took over {self.answer_deadline:g} s", request=request
+                    )
+        finally:
+            response.close()
+        # whole and decoded (so without the headers that described the encoded stream)
+        headers = [
+            (k, v) for k, v in response.headers.multi_items() if k.lower() not in _STREAM_HEADERS
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=b"".join(chunks),
+            request=request,
+            extensions=response.extensions,
+        )
 
     def _delay(self, attempt: int, error: ApiError) -> float:
         ceiling: float = min(self.max_backoff, self.backoff * float(1 << min(attempt - 1, 30)))
@@ -446,13 +492,35 @@ class KirimClient:
 
         The cursor is sent back verbatim with the same filters each time; a checkpoint
         stores ``page.next_cursor`` to resume after the page is durably handled.
+
+        Raises
+        ------
+        InvalidResponse
+            The history would be walked for ever: a next cursor repeats one of this walk's,
+            or ``MAX_EMPTY_PAGES`` pages in a row are empty yet say there is more.
         """
+        seen: set[str] = set() if cursor is None else {cursor}
+        empty = n = 0
         while True:
             page = self.list_deliveries(cursor=cursor, limit=limit, **filters)
+            n += 1
             yield page, cursor
             if not page.has_more:
                 return
             cursor = page.next_cursor
+            empty = 0 if page.deliveries else empty + 1
+            if cursor is not None and cursor in seen:
+                raise InvalidResponse(
+                    f"the history's pages loop: page {n} of this walk points back to the"
+                    f" cursor of an earlier page ({_short(cursor)}); stopped walking"
+                )
+            if empty >= MAX_EMPTY_PAGES:
+                raise InvalidResponse(
+                    f"{empty} empty pages in a row of the history each say there is more;"
+                    " stopped walking"
+                )
+            if cursor is not None:
+                seen.add(cursor)
 
     def get_delivery(self, delivery_id: str) -> Delivery:
         """``GET /v1/webhook_deliveries/{id}`` (assumed endpoint) as a Delivery."""

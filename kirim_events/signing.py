@@ -23,7 +23,7 @@ from kirim_events.errors import (
     SignatureMissing,
 )
 
-__all__ = ["check_tolerance", "parse_header", "sign", "verify"]
+__all__ = ["check_header", "check_tolerance", "parse_header", "sign", "verify"]
 
 DEFAULT_TOLERANCE = 300
 

@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
@@ -432,6 +432,83 @@ def test_iter_pages_sends_cursor_verbatim_with_same_filters() -> None:
         assert params["limit"] == "50"
         assert "created_after" not in params
     assert seen[1]["cursor"] == "c1/+=="
+
+
+@pytest.mark.parametrize("loop", [["c1", "c1"], ["c1", "c2", "c3", "c1"], ["c1", "c2", "c2"]])
+def test_a_walk_whose_cursors_loop_stops_with_a_clear_error(loop: list[str]) -> None:
+    t = FakeTime()
+    calls: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.params.get("cursor"))
+        return page([{"id": f"wbd_{len(calls)}"}], loop[min(len(calls), len(loop)) - 1])
+
+    with pytest.raises(InvalidResponse, match=r"pages loop: page \d+ of this walk points back"):
+        list(make_client(handler, t).iter_pages())
+    assert len(calls) == len(loop)  # not one request more than it took to see it
+
+
+def test_a_resumed_walk_handed_its_own_cursor_back_stops() -> None:
+    t = FakeTime()
+    client = make_client(lambda r: page([{"id": "wbd_1"}], "c7"), t)
+    with pytest.raises(InvalidResponse, match="pages loop"):
+        list(client.iter_pages(cursor="c7"))
+
+
+def test_endless_empty_pages_that_say_there_is_more_stop() -> None:
+    t = FakeTime()
+    calls = itertools.count(1)
+    client = make_client(lambda r: page([], f"c{next(calls)}"), t)
+    with pytest.raises(InvalidResponse, match="100 empty pages in a row"):
+        list(client.iter_pages())
+    # a few empty pages between full ones are fine
+    n = itertools.count(1)
+
+    def some_empty(request: httpx.Request) -> httpx.Response:
+        i = next(n)
+        return page([] if i % 3 else [{"id": f"wbd_{i}"}], f"c{i}" if i < 300 else None)
+
+    pages = list(make_client(some_empty, t).iter_pages())
+    assert len(pages) == 300
+
+
+def test_an_answer_trickling_in_is_cut_off_and_retried() -> None:
+    """httpx's timeout bounds each read; a server sending a byte at a time never trips it."""
+    t = FakeTime()
+    sent: list[int] = []
+
+    class Trickle(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            for byte in b'{"data": [], "has_more": false}':
+                time.sleep(0.02)
+                yield bytes([byte])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        if len(sent) == 1:
+            return httpx.Response(200, stream=Trickle())
+        return page([{"id": "wbd_1"}], None)
+
+    client = make_client(handler, t)
+    client.answer_deadline = 0.1
+    [(got, _)] = list(client.iter_pages())
+    assert [d.id for d in got.deliveries] == ["wbd_1"]
+    assert (len(sent), client.retries) == (2, 1)
+
+
+def test_an_interrupt_cuts_an_answer_being_read() -> None:
+    t = FakeTime()
+
+    class Endless(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            while True:
+                time.sleep(0.01)
+                yield b" "
+
+    client = make_client(lambda r: httpx.Response(200, stream=Endless()), t)
+    threading.Timer(0.2, client.interrupt).start()
+    with pytest.raises(Interrupted):
+        client.request("GET", "/v1/webhook_deliveries")
 
 
 @pytest.mark.parametrize(

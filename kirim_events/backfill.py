@@ -69,10 +69,13 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
 _FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
-HISTORY_OVERLAP = timedelta(milliseconds=1)
-"""Walks of the history reach this far past each end (Kirim shows delivery times in
-milliseconds and does not say whether ``created_after`` is inclusive), then keep only the
-rows inside the range."""
+HISTORY_OVERLAP = timedelta(seconds=2)
+"""Walks of the history reach this far past each end, then keep only the rows inside the
+range: Kirim does not say whether ``created_after`` / ``created_before`` are inclusive, nor
+to what precision it compares them (its times show milliseconds; a server comparing whole
+seconds, both ends exclusive, lost every row of the second at each slice's edge with 1 ms).
+A row fetched twice is harmless (dedup index; exact copies of delivery rows)."""
+_RESTARTS_WITHOUT_PROGRESS = 3  # stale-cursor restarts of a slice in a row, no page between
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -342,6 +345,8 @@ class BackfillReport:
     events_new: int = 0
     events_duplicate: int = 0
     rows_without_payload: int = 0
+    rows_without_time: int = 0
+    """Rows whose ``created_at`` is missing or unreadable (kept once, by the newest slice)."""
     quarantined: int = 0
     requests: int = 0
     retries: int = 0
@@ -375,8 +380,11 @@ class _Run:
         self.stop = threading.Event()
         self.started = clock()
         self.snapshot = parse_time(cp.snapshot) or datetime.now(UTC)
+        # a row without a time belongs to no slice's range: the newest slice keeps it
+        self.untimed_owner = max(cp.slices, key=lambda x: parse_time(x.before) or self.snapshot)
 
     def walk(self, s: _Slice) -> None:
+        restarts, pages = 0, s.pages  # restarts since this run last stored a page of s
         while not s.done and not self.stop.is_set():
             try:
                 self._walk(s)
@@ -385,8 +393,13 @@ class _Run:
                 # A cursor Kirim no longer accepts (expired, or its encoding changed between
                 # runs): start a new chain just above the oldest row already stored. Rows
                 # fetched twice are harmless (dedup index; exact copies of delivery rows).
-                if not _stale_cursor(exc) or s.cursor is None or s.restarts >= 3:
+                restarts = 0 if s.pages > pages else restarts
+                pages = s.pages
+                if not _stale_cursor(exc) or s.cursor is None:
                     raise
+                if restarts >= _RESTARTS_WITHOUT_PROGRESS:
+                    raise  # a rerun starts counting again (a new run, a new chance)
+                restarts += 1
                 with self.lock:
                     oldest = parse_time(s.oldest) if s.oldest else None
                     s.cursor = None
@@ -416,12 +429,16 @@ class _Run:
     def store(self, s: _Slice, page: Page, after: datetime, before: datetime) -> None:
         records: list[EventRecord] = []
         receipts: list[dict[str, Any]] = []
-        quarantined = bare = 0
+        quarantined = bare = untimed = 0
         oldest: datetime | None = None
         for d in page.deliveries:
-            if d.created_at is not None and not after <= d.created_at < before:
-                continue  # the overlap second: another slice owns it
-            if d.created_at is not None:
+            if d.created_at is None:
+                if s is not self.untimed_owner:
+                    continue  # every slice may be sent it; one keeps it
+                untimed += 1
+            elif not after <= d.created_at < before:
+                continue  # the overlap: another slice owns it
+            else:
                 oldest = d.created_at if oldest is None else min(oldest, d.created_at)
             reason = None
             try:
@@ -455,6 +472,7 @@ class _Run:
             r.events_duplicate += len(flags) - sum(flags)
             r.quarantined += quarantined
             r.rows_without_payload += bare
+            r.rows_without_time += untimed
             snap = BackfillProgress(
                 pages=r.pages,
                 rows=r.rows,
@@ -474,7 +492,13 @@ def _stale_cursor(exc: PermanentApiError) -> bool:
     return "cursor" in (exc.code or "") or exc.status_code == 410
 
 
+MIN_SLICE = timedelta(minutes=1)
+"""The shortest time slice a range is cut into (a shorter range is fewer slices): each
+slice reads ``HISTORY_OVERLAP`` past both ends, which must stay a small part of it."""
+
+
 def _split(since: datetime, until: datetime, n: int) -> list[_Slice]:
+    n = max(1, min(n, (until - since) // MIN_SLICE))
     step = (until - since) / n
     edges = [since + step * i for i in range(n)] + [until]
     return [

@@ -153,7 +153,10 @@ EVENT_TIME_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinf
 time, unix 0, 9999-12-31; WhatsApp's business API began in 2018): the event takes the
 signature's time instead."""
 
-_UNIX = re.compile(r"\d{1,12}(\.\d+)?")
+_UNIX = re.compile(r"\d{1,19}(\.\d+)?")
+_UNIX_SCALED = 1e11
+"""Unix times from this on are read as milliseconds (then micro-, nanoseconds): in seconds
+they would be past the year 5000, and APIs that the docs say send seconds send these."""
 _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
     r"([Zz]|[+-]\d{2}:?\d{2})?$"
@@ -165,18 +168,26 @@ def parse_time(value: Any) -> datetime | None:
 
     Accepts ISO-8601 (``Z`` or an offset, 0-9 fraction digits, seconds optional, either case
     of ``T`` and ``Z``; no offset means UTC) and unix seconds as a number or a decimal string
-    (Meta's ``timestamp``). Returns None when the value is absent or unreadable.
+    (Meta's ``timestamp``); a number of 1e11 or more is read as milliseconds (1e14:
+    microseconds, 1e17: nanoseconds). Returns None when the value is absent or unreadable.
 
     >>> parse_time("2026-05-23T10:00:00.123456789Z").isoformat()
     '2026-05-23T10:00:00.123456+00:00'
     >>> parse_time("1779531402").isoformat()
     '2026-05-23T10:16:42+00:00'
+    >>> parse_time(1779531402250).isoformat()
+    '2026-05-23T10:16:42.250000+00:00'
     """
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
+        seconds = float(value)
+        for _ in range(3):
+            if abs(seconds) < _UNIX_SCALED:
+                break
+            seconds /= 1000
         try:
-            return datetime.fromtimestamp(float(value), UTC)
+            return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str):

@@ -16,7 +16,7 @@ import pytest
 from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
 
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
-from kirim_events.client import KirimClient
+from kirim_events.client import KirimClient, format_time
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError, StorageError
 from kirim_events.events import parse_time
@@ -302,22 +302,19 @@ def test_backfill_in_one_go_single_slice_and_a_rerun_adds_no_event(
     assert raw.height == report.rows
 
 
-def test_slices_split_the_range_without_gap_or_overlap(world: World, tmp_path: Path) -> None:
-    # Slice edges fall between deliveries created in the same second: nothing lost, no copy.
+def test_a_range_under_a_minute_is_one_slice(world: World, tmp_path: Path) -> None:
+    # Slices read 2 s past their ends (the API's precision is unknown): cut finer than a
+    # minute, the world's few seconds would be read by every slice. Slice edges inside the
+    # range: test_a_history_that_compares_whole_seconds_loses_no_row_at_slice_edges.
     lo, hi = world.span
     t = FakeTime(hi + 3600)
     _, client = world.api(t)
-    # The API shows milliseconds: a range from just below the first to just above the last.
     since, until = dt(lo - 0.001), dt(hi + 0.002)
+    assert until - since < timedelta(minutes=1)
     report = backfill(tmp_path, client=client, since=since, until=until, slices=7, page_size=7,
                       now=t.clock)  # fmt: skip
-    assert report.slices == 28  # 4 time slices per fetcher
-    # Each slice reads only its own part (plus a millisecond): no slice re-reads the range.
-    # Per slice: ceil(rows/7) pages, plus one more when the slice's last page is exactly full
-    # or rows created in the shared boundary millisecond are read by both neighbours (the
-    # world sends in bursts, so a millisecond can hold several rows on a loaded machine).
-    # Re-reading the range would cost many times this bound.
-    assert report.pages <= len(world.emu.store.deliveries) // 7 + 2 * report.slices
+    assert report.slices == 1
+    assert report.pages == len(world.emu.store.deliveries) // 7 + 1
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 
@@ -590,3 +587,107 @@ def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
     done = json.loads(next((tmp_path / "_state" / "backfill" / "done").glob("*.json")).read_text())
     assert sum(s["restarts"] for s in done["slices"]) >= 1
     assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class QuirkyHistory:
+    """A history API with the quirks a real Kirim may have (kirim-api.md leaves them open):
+    ``seconds``: filters rounded to whole seconds and rows compared by their whole second,
+    both ends exclusive; ``ignore_filters``: every row whatever the range; ``refuse_every``:
+    every n-th request with a cursor gets 400 invalid_cursor. Pages by offset, newest first."""
+
+    def __init__(self, rows: list[dict[str, Any]], **quirks: Any) -> None:
+        self.rows = sorted(rows, key=lambda r: str(r["id"]), reverse=True)
+        self.quirks = quirks
+        self.with_cursor = 0
+
+    def times(self, row: dict[str, Any]) -> datetime:
+        when = parse_time(row["created_at"])
+        assert when is not None
+        return when
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        q = request.url.params
+        rows = self.rows
+        if not self.quirks.get("ignore_filters"):
+            lo, hi = parse_time(q.get("created_after")), parse_time(q.get("created_before"))
+            assert lo is not None
+            assert hi is not None
+            if self.quirks.get("seconds"):
+                lo, hi = (t.replace(microsecond=0) + timedelta(seconds=t.microsecond >= 500_000)
+                          for t in (lo, hi))  # fmt: skip
+                rows = [r for r in rows if lo < self.times(r).replace(microsecond=0) < hi]
+            else:
+                rows = [r for r in rows if lo <= self.times(r) < hi]
+        offset = int(q.get("cursor", "0"))
+        if "cursor" in q:
+            self.with_cursor += 1
+            every = self.quirks.get("refuse_every")
+            if every and self.with_cursor % every == 0:
+                error = {"type": "invalid_request_error", "code": "invalid_cursor", "message": "x"}
+                return httpx.Response(400, json={"error": error})
+        limit = int(q.get("limit", "100"))
+        page = rows[offset : offset + limit]
+        more = offset + limit < len(rows)
+        cursor = str(offset + limit) if more else None
+        body = {"data": page, "has_more": more, "next_cursor": cursor}
+        return httpx.Response(200, json=body)
+
+    def backfill(self, root: Path, **kwargs: Any) -> BackfillReport:
+        client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(self.handler),
+                             sleep=lambda s: None)  # fmt: skip
+        return backfill(root, client=client, since="2026-05-01T10:00:00Z",
+                        until="2026-05-01T11:00:00Z", **kwargs)  # fmt: skip
+
+
+def history_row(i: int, created_at: Any) -> dict[str, Any]:
+    payload = {"id": f"evt_{i:05d}", "type": "contact.updated", "data": {}}
+    return {"id": f"wbd_{i:05d}", "status": "succeeded", "event_id": f"evt_{i:05d}",
+            "event_type": "contact.updated", "attempt": 1, "created_at": created_at,
+            "payload": json.dumps(payload)}  # fmt: skip
+
+
+def test_a_history_that_compares_whole_seconds_loses_no_row_at_slice_edges(
+    tmp_path: Path,
+) -> None:
+    # 4 slices x 4 pieces cut the hour every 225 s: rows in each edge's second, and between
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    seconds = sorted({*range(0, 3600, 7), *range(0, 3600, 225)})
+    rows = [history_row(i, format_time(start + timedelta(seconds=s, milliseconds=250)))
+            for i, s in enumerate(seconds)]  # fmt: skip
+    report = QuirkyHistory(rows, seconds=True).backfill(tmp_path, slices=4, page_size=50)
+    events, deliveries = lake_frames(tmp_path)
+    assert sorted(deliveries["delivery_id"]) == sorted(r["id"] for r in rows)
+    assert events.height == len(rows)
+    assert report.rows == len(rows)
+    # each slice reads only its own part and 2 s past each end, not the range again
+    assert report.slices == 16
+    assert report.pages <= len(rows) // 50 + 2 * report.slices
+
+
+def test_rows_timed_in_milliseconds_or_not_at_all_are_kept_once(tmp_path: Path) -> None:
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    inside = [history_row(i, int((start + timedelta(minutes=i)).timestamp() * 1000) + 250)
+              for i in range(30)]  # fmt: skip
+    outside = [history_row(100 + i, int((start - timedelta(days=1)).timestamp() * 1000))
+               for i in range(5)]  # fmt: skip
+    untimed = [history_row(200 + i, t) for i, t in enumerate(["yesterday", None, "", {}])]
+    quirky = QuirkyHistory([*inside, *outside, *untimed], ignore_filters=True)
+    report = quirky.backfill(tmp_path, slices=4, page_size=7)
+    _, deliveries = lake_frames(tmp_path)
+    ids = deliveries["delivery_id"].to_list()
+    assert sorted(ids) == sorted(r["id"] for r in [*inside, *untimed])  # each once
+    assert report.rows_without_time == len(untimed)
+    timed = deliveries.filter(pl.col("delivery_id").is_in([r["id"] for r in inside]))
+    assert timed["created_at"].null_count() == 0
+    assert timed["created_at"].min() == start + timedelta(milliseconds=250)
+
+
+def test_cursors_refused_now_and_then_do_not_end_a_long_walk(tmp_path: Path) -> None:
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(600)]
+    quirky = QuirkyHistory(rows, refuse_every=3)
+    report = quirky.backfill(tmp_path, slices=1, page_size=20)
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
+    assert quirky.with_cursor >= 30  # it was refused ten times and more, with progress between
+    assert report.rows >= len(rows)

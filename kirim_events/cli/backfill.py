@@ -176,6 +176,8 @@ def _render_backfill(r: BackfillReport) -> None:
     table.add_row("new events", str(r.events_new))
     table.add_row("events already stored", str(r.events_duplicate))
     table.add_row("rows without payload", str(r.rows_without_payload))
+    if r.rows_without_time:
+        table.add_row("rows without a readable time (kept once)", str(r.rows_without_time))
     table.add_row("quarantined payloads", str(r.quarantined))
     table.add_row("flushed to the lake", f"{r.flushed_events} events, {r.flushed_deliveries} rows")
     table.add_row("seconds", f"{r.seconds:.1f}")

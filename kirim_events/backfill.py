@@ -347,6 +347,9 @@ class BackfillReport:
     rows_without_payload: int = 0
     rows_without_time: int = 0
     """Rows whose ``created_at`` is missing or unreadable (kept once, by the newest slice)."""
+    items_unreadable: int = 0
+    """Items of the history's pages that are no delivery object (null, a number): skipped,
+    and counted each time a page holding them is read."""
     quarantined: int = 0
     requests: int = 0
     retries: int = 0
@@ -473,6 +476,7 @@ class _Run:
             r.quarantined += quarantined
             r.rows_without_payload += bare
             r.rows_without_time += untimed
+            r.items_unreadable += len(page.unreadable)
             snap = BackfillProgress(
                 pages=r.pages,
                 rows=r.rows,

@@ -205,6 +205,9 @@ class Page:
     next_cursor: str | None
     has_more: bool
     request_id: str | None
+    unreadable: list[str] = field(default_factory=list)
+    """Items of ``data`` that are no JSON object (null, a number ...), as JSON text: left
+    out of ``deliveries`` rather than stopping every walk at this page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,10 +640,11 @@ def _page(body: Mapping[str, Any]) -> Page:
     if has_more and not cursor:
         raise InvalidResponse("has_more is true but next_cursor is empty", request_id=_rid(body))
     return Page(
-        deliveries=[Delivery.from_api(item) for item in data],
+        deliveries=[Delivery.from_api(item) for item in data if isinstance(item, Mapping)],
         next_cursor=cursor if has_more else None,
         has_more=has_more,
         request_id=_rid(body),
+        unreadable=[json.dumps(item) for item in data if not isinstance(item, Mapping)],
     )
 
 

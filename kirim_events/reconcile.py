@@ -121,6 +121,7 @@ class ReconcileReport:
     near_purge: int = 0
     warn_before: datetime | None = None
     windows: list[BulkWindow] = field(default_factory=list)
+    items_unreadable: int = 0  # page items that are no delivery object (null, a number)
     unparseable: int = 0  # history payloads that are no known body: replaying cannot help
     quarantined: int = 0  # of those, newly kept under DATA/quarantine/ by this run
     imported: int = 0
@@ -424,7 +425,13 @@ def reconcile(
             report.history_pages += 1
             rows = [d for d in page.deliveries if d.created_at is None or lo <= d.created_at < hi]
             report.history_rows += len(rows)
+            report.items_unreadable += len(page.unreadable)
             scan.page(rows)
+        if report.items_unreadable:
+            report.notes.append(
+                f"{report.items_unreadable} item(s) of the history's pages are no delivery"
+                " object (null, a number ...) and were skipped: what they stand for is unknown"
+            )
         seen = scan.subscriptions
         if subscription_id is not None and seen and subscription_id not in seen:
             # A quiet range, or a typo, which would report nothing missing without a word.

@@ -330,14 +330,15 @@ def test_history_without_payload_stores_delivery_rows_only(world: World, tmp_pat
     assert deliveries["n_events"].null_count() == deliveries.height
 
 
-def _backfill_one_page(root: Path, rows: list[dict[str, Any]]) -> BackfillReport:
-    """Backfill 2026-05-01 from a history of one page holding ``rows``."""
+def _backfill_one_page(root: Path, rows: list[dict[str, Any]], **kw: Any) -> BackfillReport:
+    """Backfill 2026-05-01 from a history of one page holding ``rows`` (every slice is sent
+    that page)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"data": rows, "has_more": False, "next_cursor": None})
 
     client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
-    return backfill(root, client=client, since="2026-05-01", until="2026-05-02")
+    return backfill(root, client=client, since="2026-05-01", until="2026-05-02", **kw)
 
 
 def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) -> None:
@@ -691,3 +692,12 @@ def test_cursors_refused_now_and_then_do_not_end_a_long_walk(tmp_path: Path) -> 
     assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
     assert quirky.with_cursor >= 30  # it was refused ten times and more, with progress between
     assert report.rows >= len(rows)
+
+
+def test_page_items_that_are_no_delivery_are_skipped_and_counted(tmp_path: Path) -> None:
+    rows = [history_row(1, "2026-05-01T10:00:01Z"), None, 7, history_row(2, "2026-05-01T10:00:02Z")]
+    report = _backfill_one_page(tmp_path, rows, slices=1)  # type: ignore[arg-type]
+    # counted each time a page holding them is read: 4 slices of the one fetcher
+    assert (report.rows, report.events_new, report.items_unreadable) == (2, 2, 2 * 4)
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(deliveries["delivery_id"]) == ["wbd_00001", "wbd_00002"]

@@ -518,7 +518,6 @@ def test_an_interrupt_cuts_an_answer_being_read() -> None:
         b"[1, 2]",
         json.dumps({"items": []}).encode(),
         json.dumps({"data": [], "has_more": True, "next_cursor": None}).encode(),
-        json.dumps({"data": [5], "has_more": False}).encode(),
     ],
 )
 def test_malformed_pages_raise_invalid_response(body: bytes) -> None:
@@ -529,6 +528,14 @@ def test_malformed_pages_raise_invalid_response(body: bytes) -> None:
 
     with pytest.raises(InvalidResponse):
         make_client(handler, t).list_deliveries()
+
+
+def test_page_items_that_are_no_object_are_set_apart() -> None:
+    """One odd item must not stop every walk at its page (a rerun would stop there again)."""
+    body = {"data": [5, None, {"id": "wbd_1"}, "x", []], "has_more": False}
+    got = make_client(lambda r: httpx.Response(200, json=body), FakeTime()).list_deliveries()
+    assert [d.id for d in got.deliveries] == ["wbd_1"]
+    assert got.unreadable == ["5", "null", '"x"', "[]"]
 
 
 def test_list_limit_is_checked() -> None:

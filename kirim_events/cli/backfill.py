@@ -178,6 +178,8 @@ def _render_backfill(r: BackfillReport) -> None:
     table.add_row("rows without payload", str(r.rows_without_payload))
     if r.rows_without_time:
         table.add_row("rows without a readable time (kept once)", str(r.rows_without_time))
+    if r.items_unreadable:
+        table.add_row("page items that are no delivery (skipped)", str(r.items_unreadable))
     table.add_row("quarantined payloads", str(r.quarantined))
     table.add_row("flushed to the lake", f"{r.flushed_events} events, {r.flushed_deliveries} rows")
     table.add_row("seconds", f"{r.seconds:.1f}")

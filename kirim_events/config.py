@@ -19,6 +19,9 @@ DEFAULT_TOLERANCE = 300
 _HIDDEN = "**********"
 
 
+_HOST_NAME = re.compile(r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d{1,5})?")
+
+
 def shown_url(text: str) -> str:
     """``text`` as it may be shown in a message: without a user name or password (what comes
     before an ``@`` in the host part), a query or a fragment, any of which may hold a secret.
@@ -27,12 +30,25 @@ def shown_url(text: str) -> str:
     'https://host.example/path'
     >>> shown_url("s3://AKIA:sec/ret@bucket/prefix")
     's3://bucket/prefix'
+
+    Text with no ``://`` shows only a host name found in it: it may be a key pasted into
+    the wrong variable. Nor is a port shown that is no number (``https://host:kdv_live_``).
+
+    >>> shown_url("user:pw@api.example/v1"), shown_url("kdv_live_abc")
+    ('api.example', '(not shown)')
+    >>> shown_url("https://api.example:kdv_live_abc/v1")
+    'https://api.example/v1'
     """
     head, sep, rest = text.partition("://")
     if not sep:
-        head, rest = "", text
+        host = text.rpartition("@")[2].partition("/")[0]
+        return host if _HOST_NAME.fullmatch(host) else "(not shown)"
     rest = rest.split("?", 1)[0].split("#", 1)[0]
-    return f"{head}{sep}{rest.rpartition('@')[2]}"  # a password may hold a "/" too
+    authority, slash, path = rest.rpartition("@")[2].partition("/")  # a password may hold "/"
+    host, colon, port = authority.rpartition(":")
+    if colon and not port.isdigit() and not authority.endswith("]"):
+        authority = host
+    return f"{head}{sep}{authority}{slash}{path}"
 
 
 class Secret:

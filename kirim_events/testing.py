@@ -245,7 +245,7 @@ def signed_request(
     if isinstance(body, bytes):
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
             obj = None
     source, guessed_type, guessed_id = _event_headers(obj)
     headers = {

@@ -157,6 +157,11 @@ def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -
     with pytest.raises(ConfigError) as caught:
         Settings.load({"KIRIM_TOLERANCE": "whsec_hunter2"})
     assert "hunter2" not in str(caught.value)
+    # a key pasted into the URL's variable, or where its port goes, is not shown back
+    for url in ("kdv_live_hunter2", "https://api.kirim.chat:kdv_live_hunter2"):
+        with pytest.raises(ConfigError) as caught:
+            Settings.load({"KIRIM_API_URL": url})
+        assert "hunter2" not in str(caught.value)
     # without a scheme httpx sees no user info, and the URL is named in the error
     for url in ("user:hunter2@api.kirim.chat", "hunter2@api.kirim.chat"):
         with pytest.raises(ConfigError, match="with a host") as caught:

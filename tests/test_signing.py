@@ -258,3 +258,14 @@ def test_round_trip(body: bytes, secrets: list[str], t: int, skew: int) -> None:
         assert verify(body, header, [secret], now=t + skew) == t
     with pytest.raises(SignatureMismatch):
         verify(body + b"x", header, secrets, now=t)
+
+
+def test_signed_request_signs_bytes_too_deep_to_decode() -> None:
+    """The test helper signs any bytes; a body nested past the decoder's depth is one."""
+    from kirim_events import testing
+
+    deep = b"[" * 200_000 + b"]" * 200_000
+    req = testing.signed_request(deep, "whsec_x", timestamp=1_700_000_000)
+    assert req.body == deep
+    header = req.headers["X-Kirim-Signature"]
+    assert verify(deep, header, "whsec_x", tolerance=None) == 1_700_000_000

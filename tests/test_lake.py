@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -316,12 +317,28 @@ def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> Non
 
 
 def test_empty_lake_reads_empty_with_schema(tmp_path: Path) -> None:
-    lake = ke.Lake(tmp_path / "missing")
+    lake = ke.Lake(tmp_path)
     assert lake.events().collect().height == 0
     assert lake.deliveries().collect().height == 0
     assert lake.sql("select count(*) from events").fetchall() == [(0,)]
     assert "event_key" in lake.sql("select * from events").columns
-    assert not (tmp_path / "missing").exists()  # reading creates nothing
+    assert list(tmp_path.iterdir()) == []  # reading creates nothing
+
+
+def test_a_lake_folder_that_does_not_exist_is_an_error_not_an_empty_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook runs in its own folder: ``Lake("data")`` there is another folder, which
+    read as an empty lake, every helper answering zero rows."""
+    monkeypatch.chdir(tmp_path)
+    lake = ke.Lake("data")
+    where = str(tmp_path / "data")
+    for read in (lake.events, lake.deliveries, lake.connect, lake.message_timelines):
+        with pytest.raises(ke.LakeError, match=f"no lake at {re.escape(where)}"):
+            read()
+    assert not (tmp_path / "data").exists()  # reading creates nothing
+    lake.write_events([ev("a")])  # the first write makes it
+    assert lake.events().collect().height == 1
 
 
 def test_stats_counts_rows_files_and_bytes(tmp_path: Path) -> None:

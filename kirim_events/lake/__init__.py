@@ -29,6 +29,7 @@ manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``,
 from __future__ import annotations
 
 import copy
+import os
 import re
 import time
 import uuid
@@ -44,7 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from kirim_events.analytics import AnalyticsMixin
-from kirim_events.errors import ConfigError
+from kirim_events.errors import ConfigError, LakeError
 from kirim_events.events import EventRecord
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
@@ -182,6 +183,13 @@ class Lake(AnalyticsMixin):
 
     # ------------------------------------------------------------------ reading
 
+    def _require_folder(self) -> None:
+        """LakeError when a local lake's folder does not exist: read, it would be an empty
+        lake, and a mistyped or relative path (a notebook runs in its own folder) would pass
+        unseen. A lake's folder is made by its first write."""
+        if self.storage.local and not os.path.isdir(self.storage.root):
+            raise LakeError(f"no lake at {self.storage.root}: the folder does not exist")
+
     def _range(
         self, since: TimeLike | None, until: TimeLike | None
     ) -> tuple[datetime | None, datetime | None]:
@@ -216,6 +224,7 @@ class Lake(AnalyticsMixin):
         """
         if kwargs:
             raise TypeError(f"events() got unexpected arguments {sorted(kwargs)}")
+        self._require_folder()
         lo, hi = self._range(since, until)
         types = [type] if isinstance(type, str) else (list(type) if type is not None else None)
         plans = plan_table(
@@ -241,6 +250,7 @@ class Lake(AnalyticsMixin):
 
         ``since`` / ``until`` bound ``coalesce(created_at, received_at)``, as does ``as_of``.
         """
+        self._require_folder()
         lo, hi = self._range(since, until)
         plans = plan_table(
             self.storage,
@@ -266,6 +276,7 @@ class Lake(AnalyticsMixin):
             by :meth:`as_of`) and the analytics views, over the files present now; call again
             to see later writes.
         """
+        self._require_folder()
         con = duckdb.connect()
         # Timestamps come out in UTC like the Polars readers' (DuckDB would otherwise convert
         # them to the machine's zone, and a join with a helper's frame would fail on the type).

@@ -271,3 +271,21 @@ def test_report_refuses_a_missing_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--data", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "no lake at" in result.output
+
+
+def test_every_chart_takes_a_lake_a_lazyframe_or_a_frame(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())
+    t = _timelines()
+    charts = {
+        "funnel": (notebook.funnel_chart, notebook.funnel(t)),
+        "failures": (notebook.failures_chart, notebook.failure_reasons(t)),
+        "times": (notebook.times_chart, notebook.time_summary(lake, lake)),
+        "health": (notebook.health_chart, lake.delivery_health().collect()),
+    }
+    for name, (chart, frame) in charts.items():
+        expected = chart(frame).to_dict()["datasets"]
+        for given in (lake, frame.lazy()):
+            assert chart(given).to_dict()["datasets"] == expected, name
+        with pytest.raises(TypeError, match="expected a Polars DataFrame"):
+            chart(42)  # type: ignore[arg-type]

@@ -279,3 +279,35 @@ def test_statuses_at_one_instant_and_arrival_come_lowest_first() -> None:
     assert history["status"].to_list() == ["sent", "delivered"]
     assert history["previous_status"].to_list() == [None, "sent"]
     assert history["is_upgrade"].to_list() == [True, True]
+
+
+def test_every_helper_takes_dataframes_as_well_as_lazyframes() -> None:
+    """A DataFrame (an analyst's ``lake.events().collect()``) is read like its LazyFrame."""
+    from test_analytics_support import conversation
+
+    from kirim_events.analytics.conversations import conversation_cycles, conversation_lifecycles
+    from kirim_events.analytics.health import delivery_health
+    from kirim_events.analytics.timelines import status_events
+
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "delivered", 4, 5),
+        status("wamid.B", "failed", 0, 1, error=(131047, "Re-engagement message")),
+        conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_1", 600, 601, closed_by="usr_a"),
+    ]
+    events, copies = dedup(records)
+    deliveries = pl.LazyFrame(
+        {"origin": ["webhook"], "received_at": [at(1)], "event_type": ["message.status"],
+         "attempt": [1], "delivery_id": ["wbd_1"], "outcome": ["new"]}
+    )  # fmt: skip
+    eager, eager_copies = events.collect(), copies.collect()
+    for helper in (message_timelines, message_status_history, status_events,
+                   conversation_lifecycles, conversation_cycles):  # fmt: skip
+        lazy = helper(events, copies=copies)
+        got = helper(eager, copies=eager_copies)
+        assert isinstance(got, pl.LazyFrame), helper.__name__
+        assert_frame_equal(got.collect(), lazy.collect(), check_row_order=False)
+    health = delivery_health(eager, deliveries.collect())
+    assert isinstance(health, pl.LazyFrame)
+    assert_frame_equal(health.collect(), delivery_health(events, deliveries).collect())

@@ -155,9 +155,9 @@ _ZERO = ("n_assignments", "n_assignees", "n_missing_assignments", "n_closes")
 
 
 def conversation_cycles(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
     *,
-    copies: pl.LazyFrame | None = None,
+    copies: pl.LazyFrame | pl.DataFrame | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per (conversation_id, cycle): each open -> close stretch of a conversation.
@@ -186,6 +186,8 @@ def conversation_cycles(
         conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
     """
+    events = events.lazy()
+    copies = None if copies is None else copies.lazy()
     rows = _rows(events, as_of)
     closes = _closes(rows)
     keys = ["conversation_id", "cycle"]
@@ -262,9 +264,9 @@ def conversation_cycles(
 
 
 def conversation_lifecycles(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
     *,
-    copies: pl.LazyFrame | None = None,
+    copies: pl.LazyFrame | pl.DataFrame | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per conversation: opening, assignments, closes, reopens, open now.
@@ -296,6 +298,8 @@ def conversation_lifecycles(
         ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``; in
         no particular order.
     """
+    events = events.lazy()
+    copies = None if copies is None else copies.lazy()
     rows = _rows(events, as_of)
     closes = _closes(rows)
     key = "conversation_id"

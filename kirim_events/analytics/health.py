@@ -48,8 +48,8 @@ HEALTH_COLUMNS = (
 
 
 def delivery_health(
-    events: pl.LazyFrame,
-    deliveries: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
+    deliveries: pl.LazyFrame | pl.DataFrame,
     *,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
@@ -71,6 +71,8 @@ def delivery_health(
     polars.LazyFrame
         The columns of ``HEALTH_COLUMNS`` (module docstring), sorted by day, event_type.
     """
+    events = events.lazy()
+    deliveries = deliveries.lazy()
     receipts = deliveries.filter(pl.col("origin") == "webhook")
     seen = cut(events, as_of).filter(pl.col("origin") == "webhook")
     if as_of is not None:

@@ -11,7 +11,7 @@ asked for); :func:`save_html` writes a self-contained page with the Vega JavaScr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -69,6 +69,14 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
         f"expected a Polars DataFrame or LazyFrame, a DuckDB relation or a Lake "
         f"(of {helper} rows), got {type(frame).__name__}"
     )
+
+
+def _summary(frame: Frame, summarise: Callable[[Frame], pl.DataFrame]) -> pl.DataFrame:
+    """A summary given as a frame (collected or converted), or, given a Lake, computed from
+    it by ``summarise``: what each chart takes."""
+    if isinstance(frame, (pl.DataFrame, pl.LazyFrame, duckdb.DuckDBPyRelation)):
+        return _df(frame)
+    return summarise(frame)
 
 
 def funnel(timelines: Frame) -> pl.DataFrame:
@@ -211,11 +219,11 @@ def _alt() -> Any:
     return alt
 
 
-def funnel_chart(funnel_frame: pl.DataFrame) -> altair.Chart:
-    """Horizontal bars: messages per funnel stage (from :func:`funnel`)."""
+def funnel_chart(funnel_frame: Frame) -> altair.Chart:
+    """Horizontal bars: messages per funnel stage (from :func:`funnel`, or of a Lake)."""
     alt = _alt()
     chart: altair.Chart = (
-        alt.Chart(funnel_frame, title="Delivery funnel")
+        alt.Chart(_summary(funnel_frame, funnel), title="Delivery funnel")
         .mark_bar()
         .encode(
             x=alt.X("messages:Q", title="messages", axis=alt.Axis(tickMinStep=1)),
@@ -226,11 +234,15 @@ def funnel_chart(funnel_frame: pl.DataFrame) -> altair.Chart:
     return chart
 
 
-def failures_chart(reasons: pl.DataFrame, *, top: int = 10) -> altair.Chart:
-    """Bars: failed messages per error label (from :func:`failure_reasons`)."""
+def failures_chart(reasons: Frame, *, top: int = 10) -> altair.Chart:
+    """Bars: failed messages per error label (from :func:`failure_reasons`, or of a Lake)."""
     alt = _alt()
-    data = reasons.head(top).with_columns(
-        reason=pl.col("error_label") + " (" + pl.col("error_code").fill_null("?") + ")"
+    data = (
+        _summary(reasons, failure_reasons)
+        .head(top)
+        .with_columns(
+            reason=pl.col("error_label") + " (" + pl.col("error_code").fill_null("?") + ")"
+        )
     )
     chart: altair.Chart = (
         alt.Chart(data, title="Failure reasons")
@@ -253,10 +265,11 @@ _TIME_LABEL = (
 )
 
 
-def times_chart(summary: pl.DataFrame) -> altair.Chart:
-    """Median and p90 of each time metric, in seconds (from :func:`time_summary`)."""
+def times_chart(summary: Frame) -> altair.Chart:
+    """Median and p90 of each time metric, in seconds (from :func:`time_summary`, or of a
+    Lake: its messages' and conversations' times)."""
     alt = _alt()
-    data = summary.unpivot(
+    data = _summary(summary, lambda lake: time_summary(lake, lake)).unpivot(
         index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
     )
     chart: altair.Chart = (

@@ -122,9 +122,9 @@ def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def status_events(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
     *,
-    copies: pl.LazyFrame | None = None,
+    copies: pl.LazyFrame | pl.DataFrame | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """The status events timelines are built from, sorted by message then event-time order.
@@ -133,6 +133,8 @@ def status_events(
     ``_late`` (this event arrived after an event of the same message that happened later)
     and ``_dups`` (copies beyond the first, or null).
     """
+    events = events.lazy()
+    copies = None if copies is None else copies.lazy()
     return _sorted(_status_rows(events, copies, as_of))
 
 
@@ -148,9 +150,9 @@ def _pairwise_late(statuses: list[str]) -> pl.Expr:
 
 
 def message_timelines(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
     *,
-    copies: pl.LazyFrame | None = None,
+    copies: pl.LazyFrame | pl.DataFrame | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per outbound message (wamid): first time of each status, final status, flags.
@@ -185,6 +187,8 @@ def message_timelines(
     >>> message_timelines(pl.from_arrow(events_table([])).lazy()).collect().height
     0
     """
+    events = events.lazy()
+    copies = None if copies is None else copies.lazy()
     rows = _ranked(events, as_of)
     statuses = list(STATUS_RANK)
     failed = pl.col("_rank") == STATUS_RANK["failed"]
@@ -275,9 +279,9 @@ def message_timelines(
 
 
 def message_status_history(
-    events: pl.LazyFrame,
+    events: pl.LazyFrame | pl.DataFrame,
     *,
-    copies: pl.LazyFrame | None = None,
+    copies: pl.LazyFrame | pl.DataFrame | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per status event of each message, in event-time order, with its effect.
@@ -300,6 +304,8 @@ def message_status_history(
         ``is_upgrade`` (it raised the status), ``arrived_late`` (it arrived after an event
         that happened later), ``error_code``, ``n_duplicates``; sorted by message_id, seq.
     """
+    events = events.lazy()
+    copies = None if copies is None else copies.lazy()
     rows = status_events(events, copies=copies, as_of=as_of)
     first, row = pl.col("_first"), pl.col("_row")
     return (

@@ -35,6 +35,8 @@ def read_time(value: TimeLike, *, end_of_day: bool = False) -> datetime | None:
     True
     """
     if isinstance(value, datetime):
+        if value != value:  # pandas' NaT (a datetime that is no time; what .max() of none is)
+            return None
         try:
             return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         except OverflowError:  # 0001-01-01 at +01:00 is before the first UTC instant

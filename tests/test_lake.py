@@ -158,6 +158,7 @@ def test_filters_type_and_time(tmp_path: Path) -> None:
     assert lake.events("message.status").collect().height == 5
     assert lake.events(["message.status", "message.created"]).collect().height == 10
     assert lake.events("no.such_type").collect().height == 0
+    assert lake.events("message.status_updated").collect().height == 5  # Kirim's other name
     day = lake.events("message.status", since="2026-05-03", until="2026-05-03").collect()
     assert day["event_key"].to_list() == ["s2"]
     assert day["date"].to_list() == [date(2026, 5, 3)]

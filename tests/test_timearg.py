@@ -67,6 +67,17 @@ def test_digits_and_non_times_are_refused_everywhere(text: str) -> None:
         message_timelines(frame, as_of=text)
 
 
+def test_pandas_nat_is_not_a_time(tmp_path: Path) -> None:
+    """``NaT`` is a datetime that names no instant (what pandas' ``.max()`` of nothing is)."""
+    pd = pytest.importorskip("pandas")
+    assert read_time(pd.NaT) is None
+    assert read_time(pd.Timestamp("2026-05-01T09:00Z")) == datetime(2026, 5, 1, 9, tzinfo=UTC)
+    with pytest.raises(ke.ConfigError, match="not a time: NaT"):
+        ke.Lake(tmp_path).as_of(pd.NaT)
+    with pytest.raises(ke.ConfigError, match="not a time: NaT"):
+        ke.Lake(tmp_path).events(since=pd.NaT)
+
+
 def test_a_core_helper_takes_a_date_as_of() -> None:
     """A date means its midnight (UTC), as in Lake.as_of."""
     frame = pl.from_arrow(

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError, LakeError
-from kirim_events.events import EventRecord
+from kirim_events.events import EventRecord, canonical_type
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
@@ -213,6 +213,8 @@ class Lake(AnalyticsMixin):
         ----------
         type
             One event type or several; all types when None. Only those folders are read.
+            A type Kirim also names otherwise (``message.status_updated``) is read under
+            the name the lake keeps it by (``message.status``).
         since, until
             Inclusive bounds on ``occurred_at`` (a date as ``until`` means its whole day);
             only the matching ``date=`` folders are read.
@@ -226,7 +228,9 @@ class Lake(AnalyticsMixin):
             raise TypeError(f"events() got unexpected arguments {sorted(kwargs)}")
         self._require_folder()
         lo, hi = self._range(since, until)
-        types = [type] if isinstance(type, str) else (list(type) if type is not None else None)
+        given = [type] if isinstance(type, str) else (list(type) if type is not None else None)
+        # Kirim's other name of a type (message.status_updated) finds what the lake keeps
+        types = None if given is None else [canonical_type(t) for t in given]
         plans = plan_table(
             self.storage,
             "events",

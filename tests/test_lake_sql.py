@@ -146,3 +146,12 @@ def test_a_lake_path_with_glob_characters_is_read_as_it_is(tmp_path: Path, name:
     same_rows(lake)
     assert lake.events().collect().height == 9
     assert any((tmp_path / name / "events").rglob("c-*.parquet"))
+
+
+def test_sql_sees_the_callers_frames_as_duckdb_sql_does(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    wanted = pl.DataFrame({"event_key": ["b", "zzz"]})  # noqa: F841 (named in the SQL)
+    assert lake.sql("select event_key from events join wanted using (event_key)").fetchall() == [
+        ("b",)
+    ]

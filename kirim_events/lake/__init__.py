@@ -289,6 +289,9 @@ class Lake(AnalyticsMixin):
         # assumes one row), and for a small left side it runs an ASOF join as a nested loop:
         # the conversation_cycles view took 42 s on 1M events that way, 0.6 s without.
         con.execute("SET asof_loop_join_threshold = 0")
+        # A query may name the caller's DataFrames as tables, as with duckdb.sql(): DuckDB
+        # looks for them in the frame that called .sql(), which for lake.sql() is ours.
+        con.execute("SET python_scan_all_frames = true")
         tables = ("events", "deliveries")
         for table in tables:
             create_stand_in(con, table)  # so that creating the next views binds no files
@@ -312,9 +315,17 @@ class Lake(AnalyticsMixin):
         duckdb.DuckDBPyRelation
             Fetch with ``.fetchall()``, ``.pl()``, ``.arrow()``, ``.df()``.
 
+        Each call opens a new connection (see :meth:`connect`): relations of two calls
+        cannot be joined, nor a temporary table kept between them; for a session, use
+        ``con = lake.connect()``. Polars, pandas and Arrow frames of the calling code can be
+        named in the query, as with ``duckdb.sql``.
+
         Examples
         --------
         >>> lake.sql("select type, count(*) from events group by 1").pl()  # doctest: +SKIP
+        >>> vip = pl.DataFrame({"conversation_id": ["cnv_1"]})  # doctest: +SKIP
+        >>> lake.sql("select * from conversation_lifecycles join vip using (conversation_id)")
+        ... # doctest: +SKIP
         """
         return self.connect().sql(query)
 

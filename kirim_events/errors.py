@@ -38,8 +38,9 @@ class KirimEventsError(Exception):
     retryable: bool = False
 
 
-class ConfigError(KirimEventsError):
-    """Settings or arguments are invalid; raised before any work starts."""
+class ConfigError(KirimEventsError, ValueError):
+    """Settings or arguments are invalid; raised before any work starts (also a
+    ValueError, as Python raises for a bad value)."""
 
 
 class SignatureError(KirimEventsError):

@@ -289,3 +289,9 @@ def test_every_chart_takes_a_lake_a_lazyframe_or_a_frame(tmp_path: Path) -> None
             assert chart(given).to_dict()["datasets"] == expected, name
         with pytest.raises(TypeError, match="expected a Polars DataFrame"):
             chart(42)  # type: ignore[arg-type]
+
+
+def test_save_html_refuses_no_charts(tmp_path: Path) -> None:
+    with pytest.raises(ke.ConfigError, match="no charts"):
+        notebook.save_html([], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()

@@ -472,3 +472,18 @@ def test_a_file_deleted_while_its_folder_is_listed_hides_only_itself(
     assert sorted(lake.events().collect()["event_key"]) == [f"k{i}" for i in range(5)]
     doomed.write_bytes(b"x")
     assert lake.stats()["rows"].sum() == 5
+
+
+def test_as_of_a_view_never_widens_it(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev(f"e{i}", occurred=T0 + timedelta(hours=i)) for i in range(5)])
+    early, late = T0 + timedelta(hours=1), T0 + timedelta(hours=3)
+    assert lake.as_of(early).as_of(late).as_of_ts == early
+    assert lake.as_of(late).as_of(early).as_of_ts == early
+    assert lake.as_of(early).as_of(late).events().collect().height == 2
+
+
+def test_a_bad_argument_is_also_a_value_error(tmp_path: Path) -> None:
+    """An analyst's ``except ValueError`` catches it, as for any bad value in Python."""
+    with pytest.raises(ValueError, match="not a time"):
+        ke.Lake(tmp_path).as_of("yesterday-ish")

@@ -357,6 +357,8 @@ def save_html(
     ConfigError
         Altair or ``vl-convert-python`` (which supplies the inlined JavaScript) is missing.
     """
+    if not charts:
+        raise ConfigError("no charts to write: save_html needs at least one")
     alt = _alt()
     page = alt.vconcat(*charts, title=title).resolve_scale(color="independent")
     try:

@@ -342,10 +342,12 @@ class Lake(AnalyticsMixin):
         Lake
             The same API (events, deliveries, sql, analytics) restricted to events with
             ``occurred_at <= ts`` and delivery rows with ``coalesce(created_at, received_at)
-            <= ts``; ``as_of_ts`` is set. Writes through it go to the same lake.
+            <= ts``; ``as_of_ts`` is set. Writes through it go to the same lake. On a lake
+            already as of an instant, the earlier of the two counts: a view never widens.
         """
         view = copy.copy(self)
-        view.as_of_ts = to_utc(ts)
+        at = to_utc(ts)
+        view.as_of_ts = at if self.as_of_ts is None else min(at, self.as_of_ts)
         return view
 
     # ------------------------------------------------------------------ upkeep

@@ -250,14 +250,18 @@ def test_bad_filter_times_and_unknown_paths() -> None:
 
     async def main() -> None:
         async with _async_client(emu) as client:
-            r = await _get(client, "/v1/webhook_deliveries", created_after="yesterday")
-            assert r.status_code == 400
-            assert r.json()["error"]["param"] == "created_after"
+            for bad in ("yesterday", "2026", "20261130"):  # digits are no unix time here
+                r = await _get(client, "/v1/webhook_deliveries", created_after=bad)
+                assert r.status_code == 400, bad
+                assert r.json()["error"]["param"] == "created_after"
+            # a date is ISO 8601 too: its midnight, UTC
+            r = await _get(client, "/v1/webhook_deliveries", created_before="1970-01-02")
+            assert (r.status_code, r.json()["data"]) == (200, [])
             r = await _get(client, "/v1/nothing_here")
             assert r.status_code == 404
             assert r.json()["error"]["type"] == "not_found"
-            # the key's own bucket: the 400 above took one token, this 404 another
-            assert r.headers["X-RateLimit-Remaining"] == "598"
+            # the key's own bucket: the 3 400s and the 200 above took a token each, this 404
+            assert r.headers["X-RateLimit-Remaining"] == "595"
             r = await client.delete("/v1/webhook_deliveries")
             assert r.status_code == 405
             assert r.headers["X-RateLimit-Limit"] == "60"

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from kirim_events.emulator.faults import TokenBucket
 from kirim_events.emulator.ids import ulid
 from kirim_events.emulator.store import DeliveryRow, Store, Subscription
-from kirim_events.events import EVENT_TYPE_PATTERN, header_number, parse_time
+from kirim_events.events import EVENT_TYPE_PATTERN, header_number
+from kirim_events.timearg import read_time
 
 __all__ = ["ANONYMOUS", "BULK_REPLAY_CAP", "ApiError", "ApiState", "Handler"]
 
@@ -142,10 +143,11 @@ def query_limit(request: Request) -> int:
 
 
 def time_param(value: Any, name: str) -> float | None:
-    """An ISO-8601 parameter as unix seconds (None when absent); 400 when unreadable."""
+    """An ISO-8601 parameter (a time, or a date: its midnight UTC) as unix seconds (None
+    when absent); 400 when unreadable, digits too (``2026`` is no unix time here)."""
     if value is None:
         return None
-    parsed = parse_time(value) if isinstance(value, str) else None
+    parsed = read_time(value) if isinstance(value, str) else None
     if parsed is None:
         raise bad("invalid_parameter", f"{name} must be an ISO-8601 time", name)
     return parsed.timestamp()

@@ -131,6 +131,25 @@ def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> Non
     assert emulate_cli._start(start, 10) == 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
+@pytest.mark.parametrize(("seed", "events"), [(1, 1000), (7, 3000)])
+def test_the_default_start_ends_the_history_before_now(seed: int, events: int) -> None:
+    """Kirim cannot have delivered an event before it happened, nor record it ahead of now."""
+    import time
+
+    from kirim_events.emulator import Emulator, WorldConfig
+
+    world = WorldConfig()
+    start = emulate_cli._start(None, emulate_cli._world_span(world, seed, events))
+    emu = Emulator(seed=seed, world=world, start=start)
+    emu.subscribe("https://example.invalid/hook")
+    for _ in emu.iter_deliveries(events):  # the history, as emulate records it
+        pass
+    now = time.time()
+    newest = max(r.created_at for r in emu.store.deliveries)
+    assert len(emu.truth) == events
+    assert now - 5 * 60 <= newest <= now  # ends about now, not after it
+
+
 def test_emulate_on_a_port_in_use_says_so_in_one_line() -> None:
     import socket
 

@@ -627,3 +627,44 @@ def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
         "pending",
         "interrupted: the emulator stopped during this attempt",
     )
+
+
+def test_a_handler_behind_tls_with_a_local_ca_is_reached(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kirim posts only to https; a handler's local CA (mkcert) is trusted through
+    SSL_CERT_FILE, as httpx trusts it by default (the emulator ignores proxy settings)."""
+    import shutil
+    import subprocess
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    app = Starlette(routes=[Route("/hook", lambda r: PlainTextResponse("ok"), methods=["POST"])])
+    emu = kirim_events.emulator.Emulator(seed=1)
+
+    async def post(url: str) -> int:
+        async with emu.webhook_client() as client:
+            return (await client.post(url, content=b"{}")).status_code
+
+    with serve(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as base:
+        url = base.replace("http://", "https://") + "/hook"
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(post(url))
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert asyncio.run(post(url)) == 200
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="SSL_CERT_FILE"):
+        emu.webhook_client()

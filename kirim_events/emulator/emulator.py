@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -25,8 +27,21 @@ from kirim_events.emulator.offline import SignedDelivery, iter_signed
 from kirim_events.emulator.store import Store, Subscription
 from kirim_events.emulator.truth import Truth
 from kirim_events.emulator.world import Bundle, World, WorldConfig
+from kirim_events.errors import ConfigError
 
 __all__ = ["Emulator"]
+
+
+def _tls_context(env: Mapping[str, str]) -> ssl.SSLContext | bool:
+    """Certificate checks trusting ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when either is set
+    (else httpx's default bundle)."""
+    cafile, capath = env.get("SSL_CERT_FILE") or None, env.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"SSL_CERT_FILE / SSL_CERT_DIR cannot be read: {exc}") from None
 
 
 class Emulator:
@@ -186,13 +201,20 @@ class Emulator:
         window short); it holds as many connections as deliveries run at once (else the
         ones waiting for a connection ran out their time and were sent again); and it
         ignores proxy settings (one set for the internet must not carry loopback webhooks).
+        It trusts the certificates named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set
+        (a handler behind TLS with a local CA, such as mkcert's), as httpx does by
+        default; ignoring the proxy settings would otherwise ignore these too.
         """
         cfg = self.engine_config
         limits = httpx.Limits(
             max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
         )
         return httpx.AsyncClient(
-            transport=transport, timeout=cfg.timeout + 1.0, limits=limits, trust_env=False
+            transport=transport,
+            timeout=cfg.timeout + 1.0,
+            limits=limits,
+            trust_env=False,
+            verify=_tls_context(os.environ),
         )
 
     def stop(self) -> None:

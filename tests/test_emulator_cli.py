@@ -286,3 +286,25 @@ def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
     out = " ".join(capsys.readouterr().out.split())
     assert "0 acknowledged" in out
     assert "failed in the last 0.3 s, the last: ConnectError" in out
+
+
+def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> None:
+    """A stop between attempts left them out of every line (succeeded 0, failed 0, dead 0)."""
+    from kirim_events.cli.emulate import _summary
+    from kirim_events.emulator import Emulator, EngineConfig, EngineReport
+
+    emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=1.0))
+    emu.subscribe(f"http://127.0.0.1:{free_port()}/hook")  # nobody there: every attempt fails
+
+    async def main() -> EngineReport:
+        sending = asyncio.ensure_future(emu.send(5))
+        await asyncio.sleep(1.0)  # the first attempts fail; their retries are minutes away
+        emu.stop()
+        return await sending
+
+    report = asyncio.run(main())
+    waiting = sum(1 for row in emu.store.deliveries if row.status == "pending")
+    assert waiting >= 1
+    table = _summary(report, emu)
+    rows = dict(zip(table.columns[0]._cells, table.columns[1]._cells, strict=True))
+    assert rows["deliveries still pending (a retry not yet due)"] == str(waiting)

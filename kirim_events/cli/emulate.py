@@ -102,6 +102,9 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
+    waiting = sum(1 for row in emu.store.deliveries if row.status == "pending")
+    if waiting:  # a stop left them between attempts: Kirim would still send them
+        table.add_row("deliveries still pending (a retry not yet due)", str(waiting))
     if report.interrupted:
         table.add_row("attempts cut short by the stop", str(report.interrupted))
     if report.disabled:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,21 @@ def test_help_paragraphs_are_one_line_each_so_the_terminal_wraps_them() -> None:
         if any("\n" in paragraph for paragraph in (cmd.help or "").split("\n\n"))
     ]
     assert broken == []
+
+
+def test_no_option_name_is_cut_on_an_80_column_terminal() -> None:
+    """A flag with two names (--x/--no-x) gets a second column, and rich then cut long
+    names in the first one (``--time-compressi…``)."""
+    import subprocess
+    import sys
+
+    cut = {}
+    for name, _ in _all():
+        argv = [sys.executable, "-m", "kirim_events", *name.split(), "--help"]
+        env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+        cut[name] = [line for line in out.splitlines() if re.search(r"│ +--\S*…", line)]
+    assert {k: v for k, v in cut.items() if v} == {}
 
 
 def test_every_command_is_documented() -> None:

@@ -101,9 +101,9 @@ def backfill_command(
         str | None, typer.Option("--status", help="Only deliveries in this Kirim status.")
     ] = None,
     event_type: EventTypeOption = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
-    ] = True,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bar (on stderr by default).")
+    ] = False,
 ) -> None:
     """Pull Kirim's delivery history into the store; a killed run resumes when started again.
 
@@ -128,7 +128,7 @@ def backfill_command(
         TimeElapsedColumn(),
         TextColumn("ETA {task.fields[eta]}"),
         console=err_console,
-        disable=not progress,
+        disable=no_progress,
         transient=False,
     )
     task = bar.add_task("backfill", total=100.0, pages=0, rows=0, rate="0", eta="?")

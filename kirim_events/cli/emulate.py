@@ -198,13 +198,14 @@ def emulate(
             "--fault-drop-rate", min=0, max=1, help="Share of API connections dropped mid-answer."
         ),
     ] = 0.0,
-    kirim_block: Annotated[
+    no_kirim_block: Annotated[
         bool,
         typer.Option(
-            "--kirim-block/--no-kirim-block",
-            help="Add Kirim's optional `kirim` block (conversation_id, contact_id) to Meta bodies.",
+            "--no-kirim-block",
+            help="Leave out Kirim's optional `kirim` block (conversation_id, contact_id), which"
+            " Meta bodies carry by default.",
         ),
-    ] = True,
+    ] = False,
     truth: Annotated[
         Path | None,
         typer.Option(
@@ -239,7 +240,7 @@ def emulate(
             except OSError as exc:
                 raise ConfigError(f"--truth {truth}: cannot write there ({exc.strerror})") from None
         world = WorldConfig(
-            max_contacts=contacts, failure_rate=failure_rate, kirim_block=kirim_block
+            max_contacts=contacts, failure_rate=failure_rate, kirim_block=not no_kirim_block
         )
         span = 0 if start is not None else _world_span(world, seed, events)
         emu = Emulator(

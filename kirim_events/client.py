@@ -221,6 +221,8 @@ class BulkReplayResult:
 # --------------------------------------------------------------------------- the client
 
 
+RATE_LIMITED_ATTEMPTS = 4
+"""429 answers a request may get, in multiples of ``max_attempts``, before it gives up."""
 MAX_EMPTY_PAGES = 100
 """Empty pages in a row, each saying there is more, after which a walk of the history
 stops (Kirim's pages can be empty once in a while; a hundred in a row is a loop)."""
@@ -363,7 +365,8 @@ class KirimClient:
         Raises
         ------
         RetryableApiError
-            Still failing after ``max_attempts`` tries (408/429/5xx/transport).
+            Still failing after ``max_attempts`` tries (408/5xx/transport), or after 4 x that
+            many 429s.
         PermanentApiError
             Any other 4xx (AuthenticationError for 401/403, NotFoundError for 404), an
             answer that is not a JSON object (InvalidResponse), or a 429 asking to wait
@@ -378,7 +381,7 @@ class KirimClient:
         headers: dict[str, str] = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
-        attempt = 0
+        attempt = limited = 0
         while True:
             attempt += 1
             self.limiter.acquire(klass)
@@ -406,7 +409,15 @@ class KirimClient:
                 error = _error_from(response, method, path, self._clock())
             if isinstance(error, RateLimitTooLong):
                 self._refused[klass] = (self._clock() + error.retry_after, error)
-            if not error.retryable or attempt >= self.max_attempts:
+            # 429s have their own, larger budget: the server says when to come back, and a
+            # busy limit shared by parallel slices should slow a run, not end it
+            limited += isinstance(error, RateLimited)
+            failures = attempt - limited
+            if (
+                not error.retryable
+                or failures >= self.max_attempts
+                or limited >= RATE_LIMITED_ATTEMPTS * self.max_attempts
+            ):
                 log.info("kirim api error (giving up): %s", error)  # the caller reports it
                 raise error
             self.retries += 1

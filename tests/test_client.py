@@ -251,7 +251,10 @@ def test_a_429_without_headers_waits_seconds_growing_each_time() -> None:
     with pytest.raises(RateLimited):
         client.list_deliveries()
     waits = [b - a for a, b in itertools.pairwise(sent_at)]
-    assert [round(w) for w in waits] == [2, 4, 8, 16]
+    assert [round(w) for w in waits[:4]] == [2, 4, 8, 16]
+    assert all(30 <= w <= 33 for w in waits[4:])  # then max_backoff, with a little jitter
+    # 429s have 4 x max_attempts: a busy shared limit slows a run rather than ends it
+    assert len(sent_at) == 4 * 5
 
 
 def test_retry_after_as_a_date_counts_from_the_answers_own_date() -> None:
@@ -405,6 +408,55 @@ def test_limiter_blocks_all_threads_after_429() -> None:
     assert sum(t.sleeps) >= 5
     limiter.acquire("write")  # other class unaffected
     assert sum(t.sleeps) == pytest.approx(5)
+
+
+def test_429s_do_not_use_up_the_attempts_of_other_errors() -> None:
+    t = FakeTime()
+    answers = iter([429] * 10 + [503] * 3 + [200])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = next(answers)
+        if status == 200:
+            return page([{"id": "wbd_1"}], None)
+        return httpx.Response(status, headers={"Retry-After": "1"}, text="busy")
+
+    client = make_client(handler, t)
+    client.max_attempts = 4  # 10 x 429 and 3 x 503: within 16 429s and 4 tries
+    assert [d.id for d in client.list_deliveries().deliveries] == ["wbd_1"]
+
+
+def test_after_a_bare_429_parallel_requests_probe_one_at_a_time() -> None:
+    """Without X-RateLimit headers, every thread retried together when the block ended and
+    met the same empty bucket: one probes, the rest wait for its answer."""
+    from kirim_events.ratelimit import RateLimiter
+
+    limiter = RateLimiter()
+    limiter.block("read", 0.05)
+    in_flight = peak = 0
+    lock = threading.Lock()
+
+    def request() -> None:
+        nonlocal in_flight, peak
+        limiter.acquire("read")
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.02)
+        with lock:
+            in_flight -= 1
+        limiter.release("read", {})  # an answer without rate-limit headers
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=10)
+    assert peak == 1
+    # once an answer tells the limit, requests go in parallel again
+    limiter.release("read", {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"})
+    limiter.acquire("read")
+    limiter.acquire("read")  # a second while the first is in flight: no wait
+    assert limiter._bucket("read").in_flight == 2
 
 
 def test_iter_pages_sends_cursor_verbatim_with_same_filters() -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from kirim_events.config import Secret, checked_api_key
+from kirim_events.config import Secret, checked_api_key, shown_url
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
@@ -221,6 +221,8 @@ class BulkReplayResult:
 # --------------------------------------------------------------------------- the client
 
 
+GARBLED_ATTEMPTS = 3
+"""Tries of a read whose 2xx answer cannot be read (truncated JSON, an HTML page)."""
 RATE_LIMITED_ATTEMPTS = 4
 """429 answers a request may get, in multiples of ``max_attempts``, before it gives up."""
 MAX_EMPTY_PAGES = 100
@@ -404,9 +406,21 @@ class KirimClient:
                 raise
             else:
                 self.limiter.release(klass, response.headers)
-                if response.is_success:
-                    return _decode(response, method, path)
-                error = _error_from(response, method, path, self._clock())
+                if not response.is_success:
+                    error = _error_from(response, method, path, self._clock())
+                else:
+                    try:
+                        return _decode(response, method, path)
+                    except InvalidResponse as exc:
+                        # a 2xx cut short or replaced by a proxy's page: a read may be asked
+                        # again, a few times; a write may have been done, so it is not
+                        if method not in ("GET", "HEAD") or attempt >= GARBLED_ATTEMPTS:
+                            raise
+                        error = RetryableApiError(
+                            f"{exc} (asking again)",
+                            status_code=exc.status_code,
+                            request_id=exc.request_id,
+                        )
             if isinstance(error, RateLimitTooLong):
                 self._refused[klass] = (self._clock() + error.retry_after, error)
             # 429s have their own, larger budget: the server says when to come back, and a
@@ -674,6 +688,9 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
         rid = rid or _opt_str(body.get("request_id"))
     rid = rid or response.headers.get("X-Request-Id")
     text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
+    if 300 <= status < 400 and "Location" in response.headers:
+        # not followed (the key must not go where it points); say where, without a query
+        text += f" (redirected to {shown_url(response.headers['Location'])})"
     kw: dict[str, Any] = {"status_code": status, "type": etype, "code": code, "request_id": rid}
     if status == 429:
         wait = retry_after(response.headers, now)

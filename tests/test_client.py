@@ -582,6 +582,41 @@ def test_malformed_pages_raise_invalid_response(body: bytes) -> None:
         make_client(handler, t).list_deliveries()
 
 
+def test_a_garbled_2xx_to_a_read_is_asked_again_a_few_times() -> None:
+    """A page cut short, or a proxy's HTML page with 200, stopped a whole backfill."""
+    t = FakeTime()
+    answers = iter([b'{"data": [{"id": "wbd_1"', b"<html>maintenance</html>"])
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        body = next(answers, None)
+        return page([{"id": "wbd_1"}], None) if body is None else httpx.Response(200, content=body)
+
+    client = make_client(handler, t)
+    assert [d.id for d in client.list_deliveries().deliveries] == ["wbd_1"]
+    assert (len(sent), client.retries) == (3, 2)
+    # always garbled: an InvalidResponse after 3 tries
+    garbled = make_client(lambda r: httpx.Response(200, content=b"<html>"), t)
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        garbled.list_deliveries()
+    assert garbled.requests_sent == 3
+    # a write may have been done: its garbled answer is not sent again
+    writes = make_client(lambda r: httpx.Response(202, content=b"<html>"), t)
+    with pytest.raises(InvalidResponse):
+        writes.replay("wbd_1")
+    assert writes.requests_sent == 1
+
+
+def test_a_redirect_says_where_it_pointed_without_its_query() -> None:
+    location = "https://elsewhere.example/v1/webhook_deliveries?token=hunter2"
+    client = make_client(lambda r: httpx.Response(302, headers={"Location": location}), FakeTime())
+    with pytest.raises(PermanentApiError) as e:
+        client.list_deliveries()
+    assert "(redirected to https://elsewhere.example/v1/webhook_deliveries)" in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
 def test_page_items_that_are_no_object_are_set_apart() -> None:
     """One odd item must not stop every walk at its page (a rerun would stop there again)."""
     body = {"data": [5, None, {"id": "wbd_1"}, "x", []], "has_more": False}

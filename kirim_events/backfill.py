@@ -632,25 +632,9 @@ def backfill(
         try:
             run = _Run(client, jr, cp, path, report, page_size, progress, now)
             workers = min(slices, len(cp.slices))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
-                pending = {pool.submit(run.walk, s) for s in cp.slices}
-                try:
-                    while pending:
-                        # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
-                        # main thread only when it next runs Python, not while it blocks untimed.
-                        done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
-                        for f in done:
-                            f.result()  # the first slice's error, if any
-                except BaseException:
-                    run.stop.set()  # let the other slices stop after their current page
-                    client.interrupt()  # without first sitting out a Retry-After or a backoff
-                    raise
-                finally:
-                    try:
-                        pool.shutdown(wait=True)
-                    finally:
-                        client.resume()  # the caller may use this client again
-            if flush:
+
+            def flush_journal() -> None:
+                nonlocal lake
                 if lake is None:
                     from kirim_events.lake import Lake
 
@@ -658,6 +642,18 @@ def backfill(
                 flushed = jr.flush(lake, batch_size=_FLUSH_BATCH)
                 report.flushed_events = flushed.events
                 report.flushed_deliveries = flushed.receipts
+
+            try:
+                _walk_all(run, client, cp.slices, workers)
+            except Exception:
+                # a run that failed (not one interrupted) still puts what it stored in the
+                # lake, where readers look; the error it failed with is the one raised
+                if flush:
+                    with contextlib.suppress(Exception):
+                        flush_journal()
+                raise
+            if flush:
+                flush_journal()
             _finish(path)
         finally:
             report.requests = client.requests_sent - sent0
@@ -666,6 +662,28 @@ def backfill(
             if own_journal:
                 jr.close()
         return report
+
+
+def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int) -> None:
+    """Walk every slice, ``workers`` at a time; the first slice's error stops the others."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
+        pending = {pool.submit(run.walk, s) for s in slices}
+        try:
+            while pending:
+                # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
+                # main thread only when it next runs Python, not while it blocks untimed.
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # the first slice's error, if any
+        except BaseException:
+            run.stop.set()  # let the other slices stop after their current page
+            client.interrupt()  # without first sitting out a Retry-After or a backoff
+            raise
+        finally:
+            try:
+                pool.shutdown(wait=True)
+            finally:
+                client.resume()  # the caller may use this client again
 
 
 def _finish(path: Path) -> None:

@@ -138,7 +138,9 @@ def emulate(
     events: Annotated[
         int, typer.Option("--events", min=0, help="Stop sending after N world events.")
     ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same world and ids.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Same seed and --start: same world, ids and bodies.")
+    ] = 0,
     rate: Annotated[
         float,
         typer.Option("--rate", min=0, help="World events per second; 0 = as fast as possible."),

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from kirim_events.emulator.bodies import Rendered, delivery_headers, render
-from kirim_events.emulator.ids import derive_rng, ulid
+from kirim_events.emulator.ids import delivery_rng, ulid
 from kirim_events.emulator.store import AttemptRecord, DeliveryRow, Store, Subscription
 from kirim_events.emulator.world import Bundle
 from kirim_events.errors import ConfigError
@@ -223,7 +223,8 @@ class DeliveryEngine:
                 self.store.unsent.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
             row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
-            lag = disorder_lag(derive_rng(self._root, row.id, 0), self.config)
+            draws = delivery_rng(self._root, sub.url, row.event_keys, row.replayed_from, 0)
+            lag = disorder_lag(draws, self.config)
             self._fresh += 1
             self.enqueue(row, lag / self.config.time_compression)
             rows.append(row)
@@ -362,7 +363,7 @@ class DeliveryEngine:
         finished = self._clock()
         row.updated_at, row.url = finished, sub.url
         row.response_status_code, row.response_body, row.error = code, body, error
-        rng = derive_rng(self._root, row.id, n)
+        rng = delivery_rng(self._root, sub.url, row.event_keys, row.replayed_from, n)
         outcome: str
         if code is not None and 200 <= code < 300:
             row.acknowledged = True

@@ -13,6 +13,7 @@ import random
 
 __all__ = [
     "api_key",
+    "delivery_rng",
     "derive_rng",
     "meta_billing_id",
     "ulid",
@@ -68,6 +69,14 @@ def webhook_secret(rng: random.Random) -> str:
 def api_key(rng: random.Random) -> str:
     """A ``kdv_live_`` API key: the prefix and 24 url-safe base64 chars (33 chars)."""
     return "kdv_live_" + _urlsafe(24, rng)
+
+
+def delivery_rng(root: int, url: str, event_keys: tuple[str, ...], replayed_from: str | None,
+                 attempt: int) -> random.Random:  # fmt: skip
+    """The draws of one delivery attempt (jitter, disorder, a lost ack), from what a run
+    with the same seed repeats: the events and where they go, not the delivery id, which
+    is stamped with the wall clock. So the same deliveries are sent twice or held back."""
+    return derive_rng(root, url, ",".join(event_keys), replayed_from or "", attempt)
 
 
 def derive_rng(root: int, *parts: object) -> random.Random:

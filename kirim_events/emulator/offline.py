@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kirim_events.emulator.bodies import Rendered, delivery_headers, render
 from kirim_events.emulator.engine import EngineConfig, disorder_lag, new_row, retry_delay
-from kirim_events.emulator.ids import derive_rng
+from kirim_events.emulator.ids import delivery_rng
 from kirim_events.emulator.store import DeliveryRow, Store
 from kirim_events.emulator.world import Bundle
 from kirim_events.signing import sign
@@ -92,7 +92,7 @@ def iter_signed(
             if not (cfg.disorder or cfg.duplicate_rate):
                 heapq.heappush(pending, (first, seq, 1, row, rendered))
                 continue
-            rng = derive_rng(root, row.id, 1)
+            rng = delivery_rng(root, sub.url, row.event_keys, row.replayed_from, 1)
             first += disorder_lag(rng, cfg) / cfg.time_compression
             heapq.heappush(pending, (first, seq, 1, row, rendered))
             if cfg.duplicate_rate and rng.random() < cfg.duplicate_rate:

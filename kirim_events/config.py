@@ -198,6 +198,22 @@ class Settings:
             raise ConfigError("no webhook secret: set KIRIM_WEBHOOK_SECRET (comma-separated)")
         return self.webhook_secrets
 
+    def secret_warnings(self) -> list[str]:
+        """What looks wrong in the webhook secrets, never quoting them: Kirim's start with
+        ``whsec_`` and hold no blanks or quotes. A wrong secret answers every delivery 401,
+        which Kirim takes as final, and after enough of them it disables the subscription."""
+        notes = []
+        for n, secret in enumerate(self.webhook_secrets, 1):
+            value = secret.reveal()
+            which = f"secret {n} of {len(self.webhook_secrets)} in KIRIM_WEBHOOK_SECRET"
+            if value.startswith("kdv_"):
+                notes.append(f"{which} is an API key (kdv_...), not a webhook secret (whsec_...)")
+            elif not value.startswith("whsec_"):
+                notes.append(f"{which} does not start with whsec_ as Kirim's webhook secrets do")
+            if any(c.isspace() or c in "'\"" for c in value):
+                notes.append(f"{which} holds a blank or a quote: copied with its quotes?")
+        return notes
+
     def require_api_key(self) -> Secret:
         """Return the API key, or raise ConfigError naming the variable to set."""
         if not self.api_key:

@@ -458,8 +458,13 @@ def test_cli_refuses_to_start_without_a_secret_or_on_a_busy_port(tmp_path: Path)
         port = busy.getsockname()[1]
         env["KIRIM_WEBHOOK_SECRET"] = SECRET
         run = subprocess.run([*base, "--port", str(port)], env=env, capture_output=True, timeout=60)
-    assert run.returncode == 2
-    assert b"cannot listen" in run.stderr
+        assert run.returncode == 2
+        assert b"cannot listen" in run.stderr
+        # a secret that looks wrong is named (never shown) before anything is listened to
+        env["KIRIM_WEBHOOK_SECRET"] = "kdv_live_hunter2"
+        run = subprocess.run([*base, "--port", str(port)], env=env, capture_output=True, timeout=60)
+    assert b"note: secret 1 of 1 in KIRIM_WEBHOOK_SECRET is an API key" in run.stderr
+    assert b"hunter2" not in run.stderr
 
 
 def test_flusher_runs_in_the_background_and_survives_lake_failures(tmp_path: Path) -> None:

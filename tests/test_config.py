@@ -190,3 +190,23 @@ def test_a_data_folder_under_an_unknown_users_home_is_a_config_error() -> None:
     # Path.expanduser raised RuntimeError: a traceback instead of a one-line error
     with pytest.raises(ConfigError, match="does not know"):
         Settings.load({"KIRIM_DATA_DIR": "~no_such_user_kirim_test/data"})
+
+
+def test_webhook_secrets_that_look_wrong_are_named_never_shown() -> None:
+    """A wrong secret answers every delivery 401, which Kirim takes as final."""
+    good = Settings.load({"KIRIM_WEBHOOK_SECRET": "whsec_new,whsec_old"})
+    assert good.secret_warnings() == []
+    odd = Settings.load(
+        {"KIRIM_WEBHOOK_SECRET": "whsec_ok, kdv_live_hunter2,hunter3, 'whsec_hunter4'"}
+    )
+    notes = odd.secret_warnings()
+    assert notes == [
+        "secret 2 of 4 in KIRIM_WEBHOOK_SECRET is an API key (kdv_...), not a webhook"
+        " secret (whsec_...)",
+        "secret 3 of 4 in KIRIM_WEBHOOK_SECRET does not start with whsec_ as Kirim's"
+        " webhook secrets do",
+        "secret 4 of 4 in KIRIM_WEBHOOK_SECRET does not start with whsec_ as Kirim's"
+        " webhook secrets do",
+        "secret 4 of 4 in KIRIM_WEBHOOK_SECRET holds a blank or a quote: copied with its quotes?",
+    ]
+    assert not any("hunter" in note for note in notes)

@@ -14,6 +14,7 @@ from kirim_events.cli._app import (
     console,
     err_console,
     errors_to_exit,
+    print_note,
     settings,
 )
 from kirim_events.collect import (
@@ -73,6 +74,8 @@ def collect_command(
     s = settings(data_dir=data, log_format=log_format)
     with errors_to_exit():
         s.require_secrets()
+        for note in s.secret_warnings():
+            print_note(note, stderr=True)
         configure_logging(s.log_format)
 
         def ready(url: str) -> None:

@@ -50,7 +50,13 @@ from pathlib import Path
 from typing import Any
 
 from kirim_events.client import Delivery, KirimClient, Page, format_time
-from kirim_events.errors import ConfigError, PayloadError, PermanentApiError, StorageError
+from kirim_events.errors import (
+    ConfigError,
+    Interrupted,
+    PayloadError,
+    PermanentApiError,
+    StorageError,
+)
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
@@ -346,7 +352,8 @@ class BackfillReport:
     events_duplicate: int = 0
     rows_without_payload: int = 0
     rows_without_time: int = 0
-    """Rows whose ``created_at`` is missing or unreadable (kept once, by the newest slice)."""
+    """Rows whose ``created_at`` is missing or unreadable (kept once, by the first slice
+    sent one)."""
     items_unreadable: int = 0
     """Items of the history's pages that are no delivery object (null, a number): skipped,
     and counted each time a page holding them is read."""
@@ -383,8 +390,9 @@ class _Run:
         self.stop = threading.Event()
         self.started = clock()
         self.snapshot = parse_time(cp.snapshot) or datetime.now(UTC)
-        # a row without a time belongs to no slice's range: the newest slice keeps it
-        self.untimed_owner = max(cp.slices, key=lambda x: parse_time(x.before) or self.snapshot)
+        # A row without a readable time belongs to no slice's range, and any slice may be
+        # sent it (Kirim files it by the time it knows): the first to see it keeps it.
+        self.untimed_seen: set[str] = set()
 
     def walk(self, s: _Slice) -> None:
         restarts, pages = 0, s.pages  # restarts since this run last stored a page of s
@@ -436,8 +444,10 @@ class _Run:
         oldest: datetime | None = None
         for d in page.deliveries:
             if d.created_at is None:
-                if s is not self.untimed_owner:
-                    continue  # every slice may be sent it; one keeps it
+                with self.lock:
+                    if d.id is not None and d.id in self.untimed_seen:
+                        continue
+                    self.untimed_seen.add(d.id or "")
                 untimed += 1
             elif not after <= d.created_at < before:
                 continue  # the overlap: another slice owns it
@@ -645,6 +655,8 @@ def backfill(
 
             try:
                 _walk_all(run, client, cp.slices, workers)
+            except Interrupted:
+                raise  # asked to stop: at once, the checkpoint and journal hold the pages
             except Exception:
                 # a run that failed (not one interrupted) still puts what it stored in the
                 # lake, where readers look; the error it failed with is the one raised

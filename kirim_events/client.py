@@ -383,7 +383,7 @@ class KirimClient:
         headers: dict[str, str] = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
-        attempt = limited = 0
+        attempt = limited = garbled = 0
         while True:
             attempt += 1
             self.limiter.acquire(klass)
@@ -414,7 +414,8 @@ class KirimClient:
                     except InvalidResponse as exc:
                         # a 2xx cut short or replaced by a proxy's page: a read may be asked
                         # again, a few times; a write may have been done, so it is not
-                        if method not in ("GET", "HEAD") or attempt >= GARBLED_ATTEMPTS:
+                        garbled += 1
+                        if method not in ("GET", "HEAD") or garbled >= GARBLED_ATTEMPTS:
                             raise
                         error = RetryableApiError(
                             f"{exc} (asking again)",

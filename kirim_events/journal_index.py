@@ -78,11 +78,11 @@ class JournalView(KeyIndex):
     """The dedup index of ``data_dir``'s journal, read-only: nothing is created, written or
     locked, so it works on a folder this process may not write.
 
-    SQLite opens a journal in WAL mode read-only only while its ``-wal`` and ``-shm`` files
-    exist (a collector has it open) or can be created. Where neither holds, every commit is
-    in the database file itself (the last writer to close folded the WAL in and removed it),
-    and it is read as immutable. A collector that opens the journal during such a read may
-    add keys the view does not see; they show as missing in a dry run, never the reverse.
+    Without a ``-wal`` file beside it, every commit is in the database file itself (the
+    last writer to close folded the WAL in and removed it): it is read as immutable, which
+    creates no file. With one (a collector has the journal open), SQLite's read-only mode
+    reads the WAL too. A collector that opens the journal during an immutable read may add
+    keys the view does not see; they show as missing in a dry run, never the reverse.
     """
 
     def __init__(self, data_dir: str | Path) -> None:
@@ -92,15 +92,10 @@ class JournalView(KeyIndex):
 
     def _connect(self) -> sqlite3.Connection:
         uri = self.path.resolve().as_uri()
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
-        try:
-            conn.execute("SELECT 1 FROM keys LIMIT 1").fetchall()
-            return conn
-        except sqlite3.OperationalError:
-            conn.close()
-            if self.path.with_name(self.path.name + "-wal").exists():
-                raise  # commits may be in the WAL: an immutable read would miss them
-        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        # read-only mode on a journal without a WAL would create -wal and -shm files
+        wal = self.path.with_name(self.path.name + "-wal").exists()
+        query = "mode=ro" if wal else "mode=ro&immutable=1"
+        return sqlite3.connect(f"{uri}?{query}", uri=True, isolation_level=None)
 
     def close(self) -> None:
         """Nothing to release (each lookup opens and closes its own connection)."""

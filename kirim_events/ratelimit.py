@@ -21,7 +21,8 @@ from email.utils import parsedate_to_datetime
 
 __all__ = ["RateLimiter", "retry_after"]
 
-_SERIAL_POLL = 0.05  # seconds between looks while one request probes the limit
+_WINDOW_POLL = 0.05  # seconds between looks while the requests in flight fill the window
+_WINDOW_MAX = 64  # a window this wide that still draws no 429 is dropped
 
 
 @dataclass
@@ -33,7 +34,7 @@ class _Bucket:
     in_flight: int = 0
     blocked_until: float = 0.0
     reset_at: float = 0.0
-    serial: bool = False  # after a 429 with no rate known: one request at a time
+    window: int | None = None  # after a 429 with no rate known: requests in flight at most
 
 
 class RateLimiter:
@@ -73,8 +74,8 @@ class RateLimiter:
             now = self._clock()
             if b.blocked_until > now:
                 return b.blocked_until - now
-            if b.serial and b.in_flight:
-                return _SERIAL_POLL  # the one request probing the limit has not answered
+            if b.window is not None and b.in_flight >= b.window:
+                return _WINDOW_POLL  # as many requests probe the limit as it has allowed
             if b.tokens is not None:
                 if b.rate:
                     cap = float(b.limit) if b.limit else float("inf")
@@ -116,8 +117,13 @@ class RateLimiter:
             remaining = _int_header(headers, "X-RateLimit-Remaining")
             reset = _float_header(headers, "X-RateLimit-Reset")
             if remaining is None:
+                # An answer (a 429 closes the window again in block): one more may go, so
+                # the window doubles with each round of answers (a TCP slow start), up to
+                # none at all.
+                if b.window is not None:
+                    b.window = None if b.window >= _WINDOW_MAX else b.window + 1
                 return
-            b.serial = False  # the limit is known again: pace by it
+            b.window = None  # the limit is known again: pace by it
             now = self._clock()
             if limit is not None:
                 b.limit = limit
@@ -141,11 +147,11 @@ class RateLimiter:
                 b.tokens = 0.0
                 b.updated = b.blocked_until
             else:
-                # After the block, probe one request at a time: all threads at once would
-                # meet the same empty bucket and be refused again (16 slices sent 91 of 139
-                # requests into 429s against a server with no X-RateLimit headers).
+                # After the block, probe one request at a time, then two ...: all threads at
+                # once would meet the same empty bucket and be refused again (16 slices sent
+                # 91 of 139 requests into 429s against a server with no X-RateLimit headers).
                 b.tokens = None
-                b.serial = True
+                b.window = 1
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

@@ -62,10 +62,14 @@ cancels it; ``collect`` gives each request head the same time."""
 DEFAULT_MIN_FREE = 64 << 20
 """Bytes free where the journal is below which ``/healthz`` answers 503."""
 MIN_BUFFERED = 64 << 20
-"""The least memory (bytes) that bodies being received and handled may hold together; the
-budget is this or four ``max_body``, whichever is more. Past it a request gets 503 (Kirim
-retries): a few hundred clients sending 4 MiB bodies with made-up signatures cannot take
-gigabytes. Kirim's own bodies are a few kB."""
+"""The least memory (bytes) that bodies being received and handled may hold together past
+their first ``FREE_BODY_BYTES``; the budget is this or four ``max_body``, whichever is more.
+Past it a request gets 503 (Kirim retries): a few hundred clients sending 4 MiB bodies with
+made-up signatures cannot take gigabytes."""
+FREE_BODY_BYTES = 64 << 10
+"""The first bytes of each body, which do not count against the budget (their memory is
+bounded by ``--max-connections``): Kirim's bodies are a few kB, so clients filling the
+budget with large bodies cannot turn Kirim's deliveries away."""
 PARSE_IN_THREAD_BYTES = 256 * 1024
 """Bodies from this size are parsed off the event loop (a 3.7 MB batch took 3.5 s), so the
 acknowledgements of other deliveries do not wait for them."""
@@ -343,8 +347,10 @@ class Receiver:
             size += len(chunk)
             if size > self.max_body:
                 raise _TooLarge
-            self._hold(len(chunk))
-            held[0] += len(chunk)
+            counted = max(0, size - FREE_BODY_BYTES) - held[0]
+            if counted > 0:
+                self._hold(counted)
+                held[0] += counted
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)

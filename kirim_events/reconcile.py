@@ -33,6 +33,7 @@ The library never prints; the CLI renders the :class:`ReconcileReport`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -311,6 +312,9 @@ def _better(d: Delivery, m: MissingEvent) -> bool:
 def _in_lake(lake: Any, keys: list[str], ids: list[str]) -> tuple[set[str], set[str]]:
     if not keys and not ids:
         return set(), set()
+    storage = getattr(lake, "storage", None)
+    if storage is not None and storage.local and not os.path.isdir(storage.root):
+        return set(), set()  # a data folder not made yet (a dry run makes none) holds nothing
     frame = (
         lake.events()
         .select("event_key", "event_id")

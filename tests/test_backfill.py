@@ -18,7 +18,7 @@ from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_fram
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
 from kirim_events.client import KirimClient, format_time
 from kirim_events.emulator import FaultConfig
-from kirim_events.errors import AuthenticationError, ConfigError, StorageError
+from kirim_events.errors import AuthenticationError, ConfigError, Interrupted, StorageError
 from kirim_events.events import parse_time
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -603,7 +603,7 @@ class QuirkyHistory:
         self.with_cursor = 0
 
     def times(self, row: dict[str, Any]) -> datetime:
-        when = parse_time(row["created_at"])
+        when = parse_time(row.get("_filed_at", row["created_at"]))  # its time as Kirim knows it
         assert when is not None
         return when
 
@@ -730,3 +730,41 @@ def test_a_run_that_fails_midway_puts_what_it_stored_in_the_lake(tmp_path: Path)
     assert report.resumed
     _, deliveries = lake_frames(tmp_path)
     assert sorted(deliveries["delivery_id"]) == sorted(r["id"] for r in rows)
+
+
+def test_rows_shown_without_a_readable_time_are_kept_whichever_slice_is_sent_them(
+    tmp_path: Path,
+) -> None:
+    """Kirim files a row by the time it knows, then may show that time in a form we cannot
+    read: the row reaches the slice of its real time, not always the newest one."""
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = []
+    for i in range(60):
+        row = history_row(i, "Fri, 01 May 2026 10:05:00 GMT")
+        row["_filed_at"] = format_time(start + timedelta(minutes=i))
+        rows.append(row)
+    report = QuirkyHistory(rows).backfill(tmp_path, slices=4, page_size=7)
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(deliveries["delivery_id"]) == sorted(r["id"] for r in rows)  # each once
+    assert report.rows_without_time == 60
+
+
+def test_a_run_asked_to_stop_stops_without_flushing(tmp_path: Path) -> None:
+    """interrupt() means stop now: the pages stay in the journal (and the checkpoint says
+    where to resume); a flush could take long."""
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(50)]
+    quirky = QuirkyHistory(rows)
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(quirky.handler))
+
+    def stop_after_two_pages(p: BackfillProgress) -> None:
+        if p.pages == 2:
+            client.interrupt()
+
+    with pytest.raises(Interrupted):
+        backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
+                 until="2026-05-01T11:00:00Z", slices=1, page_size=10,
+                 progress=stop_after_two_pages)  # fmt: skip
+    assert not list((tmp_path / "events").rglob("*.parquet"))
+    with Journal(tmp_path) as j:
+        assert j.backlog == 20

@@ -425,38 +425,39 @@ def test_429s_do_not_use_up_the_attempts_of_other_errors() -> None:
     assert [d.id for d in client.list_deliveries().deliveries] == ["wbd_1"]
 
 
-def test_after_a_bare_429_parallel_requests_probe_one_at_a_time() -> None:
+def test_after_a_bare_429_parallel_requests_probe_one_then_more() -> None:
     """Without X-RateLimit headers, every thread retried together when the block ended and
-    met the same empty bucket: one probes, the rest wait for its answer."""
+    met the same empty bucket. Now one probes, then two, four ... as rounds of answers come
+    back (a 429 starts over at one); rate-limit headers end the window."""
     from kirim_events.ratelimit import RateLimiter
 
-    limiter = RateLimiter()
-    limiter.block("read", 0.05)
-    in_flight = peak = 0
-    lock = threading.Lock()
+    t = FakeTime()
+    limiter = RateLimiter(clock=t.clock, sleep=t.sleep)
 
-    def request() -> None:
-        nonlocal in_flight, peak
-        limiter.acquire("read")
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-        time.sleep(0.02)
-        with lock:
-            in_flight -= 1
-        limiter.release("read", {})  # an answer without rate-limit headers
+    def may_go() -> int:
+        """How many requests may go now, up to 200 (each one taken stays in flight)."""
+        n = 0
+        while n < 200 and limiter._reserve_or_wait("read") == 0:
+            n += 1
+        return n
 
-    threads = [threading.Thread(target=request) for _ in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=10)
-    assert peak == 1
-    # once an answer tells the limit, requests go in parallel again
+    assert may_go() > 100  # nothing known: no window
+    for _ in range(limiter._bucket("read").in_flight):
+        limiter.release("read", None)
+    limiter.block("read", 2.0)
+    t.now += 2.0
+    assert may_go() == 1
+    for width in (2, 4, 8):
+        for _ in range(limiter._bucket("read").in_flight):
+            limiter.release("read", {})  # answers without rate-limit headers
+        assert may_go() == width
+    for _ in range(limiter._bucket("read").in_flight):
+        limiter.release("read", {})
+    limiter.block("read", 1.0)  # another 429: one again
+    t.now += 1.0
+    assert may_go() == 1
     limiter.release("read", {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"})
-    limiter.acquire("read")
-    limiter.acquire("read")  # a second while the first is in flight: no wait
-    assert limiter._bucket("read").in_flight == 2
+    assert may_go() > 50  # the limit is known: paced by tokens, no window
 
 
 def test_iter_pages_sends_cursor_verbatim_with_same_filters() -> None:
@@ -601,6 +602,20 @@ def test_a_garbled_2xx_to_a_read_is_asked_again_a_few_times() -> None:
     with pytest.raises(InvalidResponse, match="not JSON"):
         garbled.list_deliveries()
     assert garbled.requests_sent == 3
+    # the 3 tries count garbled answers only, not 429s before them (busy parallel slices)
+    answers = iter([429, 429, 200])
+
+    def busy_then_garbled(request: httpx.Request) -> httpx.Response:
+        status = next(answers, None)
+        if status == 429:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        if status == 200:
+            return httpx.Response(200, content=b"<html>proxy</html>")
+        return page([{"id": "wbd_2"}], None)
+
+    assert [d.id for d in make_client(busy_then_garbled, t).list_deliveries().deliveries] == [
+        "wbd_2"
+    ]
     # a write may have been done: its garbled answer is not sent again
     writes = make_client(lambda r: httpx.Response(202, content=b"<html>"), t)
     with pytest.raises(InvalidResponse):

@@ -563,3 +563,23 @@ def test_seen_prefixes_answers_for_any_text(journal: Journal) -> None:
     # the last two ends broke a computed upper bound (past U+10FFFF; into the surrogates)
     held = {"wamid.A:", "wamid.AB:", "wamid.", "x\U0010ffff", "y\ud7ff"}
     assert journal.seen_prefixes(asked) == held
+
+
+def test_the_read_only_view_sees_every_key_and_creates_nothing(tmp_path: Path) -> None:
+    from kirim_events.journal_index import JournalView
+
+    status = records(testing.meta_status("sent", wamid="wamid.V"))
+    with Journal(tmp_path) as j:
+        j.append(records(testing.kirim_event()) + status)
+    files = sorted(p.name for p in (tmp_path / "_journal").iterdir())
+    view = JournalView(tmp_path)
+    assert view.seen([status[0].event_key, "evt_none"]) == {status[0].event_key}
+    assert view.seen_prefixes(["wamid.V:", "wamid.W:"]) == {"wamid.V:"}
+    assert sorted(p.name for p in (tmp_path / "_journal").iterdir()) == files  # no -wal/-shm
+    # while a writer has it open, the view reads what is still in its WAL
+    with Journal(tmp_path) as j:
+        late = records(testing.kirim_event())
+        j.append(late)
+        assert view.seen([late[0].event_key]) == {late[0].event_key}
+    with pytest.raises(StorageError, match="no journal"):
+        JournalView(tmp_path / "elsewhere")

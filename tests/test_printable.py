@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import pytest
+
 from kirim_events.collect import TextFormatter
 from kirim_events.printable import printable
 
@@ -47,3 +49,21 @@ def test_a_traceback_after_the_line_keeps_its_lines() -> None:
     assert first.endswith("ERROR kirim_events.x: failed")
     assert rest[0] == "Traceback (most recent call last):"
     assert rest[-1] == "ValueError: boom"
+
+
+def test_reconcile_shows_the_apis_ids_without_obeying_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from datetime import UTC, datetime
+
+    from kirim_events.cli.backfill import _render_reconcile
+    from kirim_events.reconcile import BulkWindow, ReconcileReport
+
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    report = ReconcileReport(since=at, until=at, dry_run=True)
+    report.windows.append(BulkWindow("wbs_\x1b]0;owned\x1b\\\x1b[2J", "dead", at, at, 3))
+    report.notes.append("subscription wbs_\x1b[31mred")
+    _render_reconcile(report)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "bulk_replay wbs_\\x1b]0;owned" in out

@@ -147,6 +147,12 @@ def test_dry_run_on_an_empty_folder_creates_nothing(world: World, tmp_path: Path
                        now=t.clock)  # fmt: skip
     assert len({m.key for m in report.missing}) == len(world.history_keys)
     assert list(empty.iterdir()) == []
+    # nor does a folder not made yet: it holds nothing, and is not made
+    absent = tmp_path / "absent"
+    report = reconcile(absent, client=client, since=since, until=until, dry_run=True,
+                       now=t.clock)  # fmt: skip
+    assert len({m.key for m in report.missing}) == len(world.history_keys)
+    assert not absent.exists()
 
 
 def test_bad_range_is_a_config_error(tmp_path: Path) -> None:

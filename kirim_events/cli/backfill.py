@@ -259,7 +259,7 @@ def _render_reconcile(r: ReconcileReport) -> None:
         console.print(plan)
     for w in r.windows:
         console.print(
-            f"  bulk_replay {w.subscription_id} status={w.status} "
+            f"  bulk_replay {printable(w.subscription_id)} status={w.status} "
             f"{_fmt(w.created_after)} .. {_fmt(w.created_before)} (~{w.rows} rows)"
         )
     if r.unparseable:

@@ -288,7 +288,8 @@ class Receiver:
             try:
                 status, body, unread = await self._webhook(scope, receive, held)
             finally:
-                self._hold(-held[0])
+                if held[0]:
+                    self._hold(-held[0])
             # an answer before the whole body was read: close rather than wait on the rest
             await _send(send, status, body, _JSON_TYPE, [_CLOSE] if unread else ())
         elif path == "/healthz" and method in ("GET", "HEAD"):

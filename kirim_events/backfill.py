@@ -444,10 +444,11 @@ class _Run:
         oldest: datetime | None = None
         for d in page.deliveries:
             if d.created_at is None:
+                mark = _untimed_mark(d)
                 with self.lock:
-                    if d.id is not None and d.id in self.untimed_seen:
+                    if mark in self.untimed_seen:
                         continue
-                    self.untimed_seen.add(d.id or "")
+                    self.untimed_seen.add(mark)
                 untimed += 1
             elif not after <= d.created_at < before:
                 continue  # the overlap: another slice owns it
@@ -674,6 +675,15 @@ def backfill(
             if own_journal:
                 jr.close()
         return report
+
+
+def _untimed_mark(d: Delivery) -> str:
+    """What tells one row without a readable time from another: its id, or without one
+    what the row holds (the same row sent to two slices is one row)."""
+    if d.id:
+        return f"id:{d.id}"
+    fields = (d.event_id, d.status, d.attempt, d.subscription_id, d.payload)
+    return "row:" + hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
 def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int) -> None:

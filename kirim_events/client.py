@@ -427,7 +427,7 @@ class KirimClient:
             # 429s have their own, larger budget: the server says when to come back, and a
             # busy limit shared by parallel slices should slow a run, not end it
             limited += isinstance(error, RateLimited)
-            failures = attempt - limited
+            failures = attempt - limited - garbled  # each kind has its own budget
             if (
                 not error.retryable
                 or failures >= self.max_attempts

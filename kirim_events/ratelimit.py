@@ -35,6 +35,7 @@ class _Bucket:
     blocked_until: float = 0.0
     reset_at: float = 0.0
     window: int | None = None  # after a 429 with no rate known: requests in flight at most
+    stale: int = 0  # answers still due to requests sent before that 429: they do not widen
 
 
 class RateLimiter:
@@ -117,13 +118,15 @@ class RateLimiter:
             remaining = _int_header(headers, "X-RateLimit-Remaining")
             reset = _float_header(headers, "X-RateLimit-Reset")
             if remaining is None:
-                # An answer (a 429 closes the window again in block): one more may go, so
-                # the window doubles with each round of answers (a TCP slow start), up to
-                # none at all.
-                if b.window is not None:
+                # An answer to a request sent since the window opened (a 429 closes it again
+                # in block): one more may go, so the window doubles with each round of
+                # answers (a TCP slow start), up to none at all.
+                if b.stale:
+                    b.stale -= 1
+                elif b.window is not None:
                     b.window = None if b.window >= _WINDOW_MAX else b.window + 1
                 return
-            b.window = None  # the limit is known again: pace by it
+            b.window, b.stale = None, 0  # the limit is known again: pace by it
             now = self._clock()
             if limit is not None:
                 b.limit = limit
@@ -151,7 +154,7 @@ class RateLimiter:
                 # once would meet the same empty bucket and be refused again (16 slices sent
                 # 91 of 139 requests into 429s against a server with no X-RateLimit headers).
                 b.tokens = None
-                b.window = 1
+                b.window, b.stale = 1, b.in_flight
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

@@ -214,7 +214,8 @@ def test_errors_and_notes_show_quoted_text_escaped(capsys: pytest.CaptureFixture
     out, err = capsys.readouterr()
     assert "\x1b" not in err
     assert "\\x1b[2Jgone" in err
-    assert "second line" in err.splitlines()[-1]  # a message's own lines stay lines
+    assert len(err.splitlines()) == 1  # quoted text cannot add a line of its own
+    assert "gone\\nsecond line" in err
     assert "\u202e" not in out
     assert "\\u202eexe.txt" in out
 

@@ -768,3 +768,16 @@ def test_a_run_asked_to_stop_stops_without_flushing(tmp_path: Path) -> None:
     assert not list((tmp_path / "events").rglob("*.parquet"))
     with Journal(tmp_path) as j:
         assert j.backlog == 20
+
+
+def test_rows_without_a_time_or_an_id_are_kept_once_too(tmp_path: Path) -> None:
+    rows = [history_row(i, None) for i in range(3)]
+    for row in rows:
+        row["id"] = None
+    rows.append({**history_row(9, None), "id": ""})  # an empty id is no id either
+    report = QuirkyHistory(rows, ignore_filters=True).backfill(tmp_path, slices=4, page_size=7)
+    assert report.rows_without_time == 4  # each sent to all 16 slices, kept by one
+    with Journal(tmp_path) as j:
+        assert j.backlog == 0  # flushed: 4 events, no copies
+    events, _ = lake_frames(tmp_path)
+    assert events.height == 4

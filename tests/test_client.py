@@ -451,10 +451,10 @@ def test_after_a_bare_429_parallel_requests_probe_one_then_more() -> None:
         for _ in range(limiter._bucket("read").in_flight):
             limiter.release("read", {})  # answers without rate-limit headers
         assert may_go() == width
-    for _ in range(limiter._bucket("read").in_flight):
-        limiter.release("read", {})
-    limiter.block("read", 1.0)  # another 429: one again
+    limiter.block("read", 1.0)  # another 429, 8 requests still out: one again
     t.now += 1.0
+    for _ in range(8):  # their answers were asked before the 429: they do not widen it
+        limiter.release("read", {})
     assert may_go() == 1
     limiter.release("read", {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"})
     assert may_go() > 50  # the limit is known: paced by tokens, no window
@@ -615,6 +615,18 @@ def test_a_garbled_2xx_to_a_read_is_asked_again_a_few_times() -> None:
 
     assert [d.id for d in make_client(busy_then_garbled, t).list_deliveries().deliveries] == [
         "wbd_2"
+    ]
+    # nor do garbled answers use up the tries of 5xx: 2 garbled, then 7 x 503 (of 8 tries)
+    codes = iter([200, 200] + [503] * 7)
+
+    def garbled_then_down(request: httpx.Request) -> httpx.Response:
+        code = next(codes, None)
+        if code == 200:
+            return httpx.Response(200, content=b"<html>")
+        return httpx.Response(code) if code else page([{"id": "wbd_3"}], None)
+
+    assert [d.id for d in make_client(garbled_then_down, t).list_deliveries().deliveries] == [
+        "wbd_3"
     ]
     # a write may have been done: its garbled answer is not sent again
     writes = make_client(lambda r: httpx.Response(202, content=b"<html>"), t)

@@ -39,10 +39,11 @@ err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def print_error(message: object) -> None:
-    """One red ``error:`` line on stderr, the message printed as it is (but for control
-    characters: it may quote what a server or a file said; see :func:`printable`)."""
+    """One red ``error:`` line on stderr, the message printed as it is but for control
+    characters and line breaks, escaped: it may quote what a server or a file said, which
+    must not add lines of its own (see :func:`printable`)."""
     # soft_wrap: one line however narrow the terminal (it wraps it), never cut by rich
-    text = printable(message, lines=True)
+    text = printable(message)
     err_console.print(Text.assemble(("error:", "red"), " ", text), soft_wrap=True)
 
 
@@ -57,8 +58,9 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
 
 
 def print_note(message: object, *, stderr: bool = False) -> None:
-    """One yellow ``note:`` line on stdout (or stderr): worth a look, not a failure."""
-    text = printable(message, lines=True)
+    """One yellow ``note:`` line on stdout (or stderr): worth a look, not a failure (API
+    text in it escaped as in :func:`print_error`)."""
+    text = printable(message)
     out = err_console if stderr else console
     out.print(Text.assemble(("note:", "yellow"), " ", text), soft_wrap=True)
 

@@ -116,6 +116,11 @@ def run_once(args: argparse.Namespace) -> None:
         def release(self, klass: str, headers: Any) -> None:
             super().release(klass, None)
 
+        def block(self, klass: str, seconds: float) -> None:
+            # waits out Retry-After, then sends as before: none of ours' probing either
+            super().block(klass, seconds)
+            self._bucket(klass).window = None
+
     drain(args.url, args.key)  # here, after the imports: the run starts limit-bound
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     transport = Recording()

@@ -113,6 +113,9 @@ class RateLimiter:
             b = self._bucket(klass)
             b.in_flight = max(0, b.in_flight - 1)
             if headers is None:
+                # no answer (a transport error): if it was one from before the 429, no
+                # answer of those is due from it, and none can be due beyond those in flight
+                b.stale = min(b.stale, b.in_flight)
                 return
             limit = _int_header(headers, "X-RateLimit-Limit")
             remaining = _int_header(headers, "X-RateLimit-Remaining")

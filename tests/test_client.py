@@ -456,6 +456,12 @@ def test_after_a_bare_429_parallel_requests_probe_one_then_more() -> None:
     for _ in range(8):  # their answers were asked before the 429: they do not widen it
         limiter.release("read", {})
     assert may_go() == 1
+    limiter.block("read", 1.0)  # 1 out when the 429 came; it fails with no answer at all
+    t.now += 1.0
+    limiter.release("read", None)
+    assert may_go() == 1
+    limiter.release("read", {})  # the next answer widens the window: nothing stale is due
+    assert may_go() == 2
     limiter.release("read", {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"})
     assert may_go() > 50  # the limit is known: paced by tokens, no window
 

@@ -113,8 +113,8 @@ def run_once(args: argparse.Namespace) -> None:
     class NoPacing(RateLimiter):
         """Baseline: ignore the X-RateLimit headers (429 + Retry-After still honoured)."""
 
-        def release(self, klass: str, headers: Any) -> None:
-            super().release(klass, None)
+        def release(self, klass: str, headers: Any, *, refused: bool = False) -> None:
+            super().release(klass, None, refused=refused)
 
         def block(self, klass: str, seconds: float) -> None:
             # waits out Retry-After, then sends as before: none of ours' probing either

@@ -35,6 +35,7 @@ every page (the CLI draws a progress bar from it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -682,8 +683,8 @@ def _untimed_mark(d: Delivery) -> str:
     what the row holds (the same row sent to two slices is one row)."""
     if d.id:
         return f"id:{d.id}"
-    fields = (d.event_id, d.status, d.attempt, d.subscription_id, d.payload)
-    return "row:" + hashlib.sha256(repr(fields).encode()).hexdigest()
+    row = json.dumps(dataclasses.asdict(d), sort_keys=True, default=str)
+    return "row:" + hashlib.sha256(row.encode()).hexdigest()
 
 
 def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int) -> None:

@@ -253,7 +253,8 @@ class KirimClient:
     sleep, clock, rng
         Injected waiting, wall clock and randomness (jitter, idempotency keys).
     max_attempts
-        Tries per request before a retryable error is raised.
+        Tries per request before a retryable error (5xx, 408, transport) is raised; 429s
+        have 4 x as many of their own, and a read whose 2xx cannot be read 3.
     backoff, max_backoff
         Base and ceiling in seconds of the exponential backoff (full jitter).
     timeout
@@ -405,7 +406,7 @@ class KirimClient:
                 self.limiter.release(klass, None)  # or the limiter counts it in flight for ever
                 raise
             else:
-                self.limiter.release(klass, response.headers)
+                self.limiter.release(klass, response.headers, refused=response.status_code == 429)
                 if not response.is_success:
                     error = _error_from(response, method, path, self._clock())
                 else:

@@ -95,41 +95,44 @@ class JournalView(KeyIndex):
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = journal_path(data_dir)
-        self._wal = False  # read in read-only mode even without a WAL file
+        self._wal = False  # how the next read opens: read-only mode (a WAL), else immutable
         if not self.path.is_file():
             raise StorageError(f"no journal at {self.path}")
 
     def _state(self) -> tuple[bool, int, int, int]:
         """(a WAL is there, and the database file's inode, size and modification time)."""
-        st = self.path.stat()
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise StorageError(f"cannot read journal: {exc}") from exc
         wal = self.path.with_name(self.path.name + "-wal").exists()
         return wal, st.st_ino, st.st_size, st.st_mtime_ns
 
     def _connect(self) -> sqlite3.Connection:
         uri = self.path.resolve().as_uri()
         # read-only mode on a journal without a WAL would create -wal and -shm files
-        query = "mode=ro" if self._wal or self._state()[0] else "mode=ro&immutable=1"
+        query = "mode=ro" if self._wal else "mode=ro&immutable=1"
         return sqlite3.connect(f"{uri}?{query}", uri=True, isolation_level=None)
 
     def _stable(self, read: Callable[[], set[str]]) -> set[str]:
         """``read()``, made again while a writer changed the file under an immutable read."""
-        self._wal = False
         for attempt in range(_TRIES):
             before = self._state()
+            self._wal = before[0]  # the mode is decided once per read, from this look
             try:
                 found = read()
             except StorageError:
+                if self._state() == before:
+                    raise  # nothing changed under it: a real error, at once
                 found = None  # a page changed mid-read ("disk image is malformed")
-            # with a WAL, read-only mode: SQLite's own locking holds (a retry only when a
-            # writer removed the WAL while it was being opened)
+            # with a WAL, read-only mode: SQLite's own locking holds
             if found is not None and (before[0] or self._state() == before):
                 return found
             time.sleep(0.01 * (attempt + 1))
-        self._wal = True  # a writer keeps at it: read as one reads beside a writer
-        try:
-            return read()
-        finally:
-            self._wal = False
+        # a writer keeps at it: one more read as its state now says (read-only mode only
+        # with a WAL there, so no file is created)
+        self._wal = self._state()[0]
+        return read()
 
     def seen(self, event_keys: Iterable[str]) -> set[str]:
         """Return which of ``event_keys`` the dedup index already holds."""

@@ -107,8 +107,11 @@ class RateLimiter:
             self.waited += wait
             self._sleep(wait)
 
-    def release(self, klass: str, headers: Mapping[str, str] | None) -> None:
-        """Record a finished request and re-synchronise from its rate-limit headers."""
+    def release(
+        self, klass: str, headers: Mapping[str, str] | None, *, refused: bool = False
+    ) -> None:
+        """Record a finished request and re-synchronise from its rate-limit headers;
+        ``refused``: it was answered 429 (:meth:`block` follows), which widens no window."""
         with self._lock:
             b = self._bucket(klass)
             b.in_flight = max(0, b.in_flight - 1)
@@ -126,7 +129,7 @@ class RateLimiter:
                 # answers (a TCP slow start), up to none at all.
                 if b.stale:
                     b.stale -= 1
-                elif b.window is not None:
+                elif b.window is not None and not refused:
                     b.window = None if b.window >= _WINDOW_MAX else b.window + 1
                 return
             b.window, b.stale = None, 0  # the limit is known again: pace by it

@@ -775,9 +775,10 @@ def test_rows_without_a_time_or_an_id_are_kept_once_too(tmp_path: Path) -> None:
     for row in rows:
         row["id"] = None
     rows.append({**history_row(9, None), "id": ""})  # an empty id is no id either
+    # the same event's replay: another row, though its event, status and payload agree
+    rows.append({**rows[0], "replayed_from": "wbd_first", "response_status_code": 500})
     report = QuirkyHistory(rows, ignore_filters=True).backfill(tmp_path, slices=4, page_size=7)
-    assert report.rows_without_time == 4  # each sent to all 16 slices, kept by one
-    with Journal(tmp_path) as j:
-        assert j.backlog == 0  # flushed: 4 events, no copies
-    events, _ = lake_frames(tmp_path)
-    assert events.height == 4
+    assert report.rows_without_time == 5  # each sent to all 16 slices, kept by one
+    events, deliveries = lake_frames(tmp_path)
+    assert events.height == 4  # the replay carries an event already stored
+    assert deliveries.height == 5

@@ -462,6 +462,8 @@ def test_after_a_bare_429_parallel_requests_probe_one_then_more() -> None:
     assert may_go() == 1
     limiter.release("read", {})  # the next answer widens the window: nothing stale is due
     assert may_go() == 2
+    limiter.release("read", {}, refused=True)  # a 429 (block follows): it widens nothing
+    assert may_go() == 1  # its place only; a plain answer would have let 2 go
     limiter.release("read", {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "90"})
     assert may_go() > 50  # the limit is known: paced by tokens, no window
 

@@ -583,3 +583,22 @@ def test_the_read_only_view_sees_every_key_and_creates_nothing(tmp_path: Path) -
         assert view.seen([late[0].event_key]) == {late[0].event_key}
     with pytest.raises(StorageError, match="no journal"):
         JournalView(tmp_path / "elsewhere")
+
+
+def test_the_view_raises_a_real_error_at_once_and_still_creates_nothing(tmp_path: Path) -> None:
+    """Retries are for a file changing under a read; a journal that cannot answer says so."""
+    import time
+
+    from kirim_events.journal_index import JournalView
+
+    folder = tmp_path / "_journal"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "journal.sqlite3")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE other (x)")  # no keys table
+    conn.close()
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="no such table: keys"):
+        JournalView(tmp_path).seen(["evt_1"])
+    assert time.monotonic() - started < 0.3
+    assert sorted(p.name for p in folder.iterdir()) == ["journal.sqlite3"]

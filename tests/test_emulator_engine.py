@@ -602,14 +602,23 @@ def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
     # Ctrl-C waited out --timeout (30 s here) for a handler that never answered, and a
     # second Ctrl-C did not cut it short: the attempt now gets a short grace, then stops
     # (at once on a second stop), and is reported as cut short.
+    # The row then shows this attempt, not the answer of the one before it.
     arrived = asyncio.Event()
+    calls = 0
 
     async def hung(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first attempt is answered 500; the retry hangs
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b"boom"})
+            return
         arrived.set()
         await asyncio.sleep(3600)
 
     async def main() -> Any:
-        emu = Emulator(seed=2, secrets=SECRET, engine=EngineConfig(timeout=30))
+        config = EngineConfig(timeout=30, time_compression=10_000)
+        emu = Emulator(seed=2, secrets=SECRET, engine=config)
         emu.subscribe(URL)
         sending = asyncio.ensure_future(
             emu.send(1, transport=httpx.ASGITransport(app=hung), forever=True)
@@ -623,10 +632,12 @@ def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
     emu, report = _run(main())
     assert report.interrupted == 1
     (row,) = emu.store.deliveries
-    assert (row.status, row.error) == (
+    assert (row.status, row.error, row.attempt) == (
         "pending",
         "interrupted: the emulator stopped during this attempt",
+        2,
     )
+    assert (row.response_status_code, row.response_body) == (None, None)
 
 
 def test_a_handler_behind_tls_with_a_local_ca_is_reached(

@@ -355,7 +355,10 @@ class DeliveryEngine:
             except TimeoutError:
                 error = f"timeout: no answer within {cfg.timeout:g}s"
             except asyncio.CancelledError:
+                # this attempt's row, not the one before it: no answer came
                 row.error = "interrupted: the emulator stopped during this attempt"
+                row.response_status_code = row.response_body = None
+                row.updated_at = self._clock()
                 raise
             except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx
                 error = f"{type(exc).__name__}: {exc}"[:500]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import duckdb
@@ -99,3 +101,60 @@ def test_demo_refuses_to_clear_its_folder_once_real_events_came_in(tmp_path: Pat
         run_demo(tmp_path, scale=0.05)
     events = Lake(tmp_path).events().filter(pl.col("event_id") == "evt_REAL").collect()
     assert events.height == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["collect", "--port", "18999"],
+        ["backfill", "--since", "1d", "--no-progress"],
+        ["reconcile", "--since", "1d"],
+    ],
+)
+def test_writing_commands_refuse_the_demo_folder(tmp_path: Path, args: list[str]) -> None:
+    # The demo writes ./data, the default folder: `collect` after `demo` stored real events
+    # beside the emulated ones, and every report counted them together.
+    (tmp_path / "_state").mkdir()
+    (tmp_path / "_state" / "demo.json").write_text('{"seed": 7, "scale": 1.0}\n')
+    env = {
+        "KIRIM_WEBHOOK_SECRET": "whsec_test",
+        "KIRIM_KEY": "kdv_live_AAAAAAAAAAAAAAAAAAAAAAAA",
+        "KIRIM_API_URL": "http://127.0.0.1:9",  # never reached
+    }
+    result = CliRunner().invoke(app, [*args, "--data", str(tmp_path)], env=env)
+    assert result.exit_code == 2, result.output
+    assert "holds the demo's emulated events" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_state"]
+
+
+def test_a_dry_run_reconcile_may_read_the_demo_folder(tmp_path: Path) -> None:
+    # Reading changes nothing: the dry run is not refused; it goes on to ask the API (here a
+    # server that knows no path, so it ends with Kirim's 404).
+    (tmp_path / "_state").mkdir()
+    (tmp_path / "_state" / "demo.json").write_text("{}\n")
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "KIRIM_KEY": "kdv_live_AAAAAAAAAAAAAAAAAAAAAAAA",
+            "KIRIM_API_URL": f"http://127.0.0.1:{server.server_port}",
+        }
+        args = ["reconcile", "--since", "1d", "--dry-run", "--data", str(tmp_path)]
+        result = CliRunner().invoke(app, args, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "demo's emulated events" not in result.output
+    assert "404" in result.output
+    assert _NotFound.paths and _NotFound.paths[0].startswith("/v1/webhook_deliveries")
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        _NotFound.paths.append(self.path)
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

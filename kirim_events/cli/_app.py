@@ -19,6 +19,7 @@ from rich.text import Text
 
 from kirim_events import __version__
 from kirim_events.config import Settings
+from kirim_events.demo import DEMO_MARKER
 from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
 from kirim_events.lake.state import check_version
@@ -55,6 +56,17 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
             raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
     elif check_version(Lake(lake_uri).storage) is None:
         raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
+
+
+def refuse_demo_folder(data_dir: Path) -> None:
+    """ConfigError when ``data_dir`` holds the demo's lake: real events stored beside the
+    emulated ones would be counted with them (the demo writes ./data, the default folder)."""
+    if (data_dir / DEMO_MARKER).is_file():
+        raise ConfigError(
+            f"{data_dir} holds the demo's emulated events ({DEMO_MARKER.as_posix()}): real "
+            "events stored there would be counted with them. Use another folder (--data DIR "
+            f"or KIRIM_DATA_DIR), or delete {data_dir} first"
+        )
 
 
 def print_note(message: object, *, stderr: bool = False) -> None:

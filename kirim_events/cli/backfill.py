@@ -28,6 +28,7 @@ from kirim_events.cli._app import (
     errors_to_exit,
     print_error,
     print_note,
+    refuse_demo_folder,
     require_folder,
 )
 from kirim_events.cli._app import settings as load_settings
@@ -113,6 +114,7 @@ def backfill_command(
     s = load_settings(data_dir=data)
     client = _client(data)
     with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
+        refuse_demo_folder(s.data_dir)
         now = datetime.now(UTC)
         lo = parse_when(since, now=now, name="--since")
         hi = now if until is None else parse_when(until, now=now, name="--until")
@@ -223,6 +225,8 @@ def reconcile_command(
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)
+        if not dry_run:
+            refuse_demo_folder(s.data_dir)
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
             warn_days=warn_days, subscription_id=subscription_id,

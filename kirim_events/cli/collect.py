@@ -15,6 +15,7 @@ from kirim_events.cli._app import (
     err_console,
     errors_to_exit,
     print_note,
+    refuse_demo_folder,
     settings,
 )
 from kirim_events.collect import (
@@ -73,6 +74,7 @@ def collect_command(
     """
     s = settings(data_dir=data, log_format=log_format)
     with errors_to_exit():
+        refuse_demo_folder(s.data_dir)
         s.require_secrets()
         for note in s.secret_warnings():
             print_note(note, stderr=True)

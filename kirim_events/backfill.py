@@ -16,9 +16,9 @@ Exactly once in the lake, across kills: events are deduplicated by the journal's
 delivery rows of a page fetched twice (killed after the commit, before the checkpoint) are
 exact copies, because ``received_at`` is the run's fixed snapshot time, and the lake
 collapses exact copies of delivery rows. A later run over the same range fetches the rows
-again at another time: the lake ignores ``received_at`` of history rows when it compares
-them, so an unchanged delivery stays one row (a changed one, e.g. retried since, adds a
-row with its new status).
+again at another time: the lake keeps one row per attempt of a delivery, the last fetched,
+so an attempt seen under way and again with its outcome is one row (a delivery retried
+since adds a row for its new attempt).
 
 The range is split into ``4 x slices`` time slices walked by ``slices`` threads through one
 :class:`~kirim_events.client.KirimClient`, whose single rate limiter keeps all of them within

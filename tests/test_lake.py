@@ -294,7 +294,50 @@ def test_the_readmes_plain_queries_give_exactly_what_lake_gives(tmp_path: Path) 
         "tie": '{"w": "b"}',  # delivery_id d1 before d2, in every reader
         "x": '{"early": 1}',
     }
-    assert a.deliveries().collect().height == 3  # the receipt, and each outcome of h1
+    deliveries = a.deliveries().collect().sort("delivery_id")
+    # the receipt, and attempt 1 of h1 as last fetched
+    assert deliveries.select("delivery_id", "outcome").rows() == [("h1", "failed"), ("w1", None)]
+
+
+def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path: Path) -> None:
+    # A backfill fetched attempt 1 under way (pending, no answer) and a later one fetched it
+    # with its outcome: both rows were kept, and counting deliveries by outcome counted the
+    # attempt twice.
+    lake = ke.Lake(tmp_path)
+    row = {"delivery_id": "wbd_1", "origin": "backfill", "created_at": T0, "event_id": "e1"}
+    later = T0 + timedelta(hours=2)
+    lake.write_deliveries(
+        [{**row, "attempt": 1, "outcome": "succeeded", "response_status_code": 200,
+          "received_at": later}]
+    )  # fmt: skip
+    lake.write_deliveries(  # written after, fetched before
+        [
+            {**row, "attempt": 1, "outcome": "pending", "received_at": T0 + timedelta(hours=1)},
+            {**row, "attempt": 2, "outcome": "pending", "received_at": later},
+            {**row, "attempt": None, "outcome": "pending", "received_at": later},
+            {**row, "attempt": None, "outcome": "pending", "received_at": T0},
+            {"delivery_id": "wbd_1", "attempt": 1, "origin": "webhook", "received_at": T0},
+        ]
+    )
+    expected = [
+        ("backfill", 1, "succeeded", 200),
+        ("backfill", 2, "pending", None),
+        ("backfill", None, "pending", None),  # no attempt: exact copies but for the fetch time
+        ("webhook", 1, None, None),
+    ]
+    columns = ["origin", "attempt", "outcome", "response_status_code"]
+
+    def rows() -> list[tuple[object, ...]]:
+        mine = lake.deliveries().collect().select(columns).sort(columns, nulls_last=True).rows()
+        query = f"SELECT {', '.join(columns)} FROM deliveries ORDER BY ALL NULLS LAST"
+        assert lake.sql(query).fetchall() == mine
+        return mine
+
+    assert rows() == expected
+    lake.compact()
+    assert rows() == expected
+    raw = pl.scan_parquet(tmp_path / "deliveries" / "**" / "*.parquet").collect()
+    assert raw.height == len(expected)
 
 
 def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> None:

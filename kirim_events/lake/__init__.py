@@ -249,8 +249,9 @@ class Lake(AnalyticsMixin):
     def deliveries(
         self, *, since: TimeLike | None = None, until: TimeLike | None = None
     ) -> pl.LazyFrame:
-        """Delivery rows (receipts and Kirim's history) as a LazyFrame; exact copies collapse,
-        and so do history rows fetched again by a later backfill while Kirim's fields agree.
+        """Delivery rows (receipts and Kirim's history) as a LazyFrame: exact copies collapse,
+        and Kirim's history is one row per attempt, the last fetched (a later backfill fetches
+        an attempt again, with its outcome once it has one).
 
         ``since`` / ``until`` bound ``coalesce(created_at, received_at)``, as does ``as_of``.
         """

@@ -11,10 +11,10 @@ and their event times differ by at most the *dedup window* (default 2 days: Kiri
 about 31 hours, and an event's time only varies between copies when the payload has no time
 of its own and the signature time stands in). So a clean partition is read as is, and a
 partition with a dirty neighbour within the window is deduplicated together with all its
-neighbours within the window. Delivery rows collapse only when they are exact copies
+neighbours within the window. Delivery rows collapse when they are exact copies
 (everything but ``ingest_seq`` equal), which is what a repeated journal flush produces;
-for rows of Kirim's history, ``received_at`` (when a backfill fetched them) does not count
-either, so backfills over one range again keep one row per unchanged delivery.
+rows of Kirim's history are one row per delivery attempt, the last fetched
+(``DELIVERY_DEDUP_COLUMNS``).
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ EVENT_FILE_SCHEMA = pa.schema([f for f in EVENT_SCHEMA if f.name != "type"])
 """What an events Parquet file holds: EVENT_SCHEMA without the ``type`` partition column."""
 
 DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_seq")
-"""Delivery rows equal on these are one row; but ``received_at`` of a row of Kirim's
-history (origin ``backfill``) is when a run fetched it, not part of the row: each backfill
-over a range fetches its rows again, and they are one row while Kirim's fields agree."""
+"""Delivery rows equal on these are one row. Rows of Kirim's history (origin ``backfill``)
+are snapshots instead: each backfill over a range fetches them again (``received_at`` is
+when), and a row fetched while its attempt was under way (``pending``, no answer yet) is
+fetched later with the attempt's outcome. So a history row that names its delivery and
+attempt is one row per ``(delivery_id, attempt)``, the last fetched; one that lacks either
+collapses only with its exact copies, ``received_at`` aside."""
 EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
 """Which copy of an event is kept (the first in this order, nulls last): the first received.
 ``ingest_seq`` is not unique across writers, so two copies written in the same millisecond
@@ -331,22 +334,39 @@ def merge(table: str, plans: list[GroupPlan]) -> Merged:
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 
+def _snapshot() -> pl.Expr:
+    """A row of Kirim's history that names its attempt (see ``DELIVERY_DEDUP_COLUMNS``)."""
+    return (
+        (pl.col("origin") == "backfill")
+        & pl.col("delivery_id").is_not_null()
+        & pl.col("attempt").is_not_null()
+    ).fill_null(False)
+
+
 def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> Frame:
     """The dedup rule, for the readers and compaction alike: one row per ``event_key`` (the
-    first copy in ``EVENT_ORDER``, nulls last), or per distinct delivery row (the earliest
-    written). ``maintain_order`` keeps the rows in that order."""
+    first copy in ``EVENT_ORDER``, nulls last); for deliveries, one row per attempt of
+    Kirim's history (the last fetched) and per distinct other row (the earliest written).
+    ``maintain_order`` keeps the rows in that order (deliveries: in ``ingest_seq`` order)."""
     if table == "events":
         ordered = frame.sort(list(EVENT_ORDER), nulls_last=True)
-        subset = ["event_key"]
-    else:
-        fetched = pl.col("origin") == "backfill"  # see DELIVERY_DEDUP_COLUMNS
-        ordered = frame.sort("ingest_seq").with_columns(
-            _seen=pl.when(fetched).then(None).otherwise(pl.col("received_at"))
-        )
-        subset = [c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS]
-        kept = ordered.unique(subset=subset, keep="first", maintain_order=maintain_order)
-        return kept.drop("_seen")
-    return ordered.unique(subset=subset, keep="first", maintain_order=maintain_order)
+        return ordered.unique(subset=["event_key"], keep="first", maintain_order=maintain_order)
+    snapshot = _snapshot()
+    fetched = pl.col("origin") == "backfill"
+    latest = (
+        frame.filter(snapshot)
+        .sort(["received_at", "ingest_seq"], descending=True, nulls_last=True)
+        .unique(subset=["delivery_id", "attempt"], keep="first", maintain_order=maintain_order)
+    )
+    others = (
+        frame.filter(~snapshot)
+        .sort("ingest_seq")
+        .with_columns(_seen=pl.when(fetched).then(None).otherwise(pl.col("received_at")))
+    )
+    subset = [c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS]
+    kept = others.unique(subset=subset, keep="first", maintain_order=maintain_order)
+    both = pl.concat([kept.drop("_seen"), latest], how="vertical")
+    return both.sort("ingest_seq") if maintain_order else both
 
 
 def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:

@@ -123,14 +123,29 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
             key = "event_key"
             order = ", ".join(f"{c} NULLS LAST" for c in EVENT_ORDER)
             where = "type || '/' || CAST(\"date\" AS VARCHAR)"
-        else:
-            key = ", ".join(
-                _ident(c)
-                if c != "received_at"  # not for a fetched history row: DELIVERY_DEDUP_COLUMNS
-                else "CASE WHEN origin = 'backfill' THEN NULL ELSE received_at END"
-                for c in DELIVERY_DEDUP_COLUMNS
+        else:  # DELIVERY_DEDUP_COLUMNS: an attempt of Kirim's history is one row, the last
+            # fetched; any other row collapses with its exact copies (a fetched one's
+            # received_at aside)
+            snap = (
+                "coalesce(origin = 'backfill' AND delivery_id IS NOT NULL "
+                "AND attempt IS NOT NULL, false)"
             )
-            order = "ingest_seq"
+            fetched = "coalesce(origin = 'backfill', false)"
+            key = ", ".join(
+                [snap]
+                + [
+                    f"CASE WHEN {fetched} THEN NULL ELSE received_at END"
+                    if c == "received_at"
+                    else _ident(c)
+                    if c in ("delivery_id", "attempt")
+                    else f"CASE WHEN {snap} THEN NULL ELSE {_ident(c)} END"
+                    for c in DELIVERY_DEDUP_COLUMNS
+                ]
+            )
+            order = (
+                f"CASE WHEN {snap} THEN received_at END DESC NULLS LAST, "
+                f"CASE WHEN {snap} THEN -ingest_seq ELSE ingest_seq END"
+            )
             where = 'CAST("date" AS VARCHAR)'
         keep = ", ".join(_quote(k) for k in merged.keep)
         parts.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import polars as pl
@@ -146,11 +147,12 @@ def test_a_dry_run_reconcile_may_read_the_demo_folder(tmp_path: Path) -> None:
         server.server_close()
     assert "demo's emulated events" not in result.output
     assert "404" in result.output
-    assert _NotFound.paths and _NotFound.paths[0].startswith("/v1/webhook_deliveries")
+    assert _NotFound.paths
+    assert _NotFound.paths[0].startswith("/v1/webhook_deliveries")
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):
-    paths: list[str] = []
+    paths: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         _NotFound.paths.append(self.path)

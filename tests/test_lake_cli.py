@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -104,14 +105,44 @@ def test_a_foreign_parquet_file_is_named_and_never_merged_or_deleted(tmp_path: P
     assert sorted(lake.damaged_files()) == sorted(
         str(p.relative_to(tmp_path)) for p in (other, partial)
     )
-    with pytest.raises(ke.LakeError, match="holds rows without"):
+    copied = folder / "mine.parquet"  # a copy of the lake's own file: every column right
+    shutil.copy(parquet_files(tmp_path / "events")[0], copied)
+    with pytest.raises(
+        ke.LakeError, match=r"3 Parquet file\(s\) in the lake that kirim-events did"
+    ):
         lake.compact(full=True)
     result = runner.invoke(app, ["compact", "--full", "--data", str(tmp_path)])
     assert result.exit_code == 1, result.output
-    assert "holds rows without" in " ".join(result.output.split())
-    assert other.exists()
-    assert partial.exists()
-    assert len(parquet_files(tmp_path / "events")) == 3  # nothing merged, nothing deleted
+    out = " ".join(result.output.split())
+    for path in (other, partial, copied):
+        assert str(path.relative_to(tmp_path)) in out
+    assert all(path.exists() for path in (other, partial, copied))
+    assert len(parquet_files(tmp_path / "events")) == 4  # nothing merged, nothing deleted
+
+
+def test_a_foreign_file_under_one_of_our_names_is_named_and_kept(tmp_path: Path) -> None:
+    # Its name passes for a writer's: the rows without event_key give it away, and the error
+    # names the file (it used to point at Lake.damaged_files(), which a CLI user cannot call).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("k1")])
+    folder = parquet_files(tmp_path / "events")[0].parent
+    disguised = folder / "w-000000000001-000001-zzz.parquet"
+    pq.write_table(
+        pa.table(
+            {"event_key": [None], "payload": ["{}"]},
+        ),
+        disguised,
+    )
+    result = runner.invoke(app, ["compact", "--full", "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert "holds rows without event_key" in out
+    assert str(disguised.relative_to(tmp_path)) in out
+    assert disguised.exists()
+    assert len(parquet_files(tmp_path / "events")) == 2
 
 
 def test_a_read_error_without_a_damaged_file_keeps_its_traceback(

@@ -46,7 +46,12 @@ import pyarrow.dataset as pads
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
-from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
+from kirim_events.lake.paths import (
+    compaction_file_name,
+    is_compaction_file,
+    is_writer_file,
+    parse_partition_dir,
+)
 from kirim_events.lake.reader import (
     EVENT_ORDER,
     REQUIRED_EVENT_COLUMNS,
@@ -184,6 +189,7 @@ class _Group:
             {d for c in self.changed if c in existing for d in near_days(c, self.window, existing)}
         )
         listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
+        self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         dirty = [d for d in members if not self.manifest.is_clean(d, counted[d])]
         # Files already merged: listed now, or replaced (and perhaps deleted) by an earlier run.
@@ -246,6 +252,23 @@ class _Group:
                 "before publishing anything: nothing is lost, the next run compacts again"
             )
 
+    def _refuse_foreign(self, listed: dict[str, dict[str, int]]) -> None:
+        """LakeError naming the Parquet files not named as kirim-events names its own: a
+        file put there by hand would be merged into the lake and then deleted."""
+        foreign = [
+            f"{self.folder(day)}/{name}"
+            for day, names in listed.items()
+            for name in sorted(names)
+            if not (is_writer_file(name) or is_compaction_file(name))
+        ]
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise LakeError(
+                f"{len(foreign)} Parquet file(s) in the lake that kirim-events did not write: "
+                f"{', '.join(foreign[:3])}{more}. Compaction would merge them into the lake and "
+                "delete them: move them out of the lake and run again"
+            )
+
     def _delete(self, rel: str) -> None:
         self.storage.delete(rel)
         with self.lock:
@@ -286,10 +309,23 @@ class _Group:
                     # a Parquet file not written by kirim-events: merged, its rows would
                     # become events with nulls, or be dropped and the file deleted
                     raise LakeError(
-                        f"{self.folder(day)} holds rows without {name}: a file not written "
-                        "by kirim-events? Lake.damaged_files() names it; move it out of the lake"
+                        f"{self.folder(day)} holds rows without {name} (a file not written "
+                        f"by kirim-events?): {', '.join(self._lacking(day, names, name))}; "
+                        "move it out of the lake and run again"
                     )
         return frame
+
+    def _lacking(self, day: str, names: list[str], column: str) -> list[str]:
+        """The files of ``names`` with a null in ``column`` or without it (an error path)."""
+        found = []
+        for name in names:
+            rel = f"{self.folder(day)}/{name}"
+            table = pads.dataset(
+                self.storage.full(rel), format="parquet", filesystem=self.storage.fs
+            )
+            if column not in table.schema.names or table.to_table([column])[column].null_count:
+                found.append(rel)
+        return found
 
     def _winners(
         self, members: list[str], counted: dict[str, list[str]]

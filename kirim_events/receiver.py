@@ -16,6 +16,10 @@ another method on the webhook path       405
 another path                             404
 ======================================  ======  =============================================
 
+Requests answered 404 or 405 are counted (``unrouted_total``), and a POST to another path
+is logged as a warning, at most once a minute: a subscription URL with the wrong path would
+otherwise fail in silence until Kirim disables it.
+
 The signature is checked on the raw bytes before any parsing. 2xx is sent only after the
 journal commit that holds the delivery returned (durable). ``GET /healthz`` proves the journal
 is writable; ``GET /metrics`` serves Prometheus text. Logs carry ids and reasons, never
@@ -99,6 +103,8 @@ def _shown_id(receipt: Mapping[str, Any]) -> str:
     return printable(receipt["delivery_id"] or "-")
 
 
+UNROUTED_LOG_EVERY = 60.0  # seconds between warnings about POSTs to another path
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -114,6 +120,7 @@ class Metrics:
         self.duplicates = 0
         self.quarantined = 0
         self.storage_errors = 0
+        self.unrouted = 0
         self.rejected: dict[str, int] = {}
         self.flushes = 0
         self.flush_seconds_total = 0.0
@@ -155,6 +162,9 @@ class Metrics:
             f'{p}rejected_total{{reason="{r}"}} {n}' for r, n in sorted(self.rejected.items())
         ]
         lines += [
+            f"# HELP {p}unrouted_total Requests to another path or with another method (404/405).",
+            f"# TYPE {p}unrouted_total counter",
+            f"{p}unrouted_total {self.unrouted}",
             f"# HELP {p}storage_errors_total Requests answered 503 because storage failed.",
             f"# TYPE {p}storage_errors_total counter",
             f"{p}storage_errors_total {self.storage_errors}",
@@ -266,6 +276,7 @@ class Receiver:
         self._buffered_lock = threading.Lock()  # a receiver may serve several event loops
         self._now = now
         self.metrics = metrics or Metrics()
+        self._unrouted_logged = -UNROUTED_LOG_EVERY
 
     def __repr__(self) -> str:
         return f"Receiver(path={self.path!r}, secrets={len(self._secrets)})"
@@ -281,6 +292,7 @@ class Receiver:
         method = scope["method"]
         if path == self.path:
             if method != "POST":
+                self.metrics.unrouted += 1
                 extra = [(b"allow", b"POST"), _CLOSE]
                 await _answer(send, 405, {"error": "method not allowed"}, extra)
                 return
@@ -298,7 +310,21 @@ class Receiver:
             text = self.metrics.render(self.journal.backlog).encode()
             await _send(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         else:
+            self._unrouted(method, path)
             await _answer(send, 404, {"error": "not found"}, [_CLOSE])
+
+    def _unrouted(self, method: str, path: str) -> None:
+        self.metrics.unrouted += 1
+        now = time.monotonic()
+        if method != "POST" or now - self._unrouted_logged < UNROUTED_LOG_EVERY:
+            return
+        self._unrouted_logged = now
+        log.warning(
+            "POST to %s answered 404: webhooks are received at %s (is the subscription's URL "
+            "right?); more such requests are counted in unrouted_total, logged once a minute",
+            printable(path[:200]),
+            self.path,
+        )
 
     async def _healthz(self, send: Send) -> None:
         try:

@@ -384,6 +384,33 @@ async def test_other_methods_and_paths(receiver: Receiver, journal: Journal) -> 
     assert lake_after_flush(journal).events().collect().height == 0
 
 
+async def test_a_post_to_another_path_is_counted_and_logged_once_a_minute(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A subscription URL with the wrong path: Kirim's POSTs got 404 with no log line and no
+    # counter, until Kirim disabled the subscription.
+    req = signed()
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    async with client(receiver) as c:
+        for path in ("/webhooks", "/webhook/kirim%1B[2J", "/webhooks"):
+            response = await c.post(path, content=req.body, headers=req.headers)
+            assert response.status_code == 404
+        assert (await c.get(PATH)).status_code == 405
+        assert (await c.get("/favicon.ico")).status_code == 404
+        metrics = (await c.get("/metrics")).text
+    assert "kirim_events_unrouted_total 5" in metrics
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once a minute
+    assert "POST to /webhooks answered 404" in warnings[0]
+    assert PATH in warnings[0]
+    receiver._unrouted_logged -= receiver_module.UNROUTED_LOG_EVERY  # a minute later
+    async with client(receiver) as c:
+        await c.post("/webhook/kirim%1B[2J", content=req.body, headers=req.headers)
+    later = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][1:]
+    assert len(later) == 1
+    assert "\x1b" not in later[0]  # the path is escaped
+
+
 @pytest.mark.parametrize(
     "body", [b"not json", b"\xff\xfe", b"[1,2]", b'{"hello":"world"}', b'{"type":"Bad","data":{}}']
 )

@@ -400,7 +400,7 @@ class KirimClient:
                 # a transport error can quote a header: never let it show the key
                 text = str(exc).replace(self._key.reveal(), str(self._key))
                 error: ApiError = RetryableApiError(  # which host: a DNS error names none
-                    f"{method} {path} at {self.base_url}: {type(exc).__name__}: {text}"
+                    f"{method} {path} at {shown_url(self.base_url)}: {type(exc).__name__}: {text}"
                 )
             except BaseException:
                 self.limiter.release(klass, None)  # or the limiter counts it in flight for ever
@@ -408,7 +408,8 @@ class KirimClient:
             else:
                 self.limiter.release(klass, response.headers, refused=response.status_code == 429)
                 if not response.is_success:
-                    error = _error_from(response, method, path, self._clock())
+                    where = f"{path} at {shown_url(self.base_url)}"
+                    error = _error_from(response, method, where, self._clock())
                 else:
                     try:
                         return _decode(response, method, path)
@@ -682,6 +683,7 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
         body = response.json()
     except ValueError:
         body = None
+    enveloped = isinstance(body, dict) and isinstance(body.get("error"), dict)
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
@@ -711,5 +713,7 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
     if status in (401, 403):
         return AuthenticationError(text, **kw)
     if status == 404:
+        if not enveloped:  # Kirim answers an unknown id with its error envelope
+            text += " (no Kirim error in the answer: is KIRIM_API_URL Kirim's API?)"
         return NotFoundError(text, **kw)
     return PermanentApiError(text, **kw)

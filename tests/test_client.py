@@ -147,6 +147,28 @@ def test_permanent_errors_raise_at_once(status: int, cls: type[ApiError]) -> Non
     assert len(calls) == 1
 
 
+def test_a_404_names_the_base_url_and_asks_about_it_when_not_kirims() -> None:
+    # KIRIM_API_URL pointed at another server: "GET /v1/webhook_deliveries: Not Found" named
+    # neither the server nor the likely mistake.
+    t = FakeTime()
+
+    def foreign(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="<html>nothing here</html>")
+
+    with pytest.raises(NotFoundError) as info:
+        make_client(foreign, t).get_delivery("wbd_X")
+    text = str(info.value)
+    assert "/v1/webhook_deliveries/wbd_X at http" in text
+    assert "is KIRIM_API_URL Kirim's API?" in text
+
+    def kirim(request: httpx.Request) -> httpx.Response:  # Kirim's own "no such id"
+        return error(404, "invalid_request_error", "resource_not_found")
+
+    with pytest.raises(NotFoundError) as info:
+        make_client(kirim, t).get_delivery("wbd_X")
+    assert "KIRIM_API_URL" not in str(info.value)
+
+
 def test_retries_5xx_and_408_then_succeeds_with_growing_jittered_backoff() -> None:
     t = FakeTime()
     answers = [

@@ -439,7 +439,9 @@ class KirimClient:
                 raise error
             self.retries += 1
             delay = self._delay(attempt, error)
-            log.info("kirim api: retrying in %.2fs after %s", delay, error)
+            log.info(
+                "kirim api: retrying in %.2fs after %s", delay, error, extra={"kirim_retry": delay}
+            )
             if isinstance(error, RateLimited):
                 self.limiter.block(klass, delay)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -56,7 +57,38 @@ EventTypeOption = Annotated[
 ]
 
 
+class _RetryNote(logging.Handler):
+    """Says once, on stderr, that a request to the API is being retried: a wrong
+    KIRIM_API_URL or a closed port looked like a hang for the tens of seconds of silent
+    retries before the error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.said = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.said or getattr(record, "kirim_retry", None) is None:
+            return
+        self.said = True
+        note = f"{record.getMessage()} (it retries a while before it gives up)"
+        print_note(note.removeprefix("kirim api: "), stderr=True)
+
+
+def _say_retries() -> None:
+    """Install :class:`_RetryNote` (once per process; each command gets its own note)."""
+    logger = logging.getLogger("kirim_events.client")
+    for handler in logger.handlers:
+        if isinstance(handler, _RetryNote):
+            handler.said = False
+            break
+    else:
+        logger.addHandler(_RetryNote())
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def _client(data: object = None) -> KirimClient:
+    _say_retries()
     s = load_settings(data_dir=data)
     with errors_to_exit():
         client = KirimClient(s.api_url, s.require_api_key())

@@ -35,8 +35,10 @@ app = typer.Typer(
 
 # No markup parsing: paths, ids and Kirim's error titles may hold "[...]", which rich would
 # take for a style and drop. Styled pieces are built as Text (print_error, Text.assemble).
-console = Console(highlight=False, markup=False)
-err_console = Console(stderr=True, highlight=False, markup=False)
+# soft_wrap: a line of text is never broken by rich (a terminal wraps it on screen): piped to
+# a file or a service log, rich takes 80 columns, and lines broke in the middle of paths.
+console = Console(highlight=False, markup=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def print_error(message: object) -> None:

@@ -373,7 +373,7 @@ def deliveries_list(
     longest = max((len(d.id or "") for d in shown), default=2)
     table.add_column("id", no_wrap=True, min_width=longest)
     for name in ("status", "event type", "event id", "attempt", "code", "created"):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")  # folded onto more lines, never cut
     for d in shown:
         table.add_row(*map(printable, (  # what Kirim's API said, shown, never obeyed
             d.id or "-", d.status or "-", d.event_type or "-", d.event_id or "-",

@@ -539,6 +539,18 @@ def test_a_disabled_subscription_is_reported_with_the_events_it_never_got() -> N
     assert emu.unacknowledged_event_keys() == truth  # none acknowledged, sent or not
     assert emu.unacknowledged_event_keys(sub.id) == truth
     assert len(receiver.requests) < len(truth)
+    # the summary counts the held rows once: they were also counted as pending
+    from kirim_events.cli.emulate import _summary
+
+    table = _summary(report, emu)
+    rows = dict(zip(table.columns[0]._cells, table.columns[1]._cells, strict=True))
+    held = {r.id for rs in emu.store.held.values() for r in rs}
+    assert held
+    assert rows["deliveries held (queued when disabled)"] == str(len(held))
+    pending = [r for r in emu.store.deliveries if r.status == "pending"]
+    words = ("pending", "not yet due", "not yet attempted", "held")
+    shown = sum(int(v) for k, v in rows.items() if any(w in k for w in words))
+    assert shown == len(pending)  # each pending row on one line of the summary
 
 
 class Answers:

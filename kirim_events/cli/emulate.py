@@ -102,13 +102,20 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
-    waiting = sum(1 for row in emu.store.deliveries if row.status == "pending")
-    if waiting:  # a stop left them between attempts: Kirim would still send them
-        table.add_row("deliveries still pending (a retry not yet due)", str(waiting))
+    # pending at the stop (Kirim would still send them): between attempts, or not tried yet
+    # (held back to arrive out of order); the rows held for a disabled subscription apart
+    held_ids = {row.id for rows in emu.store.held.values() for row in rows}
+    pending = [r for r in emu.store.deliveries if r.status == "pending" and r.id not in held_ids]
+    retrying = sum(1 for row in pending if row.attempt)
+    if retrying:
+        table.add_row("deliveries awaiting a retry not yet due", str(retrying))
+    if len(pending) > retrying:
+        table.add_row("deliveries not yet attempted", str(len(pending) - retrying))
     if report.interrupted:
         table.add_row("attempts cut short by the stop", str(report.interrupted))
     if report.disabled:
-        table.add_row("subscriptions disabled (failures in a row)", ", ".join(report.disabled))
+        disabled = ", ".join(report.disabled)
+        table.add_row("subscriptions disabled (failed or dead deliveries in a row)", disabled)
         table.add_row("events not sent (subscription disabled)", str(report.unsent))
         held = sum(len(rows) for rows in emu.store.held.values())
         table.add_row("deliveries held (queued when disabled)", str(held))

@@ -103,7 +103,7 @@ def _shown_id(receipt: Mapping[str, Any]) -> str:
     return printable(receipt["delivery_id"] or "-")
 
 
-UNROUTED_LOG_EVERY = 60.0  # seconds between warnings about POSTs to another path
+UNROUTED_LOG_EVERY = 60.0  # seconds between warnings with a hint (another path, a secret)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -277,6 +277,7 @@ class Receiver:
         self._now = now
         self.metrics = metrics or Metrics()
         self._unrouted_logged = -UNROUTED_LOG_EVERY
+        self._mismatch_hinted = -UNROUTED_LOG_EVERY
 
     def __repr__(self) -> str:
         return f"Receiver(path={self.path!r}, secrets={len(self._secrets)})"
@@ -488,6 +489,15 @@ class Receiver:
         for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
             receipt[name] = _clip(receipt[name])
         log.warning("rejected delivery %s (%s): %d", _shown_id(receipt), reason, status)
+        now = time.monotonic()
+        if reason == "mismatch" and now - self._mismatch_hinted >= UNROUTED_LOG_EVERY:
+            self._mismatch_hinted = now  # once a minute, beside the line of each delivery
+            log.warning(
+                "a signature matched none of the %d secret(s): is KIRIM_WEBHOOK_SECRET the "
+                "subscription's? Kirim takes a 401 as final (and disables a subscription "
+                "after 24 in a row): once fixed, run kirim-events reconcile to recover them",
+                len(self._secrets),
+            )
         receipt.update(outcome="rejected", reason=reason, n_events=0)
         try:
             await self.journal.append_async([], [receipt])

@@ -384,6 +384,23 @@ async def test_other_methods_and_paths(receiver: Receiver, journal: Journal) -> 
     assert lake_after_flush(journal).events().collect().height == 0
 
 
+async def test_a_wrong_secret_is_hinted_once_a_minute(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every delivery signed with another secret: one "rejected ... (mismatch)" line each, and
+    # nothing said that Kirim takes a 401 as final, nor how to get the events back.
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    for _ in range(3):
+        assert (await post(receiver, signed(secret="whsec_wrong"))).status_code == 401
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("(mismatch): 401" in line for line in lines) == 3
+    hints = [line for line in lines if "KIRIM_WEBHOOK_SECRET" in line]
+    assert len(hints) == 1
+    assert "2 secret(s)" in hints[0]
+    assert "kirim-events reconcile" in hints[0]
+    assert SECRET not in caplog.text
+
+
 async def test_a_post_to_another_path_is_counted_and_logged_once_a_minute(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:

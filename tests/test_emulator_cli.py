@@ -131,6 +131,13 @@ def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> Non
     assert emulate_cli._start(start, 10) == 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
+def test_emulate_reads_a_span_ago_for_start() -> None:
+    # --since 1d was read everywhere else; --start 1d was refused
+    import time
+
+    assert abs(emulate_cli._start("1d", 10) - (time.time() - 86_400)) < 60
+
+
 @pytest.mark.parametrize(("seed", "events"), [(1, 1000), (7, 3000)])
 def test_the_default_start_ends_the_history_before_now(seed: int, events: int) -> None:
     """Kirim cannot have delivered an event before it happened, nor record it ahead of now."""

@@ -9,6 +9,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
+from kirim_events.backfill import parse_when
 from kirim_events.cli._app import (
     command,
     console,
@@ -30,7 +32,6 @@ from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.emulator.world import World
 from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
-from kirim_events.timearg import read_time
 
 # Seconds the default start leaves between the world's last event and now: its deliveries
 # are stamped a little after their events.
@@ -58,11 +59,8 @@ def _world_span(config: WorldConfig, seed: int, events: int) -> int:
 def _start(value: str | None, span: int) -> int:
     if value is None:
         return int(time.time()) - span - _END_MARGIN
-    parsed = read_time(value)  # as --since / --until and as_of read theirs: no unix seconds
-    if parsed is None:
-        raise ConfigError(
-            f"--start must be a date or an ISO-8601 time (2026-05-01T09:00Z), got {value!r}"
-        )
+    # as --since / --until read theirs: a date, ISO-8601, or a span ago; no unix seconds
+    parsed = parse_when(value, now=datetime.now(UTC), name="--start")
     if not 1970 <= parsed.year <= 9000:  # the world runs on from it, in Kirim's time format
         raise ConfigError(f"--start must be between 1970 and 9000, got {value!r}")
     return int(parsed.timestamp())
@@ -154,7 +152,11 @@ def emulate(
     ] = 0.0,
     start: Annotated[
         str | None,
-        typer.Option("--start", help="Simulated start time (ISO-8601); default: ends about now."),
+        typer.Option(
+            "--start",
+            help="Simulated start time: ISO-8601, a date, or a span ago (7d); default: the "
+            "traffic ends about now.",
+        ),
     ] = None,
     contacts: Annotated[
         int, typer.Option("--contacts", min=1, help="Scale: most contacts the world creates.")

@@ -331,7 +331,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             sock = listen_socket("127.0.0.1", port)
         except ConfigError as exc:  # one line, not uvicorn's log line and then ours
             print_error(f"could not serve the API: {exc} (is the port in use?)")
-            raise typer.Exit(1) from None
+            raise typer.Exit(2) from None  # as collect: a setting to change, as any ConfigError
         config = uvicorn.Config(
             emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
         )

@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from kirim_events.config import Secret, checked_api_key, shown_url
+from kirim_events.config import Secret, api_base, checked_api_key, shown_url
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
@@ -285,7 +285,7 @@ class KirimClient:
         limiter: RateLimiter | None = None,
     ) -> None:
         self._key = key = checked_api_key(api_key)
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url = api_base(base_url)
         self._sleep_fn = sleep
         self._interrupted = threading.Event()
         # request class -> (until when, the 429 that asked): refused here without sending

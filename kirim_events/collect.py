@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -64,12 +65,14 @@ class CollectReport:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (``time``, ``level``, ``logger``, ``message``)."""
+    """One JSON object per log line (``time``, ``level``, ``logger``, ``message``); ``time``
+    is ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a JSON line."""
+        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         doc: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": at.replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

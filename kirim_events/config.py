@@ -22,6 +22,16 @@ _HIDDEN = "**********"
 _HOST_NAME = re.compile(r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d{1,5})?")
 
 
+def api_base(url: str) -> str:
+    """Kirim's API base URL as the client uses it: without a trailing ``/`` or ``/v1`` (the
+    client adds ``/v1`` to each path).
+
+    >>> api_base("https://api.kirim.chat/v1/")
+    'https://api.kirim.chat'
+    """
+    return url.rstrip("/").removesuffix("/v1")
+
+
 def shown_url(text: str) -> str:
     """``text`` as it may be shown in a message: without a user name or password (what comes
     before an ``@`` in the host part), a query or a fragment, any of which may hold a secret.

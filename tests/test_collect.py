@@ -517,7 +517,9 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     record = logging.LogRecord(
         "kirim_events.x", logging.WARNING, "f", 1, "hello %s", ("you",), None
     )
+    record.created = 1_777_626_000.1239  # 2026-05-01T09:00:00.123Z, whatever the local zone
     doc = json.loads(JsonFormatter().format(record))
+    assert doc["time"] == "2026-05-01T09:00:00.123Z"  # was local time, with no zone
     assert doc["level"] == "warning"
     assert doc["message"] == "hello you"
     assert doc["logger"] == "kirim_events.x"

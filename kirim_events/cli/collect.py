@@ -65,7 +65,9 @@ def collect_command(
     ] = DEFAULT_FLUSH_INTERVAL,
     log_format: Annotated[
         str | None,
-        typer.Option("--log-format", help="Log lines as 'text' or 'json'. Env: KIRIM_LOG_FORMAT."),
+        typer.Option(
+            "--log-format", help="Log lines as 'text' (default) or 'json'. Env: KIRIM_LOG_FORMAT."
+        ),
     ] = None,
 ) -> None:
     """Receive Kirim webhooks until SIGINT/SIGTERM, then drain, flush and exit 0.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from kirim_events.cli._app import DataOption, command, console, settings
+from kirim_events.config import api_base, shown_url
 
 
 @command("info")
@@ -13,7 +14,7 @@ def info(data: DataOption = None) -> None:
     s = settings(data_dir=data)
     table = Table("setting", "value", title="kirim-events settings")
     table.add_row("data dir", str(s.data_dir))
-    table.add_row("API URL", s.api_url)
+    table.add_row("API URL (KIRIM_API_URL)", shown_url(api_base(s.api_url)))
     table.add_row("API key (KIRIM_KEY)", "set" if s.api_key else "not set")
     table.add_row("webhook secrets (KIRIM_WEBHOOK_SECRET)", f"{len(s.webhook_secrets)} configured")
     table.add_row("signature tolerance", "off" if s.tolerance is None else f"{s.tolerance} s")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperOption
 
 from kirim_events import __version__
 from kirim_events.config import Settings
@@ -24,6 +25,24 @@ from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
 from kirim_events.lake.state import check_version
 from kirim_events.printable import printable
+
+
+def _hide_flag_types() -> None:
+    """typer 0.29 prints ``<bool>`` after a flag, which takes no value: ``--full <bool>``
+    reads as ``--full true``, which is refused. Flags show no type (left as it is in a typer
+    without the method)."""
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_flags_hidden", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._flags_hidden = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 app = typer.Typer(
     name="kirim-events",

@@ -328,8 +328,15 @@ app.add_typer(deliveries_app, name="deliveries")
 
 @command("list", group=deliveries_app)
 def deliveries_list(
-    since: Annotated[str | None, typer.Option("--since", help="Created at or after.")] = None,
-    until: UntilOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Created at or after: ISO 8601, a date, or a span ago (7d, 12h)."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Created before (same forms); default: now.")
+    ] = None,
     status: Annotated[
         str | None, typer.Option("--status", help="succeeded, pending, failed, dead...")
     ] = None,
@@ -384,7 +391,9 @@ def deliveries_list(
 
 @command("replay", group=deliveries_app)
 def deliveries_replay(
-    ids: Annotated[list[str], typer.Argument(help="Delivery ids (wbd_...) to send again.")],
+    ids: Annotated[
+        list[str], typer.Argument(metavar="ID", help="Delivery ids (wbd_...) to send again.")
+    ],
 ) -> None:
     """Ask Kirim to send these deliveries again (each becomes a new delivery row)."""
     client = _client()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -50,6 +51,14 @@ _ANOMALY_LABELS = {
 }
 
 
+def _left_out(failures: pl.DataFrame, top: int) -> str:
+    """The caption's note of the reasons past ``--top``, if any."""
+    rest = failures.slice(top)
+    if rest.is_empty():
+        return ""
+    return f"; {rest.height} more reasons past --top {top}"
+
+
 def render_report(report: Report, *, top: int) -> None:
     """Print a report as rich tables (shared by `report` and `demo`)."""
     when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
@@ -80,7 +89,8 @@ def render_report(report: Report, *, top: int) -> None:
         "share",
         title="Top failures",
         # the funnel's failed stage counts final statuses; this table, every failed message
-        caption="every message with a failed status, also those delivered after it",
+        caption="every message with a failed status, also those delivered after it"
+        + _left_out(report.failures, top),
     )
     failures.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
     for row in report.failures.head(top).iter_rows(named=True):

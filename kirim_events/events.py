@@ -64,6 +64,15 @@ ORIGINS = ("webhook", "backfill", "replay", "import")
 
 # The third shape names the status event differently (kirim-api.md §4.3).
 TYPE_ALIASES = {"message.status_updated": "message.status"}
+KNOWN_TYPES = frozenset(
+    {
+        "message.received", "message.sent", "message.created", "message.status",
+        "message.status_updated", "message.revoked", "message.edited",
+        "conversation.assigned", "conversation.closed",
+        "contact.created", "contact.updated", "contact.identity_updated",
+    }
+)  # fmt: skip
+"""The event types Kirim is known to send (kirim-api.md §4); others are stored all the same."""
 log = logging.getLogger(__name__)
 # A batched Meta body is every record's payload while its copies stay under this many bytes;
 # beyond it (5,000 statuses in 0.33 MB would store 1.6 GB), the first record keeps the whole

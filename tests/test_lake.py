@@ -377,12 +377,33 @@ def test_a_lake_folder_that_does_not_exist_is_an_error_not_an_empty_lake(
     monkeypatch.chdir(tmp_path)
     lake = ke.Lake("data")
     where = str(tmp_path / "data")
-    for read in (lake.events, lake.deliveries, lake.connect, lake.message_timelines):
+    reads = (lake.events, lake.deliveries, lake.connect, lake.message_timelines, lake.stats)
+    for read in reads:  # stats() too: it answered an empty frame
         with pytest.raises(ke.LakeError, match=f"no lake at {re.escape(where)}"):
             read()
     assert not (tmp_path / "data").exists()  # reading creates nothing
     lake.write_events([ev("a")])  # the first write makes it
     assert lake.events().collect().height == 1
+
+
+def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -> None:
+    # events(type="message.stauts") read as an empty frame: a typo passed for "none yet"
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a")])
+    held = lake.events().collect()["type"][0]
+    typo = held[:-2] + held[-1] + held[-2]
+    with pytest.raises(ke.LakeError, match=f"did you mean {held!r}"):
+        lake.events(type=typo)
+    with pytest.raises(ke.LakeError, match="did you mean"):
+        lake.events(type=[held, typo])
+    assert lake.events(type="contact.updated").collect().height == 0  # none yet: no error
+    lake.write_events([dataclasses.replace(ev("c"), type="contact.created")])
+    # a known type near one held is no typo; an unknown type near nothing reads as empty
+    assert lake.events(type="contact.updated").collect().height == 0
+    assert lake.events(type="kirim.added_later").collect().height == 0
+    with pytest.raises(ke.LakeError, match=r"did you mean 'message\.status'"):
+        lake.events(type="message.stauts")  # near a known type the lake does not hold
+    assert lake.events(type=held).collect().height == 1
 
 
 def test_stats_counts_rows_files_and_bytes(tmp_path: Path) -> None:

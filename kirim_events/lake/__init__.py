@@ -29,6 +29,7 @@ manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``,
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import time
@@ -46,7 +47,7 @@ import pyarrow.parquet as pq
 
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError, LakeError
-from kirim_events.events import EventRecord, canonical_type
+from kirim_events.events import KNOWN_TYPES, EventRecord, canonical_type
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
@@ -231,6 +232,8 @@ class Lake(AnalyticsMixin):
         given = [type] if isinstance(type, str) else (list(type) if type is not None else None)
         # Kirim's other name of a type (message.status_updated) finds what the lake keeps
         types = None if given is None else [canonical_type(t) for t in given]
+        if types:
+            self._check_types(types)
         plans = plan_table(
             self.storage,
             "events",
@@ -245,6 +248,21 @@ class Lake(AnalyticsMixin):
         if hi is not None:
             lf = lf.filter(pl.col("occurred_at") <= hi)
         return lf
+
+    def _check_types(self, types: list[str]) -> None:
+        """LakeError for a type neither known nor in the lake whose name is close to one that
+        is (``message.stauts``): a typo read as an empty frame passes unseen. A known type,
+        or one with no near name (a type Kirim added), reads as empty until it arrives."""
+        present = {decode_type(g) for g in list_groups(self.storage, "events") if g is not None}
+        names = sorted(present | KNOWN_TYPES)
+        for wanted in types:
+            if wanted in present or wanted in KNOWN_TYPES:
+                continue
+            near = difflib.get_close_matches(wanted, names, n=1, cutoff=0.8)
+            if near:
+                raise LakeError(
+                    f"no events of type {wanted!r} in the lake; did you mean {near[0]!r}?"
+                )
 
     def deliveries(
         self, *, since: TimeLike | None = None, until: TimeLike | None = None
@@ -433,6 +451,7 @@ class Lake(AnalyticsMixin):
         ``leftover_files`` (on disk, not counted by our readers; the next compaction
         deletes them).
         """
+        self._require_folder()
         out = [
             {
                 "table": part.table,

@@ -154,13 +154,17 @@ def backfill_command(
     if hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
+    # The bar is the share of the time range walked, not of the rows (their number is not
+    # known before the end): the estimate of the time left assumes the rest of the range as
+    # dense as what was walked, and says so.
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.fields[pages]} pages  {task.fields[rows]} rows  {task.fields[rate]}/s"),
+        TextColumn("of the range  {task.fields[pages]} pages  {task.fields[rows]} rows"),
+        TextColumn("{task.fields[rate]}/s"),
         TimeElapsedColumn(),
-        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("left ~{task.fields[eta]} if as dense"),
         console=err_console,
         disable=no_progress,
         transient=False,

@@ -250,8 +250,12 @@ class _Checkpoint:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise StorageError(f"cannot read backfill checkpoint {path}: {exc}") from exc
+        except ValueError as exc:  # not JSON (cut short?)
+            raise StorageError(
+                f"backfill checkpoint {path} is damaged ({exc}); delete it to start the run afresh"
+            ) from exc
         damaged = StorageError(
             f"backfill checkpoint {path} is damaged; delete it to start the run afresh"
         )

@@ -340,6 +340,41 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
     assert raw.height == len(expected)
 
 
+def test_history_rows_without_created_at_read_alike_everywhere(tmp_path: Path) -> None:
+    # Kirim left created_at out: each fetch is filed under its own day. The last-fetched
+    # rule then took its winner from another day than an as_of read and compaction could
+    # see: the view gave 0 rows as of May 2 where Polars gave 1, and a compacted lake 2.
+    lake = ke.Lake(tmp_path)
+    row = {"delivery_id": "wbd_1", "attempt": 1, "origin": "backfill", "event_id": "e1"}
+    may = [T0 + timedelta(days=d) for d in range(3)]  # May 1, 2, 3
+    lake.write_deliveries(
+        [
+            {**row, "outcome": "pending", "received_at": may[0]},
+            {**row, "outcome": "succeeded", "received_at": may[2]},
+            {**row, "attempt": 2, "outcome": "dead", "received_at": may[0]},
+            {**row, "attempt": 2, "outcome": "dead", "received_at": may[2]},  # a copy, a day on
+        ]
+    )
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    plain = [q for q in block.replace("data/", f"{tmp_path}/").split(";") if q.strip()][1]
+    columns = ["attempt", "outcome", "date"]
+
+    def views(reader: ke.Lake) -> list[tuple[object, ...]]:
+        mine = reader.deliveries().collect().select(columns).sort(columns).rows()
+        query = f"SELECT {', '.join(columns)} FROM deliveries ORDER BY ALL"
+        assert reader.sql(query).fetchall() == mine
+        return mine
+
+    everything = [(1, "pending", may[0].date()), (1, "succeeded", may[2].date()),
+                  (2, "dead", may[0].date()), (2, "dead", may[2].date())]  # fmt: skip
+    for compacted in (False, True):
+        assert views(lake) == everything, compacted
+        assert duckdb.sql(plain).pl().select(columns).sort(columns).rows() == everything
+        assert views(lake.as_of(may[1])) == [everything[0], everything[2]]
+        lake.compact()
+
+
 def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     receipt = {"delivery_id": "d1", "attempt": 1, "origin": "webhook", "received_at": T0}

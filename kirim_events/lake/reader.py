@@ -59,9 +59,11 @@ DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_
 """Delivery rows equal on these are one row. Rows of Kirim's history (origin ``backfill``)
 are snapshots instead: each backfill over a range fetches them again (``received_at`` is
 when), and a row fetched while its attempt was under way (``pending``, no answer yet) is
-fetched later with the attempt's outcome. So a history row that names its delivery and
-attempt is one row per ``(delivery_id, attempt)``, the last fetched; one that lacks either
-collapses only with its exact copies, ``received_at`` aside."""
+fetched later with the attempt's outcome. So a history row that names its delivery, its
+attempt and its ``created_at`` is one row per ``(delivery_id, attempt)``, the last fetched;
+one that lacks any collapses only with its exact copies, ``received_at`` aside. (Without
+``created_at`` a row is filed under the day it was fetched, so the fetches of one attempt lie
+in different partitions, which compaction and an ``as_of`` read take one at a time.)"""
 EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
 """Which copy of an event is kept (the first in this order, nulls last): the first received.
 ``ingest_seq`` is not unique across writers, so two copies written in the same millisecond
@@ -335,11 +337,13 @@ Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 
 def _snapshot() -> pl.Expr:
-    """A row of Kirim's history that names its attempt (see ``DELIVERY_DEDUP_COLUMNS``)."""
+    """A row of Kirim's history that names its attempt and its delivery's ``created_at``
+    (see ``DELIVERY_DEDUP_COLUMNS``)."""
     return (
         (pl.col("origin") == "backfill")
         & pl.col("delivery_id").is_not_null()
         & pl.col("attempt").is_not_null()
+        & pl.col("created_at").is_not_null()
     ).fill_null(False)
 
 
@@ -364,6 +368,11 @@ def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> F
         .with_columns(_seen=pl.when(fetched).then(None).otherwise(pl.col("received_at")))
     )
     subset = [c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS]
+    # within one partition, as compaction sees them: a history row without created_at is
+    # filed by the day it was fetched, and copies fetched on two days stay two rows
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    if "date" in names:
+        subset.append("date")
     kept = others.unique(subset=subset, keep="first", maintain_order=maintain_order)
     both = pl.concat([kept.drop("_seen"), latest], how="vertical")
     return both.sort("ingest_seq") if maintain_order else both

@@ -128,11 +128,11 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
             # received_at aside)
             snap = (
                 "coalesce(origin = 'backfill' AND delivery_id IS NOT NULL "
-                "AND attempt IS NOT NULL, false)"
+                "AND attempt IS NOT NULL AND created_at IS NOT NULL, false)"
             )
             fetched = "coalesce(origin = 'backfill', false)"
             key = ", ".join(
-                [snap]
+                [snap, '"date"']  # copies within one partition, as compaction takes them
                 + [
                     f"CASE WHEN {fetched} THEN NULL ELSE received_at END"
                     if c == "received_at"

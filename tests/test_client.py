@@ -172,26 +172,38 @@ def test_a_404_names_the_base_url_and_asks_about_it_when_not_kirims() -> None:
 def test_the_cli_says_once_that_it_retries(capsys: pytest.CaptureFixture[str]) -> None:
     # A closed port or a wrong KIRIM_API_URL: backfill sat silent for 20 s, reconcile for
     # 44 s, retrying, before the error.
-    from kirim_events.cli.backfill import _say_retries
+    from kirim_events.cli.backfill import _CliClient
 
-    _say_retries()
     t = FakeTime()
-    answers = [httpx.ConnectError("refused"), httpx.ConnectError("refused")]
+    answers: list[Exception] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         if answers:
             raise answers.pop(0)
         return httpx.Response(200, json={"data": {"id": "wbd_X", "status": "succeeded"}})
 
-    assert make_client(handler, t).get_delivery("wbd_X").status == "succeeded"
+    def cli_client() -> KirimClient:
+        return _CliClient(
+            "https://api.test", Secret(KEY), transport=httpx.MockTransport(handler),
+            sleep=t.sleep, clock=t.clock, rng=random.Random(7),
+        )  # fmt: skip
+
+    answers += [httpx.ConnectError("refused"), httpx.ConnectError("refused")]
+    with cli_client() as client:
+        assert client.get_delivery("wbd_X").status == "succeeded"
     err = " ".join(capsys.readouterr().err.split())
     assert err.count("note:") == 1
     assert "retrying in" in err
     assert "at https://api.test: ConnectError: refused" in err
     assert KEY not in err
-    _say_retries()  # the next command says it again
+    # the command is over: the library says nothing, whoever configures logging after
     answers.append(httpx.ConnectError("refused"))
     make_client(handler, t).get_delivery("wbd_X")
+    assert capsys.readouterr().err == ""
+    assert logging.getLogger("kirim_events.client").handlers == []
+    answers.append(httpx.ConnectError("refused"))  # the next command says it again
+    with cli_client() as client:
+        client.get_delivery("wbd_X")
     assert capsys.readouterr().err.count("note:") == 1
 
 

@@ -74,24 +74,32 @@ class _RetryNote(logging.Handler):
         print_note(note.removeprefix("kirim api: "), stderr=True)
 
 
-def _say_retries() -> None:
-    """Install :class:`_RetryNote` (once per process; each command gets its own note)."""
-    logger = logging.getLogger("kirim_events.client")
-    for handler in logger.handlers:
-        if isinstance(handler, _RetryNote):
-            handler.said = False
-            break
-    else:
-        logger.addHandler(_RetryNote())
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+class _CliClient(KirimClient):
+    """The client of one command: while it is open (``with client:``) its first retry is a
+    note on stderr. Closed, the client logger is as it was: the library never prints."""
+
+    _logger = logging.getLogger("kirim_events.client")
+
+    def __enter__(self) -> KirimClient:
+        self._note = _RetryNote()
+        self._level = self._logger.level
+        self._logger.addHandler(self._note)
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._logger.removeHandler(self._note)
+            self._logger.setLevel(self._level)
 
 
 def _client(data: object = None) -> KirimClient:
-    _say_retries()
     s = load_settings(data_dir=data)
     with errors_to_exit():
-        client = KirimClient(s.api_url, s.require_api_key())
+        client = _CliClient(s.api_url, s.require_api_key())
     url = httpx.URL(client.base_url)
     if url.scheme == "http" and url.host not in ("127.0.0.1", "localhost", "::1"):
         note = f"{client.base_url} is plain http: the API key crosses the network unencrypted"

@@ -167,23 +167,22 @@ def backfill_command(
     # dense as what was walked, and says so.
     bar = Progress(
         TextColumn("[bold]backfill"),
-        BarColumn(),
+        BarColumn(bar_width=12),  # the line fits 80 columns at a million rows
         TaskProgressColumn(),
-        TextColumn("of the range  {task.fields[pages]} pages  {task.fields[rows]} rows"),
+        TextColumn("of range  {task.fields[rows]} rows"),
         TextColumn("{task.fields[rate]}/s"),
         TimeElapsedColumn(),
-        TextColumn("left ~{task.fields[eta]} if as dense"),
+        TextColumn("~{task.fields[eta]} left"),
         console=err_console,
         disable=no_progress,
         transient=False,
     )
-    task = bar.add_task("backfill", total=100.0, pages=0, rows=0, rate="0", eta="?")
+    task = bar.add_task("backfill", total=100.0, rows=0, rate="0", eta="?")
 
     def update(p: BackfillProgress) -> None:
         bar.update(
             task,
             completed=100.0 * p.fraction,
-            pages=p.pages,
             rows=p.rows,
             rate=f"{p.rows_per_second:.0f}",
             eta=_eta(p),

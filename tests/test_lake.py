@@ -436,6 +436,9 @@ def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -
     # a known type near one held is no typo; an unknown type near nothing reads as empty
     assert lake.events(type="contact.updated").collect().height == 0
     assert lake.events(type="kirim.added_later").collect().height == 0
+    # types Kirim may add, a few letters from known ones: not typos
+    for new in ("conversation.opened", "conversation.unassigned", "contact.deleted"):
+        assert lake.events(type=new).collect().height == 0
     with pytest.raises(ke.LakeError, match=r"did you mean 'message\.status'"):
         lake.events(type="message.stauts")  # near a known type the lake does not hold
     assert lake.events(type=held).collect().height == 1

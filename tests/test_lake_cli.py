@@ -120,6 +120,19 @@ def test_a_foreign_parquet_file_is_named_and_never_merged_or_deleted(tmp_path: P
     assert len(parquet_files(tmp_path / "events")) == 4  # nothing merged, nothing deleted
 
 
+def test_a_writer_file_of_an_older_version_is_ours(tmp_path: Path) -> None:
+    # writer ids were not checked at first ("host-1"): their files are the lake's own
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("k1")])
+    (ours,) = parquet_files(tmp_path / "events")
+    older = ours.parent / "w-000000000001-000001-host-1.parquet"
+    ours.rename(older)
+    result = runner.invoke(app, ["compact", "--full", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert not older.exists()  # merged into the compacted file, as any writer file
+    assert lake.events().collect()["event_key"].to_list() == ["k1"]
+
+
 def test_a_foreign_file_under_one_of_our_names_is_named_and_kept(tmp_path: Path) -> None:
     # Its name passes for a writer's: the rows without event_key give it away, and the error
     # names the file (it used to point at Lake.damaged_files(), which a CLI user cannot call).

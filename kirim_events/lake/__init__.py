@@ -29,7 +29,6 @@ manifests), ``writer``, ``reader`` (Polars), ``sqlviews`` (DuckDB), ``compact``,
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 import time
@@ -90,6 +89,21 @@ class _Partition(NamedTuple):
     sizes: dict[str, int]  # every Parquet file in the folder -> bytes
     counted: list[str]  # the files our readers count
     manifest: Manifest
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """``a`` and ``b`` differ by one typo: a letter changed, added, dropped, or two letters
+    swapped (``message.stauts``). Names further apart (``conversation.opened`` and
+    ``conversation.closed``) may be different types, which a lake may not hold yet."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+    return swapped or a[i + 1 :] == b[i + 1 :]
 
 
 class Lake(AnalyticsMixin):
@@ -261,7 +275,7 @@ class Lake(AnalyticsMixin):
         for wanted in unknown:
             if wanted in present:
                 continue
-            near = difflib.get_close_matches(wanted, names, n=1, cutoff=0.8)
+            near = [name for name in names if _one_edit(wanted, name)]
             if near:
                 raise LakeError(
                     f"no events of type {wanted!r} in the lake; did you mean {near[0]!r}?"

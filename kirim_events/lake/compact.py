@@ -46,12 +46,7 @@ import pyarrow.dataset as pads
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
-from kirim_events.lake.paths import (
-    compaction_file_name,
-    is_compaction_file,
-    is_writer_file,
-    parse_partition_dir,
-)
+from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
 from kirim_events.lake.reader import (
     EVENT_ORDER,
     REQUIRED_EVENT_COLUMNS,
@@ -253,13 +248,15 @@ class _Group:
             )
 
     def _refuse_foreign(self, listed: dict[str, dict[str, int]]) -> None:
-        """LakeError naming the Parquet files not named as kirim-events names its own: a
-        file put there by hand would be merged into the lake and then deleted."""
+        """LakeError naming the Parquet files not named as kirim-events names its own
+        (``w-…`` by a writer, ``c-…`` by compaction; the prefix alone, so that a writer id of
+        an older version passes): a file put there by hand would be merged into the lake and
+        then deleted."""
         foreign = [
             f"{self.folder(day)}/{name}"
             for day, names in listed.items()
             for name in sorted(names)
-            if not (is_writer_file(name) or is_compaction_file(name))
+            if not name.startswith(("w-", "c-"))
         ]
         if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

@@ -375,6 +375,32 @@ def test_history_rows_without_created_at_read_alike_everywhere(tmp_path: Path) -
         lake.compact()
 
 
+def test_an_attempt_whose_created_at_moved_a_day_reads_alike_everywhere(tmp_path: Path) -> None:
+    # Kirim gave created_at once a millisecond before midnight, once at midnight: the two
+    # fetches lie in two partitions. Polars and the README collapsed them, the view and a
+    # compacted lake did not.
+    lake = ke.Lake(tmp_path)
+    row = {"delivery_id": "wbd_1", "attempt": 1, "origin": "backfill", "event_id": "e1"}
+    midnight = datetime(2026, 5, 2, tzinfo=UTC)
+    lake.write_deliveries(
+        [{**row, "outcome": "pending", "created_at": midnight - timedelta(milliseconds=1),
+          "received_at": midnight}]
+    )  # fmt: skip
+    lake.write_deliveries(
+        [{**row, "outcome": "succeeded", "created_at": midnight,
+          "received_at": midnight + timedelta(days=1)}]
+    )  # fmt: skip
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    plain = [q for q in block.replace("data/", f"{tmp_path}/").split(";") if q.strip()][1]
+    for _ in range(2):  # before and after compaction
+        mine = sorted(lake.deliveries().collect()["outcome"].to_list())
+        assert mine == ["pending", "succeeded"]  # one per partition, as compaction keeps them
+        assert sorted(r[0] for r in lake.sql("select outcome from deliveries").fetchall()) == mine
+        assert sorted(duckdb.sql(plain).pl()["outcome"].to_list()) == mine
+        lake.compact(full=True)
+
+
 def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     receipt = {"delivery_id": "d1", "attempt": 1, "origin": "webhook", "received_at": T0}

@@ -355,24 +355,26 @@ def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> F
     if table == "events":
         ordered = frame.sort(list(EVENT_ORDER), nulls_last=True)
         return ordered.unique(subset=["event_key"], keep="first", maintain_order=maintain_order)
+    # Rows collapse within one partition only, as compaction takes them: a history row
+    # without created_at is filed by the day it was fetched, and one whose created_at Kirim
+    # gave otherwise on another fetch may lie in another partition too.
+    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    day: list[str] = ["date"] if "date" in names else []
     snapshot = _snapshot()
     fetched = pl.col("origin") == "backfill"
     latest = (
         frame.filter(snapshot)
         .sort(["received_at", "ingest_seq"], descending=True, nulls_last=True)
-        .unique(subset=["delivery_id", "attempt"], keep="first", maintain_order=maintain_order)
+        .unique(
+            subset=[*day, "delivery_id", "attempt"], keep="first", maintain_order=maintain_order
+        )
     )
     others = (
         frame.filter(~snapshot)
         .sort("ingest_seq")
         .with_columns(_seen=pl.when(fetched).then(None).otherwise(pl.col("received_at")))
     )
-    subset = [c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS]
-    # within one partition, as compaction sees them: a history row without created_at is
-    # filed by the day it was fetched, and copies fetched on two days stay two rows
-    names = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
-    if "date" in names:
-        subset.append("date")
+    subset = [*day, *(c if c != "received_at" else "_seen" for c in DELIVERY_DEDUP_COLUMNS)]
     kept = others.unique(subset=subset, keep="first", maintain_order=maintain_order)
     both = pl.concat([kept.drop("_seen"), latest], how="vertical")
     return both.sort("ingest_seq") if maintain_order else both

@@ -105,7 +105,7 @@ def test_a_foreign_parquet_file_is_named_and_never_merged_or_deleted(tmp_path: P
     assert sorted(lake.damaged_files()) == sorted(
         str(p.relative_to(tmp_path)) for p in (other, partial)
     )
-    copied = folder / "mine.parquet"  # a copy of the lake's own file: every column right
+    copied = folder / "w-my notes.parquet"  # a copy of the lake's own file: every column right
     shutil.copy(parquet_files(tmp_path / "events")[0], copied)
     with pytest.raises(
         ke.LakeError, match=r"3 Parquet file\(s\) in the lake that kirim-events did"

@@ -46,7 +46,7 @@ import pyarrow.dataset as pads
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
-from kirim_events.lake.paths import compaction_file_name, parse_partition_dir
+from kirim_events.lake.paths import compaction_file_name, is_our_file, parse_partition_dir
 from kirim_events.lake.reader import (
     EVENT_ORDER,
     REQUIRED_EVENT_COLUMNS,
@@ -249,14 +249,13 @@ class _Group:
 
     def _refuse_foreign(self, listed: dict[str, dict[str, int]]) -> None:
         """LakeError naming the Parquet files not named as kirim-events names its own
-        (``w-…`` by a writer, ``c-…`` by compaction; the prefix alone, so that a writer id of
-        an older version passes): a file put there by hand would be merged into the lake and
+        (:func:`is_our_file`): a file put there by hand would be merged into the lake and
         then deleted."""
         foreign = [
             f"{self.folder(day)}/{name}"
             for day, names in listed.items()
             for name in sorted(names)
-            if not name.startswith(("w-", "c-"))
+            if not is_our_file(name)
         ]
         if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""

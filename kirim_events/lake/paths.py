@@ -33,6 +33,7 @@ __all__ = [
     "decode_type",
     "encode_type",
     "is_compaction_file",
+    "is_our_file",
     "is_writer_file",
     "parse_partition_dir",
     "writer_file_name",
@@ -111,6 +112,17 @@ def writer_file_name(ms: int, seq: int, writer_id: str) -> str:
 def compaction_file_name(generation: int, ms: int, writer_id: str, n: int) -> str:
     """Name of a file written by compaction for manifest ``generation``."""
     return f"c-{generation:08d}-{ms:012x}-{writer_id}-{n}.parquet"
+
+
+_OUR_SHAPE = re.compile(
+    r"^(w-[0-9a-f]{12}-[0-9a-f]+-[^/]+|c-\d{8}-[0-9a-f]{12}-[^/]+-\d+)\.parquet$"
+)
+
+
+def is_our_file(name: str) -> bool:
+    """True for a name kirim-events gives its files, whatever the writer id (an older
+    version took ids such as ``host-1``, which :func:`is_writer_file` refuses)."""
+    return bool(_OUR_SHAPE.match(name))
 
 
 def is_writer_file(name: str) -> bool:

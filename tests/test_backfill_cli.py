@@ -346,3 +346,16 @@ def test_a_plain_http_api_url_off_this_machine_gets_a_note(tmp_path: Path) -> No
     assert result.exit_code == 2  # no lake there: stops before any request
     assert "note: http://kirim.invalid is plain http" in result.stderr
     assert "plain http" not in result.stdout  # stdout stays the command's (--json output)
+
+
+def test_the_time_left_reads_in_hours_past_a_day() -> None:
+    # "2 days, 3:00:00" squeezed the bar off an 80-column line
+    from kirim_events.backfill import BackfillProgress
+    from kirim_events.cli.backfill import _eta
+
+    def at(fraction: float, elapsed: float) -> str:
+        return _eta(BackfillProgress(1, 1, 0, fraction, elapsed, 0, 4))
+
+    assert at(0.5, 3_725.0) == "1:02:05"
+    assert at(0.01, 1_854.5) == "50:59:55"  # 99 times the 30 min walked
+    assert at(0.0, 10.0) == "?"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 
 import httpx
@@ -115,8 +115,12 @@ def _fmt(value: datetime | None) -> str:
 
 
 def _eta(p: BackfillProgress) -> str:
-    eta = p.eta
-    return "?" if eta is None else str(timedelta(seconds=int(eta)))
+    """The estimate as ``H:MM:SS``, hours past a day included (``51:00:00``, not the
+    ``2 days, 3:00:00`` that squeezed the bar off an 80-column line)."""
+    if p.eta is None:
+        return "?"
+    hours, rest = divmod(int(p.eta), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 @command("backfill")

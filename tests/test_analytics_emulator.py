@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from test_analytics_support import by_key, in_utc
+from test_analytics_support import VIEWS, by_key, in_utc
 
 from kirim_events.emulator import Emulator, EngineConfig, SignedDelivery, Truth, WorldConfig
 from kirim_events.events import parse_delivery
@@ -25,13 +25,6 @@ from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 
 N_EVENTS = 10_000
-VIEWS = (
-    "message_timelines",
-    "message_status_history",
-    "conversation_lifecycles",
-    "conversation_cycles",
-    "delivery_health",
-)
 
 
 class Run:

@@ -16,18 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
-from test_analytics_support import at, by_key, conversation, in_utc, status
+from test_analytics_support import VIEWS, at, by_key, conversation, in_utc, status
 
 from kirim_events.events import EventRecord
 from kirim_events.lake import Lake
 
-VIEWS = (
-    "message_timelines",
-    "message_status_history",
-    "conversation_lifecycles",
-    "conversation_cycles",
-    "delivery_health",
-)
 TIMES = (0, 0, 1, 2, 60, 61, 3600)  # few values: ties are common
 STATUSES = ("sent", "delivered", "read", "failed", "pending")
 USERS = (None, "usr_a", "usr_b")

@@ -16,6 +16,13 @@ from kirim_events.events import EventRecord, parse_delivery
 from kirim_events.schema import deliveries_table, events_table
 
 T0 = datetime(2026, 5, 23, 10, 0, tzinfo=UTC)
+VIEWS = (
+    "message_timelines",
+    "message_status_history",
+    "conversation_lifecycles",
+    "conversation_cycles",
+    "delivery_health",
+)  # every analytics helper that is also a DuckDB view
 PHONE = "106540352242922"
 
 

@@ -167,8 +167,8 @@ def backfill_command(
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
     # The bar is the share of the time range walked, not of the rows (their number is not
-    # known before the end): the estimate of the time left assumes the rest of the range as
-    # dense as what was walked, and says so.
+    # known before the end); the estimate of the time left assumes the rest of the range as
+    # dense as what was walked (docs/cli.md says so).
     bar = Progress(
         TextColumn("[bold]backfill"),
         BarColumn(bar_width=12),  # the line fits 80 columns at a million rows

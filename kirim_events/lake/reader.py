@@ -61,9 +61,10 @@ are snapshots instead: each backfill over a range fetches them again (``received
 when), and a row fetched while its attempt was under way (``pending``, no answer yet) is
 fetched later with the attempt's outcome. So a history row that names its delivery, its
 attempt and its ``created_at`` is one row per ``(delivery_id, attempt)``, the last fetched;
-one that lacks any collapses only with its exact copies, ``received_at`` aside. (Without
-``created_at`` a row is filed under the day it was fetched, so the fetches of one attempt lie
-in different partitions, which compaction and an ``as_of`` read take one at a time.)"""
+one that lacks any collapses only with its exact copies, ``received_at`` aside. Rows
+collapse within one ``date`` partition, as compaction takes them: without ``created_at`` a
+row is filed under the day it was fetched, so the fetches of one attempt lie in different
+partitions, and they are kept apart; so are two fetches whose ``created_at`` differ by day."""
 EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
 """Which copy of an event is kept (the first in this order, nulls last): the first received.
 ``ingest_seq`` is not unique across writers, so two copies written in the same millisecond

@@ -261,6 +261,9 @@ class KirimClient:
         Seconds each step of a request (connecting, sending, each read) may take; a whole
         answer must also arrive within four times it (a server trickling its answer a byte
         at a time is cut off there and the request retried).
+    on_retry
+        Called as ``on_retry(delay, error)`` before each wait for a retry (the CLI says the
+        first one on stderr; the library itself never prints).
 
     Examples
     --------
@@ -283,8 +286,10 @@ class KirimClient:
         max_backoff: float = 30.0,
         timeout: float = 30.0,
         limiter: RateLimiter | None = None,
+        on_retry: Callable[[float, ApiError], None] | None = None,
     ) -> None:
         self._key = key = checked_api_key(api_key)
+        self._on_retry = on_retry
         self.base_url = api_base(base_url)
         self._sleep_fn = sleep
         self._interrupted = threading.Event()
@@ -439,9 +444,9 @@ class KirimClient:
                 raise error
             self.retries += 1
             delay = self._delay(attempt, error)
-            log.info(
-                "kirim api: retrying in %.2fs after %s", delay, error, extra={"kirim_retry": delay}
-            )
+            log.info("kirim api: retrying in %.2fs after %s", delay, error)
+            if self._on_retry is not None:
+                self._on_retry(delay, error)
             if isinstance(error, RateLimited):
                 self.limiter.block(klass, delay)
             else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import threading
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -57,49 +57,28 @@ EventTypeOption = Annotated[
 ]
 
 
-class _RetryNote(logging.Handler):
+class _RetryNote:
     """Says once, on stderr, that a request to the API is being retried: a wrong
     KIRIM_API_URL or a closed port looked like a hang for the tens of seconds of silent
-    retries before the error."""
+    retries before the error. One per command's client (``KirimClient(on_retry=...)``)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.said = False
+        self._lock = threading.Lock()
+        self._said = False
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.said or getattr(record, "kirim_retry", None) is None:
-            return
-        self.said = True
-        note = f"{record.getMessage()} (it retries a while before it gives up)"
-        print_note(note.removeprefix("kirim api: "), stderr=True)
-
-
-class _CliClient(KirimClient):
-    """The client of one command: while it is open (``with client:``) its first retry is a
-    note on stderr. Closed, the client logger is as it was: the library never prints."""
-
-    _logger = logging.getLogger("kirim_events.client")
-
-    def __enter__(self) -> KirimClient:
-        self._note = _RetryNote()
-        self._level = self._logger.level
-        self._logger.addHandler(self._note)
-        if self._logger.getEffectiveLevel() > logging.INFO:
-            self._logger.setLevel(logging.INFO)
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            self._logger.removeHandler(self._note)
-            self._logger.setLevel(self._level)
+    def __call__(self, delay: float, error: ApiError) -> None:
+        with self._lock:  # the slices retry in parallel: one note, not one each
+            if self._said:
+                return
+            self._said = True
+        note = f"retrying in {delay:.2f}s after {error} (it retries a while before it gives up)"
+        print_note(note, stderr=True)
 
 
 def _client(data: object = None) -> KirimClient:
     s = load_settings(data_dir=data)
     with errors_to_exit():
-        client = _CliClient(s.api_url, s.require_api_key())
+        client = KirimClient(s.api_url, s.require_api_key(), on_retry=_RetryNote())
     url = httpx.URL(client.base_url)
     if url.scheme == "http" and url.host not in ("127.0.0.1", "localhost", "::1"):
         note = f"{client.base_url} is plain http: the API key crosses the network unencrypted"

@@ -44,7 +44,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -697,11 +697,17 @@ def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int
         pending = {pool.submit(run.walk, s) for s in slices}
         try:
             while pending:
-                # Timed waits: a Ctrl-C that the OS hands to a worker thread reaches the
-                # main thread only when it next runs Python, not while it blocks untimed.
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                # Look, then sleep; not concurrent.futures.wait, which takes every future's
+                # lock in turn: a Ctrl-C landing between two of them left one held, and its
+                # worker hung for ever starting the next slice, and the pool's shutdown with
+                # it. A plain sleep holds no lock, and the Ctrl-C that the OS hands to a
+                # worker thread reaches the main thread within it.
+                done = {f for f in pending if f.done()}
+                pending -= done
                 for f in done:
                     f.result()  # the first slice's error, if any
+                if pending:
+                    time.sleep(0.1)
         except BaseException:
             run.stop.set()  # let the other slices stop after their current page
             client.interrupt()  # without first sitting out a Retry-After or a backoff

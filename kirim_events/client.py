@@ -291,6 +291,7 @@ class KirimClient:
         self._key = key = checked_api_key(api_key)
         self._on_retry = on_retry
         self.base_url = api_base(base_url)
+        self._shown_base = shown_url(self.base_url)  # what error messages name
         self._sleep_fn = sleep
         self._interrupted = threading.Event()
         # request class -> (until when, the 429 that asked): refused here without sending
@@ -405,7 +406,7 @@ class KirimClient:
                 # a transport error can quote a header: never let it show the key
                 text = str(exc).replace(self._key.reveal(), str(self._key))
                 error: ApiError = RetryableApiError(  # which host: a DNS error names none
-                    f"{method} {path} at {shown_url(self.base_url)}: {type(exc).__name__}: {text}"
+                    f"{method} {path} at {self._shown_base}: {type(exc).__name__}: {text}"
                 )
             except BaseException:
                 self.limiter.release(klass, None)  # or the limiter counts it in flight for ever
@@ -413,7 +414,7 @@ class KirimClient:
             else:
                 self.limiter.release(klass, response.headers, refused=response.status_code == 429)
                 if not response.is_success:
-                    where = f"{path} at {shown_url(self.base_url)}"
+                    where = f"{path} at {self._shown_base}"
                     error = _error_from(response, method, where, self._clock())
                 else:
                     try:
@@ -690,10 +691,10 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
         body = response.json()
     except ValueError:
         body = None
-    enveloped = isinstance(body, dict) and isinstance(body.get("error"), dict)
+    enveloped = False  # Kirim's error object: an unknown id at Kirim, not another server
     if isinstance(body, dict):
         err = body.get("error")
-        if isinstance(err, dict):
+        if enveloped := isinstance(err, dict):
             etype, code = _opt_str(err.get("type")), _opt_str(err.get("code"))
             message, rid = _opt_str(err.get("message")), _opt_str(err.get("request_id"))
         rid = rid or _opt_str(body.get("request_id"))
@@ -720,7 +721,7 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
     if status in (401, 403):
         return AuthenticationError(text, **kw)
     if status == 404:
-        if not enveloped:  # Kirim answers an unknown id with its error envelope
+        if not enveloped:
             text += " (no Kirim error in the answer: is KIRIM_API_URL Kirim's API?)"
         return NotFoundError(text, **kw)
     return PermanentApiError(text, **kw)

@@ -105,6 +105,22 @@ def _shown_id(receipt: Mapping[str, Any]) -> str:
 
 UNROUTED_LOG_EVERY = 60.0  # seconds between warnings with a hint (another path, a secret)
 
+
+class _Throttle:
+    """Says yes at most once per ``every`` seconds (the first time at once)."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -276,8 +292,8 @@ class Receiver:
         self._buffered_lock = threading.Lock()  # a receiver may serve several event loops
         self._now = now
         self.metrics = metrics or Metrics()
-        self._unrouted_logged = -UNROUTED_LOG_EVERY
-        self._mismatch_hinted = -UNROUTED_LOG_EVERY
+        self._unrouted_hint = _Throttle(UNROUTED_LOG_EVERY)
+        self._mismatch_hint = _Throttle(UNROUTED_LOG_EVERY)
 
     def __repr__(self) -> str:
         return f"Receiver(path={self.path!r}, secrets={len(self._secrets)})"
@@ -316,10 +332,8 @@ class Receiver:
 
     def _unrouted(self, method: str, path: str) -> None:
         self.metrics.unrouted += 1
-        now = time.monotonic()
-        if method != "POST" or now - self._unrouted_logged < UNROUTED_LOG_EVERY:
+        if method != "POST" or not self._unrouted_hint.due():
             return
-        self._unrouted_logged = now
         log.warning(
             "POST to %s answered 404: webhooks are received at %s (is the subscription's URL "
             "right?); more such requests are counted in unrouted_total, logged once a minute",
@@ -489,9 +503,7 @@ class Receiver:
         for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
             receipt[name] = _clip(receipt[name])
         log.warning("rejected delivery %s (%s): %d", _shown_id(receipt), reason, status)
-        now = time.monotonic()
-        if reason == "mismatch" and now - self._mismatch_hinted >= UNROUTED_LOG_EVERY:
-            self._mismatch_hinted = now  # once a minute, beside the line of each delivery
+        if reason == "mismatch" and self._mismatch_hint.due():  # beside each delivery's line
             log.warning(
                 "a signature matched none of the %d secret(s): is KIRIM_WEBHOOK_SECRET the "
                 "subscription's? Kirim takes a 401 as final (and disables a subscription "

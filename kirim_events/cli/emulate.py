@@ -115,8 +115,7 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
         disabled = ", ".join(report.disabled)
         table.add_row("subscriptions disabled (failed or dead deliveries in a row)", disabled)
         table.add_row("events not sent (subscription disabled)", str(report.unsent))
-        held = sum(len(rows) for rows in emu.store.held.values())
-        table.add_row("deliveries held (queued when disabled)", str(held))
+        table.add_row("deliveries held (queued when disabled)", str(len(held_ids)))
     if report.errors:
         table.add_row("engine errors (the first)", f"{len(report.errors)} ({report.errors[0]})")
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))

@@ -2,9 +2,10 @@
 
 For each scale (number of events) a synthetic lake is generated once (status events of
 outbound messages, conversation assignments/closes/reopens; message statuses carry their
-conversation id as with Kirim's ``kirim`` block), written with ``Lake.write_events`` and
-compacted (the steady state: every partition clean). Then, each in its own subprocess so that
-peak memory is its own:
+conversation id as with Kirim's ``kirim`` block; ids sized like Kirim's, or with ``--ids
+short`` small enough to sit inline in Polars' string views, as before 2026-11-30), written
+with ``Lake.write_events`` and compacted (the steady state: every partition clean). Then,
+each in its own subprocess so that peak memory is its own:
 
 * ``ours-polars``: ``lake.message_timelines().collect()`` / ``lake.conversation_lifecycles()``
 * ``ours-duckdb``: the DuckDB views of the same name through ``lake.sql(...)``
@@ -53,6 +54,7 @@ IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
 APPLY = "pandas-apply"  # slow: run once per scale, only up to --apply-max events
 IN_MEMORY = "ours-in-memory"  # the same Polars helper, collected with engine="in-memory"
 TASKS = ("timelines", "lifecycles")
+ID_SHAPES = ("realistic", "short")
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 14
 
@@ -60,7 +62,49 @@ DAYS = 14
 # --------------------------------------------------------------------------- data
 
 
-def generate(n_events: int, seed: int = 1) -> pl.DataFrame:
+def _ids(shape: str) -> dict[str, pl.Expr]:
+    """The string ids of the status rows, from the integer columns ``mid`` and ``mcid``.
+
+    ``short``: ``wamid.123``, ``cnv_45``, ``62812345``: every id fits in the 12 bytes Polars
+    keeps inline in a string view. ``realistic``: sized and shaped like Kirim's: a 58-byte
+    wamid whose first 34 bytes all wamids share (as Meta's base64 ones share theirs), a
+    13-digit recipient, a 28-byte ``cnv_`` id.
+    """
+    mid = pl.col("mid")
+    if shape == "short":
+        message_id, recipient_id = pl.format("wamid.{}", mid), pl.format("628{}", mid % 100000)
+    else:
+        message_id = pl.format("wamid.HBgNNjI4MTIzNDU2Nzg5FQIAERgS{}AA==", _unique_digits(mid, 1))
+        recipient_id = pl.format("628{}", mid % 100000 + 1_000_000_000)
+    return {
+        "message_id": message_id,
+        "conversation_id": _conversation_id(pl.col("mcid"), shape),
+        "recipient_id": recipient_id,
+    }
+
+
+def _unique_digits(n: pl.Expr, seed: int) -> pl.Expr:
+    """20 digits that look random and differ for every integer ``n`` below 10**8."""
+    scrambled = n.hash(seed).cast(pl.String).str.zfill(20).str.head(12)
+    return pl.concat_str(scrambled, n.cast(pl.String).str.zfill(8))
+
+
+def _conversation_id(cid: pl.Expr, shape: str) -> pl.Expr:
+    if shape == "short":
+        return pl.format("cnv_{}", cid)
+    return pl.format("cnv_01JB{}", _unique_digits(cid, 2))
+
+
+def _kirim_event_id(cid: pl.Expr, n: pl.Expr, shape: str) -> pl.Expr:
+    """The ``evt_`` id of a conversation event (``n``: its row number)."""
+    if shape == "short":
+        return pl.format("evt_{}_{}", cid, n)
+    return pl.format(
+        "evt_01JB{}{}", _unique_digits(cid, 3).str.head(12), n.cast(pl.String).str.zfill(10)
+    )
+
+
+def generate(n_events: int, seed: int = 1, id_shape: str = "short") -> pl.DataFrame:
     """About ``n_events`` events: ~78% message statuses, the rest conversation events."""
     rng = np.random.default_rng(seed)
     n_msg = int(n_events * 0.78 / 2.6)
@@ -83,21 +127,22 @@ def generate(n_events: int, seed: int = 1) -> pl.DataFrame:
         (ids[fail], sent[fail] + 2, np.full(fail.sum(), "failed")),
     ]
     mid = np.concatenate([p[0] for p in parts])
-    status = pl.DataFrame(
-        {
-            "mid": mid,
-            "occ": np.concatenate([p[1] for p in parts]),
-            "status": np.concatenate([p[2] for p in parts]),
-            "mcid": conv[mid],
-        }
-    ).with_columns(
-        type=pl.lit("message.status"),
-        message_id=pl.format("wamid.{}", pl.col("mid")),
-        event_key=pl.format("wamid.{}:{}", pl.col("mid"), pl.col("status")),
-        conversation_id=pl.format("cnv_{}", pl.col("mcid")),
-        recipient_id=pl.format("628{}", pl.col("mid") % 100000),
-        error_code=pl.when(pl.col("status") == "failed").then(pl.lit("131047")),
-        error_title=pl.when(pl.col("status") == "failed").then(pl.lit("Re-engagement message")),
+    status = (
+        pl.DataFrame(
+            {
+                "mid": mid,
+                "occ": np.concatenate([p[1] for p in parts]),
+                "status": np.concatenate([p[2] for p in parts]),
+                "mcid": conv[mid],
+            }
+        )
+        .with_columns(
+            type=pl.lit("message.status"),
+            **_ids(id_shape),
+            error_code=pl.when(pl.col("status") == "failed").then(pl.lit("131047")),
+            error_title=pl.when(pl.col("status") == "failed").then(pl.lit("Re-engagement message")),
+        )
+        .with_columns(event_key=pl.format("{}:{}", pl.col("message_id"), pl.col("status")))
     )
     # conversations: assigned at open, reassigned (20%), closed (85%), reopened (10% of closed)
     c = np.arange(n_conv)
@@ -123,8 +168,8 @@ def generate(n_events: int, seed: int = 1) -> pl.DataFrame:
             for r in rows
         ]
     ).with_columns(
-        conversation_id=pl.format("cnv_{}", pl.col("cid")),
-        event_key=pl.format("evt_{}_{}", pl.col("cid"), pl.int_range(pl.len())),
+        conversation_id=_conversation_id(pl.col("cid"), id_shape),
+        event_key=_kirim_event_id(pl.col("cid"), pl.int_range(pl.len()), id_shape),
     )
     frame = pl.concat([status.drop("mid", "mcid"), convs.drop("cid")], how="diagonal")
     lag = pl.Series(rng.integers(0, 120, frame.height))
@@ -141,7 +186,12 @@ def generate(n_events: int, seed: int = 1) -> pl.DataFrame:
     ).drop("occ")
 
 
-def build_lake(n_events: int, path: Path) -> int:
+def lake_path(workdir: Path, n_events: int, id_shape: str) -> Path:
+    """Where the lake of one scale and id shape lives (the short ids' keep their old name)."""
+    return workdir / (f"events_{n_events}" + ("" if id_shape == "short" else f"_{id_shape}"))
+
+
+def build_lake(n_events: int, path: Path, id_shape: str = "short") -> int:
     """Write and compact the lake for one scale (reused when already there)."""
     from kirim_events.lake import Lake
     from kirim_events.schema import EVENT_SCHEMA
@@ -149,7 +199,7 @@ def build_lake(n_events: int, path: Path) -> int:
     marker = path / "_bench_rows"
     if marker.exists():
         return int(marker.read_text())
-    frame = generate(n_events)
+    frame = generate(n_events, id_shape=id_shape)
     missing = [f.name for f in EVENT_SCHEMA if f.name not in frame.columns]
     frame = frame.with_columns(pl.lit(None).alias(name) for name in missing)
     table = frame.select(EVENT_SCHEMA.names).to_arrow().cast(EVENT_SCHEMA)
@@ -596,15 +646,23 @@ def section_lines(head: str, intro: list[str], columns: list[str]) -> list[str]:
 
 
 def section(
-    results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: int, apply_max: int
+    results: dict[int, dict[tuple[str, str], dict[str, Any]]],
+    repeat: int,
+    apply_max: int,
+    id_shape: str,
 ) -> str:
     """This benchmark's section of benchmarks/RESULTS.md (Markdown)."""
+    ids = {
+        "realistic": "ids sized like Kirim's (58-byte wamids, 28-byte conversation ids)",
+        "short": "short ids (`wamid.123`, inline in Polars' string views)",
+    }[id_shape]
     intro = [
         f"Median of {repeat} round-robin rounds (one at scales above --large; see the rounds",
         "column), one timed run after a warm-up in each worker,",
         "every implementation in its own process, each timed from the same Parquet files to",
         "its finished result (reading inside the clock, imports outside it); peak = that",
-        "process's max RSS, imports included. Compacted synthetic lake (no duplicate",
+        f"process's max RSS, imports included. Compacted synthetic lake, {ids}, `--ids",
+        f"{id_shape}` (no duplicate",
         'receipts, so the duplicates path of ours is near-free). "ours" is the Polars helper',
         "(`lake.message_timelines()` / `lake.conversation_lifecycles()`, `.collect()`), also",
         'shown collected with `engine="in-memory"` (a plain `collect()` picks streaming in',
@@ -674,6 +732,12 @@ def parser(doc: str, workers: tuple[str, ...], tasks: tuple[str, ...]) -> argpar
     ap.add_argument("--worker", choices=workers)
     ap.add_argument("--task", choices=tasks)
     ap.add_argument("--data", type=Path)
+    ap.add_argument(
+        "--ids",
+        choices=ID_SHAPES,
+        default="realistic",
+        help="the ids' shape: realistic (Kirim's sizes) or short (inline in Polars' views)",
+    )
     return ap
 
 
@@ -694,20 +758,20 @@ def main() -> None:
     results = {}
     scales = [int(float(s)) for s in args.scale.split(",")]
     if min(scales) <= args.apply_max:
-        small = args.workdir / "check_100000"
-        build_lake(100_000, small)
+        small = lake_path(args.workdir / "check", 100_000, args.ids)
+        build_lake(100_000, small, args.ids)
         check_equal(small, apply=True)
     for i, n in enumerate(scales):
-        path = args.workdir / f"events_{n}"
+        path = lake_path(args.workdir, n, args.ids)
         t = time.perf_counter()
-        rows = build_lake(n, path)
+        rows = build_lake(n, path, args.ids)
         print(f"scale {n:,}: lake with {rows:,} events ready in {time.perf_counter() - t:.0f} s")
         if i == 0:
             check_equal(path)
         check_engines(path, VIEWS, ordered=False)
         rounds = args.repeat if n <= args.large else 1
         results[rows] = measure(path, rounds, apply=n <= args.apply_max)
-    text = section(results, args.repeat, args.apply_max)
+    text = section(results, args.repeat, args.apply_max, args.ids)
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
     if args.write:

@@ -241,8 +241,8 @@ def main() -> None:
         return
     results = {}
     for i, n in enumerate(int(float(s)) for s in args.scale.split(",")):
-        path = args.workdir / f"events_{n}"
-        rows = ba.build_lake(n, path)
+        path = ba.lake_path(args.workdir, n, args.ids)
+        rows = ba.build_lake(n, path, args.ids)
         if i == 0:
             check_equal(path)
         ba.check_engines(path, VIEWS, ordered=True)

@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kirim_events as ke
@@ -68,6 +68,13 @@ def ev(
 
 def parquet_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.parquet"))
+
+
+def readme_queries(root: Path) -> list[str]:
+    """The README's plain queries (events, deliveries) over the lake at ``root``."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    return [q for q in block.replace("data/", f"{root}/").split(";") if q.strip()]
 
 
 def test_layout_is_hive_by_type_and_event_time_date(tmp_path: Path) -> None:
@@ -279,10 +286,7 @@ def test_the_readmes_plain_queries_give_exactly_what_lake_gives(tmp_path: Path) 
         a.write_deliveries([receipt, {**history, "received_at": T0 + timedelta(hours=run)}])
     changed = {**history, "outcome": "failed", "received_at": T0 + timedelta(hours=3)}
     b.write_deliveries([changed])
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
-    queries = [q for q in block.replace("data/", f"{tmp_path}/").split(";") if q.strip()]
-    for table, query in zip(("events", "deliveries"), queries, strict=True):
+    for table, query in zip(("events", "deliveries"), readme_queries(tmp_path), strict=True):
         mine = getattr(a, table)().collect()
         plain = duckdb.sql(query).pl().select(mine.columns)
         plain = plain.with_columns(pl.col(c).cast(mine.schema[c]) for c in mine.columns)
@@ -340,6 +344,93 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
     assert raw.height == len(expected)
 
 
+def test_a_copy_without_ingest_seq_loses_to_one_with_it_in_every_reader(tmp_path: Path) -> None:
+    # A file from a writer that left ingest_seq out: the Polars reader kept that copy (it
+    # sorted nulls first) while the DuckDB view and the README query keep the other.
+    lake = ke.Lake(tmp_path)
+    row = {"delivery_id": "w1", "attempt": 1, "origin": "webhook", "outcome": "new"}
+    lake.write_deliveries([{**row, "received_at": T0}])
+    lake.write_deliveries([{**row, "received_at": T0}])
+    files = sorted((tmp_path / "deliveries").rglob("*.parquet"))
+    assert len(files) == 2
+    table = pq.read_table(files[0])
+    at = table.schema.get_field_index("ingest_seq")
+    pq.write_table(table.set_column(at, "ingest_seq", pa.nulls(1, pa.int64())), files[0])
+    kept = pq.read_table(files[1])["ingest_seq"].to_pylist()
+    assert lake.deliveries().collect()["ingest_seq"].to_list() == kept
+    assert [r[0] for r in lake.sql("SELECT ingest_seq FROM deliveries").fetchall()] == kept
+
+
+_DELIVERY_ROWS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "delivery_id": st.sampled_from(["d1", "d2", None]),
+            "attempt": st.sampled_from([1, 2, None]),
+            "origin": st.sampled_from(["webhook", "backfill"]),
+            "outcome": st.sampled_from(["new", "pending", "succeeded", None]),
+            "received_at": st.sampled_from([T0, T0 + timedelta(hours=1), T0 + timedelta(days=1)]),
+            "created_at": st.sampled_from([None, T0, T0 + timedelta(seconds=1)]),
+        }
+    ),
+    max_size=8,
+)
+_EVENT_COPIES = st.lists(
+    st.tuples(
+        st.sampled_from(["k1", "k2", "k3"]),
+        st.sampled_from([T0, T0 + timedelta(hours=1)]),
+        st.sampled_from(["d1", "d2", None]),
+    ),
+    max_size=6,
+)
+
+
+@given(st.lists(st.tuples(_DELIVERY_ROWS, _EVENT_COPIES), min_size=1, max_size=3))
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_random_copies_read_alike_in_every_reader_before_and_after_compaction(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[list[dict[str, object]], list[tuple[str, datetime, str | None]]]],
+) -> None:
+    # Random receipts, history fetches and event copies, written in batches (each batch a
+    # flush with its own ingest_seq): the Polars reader, the DuckDB view and the README's
+    # plain query keep the same rows, and compaction keeps them too.
+    root = tmp_path_factory.mktemp("lake")
+    lake = ke.Lake(root)
+    for deliveries, copies in batches:
+        if deliveries:
+            lake.write_deliveries(deliveries)
+        records = [
+            dataclasses.replace(ev(key, received=at), delivery_id=dlv, payload=f'"{i}"')
+            for i, (key, at, dlv) in enumerate(copies)
+        ]
+        if records:
+            lake.write_events(records)
+    if not parquet_files(root):
+        return
+
+    def read() -> dict[str, list[tuple[object, ...]]]:
+        seen = {}
+        queries = readme_queries(root)
+        for table, query in zip(("events", "deliveries"), queries, strict=True):
+            if not (root / table).exists():
+                continue
+            mine = getattr(lake, table)().collect()
+            cols = [c for c in mine.columns if c != "date"]
+            rows = mine.select(cols).sort(cols, nulls_last=True).rows()
+            view = lake.sql(f"SELECT {', '.join(cols)} FROM {table} ORDER BY ALL NULLS LAST")
+            assert view.fetchall() == rows, table
+            plain = duckdb.sql(query).pl().select(cols)
+            plain = plain.with_columns(pl.col(c).cast(mine.schema[c]) for c in cols)
+            assert plain.sort(cols, nulls_last=True).rows() == rows, table
+            seen[table] = rows
+        return seen
+
+    before = read()
+    lake.compact()
+    assert read() == before
+
+
 def test_history_rows_without_created_at_read_alike_everywhere(tmp_path: Path) -> None:
     # Kirim left created_at out: each fetch is filed under its own day. The last-fetched
     # rule then took its winner from another day than an as_of read and compaction could
@@ -355,9 +446,7 @@ def test_history_rows_without_created_at_read_alike_everywhere(tmp_path: Path) -
             {**row, "attempt": 2, "outcome": "dead", "received_at": may[2]},  # a copy, a day on
         ]
     )
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
-    plain = [q for q in block.replace("data/", f"{tmp_path}/").split(";") if q.strip()][1]
+    plain = readme_queries(tmp_path)[1]
     columns = ["attempt", "outcome", "date"]
 
     def views(reader: ke.Lake) -> list[tuple[object, ...]]:
@@ -390,9 +479,7 @@ def test_an_attempt_whose_created_at_moved_a_day_reads_alike_everywhere(tmp_path
         [{**row, "outcome": "succeeded", "created_at": midnight,
           "received_at": midnight + timedelta(days=1)}]
     )  # fmt: skip
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
-    plain = [q for q in block.replace("data/", f"{tmp_path}/").split(";") if q.strip()][1]
+    plain = readme_queries(tmp_path)[1]
     for _ in range(2):  # before and after compaction
         mine = sorted(lake.deliveries().collect()["outcome"].to_list())
         assert mine == ["pending", "succeeded"]  # one per partition, as compaction keeps them

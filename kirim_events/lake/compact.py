@@ -52,6 +52,7 @@ from kirim_events.lake.reader import (
     REQUIRED_EVENT_COLUMNS,
     file_schema,
     first_copies,
+    keep_first,
     list_dates,
     list_groups,
     near_days,
@@ -334,10 +335,8 @@ class _Group:
 
         with ThreadPoolExecutor(self.workers) as pool:
             keys = pl.concat(list(pool.map(read_keys, members)))
-        winners = (
-            keys.sort([*EVENT_ORDER, "_date"], nulls_last=True)
-            .unique(subset=["event_key"], keep="first", maintain_order=False)
-            .select("event_key", "_date")
+        winners = keep_first(keys, ["event_key"], [*EVENT_ORDER, "_date"]).select(
+            "event_key", "_date"
         )
         losing = (
             keys.select("event_key", "_date")

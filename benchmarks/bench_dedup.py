@@ -1,30 +1,33 @@
-"""Benchmark: reading the ``deliveries`` table with its dedup, as written and compacted.
+"""Benchmark: what the dedup on read costs, on a lake as written and compacted.
 
-design.md: ``deliveries`` holds one row per delivery attempt seen. On disk a row can lie
-twice until compaction has run: a receipt flushed again after a crash, or by a second
-collector; a row of Kirim's history fetched by two backfills, or fetched while its attempt
-was under way (``pending``) and again with the attempt's outcome. ``Lake.deliveries()``
-collapses those on read (reader.first_copies): history rows that name their delivery,
-attempt and ``created_at`` are one row per attempt, the last fetched; any other row
-collapses with its exact copies. This benchmark measures what that costs, on N rows written
-as a collector and a backfill write them (50k-row batches), over 14 days:
+Until ``kirim-events compact`` has run over a partition, a row can lie in it twice: an
+event or a receipt flushed again after a crash, or written by a second collector; a row of
+Kirim's history fetched by two backfills, or fetched while its attempt was under way
+(``pending``) and again with its outcome. ``Lake.events()`` and ``Lake.deliveries()``
+collapse those on read (``reader.first_copies``): one row per ``event_key``, the first
+received; one row per attempt of Kirim's history, the last fetched; any other delivery row
+once with its exact copies. For each table (``--table``), N rows written as the collector
+and a backfill write them (50k-row batches, about 1% of them copies written a batch or more
+later) over 14 days:
 
-* ``ours, as written``: ``Lake.deliveries().collect()`` on the lake as written (no partition
-  clean: every one goes through the dedup);
-* ``ours, compacted``: the same on a copy of that lake after ``Lake.compact()`` (every
-  partition clean: a plain scan);
+* ``ours, as written``: ``Lake.<table>().collect()`` on the lake as written (no partition is
+  clean, so every one goes through the dedup);
+* ``ours, compacted``: the same on a copy after ``Lake.compact()`` (every partition clean:
+  a plain scan);
 * ``plain scan``: ``pl.scan_parquet`` of the written files, hive partitioning, no dedup: the
   floor any reader pays (it returns the copies too);
 * ``README SQL``: DuckDB running the README's plain dedup query over the written files (what
   a user without our code runs), to an Arrow table;
-* ``compact``: ``Lake.compact()`` of a fresh copy of the written lake (rows in per second).
+* ``compact``: ``Lake.compact()`` of a fresh copy of the written lake.
 
-Before timing, the three deduplicating readers are checked to give the same rows, and the
-number the generator knows to be unique.
+Events are the Analytics benchmark's (``bench_analytics.generate``, ids sized like Kirim's),
+deliveries 70% our receipts and 30% Kirim's history, half its attempts fetched twice. Before
+timing, the three deduplicating readers are checked to give the same rows, as many as the
+generator knows to be distinct.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_deliveries.py --scale 1000000,3000000 --repeat 3 --write
+    .venv/bin/python benchmarks/bench_dedup.py --scale 1000000,3000000 --repeat 3 --write
 """
 
 from __future__ import annotations
@@ -45,17 +48,18 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_analytics as ba  # machine line and RESULTS.md writer
+import bench_analytics as ba  # the events, machine line and RESULTS.md writer
 
 from kirim_events.lake import Lake
-from kirim_events.schema import DELIVERY_SCHEMA
+from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
 
-HEAD = "## Deliveries: reads with dedup, as written and compacted (benchmarks/bench_deliveries.py)"
+HEAD = "## Dedup on read: as written and compacted (benchmarks/bench_dedup.py)"
+TABLES = ("events", "deliveries")
 START = datetime(2026, 5, 1, tzinfo=UTC)
 DAYS = 14
 BATCH = 50_000
 RECEIPTS = 0.7  # share of the written rows that are our receipts; the rest is Kirim's history
-COPIED = 0.01  # receipts written twice (a flush again after a crash, a second collector)
+COPIED = 0.01  # events and receipts written twice (a flush again after a crash, say)
 REFETCHED = 0.5  # history attempts fetched twice: pending first, then with their outcome
 
 
@@ -65,7 +69,19 @@ def _ids(prefix: str, n: int, seed: int) -> pl.Expr:
     return pl.format(prefix + "01JB{}{}", scrambled, pl.int_range(n).cast(pl.String).str.zfill(8))
 
 
-def generate(n_rows: int, seed: int = 1) -> tuple[pl.DataFrame, int]:
+def events(n_rows: int, seed: int = 1) -> tuple[pl.DataFrame, int]:
+    """About ``n_rows`` events in arrival order, 1% of them written again a batch or more
+    later (as a second flush of the same journal rows), and how many are distinct."""
+    frame = ba.generate(int(n_rows / (1 + COPIED)), seed, id_shape="realistic")
+    missing = [f.name for f in EVENT_SCHEMA if f.name not in frame.columns]
+    frame = frame.with_columns(pl.lit(None).alias(name) for name in missing).sort("received_at")
+    frame = frame.with_columns(ingest_seq=pl.int_range(pl.len(), dtype=pl.Int64))
+    copies = frame.sample(fraction=COPIED, seed=seed)
+    table = pl.concat([frame, copies]).select(EVENT_SCHEMA.names).to_arrow().cast(EVENT_SCHEMA)
+    return pl.DataFrame(table), frame.height
+
+
+def deliveries(n_rows: int, seed: int = 1) -> tuple[pl.DataFrame, int]:
     """About ``n_rows`` delivery rows in writing order, and how many are distinct.
 
     Receipts come in arrival order, 1% written twice (exact copies, the second a batch
@@ -131,78 +147,68 @@ def generate(n_rows: int, seed: int = 1) -> tuple[pl.DataFrame, int]:
     return pl.DataFrame(table), receipts.height + attempts.height
 
 
-def build(n_rows: int, work: Path) -> tuple[Path, Path, int, int]:
+def build(table: str, n_rows: int, work: Path) -> tuple[Path, Path, int, int]:
     """The written lake and a compacted copy (reused when there); rows written, distinct."""
-    written, compacted = work / f"written_{n_rows}", work / f"compacted_{n_rows}"
+    written, compacted = work / f"{table}_written_{n_rows}", work / f"{table}_compacted_{n_rows}"
     marker = written / "_bench_rows"
     if marker.exists():
         rows, distinct = (int(x) for x in marker.read_text().split())
         return written, compacted, rows, distinct
     shutil.rmtree(written, ignore_errors=True)
     shutil.rmtree(compacted, ignore_errors=True)
-    frame, distinct = generate(n_rows)
+    frame, distinct = events(n_rows) if table == "events" else deliveries(n_rows)
     lake = Lake(written)
+    write = lake.write_events if table == "events" else lake.write_deliveries
     for start in range(0, frame.height, BATCH):
-        lake.write_deliveries(frame.slice(start, BATCH).to_arrow())
+        write(frame.slice(start, BATCH).to_arrow())
     shutil.copytree(written, compacted)
     Lake(compacted).compact()
     marker.write_text(f"{frame.height} {distinct}")
     return written, compacted, frame.height, distinct
 
 
-def readme_sql(root: Path) -> str:
-    """The README's plain dedup query of the deliveries, over ``root``'s files."""
-    files = f"read_parquet('{root}/deliveries/**/*.parquet', hive_partitioning = true)"
-    snapshot = (
-        "origin = 'backfill' AND delivery_id IS NOT NULL AND attempt IS NOT NULL"
-        " AND created_at IS NOT NULL"
-    )
-    return f"""
-    SELECT * FROM {files} WHERE {snapshot}
-    QUALIFY row_number() OVER (PARTITION BY "date", delivery_id, attempt
-        ORDER BY received_at DESC, ingest_seq DESC) = 1
-    UNION ALL
-    SELECT * FROM {files} WHERE NOT coalesce({snapshot}, false)
-    QUALIFY row_number() OVER (PARTITION BY "date", delivery_id, attempt, event_id, event_type,
-        origin, outcome, reason, CASE WHEN origin = 'backfill' THEN NULL ELSE received_at END,
-        created_at, subscription_id, replayed_from, response_status_code, n_events
-        ORDER BY ingest_seq) = 1"""
+def readme_query(table: str, root: Path) -> str:
+    """The README's plain dedup query of ``table``, over ``root``'s files."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    queries = [q for q in block.replace("data/", f"{root}/").split(";") if q.strip()]
+    return dict(zip(TABLES, queries, strict=True))[table]
 
 
-def readers(written: Path, compacted: Path) -> dict[str, Callable[[], Any]]:
+def readers(table: str, written: Path, compacted: Path) -> dict[str, Callable[[], Any]]:
     def plain() -> pl.DataFrame:
-        files = str(written / "deliveries" / "**" / "*.parquet")
+        files = str(written / table / "**" / "*.parquet")
         return pl.scan_parquet(files, hive_partitioning=True).collect()
 
     def sql() -> Any:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
-        return con.sql(readme_sql(written)).to_arrow_table()
+        return con.sql(readme_query(table, written)).to_arrow_table()
 
     return {
-        "ours, as written": lambda: Lake(written).deliveries().collect(),
-        "ours, compacted": lambda: Lake(compacted).deliveries().collect(),
+        "ours, as written": lambda: getattr(Lake(written), table)().collect(),
+        "ours, compacted": lambda: getattr(Lake(compacted), table)().collect(),
         "plain scan": plain,
         "README SQL": sql,
     }
 
 
-def check(written: Path, compacted: Path, distinct: int) -> None:
+def check(table: str, written: Path, compacted: Path, distinct: int) -> None:
     """The deduplicating readers give the same rows, and as many as are distinct."""
-    run = readers(written, compacted)
-    columns = list(DELIVERY_SCHEMA.names)
+    run = readers(table, written, compacted)
+    columns = list((EVENT_SCHEMA if table == "events" else DELIVERY_SCHEMA).names)
     frames = {
         name: pl.DataFrame(run[name]()).select(columns).sort("ingest_seq")
         for name in ("ours, as written", "ours, compacted", "README SQL")
     }
     base = frames["ours, as written"]
-    assert base.height == distinct, f"{base.height} rows, {distinct} distinct"
+    assert base.height == distinct, f"{table}: {base.height} rows, {distinct} distinct"
     for name, frame in frames.items():
         try:
             assert_frame_equal(frame, base, check_dtypes=False)
         except AssertionError as e:
-            raise AssertionError(f"{name} differs from ours, as written: {e}") from None
-    print(f"check: the three readers give the same {distinct:,} rows", flush=True)
+            raise AssertionError(f"{table}: {name} differs from ours, as written: {e}") from None
+    print(f"check {table}: the three readers give the same {distinct:,} rows", flush=True)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -211,9 +217,11 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def measure(written: Path, compacted: Path, repeat: int, work: Path) -> dict[str, float]:
+def measure(
+    table: str, written: Path, compacted: Path, repeat: int, work: Path
+) -> dict[str, float]:
     """Median seconds per reader and for a compaction, round-robin over ``repeat`` rounds."""
-    run = readers(written, compacted)
+    run = readers(table, written, compacted)
     for fn in run.values():  # warm-up: file cache, lazy imports
         fn()
     scratch = work / "scratch"
@@ -228,14 +236,15 @@ def measure(written: Path, compacted: Path, repeat: int, work: Path) -> dict[str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def section(results: dict[tuple[int, int], dict[str, float]], repeat: int) -> str:
+def section(results: dict[tuple[str, int, int], dict[str, float]], repeat: int) -> str:
     intro = [
         f"Median of {repeat} round-robin rounds in one process, after a warm-up. N rows",
-        f"written in {BATCH:,}-row batches over {DAYS} days: {RECEIPTS:.0%} our receipts",
-        f"({COPIED:.0%} of them written twice), the rest Kirim's history ({REFETCHED:.0%} of",
-        "the attempts fetched twice: pending, then delivered). See the script's docstring.",
+        f"written in {BATCH:,}-row batches over {DAYS} days, {COPIED:.0%} written again later;",
+        f"deliveries: {RECEIPTS:.0%} our receipts, the rest Kirim's history ({REFETCHED:.0%}",
+        "of its attempts fetched twice: pending, then delivered). See the script's docstring.",
     ]
     columns = [
+        "table",
         "rows written",
         "distinct",
         "ours, as written s",
@@ -248,10 +257,10 @@ def section(results: dict[tuple[int, int], dict[str, float]], repeat: int) -> st
         "compact rows/s",
     ]
     lines = ba.section_lines(HEAD, intro, columns)
-    for (rows, distinct), r in sorted(results.items()):
+    for (table, rows, distinct), r in sorted(results.items()):
         plain = r["plain scan"]
         lines.append(
-            f"| {rows:,} | {distinct:,} | {r['ours, as written']:.2f} "
+            f"| {table} | {rows:,} | {distinct:,} | {r['ours, as written']:.2f} "
             f"| {r['ours, compacted']:.2f} | {plain:.2f} | {r['README SQL']:.2f} "
             f"| {r['ours, as written'] / plain:.1f}x | {r['ours, compacted'] / plain:.1f}x "
             f"| {r['compact']:.2f} | {rows / r['compact']:,.0f} |"
@@ -262,19 +271,24 @@ def section(results: dict[tuple[int, int], dict[str, float]], repeat: int) -> st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--scale", default="1000000", help="rows written, comma-separated")
+    ap.add_argument("--table", choices=[*TABLES, "both"], default="both")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-deliveries"))
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-dedup"))
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--section-out", type=Path, help="also write the section to this file")
     args = ap.parse_args()
     results = {}
+    tables = TABLES if args.table == "both" else (args.table,)
     for n in (int(float(s)) for s in args.scale.split(",")):
-        t = time.perf_counter()
-        written, compacted, rows, distinct = build(n, args.workdir)
-        print(f"scale {n:,}: {rows:,} rows written ({time.perf_counter() - t:.0f} s)", flush=True)
-        check(written, compacted, distinct)
-        results[(rows, distinct)] = r = measure(written, compacted, args.repeat, args.workdir)
-        print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
+        for table in tables:
+            t = time.perf_counter()
+            written, compacted, rows, distinct = build(table, n, args.workdir)
+            took = time.perf_counter() - t
+            print(f"{table} at {n:,}: {rows:,} rows written ({took:.0f} s)", flush=True)
+            check(table, written, compacted, distinct)
+            r = measure(table, written, compacted, args.repeat, args.workdir)
+            results[(table, rows, distinct)] = r
+            print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
     text = section(results, args.repeat)
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")

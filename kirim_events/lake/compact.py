@@ -356,7 +356,9 @@ class _Group:
     ) -> tuple[list[str], int]:
         frame = self._read(day, names)
         rows_in = frame.height
-        frame = first_copies(frame, self.table, maintain_order=True)
+        # events are sorted by CLUSTER_ORDER below (a total order: it ends with the key),
+        # so the dedup need not keep an order of its own for them
+        frame = first_copies(frame, self.table, maintain_order=self.table != "events")
         if self.table == "events":
             if winners is not None:
                 mine = winners.filter(pl.col("_date") == day).select("event_key")

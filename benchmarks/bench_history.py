@@ -53,9 +53,11 @@ def pandas_history(path: Path) -> Any:
 
     cols = ["event_key", "message_id", "status", "occurred_at", "received_at", "error_code"]
     df = pd.read_parquet(path / "events" / "type=message.status", columns=cols)
-    df = df[df["message_id"].notna() & df["status"].isin(list(ba.RANK))]
-    df = df.sort_values(["message_id", *ORDER]).reset_index(drop=True)
+    df = df[df["message_id"].notna() & df["status"].isin(list(ba.RANK))].copy()
     df["rank"] = df["status"].map(ba.RANK)
+    # at one instant, received together, the lower status first (as STATUS_ORDER says)
+    order = ["message_id", "occurred_at", "received_at", "rank", "event_key"]
+    df = df.sort_values(order).reset_index(drop=True)
     by = df.groupby("message_id", sort=False)
     df["seq"] = by.cumcount() + 1
     after = by["rank"].cummax()

@@ -361,9 +361,10 @@ def keep_first(
 
     Rows whose key is unique are kept as they are; only the rows of a repeated key are
     sorted, and the first of each is taken by a mask (``is_first_distinct``) rather than by
-    ``unique``, which keeps a first value of every column per key: on 10M delivery rows
-    that took 2.5 times as long (bench_deliveries.py). ``probe``, some of ``key``'s
-    columns, finds the rows that may repeat more cheaply: a row alone on those is alone.
+    ``unique``, which keeps a first value of every column per key: reading 10M rows of an
+    uncompacted lake took 2-3 times as long that way (bench_dedup.py). ``probe``, some of
+    ``key``'s columns, finds the rows that may repeat more cheaply: a row alone on those is
+    alone.
     """
 
     def tag(columns: list[str]) -> pl.Expr:

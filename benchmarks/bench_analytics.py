@@ -74,7 +74,7 @@ def _ids(shape: str) -> dict[str, pl.Expr]:
     if shape == "short":
         message_id, recipient_id = pl.format("wamid.{}", mid), pl.format("628{}", mid % 100000)
     else:
-        message_id = pl.format("wamid.HBgNNjI4MTIzNDU2Nzg5FQIAERgS{}AA==", _unique_digits(mid, 1))
+        message_id = pl.format("wamid.HBgNNjI4MTIzNDU2Nzg5FQIAERgS{}AA==", unique_digits(mid, 1))
         recipient_id = pl.format("628{}", mid % 100000 + 1_000_000_000)
     return {
         "message_id": message_id,
@@ -83,7 +83,7 @@ def _ids(shape: str) -> dict[str, pl.Expr]:
     }
 
 
-def _unique_digits(n: pl.Expr, seed: int) -> pl.Expr:
+def unique_digits(n: pl.Expr, seed: int) -> pl.Expr:
     """20 digits that look random and differ for every integer ``n`` below 10**8."""
     scrambled = n.hash(seed).cast(pl.String).str.zfill(20).str.head(12)
     return pl.concat_str(scrambled, n.cast(pl.String).str.zfill(8))
@@ -92,7 +92,7 @@ def _unique_digits(n: pl.Expr, seed: int) -> pl.Expr:
 def _conversation_id(cid: pl.Expr, shape: str) -> pl.Expr:
     if shape == "short":
         return pl.format("cnv_{}", cid)
-    return pl.format("cnv_01JB{}", _unique_digits(cid, 2))
+    return pl.format("cnv_01JB{}", unique_digits(cid, 2))
 
 
 def _kirim_event_id(cid: pl.Expr, n: pl.Expr, shape: str) -> pl.Expr:
@@ -100,7 +100,7 @@ def _kirim_event_id(cid: pl.Expr, n: pl.Expr, shape: str) -> pl.Expr:
     if shape == "short":
         return pl.format("evt_{}_{}", cid, n)
     return pl.format(
-        "evt_01JB{}{}", _unique_digits(cid, 3).str.head(12), n.cast(pl.String).str.zfill(10)
+        "evt_01JB{}{}", unique_digits(cid, 3).str.head(12), n.cast(pl.String).str.zfill(10)
     )
 
 

@@ -64,9 +64,8 @@ REFETCHED = 0.5  # history attempts fetched twice: pending first, then with thei
 
 
 def _ids(prefix: str, n: int, seed: int) -> pl.Expr:
-    """ULID-sized ids (``prefix`` and 26 characters) that differ for every row number."""
-    scrambled = pl.int_range(n).hash(seed).cast(pl.String).str.zfill(20).str.head(14)
-    return pl.format(prefix + "01JB{}{}", scrambled, pl.int_range(n).cast(pl.String).str.zfill(8))
+    """ULID-sized ids (``prefix`` and 24 characters) that differ for every row number."""
+    return pl.format(prefix + "01JB{}", ba.unique_digits(pl.int_range(n), seed))
 
 
 def events(n_rows: int, seed: int = 1) -> tuple[pl.DataFrame, int]:

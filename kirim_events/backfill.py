@@ -23,9 +23,10 @@ since adds a row for its new attempt).
 The range is split into ``4 x slices`` time slices walked by ``slices`` threads through one
 :class:`~kirim_events.client.KirimClient`, whose single rate limiter keeps all of them within
 Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
-asks for one millisecond more on both sides (the precision of Kirim's times) and keeps only
-rows inside its own bounds, so the result is right whether Kirim's bounds are inclusive or
-exclusive. Memory stays flat: one
+asks for ``HISTORY_OVERLAP`` more on both sides and keeps only rows inside its own bounds, so
+the result is right whether Kirim's bounds are inclusive or exclusive, and whatever it rounds
+them to. A cursor Kirim refuses (expired) starts a new chain of pages that skips only what
+was surely read, in whichever time order Kirim pages. Memory stays flat: one
 page per slice is held at a time; the journal is flushed to the lake in bounded batches.
 
 The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
@@ -215,17 +216,35 @@ class _Slice:
     done: bool = False
     pages: int = 0
     rows: int = 0
-    oldest: str | None = None  # oldest created_at seen (pages come newest first)
+    oldest: str | None = None  # oldest created_at stored
+    newest: str | None = None  # newest created_at stored
     fetch_before: str | None = None  # created_before the cursor is bound to (None: before)
+    fetch_after: str | None = None  # created_after the cursor is bound to (None: after)
     restarts: int = 0  # cursor chains restarted after Kirim refused a stale cursor
+    # The order Kirim pages in, as seen (kirim-api.md §7.3 only assumes newest first): the
+    # created_at of the last timed row of the current chain, and whether a row was ever
+    # older / newer than the one read before it.
+    last: str | None = None
+    went_back: bool = False
+    went_forward: bool = False
+
+    def direction(self) -> str | None:
+        """``newest first`` or ``oldest first`` once the rows read show it, else None."""
+        if self.went_back != self.went_forward:
+            return "newest first" if self.went_back else "oldest first"
+        return None
 
     def fraction(self) -> float:
         if self.done:
             return 1.0
-        if self.oldest is None:
+        lo, hi = _ts(self.after), _ts(self.before)
+        if self.direction() == "oldest first" and self.newest is not None:
+            read = _ts(self.newest) - lo
+        elif self.oldest is not None:
+            read = hi - _ts(self.oldest)
+        else:
             return 0.0
-        lo, hi, at = (_ts(self.after), _ts(self.before), _ts(self.oldest))
-        return min(1.0, max(0.0, (hi - at) / max(hi - lo, 1e-6)))
+        return min(1.0, max(0.0, read / max(hi - lo, 1e-6)))
 
 
 def _ts(text: str) -> float:
@@ -272,7 +291,11 @@ class _Checkpoint:
         except (TypeError, KeyError, AttributeError):
             raise damaged from None
         times: list[object] = [cp.since, cp.until, cp.snapshot]
-        times += [t for s in cp.slices for t in (s.after, s.before, s.oldest, s.fetch_before)]
+        times += [
+            t
+            for s in cp.slices
+            for t in (s.after, s.before, s.oldest, s.newest, s.fetch_before, s.fetch_after, s.last)
+        ]
         if not cp.slices or any(
             t is not None and (not isinstance(t, str) or parse_time(t) is None) for t in times
         ):
@@ -400,30 +423,23 @@ class _Run:
         self.untimed_seen: set[str] = set()
 
     def walk(self, s: _Slice) -> None:
-        restarts, pages = 0, s.pages  # restarts since this run last stored a page of s
+        restarts = 0  # refused cursors in a row whose restart skipped no more than before
         while not s.done and not self.stop.is_set():
             try:
                 self._walk(s)
                 return
             except PermanentApiError as exc:
                 # A cursor Kirim no longer accepts (expired, or its encoding changed between
-                # runs): start a new chain just above the oldest row already stored. Rows
+                # runs): start a new chain that skips what is surely read (_restart). Rows
                 # fetched twice are harmless (dedup index; exact copies of delivery rows).
-                restarts = 0 if s.pages > pages else restarts
-                pages = s.pages
                 if not _stale_cursor(exc) or s.cursor is None:
                     raise
-                if restarts >= _RESTARTS_WITHOUT_PROGRESS:
-                    raise  # a rerun starts counting again (a new run, a new chance)
-                restarts += 1
                 with self.lock:
-                    oldest = parse_time(s.oldest) if s.oldest else None
-                    s.cursor = None
-                    s.fetch_before = (
-                        None if oldest is None else format_time(oldest + HISTORY_OVERLAP)
-                    )
-                    s.restarts += 1
+                    narrowed = _restart(s)
                     self.cp.save(self.path)
+                restarts = 0 if narrowed else restarts + 1
+                if restarts > _RESTARTS_WITHOUT_PROGRESS:
+                    raise  # a rerun starts counting again (a new run, a new chance)
 
     def _walk(self, s: _Slice) -> None:
         after, before = parse_time(s.after), parse_time(s.before)
@@ -434,7 +450,8 @@ class _Run:
                 s.fetch_before = format_time(before + HISTORY_OVERLAP)
         fetch_before = parse_time(s.fetch_before)
         filters: dict[str, Any] = dict(self.cp.filters)
-        filters["created_after"] = after - HISTORY_OVERLAP
+        fetch_after = parse_time(s.fetch_after) if s.fetch_after else after - HISTORY_OVERLAP
+        filters["created_after"] = fetch_after
         filters["created_before"] = fetch_before
         pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
         for page, _ in pages:
@@ -447,6 +464,8 @@ class _Run:
         receipts: list[dict[str, Any]] = []
         quarantined = bare = untimed = 0
         oldest: datetime | None = None
+        newest: datetime | None = None
+        times = [d.created_at for d in page.deliveries if d.created_at is not None]
         for d in page.deliveries:
             if d.created_at is None:
                 mark = _untimed_mark(d)
@@ -459,6 +478,7 @@ class _Run:
                 continue  # the overlap: another slice owns it
             else:
                 oldest = d.created_at if oldest is None else min(oldest, d.created_at)
+                newest = d.created_at if newest is None else max(newest, d.created_at)
             reason = None
             try:
                 found = delivery_events(d, received_at=self.snapshot)
@@ -483,6 +503,10 @@ class _Run:
             known = parse_time(s.oldest) if s.oldest else None
             if oldest is not None and (known is None or oldest < known):
                 s.oldest = format_time(oldest)
+            known = parse_time(s.newest) if s.newest else None
+            if newest is not None and (known is None or newest > known):
+                s.newest = format_time(newest)
+            _note_order(s, times)
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
             r.pages += 1
@@ -504,6 +528,41 @@ class _Run:
             )
         if self.progress is not None:
             self.progress(snap)
+
+
+def _note_order(s: _Slice, times: list[datetime]) -> None:
+    """Add a page's row times (in the order served) to what ``s`` knows of Kirim's order."""
+    last = parse_time(s.last) if s.last else None
+    for before, after in itertools.pairwise(([last] if last else []) + times):
+        s.went_back = s.went_back or after < before
+        s.went_forward = s.went_forward or after > before
+    if times:
+        s.last = format_time(times[-1])
+
+
+def _restart(s: _Slice) -> bool:
+    """Start a new chain of pages for ``s`` after Kirim refused its cursor; True when the new
+    chain reads less than the last one did.
+
+    Newest first, the rows newer than the oldest stored were read: the chain starts just
+    above it. Oldest first, just below the newest stored. While the order is unknown (too
+    few rows, or rows that go both ways), the whole slice is read again.
+    """
+    bounds = (s.fetch_after, s.fetch_before)
+    direction = s.direction()
+    if direction == "newest first" and s.oldest is not None:
+        oldest = parse_time(s.oldest)
+        assert oldest is not None
+        s.fetch_before = format_time(oldest + HISTORY_OVERLAP)
+    elif direction == "oldest first" and s.newest is not None:
+        newest = parse_time(s.newest)
+        assert newest is not None
+        s.fetch_after = format_time(newest - HISTORY_OVERLAP)
+    else:
+        s.fetch_after = s.fetch_before = None
+    s.cursor, s.last = None, None
+    s.restarts += 1
+    return (s.fetch_after, s.fetch_before) != bounds and direction is not None
 
 
 def _stale_cursor(exc: PermanentApiError) -> bool:

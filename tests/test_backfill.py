@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,13 @@ from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_fram
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill, parse_when
 from kirim_events.client import KirimClient, format_time
 from kirim_events.emulator import FaultConfig
-from kirim_events.errors import AuthenticationError, ConfigError, Interrupted, StorageError
+from kirim_events.errors import (
+    AuthenticationError,
+    ConfigError,
+    Interrupted,
+    PermanentApiError,
+    StorageError,
+)
 from kirim_events.events import parse_time
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -598,10 +605,15 @@ class QuirkyHistory:
     """A history API with the quirks a real Kirim may have (kirim-api.md leaves them open):
     ``seconds``: filters rounded to whole seconds and rows compared by their whole second,
     both ends exclusive; ``ignore_filters``: every row whatever the range; ``refuse_every``:
-    every n-th request with a cursor gets 400 invalid_cursor. Pages by offset, newest first."""
+    every n-th request with a cursor gets 400 invalid_cursor; ``order``: ``newest first`` (the
+    default, what kirim-api.md §7.3 assumes), ``oldest first`` or ``shuffled``. Pages by
+    offset."""
 
     def __init__(self, rows: list[dict[str, Any]], **quirks: Any) -> None:
-        self.rows = sorted(rows, key=lambda r: str(r["id"]), reverse=True)
+        order = quirks.get("order", "newest first")
+        self.rows = sorted(rows, key=lambda r: str(r["id"]), reverse=order == "newest first")
+        if order == "shuffled":
+            random.Random(7).shuffle(self.rows)
         self.quirks = quirks
         self.with_cursor = 0
 
@@ -687,15 +699,35 @@ def test_rows_timed_in_milliseconds_or_not_at_all_are_kept_once(tmp_path: Path) 
     assert timed["created_at"].min() == start + timedelta(milliseconds=250)
 
 
-def test_cursors_refused_now_and_then_do_not_end_a_long_walk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("order", ["newest first", "oldest first"])
+def test_cursors_refused_now_and_then_do_not_end_a_long_walk_nor_skip_rows(
+    tmp_path: Path, order: str
+) -> None:
+    """A new chain after a refused cursor skips what was read, in the order Kirim pages in:
+    assuming newest first on an oldest-first history stored 120 rows of 600."""
     start = datetime(2026, 5, 1, 10, tzinfo=UTC)
     rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(600)]
-    quirky = QuirkyHistory(rows, refuse_every=3)
+    quirky = QuirkyHistory(rows, refuse_every=3, order=order)
     report = quirky.backfill(tmp_path, slices=1, page_size=20)
     _, deliveries = lake_frames(tmp_path)
     assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
     assert quirky.with_cursor >= 30  # it was refused ten times and more, with progress between
-    assert report.rows >= len(rows)
+    assert len(rows) <= report.rows < 2 * len(rows)  # each new chain skipped what was read
+
+
+def test_a_refused_cursor_on_a_history_in_no_time_order_fails_rather_than_skip_rows(
+    tmp_path: Path,
+) -> None:
+    """No restart point is safe when the rows come in no time order: the slice is read
+    again from the start, and a cursor refused every time ends the run with the error."""
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(600)]
+    quirky = QuirkyHistory(rows, refuse_every=3, order="shuffled")
+    with pytest.raises(PermanentApiError, match="cursor"):
+        quirky.backfill(tmp_path, slices=1, page_size=20)
+    _, deliveries = lake_frames(tmp_path)
+    assert 0 < deliveries.height < len(rows)  # what was read is kept, and nothing else
+    assert set(deliveries["delivery_id"]) <= {r["id"] for r in rows}
 
 
 def test_page_items_that_are_no_delivery_are_skipped_and_counted(tmp_path: Path) -> None:

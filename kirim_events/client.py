@@ -566,6 +566,12 @@ class KirimClient:
         body = self.request("GET", f"/v1/webhook_deliveries/{_path_id(delivery_id)}")
         return Delivery.from_api(_data_object(body))
 
+    def get_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """``GET /v1/webhook_subscriptions/{id}`` (assumed endpoint): the subscription object
+        (``status`` is ``active``, or ``disabled`` after Kirim's auto-disable)."""
+        body = self.request("GET", f"/v1/webhook_subscriptions/{_path_id(subscription_id)}")
+        return _data_object(body)
+
     def replay(self, delivery_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Ask Kirim to send a stored delivery again (a new delivery row); return its object."""
         body = self.request(

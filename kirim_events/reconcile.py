@@ -57,6 +57,7 @@ from kirim_events.journal_index import JournalView, KeyIndex, journal_path
 from kirim_events.journal_quarantine import quarantined_event_ids
 
 __all__ = [
+    "ACTIONS",
     "BulkWindow",
     "MissingEvent",
     "ReconcileReport",
@@ -94,8 +95,24 @@ class MissingEvent:
     subscription_id: str | None
     status: str | None  # Kirim status of that delivery
     created_at: datetime | None  # and its created_at (a bulk_replay window must hold it)
-    action: str = "replay"  # import | replay | bulk_replay
+    action: str = "replay"  # import | replay | bulk_replay | await | held (see ACTIONS)
     records: list[EventRecord] = field(default_factory=list, repr=False)
+
+
+ACTIONS = {
+    "import": "parsed from the history's payload and stored",
+    "replay": "replayed by Kirim to the collector, one delivery at a time",
+    "bulk_replay": "replayed by Kirim to the collector in bulk (dead/failed deliveries)",
+    "await": "not replayed: Kirim is still retrying its delivery (pending)",
+    "held": "not replayed: Kirim sends nothing to its subscription (not active)",
+}
+"""What each :attr:`MissingEvent.action` means."""
+
+_RESENDS_PER_CALL = 50
+"""A bulk_replay window re-sends every dead/failed delivery in it, stored or not. It is chosen
+over single replays when it costs less, counting 50 needless re-sends as one call (a call
+spends Kirim's write quota, 60 a minute on the smallest plan; a re-send is one more request
+the collector's dedup index absorbs)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +481,9 @@ def reconcile(
             1 for m in missing if m.first_seen is not None and m.first_seen <= report.warn_before
         )
         _plan(report, scan.terminal)
+        if any(m.action in ("replay", "bulk_replay") for m in missing):
+            _check_subscriptions(report, client)
+        _explain(report)
         report.unparseable = len(scan.unparseable)
         if not dry_run:
             assert journal is not None
@@ -479,7 +499,7 @@ def reconcile(
 
 def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) -> None:
     for m in report.missing:
-        m.action = "import" if m.records else "replay"
+        m.action = "import" if m.records else "await" if m.status == "pending" else "replay"
     groups: dict[tuple[str, str], list[MissingEvent]] = {}
     for m in report.missing:
         if m.action == "replay" and m.status in _TERMINAL and m.subscription_id and m.created_at:
@@ -492,10 +512,55 @@ def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) ->
         windows = plan_windows(rows)
         unique_deliveries = {m.delivery_id for m in members}
         crowded = any(w.rows > BULK_REPLAY_CAP for w in windows)  # Kirim would cap it
-        if len(windows) < len(unique_deliveries) and not crowded:
+        needless = sum(w.rows for w in windows) - len(unique_deliveries)
+        bulk_cost = len(windows) + needless / _RESENDS_PER_CALL
+        if bulk_cost < len(unique_deliveries) and not crowded:
             report.windows.extend(windows)
             for m in members:
                 m.action = "bulk_replay"
+
+
+def _check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
+    """Hold the replays to a subscription Kirim does not send to (``disabled`` after its
+    auto-disable, kirim-api.md §3): they would only wait in its queue, and every run of
+    reconcile would add more. A subscription that cannot be read is replayed to, with a note.
+    """
+    subs = {
+        m.subscription_id
+        for m in report.missing
+        if m.action in ("replay", "bulk_replay") and m.subscription_id is not None
+    }
+    for sub in sorted(subs):
+        try:
+            status = client.get_subscription(sub).get("status")
+        except RateLimitTooLong:
+            raise
+        except ApiError as exc:
+            report.notes.append(f"cannot read subscription {sub} ({exc}); replaying to it anyway")
+            continue
+        if status is None or status == "active":
+            continue
+        held = [m for m in report.missing if m.subscription_id == sub and m.action != "import"]
+        for m in held:
+            m.action = "held"
+        report.windows = [w for w in report.windows if w.subscription_id != sub]
+        message = (
+            f"subscription {sub} is {status}: Kirim sends nothing to it, so the replays of"
+            f" {len(held)} missing event(s) would only wait in its queue. Once the collector"
+            f" answers, make it active again (PATCH /v1/webhook_subscriptions/{sub} with"
+            ' {"status": "active"}, or in Kirim\'s dashboard) and run reconcile again'
+        )
+        (report.notes if report.dry_run else report.errors).append(message)
+
+
+def _explain(report: ReconcileReport) -> None:
+    waiting = report.actions["await"]
+    if waiting:
+        report.notes.append(
+            f"{waiting} missing event(s) have a delivery Kirim is still retrying (pending): not"
+            " replayed, they come with its next attempt; run reconcile again after Kirim's"
+            " retries end (about 31 hours) to replay what is still missing then"
+        )
 
 
 def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lake: Any) -> None:

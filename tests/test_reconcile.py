@@ -249,12 +249,20 @@ def delivery(n: int, seconds: float, event: str, status: str, **extra: Any) -> d
 
 
 class History:
-    """One page of delivery rows; records what reconcile asks Kirim to replay."""
+    """One page of delivery rows; records what reconcile asks Kirim to replay. Its
+    subscriptions have ``sub_status`` (None: reading one is answered 404)."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: list[dict[str, Any]], sub_status: str | None = "active") -> None:
         self.rows, self.replays, self.bulk = rows, list[str](), list[dict[str, Any]]()
+        self.sub_status = sub_status
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/webhook_subscriptions/"):
+            if self.sub_status is None:
+                error = {"type": "invalid_request_error", "code": "resource_not_found"}
+                return httpx.Response(404, json={"error": error})
+            sub = {"id": request.url.path.split("/")[-1], "status": self.sub_status}
+            return httpx.Response(200, json={"data": sub})
         if request.method == "GET":
             return httpx.Response(200, json={"data": self.rows, "has_more": False})
         if request.url.path.endswith("/replay"):
@@ -284,7 +292,7 @@ class ExclusiveHistory(History):
     """A Kirim whose ``created_after`` and ``created_before`` both exclude their instant."""
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "GET":
+        if request.method != "GET" or "/webhook_subscriptions/" in request.url.path:
             return super().handler(request)
         lo, hi = (_at(request.url.params[k]) for k in ("created_after", "created_before"))
         rows = [r for r in self.rows if lo < _at(r["created_at"]) < hi]
@@ -383,7 +391,7 @@ def test_a_quarantined_delivery_is_held_not_replayed_on_every_run(
 
 
 def test_a_429_asking_for_hours_stops_the_replays_at_the_first(tmp_path: Path) -> None:
-    rows = [delivery(n, n, f"evt_{n}", "pending") for n in range(20)]
+    rows = [delivery(n, n, f"evt_{n}", "dead") for n in range(20)]  # one bulk_replay window
 
     class Busy(History):
         def handler(self, request: httpx.Request) -> httpx.Response:
@@ -424,3 +432,70 @@ def test_a_history_payload_that_is_no_body_is_kept_once_and_never_replayed(tmp_p
     assert (history.replays, history.bulk) == ([], [])
     kept = sorted((tmp_path / "quarantine").rglob("*.body"))
     assert [p.read_bytes() for p in kept] == [b"<html>not json</html>"]
+
+
+# ------------------------------------------------------------------ what is not replayed
+
+
+def test_events_whose_delivery_kirim_still_retries_are_awaited_not_replayed(
+    tmp_path: Path,
+) -> None:
+    # A pending delivery comes with Kirim's next attempt: a replay would send it twice.
+    rows = [delivery(n, n, f"evt_{n}", "pending") for n in range(5)]
+    rows.append(delivery(9, 9, "evt_9", "dead"))
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert report.actions == {"await": 5, "replay": 1}
+    assert history.replays == ["wbd_009"]
+    assert history.bulk == []
+    assert any("still retrying" in note for note in report.notes)
+    assert report.errors == []
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_replays_to_a_disabled_subscription_are_held_and_said(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    # Kirim sends nothing to a disabled subscription: replays would wait in its queue, and
+    # each run of reconcile would add as many again.
+    rows = [delivery(n, n, f"evt_{n}", "dead") for n in range(30)]
+    rows += [delivery(50, 50, "evt_50", "pending"), delivery(51, 51, "evt_51", "failed")]
+    history = History(rows, sub_status="disabled")
+    report = history.reconcile(tmp_path, dry_run=dry_run)
+    assert report.actions == {"held": 32}
+    assert report.windows == []
+    assert (history.replays, history.bulk) == ([], [])
+    said = report.notes if dry_run else report.errors
+    assert len([m for m in said if f"subscription {OURS} is disabled" in m]) == 1
+    assert any('{"status": "active"}' in m for m in said)
+    if not dry_run:
+        assert not any("is disabled" in note for note in report.notes)
+
+
+def test_a_subscription_kirim_does_not_show_is_replayed_to_with_a_note(tmp_path: Path) -> None:
+    history = History([delivery(1, 0, "evt_1", "dead")], sub_status=None)
+    report = history.reconcile(tmp_path)
+    assert history.replays == ["wbd_001"]
+    assert any(f"cannot read subscription {OURS}" in note for note in report.notes)
+    assert report.errors == []
+
+
+def test_a_bulk_window_is_not_used_when_it_would_resend_mostly_stored_events(
+    tmp_path: Path,
+) -> None:
+    # 100 dead deliveries, 98 of them stored: two replays, not one window re-sending 100.
+    rows = [delivery(n, n, f"evt_{n}", "dead") for n in range(100)]
+    stored = [n for n in range(100) if n not in (17, 71)]
+    bodies = [json.dumps(testing.kirim_event(event_id=f"evt_{n}")).encode() for n in stored]
+    with Journal(tmp_path) as journal:
+        journal.append([r for body in bodies for r in parse_delivery(body)])
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert report.actions == {"replay": 2}
+    assert sorted(history.replays) == ["wbd_017", "wbd_071"]
+    assert history.bulk == []
+    # most of a window missing: the window is worth its re-sends
+    history = History(rows)
+    report = history.reconcile(tmp_path / "empty")
+    assert report.actions == {"bulk_replay": 100}
+    assert len(history.bulk) == 1

@@ -36,7 +36,13 @@ from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, ConfigError
 from kirim_events.printable import printable
-from kirim_events.reconcile import BulkWindow, ReconcileReport, bulk_replay_window, reconcile
+from kirim_events.reconcile import (
+    ACTIONS,
+    BulkWindow,
+    ReconcileReport,
+    bulk_replay_window,
+    reconcile,
+)
 
 SinceOption = Annotated[
     str,
@@ -282,9 +288,9 @@ def _render_reconcile(r: ReconcileReport) -> None:
                 f" {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now",
             )
         )
-    plan = Table("action", "events", title="plan" if r.dry_run else "recovery")
+    plan = Table("action", "events", "meaning", title="plan" if r.dry_run else "recovery")
     for action, n in sorted(r.actions.items()):
-        plan.add_row(action, str(n))
+        plan.add_row(action, str(n), ACTIONS.get(action, ""))
     if r.missing:
         console.print(plan)
     for w in r.windows:

@@ -319,3 +319,22 @@ def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> 
     assert rows["deliveries awaiting a retry not yet due"] == str(retrying)
     untried = int(rows.get("deliveries not yet attempted", "0"))
     assert retrying + untried == waiting  # nothing held: no subscription was disabled
+
+
+@pytest.mark.parametrize("api", [False, True])
+def test_an_unreadable_ssl_cert_file_is_one_error_line_before_anything_starts(
+    tmp_path: Path, api: bool
+) -> None:
+    # It was read when the first delivery went out: a traceback after "sending...", with
+    # the API already serving (and in history mode, once its replays started).
+    port = free_port()
+    args = ["emulate", "--events", "5", "--seed", "1"]
+    args += ["--port", str(port)] if api else ["--no-api", "--send-to", "http://127.0.0.1:1/x"]
+    env = {"KIRIM_WEBHOOK_SECRET": SECRET, "KIRIM_KEY": KEY,
+           "SSL_CERT_FILE": str(tmp_path / "missing.pem")}  # fmt: skip
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "SSL_CERT_FILE / SSL_CERT_DIR cannot be read" in result.output
+    assert "Traceback" not in result.output
+    assert "sending" not in result.output
+    assert SECRET not in result.output and KEY not in result.output

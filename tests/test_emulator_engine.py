@@ -674,9 +674,9 @@ def test_a_handler_behind_tls_with_a_local_ca_is_reached(
         check=True, capture_output=True,
     )  # fmt: skip
     app = Starlette(routes=[Route("/hook", lambda r: PlainTextResponse("ok"), methods=["POST"])])
-    emu = kirim_events.emulator.Emulator(seed=1)
 
     async def post(url: str) -> int:
+        emu = kirim_events.emulator.Emulator(seed=1)  # reads SSL_CERT_FILE now
         async with emu.webhook_client() as client:
             return (await client.post(url, content=b"{}")).status_code
 
@@ -690,7 +690,7 @@ def test_a_handler_behind_tls_with_a_local_ca_is_reached(
         assert asyncio.run(post(url)) == 200
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="SSL_CERT_FILE"):
-        emu.webhook_client()
+        kirim_events.emulator.Emulator(seed=1)
 
 
 def test_the_same_seed_duplicates_and_holds_back_the_same_deliveries() -> None:

@@ -41,7 +41,10 @@ def _tls_context(env: Mapping[str, str]) -> ssl.SSLContext | bool:
     try:
         return ssl.create_default_context(cafile=cafile, capath=capath)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"SSL_CERT_FILE / SSL_CERT_DIR cannot be read: {exc}") from None
+        raise ConfigError(
+            f"SSL_CERT_FILE / SSL_CERT_DIR cannot be read ({exc}): they name the certificates"
+            " that deliveries over https trust; fix or unset them"
+        ) from None
 
 
 class Emulator:
@@ -102,6 +105,9 @@ class Emulator:
         self.clock: Clock = clock or time.time
         rng = random.Random(f"{seed}:emulator")
         self.store = Store(rng=random.Random(rng.getrandbits(64)), record_attempts=record_attempts)
+        # read now, not when the first delivery goes out: a bad setting is a ConfigError
+        # before anything starts
+        self._verify = _tls_context(os.environ)
         self.webhook_secrets: tuple[Secret, ...] = as_secrets(secrets) or (
             Secret(webhook_secret(rng)),
         )
@@ -203,7 +209,8 @@ class Emulator:
         ignores proxy settings (one set for the internet must not carry loopback webhooks).
         It trusts the certificates named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set
         (a handler behind TLS with a local CA, such as mkcert's), as httpx does by
-        default; ignoring the proxy settings would otherwise ignore these too.
+        default; ignoring the proxy settings would otherwise ignore these too. They are
+        read when the emulator is made (ConfigError there when they cannot be).
         """
         cfg = self.engine_config
         limits = httpx.Limits(
@@ -214,7 +221,7 @@ class Emulator:
             timeout=cfg.timeout + 1.0,
             limits=limits,
             trust_env=False,
-            verify=_tls_context(os.environ),
+            verify=self._verify,
         )
 
     def stop(self) -> None:

@@ -697,11 +697,11 @@ def test_the_same_seed_duplicates_and_holds_back_the_same_deliveries() -> None:
     """Which deliveries are sent twice or held back was drawn from the delivery id, which
     carries the wall clock: two runs with one seed broke a handler in two different ways."""
 
-    def run(clock_start: float) -> tuple[set[str], list[str]]:
+    def run(clock_start: float, url: str = URL) -> tuple[set[str], list[str]]:
         clock = FakeClock(clock_start)
         config = EngineConfig(duplicate_rate=0.3, disorder=0.3, concurrency=1)
         emu = Emulator(seed=3, secrets=SECRET, clock=clock, sleep=clock.sleep, engine=config)
-        emu.subscribe(URL)
+        emu.subscribe(url)
         receiver = Receiver(clock=clock)
         _run(emu.send(60, transport=httpx.ASGITransport(app=receiver)))
         twice = {a.event_id for a in emu.store.attempts if a.outcome == "lost_ack"}
@@ -711,3 +711,5 @@ def test_the_same_seed_duplicates_and_holds_back_the_same_deliveries() -> None:
     first, again = run(1_790_000_000.0), run(1_790_003_600.5)  # an hour and a bit apart
     assert first[0]  # some were sent twice
     assert first == again
+    # nor the URL: a handler on another (free) port is broken the same way
+    assert run(1_790_000_000.0, URL.replace("://", "://other.") + "/elsewhere") == first

@@ -223,7 +223,7 @@ class DeliveryEngine:
                 self.store.unsent.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
             row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
-            draws = delivery_rng(self._root, sub.url, row.event_keys, row.replayed_from, 0)
+            draws = delivery_rng(self._root, sub.ordinal, row.event_keys, row.replayed_from, 0)
             lag = disorder_lag(draws, self.config)
             self._fresh += 1
             self.enqueue(row, lag / self.config.time_compression)
@@ -366,7 +366,7 @@ class DeliveryEngine:
         finished = self._clock()
         row.updated_at, row.url = finished, sub.url
         row.response_status_code, row.response_body, row.error = code, body, error
-        rng = delivery_rng(self._root, sub.url, row.event_keys, row.replayed_from, n)
+        rng = delivery_rng(self._root, sub.ordinal, row.event_keys, row.replayed_from, n)
         outcome: str
         if code is not None and 200 <= code < 300:
             row.acknowledged = True

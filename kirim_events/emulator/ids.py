@@ -71,12 +71,13 @@ def api_key(rng: random.Random) -> str:
     return "kdv_live_" + _urlsafe(24, rng)
 
 
-def delivery_rng(root: int, url: str, event_keys: tuple[str, ...], replayed_from: str | None,
-                 attempt: int) -> random.Random:  # fmt: skip
+def delivery_rng(root: int, subscription: int, event_keys: tuple[str, ...],
+                 replayed_from: str | None, attempt: int) -> random.Random:  # fmt: skip
     """The draws of one delivery attempt (jitter, disorder, a lost ack), from what a run
-    with the same seed repeats: the events and where they go, not the delivery id, which
-    is stamped with the wall clock. So the same deliveries are sent twice or held back."""
-    return derive_rng(root, url, ",".join(event_keys), replayed_from or "", attempt)
+    with the same seed repeats: the events and the subscription's ordinal, not the delivery
+    id, which is stamped with the wall clock, nor the URL (a test's free port). So the same
+    deliveries are sent twice or held back."""
+    return derive_rng(root, subscription, ",".join(event_keys), replayed_from or "", attempt)
 
 
 def derive_rng(root: int, *parts: object) -> random.Random:

@@ -92,7 +92,7 @@ def iter_signed(
             if not (cfg.disorder or cfg.duplicate_rate):
                 heapq.heappush(pending, (first, seq, 1, row, rendered))
                 continue
-            rng = delivery_rng(root, sub.url, row.event_keys, row.replayed_from, 1)
+            rng = delivery_rng(root, sub.ordinal, row.event_keys, row.replayed_from, 1)
             first += disorder_lag(rng, cfg) / cfg.time_compression
             heapq.heappush(pending, (first, seq, 1, row, rendered))
             if cfg.duplicate_rate and rng.random() < cfg.duplicate_rate:

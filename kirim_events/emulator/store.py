@@ -60,6 +60,7 @@ class Subscription:
     status: str = "active"
     consecutive_failures: int = 0
     deleted: bool = False
+    ordinal: int = 0  # created first, second, ...: what a run with the same seed repeats
 
     def matches(self, event_type: str) -> bool:
         """Whether deliveries of ``event_type`` go to this subscription (``*`` = all)."""
@@ -214,6 +215,7 @@ class Store:
             description=description,
             created_at=now,
             updated_at=now,
+            ordinal=len(self.subscriptions),
         )
         values = list(secrets) if secrets else [Secret(webhook_secret(self.rng))]
         for value in values:

@@ -285,7 +285,7 @@ def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
     async def main() -> None:
         sending = asyncio.ensure_future(emu.send(5))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_watch(emu, every=0.3), timeout=1.0)
+            await asyncio.wait_for(_watch(emu, api=False, every=0.3), timeout=1.0)
         emu.stop()
         await asyncio.gather(sending, return_exceptions=True)
 
@@ -319,6 +319,46 @@ def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> 
     assert rows["deliveries awaiting a retry not yet due"] == str(retrying)
     untried = int(rows.get("deliveries not yet attempted", "0"))
     assert retrying + untried == waiting  # nothing held: no subscription was disabled
+
+
+def test_the_summary_says_why_attempts_failed_and_counts_one_cut_short_once() -> None:
+    """An attempt cut short by the stop showed as "awaiting a retry" too (and not in
+    "attempts"), and why attempts failed was only in the progress line, every 5 s."""
+    from kirim_events.cli.emulate import _summary
+    from kirim_events.emulator import Emulator, EngineConfig
+
+    arrived = asyncio.Event()
+    calls = 0
+
+    async def hung(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first attempt is refused (a wrong secret); the retry hangs
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"wrong secret?"})
+            return
+        arrived.set()
+        await asyncio.sleep(3600)
+
+    async def main() -> Any:
+        emu = Emulator(seed=2, secrets=SECRET, engine=EngineConfig(time_compression=10_000))
+        emu.subscribe("http://receiver.test/hook")
+        sending = asyncio.ensure_future(
+            emu.send(1, transport=httpx.ASGITransport(app=hung), forever=True)
+        )
+        await asyncio.wait_for(arrived.wait(), 10)
+        emu.stop()
+        return emu, await asyncio.wait_for(sending, 10)
+
+    emu, report = asyncio.run(main())
+    table = _summary(report, emu)
+    rows = dict(zip(table.columns[0]._cells, table.columns[1]._cells, strict=True))
+    assert rows["attempts"] == "2"
+    assert rows["attempts cut short by the stop"] == "1"
+    assert "deliveries awaiting a retry not yet due" not in rows
+    assert "deliveries not yet attempted" not in rows
+    assert rows["failed attempts by reason"] == "HTTP 503 x1"
+    assert rows["the last failure"] == "HTTP 503"
 
 
 @pytest.mark.parametrize("api", [False, True])

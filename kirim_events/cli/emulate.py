@@ -32,6 +32,7 @@ from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.emulator.world import World
 from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
+from kirim_events.printable import printable
 
 # Seconds the default start leaves between the world's last event and now: its deliveries
 # are stamped a little after their events.
@@ -94,21 +95,32 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
     table = Table("deliveries", "value", title="emulated Kirim deliveries")
     table.add_row("world events", str(len(emu.truth)))
     table.add_row("delivery rows", str(len(emu.store.deliveries)))
-    table.add_row("attempts", str(report.attempts))
+    table.add_row("attempts", str(report.attempts + report.interrupted))
     table.add_row("succeeded", str(report.succeeded))
     table.add_row("retries scheduled", str(report.retries))
     table.add_row("deliveries sent twice (a lost ack)", str(report.duplicates))
     table.add_row("failed (permanent 4xx)", str(report.failed))
     table.add_row("dead (8 attempts)", str(report.dead))
+    failures = [a for a in emu.store.attempts if a.outcome not in _ACKNOWLEDGED]
+    if failures:
+        reasons = Counter(_reason(a.response_status_code, a.error) for a in failures)
+        shown = ", ".join(f"{why} x{n}" for why, n in reasons.most_common(4))
+        more = len(reasons) - 4
+        table.add_row("failed attempts by reason", shown + (f" (+{more} more)" if more > 0 else ""))
+        last = failures[-1]
+        why = last.error or f"HTTP {last.response_status_code}"
+        table.add_row("the last failure", printable(why))
     # pending at the stop (Kirim would still send them): between attempts, or not tried yet
-    # (held back to arrive out of order); the rows held for a disabled subscription apart
+    # (held back to arrive out of order), or cut short by the stop (no retry set); the rows
+    # held for a disabled subscription apart
     held_ids = {row.id for rows in emu.store.held.values() for row in rows}
     pending = [r for r in emu.store.deliveries if r.status == "pending" and r.id not in held_ids]
-    retrying = sum(1 for row in pending if row.attempt)
+    retrying = sum(1 for row in pending if row.attempt and row.next_retry_at is not None)
+    untried = sum(1 for row in pending if not row.attempt)
     if retrying:
         table.add_row("deliveries awaiting a retry not yet due", str(retrying))
-    if len(pending) > retrying:
-        table.add_row("deliveries not yet attempted", str(len(pending) - retrying))
+    if untried:
+        table.add_row("deliveries not yet attempted", str(untried))
     if report.interrupted:
         table.add_row("attempts cut short by the stop", str(report.interrupted))
     if report.disabled:
@@ -120,6 +132,14 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
         table.add_row("engine errors (the first)", f"{len(report.errors)} ({report.errors[0]})")
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))
     return table
+
+
+def _reason(code: int | None, error: str | None) -> str:
+    """A failed attempt's reason, short enough to count: ``HTTP 401``, ``timeout``,
+    ``ConnectError``."""
+    if error:
+        return printable(error.split(":", 1)[0])[:40]
+    return f"HTTP {code}"
 
 
 @command("emulate")
@@ -280,7 +300,7 @@ def emulate(
         console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
 
 
-async def _watch(emu: Emulator, every: float = 5.0) -> None:
+async def _watch(emu: Emulator, *, api: bool, every: float = 5.0) -> None:
     """A line every few seconds while sending, so an unreachable or failing receiver shows
     at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression)."""
     seen = 0
@@ -290,10 +310,16 @@ async def _watch(emu: Emulator, every: float = 5.0) -> None:
         for sub in emu.store.subscriptions.values():
             if sub.status == "disabled" and sub.id not in told:
                 told.add(sub.id)
+                resume = (
+                    "make it active again through the API to resume"
+                    if api
+                    else "the run ends with its deliveries held; without --no-api, the API"
+                    " can make it active again"
+                )
                 console.print(
                     f"subscription {sub.id} disabled after "
                     f"{emu.engine_config.auto_disable_after} failures in a row: new events are "
-                    "not sent to it (make it active again through the API to resume)"
+                    f"not sent to it ({resume})"
                 )
         attempts = emu.store.attempts
         new, seen = attempts[seen:], len(attempts)
@@ -352,7 +378,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
     if send_to:
         emu.subscribe(send_to)
         console.print(f"sending {events} world events to {shown_url(send_to)} ...")
-        watch = asyncio.ensure_future(_watch(emu))
+        watch = asyncio.ensure_future(_watch(emu, api=server is not None))
         try:
             report = await emu.send(events)
         finally:

@@ -353,11 +353,11 @@ class DeliveryEngine:
                 if code == 429:
                     retry_after = _retry_after(wait_header)
             except TimeoutError:
-                error = f"timeout: no answer within {cfg.timeout:g}s"
+                error = f"timeout: no whole answer within {cfg.timeout:g}s"
             except asyncio.CancelledError:
                 # this attempt's row, not the one before it: no answer came
                 row.error = "interrupted: the emulator stopped during this attempt"
-                row.response_status_code = row.response_body = None
+                row.response_status_code = row.response_body = row.next_retry_at = None
                 row.updated_at = self._clock()
                 raise
             except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx

@@ -377,4 +377,18 @@ def test_an_unreadable_ssl_cert_file_is_one_error_line_before_anything_starts(
     assert "SSL_CERT_FILE / SSL_CERT_DIR cannot be read" in result.output
     assert "Traceback" not in result.output
     assert "sending" not in result.output
-    assert SECRET not in result.output and KEY not in result.output
+    assert SECRET not in result.output
+    assert KEY not in result.output
+
+
+def test_a_quoted_secret_gets_a_note_before_sending() -> None:
+    # collect said so and emulate did not: it signed with the quotes, and every delivery
+    # then failed 401 at a handler holding the secret without them.
+    result = runner.invoke(
+        app,
+        ["emulate", "--no-api", "--send-to", "http://127.0.0.1:1/x", "--events", "1",
+         "--time-compression", "1000000", "--timeout", "0.2"],
+        env={"KIRIM_WEBHOOK_SECRET": '"whsec_quoted"'},
+    )  # fmt: skip
+    assert "holds a blank or a quote" in result.output
+    assert "whsec_quoted" not in result.output

@@ -24,6 +24,7 @@ from kirim_events.cli._app import (
     console,
     errors_to_exit,
     print_error,
+    print_note,
     settings,
 )
 from kirim_events.config import shown_url
@@ -264,6 +265,8 @@ def emulate(
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
         if send_to:
             _check_send_to(send_to)
+            for note in s.secret_warnings():  # your handler would refuse every delivery
+                print_note(note, stderr=True)
         if truth is not None:  # before the run, not after it: the truth would be lost
             try:
                 truth.mkdir(parents=True, exist_ok=True)
@@ -355,7 +358,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         try:
             sock = listen_socket("127.0.0.1", port)
         except ConfigError as exc:  # one line, not uvicorn's log line and then ours
-            print_error(f"could not serve the API: {exc} (is the port in use?)")
+            print_error(f"could not serve the API: {exc}")  # it names the port and why
             raise typer.Exit(2) from None  # as collect: a setting to change, as any ConfigError
         config = uvicorn.Config(
             emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"

@@ -315,7 +315,7 @@ class KirimClient:
         )
 
     def __repr__(self) -> str:
-        return f"KirimClient({self.base_url!r}, api_key=Secret('**********'))"
+        return f"KirimClient({self._shown_base!r}, api_key=Secret('**********'))"
 
     @property
     def account(self) -> str:

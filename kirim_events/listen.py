@@ -11,7 +11,14 @@ __all__ = ["listen_socket"]
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` for uvicorn to serve on: binding it here makes a busy
-    port one clear ConfigError (not uvicorn's log line and exit), and port 0 works."""
+    port one clear ConfigError (not uvicorn's log line and exit), and port 0 works. An empty
+    ``host`` is refused: ``bind`` takes it for every interface, and ``--host "$HOST"`` with
+    ``HOST`` unset must not expose the server."""
+    if not host.strip():
+        raise ConfigError(
+            "the host to listen on is empty: give one (127.0.0.1 by default; 0.0.0.0 for every"
+            " interface)"
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
     # says TCP, and without it Nagle + delayed ACKs add ~40 ms to every answer.

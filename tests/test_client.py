@@ -811,3 +811,14 @@ def test_a_request_that_raises_otherwise_still_leaves_the_limiter() -> None:
     with pytest.raises(RuntimeError):
         client.list_deliveries()
     assert client.limiter._bucket("read").in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["https://user:PASSW0RD@api.example", "https://api.example/?token=PASSW0RD"]
+)
+def test_the_client_repr_shows_no_credential_of_its_url(url: str) -> None:
+    # Settings refuses such a KIRIM_API_URL; a library user can still pass one.
+    client = KirimClient(url, Secret(KEY))
+    assert "PASSW0RD" not in repr(client)
+    assert "api.example" in repr(client)
+    assert KEY not in repr(client)

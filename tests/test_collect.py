@@ -465,6 +465,12 @@ def test_cli_refuses_to_start_without_a_secret_or_on_a_busy_port(tmp_path: Path)
         run = subprocess.run([*base, "--port", str(port)], env=env, capture_output=True, timeout=60)
     assert b"note: secret 1 of 1 in KIRIM_WEBHOOK_SECRET is an API key" in run.stderr
     assert b"hunter2" not in run.stderr
+    # --host "$HOST" with HOST unset: bind() takes "" for every interface
+    env["KIRIM_WEBHOOK_SECRET"] = SECRET
+    run = subprocess.run([*base, "--host", "", "--port", str(free_port())], env=env,
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert b"the host to listen on is empty" in run.stderr
 
 
 def test_flusher_runs_in_the_background_and_survives_lake_failures(tmp_path: Path) -> None:

@@ -219,3 +219,21 @@ def test_a_mistyped_lake_is_refused_not_read_as_empty(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compact", "--data", str(tmp_path / "data"), "--lake", typo])
     assert result.exit_code == 0, result.output
     assert ke.Lake(typo).events().collect()["event_key"].to_list() == ["a"]
+
+
+@pytest.mark.parametrize("command", ["report", "compact"])
+@pytest.mark.parametrize(
+    "location", ["postgresql://user:PASSW0RD@db.example/x", "https://host.example/x?sig=PASSW0RD"]
+)
+def test_an_unsupported_lake_location_is_named_without_its_credentials(
+    command: str, location: str
+) -> None:
+    # an export URI at hand (postgresql://user:pass@...) pasted as --lake was echoed whole
+    result = runner.invoke(app, [command, "--lake", location])
+    assert result.exit_code == 2, result.output
+    assert "unsupported lake location" in result.output
+    assert "host.example/x" in result.output or "db.example/x" in result.output
+    assert "PASSW0RD" not in result.output
+    with pytest.raises(ke.ConfigError) as caught:
+        ke.Lake(location)
+    assert "PASSW0RD" not in str(caught.value)

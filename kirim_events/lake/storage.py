@@ -361,7 +361,9 @@ def open_storage(
     text = os.fspath(location)
     if not text.startswith("s3://"):
         if "://" in text:
-            raise ConfigError(f"unsupported lake location {text!r}: use a folder or s3://")
+            raise ConfigError(  # shown without what may be a password or a token
+                f"unsupported lake location {shown_url(text)!r}: use a folder or s3://"
+            )
         return Storage(
             str(Path(text).expanduser().resolve()),
             pafs.LocalFileSystem(),

@@ -101,9 +101,14 @@ def test_sigkill_mid_backfill_then_resume_gives_exactly_the_history(
     assert sorted(deliveries["delivery_id"]) == sorted(r.id for r in world.emu.store.deliveries)
 
 
-def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
     # Every answer is 429 with Retry-After: 600. Ctrl-C sat out those ten minutes (the
     # workers slept, and the signal could land on a worker while the main thread blocked).
+    # SIGTERM (kill, systemd, docker stop) killed the run without a word: now it stops as
+    # Ctrl-C does.
     async def busy(scope: Any, receive: Any, send: Any) -> None:
         headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 429, "headers": headers})
@@ -124,9 +129,9 @@ def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(tmp_path: Path) 
             assert time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(1.0)  # the slices are waiting out Retry-After now
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert list((data / "_state" / "backfill").glob("*.json"))  # kept: run it again to resume
     assert "the same command resumes the run" in err.decode()
     assert "Traceback" not in err.decode()

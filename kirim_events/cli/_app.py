@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -176,6 +177,35 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
             raise
         print_error(found)
         raise typer.Exit(1) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl+C raises KeyboardInterrupt (see :func:`sigterm_interrupts`)."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, systemd, ``docker stop``) stops the command as
+    Ctrl+C does, raising :class:`Terminated`, so it stops cleanly: what it stored is kept,
+    and it can say so, instead of dying silently with exit 143."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (a test runner's): leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of a command stopped by ``exc``: 143 for SIGTERM, 130 for Ctrl+C."""
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 def _vanished(exc: BaseException) -> bool:

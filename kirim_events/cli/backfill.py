@@ -27,10 +27,12 @@ from kirim_events.cli._app import (
     console,
     err_console,
     errors_to_exit,
+    interrupt_code,
     print_error,
     print_note,
     refuse_demo_folder,
     require_folder,
+    sigterm_interrupts,
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
@@ -178,7 +180,7 @@ def backfill_command(
         )
 
     try:
-        with errors_to_exit(), bar, client:
+        with sigterm_interrupts(), errors_to_exit(), bar, client:
             report = backfill(
                 s.data_dir,
                 client=client,
@@ -191,13 +193,13 @@ def backfill_command(
                 page_size=page_size,
                 progress=update,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err_console.print(
             "interrupted: the pages fetched so far are stored and checkpointed; the same "
             "command resumes the run",
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupt_code(exc)) from None
     _render_backfill(report)
 
 

@@ -364,3 +364,17 @@ def test_the_time_left_reads_in_hours_past_a_day() -> None:
     assert at(0.5, 3_725.0) == "1:02:05"
     assert at(0.01, 1_854.5) == "50:59:55"  # 99 times the 30 min walked
     assert at(0.0, 10.0) == "?"
+
+
+@pytest.mark.parametrize("command", ["backfill", "reconcile", "collect"])
+def test_a_file_given_as_the_data_folder_is_said_so(tmp_path: Path, command: str) -> None:
+    # backfill said "cannot open lock file .../_state/backfill/...lock: Not a directory",
+    # exit 1; reconcile "no lake at ...".
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    args = [command, "--data", str(afile)] + ([] if command == "collect" else ["--since", "1d"])
+    env = {"KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_WEBHOOK_SECRET": "whsec_x"}
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "is a file, not a folder" in result.output
+    assert afile.read_text() == "not a folder"

@@ -74,15 +74,24 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
     """ConfigError unless there is a lake to read: the data folder, or with ``--lake`` a lake
     kirim-events wrote. A typo in either would otherwise read an empty lake and print zeros."""
     if lake_uri is None:
+        refuse_file(data_dir)
         if not data_dir.is_dir():
             raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
     elif check_version(Lake(lake_uri).storage) is None:
         raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
 
 
+def refuse_file(data_dir: Path) -> None:
+    """ConfigError when ``data_dir`` is a file (or other non-folder) rather than a folder."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"{data_dir} is a file, not a folder (use --data DIR or KIRIM_DATA_DIR)")
+
+
 def refuse_demo_folder(data_dir: Path) -> None:
     """ConfigError when ``data_dir`` holds the demo's lake: real events stored beside the
-    emulated ones would be counted with them (the demo writes ./data, the default folder)."""
+    emulated ones would be counted with them (the demo writes ./data, the default folder);
+    or when it is a file."""
+    refuse_file(data_dir)
     if (data_dir / DEMO_MARKER).is_file():
         raise ConfigError(
             f"{data_dir} holds the demo's emulated events ({DEMO_MARKER.as_posix()}): real "

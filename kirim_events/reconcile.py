@@ -45,6 +45,7 @@ import polars as pl
 
 from kirim_events.backfill import (
     HISTORY_OVERLAP,
+    check_order,
     delivery_events,
     delivery_headers,
     parse_when,
@@ -423,8 +424,7 @@ def reconcile(
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="--since")
     hi = start if until is None else min(parse_when(until, now=start, name="--until"), start)
-    if not lo < hi:
-        raise ConfigError("--since must be before --until")
+    check_order(lo, hi)
     root = Path(data)
     if lake is None:
         from kirim_events.lake import Lake

@@ -378,3 +378,17 @@ def test_a_file_given_as_the_data_folder_is_said_so(tmp_path: Path, command: str
     assert result.exit_code == 2, result.output
     assert "is a file, not a folder" in result.output
     assert afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", [["backfill"], ["reconcile"], ["deliveries", "list"]])
+def test_a_reversed_window_is_refused_alike_by_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # deliveries list printed an empty table, exit 0; reconcile said it without the times
+    args = [*command, "--since", "2026-11-30", "--until", "2026-11-01"]
+    if command[0] != "deliveries":
+        (tmp_path / "data").mkdir()
+        args += ["--data", str(tmp_path / "data")]
+    result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
+    assert result.exit_code == 2, result.output
+    assert "--since (2026-11-30T00:00:00Z) must be before --until (2026-11-01" in result.output

@@ -356,6 +356,8 @@ def deliveries_list(
     with errors_to_exit(), client:
         after = None if since is None else parse_when(since, now=now, name="--since")
         before = None if until is None else parse_when(until, now=now, name="--until")
+        if after is not None:
+            check_order(after, now if before is None else before)
         shown: list[Delivery] = []
         pages = client.iter_pages(
             limit=min(100, limit), status=status, event_type=event_type,

@@ -299,3 +299,18 @@ def test_save_html_refuses_no_charts(tmp_path: Path) -> None:
     with pytest.raises(ke.ConfigError, match="no charts"):
         notebook.save_html([], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_report_html_into_a_folder_it_cannot_write_fails_before_the_report(
+    tmp_path: Path,
+) -> None:
+    # It printed the whole report, then "error: [Errno 1] Operation not permitted", naming
+    # no option. (/proc/self: a folder where no file can be made, even by root.)
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events(_records())
+    html = Path("/proc/self/report.html")
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data"), "--html", str(html)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --html {html}: cannot write there")
+    assert "outbound messages" not in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -149,8 +150,8 @@ def report_command(
     s = settings(data_dir=data)
     with errors_to_exit(lake=lake_uri or s.data_dir):
         require_folder(s.data_dir, lake_uri)
-        if html is not None and (html.is_dir() or not html.parent.is_dir()):
-            raise ConfigError(f"--html {html}: needs a file name in an existing folder")
+        if html is not None:
+            _check_writable(html)
         lake = Lake(lake_uri or s.data_dir)
         view = (
             lake.as_of(parse_when(as_of, now=datetime.now(UTC), name="--as-of"))
@@ -160,5 +161,21 @@ def report_command(
         report = build_report(view)
         render_report(report, top=top)
         if html is not None:
-            written = write_html(report, html, top=top)
+            try:
+                written = write_html(report, html, top=top)
+            except OSError as exc:
+                why = exc.strerror or exc
+                raise ConfigError(f"--html {html}: cannot write it ({why})") from None
             console.print(f"charts written to {written}")
+
+
+def _check_writable(html: Path) -> None:
+    """ConfigError unless ``html`` names a file that can be written, checked before the
+    report is built (it failed after printing the whole report, naming no option)."""
+    if html.is_dir() or not html.parent.is_dir():
+        raise ConfigError(f"--html {html}: needs a file name in an existing folder")
+    try:
+        with tempfile.TemporaryFile(dir=html.parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--html {html}: cannot write there ({exc.strerror or exc})") from None

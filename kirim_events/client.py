@@ -418,7 +418,7 @@ class KirimClient:
                     error = _error_from(response, method, where, self._clock())
                 else:
                     try:
-                        return _decode(response, method, path)
+                        return _decode(response, method, f"{path} at {self._shown_base}")
                     except InvalidResponse as exc:
                         # a 2xx cut short or replaced by a proxy's page: a read may be asked
                         # again, a few times; a write may have been done, so it is not
@@ -426,7 +426,7 @@ class KirimClient:
                         if method not in ("GET", "HEAD") or garbled >= GARBLED_ATTEMPTS:
                             raise
                         error = RetryableApiError(
-                            f"{exc} (asking again)",
+                            f"{exc.args[0]} (asking again)",  # str(exc) adds the status
                             status_code=exc.status_code,
                             request_id=exc.request_id,
                         )
@@ -517,8 +517,17 @@ class KirimClient:
         params["limit"] = str(limit)
         if cursor is not None:
             params["cursor"] = cursor
-        body = self.request("GET", "/v1/webhook_deliveries", params=params)
-        return _page(body)
+        path = "/v1/webhook_deliveries"
+        for attempt in range(1, GARBLED_ATTEMPTS + 1):
+            body = self.request("GET", path, params=params)
+            try:
+                return _page(body, f"GET {path} at {self._shown_base}")
+            except InvalidResponse:
+                # a page of the wrong shape is asked again, as one that is not JSON is
+                if attempt == GARBLED_ATTEMPTS:
+                    raise
+                self.retries += 1
+        raise AssertionError("unreachable")
 
     def iter_pages(
         self,
@@ -639,18 +648,18 @@ def _params(filters: Mapping[str, str | datetime | None]) -> dict[str, str]:
     return out
 
 
-def _decode(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+def _decode(response: httpx.Response, method: str, where: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
         raise InvalidResponse(
-            f"{method} {path}: answer is not JSON",
+            f"{method} {where}: the answer is not JSON (is KIRIM_API_URL Kirim's API?)",
             status_code=response.status_code,
             request_id=response.headers.get("X-Request-Id"),
         ) from None
     if not isinstance(body, dict):
         raise InvalidResponse(
-            f"{method} {path}: answer is JSON {type(body).__name__}, not an object",
+            f"{method} {where}: the answer is JSON {type(body).__name__}, not an object",
             status_code=response.status_code,
             request_id=response.headers.get("X-Request-Id"),
         )
@@ -669,18 +678,20 @@ def _rid(body: Mapping[str, Any]) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
-def _page(body: Mapping[str, Any]) -> Page:
+def _page(body: Mapping[str, Any], where: str) -> Page:
     data = body.get("data")
     if not isinstance(data, list):
-        raise InvalidResponse("list answer has no 'data' array", request_id=_rid(body))
+        raise InvalidResponse(f"{where}: the page has no 'data' array", request_id=_rid(body))
     cursor = body.get("next_cursor")
     if cursor is not None and not isinstance(cursor, str):
-        raise InvalidResponse("next_cursor is not a string", request_id=_rid(body))
+        raise InvalidResponse(f"{where}: next_cursor is not a string", request_id=_rid(body))
     has_more_raw = body.get("has_more")
     # has_more may be missing (tolerance): then a cursor means "more".
     has_more = bool(has_more_raw) if isinstance(has_more_raw, bool) else cursor is not None
     if has_more and not cursor:
-        raise InvalidResponse("has_more is true but next_cursor is empty", request_id=_rid(body))
+        raise InvalidResponse(
+            f"{where}: the page says has_more but gives no next_cursor", request_id=_rid(body)
+        )
     return Page(
         deliveries=[Delivery.from_api(item) for item in data if isinstance(item, Mapping)],
         next_cursor=cursor if has_more else None,

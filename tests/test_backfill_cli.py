@@ -392,3 +392,24 @@ def test_a_reversed_window_is_refused_alike_by_every_command(
     result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
     assert result.exit_code == 2, result.output
     assert "--since (2026-11-30T00:00:00Z) must be before --until (2026-11-01" in result.output
+
+
+def test_a_backfill_stopped_by_an_error_says_the_same_command_resumes(tmp_path: Path) -> None:
+    # A captive portal's page for every request: the error names the URL and asks whether
+    # KIRIM_API_URL is Kirim's API; then a note says that what was fetched is kept.
+    async def portal(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/html")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"<html>log in first</html>"})
+
+    data = tmp_path / "data"
+    with serve(portal) as url:
+        env = {"KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
+        result = CliRunner().invoke(
+            app, ["backfill", "--data", str(data), "--since", "1h", "--slices", "1",
+                  "--no-progress"], env=env,
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"at {url}: the answer is not JSON (is KIRIM_API_URL Kirim's API?)" in result.output
+    assert "the same command resumes the run" in result.output
+    assert env["KIRIM_KEY"] not in result.output

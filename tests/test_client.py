@@ -822,3 +822,43 @@ def test_the_client_repr_shows_no_credential_of_its_url(url: str) -> None:
     assert "PASSW0RD" not in repr(client)
     assert "api.example" in repr(client)
     assert KEY not in repr(client)
+
+
+def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again() -> None:
+    """A proxy's HTML page said only "answer is not JSON status=200", unlike other errors,
+    and its retry note said the status twice; a JSON page of the wrong shape (has_more with
+    no cursor) named no URL and was not asked again, as an HTML one was."""
+    t = FakeTime()
+    html = make_client(lambda r: httpx.Response(200, content=b"<html>portal</html>"), t)
+    with pytest.raises(InvalidResponse) as caught:
+        html.list_deliveries()
+    said = str(caught.value)
+    assert said.startswith("GET /v1/webhook_deliveries at https://api.test: the answer is not JSON")
+    assert "is KIRIM_API_URL Kirim's API?" in said
+    assert said.count("status=200") == 1
+    notes: list[str] = []
+    noted = KirimClient("https://api.test", Secret(KEY), sleep=t.sleep, clock=t.clock,
+                        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"<")),
+                        on_retry=lambda delay, error: notes.append(str(error)))  # fmt: skip
+    with pytest.raises(InvalidResponse):
+        noted.list_deliveries()
+    assert notes
+    assert all(note.count("status=200") == 1 for note in notes)
+    # has_more without a cursor: asked again, then named with its URL
+    answers = iter([{"data": [], "has_more": True, "next_cursor": None}])
+    sent = []
+
+    def once_broken(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        body = next(answers, None)
+        return page([{"id": "wbd_1"}], None) if body is None else httpx.Response(200, json=body)
+
+    client = make_client(once_broken, t)
+    assert [d.id for d in client.list_deliveries().deliveries] == ["wbd_1"]
+    assert (len(sent), client.retries) == (2, 1)
+    broken = make_client(
+        lambda r: httpx.Response(200, json={"data": [], "has_more": True, "next_cursor": None}), t
+    )
+    with pytest.raises(InvalidResponse, match=r"at https://api\.test: the page says has_more"):
+        broken.list_deliveries()
+    assert broken.requests_sent == 3

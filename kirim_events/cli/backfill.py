@@ -200,6 +200,14 @@ def backfill_command(
             soft_wrap=True,
         )
         raise typer.Exit(interrupt_code(exc)) from None
+    except typer.Exit as exc:
+        if exc.exit_code == 1:  # Kirim or the disk failed mid-run (after the error line)
+            print_note(
+                "the pages fetched so far are stored and checkpointed: the same command resumes"
+                " the run",
+                stderr=True,
+            )
+        raise
     _render_backfill(report)
 
 

@@ -671,6 +671,9 @@ def backfill(
     path = root / "_state" / "backfill" / f"{key}.json"
     check_order(lo, hi_given or start)  # before the lock makes a folder for a bad range
     with _run_lock(path):
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # a killed save's; ours alone
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         cp = _Checkpoint.load(path)
         # a span ago, but not "now": an --until of now (or none) stays fixed when resumed
         spans = any(b.startswith("ago:") and b != "ago:now" for b in bounds)

@@ -817,3 +817,20 @@ def test_rows_without_a_time_or_an_id_are_kept_once_too(tmp_path: Path) -> None:
     events, deliveries = lake_frames(tmp_path)
     assert events.height == 4  # the replay carries an event already stored
     assert deliveries.height == 5
+
+
+def test_a_checkpoint_save_cut_short_by_a_kill_leaves_no_file_behind(tmp_path: Path) -> None:
+    # A SIGKILL between writing the temporary file and renaming it left .<key>.json.<pid>.tmp
+    # in _state/backfill/ for ever; the next run of that range removes it.
+    rows = [history_row(1, "2026-05-01T10:00:01Z")]
+    QuirkyHistory(rows).backfill(tmp_path, slices=1)
+    state = tmp_path / "_state" / "backfill"
+    (done,) = (state / "done").glob("*.json")
+    key = done.stem.rsplit("-", 1)[0]
+    stray = state / f".{key}.json.4242.tmp"
+    stray.write_text("{")
+    other = state / ".another-run.json.4242.tmp"  # another range's: not this run's to judge
+    other.write_text("{")
+    QuirkyHistory(rows).backfill(tmp_path, slices=1)
+    assert not stray.exists()
+    assert other.exists()

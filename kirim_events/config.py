@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +21,19 @@ _HIDDEN = "**********"
 
 
 _HOST_NAME = re.compile(r"(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d{1,5})?")
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST_LABELS = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def valid_host(host: str) -> bool:
+    """A DNS name (letters, digits, ``-``, ``_``, dots) or an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOST_LABELS.fullmatch(host) is not None
+    return True
 
 
 def api_base(url: str) -> str:
@@ -266,6 +280,11 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 "KIRIM_API_URL must be an http:// or https:// URL with a host, got "
                 f"{shown_url(url)!r}"
+            )
+        if not valid_host(parsed.raw_host.decode("ascii", "replace")):
+            raise ConfigError(  # not shown: a key pasted after the URL lands in the host
+                "KIRIM_API_URL's host is no host name or IP address (a blank, a bracket or a"
+                " character a host cannot hold)"
             )
         out["api_url"] = url
     if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)

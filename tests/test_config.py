@@ -136,6 +136,25 @@ def test_errors_name_the_variable_and_log_format_is_read_loosely() -> None:
     assert Settings.load({"KIRIM_LOG_FORMAT": " JSON"}).log_format == "json"
 
 
+@pytest.mark.parametrize(
+    "url", ["https://api.kirim.chat KEYKEY_123", "https://[KEYKEY_123", "https://api.kir!m.chat"]
+)
+def test_an_api_url_whose_host_is_no_host_is_refused_without_showing_it(url: str) -> None:
+    # it was taken: info showed it whole, and backfill retried DNS for tens of seconds,
+    # quoting it on every line
+    with pytest.raises(ConfigError, match="host is no host name or IP address") as caught:
+        Settings.load({"KIRIM_API_URL": url})
+    assert "KEYKEY" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8765", "http://[::1]:8765", "https://bücher.example", "http://my_host"],
+)
+def test_api_urls_with_real_hosts_are_taken(url: str) -> None:
+    assert Settings.load({"KIRIM_API_URL": url}).api_url == url
+
+
 def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -> None:
     with pytest.raises(ConfigError, match="user name or password") as caught:
         Settings.load({"KIRIM_API_URL": "https://user:s3cr3tpass@api.example.com"})

@@ -109,6 +109,8 @@ def test_emulate_refuses_to_run_without_its_secrets() -> None:
         (["--send-to", "http://127.0.0.1:99999/hook"], "--send-to must be"),
         (["--send-to", "http://"], "--send-to must be"),
         (["--send-to", "ftp://example.com/x"], "--send-to must be"),
+        (["--send-to", "http://[PASSW0RD/x"], "--send-to must be"),
+        (["--send-to", "http://host with blanks/x"], "--send-to must be"),
         (["--send-to", "ftp://hook:S3CRET@example.com/x?token=S3CRET"], "ftp://example.com/x"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "9999-12-31T23:59:59Z"], "--start"),
         (["--send-to", "http://127.0.0.1:9/x", "--start", "1969-01-01T00:00:00Z"], "--start"),

@@ -27,7 +27,7 @@ from kirim_events.cli._app import (
     print_note,
     settings,
 )
-from kirim_events.config import shown_url
+from kirim_events.config import shown_url, valid_host
 from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.emulator.world import World
@@ -73,6 +73,7 @@ def _check_send_to(url: str) -> None:
     try:
         parsed = httpx.URL(url)
         ok = parsed.scheme in ("http", "https") and bool(parsed.host)
+        ok = ok and valid_host(parsed.raw_host.decode("ascii", "replace"))
         ok = ok and (parsed.port is None or 0 < parsed.port < 65536)
     except httpx.InvalidURL:
         ok = False

@@ -394,3 +394,18 @@ def test_a_quoted_secret_gets_a_note_before_sending() -> None:
     )  # fmt: skip
     assert "holds a blank or a quote" in result.output
     assert "whsec_quoted" not in result.output
+
+
+def test_a_large_world_without_start_says_why_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # --events 100000000 printed nothing for minutes while the world's span was measured
+    monkeypatch.setattr(emulate_cli, "_SLOW_SPAN", 5)
+    result = runner.invoke(
+        app,
+        ["emulate", "--no-api", "--send-to", "http://127.0.0.1:1/x", "--events", "5",
+         "--time-compression", "1000000", "--timeout", "0.2"],
+        env={"KIRIM_WEBHOOK_SECRET": SECRET},
+    )  # fmt: skip
+    assert "working out when a world of 5 events starts" in result.output
+    assert "--start T skips this" in result.output
+    too_many = runner.invoke(app, ["emulate", "--events", "99999999999999999999"], env={})
+    assert too_many.exit_code == 2

@@ -32,6 +32,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -234,6 +235,24 @@ class _Busy(Exception):
     """The bodies being received already hold the receiver's memory budget."""
 
 
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+def webhook_path(path: str) -> str:
+    """``path`` as the receiver matches it (``/webhooks/kirim``), or ConfigError for one no
+    subscription URL could name: a blank, ``%`` or another character a URL path holds only
+    escaped, or a ``.`` / ``..`` segment (which clients resolve away)."""
+    segments = path.strip("/").split("/")
+    if path.strip("/") and not all(
+        _PATH_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments
+    ):
+        raise ConfigError(
+            f"webhook path {printable(path)!r} is no URL path Kirim could post to: use letters,"
+            " digits and - . _ ~ between slashes, such as /webhooks/kirim"
+        )
+    return "/" + path.strip("/")
+
+
 class Receiver:
     """The webhook receiver, an ASGI application.
 
@@ -279,7 +298,7 @@ class Receiver:
         self._secrets: tuple[Secret, ...] = as_secrets(secrets)
         if not self._secrets:
             raise ValueError("the receiver needs at least one webhook secret")
-        self.path = "/" + path.strip("/")
+        self.path = webhook_path(path)
         self.max_body = max_body
         self.tolerance = check_tolerance(tolerance)
         self.body_timeout = check_body_timeout(body_timeout)

@@ -471,6 +471,10 @@ def test_cli_refuses_to_start_without_a_secret_or_on_a_busy_port(tmp_path: Path)
                          capture_output=True, timeout=60)  # fmt: skip
     assert run.returncode == 2
     assert b"the host to listen on is empty" in run.stderr
+    run = subprocess.run([*base, "--path", "/a b", "--port", str(free_port())], env=env,
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert b"is no URL path Kirim could post to" in run.stderr
 
 
 def test_flusher_runs_in_the_background_and_survives_lake_failures(tmp_path: Path) -> None:

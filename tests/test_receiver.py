@@ -811,3 +811,20 @@ async def test_bodies_being_received_share_a_memory_budget(journal: Journal) -> 
     assert receiver._buffered == 0  # every byte counted is given back
     assert (await RawPost(fake, [b"c" * (free + 500)]).run(receiver))[0] == 401  # it fits again
     assert receiver._buffered == 0
+
+
+@pytest.mark.parametrize("path", ["/a b", "/../x", "/hooks/./kirim", "/50%", "/x?y", "/x#y"])
+def test_a_webhook_path_no_url_could_name_is_refused(path: str) -> None:
+    # "--path '/a b'" started, announcing http://127.0.0.1:8000/a b, which no subscription
+    # URL can name; "/../x" is resolved away by clients before it is sent
+    with pytest.raises(ke.ConfigError, match="is no URL path Kirim could post to"):
+        receiver_module.webhook_path(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "kept"),
+    [("/webhooks/kirim", "/webhooks/kirim"), ("hooks/", "/hooks"), ("/", "/"),
+     ("/v1/kirim-events_2~x", "/v1/kirim-events_2~x")],
+)  # fmt: skip
+def test_webhook_paths_are_kept_with_one_leading_slash(path: str, kept: str) -> None:
+    assert receiver_module.webhook_path(path) == kept

@@ -24,7 +24,12 @@ from kirim_events.collect import (
     collect,
     configure_logging,
 )
-from kirim_events.receiver import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_PATH
+from kirim_events.receiver import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PATH,
+    webhook_path,
+)
 
 
 @command("collect")
@@ -78,6 +83,7 @@ def collect_command(
     with errors_to_exit():
         refuse_demo_folder(s.data_dir)
         s.require_secrets()
+        webhook_path(path)  # before the journal opens
         for note in s.secret_warnings():
             print_note(note, stderr=True)
         configure_logging(s.log_format)

@@ -51,7 +51,7 @@ class Subscription:
     """A webhook subscription (``wbs_``)."""
 
     id: str
-    url: str
+    url: str = field(repr=False)  # it may carry a user name, a password or a token
     events: list[str]
     description: str | None
     created_at: float

@@ -64,6 +64,7 @@ from kirim_events.journal_rows import (
     table_from_ndjson,
 )
 from kirim_events.journal_write import (
+    CHUNK,
     Job,
     Result,
     append_job,
@@ -385,6 +386,20 @@ class Journal(KeyIndex):
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('health', ?)", (stamp,))
 
         await asyncio.wrap_future(self._submit(work))
+
+    def forget_keys(self, event_keys: Iterable[str]) -> None:
+        """Remove ``event_keys`` from the dedup index, so that they are stored again when
+        they come (reconcile, for events the index remembers but the lake has lost)."""
+        keys = list(dict.fromkeys(event_keys))
+
+        def work(conn: sqlite3.Connection) -> None:
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM keys WHERE event_key IN ({marks})", chunk)
+
+        if keys:
+            self._submit(work).result()
 
     # ------------------------------------------------------------------ reads
 

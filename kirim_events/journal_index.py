@@ -62,6 +62,19 @@ class KeyIndex:
                 found.update(row[0] for row in conn.execute(sql, chunk))
         return found
 
+    def unflushed(self, event_keys: Iterable[str]) -> set[str]:
+        """Return which of ``event_keys`` wait in the journal's inbox (stored, not yet in
+        the lake). The inbox has no index on the key: meant for a few keys."""
+        keys = list(dict.fromkeys(event_keys))
+        found: set[str] = set()
+        with self._reader() as conn:
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT event_key FROM inbox WHERE event_key IN ({marks})"
+                found.update(row[0] for row in conn.execute(sql, chunk))
+        return found
+
     def seen_prefixes(self, prefixes: Iterable[str]) -> set[str]:
         """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
         status key is ``<wamid>:<status>``: ``"<wamid>:"`` asks for any status of it)."""
@@ -143,6 +156,11 @@ class JournalView(KeyIndex):
         """Return which of ``prefixes`` start some event key the dedup index holds."""
         wanted = list(prefixes)
         return self._stable(lambda: KeyIndex.seen_prefixes(self, wanted))
+
+    def unflushed(self, event_keys: Iterable[str]) -> set[str]:
+        """Return which of ``event_keys`` wait in the journal's inbox."""
+        keys = list(event_keys)
+        return self._stable(lambda: KeyIndex.unflushed(self, keys))
 
     def close(self) -> None:
         """Nothing to release (each lookup opens and closes its own connection)."""

@@ -24,7 +24,7 @@ from kirim_events.journal_rows import (
     receipt_row,
 )
 
-__all__ = ["Job", "Result", "append_job", "forget", "prune", "settle", "write_appends"]
+__all__ = ["CHUNK", "Job", "Result", "append_job", "forget", "prune", "settle", "write_appends"]
 
 CHUNK = 500  # keys per "IN (...)" lookup, below SQLite's parameter limit
 

@@ -3,11 +3,18 @@
 ``reconcile(data, client=..., since=...)`` walks the history for ``[since, until)`` and
 decides, per event, whether the store already holds it:
 
-* A history row with its ``payload`` is parsed into events; each ``event_key`` is present when
-  the journal's dedup index (which outlives Kirim's 30-day history) or the lake holds it.
+* A history row with its ``payload`` is parsed into events; an ``event_key`` that neither the
+  journal's dedup index nor the lake holds is missing.
 * A row without ``payload`` only names ``event_id`` and ``event_type``. For most types the
   event id is the event's key (``evt_`` ids, inbound wamids), checked against the index and
-  the lake's ``event_id``. A Meta ``message.status`` id is the *message's* wamid, shared by
+  the lake's ``event_id``.
+* An event the dedup index holds is checked against the lake as well (by an 8-byte hash kept
+  per such event during the walk; then the lake's keys and ids are read once): one the lake
+  lacks and the journal's inbox does not hold was stored, then lost (a file deleted, an S3
+  lake restored from an older copy). The history is then walked a second time to fetch
+  those events, which count as missing (``lost``); recovery first forgets their index
+  entries, so that the import, or the collector receiving their replays, stores them again.
+* A Meta ``message.status`` id is the *message's* wamid, shared by
   its sent/delivered/read events (kirim-api.md §5), so the store cannot tell them apart; such
   a row counts as missing when no delivery of its chain (the row and its replays) was
   acknowledged (:func:`acknowledged`) -- Kirim's own record that our endpoint never took it
@@ -97,6 +104,7 @@ class MissingEvent:
     status: str | None  # Kirim status of that delivery
     created_at: datetime | None  # and its created_at (a bulk_replay window must hold it)
     action: str = "replay"  # import | replay | bulk_replay | await | held (see ACTIONS)
+    lost: bool = False  # the dedup index remembers it, the lake does not hold it
     records: list[EventRecord] = field(default_factory=list, repr=False)
 
 
@@ -141,6 +149,7 @@ class ReconcileReport:
     warn_before: datetime | None = None
     windows: list[BulkWindow] = field(default_factory=list)
     items_unreadable: int = 0  # page items that are no delivery object (null, a number)
+    lost: int = 0  # missing events the dedup index remembers: stored once, lost since
     unparseable: int = 0  # history payloads that are no known body: replaying cannot help
     quarantined: int = 0  # of those, newly kept under DATA/quarantine/ by this run
     imported: int = 0
@@ -170,12 +179,37 @@ class _Chain:
     rows: list[Delivery] = field(default_factory=list)
 
 
-class _Scan:
-    """Accumulates one walk of the history (memory grows with what is missing, not with all)."""
+_HASH_SEED = 0x6B6972696D  # any fixed seed: the hashes are compared within one process
 
-    def __init__(self, journal: KeyIndex | None, subscription_id: str | None) -> None:
+
+def _hashes(values: list[str]) -> pl.Series:
+    return pl.Series(values, dtype=pl.String).hash(seed=_HASH_SEED)
+
+
+@dataclass
+class _Lost:
+    """Hashes of event keys and event ids that the dedup index holds and the lake lacks."""
+
+    keys: set[int]
+    ids: set[int]
+
+
+class _Scan:
+    """Accumulates one walk of the history (memory grows with what is missing, not with all;
+    and with 8 bytes per event the dedup index holds, to check the lake for them after).
+
+    With ``lost`` (a second walk), the events the index holds whose hash is in it count as
+    missing too: the lake lost them after they were stored.
+    """
+
+    def __init__(
+        self, journal: KeyIndex | None, subscription_id: str | None, lost: _Lost | None = None
+    ) -> None:
         self.journal = journal
         self.subscription_id = subscription_id
+        self.lost = lost
+        self.indexed_keys: list[pl.Series] = []  # hashes of keys the index holds
+        self.indexed_ids: list[str] = []  # bare rows' event ids the index holds
         self.subscriptions: set[str] = set()
         self.unparseable: list[tuple[Delivery, str]] = []
         self.candidates: dict[str, MissingEvent] = {}
@@ -210,10 +244,18 @@ class _Scan:
                     continue
             self.bare(d)
         have = self.seen(keys)
+        present = [k for k in dict.fromkeys(keys) if k in have]
+        lost: set[str] = set()
+        if present and self.lost is None:
+            self.indexed_keys.append(_hashes(present))
+        elif present and self.lost is not None:
+            lost = {
+                k for k, h in zip(present, _hashes(present), strict=True) if h in self.lost.keys
+            }
         for d, found in pending:
             for r in found:
-                if r.event_key not in have:
-                    self.add(r.event_key, d, r.type, r.occurred_at, [r])
+                if r.event_key not in have or r.event_key in lost:
+                    self.add(r.event_key, d, r.type, r.occurred_at, [r], lost=r.event_key in lost)
 
     def _ours(self, d: Delivery) -> bool:
         """Whether ``d`` went to the subscription reconciled. Replays go to the URL of the
@@ -242,9 +284,12 @@ class _Scan:
             chain.rows.append(d)
             chain.ok = chain.ok or acknowledged(d)
             return
-        if self.seen([d.event_id]):
-            return
-        self.add(d.event_id, d, d.event_type, None, [])
+        if not self.seen([d.event_id]):
+            self.add(d.event_id, d, d.event_type, None, [])
+        elif self.lost is None:
+            self.indexed_ids.append(d.event_id)
+        elif int(_hashes([d.event_id])[0]) in self.lost.ids:
+            self.add(d.event_id, d, d.event_type, None, [], lost=True)
 
     def add(
         self,
@@ -253,6 +298,8 @@ class _Scan:
         event_type: str | None,
         occurred: datetime | None,
         records: list[EventRecord],
+        *,
+        lost: bool = False,
     ) -> None:
         m = self.candidates.get(key)
         if m is None:
@@ -268,6 +315,7 @@ class _Scan:
                 status=d.status,
                 created_at=d.created_at,
                 records=records,
+                lost=lost,
             )
         else:
             if d.created_at and (m.first_seen is None or d.created_at < m.first_seen):
@@ -438,16 +486,13 @@ def reconcile(
         index = JournalView(root)  # a dry run writes nothing, even on a read-only folder
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
-        scan = _Scan(index, subscription_id)
-        pages = client.iter_pages(
-            created_after=lo - HISTORY_OVERLAP, created_before=hi + HISTORY_OVERLAP
-        )
-        for page, _ in pages:
-            report.history_pages += 1
-            rows = [d for d in page.deliveries if d.created_at is None or lo <= d.created_at < hi]
-            report.history_rows += len(rows)
-            report.items_unreadable += len(page.unreadable)
-            scan.page(rows)
+        scan = _walk(client, lo, hi, _Scan(index, subscription_id), report)
+        lost = _lost_from_lake(lake, scan)
+        if lost is not None:
+            # rare: walk again, keeping the events of those hashes this time
+            again = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
+            scan = _walk(client, lo, hi, _Scan(index, subscription_id, lost), again)
+            report.history_pages += again.history_pages
         if report.items_unreadable:
             report.notes.append(
                 f"{report.items_unreadable} item(s) of the history's pages are no delivery"
@@ -474,7 +519,17 @@ def reconcile(
             for k, m in cands.items()
             if not (k in lake_keys or (not m.records and "@" not in k and m.event_id in held_ids))
         ]
+        pending = index.unflushed(m.key for m in missing if m.lost) if index is not None else set()
+        missing = [m for m in missing if m.key not in pending]  # stored, waiting for a flush
         missing.sort(key=lambda m: (m.day, m.first_seen or start, m.key))
+        report.lost = sum(m.lost for m in missing)
+        if report.lost:
+            done = "would be" if dry_run else "are"
+            report.notes.append(
+                f"{report.lost} missing event(s) were stored once (the journal's dedup index"
+                " remembers them) and are no longer in the lake: files deleted or lost since."
+                f" Their index entries {done} forgotten, so that they are stored again"
+            )
         report.missing = missing
         report.warn_before = start - timedelta(days=PURGE_DAYS - warn_days)
         report.near_purge = sum(
@@ -563,7 +618,50 @@ def _explain(report: ReconcileReport) -> None:
         )
 
 
+def _walk(
+    client: KirimClient, lo: datetime, hi: datetime, scan: _Scan, report: ReconcileReport
+) -> _Scan:
+    """Page the history of ``[lo, hi)`` into ``scan``, counting into ``report``."""
+    pages = client.iter_pages(
+        created_after=lo - HISTORY_OVERLAP, created_before=hi + HISTORY_OVERLAP
+    )
+    for page, _ in pages:
+        report.history_pages += 1
+        rows = [d for d in page.deliveries if d.created_at is None or lo <= d.created_at < hi]
+        report.history_rows += len(rows)
+        report.items_unreadable += len(page.unreadable)
+        scan.page(rows)
+    return scan
+
+
+def _lost_from_lake(lake: Any, scan: _Scan) -> _Lost | None:
+    """The hashes of the keys and ids that the dedup index holds and the lake lacks (files
+    deleted or lost after the events were stored), or None when there are none."""
+    if not scan.indexed_keys and not scan.indexed_ids:
+        return None
+    storage = getattr(lake, "storage", None)
+    if storage is not None and storage.local and not os.path.isdir(storage.root):
+        held_keys = held_ids = pl.Series([], dtype=pl.UInt64)  # no lake yet: it holds none
+    else:
+        held = (
+            lake.events()
+            .select(
+                k=pl.col("event_key").hash(seed=_HASH_SEED),
+                i=pl.col("event_id").hash(seed=_HASH_SEED),
+                has_id=pl.col("event_id").is_not_null(),
+            )
+            .collect()
+        )
+        held_keys, held_ids = held["k"], held.filter("has_id")["i"]
+    keys = pl.concat(scan.indexed_keys) if scan.indexed_keys else pl.Series([], dtype=pl.UInt64)
+    ids = _hashes(scan.indexed_ids)
+    lost_keys = set(keys.filter(~keys.is_in(held_keys.implode())).to_list())
+    lost_ids = set(ids.filter(~ids.is_in(held_ids.implode())).to_list())
+    return _Lost(lost_keys, lost_ids) if lost_keys or lost_ids else None
+
+
 def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lake: Any) -> None:
+    journal.forget_keys(m.key for m in report.missing if m.lost)
     records = [r for m in report.missing if m.action == "import" for r in m.records]
     if records:
         flags = journal.append(records)

@@ -499,3 +499,52 @@ def test_a_bulk_window_is_not_used_when_it_would_resend_mostly_stored_events(
     report = history.reconcile(tmp_path / "empty")
     assert report.actions == {"bulk_replay": 100}
     assert len(history.bulk) == 1
+
+
+# ------------------------------------------------------------------ stored, then lost
+
+
+def _lake_files(home: Path) -> list[Path]:
+    return sorted((home / "events").rglob("*.parquet"))
+
+
+def test_events_the_index_remembers_but_the_lake_lost_are_found_and_stored_again(
+    tmp_path: Path,
+) -> None:
+    # The dedup index was taken as proof that the lake holds an event: a lake file deleted
+    # (or an S3 lake restored from an older copy) was reported complete, and a backfill or
+    # a replay could not bring its events back (the index dropped them as duplicates).
+    payload = {n: json.dumps(testing.kirim_event(event_id=f"evt_{n}", created_at=BASE))
+               for n in range(6)}  # fmt: skip
+    rows = [delivery(n, n, f"evt_{n}", "succeeded", payload=payload[n]) for n in range(3)]
+    rows += [delivery(n, n, f"evt_{n}", "dead") for n in range(3, 6)]  # no payload
+    with Journal(tmp_path) as journal:  # all six were received once
+        journal.append([r for n in range(6) for r in parse_delivery(payload[n].encode())])
+        journal.flush(Lake(tmp_path))
+    assert History(rows).reconcile(tmp_path).missing == []
+    for path in _lake_files(tmp_path):
+        path.unlink()  # the lake loses them; the journal's index still remembers all six
+    dry = History(rows).reconcile(tmp_path, dry_run=True)
+    assert sorted(m.key for m in dry.missing) == [f"evt_{n}" for n in range(6)]
+    assert dry.lost == 6
+    assert any("would be forgotten" in note for note in dry.notes)
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert (report.lost, report.imported) == (6, 3)
+    assert report.actions == {"import": 3, "bulk_replay": 3}
+    assert sorted(history.enqueued) == ["evt_3", "evt_4", "evt_5"]
+    with Journal(tmp_path) as journal:  # so the collector stores their replays again
+        assert journal.seen([f"evt_{n}" for n in range(3, 6)]) == set()
+    events = Lake(tmp_path).events().collect()
+    assert sorted(events["event_id"]) == ["evt_0", "evt_1", "evt_2"]
+    assert History(rows[:3]).reconcile(tmp_path).missing == []  # and once is enough
+
+
+def test_events_waiting_in_the_journal_are_not_taken_for_lost(tmp_path: Path) -> None:
+    payload = json.dumps(testing.kirim_event(event_id="evt_1", created_at=BASE))
+    rows = [delivery(1, 0, "evt_1", "succeeded", payload=payload)]
+    with Journal(tmp_path) as journal:
+        journal.append(parse_delivery(payload.encode()))  # accepted, not flushed yet
+    for dry_run in (True, False):
+        report = History(rows).reconcile(tmp_path, dry_run=dry_run)
+        assert (report.missing, report.lost) == ([], 0)

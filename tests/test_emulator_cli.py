@@ -184,9 +184,9 @@ def test_emulate_sends_and_serves_the_api_until_sigterm() -> None:
 
 
 def _send_andserve(target: str, receiver: Receiver) -> None:
-    port = free_port()
+    # --port 0: a free port, which the first line names (no race for a port picked before)
     env = dict(os.environ, KIRIM_KEY=KEY, KIRIM_WEBHOOK_SECRET=SECRET)
-    argv = ["emulate", "--port", str(port), "--events", "120", "--send-to", f"{target}/hook"]
+    argv = ["emulate", "--port", "0", "--events", "120", "--send-to", f"{target}/hook"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "kirim_events", *argv, "--time-compression", "1000"],
         env=env,
@@ -204,6 +204,9 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
                 break
             time.sleep(0.05)
         assert any("sending done" in line for line in lines), lines
+        (serving,) = [line for line in lines if line.startswith("Kirim API emulator on")]
+        port = int(serving.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        assert port > 0
         base = f"http://127.0.0.1:{port}"
         rows: list[Any] = []
         for _ in range(300):

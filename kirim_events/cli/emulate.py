@@ -151,7 +151,12 @@ def _reason(code: int | None, error: str | None) -> str:
 def emulate(
     port: Annotated[
         int,
-        typer.Option("--port", min=1, max=65535, help="Serve the REST API on 127.0.0.1:PORT."),
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Serve the REST API on 127.0.0.1:PORT (0: a free port, printed).",
+        ),
     ] = 8765,
     no_api: Annotated[
         bool, typer.Option("--no-api", help="Do not serve the REST API; exit when sending ends.")
@@ -374,6 +379,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         except ConfigError as exc:  # one line, not uvicorn's log line and then ours
             print_error(f"could not serve the API: {exc}")  # it names the port and why
             raise typer.Exit(2) from None  # as collect: a setting to change, as any ConfigError
+        port = sock.getsockname()[1]  # the one taken, when 0 asked for any free one
         config = uvicorn.Config(
             emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
         )

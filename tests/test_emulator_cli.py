@@ -412,3 +412,33 @@ def test_a_large_world_without_start_says_why_it_waits(monkeypatch: pytest.Monke
     assert "--start T skips this" in result.output
     too_many = runner.invoke(app, ["emulate", "--events", "99999999999999999999"], env={})
     assert too_many.exit_code == 2
+
+
+def test_while_serving_after_sending_a_line_comes_only_with_new_attempts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # replays and released held deliveries went out without a word once sending had ended
+    from kirim_events.cli.emulate import _watch
+    from kirim_events.emulator import Emulator
+    from kirim_events.emulator.store import AttemptRecord
+
+    emu = Emulator(seed=1, secrets="whsec_x")
+
+    def attempt(outcome: str, code: int) -> AttemptRecord:
+        return AttemptRecord("wbd_1", 1, "wbs_1", "evt_1", "contact.updated", 0.0, 0, outcome,
+                             code, None, None)  # fmt: skip
+
+    emu.store.attempts.append(attempt("succeeded", 200))  # from the sending, already told
+
+    async def main() -> None:
+        watch = asyncio.ensure_future(_watch(emu, api=True, every=0.05, when_busy=True))
+        await asyncio.sleep(0.3)
+        assert capsys.readouterr().out == ""  # idle: no line
+        emu.store.attempts.append(attempt("failed", 401))
+        await asyncio.sleep(0.3)
+        watch.cancel()
+
+    asyncio.run(main())
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("attempts") == 1
+    assert "2 attempts, 1 acknowledged; 1 failed in the last 0.05 s, the last: HTTP 401" in out

@@ -322,10 +322,12 @@ def emulate(
         console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
 
 
-async def _watch(emu: Emulator, *, api: bool, every: float = 5.0) -> None:
+async def _watch(emu: Emulator, *, api: bool, every: float = 5.0, when_busy: bool = False) -> None:
     """A line every few seconds while sending, so an unreachable or failing receiver shows
-    at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression)."""
-    seen = 0
+    at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression). With
+    ``when_busy`` (serving after the sending: replays, held deliveries released), a line
+    only after a few seconds with new attempts."""
+    seen = len(emu.store.attempts) if when_busy else 0
     told: set[str] = set()
     while True:
         await asyncio.sleep(every)
@@ -345,6 +347,8 @@ async def _watch(emu: Emulator, *, api: bool, every: float = 5.0) -> None:
                 )
         attempts = emu.store.attempts
         new, seen = attempts[seen:], len(attempts)
+        if when_busy and not new:
+            continue
         ok = sum(1 for a in attempts if a.outcome in _ACKNOWLEDGED)
         line = f"{len(attempts):,} attempts, {ok:,} acknowledged"
         failed = [a for a in new if a.outcome not in _ACKNOWLEDGED]
@@ -420,9 +424,11 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         if not stop.is_set():
             done = "sending done; the API keeps serving" if send_to else "the API serves it"
             console.print(f"{done} (replays are delivered). Ctrl+C stops.")
+        watch = asyncio.ensure_future(_watch(emu, api=True, when_busy=True))
         async with emu.webhook_client() as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)
             request_stop()
             await asyncio.gather(serving, replays, return_exceptions=True)
+        watch.cancel()
     console.print("emulator stopped")

@@ -222,9 +222,12 @@ class _Slice:
     fetch_after: str | None = None  # created_after the cursor is bound to (None: after)
     restarts: int = 0  # cursor chains restarted after Kirim refused a stale cursor
     # The order Kirim pages in, as seen (kirim-api.md §7.3 only assumes newest first): the
-    # created_at of the last timed row of the current chain, and whether a row was ever
-    # older / newer than the one read before it.
-    last: str | None = None
+    # lowest and highest created_at of the current chain's rows, and whether a row was ever
+    # more than HISTORY_OVERLAP older than the chain's highest (went_back) or newer than its
+    # lowest (went_forward) before it. Clock skew below that margin does not count: the
+    # restart's own margin covers it.
+    low: str | None = None
+    high: str | None = None
     went_back: bool = False
     went_forward: bool = False
 
@@ -294,7 +297,16 @@ class _Checkpoint:
         times += [
             t
             for s in cp.slices
-            for t in (s.after, s.before, s.oldest, s.newest, s.fetch_before, s.fetch_after, s.last)
+            for t in (
+                s.after,
+                s.before,
+                s.oldest,
+                s.newest,
+                s.fetch_before,
+                s.fetch_after,
+                s.low,
+                s.high,
+            )
         ]
         if not cp.slices or any(
             t is not None and (not isinstance(t, str) or parse_time(t) is None) for t in times
@@ -532,37 +544,57 @@ class _Run:
 
 def _note_order(s: _Slice, times: list[datetime]) -> None:
     """Add a page's row times (in the order served) to what ``s`` knows of Kirim's order."""
-    last = parse_time(s.last) if s.last else None
-    for before, after in itertools.pairwise(([last] if last else []) + times):
-        s.went_back = s.went_back or after < before
-        s.went_forward = s.went_forward or after > before
-    if times:
-        s.last = format_time(times[-1])
+    low = parse_time(s.low) if s.low else None
+    high = parse_time(s.high) if s.high else None
+    for t in times:
+        if low is not None and high is not None:
+            s.went_back = s.went_back or t < high - HISTORY_OVERLAP
+            s.went_forward = s.went_forward or t > low + HISTORY_OVERLAP
+        low = t if low is None else min(low, t)
+        high = t if high is None else max(high, t)
+    s.low = None if low is None else format_time(low)
+    s.high = None if high is None else format_time(high)
+
+
+def _window(s: _Slice) -> tuple[datetime, datetime]:
+    """The ``created_after`` / ``created_before`` the slice's current chain asks for."""
+    lo = parse_time(s.fetch_after) if s.fetch_after else parse_time(s.after)
+    hi = parse_time(s.fetch_before) if s.fetch_before else parse_time(s.before)
+    assert lo is not None
+    assert hi is not None
+    return (
+        lo if s.fetch_after else lo - HISTORY_OVERLAP,
+        hi if s.fetch_before else hi + HISTORY_OVERLAP,
+    )
 
 
 def _restart(s: _Slice) -> bool:
     """Start a new chain of pages for ``s`` after Kirim refused its cursor; True when the new
-    chain reads less than the last one did.
+    chain asks for less than the last one did (progress).
 
-    Newest first, the rows newer than the oldest stored were read: the chain starts just
-    above it. Oldest first, just below the newest stored. While the order is unknown (too
-    few rows, or rows that go both ways), the whole slice is read again.
+    Newest first (no row was more than ``HISTORY_OVERLAP`` newer than the lowest before it),
+    the rows to come are at most that much newer than the oldest stored: the chain starts
+    twice the margin above it. Oldest first, likewise below the newest stored. While the
+    order is unknown (too few rows, or rows that go both ways), the whole slice is read
+    again, which is no progress.
     """
-    bounds = (s.fetch_after, s.fetch_before)
+    lo, hi = _window(s)
     direction = s.direction()
+    margin = 2 * HISTORY_OVERLAP
     if direction == "newest first" and s.oldest is not None:
         oldest = parse_time(s.oldest)
         assert oldest is not None
-        s.fetch_before = format_time(oldest + HISTORY_OVERLAP)
+        s.fetch_before = format_time(min(oldest + margin, hi))
     elif direction == "oldest first" and s.newest is not None:
         newest = parse_time(s.newest)
         assert newest is not None
-        s.fetch_after = format_time(newest - HISTORY_OVERLAP)
+        s.fetch_after = format_time(max(newest - margin, lo))
     else:
         s.fetch_after = s.fetch_before = None
-    s.cursor, s.last = None, None
+    s.cursor, s.low, s.high = None, None, None
     s.restarts += 1
-    return (s.fetch_after, s.fetch_before) != bounds and direction is not None
+    new_lo, new_hi = _window(s)
+    return new_lo > lo or new_hi < hi
 
 
 def _stale_cursor(exc: PermanentApiError) -> bool:

@@ -834,3 +834,30 @@ def test_a_checkpoint_save_cut_short_by_a_kill_leaves_no_file_behind(tmp_path: P
     QuirkyHistory(rows).backfill(tmp_path, slices=1)
     assert not stray.exists()
     assert other.exists()
+
+
+def test_clock_skew_between_neighbouring_rows_does_not_hide_kirims_order(
+    tmp_path: Path,
+) -> None:
+    # Paged by delivery id, newest first, with neighbours' created_at 0.2 s the wrong way
+    # round: any backward step made the order "unknown", so every refusal read the whole
+    # slice again and the run failed where the code before finished.
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(seconds=i * 0.5 + 0.7 * (i % 2 == 0))))
+            for i in range(600)]  # fmt: skip
+    quirky = QuirkyHistory(rows, refuse_every=3)
+    quirky.backfill(tmp_path, slices=1, page_size=20)
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
+    assert quirky.with_cursor >= 30
+
+
+def test_cursors_refused_while_nothing_of_the_slice_is_read_end_the_run(tmp_path: Path) -> None:
+    # Every cursor refused, and the first pages hold only rows of the margin read below the
+    # slice: each restart reset the bounds yet counted as progress, and the run restarted
+    # for ever, calling Kirim.
+    rows = [history_row(i, f"2026-05-01T09:59:59.{i}00Z") for i in range(9)]
+    quirky = QuirkyHistory(rows, refuse_every=1, order="oldest first")
+    with pytest.raises(PermanentApiError, match="cursor"):
+        quirky.backfill(tmp_path, slices=1, page_size=3)
+    assert quirky.with_cursor <= 10

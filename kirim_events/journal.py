@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
-from kirim_events.journal_index import KeyIndex, journal_path
+from kirim_events.journal_index import KeyIndex, journal_path, lake_identity
 from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
@@ -173,6 +173,7 @@ class Journal(KeyIndex):
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         self._flush_lock = threading.Lock()
+        self._target: str | None = None  # the lake recorded as the one flushed into
         self._lock = threading.Lock()  # one user of the write connection at a time
         self._closed = False
         self.commits = 0
@@ -387,6 +388,18 @@ class Journal(KeyIndex):
 
         await asyncio.wrap_future(self._submit(work))
 
+    def _record_target(self, lake: object) -> None:
+        """Note which lake this journal flushes into (reconcile checks that lake)."""
+        target = lake_identity(lake)
+        if target is None or target == self._target:
+            return
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('lake', ?)", (target,))
+
+        self._submit(work).result()
+        self._target = target
+
     def forget_keys(self, event_keys: Iterable[str]) -> None:
         """Remove ``event_keys`` from the dedup index, so that they are stored again when
         they come (reconcile, for events the index remembers but the lake has lost)."""
@@ -443,6 +456,7 @@ class Journal(KeyIndex):
         started = time.perf_counter()
         n_events = n_receipts = 0
         with self._flush_lock, self._flush_file_lock():
+            self._record_target(lake)
             with self._reader() as conn:
                 top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
                 top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0

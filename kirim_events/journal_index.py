@@ -9,6 +9,7 @@ user's lake).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 from kirim_events.errors import StorageError
 from kirim_events.journal_write import CHUNK
 
-__all__ = ["JournalView", "KeyIndex", "journal_path"]
+__all__ = ["JournalView", "KeyIndex", "journal_path", "lake_identity"]
 
 _TRIES = 10  # reads made while a writer changes the file, before one in read-only mode
 
@@ -25,6 +26,17 @@ _TRIES = 10  # reads made while a writer changes the file, before one in read-on
 def journal_path(data_dir: str | Path) -> Path:
     """The journal database of the data folder ``data_dir``."""
     return Path(data_dir) / "_journal" / "journal.sqlite3"
+
+
+def lake_identity(lake: object) -> str | None:
+    """Which lake ``lake`` is, as the journal records where it flushes (a local folder by its
+    real path, an S3 lake by its location); None for a sink that is no Lake."""
+    storage = getattr(lake, "storage", None)
+    if storage is None:
+        return None
+    if storage.local:
+        return "file:" + os.path.realpath(str(storage.root))
+    return f"uri:{storage.uri!s}"
 
 
 class KeyIndex:
@@ -62,18 +74,17 @@ class KeyIndex:
                 found.update(row[0] for row in conn.execute(sql, chunk))
         return found
 
-    def unflushed(self, event_keys: Iterable[str]) -> set[str]:
-        """Return which of ``event_keys`` wait in the journal's inbox (stored, not yet in
-        the lake). The inbox has no index on the key: meant for a few keys."""
-        keys = list(dict.fromkeys(event_keys))
-        found: set[str] = set()
+    def inbox_keys(self) -> set[str]:
+        """The event keys waiting in the journal's inbox (stored, not yet in the lake)."""
         with self._reader() as conn:
-            for start in range(0, len(keys), CHUNK):
-                chunk = keys[start : start + CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT event_key FROM inbox WHERE event_key IN ({marks})"
-                found.update(row[0] for row in conn.execute(sql, chunk))
-        return found
+            return {row[0] for row in conn.execute("SELECT event_key FROM inbox")}
+
+    def flush_target(self) -> str | None:
+        """The :func:`lake_identity` of the lake the journal last flushed into, or None (no
+        flush since it was recorded)."""
+        with self._reader() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'lake'").fetchone()
+        return None if row is None else str(row[0])
 
     def seen_prefixes(self, prefixes: Iterable[str]) -> set[str]:
         """Return which of ``prefixes`` start some event key the dedup index holds (a Meta
@@ -157,10 +168,14 @@ class JournalView(KeyIndex):
         wanted = list(prefixes)
         return self._stable(lambda: KeyIndex.seen_prefixes(self, wanted))
 
-    def unflushed(self, event_keys: Iterable[str]) -> set[str]:
-        """Return which of ``event_keys`` wait in the journal's inbox."""
-        keys = list(event_keys)
-        return self._stable(lambda: KeyIndex.unflushed(self, keys))
+    def inbox_keys(self) -> set[str]:
+        """The event keys waiting in the journal's inbox."""
+        return self._stable(lambda: KeyIndex.inbox_keys(self))
+
+    def flush_target(self) -> str | None:
+        """The lake the journal last flushed into (see :meth:`KeyIndex.flush_target`)."""
+        found = self._stable(lambda: {KeyIndex.flush_target(self) or ""})
+        return next(iter(found)) or None
 
     def close(self) -> None:
         """Nothing to release (each lookup opens and closes its own connection)."""

@@ -8,10 +8,12 @@ decides, per event, whether the store already holds it:
 * A row without ``payload`` only names ``event_id`` and ``event_type``. For most types the
   event id is the event's key (``evt_`` ids, inbound wamids), checked against the index and
   the lake's ``event_id``.
-* An event the dedup index holds is checked against the lake as well (by an 8-byte hash kept
-  per such event during the walk; then the lake's keys and ids are read once): one the lake
-  lacks and the journal's inbox does not hold was stored, then lost (a file deleted, an S3
-  lake restored from an older copy). The history is then walked a second time to fetch
+* An event the dedup index holds is checked against the journal's inbox and then the lake
+  as well (by an 8-byte hash kept per such event during the walk; the lake's rows with those
+  hashes are read once): one that neither holds was stored, then lost (a file deleted, an S3
+  lake restored from an older copy). Not when the journal flushes into another lake than
+  the one reconciled (it records which), nor when a journal that never recorded it finds
+  most of the range missing: a note says so. The history is then walked a second time to fetch
   those events, which count as missing (``lost``); recovery first forgets their index
   entries, so that the import, or the collector receiving their replays, stores them again.
 * A Meta ``message.status`` id is the *message's* wamid, shared by
@@ -61,7 +63,7 @@ from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
-from kirim_events.journal_index import JournalView, KeyIndex, journal_path
+from kirim_events.journal_index import JournalView, KeyIndex, journal_path, lake_identity
 from kirim_events.journal_quarantine import quarantined_event_ids
 
 __all__ = [
@@ -487,7 +489,7 @@ def reconcile(
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
         scan = _walk(client, lo, hi, _Scan(index, subscription_id), report)
-        lost = _lost_from_lake(lake, scan)
+        lost = _lost_from_lake(lake, scan, index, report)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
             again = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
@@ -519,8 +521,6 @@ def reconcile(
             for k, m in cands.items()
             if not (k in lake_keys or (not m.records and "@" not in k and m.event_id in held_ids))
         ]
-        pending = index.unflushed(m.key for m in missing if m.lost) if index is not None else set()
-        missing = [m for m in missing if m.key not in pending]  # stored, waiting for a flush
         missing.sort(key=lambda m: (m.day, m.first_seen or start, m.key))
         report.lost = sum(m.lost for m in missing)
         if report.lost:
@@ -634,11 +634,30 @@ def _walk(
     return scan
 
 
-def _lost_from_lake(lake: Any, scan: _Scan) -> _Lost | None:
-    """The hashes of the keys and ids that the dedup index holds and the lake lacks (files
-    deleted or lost after the events were stored), or None when there are none."""
-    if not scan.indexed_keys and not scan.indexed_ids:
+def _lost_from_lake(
+    lake: Any, scan: _Scan, index: KeyIndex | None, report: ReconcileReport
+) -> _Lost | None:
+    """The hashes of the keys and ids that the dedup index holds and neither the journal's
+    inbox nor the lake does (files deleted or lost after the events were stored), or None
+    when there are none, or when the lake is not the one the journal flushes into (a note
+    says so).
+
+    The inbox is read before the lake: a flush moves an event from the one to the other
+    only after the lake holds it, so an event is found in one of the two whenever the flush
+    runs. Only the lake rows whose hash the walk kept are collected.
+    """
+    if index is None or (not scan.indexed_keys and not scan.indexed_ids):
         return None
+    target, ours = index.flush_target(), lake_identity(lake)
+    if target is not None and ours is not None and target != ours:
+        report.notes.append(
+            "the journal flushes into another lake than the one reconciled (pass it with"
+            " --lake): events stored and lost since were not looked for"
+        )
+        return None
+    waiting = _hashes(sorted(index.inbox_keys()))
+    wanted_keys = pl.concat([_hashes([]), *scan.indexed_keys]).unique()
+    wanted_ids = _hashes(scan.indexed_ids).unique()
     storage = getattr(lake, "storage", None)
     if storage is not None and storage.local and not os.path.isdir(storage.root):
         held_keys = held_ids = pl.Series([], dtype=pl.UInt64)  # no lake yet: it holds none
@@ -650,14 +669,27 @@ def _lost_from_lake(lake: Any, scan: _Scan) -> _Lost | None:
                 i=pl.col("event_id").hash(seed=_HASH_SEED),
                 has_id=pl.col("event_id").is_not_null(),
             )
+            .filter(
+                pl.col("k").is_in(wanted_keys.implode())
+                | (pl.col("has_id") & pl.col("i").is_in(wanted_ids.implode()))
+            )
             .collect()
         )
         held_keys, held_ids = held["k"], held.filter("has_id")["i"]
-    keys = pl.concat(scan.indexed_keys) if scan.indexed_keys else pl.Series([], dtype=pl.UInt64)
-    ids = _hashes(scan.indexed_ids)
-    lost_keys = set(keys.filter(~keys.is_in(held_keys.implode())).to_list())
-    lost_ids = set(ids.filter(~ids.is_in(held_ids.implode())).to_list())
-    return _Lost(lost_keys, lost_ids) if lost_keys or lost_ids else None
+    lost_keys = wanted_keys.filter(~wanted_keys.is_in(pl.concat([held_keys, waiting]).implode()))
+    lost_ids = wanted_ids.filter(~wanted_ids.is_in(pl.concat([held_ids, waiting]).implode()))
+    n_lost, n_wanted = len(lost_keys) + len(lost_ids), len(wanted_keys) + len(wanted_ids)
+    if target is None and n_lost > 100 and 2 * n_lost > n_wanted:
+        # a journal that never said where it flushes (older ones) may flush elsewhere
+        report.notes.append(
+            f"the lake lacks {n_lost} of the {n_wanted} events the journal's dedup index"
+            " remembers in this range: if the journal flushes into another lake, pass it with"
+            " --lake; they were not taken for lost"
+        )
+        return None
+    if not n_lost:
+        return None
+    return _Lost(set(lost_keys.to_list()), set(lost_ids.to_list()))
 
 
 def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lake: Any) -> None:

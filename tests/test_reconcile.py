@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -255,6 +256,7 @@ class History:
     def __init__(self, rows: list[dict[str, Any]], sub_status: str | None = "active") -> None:
         self.rows, self.replays, self.bulk = rows, list[str](), list[dict[str, Any]]()
         self.sub_status = sub_status
+        self.pages = 0  # history pages served
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/v1/webhook_subscriptions/"):
@@ -264,6 +266,7 @@ class History:
             sub = {"id": request.url.path.split("/")[-1], "status": self.sub_status}
             return httpx.Response(200, json={"data": sub})
         if request.method == "GET":
+            self.pages += 1
             return httpx.Response(200, json={"data": self.rows, "has_more": False})
         if request.url.path.endswith("/replay"):
             self.replays.append(request.url.path.split("/")[-2])
@@ -546,5 +549,32 @@ def test_events_waiting_in_the_journal_are_not_taken_for_lost(tmp_path: Path) ->
     with Journal(tmp_path) as journal:
         journal.append(parse_delivery(payload.encode()))  # accepted, not flushed yet
     for dry_run in (True, False):
-        report = History(rows).reconcile(tmp_path, dry_run=dry_run)
+        history = History(rows)
+        report = history.reconcile(tmp_path, dry_run=dry_run)
         assert (report.missing, report.lost) == ([], 0)
+        assert history.pages == 1  # with a collector running, the history was walked twice
+
+
+def test_a_journal_that_flushes_into_another_lake_is_not_taken_for_lost(tmp_path: Path) -> None:
+    # compact --data ./data --lake URI flushes the journal elsewhere: every event the index
+    # remembered was taken for lost, forgotten, and imported into ./data as well
+    payload = {n: json.dumps(testing.kirim_event(event_id=f"evt_{n}", created_at=BASE))
+               for n in range(120)}  # fmt: skip
+    rows = [delivery(n, n, f"evt_{n}", "succeeded", payload=payload[n]) for n in range(120)]
+    other = Lake(tmp_path / "elsewhere")
+    with Journal(tmp_path / "data") as journal:
+        journal.append([r for n in range(120) for r in parse_delivery(payload[n].encode())])
+        journal.flush(other)
+    report = History(rows).reconcile(tmp_path / "data")
+    assert (report.missing, report.lost, report.imported) == ([], 0, 0)
+    assert any("flushes into another lake" in note for note in report.notes)
+    assert not (tmp_path / "data" / "events").exists()
+    report = History(rows).reconcile(tmp_path / "data", lake=other)  # the CLI's --lake
+    assert (report.missing, report.notes) == ([], [])
+    # a journal that never said where it flushes (written before it did): most of the
+    # range missing is taken for a lake mix-up, not for a loss
+    with sqlite3.connect(tmp_path / "data" / "_journal" / "journal.sqlite3") as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'lake'")
+    report = History(rows).reconcile(tmp_path / "data")
+    assert (report.missing, report.lost) == ([], 0)
+    assert any("they were not taken for lost" in note for note in report.notes)

@@ -37,6 +37,7 @@ from kirim_events.cli._app import (
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, ConfigError
+from kirim_events.lake import Lake
 from kirim_events.printable import printable
 from kirim_events.reconcile import (
     ACTIONS,
@@ -255,6 +256,14 @@ def reconcile_command(
             "history holds several.",
         ),
     ] = None,
+    lake_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--lake",
+            help="The lake the journal flushes into when it is not the data folder, e.g. "
+            "s3://bucket/prefix (as for compact).",
+        ),
+    ] = None,
 ) -> None:
     """Report the events Kirim knows that the lake lacks, and recover them.
 
@@ -263,15 +272,16 @@ def reconcile_command(
     """
     s = load_settings(data_dir=data)
     client = _client(data)
-    with errors_to_exit(lake=s.data_dir), client:
+    with errors_to_exit(lake=lake_uri or s.data_dir), client:
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)
         if not dry_run:
             refuse_demo_folder(s.data_dir)
+        lake = None if lake_uri is None else Lake(lake_uri)
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
-            warn_days=warn_days, subscription_id=subscription_id,
+            warn_days=warn_days, subscription_id=subscription_id, lake=lake,
         )  # fmt: skip
     _render_reconcile(report)
 

@@ -107,6 +107,7 @@ class MissingEvent:
     created_at: datetime | None  # and its created_at (a bulk_replay window must hold it)
     action: str = "replay"  # import | replay | bulk_replay | await | held (see ACTIONS)
     lost: bool = False  # the dedup index remembers it, the lake does not hold it
+    pending: bool = False  # one of its deliveries is still being retried by Kirim
     records: list[EventRecord] = field(default_factory=list, repr=False)
 
 
@@ -318,8 +319,10 @@ class _Scan:
                 created_at=d.created_at,
                 records=records,
                 lost=lost,
+                pending=d.status == "pending",
             )
         else:
+            m.pending = m.pending or d.status == "pending"
             if d.created_at and (m.first_seen is None or d.created_at < m.first_seen):
                 m.first_seen = d.created_at
             if _better(d, m):
@@ -536,7 +539,7 @@ def reconcile(
             1 for m in missing if m.first_seen is not None and m.first_seen <= report.warn_before
         )
         _plan(report, scan.terminal)
-        if any(m.action in ("replay", "bulk_replay") for m in missing):
+        if any(m.action in _SENT_BY_KIRIM for m in missing):
             _check_subscriptions(report, client)
         _explain(report)
         report.unparseable = len(scan.unparseable)
@@ -554,7 +557,7 @@ def reconcile(
 
 def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) -> None:
     for m in report.missing:
-        m.action = "import" if m.records else "await" if m.status == "pending" else "replay"
+        m.action = "import" if m.records else "await" if m.pending else "replay"
     groups: dict[tuple[str, str], list[MissingEvent]] = {}
     for m in report.missing:
         if m.action == "replay" and m.status in _TERMINAL and m.subscription_id and m.created_at:
@@ -575,15 +578,19 @@ def _plan(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) ->
                 m.action = "bulk_replay"
 
 
+_SENT_BY_KIRIM = ("replay", "bulk_replay", "await")  # actions that need Kirim to deliver
+
+
 def _check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
     """Hold the replays to a subscription Kirim does not send to (``disabled`` after its
     auto-disable, kirim-api.md §3): they would only wait in its queue, and every run of
-    reconcile would add more. A subscription that cannot be read is replayed to, with a note.
+    reconcile would add more; and say that its pending deliveries are held, not retried.
+    A subscription that cannot be read is replayed to, with a note.
     """
     subs = {
         m.subscription_id
         for m in report.missing
-        if m.action in ("replay", "bulk_replay") and m.subscription_id is not None
+        if m.action in _SENT_BY_KIRIM and m.subscription_id is not None
     }
     for sub in sorted(subs):
         try:
@@ -600,8 +607,8 @@ def _check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
             m.action = "held"
         report.windows = [w for w in report.windows if w.subscription_id != sub]
         message = (
-            f"subscription {sub} is {status}: Kirim sends nothing to it, so the replays of"
-            f" {len(held)} missing event(s) would only wait in its queue. Once the collector"
+            f"subscription {sub} is {status}: Kirim sends nothing to it, so {len(held)} missing"
+            " event(s) wait in its queue (replays would only join them). Once the collector"
             f" answers, make it active again (PATCH /v1/webhook_subscriptions/{sub} with"
             ' {"status": "active"}, or in Kirim\'s dashboard) and run reconcile again'
         )

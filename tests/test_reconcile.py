@@ -414,10 +414,11 @@ def test_a_429_asking_for_hours_stops_the_replays_at_the_first(tmp_path: Path) -
 
 
 def test_bulk_windows_hold_the_very_rows_chosen_for_replay(tmp_path: Path) -> None:
-    # evt_6 first failed (a terminal status), long before its replay went dead; the dead
-    # replay is the row to bulk-replay, so a window must hold its time, not the first one's.
+    # evt_6 was first delivered (yet is not in the store), long before its replay went dead;
+    # the dead replay is the row to bulk-replay, so a window must hold its time, not the
+    # first one's. (A pending first delivery would make the event wait for Kirim's retry.)
     rows = [delivery(i, i, f"evt_{i}", "dead") for i in range(1, 6)]
-    rows.append(delivery(6, 0.5, "evt_6", "pending"))
+    rows.append(delivery(6, 0.5, "evt_6", "succeeded"))
     rows.append(delivery(7, 9, "evt_6", "dead", replayed_from="wbd_006"))
     history = History(rows)
     report = history.reconcile(tmp_path)
@@ -578,3 +579,28 @@ def test_a_journal_that_flushes_into_another_lake_is_not_taken_for_lost(tmp_path
     report = History(rows).reconcile(tmp_path / "data")
     assert (report.missing, report.lost) == ([], 0)
     assert any("they were not taken for lost" in note for note in report.notes)
+
+
+@pytest.mark.parametrize(("first", "then"), [("dead", "pending"), ("pending", "dead")])
+def test_an_event_with_any_delivery_still_retried_is_awaited(
+    tmp_path: Path, first: str, then: str
+) -> None:
+    # the terminal delivery was chosen and replayed on every run while another one of the
+    # same event was still being retried
+    rows = [delivery(1, 0, "evt_1", first), delivery(2, 60, "evt_1", then, replayed_from="wbd_001")]
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert report.actions == {"await": 1}
+    assert (history.replays, history.bulk) == ([], [])
+
+
+def test_deliveries_held_for_a_disabled_subscription_are_not_said_to_be_retried(
+    tmp_path: Path,
+) -> None:
+    # Kirim keeps them pending while the subscription is disabled: "run reconcile again
+    # after Kirim's retries end" would wait for ever
+    rows = [delivery(n, n, f"evt_{n}", "pending") for n in range(5)]
+    report = History(rows, sub_status="disabled").reconcile(tmp_path)
+    assert report.actions == {"held": 5}
+    assert not any("still retrying" in note for note in report.notes)
+    assert len([e for e in report.errors if f"subscription {OURS} is disabled" in e]) == 1

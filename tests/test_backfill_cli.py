@@ -395,12 +395,21 @@ def test_a_reversed_window_is_refused_alike_by_every_command(
 
 
 def test_a_backfill_stopped_by_an_error_says_the_same_command_resumes(tmp_path: Path) -> None:
-    # A captive portal's page for every request: the error names the URL and asks whether
-    # KIRIM_API_URL is Kirim's API; then a note says that what was fetched is kept.
+    # A first page, then a captive portal's page for every request: the error names the URL
+    # and asks whether KIRIM_API_URL is Kirim's API; then a note says that what was fetched
+    # is kept (only when a page was: not after an error before any).
+    served = 0
+
     async def portal(scope: Any, receive: Any, send: Any) -> None:
-        headers = [(b"content-type", b"text/html")]
+        nonlocal served
+        served += 1
+        if served == 1:
+            body = json.dumps({"data": [], "has_more": True, "next_cursor": "c1"}).encode()
+            headers = [(b"content-type", b"application/json")]
+        else:
+            body, headers = b"<html>log in first</html>", [(b"content-type", b"text/html")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"<html>log in first</html>"})
+        await send({"type": "http.response.body", "body": body})
 
     data = tmp_path / "data"
     with serve(portal) as url:
@@ -413,3 +422,13 @@ def test_a_backfill_stopped_by_an_error_says_the_same_command_resumes(tmp_path: 
     assert f"at {url}: the answer is not JSON (is KIRIM_API_URL Kirim's API?)" in result.output
     assert "the same command resumes the run" in result.output
     assert env["KIRIM_KEY"] not in result.output
+    # an error before any page is stored: no such note
+    damaged = next((data / "_state" / "backfill").glob("*.json"))
+    damaged.write_text("{")
+    again = CliRunner().invoke(
+        app, ["backfill", "--data", str(data), "--since", "1h", "--slices", "1",
+              "--no-progress"], env=env,
+    )  # fmt: skip
+    assert again.exit_code == 1, again.output
+    assert "is damaged" in again.output
+    assert "resumes the run" not in again.output

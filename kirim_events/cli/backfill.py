@@ -171,7 +171,10 @@ def backfill_command(
     )
     task = bar.add_task("backfill", total=100.0, rows=0, rate="0", eta="?")
 
+    stored: list[int] = []  # pages stored by this run (the note after an error needs one)
+
     def update(p: BackfillProgress) -> None:
+        stored[:] = [p.pages]
         bar.update(
             task,
             completed=100.0 * p.fraction,
@@ -202,7 +205,7 @@ def backfill_command(
         )
         raise typer.Exit(interrupt_code(exc)) from None
     except typer.Exit as exc:
-        if exc.exit_code == 1:  # Kirim or the disk failed mid-run (after the error line)
+        if exc.exit_code == 1 and stored:  # Kirim or the disk failed mid-run
             print_note(
                 "the pages fetched so far are stored and checkpointed: the same command resumes"
                 " the run",

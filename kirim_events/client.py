@@ -444,14 +444,19 @@ class KirimClient:
                 log.info("kirim api error (giving up): %s", error)  # the caller reports it
                 raise error
             self.retries += 1
-            delay = self._delay(attempt, error)
-            log.info("kirim api: retrying in %.2fs after %s", delay, error)
-            if self._on_retry is not None:
-                self._on_retry(delay, error)
-            if isinstance(error, RateLimited):
-                self.limiter.block(klass, delay)
-            else:
-                self._sleep(delay)
+            self._wait_to_retry(attempt, error, klass)
+
+    def _wait_to_retry(self, attempt: int, error: ApiError, klass: str | None = None) -> None:
+        """Wait before asking again (a 429 blocks its class of requests for every thread
+        instead), and say so to ``on_retry``."""
+        delay = self._delay(attempt, error)
+        log.info("kirim api: retrying in %.2fs after %s", delay, error)
+        if self._on_retry is not None:
+            self._on_retry(delay, error)
+        if klass is not None and isinstance(error, RateLimited):
+            self.limiter.block(klass, delay)
+        else:
+            self._sleep(delay)
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its whole answer within ``answer_deadline`` seconds
@@ -522,11 +527,12 @@ class KirimClient:
             body = self.request("GET", path, params=params)
             try:
                 return _page(body, f"GET {path} at {self._shown_base}")
-            except InvalidResponse:
+            except InvalidResponse as exc:
                 # a page of the wrong shape is asked again, as one that is not JSON is
                 if attempt == GARBLED_ATTEMPTS:
                     raise
                 self.retries += 1
+                self._wait_to_retry(attempt, RetryableApiError(f"{exc.args[0]} (asking again)"))
         raise AssertionError("unreachable")
 
     def iter_pages(

@@ -856,9 +856,18 @@ def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again()
     client = make_client(once_broken, t)
     assert [d.id for d in client.list_deliveries().deliveries] == ["wbd_1"]
     assert (len(sent), client.retries) == (2, 1)
-    broken = make_client(
-        lambda r: httpx.Response(200, json={"data": [], "has_more": True, "next_cursor": None}), t
+    shape_notes: list[str] = []
+    no_cursor = httpx.MockTransport(
+        lambda r: httpx.Response(200, json={"data": [], "has_more": True, "next_cursor": None})
     )
+    broken = KirimClient("https://api.test", Secret(KEY), sleep=t.sleep, clock=t.clock,
+                         transport=no_cursor,
+                         on_retry=lambda delay, error: shape_notes.append(str(error)))  # fmt: skip
+    before = t.clock()
     with pytest.raises(InvalidResponse, match=r"at https://api\.test: the page says has_more"):
         broken.list_deliveries()
     assert broken.requests_sent == 3
+    # asked again as a garbled answer is: after a backoff, with the retry note
+    assert len(shape_notes) == 2
+    assert all("(asking again)" in note for note in shape_notes)
+    assert t.clock() > before

@@ -366,24 +366,37 @@ def test_the_summary_says_why_attempts_failed_and_counts_one_cut_short_once() ->
     assert rows["the last failure"] == "HTTP 503"
 
 
-@pytest.mark.parametrize("api", [False, True])
+@pytest.mark.parametrize("scheme", ["https", "http"])
 def test_an_unreadable_ssl_cert_file_is_one_error_line_before_anything_starts(
-    tmp_path: Path, api: bool
+    tmp_path: Path, scheme: str
 ) -> None:
-    # It was read when the first delivery went out: a traceback after "sending...", with
-    # the API already serving (and in history mode, once its replays started).
-    port = free_port()
-    args = ["emulate", "--events", "5", "--seed", "1"]
-    args += ["--port", str(port)] if api else ["--no-api", "--send-to", "http://127.0.0.1:1/x"]
-    env = {"KIRIM_WEBHOOK_SECRET": SECRET, "KIRIM_KEY": KEY,
-           "SSL_CERT_FILE": str(tmp_path / "missing.pem")}  # fmt: skip
-    result = runner.invoke(app, args, env=env)
-    assert result.exit_code == 2, result.output
-    assert "SSL_CERT_FILE / SSL_CERT_DIR cannot be read" in result.output
+    # It was read when the first delivery went out: a traceback after "sending...". Now an
+    # https --send-to is refused before anything starts, and an http one is not stopped.
+    args = [
+        "emulate",
+        "--events",
+        "3",
+        "--seed",
+        "1",
+        "--no-api",
+        "--send-to",
+        f"{scheme}://127.0.0.1:1/x",
+        "--time-compression",
+        "1000000",
+        "--timeout",
+        "0.2",
+    ]
+    env = {"KIRIM_WEBHOOK_SECRET": SECRET, "SSL_CERT_FILE": str(tmp_path / "missing.pem")}
+    result = runner.invoke(app, args, env=env)  # fmt: skip
     assert "Traceback" not in result.output
-    assert "sending" not in result.output
     assert SECRET not in result.output
-    assert KEY not in result.output
+    if scheme == "https":
+        assert result.exit_code == 2, result.output
+        assert "SSL_CERT_FILE / SSL_CERT_DIR cannot be read" in result.output
+        assert "sending" not in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert "sending 3 world events" in result.output
 
 
 def test_a_quoted_secret_gets_a_note_before_sending() -> None:
@@ -442,3 +455,31 @@ def test_while_serving_after_sending_a_line_comes_only_with_new_attempts(
     out = " ".join(capsys.readouterr().out.split())
     assert out.count("attempts") == 1
     assert "2 attempts, 1 acknowledged; 1 failed in the last 0.05 s, the last: HTTP 401" in out
+
+
+def test_a_disabled_subscription_is_announced_once_across_both_phases(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kirim_events.cli.emulate import _watch
+    from kirim_events.emulator import Emulator
+    from kirim_events.emulator.store import AttemptRecord
+
+    emu = Emulator(seed=1, secrets="whsec_x")
+    sub = emu.subscribe("http://127.0.0.1:9/hook")
+    sub.status = "disabled"
+    told: set[str] = set()
+
+    async def phase(when_busy: bool) -> None:
+        watch = asyncio.ensure_future(
+            _watch(emu, api=True, every=0.05, when_busy=when_busy, told=told)
+        )
+        await asyncio.sleep(0.02)
+        emu.store.attempts.append(AttemptRecord("wbd_1", 1, sub.id, "evt_1", "contact.updated",
+                                                0.0, 0, "failed", 401, None, None))  # fmt: skip
+        await asyncio.sleep(0.2)
+        watch.cancel()
+
+    asyncio.run(phase(False))  # sending
+    asyncio.run(phase(True))  # serving after it
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count(f"subscription {sub.id} disabled") == 1

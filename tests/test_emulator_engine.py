@@ -689,8 +689,10 @@ def test_a_handler_behind_tls_with_a_local_ca_is_reached(
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert asyncio.run(post(url)) == 200
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    emu = kirim_events.emulator.Emulator(seed=1)  # an http-only run is not stopped by it
+    emu.subscribe("http://127.0.0.1:9/hook")
     with pytest.raises(ConfigError, match="SSL_CERT_FILE"):
-        kirim_events.emulator.Emulator(seed=1)
+        emu.subscribe("https://127.0.0.1:9/hook")
 
 
 def test_the_same_seed_duplicates_and_holds_back_the_same_deliveries() -> None:

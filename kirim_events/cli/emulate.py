@@ -316,19 +316,28 @@ def emulate(
             secrets=s.webhook_secrets or None,
             api_keys=[s.api_key] if s.api_key else [],
         )
+        if send_to:
+            emu.check_url(send_to)  # before anything starts
     asyncio.run(_run(emu, send_to=send_to, events=events, port=None if no_api else port))
     if truth is not None:
         paths = emu.truth.write_parquet(truth)
         console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
 
 
-async def _watch(emu: Emulator, *, api: bool, every: float = 5.0, when_busy: bool = False) -> None:
+async def _watch(
+    emu: Emulator,
+    *,
+    api: bool,
+    every: float = 5.0,
+    when_busy: bool = False,
+    told: set[str] | None = None,
+) -> None:
     """A line every few seconds while sending, so an unreachable or failing receiver shows
     at once (Kirim keeps retrying for about 31 hours, scaled by --time-compression). With
     ``when_busy`` (serving after the sending: replays, held deliveries released), a line
     only after a few seconds with new attempts."""
     seen = len(emu.store.attempts) if when_busy else 0
-    told: set[str] = set()
+    told = set() if told is None else told  # subscriptions said to be disabled, once
     while True:
         await asyncio.sleep(every)
         for sub in emu.store.subscriptions.values():
@@ -377,6 +386,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
 
     server: _Server | None = None
     serving = None
+    told: set[str] = set()  # shared by the progress lines of both phases
     if port is not None:
         try:
             sock = listen_socket("127.0.0.1", port)
@@ -405,7 +415,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
     if send_to:
         emu.subscribe(send_to)
         console.print(f"sending {events} world events to {shown_url(send_to)} ...")
-        watch = asyncio.ensure_future(_watch(emu, api=server is not None))
+        watch = asyncio.ensure_future(_watch(emu, api=server is not None, told=told))
         try:
             report = await emu.send(events)
         finally:
@@ -424,7 +434,7 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         if not stop.is_set():
             done = "sending done; the API keeps serving" if send_to else "the API serves it"
             console.print(f"{done} (replays are delivered). Ctrl+C stops.")
-        watch = asyncio.ensure_future(_watch(emu, api=True, when_busy=True))
+        watch = asyncio.ensure_future(_watch(emu, api=True, when_busy=True, told=told))
         async with emu.webhook_client() as client:
             replays = asyncio.ensure_future(emu.engine.run(None, client=client, forever=True))
             await asyncio.wait({serving, replays}, return_when=asyncio.FIRST_COMPLETED)

@@ -105,9 +105,14 @@ class Emulator:
         self.clock: Clock = clock or time.time
         rng = random.Random(f"{seed}:emulator")
         self.store = Store(rng=random.Random(rng.getrandbits(64)), record_attempts=record_attempts)
-        # read now, not when the first delivery goes out: a bad setting is a ConfigError
-        # before anything starts
-        self._verify = _tls_context(os.environ)
+        # read now, not when the first delivery goes out; an unreadable setting matters only
+        # to https URLs (check_url, subscribe), so an http-only run is not stopped by it
+        self._verify: ssl.SSLContext | bool = True
+        self._tls_error: ConfigError | None = None
+        try:
+            self._verify = _tls_context(os.environ)
+        except ConfigError as exc:
+            self._tls_error = exc
         self.webhook_secrets: tuple[Secret, ...] = as_secrets(secrets) or (
             Secret(webhook_secret(rng)),
         )
@@ -142,7 +147,12 @@ class Emulator:
         secrets: SecretLike | Iterable[SecretLike] | None = None,
         now: float | None = None,
     ) -> Subscription:
-        """Create a subscription signed with ``secrets`` (default :attr:`webhook_secrets`)."""
+        """Create a subscription signed with ``secrets`` (default :attr:`webhook_secrets`).
+
+        Raises ConfigError for an ``https://`` URL while ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+        cannot be read (see :meth:`check_url`).
+        """
+        self.check_url(url)
         chosen = list(as_secrets(secrets)) if secrets is not None else list(self.webhook_secrets)
         sub, _ = self.store.create_subscription(
             url,
@@ -198,6 +208,13 @@ class Emulator:
         async with self.webhook_client(transport) as client:
             return await self.engine.run(self.bundles(n_events), client=client, forever=forever)
 
+    def check_url(self, url: str) -> None:
+        """ConfigError when deliveries to ``url`` could not be made as asked: an ``https://``
+        URL while ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` (read when the emulator was made)
+        cannot be read."""
+        if self._tls_error is not None and url.lower().startswith("https://"):
+            raise self._tls_error
+
     def webhook_client(
         self, transport: httpx.AsyncBaseTransport | None = None
     ) -> httpx.AsyncClient:
@@ -210,7 +227,8 @@ class Emulator:
         It trusts the certificates named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set
         (a handler behind TLS with a local CA, such as mkcert's), as httpx does by
         default; ignoring the proxy settings would otherwise ignore these too. They are
-        read when the emulator is made (ConfigError there when they cannot be).
+        read when the emulator is made; when they cannot be, https URLs are refused
+        (:meth:`check_url`) and httpx's own bundle is used.
         """
         cfg = self.engine_config
         limits = httpx.Limits(

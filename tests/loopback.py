@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -61,3 +62,21 @@ def closed_by_peer(sock: socket.socket, trickle: bytes = b"", within: float = 15
         except (BrokenPipeError, ConnectionResetError):
             return True
     return False
+
+
+def fails_then_hangs(status: int, body: bytes, arrived: Any) -> Any:
+    """An ASGI handler that answers its first request ``status`` and never answers the
+    next ones; ``arrived`` (an ``asyncio.Event``) is set when one of those comes."""
+    calls = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        arrived.set()
+        await asyncio.sleep(3600)
+
+    return app

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from loopback import free_port, serve
+from loopback import fails_then_hangs, free_port, serve
 from typer.testing import CliRunner
 
 import kirim_events
@@ -333,17 +333,7 @@ def test_the_summary_says_why_attempts_failed_and_counts_one_cut_short_once() ->
     from kirim_events.emulator import Emulator, EngineConfig
 
     arrived = asyncio.Event()
-    calls = 0
-
-    async def hung(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the first attempt is refused (a wrong secret); the retry hangs
-            await send({"type": "http.response.start", "status": 503, "headers": []})
-            await send({"type": "http.response.body", "body": b"wrong secret?"})
-            return
-        arrived.set()
-        await asyncio.sleep(3600)
+    hung = fails_then_hangs(503, b"busy", arrived)  # the first attempt fails; the retry hangs
 
     async def main() -> Any:
         emu = Emulator(seed=2, secrets=SECRET, engine=EngineConfig(time_compression=10_000))

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from loopback import serve
+from loopback import fails_then_hangs, serve
 
 import kirim_events
 from kirim_events.emulator import (
@@ -616,17 +616,7 @@ def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
     # (at once on a second stop), and is reported as cut short.
     # The row then shows this attempt, not the answer of the one before it.
     arrived = asyncio.Event()
-    calls = 0
-
-    async def hung(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the first attempt is answered 500; the retry hangs
-            await send({"type": "http.response.start", "status": 500, "headers": []})
-            await send({"type": "http.response.body", "body": b"boom"})
-            return
-        arrived.set()
-        await asyncio.sleep(3600)
+    hung = fails_then_hangs(500, b"boom", arrived)  # the first attempt fails; the retry hangs
 
     async def main() -> Any:
         config = EngineConfig(timeout=30, time_compression=10_000)

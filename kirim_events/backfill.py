@@ -25,8 +25,8 @@ The range is split into ``4 x slices`` time slices walked by ``slices`` threads 
 Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
 asks for ``HISTORY_OVERLAP`` more on both sides and keeps only rows inside its own bounds, so
 the result is right whether Kirim's bounds are inclusive or exclusive, and whatever it rounds
-them to. A cursor Kirim refuses (expired) starts a new chain of pages that skips only what
-was surely read, in whichever time order Kirim pages. Memory stays flat: one
+them to. A cursor Kirim refuses (expired) starts a new chain of pages that skips what was
+read, in the time order the rows read show (``_restart``). Memory stays flat: one
 page per slice is held at a time; the journal is flushed to the lake in bounded batches.
 
 The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
@@ -442,7 +442,7 @@ class _Run:
                 return
             except PermanentApiError as exc:
                 # A cursor Kirim no longer accepts (expired, or its encoding changed between
-                # runs): start a new chain that skips what is surely read (_restart). Rows
+                # runs): start a new chain that skips what was read (_restart). Rows
                 # fetched twice are harmless (dedup index; exact copies of delivery rows).
                 if not _stale_cursor(exc) or s.cursor is None:
                     raise

@@ -212,7 +212,8 @@ class _Scan:
         self.subscription_id = subscription_id
         self.lost = lost
         self.indexed_keys: list[pl.Series] = []  # hashes of keys the index holds
-        self.indexed_ids: list[str] = []  # bare rows' event ids the index holds
+        self.indexed_ids: list[pl.Series] = []  # hashes of bare rows' ids the index holds
+        self._page_ids: list[str] = []  # this page's, hashed when it ends
         self.subscriptions: set[str] = set()
         self.unparseable: list[tuple[Delivery, str]] = []
         self.candidates: dict[str, MissingEvent] = {}
@@ -246,6 +247,9 @@ class _Scan:
                     keys.extend(r.event_key for r in found)
                     continue
             self.bare(d)
+        if self._page_ids:
+            self.indexed_ids.append(_hashes(self._page_ids))
+            self._page_ids = []
         have = self.seen(keys)
         present = [k for k in dict.fromkeys(keys) if k in have]
         lost: set[str] = set()
@@ -290,7 +294,7 @@ class _Scan:
         if not self.seen([d.event_id]):
             self.add(d.event_id, d, d.event_type, None, [])
         elif self.lost is None:
-            self.indexed_ids.append(d.event_id)
+            self._page_ids.append(d.event_id)
         elif int(_hashes([d.event_id])[0]) in self.lost.ids:
             self.add(d.event_id, d, d.event_type, None, [], lost=True)
 
@@ -664,7 +668,7 @@ def _lost_from_lake(
         return None
     waiting = _hashes(sorted(index.inbox_keys()))
     wanted_keys = pl.concat([_hashes([]), *scan.indexed_keys]).unique()
-    wanted_ids = _hashes(scan.indexed_ids).unique()
+    wanted_ids = pl.concat([_hashes([]), *scan.indexed_ids]).unique()
     storage = getattr(lake, "storage", None)
     if storage is not None and storage.local and not os.path.isdir(storage.root):
         held_keys = held_ids = pl.Series([], dtype=pl.UInt64)  # no lake yet: it holds none

@@ -60,6 +60,7 @@ from kirim_events.backfill import (
     parse_when,
 )
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
+from kirim_events.config import shown_url
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
@@ -495,6 +496,7 @@ def reconcile(
         index = JournalView(root)  # a dry run writes nothing, even on a read-only folder
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
+        _check_lake(index, lake, report)
         scan = _walk(client, lo, hi, _Scan(index, subscription_id), report)
         lost = _lost_from_lake(lake, scan, index, report)
         if lost is not None:
@@ -645,6 +647,23 @@ def _walk(
     return scan
 
 
+def _check_lake(index: KeyIndex | None, lake: Any, report: ReconcileReport) -> None:
+    """ConfigError when the journal flushes into another lake than ``lake`` and events would
+    be imported (they would land in the wrong lake); a note on a dry run."""
+    target = None if index is None else index.flush_target()
+    ours = lake_identity(lake)
+    if target is None or ours is None or target == ours:
+        return
+    shown = shown_url(target.split(":", 1)[1])
+    message = (
+        f"the journal flushes into the lake at {shown}, not the one reconciled: pass that one"
+        " (--lake), or what reconcile imports would land in another lake"
+    )
+    if not report.dry_run:
+        raise ConfigError(message)
+    report.notes.append(message)
+
+
 def _lost_from_lake(
     lake: Any, scan: _Scan, index: KeyIndex | None, report: ReconcileReport
 ) -> _Lost | None:
@@ -661,11 +680,7 @@ def _lost_from_lake(
         return None
     target, ours = index.flush_target(), lake_identity(lake)
     if target is not None and ours is not None and target != ours:
-        report.notes.append(
-            "the journal flushes into another lake than the one reconciled (pass it with"
-            " --lake): events stored and lost since were not looked for"
-        )
-        return None
+        return None  # said by _check_lake
     waiting = _hashes(sorted(index.inbox_keys()))
     wanted_keys = pl.concat([_hashes([]), *scan.indexed_keys]).unique()
     wanted_ids = pl.concat([_hashes([]), *scan.indexed_ids]).unique()

@@ -432,3 +432,17 @@ def test_a_backfill_stopped_by_an_error_says_the_same_command_resumes(tmp_path: 
     assert again.exit_code == 1, again.output
     assert "is damaged" in again.output
     assert "resumes the run" not in again.output
+
+
+def test_reconcile_reads_the_lake_named_by_lake(world: World, env: dict[str, str]) -> None:
+    # the journal flushes into the lake given to compact --lake; reconcile takes it too
+    since, until = window(world)
+    args = ["reconcile", "--data", str(world.home), "--since", since, "--until", until,
+            "--dry-run"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--lake", str(world.home)], env=env)
+    assert result.exit_code == 0, result.output
+    n = len(world.emu.unacknowledged_event_keys())
+    assert f"{n} events missing from the lake" in result.output
+    elsewhere = CliRunner().invoke(app, [*args, "--lake", str(world.home / "nowhere")], env=env)
+    assert elsewhere.exit_code == 2, elsewhere.output
+    assert "no lake at" in elsewhere.output

@@ -281,6 +281,8 @@ def reconcile_command(
         require_folder(s.data_dir)
         if not dry_run:
             refuse_demo_folder(s.data_dir)
+        if lake_uri is not None:
+            require_folder(s.data_dir, lake_uri)  # a typo would read an empty lake
         lake = None if lake_uri is None else Lake(lake_uri)
         report = reconcile(
             s.data_dir, client=client, since=since, until=until, dry_run=dry_run,

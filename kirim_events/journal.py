@@ -389,7 +389,8 @@ class Journal(KeyIndex):
         await asyncio.wrap_future(self._submit(work))
 
     def _record_target(self, lake: object) -> None:
-        """Note which lake this journal flushes into (reconcile checks that lake)."""
+        """Note which lake this journal flushes into, when a flush moves rows there
+        (reconcile checks that lake; a flush that finds nothing to move says nothing)."""
         target = lake_identity(lake)
         if target is None or target == self._target:
             return
@@ -456,7 +457,6 @@ class Journal(KeyIndex):
         started = time.perf_counter()
         n_events = n_receipts = 0
         with self._flush_lock, self._flush_file_lock():
-            self._record_target(lake)
             with self._reader() as conn:
                 top_inbox = conn.execute("SELECT max(seq) FROM inbox").fetchone()[0] or 0
                 top_receipts = conn.execute("SELECT max(seq) FROM receipts").fetchone()[0] or 0
@@ -470,6 +470,7 @@ class Journal(KeyIndex):
                 )
             ) is not None:
                 last, events = batch
+                self._record_target(lake)  # before the rows leave: reconcile reads it
                 lake.write_events(conform(events, EVENT_SCHEMA))
                 self._submit(forget("inbox", last), recounts_backlog=True).result()
                 n_events += events.num_rows
@@ -477,6 +478,7 @@ class Journal(KeyIndex):
                 _SELECT_RECEIPTS, _RECEIPTS_JSON, (top_receipts, batch_size)
             ):
                 last, receipts = batch
+                self._record_target(lake)
                 lake.write_deliveries(conform(receipts, DELIVERY_SCHEMA))
                 self._submit(forget("receipts", last)).result()
                 n_receipts += receipts.num_rows

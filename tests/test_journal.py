@@ -602,3 +602,23 @@ def test_the_view_raises_a_real_error_at_once_and_still_creates_nothing(tmp_path
         JournalView(tmp_path).seen(["evt_1"])
     assert time.monotonic() - started < 0.3
     assert sorted(p.name for p in folder.iterdir()) == ["journal.sqlite3"]
+
+
+def test_the_journal_records_the_lake_its_rows_were_flushed_into(tmp_path: Path) -> None:
+    # reconcile reads it: a journal flushed into another lake must not be taken for a loss
+    from kirim_events.journal_index import JournalView, lake_identity
+
+    home, other = Lake(tmp_path / "data"), Lake(tmp_path / "other")
+    body = testing.encode(testing.kirim_event(event_id="evt_1"))
+    with Journal(tmp_path / "data") as journal:
+        assert journal.flush_target() is None
+        journal.flush(other)  # nothing to move: says nothing
+        assert journal.flush_target() is None
+        journal.append(parse_delivery(body))
+        journal.flush(other)
+        assert journal.flush_target() == lake_identity(other)
+        journal.flush(home)  # nothing left to move
+        assert journal.flush_target() == lake_identity(other)
+    assert JournalView(tmp_path / "data").flush_target() == lake_identity(other)
+    assert lake_identity(home) != lake_identity(other)
+    assert lake_identity(object()) is None

@@ -83,6 +83,9 @@ range: Kirim does not say whether ``created_after`` / ``created_before`` are inc
 to what precision it compares them (its times show milliseconds; a server comparing whole
 seconds, both ends exclusive, lost every row of the second at each slice's edge with 1 ms).
 A row fetched twice is harmless (dedup index; exact copies of delivery rows)."""
+ORDER_SLACK = HISTORY_OVERLAP / 2
+"""How far a row may be out of time order and still count as in order (clock skew between
+Kirim's servers): half the margin a restarted chain reads back (``_restart``)."""
 _RESTARTS_WITHOUT_PROGRESS = 3  # stale-cursor restarts of a slice in a row, no page between
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
 _RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
@@ -223,9 +226,9 @@ class _Slice:
     restarts: int = 0  # cursor chains restarted after Kirim refused a stale cursor
     # The order Kirim pages in, as seen (kirim-api.md §7.3 only assumes newest first): the
     # lowest and highest created_at of the current chain's rows, and whether a row was ever
-    # more than HISTORY_OVERLAP older than the chain's highest (went_back) or newer than its
-    # lowest (went_forward) before it. Clock skew below that margin does not count: the
-    # restart's own margin covers it.
+    # more than ORDER_SLACK older than the chain's highest (went_back) or newer than its
+    # lowest (went_forward) before it. Clock skew below that does not count: a restart
+    # reads HISTORY_OVERLAP, twice as much, back past what was stored.
     low: str | None = None
     high: str | None = None
     went_back: bool = False
@@ -289,6 +292,8 @@ class _Checkpoint:
                 "kirim-events?); delete it to start the run afresh (what is stored stays)"
             )
         try:
+            for s in raw["slices"]:
+                s.pop("last", None)  # written by a version between a12fcf2 and aa784de
             raw["slices"] = [_Slice(**s) for s in raw["slices"]]
             cp = cls(**raw)
         except (TypeError, KeyError, AttributeError):
@@ -548,8 +553,8 @@ def _note_order(s: _Slice, times: list[datetime]) -> None:
     high = parse_time(s.high) if s.high else None
     for t in times:
         if low is not None and high is not None:
-            s.went_back = s.went_back or t < high - HISTORY_OVERLAP
-            s.went_forward = s.went_forward or t > low + HISTORY_OVERLAP
+            s.went_back = s.went_back or t < high - ORDER_SLACK
+            s.went_forward = s.went_forward or t > low + ORDER_SLACK
         low = t if low is None else min(low, t)
         high = t if high is None else max(high, t)
     s.low = None if low is None else format_time(low)
@@ -572,15 +577,15 @@ def _restart(s: _Slice) -> bool:
     """Start a new chain of pages for ``s`` after Kirim refused its cursor; True when the new
     chain asks for less than the last one did (progress).
 
-    Newest first (no row was more than ``HISTORY_OVERLAP`` newer than the lowest before it),
-    the rows to come are at most that much newer than the oldest stored: the chain starts
-    twice the margin above it. Oldest first, likewise below the newest stored. While the
-    order is unknown (too few rows, or rows that go both ways), the whole slice is read
-    again, which is no progress.
+    Newest first (no row was more than ``ORDER_SLACK`` newer than the lowest before it), the
+    rows to come are at most that much newer than the oldest stored: the chain starts
+    ``HISTORY_OVERLAP`` (twice that) above it, which also covers a Kirim that compares whole
+    seconds. Oldest first, likewise below the newest stored. While the order is unknown (too
+    few rows, or rows that go both ways), the whole slice is read again, which is no progress.
     """
     lo, hi = _window(s)
     direction = s.direction()
-    margin = 2 * HISTORY_OVERLAP
+    margin = HISTORY_OVERLAP
     if direction == "newest first" and s.oldest is not None:
         oldest = parse_time(s.oldest)
         assert oldest is not None

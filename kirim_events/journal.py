@@ -173,7 +173,6 @@ class Journal(KeyIndex):
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         self._flush_lock = threading.Lock()
-        self._target: str | None = None  # the lake recorded as the one flushed into
         self._lock = threading.Lock()  # one user of the write connection at a time
         self._closed = False
         self.commits = 0
@@ -389,17 +388,17 @@ class Journal(KeyIndex):
         await asyncio.wrap_future(self._submit(work))
 
     def _record_target(self, lake: object) -> None:
-        """Note which lake this journal flushes into, when a flush moves rows there
-        (reconcile checks that lake; a flush that finds nothing to move says nothing)."""
-        target = lake_identity(lake)
-        if target is None or target == self._target:
+        """Note which lake this journal flushes into, once per flush that moves rows there
+        (reconcile checks that lake; a flush that finds nothing to move says nothing). Written
+        each time, not only on a change: another process may have written another one."""
+        target = lake_identity(lake, self.data_dir)
+        if target is None:
             return
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('lake', ?)", (target,))
 
         self._submit(work).result()
-        self._target = target
 
     def forget_keys(self, event_keys: Iterable[str]) -> None:
         """Remove ``event_keys`` from the dedup index, so that they are stored again when
@@ -470,7 +469,8 @@ class Journal(KeyIndex):
                 )
             ) is not None:
                 last, events = batch
-                self._record_target(lake)  # before the rows leave: reconcile reads it
+                if not n_events:
+                    self._record_target(lake)  # before the rows leave: reconcile reads it
                 lake.write_events(conform(events, EVENT_SCHEMA))
                 self._submit(forget("inbox", last), recounts_backlog=True).result()
                 n_events += events.num_rows
@@ -478,7 +478,8 @@ class Journal(KeyIndex):
                 _SELECT_RECEIPTS, _RECEIPTS_JSON, (top_receipts, batch_size)
             ):
                 last, receipts = batch
-                self._record_target(lake)
+                if not n_events and not n_receipts:
+                    self._record_target(lake)
                 lake.write_deliveries(conform(receipts, DELIVERY_SCHEMA))
                 self._submit(forget("receipts", last)).result()
                 n_receipts += receipts.num_rows

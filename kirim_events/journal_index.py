@@ -28,15 +28,19 @@ def journal_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / "_journal" / "journal.sqlite3"
 
 
-def lake_identity(lake: object) -> str | None:
-    """Which lake ``lake`` is, as the journal records where it flushes (a local folder by its
-    real path, an S3 lake by its location); None for a sink that is no Lake."""
+def lake_identity(lake: object, data_dir: str | Path) -> str | None:
+    """Which lake ``lake`` is, as the journal of ``data_dir`` records where it flushes: the
+    data folder itself (so the record holds when the folder is moved, copied or mounted
+    elsewhere), another local folder by its real path, an S3 lake by its bucket and prefix;
+    None for a sink that is no Lake."""
     storage = getattr(lake, "storage", None)
     if storage is None:
         return None
+    root = str(storage.root)
     if storage.local:
-        return "file:" + os.path.realpath(str(storage.root))
-    return f"uri:{storage.uri!s}"
+        path = os.path.realpath(root)
+        return "data folder" if path == os.path.realpath(data_dir) else f"file:{path}"
+    return "s3:" + "/".join(part for part in root.split("/") if part)
 
 
 class KeyIndex:

@@ -60,12 +60,12 @@ from kirim_events.backfill import (
     parse_when,
 )
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
-from kirim_events.config import shown_url
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
 from kirim_events.events import EventRecord
 from kirim_events.journal import Journal
 from kirim_events.journal_index import JournalView, KeyIndex, journal_path, lake_identity
 from kirim_events.journal_quarantine import quarantined_event_ids
+from kirim_events.printable import printable
 
 __all__ = [
     "ACTIONS",
@@ -496,9 +496,9 @@ def reconcile(
         index = JournalView(root)  # a dry run writes nothing, even on a read-only folder
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
-        _check_lake(index, lake, report)
+        _check_lake(index, lake, root, report)
         scan = _walk(client, lo, hi, _Scan(index, subscription_id), report)
-        lost = _lost_from_lake(lake, scan, index, report)
+        lost = _lost_from_lake(lake, root, scan, index, report)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
             again = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
@@ -604,7 +604,10 @@ def _check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
         except RateLimitTooLong:
             raise
         except ApiError as exc:
-            report.notes.append(f"cannot read subscription {sub} ({exc}); replaying to it anyway")
+            report.notes.append(
+                f"cannot read subscription {sub} ({exc}): taken to be active (its missing events"
+                " are replayed or awaited as the plan says)"
+            )
             continue
         if status is None or status == "active":
             continue
@@ -613,8 +616,9 @@ def _check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
             m.action = "held"
         report.windows = [w for w in report.windows if w.subscription_id != sub]
         message = (
-            f"subscription {sub} is {status}: Kirim sends nothing to it, so {len(held)} missing"
-            " event(s) wait in its queue (replays would only join them). Once the collector"
+            f"subscription {sub} is {status}: Kirim sends nothing to it, so its {len(held)}"
+            " missing event(s) cannot come now (replays would only wait in its queue). Once the"
+            " collector"
             f" answers, make it active again (PATCH /v1/webhook_subscriptions/{sub} with"
             ' {"status": "active"}, or in Kirim\'s dashboard) and run reconcile again'
         )
@@ -647,17 +651,18 @@ def _walk(
     return scan
 
 
-def _check_lake(index: KeyIndex | None, lake: Any, report: ReconcileReport) -> None:
+def _check_lake(index: KeyIndex | None, lake: Any, root: Path, report: ReconcileReport) -> None:
     """ConfigError when the journal flushes into another lake than ``lake`` and events would
     be imported (they would land in the wrong lake); a note on a dry run."""
     target = None if index is None else index.flush_target()
-    ours = lake_identity(lake)
+    ours = lake_identity(lake, root)
     if target is None or ours is None or target == ours:
         return
-    shown = shown_url(target.split(":", 1)[1])
+    kind, _, where = target.partition(":")
+    shown = {"file": where, "s3": f"s3://{where}"}.get(kind, "the data folder")
     message = (
-        f"the journal flushes into the lake at {shown}, not the one reconciled: pass that one"
-        " (--lake), or what reconcile imports would land in another lake"
+        f"the journal flushes into the lake at {printable(shown)}, not the one reconciled:"
+        " pass that one (--lake), or what reconcile imports would land in another lake"
     )
     if not report.dry_run:
         raise ConfigError(message)
@@ -665,7 +670,7 @@ def _check_lake(index: KeyIndex | None, lake: Any, report: ReconcileReport) -> N
 
 
 def _lost_from_lake(
-    lake: Any, scan: _Scan, index: KeyIndex | None, report: ReconcileReport
+    lake: Any, root: Path, scan: _Scan, index: KeyIndex | None, report: ReconcileReport
 ) -> _Lost | None:
     """The hashes of the keys and ids that the dedup index holds and neither the journal's
     inbox nor the lake does (files deleted or lost after the events were stored), or None
@@ -678,7 +683,7 @@ def _lost_from_lake(
     """
     if index is None or (not scan.indexed_keys and not scan.indexed_ids):
         return None
-    target, ours = index.flush_target(), lake_identity(lake)
+    target, ours = index.flush_target(), lake_identity(lake, root)
     if target is not None and ours is not None and target != ours:
         return None  # said by _check_lake
     waiting = _hashes(sorted(index.inbox_keys()))

@@ -861,3 +861,41 @@ def test_cursors_refused_while_nothing_of_the_slice_is_read_end_the_run(tmp_path
     with pytest.raises(PermanentApiError, match="cursor"):
         quirky.backfill(tmp_path, slices=1, page_size=3)
     assert quirky.with_cursor <= 10
+
+
+def test_a_checkpoint_with_the_field_an_earlier_version_wrote_resumes(tmp_path: Path) -> None:
+    # slices written between a12fcf2 and aa784de carry "last": it was called damaged
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(50)]
+    quirky = QuirkyHistory(rows)
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(quirky.handler))
+
+    def stop_after_two_pages(p: BackfillProgress) -> None:
+        if p.pages == 2:
+            client.interrupt()
+
+    with pytest.raises(Interrupted):
+        backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
+                 until="2026-05-01T11:00:00Z", slices=1, page_size=10,
+                 progress=stop_after_two_pages)  # fmt: skip
+    (path,) = (tmp_path / "_state" / "backfill").glob("*.json")
+    raw = json.loads(path.read_text())
+    for piece in raw["slices"]:
+        piece["last"] = "2026-05-01T10:01:00Z"
+    path.write_text(json.dumps(raw))
+    report = quirky.backfill(tmp_path, slices=1, page_size=10)
+    assert report.resumed
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
+
+
+def test_a_dense_history_with_cursors_refused_now_and_then_finishes(tmp_path: Path) -> None:
+    # 20 rows a second, 20 a page, every third cursor refused: a chain covers 3 s before its
+    # refusal, which a restart 4 s back could never get past (the run stopped with the error)
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(milliseconds=i * 50)))
+            for i in range(1_000)]  # fmt: skip
+    quirky = QuirkyHistory(rows, refuse_every=3)
+    quirky.backfill(tmp_path, slices=1, page_size=20)
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)

@@ -608,17 +608,42 @@ def test_the_journal_records_the_lake_its_rows_were_flushed_into(tmp_path: Path)
     # reconcile reads it: a journal flushed into another lake must not be taken for a loss
     from kirim_events.journal_index import JournalView, lake_identity
 
-    home, other = Lake(tmp_path / "data"), Lake(tmp_path / "other")
+    data = tmp_path / "data"
+    home, other = Lake(data), Lake(tmp_path / "other")
     body = testing.encode(testing.kirim_event(event_id="evt_1"))
-    with Journal(tmp_path / "data") as journal:
+    with Journal(data) as journal:
         assert journal.flush_target() is None
         journal.flush(other)  # nothing to move: says nothing
         assert journal.flush_target() is None
         journal.append(parse_delivery(body))
         journal.flush(other)
-        assert journal.flush_target() == lake_identity(other)
+        assert journal.flush_target() == lake_identity(other, data)
         journal.flush(home)  # nothing left to move
-        assert journal.flush_target() == lake_identity(other)
-    assert JournalView(tmp_path / "data").flush_target() == lake_identity(other)
-    assert lake_identity(home) != lake_identity(other)
-    assert lake_identity(object()) is None
+        assert journal.flush_target() == lake_identity(other, data)
+        # another process wrote another lake meanwhile: the next flush with rows says ours
+        with sqlite3.connect(data / "_journal" / "journal.sqlite3") as conn:
+            conn.execute("UPDATE meta SET value = 'file:/elsewhere' WHERE key = 'lake'")
+        journal.append(parse_delivery(testing.encode(testing.kirim_event(event_id="evt_2"))))
+        journal.flush(other)
+        assert journal.flush_target() == lake_identity(other, data)
+        journal.append(parse_delivery(testing.encode(testing.kirim_event(event_id="evt_3"))))
+        journal.flush(home)
+    assert JournalView(data).flush_target() == "data folder"
+    # the data folder is the data folder wherever it is (moved, copied, mounted elsewhere)
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert lake_identity(Lake(moved), moved) == "data folder"
+    assert lake_identity(Lake(tmp_path / "other"), moved).startswith("file:")
+    assert lake_identity(object(), moved) is None
+
+
+def test_an_s3_lake_is_one_identity_however_its_location_is_written() -> None:
+    from types import SimpleNamespace
+
+    from kirim_events.journal_index import lake_identity
+    from kirim_events.lake.storage import open_storage
+
+    env = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    names = {lake_identity(SimpleNamespace(storage=open_storage(uri, env=env)), "/data")
+             for uri in ("s3://acme/lake", "s3://acme/lake/", "s3://acme//lake")}  # fmt: skip
+    assert names == {"s3:acme/lake"}

@@ -784,9 +784,8 @@ def test_rows_shown_without_a_readable_time_are_kept_whichever_slice_is_sent_the
     assert report.rows_without_time == 60
 
 
-def test_a_run_asked_to_stop_stops_without_flushing(tmp_path: Path) -> None:
-    """interrupt() means stop now: the pages stay in the journal (and the checkpoint says
-    where to resume); a flush could take long."""
+def _stopped_after_two_pages(root: Path) -> tuple[QuirkyHistory, list[dict[str, Any]]]:
+    """A backfill of 50 rows (10 a page) into ``root`` asked to stop after two pages."""
     start = datetime(2026, 5, 1, 10, tzinfo=UTC)
     rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(50)]
     quirky = QuirkyHistory(rows)
@@ -797,9 +796,16 @@ def test_a_run_asked_to_stop_stops_without_flushing(tmp_path: Path) -> None:
             client.interrupt()
 
     with pytest.raises(Interrupted):
-        backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
+        backfill(root, client=client, since="2026-05-01T10:00:00Z",
                  until="2026-05-01T11:00:00Z", slices=1, page_size=10,
                  progress=stop_after_two_pages)  # fmt: skip
+    return quirky, rows
+
+
+def test_a_run_asked_to_stop_stops_without_flushing(tmp_path: Path) -> None:
+    """interrupt() means stop now: the pages stay in the journal (and the checkpoint says
+    where to resume); a flush could take long."""
+    _stopped_after_two_pages(tmp_path)
     assert not list((tmp_path / "events").rglob("*.parquet"))
     with Journal(tmp_path) as j:
         assert j.backlog == 20
@@ -865,19 +871,7 @@ def test_cursors_refused_while_nothing_of_the_slice_is_read_end_the_run(tmp_path
 
 def test_a_checkpoint_with_the_field_an_earlier_version_wrote_resumes(tmp_path: Path) -> None:
     # slices written between a12fcf2 and aa784de carry "last": it was called damaged
-    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
-    rows = [history_row(i, format_time(start + timedelta(seconds=i * 3))) for i in range(50)]
-    quirky = QuirkyHistory(rows)
-    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(quirky.handler))
-
-    def stop_after_two_pages(p: BackfillProgress) -> None:
-        if p.pages == 2:
-            client.interrupt()
-
-    with pytest.raises(Interrupted):
-        backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
-                 until="2026-05-01T11:00:00Z", slices=1, page_size=10,
-                 progress=stop_after_two_pages)  # fmt: skip
+    quirky, rows = _stopped_after_two_pages(tmp_path)
     (path,) = (tmp_path / "_state" / "backfill").glob("*.json")
     raw = json.loads(path.read_text())
     for piece in raw["slices"]:

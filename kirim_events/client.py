@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("kirim_events.client")
+_T = TypeVar("_T")
 
 MAX_PAGE_SIZE = 100
 MAX_RETRY_AFTER = 3600
@@ -371,6 +372,32 @@ class KirimClient:
     ) -> dict[str, Any]:
         """Send one API request with pacing and retries; return the decoded JSON object.
 
+        See :meth:`_ask`, which this is with no parsing beyond the JSON object.
+        """
+        return self._ask(
+            method,
+            path,
+            _as_is,
+            params=params,
+            json_body=json_body,
+            idempotency_key=idempotency_key,
+        )
+
+    def _ask(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[dict[str, Any], str], _T],
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> _T:
+        """Send one API request with pacing and retries; return ``parse(body, where)`` of
+        the decoded JSON object (``where`` names the request for messages). An answer that
+        ``parse`` refuses (InvalidResponse: a page of the wrong shape) is asked again as one
+        that is not JSON is, within the same few tries.
+
         Raises
         ------
         RetryableApiError
@@ -417,8 +444,9 @@ class KirimClient:
                     where = f"{path} at {self._shown_base}"
                     error = _error_from(response, method, where, self._clock())
                 else:
+                    where = f"{path} at {self._shown_base}"
                     try:
-                        return _decode(response, method, f"{path} at {self._shown_base}")
+                        return parse(_decode(response, method, where), f"{method} {where}")
                     except InvalidResponse as exc:
                         # a 2xx cut short or replaced by a proxy's page: a read may be asked
                         # again, a few times; a write may have been done, so it is not
@@ -444,19 +472,14 @@ class KirimClient:
                 log.info("kirim api error (giving up): %s", error)  # the caller reports it
                 raise error
             self.retries += 1
-            self._wait_to_retry(attempt, error, klass)
-
-    def _wait_to_retry(self, attempt: int, error: ApiError, klass: str | None = None) -> None:
-        """Wait before asking again (a 429 blocks its class of requests for every thread
-        instead), and say so to ``on_retry``."""
-        delay = self._delay(attempt, error)
-        log.info("kirim api: retrying in %.2fs after %s", delay, error)
-        if self._on_retry is not None:
-            self._on_retry(delay, error)
-        if klass is not None and isinstance(error, RateLimited):
-            self.limiter.block(klass, delay)
-        else:
-            self._sleep(delay)
+            delay = self._delay(attempt, error)
+            log.info("kirim api: retrying in %.2fs after %s", delay, error)
+            if self._on_retry is not None:
+                self._on_retry(delay, error)
+            if isinstance(error, RateLimited):
+                self.limiter.block(klass, delay)
+            else:
+                self._sleep(delay)
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its whole answer within ``answer_deadline`` seconds
@@ -522,18 +545,7 @@ class KirimClient:
         params["limit"] = str(limit)
         if cursor is not None:
             params["cursor"] = cursor
-        path = "/v1/webhook_deliveries"
-        for attempt in range(1, GARBLED_ATTEMPTS + 1):
-            body = self.request("GET", path, params=params)
-            try:
-                return _page(body, f"GET {path} at {self._shown_base}")
-            except InvalidResponse as exc:
-                # a page of the wrong shape is asked again, as one that is not JSON is
-                if attempt == GARBLED_ATTEMPTS:
-                    raise
-                self.retries += 1
-                self._wait_to_retry(attempt, RetryableApiError(f"{exc.args[0]} (asking again)"))
-        raise AssertionError("unreachable")
+        return self._ask("GET", "/v1/webhook_deliveries", _page, params=params)
 
     def iter_pages(
         self,
@@ -669,6 +681,10 @@ def _decode(response: httpx.Response, method: str, where: str) -> dict[str, Any]
             status_code=response.status_code,
             request_id=response.headers.get("X-Request-Id"),
         )
+    return body
+
+
+def _as_is(body: dict[str, Any], where: str) -> dict[str, Any]:
     return body
 
 

@@ -171,10 +171,11 @@ def backfill_command(
     )
     task = bar.add_task("backfill", total=100.0, rows=0, rate="0", eta="?")
 
-    stored: list[int] = []  # pages stored by this run (the note after an error needs one)
+    stored = False  # a page stored by this run (the note after an error needs one)
 
     def update(p: BackfillProgress) -> None:
-        stored[:] = [p.pages]
+        nonlocal stored
+        stored = True
         bar.update(
             task,
             completed=100.0 * p.fraction,

@@ -496,9 +496,9 @@ def reconcile(
         index = JournalView(root)  # a dry run writes nothing, even on a read-only folder
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
-        _check_lake(index, lake, root, report)
+        ours = _check_lake(index, lake, root, report)
         scan = _walk(client, lo, hi, _Scan(index, subscription_id), report)
-        lost = _lost_from_lake(lake, root, scan, index, report)
+        lost = None if ours is False else _lost_from_lake(lake, scan, index, report, ours)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
             again = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
@@ -651,13 +651,18 @@ def _walk(
     return scan
 
 
-def _check_lake(index: KeyIndex | None, lake: Any, root: Path, report: ReconcileReport) -> None:
-    """ConfigError when the journal flushes into another lake than ``lake`` and events would
-    be imported (they would land in the wrong lake); a note on a dry run."""
+def _check_lake(
+    index: KeyIndex | None, lake: Any, root: Path, report: ReconcileReport
+) -> bool | None:
+    """Whether the journal flushes into ``lake``: True, False, or None when unknown (no
+    record, or no Lake). False is a ConfigError unless on a dry run (a note then): events
+    imported would land in the wrong lake."""
     target = None if index is None else index.flush_target()
     ours = lake_identity(lake, root)
-    if target is None or ours is None or target == ours:
-        return
+    if target is None or ours is None:
+        return None
+    if target == ours:
+        return True
     kind, _, where = target.partition(":")
     shown = {"file": where, "s3": f"s3://{where}"}.get(kind, "the data folder")
     message = (
@@ -667,25 +672,24 @@ def _check_lake(index: KeyIndex | None, lake: Any, root: Path, report: Reconcile
     if not report.dry_run:
         raise ConfigError(message)
     report.notes.append(message)
+    return False
 
 
 def _lost_from_lake(
-    lake: Any, root: Path, scan: _Scan, index: KeyIndex | None, report: ReconcileReport
+    lake: Any, scan: _Scan, index: KeyIndex | None, report: ReconcileReport, ours: bool | None
 ) -> _Lost | None:
     """The hashes of the keys and ids that the dedup index holds and neither the journal's
     inbox nor the lake does (files deleted or lost after the events were stored), or None
-    when there are none, or when the lake is not the one the journal flushes into (a note
-    says so).
+    when there are none (or, for a journal that never recorded its lake, when most of the
+    range is missing: a lake mix-up more likely than a loss; a note says so).
 
     The inbox is read before the lake: a flush moves an event from the one to the other
     only after the lake holds it, so an event is found in one of the two whenever the flush
-    runs. Only the lake rows whose hash the walk kept are collected.
+    runs. Only the lake rows whose hash the walk kept are collected. ``ours`` says whether
+    the journal flushes into ``lake`` (:func:`_check_lake`; None: unknown).
     """
     if index is None or (not scan.indexed_keys and not scan.indexed_ids):
         return None
-    target, ours = index.flush_target(), lake_identity(lake, root)
-    if target is not None and ours is not None and target != ours:
-        return None  # said by _check_lake
     waiting = _hashes(sorted(index.inbox_keys()))
     wanted_keys = pl.concat([_hashes([]), *scan.indexed_keys]).unique()
     wanted_ids = pl.concat([_hashes([]), *scan.indexed_ids]).unique()
@@ -710,7 +714,7 @@ def _lost_from_lake(
     lost_keys = wanted_keys.filter(~wanted_keys.is_in(pl.concat([held_keys, waiting]).implode()))
     lost_ids = wanted_ids.filter(~wanted_ids.is_in(pl.concat([held_ids, waiting]).implode()))
     n_lost, n_wanted = len(lost_keys) + len(lost_ids), len(wanted_keys) + len(wanted_ids)
-    if target is None and n_lost > 100 and 2 * n_lost > n_wanted:
+    if ours is None and n_lost > 100 and 2 * n_lost > n_wanted:
         # a journal that never said where it flushes (older ones) may flush elsewhere
         report.notes.append(
             f"the lake lacks {n_lost} of the {n_wanted} events the journal's dedup index"

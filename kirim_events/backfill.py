@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from kirim_events.errors import (
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
-from kirim_events.timearg import read_time
+from kirim_events.timearg import is_span, parse_when
 
 __all__ = [
     "HISTORY_OVERLAP",
@@ -88,22 +88,6 @@ ORDER_SLACK = HISTORY_OVERLAP / 2
 Kirim's servers): half the margin a restarted chain reads back (``_restart``)."""
 _RESTARTS_WITHOUT_PROGRESS = 3  # stale-cursor restarts of a slice in a row, no page between
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
-_RELATIVE = re.compile(r"^(\d{1,9})\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_when(value: str | datetime | date, *, now: datetime, name: str = "time") -> datetime:
-    """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
-
-    Raises ConfigError with the option's ``name`` for anything else, or a time before 1970.
-    """
-    when = _when(value, now, name)
-    if when < _EPOCH:
-        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
-    return when
 
 
 def check_order(since: datetime, until: datetime) -> None:
@@ -114,30 +98,6 @@ def check_order(since: datetime, until: datetime) -> None:
         )
 
 
-def _when(value: str | datetime | date, now: datetime, name: str) -> datetime:
-    if not isinstance(value, str):
-        when = read_time(value)
-        if when is None:
-            raise ConfigError(f"{name} {value!r} is out of range")
-        return when
-    text = value.strip().lower()
-    if text == "now":
-        return now
-    m = _RELATIVE.match(text)
-    if m:
-        try:
-            return now - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-        except OverflowError:
-            raise ConfigError(f"{name} {value!r} is before 1970") from None
-    parsed = read_time(value)
-    if parsed is None:
-        raise ConfigError(
-            f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
-            "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
-        )
-    return parsed
-
-
 def _asked(value: str | datetime | None, resolved: datetime | None) -> str:
     """How a run key names a bound: a span ago (``7d``) or ``now`` by its text, so that a
     killed run resumes when started again with the same arguments; a time by its value."""
@@ -145,7 +105,7 @@ def _asked(value: str | datetime | None, resolved: datetime | None) -> str:
         return "now"
     if isinstance(value, str):
         text = value.strip().lower()
-        if text == "now" or _RELATIVE.match(text):
+        if text == "now" or is_span(text):
             return "ago:" + re.sub(r"\s+", "", text)
     assert resolved is not None
     return format_time(resolved)

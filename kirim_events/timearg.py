@@ -9,25 +9,32 @@ is a mistake to report, not 1970-08-23.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
+from kirim_events.errors import ConfigError
 from kirim_events.events import parse_time
 
-__all__ = ["TimeLike", "read_time"]
+__all__ = ["TimeLike", "is_span", "parse_when", "read_time"]
 
 TimeLike = datetime | date | str
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
+_SPAN = re.compile(r"^(\d{1,9})\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def read_time(value: TimeLike, *, end_of_day: bool = False) -> datetime | None:
+def read_time(
+    value: TimeLike, *, end_of_day: bool = False, now: datetime | None = None
+) -> datetime | None:
     """``value`` as an aware UTC datetime, or None when it names no time.
 
     Accepts an aware datetime, a naive one (taken as UTC), a date (its midnight, or its
     last microsecond with ``end_of_day``), and ISO 8601 text: a date, or a date and time
-    with or without seconds, a fraction and an offset (no offset means UTC).
+    with or without seconds, a fraction and an offset (no offset means UTC). Given ``now``,
+    also ``now`` and a span before it: ``30m``, ``12h``, ``7d``, ``2w``.
 
     >>> read_time("2026-05-01T09:00+07:00").isoformat()
     '2026-05-01T02:00:00+00:00'
@@ -48,6 +55,15 @@ def read_time(value: TimeLike, *, end_of_day: bool = False) -> datetime | None:
     text = value.strip()
     if not text or _NUMBER.fullmatch(text):
         return None
+    if now is not None:
+        span = _SPAN.match(text.lower())
+        if text.lower() == "now":
+            return read_time(now)
+        if span:
+            try:
+                return now - timedelta(seconds=int(span.group(1)) * _UNITS[span.group(2)])
+            except OverflowError:  # before the first instant
+                return None
     if _DATE.fullmatch(text):
         try:
             return read_time(date.fromisoformat(text), end_of_day=end_of_day)
@@ -60,3 +76,33 @@ def read_time(value: TimeLike, *, end_of_day: bool = False) -> datetime | None:
         return read_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         return None
+
+
+def is_span(text: str) -> bool:
+    """``text`` (stripped, lower case) is a span ago such as ``12h`` or ``7d``."""
+    return _SPAN.match(text) is not None
+
+
+def parse_when(value: str | datetime | date, *, now: datetime, name: str = "time") -> datetime:
+    """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
+
+    Raises ConfigError with the option's ``name`` for anything else, or a time before 1970.
+    """
+    when = _when(value, now, name)
+    if when < _EPOCH:
+        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+    return when
+
+
+def _when(value: str | datetime | date, now: datetime, name: str) -> datetime:
+    when = read_time(value, now=now)
+    if when is not None:
+        return when
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} {value!r} is out of range")
+    if is_span(value.strip().lower()):
+        raise ConfigError(f"{name} {value!r} is before 1970")
+    raise ConfigError(
+        f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
+        "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
+    )

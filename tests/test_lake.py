@@ -534,6 +534,44 @@ def test_a_lake_folder_that_does_not_exist_is_an_error_not_an_empty_lake(
     assert lake.events().collect().height == 1
 
 
+def test_a_folder_holding_other_things_is_not_read_as_an_empty_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Lake("data/events")`` (one level too deep) or the project folder above the lake
+    read as an empty lake: a report of zeros, exit 0."""
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events([ev("a")])
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        ".": "data",
+        "data/events": "type=",
+        "notebooks/..": "notebooks",
+    }
+    kind = next((tmp_path / "data" / "events").iterdir()).name
+    cases[f"data/events/{kind}"] = "date="
+    for where, holds in cases.items():
+        for read in (ke.Lake(where).events, ke.Lake(where).message_timelines):
+            with pytest.raises(ke.LakeError, match="is not a kirim-events lake") as err:
+                read()
+            assert holds in str(err.value)
+            assert str(err.value).endswith(f"did you mean {tmp_path / 'data'}?")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ke.LakeError, match="holds notes.txt but no events/") as err:
+        ke.Lake("other").events()
+    assert "did you mean" not in str(err.value)  # no lake above or below it
+    # an empty folder is a new lake (dot files aside: data/.gitkeep); so is a collector's
+    # folder before its first flush
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / ".gitkeep").write_text("")
+    assert ke.Lake("new").events().collect().height == 0
+    (tmp_path / "new" / "_journal").mkdir()
+    (tmp_path / "new" / "stray.txt").write_text("")
+    assert ke.Lake("new").message_timelines().collect().height == 0
+    assert ke.Lake("data").events().collect().height == 1
+
+
 def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -> None:
     # events(type="message.stauts") read as an empty frame: a typo passed for "none yet"
     lake = ke.Lake(tmp_path)

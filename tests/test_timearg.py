@@ -98,3 +98,24 @@ def test_report_refuses_an_empty_as_of(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", "--data", str(tmp_path), "--as-of", ""])
     assert result.exit_code == 2, result.output
     assert "not a time" in result.output
+
+
+def test_a_span_ago_is_read_alike_by_the_lake_the_helpers_and_the_cli(tmp_path: Path) -> None:
+    """``report --as-of 12h`` worked while ``lake.as_of("12h")`` was refused as no time."""
+    lake = ke.Lake(tmp_path, now=NOW.timestamp)
+    assert lake.as_of("12h").as_of_ts == NOW - timedelta(hours=12)
+    assert lake.as_of(" 7D ").as_of_ts == NOW - timedelta(days=7)
+    assert lake.as_of("now").as_of_ts == NOW
+    assert parse_when("12h", now=NOW, name="--as-of") == NOW - timedelta(hours=12)
+    assert read_time("12h") is None  # without a now, a span names no instant
+    # events() bounds take spans too, counted back from the lake's clock
+    lake.write_events([status("wamid.A", "sent", 0, 1), status("wamid.B", "sent", 0, 1)])
+    assert NOW - timedelta(days=2) < T0 < NOW - timedelta(days=1)
+    assert lake.events(since="1d").collect().height == 0
+    assert lake.events(since="2d", until="1d").collect().height == 2
+    # the core helpers count back from the wall clock
+    frame = pl.from_arrow(events_table([status("wamid.A", "sent", 0, 1)]))
+    assert isinstance(frame, pl.DataFrame)
+    assert message_timelines(frame.lazy(), as_of="1m").collect().height == 1  # T0 is past
+    with pytest.raises(ke.ConfigError, match="not a time"):
+        lake.as_of("12 hours")

@@ -6,7 +6,7 @@ DuckDB views (``sql.py`` renders the same tables into SQL), so the two cannot dr
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -52,9 +52,11 @@ def as_utc(ts: TimeLike) -> datetime:
 
     Raises ConfigError for anything that names no time.
     """
-    value = read_time(ts)
+    value = read_time(ts, now=datetime.now(UTC))
     if value is None:
-        raise ConfigError(f"as_of {ts!r} is not a time: use ISO 8601, a date or a datetime")
+        raise ConfigError(
+            f"as_of {ts!r} is not a time: use ISO 8601, a date, a span ago (12h, 7d) or a datetime"
+        )
     return value
 
 

@@ -34,7 +34,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from os import PathLike
 from typing import Any, NamedTuple
 
@@ -59,7 +59,7 @@ from kirim_events.lake.reader import (
     scan,
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
-from kirim_events.lake.state import Manifest, check_version, manifest_path
+from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.timearg import TimeLike, read_time
@@ -67,13 +67,14 @@ from kirim_events.timearg import TimeLike, read_time
 __all__ = ["STEPS", "CompactionReport", "Lake"]
 
 
-def to_utc(value: TimeLike, *, end_of_day: bool = False) -> datetime:
-    """Read a time argument: aware datetime, naive datetime (taken as UTC), date, ISO text."""
-    when = read_time(value, end_of_day=end_of_day)
+def to_utc(value: TimeLike, *, now: datetime, end_of_day: bool = False) -> datetime:
+    """Read a time argument: aware datetime, naive datetime (taken as UTC), date, ISO text,
+    or a span before ``now`` (``12h``)."""
+    when = read_time(value, end_of_day=end_of_day, now=now)
     if when is None:
         raise ConfigError(
             f"not a time: {value!r} (use ISO 8601 such as 2026-05-01T09:00:00Z, a date "
-            "such as 2026-05-01, or a datetime)"
+            "such as 2026-05-01, a span ago such as 12h or 7d, or a datetime)"
         )
     return when
 
@@ -104,6 +105,30 @@ def _one_edit(a: str, b: str) -> bool:
         return a[i:] == b[i + 1 :]
     swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
     return swapped or a[i + 1 :] == b[i + 1 :]
+
+
+# What kirim-events keeps at the top of a lake (design.md's layout). A folder holding none
+# of these but other things is not a lake: a path one level off (DATA/events, the project
+# folder above DATA) read as an empty lake, every helper answering zero rows.
+_LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
+
+
+def _not_a_lake(root: str, foreign: list[str]) -> str:
+    """Why ``root`` is refused, and the lake nearby that was probably meant."""
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    text = (
+        f"{root} is not a kirim-events lake: it holds {shown} but no events/, deliveries/ "
+        f"or {VERSION_PATH}"
+    )
+    here = os.path.abspath(root)
+    above = [os.path.dirname(here)]
+    while os.path.dirname(above[-1]) != above[-1]:
+        above.append(os.path.dirname(above[-1]))
+    below = [os.path.join(here, name) for name in foreign]
+    for candidate in (*above, *below):
+        if os.path.isfile(os.path.join(candidate, VERSION_PATH)):
+            return f"{text}; did you mean {candidate}?"
+    return text
 
 
 class Lake(AnalyticsMixin):
@@ -198,18 +223,32 @@ class Lake(AnalyticsMixin):
 
     # ------------------------------------------------------------------ reading
 
+    def _clock(self) -> datetime:
+        """Now, by the lake's clock: what a span such as ``12h`` is counted back from."""
+        return datetime.fromtimestamp(self.now(), UTC)
+
     def _require_folder(self) -> None:
         """LakeError when a local lake's folder does not exist: read, it would be an empty
         lake, and a mistyped or relative path (a notebook runs in its own folder) would pass
         unseen. A lake's folder is made by its first write."""
-        if self.storage.local and not os.path.isdir(self.storage.root):
-            raise LakeError(f"no lake at {self.storage.root}: the folder does not exist")
+        if not self.storage.local:
+            return
+        root = self.storage.root
+        if not os.path.isdir(root):
+            raise LakeError(f"no lake at {root}: the folder does not exist")
+        names = os.listdir(root)
+        if any(name in _LAKE_ENTRIES for name in names):
+            return
+        foreign = sorted(name for name in names if not name.startswith("."))
+        if foreign:  # an empty folder is a new lake; one holding other things is not one
+            raise LakeError(_not_a_lake(root, foreign))
 
     def _range(
         self, since: TimeLike | None, until: TimeLike | None
     ) -> tuple[datetime | None, datetime | None]:
-        lo = to_utc(since) if since is not None else None
-        hi = to_utc(until, end_of_day=True) if until is not None else None
+        now = self._clock()
+        lo = to_utc(since, now=now) if since is not None else None
+        hi = to_utc(until, now=now, end_of_day=True) if until is not None else None
         if self.as_of_ts is not None and (hi is None or hi > self.as_of_ts):
             hi = self.as_of_ts
         return lo, hi
@@ -371,7 +410,8 @@ class Lake(AnalyticsMixin):
         Parameters
         ----------
         ts
-            An instant (aware datetime, naive = UTC, ISO text, or a date = its midnight).
+            An instant: an aware datetime, a naive one (UTC), ISO text, a date (its
+            midnight, UTC), or a span before now such as ``"12h"`` or ``"7d"``.
 
         Returns
         -------
@@ -382,7 +422,7 @@ class Lake(AnalyticsMixin):
             already as of an instant, the earlier of the two counts: a view never widens.
         """
         view = copy.copy(self)
-        at = to_utc(ts)
+        at = to_utc(ts, now=self._clock())
         view.as_of_ts = at if self.as_of_ts is None else min(at, self.as_of_ts)
         return view
 

@@ -314,3 +314,36 @@ def test_report_html_into_a_folder_it_cannot_write_fails_before_the_report(
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: --html {html}: cannot write there")
     assert "outbound messages" not in result.output
+
+
+def test_a_chart_given_the_rows_it_summarises_summarises_them(tmp_path: Path) -> None:
+    """``funnel_chart(timelines)`` built a chart that failed only when shown ("Unable to
+    determine data type for the field 'stage'"); a frame of neither kind is refused now."""
+    t = _timelines()
+    pairs = {
+        notebook.funnel_chart: notebook.funnel(t),
+        notebook.failures_chart: notebook.failure_reasons(t),
+        notebook.times_chart: notebook.time_summary(t),
+    }
+    for chart, summary in pairs.items():
+        expected = chart(summary).to_dict()["datasets"]
+        assert chart(t).to_dict()["datasets"] == expected
+        assert chart(t.lazy()).to_dict()["datasets"] == expected
+    wrong = pl.DataFrame({"conversation_id": ["c"], "opened_at": [None]})
+    for chart in (*pairs, notebook.health_chart):
+        with pytest.raises(ValueError, match=r"got one with columns conversation_id, opened_at"):
+            chart(wrong)
+    with pytest.raises(ValueError, match="health_chart draws a frame with columns day"):
+        notebook.health_chart(t)
+
+
+def test_save_html_takes_one_chart_or_a_concatenation(tmp_path: Path) -> None:
+    """``save_html(chart)`` raised ``KeyError: 0``."""
+    t = _timelines()
+    funnel, failures = notebook.funnel_chart(t), notebook.failures_chart(t)
+    for given in (funnel, funnel & failures, [funnel | failures]):
+        page = notebook.save_html(given, tmp_path / "r.html").read_text(encoding="utf-8")
+        assert "Delivery funnel" in page
+    assert "outside_24h_window" in page  # the concatenation's second chart is there
+    with pytest.raises(TypeError, match="save_html takes Altair charts, got DataFrame"):
+        notebook.save_html([funnel, t], tmp_path / "r.html")  # type: ignore[list-item]

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import duckdb
 import polars as pl
@@ -71,11 +71,24 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     )
 
 
-def _summary(frame: Frame, summarise: Callable[[Frame], pl.DataFrame]) -> pl.DataFrame:
-    """A summary given as a frame (collected or converted), or, given a Lake, computed from
-    it by ``summarise``: what each chart takes."""
+def _summary(
+    frame: Frame, summarise: Callable[[Any], pl.DataFrame], columns: tuple[str, ...], what: str
+) -> pl.DataFrame:
+    """What a chart draws: ``frame`` itself when it has the summary's ``columns``, else
+    ``summarise`` of it: of a Lake, or of the helper rows it summarises
+    (``funnel_chart(timelines)`` built a chart that failed only when shown)."""
     if isinstance(frame, (pl.DataFrame, pl.LazyFrame, duckdb.DuckDBPyRelation)):
-        return _df(frame)
+        rows = _df(frame)
+        if set(columns) <= set(rows.columns):
+            return rows
+        try:
+            return summarise(rows)
+        except pl.exceptions.ColumnNotFoundError:
+            shown = ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
+            raise ValueError(
+                f"{what} draws a frame with columns {', '.join(columns)}, or the rows it "
+                f"summarises, or a Lake; got one with columns {shown}"
+            ) from None
     return summarise(frame)
 
 
@@ -223,7 +236,10 @@ def funnel_chart(funnel_frame: Frame) -> altair.Chart:
     """Horizontal bars: messages per funnel stage (from :func:`funnel`, or of a Lake)."""
     alt = _alt()
     chart: altair.Chart = (
-        alt.Chart(_summary(funnel_frame, funnel), title="Delivery funnel")
+        alt.Chart(
+            _summary(funnel_frame, funnel, ("stage", "messages", "share"), "funnel_chart"),
+            title="Delivery funnel",
+        )
         .mark_bar()
         .encode(
             x=alt.X("messages:Q", title="messages", axis=alt.Axis(tickMinStep=1)),
@@ -238,7 +254,12 @@ def failures_chart(reasons: Frame, *, top: int = 10) -> altair.Chart:
     """Bars: failed messages per error label (from :func:`failure_reasons`, or of a Lake)."""
     alt = _alt()
     data = (
-        _summary(reasons, failure_reasons)
+        _summary(
+            reasons,
+            failure_reasons,
+            ("error_label", "error_code", "error_title", "messages"),
+            "failures_chart",
+        )
         .head(top)
         .with_columns(
             reason=pl.col("error_label") + " (" + pl.col("error_code").fill_null("?") + ")"
@@ -265,11 +286,18 @@ _TIME_LABEL = (
 )
 
 
+def _times_of(frame: Any) -> pl.DataFrame:
+    """A Lake's messages' and conversations' times; a frame's own (a message timeline's)."""
+    if isinstance(frame, pl.DataFrame):
+        return time_summary(frame)
+    return time_summary(frame, frame)
+
+
 def times_chart(summary: Frame) -> altair.Chart:
     """Median and p90 of each time metric, in seconds (from :func:`time_summary`, or of a
     Lake: its messages' and conversations' times)."""
     alt = _alt()
-    data = _summary(summary, lambda lake: time_summary(lake, lake)).unpivot(
+    data = _summary(summary, _times_of, ("metric", "of", "median", "p90"), "times_chart").unpivot(
         index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
     )
     chart: altair.Chart = (
@@ -294,14 +322,23 @@ def times_chart(summary: Frame) -> altair.Chart:
     return chart
 
 
+def _health_of(frame: Any) -> pl.DataFrame:
+    """A Lake's delivery health; no frame summarises into it (events and deliveries both
+    are needed), so a frame without its columns is the wrong one."""
+    if isinstance(frame, pl.DataFrame):
+        raise pl.exceptions.ColumnNotFoundError("not a delivery_health frame")
+    return _df(frame, "delivery_health")
+
+
 def health_chart(health: Frame) -> altair.Chart:
     """Stacked bars: events first received per day, by event type (from ``delivery_health``).
 
     Webhook deliveries (all copies) and the retry rate are in the tooltip when receipts exist.
     """
     alt = _alt()
+    columns = ("day", "event_type", "n_events", "deliveries", "retry_rate")
     data = (
-        _df(health, "delivery_health")
+        _summary(health, _health_of, columns, "health_chart")
         .filter(pl.col("n_events").is_not_null())
         .select(pl.col("day").cast(pl.String), "event_type", "n_events", "deliveries", "retry_rate")
     )
@@ -348,19 +385,30 @@ class _ScriptSafeJSON(json.JSONEncoder):
 
 
 def save_html(
-    charts: Sequence[altair.Chart], path: str | Path, *, title: str = "kirim-events report"
+    charts: altair.TopLevelMixin | Sequence[altair.TopLevelMixin],
+    path: str | Path,
+    *,
+    title: str = "kirim-events report",
 ) -> Path:
     """Write the charts, stacked, to one self-contained HTML file (no network needed).
+
+    ``charts``: one chart (a concatenation such as ``a & b`` included) or a list of them.
 
     Raises
     ------
     ConfigError
         Altair or ``vl-convert-python`` (which supplies the inlined JavaScript) is missing.
     """
-    if not charts:
-        raise ConfigError("no charts to write: save_html needs at least one")
     alt = _alt()
-    page = alt.vconcat(*charts, title=title).resolve_scale(color="independent")
+    # one chart (save_html(chart) raised KeyError: 0), or several
+    one = isinstance(charts, alt.TopLevelMixin)
+    items: list[Any] = [charts] if one else list(cast("Sequence[Any]", charts))
+    if not items:
+        raise ConfigError("no charts to write: save_html needs at least one")
+    wrong = [type(c).__name__ for c in items if not isinstance(c, alt.TopLevelMixin)]
+    if wrong:
+        raise TypeError(f"save_html takes Altair charts, got {', '.join(wrong)}")
+    page = alt.vconcat(*items, title=title).resolve_scale(color="independent")
     try:
         html = page.to_html(inline=True, json_kwds={"cls": _ScriptSafeJSON})
     except (ImportError, ValueError) as exc:

@@ -592,6 +592,10 @@ def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -
         assert lake.events(type=new).collect().height == 0
     with pytest.raises(ke.LakeError, match=r"did you mean 'message\.status'"):
         lake.events(type="message.stauts")  # near a known type the lake does not hold
+    # the same words but for plurals, case and separators (more than one edit apart)
+    for typo in ("message.statuses", "Messages_Statuses", "MESSAGE STATUS"):
+        with pytest.raises(ke.LakeError, match=r"did you mean 'message\.status'"):
+            lake.events(type=typo)
     assert lake.events(type=held).collect().height == 1
 
 

@@ -82,6 +82,23 @@ def to_utc(value: TimeLike, *, now: datetime, end_of_day: bool = False) -> datet
 _WRITER_ID = re.compile(r"[0-9a-z]{1,32}")
 
 
+def _near(a: str, b: str) -> bool:
+    """``a`` is ``b`` mistyped: one edit apart, or the same words but for case, separators
+    and plurals (``Message_Statuses`` for ``message.status``)."""
+    if _one_edit(a, b):
+        return True
+    words_a, words_b = _words(a), _words(b)
+    return len(words_a) == len(words_b) and all(map(_same_word, words_a, words_b))
+
+
+def _words(name: str) -> list[str]:
+    return re.split(r"[._\- ]+", name.strip().lower())
+
+
+def _same_word(a: str, b: str) -> bool:
+    return a == b or a in (b + "s", b + "es") or b in (a + "s", a + "es")
+
+
 class _Partition(NamedTuple):
     table: str
     group: str | None  # the encoded event type; None for deliveries
@@ -314,7 +331,7 @@ class Lake(AnalyticsMixin):
         for wanted in unknown:
             if wanted in present:
                 continue
-            near = [name for name in names if _one_edit(wanted, name)]
+            near = [name for name in names if _near(wanted, name)]
             if near:
                 raise LakeError(
                     f"no events of type {wanted!r} in the lake; did you mean {near[0]!r}?"

@@ -558,7 +558,7 @@ def test_a_folder_holding_other_things_is_not_read_as_an_empty_lake(
             assert str(err.value).endswith(f"did you mean {tmp_path / 'data'}?")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
-    with pytest.raises(ke.LakeError, match="holds notes.txt but no events/") as err:
+    with pytest.raises(ke.LakeError, match=r"holds notes\.txt but no events/") as err:
         ke.Lake("other").events()
     assert "did you mean" not in str(err.value)  # no lake above or below it
     # an empty folder is a new lake (dot files aside: data/.gitkeep); so is a collector's

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_analytics_support import at, conversation, dedup, status
+from test_analytics_support import T0, at, conversation, dedup, status
 from typer.testing import CliRunner
 
 import kirim_events as ke
 import kirim_events.cli._app as cli_app
 from kirim_events.analytics import notebook
-from kirim_events.analytics.report import build_report
+from kirim_events.analytics.report import build_report, write_html
 from kirim_events.analytics.timelines import message_timelines
 from kirim_events.cli import app
 from kirim_events.events import EventRecord
@@ -265,10 +265,58 @@ def test_report_as_of(tmp_path: Path) -> None:
     assert "delivery rate 0.0%, read rate -" in result.output
 
 
-def test_report_on_an_empty_lake(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+def test_report_on_an_empty_lake_says_why_instead_of_tables_of_zeros(tmp_path: Path) -> None:
+    html = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--html", str(html)])
     assert result.exit_code == 0, result.output
-    assert "0 outbound messages" in result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("0 outbound messages, 0 conversations (0 open) (the lake holds no")
+    assert "`kirim-events compact` flushes what `collect` received" in out
+    assert table_rows(result.output) == []  # no funnel of zeros
+    page = html.read_text(encoding="utf-8")
+    assert "the lake holds no events yet" in page
+    assert "<table" not in page
+
+
+def test_report_as_of_before_the_first_event_says_when_the_events_happened(
+    tmp_path: Path,
+) -> None:
+    ke.Lake(tmp_path).write_events(_records())
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", "2020-01-01"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    first = T0.strftime("%Y-%m-%d %H:%M")
+    assert (
+        f"(no events had happened by 2020-01-01 00:00 UTC: the lake's events happened from {first}"
+        in out
+    )
+    assert table_rows(result.output) == []
+    full = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert f"The lake's events happened from {first}" in full.output
+
+
+def test_html_report_holds_the_terminal_figures(tmp_path: Path) -> None:
+    """The page had only the charts: no rates, no failure titles, no anomaly counts."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())
+    report = build_report(lake)
+    page = write_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
+    words = page.split('<div class="kirim-report">', 1)[1].split("</div>", 1)[0]
+    assert "<h1>5 outbound messages, 2 conversations (1 open)</h1>" in words
+    assert "delivery rate 66.7%, read rate 50.0%" in words
+    assert "<td>outside_24h_window</td><td>131047</td><td>Re-engagement message</td>" in words
+    assert "<td>messages with no sent status seen</td><td>2</td>" in words
+    assert "vega-embed.js bundle" in page  # and the charts below
+
+
+def test_html_report_escapes_webhook_text_in_its_tables(tmp_path: Path) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    lake = ke.Lake(tmp_path)
+    lake.write_events([status("wamid.X", "failed", 0, 1, error=(131047, evil))])
+    page = write_html(build_report(lake), tmp_path / "r.html").read_text(encoding="utf-8")
+    words = page.split('<div class="kirim-report">', 1)[1].split("</div>", 1)[0]
+    assert evil not in words
+    assert "&lt;img src=x onerror=alert(1)&gt;" in words
 
 
 def test_report_refuses_a_missing_folder(tmp_path: Path) -> None:

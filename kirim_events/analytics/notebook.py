@@ -389,10 +389,12 @@ def save_html(
     path: str | Path,
     *,
     title: str = "kirim-events report",
+    preface: str = "",
 ) -> Path:
     """Write the charts, stacked, to one self-contained HTML file (no network needed).
 
     ``charts``: one chart (a concatenation such as ``a & b`` included) or a list of them.
+    ``preface``: HTML put above the charts, as it is (escape what it quotes).
 
     Raises
     ------
@@ -417,6 +419,16 @@ def save_html(
         ) from None
     if "<title>" not in html:  # a browser tab and a bookmark name the report
         html = html.replace("<head>", f"<head>\n<title>{escape(title)}</title>", 1)
+    if preface:
+        html = html.replace("<body>", f"<body>\n{preface}", 1)
     target = Path(path)
     target.write_text(html, encoding="utf-8")
     return target
+
+
+def plain_page(title: str, body: str) -> str:
+    """A whole HTML page around ``body`` (as it is), for a report with no chart."""
+    return (
+        f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}'
+        f"</title>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

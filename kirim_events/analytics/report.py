@@ -1,13 +1,15 @@
 """The analytics report: every summary of a lake in one object, and its HTML page.
 
-``build_report(lake)`` is what ``kirim-events report`` renders in the terminal;
-``write_html(report, path)`` writes the charts as one offline page.
+``build_report(lake)`` collects the figures; ``headline`` / ``notes`` / ``tables`` put them
+into words and rows, which ``kirim-events report`` prints in the terminal and
+``write_html(report, path)`` writes, with the charts, as one offline page.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +18,19 @@ import polars as pl
 from kirim_events.analytics import notebook
 
 if TYPE_CHECKING:
-    from kirim_events.analytics import AnalyticsMixin
+    from kirim_events.lake import Lake
 
-__all__ = ["Report", "build_report", "write_html"]
+__all__ = [
+    "Report",
+    "Table",
+    "build_report",
+    "headline",
+    "is_empty",
+    "notes",
+    "report_html",
+    "tables",
+    "write_html",
+]
 
 
 @dataclass(frozen=True)
@@ -36,9 +48,11 @@ class Report:
     times: pl.DataFrame
     health: pl.DataFrame
     anomalies: dict[str, int]
+    span: tuple[datetime, datetime] | None = None
+    """Event times of the lake's first and last events, whatever ``as_of``."""
 
 
-def build_report(lake: AnalyticsMixin) -> Report:
+def build_report(lake: Lake) -> Report:
     """Collect the funnel, rates, failure reasons, times, health and anomaly counts.
 
     Parameters
@@ -65,17 +79,183 @@ def build_report(lake: AnalyticsMixin) -> Report:
         times=notebook.time_summary(timelines, lifecycles),
         health=lake.delivery_health().collect(),
         anomalies=anomalies,
+        span=lake.span(),
     )
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _duration(seconds: float | None) -> str:
+    """Seconds as a reader thinks of them: 12.5 s, 4.2 min, 3.1 h."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+_ANOMALY_LABELS = {
+    "out_of_order": "messages with a status that arrived out of order",
+    "read_without_delivered": "messages read, never seen delivered",
+    "failed_after_delivered": "messages both failed and delivered",
+    "never_sent": "messages with no sent status seen",
+    "n_duplicates": "extra copies of status events received (beyond the first)",
+    "missing_first_assignment": "conversations whose first assignment was never seen",
+    "n_missing_assignments": "reassignments never seen",
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the report as text: what the terminal and the HTML page show."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    caption: str = ""
+
+
+def _when(report: Report) -> str:
+    return f" as of {report.as_of.isoformat()}" if report.as_of else ""
+
+
+def _minute(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M")
+
+
+def headline(report: Report) -> str:
+    """``5 outbound messages, 2 conversations (1 open)``, and the instant of an as-of."""
+    messages = "message" if report.n_messages == 1 else "messages"
+    conversations = "conversation" if report.n_conversations == 1 else "conversations"
+    return (
+        f"{report.n_messages:,} outbound {messages}, {report.n_conversations:,} "
+        f"{conversations} ({report.n_open_conversations:,} open){_when(report)}"
+    )
+
+
+def is_empty(report: Report) -> bool:
+    """No message and no conversation to show: the tables would be zeros."""
+    return report.n_messages == 0 and report.n_conversations == 0
+
+
+def notes(report: Report) -> list[str]:
+    """When the lake's events happened; and why there is nothing to show, when so."""
+    if report.span is None:
+        return [
+            "(the lake holds no events yet: `kirim-events compact` flushes what `collect` "
+            "received, `kirim-events demo` makes an example lake)"
+        ]
+    first, last = report.span
+    happened = f"the lake's events happened from {_minute(first)} to {_minute(last)} UTC"
+    if not is_empty(report):
+        return [happened[0].upper() + happened[1:]]
+    if report.as_of is not None and report.as_of < first:
+        return [f"(no events had happened by {_minute(report.as_of)} UTC: {happened})"]
+    return [f"(no message or conversation events in the lake{_when(report)}; {happened})"]
+
+
+def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table]:
+    """The funnel, failure reasons (``top`` of them), times and anomaly counts.
+
+    ``more`` names how to see the reasons past ``top`` (``{top}`` is filled in).
+    """
+    funnel = Table(
+        "Delivery funnel",
+        ("stage", "messages", "share", "of previous"),
+        [
+            (
+                r["stage"],
+                f"{r['messages']:,}",
+                _percent(r["share"]),
+                _percent(r["share_of_previous"]),
+            )
+            for r in report.funnel.iter_rows(named=True)
+        ],
+        f"delivery rate {_percent(report.delivery_rate)}, read rate {_percent(report.read_rate)}",
+    )
+    rest = report.failures.height - top
+    failures = Table(
+        "Top failures",
+        ("reason", "code", "title", "messages", "share"),
+        [
+            (
+                r["error_label"],
+                r["error_code"] or "-",
+                r["error_title"] or "-",
+                f"{r['messages']:,}",
+                _percent(r["share"]),
+            )
+            for r in report.failures.head(top).iter_rows(named=True)
+        ],
+        # the funnel's failed stage counts final statuses; this table, every failed message
+        "every message with a failed status, also those delivered after it"
+        + (f"; {rest} more reasons past {more.format(top=top)}" if rest > 0 else ""),
+    )
+    times = Table(
+        "Times",
+        ("time", "of", "n", "median", "p90"),
+        [
+            (r["metric"], r["of"], f"{r['n']:,}", _duration(r["median"]), _duration(r["p90"]))
+            for r in report.times.iter_rows(named=True)
+        ],
+    )
+    flags = Table(
+        "What the data could not show cleanly",
+        ("anomaly", "count"),
+        [(_ANOMALY_LABELS.get(k, k), f"{v:,}") for k, v in report.anomalies.items()],
+    )
+    return [funnel, failures, times, flags]
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in table.rows
+    )
+    caption = f'<p class="caption">{escape(table.caption)}</p>' if table.caption else ""
+    return (
+        f"<h2>{escape(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>{caption}"
+    )
+
+
+_STYLE = (
+    "<style>.kirim-report{font-family:sans-serif;max-width:60em}"
+    ".kirim-report table{border-collapse:collapse}"
+    ".kirim-report th,.kirim-report td{border-bottom:1px solid #ddd;padding:2px 10px;"
+    "text-align:left}.kirim-report .caption{color:#555;font-size:90%}</style>"
+)
+
+
+def report_html(report: Report, *, top: int = 10) -> str:
+    """The report's words and tables as an HTML fragment (every value escaped: error titles
+    are webhook text)."""
+    parts = [f"<h1>{escape(headline(report))}</h1>"]
+    parts += [f"<p>{escape(line)}</p>" for line in notes(report)]
+    if not is_empty(report):
+        parts += [_html_table(t) for t in tables(report, top=top)]
+    return _STYLE + '<div class="kirim-report">' + "\n".join(parts) + "</div>"
+
+
 def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
-    """Write the report's charts to a self-contained HTML file (opens offline); the failures
-    chart shows the ``top`` most frequent reasons, like the terminal table."""
+    """Write the report to a self-contained HTML file (opens offline): the terminal's figures
+    as tables, then the charts; the failures chart shows the ``top`` most frequent reasons,
+    like the table. A report with nothing to show has no charts."""
+    when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
+    title = f"kirim-events report{when}"
+    words = report_html(report, top=top)
+    if is_empty(report):
+        target = Path(path)
+        target.write_text(notebook.plain_page(title, words), encoding="utf-8")
+        return target
     charts = [
         notebook.funnel_chart(report.funnel),
         notebook.failures_chart(report.failures, top=top),
         notebook.times_chart(report.times),
         notebook.health_chart(report.health),
     ]
-    when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
-    return notebook.save_html(charts, path, title=f"kirim-events report{when}")
+    return notebook.save_html(charts, path, title=title, preface=words)

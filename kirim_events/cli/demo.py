@@ -78,7 +78,11 @@ def demo(
     for note in result.notes:
         print_note(note)
     with errors_to_exit():
-        render_report(build_report(Lake(Path(s.data_dir))), top=5)
+        render_report(
+            build_report(Lake(Path(s.data_dir))),
+            top=5,
+            more="the first {top} (kirim-events report lists 10, --top N more)",
+        )
     console.print(
         f"\nThe lake is in {s.data_dir}/ - try: kirim-events report --data {s.data_dir}, "
         "or open notebooks/01-quickstart.ipynb"

@@ -421,6 +421,26 @@ class Lake(AnalyticsMixin):
         """
         return self.connect().sql(query)
 
+    def span(self) -> tuple[datetime, datetime] | None:
+        """When the lake's events happened: the first and the last ``occurred_at``, whatever
+        ``as_of`` (where an ``as_of`` finds something); None when it holds no event.
+
+        Examples
+        --------
+        >>> import tempfile, kirim_events as ke
+        >>> ke.Lake(tempfile.mkdtemp()).span() is None
+        True
+        """
+        whole = copy.copy(self)
+        whole.as_of_ts = None
+        first, last = (
+            whole.events()
+            .select(pl.col("occurred_at").min(), pl.col("occurred_at").max().alias("last"))
+            .collect()
+            .row(0)
+        )
+        return None if first is None else (first, last)
+
     def as_of(self, ts: TimeLike) -> Lake:
         """The same lake, as the world looked at ``ts``.
 

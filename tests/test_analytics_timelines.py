@@ -185,7 +185,9 @@ def test_status_history_records_each_step_in_event_time_order() -> None:
     assert history["status"].to_list() == ["sent", "delivered", "read"]
     assert history["previous_status"].to_list() == [None, "sent", "delivered"]
     assert history["current_status"].to_list() == ["sent", "delivered", "read"]
-    assert history["arrived_late"].to_list() == [False, True, True]
+    # sent happened first and arrived last, after delivered and read: it is the late one
+    # (the flag was on delivered and read, the events it arrived after)
+    assert history["arrived_late"].to_list() == [True, False, False]
     assert history["is_upgrade"].to_list() == [True, True, True]
 
 
@@ -208,7 +210,9 @@ def test_status_history_is_sorted_and_equals_per_message_windows() -> None:
     assert keys.equals(keys.sort(keys.columns))
     expected = history.select(
         seq=(pl.int_range(pl.len(), dtype=pl.Int64) + 1).over("message_id"),
-        arrived_late=(pl.col("received_at") < pl.col("received_at").cum_max().shift(1))
+        # it arrived after an event that happened later: after the earliest arrival of
+        # the rows that follow it in event-time order
+        arrived_late=(pl.col("received_at") > pl.col("received_at").cum_min(reverse=True).shift(-1))
         .fill_null(False)
         .over("message_id"),
         _before=rank.cum_max().shift(1).over("message_id"),

@@ -73,8 +73,8 @@ def _status_rows(as_of: TimeLike | None, copies: str | None) -> str:
 def _late(source: str) -> str:
     return f"""
     SELECT x.*,
-      coalesce(received_at < max(received_at) OVER (PARTITION BY message_id ORDER BY {_STATUS_ORDER}
-        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false) AS _late
+      coalesce(received_at > min(received_at) OVER (PARTITION BY message_id ORDER BY {_STATUS_ORDER}
+        ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), false) AS _late
     FROM ({source}) x"""
 
 

@@ -104,20 +104,25 @@ def _status_rows(
 def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Sort by message then event-time order; add ``_first`` (a message's first row) and
     ``_late`` (it arrived after an event of the message that happened later)."""
-    first, arrival = pl.col("_first"), pl.col("_arrival")
-    latest_before = run_cum_max(arrival, first, pl.len().cast(pl.Int64) + 1).shift(1)
+    last, arrival = pl.col("_last"), pl.col("_arrival")
+    # The earliest arrival from each row to the message's end: a running max, read from
+    # the end, of the arrival ranks mirrored (bound - rank, so the max is the earliest).
+    bound = pl.len().cast(pl.Int64) + 1
+    mirrored = run_cum_max((bound - arrival).reverse(), last.reverse(), bound).reverse()
+    earliest_after = (bound - mirrored).shift(-1)
     # Each expression used twice is its own column first: the streaming engine does not
     # share common subexpressions as the in-memory one does, and computed them twice.
     return (
         rows.sort(["message_id", *STATUS_ORDER])
         .with_columns(
             _first=run_start("message_id"),
+            _last=pl.col("message_id").ne_missing(pl.col("message_id").shift(-1)),
             # arrival order as an integer (dense rank), so that a running max per message
             # is a plain column operation (run_cum_max)
             _arrival=pl.col("received_at").rank("dense"),
         )
-        .with_columns(_late=(~first & (arrival < latest_before)).fill_null(False))
-        .drop("_arrival")
+        .with_columns(_late=(~last & (arrival > earliest_after)).fill_null(False))
+        .drop("_arrival", "_last")
     )
 
 
@@ -130,7 +135,9 @@ def status_events(
     """The status events timelines are built from, sorted by message then event-time order.
 
     Adds ``_rank`` (the status precedence), ``_first`` (the message's first event),
-    ``_late`` (this event arrived after an event of the same message that happened later)
+    ``_late`` (this event arrived after an event of the same message that happened later,
+    so that event arrived before it: a message has a late event exactly when it has an
+    event that overtook another)
     and ``_dups`` (copies beyond the first, or null).
     """
     events = events.lazy()

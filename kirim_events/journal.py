@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -113,6 +114,13 @@ def _one_job_may_cause(exc: BaseException) -> bool:
     return not isinstance(exc, (sqlite3.OperationalError, OSError))
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """Which file ``path`` names (device, inode): the same after a rename, not after a
+    delete and a new file at the path."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 class LakeSink(Protocol):
     """What :meth:`Journal.flush` needs from a lake (``kirim_events.Lake`` provides it).
 
@@ -181,6 +189,7 @@ class Journal(KeyIndex):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open()
             self._backlog: int = self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            self._file = _identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open journal at {self.path}: {exc}") from exc
         self._thread = threading.Thread(target=self._run, name="kirim-journal", daemon=True)
@@ -249,9 +258,35 @@ class Journal(KeyIndex):
             with self._lock:
                 self._commit(batch)
 
+    def _check_file(self) -> None:
+        """StorageError unless ``path`` is still the file this journal opened. Deleted (or
+        replaced) under a running collector, the open connection kept committing, with
+        fsync, into a file no one could read again: acknowledged events were lost, while
+        the flusher read a new, empty journal at the path."""
+        try:
+            same = _identity(self.path) == self._file
+        except OSError:
+            same = False
+        if not same:
+            raise StorageError(
+                f"journal {self.path} was deleted or replaced while open: nothing more is "
+                "stored there; restart to open a new one"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        """A reader on this journal's file: never a new, empty database at its path."""
+        self._check_file()
+        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+
     def _commit(self, batch: list[Job]) -> None:
         results: list[Result] = []
         conn = self._conn
+        try:
+            self._check_file()
+        except StorageError as gone:
+            self._deliver([(job, None, gone) for job in batch])
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             appends = [job for job in batch if job.work is None]

@@ -23,6 +23,7 @@ from loopback import serve
 import kirim_events as ke
 from kirim_events import receiver as receiver_module
 from kirim_events import testing
+from kirim_events.errors import StorageError
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.receiver import RECEIPT_TEXT_MAX, Receiver
@@ -475,6 +476,34 @@ async def test_storage_failure_is_503_so_kirim_retries(tmp_path: Path) -> None:
     assert (await post(app, signed(b"not json"))).status_code == 503
     async with client(app) as c:
         assert (await c.get("/healthz")).status_code == 503
+
+
+@pytest.mark.parametrize("gone", ["journal file", "data folder"])
+async def test_a_journal_deleted_under_a_running_receiver_is_a_503_not_a_lost_200(
+    tmp_path: Path, gone: str
+) -> None:
+    """Deleted under a running collector, the journal's open connection kept committing
+    (with fsync) into the unlinked file: 200 for events no flush could read again, and the
+    flush read a new, empty journal that it made at the path."""
+    journal = Journal(tmp_path / "data")
+    app = Receiver(journal, SECRET, now=lambda: NOW)
+    assert (await post(app, signed(testing.kirim_event(event_id="evt_kept")))).status_code == 200
+    journal.flush(Lake(journal.data_dir))
+    shutil.rmtree(journal.path.parent if gone == "journal file" else journal.data_dir)
+    resp = await post(app, signed(testing.kirim_event(event_id="evt_refused")))
+    assert resp.status_code == 503  # Kirim retries; no acknowledgement of a lost event
+    async with client(app) as c:
+        assert (await c.get("/healthz")).status_code == 503
+    with pytest.raises(StorageError, match="was deleted or replaced while open"):
+        journal.flush(Lake(journal.data_dir))
+    assert not journal.path.exists()  # no new, empty journal made by the reader
+    journal.close()
+    # a new collector starts a new journal there; the refused event comes again and is new
+    with Journal(tmp_path / "data") as fresh:
+        again = Receiver(fresh, SECRET, now=lambda: NOW)
+        assert (await post(again, signed(testing.kirim_event(event_id="evt_refused")))).json()[
+            "outcome"
+        ] == "new"
 
 
 async def test_two_hundred_concurrent_deliveries_of_one_event_give_one_row(

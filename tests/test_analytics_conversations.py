@@ -11,8 +11,10 @@ from kirim_events.events import EventRecord
 
 
 def _story() -> list[EventRecord]:
-    """cnv_1: assigned at 10, reassigned at 20, closed at 50, reopened by a message at 100."""
+    """cnv_1: opened by a message at 5, assigned at 10, reassigned at 20, closed at 50,
+    reopened by a message at 100."""
     return [
+        status("wamid.O", "sent", 5, 6, conversation_id="cnv_1"),
         conversation("evt_a1", "assigned", "cnv_1", 10, 11, user="usr_a"),
         conversation("evt_a2", "assigned", "cnv_1", 20, 21, user="usr_b", previous="usr_a"),
         conversation("evt_c1", "closed", "cnv_1", 50, 51, closed_by="usr_b"),
@@ -23,24 +25,25 @@ def _story() -> list[EventRecord]:
 
 def test_lifecycle_of_a_reopened_conversation() -> None:
     got = row(both("conversation_lifecycles", _story()), conversation_id="cnv_1")
-    assert got["opened_at"] == at(10)
+    assert got["opened_at"] == at(5)
     assert got["first_assigned_at"] == at(10)
     assert (got["n_assignments"], got["n_assignees"], got["assignee_id"]) == (3, 2, "usr_a")
     assert (got["n_closes"], got["n_reopens"], got["n_cycles"]) == (1, 1, 2)
     assert (got["closed_at"], got["closed_by_user_id"]) == (at(50), "usr_b")
     assert got["is_open"] is True
-    assert got["time_to_first_assignment"] == 0.0
+    assert got["time_to_first_assignment"] == 5.0
     assert got["time_to_close"] is None  # open now
+    assert got["missing_opening"] is False
     assert (got["missing_first_assignment"], got["n_missing_assignments"]) == (False, 0)
-    assert got["n_events"] == 5
+    assert got["n_events"] == 6
 
 
 def test_cycles_split_at_each_close() -> None:
     cycles = both("conversation_cycles", _story())
     assert cycles["cycle"].to_list() == [1, 2]
     first, second = cycles.to_dicts()
-    assert (first["opened_at"], first["closed_at"], first["is_open"]) == (at(10), at(50), False)
-    assert first["time_to_close"] == 40.0
+    assert (first["opened_at"], first["closed_at"], first["is_open"]) == (at(5), at(50), False)
+    assert first["time_to_close"] == 45.0
     assert (first["n_assignments"], first["assignee_id"]) == (2, "usr_b")
     assert (second["opened_at"], second["is_reopen"], second["is_open"]) == (at(100), True, True)
     assert second["first_assigned_at"] == at(130)
@@ -101,6 +104,7 @@ def test_close_arriving_before_the_assignment_uses_event_time() -> None:
     records = [
         conversation("evt_c", "closed", "cnv_2", 50, 60, closed_by="usr_a"),
         conversation("evt_a", "assigned", "cnv_2", 10, 70, user="usr_a"),
+        status("wamid.O", "sent", 10, 80, conversation_id="cnv_2"),  # the opening, at 10 too
     ]
     got = row(both("conversation_lifecycles", records), conversation_id="cnv_2")
     assert (got["n_cycles"], got["n_reopens"], got["is_open"]) == (1, 0, False)
@@ -141,6 +145,33 @@ def test_missing_first_assignment_is_flagged_not_invented() -> None:
     assert cycle["time_to_first_assignment"] is None
 
 
+def test_an_opening_never_seen_is_flagged_and_no_time_is_counted_from_it() -> None:
+    """The first event seen an assignment (Meta messages without Kirim's block carry no
+    conversation id) or a close (the lake starts mid-conversation): opened_at stood in for
+    the opening, and the times from it came out 0 s (a median time to first assignment of
+    0 s on a lake without the block)."""
+    records = [
+        conversation("evt_1", "assigned", "cnv_a", 600, 601, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_b", 900, 901, closed_by="usr_b"),
+        status("wamid.O", "sent", 0, 1, conversation_id="cnv_c"),
+        conversation("evt_3", "assigned", "cnv_c", 60, 61, user="usr_a"),
+        conversation("evt_4", "closed", "cnv_c", 120, 121, closed_by="usr_a"),
+        conversation("evt_5", "closed", "cnv_c", 300, 301, closed_by="usr_a"),  # no reopening
+    ]
+    life = both("conversation_lifecycles", records).sort("conversation_id")
+    assert life["missing_opening"].to_list() == [True, True, False]
+    assert life["opened_at"].to_list() == [at(600), at(900), at(0)]  # the first event seen
+    assert life["time_to_first_assignment"].to_list() == [None, None, 60.0]
+    assert life["time_to_close"].to_list() == [None, None, 300.0]
+    cycles = both("conversation_cycles", records)
+    assert cycles.select("conversation_id", "cycle", "missing_opening", "time_to_close").rows() == [
+        ("cnv_a", 1, True, None),
+        ("cnv_b", 1, True, None),
+        ("cnv_c", 1, False, 120.0),
+        ("cnv_c", 2, True, None),  # a cycle of one close: no zero-length time to close
+    ]
+
+
 def test_a_first_assignment_never_seen_is_flagged_in_its_own_cycle() -> None:
     """History that starts mid-conversation may show a close first: the first assignment
     seen then falls in cycle 2, and that cycle carries the flag."""
@@ -167,7 +198,8 @@ def test_a_later_cycle_starts_from_the_assignee_before_it() -> None:
     first, second = both("conversation_cycles", records).to_dicts()
     assert (first["first_assigned_at"], first["missing_first_assignment"]) == (at(10), False)
     assert (second["first_assigned_at"], second["missing_first_assignment"]) == (at(30), False)
-    assert second["time_to_first_assignment"] == 0.0
+    # no message seen reopened it: the assignment stands in for the opening, no time from it
+    assert (second["missing_opening"], second["time_to_first_assignment"]) == (True, None)
     assert first["n_missing_assignments"] + second["n_missing_assignments"] == 0
 
 
@@ -214,7 +246,7 @@ def test_duplicates_counted_once() -> None:
 
 def test_as_of_answers_as_the_world_looked_then() -> None:
     story = _story()
-    before = both("conversation_lifecycles", story, as_of=at(5))
+    before = both("conversation_lifecycles", story, as_of=at(4))
     assert before.height == 0  # not opened yet
     waiting = row(both("conversation_lifecycles", story, as_of=at(15)), conversation_id="cnv_1")
     assert (waiting["is_open"], waiting["n_assignments"], waiting["assignee_id"]) == (
@@ -223,7 +255,7 @@ def test_as_of_answers_as_the_world_looked_then() -> None:
         "usr_a",
     )
     closed = row(both("conversation_lifecycles", story, as_of=at(60)), conversation_id="cnv_1")
-    assert (closed["is_open"], closed["n_cycles"], closed["time_to_close"]) == (False, 1, 40.0)
+    assert (closed["is_open"], closed["n_cycles"], closed["time_to_close"]) == (False, 1, 45.0)
     reopened = row(both("conversation_lifecycles", story, as_of=at(100)), conversation_id="cnv_1")
     assert (reopened["is_open"], reopened["n_reopens"]) == (True, 1)
     cycles = both("conversation_cycles", story, as_of=at(100))

@@ -151,6 +151,7 @@ def test_fractions_of_a_second_are_the_same_float_in_both_engines() -> None:
         event
         for i in range(3)
         for event in (
+            conversation(f"evt_m{i}", "message.received", f"cnv_{i}", 0, 1),
             conversation(f"evt_a{i}", "assigned", f"cnv_{i}", 0, 1, user="u"),
             conversation(f"evt_c{i}", "closed", f"cnv_{i}", 86_397.999 + i * 0.001, 86_398),
         )

@@ -41,6 +41,8 @@ def _records() -> list[EventRecord]:
         status("wamid.C", "failed", 2, 3, error=(131047, "Re-engagement message")),
         status("wamid.D", "failed", 0, 1, error=(131026, "Message undeliverable")),
         status("wamid.E", "failed", 0, 1, error=(131047, "Re-engagement message")),
+        conversation("evt_m1", "message.received", "cnv_1", 0, 1),  # the openings
+        conversation("evt_m2", "message.received", "cnv_2", 30, 31),
         conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
         conversation("evt_2", "closed", "cnv_1", 600, 601, closed_by="usr_a"),
         conversation("evt_3", "assigned", "cnv_2", 30, 31, user="usr_b"),

@@ -18,8 +18,14 @@ arrival order. Rules, shared with the DuckDB views in ``sql.py``:
   first) means a reassignment we never saw (``n_missing_assignments``); a conversation whose
   first seen assignment already names a previous user has ``missing_first_assignment``
   and a null ``first_assigned_at``.
+* An opening not seen is flagged too: ``missing_opening`` when no event that can open a
+  conversation (anything but an assignment or a close: a message, a status) is at the
+  first instant seen of the conversation (or cycle), as when Meta bodies come without
+  Kirim's ``kirim`` block (no conversation id on messages) or the lake starts mid-way.
+  ``opened_at`` is still the first event seen; the times from it are null then.
 * Times are float seconds: ``time_to_first_assignment`` = first_assigned_at - opened_at,
-  ``time_to_close`` = closed_at - opened_at, null while the conversation (or cycle) is open.
+  ``time_to_close`` = closed_at - opened_at, null while the conversation (or cycle) is open
+  and when ``missing_opening``.
 """
 
 from __future__ import annotations
@@ -144,11 +150,27 @@ def _close_aggs() -> list[pl.Expr]:
 
 
 def _base_aggs() -> list[pl.Expr]:
+    opening = ~pl.col("type").is_in([ASSIGNED, CLOSED])
     return [
         pl.col("occurred_at").min().alias("opened_at"),
         pl.col("occurred_at").max().alias("last_event_at"),
         pl.len().cast(pl.Int64).alias("n_events"),
+        pl.col("occurred_at").filter(opening).min().alias("_first_opening"),
     ]
+
+
+def _missing_opening() -> pl.Expr:
+    """No event that can open a conversation (a message, a status: anything but an
+    assignment or a close) at its first instant: the opening was not seen."""
+    first = pl.col("_first_opening")
+    return (first.is_null() | (first > pl.col("opened_at"))).alias("missing_opening")
+
+
+def _since_opening(later: str, *, unless: pl.Expr | None = None) -> pl.Expr:
+    """Seconds from the opening to ``later``; null when the opening was not seen (the first
+    event seen stands in for it, and a time from it would be invented) or ``unless``."""
+    hidden = pl.col("missing_opening") if unless is None else pl.col("missing_opening") | unless
+    return pl.when(hidden).then(None).otherwise(seconds_between(later, "opened_at"))
 
 
 _ZERO = ("n_assignments", "n_assignees", "n_missing_assignments", "n_closes")
@@ -181,7 +203,8 @@ def conversation_cycles(
         event), ``n_closes``, ``closed_at``, ``closed_by_user_id``, ``is_open``,
         ``is_reopen`` (cycle > 1), ``missing_first_assignment`` (in the cycle of the
         conversation's first assignment event only: it already names a previous user, as
-        in the lifecycle), ``n_missing_assignments``, ``time_to_first_assignment``,
+        in the lifecycle), ``missing_opening`` (the cycle's opening was not seen; module
+        doc), ``n_missing_assignments``, ``time_to_first_assignment``,
         ``time_to_close``, ``n_events``, ``n_duplicates``, ``last_event_at``; sorted by
         conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
@@ -233,10 +256,12 @@ def conversation_cycles(
             n_duplicates=pl.col("_dups").fill_null(0)
         )
     return (
-        out.with_columns(is_open=pl.col("n_closes") == 0, is_reopen=pl.col("cycle") > 1)
+        out.with_columns(
+            _missing_opening(), is_open=pl.col("n_closes") == 0, is_reopen=pl.col("cycle") > 1
+        )
         .with_columns(
-            time_to_first_assignment=seconds_between("first_assigned_at", "opened_at"),
-            time_to_close=seconds_between("closed_at", "opened_at"),
+            time_to_first_assignment=_since_opening("first_assigned_at"),
+            time_to_close=_since_opening("closed_at"),
         )
         .select(
             "conversation_id",
@@ -252,6 +277,7 @@ def conversation_cycles(
             "is_open",
             "is_reopen",
             "missing_first_assignment",
+            "missing_opening",
             "n_missing_assignments",
             "time_to_first_assignment",
             "time_to_close",
@@ -295,7 +321,8 @@ def conversation_lifecycles(
         unassignment), ``n_closes``, ``n_reopens``, ``n_cycles``, ``closed_at`` (last close),
         ``closed_by_user_id`` (of the last close), ``is_open``,
         ``time_to_first_assignment``, ``time_to_close``, ``missing_first_assignment``,
-        ``n_missing_assignments``, ``n_events``, ``n_duplicates``, ``last_event_at``; in
+        ``missing_opening``, ``n_missing_assignments``, ``n_events``, ``n_duplicates``,
+        ``last_event_at``; in
         no particular order.
     """
     events = events.lazy()
@@ -345,14 +372,13 @@ def conversation_lifecycles(
     missing_first = pl.col("missing_first_assignment")
     return (
         out.with_columns(
+            _missing_opening(),
             n_reopens=pl.col("n_cycles") - 1,
             first_assigned_at=pl.when(missing_first).then(None).otherwise(pl.col("_first_root")),
         )
         .with_columns(
-            time_to_first_assignment=seconds_between("first_assigned_at", "opened_at"),
-            time_to_close=pl.when(pl.col("is_open"))
-            .then(None)
-            .otherwise(seconds_between("closed_at", "opened_at")),
+            time_to_first_assignment=_since_opening("first_assigned_at"),
+            time_to_close=_since_opening("closed_at", unless=pl.col("is_open")),
         )
         .select(
             "conversation_id",
@@ -370,6 +396,7 @@ def conversation_lifecycles(
             "time_to_first_assignment",
             "time_to_close",
             "missing_first_assignment",
+            "missing_opening",
             "n_missing_assignments",
             "n_events",
             "n_duplicates",

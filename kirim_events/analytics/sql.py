@@ -169,6 +169,20 @@ def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None
     FROM h ORDER BY message_id, seq"""
 
 
+# the opening was not seen: no event that can open a conversation at its first instant
+# (conversations.py, missing_opening)
+_FIRST_OPENING = (
+    "min(occurred_at) FILTER (WHERE type NOT IN "
+    "('conversation.assigned', 'conversation.closed')) AS _first_opening"
+)
+_MISSING_OPENING = "(_first_opening IS NULL OR _first_opening > opened_at) AS missing_opening"
+
+
+def _since_opening(later: str) -> str:
+    """Seconds from the opening to ``later``; null when the opening was not seen."""
+    return f"CASE WHEN missing_opening THEN NULL ELSE {_seconds(later, 'opened_at')} END"
+
+
 def _conversation_rows(as_of: TimeLike | None, copies: str | None) -> str:
     return f"""
     r AS (
@@ -202,7 +216,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     base AS (
       SELECT conversation_id, cycle, min(occurred_at) AS opened_at,
         max(occurred_at) AS last_event_at, count(*)::BIGINT AS n_events,
-        sum(_dups)::BIGINT AS n_duplicates
+        sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
       FROM t GROUP BY conversation_id, cycle
     ),
     a AS (
@@ -244,11 +258,11 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
       coalesce(n_assignments, 0) AS n_assignments, coalesce(n_assignees, 0) AS n_assignees,
       assignee_id, coalesce(n_closes, 0) AS n_closes, closed_at, closed_by_user_id,
       (n_closes IS NULL) AS is_open, (cycle > 1) AS is_reopen, missing_first_assignment,
-      coalesce(n_missing_assignments, 0) AS n_missing_assignments,
-      {_seconds("first_assigned_at", "opened_at")} AS time_to_first_assignment,
-      {_seconds("closed_at", "opened_at")} AS time_to_close,
+      missing_opening, coalesce(n_missing_assignments, 0) AS n_missing_assignments,
+      {_since_opening("first_assigned_at")} AS time_to_first_assignment,
+      {_since_opening("closed_at")} AS time_to_close,
       n_events, n_duplicates, last_event_at
-    FROM j
+    FROM (SELECT j.*, {_MISSING_OPENING} FROM j)
     ORDER BY conversation_id, cycle"""
 
 
@@ -262,7 +276,7 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     WITH {_conversation_rows(as_of, copies)},
     base AS (
       SELECT conversation_id, min(occurred_at) AS opened_at, max(occurred_at) AS last_event_at,
-        count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates
+        count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
       FROM r GROUP BY conversation_id
     ),
     a AS (
@@ -309,16 +323,17 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     ),
     h AS (
       SELECT j.*,
-        CASE WHEN missing_first_assignment THEN NULL ELSE _first_root END AS first_assigned_at
+        CASE WHEN missing_first_assignment THEN NULL ELSE _first_root END AS first_assigned_at,
+        {_MISSING_OPENING}
       FROM j
     )
     SELECT conversation_id, opened_at, first_assigned_at, n_assignments, n_assignees,
       assignee_id, n_closes, n_cycles - 1 AS n_reopens, n_cycles, closed_at,
       closed_by_user_id, is_open,
-      {_seconds("first_assigned_at", "opened_at")} AS time_to_first_assignment,
-      CASE WHEN is_open THEN NULL ELSE {_seconds("closed_at", "opened_at")} END
-        AS time_to_close,
-      missing_first_assignment, n_missing_assignments, n_events, n_duplicates, last_event_at
+      {_since_opening("first_assigned_at")} AS time_to_first_assignment,
+      CASE WHEN is_open THEN NULL ELSE {_since_opening("closed_at")} END AS time_to_close,
+      missing_first_assignment, missing_opening, n_missing_assignments, n_events,
+      n_duplicates, last_event_at
     FROM h"""
 
 

@@ -27,7 +27,10 @@ conversation_cycles (one row per (conversation_id, cycle)), events ordered by ev
     (a *reopen*). Per cycle: ``opened_at`` (first event), ``closed_at`` and
     ``closed_by_user_id`` (the close ending the cycle, null while open), ``first_assigned_at``
     (first ``conversation.assigned`` in the cycle), ``n_assignments``, ``assignee_id``
-    (``user_id`` of the cycle's last assignment), ``n_events``. The world never puts a
+    (``user_id`` of the cycle's last assignment), ``n_events``, ``missing_opening`` (no
+    event but assignments and closes at the cycle's first instant: the message that
+    opened it carried no conversation id, as Meta bodies without the ``kirim`` block do).
+    The world never puts a
     close in the same second as another event of its conversation, nor two assignments of
     one conversation in the same second, so event-time order is unambiguous where it
     matters (ties between other events change none of these columns).
@@ -37,8 +40,9 @@ conversation_lifecycles (one row per conversation_id)
     ``n_assignments``; ``n_assignees`` (distinct non-null ``user_id`` of assignments);
     ``assignee_id`` = ``user_id`` of the latest assignment; ``n_closes``; ``n_reopens`` =
     cycles - 1; ``closed_at``/``closed_by_user_id`` of the latest close; ``is_open`` = the
-    latest event is not a close; ``time_to_first_assignment`` = first_assigned_at -
-    opened_at; ``n_cycles``.
+    latest event is not a close; ``missing_opening`` (as for cycle 1);
+    ``time_to_first_assignment`` = first_assigned_at - opened_at, null when
+    ``missing_opening``; ``n_cycles``.
 
 ``as_of(ts)`` applies every definition to the events with ``at <= ts`` only.
 """
@@ -246,6 +250,18 @@ class Truth:
         return paths
 
 
+def _first_opening() -> pl.Expr:
+    """The first event time of an event that can open a conversation (not an assignment,
+    not a close)."""
+    opening = ~(pl.col("is_close") | pl.col("is_assign"))
+    return pl.col("at").filter(opening).min().alias("_first_opening")
+
+
+def _missing_opening() -> pl.Expr:
+    first = pl.col("_first_opening")
+    return (first.is_null() | (first > pl.col("opened_at"))).alias("missing_opening")
+
+
 def _to_datetime(ts: datetime | str | int) -> datetime:
     if isinstance(ts, datetime):
         if ts.tzinfo is None:
@@ -349,8 +365,10 @@ class TruthView:
                 assign.sum().cast(pl.Int64).alias("n_assignments"),
                 pl.col("user_id").filter(assign).last().alias("assignee_id"),
                 pl.len().cast(pl.Int64).alias("n_events"),
+                _first_opening(),
             )
-            .with_columns(pl.col("cycle").cast(pl.Int64))
+            .with_columns(pl.col("cycle").cast(pl.Int64), _missing_opening())
+            .drop("_first_opening")
             .sort("conversation_id", "cycle")
             .collect()
         )
@@ -373,13 +391,16 @@ class TruthView:
                 pl.col("closed_by_user_id").filter(close).last(),
                 close.last().not_().alias("is_open"),
                 pl.col("cycle").max().cast(pl.Int64).alias("n_cycles"),
+                _first_opening(),
             )
+            .with_columns(pl.col("n_assignees").cast(pl.Int64), _missing_opening())
             .with_columns(
-                pl.col("n_assignees").cast(pl.Int64),
-                (pl.col("first_assigned_at") - pl.col("opened_at")).alias(
-                    "time_to_first_assignment"
-                ),
+                pl.when(pl.col("missing_opening"))
+                .then(None)
+                .otherwise(pl.col("first_assigned_at") - pl.col("opened_at"))
+                .alias("time_to_first_assignment"),
             )
+            .drop("_first_opening")
             .sort("conversation_id")
             .collect()
         )

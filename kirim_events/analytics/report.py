@@ -65,6 +65,7 @@ def build_report(lake: Lake) -> Report:
     flags = ("out_of_order", "read_without_delivered", "failed_after_delivered", "never_sent")
     anomalies = {flag: int(timelines[flag].sum()) for flag in flags}
     anomalies["n_duplicates"] = int(timelines["n_duplicates"].fill_null(0).sum())
+    anomalies["missing_opening"] = int(lifecycles["missing_opening"].sum())
     anomalies["missing_first_assignment"] = int(lifecycles["missing_first_assignment"].sum())
     anomalies["n_missing_assignments"] = int(lifecycles["n_missing_assignments"].sum())
     return Report(
@@ -104,6 +105,7 @@ _ANOMALY_LABELS = {
     "failed_after_delivered": "messages both failed and delivered",
     "never_sent": "messages with no sent status seen",
     "n_duplicates": "extra copies of status events received (beyond the first)",
+    "missing_opening": "conversations whose opening was never seen",
     "missing_first_assignment": "conversations whose first assignment was never seen",
     "n_missing_assignments": "reassignments never seen",
 }

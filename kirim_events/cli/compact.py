@@ -32,7 +32,10 @@ def compact_command(
     ] = None,
     full: Annotated[
         bool,
-        typer.Option("--full", help="Visit every partition, not only those changed since."),
+        typer.Option(
+            "--full",
+            help="Visit every partition, not only those changed since the last compaction.",
+        ),
     ] = False,
     target_mb: Annotated[
         int,

@@ -323,10 +323,16 @@ def pandas_lifecycles(path: Path) -> Any:
     out["n_reopens"] = out["n_cycles"] - 1
     out["missing_first_assignment"] = out["_first_missing"].fillna(False).astype(bool)
     out.loc[out["missing_first_assignment"], "first_assigned_at"] = pd.NaT
+    # an opening not seen: nothing but assignments and closes at the first instant
+    opening = df[~df["type"].isin(["conversation.assigned", "conversation.closed"])]
+    first_opening = opening.groupby("conversation_id")["occurred_at"].min()
+    out["_first_opening"] = first_opening
+    unseen = out["_first_opening"].isna() | (out["_first_opening"] > out["opened_at"])
+    out["missing_opening"] = unseen
     wait = out["first_assigned_at"] - out["opened_at"]
-    out["time_to_first_assignment"] = wait.dt.total_seconds()
+    out["time_to_first_assignment"] = wait.dt.total_seconds().where(~unseen)
     ttc = (out["closed_at"] - out["opened_at"]).dt.total_seconds()
-    out["time_to_close"] = ttc.where(~out["is_open"])
+    out["time_to_close"] = ttc.where(~out["is_open"] & ~unseen)
     return out.reset_index()
 
 
@@ -537,7 +543,7 @@ def check_equal(path: Path, *, apply: bool = False) -> None:
         ]
     for task, fn, ours in cases:
         mine = ours.collect()
-        extra = ["rank", "_first_missing", "last_closed_cycle"]
+        extra = ["rank", "_first_missing", "last_closed_cycle", "_first_opening"]
         theirs = pl.from_pandas(fn(path).drop(columns=extra, errors="ignore"))
         cols = [c for c in theirs.columns if c in mine.columns]
         key = cols[0]

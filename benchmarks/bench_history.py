@@ -65,8 +65,10 @@ def pandas_history(path: Path) -> Any:
     df["current_status"] = after.map(INV)
     df["previous_status"] = before.map(INV)
     df["is_upgrade"] = before.isna() | (df["rank"] > before)
-    latest = by["received_at"].cummax().groupby(df["message_id"]).shift(1)
-    df["arrived_late"] = (df["received_at"] < latest).fillna(False)
+    # arrived after an event that happened later: after the earliest arrival that follows
+    earliest = df["received_at"][::-1].groupby(df["message_id"][::-1]).cummin()[::-1]
+    after_it = earliest.groupby(df["message_id"]).shift(-1)
+    df["arrived_late"] = (df["received_at"] > after_it).fillna(False)
     return df
 
 
@@ -109,10 +111,17 @@ def pandas_cycles(path: Path) -> Any:
     out = out.reset_index()
     out["is_open"] = out["n_closes"] == 0
     out["is_reopen"] = out["cycle"] > 1
+    # an opening not seen: nothing but assignments and closes at the cycle's first instant
+    opening = df[~df["type"].isin(["conversation.assigned", "conversation.closed"])]
+    first_opening = opening.groupby(keys)["occurred_at"].min().rename("_first_opening")
+    out = out.join(first_opening, on=keys)
+    unseen = out["_first_opening"].isna() | (out["_first_opening"] > out["opened_at"])
+    out["missing_opening"] = unseen
     wait = out["first_assigned_at"] - out["opened_at"]
-    out["time_to_first_assignment"] = wait.dt.total_seconds()
-    out["time_to_close"] = (out["closed_at"] - out["opened_at"]).dt.total_seconds()
-    return out
+    out["time_to_first_assignment"] = wait.dt.total_seconds().where(~unseen)
+    ttc = (out["closed_at"] - out["opened_at"]).dt.total_seconds()
+    out["time_to_close"] = ttc.where(~unseen)
+    return out.drop(columns="_first_opening")
 
 
 # --------------------------------------------------------------------------- bare DuckDB

@@ -397,3 +397,27 @@ def test_save_html_takes_one_chart_or_a_concatenation(tmp_path: Path) -> None:
     assert "outside_24h_window" in page  # the concatenation's second chart is there
     with pytest.raises(TypeError, match="save_html takes Altair charts, got DataFrame"):
         notebook.save_html([funnel, t], tmp_path / "r.html")  # type: ignore[list-item]
+
+
+def test_report_says_when_events_wait_in_the_journal(tmp_path: Path) -> None:
+    """The report reads the lake only; events that collect received but no flush moved yet
+    were left out without a word."""
+    from kirim_events import testing
+    from kirim_events.events import parse_delivery
+    from kirim_events.journal import Journal
+
+    ke.Lake(tmp_path).write_events(_records())
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert "not yet in the lake" not in result.output  # no journal: nothing said
+    body = testing.encode(testing.meta_status("delivered"))
+    with Journal(tmp_path) as journal:
+        assert journal.append(parse_delivery(body, {})) == [True]
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert f"note: the journal of {tmp_path} holds 1 received event not yet in the lake" in out
+    assert f"kirim-events compact --data {tmp_path} moves them there" in out
+    with Journal(tmp_path) as journal:
+        journal.flush(ke.Lake(tmp_path))
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert "not yet in the lake" not in result.output

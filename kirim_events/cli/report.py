@@ -25,10 +25,12 @@ from kirim_events.cli._app import (
     command,
     console,
     errors_to_exit,
+    print_note,
     require_folder,
     settings,
 )
-from kirim_events.errors import ConfigError
+from kirim_events.errors import ConfigError, StorageError
+from kirim_events.journal_index import JournalView
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
 
@@ -97,6 +99,14 @@ def report_command(
         )
         report = build_report(view)
         render_report(report, top=top)
+        waiting = _in_journal(s.data_dir)
+        if waiting:
+            events = "event" if waiting == 1 else "events"
+            print_note(
+                f"the journal of {s.data_dir} holds {waiting:,} received {events} not yet in "
+                f"the lake, so not in this report: kirim-events compact --data {s.data_dir} "
+                "moves them there"
+            )
         if html is not None:
             try:
                 written = write_html(report, html, top=top)
@@ -104,6 +114,14 @@ def report_command(
                 why = exc.strerror or exc
                 raise ConfigError(f"--html {html}: cannot write it ({why})") from None
             console.print(f"report written to {written}")
+
+
+def _in_journal(data_dir: Path) -> int:
+    """Events waiting in the data folder's journal (read-only; 0 without one)."""
+    try:
+        return len(JournalView(data_dir).inbox_keys())
+    except StorageError:
+        return 0
 
 
 def _check_writable(html: Path) -> None:

@@ -115,8 +115,8 @@ def _one_job_may_cause(exc: BaseException) -> bool:
 
 
 def _identity(path: Path) -> tuple[int, int]:
-    """Which file ``path`` names (device, inode): the same after a rename, not after a
-    delete and a new file at the path."""
+    """Which file ``path`` names (device, inode): another after a delete and a new file at
+    the path."""
     info = os.stat(path)
     return info.st_dev, info.st_ino
 
@@ -174,7 +174,9 @@ class Journal(KeyIndex):
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
         self.data_dir = Path(data_dir)
-        self.path = journal_path(self.data_dir)
+        # absolute: the file is checked again at every commit (_check_file), and a relative
+        # path would name another file once the process changes its working folder
+        self.path = journal_path(self.data_dir.absolute())
         self.retention = retention
         self._now = now
         self._max_batch = max_batch
@@ -265,12 +267,14 @@ class Journal(KeyIndex):
         the flusher read a new, empty journal at the path."""
         try:
             same = _identity(self.path) == self._file
-        except OSError:
+        except FileNotFoundError:
             same = False
+        except OSError as exc:  # EIO, ESTALE on a network mount: may pass; say what it was
+            raise StorageError(f"cannot check journal {self.path}: {exc}") from exc
         if not same:
             raise StorageError(
-                f"journal {self.path} was deleted or replaced while open: nothing more is "
-                "stored there; restart to open a new one"
+                f"journal {self.path} was deleted, moved or replaced while open: nothing "
+                "more is stored there; restart to open the journal at that path"
             )
 
     def _connect(self) -> sqlite3.Connection:

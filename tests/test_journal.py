@@ -647,3 +647,31 @@ def test_an_s3_lake_is_one_identity_however_its_location_is_written() -> None:
     names = {lake_identity(SimpleNamespace(storage=open_storage(uri, env=env)), "/data")
              for uri in ("s3://acme/lake", "s3://acme/lake/", "s3://acme//lake")}  # fmt: skip
     assert names == {"s3:acme/lake"}
+
+
+def test_a_journal_replaced_under_it_is_refused_and_ordinary_use_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that catches a deleted journal (test_receiver) must also catch a new file
+    put at the path, and must not fire on a relative folder after a change of working
+    folder, on a second instance, or on a reopen."""
+    monkeypatch.chdir(tmp_path)
+    first = Journal("data")  # relative, as the default ./data
+    monkeypatch.chdir(tmp_path.parent)  # a daemon's chdir("/"), a notebook's os.chdir
+    assert first.append(records(testing.kirim_event(event_id="evt_1"))) == [True]
+    with Journal(tmp_path / "data") as second:  # another instance on the same file
+        assert second.append(records(testing.kirim_event(event_id="evt_2"))) == [True]
+        assert first.append(records(testing.kirim_event(event_id="evt_2"))) == [False]
+    first.flush(Lake(tmp_path / "data"))
+    first.close()
+    with Journal(tmp_path / "data") as again:  # reopened
+        assert again.append(records(testing.kirim_event(event_id="evt_3"))) == [True]
+        # a new file at the path: a copy, renamed over the open one
+        path = again.path
+        copy = path.with_name("copy.sqlite3")
+        copy.write_bytes(path.read_bytes())
+        copy.replace(path)
+        with pytest.raises(StorageError, match="deleted, moved or replaced while open"):
+            again.append(records(testing.kirim_event(event_id="evt_4")))
+        with pytest.raises(StorageError, match="deleted, moved or replaced while open"):
+            again.flush(Lake(tmp_path / "data"))

@@ -323,8 +323,9 @@ def pandas_lifecycles(path: Path) -> Any:
     out["n_reopens"] = out["n_cycles"] - 1
     out["missing_first_assignment"] = out["_first_missing"].fillna(False).astype(bool)
     out.loc[out["missing_first_assignment"], "first_assigned_at"] = pd.NaT
-    # an opening not seen: nothing but assignments and closes at the first instant
-    opening = df[~df["type"].isin(["conversation.assigned", "conversation.closed"])]
+    # an opening not seen: no message or message status at the first instant
+    opening = df[df["type"].isin(["message.received", "message.sent", "message.created",
+                                  "message.status"])]  # fmt: skip
     first_opening = opening.groupby("conversation_id")["occurred_at"].min()
     out["_first_opening"] = first_opening
     unseen = out["_first_opening"].isna() | (out["_first_opening"] > out["opened_at"])

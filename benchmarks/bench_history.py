@@ -111,8 +111,9 @@ def pandas_cycles(path: Path) -> Any:
     out = out.reset_index()
     out["is_open"] = out["n_closes"] == 0
     out["is_reopen"] = out["cycle"] > 1
-    # an opening not seen: nothing but assignments and closes at the cycle's first instant
-    opening = df[~df["type"].isin(["conversation.assigned", "conversation.closed"])]
+    # an opening not seen: no message or message status at the cycle's first instant
+    opening = df[df["type"].isin(["message.received", "message.sent", "message.created",
+                                  "message.status"])]  # fmt: skip
     first_opening = opening.groupby(keys)["occurred_at"].min().rename("_first_opening")
     out = out.join(first_opening, on=keys)
     unseen = out["_first_opening"].isna() | (out["_first_opening"] > out["opened_at"])

@@ -156,6 +156,10 @@ def test_conversation_lifecycles_equal_the_truth(run: Run) -> None:
     # With every event present, nothing is missing.
     assert got["missing_first_assignment"].sum() == 0
     assert got["n_missing_assignments"].sum() == 0
+    # ... but for the openings whose message carried no conversation id (no kirim block)
+    unseen = got["missing_opening"].sum()
+    assert unseen > 0 if not run.truth.kirim_block else unseen == 0
+    assert got.filter("missing_opening")["time_to_first_assignment"].null_count() == unseen
 
 
 @pytest.mark.parametrize("n", [4])

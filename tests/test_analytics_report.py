@@ -287,10 +287,10 @@ def test_report_as_of_before_the_first_event_says_when_the_events_happened(
     result = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", "2020-01-01"])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    first = T0.strftime("%Y-%m-%d %H:%M")
+    first, last = T0.strftime("%Y-%m-%d %H:%M:%S"), at(600).strftime("%Y-%m-%d %H:%M:%S")
     assert (
-        f"(no events had happened by 2020-01-01 00:00 UTC: the lake's events happened from {first}"
-        in out
+        "(no events had happened by 2020-01-01 00:00:00 UTC: the lake's events happened "
+        f"from {first} to {last} UTC)" in out
     )
     assert table_rows(result.output) == []
     full = runner.invoke(app, ["report", "--data", str(tmp_path)])
@@ -385,6 +385,8 @@ def test_a_chart_given_the_rows_it_summarises_summarises_them(tmp_path: Path) ->
             chart(wrong)
     with pytest.raises(ValueError, match="health_chart draws a frame with columns day"):
         notebook.health_chart(t)
+    with pytest.raises(ValueError, match=r"metric, of, median, p90, message timelines \("):
+        notebook.times_chart(wrong)
 
 
 def test_save_html_takes_one_chart_or_a_concatenation(tmp_path: Path) -> None:
@@ -421,3 +423,15 @@ def test_report_says_when_events_wait_in_the_journal(tmp_path: Path) -> None:
         journal.flush(ke.Lake(tmp_path))
     result = runner.invoke(app, ["report", "--data", str(tmp_path)])
     assert "not yet in the lake" not in result.output
+    # a journal that flushes into another lake: its events are not this lake's to wait for
+    other = tmp_path / "other"
+    ke.Lake(other).write_events(_records())
+    with Journal(tmp_path) as journal:
+        assert journal.append(parse_delivery(testing.encode(testing.meta_status("read")), {}))
+    args = ["report", "--data", str(tmp_path), "--lake", str(other)]
+    assert "not yet in the lake" not in runner.invoke(app, args).output
+    with Journal(tmp_path) as journal:
+        journal.flush(ke.Lake(other))  # now it flushes there: the command names that lake
+        assert journal.append(parse_delivery(testing.encode(testing.meta_status("sent")), {}))
+    out = " ".join(runner.invoke(app, args).output.split())
+    assert f"compact --data {tmp_path} --lake {other} moves them there" in out

@@ -565,11 +565,24 @@ def test_a_folder_holding_other_things_is_not_read_as_an_empty_lake(
     # folder before its first flush
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / ".gitkeep").write_text("")
+    (tmp_path / "new" / "lost+found").mkdir()  # a new volume mounted there
     assert ke.Lake("new").events().collect().height == 0
     (tmp_path / "new" / "_journal").mkdir()
     (tmp_path / "new" / "stray.txt").write_text("")
     assert ke.Lake("new").message_timelines().collect().height == 0
     assert ke.Lake("data").events().collect().height == 1
+
+
+def test_span_says_when_the_events_happened_whatever_as_of(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    assert lake.span() is None  # no events yet
+    lake.write_events([ev("a", occurred=T0), ev("b", occurred=T0 + timedelta(days=3))])
+    lake.write_events([ev("a", occurred=T0)])  # a copy, not yet compacted
+    span = (T0, T0 + timedelta(days=3))
+    assert lake.span() == span
+    assert lake.as_of(T0 + timedelta(hours=1)).span() == span  # the whole lake's
+    (tmp_path / "lost+found").mkdir()  # a volume's root: no one's content
+    assert ke.Lake(tmp_path).span() == span
 
 
 def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -> None:

@@ -19,9 +19,10 @@ arrival order. Rules, shared with the DuckDB views in ``sql.py``:
   first seen assignment already names a previous user has ``missing_first_assignment``
   and a null ``first_assigned_at``.
 * An opening not seen is flagged too: ``missing_opening`` when no event that can open a
-  conversation (anything but an assignment or a close: a message, a status) is at the
-  first instant seen of the conversation (or cycle), as when Meta bodies come without
-  Kirim's ``kirim`` block (no conversation id on messages) or the lake starts mid-way.
+  conversation (``OPENING_TYPES``: a message, inbound or outbound, or an outbound
+  message's status) is at the first instant seen of the conversation (or cycle), as when
+  Meta bodies come without Kirim's ``kirim`` block (no conversation id on messages) or the
+  lake starts mid-way.
   ``opened_at`` is still the first event seen; the times from it are null then.
 * Times are float seconds: ``time_to_first_assignment`` = first_assigned_at - opened_at,
   ``time_to_close`` = closed_at - opened_at, null while the conversation (or cycle) is open
@@ -46,6 +47,10 @@ __all__ = ["conversation_cycles", "conversation_lifecycles"]
 
 ASSIGNED = "conversation.assigned"
 CLOSED = "conversation.closed"
+OPENING_TYPES = ("message.received", "message.sent", "message.created", "message.status")
+"""Events that can open a conversation: a message either way, or an outbound message's
+status. Assignments, closes, edits and revokes (of a message not seen), contact changes
+and types Kirim may add cannot."""
 
 
 def _rows(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
@@ -150,7 +155,7 @@ def _close_aggs() -> list[pl.Expr]:
 
 
 def _base_aggs() -> list[pl.Expr]:
-    opening = ~pl.col("type").is_in([ASSIGNED, CLOSED])
+    opening = pl.col("type").is_in(OPENING_TYPES)
     return [
         pl.col("occurred_at").min().alias("opened_at"),
         pl.col("occurred_at").max().alias("last_event_at"),
@@ -160,8 +165,8 @@ def _base_aggs() -> list[pl.Expr]:
 
 
 def _missing_opening() -> pl.Expr:
-    """No event that can open a conversation (a message, a status: anything but an
-    assignment or a close) at its first instant: the opening was not seen."""
+    """No event that can open a conversation (``OPENING_TYPES``) at its first instant: the
+    opening was not seen."""
     first = pl.col("_first_opening")
     return (first.is_null() | (first > pl.col("opened_at"))).alias("missing_opening")
 

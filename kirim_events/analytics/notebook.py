@@ -85,9 +85,10 @@ def _summary(
             return summarise(rows)
         except pl.exceptions.ColumnNotFoundError:
             shown = ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
+            source = "" if summarise is _health_of else ", message timelines (summarised first)"
             raise ValueError(
-                f"{what} draws a frame with columns {', '.join(columns)}, or the rows it "
-                f"summarises, or a Lake; got one with columns {shown}"
+                f"{what} draws a frame with columns {', '.join(columns)}{source} or a Lake; "
+                f"got one with columns {shown}"
             ) from None
     return summarise(frame)
 

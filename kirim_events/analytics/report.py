@@ -125,8 +125,8 @@ def _when(report: Report) -> str:
     return f" as of {report.as_of.isoformat()}" if report.as_of else ""
 
 
-def _minute(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%d %H:%M")
+def _second(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def headline(report: Report) -> str:
@@ -152,11 +152,11 @@ def notes(report: Report) -> list[str]:
             "received, `kirim-events demo` makes an example lake)"
         ]
     first, last = report.span
-    happened = f"the lake's events happened from {_minute(first)} to {_minute(last)} UTC"
+    happened = f"the lake's events happened from {_second(first)} to {_second(last)} UTC"
     if not is_empty(report):
         return [happened[0].upper() + happened[1:]]
     if report.as_of is not None and report.as_of < first:
-        return [f"(no events had happened by {_minute(report.as_of)} UTC: {happened})"]
+        return [f"(no events had happened by {_second(report.as_of)} UTC: {happened})"]
     return [f"(no message or conversation events in the lake{_when(report)}; {happened})"]
 
 

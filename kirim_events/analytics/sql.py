@@ -15,6 +15,7 @@ from kirim_events.analytics._common import (
     STATUS_RANK,
     as_utc,
 )
+from kirim_events.analytics.conversations import OPENING_TYPES
 from kirim_events.analytics.health import MAX_ATTEMPT
 from kirim_events.events import TYPE_ALIASES
 from kirim_events.timearg import TimeLike
@@ -171,10 +172,7 @@ def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None
 
 # the opening was not seen: no event that can open a conversation at its first instant
 # (conversations.py, missing_opening)
-_FIRST_OPENING = (
-    "min(occurred_at) FILTER (WHERE type NOT IN "
-    "('conversation.assigned', 'conversation.closed')) AS _first_opening"
-)
+_FIRST_OPENING = f"min(occurred_at) FILTER (WHERE type IN {_in(OPENING_TYPES)}) AS _first_opening"
 _MISSING_OPENING = "(_first_opening IS NULL OR _first_opening > opened_at) AS missing_opening"
 
 

@@ -30,7 +30,7 @@ from kirim_events.cli._app import (
     settings,
 )
 from kirim_events.errors import ConfigError, StorageError
-from kirim_events.journal_index import JournalView
+from kirim_events.journal_index import JournalView, lake_identity
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
 
@@ -99,13 +99,13 @@ def report_command(
         )
         report = build_report(view)
         render_report(report, top=top)
-        waiting = _in_journal(s.data_dir)
+        waiting = _in_journal(s.data_dir, lake)
         if waiting:
             events = "event" if waiting == 1 else "events"
+            elsewhere = f" --lake {lake_uri}" if lake_uri else ""
             print_note(
                 f"the journal of {s.data_dir} holds {waiting:,} received {events} not yet in "
-                f"the lake, so not in this report: kirim-events compact --data {s.data_dir} "
-                "moves them there"
+                f"the lake: kirim-events compact --data {s.data_dir}{elsewhere} moves them there"
             )
         if html is not None:
             try:
@@ -116,10 +116,15 @@ def report_command(
             console.print(f"report written to {written}")
 
 
-def _in_journal(data_dir: Path) -> int:
-    """Events waiting in the data folder's journal (read-only; 0 without one)."""
+def _in_journal(data_dir: Path, lake: Lake) -> int:
+    """Events waiting in the data folder's journal to be flushed into ``lake`` (read-only;
+    0 without a journal, or when it last flushed into another lake)."""
     try:
-        return len(JournalView(data_dir).inbox_keys())
+        view = JournalView(data_dir)
+        target = view.flush_target()
+        if (target or "data folder") != lake_identity(lake, data_dir):
+            return 0  # its events go to another lake (collect flushes into its --data)
+        return len(view.inbox_keys())
     except StorageError:
         return 0
 

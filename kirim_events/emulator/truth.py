@@ -28,8 +28,8 @@ conversation_cycles (one row per (conversation_id, cycle)), events ordered by ev
     ``closed_by_user_id`` (the close ending the cycle, null while open), ``first_assigned_at``
     (first ``conversation.assigned`` in the cycle), ``n_assignments``, ``assignee_id``
     (``user_id`` of the cycle's last assignment), ``n_events``, ``missing_opening`` (no
-    event but assignments and closes at the cycle's first instant: the message that
-    opened it carried no conversation id, as Meta bodies without the ``kirim`` block do).
+    message or message status at the cycle's first instant: the message that opened it
+    carried no conversation id, as Meta bodies without the ``kirim`` block do).
     The world never puts a
     close in the same second as another event of its conversation, nor two assignments of
     one conversation in the same second, so event-time order is unambiguous where it
@@ -251,9 +251,9 @@ class Truth:
 
 
 def _first_opening() -> pl.Expr:
-    """The first event time of an event that can open a conversation (not an assignment,
-    not a close)."""
-    opening = ~(pl.col("is_close") | pl.col("is_assign"))
+    """The first event time of an event that can open a conversation: a message the world
+    emits (inbound), or an outbound message's status."""
+    opening = pl.col("type").is_in(["message.received", "message.status"])
     return pl.col("at").filter(opening).min().alias("_first_opening")
 
 

@@ -57,6 +57,7 @@ from kirim_events.lake.reader import (
     parquet_names,
     plan_table,
     scan,
+    scan_all,
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
@@ -256,7 +257,8 @@ class Lake(AnalyticsMixin):
         names = os.listdir(root)
         if any(name in _LAKE_ENTRIES for name in names):
             return
-        foreign = sorted(name for name in names if not name.startswith("."))
+        # dot files (data/.gitkeep) and a new volume's lost+found are no one's content
+        foreign = sorted(n for n in names if not n.startswith(".") and n != "lost+found")
         if foreign:  # an empty folder is a new lake; one holding other things is not one
             raise LakeError(_not_a_lake(root, foreign))
 
@@ -431,10 +433,11 @@ class Lake(AnalyticsMixin):
         >>> ke.Lake(tempfile.mkdtemp()).span() is None
         True
         """
-        whole = copy.copy(self)
-        whole.as_of_ts = None
+        self._require_folder()
+        plans = plan_table(self.storage, "events", window_days=self.dedup_window_days)
+        # copies of an event share its event time: no need to deduplicate for the bounds
         first, last = (
-            whole.events()
+            scan_all(self.storage, "events", plans)
             .select(pl.col("occurred_at").min(), pl.col("occurred_at").max().alias("last"))
             .collect()
             .row(0)

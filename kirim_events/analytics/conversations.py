@@ -160,7 +160,9 @@ def _base_aggs() -> list[pl.Expr]:
         pl.col("occurred_at").min().alias("opened_at"),
         pl.col("occurred_at").max().alias("last_event_at"),
         pl.len().cast(pl.Int64).alias("n_events"),
-        pl.col("occurred_at").filter(opening).min().alias("_first_opening"),
+        # when/then, not filter: at 10M events a filter in the group-by added 16% to the
+        # lifecycles, when/then 3%
+        pl.when(opening).then(pl.col("occurred_at")).min().alias("_first_opening"),
     ]
 
 

@@ -494,7 +494,7 @@ async def test_a_journal_deleted_under_a_running_receiver_is_a_503_not_a_lost_20
     assert resp.status_code == 503  # Kirim retries; no acknowledgement of a lost event
     async with client(app) as c:
         assert (await c.get("/healthz")).status_code == 503
-    with pytest.raises(StorageError, match="was deleted or replaced while open"):
+    with pytest.raises(StorageError, match="was deleted, moved or replaced while open"):
         journal.flush(Lake(journal.data_dir))
     assert not journal.path.exists()  # no new, empty journal made by the reader
     journal.close()

@@ -39,6 +39,17 @@ def test_outputs_are_stripped_in_git(name: str) -> None:
             assert cell["execution_count"] is None
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_cell_has_a_unique_id(name: str) -> None:
+    """nbformat 4.5 wants an id on every cell (it warned on cells added without one, and
+    says it will refuse them)."""
+    raw = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
+    ids = [cell.get("id") for cell in raw["cells"]]  # nbformat.read would fill them in
+    assert None not in ids
+    nbformat.validate(nbformat.from_dict(raw))
+    assert len(set(ids)) == len(ids)
+
+
 def _run(name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Execute one notebook on the lake in ``data_dir``; return it, checked error-free."""
     monkeypatch.setenv("KIRIM_DATA_DIR", str(data_dir))

@@ -57,7 +57,6 @@ from kirim_events.backfill import (
     check_order,
     delivery_events,
     delivery_headers,
-    parse_when,
 )
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
@@ -66,6 +65,7 @@ from kirim_events.journal import Journal
 from kirim_events.journal_index import JournalView, KeyIndex, journal_path, lake_identity
 from kirim_events.journal_quarantine import quarantined_event_ids
 from kirim_events.printable import printable
+from kirim_events.timearg import parse_when
 
 __all__ = [
     "ACTIONS",

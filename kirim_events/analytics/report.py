@@ -247,8 +247,7 @@ def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
     """Write the report to a self-contained HTML file (opens offline): the terminal's figures
     as tables, then the charts; the failures chart shows the ``top`` most frequent reasons,
     like the table. A report with nothing to show has no charts."""
-    when = f" as of {report.as_of.isoformat()}" if report.as_of else ""
-    title = f"kirim-events report{when}"
+    title = f"kirim-events report{_when(report)}"
     words = report_html(report, top=top)
     if is_empty(report):
         target = Path(path)

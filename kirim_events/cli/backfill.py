@@ -18,7 +18,6 @@ from kirim_events.backfill import (
     BackfillReport,
     backfill,
     check_order,
-    parse_when,
 )
 from kirim_events.cli._app import (
     DataOption,
@@ -46,6 +45,7 @@ from kirim_events.reconcile import (
     bulk_replay_window,
     reconcile,
 )
+from kirim_events.timearg import parse_when
 
 SinceOption = Annotated[
     str,

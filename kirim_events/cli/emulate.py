@@ -18,7 +18,6 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from kirim_events.backfill import parse_when
 from kirim_events.cli._app import (
     command,
     console,
@@ -34,6 +33,7 @@ from kirim_events.emulator.world import World
 from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
 from kirim_events.printable import printable
+from kirim_events.timearg import parse_when
 
 # Seconds the default start leaves between the world's last event and now: its deliveries
 # are stamped a little after their events.

@@ -19,7 +19,6 @@ from kirim_events.analytics.report import (
     tables,
     write_html,
 )
-from kirim_events.backfill import parse_when
 from kirim_events.cli._app import (
     DataOption,
     command,
@@ -33,6 +32,7 @@ from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal_index import JournalView, lake_identity
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
+from kirim_events.timearg import parse_when
 
 
 def render_report(report: Report, *, top: int, more: str = "--top {top}") -> None:

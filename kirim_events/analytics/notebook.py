@@ -72,25 +72,31 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
 
 
 def _summary(
-    frame: Frame, summarise: Callable[[Any], pl.DataFrame], columns: tuple[str, ...], what: str
+    frame: Frame,
+    columns: tuple[str, ...],
+    what: str,
+    of_lake: Callable[[Any], pl.DataFrame],
+    of_rows: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """What a chart draws: ``frame`` itself when it has the summary's ``columns``, else
-    ``summarise`` of it: of a Lake, or of the helper rows it summarises
+    """What a chart draws: ``frame`` itself when it has the summary's ``columns``; else, of
+    a Lake, ``of_lake``; of the helper rows a summary is made of, ``of_rows``
     (``funnel_chart(timelines)`` built a chart that failed only when shown)."""
-    if isinstance(frame, (pl.DataFrame, pl.LazyFrame, duckdb.DuckDBPyRelation)):
-        rows = _df(frame)
-        if set(columns) <= set(rows.columns):
-            return rows
-        try:
-            return summarise(rows)
-        except pl.exceptions.ColumnNotFoundError:
-            shown = ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
-            source = "" if summarise is _health_of else ", message timelines (summarised first)"
-            raise ValueError(
-                f"{what} draws a frame with columns {', '.join(columns)}{source} or a Lake; "
-                f"got one with columns {shown}"
-            ) from None
-    return summarise(frame)
+    if not isinstance(frame, (pl.DataFrame, pl.LazyFrame, duckdb.DuckDBPyRelation)):
+        return of_lake(frame)
+    rows = _df(frame)
+    if set(columns) <= set(rows.columns):
+        return rows
+    try:
+        if of_rows is not None:
+            return of_rows(rows)
+    except pl.exceptions.ColumnNotFoundError:
+        pass
+    shown = ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
+    source = "" if of_rows is None else ", message timelines (summarised first)"
+    raise ValueError(
+        f"{what} draws a frame with columns {', '.join(columns)}{source} or a Lake; "
+        f"got one with columns {shown}"
+    )
 
 
 def funnel(timelines: Frame) -> pl.DataFrame:
@@ -238,7 +244,7 @@ def funnel_chart(funnel_frame: Frame) -> altair.Chart:
     alt = _alt()
     chart: altair.Chart = (
         alt.Chart(
-            _summary(funnel_frame, funnel, ("stage", "messages", "share"), "funnel_chart"),
+            _summary(funnel_frame, ("stage", "messages", "share"), "funnel_chart", funnel, funnel),
             title="Delivery funnel",
         )
         .mark_bar()
@@ -257,9 +263,10 @@ def failures_chart(reasons: Frame, *, top: int = 10) -> altair.Chart:
     data = (
         _summary(
             reasons,
-            failure_reasons,
             ("error_label", "error_code", "error_title", "messages"),
             "failures_chart",
+            failure_reasons,
+            failure_reasons,
         )
         .head(top)
         .with_columns(
@@ -287,18 +294,14 @@ _TIME_LABEL = (
 )
 
 
-def _times_of(frame: Any) -> pl.DataFrame:
-    """A Lake's messages' and conversations' times; a frame's own (a message timeline's)."""
-    if isinstance(frame, pl.DataFrame):
-        return time_summary(frame)
-    return time_summary(frame, frame)
-
-
 def times_chart(summary: Frame) -> altair.Chart:
     """Median and p90 of each time metric, in seconds (from :func:`time_summary`, or of a
     Lake: its messages' and conversations' times)."""
     alt = _alt()
-    data = _summary(summary, _times_of, ("metric", "of", "median", "p90"), "times_chart").unpivot(
+    columns = ("metric", "of", "median", "p90")
+    data = _summary(
+        summary, columns, "times_chart", lambda lake: time_summary(lake, lake), time_summary
+    ).unpivot(
         index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
     )
     chart: altair.Chart = (
@@ -323,14 +326,6 @@ def times_chart(summary: Frame) -> altair.Chart:
     return chart
 
 
-def _health_of(frame: Any) -> pl.DataFrame:
-    """A Lake's delivery health; no frame summarises into it (events and deliveries both
-    are needed), so a frame without its columns is the wrong one."""
-    if isinstance(frame, pl.DataFrame):
-        raise pl.exceptions.ColumnNotFoundError("not a delivery_health frame")
-    return _df(frame, "delivery_health")
-
-
 def health_chart(health: Frame) -> altair.Chart:
     """Stacked bars: events first received per day, by event type (from ``delivery_health``).
 
@@ -339,7 +334,7 @@ def health_chart(health: Frame) -> altair.Chart:
     alt = _alt()
     columns = ("day", "event_type", "n_events", "deliveries", "retry_rate")
     data = (
-        _summary(health, _health_of, columns, "health_chart")
+        _summary(health, columns, "health_chart", lambda lake: _df(lake, "delivery_health"))
         .filter(pl.col("n_events").is_not_null())
         .select(pl.col("day").cast(pl.String), "event_type", "n_events", "deliveries", "retry_rate")
     )

@@ -44,12 +44,25 @@ def _seconds(later: str, earlier: str) -> str:
     return f"(epoch_us({later}) - epoch_us({earlier}))::DOUBLE / 1000000.0"
 
 
+def _with_copies(copies: str | None) -> str:
+    """The head of a ``WITH``: ``copies`` as the relation ``cp``, computed once however
+    often the query reads the events (nothing when there are no copies)."""
+    return "WITH" if copies is None else f"WITH cp AS MATERIALIZED ({copies}),"
+
+
 def _events_with_dups(copies: str | None) -> str:
+    """The events with their duplicate count; the query must start with :func:`_with_copies`.
+
+    A query that reads them twice repeats this instead of naming one CTE: DuckDB would
+    materialize every column of every row of it (a third of the CPU time of the timelines
+    and lifecycles views at 10M events), while each repeated scan reads only its own columns
+    and, where it keeps one type, only that type's partition.
+    """
     if copies is None:
         return "(SELECT e.*, NULL::BIGINT AS _dups FROM events e)"
     return (
         "(SELECT e.*, coalesce(c.n_copies - 1, 0)::BIGINT AS _dups FROM events e "
-        f"LEFT JOIN ({copies}) c ON c.event_key = e.event_key)"
+        "LEFT JOIN cp c ON c.event_key = e.event_key)"
     )
 
 
@@ -99,8 +112,10 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
         for b in statuses
         if a != b
     )
+    rows = _status_rows(as_of, copies)
+    multi = "SELECT message_id FROM f WHERE _multi"
     return f"""
-    WITH s AS ({_status_rows(as_of, copies)}),
+    {_with_copies(copies)}
     g AS (
       SELECT message_id,
         min(phone_number_id) AS phone_number_id, min(recipient_id) AS recipient_id,
@@ -112,7 +127,7 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
         count(*)::BIGINT AS n_events,
         sum(_dups)::BIGINT AS n_duplicates,
         min(received_at) AS first_received_at, max(received_at) AS last_received_at
-      FROM s GROUP BY message_id
+      FROM ({rows}) GROUP BY message_id
     ),
     f AS (SELECT g.*, n_events > ({present}) AS _multi, ({pairs}) AS _late_fast FROM g),
     slow AS (
@@ -121,7 +136,7 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
           AS _error_code_slow,
         first(error_title ORDER BY {_STATUS_ORDER}) FILTER (WHERE status = 'failed')
           AS _error_title_slow
-      FROM ({_late("SELECT * FROM s WHERE message_id IN (SELECT message_id FROM f WHERE _multi)")})
+      FROM ({_late(f"SELECT * FROM ({rows}) WHERE message_id IN ({multi})")})
       GROUP BY message_id
     ),
     h AS (
@@ -155,7 +170,8 @@ def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None
     """SELECT for the ``message_status_history`` view (rules: ``timelines.py``)."""
     window = f"PARTITION BY message_id ORDER BY {_STATUS_ORDER}"
     return f"""
-    WITH s AS ({_status_events(as_of, copies)}),
+    {_with_copies(copies)}
+    s AS ({_status_events(as_of, copies)}),
     h AS (
       SELECT s.*, row_number() OVER ({window})::BIGINT AS seq,
         max(_rank) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS _before,
@@ -181,11 +197,20 @@ def _since_opening(later: str) -> str:
     return f"CASE WHEN missing_opening THEN NULL ELSE {_seconds(later, 'opened_at')} END"
 
 
-def _conversation_rows(as_of: TimeLike | None, copies: str | None) -> str:
+def _conversation_rows(as_of: TimeLike | None, copies: str | None, kind: str | None = None) -> str:
+    """The events that name a conversation (of type ``kind`` only, when given)."""
+    only = "" if kind is None else f" AND type = {_quote(kind)}"
     return f"""
-    r AS (
-      SELECT * FROM {_events_with_dups(copies)} e WHERE conversation_id IS NOT NULL{_cut(as_of)}
-    )"""
+      SELECT * FROM {_events_with_dups(copies)} e
+      WHERE conversation_id IS NOT NULL{only}{_cut(as_of)}"""
+
+
+def _in_cycles(rows: str) -> str:
+    """``rows`` with the cycle of each: an as-of join with the CTE ``marks``."""
+    return f"""
+      SELECT r.*, (1 + coalesce(m.k, 0))::BIGINT AS cycle
+      FROM ({rows}) r ASOF LEFT JOIN marks m
+        ON r.conversation_id = m.conversation_id AND r.occurred_at > m.occurred_at"""
 
 
 def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
@@ -195,32 +220,28 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     close instant; then, as in the Polars helper, all events, the assignments and the
     closes are aggregated apart (only the latter two are ordered) and joined.
     """
+    closes = _conversation_rows(as_of, copies, "conversation.closed")
     return f"""
-    WITH {_conversation_rows(as_of, copies)},
+    {_with_copies(copies)}
     instants AS (
       SELECT conversation_id, occurred_at, 1 AS n
-      FROM r WHERE type = 'conversation.closed' GROUP BY conversation_id, occurred_at
+      FROM ({closes}) GROUP BY conversation_id, occurred_at
     ),
     marks AS (
       SELECT conversation_id, occurred_at,
         sum(n) OVER (PARTITION BY conversation_id ORDER BY occurred_at)::BIGINT AS k
       FROM instants
     ),
-    t AS (
-      SELECT r.*, (1 + coalesce(m.k, 0))::BIGINT AS cycle
-      FROM r ASOF LEFT JOIN marks m
-        ON r.conversation_id = m.conversation_id AND r.occurred_at > m.occurred_at
-    ),
     base AS (
       SELECT conversation_id, cycle, min(occurred_at) AS opened_at,
         max(occurred_at) AS last_event_at, count(*)::BIGINT AS n_events,
         sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
-      FROM t GROUP BY conversation_id, cycle
+      FROM ({_in_cycles(_conversation_rows(as_of, copies))}) GROUP BY conversation_id, cycle
     ),
     a AS (
       SELECT t.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
           PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
-      FROM t WHERE type = 'conversation.assigned'
+      FROM ({_in_cycles(_conversation_rows(as_of, copies, "conversation.assigned"))}) t
     ),
     ag AS (
       SELECT conversation_id, cycle,
@@ -236,7 +257,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
       SELECT conversation_id, cycle, count(*)::BIGINT AS n_closes,
         max(occurred_at) AS closed_at,
         last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id
-      FROM t WHERE type = 'conversation.closed' GROUP BY conversation_id, cycle
+      FROM ({_in_cycles(closes)}) GROUP BY conversation_id, cycle
     ),
     ag1 AS (  -- the flag belongs to the cycle of the conversation's first assignment event
       SELECT ag.*EXCLUDE (_missing_first), _missing_first
@@ -271,16 +292,16 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
     aggregation per conversation.
     """
     return f"""
-    WITH {_conversation_rows(as_of, copies)},
+    {_with_copies(copies)}
     base AS (
       SELECT conversation_id, min(occurred_at) AS opened_at, max(occurred_at) AS last_event_at,
         count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
-      FROM r GROUP BY conversation_id
+      FROM ({_conversation_rows(as_of, copies)}) GROUP BY conversation_id
     ),
     a AS (
       SELECT r.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
           PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
-      FROM r WHERE type = 'conversation.assigned'
+      FROM ({_conversation_rows(as_of, copies, "conversation.assigned")}) r
     ),
     ag AS (
       SELECT conversation_id,
@@ -293,7 +314,7 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
         count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments
       FROM a GROUP BY conversation_id
     ),
-    c AS (SELECT * FROM r WHERE type = 'conversation.closed'),
+    c AS ({_conversation_rows(as_of, copies, "conversation.closed")}),
     cg AS (
       SELECT conversation_id, count(*)::BIGINT AS n_closes, max(occurred_at) AS closed_at,
         last(closed_by_user_id ORDER BY {_ORDER}) AS closed_by_user_id

@@ -31,7 +31,8 @@ The report lists the missing events by type and day, oldest first, and warns whe
 within ``warn_days`` of Kirim's 30-day purge. Recovery, unless ``dry_run``:
 
 1. events whose payload came with the history are imported through the journal (one dedup
-   index) and flushed to the lake;
+   index) and flushed to the lake, with the history rows that carried them (and those of
+   bodies quarantined) as ``deliveries`` rows, as a backfill stores them;
 2. the rest are replayed by Kirim to the subscription URL, where the collector receives them:
    ``bulk_replay`` for dead/failed deliveries when it needs fewer calls than single replays
    (windows planned to hold at most 1000 rows; a ``capped`` answer splits its window and
@@ -57,6 +58,7 @@ from kirim_events.backfill import (
     check_order,
     delivery_events,
     delivery_headers,
+    delivery_row,
 )
 from kirim_events.client import BULK_REPLAY_CAP, Delivery, KirimClient
 from kirim_events.errors import ApiError, ConfigError, PayloadError, RateLimitTooLong
@@ -110,6 +112,9 @@ class MissingEvent:
     lost: bool = False  # the dedup index remembers it, the lake does not hold it
     pending: bool = False  # one of its deliveries is still being retried by Kirim
     records: list[EventRecord] = field(default_factory=list, repr=False)
+    # the history rows that carried it, each with its number of events: stored with an
+    # import as the ``deliveries`` rows a backfill would store for them
+    sources: list[tuple[Delivery, int]] = field(default_factory=list, repr=False)
 
 
 ACTIONS = {
@@ -263,7 +268,9 @@ class _Scan:
         for d, found in pending:
             for r in found:
                 if r.event_key not in have or r.event_key in lost:
-                    self.add(r.event_key, d, r.type, r.occurred_at, [r], lost=r.event_key in lost)
+                    lose = r.event_key in lost
+                    m = self.add(r.event_key, d, r.type, r.occurred_at, [r], lost=lose)
+                    m.sources.append((d, len(found)))
 
     def _ours(self, d: Delivery) -> bool:
         """Whether ``d`` went to the subscription reconciled. Replays go to the URL of the
@@ -308,7 +315,7 @@ class _Scan:
         records: list[EventRecord],
         *,
         lost: bool = False,
-    ) -> None:
+    ) -> MissingEvent:
         m = self.candidates.get(key)
         if m is None:
             when = occurred or d.created_at
@@ -335,6 +342,7 @@ class _Scan:
                 m.created_at = d.created_at
             if records and not m.records:
                 m.records = records
+        return m
 
     def status_chains(self) -> None:
         """Turn never-acknowledged no-payload status chains into candidates."""
@@ -554,7 +562,14 @@ def reconcile(
             for d, reason in scan.unparseable:
                 body = (d.payload or "").encode("utf-8")
                 report.quarantined += journal.quarantine_once(body, delivery_headers(d), reason)
-            _recover(report, client, journal, lake)
+            # the unparseable rows' history rows too, as a backfill stores them
+            kept = [
+                delivery_row(
+                    d, received_at=scan.received_at, n_events=0, reason=f"quarantined: {why}"
+                )
+                for d, why in scan.unparseable
+            ]
+            _recover(report, client, journal, lake, kept)
     finally:
         if own_journal and journal is not None:
             journal.close()
@@ -727,11 +742,29 @@ def _lost_from_lake(
     return _Lost(set(lost_keys.to_list()), set(lost_ids.to_list()))
 
 
-def _recover(report: ReconcileReport, client: KirimClient, journal: Journal, lake: Any) -> None:
+def _recover(
+    report: ReconcileReport,
+    client: KirimClient,
+    journal: Journal,
+    lake: Any,
+    receipts: list[dict[str, Any]],
+) -> None:
+    """Import what can be, with its history rows and ``receipts``; ask Kirim for the rest."""
     journal.forget_keys(m.key for m in report.missing if m.lost)
-    records = [r for m in report.missing if m.action == "import" for r in m.records]
-    if records:
-        flags = journal.append(records)
+    imports = [m for m in report.missing if m.action == "import"]
+    records = [r for m in imports for r in m.records]
+    if records or receipts:
+        # one row per history row, however many of its events are missing
+        rows = {
+            (d.id, d.attempt, d.created_at, d.event_id): (d, n, m.records[0].received_at)
+            for m in imports
+            for d, n in m.sources
+        }
+        receipts = [
+            *receipts,
+            *(delivery_row(d, received_at=at, n_events=n) for d, n, at in rows.values()),
+        ]
+        flags = journal.append(records, receipts)
         report.imported = sum(flags)
         journal.flush(lake, batch_size=10_000)
     done: set[str] = set()

@@ -84,11 +84,18 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
                        journal=world.journal, now=t.clock)  # fmt: skip
     assert {m.key for m in report.missing} == truth
     assert report.imported == len(truth)
-    events, _ = lake_frames(world.home)
+    events, deliveries = lake_frames(world.home)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys
     assert set(events.filter(events["event_key"].is_in(list(truth)))["origin"]) == {"backfill"}
+    # The history rows that carried them are deliveries rows, as a backfill stores them: each
+    # attempt of Kirim's once, with the number of events its body held.
+    rows = [row for row in world.emu.store.deliveries if set(row.event_keys) & truth]
+    fetched = deliveries.filter(deliveries["origin"] == "backfill")
+    assert {(r.id, r.attempt) for r in rows} <= set(fetched.select("delivery_id", "attempt").rows())
+    assert fetched.select("delivery_id", "attempt").is_duplicated().sum() == 0
+    assert all(n >= 1 for n in fetched["n_events"])
     # A second pass finds nothing left to do.
     again = reconcile(world.home, client=client, since=since, until=until,
                       journal=world.journal, now=t.clock)  # fmt: skip
@@ -118,7 +125,7 @@ def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> N
     world.collector.healthy = True
     world.deliver_pending()
     assert world.emu.unacknowledged_event_keys() == set()
-    events, _ = lake_frames(world.home)
+    events, deliveries = lake_frames(world.home)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys
@@ -436,6 +443,12 @@ def test_a_history_payload_that_is_no_body_is_kept_once_and_never_replayed(tmp_p
     assert (history.replays, history.bulk) == ([], [])
     kept = sorted((tmp_path / "quarantine").rglob("*.body"))
     assert [p.read_bytes() for p in kept] == [b"<html>not json</html>"]
+    # its history row is a deliveries row saying why, once however often it was read
+    receipts = Lake(tmp_path).deliveries().collect()
+    assert receipts.select("delivery_id", "origin", "n_events").rows() == [
+        ("wbd_001", "backfill", 0)
+    ]
+    assert receipts["reason"][0].startswith("quarantined: ")
 
 
 # ------------------------------------------------------------------ what is not replayed

@@ -100,7 +100,7 @@ class EventRecord:
     occurred_at: datetime
     received_at: datetime
     origin: str
-    source_format: str  # "kirim", "meta" or "legacy" (the third shape)
+    source_format: str  # "meta" (Meta passthrough) or "kirim" (Kirim's own, both its shapes)
     time_source: str  # "payload", "signature" or "received"
     delivery_id: str | None
     attempt: int | None
@@ -624,7 +624,9 @@ def _legacy_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord
     typed["message_id"] = typed["message_id"] or message_id
     time_value = message.get("created_at") or message.get("timestamp") or body.get("delivered_at")
     yield _record(
-        ctx.base("legacy", time_value),
+        # Kirim's own envelope too (design.md names two formats, kirim and meta); the
+        # payload keeps the shape it came in
+        ctx.base("kirim", time_value),
         event_key=key,
         event_id=ctx.headers.get("X-Kirim-Event-Id") or message_id or key,
         type=kind,

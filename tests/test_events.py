@@ -284,7 +284,7 @@ def test_third_shape_uses_message_id_and_maps_status_alias() -> None:
         }
     ).encode()
     [rec] = parse_delivery(body, {}, received_at=RECEIVED)
-    assert rec.source_format == "legacy"
+    assert rec.source_format == "kirim"  # Kirim's, not Meta's: the two formats of the lake
     assert rec.type == "message.status"
     assert rec.event_key == "msg_1:message.status:read"
     assert rec.event_id == "msg_1"

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
@@ -50,6 +49,7 @@ from kirim_events.lake.paths import compaction_file_name, is_our_file, parse_par
 from kirim_events.lake.reader import (
     EVENT_ORDER,
     REQUIRED_EVENT_COLUMNS,
+    arrow_files,
     file_schema,
     first_copies,
     keep_first,
@@ -291,13 +291,11 @@ class _Group:
             if frame.height == 0:
                 # Compaction deletes what it read: reading nothing from files that hold rows
                 # (as a glob-like path once did) must stop it before anything is replaced.
-                held = pads.dataset(paths, format="parquet", filesystem=self.storage.fs)
+                held = arrow_files(paths, self.storage)
                 if (rows := held.count_rows()) > 0:
                     raise LakeError(f"read no rows from {len(paths)} files holding {rows}")
         else:
-            dataset = pads.dataset(
-                paths, schema=schema, format="parquet", filesystem=self.storage.fs
-            )
+            dataset = arrow_files(paths, self.storage, schema)
             frame = pl.from_arrow(dataset.to_table(columns=columns))
         assert isinstance(frame, pl.DataFrame)
         if self.table == "events":
@@ -317,9 +315,7 @@ class _Group:
         found = []
         for name in names:
             rel = f"{self.folder(day)}/{name}"
-            table = pads.dataset(
-                self.storage.full(rel), format="parquet", filesystem=self.storage.fs
-            )
+            table = arrow_files([self.storage.full(rel)], self.storage)
             if column not in table.schema.names or table.to_table([column])[column].null_count:
                 found.append(rel)
         return found

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,41 @@ def test_simple_mistakes_get_one_clear_error_and_no_traceback(
     assert message in result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, OSError)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("command", "sig", "code"),
+    [("collect", signal.SIGTERM, 0), ("collect", signal.SIGINT, 0),
+     ("report", signal.SIGTERM, 143), ("report", signal.SIGINT, 130)],
+)  # fmt: skip
+def test_a_stop_while_the_commands_load_ends_as_the_command_would(
+    tmp_path: Path, command: str, sig: int, code: int
+) -> None:
+    # The commands' imports take a second or more; a SIGTERM then killed collect (exit -15)
+    # and a SIGINT printed a KeyboardInterrupt traceback.
+    env = {**os.environ, "KIRIM_WEBHOOK_SECRET": "whsec_" + "a" * 32}
+    argv = [sys.executable, "-m", "kirim_events", command, "--data", str(tmp_path / "d")]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while not _catches(proc.pid, signal.SIGTERM):  # main() runs: it catches SIGTERM first
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.001)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert f"received {signal.Signals(sig).name} while starting" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # stopped before anything began

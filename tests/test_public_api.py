@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+
+import pytest
 
 import kirim_events
 
@@ -19,12 +23,35 @@ def test_every_name_in_all_exists() -> None:
 def test_all_lists_every_public_export() -> None:
     public = {
         name
-        for name, value in vars(kirim_events).items()
+        for name in dir(kirim_events)  # the names load when first used: dir() lists them all
         if not name.startswith("_")
-        and not isinstance(value, types.ModuleType)
+        and not isinstance(getattr(kirim_events, name), types.ModuleType)
         and name != "annotations"
     }
     assert public == set(kirim_events.__all__) - {"__version__"}
+
+
+def test_the_package_loads_its_names_when_first_used() -> None:
+    # import kirim_events (and the CLI before its commands load) takes no heavy library;
+    # each name still is what its module defines, also the three named like their module
+    code = (
+        "import sys, kirim_events as ke, kirim_events.cli;"
+        "heavy = [m for m in ('polars', 'duckdb', 'pyarrow', 'httpx') if m in sys.modules];"
+        "import kirim_events.collect, kirim_events.backfill, kirim_events.reconcile;"
+        "print(heavy, ke.collect.__module__, ke.backfill.__module__, ke.reconcile.__module__,"
+        " ke.Lake.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [
+        "[]",
+        "kirim_events.collect",
+        "kirim_events.backfill",
+        "kirim_events.reconcile",
+        "kirim_events.lake",
+    ]
+    with pytest.raises(AttributeError, match="no attribute 'Lakes'"):
+        kirim_events.Lakes  # noqa: B018
+    assert kirim_events.testing.sign is kirim_events.sign  # a submodule, loaded when used
 
 
 def test_contract_names_are_exported() -> None:

@@ -25,9 +25,10 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tables as wide as their rows whatever terminal runs the tests (rich reads COLUMNS
-    once, when the CLI's console is made)."""
-    monkeypatch.setattr(cli_app.console, "width", 120)
+    """Tables as wide as their rows whatever terminal runs the tests: rich reads COLUMNS
+    at each print. (Setting the console's width instead left it, once undone, fixed at the
+    width of the terminal the tests ran in, and a later test's COLUMNS=80 was ignored.)"""
+    monkeypatch.setenv("COLUMNS", "120")
 
 
 def _records() -> list[EventRecord]:

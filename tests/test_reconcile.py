@@ -125,7 +125,7 @@ def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> N
     world.collector.healthy = True
     world.deliver_pending()
     assert world.emu.unacknowledged_event_keys() == set()
-    events, deliveries = lake_frames(world.home)
+    events, _ = lake_frames(world.home)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys

@@ -145,7 +145,8 @@ class Delivery:
     subscription_id: str | None
     replayed_from: str | None
     attempt: int | None
-    url: str | None
+    # the handler's URL may carry a user name, a password or a token: kept out of the repr
+    url: str | None = field(repr=False)
     response_status_code: int | None
     response_body: str | None
     error: str | None

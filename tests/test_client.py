@@ -871,3 +871,18 @@ def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again()
     assert len(shape_notes) == 2
     assert all("(asking again)" in note for note in shape_notes)
     assert t.clock() > before
+
+
+def test_a_delivery_repr_shows_no_credential_of_its_handler_url() -> None:
+    """A history row names the subscriber's URL, which may carry a token or a password."""
+    row = Delivery.from_api(
+        {
+            "id": "dlv_1",
+            "status": "succeeded",
+            "url": "https://u:PASSW0RD@hooks.example/k?token=T0KEN",
+        }
+    )
+    assert row.url == "https://u:PASSW0RD@hooks.example/k?token=T0KEN"
+    assert "PASSW0RD" not in repr(row)
+    assert "T0KEN" not in repr(row)
+    assert "dlv_1" in repr(row)

@@ -40,7 +40,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
 import threading
 import time
@@ -51,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kirim_events.atomicfile import make_dirs, move_file, replace_file
 from kirim_events.client import Delivery, KirimClient, Page, format_time
 from kirim_events.errors import (
     ConfigError,
@@ -281,14 +281,9 @@ class _Checkpoint:
 
     def save(self, path: Path) -> None:
         data = json.dumps(asdict(self), indent=1, sort_keys=True).encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            make_dirs(path.parent)
+            replace_file(path, data)  # .<name>.*.tmp until renamed: a run removes a killed one's
         except OSError as exc:
             raise StorageError(f"cannot write backfill checkpoint {path}: {exc}") from exc
 
@@ -306,6 +301,12 @@ def _run_lock(checkpoint: Path) -> Iterator[None]:
     """Hold ``<checkpoint>.lock`` for the whole run; a second run of the same range on the
     same data folder is refused (both wrote the one checkpoint)."""
     lock = checkpoint.with_suffix(".lock")
+    try:
+        # here, not by the lock: its folder would not be fsync'd, and the checkpoint's
+        # folder fsync would not make _state/backfill/ itself survive a power loss
+        make_dirs(checkpoint.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot make folder {checkpoint.parent}: {exc}") from exc
     with file_lock(lock, wait=False) as held:
         if not held:
             raise StorageError(
@@ -783,7 +784,7 @@ def _finish(path: Path) -> None:
     done = path.parent / "done"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     try:
-        done.mkdir(parents=True, exist_ok=True)
-        os.replace(path, done / f"{path.stem}-{stamp}.json")
+        make_dirs(done)
+        move_file(path, done / f"{path.stem}-{stamp}.json")
     except OSError as exc:
         raise StorageError(f"cannot retire backfill checkpoint {path}: {exc}") from exc

@@ -5,32 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kirim_events.atomicfile import make_dirs, replace_file
 from kirim_events.errors import StorageError
 
 __all__ = ["find_quarantined", "quarantined_event_ids", "write_quarantine"]
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
@@ -62,8 +45,9 @@ def write_quarantine(
 
     Names are ``<time>-<sha256 prefix>-<random>.body`` and ``.json`` (reason, receipt time,
     size, sha256, and the ``X-Kirim-*``, content-type and user-agent headers; nothing else, so
-    no credentials). Each file is written under a temporary name, fsync'd and renamed, then
-    the folders are fsync'd. Returns the ``.body`` path; raises StorageError on failure.
+    no credentials). Each file is written under a temporary name, fsync'd and renamed, and
+    its folder fsync'd (``atomicfile.replace_file``); so is each new folder's parent.
+    Returns the ``.body`` path; raises StorageError on failure.
     """
     when = when.astimezone(UTC)
     digest = hashlib.sha256(body).hexdigest()
@@ -82,12 +66,9 @@ def write_quarantine(
         "headers": kept,
     }
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_durably(folder / f"{stem}.body", body)
-        _write_durably(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
-        _fsync_dir(folder)
-        _fsync_dir(folder.parent)
-        _fsync_dir(folder.parent.parent)  # DATA/ itself names quarantine/ once it is new
+        make_dirs(folder)  # fsyncs DATA/ and quarantine/ when they gain a new folder
+        replace_file(folder / f"{stem}.body", body)
+        replace_file(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
     except OSError as exc:
         raise StorageError(f"cannot write quarantine file: {exc}") from exc
     return folder / f"{stem}.body"

@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from kirim_events.atomicfile import fsync_dir, make_dirs
 from kirim_events.config import shown_url
 from kirim_events.errors import ConfigError, StorageError
 
@@ -230,7 +231,7 @@ class Storage:
             for s in pending:
                 target = self.full(s.rel)
                 parent = os.path.dirname(target)
-                _makedirs_durable(parent, fsync=_SYNCFS is None)
+                make_dirs(parent, fsync=_SYNCFS is None)
                 assert s.tmp is not None
                 os.replace(s.tmp, target)
                 s.tmp = None
@@ -251,7 +252,8 @@ class Storage:
             _syncfs(folders[0])
         else:
             for folder in folders:
-                _fsync_dir(folder)
+                with suppress(FileNotFoundError):  # a folder that is gone has nothing to sync
+                    fsync_dir(folder)
 
     def delete(self, rel: str) -> None:
         """Delete a file; a missing file is not an error."""
@@ -273,31 +275,6 @@ class Storage:
 def _unlink_quiet(path: str) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs_durable(path: str, *, fsync: bool = True) -> None:
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        _makedirs_durable(parent, fsync=fsync)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return
-    if fsync:
-        _fsync_dir(parent)
 
 
 def _write_file(path: str, data: bytes, *, fsync: bool) -> None:

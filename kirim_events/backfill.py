@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import re
 import threading
 import time
@@ -73,6 +74,8 @@ __all__ = [
     "delivery_row",
     "parse_when",
 ]
+
+log = logging.getLogger("kirim_events.backfill")
 
 CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
@@ -723,12 +726,11 @@ def backfill(
                 _walk_all(run, client, cp.slices, workers)
             except Interrupted:
                 raise  # asked to stop: at once, the checkpoint and journal hold the pages
-            except Exception:
+            except Exception as failed:
                 # a run that failed (not one interrupted) still puts what it stored in the
                 # lake, where readers look; the error it failed with is the one raised
                 if flush:
-                    with contextlib.suppress(Exception):
-                        flush_journal()
+                    _flush_after_failure(flush_journal, failed)
                 raise
             if flush:
                 flush_journal()
@@ -740,6 +742,24 @@ def backfill(
             if own_journal:
                 jr.close()
         return report
+
+
+def _flush_after_failure(flush_journal: Callable[[], None], failed: Exception) -> None:
+    """Flush what a failed run stored; a flush that fails too is logged and noted on
+    ``failed`` (the error the caller raises), never raised in its place."""
+    try:
+        flush_journal()
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "backfill failed (%s), and so did flushing what it stored: %s",
+            type(failed).__name__,
+            why,
+        )
+        failed.add_note(
+            f"flushing the journal to the lake after this failure failed too: {why}"
+            " (the pages stay in the journal; a later flush moves them)"
+        )
 
 
 def _untimed_mark(d: Delivery) -> str:

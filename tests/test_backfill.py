@@ -897,6 +897,42 @@ def test_a_dense_history_with_cursors_refused_now_and_then_finishes(tmp_path: Pa
     assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
 
 
+class BrokenLake:
+    """A lake whose every write fails, as a full disk would."""
+
+    def write_events(self, records: Any) -> int:
+        raise StorageError("lake storage failed to write 'events/x': No space left on device")
+
+    def write_deliveries(self, rows: Any) -> int:
+        raise StorageError("lake storage failed to write 'deliveries/x': No space left on device")
+
+
+def test_a_flush_failing_after_a_failed_run_is_noted_on_the_first_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The flush after a failure ran under suppress(Exception): its own failure vanished
+    # without a word, and the events it could not move looked lost from the lake.
+    rows = [history_row(i, f"2026-05-01T10:00:{i:02d}Z") for i in range(5)]
+
+    def bug(p: BackfillProgress) -> None:
+        raise RuntimeError("a bug in a progress callback")
+
+    with (
+        caplog.at_level("WARNING", logger="kirim_events.backfill"),
+        pytest.raises(RuntimeError, match="a bug in a progress callback") as info,
+    ):
+        QuirkyHistory(rows).backfill(tmp_path, slices=1, lake=BrokenLake(), progress=bug)
+    (note,) = info.value.__notes__
+    assert "flushing the journal to the lake after this failure failed too" in note
+    assert "StorageError: lake storage failed to write" in note
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "backfill failed (RuntimeError)" in record.getMessage()
+    assert "No space left on device" in record.getMessage()
+    with Journal(tmp_path) as j:
+        assert j.backlog == 5  # kept for a later flush
+
+
 def test_checkpoint_folders_are_fsynced_when_made_written_and_retired(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

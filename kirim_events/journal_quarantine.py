@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from kirim_events.atomicfile import make_dirs, replace_file
 from kirim_events.errors import StorageError
 
 __all__ = ["find_quarantined", "quarantined_event_ids", "write_quarantine"]
+
+log = logging.getLogger("kirim_events.quarantine")
 
 
 def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
@@ -28,13 +31,26 @@ def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
 
 def quarantined_event_ids(data_dir: Path) -> set[str]:
     """The ``X-Kirim-Event-Id`` of every quarantined delivery (from the ``.json`` files):
-    events our endpoint acknowledged and kept, though not as rows of the lake."""
+    events our endpoint acknowledged and kept, though not as rows of the lake.
+
+    Logs a warning naming how many are kept and the oldest's path when there are any:
+    counted as held, they are missing from the lake until someone looks at them.
+    """
     ids: set[str] = set()
-    for path in (data_dir / "quarantine").glob("*/*.json"):
+    paths = sorted((data_dir / "quarantine").glob("*/*.json"))  # day folders, then time
+    for path in paths:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             event_id = json.loads(path.read_text()).get("headers", {}).get("x-kirim-event-id")
             if isinstance(event_id, str) and event_id:
                 ids.add(event_id)
+    if paths:
+        log.warning(
+            "%d deliver%s kept in quarantine, not in the lake (signed bodies that could not "
+            "be parsed); the first: %s",
+            len(paths),
+            "y is" if len(paths) == 1 else "ies are",
+            paths[0].with_suffix(".body"),
+        )
     return ids
 
 

@@ -375,7 +375,7 @@ def _meta_records(body: dict[str, Any], ctx: _Context) -> Iterator[EventRecord]:
         yield build(item, shared, ctx, position, own)
         position += 1
     if position == 0:
-        yield _meta_other(body, kirim, ctx)
+        yield _meta_other(kirim, ctx)
 
 
 class _OneItemBodies:
@@ -538,7 +538,7 @@ def _meta_message(
     )
 
 
-def _meta_other(body: dict[str, Any], kirim: dict[str, Any], ctx: _Context) -> EventRecord:
+def _meta_other(kirim: dict[str, Any], ctx: _Context) -> EventRecord:
     # A Meta body with neither messages nor statuses (another Meta field): keep it whole.
     header_type = ctx.headers.get("X-Kirim-Event")
     kind = "meta.other"  # the header is only a hint: a bad one must not refuse a valid body

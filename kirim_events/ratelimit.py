@@ -63,7 +63,6 @@ class RateLimiter:
         self._reserve = reserve
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
-        self.waited = 0.0  # total seconds spent waiting (for reports and tests)
 
     def _bucket(self, klass: str) -> _Bucket:
         return self._buckets.setdefault(klass, _Bucket())
@@ -104,7 +103,6 @@ class RateLimiter:
                 return
             # At least 1 ms: a tinier wait may not even move a float unix clock forward.
             wait = max(wait, 0.001)
-            self.waited += wait
             self._sleep(wait)
 
     def release(

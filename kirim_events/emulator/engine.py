@@ -126,7 +126,7 @@ def disorder_lag(rng: random.Random, config: EngineConfig) -> float:
 
 
 def new_row(
-    store: Store, sub: Subscription, rendered: Rendered, *, now: float, root: int, record: bool
+    store: Store, sub: Subscription, rendered: Rendered, *, now: float, record: bool
 ) -> DeliveryRow:
     if record:
         return store.new_delivery(
@@ -222,7 +222,7 @@ class DeliveryEngine:
                 self.report.unsent += len(bundle.events)
                 self.store.unsent.setdefault(sub.id, set()).update(rendered.event_keys)
         for sub in list(self.store.live_subscriptions(rendered.event_type)):
-            row = new_row(self.store, sub, rendered, now=now, root=self._root, record=True)
+            row = new_row(self.store, sub, rendered, now=now, record=True)
             draws = delivery_rng(self._root, sub.ordinal, row.event_keys, row.replayed_from, 0)
             lag = disorder_lag(draws, self.config)
             self._fresh += 1

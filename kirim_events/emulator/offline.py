@@ -86,7 +86,7 @@ def iter_signed(
         yield from release(bundle.at)
         rendered = render(bundle, kirim_block=kirim_block)
         for sub in list(store.live_subscriptions(rendered.event_type)):
-            row = new_row(store, sub, rendered, now=bundle.at, root=root, record=record)
+            row = new_row(store, sub, rendered, now=bundle.at, record=record)
             first: float = bundle.at
             seq += 1
             if not (cfg.disorder or cfg.duplicate_rate):

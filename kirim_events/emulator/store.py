@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from kirim_events.config import Secret
 from kirim_events.emulator.bodies import iso
 from kirim_events.emulator.ids import ulid, webhook_secret
@@ -148,23 +146,6 @@ class AttemptRecord:
     response_status_code: int | None
     error: str | None
     next_retry_at: float | None
-
-
-_ATTEMPT_SCHEMA = pa.schema(
-    [
-        ("delivery_id", pa.string()),
-        ("attempt", pa.int32()),
-        ("subscription_id", pa.string()),
-        ("event_id", pa.string()),
-        ("event_type", pa.string()),
-        ("sent_at", pa.float64()),
-        ("signature_t", pa.int64()),
-        ("outcome", pa.string()),
-        ("response_status_code", pa.int32()),
-        ("error", pa.string()),
-        ("next_retry_at", pa.float64()),
-    ]
-)
 
 
 class Store:
@@ -329,11 +310,6 @@ class Store:
         """Append an attempt (when attempts are recorded)."""
         if self.record_attempts:
             self.attempts.append(attempt)
-
-    def attempts_table(self) -> pa.Table:
-        """Every recorded attempt as an Arrow table."""
-        rows = [{name: getattr(a, name) for name in _ATTEMPT_SCHEMA.names} for a in self.attempts]
-        return pa.Table.from_pylist(rows, schema=_ATTEMPT_SCHEMA)
 
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
         """Event keys that no delivery (of ``subscription_id``, or any) got a 2xx for,

@@ -155,3 +155,21 @@ def test_sql_sees_the_callers_frames_as_duckdb_sql_does(tmp_path: Path) -> None:
     assert lake.sql("select event_key from events join wanted using (event_key)").fetchall() == [
         ("b",)
     ]
+
+
+@pytest.mark.parametrize("name", ["it's", 'a"b; DROP VIEW events; --', "naïve 日本 \\n"])
+def test_a_lake_path_with_quotes_is_read_by_duckdbs_own_reader(tmp_path: Path, name: str) -> None:
+    """The file paths are literals in the views' SQL: a quote in the lake's folder name
+    must neither break the view nor end the literal early."""
+    lake = ke.Lake(tmp_path / name)
+    fill(lake)
+    lake.write_events([ev("q", type='it\'s; "odd" ü')])  # a type is a literal in the views too
+    assert lake.sql("select type from events where event_key = 'q'").fetchall() == [
+        ('it\'s; "odd" ü',)
+    ]
+    assert "READ_PARQUET" in plan(lake, "select count(*) from events")
+    assert lake.sql("select count(*) from events").fetchall() == [(10,)]
+    assert_frame_equal(
+        lake.sql("select * from events").pl().sort("event_key"),
+        lake.events().collect().sort("event_key"),
+    )

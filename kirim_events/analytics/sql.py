@@ -18,6 +18,7 @@ from kirim_events.analytics._common import (
 from kirim_events.analytics.conversations import OPENING_TYPES
 from kirim_events.analytics.health import MAX_ATTEMPT
 from kirim_events.events import TYPE_ALIASES
+from kirim_events.sqltext import quote_literal, timestamp_literal
 from kirim_events.timearg import TimeLike
 
 __all__ = ["analytics_views"]
@@ -26,18 +27,14 @@ _ORDER = "occurred_at, received_at, event_key"
 _STATUS_ORDER = "occurred_at, received_at, _rank, event_key"  # as STATUS_ORDER
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _in(values: tuple[str, ...] | list[str]) -> str:
-    return "(" + ", ".join(_quote(v) for v in values) + ")"
+    return "(" + ", ".join(quote_literal(v) for v in values) + ")"
 
 
 def _cut(as_of: TimeLike | None, column: str = "occurred_at") -> str:
     if as_of is None:
         return ""
-    return f" AND {column} <= TIMESTAMPTZ {_quote(as_utc(as_of).isoformat())}"
+    return f" AND {column} <= {timestamp_literal(as_utc(as_of))}"
 
 
 def _seconds(later: str, earlier: str) -> str:
@@ -67,12 +64,12 @@ def _events_with_dups(copies: str | None) -> str:
 
 
 def _rank_case(column: str) -> str:
-    whens = " ".join(f"WHEN {_quote(s)} THEN {r}" for s, r in STATUS_RANK.items())
+    whens = " ".join(f"WHEN {quote_literal(s)} THEN {r}" for s, r in STATUS_RANK.items())
     return f"CASE {column} {whens} END"
 
 
 def _status_case(column: str) -> str:
-    whens = " ".join(f"WHEN {r} THEN {_quote(s)}" for s, r in STATUS_RANK.items())
+    whens = " ".join(f"WHEN {r} THEN {quote_literal(s)}" for s, r in STATUS_RANK.items())
     return f"CASE {column} {whens} END"
 
 
@@ -99,10 +96,12 @@ def _status_events(as_of: TimeLike | None, copies: str | None) -> str:
 def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
     """SELECT for the ``message_timelines`` view (rules and fast path: ``timelines.py``)."""
     statuses = list(STATUS_RANK)
-    labels = " ".join(f"WHEN {_quote(k)} THEN {_quote(v)}" for k, v in ERROR_LABELS.items())
+    labels = " ".join(
+        f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in ERROR_LABELS.items()
+    )
     spread = ",\n        ".join(
-        f"min(occurred_at) FILTER (WHERE status = {_quote(st)}) AS _o_{st}, "
-        f"min(received_at) FILTER (WHERE status = {_quote(st)}) AS _r_{st}"
+        f"min(occurred_at) FILTER (WHERE status = {quote_literal(st)}) AS _o_{st}, "
+        f"min(received_at) FILTER (WHERE status = {quote_literal(st)}) AS _r_{st}"
         for st in statuses
     )
     present = " + ".join(f"(_o_{st} IS NOT NULL)::INTEGER" for st in statuses)
@@ -152,7 +151,7 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
       {_status_case("_rank")} AS status,
       error_code, error_title,
       CASE WHEN error_code IS NULL THEN NULL ELSE CASE error_code {labels}
-        ELSE {_quote(OTHER_ERROR)} END END AS error_label,
+        ELSE {quote_literal(OTHER_ERROR)} END END AS error_label,
       n_events, n_duplicates, out_of_order,
       (read_at IS NOT NULL AND delivered_at IS NULL) AS read_without_delivered,
       (failed_at IS NOT NULL AND (delivered_at IS NOT NULL OR read_at IS NOT NULL))
@@ -199,7 +198,7 @@ def _since_opening(later: str) -> str:
 
 def _conversation_rows(as_of: TimeLike | None, copies: str | None, kind: str | None = None) -> str:
     """The events that name a conversation (of type ``kind`` only, when given)."""
-    only = "" if kind is None else f" AND type = {_quote(kind)}"
+    only = "" if kind is None else f" AND type = {quote_literal(kind)}"
     return f"""
       SELECT * FROM {_events_with_dups(copies)} e
       WHERE conversation_id IS NOT NULL{only}{_cut(as_of)}"""
@@ -358,7 +357,9 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
 
 def _canonical(column: str) -> str:
     """``column`` under the lake's name of each type (receipts stored before they were)."""
-    whens = " ".join(f"WHEN {_quote(a)} THEN {_quote(c)}" for a, c in TYPE_ALIASES.items())
+    whens = " ".join(
+        f"WHEN {quote_literal(a)} THEN {quote_literal(c)}" for a, c in TYPE_ALIASES.items()
+    )
     return f"CASE {column} {whens} ELSE {column} END AS {column}"
 
 

@@ -63,6 +63,7 @@ from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
+from kirim_events.sqltext import quote_identifier
 from kirim_events.timearg import TimeLike, read_time
 
 __all__ = ["STEPS", "CompactionReport", "Lake"]
@@ -390,7 +391,7 @@ class Lake(AnalyticsMixin):
         for table in tables:
             create_stand_in(con, table)  # so that creating the next views binds no files
         for name, body in self.analytics_views().items():
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {body}')
+            con.execute(f"CREATE OR REPLACE VIEW {quote_identifier(name)} AS {body}")
         for table in tables:
             plans = plan_table(self.storage, table, window_days=self.dedup_window_days)
             create_view(con, self.storage, table, plans, as_of=self.as_of_ts)

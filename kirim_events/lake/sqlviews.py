@@ -38,16 +38,9 @@ from kirim_events.lake.reader import (
     read_in_place,
 )
 from kirim_events.lake.storage import Storage
+from kirim_events.sqltext import quote_identifier, quote_literal, timestamp_literal
 
 __all__ = ["create_stand_in", "create_view"]
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -91,13 +84,13 @@ class _Sources:
     def __call__(self, table: str, rels: list[str]) -> str:
         paths = _native(self.storage, table, rels)
         if paths is not None:
-            files = ", ".join(_quote(p) for p in paths)
+            files = ", ".join(quote_literal(p) for p in paths)
             hive = "'type': 'VARCHAR', 'date': 'DATE'" if table == "events" else "'date': 'DATE'"
             return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{{hive}}})"
         self.n += 1
         name = f"_{self.prefix}_src_{self.n}"
         self.con.register(name, arrow_dataset(self.storage, table, rels))
-        return _ident(name)
+        return quote_identifier(name)
 
 
 def _columns(merged: Merged) -> str:
@@ -105,11 +98,12 @@ def _columns(merged: Merged) -> str:
     for name in output_schema(merged.table).names:
         if name == "type" and merged.decode:
             cases = " ".join(
-                f"WHEN {_quote(enc)} THEN {_quote(dec)}" for enc, dec in merged.decode.items()
+                f"WHEN {quote_literal(enc)} THEN {quote_literal(dec)}"
+                for enc, dec in merged.decode.items()
             )
             cols.append(f"CASE type {cases} ELSE type END AS type")
         else:
-            cols.append(_ident(name))
+            cols.append(quote_identifier(name))
     return ", ".join(cols)
 
 
@@ -136,9 +130,9 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
                 + [
                     f"CASE WHEN {fetched} THEN NULL ELSE received_at END"
                     if c == "received_at"
-                    else _ident(c)
+                    else quote_identifier(c)
                     if c in ("delivery_id", "attempt")
-                    else f"CASE WHEN {snap} THEN NULL ELSE {_ident(c)} END"
+                    else f"CASE WHEN {snap} THEN NULL ELSE {quote_identifier(c)} END"
                     for c in DELIVERY_DEDUP_COLUMNS
                 ]
             )
@@ -147,7 +141,7 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
                 f"CASE WHEN {snap} THEN -ingest_seq ELSE ingest_seq END"
             )
             where = 'CAST("date" AS VARCHAR)'
-        keep = ", ".join(_quote(k) for k in merged.keep)
+        keep = ", ".join(quote_literal(k) for k in merged.keep)
         parts.append(
             f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
             f"ORDER BY {order}) AS _rn FROM {source(merged.table, merged.dedup)}) "
@@ -159,7 +153,7 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
 def _empty(con: duckdb.DuckDBPyConnection, table: str) -> str:
     name = f"_{table}_empty"
     con.register(name, output_schema(table).empty_table())
-    return f"SELECT * FROM {_ident(name)}"
+    return f"SELECT * FROM {quote_identifier(name)}"
 
 
 def create_stand_in(con: duckdb.DuckDBPyConnection, table: str) -> None:
@@ -171,7 +165,7 @@ def create_stand_in(con: duckdb.DuckDBPyConnection, table: str) -> None:
     a lake of 1,500 files, creating the analytics views over the real file list took about
     0.1 s of binding.
     """
-    con.execute(f"CREATE OR REPLACE VIEW {_ident(table)} AS {_empty(con, table)}")
+    con.execute(f"CREATE OR REPLACE VIEW {quote_identifier(table)} AS {_empty(con, table)}")
 
 
 def create_view(
@@ -190,5 +184,5 @@ def create_view(
     body = "\nUNION ALL\n".join(parts)
     if as_of is not None:
         column = "occurred_at" if table == "events" else "coalesce(created_at, received_at)"
-        body = f"SELECT * FROM ({body}) WHERE {column} <= TIMESTAMPTZ {_quote(as_of.isoformat())}"
-    con.execute(f"CREATE OR REPLACE VIEW {_ident(table)} AS {body}")
+        body = f"SELECT * FROM ({body}) WHERE {column} <= {timestamp_literal(as_of)}"
+    con.execute(f"CREATE OR REPLACE VIEW {quote_identifier(table)} AS {body}")

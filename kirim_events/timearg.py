@@ -15,7 +15,7 @@ from datetime import time as dtime
 from kirim_events.errors import ConfigError
 from kirim_events.events import parse_time
 
-__all__ = ["TimeLike", "is_span", "parse_when", "read_time"]
+__all__ = ["TimeLike", "is_span", "parse_when", "read_time", "to_utc"]
 
 TimeLike = datetime | date | str
 
@@ -83,26 +83,34 @@ def is_span(text: str) -> bool:
     return _SPAN.match(text) is not None
 
 
-def parse_when(value: str | datetime | date, *, now: datetime, name: str = "time") -> datetime:
-    """Read ``--since`` / ``--until``: ISO-8601, a date, ``now``, or ``7d`` / ``12h`` ago.
+def to_utc(
+    value: TimeLike, *, now: datetime, name: str = "time", end_of_day: bool = False
+) -> datetime:
+    """Read a time argument as :func:`read_time` does, spans counted back from ``now``.
 
-    Raises ConfigError with the option's ``name`` for anything else, or a time before 1970.
+    Raises ConfigError naming the argument (``name``: ``since``, ``as_of``; the CLI passes
+    its flag, ``--since``) when ``value`` names no time.
     """
-    when = _when(value, now, name)
-    if when < _EPOCH:
-        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
-    return when
-
-
-def _when(value: str | datetime | date, now: datetime, name: str) -> datetime:
-    when = read_time(value, now=now)
+    when = read_time(value, end_of_day=end_of_day, now=now)
     if when is not None:
         return when
-    if not isinstance(value, str):
+    if isinstance(value, datetime) and value == value:  # not NaT: a real instant UTC can't hold
         raise ConfigError(f"{name} {value!r} is out of range")
-    if is_span(value.strip().lower()):
+    if isinstance(value, str) and is_span(value.strip().lower()):
         raise ConfigError(f"{name} {value!r} is before 1970")
     raise ConfigError(
         f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
         "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
     )
+
+
+def parse_when(value: TimeLike, *, now: datetime, name: str = "time") -> datetime:
+    """Read a bound of Kirim's history (``since``, ``until``): :func:`to_utc`, and no
+    earlier than 1970.
+
+    Raises ConfigError with the argument's ``name`` for anything else, or a time before 1970.
+    """
+    when = to_utc(value, now=now, name=name)
+    if when < _EPOCH:
+        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+    return when

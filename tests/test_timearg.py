@@ -72,10 +72,27 @@ def test_pandas_nat_is_not_a_time(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
     assert read_time(pd.NaT) is None
     assert read_time(pd.Timestamp("2026-05-01T09:00Z")) == datetime(2026, 5, 1, 9, tzinfo=UTC)
-    with pytest.raises(ke.ConfigError, match="not a time: NaT"):
+    with pytest.raises(ke.ConfigError, match=r"^as_of NaT is not a time"):
         ke.Lake(tmp_path).as_of(pd.NaT)
-    with pytest.raises(ke.ConfigError, match="not a time: NaT"):
+    with pytest.raises(ke.ConfigError, match=r"^since NaT is not a time"):
         ke.Lake(tmp_path).events(since=pd.NaT)
+
+
+def test_every_reader_names_the_argument_it_refuses(tmp_path: Path) -> None:
+    """The lake said only "not a time: 'x'", whichever of since, until or as_of it was."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([status("wamid.A", "sent", 0, 1)])
+    frame = pl.from_arrow(events_table([])).lazy()
+    assert isinstance(frame, pl.LazyFrame)
+    refusals = {
+        "as_of": [lambda: lake.as_of("soon"), lambda: message_timelines(frame, as_of="soon")],
+        "since": [lambda: lake.events(since="soon"), lambda: lake.deliveries(since="soon")],
+        "until": [lambda: lake.events(until="soon"), lambda: lake.deliveries(until="soon")],
+    }
+    for name, calls in refusals.items():
+        for call in calls:
+            with pytest.raises(ke.ConfigError, match=f"^{name} 'soon' is not a time: use ISO"):
+                call()
 
 
 def test_a_core_helper_takes_a_date_as_of() -> None:

@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from kirim_events.errors import ConfigError
-from kirim_events.timearg import TimeLike, read_time
+from kirim_events.timearg import TimeLike, to_utc
 
 __all__ = [
     "ERROR_LABELS",
@@ -48,16 +47,13 @@ US = pl.Datetime("us", "UTC")
 
 
 def as_utc(ts: TimeLike) -> datetime:
-    """Return ``ts`` as an aware UTC datetime (see :func:`kirim_events.timearg.read_time`).
+    """Return ``ts`` as an aware UTC datetime (see :func:`kirim_events.timearg.to_utc`); a
+    span such as ``12h`` counts back from the wall clock (a Lake resolves its ``as_of`` by its
+    own clock before the helpers see it).
 
     Raises ConfigError for anything that names no time.
     """
-    value = read_time(ts, now=datetime.now(UTC))
-    if value is None:
-        raise ConfigError(
-            f"as_of {ts!r} is not a time: use ISO 8601, a date, a span ago (12h, 7d) or a datetime"
-        )
-    return value
+    return to_utc(ts, now=datetime.now(UTC), name="as_of")
 
 
 def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:

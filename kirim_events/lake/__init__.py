@@ -64,21 +64,9 @@ from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manif
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
-from kirim_events.timearg import TimeLike, read_time
+from kirim_events.timearg import TimeLike, to_utc
 
 __all__ = ["STEPS", "CompactionReport", "Lake"]
-
-
-def to_utc(value: TimeLike, *, now: datetime, end_of_day: bool = False) -> datetime:
-    """Read a time argument: aware datetime, naive datetime (taken as UTC), date, ISO text,
-    or a span before ``now`` (``12h``)."""
-    when = read_time(value, end_of_day=end_of_day, now=now)
-    if when is None:
-        raise ConfigError(
-            f"not a time: {value!r} (use ISO 8601 such as 2026-05-01T09:00:00Z, a date "
-            "such as 2026-05-01, a span ago such as 12h or 7d, or a datetime)"
-        )
-    return when
 
 
 _WRITER_ID = re.compile(r"[0-9a-z]{1,32}")
@@ -267,8 +255,8 @@ class Lake(AnalyticsMixin):
         self, since: TimeLike | None, until: TimeLike | None
     ) -> tuple[datetime | None, datetime | None]:
         now = self._clock()
-        lo = to_utc(since, now=now) if since is not None else None
-        hi = to_utc(until, now=now, end_of_day=True) if until is not None else None
+        lo = None if since is None else to_utc(since, now=now, name="since")
+        hi = None if until is None else to_utc(until, now=now, name="until", end_of_day=True)
         if self.as_of_ts is not None and (hi is None or hi > self.as_of_ts):
             hi = self.as_of_ts
         return lo, hi
@@ -463,7 +451,7 @@ class Lake(AnalyticsMixin):
             already as of an instant, the earlier of the two counts: a view never widens.
         """
         view = copy.copy(self)
-        at = to_utc(ts, now=self._clock())
+        at = to_utc(ts, now=self._clock(), name="as_of")
         view.as_of_ts = at if self.as_of_ts is None else min(at, self.as_of_ts)
         return view
 

@@ -72,7 +72,6 @@ __all__ = [
     "backfill",
     "delivery_events",
     "delivery_row",
-    "parse_when",
 ]
 
 log = logging.getLogger("kirim_events.backfill")
@@ -93,11 +92,14 @@ _RESTARTS_WITHOUT_PROGRESS = 3  # stale-cursor restarts of a slice in a row, no 
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
 
 
-def check_order(since: datetime, until: datetime) -> None:
-    """ConfigError unless ``since`` is before ``until``."""
+def check_order(
+    since: datetime, until: datetime, *, names: tuple[str, str] = ("since", "until")
+) -> None:
+    """ConfigError unless ``since`` is before ``until``; ``names`` are what the caller
+    calls them (the CLI's flags)."""
     if not since < until:
         raise ConfigError(
-            f"--since ({format_time(since)}) must be before --until ({format_time(until)})"
+            f"{names[0]} ({format_time(since)}) must be before {names[1]} ({format_time(until)})"
         )
 
 
@@ -653,8 +655,8 @@ def backfill(
     if not 1 <= page_size <= 100:
         raise ConfigError("page size must be 1-100")
     start = datetime.fromtimestamp(now(), UTC)
-    lo = parse_when(since, now=start, name="--since")
-    hi_asked = None if until is None else parse_when(until, now=start, name="--until")
+    lo = parse_when(since, now=start, name="since")
+    hi_asked = None if until is None else parse_when(until, now=start, name="until")
     # Nothing exists after now: cap the range there (the run key keeps the asked value).
     hi_given = None if hi_asked is None else min(hi_asked, start)
     filters = {

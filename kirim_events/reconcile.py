@@ -486,10 +486,10 @@ def reconcile(
     [('message.status', '2026-05-02', 14)]
     """
     if not 0 <= warn_days <= PURGE_DAYS:  # NaN too
-        raise ConfigError(f"--warn-days must be 0 to {PURGE_DAYS}, got {warn_days}")
+        raise ConfigError(f"warn_days must be 0 to {PURGE_DAYS}, got {warn_days}")
     start = datetime.fromtimestamp(now(), UTC)
-    lo = parse_when(since, now=start, name="--since")
-    hi = start if until is None else min(parse_when(until, now=start, name="--until"), start)
+    lo = parse_when(since, now=start, name="since")
+    hi = start if until is None else min(parse_when(until, now=start, name="until"), start)
     check_order(lo, hi)
     root = Path(data)
     if lake is None:

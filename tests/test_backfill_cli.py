@@ -380,18 +380,43 @@ def test_a_file_given_as_the_data_folder_is_said_so(tmp_path: Path, command: str
     assert afile.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("command", [["backfill"], ["reconcile"], ["deliveries", "list"]])
-def test_a_reversed_window_is_refused_alike_by_every_command(
-    tmp_path: Path, command: list[str]
-) -> None:
-    # deliveries list printed an empty table, exit 0; reconcile said it without the times
-    args = [*command, "--since", "2026-11-30", "--until", "2026-11-01"]
+WINDOW_COMMANDS = [
+    ["backfill"],
+    ["reconcile"],
+    ["deliveries", "list"],
+    ["deliveries", "bulk-replay", "--subscription-id", "wbs_x"],
+]
+
+
+def window_args(tmp_path: Path, command: list[str], since: str, until: str) -> list[str]:
+    args = [*command, "--since", since, "--until", until]
     if command[0] != "deliveries":
         (tmp_path / "data").mkdir()
         args += ["--data", str(tmp_path / "data")]
+    return args
+
+
+@pytest.mark.parametrize("command", WINDOW_COMMANDS)
+def test_a_reversed_window_is_refused_alike_by_every_command(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # deliveries list printed an empty table, exit 0; reconcile and bulk-replay said it
+    # without the times
+    args = window_args(tmp_path, command, "2026-11-30", "2026-11-01")
     result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
     assert result.exit_code == 2, result.output
     assert "--since (2026-11-30T00:00:00Z) must be before --until (2026-11-01" in result.output
+
+
+@pytest.mark.parametrize("command", WINDOW_COMMANDS)
+@pytest.mark.parametrize("bad", ["since", "until"])
+def test_a_bad_time_is_named_by_its_flag(tmp_path: Path, command: list[str], bad: str) -> None:
+    """The library names its arguments (``since``); the CLI must name the flag it was given."""
+    times = {"since": "2026-11-01", "until": "2026-11-30", bad: "soon"}
+    args = window_args(tmp_path, command, times["since"], times["until"])
+    result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
+    assert result.exit_code == 2, result.output
+    assert f"error: --{bad} 'soon' is not a time" in result.output
 
 
 def test_a_backfill_stopped_by_an_error_says_the_same_command_resumes(tmp_path: Path) -> None:

@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 
 import kirim_events as ke
 from kirim_events.analytics.timelines import message_timelines
-from kirim_events.backfill import parse_when
 from kirim_events.cli import app
 from kirim_events.schema import events_table
-from kirim_events.timearg import read_time
+from kirim_events.timearg import parse_when, read_time
 
 NOW = datetime(2026, 5, 24, 12, tzinfo=UTC)
 
@@ -136,3 +135,14 @@ def test_a_span_ago_is_read_alike_by_the_lake_the_helpers_and_the_cli(tmp_path: 
     assert message_timelines(frame.lazy(), as_of="1m").collect().height == 1  # T0 is past
     with pytest.raises(ke.ConfigError, match="not a time"):
         lake.as_of("12 hours")
+
+
+def test_parse_when_forms() -> None:
+    now = datetime(2026, 5, 10, 12, tzinfo=UTC)
+    assert parse_when("7d", now=now) == now - timedelta(days=7)
+    assert parse_when("90m", now=now) == now - timedelta(minutes=90)
+    assert parse_when("now", now=now) == now
+    assert parse_when("2026-05-01", now=now) == datetime(2026, 5, 1, tzinfo=UTC)
+    assert parse_when("2026-05-01T10:00:00+02:00", now=now) == datetime(2026, 5, 1, 8, tzinfo=UTC)
+    with pytest.raises(ke.ConfigError, match=r"^since '1779531402' is not a time"):
+        parse_when("1779531402", now=now, name="since")

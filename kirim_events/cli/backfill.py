@@ -47,6 +47,8 @@ from kirim_events.reconcile import (
 )
 from kirim_events.timearg import parse_when
 
+_FLAGS = ("--since", "--until")  # the library's errors name its arguments; ours, the flags
+
 SinceOption = Annotated[
     str,
     typer.Option(
@@ -150,7 +152,7 @@ def backfill_command(
         now = datetime.now(UTC)
         lo = parse_when(since, now=now, name="--since")
         hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, hi)
+        check_order(lo, min(hi, now), names=_FLAGS)  # the library caps the range at now too
     if hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
@@ -277,6 +279,10 @@ def reconcile_command(
     s = load_settings(data_dir=data)
     client = _client(data)
     with errors_to_exit(lake=lake_uri or s.data_dir), client:
+        now = datetime.now(UTC)  # the flags are checked here, so that errors name them
+        lo = parse_when(since, now=now, name="--since")
+        hi = now if until is None else parse_when(until, now=now, name="--until")
+        check_order(lo, min(hi, now), names=_FLAGS)  # as reconcile() checks its range
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)
@@ -381,7 +387,7 @@ def deliveries_list(
         after = None if since is None else parse_when(since, now=now, name="--since")
         before = None if until is None else parse_when(until, now=now, name="--until")
         if after is not None:
-            check_order(after, now if before is None else before)
+            check_order(after, now if before is None else before, names=_FLAGS)
         shown: list[Delivery] = []
         pages = client.iter_pages(
             limit=min(100, limit), status=status, event_type=event_type,
@@ -465,8 +471,7 @@ def deliveries_bulk_replay(
             raise ConfigError("--status must be 'dead' or 'failed'")
         lo = parse_when(since, now=now, name="--since")
         hi = now if until is None else parse_when(until, now=now, name="--until")
-        if not lo < hi:
-            raise ConfigError("--since must be before --until")
+        check_order(lo, hi, names=_FLAGS)
         report = ReconcileReport(since=lo, until=hi, dry_run=False)
         window = BulkWindow(subscription_id, status, lo, hi, 0)
         bulk_replay_window(client, window, report, event_type=event_type)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -449,7 +450,7 @@ def reconcile(
     lake: Any = None,
     journal: Journal | None = None,
     subscription_id: str | None = None,
-    now: Any = time.time,
+    now: Callable[[], float] = time.time,
 ) -> ReconcileReport:
     """Compare Kirim's delivery history with the store; report and recover what is missing.
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import polars as pl
 
 from kirim_events.analytics import conversations, health, sql, timelines
 from kirim_events.analytics._common import STATUS_EVENT_TYPES
+from kirim_events.timearg import TimeLike
 
 __all__ = ["AnalyticsMixin", "event_copies"]
 
@@ -76,7 +76,13 @@ class AnalyticsMixin:
 
     as_of_ts: datetime | None
 
-    def events(self, type: str | Sequence[str] | None = None, **kwargs: Any) -> pl.LazyFrame:
+    def events(
+        self,
+        type: str | Sequence[str] | None = None,
+        *,
+        since: TimeLike | None = None,
+        until: TimeLike | None = None,
+    ) -> pl.LazyFrame:
         raise NotImplementedError
 
     def deliveries(self) -> pl.LazyFrame:

@@ -75,7 +75,7 @@ def _summary(
     frame: Frame,
     columns: tuple[str, ...],
     what: str,
-    of_lake: Callable[[Any], pl.DataFrame],
+    of_lake: Callable[[Lake], pl.DataFrame],
     of_rows: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """What a chart draws: ``frame`` itself when it has the summary's ``columns``; else, of

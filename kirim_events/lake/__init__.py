@@ -267,7 +267,6 @@ class Lake(AnalyticsMixin):
         *,
         since: TimeLike | None = None,
         until: TimeLike | None = None,
-        **kwargs: Any,
     ) -> pl.LazyFrame:
         """Events as a Polars LazyFrame, one row per event_key (the first received copy).
 
@@ -286,8 +285,6 @@ class Lake(AnalyticsMixin):
         polars.LazyFrame
             EVENT_SCHEMA's columns plus ``date`` (the partition date).
         """
-        if kwargs:
-            raise TypeError(f"events() got unexpected arguments {sorted(kwargs)}")
         self._require_folder()
         lo, hi = self._range(since, until)
         given = [type] if isinstance(type, str) else (list(type) if type is not None else None)

@@ -248,7 +248,7 @@ def plan_table(
 # ---------------------------------------------------------------------- Polars
 
 
-def polars_schema(schema: pa.Schema) -> dict[str, Any]:
+def polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
     """Polars dtypes of an Arrow schema."""
     frame = pl.from_arrow(schema.empty_table())
     assert isinstance(frame, pl.DataFrame)

@@ -97,7 +97,7 @@ def to_utc(
     if isinstance(value, datetime) and value == value:  # not NaT: a real instant UTC can't hold
         raise ConfigError(f"{name} {value!r} is out of range")
     if isinstance(value, str) and is_span(value.strip().lower()):
-        raise ConfigError(f"{name} {value!r} is before 1970")
+        raise ConfigError(f"{name} {value!r} reaches back before the year 1")
     raise ConfigError(
         f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
         "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
@@ -110,7 +110,13 @@ def parse_when(value: TimeLike, *, now: datetime, name: str = "time") -> datetim
 
     Raises ConfigError with the argument's ``name`` for anything else, or a time before 1970.
     """
-    when = to_utc(value, now=now, name=name)
+    old = ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+    try:
+        when = to_utc(value, now=now, name=name)
+    except ConfigError:
+        if isinstance(value, str) and is_span(value.strip().lower()):
+            raise old from None  # a span too long for any instant, 1970 the nearer limit
+        raise
     if when < _EPOCH:
-        raise ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+        raise old
     return when

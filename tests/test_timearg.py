@@ -146,3 +146,13 @@ def test_parse_when_forms() -> None:
     assert parse_when("2026-05-01T10:00:00+02:00", now=now) == datetime(2026, 5, 1, 8, tzinfo=UTC)
     with pytest.raises(ke.ConfigError, match=r"^since '1779531402' is not a time"):
         parse_when("1779531402", now=now, name="since")
+
+
+def test_a_span_past_the_first_instant_is_said_so(tmp_path: Path) -> None:
+    """The lake takes times before 1970; only Kirim's history bounds stop there."""
+    lake = ke.Lake(tmp_path, now=NOW.timestamp)
+    assert lake.as_of("1900-01-01").as_of_ts == datetime(1900, 1, 1, tzinfo=UTC)
+    with pytest.raises(ke.ConfigError, match=r"^as_of '99999999d' reaches back before the year 1"):
+        lake.as_of("99999999d")
+    with pytest.raises(ke.ConfigError, match=r"^since '99999999d' is before 1970: Kirim keeps"):
+        parse_when("99999999d", now=NOW, name="since")

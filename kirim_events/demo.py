@@ -5,8 +5,8 @@ Steps, in one process on free loopback ports:
 1. the emulator serves Kirim's REST API and subscribes the collector's URL;
 2. the collector receives signed webhooks (duplicates, out-of-order statuses, batches);
 3. half way, the webhook secret is rotated through the API (``POST .../secrets``) and the
-   collector is restarted: it is down long enough that Kirim (its retry schedule compressed)
-   gives up on some deliveries, then comes back accepting the new and the old secret;
+   collector is restarted: Kirim sends a few events while it is down and (its retry schedule
+   compressed) gives up on them; it comes back accepting the new and the old secret;
 4. reconcile pages the delivery history, finds the events the lake lacks and recovers them;
 5. the journal is flushed and the lake compacted; the caller renders the report.
 
@@ -24,7 +24,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,8 @@ from kirim_events.collect import Collector
 from kirim_events.config import Secret
 from kirim_events.emulator import EngineConfig, FaultConfig, WorldConfig
 from kirim_events.emulator.emulator import Emulator
+from kirim_events.emulator.engine import EngineReport
+from kirim_events.emulator.model import Bundle
 from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
 from kirim_events.reconcile import reconcile
@@ -49,10 +51,11 @@ WEBHOOK_PATH = "/webhooks/kirim"
 # 30 s session interval; 160 s gives about 4 000 events a day).
 DAY_SECONDS = 86_400
 BASE_EVENTS = 4_000
-# Kirim's 8 attempts span ~31 h; compressed 100 000x they take ~1.1 s, so a collector outage of
-# a few seconds makes Kirim give up on the deliveries it tried meanwhile (dead letters).
+# Kirim's 8 attempts span ~31 h; compressed 100 000x they take ~1.1 s, so Kirim gives up on
+# the deliveries it tries while the collector is down (dead letters) within a second or two.
 TIME_COMPRESSION = 100_000.0
-OUTAGE_SECONDS = 15.0
+# One event in this many is sent while the collector is down (at least 5).
+OUTAGE_SHARE = 100
 
 
 @dataclass
@@ -65,6 +68,7 @@ class DemoReport:
     attempts: int = 0
     duplicates_sent: int = 0
     dead_or_failed: int = 0
+    outage_events: int = 0
     unacknowledged_events: int = 0
     reconcile_missing: int = 0
     reconcile_recovered: int = 0
@@ -128,10 +132,32 @@ class _Served:
         self.sock.close()
 
 
-async def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+def _take(bundles: Iterator[Bundle], events: int) -> Iterator[Bundle]:
+    """The next bundles of ``bundles`` until they hold ``events`` world events (the last one
+    may go past); drawn one at a time as the engine asks, so the rest stay in ``bundles``."""
+    taken = 0
+    while taken < events:
+        bundle = next(bundles, None)
+        if bundle is None:
+            return
+        taken += len(bundle.events)
+        yield bundle
+
+
+async def _deliver(
+    emu: Emulator,
+    bundles: Iterator[Bundle],
+    client: httpx.AsyncClient,
+    progress: ProgressCallback,
+    total: int,
+) -> EngineReport:
+    """Send ``bundles`` and return once every delivery of theirs is acknowledged or given up
+    on (Kirim's compressed retry schedule has run out), reporting progress meanwhile."""
+    run = asyncio.ensure_future(emu.engine.run(bundles, client=client))
+    while not run.done():
+        progress("sending", len(emu.truth), total)
+        await asyncio.wait({run}, timeout=0.25)
+    return run.result()
 
 
 async def _run(
@@ -155,8 +181,8 @@ async def _run(
             disorder_delay=30.0,
             time_compression=TIME_COMPRESSION,
             # Real Kirim disables a subscription after 24 dead deliveries in a row; the outage
-            # below kills more than that, and a disabled subscription gets no delivery rows,
-            # which nothing could recover. The demo's Kirim is more patient.
+            # below may kill more than that, and a disabled subscription gets no delivery
+            # rows, which nothing could recover. The demo's Kirim is more patient.
             auto_disable_after=1_000_000,
         ),
         faults=FaultConfig(),
@@ -181,44 +207,48 @@ async def _run(
     sub = emu.subscribe(url)
 
     history_since = datetime.fromtimestamp(time.time() - 60, UTC)
-    sending = asyncio.ensure_future(emu.send(n_events))
-    progress("sending", 0, n_events)
-    await _wait_for(lambda: len(emu.truth) >= n_events // 2 or sending.done(), 120)
-    progress("sending", len(emu.truth), n_events)
+    world = emu.bundles(n_events)
+    # The traffic goes in three parts, each sent until all its deliveries are settled, so
+    # what the outage costs is the same on any machine: the events Kirim sends while the
+    # collector is down, and only those, are never acknowledged. (Timing the outage against
+    # traffic that kept flowing made it depend on the machine's speed: on a busy one the
+    # first half could all be delivered before the collector stopped, and the only
+    # deliveries to die were re-sends of lost acknowledgements, already acknowledged.)
+    outage_events = max(5, n_events // OUTAGE_SHARE)
+    async with emu.webhook_client() as client:
+        progress("sending", 0, n_events)
+        await _deliver(emu, _take(world, n_events // 2), client, progress, n_events)
 
-    # Rotate the secret the way the setup guide says: mint a new one through the API; the old
-    # one stays valid for a while, so the receiver accepts both.
-    async with httpx.AsyncClient(
-        base_url=api_url, headers={"Authorization": f"Bearer {api_key.reveal()}"}
-    ) as client:
-        minted = await client.post(
-            f"/v1/webhook_subscriptions/{sub.id}/secrets", json={"expires_in_hours": 24}
-        )
-        minted.raise_for_status()
-        new_secret = Secret(minted.json()["data"]["secret"])
+        # Rotate the secret the way the setup guide says: mint a new one through the API;
+        # the old one stays valid for a while, so the receiver accepts both.
+        async with httpx.AsyncClient(
+            base_url=api_url, headers={"Authorization": f"Bearer {api_key.reveal()}"}
+        ) as api_client:
+            minted = await api_client.post(
+                f"/v1/webhook_subscriptions/{sub.id}/secrets", json={"expires_in_hours": 24}
+            )
+            minted.raise_for_status()
+            new_secret = Secret(minted.json()["data"]["secret"])
 
-    # Restart the collector: graceful stop (drain, flush), an outage, then start again.
-    progress("collector restart", 0, 1)
-    await served.stop()
-    stop_flusher.set()
-    await flusher
-    collector.flush()
-    collector.close()
-    # The outage lasts until Kirim has given up on some deliveries (or OUTAGE_SECONDS at most),
-    # so that there is something for reconcile to find whatever the machine's speed.
-    want_dead = max(5, n_events // 200)
-    await _wait_for(lambda: emu.engine.report.dead >= want_dead, OUTAGE_SECONDS)
-    collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
-    served = _Served(collector.receiver, _listen_on(port))
-    await served.start()
-    stop_flusher = asyncio.Event()
-    flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
-    progress("collector restart", 1, 1)
-    progress("sending", len(emu.truth), n_events)
-    while not sending.done():
-        progress("sending", len(emu.truth), n_events)
-        await asyncio.sleep(0.25)
-    engine_report = sending.result()
+        # Restart the collector: graceful stop (drain, flush), an outage, then start again.
+        progress("collector restart", 0, 1)
+        await served.stop()
+        stop_flusher.set()
+        await flusher
+        collector.flush()
+        collector.close()
+        # The outage: Kirim sends the next events to the closed port and, with its retry
+        # schedule compressed, gives up on each of them after 8 attempts (about 1 s).
+        before = len(emu.truth)
+        await _deliver(emu, _take(world, outage_events), client, progress, n_events)
+        report.outage_events = len(emu.truth) - before
+        collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
+        served = _Served(collector.receiver, _listen_on(port))
+        await served.start()
+        stop_flusher = asyncio.Event()
+        flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
+        progress("collector restart", 1, 1)
+        engine_report = await _deliver(emu, world, client, progress, n_events)
     progress("sending", n_events, n_events)
     report.world_events = len(emu.truth)
     report.deliveries = len(emu.store.deliveries)

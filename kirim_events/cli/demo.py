@@ -29,6 +29,7 @@ def _summary(report: DemoReport) -> Table:
     table.add_row("world events (emulated Kirim)", f"{report.world_events:,}")
     table.add_row("webhook deliveries / attempts", f"{report.deliveries:,} / {report.attempts:,}")
     table.add_row("deliveries sent twice (a lost ack)", f"{report.duplicates_sent:,}")
+    table.add_row("events sent while the collector was down", f"{report.outage_events:,}")
     table.add_row("deliveries Kirim gave up on (restart)", f"{report.dead_or_failed:,}")
     table.add_row("events never acknowledged", f"{report.unacknowledged_events:,}")
     table.add_row("found missing by reconcile", f"{report.reconcile_missing:,}")

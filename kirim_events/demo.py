@@ -41,12 +41,14 @@ from kirim_events.emulator.engine import EngineReport
 from kirim_events.emulator.model import Bundle
 from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
+from kirim_events.listen import listen_socket
 from kirim_events.reconcile import reconcile
 
 __all__ = ["DemoReport", "ProgressCallback", "run_demo"]
 
 ProgressCallback = Callable[[str, int, int], None]
 WEBHOOK_PATH = "/webhooks/kirim"
+HOST = "127.0.0.1"  # both servers listen on loopback only
 # One simulated day of a small support team (the emulator measures ~4.3 s between events at a
 # 30 s session interval; 160 s gives about 4 000 events a day).
 DAY_SECONDS = 86_400
@@ -77,21 +79,6 @@ class DemoReport:
     lake_matches_truth: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.set_inheritable(True)
-    return sock
-
-
-def _listen_on(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    return sock
 
 
 class _Served:
@@ -161,7 +148,13 @@ async def _deliver(
 
 
 async def _run(
-    data_dir: Path, *, scale: float, seed: int, progress: ProgressCallback
+    data_dir: Path,
+    *,
+    scale: float,
+    seed: int,
+    progress: ProgressCallback,
+    api_sock: socket.socket,
+    collector_sock: socket.socket,
 ) -> DemoReport:
     started = time.monotonic()
     report = DemoReport(data_dir=data_dir)
@@ -192,13 +185,12 @@ async def _run(
         read_limit=6000,
         write_limit=600,
     )
-    api = _Served(emu.app, _free_socket())
+    api = _Served(emu.app, api_sock)
     await api.start()
-    api_url = f"http://127.0.0.1:{api.sock.getsockname()[1]}"
+    api_url = f"http://{HOST}:{api_sock.getsockname()[1]}"
 
-    collector_sock = _free_socket()
     port = collector_sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    url = f"http://{HOST}:{port}{WEBHOOK_PATH}"
     collector = Collector(data_dir, [old_secret], flush_interval=1.0)
     served = _Served(collector.receiver, collector_sock)
     await served.start()
@@ -233,6 +225,9 @@ async def _run(
         # Restart the collector: graceful stop (drain, flush), an outage, then start again.
         progress("collector restart", 0, 1)
         await served.stop()
+        # The port stays the demo's through the outage: bound, not listening, it refuses
+        # connections as a closed port does, and no other program can take it meanwhile.
+        collector_sock = listen_socket(HOST, port)
         stop_flusher.set()
         await flusher
         collector.flush()
@@ -243,7 +238,7 @@ async def _run(
         await _deliver(emu, _take(world, outage_events), client, progress, n_events)
         report.outage_events = len(emu.truth) - before
         collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
-        served = _Served(collector.receiver, _listen_on(port))
+        served = _Served(collector.receiver, collector_sock)
         await served.start()
         stop_flusher = asyncio.Event()
         flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
@@ -359,6 +354,7 @@ def run_demo(
     *,
     scale: float = 1.0,
     seed: int = 7,
+    port: int = 0,
     on_progress: ProgressCallback | None = None,
 ) -> DemoReport:
     """Run the whole pipeline against the local emulator; return what happened.
@@ -372,29 +368,47 @@ def run_demo(
         Multiplies the amount of traffic (1.0: about 4 000 world events).
     seed
         Seeds the emulated world: the same seed gives the same traffic.
+    port
+        The collector's port on 127.0.0.1 (0: a free one). A port in use raises ConfigError
+        before anything is written.
     on_progress
         Called as ``on_progress(stage, done, total)``.
     """
     if scale <= 0:
         raise ConfigError("scale must be positive")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0 (a free one) to 65535, got {port}")
     folder = Path(data_dir)
-    _prepare(folder)
-    marker = folder / DEMO_MARKER
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
-    progress = on_progress or (lambda stage, done, total: None)
+    with contextlib.ExitStack() as sockets:
+        # bound first: a busy port is refused before the folder is touched
+        collector_sock = sockets.enter_context(listen_socket(HOST, port))
+        api_sock = sockets.enter_context(listen_socket(HOST, 0))
+        _prepare(folder)
+        marker = folder / DEMO_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
+        progress = on_progress or (lambda stage, done, total: None)
 
-    def go() -> DemoReport:
-        return asyncio.run(_run(folder, scale=scale, seed=seed, progress=progress))
+        def go() -> DemoReport:
+            return asyncio.run(
+                _run(
+                    folder,
+                    scale=scale,
+                    seed=seed,
+                    progress=progress,
+                    api_sock=api_sock,
+                    collector_sock=collector_sock,
+                )
+            )
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        report = go()
-    else:
-        # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            report = pool.submit(go).result()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            report = go()
+        else:
+            # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                report = pool.submit(go).result()
     sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
     marker.write_text(json.dumps(sealed) + "\n")
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -62,6 +63,23 @@ def test_demo_refuses_a_bad_scale(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0"])
     assert result.exit_code != 0
     assert not any(tmp_path.glob("events/**/*.parquet"))
+
+
+def test_a_busy_port_is_a_config_error_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127\.0\.0\.1:{port}: "):
+            run_demo(tmp_path / "data", scale=0.05, port=port)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_a_port_out_of_range_is_a_config_error(tmp_path: Path, port: int) -> None:
+    with pytest.raises(ConfigError, match=rf"port must be 0 \(a free one\) to 65535, got {port}"):
+        run_demo(tmp_path / "data", scale=0.05, port=port)
+    assert not (tmp_path / "data").exists()
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:

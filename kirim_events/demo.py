@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import socket
 import sqlite3
@@ -374,8 +375,12 @@ def run_demo(
     on_progress
         Called as ``on_progress(stage, done, total)``.
     """
-    if scale <= 0:
-        raise ConfigError("scale must be positive")
+    # all checked before anything is written: NaN passed `scale <= 0` and, like infinity,
+    # failed only once the folder was prepared and marked
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"scale must be a positive number (1.0: about 4 000 events), got {scale}")
+    if not str(data_dir).strip():  # "" is the current folder to Path
+        raise ConfigError("the demo's data folder name is blank: give a folder (default: data)")
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0 (a free one) to 65535, got {port}")
     folder = Path(data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import math
 import socket
 import threading
 from pathlib import Path
@@ -63,6 +64,24 @@ def test_demo_refuses_a_bad_scale(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0"])
     assert result.exit_code != 0
     assert not any(tmp_path.glob("events/**/*.parquet"))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_a_bad_scale_is_refused_before_anything_is_written(tmp_path: Path, scale: float) -> None:
+    with pytest.raises(ConfigError, match=r"scale must be a positive number .*, got "):
+        run_demo(tmp_path / "data", scale=scale)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_a_blank_folder_name_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # "" is the current folder to Path: the demo's lake went wherever the shell stood
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="data folder name is blank"):
+        run_demo(name, scale=0.05)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_busy_port_is_a_config_error_naming_it_and_nothing_is_written(tmp_path: Path) -> None:

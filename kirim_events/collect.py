@@ -42,6 +42,7 @@ from kirim_events.receiver import (
     Receiver,
     check_body_timeout,
 )
+from kirim_events.stopsignals import handling
 
 __all__ = ["CollectReport", "Collector", "JsonFormatter", "collect"]
 
@@ -214,21 +215,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-@contextlib.contextmanager
-def _stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` inside the block (in the main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, handler) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
-
-
 class _SignalsOutsideServing:
     """SIGINT and SIGTERM while uvicorn is not serving (it has its own handlers then).
 
@@ -266,7 +252,7 @@ def _server_class() -> Any:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            with _stop_signals(self._on_signal):
+            with handling(self._on_signal):
                 yield
 
         def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -364,7 +350,7 @@ def collect(
     outside = _SignalsOutsideServing()
     # One handler from here to the end (uvicorn's own go on top while it serves): a signal
     # while this sets up, or while it flushes and closes, never kills the run half way.
-    with _stop_signals(outside):
+    with handling(outside):
         import uvicorn
 
         from kirim_events.headdeadline import head_deadline_protocol

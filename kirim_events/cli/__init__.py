@@ -16,6 +16,8 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from kirim_events.stopsignals import handling
+
 if TYPE_CHECKING:
     import typer
 
@@ -61,15 +63,10 @@ def main() -> None:
     def note(sig: int, frame: FrameType | None) -> None:
         asked.append(sig)
 
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, note) for sig in stops}
-    try:
+    with handling(note):
         _load()
         from kirim_events.cli._app import main as run
         from kirim_events.cli._app import print_note
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if asked:
         name = signal.Signals(asked[0]).name
         print_note(f"received {name} while starting: stopped before anything began", stderr=True)

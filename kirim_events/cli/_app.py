@@ -26,6 +26,7 @@ from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
 from kirim_events.lake.state import check_version
 from kirim_events.printable import printable
+from kirim_events.stopsignals import handling
 
 
 def _hide_flag_types() -> None:
@@ -201,15 +202,9 @@ def sigterm_interrupts() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise Terminated
 
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (a test runner's): leave SIGTERM as it is
+    # outside the main thread (a test runner's) SIGTERM is left as it is
+    with handling(stop, (signal.SIGTERM,)):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupt_code(exc: KeyboardInterrupt) -> int:

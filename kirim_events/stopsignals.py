@@ -1,0 +1,55 @@
+"""Send SIGINT and SIGTERM to a handler for the length of a block, then restore the ones before.
+
+Every place that must not die on a stop (the CLI while its commands load, the collector
+while it starts and flushes, a backfill that stops cleanly on SIGTERM) catches the signals
+this way, so the handlers before it always come back, even when the block raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
+from typing import Any
+
+__all__ = ["STOP_SIGNALS", "Handler", "handling"]
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+"""The signals that ask a process to stop: Ctrl+C, and ``kill`` / systemd / ``docker stop``."""
+
+Handler = Callable[[int, FrameType | None], Any]
+
+
+@contextlib.contextmanager
+def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterator[bool]:
+    """Within the block, ``signals`` (SIGINT and SIGTERM by default) go to ``handler``.
+
+    Yields whether the handler was installed: Python sets signal handlers in the main
+    thread only, so elsewhere (a test runner's or a notebook's worker thread) nothing
+    changes and it yields False. On leaving, even by an exception, each signal gets back
+    the handler it had before.
+
+    Examples
+    --------
+    >>> import os, signal
+    >>> seen = []
+    >>> with handling(lambda sig, frame: seen.append(sig)):
+    ...     os.kill(os.getpid(), signal.SIGTERM)
+    >>> seen == [signal.SIGTERM]
+    True
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous: dict[int, Any] = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
+        yield True
+    finally:
+        for sig, before in previous.items():
+            # None: the handler before was set outside Python and cannot be set again; the
+            # default is closer to it than leaving this block's handler in place
+            signal.signal(sig, signal.SIG_DFL if before is None else before)

@@ -1,0 +1,117 @@
+"""stopsignals.handling: real SIGINT/SIGTERM sent to this process reach the block's handler,
+and the handlers before it come back, whatever way the block ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+
+from kirim_events.stopsignals import STOP_SIGNALS, handling
+
+
+class Seen:
+    """A signal handler that notes what it got."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        self.signals.append(sig)
+
+
+@pytest.fixture
+def before() -> Iterator[Seen]:
+    """A known handler on SIGINT and SIGTERM for the test; the runner's own come back after."""
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    handler = Seen()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield handler
+    finally:
+        for sig, was in saved.items():
+            signal.signal(sig, was)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_in_the_block_goes_to_its_handler(before: Seen, sig: int) -> None:
+    inside = Seen()
+    with handling(inside) as installed:
+        os.kill(os.getpid(), sig)
+        signal.raise_signal(sig)
+    assert installed
+    assert inside.signals == [sig, sig]
+    assert before.signals == []
+
+
+def test_the_handlers_before_are_restored_and_get_the_signals_again(before: Seen) -> None:
+    with handling(Seen()):
+        pass
+    for sig in STOP_SIGNALS:
+        assert signal.getsignal(sig) is before
+        os.kill(os.getpid(), sig)
+    assert before.signals == list(STOP_SIGNALS)
+
+
+def test_the_handlers_are_restored_when_the_block_raises(before: Seen) -> None:
+    with pytest.raises(RuntimeError, match="the block failed"), handling(Seen()):
+        raise RuntimeError("the block failed")
+    assert all(signal.getsignal(sig) is before for sig in STOP_SIGNALS)
+
+
+def test_a_handler_that_raises_stops_the_block_and_is_removed(before: Seen) -> None:
+    # as the CLI's sigterm_interrupts does: SIGTERM raises where the block runs
+    def stop(sig: int, frame: FrameType | None) -> None:
+        raise RuntimeError(f"stopped by {signal.Signals(sig).name}")
+
+    reached: list[bool] = []
+
+    def block() -> None:
+        with handling(stop, (signal.SIGTERM,)):
+            signal.raise_signal(signal.SIGTERM)
+            reached.append(True)
+
+    with pytest.raises(RuntimeError, match="stopped by SIGTERM"):
+        block()
+    assert reached == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_only_the_signals_asked_for_are_caught(before: Seen) -> None:
+    inside = Seen()
+    with handling(inside, (signal.SIGTERM,)):
+        assert signal.getsignal(signal.SIGINT) is before
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+    assert inside.signals == [signal.SIGTERM]
+    assert before.signals == [signal.SIGINT]
+
+
+def test_nested_blocks_restore_each_other(before: Seen) -> None:
+    outer, inner = Seen(), Seen()
+    with handling(outer):
+        with handling(inner):
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)
+    term = [signal.SIGTERM]
+    assert (outer.signals, inner.signals, before.signals) == (term, term, term)
+
+
+def test_outside_the_main_thread_nothing_changes(before: Seen) -> None:
+    results: list[object] = []
+
+    def other() -> None:
+        with handling(Seen()) as installed:
+            results.append(installed)
+            results.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert results == [False, before]

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from kirim_events.receiver import (
     Receiver,
     check_body_timeout,
 )
+from kirim_events.serving import Served
 from kirim_events.stopsignals import handling
 
 __all__ = ["CollectReport", "Collector", "JsonFormatter", "collect"]
@@ -240,28 +241,6 @@ class _SignalsOutsideServing:
             log.info("received %s while starting: stopping as soon as the server is up", name)
 
 
-def _server_class() -> Any:
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        """uvicorn's Server, minus re-raising the signal after its graceful shutdown.
-
-        uvicorn >= 0.29 re-raises SIGINT/SIGTERM once it has drained, which would kill the
-        process before our final flush and make the exit code non-zero.
-        """
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with handling(self._on_signal):
-                yield
-
-        def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-            log.info("received %s: draining requests, then flushing", signal.Signals(sig).name)
-            self.handle_exit(sig, frame)
-
-    return _Server
-
-
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes each record to ``sys.stderr`` as it is then, not as it was when made: a host
     (or a test runner) that swaps stderr does not leave the logs on a closed stream."""
@@ -351,8 +330,6 @@ def collect(
     # One handler from here to the end (uvicorn's own go on top while it serves): a signal
     # while this sets up, or while it flushes and closes, never kills the run half way.
     with handling(outside):
-        import uvicorn
-
         from kirim_events.headdeadline import head_deadline_protocol
 
         if max_connections < 1:
@@ -370,36 +347,29 @@ def collect(
             body_timeout=body_timeout,
             flush_interval=flush_interval,
         )
-        config = uvicorn.Config(
-            collector.receiver,
-            host=host,
-            port=port,
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            log_config=None,  # the host's logging (the CLI's configure_logging), not uvicorn's own
-            # above the body timeout: a request in flight at the signal can finish
-            timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
-            limit_concurrency=max_connections,
-            http=head_deadline_protocol(collector.receiver.body_timeout),
-        )
-        server = _server_class()(config)
         try:
             sock = listen_socket(host, port)
         except ConfigError:
             collector.close()
             raise
-        url = f"http://{_url_host(host)}:{sock.getsockname()[1]}{collector.receiver.path}"
+        served = Served(
+            collector.receiver,
+            sock,
+            on_signal=_draining,
+            limit_concurrency=max_connections,
+            # above the body timeout: a request in flight at the signal can finish
+            timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
+            http=head_deadline_protocol(collector.receiver.body_timeout),
+        )
+        url = f"http://{_url_host(host)}:{served.port}{collector.receiver.path}"
 
         async def main() -> None:
             stop = asyncio.Event()
             flusher = asyncio.create_task(collector.run_flusher(stop))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started and not serving.done():
-                await asyncio.sleep(0.01)
-            if outside.asked:  # a signal came before uvicorn's handlers were in place
-                server.should_exit = True
-            if server.started:
+            try:
+                await served.start()
+                if outside.asked:  # a signal came before uvicorn's handlers were in place
+                    served.request_stop()
                 log.info("listening on %s", url)
                 if collector.receiver.tolerance is None:
                     log.warning(
@@ -408,8 +378,7 @@ def collect(
                     )
                 if on_ready is not None:
                     on_ready(url)
-            try:
-                await serving
+                await served.wait()
             finally:
                 outside.stopping = True
                 stop.set()
@@ -437,3 +406,7 @@ def collect(
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _draining(sig: int) -> None:
+    log.info("received %s: draining requests, then flushing", signal.Signals(sig).name)

@@ -44,12 +44,15 @@ from kirim_events.errors import ConfigError
 from kirim_events.lake import Lake
 from kirim_events.listen import listen_socket
 from kirim_events.reconcile import reconcile
+from kirim_events.serving import Served
 
 __all__ = ["DemoReport", "ProgressCallback", "run_demo"]
 
 ProgressCallback = Callable[[str, int, int], None]
 WEBHOOK_PATH = "/webhooks/kirim"
 HOST = "127.0.0.1"  # both servers listen on loopback only
+# quiet (the progress display owns the terminal); a stop waits 5 s at most for a request
+SERVER_CONFIG: dict[str, Any] = {"log_level": "error", "timeout_graceful_shutdown": 5}
 # One simulated day of a small support team (the emulator measures ~4.3 s between events at a
 # 30 s session interval; 160 s gives about 4 000 events a day).
 DAY_SECONDS = 86_400
@@ -80,44 +83,6 @@ class DemoReport:
     lake_matches_truth: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-
-class _Served:
-    """An ASGI app served by uvicorn on a given socket inside the running event loop."""
-
-    def __init__(self, app: Any, sock: socket.socket) -> None:
-        import uvicorn
-
-        class _Quiet(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:  # the demo's caller owns the signals
-                yield
-
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            access_log=False,
-            log_level="error",
-            log_config=None,  # leave logging to the host
-            timeout_graceful_shutdown=5,
-        )
-        self.server = _Quiet(config)
-        self.sock = sock
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.ensure_future(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-                raise RuntimeError("server did not start")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task is not None:
-            await self.task
-        self.sock.close()
 
 
 def _take(bundles: Iterator[Bundle], events: int) -> Iterator[Bundle]:
@@ -186,14 +151,14 @@ async def _run(
         read_limit=6000,
         write_limit=600,
     )
-    api = _Served(emu.app, api_sock)
+    api = Served(emu.app, api_sock, **SERVER_CONFIG)
     await api.start()
-    api_url = f"http://{HOST}:{api_sock.getsockname()[1]}"
+    api_url = api.url
 
     port = collector_sock.getsockname()[1]
     url = f"http://{HOST}:{port}{WEBHOOK_PATH}"
     collector = Collector(data_dir, [old_secret], flush_interval=1.0)
-    served = _Served(collector.receiver, collector_sock)
+    served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
     await served.start()
     stop_flusher = asyncio.Event()
     flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
@@ -239,7 +204,7 @@ async def _run(
         await _deliver(emu, _take(world, outage_events), client, progress, n_events)
         report.outage_events = len(emu.truth) - before
         collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
-        served = _Served(collector.receiver, collector_sock)
+        served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
         await served.start()
         stop_flusher = asyncio.Event()
         flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))

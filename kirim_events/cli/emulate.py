@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +31,7 @@ from kirim_events.emulator.world import World
 from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
 from kirim_events.printable import printable
+from kirim_events.serving import Served
 from kirim_events.timearg import parse_when
 
 # Seconds the default start leaves between the world's last event and now: its deliveries
@@ -41,13 +40,6 @@ _END_MARGIN = 60
 _HISTORY_URL = "https://example.invalid/webhooks/kirim"
 # a lost_ack is a 2xx the emulator sends again, as if the answer never reached Kirim
 _ACKNOWLEDGED = ("succeeded", "lost_ack")
-
-
-class _Server(uvicorn.Server):
-    # The command owns SIGINT/SIGTERM (to stop sending too, and exit 0), not uvicorn.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 _SLOW_SPAN = 1_000_000  # events from which _world_span takes long enough to say so
@@ -368,12 +360,6 @@ async def _watch(
         console.print(line)
 
 
-async def _serve(server: _Server, sock: socket.socket) -> None:
-    """Serve until told to stop; uvicorn's sys.exit when it fails to start ends just this."""
-    with contextlib.suppress(SystemExit), sock:
-        await server.serve(sockets=[sock])
-
-
 async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -382,9 +368,9 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         stop.set()
         emu.stop()
         if server is not None:
-            server.should_exit = True
+            server.request_stop()
 
-    server: _Server | None = None
+    server: Served | None = None
     serving = None
     told: set[str] = set()  # shared by the progress lines of both phases
     if port is not None:
@@ -393,21 +379,20 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
         except ConfigError as exc:  # one line, not uvicorn's log line and then ours
             print_error(f"could not serve the API: {exc}")  # it names the port and why
             raise typer.Exit(2) from None  # as collect: a setting to change, as any ConfigError
-        port = sock.getsockname()[1]  # the one taken, when 0 asked for any free one
-        config = uvicorn.Config(
-            emu.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-        )
-        server = _Server(config)
-        serving = asyncio.ensure_future(_serve(server, sock))
+        # The command owns SIGINT/SIGTERM (to stop sending too, and exit 0), not uvicorn;
+        # uvicorn's own log format, as before Served (its default log_config).
+        server = Served(emu.app, sock, log_config=uvicorn.config.LOGGING_CONFIG)
+        port = server.port  # the one taken, when 0 asked for any free one
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, request_stop)
     if server is not None:
-        while not server.started and not serving.done():  # type: ignore[union-attr]
-            await asyncio.sleep(0.05)
-        if serving is not None and serving.done():
-            print_error(f"could not serve on 127.0.0.1:{port} (is the port in use?)")
-            raise typer.Exit(1)
+        try:
+            await server.start()
+        except (ConfigError, RuntimeError) as exc:
+            print_error(f"could not serve the API: {exc}")
+            raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+        serving = asyncio.ensure_future(server.wait())
         console.print(
             f"Kirim API emulator on http://127.0.0.1:{port}/v1: point backfill and reconcile "
             f"at it with KIRIM_API_URL=http://127.0.0.1:{port} (key from KIRIM_KEY)"

@@ -41,7 +41,8 @@ from kirim_events.emulator.emulator import Emulator
 from kirim_events.emulator.engine import EngineReport
 from kirim_events.emulator.model import Bundle
 from kirim_events.errors import ConfigError
-from kirim_events.lake import Lake
+from kirim_events.journal_index import journal_path
+from kirim_events.lake import LAKE_ENTRIES, Lake
 from kirim_events.listen import listen_socket
 from kirim_events.reconcile import reconcile
 from kirim_events.serving import Served
@@ -260,7 +261,6 @@ async def _run(
 
 
 DEMO_MARKER = Path("_state") / "demo.json"
-_DEMO_CONTENT = ("events", "deliveries", "quarantine", "_journal", "_state", "_tmp")
 
 
 def _prepare(folder: Path) -> None:
@@ -292,7 +292,7 @@ def _prepare(folder: Path) -> None:
             " backfill?), so the demo will not clear it; run the demo on another --data DIR"
         )
     for path in present:
-        if path.name in _DEMO_CONTENT and path.is_dir():
+        if path.name in LAKE_ENTRIES and path.is_dir():
             shutil.rmtree(path)
 
 
@@ -307,7 +307,7 @@ def _contents(folder: Path) -> dict[str, Any]:
         if path.is_file()
     )
     keys = 0
-    journal = folder / "_journal" / "journal.sqlite3"
+    journal = journal_path(folder)
     if journal.is_file():
         uri = f"{journal.resolve().as_uri()}?mode=ro"  # as_uri() refuses a relative path
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:

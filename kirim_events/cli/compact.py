@@ -16,6 +16,7 @@ from kirim_events.cli._app import (
     settings,
 )
 from kirim_events.journal import Journal
+from kirim_events.journal_index import journal_path
 from kirim_events.lake import Lake
 
 
@@ -59,7 +60,7 @@ def compact_command(
             require_folder(s.data_dir)
         lake = Lake(lake_uri or s.data_dir)
         flushed = None
-        if flush and (s.data_dir / "_journal" / "journal.sqlite3").exists():
+        if flush and journal_path(s.data_dir).exists():
             with Journal(s.data_dir) as journal:
                 flushed = journal.flush(lake)
         if lake_uri is not None:  # after the flush: a journal may have made a new lake there

@@ -66,7 +66,7 @@ from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
 from kirim_events.timearg import TimeLike, to_utc
 
-__all__ = ["STEPS", "CompactionReport", "Lake"]
+__all__ = ["LAKE_ENTRIES", "STEPS", "CompactionReport", "Lake"]
 
 
 _WRITER_ID = re.compile(r"[0-9a-z]{1,32}")
@@ -116,8 +116,9 @@ def _one_edit(a: str, b: str) -> bool:
 
 # What kirim-events keeps at the top of a lake (design.md's layout). A folder holding none
 # of these but other things is not a lake: a path one level off (DATA/events, the project
-# folder above DATA) read as an empty lake, every helper answering zero rows.
-_LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
+# folder above DATA) read as an empty lake, every helper answering zero rows. The demo
+# clears these, and only these, from a folder it wrote before.
+LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
 
 
 def _not_a_lake(root: str, foreign: list[str]) -> str:
@@ -244,7 +245,7 @@ class Lake(AnalyticsMixin):
         if not os.path.isdir(root):
             raise LakeError(f"no lake at {root}: the folder does not exist")
         names = os.listdir(root)
-        if any(name in _LAKE_ENTRIES for name in names):
+        if any(name in LAKE_ENTRIES for name in names):
             return
         # dot files (data/.gitkeep) and a new volume's lost+found are no one's content
         foreign = sorted(n for n in names if not n.startswith(".") and n != "lost+found")

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,7 +30,6 @@ from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
 from kirim_events.listen import listen_socket
-from kirim_events.printable import printable
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -45,7 +41,7 @@ from kirim_events.receiver import (
 from kirim_events.serving import Served
 from kirim_events.stopsignals import handling
 
-__all__ = ["CollectReport", "Collector", "JsonFormatter", "collect"]
+__all__ = ["CollectReport", "Collector", "collect"]
 
 log = logging.getLogger("kirim_events.collect")
 DEFAULT_FLUSH_INTERVAL = 5.0
@@ -64,37 +60,6 @@ class CollectReport:
     rejected: dict[str, int]
     flushes: int
     backlog: int
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (``time``, ``level``, ``logger``, ``message``); ``time``
-    is ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as a JSON line."""
-        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        doc: dict[str, Any] = {
-            "time": at.replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message``, one line per record: control characters in the
-    message (a header value anyone can send) are escaped, so it can neither forge lines nor
-    drive the terminal (see :func:`~kirim_events.printable.printable`)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        """The record's line, escaped; a traceback follows it as it is."""
-        return printable(super().formatMessage(record))
 
 
 class Collector:
@@ -241,34 +206,6 @@ class _SignalsOutsideServing:
             log.info("received %s while starting: stopping as soon as the server is up", name)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each record to ``sys.stderr`` as it is then, not as it was when made: a host
-    (or a test runner) that swaps stderr does not leave the logs on a closed stream."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass  # StreamHandler's own assignment; the stream is always the current stderr
-
-
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send kirim_events logs (and uvicorn's warnings) to stderr as text or JSON lines; for the
-    CLI: a library leaves logging to its host. Bodies and secrets are never logged."""
-    handler = _StderrHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter())
-    for name, at in (("kirim_events", level), ("uvicorn", logging.WARNING)):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(at)
-        logger.propagate = False
-
-
 def collect(
     data_dir: str | Path | None = None,
     *,
@@ -402,6 +339,26 @@ def collect(
             gc.unfreeze()
             sock.close()
             collector.close()
+
+
+# The log formatting (the CLI's: a library leaves logging to its host) moved to
+# kirim_events.cli.collect; these names still import from here for code written before.
+_MOVED = frozenset({"JsonFormatter", "TextFormatter", "configure_logging"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import warnings
+
+        from kirim_events.cli import collect as cli_collect
+
+        warnings.warn(
+            f"kirim_events.collect.{name} moved to kirim_events.cli.collect",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(cli_collect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _url_host(host: str) -> str:

@@ -522,7 +522,7 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     import json
     import logging
 
-    from kirim_events.collect import JsonFormatter
+    from kirim_events.cli.collect import JsonFormatter
 
     record = logging.LogRecord(
         "kirim_events.x", logging.WARNING, "f", 1, "hello %s", ("you",), None
@@ -533,6 +533,23 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["level"] == "warning"
     assert doc["message"] == "hello you"
     assert doc["logger"] == "kirim_events.x"
+
+
+def test_log_formatting_is_the_clis_and_the_old_names_say_where_it_went() -> None:
+    # the library leaves logging to its host: formatters and handlers live with the command
+    import importlib
+
+    from kirim_events.cli import collect as cli_collect
+
+    library = importlib.import_module("kirim_events.collect")  # ke.collect is the function
+    assert "JsonFormatter" not in library.__all__
+    for name in ("JsonFormatter", "TextFormatter", "configure_logging"):
+        assert name not in vars(library)
+        with pytest.warns(DeprecationWarning, match=f"collect.{name} moved to kirim_events.cli"):
+            moved = getattr(library, name)
+        assert moved is getattr(cli_collect, name)
+    with pytest.raises(AttributeError, match="has no attribute 'JsonFormatters'"):
+        library.JsonFormatters  # noqa: B018
 
 
 def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
@@ -599,7 +616,7 @@ def test_logs_go_to_stderr_as_it_is_now(monkeypatch: pytest.MonkeyPatch) -> None
     import logging
     import sys
 
-    from kirim_events.collect import configure_logging
+    from kirim_events.cli.collect import configure_logging
 
     loggers = [logging.getLogger(name) for name in ("kirim_events", "uvicorn")]
     saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]

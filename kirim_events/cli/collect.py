@@ -1,8 +1,16 @@
-"""``kirim-events collect``: receive webhooks into the journal and flush them into the lake."""
+"""``kirim-events collect``: receive webhooks into the journal and flush them into the lake.
+
+The library logs and leaves logging to its host; this command is a host: it sends the logs
+to stderr as text or JSON lines (:func:`configure_logging`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,14 +30,73 @@ from kirim_events.collect import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_CONNECTIONS,
     collect,
-    configure_logging,
 )
+from kirim_events.printable import printable
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_PATH,
     webhook_path,
 )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``time``, ``level``, ``logger``, ``message``); ``time``
+    is ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a JSON line."""
+        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        doc: dict[str, Any] = {
+            "time": at.replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, one line per record: control characters in the
+    message (a header value anyone can send) are escaped, so it can neither forge lines nor
+    drive the terminal (see :func:`~kirim_events.printable.printable`)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The record's line, escaped; a traceback follows it as it is."""
+        return printable(super().formatMessage(record))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is then, not as it was when made: a host
+    (or a test runner) that swaps stderr does not leave the logs on a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler's own assignment; the stream is always the current stderr
+
+
+def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    """Send kirim_events logs (and uvicorn's warnings) to stderr as text or JSON lines; for the
+    CLI: a library leaves logging to its host. Bodies and secrets are never logged."""
+    handler = _StderrHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter())
+    for name, at in (("kirim_events", level), ("uvicorn", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(at)
+        logger.propagate = False
 
 
 @command("collect")

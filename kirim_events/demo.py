@@ -1,6 +1,6 @@
 """The end-to-end demo: a local Kirim sends a day of traffic through the whole pipeline.
 
-Steps, in one process on free loopback ports:
+Steps, in one process on loopback ports (free ones unless ``port=`` names the collector's):
 
 1. the emulator serves Kirim's REST API and subscribes the collector's URL;
 2. the collector receives signed webhooks (duplicates, out-of-order statuses, batches);

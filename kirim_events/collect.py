@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
@@ -343,24 +342,6 @@ def collect(
 
 # The log formatting (the CLI's: a library leaves logging to its host) moved to
 # kirim_events.cli.collect; these names still import from here for code written before.
-_MOVED = frozenset({"JsonFormatter", "TextFormatter", "configure_logging"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import warnings
-
-        from kirim_events.cli import collect as cli_collect
-
-        warnings.warn(
-            f"kirim_events.collect.{name} moved to kirim_events.cli.collect",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(cli_collect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 

@@ -535,21 +535,17 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["logger"] == "kirim_events.x"
 
 
-def test_log_formatting_is_the_clis_and_the_old_names_say_where_it_went() -> None:
+def test_log_formatting_is_the_clis_not_the_librarys() -> None:
     # the library leaves logging to its host: formatters and handlers live with the command
     import importlib
 
     from kirim_events.cli import collect as cli_collect
 
     library = importlib.import_module("kirim_events.collect")  # ke.collect is the function
-    assert "JsonFormatter" not in library.__all__
     for name in ("JsonFormatter", "TextFormatter", "configure_logging"):
-        assert name not in vars(library)
-        with pytest.warns(DeprecationWarning, match=f"collect.{name} moved to kirim_events.cli"):
-            moved = getattr(library, name)
-        assert moved is getattr(cli_collect, name)
-    with pytest.raises(AttributeError, match="has no attribute 'JsonFormatters'"):
-        library.JsonFormatters  # noqa: B018
+        assert name not in library.__all__
+        assert not hasattr(library, name)
+        assert callable(getattr(cli_collect, name))
 
 
 def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:

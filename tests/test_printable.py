@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kirim_events.collect import TextFormatter
+from kirim_events.cli.collect import TextFormatter
 from kirim_events.printable import printable
 
 ATTACK = "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32mINFO all good\x1b[0m\nforged line\u202etxt.exe\x9b31m"

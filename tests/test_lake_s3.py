@@ -266,3 +266,23 @@ def test_an_object_replaced_while_it_is_read_is_read_again(s3_env: dict[str, str
     lake.storage.fs = torn  # type: ignore[assignment]
     assert lake.storage.read_bytes("_state/note.json") == b'{"until": 1796030885.8474932}'
     assert torn.reads == 2
+
+
+def test_a_prefix_holding_other_things_is_not_an_s3_lake(s3_env: dict[str, str]) -> None:
+    """As with a local folder: a prefix one level off read as an empty lake, every helper
+    answering zero rows."""
+    ke.Lake("s3://lake/off/lake", env=s3_env).write_events([ev("a")])
+    above = ke.Lake("s3://lake/off", env=s3_env)
+    for read in (above.events, above.message_timelines):
+        with pytest.raises(ke.LakeError, match="s3://lake/off is not a kirim-events lake") as err:
+            read()
+        assert str(err.value).endswith("did you mean s3://lake/off/lake?")
+    with pytest.raises(ke.LakeError, match="holds type=") as err:
+        ke.Lake("s3://lake/off/lake/events", env=s3_env).events()
+    assert "did you mean" not in str(err.value)
+
+    # a new, empty prefix is a new lake; a lake stays one once seen
+    assert ke.Lake("s3://lake/off/new", env=s3_env).events().collect().height == 0
+    lake = ke.Lake("s3://lake/off/lake", env=s3_env)
+    assert lake.events().collect()["event_key"].to_list() == ["a"]
+    assert lake.message_timelines().collect().height == 0

@@ -121,13 +121,17 @@ def _one_edit(a: str, b: str) -> bool:
 LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
 
 
-def _not_a_lake(root: str, foreign: list[str]) -> str:
-    """Why ``root`` is refused, and the lake nearby that was probably meant."""
+def _not_a_lake_text(root: str, foreign: list[str]) -> str:
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-    text = (
+    return (
         f"{root} is not a kirim-events lake: it holds {shown} but no events/, deliveries/ "
         f"or {VERSION_PATH}"
     )
+
+
+def _not_a_lake(root: str, foreign: list[str]) -> str:
+    """Why local folder ``root`` is refused, and the lake nearby that was probably meant."""
+    text = _not_a_lake_text(root, foreign)
     here = os.path.abspath(root)
     above = [os.path.dirname(here)]
     while os.path.dirname(above[-1]) != above[-1]:
@@ -182,6 +186,7 @@ class Lake(AnalyticsMixin):
         self.dedup_window_days = dedup_window_days
         self.as_of_ts: datetime | None = None
         self.now = now
+        self._known_lake = False  # an S3 prefix once seen holding a lake's entries
         if writer_id is not None and not _WRITER_ID.fullmatch(writer_id):
             # it goes into file names, which readers match: "a/b" wrote into a folder no
             # reader looks at, "Host-1" made compaction outputs look like writer files
@@ -236,21 +241,34 @@ class Lake(AnalyticsMixin):
         return datetime.fromtimestamp(self.now(), UTC)
 
     def _require_folder(self) -> None:
-        """LakeError when a local lake's folder does not exist: read, it would be an empty
-        lake, and a mistyped or relative path (a notebook runs in its own folder) would pass
-        unseen. A lake's folder is made by its first write."""
-        if not self.storage.local:
+        """LakeError when a local lake's folder does not exist, or when the folder (an S3
+        prefix) holds other things and none of a lake's: read, it would be an empty lake,
+        and a mistyped or relative path (a notebook runs in its own folder) or a prefix one
+        level off would pass unseen. A lake's folder is made by its first write."""
+        if self._known_lake:
             return
         root = self.storage.root
-        if not os.path.isdir(root):
-            raise LakeError(f"no lake at {root}: the folder does not exist")
-        names = os.listdir(root)
+        if self.storage.local:
+            if not os.path.isdir(root):
+                raise LakeError(f"no lake at {root}: the folder does not exist")
+            names = os.listdir(root)
+        else:
+            # a missing prefix is a new, empty lake
+            names = [entry.name for entry in self.storage.list_dir("")]
         if any(name in LAKE_ENTRIES for name in names):
+            # an S3 lake stays one (nothing we do removes all of its entries): its LIST is
+            # paid once; a local folder is checked at each read, at the cost of a listdir
+            self._known_lake = not self.storage.local
             return
         # dot files (data/.gitkeep) and a new volume's lost+found are no one's content
         foreign = sorted(n for n in names if not n.startswith(".") and n != "lost+found")
-        if foreign:  # an empty folder is a new lake; one holding other things is not one
+        if not foreign:  # an empty folder is a new lake; one holding other things is not one
+            return
+        if self.storage.local:
             raise LakeError(_not_a_lake(root, foreign))
+        below = [name for name in foreign[:3] if self.storage.read_bytes(f"{name}/{VERSION_PATH}")]
+        hint = f"; did you mean {self.location.rstrip('/')}/{below[0]}?" if below else ""
+        raise LakeError(_not_a_lake_text(self.location, foreign) + hint)
 
     def _range(
         self, since: TimeLike | None, until: TimeLike | None

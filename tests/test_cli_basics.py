@@ -143,3 +143,22 @@ def test_a_stop_while_the_commands_load_ends_as_the_command_would(
     assert f"received {signal.Signals(sig).name} while starting" in err
     assert "Traceback" not in err
     assert not (tmp_path / "d").exists()  # stopped before anything began
+
+
+def test_a_library_errors_notes_are_shown_under_it(capsys: pytest.CaptureFixture[str]) -> None:
+    # backfill notes on its error that the flush after it failed too: dropping the note
+    # would hide the second failure from the CLI user
+    import typer
+
+    from kirim_events.cli._app import errors_to_exit
+
+    error = kirim_events.StorageError("the page could not be stored")
+    error.add_note("flushing the journal failed too: disk full")
+    with pytest.raises(typer.Exit) as exit_info, errors_to_exit():
+        raise error
+    assert exit_info.value.exit_code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "error: the page could not be stored",
+        "note: flushing the journal failed too: disk full",
+    ]

@@ -173,6 +173,8 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         yield
     except KirimEventsError as exc:
         print_error(exc)
+        for note in getattr(exc, "__notes__", ()):  # what else went wrong (add_note)
+            print_note(note, stderr=True)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     except (*READ_ERRORS, FileNotFoundError) as exc:
         # only a damaged file, or one a compaction deleted under the read, is one line;

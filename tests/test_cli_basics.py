@@ -162,3 +162,21 @@ def test_a_library_errors_notes_are_shown_under_it(capsys: pytest.CaptureFixture
         "error: the page could not be stored",
         "note: flushing the journal failed too: disk full",
     ]
+
+
+@pytest.mark.parametrize(
+    "command", [["report"], ["info"], ["compact"], ["demo"], ["collect"], ["backfill"],
+                ["reconcile"]],
+)  # fmt: skip
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_data_folder_is_refused_not_read_as_the_current_one(
+    command: list[str], blank: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --data "$DATA" with DATA unset: Path("") is the current folder, which the command
+    # would read as a lake or write a lake into
+    monkeypatch.chdir(tmp_path)
+    env = {"KIRIM_KEY": "kdv_test_x", "KIRIM_WEBHOOK_SECRET": "whsec_" + "x" * 24}
+    result = CliRunner().invoke(app, [*command, "--data", blank], env=env)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--data': is blank" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -109,9 +109,22 @@ def print_note(message: object, *, stderr: bool = False) -> None:
     out.print(Text.assemble(("note:", "yellow"), " ", text), soft_wrap=True)
 
 
+def _folder(value: str) -> Path:
+    # Path("") is the current folder: --data "$DATA" with DATA unset would read or write
+    # there (a blank KIRIM_DATA_DIR counts as unset, for the same reason)
+    if not value.strip():
+        raise typer.BadParameter("is blank; give a folder (or leave the option out)")
+    return Path(value)
+
+
 DataOption = Annotated[
     Path | None,
-    typer.Option("--data", help="Data folder (the lake). Env: KIRIM_DATA_DIR; default ./data."),
+    typer.Option(
+        "--data",
+        parser=_folder,
+        metavar="<path>",
+        help="Data folder (the lake). Env: KIRIM_DATA_DIR; default ./data.",
+    ),
 ]
 
 

@@ -536,20 +536,26 @@ def test_another_writer_holding_the_lock_never_blocks_the_event_loop(tmp_path: P
     with Journal(tmp_path) as journal:
         other = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
+        begun = threading.Event()  # the writer has started its BEGIN, and waits for the lock
+        journal._conn.set_trace_callback(lambda sql: begun.set() if "BEGIN" in sql else None)
 
         async def run() -> tuple[int, list[bool]]:
             append = asyncio.ensure_future(journal.append_async([rec]))
-            ticks = 0
-            for _ in range(20):  # the loop keeps turning while the append waits
+            deadline = asyncio.get_running_loop().time() + 10
+            while not begun.is_set():
+                assert asyncio.get_running_loop().time() < deadline, "the writer never began"
                 await asyncio.sleep(0.01)
-                ticks += 1
-            assert not append.done()
+            turns_while_waiting = 0
+            for _ in range(5):  # the loop keeps turning while the writer waits for the lock
+                await asyncio.sleep(0.01)
+                turns_while_waiting += not append.done()
             other.execute("COMMIT")
-            return ticks, await asyncio.wait_for(append, 30)
+            return turns_while_waiting, await asyncio.wait_for(append, 30)
 
-        ticks, flags = asyncio.run(run())
+        turns, flags = asyncio.run(run())
+        journal._conn.set_trace_callback(None)
         other.close()
-    assert (ticks, flags) == (20, [True])
+    assert (turns, flags) == (5, [True])
 
 
 def test_seen_prefixes_answers_for_any_text(journal: Journal) -> None:
@@ -585,10 +591,13 @@ def test_the_read_only_view_sees_every_key_and_creates_nothing(tmp_path: Path) -
         JournalView(tmp_path / "elsewhere")
 
 
-def test_the_view_raises_a_real_error_at_once_and_still_creates_nothing(tmp_path: Path) -> None:
+def test_the_view_raises_a_real_error_at_once_and_still_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Retries are for a file changing under a read; a journal that cannot answer says so."""
-    import time
+    from types import SimpleNamespace
 
+    from kirim_events import journal_index
     from kirim_events.journal_index import JournalView
 
     folder = tmp_path / "_journal"
@@ -597,10 +606,20 @@ def test_the_view_raises_a_real_error_at_once_and_still_creates_nothing(tmp_path
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("CREATE TABLE other (x)")  # no keys table
     conn.close()
-    started = time.monotonic()
+    sleeps: list[float] = []
+    monkeypatch.setattr(journal_index, "time", SimpleNamespace(sleep=sleeps.append))
+    view = JournalView(tmp_path)
+    connect = view._connect
+    reads: list[None] = []
+
+    def counted() -> sqlite3.Connection:
+        reads.append(None)
+        return connect()
+
+    monkeypatch.setattr(view, "_connect", counted)
     with pytest.raises(StorageError, match="no such table: keys"):
-        JournalView(tmp_path).seen(["evt_1"])
-    assert time.monotonic() - started < 0.3
+        view.seen(["evt_1"])
+    assert (len(reads), sleeps) == (1, [])  # one read, no retry, no wait
     assert sorted(p.name for p in folder.iterdir()) == ["journal.sqlite3"]
 
 

@@ -1,12 +1,55 @@
-"""Deadlines: a timeout per await, grouped by the second (the receiver's body reads)."""
+"""Deadlines: a timeout per await, grouped by the second (the receiver's body reads).
+
+Every loop here runs on virtual time (:class:`VirtualTimeLoop`): a timer fires as soon as
+nothing else is ready, so a 30 s sleep takes no real time and the deadlines land on exact,
+predictable seconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import selectors
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 from kirim_events.deadlines import Deadlines
+
+T = TypeVar("T")
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that never waits: where the loop would sleep until its next timer, it moves
+    the loop's virtual clock there instead."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if not ready and timeout is not None:
+            self._loop.now += timeout
+        elif not ready:
+            raise RuntimeError("the loop would wait for ever: nothing ready, no timer")
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``time()`` starts at ``start`` and moves only to its next timer."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        super().__init__(selector=_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run(main: Coroutine[Any, Any, T], start: float = 0.0) -> T:
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start)) as runner:
+        return runner.run(main)
 
 
 async def overrun(deadlines: Deadlines, seconds: float = 30) -> str:
@@ -20,38 +63,49 @@ async def overrun(deadlines: Deadlines, seconds: float = 30) -> str:
 
 
 def test_a_block_within_its_deadline_runs_to_the_end() -> None:
-    async def main() -> str:
+    async def main() -> tuple[str, float]:
         async with Deadlines(5).limit():
-            await asyncio.sleep(0.01)
-        return "done"
+            await asyncio.sleep(4.9)
+        return "done", asyncio.get_running_loop().time()
 
-    assert asyncio.run(main()) == "done"
+    assert run(main()) == ("done", pytest.approx(4.9))
 
 
-def test_a_block_past_its_deadline_raises_timeout_error_within_a_second_more() -> None:
+@pytest.mark.parametrize(
+    ("start", "fired"),
+    [(0.0, 1.0), (0.25, 1.0), (0.9, 1.0), (0.95, 2.0), (7.5, 8.0)],
+)
+def test_a_block_past_its_deadline_raises_timeout_error_within_a_second_more(
+    start: float, fired: float
+) -> None:
     async def main() -> float:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         with pytest.raises(TimeoutError):
             async with Deadlines(0.1).limit():
                 await asyncio.sleep(30)
-        return loop.time() - start
+        return asyncio.get_running_loop().time()
 
-    assert 0.1 <= asyncio.run(main()) < 1.6
+    # the deadline (start + 0.1) rounded up to its whole second, never before it
+    assert run(main(), start=start) == pytest.approx(fired)
+    assert start + 0.1 <= fired < start + 1.1
 
 
 def test_many_blocks_share_one_timer_per_second_and_each_times_out() -> None:
     deadlines = Deadlines(0.1)
 
-    async def main() -> tuple[list[str], int]:
+    async def main() -> tuple[list[str], int, float]:
+        loop = asyncio.get_running_loop()
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]
         tasks = [asyncio.create_task(overrun(deadlines)) for _ in range(200)]
         await asyncio.sleep(0)
-        groups = len(deadlines._groups._loops[asyncio.get_running_loop()])
-        return list(await asyncio.gather(*tasks)), groups
+        groups = len(deadlines._groups._loops[loop])
+        # one 30 s sleep each, and one deadline timer for them all
+        assert len(loop._scheduled) - timers == 200 + 1  # type: ignore[attr-defined]
+        return list(await asyncio.gather(*tasks)), groups, loop.time()
 
-    results, groups = asyncio.run(main())
+    results, groups, ended = run(main(), start=0.5)
     assert results == ["timeout"] * 200
-    assert groups <= 2  # the 200 deadlines fell into one or two whole seconds
+    assert groups == 1  # the 200 deadlines fell into one whole second ...
+    assert ended == pytest.approx(1.0)  # ... and all timed out when it came
 
 
 def test_a_cancellation_from_elsewhere_is_passed_on_not_made_a_timeout() -> None:
@@ -66,7 +120,7 @@ def test_a_cancellation_from_elsewhere_is_passed_on_not_made_a_timeout() -> None
         await task
 
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(main())
+        run(main())
 
 
 def test_a_shutdown_at_the_deadline_is_still_a_cancellation() -> None:
@@ -86,12 +140,13 @@ def test_a_shutdown_at_the_deadline_is_still_a_cancellation() -> None:
         await task
 
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(main())
+        run(main())
 
 
 def test_one_instance_keeps_its_deadlines_on_a_second_event_loop() -> None:
     # A second loop joined the first one's group of that second, whose timer had died with
     # the first loop: no deadline at all (a Receiver served by one loop, then another).
+    # Both loops start at the same virtual instant, so their deadlines share a second.
     deadlines = Deadlines(0.5)
-    assert asyncio.run(overrun(deadlines, 0)) == "ran"
-    assert asyncio.run(overrun(deadlines, 5)) == "timeout"
+    assert run(overrun(deadlines, 0)) == "ran"
+    assert run(overrun(deadlines, 5)) == "timeout"

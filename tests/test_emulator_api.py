@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from typing import Any
 
@@ -215,7 +216,8 @@ def test_tampered_and_rebound_cursors_are_rejected() -> None:
     ],
 )
 def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
-    emu = _emulator(5)
+    clock = FakeClock()  # the buckets refill with time: a frozen clock keeps counts exact
+    emu = _emulator(5, clock=clock)
 
     async def main() -> None:
         async with _async_client(emu) as client:
@@ -230,10 +232,16 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
             # a valid key draw on their own bucket, not on the key's
             assert r.headers["X-RateLimit-Limit"] == "600"
             assert r.headers["X-RateLimit-Remaining"] == "599"
-            assert int(r.headers["X-RateLimit-Reset"]) > 0
+            # full again once the one token taken is back: 600 a minute, a tenth of a second
+            assert int(r.headers["X-RateLimit-Reset"]) == math.ceil(clock() + 0.1)
             assert "Retry-After" not in r.headers
             ok = await _get(client, "/v1/webhook_deliveries")
             assert ok.headers["X-RateLimit-Remaining"] == "599"
+            again = await client.get("/v1/webhook_deliveries", headers=headers)
+            assert again.headers["X-RateLimit-Remaining"] == "598"
+            clock.t += 0.2  # two tokens back
+            again = await client.get("/v1/webhook_deliveries", headers=headers)
+            assert again.headers["X-RateLimit-Remaining"] == "599"
             health = await client.get("/v1/health")
             assert health.status_code == 200
 
@@ -246,7 +254,7 @@ def test_the_api_state_shows_no_key_in_its_repr() -> None:
 
 
 def test_bad_filter_times_and_unknown_paths() -> None:
-    emu = _emulator(5)
+    emu = _emulator(5, clock=FakeClock())  # frozen: no token comes back between requests
 
     async def main() -> None:
         async with _async_client(emu) as client:

@@ -1,55 +1,17 @@
 """Deadlines: a timeout per await, grouped by the second (the receiver's body reads).
 
-Every loop here runs on virtual time (:class:`VirtualTimeLoop`): a timer fires as soon as
-nothing else is ready, so a 30 s sleep takes no real time and the deadlines land on exact,
-predictable seconds.
+Every loop here runs on virtual time (``virtualtime.run``): a timer fires as soon as nothing
+else is ready, so a 30 s sleep takes no real time and the deadlines land on exact seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import selectors
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 import pytest
+from virtualtime import run
 
 from kirim_events.deadlines import Deadlines
-
-T = TypeVar("T")
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """A selector that never waits: where the loop would sleep until its next timer, it moves
-    the loop's virtual clock there instead."""
-
-    def __init__(self, loop: VirtualTimeLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = super().select(0)
-        if not ready and timeout is not None:
-            self._loop.now += timeout
-        elif not ready:
-            raise RuntimeError("the loop would wait for ever: nothing ready, no timer")
-        return ready
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose ``time()`` starts at ``start`` and moves only to its next timer."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-        super().__init__(selector=_JumpingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-def run(main: Coroutine[Any, Any, T], start: float = 0.0) -> T:
-    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start)) as runner:
-        return runner.run(main)
 
 
 async def overrun(deadlines: Deadlines, seconds: float = 30) -> str:

@@ -1,0 +1,48 @@
+"""An asyncio event loop on virtual time, for tests of code that waits on the loop's clock.
+
+A timer fires as soon as nothing else is ready, so a 30 s sleep takes no real time, and what
+happens at which instant is fixed: a test sleeps to a chosen instant and looks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that never waits: where the loop would sleep until its next timer, it moves
+    the loop's virtual clock there instead (I/O already ready is still reported)."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready = super().select(0)
+        if not ready and timeout is not None:
+            self._loop.now += timeout
+        elif not ready:
+            raise RuntimeError("the loop would wait for ever: nothing ready, no timer")
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``time()`` starts at ``start`` and moves only to its next timer."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        super().__init__(selector=_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run(main: Coroutine[Any, Any, T], start: float = 0.0) -> T:
+    """``asyncio.run(main)`` on a :class:`VirtualTimeLoop` starting at ``start``."""
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start)) as runner:
+        return runner.run(main)

@@ -10,14 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import polars as pl
 import pytest
 from loopback import fails_then_hangs, free_port, serve
 from typer.testing import CliRunner
+from virtualtime import run
 
 import kirim_events
 from kirim_events.cli import app
@@ -27,6 +29,7 @@ from kirim_events.events import parse_delivery
 SECRET = "whsec_cli_test_secret"
 KEY = "kdv_live_" + "cli" * 8
 runner = CliRunner()
+T = TypeVar("T")
 
 
 class Receiver:
@@ -51,6 +54,17 @@ class Receiver:
             status = 401
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+def poll(check: Callable[[], T | None], seconds: float, what: str) -> T:
+    """``check()``'s first truthy answer, asked again every 50 ms; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.05)
 
 
 def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) -> None:
@@ -221,30 +235,25 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
+
+    def full_page() -> list[Any] | None:
+        with contextlib.suppress(httpx.TransportError):
+            r = httpx.get(
+                f"{base}/v1/webhook_deliveries",
+                params={"limit": 100},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            if r.status_code == 200 and len(r.json()["data"]) == 100:
+                return list(r.json()["data"])
+        return None
+
     try:
-        for _ in range(400):
-            if any("sending done" in line for line in lines):
-                break
-            time.sleep(0.05)
-        assert any("sending done" in line for line in lines), lines
+        poll(lambda: any("sending done" in line for line in lines), 20, f"'sending done' {lines}")
         (serving,) = [line for line in lines if line.startswith("Kirim API emulator on")]
         port = int(serving.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
         assert port > 0
         base = f"http://127.0.0.1:{port}"
-        rows: list[Any] = []
-        for _ in range(300):
-            try:
-                r = httpx.get(
-                    f"{base}/v1/webhook_deliveries",
-                    params={"limit": 100},
-                    headers={"Authorization": f"Bearer {KEY}"},
-                )
-                if r.status_code == 200 and len(r.json()["data"]) == 100:
-                    rows = r.json()["data"]
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        rows = poll(full_page, 15, f"full page of history {lines}")
         assert len(rows) == 100, lines
         assert all(row["payload"] for row in rows)
         denied = httpx.get(f"{base}/v1/webhook_deliveries")
@@ -274,53 +283,71 @@ def test_emulate_without_send_to_reports_the_history_it_serves() -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def served() -> int:
+        with contextlib.suppress(httpx.TransportError):
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/v1/webhook_deliveries",
+                params={"limit": 100},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            if r.status_code == 200:
+                return len(r.json()["data"])
+        return 0
+
     try:
-        served = 0
-        for _ in range(400):
-            with contextlib.suppress(httpx.TransportError):
-                r = httpx.get(
-                    f"http://127.0.0.1:{port}/v1/webhook_deliveries",
-                    params={"limit": 100},
-                    headers={"Authorization": f"Bearer {KEY}"},
-                )
-                if r.status_code == 200 and r.json()["data"]:
-                    served = len(r.json()["data"])
-                    break
-            time.sleep(0.05)
+        # the API answers while the history grows: wait for all of it (one row per event)
+        poll(lambda: served() == 40, 20, "history of 40 rows served")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert served > 0, out
     assert "recorded 40 world events as delivery history (not sent)" in out
     assert "rows with status succeeded" in out
     assert "sending done" not in out
     assert "retries scheduled" not in out  # the sending table is for runs that send
 
 
+def refuse(request: httpx.Request) -> httpx.Response:
+    """A receiver nobody listens at, without the network: every connection is refused."""
+    raise httpx.ConnectError("connection refused", request=request)
+
+
 def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # It printed nothing for as long as Kirim keeps retrying (about 31 hours, compressed).
+    # On virtual time, the watch's turns come at 0.3 s and 0.6 s exactly; the test looks
+    # between them.
     from kirim_events.cli.emulate import _watch
     from kirim_events.emulator import Emulator, EngineConfig
 
-    emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=3600))
-    emu.subscribe(f"http://127.0.0.1:{free_port()}/hook")
-
-    async def main() -> None:
-        sending = asyncio.ensure_future(emu.send(5))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_watch(emu, api=False, every=0.3), timeout=1.0)
+    async def main() -> list[tuple[int, str]]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=3600),
+                       clock=loop.time)  # fmt: skip
+        emu.subscribe("http://receiver.test/hook")
+        sending = asyncio.ensure_future(emu.send(5, transport=httpx.MockTransport(refuse)))
+        watch = asyncio.ensure_future(_watch(emu, api=False, every=0.3))
+        seen = []
+        for at in (0.45, 0.75):
+            await asyncio.sleep(start + at - loop.time())
+            seen.append((len(emu.store.attempts), capsys.readouterr().out))
         emu.stop()
-        await asyncio.gather(sending, return_exceptions=True)
+        watch.cancel()
+        await asyncio.gather(sending, watch, return_exceptions=True)
+        return seen
 
-    asyncio.run(main())
-    out = " ".join(capsys.readouterr().out.split())
-    assert "0 acknowledged" in out
-    assert "failed in the last 0.3 s, the last: ConnectError" in out
+    (n, first), (m, second) = run(main(), start=1_790_000_000.0)
+    assert n > 0
+    assert " ".join(first.split()) == (
+        f"{n} attempts, 0 acknowledged; {n} failed in the last 0.3 s, "
+        "the last: ConnectError: connection refused"
+    )
+    assert (m, " ".join(second.split())) == (n, f"{n} attempts, 0 acknowledged")  # no new
 
 
 def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> None:
@@ -328,16 +355,17 @@ def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> 
     from kirim_events.cli.emulate import _summary
     from kirim_events.emulator import Emulator, EngineConfig, EngineReport
 
-    emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=1.0))
-    emu.subscribe(f"http://127.0.0.1:{free_port()}/hook")  # nobody there: every attempt fails
-
-    async def main() -> EngineReport:
-        sending = asyncio.ensure_future(emu.send(5))
-        await asyncio.sleep(1.0)  # the first attempts fail; their retries are minutes away
+    async def main() -> tuple[Emulator, EngineReport]:
+        loop = asyncio.get_running_loop()
+        emu = Emulator(seed=1, secrets="whsec_x", engine=EngineConfig(time_compression=1.0),
+                       clock=loop.time)  # fmt: skip
+        emu.subscribe("http://receiver.test/hook")  # every attempt is refused
+        sending = asyncio.ensure_future(emu.send(5, transport=httpx.MockTransport(refuse)))
+        await asyncio.sleep(1.0)  # virtual: the first attempts fail; retries are minutes away
         emu.stop()
-        return await sending
+        return emu, await sending
 
-    report = asyncio.run(main())
+    emu, report = run(main(), start=1_790_000_000.0)
     waiting = sum(1 for row in emu.store.deliveries if row.status == "pending")
     assert waiting >= 1
     table = _summary(report, emu)
@@ -454,18 +482,23 @@ def test_while_serving_after_sending_a_line_comes_only_with_new_attempts(
 
     emu.store.attempts.append(attempt("succeeded", 200))  # from the sending, already told
 
-    async def main() -> None:
+    async def main() -> list[str]:
+        # on virtual time the watch's turns come every 0.05 s exactly; the test looks between
         watch = asyncio.ensure_future(_watch(emu, api=True, every=0.05, when_busy=True))
-        await asyncio.sleep(0.3)
-        assert capsys.readouterr().out == ""  # idle: no line
+        seen = []
+        await asyncio.sleep(0.125)  # two turns, idle
+        seen.append(capsys.readouterr().out)
         emu.store.attempts.append(attempt("failed", 401))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.05)  # the turn at 0.15 s
+        seen.append(capsys.readouterr().out)
+        await asyncio.sleep(0.2)  # four more turns, idle again
+        seen.append(capsys.readouterr().out)
         watch.cancel()
+        return seen
 
-    asyncio.run(main())
-    out = " ".join(capsys.readouterr().out.split())
-    assert out.count("attempts") == 1
-    assert "2 attempts, 1 acknowledged; 1 failed in the last 0.05 s, the last: HTTP 401" in out
+    idle, busy, idle_again = (" ".join(out.split()) for out in run(main()))
+    assert (idle, idle_again) == ("", "")  # idle: no line
+    assert busy == "2 attempts, 1 acknowledged; 1 failed in the last 0.05 s, the last: HTTP 401"
 
 
 def test_a_disabled_subscription_is_announced_once_across_both_phases(
@@ -480,17 +513,20 @@ def test_a_disabled_subscription_is_announced_once_across_both_phases(
     sub.status = "disabled"
     told: set[str] = set()
 
-    async def phase(when_busy: bool) -> None:
+    async def phase(when_busy: bool) -> str:
         watch = asyncio.ensure_future(
             _watch(emu, api=True, every=0.05, when_busy=when_busy, told=told)
         )
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # virtual time: before the first turn, at 0.05 s
         emu.store.attempts.append(AttemptRecord("wbd_1", 1, sub.id, "evt_1", "contact.updated",
                                                 0.0, 0, "failed", 401, None, None))  # fmt: skip
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # four turns
         watch.cancel()
+        return " ".join(capsys.readouterr().out.split())
 
-    asyncio.run(phase(False))  # sending
-    asyncio.run(phase(True))  # serving after it
-    out = " ".join(capsys.readouterr().out.split())
-    assert out.count(f"subscription {sub.id} disabled") == 1
+    sending = run(phase(False))
+    serving = run(phase(True))  # after it
+    said = f"subscription {sub.id} disabled after"
+    assert (sending.count(said), serving.count(said)) == (1, 0)
+    assert sending.count("attempts") == 4  # every turn while sending, the notice only once
+    assert serving.count("attempts") == 1  # the new attempt, once

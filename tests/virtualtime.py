@@ -24,10 +24,14 @@ class _JumpingSelector(selectors.DefaultSelector):
 
     def select(self, timeout: float | None = None) -> list[Any]:
         ready = super().select(0)
-        if not ready and timeout is not None:
-            self._loop.now += timeout
-        elif not ready:
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
             raise RuntimeError("the loop would wait for ever: nothing ready, no timer")
+        # onto the timer itself: far from 0 (a unix time), now + (when - now) can fall short
+        # of when by a rounding step, and the timer would never come due
+        timers = self._loop._scheduled  # type: ignore[attr-defined]
+        self._loop.now = max(self._loop.now + timeout, timers[0]._when if timers else 0.0)
         return ready
 
 
@@ -37,6 +41,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
         super().__init__(selector=_JumpingSelector(self))
+        # a timer is due when earlier than now + this; the monotonic clock's 1 ns vanishes
+        # in the rounding of a unix time (its step there is 0.24 us), and no timer came due
+        self._clock_resolution = 1e-6
 
     def time(self) -> float:
         return self.now

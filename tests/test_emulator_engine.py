@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections import Counter
@@ -166,10 +167,14 @@ def test_an_expired_secret_stops_signing() -> None:
     minted = emu.store.mint_secret(sub, now=clock(), expires_in_hours=0)
     receiver = Receiver(secrets=minted.value, clock=clock)
     _run(emu.send(30, transport=httpx.ASGITransport(app=receiver)))
+    assert len(receiver.requests) > 20  # of 30 world events, some go to no subscription
+    assert receiver.verified == len(receiver.requests)  # the receiver holding the new one
     for headers, body in receiver.requests:
-        assert headers["x-kirim-signature"].count("v1=") == 1
-        with pytest.raises(SignatureMismatch):
-            kirim_events.verify(body, headers["x-kirim-signature"], SECRET, tolerance=None)
+        signature = headers["x-kirim-signature"]
+        assert signature.count("v1=") == 1
+        kirim_events.verify(body, signature, minted.value, tolerance=None)  # the new signs
+        with pytest.raises(SignatureMismatch, match="no v1 signature matches"):
+            kirim_events.verify(body, signature, SECRET, tolerance=None)  # the expired not
 
 
 # ------------------------------------------------------------------ determinism
@@ -588,24 +593,39 @@ def test_any_2xx_is_delivered_whatever_its_body(
 
 def test_more_deliveries_at_once_than_httpx_pools_by_default_are_not_timed_out() -> None:
     # httpx holds 100 connections unless told otherwise: with 120 deliveries at once, the
-    # last 20 waited for a connection, ran out their time and were sent twice (here: 3 s
-    # waiting + 3 s answering > 5.5 s, with 2.5 s to spare: 1.5 s was twice too little on
-    # a busy machine)
+    # last ones waited for a connection, ran out their time and were sent twice. The handler
+    # holds every request until 101 are in at once, so the peak shows that the emulator had
+    # more connections open than httpx's default; with only 100, the gate never opens and
+    # the handler gives up after 20 s, inside the engine's timeout: a peak of 100.
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
-    async def slow(request: Request) -> Response:
+    n = 120
+    state = {"open": 0, "peak": 0}
+    gates: list[asyncio.Event] = []  # made in the server's loop, on the first request
+
+    async def held(request: Request) -> Response:
         await request.body()
-        await asyncio.sleep(3.0)
+        if not gates:
+            gates.append(asyncio.Event())
+        state["open"] += 1
+        state["peak"] = max(state["peak"], state["open"])
+        if state["open"] > 100:
+            gates[0].set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gates[0].wait(), 20)
+        state["open"] -= 1
         return Response("ok")
 
-    app = Starlette(routes=[Route("/hook", slow, methods=["POST"])])
+    app = Starlette(routes=[Route("/hook", held, methods=["POST"])])
     with serve(app) as url:
-        emu = _sending_to(f"{url}/hook", seed=4, concurrency=120, timeout=5.5,
+        emu = _sending_to(f"{url}/hook", seed=4, concurrency=n, timeout=60,
                           time_compression=100_000)  # fmt: skip
-        report = _run(emu.send(120))
+        report = _run(emu.send(n))
+    assert report.deliveries > 100  # 119: one world event goes to no subscription
+    assert state["peak"] > 100
     assert report.retries == 0
     assert report.succeeded == report.deliveries
 

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -773,6 +774,74 @@ def test_replay_reuses_idempotency_key_on_retry() -> None:
     assert len(keys) == 2
     assert keys[0] == keys[1]
     assert len(keys[0]) == 36
+
+
+# ------------------------------------------------------------------ ids in request paths
+
+
+def _recording_client(seen: list[httpx.URL]) -> KirimClient:
+    """A client whose server records each request's URL and answers with a small object."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(202 if request.method == "POST" else 200, json={"data": {}})
+
+    return make_client(handler, FakeTime())
+
+
+@pytest.mark.parametrize(
+    "value", ["wbd_01KQGDC0YMGXD5P4DQDWK71R4R", "wbs_1", "sec-A_9", "wbd.1", "...", "wbd 1"]
+)
+def test_an_id_goes_into_its_path_segment_as_it_is(value: str) -> None:
+    seen: list[httpx.URL] = []
+    client = _recording_client(seen)
+    client.get_subscription(value)
+    client.replay(value)
+    # decoded, the path holds exactly the id (a blank is sent escaped, as URLs must)
+    assert [url.path for url in seen] == [
+        f"/v1/webhook_subscriptions/{value}",
+        f"/v1/webhook_deliveries/{value}/replay",
+    ]
+    assert [url.query for url in seen] == [b"", b""]
+
+
+@pytest.mark.parametrize("value", ["", "/", ".", "..", "wbd_1/replay", "../wbs_1", "wbd_1/"])
+def test_an_id_that_would_change_the_path_is_refused_before_sending(value: str) -> None:
+    from kirim_events.client import _path_id
+
+    says = re.escape(f"not a valid id: {value!r}")
+    with pytest.raises(ValueError, match=says):
+        _path_id(value)
+    seen: list[httpx.URL] = []
+    client = _recording_client(seen)
+    with pytest.raises(ValueError, match=says):
+        client.get_delivery(value)
+    with pytest.raises(ValueError, match=says):
+        client.get_subscription(value)
+    with pytest.raises(ValueError, match=says):
+        client.replay(value)
+    assert seen == []  # nothing went out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_path_id neither refuses nor quotes '?', '#' or '%': such an id reaches another "
+    "resource (wbd_1#x replays wbd_1; %2e%2e is '..' to the server)",
+)
+@pytest.mark.parametrize("value", ["wbd_1?x=1", "wbd_1#x", "%2e%2e", "..%2f", "wbd_1%2Freplay"])
+def test_an_id_with_url_syntax_reaches_no_other_resource(value: str) -> None:
+    seen: list[httpx.URL] = []
+    client = _recording_client(seen)
+    refused = ""
+    try:
+        client.replay(value)
+    except ValueError as exc:
+        refused = str(exc)
+    if refused:  # refusing it before sending is one right answer ...
+        assert (refused, seen) == (f"not a valid id: {value!r}", [])
+    else:  # ... sending it escaped, so that the server decodes exactly the id, the other
+        (url,) = seen
+        assert (url.path, url.query) == (f"/v1/webhook_deliveries/{value}/replay", b"")
 
 
 def test_bulk_replay_body_and_result() -> None:

@@ -35,6 +35,7 @@ V1_NEXT = "79859fadfba2820783b5bfe14e1cca8cb502d202f6f74327705ff517ab59483d"
 V1_SPACED = "55d0bbf3d2d28175192740c9b4ad91514b82a65bc4b169bd8873a0ea83a15daf"
 HEADER = f"t={T},v1={V1}"
 NOW = T + 10
+NO_MATCH_OF_ONE = "no v1 signature matches any of the 1 configured secret"
 
 
 def test_vector_body_is_110_bytes() -> None:
@@ -66,7 +67,7 @@ def test_verify_accepts_secret_objects_and_datetime_now() -> None:
 def test_space_after_first_colon_gives_the_documented_negative_mac() -> None:
     spaced = BODY.replace(b'"id":', b'"id": ', 1)
     assert sign(spaced, SECRET, timestamp=T) == f"t={T},v1={V1_SPACED}"
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(spaced, HEADER, [SECRET], now=NOW)
 
 
@@ -90,7 +91,7 @@ def test_rotation_accepts_any_overlap(header_secrets: list[str], configured: lis
 )
 def test_rotation_rejects_without_overlap(header_secrets: list[str], configured: list[str]) -> None:
     header = sign(BODY, header_secrets, timestamp=T)
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, header, configured, now=NOW)
 
 
@@ -105,55 +106,57 @@ def test_comma_separated_secret_string_is_a_list() -> None:
 def test_changed_body_byte_fails() -> None:
     broken = bytearray(BODY)
     broken[-3] ^= 0x01
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(bytes(broken), HEADER, [SECRET], now=NOW)
 
 
 def test_changed_timestamp_fails() -> None:
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, f"t={T + 1},v1={V1}", [SECRET], now=NOW)
 
 
 def test_wrong_secret_fails() -> None:
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, HEADER, ["whsec_test_secreT"], now=NOW)
 
 
 def test_changed_v1_hex_fails() -> None:
     broken = V1[:-1] + ("0" if V1[-1] != "0" else "1")
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, f"t={T},v1={broken}", [SECRET], now=NOW)
 
 
 def test_upper_case_hex_does_not_match() -> None:
     # The header format is 64 *lowercase* hex; an upper-cased MAC is not Kirim's output.
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, f"t={T},v1={V1.upper()}", [SECRET], now=NOW)
 
 
 def test_missing_t_is_malformed() -> None:
-    with pytest.raises(SignatureMalformed):
+    with pytest.raises(SignatureMalformed, match="signature header needs exactly one t= value"):
         verify(BODY, f"v1={V1}", [SECRET], now=NOW)
 
 
 def test_non_integer_t_is_malformed() -> None:
-    with pytest.raises(SignatureMalformed):
+    with pytest.raises(
+        SignatureMalformed, match="signature timestamp t= is not a whole number of seconds"
+    ):
         verify(BODY, f"t=17164800x0,v1={V1}", [SECRET], now=NOW)
 
 
 def test_two_t_values_are_malformed() -> None:
-    with pytest.raises(SignatureMalformed):
+    with pytest.raises(SignatureMalformed, match="signature header needs exactly one t= value"):
         verify(BODY, f"t={T},t={T},v1={V1}", [SECRET], now=NOW)
 
 
 def test_no_v1_is_malformed() -> None:
-    with pytest.raises(SignatureMalformed):
+    with pytest.raises(SignatureMalformed, match="signature header has no v1= value"):
         verify(BODY, f"t={T},v0={V1}", [SECRET], now=NOW)
 
 
 @pytest.mark.parametrize("header", [None, "", "   "])
 def test_missing_header(header: str | None) -> None:
-    with pytest.raises(SignatureMissing):
+    with pytest.raises(SignatureMissing, match="missing X-Kirim-Signature header"):
         verify(BODY, header, [SECRET], now=NOW)
 
 
@@ -168,7 +171,7 @@ def test_spaces_after_commas_are_trimmed() -> None:
 
 
 def test_non_ascii_v1_is_a_mismatch_not_a_crash() -> None:
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
         verify(BODY, f"t={T},v1=é{V1[1:]}", [SECRET], now=NOW)
 
 
@@ -182,12 +185,15 @@ def test_within_tolerance_passes(offset: int) -> None:
 
 @pytest.mark.parametrize("offset", [-301, 301, 86_400])
 def test_outside_tolerance_is_expired(offset: int) -> None:
-    with pytest.raises(SignatureExpired):
+    side = "future" if offset < 0 else "past"  # now before the signature: it is ahead
+    with pytest.raises(
+        SignatureExpired, match=rf"{abs(offset)}\.0s in the {side}; tolerance is 300s"
+    ):
         verify(BODY, HEADER, [SECRET], now=T + offset)
 
 
 def test_tolerance_is_configurable() -> None:
-    with pytest.raises(SignatureExpired):
+    with pytest.raises(SignatureExpired, match=r"6\.0s in the past; tolerance is 5s"):
         verify(BODY, HEADER, [SECRET], tolerance=5, now=T + 6)
     assert verify(BODY, HEADER, [SECRET], tolerance=3600, now=T + 3000) == T
 
@@ -195,7 +201,7 @@ def test_tolerance_is_configurable() -> None:
 @pytest.mark.parametrize("off", [None, 0])  # 0 disables it in Kirim's TypeScript SDK
 def test_tolerance_none_or_zero_skips_only_the_time_check(off: int | None) -> None:
     assert verify(BODY, HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400) == T
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match="no v1 signature matches"):
         verify(BODY + b" ", HEADER, [SECRET], tolerance=off, now=T + 10 * 86_400)
 
 
@@ -216,26 +222,26 @@ def test_an_expiry_message_does_not_round_to_the_tolerance() -> None:
 
 
 def test_no_configured_secret_is_a_mismatch() -> None:
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match="no secret configured to verify against"):
         verify(BODY, HEADER, [], now=NOW)
 
 
 def test_errors_share_one_base_and_never_show_the_secret() -> None:
     cases = [
-        (None, NOW),
-        ("t=x", NOW),
-        (HEADER, T + 1000),
-        (f"t={T},v1={'0' * 64}", NOW),
+        (None, NOW, "missing X-Kirim-Signature header"),
+        ("t=x", NOW, "t= is not a whole number of seconds"),
+        (HEADER, T + 1000, r"1000\.0s in the past"),
+        (f"t={T},v1={'0' * 64}", NOW, "no v1 signature matches any of the 2 configured"),
     ]
-    for header, now in cases:
-        with pytest.raises(SignatureError) as info:
+    for header, now, says in cases:
+        with pytest.raises(SignatureError, match=says) as info:
             verify(BODY, header, [SECRET, NEXT], now=now)
         assert SECRET not in str(info.value)
         assert "whsec_" not in repr(info.value)
 
 
 def test_sign_needs_a_secret() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"sign\(\) needs at least one secret"):
         sign(BODY, [], timestamp=T)
 
 
@@ -256,7 +262,7 @@ def test_round_trip(body: bytes, secrets: list[str], t: int, skew: int) -> None:
     header = sign(body, secrets, timestamp=t)
     for secret in secrets:
         assert verify(body, header, [secret], now=t + skew) == t
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(SignatureMismatch, match="no v1 signature matches"):
         verify(body + b"x", header, secrets, now=t)
 
 

@@ -82,7 +82,7 @@ def test_a_transport_error_that_quotes_the_key_does_not_show_it(
 
     client = make_client(handler, FakeTime())
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(RetryableApiError) as info:
+    with pytest.raises(RetryableApiError, match="LocalProtocolError: Illegal header value") as info:
         client.list_deliveries()
     assert "Illegal header value" in str(info.value)
     for text in (str(info.value), repr(info.value), caplog.text):
@@ -115,7 +115,7 @@ def test_bearer_auth_and_key_hidden(caplog: pytest.LogCaptureFixture) -> None:
 
     client = make_client(handler, t)
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(AuthenticationError) as info:
+    with pytest.raises(AuthenticationError, match="invalid_api_key! status=401") as info:
         client.list_deliveries()
     assert seen[0].headers["Authorization"] == f"Bearer {KEY}"
     err = info.value
@@ -142,7 +142,7 @@ def test_permanent_errors_raise_at_once(status: int, cls: type[ApiError]) -> Non
         calls.append(1)
         return error(status, "invalid_request_error", "resource_not_found")
 
-    with pytest.raises(cls) as info:
+    with pytest.raises(cls, match=f"resource_not_found! status={status}") as info:
         make_client(handler, t).get_delivery("wbd_X")
     assert not info.value.retryable
     assert len(calls) == 1
@@ -156,7 +156,9 @@ def test_a_404_names_the_base_url_and_asks_about_it_when_not_kirims() -> None:
     def foreign(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, text="<html>nothing here</html>")
 
-    with pytest.raises(NotFoundError) as info:
+    with pytest.raises(
+        NotFoundError, match="no Kirim error in the answer: is KIRIM_API_URL Kirim's API"
+    ) as info:
         make_client(foreign, t).get_delivery("wbd_X")
     text = str(info.value)
     assert "/v1/webhook_deliveries/wbd_X at http" in text
@@ -165,7 +167,9 @@ def test_a_404_names_the_base_url_and_asks_about_it_when_not_kirims() -> None:
     def kirim(request: httpx.Request) -> httpx.Response:  # Kirim's own "no such id"
         return error(404, "invalid_request_error", "resource_not_found")
 
-    with pytest.raises(NotFoundError) as info:
+    with pytest.raises(
+        NotFoundError, match="resource_not_found! status=404 code=resource_not_found"
+    ) as info:
         make_client(kirim, t).get_delivery("wbd_X")
     assert "KIRIM_API_URL" not in str(info.value)
 
@@ -246,7 +250,7 @@ def test_backoff_doubles_up_to_its_cap_and_jitter_spans_down_to_zero(
     client = make_client(lambda request: httpx.Response(503), t)
     client._rng = Edge(end)
     client.max_attempts, client.max_backoff = 5, 1.5
-    with pytest.raises(RetryableApiError):
+    with pytest.raises(RetryableApiError, match="Service Unavailable status=503"):
         client.list_deliveries()
     assert t.sleeps == expected
 
@@ -290,7 +294,7 @@ def test_429_gives_up_as_rate_limited_with_retry_after() -> None:
 
     client = make_client(handler, t)
     client.max_attempts = 2
-    with pytest.raises(RateLimited) as info:
+    with pytest.raises(RateLimited, match="rate_limit_exceeded! status=429") as info:
         client.list_deliveries()
     assert info.value.retry_after == 2.0
     assert info.value.code == "rate_limit_exceeded"
@@ -307,7 +311,7 @@ def test_a_429_without_headers_waits_seconds_growing_each_time() -> None:
 
     client = make_client(handler, t)
     client.max_attempts = 5
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited, match="Too Many Requests status=429"):
         client.list_deliveries()
     waits = [b - a for a, b in itertools.pairwise(sent_at)]
     assert [round(w) for w in waits[:4]] == [2, 4, 8, 16]
@@ -378,14 +382,16 @@ def test_a_429_asking_for_more_than_an_hour_stops_with_how_long() -> None:
     assert (len(sent), t.sleeps, info.value.status_code) == (1, [], 429)
     # until the wait is over, reads are refused here, unsent; writes are another class
     t.now += 86_000
-    with pytest.raises(RateLimitTooLong):
+    with pytest.raises(RateLimitTooLong, match=r"^GET /v1/webhook_deliveries at .*wait 86400 s"):
         client.list_deliveries()
     assert len(sent) == 1
-    with pytest.raises(RateLimitTooLong):
+    with pytest.raises(
+        RateLimitTooLong, match=r"^POST /v1/webhook_deliveries/wbd_1/replay at .*wait 86400 s"
+    ):
         client.replay("wbd_1")  # the handler refuses this one too: sent, then refused
     assert len(sent) == 2
     t.now += 401
-    with pytest.raises(RateLimitTooLong):
+    with pytest.raises(RateLimitTooLong, match=r"^GET /v1/webhook_deliveries at .*wait 86400 s"):
         client.list_deliveries()
     assert len(sent) == 3  # the wait was over: asked again
     ok = [error(429, "rate_limit_error", "x", **{"Retry-After": "3600"}), page([], None)]
@@ -627,26 +633,29 @@ def test_an_interrupt_cuts_an_answer_being_read() -> None:
 
     client = make_client(lambda r: httpx.Response(200, stream=Endless()), t)
     threading.Timer(0.2, client.interrupt).start()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="interrupted while it read an answer"):
         client.request("GET", "/v1/webhook_deliveries")
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "says"),
     [
-        b"not json",
-        b"[1, 2]",
-        json.dumps({"items": []}).encode(),
-        json.dumps({"data": [], "has_more": True, "next_cursor": None}).encode(),
+        (b"not json", "the answer is not JSON"),
+        (b"[1, 2]", "the answer is JSON list, not an object"),
+        (json.dumps({"items": []}).encode(), "the page has no 'data' array"),
+        (
+            json.dumps({"data": [], "has_more": True, "next_cursor": None}).encode(),
+            "the page says has_more but gives no next_cursor",
+        ),
     ],
 )
-def test_malformed_pages_raise_invalid_response(body: bytes) -> None:
+def test_malformed_pages_raise_invalid_response(body: bytes, says: str) -> None:
     t = FakeTime()
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body)
 
-    with pytest.raises(InvalidResponse):
+    with pytest.raises(InvalidResponse, match=says):
         make_client(handler, t).list_deliveries()
 
 
@@ -697,7 +706,10 @@ def test_a_garbled_2xx_to_a_read_is_asked_again_a_few_times() -> None:
     ]
     # a write may have been done: its garbled answer is not sent again
     writes = make_client(lambda r: httpx.Response(202, content=b"<html>"), t)
-    with pytest.raises(InvalidResponse):
+    with pytest.raises(
+        InvalidResponse,
+        match=r"^POST /v1/webhook_deliveries/wbd_1/replay at .*: the answer is not JSON",
+    ):
         writes.replay("wbd_1")
     assert writes.requests_sent == 1
 
@@ -705,7 +717,10 @@ def test_a_garbled_2xx_to_a_read_is_asked_again_a_few_times() -> None:
 def test_a_redirect_says_where_it_pointed_without_its_query() -> None:
     location = "https://elsewhere.example/v1/webhook_deliveries?token=hunter2"
     client = make_client(lambda r: httpx.Response(302, headers={"Location": location}), FakeTime())
-    with pytest.raises(PermanentApiError) as e:
+    with pytest.raises(
+        PermanentApiError,
+        match=r"Found \(redirected to https://elsewhere\.example/v1/webhook_deliveries\)",
+    ) as e:
         client.list_deliveries()
     assert "(redirected to https://elsewhere.example/v1/webhook_deliveries)" in str(e.value)
     assert "hunter2" not in str(e.value)
@@ -877,7 +892,7 @@ def test_a_request_that_raises_otherwise_still_leaves_the_limiter() -> None:
         raise RuntimeError("a bug in a transport")
 
     client = make_client(handler, FakeTime())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="a bug in a transport"):
         client.list_deliveries()
     assert client.limiter._bucket("read").in_flight == 0
 
@@ -899,7 +914,7 @@ def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again()
     no cursor) named no URL and was not asked again, as an HTML one was."""
     t = FakeTime()
     html = make_client(lambda r: httpx.Response(200, content=b"<html>portal</html>"), t)
-    with pytest.raises(InvalidResponse) as caught:
+    with pytest.raises(InvalidResponse, match="the answer is not JSON") as caught:
         html.list_deliveries()
     said = str(caught.value)
     assert said.startswith("GET /v1/webhook_deliveries at https://api.test: the answer is not JSON")
@@ -909,7 +924,7 @@ def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again()
     noted = KirimClient("https://api.test", Secret(KEY), sleep=t.sleep, clock=t.clock,
                         transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"<")),
                         on_retry=lambda delay, error: notes.append(str(error)))  # fmt: skip
-    with pytest.raises(InvalidResponse):
+    with pytest.raises(InvalidResponse, match="the answer is not JSON"):
         noted.list_deliveries()
     assert notes
     assert all(note.count("status=200") == 1 for note in notes)

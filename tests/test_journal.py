@@ -293,7 +293,7 @@ def test_crash_between_lake_write_and_mark_creates_no_visible_duplicate(tmp_path
     recs = [r for i in range(5) for r in records(testing.kirim_event(rng=random.Random(i)))]
     with Journal(tmp_path) as j:
         assert j.append(recs) == [True] * 5
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match="simulated crash after the lake write"):
             j.flush(_CrashAfterWrite(lake))
         assert j.backlog == 5  # not marked: it will be written again
     with Journal(tmp_path) as j:
@@ -323,7 +323,7 @@ def test_threads_appending_one_event_store_it_once(journal: Journal) -> None:
 
 def test_bad_input_fails_at_once_and_alone(journal: Journal) -> None:
     good = records(testing.kirim_event())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected EventRecord, got object"):
         journal.submit([object()])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="unknown receipt columns"):
         journal.submit(good, [{"not_a_column": 1}])
@@ -354,7 +354,7 @@ def test_a_failing_write_fails_alone_with_storage_error(journal: Journal) -> Non
     failing = journal._submit(_bad_job)
     gate.set()  # the three commit as one group, which fails, then each alone
     blocker.exception()
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="journal write failed: a bug in an internal job"):
         failing.result()
     assert pending.result() == [True]  # grouped with the failure, committed all the same
     assert journal.backlog == 1
@@ -370,7 +370,7 @@ def test_a_database_error_fails_the_group_without_retrying_each_job(journal: Jou
     commits = journal.commits
     gate.set()
     blocker.exception()
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="journal write failed: no such table: no_such_table"):
         pending.result()
     assert journal.commits == commits + 1  # the blocker's own commit, no retries
     assert journal.backlog == 0
@@ -411,13 +411,13 @@ def test_quarantine_keeps_bytes_headers_and_reason(journal: Journal, tmp_path: P
 def test_closed_journal_raises_storage_error(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.close()
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="journal is closed"):
         j.append(records(testing.kirim_event()))
 
 
 def test_unwritable_folder_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "_journal").write_text("a file where the folder should be")
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match=r"cannot open journal at .*File exists"):
         Journal(tmp_path)
 
 
@@ -487,7 +487,10 @@ def test_a_job_retried_alone_decides_its_receipt_anew(journal: Journal) -> None:
     second = journal.submit([good], [{"delivery_id": "wbd_B", "outcome": None}])
     gate.set()  # A and B commit as one group, which fails, then each alone
     blocker.result()
-    with pytest.raises(StorageError):
+    with pytest.raises(
+        StorageError,
+        match="journal write failed: Python int too large to convert to SQLite INTEGER",
+    ):
         first.result()
     assert second.result() == [True]
     with sqlite3.connect(journal.path) as conn:

@@ -126,7 +126,9 @@ def test_a_wrong_secret_fails_verification() -> None:
     emu = Emulator(seed=2, secrets=SECRET)
     emu.subscribe(URL)
     d = next(emu.iter_deliveries(5))
-    with pytest.raises(SignatureMismatch):
+    with pytest.raises(
+        SignatureMismatch, match="no v1 signature matches any of the 1 configured secret"
+    ):
         kirim_events.verify(d.body, d.headers["X-Kirim-Signature"], "whsec_other", tolerance=None)
 
 
@@ -250,9 +252,9 @@ def test_retry_delay_is_uniform_in_the_band() -> None:
     assert 8.0 <= min(draws) < 8.05
     assert 11.95 < max(draws) <= 12.0
     assert abs(sum(draws) / len(draws) - 10.0) < 0.1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"attempt must be 2\.\.8, got 1"):
         retry_delay(1, rng)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"attempt must be 2\.\.8, got 9"):
         retry_delay(9, rng)
 
 
@@ -477,15 +479,15 @@ def test_pacing_with_held_back_deliveries_waits_instead_of_spinning() -> None:
 
 
 def test_bad_engine_config_is_a_config_error() -> None:
-    for bad in (
-        {"concurrency": 0},
-        {"duplicate_rate": 1.5},
-        {"time_compression": 0},
-        {"max_attempts": 9},
+    for bad, says in (
+        ({"concurrency": 0}, "concurrency must be at least 1"),
+        ({"duplicate_rate": 1.5}, "duplicate_rate and disorder must be between 0 and 1"),
+        ({"time_compression": 0}, "time_compression and timeout must be positive"),
+        ({"max_attempts": 9}, r"max_attempts must be 1\.\.8"),
     ):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match=says):
             EngineConfig(**bad).validate()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="failure_rate must be between 0 and 1, got 2"):
         WorldConfig(failure_rate=2).validate()
 
 

@@ -46,17 +46,19 @@ def test_tolerance_can_be_switched_off_from_the_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "overrides"),
+    ("env", "overrides", "says"),
     [
-        ({"KIRIM_API_URL": "ftp://x"}, {}),
-        ({"KIRIM_TOLERANCE": "soon"}, {}),
-        ({"KIRIM_TOLERANCE": "-1"}, {}),
-        ({}, {"no_such_setting": 1}),
-        ({"KIRIM_LOG_FORMAT": "xml"}, {}),
+        ({"KIRIM_API_URL": "ftp://x"}, {}, "KIRIM_API_URL must be an http:// or https:// URL"),
+        ({"KIRIM_TOLERANCE": "soon"}, {}, "KIRIM_TOLERANCE must be whole seconds, 'off' or 0"),
+        ({"KIRIM_TOLERANCE": "-1"}, {}, "KIRIM_TOLERANCE must not be negative"),
+        ({}, {"no_such_setting": 1}, "unknown setting 'no_such_setting'"),
+        ({"KIRIM_LOG_FORMAT": "xml"}, {}, "KIRIM_LOG_FORMAT .* must be 'text' or 'json'"),
     ],
 )
-def test_bad_settings_raise_config_error(env: dict[str, str], overrides: dict[str, object]) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_settings_raise_config_error(
+    env: dict[str, str], overrides: dict[str, object], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
         Settings.load(env, **overrides)
 
 
@@ -106,7 +108,7 @@ def test_an_api_key_is_trimmed_and_one_a_header_cannot_carry_is_refused() -> Non
         with pytest.raises(ConfigError, match="KIRIM_KEY") as caught:
             settings.require_api_key()
         assert bad.strip() not in str(caught.value)
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="which an HTTP header cannot carry: check KIRIM_KEY"):
             KirimClient("http://127.0.0.1:9", bad)
 
 
@@ -163,22 +165,25 @@ def test_an_api_url_with_a_password_or_no_host_is_refused_without_showing_it() -
         Settings.load({"KIRIM_API_URL": "https://"})
     # a query or fragment (where a token would go) is refused unshown; a password with a
     # "/" broke the URL's parse, whose message quoted a part of it
-    for url in (
-        "https://api.kirim.chat/v1?api_token=hunter2",
-        "https://api.kirim.chat#hunter2",
-        "https://svc:hun/ter2@api.kirim.chat",
-        "https://svc:hunter2@api.kirim.chat:x",
+    for url, says in (
+        ("https://api.kirim.chat/v1?api_token=hunter2", "must not carry a query or fragment"),
+        ("https://api.kirim.chat#hunter2", "must not carry a query or fragment"),
+        ("https://svc:hun/ter2@api.kirim.chat", "is not a valid URL: 'https://api.kirim.chat'"),
+        ("https://svc:hunter2@api.kirim.chat:x", "is not a valid URL: 'https://api.kirim.chat'"),
     ):
-        with pytest.raises(ConfigError) as caught:
+        with pytest.raises(ConfigError, match=says) as caught:
             Settings.load({"KIRIM_API_URL": url})
         assert "hunter2" not in str(caught.value)
         assert "hun" not in str(caught.value).replace("https", "")
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match="KIRIM_TOLERANCE must be whole seconds") as caught:
         Settings.load({"KIRIM_TOLERANCE": "whsec_hunter2"})
     assert "hunter2" not in str(caught.value)
     # a key pasted into the URL's variable, or where its port goes, is not shown back
-    for url in ("kdv_live_hunter2", "https://api.kirim.chat:kdv_live_hunter2"):
-        with pytest.raises(ConfigError) as caught:
+    for url, says in (
+        ("kdv_live_hunter2", r"with a host, got '\(not shown\)'"),
+        ("https://api.kirim.chat:kdv_live_hunter2", "is not a valid URL: 'https://api.kirim.chat'"),
+    ):
+        with pytest.raises(ConfigError, match=says) as caught:
             Settings.load({"KIRIM_API_URL": url})
         assert "hunter2" not in str(caught.value)
     # without a scheme httpx sees no user info, and the URL is named in the error

@@ -482,27 +482,43 @@ def test_parse_time(text: object, expected: datetime | None) -> None:
 # ---- bad bodies
 
 
+_NOT_JSON = "body is not valid UTF-8 JSON: "
+_NO_SHAPE = "body matches none of the Meta, Kirim-native or third shapes"
+
+
 @pytest.mark.parametrize(
-    ("body", "error"),
+    ("body", "error", "says"),
     [
-        (b"", InvalidJSON),
-        (b"{not json", InvalidJSON),
-        (b"\xff\xfe{}", InvalidJSON),
-        (b"[1, 2]", NotAnObject),
-        (b'"text"', NotAnObject),
-        (b"{}", UnknownShape),
-        (b'{"object": "whatsapp_business_account", "entry": 5}', UnknownShape),
-        (b'{"type": 5, "data": {}}', UnknownShape),
-        (b'{"type": "../etc/passwd", "data": {}}', InvalidEventType),
-        (b'{"type": "NoDots", "data": {}}', InvalidEventType),
-        (b'{"type": "a.b\\n", "data": {}}', InvalidEventType),
-        (b'{"type": "a.' + b"b" * 70 + b'", "data": {}}', InvalidEventType),
+        (b"", InvalidJSON, _NOT_JSON + "Expecting value"),
+        (b"{not json", InvalidJSON, _NOT_JSON + "Expecting property name"),
+        (b"\xff\xfe{}", InvalidJSON, _NOT_JSON + "'utf-8' codec can't decode byte 0xff"),
+        (b"[1, 2]", NotAnObject, "body is JSON list, not an object"),
+        (b'"text"', NotAnObject, "body is JSON str, not an object"),
+        (b"{}", UnknownShape, _NO_SHAPE),
+        (b'{"object": "whatsapp_business_account", "entry": 5}', UnknownShape, _NO_SHAPE),
+        (b'{"type": 5, "data": {}}', UnknownShape, _NO_SHAPE),
+        (
+            b'{"type": "../etc/passwd", "data": {}}',
+            InvalidEventType,
+            r"event type '\.\./etc/passwd'",
+        ),
+        (b'{"type": "NoDots", "data": {}}', InvalidEventType, "event type 'NoDots' is not a valid"),
+        (b'{"type": "a.b\\n", "data": {}}', InvalidEventType, r"event type 'a\.b\\n' is not"),
+        (
+            b'{"type": "a.' + b"b" * 70 + b'", "data": {}}',
+            InvalidEventType,
+            r"event type 'a\.b{70}' is not",
+        ),
         # half a UTF-16 pair in an id: no UTF-8 store (the journal, Parquet) can hold it
-        (b'{"type": "contact.updated", "id": "evt_\\ud800", "data": {}}', InvalidJSON),
+        (
+            b'{"type": "contact.updated", "id": "evt_\\ud800", "data": {}}',
+            InvalidJSON,
+            r"lone UTF-16 surrogate escape \(\\ud800\)",
+        ),
     ],
 )
-def test_bad_bodies_raise_payload_errors(body: bytes, error: type[PayloadError]) -> None:
-    with pytest.raises(error):
+def test_bad_bodies_raise_payload_errors(body: bytes, error: type[PayloadError], says: str) -> None:
+    with pytest.raises(error, match=says):
         parse_delivery(body)
 
 
@@ -581,17 +597,17 @@ def test_a_body_the_parser_did_not_foresee_is_a_payload_error(
 
 
 def test_a_byte_order_mark_is_still_invalid_json() -> None:
-    with pytest.raises(InvalidJSON):
+    with pytest.raises(InvalidJSON, match="body is not valid UTF-8 JSON: Unexpected UTF-8 BOM"):
         parse_delivery(b"\xef\xbb\xbf" + KIRIM_ASSIGNED)
 
 
 def test_naive_received_at_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="received_at must be timezone-aware"):
         parse_delivery(KIRIM_ASSIGNED, received_at=datetime(2026, 1, 1))
 
 
 def test_unknown_origin_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"origin must be one of \(.*\), got 'carrier-pigeon'"):
         parse_delivery(KIRIM_ASSIGNED, origin="carrier-pigeon")
 
 

@@ -199,7 +199,7 @@ def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_p
                 raise Crash(name)
             seen += 1
 
-        with pytest.raises(Crash):
+        with pytest.raises(Crash, match=rf"^{step}$"):
             lake.compact(hook=hook)
         assert winners(lake) == expected, f"after a crash at step {crash_at} ({step})"
         assert lake.deliveries().collect().height == 1
@@ -352,10 +352,10 @@ def test_two_crashed_compactions_in_a_row_strand_no_marker_past_an_hour(tmp_path
         return hook
 
     lake.write_events([ev("a")])
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match=r"^file_deleted$"):
         lake.compact(hook=crash_at("file_deleted"))
     lake.write_events([ev("b")])
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match=r"^manifest_published$"):
         lake.compact(hook=crash_at("manifest_published"))
     lake.compact()
     assert sorted(winners(lake)) == ["a", "b"]

@@ -114,15 +114,19 @@ def test_contacts_are_created_before_their_messages_and_updated_later() -> None:
 def test_bad_world_config_is_rejected() -> None:
     from kirim_events.errors import ConfigError
 
-    for bad in ({"read_rate": -0.1}, {"agents": 1}, {"session_interval": 0}):
-        with pytest.raises(ConfigError):
+    for bad, says in (
+        ({"read_rate": -0.1}, "read_rate must be between 0 and 1, got -0.1"),
+        ({"agents": 1}, "the world needs >= 1 phone number, >= 2 agents"),
+        ({"session_interval": 0}, "session_interval must be positive"),
+    ):
+        with pytest.raises(ConfigError, match=says):
             World(WorldConfig(**bad))
 
 
 def test_a_world_streams_once() -> None:
     world = World(seed=1)
     list(world.bundles(5))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"World\.bundles\(\) can run only once"):
         list(world.bundles(5))
     assert list(World(seed=1).bundles(0)) == []
 
@@ -302,7 +306,7 @@ def test_as_of_before_the_start_is_empty_and_accepts_strings() -> None:
     assert truth.as_of(world.start - 1).message_timelines().height == 0
     iso = datetime.fromtimestamp(world.now, UTC).isoformat().replace("+00:00", "Z")
     assert truth.as_of(iso).conversation_lifecycles().equals(truth.conversation_lifecycles())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="as_of needs a timezone-aware datetime"):
         truth.as_of(datetime(2026, 5, 1))  # naive
 
 

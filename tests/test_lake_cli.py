@@ -234,6 +234,8 @@ def test_an_unsupported_lake_location_is_named_without_its_credentials(
     assert "unsupported lake location" in result.output
     assert "host.example/x" in result.output or "db.example/x" in result.output
     assert "PASSW0RD" not in result.output
-    with pytest.raises(ke.ConfigError) as caught:
+    with pytest.raises(
+        ke.ConfigError, match=r"unsupported lake location .*: use a folder or s3://"
+    ) as caught:
         ke.Lake(location)
     assert "PASSW0RD" not in str(caught.value)

@@ -716,7 +716,7 @@ async def test_logs_hold_neither_secrets_nor_bodies(
 
 
 def test_a_receiver_needs_a_secret(journal: Journal) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the receiver needs at least one webhook secret"):
         Receiver(journal, [])
 
 

@@ -99,7 +99,9 @@ def test_s3_location_errors_are_clear(s3_env: dict[str, str]) -> None:
     with pytest.raises(ke.ConfigError, match="unsupported"):
         ke.Lake("gs://bucket/x", env=s3_env)
     missing = ke.Lake("s3://no-such-bucket/x", env=s3_env)
-    with pytest.raises(ke.StorageError):
+    with pytest.raises(
+        ke.StorageError, match=r"lake storage failed to write .*The specified bucket does not exist"
+    ):
         missing.write_events([ev("a")])
 
 

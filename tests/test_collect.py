@@ -562,19 +562,24 @@ def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "says"),
     [
-        {"flush_interval": 0},
-        {"flush_interval": 1e-300},
-        {"flush_interval": float("nan")},
-        {"flush_interval": 1e9},
-        {"max_body": 0},
-        {"body_timeout": 0},
-        {"body_timeout": float("nan")},
+        ({"flush_interval": 0}, "flush interval must be 0.01 s to a day, got 0"),
+        ({"flush_interval": 1e-300}, "flush interval must be 0.01 s to a day, got 1e-300"),
+        ({"flush_interval": float("nan")}, "flush interval must be 0.01 s to a day, got nan"),
+        ({"flush_interval": 1e9}, "flush interval must be 0.01 s to a day, got 1000000000"),
+        ({"max_body": 0}, "max body must be at least 1 byte, got 0"),
+        ({"body_timeout": 0}, "body timeout must be above 0 and at most 3600 s, got 0"),
+        (
+            {"body_timeout": float("nan")},
+            "body timeout must be above 0 and at most 3600 s, got nan",
+        ),
     ],
 )
-def test_bad_collector_options_are_config_errors(tmp_path: Path, bad: dict[str, float]) -> None:
-    with pytest.raises(ke.ConfigError):
+def test_bad_collector_options_are_config_errors(
+    tmp_path: Path, bad: dict[str, float], says: str
+) -> None:
+    with pytest.raises(ke.ConfigError, match=says):
         ke.Collector(tmp_path, SECRET, **bad)  # type: ignore[arg-type]
 
 

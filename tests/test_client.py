@@ -401,7 +401,10 @@ def test_a_429_asking_for_more_than_an_hour_stops_with_how_long() -> None:
 
 def test_interrupt_cuts_a_long_retry_after_short() -> None:
     # Ctrl-C during a backfill sat out Retry-After: 600 in a worker thread.
+    asked = threading.Event()
+
     def handler(request: httpx.Request) -> httpx.Response:
+        asked.set()
         return error(429, "rate_limit_error", "rate_limit_exceeded", **{"Retry-After": "600"})
 
     client = KirimClient("https://api.test", Secret(KEY), transport=httpx.MockTransport(handler))
@@ -415,7 +418,7 @@ def test_interrupt_cuts_a_long_retry_after_short() -> None:
 
     worker = threading.Thread(target=call)
     worker.start()
-    time.sleep(0.2)
+    assert asked.wait(10)  # answered "wait 600 s": the worker waits, or is about to
     client.interrupt()
     worker.join(timeout=60)  # else it sits out the 600 s
     assert not worker.is_alive()

@@ -45,7 +45,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +63,7 @@ from kirim_events.errors import (
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
+from kirim_events.stopsignals import held
 from kirim_events.timearg import is_span, parse_when
 
 __all__ = [
@@ -776,8 +777,16 @@ def _untimed_mark(d: Delivery) -> str:
 def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int) -> None:
     """Walk every slice, ``workers`` at a time; the first slice's error stops the others."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
-        pending = {pool.submit(run.walk, s) for s in slices}
+        pending: set[Future[None]] = set()
         try:
+            # inside the try: a Ctrl-C while the first slices start must interrupt them too,
+            # or the pool's shutdown sits out a Retry-After they are already in; with the
+            # signals held, as one landing inside a worker's Thread.start left that worker
+            # unknown to the pool, which did not wait for it: it slept out the Retry-After
+            # after this client was resumed, and the process could not exit until it had
+            with held():
+                for s in slices:
+                    pending.add(pool.submit(run.walk, s))
             while pending:
                 # Look, then sleep; not concurrent.futures.wait, which takes every future's
                 # lock in turn: a Ctrl-C landing between two of them left one held, and its

@@ -1,4 +1,5 @@
-"""Send SIGINT and SIGTERM to a handler for the length of a block, then restore the ones before.
+"""Send SIGINT and SIGTERM to a handler for the length of a block, then restore the ones before;
+or hold them back for a block that a stop must not cut in two.
 
 Every place that must not die on a stop (the CLI while its commands load, the collector
 while it starts and flushes, a backfill that stops cleanly on SIGTERM) catches the signals
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "Handler", "handling"]
+__all__ = ["STOP_SIGNALS", "Handler", "handling", "held"]
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """The signals that ask a process to stop: Ctrl+C, and ``kill`` / systemd / ``docker stop``."""
@@ -53,3 +54,26 @@ def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterato
             # None: the handler before was set outside Python and cannot be set again; the
             # default is closer to it than leaving this block's handler in place
             signal.signal(sig, signal.SIG_DFL if before is None else before)
+
+
+@contextlib.contextmanager
+def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, ``signals`` wait: they are delivered, and their handlers run, as
+    it ends.
+
+    For a few steps that a stop must not land between: a KeyboardInterrupt raised inside
+    ``Thread.start`` leaves a thread running that its pool does not know of, and that no
+    shutdown waits for or warns. Threads started within the block hold the signals back too,
+    for good: Python runs signal handlers in the main thread only, so they never needed
+    them. Only in the main thread of a POSIX system; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -1,5 +1,5 @@
-"""stopsignals.handling: real SIGINT/SIGTERM sent to this process reach the block's handler,
-and the handlers before it come back, whatever way the block ends."""
+"""stopsignals: real SIGINT/SIGTERM sent to this process reach a ``handling`` block's handler,
+or wait for the end of a ``held`` block; the handlers before come back, however it ends."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from types import FrameType
 
 import pytest
 
-from kirim_events.stopsignals import STOP_SIGNALS, handling
+from kirim_events.stopsignals import STOP_SIGNALS, handling, held
 
 
 class Seen:
@@ -115,3 +115,38 @@ def test_outside_the_main_thread_nothing_changes(before: Seen) -> None:
     thread.start()
     thread.join()
     assert results == [False, before]
+
+
+def test_held_signals_wait_for_the_end_of_the_block(before: Seen) -> None:
+    # backfill starts its workers so: a KeyboardInterrupt raised inside Thread.start left a
+    # worker its pool did not know of, and the process could not exit until it had slept
+    # out a ten-minute Retry-After
+    seen_inside: list[list[int]] = []
+    blocked_in_thread: list[set[int]] = []
+
+    def worker() -> None:
+        blocked_in_thread.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    with held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        seen_inside.append(list(before.signals))
+    assert seen_inside == [[]]
+    assert sorted(before.signals) == sorted(STOP_SIGNALS)
+    # the thread started in the block keeps them held: handlers run in the main thread only
+    assert set(STOP_SIGNALS) <= blocked_in_thread[0]
+    assert not set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_held_signals_come_when_the_block_raises(before: Seen) -> None:
+    def block() -> None:
+        with held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError(f"boom, having seen {before.signals}")
+
+    with pytest.raises(RuntimeError, match=r"boom, having seen \[\]"):
+        block()
+    assert before.signals == [signal.SIGTERM]

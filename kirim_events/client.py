@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -653,9 +654,12 @@ class KirimClient:
 
 
 def _path_id(value: str) -> str:
+    """``value`` as one path segment: a slash or a dot segment is refused, and the rest is
+    escaped, so that the server reads exactly this id (``wbd_1#x`` went out as ``wbd_1``,
+    and ``%2e%2e`` reached the server as ``..``)."""
     if not value or "/" in value or value in {".", ".."}:
         raise ValueError(f"not a valid id: {value!r}")
-    return value
+    return quote(value, safe="")
 
 
 def _params(filters: Mapping[str, str | datetime | None]) -> dict[str, str]:

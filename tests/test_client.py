@@ -841,25 +841,14 @@ def test_an_id_that_would_change_the_path_is_refused_before_sending(value: str) 
     assert seen == []  # nothing went out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_path_id neither refuses nor quotes '?', '#' or '%': such an id reaches another "
-    "resource (wbd_1#x replays wbd_1; %2e%2e is '..' to the server)",
-)
 @pytest.mark.parametrize("value", ["wbd_1?x=1", "wbd_1#x", "%2e%2e", "..%2f", "wbd_1%2Freplay"])
 def test_an_id_with_url_syntax_reaches_no_other_resource(value: str) -> None:
+    # sent escaped, so that the server decodes exactly the id (refusing it would be safe
+    # too, but Kirim's id format is not documented, and a tolerant client sends what it got)
     seen: list[httpx.URL] = []
-    client = _recording_client(seen)
-    refused = ""
-    try:
-        client.replay(value)
-    except ValueError as exc:
-        refused = str(exc)
-    if refused:  # refusing it before sending is one right answer ...
-        assert (refused, seen) == (f"not a valid id: {value!r}", [])
-    else:  # ... sending it escaped, so that the server decodes exactly the id, the other
-        (url,) = seen
-        assert (url.path, url.query) == (f"/v1/webhook_deliveries/{value}/replay", b"")
+    _recording_client(seen).replay(value)
+    (url,) = seen
+    assert (url.path, url.query) == (f"/v1/webhook_deliveries/{value}/replay", b"")
 
 
 def test_bulk_replay_body_and_result() -> None:

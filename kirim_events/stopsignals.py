@@ -58,22 +58,20 @@ def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterato
 
 @contextlib.contextmanager
 def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Within the block, ``signals`` wait: they are delivered, and their handlers run, as
-    it ends.
+    """Within the block, ``signals`` wait: each one that came is raised again as it ends,
+    for the handlers before it (Ctrl+C's KeyboardInterrupt is raised then).
 
     For a few steps that a stop must not land between: a KeyboardInterrupt raised inside
     ``Thread.start`` leaves a thread running that its pool does not know of, and that no
-    shutdown waits for or warns. Threads started within the block hold the signals back too,
-    for good: Python runs signal handlers in the main thread only, so they never needed
-    them. Only in the main thread of a POSIX system; elsewhere the block runs as it is.
+    shutdown waits for or warns. A handler that notes the signal, rather than a blocked
+    signal mask, because the mask is per thread: any other thread (a progress bar's) would
+    take the signal and Python would still run its handler in the main thread at once.
+    Outside the main thread the block runs as it is (see :func:`handling`).
     """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "pthread_sigmask"
-    ):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    came: list[int] = []
     try:
-        yield
+        with handling(lambda sig, frame: came.append(sig), signals):
+            yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig in dict.fromkeys(came):  # once each, in the order they came
+            signal.raise_signal(sig)

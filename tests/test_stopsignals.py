@@ -122,23 +122,34 @@ def test_held_signals_wait_for_the_end_of_the_block(before: Seen) -> None:
     # worker its pool did not know of, and the process could not exit until it had slept
     # out a ten-minute Retry-After
     seen_inside: list[list[int]] = []
-    blocked_in_thread: list[set[int]] = []
-
-    def worker() -> None:
-        blocked_in_thread.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-
-    with held():
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGINT)
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
-        seen_inside.append(list(before.signals))
+    stop = threading.Event()
+    # another thread, not holding them: a per-thread signal mask let it take the signals
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
+            seen_inside.append(list(before.signals))
+    finally:
+        stop.set()
+        other.join()
     assert seen_inside == [[]]
-    assert sorted(before.signals) == sorted(STOP_SIGNALS)
-    # the thread started in the block keeps them held: handlers run in the main thread only
-    assert set(STOP_SIGNALS) <= blocked_in_thread[0]
-    assert not set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert before.signals == [signal.SIGTERM, signal.SIGINT]  # each once, in order
+    for sig in STOP_SIGNALS:
+        assert signal.getsignal(sig) is before
+
+
+def test_a_held_ctrl_c_is_a_keyboard_interrupt_as_the_block_ends() -> None:
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt):  # noqa: PT012
+        with held():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("the block ran on")
+        steps.append("after the block")
+    assert steps == ["the block ran on"]
 
 
 def test_held_signals_come_when_the_block_raises(before: Seen) -> None:

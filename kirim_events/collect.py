@@ -297,7 +297,7 @@ def collect(
             timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
             http=head_deadline_protocol(collector.receiver.body_timeout),
         )
-        url = f"http://{_url_host(host)}:{served.port}{collector.receiver.path}"
+        url = f"{served.url}{collector.receiver.path}"
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -338,12 +338,6 @@ def collect(
             gc.unfreeze()
             sock.close()
             collector.close()
-
-
-# The log formatting (the CLI's: a library leaves logging to its host) moved to
-# kirim_events.cli.collect; these names still import from here for code written before.
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _draining(sig: int) -> None:

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kirim_events.atomicfile import make_dirs
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
@@ -188,7 +189,10 @@ class Journal(KeyIndex):
         self.commits = 0
         """Transactions committed by this instance (one per group of appends)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # fsync'd into its parents when made: SQLite syncs _journal/ and its own files,
+            # not DATA/ above it, and a journal's name lost to a power loss loses webhooks
+            # that Kirim was told were stored
+            make_dirs(self.path.parent)
             self._conn = self._open()
             self._backlog: int = self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
             self._file = _identity(self.path)

@@ -697,3 +697,26 @@ def test_a_journal_replaced_under_it_is_refused_and_ordinary_use_is_not(
             again.append(records(testing.kirim_event(event_id="evt_4")))
         with pytest.raises(StorageError, match="deleted, moved or replaced while open"):
             again.flush(Lake(tmp_path / "data"))
+
+
+def test_a_new_journals_folders_are_fsynced_into_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite syncs _journal/ and its own files, never DATA/ above it: after a power loss a
+    # first start's whole journal could vanish, webhooks acknowledged to Kirim with it
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads fsync'd paths from /proc/self/fd")
+    synced: set[Path] = set()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.add(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    data = tmp_path / "project" / "data"
+    Journal(data).close()
+    assert {tmp_path, tmp_path / "project", data} <= synced  # each holds a new folder's name

@@ -59,7 +59,8 @@ def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterato
 @contextlib.contextmanager
 def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
     """Within the block, ``signals`` wait: each one that came is raised again as it ends,
-    for the handlers before it (Ctrl+C's KeyboardInterrupt is raised then).
+    for the handlers before it; when one of them raises (Ctrl+C's KeyboardInterrupt), the
+    first such exception leaves the block once every handler has run.
 
     For a few steps that a stop must not land between: a KeyboardInterrupt raised inside
     ``Thread.start`` leaves a thread running that its pool does not know of, and that no
@@ -73,5 +74,11 @@ def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
         with handling(lambda sig, frame: came.append(sig), signals):
             yield
     finally:
+        first: BaseException | None = None
         for sig in dict.fromkeys(came):  # once each, in the order they came
-            signal.raise_signal(sig)
+            try:
+                signal.raise_signal(sig)
+            except BaseException as exc:  # each handler gets its signal; the first stop wins
+                first = first or exc
+        if first is not None:
+            raise first

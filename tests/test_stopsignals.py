@@ -161,3 +161,24 @@ def test_held_signals_come_when_the_block_raises(before: Seen) -> None:
     with pytest.raises(RuntimeError, match=r"boom, having seen \[\]"):
         block()
     assert before.signals == [signal.SIGTERM]
+
+
+def test_every_held_signal_reaches_its_handler_when_the_first_one_raises() -> None:
+    # a Ctrl+C then a SIGTERM: the SIGTERM handler (a collector's note, say) still runs
+    noted: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda sig, frame: noted.append(sig))
+
+    def block() -> None:
+        with held():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            block()
+    finally:
+        for sig, was in saved.items():
+            signal.signal(sig, was)
+    assert noted == [signal.SIGTERM]

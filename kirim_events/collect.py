@@ -288,15 +288,20 @@ def collect(
         except ConfigError:
             collector.close()
             raise
-        served = Served(
-            collector.receiver,
-            sock,
-            on_signal=_draining,
-            limit_concurrency=max_connections,
-            # above the body timeout: a request in flight at the signal can finish
-            timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
-            http=head_deadline_protocol(collector.receiver.body_timeout),
-        )
+        try:
+            served = Served(
+                collector.receiver,
+                sock,
+                on_signal=_draining,
+                limit_concurrency=max_connections,
+                # above the body timeout: a request in flight at the signal can finish
+                timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
+                http=head_deadline_protocol(collector.receiver.body_timeout),
+            )
+        except BaseException:  # uvicorn's import or its Config: nothing may stay open
+            sock.close()
+            collector.close()
+            raise
         url = f"{served.url}{collector.receiver.path}"
 
         async def main() -> None:

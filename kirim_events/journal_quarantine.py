@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kirim_events.atomicfile import make_dirs, replace_file
+from kirim_events.atomicfile import fsync_dir, make_dirs, replace_file
 from kirim_events.errors import StorageError
 
 __all__ = ["find_quarantined", "quarantined_event_ids", "write_quarantine"]
@@ -62,7 +62,8 @@ def write_quarantine(
     Names are ``<time>-<sha256 prefix>-<random>.body`` and ``.json`` (reason, receipt time,
     size, sha256, and the ``X-Kirim-*``, content-type and user-agent headers; nothing else, so
     no credentials). Each file is written under a temporary name, fsync'd and renamed, and
-    its folder fsync'd (``atomicfile.replace_file``); so is each new folder's parent.
+    its folder fsync'd (``atomicfile.replace_file``); then ``quarantine/`` and DATA/ above
+    it, at every write.
     Returns the ``.body`` path; raises StorageError on failure.
     """
     when = when.astimezone(UTC)
@@ -82,9 +83,13 @@ def write_quarantine(
         "headers": kept,
     }
     try:
-        make_dirs(folder)  # fsyncs DATA/ and quarantine/ when they gain a new folder
+        make_dirs(folder)
         replace_file(folder / f"{stem}.body", body)
         replace_file(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
+        # again at each write, not only when make_dirs creates them: a day's folder made by
+        # a writer that died before its fsync would otherwise never be made durable
+        fsync_dir(folder.parent)
+        fsync_dir(folder.parent.parent)
     except OSError as exc:
         raise StorageError(f"cannot write quarantine file: {exc}") from exc
     return folder / f"{stem}.body"

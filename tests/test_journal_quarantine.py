@@ -37,3 +37,27 @@ def test_an_empty_quarantine_logs_nothing(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level("DEBUG", logger=LOGGER):
         assert quarantined_event_ids(tmp_path) == set()
     assert caplog.records == []
+
+
+def test_each_write_fsyncs_the_folders_above_its_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # not only when the day's folder is new: one made by a writer that died before its
+    # fsync would otherwise never be made durable
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads fsync'd paths from /proc/self/fd")
+    when = datetime(2026, 5, 1, 9, tzinfo=UTC)
+    (tmp_path / "quarantine" / "2026-05-01").mkdir(parents=True)  # made before, by another
+    synced: set[Path] = set()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.add(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_quarantine(tmp_path, b"{}", {}, "bad_signature", when)
+    assert {tmp_path, tmp_path / "quarantine", tmp_path / "quarantine" / "2026-05-01"} <= synced

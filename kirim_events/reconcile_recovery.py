@@ -1,0 +1,141 @@
+"""Reconcile's recovery: choose each missing event's action, then import or ask Kirim to replay."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from kirim_events.backfill import delivery_row
+from kirim_events.client import BULK_REPLAY_CAP, KirimClient
+from kirim_events.errors import ApiError, RateLimitTooLong
+from kirim_events.journal import Journal
+from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
+from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
+
+__all__ = ["SENT_BY_KIRIM", "check_subscriptions", "explain", "plan_recovery", "recover"]
+
+_RESENDS_PER_CALL = 50
+"""A bulk_replay window re-sends every dead/failed delivery in it, stored or not. It is chosen
+over single replays when it costs less, counting 50 needless re-sends as one call (a call
+spends Kirim's write quota, 60 a minute on the smallest plan; a re-send is one more request
+the collector's dedup index absorbs)."""
+
+
+def plan_recovery(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) -> None:
+    """Give each missing event its action; bulk windows where they cost fewer calls."""
+    for m in report.missing:
+        m.action = "import" if m.records else "await" if m.pending else "replay"
+    groups: dict[tuple[str, str], list[MissingEvent]] = {}
+    for m in report.missing:
+        if m.action == "replay" and m.status in TERMINAL and m.subscription_id and m.created_at:
+            groups.setdefault((m.subscription_id, m.status), []).append(m)
+    for (sub, status), members in groups.items():
+        # the windows must hold the very rows chosen for replay, not each event's first one
+        first = min(m.created_at for m in members if m.created_at)
+        last = max(m.created_at for m in members if m.created_at)
+        rows = [r for r in terminal if r[0] == sub and r[1] == status and first <= r[2] <= last]
+        windows = plan_windows(rows)
+        unique_deliveries = {m.delivery_id for m in members}
+        crowded = any(w.rows > BULK_REPLAY_CAP for w in windows)  # Kirim would cap it
+        needless = sum(w.rows for w in windows) - len(unique_deliveries)
+        bulk_cost = len(windows) + needless / _RESENDS_PER_CALL
+        if bulk_cost < len(unique_deliveries) and not crowded:
+            report.windows.extend(windows)
+            for m in members:
+                m.action = "bulk_replay"
+
+
+SENT_BY_KIRIM = ("replay", "bulk_replay", "await")  # actions that need Kirim to deliver
+
+
+def check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
+    """Hold the replays to a subscription Kirim does not send to (``disabled`` after its
+    auto-disable, kirim-api.md §3): they would only wait in its queue, and every run of
+    reconcile would add more; and say that its pending deliveries are held, not retried.
+    A subscription that cannot be read is replayed to, with a note.
+    """
+    subs = {
+        m.subscription_id
+        for m in report.missing
+        if m.action in SENT_BY_KIRIM and m.subscription_id is not None
+    }
+    for sub in sorted(subs):
+        try:
+            status = client.get_subscription(sub).get("status")
+        except RateLimitTooLong:
+            raise
+        except ApiError as exc:
+            report.notes.append(
+                f"cannot read subscription {sub} ({exc}): taken to be active (its missing events"
+                " are replayed or awaited as the plan says)"
+            )
+            continue
+        if status is None or status == "active":
+            continue
+        held = [m for m in report.missing if m.subscription_id == sub and m.action != "import"]
+        for m in held:
+            m.action = "held"
+        report.windows = [w for w in report.windows if w.subscription_id != sub]
+        message = (
+            f"subscription {sub} is {status}: Kirim sends nothing to it, so its {len(held)}"
+            " missing event(s) cannot come now (replays would only wait in its queue). Once the"
+            " collector"
+            f" answers, make it active again (PATCH /v1/webhook_subscriptions/{sub} with"
+            ' {"status": "active"}, or in Kirim\'s dashboard) and run reconcile again'
+        )
+        (report.notes if report.dry_run else report.errors).append(message)
+
+
+def explain(report: ReconcileReport) -> None:
+    """Note why events awaiting Kirim's retries are not replayed."""
+    waiting = report.actions["await"]
+    if waiting:
+        report.notes.append(
+            f"{waiting} missing event(s) have a delivery Kirim is still retrying (pending): not"
+            " replayed, they come with its next attempt; run reconcile again after Kirim's"
+            " retries end (about 31 hours) to replay what is still missing then"
+        )
+
+
+def recover(
+    report: ReconcileReport,
+    client: KirimClient,
+    journal: Journal,
+    lake: Any,
+    receipts: list[dict[str, Any]],
+) -> None:
+    """Import what can be, with its history rows and ``receipts``; ask Kirim for the rest."""
+    journal.forget_keys(m.key for m in report.missing if m.lost)
+    imports = [m for m in report.missing if m.action == "import"]
+    records = [r for m in imports for r in m.records]
+    if records or receipts:
+        # one row per history row, however many of its events are missing
+        rows = {
+            (d.id, d.attempt, d.created_at, d.event_id): (d, n, m.records[0].received_at)
+            for m in imports
+            for d, n in m.sources
+        }
+        receipts = [
+            *receipts,
+            *(delivery_row(d, received_at=at, n_events=n) for d, n, at in rows.values()),
+        ]
+        flags = journal.append(records, receipts)
+        report.imported = sum(flags)
+        journal.flush(lake, batch_size=10_000)
+    done: set[str] = set()
+    try:
+        for m in report.missing:
+            if m.action != "replay" or not m.delivery_id or m.delivery_id in done:
+                continue
+            done.add(m.delivery_id)
+            try:
+                client.replay(m.delivery_id)
+                report.replayed += 1
+            except RateLimitTooLong:
+                raise
+            except ApiError as exc:
+                report.errors.append(f"replay {m.delivery_id}: {exc}")
+        for w in report.windows:
+            bulk_replay_window(client, w, report)
+    except RateLimitTooLong as exc:  # every further call would be refused the same way
+        report.errors.append(f"replays stopped: {exc}")

@@ -1,0 +1,88 @@
+"""Bulk-replay windows: cut terminal deliveries into windows, replay one (halved when capped)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from kirim_events.client import BULK_REPLAY_CAP, KirimClient
+from kirim_events.errors import ApiError, RateLimitTooLong
+from kirim_events.reconcile_report import BulkWindow, ReconcileReport
+
+__all__ = ["bulk_replay_window", "plan_windows"]
+
+
+def plan_windows(
+    rows: list[tuple[str, str, datetime]], cap: int = BULK_REPLAY_CAP
+) -> list[BulkWindow]:
+    """Cut (subscription, status, created_at) rows into windows of at most ``cap`` rows each.
+
+    Window edges fall on row times (cut only between different times), so a row is in exactly
+    one window whether Kirim's ``created_after`` is inclusive or not at millisecond precision.
+    More than ``cap`` rows at one instant cannot be cut: their window holds them all (its
+    ``rows`` above ``cap``), and :func:`~kirim_events.reconcile.reconcile` replays them one
+    by one instead.
+    """
+    out: list[BulkWindow] = []
+    groups: dict[tuple[str, str], list[datetime]] = {}
+    for sub, status, created in rows:
+        groups.setdefault((sub, status), []).append(created)
+    for (sub, status), times in sorted(groups.items()):
+        times.sort()
+        start = 0
+        while start < len(times):
+            end = min(start + cap, len(times))
+            while end < len(times) and end > start + 1 and times[end] == times[end - 1]:
+                end -= 1  # never cut between equal times
+            while end < len(times) and times[end] == times[start]:
+                end += 1  # more than cap rows at one instant: one window holds them all
+            lo = times[start] - timedelta(seconds=1) if start == 0 else times[start]
+            hi = times[end] if end < len(times) else times[-1] + timedelta(seconds=1)
+            out.append(BulkWindow(sub, status, lo, hi, end - start))
+            start = end
+    return out
+
+
+def bulk_replay_window(
+    client: KirimClient,
+    window: BulkWindow,
+    report: ReconcileReport,
+    *,
+    event_type: str | None = None,
+    depth: int = 0,
+) -> None:
+    """``bulk_replay`` one window; when Kirim answers ``capped``, halve it and repeat both.
+
+    Counts calls and enqueued deliveries into ``report``; API errors are recorded in
+    ``report.errors`` rather than raised, so one bad window does not stop the others (except
+    RateLimitTooLong, which stops them all).
+    """
+    try:
+        result = client.bulk_replay(
+            window.subscription_id,
+            status=window.status,
+            event_type=event_type,
+            created_after=window.created_after,
+            created_before=window.created_before,
+        )
+    except RateLimitTooLong:
+        raise
+    except ApiError as exc:
+        report.errors.append(f"bulk_replay {window.subscription_id} {window.status}: {exc}")
+        return
+    report.bulk_calls += 1
+    report.bulk_enqueued += result.enqueued
+    if not result.capped:
+        return
+    # More rows than planned (new ones since the walk, or no plan): halve the window and
+    # repeat both halves. The capped call already replayed up to 1000 of them; the repeats
+    # send those again, which the collector's dedup index absorbs.
+    if depth >= 20:
+        report.errors.append(f"bulk_replay still capped at {window.created_after.isoformat()}")
+        return
+    w = window
+    mid = w.created_after + (w.created_before - w.created_after) / 2
+    for half in (
+        BulkWindow(w.subscription_id, w.status, w.created_after, mid, w.rows // 2),
+        BulkWindow(w.subscription_id, w.status, mid, w.created_before, w.rows - w.rows // 2),
+    ):
+        bulk_replay_window(client, half, report, event_type=event_type, depth=depth + 1)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kirim_events import events, parse_delivery
+from kirim_events import events, events_meta, parse_delivery
 from kirim_events.errors import (
     InvalidEventType,
     InvalidJSON,
@@ -180,7 +180,7 @@ def test_a_very_large_batch_stores_each_record_its_own_item_not_the_whole_body()
 def test_a_large_batch_of_messages_keeps_each_senders_contact(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 1000)
+    monkeypatch.setattr(events_meta, "BATCH_PAYLOAD_LIMIT", 1000)
     messages = [
         {
             "from": f"62811{i}",
@@ -208,7 +208,7 @@ def test_each_one_item_body_keeps_what_is_no_item_so_no_copy_is_needed_for_it(
     # Only the first record had the whole body: when the lake kept another copy of that
     # first event, what belonged to no item (here another change, an unmatched contact)
     # was stored nowhere. (A limit the 19 kB of copies pass, the 1 kB of the rest not.)
-    monkeypatch.setattr(events, "BATCH_PAYLOAD_LIMIT", 5000)
+    monkeypatch.setattr(events_meta, "BATCH_PAYLOAD_LIMIT", 5000)
     messages = [
         {"from": f"62811{i}", "id": f"wamid.m{i}", "timestamp": "1779531400", "type": "text",
          "text": {"body": "x" * 2000 + ("\ud83d" if i == 2 else "")}}  # a lone surrogate escape
@@ -584,7 +584,7 @@ def test_a_body_the_parser_did_not_foresee_is_a_payload_error(
     def trips(*args: object) -> None:
         raise TypeError("'int' object is not iterable")
 
-    monkeypatch.setattr(events, "_meta_status", trips)
+    monkeypatch.setattr(events_meta, "_meta_status", trips)
     with (
         caplog.at_level(logging.ERROR, logger="kirim_events.events"),
         pytest.raises(ParseFailure, match=r"meta-shape body \(TypeError"),

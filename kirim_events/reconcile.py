@@ -154,12 +154,14 @@ def reconcile(
     report = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
     try:
         ours = check_lake(index, lake, root, report)
-        scan = walk(client, lo, hi, Scan(index, subscription_id), report)
+        scan = walk(client, lo, hi, Scan(index, subscription_id, received_at=start), report)
         lost = None if ours is False else lost_from_lake(lake, scan, index, report, ours)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
             again = ReconcileReport(since=lo, until=hi, dry_run=dry_run)
-            scan = walk(client, lo, hi, Scan(index, subscription_id, lost), again)
+            scan = walk(
+                client, lo, hi, Scan(index, subscription_id, lost, received_at=start), again
+            )
             report.history_pages += again.history_pages
         if report.items_unreadable:
             report.notes.append(

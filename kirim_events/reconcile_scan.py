@@ -64,7 +64,12 @@ class Scan:
     """
 
     def __init__(
-        self, journal: KeyIndex | None, subscription_id: str | None, lost: Lost | None = None
+        self,
+        journal: KeyIndex | None,
+        subscription_id: str | None,
+        lost: Lost | None = None,
+        *,
+        received_at: datetime,
     ) -> None:
         self.journal = journal
         self.subscription_id = subscription_id
@@ -80,7 +85,7 @@ class Scan:
         self.chains: dict[str, _Chain] = {}
         self.acked: dict[str, _Chain] = {}  # acknowledged status chains, by candidate key
         self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
-        self.received_at = datetime.now(UTC)
+        self.received_at = received_at  # of the events it imports: the run's clock
 
     def seen(self, keys: list[str]) -> set[str]:
         return self.journal.seen(keys) if self.journal is not None and keys else set()
@@ -239,8 +244,12 @@ class Scan:
 
 
 def _better(d: Delivery, m: MissingEvent) -> bool:
-    """Prefer replaying a terminal delivery (bulk_replay can take it), then the newest."""
-    return (d.status in TERMINAL) and (m.status not in TERMINAL)
+    """Prefer replaying a terminal delivery (bulk_replay can take it), then the newest (the
+    furthest from Kirim's purge)."""
+    terminal, chosen_terminal = d.status in TERMINAL, m.status in TERMINAL
+    if terminal != chosen_terminal:
+        return terminal
+    return d.created_at is not None and (m.created_at is None or d.created_at > m.created_at)
 
 
 def walk(

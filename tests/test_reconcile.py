@@ -80,6 +80,7 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
     _, client = world.api(t, faults=FaultConfig(error_rate=0.2, latency=0.3, latency_rate=0.5))
     events, _ = lake_frames(world.home)
     assert not truth & set(events["event_key"])
+    started = datetime.fromtimestamp(t.clock(), UTC)
     report = reconcile(world.home, client=client, since=since, until=until,
                        journal=world.journal, now=t.clock)  # fmt: skip
     assert {m.key for m in report.missing} == truth
@@ -88,7 +89,10 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys
-    assert set(events.filter(events["event_key"].is_in(list(truth)))["origin"]) == {"backfill"}
+    recovered = events.filter(events["event_key"].is_in(list(truth)))
+    assert set(recovered["origin"]) == {"backfill"}
+    # received by the run's clock, not the machine's (it read datetime.now)
+    assert set(recovered["received_at"]) == {started}
     # The history rows that carried them are deliveries rows, as a backfill stores them: each
     # attempt of Kirim's once, with the number of events its body held.
     rows = [row for row in world.emu.store.deliveries if set(row.event_keys) & truth]
@@ -622,3 +626,21 @@ def test_deliveries_held_for_a_disabled_subscription_are_not_said_to_be_retried(
     assert report.actions == {"held": 5}
     assert not any("still retrying" in note for note in report.notes)
     assert len([e for e in report.errors if f"subscription {OURS} is disabled" in e]) == 1
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_the_delivery_to_replay_is_a_terminal_one_then_the_newest(
+    tmp_path: Path, order: int
+) -> None:
+    # a terminal delivery first (bulk_replay can take it), then the newest: the furthest
+    # from Kirim's purge (it kept the first one seen among equals, whichever the page order)
+    rows = [
+        delivery(1, 5, "evt_x", "dead"),
+        delivery(2, 50, "evt_x", "dead"),
+        delivery(3, 90, "evt_x", "succeeded"),
+        delivery(4, 5, "evt_y", "succeeded"),
+        delivery(5, 50, "evt_y", "succeeded"),
+    ]
+    report = History(rows[::order]).reconcile(tmp_path, dry_run=True)
+    chosen = {m.event_id: (m.delivery_id, m.status) for m in report.missing}
+    assert chosen == {"evt_x": ("wbd_002", "dead"), "evt_y": ("wbd_005", "succeeded")}

@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kirim_events.atomicfile import fsync_dir, make_dirs, replace_file
 from kirim_events.errors import StorageError
 
-__all__ = ["find_quarantined", "quarantined_event_ids", "write_quarantine"]
-
-log = logging.getLogger("kirim_events.quarantine")
+__all__ = [
+    "Quarantined",
+    "find_quarantined",
+    "read_quarantine",
+    "write_quarantine",
+]
 
 
 def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
@@ -29,29 +32,53 @@ def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
     return None
 
 
-def quarantined_event_ids(data_dir: Path) -> set[str]:
-    """The ``X-Kirim-Event-Id`` of every quarantined delivery (from the ``.json`` files):
-    events our endpoint acknowledged and kept, though not as rows of the lake.
+@dataclass(frozen=True)
+class Quarantined:
+    """What the quarantine holds, as reconcile needs it (see :func:`read_quarantine`)."""
 
-    Logs a warning naming how many are kept and the oldest's path when there are any:
-    counted as held, they are missing from the lake until someone looks at them.
-    """
+    event_ids: set[str]
+    """The ``X-Kirim-Event-Id`` of every kept delivery whose description names one."""
+    kept: int
+    """Deliveries kept (``.json`` descriptions found)."""
+    first: Path | None
+    """The oldest kept ``.body``, for an operator to start from."""
+    unreadable: list[Path] = field(default_factory=list)
+    """Descriptions that could not be read or parsed: their event ids are unknown."""
+
+    def notes(self) -> list[str]:
+        """What an operator should be told: nothing when the quarantine is empty."""
+        out: list[str] = []
+        if self.kept:
+            are = "delivery is" if self.kept == 1 else "deliveries are"
+            out.append(
+                f"{self.kept} {are} kept in quarantine, not in the lake (signed bodies that"
+                f" could not be parsed), counted as held, not replayed; the first: {self.first}"
+            )
+        if self.unreadable:
+            out.append(
+                f"{len(self.unreadable)} quarantine description(s) could not be read, so"
+                f" their events may be replayed again; the first: {self.unreadable[0]}"
+            )
+        return out
+
+
+def read_quarantine(data_dir: Path) -> Quarantined:
+    """Read every quarantined delivery's description (``.json``) under ``data_dir``:
+    events our endpoint acknowledged and kept, though not as rows of the lake."""
     ids: set[str] = set()
+    unreadable: list[Path] = []
     paths = sorted((data_dir / "quarantine").glob("*/*.json"))  # day folders, then time
     for path in paths:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            event_id = json.loads(path.read_text()).get("headers", {}).get("x-kirim-event-id")
-            if isinstance(event_id, str) and event_id:
-                ids.add(event_id)
-    if paths:
-        log.warning(
-            "%d deliver%s kept in quarantine, not in the lake (signed bodies that could not "
-            "be parsed); the first: %s",
-            len(paths),
-            "y is" if len(paths) == 1 else "ies are",
-            paths[0].with_suffix(".body"),
-        )
-    return ids
+        try:
+            headers = json.loads(path.read_text()).get("headers", {})
+            event_id = headers.get("x-kirim-event-id")
+        except (OSError, ValueError, AttributeError):
+            unreadable.append(path)
+            continue
+        if isinstance(event_id, str) and event_id:
+            ids.add(event_id)
+    first = paths[0].with_suffix(".body") if paths else None
+    return Quarantined(ids, len(paths), first, unreadable)
 
 
 def write_quarantine(

@@ -57,7 +57,7 @@ from kirim_events.client import KirimClient
 from kirim_events.errors import ConfigError
 from kirim_events.journal import Journal
 from kirim_events.journal_index import JournalView, KeyIndex, journal_path
-from kirim_events.journal_quarantine import quarantined_event_ids
+from kirim_events.journal_quarantine import read_quarantine
 from kirim_events.reconcile_lake import check_lake, in_lake, lost_from_lake
 from kirim_events.reconcile_recovery import (
     SENT_BY_KIRIM,
@@ -182,7 +182,9 @@ def reconcile(
         unindexed = scan.unindexed_acked()
         lake_keys, lake_ids = in_lake(lake, keys, [i for i in [*ids, *unindexed.values()] if i])
         # a quarantined delivery was acknowledged and kept: replaying it brings the same body
-        held_ids = lake_ids | quarantined_event_ids(root)
+        quarantine = read_quarantine(root)
+        report.notes.extend(quarantine.notes())
+        held_ids = lake_ids | quarantine.event_ids
         scan.lost_acked(unindexed, held_ids)
         missing = [
             m

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from kirim_events.atomicfile import replace_file
 from kirim_events.client import KirimClient
 from kirim_events.collect import Collector
 from kirim_events.config import Secret
@@ -192,8 +193,8 @@ async def _run(
         # Restart the collector: graceful stop (drain, flush), an outage, then start again.
         progress("collector restart", 0, 1)
         await served.stop()
-        # The port stays the demo's through the outage: bound, not listening, it refuses
-        # connections as a closed port does, and no other program can take it meanwhile.
+        # The port stays bound through the outage, not listening: it refuses connections as
+        # a closed port does, and a program that does not ask to share it cannot take it.
         collector_sock = listen_socket(HOST, port)
         stop_flusher.set()
         await flusher
@@ -356,7 +357,7 @@ def run_demo(
         _prepare(folder)
         marker = folder / DEMO_MARKER
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"seed": seed, "scale": scale}) + "\n")
+        replace_file(marker, json.dumps({"seed": seed, "scale": scale}) + "\n")
         progress = on_progress or (lambda stage, done, total: None)
 
         def go() -> DemoReport:
@@ -380,5 +381,7 @@ def run_demo(
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 report = pool.submit(go).result()
     sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
-    marker.write_text(json.dumps(sealed) + "\n")
+    # whole or not at all: a torn marker reads as unsealed, and the next run would clear
+    # the folder without checking what came in since
+    replace_file(marker, json.dumps(sealed) + "\n")
     return report

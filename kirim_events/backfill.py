@@ -94,11 +94,22 @@ SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes wi
 
 
 def check_order(
-    since: datetime, until: datetime, *, names: tuple[str, str] = ("since", "until")
+    since: datetime,
+    until: datetime | None,
+    *,
+    now: datetime | None = None,
+    names: tuple[str, str] = ("since", "until"),
 ) -> None:
-    """ConfigError unless ``since`` is before ``until``; ``names`` are what the caller
-    calls them (the CLI's flags)."""
-    if not since < until:
+    """ConfigError unless ``since`` is before ``until`` (None: now) and, with ``now``, before
+    now too, where Kirim's history ends; ``names`` are what the caller calls them (the
+    CLI's flags)."""
+    if now is not None and not since < now:
+        # not "must be before until (now)": an until that was not typed, or not that one
+        raise ConfigError(
+            f"{names[0]} ({format_time(since)}) is not in the past: Kirim's history ends now"
+            f" ({format_time(now)})"
+        )
+    if until is not None and not since < until:
         raise ConfigError(
             f"{names[0]} ({format_time(since)}) must be before {names[1]} ({format_time(until)})"
         )
@@ -673,7 +684,7 @@ def backfill(
     bounds = (_asked(since, lo), _asked(until, hi_asked))
     key = _run_key(*bounds, filters, client.account)
     path = root / "_state" / "backfill" / f"{key}.json"
-    check_order(lo, hi_given or start)  # before the lock makes a folder for a bad range
+    check_order(lo, hi_asked, now=start)  # before the lock makes a folder for a bad range
     with _run_lock(path):
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # a killed save's; ours alone
             with contextlib.suppress(OSError):

@@ -138,8 +138,9 @@ def reconcile(
         raise ConfigError(f"warn_days must be 0 to {PURGE_DAYS}, got {warn_days}")
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="since")
-    hi = start if until is None else min(parse_when(until, now=start, name="until"), start)
-    check_order(lo, hi)
+    asked = None if until is None else parse_when(until, now=start, name="until")
+    check_order(lo, asked, now=start)
+    hi = start if asked is None else min(asked, start)
     root = Path(data)
     if lake is None:
         from kirim_events.lake import Lake

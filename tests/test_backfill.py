@@ -424,6 +424,9 @@ def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path
     [
         ("yesterday-ish", None, r"^since 'yesterday-ish' is not a time"),
         ("2026-05-02", "2026-05-01", r"^since \(2026-05-02T00:00:00Z\) must be before until"),
+        # not blamed on an until capped at now, which was not typed, or not as that time
+        ("2099-01-01", "2099-02-01", r"^since \(2099-01-01T00:00:00Z\) is not in the past"),
+        ("2099-01-01", None, r"^since \(2099-01-01T00:00:00Z\) is not in the past"),
         ("2026-05-01", "13 o'clock", r"^until \"13 o'clock\" is not a time"),
         ("2026-02-30", None, r"^since '2026-02-30' is not a time"),
     ],

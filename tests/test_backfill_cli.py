@@ -414,6 +414,17 @@ def test_a_reversed_window_is_refused_alike_by_every_command(
     assert "--since (2026-11-30T00:00:00Z) must be before --until (2026-11-01" in result.output
 
 
+@pytest.mark.parametrize("command", [["backfill"], ["reconcile"]])
+def test_a_future_since_is_said_so_not_blamed_on_until(tmp_path: Path, command: list[str]) -> None:
+    # it said "--since (2099-01-01...) must be before --until (<now>)": an --until not typed
+    args = window_args(tmp_path, command, "2099-01-01", "2099-02-01")
+    result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
+    assert result.exit_code == 2, result.output
+    assert "--since (2099-01-01T00:00:00Z) is not in the past: Kirim's history ends now" in (
+        result.output
+    )
+
+
 @pytest.mark.parametrize("command", WINDOW_COMMANDS)
 @pytest.mark.parametrize("bad", ["since", "until"])
 def test_a_bad_time_is_named_by_its_flag(tmp_path: Path, command: list[str], bad: str) -> None:

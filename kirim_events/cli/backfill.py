@@ -152,7 +152,7 @@ def backfill_command(
         now = datetime.now(UTC)
         lo = parse_when(since, now=now, name="--since")
         hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, min(hi, now), names=_FLAGS)  # the library caps the range at now too
+        check_order(lo, hi, now=now, names=_FLAGS)  # the library caps the range at now too
     if hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
@@ -282,7 +282,7 @@ def reconcile_command(
         now = datetime.now(UTC)  # the flags are checked here, so that errors name them
         lo = parse_when(since, now=now, name="--since")
         hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, min(hi, now), names=_FLAGS)  # as reconcile() checks its range
+        check_order(lo, hi, now=now, names=_FLAGS)  # as reconcile() checks its range
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)

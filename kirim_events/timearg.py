@@ -21,7 +21,7 @@ TimeLike = datetime | date | str
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
-_SPAN = re.compile(r"^(\d{1,9})\s*([smhdw])$")
+_SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -62,8 +62,8 @@ def read_time(
         if span:
             try:
                 return now - timedelta(seconds=int(span.group(1)) * _UNITS[span.group(2)])
-            except OverflowError:  # before the first instant
-                return None
+            except (OverflowError, ValueError):  # before the first instant (ValueError:
+                return None  # more digits than int() reads, 4300)
     if _DATE.fullmatch(text):
         try:
             return read_time(date.fromisoformat(text), end_of_day=end_of_day)

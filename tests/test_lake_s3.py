@@ -15,6 +15,7 @@ from test_lake import T0, ev
 
 import kirim_events as ke
 from kirim_events.lake.compact import CompactionReport
+from kirim_events.lake.storage import Entry
 
 
 @pytest.fixture(scope="module")
@@ -291,5 +292,14 @@ def test_a_prefix_holding_other_things_is_not_an_s3_lake(s3_env: dict[str, str])
     # a new, empty prefix is a new lake; a lake stays one once seen
     assert ke.Lake("s3://lake/off/new", env=s3_env).events().collect().height == 0
     lake = ke.Lake("s3://lake/off/lake", env=s3_env)
+    listed: list[str] = []
+    list_dir = lake.storage.list_dir
+
+    def counting(rel: str) -> list[Entry]:
+        listed.append(rel)
+        return list_dir(rel)
+
+    lake.storage.list_dir = counting  # type: ignore[method-assign]
     assert lake.events().collect()["event_key"].to_list() == ["a"]
     assert lake.message_timelines().collect().height == 0
+    assert listed.count("") == 1  # the prefix's LIST, paid once per Lake

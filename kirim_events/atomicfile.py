@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TypeAlias
 
-__all__ = ["fsync_dir", "make_dirs", "move_file", "replace_file", "write_new"]
+__all__ = ["fsync_dir", "make_dirs", "move_file", "remove_quiet", "replace_file", "write_new"]
 
 _PathLike: TypeAlias = "str | os.PathLike[str]"
 
@@ -70,11 +70,14 @@ def _write_all(fd: int, data: bytes | str) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_new(path: _PathLike, data: bytes | str, *, fsync: bool = True) -> None:
+def write_new(
+    path: _PathLike, data: bytes | str, *, fsync: bool = True, sync_folder: bool = True
+) -> None:
     """Create ``path`` holding ``data`` (``str`` is written as UTF-8); refuse an existing file.
 
     Raises ``FileExistsError`` when ``path`` exists. A failed write removes the part written.
-    ``fsync=False`` skips both fsyncs, for callers that sync a batch themselves.
+    ``fsync=False`` skips both fsyncs, for callers that sync a batch themselves;
+    ``sync_folder=False`` only the folder's, for a temporary file renamed elsewhere later.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -85,9 +88,9 @@ def write_new(path: _PathLike, data: bytes | str, *, fsync: bool = True) -> None
         finally:
             os.close(fd)
     except BaseException:
-        _unlink_quiet(path)  # ours: O_EXCL made it
+        remove_quiet(path)  # ours: O_EXCL made it
         raise
-    if fsync:
+    if fsync and sync_folder:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
@@ -110,7 +113,7 @@ def replace_file(path: _PathLike, data: bytes | str) -> None:
             os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        _unlink_quiet(tmp)
+        remove_quiet(tmp)
         raise
     fsync_dir(folder)
 
@@ -125,6 +128,7 @@ def move_file(src: _PathLike, dst: _PathLike) -> None:
         fsync_dir(src_dir)  # else the old name may come back after a crash, beside the new
 
 
-def _unlink_quiet(path: _PathLike) -> None:
+def remove_quiet(path: _PathLike) -> None:
+    """Remove file ``path``; one that is already gone is not an error."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

@@ -102,6 +102,14 @@ def test_write_new_without_fsync_syncs_nothing(tmp_path: Path, synced: list[Path
     assert synced == []
 
 
+def test_write_new_of_a_temporary_file_syncs_it_not_its_folder(
+    tmp_path: Path, synced: list[Path]
+) -> None:
+    # the lake's staged files: renamed elsewhere at commit, whose folder is synced then
+    write_new(tmp_path / "a.tmp", b"body", sync_folder=False)
+    assert synced == [tmp_path / "a.tmp"]
+
+
 def test_move_file_fsyncs_both_folders(tmp_path: Path, synced: list[Path]) -> None:
     (tmp_path / "done").mkdir()
     src, dst = tmp_path / "run.json", tmp_path / "done" / "run-1.json"

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from kirim_events.atomicfile import fsync_dir, make_dirs
+from kirim_events.atomicfile import fsync_dir, make_dirs, remove_quiet, write_new
 from kirim_events.config import shown_url
 from kirim_events.errors import ConfigError, StorageError
 
@@ -206,11 +206,8 @@ class Storage:
             tmp_dir = self.full("_tmp")
             os.makedirs(tmp_dir, exist_ok=True)
             tmp = os.path.join(tmp_dir, uuid.uuid4().hex)
-            try:
-                _write_file(tmp, data, fsync=_SYNCFS is None)
-            except BaseException:
-                _unlink_quiet(tmp)
-                raise
+            # its folder needs no fsync: commit renames it elsewhere and syncs that folder
+            write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
             return Staged(rel, tmp)
 
     def commit(
@@ -244,7 +241,7 @@ class Storage:
         """Remove the temp files of staged files that were never committed."""
         for s in staged:
             if s.tmp is not None:
-                _unlink_quiet(s.tmp)
+                remove_quiet(s.tmp)
                 s.tmp = None
 
     def _sync_paths(self, folders: list[str]) -> None:
@@ -260,7 +257,7 @@ class Storage:
         path = self.full(rel)
         with _translate("delete", rel):
             if self.local:
-                _unlink_quiet(path)
+                remove_quiet(path)
                 return
             with suppress(FileNotFoundError):
                 self.fs.delete_file(path)
@@ -270,24 +267,6 @@ class Storage:
         if self.local and rels:
             with _translate("sync", rels[0]):
                 self._sync_paths([self.full(r) for r in rels])
-
-
-def _unlink_quiet(path: str) -> None:
-    with suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _find_syncfs() -> Callable[[int], int] | None:

@@ -3,7 +3,9 @@ or hold them back for a block that a stop must not cut in two.
 
 Every place that must not die on a stop (the CLI while its commands load, the collector
 while it starts and flushes, a backfill that stops cleanly on SIGTERM) catches the signals
-this way, so the handlers before it always come back, even when the block raises.
+this way, so the handlers before it always come back, even when the block raises. (The
+emulator's command, whose stop must run as a callback of its event loop, uses asyncio's
+``loop.add_signal_handler`` instead.)
 """
 
 from __future__ import annotations

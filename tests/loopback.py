@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from waiting import wait_until
 
 
 def free_port() -> int:
@@ -29,17 +30,26 @@ def serve(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
     """
     port = port or free_port()
     settings: dict[str, Any] = {"lifespan": "off", "log_level": "critical", **config}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **settings))
+    with running(uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **settings))):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def running(server: uvicorn.Server) -> Iterator[uvicorn.Server]:
+    """Run ``server`` in a thread once it has started; stop it on exit. Raises if it has not
+    started within 10 s, so a test never hangs waiting for it."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: server.started or not thread.is_alive(),
+            10,
+            interval=0.01,
+            what=f"uvicorn starting on port {server.config.port}",
+        )
+        if not server.started:
+            raise RuntimeError(f"uvicorn did not start on port {server.config.port}")
+        yield server
     finally:
         server.should_exit = True
         thread.join(timeout=10)

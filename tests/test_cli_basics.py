@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from waiting import wait_until
 
 import kirim_events
 from kirim_events.cli import app
@@ -107,6 +107,12 @@ def test_simple_mistakes_get_one_clear_error_and_no_traceback(
     assert not isinstance(result.exception, OSError)
 
 
+def _started(proc: subprocess.Popen[str]) -> bool:
+    """Whether ``main()`` runs in ``proc``: it catches SIGTERM first (fails once it ended)."""
+    assert proc.poll() is None, proc.communicate()
+    return _catches(proc.pid, signal.SIGTERM)
+
+
 def _catches(pid: int, sig: int) -> bool:
     """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -132,9 +138,7 @@ def test_a_stop_while_the_commands_load_ends_as_the_command_would(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        while not _catches(proc.pid, signal.SIGTERM):  # main() runs: it catches SIGTERM first
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.001)
+        wait_until(lambda: _started(proc), 60, interval=0.001, what="main() catching SIGTERM")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from loopback import closed_by_peer, free_port
+from waiting import wait_until
 
 import kirim_events as ke
 from kirim_events import testing
@@ -57,15 +58,16 @@ class Collector:
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
         STARTED.append(self)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.communicate()[1].decode()
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).is_success:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("collector did not become healthy")
+        wait_until(self._healthy, interval=0.05, what="a healthy collector")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, self.proc.communicate()[1].decode()
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).is_success
+        except httpx.TransportError:
+            return False
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
@@ -347,14 +349,6 @@ print("stopped, received", report.received)
 def _python(script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def accepting(port: int) -> bool:

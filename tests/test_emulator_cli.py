@@ -10,9 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import polars as pl
@@ -20,6 +19,7 @@ import pytest
 from loopback import fails_then_hangs, free_port, serve
 from typer.testing import CliRunner
 from virtualtime import run
+from waiting import wait_until
 
 import kirim_events
 from kirim_events.cli import app
@@ -29,7 +29,6 @@ from kirim_events.events import parse_delivery
 SECRET = "whsec_cli_test_secret"
 KEY = "kdv_live_" + "cli" * 8
 runner = CliRunner()
-T = TypeVar("T")
 
 
 class Receiver:
@@ -54,17 +53,6 @@ class Receiver:
             status = 401
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
-
-
-def poll(check: Callable[[], T | None], seconds: float, what: str) -> T:
-    """``check()``'s first truthy answer, asked again every 50 ms; fails after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.05)
 
 
 def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) -> None:
@@ -172,7 +160,6 @@ def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> Non
 
 def test_emulate_reads_a_span_ago_for_start() -> None:
     # --since 1d was read everywhere else; --start 1d was refused
-    import time
 
     assert abs(emulate_cli._start("1d", 10) - (time.time() - 86_400)) < 60
 
@@ -180,7 +167,6 @@ def test_emulate_reads_a_span_ago_for_start() -> None:
 @pytest.mark.parametrize(("seed", "events"), [(1, 1000), (7, 3000)])
 def test_the_default_start_ends_the_history_before_now(seed: int, events: int) -> None:
     """Kirim cannot have delivered an event before it happened, nor record it ahead of now."""
-    import time
 
     from kirim_events.emulator import Emulator, WorldConfig
 
@@ -248,12 +234,13 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
         return None
 
     try:
-        poll(lambda: any("sending done" in line for line in lines), 20, f"'sending done' {lines}")
+        wait_until(lambda: any("sending done" in line for line in lines), 20, interval=0.05,
+                   what=f"'sending done' {lines}")  # fmt: skip
         (serving,) = [line for line in lines if line.startswith("Kirim API emulator on")]
         port = int(serving.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
         assert port > 0
         base = f"http://127.0.0.1:{port}"
-        rows = poll(full_page, 15, f"full page of history {lines}")
+        rows = wait_until(full_page, 15, interval=0.05, what=f"full page of history {lines}")
         assert len(rows) == 100, lines
         assert all(row["payload"] for row in rows)
         denied = httpx.get(f"{base}/v1/webhook_deliveries")
@@ -297,7 +284,7 @@ def test_emulate_without_send_to_reports_the_history_it_serves() -> None:
 
     try:
         # the API answers while the history grows: wait for all of it (one row per event)
-        poll(lambda: served() == 40, 20, "history of 40 rows served")
+        wait_until(lambda: served() == 40, 20, interval=0.05, what="history of 40 rows served")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     finally:

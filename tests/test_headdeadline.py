@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from typing import Any
 
 import uvicorn
-from loopback import closed_by_peer, free_port, serve
+from loopback import closed_by_peer, free_port, running, serve
 
 from kirim_events.headdeadline import head_deadline_protocol
 
@@ -63,27 +62,19 @@ def test_a_client_that_never_reads_its_answers_is_let_go_and_its_slot_freed() ->
             http=head_deadline_protocol(1),
         )
     )  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        with socket.socket() as greedy:
-            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            greedy.connect(("127.0.0.1", port))
-            greedy.settimeout(0.05)
-            end = time.monotonic() + 4  # a request every 20 ms, well past the deadline
-            with contextlib.suppress(OSError):
-                while time.monotonic() < end:
-                    greedy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    time.sleep(0.02)
-            end = time.monotonic() + 10
-            state = server.server_state
-            # a finished task leaves the set in a callback the loop runs just after
-            while (state.connections or state.tasks) and time.monotonic() < end:
-                time.sleep(0.1)
-            assert not state.connections
-            assert not state.tasks
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running(server), socket.socket() as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.connect(("127.0.0.1", port))
+        greedy.settimeout(0.05)
+        end = time.monotonic() + 4  # a request every 20 ms, well past the deadline
+        with contextlib.suppress(OSError):
+            while time.monotonic() < end:
+                greedy.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                time.sleep(0.02)
+        end = time.monotonic() + 10
+        state = server.server_state
+        # a finished task leaves the set in a callback the loop runs just after
+        while (state.connections or state.tasks) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not state.connections
+        assert not state.tasks

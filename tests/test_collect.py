@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -33,7 +34,8 @@ PATH = "/webhooks/kirim"
 
 
 class Collector:
-    """``kirim-events collect`` in a child process on a loopback port."""
+    """``kirim-events collect`` in a child process on a loopback port; a thread collects
+    its stderr as it comes, so a test can wait for a line."""
 
     def __init__(
         self,
@@ -48,6 +50,8 @@ class Collector:
         self.env, self.args = env or {}, args
         self.url = f"http://127.0.0.1:{port}{PATH}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self) -> Collector:
         env = {**os.environ, "KIRIM_WEBHOOK_SECRET": f"whsec_old,{SECRET}", **self.env}
@@ -55,15 +59,18 @@ class Collector:
         cmd += ["--port", str(self.port), "--flush-interval", str(self.flush_interval)]
         cmd += self.args
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
         STARTED.append(self)
         wait_until(self._healthy, interval=0.05, what="a healthy collector")
         return self
 
     def _healthy(self) -> bool:
         assert self.proc is not None
-        assert self.proc.poll() is None, self.proc.communicate()[1].decode()
+        assert self.proc.poll() is None, self.ended()
         try:
             return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).is_success
         except httpx.TransportError:
@@ -72,8 +79,22 @@ class Collector:
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, err.decode()
+        self.proc.wait(timeout=60)
+        return self.proc.returncode, self.ended()
+
+    def stderr(self) -> str:
+        """What the collector wrote on stderr so far."""
+        return "".join(self.lines)
+
+    def ended(self) -> str:
+        """All it wrote on stderr, once it has ended."""
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        return self.stderr()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            self.lines.append(line.decode())
 
 
 STARTED: list[Collector] = []
@@ -88,7 +109,7 @@ def no_collector_left() -> Iterator[None]:
         c = STARTED.pop()
         if c.proc is not None and c.proc.poll() is None:
             c.proc.kill()
-            c.proc.communicate()
+            c.proc.wait()
 
 
 @pytest.fixture
@@ -235,7 +256,8 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(tmp_path: Pa
         with contextlib.suppress(OSError):  # the server stops reading once its buffer is full
             for _ in range(50):
                 greedy.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
-        time.sleep(4)  # not reading, four times the deadline
+        # not reading: the collector lets it go once its answers wait past the deadline
+        wait_until(lambda: "closed the connection of" in c.stderr(), 15, what="it let go")
         greedy.settimeout(30)
         received = 0
         with contextlib.suppress(ConnectionResetError):  # closed with answers unread

@@ -294,10 +294,29 @@ def test_a_second_signal_during_a_last_flush_still_exits_0_with_everything_flush
     # A lake whose write sends the process SIGTERM: a second signal had killed the final
     # flush, or the wait for a periodic flush running when the server stopped (exit -15).
     script = f'''
-import os, signal, sys, threading, time, httpx
+import importlib, os, signal, sys, threading, time, httpx
 import kirim_events as ke
 from kirim_events import testing
+collect_module = importlib.import_module("kirim_events.collect")  # ke.collect is the function
 PERIODIC = {flush == "periodic"}
+
+class Outside(collect_module._SignalsOutsideServing):
+    """collect's own signal handler, counting the signals it took once serving stopped."""
+    def __init__(self):
+        super().__init__()
+        self.while_stopping = 0
+        OUTSIDE.append(self)
+    def __call__(self, sig, frame):
+        super().__call__(sig, frame)
+        self.while_stopping += self.stopping
+OUTSIDE = []
+collect_module._SignalsOutsideServing = Outside
+
+def wait_until(condition):
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "never came"
+        time.sleep(0.01)
 
 class SignalledLake:
     def __init__(self):
@@ -307,9 +326,9 @@ class SignalledLake:
         self.writes += 1
         os.kill(os.getpid(), signal.SIGTERM)
         if PERIODIC and self.writes == 1:  # the server stops while this flush runs...
-            time.sleep(0.5)
+            wait_until(lambda: OUTSIDE[0].stopping)
             os.kill(os.getpid(), signal.SIGTERM)  # ... and a second signal comes
-            time.sleep(0.5)
+            wait_until(lambda: OUTSIDE[0].while_stopping)  # taken before the flush ends
         return self.lake.write_events(table)
     def write_deliveries(self, rows):
         return self.lake.write_deliveries(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from kirim_events import testing
 from kirim_events.errors import StorageError
@@ -192,22 +194,37 @@ class _SecondFlusherDuringWrite(_Sink):
         super().__init__(lake)
         self.a, self.late = a, late
         self.other = threading.Thread(target=lambda: b.flush(lake))
+        self.other_locking = threading.Event()  # b asks for the lock a holds: it will wait
+
+    def flock(self, fd: int, operation: int) -> None:
+        """``fcntl.flock``, noting when the other flusher asks for an exclusive lock."""
+        if threading.current_thread() is self.other and operation == fcntl.LOCK_EX:
+            self.other_locking.set()
+        FLOCK(fd, operation)
 
     def before(self, table: Any) -> None:
         if self.late:
             self.other.start()
-            self.other.join(timeout=0.5)  # without a lock across processes it empties the inbox
+            # b waits for the lock, or (with no lock across processes) empties the inbox
+            wait_until(lambda: self.other_locking.is_set() or not self.other.is_alive(),
+                       what="the other flusher at the lock or done")  # fmt: skip
             assert self.a.append(self.late) == [True]  # acknowledged: must reach the lake
             self.late = []
 
 
-def test_two_flushers_on_one_journal_lose_no_acknowledged_event(tmp_path: Path) -> None:
+FLOCK = fcntl.flock
+
+
+def test_two_flushers_on_one_journal_lose_no_acknowledged_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = Lake(tmp_path)
     early = [r for i in range(3) for r in records(testing.kirim_event(rng=random.Random(i)))]
     late = records(testing.kirim_event(rng=random.Random(99)))
     with Journal(tmp_path) as a, Journal(tmp_path) as b:
         a.append(early)
         sink = _SecondFlusherDuringWrite(lake, a, b, late)
+        monkeypatch.setattr(fcntl, "flock", sink.flock)
         assert a.flush(sink).events == 3
         sink.other.join(timeout=30)
         assert not sink.other.is_alive()

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import virtualtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loopback import serve
@@ -269,7 +270,8 @@ async def test_size_limit_is_enforced_while_streaming(receiver: Receiver, journa
     assert lake_after_flush(journal).events().collect().height == 0
 
 
-async def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Journal) -> None:
+def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Journal) -> None:
+    # on virtual time: the deadline passes, and the 30 s stall lasts, in no real time
     receiver = Receiver(journal, [SECRET], body_timeout=0.2, now=lambda: NOW)
     req = signed()
 
@@ -278,9 +280,16 @@ async def test_a_body_that_trickles_in_gets_408_which_kirim_retries(journal: Jou
         await asyncio.sleep(30)  # the answer must not wait for this
         yield req.body[10:]
 
-    async with client(receiver) as c:
-        resp = await asyncio.wait_for(c.post(PATH, content=trickle(), headers=req.headers), 10)
+    async def post() -> tuple[httpx.Response, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        async with client(receiver) as c:
+            resp = await c.post(PATH, content=trickle(), headers=req.headers)
+        return resp, loop.time() - start
+
+    resp, after = virtualtime.run(post())
     assert (resp.status_code, resp.json()["reason"]) == (408, "body_timeout")
+    assert 0.2 <= after <= 1.2  # the deadline, up to a second late; not the stall's end
     lake = lake_after_flush(journal)
     assert lake.events().collect().height == 0
     assert lake.deliveries().collect()["reason"].to_list() == ["body_timeout"]

@@ -2,6 +2,9 @@
 
 A timer fires as soon as nothing else is ready, so a 30 s sleep takes no real time, and what
 happens at which instant is fixed: a test sleeps to a chosen instant and looks.
+
+Work in other threads (a journal's writer) is not waited for while a timer is pending: the
+loop moves on to the timer. Only with no timer left does it wait for their answer, for real.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+REAL_WAIT = 30.0
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -26,8 +30,11 @@ class _JumpingSelector(selectors.DefaultSelector):
         ready = super().select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:
-            raise RuntimeError("the loop would wait for ever: nothing ready, no timer")
+        if timeout is None:  # no timer: only another thread's answer can wake the loop
+            ready = super().select(REAL_WAIT)
+            if not ready:
+                raise RuntimeError(f"no timer, and nothing came in {REAL_WAIT} s: a deadlock")
+            return ready
         # onto the timer itself: far from 0 (a unix time), now + (when - now) can fall short
         # of when by a rounding step, and the timer would never come due
         timers = self._loop._scheduled  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import virtualtime
 from loopback import fails_then_hangs, serve
 
 import kirim_events
@@ -310,7 +311,7 @@ def test_timeouts_and_connection_errors_are_retried() -> None:
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             self.requests.append(({}, b""))
             if len(self.requests) == 1:
-                await asyncio.sleep(1.0)  # longer than the engine's timeout
+                await asyncio.sleep(1.0)  # longer than the engine's timeout (virtual time)
             if len(self.requests) == 2:
                 raise httpx.ConnectError("refused")
             await receive()
@@ -325,7 +326,7 @@ def test_timeouts_and_connection_errors_are_retried() -> None:
         engine=EngineConfig(concurrency=1, timeout=0.25),
     )
     emu.subscribe(URL)
-    _run(emu.send(1, transport=httpx.ASGITransport(app=Flaky())))
+    virtualtime.run(emu.send(1, transport=httpx.ASGITransport(app=Flaky())))
     outcomes = [(a.outcome, a.error is not None) for a in emu.store.attempts]
     assert outcomes == [("retry", True), ("retry", True), ("succeeded", False)]
     assert "timeout" in (emu.store.attempts[0].error or "")
@@ -506,6 +507,8 @@ def test_a_slow_loopback_receiver_times_out_and_is_retried() -> None:
         await receive()
         calls.append(time.monotonic())
         if len(calls) == 1:
+            # real seconds: here the timeout over a real socket is the behaviour (on virtual
+            # time, in-process: test_timeouts_and_connection_errors_are_retried)
             await asyncio.sleep(2.0)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})

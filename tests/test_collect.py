@@ -280,6 +280,8 @@ def test_a_request_head_in_time_is_served_however_long_the_connection_lives(
         for _ in range(5):
             req = testing.signed_request(testing.kirim_event(), SECRET)
             assert client.post(c.url, content=req.body, headers=req.headers).status_code == 200
+            # real seconds on purpose: the connection must outlive the deadline, and no clock
+            # reaches into the child process
             time.sleep(0.6)
     code, stderr = c.stop()
     assert code == 0, stderr
@@ -447,7 +449,7 @@ class RetryingSender:
                         self.failures += 1
                         if i not in self.acked:
                             self.pending.append(i)
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing: the traffic spans the kills, as Kirim's would
 
 
 def test_sigkill_at_random_instants_loses_no_acknowledged_event(collector: Collector) -> None:
@@ -460,6 +462,7 @@ def test_sigkill_at_random_instants_loses_no_acknowledged_event(collector: Colle
     for t in threads:
         t.start()
     for _ in range(4):
+        # real, random instants on purpose: a kill may land anywhere in a request or a flush
         time.sleep(kills.uniform(0.2, 1.2))
         assert collector.proc is not None
         collector.proc.kill()  # SIGKILL: no handler runs

@@ -567,7 +567,7 @@ def test_another_writer_holding_the_lock_never_blocks_the_event_loop(tmp_path: P
                 await asyncio.sleep(0.01)
             turns_while_waiting = 0
             for _ in range(5):  # the loop keeps turning while the writer waits for the lock
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # real turns: a loop frozen in BEGIN would not come back
                 turns_while_waiting += not append.done()
             other.execute("COMMIT")
             return turns_while_waiting, await asyncio.wait_for(append, 30)

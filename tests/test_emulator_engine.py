@@ -23,6 +23,7 @@ from kirim_events.emulator import (
     WorldConfig,
     retry_delay,
 )
+from kirim_events.emulator.engine import STOP_GRACE
 from kirim_events.errors import ConfigError, SignatureMismatch
 from kirim_events.events import parse_delivery
 
@@ -645,19 +646,27 @@ def test_a_stop_cuts_short_an_attempt_a_hung_handler_holds(stops: int) -> None:
     hung = fails_then_hangs(500, b"boom", arrived)  # the first attempt fails; the retry hangs
 
     async def main() -> Any:
+        loop = asyncio.get_running_loop()
         config = EngineConfig(timeout=30, time_compression=10_000)
-        emu = Emulator(seed=2, secrets=SECRET, engine=config)
+        emu = Emulator(seed=2, secrets=SECRET, engine=config, clock=loop.time)
         emu.subscribe(URL)
         sending = asyncio.ensure_future(
             emu.send(1, transport=httpx.ASGITransport(app=hung), forever=True)
         )
-        await asyncio.wait_for(arrived.wait(), 10)
+        await arrived.wait()
+        stopped = loop.time()
         for _ in range(stops):
             emu.stop()
-        report = await asyncio.wait_for(sending, 10)  # not the 30 s timeout
-        return emu, report
+        report = await sending
+        return emu, report, loop.time() - stopped
 
-    emu, report = _run(main())
+    # on virtual time: the grace and the 30 s timeout pass in no real time, at fixed instants
+    emu, report, after = virtualtime.run(main(), start=1_790_000_000.0)
+    # one stop gives the attempt its grace, a second cuts it short; never the 30 s timeout
+    if stops == 2:
+        assert after < STOP_GRACE
+    else:
+        assert STOP_GRACE <= after < 30
     assert report.interrupted == 1
     (row,) = emu.store.deliveries
     assert (row.status, row.error, row.attempt) == (

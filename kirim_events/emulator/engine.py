@@ -300,8 +300,10 @@ class DeliveryEngine:
                 elif delay is None:
                     await asyncio.sleep(0)
         finally:
-            deadline = time.monotonic() + STOP_GRACE
-            while inflight and not self._abort and time.monotonic() < deadline:
+            # on the loop's clock (monotonic too), so a test on virtual time sees the grace
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_GRACE
+            while inflight and not self._abort and loop.time() < deadline:
                 _, inflight = await asyncio.wait(inflight, timeout=0.05)
             for task in inflight:  # a hung handler must not hold the stop for --timeout
                 task.cancel()

@@ -61,8 +61,10 @@ class Collector:
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
-        self.lines = []
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        self.lines = []  # a new list: the reader of a killed run may still add to its own
+        self._reader = threading.Thread(
+            target=_read_lines, args=(self.proc.stderr, self.lines), daemon=True
+        )
         self._reader.start()
         STARTED.append(self)
         wait_until(self._healthy, interval=0.05, what="a healthy collector")
@@ -92,9 +94,10 @@ class Collector:
             self._reader.join(timeout=10)
         return self.stderr()
 
-    def _read(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self.lines.append(line.decode())
+
+def _read_lines(stream: IO[bytes], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line.decode())
 
 
 STARTED: list[Collector] = []

@@ -287,11 +287,7 @@ class DeliveryEngine:
                     wake_at.append(next_emit)
                 delay = max(0.0, min(wake_at) - now) if wake_at else None
                 if inflight:
-                    done, inflight = await asyncio.wait(
-                        inflight,
-                        timeout=min(delay, 0.5) if delay is not None else 0.5,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    done, inflight = await self._settle(inflight, delay)
                     for task in done:
                         if task.exception() is not None:
                             self.report.errors.append(repr(task.exception()))
@@ -304,12 +300,34 @@ class DeliveryEngine:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_GRACE
             while inflight and not self._abort and loop.time() < deadline:
-                _, inflight = await asyncio.wait(inflight, timeout=0.05)
+                _, inflight = await self._settle(inflight, deadline - loop.time(), abort=True)
             for task in inflight:  # a hung handler must not hold the stop for --timeout
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
             self.report.interrupted += len(inflight)
         return self.report
+
+    async def _settle(
+        self, inflight: set[asyncio.Task[None]], delay: float | None, *, abort: bool = False
+    ) -> tuple[set[asyncio.Task[None]], set[asyncio.Task[None]]]:
+        """Wait until an attempt in flight ends, ``delay`` passes (0.5 s at most) or
+        :meth:`stop` is called (with ``abort``: called again); return the ended attempts
+        and the others. A stop is seen at once, not at the next half second."""
+        assert self._wake is not None
+        self._wake.clear()
+        if self._abort if abort else self._stopping:  # asked before the clear
+            return set(), inflight
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {*inflight, woken},
+                timeout=min(delay, 0.5) if delay is not None else 0.5,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            woken.cancel()
+        ended = inflight & done
+        return ended, inflight - ended
 
     async def _wait(self, delay: float) -> None:
         if self._sleep is not None:

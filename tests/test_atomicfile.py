@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,22 +10,6 @@ import pytest
 from kirim_events.atomicfile import fsync_dir, make_dirs, move_file, replace_file, write_new
 
 UNENCODABLE = "half a pair: \ud800"  # str.encode() raises on it, after the file is opened
-
-
-@pytest.fixture
-def synced(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every path os.fsync is called on, in order (read back from /proc: Linux only)."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("reads fsync'd paths from /proc/self/fd")
-    seen: list[Path] = []
-    real: Callable[[int], None] = os.fsync
-
-    def fsync(fd: int) -> None:
-        seen.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return seen
 
 
 def names(folder: Path) -> list[str]:

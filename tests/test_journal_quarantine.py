@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from kirim_events.journal_quarantine import read_quarantine, write_quarantine
 
 
@@ -46,25 +44,12 @@ def test_an_empty_quarantine_says_nothing(tmp_path: Path) -> None:
     assert (kept.event_ids, kept.kept, kept.first, kept.notes()) == (set(), 0, None, [])
 
 
-def test_each_write_fsyncs_the_folders_above_its_day(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_each_write_fsyncs_the_folders_above_its_day(tmp_path: Path, synced: list[Path]) -> None:
     # not only when the day's folder is new: one made by a writer that died before its
     # fsync would otherwise never be made durable
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("reads fsync'd paths from /proc/self/fd")
     when = datetime(2026, 5, 1, 9, tzinfo=UTC)
     (tmp_path / "quarantine" / "2026-05-01").mkdir(parents=True)  # made before, by another
-    synced: set[Path] = set()
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.add(Path(os.readlink(f"/proc/self/fd/{fd}")))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced.clear()
     write_quarantine(tmp_path, b"{}", {}, "bad_signature", when)
-    assert {tmp_path, tmp_path / "quarantine", tmp_path / "quarantine" / "2026-05-01"} <= synced
+    day = tmp_path / "quarantine" / "2026-05-01"
+    assert {tmp_path, tmp_path / "quarantine", day} <= set(synced)

@@ -6,12 +6,12 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
-from types import FrameType
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+from spies import Seen
 
 from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
@@ -37,30 +37,6 @@ class Hello:
             await self.hold.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"hello"})
-
-
-class Seen:
-    """A signal handler that notes what it got."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-
-    def __call__(self, sig: int, frame: FrameType | None) -> None:
-        self.signals.append(sig)
-
-
-@pytest.fixture
-def before() -> Iterator[Seen]:
-    """A known handler on SIGINT and SIGTERM for the test; the runner's own come back after."""
-    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    handler = Seen()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    try:
-        yield handler
-    finally:
-        for sig, was in saved.items():
-            signal.signal(sig, was)
 
 
 def refused(port: int) -> bool:

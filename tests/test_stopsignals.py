@@ -6,36 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from types import FrameType
 
 import pytest
+from spies import Seen
 
 from kirim_events.stopsignals import STOP_SIGNALS, handling, held
-
-
-class Seen:
-    """A signal handler that notes what it got."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-
-    def __call__(self, sig: int, frame: FrameType | None) -> None:
-        self.signals.append(sig)
-
-
-@pytest.fixture
-def before() -> Iterator[Seen]:
-    """A known handler on SIGINT and SIGTERM for the test; the runner's own come back after."""
-    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    handler = Seen()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    try:
-        yield handler
-    finally:
-        for sig, was in saved.items():
-            signal.signal(sig, was)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

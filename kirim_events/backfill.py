@@ -663,9 +663,9 @@ def backfill(
     >>> report = backfill("data", client=client, since="7d")  # doctest: +SKIP
     """
     if not 1 <= slices <= 64:
-        raise ConfigError("slices must be 1-64")
+        raise ConfigError(f"slices must be 1 to 64, got {slices}")
     if not 1 <= page_size <= 100:
-        raise ConfigError("page size must be 1-100")
+        raise ConfigError(f"page_size must be 1 to 100 (Kirim's limit), got {page_size}")
     start = datetime.fromtimestamp(now(), UTC)
     lo = parse_when(since, now=start, name="since")
     hi_asked = None if until is None else parse_when(until, now=start, name="until")

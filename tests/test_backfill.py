@@ -418,6 +418,24 @@ def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"slices": 0}, r"^slices must be 1 to 64, got 0$"),
+        ({"slices": 65}, r"^slices must be 1 to 64, got 65$"),
+        ({"page_size": 0}, r"^page_size must be 1 to 100 \(Kirim's limit\), got 0$"),
+        ({"page_size": 101}, r"^page_size must be 1 to 100 \(Kirim's limit\), got 101$"),
+    ],
+)
+def test_bad_sizes_are_config_errors_naming_the_argument(
+    tmp_path: Path, kwargs: dict[str, int], message: str
+) -> None:
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(lambda r: 1 / 0))
+    with pytest.raises(ConfigError, match=message):
+        backfill(tmp_path, client=client, since="1d", **kwargs)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("since", "until", "message"),
     [
         ("yesterday-ish", None, r"^since 'yesterday-ish' is not a time"),

@@ -123,6 +123,7 @@ async def _run(
     progress: ProgressCallback,
     api_sock: socket.socket,
     collector_sock: socket.socket,
+    opened: list[Collector | socket.socket],
 ) -> DemoReport:
     started = time.monotonic()
     report = DemoReport(data_dir=data_dir)
@@ -160,6 +161,7 @@ async def _run(
     port = collector_sock.getsockname()[1]
     url = f"http://{HOST}:{port}{WEBHOOK_PATH}"
     collector = Collector(data_dir, [old_secret], flush_interval=1.0)
+    opened.append(collector)
     served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
     await served.start()
     stop_flusher = asyncio.Event()
@@ -196,6 +198,7 @@ async def _run(
         # The port stays bound through the outage, not listening: it refuses connections as
         # a closed port does, and a program that does not ask to share it cannot take it.
         collector_sock = listen_socket(HOST, port)
+        opened.append(collector_sock)
         stop_flusher.set()
         await flusher
         collector.flush()
@@ -206,6 +209,7 @@ async def _run(
         await _deliver(emu, _take(world, outage_events), client, progress, n_events)
         report.outage_events = len(emu.truth) - before
         collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
+        opened.append(collector)
         served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
         await served.start()
         stop_flusher = asyncio.Event()
@@ -361,16 +365,24 @@ def run_demo(
         progress = on_progress or (lambda stage, done, total: None)
 
         def go() -> DemoReport:
-            return asyncio.run(
-                _run(
-                    folder,
-                    scale=scale,
-                    seed=seed,
-                    progress=progress,
-                    api_sock=api_sock,
-                    collector_sock=collector_sock,
+            opened: list[Collector | socket.socket] = []
+            try:
+                return asyncio.run(
+                    _run(
+                        folder,
+                        scale=scale,
+                        seed=seed,
+                        progress=progress,
+                        api_sock=api_sock,
+                        collector_sock=collector_sock,
+                        opened=opened,
+                    )
                 )
-            )
+            finally:
+                # a run that failed half way leaves no journal thread, database or port
+                # open behind it (a notebook kernel lives on); closing twice is harmless
+                for thing in reversed(opened):
+                    thing.close()
 
         try:
             asyncio.get_running_loop()

@@ -7,14 +7,14 @@ import math
 import socket
 import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import duckdb
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from kirim_events import Lake, testing
+from kirim_events import Lake, demo, testing
 from kirim_events.cli import app
 from kirim_events.demo import DemoReport, run_demo
 from kirim_events.errors import ConfigError
@@ -62,8 +62,34 @@ def test_demo_cli(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_bad_scale(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0"])
-    assert result.exit_code != 0
-    assert not any(tmp_path.glob("events/**/*.parquet"))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--scale'" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_failing_half_way_leaves_nothing_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # in a notebook kernel, which lives on, a failed run left its collector's journal
+    # thread and database open
+    def journals() -> int:
+        return sum(t.name == "kirim-journal" and t.is_alive() for t in threading.enumerate())
+
+    deliver = demo._deliver
+    calls: list[int] = []
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(journals())
+        if len(calls) == 3:  # the day's last part, the restarted collector serving it
+            raise RuntimeError("sending broke")
+        return await deliver(*args, **kwargs)
+
+    before = journals()
+    monkeypatch.setattr(demo, "_deliver", broken)
+    with pytest.raises(RuntimeError, match="sending broke"):
+        run_demo(tmp_path / "data", scale=0.05)
+    assert calls[2] == before + 1  # its journal was open when the run failed
+    assert journals() == before
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, -math.inf])

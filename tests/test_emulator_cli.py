@@ -161,7 +161,10 @@ def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> Non
 def test_emulate_reads_a_span_ago_for_start() -> None:
     # --since 1d was read everywhere else; --start 1d was refused
 
-    assert abs(emulate_cli._start("1d", 10) - (time.time() - 86_400)) < 60
+    assert emulate_cli._start("1d", 10, now=1_767_225_600.5) == 1_767_225_600 - 86_400
+    assert emulate_cli._start(None, 10, now=1_767_225_600.5) == (
+        1_767_225_600 - 10 - emulate_cli._END_MARGIN
+    )
 
 
 @pytest.mark.parametrize(("seed", "events"), [(1, 1000), (7, 3000)])

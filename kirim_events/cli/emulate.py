@@ -53,11 +53,14 @@ def _world_span(config: WorldConfig, seed: int, events: int) -> int:
                default=0)  # fmt: skip
 
 
-def _start(value: str | None, span: int) -> int:
+def _start(value: str | None, span: int, *, now: float | None = None) -> int:
+    """The world's first instant (unix seconds): ``--start`` as given, or by default early
+    enough that its ``span`` seconds end ``_END_MARGIN`` before ``now``."""
+    at = time.time() if now is None else now
     if value is None:
-        return int(time.time()) - span - _END_MARGIN
+        return int(at) - span - _END_MARGIN
     # as --since / --until read theirs: a date, ISO-8601, or a span ago; no unix seconds
-    parsed = parse_when(value, now=datetime.now(UTC), name="--start")
+    parsed = parse_when(value, now=datetime.fromtimestamp(at, UTC), name="--start")
     if not 1970 <= parsed.year <= 9000:  # the world runs on from it, in Kirim's time format
         raise ConfigError(f"--start must be between 1970 and 9000, got {value!r}")
     return int(parsed.timestamp())

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kirim_events.atomicfile import make_dirs
+from kirim_events.atomicfile import fsync_dir, make_dirs
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
@@ -193,6 +193,9 @@ class Journal(KeyIndex):
             # not DATA/ above it, and a journal's name lost to a power loss loses webhooks
             # that Kirim was told were stored
             make_dirs(self.path.parent)
+            # and again at each open: a first start that died before its fsync left the
+            # name of _journal/ unsynced, and make_dirs does nothing for a folder that exists
+            fsync_dir(self.path.parent.parent)
             self._conn = self._open()
             self._backlog: int = self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
             self._file = _identity(self.path)

@@ -414,7 +414,7 @@ def test_a_reversed_window_is_refused_alike_by_every_command(
     assert "--since (2026-11-30T00:00:00Z) must be before --until (2026-11-01" in result.output
 
 
-@pytest.mark.parametrize("command", [["backfill"], ["reconcile"]])
+@pytest.mark.parametrize("command", WINDOW_COMMANDS)
 def test_a_future_since_is_said_so_not_blamed_on_until(tmp_path: Path, command: list[str]) -> None:
     # it said "--since (2099-01-01...) must be before --until (<now>)": an --until not typed
     args = window_args(tmp_path, command, "2099-01-01", "2099-02-01")

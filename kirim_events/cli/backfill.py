@@ -387,7 +387,7 @@ def deliveries_list(
         after = None if since is None else parse_when(since, now=now, name="--since")
         before = None if until is None else parse_when(until, now=now, name="--until")
         if after is not None:
-            check_order(after, now if before is None else before, names=_FLAGS)
+            check_order(after, before, now=now, names=_FLAGS)
         shown: list[Delivery] = []
         pages = client.iter_pages(
             limit=min(100, limit), status=status, event_type=event_type,
@@ -470,8 +470,9 @@ def deliveries_bulk_replay(
         if status not in {"dead", "failed"}:
             raise ConfigError("--status must be 'dead' or 'failed'")
         lo = parse_when(since, now=now, name="--since")
-        hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, hi, names=_FLAGS)
+        asked = None if until is None else parse_when(until, now=now, name="--until")
+        check_order(lo, asked, now=now, names=_FLAGS)
+        hi = now if asked is None else asked
         report = ReconcileReport(since=lo, until=hi, dry_run=False)
         window = BulkWindow(subscription_id, status, lo, hi, 0)
         bulk_replay_window(client, window, report, event_type=event_type)

@@ -96,8 +96,9 @@ class Collector:
 
 
 def _read_lines(stream: IO[bytes], lines: list[str]) -> None:
-    for line in stream:
-        lines.append(line.decode())
+    with stream:  # closed at its end: the pipe is the reader's alone
+        for line in stream:
+            lines.append(line.decode())
 
 
 STARTED: list[Collector] = []

@@ -741,3 +741,42 @@ def test_the_same_seed_duplicates_and_holds_back_the_same_deliveries() -> None:
     assert first == again
     # nor the URL: a handler on another (free) port is broken the same way
     assert run(1_790_000_000.0, URL.replace("://", "://other.") + "/elsewhere") == first
+
+
+def test_an_attempt_failing_in_the_stop_grace_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the grace loop threw the attempts that ended in it away: a bug of ours raised there
+    # went to asyncio's "exception never retrieved", not to the report's errors
+    from kirim_events.emulator import engine as engine_module
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+    broken = [False]
+    real_rng = engine_module.delivery_rng
+
+    def rng(*args: Any) -> Any:
+        if broken[0]:
+            raise RuntimeError("a bug after the answer")
+        return real_rng(*args)
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        arrived.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setattr(engine_module, "delivery_rng", rng)
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        emu = Emulator(seed=2, secrets=SECRET, engine=EngineConfig(timeout=30), clock=loop.time)
+        emu.subscribe(URL)
+        sending = asyncio.ensure_future(
+            emu.send(1, transport=httpx.ASGITransport(app=slow), forever=True)
+        )
+        await arrived.wait()
+        emu.stop()
+        broken[0] = True
+        release.set()  # the attempt ends within the grace, and raises
+        return await sending
+
+    report = virtualtime.run(main(), start=1_790_000_000.0)
+    assert report.errors == ["RuntimeError('a bug after the answer')"]

@@ -288,9 +288,7 @@ class DeliveryEngine:
                 delay = max(0.0, min(wake_at) - now) if wake_at else None
                 if inflight:
                     done, inflight = await self._settle(inflight, delay)
-                    for task in done:
-                        if task.exception() is not None:
-                            self.report.errors.append(repr(task.exception()))
+                    self._note_errors(done)
                 elif delay is not None and delay > 0:
                     await self._wait(delay)
                 elif delay is None:
@@ -300,12 +298,19 @@ class DeliveryEngine:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_GRACE
             while inflight and not self._abort and loop.time() < deadline:
-                _, inflight = await self._settle(inflight, deadline - loop.time(), abort=True)
+                done, inflight = await self._settle(inflight, deadline - loop.time(), abort=True)
+                self._note_errors(done)  # an attempt ending in the grace may have failed too
             for task in inflight:  # a hung handler must not hold the stop for --timeout
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
             self.report.interrupted += len(inflight)
         return self.report
+
+    def _note_errors(self, done: set[asyncio.Task[None]]) -> None:
+        """Report the attempts of ``done`` that raised (a bug of ours, not a failed send)."""
+        for task in done:
+            if task.exception() is not None:
+                self.report.errors.append(repr(task.exception()))
 
     async def _settle(
         self, inflight: set[asyncio.Task[None]], delay: float | None, *, abort: bool = False

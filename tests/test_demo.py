@@ -84,12 +84,23 @@ def test_a_demo_failing_half_way_leaves_nothing_open(
             raise RuntimeError("sending broke")
         return await deliver(*args, **kwargs)
 
+    bound: list[socket.socket] = []
+    listen = demo.listen_socket
+
+    def listening(host: str, port: int) -> socket.socket:
+        bound.append(listen(host, port))
+        return bound[-1]
+
     before = journals()
     monkeypatch.setattr(demo, "_deliver", broken)
+    monkeypatch.setattr(demo, "listen_socket", listening)
     with pytest.raises(RuntimeError, match="sending broke"):
         run_demo(tmp_path / "data", scale=0.05)
     assert calls[2] == before + 1  # its journal was open when the run failed
     assert journals() == before
+    # both ports, and the collector's bound again after its outage, are let go
+    assert len(bound) == 3
+    assert [s.fileno() for s in bound] == [-1, -1, -1]
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, -math.inf])

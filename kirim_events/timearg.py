@@ -78,6 +78,13 @@ def read_time(
         return None
 
 
+def _shown(value: object) -> str:
+    """``value`` as an error quotes it: its repr, cut to 60 characters (a mistyped span of
+    thousands of digits made an error of thousands of characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def is_span(text: str) -> bool:
     """``text`` (stripped, lower case) is a span ago such as ``12h`` or ``7d``."""
     return _SPAN.match(text) is not None
@@ -95,11 +102,11 @@ def to_utc(
     if when is not None:
         return when
     if isinstance(value, datetime) and value == value:  # not NaT: a real instant UTC can't hold
-        raise ConfigError(f"{name} {value!r} is out of range")
+        raise ConfigError(f"{name} {_shown(value)} is out of range")
     if isinstance(value, str) and is_span(value.strip().lower()):
-        raise ConfigError(f"{name} {value!r} reaches back before the year 1")
+        raise ConfigError(f"{name} {_shown(value)} reaches back before the year 1")
     raise ConfigError(
-        f"{name} {value!r} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
+        f"{name} {_shown(value)} is not a time: use ISO 8601 (2026-05-01T00:00:00Z), "
         "a date (2026-05-01), 'now' or a span ago (30m, 12h, 7d)"
     )
 
@@ -110,7 +117,7 @@ def parse_when(value: TimeLike, *, now: datetime, name: str = "time") -> datetim
 
     Raises ConfigError with the argument's ``name`` for anything else, or a time before 1970.
     """
-    old = ConfigError(f"{name} {value!r} is before 1970: Kirim keeps no history that old")
+    old = ConfigError(f"{name} {_shown(value)} is before 1970: Kirim keeps no history that old")
     try:
         when = to_utc(value, now=now, name=name)
     except ConfigError:

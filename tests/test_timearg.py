@@ -157,6 +157,9 @@ def test_a_span_past_the_first_instant_is_said_so(tmp_path: Path) -> None:
     with pytest.raises(ke.ConfigError, match=r"^since '99999999d' is before 1970: Kirim keeps"):
         parse_when("99999999d", now=NOW, name="since")
     # however many digits: 11 of them were 'not a time', as a typo is
-    for span in ("99999999999w", "9" * 5000 + "s"):
-        with pytest.raises(ke.ConfigError, match=r"^as_of '9+[ws]' reaches back before the year"):
-            lake.as_of(span)
+    with pytest.raises(ke.ConfigError, match=r"^as_of '99999999999w' reaches back before the"):
+        lake.as_of("99999999999w")
+    # quoted cut short: the error stays one readable line
+    cut = r"^as_of '9{56}\.\.\. reaches back before the year 1$"
+    with pytest.raises(ke.ConfigError, match=cut):
+        lake.as_of("9" * 5000 + "s")

@@ -121,26 +121,26 @@ def _one_edit(a: str, b: str) -> bool:
 LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
 
 
-def _not_a_lake_text(root: str, foreign: list[str]) -> str:
+def _not_a_lake(root: str, foreign: list[str], nearby: str | None) -> str:
+    """Why ``root`` is refused, and the lake ``nearby`` that was probably meant, if any."""
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-    return (
+    text = (
         f"{root} is not a kirim-events lake: it holds {shown} but no events/, deliveries/ "
         f"or {VERSION_PATH}"
     )
+    return f"{text}; did you mean {nearby}?" if nearby else text
 
 
-def _not_a_lake(root: str, foreign: list[str]) -> str:
-    """Why local folder ``root`` is refused, and the lake nearby that was probably meant."""
-    text = _not_a_lake_text(root, foreign)
+def _local_lake_near(root: str, foreign: list[str]) -> str | None:
+    """A lake in a folder above local ``root``, or in one of its ``foreign`` folders."""
     here = os.path.abspath(root)
     above = [os.path.dirname(here)]
     while os.path.dirname(above[-1]) != above[-1]:
         above.append(os.path.dirname(above[-1]))
     below = [os.path.join(here, name) for name in foreign]
-    for candidate in (*above, *below):
-        if os.path.isfile(os.path.join(candidate, VERSION_PATH)):
-            return f"{text}; did you mean {candidate}?"
-    return text
+    return next(
+        (c for c in (*above, *below) if os.path.isfile(os.path.join(c, VERSION_PATH))), None
+    )
 
 
 class Lake(AnalyticsMixin):
@@ -265,10 +265,11 @@ class Lake(AnalyticsMixin):
         if not foreign:  # an empty folder is a new lake; one holding other things is not one
             return
         if self.storage.local:
-            raise LakeError(_not_a_lake(root, foreign))
-        below = [name for name in foreign[:3] if self.storage.read_bytes(f"{name}/{VERSION_PATH}")]
-        hint = f"; did you mean {self.location.rstrip('/')}/{below[0]}?" if below else ""
-        raise LakeError(_not_a_lake_text(self.location, foreign) + hint)
+            raise LakeError(_not_a_lake(root, foreign, _local_lake_near(root, foreign)))
+        # on S3 only a prefix below is looked at, one GET per candidate
+        below = (n for n in foreign[:3] if self.storage.read_bytes(f"{n}/{VERSION_PATH}"))
+        nearby = next((f"{self.location.rstrip('/')}/{n}" for n in below), None)
+        raise LakeError(_not_a_lake(self.location, foreign, nearby))
 
     def _range(
         self, since: TimeLike | None, until: TimeLike | None

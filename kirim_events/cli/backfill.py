@@ -49,6 +49,19 @@ from kirim_events.timearg import parse_when
 
 _FLAGS = ("--since", "--until")  # the library's errors name its arguments; ours, the flags
 
+
+def _window(
+    since: str | None, until: str | None, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """``--since`` and ``--until`` read and checked here, so that errors name the flags
+    (each None when not given). A --since not in the past is refused: the history ends now."""
+    lo = None if since is None else parse_when(since, now=now, name="--since")
+    hi = None if until is None else parse_when(until, now=now, name="--until")
+    if lo is not None:
+        check_order(lo, hi, now=now, names=_FLAGS)
+    return lo, hi
+
+
 SinceOption = Annotated[
     str,
     typer.Option(
@@ -150,10 +163,8 @@ def backfill_command(
     with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
         refuse_demo_folder(s.data_dir)
         now = datetime.now(UTC)
-        lo = parse_when(since, now=now, name="--since")
-        hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, hi, now=now, names=_FLAGS)  # the library caps the range at now too
-    if hi > now:  # Kirim's history ends now; the run's range is cut there
+        _, hi = _window(since, until, now)
+    if hi is not None and hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
     # The bar is the share of the time range walked, not of the rows (their number is not
@@ -279,10 +290,7 @@ def reconcile_command(
     s = load_settings(data_dir=data)
     client = _client(data)
     with errors_to_exit(lake=lake_uri or s.data_dir), client:
-        now = datetime.now(UTC)  # the flags are checked here, so that errors name them
-        lo = parse_when(since, now=now, name="--since")
-        hi = now if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, hi, now=now, names=_FLAGS)  # as reconcile() checks its range
+        _window(since, until, datetime.now(UTC))  # as reconcile() checks its range
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)
@@ -384,10 +392,7 @@ def deliveries_list(
     client = _client()
     now = datetime.now(UTC)
     with errors_to_exit(), client:
-        after = None if since is None else parse_when(since, now=now, name="--since")
-        before = None if until is None else parse_when(until, now=now, name="--until")
-        if after is not None:
-            check_order(after, before, now=now, names=_FLAGS)
+        after, before = _window(since, until, now)
         shown: list[Delivery] = []
         pages = client.iter_pages(
             limit=min(100, limit), status=status, event_type=event_type,
@@ -469,9 +474,8 @@ def deliveries_bulk_replay(
     with errors_to_exit(), client:
         if status not in {"dead", "failed"}:
             raise ConfigError("--status must be 'dead' or 'failed'")
-        lo = parse_when(since, now=now, name="--since")
-        asked = None if until is None else parse_when(until, now=now, name="--until")
-        check_order(lo, asked, now=now, names=_FLAGS)
+        lo, asked = _window(since, until, now)
+        assert lo is not None  # --since is required here
         hi = now if asked is None else asked
         report = ReconcileReport(since=lo, until=hi, dry_run=False)
         window = BulkWindow(subscription_id, status, lo, hi, 0)

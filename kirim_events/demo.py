@@ -59,6 +59,10 @@ SERVER_CONFIG: dict[str, Any] = {"log_level": "error", "timeout_graceful_shutdow
 # 30 s session interval; 160 s gives about 4 000 events a day).
 DAY_SECONDS = 86_400
 BASE_EVENTS = 4_000
+# The demo holds its whole world in memory and sends it in real time: 25 is about 100 000
+# events and a quarter of an hour. Larger loads belong to `kirim-events emulate` and
+# benchmarks/, which stream.
+MAX_SCALE = 25.0
 # Kirim's 8 attempts span ~31 h; compressed 100 000x they take ~1.1 s, so Kirim gives up on
 # the deliveries it tries while the collector is down (dead letters) within a second or two.
 TIME_COMPRESSION = 100_000.0
@@ -336,7 +340,8 @@ def run_demo(
         Where the lake is written: an empty or missing folder, or one a previous demo wrote
         (it is cleared first). Any other non-empty folder raises ConfigError.
     scale
-        Multiplies the amount of traffic (1.0: about 4 000 world events).
+        Multiplies the amount of traffic (1.0: about 4 000 world events), up to
+        ``MAX_SCALE`` (25).
     seed
         Seeds the emulated world: the same seed gives the same traffic.
     port
@@ -349,6 +354,11 @@ def run_demo(
     # failed only once the folder was prepared and marked
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"scale must be a positive number (1.0: about 4 000 events), got {scale}")
+    if scale > MAX_SCALE:
+        raise ConfigError(
+            f"scale must be at most {MAX_SCALE:g} (about {int(BASE_EVENTS * MAX_SCALE):,} events),"
+            f" got {scale:g}: for larger loads run `kirim-events emulate` against a collector"
+        )
     if not str(data_dir).strip():  # "" is the current folder to Path
         raise ConfigError("the demo's data folder name is blank: give a folder (default: data)")
     if not 0 <= port <= 65535:

@@ -110,6 +110,19 @@ def test_a_bad_scale_is_refused_before_anything_is_written(tmp_path: Path, scale
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_scale_above_the_cap_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # at 1e6 the demo would hold 4 billion events in memory and send them for days
+    with pytest.raises(
+        ConfigError, match=r"scale must be at most 25 \(about 100,000 events\), got 1e\+06"
+    ):
+        run_demo(tmp_path / "data", scale=1e6)
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path / "data"), "--scale", "26"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--scale'" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["", "   "])
 def test_a_blank_folder_name_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str

@@ -20,7 +20,7 @@ from kirim_events.cli._app import (
     settings,
 )
 from kirim_events.cli.report import render_report
-from kirim_events.demo import DemoReport, run_demo
+from kirim_events.demo import MAX_SCALE, DemoReport, run_demo
 from kirim_events.lake import Lake
 
 
@@ -47,7 +47,12 @@ def demo(
     data: DataOption = None,
     scale: Annotated[
         float,
-        typer.Option("--scale", min=0.05, help="Traffic multiplier (1.0: ~4 000 events, < 1 min)."),
+        typer.Option(
+            "--scale",
+            min=0.05,
+            max=MAX_SCALE,
+            help="Traffic multiplier (1.0: ~4 000 events, < 1 min).",
+        ),
     ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the emulated world.")] = 7,
 ) -> None:

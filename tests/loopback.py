@@ -74,6 +74,19 @@ def closed_by_peer(sock: socket.socket, trickle: bytes = b"", within: float = 15
     return False
 
 
+def server_side_open(server_port: int, client_port: int) -> bool:
+    """Whether the server end of a loopback IPv4 connection is still open: its row in
+    ``/proc/net/tcp`` (Linux), found by its local and peer ports. A server that closes a
+    connection gracefully keeps that end open until its unsent answers drain."""
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for row in table:
+            local, peer = (int(end.split(":")[1], 16) for end in row.split()[1:3])
+            if (local, peer) == (server_port, client_port):
+                return True
+    return False
+
+
 def fails_then_hangs(status: int, body: bytes, arrived: Any) -> Any:
     """An ASGI handler that answers its first request ``status`` and never answers the
     next ones; ``arrived`` (an ``asyncio.Event``) is set when one of those comes."""

@@ -18,7 +18,7 @@ from typing import IO
 
 import httpx
 import pytest
-from loopback import closed_by_peer, free_port
+from loopback import closed_by_peer, free_port, server_side_open
 from waiting import wait_until
 
 import kirim_events as ke
@@ -256,12 +256,17 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(tmp_path: Pa
     with socket.socket() as greedy:
         greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         greedy.connect(("127.0.0.1", c.port))
+        ends = (c.port, greedy.getsockname()[1])
+        assert server_side_open(*ends)
         greedy.settimeout(0.5)
         with contextlib.suppress(OSError):  # the server stops reading once its buffer is full
             for _ in range(50):
                 greedy.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
-        # not reading: the collector lets it go once its answers wait past the deadline
+        # not reading: the collector lets it go once its answers wait past the deadline ...
         wait_until(lambda: "closed the connection of" in c.stderr(), 15, what="it let go")
+        # ... at once, its answers still unread: a close() would wait for them to drain, and
+        # keep its end open and its slot taken for as long as the client does not read
+        wait_until(lambda: not server_side_open(*ends), 5, what="the server's end closed")
         greedy.settimeout(30)
         received = 0
         with contextlib.suppress(ConnectionResetError):  # closed with answers unread

@@ -293,7 +293,10 @@ def collect(
                 collector.receiver,
                 sock,
                 on_signal=_draining,
-                limit_concurrency=max_connections,
+                # uvicorn answers 503 once the open connections, the asking one included,
+                # reach its limit: so max_connections + 1 serves max_connections at once
+                # (with the limit itself, --max-connections 1 answered every request 503)
+                limit_concurrency=max_connections + 1,
                 # above the body timeout: a request in flight at the signal can finish
                 timeout_graceful_shutdown=math.ceil(collector.receiver.body_timeout) + 10,
                 http=head_deadline_protocol(collector.receiver.body_timeout),

@@ -198,11 +198,34 @@ def test_connections_beyond_the_limit_get_a_503_that_kirim_retries(tmp_path: Pat
     # Each open connection may hold a body of up to --max-body bytes: the limit bounds memory.
     c = Collector(tmp_path, free_port(), args=("--max-connections", "2")).start()
     req = testing.signed_request(testing.kirim_event(), SECRET)
-    with socket.create_connection(("127.0.0.1", c.port)):  # open, silent: one of the two
+    address = ("127.0.0.1", c.port)
+
+    def posted() -> int:
+        return httpx.post(c.url, content=req.body, headers=req.headers).status_code
+
+    with socket.create_connection(address):  # open, silent: one of the two
+        # the second connection is served: the limit counts the asking one (uvicorn's own
+        # limit does, and served one connection fewer than asked)
+        assert posted() == 200
+        with socket.create_connection(address):  # both taken: a third gets 503
+            wait_until(lambda: posted() == 503)
+    wait_until(lambda: posted() == 200)
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    assert Lake(tmp_path).events().collect().height == 1
+
+
+def test_one_connection_at_a_time_is_served(tmp_path: Path) -> None:
+    # --max-connections 1 answered every webhook 503, its own connection counted as over
+    c = Collector(tmp_path, free_port(), args=("--max-connections", "1")).start()
+    req = testing.signed_request(testing.kirim_event(), SECRET)
+    with httpx.Client() as client:  # one kept-alive connection, three webhooks
+        for _ in range(3):
+            assert client.post(c.url, content=req.body, headers=req.headers).status_code == 200
+    with socket.create_connection(("127.0.0.1", c.port)):  # the one slot taken: 503
         wait_until(
             lambda: httpx.post(c.url, content=req.body, headers=req.headers).status_code == 503
         )
-    wait_until(lambda: httpx.post(c.url, content=req.body, headers=req.headers).status_code == 200)
     code, stderr = c.stop()
     assert code == 0, stderr
     assert Lake(tmp_path).events().collect().height == 1

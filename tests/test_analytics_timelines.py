@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ from test_analytics_support import at, both, dedup, row, status
 
 from kirim_events.analytics._common import STATUS_RANK
 from kirim_events.analytics.timelines import message_status_history, message_timelines
-from kirim_events.events import EventRecord
+from kirim_events.events import EventRecord, parse_delivery
 
 
 def test_late_delivered_never_overwrites_read() -> None:
@@ -135,6 +136,28 @@ def test_unknown_error_code_is_labelled_other() -> None:
     records = [status("wamid.X", "failed", 0, 1, error=(131026, "Message undeliverable"))]
     got = row(both("message_timelines", records), message_id="wamid.X")
     assert (got["error_code"], got["error_label"]) == ("131026", "other")
+
+
+def test_kirim_error_name_is_labelled_as_itself() -> None:
+    # A Message resource's error without provider_code (third shape, kirim-api.md §4.3 and
+    # §6.1) carries Kirim's own code, which is already the label: not "other".
+    body = {
+        "id": "wbd_1",
+        "event": "message.status_updated",
+        "delivered_at": at(5).isoformat(),
+        "data": {
+            "message": {
+                "id": "msg_1",
+                "provider_id": "wamid.K",
+                "status": "failed",
+                "created_at": at(0).isoformat(),
+                "error": {"code": "outside_24h_window", "message": "Outside the window"},
+            }
+        },
+    }
+    (record,) = parse_delivery(json.dumps(body).encode(), {}, received_at=at(6))
+    got = row(both("message_timelines", [record]), message_id="wamid.K")
+    assert (got["error_code"], got["error_label"]) == ("outside_24h_window", "outside_24h_window")
 
 
 def test_duplicates_are_counted_not_double_counted() -> None:

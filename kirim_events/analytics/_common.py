@@ -14,6 +14,7 @@ from kirim_events.timearg import TimeLike, to_utc
 
 __all__ = [
     "ERROR_LABELS",
+    "LABEL_OF",
     "STATUS_EVENT_TYPES",
     "STATUS_RANK",
     "as_utc",
@@ -42,6 +43,12 @@ ERROR_LABELS: dict[str, str] = {
     "131053": "media_download_failed",
 }
 OTHER_ERROR = "other"
+
+# error_code -> error_label: Meta's codes by the table above, and Kirim's own names as
+# themselves. A Message resource's error carries Kirim's name in ``code`` beside Meta's
+# ``provider_code`` (kirim-api.md §6.1); the events keep the Meta code when there is one, the
+# name otherwise (a third-shape body without provider_code), and that name is its label.
+LABEL_OF: dict[str, str] = {**ERROR_LABELS, **{name: name for name in ERROR_LABELS.values()}}
 
 US = pl.Datetime("us", "UTC")
 
@@ -145,9 +152,10 @@ def seconds(micros: pl.Expr) -> pl.Expr:
 
 
 def error_label(code: pl.Expr) -> pl.Expr:
-    """Kirim's name for a Meta error code (§6.1); ``other`` for unknown codes, null if none."""
+    """Kirim's name for a Meta error code (§6.1), or the code when it is one of Kirim's names;
+    ``other`` for unknown codes, null if none."""
     return (
         pl.when(code.is_null())
         .then(pl.lit(None, dtype=pl.String))
-        .otherwise(code.replace_strict(ERROR_LABELS, default=OTHER_ERROR, return_dtype=pl.String))
+        .otherwise(code.replace_strict(LABEL_OF, default=OTHER_ERROR, return_dtype=pl.String))
     )

@@ -9,7 +9,7 @@ Timestamps are TIMESTAMPTZ; days are taken in UTC whatever the session time zone
 from __future__ import annotations
 
 from kirim_events.analytics._common import (
-    ERROR_LABELS,
+    LABEL_OF,
     OTHER_ERROR,
     STATUS_EVENT_TYPES,
     STATUS_RANK,
@@ -97,7 +97,7 @@ def message_timelines_sql(as_of: TimeLike | None = None, copies: str | None = No
     """SELECT for the ``message_timelines`` view (rules and fast path: ``timelines.py``)."""
     statuses = list(STATUS_RANK)
     labels = " ".join(
-        f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in ERROR_LABELS.items()
+        f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in LABEL_OF.items()
     )
     spread = ",\n        ".join(
         f"min(occurred_at) FILTER (WHERE status = {quote_literal(st)}) AS _o_{st}, "

@@ -14,7 +14,8 @@ Rules (kirim-api.md §6.1), shared with the DuckDB views in ``sql.py``:
   implies sent); its time then stays null. ``failed`` implies nothing: a message that only
   failed was never sent.
 * ``error_code`` / ``error_title``: those of the earliest failed event; ``error_label`` names
-  the code from the §6.1 table, ``other`` for an unknown code.
+  the code from the §6.1 table (a code that is already one of Kirim's names there is its own
+  label), ``other`` for an unknown code.
 * Flags: ``out_of_order`` (an event arrived after one that happened later: in event-time
   order, some ``received_at`` is earlier than the latest ``received_at`` before it),
   ``read_without_delivered`` (read seen, delivered never seen), ``failed_after_delivered``

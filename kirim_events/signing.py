@@ -72,7 +72,7 @@ def sign(
     Examples
     --------
     >>> sign(b"{}", "whsec_x", timestamp=1)
-    't=1,v1=...'  # doctest: +SKIP
+    't=1,v1=36ee2f7498f0c1777d1312b2a7361947fe5ad31223be30d0c62421f4ca753401'
     """
     keys = as_secrets(secrets)
     if not keys:

@@ -271,7 +271,7 @@ class KirimClient:
     Examples
     --------
     >>> client = KirimClient("https://api.kirim.chat", Secret("kdv_live_x"))  # doctest: +SKIP
-    >>> for page in client.iter_pages(status="dead"):  # doctest: +SKIP
+    >>> for page, _cursor in client.iter_pages(status="dead"):  # doctest: +SKIP
     ...     print(len(page.deliveries))
     """
 

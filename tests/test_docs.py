@@ -89,3 +89,25 @@ def test_the_walk_finds_options() -> None:
     # Guard against a walk that silently sees nothing: `info` has --data.
     info = dict(_all())["info"]
     assert any("--data" in p.opts for p in info.params)
+
+
+def test_help_names_the_environment_each_command_reads() -> None:
+    """docs/cli.md says which commands need KIRIM_KEY (and KIRIM_API_URL for another Kirim)
+    and that collect reads KIRIM_WEBHOOK_SECRET and KIRIM_TOLERANCE; secrets are never
+    options, so --help is the only place a user of the command can find them."""
+    needs = {
+        "collect": ("KIRIM_WEBHOOK_SECRET", "KIRIM_TOLERANCE"),
+        "backfill": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "reconcile": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "deliveries": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "deliveries list": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "deliveries replay": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "deliveries bulk-replay": ("KIRIM_KEY", "KIRIM_API_URL"),
+        "emulate": ("KIRIM_WEBHOOK_SECRET", "KIRIM_KEY"),
+    }
+    commands = dict(_all())
+    missing = {
+        name: [var for var in names if var not in (commands[name].help or "")]
+        for name, names in needs.items()
+    }
+    assert {k: v for k, v in missing.items() if v} == {}

@@ -285,7 +285,8 @@ def reconcile_command(
     """Report the events Kirim knows that the lake lacks, and recover them.
 
     Payloads in the history are imported; the rest are replayed by Kirim to your collector
-    (bulk_replay for dead/failed deliveries when it takes fewer calls).
+    (bulk_replay for dead/failed deliveries when it takes fewer calls). Needs KIRIM_KEY (and
+    KIRIM_API_URL for a non-default Kirim).
     """
     s = load_settings(data_dir=data)
     client = _client(data)
@@ -360,7 +361,9 @@ def _render_reconcile(r: ReconcileReport) -> None:
 # --------------------------------------------------------------------------- deliveries
 
 deliveries_app = typer.Typer(
-    help="Inspect Kirim's delivery history and ask Kirim to replay deliveries.",
+    help="Inspect Kirim's delivery history and ask Kirim to replay deliveries. Needs"
+    " KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).",
+    short_help="Inspect Kirim's delivery history and ask Kirim to replay deliveries.",
     no_args_is_help=True,
 )
 app.add_typer(deliveries_app, name="deliveries")
@@ -386,7 +389,10 @@ def deliveries_list(
     limit: Annotated[int, typer.Option("--limit", help="Most rows to show.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """List deliveries, newest first (the payload is not shown)."""
+    """List deliveries, newest first (the payload is not shown).
+
+    Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
+    """
     if limit < 1:
         raise typer.BadParameter("--limit must be at least 1")
     client = _client()
@@ -434,7 +440,10 @@ def deliveries_replay(
         list[str], typer.Argument(metavar="ID", help="Delivery ids (wbd_...) to send again.")
     ],
 ) -> None:
-    """Ask Kirim to send these deliveries again (each becomes a new delivery row)."""
+    """Ask Kirim to send these deliveries again (each becomes a new delivery row).
+
+    Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
+    """
     client = _client()
     failed = 0
     with client:
@@ -468,6 +477,8 @@ def deliveries_bulk_replay(
     Kirim replays at most 1000 per call; when it says "capped", the window is halved and
     both halves are replayed again (a few deliveries may then be sent twice; the collector
     deduplicates them).
+
+    Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
     """
     client = _client()
     now = datetime.now(UTC)

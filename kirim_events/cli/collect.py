@@ -144,7 +144,9 @@ def collect_command(
 ) -> None:
     """Receive Kirim webhooks until SIGINT/SIGTERM, then drain, flush and exit 0.
 
-    Secrets come only from KIRIM_WEBHOOK_SECRET (comma-separated for rotation).
+    Secrets come only from KIRIM_WEBHOOK_SECRET (comma-separated for rotation); the
+    signature freshness window from KIRIM_TOLERANCE (seconds, default 300; off or 0 turns
+    it off).
     """
     s = settings(data_dir=data, log_format=log_format)
     with errors_to_exit():

@@ -278,6 +278,8 @@ def _prepare(folder: Path) -> None:
     A folder the demo wrote before (it holds the marker) is cleared, so each run starts
     from an empty lake; any other non-empty folder is refused.
     """
+    if folder.exists() and not folder.is_dir():  # mkdir would say only "File exists"
+        raise ConfigError(f"{folder} is a file, not a folder: give the demo a folder (--data DIR)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         present = [p for p in folder.iterdir() if p.name != ".gitkeep"]

@@ -134,6 +134,15 @@ def test_a_blank_folder_name_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_given_as_the_folder_is_named_as_a_file(tmp_path: Path) -> None:
+    # mkdir's own "File exists" left the user guessing which file, and why that mattered
+    file = tmp_path / "data"
+    file.write_bytes(b"mine")
+    with pytest.raises(ConfigError, match="data is a file, not a folder"):
+        run_demo(file, scale=0.05)
+    assert file.read_bytes() == b"mine"
+
+
 def test_a_busy_port_is_a_config_error_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -58,6 +58,8 @@ def test_demo_cli(tmp_path: Path) -> None:
     assert "lake equals the emulator's ground truth" in result.output
     assert "Delivery funnel" in result.output
     assert any(tmp_path.glob("events/**/*.parquet"))
+    # the notebooks open ./data: the hint says how to point them at this lake instead
+    assert "KIRIM_DATA_DIR=" in result.output
 
 
 def test_demo_refuses_a_bad_scale(tmp_path: Path) -> None:

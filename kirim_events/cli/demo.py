@@ -89,9 +89,12 @@ def demo(
             top=5,
             more="the first {top} (kirim-events report lists 10, --top N more)",
         )
+    notebook = "open notebooks/01-quickstart.ipynb"
+    if Path(s.data_dir) != Path("data"):  # the notebooks open ./data unless told otherwise
+        notebook += f" with KIRIM_DATA_DIR={Path(s.data_dir).resolve()} set"
     console.print(
         f"\nThe lake is in {s.data_dir}/ - try: kirim-events report --data {s.data_dir}, "
-        "or open notebooks/01-quickstart.ipynb"
+        f"or {notebook}"
     )
     if not result.lake_matches_truth:
         raise typer.Exit(1)

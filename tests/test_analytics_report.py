@@ -281,6 +281,15 @@ def test_report_on_an_empty_lake_says_why_instead_of_tables_of_zeros(tmp_path: P
     assert "<table" not in page
 
 
+def test_report_as_of_reads_times_as_the_lake_does_before_1970_too(tmp_path: Path) -> None:
+    """docs/analytics.md: the CLI's --as-of reads what ``lake.as_of`` reads. It was read as
+    a bound of Kirim's history, refusing a time before 1970 with "Kirim keeps no history"."""
+    ke.Lake(tmp_path).write_events(_records())
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", "1960-01-01"])
+    assert result.exit_code == 0, result.output
+    assert "no events had happened by 1960-01-01 00:00:00 UTC" in " ".join(result.output.split())
+
+
 def test_report_as_of_before_the_first_event_says_when_the_events_happened(
     tmp_path: Path,
 ) -> None:

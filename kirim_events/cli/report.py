@@ -32,7 +32,7 @@ from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal_index import JournalView, lake_identity
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
-from kirim_events.timearg import parse_when
+from kirim_events.timearg import to_utc
 
 
 def render_report(report: Report, *, top: int, more: str = "--top {top}") -> None:
@@ -93,7 +93,7 @@ def report_command(
             _check_writable(html)
         lake = Lake(lake_uri or s.data_dir)
         view = (
-            lake.as_of(parse_when(as_of, now=datetime.now(UTC), name="--as-of"))
+            lake.as_of(to_utc(as_of, now=datetime.now(UTC), name="--as-of"))
             if as_of is not None
             else lake
         )

@@ -583,6 +583,13 @@ def test_span_says_when_the_events_happened_whatever_as_of(tmp_path: Path) -> No
     assert lake.as_of(T0 + timedelta(hours=1)).span() == span  # the whole lake's
     (tmp_path / "lost+found").mkdir()  # a volume's root: no one's content
     assert ke.Lake(tmp_path).span() == span
+    # A retry of a body without its own time takes it from its signature: a copy may carry
+    # a later event time than the copy kept (the first received), and the span is the kept
+    # events', not a copy's
+    later = T0 + timedelta(days=5)
+    lake.write_events([ev("b", occurred=later, received=later)])
+    assert lake.events().filter(pl.col("occurred_at") == later).collect().height == 0
+    assert lake.span() == span
 
 
 def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -> None:

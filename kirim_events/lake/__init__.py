@@ -57,7 +57,6 @@ from kirim_events.lake.reader import (
     parquet_names,
     plan_table,
     scan,
-    scan_all,
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
@@ -441,9 +440,10 @@ class Lake(AnalyticsMixin):
         """
         self._require_folder()
         plans = plan_table(self.storage, "events", window_days=self.dedup_window_days)
-        # copies of an event share its event time: no need to deduplicate for the bounds
+        # deduplicated: a retry whose body has no time of its own takes it from its
+        # signature, so a copy may carry an event time that the kept copy does not
         first, last = (
-            scan_all(self.storage, "events", plans)
+            scan(self.storage, "events", plans)
             .select(pl.col("occurred_at").min(), pl.col("occurred_at").max().alias("last"))
             .collect()
             .row(0)

@@ -320,14 +320,6 @@ def arrow_dataset(storage: Storage, table: str, rels: list[str]) -> pads.Dataset
     )
 
 
-def scan_all(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
-    """Every row of the plans' files, copies included: for what copies cannot change (the
-    bounds of a time), read without the cost of deduplicating."""
-    merged = merge(table, plans)
-    files = merged.clean + merged.dedup
-    return _scan_files(storage, table, files) if files else _empty(table)
-
-
 def _empty(table: str) -> pl.LazyFrame:
     frame = pl.from_arrow(output_schema(table).empty_table())
     assert isinstance(frame, pl.DataFrame)

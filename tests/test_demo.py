@@ -143,6 +143,12 @@ def test_a_file_given_as_the_folder_is_named_as_a_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data is a file, not a folder"):
         run_demo(file, scale=0.05)
     assert file.read_bytes() == b"mine"
+    # the CLI prints the error and only it: no empty progress display before it
+    result = CliRunner().invoke(app, ["demo", "--data", str(file), "--scale", "0.05"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "data is a file, not a folder" in result.stderr
+    assert file.read_bytes() == b"mine"
 
 
 def test_a_busy_port_is_a_config_error_naming_it_and_nothing_is_written(tmp_path: Path) -> None:

@@ -63,23 +63,29 @@ def demo(
     reconcile to recover what the restart missed, compacts the lake and prints the report.
     """
     s = settings(data_dir=data)
-    with Progress(
+    bar = Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),
         TextColumn("{task.completed:>6,.0f}/{task.total:<6,.0f}"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
+    )
+    tasks: dict[str, TaskID] = {}
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1))
-            bar.update(tasks[stage], completed=done, total=max(total, 1))
+    def on_progress(stage: str, done: int, total: int) -> None:
+        if not tasks:  # shown from the first progress on: a refusal before it prints only itself
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=max(total, 1))
+        bar.update(tasks[stage], completed=done, total=max(total, 1))
 
+    try:
         with errors_to_exit():
             result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
+    finally:
+        if tasks:  # stop() prints a line even when never started
+            bar.stop()
     console.print(_summary(result))
     for note in result.notes:
         print_note(note)

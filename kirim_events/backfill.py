@@ -152,10 +152,11 @@ def delivery_events(
 
     Raises PayloadError (the caller quarantines) when the payload is not a known body.
     """
-    if d.payload is None:
+    body = d.body()
+    if body is None:
         return []
     return parse_delivery(
-        d.payload.encode("utf-8"),
+        body,
         delivery_headers(d),
         received_at=received_at,
         origin=origin,
@@ -478,10 +479,9 @@ class _Run:
             try:
                 found = delivery_events(d, received_at=self.snapshot)
             except PayloadError as exc:
-                assert d.payload is not None
-                self.journal.quarantine_once(
-                    d.payload.encode("utf-8"), delivery_headers(d), exc.reason
-                )
+                body = d.body()
+                assert body is not None
+                self.journal.quarantine_once(body, delivery_headers(d), exc.reason)
                 found, reason, quarantined = [], f"quarantined: {exc.reason}", quarantined + 1
             if d.payload is None:
                 bare += 1

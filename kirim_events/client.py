@@ -114,10 +114,26 @@ _KNOWN = (
 )
 
 
+def _unicode(text: str) -> str:
+    """``text`` with any lone UTF-16 surrogate written as its escape (``\\ud800``).
+
+    JSON may escape half a surrogate pair ("\\ud800"), which decodes to a str that no UTF-8
+    store takes: one such id in a history row failed every journal write of its page, as a
+    "journal write failed" StorageError that each resume met again. Escaped, it stays the
+    same text on every read (the same row stays one row)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _opt_str(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
-    return str(value)
+    return _unicode(str(value))
 
 
 def _opt_int(value: Any) -> int | None:
@@ -158,6 +174,14 @@ class Delivery:
     payload_exact: bool
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def body(self) -> bytes | None:
+        """``payload`` as the bytes of a request body (None when absent). A payload string
+        holding a lone surrogate (the API escaped half a pair: no UTF-8 body had it) gives
+        its code units as bytes, which no parser reads: the body goes to quarantine."""
+        if self.payload is None:
+            return None
+        return self.payload.encode("utf-8", "surrogatepass")
+
     @classmethod
     def from_api(cls, obj: Mapping[str, Any]) -> Delivery:
         """Build a Delivery from one API object, mapping alternative field names."""
@@ -178,6 +202,8 @@ class Delivery:
         if payload is not None and not isinstance(payload, str):
             # Original bytes lost (§7.4): keep a canonical re-serialisation, flagged inexact.
             payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+            if _unicode(payload) is not payload:  # a lone surrogate: keep it an escape
+                payload = json.dumps(values["payload"], separators=(",", ":"))
             exact = False
         return cls(
             id=_opt_str(values.get("id")),

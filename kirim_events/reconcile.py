@@ -214,7 +214,7 @@ def reconcile(
         if not dry_run:
             assert journal is not None
             for d, reason in scan.unparseable:
-                body = (d.payload or "").encode("utf-8")
+                body = d.body() or b""
                 report.quarantined += journal.quarantine_once(body, delivery_headers(d), reason)
             # the unparseable rows' history rows too, as a backfill stores them
             kept = [

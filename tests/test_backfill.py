@@ -403,6 +403,43 @@ def test_payload_object_is_kept_inexact_and_garbage_is_quarantined(tmp_path: Pat
     assert good["attempt"].to_list() == [2]
 
 
+def test_lone_surrogate_escapes_in_a_history_row_never_stop_a_backfill(tmp_path: Path) -> None:
+    """Valid JSON may escape half a UTF-16 pair: in an id it failed every journal write of
+    the page ("journal write failed", again at each resume); in a payload it raised a
+    UnicodeEncodeError. The ids are kept escaped, a payload string is quarantined, and a
+    payload object keeps its escape."""
+    body = ('{"id":"evt_2","type":"contact.updated","created_at":"2026-05-01T10:00:00Z",'
+            '"data":{}}')  # fmt: skip
+    as_object = {**json.loads(body), "id": "evt_3", "data": {"note": "\ud800"}}
+    rows = [
+        {"id": "wbd_\ud800", "status": "dead", "event_id": "evt_\udc00", "error": "x\ud800",
+         "created_at": "2026-05-01T10:00:01Z"},
+        {"id": "wbd_b", "status": "dead", "event_id": "evt_2",
+         "payload": body.replace("{}", '{"note":"\ud800"}'), "created_at": "2026-05-01T10:00:02Z"},
+        {"id": "wbd_c", "status": "dead", "event_id": "evt_3", "payload": as_object,
+         "created_at": "2026-05-01T10:00:03Z"},
+    ]  # fmt: skip
+    page = json.dumps({"data": rows, "has_more": False, "next_cursor": None}).encode()
+    assert b"\\ud800" in page  # the escape, as JSON writes it
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=page, headers={"content-type": "application/json"})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
+    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    assert (report.rows, report.events_new, report.quarantined) == (3, 1, 1)
+    events, deliveries = lake_frames(tmp_path)
+    assert events["event_key"].to_list() == ["evt_3"]
+    assert json.loads(events["payload"][0])["data"] == {"note": "\ud800"}
+    assert sorted(deliveries["delivery_id"].to_list()) == ["wbd_\\ud800", "wbd_b", "wbd_c"]
+    bare = deliveries.filter(deliveries["delivery_id"] == "wbd_\\ud800")
+    assert bare.select("event_id", "reason").row(0) == ("evt_\\udc00", "x\\ud800")
+    (kept,) = (tmp_path / "quarantine").rglob("*.body")
+    assert kept.read_bytes() == body.replace("{}", '{"note":"\ud800"}').encode(
+        "utf-8", "surrogatepass"
+    )
+
+
 def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path) -> None:
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)

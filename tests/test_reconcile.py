@@ -278,7 +278,9 @@ class History:
             return httpx.Response(200, json={"data": sub})
         if request.method == "GET":
             self.pages += 1
-            return httpx.Response(200, json={"data": self.rows, "has_more": False})
+            # json.dumps escapes as JSON may (httpx's json= writes a lone surrogate raw)
+            page = json.dumps({"data": self.rows, "has_more": False}).encode()
+            return httpx.Response(200, content=page, headers={"content-type": "application/json"})
         if request.url.path.endswith("/replay"):
             self.replays.append(request.url.path.split("/")[-2])
             return httpx.Response(202, json={"data": {"id": "wbd_new", "status": "pending"}})
@@ -456,6 +458,18 @@ def test_a_history_payload_that_is_no_body_is_kept_once_and_never_replayed(tmp_p
         ("wbd_001", "backfill", 0)
     ]
     assert receipts["reason"][0].startswith("quarantined: ")
+
+
+def test_lone_surrogate_escapes_in_the_history_are_kept_not_a_crash(tmp_path: Path) -> None:
+    # a payload holding half a UTF-16 pair raised UnicodeEncodeError; an id, a StorageError
+    bad = '{"id":"evt_1","type":"contact.updated","data":{"x":"\ud800"}}'
+    rows = [delivery(1, 0, "evt_1", "dead", payload=bad),
+            delivery(2, 1, "evt_\udc00", "dead")]  # fmt: skip
+    report = History(rows).reconcile(tmp_path)
+    assert (report.unparseable, report.quarantined) == (1, 1)
+    assert [m.key for m in report.missing] == ["evt_\\udc00"]
+    (kept,) = (tmp_path / "quarantine").rglob("*.body")
+    assert kept.read_bytes() == bad.encode("utf-8", "surrogatepass")
 
 
 # ------------------------------------------------------------------ what is not replayed

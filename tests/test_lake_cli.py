@@ -63,6 +63,19 @@ def test_compact_refuses_a_newer_lake_with_a_one_line_error(tmp_path: Path) -> N
     assert "Upgrade kirim-events" in result.output
 
 
+def test_compact_of_a_folder_one_level_off_is_refused_not_a_report_of_zeros(
+    tmp_path: Path,
+) -> None:
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events([ev("a"), ev("a", received=T0 + timedelta(hours=1))])
+    result = runner.invoke(app, ["compact", "--data", str(tmp_path / "data" / "events")])
+    assert result.exit_code != 0, result.output
+    assert "is not a kirim-events lake" in " ".join(result.output.split())
+    assert f"did you mean {tmp_path / 'data'}?" in "".join(result.output.split("\n"))
+    assert "Traceback" not in result.output
+    assert len(parquet_files(tmp_path / "data" / "events")) == 1  # nothing was touched
+
+
 def test_a_damaged_file_is_named_in_one_line_and_the_rest_is_kept(tmp_path: Path) -> None:
     """A file that is not Parquet (here: truncated, and one overwritten) makes compact and
     report fail with one line naming it, never a traceback; nothing else is touched."""

@@ -499,7 +499,16 @@ class Lake(AnalyticsMixin):
             Partitions, rows and files in and out, duplicates removed.
 
         Crash-safe at every step: see :mod:`kirim_events.lake.compact`.
+
+        Raises
+        ------
+        LakeError
+            The folder (or S3 prefix) holds other things and none of a lake's, as readers
+            refuse it: compacting a path one level off found nothing to do and reported
+            zeros. A folder not made yet holds nothing to compact: an empty report.
         """
+        if not self.storage.local or os.path.isdir(self.storage.root):
+            self._require_folder()
         return _compact(
             self.storage,
             window_days=self.dedup_window_days,

@@ -245,8 +245,15 @@ class Journal(KeyIndex):
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(JOURNAL_VERSION),)
             )
-        elif int(row[0]) > JOURNAL_VERSION:
-            raise StorageError(f"journal version {row[0]} is newer than this kirim-events")
+            return
+        version = str(row[0]).strip()
+        if not (version.isascii() and version.isdigit() and len(version) < 10):
+            # a damaged meta row: int() raised a ValueError, a traceback from every command
+            raise StorageError(
+                f"journal {self.path} is damaged: its version is {version[:20]!r}, not a number"
+            )
+        if int(version) > JOURNAL_VERSION:
+            raise StorageError(f"journal version {version} is newer than this kirim-events")
 
     def _run(self) -> None:
         stop = False

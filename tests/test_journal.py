@@ -728,3 +728,18 @@ def test_a_new_journals_folders_are_fsynced_into_their_parents(
     synced.clear()
     Journal(data).close()
     assert data in synced  # each holds a new folder's name
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [("x", "is damaged: its version is 'x', not a number"), ("2", "version 2 is newer")],
+)
+def test_a_journal_of_an_unreadable_or_newer_version_is_one_clear_error(
+    tmp_path: Path, version: str, message: str
+) -> None:
+    Journal(tmp_path).close()
+    with sqlite3.connect(tmp_path / "_journal" / "journal.sqlite3") as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
+    conn.close()
+    with pytest.raises(StorageError, match=message):
+        Journal(tmp_path)

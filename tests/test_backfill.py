@@ -440,6 +440,39 @@ def test_lone_surrogate_escapes_in_a_history_row_never_stop_a_backfill(tmp_path:
     )
 
 
+def test_numbers_beyond_the_lakes_columns_in_a_history_row_are_read_as_missing(
+    tmp_path: Path,
+) -> None:
+    """3e9 reached the journal and then failed every flush (ArrowInvalid: the lake's columns
+    are int32), so the journal never emptied; 1e999 raised OverflowError; 10**23 failed the
+    journal write. At every resume again."""
+    rows = [
+        ("wbd_a", "3000000000", "2147483648"),
+        ("wbd_b", "1e999", "-1e999"),
+        ("wbd_c", "99999999999999999999999", "-2147483649"),
+        ("wbd_d", "2", "200"),
+    ]
+    items = ",".join(
+        f'{{"id":"{i}","status":"dead","event_id":"evt_{i}","created_at":"2026-05-01T10:00:0'
+        f'{n}Z","attempt":{a},"response_status_code":{c}}}'
+        for n, (i, a, c) in enumerate(rows)
+    )
+    page = f'{{"data":[{items}],"has_more":false,"next_cursor":null}}'.encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=page, headers={"content-type": "application/json"})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler))
+    report = backfill(tmp_path, client=client, since="2026-05-01", until="2026-05-02")
+    assert report.rows == 4
+    _, deliveries = lake_frames(tmp_path)
+    got = deliveries.sort("delivery_id").select("attempt", "response_status_code").rows()
+    assert got == [(None, None), (None, None), (None, None), (2, 200)]
+    with Journal(tmp_path) as journal:
+        assert journal.backlog == 0
+        assert journal.flush(Lake(tmp_path)).receipts == 0  # nothing left stuck
+
+
 def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path) -> None:
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)

@@ -79,6 +79,18 @@ _EVENT_TIMES = tuple(i for i, n in enumerate(EVENT_COLUMNS) if n in _TIMES)
 _EXACT = EVENT_COLUMNS.index("payload_exact")
 _RECEIPT_SET = frozenset(RECEIPT_COLUMNS)
 _RECEIPT_TIMES = tuple(i for i, n in enumerate(RECEIPT_COLUMNS) if n in _TIMES)
+_EVENT_INT32 = EVENT_COLUMNS.index("attempt")
+_RECEIPT_INT32 = tuple(i for i, n in enumerate(RECEIPT_COLUMNS) if n in _INTS)
+_INT32 = range(-(2**31), 2**31)
+
+
+def _check_int32(row: Sequence[Any], at: int, columns: Sequence[str]) -> None:
+    """ValueError when ``row[at]`` is a whole number beyond the lake's int32 column:
+    SQLite would take it, and every flush after would fail on it (the row stays, so would
+    the next flush's), with events or receipts left in the journal."""
+    value = row[at]
+    if isinstance(value, int) and value not in _INT32:  # (an int: O(1), not a scan)
+        raise ValueError(f"{columns[at]} must be a whole number in int32 range, got {value!r}")
 
 
 def event_row(record: EventRecord) -> list[Any]:
@@ -89,6 +101,7 @@ def event_row(record: EventRecord) -> list[Any]:
     for i in _EVENT_TIMES:
         out[i] = micros(out[i])
     out[_EXACT] = int(out[_EXACT])
+    _check_int32(out, _EVENT_INT32, EVENT_COLUMNS)
     return out
 
 
@@ -103,6 +116,8 @@ def receipt_row(receipt: Mapping[str, Any]) -> list[Any]:
             if not isinstance(value, datetime) or value.tzinfo is None:
                 raise ValueError(f"receipt {RECEIPT_COLUMNS[i]} must be an aware datetime")
             out[i] = micros(value)
+    for i in _RECEIPT_INT32:
+        _check_int32(out, i, RECEIPT_COLUMNS)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import random
@@ -495,10 +496,8 @@ def test_journals_opened_at_once_on_a_new_folder_all_open(tmp_path: Path) -> Non
 def test_a_job_retried_alone_decides_its_receipt_anew(journal: Journal) -> None:
     # A failed group is retried job by job; the receipt of B kept the outcome "duplicate"
     # that the failed attempt had given it (A, the same event, came first in the group).
-    import dataclasses
-
     (good,) = records(testing.kirim_event())
-    bad = dataclasses.replace(good, attempt=2**70)  # a value SQLite cannot bind
+    bad = dataclasses.replace(good, team_id="x\ud800")  # a value SQLite cannot bind
     gate, blocker = _hold(journal)
     first = journal.submit([bad], [{"delivery_id": "wbd_A", "outcome": None}])
     second = journal.submit([good], [{"delivery_id": "wbd_B", "outcome": None}])
@@ -506,7 +505,7 @@ def test_a_job_retried_alone_decides_its_receipt_anew(journal: Journal) -> None:
     blocker.result()
     with pytest.raises(
         StorageError,
-        match="journal write failed: Python int too large to convert to SQLite INTEGER",
+        match=r"journal write failed: 'utf-8' codec can't encode .* surrogates not allowed",
     ):
         first.result()
     assert second.result() == [True]
@@ -743,3 +742,21 @@ def test_a_journal_of_an_unreadable_or_newer_version_is_one_clear_error(
     conn.close()
     with pytest.raises(StorageError, match=message):
         Journal(tmp_path)
+
+
+@pytest.mark.parametrize("column", ["attempt", "response_status_code", "n_events"])
+def test_a_number_the_lake_cannot_hold_is_refused_at_append_not_at_every_flush(
+    tmp_path: Path, column: str
+) -> None:
+    receipt = {"delivery_id": "d1", "received_at": RECEIVED, "outcome": "new",
+               column: 3_000_000_000}  # fmt: skip
+    (first,) = records(testing.kirim_event())
+    (second,) = records(testing.kirim_event())
+    with Journal(tmp_path) as journal:
+        with pytest.raises(ValueError, match=f"{column} must be a whole number in int32 range"):
+            journal.append([], [receipt])
+        with pytest.raises(ValueError, match="attempt must be a whole number in int32 range"):
+            journal.append([dataclasses.replace(first, attempt=2**31)])
+        journal.append([second], [{**receipt, column: 2**31 - 1}])
+        report = journal.flush(Lake(tmp_path))  # a refused row would have failed it
+    assert (report.events, report.receipts) == (1, 1)

@@ -63,6 +63,7 @@ from kirim_events.errors import (
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
+from kirim_events.journal_index import refuse_inside_lake
 from kirim_events.stopsignals import held
 from kirim_events.timearg import is_span, parse_when
 
@@ -685,6 +686,7 @@ def backfill(
     key = _run_key(*bounds, filters, client.account)
     path = root / "_state" / "backfill" / f"{key}.json"
     check_order(lo, hi_asked, now=start)  # before the lock makes a folder for a bad range
+    refuse_inside_lake(root)  # and before its checkpoint goes into another lake's folder
     with _run_lock(path):
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # a killed save's; ours alone
             with contextlib.suppress(OSError):

@@ -55,7 +55,7 @@ from kirim_events.atomicfile import fsync_dir, make_dirs
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
-from kirim_events.journal_index import KeyIndex, journal_path, lake_identity
+from kirim_events.journal_index import KeyIndex, journal_path, lake_identity, refuse_inside_lake
 from kirim_events.journal_quarantine import find_quarantined, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
@@ -175,6 +175,7 @@ class Journal(KeyIndex):
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
         self.data_dir = Path(data_dir)
+        refuse_inside_lake(self.data_dir)
         # absolute: the file is checked again at every commit (_check_file), and a relative
         # path would name another file once the process changes its working folder
         self.path = journal_path(self.data_dir.absolute())

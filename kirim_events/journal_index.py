@@ -15,10 +15,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kirim_events.errors import StorageError
+from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal_write import CHUNK
 
-__all__ = ["JournalView", "KeyIndex", "journal_path", "lake_identity"]
+__all__ = [
+    "JournalView",
+    "KeyIndex",
+    "enclosing_lake",
+    "journal_path",
+    "lake_identity",
+    "refuse_inside_lake",
+]
 
 _TRIES = 10  # reads made while a writer changes the file, before one in read-only mode
 
@@ -26,6 +33,40 @@ _TRIES = 10  # reads made while a writer changes the file, before one in read-on
 def journal_path(data_dir: str | Path) -> Path:
     """The journal database of the data folder ``data_dir``."""
     return Path(data_dir) / "_journal" / "journal.sqlite3"
+
+
+_LAKE_FOLDERS = ("events", "deliveries", "quarantine", "_journal", "_state", "_tmp")
+"""A lake's own folders (``kirim_events.lake.LAKE_ENTRIES``; repeated here, as the journal
+loads without the lake's libraries)."""
+
+
+def enclosing_lake(data_dir: str | Path) -> tuple[Path, str] | None:
+    """The lake (and which of its own folders) that ``data_dir`` lies within, if any: a
+    folder above it holding a lake's marks (``_state/lake.json`` or a journal), with
+    ``data_dir`` in its ``events/``, ``deliveries/``, ... folder."""
+    here = Path(os.path.abspath(data_dir))
+    for parent in here.parents:
+        own = here.relative_to(parent).parts[0]
+        if own in _LAKE_FOLDERS and (
+            (parent / "_state" / "lake.json").is_file() or journal_path(parent).is_file()
+        ):
+            return parent, own
+    return None
+
+
+def refuse_inside_lake(data_dir: str | Path) -> None:
+    """ConfigError when ``data_dir`` lies within another lake's own folders (``--data
+    DATA/events``): a journal and a lake made there put events where that lake's readers
+    never look, and Parquet files under its ``events/`` that plain engines read with it
+    (DuckDB then refused the whole lake: Hive partition mismatch)."""
+    found = enclosing_lake(data_dir)
+    if found is not None:
+        lake, own = found
+        raise ConfigError(
+            f"{data_dir} is inside the {own}/ folder of the lake at {lake}: events stored "
+            f"there would be lost to that lake and break its plain readers; use {lake} "
+            "(--data DIR or KIRIM_DATA_DIR)"
+        )
 
 
 def lake_identity(lake: object, data_dir: str | Path) -> str | None:

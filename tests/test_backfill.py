@@ -473,6 +473,14 @@ def test_numbers_beyond_the_lakes_columns_in_a_history_row_are_read_as_missing(
         assert journal.flush(Lake(tmp_path)).receipts == 0  # nothing left stuck
 
 
+def test_a_backfill_into_a_lakes_own_folder_is_refused_before_writing(tmp_path: Path) -> None:
+    with Journal(tmp_path) as journal:
+        journal.flush(Lake(tmp_path))  # a lake known by its journal
+    with pytest.raises(ConfigError, match="is inside the events/ folder of the lake at"):
+        _backfill_one_page(tmp_path / "events", [])
+    assert not (tmp_path / "events").exists()  # no checkpoint, journal or lake made there
+
+
 def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path) -> None:
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)

@@ -18,7 +18,7 @@ import pytest
 from waiting import wait_until
 
 from kirim_events import testing
-from kirim_events.errors import StorageError
+from kirim_events.errors import ConfigError, StorageError
 from kirim_events.events import EventRecord, parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -760,3 +760,20 @@ def test_a_number_the_lake_cannot_hold_is_refused_at_append_not_at_every_flush(
         journal.append([second], [{**receipt, column: 2**31 - 1}])
         report = journal.flush(Lake(tmp_path))  # a refused row would have failed it
     assert (report.events, report.receipts) == (1, 1)
+
+
+def test_a_data_folder_inside_a_lakes_own_folders_is_refused(tmp_path: Path) -> None:
+    # collect --data DATA/events made a journal and a lake there: its events were not in
+    # DATA's lake, and DuckDB on DATA/events/**/*.parquet failed (Hive partition mismatch)
+    with Journal(tmp_path) as journal:
+        journal.append(records(testing.kirim_event()))
+        journal.flush(Lake(tmp_path))
+    for inside in ("events", "deliveries/date=2026-05-23", "_journal", "_state"):
+        with pytest.raises(ConfigError, match=f"inside the {inside.split('/')[0]}/ folder"):
+            Journal(tmp_path / inside)
+    assert not (tmp_path / "events" / "_journal").exists()
+    Journal(tmp_path / "elsewhere").close()  # a folder of its own beside them is fine
+    fresh = tmp_path / "fresh"
+    Journal(fresh).close()  # a lake known by its journal only (never flushed) counts too
+    with pytest.raises(ConfigError, match=f"of the lake at {fresh}"):
+        Journal(fresh / "events")

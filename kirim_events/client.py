@@ -56,6 +56,7 @@ from kirim_events.errors import (
 )
 from kirim_events.events import parse_time
 from kirim_events.ratelimit import RateLimiter, retry_after
+from kirim_events.schema import INT32
 
 __all__ = [
     "BulkReplayResult",
@@ -136,21 +137,18 @@ def _opt_str(value: Any) -> str | None:
     return _unicode(str(value))
 
 
-_INT32 = range(-(2**31), 2**31)
-"""What the lake's integer columns of a delivery (``attempt``, ``response_status_code``)
-hold: a number beyond it in a history row (3e9, 1e999) was stored in the journal and then
-failed every flush (ArrowInvalid), or failed the journal write (a StorageError) or the walk
-itself (OverflowError), at every resume; read as missing instead."""
-
-
 def _opt_int(value: Any) -> int | None:
+    """A whole number the lake's int32 columns hold, else None: a number beyond them in a
+    history row (3e9, 1e999) was stored in the journal and then failed every flush
+    (ArrowInvalid), or failed the journal write or the walk itself (OverflowError), at every
+    resume; it is read as missing instead."""
     if value is None or isinstance(value, bool):
         return None
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return number if number in _INT32 else None
+    return number if number in INT32 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from kirim_events.events import EventRecord
-from kirim_events.schema import DELIVERY_FIELDS, LAKE_EVENT_FIELDS
+from kirim_events.schema import DELIVERY_FIELDS, INT32, LAKE_EVENT_FIELDS
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -81,7 +81,6 @@ _RECEIPT_SET = frozenset(RECEIPT_COLUMNS)
 _RECEIPT_TIMES = tuple(i for i, n in enumerate(RECEIPT_COLUMNS) if n in _TIMES)
 _EVENT_INT32 = EVENT_COLUMNS.index("attempt")
 _RECEIPT_INT32 = tuple(i for i, n in enumerate(RECEIPT_COLUMNS) if n in _INTS)
-_INT32 = range(-(2**31), 2**31)
 
 
 def _check_int32(row: Sequence[Any], at: int, columns: Sequence[str]) -> None:
@@ -89,7 +88,7 @@ def _check_int32(row: Sequence[Any], at: int, columns: Sequence[str]) -> None:
     SQLite would take it, and every flush after would fail on it (the row stays, so would
     the next flush's), with events or receipts left in the journal."""
     value = row[at]
-    if isinstance(value, int) and value not in _INT32:  # (an int: O(1), not a scan)
+    if isinstance(value, int) and value not in INT32:  # (an int: O(1), not a scan)
         raise ValueError(f"{columns[at]} must be a whole number in int32 range, got {value!r}")
 
 

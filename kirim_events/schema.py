@@ -18,6 +18,7 @@ __all__ = [
     "DELIVERY_FIELDS",
     "DELIVERY_SCHEMA",
     "EVENT_SCHEMA",
+    "INT32",
     "LAKE_EVENT_FIELDS",
     "NOT_STORED",
     "SCHEMA_VERSION",
@@ -28,6 +29,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 TS = pa.timestamp("us", tz="UTC")
+INT32 = range(-(2**31), 2**31)
+"""The values the lake's int32 columns (``attempt``, ``response_status_code``, ``n_events``)
+hold."""
 
 _EVENT_TYPES: dict[str, pa.DataType] = {
     "occurred_at": TS,

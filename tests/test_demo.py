@@ -136,18 +136,22 @@ def test_a_blank_folder_name_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
+def refused_by_library_and_cli(folder: Path, reason: str) -> None:
+    """The demo refuses ``folder`` with ``reason``: run_demo raises ConfigError, and the CLI
+    exits 2 printing the error alone (no empty progress display before it)."""
+    with pytest.raises(ConfigError, match=reason):
+        run_demo(folder, scale=0.05)
+    result = CliRunner().invoke(app, ["demo", "--data", str(folder), "--scale", "0.05"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert reason in result.stderr
+
+
 def test_a_file_given_as_the_folder_is_named_as_a_file(tmp_path: Path) -> None:
     # mkdir's own "File exists" left the user guessing which file, and why that mattered
     file = tmp_path / "data"
     file.write_bytes(b"mine")
-    with pytest.raises(ConfigError, match="data is a file, not a folder"):
-        run_demo(file, scale=0.05)
-    assert file.read_bytes() == b"mine"
-    # the CLI prints the error and only it: no empty progress display before it
-    result = CliRunner().invoke(app, ["demo", "--data", str(file), "--scale", "0.05"])
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert "data is a file, not a folder" in result.stderr
+    refused_by_library_and_cli(file, "data is a file, not a folder")
     assert file.read_bytes() == b"mine"
 
 
@@ -172,13 +176,8 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
     precious = tmp_path / "events" / "mine.parquet"
     precious.parent.mkdir(parents=True)
     precious.write_bytes(b"not the demo's")
-    with pytest.raises(ConfigError, match="not written by the demo"):
-        run_demo(tmp_path, scale=0.05)
+    refused_by_library_and_cli(tmp_path, "not written by the demo")
     assert precious.read_bytes() == b"not the demo's"
-    result = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--scale", "0.05"])
-    assert result.exit_code == 2
-    assert "not written by the demo" in result.output
-    assert precious.exists()
 
 
 def test_demo_twice_on_one_folder_starts_afresh(

@@ -21,6 +21,7 @@ from kirim_events import testing
 from kirim_events.errors import ConfigError, StorageError
 from kirim_events.events import EventRecord, parse_delivery
 from kirim_events.journal import Journal
+from kirim_events.journal_write import CHUNK
 from kirim_events.lake import Lake
 
 SECRET = "whsec_test_secret"
@@ -777,3 +778,40 @@ def test_a_data_folder_inside_a_lakes_own_folders_is_refused(tmp_path: Path) -> 
     Journal(fresh).close()  # a lake known by its journal only (never flushed) counts too
     with pytest.raises(ConfigError, match=f"of the lake at {fresh}"):
         Journal(fresh / "events")
+
+
+def test_a_receipt_is_new_when_any_record_of_its_delivery_is_new(tmp_path: Path) -> None:
+    """A Meta batch that repeats one known status and brings one new one is a ``new``
+    delivery: the outcome asks whether *any* record was new, not whether all were."""
+    known = records(testing.meta_status("sent", wamid="wamid.A"))
+    fresh = records(testing.meta_status("delivered", wamid="wamid.B"))
+    lake = Lake(tmp_path)
+    with Journal(tmp_path) as j:
+        assert j.append(known) == [True]
+        assert j.append(known + fresh, [{"delivery_id": "wbd_mixed", "outcome": None}]) == [
+            False,
+            True,
+        ]
+        j.flush(lake)
+    rows = lake.deliveries().collect()
+    assert rows["outcome"].to_list() == ["new"]
+
+
+def test_dedup_holds_for_groups_larger_than_one_index_lookup(tmp_path: Path) -> None:
+    """The index is asked about keys in chunks (SQLite's parameter limit); a group of more
+    keys than one chunk holds must find the known ones in every chunk, not only the first."""
+    many = [rec for _ in range(2 * CHUNK + 7) for rec in records(testing.kirim_event())]
+    with Journal(tmp_path) as j:
+        assert j.append(many) == [True] * len(many)
+        assert j.append(many) == [False] * len(many)
+        assert j.backlog == len(many)
+
+
+def test_the_write_connection_commits_with_fsync(journal: Journal) -> None:
+    """Acknowledged implies durable: that rests on WAL with synchronous=FULL (2): with NORMAL or
+    OFF, a commit returns before the WAL is fsync'd and a power loss drops acknowledged
+    events. No crash test can show that on a machine that does not lose power, so the
+    settings of the very connection that writes are read back."""
+    conn = journal._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2

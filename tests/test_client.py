@@ -468,6 +468,52 @@ def test_pacing_from_headers_never_runs_past_the_limit_and_keeps_up() -> None:
     assert steady >= 0.9  # >= 90 % of the limit
 
 
+def _taken_before_a_wait(limiter: RateLimiter, t: FakeTime, most: int = 10_000) -> int:
+    """How many requests start (and stay in flight: parallel slices) before one must wait."""
+    before = len(t.sleeps)
+    n = 0
+    while n < most:
+        limiter.acquire("read")
+        if len(t.sleeps) > before:
+            return n
+        n += 1
+    return n
+
+
+def _bucket_headers(t: FakeTime, *, limit: int, remaining: int, full_in: int) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(int(t.now) + full_in),
+    }
+
+
+def test_parallel_requests_share_the_tokens_an_answer_reports() -> None:
+    """Requests in flight at once (backfill's slices) each take a token of the local
+    estimate, keep one in reserve, wait as long as the derived refill rate says, and never
+    count more than a full bucket however long the client was idle. A sequential client is
+    re-synchronised by every answer and shows none of this."""
+    t = FakeTime()
+    limiter = RateLimiter(clock=t.clock, sleep=t.sleep)
+    limiter.acquire("read")  # nothing known yet: a probe
+    # 55 of 60 spent, full again in 55 s: a refill rate of 1 token a second
+    limiter.release("read", _bucket_headers(t, limit=60, remaining=5, full_in=55))
+    assert _taken_before_a_wait(limiter, t) == 4  # 5 tokens, 1 kept in reserve
+    assert t.sleeps == [pytest.approx(1.0)]  # the one token short comes back in a second
+    t.now += 1_000  # idle far longer than the bucket takes to fill
+    assert _taken_before_a_wait(limiter, t) == 59  # a full bucket of 60, less the reserve
+
+
+def test_requests_still_in_flight_are_not_counted_as_spent_by_the_server() -> None:
+    t = FakeTime()
+    limiter = RateLimiter(clock=t.clock, sleep=t.sleep)
+    for _ in range(3):
+        limiter.acquire("read")  # three probes in flight
+    # the first answer says 5 remain; the two others may not be counted in it yet
+    limiter.release("read", _bucket_headers(t, limit=60, remaining=5, full_in=55))
+    assert _taken_before_a_wait(limiter, t) == 2  # 5 - 2 in flight - 1 reserve
+
+
 def test_limiter_blocks_all_threads_after_429() -> None:
     t = FakeTime()
     limiter = RateLimiter(clock=t.clock, sleep=t.sleep)

@@ -866,3 +866,18 @@ def test_a_webhook_path_no_url_could_name_is_refused(path: str) -> None:
 )  # fmt: skip
 def test_webhook_paths_are_kept_with_one_leading_slash(path: str, kept: str) -> None:
     assert receiver_module.webhook_path(path) == kept
+
+
+async def test_a_receipt_without_event_headers_names_the_event_of_the_body(
+    receiver: Receiver, journal: Journal
+) -> None:
+    """The deliveries row of a POST without X-Kirim-Event-Id / X-Kirim-Event names the event
+    its body held, so health reports can attribute the delivery."""
+    req = signed(testing.kirim_event("contact.updated", event_id="evt_body_only"))
+    headers = {
+        k: v for k, v in req.headers.items() if k not in ("X-Kirim-Event-Id", "X-Kirim-Event")
+    }
+    resp = await post(receiver, testing.SignedRequest(req.body, headers))
+    assert (resp.status_code, resp.json()["outcome"]) == (200, "new")
+    row = lake_after_flush(journal).deliveries().collect()
+    assert row.select("event_id", "event_type").rows() == [("evt_body_only", "contact.updated")]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import kirim_events as ke
 from kirim_events.errors import LakeError
 from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.lake import storage as storage_module
 from kirim_events.lake.paths import decode_type, encode_type
 from kirim_events.schema import events_table
 
@@ -764,3 +765,50 @@ def test_a_bad_argument_is_also_a_value_error(tmp_path: Path) -> None:
     """An analyst's ``except ValueError`` catches it, as for any bad value in Python."""
     with pytest.raises(ValueError, match="not a time"):
         ke.Lake(tmp_path).as_of("yesterday-ish")
+
+
+def test_a_written_file_and_its_name_are_durable_when_write_events_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush deletes the journal's rows once write_events returns, so by then each new
+    events file must be on disk under its final name: its bytes synced before the rename,
+    and the rename synced after it (one syncfs(2) each on Linux >= 5.8, else an fsync of
+    the file, then of its folder). Nothing short of a power cut shows a missing sync, so the
+    calls are recorded in order."""
+    calls: list[tuple[str, ...]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+    real_syncfs = storage_module._syncfs
+
+    def replace(src: str, dst: str) -> None:
+        calls.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def syncfs(path: str) -> None:
+        calls.append(("syncfs",))
+        real_syncfs(path)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("reads fsync'd paths from /proc/self/fd")
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(storage_module, "_syncfs", syncfs)
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("evt_first")])  # the lake's own folders and state are made
+    calls.clear()
+    lake.write_events([ev("evt_durable")])
+    renames = [
+        (i, src, dst)
+        for i, (op, *args) in enumerate(calls)
+        if op == "rename"
+        for src, dst in [args]
+        if dst.endswith(".parquet") and "/events/" in dst
+    ]
+    assert len(renames) == 1
+    i, src, dst = renames[0]
+    before, after = calls[:i], calls[i + 1 :]
+    assert ("syncfs",) in before or ("fsync", src) in before, calls
+    assert ("syncfs",) in after or ("fsync", os.path.dirname(dst)) in after, calls

@@ -169,7 +169,9 @@ def test_dry_run_on_an_empty_folder_creates_nothing(world: World, tmp_path: Path
 
 def test_bad_range_is_a_config_error(tmp_path: Path) -> None:
     client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(lambda r: 1 / 0))
-    with pytest.raises(ConfigError, match="before"):
+    with pytest.raises(
+        ConfigError, match=r"^since \(2026-05-02T00:00:00Z\) must be before until \(2026-05-01"
+    ):
         reconcile(tmp_path, client=client, since="2026-05-02", until="2026-05-01")
     with pytest.raises(ConfigError, match=r"^since 'last tuesday' is not a time"):
         reconcile(tmp_path, client=client, since="last tuesday")

@@ -417,6 +417,37 @@ def test_body_without_ids_falls_back_to_body_hash() -> None:
     assert a.event_key == b.event_key
 
 
+def test_id_less_items_of_one_meta_batch_keep_one_key_each() -> None:
+    """A batch whose items lack an id falls back to the body hash plus the item's position:
+    two statuses (or two messages) without ids in one body are two events, not one event
+    and a duplicate; the same body delivered again gives the same keys."""
+    statuses = [_status("sent", 1_779_531_000), _status("read", 1_779_531_060)]
+    for item in statuses:
+        del item["id"]
+    body = _meta_status_body(*statuses)
+    keys = [r.event_key for r in parse_delivery(body)]
+    assert len(set(keys)) == 2, keys
+    assert all(k.startswith("sha256:") for k in keys)
+    assert [r.event_key for r in parse_delivery(body)] == keys
+    messages = json.loads(META_RECEIVED)
+    value = messages["entry"][0]["changes"][0]["value"]
+    value["messages"] = [dict(value["messages"][0]), dict(value["messages"][0], type="image")]
+    for item in value["messages"]:
+        del item["id"]
+    keys = [r.event_key for r in parse_delivery(json.dumps(messages).encode())]
+    assert len(set(keys)) == 2, keys
+
+
+def test_a_status_in_capitals_is_the_same_event_as_in_lower_case() -> None:
+    """Statuses are compared and stored in lower case, so ``DELIVERED`` counts as the
+    delivered step (analytics rank by the lower-case names) and collapses with a copy in
+    lower case."""
+    [upper] = parse_delivery(_meta_status_body(_status("DELIVERED", 1_779_531_000)))
+    [lower] = parse_delivery(_meta_status_body(_status("delivered", 1_779_531_000)))
+    assert upper.status == "delivered"
+    assert upper.event_key == lower.event_key == f"{WAMID}:delivered"
+
+
 # ---- event time fallbacks
 
 

@@ -663,3 +663,29 @@ def test_the_delivery_to_replay_is_a_terminal_one_then_the_newest(
     report = History(rows[::order]).reconcile(tmp_path, dry_run=True)
     chosen = {m.event_id: (m.delivery_id, m.status) for m in report.missing}
     assert chosen == {"evt_x": ("wbd_002", "dead"), "evt_y": ("wbd_005", "succeeded")}
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_a_status_acknowledged_through_a_replay_of_a_replay_is_not_missing(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    """A bare status delivery that died, replayed, and whose replay was replayed again and
+    taken: the chain (followed to its root however deep) is acknowledged, whichever order
+    Kirim lists its rows in; a chain none of whose rows was taken is missing once."""
+    rows = [
+        delivery(1, 0, "wamid.Z", "dead", event_type="message.status"),
+        delivery(2, 60, "wamid.Z", "dead", event_type="message.status", replayed_from="wbd_001"),
+        delivery(3, 120, "wamid.Z", "succeeded", event_type="message.status",
+                 replayed_from="wbd_002"),
+        delivery(4, 0, "wamid.W", "dead", event_type="message.status"),
+        delivery(5, 60, "wamid.W", "dead", event_type="message.status", replayed_from="wbd_004"),
+        delivery(6, 120, "wamid.W", "dead", event_type="message.status", replayed_from="wbd_005"),
+    ]  # fmt: skip
+    if newest_first:
+        rows.reverse()
+    # the store holds a status of each message (which one it cannot tell from a bare row)
+    for wamid in ("wamid.Z", "wamid.W"):
+        body = json.dumps(testing.meta_status("sent", wamid=wamid, timestamp=1_779_000_000))
+        Lake(tmp_path).write_events(parse_delivery(body.encode()))
+    report = History(rows).reconcile(tmp_path, dry_run=True)
+    assert [m.event_id for m in report.missing] == ["wamid.W"]

@@ -689,3 +689,20 @@ def test_a_status_acknowledged_through_a_replay_of_a_replay_is_not_missing(
         Lake(tmp_path).write_events(parse_delivery(body.encode()))
     report = History(rows).reconcile(tmp_path, dry_run=True)
     assert [m.event_id for m in report.missing] == ["wamid.W"]
+
+
+def test_the_purge_warning_counts_from_an_events_oldest_delivery(tmp_path: Path) -> None:
+    """Kirim purges each delivery 30 days after it was made: a missing event is near the
+    purge by its first delivery, however recent its replays are."""
+    rows = [
+        delivery(1, 0, "evt_old", "dead"),
+        delivery(2, 10 * 86_400, "evt_old", "dead", replayed_from="wbd_001"),
+    ]
+    history = History(list(reversed(rows)))  # newest first, as Kirim lists them
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(history.handler),
+                         sleep=lambda s: None)  # fmt: skip
+    report = reconcile(tmp_path, client=client, since=BASE, until=BASE + timedelta(days=11),
+                       now=lambda: (BASE + timedelta(days=28)).timestamp(), dry_run=True,
+                       warn_days=3)  # fmt: skip
+    assert [m.event_id for m in report.missing] == ["evt_old"]
+    assert report.near_purge == 1

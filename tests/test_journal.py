@@ -815,3 +815,15 @@ def test_the_write_connection_commits_with_fsync(journal: Journal) -> None:
     conn = journal._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_forget_keys_forgets_more_keys_than_one_statement_holds(tmp_path: Path) -> None:
+    """Reconcile forgets every lost key so that each is stored again when it comes back; the
+    deletes go in chunks (SQLite's parameter limit), and every chunk counts."""
+    many = [rec for _ in range(2 * CHUNK + 7) for rec in records(testing.kirim_event())]
+    keys = [r.event_key for r in many]
+    with Journal(tmp_path) as j:
+        j.append(many)
+        j.forget_keys(keys)
+        assert j.seen(keys) == set()
+        assert j.append(many) == [True] * len(many)

@@ -1036,3 +1036,23 @@ def test_checkpoint_folders_are_fsynced_when_made_written_and_retired(
     assert (state / "done").is_dir()
     # the folders naming _state/, backfill/, the checkpoint, done/ and the retired checkpoint
     assert {tmp_path, tmp_path / "_state", state, state / "done"} <= set(synced)
+
+
+def test_the_range_holds_since_and_excludes_until(tmp_path: Path) -> None:
+    """A backfill over [since, until) stores a row made at ``since`` and none made at
+    ``until`` (the next range's), also where Kirim sends rows past both ends."""
+    rows = [
+        history_row(i, at)
+        for i, at in enumerate(
+            [
+                "2026-05-01T09:59:59.999999Z",  # before since
+                "2026-05-01T10:00:00Z",  # since: in
+                "2026-05-01T10:59:59.999999Z",  # in
+                "2026-05-01T11:00:00Z",  # until: out
+            ]
+        )
+    ]
+    QuirkyHistory(rows, ignore_filters=True).backfill(tmp_path, slices=1, page_size=10)
+    events, deliveries = lake_frames(tmp_path)
+    assert sorted(deliveries["delivery_id"]) == ["wbd_00001", "wbd_00002"]
+    assert sorted(events["event_key"]) == ["evt_00001", "evt_00002"]

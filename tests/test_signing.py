@@ -154,6 +154,13 @@ def test_no_v1_is_malformed() -> None:
         verify(BODY, f"t={T},v0={V1}", [SECRET], now=NOW)
 
 
+@pytest.mark.parametrize("header", [f"t={T},v1=", f"t={T},v1= ", f"t={T},v1=,v1="])
+def test_an_empty_v1_is_no_v1(header: str) -> None:
+    # an empty value is no signature at all: the header is malformed, not a mismatch
+    with pytest.raises(SignatureMalformed, match="signature header has no v1= value"):
+        verify(BODY, header, [SECRET], now=NOW)
+
+
 @pytest.mark.parametrize("header", [None, "", "   "])
 def test_missing_header(header: str | None) -> None:
     with pytest.raises(SignatureMissing, match="missing X-Kirim-Signature header"):
@@ -161,7 +168,7 @@ def test_missing_header(header: str | None) -> None:
 
 
 def test_unknown_segments_are_ignored() -> None:
-    header = f"t={T},v0=deadbeef,v1={V1},v2=future"
+    header = f"t={T},v0=deadbeef,v1={V1},v2=future,no-equals-sign"
     assert verify(BODY, header, [SECRET], now=NOW) == T
 
 

@@ -81,7 +81,7 @@ def test_brackets_in_paths_and_messages_are_printed_as_they_are(
         (["report", "--html", "{tmp}/no-such-dir/r.html"], "--html"),
         (["report", "--html", "{tmp}"], "--html"),
         (["compact", "--data", "{tmp}/no-such-dir"], "no lake at"),
-        (["demo", "--data", "{tmp}/a-file"], "cannot use"),
+        (["demo", "--data", "{tmp}/a-file"], "is a file, not a folder"),
         (["emulate", "--no-api", "--send-to", "not-a-url"], "--send-to"),
         (["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/h", "--truth", "{tmp}/a-file/x"],
          "--truth"),

@@ -313,6 +313,27 @@ def test_rate_limit_returns_429_with_retry_after_and_refills() -> None:
     asyncio.run(main())
 
 
+def test_the_rate_limits_are_the_organisations_not_each_keys() -> None:
+    # kirim-api.md §7.2: per-organisation token buckets per class; the emulator is one
+    # organisation, so a second key of it draws on the same buckets (it doubled the limits)
+    other = "kdv_live_ABCDEFGHIJKLMNOPQRSTUVWX"
+    clock = FakeClock()
+    emu = Emulator(seed=6, api_keys=[KEY, other], clock=clock, read_limit=4, write_limit=2)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            codes = []
+            for n in range(6):
+                key = KEY if n % 2 == 0 else other
+                headers = {"Authorization": f"Bearer {key}"}
+                r = await client.get("/v1/webhook_deliveries", headers=headers)
+                codes.append(r.status_code)
+            assert codes == [200, 200, 200, 200, 429, 429]
+            assert r.headers["X-RateLimit-Remaining"] == "0"
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------------------------ subscriptions and secrets
 
 

@@ -183,7 +183,8 @@ def create_app(
         Time source (rate limits, created_at of replays) and random source (request ids,
         faults).
     read_limit, write_limit
-        Requests per minute per key for GET/HEAD and for everything else (Free plan: 600 / 60).
+        Requests per minute for GET/HEAD and for everything else (Free plan: 600 / 60),
+        shared by every key (the emulator is one organisation).
     faults
         Share of requests that fail, wait or drop (:class:`FaultConfig`).
     fault_sleep

@@ -27,6 +27,8 @@ __all__ = ["ANONYMOUS", "BULK_REPLAY_CAP", "ApiError", "ApiState", "Handler"]
 BULK_REPLAY_CAP = 1000
 ANONYMOUS = ""
 """The rate-limit bucket of requests without a valid key (no key can be empty)."""
+ORGANISATION = "organisation"
+"""The rate-limit bucket of every valid key: the emulator is one organisation."""
 KEY_PATTERN = re.compile(r"^kdv_live_[A-Za-z0-9_-]{24}$")
 SUBSCRIPTION_PATTERN = re.compile(r"^wbs_[0-9A-HJKMNP-TV-Z]{26}$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -89,12 +91,18 @@ class ApiState:
         return token
 
     def limit(self, key: str, write: bool) -> tuple[bool, dict[str, str]]:
-        """Take a token from the key's read or write bucket."""
+        """Take a token from the read or write bucket of ``key``'s organisation.
+
+        Kirim's buckets are per organisation and class (kirim-api.md §7.2) and the emulator
+        is one organisation, so every valid key shares them; ``ANONYMOUS`` (no valid key)
+        has buckets of its own.
+        """
         kind = "write" if write else "read"
-        bucket = self.buckets.get((key, kind))
+        owner = ANONYMOUS if key == ANONYMOUS else ORGANISATION
+        bucket = self.buckets.get((owner, kind))
         if bucket is None:
             limit = self.write_limit if write else self.read_limit
-            bucket = self.buckets[(key, kind)] = TokenBucket(limit, clock=self.clock)
+            bucket = self.buckets[(owner, kind)] = TokenBucket(limit, clock=self.clock)
         return bucket.take()
 
     # ------------------------------------------------------------------ cursors

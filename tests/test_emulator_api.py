@@ -628,6 +628,49 @@ def test_purged_history_disappears_from_the_api() -> None:
     assert gone == len(rows) - len(expected) > 0
 
 
+def test_with_a_retention_the_api_serves_only_the_last_30_days() -> None:
+    # kirim-api.md §3: rows go 30 days after creation. `kirim-events emulate` served a
+    # history started 45 days ago whole: listed, fetched, replayed and bulk-replayed.
+    clock = FakeClock()
+    emu = Emulator(
+        seed=6, secrets=SECRET, api_keys=[KEY], clock=clock, retention_days=30,
+        start=int(clock.t - 30 * 86400 - 300),
+    )  # fmt: skip
+    sub = emu.subscribe(URL, now=0)
+    for _ in emu.iter_deliveries(300):
+        pass
+    rows = emu.store.deliveries
+    cutoff = clock.t - 30 * 86400
+    old = [r for r in rows if r.created_at < cutoff]
+    kept = [r.id for r in reversed(rows) if r.created_at >= cutoff]
+    assert old
+    assert kept
+    for row in old:
+        row.status = "dead"
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            ids, _ = await _walk(client)
+            assert ids == kept
+            assert (await _get(client, f"/v1/webhook_deliveries/{old[-1].id}")).status_code == 404
+            replay = await client.post(f"/v1/webhook_deliveries/{old[-1].id}/replay", headers=AUTH)
+            assert replay.status_code == 404
+            bulk = await client.post(
+                "/v1/webhook_deliveries/bulk_replay", json={"subscription_id": sub.id}, headers=AUTH
+            )
+            assert bulk.json()["data"] == {"enqueued": 0, "capped": False}
+            # the window moves with the clock: a cursor taken now still pages the rest
+            page = (await _get(client, "/v1/webhook_deliveries", limit=10)).json()
+            clock.t += 3600
+            later, _ = await _walk(client)
+            assert later == [r.id for r in reversed(rows) if r.created_at >= clock.t - 30 * 86400]
+            cursor = page["next_cursor"]
+            more = await _get(client, "/v1/webhook_deliveries", limit=10, cursor=cursor)
+            assert more.status_code == 200
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------ property: any filters, any limit
 
 _PROPERTY_EMU = _emulator(600, read_limit=10**9)

@@ -300,6 +300,41 @@ def test_emulate_without_send_to_reports_the_history_it_serves() -> None:
     assert "retries scheduled" not in out  # the sending table is for runs that send
 
 
+def test_emulate_serves_only_the_last_30_days_of_history() -> None:
+    # kirim-api.md §3: Kirim purges delivery rows 30 days after creation; a history that
+    # started 45 days ago was served whole (and could be replayed)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kirim_events", "emulate", "--port", str(port), "--events", "40",
+         "--start", "45d"],
+        env=dict(os.environ, KIRIM_KEY=KEY, COLUMNS="200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:  # the history is recorded before this line
+            lines.append(line)
+            if "the API serves it" in line:
+                break
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/v1/webhook_deliveries",
+            params={"limit": 100},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "recorded 40 world events" in "".join(lines)
+    assert r.status_code == 200
+    assert r.json()["data"] == []
+
+
 def refuse(request: httpx.Request) -> httpx.Response:
     """A receiver nobody listens at, without the network: every connection is refused."""
     raise httpx.ConnectError("connection refused", request=request)

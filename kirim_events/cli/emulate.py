@@ -38,6 +38,8 @@ from kirim_events.timearg import parse_when
 # are stamped a little after their events.
 _END_MARGIN = 60
 _HISTORY_URL = "https://example.invalid/webhooks/kirim"
+# Kirim purges delivery rows 30 days after creation (kirim-api.md §3): the API serves that window
+RETENTION_DAYS = 30.0
 # a lost_ack is a 2xx the emulator sends again, as if the answer never reached Kirim
 _ACKNOWLEDGED = ("succeeded", "lost_ack")
 
@@ -310,6 +312,7 @@ def emulate(
             start=_start(start, span),
             secrets=s.webhook_secrets or None,
             api_keys=[s.api_key] if s.api_key else [],
+            retention_days=RETENTION_DAYS,
         )
         if send_to:
             emu.check_url(send_to)  # before anything starts

@@ -170,6 +170,7 @@ def create_app(
     faults: FaultConfig | None = None,
     fault_sleep: Callable[[float], Awaitable[None]] | None = None,
     allow_http_loopback: bool = True,
+    retention_days: float | None = None,
 ) -> FaultInjector:
     """Build the REST app over ``store``.
 
@@ -189,6 +190,10 @@ def create_app(
         Share of requests that fail, wait or drop (:class:`FaultConfig`).
     fault_sleep
         The sleep used for injected latency (``asyncio.sleep`` by default).
+    retention_days
+        Serve only delivery rows created within this many days of ``clock`` (Kirim keeps
+        30, kirim-api.md §3), as if purged continuously; None serves every row kept (tests
+        then purge when they choose, :meth:`Emulator.purge`).
 
     Returns
     -------
@@ -206,6 +211,7 @@ def create_app(
         write_limit=write_limit,
         allow_http_loopback=allow_http_loopback,
         cursor_key=rng.getrandbits(128).to_bytes(16, "big"),
+        retention_days=retention_days,
     )
 
     def route(path: str, handler: Handler, methods: list[str], public: bool = False) -> Route:

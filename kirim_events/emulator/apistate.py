@@ -66,11 +66,26 @@ class ApiState:
     write_limit: int
     allow_http_loopback: bool
     cursor_key: bytes = field(repr=False)
+    retention_days: float | None = None
 
     def __post_init__(self) -> None:
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         # (api key, Idempotency-Key) -> (expires, fingerprint, status, payload)
         self.idempotency: dict[tuple[str, str], tuple[float, str, int, dict[str, Any]]] = {}
+
+    def cutoff(self) -> float | None:
+        """Rows created before this instant are past Kirim's history window (None: all kept)."""
+        if self.retention_days is None:
+            return None
+        return self.clock() - self.retention_days * 86400
+
+    def delivery(self, ident: str) -> DeliveryRow:
+        """The delivery row ``ident`` within the history window, or a 404."""
+        row = self.store.by_id.get(ident)
+        cutoff = self.cutoff()
+        if row is None or (cutoff is not None and row.created_at < cutoff):
+            raise not_found("webhook delivery", ident)
+        return row
 
     def request_id(self) -> str:
         """A new ``req_`` id."""
@@ -175,12 +190,14 @@ async def json_body(request: Request) -> dict[str, Any]:
     return value
 
 
-def row_filter(f: dict[str, Any]) -> Callable[[DeliveryRow], bool]:
-    """A predicate keeping delivery rows that match every given filter."""
+def row_filter(f: dict[str, Any], cutoff: float | None = None) -> Callable[[DeliveryRow], bool]:
+    """A predicate keeping delivery rows that match every given filter, created at or after
+    ``cutoff`` when given (the history window; not a filter, so cursors are not bound to it)."""
 
     def keep(row: DeliveryRow) -> bool:
         return (
             row.status != "purged"
+            and (cutoff is None or row.created_at >= cutoff)
             and (f["subscription_id"] is None or row.subscription_id == f["subscription_id"])
             and (f["status"] is None or row.status == f["status"])
             and (f["event_type"] is None or row.event_type == f["event_type"])

@@ -71,6 +71,10 @@ class Emulator:
         Write the truth's event log to this Parquet file instead of keeping it in memory.
     read_limit, write_limit
         API rate limits per minute.
+    retention_days
+        The API serves only delivery rows created within this many days of ``clock``
+        (Kirim keeps 30; ``kirim-events emulate`` sets 30). None (the default) serves every
+        row until :meth:`purge` is called, so tests choose when history goes.
 
     Examples
     --------
@@ -97,6 +101,7 @@ class Emulator:
         read_limit: int = 600,
         write_limit: int = 60,
         record_attempts: bool = True,
+        retention_days: float | None = None,
     ) -> None:
         self.seed = seed
         self.world = World(world, seed=seed, start=start)
@@ -136,6 +141,7 @@ class Emulator:
             write_limit=write_limit,
             faults=faults,
             fault_sleep=sleep,
+            retention_days=retention_days,
         )
         self._started = False
 

@@ -19,7 +19,6 @@ from kirim_events.emulator.apistate import (
     check_url,
     filters_hash,
     json_body,
-    not_found,
     page,
     row_filter,
     subscription,
@@ -48,24 +47,18 @@ async def list_deliveries(request: Request, api: ApiState) -> tuple[int, dict[st
         "created_after": time_param(q.get("created_after"), "created_after"),
         "created_before": time_param(q.get("created_before"), "created_before"),
     }
-    return 200, page(api, request, api.store.deliveries, row_filter(filters), filters_hash(filters))
+    keep = row_filter(filters, api.cutoff())
+    return 200, page(api, request, api.store.deliveries, keep, filters_hash(filters))
 
 
 async def get_delivery(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
     """``GET /v1/webhook_deliveries/{id}``."""
-    ident = request.path_params["id"]
-    row = api.store.by_id.get(ident)
-    if row is None:
-        raise not_found("webhook delivery", ident)
-    return 200, {"data": row.to_json()}
+    return 200, {"data": api.delivery(request.path_params["id"]).to_json()}
 
 
 async def replay(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
     """``POST /v1/webhook_deliveries/{id}/replay``: a new pending row (202)."""
-    ident = request.path_params["id"]
-    row = api.store.by_id.get(ident)
-    if row is None:
-        raise not_found("webhook delivery", ident)
+    row = api.delivery(request.path_params["id"])
     new = api.store.replay(row, now=api.clock())
     data = {
         "id": new.id,
@@ -99,7 +92,7 @@ async def bulk_replay(request: Request, api: ApiState) -> tuple[int, dict[str, A
         "created_after": time_param(body.get("created_after"), "created_after"),
         "created_before": time_param(body.get("created_before"), "created_before"),
     }
-    keep = row_filter(filters)
+    keep = row_filter(filters, api.cutoff())
     matched = [row for row in api.store.deliveries if keep(row)]
     now = api.clock()
     for row in matched[:BULK_REPLAY_CAP]:

@@ -272,6 +272,39 @@ def test_truth_is_what_the_emitted_webhooks_say(world: WorldConfig) -> None:
         assert shapes == {"meta", "kirim", "legacy"}
 
 
+_LOG_COLUMNS = (
+    "type", "event_id", "phone_number_id", "conversation_id", "contact_id", "message_id",
+    "status", "recipient_id", "user_id", "previous_user_id", "closed_by_user_id", "error_code",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "world",
+    [
+        WorldConfig(),
+        WorldConfig(kirim_block=False),
+        WorldConfig(third_shape_rate=0.5),
+        WorldConfig(kirim_block=False, third_shape_rate=1.0),
+    ],
+    ids=["enriched", "plain", "half-third-shape", "third-shape"],
+)
+def test_the_truth_log_holds_what_the_bodies_carry(world: WorldConfig) -> None:
+    # The truth's event log is "only what the emitted events themselves carry": it named
+    # a phone number id for Kirim-native events (their bodies carry none), a contact id for
+    # third-shape bodies (none there either) and no status for conversation events (their
+    # bodies carry the conversation's, which the lake keeps as the event's status)
+    emu = Emulator(seed=13, world=world, secrets=SECRET)
+    emu.subscribe("https://example.test/hook", now=0)
+    got = {r.event_key: r for d in emu.iter_deliveries(4000) for r in parse_delivery(d.body)}
+    log = emu.truth.log().collect()
+    assert set(log["event_key"]) == set(got)
+    for row in log.iter_rows(named=True):
+        record = got[row["event_key"]]
+        assert record.occurred_at == row["at"]
+        for name in _LOG_COLUMNS:
+            assert row[name] == getattr(record, name), (name, row["type"], row["shape"])
+
+
 def test_cycles_add_up_to_lifecycles() -> None:
     truth = Truth()
     for bundle in World(seed=17).bundles(15_000):

@@ -9,8 +9,10 @@ Event log
     ``type``, ``event_key`` (as :func:`kirim_events.events.parse_delivery` computes it),
     ``conversation_id`` *as emitted* (Kirim-native ``conversation.*`` events always; Meta
     bodies only through the ``kirim`` block, so null when the world's ``kirim_block`` is off;
-    third-shape bodies through ``data.conversation_id``), ``message_id`` (wamid), ``status``,
-    ``phone_number_id``, ``recipient_id`` (digits), ``contact_id`` (as emitted), ``user_id``,
+    third-shape bodies through ``data.conversation_id``), ``message_id`` (wamid), ``status``
+    (a message's; for ``conversation.*`` the conversation's as emitted: ``open``,
+    ``resolved``), ``phone_number_id`` (as emitted: null for Kirim-native events),
+    ``recipient_id`` (digits), ``contact_id`` (as emitted: none in third-shape bodies), ``user_id``,
     ``previous_user_id``, ``closed_by_user_id``, ``error_code`` (Meta's code as a string),
     ``seq`` (emission order; never needed to break ties, see below).
 
@@ -108,13 +110,24 @@ def emitted_conversation_id(event: WorldEvent, shape: str, kirim_block: bool) ->
 
 
 def _emitted_contact_id(event: WorldEvent, shape: str, kirim_block: bool) -> str | None:
-    if event.contact is None:
+    if event.contact is None or shape == "legacy":  # the third shape names no contact id
         return None
     if shape == "meta" and not kirim_block:
         return None
     if shape == "kirim" and event.type.startswith("conversation."):
         return None
     return event.contact.id
+
+
+def _emitted_status(event: WorldEvent) -> str | None:
+    """A message's status, or the status of the conversation a ``conversation.*`` body
+    carries (``open`` when assigned, ``resolved`` when closed; the lake keeps it as the
+    event's status too)."""
+    if event.type == "conversation.assigned":
+        return "open"
+    if event.type == "conversation.closed":
+        return "resolved"
+    return event.status
 
 
 class Truth:
@@ -152,12 +165,14 @@ class Truth:
             cols["event_key"].append(event_key(event, bundle.shape))
             cols["event_id"].append(event.event_id)
             cols["shape"].append(bundle.shape)
-            cols["phone_number_id"].append(event.phone.phone_number_id)
+            # Kirim-native bodies name no phone number (their resources are organisation-wide)
+            kirim = bundle.shape == "kirim"
+            cols["phone_number_id"].append(None if kirim else event.phone.phone_number_id)
             cols["conversation_id"].append(emitted_conversation_id(event, bundle.shape, block))
             cols["true_conversation_id"].append(event.conversation_id)
             cols["contact_id"].append(_emitted_contact_id(event, bundle.shape, block))
             cols["message_id"].append(event.message_id)
-            cols["status"].append(event.status)
+            cols["status"].append(_emitted_status(event))
             is_status = event.type == "message.status"
             cols["recipient_id"].append(contact.digits if is_status and contact else None)
             cols["user_id"].append(event.user_id)

@@ -32,9 +32,10 @@ runner = CliRunner()
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, answer: int = 200) -> None:
         self.bodies: list[tuple[dict[str, str], bytes]] = []
         self.bad = 0
+        self.answer = answer  # the status of a well-signed delivery
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         body = b""
@@ -46,7 +47,7 @@ class Receiver:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         try:
             kirim_events.verify(body, headers.get("x-kirim-signature"), SECRET)
-            status = 200
+            status = self.answer
             self.bodies.append((headers, body))
         except kirim_events.SignatureError:
             self.bad += 1
@@ -86,6 +87,31 @@ def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) ->
     assert keys == set(truth["event_key"])
     assert truth.height == 150
     assert "events never acknowledged" in result.output
+
+
+def test_the_truth_holds_the_events_sent_and_not_those_never_sent(tmp_path: Path) -> None:
+    # --truth held every world event, those never sent too: here the subscription is
+    # disabled after 24 failed deliveries (a 404 is permanent), and Kirim sends the later
+    # events nowhere (and the deliveries queued meanwhile are held, never sent)
+    receiver = Receiver(answer=404)
+    with serve(receiver) as base:
+        result = runner.invoke(
+            app,
+            ["emulate", "--no-api", "--send-to", f"{base}/webhooks/kirim", "--events", "80",
+             "--duplicate-rate", "0", "--disorder", "0", "--concurrency", "1",
+             "--truth", str(tmp_path / "truth")],
+            env={"KIRIM_WEBHOOK_SECRET": SECRET, "COLUMNS": "200"},
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sent = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    truth = pl.read_parquet(tmp_path / "truth" / "events.parquet")
+    assert 0 < len(sent) < 80
+    assert set(truth["event_key"]) == sent
+    assert truth.height == len(sent)
+    timelines = pl.read_parquet(tmp_path / "truth" / "message_timelines.parquet")
+    assert timelines["n_events"].sum() == truth.filter(pl.col("type") == "message.status").height
+    said = " ".join(result.output.split())
+    assert f"{80 - len(sent)} world events never sent are left out of the ground truth" in said
 
 
 def test_emulate_refuses_to_run_without_its_secrets() -> None:

@@ -318,8 +318,14 @@ def emulate(
             emu.check_url(send_to)  # before anything starts
     asyncio.run(_run(emu, send_to=send_to, events=events, port=None if no_api else port))
     if truth is not None:
-        paths = emu.truth.write_parquet(truth)
+        # what was sent, not what the world made: a stop or a disabled subscription leaves
+        # events unsent, and no receiver could have them
+        sent = emu.store.sent_event_keys()
+        paths = emu.truth.write_parquet(truth, event_keys=sent)
         console.print(f"ground truth written: {', '.join(str(p) for p in paths.values())}")
+        unsent = len(emu.truth) - len(sent)
+        if unsent:
+            print_note(f"{unsent} world events never sent are left out of the ground truth")
 
 
 async def _watch(

@@ -311,6 +311,11 @@ class Store:
         if self.record_attempts:
             self.attempts.append(attempt)
 
+    def sent_event_keys(self) -> set[str]:
+        """Event keys of the deliveries attempted at least once (recorded as delivered, for
+        a history made without sending): what a receiver can have seen."""
+        return {key for row in self.deliveries if row.attempt for key in row.event_keys}
+
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
         """Event keys that no delivery (of ``subscription_id``, or any) got a 2xx for,
         those never sent to a disabled subscription included."""

@@ -51,7 +51,7 @@ conversation_lifecycles (one row per conversation_id)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -247,16 +247,23 @@ class Truth:
         """True per-conversation lifecycles."""
         return TruthView(self, None).conversation_lifecycles()
 
-    def write_parquet(self, directory: str | Path) -> dict[str, Path]:
+    def write_parquet(
+        self, directory: str | Path, *, event_keys: Collection[str] | None = None
+    ) -> dict[str, Path]:
         """Write ``events``, ``message_timelines``, ``conversation_lifecycles`` and
-        ``conversation_cycles`` as Parquet files into ``directory``; return their paths."""
+        ``conversation_cycles`` as Parquet files into ``directory``; return their paths.
+
+        ``event_keys`` keeps only those events (every frame is derived from them alone):
+        the ones sent, when some never were (a stop, a disabled subscription).
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        view = TruthView(self, None, event_keys)
         frames = {
-            "events": self.log().collect(),
-            "message_timelines": self.message_timelines(),
-            "conversation_lifecycles": self.conversation_lifecycles(),
-            "conversation_cycles": self.conversation_cycles(),
+            "events": view.log().collect(),
+            "message_timelines": view.message_timelines(),
+            "conversation_lifecycles": view.conversation_lifecycles(),
+            "conversation_cycles": view.conversation_cycles(),
         }
         paths = {}
         for name, frame in frames.items():
@@ -288,16 +295,29 @@ def _to_datetime(ts: datetime | str | int) -> datetime:
 
 
 class TruthView:
-    """The truth frames restricted to events at or before ``as_of_ts`` (None = all)."""
+    """The truth frames restricted to events at or before ``as_of_ts`` (None = all) and,
+    when given, to the events of ``event_keys``."""
 
-    def __init__(self, truth: Truth, as_of_ts: datetime | None) -> None:
+    def __init__(
+        self,
+        truth: Truth,
+        as_of_ts: datetime | None,
+        event_keys: Collection[str] | None = None,
+    ) -> None:
         self.truth = truth
         self.as_of_ts = as_of_ts
+        self.event_keys = None if event_keys is None else sorted(set(event_keys))
+
+    def log(self) -> pl.LazyFrame:
+        """The event log of this view's events."""
+        return self._log()
 
     def _log(self) -> pl.LazyFrame:
         log = self.truth.log()
         if self.as_of_ts is not None:
             log = log.filter(pl.col("at") <= self.as_of_ts)
+        if self.event_keys is not None:
+            log = log.filter(pl.col("event_key").is_in(self.event_keys))
         return log
 
     def message_timelines(self) -> pl.DataFrame:

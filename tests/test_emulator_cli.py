@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,27 @@ def test_the_truth_holds_the_events_sent_and_not_those_never_sent(tmp_path: Path
     assert timelines["n_events"].sum() == truth.filter(pl.col("type") == "message.status").height
     said = " ".join(result.output.split())
     assert f"{80 - len(sent)} world events never sent are left out of the ground truth" in said
+
+
+def test_emulate_sends_the_third_body_shape_when_asked(tmp_path: Path) -> None:
+    # kirim-api.md §4.3: a shape one of Kirim's pages documents; the command could not send
+    # it (only the library could), so a handler could not be tried on it
+    receiver = Receiver()
+    with serve(receiver) as base:
+        result = runner.invoke(
+            app,
+            ["emulate", "--no-api", "--send-to", f"{base}/webhooks/kirim", "--events", "60",
+             "--third-shape-rate", "1", "--disorder", "0", "--duplicate-rate", "0",
+             "--truth", str(tmp_path / "truth")],
+            env={"KIRIM_WEBHOOK_SECRET": SECRET},
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    events = {h["x-kirim-event"] for h, _ in receiver.bodies}
+    assert {"message.received", "message.status_updated"} <= events
+    third = [b for h, b in receiver.bodies if h["x-kirim-event"] == "message.status_updated"]
+    assert all(json.loads(b)["id"].startswith("wbd_") for b in third)
+    keys = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    assert keys == set(pl.read_parquet(tmp_path / "truth" / "events.parquet")["event_key"])
 
 
 def test_emulate_refuses_to_run_without_its_secrets() -> None:

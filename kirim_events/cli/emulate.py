@@ -246,6 +246,17 @@ def emulate(
             " Meta bodies carry by default.",
         ),
     ] = False,
+    third_shape_rate: Annotated[
+        float,
+        typer.Option(
+            "--third-shape-rate",
+            min=0,
+            max=1,
+            help="Share of message and status bodies sent in the third body shape"
+            " (kirim-api.md §4.3: {id, event, delivered_at, data.message}, status events named"
+            " message.status_updated), which one of Kirim's pages documents.",
+        ),
+    ] = 0.0,
     truth: Annotated[
         Path | None,
         typer.Option(
@@ -282,7 +293,10 @@ def emulate(
             except OSError as exc:
                 raise ConfigError(f"--truth {truth}: cannot write there ({exc.strerror})") from None
         world = WorldConfig(
-            max_contacts=contacts, failure_rate=failure_rate, kirim_block=not no_kirim_block
+            max_contacts=contacts,
+            failure_rate=failure_rate,
+            kirim_block=not no_kirim_block,
+            third_shape_rate=third_shape_rate,
         )
         if start is None and events >= _SLOW_SPAN:
             seconds = events / 70_000  # measured: 0.10-0.14 s per 10,000 events

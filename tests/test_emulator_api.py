@@ -248,6 +248,23 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
     asyncio.run(main())
 
 
+def test_openapi_json_is_public() -> None:
+    # kirim-api.md §7.1: only /v1/health and /v1/openapi.json are public; the latter was a 404
+    emu = _emulator(5)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            r = await client.get("/v1/openapi.json")
+            assert r.status_code == 200
+            doc = r.json()
+            assert doc["openapi"].startswith("3.")
+            assert set(doc["paths"]["/v1/webhook_deliveries"]) == {"get"}
+            assert set(doc["paths"]["/v1/webhook_subscriptions/{id}"]) == {"get", "patch", "delete"}
+            assert "post" in doc["paths"]["/v1/webhook_deliveries/bulk_replay"]
+
+    asyncio.run(main())
+
+
 def test_the_api_state_shows_no_key_in_its_repr() -> None:
     emu = _emulator(5)
     assert KEY not in repr(emu.app.app.state.api)

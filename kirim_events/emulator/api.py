@@ -1,15 +1,16 @@
 """The emulated Kirim REST API (kirim-api.md §7) as a Starlette ASGI app.
 
-Endpoints: ``/v1/health`` and ``/v1/me``; ``GET /v1/webhook_deliveries`` (newest first,
-opaque filter-bound cursors, ``limit`` 1-100, filters ``subscription_id``, ``status``,
-``event_type``, ``event_id``, ``created_after``, ``created_before``), ``GET
-/v1/webhook_deliveries/{id}``, ``POST .../{id}/replay``, ``POST .../bulk_replay`` (at most
-1000 per call); webhook subscriptions (create returns ``initial_secret`` once; list, get,
-patch, delete) and ``POST /v1/webhook_subscriptions/{id}/secrets``. Bearer auth with
-``kdv_live_`` keys, the error envelope with ``X-Request-Id``, token-bucket rate limits per
-class (read: GET/HEAD, write: the rest) with ``X-RateLimit-*`` on 2xx and 4xx and
-``Retry-After`` on 429; ``Idempotency-Key`` on POST (a repeated request gets the first
-answer with ``Idempotent-Replayed: true``). :func:`create_app` wraps it in the fault injector.
+Endpoints: ``/v1/health``, ``/v1/openapi.json`` (both public) and ``/v1/me``; ``GET
+/v1/webhook_deliveries`` (newest first, opaque filter-bound cursors, ``limit`` 1-100,
+filters ``subscription_id``, ``status``, ``event_type``, ``event_id``, ``created_after``,
+``created_before``), ``GET /v1/webhook_deliveries/{id}``, ``POST .../{id}/replay``,
+``POST .../bulk_replay`` (at most 1000 per call); webhook subscriptions (create returns
+``initial_secret`` once; list, get, patch, delete) and ``POST
+/v1/webhook_subscriptions/{id}/secrets``. Bearer auth with ``kdv_live_`` keys, the error
+envelope with ``X-Request-Id``, token-bucket rate limits per class (read: GET/HEAD, write:
+the rest) with ``X-RateLimit-*`` on 2xx and 4xx and ``Retry-After`` on 429;
+``Idempotency-Key`` on POST (a repeated request gets the first answer with
+``Idempotent-Replayed: true``). :func:`create_app` wraps it in the fault injector.
 
 Emulator choices (assumed in kirim-api.md): cursors are base64url JSON plus an HMAC, bound to
 a hash of the filters; subscription URLs must be https, except loopback http URLs when
@@ -219,6 +220,7 @@ def create_app(
 
     table = [
         route("/v1/health", routes.health, ["GET"], public=True),
+        route("/v1/openapi.json", routes.openapi, ["GET"], public=True),
         route("/v1/me", routes.me, ["GET"]),
         route("/v1/webhook_deliveries", routes.list_deliveries, ["GET"]),
         route("/v1/webhook_deliveries/bulk_replay", routes.bulk_replay, ["POST"]),

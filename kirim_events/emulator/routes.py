@@ -31,6 +31,19 @@ async def health(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ok"}
 
 
+async def openapi(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
+    """``GET /v1/openapi.json`` (public, kirim-api.md §7.1): the emulated paths and methods,
+    without schemas (the emulator's, not Kirim's document)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in request.app.routes:
+        methods = sorted(m.lower() for m in getattr(route, "methods", None) or () if m != "HEAD")
+        item = paths.setdefault(route.path, {})
+        for method in methods:
+            item[method] = {"summary": f"{method.upper()} {route.path} (emulated)"}
+    info = {"title": "Kirim API (kirim-events emulator)", "version": "v1"}
+    return 200, {"openapi": "3.1.0", "info": info, "paths": paths}
+
+
 async def me(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
     """``GET /v1/me``: describe the key."""
     return 200, {"data": {"object": "api_key", "livemode": True, "organization": "emulated"}}

@@ -510,6 +510,29 @@ def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None
     assert emu.unacknowledged_event_keys() == set()
 
 
+def test_a_delivery_of_a_deleted_subscription_cannot_be_replayed() -> None:
+    # bulk_replay answered 404 for a deleted subscription, but a single replay made a row
+    # that was held unsent for ever (there is no URL to send it to)
+    emu = _emulator(5)
+    sub_id = emu.store.deliveries[0].subscription_id
+    row_id = emu.store.deliveries[0].id
+    n_rows = len(emu.store.deliveries)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            gone = await client.delete(f"/v1/webhook_subscriptions/{sub_id}", headers=AUTH)
+            assert gone.status_code == 200
+            r = await client.post(f"/v1/webhook_deliveries/{row_id}/replay", headers=AUTH)
+            assert r.status_code == 404
+            assert r.json()["error"]["code"] == "resource_not_found"
+            assert "subscription" in r.json()["error"]["message"]
+            # the row itself is still history
+            assert (await _get(client, f"/v1/webhook_deliveries/{row_id}")).status_code == 200
+
+    asyncio.run(main())
+    assert len(emu.store.deliveries) == n_rows
+
+
 def test_bulk_replay_is_capped_at_1000() -> None:
     emu = _emulator(1100, engine=EngineConfig())
     for row in emu.store.deliveries:

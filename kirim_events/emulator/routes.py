@@ -72,6 +72,9 @@ async def get_delivery(request: Request, api: ApiState) -> tuple[int, dict[str, 
 async def replay(request: Request, api: ApiState) -> tuple[int, dict[str, Any]]:
     """``POST /v1/webhook_deliveries/{id}/replay``: a new pending row (202)."""
     row = api.delivery(request.path_params["id"])
+    # a deleted subscription has no URL to send to: a 404, as bulk_replay answers for it
+    # (the new row was held unsent for ever)
+    subscription(api, row.subscription_id)
     new = api.store.replay(row, now=api.clock())
     data = {
         "id": new.id,

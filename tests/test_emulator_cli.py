@@ -56,34 +56,32 @@ class Receiver:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
+    def event_keys(self) -> set[str]:
+        """The event keys of the well-signed deliveries received."""
+        return {r.event_key for h, b in self.bodies for r in parse_delivery(b, h)}
+
+
+def emulate_into(receiver: Receiver, *options: str, env: dict[str, str] | None = None) -> Any:
+    """``kirim-events emulate --no-api`` sending to ``receiver`` (served on loopback) with
+    ``options``; the CliRunner result."""
+    with serve(receiver) as base:
+        return runner.invoke(
+            app,
+            ["emulate", "--no-api", "--send-to", f"{base}/webhooks/kirim", *options],
+            env={"KIRIM_WEBHOOK_SECRET": SECRET, **(env or {})},
+        )
+
 
 def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) -> None:
     receiver = Receiver()
-    with serve(receiver) as base:
-        result = runner.invoke(
-            app,
-            [
-                "emulate",
-                "--no-api",
-                "--send-to",
-                f"{base}/webhooks/kirim",
-                "--events",
-                "150",
-                "--seed",
-                "3",
-                "--duplicate-rate",
-                "0.1",
-                "--time-compression",
-                "1000",
-                "--truth",
-                str(tmp_path / "truth"),
-            ],
-            env={"KIRIM_WEBHOOK_SECRET": SECRET},
-        )
+    result = emulate_into(
+        receiver, "--events", "150", "--seed", "3", "--duplicate-rate", "0.1",
+        "--time-compression", "1000", "--truth", str(tmp_path / "truth"),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     assert receiver.bad == 0
-    keys = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    keys = receiver.event_keys()
     truth = pl.read_parquet(tmp_path / "truth" / "events.parquet")
     assert keys == set(truth["event_key"])
     assert truth.height == 150
@@ -95,16 +93,12 @@ def test_the_truth_holds_the_events_sent_and_not_those_never_sent(tmp_path: Path
     # disabled after 24 failed deliveries (a 404 is permanent), and Kirim sends the later
     # events nowhere (and the deliveries queued meanwhile are held, never sent)
     receiver = Receiver(answer=404)
-    with serve(receiver) as base:
-        result = runner.invoke(
-            app,
-            ["emulate", "--no-api", "--send-to", f"{base}/webhooks/kirim", "--events", "80",
-             "--duplicate-rate", "0", "--disorder", "0", "--concurrency", "1",
-             "--truth", str(tmp_path / "truth")],
-            env={"KIRIM_WEBHOOK_SECRET": SECRET, "COLUMNS": "200"},
-        )  # fmt: skip
+    result = emulate_into(
+        receiver, "--events", "80", "--duplicate-rate", "0", "--disorder", "0",
+        "--concurrency", "1", "--truth", str(tmp_path / "truth"), env={"COLUMNS": "200"},
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    sent = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    sent = receiver.event_keys()
     truth = pl.read_parquet(tmp_path / "truth" / "events.parquet")
     assert 0 < len(sent) < 80
     assert set(truth["event_key"]) == sent
@@ -119,20 +113,16 @@ def test_emulate_sends_the_third_body_shape_when_asked(tmp_path: Path) -> None:
     # kirim-api.md §4.3: a shape one of Kirim's pages documents; the command could not send
     # it (only the library could), so a handler could not be tried on it
     receiver = Receiver()
-    with serve(receiver) as base:
-        result = runner.invoke(
-            app,
-            ["emulate", "--no-api", "--send-to", f"{base}/webhooks/kirim", "--events", "60",
-             "--third-shape-rate", "1", "--disorder", "0", "--duplicate-rate", "0",
-             "--truth", str(tmp_path / "truth")],
-            env={"KIRIM_WEBHOOK_SECRET": SECRET},
-        )  # fmt: skip
+    result = emulate_into(
+        receiver, "--events", "60", "--third-shape-rate", "1", "--disorder", "0",
+        "--duplicate-rate", "0", "--truth", str(tmp_path / "truth"),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     events = {h["x-kirim-event"] for h, _ in receiver.bodies}
     assert {"message.received", "message.status_updated"} <= events
     third = [b for h, b in receiver.bodies if h["x-kirim-event"] == "message.status_updated"]
     assert all(json.loads(b)["id"].startswith("wbd_") for b in third)
-    keys = {r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}
+    keys = receiver.event_keys()
     assert keys == set(pl.read_parquet(tmp_path / "truth" / "events.parquet")["event_key"])
 
 
@@ -305,7 +295,7 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
             proc.kill()
     assert proc.returncode == 0, out
     assert receiver.bad == 0
-    assert len({r.event_key for h, b in receiver.bodies for r in parse_delivery(b, h)}) == 120
+    assert len(receiver.event_keys()) == 120
     assert "emulator stopped" in out
     assert SECRET not in out
     assert KEY not in out

@@ -310,9 +310,6 @@ class TruthView:
 
     def log(self) -> pl.LazyFrame:
         """The event log of this view's events."""
-        return self._log()
-
-    def _log(self) -> pl.LazyFrame:
         log = self.truth.log()
         if self.as_of_ts is not None:
             log = log.filter(pl.col("at") <= self.as_of_ts)
@@ -328,7 +325,7 @@ class TruthView:
             return pl.col("at").filter(st == name).min().alias(f"{name}_at")
 
         frame = (
-            self._log()
+            self.log()
             .filter(pl.col("type") == "message.status")
             .group_by("message_id")
             .agg(
@@ -372,7 +369,7 @@ class TruthView:
     def _conversation_events(self) -> pl.LazyFrame:
         is_close = pl.col("type") == "conversation.closed"
         return (
-            self._log()
+            self.log()
             .filter(pl.col("conversation_id").is_not_null())
             .sort("conversation_id", "at", "seq")
             .with_columns(

@@ -99,6 +99,30 @@ def test_summaries_take_a_lake_a_view_or_a_frame_alike(tmp_path: Path) -> None:
         notebook.funnel([1, 2])
 
 
+def test_a_summary_given_other_rows_names_the_rows_it_reads() -> None:
+    """``funnel(lifecycles)`` and ``time_summary(lifecycles, timelines)`` (swapped) raised
+    Polars' bare ``"reached_sent" not found``; a pandas frame was refused as "got DataFrame"."""
+    events, copies = dedup(_records())
+    from kirim_events.analytics.conversations import conversation_lifecycles
+
+    lifecycles = conversation_lifecycles(events, copies=copies)
+    timelines = _timelines()
+    calls = {
+        "funnel": lambda: notebook.funnel(lifecycles),
+        "read_rate": lambda: notebook.read_rate(lifecycles),
+        "delivery_rate": lambda: notebook.delivery_rate(events),
+        "failure_reasons": lambda: notebook.failure_reasons(lifecycles),
+        "time_summary": lambda: notebook.time_summary(lifecycles, timelines),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{name} reads message_timelines rows \(columns"):
+            call()
+    with pytest.raises(ValueError, match=r"reads conversation_lifecycles rows .* got a frame "):
+        notebook.time_summary(timelines, timelines)
+    with pytest.raises(TypeError, match=r"got pandas\.\S*DataFrame; pl\.from_pandas"):
+        notebook.funnel(timelines.to_pandas())
+
+
 def test_time_summary_median_and_p90() -> None:
     events, copies = dedup(_records())
     from kirim_events.analytics.conversations import conversation_lifecycles

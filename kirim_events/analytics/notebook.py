@@ -65,10 +65,42 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
         return converted
     if callable(getattr(frame, helper, None)):  # a Lake, or a Lake as of an instant
         return _df(getattr(frame, helper)())
+    kind = type(frame)
+    # the module too: a pandas DataFrame was named "DataFrame", as if it were what was asked
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    hint = "; pl.from_pandas(frame) converts it" if kind.__module__.startswith("pandas") else ""
     raise TypeError(
         f"expected a Polars DataFrame or LazyFrame, a DuckDB relation or a Lake "
-        f"(of {helper} rows), got {type(frame).__name__}"
+        f"(of {helper} rows), got {name}{hint}"
     )
+
+
+class _WrongColumns(ValueError):
+    """A summary was given a frame that is not the helper rows it reads."""
+
+
+def _columns_shown(rows: pl.DataFrame) -> str:
+    return ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
+
+
+def _rows(
+    frame: Frame, what: str, columns: tuple[str, ...], helper: str = "message_timelines"
+) -> pl.DataFrame:
+    """``frame`` as a DataFrame (:func:`_df`) holding ``columns``; else a ValueError naming
+    the helper whose rows ``what`` reads (``funnel(lifecycles)`` raised Polars' bare
+    ``"reached_sent" not found``)."""
+    rows = _df(frame, helper)
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise _WrongColumns(
+            f"{what} reads {helper} rows (columns {', '.join(columns)}); got a frame with "
+            f"columns {_columns_shown(rows)}"
+        )
+    return rows
 
 
 def _summary(
@@ -89,9 +121,9 @@ def _summary(
     try:
         if of_rows is not None:
             return of_rows(rows)
-    except pl.exceptions.ColumnNotFoundError:
+    except (_WrongColumns, pl.exceptions.ColumnNotFoundError):
         pass
-    shown = ", ".join(rows.columns[:8]) + (", ..." if rows.width > 8 else "")
+    shown = _columns_shown(rows)
     source = "" if of_rows is None else ", message timelines (summarised first)"
     raise ValueError(
         f"{what} draws a frame with columns {', '.join(columns)}{source} or a Lake; "
@@ -119,7 +151,7 @@ def funnel(timelines: Frame) -> pl.DataFrame:
     >>> funnel(t)["messages"].to_list()
     [2, 2, 1, 1, 0]
     """
-    t = _df(timelines)
+    t = _rows(timelines, "funnel", ("status", "reached_sent", "reached_delivered"))
     total = t.height
     counts = [
         ("messages", total),
@@ -150,14 +182,14 @@ def funnel(timelines: Frame) -> pl.DataFrame:
 
 def read_rate(timelines: Frame) -> float | None:
     """Read messages / delivered messages (None when nothing was delivered)."""
-    t = _df(timelines)
+    t = _rows(timelines, "read_rate", ("status", "reached_delivered"))
     delivered = int(t["reached_delivered"].sum())
     return int((t["status"] == "read").sum()) / delivered if delivered else None
 
 
 def delivery_rate(timelines: Frame) -> float | None:
     """Delivered messages / sent messages (None when nothing was sent)."""
-    t = _df(timelines)
+    t = _rows(timelines, "delivery_rate", ("reached_sent", "reached_delivered"))
     sent = int(t["reached_sent"].sum())
     return int(t["reached_delivered"].sum()) / sent if sent else None
 
@@ -176,7 +208,8 @@ def failure_reasons(timelines: Frame) -> pl.DataFrame:
         ``error_label``, ``error_code``, ``error_title`` (the most common one),
         ``messages``, ``share`` (of failed messages); most frequent first.
     """
-    failed = _df(timelines).filter(pl.col("failed_at").is_not_null())
+    reads = ("failed_at", "error_label", "error_code", "error_title")
+    failed = _rows(timelines, "failure_reasons", reads).filter(pl.col("failed_at").is_not_null())
     total = failed.height
     return (
         failed.with_columns(pl.col("error_label").fill_null("no_error_code"))
@@ -199,9 +232,15 @@ def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFr
         ``metric``, ``of`` (messages or conversations), ``n`` (rows with a value),
         ``median``, ``p90``, ``mean``.
     """
-    frames = {"messages": _df(timelines)}
+
+    def reads(of: str) -> tuple[str, ...]:
+        return tuple(metric for metric, kind in TIME_METRICS if kind == of)
+
+    frames = {"messages": _rows(timelines, "time_summary", reads("messages"))}
     if lifecycles is not None:
-        frames["conversations"] = _df(lifecycles, "conversation_lifecycles")
+        frames["conversations"] = _rows(
+            lifecycles, "time_summary", reads("conversations"), "conversation_lifecycles"
+        )
     rows: list[dict[str, Any]] = []
     for metric, of in TIME_METRICS:
         if of not in frames:

@@ -14,6 +14,7 @@ from test_analytics_support import at, both, dedup, row, status
 from kirim_events.analytics._common import STATUS_RANK
 from kirim_events.analytics.timelines import message_status_history, message_timelines
 from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.schema import deliveries_table
 
 
 def test_late_delivered_never_overwrites_read() -> None:
@@ -338,3 +339,41 @@ def test_every_helper_takes_dataframes_as_well_as_lazyframes() -> None:
     health = delivery_health(eager, deliveries.collect())
     assert isinstance(health, pl.LazyFrame)
     assert_frame_equal(health.collect(), delivery_health(events, deliveries).collect())
+
+
+def test_the_core_functions_take_a_duckdb_relation_of_events() -> None:
+    """``message_timelines(lake.sql("select * from events where ..."))`` failed with "This
+    relation does not contain a column by the name of 'lazy'". A relation from a session in
+    another zone gives zoned timestamps; they come back in UTC, and ``as_of`` works on them."""
+    import duckdb
+
+    from kirim_events.analytics import conversations, health
+
+    records = [
+        status("wamid.A", "sent", 0, 1, conversation_id="cnv_1"),
+        status("wamid.A", "delivered", 5, 6, conversation_id="cnv_1"),
+        status("wamid.B", "failed", 10, 11, error=(131047, "Re-engagement message")),
+    ]
+    events, _ = dedup(records)
+    frame = events.collect()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Jakarta'")
+    relation = con.sql("SELECT * FROM frame")
+    calls = {
+        "message_timelines": message_timelines,
+        "message_status_history": message_status_history,
+        "conversation_lifecycles": conversations.conversation_lifecycles,
+        "conversation_cycles": conversations.conversation_cycles,
+    }
+    for name, call in calls.items():
+        for as_of in (None, at(5)):
+            expected = call(events, as_of=as_of).collect()
+            got = call(relation, as_of=as_of).collect()
+            key = "message_id" if name.startswith("message") else "conversation_id"
+            assert_frame_equal(got.sort(key), expected.sort(key), check_row_order=False)
+    receipts = pl.from_arrow(deliveries_table([]))
+    expected = health.delivery_health(events, receipts, as_of=at(5)).collect()
+    got = health.delivery_health(relation, con.sql("SELECT * FROM receipts"), as_of=at(5))
+    assert_frame_equal(got.collect(), expected)
+    with pytest.raises(TypeError, match=r"events: expected a Polars .* got pyarrow\.lib\.Table"):
+        message_timelines(frame.to_arrow())  # type: ignore[arg-type]

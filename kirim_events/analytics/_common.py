@@ -7,7 +7,9 @@ DuckDB views (``sql.py`` renders the same tables into SQL), so the two cannot dr
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypeAlias
 
+import duckdb
 import polars as pl
 
 from kirim_events.timearg import TimeLike, to_utc
@@ -17,8 +19,10 @@ __all__ = [
     "LABEL_OF",
     "STATUS_EVENT_TYPES",
     "STATUS_RANK",
+    "FrameLike",
     "as_utc",
     "cut",
+    "lazy",
     "seconds_between",
 ]
 
@@ -61,6 +65,38 @@ def as_utc(ts: TimeLike) -> datetime:
     Raises ConfigError for anything that names no time.
     """
     return to_utc(ts, now=datetime.now(UTC), name="as_of")
+
+
+FrameLike: TypeAlias = pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation
+"""What the core functions take: Polars frames, or a DuckDB relation such as
+``lake.sql("select * from events where ...")``."""
+
+
+def lazy(frame: FrameLike, what: str = "events") -> pl.LazyFrame:
+    """``frame`` as a LazyFrame; a DuckDB relation's zoned timestamps in UTC, as the lake's.
+
+    A relation had failed with "This relation does not contain a column by the name of
+    'lazy'". DuckDB gives TIMESTAMPTZ in its session's zone (the machine's, outside
+    ``lake.sql``), and an ``as_of`` in UTC cannot be compared with another zone in Polars.
+    """
+    if isinstance(frame, pl.LazyFrame):
+        return frame
+    if isinstance(frame, pl.DataFrame):
+        return frame.lazy()
+    if isinstance(frame, duckdb.DuckDBPyRelation):
+        # run once, here: a lazy one (``pl(lazy=True)``) read by two branches of a plan
+        # failed with "connection is busy with another call"
+        rows: pl.DataFrame = frame.pl()
+        zoned = [
+            name
+            for name, dtype in rows.schema.items()
+            if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC")
+        ]
+        return rows.with_columns(pl.col(zoned).dt.convert_time_zone("UTC")).lazy()
+    raise TypeError(
+        f"{what}: expected a Polars LazyFrame or DataFrame or a DuckDB relation, "
+        f"got {type(frame).__module__}.{type(frame).__qualname__}"
+    )
 
 
 def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:

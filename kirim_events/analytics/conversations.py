@@ -35,9 +35,11 @@ import polars as pl
 
 from kirim_events.analytics._common import (
     ORDER,
+    FrameLike,
     copied,
     cut,
     dups_per,
+    lazy,
     run_start,
     seconds_between,
 )
@@ -184,9 +186,9 @@ _ZERO = ("n_assignments", "n_assignees", "n_missing_assignments", "n_closes")
 
 
 def conversation_cycles(
-    events: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
     *,
-    copies: pl.LazyFrame | pl.DataFrame | None = None,
+    copies: FrameLike | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per (conversation_id, cycle): each open -> close stretch of a conversation.
@@ -216,8 +218,8 @@ def conversation_cycles(
         conversation_id, cycle
         (the same order under Polars' streaming and in-memory engines, and in the view).
     """
-    events = events.lazy()
-    copies = None if copies is None else copies.lazy()
+    events = lazy(events)
+    copies = None if copies is None else lazy(copies, "copies")
     rows = _rows(events, as_of)
     closes = _closes(rows)
     keys = ["conversation_id", "cycle"]
@@ -297,9 +299,9 @@ def conversation_cycles(
 
 
 def conversation_lifecycles(
-    events: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
     *,
-    copies: pl.LazyFrame | pl.DataFrame | None = None,
+    copies: FrameLike | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per conversation: opening, assignments, closes, reopens, open now.
@@ -332,8 +334,8 @@ def conversation_lifecycles(
         ``last_event_at``; in
         no particular order.
     """
-    events = events.lazy()
-    copies = None if copies is None else copies.lazy()
+    events = lazy(events)
+    copies = None if copies is None else lazy(copies, "copies")
     rows = _rows(events, as_of)
     closes = _closes(rows)
     key = "conversation_id"

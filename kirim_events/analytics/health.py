@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from kirim_events.analytics._common import US, as_utc, cut, seconds
+from kirim_events.analytics._common import US, FrameLike, as_utc, cut, lazy, seconds
 from kirim_events.events import TYPE_ALIASES
 from kirim_events.timearg import TimeLike
 
@@ -48,8 +48,8 @@ HEALTH_COLUMNS = (
 
 
 def delivery_health(
-    events: pl.LazyFrame | pl.DataFrame,
-    deliveries: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
+    deliveries: FrameLike,
     *,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
@@ -71,8 +71,8 @@ def delivery_health(
     polars.LazyFrame
         The columns of ``HEALTH_COLUMNS`` (module docstring), sorted by day, event_type.
     """
-    events = events.lazy()
-    deliveries = deliveries.lazy()
+    events = lazy(events)
+    deliveries = lazy(deliveries, "deliveries")
     receipts = deliveries.filter(pl.col("origin") == "webhook")
     seen = cut(events, as_of).filter(pl.col("origin") == "webhook")
     if as_of is not None:

@@ -42,9 +42,11 @@ from kirim_events.analytics._common import (
     STATUS_EVENT_TYPES,
     STATUS_ORDER,
     STATUS_RANK,
+    FrameLike,
     cut,
     dups_per,
     error_label,
+    lazy,
     run_cum_max,
     run_start,
     seconds_between,
@@ -128,9 +130,9 @@ def _sorted(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def status_events(
-    events: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
     *,
-    copies: pl.LazyFrame | pl.DataFrame | None = None,
+    copies: FrameLike | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """The status events timelines are built from, sorted by message then event-time order.
@@ -141,8 +143,8 @@ def status_events(
     event that overtook another)
     and ``_dups`` (copies beyond the first, or null).
     """
-    events = events.lazy()
-    copies = None if copies is None else copies.lazy()
+    events = lazy(events)
+    copies = None if copies is None else lazy(copies, "copies")
     return _sorted(_status_rows(events, copies, as_of))
 
 
@@ -158,9 +160,9 @@ def _pairwise_late(statuses: list[str]) -> pl.Expr:
 
 
 def message_timelines(
-    events: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
     *,
-    copies: pl.LazyFrame | pl.DataFrame | None = None,
+    copies: FrameLike | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per outbound message (wamid): first time of each status, final status, flags.
@@ -195,8 +197,8 @@ def message_timelines(
     >>> message_timelines(pl.from_arrow(events_table([])).lazy()).collect().height
     0
     """
-    events = events.lazy()
-    copies = None if copies is None else copies.lazy()
+    events = lazy(events)
+    copies = None if copies is None else lazy(copies, "copies")
     rows = _ranked(events, as_of)
     statuses = list(STATUS_RANK)
     failed = pl.col("_rank") == STATUS_RANK["failed"]
@@ -287,9 +289,9 @@ def message_timelines(
 
 
 def message_status_history(
-    events: pl.LazyFrame | pl.DataFrame,
+    events: FrameLike,
     *,
-    copies: pl.LazyFrame | pl.DataFrame | None = None,
+    copies: FrameLike | None = None,
     as_of: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """One row per status event of each message, in event-time order, with its effect.
@@ -312,8 +314,8 @@ def message_status_history(
         ``is_upgrade`` (it raised the status), ``arrived_late`` (it arrived after an event
         that happened later), ``error_code``, ``n_duplicates``; sorted by message_id, seq.
     """
-    events = events.lazy()
-    copies = None if copies is None else copies.lazy()
+    events = lazy(events)
+    copies = None if copies is None else lazy(copies, "copies")
     rows = status_events(events, copies=copies, as_of=as_of)
     first, row = pl.col("_first"), pl.col("_row")
     return (

@@ -377,3 +377,21 @@ def test_the_core_functions_take_a_duckdb_relation_of_events() -> None:
     assert_frame_equal(got.collect(), expected)
     with pytest.raises(TypeError, match=r"events: expected a Polars .* got pyarrow\.lib\.Table"):
         message_timelines(frame.to_arrow())  # type: ignore[arg-type]
+
+
+def test_a_bad_filter_on_a_status_time_names_the_column_filtered() -> None:
+    """Polars refuses to compare the UTC ``sent_at`` with a naive datetime, and pushes the
+    filter down to where the column is made: the error named ``_o_sent``, a column the
+    caller never saw, instead of ``sent_at``."""
+    from datetime import datetime
+
+    events, copies = dedup([status("wamid.A", "sent", 0, 1), status("wamid.A", "read", 9, 9)])
+    timelines = message_timelines(events, copies=copies)
+    naive = datetime(2026, 5, 23, 10, 0)
+    for column in ("sent_at", "delivered_at", "read_at", "failed_at"):
+        with pytest.raises(pl.exceptions.PolarsError) as caught:
+            timelines.filter(pl.col(column) >= naive).collect()
+        assert f"'{column}'" in str(caught.value)
+        assert "_o_" not in str(caught.value)
+    aware = timelines.filter(pl.col("sent_at") >= naive.replace(tzinfo=at(0).tzinfo))
+    assert aware.collect()["message_id"].to_list() == ["wamid.A"]

@@ -148,10 +148,17 @@ def status_events(
     return _sorted(_status_rows(events, copies, as_of))
 
 
+def _first_at(status: str) -> str:
+    """The column of a status's first event time while grouping: its output name
+    (``sent_at``), so that an error in a filter on it, pushed down by Polars to where it is
+    made, names the column the caller wrote (it named ``_o_sent``); ``pending`` has none."""
+    return "_o_pending" if status == "pending" else f"{status}_at"
+
+
 def _pairwise_late(statuses: list[str]) -> pl.Expr:
     """Some status happened before another yet arrived after it (one event per status)."""
     pairs = [
-        (pl.col(f"_o_{a}") < pl.col(f"_o_{b}")) & (pl.col(f"_r_{a}") > pl.col(f"_r_{b}"))
+        (pl.col(_first_at(a)) < pl.col(_first_at(b))) & (pl.col(f"_r_{a}") > pl.col(f"_r_{b}"))
         for a in statuses
         for b in statuses
         if a != b
@@ -208,7 +215,7 @@ def message_timelines(
     spread = []
     for status, rank in STATUS_RANK.items():
         is_status = pl.col("_rank") == rank
-        spread.append(pl.when(is_status).then(pl.col("occurred_at")).min().alias(f"_o_{status}"))
+        spread.append(pl.when(is_status).then(pl.col("occurred_at")).min().alias(_first_at(status)))
         spread.append(pl.when(is_status).then(pl.col("received_at")).min().alias(f"_r_{status}"))
     # The rows are not cached (the sorted path may read its few columns again): at 3M
     # events that was a little faster and took less peak memory than holding every row.
@@ -229,7 +236,7 @@ def message_timelines(
         )
         .with_columns(
             _multi=pl.col("n_events")
-            > pl.sum_horizontal(pl.col(f"_o_{s}").is_not_null() for s in statuses),
+            > pl.sum_horizontal(pl.col(_first_at(s)).is_not_null() for s in statuses),
             _late_fast=_pairwise_late(statuses),
         )
         .cache()
@@ -270,22 +277,17 @@ def message_timelines(
             dups_per(rows, copies, "message_id"), on="message_id", how="left"
         ).with_columns(pl.col("n_duplicates").fill_null(0))
     delivered_or_read = pl.col("delivered_at").is_not_null() | pl.col("read_at").is_not_null()
-    return (
-        grouped.rename({f"_o_{s}": f"{s}_at" for s in ("sent", "delivered", "read", "failed")})
-        .with_columns(
-            status=pl.col("_rank").replace_strict(_RANK_TO_STATUS, return_dtype=pl.String),
-            error_label=error_label(pl.col("error_code")),
-            read_without_delivered=pl.col("read_at").is_not_null()
-            & pl.col("delivered_at").is_null(),
-            failed_after_delivered=pl.col("failed_at").is_not_null() & delivered_or_read,
-            never_sent=pl.col("sent_at").is_null(),
-            reached_sent=pl.col("sent_at").is_not_null() | delivered_or_read,
-            reached_delivered=delivered_or_read,
-            time_to_deliver=seconds_between("delivered_at", "sent_at"),
-            time_to_read=seconds_between("read_at", "sent_at"),
-        )
-        .select(TIMELINE_COLUMNS)
-    )
+    return grouped.with_columns(
+        status=pl.col("_rank").replace_strict(_RANK_TO_STATUS, return_dtype=pl.String),
+        error_label=error_label(pl.col("error_code")),
+        read_without_delivered=pl.col("read_at").is_not_null() & pl.col("delivered_at").is_null(),
+        failed_after_delivered=pl.col("failed_at").is_not_null() & delivered_or_read,
+        never_sent=pl.col("sent_at").is_null(),
+        reached_sent=pl.col("sent_at").is_not_null() | delivered_or_read,
+        reached_delivered=delivered_or_read,
+        time_to_deliver=seconds_between("delivered_at", "sent_at"),
+        time_to_read=seconds_between("read_at", "sent_at"),
+    ).select(TIMELINE_COLUMNS)
 
 
 def message_status_history(

@@ -43,7 +43,7 @@ conversation_lifecycles (one row per conversation_id)
     ``assignee_id`` = ``user_id`` of the latest assignment; ``n_closes``; ``n_reopens`` =
     cycles - 1; ``closed_at``/``closed_by_user_id`` of the latest close; ``is_open`` = the
     latest event is not a close; ``missing_opening`` (as for cycle 1);
-    ``time_to_first_assignment`` = first_assigned_at - opened_at, null when
+    ``time_to_first_assignment`` = first_assigned_at - opened_at in float seconds, null when
     ``missing_opening``; ``n_cycles``.
 
 ``as_of(ts)`` applies every definition to the events with ``at <= ts`` only.
@@ -60,6 +60,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kirim_events.analytics._common import seconds_between
 from kirim_events.emulator.world import Bundle, WorldEvent
 
 __all__ = ["LOG_SCHEMA", "Truth", "emitted_conversation_id", "event_key"]
@@ -429,7 +430,9 @@ class TruthView:
             .with_columns(
                 pl.when(pl.col("missing_opening"))
                 .then(None)
-                .otherwise(pl.col("first_assigned_at") - pl.col("opened_at"))
+                # float seconds, as the lake's helpers give it (it was a Duration, so a
+                # comparison of the two failed on the type)
+                .otherwise(seconds_between("first_assigned_at", "opened_at"))
                 .alias("time_to_first_assignment"),
             )
             .drop("_first_opening")

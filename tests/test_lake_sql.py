@@ -157,6 +157,25 @@ def test_sql_sees_the_callers_frames_as_duckdb_sql_does(tmp_path: Path) -> None:
     ]
 
 
+def test_sql_takes_params_as_duckdb_sql_does(tmp_path: Path) -> None:
+    """A time to filter on is passed, not formatted into the SQL text: ``lake.sql(query,
+    params=...)`` refused the keyword that ``duckdb.sql`` takes."""
+    from datetime import UTC, timezone
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev(f"a{i}", occurred=T0 + timedelta(hours=i)) for i in range(4)])
+    since = (T0 + timedelta(hours=2)).astimezone(UTC)
+    polars = lake.events().filter(pl.col("occurred_at") >= since).collect().height
+    assert polars == 2
+    query = "select count(*) from events where occurred_at >= $since"
+    zoned = since.astimezone(timezone(timedelta(hours=7)))  # the same instant
+    naive = since.replace(tzinfo=None)  # read as UTC, as the library reads it
+    for given in (since, zoned, naive):
+        assert lake.sql(query, params={"since": given}).fetchall() == [(polars,)]
+    positional = "select count(*) from events where occurred_at >= ? and type = ?"
+    assert lake.sql(positional, params=[since, "message.created"]).fetchall() == [(polars,)]
+
+
 @pytest.mark.parametrize("name", ["it's", 'a"b; DROP VIEW events; --', "naïve 日本 \\n"])
 def test_a_lake_path_with_quotes_is_read_by_duckdbs_own_reader(tmp_path: Path, name: str) -> None:
     """The file paths are literals in the views' SQL: a quote in the lake's folder name

@@ -401,13 +401,19 @@ class Lake(AnalyticsMixin):
             create_view(con, self.storage, table, plans, as_of=self.as_of_ts)
         return con
 
-    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+    def sql(
+        self, query: str, *, params: Sequence[object] | Mapping[str, object] | None = None
+    ) -> duckdb.DuckDBPyRelation:
         """Run SQL over views ``events``, ``deliveries`` and the analytics views.
 
         Parameters
         ----------
         query
             DuckDB SQL. No extension is needed, also for lakes on S3.
+        params
+            Values of the query's ``?`` / ``$1`` (a sequence) or ``$name`` (a mapping)
+            placeholders, as ``duckdb.sql(query, params=...)`` takes them: an aware
+            datetime compares with the timestamps as the instant it is, a naive one as UTC.
 
         Returns
         -------
@@ -425,8 +431,11 @@ class Lake(AnalyticsMixin):
         >>> vip = pl.DataFrame({"conversation_id": ["cnv_1"]})  # doctest: +SKIP
         >>> lake.sql("select * from conversation_lifecycles join vip using (conversation_id)")
         ... # doctest: +SKIP
+        >>> since = datetime(2026, 5, 1, tzinfo=UTC)  # doctest: +SKIP
+        >>> lake.sql("select count(*) from events where occurred_at >= $since",
+        ...          params={"since": since})  # doctest: +SKIP
         """
-        return self.connect().sql(query)
+        return self.connect().sql(query, params=params)
 
     def span(self) -> tuple[datetime, datetime] | None:
         """When the lake's events happened: the first and the last ``occurred_at``, whatever

@@ -227,6 +227,40 @@ def _either(headers: Mapping[str, str], check: Callable[[str | None], object]) -
     return False
 
 
+_SIGNATURES = frozenset({"x-kirim-signature", "x-kirim-signature-256"})
+
+
+def _read_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The ``X-Kirim-*``, content-type and user-agent headers (ASGI names are lower-case
+    already; no other is ever read or kept). Of another header sent twice the last counts.
+    A signature header sent as several field lines is one list (RFC 9110 §5.3), whether
+    split (``t=`` on one line, ``v1=`` on the next) or one line per secret: keeping only
+    the last line refused a delivery signed with our secret (401, which Kirim never retries)."""
+    headers: dict[str, str] = {}
+    for k, v in raw:
+        if k.startswith(b"x-kirim-") or k in _KEPT:
+            name, value = k.decode("latin-1"), v.decode("latin-1")
+            if name in _SIGNATURES and name in headers:
+                value = _merge_signatures(headers[name], value)
+            headers[name] = value
+    return headers
+
+
+def _merge_signatures(first: str, second: str) -> str:
+    """Two field lines of one signature header as one value. A ``t=`` the first holds
+    already is dropped from the second (one line per secret, signed at one time); another
+    ``t=`` stays, and the header is malformed, as it has no one signing time."""
+    stamps = {
+        v.strip() for k, _, v in (p.partition("=") for p in first.split(",")) if k.strip() == "t"
+    }
+    parts = [
+        p
+        for p in second.split(",")
+        if not (p.partition("=")[0].strip() == "t" and p.partition("=")[2].strip() in stamps)
+    ]
+    return ",".join([first, *parts]) if parts else first
+
+
 class _TooLarge(Exception):
     pass
 
@@ -423,12 +457,7 @@ class Receiver:
         self.metrics.received += 1
         received_ts = self._now()
         received_at = datetime.fromtimestamp(received_ts, UTC)
-        # ASGI header names are lower-case already; only these are ever read or kept.
-        headers = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in scope["headers"]
-            if k.startswith(b"x-kirim-") or k in _KEPT
-        }
+        headers = _read_headers(scope["headers"])
         receipt: dict[str, Any] = {
             "delivery_id": headers.get("x-kirim-delivery-id"),
             "attempt": header_number(headers.get("x-kirim-attempt")),

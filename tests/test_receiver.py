@@ -123,6 +123,41 @@ async def test_rotation_and_the_256_header_name(receiver: Receiver) -> None:
     assert (old.status_code, alt.status_code) == (200, 200)
 
 
+def _split_signature(req: testing.SignedRequest, how: str) -> list[tuple[str, str]]:
+    """``req``'s headers with its signature sent as several field lines of one header."""
+    t, *macs = req.headers["X-Kirim-Signature"].split(",")
+    lines = {
+        "t then v1s": [t, ",".join(macs)],
+        "a line per secret": [f"{t},{mac}" for mac in macs],
+        "a line per secret, ours first": [f"{t},{mac}" for mac in reversed(macs)],
+    }[how]
+    rest = [(k, v) for k, v in req.headers.items() if k != "X-Kirim-Signature"]
+    return rest + [("X-Kirim-Signature", line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    "how", ["t then v1s", "a line per secret", "a line per secret, ours first"]
+)
+def test_a_signature_over_several_header_lines_is_one_list(receiver: Receiver, how: str) -> None:
+    """RFC 9110 5.3: a list header may come as several field lines; the last line alone
+    (no t=, or another secret's v1) had given 401, which Kirim takes as final."""
+    req = testing.signed_request(testing.kirim_event(), ["whsec_other", SECRET], timestamp=int(NOW))
+    with serve(receiver) as url:
+        resp = httpx.post(url + PATH, content=req.body, headers=_split_signature(req, how))
+    assert (resp.status_code, resp.json()["outcome"]) == (200, "new")
+
+
+def test_signature_lines_with_two_signing_times_are_malformed(receiver: Receiver) -> None:
+    body = testing.encode(testing.kirim_event())
+    ours = ke.sign(body, SECRET, timestamp=int(NOW))
+    other = f"t={int(NOW) - 1},v1=" + "0" * 64
+    headers = [("X-Kirim-Signature", ours), ("X-Kirim-Signature", other)]
+    with serve(receiver) as url:
+        for lines in (headers, headers[::-1]):  # either order: no one signing time
+            resp = httpx.post(url + PATH, content=body, headers=lines)
+            assert (resp.status_code, resp.json()["reason"]) == (401, "malformed")
+
+
 def _tamper(req: testing.SignedRequest) -> testing.SignedRequest:
     return testing.SignedRequest(
         req.body.replace(b'"livemode":true', b'"livemode":false'), req.headers

@@ -184,10 +184,11 @@ def _event_headers(obj: Any) -> tuple[str | None, str | None, str | None]:
             value = obj["entry"][0]["changes"][0]["value"]
         except (KeyError, IndexError, TypeError):
             return "meta", None, None
-        if value.get("statuses"):
-            return "meta", "message.status", value["statuses"][0].get("id")
-        if value.get("messages"):
-            return "meta", "message.received", value["messages"][0].get("id")
+        for items, type_ in (("statuses", "message.status"), ("messages", "message.received")):
+            found = value.get(items) if isinstance(value, dict) else None
+            if found:  # any shape: a test may sign a body the receiver must quarantine
+                first = found[0] if isinstance(found, list) else None
+                return "meta", type_, first.get("id") if isinstance(first, dict) else None
         return "meta", None, None
     if isinstance(obj.get("type"), str):
         return "kirim", obj["type"], obj.get("id")

@@ -282,3 +282,25 @@ def test_signed_request_signs_bytes_too_deep_to_decode() -> None:
     assert req.body == deep
     header = req.headers["X-Kirim-Signature"]
     assert verify(deep, header, "whsec_x", tolerance=None) == 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"statuses": {"0": {"id": "wamid.X"}}},
+        {"statuses": ["junk"]},
+        {"messages": "junk"},
+        "junk",
+    ],
+)
+def test_signed_request_signs_any_meta_like_body(value: object) -> None:
+    """The test helper guessed headers from ``statuses[0]`` and raised (KeyError,
+    AttributeError) on a body a test means to send to quarantine."""
+    from kirim_events import testing
+
+    body = {"object": "whatsapp_business_account", "entry": [{"changes": [{"value": value}]}]}
+    req = testing.signed_request(body, "whsec_x", timestamp=1_700_000_000)
+    assert req.headers["X-Kirim-Source"] == "meta"
+    assert "X-Kirim-Event-Id" not in req.headers
+    header = req.headers["X-Kirim-Signature"]
+    assert verify(req.body, header, "whsec_x", tolerance=None) == 1_700_000_000

@@ -356,6 +356,32 @@ def _backfill_one_page(root: Path, rows: list[dict[str, Any]], **kw: Any) -> Bac
     return backfill(root, client=client, since="2026-05-01", until="2026-05-02", **kw)
 
 
+def test_history_rows_without_attempt_are_one_row_per_delivery_the_last_fetched(
+    world: World, tmp_path: Path
+) -> None:
+    # kirim-api.md §7.4 documents no "attempt" in a delivery row. Without it, the lake kept
+    # every fetch of a delivery whose status changed: a rerun over the same range left the
+    # "pending" row of the first run next to the "succeeded" one, counted twice by outcome.
+    since, until = window(world)
+    row = world.emu.store.deliveries[3]
+    final = row.status, row.response_status_code
+    assert final[0] != "pending"
+    row.status, row.response_status_code = "pending", None  # under way at the first run
+    try:
+        for run in (1, 2):
+            t = FakeTime(until.timestamp() + 3600 * run)
+            _, client = world.api(t, transport_wrapper=lambda app: StripPayload(app, "attempt"))
+            backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
+            row.status, row.response_status_code = final  # its outcome came meanwhile
+    finally:
+        row.status, row.response_status_code = final
+    _, deliveries = lake_frames(tmp_path)
+    assert deliveries["attempt"].null_count() == deliveries.height  # the field was gone
+    assert sorted(deliveries["delivery_id"]) == sorted(r.id for r in world.emu.store.deliveries)
+    mine = deliveries.filter(pl.col("delivery_id") == row.id)
+    assert mine["outcome"].to_list() == [final[0]]
+
+
 def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) -> None:
     """Valid JSON the parser did not foresee is kept (whole, or in quarantine): a run that
     stopped on it would stop again on every resume."""

@@ -196,10 +196,13 @@ def lake_frames(home: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 class StripPayload:
-    """ASGI middleware making the history API omit ``payload`` (Kirim may not return it)."""
+    """ASGI middleware making the history API omit ``payload`` (Kirim may not return it), or
+    the other fields named (``StripPayload(app, "attempt")``: Kirim documents only ``id``,
+    ``object``, ``status`` and ``replayed_from``)."""
 
-    def __init__(self, app: ASGI) -> None:
+    def __init__(self, app: ASGI, *fields: str) -> None:
         self.app = app
+        self.fields = fields or ("payload",)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         import json
@@ -221,8 +224,8 @@ class StripPayload:
                         doc = json.loads(body)
                         items = doc.get("data")
                         for item in items if isinstance(items, list) else [items]:
-                            if isinstance(item, dict):
-                                item.pop("payload", None)
+                            for name in self.fields if isinstance(item, dict) else ():
+                                item.pop(name, None)
                         body = json.dumps(doc).encode()
                     except (ValueError, AttributeError):
                         pass

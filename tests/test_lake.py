@@ -319,7 +319,7 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
         [
             {**row, "attempt": 1, "outcome": "pending", "received_at": T0 + timedelta(hours=1)},
             {**row, "attempt": 2, "outcome": "pending", "received_at": later},
-            {**row, "attempt": None, "outcome": "pending", "received_at": later},
+            {**row, "attempt": None, "outcome": "failed", "received_at": later},
             {**row, "attempt": None, "outcome": "pending", "received_at": T0},
             {"delivery_id": "wbd_1", "attempt": 1, "origin": "webhook", "received_at": T0},
         ]
@@ -327,7 +327,9 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
     expected = [
         ("backfill", 1, "succeeded", 200),
         ("backfill", 2, "pending", None),
-        ("backfill", None, "pending", None),  # no attempt: exact copies but for the fetch time
+        # no attempt (Kirim documents none): one row per delivery, the last fetched; the
+        # pending one fetched before was kept too, counted twice by outcome
+        ("backfill", None, "failed", None),
         ("webhook", 1, None, None),
     ]
     columns = ["origin", "attempt", "outcome", "response_status_code"]

@@ -62,9 +62,12 @@ DELIVERY_DEDUP_COLUMNS = tuple(n for n in DELIVERY_SCHEMA.names if n != "ingest_
 """Delivery rows equal on these are one row. Rows of Kirim's history (origin ``backfill``)
 are snapshots instead: each backfill over a range fetches them again (``received_at`` is
 when), and a row fetched while its attempt was under way (``pending``, no answer yet) is
-fetched later with the attempt's outcome. So a history row that names its delivery, its
-attempt and its ``created_at`` is one row per ``(delivery_id, attempt)``, the last fetched;
-one that lacks any collapses only with its exact copies, ``received_at`` aside. Rows
+fetched later with the attempt's outcome. So a history row that names its delivery and
+its ``created_at`` is one row per ``(delivery_id, attempt)``, the last fetched; a row
+without ``attempt`` (kirim-api.md §7.4 documents no such field) is one row per delivery,
+the last fetched, as Kirim's history holds one row per delivery. One that lacks the
+delivery or its ``created_at`` collapses only with its exact copies, ``received_at``
+aside. Rows
 collapse within one ``date`` partition, as compaction takes them: without ``created_at`` a
 row is filed under the day it was fetched, so the fetches of one attempt lie in different
 partitions, and they are kept apart; so are two fetches whose ``created_at`` differ by day."""
@@ -357,12 +360,11 @@ Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 
 def _snapshot() -> pl.Expr:
-    """A row of Kirim's history that names its attempt and its delivery's ``created_at``
+    """A row of Kirim's history that names its delivery and the delivery's ``created_at``
     (see ``DELIVERY_DEDUP_COLUMNS``)."""
     return (
         (pl.col("origin") == "backfill")
         & pl.col("delivery_id").is_not_null()
-        & pl.col("attempt").is_not_null()
         & pl.col("created_at").is_not_null()
     ).fill_null(False)
 

@@ -122,7 +122,7 @@ def _select(merged: Merged, source: _Sources) -> list[str]:
             # received_at aside)
             snap = (
                 "coalesce(origin = 'backfill' AND delivery_id IS NOT NULL "
-                "AND attempt IS NOT NULL AND created_at IS NOT NULL, false)"
+                "AND created_at IS NOT NULL, false)"
             )
             fetched = "coalesce(origin = 'backfill', false)"
             key = ", ".join(

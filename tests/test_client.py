@@ -647,6 +647,33 @@ def test_endless_empty_pages_that_say_there_is_more_stop() -> None:
     assert len(pages) == 300
 
 
+def test_a_page_without_has_more_goes_on_while_it_gives_a_cursor() -> None:
+    # kirim-api.md §7.1: a list is {data, has_more, next_cursor}; a page lacking has_more
+    # (tolerance) has more exactly when it gives a cursor, and has_more false ends the walk
+    # whatever cursor comes with it.
+    t = FakeTime()
+    bodies = iter(
+        [
+            {"data": [{"id": "wbd_1"}], "next_cursor": "c1"},
+            {"data": [{"id": "wbd_2"}], "has_more": "yes", "next_cursor": "c2"},
+            {"data": [{"id": "wbd_3"}], "next_cursor": None},
+        ]
+    )
+    sent: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.params.get("cursor"))
+        return httpx.Response(200, json=next(bodies))
+
+    pages = [p for p, _ in make_client(handler, t).iter_pages()]
+    assert [p.deliveries[0].id for p in pages] == ["wbd_1", "wbd_2", "wbd_3"]
+    assert sent == [None, "c1", "c2"]
+    assert [p.has_more for p in pages] == [True, True, False]
+    done = {"data": [{"id": "wbd_9"}], "has_more": False, "next_cursor": "c9"}
+    client = make_client(lambda r: httpx.Response(200, json=done), t)
+    assert [(p.has_more, p.next_cursor) for p, _ in client.iter_pages()] == [(False, None)]
+
+
 def test_an_answer_trickling_in_is_cut_off_and_retried() -> None:
     """httpx's timeout bounds each read; a server sending a byte at a time never trips it."""
     t = FakeTime()
@@ -820,11 +847,19 @@ def test_delivery_parsing_is_tolerant() -> None:
     assert bare.payload is None
 
 
-def test_replay_reuses_idempotency_key_on_retry() -> None:
+@pytest.mark.parametrize(
+    "first",
+    [
+        error(502, "api_error", "internal_error"),
+        # kirim-api.md §7.2: the same key still in flight at Kirim, after its 30 s wait
+        error(409, "conflict", "idempotency_in_progress"),
+    ],
+)
+def test_replay_reuses_idempotency_key_on_retry(first: httpx.Response) -> None:
     t = FakeTime()
     keys: list[str] = []
     answers = [
-        error(502, "api_error", "internal_error"),
+        first,
         httpx.Response(202, json={"data": {"id": "wbd_new", "replayed_from": "wbd_1"}}),
     ]
 

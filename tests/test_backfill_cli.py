@@ -350,6 +350,23 @@ def test_an_until_in_the_future_is_read_up_to_now_with_a_note(
     assert set(events["event_key"]) == world.history_keys
 
 
+@pytest.mark.parametrize(("command", "since"), [("backfill", "40d"), ("reconcile", "31d")])
+def test_a_since_past_kirims_30_days_of_history_gets_a_note(
+    world: World, env: dict[str, str], tmp_path: Path, command: str, since: str
+) -> None:
+    # Kirim purges delivery rows after 30 days: a backfill or reconcile of 40 days ended
+    # without a word that its first 10 days could hold nothing, as if all was well there.
+    backfills = command == "backfill"
+    data, extra = (tmp_path, "--no-progress") if backfills else (world.home, "--dry-run")
+    args = [command, "--data", str(data), "--since", since, extra]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "note: --since is more than 30 days ago: Kirim purges" in result.output
+    within = CliRunner().invoke(app, [*args[:4], "29d", extra], env=env)
+    assert within.exit_code == 0, within.output
+    assert "purges" not in within.output
+
+
 def test_a_plain_http_api_url_off_this_machine_gets_a_note(tmp_path: Path) -> None:
     env = {"KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": "http://kirim.invalid"}
     args = ["reconcile", "--since", "1d", "--data", str(tmp_path / "none")]

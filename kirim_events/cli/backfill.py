@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import httpx
@@ -60,6 +60,21 @@ def _window(
     if lo is not None:
         check_order(lo, hi, now=now, names=_FLAGS)
     return lo, hi
+
+
+HISTORY_DAYS = 30  # Kirim purges delivery rows 30 days after creation (kirim-api.md §3)
+
+
+def _note_purged(since: datetime | None, now: datetime) -> None:
+    """Say so when ``--since`` reaches past Kirim's 30 days of history: that part of the
+    range holds nothing, whatever the receiver missed there (a run looked complete)."""
+    kept = now - timedelta(days=HISTORY_DAYS)
+    if since is not None and since < kept:
+        print_note(
+            f"--since is more than {HISTORY_DAYS} days ago: Kirim purges its delivery history"
+            f" after {HISTORY_DAYS} days, so nothing before {_fmt(kept)} can be read",
+            stderr=True,
+        )
 
 
 SinceOption = Annotated[
@@ -163,7 +178,8 @@ def backfill_command(
     with errors_to_exit():  # a bad time fails here, before a progress bar is drawn
         refuse_demo_folder(s.data_dir)
         now = datetime.now(UTC)
-        _, hi = _window(since, until, now)
+        lo, hi = _window(since, until, now)
+    _note_purged(lo, now)
     if hi is not None and hi > now:  # Kirim's history ends now; the run's range is cut there
         note = f"--until is in the future: the history is read up to now ({_fmt(now)})"
         print_note(note, stderr=True)
@@ -291,7 +307,9 @@ def reconcile_command(
     s = load_settings(data_dir=data)
     client = _client(data)
     with errors_to_exit(lake=lake_uri or s.data_dir), client:
-        _window(since, until, datetime.now(UTC))  # as reconcile() checks its range
+        now = datetime.now(UTC)
+        lo, _ = _window(since, until, now)  # as reconcile() checks its range
+        _note_purged(lo, now)
         # a mistyped folder holds none of the events Kirim knows: every one would be
         # imported there or replayed to the collector
         require_folder(s.data_dir)

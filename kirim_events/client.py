@@ -262,7 +262,9 @@ RATE_LIMITED_ATTEMPTS = 4
 """429 answers a request may get, in multiples of ``max_attempts``, before it gives up."""
 MAX_EMPTY_PAGES = 100
 """Empty pages in a row, each saying there is more, after which a walk of the history
-stops (Kirim's pages can be empty once in a while; a hundred in a row is a loop)."""
+stops (Kirim's pages can be empty once in a while; a hundred in a row is a loop). So do as
+many pages in a row that hold only rows of the page before (a cursor that does not move on,
+but reads new each time: encrypted with a fresh nonce, say)."""
 
 
 def _short(cursor: str) -> str:
@@ -597,10 +599,12 @@ class KirimClient:
         ------
         InvalidResponse
             The history would be walked for ever: a next cursor repeats one of this walk's,
-            or ``MAX_EMPTY_PAGES`` pages in a row are empty yet say there is more.
+            or ``MAX_EMPTY_PAGES`` pages in a row are empty, or hold only rows of the page
+            before, yet say there is more.
         """
         seen: set[str] = set() if cursor is None else {cursor}
-        empty = n = 0
+        empty = same = n = 0
+        before: set[tuple[str | None, int | None, datetime | None, str | None]] = set()
         while True:
             page = self.list_deliveries(cursor=cursor, limit=limit, **filters)
             n += 1
@@ -609,6 +613,14 @@ class KirimClient:
                 return
             cursor = page.next_cursor
             empty = 0 if page.deliveries else empty + 1
+            rows = {(d.id, d.attempt, d.created_at, d.payload) for d in page.deliveries}
+            same = same + 1 if rows and rows <= before else 0
+            before = rows
+            if same >= MAX_EMPTY_PAGES:
+                raise InvalidResponse(
+                    f"{same} pages in a row of the history hold only rows of the page before"
+                    " (its cursors do not move on), each saying there is more; stopped walking"
+                )
             if cursor is not None and cursor in seen:
                 raise InvalidResponse(
                     f"the history's pages loop: page {n} of this walk points back to the"

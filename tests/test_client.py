@@ -674,6 +674,27 @@ def test_a_page_without_has_more_goes_on_while_it_gives_a_cursor() -> None:
     assert [(p.has_more, p.next_cursor) for p, _ in client.iter_pages()] == [(False, None)]
 
 
+def test_pages_repeating_the_same_rows_under_new_cursors_stop() -> None:
+    # A cursor that does not move on, but reads new each time (encrypted with a fresh
+    # nonce, say: kirim-api.md §7.3 keeps its encoding opaque), served the same rows page
+    # after page: the walk never ended, as no cursor repeated and no page was empty.
+    t = FakeTime()
+    calls = itertools.count(1)
+    rows = [{"id": "wbd_1", "created_at": "2026-05-01T00:00:00Z"}, {"id": "wbd_2"}]
+    client = make_client(lambda r: page(rows, f"c{next(calls)}"), t)
+    with pytest.raises(InvalidResponse, match="100 pages in a row of the history hold only"):
+        list(client.iter_pages())
+    assert next(calls) == 102  # the first page, then a hundred of its copies
+    # pages that overlap the page before, each bringing a row of its own, go on
+    n = itertools.count(1)
+
+    def overlapping(request: httpx.Request) -> httpx.Response:
+        i = next(n)
+        return page([{"id": f"wbd_{i - 1}"}, {"id": f"wbd_{i}"}], f"c{i}" if i < 300 else None)
+
+    assert len(list(make_client(overlapping, t).iter_pages())) == 300
+
+
 def test_an_answer_trickling_in_is_cut_off_and_retried() -> None:
     """httpx's timeout bounds each read; a server sending a byte at a time never trips it."""
     t = FakeTime()

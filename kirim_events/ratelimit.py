@@ -6,8 +6,10 @@ GET/HEAD and *write* for the rest. Every 2xx and 4xx answer carries ``X-RateLimi
 full again); a 429 adds ``Retry-After``. :class:`RateLimiter` keeps a local token estimate per
 class, re-synchronised by every answer, and derives the refill rate from
 ``(Limit - Remaining) / (Reset - now)`` when the deficit is large enough for Reset's
-whole-second rounding not to matter. It is shared by every thread of one
-:class:`~kirim_events.client.KirimClient`, so parallel backfill slices stay within one limit.
+whole-second rounding not to matter (a Reset in milliseconds, or in seconds from now, is
+read as the time it means; one more than an hour ahead as absent). It is shared by every
+thread of one :class:`~kirim_events.client.KirimClient`, so parallel backfill slices stay
+within one limit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ __all__ = ["RateLimiter", "retry_after"]
 
 _WINDOW_POLL = 0.05  # seconds between looks while the requests in flight fill the window
 _WINDOW_MAX = 64  # a window this wide that still draws no 429 is dropped
+MAX_RESET_AHEAD = 3600.0
+"""Kirim's buckets are per minute (kirim-api.md §7.2): an ``X-RateLimit-Reset`` further
+ahead than this is no unix time of one, and is read as absent rather than waited for (one
+in milliseconds paced a backfill to a request every few thousand years, without a word)."""
 
 
 @dataclass
@@ -120,7 +126,8 @@ class RateLimiter:
                 return
             limit = _int_header(headers, "X-RateLimit-Limit")
             remaining = _int_header(headers, "X-RateLimit-Remaining")
-            reset = _float_header(headers, "X-RateLimit-Reset")
+            now = self._clock()
+            reset = _reset_time(_float_header(headers, "X-RateLimit-Reset"), now)
             if remaining is None:
                 # An answer to a request sent since the window opened (a 429 closes it again
                 # in block): one more may go, so the window doubles with each round of
@@ -131,7 +138,6 @@ class RateLimiter:
                     b.window = None if b.window >= _WINDOW_MAX else b.window + 1
                 return
             b.window, b.stale = None, 0  # the limit is known again: pace by it
-            now = self._clock()
             if limit is not None:
                 b.limit = limit
             if reset is not None:
@@ -159,6 +165,20 @@ class RateLimiter:
                 # 91 of 139 requests into 429s against a server with no X-RateLimit headers).
                 b.tokens = None
                 b.window, b.stale = 1, b.in_flight
+
+
+def _reset_time(value: float | None, now: float) -> float | None:
+    """``X-RateLimit-Reset`` as a unix time: unix seconds, as documented; from 1e11 up,
+    milliseconds (as :func:`~kirim_events.events.parse_time` reads epoch numbers); below 1e9
+    (before 2001), seconds from now, as the IETF ``RateLimit-Reset`` header counts them.
+    None when absent or more than ``MAX_RESET_AHEAD`` ahead."""
+    if value is None:
+        return None
+    if value >= 1e11:
+        value /= 1000
+    elif value < 1e9:
+        value = now + max(0.0, value)
+    return value if value - now <= MAX_RESET_AHEAD else None
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

@@ -468,6 +468,39 @@ def test_pacing_from_headers_never_runs_past_the_limit_and_keeps_up() -> None:
     assert steady >= 0.9  # >= 90 % of the limit
 
 
+@pytest.mark.parametrize(
+    ("reset", "rejected"),
+    [
+        (lambda unix, now: unix * 1000, 0),  # milliseconds: was a wait of thousands of years
+        (lambda unix, now: unix - now, 0),  # seconds from now (IETF RateLimit-Reset)
+        (lambda unix, now: unix + 86_400, None),  # a day ahead: no per-minute bucket's
+    ],
+)
+def test_a_reset_that_is_no_unix_seconds_never_stalls_the_pacing(
+    reset: Callable[[int, float], float], rejected: int | None
+) -> None:
+    # kirim-api.md §7.2 says unix seconds; a Reset in milliseconds made the limiter derive a
+    # refill rate of a token every few thousand years, and the backfill slept without a word.
+    t = FakeTime()
+    server = BucketServer(t, limit=60, window=60.0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = server(request)
+        if "X-RateLimit-Reset" in answer.headers:  # not on its 429s
+            unix = int(answer.headers["X-RateLimit-Reset"])
+            answer.headers["X-RateLimit-Reset"] = str(reset(unix, t.now))
+        return answer
+
+    client = make_client(handler, t)
+    start = t.now
+    for _ in range(150):
+        client.list_deliveries()
+    assert max(t.sleeps) <= 60
+    assert t.now - start <= 2 * (150 - 60)  # 1 a second past the burst, as with unix seconds
+    if rejected is not None:
+        assert server.rejected == rejected  # read as the time it means: paced as before
+
+
 def _taken_before_a_wait(limiter: RateLimiter, t: FakeTime, most: int = 10_000) -> int:
     """How many requests start (and stay in flight: parallel slices) before one must wait."""
     before = len(t.sleeps)

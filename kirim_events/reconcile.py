@@ -1,7 +1,8 @@
 """Reconcile: find the events Kirim's delivery history knows that the store lacks; recover them.
 
-``reconcile(data, client=..., since=...)`` walks the history for ``[since, until)`` and
-decides, per event, whether the store already holds it:
+``reconcile(data, client=..., since=...)`` walks the history for ``[since, until)`` (a
+cursor Kirim refuses on the way starts a new chain that skips what was read, as in a backfill)
+and decides, per event, whether the store already holds it:
 
 * A history row with its ``payload`` is parsed into events; an ``event_key`` that neither the
   journal's dedup index nor the lake holds is missing.

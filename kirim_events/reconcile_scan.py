@@ -7,10 +7,20 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from kirim_events.backfill import HISTORY_OVERLAP, delivery_events
-from kirim_events.client import Delivery, KirimClient
-from kirim_events.errors import ConfigError, PayloadError
-from kirim_events.events import EventRecord
+from kirim_events.backfill import (
+    _RESTARTS_WITHOUT_PROGRESS,
+    HISTORY_OVERLAP,
+    _note_order,
+    _restart,
+    _Slice,
+    _stale_cursor,
+    _untimed_mark,
+    _window,
+    delivery_events,
+)
+from kirim_events.client import Delivery, KirimClient, format_time
+from kirim_events.errors import ConfigError, PayloadError, PermanentApiError
+from kirim_events.events import EventRecord, parse_time
 from kirim_events.journal_index import KeyIndex
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
 
@@ -255,14 +265,75 @@ def _better(d: Delivery, m: MissingEvent) -> bool:
 def walk(
     client: KirimClient, lo: datetime, hi: datetime, scan: Scan, report: ReconcileReport
 ) -> Scan:
-    """Page the history of ``[lo, hi)`` into ``scan``, counting into ``report``."""
-    pages = client.iter_pages(
-        created_after=lo - HISTORY_OVERLAP, created_before=hi + HISTORY_OVERLAP
-    )
-    for page, _ in pages:
-        report.history_pages += 1
-        rows = [d for d in page.deliveries if d.created_at is None or lo <= d.created_at < hi]
-        report.history_rows += len(rows)
-        report.items_unreadable += len(page.unreadable)
-        scan.page(rows)
-    return scan
+    """Page the history of ``[lo, hi)`` into ``scan``, counting into ``report``.
+
+    A cursor Kirim refuses (``invalid_cursor``: expired during a long walk, say) starts a new
+    chain of pages that skips what was read, as a backfill's slice does
+    (:func:`kirim_events.backfill._restart`), once the rows read show Kirim's order; the rows
+    it reads again are not scanned twice. Refused while the order is not plain, or four times
+    in a row with nothing more skipped, the error stands.
+    """
+    s = _Slice(after=format_time(lo), before=format_time(hi))
+    read = _Read()
+    stuck = 0
+    while True:
+        after, before = _window(s)
+        try:
+            for page, _ in client.iter_pages(
+                cursor=s.cursor, created_after=after, created_before=before
+            ):
+                report.history_pages += 1
+                report.items_unreadable += len(page.unreadable)
+                rows = [
+                    d
+                    for d in page.deliveries
+                    if (d.created_at is None or lo <= d.created_at < hi) and read.first(d)
+                ]
+                report.history_rows += len(rows)
+                scan.page(rows)
+                s.cursor = page.next_cursor
+                _note_order(s, [d.created_at for d in page.deliveries if d.created_at])
+                read.advance(s, [d.created_at for d in rows if d.created_at])
+            return scan
+        except PermanentApiError as exc:
+            if not _stale_cursor(exc) or s.cursor is None or s.direction() is None:
+                raise
+            stuck = 0 if _restart(s) else stuck + 1
+            if stuck > _RESTARTS_WITHOUT_PROGRESS:
+                raise
+
+
+class _Read:
+    """The rows a walk scanned where a new chain may read them again: within twice
+    ``HISTORY_OVERLAP`` of the oldest row read (newest first; of the newest, oldest first),
+    every row until the order shows, and the rows without a time."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[object, ...], datetime | None] = {}
+
+    def first(self, d: Delivery) -> bool:
+        """Whether ``d`` was not scanned yet (and remember it)."""
+        mark = (_untimed_mark(d), d.attempt, d.created_at)
+        if mark in self.marks:
+            return False
+        self.marks[mark] = d.created_at
+        return True
+
+    def advance(self, s: _Slice, times: list[datetime]) -> None:
+        """Move the walk's frontier by the times of the rows scanned; forget the marks no new
+        chain can reach."""
+        if times:
+            oldest, newest = parse_time(s.oldest), parse_time(s.newest)
+            low, high = min(times), max(times)
+            s.oldest = format_time(low if oldest is None else min(oldest, low))
+            s.newest = format_time(high if newest is None else max(newest, high))
+        direction = s.direction()
+        edge = parse_time(s.oldest if direction == "newest first" else s.newest)
+        if direction is None or edge is None:
+            return
+        reach = 2 * HISTORY_OVERLAP
+        self.marks = {
+            m: t
+            for m, t in self.marks.items()
+            if t is None or (t < edge + reach if direction == "newest first" else t > edge - reach)
+        }

@@ -73,6 +73,54 @@ def test_dry_run_finds_exactly_the_unacknowledged_events_and_changes_nothing(
     assert report.near_purge == 0
 
 
+class RefuseCursors:
+    """ASGI middleware: every ``every``-th request with a cursor gets 400 invalid_cursor (a
+    cursor expired during a long walk; kirim-api.md §7.3 names the code)."""
+
+    def __init__(self, app: Any, every: int) -> None:
+        self.app, self.every, self.seen = app, every, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and b"cursor=" in scope.get("query_string", b""):
+            self.seen += 1
+            if self.seen % self.every == 0:
+                error = {"type": "invalid_request_error", "code": "invalid_cursor", "message": "x"}
+                body = json.dumps({"error": error}).encode()
+                headers = [(b"content-type", b"application/json")]
+                await send({"type": "http.response.start", "status": 400, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("spacing", [60.0, 0.3])  # seconds between rows: 0.3 re-reads several
+def test_cursors_refused_during_the_walk_neither_stop_it_nor_skip_or_repeat_rows(
+    tmp_path: Path, spacing: float
+) -> None:
+    # reconcile walked the history in one chain of pages, and the first cursor Kirim
+    # refused stopped it with the error (a backfill's slices start a new chain); a long
+    # walk of 30 days is where a cursor may expire.
+    world = World(tmp_path / "data", seed=9, events=1200)
+    try:
+        rows = world.emu.store.deliveries
+        start = rows[0].created_at
+        for row in rows:  # newest first, as the API pages it
+            row.created_at = row.updated_at = start + spacing * row.seq + 0.25
+        truth = world.emu.unacknowledged_event_keys()
+        since, until = window(world)
+        t = FakeTime(until.timestamp())
+        transport, client = world.api(t, transport_wrapper=lambda app: RefuseCursors(app, 3))
+        report = reconcile(
+            world.home, client=client, since=since, until=until, dry_run=True,
+            journal=world.journal, now=t.clock,
+        )  # fmt: skip
+        assert transport.statuses[400] >= 2  # Kirim refused cursors, more than once
+        assert {m.key for m in report.missing} == truth
+        assert report.history_rows == len(rows)  # each row scanned once
+    finally:
+        world.close()
+
+
 def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World) -> None:
     truth = world.emu.unacknowledged_event_keys()
     since, until = window(world)

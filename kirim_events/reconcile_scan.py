@@ -306,13 +306,17 @@ def walk(
 class _Read:
     """The rows a walk scanned where a new chain may read them again: within twice
     ``HISTORY_OVERLAP`` of the oldest row read (newest first; of the newest, oldest first),
-    every row until the order shows, and the rows without a time."""
+    every row until the order shows, and the rows without a time; none once the rows go
+    both ways (no new chain then)."""
 
     def __init__(self) -> None:
         self.marks: dict[tuple[object, ...], datetime | None] = {}
+        self.off = False
 
     def first(self, d: Delivery) -> bool:
         """Whether ``d`` was not scanned yet (and remember it)."""
+        if self.off:
+            return True
         mark = (_untimed_mark(d), d.attempt, d.created_at)
         if mark in self.marks:
             return False
@@ -327,6 +331,9 @@ class _Read:
             low, high = min(times), max(times)
             s.oldest = format_time(low if oldest is None else min(oldest, low))
             s.newest = format_time(high if newest is None else max(newest, high))
+        if s.went_back and s.went_forward:  # no plain order: a refusal stops the walk
+            self.off, self.marks = True, {}
+            return
         direction = s.direction()
         edge = parse_time(s.oldest if direction == "newest first" else s.newest)
         if direction is None or edge is None:

@@ -16,7 +16,7 @@ from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_fram
 from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
-from kirim_events.errors import ConfigError
+from kirim_events.errors import ConfigError, PermanentApiError
 from kirim_events.events import parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -117,6 +117,26 @@ def test_cursors_refused_during_the_walk_neither_stop_it_nor_skip_or_repeat_rows
         assert transport.statuses[400] >= 2  # Kirim refused cursors, more than once
         assert {m.key for m in report.missing} == truth
         assert report.history_rows == len(rows)  # each row scanned once
+    finally:
+        world.close()
+
+
+def test_a_cursor_refused_on_a_history_in_no_time_order_stops_the_walk(tmp_path: Path) -> None:
+    # Without a plain order a new chain cannot tell what it would skip: the error stands
+    # (before anything was imported or replayed), rather than a walk that loses rows.
+    world = World(tmp_path / "data", seed=10, events=400)
+    try:
+        rows = world.emu.store.deliveries
+        start = rows[0].created_at
+        for row in rows:  # paged by creation, timed in no order
+            row.created_at = row.updated_at = start + (row.seq * 7919) % 3600
+        since, until = window(world)
+        t = FakeTime(until.timestamp())
+        transport, client = world.api(t, transport_wrapper=lambda app: RefuseCursors(app, 2))
+        with pytest.raises(PermanentApiError, match="invalid_cursor"):
+            reconcile(world.home, client=client, since=since, until=until,
+                      journal=world.journal, now=t.clock)  # fmt: skip
+        assert not [p for p in transport.paths if p.startswith("POST")]
     finally:
         world.close()
 

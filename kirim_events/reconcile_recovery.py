@@ -104,7 +104,8 @@ def recover(
     lake: Any,
     receipts: list[dict[str, Any]],
 ) -> None:
-    """Import what can be, with its history rows and ``receipts``; ask Kirim for the rest."""
+    """Import what can be, with its history rows and ``receipts``, and flush the journal
+    (always: also what a killed run imported); ask Kirim for the rest."""
     journal.forget_keys(m.key for m in report.missing if m.lost)
     imports = [m for m in report.missing if m.action == "import"]
     records = [r for m in imports for r in m.records]
@@ -121,7 +122,9 @@ def recover(
         ]
         flags = journal.append(records, receipts)
         report.imported = sum(flags)
-        journal.flush(lake, batch_size=10_000)
+    # always: what an earlier run imported and was killed before flushing is held by the
+    # dedup index, so not missing now, and waits in the journal until a flush
+    journal.flush(lake, batch_size=10_000)
     done: set[str] = set()
     try:
         for m in report.missing:

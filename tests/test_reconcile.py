@@ -174,6 +174,27 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
     assert again.missing == []
 
 
+def test_a_run_killed_between_its_import_and_its_flush_is_finished_by_the_next(
+    world: World,
+) -> None:
+    # Killed after the import's journal commit, before its flush: the next run found the
+    # events in the dedup index, so nothing missing, and flushed nothing; the lake lacked
+    # them until some other command flushed the journal.
+    truth = world.emu.unacknowledged_event_keys()
+    rows = [row for row in world.emu.store.deliveries if set(row.event_keys) & truth]
+    world.journal.append([r for row in rows for r in parse_delivery(row.payload)])  # committed
+    events, _ = lake_frames(world.home)
+    assert not truth & set(events["event_key"])  # not flushed: the kill came first
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t)
+    report = reconcile(world.home, client=client, since=since, until=until,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert report.missing == []  # the journal holds them
+    events, _ = lake_frames(world.home)
+    assert set(events["event_key"]) == world.history_keys  # and now the lake does too
+
+
 def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> None:
     truth = world.emu.unacknowledged_event_keys()
     rows_truth = {row.id for row in world.emu.store.deliveries if set(row.event_keys) & truth}

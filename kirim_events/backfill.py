@@ -26,8 +26,9 @@ Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or no
 asks for ``HISTORY_OVERLAP`` more on both sides and keeps only rows inside its own bounds, so
 the result is right whether Kirim's bounds are inclusive or exclusive, and whatever it rounds
 them to. A cursor Kirim refuses (expired) starts a new chain of pages that skips what was
-read, in the time order the rows read show (``_restart``). Memory stays flat: one
-page per slice is held at a time; the journal is flushed to the lake in bounded batches.
+read, in the time order the rows read show (:mod:`kirim_events.history_slices`). Memory
+stays flat: one page per slice is held at a time; the journal is flushed to the lake in
+bounded batches.
 
 The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
 every page (the CLI draws a progress bar from it).
@@ -36,9 +37,7 @@ every page (the CLI draws a progress bar from it).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -57,11 +56,17 @@ from kirim_events.errors import (
     ConfigError,
     Interrupted,
     PayloadError,
-    PermanentApiError,
     StorageError,
 )
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
+from kirim_events.history_slices import (
+    HISTORY_OVERLAP,
+    Slice,
+    split,
+    untimed_mark,
+    walk_restarting,
+)
 from kirim_events.journal import Journal
 from kirim_events.journal_index import refuse_inside_lake
 from kirim_events.stopsignals import held
@@ -81,16 +86,6 @@ log = logging.getLogger("kirim_events.backfill")
 CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
 _FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
-HISTORY_OVERLAP = timedelta(seconds=2)
-"""Walks of the history reach this far past each end, then keep only the rows inside the
-range: Kirim does not say whether ``created_after`` / ``created_before`` are inclusive, nor
-to what precision it compares them (its times show milliseconds; a server comparing whole
-seconds, both ends exclusive, lost every row of the second at each slice's edge with 1 ms).
-A row fetched twice is harmless (dedup index; exact copies of delivery rows)."""
-ORDER_SLACK = HISTORY_OVERLAP / 2
-"""How far a row may be out of time order and still count as in order (clock skew between
-Kirim's servers): half the margin a restarted chain reads back (``_restart``)."""
-_RESTARTS_WITHOUT_PROGRESS = 3  # stale-cursor restarts of a slice in a row, no page between
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
 
 
@@ -190,62 +185,13 @@ def delivery_row(
 
 
 @dataclass
-class _Slice:
-    after: str  # ISO; rows kept when after <= created_at < before
-    before: str
-    cursor: str | None = None
-    started: bool = False
-    done: bool = False
-    pages: int = 0
-    rows: int = 0
-    oldest: str | None = None  # oldest created_at stored
-    newest: str | None = None  # newest created_at stored
-    fetch_before: str | None = None  # created_before the cursor is bound to (None: before)
-    fetch_after: str | None = None  # created_after the cursor is bound to (None: after)
-    restarts: int = 0  # cursor chains restarted after Kirim refused a stale cursor
-    # The order Kirim pages in, as seen (kirim-api.md §7.3 only assumes newest first): the
-    # lowest and highest created_at of the current chain's rows, and whether a row was ever
-    # more than ORDER_SLACK older than the chain's highest (went_back) or newer than its
-    # lowest (went_forward) before it. Clock skew below that does not count: a restart
-    # reads HISTORY_OVERLAP, twice as much, back past what was stored.
-    low: str | None = None
-    high: str | None = None
-    went_back: bool = False
-    went_forward: bool = False
-
-    def direction(self) -> str | None:
-        """``newest first`` or ``oldest first`` once the rows read show it, else None."""
-        if self.went_back != self.went_forward:
-            return "newest first" if self.went_back else "oldest first"
-        return None
-
-    def fraction(self) -> float:
-        if self.done:
-            return 1.0
-        lo, hi = _ts(self.after), _ts(self.before)
-        if self.direction() == "oldest first" and self.newest is not None:
-            read = _ts(self.newest) - lo
-        elif self.oldest is not None:
-            read = hi - _ts(self.oldest)
-        else:
-            return 0.0
-        return min(1.0, max(0.0, read / max(hi - lo, 1e-6)))
-
-
-def _ts(text: str) -> float:
-    value = parse_time(text)
-    assert value is not None
-    return value.timestamp()
-
-
-@dataclass
 class _Checkpoint:
     key: str
     since: str
     until: str  # the fixed created_before
     snapshot: str  # received_at of every row of this run
     filters: dict[str, str]
-    slices: list[_Slice]
+    slices: list[Slice]
     version: int = CHECKPOINT_VERSION
 
     @classmethod
@@ -273,7 +219,7 @@ class _Checkpoint:
         try:
             for s in raw["slices"]:
                 s.pop("last", None)  # written by a version between a12fcf2 and aa784de
-            raw["slices"] = [_Slice(**s) for s in raw["slices"]]
+            raw["slices"] = [Slice(**s) for s in raw["slices"]]
             cp = cls(**raw)
         except (TypeError, KeyError, AttributeError):
             raise damaged from None
@@ -419,53 +365,45 @@ class _Run:
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
         self.untimed_seen: set[str] = set()
 
-    def walk(self, s: _Slice) -> None:
-        restarts = 0  # refused cursors in a row whose restart skipped no more than before
-        while not s.done and not self.stop.is_set():
-            try:
-                self._walk(s)
-                return
-            except PermanentApiError as exc:
-                # A cursor Kirim no longer accepts (expired, or its encoding changed between
-                # runs): start a new chain that skips what was read (_restart). Rows
-                # fetched twice are harmless (dedup index; exact copies of delivery rows).
-                if not _stale_cursor(exc) or s.cursor is None:
-                    raise
-                with self.lock:
-                    narrowed = _restart(s)
-                    self.cp.save(self.path)
-                restarts = 0 if narrowed else restarts + 1
-                if restarts > _RESTARTS_WITHOUT_PROGRESS:
-                    raise  # a rerun starts counting again (a new run, a new chance)
+    def walk(self, s: Slice) -> None:
+        # A cursor Kirim no longer accepts (expired, or its encoding changed between runs)
+        # starts a new chain that skips what was read (Slice.restart), saved at once. Rows
+        # fetched twice are harmless (dedup index; exact copies of delivery rows). A rerun
+        # starts counting refusals again (a new run, a new chance).
+        walk_restarting(s, lambda: self._walk(s), restart=lambda: self._restart(s))
 
-    def _walk(self, s: _Slice) -> None:
+    def _restart(self, s: Slice) -> bool:
+        with self.lock:
+            narrowed = s.restart()
+            self.cp.save(self.path)
+        return narrowed
+
+    def _walk(self, s: Slice) -> None:
+        if s.done or self.stop.is_set():
+            return
         after, before = parse_time(s.after), parse_time(s.before)
         assert after is not None
         assert before is not None
-        if s.fetch_before is None:
+        if s.fetch_before is None:  # the cursor is bound to it: fixed for the chain
             with self.lock:
-                s.fetch_before = format_time(before + HISTORY_OVERLAP)
-        fetch_before = parse_time(s.fetch_before)
+                s.fetch_before = format_time(s.window()[1])
         filters: dict[str, Any] = dict(self.cp.filters)
-        fetch_after = parse_time(s.fetch_after) if s.fetch_after else after - HISTORY_OVERLAP
-        filters["created_after"] = fetch_after
-        filters["created_before"] = fetch_before
+        filters["created_after"], filters["created_before"] = s.window()
         pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
         for page, _ in pages:
             if self.stop.is_set():
                 return
             self.store(s, page, after, before)
 
-    def store(self, s: _Slice, page: Page, after: datetime, before: datetime) -> None:
+    def store(self, s: Slice, page: Page, after: datetime, before: datetime) -> None:
         records: list[EventRecord] = []
         receipts: list[dict[str, Any]] = []
         quarantined = bare = untimed = 0
-        oldest: datetime | None = None
-        newest: datetime | None = None
+        stored: list[datetime] = []  # the times of the rows this slice owns
         times = [d.created_at for d in page.deliveries if d.created_at is not None]
         for d in page.deliveries:
             if d.created_at is None:
-                mark = _untimed_mark(d)
+                mark = untimed_mark(d)
                 with self.lock:
                     if mark in self.untimed_seen:
                         continue
@@ -474,8 +412,7 @@ class _Run:
             elif not after <= d.created_at < before:
                 continue  # the overlap: another slice owns it
             else:
-                oldest = d.created_at if oldest is None else min(oldest, d.created_at)
-                newest = d.created_at if newest is None else max(newest, d.created_at)
+                stored.append(d.created_at)
             reason = None
             try:
                 found = delivery_events(d, received_at=self.snapshot)
@@ -496,13 +433,8 @@ class _Run:
             s.done = not page.has_more
             s.pages += 1
             s.rows += len(receipts)
-            known = parse_time(s.oldest) if s.oldest else None
-            if oldest is not None and (known is None or oldest < known):
-                s.oldest = format_time(oldest)
-            known = parse_time(s.newest) if s.newest else None
-            if newest is not None and (known is None or newest > known):
-                s.newest = format_time(newest)
-            _note_order(s, times)
+            s.stretch(stored)
+            s.note_order(times)
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
             r.pages += 1
@@ -524,83 +456,6 @@ class _Run:
             )
         if self.progress is not None:
             self.progress(snap)
-
-
-def _note_order(s: _Slice, times: list[datetime]) -> None:
-    """Add a page's row times (in the order served) to what ``s`` knows of Kirim's order."""
-    low = parse_time(s.low) if s.low else None
-    high = parse_time(s.high) if s.high else None
-    for t in times:
-        if low is not None and high is not None:
-            s.went_back = s.went_back or t < high - ORDER_SLACK
-            s.went_forward = s.went_forward or t > low + ORDER_SLACK
-        low = t if low is None else min(low, t)
-        high = t if high is None else max(high, t)
-    s.low = None if low is None else format_time(low)
-    s.high = None if high is None else format_time(high)
-
-
-def _window(s: _Slice) -> tuple[datetime, datetime]:
-    """The ``created_after`` / ``created_before`` the slice's current chain asks for."""
-    lo = parse_time(s.fetch_after) if s.fetch_after else parse_time(s.after)
-    hi = parse_time(s.fetch_before) if s.fetch_before else parse_time(s.before)
-    assert lo is not None
-    assert hi is not None
-    return (
-        lo if s.fetch_after else lo - HISTORY_OVERLAP,
-        hi if s.fetch_before else hi + HISTORY_OVERLAP,
-    )
-
-
-def _restart(s: _Slice) -> bool:
-    """Start a new chain of pages for ``s`` after Kirim refused its cursor; True when the new
-    chain asks for less than the last one did (progress).
-
-    Newest first (no row was more than ``ORDER_SLACK`` newer than the lowest before it), the
-    rows to come are at most that much newer than the oldest stored: the chain starts
-    ``HISTORY_OVERLAP`` (twice that) above it, which also covers a Kirim that compares whole
-    seconds. Oldest first, likewise below the newest stored. While the order is unknown (too
-    few rows, or rows that go both ways), the whole slice is read again, which is no progress.
-    """
-    lo, hi = _window(s)
-    direction = s.direction()
-    margin = HISTORY_OVERLAP
-    if direction == "newest first" and s.oldest is not None:
-        oldest = parse_time(s.oldest)
-        assert oldest is not None
-        s.fetch_before = format_time(min(oldest + margin, hi))
-    elif direction == "oldest first" and s.newest is not None:
-        newest = parse_time(s.newest)
-        assert newest is not None
-        s.fetch_after = format_time(max(newest - margin, lo))
-    else:
-        s.fetch_after = s.fetch_before = None
-    s.cursor, s.low, s.high = None, None, None
-    s.restarts += 1
-    new_lo, new_hi = _window(s)
-    return new_lo > lo or new_hi < hi
-
-
-def _stale_cursor(exc: PermanentApiError) -> bool:
-    """Kirim refused the cursor: ``invalid_cursor`` (kirim-api.md §7.3), or, tolerantly, any
-    code naming the cursor or a 410 Gone (how an expired one is refused is undocumented)."""
-    return "cursor" in (exc.code or "") or exc.status_code == 410
-
-
-MIN_SLICE = timedelta(minutes=1)
-"""The shortest time slice a range is cut into (a shorter range is fewer slices): each
-slice reads ``HISTORY_OVERLAP`` past both ends, which must stay a small part of it."""
-
-
-def _split(since: datetime, until: datetime, n: int) -> list[_Slice]:
-    n = max(1, min(n, (until - since) // MIN_SLICE))
-    step = (until - since) / n
-    edges = [since + step * i for i in range(n)] + [until]
-    return [
-        _Slice(after=format_time(a), before=format_time(b))
-        for a, b in itertools.pairwise(edges)
-        if b > a
-    ]
 
 
 def backfill(
@@ -708,7 +563,7 @@ def backfill(
                 until=format_time(hi),
                 snapshot=format_time(start),
                 filters=filters,
-                slices=_split(lo, hi, slices * _PIECES),
+                slices=split(lo, hi, slices * _PIECES),
             )
             cp.save(path)
         since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
@@ -778,16 +633,7 @@ def _flush_after_failure(flush_journal: Callable[[], None], failed: Exception) -
         )
 
 
-def _untimed_mark(d: Delivery) -> str:
-    """What tells one row without a readable time from another: its id, or without one
-    what the row holds (the same row sent to two slices is one row)."""
-    if d.id:
-        return f"id:{d.id}"
-    row = json.dumps(dataclasses.asdict(d), sort_keys=True, default=str)
-    return "row:" + hashlib.sha256(row.encode()).hexdigest()
-
-
-def _walk_all(run: _Run, client: KirimClient, slices: list[_Slice], workers: int) -> None:
+def _walk_all(run: _Run, client: KirimClient, slices: list[Slice], workers: int) -> None:
     """Walk every slice, ``workers`` at a time; the first slice's error stops the others."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
         pending: set[Future[None]] = set()

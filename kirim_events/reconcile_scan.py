@@ -7,20 +7,11 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from kirim_events.backfill import (
-    _RESTARTS_WITHOUT_PROGRESS,
-    HISTORY_OVERLAP,
-    _note_order,
-    _restart,
-    _Slice,
-    _stale_cursor,
-    _untimed_mark,
-    _window,
-    delivery_events,
-)
+from kirim_events.backfill import delivery_events
 from kirim_events.client import Delivery, KirimClient, format_time
-from kirim_events.errors import ConfigError, PayloadError, PermanentApiError
+from kirim_events.errors import ConfigError, PayloadError
 from kirim_events.events import EventRecord, parse_time
+from kirim_events.history_slices import HISTORY_OVERLAP, Slice, untimed_mark, walk_restarting
 from kirim_events.journal_index import KeyIndex
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
 
@@ -269,38 +260,33 @@ def walk(
 
     A cursor Kirim refuses (``invalid_cursor``: expired during a long walk, say) starts a new
     chain of pages that skips what was read, as a backfill's slice does
-    (:func:`kirim_events.backfill._restart`), once the rows read show Kirim's order; the rows
-    it reads again are not scanned twice. Refused while the order is not plain, or four times
-    in a row with nothing more skipped, the error stands.
+    (:meth:`kirim_events.history_slices.Slice.restart`), once the rows read show Kirim's
+    order; the rows it reads again are not scanned twice. Refused while the order is not
+    plain, or four times in a row with nothing more skipped, the error stands.
     """
-    s = _Slice(after=format_time(lo), before=format_time(hi))
+    s = Slice(after=format_time(lo), before=format_time(hi))
     read = _Read()
-    stuck = 0
-    while True:
-        after, before = _window(s)
-        try:
-            for page, _ in client.iter_pages(
-                cursor=s.cursor, created_after=after, created_before=before
-            ):
-                report.history_pages += 1
-                report.items_unreadable += len(page.unreadable)
-                rows = [
-                    d
-                    for d in page.deliveries
-                    if (d.created_at is None or lo <= d.created_at < hi) and read.first(d)
-                ]
-                report.history_rows += len(rows)
-                scan.page(rows)
-                s.cursor = page.next_cursor
-                _note_order(s, [d.created_at for d in page.deliveries if d.created_at])
-                read.advance(s, [d.created_at for d in rows if d.created_at])
-            return scan
-        except PermanentApiError as exc:
-            if not _stale_cursor(exc) or s.cursor is None or s.direction() is None:
-                raise
-            stuck = 0 if _restart(s) else stuck + 1
-            if stuck > _RESTARTS_WITHOUT_PROGRESS:
-                raise
+
+    def chain() -> None:
+        after, before = s.window()
+        for page, _ in client.iter_pages(
+            cursor=s.cursor, created_after=after, created_before=before
+        ):
+            report.history_pages += 1
+            report.items_unreadable += len(page.unreadable)
+            rows = [
+                d
+                for d in page.deliveries
+                if (d.created_at is None or lo <= d.created_at < hi) and read.first(d)
+            ]
+            report.history_rows += len(rows)
+            scan.page(rows)
+            s.cursor = page.next_cursor
+            s.note_order(d.created_at for d in page.deliveries if d.created_at)
+            read.advance(s, [d.created_at for d in rows if d.created_at])
+
+    walk_restarting(s, chain, needs_order=True)
+    return scan
 
 
 class _Read:
@@ -317,20 +303,16 @@ class _Read:
         """Whether ``d`` was not scanned yet (and remember it)."""
         if self.off:
             return True
-        mark = (_untimed_mark(d), d.attempt, d.created_at)
+        mark = (untimed_mark(d), d.attempt, d.created_at)
         if mark in self.marks:
             return False
         self.marks[mark] = d.created_at
         return True
 
-    def advance(self, s: _Slice, times: list[datetime]) -> None:
+    def advance(self, s: Slice, times: list[datetime]) -> None:
         """Move the walk's frontier by the times of the rows scanned; forget the marks no new
         chain can reach."""
-        if times:
-            oldest, newest = parse_time(s.oldest), parse_time(s.newest)
-            low, high = min(times), max(times)
-            s.oldest = format_time(low if oldest is None else min(oldest, low))
-            s.newest = format_time(high if newest is None else max(newest, high))
+        s.stretch(times)
         if s.went_back and s.went_forward:  # no plain order: a refusal stops the walk
             self.off, self.marks = True, {}
             return

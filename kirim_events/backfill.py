@@ -319,6 +319,8 @@ class BackfillReport:
     resumed: bool
     pages: int = 0
     rows: int = 0
+    """History rows read inside the range: a row read again (pages that overlap, a chain
+    restarted after a refused cursor, a resumed run) counts again; the lake keeps one."""
     events_new: int = 0
     events_duplicate: int = 0
     rows_without_payload: int = 0

@@ -328,7 +328,7 @@ def test_backfill_progress_bar_and_summary(
     assert all("…" not in line and re.search(r"\d:\d\d:\d\d ~", line) for line in bar_lines)
     assert " left" in result.output  # an estimate: docs/cli.md says on what
     rows = len(world.emu.store.deliveries)
-    assert re.search(rf"│ delivery rows +│ {rows} +│", result.output)
+    assert re.search(rf"│ history rows read +│ {rows} +│", result.output)
     assert re.search(
         rf"│ flushed to the lake +│ {len(world.history_keys)} events, {rows} rows", result.output
     )

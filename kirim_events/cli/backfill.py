@@ -250,7 +250,7 @@ def _render_backfill(r: BackfillReport) -> None:
     table.add_row("range", f"{_fmt(r.since)} .. {_fmt(r.until)}")
     table.add_row("resumed a killed run", "yes" if r.resumed else "no")
     table.add_row("pages / requests / retries", f"{r.pages} / {r.requests} / {r.retries}")
-    table.add_row("delivery rows", str(r.rows))
+    table.add_row("history rows read", str(r.rows))
     table.add_row("new events", str(r.events_new))
     table.add_row("events already stored", str(r.events_duplicate))
     table.add_row("rows without payload", str(r.rows_without_payload))

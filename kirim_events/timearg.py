@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from typing import Any
 
 from kirim_events.errors import ConfigError
 from kirim_events.events import parse_time
@@ -31,8 +32,8 @@ def read_time(
 ) -> datetime | None:
     """``value`` as an aware UTC datetime, or None when it names no time.
 
-    Accepts an aware datetime, a naive one (taken as UTC), a date (its midnight, or its
-    last microsecond with ``end_of_day``), and ISO 8601 text: a date, or a date and time
+    Accepts an aware datetime, a naive one (taken as UTC), a NumPy ``datetime64`` (naive), a
+    date (its midnight, or its last microsecond with ``end_of_day``), and ISO 8601 text: a date, or a date and time
     with or without seconds, a fraction and an offset (no offset means UTC). Given ``now``,
     also ``now`` and a span before it: ``30m``, ``12h``, ``7d``, ``2w``.
 
@@ -41,6 +42,8 @@ def read_time(
     >>> read_time("20260501") is None
     True
     """
+    if type(value).__module__ == "numpy" and type(value).__name__ == "datetime64":
+        value = _from_numpy(value)
     if isinstance(value, datetime):
         if value != value:  # pandas' NaT (a datetime that is no time; what .max() of none is)
             return None
@@ -76,6 +79,19 @@ def read_time(
         return read_time(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         return None
+
+
+def _from_numpy(value: Any) -> Any:
+    """A ``numpy.datetime64`` (what pandas' ``.to_numpy()`` and NumPy give) as a datetime,
+    or as a date when its unit is a day; None for NaT and for an instant outside Python's
+    datetime (numpy is not imported: the value brings it)."""
+    unit = value.dtype.str[-3:]  # "[D]", "[s]", "[us]"...: the last three characters
+    item = value.astype("datetime64[us]").item()
+    if not isinstance(item, datetime):  # None for NaT; an int beyond datetime's range
+        return None
+    if int(value.astype("datetime64[Y]").astype("int64")) + 1970 != item.year:
+        return None  # astype wrapped round past datetime64[us]'s range, silently
+    return item.date() if unit == "[D]" else item
 
 
 def _shown(value: object) -> str:

@@ -77,6 +77,29 @@ def test_pandas_nat_is_not_a_time(tmp_path: Path) -> None:
         ke.Lake(tmp_path).events(since=pd.NaT)
 
 
+def test_a_numpy_datetime64_is_read_as_its_instant(tmp_path: Path) -> None:
+    """What ``df["t"].to_numpy()`` gives: naive (UTC) instants, days as dates."""
+    np = pytest.importorskip("numpy")
+    nine = datetime(2026, 5, 1, 9, tzinfo=UTC)
+    assert read_time(np.datetime64("2026-05-01T09:00")) == nine
+    assert read_time(np.datetime64("2026-05-01T09:00:00.000001234")) == nine.replace(microsecond=1)
+    assert read_time(np.datetime64("2026-05-01")) == datetime(2026, 5, 1, tzinfo=UTC)
+    assert read_time(np.datetime64("2026-05-01"), end_of_day=True) == datetime(
+        2026, 5, 1, 23, 59, 59, 999999, UTC
+    )
+    assert ke.Lake(tmp_path).as_of(np.datetime64("2026-05-01T09:00")).as_of_ts == nine
+    assert parse_when(np.datetime64("2026-05-01T09:00"), now=NOW, name="--since") == nine
+    # NaT, and an instant beyond Python's datetime (astype to microseconds wraps it round)
+    for no_time in (
+        np.datetime64("NaT"),
+        np.datetime64("300000-01-01"),
+        np.datetime64(10**18, "s"),
+    ):
+        assert read_time(no_time) is None
+        with pytest.raises(ke.ConfigError, match=r"^as_of np.datetime64\(.* is not a time"):
+            ke.Lake(tmp_path).as_of(no_time)
+
+
 def test_every_reader_names_the_argument_it_refuses(tmp_path: Path) -> None:
     """The lake said only "not a time: 'x'", whichever of since, until or as_of it was."""
     lake = ke.Lake(tmp_path)

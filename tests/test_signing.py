@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from kirim_events.errors import (
 )
 from kirim_events.journal import Journal
 from kirim_events.receiver import Receiver
-from kirim_events.signing import parse_header
+from kirim_events.signing import check_tolerance, parse_header
 
 SECRET = "whsec_test_secret"
 NEXT = "whsec_test_secret_next"
@@ -304,3 +304,45 @@ def test_signed_request_signs_any_meta_like_body(value: object) -> None:
     assert "X-Kirim-Event-Id" not in req.headers
     header = req.headers["X-Kirim-Signature"]
     assert verify(req.body, header, "whsec_x", tolerance=None) == 1_700_000_000
+
+
+def test_a_t_of_more_than_twelve_digits_is_malformed_not_expired() -> None:
+    """Unix seconds have 10 digits for the next few centuries; 13 are no time at all."""
+    header = f"t={'1' * 13},v1={V1}"
+    with pytest.raises(SignatureMalformed, match="not a whole number of seconds"):
+        verify(BODY, header, [SECRET], tolerance=None)
+    assert parse_header(f"t={'1' * 12},v1=a") == (111_111_111_111, ["a"])
+
+
+@pytest.mark.parametrize("stamp", ["²", "١٧١٦٤٨٠٠٠٠"])
+def test_a_t_of_non_ascii_digits_is_malformed(stamp: str) -> None:
+    """str.isdigit() takes "²" (which int() refuses) and Arabic-Indic digits (which int()
+    reads as 1716480000): neither is the ASCII t that was signed."""
+    with pytest.raises(SignatureMalformed, match="not a whole number of seconds"):
+        parse_header(f"t={stamp},v1={V1}")
+
+
+def test_a_v1_value_is_split_off_at_the_first_equals_sign() -> None:
+    assert parse_header("t=1,v1=ab=cd") == (1, ["ab=cd"])
+
+
+def test_no_secret_still_names_a_missing_or_malformed_header_first() -> None:
+    with pytest.raises(SignatureMissing):
+        verify(BODY, None, [], now=NOW)
+    with pytest.raises(SignatureMalformed):
+        verify(BODY, f"t=x,v1={V1}", [], now=NOW)
+
+
+def test_now_may_be_an_aware_datetime_in_any_zone() -> None:
+    jakarta = timezone(timedelta(hours=7))
+    now = datetime.fromtimestamp(NOW, jakarta)
+    assert verify(BODY, HEADER, [SECRET], now=now) == T
+    with pytest.raises(SignatureExpired, match=r"1000\.0s in the past"):
+        verify(BODY, HEADER, [SECRET], now=datetime.fromtimestamp(T + 1000, jakarta))
+
+
+def test_a_tolerance_of_zero_comes_back_as_none() -> None:
+    """0 turns the check off, as None does: the caller sees that in one value."""
+    assert check_tolerance(0) is None
+    assert check_tolerance(None) is None
+    assert check_tolerance(300) == 300

@@ -186,3 +186,29 @@ def test_a_span_past_the_first_instant_is_said_so(tmp_path: Path) -> None:
     cut = r"^as_of '9{56}\.\.\. reaches back before the year 1$"
     with pytest.raises(ke.ConfigError, match=cut):
         lake.as_of("9" * 5000 + "s")
+
+
+def test_a_date_until_means_its_whole_day_as_text_or_as_a_date(tmp_path: Path) -> None:
+    last = datetime(2026, 5, 1, 23, 59, 59, 999999, tzinfo=UTC)
+    assert read_time(date(2026, 5, 1), end_of_day=True) == last
+    assert read_time("2026-05-01", end_of_day=True) == last
+    lake = ke.Lake(tmp_path, now=NOW.timestamp)
+    lake.write_events([status("wamid.A", "sent", 3600, 3601)])  # 2026-05-23T11:00Z
+    day = T0.date()
+    assert lake.events(until=day).collect().height == 1
+    assert lake.events(until=day.isoformat()).collect().height == 1
+
+
+def test_every_span_unit_and_any_case() -> None:
+    assert parse_when("2w", now=NOW) == NOW - timedelta(days=14)
+    assert parse_when("45s", now=NOW) == NOW - timedelta(seconds=45)
+    assert parse_when("12H", now=NOW) == NOW - timedelta(hours=12)
+    assert parse_when("NOW", now=NOW) == NOW
+    assert parse_when(" Now ", now=NOW) == NOW
+
+
+def test_kirim_history_may_start_at_the_epoch_itself() -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_when("1970-01-01T00:00:00Z", now=NOW, name="since") == epoch
+    with pytest.raises(ke.ConfigError, match=r"^since '1969-12-31T23:59:59Z' is before 1970"):
+        parse_when("1969-12-31T23:59:59Z", now=NOW, name="since")

@@ -668,3 +668,129 @@ def test_meta_body_without_items_is_kept_whole() -> None:
 )
 def test_offsets_are_checked_and_exact(text: str, expected: datetime | None) -> None:
     assert parse_time(text) == expected
+
+
+# ---- precedence and boundaries (each pins one rule a mutation of the parser broke unseen)
+
+
+def test_a_failed_status_with_several_errors_keeps_the_first() -> None:
+    errors = [{"code": 131047, "title": "Re-engagement"}, {"code": 131026, "title": "Other"}]
+    failed = _status("failed", 1779531402, errors=errors)
+    [rec] = parse_delivery(_meta_status_body(failed), {}, received_at=RECEIVED)
+    assert (rec.error_code, rec.error_title) == ("131047", "Re-engagement")
+
+
+def test_meta_phone_number_id_comes_from_metadata_before_the_kirim_block() -> None:
+    body = _meta_status_body(_status("sent", 1779531402), kirim={"phone_number_id": "999"})
+    [rec] = parse_delivery(body, {}, received_at=RECEIVED)
+    assert rec.phone_number_id == PHONE_ID
+    bare = meta_envelope({"statuses": [_status("sent", 1779531402)]})
+    del bare["entry"][0]["changes"][0]["value"]["metadata"]
+    bare["kirim"] = {"phone_number_id": "999"}
+    [rec] = parse_delivery(json.dumps(bare).encode(), {}, received_at=RECEIVED)
+    assert rec.phone_number_id == "999"
+
+
+def test_a_meta_status_event_id_is_its_wamid_whatever_the_header_says() -> None:
+    body = _meta_status_body(_status("sent", 1779531402))
+    [rec] = parse_delivery(body, {"X-Kirim-Event-Id": "evt_OTHER"}, received_at=RECEIVED)
+    assert rec.event_id == WAMID
+
+
+@pytest.mark.parametrize(
+    ("created_at", "source"),
+    [
+        ("2000-01-01T00:00:00Z", "payload"),  # the range's first instant is an event time
+        ("1999-12-31T23:59:59.999999Z", "signature"),
+        ("2199-12-31T23:59:59.999999Z", "payload"),
+        ("2200-01-01T00:00:00Z", "signature"),  # its end is not
+    ],
+)
+def test_the_event_time_range_is_half_open(created_at: str, source: str) -> None:
+    body = {"id": "evt_1", "type": "contact.updated", "created_at": created_at, "data": {}}
+    headers = _headers("contact.updated", "evt_1")  # signed at 1779531500
+    [rec] = parse_delivery(json.dumps(body).encode(), headers, received_at=RECEIVED)
+    assert rec.time_source == source
+
+
+def test_kirim_native_message_prefers_the_wamid_metas_code_and_meta_phone_number_id() -> None:
+    """kirim-api.md §4: ``provider_id`` is the wamid that Meta's status callbacks carry,
+    ``provider_code`` Meta's error code beside Kirim's name in ``code``."""
+    message = {
+        "id": "msg_1",
+        "provider_id": WAMID,
+        "to": "+62 811-1111-1111",
+        "error": {"code": "outside_24h_window", "provider_code": 131047, "message": "late"},
+    }
+    data = {
+        "message": message,
+        "meta": {"phone_number_id": "111"},
+        "phone_number_id": "222",
+        "session": "333",
+    }
+    body = {"id": "evt_1", "type": "message.sent", "data": data}
+    [rec] = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert rec.message_id == WAMID
+    assert (rec.error_code, rec.error_title) == ("131047", "late")
+    assert rec.phone_number_id == "111"
+    assert rec.recipient_id == "6281111111111"
+    third = {"id": "wbd_1", "event": "message.sent", "data": {"message": message}}
+    [rec] = parse_delivery(json.dumps(third).encode(), {}, received_at=RECEIVED)
+    assert rec.message_id == WAMID  # the third shape too; its key stays on Kirim's id
+    assert rec.event_key == "msg_1:message.sent"
+
+
+def test_only_a_body_without_its_own_id_is_keyed_by_the_header() -> None:
+    own = parse_delivery(KIRIM_ASSIGNED, {"X-Kirim-Event-Id": "evt_H"}, received_at=RECEIVED)
+    assert own.header_keyed is False
+    body = {"type": "contact.updated", "data": {}}
+    bare = parse_delivery(json.dumps(body).encode(), {"X-Kirim-Event-Id": "evt_H"})
+    assert (bare.header_keyed, bare[0].event_key) == (True, "evt_H")
+
+
+def test_ids_and_headers_are_read_as_trimmed_text() -> None:
+    assert events.header_event_id({"x-kirim-event-id": "  evt_1 "}) == "evt_1"
+    assert events.header_event_id({"X-Kirim-Event-Id": "   "}) is None
+    body = {"id": True, "type": "contact.updated", "data": {}}
+    [rec] = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert rec.event_key == "true"  # as JSON writes it
+    no_number = _status("sent", 1779531402, recipient_id="n/a")
+    [rec] = parse_delivery(_meta_status_body(no_number), {}, received_at=RECEIVED)
+    assert (rec.recipient_id, rec.wa_id) == (None, None)  # no digits: no number, not ""
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (100_000_000_000, datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)),  # 1e11: milliseconds
+        (99_999_999_999, datetime(5138, 11, 16, 9, 46, 39, tzinfo=UTC)),  # below: seconds
+        (1779531402250000000, datetime(2026, 5, 23, 10, 16, 42, 250000, tzinfo=UTC)),  # ns
+        ("2026-05-01T00:00:00+23:59", datetime(2026, 4, 30, 0, 1, tzinfo=UTC)),
+        ("2026-05-01T00:00:00+24:00", None),
+    ],
+)
+def test_unix_scales_and_offsets_at_their_limits(value: object, expected: datetime | None) -> None:
+    assert parse_time(value) == expected
+
+
+def test_a_header_number_has_at_most_nine_digits() -> None:
+    assert events.header_number("123456789") == 123456789
+    assert events.header_number("1234567890") is None
+
+
+@pytest.mark.parametrize("escape", ["\\udc00", "\\uDFFF", "\\udbff"])
+def test_every_lone_surrogate_escape_in_a_column_is_refused(escape: str) -> None:
+    body = '{"type": "contact.updated", "id": "evt_' + escape + '", "data": {}}'
+    with pytest.raises(InvalidJSON, match="lone UTF-16 surrogate"):
+        parse_delivery(body.encode())
+
+
+def test_a_type_of_64_characters_is_taken_and_65_refused() -> None:
+    longest = "a." + "b" * 62
+    body = {"id": "evt_1", "type": longest, "data": {}}
+    assert parse_delivery(json.dumps(body).encode())[0].type == longest
+    with pytest.raises(InvalidEventType):
+        parse_delivery(json.dumps(body | {"type": longest + "c"}).encode())
+    text = META_HEAD + '[{"id":"1","changes":[{"field":"account_update","value":{}}]}]}'
+    (record,) = parse_delivery(text.encode(), {"X-Kirim-Event": longest}, received_at=RECEIVED)
+    assert record.type == longest

@@ -449,7 +449,8 @@ def test_with_several_subscriptions_replays_go_only_to_the_one_named(tmp_path: P
 @pytest.mark.parametrize(
     ("status", "code", "missing"),
     [("succeeded", None, 0), ("delivered", None, 0), ("Success", None, 0), ("complete", 200, 0),
-     ("pending", None, 1), ("dead", 500, 1), ("retrying", None, 1)],
+     ("pending", None, 1), ("dead", 500, 1), ("retrying", None, 1), ("complete", 299, 0),
+     ("complete", 300, 1)],
 )  # fmt: skip
 def test_a_status_without_payload_is_acknowledged_by_any_success_name_or_a_2xx(
     tmp_path: Path, status: str, code: int | None, missing: int
@@ -795,3 +796,113 @@ def test_the_purge_warning_counts_from_an_events_oldest_delivery(tmp_path: Path)
                        warn_days=3)  # fmt: skip
     assert [m.event_id for m in report.missing] == ["evt_old"]
     assert report.near_purge == 1
+
+
+# ------------------------------------------------------------------ limits and plan details
+
+
+def test_a_warning_of_the_whole_30_days_is_taken(tmp_path: Path) -> None:
+    report = History([delivery(1, 0, "evt_1", "dead")]).reconcile(
+        tmp_path, dry_run=True, warn_days=30
+    )
+    assert report.near_purge == 1
+
+
+def test_an_until_in_the_future_ends_the_range_now(tmp_path: Path) -> None:
+    history = History([delivery(1, 0, "evt_1", "dead")])
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(history.handler),
+                         sleep=lambda s: None)  # fmt: skip
+    now = BASE + timedelta(days=1)
+    report = reconcile(tmp_path, client=client, since=BASE, until=BASE + timedelta(days=5),
+                       now=now.timestamp, dry_run=True)  # fmt: skip
+    assert (report.since, report.until) == (BASE, now)
+
+
+def test_the_purge_warning_takes_a_delivery_exactly_at_its_edge(tmp_path: Path) -> None:
+    """Near the purge means within ``warn_days`` of it, the edge included."""
+    history = History([delivery(1, 86_400, "evt_edge", "dead")])
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(history.handler),
+                         sleep=lambda s: None)  # fmt: skip
+    report = reconcile(tmp_path, client=client, since=BASE, until=BASE + timedelta(days=2),
+                       now=lambda: (BASE + timedelta(days=28)).timestamp(), dry_run=True,
+                       warn_days=3)  # fmt: skip
+    assert report.warn_before == BASE + timedelta(days=1)
+    assert report.near_purge == 1
+
+
+def test_missing_events_are_listed_by_the_day_they_happened_first(tmp_path: Path) -> None:
+    # an event of the day before, delivered after one of this day: its day comes first
+    early = testing.kirim_event(event_id="evt_early", created_at=BASE - timedelta(hours=11))
+    late = testing.kirim_event(event_id="evt_late", created_at=BASE)
+    rows = [delivery(1, 10, "evt_late", "dead", payload=json.dumps(late)),
+            delivery(2, 100, "evt_early", "dead", payload=json.dumps(early))]  # fmt: skip
+    report = History(rows).reconcile(tmp_path, dry_run=True)
+    assert [(m.event_id, m.day) for m in report.missing] == [
+        ("evt_early", "2026-04-30"),
+        ("evt_late", "2026-05-01"),
+    ]
+
+
+def test_the_first_window_starts_before_its_first_row() -> None:
+    """Kirim's ``created_after`` may exclude its instant: the first window opens a second
+    early; the next ones open at their first row (a row in exactly one window)."""
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = [("wbs_A", "dead", base + timedelta(seconds=i)) for i in range(1500)]
+    first, second = plan_windows(rows)
+    assert first.created_after == base - timedelta(seconds=1)
+    assert second.created_after == base + timedelta(seconds=1000) == first.created_before
+
+
+def test_a_window_counts_only_the_rows_of_its_own_status(tmp_path: Path) -> None:
+    rows = [delivery(n, n, f"evt_{n}", "dead") for n in range(30)]
+    rows += [delivery(n, n - 30, f"evt_{n}", "failed") for n in range(30, 60)]
+    report = History(rows).reconcile(tmp_path, dry_run=True)
+    assert sorted((w.status, w.rows) for w in report.windows) == [("dead", 30), ("failed", 30)]
+
+
+def test_a_window_capped_again_and_again_is_halved_until_it_is_not(tmp_path: Path) -> None:
+    # capped while a window spans more than 5 minutes: 60 -> 30 -> 15 -> 7.5 -> 3.75 minutes
+    rows = [delivery(n, n * 100, f"evt_{n}", "dead") for n in range(30)]
+    calls: list[float] = []
+
+    class Capping(History):
+        def handler(self, request: httpx.Request) -> httpx.Response:
+            if request.method != "POST" or request.url.path.endswith("/replay"):
+                return super().handler(request)
+            body = json.loads(request.content)
+            lo, hi = (_at(body[k]) for k in ("created_after", "created_before"))
+            calls.append((hi - lo).total_seconds())
+            capped = hi - lo > timedelta(minutes=5)
+            return httpx.Response(202, json={"data": {"enqueued": 1, "capped": capped}})
+
+    report = Capping(rows).reconcile(tmp_path)
+    assert report.actions == {"bulk_replay": 30}
+    assert report.errors == []
+    assert min(calls) < 300
+    assert len(calls) > 8
+
+
+def test_a_subscription_shown_without_a_status_is_taken_to_be_active(tmp_path: Path) -> None:
+    class NoStatus(History):
+        def handler(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.startswith("/v1/webhook_subscriptions/"):
+                sub = {"id": request.url.path.split("/")[-1]}
+                return httpx.Response(200, json={"data": sub})
+            return super().handler(request)
+
+    history = NoStatus([delivery(1, 0, "evt_1", "dead")])
+    report = history.reconcile(tmp_path)
+    assert history.replays == ["wbd_001"]
+    assert report.actions == {"replay": 1}
+
+
+def test_events_the_history_carries_are_imported_even_for_a_disabled_subscription(
+    tmp_path: Path,
+) -> None:
+    """Only what Kirim must send is held; a payload in the history needs no delivery."""
+    body = json.dumps(testing.kirim_event(event_id="evt_1", created_at=BASE))
+    rows = [delivery(1, 0, "evt_1", "dead", payload=body), delivery(2, 1, "evt_2", "dead")]
+    report = History(rows, sub_status="disabled").reconcile(tmp_path)
+    assert report.actions == {"import": 1, "held": 1}
+    assert report.imported == 1
+    assert Lake(tmp_path).events().collect()["event_key"].to_list() == ["evt_1"]

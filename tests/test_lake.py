@@ -509,6 +509,11 @@ def test_deliveries_partitioned_and_exact_copies_collapse(tmp_path: Path) -> Non
     assert sorted(frame["attempt"].to_list()) == [1, 2]
     assert lake.sql("select count(*) from deliveries").fetchall() == [(2,)]
     assert lake.deliveries(until="2026-04-30").collect()["attempt"].to_list() == [2]
+    # as of an instant, a history row counts from when Kirim made it (created_at), not
+    # from when a backfill fetched it, in the view as in Polars
+    then = lake.as_of(T0 - timedelta(hours=1))
+    assert then.deliveries().collect()["attempt"].to_list() == [2]
+    assert then.sql("select attempt from deliveries").fetchall() == [(2,)]
 
 
 def test_empty_lake_reads_empty_with_schema(tmp_path: Path) -> None:

@@ -1093,3 +1093,15 @@ def test_the_range_holds_since_and_excludes_until(tmp_path: Path) -> None:
     events, deliveries = lake_frames(tmp_path)
     assert sorted(deliveries["delivery_id"]) == ["wbd_00001", "wbd_00002"]
     assert sorted(events["event_key"]) == ["evt_00001", "evt_00002"]
+
+
+def test_an_until_in_the_future_ends_the_range_now(tmp_path: Path) -> None:
+    """Nothing exists after now: the range, its slices and the report stop there."""
+    quirky = QuirkyHistory([history_row(0, "2026-05-01T10:30:00Z")])
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(quirky.handler),
+                         sleep=lambda s: None)  # fmt: skip
+    now = datetime(2026, 5, 1, 11, tzinfo=UTC)
+    report = backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
+                      until="2026-05-02T00:00:00Z", now=now.timestamp, slices=1)  # fmt: skip
+    assert (report.since, report.until) == (now - timedelta(hours=1), now)
+    assert report.events_new == 1

@@ -906,3 +906,30 @@ def test_events_the_history_carries_are_imported_even_for_a_disabled_subscriptio
     assert report.actions == {"import": 1, "held": 1}
     assert report.imported == 1
     assert Lake(tmp_path).events().collect()["event_key"].to_list() == ["evt_1"]
+
+
+@pytest.mark.parametrize(("stored", "lost"), [(6, 6), (202, 101)])
+def test_a_journal_that_never_said_where_it_flushes_still_finds_a_small_or_half_loss(
+    tmp_path: Path, stored: int, lost: int
+) -> None:
+    """The lake mix-up guess needs more than 100 events lost and more than half of those
+    the index remembers: below either, they are taken for lost."""
+
+    def body(n: int) -> str:
+        at = BASE - timedelta(days=n % 2)  # two days: two lake files
+        return json.dumps(testing.kirim_event(event_id=f"evt_{n}", created_at=at))
+
+    rows = [delivery(n, n, f"evt_{n}", "succeeded", payload=body(n)) for n in range(stored)]
+    with Journal(tmp_path) as journal:
+        journal.append([r for n in range(stored) for r in parse_delivery(body(n).encode())])
+        journal.flush(Lake(tmp_path))
+    with sqlite3.connect(tmp_path / "_journal" / "journal.sqlite3") as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'lake'")
+    gone = _lake_files(tmp_path)
+    if lost < stored:
+        gone = [p for p in gone if "2026-05-01" in str(p)]
+    for path in gone:
+        path.unlink()
+    report = History(rows).reconcile(tmp_path, dry_run=True)
+    assert report.lost == lost
+    assert not any("they were not taken for lost" in note for note in report.notes)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from test_analytics_support import at, both, conversation, row, status
 
+import kirim_events as ke
 from kirim_events.analytics import event_copies
 from kirim_events.schema import deliveries_table
 
@@ -139,6 +141,23 @@ def test_event_copies_follow_the_delivery_id() -> None:
     assert isinstance(receipts, pl.DataFrame)
     copies = event_copies(events, receipts.lazy()).collect().sort("event_key")
     assert copies.rows() == [("k1", 2), ("k2", 2)]  # k3 came once
+
+
+def test_event_copies_count_webhook_receipts_only_in_both_engines(tmp_path: Path) -> None:
+    """A history row whose Kirim status was missing gets the journal's outcome, which is
+    ``duplicate`` when the lake held its events: a backfill's fetch, not a copy received."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([dataclasses.replace(status("wamid.A", "sent", 0, 1), delivery_id="wbd_1")])
+    lake.write_deliveries(
+        [
+            _receipt("wbd_1", 1, 1, "new"),
+            _receipt("wbd_1", 2, 11, "duplicate"),
+            _receipt("wbd_1", 3, 99, "duplicate", origin="backfill", created_at=at(20)),
+        ]
+    )
+    polars = lake.event_copies().collect().rows()
+    duckdb = lake.sql("SELECT event_key, n_copies FROM event_copies").fetchall()
+    assert polars == duckdb == [("wamid.A:sent", 2)]
 
 
 def test_fractions_of_a_second_are_the_same_float_in_both_engines() -> None:

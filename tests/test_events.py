@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -794,3 +795,68 @@ def test_a_type_of_64_characters_is_taken_and_65_refused() -> None:
     text = META_HEAD + '[{"id":"1","changes":[{"field":"account_update","value":{}}]}]}'
     (record,) = parse_delivery(text.encode(), {"X-Kirim-Event": longest}, received_at=RECEIVED)
     assert record.type == longest
+
+
+def test_a_meta_value_with_statuses_and_messages_keeps_their_order_and_keys() -> None:
+    """Statuses first, then messages, each in its array's order: an id-less item's key
+    holds its position, so the order must not change between versions."""
+    value = {"statuses": [{"status": "sent"}], "messages": [{"from": "62811", "type": "text"}]}
+    body = json.dumps(meta_envelope(value)).encode()
+    status, message = parse_delivery(body, {}, received_at=RECEIVED)
+    digest = hashlib.sha256(body).hexdigest()
+    assert (status.type, status.event_key) == ("message.status", f"sha256:{digest}:0")
+    assert (message.type, message.event_key) == ("message.received", f"sha256:{digest}:1")
+
+
+def test_a_meta_status_without_a_status_is_unknown() -> None:
+    item = {"id": WAMID, "timestamp": "1779531402"}
+    [rec] = parse_delivery(_meta_status_body(item), {}, received_at=RECEIVED)
+    assert (rec.status, rec.event_key) == ("unknown", f"{WAMID}:unknown")
+
+
+def test_another_meta_field_is_keyed_by_the_header() -> None:
+    text = META_HEAD + '[{"id":"1","changes":[{"field":"account_update","value":{}}]}]}'
+    records = parse_delivery(text.encode(), {"X-Kirim-Event-Id": "evt_A"}, received_at=RECEIVED)
+    assert (records.header_keyed, records[0].event_key) == (True, "evt_A")
+
+
+def test_third_shape_falls_back_to_the_messages_timestamp() -> None:
+    body = {
+        "id": "wbd_D",
+        "event": "message.received",
+        "delivered_at": "2026-05-23T10:00:05Z",
+        "data": {"message": {"id": "msg_2", "timestamp": "1779530000"}},
+    }
+    [rec] = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert rec.occurred_at == datetime.fromtimestamp(1779530000, UTC)
+
+
+def test_unix_seconds_may_be_a_decimal_string() -> None:
+    assert parse_time("1779531402.5") == datetime(2026, 5, 23, 10, 16, 42, 500000, tzinfo=UTC)
+
+
+def test_the_signature_time_is_read_with_blanks_around_its_key() -> None:
+    body = json.dumps({"id": "evt_1", "type": "contact.updated", "data": {}}).encode()
+    headers = {"X-Kirim-Signature": "v1=" + "0" * 64 + ", t=1779531500"}
+    [rec] = parse_delivery(body, headers, received_at=RECEIVED)
+    assert (rec.time_source, rec.occurred_at) == ("signature", parse_time(1779531500))
+
+
+def test_an_id_that_is_a_json_array_is_no_id() -> None:
+    body = json.dumps({"id": ["evt_1"], "type": "contact.updated", "data": {}}).encode()
+    [rec] = parse_delivery(body, {"X-Kirim-Event-Id": "evt_H"}, received_at=RECEIVED)
+    assert rec.event_key == "evt_H"
+
+
+def test_kirim_native_fallbacks_in_their_order() -> None:
+    """wa_id: the message's recipient before the contact's number; phone_number_id: the
+    session when nothing else names it; status: the message's before the conversation's."""
+    data = {
+        "message": {"id": "msg_1", "to": "628111", "status": "sent"},
+        "contact": {"phone_number": "+62 822"},
+        "conversation": {"id": "cnv_1", "status": "open"},
+        "session": "106540352242922",
+    }
+    body = {"id": "evt_1", "type": "message.sent", "data": data}
+    [rec] = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
+    assert (rec.wa_id, rec.phone_number_id, rec.status) == ("628111", "106540352242922", "sent")

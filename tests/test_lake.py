@@ -819,3 +819,18 @@ def test_a_written_file_and_its_name_are_durable_when_write_events_returns(
     before, after = calls[:i], calls[i + 1 :]
     assert ("syncfs",) in before or ("fsync", src) in before, calls
     assert ("syncfs",) in after or ("fsync", os.path.dirname(dst)) in after, calls
+
+
+def test_bounds_hold_their_instants_and_as_of_caps_a_later_until(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a", occurred=T0), ev("b", occurred=T0 + timedelta(hours=1))])
+    lake.write_deliveries([{"delivery_id": "d1", "received_at": T0}])
+
+    def keys(frame: pl.LazyFrame) -> list[str]:
+        return sorted(frame.collect()["event_key"])
+
+    assert keys(lake.events(since=T0)) == ["a", "b"]
+    assert keys(lake.events(until=T0)) == ["a"]
+    assert lake.deliveries(since=T0, until=T0).collect().height == 1
+    # as of an instant, a later until reads no further than the instant
+    assert keys(lake.as_of(T0).events(until=T0 + timedelta(days=1))) == ["a"]

@@ -346,3 +346,7 @@ def test_a_tolerance_of_zero_comes_back_as_none() -> None:
     assert check_tolerance(0) is None
     assert check_tolerance(None) is None
     assert check_tolerance(300) == 300
+
+
+def test_a_part_without_an_equals_sign_is_ignored_even_when_named_t() -> None:
+    assert parse_header(f"t={T},v1=a,t") == (T, ["a"])

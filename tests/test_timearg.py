@@ -14,7 +14,7 @@ import kirim_events as ke
 from kirim_events.analytics.timelines import message_timelines
 from kirim_events.cli import app
 from kirim_events.schema import events_table
-from kirim_events.timearg import parse_when, read_time
+from kirim_events.timearg import parse_when, read_time, to_utc
 
 NOW = datetime(2026, 5, 24, 12, tzinfo=UTC)
 
@@ -212,3 +212,15 @@ def test_kirim_history_may_start_at_the_epoch_itself() -> None:
     assert parse_when("1970-01-01T00:00:00Z", now=NOW, name="since") == epoch
     with pytest.raises(ke.ConfigError, match=r"^since '1969-12-31T23:59:59Z' is before 1970"):
         parse_when("1969-12-31T23:59:59Z", now=NOW, name="since")
+
+
+def test_an_instant_no_utc_time_can_hold_is_out_of_range_not_a_non_time() -> None:
+    before_utc = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    with pytest.raises(ke.ConfigError, match=r"^as_of datetime\.datetime\(1, 1, 1, .* is out of"):
+        to_utc(before_utc, now=NOW, name="as_of")
+
+
+def test_now_is_read_in_utc_whatever_zone_the_clock_gives() -> None:
+    jakarta = NOW.astimezone(timezone(timedelta(hours=7)))
+    got = to_utc("now", now=jakarta)
+    assert (got, got.tzinfo) == (NOW, UTC)

@@ -832,7 +832,9 @@ def test_the_purge_warning_takes_a_delivery_exactly_at_its_edge(tmp_path: Path) 
 
 def test_missing_events_are_listed_by_the_day_they_happened_first(tmp_path: Path) -> None:
     # an event of the day before, delivered after one of this day: its day comes first
-    early = testing.kirim_event(event_id="evt_early", created_at=BASE - timedelta(hours=11))
+    early = testing.kirim_event(
+        "message.sent", event_id="evt_early", created_at=BASE - timedelta(hours=11)
+    )
     late = testing.kirim_event(event_id="evt_late", created_at=BASE)
     rows = [delivery(1, 10, "evt_late", "dead", payload=json.dumps(late)),
             delivery(2, 100, "evt_early", "dead", payload=json.dumps(early))]  # fmt: skip
@@ -840,6 +842,10 @@ def test_missing_events_are_listed_by_the_day_they_happened_first(tmp_path: Path
     assert [(m.event_id, m.day) for m in report.missing] == [
         ("evt_early", "2026-04-30"),
         ("evt_late", "2026-05-01"),
+    ]
+    assert report.by_type_day == [  # by day first, then type
+        ("message.sent", "2026-04-30", 1),
+        ("contact.updated", "2026-05-01", 1),
     ]
 
 
@@ -933,3 +939,27 @@ def test_a_journal_that_never_said_where_it_flushes_still_finds_a_small_or_half_
     report = History(rows).reconcile(tmp_path, dry_run=True)
     assert report.lost == lost
     assert not any("they were not taken for lost" in note for note in report.notes)
+
+
+def test_bare_deliveries_without_an_event_id_are_one_missing_event_each(tmp_path: Path) -> None:
+    rows = [delivery(1, 0, None, "dead"), delivery(2, 1, None, "dead")]
+    history = History(rows)
+    report = history.reconcile(tmp_path)
+    assert len(report.missing) == 2
+    assert report.replayed + report.bulk_enqueued == 2
+
+
+def test_the_third_shapes_status_name_shares_its_id_as_metas_does(tmp_path: Path) -> None:
+    """``message.status_updated`` rows of one message (two statuses, two chains) are two
+    missing events, not one event id."""
+    rows = [
+        delivery(1, 0, "msg_1", "dead", event_type="message.status_updated"),
+        delivery(2, 5, "msg_1", "dead", event_type="message.status_updated"),
+    ]
+    report = History(rows).reconcile(tmp_path, dry_run=True)
+    assert sorted(m.delivery_id or "" for m in report.missing) == ["wbd_001", "wbd_002"]
+
+
+def test_a_named_subscription_in_a_quiet_range_adds_no_note(tmp_path: Path) -> None:
+    report = History([]).reconcile(tmp_path, dry_run=True, subscription_id=OURS)
+    assert (report.missing, report.notes) == ([], [])

@@ -1106,3 +1106,45 @@ def test_an_until_in_the_future_ends_the_range_now(tmp_path: Path) -> None:
                       until="2026-05-02T00:00:00Z", now=now.timestamp, slices=1)  # fmt: skip
     assert (report.since, report.until) == (now - timedelta(hours=1), now)
     assert report.events_new == 1
+
+
+class MovingHistory(QuirkyHistory):
+    """Kirim's record of each row moves on between fetches (its response code changes)."""
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        response = super().handler(request)
+        for row in self.rows:
+            row["response_status_code"] = (row.get("response_status_code") or 500) + 1
+        return response
+
+
+def test_a_row_without_a_time_is_known_by_its_id_though_it_changed_between_slices(
+    tmp_path: Path,
+) -> None:
+    rows = [history_row(i, None) for i in range(3)]
+    report = MovingHistory(rows, ignore_filters=True).backfill(tmp_path, slices=4, page_size=10)
+    assert report.rows_without_time == 3
+
+
+def test_a_cursor_refusal_of_a_first_page_is_no_stale_cursor(tmp_path: Path) -> None:
+    """Without a cursor there is nothing to restart from: the error is raised at once."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        error = {"type": "invalid_request_error", "code": "invalid_cursor", "message": "x"}
+        return httpx.Response(400, json={"error": error})
+
+    client = KirimClient("http://k", "kdv_live_x", transport=httpx.MockTransport(handler),
+                         sleep=lambda s: None)  # fmt: skip
+    with pytest.raises(PermanentApiError, match="invalid_cursor"):
+        backfill(tmp_path, client=client, since="2026-05-01T10:00:00Z",
+                 until="2026-05-01T11:00:00Z", slices=1, flush=False)  # fmt: skip
+    assert len(calls) == 1
+
+
+def test_a_quarantined_history_row_says_so_whatever_kirim_reported(tmp_path: Path) -> None:
+    row = history_row(0, "2026-05-01T10:30:00Z") | {"payload": "not json", "error": "HTTP 500"}
+    QuirkyHistory([row]).backfill(tmp_path, slices=1)
+    _, deliveries = lake_frames(tmp_path)
+    assert deliveries["reason"].to_list()[0].startswith("quarantined: ")

@@ -395,3 +395,38 @@ def test_a_bad_filter_on_a_status_time_names_the_column_filtered() -> None:
         assert "_o_" not in str(caught.value)
     aware = timelines.filter(pl.col("sent_at") >= naive.replace(tzinfo=at(0).tzinfo))
     assert aware.collect()["message_id"].to_list() == ["wamid.A"]
+
+
+def test_every_meta_code_of_the_error_table_gets_its_kirim_name_in_both_engines() -> None:
+    # kirim-api.md §6.1, written out here: a label swapped or lost in the shared table
+    # passed every test, both engines reading the same table
+    table = {
+        131047: "outside_24h_window",
+        132015: "template_paused",
+        132016: "template_disabled",
+        132000: "template_param_count_mismatch",
+        132001: "template_param_format_mismatch",
+        1006: "recipient_not_on_whatsapp",
+        1013: "recipient_blocked",
+        131053: "media_download_failed",
+    }
+    records = [status(f"wamid.{code}", "failed", 0, 1, error=(code, "x")) for code in table]
+    got = both("message_timelines", records)
+    labels = dict(zip(got["message_id"], got["error_label"], strict=True))
+    assert labels == {f"wamid.{code}": label for code, label in table.items()}
+
+
+def test_kirims_own_message_events_are_no_status_events() -> None:
+    """Only Meta's ``message.status`` callbacks build a timeline: Kirim's ``message.sent``
+    (which names the wamid as ``provider_id``) is not one of its status events."""
+    body = {
+        "id": "evt_S",
+        "type": "message.sent",
+        "created_at": at(0).isoformat(),
+        "data": {"message": {"id": "msg_1", "provider_id": "wamid.A", "status": "sent"}},
+    }
+    (sent,) = parse_delivery(json.dumps(body).encode(), {}, received_at=at(1))
+    assert (sent.message_id, sent.status) == ("wamid.A", "sent")
+    got = row(both("message_timelines", [sent, status("wamid.A", "delivered", 5, 6)]),
+              message_id="wamid.A")  # fmt: skip
+    assert (got["n_events"], got["sent_at"], got["never_sent"]) == (1, None, True)

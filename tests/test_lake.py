@@ -834,3 +834,17 @@ def test_bounds_hold_their_instants_and_as_of_caps_a_later_until(tmp_path: Path)
     assert lake.deliveries(since=T0, until=T0).collect().height == 1
     # as of an instant, a later until reads no further than the instant
     assert keys(lake.as_of(T0).events(until=T0 + timedelta(days=1))) == ["a"]
+
+
+def test_a_tied_copy_that_names_its_delivery_wins_over_one_that_does_not(tmp_path: Path) -> None:
+    """Nulls last in ``EVENT_ORDER``: of two copies tied on received_at and ingest_seq, the
+    one with a delivery id is kept, by the view as by Polars."""
+    clock = 1_780_000_000.0
+    first = ke.Lake(tmp_path, now=lambda: clock, writer_id="aaa")
+    second = ke.Lake(tmp_path, now=lambda: clock, writer_id="bbb")
+    keys = [f"k{i}" for i in range(10)]
+    first.write_events([dataclasses.replace(ev(k), delivery_id=None) for k in keys])
+    second.write_events([dataclasses.replace(ev(k), delivery_id="wbd_z") for k in keys])
+    expected = {k: "wbd_z" for k in keys}
+    assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
+    assert dict(first.sql("select event_key, delivery_id from events").fetchall()) == expected

@@ -224,3 +224,9 @@ def test_now_is_read_in_utc_whatever_zone_the_clock_gives() -> None:
     jakarta = NOW.astimezone(timezone(timedelta(hours=7)))
     got = to_utc("now", now=jakarta)
     assert (got, got.tzinfo) == (NOW, UTC)
+
+
+@pytest.mark.parametrize("value", [Path("2026-05-01"), 20260501, 1779531402.5, None])
+def test_only_datetimes_dates_and_text_are_read(value: object) -> None:
+    """A path or a number is no time, whatever its text says."""
+    assert read_time(value) is None  # type: ignore[arg-type]

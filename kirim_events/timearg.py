@@ -33,9 +33,10 @@ def read_time(
     """``value`` as an aware UTC datetime, or None when it names no time.
 
     Accepts an aware datetime, a naive one (taken as UTC), a NumPy ``datetime64`` (naive), a
-    date (its midnight, or its last microsecond with ``end_of_day``), and ISO 8601 text: a date, or a date and time
-    with or without seconds, a fraction and an offset (no offset means UTC). Given ``now``,
-    also ``now`` and a span before it: ``30m``, ``12h``, ``7d``, ``2w``.
+    date (its midnight, or its last microsecond with ``end_of_day``), and ISO 8601 text: a
+    date, or a date and time with or without seconds, a fraction and an offset (no offset
+    means UTC). Given ``now``, also ``now`` and a span before it: ``30m``, ``12h``, ``7d``,
+    ``2w``.
 
     >>> read_time("2026-05-01T09:00+07:00").isoformat()
     '2026-05-01T02:00:00+00:00'

@@ -261,7 +261,8 @@ def walk(
     A cursor Kirim refuses (``invalid_cursor``: expired during a long walk, say) starts a new
     chain of pages that skips what was read, as a backfill's slice does
     (:meth:`kirim_events.history_slices.Slice.restart`), once the rows read show Kirim's
-    order; the rows it reads again are not scanned twice. Refused while the order is not
+    order; the rows it reads again are not scanned twice unless their delivery moved on
+    since (a row read ``pending`` is scanned again once answered). Refused while the order is not
     plain, or four times in a row with nothing more skipped, the error stands.
     """
     s = Slice(after=format_time(lo), before=format_time(hi))
@@ -300,10 +301,13 @@ class _Read:
         self.off = False
 
     def first(self, d: Delivery) -> bool:
-        """Whether ``d`` was not scanned yet (and remember it)."""
+        """Whether ``d`` was not scanned yet as it is now (and remember it): a row whose
+        delivery moved on since (answered, say, after it was read ``pending``) is scanned
+        again, for what it says now."""
         if self.off:
             return True
-        mark = (untimed_mark(d), d.attempt, d.created_at)
+        state = (d.status, d.response_status_code, d.updated_at, d.next_retry_at)
+        mark = (untimed_mark(d), d.attempt, d.created_at, *state)
         if mark in self.marks:
             return False
         self.marks[mark] = d.created_at

@@ -44,7 +44,8 @@ def read_time(
     True
     """
     if type(value).__module__ == "numpy" and type(value).__name__ == "datetime64":
-        value = _from_numpy(value)
+        instant = _from_numpy(value, end_of_day)  # naive: UTC
+        return None if instant is None else instant.replace(tzinfo=UTC)
     if isinstance(value, datetime):
         if value != value:  # pandas' NaT (a datetime that is no time; what .max() of none is)
             return None
@@ -82,17 +83,21 @@ def read_time(
         return None
 
 
-def _from_numpy(value: Any) -> Any:
-    """A ``numpy.datetime64`` (what pandas' ``.to_numpy()`` and NumPy give) as a datetime,
-    or as a date when its unit is a day; None for NaT and for an instant outside Python's
-    datetime (numpy is not imported: the value brings it)."""
-    unit = value.dtype.str[-3:]  # "[D]", "[s]", "[us]"...: the last three characters
+def _from_numpy(value: Any, end_of_day: bool) -> datetime | None:
+    """A ``numpy.datetime64`` (what pandas' ``.to_numpy()`` and NumPy give) as a naive
+    datetime; a day, week, month or year with ``end_of_day`` as its last microsecond, as a
+    date is read. None for NaT and for an instant outside Python's datetime (numpy is not
+    imported: the value brings it)."""
+    unit = value.dtype.str.partition("[")[2].rstrip("]").lstrip("0123456789")  # "D", "us"
+    if end_of_day and unit in ("D", "W", "M", "Y"):
+        # the next period's first microsecond, less one (datetime64 - int counts in its unit)
+        value = (value + 1).astype("datetime64[us]") - 1
     item = value.astype("datetime64[us]").item()
     if not isinstance(item, datetime):  # None for NaT; an int beyond datetime's range
         return None
     if int(value.astype("datetime64[Y]").astype("int64")) + 1970 != item.year:
         return None  # astype wrapped round past datetime64[us]'s range, silently
-    return item.date() if unit == "[D]" else item
+    return item
 
 
 def _shown(value: object) -> str:

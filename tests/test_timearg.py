@@ -87,6 +87,14 @@ def test_a_numpy_datetime64_is_read_as_its_instant(tmp_path: Path) -> None:
     assert read_time(np.datetime64("2026-05-01"), end_of_day=True) == datetime(
         2026, 5, 1, 23, 59, 59, 999999, UTC
     )
+    # a month (a week, a year) is its first instant, or its last microsecond as an until
+    assert read_time(np.datetime64("2026-02")) == datetime(2026, 2, 1, tzinfo=UTC)
+    assert read_time(np.datetime64("2026-02"), end_of_day=True) == datetime(
+        2026, 2, 28, 23, 59, 59, 999999, UTC
+    )
+    assert read_time(np.datetime64("9999-12-31"), end_of_day=True) == datetime.max.replace(
+        tzinfo=UTC
+    )
     assert ke.Lake(tmp_path).as_of(np.datetime64("2026-05-01T09:00")).as_of_ts == nine
     assert parse_when(np.datetime64("2026-05-01T09:00"), now=NOW, name="--since") == nine
     # NaT, and an instant beyond Python's datetime (astype to microseconds wraps it round)

@@ -599,11 +599,15 @@ class KirimClient:
         ------
         InvalidResponse
             The history would be walked for ever: a next cursor repeats one of this walk's,
-            or ``MAX_EMPTY_PAGES`` pages in a row are empty, or hold only rows of the page
-            before, yet say there is more.
+            or ``MAX_EMPTY_PAGES`` pages in a row are empty or hold only rows of the last
+            page that had rows, yet say there is more.
         """
         seen: set[str] = set() if cursor is None else {cursor}
-        empty = same = n = 0
+        # pages in a row that bring no row beyond those of the last page that had rows:
+        # empty pages, and copies of that page (a cursor that does not move on), also with
+        # empty pages between the copies
+        stale = n = 0
+        all_empty = True
         before: set[tuple[str | None, int | None, datetime | None, str | None]] = set()
         while True:
             page = self.list_deliveries(cursor=cursor, limit=limit, **filters)
@@ -612,23 +616,26 @@ class KirimClient:
             if not page.has_more:
                 return
             cursor = page.next_cursor
-            empty = 0 if page.deliveries else empty + 1
             rows = {(d.id, d.attempt, d.created_at, d.payload) for d in page.deliveries}
-            same = same + 1 if rows and rows <= before else 0
-            before = rows
-            if same >= MAX_EMPTY_PAGES:
-                raise InvalidResponse(
-                    f"{same} pages in a row of the history hold only rows of the page before"
-                    " (its cursors do not move on), each saying there is more; stopped walking"
-                )
+            if rows <= before:
+                stale, all_empty = stale + 1, all_empty and not rows
+            else:
+                stale, all_empty = 0, True
+            before = rows or before
             if cursor is not None and cursor in seen:
                 raise InvalidResponse(
                     f"the history's pages loop: page {n} of this walk points back to the"
                     f" cursor of an earlier page ({_short(cursor)}); stopped walking"
                 )
-            if empty >= MAX_EMPTY_PAGES:
+            if stale >= MAX_EMPTY_PAGES and all_empty:
                 raise InvalidResponse(
-                    f"{empty} empty pages in a row of the history each say there is more;"
+                    f"{stale} empty pages in a row of the history each say there is more;"
+                    " stopped walking"
+                )
+            if stale >= MAX_EMPTY_PAGES:
+                raise InvalidResponse(
+                    f"{stale} pages in a row of the history hold only rows of the page before"
+                    " or none (its cursors do not move on), each saying there is more;"
                     " stopped walking"
                 )
             if cursor is not None:

@@ -718,6 +718,16 @@ def test_pages_repeating_the_same_rows_under_new_cursors_stop() -> None:
     with pytest.raises(InvalidResponse, match="100 pages in a row of the history hold only"):
         list(client.iter_pages())
     assert next(calls) == 102  # the first page, then a hundred of its copies
+    # nor does an empty page between the copies clear the count
+    calls = itertools.count(1)
+
+    def copies_and_empty(request: httpx.Request) -> httpx.Response:
+        i = next(calls)
+        return page(rows if i % 2 else [], f"c{i}")
+
+    with pytest.raises(InvalidResponse, match="100 pages in a row of the history hold only"):
+        list(make_client(copies_and_empty, t).iter_pages())
+    assert next(calls) == 102
     # pages that overlap the page before, each bringing a row of its own, go on
     n = itertools.count(1)
 

@@ -105,6 +105,13 @@ def test_s3_location_errors_are_clear(s3_env: dict[str, str]) -> None:
         ke.StorageError, match=r"lake storage failed to write .*The specified bucket does not exist"
     ):
         missing.write_events([ev("a")])
+    # read, a mistyped bucket answered zero rows, as a missing local folder must not
+    no_bucket = "no lake at s3://no-such-bucket/x: the bucket no-such-bucket does not exist"
+    for read in (missing.events, missing.message_timelines, missing.span, missing.compact):
+        with pytest.raises(ke.LakeError, match=no_bucket):
+            read()
+    with pytest.raises(ke.LakeError, match=no_bucket):
+        missing.sql("select count(*) from events")
 
 
 def test_s3_compaction_lease_stops_a_second_compactor(s3_env: dict[str, str]) -> None:

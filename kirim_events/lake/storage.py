@@ -140,6 +140,15 @@ class Storage:
                     out.append((info.path[len(self.root) + 1 :], int(info.size or 0)))
         return out
 
+    def bucket_missing(self) -> bool:
+        """Whether an S3 lake's bucket does not exist (its listing is merely empty)."""
+        if self.local:
+            return False
+        bucket = self.root.split("/", 1)[0]
+        with _translate("look up the bucket of", ""):
+            info: pafs.FileInfo = self.fs.get_file_info(bucket)
+            return bool(info.type == pafs.FileType.NotFound)
+
     def read_bytes(self, rel: str) -> bytes | None:
         """Whole file contents, or None when it does not exist."""
         path = self.full(rel)

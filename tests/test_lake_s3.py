@@ -307,3 +307,11 @@ def test_a_prefix_holding_other_things_is_not_an_s3_lake(s3_env: dict[str, str])
     assert lake.events().collect()["event_key"].to_list() == ["a"]
     assert lake.message_timelines().collect().height == 0
     assert listed.count("") == 1  # the prefix's LIST, paid once per Lake
+
+
+@pytest.mark.parametrize("prefix", ["a/./b", "a/..", "a//b", "./a"])
+def test_a_prefix_with_dot_or_empty_parts_is_refused(s3_env: dict[str, str], prefix: str) -> None:
+    """S3 keys are not paths: events written to a/./b landed under a/b (the server
+    normalised the PUT) while readers listed a/./b and found none; a//b failed in pyarrow."""
+    with pytest.raises(ke.ConfigError, match=r"an empty, '\.' or '\.\.' part"):
+        ke.Lake(f"s3://lake/{prefix}", env=s3_env)

@@ -347,7 +347,15 @@ def open_storage(
         raise ConfigError(
             f"S3 lake location {shown_url(text)!r}: a prefix with '?' or '#' is not supported"
         )
-    root = parsed.netloc + "/" + parsed.path.strip("/")
+    prefix = parsed.path.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        # S3 keys are not paths: "a/./b" was written as a/b by one server and listed as
+        # a/./b, so every write went where no read looked; "a//b" failed inside pyarrow
+        raise ConfigError(
+            f"S3 lake location {shown_url(text)!r}: a prefix with an empty, '.' or '..' "
+            "part is not supported"
+        )
+    root = parsed.netloc + "/" + prefix
     if filesystem is None:
         environ = os.environ if env is None else env
         filesystem = _s3_from_env(environ)

@@ -315,3 +315,52 @@ def test_a_prefix_with_dot_or_empty_parts_is_refused(s3_env: dict[str, str], pre
     normalised the PUT) while readers listed a/./b and found none; a//b failed in pyarrow."""
     with pytest.raises(ke.ConfigError, match=r"an empty, '\.' or '\.\.' part"):
         ke.Lake(f"s3://lake/{prefix}", env=s3_env)
+
+
+def test_a_user_allowed_the_prefix_only_reads_a_new_lake_there(s3_env: dict[str, str]) -> None:
+    """The look for a missing bucket (HeadBucket) is denied to a policy limited to one
+    prefix: that is no missing bucket, and a new prefix there stays a new, empty lake."""
+    import json
+
+    import httpx
+
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    iam.create_user(UserName="team")
+    bucket, objects = "arn:aws:s3:::lake", "arn:aws:s3:::lake/team/*"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {"StringLike": {"s3:prefix": ["team", "team/*"]}},
+            },
+            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": objects},
+        ],
+    }
+    iam.put_user_policy(UserName="team", PolicyName="team", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="team")["AccessKey"]
+    env = {
+        **s3_env,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    # moto checks credentials and policies from now on, until reset (its settings are global)
+    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
+    try:
+        lake = ke.Lake("s3://lake/team/new", env=env)
+        assert lake.events().collect().height == 0
+        lake.write_events([ev("a")])
+        assert ke.Lake("s3://lake/team/new", env=env).events().collect()["event_key"].to_list() == [
+            "a"
+        ]
+    finally:
+        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()

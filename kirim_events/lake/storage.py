@@ -144,10 +144,11 @@ class Storage:
         """Whether an S3 lake's bucket does not exist (its listing is merely empty)."""
         if self.local:
             return False
-        bucket = self.root.split("/", 1)[0]
-        with _translate("look up the bucket of", ""):
-            info: pafs.FileInfo = self.fs.get_file_info(bucket)
-            return bool(info.type == pafs.FileType.NotFound)
+        try:
+            info: pafs.FileInfo = self.fs.get_file_info(self.root.split("/", 1)[0])
+        except OSError:  # no right to look at the bucket (a policy for the prefix only)
+            return False
+        return bool(info.type == pafs.FileType.NotFound)
 
     def read_bytes(self, rel: str) -> bytes | None:
         """Whole file contents, or None when it does not exist."""

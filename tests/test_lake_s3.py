@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import boto3
 import pyarrow.dataset as pads
@@ -364,3 +365,61 @@ def test_a_user_allowed_the_prefix_only_reads_a_new_lake_there(s3_env: dict[str,
         ]
     finally:
         httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
+
+
+def test_an_s3_lake_answers_every_helper_as_a_local_lake_does(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The emulator's events, with duplicate and out-of-order copies from two writers, give
+    the same rows on S3 as in a folder: events, deliveries, every helper in Polars and in
+    ``lake.sql``, ``as_of`` and ``span``, before and after compaction."""
+    from datetime import UTC, datetime
+
+    import polars as pl
+    from polars.testing import assert_frame_equal
+    from test_analytics_support import VIEWS, by_key, in_utc
+
+    from kirim_events.emulator import Emulator, EngineConfig
+    from kirim_events.events import parse_delivery
+
+    emu = Emulator(seed=3, engine=EngineConfig(duplicate_rate=0.3, disorder=0.3))
+    emu.subscribe("https://example.test/webhooks/kirim")
+    records, receipts = [], []
+    for i, d in enumerate(emu.iter_deliveries(250)):
+        received = datetime.fromtimestamp(d.sent_at + (i * 37) % 900, UTC).replace(microsecond=0)
+        records.extend(parse_delivery(d.body, d.headers, received_at=received))
+        receipts.append(
+            {"delivery_id": d.delivery_id, "attempt": d.attempt, "received_at": received}
+        )
+    lakes = {"local": ke.Lake(tmp_path), "s3": ke.Lake("s3://lake/same-as-local", env=s3_env)}
+    for lake in lakes.values():
+        ke.Lake(lake.location, env=s3_env, writer_id="one").write_events(records[::2])
+        ke.Lake(lake.location, env=s3_env, writer_id="two").write_events(records)
+        lake.write_deliveries(receipts)
+    local, s3 = lakes["local"], lakes["s3"]
+
+    def rows(frame: pl.DataFrame, view: str) -> pl.DataFrame:
+        return by_key(in_utc(frame), view)
+
+    for phase in ("written", "compacted"):
+        assert_frame_equal(
+            local.events().collect().drop("ingest_seq").sort("event_key"),
+            s3.events().collect().drop("ingest_seq").sort("event_key"),
+        )
+        assert local.deliveries().collect().height == s3.deliveries().collect().height
+        span = s3.span()
+        assert span is not None
+        assert span == local.span()
+        middle = span[0] + (span[1] - span[0]) / 2
+        for view in VIEWS:
+            pairs = [(local, s3)]
+            if phase == "written":  # as_of over copies not yet merged: the harder case
+                pairs.append((local.as_of(middle), s3.as_of(middle)))
+            for a, b in pairs:
+                expected = rows(getattr(a, view)().collect(), view)
+                assert expected.height > 0
+                assert_frame_equal(expected, rows(getattr(b, view)().collect(), view))
+                assert_frame_equal(expected, rows(b.sql(f"select * from {view}").pl(), view))
+        local.compact()
+        s3.compact()
+    assert s3.stats()["clean"].all()

@@ -505,3 +505,22 @@ def test_reconcile_reads_the_lake_named_by_lake(world: World, env: dict[str, str
     elsewhere = CliRunner().invoke(app, [*args, "--lake", str(world.home / "nowhere")], env=env)
     assert elsewhere.exit_code == 2, elsewhere.output
     assert "no lake at" in elsewhere.output
+
+
+@pytest.mark.parametrize("command", [["backfill", "--since", "1d", "--no-progress"],
+                                     ["deliveries", "list"]])  # fmt: skip
+def test_an_api_url_holding_the_key_is_refused_without_showing_it(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """A key pasted into KIRIM_API_URL's path was sent on every request and shown in the
+    error (`at http://host/kdv_live_...: GET /kdv_live_.../v1/...`) and in httpx's logs."""
+    key = env["KIRIM_KEY"]
+    pasted = {**env, "KIRIM_API_URL": f"{env['KIRIM_API_URL']}/{key}"}
+    args = [command[0], *(["--data", str(tmp_path)] if command[0] == "backfill" else []),
+            *command[1:]]  # fmt: skip
+    result = CliRunner().invoke(app, args, env=pasted)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: KIRIM_API_URL holds the API key")
+    assert key not in result.output
+    assert key[len("kdv_live_") :] not in result.output

@@ -40,15 +40,20 @@ from kirim_events.receiver import (
 )
 
 
+def _utc_time(record: logging.LogRecord) -> str:
+    """The record's time, ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
+    at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+    return at.replace("+00:00", "Z")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per log line (``time``, ``level``, ``logger``, ``message``); ``time``
     is ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a JSON line."""
-        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         doc: dict[str, Any] = {
-            "time": at.replace("+00:00", "Z"),
+            "time": _utc_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -59,12 +64,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message``, one line per record: control characters in the
-    message (a header value anyone can send) are escaped, so it can neither forge lines nor
-    drive the terminal (see :func:`~kirim_events.printable.printable`)."""
+    """``time LEVEL logger: message``, one line per record, ``time`` in UTC as in JSON lines:
+    control characters in the message (a header value anyone can send) are escaped, so it
+    can neither forge lines nor drive the terminal (see
+    :func:`~kirim_events.printable.printable`)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The record's time in UTC, as :class:`JsonFormatter` gives it."""
+        return _utc_time(record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The record's line, escaped; a traceback follows it as it is."""

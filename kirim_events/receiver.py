@@ -104,6 +104,13 @@ def _shown_id(receipt: Mapping[str, Any]) -> str:
     return printable(receipt["delivery_id"] or "-")
 
 
+def _shown_ids(receipt: Mapping[str, Any]) -> str:
+    """The delivery id, then the event id when the request named one, escaped as
+    :func:`_shown_id` does: ``wbd_... event evt_...``."""
+    event_id = receipt["event_id"]
+    return _shown_id(receipt) + (f" event {printable(event_id)}" if event_id else "")
+
+
 UNROUTED_LOG_EVERY = 60.0  # seconds between warnings with a hint (another path, a secret)
 
 
@@ -550,7 +557,7 @@ class Receiver:
         self.metrics.reject(reason)
         for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
             receipt[name] = _clip(receipt[name])
-        log.warning("rejected delivery %s (%s): %d", _shown_id(receipt), reason, status)
+        log.warning("rejected delivery %s (%s): %d", _shown_ids(receipt), reason, status)
         if reason == "mismatch" and self._mismatch_hint.due():  # beside each delivery's line
             log.warning(
                 "a signature matched none of the %d secret(s): is KIRIM_WEBHOOK_SECRET the "
@@ -580,7 +587,7 @@ class Receiver:
             log.error("quarantine write failed, answering 503: %s", exc)
             return 503, _json({"error": "storage unavailable, retry later"})
         self.metrics.quarantined += 1
-        log.warning("quarantined delivery %s (%s)", _shown_id(receipt), reason)
+        log.warning("quarantined delivery %s (%s): 200", _shown_ids(receipt), reason)
         return 200, _json({"outcome": "quarantined", "reason": reason})
 
 

@@ -655,6 +655,29 @@ def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
     assert "rejected delivery" in messages
 
 
+def test_rejected_and_quarantined_lines_name_the_event_and_the_answer(tmp_path: Path) -> None:
+    """An operator reading the log of a 401 or a quarantined body had the delivery id and
+    the reason, not the event id (nor, for a quarantined one, the status sent back)."""
+    import json
+
+    c = Collector(tmp_path, free_port(), args=("--log-format", "json")).start()
+    good = testing.signed_request(b'{"BODY_TEXT": 1}', SECRET, event_id="evt_QUARANTINED")
+    assert httpx.post(c.url, content=good.body, headers=good.headers).status_code == 200
+    bad = testing.signed_request(b"{}", "whsec_another", event_id="evt_REFUSED")
+    assert httpx.post(c.url, content=bad.body, headers=bad.headers).status_code == 401
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    lines = [json.loads(line)["message"] for line in stderr.splitlines()]
+    [quarantined] = [m for m in lines if m.startswith("quarantined delivery")]
+    [rejected] = [m for m in lines if m.startswith("rejected delivery")]
+    assert "event evt_QUARANTINED" in quarantined
+    assert quarantined.endswith("(unknown_shape): 200")
+    assert "event evt_REFUSED" in rejected
+    assert rejected.endswith("(mismatch): 401")
+    assert "whsec_" not in stderr  # no secret
+    assert "BODY_TEXT" not in stderr  # no body
+
+
 @pytest.mark.parametrize(
     ("bad", "says"),
     [

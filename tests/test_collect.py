@@ -642,6 +642,22 @@ def test_log_formatting_is_the_clis_not_the_librarys() -> None:
         assert callable(getattr(cli_collect, name))
 
 
+def test_with_json_logs_a_secret_that_looks_wrong_is_a_json_warning(tmp_path: Path) -> None:
+    """The notes about a wrong-looking secret were plain ``note:`` lines amid the JSON ones,
+    which a log pipeline reading JSON lines could not parse, or dropped."""
+    import json
+
+    env = {"KIRIM_WEBHOOK_SECRET": f"{SECRET},kdv_live_hunter2"}
+    c = Collector(tmp_path, free_port(), env=env, args=("--log-format", "json")).start()
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    [note] = [line for line in lines if "KIRIM_WEBHOOK_SECRET" in line["message"]]
+    assert note["level"] == "warning"
+    assert note["message"].startswith("secret 2 of 2 in KIRIM_WEBHOOK_SECRET is an API key")
+    assert "hunter2" not in stderr
+
+
 def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
     import json
 

@@ -39,6 +39,8 @@ from kirim_events.receiver import (
     webhook_path,
 )
 
+log = logging.getLogger(__name__)
+
 
 def _utc_time(record: logging.LogRecord) -> str:
     """The record's time, ISO 8601 in UTC to the millisecond (``2026-05-01T09:00:00.123Z``)."""
@@ -163,9 +165,12 @@ def collect_command(
         refuse_demo_folder(s.data_dir)
         s.require_secrets()
         webhook_path(path)  # before the journal opens
-        for note in s.secret_warnings():
-            print_note(note, stderr=True)
         configure_logging(s.log_format)
+        for note in s.secret_warnings():
+            if s.log_format == "json":  # stderr is JSON lines then: a note is a warning
+                log.warning(note)
+            else:
+                print_note(note, stderr=True)
 
         def ready(url: str) -> None:
             if s.log_format == "json":  # stderr is JSON lines then: the log says "listening on"

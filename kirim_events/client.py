@@ -42,11 +42,16 @@ from urllib.parse import quote
 
 import httpx
 
-from kirim_events.config import Secret, api_base, checked_api_key, shown_url
+from kirim_events.config import (
+    Secret,
+    api_base,
+    checked_api_key,
+    refuse_key_in_url,
+    shown_url,
+)
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
-    ConfigError,
     Interrupted,
     InvalidResponse,
     NotFoundError,
@@ -327,10 +332,7 @@ class KirimClient:
         on_retry: Callable[[float, ApiError], None] | None = None,
     ) -> None:
         self._key = key = checked_api_key(api_key)
-        if key.reveal() in base_url:  # it would go in every request line, message and log
-            raise ConfigError(
-                "KIRIM_API_URL holds the API key: give it in KIRIM_KEY only, and the URL without it"
-            )
+        refuse_key_in_url(base_url, key)
         self._on_retry = on_retry
         self.base_url = api_base(base_url)
         self._shown_base = shown_url(self.base_url)  # what error messages name

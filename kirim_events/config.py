@@ -140,6 +140,15 @@ def checked_api_key(value: Secret | str) -> Secret:
     return Secret(raw)
 
 
+def refuse_key_in_url(url: str, key: Secret) -> None:
+    """ConfigError, never showing either, when the API key was pasted into the URL: it would
+    be sent in every request line and named in each message and log line."""
+    if key.reveal() in url:
+        raise ConfigError(
+            "KIRIM_API_URL holds the API key: give it in KIRIM_KEY only, and the URL without it"
+        )
+
+
 def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret, ...]:
     """Normalise one secret, a comma-separated list, or an iterable into a tuple of Secrets.
 
@@ -214,7 +223,10 @@ class Settings:
                 raise ConfigError(f"unknown setting {key!r}")
             if value is not None:
                 values[key] = value
-        return replace(cls(), **_validate(values))
+        resolved = replace(cls(), **_validate(values))
+        if resolved.api_key:
+            refuse_key_in_url(resolved.api_url, resolved.api_key)
+        return resolved
 
     def require_secrets(self) -> tuple[Secret, ...]:
         """Return the webhook secrets, or raise ConfigError naming the variable to set."""

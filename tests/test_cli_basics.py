@@ -56,6 +56,16 @@ def test_info_shows_the_api_url_the_client_uses() -> None:
     assert "/v1" not in result.output
 
 
+def test_info_refuses_an_api_url_holding_the_key_without_showing_it() -> None:
+    # info showed the URL whole, key and all (backfill and the others refuse it)
+    key = "kdv_live_" + "K3y" * 8
+    env = {"KIRIM_KEY": key, "KIRIM_API_URL": f"https://kirim.example/{key}"}
+    result = runner.invoke(app, ["info"], env=env, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: KIRIM_API_URL holds the API key")
+    assert "K3yK3y" not in result.output
+
+
 def test_bad_environment_is_a_one_line_error() -> None:
     result = runner.invoke(app, ["info"], env={"KIRIM_API_URL": "ftp://nope"})
     assert result.exit_code == 2

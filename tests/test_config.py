@@ -112,6 +112,20 @@ def test_an_api_key_is_trimmed_and_one_a_header_cannot_carry_is_refused() -> Non
             KirimClient("http://127.0.0.1:9", bad)
 
 
+def test_a_key_is_looked_for_in_the_url_only_when_it_could_be_a_real_one() -> None:
+    """A short key (a test's) is found inside many a host name: "kirim" is in
+    ``http://kirim.example``, which is no key pasted into the URL."""
+    short = {"KIRIM_KEY": "kirim", "KIRIM_API_URL": "http://kirim.example"}
+    assert Settings.load(short).api_url.startswith("http://kirim.example")
+    KirimClient("http://kirim.example", "kirim").close()
+    key = "kdv_live_abcdef"
+    with pytest.raises(ConfigError, match="holds the API key") as caught:
+        Settings.load({"KIRIM_KEY": key, "KIRIM_API_URL": f"http://kirim.example/{key}"})
+    assert key not in str(caught.value)
+    with pytest.raises(ConfigError, match="holds the API key"):
+        KirimClient(f"http://kirim.example/{key}", key)
+
+
 def test_a_malformed_api_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="KIRIM_API_URL"):
         Settings.load({"KIRIM_API_URL": "http://[::1"})

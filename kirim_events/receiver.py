@@ -537,7 +537,7 @@ class Receiver:
         if not n_new:
             self.metrics.duplicates += 1
         if log.isEnabledFor(logging.DEBUG):  # every delivery passes here: escape only if logged
-            log.debug("delivery %s: %d of %d events new", _shown_id(receipt), n_new, len(flags))
+            log.debug("delivery %s: %d of %d events new", _shown_ids(receipt), n_new, len(flags))
         return 200, _accepted(len(flags), n_new), False
 
     def _check_headers(self, headers: dict[str, str], now: float) -> None:

@@ -19,10 +19,12 @@ from typing import IO
 import httpx
 import pytest
 from loopback import closed_by_peer, free_port, server_side_open
+from typer.testing import CliRunner
 from waiting import wait_until
 
 import kirim_events as ke
 from kirim_events import testing
+from kirim_events.cli import app
 from kirim_events.emulator import Emulator, EngineConfig
 from kirim_events.events import parse_delivery
 from kirim_events.journal import Journal
@@ -692,6 +694,32 @@ def test_rejected_and_quarantined_lines_name_the_event_and_the_answer(tmp_path: 
     assert rejected.endswith("(mismatch): 401")
     assert "whsec_" not in stderr  # no secret
     assert "BODY_TEXT" not in stderr  # no body
+
+
+def test_log_level_debug_logs_each_accepted_delivery_and_a_bad_level_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The line per accepted delivery was logged at DEBUG, which the CLI could not turn on."""
+    import json
+
+    c = Collector(tmp_path, free_port(), args=("--log-format", "json", "--log-level", "DEBUG"))
+    c.start()
+    req = testing.signed_request(testing.kirim_event(), SECRET, event_id="evt_ACCEPTED")
+    assert httpx.post(c.url, content=req.body, headers=req.headers).status_code == 200
+    code, stderr = c.stop()
+    assert code == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    [accepted] = [r for r in lines if r["message"].endswith("1 of 1 events new")]
+    assert accepted["level"] == "debug"
+    assert "event evt_ACCEPTED" in accepted["message"]
+    env = {"KIRIM_WEBHOOK_SECRET": SECRET}
+    result = CliRunner().invoke(
+        app, ["collect", "--data", str(tmp_path), "--log-level", "loud"], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "error: --log-level must be one of debug, info, warning, error, got 'loud'"
+    )
 
 
 @pytest.mark.parametrize(

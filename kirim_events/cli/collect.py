@@ -31,6 +31,7 @@ from kirim_events.collect import (
     DEFAULT_MAX_CONNECTIONS,
     collect,
 )
+from kirim_events.errors import ConfigError
 from kirim_events.printable import printable
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
@@ -111,6 +112,20 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}  # fmt: skip
+
+
+def _level(name: str) -> int:
+    """``--log-level``'s value as a logging level; ConfigError naming the choices."""
+    level = LOG_LEVELS.get(name.strip().lower())
+    if level is None:
+        raise ConfigError(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {printable(name[:60])!r}"
+        )
+    return level
+
+
 @command("collect")
 def collect_command(
     data: DataOption = None,
@@ -153,6 +168,14 @@ def collect_command(
             "--log-format", help="Log lines as 'text' (default) or 'json'. Env: KIRIM_LOG_FORMAT."
         ),
     ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            help="The least level logged: 'debug' (also a line per accepted delivery),"
+            " 'info' (default), 'warning' or 'error'.",
+        ),
+    ] = "info",
 ) -> None:
     """Receive Kirim webhooks until SIGINT/SIGTERM, then drain, flush and exit 0.
 
@@ -162,10 +185,11 @@ def collect_command(
     """
     s = settings(data_dir=data, log_format=log_format)
     with errors_to_exit():
+        level = _level(log_level)
         refuse_demo_folder(s.data_dir)
         s.require_secrets()
         webhook_path(path)  # before the journal opens
-        configure_logging(s.log_format)
+        configure_logging(s.log_format, level)
         for note in s.secret_warnings():
             if s.log_format == "json":  # stderr is JSON lines then: a note is a warning
                 log.warning(note)

@@ -24,6 +24,7 @@ __all__ = [
     "cut",
     "lazy",
     "seconds_between",
+    "type_named",
 ]
 
 # kirim-api.md §6.1: pending < sent < delivered < read; failed outranks pending/sent, while
@@ -95,8 +96,18 @@ def lazy(frame: FrameLike, what: str = "events") -> pl.LazyFrame:
         return rows.with_columns(pl.col(zoned).dt.convert_time_zone("UTC")).lazy()
     raise TypeError(
         f"{what}: expected a Polars LazyFrame or DataFrame or a DuckDB relation, "
-        f"got {type(frame).__module__}.{type(frame).__qualname__}"
+        f"got {type_named(frame)}"
     )
+
+
+def type_named(value: object) -> str:
+    """What a TypeError calls ``value``: its type with its module (a pandas DataFrame is not
+    "DataFrame", as if it were what was asked), and for pandas the way to Polars."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    hint = "; pl.from_pandas(frame) converts it" if kind.__module__.startswith("pandas") else ""
+    return f"{kind.__module__}.{kind.__qualname__}{hint}"
 
 
 def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import duckdb
 import polars as pl
 
+from kirim_events.analytics._common import lazy, type_named
 from kirim_events.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -54,28 +55,16 @@ TIME_METRICS = (
 
 def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     """``frame`` as a DataFrame: a LazyFrame is collected, a DuckDB relation (such as
-    ``lake.sql("select * from message_timelines")``) converted, and a Lake asked for
-    ``helper`` (the frame the summary reads)."""
-    if isinstance(frame, pl.LazyFrame):
-        return frame.collect()
-    if isinstance(frame, pl.DataFrame):
-        return frame
-    if isinstance(frame, duckdb.DuckDBPyRelation):
-        converted: pl.DataFrame = frame.pl()
-        return converted
+    ``lake.sql("select * from message_timelines")``) converted as the core functions convert
+    it (:func:`~kirim_events.analytics._common.lazy`), and a Lake asked for ``helper`` (the
+    frame the summary reads)."""
+    if isinstance(frame, pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation):
+        return lazy(frame).collect()
     if callable(getattr(frame, helper, None)):  # a Lake, or a Lake as of an instant
         return _df(getattr(frame, helper)())
-    kind = type(frame)
-    # the module too: a pandas DataFrame was named "DataFrame", as if it were what was asked
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    hint = "; pl.from_pandas(frame) converts it" if kind.__module__.startswith("pandas") else ""
     raise TypeError(
         f"expected a Polars DataFrame or LazyFrame, a DuckDB relation or a Lake "
-        f"(of {helper} rows), got {name}{hint}"
+        f"(of {helper} rows), got {type_named(frame)}"
     )
 
 

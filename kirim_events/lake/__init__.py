@@ -255,8 +255,9 @@ class Lake(AnalyticsMixin):
             # a missing prefix is a new, empty lake; a missing bucket (a typo) is no lake
             names = [entry.name for entry in self.storage.list_dir("")]
             if not names and self.storage.bucket_missing():
-                bucket = self.storage.root.split("/", 1)[0]
-                raise LakeError(f"no lake at {self.location}: the bucket {bucket} does not exist")
+                raise LakeError(
+                    f"no lake at {self.location}: the bucket {self.storage.bucket} does not exist"
+                )
         if any(name in LAKE_ENTRIES for name in names):
             # an S3 lake stays one (nothing we do removes all of its entries): its LIST is
             # paid once; a local folder is checked at each read, at the cost of a listdir

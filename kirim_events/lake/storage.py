@@ -140,12 +140,17 @@ class Storage:
                     out.append((info.path[len(self.root) + 1 :], int(info.size or 0)))
         return out
 
+    @property
+    def bucket(self) -> str | None:
+        """An S3 lake's bucket; None for a local one."""
+        return None if self.local else self.root.split("/", 1)[0]
+
     def bucket_missing(self) -> bool:
         """Whether an S3 lake's bucket does not exist (its listing is merely empty)."""
-        if self.local:
+        if self.bucket is None:
             return False
         try:
-            info: pafs.FileInfo = self.fs.get_file_info(self.root.split("/", 1)[0])
+            info: pafs.FileInfo = self.fs.get_file_info(self.bucket)
         except OSError:  # no right to look at the bucket (a policy for the prefix only)
             return False
         return bool(info.type == pafs.FileType.NotFound)

@@ -1,9 +1,9 @@
 """Sign and verify X-Kirim-Signature headers: pure functions, no I/O, injectable clock.
 
-Header: ``t=<unix seconds>,v1=<hex>[,v1=<hex>...]``. The signed message is the ASCII ``t``,
-a ``.``, then the raw body bytes; the MAC is HMAC-SHA256 keyed with the UTF-8 bytes of the
-whole secret string (``whsec_`` prefix included, no base64 decoding), as Kirim's official
-plugin does (kirim-api.md §2.1).
+Header: ``t=<unix seconds>,v1=<hex>[,v1=<hex>...]`` (hex read in either case). The signed
+message is the ASCII ``t``, a ``.``, then the raw body bytes; the MAC is HMAC-SHA256 keyed
+with the UTF-8 bytes of the whole secret string (``whsec_`` prefix included, no base64
+decoding), as Kirim's official plugin does (kirim-api.md §2.1).
 """
 
 from __future__ import annotations
@@ -178,12 +178,16 @@ def verify(
         parse_header(header)  # a missing or malformed header is named first
         raise SignatureMismatch("no secret configured to verify against")
     t, candidates = check_header(header, tolerance, now)
+    # Hex is read in either case: kirim-api.md §2.1 says lower case, but an upper-cased
+    # digest is the same MAC, and a 401 is final for Kirim (the event would be lost for a
+    # spelling). bytes.lower() folds ASCII A-Z only, so no other character becomes hex.
+    wanted = [candidate.encode("utf-8").lower() for candidate in candidates]
     matched = False
     for key in keys:
-        expected = _mac(key, t, body)
-        for candidate in candidates:
+        expected = _mac(key, t, body).encode()
+        for candidate in wanted:
             # Compare every pair (no early exit) so timing does not reveal which matched.
-            matched |= hmac.compare_digest(expected.encode(), candidate.encode("utf-8"))
+            matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureMismatch(
             f"no v1 signature matches any of the {len(keys)} configured secret(s)"

@@ -123,6 +123,23 @@ async def test_rotation_and_the_256_header_name(receiver: Receiver) -> None:
     assert (old.status_code, alt.status_code) == (200, 200)
 
 
+async def test_an_upper_case_hex_signature_is_accepted(
+    receiver: Receiver, journal: Journal
+) -> None:
+    # kirim-api.md §2.1 says lowercase hex; an upper-cased digest (the same MAC) got a 401,
+    # which Kirim takes as final: the event was lost for good.
+    req = signed(testing.kirim_event(event_id="evt_UPPER"))
+    t, mac = req.headers["X-Kirim-Signature"].split(",v1=")
+    upper = {**req.headers, "X-Kirim-Signature": f"{t},v1={mac.upper()}"}
+    wrong = {**req.headers, "X-Kirim-Signature": f"{t},v1={mac.upper()[:-1]}G"}
+    async with client(receiver) as c:
+        ok = await c.post(PATH, content=req.body, headers=upper)
+        bad = await c.post(PATH, content=req.body, headers=wrong)
+    assert (ok.status_code, ok.json().get("outcome")) == (200, "new")
+    assert (bad.status_code, bad.json()["reason"]) == (401, "mismatch")
+    assert lake_after_flush(journal).events().collect()["event_id"].to_list() == ["evt_UPPER"]
+
+
 def _split_signature(req: testing.SignedRequest, how: str) -> list[tuple[str, str]]:
     """``req``'s headers with its signature sent as several field lines of one header."""
     t, *macs = req.headers["X-Kirim-Signature"].split(",")

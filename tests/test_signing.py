@@ -126,10 +126,27 @@ def test_changed_v1_hex_fails() -> None:
         verify(BODY, f"t={T},v1={broken}", [SECRET], now=NOW)
 
 
-def test_upper_case_hex_does_not_match() -> None:
-    # The header format is 64 *lowercase* hex; an upper-cased MAC is not Kirim's output.
+@pytest.mark.parametrize("v1", [V1.upper(), V1[:32] + V1[32:].upper()])
+def test_upper_case_hex_is_the_same_mac(v1: str) -> None:
+    # kirim-api.md §2.1 says lowercase hex, but an upper-cased digest is the same MAC: it
+    # was refused with a 401, which Kirim takes as final (the event lost for good).
+    assert verify(BODY, f"t={T},v1={v1}", [SECRET], now=NOW) == T
+
+
+@pytest.mark.parametrize(
+    "v1",
+    [
+        V1[:-1].upper() + ("0" if V1[-1] != "0" else "1"),  # another value, upper case
+        V1.upper()[:-1],  # too short
+        V1.upper() + "A",  # too long
+        V1[:-1].upper() + "G",  # not hex
+        V1[:-1] + "\u212a",  # the Kelvin sign, whose lower() is an ASCII "k"
+        V1_SPACED.upper(),  # the documented negative MAC, upper-cased
+    ],
+)
+def test_upper_case_hex_is_still_checked_as_hex(v1: str) -> None:
     with pytest.raises(SignatureMismatch, match=NO_MATCH_OF_ONE):
-        verify(BODY, f"t={T},v1={V1.upper()}", [SECRET], now=NOW)
+        verify(BODY, f"t={T},v1={v1}", [SECRET], now=NOW)
 
 
 def test_missing_t_is_malformed() -> None:

@@ -143,17 +143,21 @@ class Collector:
         return report
 
     async def run_flusher(self, stop: asyncio.Event) -> None:
-        """Flush every ``flush_interval`` seconds until ``stop`` is set (no final flush)."""
+        """Flush every ``flush_interval`` seconds until ``stop`` is set (no final flush).
+        Each tick also logs how many rejection warnings the receiver held back (all of them
+        at the stop)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.flush_interval)
             if stop.is_set():
-                return
+                break
+            self.receiver.log_held()
             try:
                 await asyncio.get_running_loop().run_in_executor(self._flusher, self.flush)
             except Exception as exc:
                 # Keep serving: the events are safe in the journal; the next tick retries.
                 log.error("flush failed, will retry: %s: %s", type(exc).__name__, exc)
+        self.receiver.log_held(final=True)
 
     def report(self, url: str = "") -> CollectReport:
         """Summarise the counters so far."""

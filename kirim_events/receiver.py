@@ -18,7 +18,13 @@ another path                             404
 
 Requests answered 404 or 405 are counted (``unrouted_total``), and a POST to another path
 is logged as a warning, at most once a minute: a subscription URL with the wrong path would
-otherwise fail in silence until Kirim disables it.
+otherwise fail in silence until Kirim disables it. A rejected request (401, 408, 413) is
+logged as a warning too, the first of each reason at once, but at most
+``REJECT_LOG_BURST`` of a reason in ``REJECT_LOG_EVERY`` seconds: past that they are only
+counted (``rejected_total``), and a line says how many were not logged, when the next one
+is or when :meth:`Receiver.log_held` finds the interval over (the collector asks at each
+flush tick, and at its stop). So is a "busy" 503. A flood of made-up requests cannot flood
+the log.
 
 The signature is checked on the raw bytes before any parsing. 2xx is sent only after the
 journal commit that holds the delivery returned (durable). ``GET /healthz`` proves the journal
@@ -51,6 +57,7 @@ from kirim_events.events import (
     parse_delivery,
 )
 from kirim_events.journal import Journal
+from kirim_events.logbudget import LogBudget
 from kirim_events.printable import printable
 from kirim_events.replays import HeaderKeyedReplays
 from kirim_events.signing import DEFAULT_TOLERANCE, check_header, check_tolerance, verify
@@ -112,6 +119,10 @@ def _shown_ids(receipt: Mapping[str, Any]) -> str:
 
 
 UNROUTED_LOG_EVERY = 60.0  # seconds between warnings with a hint (another path, a secret)
+REJECT_LOG_BURST = 10
+"""Warnings logged per rejection reason (or "busy" 503s) in ``REJECT_LOG_EVERY`` seconds."""
+REJECT_LOG_EVERY = 60.0
+_BUSY = "'busy' 503 answers"  # the log budget's kinds: this, and rejected deliveries (reason)
 
 
 class _Throttle:
@@ -354,6 +365,7 @@ class Receiver:
         self.metrics = metrics or Metrics()
         self._unrouted_hint = _Throttle(UNROUTED_LOG_EVERY)
         self._mismatch_hint = _Throttle(UNROUTED_LOG_EVERY)
+        self._log_budget = LogBudget(REJECT_LOG_BURST, REJECT_LOG_EVERY, now)
 
     def __repr__(self) -> str:
         return f"Receiver(path={self.path!r}, secrets={len(self._secrets)})"
@@ -489,7 +501,8 @@ class Receiver:
             answer = await self._reject(receipt, "body_timeout", 408, "body not received in time")
             return *answer, True
         except _Busy:
-            log.warning("bodies being received hold %d bytes: answering 503", self._buffered)
+            if self._may_warn(_BUSY):
+                log.warning("bodies being received hold %d bytes: answering 503", self._buffered)
             return 503, _json({"error": "busy, retry later"}), True
         except ConnectionError:
             return 400, _json({"error": "client disconnected"}), True
@@ -557,7 +570,8 @@ class Receiver:
         self.metrics.reject(reason)
         for name in ("delivery_id", "event_id", "event_type"):  # not signed: keep it short
             receipt[name] = _clip(receipt[name])
-        log.warning("rejected delivery %s (%s): %d", _shown_ids(receipt), reason, status)
+        if self._may_warn(f"rejected deliveries ({reason})"):
+            log.warning("rejected delivery %s (%s): %d", _shown_ids(receipt), reason, status)
         if reason == "mismatch" and self._mismatch_hint.due():  # beside each delivery's line
             log.warning(
                 "a signature matched none of the %d secret(s): is KIRIM_WEBHOOK_SECRET the "
@@ -572,6 +586,28 @@ class Receiver:
             # The answer is about the request, not our storage: still reject it.
             log.error("could not journal a rejection receipt: %s", exc)
         return status, _json({"error": message, "reason": reason})
+
+    def _may_warn(self, kind: str) -> bool:
+        """Whether a warning of ``kind`` is within its budget (``REJECT_LOG_BURST`` per
+        ``REJECT_LOG_EVERY`` s). Says first how many were held back in the interval before,
+        and, at the first one held back, that the rest of this interval's are too."""
+        turn = self._log_budget.take(kind)
+        if turn.held:
+            _log_held(kind, turn.held, turn.held_for)
+        if turn.first_held:
+            log.warning(
+                "more than %d %s within %.0f s: the next ones in that time are only counted",
+                REJECT_LOG_BURST,
+                kind,
+                REJECT_LOG_EVERY,
+            )
+        return turn.log
+
+    def log_held(self, final: bool = False) -> None:
+        """Log how many warnings of each kind were held back in an interval that has ended
+        (in any, when ``final``: the collector stops). Cheap when there are none."""
+        for kind, n, seconds in self._log_budget.held(final):
+            _log_held(kind, n, seconds)
 
     async def _quarantine(
         self, body: bytes, headers: dict[str, str], receipt: dict[str, Any], reason: str
@@ -589,6 +625,10 @@ class Receiver:
         self.metrics.quarantined += 1
         log.warning("quarantined delivery %s (%s): 200", _shown_ids(receipt), reason)
         return 200, _json({"outcome": "quarantined", "reason": reason})
+
+
+def _log_held(kind: str, n: int, seconds: float) -> None:
+    log.warning("%d more %s in the last %.0f s were not logged", n, kind, seconds)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra: Any = ()) -> None:

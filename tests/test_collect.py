@@ -590,6 +590,46 @@ def test_flusher_runs_in_the_background_and_survives_lake_failures(tmp_path: Pat
     assert Lake(tmp_path).events().collect().height == 2
 
 
+def test_the_flusher_says_how_many_rejection_warnings_were_held_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver logs at most REJECT_LOG_BURST rejections a reason a minute; the count
+    of the rest comes at the first flush tick after the minute, and at the stop."""
+    import logging
+
+    from kirim_events import receiver as receiver_module
+
+    clock = [1_779_531_500.0]
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    held = "3 more rejected deliveries (missing) in the last"
+
+    async def scenario(collector: ke.Collector) -> None:
+        stop = asyncio.Event()
+        flusher = asyncio.create_task(collector.run_flusher(stop))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(collector.receiver)) as c:
+            for _ in range(receiver_module.REJECT_LOG_BURST + 3):
+                assert (await c.post(f"http://c{PATH}", content=b"{}")).status_code == 401
+            clock[0] += receiver_module.REJECT_LOG_EVERY  # the minute is over
+            for _ in range(2000):  # a tick comes within 0.01 s; up to 20 s on a busy machine
+                if held in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+            assert held in caplog.text  # said by a tick, not by a next rejection
+            for _ in range(receiver_module.REJECT_LOG_BURST + 2):
+                await c.post(f"http://c{PATH}", content=b"{}")
+        stop.set()
+        await flusher
+
+    collector = ke.Collector(tmp_path, SECRET, flush_interval=0.01, now=lambda: clock[0])
+    try:
+        asyncio.run(scenario(collector))
+    finally:
+        collector.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(held in m for m in lines) == 1
+    assert lines[-1] == "2 more rejected deliveries (missing) in the last 0 s were not logged"
+
+
 def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     import json
     import logging

@@ -463,6 +463,94 @@ async def test_a_wrong_secret_is_hinted_once_a_minute(
     assert SECRET not in caplog.text
 
 
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+async def test_a_flood_of_rejections_is_logged_within_a_budget(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every rejected request logged a warning, with no limit: a flood of made-up requests
+    flooded the log. The first of a reason is still logged at once (secret rotation is
+    debugged by it); then at most REJECT_LOG_BURST a reason in REJECT_LOG_EVERY seconds,
+    and how many were held back is said."""
+    clock = [NOW]
+    receiver = Receiver(journal, SECRET, now=lambda: clock[0])
+    burst, every = receiver_module.REJECT_LOG_BURST, receiver_module.REJECT_LOG_EVERY
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    wrong = signed(secret="whsec_wrong")
+    stale = testing.signed_request(testing.kirim_event(), SECRET, timestamp=int(NOW) - 301)
+    async with client(receiver) as c:
+        assert (await c.post(PATH, content=wrong.body, headers=wrong.headers)).status_code == 401
+        assert _warnings(caplog)[0].endswith("(mismatch): 401")  # the first, at once
+        for _ in range(burst + 14):
+            await c.post(PATH, content=wrong.body, headers=wrong.headers)
+        assert (await c.post(PATH, content=stale.body, headers=stale.headers)).status_code == 401
+        metrics = (await c.get("/metrics")).text
+    assert f'kirim_events_rejected_total{{reason="mismatch"}} {burst + 15}' in metrics
+    lines = _warnings(caplog)
+    assert sum(m.endswith("(mismatch): 401") for m in lines) == burst
+    assert sum(m.endswith("(stale): 401") for m in lines) == 1  # its own budget
+    assert [m for m in lines if m.startswith("more than")] == [
+        f"more than {burst} rejected deliveries (mismatch) within {every:.0f} s: the next"
+        " ones in that time are only counted"
+    ]
+    # the next interval: its first line comes after the count of those held back
+    clock[0] += every
+    caplog.clear()
+    async with client(receiver) as c:
+        await c.post(PATH, content=wrong.body, headers=wrong.headers)
+    held, line = _warnings(caplog)[:2]
+    assert (
+        held == f"15 more rejected deliveries (mismatch) in the last {every:.0f} s were not logged"
+    )
+    assert line.startswith("rejected delivery")
+    assert line.endswith("(mismatch): 401")
+    assert "whsec_" not in caplog.text  # no secret in any line
+
+
+async def test_rejections_held_back_are_said_when_their_interval_ends(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a flood that stops: the count comes when the interval ends (the collector asks at
+    # each flush tick), not only with the next rejection, maybe days later
+    clock = [NOW]
+    receiver = Receiver(journal, SECRET, now=lambda: clock[0])
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    async with client(receiver) as c:
+        for _ in range(receiver_module.REJECT_LOG_BURST + 3):
+            assert (await c.post(PATH, content=b"{}")).status_code == 401  # no signature
+    caplog.clear()
+    clock[0] += receiver_module.REJECT_LOG_EVERY - 1
+    receiver.log_held()
+    assert _warnings(caplog) == []  # not yet over
+    clock[0] += 1
+    receiver.log_held()
+    receiver.log_held()  # said once
+    assert _warnings(caplog) == [
+        "3 more rejected deliveries (missing) in the last 60 s were not logged"
+    ]
+
+
+async def test_busy_answers_are_logged_within_a_budget(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # large bodies with made-up signatures past the memory budget: one warning each
+    receiver = Receiver(journal, [SECRET], max_body=1 << 20, now=lambda: NOW)
+    receiver.max_buffered = 0
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    big = b"x" * (receiver_module.FREE_BODY_BYTES + 1)
+    async with client(receiver) as c:
+        for _ in range(receiver_module.REJECT_LOG_BURST + 5):
+            response = await c.post(PATH, content=big, headers={"X-Kirim-Signature": MADE_UP})
+            assert response.status_code == 503
+    lines = _warnings(caplog)
+    assert sum(m.endswith("answering 503") for m in lines) == receiver_module.REJECT_LOG_BURST
+    assert len(lines) == receiver_module.REJECT_LOG_BURST + 1  # and one: the next are counted
+    receiver.log_held(final=True)  # the collector stops
+    assert _warnings(caplog)[-1] == "5 more 'busy' 503 answers in the last 0 s were not logged"
+
+
 async def test_a_post_to_another_path_is_counted_and_logged_once_a_minute(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -595,9 +595,12 @@ class Journal(KeyIndex):
     ) -> Path:
         """Keep a signed but unparseable body byte-exact under ``DATA/quarantine/``.
 
-        Writes ``<day>/<time>-<sha256 prefix>-<random>.body`` (the exact bytes) and a ``.json``
+        Writes ``<day>/<time>-<sha256 prefix>-<key>.body`` (the exact bytes) and a ``.json``
         beside it (reason, receipt time, size, sha256 and the ``X-Kirim-*``, content-type and
-        user-agent headers), each fsync'd and renamed into place, before returning.
+        user-agent headers, ``count`` and ``last_received_at``), each fsync'd and renamed into
+        place, before returning. One copy per body and delivery: a retry (the same bytes, the
+        same ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``) only counts one more in the
+        ``.json`` of the copy kept (:func:`~kirim_events.journal_quarantine.write_quarantine`).
 
         Returns
         -------

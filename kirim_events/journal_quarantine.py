@@ -1,11 +1,18 @@
-"""Quarantine files: signed bodies that cannot be parsed, kept byte-exact and fsync'd."""
+"""Quarantine files: signed bodies that cannot be parsed, kept byte-exact and fsync'd.
+
+One copy per body and delivery: Kirim retries a delivery up to 8 times (kirim-api.md §3),
+and a retry of one whose 2xx was lost, or answered 503, brings the same bytes under the same
+``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``. It is counted in the description kept
+(``count``, ``last_received_at``), not kept again; another body, or the same one under
+another delivery or event id, gets its own files.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import uuid
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,42 +88,92 @@ def read_quarantine(data_dir: Path) -> Quarantined:
     return Quarantined(ids, len(paths), first, unreadable)
 
 
+_WRITING = threading.Lock()  # look, then write: two retries at once keep one copy (per process)
+
+
+def _delivery_key(digest: str, kept: Mapping[str, str]) -> str:
+    """8 hex of the body's sha256 with the delivery and event ids: the same for every retry
+    of one delivery, another for another body or delivery."""
+    ids = [digest, kept.get("x-kirim-delivery-id", ""), kept.get("x-kirim-event-id", "")]
+    # surrogatepass: an unsigned header may hold half a UTF-16 pair (json.dumps keeps it too)
+    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _kept_copy(data_dir: Path, body: bytes, digest: str, key: str) -> Path | None:
+    """The ``.body`` of this body and delivery, kept already (any day's folder: a retry
+    may come 31 hours after the first attempt), compared byte for byte."""
+    for path in sorted((data_dir / "quarantine").glob(f"*/*-{digest[:16]}-{key}.body")):
+        with contextlib.suppress(FileNotFoundError):  # an operator's clean-up meanwhile
+            if path.read_bytes() == body:
+                return path
+    return None
+
+
+def _seen_again(path: Path, meta: dict[str, object], when: datetime) -> dict[str, object]:
+    """The description of ``path`` counting one more receipt at ``when``; ``meta`` (this
+    receipt's) when none can be read: a writer that died between the two files left none."""
+    try:
+        old = json.loads(path.with_suffix(".json").read_text())
+    except (FileNotFoundError, ValueError):  # another OSError is a storage failure (503)
+        return meta
+    if not isinstance(old, dict):
+        return meta
+    count = old.get("count", 1)  # a description written before counts were kept: 1
+    count = count if isinstance(count, int) and not isinstance(count, bool) else 1
+    return {**old, "count": count + 1, "last_received_at": when.isoformat()}
+
+
 def write_quarantine(
     data_dir: Path, body: bytes, headers: Mapping[str, str], reason: str, when: datetime
 ) -> Path:
-    """Write ``body`` and a ``.json`` description under ``data_dir/quarantine/<day>/``.
+    """Keep ``body`` and a ``.json`` description under ``data_dir/quarantine/<day>/``.
 
-    Names are ``<time>-<sha256 prefix>-<random>.body`` and ``.json`` (reason, receipt time,
+    Names are ``<time>-<sha256 prefix>-<key>.body`` and ``.json`` (reason, receipt time,
     size, sha256, and the ``X-Kirim-*``, content-type and user-agent headers; nothing else, so
-    no credentials). Each file is written under a temporary name, fsync'd and renamed, and
-    its folder fsync'd (``atomicfile.replace_file``); then ``quarantine/`` and DATA/ above
-    it, at every write.
+    no credentials; ``count`` and ``last_received_at``), ``key`` from the body's sha256 and
+    the ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``. When the same bytes are kept under
+    that key already (a retry), only their ``.json`` is written again, one more in ``count``.
+    Each file is written under a temporary name, fsync'd and renamed, and its folder fsync'd
+    (``atomicfile.replace_file``); then ``quarantine/`` and DATA/ above it, at every write.
     Returns the ``.body`` path; raises StorageError on failure.
     """
     when = when.astimezone(UTC)
     digest = hashlib.sha256(body).hexdigest()
-    folder = data_dir / "quarantine" / when.strftime("%Y-%m-%d")
-    stem = f"{when.strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:16]}-{uuid.uuid4().hex[:8]}"
     kept = {
         k.lower(): v
         for k, v in headers.items()
         if k.lower().startswith("x-kirim-") or k.lower() in {"content-type", "user-agent"}
     }
-    meta = {
+    meta: dict[str, object] = {
         "reason": reason,
         "received_at": when.isoformat(),
         "size": len(body),
         "sha256": digest,
         "headers": kept,
+        "count": 1,
+        "last_received_at": when.isoformat(),
     }
+    key = _delivery_key(digest, kept)
     try:
-        make_dirs(folder)
-        replace_file(folder / f"{stem}.body", body)
-        replace_file(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
+        with _WRITING:
+            path = _kept_copy(data_dir, body, digest, key)
+            if path is not None:
+                meta = _seen_again(path, meta, when)
+            else:
+                stamp = when.strftime("%Y%m%dT%H%M%S%fZ")
+                path = (
+                    data_dir
+                    / "quarantine"
+                    / when.strftime("%Y-%m-%d")
+                    / f"{stamp}-{digest[:16]}-{key}.body"
+                )
+                make_dirs(path.parent)
+                replace_file(path, body)
+            replace_file(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
         # again at each write, not only when make_dirs creates them: a day's folder made by
         # a writer that died before its fsync would otherwise never be made durable
-        fsync_dir(folder.parent)
-        fsync_dir(folder.parent.parent)
+        fsync_dir(path.parent.parent)
+        fsync_dir(path.parent.parent.parent)
     except OSError as exc:
         raise StorageError(f"cannot write quarantine file: {exc}") from exc
-    return folder / f"{stem}.body"
+    return path

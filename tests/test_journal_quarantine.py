@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kirim_events.journal_quarantine import read_quarantine, write_quarantine
@@ -53,3 +54,74 @@ def test_each_write_fsyncs_the_folders_above_its_day(tmp_path: Path, synced: lis
     write_quarantine(tmp_path, b"{}", {}, "bad_signature", when)
     day = tmp_path / "quarantine" / "2026-05-01"
     assert {tmp_path, tmp_path / "quarantine", day} <= set(synced)
+
+
+def _kept(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "quarantine").rglob("*.body"))
+
+
+def test_retries_of_one_delivery_are_kept_once_and_counted(tmp_path: Path) -> None:
+    # Kirim retries a delivery up to 8 times (kirim-api.md §3): one bad body became 8
+    # copies, and 8 deliveries "kept" for reconcile's note. The last retry comes a day on.
+    first = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    for attempt, hours in enumerate([0, 0, 0, 0, 0, 1, 7, 31], start=1):
+        headers = {
+            "X-Kirim-Delivery-Id": "wbd_1",
+            "X-Kirim-Event-Id": "evt_1",
+            "X-Kirim-Attempt": str(attempt),
+            "X-Kirim-Signature": f"t={attempt},v1=ab",
+        }
+        path = write_quarantine(
+            tmp_path, b"{garbage", headers, "invalid_json", first + timedelta(hours=hours)
+        )
+    assert _kept(tmp_path) == [path]
+    assert path.parent.name == "2026-05-01"  # where the first attempt was kept
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert (meta["count"], meta["received_at"], meta["last_received_at"]) == (
+        8, first.isoformat(), (first + timedelta(hours=31)).isoformat(),
+    )  # fmt: skip
+    assert meta["headers"]["x-kirim-attempt"] == "1"  # the first one's, its signature too
+    kept = read_quarantine(tmp_path)
+    assert (kept.event_ids, kept.kept, kept.first) == ({"evt_1"}, 1, path)
+
+
+def test_another_body_or_delivery_is_kept_apart(tmp_path: Path) -> None:
+    when = datetime(2026, 5, 1, 10, tzinfo=UTC)  # one instant: the names differ all the same
+    one = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+    other = {"X-Kirim-Delivery-Id": "wbd_2", "X-Kirim-Event-Id": "evt_2"}
+    paths = [
+        write_quarantine(tmp_path, b"{garbage", one, "invalid_json", when),
+        write_quarantine(tmp_path, b"{garbagE", one, "invalid_json", when),  # another body
+        write_quarantine(tmp_path, b"{garbage", other, "invalid_json", when),  # a replay
+        write_quarantine(tmp_path, b"{garbage", {}, "invalid_json", when),  # no ids at all
+    ]
+    assert _kept(tmp_path) == sorted(paths)
+    assert sorted(p.read_bytes() for p in paths) == sorted([b"{garbage"] * 3 + [b"{garbagE"])
+    assert write_quarantine(tmp_path, b"{garbage", {}, "invalid_json", when) == paths[3]
+    kept = read_quarantine(tmp_path)
+    assert (kept.event_ids, kept.kept) == ({"evt_1", "evt_2"}, 4)
+
+
+def test_a_copy_whose_description_was_never_written_gets_one_on_a_retry(tmp_path: Path) -> None:
+    # a writer killed between the .body and the .json: the retry must not be taken as kept
+    # already, or reconcile never learns of it (it reads the .json files)
+    headers = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+    when = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    path = write_quarantine(tmp_path, b"{garbage", headers, "invalid_json", when)
+    path.with_suffix(".json").unlink()
+    assert write_quarantine(tmp_path, b"{garbage", headers, "invalid_json", when) == path
+    assert json.loads(path.with_suffix(".json").read_text())["count"] == 1
+    assert read_quarantine(tmp_path).event_ids == {"evt_1"}
+
+
+def test_a_kept_copy_that_was_altered_is_not_taken_for_the_body(tmp_path: Path) -> None:
+    headers = {"X-Kirim-Delivery-Id": "wbd_1"}
+    path = write_quarantine(
+        tmp_path, b"{garbage", headers, "invalid_json", datetime(2026, 5, 1, 10, tzinfo=UTC)
+    )
+    path.write_bytes(b"{garb")  # cut short by a full disk, an editor
+    again = write_quarantine(
+        tmp_path, b"{garbage", headers, "invalid_json", datetime(2026, 5, 1, 11, tzinfo=UTC)
+    )
+    assert again != path
+    assert again.read_bytes() == b"{garbage"

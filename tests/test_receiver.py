@@ -596,6 +596,35 @@ async def test_signed_unparseable_is_quarantined_byte_exact(
     assert lake.deliveries().collect()["outcome"].to_list() == ["quarantined"]
 
 
+async def test_retries_of_an_unparseable_delivery_are_kept_once_and_counted(
+    journal: Journal,
+) -> None:
+    """Kirim retries a delivery up to 8 times (its 2xx lost, or a 503): each retry of a
+    signed unparseable body was kept again, one more copy each. Now one copy per body and
+    delivery, its ``count`` written before each 200; another bad body is kept too."""
+    clock = [NOW]
+    receiver = Receiver(journal, SECRET, now=lambda: clock[0])
+    kept = journal.data_dir / "quarantine"
+    async with client(receiver) as c:
+        for attempt in range(1, 4):
+            req = testing.signed_request(b"{not json", SECRET, timestamp=int(clock[0]),
+                                         delivery_id="wbd_BAD", event_id="evt_BAD",
+                                         attempt=attempt)  # fmt: skip
+            resp = await c.post(PATH, content=req.body, headers=req.headers)
+            assert (resp.status_code, resp.json()["outcome"]) == (200, "quarantined")
+            paths = list(kept.rglob("*.body"))  # already there when the 200 is sent
+            assert len(paths) == 1
+            meta = json.loads(paths[0].with_suffix(".json").read_text())
+            assert (meta.get("count"), meta["headers"]["x-kirim-attempt"]) == (attempt, "1")
+            clock[0] += 10 * attempt  # Kirim's schedule: 10 s, then 30 s
+        other = signed(b"[not, json]", delivery_id="wbd_OTHER")
+        assert (await post(receiver, other)).status_code == 200
+    assert sorted(p.read_bytes() for p in kept.rglob("*.body")) == [b"[not, json]", b"{not json"]
+    # the lake still has a receipt per attempt, as for any delivery
+    outcomes = lake_after_flush(journal).deliveries().collect()["outcome"].to_list()
+    assert outcomes == ["quarantined"] * 4
+
+
 async def test_an_id_with_half_a_utf16_pair_is_quarantined_not_a_503(
     receiver: Receiver, journal: Journal
 ) -> None:

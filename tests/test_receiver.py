@@ -625,6 +625,19 @@ async def test_retries_of_an_unparseable_delivery_are_kept_once_and_counted(
     assert outcomes == ["quarantined"] * 4
 
 
+async def test_retries_of_an_unparseable_delivery_at_once_are_kept_once(journal: Journal) -> None:
+    # a retry may come while the first attempt is still being written (its 2xx too late)
+    receiver = Receiver(journal, SECRET, now=lambda: NOW)
+    reqs = [signed(b"{not json", delivery_id="wbd_BAD", attempt=n) for n in range(1, 9)]
+    async with client(receiver) as c:
+        answers = await asyncio.gather(
+            *(c.post(PATH, content=r.body, headers=r.headers) for r in reqs)
+        )
+    assert [a.status_code for a in answers] == [200] * 8
+    (path,) = (journal.data_dir / "quarantine").rglob("*.body")
+    assert json.loads(path.with_suffix(".json").read_text())["count"] == 8
+
+
 async def test_an_id_with_half_a_utf16_pair_is_quarantined_not_a_503(
     receiver: Receiver, journal: Journal
 ) -> None:

@@ -628,7 +628,7 @@ class Receiver:
 
 
 def _log_held(kind: str, n: int, seconds: float) -> None:
-    log.warning("%d more %s in the last %.0f s were not logged", n, kind, seconds)
+    log.warning("%s not logged in the last %.0f s: %d", kind, seconds, n)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes, extra: Any = ()) -> None:

@@ -192,3 +192,36 @@ def test_a_lake_path_with_quotes_is_read_by_duckdbs_own_reader(tmp_path: Path, n
         lake.sql("select * from events").pl().sort("event_key"),
         lake.events().collect().sort("event_key"),
     )
+
+
+def listed(lake: ke.Lake) -> dict[str, list[str]]:
+    """What a user exploring ``lake.sql`` sees in the catalog's three listings."""
+    return {
+        query: sorted(row[0] for row in lake.sql(query).fetchall())
+        for query in (
+            "show tables",
+            "select table_name from information_schema.tables",
+            "select view_name from duckdb_views() where not internal",
+        )
+    }
+
+
+@pytest.mark.parametrize("kind", ["empty", "local", "datasets"])
+def test_the_catalog_lists_only_the_public_views(tmp_path: Path, kind: str) -> None:
+    """``_events_empty`` and ``_deliveries_empty`` (stand-ins) and the registered pyarrow
+    datasets (``_events_src_1``, on S3 or under a ``key=value`` folder) were listed beside
+    the views, names a user should not use."""
+    root = tmp_path / "env=prod" / "lake" if kind == "datasets" else tmp_path
+    lake = ke.Lake(root)
+    if kind != "empty":
+        fill(lake)
+        same_rows(lake)
+    public = sorted(["events", "deliveries", *lake.analytics_views()])
+    assert listed(lake) == dict.fromkeys(listed(lake), public)
+    if kind == "empty":
+        assert lake.sql("select count(*) from events").fetchall() == [(0,)]
+        assert lake.sql("select count(*) from message_timelines").fetchall() == [(0,)]
+        assert (
+            lake.sql("select * from deliveries").columns
+            == lake.deliveries().collect_schema().names()
+        )

@@ -423,3 +423,62 @@ def test_an_s3_lake_answers_every_helper_as_a_local_lake_does(
         local.compact()
         s3.compact()
     assert s3.stats()["clean"].all()
+
+
+def _folder_markers(env: dict[str, str], prefix: str) -> list[str]:
+    """The zero-byte ``folder/`` objects under ``prefix``: pyarrow leaves one in a folder
+    whose file it deletes, so that the folder still 'exists'."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
+    return sorted(
+        obj["Key"]
+        for page in pages
+        for obj in page.get("Contents", [])
+        if obj["Key"].endswith("/") and obj["Size"] == 0
+    )
+
+
+def test_compaction_leaves_no_folder_markers_in_the_folders_it_empties(
+    s3_env: dict[str, str],
+) -> None:
+    """Each compaction left a zero-byte ``date=.../`` object in every folder it deleted a
+    file from, the emptied ones too (and in each change-marker folder), so they piled up
+    with the days; markers outside the lake's prefix are not the lake's to delete."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    outside = ["team/markers-lake-other/", "team/markers-lake-other/events/date=2026-05-01/"]
+    for key in outside:
+        client.put_object(Bucket="lake", Key=key, Body=b"")
+    uri = "s3://lake/team/markers-lake"
+    lake = ke.Lake(uri, env=s3_env)
+    lake.write_events([ev("a", received=T0 + timedelta(hours=1)), ev("b", type="message.status")])
+    # the first received copy of "a" is a day later: the 05-01 folder of message.created
+    # loses its only row and is emptied by compaction
+    lake.write_events([ev("a", occurred=T0 + timedelta(days=1), received=T0)])
+    lake.write_deliveries([{"delivery_id": "d1", "attempt": 1, "received_at": T0}])
+    before = lake.events().collect().sort("event_key")
+    lake.compact()
+    emptied = "team/markers-lake/events/type=message.created/date=2026-05-01/"
+    assert not [k for k in _keys(s3_env, emptied) if not k.endswith("/")]
+    assert _folder_markers(s3_env, "team/markers-lake/") == []
+    assert _folder_markers(s3_env, "team/markers-lake-other/") == outside
+    after = ke.Lake(uri, env=s3_env)
+    assert after.events().collect().sort("event_key").equals(before)
+    assert after.sql("select count(*) from events").fetchall() == [(2,)]
+    assert after.stats()["clean"].all()
+    # the emptied folder takes new files again
+    after.write_events([ev("c")])
+    after.compact()
+    assert sorted(after.events().collect()["event_key"]) == ["a", "b", "c"]
+    assert _folder_markers(s3_env, "team/markers-lake/") == []

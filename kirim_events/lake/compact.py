@@ -174,6 +174,7 @@ class _Group:
         self.manifest = Manifest.load(storage, self.manifest_rel)
         self.workers, self.check = workers, check
         self.lock = threading.Lock()
+        self.deleted_from: set[str] = set()  # folders a file was deleted from
 
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
@@ -232,6 +233,7 @@ class _Group:
             self._still_ours()  # what a stale manifest leaves uncounted, a newer one may count
         with ThreadPoolExecutor(self.workers * 4) as pool:
             list(pool.map(self._delete, doomed))
+        self.deleted_from.update(rel.rsplit("/", 1)[0] for rel in doomed)
         self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
 
@@ -412,6 +414,9 @@ def compact(
     step: Hook = hook or (lambda _step: None)
     if check_version(storage) is None:
         return report  # never written by kirim-events: nothing to do, and create nothing
+    # on S3, the folders whose emptied ``folder/`` objects are deleted at the end; the
+    # lease's own (_state/compact.lease is deleted last), too
+    deleted_from = {"_state"}
     with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as check:
         _clean_tmp(storage, now())
         markers = _markers(storage)
@@ -425,7 +430,7 @@ def compact(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):
             check()
-            seen = _Group(
+            group_run = _Group(
                 storage,
                 table,
                 group,
@@ -439,7 +444,9 @@ def compact(
                 report=report,
                 workers=workers or os.cpu_count() or 1,
                 check=check,
-            ).run()
+            )
+            seen = group_run.run()
+            deleted_from.update(group_run.deleted_from)
             # A marker is consumed once its file was seen (it is merged now, or still counted
             # and the partition is clean). A marker whose file is not there after an hour was
             # consumed some other way: its write crashed before the rename, or two crashed
@@ -453,7 +460,9 @@ def compact(
             ]
             for rel in consumed:
                 storage.delete(rel)
+            deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+    storage.drop_folder_markers(deleted_from)
     report.seconds = time.perf_counter() - started
     return report

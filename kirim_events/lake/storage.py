@@ -24,12 +24,12 @@ import os
 import platform
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -73,11 +73,22 @@ def _translate(action: str, rel: str) -> Iterator[None]:
 class Storage:
     """A lake root on a local disk or on S3."""
 
-    def __init__(self, root: str, fs: pafs.FileSystem, *, local: bool, uri: str) -> None:
+    def __init__(
+        self,
+        root: str,
+        fs: pafs.FileSystem,
+        *,
+        local: bool,
+        uri: str,
+        s3_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root.rstrip("/")
         self.fs = fs
         self.local = local
         self.uri = uri
+        # the environment an S3 lake's filesystem was made from (None: given by the caller)
+        self._s3_env = s3_env
+        self._client: Any = None
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
@@ -277,6 +288,55 @@ class Storage:
             with suppress(FileNotFoundError):
                 self.fs.delete_file(path)
 
+    def drop_folder_markers(self, rels: Iterable[str]) -> None:
+        """Delete the empty ``folder/`` objects of these folders of an S3 lake.
+
+        pyarrow puts one in each folder it deletes a file from, so that the folder still
+        "exists" once empty: after each compaction, one per partition it rewrote or emptied
+        and per change-marker folder, piling up with the days. Only zero-byte objects named
+        ``<lake prefix>/<folder>/`` are deleted, never one outside the lake. pyarrow cannot
+        name such a key, so boto3 does (the ``s3`` extra); without it, or with a filesystem
+        the caller made, nothing is done. Best effort: a marker is harmless to any reader.
+        """
+        client = self._s3_client()
+        if client is None:
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, prefix = self.root.partition("/")
+        folders = {r for r in (rel.strip("/") for rel in rels) if r}
+        keys = [f"{prefix}/{r}/" if prefix else f"{r}/" for r in sorted(folders)]
+
+        def drop(key: str) -> None:
+            try:
+                if client.head_object(Bucket=bucket, Key=key)["ContentLength"] == 0:
+                    client.delete_object(Bucket=bucket, Key=key)
+            except (BotoCoreError, ClientError):
+                pass  # none there (the usual 404), or no right to look: left as it is
+
+        with ThreadPoolExecutor(_S3_THREADS) as pool:
+            list(pool.map(drop, keys))
+
+    def _s3_client(self) -> Any:
+        """A boto3 S3 client with the filesystem's settings; None where there is none."""
+        if self._client is None and self._s3_env is not None:
+            try:
+                import boto3
+            except ImportError:
+                return None
+            settings = _s3_settings(self._s3_env)
+            kwargs = {
+                "endpoint_url": f"{settings['scheme']}://{settings['endpoint_override']}"
+                if "endpoint_override" in settings
+                else None,
+                "region_name": settings.get("region"),
+                "aws_access_key_id": settings.get("access_key"),
+                "aws_secret_access_key": settings.get("secret_key"),
+                "aws_session_token": settings.get("session_token"),
+            }
+            self._client = boto3.client("s3", **{k: v for k, v in kwargs.items() if v})
+        return self._client
+
     def sync_dirs(self, rels: Sequence[str]) -> None:
         """Make earlier deletions in local folders durable (no-op on S3)."""
         if self.local and rels:
@@ -362,14 +422,20 @@ def open_storage(
             "part is not supported"
         )
     root = parsed.netloc + "/" + prefix
+    environ = None
     if filesystem is None:
         environ = os.environ if env is None else env
-        filesystem = _s3_from_env(environ)
-    return Storage(root.rstrip("/"), filesystem, local=False, uri=text)
+        settings = _s3_settings(environ)
+        try:
+            filesystem = pafs.S3FileSystem(**settings)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot configure S3 access: {exc}") from exc
+    return Storage(root.rstrip("/"), filesystem, local=False, uri=text, s3_env=environ)
 
 
-def _s3_from_env(env: Mapping[str, str]) -> pafs.FileSystem:
-    kwargs: dict[str, object] = {}
+def _s3_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """pyarrow's S3FileSystem arguments from the AWS environment variables."""
+    kwargs: dict[str, str] = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint.strip())
@@ -393,7 +459,4 @@ def _s3_from_env(env: Mapping[str, str]) -> pafs.FileSystem:
         kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
         if env.get("AWS_SESSION_TOKEN"):
             kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
-    try:
-        return pafs.S3FileSystem(**kwargs)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot configure S3 access: {exc}") from exc
+    return kwargs

@@ -469,3 +469,24 @@ def test_report_says_when_events_wait_in_the_journal(tmp_path: Path) -> None:
         assert journal.append(parse_delivery(testing.encode(testing.meta_status("sent")), {}))
     out = " ".join(runner.invoke(app, args).output.split())
     assert f"compact --data {tmp_path} --lake {other} moves them there" in out
+
+
+def test_a_summary_of_a_frame_kept_across_a_compaction_says_to_take_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """A frame (or relation) from the lake reads the files there when it was made; given to a
+    summary after a compaction replaced them, it failed with Polars' bare "No such file or
+    directory (os error 2)" (DuckDB's "No files found that match the pattern")."""
+    lake = ke.Lake(tmp_path)
+    records = _records()
+    lake.write_events(records[:2])
+    lake.write_events(records[2:])
+    frame = lake.message_timelines()
+    view = lake.sql("select * from message_timelines")
+    expected = notebook.funnel(frame)
+    lake.compact()
+    for kept in (frame, view):
+        with pytest.raises(ke.LakeError, match="take a new one") as caught:
+            notebook.funnel(kept)
+        assert "compaction" in str(caught.value)
+    assert notebook.funnel(lake.message_timelines()).equals(expected)  # the way out

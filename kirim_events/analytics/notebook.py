@@ -20,7 +20,8 @@ import duckdb
 import polars as pl
 
 from kirim_events.analytics._common import lazy, type_named
-from kirim_events.errors import ConfigError
+from kirim_events.errors import ConfigError, LakeError
+from kirim_events.lake.reader import vanished_file
 
 if TYPE_CHECKING:
     import altair
@@ -57,9 +58,20 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     """``frame`` as a DataFrame: a LazyFrame is collected, a DuckDB relation (such as
     ``lake.sql("select * from message_timelines")``) converted as the core functions convert
     it (:func:`~kirim_events.analytics._common.lazy`), and a Lake asked for ``helper`` (the
-    frame the summary reads)."""
+    frame the summary reads). A frame whose files a compaction deleted since it was made is
+    a LakeError saying to take a new one."""
     if isinstance(frame, pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation):
-        return lazy(frame).collect()
+        try:
+            return lazy(frame).collect()
+        except (FileNotFoundError, duckdb.IOException) as exc:
+            if not vanished_file(exc):
+                raise
+            raise LakeError(
+                f"a file this frame reads is gone ({str(exc).splitlines()[0]}): a frame or "
+                "relation from a Lake reads the files there when it was made, and a "
+                "compaction since then replaced them (nothing is lost); take a new one, "
+                f"e.g. lake.{helper}(), and run again"
+            ) from exc
     if callable(getattr(frame, helper, None)):  # a Lake, or a Lake as of an instant
         return _df(getattr(frame, helper)())
     raise TypeError(

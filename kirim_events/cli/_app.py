@@ -24,6 +24,7 @@ from kirim_events.config import Settings
 from kirim_events.demo import DEMO_MARKER
 from kirim_events.errors import ConfigError, KirimEventsError
 from kirim_events.lake import Lake
+from kirim_events.lake.reader import vanished_file
 from kirim_events.lake.state import check_version
 from kirim_events.printable import printable
 from kirim_events.stopsignals import handling
@@ -193,7 +194,7 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         # only a damaged file, or one a compaction deleted under the read, is one line;
         # anything else may be a bug of ours: its traceback is what a report of it needs
         found = None if lake is None else _damaged(lake)
-        if found is None and lake is not None and _vanished(exc):
+        if found is None and lake is not None and vanished_file(exc):
             found = (
                 "a file this read planned was deleted by a compaction that finished "
                 "meanwhile (nothing is lost); run it again"
@@ -225,17 +226,6 @@ def sigterm_interrupts() -> Iterator[None]:
 def interrupt_code(exc: KeyboardInterrupt) -> int:
     """The exit code of a command stopped by ``exc``: 143 for SIGTERM, 130 for Ctrl+C."""
     return 143 if isinstance(exc, Terminated) else 130
-
-
-def _vanished(exc: BaseException) -> bool:
-    """Whether a read failed on a lake file that no longer exists (Polars raises
-    FileNotFoundError, DuckDB an IOException naming the file)."""
-    if isinstance(exc, FileNotFoundError):
-        return True
-    text = str(exc)
-    return isinstance(exc, duckdb.IOException) and (
-        "No files found" in text or "No such file" in text or "Cannot open file" in text
-    )
 
 
 def command(

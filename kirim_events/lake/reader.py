@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 
@@ -49,6 +50,7 @@ __all__ = [
     "polars_schema",
     "read_in_place",
     "scan",
+    "vanished_file",
 ]
 
 REQUIRED_EVENT_COLUMNS = ("event_key", "occurred_at", "received_at")
@@ -451,3 +453,16 @@ def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     if merged.decode:
         lf = lf.with_columns(pl.col("type").replace(merged.decode))
     return lf.select(output_schema(table).names)
+
+
+def vanished_file(exc: BaseException) -> bool:
+    """Whether a read failed on a file that no longer exists: Polars raises
+    FileNotFoundError, DuckDB an IOException naming the file. A frame or relation over the
+    lake reads the files that were there when it was made, and a compaction deletes the ones
+    it replaced."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and (
+        "No files found" in text or "No such file" in text or "Cannot open file" in text
+    )

@@ -3,9 +3,12 @@
 ``backfill(data, client=..., since=..., until=...)`` walks ``GET /v1/webhook_deliveries`` for
 ``[since, until)`` and, page by page:
 
-1. turns every history row into a ``deliveries`` row (``origin = "backfill"``, ``outcome`` =
-   Kirim's status) and, when the row carries its ``payload``, parses it into events
-   (``origin = "backfill"``);
+1. turns every history row matching the filters asked into a ``deliveries`` row
+   (``origin = "backfill"``, ``outcome`` = Kirim's status) and, when the row carries its
+   ``payload``, parses it into events (``origin = "backfill"``). Kirim may ignore a
+   filter (kirim-api.md §7.4 only assumes them): rows shown outside one are skipped and
+   counted per filter, a row without the field is kept
+   (:mod:`kirim_events.history_filter`), and the page counts as read;
 2. appends both to the collector's :class:`~kirim_events.journal.Journal` in one durable
    commit, so events go through the same dedup index as webhooks and replays;
 3. only then saves the checkpoint (filters, cursor, ``created_before``) under
@@ -60,6 +63,7 @@ from kirim_events.errors import (
 )
 from kirim_events.events import EventRecord, canonical_type, parse_delivery, parse_time
 from kirim_events.filelock import file_lock
+from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
 from kirim_events.history_slices import (
     HISTORY_OVERLAP,
     Slice,
@@ -319,8 +323,9 @@ class BackfillReport:
     resumed: bool
     pages: int = 0
     rows: int = 0
-    """History rows read inside the range: a row read again (pages that overlap, a chain
-    restarted after a refused cursor, a resumed run) counts again; the lake keeps one."""
+    """History rows read inside the range and the filters (those stored): a row read again
+    (pages that overlap, a chain restarted after a refused cursor, a resumed run) counts
+    again; the lake keeps one."""
     events_new: int = 0
     events_duplicate: int = 0
     rows_without_payload: int = 0
@@ -331,6 +336,12 @@ class BackfillReport:
     """Items of the history's pages that are no delivery object (null, a number): skipped,
     and counted each time a page holding them is read."""
     quarantined: int = 0
+    filtered: FilterTally = field(default_factory=FilterTally)
+    """Rows Kirim returned outside the filters asked (skipped, not stored), and rows kept
+    that carry no value for a filter (:mod:`kirim_events.history_filter`). Rows outside
+    the time range are counted by the first or last slice, once per read."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know, one line each (``filtered`` in words)."""
     requests: int = 0
     retries: int = 0
     flushed_events: int = 0
@@ -363,6 +374,12 @@ class _Run:
         self.stop = threading.Event()
         self.started = clock()
         self.snapshot = parse_time(cp.snapshot) or datetime.now(UTC)
+        self.filter = HistoryFilter.of(cp.filters)
+        since, until = parse_time(cp.since), parse_time(cp.until)
+        assert since is not None
+        assert until is not None
+        # rows beyond these were outside what any slice asked for (--since/--until ignored)
+        self.beyond = (since - HISTORY_OVERLAP, until + HISTORY_OVERLAP)
         # A row without a readable time belongs to no slice's range, and any slice may be
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
         self.untimed_seen: set[str] = set()
@@ -397,11 +414,21 @@ class _Run:
                 return
             self.store(s, page, after, before)
 
+    def _beyond_range(self, s: Slice, when: datetime) -> bool:
+        """Whether a row at ``when``, outside slice ``s``, is outside the whole range asked
+        for too, counted by ``s``: the first slice counts those before it, the last those
+        after it, so that a row every slice is sent counts once."""
+        lo, hi = self.beyond
+        if when < lo:
+            return s.after == self.cp.since
+        return when >= hi and s.before == self.cp.until
+
     def store(self, s: Slice, page: Page, after: datetime, before: datetime) -> None:
         records: list[EventRecord] = []
         receipts: list[dict[str, Any]] = []
         quarantined = bare = untimed = 0
-        stored: list[datetime] = []  # the times of the rows this slice owns
+        tally = FilterTally()
+        read: list[datetime] = []  # the times of the rows this slice owns, filtered out too
         times = [d.created_at for d in page.deliveries if d.created_at is not None]
         for d in page.deliveries:
             if d.created_at is None:
@@ -410,11 +437,16 @@ class _Run:
                     if mark in self.untimed_seen:
                         continue
                     self.untimed_seen.add(mark)
-                untimed += 1
             elif not after <= d.created_at < before:
+                if self._beyond_range(s, d.created_at):
+                    tally.outside[TIME_FILTER] += 1
                 continue  # the overlap: another slice owns it
             else:
-                stored.append(d.created_at)
+                # read, whether stored or not: a restarted chain need not read it again
+                read.append(d.created_at)
+            if not tally.keep(self.filter, d):
+                continue  # Kirim ignored a filter (counted, said once at the end)
+            untimed += d.created_at is None
             reason = None
             try:
                 found = delivery_events(d, received_at=self.snapshot)
@@ -435,7 +467,7 @@ class _Run:
             s.done = not page.has_more
             s.pages += 1
             s.rows += len(receipts)
-            s.stretch(stored)
+            s.stretch(read)
             s.note_order(times)
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
@@ -447,6 +479,7 @@ class _Run:
             r.rows_without_payload += bare
             r.rows_without_time += untimed
             r.items_unreadable += len(page.unreadable)
+            r.filtered.add(tally)
             snap = BackfillProgress(
                 pages=r.pages,
                 rows=r.rows,
@@ -489,7 +522,8 @@ def backfill(
         The range of delivery ``created_at`` (ISO text, a date, ``7d``-style spans ago, or
         aware datetimes). ``until`` defaults to now, fixed at the start of the run.
     subscription_id, status, event_type
-        Optional history filters (sent on every page: cursors are filter-bound).
+        Optional history filters (sent on every page: cursors are filter-bound). Rows Kirim
+        returns outside them are skipped and counted (``BackfillReport.filtered``, ``notes``).
     slices
         Parallel fetchers (threads sharing the client's rate limit). The range is cut into
         ``4 x slices`` time slices that the fetchers take in turn, so a busy stretch of
@@ -605,6 +639,7 @@ def backfill(
                 if flush:
                     _flush_after_failure(flush_journal, failed)
                 raise
+            report.notes.extend(report.filtered.notes(run.filter))
             if flush:
                 flush_journal()
             _finish(path)

@@ -56,6 +56,7 @@ from typing import Any
 from kirim_events.backfill import check_order, delivery_headers, delivery_row
 from kirim_events.client import KirimClient
 from kirim_events.errors import ConfigError
+from kirim_events.history_filter import HistoryFilter
 from kirim_events.journal import Journal
 from kirim_events.journal_index import JournalView, KeyIndex, journal_path
 from kirim_events.journal_quarantine import read_quarantine
@@ -165,6 +166,7 @@ def reconcile(
                 client, lo, hi, Scan(index, subscription_id, lost, received_at=start), again
             )
             report.history_pages += again.history_pages
+        report.notes.extend(report.filtered.notes(HistoryFilter(), stored="reconciled"))
         if report.items_unreadable:
             report.notes.append(
                 f"{report.items_unreadable} item(s) of the history's pages are no delivery"

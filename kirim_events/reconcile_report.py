@@ -8,6 +8,7 @@ from datetime import datetime
 
 from kirim_events.client import Delivery
 from kirim_events.events import EventRecord
+from kirim_events.history_filter import FilterTally
 
 __all__ = ["ACTIONS", "TERMINAL", "BulkWindow", "MissingEvent", "ReconcileReport"]
 
@@ -71,6 +72,8 @@ class ReconcileReport:
     warn_before: datetime | None = None
     windows: list[BulkWindow] = field(default_factory=list)
     items_unreadable: int = 0  # page items that are no delivery object (null, a number)
+    # rows Kirim returned outside the range asked (beyond the margin read past each end)
+    filtered: FilterTally = field(default_factory=FilterTally)
     lost: int = 0  # missing events the dedup index remembers: stored once, lost since
     unparseable: int = 0  # history payloads that are no known body: replaying cannot help
     quarantined: int = 0  # of those, newly kept under DATA/quarantine/ by this run

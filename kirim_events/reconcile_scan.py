@@ -11,6 +11,7 @@ from kirim_events.backfill import delivery_events
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ConfigError, PayloadError
 from kirim_events.events import EventRecord, parse_time
+from kirim_events.history_filter import TIME_FILTER, HistoryFilter
 from kirim_events.history_slices import HISTORY_OVERLAP, Slice, untimed_mark, walk_restarting
 from kirim_events.journal_index import KeyIndex
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
@@ -74,6 +75,7 @@ class Scan:
     ) -> None:
         self.journal = journal
         self.subscription_id = subscription_id
+        self.filter = HistoryFilter(subscription_id=subscription_id)
         self.lost = lost
         self.indexed_keys: list[pl.Series] = []  # hashes of keys the index holds
         self.indexed_ids: list[pl.Series] = []  # hashes of bare rows' ids the index holds
@@ -135,7 +137,7 @@ class Scan:
             return True
         self.subscriptions.add(d.subscription_id)
         if self.subscription_id is not None:
-            return d.subscription_id == self.subscription_id
+            return self.filter.check(d)[0] is None  # as backfill matches a filter
         if len(self.subscriptions) > 1:
             names = ", ".join(sorted(self.subscriptions))
             raise ConfigError(
@@ -268,6 +270,15 @@ def walk(
     s = Slice(after=format_time(lo), before=format_time(hi))
     read = _Read()
 
+    def inside(d: Delivery) -> bool:
+        # a row without a time cannot be shown outside (history_filter); one beyond the
+        # margin asked for past each end says Kirim ignored created_after/created_before
+        if d.created_at is None or lo <= d.created_at < hi:
+            return True
+        if not lo - HISTORY_OVERLAP <= d.created_at < hi + HISTORY_OVERLAP:
+            report.filtered.outside[TIME_FILTER] += 1
+        return False
+
     def chain() -> None:
         after, before = s.window()
         for page, _ in client.iter_pages(
@@ -275,11 +286,7 @@ def walk(
         ):
             report.history_pages += 1
             report.items_unreadable += len(page.unreadable)
-            rows = [
-                d
-                for d in page.deliveries
-                if (d.created_at is None or lo <= d.created_at < hi) and read.first(d)
-            ]
+            rows = [d for d in page.deliveries if inside(d) and read.first(d)]
             report.history_rows += len(rows)
             scan.page(rows)
             s.cursor = page.next_cursor

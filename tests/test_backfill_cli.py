@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from loopback import serve
-from test_backfill_kit import World, lake_frames
+from test_backfill_kit import IgnoreParams, World, lake_frames
 from typer.testing import CliRunner
 
 from kirim_events.cli import app
@@ -524,3 +524,40 @@ def test_an_api_url_holding_the_key_is_refused_without_showing_it(
     assert line.startswith("error: KIRIM_API_URL holds the API key")
     assert key not in result.output
     assert key[len("kdv_live_") :] not in result.output
+
+
+@pytest.fixture(scope="module")
+def ignoring_url(world: World) -> Iterator[str]:
+    """The emulator's REST app behind a Kirim that ignores ``status``, served on 127.0.0.1."""
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000)
+    with serve(IgnoreParams(app_, "status"), log_level="error") as url:
+        yield url
+
+
+def test_rows_outside_a_filter_kirim_ignored_are_neither_stored_nor_listed_and_said(
+    world: World, env: dict[str, str], ignoring_url: str, tmp_path: Path
+) -> None:
+    env = {**env, "KIRIM_API_URL": ignoring_url}
+    dead = sorted(r.id for r in world.emu.store.deliveries if r.status == "dead")
+    skipped = len(world.emu.store.deliveries) - len(dead)
+    note = (
+        f"note: Kirim returned {skipped} row(s) outside --status dead (it may ignore that"
+        " filter or know it by another name): skipped, not"
+    )
+    since, until = window(world)
+    runner = CliRunner()
+    result = runner.invoke(app, ["backfill", "--data", str(tmp_path), "--since", since,
+                                 "--until", until, "--status", "dead", "--no-progress"],
+                           env={**env, "COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(lake_frames(tmp_path)[1]["delivery_id"]) == dead
+    assert result.stdout.count(note + " stored") == 1
+    line = rf"│ rows outside the filters asked \(skipped\) +│ {skipped} +│"
+    assert re.search(line, result.stdout)
+
+    listed = runner.invoke(app, ["deliveries", "list", "--status", "dead", "--limit", "500",
+                                 "--json"], env={**env, "COLUMNS": "200"})  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    assert sorted(r["id"] for r in rows) == dead
+    assert listed.stderr.count(note + " shown") == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
+from test_backfill_kit import FakeTime, IgnoreParams, StripPayload, SyncASGI, World, lake_frames
 
 from kirim_events import testing
 from kirim_events.client import KirimClient
@@ -1004,3 +1004,22 @@ def test_a_row_read_again_after_its_delivery_moved_on_counts_as_it_is_now(
     rows[2] = rows[1] = delivery(2, 40, "wamid.B", "succeeded", event_type="message.status")
     again = OverlappingHistory(rows).reconcile(tmp_path, dry_run=True)
     assert (again.missing, again.history_rows) == ([], 3)
+
+
+def test_rows_outside_a_range_kirim_ignored_are_skipped_and_said(world: World) -> None:
+    lo, hi = window(world)
+    # the five minutes before the history: a Kirim ignoring the range sends all of it
+    since, until = lo - timedelta(minutes=5), lo
+    t = FakeTime(hi.timestamp())
+    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
+    _, client = world.api(t, transport_wrapper=wrap)
+    report = reconcile(world.home, client=client, since=since, until=until, dry_run=True,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    every = len(world.emu.store.deliveries)
+    assert report.missing == []  # none of them is of this range
+    assert report.history_rows == 0
+    assert dict(report.filtered.outside) == {"--since/--until": every}
+    assert (
+        f"Kirim returned {every} row(s) outside --since/--until (it may ignore that filter or"
+        " know it by another name): skipped, not reconciled"
+    ) in report.notes

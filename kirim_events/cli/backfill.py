@@ -36,6 +36,7 @@ from kirim_events.cli._app import (
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, ConfigError
+from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
 from kirim_events.reconcile import (
@@ -258,10 +259,15 @@ def _render_backfill(r: BackfillReport) -> None:
         table.add_row("rows without a readable time (kept once)", str(r.rows_without_time))
     if r.items_unreadable:
         table.add_row("page items that are no delivery (skipped)", str(r.items_unreadable))
+    if r.filtered.outside:
+        skipped = sum(r.filtered.outside.values())
+        table.add_row("rows outside the filters asked (skipped)", str(skipped))
     table.add_row("quarantined payloads", str(r.quarantined))
     table.add_row("flushed to the lake", f"{r.flushed_events} events, {r.flushed_deliveries} rows")
     table.add_row("seconds", f"{r.seconds:.1f}")
     console.print(table)
+    for note in r.notes:
+        print_note(note)
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -418,15 +424,23 @@ def deliveries_list(
     with errors_to_exit(), client:
         after, before = _window(since, until, now)
         shown: list[Delivery] = []
+        flt = HistoryFilter(subscription_id, status, event_type, event_id)
+        tally = FilterTally()  # Kirim may ignore a filter: its rows outside are not shown
         pages = client.iter_pages(
-            limit=min(100, limit), status=status, event_type=event_type,
-            subscription_id=subscription_id, event_id=event_id,
-            created_after=after, created_before=before,
-        )  # fmt: skip
+            limit=min(100, limit), created_after=after, created_before=before, **flt.asked()
+        )
         for page, _ in pages:
-            shown.extend(page.deliveries[: limit - len(shown)])
+            for d in page.deliveries:
+                if not _in_range(d, after, before):
+                    tally.outside[TIME_FILTER] += 1
+                elif tally.keep(flt, d):
+                    shown.append(d)
+                if len(shown) >= limit:
+                    break
             if len(shown) >= limit:
                 break
+    for note in tally.notes(flt, stored="shown"):
+        print_note(note, stderr=True)  # stderr: --json output stays one object per line
     if as_json:
         for d in shown:
             row = {
@@ -450,6 +464,13 @@ def deliveries_list(
             d.attempt or "-", d.response_status_code or "-", _fmt(d.created_at),
         )))  # fmt: skip
     console.print(table)
+
+
+def _in_range(d: Delivery, after: datetime | None, before: datetime | None) -> bool:
+    """Whether ``d`` is inside ``[after, before)`` (a row without a time cannot be shown
+    outside it)."""
+    when = d.created_at
+    return when is None or ((after is None or when >= after) and (before is None or when < before))
 
 
 @command("replay", group=deliveries_app)

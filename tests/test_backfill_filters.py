@@ -1,0 +1,176 @@
+"""backfill() against an emulator that ignores a filter: only the rows asked for are stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_backfill_kit import FakeTime, IgnoreParams, StripPayload, SyncASGI, World, lake_frames
+
+from kirim_events.backfill import BackfillProgress, backfill
+from kirim_events.history_filter import TIME_FILTER
+
+
+class Killed(BaseException):
+    """The process dying right after a page was checkpointed."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("collector"), seed=21, events=400)
+    yield w
+    w.close()
+
+
+@pytest.fixture(autouse=True)
+def _portals() -> Iterator[None]:
+    yield
+    SyncASGI.shutdown_all()
+
+
+def window(world: World) -> tuple[datetime, datetime]:
+    lo, hi = world.span
+    return (
+        datetime.fromtimestamp(lo, UTC) - timedelta(minutes=1),
+        datetime.fromtimestamp(hi, UTC) + timedelta(minutes=1),
+    )
+
+
+def stored_ids(home: Path) -> list[str]:
+    return sorted(lake_frames(home)[1]["delivery_id"].to_list())
+
+
+def ids_where(world: World, **want: Any) -> list[str]:
+    return sorted(
+        r.id for r in world.emu.store.deliveries if all(getattr(r, k) == v for k, v in want.items())
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "param"),
+    [
+        ("status", "dead", "status"),
+        ("event_type", "contact.created", "event_type"),
+        ("subscription_id", "wbs_00000000000000000000000000", "subscription_id"),
+    ],
+)
+def test_rows_outside_a_filter_kirim_ignored_are_skipped_counted_and_said_once(
+    world: World, tmp_path: Path, flag: str, value: str, param: str
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, param))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=2, **{flag: value})
+    wanted = ids_where(world, **{flag: value})
+    assert stored_ids(tmp_path) == wanted
+    skipped = len(world.emu.store.deliveries) - len(wanted)
+    assert skipped > 0
+    assert dict(report.filtered.outside) == {param: skipped}
+    assert report.rows == len(wanted)
+    flag_text = "--" + param.replace("_", "-")
+    assert report.notes == [
+        f"Kirim returned {skipped} row(s) outside {flag_text} {value} (it may ignore that"
+        " filter or know it by another name): skipped, not stored"
+    ]
+    # events of skipped rows are not imported either
+    events = lake_frames(tmp_path)[0]
+    kept = {k for r in world.emu.store.deliveries if r.id in wanted for k in r.event_keys}
+    assert set(events["event_key"].to_list()) == kept
+
+
+def test_a_kirim_applying_the_filters_leaves_nothing_to_say(world: World, tmp_path: Path) -> None:
+    since, until = window(world)
+    _, client = world.api(FakeTime(until.timestamp() + 3600))
+    report = backfill(tmp_path, client=client, since=since, until=until, status="dead")
+    assert stored_ids(tmp_path) == ids_where(world, status="dead")
+    assert not report.filtered
+    assert report.notes == []
+
+
+@pytest.mark.parametrize("side", ["before", "after"])
+def test_rows_outside_a_time_range_kirim_ignored_are_skipped_and_counted_once(
+    world: World, tmp_path: Path, side: str
+) -> None:
+    lo, hi = window(world)
+    # a range of five minutes next to the history (which spans about a second): Kirim
+    # sends all of it to every one of the five slices, and the first or last counts it
+    if side == "before":
+        since, until = lo - timedelta(minutes=5), lo
+    else:
+        since, until = hi, hi + timedelta(minutes=5)
+    t = FakeTime(hi.timestamp() + 3600)
+    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
+    _, client = world.api(t, transport_wrapper=wrap)
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=2, now=t.clock)
+    assert report.slices == 5
+    assert stored_ids(tmp_path) == []
+    every = len(world.emu.store.deliveries)
+    assert dict(report.filtered.outside) == {TIME_FILTER: every}
+    assert report.notes == [
+        f"Kirim returned {every} row(s) outside {TIME_FILTER} (it may ignore that filter or"
+        " know it by another name): skipped, not stored"
+    ]
+
+
+def test_the_rows_a_kirim_ignoring_the_range_sends_inside_it_are_stored_once(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
+    _, client = world.api(FakeTime(until.timestamp() + 3600), transport_wrapper=wrap)
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=2)
+    assert stored_ids(tmp_path) == ids_where(world)
+    assert not report.filtered  # all inside the range: each stored by the slice owning it
+
+
+def test_rows_without_the_filtered_field_are_kept_and_said(world: World, tmp_path: Path) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+
+    def wrap(app: Any) -> Any:
+        return StripPayload(IgnoreParams(app, "status"), "status")
+
+    _, client = world.api(t, transport_wrapper=wrap)
+    report = backfill(tmp_path, client=client, since=since, until=until, status="dead")
+    every = len(world.emu.store.deliveries)
+    assert len(stored_ids(tmp_path)) == every  # none can be shown to be outside: all kept
+    assert not report.filtered.outside
+    assert dict(report.filtered.unchecked) == {"status": every}
+    assert report.notes == [
+        f"{every} row(s) from Kirim carry no status, so nothing shows them outside"
+        " --status dead: stored all the same"
+    ]
+
+
+def test_a_killed_run_against_a_kirim_ignoring_a_filter_resumes_exactly(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    transport, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, "status"))
+
+    def die_after_page_6(p: BackfillProgress) -> None:
+        if p.pages == 6:
+            raise Killed
+
+    args: dict[str, Any] = dict(since=since, until=until, slices=1, page_size=10, status="failed")
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, progress=die_after_page_6, **args)
+    state = json.loads(next((tmp_path / "_state" / "backfill").glob("*.json")).read_text())
+    read = sum(s["pages"] for s in state["slices"])
+    assert read == 6
+    # what a restarted chain skips: the rows read, skipped or not (newest first, 60 of them)
+    oldest = datetime.fromisoformat(state["slices"][0]["oldest"]).timestamp()
+    assert sum(r.created_at >= oldest - 1e-6 for r in world.emu.store.deliveries) >= 60
+    # every page read counts as read, though most of its rows were skipped
+    before = transport.paths["GET /v1/webhook_deliveries"]
+    report = backfill(tmp_path, client=client, **args)
+    assert report.resumed
+    assert stored_ids(tmp_path) == ids_where(world, status="failed")
+    pages = -(-len(world.emu.store.deliveries) // 10)
+    assert transport.paths["GET /v1/webhook_deliveries"] - before == report.pages
+    assert read + report.pages == pages

@@ -561,3 +561,38 @@ def test_rows_outside_a_filter_kirim_ignored_are_neither_stored_nor_listed_and_s
     rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     assert sorted(r["id"] for r in rows) == dead
     assert listed.stderr.count(note + " shown") == 1
+
+
+@pytest.mark.parametrize(
+    "command", [["backfill", "--no-progress"], ["reconcile", "--dry-run"], ["deliveries", "list"]]
+)
+def test_a_key_kirim_refuses_is_one_error_and_a_hint_naming_kirim_key(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    # it said "invalid API key status=401 ..." and nothing of where the key comes from
+    args = [*command, "--since", "1d"]
+    if command[0] != "deliveries":
+        (tmp_path / "data").mkdir()
+        args += ["--data", str(tmp_path / "data")]
+    wrong = "kdv_live_" + "B" * 24
+    result = CliRunner().invoke(app, args, env={**env, "KIRIM_KEY": wrong})
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if "retrying in" not in line]
+    assert lines[0].startswith("error: GET /v1/webhook_deliveries at ")  # (5xx: retried)
+    assert "status=401" in lines[0]
+    assert lines[1:] == [
+        (
+            "note: Kirim refused the API key: check KIRIM_KEY (wrong, expired or revoked?) and"
+            " that KIRIM_API_URL is that key's Kirim"
+        )
+    ]
+    assert wrong not in result.output
+
+
+def test_replays_with_a_key_kirim_refuses_get_the_hint_once(env: dict[str, str]) -> None:
+    wrong = "kdv_live_" + "B" * 24
+    args = ["deliveries", "replay", "wbd_1", "wbd_2"]
+    result = CliRunner().invoke(app, args, env={**env, "KIRIM_KEY": wrong})
+    assert result.exit_code == 1, result.output
+    assert result.output.count("status=401") == 2
+    assert result.output.count("note: Kirim refused the API key: check KIRIM_KEY") == 1

@@ -22,7 +22,7 @@ from typer.core import TyperOption
 from kirim_events import __version__
 from kirim_events.config import Settings
 from kirim_events.demo import DEMO_MARKER
-from kirim_events.errors import ConfigError, KirimEventsError
+from kirim_events.errors import AuthenticationError, ConfigError, KirimEventsError
 from kirim_events.lake import Lake
 from kirim_events.lake.reader import vanished_file
 from kirim_events.lake.state import check_version
@@ -189,6 +189,7 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         print_error(exc)
         for note in getattr(exc, "__notes__", ()):  # what else went wrong (add_note)
             print_note(note, stderr=True)
+        note_refused_key(exc)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     except (*READ_ERRORS, FileNotFoundError) as exc:
         # only a damaged file, or one a compaction deleted under the read, is one line;
@@ -203,6 +204,17 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
             raise
         print_error(found)
         raise typer.Exit(1) from None
+
+
+def note_refused_key(exc: BaseException) -> None:
+    """After a 401, say where the key comes from: Kirim's own message (``invalid API key``,
+    or ``expired_api_key`` as a code) does not name the variable to fix."""
+    if isinstance(exc, AuthenticationError) and exc.status_code == 401:
+        print_note(
+            "Kirim refused the API key: check KIRIM_KEY (wrong, expired or revoked?) and that"
+            " KIRIM_API_URL is that key's Kirim",
+            stderr=True,
+        )
 
 
 class Terminated(KeyboardInterrupt):

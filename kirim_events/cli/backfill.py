@@ -27,6 +27,7 @@ from kirim_events.cli._app import (
     err_console,
     errors_to_exit,
     interrupt_code,
+    note_refused_key,
     print_error,
     print_note,
     refuse_demo_folder,
@@ -485,6 +486,7 @@ def deliveries_replay(
     """
     client = _client()
     failed = 0
+    refused: ApiError | None = None
     with client:
         for ident in ids:
             try:
@@ -492,9 +494,12 @@ def deliveries_replay(
             except (ApiError, ValueError) as exc:
                 failed += 1
                 print_error(f"{ident}: {exc}")
+                refused = exc if isinstance(exc, ApiError) else refused
                 continue
             answer = f"{with_errors.get('id', '?')} ({with_errors.get('status')})"
             console.print(f"{ident} -> {printable(answer)}")
+    if refused is not None:
+        note_refused_key(refused)  # once, not per id
     if failed:
         raise typer.Exit(1)
 

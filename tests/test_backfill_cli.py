@@ -596,3 +596,15 @@ def test_replays_with_a_key_kirim_refuses_get_the_hint_once(env: dict[str, str])
     assert result.exit_code == 1, result.output
     assert result.output.count("status=401") == 2
     assert result.output.count("note: Kirim refused the API key: check KIRIM_KEY") == 1
+
+
+def test_a_file_given_as_the_lake_is_said_so(tmp_path: Path) -> None:
+    # it said "lake storage failed to read '_state/lake.json': [Errno 20] Not a directory"
+    afile = tmp_path / "afile"
+    afile.write_text("not a lake")
+    (tmp_path / "data").mkdir()
+    args = ["reconcile", "--data", str(tmp_path / "data"), "--since", "1d", "--lake", str(afile)]
+    result = CliRunner().invoke(app, args, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --lake {afile} is a file, not a folder")
+    assert afile.read_text() == "not a lake"

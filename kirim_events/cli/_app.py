@@ -79,6 +79,16 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
         refuse_file(data_dir)
         if not data_dir.is_dir():
             raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+    elif (
+        "://" not in lake_uri
+        and (path := Path(lake_uri).expanduser()).exists()
+        and not path.is_dir()
+    ):
+        # not "lake storage failed to read '_state/lake.json': Not a directory"
+        raise ConfigError(
+            f"--lake {lake_uri} is a file, not a folder (give the lake's folder or"
+            " s3://bucket/prefix)"
+        )
     elif check_version(Lake(lake_uri).storage) is None:
         raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
 

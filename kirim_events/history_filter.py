@@ -54,7 +54,10 @@ class HistoryFilter:
         """``(outside, unchecked)``: the first filter ``d`` shows a value outside of (None
         when it matches), and the filters it carries no value for (kept: not shown outside)."""
         unchecked: list[str] = []
-        for name, wanted in self.asked().items():
+        for name in _FIELDS:  # per row of a backfill: no dict built here
+            wanted = getattr(self, name)
+            if not wanted:
+                continue
             value = getattr(d, name)
             if name == "event_type":
                 value, wanted = canonical_type(value), canonical_type(wanted)

@@ -166,7 +166,7 @@ def reconcile(
                 client, lo, hi, Scan(index, subscription_id, lost, received_at=start), again
             )
             report.history_pages += again.history_pages
-        report.notes.extend(report.filtered.notes(HistoryFilter(), stored="reconciled"))
+        report.notes.extend(report.filtered.notes(HistoryFilter(), stored="compared with the lake"))
         if report.items_unreadable:
             report.notes.append(
                 f"{report.items_unreadable} item(s) of the history's pages are no delivery"

@@ -1021,5 +1021,5 @@ def test_rows_outside_a_range_kirim_ignored_are_skipped_and_said(world: World) -
     assert dict(report.filtered.outside) == {"--since/--until": every}
     assert (
         f"Kirim returned {every} row(s) outside --since/--until (it may ignore that filter or"
-        " know it by another name): skipped, not reconciled"
+        " know it by another name): skipped, not compared with the lake"
     ) in report.notes

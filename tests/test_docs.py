@@ -111,3 +111,130 @@ def test_help_names_the_environment_each_command_reads() -> None:
         for name, names in needs.items()
     }
     assert {k: v for k, v in missing.items() if v} == {}
+
+
+def _sections() -> dict[str, str]:
+    """docs/cli.md's text per command: ``## kirim-events X`` (or ``###``) up to the next."""
+    text = DOCS.read_text(encoding="utf-8")
+    parts = re.split(r"^#{2,3} kirim-events ", text, flags=re.M)[1:]
+    return {part.split("\n", 1)[0].strip(): part for part in parts}
+
+
+# options a section names that belong to another command: emulate's --start reads a time
+# "as `--since` reads it" (backfill's)
+_CROSS_REFERENCES = {"emulate": {"--since"}}
+
+
+def _long_options(cmd: Any) -> set[str]:
+    return {
+        o
+        for p in cmd.params
+        for o in [*p.opts, *getattr(p, "secondary_opts", [])]
+        if o.startswith("--")
+    }
+
+
+def test_each_command_section_names_only_options_the_command_has() -> None:
+    """A doc that kept an option after it was renamed or removed (or named another
+    command's) would send a reader to `No such option`; each section is checked against
+    its own command, not the whole file."""
+    sections = _sections()
+    wrong = {}
+    for name, cmd in _all():
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", sections[name]))
+        extra = named - _long_options(cmd) - {"--help"} - _CROSS_REFERENCES.get(name, set())
+        if extra:
+            wrong[name] = sorted(extra)
+    assert wrong == {}
+
+
+def test_each_option_is_documented_in_its_own_commands_section() -> None:
+    sections = _sections()
+    missing = {}
+    for name, cmd in _all():
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", sections[name]))
+        if lacking := _long_options(cmd) - named:
+            missing[name] = sorted(lacking)
+    assert missing == {}
+
+
+def _documented_defaults(section: str) -> dict[str, str]:
+    """``--opt`` -> the default its table row (``| `--opt N` | ... default 4 ...``) or its
+    bullet (``- `--opt N` (4): ...``) states, where it states one."""
+    found = {}
+    for line in section.splitlines():
+        row = re.match(r"^\| `(--[a-z][a-z0-9-]*)[^`]*` \| (.*)", line)
+        bullet = re.match(r"^- `(--[a-z][a-z0-9-]*)[^`]*` \(([^)]+)\)", line)
+        if bullet:
+            found[bullet[1]] = bullet[2]
+        elif row and (said := re.search(r"\bdefault:? `?([\w./-]+)", row[2])):
+            found[row[1]] = said[1]
+    return found
+
+
+def test_documented_defaults_are_the_commands_defaults() -> None:
+    """docs/cli.md states defaults in its option tables and bullets; each must be the
+    default the command has (a changed default left the doc behind silently)."""
+    sections = _sections()
+    checked, wrong = [], {}
+    for name, cmd in _all():
+        params = {o: p for p in cmd.params for o in p.opts}
+        for option, said in _documented_defaults(sections[name]).items():
+            default = params[option].default
+            if isinstance(default, bool) or default is None:
+                continue  # flags, and defaults taken from the environment
+            checked.append(f"{name} {option}")
+            same = (
+                float(said) == float(default)
+                if isinstance(default, int | float) and re.fullmatch(r"[\d.]+", said)
+                else said == str(default)
+            )
+            if not same:
+                wrong[f"{name} {option}"] = (said, default)
+    assert wrong == {}
+    # the parse finds the defaults it should (a walk that sees nothing checks nothing)
+    assert {"report --top", "emulate --port", "collect --path", "backfill --slices"} <= set(checked)
+
+
+ROOT = DOCS.parent.parent
+_READER_DOCS = ("README.md", "docs/cli.md", "docs/analytics.md")
+
+
+def _invocations(text: str) -> list[str]:
+    """Each ``kirim-events ...`` command line shown as code (fenced or inline), up to a
+    comment, joined across a trailing backslash."""
+    text = text.replace("\\\n", " ")
+    code = re.findall(r"```.*?```", text, flags=re.S) + re.findall(r"`[^`\n]+`", text)
+    found = []
+    for block in code:
+        for line in block.strip("`").splitlines():
+            line = line.split(" #", 1)[0].strip().removeprefix("$ ")
+            if re.search(r"(?:^|\s)kirim-events \w", line):
+                found.append(line[line.index("kirim-events ") :])
+    return found
+
+
+def test_command_lines_in_the_docs_name_real_commands_and_their_options() -> None:
+    """README.md and docs/*.md show command lines to copy; each option there must be one
+    of that command's (a line a reader pastes should not fail with `No such option`)."""
+    commands = dict(_all())
+    wrong, checked = [], 0
+    for doc in _READER_DOCS:
+        for line in _invocations((ROOT / doc).read_text(encoding="utf-8")):
+            words = line.split()[1:]
+            options = {
+                part
+                for w in words
+                if w.lstrip("[").startswith("--")
+                for part in w.strip("[]").split("=")[0].split("/")
+            }
+            if not options:
+                continue  # a command named in passing (some are not built yet)
+            name = " ".join(words[:2]) if " ".join(words[:2]) in commands else words[0]
+            checked += 1
+            if name not in commands:
+                wrong.append(f"{doc}: {line} (no command {name})")
+            elif extra := options - _long_options(commands[name]) - {"--help"}:
+                wrong.append(f"{doc}: {line} ({', '.join(sorted(extra))})")
+    assert wrong == []
+    assert checked > 20  # the README's and cli.md's examples were found

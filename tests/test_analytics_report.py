@@ -490,3 +490,24 @@ def test_a_summary_of_a_frame_kept_across_a_compaction_says_to_take_a_new_one(
             notebook.funnel(kept)
         assert "compaction" in str(caught.value)
     assert notebook.funnel(lake.message_timelines()).equals(expected)  # the way out
+
+
+@pytest.mark.parametrize("columns", ["60", "200"])
+def test_report_cuts_no_cell_on_a_narrow_or_wide_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    """At 60 columns the times table showed ``conversatio…`` and at 40 the failure codes
+    ``1310…``: a cell cut with an ellipsis loses what it says. Cells may wrap, never end cut."""
+    monkeypatch.setenv("COLUMNS", columns)
+    long_title = "Number of parameters does not match the expected number of params"
+    records = [*_records(), status("wamid.G", "failed", 0, 1, error=(132000, long_title))]
+    ke.Lake(tmp_path).write_events(records)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    # the tables fit (a line of text is left whole for the terminal to wrap: soft_wrap)
+    drawn = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+    assert drawn
+    assert max(len(line) for line in drawn) <= int(columns)
+    for code in ("131047", "131026", "132000"):
+        assert re.search(rf"│ ?{code} ?│", result.output), code

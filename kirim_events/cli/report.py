@@ -45,7 +45,8 @@ def render_report(report: Report, *, top: int, more: str = "--top {top}") -> Non
         return
     for table in tables(report, top=top, more=more):
         shown = Table(*table.columns, title=table.title, caption=table.caption or None)
-        shown.columns[0].overflow = "fold"  # a long label wraps, never loses its end to "…"
+        for column in shown.columns:  # on a narrow terminal a cell wraps, never ends in "…"
+            column.overflow = "fold"
         for row in table.rows:
             shown.add_row(*(printable(cell) for cell in row))  # cells may be webhook text
         console.print(shown)

@@ -511,3 +511,34 @@ def test_report_cuts_no_cell_on_a_narrow_or_wide_terminal(
     assert max(len(line) for line in drawn) <= int(columns)
     for code in ("131047", "131026", "132000"):
         assert re.search(rf"│ ?{code} ?│", result.output), code
+
+
+def test_report_without_messages_shows_no_funnel_of_zeros(tmp_path: Path) -> None:
+    """A lake of conversation events only printed a delivery funnel of zeros and dashes and
+    an empty failures table (and charted them), where it says why elsewhere."""
+    records = [r for r in _records() if r.type != "message.status"]
+    ke.Lake(tmp_path / "data").write_events(records)
+    html = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data"), "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("0 outbound messages, 2 conversations (1 open)")
+    assert "(no message status events in the lake: no delivery funnel or failures)" in out
+    assert "Delivery funnel" not in out
+    assert "Top failures" not in out
+    assert "time_to_close conversations 1 10.0 min 10.0 min" in table_rows(result.output)
+    page = html.read_text(encoding="utf-8")
+    assert "no delivery funnel or failures" in page
+    assert "Delivery funnel" not in page  # no table, no chart
+    assert "Failure reasons" not in page
+    assert "Median and p90 times" in page
+
+
+def test_report_with_no_failure_says_so(tmp_path: Path) -> None:
+    records = [r for r in _records() if r.status != "failed"]
+    ke.Lake(tmp_path).write_events(records)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "Top failures" not in out  # not a table with no rows
+    assert "no message has a failed status" in out

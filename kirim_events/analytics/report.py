@@ -154,17 +154,27 @@ def notes(report: Report) -> list[str]:
     first, last = report.span
     happened = f"the lake's events happened from {_second(first)} to {_second(last)} UTC"
     if not is_empty(report):
-        return [happened[0].upper() + happened[1:]]
+        said = [happened[0].upper() + happened[1:]]
+        if report.n_messages == 0:
+            said.append(
+                f"(no message status events in the lake{_when(report)}: "
+                "no delivery funnel or failures)"
+            )
+        return said
     if report.as_of is not None and report.as_of < first:
         return [f"(no events had happened by {_second(report.as_of)} UTC: {happened})"]
     return [f"(no message or conversation events in the lake{_when(report)}; {happened})"]
 
 
 def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table]:
-    """The funnel, failure reasons (``top`` of them), times and anomaly counts.
+    """The funnel, failure reasons (``top`` of them), times and anomaly counts; without
+    messages no funnel and no failures (``notes`` says so), without a failure no failures.
 
     ``more`` names how to see the reasons past ``top`` (``{top}`` is filled in).
     """
+    rates = (
+        f"delivery rate {_percent(report.delivery_rate)}, read rate {_percent(report.read_rate)}"
+    )
     funnel = Table(
         "Delivery funnel",
         ("stage", "messages", "share", "of previous"),
@@ -177,7 +187,7 @@ def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table
             )
             for r in report.funnel.iter_rows(named=True)
         ],
-        f"delivery rate {_percent(report.delivery_rate)}, read rate {_percent(report.read_rate)}",
+        rates if report.failures.height else f"{rates}; no message has a failed status",
     )
     rest = report.failures.height - top
     failures = Table(
@@ -210,7 +220,9 @@ def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table
         ("anomaly", "count"),
         [(_ANOMALY_LABELS.get(k, k), f"{v:,}") for k, v in report.anomalies.items()],
     )
-    return [funnel, failures, times, flags]
+    if report.n_messages == 0:
+        return [times, flags]
+    return [funnel, failures, times, flags] if report.failures.height else [funnel, times, flags]
 
 
 def _html_table(table: Table) -> str:
@@ -253,10 +265,10 @@ def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
         target = Path(path)
         target.write_text(notebook.plain_page(title, words), encoding="utf-8")
         return target
-    charts = [
-        notebook.funnel_chart(report.funnel),
-        notebook.failures_chart(report.failures, top=top),
-        notebook.times_chart(report.times),
-        notebook.health_chart(report.health),
-    ]
+    charts = []
+    if report.n_messages:
+        charts.append(notebook.funnel_chart(report.funnel))
+    if report.failures.height:
+        charts.append(notebook.failures_chart(report.failures, top=top))
+    charts += [notebook.times_chart(report.times), notebook.health_chart(report.health)]
     return notebook.save_html(charts, path, title=title, preface=words)

@@ -542,3 +542,19 @@ def test_report_with_no_failure_says_so(tmp_path: Path) -> None:
     out = " ".join(result.output.split())
     assert "Top failures" not in out  # not a table with no rows
     assert "no message has a failed status" in out
+
+
+@pytest.mark.parametrize("missing", ["altair", "vl_convert"])
+def test_report_html_without_the_chart_libraries_fails_before_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    """Without the [notebook] extra, --html printed the whole report, then the error."""
+    ke.Lake(tmp_path / "data").write_events(_records())
+    monkeypatch.setitem(__import__("sys").modules, missing, None)  # import raises ImportError
+    html = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data"), "--html", str(html)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --html needs the charts' libraries")
+    assert "pip install 'kirim-events[notebook]'" in result.output
+    assert "outbound messages" not in result.output
+    assert not html.exists()

@@ -10,6 +10,7 @@ asked for); :func:`save_html` writes a self-contained page with the Vega JavaScr
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from html import escape
@@ -277,6 +278,22 @@ def _alt() -> Any:
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise ConfigError("charts need Altair: pip install 'kirim-events[notebook]'") from None
     return alt
+
+
+def require_chart_libraries() -> None:
+    """Raise ConfigError unless Altair and ``vl-convert-python`` (which inlines the charts'
+    JavaScript into a page) can be imported: what :func:`save_html` needs."""
+    missing = []
+    for module, package in (("altair", "altair"), ("vl_convert", "vl-convert-python")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise ConfigError(
+            f"needs the charts' libraries ({', '.join(missing)} missing): "
+            "pip install 'kirim-events[notebook]'"
+        )
 
 
 def funnel_chart(funnel_frame: Frame) -> altair.Chart:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from kirim_events.analytics.notebook import require_chart_libraries
 from kirim_events.analytics.report import (
     Report,
     build_report,
@@ -92,6 +93,10 @@ def report_command(
         require_folder(s.data_dir, lake_uri)
         if html is not None:
             _check_writable(html)
+            try:
+                require_chart_libraries()
+            except ConfigError as exc:
+                raise ConfigError(f"--html {exc}") from None
         lake = Lake(lake_uri or s.data_dir)
         view = (
             lake.as_of(to_utc(as_of, now=datetime.now(UTC), name="--as-of"))

@@ -558,3 +558,23 @@ def test_report_html_without_the_chart_libraries_fails_before_the_report(
     assert "pip install 'kirim-events[notebook]'" in result.output
     assert "outbound messages" not in result.output
     assert not html.exists()
+
+
+def test_report_piped_to_a_reader_that_stops_early_still_writes_the_html(
+    tmp_path: Path,
+) -> None:
+    """``kirim-events report --html r.html | head`` exited 1 with no file: the page was
+    written after the tables, and the closed pipe stopped the command while printing them."""
+    import os
+    import subprocess
+    import sys
+
+    ke.Lake(tmp_path / "data").write_events(_records())
+    html = tmp_path / "r.html"
+    argv = [sys.executable, "-m", "kirim_events", "report", "--data", str(tmp_path / "data")]
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.Popen([*argv, "--html", str(html)], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line is printed
+    proc.wait(timeout=120)
+    assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

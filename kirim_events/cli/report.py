@@ -104,6 +104,9 @@ def report_command(
             else lake
         )
         report = build_report(view)
+        # the page first: a reader that stops early (`| head`) ends the command while the
+        # tables print, and a page that cannot be written is said before them
+        written = None if html is None else _write_html(report, html, top=top)
         render_report(report, top=top)
         waiting = _in_journal(s.data_dir, lake)
         if waiting:
@@ -113,13 +116,15 @@ def report_command(
                 f"the journal of {s.data_dir} holds {waiting:,} received {events} not yet in "
                 f"the lake: kirim-events compact --data {s.data_dir}{elsewhere} moves them there"
             )
-        if html is not None:
-            try:
-                written = write_html(report, html, top=top)
-            except OSError as exc:
-                why = exc.strerror or exc
-                raise ConfigError(f"--html {html}: cannot write it ({why})") from None
+        if written is not None:
             console.print(f"report written to {written}")
+
+
+def _write_html(report: Report, html: Path, *, top: int) -> Path:
+    try:
+        return write_html(report, html, top=top)
+    except OSError as exc:
+        raise ConfigError(f"--html {html}: cannot write it ({exc.strerror or exc})") from None
 
 
 def _in_journal(data_dir: Path, lake: Lake) -> int:

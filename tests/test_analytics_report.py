@@ -578,3 +578,19 @@ def test_report_piped_to_a_reader_that_stops_early_still_writes_the_html(
     proc.stdout.close()  # the reader is gone before the first line is printed
     proc.wait(timeout=120)
     assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_html_report_charts_render_offline(tmp_path: Path) -> None:
+    """The page's charts draw from what the page holds: its spec names no data URL, and
+    Vega-Lite (vl-convert's bundled copy, no network) renders it with every chart's title."""
+    import vl_convert
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())
+    page = write_html(build_report(lake), tmp_path / "r.html").read_text(encoding="utf-8")
+    literal = page.split("const spec = ", 1)[1].split(";\n", 1)[0]
+    assert '"url"' not in literal
+    svg = vl_convert.vegalite_to_svg(json.loads(literal))
+    for title in ("Delivery funnel", "Failure reasons", "Median and p90 times"):
+        assert title in svg
+    assert "Events received per day" in svg

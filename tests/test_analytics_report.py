@@ -594,3 +594,56 @@ def test_html_report_charts_render_offline(tmp_path: Path) -> None:
     for title in ("Delivery funnel", "Failure reasons", "Median and p90 times"):
         assert title in svg
     assert "Events received per day" in svg
+
+
+def test_report_figures_equal_plain_polars_over_an_emulated_lake(tmp_path: Path) -> None:
+    """The printed funnel, rates, failure counts and delivery times, recomputed from the
+    lake's raw status events with plain Polars (not the helpers the report uses)."""
+    from datetime import UTC, datetime
+
+    from kirim_events.emulator import Emulator
+    from kirim_events.events import parse_delivery
+    from kirim_events.journal import Journal
+
+    emu = Emulator(seed=2)
+    emu.subscribe("https://example.test/webhooks/kirim")
+    with Journal(tmp_path) as journal:
+        for d in emu.iter_deliveries(1500):
+            received = datetime.fromtimestamp(d.sent_at, UTC)
+            journal.append(parse_delivery(d.body, d.headers, received_at=received))
+        journal.flush(ke.Lake(tmp_path))
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--top", "1000"])
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+
+    known = ["sent", "delivered", "read", "failed"]
+    events = ke.Lake(tmp_path).events(type="message.status").collect()
+    statuses = events.filter(pl.col("message_id").is_not_null() & pl.col("status").is_in(known))
+    first = {s: pl.col("occurred_at").filter(pl.col("status") == s).min() for s in known}
+    per = statuses.group_by("message_id").agg(**{s: t for s, t in first.items()})
+    seen = {s: pl.col(s).is_not_null() for s in known}
+    counts = per.select(
+        messages=pl.len(),
+        sent=(seen["sent"] | seen["delivered"] | seen["read"]).sum(),
+        delivered=(seen["delivered"] | seen["read"]).sum(),
+        read=seen["read"].sum(),
+        failed=(seen["failed"] & ~seen["delivered"] & ~seen["read"]).sum(),
+    ).row(0, named=True)
+    assert counts["failed"] > 0  # a lake worth checking
+    assert counts["read"] > 0
+    for stage, n in counts.items():
+        assert any(r.startswith(f"{stage} {n:,} ") for r in rows), (stage, n)
+    rates = (counts["delivered"] / counts["sent"], counts["read"] / counts["delivered"])
+    assert f"delivery rate {rates[0]:.1%}, read rate {rates[1]:.1%}" in result.output
+
+    earliest = statuses.filter(pl.col("status") == "failed").sort("occurred_at", "received_at")
+    codes = earliest.group_by("message_id").agg(pl.col("error_code").first())
+    assert codes.height > 1
+    for code, n in codes.drop_nulls().group_by("error_code").len().iter_rows():
+        assert any(re.search(rf" {code} .* {n} \S+%$", r) for r in rows), (code, n)
+
+    seconds = per.select(
+        (pl.col("delivered") - pl.col("sent")).dt.total_microseconds() / 1e6
+    ).to_series()
+    deliver = next(r for r in rows if r.startswith("time_to_deliver "))
+    assert deliver.split()[2] == f"{seconds.drop_nulls().len():,}"

@@ -284,8 +284,12 @@ def test_report_as_of(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", at(1).isoformat()])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(
-        f"5 outbound messages, 1 conversation (1 open) as of {at(1).isoformat()}\n"
+        f"5 outbound messages, 1 conversation (1 open) as of {at(1):%Y-%m-%d %H:%M:%S} UTC\n"
     )
+    # written as the next line writes the events' times: it showed
+    # 2026-12-02T03:14:56.512161+00:00 for --as-of 12h, beside "... 12:32:33 UTC"
+    span = runner.invoke(app, ["report", "--data", str(tmp_path), "--as-of", "12h"])
+    assert re.search(r" as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\n", span.output), span.output
     rows = table_rows(result.output)
     assert "delivered 0 0.0% 0.0%" in rows
     assert "failed 2 40.0% -" in rows

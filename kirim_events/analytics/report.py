@@ -121,12 +121,12 @@ class Table:
     caption: str = ""
 
 
-def _when(report: Report) -> str:
-    return f" as of {report.as_of.isoformat()}" if report.as_of else ""
-
-
 def _second(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _when(report: Report) -> str:
+    return f" as of {_second(report.as_of)} UTC" if report.as_of else ""
 
 
 def headline(report: Report) -> str:

@@ -267,7 +267,7 @@ def test_report_top_limits_the_table_and_the_chart(tmp_path: Path) -> None:
     # 131047 fails two messages, 131026 one: only the first is listed and charted
     assert "outside_24h_window" in result.output
     assert "131026" not in result.output
-    assert "1 more reasons past --top 1" in " ".join(result.output.split())  # said, not hidden
+    assert "; 1 more reason past --top 1" in " ".join(result.output.split())  # said, not hidden
     full = runner.invoke(app, ["report", "--data", str(tmp_path / "data")])
     assert "past --top" not in full.output
     assert "outside_24h_window (131047)" in page

@@ -125,6 +125,10 @@ def _second(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _reasons(n: int) -> str:
+    return "reason" if n == 1 else "reasons"
+
+
 def _when(report: Report) -> str:
     return f" as of {_second(report.as_of)} UTC" if report.as_of else ""
 
@@ -205,7 +209,7 @@ def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table
         ],
         # the funnel's failed stage counts final statuses; this table, every failed message
         "every message with a failed status, also those delivered after it"
-        + (f"; {rest} more reasons past {more.format(top=top)}" if rest > 0 else ""),
+        + (f"; {rest} more {_reasons(rest)} past {more.format(top=top)}" if rest > 0 else ""),
     )
     times = Table(
         "Times",

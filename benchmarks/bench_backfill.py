@@ -49,9 +49,10 @@ FULL = 100_000
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from kirim_events.emulator import Emulator, FaultConfig, create_app
+    from kirim_events.emulator import Emulator, FaultConfig, WorldConfig, create_app
 
-    emu = Emulator(seed=7)
+    # Meta bodies with the opt-in `kirim` block, as in the figures recorded so far
+    emu = Emulator(seed=7, world=WorldConfig(kirim_block=True))
     emu.subscribe("https://example.test/webhooks/kirim")
     for _ in emu.iter_deliveries(None):
         if len(emu.store.deliveries) >= args.deliveries:

@@ -40,11 +40,21 @@ from typing import Any
 
 import httpx
 
-from kirim_events.emulator import Emulator, EngineConfig, Truth, World, iter_signed, render
+from kirim_events.emulator import (
+    Emulator,
+    EngineConfig,
+    Truth,
+    World,
+    WorldConfig,
+    iter_signed,
+    render,
+)
 from kirim_events.emulator.store import Store
 
 SECRET = "whsec_benchmark_secret"
 BASE_EVENTS = 20_000
+# Meta bodies with Kirim's optional `kirim` block (opt-in), as in every figure recorded so far
+WORLD = WorldConfig(kirim_block=True)
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Emulator: events generated and signed per second (bench_emulator.py)"
 FIXED_BODY = {
@@ -68,13 +78,13 @@ def _baseline(n: int) -> int:
 
 
 def _world(n: int) -> int:
-    return sum(len(b.events) for b in World(seed=1).bundles(n))
+    return sum(len(b.events) for b in World(WORLD, seed=1).bundles(n))
 
 
 def _bodies(n: int) -> int:
     count = 0
-    for bundle in World(seed=1).bundles(n):
-        render(bundle)
+    for bundle in World(WORLD, seed=1).bundles(n):
+        render(bundle, kirim_block=True)
         count += len(bundle.events)
     return count
 
@@ -90,14 +100,16 @@ def _store() -> Store:
 
 
 def _signed(n: int) -> int:
-    deliveries = iter_signed(World(seed=1).bundles(n), _store(), seed=1, record=False)
+    deliveries = iter_signed(
+        World(WORLD, seed=1).bundles(n), _store(), seed=1, kirim_block=True, record=False
+    )
     return sum(1 for _ in deliveries) and n
 
 
 def _signed_truth(n: int) -> int:
-    truth = Truth()
-    bundles = truth.watch(World(seed=1).bundles(n))
-    for _ in iter_signed(bundles, _store(), seed=1, record=False):
+    truth = Truth(kirim_block=True)
+    bundles = truth.watch(World(WORLD, seed=1).bundles(n))
+    for _ in iter_signed(bundles, _store(), seed=1, kirim_block=True, record=False):
         pass
     truth.close()
     return n
@@ -109,7 +121,7 @@ def _http(n: int) -> int:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    emu = Emulator(seed=1, secrets=SECRET, engine=EngineConfig(concurrency=16))
+    emu = Emulator(seed=1, world=WORLD, secrets=SECRET, engine=EngineConfig(concurrency=16))
     emu.subscribe("http://receiver.test/hook")
     asyncio.run(emu.send(n, transport=httpx.ASGITransport(app=receiver)))
     return n
@@ -153,10 +165,11 @@ def _measure(n: int, repeats: int) -> list[tuple[str, int, float, float]]:
 def _stream(n: int) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as tmp:
-        truth = Truth(path=Path(tmp) / "truth.parquet")
+        truth = Truth(kirim_block=True, path=Path(tmp) / "truth.parquet")
         start = time.perf_counter()
         count = 0
-        for _ in iter_signed(truth.watch(World(seed=1).bundles(n)), _store(), record=False):
+        bundles = truth.watch(World(WORLD, seed=1).bundles(n))
+        for _ in iter_signed(bundles, _store(), kirim_block=True, record=False):
             count += 1
         truth.close()
         elapsed = time.perf_counter() - start

@@ -3,7 +3,8 @@
 Steps, in one process on loopback ports (free ones unless ``port=`` names the collector's):
 
 1. the emulator serves Kirim's REST API and subscribes the collector's URL;
-2. the collector receives signed webhooks (duplicates, out-of-order statuses, batches);
+2. the collector receives signed webhooks (duplicates, out-of-order statuses, batches; Meta
+   bodies with Kirim's optional ``kirim`` block, asked for, so messages link to conversations);
 3. half way, the webhook secret is rotated through the API (``POST .../secrets``) and the
    collector is restarted: Kirim sends a few events while it is down and (its retry schedule
    compressed) gives up on them; it comes back accepting the new and the old secret;
@@ -138,7 +139,9 @@ async def _run(
         seed=seed,
         # Sessions come often enough that the traffic spans about 22 of the 24 simulated
         # hours before now at any scale, so no event is stamped after it was received.
-        world=WorldConfig(session_interval=134.0 * BASE_EVENTS / n_events),
+        # Meta bodies carry Kirim's optional `kirim` block (off unless asked, kirim-api.md
+        # §4.2), so the lake links messages and their statuses to conversations.
+        world=WorldConfig(session_interval=134.0 * BASE_EVENTS / n_events, kirim_block=True),
         engine=EngineConfig(
             concurrency=16,
             timeout=5.0,

@@ -37,7 +37,7 @@ class Run:
 
 
 CONFIGS = {
-    "kirim-block": (11, WorldConfig(third_shape_rate=0.1), 0.2),
+    "kirim-block": (11, WorldConfig(third_shape_rate=0.1, kirim_block=True), 0.2),
     # no kirim block: Meta statuses carry no conversation id; more third-shape bodies
     "no-block": (4, WorldConfig(third_shape_rate=0.3, kirim_block=False), 0.35),
 }

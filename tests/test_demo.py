@@ -48,6 +48,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     outcomes = set(Lake(tmp_path).deliveries().select("outcome").collect()["outcome"].to_list())
     assert {"new", "duplicate"} <= outcomes
     assert Lake(tmp_path).events().filter(pl.col("origin") == "backfill").collect().height > 0
+    # the demo asks for Kirim's `kirim` block (off by default): every message it sent is
+    # linked to its conversation
+    timelines = Lake(tmp_path).message_timelines().collect()
+    assert timelines.height > 0
+    assert timelines["conversation_id"].null_count() == 0
 
 
 def test_demo_cli(tmp_path: Path) -> None:

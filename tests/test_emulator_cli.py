@@ -126,6 +126,28 @@ def test_emulate_sends_the_third_body_shape_when_asked(tmp_path: Path) -> None:
     assert keys == set(pl.read_parquet(tmp_path / "truth" / "events.parquet")["event_key"])
 
 
+def test_meta_bodies_carry_the_kirim_block_only_with_kirim_block() -> None:
+    # kirim-api.md §4.2: the emulator adds the optional `kirim` object "only when asked"
+    def meta_bodies(*options: str) -> list[dict[str, Any]]:
+        receiver = Receiver()
+        result = emulate_into(
+            receiver, "--events", "80", "--disorder", "0", "--duplicate-rate", "0", *options
+        )
+        assert result.exit_code == 0, result.output
+        return [json.loads(b) for h, b in receiver.bodies if h["x-kirim-source"] == "meta"]
+
+    plain = meta_bodies()
+    assert plain
+    assert not any("kirim" in body for body in plain)
+    assert not any("kirim" in body for body in meta_bodies("--no-kirim-block"))
+    asked = meta_bodies("--kirim-block")
+    assert asked
+    assert all(body["kirim"]["conversation_id"].startswith("cnv_") for body in asked)
+    result = emulate_into(Receiver(), "--events", "2", "--kirim-block", "--no-kirim-block")
+    assert result.exit_code == 2
+    assert "--kirim-block and --no-kirim-block contradict each other" in result.output
+
+
 def test_emulate_refuses_to_run_without_its_secrets() -> None:
     result = runner.invoke(app, ["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/"], env={})
     assert result.exit_code == 2

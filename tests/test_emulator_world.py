@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,7 +232,7 @@ def _truth_rows(frame: pl.DataFrame, key: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "world",
-    [WorldConfig(), WorldConfig(kirim_block=False, third_shape_rate=0.2)],
+    [WorldConfig(kirim_block=True), WorldConfig(kirim_block=False, third_shape_rate=0.2)],
     ids=["enriched", "plain+third-shape"],
 )
 def test_truth_is_what_the_emitted_webhooks_say(world: WorldConfig) -> None:
@@ -281,9 +282,9 @@ _LOG_COLUMNS = (
 @pytest.mark.parametrize(
     "world",
     [
-        WorldConfig(),
+        WorldConfig(kirim_block=True),
         WorldConfig(kirim_block=False),
-        WorldConfig(third_shape_rate=0.5),
+        WorldConfig(kirim_block=True, third_shape_rate=0.5),
         WorldConfig(kirim_block=False, third_shape_rate=1.0),
     ],
     ids=["enriched", "plain", "half-third-shape", "third-shape"],
@@ -306,8 +307,9 @@ def test_the_truth_log_holds_what_the_bodies_carry(world: WorldConfig) -> None:
 
 
 def test_cycles_add_up_to_lifecycles() -> None:
-    truth = Truth()
-    for bundle in World(seed=17).bundles(15_000):
+    # enriched: Meta messages join their conversations, so cycles open with them
+    truth = Truth(kirim_block=True)
+    for bundle in World(WorldConfig(kirim_block=True), seed=17).bundles(15_000):
         truth.record(bundle)
     cycles = truth.conversation_cycles()
     lifecycles = truth.conversation_lifecycles()
@@ -352,3 +354,20 @@ def test_emitted_conversation_ids_follow_the_switch() -> None:
             assert all(r.conversation_id == expected for r in records)
             if b.shape == "meta":
                 assert expected is None
+
+
+def test_meta_bodies_carry_the_kirim_block_only_when_asked() -> None:
+    # kirim-api.md §4.2: "The emulator adds it only when asked"; it added it by default
+    def meta_bodies(world: WorldConfig | None) -> list[dict[str, Any]]:
+        emu = Emulator(seed=2, world=world, secrets=SECRET)
+        emu.subscribe("https://example.test/hook", now=0)
+        sent = emu.iter_deliveries(600)
+        return [json.loads(d.body) for d in sent if d.headers["X-Kirim-Source"] == "meta"]
+
+    for plain in (meta_bodies(None), meta_bodies(WorldConfig())):
+        assert plain
+        assert not any("kirim" in body for body in plain)
+    asked = meta_bodies(WorldConfig(kirim_block=True))
+    assert asked
+    assert all(body["kirim"]["contact_id"].startswith("ctc_") for body in asked)
+    assert all(body["kirim"]["conversation_id"].startswith("cnv_") for body in asked)

@@ -379,10 +379,15 @@ def test_an_s3_lake_answers_every_helper_as_a_local_lake_does(
     from polars.testing import assert_frame_equal
     from test_analytics_support import VIEWS, by_key, in_utc
 
-    from kirim_events.emulator import Emulator, EngineConfig
+    from kirim_events.emulator import Emulator, EngineConfig, WorldConfig
     from kirim_events.events import parse_delivery
 
-    emu = Emulator(seed=3, engine=EngineConfig(duplicate_rate=0.3, disorder=0.3))
+    # with the `kirim` block, so the views join messages to conversations on both lakes
+    emu = Emulator(
+        seed=3,
+        world=WorldConfig(kirim_block=True),
+        engine=EngineConfig(duplicate_rate=0.3, disorder=0.3),
+    )
     emu.subscribe("https://example.test/webhooks/kirim")
     records, receipts = [], []
     for i, d in enumerate(emu.iter_deliveries(250)):

@@ -238,13 +238,19 @@ def emulate(
             "--fault-drop-rate", min=0, max=1, help="Share of API connections dropped mid-answer."
         ),
     ] = 0.0,
-    no_kirim_block: Annotated[
+    kirim_block: Annotated[
         bool,
         typer.Option(
-            "--no-kirim-block",
-            help="Leave out Kirim's optional `kirim` block (conversation_id, contact_id), which"
-            " Meta bodies carry by default.",
+            "--kirim-block",
+            help="Add Kirim's optional `kirim` block (conversation_id, contact_id) to Meta"
+            " bodies, so messages can be linked to conversations; off by default, as"
+            " kirim-api.md §4.2 says (Kirim's docs do not show it).",
         ),
+    ] = False,
+    no_kirim_block: Annotated[
+        bool,
+        # the default since the block became opt-in; kept so scripts that asked for it run
+        typer.Option("--no-kirim-block", hidden=True),
     ] = False,
     third_shape_rate: Annotated[
         float,
@@ -281,6 +287,8 @@ def emulate(
             )
         if not no_api and s.api_key and not KEY_PATTERN.match(s.api_key.reveal()):
             raise ConfigError("KIRIM_KEY must be kdv_live_ followed by 24 url-safe characters")
+        if kirim_block and no_kirim_block:
+            raise ConfigError("--kirim-block and --no-kirim-block contradict each other")
         if no_api and not send_to:
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
         if send_to:
@@ -295,7 +303,7 @@ def emulate(
         world = WorldConfig(
             max_contacts=contacts,
             failure_rate=failure_rate,
-            kirim_block=not no_kirim_block,
+            kirim_block=kirim_block,
             third_shape_rate=third_shape_rate,
         )
         if start is None and events >= _SLOW_SPAN:

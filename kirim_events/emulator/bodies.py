@@ -219,7 +219,7 @@ def _legacy_body(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def render(bundle: Bundle, *, kirim_block: bool = True) -> Rendered:
+def render(bundle: Bundle, *, kirim_block: bool = False) -> Rendered:
     """Render ``bundle`` into its body bytes and header values.
 
     ``kirim_block`` must match the world's config (the truth assumes it does).

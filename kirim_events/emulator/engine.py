@@ -172,7 +172,8 @@ class DeliveryEngine:
     rng
         Root of every random draw (seeded for reproducible runs).
     kirim_block
-        Whether Meta bodies carry the ``kirim`` block (must match the world).
+        Whether Meta bodies carry the ``kirim`` block (must match the world; off by
+        default, as kirim-api.md §4.2 says).
     """
 
     def __init__(
@@ -183,7 +184,7 @@ class DeliveryEngine:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
-        kirim_block: bool = True,
+        kirim_block: bool = False,
     ) -> None:
         self.store = store
         self.config = (config or EngineConfig()).validate()

@@ -52,7 +52,8 @@ class WorldConfig:
     """Knobs of the simulated organisation. Rates are probabilities in [0, 1].
 
     ``kirim_block`` adds Kirim's optional ``kirim`` object (``conversation_id``,
-    ``contact_id``) to Meta bodies so analytics can link messages to conversations;
+    ``contact_id``) to Meta bodies so analytics can link messages to conversations; off by
+    default, as kirim-api.md §4.2 says (the emulator adds it "only when asked");
     ``third_shape_rate`` renders that share of single-message bodies in the third body shape.
     """
 
@@ -69,7 +70,7 @@ class WorldConfig:
     contact_update_rate: float = 0.1
     close_rate: float = 0.85
     batch_rate: float = 0.3
-    kirim_block: bool = True
+    kirim_block: bool = False
     third_shape_rate: float = 0.0
 
     def validate(self) -> WorldConfig:

@@ -50,7 +50,7 @@ def iter_signed(
     *,
     config: EngineConfig | None = None,
     seed: int = 0,
-    kirim_block: bool = True,
+    kirim_block: bool = False,
     record: bool = True,
 ) -> Iterator[SignedDelivery]:
     """Yield every signed request for ``bundles`` in simulated send-time order, no network.

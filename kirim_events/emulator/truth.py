@@ -137,13 +137,14 @@ class Truth:
     Parameters
     ----------
     kirim_block
-        Whether Meta bodies carry the ``kirim`` block (must match the world's config).
+        Whether Meta bodies carry the ``kirim`` block (must match the world's config; off
+        by default).
     path
         Optional Parquet file: the log is written there in chunks instead of being kept in
         memory (for very long runs).
     """
 
-    def __init__(self, *, kirim_block: bool = True, path: str | Path | None = None) -> None:
+    def __init__(self, *, kirim_block: bool = False, path: str | Path | None = None) -> None:
         self.kirim_block = kirim_block
         self.path = Path(path) if path is not None else None
         self._writer: pq.ParquetWriter | None = None

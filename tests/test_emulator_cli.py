@@ -213,6 +213,35 @@ def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says:
     assert "S3CRET" not in result.output
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1:{port}/webhooks", "http://localhost:{port}/", "https://[::1]:{port}/x"],
+)
+def test_emulate_refuses_to_send_webhooks_to_its_own_api(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --send-to on the API's own port (the README's example serves it on 8765): every
+    # delivery went to the API, which answered 404 (permanent), and the run reported a
+    # disabled subscription, not the mix-up
+    async def started(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the emulator started")
+
+    monkeypatch.setattr(emulate_cli, "_run", started)
+    port = free_port()
+    env = {"KIRIM_KEY": KEY, "KIRIM_WEBHOOK_SECRET": SECRET, "COLUMNS": "200"}
+    args = ["emulate", "--port", str(port), "--events", "2", "--send-to", target.format(port=port)]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"--send-to is this emulator's own API (127.0.0.1:{port})" in said
+    # another port, or --no-api, is fine
+    other = ["--send-to", f"http://127.0.0.1:{port + 1}/webhooks"]
+    with pytest.raises(AssertionError, match="the emulator started"):
+        runner.invoke(app, [*args[:-2], *other], env=env, catch_exceptions=False)
+    with pytest.raises(AssertionError, match="the emulator started"):
+        runner.invoke(app, [*args, "--no-api"], env=env, catch_exceptions=False)
+
+
 @pytest.mark.parametrize("start", ["2026-01-01", "2026-01-01T00:00:00Z", "2026-01-01T07:00+07:00"])
 def test_emulate_reads_start_as_the_other_commands_read_times(start: str) -> None:
     assert emulate_cli._start(start, 10) == 1_767_225_600  # 2026-01-01T00:00:00Z

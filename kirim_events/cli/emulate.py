@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import time
 from collections import Counter
@@ -81,6 +82,19 @@ def _check_send_to(url: str) -> None:
         raise ConfigError(
             f"--send-to must be an http:// or https:// URL with a host, got {shown_url(url)!r}"
         )
+
+
+def _own_api(url: str, port: int) -> bool:
+    """Whether ``url`` (checked by :func:`_check_send_to`) names the API this command serves
+    on 127.0.0.1:``port``: a loopback host, on that port."""
+    parsed = httpx.URL(url)
+    host = parsed.host.lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    target = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return loopback and target == port
 
 
 def _history(emu: Emulator) -> Table:
@@ -293,6 +307,12 @@ def emulate(
             raise ConfigError("nothing to do: pass --send-to URL, or serve the API")
         if send_to:
             _check_send_to(send_to)
+            if not no_api and port and _own_api(send_to, port):
+                # every delivery would go to the API and get its 404 (permanent)
+                raise ConfigError(
+                    f"--send-to is this emulator's own API (127.0.0.1:{port}): point it at"
+                    " your handler, or serve the API on another --port"
+                )
             for note in s.secret_warnings():  # your handler would refuse every delivery
                 print_note(note, stderr=True)
         if truth is not None:  # before the run, not after it: the truth would be lost

@@ -376,6 +376,18 @@ def test_auto_disable_after_consecutive_failed_deliveries() -> None:
     assert all(r.status == "pending" and "disabled" in (r.error or "") for r in held)
 
 
+def test_auto_disable_is_a_change_the_subscriptions_updated_at_shows() -> None:
+    # it stayed at the creation time: GET /v1/webhook_subscriptions showed a subscription
+    # "disabled" but never updated
+    emu, _, _ = _live(
+        6, receiver=Receiver(policy=lambda n, h: 500), concurrency=1, auto_disable_after=2
+    )
+    sub = next(iter(emu.store.subscriptions.values()))
+    assert sub.status == "disabled"
+    disabled_at = max(a.sent_at for a in emu.store.attempts if a.outcome == "dead")
+    assert sub.updated_at == disabled_at > sub.created_at + 25 * 3600
+
+
 def test_rows_held_by_a_disabled_subscription_go_out_when_it_is_active_again() -> None:
     answer = {"status": 400}
     clock = FakeClock()

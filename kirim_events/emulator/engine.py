@@ -423,7 +423,7 @@ class DeliveryEngine:
                 self.report.dead += outcome == "dead"
                 sub.consecutive_failures += 1
                 if sub.consecutive_failures >= cfg.auto_disable_after and sub.status == "active":
-                    sub.status = "disabled"
+                    sub.status, sub.updated_at = "disabled", finished
                     self.report.disabled.append(sub.id)
         self.store.record(
             AttemptRecord(

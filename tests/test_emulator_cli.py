@@ -457,11 +457,26 @@ def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
 
     (n, first), (m, second) = run(main(), start=1_790_000_000.0)
     assert n > 0
+    # and, once, how long that goes on: nothing said the run would last Kirim's ~31 h of
+    # retries (at --time-compression 1, a day and more for a handler that is down)
     assert " ".join(first.split()) == (
         f"{n} attempts, 0 acknowledged; {n} failed in the last 0.3 s, "
-        "the last: ConnectError: connection refused"
+        "the last: ConnectError: connection refused "
+        "note: Kirim tries a failing delivery 8 times over about 31 h, here about 31 s "
+        "(--time-compression 3600); Ctrl+C stops sooner"
     )
     assert (m, " ".join(second.split())) == (n, f"{n} attempts, 0 acknowledged")  # no new
+
+
+def test_the_retry_note_says_how_to_shorten_the_wait() -> None:
+    from kirim_events.cli.emulate import _retry_note
+
+    assert _retry_note(1.0) == (
+        "Kirim tries a failing delivery 8 times over about 31 h; --time-compression 3600"
+        " makes that about 31 s, and Ctrl+C stops sooner"
+    )
+    assert "here about 52 min (--time-compression 36)" in _retry_note(36)
+    assert "here about 2.5 h (--time-compression 12.5)" in _retry_note(12.5)
 
 
 def test_the_summary_after_a_stop_counts_deliveries_still_waiting_to_retry() -> None:

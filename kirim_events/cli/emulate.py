@@ -26,7 +26,14 @@ from kirim_events.cli._app import (
     settings,
 )
 from kirim_events.config import shown_url, valid_host
-from kirim_events.emulator import Emulator, EngineConfig, EngineReport, FaultConfig, WorldConfig
+from kirim_events.emulator import (
+    SCHEDULE,
+    Emulator,
+    EngineConfig,
+    EngineReport,
+    FaultConfig,
+    WorldConfig,
+)
 from kirim_events.emulator.apistate import KEY_PATTERN
 from kirim_events.emulator.world import World
 from kirim_events.errors import ConfigError
@@ -148,6 +155,28 @@ def _summary(report: EngineReport, emu: Emulator) -> Table:
         table.add_row("engine errors (the first)", f"{len(report.errors)} ({report.errors[0]})")
     table.add_row("events never acknowledged", str(len(emu.unacknowledged_event_keys())))
     return table
+
+
+def _about(seconds: float) -> str:
+    """``seconds`` rounded for a person: ``31 s``, ``52 min``, ``2.5 h``, ``31 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.2g} h"
+
+
+def _retry_note(compression: float) -> str:
+    """How long a failing delivery keeps the sending going, and how to shorten it."""
+    nominal = sum(SCHEDULE)
+    said = f"Kirim tries a failing delivery {len(SCHEDULE)} times over about {_about(nominal)}"
+    if compression == 1:
+        return (
+            f"{said}; --time-compression 3600 makes that about {_about(nominal / 3600)},"
+            " and Ctrl+C stops sooner"
+        )
+    here = f"here about {_about(nominal / compression)} (--time-compression {compression:g})"
+    return f"{said}, {here}; Ctrl+C stops sooner"
 
 
 def _reason(code: int | None, error: str | None) -> str:
@@ -384,6 +413,7 @@ async def _watch(
     only after a few seconds with new attempts."""
     seen = len(emu.store.attempts) if when_busy else 0
     told = set() if told is None else told  # subscriptions said to be disabled, once
+    noted = False
     while True:
         await asyncio.sleep(every)
         for sub in emu.store.subscriptions.values():
@@ -412,6 +442,9 @@ async def _watch(
             why = last.error or f"HTTP {last.response_status_code}"
             line += f"; {len(failed):,} failed in the last {every:g} s, the last: {why}"
         console.print(line)
+        if failed and not when_busy and not noted:
+            noted = True  # once: the sending may go on for Kirim's whole retry window
+            print_note(_retry_note(emu.engine_config.time_compression))
 
 
 async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:

@@ -582,6 +582,28 @@ def test_a_quoted_secret_gets_a_note_before_sending() -> None:
     assert "whsec_quoted" not in result.output
 
 
+def test_a_history_without_webhook_secret_says_its_replays_cannot_be_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # without --send-to, the history's subscription was signed with a secret made from the
+    # seed and never shown: after PATCHing its url to a handler, every replay got a 401
+    async def started(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    monkeypatch.setattr(emulate_cli, "_run", started)
+    args = ["emulate", "--port", "0", "--events", "1"]
+    env = {"KIRIM_KEY": KEY, "COLUMNS": "200"}
+    result = runner.invoke(app, args, env={**env, "KIRIM_WEBHOOK_SECRET": ""})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "without KIRIM_WEBHOOK_SECRET, replays are signed with a secret no handler holds" in said
+    quiet = runner.invoke(app, args, env={**env, "KIRIM_WEBHOOK_SECRET": SECRET})
+    assert quiet.exit_code == 0, quiet.output
+    assert "KIRIM_WEBHOOK_SECRET" not in quiet.output
+    assert "no handler holds" not in runner.invoke(app, [*args[:-2], "--no-api", "--send-to",
+        "http://127.0.0.1:9/x"], env={**env, "KIRIM_WEBHOOK_SECRET": SECRET}).output  # fmt: skip
+
+
 def test_a_large_world_without_start_says_why_it_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     # --events 100000000 printed nothing for minutes while the world's span was measured
     monkeypatch.setattr(emulate_cli, "_SLOW_SPAN", 5)

@@ -344,6 +344,14 @@ def emulate(
                 )
             for note in s.secret_warnings():  # your handler would refuse every delivery
                 print_note(note, stderr=True)
+        if not send_to and not no_api and not s.webhook_secrets:
+            # the history's subscription then gets a secret made from the seed, never shown
+            print_note(
+                "without KIRIM_WEBHOOK_SECRET, replays are signed with a secret no handler"
+                " holds: set it, or mint one (POST /v1/webhook_subscriptions/{id}/secrets),"
+                " before replaying to a handler of yours",
+                stderr=True,
+            )
         if truth is not None:  # before the run, not after it: the truth would be lost
             try:
                 truth.mkdir(parents=True, exist_ok=True)

@@ -344,14 +344,6 @@ def emulate(
                 )
             for note in s.secret_warnings():  # your handler would refuse every delivery
                 print_note(note, stderr=True)
-        if not send_to and not no_api and not s.webhook_secrets:
-            # the history's subscription then gets a secret made from the seed, never shown
-            print_note(
-                "without KIRIM_WEBHOOK_SECRET, replays are signed with a secret no handler"
-                " holds: set it, or mint one (POST /v1/webhook_subscriptions/{id}/secrets),"
-                " before replaying to a handler of yours",
-                stderr=True,
-            )
         if truth is not None:  # before the run, not after it: the truth would be lost
             try:
                 truth.mkdir(parents=True, exist_ok=True)
@@ -395,7 +387,15 @@ def emulate(
         )
         if send_to:
             emu.check_url(send_to)  # before anything starts
-    asyncio.run(_run(emu, send_to=send_to, events=events, port=None if no_api else port))
+    asyncio.run(
+        _run(
+            emu,
+            send_to=send_to,
+            events=events,
+            port=None if no_api else port,
+            unknown_secret=not s.webhook_secrets,
+        )
+    )
     if truth is not None:
         # what was sent, not what the world made: a stop or a disabled subscription leaves
         # events unsent, and no receiver could have them
@@ -455,7 +455,14 @@ async def _watch(
             print_note(_retry_note(emu.engine_config.time_compression))
 
 
-async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | None) -> None:
+async def _run(
+    emu: Emulator,
+    *,
+    send_to: str | None,
+    events: int,
+    port: int | None,
+    unknown_secret: bool = False,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -492,6 +499,15 @@ async def _run(emu: Emulator, *, send_to: str | None, events: int, port: int | N
             f"Kirim API emulator on http://127.0.0.1:{port}/v1: point backfill and reconcile "
             f"at it with KIRIM_API_URL=http://127.0.0.1:{port} (key from KIRIM_KEY)"
         )
+        if unknown_secret:
+            # the history's subscription got a secret made from the seed, never shown; said
+            # once the API is up (a port in use is then the only line)
+            print_note(
+                "without KIRIM_WEBHOOK_SECRET, replays are signed with a secret no handler"
+                " holds: set it, or mint one (POST /v1/webhook_subscriptions/{id}/secrets),"
+                " before replaying to a handler of yours",
+                stderr=True,
+            )
     if send_to:
         emu.subscribe(send_to)
         console.print(f"sending {events} world events to {shown_url(send_to)} ...")

@@ -21,7 +21,7 @@ from test_lake import T0, ev, parquet_files
 import kirim_events as ke
 from kirim_events.errors import LakeError
 from kirim_events.lake import STEPS
-from kirim_events.lake.writer import row_groups
+from kirim_events.lake.writer import change_marker, row_groups
 
 
 class Crash(Exception):
@@ -339,7 +339,7 @@ def test_orphan_markers_and_temp_files_are_cleaned_up_later(tmp_path: Path) -> N
     assert fresh_tmp.exists()
     clock[0] += 2 * 3600
     lake.compact()
-    assert list(changes.iterdir()) == []
+    assert not changes.exists()  # emptied of its last marker, the folder is removed too
     assert on_disk(tmp_path) == ["a"]
 
 
@@ -530,3 +530,102 @@ def test_a_run_with_nothing_to_rewrite_deletes_no_file_a_newer_manifest_counts(
     with pytest.raises(LakeError, match="changed while this compaction ran"):
         lake.compact(full=True, hook=another_run_publishes_the_leftover)
     assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]
+
+
+def empty_folders(root: Path) -> list[str]:
+    """Folders under ``root`` holding nothing, relative to it."""
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())
+    )
+
+
+def reads(lake: ke.Lake) -> tuple[object, ...]:
+    """What our readers return: events, deliveries (Polars and SQL), stats minus empties."""
+    events = lake.events().collect().sort("event_key")
+    deliveries = lake.deliveries().collect()
+    via_sql = sorted(lake.sql("select event_key, payload, type, date from events").fetchall())
+    stats = lake.stats().filter(pl.col("files") > 0)
+    return events.rows(), deliveries.rows(), via_sql, stats.rows()
+
+
+def test_compaction_removes_the_folders_it_emptied(tmp_path: Path) -> None:
+    """Each run left an empty folder per type and day under _state/changes (the markers it
+    consumed), and the partition folders it emptied: thousands a year, which every later
+    compaction and reader lists. Reads are the same with or without them."""
+    lake = ke.Lake(tmp_path)
+    expected = fill(lake)  # "x" was received first on 05-01: 05-02's only row loses
+    late = T0 + timedelta(1)
+    lake.write_events([ev("y", occurred=T0 + timedelta(days=3), received=late, payload="y2")])
+    lake.write_events([ev("y", occurred=T0 + timedelta(days=4), received=T0, payload="y")])
+    lake.write_deliveries([{"delivery_id": "d2", "attempt": 1, "received_at": T0}])
+    expected["y"] = "y"
+    changes = tmp_path / "_state/changes"
+    marker_folders = {p.parent for p in changes.rglob("*.changed")}
+    assert len(marker_folders) == 6  # 4 days of message.created, 1 of statuses, 1 deliveries
+    emptied = tmp_path / "events/type=message.created/date=2026-05-02"
+    assert emptied.is_dir()
+    lake.compact()
+    assert winners(lake) == expected
+    assert not emptied.exists()
+    assert not (tmp_path / "events/type=message.created/date=2026-05-04").exists()
+    assert not any(folder.exists() for folder in marker_folders)
+    assert not [f for f in empty_folders(tmp_path) if "date=" in f]
+    # never the lake's own folders, even when nothing is left in them
+    assert {"_state", "_state/changes", "events", "deliveries"} <= {
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir()
+    }
+    after = reads(lake)
+    for folder in marker_folders | {emptied}:  # the removal is all a reader could tell
+        folder.mkdir(parents=True, exist_ok=True)
+    assert reads(lake) == after
+    assert lake.compact().partitions == 0
+    lake.write_events([ev("z", occurred=T0 + timedelta(days=1))])  # into a removed folder
+    assert sorted(winners(lake)) == sorted([*expected, "z"])
+    assert lake.compact().partitions >= 1
+    assert sorted(on_disk(tmp_path)) == sorted([*expected, "z"])
+
+
+def test_a_write_whose_folder_a_compaction_removes_before_the_rename_succeeds(
+    tmp_path: Path,
+) -> None:
+    """A writer makes (or finds) its partition folder, then moves its file in: a compaction
+    that empties and removes that folder in between made the rename fail (ENOENT)."""
+    other = ke.Lake(tmp_path / "other")
+    other.write_events([ev("b", payload="b")])
+    (source,) = parquet_files(tmp_path / "other" / "events")
+    root = tmp_path / "lake"
+    lake = ke.Lake(root)
+    lake.write_events([ev("a", received=T0 + timedelta(hours=1), payload="late")])
+    lake.write_events([ev("a", occurred=T0 + timedelta(days=1), received=T0, payload="early")])
+    folder = root / "events/type=message.created/date=2026-05-01"  # compaction empties it
+    # A writer's batch as Lake.write_events publishes it: the marker, then the file, both
+    # staged, their folders made, then renamed in order; a compaction runs between.
+    file_rel = f"{folder.relative_to(root).as_posix()}/{source.name}"
+    marker_rel = change_marker("events", "message.created", "2026-05-01", source.name)
+    storage = lake.storage
+    staged = [storage.stage(marker_rel, b""), storage.stage(file_rel, source.read_bytes())]
+    removed = []
+
+    def between(rel: str) -> None:
+        if rel == marker_rel:
+            assert folder.is_dir()  # made (here: found) for the file, which is not in yet
+            lake.compact()
+            removed.append(not folder.exists())
+
+    storage.commit(staged, after_each=between)
+    assert removed == [True]  # the compaction did remove the folder under the writer
+    assert (root / file_rel).read_bytes() == source.read_bytes()
+    assert winners(lake) == {"a": "early", "b": "b"}
+    lake.compact()  # the writer's marker, kept by the run that did not see its file
+    assert on_disk(root) == ["a", "b"]
+    assert not list((root / "_tmp").iterdir())
+
+
+def test_removing_empty_folders_spares_the_lake_root_and_its_own_folders(tmp_path: Path) -> None:
+    storage = ke.Lake(tmp_path).storage
+    for rel in ("events", "_tmp", "_state", "a/b", "a/c/d"):
+        (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "a/c/d/kept").touch()
+    storage.remove_empty_folders(["", "/", "events", "_tmp/", "_state", "a/b/..", "a/b", "a/c"])
+    assert empty_folders(tmp_path) == ["_state", "_tmp", "events"]  # a/b is gone, a is not
+    assert (tmp_path / "a/c/d/kept").exists()

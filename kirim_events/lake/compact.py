@@ -18,6 +18,19 @@ deliveries) the steps are, with a crash possible between any two:
 At every point our readers see the old files or the new ones, never neither and never both.
 Plain engines (DuckDB/Polars on the folders) see one copy per event_key once a run finishes.
 
+Empty folders: once done, a run removes each folder it deleted a file from that is now
+empty (a partition it emptied, a change-marker folder whose markers it consumed: one per
+type and day otherwise, piling up for every later run and reader to list), never one
+directly under the lake root (``Storage.remove_empty_folders``); on S3 it deletes their
+zero-byte ``folder/`` objects instead. A writer may have just made such a folder, or found
+it, and be about to move a file in; this is safe without any time margin: ``rmdir(2)``
+removes only an empty folder, atomically, so a file moved in first keeps the folder, and a
+move that finds the folder gone (ENOENT, its temp file still there) makes it again and
+retries (``Storage._move_in``). The writer's markers and files land, whichever comes first.
+(A margin on the folder's mtime would not protect a writer that finds an old folder, as
+finding it does not touch it; and it would spare every folder a run empties, as the run's
+own deletes have just modified them.)
+
 Dedup: the first received copy of each event_key wins (``received_at``, then ``ingest_seq``,
 then the tie-breaks of ``reader.EVENT_ORDER``), across all partitions of its type within the
 dedup window; delivery rows collapse when exact.
@@ -414,8 +427,8 @@ def compact(
     step: Hook = hook or (lambda _step: None)
     if check_version(storage) is None:
         return report  # never written by kirim-events: nothing to do, and create nothing
-    # on S3, the folders whose emptied ``folder/`` objects are deleted at the end; the
-    # lease's own (_state/compact.lease is deleted last), too
+    # the folders a file was deleted from, removed at the end if empty (on S3: their
+    # ``folder/`` objects, the lease's own too, as _state/compact.lease is deleted last)
     deleted_from = {"_state"}
     with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as check:
         _clean_tmp(storage, now())
@@ -463,6 +476,6 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
-    storage.drop_folder_markers(deleted_from)
+    storage.remove_empty_folders(deleted_from)
     report.seconds = time.perf_counter() - started
     return report

@@ -7,7 +7,10 @@ to it are relative to the lake root and use ``/``.
 Atomic publish:
 
 * local: write ``DATA/_tmp/<random>``, fsync the file, create the target folder (fsyncing
-  each new folder's parent), rename into place, fsync the target folder. A batch of files
+  each new folder's parent), rename into place, fsync the target folder. A compaction may
+  remove the target folder, found empty, between its creation and the rename
+  (:meth:`Storage.remove_empty_folders`): the rename then fails with ENOENT, and the folder
+  is made again and the rename retried (:meth:`Storage._move_in`). A batch of files
   (:meth:`Storage.publish_many`) is made durable with one ``syncfs(2)`` before and one after
   the renames on Linux >= 5.8, the same guarantee at a fraction of the journal commits.
   Readers see the whole file or nothing; nothing is ever overwritten in place except
@@ -41,6 +44,7 @@ from kirim_events.errors import ConfigError, StorageError
 __all__ = ["Entry", "Staged", "Storage", "open_storage"]
 
 _S3_THREADS = 16
+_RENAME_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,18 +254,40 @@ class Storage:
         with _translate("write", pending[0].rel):
             if _SYNCFS is not None:
                 _syncfs(tmp_dir)
-            parents: dict[str, None] = {}
-            for s in pending:
-                target = self.full(s.rel)
-                parent = os.path.dirname(target)
+            parents = {os.path.dirname(self.full(s.rel)): None for s in pending}
+            for parent in parents:
                 make_dirs(parent, fsync=_SYNCFS is None)
-                assert s.tmp is not None
-                os.replace(s.tmp, target)
-                s.tmp = None
-                parents[parent] = None
+            for s in pending:
+                self._move_in(s)
                 if after_each is not None:
                     after_each(s.rel)
             self._sync_paths(list(parents))
+
+    def _move_in(self, staged: Staged) -> None:
+        """Rename a staged temp file to its target, whose folder :meth:`commit` made.
+
+        A compaction may have removed that folder since, found empty
+        (:meth:`remove_empty_folders`): the rename then fails with ENOENT while the temp file
+        is still there, so the folder is made again and the rename retried. One compaction
+        removes a folder at most once; only a later run, removing it again between a retry's
+        ``mkdir`` and rename, could make that fail too, hence a few tries rather than one.
+        """
+        assert staged.tmp is not None
+        target = self.full(staged.rel)
+        for attempt in range(_RENAME_TRIES):
+            try:
+                os.replace(staged.tmp, target)
+                break
+            except FileNotFoundError as exc:
+                if not os.path.exists(staged.tmp):
+                    raise  # the temp file is gone, not the folder: nothing to retry
+                if attempt == _RENAME_TRIES - 1:
+                    raise StorageError(
+                        f"lake storage failed to write {staged.rel!r}: its folder was removed "
+                        f"{_RENAME_TRIES} times while the file was moved in"
+                    ) from exc
+                make_dirs(os.path.dirname(target), fsync=_SYNCFS is None)
+        staged.tmp = None
 
     def discard(self, staged: Sequence[Staged]) -> None:
         """Remove the temp files of staged files that were never committed."""
@@ -287,6 +313,34 @@ class Storage:
                 return
             with suppress(FileNotFoundError):
                 self.fs.delete_file(path)
+
+    def remove_empty_folders(self, rels: Iterable[str]) -> None:
+        """Remove these folders if they are empty (compaction's clean-up of the folders it
+        deleted files from); on S3, their ``folder/`` objects (:meth:`drop_folder_markers`).
+
+        Local: never the lake root nor a folder directly under it (``events``, ``_state``,
+        ...): only folders at least two levels down. ``rmdir(2)`` removes a folder only when
+        it holds nothing, atomically, so a file a writer moved in first keeps it; a writer
+        that made the folder and moves a file in after the removal makes it again
+        (:meth:`_move_in`). Deepest first (one of these folders inside another goes first);
+        the parents are then synced so that a crash does not bring the folders back.
+        Best effort: a folder that cannot be removed is left (an empty folder is harmless).
+        """
+        if not self.local:
+            self.drop_folder_markers(rels)
+            return
+        folders = {r for r in (rel.strip("/") for rel in rels) if "/" in r}
+        removed: list[str] = []
+        for rel in sorted(folders, key=lambda r: (-r.count("/"), r)):
+            if any(part in ("", ".", "..") for part in rel.split("/")):
+                continue
+            try:
+                os.rmdir(self.full(rel))
+            except OSError:  # not empty (the usual case), already gone, or not ours to remove
+                continue
+            removed.append(rel)
+        parents = {rel.rsplit("/", 1)[0]: None for rel in removed}
+        self.sync_dirs([p for p in parents if p not in removed])
 
     def drop_folder_markers(self, rels: Iterable[str]) -> None:
         """Delete the empty ``folder/`` objects of these folders of an S3 lake.

@@ -548,7 +548,8 @@ def backfill(
     ConfigError
         Bad times or options (before anything is fetched).
     ApiError
-        Kirim kept failing; the checkpoint lets the next run resume.
+        Kirim kept failing; the checkpoint lets the next run resume (a new run that failed
+        before storing a page removes its checkpoint: there is nothing to resume).
 
     Examples
     --------
@@ -638,6 +639,11 @@ def backfill(
                 # lake, where readers look; the error it failed with is the one raised
                 if flush:
                     _flush_after_failure(flush_journal, failed)
+                if not resumed and not any(s.started for s in cp.slices):
+                    # refused before its first page (a wrong key, say): nothing to resume,
+                    # and a checkpoint keyed by that key would never be resumed or removed
+                    with contextlib.suppress(OSError):
+                        path.unlink()
                 raise
             report.notes.extend(report.filtered.notes(run.filter))
             if flush:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from test_backfill_kit import FakeTime, StripPayload, SyncASGI, World, lake_frames
+from test_backfill_kit import DropKey, FakeTime, StripPayload, SyncASGI, World, lake_frames
 
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill
 from kirim_events.client import KirimClient, format_time
@@ -515,18 +515,55 @@ def test_a_backfill_into_a_lakes_own_folder_is_refused_before_writing(tmp_path: 
     assert not (tmp_path / "events").exists()  # no checkpoint, journal or lake made there
 
 
-def test_auth_error_raises_and_keeps_the_checkpoint(world: World, tmp_path: Path) -> None:
+def checkpoints(home: Path) -> list[Path]:
+    """The checkpoints of unfinished runs (a finished run's are moved into done/)."""
+    return sorted((home / "_state" / "backfill").glob("*.json"))
+
+
+def test_a_run_refused_before_its_first_page_leaves_no_checkpoint(
+    world: World, tmp_path: Path
+) -> None:
+    # A wrong key's 401 left a checkpoint named by that key: the right key names another,
+    # so it was never resumed, nor removed (a page stored, and it is kept: the next tests)
     since, until = window(world)
     t = FakeTime(until.timestamp() + 3600)
-    transport, _ = world.api(t)
+    transport, client = world.api(t)
     bad = KirimClient("http://kirim.test", "kdv_live_" + "B" * 24, transport=transport)
     with pytest.raises(AuthenticationError) as info:
         backfill(tmp_path, client=bad, since=since, until=until)
     assert info.value.status_code == 401
     assert info.value.request_id
-    assert list((tmp_path / "_state" / "backfill").glob("*.json"))
+    assert checkpoints(tmp_path) == []
     with Journal(tmp_path) as j:
         assert j.backlog == 0
+    report = backfill(tmp_path, client=client, since=since, until=until)  # the right key
+    assert not report.resumed
+    assert checkpoints(tmp_path) == []  # none left behind
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+def test_a_resumed_run_refused_before_its_first_page_keeps_its_checkpoint(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+
+    def stop(p: BackfillProgress) -> None:
+        raise RuntimeError("stopped after a page")
+
+    with pytest.raises(RuntimeError):
+        backfill(tmp_path, client=client, since=since, until=until, progress=stop)
+    (checkpoint,) = checkpoints(tmp_path)
+    saved = checkpoint.read_text()
+    # the same key, refused now (the emulator's own 401): the pages stored stay resumable
+    _, refused = world.api(t, transport_wrapper=DropKey)
+    with pytest.raises(AuthenticationError):
+        backfill(tmp_path, client=refused, since=since, until=until)
+    assert checkpoints(tmp_path) == [checkpoint]
+    assert checkpoint.read_text() == saved
+    assert backfill(tmp_path, client=client, since=since, until=until).resumed
+    assert_lake_is_exactly_the_history(tmp_path, world)
 
 
 @pytest.mark.parametrize(

@@ -252,3 +252,19 @@ class IgnoreParams:
             kept = [p for p in pairs if p.split(b"=", 1)[0] not in self.names]
             scope = {**scope, "query_string": b"&".join(kept)}
         await self.app(scope, receive, send)
+
+
+class DropKey:
+    """ASGI middleware: requests of the methods named reach the emulator without their
+    ``Authorization`` header, so that it refuses them with its own 401, as Kirim refuses a
+    key revoked meanwhile (or one that may read the history but not replay)."""
+
+    def __init__(self, app: ASGI, *methods: str) -> None:
+        self.app = app
+        self.methods = set(methods or ("GET", "POST"))
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("method") in self.methods:
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)

@@ -321,6 +321,11 @@ class BackfillReport:
     until: datetime
     slices: int
     resumed: bool
+    """Whether the run went on from the checkpoint of one that did not finish (killed,
+    interrupted, or stopped by an error)."""
+    filters: dict[str, str] = field(default_factory=dict)
+    """The history filters of the run (``subscription_id``, ``status``, ``event_type``:
+    those given)."""
     pages: int = 0
     rows: int = 0
     """History rows read inside the range and the filters (those stored): a row read again
@@ -611,6 +616,7 @@ def backfill(
             until=until_fixed,
             slices=len(cp.slices),
             resumed=resumed,
+            filters=dict(cp.filters),
             checkpoint=str(path),
         )
         own_journal = journal is None

@@ -92,13 +92,47 @@ def test_sigkill_mid_backfill_then_resume_gives_exactly_the_history(
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "yes" in done.stdout  # resumed a killed run
+    assert re.search(r"│ resumed an unfinished run +│ yes +│", done.stdout), done.stdout
     assert env["KIRIM_KEY"] not in done.stdout + done.stderr
     events, deliveries = lake_frames(data)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))
     assert set(keys) == world.history_keys
     assert sorted(deliveries["delivery_id"]) == sorted(r.id for r in world.emu.store.deliveries)
+
+
+def test_a_run_stopped_by_ctrl_c_is_resumed_and_the_summary_names_its_filters(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The summary said "resumed a killed run: yes" after a Ctrl-C too, and not which
+    # filters the run used
+    since, until = window(world)
+    data = tmp_path / "data"
+    sub = world.emu.store.deliveries[0].subscription_id
+    cmd = [sys.executable, "-m", "kirim_events", "backfill", "--data", str(data),
+           "--since", since, "--until", until, "--event-type", "message.status",
+           "--subscription-id", sub, "--slices", "2", "--page-size", "5",
+           "--no-progress"]  # fmt: skip
+    interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while checkpoint_pages(data) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+
+    done = subprocess.run(cmd, env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"│ resumed an unfinished run +│ yes +│", done.stdout), done.stdout
+    # in the flags' order (the checkpoint the resumed run read keeps them sorted)
+    filters = rf"│ filters +│ --subscription-id {sub} --event-type message.status +│"
+    assert re.search(filters, done.stdout), done.stdout
+    assert "killed" not in done.stdout
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -329,6 +363,7 @@ def test_backfill_progress_bar_and_summary(
     assert " left" in result.output  # an estimate: docs/cli.md says on what
     rows = len(world.emu.store.deliveries)
     assert re.search(rf"│ history rows read +│ {rows} +│", result.output)
+    assert re.search(r"│ filters +│ none +│", result.output)  # every delivery of the range
     assert re.search(
         rf"│ flushed to the lake +│ {len(world.history_keys)} events, {rows} rows", result.output
     )

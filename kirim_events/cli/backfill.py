@@ -170,7 +170,7 @@ def backfill_command(
         bool, typer.Option("--no-progress", help="No progress bar (on stderr by default).")
     ] = False,
 ) -> None:
-    """Pull Kirim's delivery history into the store; a killed run resumes when started again.
+    """Pull Kirim's delivery history into the store; an unfinished run resumes when run again.
 
     Rows go to the deliveries table; rows that carry their payload become events through the
     collector's dedup index. Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
@@ -250,7 +250,14 @@ def backfill_command(
 def _render_backfill(r: BackfillReport) -> None:
     table = Table("", "value", title="backfill", show_header=False)
     table.add_row("range", f"{_fmt(r.since)} .. {_fmt(r.until)}")
-    table.add_row("resumed a killed run", "yes" if r.resumed else "no")
+    asked = " ".join(  # in the flags' order, fresh or resumed (the checkpoint sorts them)
+        f"--{name.replace('_', '-')} {r.filters[name]}"
+        for name in ("subscription_id", "status", "event_type")
+        if name in r.filters
+    )
+    table.add_row("filters", printable(asked or "none"))
+    # killed, Ctrl-C, SIGTERM or an error: each leaves a checkpoint the same command resumes
+    table.add_row("resumed an unfinished run", "yes" if r.resumed else "no")
     table.add_row("pages / requests / retries", f"{r.pages} / {r.requests} / {r.retries}")
     table.add_row("history rows read", str(r.rows))
     table.add_row("new events", str(r.events_new))

@@ -7,7 +7,7 @@ from typing import Any
 
 from kirim_events.backfill import delivery_row
 from kirim_events.client import BULK_REPLAY_CAP, KirimClient
-from kirim_events.errors import ApiError, RateLimitTooLong
+from kirim_events.errors import ApiError, AuthenticationError, RateLimitTooLong
 from kirim_events.journal import Journal
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
 from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
@@ -134,11 +134,15 @@ def recover(
             try:
                 client.replay(m.delivery_id)
                 report.replayed += 1
-            except RateLimitTooLong:
+            except (RateLimitTooLong, AuthenticationError):
                 raise
             except ApiError as exc:
                 report.errors.append(f"replay {m.delivery_id}: {exc}")
+                report.failures.append(exc)
         for w in report.windows:
             bulk_replay_window(client, w, report)
-    except RateLimitTooLong as exc:  # every further call would be refused the same way
+    except (RateLimitTooLong, AuthenticationError) as exc:
+        # every further call would be refused the same way (a key refused: one error line,
+        # not one per delivery)
         report.errors.append(f"replays stopped: {exc}")
+        report.failures.append(exc)

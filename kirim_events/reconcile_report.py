@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kirim_events.client import Delivery
+from kirim_events.errors import ApiError
 from kirim_events.events import EventRecord
 from kirim_events.history_filter import FilterTally
 
@@ -82,6 +83,9 @@ class ReconcileReport:
     bulk_calls: int = 0
     bulk_enqueued: int = 0
     errors: list[str] = field(default_factory=list)
+    # the API errors of the replay and bulk_replay calls that failed (one line each in
+    # ``errors``): what they were, not only what they said (a 401 names the key to check)
+    failures: list[ApiError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a look, not a failure
 
     @property

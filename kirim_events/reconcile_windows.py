@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from kirim_events.client import BULK_REPLAY_CAP, KirimClient
-from kirim_events.errors import ApiError, RateLimitTooLong
+from kirim_events.errors import ApiError, AuthenticationError, RateLimitTooLong
 from kirim_events.reconcile_report import BulkWindow, ReconcileReport
 
 __all__ = ["bulk_replay_window", "plan_windows"]
@@ -53,8 +53,9 @@ def bulk_replay_window(
     """``bulk_replay`` one window; when Kirim answers ``capped``, halve it and repeat both.
 
     Counts calls and enqueued deliveries into ``report``; API errors are recorded in
-    ``report.errors`` rather than raised, so one bad window does not stop the others (except
-    RateLimitTooLong, which stops them all).
+    ``report.errors`` (and ``report.failures``) rather than raised, so one bad window does
+    not stop the others; except those that every later call would meet too, raised to stop
+    them all: RateLimitTooLong, and AuthenticationError (the key refused).
     """
     try:
         result = client.bulk_replay(
@@ -64,10 +65,11 @@ def bulk_replay_window(
             created_after=window.created_after,
             created_before=window.created_before,
         )
-    except RateLimitTooLong:
+    except (RateLimitTooLong, AuthenticationError):
         raise
     except ApiError as exc:
         report.errors.append(f"bulk_replay {window.subscription_id} {window.status}: {exc}")
+        report.failures.append(exc)
         return
     report.bulk_calls += 1
     report.bulk_enqueued += result.enqueued

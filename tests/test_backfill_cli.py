@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from loopback import serve
-from test_backfill_kit import IgnoreParams, World, lake_frames
+from test_backfill_kit import DropKey, IgnoreParams, StripPayload, World, lake_frames
 from typer.testing import CliRunner
 
 from kirim_events.cli import app
@@ -622,6 +622,57 @@ def test_a_key_kirim_refuses_is_one_error_and_a_hint_naming_kirim_key(
         )
     ]
     assert wrong not in result.output
+
+
+KEY_NOTE = (
+    "note: Kirim refused the API key: check KIRIM_KEY (wrong, expired or revoked?) and that"
+    " KIRIM_API_URL is that key's Kirim"
+)
+
+
+def test_a_bulk_replay_kirim_refuses_is_the_error_first_and_alone_with_the_hint(
+    world: World, env: dict[str, str]
+) -> None:
+    # it printed "0 deliveries enqueued in 0 call(s)", then the error, and no hint
+    sub = world.emu.store.deliveries[0].subscription_id
+    wrong = "kdv_live_" + "B" * 24
+    args = ["deliveries", "bulk-replay", "--subscription-id", sub, "--since", "3650d"]
+    result = CliRunner().invoke(app, args, env={**env, "KIRIM_KEY": wrong})
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if "retrying in" not in line]
+    assert len(lines) == 2, result.output
+    assert lines[0].startswith(f"error: bulk_replay {sub} dead: POST ")
+    assert "status=401" in lines[0]
+    assert lines[1] == KEY_NOTE
+    assert "enqueued" not in result.output
+    assert wrong not in result.output
+
+
+@pytest.fixture(scope="module")
+def read_only_url(world: World) -> Iterator[str]:
+    """The emulator without payloads in its history (so reconcile must ask for replays),
+    refusing every POST as Kirim refuses a key revoked after the walk: its own 401."""
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000)
+    with serve(DropKey(StripPayload(app_), "POST"), log_level="error") as url:
+        yield url
+
+
+def test_reconcile_replays_kirim_refuses_get_the_hint_and_the_summary_counts_them(
+    world: World, env: dict[str, str], read_only_url: str, tmp_path: Path
+) -> None:
+    since, until = window(world)
+    (tmp_path / "data").mkdir()  # an empty lake: every event is to be replayed
+    args = ["reconcile", "--data", str(tmp_path / "data"), "--since", since, "--until", until]
+    result = CliRunner().invoke(app, args, env={**env, "KIRIM_API_URL": read_only_url,
+                                                "COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert re.search(r"replayed 0; bulk_replay calls 0 \(0 enqueued\); 1 call\(s\) failed",
+                     result.stdout), result.stdout  # fmt: skip
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: replays stopped: POST ")
+    assert "status=401" in error
+    assert result.stderr.count(KEY_NOTE) == 1
+    assert env["KIRIM_KEY"] not in result.output
 
 
 def test_replays_with_a_key_kirim_refuses_get_the_hint_once(env: dict[str, str]) -> None:

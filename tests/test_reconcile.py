@@ -11,12 +11,20 @@ from typing import Any
 
 import httpx
 import pytest
-from test_backfill_kit import FakeTime, IgnoreParams, StripPayload, SyncASGI, World, lake_frames
+from test_backfill_kit import (
+    DropKey,
+    FakeTime,
+    IgnoreParams,
+    StripPayload,
+    SyncASGI,
+    World,
+    lake_frames,
+)
 
 from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
-from kirim_events.errors import ConfigError, PermanentApiError
+from kirim_events.errors import AuthenticationError, ConfigError, PermanentApiError
 from kirim_events.events import parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -295,6 +303,28 @@ def test_more_rows_at_one_instant_than_the_cap_make_one_window_not_hundreds() ->
     assert all(w.created_after < w.created_before for w in windows)
     for _, _, at in rows:
         assert sum(w.created_after <= at < w.created_before for w in windows) == 1
+
+
+def test_replays_stop_at_the_first_key_kirim_refuses_and_the_error_is_kept(world: World) -> None:
+    # A key that may read the history but is refused for replays (revoked meanwhile): every
+    # replay and bulk_replay call was sent and refused in turn, one error line each, and
+    # the CLI could not tell a 401 (whose hint names KIRIM_KEY) from the lines
+    since, until = window(world)
+    t = FakeTime(until.timestamp())
+    transport, client = world.api(
+        t, transport_wrapper=lambda app: DropKey(StripPayload(app), "POST")
+    )
+    report = reconcile(world.home, client=client, since=since, until=until,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert report.actions["replay"] + report.actions["bulk_replay"] > 1
+    assert sum(n for path, n in transport.paths.items() if path.startswith("POST")) == 1
+    assert (report.replayed, report.bulk_calls) == (0, 0)
+    (line,) = report.errors
+    assert line.startswith("replays stopped: ")
+    assert "status=401" in line
+    (refused,) = report.failures
+    assert isinstance(refused, AuthenticationError)
+    assert refused.status_code == 401
 
 
 def test_a_crowded_instant_is_replayed_one_by_one(tmp_path: Path) -> None:

@@ -216,10 +216,11 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def note_refused_key(exc: BaseException) -> None:
+def note_refused_key(*errors: BaseException) -> None:
     """After a 401, say where the key comes from: Kirim's own message (``invalid API key``,
-    or ``expired_api_key`` as a code) does not name the variable to fix."""
-    if isinstance(exc, AuthenticationError) and exc.status_code == 401:
+    or ``expired_api_key`` as a code) does not name the variable to fix. Once, however many
+    of ``errors`` are 401s."""
+    if any(isinstance(e, AuthenticationError) and e.status_code == 401 for e in errors):
         print_note(
             "Kirim refused the API key: check KIRIM_KEY (wrong, expired or revoked?) and that"
             " KIRIM_API_URL is that key's Kirim",

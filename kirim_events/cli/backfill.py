@@ -36,7 +36,7 @@ from kirim_events.cli._app import (
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.client import Delivery, KirimClient, format_time
-from kirim_events.errors import ApiError, ConfigError
+from kirim_events.errors import ApiError, AuthenticationError, ConfigError, RateLimitTooLong
 from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
@@ -378,14 +378,17 @@ def _render_reconcile(r: ReconcileReport) -> None:
             f" same bytes, so they are kept in quarantine, not replayed{kept}"
         )
     if not r.dry_run and r.missing:
+        failed = f"; {len(r.failures)} call(s) failed (below)" if r.failures else ""
         console.print(
             f"imported {r.imported}; replayed {r.replayed}; bulk_replay calls {r.bulk_calls} "
-            f"({r.bulk_enqueued} enqueued). Replays reach your collector, not this command."
+            f"({r.bulk_enqueued} enqueued){failed}. Replays reach your collector, not this"
+            " command."
         )
     for note in r.notes:
         print_note(note)
     for line in r.errors:
         print_error(line)
+    note_refused_key(*r.failures)  # once, not per call
     if r.errors:
         raise typer.Exit(1)
 
@@ -541,9 +544,20 @@ def deliveries_bulk_replay(
         hi = now if asked is None else asked
         report = ReconcileReport(since=lo, until=hi, dry_run=False)
         window = BulkWindow(subscription_id, status, lo, hi, 0)
-        bulk_replay_window(client, window, report, event_type=event_type)
-    console.print(f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s)")
+        try:
+            bulk_replay_window(client, window, report, event_type=event_type)
+        except (AuthenticationError, RateLimitTooLong) as exc:  # the window's rest not sent
+            report.errors.append(f"bulk_replay {subscription_id} {status}: {exc}")
+            report.failures.append(exc)
+    # the errors first; the count only when a call went through ("0 deliveries enqueued in
+    # 0 call(s)" above a refusal read as a success that found nothing to replay)
     for line in report.errors:
         print_error(line)
+    note_refused_key(*report.failures)
+    if report.bulk_calls:
+        failed = f"; {len(report.failures)} call(s) failed" if report.failures else ""
+        console.print(
+            f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s){failed}"
+        )
     if report.errors:
         raise typer.Exit(1)

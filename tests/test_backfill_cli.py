@@ -278,16 +278,25 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     assert {r["id"] for r in rows} == {r.id for r in store.deliveries if r.status == "dead"}
     assert all(r["has_payload"] for r in rows)
 
-    # in a table 80 columns wide, every id is still whole (it is what `replay` takes)
-    table = runner.invoke(app, ["deliveries", "list", "--status", "dead", "--limit", "5"],
-                          env={**env, "COLUMNS": "80"})  # fmt: skip
-    assert table.exit_code == 0, table.output
-    # the table alone (stdout): a full-file run once saw a 239-character line in .output
-    widest = max(table.stdout.splitlines(), key=len)
-    assert len(widest) <= 80, widest
-    shown = [r["id"] for r in rows][:5]
-    assert all(f" {i} " in table.output for i in shown), table.output
-    assert "…" not in table.output  # the other columns fold onto more lines, never cut
+    # 80 columns wide: every id and event id whole on a line, with the rest of its row (the
+    # table squeezed each wamid into five-character pieces, one per line)
+    assert any(r["event_id"].startswith("wamid.") for r in rows[:5])
+    for columns in (80, 200):
+        table = runner.invoke(app, ["deliveries", "list", "--status", "dead", "--limit", "5"],
+                              env={**env, "COLUMNS": str(columns)})  # fmt: skip
+        assert table.exit_code == 0, table.output
+        # the lines alone (stdout): a full-file run once saw a 239-character line in .output
+        lines = table.stdout.splitlines()
+        assert max(map(len, lines)) <= columns, table.stdout
+        assert "…" not in table.stdout  # nothing cut
+        for r in rows[:5]:
+            (at,) = [n for n, line in enumerate(lines) if re.search(rf"\b{r['id']}\b", line)]
+            row = " ".join(lines[at : at + 3] if columns == 80 else lines[at : at + 1])
+            for value in (r["status"], r["event_type"], r["created_at"]):
+                assert value in row, (value, row)
+            assert re.search(rf"(^|\s){re.escape(r['event_id'])}(\s|$)", row), row
+            numbers = rf"\s{r['attempt']}\s+(│\s+)?{r['response_status_code'] or '-'}\s"
+            assert re.search(numbers, row), row
 
     before = len(store.deliveries)
     one = runner.invoke(app, ["deliveries", "replay", dead[0].id], env=env)

@@ -35,6 +35,7 @@ from kirim_events.cli._app import (
     sigterm_interrupts,
 )
 from kirim_events.cli._app import settings as load_settings
+from kirim_events.cli.listing import deliveries_view
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, AuthenticationError, ConfigError, RateLimitTooLong
 from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
@@ -463,18 +464,8 @@ def deliveries_list(
             }  # fmt: skip
             typer.echo(json.dumps(row))
         return
-    # the id is what `deliveries replay` takes: never cut, so it can be copied whole
-    table = Table()
-    longest = max((len(d.id or "") for d in shown), default=2)
-    table.add_column("id", no_wrap=True, min_width=longest)
-    for name in ("status", "event type", "event id", "attempt", "code", "created"):
-        table.add_column(name, overflow="fold")  # folded onto more lines, never cut
-    for d in shown:
-        table.add_row(*map(printable, (  # what Kirim's API said, shown, never obeyed
-            d.id or "-", d.status or "-", d.event_type or "-", d.event_id or "-",
-            d.attempt or "-", d.response_status_code or "-", _fmt(d.created_at),
-        )))  # fmt: skip
-    console.print(table)
+    # the ids are what `deliveries replay` and `--event-id` take: whole, to be copied
+    console.print(deliveries_view(shown, console))
 
 
 def _in_range(d: Delivery, after: datetime | None, before: datetime | None) -> bool:

@@ -703,3 +703,28 @@ def test_a_file_given_as_the_lake_is_said_so(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: --lake {afile} is a file, not a folder")
     assert afile.read_text() == "not a lake"
+
+
+def test_a_bulk_replay_to_a_disabled_subscription_says_the_replays_wait(tmp_path: Path) -> None:
+    # "25 deliveries enqueued in 1 call(s)", and nothing more: Kirim sends nothing to a
+    # disabled subscription (kirim-api.md §3), so the replays only wait in its queue
+    w = World(tmp_path / "collector", seed=5, events=80)
+    try:
+        dead = [r for r in w.emu.store.deliveries if r.status == "dead"]
+        assert dead
+        sub = dead[0].subscription_id
+        w.emu.store.subscriptions[sub].status = "disabled"  # as after its auto-disable
+        with serve(create_app(w.emu.store, api_keys=w.emu.api_keys), log_level="error") as url:
+            env = {"KIRIM_KEY": w.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+            args = ["deliveries", "bulk-replay", "--subscription-id", sub, "--since", "3650d"]
+            result = CliRunner().invoke(app, args, env={**env, "COLUMNS": "200"})
+    finally:
+        w.close()
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{len(dead)} deliveries enqueued in 1 call(s)"
+    assert lines[1].startswith(
+        f"note: subscription {sub} is disabled: Kirim sends nothing to it, so these replays"
+        " wait in its queue"
+    )
+    assert '{"status": "active"}' in lines[1]

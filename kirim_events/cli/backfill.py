@@ -540,6 +540,7 @@ def deliveries_bulk_replay(
         except (AuthenticationError, RateLimitTooLong) as exc:  # the window's rest not sent
             report.errors.append(f"bulk_replay {subscription_id} {status}: {exc}")
             report.failures.append(exc)
+        held = _inactive(client, subscription_id) if report.bulk_enqueued else None
     # the errors first; the count only when a call went through ("0 deliveries enqueued in
     # 0 call(s)" above a refusal read as a success that found nothing to replay)
     for line in report.errors:
@@ -550,5 +551,23 @@ def deliveries_bulk_replay(
         console.print(
             f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s){failed}"
         )
+    if held is not None:
+        print_note(
+            f"subscription {subscription_id} is {held}: Kirim sends nothing to it, so these"
+            " replays wait in its queue. Once the collector answers, make it active again"
+            f' (PATCH /v1/webhook_subscriptions/{subscription_id} with {{"status": "active"}},'
+            " or in Kirim's dashboard)"
+        )
     if report.errors:
         raise typer.Exit(1)
+
+
+def _inactive(client: KirimClient, subscription_id: str) -> str | None:
+    """The status of a subscription Kirim sends nothing to (``disabled`` after its
+    auto-disable, kirim-api.md §3), or None: active, or unreadable (the replays were asked
+    for all the same; reconcile holds them instead, as it decides what to replay)."""
+    try:
+        status = client.get_subscription(subscription_id).get("status")
+    except ApiError:
+        return None
+    return None if status is None or status == "active" else str(status)

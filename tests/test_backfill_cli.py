@@ -728,3 +728,21 @@ def test_a_bulk_replay_to_a_disabled_subscription_says_the_replays_wait(tmp_path
         " wait in its queue"
     )
     assert '{"status": "active"}' in lines[1]
+
+
+def test_deliveries_list_says_when_nothing_matches_and_when_limit_cut_the_list(
+    env: dict[str, str],
+) -> None:
+    # it printed an empty table without a word, and 25 rows without saying there were more
+    runner = CliRunner()
+    none = runner.invoke(app, ["deliveries", "list", "--event-id", "evt_nothing"], env=env)
+    assert none.exit_code == 0, none.output
+    assert none.stdout == ""
+    assert none.stderr.startswith("note: no delivery in Kirim's history matches")
+    for extra in ([], ["--json"]):
+        cut = runner.invoke(app, ["deliveries", "list", "--limit", "2", *extra], env=env)
+        assert cut.exit_code == 0, cut.output
+        assert "note: the newest 2 deliveries are shown; Kirim has more" in cut.stderr
+    rows = runner.invoke(app, ["deliveries", "list", "--limit", "100000", "--json"], env=env)
+    assert rows.stdout.count("\n") > 2
+    assert "Kirim has more" not in rows.stderr  # all of them shown

@@ -441,18 +441,26 @@ def deliveries_list(
         pages = client.iter_pages(
             limit=min(100, limit), created_after=after, created_before=before, **flt.asked()
         )
+        more = False  # rows past the last one shown: --limit cut the list
         for page, _ in pages:
-            for d in page.deliveries:
+            for n, d in enumerate(page.deliveries, 1):
                 if not _in_range(d, after, before):
                     tally.outside[TIME_FILTER] += 1
                 elif tally.keep(flt, d):
                     shown.append(d)
                 if len(shown) >= limit:
+                    more = n < len(page.deliveries) or page.has_more
                     break
             if len(shown) >= limit:
                 break
     for note in tally.notes(flt, stored="shown"):
         print_note(note, stderr=True)  # stderr: --json output stays one object per line
+    if not shown:  # not an empty table without a word
+        print_note("no delivery in Kirim's history matches the range and filters", stderr=True)
+        return
+    if more:
+        note = f"the newest {limit} deliveries are shown; Kirim has more (raise --limit)"
+        print_note(note, stderr=True)
     if as_json:
         for d in shown:
             row = {

@@ -57,3 +57,15 @@ def test_the_package_loads_its_names_when_first_used() -> None:
 def test_contract_names_are_exported() -> None:
     for name in ("sign", "verify", "Settings", "Secret", "parse_delivery"):
         assert name in kirim_events.__all__
+
+
+def test_the_lake_loads_no_pyarrow_dataset_until_one_is_read() -> None:
+    # pyarrow.dataset imports pandas where it is installed (about 40 MB and a few tenths of
+    # a second at every start of a command that opens a lake); only S3 and key=value lakes
+    # need it, and they import it when they read
+    code = (
+        "import sys, kirim_events.lake, kirim_events.lake.sqlviews, kirim_events.backfill;"
+        "print([m for m in ('pyarrow.dataset', 'pandas') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]"]

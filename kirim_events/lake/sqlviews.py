@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import os
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import duckdb
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from kirim_events.lake.paths import is_compaction_file
@@ -41,6 +41,9 @@ from kirim_events.lake.reader import (
 )
 from kirim_events.lake.storage import Storage
 from kirim_events.sqltext import quote_identifier, quote_literal, timestamp_literal
+
+if TYPE_CHECKING:  # pyarrow.dataset loads pandas where it is installed: only when used
+    import pyarrow.dataset as pads
 
 __all__ = ["create_stand_in", "create_view"]
 
@@ -81,7 +84,7 @@ def _native(storage: Storage, table: str, rels: list[str]) -> list[str] | None:
 _DATASET = "_dataset"
 
 #: One part of a view: its SQL, and the dataset that SQL reads as ``_DATASET``, if any.
-_Part = tuple[str, pads.Dataset | None]
+_Part = tuple[str, "pads.Dataset | None"]
 
 
 def _source(storage: Storage, table: str, rels: list[str]) -> tuple[str, pads.Dataset | None]:

@@ -26,7 +26,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,10 +114,35 @@ async def _deliver(
     """Send ``bundles`` and return once every delivery of theirs is acknowledged or given up
     on (Kirim's compressed retry schedule has run out), reporting progress meanwhile."""
     run = asyncio.ensure_future(emu.engine.run(bundles, client=client))
-    while not run.done():
-        progress("sending", len(emu.truth), total)
-        await asyncio.wait({run}, timeout=0.25)
+    try:
+        while not run.done():
+            progress("sending", len(emu.truth), total)
+            await asyncio.wait({run}, timeout=0.25)
+    except asyncio.CancelledError:
+        # stopped (Ctrl-C): the engine settles its requests in flight before the servers go
+        run.cancel()
+        await asyncio.wait({run})
+        raise
     return run.result()
+
+
+async def _serve(
+    collector: Collector, sock: socket.socket, stops: contextlib.AsyncExitStack
+) -> Callable[[], Awaitable[None]]:
+    """Serve ``collector`` on ``sock`` and run its flusher; return what stops both, which
+    ``stops`` calls too on the way out (a second call does nothing)."""
+    served = Served(collector.receiver, sock, **SERVER_CONFIG)
+    await served.start()
+    stop_flusher = asyncio.Event()
+    flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
+
+    async def stop() -> None:
+        await served.stop()  # the requests in flight are answered first
+        stop_flusher.set()
+        await flusher
+
+    stops.push_async_callback(stop)
+    return stop
 
 
 async def _run(
@@ -129,6 +154,32 @@ async def _run(
     api_sock: socket.socket,
     collector_sock: socket.socket,
     opened: list[Collector | socket.socket],
+) -> DemoReport:
+    # However the run ends (Ctrl-C cancels it), its servers stop while the loop still runs:
+    # left to asyncio.run's teardown, each request in flight died with a traceback.
+    async with contextlib.AsyncExitStack() as stops:
+        return await _pipeline(
+            data_dir,
+            scale=scale,
+            seed=seed,
+            progress=progress,
+            api_sock=api_sock,
+            collector_sock=collector_sock,
+            opened=opened,
+            stops=stops,
+        )
+
+
+async def _pipeline(
+    data_dir: Path,
+    *,
+    scale: float,
+    seed: int,
+    progress: ProgressCallback,
+    api_sock: socket.socket,
+    collector_sock: socket.socket,
+    opened: list[Collector | socket.socket],
+    stops: contextlib.AsyncExitStack,
 ) -> DemoReport:
     started = time.monotonic()
     report = DemoReport(data_dir=data_dir)
@@ -163,16 +214,14 @@ async def _run(
     )
     api = Served(emu.app, api_sock, **SERVER_CONFIG)
     await api.start()
+    stops.push_async_callback(api.stop)
     api_url = api.url
 
     port = collector_sock.getsockname()[1]
     url = f"http://{HOST}:{port}{WEBHOOK_PATH}"
     collector = Collector(data_dir, [old_secret], flush_interval=1.0)
     opened.append(collector)
-    served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
-    await served.start()
-    stop_flusher = asyncio.Event()
-    flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
+    stop_collector = await _serve(collector, collector_sock, stops)
     sub = emu.subscribe(url)
 
     history_since = datetime.fromtimestamp(time.time() - 60, UTC)
@@ -201,13 +250,11 @@ async def _run(
 
         # Restart the collector: graceful stop (drain, flush), an outage, then start again.
         progress("collector restart", 0, 1)
-        await served.stop()
+        await stop_collector()
         # The port stays bound through the outage, not listening: it refuses connections as
         # a closed port does, and a program that does not ask to share it cannot take it.
         collector_sock = listen_socket(HOST, port)
         opened.append(collector_sock)
-        stop_flusher.set()
-        await flusher
         collector.flush()
         collector.close()
         # The outage: Kirim sends the next events to the closed port and, with its retry
@@ -217,10 +264,7 @@ async def _run(
         report.outage_events = len(emu.truth) - before
         collector = Collector(data_dir, [new_secret, old_secret], flush_interval=1.0)
         opened.append(collector)
-        served = Served(collector.receiver, collector_sock, **SERVER_CONFIG)
-        await served.start()
-        stop_flusher = asyncio.Event()
-        flusher = asyncio.ensure_future(collector.run_flusher(stop_flusher))
+        stop_collector = await _serve(collector, collector_sock, stops)
         progress("collector restart", 1, 1)
         engine_report = await _deliver(emu, world, client, progress, n_events)
     progress("sending", n_events, n_events)
@@ -231,9 +275,7 @@ async def _run(
     report.dead_or_failed = engine_report.dead + engine_report.failed
     report.unacknowledged_events = len(emu.unacknowledged_event_keys())
 
-    stop_flusher.set()
-    await flusher
-    await served.stop()
+    await stop_collector()
     collector.flush()
     collector.close()
 

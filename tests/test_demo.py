@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.server
 import math
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,6 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 from typer.testing import CliRunner
+from waiting import wait_until
 
 from kirim_events import Lake, demo, testing
 from kirim_events.cli import app
@@ -285,3 +289,37 @@ class _NotFound(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def test_ctrl_c_while_sending_stops_in_one_line_and_the_next_run_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    # Ctrl-C half way through the traffic printed an "Exception in ASGI application"
+    # traceback for each request in flight (the servers were torn down under them) and then
+    # exited without a word on what was left in the folder.
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "kirim_events", "demo", "--data", str(data), "--scale", "0.5"]
+    # (a child of a background job would start with SIGINT ignored)
+    interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    )
+    try:
+        # the collector's first flush: the traffic is under way, requests in flight
+        wait_until(
+            lambda: proc.poll() is not None or any(data.glob("events/**/*.parquet")),
+            120,
+            what="the demo's first flush",
+        )
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [
+        f"interrupted: the demo stopped part way; {data} holds what it wrote so far, and the"
+        " next kirim-events demo there starts afresh"
+    ]
+    again = run_demo(data, scale=0.05)
+    assert again.lake_matches_truth, again.notes

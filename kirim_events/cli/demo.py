@@ -15,7 +15,9 @@ from kirim_events.cli._app import (
     DataOption,
     command,
     console,
+    err_console,
     errors_to_exit,
+    interrupt_code,
     print_note,
     settings,
 )
@@ -81,11 +83,19 @@ def demo(
         bar.update(tasks[stage], completed=done, total=max(total, 1))
 
     try:
-        with errors_to_exit():
-            result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
-    finally:
-        if tasks:  # stop() prints a line even when never started
-            bar.stop()
+        try:
+            with errors_to_exit():
+                result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
+        finally:
+            if tasks:  # stop() prints a line even when never started
+                bar.stop()
+    except KeyboardInterrupt as exc:
+        err_console.print(
+            f"interrupted: the demo stopped part way; {s.data_dir} holds what it wrote so far,"
+            " and the next kirim-events demo there starts afresh",
+            soft_wrap=True,
+        )
+        raise typer.Exit(interrupt_code(exc)) from None
     console.print(_summary(result))
     for note in result.notes:
         print_note(note)

@@ -43,6 +43,7 @@ from kirim_events.emulator.emulator import Emulator
 from kirim_events.emulator.engine import EngineReport
 from kirim_events.emulator.model import Bundle
 from kirim_events.errors import ConfigError
+from kirim_events.filelock import file_lock
 from kirim_events.journal_index import journal_path
 from kirim_events.lake import LAKE_ENTRIES, Lake
 from kirim_events.listen import listen_socket
@@ -317,16 +318,26 @@ async def _pipeline(
 DEMO_MARKER = Path("_state") / "demo.json"
 
 
-def _prepare(folder: Path) -> None:
+def _prepare(folder: Path, held: contextlib.ExitStack) -> None:
     """Make ``folder`` ready for a demo run, never touching data the demo did not write.
 
     A folder the demo wrote before (it holds the marker) is cleared, so each run starts
-    from an empty lake; any other non-empty folder is refused.
+    from an empty lake; any other non-empty folder is refused. The folder is locked on
+    ``held`` for the run: a second demo on it at once is refused (it cleared the first's
+    lake under it, the notebooks' first cell and ``kirim-events demo`` alike).
     """
     if folder.exists() and not folder.is_dir():  # mkdir would say only "File exists"
         raise ConfigError(f"{folder} is a file, not a folder: give the demo a folder (--data DIR)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {folder} for the demo's lake: {exc.strerror}") from None
+    if not held.enter_context(file_lock(folder, wait=False)):
+        raise ConfigError(
+            f"a demo is running on {folder} now: let it finish, or run this one on another"
+            " --data DIR"
+        )
+    try:
         present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
     except OSError as exc:
         raise ConfigError(f"cannot use {folder} for the demo's lake: {exc.strerror}") from None
@@ -411,11 +422,11 @@ def run_demo(
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0 (a free one) to 65535, got {port}")
     folder = Path(data_dir)
-    with contextlib.ExitStack() as sockets:
+    with contextlib.ExitStack() as held:
         # bound first: a busy port is refused before the folder is touched
-        collector_sock = sockets.enter_context(listen_socket(HOST, port))
-        api_sock = sockets.enter_context(listen_socket(HOST, 0))
-        _prepare(folder)
+        collector_sock = held.enter_context(listen_socket(HOST, port))
+        api_sock = held.enter_context(listen_socket(HOST, 0))
+        _prepare(folder, held)
         marker = folder / DEMO_MARKER
         marker.parent.mkdir(parents=True, exist_ok=True)
         replace_file(marker, json.dumps({"seed": seed, "scale": scale}) + "\n")
@@ -449,8 +460,8 @@ def run_demo(
             # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 report = pool.submit(go).result()
-    sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
-    # whole or not at all: a torn marker reads as unsealed, and the next run would clear
-    # the folder without checking what came in since
-    replace_file(marker, json.dumps(sealed) + "\n")
+        sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
+        # whole or not at all: a torn marker reads as unsealed, and the next run would clear
+        # the folder without checking what came in since
+        replace_file(marker, json.dumps(sealed) + "\n")
     return report

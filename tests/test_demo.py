@@ -323,3 +323,29 @@ def test_ctrl_c_while_sending_stops_in_one_line_and_the_next_run_starts_afresh(
     ]
     again = run_demo(data, scale=0.05)
     assert again.lake_matches_truth, again.notes
+
+
+def test_a_second_demo_on_a_folder_a_demo_is_writing_is_refused(tmp_path: Path) -> None:
+    # `kirim-events demo` in one terminal and notebook 01 (whose first cell runs the demo
+    # while ./data holds no event yet) at once: the second cleared the first's lake under
+    # it, and the first died with "journal ... was deleted, moved or replaced while open"
+    folder = tmp_path / "data"
+    first: list[DemoReport | BaseException] = []
+
+    def run() -> None:
+        try:
+            first.append(run_demo(folder, scale=0.3, seed=4))
+        except BaseException as exc:
+            first.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_until(lambda: first or (folder / demo.DEMO_MARKER).is_file(), 60, what="the start")
+        assert not first, first
+        refused_by_library_and_cli(folder, f"a demo is running on {folder} now")
+    finally:
+        thread.join(120)
+    assert len(first) == 1
+    assert isinstance(first[0], DemoReport), first
+    assert first[0].lake_matches_truth, first[0].notes

@@ -349,3 +349,24 @@ def test_a_second_demo_on_a_folder_a_demo_is_writing_is_refused(tmp_path: Path) 
     assert len(first) == 1
     assert isinstance(first[0], DemoReport), first
     assert first[0].lake_matches_truth, first[0].notes
+
+
+def test_the_closing_hint_can_be_pasted_into_a_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run outside the repository, in a folder whose name has a space: the hint said
+    # `kirim-events report --data /my folder/data` (two arguments once pasted) and, the
+    # folder being ./data, sent the notebooks to the repository's ./data, not this one.
+    here = tmp_path / "my folder"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("KIRIM_DATA_DIR", raising=False)
+    for args, report, lake in [
+        ([], "--data data", here / "data"),
+        (["--data", "the lake"], "--data 'the lake'", here / "the lake"),
+    ]:
+        result = CliRunner().invoke(app, ["demo", *args, "--scale", "0.05"])
+        assert result.exit_code == 0, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert f"try: kirim-events report {report}, or open" in last
+        assert last.endswith(f"with KIRIM_DATA_DIR='{lake}' set")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -106,11 +107,13 @@ def demo(
             more="the first {top} (kirim-events report lists 10, --top N more)",
         )
     notebook = "open notebooks/01-quickstart.ipynb"
-    if Path(s.data_dir) != Path("data"):  # the notebooks open ./data unless told otherwise
-        notebook += f" with KIRIM_DATA_DIR={Path(s.data_dir).resolve()} set"
+    # the notebooks open the repository's ./data unless told otherwise; the paths are quoted
+    # for a shell (a space split them in two when pasted)
+    if Path(s.data_dir) != Path("data") or not Path("notebooks").is_dir():
+        notebook += f" with KIRIM_DATA_DIR={shlex.quote(str(Path(s.data_dir).resolve()))} set"
     console.print(
-        f"\nThe lake is in {s.data_dir}/ - try: kirim-events report --data {s.data_dir}, "
-        f"or {notebook}"
+        f"\nThe lake is in {s.data_dir}/ - try: kirim-events report --data "
+        f"{shlex.quote(str(s.data_dir))}, or {notebook}"
     )
     if not result.lake_matches_truth:
         raise typer.Exit(1)

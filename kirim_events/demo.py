@@ -318,13 +318,14 @@ async def _pipeline(
 DEMO_MARKER = Path("_state") / "demo.json"
 
 
-def _prepare(folder: Path, held: contextlib.ExitStack) -> None:
+def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
     """Make ``folder`` ready for a demo run, never touching data the demo did not write.
 
     A folder the demo wrote before (it holds the marker) is cleared, so each run starts
     from an empty lake; any other non-empty folder is refused. The folder is locked on
     ``held`` for the run: a second demo on it at once is refused (it cleared the first's
-    lake under it, the notebooks' first cell and ``kirim-events demo`` alike).
+    lake under it, the notebooks' first cell and ``kirim-events demo`` alike). Returns
+    whether an earlier demo's lake was cleared.
     """
     if folder.exists() and not folder.is_dir():  # mkdir would say only "File exists"
         raise ConfigError(f"{folder} is a file, not a folder: give the demo a folder (--data DIR)")
@@ -342,7 +343,7 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot use {folder} for the demo's lake: {exc.strerror}") from None
     if not present:
-        return
+        return False
     marker = folder / DEMO_MARKER
     if not marker.is_file():
         raise ConfigError(
@@ -361,6 +362,7 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> None:
     for path in present:
         if path.name in LAKE_ENTRIES and path.is_dir():
             shutil.rmtree(path)
+    return True
 
 
 def _contents(folder: Path) -> dict[str, Any]:
@@ -396,7 +398,8 @@ def run_demo(
     ----------
     data_dir
         Where the lake is written: an empty or missing folder, or one a previous demo wrote
-        (it is cleared first). Any other non-empty folder raises ConfigError.
+        (it is cleared first, and the report's notes say so). Any other non-empty folder,
+        or one another demo is writing at that moment, raises ConfigError.
     scale
         Multiplies the amount of traffic (1.0: about 4 000 world events), up to
         ``MAX_SCALE`` (25).
@@ -426,7 +429,7 @@ def run_demo(
         # bound first: a busy port is refused before the folder is touched
         collector_sock = held.enter_context(listen_socket(HOST, port))
         api_sock = held.enter_context(listen_socket(HOST, 0))
-        _prepare(folder, held)
+        cleared = _prepare(folder, held)
         marker = folder / DEMO_MARKER
         marker.parent.mkdir(parents=True, exist_ok=True)
         replace_file(marker, json.dumps({"seed": seed, "scale": scale}) + "\n")
@@ -460,6 +463,11 @@ def run_demo(
             # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 report = pool.submit(go).result()
+        if cleared:
+            report.notes.insert(
+                0,
+                f"{folder} held an earlier demo's lake: it was cleared, so this run started afresh",
+            )
         sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
         # whole or not at all: a torn marker reads as unsealed, and the next run would clear
         # the folder without checking what came in since

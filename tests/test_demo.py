@@ -199,6 +199,11 @@ def test_demo_twice_on_one_folder_starts_afresh(
     assert lake.message_timelines().collect().height > 0
     assert lake.sql("select count(*) from events").fetchall() == [(first.lake_events,)]
     second = run_demo("data", scale=0.05, seed=2)
+    # the second run says it replaced the first's lake (it did so without a word)
+    assert first.notes == []
+    assert second.notes == [
+        "data held an earlier demo's lake: it was cleared, so this run started afresh"
+    ]
     for report in (first, second):
         assert report.lake_matches_truth, report.notes
         assert report.reconcile_found_exactly

@@ -375,3 +375,25 @@ def test_the_closing_hint_can_be_pasted_into_a_shell(
         last = result.output.strip().splitlines()[-1]
         assert f"try: kirim-events report {report}, or open" in last
         assert last.endswith(f"with KIRIM_DATA_DIR='{lake}' set")
+
+
+def test_the_closing_hint_runs_kirim_events_as_the_user_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's first command runs `.venv/bin/kirim-events demo` without activating the
+    # environment; the hint's `kirim-events report` then met "command not found".
+    monkeypatch.chdir(tmp_path)
+    script = Path(".venv") / "bin" / "kirim-events"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!{sys.executable}\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = CliRunner().invoke(app, ["demo", "--scale", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert "try: .venv/bin/kirim-events report --data data, or" in result.output
+    # found on PATH (an activated environment): the plain name
+    monkeypatch.setenv("PATH", str(script.parent.resolve()))
+    result = CliRunner().invoke(app, ["demo", "--scale", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert "try: kirim-events report --data data, or" in result.output

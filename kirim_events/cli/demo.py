@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +45,19 @@ def _summary(report: DemoReport) -> Table:
     verdict = Text("yes", "green") if report.lake_matches_truth else Text("no", "red")
     table.add_row("lake equals the emulator's ground truth", verdict)
     return table
+
+
+def _program() -> str:
+    """How to run kirim-events again from this shell: the plain name when the shell finds
+    this very script, else the path it was run by (the README's first command runs
+    ``.venv/bin/kirim-events`` without activating the environment)."""
+    ran = Path(sys.argv[0])
+    if ran.name != "kirim-events":  # python -m kirim_events, a test runner
+        return "kirim-events"
+    found = shutil.which("kirim-events")
+    if found is not None and Path(found).resolve() == ran.resolve():
+        return "kirim-events"
+    return shlex.quote(sys.argv[0])
 
 
 @command("demo")
@@ -112,7 +127,7 @@ def demo(
     if Path(s.data_dir) != Path("data") or not Path("notebooks").is_dir():
         notebook += f" with KIRIM_DATA_DIR={shlex.quote(str(Path(s.data_dir).resolve()))} set"
     console.print(
-        f"\nThe lake is in {s.data_dir}/ - try: kirim-events report --data "
+        f"\nThe lake is in {s.data_dir}/ - try: {_program()} report --data "
         f"{shlex.quote(str(s.data_dir))}, or {notebook}"
     )
     if not result.lake_matches_truth:

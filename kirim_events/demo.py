@@ -384,6 +384,27 @@ def _contents(folder: Path) -> dict[str, Any]:
     return {"files": hashlib.sha256("\n".join(names).encode()).hexdigest(), "keys": keys}
 
 
+def _result(
+    future: concurrent.futures.Future[DemoReport], running: list[asyncio.Task[DemoReport]]
+) -> DemoReport:
+    """The result of a run on another thread. A KeyboardInterrupt while waiting (a notebook
+    kernel's interrupt) stops that run as Ctrl-C stops one, then goes on: it took effect
+    only once the whole demo had run."""
+    try:
+        while not future.done():  # woken often: a signal taken by another thread of the
+            concurrent.futures.wait([future], timeout=0.1)  # kernel wakes no blocked wait
+        return future.result()
+    except KeyboardInterrupt:
+        asked = False
+        while not future.done():
+            if running and not asked:  # once: a second cancel would cut its stop short
+                asked = True
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                    running[0].get_loop().call_soon_threadsafe(running[0].cancel)
+            concurrent.futures.wait([future], timeout=0.05)
+        raise
+
+
 def run_demo(
     data_dir: str | Path = "data",
     *,
@@ -434,21 +455,26 @@ def run_demo(
         marker.parent.mkdir(parents=True, exist_ok=True)
         replace_file(marker, json.dumps({"seed": seed, "scale": scale}) + "\n")
         progress = on_progress or (lambda stage, done, total: None)
+        opened: list[Collector | socket.socket] = []
+        running: list[asyncio.Task[DemoReport]] = []  # for a stop from another thread
+
+        async def main() -> DemoReport:
+            task = asyncio.current_task()
+            if task is not None:
+                running.append(task)
+            return await _run(
+                folder,
+                scale=scale,
+                seed=seed,
+                progress=progress,
+                api_sock=api_sock,
+                collector_sock=collector_sock,
+                opened=opened,
+            )
 
         def go() -> DemoReport:
-            opened: list[Collector | socket.socket] = []
             try:
-                return asyncio.run(
-                    _run(
-                        folder,
-                        scale=scale,
-                        seed=seed,
-                        progress=progress,
-                        api_sock=api_sock,
-                        collector_sock=collector_sock,
-                        opened=opened,
-                    )
-                )
+                return asyncio.run(main())
             finally:
                 # a run that failed half way leaves no journal thread, database or port
                 # open behind it (a notebook kernel lives on); closing twice is harmless
@@ -462,7 +488,7 @@ def run_demo(
         else:
             # Called from a running event loop (a Jupyter kernel): a thread with its own loop.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                report = pool.submit(go).result()
+                report = _result(pool.submit(go), running)
         if cleared:
             report.notes.insert(
                 0,

@@ -397,3 +397,31 @@ def test_the_closing_hint_runs_kirim_events_as_the_user_did(
     result = CliRunner().invoke(app, ["demo", "--scale", "0.05"])
     assert result.exit_code == 0, result.output
     assert "try: kirim-events report --data data, or" in result.output
+
+
+def test_a_kernel_interrupt_stops_a_demo_run_from_a_notebook(tmp_path: Path) -> None:
+    # In a notebook (a running event loop) the demo runs on a thread; the kernel's
+    # interrupt (KeyboardInterrupt in the main thread) took effect only once that thread had
+    # run the whole demo, so the interrupt button seemed to do nothing.
+    import _thread
+    import asyncio
+
+    from kirim_events.stopsignals import handling
+
+    folder = tmp_path / "data"
+
+    def interrupt_once_sending() -> None:
+        wait_until(lambda: any(folder.glob("events/**/*.parquet")), 120, what="a first flush")
+        _thread.interrupt_main()
+
+    async def cell() -> None:  # a notebook cell: the kernel's loop runs, SIGINT raises
+        with handling(signal.default_int_handler, (signal.SIGINT,)):
+            threading.Thread(target=interrupt_once_sending, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                run_demo(folder, scale=0.5)
+
+    asyncio.run(cell())
+    # stopped while sending: reconcile never ran (it had recovered the outage's events)
+    assert Lake(folder).events().filter(pl.col("origin") == "backfill").collect().height == 0
+    assert not [t for t in threading.enumerate() if t.name == "kirim-journal" and t.is_alive()]
+    assert run_demo(folder, scale=0.05).lake_matches_truth

@@ -359,7 +359,11 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
             f"{folder} was written by the demo, but events were added since (a collector or a"
             " backfill?), so the demo will not clear it; run the demo on another --data DIR"
         )
-    for path in present:
+    # The marker unsealed first and its folder cleared last: a run stopped half way through
+    # (Ctrl-C) leaves a folder the next one still takes as the demo's (it was refused, its
+    # contents no longer those sealed, or with the marker gone).
+    replace_file(marker, "{}\n")
+    for path in sorted(present, key=lambda path: path.name == DEMO_MARKER.parts[0]):
         if path.name in LAKE_ENTRIES and path.is_dir():
             shutil.rmtree(path)
     return True

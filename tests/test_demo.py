@@ -24,6 +24,7 @@ from kirim_events.demo import DemoReport, run_demo
 from kirim_events.errors import ConfigError
 from kirim_events.events import parse_delivery
 from kirim_events.journal import Journal
+from kirim_events.lake import LAKE_ENTRIES
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -425,3 +426,42 @@ def test_a_kernel_interrupt_stops_a_demo_run_from_a_notebook(tmp_path: Path) -> 
     assert Lake(folder).events().filter(pl.col("origin") == "backfill").collect().height == 0
     assert not [t for t in threading.enumerate() if t.name == "kirim-journal" and t.is_alive()]
     assert run_demo(folder, scale=0.05).lake_matches_truth
+
+
+def test_a_stop_while_the_demo_clears_its_folder_leaves_one_the_next_run_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while a run cleared an earlier demo's lake: the next run refused the folder,
+    # "events were added since" (the sealed contents no longer matched), or, once the
+    # marker's _state/ had gone before the events, "not written by the demo".
+    import contextlib
+    import shutil
+
+    first = tmp_path / "first"
+    run_demo(first, scale=0.05, seed=2)
+    entries = len([p for p in first.iterdir() if p.name in LAKE_ENTRIES])
+    remove = shutil.rmtree
+    for stop_after in range(1, entries):
+        folder = tmp_path / f"stopped-{stop_after}"
+        shutil.copytree(first, folder)
+        gone: list[str] = []
+
+        def interrupted(
+            path: Path,
+            *args: Any,
+            gone: list[str] = gone,
+            stop_after: int = stop_after,
+            **kwargs: Any,
+        ) -> None:
+            remove(path, *args, **kwargs)
+            gone.append(Path(path).name)
+            if len(gone) == stop_after:  # Ctrl-C right after this one went
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(demo.shutil, "rmtree", interrupted)
+            with pytest.raises(KeyboardInterrupt), contextlib.ExitStack() as held:
+                demo._prepare(folder, held)
+        with contextlib.ExitStack() as held:
+            demo._prepare(folder, held)  # the next run takes the folder
+        assert not [p for p in folder.iterdir() if p.name in LAKE_ENTRIES], gone

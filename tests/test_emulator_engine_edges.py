@@ -1,0 +1,60 @@
+"""The emulator's engine: the documented retry schedule, disorder's share and scale, and
+what a deleted subscription loses (cases found by mutation testing)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import httpx
+import pytest
+from test_emulator_engine import SECRET, URL, FakeClock, Receiver, _live, _run
+
+from kirim_events.emulator import Emulator, EngineConfig
+from kirim_events.emulator.engine import disorder_lag
+from kirim_events.errors import ConfigError
+
+
+def test_without_jitter_the_waits_are_kirims_documented_schedule() -> None:
+    # kirim-api.md §3: 0, 10 s, 30 s, 2 min, 10 min, 1 h, 6 h, 24 h
+    emu, _, _ = _live(1, receiver=Receiver(policy=lambda n, h: 503), jitter=0.0)
+    rows = [a for a in emu.store.attempts if a.delivery_id == emu.store.deliveries[0].id]
+    gaps = [round(b.sent_at - a.sent_at, 6) for a, b in itertools.pairwise(rows)]
+    assert gaps == [10, 30, 120, 600, 3600, 21600, 86400]
+
+
+def test_a_jitter_of_one_is_refused() -> None:
+    # U(0, 2) times the schedule: a retry could come at once
+    with pytest.raises(ConfigError, match=r"jitter must be in \[0, 1\)"):
+        EngineConfig(jitter=1.0).validate()
+
+
+def test_disorder_holds_back_its_share_of_deliveries_within_the_delay() -> None:
+    config = EngineConfig(disorder=0.25, disorder_delay=60.0)
+    lags = [disorder_lag(random.Random(i), config) for i in range(4000)]
+    held = [lag for lag in lags if lag > 0]
+    assert 0.2 < len(held) / len(lags) < 0.3
+    assert max(held) <= 60.0
+    assert disorder_lag(random.Random(1), EngineConfig()) == 0.0
+
+
+def test_time_compression_divides_the_disorder_delay() -> None:
+    emu, _, _ = _live(30, disorder=1.0, disorder_delay=600.0, time_compression=60.0)
+    created = {row.id: row.created_at for row in emu.store.deliveries}
+    lags = [a.sent_at - created[a.delivery_id] for a in emu.store.attempts if a.attempt == 1]
+    assert max(lags) <= 10.0 + 1e-6  # 600 s of disorder, compressed 60 times
+    assert max(lags) > 1.0
+
+
+def test_a_deleted_subscription_is_not_counted_as_missing_events() -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=3, secrets=SECRET, clock=clock, sleep=clock.sleep)
+    emu.subscribe(URL)
+    gone = emu.subscribe("http://other.test/hook")
+    gone.status, gone.deleted = "disabled", True
+    receiver: Any = Receiver(clock=clock)
+    _run(emu.send(10, transport=httpx.ASGITransport(app=receiver)))
+    assert len(receiver.requests) == len(emu.store.deliveries) > 0
+    assert emu.engine.report.unsent == 0
+    assert gone.id not in emu.store.unsent

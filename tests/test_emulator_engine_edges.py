@@ -58,3 +58,26 @@ def test_a_deleted_subscription_is_not_counted_as_missing_events() -> None:
     assert len(receiver.requests) == len(emu.store.deliveries) > 0
     assert emu.engine.report.unsent == 0
     assert gone.id not in emu.store.unsent
+
+
+def _outcomes(emu: Emulator) -> set[tuple[str, ...]]:
+    by_row: dict[str, list[str]] = {}
+    for a in emu.store.attempts:
+        by_row.setdefault(a.delivery_id, []).append(a.outcome)
+    return {tuple(outcomes) for outcomes in by_row.values()}
+
+
+@pytest.mark.parametrize("status", [300, 308, 408])
+def test_a_redirect_or_a_request_timeout_is_retried(status: int) -> None:
+    # kirim-api.md §3: 3xx and 408 are retried; other 4xx are permanent
+    def policy(n: int, headers: dict[str, str]) -> int:
+        return status if headers["x-kirim-attempt"] == "1" else 200
+
+    emu, _, _ = _live(10, receiver=Receiver(policy=policy))
+    assert _outcomes(emu) == {("retry", "succeeded")}
+
+
+def test_a_lost_acknowledgement_is_never_pretended_on_the_last_attempt() -> None:
+    emu, _, _ = _live(10, duplicate_rate=1.0, max_attempts=3)
+    assert _outcomes(emu) == {("lost_ack", "lost_ack", "succeeded")}
+    assert {row.status for row in emu.store.deliveries} == {"succeeded"}

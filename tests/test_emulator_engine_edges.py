@@ -81,3 +81,33 @@ def test_a_lost_acknowledgement_is_never_pretended_on_the_last_attempt() -> None
     emu, _, _ = _live(10, duplicate_rate=1.0, max_attempts=3)
     assert _outcomes(emu) == {("lost_ack", "lost_ack", "succeeded")}
     assert {row.status for row in emu.store.deliveries} == {"succeeded"}
+
+
+def _slow_then_ok(seconds: float) -> Receiver:
+    """A receiver whose first answer (503) takes ``seconds`` of the engine's clock."""
+    receiver = Receiver()
+
+    def policy(n: int, headers: dict[str, str]) -> int:
+        if headers["x-kirim-attempt"] != "1":
+            return 200
+        receiver.clock.t += seconds  # type: ignore[union-attr]
+        return 503
+
+    receiver.policy = policy
+    return receiver
+
+
+def test_a_retry_waits_from_the_start_of_the_attempt_before_it() -> None:
+    emu, _, _ = _live(1, receiver=_slow_then_ok(5.0), jitter=0.0)
+    first, second = emu.store.attempts
+    assert second.sent_at - first.sent_at == pytest.approx(10.0)  # not 5 + 10
+
+
+def test_a_retry_is_never_due_before_the_attempt_before_it_ended() -> None:
+    # 10 s compressed 1000 times is 10 ms; the attempt took 100 s
+    emu, _, _ = _live(3, receiver=_slow_then_ok(100.0), time_compression=1000.0)
+    firsts = [a for a in emu.store.attempts if a.attempt == 1]
+    assert firsts
+    for a in firsts:
+        assert a.next_retry_at is not None
+        assert a.next_retry_at >= a.sent_at + 100.0

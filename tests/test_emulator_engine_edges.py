@@ -111,3 +111,16 @@ def test_a_retry_is_never_due_before_the_attempt_before_it_ended() -> None:
     for a in firsts:
         assert a.next_retry_at is not None
         assert a.next_retry_at >= a.sent_at + 100.0
+
+
+def test_a_success_between_failures_keeps_a_subscription_active() -> None:
+    # auto-disable counts failures in a row: each success starts the count again
+    emu, _, _ = _live(
+        20,
+        receiver=Receiver(policy=lambda n, h: 410 if n % 2 else 200),
+        concurrency=1,
+        auto_disable_after=2,
+    )
+    (sub,) = emu.store.subscriptions.values()
+    assert (sub.status, emu.engine.report.disabled) == ("active", [])
+    assert emu.engine.report.failed >= 2

@@ -124,3 +124,12 @@ def test_a_success_between_failures_keeps_a_subscription_active() -> None:
     (sub,) = emu.store.subscriptions.values()
     assert (sub.status, emu.engine.report.disabled) == ("active", [])
     assert emu.engine.report.failed >= 2
+
+
+@pytest.mark.parametrize("value", ["²", "١٢٠", "12³"])
+def test_a_retry_after_of_other_digits_counts_as_none(value: str) -> None:
+    # str.isdigit() holds for them; float() refuses "²" and reads "١٢٠" as 120
+    from kirim_events.emulator.engine import _retry_after
+
+    assert _retry_after(value) == 0.0
+    assert _retry_after("120") == 120.0

@@ -133,3 +133,34 @@ def test_a_retry_after_of_other_digits_counts_as_none(value: str) -> None:
 
     assert _retry_after(value) == 0.0
     assert _retry_after("120") == 120.0
+
+
+def test_a_503_with_retry_after_keeps_to_the_schedule() -> None:
+    # only a 429's Retry-After stretches the wait (kirim-api.md §3)
+    class Busy(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            self.requests.append(({}, b""))
+            first = len(self.requests) == 1
+            headers = [(b"retry-after", b"3000")] if first else []
+            start = {"type": "http.response.start", "status": 503 if first else 200}
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+    emu, _, _ = _live(1, receiver=Busy(), jitter=0.0)
+    first, second = emu.store.attempts
+    assert second.sent_at - first.sent_at == pytest.approx(10.0)
+
+
+def test_a_subscription_without_an_active_secret_sends_nothing() -> None:
+    clock = FakeClock()
+    emu = Emulator(seed=3, secrets=SECRET, clock=clock, sleep=clock.sleep,
+                   engine=EngineConfig(max_attempts=2))  # fmt: skip
+    sub = emu.subscribe(URL)
+    sub.secrets.clear()
+    receiver: Any = Receiver(clock=clock)
+    _run(emu.send(5, transport=httpx.ASGITransport(app=receiver)))
+    assert receiver.requests == []
+    assert emu.store.attempts
+    assert {a.error for a in emu.store.attempts} == {"subscription has no active secret"}
+    assert {row.status for row in emu.store.deliveries} == {"dead"}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,3 +75,48 @@ async def test_a_body_of_exactly_the_limit_is_accepted(journal: Journal) -> None
     exact = body + b" " * 100  # JSON allows the blanks
     resp = await post(receiver, signed(exact))
     assert (resp.status_code, resp.json()["outcome"]) == (200, "new")
+
+
+async def test_a_replay_minutes_later_under_another_event_id_is_still_a_copy(
+    journal: Journal,
+) -> None:
+    # the signature is fresh for the tolerance (300 s): the replay memory must last as long
+    clock = [NOW]
+    receiver = Receiver(journal, [SECRET], now=lambda: clock[0])
+    body = {k: v for k, v in testing.kirim_event().items() if k != "id"}
+    first = signed(body, event_id="evt_first")
+    assert (await post(receiver, first)).json()["outcome"] == "new"
+    clock[0] = NOW + 200
+    replay = testing.SignedRequest(first.body, {**first.headers, "X-Kirim-Event-Id": "evt_other"})
+    assert (await post(receiver, replay)).json()["outcome"] == "duplicate"
+
+
+def test_the_memory_budget_holds_four_of_the_largest_bodies(journal: Journal) -> None:
+    receiver = Receiver(journal, [SECRET], max_body=32 << 20)
+    assert receiver.max_buffered == 128 << 20
+
+
+async def test_a_client_that_disconnects_mid_body_leaves_nothing_behind(
+    receiver: Receiver, journal: Journal
+) -> None:
+    req = signed()
+    messages = iter(
+        [
+            {"type": "http.request", "body": req.body[:10], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in req.headers.items()]
+    scope = {"type": "http", "method": "POST", "path": PATH, "headers": headers}
+    await receiver(scope, receive, send)
+    assert sent[0]["status"] == 400
+    with sqlite3.connect(journal.path) as conn:
+        assert conn.execute("SELECT count(*) FROM receipts").fetchone() == (0,)

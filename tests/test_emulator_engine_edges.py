@@ -164,3 +164,9 @@ def test_a_subscription_without_an_active_secret_sends_nothing() -> None:
     assert emu.store.attempts
     assert {a.error for a in emu.store.attempts} == {"subscription has no active secret"}
     assert {row.status for row in emu.store.deliveries} == {"dead"}
+
+
+def test_the_report_counts_each_retry_scheduled() -> None:
+    emu, _, _ = _live(1, receiver=Receiver(policy=lambda n, h: 503), max_attempts=3)
+    report = emu.engine.report
+    assert (report.attempts, report.retries, report.dead) == (3, 2, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from test_receiver import NOW, OLD_SECRET, PATH, SECRET, client, post, signed
 
 from kirim_events import testing
 from kirim_events.journal import Journal
+from kirim_events.lake import Lake
 from kirim_events.receiver import Receiver
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +122,42 @@ async def test_a_client_that_disconnects_mid_body_leaves_nothing_behind(
     assert sent[0]["status"] == 400
     with sqlite3.connect(journal.path) as conn:
         assert conn.execute("SELECT count(*) FROM receipts").fetchone() == (0,)
+
+
+async def test_new_events_and_duplicates_are_counted_apart(receiver: Receiver) -> None:
+    req = signed()
+    await post(receiver, req)
+    await post(receiver, req)
+    assert (receiver.metrics.events_new, receiver.metrics.duplicates) == (1, 1)
+
+
+async def test_a_journal_that_cannot_be_written_counts_a_storage_error(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    app = Receiver(journal, SECRET, now=lambda: NOW)
+    journal.close()
+    assert (await post(app, signed())).status_code == 503
+    assert app.metrics.storage_errors == 1
+
+
+async def test_a_receipt_counts_the_events_of_its_delivery(
+    receiver: Receiver, journal: Journal
+) -> None:
+    await post(receiver, signed())
+    journal.flush(Lake(journal.data_dir))
+    assert Lake(journal.data_dir).deliveries().collect()["n_events"].to_list() == [1]
+
+
+async def test_healthz_answers_head(receiver: Receiver) -> None:
+    async with client(receiver) as c:
+        assert (await c.head("/healthz")).status_code == 200
+
+
+async def test_only_a_post_to_another_path_is_logged(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a browser's GET /favicon.ico says nothing about a subscription's URL
+    caplog.set_level(logging.WARNING, logger="kirim_events.receiver")
+    async with client(receiver) as c:
+        assert (await c.get("/favicon.ico")).status_code == 404
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert receiver.metrics.unrouted == 1

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+from loopback import free_port
+from test_collect import PATH, SECRET, Collector, accepting
+from waiting import wait_until
 
 import kirim_events as ke
+from kirim_events import testing
 from kirim_events.collect import collect
+from kirim_events.lake import Lake
 
 
 def test_zero_connections_is_refused_before_anything_is_opened(tmp_path: Path) -> None:
@@ -15,3 +24,25 @@ def test_zero_connections_is_refused_before_anything_is_opened(tmp_path: Path) -
     with pytest.raises(ke.ConfigError, match="max connections must be at least 1, got 0"):
         collect(tmp_path, host="256.0.0.1", port=0, secrets="whsec_x", max_connections=0)
     assert not (tmp_path / "_journal").exists()
+
+
+def test_a_request_in_flight_at_sigterm_may_take_seconds_to_finish(tmp_path: Path) -> None:
+    # the graceful stop waits longer than the body timeout: a slow sender still gets its 200
+    collector = Collector(tmp_path, free_port()).start()
+    req = testing.signed_request(testing.kirim_event(), SECRET)
+    head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(req.body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    metrics = f"http://127.0.0.1:{collector.port}/metrics"
+    with socket.create_connection(("127.0.0.1", collector.port)) as sock:
+        sock.sendall(head.encode() + req.body[:10])
+        wait_until(lambda: "kirim_events_received_total 1" in httpx.get(metrics).text)
+        assert collector.proc is not None
+        collector.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: not accepting(collector.port))  # the shutdown has begun
+        time.sleep(2.5)  # a sender slower than a short grace (not a measurement)
+        sock.sendall(req.body[10:])
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    code, stderr = collector.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert Lake(tmp_path).events().collect().height == 1

@@ -46,3 +46,10 @@ def test_a_request_in_flight_at_sigterm_may_take_seconds_to_finish(tmp_path: Pat
     code, stderr = collector.stop(signal.SIGTERM)
     assert code == 0, stderr
     assert Lake(tmp_path).events().collect().height == 1
+
+
+def test_no_webhook_secret_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
+    settings = ke.Settings.load({})
+    with pytest.raises(ke.ConfigError, match="no webhook secret: set KIRIM_WEBHOOK_SECRET"):
+        collect(tmp_path, host="256.0.0.1", port=0, settings=settings)
+    assert not (tmp_path / "_journal").exists()

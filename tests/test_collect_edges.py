@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,3 +56,17 @@ def test_no_webhook_secret_is_a_config_error_naming_the_variable(tmp_path: Path)
     with pytest.raises(ke.ConfigError, match="no webhook secret: set KIRIM_WEBHOOK_SECRET"):
         collect(tmp_path, host="256.0.0.1", port=0, settings=settings)
     assert not (tmp_path / "_journal").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
+def test_flushes_run_on_a_thread_of_lower_priority(tmp_path: Path) -> None:
+    # when the CPU is short, acknowledgements (the event loop) go before lake writes
+    collector = ke.Collector(tmp_path, SECRET)
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        flusher = collector._flusher.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+    finally:
+        collector.close()
+    assert flusher == min(19, own + 10)

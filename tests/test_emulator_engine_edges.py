@@ -170,3 +170,26 @@ def test_the_report_counts_each_retry_scheduled() -> None:
     emu, _, _ = _live(1, receiver=Receiver(policy=lambda n, h: 503), max_attempts=3)
     report = emu.engine.report
     assert (report.attempts, report.retries, report.dead) == (3, 2, 1)
+
+
+def test_only_the_start_of_a_huge_answer_is_read() -> None:
+    from collections.abc import AsyncIterator
+
+    from kirim_events.emulator.engine import _post
+
+    pulled = 0
+
+    async def chunks() -> AsyncIterator[bytes]:  # 10 MiB, a KiB at a time
+        nonlocal pulled
+        for _ in range(10_240):
+            pulled += 1
+            yield b"x" * 1024
+
+    async def main() -> tuple[int, str, str | None]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, content=chunks()))
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await _post(client, URL, b"{}", {})
+
+    status, text, _ = _run(main())
+    assert (status, len(text)) == (200, 500)
+    assert pulled <= 3  # 2 KiB, not the whole answer

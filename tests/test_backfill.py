@@ -14,7 +14,15 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from test_backfill_kit import DropKey, FakeTime, StripPayload, SyncASGI, World, lake_frames
+from test_backfill_kit import (
+    DropKey,
+    FakeTime,
+    Killed,
+    StripPayload,
+    SyncASGI,
+    World,
+    lake_frames,
+)
 
 from kirim_events.backfill import BackfillProgress, BackfillReport, backfill
 from kirim_events.client import KirimClient, format_time
@@ -29,11 +37,6 @@ from kirim_events.errors import (
 from kirim_events.events import parse_time
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
-
-
-class Killed(BaseException):
-    """Stands in for the process dying right after a page was checkpointed (nothing runs
-    after it: not an error the run handles, such as flushing what it stored)."""
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,6 @@ def _portals() -> Iterator[None]:
 
 def dt(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def window(world: World) -> tuple[datetime, datetime]:
-    lo, hi = world.span
-    return dt(lo) - timedelta(minutes=1), dt(hi) + timedelta(minutes=1)
 
 
 def assert_lake_is_exactly_the_history(home: Path, world: World) -> None:
@@ -76,7 +74,7 @@ def assert_lake_is_exactly_the_history(home: Path, world: World) -> None:
 def test_backfill_with_429_5xx_latency_drops_and_a_kill_resumes_exactly(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     faults = FaultConfig(error_rate=0.15, latency=0.5, latency_rate=0.3, drop_rate=0.03)
     transport, client = world.api(t, faults=faults, read_limit=20)
@@ -149,7 +147,7 @@ def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
 ) -> None:
     # "--since 2h" names a different instant each time it is read; the run it started must
     # still resume (it started over and left its checkpoint behind).
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 60)
     ago = f"{int(t.clock() - since.timestamp()) + 60}s"
 
@@ -179,7 +177,7 @@ def test_a_span_run_killed_more_than_a_day_ago_starts_afresh(
     # "--since 7d" means the days before now: a killed run weeks old must not be resumed (it
     # walked the old range, perhaps purged by Kirim, and skipped the days asked for). The
     # same for a span as --until.
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 60)
     ago = f"{int(t.clock() - since.timestamp()) + 60}s"
     asked = {"since": ago} if bound == "since" else {"since": since, "until": "1s"}
@@ -202,8 +200,8 @@ def test_an_until_of_now_stays_fixed_when_resumed_even_days_later(
     world: World, tmp_path: Path, until: str | None
 ) -> None:
     # Omitted and "now" mean the same: the end fixed when the run first started.
-    since, _ = window(world)
-    t = FakeTime(window(world)[1].timestamp() + 60)
+    since, _ = world.window
+    t = FakeTime(world.window[1].timestamp() + 60)
     first_end = datetime.fromtimestamp(t.clock(), UTC)
 
     def die(p: BackfillProgress) -> None:
@@ -238,7 +236,7 @@ def test_a_backfill_failing_in_one_slice_stops_the_others_at_once(tmp_path: Path
 
 def test_a_client_works_again_after_a_backfill_that_failed(world: World, tmp_path: Path) -> None:
     # A stopping backfill cut the client's waits short for good: every later retry raised.
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t, faults=FaultConfig(error_rate=0.3))
 
@@ -269,7 +267,7 @@ def test_a_since_before_1970_is_a_config_error(
 def test_kill_between_journal_commit_and_checkpoint_leaves_no_duplicate(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
     saved: dict[str, str] = {}
@@ -295,7 +293,7 @@ def test_kill_between_journal_commit_and_checkpoint_leaves_no_duplicate(
 def test_backfill_in_one_go_single_slice_and_a_rerun_adds_no_event(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
     report = backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
@@ -335,7 +333,7 @@ def test_a_range_under_a_minute_is_one_slice(world: World, tmp_path: Path) -> No
 
 
 def test_history_without_payload_stores_delivery_rows_only(world: World, tmp_path: Path) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t, transport_wrapper=StripPayload)
     report = backfill(tmp_path, client=client, since=since, until=until)
@@ -363,7 +361,7 @@ def test_history_rows_without_attempt_are_one_row_per_delivery_the_last_fetched(
     # kirim-api.md §7.4 documents no "attempt" in a delivery row. Without it, the lake kept
     # every fetch of a delivery whose status changed: a rerun over the same range left the
     # "pending" row of the first run next to the "succeeded" one, counted twice by outcome.
-    since, until = window(world)
+    since, until = world.window
     row = world.emu.store.deliveries[3]
     final = row.status, row.response_status_code
     assert final[0] != "pending"
@@ -525,7 +523,7 @@ def test_a_run_refused_before_its_first_page_leaves_no_checkpoint(
 ) -> None:
     # A wrong key's 401 left a checkpoint named by that key: the right key names another,
     # so it was never resumed, nor removed (a page stored, and it is kept: the next tests)
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     transport, client = world.api(t)
     bad = KirimClient("http://kirim.test", "kdv_live_" + "B" * 24, transport=transport)
@@ -545,7 +543,7 @@ def test_a_run_refused_before_its_first_page_leaves_no_checkpoint(
 def test_a_resumed_run_refused_before_its_first_page_keeps_its_checkpoint(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
 
@@ -609,7 +607,7 @@ def test_bad_times_are_clear_config_errors(
 
 def test_resume_after_copying_the_folder_keeps_working(world: World, tmp_path: Path) -> None:
     # The checkpoint is plain versioned JSON inside the data folder: moving the folder is fine.
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
 
@@ -633,7 +631,7 @@ def _killed_run(
     page_size: int = 20,
 ) -> Path:  # fmt: skip
     """Start a backfill of the world's window, die after ``pages`` pages; its checkpoint."""
-    since, until = window(world)
+    since, until = world.window
 
     def stop(p: BackfillProgress) -> None:
         if p.pages == pages:
@@ -648,10 +646,10 @@ def _killed_run(
 def test_a_checkpoint_of_another_kirim_or_key_is_not_resumed(world: World, tmp_path: Path) -> None:
     # A run killed against one Kirim (staging) and started again against another: the slices
     # done at the first would have been skipped at the second, and its history lost.
-    t = FakeTime(window(world)[1].timestamp() + 3600)
+    t = FakeTime(world.window[1].timestamp() + 3600)
     transport, client = world.api(t)
     _killed_run(world, tmp_path, client)
-    since, until = window(world)
+    since, until = world.window
     other = KirimClient("http://other-kirim.test", world.emu.api_keys[0], transport=transport,
                         sleep=t.sleep, clock=t.clock)  # fmt: skip
     assert other.account != client.account
@@ -668,7 +666,7 @@ def test_a_second_backfill_of_the_same_range_is_refused_while_one_runs(
 ) -> None:
     # Two runs wrote the one checkpoint through one temporary name: one failed on a rename,
     # and interleaved writes could leave a checkpoint no run could read.
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
     _, client2 = world.api(t)
@@ -707,7 +705,7 @@ DAMAGE: dict[str, Any] = {
 def test_a_damaged_checkpoint_is_one_clear_error(world: World, tmp_path: Path, damage: str) -> None:
     # valid JSON of the wrong shape gave AttributeError, KeyError, TypeError, AssertionError
     # or ValueError tracebacks instead of the one-line error a damaged file gets
-    t = FakeTime(window(world)[1].timestamp() + 3600)
+    t = FakeTime(world.window[1].timestamp() + 3600)
     _, client = world.api(t)
     checkpoint = _killed_run(world, tmp_path, client)
     if damage == "cut short":  # not JSON at all: it named no remedy
@@ -715,7 +713,7 @@ def test_a_damaged_checkpoint_is_one_clear_error(world: World, tmp_path: Path, d
     else:
         text = json.dumps(DAMAGE[damage](json.loads(checkpoint.read_text())))
     checkpoint.write_text(text)
-    since, until = window(world)
+    since, until = world.window
     with pytest.raises(StorageError, match=r"is damaged( \(.*\))?; delete it"):
         backfill(tmp_path, client=client, since=since, until=until, slices=2)
     checkpoint.unlink()  # as the message says: the run then starts afresh
@@ -753,7 +751,7 @@ class PlainGone(CursorGone):
 def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
     world: World, tmp_path: Path, refusal: Any, status: int
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     transport, client = world.api(t, transport_wrapper=refusal)
     path = _killed_run(world, tmp_path, client, pages=5, slices=1, page_size=10)

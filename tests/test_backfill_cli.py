@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +54,9 @@ def env(world: World, api_url: str) -> dict[str, str]:
 
 
 def window(world: World) -> tuple[str, str]:
-    lo, hi = world.span
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return (
-        (datetime.fromtimestamp(lo, UTC) - timedelta(minutes=1)).strftime(fmt),
-        (datetime.fromtimestamp(hi, UTC) + timedelta(minutes=1)).strftime(fmt),
-    )
+    """The history's span as the CLI's --since/--until text."""
+    lo, hi = world.window
+    return lo.strftime("%Y-%m-%dT%H:%M:%SZ"), hi.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def checkpoint_pages(data: Path) -> int:

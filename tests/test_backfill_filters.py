@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_backfill_kit import FakeTime, IgnoreParams, StripPayload, SyncASGI, World, lake_frames
+from test_backfill_kit import (
+    FakeTime,
+    IgnoreParams,
+    Killed,
+    StripPayload,
+    SyncASGI,
+    World,
+    lake_frames,
+)
 
 from kirim_events.backfill import BackfillProgress, backfill
 from kirim_events.history_filter import TIME_FILTER
-
-
-class Killed(BaseException):
-    """The process dying right after a page was checkpointed."""
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +34,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def _portals() -> Iterator[None]:
     yield
     SyncASGI.shutdown_all()
-
-
-def window(world: World) -> tuple[datetime, datetime]:
-    lo, hi = world.span
-    return (
-        datetime.fromtimestamp(lo, UTC) - timedelta(minutes=1),
-        datetime.fromtimestamp(hi, UTC) + timedelta(minutes=1),
-    )
 
 
 def stored_ids(home: Path) -> list[str]:
@@ -61,7 +57,7 @@ def ids_where(world: World, **want: Any) -> list[str]:
 def test_rows_outside_a_filter_kirim_ignored_are_skipped_counted_and_said_once(
     world: World, tmp_path: Path, flag: str, value: str, param: str
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, param))
     report = backfill(tmp_path, client=client, since=since, until=until, slices=2, **{flag: value})
@@ -83,7 +79,7 @@ def test_rows_outside_a_filter_kirim_ignored_are_skipped_counted_and_said_once(
 
 
 def test_a_kirim_applying_the_filters_leaves_nothing_to_say(world: World, tmp_path: Path) -> None:
-    since, until = window(world)
+    since, until = world.window
     _, client = world.api(FakeTime(until.timestamp() + 3600))
     report = backfill(tmp_path, client=client, since=since, until=until, status="dead")
     assert stored_ids(tmp_path) == ids_where(world, status="dead")
@@ -95,7 +91,7 @@ def test_a_kirim_applying_the_filters_leaves_nothing_to_say(world: World, tmp_pa
 def test_rows_outside_a_time_range_kirim_ignored_are_skipped_and_counted_once(
     world: World, tmp_path: Path, side: str
 ) -> None:
-    lo, hi = window(world)
+    lo, hi = world.window
     # a range of five minutes next to the history (which spans about a second): Kirim
     # sends all of it to every one of the five slices, and the first or last counts it
     if side == "before":
@@ -119,7 +115,7 @@ def test_rows_outside_a_time_range_kirim_ignored_are_skipped_and_counted_once(
 def test_the_rows_a_kirim_ignoring_the_range_sends_inside_it_are_stored_once(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
     _, client = world.api(FakeTime(until.timestamp() + 3600), transport_wrapper=wrap)
     report = backfill(tmp_path, client=client, since=since, until=until, slices=2)
@@ -128,7 +124,7 @@ def test_the_rows_a_kirim_ignoring_the_range_sends_inside_it_are_stored_once(
 
 
 def test_rows_without_the_filtered_field_are_kept_and_said(world: World, tmp_path: Path) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
 
     def wrap(app: Any) -> Any:
@@ -149,7 +145,7 @@ def test_rows_without_the_filtered_field_are_kept_and_said(world: World, tmp_pat
 def test_a_killed_run_against_a_kirim_ignoring_a_filter_resumes_exactly(
     world: World, tmp_path: Path
 ) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     transport, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, "status"))
 

@@ -13,6 +13,7 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +30,11 @@ from kirim_events.receiver import Receiver
 Scope = MutableMapping[str, Any]
 ASGI = Callable[..., Awaitable[None]]
 WEBHOOK_URL = "http://collector.test/webhooks/kirim"
+
+
+class Killed(BaseException):
+    """Stands in for the process dying right after a page was checkpointed (nothing runs
+    after it: not an error the run handles, such as flushing what it stored)."""
 
 
 class FakeTime:
@@ -153,6 +159,13 @@ class World:
     def span(self) -> tuple[float, float]:
         times = [row.created_at for row in self.emu.store.deliveries]
         return min(times), max(times)
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        """The history's span with a minute's margin on each side."""
+        lo, hi = self.span
+        margin = timedelta(minutes=1)
+        return datetime.fromtimestamp(lo, UTC) - margin, datetime.fromtimestamp(hi, UTC) + margin
 
     def api(
         self,

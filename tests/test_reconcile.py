@@ -44,14 +44,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.close()
 
 
-def window(world: World) -> tuple[datetime, datetime]:
-    lo, hi = world.span
-    return (
-        datetime.fromtimestamp(lo, UTC) - timedelta(minutes=1),
-        datetime.fromtimestamp(hi, UTC) + timedelta(minutes=1),
-    )
-
-
 def lake_files(home: Path) -> list[str]:
     return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
 
@@ -61,7 +53,7 @@ def test_dry_run_finds_exactly_the_unacknowledged_events_and_changes_nothing(
 ) -> None:
     truth = world.emu.unacknowledged_event_keys()
     assert truth  # the broken collector refused some events for good
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     transport, client = world.api(t)
     before = lake_files(world.home)
@@ -115,7 +107,7 @@ def test_cursors_refused_during_the_walk_neither_stop_it_nor_skip_or_repeat_rows
         for row in rows:  # newest first, as the API pages it
             row.created_at = row.updated_at = start + spacing * row.seq + 0.25
         truth = world.emu.unacknowledged_event_keys()
-        since, until = window(world)
+        since, until = world.window
         t = FakeTime(until.timestamp())
         transport, client = world.api(t, transport_wrapper=lambda app: RefuseCursors(app, 3))
         report = reconcile(
@@ -138,7 +130,7 @@ def test_a_cursor_refused_on_a_history_in_no_time_order_stops_the_walk(tmp_path:
         start = rows[0].created_at
         for row in rows:  # paged by creation, timed in no order
             row.created_at = row.updated_at = start + (row.seq * 7919) % 3600
-        since, until = window(world)
+        since, until = world.window
         t = FakeTime(until.timestamp())
         transport, client = world.api(t, transport_wrapper=lambda app: RefuseCursors(app, 2))
         with pytest.raises(PermanentApiError, match="invalid_cursor"):
@@ -151,7 +143,7 @@ def test_a_cursor_refused_on_a_history_in_no_time_order_stops_the_walk(tmp_path:
 
 def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World) -> None:
     truth = world.emu.unacknowledged_event_keys()
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     _, client = world.api(t, faults=FaultConfig(error_rate=0.2, latency=0.3, latency_rate=0.5))
     events, _ = lake_frames(world.home)
@@ -193,7 +185,7 @@ def test_a_run_killed_between_its_import_and_its_flush_is_finished_by_the_next(
     world.journal.append([r for row in rows for r in parse_delivery(row.payload)])  # committed
     events, _ = lake_frames(world.home)
     assert not truth & set(events["event_key"])  # not flushed: the kill came first
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     _, client = world.api(t)
     report = reconcile(world.home, client=client, since=since, until=until,
@@ -206,7 +198,7 @@ def test_a_run_killed_between_its_import_and_its_flush_is_finished_by_the_next(
 def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> None:
     truth = world.emu.unacknowledged_event_keys()
     rows_truth = {row.id for row in world.emu.store.deliveries if set(row.event_keys) & truth}
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     faults = FaultConfig(error_rate=0.15, latency=0.2, latency_rate=0.3)
     transport, client = world.api(t, faults=faults, write_limit=10,
@@ -234,7 +226,7 @@ def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> N
 
 
 def test_warns_when_missing_events_are_near_the_purge(world: World) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp() + 28 * 86400)  # 28 days later: 2 days before the purge
     _, client = world.api(t)
     report = reconcile(world.home, client=client, since=since, until=until, dry_run=True,
@@ -247,7 +239,7 @@ def test_warns_when_missing_events_are_near_the_purge(world: World) -> None:
 
 
 def test_dry_run_on_an_empty_folder_creates_nothing(world: World, tmp_path: Path) -> None:
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     _, client = world.api(t)
     empty = tmp_path / "empty"
@@ -309,7 +301,7 @@ def test_replays_stop_at_the_first_key_kirim_refuses_and_the_error_is_kept(world
     # A key that may read the history but is refused for replays (revoked meanwhile): every
     # replay and bulk_replay call was sent and refused in turn, one error line each, and
     # the CLI could not tell a 401 (whose hint names KIRIM_KEY) from the lines
-    since, until = window(world)
+    since, until = world.window
     t = FakeTime(until.timestamp())
     transport, client = world.api(
         t, transport_wrapper=lambda app: DropKey(StripPayload(app), "POST")
@@ -1037,7 +1029,7 @@ def test_a_row_read_again_after_its_delivery_moved_on_counts_as_it_is_now(
 
 
 def test_rows_outside_a_range_kirim_ignored_are_skipped_and_said(world: World) -> None:
-    lo, hi = window(world)
+    lo, hi = world.window
     # the five minutes before the history: a Kirim ignoring the range sends all of it
     since, until = lo - timedelta(minutes=5), lo
     t = FakeTime(hi.timestamp())

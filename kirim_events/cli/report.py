@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.cells import cell_len
 from rich.table import Table
 
 from kirim_events.analytics.notebook import require_chart_libraries
@@ -20,6 +21,7 @@ from kirim_events.analytics.report import (
     tables,
     write_html,
 )
+from kirim_events.analytics.report import Table as ReportTable
 from kirim_events.cli._app import (
     DataOption,
     command,
@@ -45,12 +47,38 @@ def render_report(report: Report, *, top: int, more: str = "--top {top}") -> Non
     if is_empty(report):
         return
     for table in tables(report, top=top, more=more):
-        shown = Table(*table.columns, title=table.title, caption=table.caption or None)
-        for column in shown.columns:  # on a narrow terminal a cell wraps, never ends in "…"
-            column.overflow = "fold"
-        for row in table.rows:
-            shown.add_row(*(printable(cell) for cell in row))  # cells may be webhook text
-        console.print(shown)
+        console.print(_shown(table, console.width))
+
+
+# a column of text that wraps keeps at least this many characters a line when the columns
+# of single words are kept whole
+_FREE_TEXT_WIDTH = 8
+
+
+def _shown(table: ReportTable, width: int) -> Table:
+    """``table`` for a terminal ``width`` wide: no cell ends in "…" (a cell too wide wraps,
+    folding a word only when it must), and a column of single words (reason names, codes,
+    figures) stays whole, left to right, as long as the table still fits with it (printable
+    leaves no line break in a cell)."""
+    rows = [tuple(printable(cell) for cell in row) for row in table.rows]  # may be webhook text
+    columns = [[name, *(row[i] for row in rows)] for i, name in enumerate(table.columns)]
+    natural = [max(cell_len(cell) for cell in cells) for cells in columns]  # one line each
+    words = [all(len(cell.split()) <= 1 for cell in cells[1:]) for cells in columns]
+    borders = len(columns) + 1
+    whole = [False] * len(columns)
+    for i in (i for i, is_words in enumerate(words) if is_words):
+        whole[i] = True
+        needed = sum(  # each column and its padding
+            2 + (natural[j] if whole[j] else min(natural[j], _FREE_TEXT_WIDTH))
+            for j in range(len(columns))
+        )
+        whole[i] = borders + needed <= width
+    shown = Table(title=table.title, caption=table.caption or None)
+    for name, keep in zip(table.columns, whole, strict=True):
+        shown.add_column(name, no_wrap=keep, overflow="fold")  # fold: wrap, never "…"
+    for row in rows:
+        shown.add_row(*row)
+    return shown
 
 
 @command("report")

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +312,7 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     bulk = runner.invoke(app, ["deliveries", "bulk-replay", "--subscription-id", sub,
                                "--since", "3650d"], env=env)  # fmt: skip
     assert bulk.exit_code == 0, bulk.output
-    assert f"{n_dead} deliveries enqueued in 1 call(s)" in bulk.output
+    assert f"{n_dead} deliveries enqueued in 1 call" in bulk.output
 
 
 def test_cli_bad_input(world: World, env: dict[str, str], tmp_path: Path) -> None:
@@ -374,6 +375,31 @@ def test_backfill_progress_bar_and_summary(
     )
     events, _ = lake_frames(tmp_path)
     assert set(events["event_key"]) == world.history_keys
+
+
+def test_backfill_summary_of_one_row_says_one_event_one_row(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The summary said "1 events, 1 rows" (and the bar "1 rows"): a range around a single
+    history row."""
+    by_ms: dict[int, list[Any]] = {}
+    for row in world.emu.store.deliveries:
+        by_ms.setdefault(int(row.created_at * 1000), []).append(row)
+    ms = next(
+        ms for ms, rows in sorted(by_ms.items())
+        if len(rows) == 1 and len(rows[0].event_keys) == 1 and rows[0].payload
+        and not {ms - 1, ms + 1} & by_ms.keys()
+    )  # fmt: skip
+    since = datetime.fromtimestamp(ms / 1000, UTC)
+    until = since + timedelta(milliseconds=1)
+    result = CliRunner().invoke(
+        app, ["backfill", "--data", str(tmp_path), "--since", since.isoformat(),
+              "--until", until.isoformat()], env=env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(r"│ history rows read +│ 1 +│", result.output), result.output
+    assert re.search(r"│ flushed to the lake +│ 1 event, 1 row +│", result.output), result.output
+    assert "of range  1 row " in result.output  # the progress bar
 
 
 def test_an_until_in_the_future_is_read_up_to_now_with_a_note(
@@ -671,7 +697,7 @@ def test_reconcile_replays_kirim_refuses_get_the_hint_and_the_summary_counts_the
     result = CliRunner().invoke(app, args, env={**env, "KIRIM_API_URL": read_only_url,
                                                 "COLUMNS": "200"})  # fmt: skip
     assert result.exit_code == 1, result.output
-    assert re.search(r"replayed 0; bulk_replay calls 0 \(0 enqueued\); 1 call\(s\) failed",
+    assert re.search(r"replayed 0; bulk_replay calls 0 \(0 enqueued\); 1 call failed",
                      result.stdout), result.stdout  # fmt: skip
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: replays stopped: POST ")
@@ -718,7 +744,7 @@ def test_a_bulk_replay_to_a_disabled_subscription_says_the_replays_wait(tmp_path
         w.close()
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{len(dead)} deliveries enqueued in 1 call(s)"
+    assert lines[0] == f"{len(dead)} deliveries enqueued in 1 call"
     assert lines[1].startswith(
         f"note: subscription {sub} is disabled: Kirim sends nothing to it, so these replays"
         " wait in its queue"

@@ -63,6 +63,12 @@ console = Console(highlight=False, markup=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
+def counted(n: int, word: str, words: str = "") -> str:
+    """``n`` and the word it counts: ``1 row``, ``2 rows`` (``words``: a plural other than
+    ``word`` + s, e.g. ``deliveries``)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 def print_error(message: object) -> None:
     """One red ``error:`` line on stderr, the message printed as it is but for control
     characters and line breaks, escaped: it may quote what a server or a file said, which

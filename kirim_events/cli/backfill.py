@@ -24,6 +24,7 @@ from kirim_events.cli._app import (
     app,
     command,
     console,
+    counted,
     err_console,
     errors_to_exit,
     interrupt_code,
@@ -193,7 +194,7 @@ def backfill_command(
         TextColumn("[bold]backfill"),
         BarColumn(bar_width=12),  # the line fits 80 columns at a million rows
         TaskProgressColumn(),
-        TextColumn("of range  {task.fields[rows]} rows"),
+        TextColumn("of range  {task.fields[rows]}"),
         TextColumn("{task.fields[rate]}/s"),
         TimeElapsedColumn(),
         TextColumn("~{task.fields[eta]} left"),
@@ -201,7 +202,7 @@ def backfill_command(
         disable=no_progress,
         transient=False,
     )
-    task = bar.add_task("backfill", total=100.0, rows=0, rate="0", eta="?")
+    task = bar.add_task("backfill", total=100.0, rows=counted(0, "row"), rate="0", eta="?")
 
     stored = False  # a page stored by this run (the note after an error needs one)
 
@@ -211,7 +212,7 @@ def backfill_command(
         bar.update(
             task,
             completed=100.0 * p.fraction,
-            rows=p.rows,
+            rows=counted(p.rows, "row"),
             rate=f"{p.rows_per_second:.0f}",
             eta=_eta(p),
         )
@@ -272,7 +273,8 @@ def _render_backfill(r: BackfillReport) -> None:
         skipped = sum(r.filtered.outside.values())
         table.add_row("rows outside the filters asked (skipped)", str(skipped))
     table.add_row("quarantined payloads", str(r.quarantined))
-    table.add_row("flushed to the lake", f"{r.flushed_events} events, {r.flushed_deliveries} rows")
+    flushed = f"{counted(r.flushed_events, 'event')}, {counted(r.flushed_deliveries, 'row')}"
+    table.add_row("flushed to the lake", flushed)
     table.add_row("seconds", f"{r.seconds:.1f}")
     console.print(table)
     for note in r.notes:
@@ -346,7 +348,8 @@ def _render_reconcile(r: ReconcileReport) -> None:
         Text.assemble(
             (head, "bold"),
             f"  {_fmt(r.since)} .. {_fmt(r.until)}: "
-            f"{r.history_rows} history rows, {len(r.missing)} events missing from the lake",
+            f"{counted(r.history_rows, 'history row')}, "
+            f"{counted(len(r.missing), 'event')} missing from the lake",
         )
     )
     if r.missing:
@@ -358,7 +361,8 @@ def _render_reconcile(r: ReconcileReport) -> None:
         console.print(
             Text.assemble(
                 ("warning:", "yellow"),
-                f" {r.near_purge} missing event(s) were first delivered before"
+                f" {counted(r.near_purge, 'missing event')}"
+                f" {'was' if r.near_purge == 1 else 'were'} first delivered before"
                 f" {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now",
             )
         )
@@ -370,16 +374,18 @@ def _render_reconcile(r: ReconcileReport) -> None:
     for w in r.windows:
         console.print(
             f"  bulk_replay {printable(w.subscription_id)} status={w.status} "
-            f"{_fmt(w.created_after)} .. {_fmt(w.created_before)} (~{w.rows} rows)"
+            f"{_fmt(w.created_after)} .. {_fmt(w.created_before)} (~{counted(w.rows, 'row')})"
         )
     if r.unparseable:
         kept = "" if r.dry_run else f" ({r.quarantined} newly kept under quarantine/)"
+        one = r.unparseable == 1
         console.print(
-            f"{r.unparseable} history payload(s) are no known body: a replay would bring the"
-            f" same bytes, so they are kept in quarantine, not replayed{kept}"
+            f"{counted(r.unparseable, 'history payload')} {'is' if one else 'are'} no known"
+            f" body: a replay would bring the same bytes, so {'it is' if one else 'they are'}"
+            f" kept in quarantine, not replayed{kept}"
         )
     if not r.dry_run and r.missing:
-        failed = f"; {len(r.failures)} call(s) failed (below)" if r.failures else ""
+        failed = f"; {counted(len(r.failures), 'call')} failed (below)" if r.failures else ""
         console.print(
             f"imported {r.imported}; replayed {r.replayed}; bulk_replay calls {r.bulk_calls} "
             f"({r.bulk_enqueued} enqueued){failed}. Replays reach your collector, not this"
@@ -550,15 +556,14 @@ def deliveries_bulk_replay(
             report.failures.append(exc)
         held = _inactive(client, subscription_id) if report.bulk_enqueued else None
     # the errors first; the count only when a call went through ("0 deliveries enqueued in
-    # 0 call(s)" above a refusal read as a success that found nothing to replay)
+    # 0 calls" above a refusal read as a success that found nothing to replay)
     for line in report.errors:
         print_error(line)
     note_refused_key(*report.failures)
     if report.bulk_calls:
-        failed = f"; {len(report.failures)} call(s) failed" if report.failures else ""
-        console.print(
-            f"{report.bulk_enqueued} deliveries enqueued in {report.bulk_calls} call(s){failed}"
-        )
+        failed = f"; {counted(len(report.failures), 'call')} failed" if report.failures else ""
+        enqueued = counted(report.bulk_enqueued, "delivery", "deliveries")
+        console.print(f"{enqueued} enqueued in {counted(report.bulk_calls, 'call')}{failed}")
     if held is not None:
         print_note(
             f"subscription {subscription_id} is {held}: Kirim sends nothing to it, so these"

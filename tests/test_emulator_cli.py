@@ -215,7 +215,13 @@ def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says:
 
 @pytest.mark.parametrize(
     "target",
-    ["http://127.0.0.1:{port}/webhooks", "http://localhost:{port}/", "https://[::1]:{port}/x"],
+    [
+        "http://127.0.0.1:{port}/webhooks",
+        "http://localhost:{port}/",
+        "https://[::1]:{port}/x",
+        "http://0.0.0.0:{port}/webhooks",  # the unspecified address: a client reaches this host
+        "http://[::]:{port}/webhooks",
+    ],
 )
 def test_emulate_refuses_to_send_webhooks_to_its_own_api(
     target: str, monkeypatch: pytest.MonkeyPatch

@@ -93,11 +93,13 @@ def _check_send_to(url: str) -> None:
 
 def _own_api(url: str, port: int) -> bool:
     """Whether ``url`` (checked by :func:`_check_send_to`) names the API this command serves
-    on 127.0.0.1:``port``: a loopback host, on that port."""
+    on 127.0.0.1:``port``: a loopback host, or the unspecified address (0.0.0.0, ``::``: a
+    client sends to this host), on that port."""
     parsed = httpx.URL(url)
     host = parsed.host.lower()
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
+        loopback = address.is_loopback or address.is_unspecified
     except ValueError:
         loopback = host == "localhost" or host.endswith(".localhost")
     target = parsed.port or (443 if parsed.scheme == "https" else 80)

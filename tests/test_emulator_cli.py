@@ -213,6 +213,19 @@ def test_emulate_refuses_what_cannot_run_before_it_starts(args: list[str], says:
     assert "S3CRET" not in result.output
 
 
+def test_emulate_send_to_without_a_scheme_says_to_write_it() -> None:
+    # it said only "got 'localhost:3000'": the path is not shown (it may hold a secret), so
+    # what was wrong with the URL was left to guess
+    args = ["emulate", "--no-api", "--events", "2", "--send-to", "localhost:3000/hooks/S3CRET"]
+    result = runner.invoke(app, args, env={"KIRIM_WEBHOOK_SECRET": SECRET, "COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "got 'localhost:3000'" in said
+    assert "write http:// or https:// in front of it" in said
+    assert "hooks" not in said
+    assert "S3CRET" not in said
+
+
 @pytest.mark.parametrize(
     "target",
     [

@@ -86,8 +86,11 @@ def _check_send_to(url: str) -> None:
     except httpx.InvalidURL:
         ok = False
     if not ok:
+        # the path is not shown (it may hold a secret): say what is missing from the rest
+        hint = "" if "://" in url else ": write http:// or https:// in front of it"
         raise ConfigError(
             f"--send-to must be an http:// or https:// URL with a host, got {shown_url(url)!r}"
+            f"{hint}"
         )
 
 

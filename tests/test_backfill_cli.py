@@ -765,6 +765,8 @@ def test_deliveries_list_says_when_nothing_matches_and_when_limit_cut_the_list(
         cut = runner.invoke(app, ["deliveries", "list", "--limit", "2", *extra], env=env)
         assert cut.exit_code == 0, cut.output
         assert "note: the newest 2 deliveries are shown; Kirim has more" in cut.stderr
+    one = runner.invoke(app, ["deliveries", "list", "--limit", "1", "--json"], env=env)
+    assert "note: the newest delivery is shown; Kirim has more" in one.stderr  # not "1 ... are"
     rows = runner.invoke(app, ["deliveries", "list", "--limit", "100000", "--json"], env=env)
     assert rows.stdout.count("\n") > 2
     assert "Kirim has more" not in rows.stderr  # all of them shown

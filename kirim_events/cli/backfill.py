@@ -363,7 +363,8 @@ def _render_reconcile(r: ReconcileReport) -> None:
                 ("warning:", "yellow"),
                 f" {counted(r.near_purge, 'missing event')}"
                 f" {'was' if r.near_purge == 1 else 'were'} first delivered before"
-                f" {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover them now",
+                f" {_fmt(r.warn_before)}: Kirim purges history after 30 days; recover"
+                f" {'it' if r.near_purge == 1 else 'them'} now",
             )
         )
     plan = Table("action", "events", "meaning", title="plan" if r.dry_run else "recovery")
@@ -465,7 +466,8 @@ def deliveries_list(
         print_note("no delivery in Kirim's history matches the range and filters", stderr=True)
         return
     if more:
-        note = f"the newest {limit} deliveries are shown; Kirim has more (raise --limit)"
+        newest = "delivery is" if limit == 1 else f"{limit} deliveries are"
+        note = f"the newest {newest} shown; Kirim has more (raise --limit)"
         print_note(note, stderr=True)
     if as_json:
         for d in shown:

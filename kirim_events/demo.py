@@ -155,31 +155,6 @@ async def _run(
     api_sock: socket.socket,
     collector_sock: socket.socket,
     opened: list[Collector | socket.socket],
-) -> DemoReport:
-    # However the run ends (Ctrl-C cancels it), its servers stop while the loop still runs:
-    # left to asyncio.run's teardown, each request in flight died with a traceback.
-    async with contextlib.AsyncExitStack() as stops:
-        return await _pipeline(
-            data_dir,
-            scale=scale,
-            seed=seed,
-            progress=progress,
-            api_sock=api_sock,
-            collector_sock=collector_sock,
-            opened=opened,
-            stops=stops,
-        )
-
-
-async def _pipeline(
-    data_dir: Path,
-    *,
-    scale: float,
-    seed: int,
-    progress: ProgressCallback,
-    api_sock: socket.socket,
-    collector_sock: socket.socket,
-    opened: list[Collector | socket.socket],
     stops: contextlib.AsyncExitStack,
 ) -> DemoReport:
     started = time.monotonic()
@@ -466,15 +441,19 @@ def run_demo(
             task = asyncio.current_task()
             if task is not None:
                 running.append(task)
-            return await _run(
-                folder,
-                scale=scale,
-                seed=seed,
-                progress=progress,
-                api_sock=api_sock,
-                collector_sock=collector_sock,
-                opened=opened,
-            )
+            # However the run ends (Ctrl-C cancels it), its servers stop while the loop still
+            # runs: left to asyncio.run's teardown, each request in flight died with a traceback.
+            async with contextlib.AsyncExitStack() as stops:
+                return await _run(
+                    folder,
+                    scale=scale,
+                    seed=seed,
+                    progress=progress,
+                    api_sock=api_sock,
+                    collector_sock=collector_sock,
+                    opened=opened,
+                    stops=stops,
+                )
 
         def go() -> DemoReport:
             try:

@@ -56,7 +56,7 @@ from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
 from kirim_events.journal_index import KeyIndex, journal_path, lake_identity, refuse_inside_lake
-from kirim_events.journal_quarantine import find_quarantined, write_quarantine
+from kirim_events.journal_quarantine import quarantine_once, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
     RECEIPT_COLUMNS,
@@ -617,11 +617,10 @@ class Journal(KeyIndex):
 
     def quarantine_once(self, body: bytes, headers: Mapping[str, str], reason: str) -> bool:
         """:meth:`quarantine` unless the same bytes are kept already (a history walked twice,
-        by backfill and reconcile or by two runs); True when it wrote them now."""
-        if find_quarantined(self.data_dir, body) is not None:
-            return False
-        self.quarantine(body, headers, reason)
-        return True
+        by backfill and reconcile or by two runs); True when it wrote them now
+        (:func:`~kirim_events.journal_quarantine.quarantine_once`)."""
+        when = datetime.fromtimestamp(self._now(), UTC)
+        return quarantine_once(self.data_dir, body, headers, reason, when)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -5,6 +5,16 @@ and a retry of one whose 2xx was lost, or answered 503, brings the same bytes un
 ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``. It is counted in the description kept
 (``count``, ``last_received_at``), not kept again; another body, or the same one under
 another delivery or event id, gets its own files.
+
+Looking for the kept copy and writing it happen under one lock, across threads and across
+processes: a ``flock`` on ``DATA/quarantine/`` itself (:mod:`kirim_events.filelock`), so
+several collectors on one data folder, or a backfill beside a collector, keep one copy
+and lose no count. Only quarantine writes take it; an accepted delivery never does.
+
+Copies kept before the names carried the key (their last part was 8 random hex) are found
+by their description instead: the same ``sha256`` and the same delivery and event ids.
+Only copies of the very same bytes are looked at (their names carry the sha256 prefix),
+so this costs nothing while no other copy of the body is kept.
 """
 
 from __future__ import annotations
@@ -13,30 +23,21 @@ import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kirim_events.atomicfile import fsync_dir, make_dirs, replace_file
 from kirim_events.errors import StorageError
+from kirim_events.filelock import file_lock
 
 __all__ = [
     "Quarantined",
-    "find_quarantined",
+    "quarantine_once",
     "read_quarantine",
     "write_quarantine",
 ]
-
-
-def find_quarantined(data_dir: Path, body: bytes) -> Path | None:
-    """The ``.body`` file already holding exactly ``body``, if any (any day's folder)."""
-    digest = hashlib.sha256(body).hexdigest()
-    for path in sorted((data_dir / "quarantine").glob(f"*/*-{digest[:16]}-*.body")):
-        with contextlib.suppress(OSError):
-            if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-                return path
-    return None
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,21 @@ def read_quarantine(data_dir: Path) -> Quarantined:
     return Quarantined(ids, len(paths), first, unreadable)
 
 
-_WRITING = threading.Lock()  # look, then write: two retries at once keep one copy (per process)
+_WRITING = threading.Lock()  # this process's writers queue here, one at a time on the flock
+
+
+@contextlib.contextmanager
+def _writing(data_dir: Path) -> Iterator[None]:
+    """Held from looking for a kept copy to its last write: by one thread of one process
+    on ``data_dir`` at a time (two retries at once keep one copy and count both)."""
+    folder = data_dir / "quarantine"
+    make_dirs(folder)  # fsync'd when made; the flock locks the folder itself, no file in it
+    with _WRITING, file_lock(folder):
+        yield
+
+
+def _ids(headers: Mapping[str, object]) -> tuple[object, object]:
+    return headers.get("x-kirim-delivery-id", ""), headers.get("x-kirim-event-id", "")
 
 
 def _delivery_key(digest: str, kept: Mapping[str, str]) -> str:
@@ -99,13 +114,43 @@ def _delivery_key(digest: str, kept: Mapping[str, str]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
-def _kept_copy(data_dir: Path, body: bytes, digest: str, key: str) -> Path | None:
-    """The ``.body`` of this body and delivery, kept already (any day's folder: a retry
-    may come 31 hours after the first attempt), compared byte for byte."""
-    for path in sorted((data_dir / "quarantine").glob(f"*/*-{digest[:16]}-{key}.body")):
-        with contextlib.suppress(FileNotFoundError):  # an operator's clean-up meanwhile
-            if path.read_bytes() == body:
-                return path
+def _named(data_dir: Path, digest: str) -> list[Path]:
+    """The ``.body`` files named with this sha256 prefix (any day's folder, oldest first: a
+    retry may come 31 hours after the first attempt)."""
+    return sorted((data_dir / "quarantine").glob(f"*/*-{digest[:16]}-*.body"))
+
+
+def _holds(path: Path, body: bytes) -> bool:
+    """Whether ``path`` holds exactly ``body``, compared byte for byte."""
+    try:
+        return path.read_bytes() == body
+    except FileNotFoundError:  # an operator's clean-up meanwhile
+        return False
+
+
+def _describes(path: Path, digest: str, kept: Mapping[str, str]) -> bool:
+    """Whether the description of ``path`` names this body's sha256 and delivery."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (FileNotFoundError, ValueError):  # another OSError is a storage failure (503)
+        return False
+    if not isinstance(meta, dict) or not isinstance(meta.get("headers"), dict):
+        return False
+    return bool(meta.get("sha256") == digest and _ids(meta["headers"]) == _ids(kept))
+
+
+def _kept_copy(data_dir: Path, body: bytes, digest: str, kept: Mapping[str, str]) -> Path | None:
+    """The ``.body`` of this body and delivery, kept already: named with its key, or, kept
+    before names carried one, described with its sha256 and ids (the small ``.json`` read
+    first, the body only when it matches)."""
+    key = f"-{_delivery_key(digest, kept)}"
+    named = _named(data_dir, digest)
+    for path in named:
+        if path.stem.endswith(key) and _holds(path, body):
+            return path
+    for path in named:
+        if not path.stem.endswith(key) and _describes(path, digest, kept) and _holds(path, body):
+            return path
     return None
 
 
@@ -131,12 +176,35 @@ def write_quarantine(
     Names are ``<time>-<sha256 prefix>-<key>.body`` and ``.json`` (reason, receipt time,
     size, sha256, and the ``X-Kirim-*``, content-type and user-agent headers; nothing else, so
     no credentials; ``count`` and ``last_received_at``), ``key`` from the body's sha256 and
-    the ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``. When the same bytes are kept under
-    that key already (a retry), only their ``.json`` is written again, one more in ``count``.
-    Each file is written under a temporary name, fsync'd and renamed, and its folder fsync'd
-    (``atomicfile.replace_file``); then ``quarantine/`` and DATA/ above it, at every write.
-    Returns the ``.body`` path; raises StorageError on failure.
+    the ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``. When the same bytes are kept for
+    that delivery already (a retry), only their ``.json`` is written again, one more in
+    ``count``. Each file is written under a temporary name, fsync'd and renamed, and its
+    folder fsync'd (``atomicfile.replace_file``); then ``quarantine/`` and DATA/ above it, at
+    every write. Returns the ``.body`` path; raises StorageError on failure.
     """
+    return _keep(data_dir, body, headers, reason, when, once=False)[0]
+
+
+def quarantine_once(
+    data_dir: Path, body: bytes, headers: Mapping[str, str], reason: str, when: datetime
+) -> bool:
+    """:func:`write_quarantine` unless the same bytes are kept and described already, under
+    any delivery (a history walked twice, by backfill and reconcile or by two runs): then
+    nothing is written or counted. True when it wrote now; a copy left without its
+    description (its writer died between the two files) gets one then."""
+    return _keep(data_dir, body, headers, reason, when, once=True)[1]
+
+
+def _keep(
+    data_dir: Path,
+    body: bytes,
+    headers: Mapping[str, str],
+    reason: str,
+    when: datetime,
+    *,
+    once: bool,
+) -> tuple[Path, bool]:
+    """(the ``.body`` path, whether anything was written)."""
     when = when.astimezone(UTC)
     digest = hashlib.sha256(body).hexdigest()
     kept = {
@@ -153,14 +221,21 @@ def write_quarantine(
         "count": 1,
         "last_received_at": when.isoformat(),
     }
-    key = _delivery_key(digest, kept)
     try:
-        with _WRITING:
-            path = _kept_copy(data_dir, body, digest, key)
-            if path is not None:
-                meta = _seen_again(path, meta, when)
+        with _writing(data_dir):
+            if once:
+                copies = [p for p in _named(data_dir, digest) if _holds(p, body)]
+                described = [c for c in copies if c.with_suffix(".json").exists()]
+                if described:
+                    return described[0], False
+                path = copies[0] if copies else None  # one left without its description
             else:
+                path = _kept_copy(data_dir, body, digest, kept)
+                if path is not None:
+                    meta = _seen_again(path, meta, when)
+            if path is None:
                 stamp = when.strftime("%Y%m%dT%H%M%S%fZ")
+                key = _delivery_key(digest, kept)
                 path = (
                     data_dir
                     / "quarantine"
@@ -176,4 +251,4 @@ def write_quarantine(
         fsync_dir(path.parent.parent.parent)
     except OSError as exc:
         raise StorageError(f"cannot write quarantine file: {exc}") from exc
-    return path
+    return path, True

@@ -1,12 +1,19 @@
-"""journal_quarantine: what reconcile learns from the quarantine, and what it tells."""
+"""journal_quarantine: one copy per body and delivery (across processes, and for copies kept
+before the keyed names), what reconcile learns from the quarantine, and what it tells."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kirim_events.journal_quarantine import read_quarantine, write_quarantine
+from kirim_events.journal_quarantine import quarantine_once, read_quarantine, write_quarantine
 
 
 def test_kept_deliveries_are_counted_in_a_note_naming_the_first(tmp_path: Path) -> None:
@@ -125,3 +132,108 @@ def test_a_kept_copy_that_was_altered_is_not_taken_for_the_body(tmp_path: Path) 
     )
     assert again != path
     assert again.read_bytes() == b"{garbage"
+
+
+_WRITER = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from kirim_events.journal_quarantine import write_quarantine
+data, go, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+headers = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+while not go.exists():
+    time.sleep(0.001)
+for _ in range(n):
+    write_quarantine(data, b"{garbage", headers, "invalid_json", datetime.now(UTC))
+"""
+
+
+def test_writers_in_separate_processes_keep_one_copy_and_every_count(tmp_path: Path) -> None:
+    # Two collectors (or a collector and a backfill) on one data folder: the lock was a
+    # thread lock, so both looked, found nothing, and each kept a copy, or both read count
+    # n and wrote n + 1, losing one
+    data, go = tmp_path / "data", tmp_path / "go"
+    n, each = 4, 25
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(go), str(each)], env=env)
+        for _ in range(n)
+    ]
+    time.sleep(0.5)  # all started, waiting for the go
+    go.touch()
+    assert [w.wait(timeout=120) for w in writers] == [0] * n
+    (path,) = _kept(data)
+    assert json.loads(path.with_suffix(".json").read_text())["count"] == n * each
+    assert not [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
+
+
+def _legacy_copy(data_dir: Path, body: bytes, headers: dict[str, str], when: datetime) -> Path:
+    """A copy as kept before names carried the delivery's key: ``<time>-<sha256 prefix>-
+    <8 random hex>``, described without ``count`` (journal_quarantine before 9f43f0c)."""
+    digest = hashlib.sha256(body).hexdigest()
+    folder = data_dir / "quarantine" / when.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{when.strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:16]}-{uuid.uuid4().hex[:8]}.body"
+    path.write_bytes(body)
+    meta = {
+        "reason": "invalid_json",
+        "received_at": when.isoformat(),
+        "size": len(body),
+        "sha256": digest,
+        "headers": {k.lower(): v for k, v in headers.items()},
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def test_a_retry_of_a_delivery_kept_before_the_keyed_names_is_counted_in_its_copy(
+    tmp_path: Path,
+) -> None:
+    # kept under a random name before the upgrade, retried after it: one more copy, and
+    # reconcile's note counted two deliveries kept
+    headers = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+    first = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    old = _legacy_copy(tmp_path, b"{garbage", headers, first)
+    for hours in (1, 7):
+        again = write_quarantine(
+            tmp_path, b"{garbage", headers, "invalid_json", first + timedelta(hours=hours)
+        )
+        assert again == old
+    assert _kept(tmp_path) == [old]
+    meta = json.loads(old.with_suffix(".json").read_text())
+    assert (meta["count"], meta["received_at"], meta["last_received_at"]) == (
+        3, first.isoformat(), (first + timedelta(hours=7)).isoformat(),
+    )  # fmt: skip
+    assert read_quarantine(tmp_path).kept == 1
+
+
+def test_an_old_copy_of_the_same_bytes_for_another_delivery_is_kept_apart(
+    tmp_path: Path,
+) -> None:
+    when = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    one = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+    old = _legacy_copy(tmp_path, b"{garbage", one, when)
+    other = {"X-Kirim-Delivery-Id": "wbd_2", "X-Kirim-Event-Id": "evt_1"}  # a replay
+    new = write_quarantine(tmp_path, b"{garbage", other, "invalid_json", when)
+    assert _kept(tmp_path) == sorted([old, new])
+    assert "count" not in json.loads(old.with_suffix(".json").read_text())  # untouched
+    assert read_quarantine(tmp_path).kept == 2
+
+
+def test_a_body_kept_without_its_description_is_described_by_the_next_history_walk(
+    tmp_path: Path,
+) -> None:
+    # quarantine_once took any copy of the bytes for kept: one whose writer died before
+    # its .json stayed without one for ever, and reconcile (which reads the .json files)
+    # never counted it as held
+    headers = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+    when = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    path = write_quarantine(tmp_path, b"{garbage", headers, "invalid_json", when)
+    path.with_suffix(".json").unlink()
+    assert quarantine_once(tmp_path, b"{garbage", headers, "invalid_json", when) is True
+    assert _kept(tmp_path) == [path]
+    assert read_quarantine(tmp_path).event_ids == {"evt_1"}
+    # once described, the same bytes are kept: nothing written, nothing counted
+    other = {"X-Kirim-Delivery-Id": "wbd_2", "X-Kirim-Event-Id": "evt_1"}
+    assert quarantine_once(tmp_path, b"{garbage", other, "invalid_json", when) is False
+    assert json.loads(path.with_suffix(".json").read_text())["count"] == 1

@@ -713,6 +713,37 @@ def test_with_json_logs_every_line_on_stderr_is_json(tmp_path: Path) -> None:
     assert "rejected delivery" in messages
 
 
+def test_two_collectors_on_one_data_folder_keep_one_copy_of_a_retried_bad_body(
+    tmp_path: Path,
+) -> None:
+    """Two collectors behind one load balancer, one --data: retries of one signed but
+    unparseable delivery reach both at once. The quarantine's lock held within a process
+    only, so each could keep a copy, or both count n + 1 and lose one."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    both = [Collector(tmp_path, free_port()).start() for _ in range(2)]
+    attempts = 16
+
+    def post(attempt: int) -> int:
+        req = testing.signed_request(
+            b"{not json", SECRET, delivery_id="wbd_BAD", event_id="evt_BAD", attempt=attempt
+        )
+        url = both[attempt % 2].url
+        return httpx.post(url, content=req.body, headers=req.headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(attempts) as pool:
+        assert list(pool.map(post, range(1, attempts + 1))) == [200] * attempts
+    for c in both:
+        code, stderr = c.stop()
+        assert code == 0, stderr
+    (kept,) = (tmp_path / "quarantine").rglob("*.body")
+    assert kept.read_bytes() == b"{not json"
+    assert json.loads(kept.with_suffix(".json").read_text())["count"] == attempts
+    outcomes = Lake(tmp_path).deliveries().collect()["outcome"].to_list()
+    assert outcomes == ["quarantined"] * attempts  # a receipt each, from either collector
+
+
 def test_rejected_and_quarantined_lines_name_the_event_and_the_answer(tmp_path: Path) -> None:
     """An operator reading the log of a 401 or a quarantined body had the delivery id and
     the reason, not the event id (nor, for a quarantined one, the status sent back)."""

@@ -4,8 +4,10 @@ of answer once more over a loopback socket (uvicorn); answers, dedup, receipts."
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import random
 import shutil
 import socket
@@ -22,8 +24,8 @@ from hypothesis import strategies as st
 from loopback import serve
 
 import kirim_events as ke
+from kirim_events import atomicfile, testing
 from kirim_events import receiver as receiver_module
-from kirim_events import testing
 from kirim_events.errors import StorageError
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
@@ -632,6 +634,70 @@ async def test_retries_of_an_unparseable_delivery_at_once_are_kept_once(journal:
     assert [a.status_code for a in answers] == [200] * 8
     (path,) = (journal.data_dir / "quarantine").rglob("*.body")
     assert json.loads(path.with_suffix(".json").read_text())["count"] == 8
+
+
+class _DiskFull:
+    """atomicfile's writes: the ``fail``-th one from now (1: the first) writes half its
+    bytes, then raises ENOSPC, as a full disk does; the others write."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int) -> None:
+        self.calls, self.fail = 0, fail
+        self.real = atomicfile._write_all
+        monkeypatch.setattr(atomicfile, "_write_all", self)
+
+    def __call__(self, fd: int, data: bytes | str) -> None:
+        self.calls += 1
+        if self.calls != self.fail:
+            return self.real(fd, data)
+        raw = data.encode() if isinstance(data, str) else data
+        os.write(fd, raw[: len(raw) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("full_at", ["body", "description", "count of a retry"])
+async def test_a_full_disk_while_quarantining_is_a_503_and_a_retry_keeps_the_body(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, full_at: str
+) -> None:
+    """ENOSPC while a body is kept: never a 200 without its copy and description on disk,
+    no part of a file left, a count kept before it untouched; Kirim's retry, once there is
+    room again, is kept (and counted) as any other."""
+    receiver = Receiver(journal, SECRET, now=lambda: NOW)
+    kept = journal.data_dir / "quarantine"
+
+    def req(attempt: int) -> testing.SignedRequest:
+        return signed(b"{not json", delivery_id="wbd_BAD", event_id="evt_BAD", attempt=attempt)
+
+    async with client(receiver) as c:
+
+        async def send(attempt: int) -> int:
+            r = req(attempt)
+            return (await c.post(PATH, content=r.body, headers=r.headers)).status_code
+
+        attempt = 1
+        if full_at == "count of a retry":
+            assert await send(attempt) == 200
+            attempt += 1
+        full = _DiskFull(monkeypatch, fail=2 if full_at == "description" else 1)
+        assert await send(attempt) == 503
+        assert full.calls == full.fail  # it did fail there
+        files = sorted(p.name for p in kept.rglob("*") if p.is_file())
+        assert not [f for f in files if f.endswith(".tmp")]  # no part of a file left
+        if full_at == "body":
+            assert files == []
+        else:
+            (body,) = kept.rglob("*.body")
+            assert body.read_bytes() == b"{not json"
+        if full_at == "count of a retry":
+            assert json.loads(next(kept.rglob("*.json")).read_text())["count"] == 1
+        monkeypatch.setattr(atomicfile, "_write_all", full.real)  # room again
+        assert await send(attempt + 1) == 200
+    (body,) = kept.rglob("*.body")
+    assert body.read_bytes() == b"{not json"
+    meta = json.loads(body.with_suffix(".json").read_text())
+    assert meta["count"] == (2 if full_at == "count of a retry" else 1)
+    # the 503 left no receipt: one per 200
+    outcomes = lake_after_flush(journal).deliveries().collect()["outcome"].to_list()
+    assert outcomes == ["quarantined"] * meta["count"]
 
 
 async def test_an_id_with_half_a_utf16_pair_is_quarantined_not_a_503(

@@ -25,7 +25,7 @@ from kirim_events.client import KirimClient
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig, create_app
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
-from kirim_events.receiver import Receiver
+from kirim_events.receiver import DEFAULT_MAX_BODY, Receiver
 
 Scope = MutableMapping[str, Any]
 ASGI = Callable[..., Awaitable[None]]
@@ -124,7 +124,15 @@ class BrokenCollector:
 class World:
     """An emulator whose history was delivered to a (partly broken) collector at ``home``."""
 
-    def __init__(self, home: Path, *, seed: int, events: int, duplicate_rate: float = 0.2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        seed: int,
+        events: int,
+        duplicate_rate: float = 0.2,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
         self.home = home
         config = EngineConfig(
             time_compression=1e7,
@@ -134,7 +142,8 @@ class World:
         )
         self.emu = Emulator(seed=seed, engine=config)
         self.journal = Journal(home)
-        self.collector = BrokenCollector(Receiver(self.journal, self.emu.webhook_secrets))
+        receiver = Receiver(self.journal, self.emu.webhook_secrets, max_body=max_body)
+        self.collector = BrokenCollector(receiver)
         asyncio.run(self.emu.send(events, url=WEBHOOK_URL, transport=self.transport()))
         self.journal.flush(Lake(home))
 

@@ -174,6 +174,30 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
     assert again.missing == []
 
 
+def test_a_body_over_the_collectors_limit_is_imported_from_the_history(tmp_path: Path) -> None:
+    # docs/cli.md: a body over --max-body is answered 413 (never read past the limit, so not
+    # quarantined) and Kirim takes that as final; reconcile brings it from the history
+    limit = 540  # the emulator sends 329 to 867 bytes
+    w = World(tmp_path / "data", seed=8, events=60, max_body=limit)
+    try:
+        rows = w.emu.store.deliveries
+        large = {k for row in rows if len(row.payload) > limit for k in row.event_keys}
+        assert large
+        events, deliveries = lake_frames(w.home)
+        assert not large & set(events["event_key"])
+        assert "too_large" in set(deliveries["reason"])
+        since, until = w.window
+        t = FakeTime(until.timestamp())
+        _, client = w.api(t)
+        report = reconcile(w.home, client=client, since=since, until=until,
+                           journal=w.journal, now=t.clock)  # fmt: skip
+        assert large <= {m.key for m in report.missing}
+        events, _ = lake_frames(w.home)
+        assert large <= set(events["event_key"])
+    finally:
+        w.close()
+
+
 def test_a_run_killed_between_its_import_and_its_flush_is_finished_by_the_next(
     world: World,
 ) -> None:

@@ -15,6 +15,9 @@ Copies kept before the names carried the key (their last part was 8 random hex) 
 by their description instead: the same ``sha256`` and the same delivery and event ids.
 Only copies of the very same bytes are looked at (their names carry the sha256 prefix),
 so this costs nothing while no other copy of the body is kept.
+
+A writer killed before its rename leaves a ``.<name>.<random>.tmp`` file; as every writer
+holds the lock while its own exist, the next write into that day's folder removes them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kirim_events.atomicfile import fsync_dir, make_dirs, replace_file
+from kirim_events.atomicfile import fsync_dir, make_dirs, remove_quiet, replace_file
 from kirim_events.errors import StorageError
 from kirim_events.filelock import file_lock
 
@@ -233,6 +236,7 @@ def _keep(
                 path = _kept_copy(data_dir, body, digest, kept)
                 if path is not None:
                     meta = _seen_again(path, meta, when)
+            new = path is None
             if path is None:
                 stamp = when.strftime("%Y%m%dT%H%M%S%fZ")
                 key = _delivery_key(digest, kept)
@@ -243,6 +247,9 @@ def _keep(
                     / f"{stamp}-{digest[:16]}-{key}.body"
                 )
                 make_dirs(path.parent)
+            for tmp in path.parent.glob(".*.tmp"):  # a killed writer's: every writer holds
+                remove_quiet(tmp)  # the lock while its temporary files exist
+            if new:
                 replace_file(path, body)
             replace_file(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
         # again at each write, not only when make_dirs creates them: a day's folder made by

@@ -237,3 +237,17 @@ def test_a_body_kept_without_its_description_is_described_by_the_next_history_wa
     other = {"X-Kirim-Delivery-Id": "wbd_2", "X-Kirim-Event-Id": "evt_1"}
     assert quarantine_once(tmp_path, b"{garbage", other, "invalid_json", when) is False
     assert json.loads(path.with_suffix(".json").read_text())["count"] == 1
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_in_its_folder(
+    tmp_path: Path,
+) -> None:
+    # killed before its rename, a writer left `.<name>.<random>.tmp` (up to --max-body
+    # bytes) that nothing removed; a retry of its delivery comes in seconds, to that folder
+    day = tmp_path / "quarantine" / "2026-05-01"
+    day.mkdir(parents=True)
+    left = day / ".20260501T100000000000Z-0123456789abcdef-01234567.body.0123456789ab.tmp"
+    left.write_bytes(b"{garb")
+    when = datetime(2026, 5, 1, 10, 0, 5, tzinfo=UTC)
+    path = write_quarantine(tmp_path, b"{garbage", {"X-Kirim-Delivery-Id": "wbd_1"}, "x", when)
+    assert sorted(p.name for p in day.iterdir()) == [path.name, path.with_suffix(".json").name]

@@ -600,7 +600,8 @@ class Journal(KeyIndex):
         user-agent headers, ``count`` and ``last_received_at``), each fsync'd and renamed into
         place, before returning. One copy per body and delivery: a retry (the same bytes, the
         same ``X-Kirim-Delivery-Id`` and ``X-Kirim-Event-Id``) only counts one more in the
-        ``.json`` of the copy kept (:func:`~kirim_events.journal_quarantine.write_quarantine`).
+        ``.json`` of the copy kept (:func:`~kirim_events.journal_quarantine.write_quarantine`),
+        whichever process on this data folder takes it (they take turns on a lock).
 
         Returns
         -------

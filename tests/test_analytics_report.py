@@ -207,9 +207,13 @@ def test_report_command_summarises_and_writes_html(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path / "data")
     lake.write_events(_records())
     html = tmp_path / "report.html"
-    result = runner.invoke(app, ["report", "--data", str(tmp_path / "data"), "--html", str(html)])
+    secrets = {"KIRIM_WEBHOOK_SECRET": "whsec_report_a,whsec_report_b", "KIRIM_KEY": "kdv_live_r"}
+    args = ["report", "--data", str(tmp_path / "data"), "--html", str(html)]
+    result = runner.invoke(app, args, env=secrets)
     assert result.exit_code == 0, result.output
     assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    shown = html.read_text(encoding="utf-8") + result.output
+    assert [s for s in ("whsec_report_a", "whsec_report_b", "kdv_live_r") if s in shown] == []
     # the figures printed, from the records' known history
     out = result.output
     assert out.startswith("5 outbound messages, 2 conversations (1 open)\n")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from loopback import serve
+from nosecrets import places_holding
 from test_backfill_kit import DropKey, IgnoreParams, StripPayload, World, lake_frames
 from typer.testing import CliRunner
 
@@ -91,6 +92,7 @@ def test_sigkill_mid_backfill_then_resume_gives_exactly_the_history(
     assert done.returncode == 0, done.stderr
     assert re.search(r"│ resumed an unfinished run +│ yes +│", done.stdout), done.stdout
     assert env["KIRIM_KEY"] not in done.stdout + done.stderr
+    assert places_holding(data, env["KIRIM_KEY"]) == []  # checkpoints, journal, lake
     events, deliveries = lake_frames(data)
     keys = events["event_key"].to_list()
     assert len(keys) == len(set(keys))

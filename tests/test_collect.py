@@ -19,6 +19,7 @@ from typing import IO
 import httpx
 import pytest
 from loopback import closed_by_peer, free_port, server_side_open
+from nosecrets import places_holding
 from typer.testing import CliRunner
 from waiting import wait_until
 
@@ -159,6 +160,7 @@ def test_loopback_server_sigterm_drains_flushes_and_exits_0(collector: Collector
     assert code == 0, stderr
     assert SECRET not in stderr
     assert "KIRIM_TOLERANCE is off" not in stderr
+    assert places_holding(collector.data, SECRET, "whsec_old") == []  # journal, lake, state
     events = Lake(collector.data).events().collect()
     assert set(events["event_key"]) == set(emu.truth.log().collect()["event_key"])
     assert events.height == 120

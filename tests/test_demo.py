@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import duckdb
 import polars as pl
 import pytest
+from nosecrets import places_holding
 from typer.testing import CliRunner
 from waiting import wait_until
 
@@ -58,6 +59,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     timelines = Lake(tmp_path).message_timelines().collect()
     assert timelines.height > 0
     assert timelines["conversation_id"].null_count() == 0
+    # no secret of the run (the first webhook secret, the one minted half way, the API key)
+    # is kept anywhere in the folder: journal, state, lake
+    assert places_holding(tmp_path, "whsec_", "kdv_") == []
 
 
 def test_demo_cli(tmp_path: Path) -> None:
@@ -68,6 +72,8 @@ def test_demo_cli(tmp_path: Path) -> None:
     assert "lake equals the emulator's ground truth" in result.output
     assert "Delivery funnel" in result.output
     assert any(tmp_path.glob("events/**/*.parquet"))
+    assert "whsec_" not in result.output
+    assert "kdv_" not in result.output
     # the notebooks open ./data: the hint says how to point them at this lake instead
     assert "KIRIM_DATA_DIR=" in result.output
 

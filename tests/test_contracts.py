@@ -97,6 +97,8 @@ def test_collect_binds_loopback_on_the_design_path_by_default() -> None:
     options = _options(_commands()["collect"])
     assert options["--host"].default == "127.0.0.1"
     assert options["--path"].default == "/webhooks/kirim"
+    library = inspect.signature(ke.collect).parameters  # the function the command calls
+    assert (library["host"].default, library["path"].default) == ("127.0.0.1", "/webhooks/kirim")
 
 
 def test_no_command_takes_a_secret_as_an_option() -> None:

@@ -262,6 +262,11 @@ def test_plain_duckdb_and_polars_see_the_design_columns(webhook_lake: Path) -> N
     ).collect()
     assert deliveries.height == 5  # one row per delivery attempt seen
     assert deliveries.schema["date"] == pl.Date
+    glob = f"{webhook_lake}/deliveries/**/*.parquet"
+    plain = duckdb.sql(
+        f"select count(*), min(date) from read_parquet('{glob}', hive_partitioning=true)"
+    )
+    assert plain.fetchall() == [(5, date(2026, 5, 23))]
 
 
 def test_files_hold_utc_microsecond_timestamps_and_no_partition_columns(

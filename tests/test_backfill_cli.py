@@ -729,29 +729,43 @@ def test_a_file_given_as_the_lake_is_said_so(tmp_path: Path) -> None:
     assert afile.read_text() == "not a lake"
 
 
-def test_a_bulk_replay_to_a_disabled_subscription_says_the_replays_wait(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["bulk-replay", "replay"])
+def test_replays_to_a_disabled_subscription_say_they_wait(tmp_path: Path, command: str) -> None:
     # "25 deliveries enqueued in 1 call(s)", and nothing more: Kirim sends nothing to a
-    # disabled subscription (kirim-api.md §3), so the replays only wait in its queue
+    # disabled subscription (kirim-api.md §3), so the replays only wait in its queue.
+    # `deliveries replay` said nothing of it even after bulk-replay learned to.
     w = World(tmp_path / "collector", seed=5, events=80)
     try:
         dead = [r for r in w.emu.store.deliveries if r.status == "dead"]
-        assert dead
+        assert len(dead) > 1
         sub = dead[0].subscription_id
         w.emu.store.subscriptions[sub].status = "disabled"  # as after its auto-disable
         with serve(create_app(w.emu.store, api_keys=w.emu.api_keys), log_level="error") as url:
             env = {"KIRIM_KEY": w.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
-            args = ["deliveries", "bulk-replay", "--subscription-id", sub, "--since", "3650d"]
+            if command == "bulk-replay":
+                args = ["deliveries", "bulk-replay", "--subscription-id", sub, "--since", "3650d"]
+                first, waiting = f"{len(dead)} deliveries enqueued in 1 call", "these replays"
+            else:
+                args = ["deliveries", "replay", dead[0].id, dead[1].id]
+                first, waiting = f"{dead[0].id} -> ", "these 2 replays"
             result = CliRunner().invoke(app, args, env={**env, "COLUMNS": "200"})
+            if command == "replay":  # one replay: said in the singular
+                one = CliRunner().invoke(app, ["deliveries", "replay", dead[0].id],
+                                         env={**env, "COLUMNS": "200"})  # fmt: skip
+                assert one.exit_code == 0, one.output
+                assert "so this replay waits in its queue" in one.stdout
     finally:
         w.close()
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{len(dead)} deliveries enqueued in 1 call"
-    assert lines[1].startswith(
-        f"note: subscription {sub} is disabled: Kirim sends nothing to it, so these replays"
-        " wait in its queue"
+    assert lines[0].startswith(first)
+    (note,) = [line for line in lines if line.startswith("note:")]
+    assert note == lines[-1]
+    assert note.startswith(
+        f"note: subscription {sub} is disabled: Kirim sends nothing to it, so {waiting} wait"
+        " in its queue"
     )
-    assert '{"status": "active"}' in lines[1]
+    assert '{"status": "active"}' in note
 
 
 def test_deliveries_list_says_when_nothing_matches_and_when_limit_cut_the_list(

@@ -504,6 +504,7 @@ def deliveries_replay(
     client = _client()
     failed = 0
     refused: ApiError | None = None
+    sent: dict[str, int] = {}  # replays asked for, per subscription (when it can be read)
     with client:
         for ident in ids:
             try:
@@ -515,10 +516,25 @@ def deliveries_replay(
                 continue
             answer = f"{with_errors.get('id', '?')} ({with_errors.get('status')})"
             console.print(f"{ident} -> {printable(answer)}")
+            sub = with_errors.get("subscription_id") or _subscription_of(client, ident)
+            if isinstance(sub, str):
+                sent[sub] = sent.get(sub, 0) + 1
+        held = {sub: _inactive(client, sub) for sub in sent}
     if refused is not None:
         note_refused_key(refused)  # once, not per id
+    for sub, n in sent.items():
+        _note_held(sub, held[sub], "this replay waits" if n == 1 else f"these {n} replays wait")
     if failed:
         raise typer.Exit(1)
+
+
+def _subscription_of(client: KirimClient, delivery_id: str) -> str | None:
+    """The subscription of a delivery (Kirim's replay answer documents no
+    ``subscription_id``), or None when it cannot be read."""
+    try:
+        return client.get_delivery(delivery_id).subscription_id
+    except ApiError:
+        return None
 
 
 @command("bulk-replay", group=deliveries_app)
@@ -566,13 +582,7 @@ def deliveries_bulk_replay(
         failed = f"; {counted(len(report.failures), 'call')} failed" if report.failures else ""
         enqueued = counted(report.bulk_enqueued, "delivery", "deliveries")
         console.print(f"{enqueued} enqueued in {counted(report.bulk_calls, 'call')}{failed}")
-    if held is not None:
-        print_note(
-            f"subscription {subscription_id} is {held}: Kirim sends nothing to it, so these"
-            " replays wait in its queue. Once the collector answers, make it active again"
-            f' (PATCH /v1/webhook_subscriptions/{subscription_id} with {{"status": "active"}},'
-            " or in Kirim's dashboard)"
-        )
+    _note_held(subscription_id, held, "these replays wait")
     if report.errors:
         raise typer.Exit(1)
 
@@ -586,3 +596,17 @@ def _inactive(client: KirimClient, subscription_id: str) -> str | None:
     except ApiError:
         return None
     return None if status is None or status == "active" else str(status)
+
+
+def _note_held(subscription_id: str, status: str | None, waiting: str) -> None:
+    """The note after replays to a subscription that is not active (``status`` from
+    :func:`_inactive`; None: nothing to say): Kirim queues them and sends nothing, and how
+    to make it active again. ``waiting``: what waits, e.g. ``these replays wait``."""
+    if status is None:
+        return
+    print_note(
+        f"subscription {subscription_id} is {status}: Kirim sends nothing to it, so {waiting}"
+        " in its queue. Once the collector answers, make it active again"
+        f' (PATCH /v1/webhook_subscriptions/{subscription_id} with {{"status": "active"}},'
+        " or in Kirim's dashboard)"
+    )

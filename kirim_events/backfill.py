@@ -268,7 +268,9 @@ def _run_key(since: str, until: str, filters: Mapping[str, str], account: str) -
 @contextlib.contextmanager
 def _run_lock(checkpoint: Path) -> Iterator[None]:
     """Hold ``<checkpoint>.lock`` for the whole run; a second run of the same range on the
-    same data folder is refused (both wrote the one checkpoint)."""
+    same data folder is refused (both wrote the one checkpoint). The file goes as the run
+    ends, however it ends (one a run leaves per range asked, and a scheduled backfill asks a
+    new range each time); :func:`~kirim_events.filelock.file_lock` says why that is safe."""
     lock = checkpoint.with_suffix(".lock")
     try:
         # here, not by the lock: its folder would not be fsync'd, and the checkpoint's
@@ -276,7 +278,7 @@ def _run_lock(checkpoint: Path) -> Iterator[None]:
         make_dirs(checkpoint.parent)
     except OSError as exc:
         raise StorageError(f"cannot make folder {checkpoint.parent}: {exc}") from exc
-    with file_lock(lock, wait=False) as held:
+    with file_lock(lock, wait=False, remove=True) as held:
         if not held:
             raise StorageError(
                 "another backfill of this range is running on this data folder (it holds "

@@ -671,9 +671,11 @@ def test_a_second_backfill_of_the_same_range_is_refused_while_one_runs(
     _, client = world.api(t)
     _, client2 = world.api(t)
     refused: list[StorageError] = []
+    locks = tmp_path / "_state" / "backfill"
 
     def start_another(p: BackfillProgress) -> None:
         if p.pages == 1:
+            assert len(list(locks.glob("*.lock"))) == 1
             with pytest.raises(StorageError, match="another backfill of this range") as info:
                 backfill(tmp_path, client=client2, since=since, until=until, page_size=20)
             refused.append(info.value)
@@ -683,8 +685,23 @@ def test_a_second_backfill_of_the_same_range_is_refused_while_one_runs(
     assert len(refused) == 1
     assert not report.resumed
     assert_lake_is_exactly_the_history(tmp_path, world)
-    # once the first run ended, the same range runs again (a new run, nothing to add)
-    assert backfill(tmp_path, client=client2, since=since, until=until).events_new == 0
+    # the run's lock file went with it (one was left per range asked, for ever)
+    assert not list(locks.glob("*.lock"))
+    # once the first run ended, the same range runs again (a new run, nothing to add), and
+    # it still excludes another while it runs, though the file it locks is a new one
+    again = backfill(tmp_path, client=client2, since=since, until=until, page_size=20,
+                     progress=start_another)  # fmt: skip
+    assert again.events_new == 0
+    assert len(refused) == 2
+    assert not list(locks.glob("*.lock"))
+    # nor does a run that failed (a Ctrl-C ends it the same way) leave one
+    with pytest.raises(RuntimeError, match="failed"):
+        backfill(tmp_path, client=client, since=since, until=until, progress=_fail)
+    assert not list(locks.glob("*.lock"))
+
+
+def _fail(p: BackfillProgress) -> None:
+    raise RuntimeError("failed after a page")
 
 
 DAMAGE: dict[str, Any] = {

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from kirim_events import stopsignals
 from kirim_events.atomicfile import replace_file
 from kirim_events.client import KirimClient
 from kirim_events.collect import Collector
@@ -410,6 +411,11 @@ def run_demo(
         before anything is written.
     on_progress
         Called as ``on_progress(stage, done, total)``.
+
+    In the main thread, a SIGINT or SIGTERM cancels the run, whose servers then finish the
+    requests in flight and stop; the signal then goes to the handler before (SIGINT's
+    raises KeyboardInterrupt; a SIGTERM nothing catches ends the process). A signal
+    ignored as the run starts stays ignored.
     """
     # all checked before anything is written: NaN passed `scale <= 0` and, like infinity,
     # failed only once the folder was prepared and marked
@@ -436,11 +442,14 @@ def run_demo(
         progress = on_progress or (lambda stage, done, total: None)
         opened: list[Collector | socket.socket] = []
         running: list[asyncio.Task[DemoReport]] = []  # for a stop from another thread
+        stopped: list[int] = []  # the stop signal that came (see go)
 
         async def main() -> DemoReport:
             task = asyncio.current_task()
             if task is not None:
                 running.append(task)
+            if stopped:  # a stop came before this task was there to cancel
+                raise asyncio.CancelledError
             # However the run ends (Ctrl-C cancels it), its servers stop while the loop still
             # runs: left to asyncio.run's teardown, each request in flight died with a traceback.
             async with contextlib.AsyncExitStack() as stops:
@@ -455,9 +464,28 @@ def run_demo(
                     stops=stops,
                 )
 
+        def stop(sig: int) -> None:
+            stopped.append(sig)
+            if running:
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                    running[0].get_loop().call_soon_threadsafe(running[0].cancel)
+
         def go() -> DemoReport:
             try:
-                return asyncio.run(main())
+                # Ctrl-C and SIGTERM cancel the run, which stops its servers in order, and are
+                # raised again once it has, for the handlers before (SIGTERM kills a process
+                # that does not catch it, as it would have at once). A second Ctrl-C while
+                # the servers drain waits too: asyncio.run's own handler raised it wherever
+                # the loop was, the servers' shutdown was cut short, and each request in
+                # flight died with a traceback. The drain is bounded (SERVER_CONFIG).
+                with stopsignals.held(first=stop):
+                    try:
+                        return asyncio.run(main())
+                    except asyncio.CancelledError:
+                        if not stopped:
+                            raise
+                        # what a handler before that does not raise leaves: a stop, still
+                        raise KeyboardInterrupt from None
             finally:
                 # a run that failed half way leaves no journal thread, database or port
                 # open behind it (a notebook kernel lives on); closing twice is harmless

@@ -3,7 +3,8 @@ or hold them back for a block that a stop must not cut in two.
 
 Every place that must not die on a stop (the CLI while its commands load, the collector
 while it starts and flushes, a backfill that stops cleanly on SIGTERM) catches the signals
-this way, so the handlers before it always come back, even when the block raises. (The
+this way, so the handlers before it always come back, even when the block raises; so does
+the demo, whose run a stop cancels so that its servers stop in order. (The
 emulator's command, whose stop must run as a callback of its event loop, uses asyncio's
 ``loop.add_signal_handler`` instead.)
 """
@@ -59,10 +60,13 @@ def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterato
 
 
 @contextlib.contextmanager
-def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
+def held(
+    signals: Iterable[int] = STOP_SIGNALS, *, first: Callable[[int], None] | None = None
+) -> Iterator[None]:
     """Within the block, ``signals`` wait: each one that came is raised again as it ends,
     for the handlers before it; when one of them raises (Ctrl+C's KeyboardInterrupt), the
-    first such exception leaves the block once every handler has run.
+    first such exception leaves the block once every handler has run. A signal ignored as
+    the block starts (``SIG_IGN``: a background job's SIGINT) stays ignored.
 
     For a few steps that a stop must not land between: a KeyboardInterrupt raised inside
     ``Thread.start`` leaves a thread running that its pool does not know of, and that no
@@ -70,17 +74,43 @@ def held(signals: Iterable[int] = STOP_SIGNALS) -> Iterator[None]:
     signal mask, because the mask is per thread: any other thread (a progress bar's) would
     take the signal and Python would still run its handler in the main thread at once.
     Outside the main thread the block runs as it is (see :func:`handling`).
+
+    ``first``, when given, is called with the first signal at once, from the handler: to
+    ask the block's work to wind down (cancel a task) so that the block ends early, in its
+    own order. Any signal after it, a second Ctrl+C pressed while that work winds down,
+    waits too, and cuts nothing short.
+
+    Examples
+    --------
+    >>> import signal
+    >>> asked = []
+    >>> try:
+    ...     with held(first=asked.append):
+    ...         signal.raise_signal(signal.SIGINT)
+    ...         signal.raise_signal(signal.SIGINT)  # Ctrl+C twice
+    ...         print("asked to stop:", asked == [signal.SIGINT])
+    ... except KeyboardInterrupt:
+    ...     print("then interrupted, once")
+    asked to stop: True
+    then interrupted, once
     """
     came: list[int] = []
+
+    def note(sig: int, frame: FrameType | None) -> None:
+        came.append(sig)
+        if first is not None and len(came) == 1:
+            first(sig)
+
+    caught = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
     try:
-        with handling(lambda sig, frame: came.append(sig), signals):
+        with handling(note, caught):
             yield
     finally:
-        first: BaseException | None = None
+        first_raised: BaseException | None = None
         for sig in dict.fromkeys(came):  # once each, in the order they came
             try:
                 signal.raise_signal(sig)
             except BaseException as exc:  # each handler gets its signal; the first stop wins
-                first = first or exc
-        if first is not None:
-            raise first
+                first_raised = first_raised or exc
+        if first_raised is not None:
+            raise first_raised

@@ -158,3 +158,30 @@ def test_every_held_signal_reaches_its_handler_when_the_first_one_raises() -> No
         for sig, was in saved.items():
             signal.signal(sig, was)
     assert noted == [signal.SIGTERM]
+
+
+def test_held_asks_the_block_to_stop_at_the_first_signal_and_holds_the_rest(before: Seen) -> None:
+    # the demo so cancels its run at the first Ctrl-C; a second one, raised where the
+    # servers were shutting down, cut that short with a traceback per request in flight
+    asked: list[tuple[int, list[int]]] = []
+    with held(first=lambda sig: asked.append((sig, list(before.signals)))):
+        signal.raise_signal(signal.SIGTERM)
+        assert asked == [(signal.SIGTERM, [])]  # at once, in the block
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        assert len(asked) == 1
+        assert before.signals == []
+    assert before.signals == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_a_signal_ignored_as_held_starts_stays_ignored(before: Seen) -> None:
+    # a demo run as a background job (SIGINT ignored) was stopped by a Ctrl-C meant for
+    # the shell's foreground job
+    asked: list[int] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with held(first=asked.append):
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+    assert asked == []
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is before

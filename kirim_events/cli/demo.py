@@ -23,6 +23,7 @@ from kirim_events.cli._app import (
     interrupt_code,
     print_note,
     settings,
+    sigterm_interrupts,
 )
 from kirim_events.cli.report import render_report
 from kirim_events.demo import MAX_SCALE, DemoReport, run_demo
@@ -100,7 +101,7 @@ def demo(
 
     try:
         try:
-            with errors_to_exit():
+            with sigterm_interrupts(), errors_to_exit():
                 result = run_demo(s.data_dir, scale=scale, seed=seed, on_progress=on_progress)
         finally:
             if tasks:  # stop() prints a line even when never started

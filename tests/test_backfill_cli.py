@@ -87,10 +87,13 @@ def test_sigkill_mid_backfill_then_resume_gives_exactly_the_history(
     proc.wait()
     killed_at = checkpoint_pages(data)
     assert 6 <= killed_at < len(world.emu.store.deliveries) // 5
+    locks = data / "_state" / "backfill"
+    assert len(list(locks.glob("*.lock"))) == 1  # a killed run cannot remove its lock file
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert re.search(r"│ resumed an unfinished run +│ yes +│", done.stdout), done.stdout
+    assert not list(locks.glob("*.lock"))  # the run that took it over removed it
     assert env["KIRIM_KEY"] not in done.stdout + done.stderr
     assert places_holding(data, env["KIRIM_KEY"]) == []  # checkpoints, journal, lake
     events, deliveries = lake_frames(data)

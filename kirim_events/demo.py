@@ -478,7 +478,7 @@ def run_demo(
                 # the servers drain waits too: asyncio.run's own handler raised it wherever
                 # the loop was, the servers' shutdown was cut short, and each request in
                 # flight died with a traceback. The drain is bounded (SERVER_CONFIG).
-                with stopsignals.held(first=stop):
+                with stopsignals.held(first=stop, force=3):
                     try:
                         return asyncio.run(main())
                     except asyncio.CancelledError:

@@ -61,7 +61,10 @@ def handling(handler: Handler, signals: Iterable[int] = STOP_SIGNALS) -> Iterato
 
 @contextlib.contextmanager
 def held(
-    signals: Iterable[int] = STOP_SIGNALS, *, first: Callable[[int], None] | None = None
+    signals: Iterable[int] = STOP_SIGNALS,
+    *,
+    first: Callable[[int], None] | None = None,
+    force: int | None = None,
 ) -> Iterator[None]:
     """Within the block, ``signals`` wait: each one that came is raised again as it ends,
     for the handlers before it; when one of them raises (Ctrl+C's KeyboardInterrupt), the
@@ -80,6 +83,10 @@ def held(
     own order. Any signal after it, a second Ctrl+C pressed while that work winds down,
     waits too, and cuts nothing short.
 
+    ``force``, when given, is how many signals it takes to stop holding: that one goes to
+    the handler before at once (Ctrl+C's KeyboardInterrupt is raised where the block is),
+    an escape from a wind-down that hangs. The signals before it are then not raised again.
+
     Examples
     --------
     >>> import signal
@@ -95,13 +102,17 @@ def held(
     then interrupted, once
     """
     came: list[int] = []
+    caught = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
+    before = {sig: signal.getsignal(sig) for sig in caught}
 
     def note(sig: int, frame: FrameType | None) -> None:
         came.append(sig)
-        if first is not None and len(came) == 1:
+        if force is not None and len(came) >= force:
+            came.clear()  # this one goes through now; none is raised again at the end
+            _pass_on(sig, frame, before[sig])
+        elif first is not None and len(came) == 1:
             first(sig)
 
-    caught = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
     try:
         with handling(note, caught):
             yield
@@ -114,3 +125,13 @@ def held(
                 first_raised = first_raised or exc
         if first_raised is not None:
             raise first_raised
+
+
+def _pass_on(sig: int, frame: FrameType | None, handler: Any) -> None:
+    """Give ``sig`` to ``handler`` now, as if it had never been caught: a Python handler is
+    called (Ctrl+C's raises KeyboardInterrupt); the default one ends the process."""
+    if callable(handler):
+        handler(sig, frame)
+    elif handler is None or handler == signal.SIG_DFL:
+        signal.signal(sig, signal.SIG_DFL)
+        signal.raise_signal(sig)

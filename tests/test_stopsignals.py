@@ -185,3 +185,36 @@ def test_a_signal_ignored_as_held_starts_stays_ignored(before: Seen) -> None:
     assert asked == []
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_held_lets_the_forced_signal_through_at_once(before: Seen) -> None:
+    # the demo holds a second Ctrl-C while its servers drain; a third one escapes a drain
+    # that hangs, raised where the block is rather than as it ends
+    asked: list[int] = []
+    reached = []
+    with held(first=asked.append, force=3):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        assert before.signals == []
+        signal.raise_signal(signal.SIGINT)
+        reached.append(True)
+        assert before.signals == [signal.SIGINT]  # at once, in the block
+    assert asked == [signal.SIGINT]
+    assert reached == [True]
+    assert before.signals == [signal.SIGINT]  # not raised again as the block ends
+
+
+def test_a_forced_ctrl_c_is_a_keyboard_interrupt_where_the_block_is() -> None:
+    steps: list[str] = []
+
+    def twice() -> None:
+        with held(force=2):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("held")
+            signal.raise_signal(signal.SIGINT)
+            steps.append("not reached")
+
+    with pytest.raises(KeyboardInterrupt):
+        twice()
+    assert steps == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -8,10 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from waiting import wait_until
 
 from kirim_events.journal_quarantine import quarantine_once, read_quarantine, write_quarantine
 
@@ -141,6 +142,7 @@ from pathlib import Path
 from kirim_events.journal_quarantine import write_quarantine
 data, go, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 headers = {"X-Kirim-Delivery-Id": "wbd_1", "X-Kirim-Event-Id": "evt_1"}
+Path(sys.argv[4]).touch()  # imported and ready: waiting for the go
 while not go.exists():
     time.sleep(0.001)
 for _ in range(n):
@@ -155,11 +157,22 @@ def test_writers_in_separate_processes_keep_one_copy_and_every_count(tmp_path: P
     data, go = tmp_path / "data", tmp_path / "go"
     n, each = 4, 25
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    ready = [tmp_path / f"ready-{i}" for i in range(n)]
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(data), str(go), str(each)], env=env)
-        for _ in range(n)
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(data), str(go), str(each), str(ready[i])], env=env
+        )
+        for i in range(n)
     ]
-    time.sleep(0.5)  # all started, waiting for the go
+    # every writer imported and waiting, so that they do start together: a fixed sleep let
+    # a slow start (imports on a busy machine) run them one after another, and pass without
+    # any race to catch
+    wait_until(
+        lambda: all(p.exists() for p in ready) or any(w.poll() is not None for w in writers),
+        120,
+        what="the writers ready",
+    )
+    assert [w.poll() for w in writers] == [None] * n
     go.touch()
     assert [w.wait(timeout=120) for w in writers] == [0] * n
     (path,) = _kept(data)

@@ -60,7 +60,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kirim_events.analytics._common import seconds_between
 from kirim_events.emulator.world import Bundle, WorldEvent
 
 __all__ = ["LOG_SCHEMA", "Truth", "emitted_conversation_id", "event_key"]
@@ -432,8 +431,14 @@ class TruthView:
                 pl.when(pl.col("missing_opening"))
                 .then(None)
                 # float seconds, as the lake's helpers give it (it was a Duration, so a
-                # comparison of the two failed on the type)
-                .otherwise(seconds_between("first_assigned_at", "opened_at"))
+                # comparison of the two failed on the type); computed here in plain Polars,
+                # not with the helpers' own code, so that the oracle stays independent of
+                # what it checks (exact: the world's times are whole seconds)
+                .otherwise(
+                    (pl.col("first_assigned_at") - pl.col("opened_at")).dt.total_seconds(
+                        fractional=True
+                    )
+                )
                 .alias("time_to_first_assignment"),
             )
             .drop("_first_opening")

@@ -260,9 +260,11 @@ def test_a_senders_repeated_contact_goes_once_into_each_of_its_one_item_bodies()
     ]
     body = meta_envelope({"contacts": [contact] * 1000, "messages": messages})
     records = parse_delivery(json.dumps(body).encode(), {}, received_at=RECEIVED)
-    for record in records[1:]:
+    assert [r.event_key for r in records] == [m["id"] for m in messages]
+    for record, message in zip(records[1:], messages[1:], strict=True):  # the first: whole
         value = json.loads(record.payload)["entry"][0]["changes"][0]["value"]
         assert value["contacts"] == [contact]
+        assert value["messages"] == [message]  # its own message, with its sender's contact
 
 
 def test_meta_inbound_message_with_kirim_block() -> None:

@@ -382,7 +382,7 @@ def render(runs: dict[float, dict[str, Any]], args: argparse.Namespace) -> str:
         f"`python benchmarks/bench_collect.py --scale {' '.join(str(s) for s in runs)}`, "
         f"{args.connections} connections, medians of {args.repeats} runs per figure, each "
         "target in its own uvicorn process (one worker, h11, asyncio loop), load generator in "
-        "another process on the same 2 cores.",
+        f"another process on the same {os.cpu_count()} cores.",
         "",
     ]
     for scale, res in runs.items():

@@ -212,6 +212,16 @@ def test_same_seed_gives_byte_identical_live_deliveries() -> None:
 # ------------------------------------------------------------------ retries
 
 
+# kirim-api.md section 3: the delay before each attempt, as Kirim documents it (the oracle:
+# not the engine's own SCHEDULE, which a swap of two delays would leave agreeing with itself)
+DOCUMENTED_DELAYS = (0, 10, 30, 2 * 60, 10 * 60, 3600, 6 * 3600, 24 * 3600)
+
+
+def test_the_schedule_is_kirims_documented_one() -> None:
+    assert SCHEDULE == DOCUMENTED_DELAYS
+    assert sum(DOCUMENTED_DELAYS) == 112_360  # "31 h 12 m 40 s" since attempt 1
+
+
 def test_retry_times_follow_the_schedule_with_jitter() -> None:
     emu, receiver, _ = _live(
         25, receiver=Receiver(policy=lambda n, h: 503), concurrency=3, time_compression=1.0
@@ -225,7 +235,7 @@ def test_retry_times_follow_the_schedule_with_jitter() -> None:
         assert [a.attempt for a in rows] == list(range(1, 9))
         assert [a.outcome for a in rows] == ["retry"] * 7 + ["dead"]
         for prev, cur in itertools.pairwise(rows):
-            nominal = SCHEDULE[cur.attempt - 1]
+            nominal = DOCUMENTED_DELAYS[cur.attempt - 1]
             gap = cur.sent_at - prev.sent_at
             assert 0.8 * nominal - 1e-6 <= gap <= 1.2 * nominal + 1e-6
             ratios.append(gap / nominal)

@@ -28,8 +28,13 @@ The range is split into ``4 x slices`` time slices walked by ``slices`` threads 
 Kirim's limit. ``created_before`` is fixed when the run starts (``until``, or now). Each slice
 asks for ``HISTORY_OVERLAP`` more on both sides and keeps only rows inside its own bounds, so
 the result is right whether Kirim's bounds are inclusive or exclusive, and whatever it rounds
-them to. A cursor Kirim refuses (expired) starts a new chain of pages that skips what was
-read, in the time order the rows read show (:mod:`kirim_events.history_slices`). Memory
+them to. A Kirim that ignores the time range (kirim-api.md §7.4 only assumes it) would send
+every slice the whole history: the first page showing a row far outside the range its slice
+asked for ends the slicing at once (:data:`TIME_FILTER_IGNORED`, said through ``progress``
+and in ``notes``), and one slice over the whole range is walked instead, checkpointed as
+such, so a resumed run walks it too. A cursor Kirim refuses (expired) starts a new chain of
+pages that skips what was read, in the time order the rows read show
+(:mod:`kirim_events.history_slices`). Memory
 stays flat: one page per slice is held at a time; the journal is flushed to the lake in
 bounded batches.
 
@@ -78,6 +83,7 @@ from kirim_events.timearg import is_span, parse_when
 
 __all__ = [
     "HISTORY_OVERLAP",
+    "TIME_FILTER_IGNORED",
     "BackfillProgress",
     "BackfillReport",
     "backfill",
@@ -91,6 +97,11 @@ CHECKPOINT_VERSION = 1
 _PIECES = 4  # time slices per parallel fetcher
 _FLUSH_BATCH = 2_000  # events per lake write at the end: bounds memory, not the file count
 SPAN_RESUME_WITHIN = timedelta(hours=24)  # a killed "--since 7d" run resumes within this
+TIME_FILTER_IGNORED = (
+    "Kirim ignores --since/--until (a page asked for one time slice held rows far outside"
+    " it): the history is walked once, not in time slices that would each read all of it"
+)
+"""The note of a run that found Kirim ignoring the time range and stopped slicing."""
 
 
 def check_order(
@@ -197,6 +208,7 @@ class _Checkpoint:
     filters: dict[str, str]
     slices: list[Slice]
     version: int = CHECKPOINT_VERSION
+    time_filter_ignored: bool = False  # the run found it so: ``slices`` is one, the range
 
     @classmethod
     def load(cls, path: Path) -> _Checkpoint | None:
@@ -244,6 +256,10 @@ class _Checkpoint:
         ]
         if not cp.slices or any(
             t is not None and (not isinstance(t, str) or parse_time(t) is None) for t in times
+        ):
+            raise damaged
+        if not isinstance(cp.time_filter_ignored, bool) or (
+            cp.time_filter_ignored and len(cp.slices) != 1
         ):
             raise damaged
         return cp
@@ -301,6 +317,9 @@ class BackfillProgress:
     elapsed: float
     slices_done: int
     slices: int
+    note: str | None = None
+    """A line to tell the user now (given once, on the page after it arose): that Kirim
+    ignores the time range (:data:`TIME_FILTER_IGNORED`). The report's ``notes`` hold it too."""
 
     @property
     def rows_per_second(self) -> float:
@@ -346,7 +365,8 @@ class BackfillReport:
     filtered: FilterTally = field(default_factory=FilterTally)
     """Rows Kirim returned outside the filters asked (skipped, not stored), and rows kept
     that carry no value for a filter (:mod:`kirim_events.history_filter`). Rows outside
-    the time range are counted by the first or last slice, once per read."""
+    the time range are counted by the first or last slice, once per read. Once Kirim is
+    found ignoring the time range, the count is that of the one walk over the range."""
     notes: list[str] = field(default_factory=list)
     """What the user should know, one line each (``filtered`` in words)."""
     requests: int = 0
@@ -390,6 +410,10 @@ class _Run:
         # A row without a readable time belongs to no slice's range, and any slice may be
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
         self.untimed_seen: set[str] = set()
+        # Kirim ignoring the time range: said with the next progress snapshot (a resumed
+        # run's first), and its one slice over the range walked by one fetcher
+        self.note_due = TIME_FILTER_IGNORED if cp.time_filter_ignored else None
+        self.whole_taken = cp.time_filter_ignored  # then cp.slices is that one slice
 
     def walk(self, s: Slice) -> None:
         # A cursor Kirim no longer accepts (expired, or its encoding changed between runs)
@@ -397,6 +421,31 @@ class _Run:
         # fetched twice are harmless (dedup index; exact copies of delivery rows). A rerun
         # starts counting refusals again (a new run, a new chance).
         walk_restarting(s, lambda: self._walk(s), restart=lambda: self._restart(s))
+        whole = self._take_whole()
+        if whole is not None:  # the slicing ended: this fetcher walks the range once
+            walk_restarting(whole, lambda: self._walk(whole), restart=lambda: self._restart(whole))
+
+    def _take_whole(self) -> Slice | None:
+        """The one slice over the whole range, for the first fetcher to ask once Kirim was
+        found ignoring the time range (None for the others, and before that)."""
+        with self.lock:
+            if not self.cp.time_filter_ignored or self.whole_taken:
+                return None
+            self.whole_taken = True
+            return self.cp.slices[0]
+
+    def _dropped(self, s: Slice) -> bool:
+        """Whether ``s`` is a slice the run no longer walks (Kirim ignores the time range)."""
+        return self.cp.time_filter_ignored and self.cp.slices[0] is not s
+
+    def _ignores_time(self, window: tuple[datetime, datetime], times: list[datetime]) -> bool:
+        """Whether rows at ``times`` show Kirim ignoring the time range: one is further than
+        ``HISTORY_OVERLAP`` (a rounding Kirim's slack) outside the ``window`` asked for, in a
+        run of several slices (one slice over the range is what the run would change to)."""
+        if not times or len(self.cp.slices) < 2 or self.cp.time_filter_ignored:
+            return False
+        lo, hi = window
+        return min(times) < lo - HISTORY_OVERLAP or max(times) >= hi + HISTORY_OVERLAP
 
     def _restart(self, s: Slice) -> bool:
         with self.lock:
@@ -405,7 +454,7 @@ class _Run:
         return narrowed
 
     def _walk(self, s: Slice) -> None:
-        if s.done or self.stop.is_set():
+        if s.done or self.stop.is_set() or self._dropped(s):
             return
         after, before = parse_time(s.after), parse_time(s.before)
         assert after is not None
@@ -414,12 +463,15 @@ class _Run:
             with self.lock:
                 s.fetch_before = format_time(s.window()[1])
         filters: dict[str, Any] = dict(self.cp.filters)
-        filters["created_after"], filters["created_before"] = s.window()
+        window = s.window()
+        filters["created_after"], filters["created_before"] = window
         pages = self.client.iter_pages(cursor=s.cursor, limit=self.page_size, **filters)
         for page, _ in pages:
-            if self.stop.is_set():
+            if self.stop.is_set() or self._dropped(s):
                 return
-            self.store(s, page, after, before)
+            self.store(s, page, after, before, window)
+            if self._dropped(s):  # this page showed it: not one request more for this slice
+                return
 
     def _beyond_range(self, s: Slice, when: datetime) -> bool:
         """Whether a row at ``when``, outside slice ``s``, is outside the whole range asked
@@ -430,7 +482,14 @@ class _Run:
             return s.after == self.cp.since
         return when >= hi and s.before == self.cp.until
 
-    def store(self, s: Slice, page: Page, after: datetime, before: datetime) -> None:
+    def store(
+        self,
+        s: Slice,
+        page: Page,
+        after: datetime,
+        before: datetime,
+        window: tuple[datetime, datetime],
+    ) -> None:
         records: list[EventRecord] = []
         receipts: list[dict[str, Any]] = []
         quarantined = bare = untimed = 0
@@ -476,6 +535,14 @@ class _Run:
             s.rows += len(receipts)
             s.stretch(read)
             s.note_order(times)
+            if self._ignores_time(window, times):
+                # every slice would walk the whole history: one slice over the range instead
+                # (walked from its start by the first fetcher free; what was stored stays)
+                self.cp.time_filter_ignored = True
+                self.cp.slices = [Slice(after=self.cp.since, before=self.cp.until)]
+                self.note_due = TIME_FILTER_IGNORED
+                # that walk reads every row again: the rows outside the filters are its count
+                self.report.filtered = FilterTally()
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
             r.pages += 1
@@ -486,7 +553,8 @@ class _Run:
             r.rows_without_payload += bare
             r.rows_without_time += untimed
             r.items_unreadable += len(page.unreadable)
-            r.filtered.add(tally)
+            if not self._dropped(s):
+                r.filtered.add(tally)
             snap = BackfillProgress(
                 pages=r.pages,
                 rows=r.rows,
@@ -495,7 +563,9 @@ class _Run:
                 elapsed=self.clock() - self.started,
                 slices_done=sum(x.done for x in self.cp.slices),
                 slices=len(self.cp.slices),
+                note=self.note_due,
             )
+            self.note_due = None
         if self.progress is not None:
             self.progress(snap)
 
@@ -653,6 +723,8 @@ def backfill(
                     with contextlib.suppress(OSError):
                         path.unlink()
                 raise
+            if cp.time_filter_ignored:
+                report.notes.append(TIME_FILTER_IGNORED)
             report.notes.extend(report.filtered.notes(run.filter))
             if flush:
                 flush_journal()

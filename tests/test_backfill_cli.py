@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from loopback import serve
 from nosecrets import places_holding
-from test_backfill_kit import DropKey, IgnoreParams, StripPayload, World, lake_frames
+from test_backfill_kit import DropKey, StripPayload, World, lake_frames
 from typer.testing import CliRunner
 
 from kirim_events.cli import app
@@ -600,8 +600,9 @@ def test_an_api_url_holding_the_key_is_refused_without_showing_it(
 @pytest.fixture(scope="module")
 def ignoring_url(world: World) -> Iterator[str]:
     """The emulator's REST app behind a Kirim that ignores ``status``, served on 127.0.0.1."""
-    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000)
-    with serve(IgnoreParams(app_, "status"), log_level="error") as url:
+    ignores = FaultConfig(ignored_filters=("status",))
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000, faults=ignores)
+    with serve(app_, log_level="error") as url:
         yield url
 
 
@@ -632,6 +633,30 @@ def test_rows_outside_a_filter_kirim_ignored_are_neither_stored_nor_listed_and_s
     rows = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     assert sorted(r["id"] for r in rows) == dead
     assert listed.stderr.count(note + " shown") == 1
+
+
+def test_a_kirim_ignoring_the_time_range_is_said_once_as_the_run_finds_it(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    from kirim_events.backfill import TIME_FILTER_IGNORED
+
+    ignores = FaultConfig(ignored_filters=("created_after", "created_before"))
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000, faults=ignores)
+    lo, hi = world.window
+    hour = timedelta(hours=1)
+    since, until = (t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in (lo - hour, hi + hour))
+    with serve(app_, log_level="error") as url:
+        args = ["backfill", "--data", str(tmp_path), "--since", since, "--until", until,
+                "--page-size", "50"]  # fmt: skip
+        env = {**env, "KIRIM_API_URL": url, "COLUMNS": "400"}
+        result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert sorted(lake_frames(tmp_path)[1]["delivery_id"]) == sorted(
+        r.id for r in world.emu.store.deliveries
+    )
+    # on stderr while the run goes on (above the progress bar), not again in the summary
+    assert result.stderr.count("note: " + TIME_FILTER_IGNORED) == 1
+    assert "Kirim ignores" not in result.stdout
 
 
 @pytest.mark.parametrize(

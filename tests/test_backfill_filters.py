@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from test_backfill_kit import (
     FakeTime,
-    IgnoreParams,
     Killed,
     StripPayload,
     SyncASGI,
@@ -19,8 +18,12 @@ from test_backfill_kit import (
     lake_frames,
 )
 
-from kirim_events.backfill import BackfillProgress, backfill
+from kirim_events.backfill import TIME_FILTER_IGNORED, BackfillProgress, backfill
+from kirim_events.emulator import FaultConfig
 from kirim_events.history_filter import TIME_FILTER
+
+IGNORES_TIME = FaultConfig(ignored_filters=("created_after", "created_before"))
+"""The emulator as a Kirim that ignores the time range (it pages the whole history)."""
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_rows_outside_a_filter_kirim_ignored_are_skipped_counted_and_said_once(
 ) -> None:
     since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
-    _, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, param))
+    _, client = world.api(t, faults=FaultConfig(ignored_filters=(param,)))
     report = backfill(tmp_path, client=client, since=since, until=until, slices=2, **{flag: value})
     wanted = ids_where(world, **{flag: value})
     assert stored_ids(tmp_path) == wanted
@@ -99,16 +102,16 @@ def test_rows_outside_a_time_range_kirim_ignored_are_skipped_and_counted_once(
     else:
         since, until = hi, hi + timedelta(minutes=5)
     t = FakeTime(hi.timestamp() + 3600)
-    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
-    _, client = world.api(t, transport_wrapper=wrap)
+    _, client = world.api(t, faults=IGNORES_TIME)
     report = backfill(tmp_path, client=client, since=since, until=until, slices=2, now=t.clock)
     assert report.slices == 5
     assert stored_ids(tmp_path) == []
     every = len(world.emu.store.deliveries)
     assert dict(report.filtered.outside) == {TIME_FILTER: every}
     assert report.notes == [
+        TIME_FILTER_IGNORED,  # found on a first page: the history was walked once
         f"Kirim returned {every} row(s) outside {TIME_FILTER} (it may ignore that filter or"
-        " know it by another name): skipped, not stored"
+        " know it by another name): skipped, not stored",
     ]
 
 
@@ -116,8 +119,7 @@ def test_the_rows_a_kirim_ignoring_the_range_sends_inside_it_are_stored_once(
     world: World, tmp_path: Path
 ) -> None:
     since, until = world.window
-    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
-    _, client = world.api(FakeTime(until.timestamp() + 3600), transport_wrapper=wrap)
+    _, client = world.api(FakeTime(until.timestamp() + 3600), faults=IGNORES_TIME)
     report = backfill(tmp_path, client=client, since=since, until=until, slices=2)
     assert stored_ids(tmp_path) == ids_where(world)
     assert not report.filtered  # all inside the range: each stored by the slice owning it
@@ -127,10 +129,9 @@ def test_rows_without_the_filtered_field_are_kept_and_said(world: World, tmp_pat
     since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
 
-    def wrap(app: Any) -> Any:
-        return StripPayload(IgnoreParams(app, "status"), "status")
-
-    _, client = world.api(t, transport_wrapper=wrap)
+    ignores = FaultConfig(ignored_filters=("status",))
+    wrap = lambda app: StripPayload(app, "status")  # noqa: E731
+    _, client = world.api(t, faults=ignores, transport_wrapper=wrap)
     report = backfill(tmp_path, client=client, since=since, until=until, status="dead")
     every = len(world.emu.store.deliveries)
     assert len(stored_ids(tmp_path)) == every  # none can be shown to be outside: all kept
@@ -147,7 +148,7 @@ def test_a_killed_run_against_a_kirim_ignoring_a_filter_resumes_exactly(
 ) -> None:
     since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
-    transport, client = world.api(t, transport_wrapper=lambda app: IgnoreParams(app, "status"))
+    transport, client = world.api(t, faults=FaultConfig(ignored_filters=("status",)))
 
     def die_after_page_6(p: BackfillProgress) -> None:
         if p.pages == 6:
@@ -170,3 +171,97 @@ def test_a_killed_run_against_a_kirim_ignoring_a_filter_resumes_exactly(
     pages = -(-len(world.emu.store.deliveries) // 10)
     assert transport.paths["GET /v1/webhook_deliveries"] - before == report.pages
     assert read + report.pages == pages
+
+
+def wide_range(world: World) -> tuple[datetime, datetime, FakeTime]:
+    """Two hours around the history (which spans about a second): 16 slices at slices=4,
+    all but one of them empty on a Kirim that applies the range."""
+    lo, hi = world.window
+    return lo - timedelta(hours=1), hi + timedelta(hours=1), FakeTime(hi.timestamp() + 7200)
+
+
+def test_a_kirim_ignoring_the_time_range_is_found_at_once_and_walked_once(
+    world: World, tmp_path: Path
+) -> None:
+    since, until, t = wide_range(world)
+    args: dict[str, Any] = dict(since=since, until=until, slices=4, page_size=50, now=t.clock)
+    _, client = world.api(t)
+    asked = backfill(tmp_path / "filtering", client=client, **args)
+    assert asked.slices == 16
+    assert asked.notes == []
+    ignoring, client = world.api(t, faults=IGNORES_TIME)
+    said: list[tuple[int, str]] = []
+
+    def note(p: BackfillProgress) -> None:
+        if p.note is not None:
+            said.append((p.pages, p.note))
+
+    report = backfill(tmp_path / "ignoring", client=client, progress=note, **args)
+    # the same rows and events stored as from a Kirim that applies the range
+    assert (
+        stored_ids(tmp_path / "ignoring") == stored_ids(tmp_path / "filtering") == ids_where(world)
+    )
+    keys = {
+        p: set(lake_frames(tmp_path / p)[0]["event_key"].to_list())
+        for p in ("filtering", "ignoring")
+    }
+    assert keys["ignoring"] == keys["filtering"] == world.history_keys
+    # said at once (with the first pages, not at the end), once, and in the report once
+    assert [text for _, text in said] == [TIME_FILTER_IGNORED]
+    assert said[0][0] <= 4  # the fetchers' first pages
+    assert report.notes == [TIME_FILTER_IGNORED]
+    assert not report.filtered  # every row is inside the range
+    # one walk of the history, plus at most the first page of each of the 4 fetchers: not
+    # one walk per slice (16 x the pages)
+    pages = -(-len(world.emu.store.deliveries) // 50)
+    assert pages >= 5
+    requests = ignoring.paths["GET /v1/webhook_deliveries"]
+    assert requests == report.requests
+    assert pages < requests <= pages + 4
+    assert not list((tmp_path / "ignoring" / "_state" / "backfill").glob("*.json"))  # done
+
+
+@pytest.mark.parametrize("kill_at", [1, 6])
+def test_a_run_killed_after_it_found_the_time_range_ignored_resumes_the_one_walk(
+    world: World, tmp_path: Path, kill_at: int
+) -> None:
+    since, until, t = wide_range(world)
+    args: dict[str, Any] = dict(since=since, until=until, slices=4, page_size=50, now=t.clock)
+    ignoring, client = world.api(t, faults=IGNORES_TIME)
+    said: list[str] = []
+    seen = 0
+
+    def die(p: BackfillProgress) -> None:
+        nonlocal seen
+        if p.note is not None:
+            said.append(p.note)
+        seen += said != []  # pages stored since (and with) the one that found it
+        if seen == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, progress=die, **args)
+    assert said == [TIME_FILTER_IGNORED]
+    (path,) = (tmp_path / "_state" / "backfill").glob("*.json")
+    state = json.loads(path.read_text())
+    assert state["time_filter_ignored"] is True
+    assert [(s["after"], s["before"]) for s in state["slices"]] == [
+        (state["since"], state["until"])
+    ]
+    walked = state["slices"][0]["pages"]  # of the one walk, before the kill
+    assert walked >= kill_at - 4  # pages stored after the switch: the one walk's, or the
+    # first pages of the other fetchers, already asked for
+    before = ignoring.paths["GET /v1/webhook_deliveries"]
+    again: list[str] = []
+    report = backfill(
+        tmp_path, client=client, progress=lambda p: again.extend([p.note] if p.note else []), **args
+    )
+    assert report.resumed
+    assert again == [TIME_FILTER_IGNORED]  # the resumed run says it too, once
+    assert report.notes == [TIME_FILTER_IGNORED]
+    assert stored_ids(tmp_path) == ids_where(world)
+    assert set(lake_frames(tmp_path)[0]["event_key"].to_list()) == world.history_keys
+    # the resumed run walks the one slice from its checkpointed cursor, not the 16
+    pages = -(-len(world.emu.store.deliveries) // 50)
+    assert ignoring.paths["GET /v1/webhook_deliveries"] - before == report.pages
+    assert report.pages == pages - walked  # from where the one walk was cut

@@ -259,23 +259,6 @@ class StripPayload:
         await self.app(scope, receive, capture)
 
 
-class IgnoreParams:
-    """ASGI middleware: the history API ignores the query parameters named, as a Kirim that
-    does not know a filter (or knows it by another name) would; cursors stay bound to the
-    filters it did apply, as the emulator binds them."""
-
-    def __init__(self, app: ASGI, *names: str) -> None:
-        self.app = app
-        self.names = {n.encode() for n in names}
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and scope.get("path") == "/v1/webhook_deliveries":
-            pairs = [p for p in scope.get("query_string", b"").split(b"&") if p]
-            kept = [p for p in pairs if p.split(b"=", 1)[0] not in self.names]
-            scope = {**scope, "query_string": b"&".join(kept)}
-        await self.app(scope, receive, send)
-
-
 class DropKey:
     """ASGI middleware: requests of the methods named reach the emulator without their
     ``Authorization`` header, so that it refuses them with its own 401, as Kirim refuses a

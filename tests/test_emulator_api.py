@@ -768,3 +768,25 @@ def test_any_filtered_walk_returns_exactly_the_matching_rows(
                 cursor = page["next_cursor"]
 
     assert asyncio.run(walk()) == expected
+
+
+def test_the_history_can_be_made_to_ignore_filters_as_a_kirim_not_knowing_them() -> None:
+    """``FaultConfig(ignored_filters=...)``: the named filters are not applied (every page of
+    the whole history comes back), the others still are, and cursors keep working."""
+    ignores = FaultConfig(ignored_filters=("created_after", "created_before"))
+    emu = _emulator(200, faults=ignores)
+    newest = max(row.created_at for row in emu.store.deliveries)
+    after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest + 3600))
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            ids, _ = await _walk(client, created_after=after)
+            assert ids == [r.id for r in reversed(emu.store.deliveries)]  # not one is after
+            closed, _ = await _walk(client, created_after=after, event_type="conversation.closed")
+            want = [r.id for r in reversed(emu.store.deliveries) if r.event_type.endswith("closed")]
+            assert closed == want
+            assert 0 < len(want) < len(ids)  # the filter not ignored is applied
+
+    asyncio.run(main())
+    with pytest.raises(kirim_events.ConfigError, match="ignored_filters"):
+        FaultConfig(ignored_filters=("created_at",)).validate()

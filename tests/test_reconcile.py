@@ -14,7 +14,6 @@ import pytest
 from test_backfill_kit import (
     DropKey,
     FakeTime,
-    IgnoreParams,
     StripPayload,
     SyncASGI,
     World,
@@ -1057,8 +1056,8 @@ def test_rows_outside_a_range_kirim_ignored_are_skipped_and_said(world: World) -
     # the five minutes before the history: a Kirim ignoring the range sends all of it
     since, until = lo - timedelta(minutes=5), lo
     t = FakeTime(hi.timestamp())
-    wrap = lambda app: IgnoreParams(app, "created_after", "created_before")  # noqa: E731
-    _, client = world.api(t, transport_wrapper=wrap)
+    ignores = FaultConfig(ignored_filters=("created_after", "created_before"))
+    _, client = world.api(t, faults=ignores)
     report = reconcile(world.home, client=client, since=since, until=until, dry_run=True,
                        journal=world.journal, now=t.clock)  # fmt: skip
     every = len(world.emu.store.deliveries)

@@ -205,10 +205,14 @@ def backfill_command(
     task = bar.add_task("backfill", total=100.0, rows=counted(0, "row"), rate="0", eta="?")
 
     stored = False  # a page stored by this run (the note after an error needs one)
+    said: set[str] = set()  # notes shown while the run went on: not again in the summary
 
     def update(p: BackfillProgress) -> None:
         nonlocal stored
         stored = True
+        if p.note is not None and p.note not in said:
+            said.add(p.note)
+            print_note(p.note, stderr=True)  # above the bar, at once
         bar.update(
             task,
             completed=100.0 * p.fraction,
@@ -246,10 +250,10 @@ def backfill_command(
                 stderr=True,
             )
         raise
-    _render_backfill(report)
+    _render_backfill(report, said)
 
 
-def _render_backfill(r: BackfillReport) -> None:
+def _render_backfill(r: BackfillReport, said: set[str]) -> None:
     table = Table("", "value", title="backfill", show_header=False)
     table.add_row("range", f"{_fmt(r.since)} .. {_fmt(r.until)}")
     asked = " ".join(  # in the flags' order, fresh or resumed (the checkpoint sorts them)
@@ -278,7 +282,8 @@ def _render_backfill(r: BackfillReport) -> None:
     table.add_row("seconds", f"{r.seconds:.1f}")
     console.print(table)
     for note in r.notes:
-        print_note(note)
+        if note not in said:
+            print_note(note)
 
 
 # --------------------------------------------------------------------------- reconcile

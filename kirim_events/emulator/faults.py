@@ -2,7 +2,9 @@
 
 :class:`FaultInjector` wraps any ASGI app: a share of requests get a 5xx in Kirim's error
 envelope, some get added latency, some lose their connection mid-response (half of those
-after the request was handled, so only the answer is lost).
+after the request was handled, so only the answer is lost). It can also make the history
+list ignore some of its filters, as a Kirim that does not know them (kirim-api.md §7.4 only
+assumes them) would.
 :class:`TokenBucket` is the per-organisation, per-class limiter of kirim-api.md §7.2.
 """
 
@@ -21,7 +23,18 @@ import httpx
 
 from kirim_events.errors import ConfigError
 
-__all__ = ["DroppedConnection", "FaultConfig", "FaultInjector", "TokenBucket"]
+__all__ = ["HISTORY_FILTERS", "DroppedConnection", "FaultConfig", "FaultInjector", "TokenBucket"]
+
+HISTORY_FILTERS = (
+    "subscription_id",
+    "status",
+    "event_type",
+    "event_id",
+    "created_after",
+    "created_before",
+)
+"""The filters of ``GET /v1/webhook_deliveries`` (what ``ignored_filters`` may name)."""
+_HISTORY_PATH = "/v1/webhook_deliveries"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,12 +45,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class FaultConfig:
-    """Share of API requests answered 5xx, given extra latency, or dropped (0..1 each)."""
+    """Share of API requests answered 5xx, given extra latency, or dropped (0..1 each); and
+    the history filters ignored (``HISTORY_FILTERS`` names: ``("created_after",
+    "created_before")`` makes a Kirim that ignores the time range, and pages the whole
+    history whatever range is asked)."""
 
     error_rate: float = 0.0
     latency: float = 0.0  # seconds added to a request that gets latency
     latency_rate: float = 0.0
     drop_rate: float = 0.0
+    ignored_filters: tuple[str, ...] = ()
 
     def validate(self) -> FaultConfig:
         """Return self, or raise ConfigError."""
@@ -46,6 +63,12 @@ class FaultConfig:
                 raise ConfigError(f"{name} must be between 0 and 1")
         if self.latency < 0:
             raise ConfigError("latency must not be negative")
+        unknown = sorted(set(self.ignored_filters) - set(HISTORY_FILTERS))
+        if unknown:
+            raise ConfigError(
+                f"ignored_filters must be a tuple of {', '.join(HISTORY_FILTERS)};"
+                f" got {self.ignored_filters!r}"
+            )
         return self
 
     @property
@@ -88,6 +111,8 @@ class FaultInjector:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.config
+        if cfg.ignored_filters and scope["type"] == "http" and scope.get("path") == _HISTORY_PATH:
+            scope = _without_params(scope, cfg.ignored_filters)
         if scope["type"] != "http" or scope.get("path") == "/v1/health" or not cfg.active:
             await self.app(scope, receive, send)
             return
@@ -116,6 +141,15 @@ class FaultInjector:
             await send({"type": "http.response.body", "body": b'{"data":', "more_body": True})
             raise DroppedConnection()
         await self.app(scope, receive, send)
+
+
+def _without_params(scope: Scope, names: tuple[str, ...]) -> Scope:
+    """``scope`` with the query parameters named taken out (the app never sees them; the
+    cursors it makes are bound to the filters it applied, as they are without the fault)."""
+    drop = {n.encode() for n in names}
+    pairs = [p for p in scope.get("query_string", b"").split(b"&") if p]
+    kept = [p for p in pairs if p.split(b"=", 1)[0] not in drop]
+    return {**scope, "query_string": b"&".join(kept)}
 
 
 async def _swallow(message: Message) -> None:

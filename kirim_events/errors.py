@@ -24,7 +24,8 @@
             ├── AuthenticationError        401 / 403
             ├── NotFoundError              404
             ├── InvalidResponse            a 2xx answer that is not the JSON Kirim documents
-            └── RateLimitTooLong           429 asking to wait over an hour: stop, run later
+            ├── RateLimitTooLong           429 asking to wait over an hour: stop, run later
+            └── CursorRefused              history cursors refused again and again: stop
 
 Retry code asks ``err.retryable``, not which class it is.
 """
@@ -205,3 +206,19 @@ class RateLimitTooLong(PermanentApiError):
     def __init__(self, message: str, *, retry_after: float, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class CursorRefused(PermanentApiError):
+    """Kirim kept refusing the history's cursors and no new chain of pages could get past
+    the refusals without skipping rows: the walk stops rather than loop. Carries the last
+    refusal's ``status_code``, ``code`` and ``request_id``; ``refusals`` counts them."""
+
+    def __init__(self, message: str, *, refusals: int, cause: ApiError) -> None:
+        super().__init__(
+            message,
+            status_code=cause.status_code,
+            type=cause.type,
+            code=cause.code,
+            request_id=cause.request_id,
+        )
+        self.refusals = refusals

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kirim_events.client import Delivery, format_time
-from kirim_events.errors import PermanentApiError
+from kirim_events.errors import CursorRefused, PermanentApiError
 from kirim_events.events import parse_time
 
 __all__ = [
@@ -206,8 +206,10 @@ def walk_restarting(
     ``s.restart``; a backfill's also saves its checkpoint) starts a new chain and ``walk``
     runs again. The refusal stands when ``s`` has no cursor (the first page was refused),
     with ``needs_order`` while the rows read show no plain order, and after
-    ``RESTARTS_WITHOUT_PROGRESS`` new chains in a row that skipped no more than before."""
-    stuck = 0
+    ``RESTARTS_WITHOUT_PROGRESS`` new chains in a row that skipped no more than before: the
+    last two raise :class:`CursorRefused`, saying so, from Kirim's error (after the last
+    restart: what was read stays skipped when the walk is run again)."""
+    stuck = refusals = 0
     while True:
         try:
             walk()
@@ -215,8 +217,37 @@ def walk_restarting(
         except PermanentApiError as exc:
             if not stale_cursor(exc) or s.cursor is None:
                 raise
+            refusals += 1
             if needs_order and s.direction() is None:
-                raise
+                raise CursorRefused(
+                    f"Kirim refused the cursor of the history's pages ({_stretch(s)}), and the"
+                    " rows read so far show no time order to start a new chain of pages from"
+                    " without skipping rows: stopped; the rows read are kept. The refusal:",
+                    refusals=refusals,
+                    cause=exc,
+                ) from exc
             stuck = 0 if (restart or s.restart)() else stuck + 1
             if stuck > RESTARTS_WITHOUT_PROGRESS:
-                raise
+                how = (
+                    "the rows read show no plain time order (too few of them, or going both"
+                    " ways), so each new chain read the stretch again from its start"
+                    if s.direction() is None
+                    else f"each new chain starts {HISTORY_OVERLAP.seconds} s back from the"
+                    " rows stored, and none got further than that before its cursor was"
+                    " refused (a history denser than a few pages per"
+                    f" {HISTORY_OVERLAP.seconds} s)"
+                )
+                raise CursorRefused(
+                    f"Kirim refused the cursor of the history's pages {stuck} times in a row"
+                    f" without the walk getting further ({_stretch(s)}; {refusals} refusals"
+                    f" in all): {how}. Stopped rather than read the same pages again; the"
+                    " rows read are kept. The last refusal:",
+                    refusals=refusals,
+                    cause=exc,
+                ) from exc
+
+
+def _stretch(s: Slice) -> str:
+    """The part of the slice still to read, for an error message."""
+    lo, hi = s.window()
+    return f"created {format_time(lo)} to {format_time(hi)}"

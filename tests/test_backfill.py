@@ -30,6 +30,7 @@ from kirim_events.emulator import FaultConfig
 from kirim_events.errors import (
     AuthenticationError,
     ConfigError,
+    CursorRefused,
     Interrupted,
     PermanentApiError,
     StorageError,
@@ -1052,6 +1053,49 @@ def test_cursors_refused_while_nothing_of_the_slice_is_read_end_the_run(tmp_path
     with pytest.raises(PermanentApiError, match="cursor"):
         quirky.backfill(tmp_path, slices=1, page_size=3)
     assert quirky.with_cursor == 4  # three restarts that read nothing new, then the error
+
+
+@pytest.mark.parametrize(
+    ("spacing", "how"),
+    [
+        (30, "each new chain starts 2 s back from the rows stored, and none got further than"
+             " that before its cursor was refused"),
+        (10, "the rows read show no plain time order (too few of them, or going both ways), so"
+             " each new chain read the stretch again from its start"),
+    ],
+)  # fmt: skip
+def test_cursors_refused_too_often_end_in_an_error_saying_so_and_a_rerun_loses_nothing(
+    tmp_path: Path, spacing: int, how: str
+) -> None:
+    # a row every 30 (10) ms, 20 a page, every second cursor refused: no chain gets past
+    # the 2 s a new one reads back (or, with 0.4 s a chain, no order shows to restart by),
+    # so the walk gives up. It said only Kirim's "x status=400 code=invalid_cursor".
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    rows = [history_row(i, format_time(start + timedelta(milliseconds=i * spacing)))
+            for i in range(1_000)]  # fmt: skip
+    quirky = QuirkyHistory(rows, refuse_every=2)
+    with pytest.raises(CursorRefused) as info:
+        quirky.backfill(tmp_path, slices=1, page_size=20)
+    message = str(info.value)
+    assert message.startswith(
+        "Kirim refused the cursor of the history's pages 4 times in a row without the walk"
+        " getting further (created "
+    )
+    assert how in message
+    assert "the rows read are kept" in message
+    assert message.endswith("The last refusal: status=400 code=invalid_cursor")
+    assert info.value.refusals >= 4
+    assert isinstance(info.value.__cause__, PermanentApiError)
+    _, stored = lake_frames(tmp_path)
+    assert 0 < stored.height < len(rows)  # what was read is in the lake
+    # the same run again, once Kirim keeps its cursors: resumed, and every row is stored
+    del quirky.quirks["refuse_every"]
+    report = quirky.backfill(tmp_path, slices=1, page_size=20)
+    assert report.resumed
+    _, deliveries = lake_frames(tmp_path)
+    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in rows)
+    events, _ = lake_frames(tmp_path)
+    assert events.height == len(rows)
 
 
 def test_a_checkpoint_with_the_field_an_earlier_version_wrote_resumes(tmp_path: Path) -> None:

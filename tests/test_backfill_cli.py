@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import serve
+from loopback import free_port, serve
 from nosecrets import places_holding
 from test_backfill_kit import DropKey, StripPayload, World, lake_frames
 from typer.testing import CliRunner
@@ -657,6 +657,61 @@ def test_a_kirim_ignoring_the_time_range_is_said_once_as_the_run_finds_it(
     # on stderr while the run goes on (above the progress bar), not again in the summary
     assert result.stderr.count("note: " + TIME_FILTER_IGNORED) == 1
     assert "Kirim ignores" not in result.stdout
+
+
+class RefuseCursors:
+    """ASGI middleware: every second history request that carries a cursor gets Kirim's
+    ``400 invalid_cursor`` (a cursor expired, again and again)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.with_cursor = app, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and b"cursor=" in scope.get("query_string", b""):
+            self.with_cursor += 1
+            if self.with_cursor % 2 == 0:
+                error = {"type": "invalid_request_error", "code": "invalid_cursor",
+                         "message": "the cursor has expired"}  # fmt: skip
+                body = json.dumps({"error": error}).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def test_cursors_refused_again_and_again_are_one_clear_error_and_the_rerun_loses_nothing(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The history (about a second, 10 rows a page) is denser than the 2 s a new chain of
+    # pages reads back: the run gives up. It said only "the cursor has expired status=400
+    # code=invalid_cursor".
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=60000)
+    since, until = window(world)
+    args = ["backfill", "--data", str(tmp_path), "--since", since, "--until", until,
+            "--page-size", "10", "--slices", "1", "--no-progress"]  # fmt: skip
+    port = free_port()  # one Kirim for both runs: a checkpoint resumes only against its own
+    with serve(RefuseCursors(app_), port=port, log_level="error") as url:
+        failed = CliRunner().invoke(app, args, env={**env, "KIRIM_API_URL": url})
+    assert failed.exit_code == 1, failed.output
+    lines = failed.stderr.strip().splitlines()
+    error, *notes = [line for line in lines if "--until is in the future" not in line]
+    assert error.startswith(
+        "error: Kirim refused the cursor of the history's pages 4 times in a row without the"
+        " walk getting further"
+    )
+    assert "Stopped rather than read the same pages again; the rows read are kept." in error
+    assert error.endswith("The last refusal: status=400 code=invalid_cursor")
+    assert notes == [
+        "note: the pages fetched so far are stored and checkpointed: the same command resumes"
+        " the run"
+    ]
+    with serve(app_, port=port, log_level="error") as url:  # Kirim keeps its cursors now
+        again = CliRunner().invoke(app, args, env={**env, "KIRIM_API_URL": url, "COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    assert re.search(r"│ resumed an unfinished run +│ yes +│", again.stdout), again.stdout
+    stored = lake_frames(tmp_path)[1]["delivery_id"]
+    assert sorted(set(stored)) == sorted(r.id for r in world.emu.store.deliveries)
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,14 @@ def _opt_str(value: Any) -> str | None:
     return _unicode(str(value))
 
 
+def _attempt(value: Any) -> int | None:
+    """The attempt number: Kirim counts from 1 (kirim-api.md §7.4), so a 0 (or less) is no
+    attempt yet, read as missing, as the emulator serves it (None) and as a webhook never
+    carries it: the lake's ``attempt`` is a number of an attempt made, or null."""
+    number = _opt_int(value)
+    return number if number is None or number >= 1 else None
+
+
 def _opt_int(value: Any) -> int | None:
     """A whole number the lake's int32 columns hold, else None: a number beyond them in a
     history row (3e9, 1e999) was stored in the journal and then failed every flush
@@ -224,7 +232,7 @@ class Delivery:
             event_type=_opt_str(values.get("event_type")),
             subscription_id=_opt_str(values.get("subscription_id")),
             replayed_from=_opt_str(values.get("replayed_from")),
-            attempt=_opt_int(values.get("attempt")),
+            attempt=_attempt(values.get("attempt")),
             url=_opt_str(values.get("url")),
             response_status_code=_opt_int(values.get("response_status_code")),
             response_body=_opt_str(values.get("response_body")),

@@ -382,6 +382,37 @@ def test_history_rows_without_attempt_are_one_row_per_delivery_the_last_fetched(
     assert mine["outcome"].to_list() == [final[0]]
 
 
+def test_a_history_row_not_attempted_yet_is_one_row_with_its_first_attempt_fetched_later(
+    world: World, tmp_path: Path
+) -> None:
+    # A delivery waiting for its first attempt showed "attempt": 0 (kirim-api.md §7.4: 1-8);
+    # the lake kept that fetch as an attempt of its own, next to attempt 1 fetched by a later
+    # run: two rows for one attempt, "pending" and "succeeded", counted twice by outcome.
+    since, until = world.window
+    row = next(r for r in world.emu.store.deliveries if r.attempt == 1)
+    final = row.status, row.response_status_code, row.attempt
+    row.status, row.response_status_code, row.attempt = "pending", None, 0  # not yet sent
+    try:
+        for run in (1, 2):
+            t = FakeTime(until.timestamp() + 3600 * run)
+            _, client = world.api(t)
+            backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
+            if run == 1:
+                mine = lake_frames(tmp_path)[1].filter(pl.col("delivery_id") == row.id)
+                assert mine.select("attempt", "outcome").rows() == [(None, "pending")]
+            row.status, row.response_status_code, row.attempt = final  # attempted meanwhile
+    finally:
+        row.status, row.response_status_code, row.attempt = final
+    lake = Lake(tmp_path)
+    mine = lake.deliveries().collect().filter(pl.col("delivery_id") == row.id)
+    assert mine.select("attempt", "outcome").rows() == [(1, final[0])]
+    query = "SELECT attempt, outcome FROM deliveries WHERE delivery_id = ?"
+    assert lake.sql(query.replace("?", f"'{row.id}'")).fetchall() == [(1, final[0])]
+    assert sorted(lake_frames(tmp_path)[1]["delivery_id"]) == sorted(
+        r.id for r in world.emu.store.deliveries
+    )
+
+
 def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) -> None:
     """Valid JSON the parser did not foresee is kept (whole, or in quarantine): a run that
     stopped on it would stop again on every resume."""

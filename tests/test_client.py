@@ -894,6 +894,13 @@ def test_delivery_parsing_is_tolerant() -> None:
         }
     )
     assert (d.attempt, d.response_status_code) == (8, 500)
+    # Kirim counts attempts from 1: a 0 (a row not attempted yet) is no attempt number
+    assert [Delivery.from_api({"attempt": n}).attempt for n in (0, -1, "0", 1)] == [
+        None,
+        None,
+        None,
+        1,
+    ]
     assert d.updated_at == datetime(2026, 5, 1, 10, tzinfo=UTC)
     assert d.created_at == datetime(2026, 5, 1, 9, 0, 0, 123000, tzinfo=UTC)
     assert d.extra == {"shiny_new_field": {"a": 1}}

@@ -481,6 +481,7 @@ def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None
             assert r.status_code == 202
             assert r.json()["data"]["replayed_from"] == failed[0].id
             assert r.json()["data"]["status"] == "pending"
+            replay_id = r.json()["data"]["id"]
             r = await client.post(
                 "/v1/webhook_deliveries/bulk_replay",
                 json={"subscription_id": sub_id, "status": "failed"},
@@ -501,8 +502,14 @@ def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None
             assert r.status_code == 400
             r = await client.post("/v1/webhook_deliveries/wbd_missing/replay", headers=AUTH)
             assert r.status_code == 404
+            # not attempted yet: no attempt number (Kirim counts from 1, kirim-api.md §7.4)
+            new = (await _get(client, f"/v1/webhook_deliveries/{replay_id}")).json()["data"]
+            assert (new["status"], new["attempt"]) == ("pending", None)
         async with httpx.AsyncClient(transport=transport) as client:
             await emu.engine.run(None, client=client)
+        async with _async_client(emu) as client:
+            done = (await _get(client, f"/v1/webhook_deliveries/{replay_id}")).json()["data"]
+            assert (done["status"], done["attempt"]) == ("succeeded", 1)
 
     asyncio.run(main())
     replays = [r for r in emu.store.deliveries if r.replayed_from]

@@ -310,6 +310,7 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
     # attempt twice.
     lake = ke.Lake(tmp_path)
     row = {"delivery_id": "wbd_1", "origin": "backfill", "created_at": T0, "event_id": "e1"}
+    other = {**row, "delivery_id": "wbd_2", "event_id": "e2"}
     later = T0 + timedelta(hours=2)
     lake.write_deliveries(
         [{**row, "attempt": 1, "outcome": "succeeded", "response_status_code": 200,
@@ -319,16 +320,19 @@ def test_history_snapshots_of_one_attempt_are_one_row_the_last_fetched(tmp_path:
         [
             {**row, "attempt": 1, "outcome": "pending", "received_at": T0 + timedelta(hours=1)},
             {**row, "attempt": 2, "outcome": "pending", "received_at": later},
-            {**row, "attempt": None, "outcome": "failed", "received_at": later},
+            # not attempted yet (no attempt number): attempt 1's, fetched before it
             {**row, "attempt": None, "outcome": "pending", "received_at": T0},
+            # from a Kirim that sends no attempt (it documents none)
+            {**other, "attempt": None, "outcome": "failed", "received_at": later},
+            {**other, "attempt": None, "outcome": "pending", "received_at": T0},
             {"delivery_id": "wbd_1", "attempt": 1, "origin": "webhook", "received_at": T0},
         ]
     )
     expected = [
         ("backfill", 1, "succeeded", 200),
         ("backfill", 2, "pending", None),
-        # no attempt (Kirim documents none): one row per delivery, the last fetched; the
-        # pending one fetched before was kept too, counted twice by outcome
+        # no attempt: one row per delivery, the last fetched; the pending one fetched
+        # before was kept too, counted twice by outcome
         ("backfill", None, "failed", None),
         ("webhook", 1, None, None),
     ]

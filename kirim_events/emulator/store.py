@@ -117,7 +117,8 @@ class DeliveryRow:
             "subscription_id": self.subscription_id,
             "event_id": self.event_id,
             "event_type": self.event_type,
-            "attempt": self.attempt,
+            # Kirim counts attempts from 1 (kirim-api.md §7.4): none yet is no number
+            "attempt": self.attempt or None,
             "url": self.url,
             "response_status_code": self.response_status_code,
             "response_body": self.response_body,

@@ -66,13 +66,15 @@ are snapshots instead: each backfill over a range fetches them again (``received
 when), and a row fetched while its attempt was under way (``pending``, no answer yet) is
 fetched later with the attempt's outcome. So a history row that names its delivery and
 its ``created_at`` is one row per ``(delivery_id, attempt)``, the last fetched; a row
-without ``attempt`` (kirim-api.md §7.4 documents no such field) is one row per delivery,
-the last fetched, as Kirim's history holds one row per delivery. One that lacks the
-delivery or its ``created_at`` collapses only with its exact copies, ``received_at``
-aside. Rows
-collapse within one ``date`` partition, as compaction takes them: without ``created_at`` a
-row is filed under the day it was fetched, so the fetches of one attempt lie in different
-partitions, and they are kept apart; so are two fetches whose ``created_at`` differ by day."""
+without ``attempt`` is attempt 1's: fetched before the first attempt (a delivery waiting for
+it has no number yet: Kirim counts from 1) it is the first attempt under way, and from a
+Kirim that sends no ``attempt`` (kirim-api.md §7.4 documents no such field) every row of a
+delivery is one row, the last fetched, as Kirim's history holds one row per delivery. One
+that lacks the delivery or its ``created_at`` collapses only with its exact copies,
+``received_at`` aside. Rows collapse within one ``date`` partition, as compaction takes
+them: without ``created_at`` a row is filed under the day it was fetched, so the fetches of
+one attempt lie in different partitions, and they are kept apart; so are two fetches whose
+``created_at`` differ by day."""
 EVENT_ORDER = ("received_at", "ingest_seq", "origin", "delivery_id", "attempt")
 """Which copy of an event is kept (the first in this order, nulls last): the first received.
 ``ingest_seq`` is not unique across writers, so two copies written in the same millisecond
@@ -361,6 +363,11 @@ def merge(table: str, plans: list[GroupPlan]) -> Merged:
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 
+FIRST_ATTEMPT = pl.col("attempt").fill_null(1)
+"""A history row's attempt as the dedup key takes it: one without a number (a delivery not
+attempted yet, or a Kirim that sends none) is its first attempt's, as Kirim counts from 1."""
+
+
 def _snapshot() -> pl.Expr:
     """A row of Kirim's history that names its delivery and the delivery's ``created_at``
     (see ``DELIVERY_DEDUP_COLUMNS``)."""
@@ -419,11 +426,11 @@ def first_copies(frame: Frame, table: str, *, maintain_order: bool = False) -> F
     snapshot = _snapshot()
     fetched = pl.col("origin") == "backfill"
     latest = keep_first(
-        frame.filter(snapshot),
-        [*day, "delivery_id", "attempt"],
+        frame.filter(snapshot).with_columns(_attempt=FIRST_ATTEMPT),
+        [*day, "delivery_id", "_attempt"],
         ["received_at", "ingest_seq"],
         descending=True,
-    )
+    ).drop("_attempt")
     others = frame.filter(~snapshot).with_columns(
         _seen=pl.when(fetched).then(None).otherwise(pl.col("received_at"))
     )

@@ -136,8 +136,10 @@ def _select(merged: Merged, storage: Storage) -> list[_Part]:
                 + [
                     f"CASE WHEN {fetched} THEN NULL ELSE received_at END"
                     if c == "received_at"
+                    else f"CASE WHEN {snap} THEN coalesce(attempt, 1) ELSE attempt END"
+                    if c == "attempt"  # reader.FIRST_ATTEMPT
                     else quote_identifier(c)
-                    if c in ("delivery_id", "attempt")
+                    if c == "delivery_id"
                     else f"CASE WHEN {snap} THEN NULL ELSE {quote_identifier(c)} END"
                     for c in DELIVERY_DEDUP_COLUMNS
                 ]

@@ -24,7 +24,7 @@ from test_backfill_kit import (
     lake_frames,
 )
 
-from kirim_events.backfill import BackfillProgress, BackfillReport, backfill
+from kirim_events.backfill import TIME_FILTER_IGNORED, BackfillProgress, BackfillReport, backfill
 from kirim_events.client import KirimClient, format_time
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import (
@@ -949,8 +949,11 @@ def test_a_refused_cursor_on_a_history_in_no_time_order_fails_rather_than_skip_r
 def test_page_items_that_are_no_delivery_are_skipped_and_counted(tmp_path: Path) -> None:
     rows = [history_row(1, "2026-05-01T10:00:01Z"), None, 7, history_row(2, "2026-05-01T10:00:02Z")]
     report = _backfill_one_page(tmp_path, rows, slices=1)  # type: ignore[arg-type]
-    # counted each time a page holding them is read: 4 slices of the one fetcher
-    assert (report.rows, report.events_new, report.items_unreadable) == (2, 2, 2 * 4)
+    # counted each time a page holding them is read: by the first of the 4 slices, whose
+    # page showed rows hours outside it (a Kirim ignoring the range), then by the one walk
+    # over the range that replaced the slices
+    assert (report.rows, report.events_new, report.items_unreadable) == (2, 2, 2 * 2)
+    assert report.notes[0] == TIME_FILTER_IGNORED
     _, deliveries = lake_frames(tmp_path)
     assert sorted(deliveries["delivery_id"]) == ["wbd_00001", "wbd_00002"]
 

@@ -379,6 +379,57 @@ def test_the_core_functions_take_a_duckdb_relation_of_events() -> None:
         message_timelines(frame.to_arrow())  # type: ignore[arg-type]
 
 
+def test_the_core_functions_read_naive_and_zoned_frames_as_utc() -> None:
+    """An analyst's own frame (``pl.from_pandas``, a CSV) has naive or zoned times in ms or
+    ns: with ``as_of`` every helper failed with Polars' "could not evaluate '<=' comparison",
+    and ``delivery_health`` counted the days of receipt in the frame's zone, not in UTC (an
+    event received at 23:30 UTC fell on the next day in Berlin). Naive times are UTC, as
+    ``as_of`` reads them; every timestamp comes out as the lake's, UTC in microseconds."""
+    from test_analytics_support import conversation
+
+    from kirim_events.analytics import conversations, health
+
+    late_evening = 13.5 * 3600  # T0 is 10:00 UTC: 23:30 UTC, 00:30 the next day in Berlin
+    records = [
+        status("wamid.A", "sent", 0, 1, conversation_id="cnv_1"),
+        status("wamid.A", "delivered", 5, late_evening),
+        status("wamid.B", "failed", 10, 11, error=(131047, "Re-engagement message")),
+        conversation("evt_1", "assigned", "cnv_1", 2, 3, user="usr_a"),
+        conversation("evt_2", "closed", "cnv_1", 600, 601, closed_by="usr_a"),
+    ]
+    events, copies = dedup(records)
+    utc = events.collect()
+    times = pl.col("occurred_at", "received_at")
+    frames = {
+        "naive": utc.with_columns(times.dt.replace_time_zone(None)),
+        "berlin, ms": utc.with_columns(
+            times.dt.convert_time_zone("Europe/Berlin").dt.cast_time_unit("ms")
+        ),
+        "ns": utc.with_columns(times.dt.cast_time_unit("ns")),
+    }
+    calls = {
+        "message_id": (message_timelines, message_status_history),
+        "conversation_id": (
+            conversations.conversation_lifecycles,
+            conversations.conversation_cycles,
+        ),
+    }
+    for label, frame in frames.items():
+        for key, helpers in calls.items():
+            for helper in helpers:
+                for as_of in (None, at(5)):
+                    expected = helper(utc, copies=copies, as_of=as_of).collect()
+                    got = helper(frame, copies=copies, as_of=as_of).collect()
+                    assert_frame_equal(got.sort(key), expected.sort(key))
+        receipts = pl.from_arrow(deliveries_table([]))
+        got = health.delivery_health(frame, receipts).collect()
+        assert got["day"].unique().to_list() == [at(0).date()], label
+        expected = health.delivery_health(utc, receipts).collect()
+        assert_frame_equal(got, expected)
+        cut = health.delivery_health(frame, receipts, as_of=at(late_evening)).collect()
+        assert_frame_equal(cut, expected)
+
+
 def test_a_bad_filter_on_a_status_time_names_the_column_filtered() -> None:
     """Polars refuses to compare the UTC ``sent_at`` with a naive datetime, and pushes the
     filter down to where the column is made: the error named ``_o_sent``, a column the

@@ -22,6 +22,7 @@ __all__ = [
     "FrameLike",
     "as_utc",
     "cut",
+    "in_utc",
     "lazy",
     "seconds_between",
     "type_named",
@@ -74,29 +75,51 @@ FrameLike: TypeAlias = pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation
 
 
 def lazy(frame: FrameLike, what: str = "events") -> pl.LazyFrame:
-    """``frame`` as a LazyFrame; a DuckDB relation's zoned timestamps in UTC, as the lake's.
+    """``frame`` as a LazyFrame, its timestamps as the lake's (:func:`in_utc`).
 
     A relation had failed with "This relation does not contain a column by the name of
     'lazy'". DuckDB gives TIMESTAMPTZ in its session's zone (the machine's, outside
     ``lake.sql``), and an ``as_of`` in UTC cannot be compared with another zone in Polars.
     """
     if isinstance(frame, pl.LazyFrame):
-        return frame
+        return in_utc(frame)
     if isinstance(frame, pl.DataFrame):
-        return frame.lazy()
+        return in_utc(frame.lazy())
     if isinstance(frame, duckdb.DuckDBPyRelation):
         # run once, here: a lazy one (``pl(lazy=True)``) read by two branches of a plan
         # failed with "connection is busy with another call"
         rows: pl.DataFrame = frame.pl()
-        zoned = [
-            name
-            for name, dtype in rows.schema.items()
-            if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC")
-        ]
-        return rows.with_columns(pl.col(zoned).dt.convert_time_zone("UTC")).lazy()
+        return in_utc(rows.lazy())
     raise TypeError(
         f"{what}: expected a Polars LazyFrame or DataFrame or a DuckDB relation, "
         f"got {type_named(frame)}"
+    )
+
+
+def in_utc(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """``rows`` with every timestamp as the lake keeps it: UTC, in microseconds. A naive one
+    is read as UTC (as ``as_of`` reads a naive datetime), a zoned one converted to UTC.
+
+    A frame of the caller's own (``pl.from_pandas``, a CSV, a DuckDB ``TIMESTAMP``) had
+    naive or zoned times: ``as_of`` then failed with Polars' "could not evaluate '<='
+    comparison", and ``delivery_health`` counted days in that zone rather than UTC. A lake's
+    frame is already in UTC: nothing is added to its plan.
+    """
+    schema = rows.collect_schema()
+    off = {
+        name: dtype
+        for name, dtype in schema.items()
+        if isinstance(dtype, pl.Datetime) and dtype != US
+    }
+    if not off:
+        return rows
+    return rows.with_columns(
+        (
+            pl.col(name).dt.replace_time_zone("UTC")
+            if dtype.time_zone is None
+            else pl.col(name).dt.convert_time_zone("UTC")
+        ).dt.cast_time_unit("us")
+        for name, dtype in off.items()
     )
 
 

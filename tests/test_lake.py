@@ -585,6 +585,20 @@ def test_a_folder_holding_other_things_is_not_read_as_an_empty_lake(
     assert ke.Lake("data").events().collect().height == 1
 
 
+def test_a_file_is_not_a_lake(tmp_path: Path) -> None:
+    """``ke.Lake`` given one of the lake's Parquet files (or any file) raised StorageError
+    "lake storage failed to read '_state/lake.json': [Errno 20] Not a directory"."""
+    lake = ke.Lake(tmp_path / "data")
+    lake.write_events([ev("a")])
+    (part,) = (tmp_path / "data" / "events").glob("*/*/*.parquet")
+    with pytest.raises(ke.LakeError, match="is a file, not a lake's folder") as err:
+        ke.Lake(part)
+    assert str(err.value).endswith(f"did you mean {tmp_path / 'data'}?")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ke.LakeError, match=r"notes\.txt is a file, not a lake's folder$"):
+        ke.Lake(tmp_path / "notes.txt")
+
+
 def test_span_says_when_the_events_happened_whatever_as_of(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     assert lake.span() is None  # no events yet

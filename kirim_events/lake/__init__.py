@@ -180,6 +180,13 @@ class Lake(AnalyticsMixin):
         writer_id: str | None = None,
     ) -> None:
         self.storage: Storage = open_storage(location, env=env, filesystem=filesystem)
+        if self.storage.local and os.path.isfile(self.storage.root):
+            # a Parquet file of the lake given for the lake: "lake storage failed to read
+            # '_state/lake.json': [Errno 20] Not a directory"
+            root = self.storage.root
+            nearby = _local_lake_near(root, [])
+            hint = f"; did you mean {nearby}?" if nearby else ""
+            raise LakeError(f"{root} is a file, not a lake's folder{hint}")
         check_version(self.storage)
         self.location = str(location)
         self.dedup_window_days = dedup_window_days

@@ -23,6 +23,8 @@ TimeLike = datetime | date | str
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 _SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
+# a date and time without an offset, then " UTC": how Polars prints a UTC timestamp
+_SHOWN_UTC = re.compile(r"(\d{4}-\d{2}-\d{2}[T ][\d:.]+)\s+UTC", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -35,8 +37,8 @@ def read_time(
     Accepts an aware datetime, a naive one (taken as UTC), a NumPy ``datetime64`` (naive), a
     date (its midnight, or its last microsecond with ``end_of_day``), and ISO 8601 text: a
     date, or a date and time with or without seconds, a fraction and an offset (no offset
-    means UTC). Given ``now``, also ``now`` and a span before it: ``30m``, ``12h``, ``7d``,
-    ``2w``.
+    means UTC; so does `` UTC`` after it, as Polars prints a time). Given ``now``, also
+    ``now`` and a span before it: ``30m``, ``12h``, ``7d``, ``2w``.
 
     >>> read_time("2026-05-01T09:00+07:00").isoformat()
     '2026-05-01T02:00:00+00:00'
@@ -69,6 +71,9 @@ def read_time(
                 return now - timedelta(seconds=int(span.group(1)) * _UNITS[span.group(2)])
             except (OverflowError, ValueError):  # before the first instant (ValueError:
                 return None  # more digits than int() reads, 4300)
+    shown = _SHOWN_UTC.fullmatch(text)
+    if shown:  # as Polars shows a UTC time (2026-05-01 09:00:00 UTC): pasted from a table
+        return read_time(shown.group(1), end_of_day=end_of_day)
     if _DATE.fullmatch(text):
         try:
             return read_time(date.fromisoformat(text), end_of_day=end_of_day)

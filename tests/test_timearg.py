@@ -26,6 +26,8 @@ NOW = datetime(2026, 5, 24, 12, tzinfo=UTC)
         ("2026-05-01T09:00", datetime(2026, 5, 1, 9, tzinfo=UTC)),  # no seconds
         ("2026-05-01 09:00:00+07:00", datetime(2026, 5, 1, 2, tzinfo=UTC)),
         ("2026-05-01T09:00:00.123456789Z", datetime(2026, 5, 1, 9, 0, 0, 123456, UTC)),
+        # as Polars prints a UTC time, copied from a table into as_of
+        ("2026-05-01 09:00:00.250 UTC", datetime(2026, 5, 1, 9, 0, 0, 250000, UTC)),
         (datetime(2026, 5, 1, 9), datetime(2026, 5, 1, 9, tzinfo=UTC)),  # naive: UTC
         (
             datetime(2026, 5, 1, 9, tzinfo=timezone(timedelta(hours=-5))),

@@ -585,6 +585,17 @@ def test_a_folder_holding_other_things_is_not_read_as_an_empty_lake(
     assert ke.Lake("data").events().collect().height == 1
 
 
+def test_repr_names_the_folder_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook runs in its own folder: ``Lake('data')`` showed as ``Lake('data')``, not
+    saying which data folder it had opened."""
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    lake = ke.Lake("data")
+    assert repr(lake) == f"Lake({str(tmp_path.resolve() / 'notebooks' / 'data')!r})"
+    past = lake.as_of("2026-05-01T09:00:00Z")
+    assert repr(past).endswith(", as_of='2026-05-01T09:00:00+00:00')")
+
+
 def test_a_file_is_not_a_lake(tmp_path: Path) -> None:
     """``ke.Lake`` given one of the lake's Parquet files (or any file) raised StorageError
     "lake storage failed to read '_state/lake.json': [Errno 20] Not a directory"."""

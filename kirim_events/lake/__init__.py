@@ -203,8 +203,11 @@ class Lake(AnalyticsMixin):
         self._writer = Writer(self.storage, writer_id=self.writer_id, now=now)
 
     def __repr__(self) -> str:
+        # a local lake by its whole path: a notebook runs in its own folder, and
+        # Lake('data') did not say which data folder it had opened
+        where = self.storage.root if self.storage.local else self.location
         suffix = f", as_of={self.as_of_ts.isoformat()!r}" if self.as_of_ts else ""
-        return f"Lake({self.location!r}{suffix})"
+        return f"Lake({where!r}{suffix})"
 
     # ------------------------------------------------------------------ writing
 

@@ -136,6 +136,13 @@ def test_time_summary_median_and_p90() -> None:
     assert (by_metric["time_to_read"]["n"], by_metric["time_to_read"]["median"]) == (1, 64.0)
     close = by_metric["time_to_close"]
     assert (close["of"], close["n"], close["median"]) == ("conversations", 1, 600.0)
+    # per cycle: a reopened conversation's cycles count apart, and are called cycles (they
+    # were labelled "conversations")
+    from kirim_events.analytics.conversations import conversation_cycles
+
+    cycles = notebook.time_summary(_timelines(), conversation_cycles(events, copies=copies))
+    assert cycles.filter(pl.col("metric") == "time_to_close")["of"].to_list() == ["cycles"]
+    assert cycles.filter(pl.col("metric") == "time_to_read")["of"].to_list() == ["messages"]
 
 
 def test_html_report_is_self_contained(tmp_path: Path) -> None:

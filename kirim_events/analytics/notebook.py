@@ -228,10 +228,13 @@ def failure_reasons(timelines: Frame) -> pl.DataFrame:
 def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFrame:
     """Median and 90th percentile (linear interpolation) of each time, in seconds.
 
+    ``lifecycles`` may be ``conversation_cycles`` rows instead: each open -> close cycle
+    then counts apart, and ``of`` says ``cycles``.
+
     Returns
     -------
     polars.DataFrame
-        ``metric``, ``of`` (messages or conversations), ``n`` (rows with a value),
+        ``metric``, ``of`` (messages, conversations or cycles), ``n`` (rows with a value),
         ``median``, ``p90``, ``mean``.
     """
 
@@ -243,6 +246,9 @@ def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFr
         frames["conversations"] = _rows(
             lifecycles, "time_summary", reads("conversations"), "conversation_lifecycles"
         )
+    # cycles (conversation_cycles rows) were labelled "conversations", the numbers theirs
+    per_cycle = "conversations" in frames and "cycle" in frames["conversations"].columns
+    shown = {"conversations": "cycles"} if per_cycle else {}
     rows: list[dict[str, Any]] = []
     for metric, of in TIME_METRICS:
         if of not in frames:
@@ -251,7 +257,7 @@ def time_summary(timelines: Frame, lifecycles: Frame | None = None) -> pl.DataFr
         rows.append(
             {
                 "metric": metric,
-                "of": of,
+                "of": shown.get(of, of),
                 "n": values.len(),
                 "median": values.quantile(0.5, "linear"),
                 "p90": values.quantile(0.9, "linear"),

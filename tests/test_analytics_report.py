@@ -145,6 +145,21 @@ def test_time_summary_median_and_p90() -> None:
     assert cycles.filter(pl.col("metric") == "time_to_read")["of"].to_list() == ["messages"]
 
 
+def test_html_goes_to_the_home_folder_for_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``save_html(chart, "~/report.html")`` failed with FileNotFoundError on a folder named
+    ``~``: Polars and pandas writers (and ``ke.Lake``) read ``~`` as the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    chart = notebook.funnel_chart(notebook.funnel(_timelines()))
+    assert notebook.save_html(chart, "~/r.html") == tmp_path / "r.html"
+    assert "Delivery funnel" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    (tmp_path / "lake").mkdir()
+    empty = build_report(ke.Lake(tmp_path / "lake"))  # a page with no chart: written apart
+    assert write_html(empty, "~/empty.html") == tmp_path / "empty.html"
+    assert (tmp_path / "empty.html").is_file()
+
+
 def test_html_report_is_self_contained(tmp_path: Path) -> None:
     t = _timelines()
     charts = [

@@ -453,7 +453,8 @@ def save_html(
     """Write the charts, stacked, to one self-contained HTML file (no network needed).
 
     ``charts``: one chart (a concatenation such as ``a & b`` included) or a list of them.
-    ``preface``: HTML put above the charts, as it is (escape what it quotes).
+    ``preface``: HTML put above the charts, as it is (escape what it quotes). ``path`` may
+    start with ``~`` (the home folder). Returns the path written.
 
     Raises
     ------
@@ -480,7 +481,7 @@ def save_html(
         html = html.replace("<head>", f"<head>\n<title>{escape(title)}</title>", 1)
     if preface:
         html = html.replace("<body>", f"<body>\n{preface}", 1)
-    target = Path(path)
+    target = Path(path).expanduser()  # "~/report.html", as Polars and pandas writers take it
     target.write_text(html, encoding="utf-8")
     return target
 

@@ -266,7 +266,7 @@ def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
     title = f"kirim-events report{_when(report)}"
     words = report_html(report, top=top)
     if is_empty(report):
-        target = Path(path)
+        target = Path(path).expanduser()
         target.write_text(notebook.plain_page(title, words), encoding="utf-8")
         return target
     charts = []

@@ -99,6 +99,20 @@ def test_a_writer_id_that_cannot_name_a_file_is_refused(tmp_path: Path, writer_i
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_a_negative_or_fractional_dedup_window_is_refused(tmp_path: Path) -> None:
+    """``dedup_window_days=-1`` planned no partition as dirty: two copies of an event not
+    yet compacted were both read (events, views and helpers); 2.5 or "2" failed later with a
+    bare TypeError."""
+    lake = ke.Lake(tmp_path)
+    event = ev("k1", occurred=T0)
+    lake.write_events([event])
+    lake.write_events([event])  # a second copy, not compacted yet
+    assert ke.Lake(tmp_path, dedup_window_days=0).events().collect().height == 1
+    for bad in (-1, 2.5, "2", None, True):
+        with pytest.raises(ke.ConfigError, match="dedup_window_days must be a whole number"):
+            ke.Lake(tmp_path, dedup_window_days=bad)  # type: ignore[arg-type]
+
+
 def test_bad_time_arguments_are_clear(tmp_path: Path) -> None:
     lake = ke.Lake(tmp_path)
     with pytest.raises(ke.ConfigError, match="not a time"):

@@ -151,8 +151,8 @@ class Lake(AnalyticsMixin):
         Folder path or ``s3://bucket/prefix`` (standard AWS environment, plus
         ``AWS_ENDPOINT_URL`` for S3-compatible servers).
     dedup_window_days
-        How far apart (in days of event time) two copies of one event may land; see
-        :mod:`kirim_events.lake.reader`.
+        How far apart (in days of event time) two copies of one event may land, 0 or more;
+        see :mod:`kirim_events.lake.reader`.
     env, filesystem
         Environment mapping for S3 settings, or a ready ``pyarrow.fs.FileSystem``.
     now
@@ -193,6 +193,13 @@ class Lake(AnalyticsMixin):
         self.as_of_ts: datetime | None = None
         self.now = now
         self._known_lake = False  # an S3 prefix once seen holding a lake's entries
+        if type(dedup_window_days) is not int or dedup_window_days < 0:
+            # a negative window planned no partition as dirty: copies not yet compacted were
+            # read twice, and every helper counted them twice
+            raise ConfigError(
+                f"dedup_window_days must be a whole number of days, 0 or more, "
+                f"got {dedup_window_days!r}"
+            )
         if writer_id is not None and not _WRITER_ID.fullmatch(writer_id):
             # it goes into file names, which readers match: "a/b" wrote into a folder no
             # reader looks at, "Host-1" made compaction outputs look like writer files

@@ -430,6 +430,27 @@ def test_the_core_functions_read_naive_and_zoned_frames_as_utc() -> None:
         assert_frame_equal(cut, expected)
 
 
+def test_times_given_as_text_are_refused_naming_the_input_column() -> None:
+    """A CSV read as it is has its times as text: the helpers failed deep inside, with
+    "casting from string to datetime is not supported" about ``delivered_at`` (a column of
+    theirs, not the caller's), or compared text with ``as_of``."""
+    from kirim_events.analytics import conversations, health
+
+    events, _ = dedup([status("wamid.A", "sent", 0, 1), status("wamid.A", "read", 9, 9)])
+    text = events.with_columns(pl.col("received_at").cast(pl.String))
+    for helper in (message_timelines, conversations.conversation_lifecycles):
+        with pytest.raises(TypeError, match=r"^events: received_at is String, not a datetime"):
+            helper(text)
+    receipts = pl.LazyFrame({"origin": ["webhook"], "received_at": [at(1).date()]})
+    with pytest.raises(
+        TypeError, match=r"deliveries: received_at is Date.*cast\(pl\.Datetime\('us', 'UTC'\)\)"
+    ):
+        health.delivery_health(events, receipts)
+    # a column of nulls only (no delivery carried a created_at) is no text
+    nulls = pl.LazyFrame({"origin": ["webhook"], "received_at": [at(1)], "created_at": [None]})
+    health.delivery_health(events, nulls.with_columns(event_type=pl.lit("message.status")))
+
+
 def test_a_bad_filter_on_a_status_time_names_the_column_filtered() -> None:
     """Polars refuses to compare the UTC ``sent_at`` with a naive datetime, and pushes the
     filter down to where the column is made: the error named ``_o_sent``, a column the

@@ -82,21 +82,27 @@ def lazy(frame: FrameLike, what: str = "events") -> pl.LazyFrame:
     ``lake.sql``), and an ``as_of`` in UTC cannot be compared with another zone in Polars.
     """
     if isinstance(frame, pl.LazyFrame):
-        return in_utc(frame)
-    if isinstance(frame, pl.DataFrame):
-        return in_utc(frame.lazy())
-    if isinstance(frame, duckdb.DuckDBPyRelation):
+        rows = frame
+    elif isinstance(frame, pl.DataFrame):
+        rows = frame.lazy()
+    elif isinstance(frame, duckdb.DuckDBPyRelation):
         # run once, here: a lazy one (``pl(lazy=True)``) read by two branches of a plan
         # failed with "connection is busy with another call"
-        rows: pl.DataFrame = frame.pl()
-        return in_utc(rows.lazy())
-    raise TypeError(
-        f"{what}: expected a Polars LazyFrame or DataFrame or a DuckDB relation, "
-        f"got {type_named(frame)}"
-    )
+        rows = frame.pl().lazy()
+    else:
+        raise TypeError(
+            f"{what}: expected a Polars LazyFrame or DataFrame or a DuckDB relation, "
+            f"got {type_named(frame)}"
+        )
+    return in_utc(rows, what)
 
 
-def in_utc(rows: pl.LazyFrame) -> pl.LazyFrame:
+# The times each input is read by: a frame with them as text (a CSV read as it is) failed
+# deep inside a helper, naming a column of the helper's ("delivered_at") rather than its own.
+_TIMES = {"events": ("occurred_at", "received_at"), "deliveries": ("received_at", "created_at")}
+
+
+def in_utc(rows: pl.LazyFrame, what: str = "events") -> pl.LazyFrame:
     """``rows`` with every timestamp as the lake keeps it: UTC, in microseconds. A naive one
     is read as UTC (as ``as_of`` reads a naive datetime), a zoned one converted to UTC.
 
@@ -104,8 +110,27 @@ def in_utc(rows: pl.LazyFrame) -> pl.LazyFrame:
     naive or zoned times: ``as_of`` then failed with Polars' "could not evaluate '<='
     comparison", and ``delivery_health`` counted days in that zone rather than UTC. A lake's
     frame is already in UTC: nothing is added to its plan.
+
+    Raises TypeError when a time the ``what`` input is read by (``occurred_at``, ...) is
+    there but not a datetime.
     """
     schema = rows.collect_schema()
+    wrong = [
+        name
+        for name in _TIMES.get(what, ())
+        if name in schema and not isinstance(schema[name], pl.Datetime | pl.Null)
+    ]
+    if wrong:
+        first = wrong[0]
+        fix = (
+            "str.to_datetime(time_zone='UTC')"
+            if schema[first] == pl.String
+            else "cast(pl.Datetime('us', 'UTC'))"
+        )
+        shown = ", ".join(f"{name} is {schema[name]}" for name in wrong)
+        raise TypeError(
+            f"{what}: {shown}, not a datetime; make it one first, e.g. pl.col({first!r}).{fix}"
+        )
     off = {
         name: dtype
         for name, dtype in schema.items()

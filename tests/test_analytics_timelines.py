@@ -451,6 +451,27 @@ def test_times_given_as_text_are_refused_naming_the_input_column() -> None:
     health.delivery_health(events, nulls.with_columns(event_type=pl.lit("message.status")))
 
 
+def test_ids_and_codes_read_back_as_numbers_are_read_as_their_text() -> None:
+    """Events saved to CSV and read back (Polars' or pandas' inference) hold the ids and
+    error codes made of digits as numbers, floats where pandas met a null: the timelines
+    failed with "conversion from `str` to `i64` failed in column 'literal'" (Kirim's code
+    names against a numeric error_code)."""
+    records = [
+        status("wamid.A", "sent", 0, 1),
+        status("wamid.A", "failed", 5, 6, error=(131047, "Re-engagement message")),
+        status("wamid.B", "delivered", 3, 4, recipient="628222222222"),
+    ]
+    events, copies = dedup(records)
+    expected = message_timelines(events, copies=copies).collect().sort("message_id")
+    as_numbers = events.with_columns(
+        pl.col("phone_number_id", "recipient_id").cast(pl.Int64),
+        pl.col("error_code").cast(pl.Float64),  # 131047.0, and null: pandas' float column
+    )
+    got = message_timelines(as_numbers, copies=copies).collect().sort("message_id")
+    assert_frame_equal(got, expected)
+    assert got["error_label"].to_list() == ["outside_24h_window", None]
+
+
 def test_a_bad_filter_on_a_status_time_names_the_column_filtered() -> None:
     """Polars refuses to compare the UTC ``sent_at`` with a naive datetime, and pushes the
     filter down to where the column is made: the error named ``_o_sent``, a column the

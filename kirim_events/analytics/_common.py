@@ -11,7 +11,9 @@ from typing import TypeAlias
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
+from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
 from kirim_events.timearg import TimeLike, to_utc
 
 __all__ = [
@@ -100,6 +102,13 @@ def lazy(frame: FrameLike, what: str = "events") -> pl.LazyFrame:
 # The times each input is read by: a frame with them as text (a CSV read as it is) failed
 # deep inside a helper, naming a column of the helper's ("delivered_at") rather than its own.
 _TIMES = {"events": ("occurred_at", "received_at"), "deliveries": ("received_at", "created_at")}
+# Each input's text columns (ids, codes): a CSV or pandas round trip reads the ones that hold
+# only digits as numbers, and error_code as a number failed against Kirim's code names
+# ("conversion from `str` to `i64` failed in column 'literal'").
+_TEXT = {
+    what: frozenset(f.name for f in schema if pa.types.is_string(f.type))
+    for what, schema in (("events", EVENT_SCHEMA), ("deliveries", DELIVERY_SCHEMA))
+}
 
 
 def in_utc(rows: pl.LazyFrame, what: str = "events") -> pl.LazyFrame:
@@ -109,7 +118,8 @@ def in_utc(rows: pl.LazyFrame, what: str = "events") -> pl.LazyFrame:
     A frame of the caller's own (``pl.from_pandas``, a CSV, a DuckDB ``TIMESTAMP``) had
     naive or zoned times: ``as_of`` then failed with Polars' "could not evaluate '<='
     comparison", and ``delivery_health`` counted days in that zone rather than UTC. A lake's
-    frame is already in UTC: nothing is added to its plan.
+    frame is already in UTC: nothing is added to its plan. Ids and codes that the lake keeps
+    as text but ``rows`` holds as numbers (a CSV's or pandas' inference) become their digits.
 
     Raises TypeError when a time the ``what`` input is read by (``occurred_at``, ...) is
     there but not a datetime.
@@ -136,15 +146,24 @@ def in_utc(rows: pl.LazyFrame, what: str = "events") -> pl.LazyFrame:
         for name, dtype in schema.items()
         if isinstance(dtype, pl.Datetime) and dtype != US
     }
-    if not off:
+    # numbers where the lake keeps text: as their digits (a float, pandas' int with nulls,
+    # through Int64: 131047.0 is code "131047")
+    numbers = [n for n in _TEXT.get(what, ()) if n in schema and schema[n].is_numeric()]
+    if not off and not numbers:
         return rows
     return rows.with_columns(
-        (
-            pl.col(name).dt.replace_time_zone("UTC")
-            if dtype.time_zone is None
-            else pl.col(name).dt.convert_time_zone("UTC")
-        ).dt.cast_time_unit("us")
-        for name, dtype in off.items()
+        *(
+            (
+                pl.col(name).dt.replace_time_zone("UTC")
+                if dtype.time_zone is None
+                else pl.col(name).dt.convert_time_zone("UTC")
+            ).dt.cast_time_unit("us")
+            for name, dtype in off.items()
+        ),
+        *(
+            (pl.col(n).cast(pl.Int64) if schema[n].is_float() else pl.col(n)).cast(pl.String)
+            for n in numbers
+        ),
     )
 
 

@@ -654,6 +654,11 @@ def test_a_mistyped_event_type_is_an_error_naming_the_near_one(tmp_path: Path) -
         with pytest.raises(ke.LakeError, match=r"did you mean 'message\.status'"):
             lake.events(type=typo)
     assert lake.events(type=held).collect().height == 1
+    # not a name: "'int' object is not iterable", "object of type 'NoneType' has no len()"
+    for wrong in (123, [held, None], b"message.status"):
+        with pytest.raises(TypeError, match=r"^type: expected an event type such as"):
+            lake.events(type=wrong)  # type: ignore[arg-type]
+    assert lake.events(type=(held,)).collect().height == 1  # any sequence of names
 
 
 def test_stats_counts_rows_files_and_bytes(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from os import PathLike
 from typing import Any, NamedTuple
@@ -86,6 +86,23 @@ def _words(name: str) -> list[str]:
 
 def _same_word(a: str, b: str) -> bool:
     return a == b or a in (b + "s", b + "es") or b in (a + "s", a + "es")
+
+
+def _type_names(type: object) -> list[str] | None:
+    """``events(type=...)`` as a list of names (None: every type). TypeError for anything
+    but a name or names: ``type=123`` raised "'int' object is not iterable", a None among
+    names "object of type 'NoneType' has no len()"."""
+    if type is None:
+        return None
+    if isinstance(type, str):
+        return [type]
+    names = list(type) if isinstance(type, Iterable) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(
+            f"type: expected an event type such as 'message.status', a list of them or None, "
+            f"got {type!r:.60}"
+        )
+    return names
 
 
 class _Partition(NamedTuple):
@@ -327,7 +344,7 @@ class Lake(AnalyticsMixin):
         """
         self._require_folder()
         lo, hi = self._range(since, until)
-        given = [type] if isinstance(type, str) else (list(type) if type is not None else None)
+        given = _type_names(type)
         # Kirim's other name of a type (message.status_updated) finds what the lake keeps
         types = None if given is None else [canonical_type(t) for t in given]
         if types:

@@ -52,9 +52,12 @@ def read_time(
         if value != value:  # pandas' NaT (a datetime that is no time; what .max() of none is)
             return None
         try:
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         except OverflowError:  # 0001-01-01 at +01:00 is before the first UTC instant
             return None
+        # a plain datetime to the microsecond, the lake's precision: a pandas Timestamp
+        # stayed one, nanoseconds and all (as_of_ts, the Lake's repr and the SQL literal)
+        return datetime.combine(aware.date(), aware.timetz()).replace(tzinfo=UTC)
     if isinstance(value, date):
         return datetime.combine(value, dtime.max if end_of_day else dtime.min, UTC)
     if not isinstance(value, str):

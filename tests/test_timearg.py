@@ -79,6 +79,20 @@ def test_pandas_nat_is_not_a_time(tmp_path: Path) -> None:
         ke.Lake(tmp_path).events(since=pd.NaT)
 
 
+def test_a_pandas_timestamp_becomes_a_plain_datetime_to_the_microsecond(
+    tmp_path: Path,
+) -> None:
+    """``lake.as_of(pd.Timestamp(...))`` kept the Timestamp, nanoseconds and all: ``as_of_ts``
+    was a pandas object and the repr showed nine digits the lake cannot hold. The
+    nanoseconds are dropped (an event at the next microsecond is still after it)."""
+    pd = pytest.importorskip("pandas")
+    stamp = pd.Timestamp("2026-05-01 16:00:00.000001999", tz="Asia/Jakarta")
+    past = ke.Lake(tmp_path).as_of(stamp)
+    assert type(past.as_of_ts) is datetime
+    assert past.as_of_ts == datetime(2026, 5, 1, 9, 0, 0, 1, tzinfo=UTC)
+    assert repr(past).endswith("as_of='2026-05-01T09:00:00.000001+00:00')")
+
+
 def test_a_numpy_datetime64_is_read_as_its_instant(tmp_path: Path) -> None:
     """What ``df["t"].to_numpy()`` gives: naive (UTC) instants, days as dates."""
     np = pytest.importorskip("numpy")

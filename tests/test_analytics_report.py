@@ -145,6 +145,16 @@ def test_time_summary_median_and_p90() -> None:
     assert cycles.filter(pl.col("metric") == "time_to_read")["of"].to_list() == ["messages"]
 
 
+def test_failures_chart_top_is_one_or_more() -> None:
+    """``top=-1`` charted every reason but the least frequent (Polars' ``head(-1)``), and
+    ``top=0`` an empty chart, both silently."""
+    reasons = notebook.failure_reasons(_timelines())
+    assert notebook.failures_chart(reasons, top=1).data.height == 1
+    for top in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="top must be a whole number, 1 or more"):
+            notebook.failures_chart(reasons, top=top)  # type: ignore[arg-type]
+
+
 def test_html_goes_to_the_home_folder_for_a_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -321,7 +321,11 @@ def funnel_chart(funnel_frame: Frame) -> altair.Chart:
 
 
 def failures_chart(reasons: Frame, *, top: int = 10) -> altair.Chart:
-    """Bars: failed messages per error label (from :func:`failure_reasons`, or of a Lake)."""
+    """Bars: failed messages per error label (from :func:`failure_reasons`, or of a Lake):
+    the ``top`` most frequent (1 or more)."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        # Polars' head(-1) is every row but the last: top=-1 dropped one reason unseen
+        raise ValueError(f"failures_chart: top must be a whole number, 1 or more, got {top!r}")
     alt = _alt()
     data = (
         _summary(

@@ -11,14 +11,22 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from kirim_events.errors import ConfigError
 from kirim_events.events import parse_time
 
 __all__ = ["TimeLike", "is_span", "parse_when", "read_time", "to_utc"]
 
-TimeLike = datetime | date | str
+if TYPE_CHECKING:  # numpy is no dependency: only a type checker needs its name
+    import numpy as np
+
+    TimeLike: TypeAlias = datetime | date | str | np.datetime64[Any]
+    """A time argument; a pandas Timestamp is a datetime. A NumPy ``datetime64`` as well:
+    without it in the alias a type checker flagged ``lake.as_of(np.datetime64(...))``, an
+    input the docs name."""
+else:
+    TimeLike = datetime | date | str
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")

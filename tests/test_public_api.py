@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,27 @@ def test_the_lake_loads_no_pyarrow_dataset_until_one_is_read() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]"]
+
+
+def test_a_type_checker_takes_every_time_the_docs_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/analytics.md: ``as_of`` (and ``since``, ``until``) take a NumPy ``datetime64``;
+    mypy --strict flagged ``lake.as_of(np.datetime64(...))`` as an incompatible type."""
+    api = pytest.importorskip("mypy.api")
+    pytest.importorskip("numpy")
+    user = tmp_path / "notebook_cell.py"
+    user.write_text(
+        "from datetime import UTC, date, datetime\n\n"
+        "import numpy as np\n\n"
+        "import kirim_events as ke\n\n"
+        'lake = ke.Lake("data")\n'
+        'lake.as_of(np.datetime64("2026-05-01T09:00"))\n'
+        'lake.events(since=np.datetime64("2026-05-01"), until=date(2026, 5, 2))\n'
+        "lake.as_of(datetime(2026, 5, 1, tzinfo=UTC)).as_of('12h')\n"
+    )
+    monkeypatch.setenv("MYPYPATH", str(Path(__file__).resolve().parent.parent))
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--cache-dir", os.devnull, str(user)]
+    )
+    assert status == 0, out + err

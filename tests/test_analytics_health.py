@@ -203,3 +203,11 @@ def test_health_rows_come_in_the_same_order_from_both_engines() -> None:
     view = from_duck(duck(events, copies, receipts), "delivery_health")
     assert ours["event_type"].to_list() == ["message.status", None]
     assert view["event_type"].to_list() == ours["event_type"].to_list()
+
+
+def test_the_eighth_attempt_itself_counts_as_attempt_8() -> None:
+    # Kirim's last scheduled attempt is the 8th: n_attempt_8 is "8 and above", 8 included
+    receipts = [_receipt("wbd_1", 8, 2, "new"), _receipt("wbd_2", 7, 3, "new")]
+    got = row(both("delivery_health", [], deliveries=receipts), event_type="message.status")
+    assert [got[f"n_attempt_{n}"] for n in range(1, 9)] == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert got["max_attempt"] == 8

@@ -9,7 +9,7 @@ import polars as pl
 from polars.testing import assert_frame_equal
 from test_analytics_support import both, by_key, dedup, duck, from_duck, row, status
 
-from kirim_events.analytics.timelines import message_timelines
+from kirim_events.analytics.timelines import message_status_history, message_timelines
 from kirim_events.events import EventRecord
 
 
@@ -28,7 +28,7 @@ def test_statuses_received_together_are_not_out_of_order() -> None:
     assert got["out_of_order"] is False
 
 
-def test_a_message_without_copies_keeps_its_row_when_copies_list_only_copied_events() -> None:
+def test_a_message_without_copies_keeps_its_rows_when_copies_list_only_copied_events() -> None:
     # The lake's event_copies lists only events received more than once; a message none of
     # whose events was copied is still a timeline, with no duplicates.
     records = [
@@ -40,8 +40,12 @@ def test_a_message_without_copies_keeps_its_row_when_copies_list_only_copied_eve
     copied_only = copies.filter(pl.col("n_copies") > 1)
     got = by_key(message_timelines(events, copies=copied_only).collect(), "message_timelines")
     assert got.select("message_id", "n_duplicates").rows() == [("wamid.A", 1), ("wamid.B", 0)]
-    view = by_key(from_duck(duck(events, copied_only), "message_timelines"), "message_timelines")
+    con = duck(events, copied_only)
+    view = by_key(from_duck(con, "message_timelines"), "message_timelines")
     assert_frame_equal(got, view, check_exact=True)
+    history = message_status_history(events, copies=copied_only).collect()
+    assert history.select("message_id", "n_duplicates").rows() == [("wamid.A", 1), ("wamid.B", 0)]
+    assert_frame_equal(history, from_duck(con, "message_status_history"), check_exact=True)
 
 
 def test_ids_of_a_message_are_the_smallest_seen() -> None:

@@ -34,3 +34,12 @@ def test_skew_beyond_the_order_slack_leaves_the_order_unknown() -> None:
     s = _newest_first_with_skew(timedelta(milliseconds=1100))
     assert (s.went_back, s.went_forward) == (True, True)
     assert s.direction() is None
+
+
+def test_skew_up_to_the_order_slack_keeps_an_oldest_first_order_too() -> None:
+    s = _slice()
+    s.note_order([T0 + timedelta(seconds=30), T0 + timedelta(seconds=40)])
+    s.note_order([T0 + timedelta(seconds=40) - ORDER_SLACK, T0 + timedelta(seconds=50)])
+    assert s.direction() == "oldest first"
+    s.note_order([T0 + timedelta(seconds=50) - ORDER_SLACK - timedelta(milliseconds=100)])
+    assert s.direction() is None

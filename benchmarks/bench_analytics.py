@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,6 +46,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _results  # the one writer of RESULTS.md
 
 RANK = {"pending": 0, "sent": 1, "failed": 2, "delivered": 3, "read": 4}
 IMPLS = ("ours-polars", "ours-duckdb", "pandas", "duckdb-bare")
@@ -445,18 +446,25 @@ def _duckdb_bare(path: Path, task: str) -> Any:
     return duckdb.connect().sql(query).to_arrow_table()
 
 
-def ours(impl: str, view: str, path: Path) -> int | None:
-    """Run our Polars helper or DuckDB view ``view`` as ``impl`` says; the number of rows,
-    or None when ``impl`` is not ours. (Shared with bench_history.py.)"""
+def ours(impl: str, view: str, path: Path) -> tuple[int, int] | None:
+    """Run our Polars helper or DuckDB view ``view`` as ``impl`` says; the numbers of rows
+    and columns, or None when ``impl`` is not ours. (Shared with bench_history.py.)"""
     from kirim_events.lake import Lake
 
-    if impl == "ours-polars":
-        return int(getattr(Lake(path), view)().collect().height)
-    if impl == IN_MEMORY:
-        return int(getattr(Lake(path), view)().collect(engine="in-memory").height)
+    if impl in ("ours-polars", IN_MEMORY):
+        frame = getattr(Lake(path), view)()
+        got = frame.collect() if impl == "ours-polars" else frame.collect(engine="in-memory")
+        return int(got.height), int(got.width)
     if impl == "ours-duckdb":
-        return int(Lake(path).sql(f"SELECT * FROM {view}").to_arrow_table().num_rows)
+        return shape(Lake(path).sql(f"SELECT * FROM {view}").to_arrow_table())
     return None
+
+
+def shape(table: Any) -> tuple[int, int]:
+    """Rows and columns of an Arrow table or a pandas frame."""
+    if hasattr(table, "num_rows"):
+        return int(table.num_rows), int(table.num_columns)
+    return int(table.shape[0]), int(table.shape[1])
 
 
 def check_engines(path: Path, views: dict[str, str], *, ordered: bool) -> None:
@@ -484,18 +492,18 @@ def check_engines(path: Path, views: dict[str, str], *, ordered: bool) -> None:
 VIEWS = {"timelines": "message_timelines", "lifecycles": "conversation_lifecycles"}
 
 
-def run_once(impl: str, task: str, path: Path) -> int:
-    """Run one implementation of one task; return the number of rows produced."""
-    rows = ours(impl, VIEWS[task], path)
-    if rows is not None:
-        return rows
+def run_once(impl: str, task: str, path: Path) -> tuple[int, int]:
+    """Run one implementation of one task; return the numbers of rows and columns produced."""
+    got = ours(impl, VIEWS[task], path)
+    if got is not None:
+        return got
     if impl == "pandas":
         fn = pandas_timelines if task == "timelines" else pandas_lifecycles
-        return len(fn(path))
+        return shape(fn(path))
     if impl == "pandas-apply":
         fn = pandas_apply_timelines if task == "timelines" else pandas_apply_lifecycles
-        return len(fn(path))
-    return int(_duckdb_bare(path, task).num_rows)
+        return shape(fn(path))
+    return shape(_duckdb_bare(path, task))
 
 
 def _rss_mb() -> float:
@@ -517,13 +525,19 @@ def worker(impl: str, task: str, path: Path, repeat: int) -> dict[str, Any]:
         importlib.import_module(module)
     base = _rss_mb()
     # warm-up (file cache, lazy imports); the groupby-apply baseline is too slow for one
-    rows = run_once(impl, task, path) if impl != APPLY else 0
+    rows, columns = run_once(impl, task, path) if impl != APPLY else (0, 0)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        rows = run_once(impl, task, path)
+        rows, columns = run_once(impl, task, path)
         times.append(time.perf_counter() - t)
-    return {"rows": rows, "times": times, "rss_base_mb": base, "rss_peak_mb": _rss_mb()}
+    return {
+        "rows": rows,
+        "columns": columns,
+        "times": times,
+        "rss_base_mb": base,
+        "rss_peak_mb": _rss_mb(),
+    }
 
 
 def check_equal(path: Path, *, apply: bool = False) -> None:
@@ -574,6 +588,7 @@ def run_rounds(
                 entry = out.setdefault((task, impl), {"times": [], "rss_peak_mb": 0.0})
                 entry["times"] += stats["times"]
                 entry["rows"] = stats["rows"]
+                entry["columns"] = stats["columns"]
                 entry["rss_peak_mb"] = max(entry["rss_peak_mb"], stats["rss_peak_mb"])
     for (task, impl), entry in out.items():
         entry["median"] = statistics.median(entry["times"])
@@ -619,50 +634,33 @@ def _reading(results: dict[int, dict[tuple[str, str], dict[str, Any]]]) -> str:
         f"{min(vs_bare):.1f}-{max(vs_bare):.1f}x the time of the bare DuckDB GROUP BY (target "
         f"within 3x: met in {met} of {len(vs_bare)} rows); collected with "
         f'engine="in-memory" {min(in_memory):.1f}-{max(in_memory):.1f}x. '
-        "The bare query returns 6 columns "
-        f"(first time per status and a count); ours returns {_width('timelines')} (timelines) "
-        f"and {_width('lifecycles')} "
-        "(lifecycles): three string ids per message, received times, flags, durations, "
+        f"The bare query returns {_columns(results, 'duckdb-bare')} columns "
+        "(the key, first or last times and counts); ours returns "
+        f"{_columns(results, 'ours-polars')}: three string ids per message, received times, "
+        "flags, durations, "
         "duplicates, and the ordered steps (out-of-order arrival, assignments, closes) that "
         "the bare query skips."
     )
 
 
-def _width(task: str) -> int:
-    """How many columns the helper returns (read from the helper, so the text keeps up)."""
-    from kirim_events.analytics.conversations import conversation_lifecycles
-    from kirim_events.analytics.timelines import message_timelines
-    from kirim_events.schema import events_table
-
-    empty = pl.from_arrow(events_table([]))
-    assert isinstance(empty, pl.DataFrame)
-    helper = message_timelines if task == "timelines" else conversation_lifecycles
-    return helper(empty.lazy()).collect_schema().len()
-
-
-def machine() -> str:
-    """The machine line of a results section: cores, load at the end, versions, date."""
-    return (
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {os.getloadavg()[0]:.1f} at the end), Python "
-        f"{platform.python_version()}, polars {pl.__version__}; {datetime.now(UTC):%Y-%m-%d}."
-    )
+def _columns(results: dict[int, dict[tuple[str, str], dict[str, Any]]], impl: str) -> str:
+    """How many columns ``impl`` returned per task in the runs measured: "6 (timelines) and
+    6 (lifecycles)", or a range where scales differ."""
+    per_task = []
+    for task in TASKS:
+        seen = sorted({res[(task, impl)]["columns"] for res in results.values()})
+        count = str(seen[0]) if len(seen) == 1 else f"{seen[0]}-{seen[-1]}"
+        per_task.append(f"{count} ({task})")
+    return " and ".join(per_task)
 
 
 HEAD = "## Analytics (benchmarks/bench_analytics.py)"
 
 
-def section_lines(head: str, intro: list[str], columns: list[str]) -> list[str]:
-    """A RESULTS.md section's first lines: heading, machine, ``intro``, the table's header."""
-    return [
-        head,
-        "",
-        machine(),
-        *intro,
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
+def section_lines(intro: list[str], columns: list[str]) -> list[str]:
+    """A run's first lines in RESULTS.md: ``intro``, the table's header. (The run's heading
+    and machine line are written by ``_results.write_run``.)"""
+    return [*intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
 
 def section(
@@ -708,7 +706,7 @@ def section(
         "ours / bare DuckDB",
         "peak MB ours / in-memory / view / pandas / bare",
     ]
-    lines = section_lines(HEAD, intro, columns)
+    lines = section_lines(intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, d, p, b = (res[(task, i)] for i in IMPLS)
@@ -730,26 +728,14 @@ def section(
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str, head: str = HEAD) -> None:
-    """Replace (or add) the section starting with ``head`` in benchmarks/RESULTS.md."""
-    target = Path(__file__).with_name("RESULTS.md")
-    text = target.read_text(encoding="utf-8")
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    target.write_text(text, encoding="utf-8")
-
-
 def parser(doc: str, workers: tuple[str, ...], tasks: tuple[str, ...]) -> argparse.ArgumentParser:
     """The options both analytics benchmarks take (bench_history.py too)."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--scale", default="1000000", help="events, comma-separated for several")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
-    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--write", action="store_true", help="add this run to RESULTS.md")
+    _results.add_arguments(ap)
     ap.add_argument("--worker", choices=workers)
     ap.add_argument("--task", choices=tasks)
     ap.add_argument("--data", type=Path)
@@ -796,7 +782,15 @@ def main() -> None:
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
     if args.write:
-        write_results(text)
+        write(text, HEAD, args)
+
+
+def write(text: str, head: str, args: argparse.Namespace) -> None:
+    """Add this run to the section ``head`` of ``--results`` (shared with the benchmarks
+    built on this one)."""
+    _results.write_run(
+        head, text, path=args.results, versions=[f"polars {pl.__version__}"], run_id=args.run_id
+    )
 
 
 if __name__ == "__main__":

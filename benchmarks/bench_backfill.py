@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -37,8 +36,9 @@ from typing import Any
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # the one writer of RESULTS.md
+
 HEADING = "## Backfill: history over loopback HTTP under a rate limit (bench_backfill.py)"
 FULL = 100_000
 
@@ -196,17 +196,6 @@ def measure(
     return result
 
 
-def write_results(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = current.find(HEADING)
-    if start == -1:
-        new = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(HEADING))
-        new = current[:start] + text + (current[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, default=0.3, help="share of 100,000 deliveries")
@@ -215,7 +204,8 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.25, help="seconds added per request")
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="do not add this run to RESULTS.md")
+    _results.add_arguments(p)
     # internal modes
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
@@ -269,24 +259,19 @@ def main() -> None:
     text = render(args, n, rows, limit_per_s)
     print(text)
     if not args.no_write:
-        write_results(text)
+        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
 
 
 def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: float) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        HEADING,
-        "",
-        f"Run {when} on {platform.system()} {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other jobs), Python {platform.python_version()}; `--scale {args.scale}` "
-        f"= {n:,} deliveries with payloads in the emulator (its own process, loopback uvicorn), "
+        f"`--scale {args.scale}` = {n:,} deliveries with payloads in the emulator (its own "
+        "process, loopback uvicorn), "
         f"{args.latency:g} s added to every request, read limit {args.limit}/min "
         f"({limit:g} requests/s; the bucket is drained before each run), page size 100, "
         f"{args.slices} slices. Medians of {args.repeats} run(s); each run is a fresh process "
-        "doing the whole backfill (journal, checkpoint per page, flush to the lake). Command: "
-        f"`.venv/bin/python benchmarks/bench_backfill.py --scale {args.scale} --steps "
-        f"{args.steps} --repeats {args.repeats}`; the full 100,000-row size fits here because "
-        f"the run is paced by the limit, not by the {os.cpu_count()} cores.",
+        "doing the whole backfill (journal, checkpoint per page, flush to the lake); the full "
+        "100,000-row size fits here because the run is paced by the limit, not by the "
+        f"{os.cpu_count()} cores.",
         "",
         "| history rows | client | 2xx requests/s | vs limit | 429s served | fetch s | wall s "
         "| rows/s (wall) | peak RSS MB | RSS growth MB |",

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
 import shutil
 import socket
@@ -42,16 +41,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # the one writer of RESULTS.md
+
 SECRET = "whsec_bench_secret"
 PATH = "/webhooks/kirim"
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 HEADING = "## Collector (bench_collect.py)"
 TARGETS = ("bare", "naive", "collect")
 
@@ -375,12 +374,8 @@ def load_average() -> float:
 
 def render(runs: dict[float, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        HEADING,
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}, "
-        f"`python benchmarks/bench_collect.py --scale {' '.join(str(s) for s in runs)}`, "
-        f"{args.connections} connections, medians of {args.repeats} runs per figure, each "
+        f"Closed loop over {args.connections} connections; medians of {args.repeats} runs per "
+        "figure, each "
         "target in its own uvicorn process (one worker, h11, asyncio loop), load generator in "
         f"another process on the same {os.cpu_count()} cores.",
         "",
@@ -419,18 +414,6 @@ def render(runs: dict[float, dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    if HEADING in old:
-        before, _, rest = old.partition(HEADING)
-        nxt = rest.find("\n## ")
-        after = rest[nxt + 1 :] if nxt >= 0 else ""
-        new = before + text + ("\n" + after if after else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=float, nargs="+", default=[1.0])
@@ -440,7 +423,8 @@ def main() -> None:
     # first requests are duplicates, cheaper to journal); bare may wrap, it ignores bodies.
     p.add_argument("--max-rps", type=float, default=12000, help="requests pre-signed per second")
     p.add_argument("--no-wrk", action="store_true", help="use the asyncio client for throughput")
-    p.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    p.add_argument("--no-write", action="store_true", help="do not add this run to RESULTS.md")
+    _results.add_arguments(p)
     p.add_argument("--serve", choices=TARGETS, help=argparse.SUPPRESS)
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -465,7 +449,7 @@ def main() -> None:
     text = render(runs, args)
     print(text)
     if not args.no_write:
-        write_results(text)
+        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_analytics as ba  # the events, machine line and RESULTS.md writer
+import _results
+import bench_analytics as ba  # the events and the run's writer
 
 from kirim_events.lake import Lake
 from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
@@ -255,7 +256,7 @@ def section(results: dict[tuple[str, int, int], dict[str, float]], repeat: int) 
         "compact s",
         "compact rows/s",
     ]
-    lines = ba.section_lines(HEAD, intro, columns)
+    lines = ba.section_lines(intro, columns)
     for (table, rows, distinct), r in sorted(results.items()):
         plain = r["plain scan"]
         lines.append(
@@ -273,7 +274,8 @@ def main() -> None:
     ap.add_argument("--table", choices=[*TABLES, "both"], default="both")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-dedup"))
-    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--write", action="store_true", help="add this run to RESULTS.md")
+    _results.add_arguments(ap)
     ap.add_argument("--section-out", type=Path, help="also write the section to this file")
     args = ap.parse_args()
     results = {}
@@ -292,7 +294,7 @@ def main() -> None:
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
     if args.write:
-        ba.write_results(text, HEAD)
+        ba.write(text, HEAD, args)
 
 
 if __name__ == "__main__":

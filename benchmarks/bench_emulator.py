@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,11 +33,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # the one writer of RESULTS.md
 
 from kirim_events.emulator import (
     Emulator,
@@ -55,7 +56,6 @@ SECRET = "whsec_benchmark_secret"
 BASE_EVENTS = 20_000
 # Meta bodies with Kirim's optional `kirim` block (opt-in), as in every figure recorded so far
 WORLD = WorldConfig(kirim_block=True)
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Emulator: events generated and signed per second (bench_emulator.py)"
 FIXED_BODY = {
     "id": "evt_01HYK2WG008XHFBG3A1Y7ZVA9R",
@@ -203,6 +203,7 @@ def main() -> None:
     )
     parser.add_argument("--stream-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    _results.add_arguments(parser)
     args = parser.parse_args()
 
     if args.stream_one:
@@ -222,7 +223,8 @@ def main() -> None:
                 flush=True,
             )
     if not args.no_write:
-        _write(rows, streams, args)
+        text = _section(rows, streams, args)
+        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
 
 
 def _fresh_stream(n: int) -> dict[str, float]:
@@ -244,14 +246,10 @@ def _section(
     """This benchmark's section of RESULTS.md: every figure and every reading in it comes
     from ``rows`` and ``streams``, measured in this run."""
     lines = [
-        HEADING,
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Median of "
-        f"{args.repeats} runs per cell, stages interleaved within each run; rates are events "
-        "per CPU-second (`time.process_time`, every stage is single-threaded) and ratios are "
-        f"taken within each run, because the {os.cpu_count()} cores are shared with other work "
-        "and wall-clock rates vary from run to run. Scales are multiples of "
+        f"Median of {args.repeats} runs per cell, stages interleaved within each run; rates "
+        "are events per CPU-second (`time.process_time`, every stage is single-threaded) and "
+        f"ratios are taken within each run, because the {os.cpu_count()} cores are shared "
+        "with other work and wall-clock rates vary from run to run. Scales are multiples of "
         f"{BASE_EVENTS:,} world events, "
         "kept small for the same reason; the HTTP stage runs a tenth of the events.",
         "",
@@ -322,22 +320,6 @@ def _reading(rows: list[tuple[float, int, str, float, float]]) -> list[str]:
             f"{lo[0]:g} ({lo[1]:,.0f}/s): per-event cost is not flat with scale here."
         )
     return ["", text]
-
-
-def _write(
-    rows: list[tuple[float, int, str, float, float]],
-    streams: list[dict[str, float]],
-    args: argparse.Namespace,
-) -> None:
-    section = _section(rows, streams, args)
-    text = RESULTS.read_text(encoding="utf-8")
-    if HEADING in text:
-        start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -162,14 +162,14 @@ def _duckdb_bare(path: Path, task: str) -> Any:
 # --------------------------------------------------------------------------- workers
 
 
-def run_once(impl: str, task: str, path: Path) -> int:
-    """Run one implementation of one task; return the number of rows produced."""
-    rows = ba.ours(impl, VIEWS[task], path)
-    if rows is not None:
-        return rows
+def run_once(impl: str, task: str, path: Path) -> tuple[int, int]:
+    """Run one implementation of one task; return the numbers of rows and columns produced."""
+    got = ba.ours(impl, VIEWS[task], path)
+    if got is not None:
+        return got
     if impl == "pandas":
-        return len((pandas_history if task == "history" else pandas_cycles)(path))
-    return int(_duckdb_bare(path, task).num_rows)
+        return ba.shape((pandas_history if task == "history" else pandas_cycles)(path))
+    return ba.shape(_duckdb_bare(path, task))
 
 
 def worker(impl: str, task: str, path: Path) -> dict[str, Any]:
@@ -178,8 +178,9 @@ def worker(impl: str, task: str, path: Path) -> dict[str, Any]:
         importlib.import_module(module)
     run_once(impl, task, path)  # warm-up: file cache, lazy imports
     t = time.perf_counter()
-    rows = run_once(impl, task, path)
-    return {"rows": rows, "times": [time.perf_counter() - t], "rss_peak_mb": ba._rss_mb()}
+    rows, columns = run_once(impl, task, path)
+    took = time.perf_counter() - t
+    return {"rows": rows, "columns": columns, "times": [took], "rss_peak_mb": ba._rss_mb()}
 
 
 def check_equal(path: Path) -> None:
@@ -232,7 +233,7 @@ def section(results: dict[int, dict[tuple[str, str], dict[str, Any]]], repeat: i
         "ours / bare DuckDB",
         "peak MB ours / in-memory / view / pandas / bare",
     ]
-    lines = ba.section_lines(HEAD, intro, columns)
+    lines = ba.section_lines(intro, columns)
     for n, res in sorted(results.items()):
         for task in TASKS:
             o, m, d, p, b = (res[(task, i)] for i in IMPLS)
@@ -262,7 +263,7 @@ def main() -> None:
     text = section(results, args.repeat)
     print(text)
     if args.write:
-        ba.write_results(text, HEAD)
+        ba.write(text, HEAD, args)
 
 
 if __name__ == "__main__":

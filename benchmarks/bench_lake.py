@@ -25,7 +25,7 @@ Usage::
     python benchmarks/bench_lake.py --scale 0.1            # 100k events, 1M-event query lake
     python benchmarks/bench_lake.py --scale 1 --repeats 3  # the issue's 1M / 10M
 
-Figures go to ``benchmarks/RESULTS.md`` under "## Lake" (``--no-write`` to skip).
+Each run is added to ``benchmarks/RESULTS.md`` under "## Lake" (``--no-write`` to skip).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -50,6 +48,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # the one writer of RESULTS.md
+
 from kirim_events import Lake, parse_delivery
 from kirim_events.schema import events_table
 from kirim_events.testing import encode, meta_envelope
@@ -57,6 +58,7 @@ from kirim_events.testing import encode, meta_envelope
 BATCH = 50_000
 DAYS = 30
 START = datetime(2026, 3, 1, tzinfo=UTC)
+HEADING = "## Lake (benchmarks/bench_lake.py)"
 WORDS = [
     "hello",
     "order",
@@ -516,13 +518,7 @@ def bench_query(root: Path, repeats: int) -> dict[str, float]:
 
 
 def render(scale: float, rows: list[dict[str, float]], queries: list[dict[str, float]]) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
-        "## Lake (benchmarks/bench_lake.py)",
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.system()} {cpu}, "
-        f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}, "
-        f"polars {pl.__version__}, duckdb {duckdb.__version__}, pyarrow {pa.__version__}; "
         f"`--scale {scale}`. Medians of the repeats; synthetic Kirim-shaped events over "
         f"{DAYS} days, 3% retried copies, written in batches of {BATCH:,}.",
         "",
@@ -583,19 +579,6 @@ def render(scale: float, rows: list[dict[str, float]], queries: list[dict[str, f
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str, path: Path) -> None:
-    """Replace only the "## Lake" section of RESULTS.md (others own the other sections)."""
-    text = path.read_text(encoding="utf-8")
-    head = "## Lake (benchmarks/bench_lake.py)"
-    start = text.find(head)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + section + ("" if end == -1 else text[end + 1 :])
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.1, help="1.0 = 1M events (10M query)")
@@ -605,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: tmp)")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    _results.add_arguments(parser)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_lake_", dir=args.work))
@@ -638,7 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     section = render(args.scale, rows, queries)
     print(section)
     if not args.no_write:
-        write_results(section, Path(__file__).resolve().parent / "RESULTS.md")
+        versions = [f"polars {pl.__version__}", f"duckdb {duckdb.__version__}"]
+        versions.append(f"pyarrow {pa.__version__}")
+        _results.write_run(
+            HEADING, section, path=args.results, versions=versions, run_id=args.run_id
+        )
     return 0
 
 

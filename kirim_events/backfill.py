@@ -411,7 +411,7 @@ class _Run:
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
         self.untimed_seen: set[str] = set()
         # Kirim ignoring the time range: said with the next progress snapshot (a resumed
-        # run's first), and its one slice over the range walked by one fetcher
+        # run's at its start, say_due), and its one slice over the range walked by one fetcher
         self.note_due = TIME_FILTER_IGNORED if cp.time_filter_ignored else None
         self.whole_taken = cp.time_filter_ignored  # then cp.slices is that one slice
 
@@ -555,19 +555,34 @@ class _Run:
             r.items_unreadable += len(page.unreadable)
             if not self._dropped(s):
                 r.filtered.add(tally)
-            snap = BackfillProgress(
-                pages=r.pages,
-                rows=r.rows,
-                events_new=r.events_new,
-                fraction=sum(x.fraction() for x in self.cp.slices) / len(self.cp.slices),
-                elapsed=self.clock() - self.started,
-                slices_done=sum(x.done for x in self.cp.slices),
-                slices=len(self.cp.slices),
-                note=self.note_due,
-            )
-            self.note_due = None
+            snap = self._snapshot()
         if self.progress is not None:
             self.progress(snap)
+
+    def say_due(self) -> None:
+        """A resumed run's note, at once: its one walk may have nothing left to read (the
+        run killed had other fetchers finish it), and then no page would carry it."""
+        with self.lock:
+            if self.note_due is None or self.progress is None:
+                return
+            snap = self._snapshot()
+        self.progress(snap)
+
+    def _snapshot(self) -> BackfillProgress:
+        """The progress so far, with the note due (said once); under ``self.lock``."""
+        r = self.report
+        snap = BackfillProgress(
+            pages=r.pages,
+            rows=r.rows,
+            events_new=r.events_new,
+            fraction=sum(x.fraction() for x in self.cp.slices) / len(self.cp.slices),
+            elapsed=self.clock() - self.started,
+            slices_done=sum(x.done for x in self.cp.slices),
+            slices=len(self.cp.slices),
+            note=self.note_due,
+        )
+        self.note_due = None
+        return snap
 
 
 def backfill(
@@ -696,6 +711,7 @@ def backfill(
         sent0, retries0 = client.requests_sent, client.retries
         try:
             run = _Run(client, jr, cp, path, report, page_size, progress, now)
+            run.say_due()
             workers = min(slices, len(cp.slices))
 
             def flush_journal() -> None:

@@ -265,3 +265,30 @@ def test_a_run_killed_after_it_found_the_time_range_ignored_resumes_the_one_walk
     pages = -(-len(world.emu.store.deliveries) // 50)
     assert ignoring.paths["GET /v1/webhook_deliveries"] - before == report.pages
     assert report.pages == pages - walked  # from where the one walk was cut
+
+
+def test_a_resumed_run_with_nothing_left_to_read_still_says_the_range_was_ignored(
+    world: World, tmp_path: Path
+) -> None:
+    # the killed run's other fetchers may finish the one walk before the kill lands; the
+    # resumed run then reads no page, and the note rode only on a page's progress
+    since, until, t = wide_range(world)
+    args: dict[str, Any] = dict(since=since, until=until, slices=4, page_size=50, now=t.clock)
+    _, client = world.api(t, faults=IGNORES_TIME)
+
+    def die(p: BackfillProgress) -> None:
+        if p.note is not None:
+            raise Killed
+
+    with pytest.raises(Killed):
+        backfill(tmp_path, client=client, progress=die, **args)
+    (path,) = (tmp_path / "_state" / "backfill").glob("*.json")
+    state = json.loads(path.read_text())
+    state["slices"][0]["done"] = True  # as if the other fetchers had read it to its end
+    path.write_text(json.dumps(state))
+    again: list[BackfillProgress] = []
+    report = backfill(tmp_path, client=client, progress=again.append, **args)
+    assert report.resumed
+    assert report.pages == 0
+    assert [p.note for p in again if p.note] == [TIME_FILTER_IGNORED]
+    assert report.notes == [TIME_FILTER_IGNORED]

@@ -19,6 +19,7 @@ rows of Kirim's history are one row per delivery attempt, the last fetched
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DELIVERY_DEDUP_COLUMNS",
     "EVENT_FILE_SCHEMA",
+    "READ_ATTEMPTS",
     "REQUIRED_EVENT_COLUMNS",
     "GroupPlan",
     "first_copies",
@@ -49,9 +51,14 @@ __all__ = [
     "plan_group",
     "polars_schema",
     "read_in_place",
+    "reread",
     "scan",
     "vanished_file",
 ]
+
+READ_ATTEMPTS = 3
+"""How many times :func:`reread` plans and runs a read whose planned files a compaction
+deleted under it, in all, before it lets the failure through."""
 
 REQUIRED_EVENT_COLUMNS = ("event_key", "occurred_at", "received_at")
 """Columns every events file has and no event lacks (the writer refuses such rows); the
@@ -473,3 +480,35 @@ def vanished_file(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and (
         "No files found" in text or "No such file" in text or "Cannot open file" in text
     )
+
+
+Result = TypeVar("Result")
+
+
+def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Result:
+    """``read()``, run again while it fails on a file it planned that a compaction deleted
+    before it read it (:func:`vanished_file`), up to ``attempts`` runs in all; the last
+    failure is raised as it is.
+
+    ``read`` must plan its frames itself (call ``lake.events()``, ``lake.message_timelines()``
+    ... inside it) and read them: each run then plans afresh, over the files the compaction
+    left, which hold the same rows. A frame made before ``read`` was called cannot be planned
+    again, and is not helped by this. There is no pause between runs: the compaction has
+    finished, and a new plan reads its files at once. Any other failure is raised at once.
+
+    Examples
+    --------
+    >>> import tempfile, kirim_events as ke
+    >>> lake = ke.Lake(tempfile.mkdtemp())
+    >>> reread(lambda: lake.events().collect()).height
+    0
+    """
+    if type(attempts) is not int or attempts < 1:
+        raise ValueError(f"attempts must be a whole number, 1 or more, got {attempts!r}")
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except Exception as exc:
+            if attempt == attempts or not vanished_file(exc):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from racing import compacted_meanwhile
 from test_analytics_support import T0, at, conversation, dedup, status
 from typer.testing import CliRunner
 
@@ -530,6 +531,84 @@ def test_a_summary_of_a_frame_kept_across_a_compaction_says_to_take_a_new_one(
             notebook.funnel(kept)
         assert "compaction" in str(caught.value)
     assert notebook.funnel(lake.message_timelines()).equals(expected)  # the way out
+
+
+def _small_files_lake(home: Path) -> list[EventRecord]:
+    """The records of :func:`_records` in a lake, one small file each (as a collector's
+    flushes leave them between compactions); returned."""
+    records = _records()
+    lake = ke.Lake(home)
+    for record in records:
+        lake.write_events([record])
+    return records
+
+
+def test_a_summary_given_a_lake_reads_again_when_a_compaction_deletes_what_it_planned(
+    tmp_path: Path,
+) -> None:
+    """A Lake can be asked for a new frame: a compaction (another process's) that deletes
+    the files a summary planned, before it reads them, is not the user's problem."""
+    records = _small_files_lake(tmp_path)
+    expected = notebook.funnel(ke.Lake(tmp_path))
+    assert expected["messages"].to_list() == [5, 3, 2, 1, 3]
+    raced, ran = compacted_meanwhile("message_timelines", {1, 2}, records[0])
+    assert notebook.funnel(raced(tmp_path)).equals(expected)
+    assert len(ran) == 2  # its first two plans were deleted under it; the third was read
+    raced, ran = compacted_meanwhile("message_timelines", {1}, records[0])
+    assert notebook.read_rate(raced(tmp_path).as_of(at(3600))) == 0.5  # a view as well
+    assert len(ran) == 1
+
+
+def test_a_summary_given_a_lake_says_so_when_every_read_it_planned_was_deleted(
+    tmp_path: Path,
+) -> None:
+    records = _small_files_lake(tmp_path)
+    raced, ran = compacted_meanwhile("message_timelines", range(1, 100), records[0])
+    with pytest.raises(ke.LakeError, match=r"each of the 3 times .*run it again$") as caught:
+        notebook.funnel(raced(tmp_path))
+    assert "take a new" not in str(caught.value)  # it did take new ones
+    assert len(ran) == 3  # three reads planned and run, no more
+    assert notebook.funnel(ke.Lake(tmp_path))["messages"].to_list() == [5, 3, 2, 1, 3]
+
+
+def test_report_reads_again_when_a_compaction_deletes_the_files_it_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kirim-events report`` while a scheduled ``compact`` finishes: the files the report
+    planned are deleted under it. It plans again and reads, rather than failing with "run
+    it again": the same report as one that met no compaction."""
+    import kirim_events.cli.report as report_cli
+
+    records = _small_files_lake(tmp_path)
+    raced, ran = compacted_meanwhile("message_timelines", {1, 2}, records[0])
+    monkeypatch.setattr(report_cli, "Lake", raced)  # the Lake the command opens
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(ran) == 2
+    assert result.output.startswith("5 outbound messages, 2 conversations (1 open)\n")
+    assert "outside_24h_window 131047 Re-engagement message 2 66.7%" in table_rows(result.output)
+    monkeypatch.undo()
+    alone = runner.invoke(app, ["report", "--data", str(tmp_path)])  # no compaction meanwhile
+    assert alone.exit_code == 0, alone.output
+    assert result.output == alone.output
+
+
+def test_report_says_to_run_it_again_when_every_read_it_planned_was_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compactions finishing under each of its reads (three): one line, not a traceback."""
+    import kirim_events.cli.report as report_cli
+
+    records = _small_files_lake(tmp_path)
+    raced, ran = compacted_meanwhile("message_timelines", range(1, 100), records[0])
+    monkeypatch.setattr(report_cli, "Lake", raced)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert len(ran) == 3
+    assert " ".join(result.output.split()) == (
+        "error: a file this read planned was deleted by a compaction that finished meanwhile"
+        " (nothing is lost); run it again"
+    )
 
 
 @pytest.mark.parametrize("columns", ["40", "60", "80", "200"])

@@ -189,30 +189,6 @@ def test_a_read_error_without_a_damaged_file_keeps_its_traceback(
     assert isinstance(result.exception, pl.exceptions.ColumnNotFoundError)
 
 
-def test_a_file_deleted_under_a_report_by_a_compaction_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A compaction finishing between a read's planning and its reading deletes files the
-    read planned: one line saying to run it again, not a traceback."""
-    import kirim_events.cli.report as report_cli
-
-    lake = ke.Lake(tmp_path)
-    lake.write_events([ev("k1")])
-    lake.write_events([ev("k1", received=T0 + timedelta(1))])
-    real = report_cli.build_report
-
-    def compaction_meanwhile(view: ke.Lake) -> object:
-        planned = view.events()
-        ke.Lake(tmp_path).compact()  # another process, between planning and reading
-        planned.collect()
-        return real(view)
-
-    monkeypatch.setattr(report_cli, "build_report", compaction_meanwhile)
-    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
-    assert result.exit_code == 1, result.output
-    assert "deleted by a compaction that finished meanwhile" in " ".join(result.output.split())
-
-
 def test_a_mistyped_lake_is_refused_not_read_as_empty(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     typo = str(tmp_path / "lakee")

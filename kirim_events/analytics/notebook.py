@@ -22,7 +22,7 @@ import polars as pl
 
 from kirim_events.analytics._common import lazy, type_named
 from kirim_events.errors import ConfigError, LakeError
-from kirim_events.lake.reader import vanished_file
+from kirim_events.lake.reader import READ_ATTEMPTS, reread, vanished_file
 
 if TYPE_CHECKING:
     import altair
@@ -59,8 +59,13 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     """``frame`` as a DataFrame: a LazyFrame is collected, a DuckDB relation (such as
     ``lake.sql("select * from message_timelines")``) converted as the core functions convert
     it (:func:`~kirim_events.analytics._common.lazy`), and a Lake asked for ``helper`` (the
-    frame the summary reads). A frame whose files a compaction deleted since it was made is
-    a LakeError saying to take a new one."""
+    frame the summary reads).
+
+    A frame or relation reads the files there when it was made, and a compaction since then
+    may have deleted them: a LakeError then, saying to take a new one (this one cannot be
+    planned again). A Lake is asked for a new frame instead, and read again
+    (:func:`~kirim_events.lake.reader.reread`); a LakeError only when a compaction deleted
+    the files of each of those."""
     if isinstance(frame, pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation):
         try:
             return lazy(frame).collect()
@@ -68,17 +73,32 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
             if not vanished_file(exc):
                 raise
             raise LakeError(
-                f"a file this frame reads is gone ({str(exc).splitlines()[0]}): a frame or "
+                f"a file this frame reads is gone ({_first_line(exc)}): a frame or "
                 "relation from a Lake reads the files there when it was made, and a "
                 "compaction since then replaced them (nothing is lost); take a new one, "
                 f"e.g. lake.{helper}(), and run again"
             ) from exc
-    if callable(getattr(frame, helper, None)):  # a Lake, or a Lake as of an instant
-        return _df(getattr(frame, helper)())
+    ask = getattr(frame, helper, None)
+    if callable(ask):  # a Lake, or a Lake as of an instant
+        try:
+            return reread(lambda: lazy(ask()).collect())
+        except (FileNotFoundError, duckdb.IOException) as exc:
+            if not vanished_file(exc):
+                raise
+            raise LakeError(
+                f"a file this read planned is gone ({_first_line(exc)}): compactions "
+                f"finishing meanwhile replaced the files it planned, each of the "
+                f"{READ_ATTEMPTS} times it took a new lake.{helper}() (nothing is lost); "
+                "run it again"
+            ) from exc
     raise TypeError(
         f"expected a Polars DataFrame or LazyFrame, a DuckDB relation or a Lake "
         f"(of {helper} rows), got {type_named(frame)}"
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class _WrongColumns(ValueError):

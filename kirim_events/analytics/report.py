@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from kirim_events.analytics import notebook
+from kirim_events.lake.reader import reread
 
 if TYPE_CHECKING:
     from kirim_events.lake import Lake
@@ -59,7 +60,20 @@ def build_report(lake: Lake) -> Report:
     ----------
     lake
         A :class:`kirim_events.Lake` (or its ``as_of`` view).
+
+    Raises
+    ------
+    FileNotFoundError, duckdb.IOException
+        A compaction (in another process) deleted files the report had planned to read,
+        each of :data:`~kirim_events.lake.reader.READ_ATTEMPTS` times it planned them
+        afresh (:func:`~kirim_events.lake.reader.reread`): nothing is lost; run it again.
     """
+    # the whole report planned again: its frames are planned as it goes, and one planned
+    # before a compaction finished reads files the compaction deleted
+    return reread(lambda: _build_report(lake))
+
+
+def _build_report(lake: Lake) -> Report:
     timelines = lake.message_timelines().collect()
     lifecycles = lake.conversation_lifecycles().collect()
     flags = ("out_of_order", "read_without_delivered", "failed_after_delivered", "never_sent")

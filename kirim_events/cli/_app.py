@@ -209,7 +209,9 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     except (*READ_ERRORS, FileNotFoundError) as exc:
         # only a damaged file, or one a compaction deleted under the read, is one line;
-        # anything else may be a bug of ours: its traceback is what a report of it needs
+        # anything else may be a bug of ours: its traceback is what a report of it needs.
+        # The lake reads of the commands are planned and run again first (lake.reader's
+        # reread): a deleted file reaches here when compactions finished under each try.
         found = None if lake is None else _damaged(lake)
         if found is None and lake is not None and vanished_file(exc):
             found = (

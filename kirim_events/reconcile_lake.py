@@ -10,6 +10,7 @@ import polars as pl
 
 from kirim_events.errors import ConfigError
 from kirim_events.journal_index import KeyIndex, lake_identity
+from kirim_events.lake.reader import reread
 from kirim_events.printable import printable
 from kirim_events.reconcile_report import ReconcileReport
 from kirim_events.reconcile_scan import HASH_SEED, Lost, Scan, hashes
@@ -24,11 +25,13 @@ def in_lake(lake: Any, keys: list[str], ids: list[str]) -> tuple[set[str], set[s
     storage = getattr(lake, "storage", None)
     if storage is not None and storage.local and not os.path.isdir(storage.root):
         return set(), set()  # a data folder not made yet (a dry run makes none) holds nothing
-    frame = (
-        lake.events()
-        .select("event_key", "event_id")
-        .filter(pl.col("event_key").is_in(keys) | pl.col("event_id").is_in(ids))
-        .collect()
+    frame = reread(  # planned again if a compaction deletes its files meanwhile
+        lambda: (
+            lake.events()
+            .select("event_key", "event_id")
+            .filter(pl.col("event_key").is_in(keys) | pl.col("event_id").is_in(ids))
+            .collect()
+        )
     )
     return set(frame["event_key"].to_list()), set(frame["event_id"].to_list())
 
@@ -79,18 +82,20 @@ def lost_from_lake(
     if storage is not None and storage.local and not os.path.isdir(storage.root):
         held_keys = held_ids = pl.Series([], dtype=pl.UInt64)  # no lake yet: it holds none
     else:
-        held = (
-            lake.events()
-            .select(
-                k=pl.col("event_key").hash(seed=HASH_SEED),
-                i=pl.col("event_id").hash(seed=HASH_SEED),
-                has_id=pl.col("event_id").is_not_null(),
+        held = reread(  # planned again if a compaction deletes its files meanwhile
+            lambda: (
+                lake.events()
+                .select(
+                    k=pl.col("event_key").hash(seed=HASH_SEED),
+                    i=pl.col("event_id").hash(seed=HASH_SEED),
+                    has_id=pl.col("event_id").is_not_null(),
+                )
+                .filter(
+                    pl.col("k").is_in(wanted_keys.implode())
+                    | (pl.col("has_id") & pl.col("i").is_in(wanted_ids.implode()))
+                )
+                .collect()
             )
-            .filter(
-                pl.col("k").is_in(wanted_keys.implode())
-                | (pl.col("has_id") & pl.col("i").is_in(wanted_ids.implode()))
-            )
-            .collect()
         )
         held_keys, held_ids = held["k"], held.filter("has_id")["i"]
     lost_keys = wanted_keys.filter(~wanted_keys.is_in(pl.concat([held_keys, waiting]).implode()))

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from racing import compacted_meanwhile
 from test_backfill_kit import (
     DropKey,
     FakeTime,
@@ -24,7 +25,7 @@ from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError, PermanentApiError
-from kirim_events.events import parse_delivery
+from kirim_events.events import EventRecord, parse_delivery
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.reconcile import plan_windows, reconcile
@@ -713,6 +714,42 @@ def test_events_the_index_remembers_but_the_lake_lost_are_found_and_stored_again
     events = Lake(tmp_path).events().collect()
     assert sorted(events["event_id"]) == ["evt_0", "evt_1", "evt_2"]
     assert History(rows[:3]).reconcile(tmp_path).missing == []  # and once is enough
+
+
+def _held_and_one_more(home: Path, *, journal: bool) -> tuple[list[dict[str, Any]], EventRecord]:
+    """History rows of four events; the first three in the lake at ``home``, one small file
+    each (flushed from the journal one by one, or written to the lake without one). Returns
+    the rows and a record the lake holds."""
+    payload = {n: json.dumps(testing.kirim_event(event_id=f"evt_{n}", created_at=BASE))
+               for n in range(4)}  # fmt: skip
+    rows = [delivery(n, n, f"evt_{n}", "succeeded", payload=payload[n]) for n in range(4)]
+    records = [parse_delivery(payload[n].encode()) for n in range(3)]
+    for held in records:
+        if journal:
+            with Journal(home) as j:
+                j.append(held)
+                j.flush(Lake(home))
+        else:
+            Lake(home).write_events(held)
+    assert len(_lake_files(home)) == 3
+    return rows, records[0][0]
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["lake-only", "journal"])
+def test_a_compaction_deleting_the_files_a_lake_read_planned_is_read_again(
+    tmp_path: Path, journal: bool
+) -> None:
+    """A scheduled compaction finishing during reconcile deleted the files its lake reads
+    had planned: it failed with FileNotFoundError. Each read is planned again. With the
+    journal, both reads are raced: the events the dedup index holds (lost?) and the others
+    (in the lake?)."""
+    rows, held = _held_and_one_more(tmp_path, journal=journal)
+    raced, ran = compacted_meanwhile("events", {1, 3} if journal else {1}, held)
+    report = History(rows).reconcile(tmp_path, dry_run=True, lake=raced(tmp_path))
+    assert len(ran) == (2 if journal else 1)
+    assert [m.key for m in report.missing] == ["evt_3"]  # exactly the one the lake lacks
+    assert report.lost == 0
+    assert sorted(Lake(tmp_path).events().collect()["event_id"]) == ["evt_0", "evt_1", "evt_2"]
 
 
 def test_events_waiting_in_the_journal_are_not_taken_for_lost(tmp_path: Path) -> None:

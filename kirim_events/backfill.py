@@ -313,10 +313,17 @@ class BackfillProgress:
     pages: int
     rows: int
     events_new: int
-    fraction: float  # share of the time range walked (pages come newest first)
+    fraction: float
+    """Share of the time range walked (from its slices' pages), never less than in an
+    earlier snapshot of the run: the one walk a run turns to when Kirim ignores the time
+    range starts again from the range's end, and the share stays until it gets further."""
     elapsed: float
     slices_done: int
+    """Time slices walked to their end, never fewer than in an earlier snapshot."""
     slices: int
+    """Time slices of the run: once Kirim is found ignoring the time range, the slices
+    done by then and the one walk over the range (the total may change; what is done
+    stays counted)."""
     note: str | None = None
     """A line to tell the user now (given once, on the page after it arose): that Kirim
     ignores the time range (:data:`TIME_FILTER_IGNORED`). The report's ``notes`` hold it too."""
@@ -414,6 +421,10 @@ class _Run:
         # run's at its start, say_due), and its one slice over the range walked by one fetcher
         self.note_due = TIME_FILTER_IGNORED if cp.time_filter_ignored else None
         self.whole_taken = cp.time_filter_ignored  # then cp.slices is that one slice
+        # The progress never steps back when the slicing ends: the slices done by then stay
+        # counted, and the share of the range walked stays until the one walk passes it.
+        self.slices_before = 0  # slices done when the slicing ended
+        self.fraction_told = 0.0
 
     def walk(self, s: Slice) -> None:
         # A cursor Kirim no longer accepts (expired, or its encoding changed between runs)
@@ -539,6 +550,7 @@ class _Run:
                 # every slice would walk the whole history: one slice over the range instead
                 # (walked from its start by the first fetcher free; what was stored stays)
                 self.cp.time_filter_ignored = True
+                self.slices_before = sum(x.done for x in self.cp.slices)
                 self.cp.slices = [Slice(after=self.cp.since, before=self.cp.until)]
                 self.note_due = TIME_FILTER_IGNORED
                 # that walk reads every row again: the rows outside the filters are its count
@@ -570,15 +582,17 @@ class _Run:
 
     def _snapshot(self) -> BackfillProgress:
         """The progress so far, with the note due (said once); under ``self.lock``."""
-        r = self.report
+        r, slices = self.report, self.cp.slices
+        walked = sum(x.fraction() for x in slices) / len(slices)
+        self.fraction_told = max(self.fraction_told, walked)
         snap = BackfillProgress(
             pages=r.pages,
             rows=r.rows,
             events_new=r.events_new,
-            fraction=sum(x.fraction() for x in self.cp.slices) / len(self.cp.slices),
+            fraction=self.fraction_told,
             elapsed=self.clock() - self.started,
-            slices_done=sum(x.done for x in self.cp.slices),
-            slices=len(self.cp.slices),
+            slices_done=self.slices_before + sum(x.done for x in slices),
+            slices=self.slices_before + len(slices),
             note=self.note_due,
         )
         self.note_due = None

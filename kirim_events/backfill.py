@@ -51,6 +51,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -425,6 +426,8 @@ class _Run:
         # counted, and the share of the range walked stays until the one walk passes it.
         self.slices_before = 0  # slices done when the slicing ended
         self.fraction_told = 0.0
+        self.untold: deque[BackfillProgress] = deque()  # snapshots not given to progress yet
+        self.telling = threading.Lock()  # held by the thread giving them (_tell)
 
     def walk(self, s: Slice) -> None:
         # A cursor Kirim no longer accepts (expired, or its encoding changed between runs)
@@ -567,9 +570,8 @@ class _Run:
             r.items_unreadable += len(page.unreadable)
             if not self._dropped(s):
                 r.filtered.add(tally)
-            snap = self._snapshot()
-        if self.progress is not None:
-            self.progress(snap)
+            self._snapshot()
+        self._tell()
 
     def say_due(self) -> None:
         """A resumed run's note, at once: its one walk may have nothing left to read (the
@@ -577,11 +579,31 @@ class _Run:
         with self.lock:
             if self.note_due is None or self.progress is None:
                 return
-            snap = self._snapshot()
-        self.progress(snap)
+            self._snapshot()
+        self._tell()
 
-    def _snapshot(self) -> BackfillProgress:
-        """The progress so far, with the note due (said once); under ``self.lock``."""
+    def _tell(self) -> None:
+        """Give ``progress`` the snapshots taken, in the order taken, from one thread at a
+        time: a fetcher that finds another giving them leaves its own to that one and goes
+        on. (Each giving its own after the lock, a fetcher slowed between the two gave an
+        older snapshot after a newer one, and the bar stepped back.)"""
+        while self.progress is not None and self.telling.acquire(blocking=False):
+            try:
+                while True:
+                    with self.lock:
+                        if not self.untold:
+                            break
+                        snap = self.untold.popleft()
+                    self.progress(snap)
+            finally:
+                self.telling.release()
+            with self.lock:  # one taken after the check above, while the giver still gave
+                if not self.untold:
+                    return
+
+    def _snapshot(self) -> None:
+        """Take the progress so far, with the note due (said once), for :meth:`_tell`;
+        under ``self.lock``."""
         r, slices = self.report, self.cp.slices
         walked = sum(x.fraction() for x in slices) / len(slices)
         self.fraction_told = max(self.fraction_told, walked)
@@ -596,7 +618,8 @@ class _Run:
             note=self.note_due,
         )
         self.note_due = None
-        return snap
+        if self.progress is not None:
+            self.untold.append(snap)
 
 
 def backfill(
@@ -641,7 +664,9 @@ def backfill(
     flush
         Move the journal into the lake at the end (``Journal.flush``).
     progress
-        Called with a :class:`BackfillProgress` after every stored page.
+        Called with a :class:`BackfillProgress` after every stored page, in the order the
+        pages were stored, from one fetcher thread at a time (not always the one that
+        stored the page): its counts and ``fraction`` never go back.
     now
         Clock (unix seconds).
 

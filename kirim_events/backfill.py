@@ -317,7 +317,7 @@ class BackfillProgress:
     fraction: float
     """Share of the time range walked (from its slices' pages), never less than in an
     earlier snapshot of the run: the one walk a run turns to when Kirim ignores the time
-    range starts again from the range's end, and the share stays until it gets further."""
+    range reads the range again from the start, and the share stays until it gets further."""
     elapsed: float
     slices_done: int
     """Time slices walked to their end, never fewer than in an earlier snapshot."""

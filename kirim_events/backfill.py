@@ -51,6 +51,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -313,10 +314,17 @@ class BackfillProgress:
     pages: int
     rows: int
     events_new: int
-    fraction: float  # share of the time range walked (pages come newest first)
+    fraction: float
+    """Share of the time range walked (from its slices' pages), never less than in an
+    earlier snapshot of the run: the one walk a run turns to when Kirim ignores the time
+    range reads the range again from the start, and the share stays until it gets further."""
     elapsed: float
     slices_done: int
+    """Time slices walked to their end, never fewer than in an earlier snapshot."""
     slices: int
+    """Time slices of the run: once Kirim is found ignoring the time range, the slices
+    done by then and the one walk over the range (the total may change; what is done
+    stays counted)."""
     note: str | None = None
     """A line to tell the user now (given once, on the page after it arose): that Kirim
     ignores the time range (:data:`TIME_FILTER_IGNORED`). The report's ``notes`` hold it too."""
@@ -414,6 +422,12 @@ class _Run:
         # run's at its start, say_due), and its one slice over the range walked by one fetcher
         self.note_due = TIME_FILTER_IGNORED if cp.time_filter_ignored else None
         self.whole_taken = cp.time_filter_ignored  # then cp.slices is that one slice
+        # The progress never steps back when the slicing ends: the slices done by then stay
+        # counted, and the share of the range walked stays until the one walk passes it.
+        self.slices_before = 0  # slices done when the slicing ended
+        self.fraction_told = 0.0
+        self.untold: deque[BackfillProgress] = deque()  # snapshots not given to progress yet
+        self.telling = threading.Lock()  # held by the thread giving them (_tell)
 
     def walk(self, s: Slice) -> None:
         # A cursor Kirim no longer accepts (expired, or its encoding changed between runs)
@@ -539,6 +553,7 @@ class _Run:
                 # every slice would walk the whole history: one slice over the range instead
                 # (walked from its start by the first fetcher free; what was stored stays)
                 self.cp.time_filter_ignored = True
+                self.slices_before = sum(x.done for x in self.cp.slices)
                 self.cp.slices = [Slice(after=self.cp.since, before=self.cp.until)]
                 self.note_due = TIME_FILTER_IGNORED
                 # that walk reads every row again: the rows outside the filters are its count
@@ -555,9 +570,8 @@ class _Run:
             r.items_unreadable += len(page.unreadable)
             if not self._dropped(s):
                 r.filtered.add(tally)
-            snap = self._snapshot()
-        if self.progress is not None:
-            self.progress(snap)
+            self._snapshot()
+        self._tell()
 
     def say_due(self) -> None:
         """A resumed run's note, at once: its one walk may have nothing left to read (the
@@ -565,24 +579,47 @@ class _Run:
         with self.lock:
             if self.note_due is None or self.progress is None:
                 return
-            snap = self._snapshot()
-        self.progress(snap)
+            self._snapshot()
+        self._tell()
 
-    def _snapshot(self) -> BackfillProgress:
-        """The progress so far, with the note due (said once); under ``self.lock``."""
-        r = self.report
+    def _tell(self) -> None:
+        """Give ``progress`` the snapshots taken, in the order taken, from one thread at a
+        time: a fetcher that finds another giving them leaves its own to that one and goes
+        on. (Each giving its own after the lock, a fetcher slowed between the two gave an
+        older snapshot after a newer one, and the bar stepped back.)"""
+        while self.progress is not None and self.telling.acquire(blocking=False):
+            try:
+                while True:
+                    with self.lock:
+                        if not self.untold:
+                            break
+                        snap = self.untold.popleft()
+                    self.progress(snap)
+            finally:
+                self.telling.release()
+            with self.lock:  # one taken after the check above, while the giver still gave
+                if not self.untold:
+                    return
+
+    def _snapshot(self) -> None:
+        """Take the progress so far, with the note due (said once), for :meth:`_tell`;
+        under ``self.lock``."""
+        r, slices = self.report, self.cp.slices
+        walked = sum(x.fraction() for x in slices) / len(slices)
+        self.fraction_told = max(self.fraction_told, walked)
         snap = BackfillProgress(
             pages=r.pages,
             rows=r.rows,
             events_new=r.events_new,
-            fraction=sum(x.fraction() for x in self.cp.slices) / len(self.cp.slices),
+            fraction=self.fraction_told,
             elapsed=self.clock() - self.started,
-            slices_done=sum(x.done for x in self.cp.slices),
-            slices=len(self.cp.slices),
+            slices_done=self.slices_before + sum(x.done for x in slices),
+            slices=self.slices_before + len(slices),
             note=self.note_due,
         )
         self.note_due = None
-        return snap
+        if self.progress is not None:
+            self.untold.append(snap)
 
 
 def backfill(
@@ -627,7 +664,9 @@ def backfill(
     flush
         Move the journal into the lake at the end (``Journal.flush``).
     progress
-        Called with a :class:`BackfillProgress` after every stored page.
+        Called with a :class:`BackfillProgress` after every stored page, in the order the
+        pages were stored, from one fetcher thread at a time (not always the one that
+        stored the page): its counts and ``fraction`` never go back.
     now
         Clock (unix seconds).
 

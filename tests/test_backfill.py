@@ -6,6 +6,7 @@ import contextlib
 import json
 import random
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -250,6 +251,63 @@ def test_a_client_works_again_after_a_backfill_that_failed(world: World, tmp_pat
     report = backfill(tmp_path, client=client, since=since, until=until, page_size=10)
     assert report.resumed
     assert client.retries > 0  # the faults made it wait, and the waits were waited out
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class CountingJournal:
+    """The run's journal, counting the pages committed to it (a page is committed before
+    the progress after it is taken)."""
+
+    def __init__(self, inner: Journal) -> None:
+        self.inner, self.pages = inner, 0
+        self.changed = threading.Condition()
+
+    def append(self, records: Any, receipts: Any = ()) -> list[bool]:
+        flags = self.inner.append(records, receipts)
+        with self.changed:
+            self.pages += 1
+            self.changed.notify_all()
+        return flags
+
+    def wait_for(self, pages: int) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.pages >= pages, timeout=60)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_fetcher_slow_to_tell_its_progress_never_makes_it_step_back(
+    world: World, tmp_path: Path
+) -> None:
+    # Two fetchers, 8 slices (most of them one empty page). The first page's progress is
+    # held up (a slow terminal, a thread switch) until the other fetcher has stored two more
+    # pages: the progress of page 2 was told first, then that of page 1 (pages 2, 1, ...:
+    # the bar stepped back).
+    lo, until = world.window
+    since = lo - timedelta(minutes=10)
+    _, client = world.api(FakeTime(until.timestamp() + 3600))
+    journal = CountingJournal(Journal(tmp_path))
+    seen: list[BackfillProgress] = []
+    held = threading.Lock()
+    first = [True]
+
+    def progress(p: BackfillProgress) -> None:
+        with held:
+            mine, first[0] = first[0], False
+        if mine:
+            assert journal.wait_for(3)  # the other fetcher went on
+        seen.append(p)
+
+    args: dict[str, Any] = dict(since=since, until=until, slices=2, page_size=10)
+    try:
+        report = backfill(tmp_path, client=client, journal=journal, progress=progress, **args)
+    finally:
+        journal.close()
+    assert [p.pages for p in seen] == list(range(1, report.pages + 1))  # each page, in order
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions)
+    assert seen[-1].fraction == 1.0
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 

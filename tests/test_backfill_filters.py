@@ -292,3 +292,34 @@ def test_a_resumed_run_with_nothing_left_to_read_still_says_the_range_was_ignore
     assert report.pages == 0
     assert [p.note for p in again if p.note] == [TIME_FILTER_IGNORED]
     assert report.notes == [TIME_FILTER_IGNORED]
+
+
+def test_the_progress_never_steps_back_when_the_run_turns_to_the_one_walk(
+    world: World, tmp_path: Path
+) -> None:
+    # One fetcher takes the 4 slices in turn, and the history (about a second) lies in the
+    # first: it is read to its end (a quarter of the range) before the second slice's first
+    # page shows Kirim ignoring the range. The one walk then started at 0 % of the range
+    # and 0 of 1 slices done: the bar stepped back from 25 % to 0.
+    lo, hi = world.window
+    t = FakeTime(hi.timestamp() + 7200)
+    args: dict[str, Any] = dict(since=lo, until=hi + timedelta(hours=2), slices=1, page_size=50)
+    _, client = world.api(t, faults=IGNORES_TIME)
+    seen: list[BackfillProgress] = []
+    report = backfill(tmp_path, client=client, progress=seen.append, now=t.clock, **args)
+    assert report.notes == [TIME_FILTER_IGNORED]
+    assert stored_ids(tmp_path) == ids_where(world)
+    switched = next(i for i, p in enumerate(seen) if p.note == TIME_FILTER_IGNORED)
+    before, after = seen[switched - 1], seen[switched]
+    assert (before.slices_done, before.slices) == (1, 4)  # the first slice read to its end
+    assert before.fraction == pytest.approx(0.25)
+    # the total changes (the slice done and the one walk), what was done stays counted
+    assert (after.slices_done, after.slices) == (1, 2)
+    assert after.fraction == pytest.approx(0.25)
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions)
+    done = [p.slices_done for p in seen]
+    assert done == sorted(done)
+    assert all(p.slices_done <= p.slices for p in seen)
+    assert seen[-1].fraction == 1.0
+    assert seen[-1].slices_done == seen[-1].slices

@@ -14,7 +14,7 @@ with header pacing switched off (it only honours Retry-After on a 429), i.e. wha
 "retry on 429" client does. Reported: 2xx requests/s against the limit, 429s served, wall time,
 peak RSS, for two history sizes to show memory stays flat.
 
-    .venv/bin/python benchmarks/bench_backfill.py --scale 0.3
+    .venv/bin/python benchmarks/bench_backfill.py --scale 0.3 --write
 """
 
 from __future__ import annotations
@@ -208,7 +208,6 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.25, help="seconds added per request")
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-write", action="store_true", help="do not add this run to RESULTS.md")
     _results.add_arguments(p)
     # internal modes
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -262,8 +261,7 @@ def main() -> None:
             server.wait(10)
     text = render(args, n, rows, limit_per_s)
     print(text)
-    if not args.no_write:
-        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
+    _results.record(args, HEADING, text)
 
 
 def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: float) -> str:

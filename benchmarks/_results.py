@@ -1,4 +1,5 @@
-"""The one writer of benchmarks/RESULTS.md, shared by every benchmark's ``--write``.
+"""The one writer of benchmarks/RESULTS.md, shared by every benchmark's ``--write``
+(and ``--results PATH``; the options are :func:`add_arguments`'s, the same in all).
 
 RESULTS.md is the record of our measurements: a ``## `` section per benchmark, in which
 later sessions add their own ``### `` subsections (checks, A/B runs, readings). A run never
@@ -36,13 +37,45 @@ _FENCE = ("```", "~~~")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every benchmark takes for where and as what its run is written."""
+    """The options every benchmark takes for whether, where and as what its run is written.
+
+    One convention for all: a run is written only when asked, by ``--write`` (to RESULTS.md)
+    or by naming the file with ``--results PATH``. ``--no-write`` never writes: it is the
+    default, still accepted from the scripts that used to write unasked. See :func:`target`."""
     parser.add_argument(
-        "--results", type=Path, default=RESULTS, help="the results file (default: RESULTS.md)"
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add this run to the results file (default: only when --results names one)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="the results file to add this run to (implies --write; default: RESULTS.md)",
     )
     parser.add_argument(
         "--run-id", help="name this run: writing the same id again replaces that run only"
     )
+
+
+def target(args: argparse.Namespace) -> Path | None:
+    """The file the run is to be added to by the options of :func:`add_arguments`, or None
+    when it is not to be written."""
+    if args.write is False or (args.write is None and args.results is None):
+        return None
+    path: Path = args.results or RESULTS
+    return path
+
+
+def record(
+    args: argparse.Namespace, heading: str, body: str, *, versions: Sequence[str] = ()
+) -> str | None:
+    """Add the run to its file when the options ask for it (:func:`target`), by
+    :func:`write_run`; return the run as written, or None when not written."""
+    path = target(args)
+    if path is None:
+        return None
+    return write_run(heading, body, path=path, versions=versions, run_id=args.run_id)
 
 
 def machine(*extra: str) -> str:

@@ -734,7 +734,6 @@ def parser(doc: str, workers: tuple[str, ...], tasks: tuple[str, ...]) -> argpar
     ap.add_argument("--scale", default="1000000", help="events, comma-separated for several")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-analytics"))
-    ap.add_argument("--write", action="store_true", help="add this run to RESULTS.md")
     _results.add_arguments(ap)
     ap.add_argument("--worker", choices=workers)
     ap.add_argument("--task", choices=tasks)
@@ -781,16 +780,13 @@ def main() -> None:
     text = section(results, args.repeat, args.apply_max, args.ids)
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
-    if args.write:
-        write(text, HEAD, args)
+    write(text, HEAD, args)
 
 
 def write(text: str, head: str, args: argparse.Namespace) -> None:
-    """Add this run to the section ``head`` of ``--results`` (shared with the benchmarks
-    built on this one)."""
-    _results.write_run(
-        head, text, path=args.results, versions=[f"polars {pl.__version__}"], run_id=args.run_id
-    )
+    """Add this run to the section ``head`` when the options ask for it (``--write``,
+    ``--results``), with the Polars version (shared with the benchmarks built on this one)."""
+    _results.record(args, head, text, versions=[f"polars {pl.__version__}"])
 
 
 if __name__ == "__main__":

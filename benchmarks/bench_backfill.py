@@ -3,8 +3,9 @@
 Setup: the emulator's REST app holds ``100,000 x --scale`` signed deliveries (payload included)
 and runs in its own process on a loopback uvicorn, with ``--latency`` seconds added to every
 request and a read limit of ``--limit`` requests per minute (a token bucket holding one
-minute's worth). Before each run the bucket is drained, so every run is limit-bound from its
-first request.
+minute's worth). Before each run the server spends the bucket at once
+(``Emulator.spend_rate_limit``, as another user of the key would), so every run is
+limit-bound from its first request, whatever the limit.
 
 Each run is a fresh process (so its peak RSS is its own) doing a full ``backfill()`` of the
 selected share of the history with ``--slices`` parallel slices: journal, checkpoints and the
@@ -13,7 +14,7 @@ with header pacing switched off (it only honours Retry-After on a 429), i.e. wha
 "retry on 429" client does. Reported: 2xx requests/s against the limit, 429s served, wall time,
 peak RSS, for two history sizes to show memory stays flat.
 
-    .venv/bin/python benchmarks/bench_backfill.py --scale 0.3
+    .venv/bin/python benchmarks/bench_backfill.py --scale 0.3 --write
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import _results  # the one writer of RESULTS.md
 
 HEADING = "## Backfill: history over loopback HTTP under a rate limit (bench_backfill.py)"
 FULL = 100_000
+SPEND = "/_bench/spend"  # the benchmark server's own route: spend the read limit now
 
 
 # --------------------------------------------------------------------------- server process
@@ -49,21 +51,31 @@ FULL = 100_000
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from kirim_events.emulator import Emulator, FaultConfig, WorldConfig, create_app
+    from kirim_events.emulator import Emulator, FaultConfig, WorldConfig
 
     # Meta bodies with the opt-in `kirim` block, as in the figures recorded so far
-    emu = Emulator(seed=7, world=WorldConfig(kirim_block=True))
+    emu = Emulator(
+        seed=7,
+        world=WorldConfig(kirim_block=True),
+        read_limit=args.limit,
+        faults=FaultConfig(latency=args.latency, latency_rate=1.0),
+    )
     emu.subscribe("https://example.test/webhooks/kirim")
     for _ in emu.iter_deliveries(None):
         if len(emu.store.deliveries) >= args.deliveries:
             break
     times = sorted(r.created_at for r in emu.store.deliveries)
-    app = create_app(
-        emu.store,
-        api_keys=emu.api_keys,
-        read_limit=args.limit,
-        faults=FaultConfig(latency=args.latency, latency_rate=1.0),
-    )
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The emulator's API, plus the benchmark's own ``POST /_bench/spend``: another
+        user of the key spends the read limit (outside the API: no latency, no token)."""
+        if scope["type"] == "http" and scope["path"] == SPEND and scope["method"] == "POST":
+            emu.spend_rate_limit()
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await emu.app(scope, receive, send)
+
     port = args.port
     ready = {
         "port": port,
@@ -122,7 +134,7 @@ def run_once(args: argparse.Namespace) -> None:
             super().block(klass, seconds)
             self._bucket(klass).window = None
 
-    drain(args.url, args.key)  # here, after the imports: the run starts limit-bound
+    drain(args.url)  # here, after the imports: the run starts limit-bound
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     transport = Recording()
     limiter = None if args.pacing else NoPacing()
@@ -162,24 +174,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def drain(url: str, key: str) -> None:
-    """Spend the read bucket so the run starts limit-bound (another user of the key)."""
-    import asyncio
+def drain(url: str) -> None:
+    """Spend the read bucket so the run starts limit-bound (another user of the key).
 
-    async def go() -> None:
-        headers = {"Authorization": f"Bearer {key}"}
-        limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as c:
-            done = asyncio.Event()
-
-            async def spend() -> None:
-                while not done.is_set():
-                    if (await c.get("/v1/me")).status_code == 429:
-                        done.set()
-
-            await asyncio.gather(*(spend() for _ in range(64)))
-
-    asyncio.run(go())
+    The server empties it at once: spending it with requests (64 connections until a 429)
+    took a minute's worth of them and more, and never ended once the bucket refilled faster
+    than they were answered (above about 11,000/min on 2 cores with 0.25 s of latency; at
+    9,000 it took minutes)."""
+    response = httpx.post(url + SPEND, timeout=30)
+    if response.status_code != 204:
+        raise RuntimeError(f"the emulator did not spend its read limit: {response.status_code}")
 
 
 def measure(
@@ -204,7 +208,6 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.25, help="seconds added per request")
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-write", action="store_true", help="do not add this run to RESULTS.md")
     _results.add_arguments(p)
     # internal modes
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -258,8 +261,7 @@ def main() -> None:
             server.wait(10)
     text = render(args, n, rows, limit_per_s)
     print(text)
-    if not args.no_write:
-        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
+    _results.record(args, HEADING, text)
 
 
 def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: float) -> str:
@@ -267,7 +269,7 @@ def render(args: argparse.Namespace, n: int, rows: list[dict[str, Any]], limit: 
         f"`--scale {args.scale}` = {n:,} deliveries with payloads in the emulator (its own "
         "process, loopback uvicorn), "
         f"{args.latency:g} s added to every request, read limit {args.limit}/min "
-        f"({limit:g} requests/s; the bucket is drained before each run), page size 100, "
+        f"({limit:g} requests/s; the bucket is spent before each run), page size 100, "
         f"{args.slices} slices. Medians of {args.repeats} run(s); each run is a fresh process "
         "doing the whole backfill (journal, checkpoint per page, flush to the lake); the full "
         "100,000-row size fits here because the run is paced by the limit, not by the "

@@ -19,8 +19,8 @@ Targets:
 
 Usage::
 
-    python benchmarks/bench_collect.py --scale 1          # writes benchmarks/RESULTS.md
-    python benchmarks/bench_collect.py --scale 0.5 --no-write
+    python benchmarks/bench_collect.py --scale 1 --write  # adds the run to benchmarks/RESULTS.md
+    python benchmarks/bench_collect.py --scale 0.5        # prints it only
 
 ``--scale`` multiplies the run length (and so the number of events journaled per run).
 """
@@ -423,7 +423,6 @@ def main() -> None:
     # first requests are duplicates, cheaper to journal); bare may wrap, it ignores bodies.
     p.add_argument("--max-rps", type=float, default=12000, help="requests pre-signed per second")
     p.add_argument("--no-wrk", action="store_true", help="use the asyncio client for throughput")
-    p.add_argument("--no-write", action="store_true", help="do not add this run to RESULTS.md")
     _results.add_arguments(p)
     p.add_argument("--serve", choices=TARGETS, help=argparse.SUPPRESS)
     p.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -448,8 +447,7 @@ def main() -> None:
     args.scale = list(runs)
     text = render(runs, args)
     print(text)
-    if not args.no_write:
-        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
+    _results.record(args, HEADING, text)
 
 
 if __name__ == "__main__":

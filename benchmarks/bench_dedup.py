@@ -274,7 +274,6 @@ def main() -> None:
     ap.add_argument("--table", choices=[*TABLES, "both"], default="both")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kirim-bench-dedup"))
-    ap.add_argument("--write", action="store_true", help="add this run to RESULTS.md")
     _results.add_arguments(ap)
     ap.add_argument("--section-out", type=Path, help="also write the section to this file")
     args = ap.parse_args()
@@ -293,8 +292,7 @@ def main() -> None:
     text = section(results, args.repeat)
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
-    if args.write:
-        ba.write(text, HEAD, args)
+    ba.write(text, HEAD, args)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Stages, each timed over the same seeded world:
 ``--million`` also streams 1,000,000 events (generated, signed, truth written to Parquet) and
 reports peak memory, to show the stream is not held in memory.
 
-Usage: ``python benchmarks/bench_emulator.py --scale 1 [--repeats 3] [--million] [--no-write]``.
-Writes its section of ``benchmarks/RESULTS.md``.
+Usage: ``python benchmarks/bench_emulator.py --scale 1 [--repeats 3] [--million] [--write]``.
+``--write`` adds the run to its section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -202,7 +202,6 @@ def main() -> None:
         help="also stream 100k and 1M events, each in a fresh process (memory growth)",
     )
     parser.add_argument("--stream-one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     _results.add_arguments(parser)
     args = parser.parse_args()
 
@@ -222,9 +221,7 @@ def main() -> None:
                 f"{ratio:5.2f}x baseline",
                 flush=True,
             )
-    if not args.no_write:
-        text = _section(rows, streams, args)
-        _results.write_run(HEADING, text, path=args.results, run_id=args.run_id)
+    _results.record(args, HEADING, _section(rows, streams, args))
 
 
 def _fresh_stream(n: int) -> dict[str, float]:

@@ -262,8 +262,7 @@ def main() -> None:
         results[rows] = measure(path, args.repeat)
     text = section(results, args.repeat)
     print(text)
-    if args.write:
-        ba.write(text, HEAD, args)
+    ba.write(text, HEAD, args)
 
 
 if __name__ == "__main__":

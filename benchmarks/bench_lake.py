@@ -23,9 +23,9 @@ signatures, parsed by ``parse_delivery``; 3% of deliveries arrive twice (a retry
 Usage::
 
     python benchmarks/bench_lake.py --scale 0.1            # 100k events, 1M-event query lake
-    python benchmarks/bench_lake.py --scale 1 --repeats 3  # the issue's 1M / 10M
+    python benchmarks/bench_lake.py --scale 1 --repeats 3 --write  # the issue's 1M / 10M
 
-Each run is added to ``benchmarks/RESULTS.md`` under "## Lake" (``--no-write`` to skip).
+``--write`` adds the run to ``benchmarks/RESULTS.md`` under "## Lake".
 """
 
 from __future__ import annotations
@@ -587,7 +587,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="", help="extra write/compact scales, e.g. 0.1,0.3")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: tmp)")
-    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     _results.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -621,12 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     section = render(args.scale, rows, queries)
     print(section)
-    if not args.no_write:
-        versions = [f"polars {pl.__version__}", f"duckdb {duckdb.__version__}"]
-        versions.append(f"pyarrow {pa.__version__}")
-        _results.write_run(
-            HEADING, section, path=args.results, versions=versions, run_id=args.run_id
-        )
+    versions = [f"polars {pl.__version__}", f"duckdb {duckdb.__version__}"]
+    versions.append(f"pyarrow {pa.__version__}")
+    _results.record(args, HEADING, section, versions=versions)
     return 0
 
 

@@ -3,9 +3,12 @@ section and nothing already in the file is lost or changed."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -182,6 +185,58 @@ def test_every_section_of_our_results_file_keeps_every_byte(
         section = text[text.index(heading + "\n") : at]
         assert "\n### " not in section
         assert "\n## " not in section
+
+
+@pytest.mark.parametrize(
+    ("argv", "where"),
+    [
+        ([], None),
+        (["--no-write"], None),
+        (["--write"], "RESULTS.md"),
+        (["--results", "other.md"], "other.md"),
+        (["--write", "--results", "other.md"], "other.md"),
+        (["--no-write", "--results", "other.md"], None),
+        (["--write", "--no-write"], None),  # the last one said wins
+    ],
+)
+def test_a_run_is_written_only_when_asked(
+    results: ModuleType, tmp_path: Path, argv: list[str], where: str | None
+) -> None:
+    """The one convention of every benchmark: ``--write``, or a file named by
+    ``--results``; never by default, never with ``--no-write``."""
+    parser = argparse.ArgumentParser()
+    results.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / a) if a.endswith(".md") else a for a in argv])
+    want = None if where is None else tmp_path / where
+    assert results.target(args) == (results.RESULTS if where == "RESULTS.md" else want)
+    if where == "RESULTS.md":
+        return  # record() would write the real file
+    run = results.record(args, "## One (bench_one.py)", "figures\n")
+    other = tmp_path / "other.md"
+    if want is None:
+        assert run is None
+        assert not other.exists()
+    else:
+        assert run is not None
+        assert other.read_text(encoding="utf-8").endswith(run)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
+def test_every_benchmark_takes_the_same_write_options(script: str) -> None:
+    """All seven take ``--write`` / ``--no-write`` / ``--results`` / ``--run-id`` from
+    ``_results.add_arguments`` (some took ``--write``, others ``--no-write``, and wrote
+    unasked); a script that adds its own ``--write`` again fails to build its parser."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    usage = " ".join(done.stdout.split())
+    assert "[--write | --no-write] [--results RESULTS] [--run-id RUN_ID]" in usage
+    assert "add this run to the results file (default: only when --results names one)" in usage
 
 
 @pytest.fixture

@@ -353,6 +353,37 @@ def test_the_rate_limits_are_the_organisations_not_each_keys() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("limit", [6, 61_440])  # 60 / limit: exact in binary
+def test_a_spent_rate_limit_refuses_the_next_request_of_its_class_only(limit: int) -> None:
+    """``spend_rate_limit`` empties the organisation's bucket whatever its size (the
+    backfill benchmark's drain, once made of requests, never ended at 60,000/min)."""
+    clock = FakeClock()
+    emu = Emulator(seed=6, api_keys=[KEY], clock=clock, read_limit=limit, write_limit=limit)
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+
+            async def post() -> httpx.Response:
+                return await client.post("/v1/webhook_subscriptions", json={}, headers=AUTH)
+
+            assert (await _get(client, "/v1/me")).status_code == 200
+            emu.spend_rate_limit()
+            refused = await _get(client, "/v1/me")
+            assert refused.status_code == 429
+            assert refused.headers["X-RateLimit-Remaining"] == "0"
+            assert refused.headers["Retry-After"] == str(math.ceil(60 / limit))
+            written = await post()  # the write bucket is another one: still full
+            assert written.status_code != 429
+            assert written.headers["X-RateLimit-Remaining"] == str(limit - 1)
+            clock.t += 60 / limit  # one token back
+            assert (await _get(client, "/v1/me")).status_code == 200
+            assert (await _get(client, "/v1/me")).status_code == 429
+            emu.spend_rate_limit(write=True)
+            assert (await post()).status_code == 429
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------------------------ subscriptions and secrets
 
 

@@ -25,7 +25,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -46,7 +46,7 @@ from kirim_events.emulator.apistate import (
 from kirim_events.emulator.faults import FaultConfig, FaultInjector
 from kirim_events.emulator.store import Store
 
-__all__ = ["BULK_REPLAY_CAP", "ApiError", "create_app"]
+__all__ = ["BULK_REPLAY_CAP", "ApiError", "api_state", "create_app"]
 
 
 def _endpoint(
@@ -242,3 +242,10 @@ def create_app(
         rng=random.Random(rng.getrandbits(64)),
         sleep=fault_sleep or asyncio.sleep,
     )
+
+
+def api_state(app: FaultInjector) -> ApiState:
+    """The state shared by the handlers of an app made by :func:`create_app` (its store,
+    rate-limit buckets, keys)."""
+    state: ApiState = cast(Starlette, app.app).state.api
+    return state

@@ -112,13 +112,20 @@ class ApiState:
         is one organisation, so every valid key shares them; ``ANONYMOUS`` (no valid key)
         has buckets of its own.
         """
+        return self._bucket(ANONYMOUS if key == ANONYMOUS else ORGANISATION, write).take()
+
+    def spend(self, *, write: bool = False) -> None:
+        """Spend the organisation's read (or write) bucket at once, as its other users would:
+        its next request of that class is refused until a token has refilled."""
+        self._bucket(ORGANISATION, write).spend()
+
+    def _bucket(self, owner: str, write: bool) -> TokenBucket:
         kind = "write" if write else "read"
-        owner = ANONYMOUS if key == ANONYMOUS else ORGANISATION
         bucket = self.buckets.get((owner, kind))
         if bucket is None:
             limit = self.write_limit if write else self.read_limit
             bucket = self.buckets[(owner, kind)] = TokenBucket(limit, clock=self.clock)
-        return bucket.take()
+        return bucket
 
     # ------------------------------------------------------------------ cursors
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from kirim_events.config import Secret, SecretLike, as_secrets
-from kirim_events.emulator.api import create_app
+from kirim_events.emulator.api import api_state, create_app
 from kirim_events.emulator.engine import (
     Clock,
     DeliveryEngine,
@@ -260,6 +260,30 @@ class Emulator:
         """
         now = self.clock() if now is None else now
         return self.store.purge(now - older_than_days * 86400)
+
+    def spend_rate_limit(self, *, write: bool = False) -> None:
+        """Spend the REST API's read (``write``: write) rate limit at once, as other users of
+        the organisation's key would: its next request of that class gets a 429 until a
+        token has refilled (``read_limit`` / 60 a second).
+
+        It costs nothing whatever the limit (spending it with requests takes a minute's worth
+        of them, and never ends when the bucket refills faster than they are answered).
+
+        Examples
+        --------
+        >>> import asyncio
+        >>> emu = Emulator(seed=1, read_limit=60_000, clock=lambda: 0.0)
+        >>> emu.spend_rate_limit()
+        >>> async def me() -> tuple[int, str]:
+        ...     auth = {"Authorization": f"Bearer {emu.api_keys[0].reveal()}"}
+        ...     transport = httpx.ASGITransport(app=emu.app)
+        ...     async with httpx.AsyncClient(transport=transport, base_url="http://k") as c:
+        ...         r = await c.get("/v1/me", headers=auth)
+        ...         return r.status_code, r.headers["Retry-After"]
+        >>> asyncio.run(me())
+        (429, '1')
+        """
+        api_state(self.app).spend(write=write)
 
     def unacknowledged_event_keys(self, subscription_id: str | None = None) -> set[str]:
         """Event keys (as ``parse_delivery`` computes them) never answered with a 2xx: those

@@ -220,3 +220,16 @@ class TokenBucket:
         if not allowed:
             headers["Retry-After"] = str(max(1, math.ceil((1.0 - self.tokens) / self.rate)))
         return allowed, headers
+
+    def spend(self) -> None:
+        """Take every token at once, as other users of the bucket would: the next
+        :meth:`take` is refused until a token has refilled, however large ``limit`` is.
+
+        >>> clock = iter([0.0, 0.0, 0.5]).__next__
+        >>> bucket = TokenBucket(600, clock=clock)
+        >>> bucket.spend()
+        >>> bucket.take()[0], bucket.take()[0]
+        (False, True)
+        """
+        self.tokens = 0.0
+        self.stamp = self.clock()

@@ -778,6 +778,7 @@ def main() -> None:
         rounds = args.repeat if n <= args.large else 1
         results[rows] = measure(path, rounds, apply=n <= args.apply_max)
     text = section(results, args.repeat, args.apply_max, args.ids)
+    print(text, flush=True)  # the table, whether written to a file or not
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
     write(text, HEAD, args)

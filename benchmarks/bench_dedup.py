@@ -290,6 +290,7 @@ def main() -> None:
             results[(table, rows, distinct)] = r
             print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in r.items()), flush=True)
     text = section(results, args.repeat)
+    print(text, flush=True)  # the table, whether written to a file or not
     if args.section_out:
         args.section_out.write_text(text, encoding="utf-8")
     ba.write(text, HEAD, args)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
 import pytest
 from racing import compacted_meanwhile
-from test_lake import ev
+from test_lake import T0, ev
 
 import kirim_events as ke
+import kirim_events.lake as lake_module
 from kirim_events.lake.reader import READ_ATTEMPTS, reread
 
 
@@ -86,3 +89,61 @@ def test_other_failures_are_raised_at_once(tmp_path: Path) -> None:
 def test_attempts_are_a_whole_number_one_or_more(attempts: object) -> None:
     with pytest.raises(ValueError, match="attempts must be a whole number"):
         reread(lambda: None, attempts=attempts)  # type: ignore[arg-type]
+
+
+def _compact_with_late_copy(home: Path) -> None:
+    """A real compaction of the lake at ``home`` by another Lake object (another process,
+    in effect) that deletes the files there: a late copy of ``a`` makes it rewrite."""
+    other = ke.Lake(home)
+    other.write_events([ev("a", received=ev("a").received_at + timedelta(hours=1))])
+    assert other.compact().files_deleted, "the compaction deleted no file: no race"
+
+
+class _ListedThenCompacted(ke.Lake):
+    """A Lake whose first listing of its partitions is followed by a real compaction,
+    before the files listed are read (their footers)."""
+
+    races = 0
+
+    def _partitions(self) -> Iterator[Any]:
+        listed = list(super()._partitions())
+        if type(self).races < 1:
+            type(self).races += 1
+            _compact_with_late_copy(self.location)
+        yield from listed
+
+
+@pytest.mark.parametrize("method", ["damaged_files", "stats"])
+def test_footers_read_of_files_a_compaction_deleted_are_listed_again(
+    tmp_path: Path, method: str
+) -> None:
+    """A file deleted between its listing and its footer's read is gone, not damaged: it
+    was reported as damaged (damaged_files) or failed with FileNotFoundError (stats)."""
+    _lake(tmp_path)
+    raced = type("Raced", (_ListedThenCompacted,), {"races": 0})
+    got = getattr(raced(tmp_path), method)()
+    assert raced.races == 1
+    if method == "damaged_files":
+        assert got == []
+    else:
+        events = got.filter(pl.col("table") == "events")
+        # compacted: one file holding a, b and c (the compaction dropped the late copy)
+        assert events.select("files", "rows", "clean").rows() == [(1, 3, True)]
+
+
+def test_span_planned_again_when_a_compaction_deletes_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _lake(tmp_path)
+    real, races = lake_module.plan_table, []
+
+    def planned_then_compacted(*args: Any, **kwargs: Any) -> Any:
+        plans = real(*args, **kwargs)
+        if not races:
+            races.append(1)
+            _compact_with_late_copy(tmp_path)
+        return plans
+
+    monkeypatch.setattr(lake_module, "plan_table", planned_then_compacted)
+    assert ke.Lake(tmp_path).span() == (T0, T0)
+    assert races == [1]

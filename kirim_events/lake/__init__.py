@@ -56,6 +56,7 @@ from kirim_events.lake.reader import (
     list_groups,
     parquet_names,
     plan_table,
+    reread,
     scan,
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
@@ -486,6 +487,9 @@ class Lake(AnalyticsMixin):
         True
         """
         self._require_folder()
+        return reread(self._span)  # planned again if a compaction deletes its files meanwhile
+
+    def _span(self) -> tuple[datetime, datetime] | None:
         plans = plan_table(self.storage, "events", window_days=self.dedup_window_days)
         # deduplicated: a retry whose body has no time of its own takes it from its
         # signature, so a copy may carry an event time that the kept copy does not
@@ -585,13 +589,22 @@ class Lake(AnalyticsMixin):
         or not Parquet), or events files without a column every event has (``event_key``,
         ``occurred_at``, ``received_at``: a Parquet file not written by kirim-events, whose
         rows would read as events with nulls), as paths relative to the lake. Reads each
-        file's footer only."""
+        file's footer only.
+
+        A file listed that a compaction (in another process) deletes before its footer is
+        read is not damaged: the files are listed again (:func:`~kirim_events.lake.reader.reread`).
+        """
+        return reread(self._damaged_files)
+
+    def _damaged_files(self) -> list[str]:
         damaged = []
         for part in self._partitions():
             for name in part.counted:
                 rel = f"{part.folder}/{name}"
                 try:
                     footer = pq.read_metadata(self.storage.full(rel), filesystem=self.storage.fs)
+                except FileNotFoundError:
+                    raise  # deleted since it was listed (a compaction): gone, not damaged
                 except (pa.ArrowException, OSError):
                     damaged.append(rel)
                     continue
@@ -608,9 +621,13 @@ class Lake(AnalyticsMixin):
         (compacted, nothing written since, and no file left over from an interrupted
         compaction: a plain Parquet reader sees each event of a clean partition once),
         ``leftover_files`` (on disk, not counted by our readers; the next compaction
-        deletes them).
+        deletes them). Listed again if a compaction deletes a file listed before it is read
+        (:func:`~kirim_events.lake.reader.reread`).
         """
         self._require_folder()
+        return reread(self._stats)
+
+    def _stats(self) -> pl.DataFrame:
         out = [
             {
                 "table": part.table,

@@ -86,3 +86,23 @@ def test_other_failures_are_raised_at_once(tmp_path: Path) -> None:
 def test_attempts_are_a_whole_number_one_or_more(attempts: object) -> None:
     with pytest.raises(ValueError, match="attempts must be a whole number"):
         reread(lambda: None, attempts=attempts)  # type: ignore[arg-type]
+
+
+def test_a_local_lake_read_through_pyarrow_in_duckdb_is_planned_and_run_again(
+    tmp_path: Path,
+) -> None:
+    """Under a ``key=value`` folder DuckDB reads the files as a pyarrow dataset
+    (``reader.read_in_place``), and a deleted one fails as an InvalidInputException
+    ("reading the Arrow source failed: ... [errno 2]"), not DuckDB's own IOException."""
+    home = tmp_path / "team=ops" / "lake"
+    _lake(home)
+    raced, ran = compacted_meanwhile("sql", {1, 2}, ev("a"))
+    lake = raced(home)
+
+    def read() -> list[str]:
+        return [k for (k,) in lake.sql("select event_key from events order by 1").fetchall()]
+
+    with pytest.raises(duckdb.InvalidInputException, match=r"Arrow source failed.*\[errno 2\]"):
+        read()
+    assert reread(read) == ["a", "b", "c"]
+    assert len(ran) == 2

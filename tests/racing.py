@@ -12,6 +12,7 @@ that runs a real compaction between the two, for a Lake to read with."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Container, Mapping
 from datetime import timedelta
 from typing import Any
@@ -77,21 +78,28 @@ def compacted_between_head_and_get(
     location: str, env: Mapping[str, str], calls: Container[int], late_copy: EventRecord
 ) -> tuple[pafs.FileSystem, list[CompactionReport]]:
     """A filesystem over the S3 lake at ``location`` (give it to ``ke.Lake(location,
-    filesystem=...)``) that, on the openings of a Parquet file numbered in ``calls`` (1 =
-    its first), opens the object (pyarrow's HEAD: it exists) and then runs
+    filesystem=...)``) that opens a Parquet object (pyarrow's HEAD: it exists) and then,
+    for the objects numbered in ``calls`` (1 = the first opened), runs
     :func:`compact_with_late_copy`, which deletes it, before pyarrow reads its bytes (GET);
-    and the reports of those compactions. Every call goes to pyarrow's own S3 filesystem."""
+    and the reports of those compactions. Every call goes to pyarrow's own S3 filesystem.
+
+    Objects are numbered once, not at each opening: a query may open one object twice at
+    once (Polars scans a frame used twice in a plan twice), and the second opening waits
+    for the compaction the first one runs, then fails its GET alike."""
     real = open_storage(location, env=env).fs
     ran: list[CompactionReport] = []
-    numbered = [0]
+    numbered: dict[str, int] = {}
+    one_at_a_time = threading.Lock()
 
     class CompactedAfterHead(_Delegating):
         def open_input_file(self, path: str) -> Any:
             opened = real.open_input_file(path)
             if path.endswith(".parquet"):
-                numbered[0] += 1
-                if numbered[0] in calls:
-                    ran.append(compact_with_late_copy(location, late_copy, env))
+                with one_at_a_time:
+                    if path not in numbered:
+                        numbered[path] = len(numbered) + 1
+                        if numbered[path] in calls:
+                            ran.append(compact_with_late_copy(location, late_copy, env))
             return opened
 
     return pafs.PyFileSystem(CompactedAfterHead(real)), ran

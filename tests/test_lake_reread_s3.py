@@ -7,17 +7,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import boto3
 import duckdb
 import httpx
 import pytest
 from motos3 import moto_s3
-from racing import compacted_between_head_and_get, compacted_meanwhile
+from racing import compact_with_late_copy, compacted_between_head_and_get, compacted_meanwhile
+from test_analytics_report import _records
 from test_lake import ev
+from typer.testing import CliRunner
 
 import kirim_events as ke
+from kirim_events.analytics import notebook
+from kirim_events.cli import app
+from kirim_events.events import EventRecord
 from kirim_events.lake.reader import reread, vanished_file
+
+runner = CliRunner()
 
 Rows = list[tuple[str, datetime]]
 
@@ -187,3 +195,79 @@ def test_an_s3_read_that_loses_its_connection_is_not_run_again(
             reread(counting)
     assert runs == [1]
     assert not vanished_file(caught.value)
+
+
+def _statuses_in_one_file(uri: str, env: dict[str, str]) -> list[EventRecord]:
+    """Delivery statuses of five messages, in one file: a read of the message timelines
+    opens that one object."""
+    records = [r for r in _records() if r.type == "message.status"]
+    ke.Lake(uri, env=env).write_events(records)
+    return records
+
+
+def test_a_summary_of_an_s3_frame_kept_across_a_compaction_says_to_take_a_new_one(
+    s3_env: dict[str, str],
+) -> None:
+    """A relation over an S3 lake failed with DuckDB's InvalidInputException ("reading the
+    Arrow source failed"), not the LakeError saying what to do."""
+    uri = "s3://lake/summary-kept"
+    records = _statuses_in_one_file(uri, s3_env)
+    lake = ke.Lake(uri, env=s3_env)
+    expected = notebook.funnel(lake)
+    frame, view = lake.message_timelines(), lake.sql("select * from message_timelines")
+    compact_with_late_copy(uri, records[0], s3_env)
+    for kept in (frame, view):
+        with pytest.raises(ke.LakeError, match="take a new one") as caught:
+            notebook.funnel(kept)
+        assert "compaction" in str(caught.value)
+    assert notebook.funnel(lake.message_timelines()).equals(expected)
+
+
+def test_a_summary_given_an_s3_lake_reads_again_and_says_so_after_three_tries(
+    s3_env: dict[str, str],
+) -> None:
+    """The object deleted between pyarrow's HEAD and GET at each try: an OSError, which the
+    summary let through instead of its LakeError."""
+    uri = "s3://lake/summary-tries"
+    records = _statuses_in_one_file(uri, s3_env)
+    expected = notebook.funnel(ke.Lake(uri, env=s3_env))
+    assert expected["messages"].to_list() == [5, 3, 2, 1, 3]
+    fs, ran = compacted_between_head_and_get(uri, s3_env, {1, 2}, records[0])
+    assert notebook.funnel(ke.Lake(uri, env=s3_env, filesystem=fs)).equals(expected)
+    assert len(ran) == 2
+    fs, ran = compacted_between_head_and_get(uri, s3_env, range(1, 100), records[0])
+    with pytest.raises(ke.LakeError, match=r"each of the 3 times .*run it again$") as caught:
+        notebook.funnel(ke.Lake(uri, env=s3_env, filesystem=fs))
+    assert "GetObject" in str(caught.value)
+    assert len(ran) == 3
+
+
+def test_report_on_s3_says_to_run_it_again_when_every_read_lost_an_object(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kirim-events report --lake s3://...``, an object of each of its three tries deleted
+    between pyarrow's HEAD and GET: one line, not the OSError's traceback."""
+    import kirim_events.cli.report as report_cli
+
+    uri = "s3://lake/report-tries"
+    records = _statuses_in_one_file(uri, s3_env)
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    fs, ran = compacted_between_head_and_get(uri, s3_env, range(1, 100), records[0])
+    monkeypatch.setattr(report_cli, "Lake", lambda location: ke.Lake(location, filesystem=fs))
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--lake", uri])
+    assert result.exit_code == 1, result.output
+    assert len(ran) == 3
+    assert " ".join(result.output.split()) == (
+        "error: a file this read planned was deleted by a compaction that finished meanwhile"
+        " (nothing is lost); run it again"
+    )
+    monkeypatch.undo()
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    fs, ran = compacted_between_head_and_get(uri, s3_env, {1}, records[0])
+    monkeypatch.setattr(report_cli, "Lake", lambda location: ke.Lake(location, filesystem=fs))
+    result = runner.invoke(app, ["report", "--data", str(tmp_path), "--lake", uri])
+    assert result.exit_code == 0, result.output
+    assert len(ran) == 1
+    assert result.output.startswith("5 outbound messages")

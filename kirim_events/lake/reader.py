@@ -43,6 +43,7 @@ __all__ = [
     "EVENT_FILE_SCHEMA",
     "READ_ATTEMPTS",
     "REQUIRED_EVENT_COLUMNS",
+    "VANISHED_ERRORS",
     "GroupPlan",
     "first_copies",
     "keep_first",
@@ -487,6 +488,15 @@ alone) where it reads a range of the object straight into its buffer, as the Par
 reader's reads are (both seen against moto's server). Not a denied request
 (``ACCESS_DENIED``) nor a network failure (``NETWORK_CONNECTION``): those are no compaction,
 and a new plan would fail alike."""
+
+
+VANISHED_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    duckdb.IOException,
+    duckdb.InvalidInputException,
+)
+"""The classes of the failures :func:`vanished_file` may say yes to: catch these, then ask
+it (most of them are other failures)."""
 
 
 def vanished_file(exc: BaseException) -> bool:

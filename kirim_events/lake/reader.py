@@ -511,8 +511,8 @@ def vanished_file(exc: BaseException) -> bool:
     of a GET answered 404 when it went between pyarrow's HEAD and GET; from DuckDB, the
     same texts inside an InvalidInputException. Other failures of S3 (access denied, no
     connection) are not a vanished file. An S3 bucket deleted since the read was planned is
-    one (S3 answers a HEAD with no body, and pyarrow cannot tell a missing bucket from a
-    missing object); a new plan then finds no lake there and says so.
+    taken for one: S3 answers a HEAD with no body, and pyarrow cannot tell a missing bucket
+    from a missing object.
     """
     if isinstance(exc, FileNotFoundError):
         return True

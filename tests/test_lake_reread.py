@@ -147,3 +147,23 @@ def test_span_planned_again_when_a_compaction_deletes_its_files(
     monkeypatch.setattr(lake_module, "plan_table", planned_then_compacted)
     assert ke.Lake(tmp_path).span() == (T0, T0)
     assert races == [1]
+
+
+def test_a_local_lake_read_through_pyarrow_in_duckdb_is_planned_and_run_again(
+    tmp_path: Path,
+) -> None:
+    """Under a ``key=value`` folder DuckDB reads the files as a pyarrow dataset
+    (``reader.read_in_place``), and a deleted one fails as an InvalidInputException
+    ("reading the Arrow source failed: ... [errno 2]"), not DuckDB's own IOException."""
+    home = tmp_path / "team=ops" / "lake"
+    _lake(home)
+    raced, ran = compacted_meanwhile("sql", {1, 2}, ev("a"))
+    lake = raced(home)
+
+    def read() -> list[str]:
+        return [k for (k,) in lake.sql("select event_key from events order by 1").fetchall()]
+
+    with pytest.raises(duckdb.InvalidInputException, match=r"Arrow source failed.*\[errno 2\]"):
+        read()
+    assert reread(read) == ["a", "b", "c"]
+    assert len(ran) == 2

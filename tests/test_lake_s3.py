@@ -10,8 +10,7 @@ import boto3
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from loopback import free_port
-from moto.server import ThreadedMotoServer
+from motos3 import moto_s3
 from test_lake import T0, ev
 from waiting import wait_until
 
@@ -22,24 +21,8 @@ from kirim_events.lake.storage import Entry
 
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="lake")
-    yield env
-    server.stop()
+    with moto_s3() as (env, _server):
+        yield env
 
 
 def _keys(env: dict[str, str], prefix: str) -> list[str]:

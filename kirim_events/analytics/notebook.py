@@ -22,7 +22,7 @@ import polars as pl
 
 from kirim_events.analytics._common import lazy, type_named
 from kirim_events.errors import ConfigError, LakeError
-from kirim_events.lake.reader import READ_ATTEMPTS, reread, vanished_file
+from kirim_events.lake.reader import READ_ATTEMPTS, VANISHED_ERRORS, reread, vanished_file
 
 if TYPE_CHECKING:
     import altair
@@ -69,7 +69,7 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     if isinstance(frame, pl.LazyFrame | pl.DataFrame | duckdb.DuckDBPyRelation):
         try:
             return lazy(frame).collect()
-        except (FileNotFoundError, duckdb.IOException) as exc:
+        except VANISHED_ERRORS as exc:
             if not vanished_file(exc):
                 raise
             raise LakeError(
@@ -82,7 +82,7 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     if callable(ask):  # a Lake, or a Lake as of an instant
         try:
             return reread(lambda: lazy(ask()).collect())
-        except (FileNotFoundError, duckdb.IOException) as exc:
+        except VANISHED_ERRORS as exc:
             if not vanished_file(exc):
                 raise
             raise LakeError(

@@ -63,10 +63,12 @@ def build_report(lake: Lake) -> Report:
 
     Raises
     ------
-    FileNotFoundError, duckdb.IOException
-        A compaction (in another process) deleted files the report had planned to read,
-        each of :data:`~kirim_events.lake.reader.READ_ATTEMPTS` times it planned them
-        afresh (:func:`~kirim_events.lake.reader.reread`): nothing is lost; run it again.
+    FileNotFoundError, OSError, duckdb.IOException, duckdb.InvalidInputException
+        A compaction (in another process) deleted files the report had planned to read
+        (:func:`~kirim_events.lake.reader.vanished_file`; on S3 an OSError when an object
+        went between pyarrow's HEAD and GET), each of
+        :data:`~kirim_events.lake.reader.READ_ATTEMPTS` times it planned them afresh
+        (:func:`~kirim_events.lake.reader.reread`): nothing is lost; run it again.
     """
     # the whole report planned again: its frames are planned as it goes, and one planned
     # before a compaction finished reads files the compaction deleted

@@ -214,14 +214,26 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         # reread): a deleted file reaches here when compactions finished under each try.
         found = None if lake is None else _damaged(lake)
         if found is None and lake is not None and vanished_file(exc):
-            found = (
-                "a file this read planned was deleted by a compaction that finished "
-                "meanwhile (nothing is lost); run it again"
-            )
+            found = VANISHED
         if found is None:
             raise
         print_error(found)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        # pyarrow's own error for an S3 object deleted between its HEAD and its GET (no
+        # FileNotFoundError: the GET answered 404); no damaged file is looked for, as a
+        # denied or failed request (no vanished file either) would read as damage there
+        if lake is None or not vanished_file(exc):
+            raise
+        print_error(VANISHED)
+        raise typer.Exit(1) from None
+
+
+VANISHED = (
+    "a file this read planned was deleted by a compaction that finished meanwhile (nothing "
+    "is lost); run it again"
+)
+"""The one line for a read whose planned files compactions deleted under each try."""
 
 
 def note_refused_key(*errors: BaseException) -> None:

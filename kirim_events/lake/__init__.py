@@ -58,6 +58,7 @@ from kirim_events.lake.reader import (
     plan_table,
     reread,
     scan,
+    vanished_file,
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
@@ -603,9 +604,9 @@ class Lake(AnalyticsMixin):
                 rel = f"{part.folder}/{name}"
                 try:
                     footer = pq.read_metadata(self.storage.full(rel), filesystem=self.storage.fs)
-                except FileNotFoundError:
-                    raise  # deleted since it was listed (a compaction): gone, not damaged
-                except (pa.ArrowException, OSError):
+                except (pa.ArrowException, OSError) as exc:
+                    if vanished_file(exc):
+                        raise  # deleted since it was listed (a compaction): gone, not damaged
                     damaged.append(rel)
                     continue
                 if part.table == "events" and not set(REQUIRED_EVENT_COLUMNS).issubset(

@@ -19,6 +19,7 @@ rows of Kirim's history are one row per delivery attempt, the last fetched
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -42,6 +43,7 @@ __all__ = [
     "EVENT_FILE_SCHEMA",
     "READ_ATTEMPTS",
     "REQUIRED_EVENT_COLUMNS",
+    "VANISHED_ERRORS",
     "GroupPlan",
     "first_copies",
     "keep_first",
@@ -469,17 +471,61 @@ def scan(storage: Storage, table: str, plans: list[GroupPlan]) -> pl.LazyFrame:
     return lf.select(output_schema(table).names)
 
 
+_ARROW_SOURCE = "reading the Arrow source failed: "
+"""How DuckDB words a failure of a pyarrow dataset it reads (an S3 lake's files, or a local
+lake's that its own reader cannot take: :func:`read_in_place`); pyarrow's text follows."""
+
+_ARROW_GONE = (
+    f"[errno {errno.ENOENT}] ",
+    "AWS Error NO_SUCH_KEY during GetObject operation",
+    "AWS Error RESOURCE_NOT_FOUND during GetObject operation",
+)
+"""pyarrow's words for a file that is not there: a local file, or an S3 object whose HEAD
+found none (``Path does not exist '...'. Detail: [errno 2] No such file or directory``); and
+an S3 object deleted after pyarrow's HEAD and before its GET, which S3 answers 404: pyarrow
+says ``NO_SUCH_KEY`` where it read S3's answer, and ``RESOURCE_NOT_FOUND`` (the HTTP status
+alone) where it reads a range of the object straight into its buffer, as the Parquet
+reader's reads are (both seen against moto's server). Not a denied request
+(``ACCESS_DENIED``) nor a network failure (``NETWORK_CONNECTION``): those are no compaction,
+and a new plan would fail alike."""
+
+
+VANISHED_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    duckdb.IOException,
+    duckdb.InvalidInputException,
+)
+"""The classes of the failures :func:`vanished_file` may say yes to: catch these, then ask
+it (most of them are other failures)."""
+
+
 def vanished_file(exc: BaseException) -> bool:
-    """Whether a read failed on a file that no longer exists: Polars raises
-    FileNotFoundError, DuckDB an IOException naming the file. A frame or relation over the
+    """Whether a read failed on a file that no longer exists. A frame or relation over the
     lake reads the files that were there when it was made, and a compaction deletes the ones
-    it replaced."""
+    it replaced.
+
+    Local files read by Polars: FileNotFoundError; by DuckDB's own reader: an IOException
+    naming the file. Files read through a pyarrow dataset (an S3 lake; a local lake whose
+    path DuckDB's reader cannot take): from Polars, pyarrow's error itself, a
+    FileNotFoundError when the object was gone before the read asked for it, or an OSError
+    of a GET answered 404 when it went between pyarrow's HEAD and GET; from DuckDB, the
+    same texts inside an InvalidInputException. Other failures of S3 (access denied, no
+    connection) are not a vanished file. An S3 bucket deleted since the read was planned is
+    taken for one: S3 answers a HEAD with no body, and pyarrow cannot tell a missing bucket
+    from a missing object.
+    """
     if isinstance(exc, FileNotFoundError):
         return True
     text = str(exc)
-    return isinstance(exc, duckdb.IOException) and (
-        "No files found" in text or "No such file" in text or "Cannot open file" in text
-    )
+    if isinstance(exc, duckdb.IOException):
+        return "No files found" in text or "No such file" in text or "Cannot open file" in text
+    if isinstance(exc, duckdb.InvalidInputException):
+        if _ARROW_SOURCE not in text:
+            return False
+        text = text.split(_ARROW_SOURCE, 1)[1]
+    elif not isinstance(exc, OSError):
+        return False
+    return any(gone in text for gone in _ARROW_GONE)
 
 
 Result = TypeVar("Result")

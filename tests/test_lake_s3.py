@@ -10,7 +10,7 @@ import boto3
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from motos3 import moto_s3
+from motos3 import moto_s3, s3_client
 from test_lake import T0, ev
 from waiting import wait_until
 
@@ -470,3 +470,32 @@ def test_compaction_leaves_no_folder_markers_in_the_folders_it_empties(
     after.compact()
     assert sorted(after.events().collect()["event_key"]) == ["a", "b", "c"]
     assert _folder_markers(s3_env, "team/markers-lake/") == []
+
+
+def test_a_bucket_deleted_after_the_lake_was_read_is_no_lake_not_an_empty_one(
+    s3_env: dict[str, str],
+) -> None:
+    """An S3 lake is looked at once: a bucket deleted since listed as an empty lake, and
+    every read (and a read planned again after a vanished file) answered zero rows."""
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket="doomed")
+    lake = ke.Lake("s3://doomed/lake", env=s3_env)
+    lake.write_events([ev("a"), ev("b", type="message.status")])
+    lake.write_deliveries([{"delivery_id": "d1", "attempt": 1, "received_at": T0}])
+    assert lake.events().collect().height == 2  # the lake is seen, and not looked at again
+    assert lake.deliveries().collect().height == 1
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="doomed")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket="doomed", Key=obj["Key"])
+    client.delete_bucket(Bucket="doomed")
+    gone = r"no lake at s3://doomed/lake: the bucket doomed does not exist \(it did when"
+    reads = (lake.events, lake.deliveries, lake.message_timelines, lake.span)
+    for read in reads:
+        with pytest.raises(ke.LakeError, match=gone):
+            read()
+    with pytest.raises(ke.LakeError, match=gone):
+        lake.sql("select count(*) from events")
+    # an events type not in the lake lists nothing too: no bucket there either
+    with pytest.raises(ke.LakeError, match=gone):
+        lake.events("message.status").collect()

@@ -52,6 +52,7 @@ from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
 from kirim_events.lake.reader import (
     REQUIRED_EVENT_COLUMNS,
+    GroupPlan,
     list_dates,
     list_groups,
     parquet_names,
@@ -310,6 +311,22 @@ class Lake(AnalyticsMixin):
         nearby = next((f"{self.location.rstrip('/')}/{n}" for n in below), None)
         raise LakeError(_not_a_lake(self.location, foreign, nearby))
 
+    def _plan(self, table: str, **where: Any) -> list[GroupPlan]:
+        """The files to read of ``table`` (:func:`~kirim_events.lake.reader.plan_table`).
+
+        An S3 lake is checked once (:meth:`_require_folder`), so a bucket deleted since
+        would list as an empty lake and a read would answer zero rows, also when a read is
+        planned again after a failure (:func:`~kirim_events.lake.reader.reread`): when an
+        S3 lake seen before lists nothing, its bucket is looked for again."""
+        plans = plan_table(self.storage, table, **where)
+        nothing = not any(plan.clean or plan.dedup for plan in plans)
+        if nothing and self._known_lake and self.storage.bucket_missing():
+            raise LakeError(
+                f"no lake at {self.location}: the bucket {self.storage.bucket} does not "
+                "exist (it did when this Lake first read it: deleted since?)"
+            )
+        return plans
+
     def _range(
         self, since: TimeLike | None, until: TimeLike | None
     ) -> tuple[datetime | None, datetime | None]:
@@ -351,8 +368,7 @@ class Lake(AnalyticsMixin):
         types = None if given is None else [canonical_type(t) for t in given]
         if types:
             self._check_types(types)
-        plans = plan_table(
-            self.storage,
+        plans = self._plan(
             "events",
             types=types,
             lo=lo.date().isoformat() if lo else None,
@@ -395,8 +411,7 @@ class Lake(AnalyticsMixin):
         """
         self._require_folder()
         lo, hi = self._range(since, until)
-        plans = plan_table(
-            self.storage,
+        plans = self._plan(
             "deliveries",
             lo=lo.date().isoformat() if lo else None,
             hi=hi.date().isoformat() if hi else None,
@@ -437,7 +452,7 @@ class Lake(AnalyticsMixin):
         for name, body in self.analytics_views().items():
             con.execute(f"CREATE OR REPLACE VIEW {quote_identifier(name)} AS {body}")
         for table in tables:
-            plans = plan_table(self.storage, table, window_days=self.dedup_window_days)
+            plans = self._plan(table, window_days=self.dedup_window_days)
             create_view(con, self.storage, table, plans, as_of=self.as_of_ts)
         return con
 
@@ -491,7 +506,7 @@ class Lake(AnalyticsMixin):
         return reread(self._span)  # planned again if a compaction deletes its files meanwhile
 
     def _span(self) -> tuple[datetime, datetime] | None:
-        plans = plan_table(self.storage, "events", window_days=self.dedup_window_days)
+        plans = self._plan("events", window_days=self.dedup_window_days)
         # deduplicated: a retry whose body has no time of its own takes it from its
         # signature, so a copy may carry an event time that the kept copy does not
         first, last = (

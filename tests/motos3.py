@@ -13,8 +13,18 @@ from moto.server import ThreadedMotoServer
 
 def s3_client(env: dict[str, str]) -> Any:
     """A boto3 S3 client of the server in ``env``, as its administrator."""
+    return admin_client("s3", env)
+
+
+def iam_client(env: dict[str, str]) -> Any:
+    """A boto3 IAM client of the server in ``env`` (users and policies), as its administrator."""
+    return admin_client("iam", env)
+
+
+def admin_client(service: str, env: dict[str, str]) -> Any:
+    """A boto3 client of ``service`` on the server in ``env``, as its administrator."""
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id="testing",
         aws_secret_access_key="testing",

@@ -9,11 +9,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import boto3
 import duckdb
 import httpx
 import pytest
-from motos3 import moto_s3
+from motos3 import iam_client, moto_s3
 from racing import compact_with_late_copy, compacted_between_head_and_get, compacted_meanwhile
 from test_analytics_report import _records
 from test_lake import ev
@@ -126,13 +125,7 @@ def test_an_s3_read_denied_its_objects_is_not_run_again(
     uri = f"s3://lake/denied-{method}"
     _three_files(uri, s3_env)
     endpoint = s3_env["AWS_ENDPOINT_URL"]
-    iam = boto3.client(
-        "iam",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    iam = iam_client(s3_env)
     user = f"lister-{method}"
     iam.create_user(UserName=user)
     policy = {

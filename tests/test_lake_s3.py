@@ -6,11 +6,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import boto3
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from motos3 import moto_s3, s3_client
+from motos3 import iam_client, moto_s3, s3_client
 from test_lake import T0, ev
 from waiting import wait_until
 
@@ -26,14 +25,7 @@ def s3_env() -> Iterator[dict[str, str]]:
 
 
 def _keys(env: dict[str, str], prefix: str) -> list[str]:
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
+    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
     return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
@@ -309,13 +301,7 @@ def test_a_user_allowed_the_prefix_only_reads_a_new_lake_there(s3_env: dict[str,
     import httpx
 
     endpoint = s3_env["AWS_ENDPOINT_URL"]
-    iam = boto3.client(
-        "iam",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    iam = iam_client(s3_env)
     iam.create_user(UserName="team")
     bucket, objects = "arn:aws:s3:::lake", "arn:aws:s3:::lake/team/*"
     policy = {
@@ -416,14 +402,7 @@ def test_an_s3_lake_answers_every_helper_as_a_local_lake_does(
 def _folder_markers(env: dict[str, str], prefix: str) -> list[str]:
     """The zero-byte ``folder/`` objects under ``prefix``: pyarrow leaves one in a folder
     whose file it deletes, so that the folder still 'exists'."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
+    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix=prefix)
     return sorted(
         obj["Key"]
         for page in pages
@@ -438,13 +417,7 @@ def test_compaction_leaves_no_folder_markers_in_the_folders_it_empties(
     """Each compaction left a zero-byte ``date=.../`` object in every folder it deleted a
     file from, the emptied ones too (and in each change-marker folder), so they piled up
     with the days; markers outside the lake's prefix are not the lake's to delete."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = s3_client(s3_env)
     outside = ["team/markers-lake-other/", "team/markers-lake-other/events/date=2026-05-01/"]
     for key in outside:
         client.put_object(Bucket="lake", Key=key, Body=b"")

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -59,14 +60,25 @@ def test_no_webhook_secret_is_a_config_error_naming_the_variable(tmp_path: Path)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
-def test_flushes_run_on_a_thread_of_lower_priority(tmp_path: Path) -> None:
-    # when the CPU is short, acknowledgements (the event loop) go before lake writes
-    collector = ke.Collector(tmp_path, SECRET)
-    try:
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        flusher = collector._flusher.submit(
-            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        ).result()
-    finally:
-        collector.close()
+@pytest.mark.parametrize("nicer_by", [0, 4, 15])
+def test_flushes_run_on_a_thread_of_lower_priority(tmp_path: Path, nicer_by: int) -> None:
+    # when the CPU is short, acknowledgements (the event loop) go before lake writes: ten
+    # steps below the thread that starts the collector, however nice that one already is
+    # (an absolute nice 10 was no lower under `nice -n 10`, and higher under `nice -n 15`)
+    def start_and_ask() -> tuple[int, int]:
+        me = threading.get_native_id()  # a thread of its own: its nice is its own (Linux)
+        nicer = min(19, os.getpriority(os.PRIO_PROCESS, me) + nicer_by)
+        os.setpriority(os.PRIO_PROCESS, me, nicer)  # lowering one's priority needs no right
+        collector = ke.Collector(tmp_path, SECRET)
+        try:
+            flusher = collector._flusher.submit(
+                lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            ).result()
+        finally:
+            collector.close()
+        return os.getpriority(os.PRIO_PROCESS, me), flusher
+
+    with ThreadPoolExecutor(1) as starter:
+        own, flusher = starter.submit(start_and_ask).result()
+    assert own == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nicer_by)
     assert flusher == min(19, own + 10)

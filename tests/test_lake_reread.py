@@ -167,3 +167,31 @@ def test_a_local_lake_read_through_pyarrow_in_duckdb_is_planned_and_run_again(
         read()
     assert reread(read) == ["a", "b", "c"]
     assert len(ran) == 2
+
+
+def test_a_reread_inside_another_runs_once_so_the_attempts_bound_the_runs_in_all() -> None:
+    """``build_report`` rereads around ``span()``, which rereads too: the inner one must not
+    multiply the outer one's attempts (3 × 3 runs of a lake raced on every plan)."""
+    inner_runs: list[int] = []
+    outer_runs: list[int] = []
+
+    def vanishing() -> None:
+        inner_runs.append(1)
+        raise FileNotFoundError("a planned file was compacted away")
+
+    def outer() -> None:
+        outer_runs.append(1)
+        reread(vanishing)
+
+    with pytest.raises(FileNotFoundError):
+        reread(outer)
+    assert len(outer_runs) == len(inner_runs) == READ_ATTEMPTS
+    # and on its own, outside any other, the inner one still runs its attempts
+    inner_runs.clear()
+    with pytest.raises(FileNotFoundError):
+        reread(vanishing)
+    assert len(inner_runs) == READ_ATTEMPTS
+
+
+def test_a_reread_inside_another_that_succeeds_returns_its_result() -> None:
+    assert reread(lambda: reread(lambda: 7) + 1) == 8

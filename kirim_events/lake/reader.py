@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -530,6 +531,10 @@ def vanished_file(exc: BaseException) -> bool:
 
 Result = TypeVar("Result")
 
+_REREADING: ContextVar[bool] = ContextVar("kirim_events_rereading", default=False)
+"""Whether this thread is inside a :func:`reread` already: an inner one then runs its read
+once and lets a vanished file through to the outer one, which plans everything again."""
+
 
 def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Result:
     """``read()``, run again while it fails on a file it planned that a compaction deleted
@@ -541,6 +546,8 @@ def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Resu
     left, which hold the same rows. A frame made before ``read`` was called cannot be planned
     again, and is not helped by this. There is no pause between runs: the compaction has
     finished, and a new plan reads its files at once. Any other failure is raised at once.
+    A ``reread`` inside another one's ``read`` runs its read once: the outer one plans and
+    runs the whole read again, so ``attempts`` bounds the runs in all.
 
     Examples
     --------
@@ -551,10 +558,16 @@ def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Resu
     """
     if type(attempts) is not int or attempts < 1:
         raise ValueError(f"attempts must be a whole number, 1 or more, got {attempts!r}")
-    for attempt in range(1, attempts + 1):
-        try:
-            return read()
-        except Exception as exc:
-            if attempt == attempts or not vanished_file(exc):
-                raise
+    if _REREADING.get():
+        return read()  # the outer reread plans and runs the whole read again
+    token = _REREADING.set(True)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                return read()
+            except Exception as exc:
+                if attempt == attempts or not vanished_file(exc):
+                    raise
+    finally:
+        _REREADING.reset(token)
     raise AssertionError("unreachable: the last attempt returns or raises")

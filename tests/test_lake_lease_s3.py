@@ -345,3 +345,38 @@ def test_without_a_client_one_failed_read_of_the_lease_does_not_stop_a_compactio
     assert lake.compact().partitions == 1
     assert reads[0] >= 3
     assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]
+
+
+def test_a_boto3_too_old_for_conditional_writes_falls_back_to_best_effort(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The s3 extra allows a boto3 from before S3's conditional writes: its botocore refuses
+    IfNoneMatch / IfMatch before sending anything. That is no storage failure."""
+    from botocore.exceptions import ParamValidationError
+
+    lake = ke.Lake("s3://lake/old-boto", env=s3_env, writer_id="w")
+    lake.write_events([ev("a")])
+    lake.write_events([ev("a"), ev("b")])
+    client = lake.storage._s3_client()
+    real_put, real_delete = client.put_object, client.delete_object
+    refused: list[str] = []
+
+    def old(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(**kwargs: Any) -> Any:
+            for name in ("IfNoneMatch", "IfMatch"):
+                if name in kwargs:
+                    refused.append(name)
+                    raise ParamValidationError(report=f"Unknown parameter in input: {name!r}")
+            return real(**kwargs)
+
+        return call
+
+    monkeypatch.setattr(client, "put_object", old(real_put))
+    monkeypatch.setattr(client, "delete_object", old(real_delete))
+    with caplog.at_level(logging.WARNING, logger="kirim_events"):
+        assert lake.compact().duplicates_removed == 1
+    assert refused[0] == "IfNoneMatch"
+    warnings = [r for r in caplog.records if "best effort" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "this boto3 cannot send them" in warnings[0].getMessage()
+    assert _lease_record(s3_env, "old-boto") is None

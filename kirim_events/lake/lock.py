@@ -55,8 +55,9 @@ def _lease(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[C
       "another compaction of ... took the lease at the same moment", before doing anything.
       A store that silently ignores these headers cannot be told apart, and gives only the
       best effort below.
-    * Otherwise (a filesystem the caller made, no boto3, or a store answering 501 to the
-      conditions; a warning is logged once per run): best effort. A compactor that starts
+    * Otherwise (a filesystem the caller made, no boto3 or one older than S3's conditional
+      writes, or a store answering 501 to the conditions; a warning is logged once per
+      run): best effort. A compactor that starts
       while another runs sees its lease and stops, but two starting in the same instant can
       both read "free" and both go on, the later write winning; the other then stops at its
       next check, before publishing, as taken over. Schedule one compactor per lake there.

@@ -94,12 +94,16 @@ class ConditionsUnsupported(KirimEventsError):
 
 
 @contextmanager
-def _translate_boto(action: str, rel: str) -> Iterator[None]:
+def _translate_boto(action: str, rel: str, *, conditional: bool = False) -> Iterator[None]:
     """boto errors as this module's: the conditions apart, everything else a StorageError."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
     try:
         yield
+    except ParamValidationError as exc:
+        if conditional:  # a botocore older than S3's conditional writes knows no IfMatch
+            raise ConditionsUnsupported(f"this boto3 cannot send them: {exc}") from exc
+        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -455,13 +459,13 @@ class Storage:
         ``etag`` is None (``If-None-Match: *``), else still of that ETag (``If-Match``).
 
         Returns the new ETag. Raises ConditionFailed when it changed (another writer won),
-        ConditionsUnsupported when the store does not do conditional writes, StorageError
-        for any other failure.
+        ConditionsUnsupported when the store does not do conditional writes (or the installed
+        botocore predates them), StorageError for any other failure.
         """
         client = self._s3_client()
         bucket, key = self._bucket_key(rel)
         condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
-        with _translate_boto("write", rel):
+        with _translate_boto("write", rel, conditional=True):
             answer = client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
             return str(answer["ETag"])
 
@@ -469,7 +473,7 @@ class Storage:
         """Delete an S3 object only if its ETag is still ``etag`` (raises as :meth:`put_if`)."""
         client = self._s3_client()
         bucket, key = self._bucket_key(rel)
-        with _translate_boto("delete", rel):
+        with _translate_boto("delete", rel, conditional=True):
             client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
 
     def _s3_client(self) -> Any:

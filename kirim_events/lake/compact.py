@@ -36,9 +36,12 @@ then the tie-breaks of ``reader.EVENT_ORDER``), across all partitions of its typ
 dedup window; delivery rows collapse when exact.
 Run one compaction at a time per lake: a lock file enforces it on local disks; on S3 a lease
 record (``_state/compact.lease``, renewed by a thread) stops a second compactor that starts
-while one runs, but two starting in the same instant could both proceed, so schedule a
-single compactor per S3 lake. Before each manifest is published a run checks that it still
-holds the lease and that the manifest is the one it planned from, and stops otherwise.
+while one runs. With S3 conditional writes (boto3 installed, a lake opened from its
+location) it is taken and renewed only if unchanged since it was read, so of two starting in
+the same instant exactly one runs; without them it is best effort (both could proceed: a
+warning is logged, schedule a single compactor per lake); see :mod:`kirim_events.lake.lock`.
+Before each manifest is published a run checks that it still holds the lease and that the
+manifest is the one it planned from, and stops otherwise.
 """
 
 from __future__ import annotations

@@ -17,7 +17,16 @@ Atomic publish:
   ``_state`` records, which are replaced by the same atomic rename.
 * S3: one PUT of the final key; S3 makes an object visible only once it is complete.
 
-Foreign ``OSError`` s are translated into :class:`~kirim_events.errors.StorageError` here.
+Conditional writes (S3 only, with a boto3 client: the ``s3`` extra and a lake opened from
+its location, not a filesystem the caller made): :meth:`Storage.read_tagged` reads an object
+with its ETag, :meth:`Storage.put_if` writes it only if it is still as read
+(``If-None-Match: *`` when there was none, else ``If-Match: <ETag>``) and
+:meth:`Storage.delete_if` deletes it on the same condition. The compaction lease is built on
+them (:mod:`kirim_events.lake.lock`).
+
+Foreign ``OSError`` s and boto errors are translated into
+:class:`~kirim_events.errors.StorageError` here (and, for the conditions, into
+:class:`ConditionFailed` and :class:`ConditionsUnsupported`).
 """
 
 from __future__ import annotations
@@ -39,9 +48,16 @@ import pyarrow.fs as pafs
 
 from kirim_events.atomicfile import fsync_dir, make_dirs, remove_quiet, write_new
 from kirim_events.config import shown_url
-from kirim_events.errors import ConfigError, StorageError
+from kirim_events.errors import ConfigError, KirimEventsError, StorageError
 
-__all__ = ["Entry", "Staged", "Storage", "open_storage"]
+__all__ = [
+    "ConditionFailed",
+    "ConditionsUnsupported",
+    "Entry",
+    "Staged",
+    "Storage",
+    "open_storage",
+]
 
 _S3_THREADS = 16
 _RENAME_TRIES = 5
@@ -62,6 +78,46 @@ class Staged:
 
     rel: str
     tmp: str | None
+
+
+class ConditionFailed(KirimEventsError):
+    """A conditional write or delete found the object changed since it was read (S3 answered
+    412 PreconditionFailed or 409 ConditionalRequestConflict, or the object is gone).
+
+    Not a StorageError: trying again cannot help, someone else wrote the object. Only the
+    compaction lease sees it, and turns it into a LakeError that says so.
+    """
+
+
+class ConditionsUnsupported(KirimEventsError):
+    """The store answered that it does not implement conditional writes (501 NotImplemented)."""
+
+
+@contextmanager
+def _translate_boto(action: str, rel: str, *, conditional: bool = False) -> Iterator[None]:
+    """boto errors as this module's: the conditions apart, everything else a StorageError."""
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+    try:
+        yield
+    except ParamValidationError as exc:
+        if conditional:  # a botocore older than S3's conditional writes knows no IfMatch
+            raise ConditionsUnsupported(f"this boto3 cannot send them: {exc}") from exc
+        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or (
+            status == 412
+        ):
+            # NoSuchKey: an If-Match on an object deleted since it was read
+            raise ConditionFailed(f"{rel!r} changed since it was read ({code})") from exc
+        if code == "NotImplemented" or status == 501:
+            raise ConditionsUnsupported(f"{code or status}: {error.get('Message', '')}") from exc
+        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
 
 
 @contextmanager
@@ -370,6 +426,55 @@ class Storage:
 
         with ThreadPoolExecutor(_S3_THREADS) as pool:
             list(pool.map(drop, keys))
+
+    # ------------------------------------------------------------------ conditional writes
+
+    def conditional_writes(self) -> bool:
+        """Whether :meth:`read_tagged`, :meth:`put_if` and :meth:`delete_if` can be used: an S3
+        lake with a boto3 client (the store may still refuse them: ConditionsUnsupported)."""
+        return not self.local and self._s3_client() is not None
+
+    def _bucket_key(self, rel: str) -> tuple[str, str]:
+        bucket, _, prefix = self.root.partition("/")
+        rel = rel.strip("/")
+        return bucket, f"{prefix}/{rel}" if prefix else rel
+
+    def read_tagged(self, rel: str) -> tuple[bytes, str] | None:
+        """An S3 object's contents and ETag, from one GET; None when it does not exist."""
+        from botocore.exceptions import ClientError
+
+        client = self._s3_client()
+        bucket, key = self._bucket_key(rel)
+        with _translate_boto("read", rel):
+            try:
+                answer = client.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return bytes(answer["Body"].read()), str(answer["ETag"])
+
+    def put_if(self, rel: str, data: bytes, *, etag: str | None) -> str:
+        """Write an S3 object only if it is as :meth:`read_tagged` saw it: absent when
+        ``etag`` is None (``If-None-Match: *``), else still of that ETag (``If-Match``).
+
+        Returns the new ETag. Raises ConditionFailed when it changed (another writer won),
+        ConditionsUnsupported when the store does not do conditional writes (or the installed
+        botocore predates them), StorageError for any other failure.
+        """
+        client = self._s3_client()
+        bucket, key = self._bucket_key(rel)
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        with _translate_boto("write", rel, conditional=True):
+            answer = client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            return str(answer["ETag"])
+
+    def delete_if(self, rel: str, etag: str) -> None:
+        """Delete an S3 object only if its ETag is still ``etag`` (raises as :meth:`put_if`)."""
+        client = self._s3_client()
+        bucket, key = self._bucket_key(rel)
+        with _translate_boto("delete", rel, conditional=True):
+            client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
 
     def _s3_client(self) -> Any:
         """A boto3 S3 client with the filesystem's settings; None where there is none."""

@@ -531,10 +531,17 @@ def vanished_file(exc: BaseException) -> bool:
 Result = TypeVar("Result")
 
 
-def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Result:
+def reread(
+    read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS, storage: Storage | None = None
+) -> Result:
     """``read()``, run again while it fails on a file it planned that a compaction deleted
     before it read it (:func:`vanished_file`), up to ``attempts`` runs in all; the last
     failure is raised as it is.
+
+    With ``storage``, the lake ``read`` reads, a failed S3 request of the engines reading its
+    files (denied, no answer: no vanished file) is raised as the one-line StorageError of
+    :meth:`~kirim_events.lake.storage.Storage.s3_error`, which names the lake and what to
+    check, rather than as pyarrow's OSError or DuckDB's error quoting it.
 
     ``read`` must plan its frames itself (call ``lake.events()``, ``lake.message_timelines()``
     ... inside it) and read them: each run then plans afresh, over the files the compaction
@@ -555,6 +562,12 @@ def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Resu
         try:
             return read()
         except Exception as exc:
-            if attempt == attempts or not vanished_file(exc):
+            if vanished_file(exc):
+                if attempt == attempts:
+                    raise
+                continue
+            failed = None if storage is None else storage.s3_error(exc)
+            if failed is None:
                 raise
+            raise failed from exc
     raise AssertionError("unreachable: the last attempt returns or raises")

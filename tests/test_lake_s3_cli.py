@@ -295,3 +295,24 @@ def test_each_failed_s3_request_is_named_and_a_denial_quotes_nothing(text: str, 
     assert storage.s3_error(OSError("[Errno 28] No space left on device")) is None
     assert storage.s3_error(ke.StorageError(text)) is None  # ours already
     assert open_storage("lake").s3_error(OSError(text)) is None  # a local lake's
+
+
+async def _no_s3(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A web server that is no S3: 404 to every request."""
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"not here"})
+
+
+@pytest.mark.parametrize("command", ["report", "compact"])
+def test_an_endpoint_that_is_no_s3_server_is_named_as_a_place_to_check(
+    s3: dict[str, str], kirim: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    """Every HEAD answered 404 reads as a lake that is not there (pyarrow cannot tell):
+    the line said only "nothing kirim-events wrote is there"."""
+    with serve(_no_s3) as url:
+        result = _invoke(command, tmp_path / "data", {**s3, "AWS_ENDPOINT_URL": url}, kirim)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: no lake at {URI}: nothing kirim-events wrote is there (check the bucket, the"
+        " prefix, and that AWS_ENDPOINT_URL is the S3 server holding them)"
+    )

@@ -47,6 +47,7 @@ from kirim_events.errors import ConfigError
 from kirim_events.filelock import file_lock
 from kirim_events.journal_index import journal_path
 from kirim_events.lake import LAKE_ENTRIES, Lake
+from kirim_events.lake.reader import reread
 from kirim_events.listen import listen_socket
 from kirim_events.reconcile import reconcile
 from kirim_events.serving import Served
@@ -278,9 +279,12 @@ async def _run(
     lake = Lake(data_dir)
     await asyncio.to_thread(lake.compact)
     progress("compacting", 1, 1)
-    report.lake_events = lake.events().select("event_key").collect().height
+    # one read, planned again if a compaction (a user's `kirim-events compact` on this folder)
+    # deletes the files it planned before it reads them: a failure then judged nothing
+    held = reread(lambda: lake.events().select("event_key").collect(), storage=lake.storage)
+    report.lake_events = held.height
     truth_keys = set(emu.truth.log().select("event_key").collect()["event_key"].to_list())
-    lake_keys = set(lake.events().select("event_key").collect()["event_key"].to_list())
+    lake_keys = set(held["event_key"].to_list())
     report.lake_matches_truth = lake_keys == truth_keys
     if not report.lake_matches_truth:
         report.notes.append(

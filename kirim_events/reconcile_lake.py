@@ -31,7 +31,8 @@ def in_lake(lake: Any, keys: list[str], ids: list[str]) -> tuple[set[str], set[s
             .select("event_key", "event_id")
             .filter(pl.col("event_key").is_in(keys) | pl.col("event_id").is_in(ids))
             .collect()
-        )
+        ),
+        storage=storage,
     )
     return set(frame["event_key"].to_list()), set(frame["event_id"].to_list())
 
@@ -95,7 +96,8 @@ def lost_from_lake(
                     | (pl.col("has_id") & pl.col("i").is_in(wanted_ids.implode()))
                 )
                 .collect()
-            )
+            ),
+            storage=storage,
         )
         held_keys, held_ids = held["k"], held.filter("has_id")["i"]
     lost_keys = wanted_keys.filter(~wanted_keys.is_in(pl.concat([held_keys, waiting]).implode()))

@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 import pytest
 from nosecrets import places_holding
+from racing import compact_with_late_copy
 from typer.testing import CliRunner
 from waiting import wait_until
 
@@ -24,9 +25,11 @@ from kirim_events import Lake, demo, testing
 from kirim_events.cli import app
 from kirim_events.demo import DemoReport, run_demo
 from kirim_events.errors import ConfigError
-from kirim_events.events import parse_delivery
+from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.events_record import EVENT_FIELDS
 from kirim_events.journal import Journal
 from kirim_events.lake import LAKE_ENTRIES
+from kirim_events.lake.compact import CompactionReport
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
@@ -510,3 +513,31 @@ def test_a_stop_while_the_demo_clears_its_folder_leaves_one_the_next_run_takes(
         with contextlib.ExitStack() as held:
             demo._prepare(folder, held)  # the next run takes the folder
         assert not [p for p in folder.iterdir() if p.name in LAKE_ENTRIES], gone
+
+
+def test_the_demos_check_of_its_lake_is_read_again_when_a_compaction_races_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction (a user's `kirim-events compact` on the folder, in effect) finishing
+    between the demo's planning of its final read of the lake and the read deleted the files
+    planned: the demo died with FileNotFoundError instead of judging its lake."""
+    raced: list[CompactionReport] = []
+    planned = [0]
+
+    class CompactedAfterFirstPlan(demo.Lake):
+        def events(self, *args: Any, **kwargs: Any) -> Any:
+            frame = super().events(*args, **kwargs)
+            planned[0] += 1
+            if planned[0] == 1:  # the first plan only: a copy of one of its events, later
+                row = Lake(self.location).events().head(1).collect().row(0, named=True)
+                fields = {k: row[k] for k in EVENT_FIELDS if k in row}
+                late = EventRecord(**{"signature": None, **fields})
+                raced.append(compact_with_late_copy(self.location, late))
+            return frame
+
+    monkeypatch.setattr(demo, "Lake", CompactedAfterFirstPlan)
+    report = run_demo(tmp_path / "data", scale=0.05, seed=2)
+    assert len(raced) == 1  # deleted files (compact_with_late_copy checks it)
+    assert planned[0] == 2  # planned again once, after the race
+    assert report.lake_matches_truth, report.notes
+    assert report.lake_events == report.world_events

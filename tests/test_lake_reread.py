@@ -16,6 +16,7 @@ from test_lake import T0, ev
 import kirim_events as ke
 import kirim_events.lake as lake_module
 from kirim_events.lake.reader import READ_ATTEMPTS, reread
+from kirim_events.lake.storage import open_storage
 
 
 def _lake(home: Path) -> None:
@@ -195,3 +196,16 @@ def test_a_reread_inside_another_runs_once_so_the_attempts_bound_the_runs_in_all
 
 def test_a_reread_inside_another_that_succeeds_returns_its_result() -> None:
     assert reread(lambda: reread(lambda: 7) + 1) == 8
+
+
+def test_a_reread_inside_another_still_says_a_denied_s3_read_in_one_line() -> None:
+    """Nested, the inner reread lets a vanished file through to the outer one, but a failure
+    of S3 (denied) is still turned into the lake's one-line StorageError."""
+    storage = open_storage("s3://bucket/lake")  # no request made
+    denied = OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body.")
+
+    def refused() -> None:
+        raise denied
+
+    with pytest.raises(ke.StorageError, match="access denied by S3 to the lake at s3://bucket"):
+        reread(lambda: reread(refused, storage=storage))

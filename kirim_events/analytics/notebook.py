@@ -81,7 +81,7 @@ def _df(frame: Frame, helper: str = "message_timelines") -> pl.DataFrame:
     ask = getattr(frame, helper, None)
     if callable(ask):  # a Lake, or a Lake as of an instant
         try:
-            return reread(lambda: lazy(ask()).collect())
+            return reread(lambda: lazy(ask()).collect(), storage=getattr(frame, "storage", None))
         except VANISHED_ERRORS as exc:
             if not vanished_file(exc):
                 raise

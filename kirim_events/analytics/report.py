@@ -69,10 +69,13 @@ def build_report(lake: Lake) -> Report:
         went between pyarrow's HEAD and GET), each of
         :data:`~kirim_events.lake.reader.READ_ATTEMPTS` times it planned them afresh
         (:func:`~kirim_events.lake.reader.reread`): nothing is lost; run it again.
+    StorageError
+        The lake's storage failed; on S3, a request denied or left unanswered, in one line
+        naming the lake and what to check.
     """
     # the whole report planned again: its frames are planned as it goes, and one planned
     # before a compaction finished reads files the compaction deleted
-    return reread(lambda: _build_report(lake))
+    return reread(lambda: _build_report(lake), storage=lake.storage)
 
 
 def _build_report(lake: Lake) -> Report:

@@ -96,7 +96,15 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
             " s3://bucket/prefix)"
         )
     elif check_version(Lake(lake_uri).storage) is None:
-        raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there")
+        # an endpoint that is no S3 server (a web server answering 404 to everything) is
+        # seen the same way: pyarrow takes a HEAD's 404 for a missing object
+        where = (
+            " (check the bucket, the prefix, and that AWS_ENDPOINT_URL is the S3 server"
+            " holding them)"
+            if lake_uri.startswith("s3://")
+            else ""
+        )
+        raise ConfigError(f"no lake at {lake_uri}: nothing kirim-events wrote is there{where}")
 
 
 def refuse_file(data_dir: Path) -> None:

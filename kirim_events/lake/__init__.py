@@ -63,7 +63,7 @@ from kirim_events.lake.reader import (
 )
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
-from kirim_events.lake.storage import Storage, open_storage
+from kirim_events.lake.storage import Storage, open_storage, s3_failure
 from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
 from kirim_events.timearg import TimeLike, to_utc
@@ -503,7 +503,8 @@ class Lake(AnalyticsMixin):
         True
         """
         self._require_folder()
-        return reread(self._span)  # planned again if a compaction deletes its files meanwhile
+        # planned again if a compaction deletes its files meanwhile
+        return reread(self._span, storage=self.storage)
 
     def _span(self) -> tuple[datetime, datetime] | None:
         plans = self._plan("events", window_days=self.dedup_window_days)
@@ -573,18 +574,30 @@ class Lake(AnalyticsMixin):
             The folder (or S3 prefix) holds other things and none of a lake's, as readers
             refuse it: compacting a path one level off found nothing to do and reported
             zeros. A folder not made yet holds nothing to compact: an empty report.
+        StorageError
+            The storage failed; on S3, a request denied or left unanswered, in one line
+            naming the lake and what to check (:meth:`Storage.s3_error`). Nothing is lost:
+            a compaction stopped at any step is finished by the next run.
         """
         if not self.storage.local or os.path.isdir(self.storage.root):
             self._require_folder()
-        return _compact(
-            self.storage,
-            window_days=self.dedup_window_days,
-            target_file_bytes=target_file_bytes,
-            full=full,
-            writer_id=self.writer_id,
-            now=self.now,
-            hook=hook,
-        )
+        try:
+            return _compact(
+                self.storage,
+                window_days=self.dedup_window_days,
+                target_file_bytes=target_file_bytes,
+                full=full,
+                writer_id=self.writer_id,
+                now=self.now,
+                hook=hook,
+            )
+        except Exception as exc:
+            # the Parquet files are read by pyarrow, not through the storage's own calls:
+            # a request S3 refused there came as pyarrow's OSError
+            failed = self.storage.s3_error(exc, action="read, write and delete in")
+            if failed is None:
+                raise
+            raise failed from exc
 
     def _partitions(self) -> Iterator[_Partition]:
         """Every partition of both tables, with the files our readers count in it."""
@@ -610,7 +623,7 @@ class Lake(AnalyticsMixin):
         A file listed that a compaction (in another process) deletes before its footer is
         read is not damaged: the files are listed again (:func:`~kirim_events.lake.reader.reread`).
         """
-        return reread(self._damaged_files)
+        return reread(self._damaged_files, storage=self.storage)
 
     def _damaged_files(self) -> list[str]:
         damaged = []
@@ -620,8 +633,10 @@ class Lake(AnalyticsMixin):
                 try:
                     footer = pq.read_metadata(self.storage.full(rel), filesystem=self.storage.fs)
                 except (pa.ArrowException, OSError) as exc:
-                    if vanished_file(exc):
-                        raise  # deleted since it was listed (a compaction): gone, not damaged
+                    if vanished_file(exc) or s3_failure(exc) is not None:
+                        # deleted since it was listed (a compaction): gone, not damaged; a
+                        # request S3 denied or left unanswered: no damage either
+                        raise
                     damaged.append(rel)
                     continue
                 if part.table == "events" and not set(REQUIRED_EVENT_COLUMNS).issubset(
@@ -641,7 +656,7 @@ class Lake(AnalyticsMixin):
         (:func:`~kirim_events.lake.reader.reread`).
         """
         self._require_folder()
-        return reread(self._stats)
+        return reread(self._stats, storage=self.storage)
 
     def _stats(self) -> pl.DataFrame:
         out = [

@@ -536,10 +536,17 @@ _REREADING: ContextVar[bool] = ContextVar("kirim_events_rereading", default=Fals
 once and lets a vanished file through to the outer one, which plans everything again."""
 
 
-def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Result:
+def reread(
+    read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS, storage: Storage | None = None
+) -> Result:
     """``read()``, run again while it fails on a file it planned that a compaction deleted
     before it read it (:func:`vanished_file`), up to ``attempts`` runs in all; the last
     failure is raised as it is.
+
+    With ``storage``, the lake ``read`` reads, a failed S3 request of the engines reading its
+    files (denied, no answer: no vanished file) is raised as the one-line StorageError of
+    :meth:`~kirim_events.lake.storage.Storage.s3_error`, which names the lake and what to
+    check, rather than as pyarrow's OSError or DuckDB's error quoting it.
 
     ``read`` must plan its frames itself (call ``lake.events()``, ``lake.message_timelines()``
     ... inside it) and read them: each run then plans afresh, over the files the compaction
@@ -558,16 +565,21 @@ def reread(read: Callable[[], Result], *, attempts: int = READ_ATTEMPTS) -> Resu
     """
     if type(attempts) is not int or attempts < 1:
         raise ValueError(f"attempts must be a whole number, 1 or more, got {attempts!r}")
-    if _REREADING.get():
-        return read()  # the outer reread plans and runs the whole read again
+    nested = _REREADING.get()  # the outer reread plans and runs the whole read again
     token = _REREADING.set(True)
     try:
-        for attempt in range(1, attempts + 1):
+        for attempt in range(1, 2 if nested else attempts + 1):
             try:
                 return read()
             except Exception as exc:
-                if attempt == attempts or not vanished_file(exc):
+                if vanished_file(exc):
+                    if nested or attempt == attempts:
+                        raise
+                    continue
+                failed = None if storage is None else storage.s3_error(exc)
+                if failed is None:
                     raise
+                raise failed from exc
     finally:
         _REREADING.reset(token)
     raise AssertionError("unreachable: the last attempt returns or raises")

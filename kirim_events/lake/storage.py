@@ -25,8 +25,11 @@ with its ETag, :meth:`Storage.put_if` writes it only if it is still as read
 them (:mod:`kirim_events.lake.lock`).
 
 Foreign ``OSError`` s and boto errors are translated into
-:class:`~kirim_events.errors.StorageError` here (and, for the conditions, into
-:class:`ConditionFailed` and :class:`ConditionsUnsupported`).
+:class:`~kirim_events.errors.StorageError` here (the conditions into :class:`ConditionFailed`
+and :class:`ConditionsUnsupported`), and so are failed S3 requests met by the engines
+reading an S3 lake's Parquet files (:meth:`Storage.s3_error`): a request S3 denied or a
+server that could not be reached is one line naming the lake and what to check, never a
+credential.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,6 +61,7 @@ __all__ = [
     "Staged",
     "Storage",
     "open_storage",
+    "s3_failure",
 ]
 
 _S3_THREADS = 16
@@ -120,13 +125,67 @@ def _translate_boto(action: str, rel: str, *, conditional: bool = False) -> Iter
         raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
 
 
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during (\w+) operation")
+"""How pyarrow words a failed S3 request, in its OSError and in the errors of DuckDB and
+Polars that quote it: ``AWS Error ACCESS_DENIED during HeadObject operation: ...``, ``AWS
+Error UNKNOWN (HTTP status 403) during GetObject operation: ...`` (the AWS SDK's name of the
+error, the HTTP status where it has no name, then the request)."""
+
+_DENIED = frozenset(
+    {
+        "ACCESS_DENIED",
+        "EXPIRED_TOKEN",
+        "INCOMPLETE_SIGNATURE",
+        "INVALID_ACCESS_KEY_ID",
+        "INVALID_CLIENT_TOKEN_ID",
+        "INVALID_SIGNATURE",
+        "MISSING_AUTHENTICATION_TOKEN",
+        "REQUEST_EXPIRED",
+        "SIGNATURE_DOES_NOT_MATCH",
+        "UNRECOGNIZED_CLIENT",
+    }
+)
+"""The AWS SDK's names of a request refused for its credentials or their rights (403)."""
+
+_UNREACHABLE = frozenset({"NETWORK_CONNECTION"})
+"""... of a request that got no answer: no connection, no such host, a closed port."""
+
+
+def s3_failure(exc: BaseException) -> tuple[str, str] | None:
+    """``(kind, request)`` of a failed S3 request quoted in ``exc`` (pyarrow's OSError, or
+    DuckDB's or Polars' error holding its text): ``kind`` is ``"denied"``, ``"unreachable"``
+    or the AWS SDK's name of another error (``NO_SUCH_BUCKET``, ``SLOW_DOWN``, ...),
+    ``request`` the S3 operation (``HeadObject``, ``GetObject``, ...). None for any other
+    failure, and for our own errors (whose message may quote pyarrow's)."""
+    if isinstance(exc, KirimEventsError) or not isinstance(exc, Exception):
+        return None
+    found = _AWS_ERROR.search(str(exc))
+    if found is None:
+        return None
+    code, status, request = found.groups()
+    if code in _DENIED or status == "403":
+        return "denied", request
+    if code in _UNREACHABLE:
+        return "unreachable", request
+    return code if status is None else f"{code} (HTTP status {status})", request
+
+
+_ACTIONS = {"list": "list", "read": "read", "write": "write", "delete": "delete", "sync": "write"}
+
+
 @contextmanager
-def _translate(action: str, rel: str) -> Iterator[None]:
+def _translate(storage: Storage, action: str, rel: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
         raise
     except OSError as exc:
+        # a denied or unanswered request, one line saying what to check; other failures
+        # of S3 (NO_SUCH_BUCKET, ...) as they were, pyarrow's text naming the object
+        failure = None if storage.local else s3_failure(exc)
+        if failure is not None and failure[0] in ("denied", "unreachable"):
+            message = storage._s3_message(failure, exc, _ACTIONS.get(action, action))
+            raise StorageError(message) from exc
         raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
 
 
@@ -153,6 +212,52 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
 
+    def s3_error(self, exc: BaseException, *, action: str = "read") -> StorageError | None:
+        """One line for a failed S3 request of this lake (:func:`s3_failure`), naming the
+        lake, the request and what to check; None for a local lake and for other failures.
+
+        ``action`` is what the credentials must be allowed to do to the lake (``read``,
+        ``write``, ``list``, ``delete``, ...), as the message says it. A denied request says
+        to check the credentials and their rights on the lake; one that got no answer names
+        the endpoint tried and says to check it. Neither quotes S3's or pyarrow's text, nor
+        names a credential's value; another failure (``NO_SUCH_BUCKET``, ``SLOW_DOWN``, ...)
+        quotes S3's own message, which carries none.
+        """
+        failure = None if self.local else s3_failure(exc)
+        return None if failure is None else StorageError(self._s3_message(failure, exc, action))
+
+    def _s3_message(self, failure: tuple[str, str], exc: BaseException, action: str) -> str:
+        kind, request = failure
+        if kind == "denied":
+            return (
+                f"access denied by S3 to the lake at {self.uri} ({request} refused): check "
+                "the AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "AWS_SESSION_TOKEN, or your AWS profile) and that their policy lets them "
+                f"{action} {self.uri}"
+            )
+        if kind == "unreachable":
+            return (
+                f"could not reach S3 at {self._endpoint()} for the lake at {self.uri} "
+                f"({request} got no answer): check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), "
+                "AWS_REGION and the network"
+            )
+        said = str(exc).partition(" operation: ")[2].strip().split("\n", 1)[0]
+        return (
+            f"S3 failed a {request} request for the lake at {self.uri} ({kind}"
+            f"{': ' + said if said else ''}): check the bucket, AWS_REGION and "
+            "AWS_ENDPOINT_URL"
+        )
+
+    def _endpoint(self) -> str:
+        """The S3 endpoint this lake's requests go to, as it may be shown."""
+        if self._s3_env is None:
+            return "the endpoint of the filesystem given"
+        settings = _s3_settings(self._s3_env)
+        if "endpoint_override" not in settings:
+            region = settings.get("region")
+            return f"AWS's endpoint{' for ' + region if region else ''}"
+        return shown_url(f"{settings['scheme']}://{settings['endpoint_override']}")
+
     def full(self, rel: str) -> str:
         """Full path of ``rel`` for this storage's filesystem (and for local readers)."""
         rel = rel.strip("/")
@@ -163,7 +268,7 @@ class Storage:
     def list_dir(self, rel: str) -> list[Entry]:
         """List a folder; a missing folder is empty."""
         path = self.full(rel)
-        with _translate("list", rel):
+        with _translate(self, "list", rel):
             if self.local:
                 try:
                     it = os.scandir(path)
@@ -194,7 +299,7 @@ class Storage:
         """All files under a folder, recursively, as ``(relative path, size)``."""
         base = self.full(rel)
         out: list[tuple[str, int]] = []
-        with _translate("list", rel):
+        with _translate(self, "list", rel):
             if self.local:
                 for dirpath, _dirs, files in os.walk(base):
                     for name in files:
@@ -229,7 +334,7 @@ class Storage:
     def read_bytes(self, rel: str) -> bytes | None:
         """Whole file contents, or None when it does not exist."""
         path = self.full(rel)
-        with _translate("read", rel):
+        with _translate(self, "read", rel):
             if self.local:
                 try:
                     return Path(path).read_bytes()
@@ -284,7 +389,7 @@ class Storage:
         that stage S3 files must make readers ignore them until committed (compaction names
         them ``c-...`` and lists them in its manifest only after the commit).
         """
-        with _translate("write", rel):
+        with _translate(self, "write", rel):
             if not self.local:
                 with self.fs.open_output_stream(self.full(rel)) as out:
                     out.write(data)
@@ -307,7 +412,7 @@ class Storage:
                     after_each(s.rel)
             return
         tmp_dir = self.full("_tmp")
-        with _translate("write", pending[0].rel):
+        with _translate(self, "write", pending[0].rel):
             if _SYNCFS is not None:
                 _syncfs(tmp_dir)
             parents = {os.path.dirname(self.full(s.rel)): None for s in pending}
@@ -363,7 +468,7 @@ class Storage:
     def delete(self, rel: str) -> None:
         """Delete a file; a missing file is not an error."""
         path = self.full(rel)
-        with _translate("delete", rel):
+        with _translate(self, "delete", rel):
             if self.local:
                 remove_quiet(path)
                 return
@@ -499,7 +604,7 @@ class Storage:
     def sync_dirs(self, rels: Sequence[str]) -> None:
         """Make earlier deletions in local folders durable (no-op on S3)."""
         if self.local and rels:
-            with _translate("sync", rels[0]):
+            with _translate(self, "sync", rels[0]):
                 self._sync_paths([self.full(r) for r in rels])
 
 

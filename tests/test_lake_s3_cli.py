@@ -28,7 +28,7 @@ from kirim_events.analytics.report import build_report
 from kirim_events.cli import app
 from kirim_events.emulator import create_app
 from kirim_events.journal import Journal
-from kirim_events.lake.storage import open_storage
+from kirim_events.lake.storage import _translate, open_storage
 
 runner = CliRunner()
 
@@ -316,3 +316,87 @@ def test_an_endpoint_that_is_no_s3_server_is_named_as_a_place_to_check(
         f"error: no lake at {URI}: nothing kirim-events wrote is there (check the bucket, the"
         " prefix, and that AWS_ENDPOINT_URL is the S3 server holding them)"
     )
+
+
+READ_ONLY = [
+    {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::lake"},
+    {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::lake/team/*"},
+]
+"""A user allowed to read the whole lake and to write nothing: report's user, not compact's."""
+
+
+def test_compact_by_a_user_who_may_only_read_says_so_as_any_denial(
+    s3: dict[str, str], kirim: dict[str, str], tmp_path: Path
+) -> None:
+    """The compaction's lease is written by boto3 (a conditional PUT), not pyarrow: its
+    refusal came as "lake storage failed to write '_state/compact.lease': An error occurred
+    (AccessDenied) ...", worded unlike every other denial of the lake."""
+    lake = ke.Lake(URI, env=s3)
+    before = sorted(lake.events().collect()["event_key"].to_list())
+    with user(s3, "reader", READ_ONLY) as aws:
+        result = _invoke("compact", tmp_path / "data", aws, kirim)
+    secrets = [aws["AWS_SECRET_ACCESS_KEY"], aws["AWS_ACCESS_KEY_ID"], kirim["KIRIM_KEY"]]
+    assert _one_line(result, secrets) == DENIED.format(request="PutObject", action="write")
+    assert lake.storage.read_bytes("_state/compact.lease") is None
+    assert sorted(lake.events().collect()["event_key"].to_list()) == before
+
+
+def test_the_lease_read_from_an_endpoint_nobody_answers_at_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """boto3's EndpointConnectionError came as "lake storage failed to read ...: Could not
+    connect to the endpoint URL ...", unlike pyarrow's NETWORK_CONNECTION."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries: no help on a closed port
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}
+    env |= {"AWS_ACCESS_KEY_ID": "AKIAHIDDEN0", "AWS_SECRET_ACCESS_KEY": "hidden-secret"}
+    storage = open_storage(URI, env=env)
+    with pytest.raises(ke.StorageError) as caught:
+        storage.read_tagged("_state/compact.lease")
+    assert str(caught.value) == (
+        f"could not reach S3 at {endpoint} for the lake at {URI} (GetObject got no answer): "
+        "check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_REGION and the network"
+    )
+
+
+def test_a_store_echoing_the_credentials_in_its_error_shows_none_of_them(
+    s3: dict[str, str],
+) -> None:
+    """S3's own message is quoted for a failure neither denied nor unanswered; a store (or a
+    proxy before it) may echo the request's headers there: the access key id (in the
+    Authorization header) and the session token. Blanked out from both boto3's and
+    pyarrow's texts, and from the last resort "lake storage failed to ..." line."""
+    from botocore.awsrequest import AWSResponse
+
+    token = "FwoGZXIvYXdzEHidden+Session/Token=="
+    env = {**s3, "AWS_ACCESS_KEY_ID": "AKIAHIDDENKEYID00000", "AWS_SESSION_TOKEN": token}
+    env["AWS_SECRET_ACCESS_KEY"] = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYHIDDENKEY"
+    storage = open_storage(URI, env=env)
+    secrets = [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], token]
+    echoed = " ".join(secrets)  # the secret key is never sent, but a quote is a quote
+
+    class Body:
+        def stream(self) -> Iterator[bytes]:
+            yield (
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>InvalidArgument</Code>"
+                f"<Message>bad request: {echoed}</Message></Error>"
+            ).encode()
+
+    def echo(request: Any, **_kwargs: Any) -> AWSResponse:
+        return AWSResponse(request.url, 400, {"Content-Type": "application/xml"}, Body())
+
+    storage._s3_client().meta.events.register("before-send.s3", echo)
+    with pytest.raises(ke.StorageError) as caught:
+        storage.read_tagged("_state/compact.lease")
+    assert str(caught.value) == (
+        f"S3 failed a GetObject request for the lake at {URI} (InvalidArgument (HTTP status "
+        "400): bad request: *** *** ***): check the bucket, AWS_REGION and AWS_ENDPOINT_URL"
+    )
+    pyarrows = OSError(f"AWS Error UNKNOWN (HTTP status 400) during GetObject operation: {echoed}")
+    error = storage.s3_error(pyarrows)
+    assert error is not None
+    assert str(error).startswith(f"S3 failed a GetObject request for the lake at {URI} (")
+    with pytest.raises(ke.StorageError) as last, _translate(storage, "read", "x"):
+        raise OSError(f"When reading information for key 'x': {echoed}")
+    for text in (str(caught.value), str(error), str(last.value)):
+        assert not [s for s in secrets if s in text], text

@@ -99,16 +99,30 @@ class ConditionsUnsupported(KirimEventsError):
 
 
 @contextmanager
-def _translate_boto(action: str, rel: str, *, conditional: bool = False) -> Iterator[None]:
-    """boto errors as this module's: the conditions apart, everything else a StorageError."""
-    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+def _translate_boto(
+    storage: Storage, action: str, rel: str, request: str, *, conditional: bool = False
+) -> Iterator[None]:
+    """boto errors as this module's: the conditions apart, a StorageError worded as the same
+    failure met by pyarrow (:meth:`Storage._s3_message`): a request S3 denied, one that got no
+    answer, another failure of S3; what botocore says otherwise, with no credential."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        ParamValidationError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     try:
         yield
     except ParamValidationError as exc:
         if conditional:  # a botocore older than S3's conditional writes knows no IfMatch
-            raise ConditionsUnsupported(f"this boto3 cannot send them: {exc}") from exc
-        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+            raise ConditionsUnsupported(
+                storage._scrub(f"this boto3 cannot send them: {exc}")
+            ) from exc
+        raise StorageError(
+            storage._scrub(f"lake storage failed to {action} {rel!r}: {exc}")
+        ) from exc
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -119,10 +133,40 @@ def _translate_boto(action: str, rel: str, *, conditional: bool = False) -> Iter
             # NoSuchKey: an If-Match on an object deleted since it was read
             raise ConditionFailed(f"{rel!r} changed since it was read ({code})") from exc
         if code == "NotImplemented" or status == 501:
-            raise ConditionsUnsupported(f"{code or status}: {error.get('Message', '')}") from exc
-        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+            said = storage._scrub(str(error.get("Message", "")))
+            raise ConditionsUnsupported(f"{code or status}: {said}") from exc
+        if code in _BOTO_DENIED or status == 403:
+            kind = "denied"
+        else:
+            kind = code or "UNKNOWN"
+            kind = kind if status is None else f"{kind} (HTTP status {status})"
+        said = str(error.get("Message", "")).strip().split("\n", 1)[0]
+        raise StorageError(storage._s3_message((kind, request), said, action)) from exc
+    except (BotoConnectionError, HTTPClientError) as exc:
+        message = storage._s3_message(("unreachable", request), "", action)
+        raise StorageError(message) from exc
     except BotoCoreError as exc:
-        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+        raise StorageError(
+            storage._scrub(f"lake storage failed to {action} {rel!r}: {exc}")
+        ) from exc
+
+
+_BOTO_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidClientTokenId",
+        "InvalidToken",
+        "MissingAuthenticationToken",
+        "RequestExpired",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+    }
+)
+"""S3's codes (as boto3 gets them) of a request refused for its credentials or their
+rights: the same failures as pyarrow's :data:`_DENIED`."""
 
 
 _AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during (\w+) operation")
@@ -170,6 +214,11 @@ def s3_failure(exc: BaseException) -> tuple[str, str] | None:
     return code if status is None else f"{code} (HTTP status {status})", request
 
 
+def _quoted(exc: BaseException) -> str:
+    """S3's own message in pyarrow's text of a failed request: its first line."""
+    return str(exc).partition(" operation: ")[2].strip().split("\n", 1)[0]
+
+
 _ACTIONS = {"list": "list", "read": "read", "write": "write", "delete": "delete", "sync": "write"}
 
 
@@ -184,9 +233,11 @@ def _translate(storage: Storage, action: str, rel: str) -> Iterator[None]:
         # of S3 (NO_SUCH_BUCKET, ...) as they were, pyarrow's text naming the object
         failure = None if storage.local else s3_failure(exc)
         if failure is not None and failure[0] in ("denied", "unreachable"):
-            message = storage._s3_message(failure, exc, _ACTIONS.get(action, action))
+            message = storage._s3_message(failure, _quoted(exc), _ACTIONS.get(action, action))
             raise StorageError(message) from exc
-        raise StorageError(f"lake storage failed to {action} {rel!r}: {exc}") from exc
+        raise StorageError(
+            storage._scrub(f"lake storage failed to {action} {rel!r}: {exc}")
+        ) from exc
 
 
 class Storage:
@@ -221,12 +272,19 @@ class Storage:
         to check the credentials and their rights on the lake; one that got no answer names
         the endpoint tried and says to check it. Neither quotes S3's or pyarrow's text, nor
         names a credential's value; another failure (``NO_SUCH_BUCKET``, ``SLOW_DOWN``, ...)
-        quotes S3's own message, which carries none.
+        quotes S3's own message, with any of the lake's credentials blanked out (a store
+        may echo the request's headers). boto3's failures (the lease) are worded the same.
         """
         failure = None if self.local else s3_failure(exc)
-        return None if failure is None else StorageError(self._s3_message(failure, exc, action))
+        if failure is None:
+            return None
+        return StorageError(self._s3_message(failure, _quoted(exc), action))
 
-    def _s3_message(self, failure: tuple[str, str], exc: BaseException, action: str) -> str:
+    def _s3_message(self, failure: tuple[str, str], said: str, action: str) -> str:
+        """The one line for a failed S3 request, met by pyarrow (:func:`s3_failure`) or by
+        boto3 (:func:`_translate_boto`): ``failure`` is ``(kind, request)``, ``said`` S3's
+        own message, quoted only for a failure neither denied nor unanswered, and with any
+        of this lake's credentials blanked out (a store may echo the request's headers)."""
         kind, request = failure
         if kind == "denied":
             return (
@@ -241,12 +299,20 @@ class Storage:
                 f"({request} got no answer): check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), "
                 "AWS_REGION and the network"
             )
-        said = str(exc).partition(" operation: ")[2].strip().split("\n", 1)[0]
+        said = self._scrub(said)
         return (
             f"S3 failed a {request} request for the lake at {self.uri} ({kind}"
             f"{': ' + said if said else ''}): check the bucket, AWS_REGION and "
             "AWS_ENDPOINT_URL"
         )
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the values of this lake's AWS credentials blanked out."""
+        env = self._s3_env or {}
+        names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+        for value in sorted({env.get(n, "") for n in names} - {""}, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
 
     def _endpoint(self) -> str:
         """The S3 endpoint this lake's requests go to, as it may be shown."""
@@ -550,7 +616,7 @@ class Storage:
 
         client = self._s3_client()
         bucket, key = self._bucket_key(rel)
-        with _translate_boto("read", rel):
+        with _translate_boto(self, "read", rel, "GetObject"):
             try:
                 answer = client.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
@@ -570,7 +636,7 @@ class Storage:
         client = self._s3_client()
         bucket, key = self._bucket_key(rel)
         condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
-        with _translate_boto("write", rel, conditional=True):
+        with _translate_boto(self, "write", rel, "PutObject", conditional=True):
             answer = client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
             return str(answer["ETag"])
 
@@ -578,7 +644,7 @@ class Storage:
         """Delete an S3 object only if its ETag is still ``etag`` (raises as :meth:`put_if`)."""
         client = self._s3_client()
         bucket, key = self._bucket_key(rel)
-        with _translate_boto("delete", rel, conditional=True):
+        with _translate_boto(self, "delete", rel, "DeleteObject", conditional=True):
             client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
 
     def _s3_client(self) -> Any:

@@ -380,3 +380,30 @@ def test_a_boto3_too_old_for_conditional_writes_falls_back_to_best_effort(
     assert len(warnings) == 1
     assert "this boto3 cannot send them" in warnings[0].getMessage()
     assert _lease_record(s3_env, "old-boto") is None
+
+
+def test_threads_asking_for_the_client_at_once_get_one_made_from_a_session_of_its_own(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client was made lazily with no lock (threads asking at once each made one, a
+    client per thread and its connection pool), from boto3's default session, which is not
+    safe to make clients from in two threads at once (two lakes in two threads)."""
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    storage = ke.Lake("s3://lake/threads", env=s3_env).storage
+    start = threading.Barrier(8, timeout=60)
+    clients: list[Any] = []
+
+    def ask() -> None:
+        start.wait()
+        clients.append(storage._s3_client())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(clients) == 8
+    assert len({id(client) for client in clients}) == 1
+    assert boto3.DEFAULT_SESSION is None  # boto3's shared session was not used

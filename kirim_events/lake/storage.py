@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +260,7 @@ class Storage:
         # the environment an S3 lake's filesystem was made from (None: given by the caller)
         self._s3_env = s3_env
         self._client: Any = None
+        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
@@ -648,10 +650,18 @@ class Storage:
             client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
 
     def _s3_client(self) -> Any:
-        """A boto3 S3 client with the filesystem's settings; None where there is none."""
+        """A boto3 S3 client with the filesystem's settings; None where there is none.
+
+        One per storage, made once even when threads ask at the same moment, from a session
+        of its own: boto3's default session (``boto3.client``) is not safe to make clients
+        from in several threads at once, as two lakes used in two threads would."""
+        with self._client_lock:
+            return self._make_client()
+
+    def _make_client(self) -> Any:
         if self._client is None and self._s3_env is not None:
             try:
-                import boto3
+                import boto3.session
             except ImportError:
                 return None
             settings = _s3_settings(self._s3_env)
@@ -664,7 +674,8 @@ class Storage:
                 "aws_secret_access_key": settings.get("secret_key"),
                 "aws_session_token": settings.get("session_token"),
             }
-            self._client = boto3.client("s3", **{k: v for k, v in kwargs.items() if v})
+            session = boto3.session.Session()
+            self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
         return self._client
 
     def sync_dirs(self, rels: Sequence[str]) -> None:

@@ -233,6 +233,7 @@ def test_without_a_boto3_client_the_lease_is_best_effort_and_says_so(
     warnings = [r for r in caplog.records if "best effort" in r.getMessage()]
     assert len(warnings) == 1
     assert "no boto3 client" in warnings[0].getMessage()
+    assert report.warnings == [warnings[0].getMessage()]
     assert not lake.storage.conditional_writes()
     assert _lease_record(s3_env, "no-client") is None
 
@@ -303,6 +304,7 @@ def test_a_store_answering_501_to_conditions_falls_back_to_best_effort(
     warnings = [r for r in caplog.records if "best effort" in r.getMessage()]
     assert len(warnings) == 1
     assert "does not implement conditional writes" in warnings[0].getMessage()
+    assert report.warnings == [warnings[0].getMessage()]  # for the CLI to show, once
     assert _lease_record(s3_env, "no-conditions") is None  # released all the same
     assert sorted(lake.events().collect()["event_key"]) == ["a", "b"]
 

@@ -78,3 +78,5 @@ def compact_command(
     table.add_row("MB in / out", f"{report.bytes_in / 1e6:,.1f} / {report.bytes_out / 1e6:,.1f}")
     table.add_row("seconds", f"{report.seconds:.2f}")
     console.print(table)
+    for said in report.warnings:  # the library logs them, to no one unless its host says
+        typer.echo(f"warning: {said}", err=True)

@@ -111,6 +111,8 @@ class CompactionReport:
     files_deleted: int = 0
     seconds: float = 0.0
     touched: list[tuple[str, str | None, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """What the run's user should be told (also logged): an S3 lease only best effort."""
 
     @property
     def duplicates_removed(self) -> int:
@@ -433,7 +435,8 @@ def compact(
     # the folders a file was deleted from, removed at the end if empty (on S3: their
     # ``folder/`` objects, the lease's own too, as _state/compact.lease is deleted last)
     deleted_from = {"_state"}
-    with compaction_lock(storage, f"{writer_id}-{uuid.uuid4().hex[:8]}", now) as check:
+    owner = f"{writer_id}-{uuid.uuid4().hex[:8]}"
+    with compaction_lock(storage, owner, now, warnings=report.warnings) as check:
         _clean_tmp(storage, now())
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}

@@ -26,12 +26,19 @@ RENEW_SECONDS = 60.0
 
 @contextmanager
 def compaction_lock(
-    storage: Storage, owner: str, now: Callable[[], float]
+    storage: Storage,
+    owner: str,
+    now: Callable[[], float],
+    *,
+    warnings: list[str] | None = None,
 ) -> Iterator[Callable[[], None]]:
     """Hold the lake's compaction lock; yields a ``check()`` to call before publishing: on
-    S3 it renews the lease and raises LakeError if another compaction took it over."""
+    S3 it renews the lease and raises LakeError if another compaction took it over.
+
+    ``warnings`` gets what the run's user should be told, as it is logged: that the S3
+    lease is only best effort, and why (the CLI shows it; a library logs to no one)."""
     if not storage.local:
-        with _lease(storage, owner, now) as check:
+        with _lease(storage, owner, now, warnings) as check:
             yield check
         return
     with file_lock(storage.full("_state/compact.lock"), wait=False) as held:
@@ -41,7 +48,9 @@ def compaction_lock(
 
 
 @contextmanager
-def _lease(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[Callable[[], None]]:
+def _lease(
+    storage: Storage, owner: str, now: Callable[[], float], warnings: list[str] | None = None
+) -> Iterator[Callable[[], None]]:
     """Exclusion on object storage, which has no lock: a lease record that every compactor
     reads first and respects while it has not lapsed.
 
@@ -69,7 +78,7 @@ def _lease(storage: Storage, owner: str, now: Callable[[], float]) -> Iterator[C
     published, it stops the run before it can undo the other's work. A run stalled for more
     than LEASE_SECONDS between a check and its publish is not covered by any lease.
     """
-    lease = _Lease(storage, owner, now)
+    lease = _Lease(storage, owner, now, warnings)
     lease.take()
     stop = threading.Event()
 
@@ -104,8 +113,15 @@ class _Seen:
 class _Lease:
     REL = "_state/compact.lease"
 
-    def __init__(self, storage: Storage, owner: str, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        owner: str,
+        now: Callable[[], float],
+        warnings: list[str] | None = None,
+    ) -> None:
         self.storage, self.owner, self.now = storage, owner, now
+        self.warnings = warnings
         self.lock = threading.Lock()
         self.conditional = storage.conditional_writes()
         if not self.conditional:
@@ -116,12 +132,14 @@ class _Lease:
 
     def _best_effort(self, why: str) -> None:
         self.conditional = False
-        log.warning(
-            "the compaction lease of %s is best effort: %s. Two compactions starting at the "
-            "same moment could both run; schedule one compactor per lake",
-            self.storage.uri,
-            why,
+        said = (
+            f"the compaction lease of {self.storage.uri} is best effort: {why}. Two "
+            "compactions starting at the same moment could both run; schedule one compactor "
+            "per lake"
         )
+        log.warning("%s", said)
+        if self.warnings is not None:
+            self.warnings.append(said)
 
     def _record(self) -> _Seen:
         if self.conditional:

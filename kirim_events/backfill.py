@@ -32,13 +32,11 @@ them to. A Kirim that ignores the time range (kirim-api.md §7.4 only assumes it
 every slice the whole history: the first page showing a row far outside the range its slice
 asked for ends the slicing at once (:data:`TIME_FILTER_IGNORED`, said through ``progress``
 and in ``notes``), and one slice over the whole range is walked instead, checkpointed as
-such, so a resumed run walks it too. A slice that read only rows of its own (one holding
-the whole history, read far before another slice's page showed it) read the same pages:
-the walk goes on from its cursor rather than read them again, once Kirim, asked one page
-with that slice's time filter, shows it ignores it. A cursor Kirim refuses (expired) starts
-a new chain of pages that skips what was read, in the time order the rows read show
-(:mod:`kirim_events.history_slices`). Memory stays flat: one page per slice is held at a
-time; the journal is flushed to the lake in bounded batches.
+such, so a resumed run walks it too. A cursor Kirim refuses (expired) starts a new chain of
+pages that skips what was read, in the time order the rows read show
+(:mod:`kirim_events.history_slices`). Memory
+stays flat: one page per slice is held at a time; the journal is flushed to the lake in
+bounded batches.
 
 The library never prints: pass ``progress=`` to receive a :class:`BackfillProgress` after
 every page (the CLI draws a progress bar from it).
@@ -64,7 +62,6 @@ from typing import Any
 from kirim_events.atomicfile import make_dirs, move_file, replace_file
 from kirim_events.client import Delivery, KirimClient, Page, format_time
 from kirim_events.errors import (
-    ApiError,
     ConfigError,
     Interrupted,
     PayloadError,
@@ -76,7 +73,6 @@ from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
 from kirim_events.history_slices import (
     HISTORY_OVERLAP,
     Slice,
-    shows_ignored,
     split,
     untimed_mark,
     walk_restarting,
@@ -321,8 +317,7 @@ class BackfillProgress:
     fraction: float
     """Share of the time range walked (from its slices' pages), never less than in an
     earlier snapshot of the run: the one walk a run turns to when Kirim ignores the time
-    range reads the range again from the start (unless it goes on from a slice's pages),
-    and the share stays until it gets further."""
+    range reads the range again from the start, and the share stays until it gets further."""
     elapsed: float
     slices_done: int
     """Time slices walked to their end, never fewer than in an earlier snapshot."""
@@ -430,13 +425,6 @@ class _Run:
         # The progress never steps back when the slicing ends: the slices done by then stay
         # counted, and the share of the range walked stays until the one walk passes it.
         self.slices_before = 0  # slices done when the slicing ended
-        # The slices of the run when the slicing ended, for the one walk to go on from one
-        # of their chains (_hand_over); the slices (by id) whose chain this run started, the
-        # only ones it hands over; and the filter tally of each slice's chain as read by
-        # this run: a chain handed over brings its count, not read again.
-        self.handover: list[Slice] = []
-        self.fresh: set[int] = set()
-        self.chain_tally: dict[int, FilterTally] = {}
         self.fraction_told = 0.0
         self.untold: deque[BackfillProgress] = deque()  # snapshots not given to progress yet
         self.telling = threading.Lock()  # held by the thread giving them (_tell)
@@ -449,7 +437,6 @@ class _Run:
         walk_restarting(s, lambda: self._walk(s), restart=lambda: self._restart(s))
         whole = self._take_whole()
         if whole is not None:  # the slicing ended: this fetcher walks the range once
-            self._hand_over(whole)
             walk_restarting(whole, lambda: self._walk(whole), restart=lambda: self._restart(whole))
 
     def _take_whole(self) -> Slice | None:
@@ -474,59 +461,9 @@ class _Run:
         lo, hi = window
         return min(times) < lo - HISTORY_OVERLAP or max(times) >= hi + HISTORY_OVERLAP
 
-    def _hand_over(self, whole: Slice) -> None:
-        """Before the one walk's first page, go on from the chain of a slice that read
-        further through the same history instead, when one shows it is that (a slice holding
-        the whole history was read to its end, or far, before another slice's page showed
-        Kirim ignoring the range; the walk would read it all again). It must have stored
-        what the walk would (:meth:`Slice.reads_as`), and where its query asked for less
-        than the walk's, Kirim must be shown ignoring that filter: asked one page with it
-        (:meth:`Slice.probes`; a request for each such side, tried once each). The
-        checkpoint then holds the walk going on from that chain; a run killed before the
-        handover walks the range from its start, as without it."""
-        with self.lock:
-            # one read to its end first, then the one that read the most; read by this run
-            # (a killed run's chain may have come from a Kirim that applied the filters)
-            slices = sorted(self.handover, key=lambda x: (not x.done, -x.pages))
-            self.handover = []
-            plans = [
-                (s, s.probes(whole)) for s in slices if id(s) in self.fresh and s.reads_as(whole)
-            ]
-        told: dict[str, bool] = {}  # filter -> shown ignored (asked once)
-        for s, probes in plans:
-            if probes is None:
-                continue
-            for name, value in probes:
-                if name not in told and not self.stop.is_set():
-                    told[name] = self._ignores(name, value)
-            if all(told.get(name, False) for name, _ in probes):
-                with self.lock:
-                    if not s.reads_as(whole):  # a page it stored meanwhile strayed
-                        continue
-                    whole.take_chain(s)
-                    self.report.filtered.add(self.chain_tally.get(id(s), FilterTally()))
-                    self.cp.save(self.path)
-                    self._snapshot()
-                self._tell()
-                return
-
-    def _ignores(self, name: str, value: datetime) -> bool:
-        """Whether Kirim, asked one page of the history with the time filter ``name`` =
-        ``value`` (and the run's other filters), sends rows beyond it. A failure to answer
-        tells nothing (logged): the walk then reads from its start."""
-        query: dict[str, Any] = dict(self.cp.filters)
-        query[name] = value
-        try:
-            page = self.client.list_deliveries(limit=self.page_size, **query)
-        except ApiError as exc:
-            log.info("could not ask Kirim whether it ignores %s: %s", name, exc)
-            return False
-        return shows_ignored(name, value, (d.created_at for d in page.deliveries if d.created_at))
-
     def _restart(self, s: Slice) -> bool:
         with self.lock:
             narrowed = s.restart()
-            self.chain_tally.pop(id(s), None)  # a new chain: its pages are read again
             self.cp.save(self.path)
         return narrowed
 
@@ -536,10 +473,8 @@ class _Run:
         after, before = parse_time(s.after), parse_time(s.before)
         assert after is not None
         assert before is not None
-        with self.lock:
-            if s.cursor is None:  # a new chain (Slice.restart, or the slice's first)
-                self.fresh.add(id(s))
-            if s.fetch_before is None:  # the cursor is bound to it: fixed for the chain
+        if s.fetch_before is None:  # the cursor is bound to it: fixed for the chain
+            with self.lock:
                 s.fetch_before = format_time(s.window()[1])
         filters: dict[str, Any] = dict(self.cp.filters)
         window = s.window()
@@ -614,13 +549,11 @@ class _Run:
             s.rows += len(receipts)
             s.stretch(read)
             s.note_order(times)
-            self.chain_tally.setdefault(id(s), FilterTally()).add(tally)
             if self._ignores_time(window, times):
                 # every slice would walk the whole history: one slice over the range instead
                 # (walked from its start by the first fetcher free; what was stored stays)
                 self.cp.time_filter_ignored = True
                 self.slices_before = sum(x.done for x in self.cp.slices)
-                self.handover = self.cp.slices
                 self.cp.slices = [Slice(after=self.cp.since, before=self.cp.until)]
                 self.note_due = TIME_FILTER_IGNORED
                 # that walk reads every row again: the rows outside the filters are its count

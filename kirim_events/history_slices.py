@@ -28,7 +28,6 @@ __all__ = [
     "ORDER_SLACK",
     "RESTARTS_WITHOUT_PROGRESS",
     "Slice",
-    "shows_ignored",
     "split",
     "stale_cursor",
     "untimed_mark",
@@ -135,53 +134,6 @@ class Slice:
         self.low = None if low is None else format_time(low)
         self.high = None if high is None else format_time(high)
 
-    def reads_as(self, whole: Slice) -> bool:
-        """Whether what this slice stored of its current chain of pages is what ``whole``
-        (a slice over the whole range of the walk) would have stored of the same pages: it
-        read from them (it has a cursor, or reached the end) and skipped no row as
-        another slice's (every row fell inside it, or outside the range, where ``whole``
-        skips it too; told from the lowest and highest row of the chain)."""
-        if not self.started or (self.cursor is None and not self.done):
-            return False
-        low, high = _time(self.low), _time(self.high)
-        after, before = parse_time(self.after), parse_time(self.before)
-        assert after is not None
-        assert before is not None
-        if low is not None and low < after and self.after != whole.after:
-            return False  # read rows of an earlier slice (and skipped them)
-        return not (high is not None and high >= before and self.before != whole.before)
-
-    def probes(self, whole: Slice) -> list[tuple[str, datetime]] | None:
-        """What shows that this slice's chain is ``whole``'s too, though its query asks for
-        less: for each side where it does (``created_after`` higher, ``created_before``
-        lower), that time filter and a value for it that every row this chain read lies
-        more than ``HISTORY_OVERLAP`` beyond. Kirim sending such a row when asked with it
-        ignores that filter (:func:`shows_ignored`), so the rows ``whole``'s query adds on
-        that side were in this chain too; and as it then pages the same history, any row
-        of its first page is one, in whatever order it pages. None when the chain read no
-        row with a time to tell by."""
-        lo, hi = self.window()
-        want_lo, want_hi = whole.window()
-        low, high = _time(self.low), _time(self.high)
-        out: list[tuple[str, datetime]] = []
-        if low is None or high is None:
-            return None if lo > want_lo or hi < want_hi else out
-        if lo > want_lo:
-            out.append(("created_after", high + 2 * HISTORY_OVERLAP))
-        if hi < want_hi:
-            out.append(("created_before", low - 2 * HISTORY_OVERLAP))
-        return out
-
-    def take_chain(self, other: Slice) -> None:
-        """Go on from ``other``'s chain of pages (see :meth:`reads_as`): its cursor, the
-        query the cursor is bound to, and what its rows showed."""
-        lo, hi = other.window()
-        self.fetch_after, self.fetch_before = format_time(lo), format_time(hi)
-        self.cursor, self.done, self.started = other.cursor, other.done, True
-        self.low, self.high = other.low, other.high
-        self.went_back, self.went_forward = other.went_back, other.went_forward
-        self.stretch(t for t in (_time(other.oldest), _time(other.newest)) if t is not None)
-
     def restart(self) -> bool:
         """Start a new chain of pages after Kirim refused the cursor; True when the new chain
         asks for less than the last one did (progress).
@@ -225,15 +177,6 @@ def split(since: datetime, until: datetime, n: int) -> list[Slice]:
         for a, b in itertools.pairwise(edges)
         if b > a
     ]
-
-
-def shows_ignored(name: str, value: datetime, times: Iterable[datetime]) -> bool:
-    """Whether rows at ``times``, sent for a query of ``name`` (``created_after`` or
-    ``created_before``) = ``value``, lie more than ``HISTORY_OVERLAP`` (a rounding Kirim's
-    slack) beyond it: Kirim ignores that filter."""
-    if name == "created_after":
-        return any(t < value - HISTORY_OVERLAP for t in times)
-    return any(t >= value + HISTORY_OVERLAP for t in times)
 
 
 def stale_cursor(exc: PermanentApiError) -> bool:

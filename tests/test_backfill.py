@@ -878,8 +878,7 @@ def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
 class QuirkyHistory:
     """A history API with the quirks a real Kirim may have (kirim-api.md leaves them open):
     ``seconds``: filters rounded to whole seconds and rows compared by their whole second,
-    both ends exclusive; ``ignore_filters``: every row whatever the range, or those of the
-    two time filters named (``("created_after",)``); ``refuse_every``:
+    both ends exclusive; ``ignore_filters``: every row whatever the range; ``refuse_every``:
     every n-th request with a cursor gets 400 invalid_cursor; ``order``: ``newest first`` (the
     default, what kirim-api.md §7.3 assumes), ``oldest first`` or ``shuffled``. Pages by
     offset."""
@@ -900,13 +899,8 @@ class QuirkyHistory:
     def handler(self, request: httpx.Request) -> httpx.Response:
         q = request.url.params
         rows = self.rows
-        ignored = self.quirks.get("ignore_filters")
-        if ignored in (None, False) or isinstance(ignored, tuple):
-            far = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
-            lo, hi = (
-                far[i] if name in (ignored or ()) or name not in q else parse_time(q[name])
-                for i, name in enumerate(("created_after", "created_before"))
-            )
+        if not self.quirks.get("ignore_filters"):
+            lo, hi = parse_time(q.get("created_after")), parse_time(q.get("created_before"))
             assert lo is not None
             assert hi is not None
             if self.quirks.get("seconds"):
@@ -959,80 +953,6 @@ def test_a_history_that_compares_whole_seconds_loses_no_row_at_slice_edges(
     # each slice reads only its own part and 2 s past each end, not the range again
     assert report.slices == 16
     assert report.pages <= len(rows) // 50 + 2 * report.slices
-
-
-@pytest.mark.parametrize("order", ["newest first", "oldest first"])
-def test_the_one_walk_goes_on_from_a_slice_that_read_the_whole_history(
-    tmp_path: Path, order: str
-) -> None:
-    # One fetcher: the first slice holds all 100 rows and reads them (10 pages) before the
-    # second slice's first page shows Kirim ignoring the range; the one walk does not read
-    # them again, in whichever order Kirim pages
-    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
-    rows = [history_row(i, format_time(start + timedelta(seconds=i))) for i in range(100)]
-    quirky = QuirkyHistory(rows, ignore_filters=True, order=order)
-    report = quirky.backfill(tmp_path, slices=1, page_size=10)
-    _, deliveries = lake_frames(tmp_path)
-    assert sorted(deliveries["delivery_id"]) == sorted(r["id"] for r in rows)
-    assert report.notes == [TIME_FILTER_IGNORED]
-    assert report.pages == 10 + 1
-    assert report.requests == report.pages + 1  # asking whether created_before is ignored
-
-
-def test_the_one_walk_reads_on_its_own_when_kirim_applies_created_before(
-    tmp_path: Path,
-) -> None:
-    # Kirim ignores created_after but applies created_before: the first slice (one fetcher)
-    # was sent its own 100 rows only, not the one of the third slice, which the one walk
-    # must read; asked, Kirim does not show created_before ignored, and the walk reads the
-    # range from its start
-    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
-    early = [history_row(i, format_time(start + timedelta(seconds=i))) for i in range(100)]
-    late = [history_row(100, format_time(start + timedelta(minutes=40)))]
-    quirky = QuirkyHistory([*early, *late], ignore_filters=("created_after",))
-    report = quirky.backfill(tmp_path, slices=1, page_size=10)
-    _, deliveries = lake_frames(tmp_path)
-    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in [*early, *late])
-    assert report.notes == [TIME_FILTER_IGNORED]
-    # the first slice's 10 pages, the second's first (which found it out), the walk's 11
-    assert report.pages == 10 + 1 + 11
-
-
-def test_the_one_walk_never_goes_on_from_a_slice_read_by_a_run_killed_before(
-    tmp_path: Path,
-) -> None:
-    # A first run, against a Kirim that applies the range, reads the first slice (its own
-    # 100 rows, not the one of the third slice) and is then refused. Resumed against a
-    # Kirim that ignores the range, the second slice's first page shows it, and Kirim
-    # asked shows created_before ignored: that slice's pages, read under the range
-    # applied, lack the later row all the same, and the one walk reads the range.
-    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
-    early = [history_row(i, format_time(start + timedelta(seconds=i))) for i in range(100)]
-    late = [history_row(100, format_time(start + timedelta(minutes=40)))]
-    quirky = QuirkyHistory([*early, *late])
-    served = 0
-    plain = quirky.handler
-
-    def refuse_after_10(request: httpx.Request) -> httpx.Response:
-        nonlocal served
-        served += 1
-        if served > 10:
-            error = {"type": "authentication_error", "code": "x", "message": "x"}
-            return httpx.Response(401, json={"error": error})
-        return plain(request)
-
-    quirky.handler = refuse_after_10  # type: ignore[method-assign]
-    with pytest.raises(PermanentApiError):
-        quirky.backfill(tmp_path, slices=1, page_size=10)
-    state = json.loads(next((tmp_path / "_state" / "backfill").glob("*.json")).read_text())
-    assert [s["done"] for s in state["slices"]] == [True, False, False, False]
-    quirky.handler = plain  # type: ignore[method-assign]
-    quirky.quirks["ignore_filters"] = True
-    report = quirky.backfill(tmp_path, slices=1, page_size=10)
-    assert report.resumed
-    assert report.notes == [TIME_FILTER_IGNORED]
-    _, deliveries = lake_frames(tmp_path)
-    assert sorted(set(deliveries["delivery_id"])) == sorted(r["id"] for r in [*early, *late])
 
 
 def test_rows_timed_in_milliseconds_or_not_at_all_are_kept_once(tmp_path: Path) -> None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
-import anyio
 import pytest
 from test_backfill_kit import (
     FakeTime,
@@ -326,95 +323,3 @@ def test_the_progress_never_steps_back_when_the_run_turns_to_the_one_walk(
     assert all(p.slices_done <= p.slices for p in seen)
     assert seen[-1].fraction == 1.0
     assert seen[-1].slices_done == seen[-1].slices
-
-
-def test_a_slice_holding_the_whole_history_is_not_read_again_by_the_one_walk(
-    world: World, tmp_path: Path
-) -> None:
-    # One fetcher takes the 4 slices in turn, and the history lies in the first: it reads
-    # all of it (no row outside its window) before the second slice's first page shows
-    # Kirim ignoring the range. Its chain is the unfiltered history the one walk would
-    # page: the walk takes it over after one page instead of reading the history again.
-    lo, hi = world.window
-    t = FakeTime(hi.timestamp() + 7200)
-    args: dict[str, Any] = dict(since=lo, until=hi + timedelta(hours=2), slices=1, page_size=50)
-    ignoring, client = world.api(t, faults=IGNORES_TIME)
-    report = backfill(tmp_path, client=client, now=t.clock, **args)
-    assert report.notes == [TIME_FILTER_IGNORED]
-    assert stored_ids(tmp_path) == ids_where(world)
-    assert set(lake_frames(tmp_path)[0]["event_key"].to_list()) == world.history_keys
-    assert not report.filtered
-    pages = -(-len(world.emu.store.deliveries) // 50)
-    assert pages >= 5
-    requests = ignoring.paths["GET /v1/webhook_deliveries"]
-    assert requests == report.requests
-    # the first slice's pages and the second slice's first page (which found it out), and
-    # one page asking whether Kirim ignores created_before too; not the history twice
-    assert report.pages == pages + 1
-    assert requests == pages + 2
-
-
-class HoldLaterSlices:
-    """ASGI middleware: history requests for a time window after ``lo`` wait until
-    ``go`` is set (so a later slice's first page comes when the test says)."""
-
-    def __init__(self, app: Any, lo: datetime) -> None:
-        self.app, self.lo, self.go = app, lo, threading.Event()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            query = parse_qs(scope.get("query_string", b"").decode())
-            after = query.get("created_after")
-            if after and datetime.fromisoformat(after[0]) > self.lo:
-                await anyio.to_thread.run_sync(self.go.wait)
-        await self.app(scope, receive, send)
-
-
-def test_a_slice_walked_halfway_is_handed_over_to_the_one_walk_and_resumes_so(
-    world: World, tmp_path: Path
-) -> None:
-    # Two fetchers: the first slice (holding the whole history) is 15 pages in when the
-    # second slice's first page shows Kirim ignoring the range (the middleware holds it
-    # until then). The one walk goes on from the first slice's cursor (with the query it
-    # is bound to), checkpointed so: killed 2 pages later, the run resumes there, and
-    # every row is stored.
-    lo, hi = world.window
-    t = FakeTime(hi.timestamp() + 7200)
-    args: dict[str, Any] = dict(since=lo, until=hi + timedelta(hours=2), slices=2, page_size=10)
-    holding: list[HoldLaterSlices] = []
-
-    def hold(app: Any) -> Any:
-        holding.append(HoldLaterSlices(app, lo + timedelta(seconds=10)))
-        return holding[0]
-
-    ignoring, client = world.api(t, faults=IGNORES_TIME, transport_wrapper=hold)
-    pages = -(-len(world.emu.store.deliveries) // 10)
-    assert pages >= 30
-    switched: list[int] = []
-
-    def die(p: BackfillProgress) -> None:
-        if p.pages == 15:
-            holding[0].go.set()
-        if p.note is not None:
-            switched.append(p.pages)
-        if switched and p.pages == switched[0] + 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        backfill(tmp_path, client=client, progress=die, now=t.clock, **args)
-    (path,) = (tmp_path / "_state" / "backfill").glob("*.json")
-    state = json.loads(path.read_text())
-    assert state["time_filter_ignored"] is True
-    (whole,) = state["slices"]
-    assert not whole["done"]
-    first_slice_hi = datetime.fromisoformat(whole["fetch_before"])
-    assert first_slice_hi < datetime.fromisoformat(state["until"])  # the first slice's query
-    report = backfill(tmp_path, client=client, now=t.clock, **args)
-    assert report.resumed
-    assert report.notes == [TIME_FILTER_IGNORED]
-    assert stored_ids(tmp_path) == ids_where(world)
-    assert set(lake_frames(tmp_path)[0]["event_key"].to_list()) == world.history_keys
-    # the history once, the page that found it out, the page asking whether Kirim ignores
-    # created_before too, and a page the first slice may have asked for as the second
-    # found it out
-    assert ignoring.paths["GET /v1/webhook_deliveries"] <= pages + 3

@@ -12,11 +12,9 @@ import pytest
 from kirim_events.client import format_time
 from kirim_events.errors import CursorRefused, PermanentApiError
 from kirim_events.history_slices import (
-    HISTORY_OVERLAP,
     ORDER_SLACK,
     RESTARTS_WITHOUT_PROGRESS,
     Slice,
-    shows_ignored,
     walk_restarting,
 )
 
@@ -129,88 +127,3 @@ def test_chains_that_each_get_further_are_never_refused_for_good() -> None:
     s = _walk(refusals, [(i, _rows(55 - 3 * i)) for i in range(refusals)])
     assert s.restarts == refusals
     assert s.window()[1] < T0 + timedelta(minutes=15)  # the last chain started down there
-
-
-def _read(s: Slice, *times: datetime) -> Slice:
-    """``s`` one page into a chain whose rows came at ``times``."""
-    s.started, s.cursor = True, "c1"
-    s.note_order(times)
-    return s
-
-
-def _third(i: int) -> Slice:
-    """The ``i``-th third of the hour (0, 1, 2) of :func:`_slice`."""
-    a, b = T0 + timedelta(minutes=20 * i), T0 + timedelta(minutes=20 * (i + 1))
-    return Slice(after=format_time(a), before=format_time(b))
-
-
-@pytest.mark.parametrize(
-    ("i", "minutes", "reads_as"),
-    [
-        (0, [5, 15], True),  # its own rows only
-        (0, [-30, 5], True),  # and rows before the range, which the whole skips too
-        (0, [5, 25], False),  # a row of the second third, skipped as not its own
-        (1, [15, 25], False),  # a row of the first third
-        (2, [45, 70], True),  # rows after the range
-        (2, [30, 45], False),
-    ],
-)
-def test_a_slice_reads_as_the_whole_range_when_it_skipped_no_row_of_another(
-    i: int, minutes: list[int], reads_as: bool
-) -> None:
-    s = _read(_third(i), *(T0 + timedelta(minutes=m) for m in minutes))
-    assert s.reads_as(_slice()) is reads_as
-
-
-def test_a_slice_without_pages_read_or_a_cursor_reads_as_nothing() -> None:
-    assert not _third(0).reads_as(_slice())
-    s = _read(_third(0), T0)
-    s.cursor = None  # a chain started again: nothing to go on from
-    assert not s.reads_as(_slice())
-    s.done = True  # read to its end: all of it
-    assert s.reads_as(_slice())
-
-
-def test_what_shows_a_slices_chain_to_be_the_whole_ranges() -> None:
-    whole = _slice()
-    low, high = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
-    margin = 2 * HISTORY_OVERLAP
-    # the first third asks for less at the end: created_before below every row it read
-    assert _read(_third(0), high, low).probes(whole) == [("created_before", low - margin)]
-    assert _read(_third(2), high, low).probes(whole) == [("created_after", high + margin)]
-    assert _read(_third(1), high, low).probes(whole) == [
-        ("created_after", high + margin),
-        ("created_before", low - margin),
-    ]
-    assert _read(_third(0)).probes(whole) is None  # no row to tell by
-    assert _read(Slice(after=whole.after, before=whole.before)).probes(whole) == []
-
-
-def test_rows_beyond_a_time_filter_by_more_than_the_overlap_show_it_ignored() -> None:
-    edge = T0 + HISTORY_OVERLAP
-    assert shows_ignored("created_before", T0, [T0 - timedelta(hours=1), edge])
-    assert not shows_ignored("created_before", T0, [edge - timedelta(milliseconds=1)])
-    assert not shows_ignored("created_before", T0, [])
-    assert shows_ignored("created_after", edge, [T0 - timedelta(milliseconds=1)])
-    assert not shows_ignored("created_after", edge, [T0])
-
-
-def test_a_slice_taking_over_a_chain_asks_what_its_cursor_is_bound_to() -> None:
-    first = _read(_third(0), T0 + timedelta(minutes=2), T0 + timedelta(minutes=1))
-    first.oldest = first.newest = format_time(T0 + timedelta(minutes=1))
-    first.fetch_before = format_time(T0 + timedelta(minutes=20, seconds=2))
-    whole = _read(_slice(), T0 + timedelta(minutes=3))
-    whole.stretch([T0 + timedelta(minutes=3)])
-    whole.take_chain(first)
-    assert whole.window() == first.window()
-    assert (whole.cursor, whole.done, whole.low, whole.high) == (
-        first.cursor,
-        first.done,
-        first.low,
-        first.high,
-    )
-    assert whole.direction() == first.direction() == "newest first"
-    assert (whole.oldest, whole.newest) == (
-        format_time(T0 + timedelta(minutes=1)),
-        format_time(T0 + timedelta(minutes=3)),
-    )

@@ -878,7 +878,8 @@ def test_a_cursor_kirim_refuses_restarts_the_slice_above_what_is_stored(
 class QuirkyHistory:
     """A history API with the quirks a real Kirim may have (kirim-api.md leaves them open):
     ``seconds``: filters rounded to whole seconds and rows compared by their whole second,
-    both ends exclusive; ``ignore_filters``: every row whatever the range; ``refuse_every``:
+    both ends exclusive; ``ignore_filters``: every row whatever the range (True), or one of
+    ``created_after`` and ``created_before`` ignored (a tuple naming it); ``refuse_every``:
     every n-th request with a cursor gets 400 invalid_cursor; ``order``: ``newest first`` (the
     default, what kirim-api.md §7.3 assumes), ``oldest first`` or ``shuffled``. Pages by
     offset."""
@@ -899,7 +900,18 @@ class QuirkyHistory:
     def handler(self, request: httpx.Request) -> httpx.Response:
         q = request.url.params
         rows = self.rows
-        if not self.quirks.get("ignore_filters"):
+        ignored = self.quirks.get("ignore_filters") or ()
+        if ignored is True:
+            ignored = ("created_after", "created_before")
+        if len(ignored) == 1:  # one of the two filters ignored, the other applied
+            lo, hi = parse_time(q.get("created_after")), parse_time(q.get("created_before"))
+            assert lo is not None
+            assert hi is not None
+            if "created_after" in ignored:
+                rows = [r for r in rows if self.times(r) < hi]
+            else:
+                rows = [r for r in rows if lo <= self.times(r)]
+        elif not ignored:
             lo, hi = parse_time(q.get("created_after")), parse_time(q.get("created_before"))
             assert lo is not None
             assert hi is not None
@@ -953,6 +965,63 @@ def test_a_history_that_compares_whole_seconds_loses_no_row_at_slice_edges(
     # each slice reads only its own part and 2 s past each end, not the range again
     assert report.slices == 16
     assert report.pages <= len(rows) // 50 + 2 * report.slices
+
+
+def _hour_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """100 rows in the first 100 s of the hour (the first slice's), and one at minute 40."""
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    early = [history_row(i, format_time(start + timedelta(seconds=i))) for i in range(100)]
+    late = [history_row(100, format_time(start + timedelta(minutes=40)))]
+    return early, late
+
+
+def _stored_once(root: Path, rows: list[dict[str, Any]]) -> None:
+    _, deliveries = lake_frames(root)
+    assert sorted(deliveries["delivery_id"].to_list()) == sorted(r["id"] for r in rows)
+
+
+@pytest.mark.parametrize("ignored", [("created_after",), ("created_before",)])
+@pytest.mark.parametrize("order", ["newest first", "oldest first"])
+def test_kirim_ignoring_one_time_filter_loses_no_row_to_the_one_walk(
+    tmp_path: Path, order: str, ignored: tuple[str, ...]
+) -> None:
+    # Two fetchers, 8 slices; rows in the first slice, one at minute 40 and 30 at minute 50
+    early, late = _hour_rows()
+    start = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    later = [
+        history_row(300 + i, format_time(start + timedelta(minutes=50, seconds=i)))
+        for i in range(30)
+    ]
+    quirky = QuirkyHistory([*early, *late, *later], ignore_filters=ignored, order=order)
+    report = quirky.backfill(tmp_path, slices=2, page_size=10)
+    _stored_once(tmp_path, [*early, *late, *later])
+    assert report.notes[0] == TIME_FILTER_IGNORED
+
+
+@pytest.mark.parametrize("order", ["newest first", "oldest first"])
+def test_a_kirim_that_starts_ignoring_the_range_midway_loses_no_row(
+    tmp_path: Path, order: str
+) -> None:
+    # Kirim applies the range while the first slice (one fetcher) reads its 100 rows, then
+    # ignores it (a deploy, a mixed fleet) from the second slice's first page on. The one
+    # walk must read the range itself: going on from the first slice's chain, read under the
+    # range applied, lost the row at minute 40 (a handover tried and reverted at stop 34).
+    early, late = _hour_rows()
+    quirky = QuirkyHistory([*early, *late], order=order)
+    plain = quirky.handler
+    served = 0
+
+    def flip(request: httpx.Request) -> httpx.Response:
+        nonlocal served
+        served += 1
+        if served > 10:
+            quirky.quirks["ignore_filters"] = True
+        return plain(request)
+
+    quirky.handler = flip  # type: ignore[method-assign]
+    report = quirky.backfill(tmp_path, slices=1, page_size=10)
+    assert report.notes == [TIME_FILTER_IGNORED]
+    _stored_once(tmp_path, [*early, *late])
 
 
 def test_rows_timed_in_milliseconds_or_not_at_all_are_kept_once(tmp_path: Path) -> None:

@@ -145,12 +145,12 @@ def test_an_unreadable_lease_is_replaced_by_exactly_one_of_two(
     assert record["owner"] == ("a" if outcomes[0] is None else "b")
 
 
-def test_a_renewal_fails_when_the_lease_was_replaced_after_it_was_read(
-    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The renewal reads its own lease, then another compaction (which thought this one
-    dead) replaces it before the renewal writes: the renewal must not overwrite it."""
-    storage = ke.Lake("s3://lake/renew-replaced", env=s3_env).storage
+def _taken_then_replaced_after_read(
+    s3_env: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> _Lease:
+    """A lease taken by "mine", whose next read is followed at once by another compaction
+    writing its own lease ("theirs", until T + 1200) over it."""
+    storage = ke.Lake(f"s3://lake/{name}", env=s3_env).storage
     mine = _Lease(storage, "mine", lambda: T)
     mine.take()
     theirs = json.dumps({"owner": "theirs", "until": T + 1200}).encode()
@@ -162,6 +162,15 @@ def test_a_renewal_fails_when_the_lease_was_replaced_after_it_was_read(
         return seen
 
     monkeypatch.setattr(mine, "_record", replaced_after_read)
+    return mine
+
+
+def test_a_renewal_fails_when_the_lease_was_replaced_after_it_was_read(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal reads its own lease, then another compaction (which thought this one
+    dead) replaces it before the renewal writes: the renewal must not overwrite it."""
+    mine = _taken_then_replaced_after_read(s3_env, "renew-replaced", monkeypatch)
     with pytest.raises(ke.LakeError, match="took over the lease"):
         mine.check_once()
     monkeypatch.undo()
@@ -173,18 +182,7 @@ def test_a_renewal_fails_when_the_lease_was_replaced_after_it_was_read(
 def test_a_release_leaves_a_lease_replaced_after_it_was_read(
     s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = ke.Lake("s3://lake/release-replaced", env=s3_env).storage
-    mine = _Lease(storage, "mine", lambda: T)
-    mine.take()
-    theirs = json.dumps({"owner": "theirs", "until": T + 1200}).encode()
-    real = mine._record
-
-    def replaced_after_read() -> Any:
-        seen = real()
-        storage.publish(LEASE, theirs)
-        return seen
-
-    monkeypatch.setattr(mine, "_record", replaced_after_read)
+    mine = _taken_then_replaced_after_read(s3_env, "release-replaced", monkeypatch)
     mine.release()
     assert _lease_record(s3_env, "release-replaced") == {"owner": "theirs", "until": T + 1200}
 

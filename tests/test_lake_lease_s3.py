@@ -192,7 +192,7 @@ def test_a_put_retried_after_its_answer_was_lost_still_holds_the_lease(
 ) -> None:
     """boto retries a PUT whose answer was lost: the retry fails the If-None-Match that its
     own first attempt made false. The lease is this run's all the same."""
-    from kirim_events.lake.storage import ConditionFailed
+    from kirim_events.lake.s3failures import ConditionFailed
 
     storage = ke.Lake("s3://lake/lost-answer", env=s3_env).storage
     real = storage.put_if

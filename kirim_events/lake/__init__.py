@@ -61,9 +61,10 @@ from kirim_events.lake.reader import (
     scan,
     vanished_file,
 )
+from kirim_events.lake.s3failures import s3_failure
 from kirim_events.lake.sqlviews import create_stand_in, create_view
 from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
-from kirim_events.lake.storage import Storage, open_storage, s3_failure
+from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
 from kirim_events.timearg import TimeLike, to_utc

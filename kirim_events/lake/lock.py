@@ -14,7 +14,8 @@ from typing import Any
 
 from kirim_events.errors import LakeError, StorageError
 from kirim_events.filelock import file_lock
-from kirim_events.lake.storage import ConditionFailed, ConditionsUnsupported, Storage
+from kirim_events.lake.s3failures import ConditionFailed, ConditionsUnsupported
+from kirim_events.lake.storage import Storage
 
 __all__ = ["LEASE_SECONDS", "RENEW_SECONDS", "compaction_lock"]
 

@@ -25,11 +25,11 @@ with its ETag, :meth:`Storage.put_if` writes it only if it is still as read
 them (:mod:`kirim_events.lake.lock`).
 
 Foreign ``OSError`` s and boto errors are translated into
-:class:`~kirim_events.errors.StorageError` here (the conditions into :class:`ConditionFailed`
-and :class:`ConditionsUnsupported`), and so are failed S3 requests met by the engines
-reading an S3 lake's Parquet files (:meth:`Storage.s3_error`): a request S3 denied or a
-server that could not be reached is one line naming the lake and what to check, never a
-credential.
+:class:`~kirim_events.errors.StorageError` here (the conditions into ``ConditionFailed``
+and ``ConditionsUnsupported``), and so are failed S3 requests met by the engines reading an
+S3 lake's Parquet files (:meth:`Storage.s3_error`): a request S3 denied or a server that
+could not be reached is one line naming the lake and what to check, never a credential
+(told apart and worded by :mod:`kirim_events.lake.s3failures`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import re
 import sys
 import threading
 import uuid
@@ -53,17 +52,18 @@ import pyarrow.fs as pafs
 
 from kirim_events.atomicfile import fsync_dir, make_dirs, remove_quiet, write_new
 from kirim_events.config import shown_url
-from kirim_events.errors import ConfigError, KirimEventsError, StorageError
+from kirim_events.errors import ConfigError, StorageError
+from kirim_events.lake.s3failures import (
+    BOTO_DENIED,
+    ConditionFailed,
+    ConditionsUnsupported,
+    failure_message,
+    quoted,
+    s3_failure,
+    scrub,
+)
 
-__all__ = [
-    "ConditionFailed",
-    "ConditionsUnsupported",
-    "Entry",
-    "Staged",
-    "Storage",
-    "open_storage",
-    "s3_failure",
-]
+__all__ = ["Entry", "Staged", "Storage", "open_storage"]
 
 _S3_THREADS = 16
 _RENAME_TRIES = 5
@@ -84,19 +84,6 @@ class Staged:
 
     rel: str
     tmp: str | None
-
-
-class ConditionFailed(KirimEventsError):
-    """A conditional write or delete found the object changed since it was read (S3 answered
-    412 PreconditionFailed or 409 ConditionalRequestConflict, or the object is gone).
-
-    Not a StorageError: trying again cannot help, someone else wrote the object. Only the
-    compaction lease sees it, and turns it into a LakeError that says so.
-    """
-
-
-class ConditionsUnsupported(KirimEventsError):
-    """The store answered that it does not implement conditional writes (501 NotImplemented)."""
 
 
 @contextmanager
@@ -136,7 +123,7 @@ def _translate_boto(
         if code == "NotImplemented" or status == 501:
             said = storage._scrub(str(error.get("Message", "")))
             raise ConditionsUnsupported(f"{code or status}: {said}") from exc
-        if code in _BOTO_DENIED or status == 403:
+        if code in BOTO_DENIED or status == 403:
             kind = "denied"
         else:
             kind = code or "UNKNOWN"
@@ -150,74 +137,6 @@ def _translate_boto(
         raise StorageError(
             storage._scrub(f"lake storage failed to {action} {rel!r}: {exc}")
         ) from exc
-
-
-_BOTO_DENIED = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "ExpiredToken",
-        "InvalidAccessKeyId",
-        "InvalidClientTokenId",
-        "InvalidToken",
-        "MissingAuthenticationToken",
-        "RequestExpired",
-        "SignatureDoesNotMatch",
-        "TokenRefreshRequired",
-    }
-)
-"""S3's codes (as boto3 gets them) of a request refused for its credentials or their
-rights: the same failures as pyarrow's :data:`_DENIED`."""
-
-
-_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))? during (\w+) operation")
-"""How pyarrow words a failed S3 request, in its OSError and in the errors of DuckDB and
-Polars that quote it: ``AWS Error ACCESS_DENIED during HeadObject operation: ...``, ``AWS
-Error UNKNOWN (HTTP status 403) during GetObject operation: ...`` (the AWS SDK's name of the
-error, the HTTP status where it has no name, then the request)."""
-
-_DENIED = frozenset(
-    {
-        "ACCESS_DENIED",
-        "EXPIRED_TOKEN",
-        "INCOMPLETE_SIGNATURE",
-        "INVALID_ACCESS_KEY_ID",
-        "INVALID_CLIENT_TOKEN_ID",
-        "INVALID_SIGNATURE",
-        "MISSING_AUTHENTICATION_TOKEN",
-        "REQUEST_EXPIRED",
-        "SIGNATURE_DOES_NOT_MATCH",
-        "UNRECOGNIZED_CLIENT",
-    }
-)
-"""The AWS SDK's names of a request refused for its credentials or their rights (403)."""
-
-_UNREACHABLE = frozenset({"NETWORK_CONNECTION"})
-"""... of a request that got no answer: no connection, no such host, a closed port."""
-
-
-def s3_failure(exc: BaseException) -> tuple[str, str] | None:
-    """``(kind, request)`` of a failed S3 request quoted in ``exc`` (pyarrow's OSError, or
-    DuckDB's or Polars' error holding its text): ``kind`` is ``"denied"``, ``"unreachable"``
-    or the AWS SDK's name of another error (``NO_SUCH_BUCKET``, ``SLOW_DOWN``, ...),
-    ``request`` the S3 operation (``HeadObject``, ``GetObject``, ...). None for any other
-    failure, and for our own errors (whose message may quote pyarrow's)."""
-    if isinstance(exc, KirimEventsError) or not isinstance(exc, Exception):
-        return None
-    found = _AWS_ERROR.search(str(exc))
-    if found is None:
-        return None
-    code, status, request = found.groups()
-    if code in _DENIED or status == "403":
-        return "denied", request
-    if code in _UNREACHABLE:
-        return "unreachable", request
-    return code if status is None else f"{code} (HTTP status {status})", request
-
-
-def _quoted(exc: BaseException) -> str:
-    """S3's own message in pyarrow's text of a failed request: its first line."""
-    return str(exc).partition(" operation: ")[2].strip().split("\n", 1)[0]
 
 
 _ACTIONS = {"list": "list", "read": "read", "write": "write", "delete": "delete", "sync": "write"}
@@ -234,7 +153,7 @@ def _translate(storage: Storage, action: str, rel: str) -> Iterator[None]:
         # of S3 (NO_SUCH_BUCKET, ...) as they were, pyarrow's text naming the object
         failure = None if storage.local else s3_failure(exc)
         if failure is not None and failure[0] in ("denied", "unreachable"):
-            message = storage._s3_message(failure, _quoted(exc), _ACTIONS.get(action, action))
+            message = storage._s3_message(failure, quoted(exc), _ACTIONS.get(action, action))
             raise StorageError(message) from exc
         raise StorageError(
             storage._scrub(f"lake storage failed to {action} {rel!r}: {exc}")
@@ -280,41 +199,15 @@ class Storage:
         failure = None if self.local else s3_failure(exc)
         if failure is None:
             return None
-        return StorageError(self._s3_message(failure, _quoted(exc), action))
+        return StorageError(self._s3_message(failure, quoted(exc), action))
 
     def _s3_message(self, failure: tuple[str, str], said: str, action: str) -> str:
-        """The one line for a failed S3 request, met by pyarrow (:func:`s3_failure`) or by
-        boto3 (:func:`_translate_boto`): ``failure`` is ``(kind, request)``, ``said`` S3's
-        own message, quoted only for a failure neither denied nor unanswered, and with any
-        of this lake's credentials blanked out (a store may echo the request's headers)."""
-        kind, request = failure
-        if kind == "denied":
-            return (
-                f"access denied by S3 to the lake at {self.uri} ({request} refused): check "
-                "the AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "AWS_SESSION_TOKEN, or your AWS profile) and that their policy lets them "
-                f"{action} {self.uri}"
-            )
-        if kind == "unreachable":
-            return (
-                f"could not reach S3 at {self._endpoint()} for the lake at {self.uri} "
-                f"({request} got no answer): check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), "
-                "AWS_REGION and the network"
-            )
-        said = self._scrub(said)
-        return (
-            f"S3 failed a {request} request for the lake at {self.uri} ({kind}"
-            f"{': ' + said if said else ''}): check the bucket, AWS_REGION and "
-            "AWS_ENDPOINT_URL"
-        )
+        """The one line for a failed S3 request of this lake (:func:`failure_message`)."""
+        return failure_message(self.uri, self._endpoint, failure, self._scrub(said), action)
 
     def _scrub(self, text: str) -> str:
         """``text`` with the values of this lake's AWS credentials blanked out."""
-        env = self._s3_env or {}
-        names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-        for value in sorted({env.get(n, "") for n in names} - {""}, key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
+        return scrub(text, self._s3_env or {})
 
     def _endpoint(self) -> str:
         """The S3 endpoint this lake's requests go to, as it may be shown."""

@@ -407,3 +407,28 @@ def test_threads_asking_for_the_client_at_once_get_one_made_from_a_session_of_it
     assert len(clients) == 8
     assert len({id(client) for client in clients}) == 1
     assert boto3.DEFAULT_SESSION is None  # boto3's shared session was not used
+
+
+def test_a_release_that_fails_is_told_to_the_run_not_only_logged(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DeleteObject denied leaves the lease for ten minutes; the CLI only shows what the
+    run's warnings hold (the library logs to no one), so the failure must be there."""
+    from kirim_events.errors import StorageError
+
+    storage = ke.Lake("s3://lake/release-denied", env=s3_env).storage
+    warnings: list[str] = []
+    mine = _Lease(storage, "mine", lambda: T, warnings)
+    mine.take()
+
+    def denied(*_args: object, **_kwargs: object) -> None:
+        raise StorageError("access denied by S3 to the lake (DeleteObject refused)")
+
+    monkeypatch.setattr(storage, "delete_if", denied)
+    monkeypatch.setattr(storage, "delete", denied)
+    mine.release()  # not raised: it would hide the error the run may be ending with
+    assert len(warnings) == 1
+    assert "could not release the compaction lease of s3://lake/release-denied" in warnings[0]
+    assert "DeleteObject refused" in warnings[0]
+    assert "lapses by itself within 10 minutes" in warnings[0]
+    assert _lease_record(s3_env, "release-denied") is not None  # still there, as said

@@ -37,7 +37,8 @@ def compaction_lock(
     S3 it renews the lease and raises LakeError if another compaction took it over.
 
     ``warnings`` gets what the run's user should be told, as it is logged: that the S3
-    lease is only best effort, and why (the CLI shows it; a library logs to no one)."""
+    lease is only best effort, and why, or that it could not be released (the CLI shows
+    it; a library logs to no one)."""
     if not storage.local:
         with _lease(storage, owner, now, warnings) as check:
             yield check
@@ -233,7 +234,14 @@ class _Lease:
                 if seen.record is not None and seen.record.get("owner") == self.owner:
                     self._delete(seen)  # never another compaction's lease
         except StorageError as exc:
-            log.warning("could not release the compaction lease (%s); it lapses by itself", exc)
+            said = (
+                f"could not release the compaction lease of {self.storage.uri} ({exc}); it "
+                f"lapses by itself within {LEASE_SECONDS / 60:.0f} minutes, and a compaction "
+                "started before then is refused"
+            )
+            log.warning("%s", said)
+            if self.warnings is not None:
+                self.warnings.append(said)  # the CLI shows it
 
     def _delete(self, seen: _Seen) -> None:
         if self.conditional and seen.etag is not None:

@@ -17,7 +17,8 @@ Only copies of the very same bytes are looked at (their names carry the sha256 p
 so this costs nothing while no other copy of the body is kept.
 
 A writer killed before its rename leaves a ``.<name>.<random>.tmp`` file; as every writer
-holds the lock while its own exist, the next write into that day's folder removes them.
+holds the lock while its own exist, the next quarantine write removes them, from every
+day's folder (quarantine writes are rare: the look costs one listing of the day folders).
 """
 
 from __future__ import annotations
@@ -247,8 +248,10 @@ def _keep(
                     / f"{stamp}-{digest[:16]}-{key}.body"
                 )
                 make_dirs(path.parent)
-            for tmp in path.parent.glob(".*.tmp"):  # a killed writer's: every writer holds
-                remove_quiet(tmp)  # the lock while its temporary files exist
+            # a killed writer's, in any day's folder (its retries may come days later, or
+            # never): every writer holds the lock while its temporary files exist
+            for tmp in (data_dir / "quarantine").glob("*/.*.tmp"):
+                remove_quiet(tmp)
             if new:
                 replace_file(path, body)
             replace_file(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())

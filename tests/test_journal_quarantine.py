@@ -264,3 +264,22 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_in_its_fol
     when = datetime(2026, 5, 1, 10, 0, 5, tzinfo=UTC)
     path = write_quarantine(tmp_path, b"{garbage", {"X-Kirim-Delivery-Id": "wbd_1"}, "x", when)
     assert sorted(p.name for p in day.iterdir()) == [path.name, path.with_suffix(".json").name]
+
+
+def test_a_killed_writers_temporary_file_in_another_days_folder_is_removed_too(
+    tmp_path: Path,
+) -> None:
+    # the delivery whose write was killed may never come again (its retries ran out, or came
+    # on another day): its leftover must not stay in an old day's folder for good
+    old_day = tmp_path / "quarantine" / "2026-04-20"
+    old_day.mkdir(parents=True)
+    left = old_day / ".20260420T100000000000Z-0123456789abcdef-01234567.body.0123456789ab.tmp"
+    left.write_bytes(b"{garb")
+    kept = old_day / "20260420T090000000000Z-fedcba9876543210-76543210.body"
+    kept.write_bytes(b"{kept")  # a kept copy, not a temporary file: stays
+    when = datetime(2026, 5, 1, 10, 0, 5, tzinfo=UTC)
+    path = write_quarantine(tmp_path, b"{garbage", {"X-Kirim-Delivery-Id": "wbd_1"}, "x", when)
+    assert not left.exists()
+    assert kept.read_bytes() == b"{kept"
+    assert path.exists()
+    assert path.parent.name == "2026-05-01"

@@ -214,10 +214,11 @@ class Storage:
         if self._s3_env is None:
             return "the endpoint of the filesystem given"
         settings = _s3_settings(self._s3_env)
-        if "endpoint_override" not in settings:
+        url = _endpoint_url(settings)
+        if url is None:
             region = settings.get("region")
             return f"AWS's endpoint{' for ' + region if region else ''}"
-        return shown_url(f"{settings['scheme']}://{settings['endpoint_override']}")
+        return shown_url(url)
 
     def full(self, rel: str) -> str:
         """Full path of ``rel`` for this storage's filesystem (and for local readers)."""
@@ -479,9 +480,9 @@ class Storage:
             return
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, _, prefix = self.root.partition("/")
+        bucket = self.root.partition("/")[0]
         folders = {r for r in (rel.strip("/") for rel in rels) if r}
-        keys = [f"{prefix}/{r}/" if prefix else f"{r}/" for r in sorted(folders)]
+        keys = [f"{self._bucket_key(r)[1]}/" for r in sorted(folders)]
 
         def drop(key: str) -> None:
             try:
@@ -559,9 +560,7 @@ class Storage:
                 return None
             settings = _s3_settings(self._s3_env)
             kwargs = {
-                "endpoint_url": f"{settings['scheme']}://{settings['endpoint_override']}"
-                if "endpoint_override" in settings
-                else None,
+                "endpoint_url": _endpoint_url(settings),
                 "region_name": settings.get("region"),
                 "aws_access_key_id": settings.get("access_key"),
                 "aws_secret_access_key": settings.get("secret_key"),
@@ -665,6 +664,13 @@ def open_storage(
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot configure S3 access: {exc}") from exc
     return Storage(root.rstrip("/"), filesystem, local=False, uri=text, s3_env=environ)
+
+
+def _endpoint_url(settings: Mapping[str, str]) -> str | None:
+    """The endpoint URL of :func:`_s3_settings`; None for AWS's own."""
+    if "endpoint_override" not in settings:
+        return None
+    return f"{settings['scheme']}://{settings['endpoint_override']}"
 
 
 def _s3_settings(env: Mapping[str, str]) -> dict[str, str]:

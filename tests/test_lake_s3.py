@@ -77,10 +77,15 @@ def test_s3_location_errors_are_clear(s3_env: dict[str, str]) -> None:
     with pytest.raises(ke.ConfigError, match="unsupported"):
         ke.Lake("gs://bucket/x", env=s3_env)
     missing = ke.Lake("s3://no-such-bucket/x", env=s3_env)
-    with pytest.raises(
-        ke.StorageError, match=r"lake storage failed to write .*The specified bucket does not exist"
-    ):
+    # a write, worded as any failed S3 request is (a read's, boto3's): one line, what to check
+    said = (
+        r"^S3 failed a \w+ request for the lake at s3://no-such-bucket/x \(NO_SUCH_BUCKET: "
+        r"The specified bucket does not exist.*\): check the bucket, AWS_REGION and "
+        r"AWS_ENDPOINT_URL$"
+    )
+    with pytest.raises(ke.StorageError, match=said) as failed:
         missing.write_events([ev("a")])
+    assert "\n" not in str(failed.value)
     # read, a mistyped bucket answered zero rows, as a missing local folder must not
     no_bucket = "no lake at s3://no-such-bucket/x: the bucket no-such-bucket does not exist"
     for read in (missing.events, missing.message_timelines, missing.span, missing.compact):

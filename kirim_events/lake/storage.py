@@ -149,10 +149,10 @@ def _translate(storage: Storage, action: str, rel: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        # a denied or unanswered request, one line saying what to check; other failures
-        # of S3 (NO_SUCH_BUCKET, ...) as they were, pyarrow's text naming the object
+        # a failed S3 request (denied, unanswered, NO_SUCH_BUCKET, ...): one line saying
+        # what to check, worded as the same failure met by a read or by boto3
         failure = None if storage.local else s3_failure(exc)
-        if failure is not None and failure[0] in ("denied", "unreachable"):
+        if failure is not None:
             message = storage._s3_message(failure, quoted(exc), _ACTIONS.get(action, action))
             raise StorageError(message) from exc
         raise StorageError(

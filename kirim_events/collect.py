@@ -36,6 +36,7 @@ from kirim_events.receiver import (
     Metrics,
     Receiver,
     check_body_timeout,
+    check_options,
 )
 from kirim_events.serving import Served
 from kirim_events.stopsignals import handling
@@ -96,6 +97,10 @@ class Collector:
         if max_body < 1:
             raise ConfigError(f"max body must be at least 1 byte, got {max_body}")
         check_body_timeout(body_timeout)
+        # what the receiver refuses, refused before the journal opens: refused after it, the
+        # journal's writer thread and connection stayed open, and a new journal stayed in
+        # the folder (which then reads as a lake)
+        keys, path, tolerance = check_options(secrets, path, tolerance)
         self.data_dir = Path(data_dir)
         self._lake = lake
         self.flush_interval = flush_interval
@@ -107,7 +112,7 @@ class Collector:
         self._flusher = ThreadPoolExecutor(1, "kirim-flusher", initializer=_lower_priority)
         self.receiver = Receiver(
             self.journal,
-            secrets,
+            keys,
             path=path,
             max_body=max_body,
             tolerance=tolerance,

@@ -51,7 +51,9 @@ def _kirim_typed(data: dict[str, Any]) -> dict[str, Any]:
 
 def kirim_records(body: dict[str, Any], ctx: Context) -> Iterator[EventRecord]:
     """The one record of a Kirim-native body (``type`` and ``data``)."""
-    kind = check_type(body["type"])
+    # under the lake's name, as in the third shape: a message.status_updated stored as it
+    # came sat in a folder that lake.events() of either name never reads
+    kind = check_type(canonical_type(body["type"]))
     own_id = as_text(body.get("id"))
     event_id = own_id or ctx.headers.get("X-Kirim-Event-Id")
     key = event_id or f"sha256:{ctx.body_hash}"

@@ -11,6 +11,7 @@ from kirim_events.events_record import (
     EVENT_TYPE_PATTERN,
     MAX_TYPE_LENGTH,
     EventRecord,
+    canonical_type,
     check_type,
 )
 
@@ -242,7 +243,7 @@ def _meta_other(kirim: dict[str, Any], ctx: Context) -> EventRecord:
         ctx.base("meta", None),
         event_key=key,
         event_id=event_id or key,
-        type=check_type(kind),
+        type=check_type(canonical_type(kind)),  # the lake's name, as in every shape
         phone_number_id=as_text(at_path(kirim, "phone_number_id")),
         conversation_id=as_text(at_path(kirim, "conversation_id")),
         contact_id=as_text(at_path(kirim, "contact_id")),

@@ -305,6 +305,18 @@ def webhook_path(path: str) -> str:
     return "/" + path.strip("/")
 
 
+def check_options(
+    secrets: SecretLike | Iterable[SecretLike], path: str, tolerance: int | None
+) -> tuple[tuple[Secret, ...], str, int | None]:
+    """The secrets, path and tolerance as a :class:`Receiver` keeps them; ValueError or
+    ConfigError for those it refuses, so that a caller can refuse them before it opens
+    anything (the collector, before its journal)."""
+    keys = as_secrets(secrets)
+    if not keys:
+        raise ValueError("the receiver needs at least one webhook secret")
+    return keys, webhook_path(path), check_tolerance(tolerance)
+
+
 class Receiver:
     """The webhook receiver, an ASGI application.
 
@@ -347,12 +359,8 @@ class Receiver:
         metrics: Metrics | None = None,
     ) -> None:
         self.journal = journal
-        self._secrets: tuple[Secret, ...] = as_secrets(secrets)
-        if not self._secrets:
-            raise ValueError("the receiver needs at least one webhook secret")
-        self.path = webhook_path(path)
+        self._secrets, self.path, self.tolerance = check_options(secrets, path, tolerance)
         self.max_body = max_body
-        self.tolerance = check_tolerance(tolerance)
         self.body_timeout = check_body_timeout(body_timeout)
         self._deadlines = Deadlines(body_timeout)
         # a replay verifies within the tolerance of its t, itself within it of the first one

@@ -82,3 +82,33 @@ def test_flushes_run_on_a_thread_of_lower_priority(tmp_path: Path, nicer_by: int
         own, flusher = starter.submit(start_and_ask).result()
     assert own == min(19, os.getpriority(os.PRIO_PROCESS, 0) + nicer_by)
     assert flusher == min(19, own + 10)
+
+
+def _journal_threads() -> int:
+    return sum(t.name == "kirim-journal" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "says"),
+    [
+        ({"path": "/a b"}, ke.ConfigError, "is no URL path Kirim could post to"),
+        ({"secrets": []}, ValueError, "needs at least one webhook secret"),
+        ({"secrets": " , "}, ValueError, "needs at least one webhook secret"),
+        ({"tolerance": -1}, ValueError, "tolerance must be None or a finite number"),
+    ],
+)
+def test_options_the_receiver_refuses_leave_no_journal_behind(
+    tmp_path: Path, options: dict[str, object], error: type[Exception], says: str
+) -> None:
+    # they were checked once the journal was open: each refusal left its writer thread and
+    # database connection running, and a new journal in the folder (which then reads as a
+    # lake: a data folder inside it is refused)
+    before = _journal_threads()
+    with pytest.raises(error, match=says):
+        ke.Collector(tmp_path, **{"secrets": SECRET, **options})  # type: ignore[arg-type]
+    given = {"secrets": SECRET, **options}
+    settings = ke.Settings(tolerance=given.pop("tolerance", 300))  # type: ignore[arg-type]
+    with pytest.raises(error, match=says):
+        collect(tmp_path, port=0, settings=settings, **given)  # type: ignore[arg-type]
+    assert not (tmp_path / "_journal").exists()
+    assert _journal_threads() == before

@@ -294,6 +294,22 @@ def test_third_shape_uses_message_id_and_maps_status_alias() -> None:
     assert rec.occurred_at == datetime(2026, 5, 23, 10, 0, 5, 500000, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("shape", ["kirim", "meta"])
+def test_the_status_alias_is_stored_by_the_lakes_name_in_every_shape(shape: str) -> None:
+    # Only the third shape mapped message.status_updated: a Kirim-native envelope of that
+    # type (or a Meta body without items hinted so) went to a type=message.status_updated
+    # folder, which lake.events() of either name never reads (both ask for message.status)
+    if shape == "kirim":
+        message = {"id": "msg_1", "status": "read"}
+        obj = {"id": "evt_1", "type": "message.status_updated", "data": {"message": message}}
+        body, headers = json.dumps(obj).encode(), {}
+    else:
+        body = json.dumps(meta_envelope({"errors": []}, phone_number_id=PHONE_ID)).encode()
+        headers = _headers("message.status_updated", "evt_2")
+    [rec] = parse_delivery(body, headers, received_at=RECEIVED)
+    assert rec.type == events.canonical_type("message.status_updated") == "message.status"
+
+
 @pytest.mark.parametrize("shape", ["legacy", "kirim"])
 def test_a_status_in_upper_case_is_stored_in_lower_case_as_meta_ones_are(shape: str) -> None:
     # "READ" was stored as is, and the analytics (which rank "read") dropped the event

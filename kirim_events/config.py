@@ -304,6 +304,10 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
                 "KIRIM_API_URL's host is no host name or IP address (a blank, a bracket or a"
                 " character a host cannot hold)"
             )
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            # httpx takes any digits; 99999 was retried for tens of seconds, then "Connection
+            # refused", which points at a server that is not running. Digits hold no key.
+            raise ConfigError(f"KIRIM_API_URL's port {parsed.port} is no TCP port (1 to 65535)")
         out["api_url"] = url
     if "api_key" in out:  # checked where it is used (require_api_key, KirimClient)
         key = out["api_key"]

@@ -177,6 +177,43 @@ def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(
     assert "Traceback" not in err.decode()
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_reconcile_stopped_says_what_it_leaves(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    # Ctrl-C ended reconcile with exit 130 and not a word (SIGTERM with 143, killed), where
+    # backfill says what it kept; a user could not tell what an interrupted run left
+    answered: list[int] = []
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"error": {"type": "rate"}}'})
+        answered.append(429)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with serve(busy) as url:
+        env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
+        cmd = [sys.executable, "-m", "kirim_events", "reconcile", "--data", str(data),
+               "--since", "1d"]  # fmt: skip
+        interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=interruptible)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not answered:  # it waits out the 429's Retry-After
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    said = " ".join(err.decode().split())
+    assert proc.returncode == code, said
+    assert "interrupted: nothing is lost; events it imported wait in the journal" in said
+    assert "the same command finishes the rest" in said
+    assert "Traceback" not in said
+
+
 def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) -> None:
     since, until = window(world)
     runner = CliRunner()

@@ -57,3 +57,17 @@ def test_a_blank_api_key_argument_is_no_key() -> None:
 def test_a_host_name_may_end_in_the_root_dot() -> None:
     assert valid_host("api.kirim.chat.")
     assert Settings.load(api_url="https://api.kirim.chat./v1").api_url.endswith("chat./v1")
+
+
+@pytest.mark.parametrize("port", [0, 65536, 99999])
+def test_an_api_url_whose_port_is_no_tcp_port_is_refused_at_once(port: int) -> None:
+    # httpx takes any digits as the port: 99999 was retried for tens of seconds and then
+    # reported as "Connection refused", as if the server were down
+    with pytest.raises(ConfigError, match=f"KIRIM_API_URL's port {port} is no TCP port"):
+        Settings.load({"KIRIM_API_URL": f"http://127.0.0.1:{port}/v1"})
+
+
+@pytest.mark.parametrize("port", [1, 8765, 65535])
+def test_an_api_url_with_a_tcp_port_is_taken(port: int) -> None:
+    url = f"http://127.0.0.1:{port}"
+    assert Settings.load({"KIRIM_API_URL": url}).api_url == url

@@ -191,7 +191,8 @@ def test_emulate_refuses_a_bad_events_count(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--send-to", "http://127.0.0.1:99999/hook"], "--send-to must be"),
+        (["--send-to", "http://127.0.0.1:99999/hook"], "--send-to's port 99999 is no TCP port"),
+        (["--send-to", "http://127.0.0.1:0/hook"], "--send-to's port 0 is no TCP port"),
         (["--send-to", "http://"], "--send-to must be"),
         (["--send-to", "ftp://example.com/x"], "--send-to must be"),
         (["--send-to", "http://[PASSW0RD/x"], "--send-to must be"),

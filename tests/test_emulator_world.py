@@ -143,6 +143,21 @@ def test_same_seed_same_bodies() -> None:
     assert bodies(5) != bodies(6)
 
 
+def test_another_start_makes_other_ids_for_the_same_traffic() -> None:
+    # `emulate` twice without --start (the same seed 0, the world starting relative to now):
+    # the wamids came from the seed alone, so the second run's messages and statuses had the
+    # first run's ids and a collector answered them "duplicate", keeping none of them
+    def events(start: int) -> list[Any]:
+        return list(World(seed=3, start=start).events(max_events=600))
+
+    first, again, later = events(1_780_000_000), events(1_780_000_000), events(1_780_086_400)
+    assert [e.event_id for e in first] == [e.event_id for e in again]
+    assert any(e.event_id.startswith("wamid.") for e in first)
+    assert not {e.event_id for e in first} & {e.event_id for e in later}
+    # the same traffic, a day later: only the ids and times differ
+    assert [(e.type, e.status) for e in first] == [(e.type, e.status) for e in later]
+
+
 def test_a_long_stream_keeps_bounded_state() -> None:
     world = World(WorldConfig(max_contacts=300), seed=9)
     peak = 0

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from test_lake import T0, ev, parquet_files
 from typer.testing import CliRunner
+from waiting import wait_until
 
 import kirim_events as ke
 from kirim_events.cli import app
+from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
 
 runner = CliRunner()
@@ -228,3 +235,40 @@ def test_an_unsupported_lake_location_is_named_without_its_credentials(
     ) as caught:
         ke.Lake(location)
     assert "PASSW0RD" not in str(caught.value)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: /proc/PID/fd)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(fd)) == path:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_compact_stopped_says_nothing_is_lost(tmp_path: Path, sig: int, code: int) -> None:
+    # Ctrl-C ended compact with exit 130 and not a word, SIGTERM (cron's timeout, systemd)
+    # killed it; stopped while it waits for another process's flush, it says what it left
+    with Journal(tmp_path) as journal:
+        journal.append([ev("a")])
+    lock = tmp_path / "_journal" / "flush.lock"
+    interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    with file_lock(lock):  # another flush runs: compact's flush waits for it
+        argv = [sys.executable, "-m", "kirim_events", "compact", "--data", str(tmp_path)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=interruptible)  # fmt: skip
+        try:
+            wait_until(lambda: proc.poll() is not None or _has_open(proc.pid, lock), 60,
+                       interval=0.01, what="compact waiting for the flush lock")  # fmt: skip
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    said = " ".join(err.decode().split())
+    assert proc.returncode == code, said
+    assert "interrupted: nothing is lost; the next kirim-events compact finishes" in said
+    assert "Traceback" not in said
+    with Journal(tmp_path) as journal:  # still there, and the next run flushes it
+        assert journal.flush(ke.Lake(tmp_path)).events == 1

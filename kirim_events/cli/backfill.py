@@ -328,22 +328,33 @@ def reconcile_command(
     """
     s = load_settings(data_dir=data)
     client = _client(data)
-    with errors_to_exit(lake=lake_uri or s.data_dir), client:
-        now = datetime.now(UTC)
-        lo, _ = _window(since, until, now)  # as reconcile() checks its range
-        _note_purged(lo, now)
-        # a mistyped folder holds none of the events Kirim knows: every one would be
-        # imported there or replayed to the collector
-        require_folder(s.data_dir)
-        if not dry_run:
-            refuse_demo_folder(s.data_dir)
-        if lake_uri is not None:
-            require_folder(s.data_dir, lake_uri)  # a typo would read an empty lake
-        lake = None if lake_uri is None else Lake(lake_uri)
-        report = reconcile(
-            s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
-            warn_days=warn_days, subscription_id=subscription_id, lake=lake,
-        )  # fmt: skip
+    try:
+        with sigterm_interrupts(), errors_to_exit(lake=lake_uri or s.data_dir), client:
+            now = datetime.now(UTC)
+            lo, _ = _window(since, until, now)  # as reconcile() checks its range
+            _note_purged(lo, now)
+            # a mistyped folder holds none of the events Kirim knows: every one would be
+            # imported there or replayed to the collector
+            require_folder(s.data_dir)
+            if not dry_run:
+                refuse_demo_folder(s.data_dir)
+            if lake_uri is not None:
+                require_folder(s.data_dir, lake_uri)  # a typo would read an empty lake
+            lake = None if lake_uri is None else Lake(lake_uri)
+            report = reconcile(
+                s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
+                warn_days=warn_days, subscription_id=subscription_id, lake=lake,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        # what it imported is in the journal (durable, flushed by the next run); a replay
+        # asked for is pending at Kirim, and a pending delivery is not replayed again
+        err_console.print(
+            "interrupted: nothing is lost; events it imported wait in the journal (the next"
+            " reconcile or compact flushes them), replays it asked for go ahead, and the"
+            " same command finishes the rest",
+            soft_wrap=True,
+        )
+        raise typer.Exit(interrupt_code(exc)) from None
     _render_reconcile(report)
 
 

@@ -82,9 +82,13 @@ def _check_send_to(url: str) -> None:
         parsed = httpx.URL(url)
         ok = parsed.scheme in ("http", "https") and bool(parsed.host)
         ok = ok and valid_host(parsed.raw_host.decode("ascii", "replace"))
-        ok = ok and (parsed.port is None or 0 < parsed.port < 65536)
     except httpx.InvalidURL:
         ok = False
+    if ok and parsed.port is not None and not 0 < parsed.port < 65536:
+        # it said "must be an http:// or https:// URL with a host" of a URL with both
+        raise ConfigError(
+            f"--send-to's port {parsed.port} is no TCP port (1 to 65535), got {shown_url(url)!r}"
+        )
     if not ok:
         # the path is not shown (it may hold a secret): say what is missing from the rest
         hint = "" if "://" in url else ": write http:// or https:// in front of it"

@@ -39,9 +39,13 @@ def ulid(prefix: str, ms: int, rng: random.Random) -> str:
     return f"{prefix}_{''.join(reversed(chars))}"
 
 
-def wamid(digits: str, rng: random.Random) -> str:
-    """Return a Meta message id shaped like real ones (``wamid.HBgM...AA==``)."""
-    tail = f"{rng.getrandbits(72):018X}".encode("ascii")
+def wamid(digits: str, rng: random.Random, *, salt: int = 0) -> str:
+    """Return a Meta message id shaped like real ones (``wamid.HBgM...AA==``).
+
+    ``salt`` (72 bits) is mixed into the random part without another draw from ``rng``, so
+    worlds that differ only in it make the same draws and different ids.
+    """
+    tail = f"{rng.getrandbits(72) ^ (salt & (1 << 72) - 1):018X}".encode("ascii")
     raw = (
         b"\x1c\x18\x0c"
         + digits[-12:].encode("ascii")

@@ -31,7 +31,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from kirim_events.emulator.ids import ulid, wamid
+from kirim_events.emulator.ids import derive_rng, ulid, wamid
 from kirim_events.emulator.model import (
     DEFAULT_START,
     INBOUND_TEXTS,
@@ -110,6 +110,10 @@ class World:
             start = int(start.timestamp())
         self.start = DEFAULT_START if start is None else int(start)
         self.now = self.start
+        # Wamids carry no time, as the ULIDs do: drawn from the seed alone, a second run
+        # (same seed, another start: `emulate` twice without --start) repeated the first
+        # run's, and a collector took its messages and statuses for copies of the first's.
+        self._wamid_salt = derive_rng(seed, "wamid", self.start).getrandbits(72)
         rng = self._rng
         self.phones = [
             Phone(
@@ -266,7 +270,7 @@ class World:
         event = WorldEvent(
             type="message.received",
             at=at,
-            event_id=wamid(contact.digits, rng),
+            event_id=wamid(contact.digits, rng, salt=self._wamid_salt),
             phone=self.phones[conv.phone],
             contact=contact,
             conversation_id=conv.id,
@@ -333,7 +337,7 @@ class World:
         base = WorldEvent(
             type="message.status",
             at=0,
-            event_id=wamid(contact.digits, rng),
+            event_id=wamid(contact.digits, rng, salt=self._wamid_salt),
             phone=self.phones[conv.phone],
             contact=contact,
             conversation_id=conv.id,

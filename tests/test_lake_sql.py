@@ -231,8 +231,9 @@ def test_the_catalog_lists_only_the_public_views(tmp_path: Path, kind: str) -> N
 def test_the_views_do_not_depend_on_the_sessions_default_order(tmp_path: Path) -> None:
     # A session of the caller's (lake.connect()) may set DuckDB's default_order to DESC for
     # its own queries: the views read every ORDER BY under it, and the events view kept the
-    # last copy of an event, the status history ran backwards, the cycles, the assignee and
-    # the lateness quantiles were wrong, with nothing to say so.
+    # last copy of an event, the deliveries view the first fetch of an attempt, the status
+    # history ran backwards, the cycles, the assignee and the lateness quantiles were wrong,
+    # with nothing to say so.
     lake = ke.Lake(tmp_path)
     second_failure = replace(
         status("wamid.B", "failed", 9, 9, error=(1006, "y")), event_key="wamid.B:failed#2"
@@ -252,10 +253,16 @@ def test_the_views_do_not_depend_on_the_sessions_default_order(tmp_path: Path) -
         ]
     )
     lake.write_events([status("wamid.A", "sent", 0, 50, attempt=2)])  # a later copy
+    fetched = {"delivery_id": "d1", "attempt": 1, "origin": "backfill", "created_at": T0}
+    for outcome in ("pending", "succeeded"):  # one attempt fetched twice, at one instant
+        lake.write_deliveries([fetched | {"outcome": outcome, "received_at": T0}])
     con = lake.connect()
     con.execute("SET default_order = 'DESC'")
     events = in_utc(con.sql("select * from events").pl()).sort("event_key")
     assert_frame_equal(events, lake.events().collect().sort("event_key"))
+    deliveries = in_utc(con.sql("select * from deliveries").pl())
+    assert deliveries["outcome"].to_list() == ["succeeded"]  # the last written
+    assert_frame_equal(deliveries, lake.deliveries().collect())
     for view in VIEWS:
         ours = getattr(lake, view)().collect()
         assert ours.height > 0

@@ -132,7 +132,9 @@ def duck(
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with ``events``, ``deliveries``, ``event_copies`` and the views."""
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'Asia/Jakarta'")  # views must not depend on the session zone
+    # views must depend neither on the session's zone nor on its default order
+    con.execute("SET TimeZone = 'Asia/Jakarta'")
+    con.execute("SET default_order = 'DESC'")
     events_arrow: pa.Table = events.collect().to_arrow()
     con.register("events_arrow", events_arrow)
     con.execute("CREATE VIEW events AS SELECT * FROM events_arrow")

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from test_analytics_support import VIEWS, by_key, conversation, in_utc, status
 from test_lake import T0, ev
 
 import kirim_events as ke
@@ -225,3 +226,48 @@ def test_the_catalog_lists_only_the_public_views(tmp_path: Path, kind: str) -> N
             lake.sql("select * from deliveries").columns
             == lake.deliveries().collect_schema().names()
         )
+
+
+def test_the_views_do_not_depend_on_the_sessions_default_order(tmp_path: Path) -> None:
+    # A session of the caller's (lake.connect()) may set DuckDB's default_order to DESC for
+    # its own queries: the views read every ORDER BY under it, and the events view kept the
+    # last copy of an event, the deliveries view the first fetch of an attempt, the status
+    # history ran backwards, the cycles, the assignee and the lateness quantiles were wrong,
+    # with nothing to say so.
+    lake = ke.Lake(tmp_path)
+    second_failure = replace(
+        status("wamid.B", "failed", 9, 9, error=(1006, "y")), event_key="wamid.B:failed#2"
+    )
+    lake.write_events(
+        [
+            status("wamid.A", "sent", 0, 1),
+            status("wamid.A", "delivered", 5, 8),
+            status("wamid.A", "read", 9, 40),
+            status("wamid.B", "failed", 7, 10, error=(131047, "x")),
+            second_failure,
+            conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
+            conversation("evt_2", "assigned", "cnv_1", 5, 6, user="usr_b", previous="usr_a"),
+            conversation("evt_3", "closed", "cnv_1", 10, 11, closed_by="usr_b"),
+            conversation("evt_4", "assigned", "cnv_1", 15, 16, user="usr_c", previous="usr_b"),
+            conversation("evt_5", "closed", "cnv_1", 20, 21, closed_by="usr_c"),
+        ]
+    )
+    lake.write_events([status("wamid.A", "sent", 0, 50, attempt=2)])  # a later copy
+    fetched = {"delivery_id": "d1", "attempt": 1, "origin": "backfill", "created_at": T0}
+    for outcome in ("pending", "succeeded"):  # one attempt fetched twice, at one instant
+        lake.write_deliveries([fetched | {"outcome": outcome, "received_at": T0}])
+    con = lake.connect()
+    con.execute("SET default_order = 'DESC'")
+    events = in_utc(con.sql("select * from events").pl()).sort("event_key")
+    assert_frame_equal(events, lake.events().collect().sort("event_key"))
+    deliveries = in_utc(con.sql("select * from deliveries").pl())
+    assert deliveries["outcome"].to_list() == ["succeeded"]  # the last written
+    assert_frame_equal(deliveries, lake.deliveries().collect())
+    for view in VIEWS:
+        ours = getattr(lake, view)().collect()
+        assert ours.height > 0
+        theirs = in_utc(con.sql(f"select * from {view}").pl())
+        if view in ("message_status_history", "conversation_cycles", "delivery_health"):
+            assert_frame_equal(theirs, ours)  # in the same order too
+        else:
+            assert_frame_equal(by_key(theirs, view), by_key(ours, view))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from kirim_events.analytics._common import (
     LABEL_OF,
+    ORDER,
     OTHER_ERROR,
     STATUS_EVENT_TYPES,
+    STATUS_ORDER,
     STATUS_RANK,
     as_utc,
 )
@@ -23,8 +25,16 @@ from kirim_events.timearg import TimeLike
 
 __all__ = ["analytics_views"]
 
-_ORDER = "occurred_at, received_at, event_key"
-_STATUS_ORDER = "occurred_at, received_at, _rank, event_key"  # as STATUS_ORDER
+
+def _ascending(columns: tuple[str, ...]) -> str:
+    """An ORDER BY list with each direction written out: DuckDB reads a bare column in the
+    session's ``default_order``, which a caller's ``lake.connect()`` session may set to
+    DESC (the status history then ran backwards, and the cycles and quantiles were wrong)."""
+    return ", ".join(f"{c} ASC" for c in columns)
+
+
+_ORDER = _ascending(ORDER)
+_STATUS_ORDER = _ascending(STATUS_ORDER)
 
 
 def _in(values: tuple[str, ...] | list[str]) -> str:
@@ -182,7 +192,7 @@ def message_status_history_sql(as_of: TimeLike | None = None, copies: str | None
       {_status_case("_after")} AS current_status,
       (_before IS NULL OR _rank > _before) AS is_upgrade,
       _late AS arrived_late, error_code, _dups AS n_duplicates
-    FROM h ORDER BY message_id, seq"""
+    FROM h ORDER BY message_id ASC, seq ASC"""
 
 
 # the opening was not seen: no event that can open a conversation at its first instant
@@ -228,7 +238,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
     ),
     marks AS (
       SELECT conversation_id, occurred_at,
-        sum(n) OVER (PARTITION BY conversation_id ORDER BY occurred_at)::BIGINT AS k
+        sum(n) OVER (PARTITION BY conversation_id ORDER BY occurred_at ASC)::BIGINT AS k
       FROM instants
     ),
     base AS (
@@ -281,7 +291,7 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
       {_since_opening("closed_at")} AS time_to_close,
       n_events, n_duplicates, last_event_at
     FROM (SELECT j.*, {_MISSING_OPENING} FROM j)
-    ORDER BY conversation_id, cycle"""
+    ORDER BY conversation_id ASC, cycle ASC"""
 
 
 def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | None = None) -> str:
@@ -399,7 +409,7 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
     pl AS (
       SELECT CAST(timezone('UTC', received_at) AS DATE) AS day, type AS event_type,
         count(*)::BIGINT AS n_events,
-        list_sort(list({late}) FILTER (WHERE {late} IS NOT NULL)) AS _s
+        list_sort(list({late}) FILTER (WHERE {late} IS NOT NULL), 'ASC') AS _s
       FROM events WHERE origin = 'webhook'{_cut(as_of)}{_cut(as_of, "received_at")}
       GROUP BY ALL
     ),
@@ -411,7 +421,7 @@ def delivery_health_sql(as_of: TimeLike | None = None) -> str:
       FROM pl
     )
     SELECT * FROM pd FULL OUTER JOIN pe USING (day, event_type)
-    ORDER BY day, event_type NULLS LAST"""
+    ORDER BY day ASC, event_type ASC NULLS LAST"""
 
 
 def analytics_views(*, as_of: TimeLike | None = None, copies: str | None = None) -> dict[str, str]:

@@ -121,7 +121,9 @@ def _select(merged: Merged, storage: Storage) -> list[_Part]:
     if merged.dedup:
         if merged.table == "events":
             key = "event_key"
-            order = ", ".join(f"{c} NULLS LAST" for c in EVENT_ORDER)
+            # each direction written out: a session's default_order (DESC) applies to
+            # the view too, and kept the last copy received instead of the first
+            order = ", ".join(f"{c} ASC NULLS LAST" for c in EVENT_ORDER)
             where = "type || '/' || CAST(\"date\" AS VARCHAR)"
         else:  # DELIVERY_DEDUP_COLUMNS: an attempt of Kirim's history is one row, the last
             # fetched; any other row collapses with its exact copies (a fetched one's
@@ -146,7 +148,7 @@ def _select(merged: Merged, storage: Storage) -> list[_Part]:
             )
             order = (
                 f"CASE WHEN {snap} THEN received_at END DESC NULLS LAST, "
-                f"CASE WHEN {snap} THEN -ingest_seq ELSE ingest_seq END"
+                f"CASE WHEN {snap} THEN -ingest_seq ELSE ingest_seq END ASC"
             )
             where = 'CAST("date" AS VARCHAR)'
         keep = ", ".join(quote_literal(k) for k in merged.keep)

@@ -737,12 +737,31 @@ def _params(filters: Mapping[str, str | datetime | None]) -> dict[str, str]:
     return out
 
 
+class _TooDeep(ValueError):
+    """JSON nested deeper than Python's decoder reads."""
+
+
+def _json(response: httpx.Response) -> Any:
+    """The answer's JSON; ValueError when it is none, _TooDeep when it is nested too deeply
+    to read (a history row's ``payload`` object may be: the decoder's RecursionError was
+    taken by no caller for a bad answer, and a backfill ended in a traceback)."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise _TooDeep from None
+
+
 def _decode(response: httpx.Response, method: str, where: str) -> dict[str, Any]:
     try:
-        body = response.json()
-    except ValueError:
+        body = _json(response)
+    except ValueError as exc:
+        why = (
+            "is JSON nested too deeply to read"
+            if isinstance(exc, _TooDeep)
+            else "is not JSON (is KIRIM_API_URL Kirim's API?)"
+        )
         raise InvalidResponse(
-            f"{method} {where}: the answer is not JSON (is KIRIM_API_URL Kirim's API?)",
+            f"{method} {where}: the answer {why}",
             status_code=response.status_code,
             request_id=response.headers.get("X-Request-Id"),
         ) from None
@@ -798,7 +817,7 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
     status = response.status_code
     etype = code = message = rid = None
     try:
-        body = response.json()
+        body = _json(response)
     except ValueError:
         body = None
     enveloped = False  # Kirim's error object: an unknown id at Kirim, not another server

@@ -493,6 +493,77 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
     assert kept.read_bytes() == deep.encode()
 
 
+_DEEP = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"  # past what Python's JSON decoder reads
+
+
+class TooDeep:
+    """ASGI middleware over the emulator: its history pages carry the first row's
+    ``payload`` as a JSON object nested too deeply to decode (``where="page"``; kirim-api.md
+    §7.4 allows an object), or its first history request is answered 503 with such a body
+    (``where="error"``, a proxy's, say)."""
+
+    def __init__(self, app: Any, where: str) -> None:
+        self.app, self.where, self.errors = app, where, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries":
+            await self.app(scope, receive, send)
+            return
+        if self.where == "error":
+            self.errors += 1
+            if self.errors > 1:
+                await self.app(scope, receive, send)
+                return
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": _DEEP})
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            if doc.get("data"):
+                doc["data"][0]["payload"] = "DEEP"
+            body = json.dumps(doc).encode().replace(b'"DEEP"', _DEEP, 1)
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_a_history_page_nested_too_deeply_is_a_clear_error_not_a_recursion_error(
+    world: World, tmp_path: Path
+) -> None:
+    # The decoder's RecursionError was no ApiError: the run ended in a traceback at that
+    # page, and again at every resume.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: TooDeep(app, "page"))
+    with pytest.raises(PermanentApiError, match="nested too deeply to read"):
+        backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+
+
+def test_a_5xx_whose_body_is_nested_too_deeply_is_retried_as_any_5xx(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    transport, client = world.api(t, transport_wrapper=lambda app: TooDeep(app, "error"))
+    report = backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
+    assert transport.statuses[503] == 1
+    assert report.retries == 1
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
     rows = [
         {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":

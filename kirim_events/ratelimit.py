@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 __all__ = ["RateLimiter", "retry_after"]
@@ -217,6 +218,10 @@ def _http_date(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return parsedate_to_datetime(raw).timestamp()
+        when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):
         return None
+    # An HTTP-date is UTC in all its forms (RFC 9110 §5.6.7), but the asctime one has no
+    # zone and RFC 5322's "-0000" says none: both parse naive, which timestamp() read as
+    # the machine's local time (hours off a 30 s Retry-After outside UTC).
+    return when.replace(tzinfo=when.tzinfo or UTC).timestamp()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -561,6 +564,68 @@ def test_a_5xx_whose_body_is_nested_too_deeply_is_retried_as_any_5xx(
     report = backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
     assert transport.statuses[503] == 1
     assert report.retries == 1
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class BusyOnce:
+    """ASGI middleware over the emulator: its first history request is answered 429 with
+    ``Retry-After`` 30 s ahead as an HTTP-date in ``form`` (RFC 9110 §5.6.7: a recipient
+    must read the asctime one, in UTC, as well as IMF-fixdate; RFC 5322's ``-0000`` zone
+    is UTC too), and the answer's ``Date`` as IMF-fixdate."""
+
+    def __init__(self, app: Any, clock: Any, form: str) -> None:
+        self.app, self.clock, self.form, self.busy = app, clock, form, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.busy:
+            await self.app(scope, receive, send)
+            return
+        self.busy += 1
+        now = int(self.clock())
+        later = time.gmtime(now + 30)
+        if self.form == "asctime":
+            when = time.asctime(later)
+        else:
+            when = time.strftime("%a, %d %b %Y %H:%M:%S -0000", later)
+        error = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "x"}
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"retry-after", when.encode()),
+            (b"date", formatdate(now, usegmt=True).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
+
+
+@pytest.fixture(params=["America/New_York", "Asia/Jakarta"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone")
+@pytest.mark.parametrize("form", ["asctime", "-0000"])
+def test_a_retry_after_date_without_gmt_is_utc_whatever_the_local_zone(
+    world: World, tmp_path: Path, form: str
+) -> None:
+    # Both dates parse without a zone, and were read as the machine's local time: west of
+    # UTC a 30 s wait became hours (RateLimitTooLong stopped the run), east of it none.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    started = t.clock()
+    _, client = world.api(t, transport_wrapper=lambda app: BusyOnce(app, t.clock, form))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+    assert report.retries == 1
+    assert 30 <= t.clock() - started < 60  # the wait Kirim asked for, not hours, not none
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 

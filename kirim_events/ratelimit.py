@@ -85,7 +85,10 @@ class RateLimiter:
                 return _WINDOW_POLL  # as many requests probe the limit as it has allowed
             if b.tokens is not None:
                 if b.rate:
-                    cap = float(b.limit) if b.limit else float("inf")
+                    # never below what one request takes: capped under it (a Limit of 1,
+                    # or a nonsense one below), no request could go again, for ever
+                    floor = 1 + self._reserve
+                    cap = max(float(b.limit), floor) if b.limit else float("inf")
                     b.tokens = min(cap, b.tokens + b.rate * (now - b.updated))
                 elif b.reset_at and now >= b.reset_at and b.limit:
                     b.tokens = float(b.limit)  # no rate known: the bucket is full at Reset

@@ -629,6 +629,61 @@ def test_a_retry_after_date_without_gmt_is_utc_whatever_the_local_zone(
     assert_lake_is_exactly_the_history(tmp_path, world)
 
 
+class LimitTurns:
+    """ASGI middleware over the emulator: from its ``after``-th answer on, the emulator's
+    ``X-RateLimit-Limit`` is replaced by ``limit`` (a plan cut to a tiny custom limit, or
+    a header that contradicts the others)."""
+
+    def __init__(self, app: Any, limit: str, after: int) -> None:
+        self.app, self.limit, self.after, self.seen = app, limit.encode(), after, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.seen += 1
+        if scope.get("type") != "http" or self.seen < self.after:
+            await self.app(scope, receive, send)
+            return
+
+        async def relabel(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message["headers"] if k != b"x-ratelimit-limit"]
+                message = {**message, "headers": [*headers, (b"x-ratelimit-limit", self.limit)]}
+            await send(message)
+
+        await self.app(scope, receive, relabel)
+
+
+class DayAtMost(FakeTime):
+    """Fake time that refuses to be slept past a day: a pacing that never lets a request go
+    again fails the test instead of looping for ever."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.start = start
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.now - self.start > 86400:
+            raise RuntimeError("the client waited over a day for its next request")
+
+
+@pytest.mark.parametrize("limit", ["1", "-5"])
+def test_a_rate_limit_below_two_requests_never_stops_the_pacing_for_good(
+    world: World, tmp_path: Path, limit: str
+) -> None:
+    # With a rate learnt from earlier answers, the local bucket was capped at Limit, and a
+    # request needs 1 token plus 1 kept in reserve: under a Limit of 1 (or a nonsense
+    # negative one) no request could go again, and the backfill slept on for ever, silently.
+    since, until = world.window
+    t = DayAtMost(until.timestamp())
+    _, client = world.api(
+        t, read_limit=20, transport_wrapper=lambda app: LimitTurns(app, limit, after=8)
+    )
+    backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=20,
+             now=t.clock)  # fmt: skip
+    assert client.limiter._buckets["read"].rate  # paced by a rate, as it was when it hung
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
     rows = [
         {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":

@@ -479,7 +479,9 @@ class KirimClient:
                         method, path, params=params, json=json_body, headers=headers
                     )
                 )
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # DecodingError (a body its Content-Encoding does not describe: a proxy's
+                # doing) is no TransportError in httpx, but as transient a failure
                 self.limiter.release(klass, None)
                 # a transport error can quote a header: never let it show the key
                 text = str(exc).replace(self._key.reveal(), str(self._key))

@@ -37,6 +37,7 @@ from kirim_events.errors import (
     CursorRefused,
     Interrupted,
     PermanentApiError,
+    RetryableApiError,
     StorageError,
 )
 from kirim_events.events import parse_time
@@ -682,6 +683,45 @@ def test_a_rate_limit_below_two_requests_never_stops_the_pacing_for_good(
              now=t.clock)  # fmt: skip
     assert client.limiter._buckets["read"].rate  # paced by a rate, as it was when it hung
     assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class Misencoded:
+    """ASGI middleware over the emulator: its first ``times`` history answers say
+    ``Content-Encoding: gzip`` over their plain JSON (a misconfigured proxy), so that no
+    client can decode them."""
+
+    def __init__(self, app: Any, times: int) -> None:
+        self.app, self.times = app, times
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.times <= 0:
+            await self.app(scope, receive, send)
+            return
+        self.times -= 1
+
+        async def mislabel(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message["headers"], (b"content-encoding", b"gzip")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, mislabel)
+
+
+def test_an_answer_that_cannot_be_decoded_is_retried_then_a_clear_error(
+    world: World, tmp_path: Path
+) -> None:
+    # httpx's DecodingError is no TransportError: it went past the client's retries and
+    # error tree, and the CLI printed a traceback.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: Misencoded(app, 1))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+    assert report.retries == 1
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    _, client = world.api(t, transport_wrapper=lambda app: Misencoded(app, 1000))
+    with pytest.raises(RetryableApiError, match="DecodingError"):
+        backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
 
 
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:

@@ -799,6 +799,14 @@ def _page(body: Mapping[str, Any], where: str) -> Page:
     cursor = body.get("next_cursor")
     if cursor is not None and not isinstance(cursor, str):
         raise InvalidResponse(f"{where}: next_cursor is not a string", request_id=_rid(body))
+    if cursor is not None and _unicode(cursor) is not cursor:
+        # an escaped lone surrogate: no URL carries it (httpx raised UnicodeEncodeError
+        # building the next request, after a backfill had checkpointed the cursor)
+        raise InvalidResponse(
+            f"{where}: next_cursor is no Unicode text (it holds a lone UTF-16 surrogate"
+            f" escape), so it cannot be sent back: {_short(_unicode(cursor))}",
+            request_id=_rid(body),
+        )
     has_more_raw = body.get("has_more")
     # has_more may be missing (tolerance): then a cursor means "more".
     has_more = bool(has_more_raw) if isinstance(has_more_raw, bool) else cursor is not None

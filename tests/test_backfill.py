@@ -724,6 +724,57 @@ def test_an_answer_that_cannot_be_decoded_is_retried_then_a_clear_error(
         backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
 
 
+class SurrogateCursor:
+    """ASGI middleware over the emulator: the next cursor of its first ``times`` history
+    pages holds an escaped lone UTF-16 surrogate (valid JSON, no Unicode text: no URL can
+    carry it)."""
+
+    def __init__(self, app: Any, times: int) -> None:
+        self.app, self.times = app, times
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.times <= 0:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            if doc["next_cursor"]:
+                self.times -= 1
+                doc["next_cursor"] += "\ud800"
+            body = json.dumps(doc).encode()  # ensure_ascii: the surrogate as "\\ud800"
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_a_next_cursor_no_url_can_carry_is_asked_again_then_a_clear_error(
+    world: World, tmp_path: Path
+) -> None:
+    # httpx raised UnicodeEncodeError building the next request: a traceback, after the
+    # checkpoint had saved the cursor, so at every resume too.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: SurrogateCursor(app, 1))
+    backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10,
+             now=t.clock)  # fmt: skip
+    assert_lake_is_exactly_the_history(tmp_path, world)  # the page asked again was whole
+    _, client = world.api(t, transport_wrapper=lambda app: SurrogateCursor(app, 1000))
+    with pytest.raises(PermanentApiError, match="next_cursor is no Unicode text"):
+        backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
+
+
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
     rows = [
         {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":

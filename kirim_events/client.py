@@ -52,6 +52,7 @@ from kirim_events.config import (
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
+    ConfigError,
     Interrupted,
     InvalidResponse,
     NotFoundError,
@@ -459,6 +460,8 @@ class KirimClient:
             answer that is not a JSON object (InvalidResponse), or a 429 asking to wait
             over ``MAX_RETRY_AFTER`` (RateLimitTooLong; until that wait is over, requests
             of the same class raise it again without being sent).
+        ConfigError
+            A parameter no request can carry (text holding a lone surrogate), not sent.
         """
         method = method.upper()
         klass = "read" if method in {"GET", "HEAD"} else "write"
@@ -468,6 +471,7 @@ class KirimClient:
         headers: dict[str, str] = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
+        _refuse_unsendable(method, path, params, json_body)
         attempt = limited = garbled = 0
         while True:
             attempt += 1
@@ -719,6 +723,21 @@ class KirimClient:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _refuse_unsendable(
+    method: str, path: str, params: Mapping[str, str] | None, body: Mapping[str, Any] | None
+) -> None:
+    """ConfigError for a parameter no request can carry: text holding a lone surrogate,
+    which is how Python reads a command-line byte that is no UTF-8 (an é typed in a Latin-1
+    terminal). httpx raised UnicodeEncodeError building the request: a traceback."""
+    for source in (params or {}, body or {}):
+        for name, value in source.items():
+            if isinstance(value, str) and _unicode(value) is not value:
+                raise ConfigError(
+                    f"{method} {path}: {name} {value!r} is no Unicode text (a byte"
+                    " that is no UTF-8, typed in another encoding?): not sent"
+                )
 
 
 def _path_id(value: str) -> str:

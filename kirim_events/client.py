@@ -827,8 +827,9 @@ def _page(body: Mapping[str, Any], where: str) -> Page:
             request_id=_rid(body),
         )
     has_more_raw = body.get("has_more")
-    # has_more may be missing (tolerance): then a cursor means "more".
-    has_more = bool(has_more_raw) if isinstance(has_more_raw, bool) else cursor is not None
+    # has_more may be missing (tolerance): then a cursor means "more"; an empty one is no
+    # cursor (some APIs end their pages with next_cursor "", as Slack's do)
+    has_more = has_more_raw if isinstance(has_more_raw, bool) else bool(cursor)
     if has_more and not cursor:
         raise InvalidResponse(
             f"{where}: the page says has_more but gives no next_cursor", request_id=_rid(body)

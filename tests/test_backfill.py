@@ -775,6 +775,50 @@ def test_a_next_cursor_no_url_can_carry_is_asked_again_then_a_clear_error(
         backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
 
 
+class NoHasMore:
+    """ASGI middleware over the emulator: its history pages leave out ``has_more`` (the
+    client allows it) and end with an empty ``next_cursor`` instead of null, as some APIs
+    say "no more" (Slack's ``next_cursor: ""``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            del doc["has_more"]
+            doc["next_cursor"] = doc["next_cursor"] or ""
+            body = json.dumps(doc).encode()
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_pages_without_has_more_end_at_an_empty_next_cursor(world: World, tmp_path: Path) -> None:
+    # Without has_more, any cursor but null meant "more": the last page of every walk was
+    # refused ("says has_more but gives no next_cursor"), and no backfill could finish.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=NoHasMore)
+    backfill(tmp_path, client=client, since=since, until=until, page_size=20, now=t.clock)
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
     rows = [
         {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":

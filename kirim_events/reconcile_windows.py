@@ -17,11 +17,14 @@ def plan_windows(
     """Cut (subscription, status, created_at) rows into windows of at most ``cap`` rows each.
 
     Windows meet halfway between two rows of different times (never between rows of one
-    instant), so no row lies on an edge, and a row is in exactly one window whether Kirim's
-    ``created_after`` and ``created_before`` include their instant or not (kirim-api.md §7.4
-    does not say). Edges on row times left the row where one window ends and the next
-    begins in neither when Kirim excludes both ends. The first window opens a second before
-    its first row, the last closes a second after its last.
+    instant), so no row lies on an edge (Kirim's times show milliseconds, the edges are sent
+    in microseconds), and a row is in exactly one window whether Kirim's ``created_after``
+    and ``created_before`` include their instant or not (kirim-api.md §7.4 does not say).
+    Edges on row times left the row where one window ends and the next begins in neither
+    when Kirim excludes both ends. (A Kirim comparing whole seconds could still drop a row
+    of the second an edge falls in: only overlapping windows, each re-sending some rows,
+    would cover that.) The first window opens a second before its first row, the last
+    closes a second after its last.
     More than ``cap`` rows at one instant cannot be cut: their window holds them all (its
     ``rows`` above ``cap``), and :func:`~kirim_events.reconcile.reconcile` replays them one
     by one instead.

@@ -1131,6 +1131,16 @@ DAMAGE: dict[str, Any] = {
         **state,
         "slices": [{**state["slices"][0], "surprise": 1}, *state["slices"][1:]],
     },
+    "filters that are no object": lambda state: {**state, "filters": None},
+    "a filter that is no text": lambda state: {**state, "filters": {"status": 5}},
+    "a page count that is no number": lambda state: {
+        **state,
+        "slices": [{**state["slices"][0], "pages": "x"}, *state["slices"][1:]],
+    },
+    "a cursor that is no text": lambda state: {
+        **state,
+        "slices": [{**state["slices"][0], "cursor": 5}, *state["slices"][1:]],
+    },
 }
 
 

@@ -200,6 +200,19 @@ def delivery_row(
 # --------------------------------------------------------------------------- state
 
 
+_SLICE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "cursor": (str, type(None)),
+    "started": bool,
+    "done": bool,
+    "pages": int,
+    "rows": int,
+    "restarts": int,
+    "went_back": bool,
+    "went_forward": bool,
+}
+"""The types of a checkpointed slice's fields other than its times (checked apart)."""
+
+
 @dataclass
 class _Checkpoint:
     key: str
@@ -261,6 +274,18 @@ class _Checkpoint:
             raise damaged
         if not isinstance(cp.time_filter_ignored, bool) or (
             cp.time_filter_ignored and len(cp.slices) != 1
+        ):
+            raise damaged
+        # the rest of the shape too: a field of another type failed later, in a fetcher,
+        # as a TypeError or AttributeError traceback at every resume
+        if not isinstance(cp.filters, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in cp.filters.items()
+        ):
+            raise damaged
+        if not all(
+            isinstance(getattr(s, name), kinds)
+            for s in cp.slices
+            for name, kinds in _SLICE_FIELDS.items()
         ):
             raise damaged
         return cp

@@ -52,6 +52,7 @@ from kirim_events.config import (
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
+    ConfigError,
     Interrupted,
     InvalidResponse,
     NotFoundError,
@@ -459,6 +460,8 @@ class KirimClient:
             answer that is not a JSON object (InvalidResponse), or a 429 asking to wait
             over ``MAX_RETRY_AFTER`` (RateLimitTooLong; until that wait is over, requests
             of the same class raise it again without being sent).
+        ConfigError
+            A parameter no request can carry (text holding a lone surrogate), not sent.
         """
         method = method.upper()
         klass = "read" if method in {"GET", "HEAD"} else "write"
@@ -468,6 +471,7 @@ class KirimClient:
         headers: dict[str, str] = {}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or self.new_idempotency_key()
+        _refuse_unsendable(method, path, params, json_body)
         attempt = limited = garbled = 0
         while True:
             attempt += 1
@@ -479,7 +483,9 @@ class KirimClient:
                         method, path, params=params, json=json_body, headers=headers
                     )
                 )
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # DecodingError (a body its Content-Encoding does not describe: a proxy's
+                # doing) is no TransportError in httpx, but as transient a failure
                 self.limiter.release(klass, None)
                 # a transport error can quote a header: never let it show the key
                 text = str(exc).replace(self._key.reveal(), str(self._key))
@@ -719,6 +725,21 @@ class KirimClient:
 # --------------------------------------------------------------------------- helpers
 
 
+def _refuse_unsendable(
+    method: str, path: str, params: Mapping[str, str] | None, body: Mapping[str, Any] | None
+) -> None:
+    """ConfigError for a parameter no request can carry: text holding a lone surrogate,
+    which is how Python reads a command-line byte that is no UTF-8 (an é typed in a Latin-1
+    terminal). httpx raised UnicodeEncodeError building the request: a traceback."""
+    for source in (params or {}, body or {}):
+        for name, value in source.items():
+            if isinstance(value, str) and _unicode(value) is not value:
+                raise ConfigError(
+                    f"{method} {path}: {name} {value!r} is no Unicode text (a byte"
+                    " that is no UTF-8, typed in another encoding?): not sent"
+                )
+
+
 def _path_id(value: str) -> str:
     """``value`` as one path segment: a slash or a dot segment is refused, and the rest is
     escaped, so that the server reads exactly this id (``wbd_1#x`` went out as ``wbd_1``,
@@ -737,12 +758,31 @@ def _params(filters: Mapping[str, str | datetime | None]) -> dict[str, str]:
     return out
 
 
+class _TooDeep(ValueError):
+    """JSON nested deeper than Python's decoder reads."""
+
+
+def _json(response: httpx.Response) -> Any:
+    """The answer's JSON; ValueError when it is none, _TooDeep when it is nested too deeply
+    to read (a history row's ``payload`` object may be: the decoder's RecursionError was
+    taken by no caller for a bad answer, and a backfill ended in a traceback)."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise _TooDeep from None
+
+
 def _decode(response: httpx.Response, method: str, where: str) -> dict[str, Any]:
     try:
-        body = response.json()
-    except ValueError:
+        body = _json(response)
+    except ValueError as exc:
+        why = (
+            "is JSON nested too deeply to read"
+            if isinstance(exc, _TooDeep)
+            else "is not JSON (is KIRIM_API_URL Kirim's API?)"
+        )
         raise InvalidResponse(
-            f"{method} {where}: the answer is not JSON (is KIRIM_API_URL Kirim's API?)",
+            f"{method} {where}: the answer {why}",
             status_code=response.status_code,
             request_id=response.headers.get("X-Request-Id"),
         ) from None
@@ -778,9 +818,18 @@ def _page(body: Mapping[str, Any], where: str) -> Page:
     cursor = body.get("next_cursor")
     if cursor is not None and not isinstance(cursor, str):
         raise InvalidResponse(f"{where}: next_cursor is not a string", request_id=_rid(body))
+    if cursor is not None and _unicode(cursor) is not cursor:
+        # an escaped lone surrogate: no URL carries it (httpx raised UnicodeEncodeError
+        # building the next request, after a backfill had checkpointed the cursor)
+        raise InvalidResponse(
+            f"{where}: next_cursor is no Unicode text (it holds a lone UTF-16 surrogate"
+            f" escape), so it cannot be sent back: {_short(_unicode(cursor))}",
+            request_id=_rid(body),
+        )
     has_more_raw = body.get("has_more")
-    # has_more may be missing (tolerance): then a cursor means "more".
-    has_more = bool(has_more_raw) if isinstance(has_more_raw, bool) else cursor is not None
+    # has_more may be missing (tolerance): then a cursor means "more"; an empty one is no
+    # cursor (some APIs end their pages with next_cursor "", as Slack's do)
+    has_more = has_more_raw if isinstance(has_more_raw, bool) else bool(cursor)
     if has_more and not cursor:
         raise InvalidResponse(
             f"{where}: the page says has_more but gives no next_cursor", request_id=_rid(body)
@@ -798,7 +847,7 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
     status = response.status_code
     etype = code = message = rid = None
     try:
-        body = response.json()
+        body = _json(response)
     except ValueError:
         body = None
     enveloped = False  # Kirim's error object: an unknown id at Kirim, not another server

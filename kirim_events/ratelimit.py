@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 __all__ = ["RateLimiter", "retry_after"]
@@ -84,7 +85,10 @@ class RateLimiter:
                 return _WINDOW_POLL  # as many requests probe the limit as it has allowed
             if b.tokens is not None:
                 if b.rate:
-                    cap = float(b.limit) if b.limit else float("inf")
+                    # never below what one request takes: capped under it (a Limit of 1,
+                    # or a nonsense one below), no request could go again, for ever
+                    floor = 1 + self._reserve
+                    cap = max(float(b.limit), floor) if b.limit else float("inf")
                     b.tokens = min(cap, b.tokens + b.rate * (now - b.updated))
                 elif b.reset_at and now >= b.reset_at and b.limit:
                     b.tokens = float(b.limit)  # no rate known: the bucket is full at Reset
@@ -217,6 +221,10 @@ def _http_date(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return parsedate_to_datetime(raw).timestamp()
+        when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):
         return None
+    # An HTTP-date is UTC in all its forms (RFC 9110 §5.6.7), but the asctime one has no
+    # zone and RFC 5322's "-0000" says none: both parse naive, which timestamp() read as
+    # the machine's local time (hours off a 30 s Retry-After outside UTC).
+    return when.replace(tzinfo=when.tzinfo or UTC).timestamp()

@@ -16,8 +16,15 @@ def plan_windows(
 ) -> list[BulkWindow]:
     """Cut (subscription, status, created_at) rows into windows of at most ``cap`` rows each.
 
-    Window edges fall on row times (cut only between different times), so a row is in exactly
-    one window whether Kirim's ``created_after`` is inclusive or not at millisecond precision.
+    Windows meet halfway between two rows of different times (never between rows of one
+    instant), so no row lies on an edge (Kirim's times show milliseconds, the edges are sent
+    in microseconds), and a row is in exactly one window whether Kirim's ``created_after``
+    and ``created_before`` include their instant or not (kirim-api.md §7.4 does not say).
+    Edges on row times left the row where one window ends and the next begins in neither
+    when Kirim excludes both ends. (A Kirim comparing whole seconds could still drop a row
+    of the second an edge falls in: only overlapping windows, each re-sending some rows,
+    would cover that.) The first window opens a second before its first row, the last
+    closes a second after its last.
     More than ``cap`` rows at one instant cannot be cut: their window holds them all (its
     ``rows`` above ``cap``), and :func:`~kirim_events.reconcile.reconcile` replays them one
     by one instead.
@@ -35,11 +42,17 @@ def plan_windows(
                 end -= 1  # never cut between equal times
             while end < len(times) and times[end] == times[start]:
                 end += 1  # more than cap rows at one instant: one window holds them all
-            lo = times[start] - timedelta(seconds=1) if start == 0 else times[start]
-            hi = times[end] if end < len(times) else times[-1] + timedelta(seconds=1)
+            lo = times[start] - timedelta(seconds=1) if start == 0 else _between(times, start)
+            hi = _between(times, end) if end < len(times) else times[-1] + timedelta(seconds=1)
             out.append(BulkWindow(sub, status, lo, hi, end - start))
             start = end
     return out
+
+
+def _between(times: list[datetime], i: int) -> datetime:
+    """Halfway from ``times[i - 1]`` to ``times[i]`` (sorted, different): where a window that
+    ends before row ``i`` meets the one that begins with it."""
+    return times[i - 1] + (times[i] - times[i - 1]) / 2
 
 
 def bulk_replay_window(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from kirim_events.errors import (
     CursorRefused,
     Interrupted,
     PermanentApiError,
+    RetryableApiError,
     StorageError,
 )
 from kirim_events.events import parse_time
@@ -493,6 +497,328 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
     assert kept.read_bytes() == deep.encode()
 
 
+_DEEP = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"  # past what Python's JSON decoder reads
+
+
+class TooDeep:
+    """ASGI middleware over the emulator: its history pages carry the first row's
+    ``payload`` as a JSON object nested too deeply to decode (``where="page"``; kirim-api.md
+    §7.4 allows an object), or its first history request is answered 503 with such a body
+    (``where="error"``, a proxy's, say)."""
+
+    def __init__(self, app: Any, where: str) -> None:
+        self.app, self.where, self.errors = app, where, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries":
+            await self.app(scope, receive, send)
+            return
+        if self.where == "error":
+            self.errors += 1
+            if self.errors > 1:
+                await self.app(scope, receive, send)
+                return
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": _DEEP})
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            if doc.get("data"):
+                doc["data"][0]["payload"] = "DEEP"
+            body = json.dumps(doc).encode().replace(b'"DEEP"', _DEEP, 1)
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_a_history_page_nested_too_deeply_is_a_clear_error_not_a_recursion_error(
+    world: World, tmp_path: Path
+) -> None:
+    # The decoder's RecursionError was no ApiError: the run ended in a traceback at that
+    # page, and again at every resume.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: TooDeep(app, "page"))
+    with pytest.raises(PermanentApiError, match="nested too deeply to read"):
+        backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+
+
+def test_a_5xx_whose_body_is_nested_too_deeply_is_retried_as_any_5xx(
+    world: World, tmp_path: Path
+) -> None:
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    transport, client = world.api(t, transport_wrapper=lambda app: TooDeep(app, "error"))
+    report = backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
+    assert transport.statuses[503] == 1
+    assert report.retries == 1
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class BusyOnce:
+    """ASGI middleware over the emulator: its first history request is answered 429 with
+    ``Retry-After`` 30 s ahead as an HTTP-date in ``form`` (RFC 9110 §5.6.7: a recipient
+    must read the asctime one, in UTC, as well as IMF-fixdate; RFC 5322's ``-0000`` zone
+    is UTC too), and the answer's ``Date`` as IMF-fixdate."""
+
+    def __init__(self, app: Any, clock: Any, form: str) -> None:
+        self.app, self.clock, self.form, self.busy = app, clock, form, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.busy:
+            await self.app(scope, receive, send)
+            return
+        self.busy += 1
+        now = int(self.clock())
+        later = time.gmtime(now + 30)
+        if self.form == "asctime":
+            when = time.asctime(later)
+        else:
+            when = time.strftime("%a, %d %b %Y %H:%M:%S -0000", later)
+        error = {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "x"}
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"retry-after", when.encode()),
+            (b"date", formatdate(now, usegmt=True).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
+
+
+@pytest.fixture(params=["America/New_York", "Asia/Jakarta"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone")
+@pytest.mark.parametrize("form", ["asctime", "-0000"])
+def test_a_retry_after_date_without_gmt_is_utc_whatever_the_local_zone(
+    world: World, tmp_path: Path, form: str
+) -> None:
+    # Both dates parse without a zone, and were read as the machine's local time: west of
+    # UTC a 30 s wait became hours (RateLimitTooLong stopped the run), east of it none.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    started = t.clock()
+    _, client = world.api(t, transport_wrapper=lambda app: BusyOnce(app, t.clock, form))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+    assert report.retries == 1
+    assert 30 <= t.clock() - started < 60  # the wait Kirim asked for, not hours, not none
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class LimitTurns:
+    """ASGI middleware over the emulator: from its ``after``-th answer on, the emulator's
+    ``X-RateLimit-Limit`` is replaced by ``limit`` (a plan cut to a tiny custom limit, or
+    a header that contradicts the others)."""
+
+    def __init__(self, app: Any, limit: str, after: int) -> None:
+        self.app, self.limit, self.after, self.seen = app, limit.encode(), after, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.seen += 1
+        if scope.get("type") != "http" or self.seen < self.after:
+            await self.app(scope, receive, send)
+            return
+
+        async def relabel(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message["headers"] if k != b"x-ratelimit-limit"]
+                message = {**message, "headers": [*headers, (b"x-ratelimit-limit", self.limit)]}
+            await send(message)
+
+        await self.app(scope, receive, relabel)
+
+
+class DayAtMost(FakeTime):
+    """Fake time that refuses to be slept past a day: a pacing that never lets a request go
+    again fails the test instead of looping for ever."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.start = start
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.now - self.start > 86400:
+            raise RuntimeError("the client waited over a day for its next request")
+
+
+@pytest.mark.parametrize("limit", ["1", "-5"])
+def test_a_rate_limit_below_two_requests_never_stops_the_pacing_for_good(
+    world: World, tmp_path: Path, limit: str
+) -> None:
+    # With a rate learnt from earlier answers, the local bucket was capped at Limit, and a
+    # request needs 1 token plus 1 kept in reserve: under a Limit of 1 (or a nonsense
+    # negative one) no request could go again, and the backfill slept on for ever, silently.
+    since, until = world.window
+    t = DayAtMost(until.timestamp())
+    _, client = world.api(
+        t, read_limit=20, transport_wrapper=lambda app: LimitTurns(app, limit, after=8)
+    )
+    backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=20,
+             now=t.clock)  # fmt: skip
+    assert client.limiter._buckets["read"].rate  # paced by a rate, as it was when it hung
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
+class Misencoded:
+    """ASGI middleware over the emulator: its first ``times`` history answers say
+    ``Content-Encoding: gzip`` over their plain JSON (a misconfigured proxy), so that no
+    client can decode them."""
+
+    def __init__(self, app: Any, times: int) -> None:
+        self.app, self.times = app, times
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.times <= 0:
+            await self.app(scope, receive, send)
+            return
+        self.times -= 1
+
+        async def mislabel(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message["headers"], (b"content-encoding", b"gzip")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, mislabel)
+
+
+def test_an_answer_that_cannot_be_decoded_is_retried_then_a_clear_error(
+    world: World, tmp_path: Path
+) -> None:
+    # httpx's DecodingError is no TransportError: it went past the client's retries and
+    # error tree, and the CLI printed a traceback.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: Misencoded(app, 1))
+    report = backfill(tmp_path, client=client, since=since, until=until, slices=1, now=t.clock)
+    assert report.retries == 1
+    assert_lake_is_exactly_the_history(tmp_path, world)
+    _, client = world.api(t, transport_wrapper=lambda app: Misencoded(app, 1000))
+    with pytest.raises(RetryableApiError, match="DecodingError"):
+        backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
+
+
+class SurrogateCursor:
+    """ASGI middleware over the emulator: the next cursor of its first ``times`` history
+    pages holds an escaped lone UTF-16 surrogate (valid JSON, no Unicode text: no URL can
+    carry it)."""
+
+    def __init__(self, app: Any, times: int) -> None:
+        self.app, self.times = app, times
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries" or self.times <= 0:
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            if doc["next_cursor"]:
+                self.times -= 1
+                doc["next_cursor"] += "\ud800"
+            body = json.dumps(doc).encode()  # ensure_ascii: the surrogate as "\\ud800"
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_a_next_cursor_no_url_can_carry_is_asked_again_then_a_clear_error(
+    world: World, tmp_path: Path
+) -> None:
+    # httpx raised UnicodeEncodeError building the next request: a traceback, after the
+    # checkpoint had saved the cursor, so at every resume too.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=lambda app: SurrogateCursor(app, 1))
+    backfill(tmp_path, client=client, since=since, until=until, slices=1, page_size=10,
+             now=t.clock)  # fmt: skip
+    assert_lake_is_exactly_the_history(tmp_path, world)  # the page asked again was whole
+    _, client = world.api(t, transport_wrapper=lambda app: SurrogateCursor(app, 1000))
+    with pytest.raises(PermanentApiError, match="next_cursor is no Unicode text"):
+        backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
+
+
+class NoHasMore:
+    """ASGI middleware over the emulator: its history pages leave out ``has_more`` (the
+    client allows it) and end with an empty ``next_cursor`` instead of null, as some APIs
+    say "no more" (Slack's ``next_cursor: ""``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            doc = json.loads(b"".join(chunks))
+            del doc["has_more"]
+            doc["next_cursor"] = doc["next_cursor"] or ""
+            body = json.dumps(doc).encode()
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def test_pages_without_has_more_end_at_an_empty_next_cursor(world: World, tmp_path: Path) -> None:
+    # Without has_more, any cursor but null meant "more": the last page of every walk was
+    # refused ("says has_more but gives no next_cursor"), and no backfill could finish.
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, transport_wrapper=NoHasMore)
+    backfill(tmp_path, client=client, since=since, until=until, page_size=20, now=t.clock)
+    assert_lake_is_exactly_the_history(tmp_path, world)
+
+
 def test_history_rows_name_the_type_as_the_lake_does(tmp_path: Path) -> None:
     rows = [
         {"id": "wbd_a", "status": "dead", "event_id": "wamid.X", "created_at":
@@ -804,6 +1130,16 @@ DAMAGE: dict[str, Any] = {
     "an unknown slice field": lambda state: {
         **state,
         "slices": [{**state["slices"][0], "surprise": 1}, *state["slices"][1:]],
+    },
+    "filters that are no object": lambda state: {**state, "filters": None},
+    "a filter that is no text": lambda state: {**state, "filters": {"status": 5}},
+    "a page count that is no number": lambda state: {
+        **state,
+        "slices": [{**state["slices"][0], "pages": "x"}, *state["slices"][1:]],
+    },
+    "a cursor that is no text": lambda state: {
+        **state,
+        "slices": [{**state["slices"][0], "cursor": 5}, *state["slices"][1:]],
     },
 }
 

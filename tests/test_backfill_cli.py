@@ -909,3 +909,25 @@ def test_deliveries_list_says_when_nothing_matches_and_when_limit_cut_the_list(
     rows = runner.invoke(app, ["deliveries", "list", "--limit", "100000", "--json"], env=env)
     assert rows.stdout.count("\n") > 2
     assert "Kirim has more" not in rows.stderr  # all of them shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["backfill", "--subscription-id", "wbs_\udcff"],
+        ["backfill", "--event-type", "message.st\udce9tus"],
+        ["deliveries", "list", "--status", "d\udce9ad"],
+        ["deliveries", "bulk-replay", "--subscription-id", "wbs_x", "--event-type", "\udce9"],
+    ],
+)
+def test_a_filter_that_is_no_utf8_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # Python reads a command-line byte that is no UTF-8 (é typed in a Latin-1 terminal) as
+    # a lone surrogate, which httpx cannot put in a URL or a JSON body: UnicodeEncodeError
+    # and a traceback, before any request went out.
+    argv = window_args(tmp_path, args, "2026-11-01", "2026-11-30")
+    result = CliRunner().invoke(app, argv, env={"KIRIM_KEY": "kdv_live_" + "A" * 24})
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, UnicodeError)
+    assert "is no Unicode text" in result.output

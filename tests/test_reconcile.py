@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -933,12 +934,13 @@ def test_missing_events_are_listed_by_the_day_they_happened_first(tmp_path: Path
 
 def test_the_first_window_starts_before_its_first_row() -> None:
     """Kirim's ``created_after`` may exclude its instant: the first window opens a second
-    early; the next ones open at their first row (a row in exactly one window)."""
+    early; the next ones open halfway from the row before theirs, where the window before
+    closes (a row in exactly one window, and none on an edge)."""
     base = datetime(2026, 5, 1, tzinfo=UTC)
     rows = [("wbs_A", "dead", base + timedelta(seconds=i)) for i in range(1500)]
     first, second = plan_windows(rows)
     assert first.created_after == base - timedelta(seconds=1)
-    assert second.created_after == base + timedelta(seconds=1000) == first.created_before
+    assert second.created_after == base + timedelta(seconds=999.5) == first.created_before
 
 
 def test_a_window_counts_only_the_rows_of_its_own_status(tmp_path: Path) -> None:
@@ -1105,3 +1107,65 @@ def test_rows_outside_a_range_kirim_ignored_are_skipped_and_said(world: World) -
         f"Kirim returned {every} row(s) outside --since/--until (it may ignore that filter or"
         " know it by another name): skipped, not compared with the lake"
     ) in report.notes
+
+
+class ExclusiveAfter:
+    """ASGI middleware over the emulator: ``bulk_replay``'s ``created_after`` excludes its
+    own instant (the emulator's includes it; kirim-api.md §7.4 says neither), so with the
+    emulator's exclusive ``created_before`` both ends of a window are exclusive."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries/bulk_replay":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = json.loads(b"".join(chunks))
+        after = datetime.fromisoformat(body["created_after"]) + timedelta(microseconds=1)
+        body["created_after"] = after.isoformat()
+        sent = False
+
+        async def once() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": json.dumps(body).encode()}
+
+        await self.app(scope, once, send)
+
+
+def test_bulk_windows_leave_no_row_on_an_edge_kirim_may_exclude(tmp_path: Path) -> None:
+    # Windows after the first opened at their first row's instant, the one the window
+    # before closed at: where Kirim excludes both ends, as backfill allows for
+    # (HISTORY_OVERLAP), that row was in no window and was never replayed, without a word.
+    from kirim_events.emulator import Emulator, create_app
+
+    emu = Emulator(seed=4)
+    sub = emu.subscribe("http://collector.test/webhooks/kirim")
+    start = float(int(BASE.timestamp()))
+    originals = []
+    for i in range(1500):  # two windows; whole seconds, as the API shows them
+        row = emu.store.new_delivery(
+            sub, event_id=f"evt_{i:05d}", event_type="contact.updated", source="kirim",
+            event_keys=(f"evt_{i:05d}",), payload=b"{}", now=start + i,
+        )  # fmt: skip
+        row.status, row.attempt, row.response_status_code = "dead", 8, 500
+        originals.append(row.id)
+    t = FakeTime(start + 86400)
+    app = create_app(emu.store, api_keys=emu.api_keys, clock=t.clock, write_limit=600)
+    client = KirimClient("http://kirim.test", emu.api_keys[0], sleep=t.sleep, clock=t.clock,
+                         transport=SyncASGI(StripPayload(ExclusiveAfter(app))))  # fmt: skip
+    report = reconcile(tmp_path, client=client, since=BASE - timedelta(minutes=1),
+                       until=BASE + timedelta(hours=1), now=t.clock)  # fmt: skip
+    assert report.bulk_calls == 2
+    replayed = Counter(r.replayed_from for r in emu.store.deliveries if r.replayed_from)
+    assert set(replayed) == set(originals)
+    assert max(replayed.values()) == 1

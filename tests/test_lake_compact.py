@@ -629,3 +629,29 @@ def test_removing_empty_folders_spares_the_lake_root_and_its_own_folders(tmp_pat
     storage.remove_empty_folders(["", "/", "events", "_tmp/", "_state", "a/b/..", "a/b", "a/c"])
     assert empty_folders(tmp_path) == ["_state", "_tmp", "events"]  # a/b is gone, a is not
     assert (tmp_path / "a/c/d/kept").exists()
+
+
+def test_a_write_still_moving_its_files_in_keeps_the_marker_of_the_file_not_yet_there(
+    tmp_path: Path,
+) -> None:
+    # One write names its file alike in every partition it touches, and moves its markers in
+    # first, then its files one by one (on S3, in parallel). A compaction that ran between
+    # the file of May 1 and that of May 5 took May 5's marker as consumed (that name was
+    # seen, on May 1), so the file landing next had no marker: the partition was never
+    # compacted again, and a plain reader kept counting its event twice.
+    lake = ke.Lake(tmp_path)
+    may5 = T0 + timedelta(days=4)
+    lake.write_events([ev("b", occurred=may5, payload="first")])
+    lake.compact()
+    lake.write_events(
+        [ev("a"), ev("b", occurred=may5, received=T0 + timedelta(days=5), payload="again")]
+    )
+    (landing,) = (tmp_path / "events/type=message.created/date=2026-05-05").glob("w-*.parquet")
+    held = tmp_path / "held.parquet"
+    landing.rename(held)  # its marker is in place, the file not yet
+    lake.compact()
+    held.rename(landing)  # and now it is
+    lake.compact()
+    assert on_disk(tmp_path) == ["a", "b"]
+    assert winners(lake) == {"a": json.dumps({"id": "a", "type": "message.created"}), "b": "first"}
+    assert lake.stats()["clean"].all()

@@ -256,8 +256,9 @@ class Lake(AnalyticsMixin):
         Raises
         ------
         LakeError
-            A row lacks event_key, type, occurred_at or received_at, or a column has the
-            wrong type. Nothing is written then.
+            A row lacks event_key, type, occurred_at or received_at, a column has the
+            wrong type, or an occurred_at lies outside the years 1 to 9999 (its UTC date
+            names the partition). Nothing is written then.
         StorageError
             The storage failed; retry later.
         """
@@ -266,7 +267,8 @@ class Lake(AnalyticsMixin):
     def write_deliveries(self, rows: Sequence[Mapping[str, Any]] | pa.Table) -> int:
         """Append delivery rows (DELIVERY_SCHEMA columns; missing ones are null).
 
-        Partitioned by the UTC date of ``created_at`` (Kirim's time), else ``received_at``.
+        Partitioned by the UTC date of ``created_at`` (Kirim's time), else ``received_at``,
+        which must lie in the years 1 to 9999 (LakeError otherwise, and nothing is written).
         Returns the number of rows written; durable when it returns.
         """
         return self._writer.write_deliveries(rows)

@@ -197,8 +197,12 @@ class _Group:
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
 
-    def run(self) -> set[str]:
-        """Compact this group; return the names of the files seen (for marker clean-up)."""
+    def run(self) -> set[tuple[str, str]]:
+        """Compact this group; return the files seen, as (day, name), for marker clean-up.
+
+        By day: one write names its file alike in every partition it touches, and moves
+        them in one by one after all its markers, so a name seen on one day says nothing
+        of another day's file, which may still be on its way."""
         existing = set(list_dates(self.storage, self.table, self.group))
         members = sorted(
             {d for c in self.changed if c in existing for d in near_days(c, self.window, existing)}
@@ -208,7 +212,7 @@ class _Group:
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         dirty = [d for d in members if not self.manifest.is_clean(d, counted[d])]
         # Files already merged: listed now, or replaced (and perhaps deleted) by an earlier run.
-        seen = {n for d in members for n in [*listed[d], *self.manifest.replaced.get(d, ())]}
+        seen = {(d, n) for d in members for n in [*listed[d], *self.manifest.replaced.get(d, ())]}
         self.hook("planned")
         winners = None
         rewrite = list(dirty)
@@ -466,16 +470,16 @@ def compact(
             )
             seen = group_run.run()
             deleted_from.update(group_run.deleted_from)
-            # A marker is consumed once its file was seen (it is merged now, or still counted
+            # A marker is consumed once its file was seen in its partition (merged now, or counted
             # and the partition is clean). A marker whose file is not there after an hour was
             # consumed some other way: its write crashed before the rename, or two crashed
             # runs in a row merged and deleted the file and forgot its name.
             stale = int((now() - TMP_TTL) * 1000)
             consumed = [
                 rel
-                for day_markers in markers.get((table, group), {}).values()
+                for day, day_markers in markers.get((table, group), {}).items()
                 for rel in day_markers
-                if marker_file_name(rel) in seen or _marker_ms(rel) < stale
+                if (day, marker_file_name(rel)) in seen or _marker_ms(rel) < stale
             ]
             for rel in consumed:
                 storage.delete(rel)

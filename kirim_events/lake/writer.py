@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -176,6 +177,23 @@ def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+# The instants whose UTC date names a partition readers list (``date=YYYY-MM-DD``, years 1
+# to 9999: paths.parse_partition_dir). Arrow holds times far beyond them, and one written
+# under date=+10000-01-01 was in no partition that a reader or a compaction looks at.
+FIRST_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
+LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+def _check_partition_times(frame: pl.DataFrame, column: str, what: str, rows: pl.Expr) -> None:
+    """LakeError when a row of ``rows`` has a ``column`` no partition date can name."""
+    outside = frame.filter(rows & ~pl.col(column).is_between(FIRST_INSTANT, LAST_INSTANT))
+    if outside.height:
+        raise LakeError(
+            f"{what} need {column} in the years 1 to 9999 (its UTC date names the "
+            f"partition): {outside.height} row(s) outside them; nothing was written"
+        )
+
+
 class Writer:
     """Writes new files for one ``Lake``; owns its writer id and ingest sequence."""
 
@@ -221,6 +239,7 @@ class Writer:
                 raise LakeError(f"events need a {name} in every row")
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
+        _check_partition_times(frame, "occurred_at", "events", pl.lit(True))
         frame = frame.with_columns(
             pl.col("occurred_at").dt.convert_time_zone("UTC").dt.date().cast(pl.String).alias("_d")
         )
@@ -241,6 +260,9 @@ class Writer:
         when = pl.coalesce("created_at", "received_at")
         if frame.select(when.is_null().any()).item():
             raise LakeError("delivery rows need created_at or received_at")
+        created = pl.col("created_at").is_not_null()
+        _check_partition_times(frame, "created_at", "delivery rows", created)
+        _check_partition_times(frame, "received_at", "delivery rows without created_at", ~created)
         frame = frame.with_columns(
             when.dt.convert_time_zone("UTC").dt.date().cast(pl.String).alias("_d")
         )

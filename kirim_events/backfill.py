@@ -13,7 +13,10 @@
    commit, so events go through the same dedup index as webhooks and replays;
 3. only then saves the checkpoint (filters, cursor, ``created_before``) under
    ``DATA/_state/backfill/``. A killed run started again with the same arguments resumes
-   from the last checkpointed cursor.
+   from the last checkpointed cursor. A range given as a span ago (``since="1h"``) names
+   other times at each start: resumed within 24 hours of its start, the old range
+   is finished, then the rest up to the end of the range asked now is walked under a
+   checkpoint of its own (so an hourly ``since="1h"`` after a killed run loses no hour).
 
 Exactly once in the lake, across kills: events are deduplicated by the journal's index;
 delivery rows of a page fetched twice (killed after the commit, before the checkpoint) are
@@ -54,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -452,6 +455,7 @@ class _Run:
         self.slices_before = 0  # slices done when the slicing ended
         self.fraction_told = 0.0
         self.untold: deque[BackfillProgress] = deque()  # snapshots not given to progress yet
+        self.filtered = FilterTally()  # this walk's, added to the report's as it ends
         self.telling = threading.Lock()  # held by the thread giving them (_tell)
 
     def walk(self, s: Slice) -> None:
@@ -582,7 +586,7 @@ class _Run:
                 self.cp.slices = [Slice(after=self.cp.since, before=self.cp.until)]
                 self.note_due = TIME_FILTER_IGNORED
                 # that walk reads every row again: the rows outside the filters are its count
-                self.report.filtered = FilterTally()
+                self.filtered = FilterTally()
             self.cp.save(self.path)  # only after the journal commit
             r = self.report
             r.pages += 1
@@ -594,7 +598,7 @@ class _Run:
             r.rows_without_time += untimed
             r.items_unreadable += len(page.unreadable)
             if not self._dropped(s):
-                r.filtered.add(tally)
+                self.filtered.add(tally)
             self._snapshot()
         self._tell()
 
@@ -674,7 +678,10 @@ def backfill(
         A :class:`KirimClient`; its one rate limiter paces every slice.
     since, until
         The range of delivery ``created_at`` (ISO text, a date, ``7d``-style spans ago, or
-        aware datetimes). ``until`` defaults to now, fixed at the start of the run.
+        aware datetimes). ``until`` defaults to now, fixed at the start of the run. A
+        killed run of a span that started less than 24 hours ago is resumed: its range is
+        finished, then walked on from its end to the end of the range asked now (the
+        report's range is the whole); an older one is not resumed.
     subscription_id, status, event_type
         Optional history filters (sent on every page: cursors are filter-bound). Rows Kirim
         returns outside them are skipped and counted (``BackfillReport.filtered``, ``notes``).
@@ -748,24 +755,22 @@ def backfill(
             if started is None or start - started > SPAN_RESUME_WITHIN:
                 cp = None  # start afresh; saving the new checkpoint replaces the old one
         resumed = cp is not None
+        hi = hi_given or start
         if cp is None:
-            hi = hi_given or start
-            cp = _Checkpoint(
-                key=key,
-                since=format_time(lo),
-                until=format_time(hi),
-                snapshot=format_time(start),
-                filters=filters,
-                slices=split(lo, hi, slices * _PIECES),
-            )
+            cp = _new_checkpoint(key, lo, hi, start, filters, slices)
             cp.save(path)
-        since_fixed, until_fixed = parse_time(cp.since), parse_time(cp.until)
-        assert since_fixed is not None
-        assert until_fixed is not None
+        # The old range first, then (a span resumed) what the range asked now adds to it:
+        # an hourly "--since 1h" resuming the hour of a run killed must read its own hour too
+        walks = [cp]
+        if resumed and spans:
+            rest = _rest(cp, lo, hi)
+            if rest is not None:
+                walks.append(_new_checkpoint(key, *rest, start, filters, slices))
+        ranges = [_range(w) for w in walks]
         report = BackfillReport(
-            since=since_fixed,
-            until=until_fixed,
-            slices=len(cp.slices),
+            since=min(since for since, _ in ranges),  # the walks' ranges meet: one range
+            until=max(until for _, until in ranges),
+            slices=sum(len(w.slices) for w in walks),
             resumed=resumed,
             filters=dict(cp.filters),
             checkpoint=str(path),
@@ -774,9 +779,6 @@ def backfill(
         jr = journal or Journal(root)
         sent0, retries0 = client.requests_sent, client.retries
         try:
-            run = _Run(client, jr, cp, path, report, page_size, progress, now)
-            run.say_due()
-            workers = min(slices, len(cp.slices))
 
             def flush_journal() -> None:
                 nonlocal lake
@@ -788,8 +790,16 @@ def backfill(
                 report.flushed_events = flushed.events
                 report.flushed_deliveries = flushed.receipts
 
+            runs: list[_Run] = []
             try:
-                _walk_all(run, client, cp.slices, workers)
+                for walk in walks:
+                    if runs:  # the old range is walked: the rest's checkpoint replaces it
+                        _finish(path, then=walk)
+                    told = _told_in_part(progress, walks, runs, now)
+                    run = _Run(client, jr, walk, path, report, page_size, told, now)
+                    runs.append(run)
+                    run.say_due()
+                    _walk_all(run, client, walk.slices, min(slices, len(walk.slices)))
             except Interrupted:
                 raise  # asked to stop: at once, the checkpoint and journal hold the pages
             except Exception as failed:
@@ -803,9 +813,11 @@ def backfill(
                     with contextlib.suppress(OSError):
                         path.unlink()
                 raise
-            if cp.time_filter_ignored:
+            if any(w.time_filter_ignored for w in walks):
                 report.notes.append(TIME_FILTER_IGNORED)
-            report.notes.extend(report.filtered.notes(run.filter))
+            for run in runs:
+                report.filtered.add(run.filtered)
+            report.notes.extend(report.filtered.notes(runs[0].filter))
             if flush:
                 flush_journal()
             _finish(path)
@@ -816,6 +828,82 @@ def backfill(
             if own_journal:
                 jr.close()
         return report
+
+
+def _new_checkpoint(
+    key: str,
+    since: datetime,
+    until: datetime,
+    start: datetime,
+    filters: dict[str, str],
+    slices: int,
+) -> _Checkpoint:
+    """A new walk of ``[since, until)``, its rows received at ``start`` (not saved yet)."""
+    return _Checkpoint(
+        key=key,
+        since=format_time(since),
+        until=format_time(until),
+        snapshot=format_time(start),
+        filters=filters,
+        slices=split(since, until, slices * _PIECES),
+    )
+
+
+def _range(cp: _Checkpoint) -> tuple[datetime, datetime]:
+    """The range ``cp`` walks (its times are checked when it is loaded)."""
+    since, until = parse_time(cp.since), parse_time(cp.until)
+    assert since is not None
+    assert until is not None
+    return since, until
+
+
+def _rest(cp: _Checkpoint, since: datetime, until: datetime) -> tuple[datetime, datetime] | None:
+    """What a span run resuming ``cp`` walks after it: the range asked now, ``[since,
+    until)``, beyond ``cp``'s (None when nothing is).
+
+    From ``cp``'s end, not from ``since``: a run that started later within the day (a
+    "--since 1h" a few hours on) leaves between the two the ranges of the runs between,
+    which could only resume ``cp`` and were killed before they walked past it. A clock set
+    back may put ``since`` before ``cp``'s start: then from ``since`` to ``cp``'s start or
+    ``until``, whichever is later. Either way ``cp``'s range and this one meet.
+    """
+    old_since, old_until = _range(cp)
+    if since < old_since:
+        return since, max(until, old_since)
+    return (old_until, until) if old_until < until else None
+
+
+def _told_in_part(
+    progress: Callable[[BackfillProgress], None] | None,
+    walks: list[_Checkpoint],
+    runs: list[_Run],
+    now: Callable[[], float],
+) -> Callable[[BackfillProgress], None] | None:
+    """``progress`` for the walk of ``walks`` after the ``runs`` walked: its share of the
+    run's range as a share of the whole, and the slices and seconds of the walks before it
+    added, so that nothing told steps back from one walk to the next."""
+    if progress is None or len(walks) == 1:
+        return progress
+
+    lengths = [(until - since).total_seconds() for since, until in map(_range, walks)]
+    lo = sum(lengths[: len(runs)]) / sum(lengths)
+    hi = sum(lengths[: len(runs) + 1]) / sum(lengths)
+    slices = sum(r.slices_before + len(r.cp.slices) for r in runs)
+    elapsed = now() - runs[0].started if runs else 0.0
+
+    def tell(p: BackfillProgress) -> None:
+        part = hi if p.fraction >= 1 else lo + (hi - lo) * p.fraction
+        progress(
+            replace(
+                p,
+                fraction=part,
+                elapsed=elapsed + p.elapsed,
+                slices_done=slices + p.slices_done,
+                slices=slices + p.slices,
+            )
+        )
+
+    return tell
 
 
 def _flush_after_failure(flush_journal: Callable[[], None], failed: Exception) -> None:
@@ -872,12 +960,20 @@ def _walk_all(run: _Run, client: KirimClient, slices: list[Slice], workers: int)
                 client.resume()  # the caller may use this client again
 
 
-def _finish(path: Path) -> None:
-    """Move a completed run's checkpoint aside, so the next run starts afresh."""
+def _finish(path: Path, then: _Checkpoint | None = None) -> None:
+    """Move a completed run's checkpoint aside, so the next run starts afresh; or copy it
+    aside and put ``then``, the walk that follows it, in its place in one rename: a run
+    killed in between resumes one or the other (with neither, it would start afresh, and
+    the rest of the range asked by the run killed would never be read)."""
     done = path.parent / "done"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     try:
         make_dirs(done)
-        move_file(path, done / f"{path.stem}-{stamp}.json")
+        if then is None:
+            move_file(path, done / f"{path.stem}-{stamp}.json")
+        else:
+            replace_file(done / f"{path.stem}-{stamp}.json", path.read_bytes())
     except OSError as exc:
         raise StorageError(f"cannot retire backfill checkpoint {path}: {exc}") from exc
+    if then is not None:
+        then.save(path)

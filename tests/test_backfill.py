@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import random
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
@@ -171,7 +173,9 @@ def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
     typed = f" {ago[:-1]} S "  # the same span typed otherwise is the same run
     report = backfill(tmp_path, client=client2, since=typed, page_size=10, now=t.clock)
     assert report.resumed
-    assert (report.since, report.until) == (parse_time(first["since"]), parse_time(first["until"]))
+    # the range fixed when the run first started, then on to the end asked now
+    assert report.since == parse_time(first["since"])
+    assert report.until == dt(t.clock())
     assert list((tmp_path / "_state" / "backfill").glob("*.json")) == []  # none left behind
     assert_lake_is_exactly_the_history(tmp_path, world)
 
@@ -219,6 +223,150 @@ def test_an_until_of_now_stays_fixed_when_resumed_even_days_later(
     t.sleep(25 * 3600)
     report = backfill(tmp_path, client=client, since=since, until=until, now=t.clock)
     assert (report.resumed, report.until) == (True, first_end)
+
+
+@pytest.fixture(scope="module")
+def hours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, float]]:
+    """A history spread evenly over three hours from a whole hour (the emulator makes it in
+    under a second): the world, and that hour (unix seconds)."""
+    w = World(tmp_path_factory.mktemp("hours"), seed=5, events=150)
+    base = float(int(w.span[1]) // 3600 * 3600 + 3600)
+    rows = w.emu.store.deliveries  # in the order made: Kirim's newest-first order stays
+    for i, row in enumerate(rows):
+        row.created_at = base + i * (3 * 3600 // len(rows))
+    yield w, base
+    w.close()
+
+
+def assert_lake_holds_the_history_of(home: Path, world: World, since: float, until: float) -> None:
+    """The lake holds each history row created in ``[since, until)`` once, and its events
+    once, and nothing else."""
+    rows = [r for r in world.emu.store.deliveries if since <= r.created_at < until]
+    events, deliveries = lake_frames(home)
+    assert sorted(deliveries["delivery_id"]) == sorted(r.id for r in rows)
+    keys = events["event_key"].to_list()
+    assert len(keys) == len(set(keys)), "duplicate events"
+    assert set(keys) == {k for r in rows for k in r.event_keys}
+
+
+def _hourly(world: World, home: Path, t: FakeTime, stop: Any = None, **kw: Any) -> BackfillReport:
+    """``kirim-events backfill --since 1h`` at ``t`` (``stop``: the progress callback). One
+    fetcher and short pages: a run killed leaves every time slice unfinished (the fetcher
+    goes on to the next slice until the kill is seen, and is killed again after one page)."""
+    _, client = world.api(t)
+    return backfill(home, client=client, since="1h", slices=1, page_size=2, progress=stop,
+                    now=t.clock, **kw)  # fmt: skip
+
+
+def _die_after(pages: int) -> Any:
+    def stop(p: BackfillProgress) -> None:
+        if p.pages >= pages:
+            raise Killed
+
+    return stop
+
+
+def test_an_hourly_span_run_resuming_a_killed_one_reads_its_own_hour_too(
+    hours: tuple[World, float], tmp_path: Path
+) -> None:
+    # An hourly "--since 1h": run k was killed; run k+1 resumed run k's hour, finished it and
+    # ended, and its own hour was never read (run k+2 reads the next one): a silent gap.
+    world, base = hours
+    per_hour = Counter(int((r.created_at - base) // 3600) for r in world.emu.store.deliveries)
+    assert sorted(per_hour) == [0, 1, 2]  # each hour has rows to lose, many pages' worth
+    assert min(per_hour.values()) > 40
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(2))
+    t.sleep(3600)
+    told: list[BackfillProgress] = []
+    report = _hourly(world, tmp_path, t, told.append)
+    assert report.resumed
+    assert_lake_holds_the_history_of(tmp_path, world, base, base + 2 * 3600)
+    assert (report.since, report.until) == (dt(base), dt(base + 2 * 3600))
+    assert not list((tmp_path / "_state" / "backfill").glob("*.json"))  # both walks done
+    # one progress over both walks, never stepping back
+    for field in ("pages", "rows", "fraction", "elapsed", "slices_done"):
+        values = [getattr(p, field) for p in told]
+        assert values == sorted(values), field
+    assert told[-1].fraction == 1.0
+    assert told[-1].slices_done == told[-1].slices == report.slices
+    assert told[0].fraction < 0.5  # the old hour is half the range walked, not all done
+
+
+def test_a_span_run_killed_in_the_hour_it_adds_is_resumed_with_it(
+    hours: tuple[World, float], tmp_path: Path
+) -> None:
+    world, base = hours
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(2))
+    checkpoint = next((tmp_path / "_state" / "backfill").glob("*.json"))
+
+    def die_in_the_new_hour(p: BackfillProgress) -> None:
+        state = json.loads(checkpoint.read_text())
+        if state["since"] == format_time(dt(base + 3600)) and any(
+            s["pages"] for s in state["slices"]
+        ):
+            raise Killed
+
+    t.sleep(3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, die_in_the_new_hour)
+    t.sleep(1800)  # the next run, half an hour on: the new hour, then up to its own end
+    report = _hourly(world, tmp_path, t)
+    assert report.resumed
+    assert_lake_holds_the_history_of(tmp_path, world, base, base + 2.5 * 3600)
+    assert (report.since, report.until) == (dt(base + 3600), dt(base + 2.5 * 3600))
+    assert not list(checkpoint.parent.glob("*.json"))
+
+
+def test_hours_of_span_runs_killed_before_they_got_past_the_one_resumed_are_read(
+    hours: tuple[World, float], tmp_path: Path
+) -> None:
+    # Run k+1 resumed run k's hour and was killed in it too: run k+2 resumes that hour, and
+    # reads from its end, run k+1's hour as well as its own.
+    world, base = hours
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(2))
+    t.sleep(3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(1))
+    state = json.loads(next((tmp_path / "_state" / "backfill").glob("*.json")).read_text())
+    assert state["since"] == format_time(dt(base))  # killed in run k's hour, not past it
+    t.sleep(3600)
+    report = _hourly(world, tmp_path, t)
+    assert_lake_holds_the_history_of(tmp_path, world, base, base + 3 * 3600)
+    assert (report.resumed, report.since, report.until) == (True, dt(base), dt(base + 3 * 3600))
+
+
+def test_a_span_run_killed_as_it_turns_to_the_hour_it_adds_loses_no_hour(
+    hours: tuple[World, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed after the old hour's checkpoint was retired, before the new hour's was saved:
+    # with neither, the next run started afresh on its own hour, and the one between was lost.
+    world, base = hours
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(2))
+    module = importlib.import_module("kirim_events.backfill")  # not the function it exports
+    save = module.replace_file
+
+    def die_saving_the_new_hour(path: Path, data: bytes | str) -> None:
+        if json.loads(data).get("since") == format_time(dt(base + 3600)):
+            raise Killed
+        save(path, data)
+
+    t.sleep(3600)
+    with monkeypatch.context() as patched:
+        patched.setattr(module, "replace_file", die_saving_the_new_hour)
+        with pytest.raises(Killed):
+            _hourly(world, tmp_path, t)
+    t.sleep(3600)
+    report = _hourly(world, tmp_path, t)
+    assert_lake_holds_the_history_of(tmp_path, world, base, base + 3 * 3600)
+    assert report.resumed
 
 
 def test_a_backfill_failing_in_one_slice_stops_the_others_at_once(tmp_path: Path) -> None:

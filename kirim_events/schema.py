@@ -48,7 +48,8 @@ NOT_STORED: frozenset[str] = frozenset({"signature"})
 carries another one, it is 32 random bytes that cannot be compressed (about a quarter of a
 compacted lake when it was kept), and it proves nothing without the secret, which rotates.
 It is used once, at parse time, as the event's time when the body has none. Lakes written
-before it was dropped still read: readers ignore the extra column and compaction drops it.
+before it was dropped still read: readers ignore the extra column and compaction drops it
+(from files already compacted, a full compaction: ``compact(full=True)``).
 """
 
 LAKE_EVENT_FIELDS: tuple[str, ...] = tuple(f for f in EVENT_FIELDS if f not in NOT_STORED)

@@ -38,7 +38,9 @@ def compact_command(
         bool,
         typer.Option(
             "--full",
-            help="Visit every partition, not only those changed since the last compaction.",
+            help="Rewrite every partition, compacted or not, through the current dedup and "
+            "file schema (after an upgrade or restoring a copy), not only those changed since "
+            "the last compaction.",
         ),
     ] = False,
     target_mb: Annotated[

@@ -557,7 +557,9 @@ class Lake(AnalyticsMixin):
         Parameters
         ----------
         full
-            Visit every partition, not only those with change markers.
+            Rewrite every partition, compacted or not, through the current dedup and file
+            schema, not only those with change markers: after an upgrade that changed
+            either, or restoring a lake from a copy.
         target_file_bytes
             Aim for merged files of about this size (one file per partition below it).
         hook

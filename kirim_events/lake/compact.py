@@ -2,7 +2,10 @@
 
 Only partitions named by change markers (``_state/changes/``, left by the writer) are
 visited, with their neighbours inside the dedup window, so the cost follows the partitions
-written since the last run, not the size of the lake. Per group (one event type, or all
+written since the last run, not the size of the lake; of those, only partitions that are not
+clean (or lost a copy to a neighbour) are rewritten. A full run (``full=True``) rewrites every
+partition holding files, first leaving a change marker in each (named after a file it holds,
+so the run consumes it as it would a writer's). Per group (one event type, or all
 deliveries) the steps are, with a crash possible between any two:
 
 1. ``planned``: list markers, the group's manifest and the partition files.
@@ -77,7 +80,12 @@ from kirim_events.lake.reader import (
 )
 from kirim_events.lake.state import Manifest, check_version, manifest_path
 from kirim_events.lake.storage import Staged, Storage
-from kirim_events.lake.writer import marker_file_name, parquet_bytes, partition_dir
+from kirim_events.lake.writer import (
+    change_marker,
+    marker_file_name,
+    parquet_bytes,
+    partition_dir,
+)
 
 __all__ = ["STEPS", "CompactionReport", "compact"]
 
@@ -183,6 +191,7 @@ class _Group:
         report: CompactionReport,
         workers: int,
         check: Callable[[], None] = lambda: None,
+        full: bool = False,
     ) -> None:
         self.storage, self.table, self.group = storage, table, group
         self.changed, self.window = changed, window if table == "events" else 0
@@ -190,9 +199,10 @@ class _Group:
         self.writer_id, self.now, self.hook, self.report = writer_id, now, hook, report
         self.manifest_rel = manifest_path(table, group)
         self.manifest = Manifest.load(storage, self.manifest_rel)
-        self.workers, self.check = workers, check
+        self.workers, self.check, self.full = workers, check, full
         self.lock = threading.Lock()
         self.deleted_from: set[str] = set()  # folders a file was deleted from
+        self.marked: dict[str, list[str]] = {}  # markers a full run left: day -> paths
 
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
@@ -210,7 +220,13 @@ class _Group:
         listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
         self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
-        dirty = [d for d in members if not self.manifest.is_clean(d, counted[d])]
+        # A full run rewrites clean partitions too: the dedup rule or the file schema may
+        # have changed since they were compacted (or the lake was restored from a copy).
+        dirty = [
+            d
+            for d in members
+            if (self.full and counted[d]) or not self.manifest.is_clean(d, counted[d])
+        ]
         # Files already merged: listed now, or replaced (and perhaps deleted) by an earlier run.
         seen = {(d, n) for d in members for n in [*listed[d], *self.manifest.replaced.get(d, ())]}
         self.hook("planned")
@@ -219,6 +235,8 @@ class _Group:
         if dirty and self.table == "events":
             winners, losing_days = self._winners(members, counted)
             rewrite = sorted(set(dirty) | losing_days)  # clean days that lost a copy too
+        if self.full:
+            self._mark(rewrite, counted)
         new = Manifest(
             generation=self.manifest.generation + 1,
             files=dict(self.manifest.files),
@@ -258,6 +276,21 @@ class _Group:
         self.deleted_from.update(rel.rsplit("/", 1)[0] for rel in doomed)
         self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
+
+    def _mark(self, days: list[str], counted: dict[str, list[str]]) -> None:
+        """Leave a change marker in each of ``days`` before anything is written there.
+
+        A full run rewrites partitions no marker names (clean ones, or all of a lake restored
+        without its ``_state``): a crash between its writes and its deletes would leave files
+        a plain reader counts twice and no marker making a later run finish the job. Each
+        marker names a file the partition holds, so it is seen and consumed like a writer's
+        (in this run, or in the one that finishes a crashed one)."""
+        if not days:
+            return
+        items = [(change_marker(self.table, self.group, d, counted[d][0]), b"") for d in days]
+        self.storage.publish_many(items)
+        for day, (rel, _data) in zip(days, items, strict=True):
+            self.marked[day] = [rel]
 
     def _still_ours(self) -> None:
         """Raise LakeError unless this run still holds the lake (its lease on S3) and the
@@ -425,7 +458,15 @@ def compact(
     hook: Hook | None = None,
     workers: int | None = None,
 ) -> CompactionReport:
-    """Compact the partitions changed since the last run (all of them with ``full=True``).
+    """Compact the partitions changed since the last run; ``full=True`` rewrites them all.
+
+    A normal run rewrites only the partitions change markers name (and neighbours that lost
+    a copy), never a clean one. ``full=True`` rewrites every partition holding files,
+    clean or not, through the same dedup and file schema: the remedy after the dedup rule or
+    the schema changed (a partition compacted before keeps what the old rule kept, and
+    columns since dropped) or after restoring a lake from a copy. It leaves a change marker
+    in each partition before writing there, so a crash is finished by the next run of
+    either kind. ``report.partitions`` counts the partitions rewritten.
 
     See the module documentation for the steps and guarantees; ``hook(step)`` is called
     after each step (tests raise from it to simulate a crash there). Partitions of a group
@@ -467,9 +508,13 @@ def compact(
                 report=report,
                 workers=workers or os.cpu_count() or 1,
                 check=check,
+                full=full,
             )
             seen = group_run.run()
             deleted_from.update(group_run.deleted_from)
+            group_markers = markers[(table, group)]
+            for day, rels in group_run.marked.items():
+                group_markers[day].extend(r for r in rels if r not in group_markers[day])
             # A marker is consumed once its file was seen in its partition (merged now, or counted
             # and the partition is clean). A marker whose file is not there after an hour was
             # consumed some other way: its write crashed before the rename, or two crashed
@@ -477,7 +522,7 @@ def compact(
             stale = int((now() - TMP_TTL) * 1000)
             consumed = [
                 rel
-                for day, day_markers in markers.get((table, group), {}).items()
+                for day, day_markers in group_markers.items()
                 for rel in day_markers
                 if (day, marker_file_name(rel)) in seen or _marker_ms(rel) < stale
             ]

@@ -1,0 +1,184 @@
+"""Full compaction: every partition rewritten through today's dedup and file schema."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_lake import T0, ev, parquet_files
+from test_lake_compact import Crash, fill, on_disk, winners
+from typer.testing import CliRunner
+
+import kirim_events as ke
+from kirim_events.cli import app
+from kirim_events.lake import STEPS
+from kirim_events.lake.writer import change_marker
+
+MAY1 = "deliveries/date=2026-05-01"
+
+
+def old_rule_lake(root: Path) -> ke.Lake:
+    """A compacted lake whose clean May 1 partition holds two history rows of one delivery
+    without an attempt number, as compaction kept them before such rows became snapshots of
+    the first attempt: the older version wrote its compacted file with both rows."""
+    lake = ke.Lake(root)
+    row = {"delivery_id": "wbd_1", "origin": "backfill", "created_at": T0, "event_id": "e1"}
+    lake.write_deliveries([{**row, "attempt": None, "outcome": "pending", "received_at": T0}])
+    lake.compact()
+    (compacted,) = parquet_files(root / MAY1)
+    table = pq.read_table(compacted)
+    later = table.to_pylist()[0] | {
+        "outcome": "failed",
+        "received_at": T0 + timedelta(hours=1),
+        "ingest_seq": table["ingest_seq"][0].as_py() + 1,
+    }
+    both = pa.concat_tables([table, pa.Table.from_pylist([later], schema=table.schema)])
+    pq.write_table(both, compacted)  # same name: the manifest still lists it, clean
+    assert lake.stats()["clean"].all()
+    return lake
+
+
+def plain_count(root: Path, table: str) -> int:
+    """Rows a plain DuckDB glob over one table's folder counts, with no help from us."""
+    glob = f"{root}/{table}/**/*.parquet"
+    result = duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=true)")
+    return int(result.fetchall()[0][0])
+
+
+def test_a_full_compaction_applies_the_current_dedup_to_a_clean_partition(tmp_path: Path) -> None:
+    lake = old_rule_lake(tmp_path)
+    assert lake.deliveries().collect().height == 2  # clean: read as it is
+    assert plain_count(tmp_path, "deliveries") == 2
+    report = lake.compact(full=True)
+    assert report.partitions == 1
+    assert report.touched == [("deliveries", None, "2026-05-01")]
+    assert (report.rows_in, report.rows_out) == (2, 1)
+    rows = lake.deliveries().collect()
+    assert rows.select("attempt", "outcome").rows() == [(None, "failed")]  # the last fetched
+    assert plain_count(tmp_path, "deliveries") == 1
+    assert lake.stats()["clean"].all()
+    assert not list((tmp_path / "_state/changes").rglob("*.changed"))
+
+
+def test_a_normal_compaction_still_reads_no_clean_partition(tmp_path: Path) -> None:
+    # the scheduled run stays cheap: it rewrites the partitions written since, and reads no
+    # clean one, even one a marker names (left by a run that crashed before clearing it)
+    lake = old_rule_lake(tmp_path)
+    (compacted,) = parquet_files(tmp_path / MAY1)
+    lake.storage.publish(change_marker("deliveries", None, "2026-05-01", compacted.name), b"")
+    later = T0 + timedelta(days=5)
+    lake.write_deliveries([{"delivery_id": "w9", "attempt": 1, "received_at": later}])
+    report = lake.compact()
+    assert report.touched == [("deliveries", None, "2026-05-06")]
+    assert report.files_in == 1
+    assert lake.deliveries().collect().height == 3  # May 1 not read, its two rows left
+    assert compacted.exists()
+    assert not list((tmp_path / "_state/changes").rglob("*.changed"))  # consumed
+    assert lake.compact().partitions == 0
+
+
+def test_a_full_compaction_drops_the_signature_column_of_old_compacted_files(
+    tmp_path: Path,
+) -> None:
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b", occurred=T0 + timedelta(days=3))])
+    lake.compact()
+    old, new = parquet_files(tmp_path / "events")
+    # a compacted file from before the attempt signature stopped being stored
+    table = pq.read_table(old)
+    pq.write_table(table.append_column("signature", pa.array(["t=1,v1=" + "cd" * 32])), old)
+    assert lake.stats()["clean"].all()
+    glob = f"{tmp_path}/events/**/*.parquet"
+    with pytest.raises(duckdb.InvalidInputException, match="schema mismatch"):
+        duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    expected = winners(lake)
+    assert lake.compact(full=True).partitions == 2
+    files = parquet_files(tmp_path / "events")
+    assert old not in files  # both rewritten
+    assert new not in files
+    assert all("signature" not in pq.read_schema(f).names for f in files)
+    assert winners(lake) == expected
+    rows = duckdb.sql(f"select event_key from read_parquet('{glob}', hive_partitioning=true)")
+    assert sorted(r[0] for r in rows.fetchall()) == ["a", "b"]
+
+
+def test_a_full_compaction_of_a_clean_lake_changes_nothing_it_reads(tmp_path: Path) -> None:
+    lake = ke.Lake(tmp_path)
+    expected = fill(lake)  # copies of events received at different times
+    lake.compact()
+    before = parquet_files(tmp_path)
+    deliveries = lake.deliveries().collect()
+    report = lake.compact(full=True)
+    assert report.partitions == len(before)  # every partition rewritten, counted as such
+    assert (report.rows_in, report.rows_out) == (len(expected) + 1, len(expected) + 1)
+    assert not set(before) & set(parquet_files(tmp_path))
+    assert winners(lake) == expected  # the first received copy of each event
+    assert on_disk(tmp_path) == sorted(expected)
+    assert lake.deliveries().collect().equals(deliveries)
+    assert lake.stats()["clean"].all()
+    assert not list((tmp_path / "_state/changes").rglob("*.changed"))
+    assert lake.compact().partitions == 0
+
+
+def test_a_crash_at_every_step_of_a_full_compaction_is_finished_by_a_normal_run(
+    tmp_path: Path,
+) -> None:
+    # Rewriting a clean single-file partition, which no change marker names: a crash after
+    # its new file was written (or published, before the old one was deleted) left a file
+    # a plain reader counts twice, and no later scheduled run would visit the partition.
+    template = tmp_path / "template"
+    lake = ke.Lake(template)
+    expected = fill(lake)
+    lake.compact()
+    calls: list[str] = []
+    probe = tmp_path / "probe"
+    shutil.copytree(template, probe)
+    ke.Lake(probe).compact(full=True, hook=calls.append)
+    assert set(calls) == set(STEPS)
+    copies_left = []
+    for crash_at, step in enumerate(calls):
+        root = tmp_path / f"crash{crash_at}"
+        shutil.copytree(template, root)
+        lake = ke.Lake(root)
+        seen = 0
+
+        def hook(name: str, crash_at: int = crash_at) -> None:
+            nonlocal seen
+            if seen == crash_at:
+                raise Crash(name)
+            seen += 1
+
+        with pytest.raises(Crash, match=rf"^{step}$"):
+            lake.compact(full=True, hook=hook)
+        assert winners(lake) == expected, f"after a crash at step {crash_at} ({step})"
+        assert lake.deliveries().collect().height == 1
+        if len(on_disk(root)) != len(expected):
+            copies_left.append(step)
+            assert not lake.stats()["clean"].all(), f"stats call it clean after {step}"
+        lake.compact()  # the scheduled run, not a full one, finishes the job
+        assert winners(lake) == expected
+        assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
+        assert plain_count(root, "deliveries") == 1
+        stats = lake.stats()
+        assert stats["clean"].all()
+        assert stats["leftover_files"].sum() == 0
+        assert not list((root / "_state/changes").rglob("*.changed"))
+    assert "file_written" in copies_left  # the case above did arise
+
+
+def test_compact_full_on_the_command_line_rewrites_and_counts_clean_partitions(
+    tmp_path: Path,
+) -> None:
+    old_rule_lake(tmp_path)
+    result = CliRunner().invoke(app, ["compact", "--full", "--no-flush", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"partitions rewritten\W+1\b", result.output), result.output
+    reopened = ke.Lake(tmp_path)
+    assert reopened.deliveries().collect().height == 1
+    assert reopened.stats()["clean"].all()

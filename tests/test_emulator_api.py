@@ -16,6 +16,8 @@ from loopback import serve
 
 import kirim_events
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
+from kirim_events.emulator.api import api_state
+from kirim_events.emulator.apistate import check_url
 
 KEY = "kdv_live_abcdefghijklmnopqrstuvwx"
 SECRET = "whsec_api_test_secret"
@@ -476,6 +478,42 @@ def test_patch_and_delete_subscription() -> None:
 
 
 # ------------------------------------------------------------------ replay
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::1",  # urlsplit raised: a 500 in no envelope, which clients retry
+        "https://hooks.example.com:99999/kirim",  # accepted: every delivery then failed
+        "https://hooks.example.com:0/kirim",
+        "https://hooks.example.com:port/kirim",
+        "https://hooks example.com/kirim",
+        "https:///kirim",
+        "http://127.0.0.1:70000/kirim",
+    ],
+)
+def test_a_url_no_delivery_can_go_to_is_an_invalid_webhook_url(url: str) -> None:
+    emu = _emulator(5)
+    (sub,) = emu.store.subscriptions.values()
+
+    async def main() -> list[httpx.Response]:
+        async with _async_client(emu) as client:
+            made = await client.post("/v1/webhook_subscriptions", json={"url": url}, headers=AUTH)
+            patched = await client.patch(
+                f"/v1/webhook_subscriptions/{sub.id}", json={"url": url}, headers=AUTH
+            )
+            return [made, patched]
+
+    for response in asyncio.run(main()):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_webhook_url", "url")
+        assert "X-RateLimit-Remaining" in response.headers
+    assert len(emu.store.subscriptions) == 1
+    assert sub.url == URL
+    # what stays accepted: an IDN host, a loopback IPv6 handler, an explicit default port
+    for good in ("https://bücher.example/kirim", "http://[::1]:8000/kirim", "https://a.test:443/"):
+        assert check_url(api_state(emu.app), good) == good
 
 
 def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None:

@@ -746,6 +746,37 @@ def test_purged_history_disappears_from_the_api() -> None:
     assert gone == len(rows) - len(expected) > 0
 
 
+@pytest.mark.parametrize("fraction", [0.1229997, 0.9999996, 0.5, 0.0])
+def test_a_row_is_inside_created_after_its_own_created_at_and_outside_created_before_it(
+    fraction: float,
+) -> None:
+    # the API shows milliseconds; a clock reading just below a millisecond (.1229997) was
+    # shown rounded up (.123), so created_after=.123 (inclusive) left the row out and
+    # created_before=.123 (exclusive) took it in
+    clock = FakeClock(1_790_000_000.0 + fraction)
+    emu = _emulator(5, clock=clock)
+    original = emu.store.deliveries[0].id
+
+    async def main() -> tuple[dict[str, Any], list[str], list[str]]:
+        async with _async_client(emu) as client:
+            r = await client.post(f"/v1/webhook_deliveries/{original}/replay", headers=AUTH)
+            new = r.json()["data"]["id"]
+            row = (await _get(client, f"/v1/webhook_deliveries/{new}")).json()["data"]
+            shown = row["created_at"]
+            after = await _get(client, "/v1/webhook_deliveries", created_after=shown)
+            before = await _get(client, "/v1/webhook_deliveries", created_before=shown, limit=100)
+            ids = (
+                [d["id"] for d in after.json()["data"]],
+                [d["id"] for d in before.json()["data"]],
+            )
+            return row, *ids
+
+    row, after, before = asyncio.run(main())
+    assert after == [row["id"]]
+    assert row["id"] not in before
+    assert len(before) == len(emu.store.deliveries) - 1
+
+
 def test_with_a_retention_the_api_serves_only_the_last_30_days() -> None:
     # kirim-api.md §3: rows go 30 days after creation. `kirim-events emulate` served a
     # history started 45 days ago whole: listed, fetched, replayed and bulk-replayed.

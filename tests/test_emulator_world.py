@@ -188,6 +188,27 @@ def test_truth_can_stream_to_parquet(tmp_path: Path) -> None:
     }
 
 
+def test_a_truth_streamed_to_parquet_keeps_what_it_held_when_read_midway(tmp_path: Path) -> None:
+    # a read closes the Parquet file (it is readable only once closed); the writer opened
+    # for the next chunk started it anew, and the events recorded before the read were lost
+    on_disk = Truth(path=tmp_path / "log.parquet")
+    in_memory = Truth()
+    bundles = iter(World(seed=7).bundles(3_000))
+    for n, bundle in enumerate(bundles):
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+        if n in (500, 1_500):
+            assert on_disk.log().collect().height == len(on_disk)
+    assert on_disk.as_of("2026-05-01T06:00:00Z").message_timelines().height > 0  # read midway
+    for bundle in bundles:
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+    assert len(on_disk) == 3_000
+    assert on_disk.log().collect().equals(in_memory.log().collect())
+    assert on_disk.message_timelines().equals(in_memory.message_timelines())
+    assert [p.name for p in tmp_path.iterdir()] == ["log.parquet"]
+
+
 # ------------------------------------------------------------------ truth = what the webhooks say
 
 

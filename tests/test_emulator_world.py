@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -379,6 +380,33 @@ def test_as_of_before_the_start_is_empty_and_accepts_strings() -> None:
     assert truth.as_of(iso).conversation_lifecycles().equals(truth.conversation_lifecycles())
     with pytest.raises(ValueError, match="as_of needs a timezone-aware datetime"):
         truth.as_of(datetime(2026, 5, 1))  # naive
+
+
+def test_as_of_reads_a_time_without_an_offset_as_utc_as_the_lake_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # it took "2026-05-01T06:00:00" (and a date) in the machine's time zone: in Jakarta the
+    # truth cut 7 hours before the instant lake.as_of reads from the same text
+    truth = Truth()
+    for bundle in World(seed=1).bundles(300):
+        truth.record(bundle)
+    monkeypatch.setenv("TZ", "Asia/Jakarta")
+    time.tzset()
+    try:
+        six = datetime(2026, 5, 1, 6, tzinfo=UTC)
+        assert truth.as_of("2026-05-01T06:00:00").as_of_ts == six
+        assert truth.as_of("2026-05-01T06:00:00Z").as_of_ts == six
+        assert truth.as_of("2026-05-01").as_of_ts == datetime(2026, 5, 1, tzinfo=UTC)
+        assert (
+            truth.as_of("2026-05-01T06:00:00")
+            .message_timelines()
+            .equals(truth.as_of(six).message_timelines())
+        )
+        with pytest.raises(ValueError, match="as_of needs an ISO-8601 time"):
+            truth.as_of("yesterday")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_emitted_conversation_ids_follow_the_switch() -> None:

@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kirim_events.emulator.world import Bundle, WorldEvent
+from kirim_events.timearg import read_time
 
 __all__ = ["LOG_SCHEMA", "Truth", "emitted_conversation_id", "event_key"]
 
@@ -313,7 +314,12 @@ def _to_datetime(ts: datetime | str | int) -> datetime:
         return ts.astimezone(UTC)
     if isinstance(ts, int):
         return datetime.fromtimestamp(ts, UTC)
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(UTC)
+    # as lake.as_of reads it (no offset, or a date: UTC); fromisoformat + astimezone took
+    # it in the machine's time zone, so the truth cut hours away from the lake's as_of
+    parsed = read_time(ts)
+    if parsed is None:
+        raise ValueError(f"as_of needs an ISO-8601 time, got {ts!r}")
+    return parsed
 
 
 class TruthView:

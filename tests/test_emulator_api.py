@@ -16,6 +16,8 @@ from loopback import serve
 
 import kirim_events
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
+from kirim_events.emulator.api import api_state
+from kirim_events.emulator.apistate import check_url
 
 KEY = "kdv_live_abcdefghijklmnopqrstuvwx"
 SECRET = "whsec_api_test_secret"
@@ -478,6 +480,42 @@ def test_patch_and_delete_subscription() -> None:
 # ------------------------------------------------------------------ replay
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::1",  # urlsplit raised: a 500 in no envelope, which clients retry
+        "https://hooks.example.com:99999/kirim",  # accepted: every delivery then failed
+        "https://hooks.example.com:0/kirim",
+        "https://hooks.example.com:port/kirim",
+        "https://hooks example.com/kirim",
+        "https:///kirim",
+        "http://127.0.0.1:70000/kirim",
+    ],
+)
+def test_a_url_no_delivery_can_go_to_is_an_invalid_webhook_url(url: str) -> None:
+    emu = _emulator(5)
+    (sub,) = emu.store.subscriptions.values()
+
+    async def main() -> list[httpx.Response]:
+        async with _async_client(emu) as client:
+            made = await client.post("/v1/webhook_subscriptions", json={"url": url}, headers=AUTH)
+            patched = await client.patch(
+                f"/v1/webhook_subscriptions/{sub.id}", json={"url": url}, headers=AUTH
+            )
+            return [made, patched]
+
+    for response in asyncio.run(main()):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_webhook_url", "url")
+        assert "X-RateLimit-Remaining" in response.headers
+    assert len(emu.store.subscriptions) == 1
+    assert sub.url == URL
+    # what stays accepted: an IDN host, a loopback IPv6 handler, an explicit default port
+    for good in ("https://bücher.example/kirim", "http://[::1]:8000/kirim", "https://a.test:443/"):
+        assert check_url(api_state(emu.app), good) == good
+
+
 def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None:
     clock = FakeClock()
     emu = Emulator(
@@ -706,6 +744,37 @@ def test_purged_history_disappears_from_the_api() -> None:
     rest, gone = asyncio.run(main())
     assert rest == expected
     assert gone == len(rows) - len(expected) > 0
+
+
+@pytest.mark.parametrize("fraction", [0.1229997, 0.9999996, 0.5, 0.0])
+def test_a_row_is_inside_created_after_its_own_created_at_and_outside_created_before_it(
+    fraction: float,
+) -> None:
+    # the API shows milliseconds; a clock reading just below a millisecond (.1229997) was
+    # shown rounded up (.123), so created_after=.123 (inclusive) left the row out and
+    # created_before=.123 (exclusive) took it in
+    clock = FakeClock(1_790_000_000.0 + fraction)
+    emu = _emulator(5, clock=clock)
+    original = emu.store.deliveries[0].id
+
+    async def main() -> tuple[dict[str, Any], list[str], list[str]]:
+        async with _async_client(emu) as client:
+            r = await client.post(f"/v1/webhook_deliveries/{original}/replay", headers=AUTH)
+            new = r.json()["data"]["id"]
+            row = (await _get(client, f"/v1/webhook_deliveries/{new}")).json()["data"]
+            shown = row["created_at"]
+            after = await _get(client, "/v1/webhook_deliveries", created_after=shown)
+            before = await _get(client, "/v1/webhook_deliveries", created_before=shown, limit=100)
+            ids = (
+                [d["id"] for d in after.json()["data"]],
+                [d["id"] for d in before.json()["data"]],
+            )
+            return row, *ids
+
+    row, after, before = asyncio.run(main())
+    assert after == [row["id"]]
+    assert row["id"] not in before
+    assert len(before) == len(emu.store.deliveries) - 1
 
 
 def test_with_a_retention_the_api_serves_only_the_last_30_days() -> None:

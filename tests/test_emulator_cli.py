@@ -646,6 +646,37 @@ def test_a_large_world_without_start_says_why_it_waits(monkeypatch: pytest.Monke
     assert "--start T skips this" in result.output
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_a_large_world_is_worked_out_ends_it_as_a_later_stop_does(
+    sig: signal.Signals,
+) -> None:
+    # the span of 3,000,000 events takes most of a minute, and a note says so: SIGTERM then
+    # killed the command without a word (-15) and Ctrl+C ended it with 130, where a stop
+    # ends emulate with exit 0 (docs/cli.md)
+    env = dict(os.environ, KIRIM_WEBHOOK_SECRET=SECRET)
+    argv = ["emulate", "--no-api", "--send-to", "http://127.0.0.1:9/hook", "--events", "3000000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kirim_events", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        note = proc.stderr.readline()  # printed once the command runs, before the long part
+        assert "working out when a world of 3,000,000 events starts" in note
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"received {sig.name} while starting: stopped before anything began" in err
+    assert "sending" not in out
+    assert "Traceback" not in err
+
+
 def test_while_serving_after_sending_a_line_comes_only_with_new_attempts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

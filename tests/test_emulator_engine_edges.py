@@ -113,6 +113,39 @@ def test_a_retry_is_never_due_before_the_attempt_before_it_ended() -> None:
         assert a.next_retry_at >= a.sent_at + 100.0
 
 
+def test_a_row_shows_the_attempt_in_flight_and_the_url_it_went_to() -> None:
+    # The history read during attempt 2 said attempt 2 was answered 503 (attempt 1's
+    # answer) with a retry due in the past; and after a PATCH of the URL during attempt 2
+    # the row named the new URL, though attempt 2 went to the old one
+    clock = FakeClock()
+    emu = Emulator(seed=5, secrets=SECRET, clock=clock, sleep=clock.sleep)
+    sub = emu.subscribe(URL)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        (row,) = emu.store.deliveries
+        headers = dict(scope["headers"])
+        seen.append((f"{scope['server'][0]}{scope['path']}", row.to_json()))
+        status = 503
+        if headers[b"x-kirim-attempt"] == b"2":
+            sub.url, status = "http://moved.test/hook", 200  # as a PATCH would, meanwhile
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    _run(emu.send(1, transport=httpx.ASGITransport(app=receiver)))
+    (row,) = emu.store.deliveries
+    assert len(seen) == 2
+    (_, first), (where, during) = seen
+    assert first["attempt"] == 1
+    assert during["attempt"] == 2
+    assert (during["response_status_code"], during["response_body"]) == (None, None)
+    assert (during["next_retry_at"], during["error"], during["status"]) == (None, None, "pending")
+    assert where == "receiver.test/webhooks/kirim"
+    assert row.url == URL  # where attempt 2 went
+    assert (row.attempt, row.status, row.response_status_code) == (2, "succeeded", 200)
+
+
 def test_a_success_between_failures_keeps_a_subscription_active() -> None:
     # auto-disable counts failures in a row: each success starts the count again
     emu, _, _ = _live(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,6 +189,27 @@ def test_truth_can_stream_to_parquet(tmp_path: Path) -> None:
     }
 
 
+def test_a_truth_streamed_to_parquet_keeps_what_it_held_when_read_midway(tmp_path: Path) -> None:
+    # a read closes the Parquet file (it is readable only once closed); the writer opened
+    # for the next chunk started it anew, and the events recorded before the read were lost
+    on_disk = Truth(path=tmp_path / "log.parquet")
+    in_memory = Truth()
+    bundles = iter(World(seed=7).bundles(3_000))
+    for n, bundle in enumerate(bundles):
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+        if n in (500, 1_500):
+            assert on_disk.log().collect().height == len(on_disk)
+    assert on_disk.as_of("2026-05-01T06:00:00Z").message_timelines().height > 0  # read midway
+    for bundle in bundles:
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+    assert len(on_disk) == 3_000
+    assert on_disk.log().collect().equals(in_memory.log().collect())
+    assert on_disk.message_timelines().equals(in_memory.message_timelines())
+    assert [p.name for p in tmp_path.iterdir()] == ["log.parquet"]
+
+
 # ------------------------------------------------------------------ truth = what the webhooks say
 
 
@@ -358,6 +380,33 @@ def test_as_of_before_the_start_is_empty_and_accepts_strings() -> None:
     assert truth.as_of(iso).conversation_lifecycles().equals(truth.conversation_lifecycles())
     with pytest.raises(ValueError, match="as_of needs a timezone-aware datetime"):
         truth.as_of(datetime(2026, 5, 1))  # naive
+
+
+def test_as_of_reads_a_time_without_an_offset_as_utc_as_the_lake_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # it took "2026-05-01T06:00:00" (and a date) in the machine's time zone: in Jakarta the
+    # truth cut 7 hours before the instant lake.as_of reads from the same text
+    truth = Truth()
+    for bundle in World(seed=1).bundles(300):
+        truth.record(bundle)
+    monkeypatch.setenv("TZ", "Asia/Jakarta")
+    time.tzset()
+    try:
+        six = datetime(2026, 5, 1, 6, tzinfo=UTC)
+        assert truth.as_of("2026-05-01T06:00:00").as_of_ts == six
+        assert truth.as_of("2026-05-01T06:00:00Z").as_of_ts == six
+        assert truth.as_of("2026-05-01").as_of_ts == datetime(2026, 5, 1, tzinfo=UTC)
+        assert (
+            truth.as_of("2026-05-01T06:00:00")
+            .message_timelines()
+            .equals(truth.as_of(six).message_timelines())
+        )
+        with pytest.raises(ValueError, match="as_of needs an ISO-8601 time"):
+            truth.as_of("yesterday")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_emitted_conversation_ids_follow_the_switch() -> None:

@@ -8,6 +8,7 @@ import ipaddress
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +41,7 @@ from kirim_events.errors import ConfigError
 from kirim_events.listen import listen_socket
 from kirim_events.printable import printable
 from kirim_events.serving import Served
+from kirim_events.stopsignals import handling
 from kirim_events.timearg import parse_when
 
 # Seconds the default start leaves between the world's last event and now: its deliveries
@@ -196,6 +198,33 @@ def _reason(code: int | None, error: str | None) -> str:
     return f"HTTP {code}"
 
 
+class _StoppedEarly(BaseException):
+    """SIGINT or SIGTERM before the sending and the API began (raised by the handler)."""
+
+    def __init__(self, sig: int) -> None:
+        super().__init__(sig)
+        self.signal = sig
+
+
+@contextlib.contextmanager
+def _stops_before_start() -> Iterator[None]:
+    """A SIGINT or SIGTERM within the block ends the command at once with a note and exit 0,
+    as a stop ends it later (``_run`` takes the signals when its loop starts). Working out a
+    large world's span takes minutes, and a note says so: SIGTERM then killed the command
+    without a word (143), and Ctrl+C ended it with 130."""
+
+    def stop(sig: int, frame: object) -> None:
+        raise _StoppedEarly(sig)
+
+    try:
+        with handling(stop):
+            yield
+    except _StoppedEarly as stopped:
+        name = signal.Signals(stopped.signal).name
+        print_note(f"received {name} while starting: stopped before anything began", stderr=True)
+        raise typer.Exit(0) from None
+
+
 @command("emulate")
 def emulate(
     port: Annotated[
@@ -330,7 +359,7 @@ def emulate(
     subscriptions on 127.0.0.1:--port for the API key in KIRIM_KEY until Ctrl+C or SIGTERM.
     """
     s = settings()
-    with errors_to_exit():
+    with errors_to_exit(), _stops_before_start():
         if send_to and not s.webhook_secrets:
             raise ConfigError("--send-to needs KIRIM_WEBHOOK_SECRET (the receiver's secret)")
         if not no_api and not s.api_key:

@@ -12,10 +12,11 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpx
 from starlette.requests import Request
 
+from kirim_events.config import valid_host
 from kirim_events.emulator.faults import TokenBucket
 from kirim_events.emulator.ids import ulid
 from kirim_events.emulator.store import DeliveryRow, Store, Subscription
@@ -257,9 +258,19 @@ def check_url(api: ApiState, url: Any) -> str:
     """A valid webhook URL (https, or loopback http when allowed), or a 400."""
     if not isinstance(url, str):
         raise bad("invalid_webhook_url", "url is required", "url")
-    parts = urlsplit(url)
-    ok = parts.scheme == "https" and bool(parts.hostname)
-    if parts.scheme == "http" and api.allow_http_loopback and parts.hostname in _LOOPBACK:
+    try:
+        # as the engine's httpx reads it: an unclosed "[" was a 500 (urlsplit raised), and a
+        # port no TCP port is, or a host no request can name, a subscription whose every
+        # delivery failed; Kirim refuses such a URL when it is given
+        parts = httpx.URL(url)
+        host = parts.raw_host.decode("ascii", "replace")
+        reachable = valid_host(host) and (parts.port is None or 0 < parts.port < 65536)
+    except httpx.InvalidURL:
+        reachable = False
+    if not reachable:
+        raise bad("invalid_webhook_url", "the webhook url needs a valid host and port", "url")
+    ok = parts.scheme == "https"
+    if parts.scheme == "http" and api.allow_http_loopback and parts.host in _LOOPBACK:
         ok = True
     if not ok:
         raise bad("invalid_webhook_url", "the webhook url must be https", "url")

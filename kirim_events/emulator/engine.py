@@ -358,6 +358,12 @@ class DeliveryEngine:
         n = row.attempt
         started = self._clock()
         t = int(started)
+        # From its start the row shows this attempt: its number, its URL (a PATCH during it
+        # changes the next one's), no answer yet; it showed the answer and the past
+        # next_retry_at of the attempt before under this one's number, and the URL of after
+        url = row.url = sub.url
+        row.response_status_code = row.response_body = row.error = row.next_retry_at = None
+        row.updated_at = started
         secrets = sub.active_secrets(started)
         code: int | None = None
         error: str | None = None
@@ -374,23 +380,22 @@ class DeliveryEngine:
             )
             try:
                 code, body, wait_header = await asyncio.wait_for(
-                    _post(client, sub.url, row.payload, headers), cfg.timeout
+                    _post(client, url, row.payload, headers), cfg.timeout
                 )
                 if code == 429:
                     retry_after = _retry_after(wait_header)
             except TimeoutError:
                 error = f"timeout: no whole answer within {cfg.timeout:g}s"
             except asyncio.CancelledError:
-                # this attempt's row, not the one before it: no answer came
+                # no answer came (the row shows none since the attempt began)
                 row.error = "interrupted: the emulator stopped during this attempt"
-                row.response_status_code = row.response_body = row.next_retry_at = None
                 row.updated_at = self._clock()
                 raise
             except Exception as exc:  # a transport error, or an in-process handler raised: a 5xx
                 error = f"{type(exc).__name__}: {exc}"[:500]
         self.report.attempts += 1
         finished = self._clock()
-        row.updated_at, row.url = finished, sub.url
+        row.updated_at = finished
         row.response_status_code, row.response_body, row.error = code, body, error
         rng = delivery_rng(self._root, sub.ordinal, row.event_keys, row.replayed_from, n)
         outcome: str

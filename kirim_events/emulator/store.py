@@ -10,6 +10,7 @@ REST API pages through (newest first).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -242,6 +243,10 @@ class Store:
         replayed_from: str | None = None,
     ) -> DeliveryRow:
         """Create (and keep) a pending delivery row."""
+        # In whole milliseconds, the precision the API shows it in and reads filters in: a
+        # clock's 14:13:20.1229997 showed as .123 (rounded to the microsecond first), and
+        # created_after=.123 (inclusive) left that row out, created_before=.123 took it in
+        now = math.floor(now * 1000) / 1000
         row = DeliveryRow(
             seq=len(self.deliveries),
             id=delivery_id or ulid("wbd", int(now * 1000), self.rng),

@@ -51,6 +51,7 @@ conversation_lifecycles (one row per conversation_id)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kirim_events.emulator.world import Bundle, WorldEvent
+from kirim_events.timearg import read_time
 
 __all__ = ["LOG_SCHEMA", "Truth", "emitted_conversation_id", "event_key"]
 
@@ -147,6 +149,7 @@ class Truth:
         self.kirim_block = kirim_block
         self.path = Path(path) if path is not None else None
         self._writer: pq.ParquetWriter | None = None
+        self._wrote = False  # the log file at path holds this truth's events (a read closed it)
         self._batches: list[pa.RecordBatch] = []
         self._cols: dict[str, list[Any]] = {name: [] for name in _NAMES}
         self._seq = 0
@@ -199,11 +202,30 @@ class Truth:
         self._cols = {name: [] for name in _NAMES}
         if self.path is not None:
             if self._writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer = pq.ParquetWriter(str(self.path), LOG_SCHEMA)
+                self._writer = self._open(self.path)
             self._writer.write_batch(batch)
         else:
             self._batches.append(batch)
+
+    def _open(self, path: Path) -> pq.ParquetWriter:
+        """A writer for the log at ``path``, holding what this truth wrote there before.
+
+        A Parquet file can be read only once closed, so a read of the log (:meth:`log`)
+        closes it; a writer opened after that started the file anew, and every event
+        recorded before the read was lost (the log of a 200-event run held 137).
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        earlier: Path | None = None
+        if self._wrote and path.exists():
+            earlier = path.with_name(path.name + ".earlier")
+            os.replace(path, earlier)
+        writer = pq.ParquetWriter(str(path), LOG_SCHEMA)
+        if earlier is not None:
+            for batch in pq.ParquetFile(earlier).iter_batches():
+                writer.write_batch(batch)
+            earlier.unlink()
+        self._wrote = True
+        return writer
 
     def close(self) -> None:
         """Flush the log (and close the Parquet file when writing to one)."""
@@ -292,7 +314,12 @@ def _to_datetime(ts: datetime | str | int) -> datetime:
         return ts.astimezone(UTC)
     if isinstance(ts, int):
         return datetime.fromtimestamp(ts, UTC)
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(UTC)
+    # as lake.as_of reads it (no offset, or a date: UTC); fromisoformat + astimezone took
+    # it in the machine's time zone, so the truth cut hours away from the lake's as_of
+    parsed = read_time(ts)
+    if parsed is None:
+        raise ValueError(f"as_of needs an ISO-8601 time, got {ts!r}")
+    return parsed
 
 
 class TruthView:

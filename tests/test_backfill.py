@@ -24,6 +24,7 @@ from test_backfill_kit import (
     DropKey,
     FakeTime,
     Killed,
+    RewriteAnswers,
     StripPayload,
     SyncASGI,
     World,
@@ -648,20 +649,26 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
 _DEEP = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"  # past what Python's JSON decoder reads
 
 
-class TooDeep:
+class TooDeep(RewriteAnswers):
     """ASGI middleware over the emulator: its history pages carry the first row's
     ``payload`` as a JSON object nested too deeply to decode (``where="page"``; kirim-api.md
     §7.4 allows an object), or its first history request is answered 503 with such a body
     (``where="error"``, a proxy's, say)."""
 
     def __init__(self, app: Any, where: str) -> None:
-        self.app, self.where, self.errors = app, where, 0
+        super().__init__(app)
+        self.where, self.errors = where, 0
+
+    def wants(self, scope: Any) -> bool:
+        return scope.get("path") == "/v1/webhook_deliveries"
+
+    def rewrite(self, doc: Any) -> bytes:
+        if doc.get("data"):
+            doc["data"][0]["payload"] = "DEEP"
+        return json.dumps(doc).encode().replace(b'"DEEP"', _DEEP, 1)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("path") != "/v1/webhook_deliveries":
-            await self.app(scope, receive, send)
-            return
-        if self.where == "error":
+        if self.where == "error" and self.wants(scope):
             self.errors += 1
             if self.errors > 1:
                 await self.app(scope, receive, send)
@@ -670,26 +677,7 @@ class TooDeep:
             await send({"type": "http.response.start", "status": 503, "headers": headers})
             await send({"type": "http.response.body", "body": _DEEP})
             return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def capture(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            doc = json.loads(b"".join(chunks))
-            if doc.get("data"):
-                doc["data"][0]["payload"] = "DEEP"
-            body = json.dumps(doc).encode().replace(b'"DEEP"', _DEEP, 1)
-            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, capture)
+        await super().__call__(scope, receive, send)
 
 
 def test_a_history_page_nested_too_deeply_is_a_clear_error_not_a_recursion_error(
@@ -872,39 +860,23 @@ def test_an_answer_that_cannot_be_decoded_is_retried_then_a_clear_error(
         backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
 
 
-class SurrogateCursor:
+class SurrogateCursor(RewriteAnswers):
     """ASGI middleware over the emulator: the next cursor of its first ``times`` history
     pages holds an escaped lone UTF-16 surrogate (valid JSON, no Unicode text: no URL can
     carry it)."""
 
     def __init__(self, app: Any, times: int) -> None:
-        self.app, self.times = app, times
+        super().__init__(app)
+        self.times = times
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("path") != "/v1/webhook_deliveries" or self.times <= 0:
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
+    def wants(self, scope: Any) -> bool:
+        return scope.get("path") == "/v1/webhook_deliveries" and self.times > 0
 
-        async def capture(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            doc = json.loads(b"".join(chunks))
-            if doc["next_cursor"]:
-                self.times -= 1
-                doc["next_cursor"] += "\ud800"
-            body = json.dumps(doc).encode()  # ensure_ascii: the surrogate as "\\ud800"
-            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, capture)
+    def rewrite(self, doc: Any) -> bytes:
+        if doc["next_cursor"]:
+            self.times -= 1
+            doc["next_cursor"] += "\ud800"
+        return json.dumps(doc).encode()  # ensure_ascii: the surrogate as "\\ud800"
 
 
 def test_a_next_cursor_no_url_can_carry_is_asked_again_then_a_clear_error(
@@ -923,38 +895,18 @@ def test_a_next_cursor_no_url_can_carry_is_asked_again_then_a_clear_error(
         backfill(tmp_path / "again", client=client, since=since, until=until, now=t.clock)
 
 
-class NoHasMore:
+class NoHasMore(RewriteAnswers):
     """ASGI middleware over the emulator: its history pages leave out ``has_more`` (the
     client allows it) and end with an empty ``next_cursor`` instead of null, as some APIs
     say "no more" (Slack's ``next_cursor: ""``)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def wants(self, scope: Any) -> bool:
+        return scope.get("path") == "/v1/webhook_deliveries"
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("path") != "/v1/webhook_deliveries":
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def capture(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            doc = json.loads(b"".join(chunks))
-            del doc["has_more"]
-            doc["next_cursor"] = doc["next_cursor"] or ""
-            body = json.dumps(doc).encode()
-            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, capture)
+    def rewrite(self, doc: Any) -> bytes:
+        del doc["has_more"]
+        doc["next_cursor"] = doc["next_cursor"] or ""
+        return json.dumps(doc).encode()
 
 
 def test_pages_without_has_more_end_at_an_empty_next_cursor(world: World, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,37 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_and_the_summary_names_its_filters(
     assert "killed" not in done.stdout
 
 
+def _stopped_while_kirim_asks_to_wait(
+    args: list[str], data: Path, sig: signal.Signals, ready: Callable[[], bool] = lambda: True
+) -> tuple[int, str]:
+    """Run ``kirim-events <args>`` against a Kirim answering every request 429 with
+    Retry-After: 600; once one was answered and ``ready()``, send ``sig``: its exit code and
+    its stderr (blanks folded)."""
+    answered: list[int] = []
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"error": {"type": "rate"}}'})
+        answered.append(429)
+
+    with serve(busy) as url:
+        env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
+        cmd = [sys.executable, "-m", "kirim_events", *args, "--data", str(data)]
+        # (a child of a background job would start with SIGINT ignored)
+        interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=interruptible)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (answered and ready()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    return proc.returncode, " ".join(err.decode().split())
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(
     tmp_path: Path, sig: signal.Signals, code: int
@@ -145,36 +176,16 @@ def test_ctrl_c_while_kirim_asks_for_a_long_pause_stops_at_once(
     # workers slept, and the signal could land on a worker while the main thread blocked).
     # SIGTERM (kill, systemd, docker stop) killed the run without a word: now it stops as
     # Ctrl-C does.
-    answered: list[int] = []
-
-    async def busy(scope: Any, receive: Any, send: Any) -> None:
-        headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"error": {"type": "rate"}}'})
-        answered.append(429)
-
     data = tmp_path / "data"
-    with serve(busy) as url:
-        env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
-        cmd = [sys.executable, "-m", "kirim_events", "backfill", "--data", str(data),
-               "--since", "1d", "--slices", "3", "--no-progress"]  # fmt: skip
-        # (a child of a background job would start with SIGINT ignored)
-        interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=interruptible)  # fmt: skip
-        deadline = time.monotonic() + 60
-        # as soon as a slice is in its Retry-After: the others may still be starting (a
-        # signal then left them unwarned, and the run sat out the ten minutes)
-        while not (answered and list((data / "_state" / "backfill").glob("*.json"))):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=20)
-    assert proc.returncode == code
+    args = ["backfill", "--since", "1d", "--slices", "3", "--no-progress"]
+    # as soon as a slice is in its Retry-After: the others may still be starting (a signal
+    # then left them unwarned, and the run sat out the ten minutes)
+    started = lambda: bool(list((data / "_state" / "backfill").glob("*.json")))  # noqa: E731
+    returncode, said = _stopped_while_kirim_asks_to_wait(args, data, sig, started)
+    assert returncode == code, said
     assert list((data / "_state" / "backfill").glob("*.json"))  # kept: run it again to resume
-    assert "the same command resumes the run" in err.decode()
-    assert "Traceback" not in err.decode()
+    assert "the same command resumes the run" in said
+    assert "Traceback" not in said
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -183,32 +194,11 @@ def test_reconcile_stopped_says_what_it_leaves(
 ) -> None:
     # Ctrl-C ended reconcile with exit 130 and not a word (SIGTERM with 143, killed), where
     # backfill says what it kept; a user could not tell what an interrupted run left
-    answered: list[int] = []
-
-    async def busy(scope: Any, receive: Any, send: Any) -> None:
-        headers = [(b"retry-after", b"600"), (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"error": {"type": "rate"}}'})
-        answered.append(429)
-
     data = tmp_path / "data"
     data.mkdir()
-    with serve(busy) as url:
-        env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
-        cmd = [sys.executable, "-m", "kirim_events", "reconcile", "--data", str(data),
-               "--since", "1d"]  # fmt: skip
-        interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=interruptible)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not answered:  # it waits out the 429's Retry-After
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=20)
-    said = " ".join(err.decode().split())
-    assert proc.returncode == code, said
+    # it waits out the 429's Retry-After
+    returncode, said = _stopped_while_kirim_asks_to_wait(["reconcile", "--since", "1d"], data, sig)
+    assert returncode == code, said
     assert "interrupted: nothing is lost; events it imported wait in the journal" in said
     assert "the same command finishes the rest" in said
     assert "Traceback" not in said

@@ -279,6 +279,19 @@ def interrupt_code(exc: KeyboardInterrupt) -> int:
     return 143 if isinstance(exc, Terminated) else 130
 
 
+@contextmanager
+def stops_saying(said: str) -> Iterator[None]:
+    """Within the block, Ctrl+C and SIGTERM (:func:`sigterm_interrupts`) end the command
+    with ``interrupted: <said>`` on stderr (what is kept, and how to go on) and exit 130 or
+    143 (:func:`interrupt_code`)."""
+    try:
+        with sigterm_interrupts():
+            yield
+    except KeyboardInterrupt as exc:
+        err_console.print(f"interrupted: {said}", soft_wrap=True)
+        raise typer.Exit(interrupt_code(exc)) from None
+
+
 def command(
     name: str, *, group: typer.Typer | None = None, **kwargs: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

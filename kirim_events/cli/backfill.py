@@ -27,13 +27,12 @@ from kirim_events.cli._app import (
     counted,
     err_console,
     errors_to_exit,
-    interrupt_code,
     note_refused_key,
     print_error,
     print_note,
     refuse_demo_folder,
     require_folder,
-    sigterm_interrupts,
+    stops_saying,
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.cli.listing import deliveries_view
@@ -222,7 +221,15 @@ def backfill_command(
         )
 
     try:
-        with sigterm_interrupts(), errors_to_exit(), bar, client:
+        with (
+            stops_saying(
+                "the pages fetched so far are stored and checkpointed; the same command resumes"
+                " the run"
+            ),
+            errors_to_exit(),
+            bar,
+            client,
+        ):
             report = backfill(
                 s.data_dir,
                 client=client,
@@ -235,13 +242,6 @@ def backfill_command(
                 page_size=page_size,
                 progress=update,
             )
-    except KeyboardInterrupt as exc:
-        err_console.print(
-            "interrupted: the pages fetched so far are stored and checkpointed; the same "
-            "command resumes the run",
-            soft_wrap=True,
-        )
-        raise typer.Exit(interrupt_code(exc)) from None
     except typer.Exit as exc:
         if exc.exit_code == 1 and stored:  # Kirim or the disk failed mid-run
             print_note(
@@ -328,33 +328,32 @@ def reconcile_command(
     """
     s = load_settings(data_dir=data)
     client = _client(data)
-    try:
-        with sigterm_interrupts(), errors_to_exit(lake=lake_uri or s.data_dir), client:
-            now = datetime.now(UTC)
-            lo, _ = _window(since, until, now)  # as reconcile() checks its range
-            _note_purged(lo, now)
-            # a mistyped folder holds none of the events Kirim knows: every one would be
-            # imported there or replayed to the collector
-            require_folder(s.data_dir)
-            if not dry_run:
-                refuse_demo_folder(s.data_dir)
-            if lake_uri is not None:
-                require_folder(s.data_dir, lake_uri)  # a typo would read an empty lake
-            lake = None if lake_uri is None else Lake(lake_uri)
-            report = reconcile(
-                s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
-                warn_days=warn_days, subscription_id=subscription_id, lake=lake,
-            )  # fmt: skip
-    except KeyboardInterrupt as exc:
-        # what it imported is in the journal (durable, flushed by the next run); a replay
-        # asked for is pending at Kirim, and a pending delivery is not replayed again
-        err_console.print(
-            "interrupted: nothing is lost; events it imported wait in the journal (the next"
-            " reconcile or compact flushes them), replays it asked for go ahead, and the"
-            " same command finishes the rest",
-            soft_wrap=True,
-        )
-        raise typer.Exit(interrupt_code(exc)) from None
+    # what it imported is in the journal (durable, flushed by the next run); a replay asked
+    # for is pending at Kirim, and a pending delivery is not replayed again
+    with (
+        stops_saying(
+            "nothing is lost; events it imported wait in the journal (the next reconcile or"
+            " compact flushes them), replays it asked for go ahead, and the same command"
+            " finishes the rest"
+        ),
+        errors_to_exit(lake=lake_uri or s.data_dir),
+        client,
+    ):
+        now = datetime.now(UTC)
+        lo, _ = _window(since, until, now)  # as reconcile() checks its range
+        _note_purged(lo, now)
+        # a mistyped folder holds none of the events Kirim knows: every one would be
+        # imported there or replayed to the collector
+        require_folder(s.data_dir)
+        if not dry_run:
+            refuse_demo_folder(s.data_dir)
+        if lake_uri is not None:
+            require_folder(s.data_dir, lake_uri)  # a typo would read an empty lake
+        lake = None if lake_uri is None else Lake(lake_uri)
+        report = reconcile(
+            s.data_dir, client=client, since=since, until=until, dry_run=dry_run,
+            warn_days=warn_days, subscription_id=subscription_id, lake=lake,
+        )  # fmt: skip
     _render_reconcile(report)
 
 

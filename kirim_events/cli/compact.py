@@ -11,12 +11,10 @@ from kirim_events.cli._app import (
     DataOption,
     command,
     console,
-    err_console,
     errors_to_exit,
-    interrupt_code,
     require_folder,
     settings,
-    sigterm_interrupts,
+    stops_saying,
 )
 from kirim_events.journal import Journal
 from kirim_events.journal_index import journal_path
@@ -60,28 +58,25 @@ def compact_command(
     Safe to interrupt at any moment.
     """
     s = settings(data_dir=data)
-    try:
-        # SIGTERM (cron's timeout, systemd) as Ctrl-C: the run unwinds, releasing an S3
-        # lease that would otherwise block compactions for ten minutes, and says so
-        with sigterm_interrupts(), errors_to_exit(lake=lake_uri or s.data_dir):
-            if lake_uri is None:
-                require_folder(s.data_dir)
-            lake = Lake(lake_uri or s.data_dir)
-            flushed = None
-            if flush and journal_path(s.data_dir).exists():
-                with Journal(s.data_dir) as journal:
-                    flushed = journal.flush(lake)
-            if lake_uri is not None:  # after the flush: a journal may have made a lake there
-                require_folder(s.data_dir, lake_uri)
-            report = lake.compact(full=full, target_file_bytes=target_mb * 1024 * 1024)
-    except KeyboardInterrupt as exc:
-        err_console.print(
-            "interrupted: nothing is lost; the next kirim-events compact finishes what this"
-            " one began (until then a plain Parquet reader may see an event twice; Lake and"
-            " its views do not)",
-            soft_wrap=True,
-        )
-        raise typer.Exit(interrupt_code(exc)) from None
+    # SIGTERM (cron's timeout, systemd) as Ctrl-C: the run unwinds, releasing an S3 lease
+    # that would otherwise block compactions for ten minutes, and says so
+    with (
+        stops_saying(
+            "nothing is lost; the next kirim-events compact finishes what this one began (until"
+            " then a plain Parquet reader may see an event twice; Lake and its views do not)"
+        ),
+        errors_to_exit(lake=lake_uri or s.data_dir),
+    ):
+        if lake_uri is None:
+            require_folder(s.data_dir)
+        lake = Lake(lake_uri or s.data_dir)
+        flushed = None
+        if flush and journal_path(s.data_dir).exists():
+            with Journal(s.data_dir) as journal:
+                flushed = journal.flush(lake)
+        if lake_uri is not None:  # after the flush: a journal may have made a lake there
+            require_folder(s.data_dir, lake_uri)
+        report = lake.compact(full=full, target_file_bytes=target_mb * 1024 * 1024)
     table = Table("", "value", title=f"compacted {lake_uri or s.data_dir}")
     if flushed is not None:
         table.add_row("journal: events flushed", f"{flushed.events:,}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import random
 import shutil
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from localzone import local_zone
 from test_backfill_kit import (
     DropKey,
     FakeTime,
@@ -735,21 +735,12 @@ class BusyOnce:
 
 
 @pytest.fixture(params=["America/New_York", "Asia/Jakarta"])
-def local_zone(request: pytest.FixtureRequest) -> Iterator[None]:
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    try:
+def in_zone(request: pytest.FixtureRequest) -> Iterator[None]:
+    with local_zone(request.param):
         yield
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
-@pytest.mark.usefixtures("local_zone")
+@pytest.mark.usefixtures("in_zone")
 @pytest.mark.parametrize("form", ["asctime", "-0000"])
 def test_a_retry_after_date_without_gmt_is_utc_whatever_the_local_zone(
     world: World, tmp_path: Path, form: str

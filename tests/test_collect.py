@@ -18,6 +18,7 @@ from typing import IO
 
 import httpx
 import pytest
+from localzone import local_zone
 from loopback import closed_by_peer, free_port, server_side_open
 from nosecrets import places_holding
 from typer.testing import CliRunner
@@ -649,27 +650,19 @@ def test_json_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert doc["logger"] == "kirim_events.x"
 
 
-def test_text_log_lines_carry_the_time_in_utc_as_json_lines_do(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_text_log_lines_carry_the_time_in_utc_as_json_lines_do() -> None:
     """Text lines carried local time with no zone (``2026-05-01 18:00:00,123`` in Tokyo),
     while JSON lines say UTC: the same moment read two ways, and one of them ambiguous."""
     import logging
-    import time
 
     from kirim_events.cli.collect import TextFormatter
 
-    monkeypatch.setenv("TZ", "Asia/Tokyo")
-    time.tzset()
-    try:
+    with local_zone("Asia/Tokyo"):
         record = logging.LogRecord(
             "kirim_events.x", logging.WARNING, "f", 1, "hello %s", ("you",), None
         )
         record.created = 1_777_626_000.1239
         line = TextFormatter().format(record)
-    finally:
-        monkeypatch.undo()
-        time.tzset()
     assert line == "2026-05-01T09:00:00.123Z WARNING kirim_events.x: hello you"
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from localzone import local_zone
 from polars.testing import assert_frame_equal
 from test_analytics_support import VIEWS, by_key, conversation, in_utc, status
 from test_lake import T0, ev
@@ -105,17 +104,8 @@ def test_only_files_compaction_did_not_write_have_their_footer_checked(tmp_path:
 
 @pytest.fixture
 def jakarta() -> Iterator[None]:
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Jakarta"
-    time.tzset()
-    try:
+    with local_zone("Asia/Jakarta"):
         yield
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 @pytest.mark.usefixtures("jakarta")

@@ -7,7 +7,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -179,17 +179,19 @@ def _template(root: Path) -> dict[str, str]:
     return expected
 
 
-def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_path: Path) -> None:
-    template = tmp_path / "template"
-    expected = _template(template)
+def crashed_at_every_step(
+    template: Path, work: Path, *, full: bool = False
+) -> Iterator[tuple[str, Path, ke.Lake]]:
+    """For each step a compaction of a copy of the lake at ``template`` goes through, in
+    order: (the step, the copy's root, its Lake) after a compaction of that copy crashed
+    right after that step (the copies are made under ``work``)."""
     calls: list[str] = []
-    probe = tmp_path / "probe"
+    probe = work / "probe"
     shutil.copytree(template, probe)
-    ke.Lake(probe).compact(hook=calls.append)
+    ke.Lake(probe).compact(full=full, hook=calls.append)
     assert set(calls) == set(STEPS)
-    copies_left: list[str] = []  # the steps after which a plain reader sees copies
     for crash_at, step in enumerate(calls):
-        root = tmp_path / f"crash{crash_at}"
+        root = work / f"crash{crash_at}"
         shutil.copytree(template, root)
         lake = ke.Lake(root)
         seen = 0
@@ -201,24 +203,42 @@ def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_p
             seen += 1
 
         with pytest.raises(Crash, match=rf"^{step}$"):
-            lake.compact(hook=hook)
-        assert winners(lake) == expected, f"after a crash at step {crash_at} ({step})"
+            lake.compact(full=full, hook=hook)
+        yield step, root, lake
+
+
+def finished_by_a_normal_run(
+    lake: ke.Lake, root: Path, expected: dict[str, str], step: str
+) -> None:
+    """A normal compaction of ``lake`` (at ``root``), crashed after ``step``, finishes the job: the
+    ``expected`` winners, each event once on disk, every partition clean, nothing left."""
+    lake.compact()
+    assert winners(lake) == expected
+    assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
+    stats = lake.stats()
+    assert stats["clean"].all()
+    assert stats["leftover_files"].sum() == 0
+    assert not list((root / "_state/changes").rglob("*.changed"))
+
+
+def test_crash_at_every_step_of_compaction_loses_nothing_and_shows_no_copy(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    expected = _template(template)
+    copies_left: list[str] = []  # the steps after which a plain reader sees copies
+    steps: list[str] = []
+    for step, root, lake in crashed_at_every_step(template, tmp_path):
+        steps.append(step)
+        assert winners(lake) == expected, f"after a crash at {step}"
         assert lake.deliveries().collect().height == 1
         keys = on_disk(root)
         if len(keys) != len(set(keys)):  # a plain reader would count some event twice...
             copies_left.append(step)
             assert not lake.stats()["clean"].all(), f"stats call it clean after {step}"
-        lake.compact()  # the next run finishes the job
-        assert winners(lake) == expected
-        assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
-        stats = lake.stats()
-        assert stats["clean"].all()
-        assert stats["leftover_files"].sum() == 0
-        assert not list((root / "_state/changes").rglob("*.changed"))
+        finished_by_a_normal_run(lake, root, expected, step)
     # the stats check above did run: a crash before anything is rewritten leaves the
     # template's own copies, and one between publishing new files and deleting the files
     # they replace leaves both
-    assert copies_left[0] == calls[0] == "planned"
+    assert copies_left[0] == steps[0] == "planned"
     assert "manifest_published" in copies_left
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,12 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_lake import T0, ev, parquet_files
-from test_lake_compact import Crash, fill, on_disk, winners
+from test_lake_compact import (
+    crashed_at_every_step,
+    fill,
+    finished_by_a_normal_run,
+    on_disk,
+    winners,
+)
 from typer.testing import CliRunner
 
 import kirim_events as ke
 from kirim_events.cli import app
-from kirim_events.lake import STEPS
 from kirim_events.lake.writer import change_marker
 
 MAY1 = "deliveries/date=2026-05-01"
@@ -136,39 +140,15 @@ def test_a_crash_at_every_step_of_a_full_compaction_is_finished_by_a_normal_run(
     lake = ke.Lake(template)
     expected = fill(lake)
     lake.compact()
-    calls: list[str] = []
-    probe = tmp_path / "probe"
-    shutil.copytree(template, probe)
-    ke.Lake(probe).compact(full=True, hook=calls.append)
-    assert set(calls) == set(STEPS)
     copies_left = []
-    for crash_at, step in enumerate(calls):
-        root = tmp_path / f"crash{crash_at}"
-        shutil.copytree(template, root)
-        lake = ke.Lake(root)
-        seen = 0
-
-        def hook(name: str, crash_at: int = crash_at) -> None:
-            nonlocal seen
-            if seen == crash_at:
-                raise Crash(name)
-            seen += 1
-
-        with pytest.raises(Crash, match=rf"^{step}$"):
-            lake.compact(full=True, hook=hook)
-        assert winners(lake) == expected, f"after a crash at step {crash_at} ({step})"
+    for step, root, lake in crashed_at_every_step(template, tmp_path, full=True):
+        assert winners(lake) == expected, f"after a crash at {step}"
         assert lake.deliveries().collect().height == 1
         if len(on_disk(root)) != len(expected):
             copies_left.append(step)
             assert not lake.stats()["clean"].all(), f"stats call it clean after {step}"
-        lake.compact()  # the scheduled run, not a full one, finishes the job
-        assert winners(lake) == expected
-        assert on_disk(root) == sorted(expected), f"leftovers after a crash at {step}"
+        finished_by_a_normal_run(lake, root, expected, step)  # not a full one
         assert plain_count(root, "deliveries") == 1
-        stats = lake.stats()
-        assert stats["clean"].all()
-        assert stats["leftover_files"].sum() == 0
-        assert not list((root / "_state/changes").rglob("*.changed"))
     assert "file_written" in copies_left  # the case above did arise
 
 

@@ -698,6 +698,21 @@ def test_deliveries_list_says_kirim_has_more_only_when_a_higher_limit_shows_more
     assert f"note: the newest {len(dead) - 1} deliveries are shown; Kirim has more" in said
 
 
+def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:
+    """Kirim documents only a row's id, object, status and replayed_from: a row without its
+    time was given ``"created_at": "-"`` (the table's blank) in --json, where every other
+    missing field is null; a reader parsing the times stopped on it."""
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000)
+    with serve(StripPayload(app_, "created_at", "attempt"), log_level="error") as url:
+        env = {**os.environ, "KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+        args = ["deliveries", "list", "--limit", "3", "--json"]
+        result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    assert [(r["created_at"], r["attempt"]) for r in rows] == [(None, None)] * 3
+
+
 def test_a_kirim_ignoring_the_time_range_is_said_once_as_the_run_finds_it(
     world: World, env: dict[str, str], tmp_path: Path
 ) -> None:

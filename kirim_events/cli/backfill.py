@@ -498,7 +498,8 @@ def deliveries_list(
                 "id": d.id, "status": d.status, "event_id": d.event_id,
                 "event_type": d.event_type, "subscription_id": d.subscription_id,
                 "attempt": d.attempt, "response_status_code": d.response_status_code,
-                "replayed_from": d.replayed_from, "created_at": _fmt(d.created_at),
+                "replayed_from": d.replayed_from,
+                "created_at": None if d.created_at is None else format_time(d.created_at),
                 "has_payload": d.payload is not None,
             }  # fmt: skip
             typer.echo(json.dumps(row))

@@ -426,6 +426,20 @@ def test_save_html_refuses_no_charts(tmp_path: Path) -> None:
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_html_goes_to_the_home_folder_for_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--html=~/r.html`` (a shell leaves that ``~`` alone) was refused with "needs a file
+    name in an existing folder": the check looked for a folder named ``~``, though --data,
+    --lake and write_html all read it as the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ke.Lake(tmp_path / "data").write_events(_records())
+    result = runner.invoke(app, ["report", "--data", "~/data", "--html=~/r.html"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert result.output.rstrip().endswith(f"report written to {tmp_path / 'r.html'}")
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_report_html_into_a_folder_it_cannot_write_fails_before_the_report(
     tmp_path: Path,

@@ -222,6 +222,54 @@ def test_html_report_data_cannot_end_its_script(tmp_path: Path) -> None:
     assert evil in json.dumps(json.loads(literal), ensure_ascii=False)  # the data is intact
 
 
+class _Outline(HTMLParser):
+    """Where a page's report sits: whether a ``kirim-report`` div opens as an element of
+    the page (not as text of a script), and the text of each script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report_div = 0
+        self.scripts: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._inside = tag == "script"
+        if self._inside:
+            self.scripts.append("")
+        self.report_div += tag == "div" and ("class", "kirim-report") in attrs
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.scripts[-1] += data
+
+
+def test_html_report_tables_are_in_the_page_not_in_its_javascript(tmp_path: Path) -> None:
+    """The tables went in at the first ``<body>`` of the page, which is text inside the
+    inlined vega-embed bundle (a JavaScript template literal, ``<html><head>${t}</head>
+    <body>``): a browser showed the charts alone, and a backtick in an error title ended
+    the literal, so no chart was drawn either."""
+    title = "`${document.title='pwned'}` <b>"
+    lake = ke.Lake(tmp_path)
+    lake.write_events([*_records(), status("wamid.X", "failed", 0, 1, error=(999, title))])
+    page = write_html(build_report(lake), tmp_path / "r.html").read_text(encoding="utf-8")
+    outline = _Outline()
+    outline.feed(page)
+    assert outline.report_div == 1
+    # the spec's data holds the title (as JSON); no other script holds any of the report
+    spec = [s for s in outline.scripts if "const spec" in s]
+    others = [s for s in outline.scripts if "const spec" not in s]
+    assert len(spec) == 1
+    assert "kirim-report" not in spec[0]
+    assert [s for s in others if "kirim-report" in s or "pwned" in s] == []
+    body = page.split("</head>\n<body>", 1)[1]
+    assert body.lstrip().startswith("<style>.kirim-report")  # above the charts
+    assert "<td>`${document.title=&#x27;pwned&#x27;}` &lt;b&gt;</td>" in body
+    assert "vega-visualization" in body
+
+
 def test_offline_notebook_charts_are_drawn_locally() -> None:
     import altair as alt
 

@@ -721,6 +721,34 @@ def test_report_without_messages_shows_no_funnel_of_zeros(tmp_path: Path) -> Non
     assert "Median and p90 times" in page
 
 
+def test_report_on_inbound_messages_alone_does_not_say_the_lake_holds_no_messages(
+    tmp_path: Path,
+) -> None:
+    """Inbound messages in Meta's shape carry no conversation id: a lake of them has no
+    outbound message and no conversation, and the report said "no message or conversation
+    events in the lake" over the inbound messages it holds."""
+    from kirim_events.events import parse_delivery
+    from kirim_events.testing import encode, meta_message
+
+    received = [
+        record
+        for n in range(3)
+        for record in parse_delivery(
+            encode(meta_message(timestamp=int(at(n).timestamp()), wamid=f"wamid.IN{n}")),
+            {"X-Kirim-Event": "message.received"},
+            received_at=at(n + 1),
+        )
+    ]
+    assert {r.type for r in received} == {"message.received"}
+    ke.Lake(tmp_path).write_events(received)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("0 outbound messages, 0 conversations (0 open)")
+    assert "no message or conversation events" not in out
+    assert "(no message status or conversation events in the lake; the lake's events" in out
+
+
 def test_report_with_no_failure_says_so(tmp_path: Path) -> None:
     records = [r for r in _records() if r.status != "failed"]
     ke.Lake(tmp_path).write_events(records)

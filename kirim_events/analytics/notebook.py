@@ -509,7 +509,7 @@ def save_html(
         # replace put the preface (shown by no browser; a backtick in it broke the charts).
         # Nothing after the real one can hold "<body>": the spec's "<" are escaped
         head, body, rest = html.rpartition("<body>")
-        html = f"{head}{body}\n{preface}{rest}"
+        html = f"{head}{body}\n{preface}{rest}" if body else html
     target = Path(path).expanduser()  # "~/report.html", as Polars and pandas writers take it
     target.write_text(html, encoding="utf-8")
     return target

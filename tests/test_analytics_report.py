@@ -222,6 +222,54 @@ def test_html_report_data_cannot_end_its_script(tmp_path: Path) -> None:
     assert evil in json.dumps(json.loads(literal), ensure_ascii=False)  # the data is intact
 
 
+class _Outline(HTMLParser):
+    """Where a page's report sits: whether a ``kirim-report`` div opens as an element of
+    the page (not as text of a script), and the text of each script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report_div = 0
+        self.scripts: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._inside = tag == "script"
+        if self._inside:
+            self.scripts.append("")
+        self.report_div += tag == "div" and ("class", "kirim-report") in attrs
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.scripts[-1] += data
+
+
+def test_html_report_tables_are_in_the_page_not_in_its_javascript(tmp_path: Path) -> None:
+    """The tables went in at the first ``<body>`` of the page, which is text inside the
+    inlined vega-embed bundle (a JavaScript template literal, ``<html><head>${t}</head>
+    <body>``): a browser showed the charts alone, and a backtick in an error title ended
+    the literal, so no chart was drawn either."""
+    title = "`${document.title='pwned'}` <b>"
+    lake = ke.Lake(tmp_path)
+    lake.write_events([*_records(), status("wamid.X", "failed", 0, 1, error=(999, title))])
+    page = write_html(build_report(lake), tmp_path / "r.html").read_text(encoding="utf-8")
+    outline = _Outline()
+    outline.feed(page)
+    assert outline.report_div == 1
+    # the spec's data holds the title (as JSON); no other script holds any of the report
+    spec = [s for s in outline.scripts if "const spec" in s]
+    others = [s for s in outline.scripts if "const spec" not in s]
+    assert len(spec) == 1
+    assert "kirim-report" not in spec[0]
+    assert [s for s in others if "kirim-report" in s or "pwned" in s] == []
+    body = page.split("</head>\n<body>", 1)[1]
+    assert body.lstrip().startswith("<style>.kirim-report")  # above the charts
+    assert "<td>`${document.title=&#x27;pwned&#x27;}` &lt;b&gt;</td>" in body
+    assert "vega-visualization" in body
+
+
 def test_offline_notebook_charts_are_drawn_locally() -> None:
     import altair as alt
 
@@ -424,6 +472,20 @@ def test_save_html_refuses_no_charts(tmp_path: Path) -> None:
     with pytest.raises(ke.ConfigError, match="no charts"):
         notebook.save_html([], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_html_goes_to_the_home_folder_for_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--html=~/r.html`` (a shell leaves that ``~`` alone) was refused with "needs a file
+    name in an existing folder": the check looked for a folder named ``~``, though --data,
+    --lake and write_html all read it as the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ke.Lake(tmp_path / "data").write_events(_records())
+    result = runner.invoke(app, ["report", "--data", "~/data", "--html=~/r.html"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert result.output.rstrip().endswith(f"report written to {tmp_path / 'r.html'}")
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
@@ -657,6 +719,34 @@ def test_report_without_messages_shows_no_funnel_of_zeros(tmp_path: Path) -> Non
     assert "Delivery funnel" not in page  # no table, no chart
     assert "Failure reasons" not in page
     assert "Median and p90 times" in page
+
+
+def test_report_on_inbound_messages_alone_does_not_say_the_lake_holds_no_messages(
+    tmp_path: Path,
+) -> None:
+    """Inbound messages in Meta's shape carry no conversation id: a lake of them has no
+    outbound message and no conversation, and the report said "no message or conversation
+    events in the lake" over the inbound messages it holds."""
+    from kirim_events.events import parse_delivery
+    from kirim_events.testing import encode, meta_message
+
+    received = [
+        record
+        for n in range(3)
+        for record in parse_delivery(
+            encode(meta_message(timestamp=int(at(n).timestamp()), wamid=f"wamid.IN{n}")),
+            {"X-Kirim-Event": "message.received"},
+            received_at=at(n + 1),
+        )
+    ]
+    assert {r.type for r in received} == {"message.received"}
+    ke.Lake(tmp_path).write_events(received)
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("0 outbound messages, 0 conversations (0 open)")
+    assert "no message or conversation events" not in out
+    assert "(no message status or conversation events in the lake; the lake's events" in out
 
 
 def test_report_with_no_failure_says_so(tmp_path: Path) -> None:

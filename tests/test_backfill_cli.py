@@ -662,6 +662,47 @@ def test_rows_outside_a_filter_kirim_ignored_are_neither_stored_nor_listed_and_s
     assert listed.stderr.count(note + " shown") == 1
 
 
+def test_deliveries_list_says_kirim_has_more_only_when_a_higher_limit_shows_more(
+    world: World, env: dict[str, str], ignoring_url: str
+) -> None:
+    """With Kirim ignoring --status, --limit N over the N dead deliveries said "Kirim has
+    more (raise --limit)" because rows outside the filter followed the last one shown; a
+    higher --limit then showed the same N rows."""
+    env = {**env, "KIRIM_API_URL": ignoring_url, "COLUMNS": "200"}
+    dead = sorted(r.id for r in world.emu.store.deliveries if r.status == "dead")
+    assert 1 < len(dead) < len(world.emu.store.deliveries)  # other rows to ignore the filter on
+    runner = CliRunner()
+
+    def listed(limit: int) -> tuple[list[str], str]:
+        args = ["deliveries", "list", "--status", "dead", "--limit", str(limit), "--json"]
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["id"] for line in result.stdout.splitlines()], result.stderr
+
+    every, said = listed(len(dead))
+    assert sorted(every) == dead
+    assert "Kirim has more" not in said
+    assert listed(len(dead) + 1)[0] == every  # a higher --limit indeed shows nothing new
+    cut, said = listed(len(dead) - 1)
+    assert cut == every[:-1]
+    assert f"note: the newest {len(dead) - 1} deliveries are shown; Kirim has more" in said
+
+
+def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:
+    """Kirim documents only a row's id, object, status and replayed_from: a row without its
+    time was given ``"created_at": "-"`` (the table's blank) in --json, where every other
+    missing field is null; a reader parsing the times stopped on it."""
+    app_ = create_app(world.emu.store, api_keys=world.emu.api_keys, read_limit=6000)
+    with serve(StripPayload(app_, "created_at", "attempt"), log_level="error") as url:
+        env = {**os.environ, "KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+        args = ["deliveries", "list", "--limit", "3", "--json"]
+        result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    assert [(r["created_at"], r["attempt"]) for r in rows] == [(None, None)] * 3
+
+
 def test_a_kirim_ignoring_the_time_range_is_said_once_as_the_run_finds_it(
     world: World, env: dict[str, str], tmp_path: Path
 ) -> None:

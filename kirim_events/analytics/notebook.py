@@ -504,7 +504,12 @@ def save_html(
     if "<title>" not in html:  # a browser tab and a bookmark name the report
         html = html.replace("<head>", f"<head>\n<title>{escape(title)}</title>", 1)
     if preface:
-        html = html.replace("<body>", f"<body>\n{preface}", 1)
+        # after the page's own <body>, the last one: the inlined vega-embed bundle in <head>
+        # holds "<head>${t}</head><body>" in a JavaScript template literal, where the first
+        # replace put the preface (shown by no browser; a backtick in it broke the charts).
+        # Nothing after the real one can hold "<body>": the spec's "<" are escaped
+        head, body, rest = html.rpartition("<body>")
+        html = f"{head}{body}\n{preface}{rest}" if body else html
     target = Path(path).expanduser()  # "~/report.html", as Polars and pandas writers take it
     target.write_text(html, encoding="utf-8")
     return target

@@ -186,7 +186,9 @@ def notes(report: Report) -> list[str]:
         return said
     if report.as_of is not None and report.as_of < first:
         return [f"(no events had happened by {_second(report.as_of)} UTC: {happened})"]
-    return [f"(no message or conversation events in the lake{_when(report)}; {happened})"]
+    # "no message ... events" was said over a lake of inbound messages (Meta's carry no
+    # conversation id): what is missing is the statuses of sent messages, and conversations
+    return [f"(no message status or conversation events in the lake{_when(report)}; {happened})"]
 
 
 def tables(report: Report, *, top: int, more: str = "--top {top}") -> list[Table]:

@@ -460,20 +460,27 @@ def deliveries_list(
         shown: list[Delivery] = []
         flt = HistoryFilter(subscription_id, status, event_type, event_id)
         tally = FilterTally()  # Kirim may ignore a filter: its rows outside are not shown
+        # one row more than shown: the row that tells whether --limit cut the list
         pages = client.iter_pages(
-            limit=min(100, limit), created_after=after, created_before=before, **flt.asked()
+            limit=min(100, limit + 1), created_after=after, created_before=before, **flt.asked()
         )
-        more = False  # rows past the last one shown: --limit cut the list
+        # a matching row past the last one shown: --limit cut the list. Rows past it that
+        # only Kirim kept (outside a filter it ignored) are no more: "Kirim has more (raise
+        # --limit)" was said over them, and a higher --limit showed nothing new
+        more = False
         for page, _ in pages:
-            for n, d in enumerate(page.deliveries, 1):
+            for d in page.deliveries:
                 if not _in_range(d, after, before):
                     tally.outside[TIME_FILTER] += 1
-                elif tally.keep(flt, d):
-                    shown.append(d)
-                if len(shown) >= limit:
-                    more = n < len(page.deliveries) or page.has_more
+                elif len(shown) < limit:
+                    if tally.keep(flt, d):
+                        shown.append(d)
+                elif (outside := flt.check(d)[0]) is not None:
+                    tally.outside[outside] += 1
+                else:
+                    more = True
                     break
-            if len(shown) >= limit:
+            if more:
                 break
     for note in tally.notes(flt, stored="shown"):
         print_note(note, stderr=True)  # stderr: --json output stays one object per line
@@ -490,7 +497,8 @@ def deliveries_list(
                 "id": d.id, "status": d.status, "event_id": d.event_id,
                 "event_type": d.event_type, "subscription_id": d.subscription_id,
                 "attempt": d.attempt, "response_status_code": d.response_status_code,
-                "replayed_from": d.replayed_from, "created_at": _fmt(d.created_at),
+                "replayed_from": d.replayed_from,
+                "created_at": None if d.created_at is None else format_time(d.created_at),
                 "has_payload": d.payload is not None,
             }  # fmt: skip
             typer.echo(json.dumps(row))

@@ -120,6 +120,9 @@ def report_command(
     with errors_to_exit(lake=lake_uri or s.data_dir):
         require_folder(s.data_dir, lake_uri)
         if html is not None:
+            # "~/r.html" as --data and --lake read "~" (and write_html does): the check below
+            # looked for a folder named "~" and refused a path the writer takes
+            html = html.expanduser()
             _check_writable(html)
             try:
                 require_chart_libraries()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from localzone import local_zone
 
@@ -207,6 +208,40 @@ def test_a_truth_streamed_to_parquet_keeps_what_it_held_when_read_midway(tmp_pat
     assert len(on_disk) == 3_000
     assert on_disk.log().collect().equals(in_memory.log().collect())
     assert on_disk.message_timelines().equals(in_memory.message_timelines())
+    assert [p.name for p in tmp_path.iterdir()] == ["log.parquet"]
+
+
+def test_a_truth_whose_copy_of_its_log_failed_keeps_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a read, the next chunk's writer copies the log (moved aside) into a new file: a
+    # copy that failed (a full disk) left the events in log.parquet.earlier, and the next
+    # attempt moved the new, unfinished log.parquet over it: every event before the read
+    # was lost, and the chunk being written too (the log of 600 events held 186)
+    on_disk = Truth(path=tmp_path / "log.parquet")
+    in_memory = Truth()
+    bundles = World(seed=7).bundles(600)
+    for bundle in itertools.islice(bundles, 200):
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+    assert on_disk.log().collect().height == len(on_disk)
+    for bundle in itertools.islice(bundles, 200):
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pq.ParquetWriter, "write_batch", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            on_disk.log()
+    assert [p.name for p in tmp_path.iterdir()] == ["log.parquet"]
+    for bundle in bundles:
+        on_disk.record(bundle)
+        in_memory.record(bundle)
+    assert len(on_disk) == 600
+    assert on_disk.log().collect().equals(in_memory.log().collect())
     assert [p.name for p in tmp_path.iterdir()] == ["log.parquet"]
 
 

@@ -51,6 +51,7 @@ conversation_lifecycles (one row per conversation_id)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
@@ -199,10 +200,11 @@ class Truth:
             return
         arrays = [pa.array(self._cols[f.name], type=f.type) for f in LOG_SCHEMA]
         batch = pa.RecordBatch.from_arrays(arrays, schema=LOG_SCHEMA)
+        if self.path is not None and self._writer is None:
+            self._writer = self._open(self.path)  # a failed open keeps the chunk for the next
         self._cols = {name: [] for name in _NAMES}
         if self.path is not None:
-            if self._writer is None:
-                self._writer = self._open(self.path)
+            assert self._writer is not None
             self._writer.write_batch(batch)
         else:
             self._batches.append(batch)
@@ -219,10 +221,22 @@ class Truth:
         if self._wrote and path.exists():
             earlier = path.with_name(path.name + ".earlier")
             os.replace(path, earlier)
-        writer = pq.ParquetWriter(str(path), LOG_SCHEMA)
+        writer: pq.ParquetWriter | None = None
+        try:
+            writer = pq.ParquetWriter(str(path), LOG_SCHEMA)
+            if earlier is not None:
+                for batch in pq.ParquetFile(earlier).iter_batches():
+                    writer.write_batch(batch)
+        except BaseException:
+            # a failed copy (a full disk) puts the log back as it was: the next attempt
+            # would move the unfinished copy over it, and lose every event it held
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+            if earlier is not None:
+                os.replace(earlier, path)
+            raise
         if earlier is not None:
-            for batch in pq.ParquetFile(earlier).iter_batches():
-                writer.write_batch(batch)
             earlier.unlink()
         self._wrote = True
         return writer

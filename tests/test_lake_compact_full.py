@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -150,6 +151,31 @@ def test_a_crash_at_every_step_of_a_full_compaction_is_finished_by_a_normal_run(
         finished_by_a_normal_run(lake, root, expected, step)  # not a full one
         assert plain_count(root, "deliveries") == 1
     assert "file_written" in copies_left  # the case above did arise
+
+
+def test_a_full_compaction_crashed_at_any_step_is_finished_by_another_full_one(
+    tmp_path: Path,
+) -> None:
+    # The scheduled run after a crashed full one clears up but rewrites no clean partition
+    # (test above): the old rule's second row of wbd_1 stays after a crash before its
+    # partition's new manifest. Another full run applies the current rule, whatever step
+    # the first one stopped at.
+    template = tmp_path / "template"
+    old_rule_lake(template)
+    kept_by_a_normal_run = []
+    for step, root, lake in crashed_at_every_step(template, tmp_path, full=True):
+        normal = root.with_name(root.name + "-normal")
+        shutil.copytree(root, normal)
+        ke.Lake(normal).compact()
+        kept_by_a_normal_run += [step] if plain_count(normal, "deliveries") == 2 else []
+        lake.compact(full=True)
+        assert lake.deliveries().collect().select("outcome").rows() == [("failed",)], step
+        assert plain_count(root, "deliveries") == 1, f"after a crash at {step}"
+        stats = lake.stats()
+        assert stats["clean"].all()
+        assert stats["leftover_files"].sum() == 0
+        assert not list((root / "_state/changes").rglob("*.changed"))
+    assert kept_by_a_normal_run == ["planned", "file_written"]
 
 
 def test_compact_full_on_the_command_line_rewrites_and_counts_clean_partitions(

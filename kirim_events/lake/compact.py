@@ -282,9 +282,11 @@ class _Group:
 
         A full run rewrites partitions no marker names (clean ones, or all of a lake restored
         without its ``_state``): a crash between its writes and its deletes would leave files
-        a plain reader counts twice and no marker making a later run finish the job. Each
+        a plain reader counts twice and no marker making a later run clear them up. Each
         marker names a file the partition holds, so it is seen and consumed like a writer's
-        (in this run, or in the one that finishes a crashed one)."""
+        (in this run, or in the next, which clears up after a crashed one: named after a
+        ``c-`` file, it reads as long stale, so that run consumes it even where it rewrites
+        nothing, the partition being clean again, and leaves the rewrite to a full run)."""
         if not days:
             return
         items = [(change_marker(self.table, self.group, d, counted[d][0]), b"") for d in days]
@@ -465,8 +467,10 @@ def compact(
     clean or not, through the same dedup and file schema: the remedy after the dedup rule or
     the schema changed (a partition compacted before keeps what the old rule kept, and
     columns since dropped) or after restoring a lake from a copy. It leaves a change marker
-    in each partition before writing there, so a crash is finished by the next run of
-    either kind. ``report.partitions`` counts the partitions rewritten.
+    in each partition before writing there, so the next run of either kind clears up after
+    a crash; a normal run rewrites no clean partition, so those a crashed full run did not
+    reach are rewritten by a full run only. ``report.partitions`` counts the partitions
+    rewritten.
 
     See the module documentation for the steps and guarantees; ``hook(step)`` is called
     after each step (tests raise from it to simulate a crash there). Partitions of a group

@@ -20,6 +20,19 @@ from kirim_events.journal import Journal
 from kirim_events.journal_index import journal_path
 from kirim_events.lake import Lake
 
+_STOPPED = (
+    "nothing is lost; the next kirim-events compact finishes what this one began (until then"
+    " a plain Parquet reader may see an event twice; Lake and its views do not)"
+)
+# A scheduled run clears what a stopped --full left half done, but rewrites no partition that
+# is clean: the ones not reached yet keep what the old dedup and schema kept
+_STOPPED_FULL = (
+    "nothing is lost; the next kirim-events compact clears up what this one left half done"
+    " (until then a plain Parquet reader may see an event twice; Lake and its views do not),"
+    " but only a full one rewrites the partitions it did not reach: run kirim-events compact"
+    " --full again"
+)
+
 
 @command("compact")
 def compact_command(
@@ -61,10 +74,7 @@ def compact_command(
     # SIGTERM (cron's timeout, systemd) as Ctrl-C: the run unwinds, releasing an S3 lease
     # that would otherwise block compactions for ten minutes, and says so
     with (
-        stops_saying(
-            "nothing is lost; the next kirim-events compact finishes what this one began (until"
-            " then a plain Parquet reader may see an event twice; Lake and its views do not)"
-        ),
+        stops_saying(_STOPPED_FULL if full else _STOPPED),
         errors_to_exit(lake=lake_uri or s.data_dir),
     ):
         if lake_uri is None:

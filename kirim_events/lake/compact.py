@@ -280,13 +280,13 @@ class _Group:
     def _mark(self, days: list[str], counted: dict[str, list[str]]) -> None:
         """Leave a change marker in each of ``days`` before anything is written there.
 
-        A full run rewrites partitions no marker names (clean ones, or all of a lake restored
-        without its ``_state``): a crash between its writes and its deletes would leave files
-        a plain reader counts twice and no marker making a later run clear them up. Each
-        marker names a file the partition holds, so it is seen and consumed like a writer's
-        (in this run, or in the next, which clears up after a crashed one: named after a
-        ``c-`` file, it reads as long stale, so that run consumes it even where it rewrites
-        nothing, the partition being clean again, and leaves the rewrite to a full run)."""
+        A full run rewrites partitions no marker names (clean ones): a crash between its
+        writes and its deletes would leave files a plain reader counts twice and no marker
+        making a later run clear them up. Each marker names a file the partition holds, so
+        it is seen and consumed like a writer's (in this run, or in the next, which clears up
+        after a crashed one: named after a ``c-`` file, it reads as long stale, so that run
+        consumes it even where it rewrites nothing, the partition being clean again, and
+        leaves the rewrite to a full run)."""
         if not days:
             return
         items = [(change_marker(self.table, self.group, d, counted[d][0]), b"") for d in days]

@@ -430,6 +430,7 @@ class _Run:
         page_size: int,
         progress: Callable[[BackfillProgress], None] | None,
         clock: Callable[[], float],
+        whole: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.client, self.journal, self.cp, self.path = client, journal, cp, path
         self.report, self.page_size, self.progress, self.clock = report, page_size, progress, clock
@@ -441,7 +442,10 @@ class _Run:
         since, until = parse_time(cp.since), parse_time(cp.until)
         assert since is not None
         assert until is not None
-        # rows beyond these were outside what any slice asked for (--since/--until ignored)
+        # rows beyond these were outside what any slice asked for (--since/--until ignored);
+        # ``whole``: the range of the run's walks together, of which this walk is one (a
+        # row of another walk's range is that walk's, not outside the range reported)
+        since, until = whole or (since, until)
         self.beyond = (since - HISTORY_OVERLAP, until + HISTORY_OVERLAP)
         # A row without a readable time belongs to no slice's range, and any slice may be
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
@@ -796,7 +800,8 @@ def backfill(
                     if runs:  # the old range is walked: the rest's checkpoint replaces it
                         _finish(path, then=walk)
                     told = _told_in_part(progress, walks, runs, now)
-                    run = _Run(client, jr, walk, path, report, page_size, told, now)
+                    whole = (report.since, report.until)
+                    run = _Run(client, jr, walk, path, report, page_size, told, now, whole)
                     runs.append(run)
                     run.say_due()
                     _walk_all(run, client, walk.slices, min(slices, len(walk.slices)))

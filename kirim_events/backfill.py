@@ -203,6 +203,9 @@ def delivery_row(
 # --------------------------------------------------------------------------- state
 
 
+_FILTERS = ("subscription_id", "status", "event_type")
+"""The history filters a run asks (those given), by their query parameter names."""
+
 _SLICE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "cursor": (str, type(None)),
     "started": bool,
@@ -281,8 +284,10 @@ class _Checkpoint:
             raise damaged
         # the rest of the shape too: a field of another type failed later, in a fetcher,
         # as a TypeError or AttributeError traceback at every resume
+        # and only the filters a run asks (another name was sent on every page; "cursor" or
+        # "limit" failed in a fetcher as a TypeError traceback at every resume)
         if not isinstance(cp.filters, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in cp.filters.items()
+            k in _FILTERS and isinstance(v, str) for k, v in cp.filters.items()
         ):
             raise damaged
         if not all(
@@ -732,13 +737,7 @@ def backfill(
     # Nothing exists after now: cap the range there (the run key keeps the asked value).
     hi_given = None if hi_asked is None else min(hi_asked, start)
     filters = {
-        k: v
-        for k, v in (
-            ("subscription_id", subscription_id),
-            ("status", status),
-            ("event_type", event_type),
-        )
-        if v
+        k: v for k, v in zip(_FILTERS, (subscription_id, status, event_type), strict=True) if v
     }
     root = Path(data)
     bounds = (_asked(since, lo), _asked(until, hi_asked))

@@ -1248,6 +1248,7 @@ DAMAGE: dict[str, Any] = {
     },
     "filters that are no object": lambda state: {**state, "filters": None},
     "a filter that is no text": lambda state: {**state, "filters": {"status": 5}},
+    "a filter no run asks": lambda state: {**state, "filters": {"limit": "5"}},
     "a page count that is no number": lambda state: {
         **state,
         "slices": [{**state["slices"][0], "pages": "x"}, *state["slices"][1:]],

@@ -26,7 +26,7 @@ from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError, PermanentApiError
-from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.events import EventRecord, parse_delivery, parse_time
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.reconcile import plan_windows, reconcile
@@ -387,7 +387,15 @@ def test_capped_bulk_replay_narrows_the_window_and_repeats(tmp_path: Path) -> No
     assert len(calls) == 3
     assert calls[1]["created_after"] == calls[0]["created_after"]
     assert calls[2]["created_before"] == calls[0]["created_before"]
-    assert calls[1]["created_before"] == calls[2]["created_after"]
+    # the halves overlap by the millisecond either side of the midpoint (a row there is in
+    # one of them whichever ends Kirim includes, and at its milliseconds)
+    first_end, second_start = (
+        parse_time(calls[1]["created_before"]),
+        parse_time(calls[2]["created_after"]),
+    )
+    assert first_end is not None
+    assert second_start is not None
+    assert first_end - second_start == timedelta(milliseconds=2)
     assert report.bulk_enqueued == 1010
 
 
@@ -1261,3 +1269,28 @@ def test_no_window_edge_falls_on_a_row_a_microsecond_from_the_next() -> None:
         in_first = read(first.created_after) < edge_row < read(first.created_before)
         in_second = read(second.created_after) < edge_row < read(second.created_before)
         assert in_first or in_second
+
+
+def test_a_capped_window_halved_on_a_row_still_replays_it(tmp_path: Path) -> None:
+    # Kirim capped a window (rows made since the plan, or none planned): its halves met at
+    # its midpoint, which may be a row's own time; with both ends exclusive that row was in
+    # neither half, and never replayed.
+    from kirim_events.emulator import create_app
+    from kirim_events.reconcile_report import BulkWindow, ReconcileReport
+    from kirim_events.reconcile_windows import bulk_replay_window
+
+    emu, sub, start, originals = _dead_rows_apart(0.001, n=3000)
+    t = FakeTime(start + 86400)
+    app = create_app(emu.store, api_keys=emu.api_keys, clock=t.clock, write_limit=600)
+    client = KirimClient("http://kirim.test", emu.api_keys[0], sleep=t.sleep, clock=t.clock,
+                         transport=SyncASGI(StripPayload(MillisecondEdges(app))))  # fmt: skip
+    first = datetime.fromtimestamp(start, UTC)
+    # halved at first + 1.5 s: row 1500's own time, past the 1000 the capped call replayed
+    window = BulkWindow(
+        sub.id, "dead", first - timedelta(seconds=1), first + timedelta(seconds=4), 0
+    )
+    report = ReconcileReport(since=first, until=first + timedelta(seconds=4), dry_run=False)
+    bulk_replay_window(client, window, report)
+    assert not report.errors
+    replayed = {r.replayed_from for r in emu.store.deliveries if r.replayed_from}
+    assert replayed == set(originals)

@@ -203,6 +203,9 @@ def delivery_row(
 # --------------------------------------------------------------------------- state
 
 
+_FILTERS = ("subscription_id", "status", "event_type")
+"""The history filters a run asks (those given), by their query parameter names."""
+
 _SLICE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "cursor": (str, type(None)),
     "started": bool,
@@ -281,8 +284,10 @@ class _Checkpoint:
             raise damaged
         # the rest of the shape too: a field of another type failed later, in a fetcher,
         # as a TypeError or AttributeError traceback at every resume
+        # and only the filters a run asks (another name was sent on every page; "cursor" or
+        # "limit" failed in a fetcher as a TypeError traceback at every resume)
         if not isinstance(cp.filters, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in cp.filters.items()
+            k in _FILTERS and isinstance(v, str) for k, v in cp.filters.items()
         ):
             raise damaged
         if not all(
@@ -430,6 +435,7 @@ class _Run:
         page_size: int,
         progress: Callable[[BackfillProgress], None] | None,
         clock: Callable[[], float],
+        whole: tuple[datetime, datetime] | None = None,
     ) -> None:
         self.client, self.journal, self.cp, self.path = client, journal, cp, path
         self.report, self.page_size, self.progress, self.clock = report, page_size, progress, clock
@@ -441,7 +447,10 @@ class _Run:
         since, until = parse_time(cp.since), parse_time(cp.until)
         assert since is not None
         assert until is not None
-        # rows beyond these were outside what any slice asked for (--since/--until ignored)
+        # rows beyond these were outside what any slice asked for (--since/--until ignored);
+        # ``whole``: the range of the run's walks together, of which this walk is one (a
+        # row of another walk's range is that walk's, not outside the range reported)
+        since, until = whole or (since, until)
         self.beyond = (since - HISTORY_OVERLAP, until + HISTORY_OVERLAP)
         # A row without a readable time belongs to no slice's range, and any slice may be
         # sent it (Kirim files it by the time it knows): the first to see it keeps it.
@@ -728,13 +737,7 @@ def backfill(
     # Nothing exists after now: cap the range there (the run key keeps the asked value).
     hi_given = None if hi_asked is None else min(hi_asked, start)
     filters = {
-        k: v
-        for k, v in (
-            ("subscription_id", subscription_id),
-            ("status", status),
-            ("event_type", event_type),
-        )
-        if v
+        k: v for k, v in zip(_FILTERS, (subscription_id, status, event_type), strict=True) if v
     }
     root = Path(data)
     bounds = (_asked(since, lo), _asked(until, hi_asked))
@@ -796,7 +799,8 @@ def backfill(
                     if runs:  # the old range is walked: the rest's checkpoint replaces it
                         _finish(path, then=walk)
                     told = _told_in_part(progress, walks, runs, now)
-                    run = _Run(client, jr, walk, path, report, page_size, told, now)
+                    whole = (report.since, report.until)
+                    run = _Run(client, jr, walk, path, report, page_size, told, now, whole)
                     runs.append(run)
                     run.say_due()
                     _walk_all(run, client, walk.slices, min(slices, len(walk.slices)))

@@ -16,10 +16,12 @@ def plan_windows(
 ) -> list[BulkWindow]:
     """Cut (subscription, status, created_at) rows into windows of at most ``cap`` rows each.
 
-    Windows meet halfway between two rows of different times (never between rows of one
-    instant), so no row lies on an edge (Kirim's times show milliseconds, the edges are sent
-    in microseconds), and a row is in exactly one window whether Kirim's ``created_after``
-    and ``created_before`` include their instant or not (kirim-api.md §7.4 does not say).
+    Windows meet at a whole millisecond halfway between two rows of different times (never
+    between rows of one instant), so no row lies on an edge whether Kirim compares its
+    milliseconds (the precision its times show) or microseconds, and a row is in exactly
+    one window whether Kirim's ``created_after`` and ``created_before`` include their
+    instant or not (kirim-api.md §7.4 does not say); rows under 2 ms apart have no such
+    millisecond between them, and there the windows overlap (:func:`_edges`).
     Edges on row times left the row where one window ends and the next begins in neither
     when Kirim excludes both ends. (A Kirim comparing whole seconds could still drop a row
     of the second an edge falls in: only overlapping windows, each re-sending some rows,
@@ -42,17 +44,41 @@ def plan_windows(
                 end -= 1  # never cut between equal times
             while end < len(times) and times[end] == times[start]:
                 end += 1  # more than cap rows at one instant: one window holds them all
-            lo = times[start] - timedelta(seconds=1) if start == 0 else _between(times, start)
-            hi = _between(times, end) if end < len(times) else times[-1] + timedelta(seconds=1)
+            lo = times[start] - timedelta(seconds=1) if start == 0 else _edges(times, start)[1]
+            hi = _edges(times, end)[0] if end < len(times) else times[-1] + timedelta(seconds=1)
             out.append(BulkWindow(sub, status, lo, hi, end - start))
             start = end
     return out
 
 
-def _between(times: list[datetime], i: int) -> datetime:
-    """Halfway from ``times[i - 1]`` to ``times[i]`` (sorted, different): where a window that
-    ends before row ``i`` meets the one that begins with it."""
-    return times[i - 1] + (times[i] - times[i - 1]) / 2
+_MS = timedelta(milliseconds=1)
+
+
+def _ms(when: datetime) -> datetime:
+    """``when`` to its whole millisecond (the precision Kirim's times show)."""
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+def _edges(times: list[datetime], i: int) -> tuple[datetime, datetime]:
+    """Where the window that ends before row ``i`` closes, and where the one that begins
+    with it opens (``times`` sorted, ``times[i - 1]`` before ``times[i]``).
+
+    The whole millisecond nearest halfway between the two rows, when one lies strictly
+    between them: one edge for both windows, read alike by a Kirim comparing micro- or
+    milliseconds. (A halfway edge in microseconds between rows 1 ms apart was read to its
+    millisecond as the earlier row's time, which both windows then excluded.) With no
+    whole millisecond between them (rows under 2 ms apart), the earlier window closes at
+    the first millisecond after its last row and the later opens at the last millisecond
+    before its first: each row stays inside its own window at either precision, and a
+    Kirim including an end replays the row beyond it twice (the dedup index absorbs it).
+    """
+    before, after = times[i - 1], times[i]
+    edge = _ms(before + (after - before) / 2)
+    if edge <= before:
+        edge += _MS  # the first whole millisecond after ``before``
+    if edge < after:
+        return edge, edge
+    return _ms(before) + _MS, _ms(after) - _MS if after == _ms(after) else _ms(after)
 
 
 def bulk_replay_window(
@@ -95,9 +121,12 @@ def bulk_replay_window(
         report.errors.append(f"bulk_replay still capped at {window.created_after.isoformat()}")
         return
     w = window
-    mid = w.created_after + (w.created_before - w.created_after) / 2
+    # The halves overlap by the millisecond either side of the midpoint, which may be a
+    # row's own time: meeting there, that row was in neither half when Kirim excludes both
+    # ends, and never replayed (as _edges says for planned windows)
+    mid = _ms(w.created_after + (w.created_before - w.created_after) / 2)
     for half in (
-        BulkWindow(w.subscription_id, w.status, w.created_after, mid, w.rows // 2),
-        BulkWindow(w.subscription_id, w.status, mid, w.created_before, w.rows - w.rows // 2),
+        BulkWindow(w.subscription_id, w.status, w.created_after, mid + _MS, w.rows // 2),
+        BulkWindow(w.subscription_id, w.status, mid - _MS, w.created_before, w.rows - w.rows // 2),
     ):
         bulk_replay_window(client, half, report, event_type=event_type, depth=depth + 1)

@@ -370,6 +370,30 @@ def test_a_span_run_killed_as_it_turns_to_the_hour_it_adds_loses_no_hour(
     assert report.resumed
 
 
+def test_a_resumed_span_run_counts_as_outside_only_rows_outside_the_range_it_reports(
+    hours: tuple[World, float], tmp_path: Path
+) -> None:
+    # Kirim ignoring the time range sends each walk the whole history: the old hour's walk
+    # counted the added hour's rows as outside the range, and the added hour's walk the old
+    # hour's, though the report's range is both hours and they were stored, not skipped.
+    world, base = hours
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, tmp_path, t, _die_after(2))
+    t.sleep(3600)
+    _, client = world.api(
+        t, faults=FaultConfig(ignored_filters=("created_after", "created_before"))
+    )
+    report = backfill(tmp_path, client=client, since="1h", slices=1, now=t.clock)
+    assert (report.resumed, report.since, report.until) == (True, dt(base), dt(base + 7200))
+    assert_lake_holds_the_history_of(tmp_path, world, base, base + 7200)
+    # each walk read the whole history once: rows past the reported range (beyond the
+    # slack of HISTORY_OVERLAP) counted once by each, and none inside it
+    beyond = [r for r in world.emu.store.deliveries if r.created_at >= base + 7200 + 2]
+    assert beyond
+    assert dict(report.filtered.outside) == {"--since/--until": 2 * len(beyond)}
+
+
 def test_a_backfill_failing_in_one_slice_stops_the_others_at_once(tmp_path: Path) -> None:
     # One slice got a 401 while the others waited out Retry-After: 8 three times: the error
     # came 32 s late (the client was interrupted only on Ctrl-C).
@@ -1224,6 +1248,7 @@ DAMAGE: dict[str, Any] = {
     },
     "filters that are no object": lambda state: {**state, "filters": None},
     "a filter that is no text": lambda state: {**state, "filters": {"status": 5}},
+    "a filter no run asks": lambda state: {**state, "filters": {"limit": "5"}},
     "a page count that is no number": lambda state: {
         **state,
         "slices": [{**state["slices"][0], "pages": "x"}, *state["slices"][1:]],

@@ -26,7 +26,7 @@ from kirim_events import testing
 from kirim_events.client import KirimClient
 from kirim_events.emulator import FaultConfig
 from kirim_events.errors import AuthenticationError, ConfigError, PermanentApiError
-from kirim_events.events import EventRecord, parse_delivery
+from kirim_events.events import EventRecord, parse_delivery, parse_time
 from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.reconcile import plan_windows, reconcile
@@ -302,11 +302,16 @@ def test_plan_windows_respects_the_cap_and_covers_every_row() -> None:
     dead = [w for w in windows if w.status == "dead"]
     assert len(dead) == 3
     assert all(w.rows <= 1000 for w in windows)
+    twice = 0
     for _, status, at in rows:
         inside = [
             w for w in windows if w.status == status and w.created_after <= at < w.created_before
         ]
-        assert len(inside) == 1
+        assert 1 <= len(inside) <= 2
+        twice += len(inside) == 2
+    # rows 1 ms apart leave no millisecond between two windows: they overlap by the one
+    # before the edge (its 3 rows), which a Kirim reading both ends exclusive needs
+    assert twice == 3 * (len(dead) - 1)
 
 
 def test_more_rows_at_one_instant_than_the_cap_make_one_window_not_hundreds() -> None:
@@ -382,7 +387,15 @@ def test_capped_bulk_replay_narrows_the_window_and_repeats(tmp_path: Path) -> No
     assert len(calls) == 3
     assert calls[1]["created_after"] == calls[0]["created_after"]
     assert calls[2]["created_before"] == calls[0]["created_before"]
-    assert calls[1]["created_before"] == calls[2]["created_after"]
+    # the halves overlap by the millisecond either side of the midpoint (a row there is in
+    # one of them whichever ends Kirim includes, and at its milliseconds)
+    first_end, second_start = (
+        parse_time(calls[1]["created_before"]),
+        parse_time(calls[2]["created_after"]),
+    )
+    assert first_end is not None
+    assert second_start is not None
+    assert first_end - second_start == timedelta(milliseconds=2)
     assert report.bulk_enqueued == 1010
 
 
@@ -1169,3 +1182,115 @@ def test_bulk_windows_leave_no_row_on_an_edge_kirim_may_exclude(tmp_path: Path) 
     replayed = Counter(r.replayed_from for r in emu.store.deliveries if r.replayed_from)
     assert set(replayed) == set(originals)
     assert max(replayed.values()) == 1
+
+
+class MillisecondEdges:
+    """``ExclusiveAfter`` behind a Kirim that reads ``created_after`` / ``created_before`` to
+    whole milliseconds, the precision its times show (a JavaScript ``Date`` drops the rest):
+    both ends exclusive, at milliseconds."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = ExclusiveAfter(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") != "/v1/webhook_deliveries/bulk_replay":
+            await self.app(scope, receive, send)
+            return
+        body = json.loads((await receive())["body"])
+        for name in ("created_after", "created_before"):
+            when = datetime.fromisoformat(body[name])
+            body[name] = when.replace(microsecond=when.microsecond // 1000 * 1000).isoformat()
+        message = {"type": "http.request", "body": json.dumps(body).encode()}
+        await self.app(scope, _once(message), send)
+
+
+def _once(message: dict[str, Any]) -> Any:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return message
+
+    return receive
+
+
+def _dead_rows_apart(step: float, n: int = 1500) -> tuple[Any, str, float, list[str]]:
+    from kirim_events.emulator import Emulator
+
+    emu = Emulator(seed=4)
+    sub = emu.subscribe("http://collector.test/webhooks/kirim")
+    start = float(int(BASE.timestamp()))
+    originals = []
+    for i in range(n):
+        row = emu.store.new_delivery(
+            sub, event_id=f"evt_{i:05d}", event_type="contact.updated", source="kirim",
+            event_keys=(f"evt_{i:05d}",), payload=b"{}", now=start + i * step,
+        )  # fmt: skip
+        row.status, row.attempt, row.response_status_code = "dead", 8, 500
+        originals.append(row.id)
+    return emu, sub, start, originals
+
+
+def test_bulk_windows_of_rows_a_millisecond_apart_miss_none_at_kirims_precision(
+    tmp_path: Path,
+) -> None:
+    # Halfway between rows 1 ms apart is a half millisecond: a Kirim reading the edge to
+    # its milliseconds read it as the earlier row's time, which both windows then excluded.
+    from kirim_events.emulator import create_app
+
+    emu, _, start, originals = _dead_rows_apart(0.001)
+    t = FakeTime(start + 86400)
+    app = create_app(emu.store, api_keys=emu.api_keys, clock=t.clock, write_limit=600)
+    client = KirimClient("http://kirim.test", emu.api_keys[0], sleep=t.sleep, clock=t.clock,
+                         transport=SyncASGI(StripPayload(MillisecondEdges(app))))  # fmt: skip
+    report = reconcile(tmp_path, client=client, since=BASE - timedelta(minutes=1),
+                       until=BASE + timedelta(hours=1), now=t.clock)  # fmt: skip
+    assert report.bulk_calls == 2
+    replayed = {r.replayed_from for r in emu.store.deliveries if r.replayed_from}
+    assert replayed == set(originals)
+
+
+def test_no_window_edge_falls_on_a_row_a_microsecond_from_the_next() -> None:
+    # Kirim's times may carry microseconds (kirim-api.md §8: 0-9 fraction digits): halfway
+    # between rows 1 µs apart rounded to the earlier row's time, an edge both windows exclude.
+    base = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = [("wbs_A", "dead", base + timedelta(microseconds=i)) for i in range(1500)]
+    first, second = plan_windows(rows)
+    edge_row = rows[999][2]  # the first window's last row
+
+    # whichever ends Kirim includes, and at micro- or milliseconds, the row is in a window
+    def to_ms(d: datetime) -> datetime:
+        return d.replace(microsecond=d.microsecond // 1000 * 1000)
+
+    for read in (lambda d: d, to_ms):
+        in_first = read(first.created_after) < edge_row < read(first.created_before)
+        in_second = read(second.created_after) < edge_row < read(second.created_before)
+        assert in_first or in_second
+
+
+def test_a_capped_window_halved_on_a_row_still_replays_it(tmp_path: Path) -> None:
+    # Kirim capped a window (rows made since the plan, or none planned): its halves met at
+    # its midpoint, which may be a row's own time; with both ends exclusive that row was in
+    # neither half, and never replayed.
+    from kirim_events.emulator import create_app
+    from kirim_events.reconcile_report import BulkWindow, ReconcileReport
+    from kirim_events.reconcile_windows import bulk_replay_window
+
+    emu, sub, start, originals = _dead_rows_apart(0.001, n=3000)
+    t = FakeTime(start + 86400)
+    app = create_app(emu.store, api_keys=emu.api_keys, clock=t.clock, write_limit=600)
+    client = KirimClient("http://kirim.test", emu.api_keys[0], sleep=t.sleep, clock=t.clock,
+                         transport=SyncASGI(StripPayload(MillisecondEdges(app))))  # fmt: skip
+    first = datetime.fromtimestamp(start, UTC)
+    # halved at first + 1.5 s: row 1500's own time, past the 1000 the capped call replayed
+    window = BulkWindow(
+        sub.id, "dead", first - timedelta(seconds=1), first + timedelta(seconds=4), 0
+    )
+    report = ReconcileReport(since=first, until=first + timedelta(seconds=4), dry_run=False)
+    bulk_replay_window(client, window, report)
+    assert not report.errors
+    replayed = {r.replayed_from for r in emu.store.deliveries if r.replayed_from}
+    assert replayed == set(originals)

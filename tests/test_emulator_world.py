@@ -190,6 +190,32 @@ def test_truth_can_stream_to_parquet(tmp_path: Path) -> None:
     }
 
 
+def test_a_truth_file_cut_by_a_stop_leaves_the_one_before_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # emulate --truth writes the files as it ends; a stop (Ctrl+C) while one was written
+    # left it cut, no Parquet file, in place of a whole one written before
+    truth = Truth()
+    for bundle in World(seed=7).bundles(300):
+        truth.record(bundle)
+    before = truth.write_parquet(tmp_path)
+    whole = pl.read_parquet(before["message_timelines"])
+    real = pl.DataFrame.write_parquet
+
+    def cut(frame: pl.DataFrame, file: Any, *args: Any, **kwargs: Any) -> None:
+        if "message_timelines" in str(file):
+            Path(file).write_bytes(b"PAR1 half a file")
+            raise KeyboardInterrupt
+        real(frame, file, *args, **kwargs)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", cut)
+    with pytest.raises(KeyboardInterrupt):
+        truth.write_parquet(tmp_path)
+    monkeypatch.undo()
+    assert pl.read_parquet(before["message_timelines"]).equals(whole)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in before.values())
+
+
 def test_a_truth_streamed_to_parquet_keeps_what_it_held_when_read_midway(tmp_path: Path) -> None:
     # a read closes the Parquet file (it is readable only once closed); the writer opened
     # for the next chunk started it anew, and the events recorded before the read were lost

@@ -305,7 +305,15 @@ class Truth:
         paths = {}
         for name, frame in frames.items():
             paths[name] = out / f"{name}.parquet"
-            frame.write_parquet(paths[name])
+            # whole or not at all: `emulate --truth` writes these as it ends, when a stop
+            # (SIGTERM, Ctrl+C) may come mid-file, and a cut file read as no Parquet file
+            part = out / f".{name}.parquet.part"
+            try:
+                frame.write_parquet(part)
+                os.replace(part, paths[name])
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
         return paths
 
 

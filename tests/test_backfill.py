@@ -267,6 +267,15 @@ def _die_after(pages: int) -> Any:
     return stop
 
 
+def _killed_hour(world: World, home: Path, base: float) -> FakeTime:
+    """Run k, an hourly ``--since 1h`` at the end of the hour from ``base``, killed after two
+    pages: its clock, at that moment."""
+    t = FakeTime(base + 3600)
+    with pytest.raises(Killed):
+        _hourly(world, home, t, _die_after(2))
+    return t
+
+
 def test_an_hourly_span_run_resuming_a_killed_one_reads_its_own_hour_too(
     hours: tuple[World, float], tmp_path: Path
 ) -> None:
@@ -276,9 +285,7 @@ def test_an_hourly_span_run_resuming_a_killed_one_reads_its_own_hour_too(
     per_hour = Counter(int((r.created_at - base) // 3600) for r in world.emu.store.deliveries)
     assert sorted(per_hour) == [0, 1, 2]  # each hour has rows to lose, many pages' worth
     assert min(per_hour.values()) > 40
-    t = FakeTime(base + 3600)
-    with pytest.raises(Killed):
-        _hourly(world, tmp_path, t, _die_after(2))
+    t = _killed_hour(world, tmp_path, base)
     t.sleep(3600)
     told: list[BackfillProgress] = []
     report = _hourly(world, tmp_path, t, told.append)
@@ -299,9 +306,7 @@ def test_a_span_run_killed_in_the_hour_it_adds_is_resumed_with_it(
     hours: tuple[World, float], tmp_path: Path
 ) -> None:
     world, base = hours
-    t = FakeTime(base + 3600)
-    with pytest.raises(Killed):
-        _hourly(world, tmp_path, t, _die_after(2))
+    t = _killed_hour(world, tmp_path, base)
     checkpoint = next((tmp_path / "_state" / "backfill").glob("*.json"))
 
     def die_in_the_new_hour(p: BackfillProgress) -> None:
@@ -328,9 +333,7 @@ def test_hours_of_span_runs_killed_before_they_got_past_the_one_resumed_are_read
     # Run k+1 resumed run k's hour and was killed in it too: run k+2 resumes that hour, and
     # reads from its end, run k+1's hour as well as its own.
     world, base = hours
-    t = FakeTime(base + 3600)
-    with pytest.raises(Killed):
-        _hourly(world, tmp_path, t, _die_after(2))
+    t = _killed_hour(world, tmp_path, base)
     t.sleep(3600)
     with pytest.raises(Killed):
         _hourly(world, tmp_path, t, _die_after(1))
@@ -348,9 +351,7 @@ def test_a_span_run_killed_as_it_turns_to_the_hour_it_adds_loses_no_hour(
     # Killed after the old hour's checkpoint was retired, before the new hour's was saved:
     # with neither, the next run started afresh on its own hour, and the one between was lost.
     world, base = hours
-    t = FakeTime(base + 3600)
-    with pytest.raises(Killed):
-        _hourly(world, tmp_path, t, _die_after(2))
+    t = _killed_hour(world, tmp_path, base)
     module = importlib.import_module("kirim_events.backfill")  # not the function it exports
     save = module.replace_file
 
@@ -377,9 +378,7 @@ def test_a_resumed_span_run_counts_as_outside_only_rows_outside_the_range_it_rep
     # counted the added hour's rows as outside the range, and the added hour's walk the old
     # hour's, though the report's range is both hours and they were stored, not skipped.
     world, base = hours
-    t = FakeTime(base + 3600)
-    with pytest.raises(Killed):
-        _hourly(world, tmp_path, t, _die_after(2))
+    t = _killed_hour(world, tmp_path, base)
     t.sleep(3600)
     _, client = world.api(
         t, faults=FaultConfig(ignored_filters=("created_after", "created_before"))

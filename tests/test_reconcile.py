@@ -1134,25 +1134,10 @@ class ExclusiveAfter:
         if scope.get("path") != "/v1/webhook_deliveries/bulk_replay":
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = json.loads(b"".join(chunks))
+        body = await _request_json(receive)
         after = datetime.fromisoformat(body["created_after"]) + timedelta(microseconds=1)
         body["created_after"] = after.isoformat()
-        sent = False
-
-        async def once() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": json.dumps(body).encode()}
-
-        await self.app(scope, once, send)
+        await self.app(scope, _once(body), send)
 
 
 def test_bulk_windows_leave_no_row_on_an_edge_kirim_may_exclude(tmp_path: Path) -> None:
@@ -1196,15 +1181,25 @@ class MillisecondEdges:
         if scope.get("path") != "/v1/webhook_deliveries/bulk_replay":
             await self.app(scope, receive, send)
             return
-        body = json.loads((await receive())["body"])
+        body = await _request_json(receive)
         for name in ("created_after", "created_before"):
             when = datetime.fromisoformat(body[name])
             body[name] = when.replace(microsecond=when.microsecond // 1000 * 1000).isoformat()
-        message = {"type": "http.request", "body": json.dumps(body).encode()}
-        await self.app(scope, _once(message), send)
+        await self.app(scope, _once(body), send)
 
 
-def _once(message: dict[str, Any]) -> Any:
+async def _request_json(receive: Any) -> Any:
+    """The JSON body of an ASGI request, read to its end."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return json.loads(b"".join(chunks))
+
+
+def _once(body: Any) -> Any:
+    """An ASGI ``receive`` giving the request ``body`` (as JSON) once, then a disconnect."""
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -1212,7 +1207,7 @@ def _once(message: dict[str, Any]) -> Any:
         if sent:
             return {"type": "http.disconnect"}
         sent = True
-        return message
+        return {"type": "http.request", "body": json.dumps(body).encode()}
 
     return receive
 

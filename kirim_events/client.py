@@ -46,6 +46,7 @@ from kirim_events.config import (
     Secret,
     api_base,
     checked_api_key,
+    parse_api_url,
     refuse_key_in_url,
     shown_url,
 )
@@ -342,6 +343,7 @@ class KirimClient:
     ) -> None:
         self._key = key = checked_api_key(api_key)
         refuse_key_in_url(base_url, key)
+        parse_api_url(base_url)  # a user name, password or query: not sent as meant, logged
         self._on_retry = on_retry
         self.base_url = api_base(base_url)
         self._shown_base = shown_url(self.base_url)  # what error messages name

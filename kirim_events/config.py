@@ -140,6 +140,29 @@ def checked_api_key(value: Secret | str) -> Secret:
     return Secret(raw)
 
 
+def parse_api_url(url: str) -> httpx.URL:
+    """``url`` (``KIRIM_API_URL``) parsed; ConfigError, never showing a credential, when it
+    is no URL or carries a user name, a password, a query or a fragment.
+
+    httpx sends a URL's user name and password as Basic auth *in place of* the Bearer key
+    (every request is refused), appends each path to a base URL's query (every request goes
+    to ``/`` with the path in the query), and logs the whole URL at INFO, password and query
+    included."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:  # its message may quote a part of a password
+        raise ConfigError(f"KIRIM_API_URL is not a valid URL: {shown_url(url)!r}") from None
+    if parsed.userinfo:
+        raise ConfigError(  # never shown: it may hold a password
+            "KIRIM_API_URL must not carry a user name or password (the API key goes in KIRIM_KEY)"
+        )
+    if "?" in url or "#" in url:
+        raise ConfigError(  # never shown: a token goes there
+            "KIRIM_API_URL must not carry a query or fragment (the API key goes in KIRIM_KEY)"
+        )
+    return parsed
+
+
 _KEY_IN_URL_MIN = 12
 
 
@@ -281,19 +304,7 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
             ) from None
     if "api_url" in out:
         url = str(out["api_url"]).strip().rstrip("/")
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL:  # its message may quote a part of a password
-            raise ConfigError(f"KIRIM_API_URL is not a valid URL: {shown_url(url)!r}") from None
-        if parsed.userinfo:
-            raise ConfigError(  # never shown: it may hold a password
-                "KIRIM_API_URL must not carry a user name or password (the API key goes in"
-                " KIRIM_KEY)"
-            )
-        if "?" in url or "#" in url:
-            raise ConfigError(  # never shown: a token goes there; httpx would drop it anyway
-                "KIRIM_API_URL must not carry a query or fragment (the API key goes in KIRIM_KEY)"
-            )
+        parsed = parse_api_url(url)
         if not url.lower().startswith(("http://", "https://")) or not parsed.host:
             raise ConfigError(
                 "KIRIM_API_URL must be an http:// or https:// URL with a host, got "

@@ -22,6 +22,7 @@ from kirim_events.config import Secret
 from kirim_events.errors import (
     ApiError,
     AuthenticationError,
+    ConfigError,
     Interrupted,
     InvalidResponse,
     NotFoundError,
@@ -1044,14 +1045,36 @@ def test_a_request_that_raises_otherwise_still_leaves_the_limiter() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://user:PASSW0RD@api.example", "https://api.example/?token=PASSW0RD"]
+    "url",
+    [
+        "https://user:PASSW0RD@api.example",
+        "https://PASSW0RD@api.example/v1",
+        "https://api.example/?token=PASSW0RD",
+        "https://api.example/v1?token=PASSW0RD",
+        "https://api.example/v1#PASSW0RD",
+    ],
 )
-def test_the_client_repr_shows_no_credential_of_its_url(url: str) -> None:
-    # Settings refuses such a KIRIM_API_URL; a library user can still pass one.
-    client = KirimClient(url, Secret(KEY))
-    assert "PASSW0RD" not in repr(client)
-    assert "api.example" in repr(client)
-    assert KEY not in repr(client)
+def test_a_base_url_with_a_credential_is_refused_without_showing_it(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As Settings refuses such a KIRIM_API_URL. httpx sent a user name and password as Basic
+    # auth in place of the Bearer key (every request refused), appended each path to the
+    # query (every request went to /), and logged the whole URL at INFO, password included.
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"data": {}})
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError, match="KIRIM_API_URL must not carry") as info:
+        KirimClient(url, Secret(KEY), transport=httpx.MockTransport(handler)).request(
+            "GET", "/v1/me"
+        )
+    assert sent == []
+    for text in (str(info.value), repr(info.value), caplog.text):
+        assert "PASSW0RD" not in text
+        assert KEY not in text
 
 
 def test_an_answer_that_is_no_page_names_where_it_came_from_and_is_asked_again() -> None:

@@ -379,6 +379,11 @@ class KirimClient:
         ident = f"{self.base_url}\n{self._key.reveal()}".encode()
         return hashlib.sha256(ident).hexdigest()[:32]
 
+    def _hide(self, text: str) -> str:
+        """``text`` with the API key blanked out: an error a server or a proxy words may
+        echo the request's Authorization header."""
+        return text.replace(self._key.reveal(), str(self._key))
+
     def interrupt(self) -> None:
         """Cut short every wait of this client (Retry-After, backoff, pacing) until
         :meth:`resume`: they raise :class:`~kirim_events.errors.Interrupted` (a backfill
@@ -490,7 +495,7 @@ class KirimClient:
                 # doing) is no TransportError in httpx, but as transient a failure
                 self.limiter.release(klass, None)
                 # a transport error can quote a header: never let it show the key
-                text = str(exc).replace(self._key.reveal(), str(self._key))
+                text = self._hide(str(exc))
                 error: ApiError = RetryableApiError(  # which host: a DNS error names none
                     f"{method} {path} at {self._shown_base}: {type(exc).__name__}: {text}"
                 )
@@ -501,7 +506,7 @@ class KirimClient:
                 self.limiter.release(klass, response.headers, refused=response.status_code == 429)
                 if not response.is_success:
                     where = f"{path} at {self._shown_base}"
-                    error = _error_from(response, method, where, self._clock())
+                    error = _error_from(response, method, where, self._clock(), self._hide)
                 else:
                     where = f"{path} at {self._shown_base}"
                     try:
@@ -845,7 +850,15 @@ def _page(body: Mapping[str, Any], where: str) -> Page:
     )
 
 
-def _error_from(response: httpx.Response, method: str, path: str, now: float) -> ApiError:
+def _error_from(
+    response: httpx.Response,
+    method: str,
+    path: str,
+    now: float,
+    hide: Callable[[str], str] = lambda text: text,
+) -> ApiError:
+    """The error of an answer that is no success; ``hide`` blanks the key out of each text
+    the server gave (a gateway's 401 may quote the Authorization header it refused)."""
     status = response.status_code
     etype = code = message = rid = None
     try:
@@ -860,10 +873,13 @@ def _error_from(response: httpx.Response, method: str, path: str, now: float) ->
             message, rid = _opt_str(err.get("message")), _opt_str(err.get("request_id"))
         rid = rid or _opt_str(body.get("request_id"))
     rid = rid or response.headers.get("X-Request-Id")
+    etype, code, message, rid = (
+        None if t is None else hide(t) for t in (etype, code, message, rid)
+    )
     text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
     if 300 <= status < 400 and "Location" in response.headers:
         # not followed (the key must not go where it points); say where, without a query
-        text += f" (redirected to {shown_url(response.headers['Location'])})"
+        text += f" (redirected to {shown_url(hide(response.headers['Location']))})"
     kw: dict[str, Any] = {"status_code": status, "type": etype, "code": code, "request_id": rid}
     if status == 429:
         wait = retry_after(response.headers, now)

@@ -90,6 +90,37 @@ def test_a_transport_error_that_quotes_the_key_does_not_show_it(
         assert KEY not in text
 
 
+@pytest.mark.parametrize("status", [401, 403, 429, 500, 302])
+def test_an_error_answer_that_echoes_the_key_does_not_show_it(
+    status: int, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A gateway or a debugging proxy in front of the API may quote the Authorization header
+    # it refused, in the error's message, code, request id or Location; the error is
+    # printed by the CLI (and its retry note), and logged.
+    from kirim_events.cli.backfill import _RetryNote
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        said = f"refused {request.headers['Authorization']}"
+        body = {"error": {"type": said, "code": said, "message": said, "request_id": said}}
+        headers = {"Location": f"https://login.example/{KEY}/again?k={KEY}"}
+        return httpx.Response(status, json=body, headers=headers)
+
+    t = FakeTime()
+    client = KirimClient(
+        "https://api.test", Secret(KEY), transport=httpx.MockTransport(handler),
+        sleep=t.sleep, clock=t.clock, rng=random.Random(7), on_retry=_RetryNote(), max_attempts=2,
+    )  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ApiError) as info:
+        client.request("GET", "/v1/me")
+    err = info.value
+    assert err.status_code == status
+    assert "refused Bearer" in str(err) or "Found" in str(err)  # the server's words are kept
+    printed = capsys.readouterr().err
+    for text in (str(err), repr(err), err.code or "", err.request_id or "", caplog.text, printed):
+        assert KEY not in text
+
+
 @pytest.mark.parametrize(
     "base", ["https://api.test", "https://api.test/", "https://api.test/v1", "https://api.test/v1/"]
 )

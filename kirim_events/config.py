@@ -178,11 +178,16 @@ def refuse_key_in_url(url: str, key: Secret) -> None:
         )
 
 
+_SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix of every secret, no secret)
+
+
 def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret, ...]:
     """Normalise one secret, a comma-separated list, or an iterable into a tuple of Secrets.
 
     Blank entries and repeats are dropped, so ``"whsec_a, whsec_b,whsec_a"`` gives two
-    secrets. ConfigError (never showing it) for a secret that is not Unicode text.
+    secrets. ConfigError (never showing it) for a secret that is not Unicode text, and for
+    one that is only the ``whsec_`` prefix: an empty variable in ``whsec_${NEW}``, a key
+    anyone could sign with.
     """
     if value is None:
         return ()
@@ -197,6 +202,11 @@ def as_secrets(value: SecretLike | Iterable[SecretLike] | None) -> tuple[Secret,
             part = part.strip()
             if not part:
                 continue
+            if part == _SECRET_PREFIX:  # as good as blank, but it would verify: refused
+                raise ConfigError(
+                    "a webhook secret is only the whsec_ prefix, with nothing after it (an"
+                    " empty variable?): check KIRIM_WEBHOOK_SECRET"
+                )
             try:
                 part.encode("utf-8")
             except UnicodeEncodeError:  # bytes that were not UTF-8 in the environment

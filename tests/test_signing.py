@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kirim_events import Secret, sign, verify
 from kirim_events.errors import (
+    ConfigError,
     SignatureError,
     SignatureExpired,
     SignatureMalformed,
@@ -367,3 +368,25 @@ def test_a_tolerance_of_zero_comes_back_as_none() -> None:
 
 def test_a_part_without_an_equals_sign_is_ignored_even_when_named_t() -> None:
     assert parse_header(f"t={T},v1=a,t") == (T, ["a"])
+
+
+@pytest.mark.parametrize("configured", ["whsec_", " whsec_ ", "whsec_test_secret,whsec_"])
+def test_a_secret_that_is_only_the_prefix_is_refused_not_a_key_anyone_signs_with(
+    configured: str,
+) -> None:
+    # KIRIM_WEBHOOK_SECRET=whsec_${NEW} with NEW unset: blank entries are dropped, but this
+    # one verified every body signed with the public string "whsec_".
+    mac = hmac.new(b"whsec_", f"{T}.".encode() + BODY, hashlib.sha256).hexdigest()
+    forged = f"t={T},v1={mac}"
+    with pytest.raises(ConfigError, match="only the whsec_ prefix"):
+        verify(BODY, forged, configured, now=T)
+
+
+def test_a_receiver_or_settings_with_a_prefix_only_secret_is_refused(tmp_path: Path) -> None:
+    from kirim_events.config import Settings
+
+    with pytest.raises(ConfigError, match="check KIRIM_WEBHOOK_SECRET") as info:
+        Settings.load({"KIRIM_WEBHOOK_SECRET": f"{SECRET},whsec_"})
+    assert SECRET not in str(info.value)
+    with Journal(tmp_path) as journal, pytest.raises(ConfigError, match="only the whsec_"):
+        Receiver(journal, [SECRET, "whsec_"])

@@ -113,6 +113,10 @@ def _now_seconds(now: float | datetime | None) -> float:
     if now is None:
         return time.time()
     if isinstance(now, datetime):
+        # a naive datetime would be read in the host's zone: datetime.utcnow() (naive UTC)
+        # on a machine at UTC+7 put every signature 7 h in the past, each one "stale"
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be a timezone-aware datetime (or unix seconds)")
         return now.timestamp()
     return float(now)
 
@@ -165,7 +169,8 @@ def verify(
         ``None`` (or 0, as in Kirim's TypeScript SDK) skips only this freshness check, for
         stored events; the HMAC is always checked.
     now
-        The current time (unix seconds or an aware datetime); the system clock when omitted.
+        The current time (unix seconds or an aware datetime; ValueError for a naive one);
+        the system clock when omitted.
 
     Raises
     ------

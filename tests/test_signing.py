@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from localzone import local_zone
 
 from kirim_events import Secret, sign, verify
 from kirim_events.errors import (
@@ -22,7 +23,7 @@ from kirim_events.errors import (
 )
 from kirim_events.journal import Journal
 from kirim_events.receiver import Receiver
-from kirim_events.signing import check_tolerance, parse_header
+from kirim_events.signing import check_header, check_tolerance, parse_header
 
 SECRET = "whsec_test_secret"
 NEXT = "whsec_test_secret_next"
@@ -357,6 +358,18 @@ def test_now_may_be_an_aware_datetime_in_any_zone() -> None:
     assert verify(BODY, HEADER, [SECRET], now=now) == T
     with pytest.raises(SignatureExpired, match=r"1000\.0s in the past"):
         verify(BODY, HEADER, [SECRET], now=datetime.fromtimestamp(T + 1000, jakarta))
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Jakarta", "America/Sao_Paulo"])
+def test_a_naive_now_is_refused_whatever_the_host_zone(zone: str) -> None:
+    # datetime.utcnow() is naive: it was read in the host's zone, so the same call passed on
+    # a UTC machine and called a fresh signature hours stale (or fresh hours late) elsewhere.
+    naive_utc = datetime.fromtimestamp(NOW, UTC).replace(tzinfo=None)
+    with local_zone(zone):
+        with pytest.raises(ValueError, match="timezone-aware"):
+            verify(BODY, HEADER, [SECRET], now=naive_utc)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            check_header(HEADER, now=naive_utc)
 
 
 def test_a_tolerance_of_zero_comes_back_as_none() -> None:

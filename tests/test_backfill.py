@@ -669,7 +669,9 @@ def test_odd_valid_json_in_the_history_never_stops_a_backfill(tmp_path: Path) ->
     assert kept.read_bytes() == deep.encode()
 
 
-_DEEP = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"  # past what Python's JSON decoder reads
+# past what Python's JSON decoder reads, under any recursion limit a test run may have
+# raised (at 5000 deep the test failed after others in one run)
+_DEEP = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
 
 class TooDeep(RewriteAnswers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -112,3 +113,38 @@ def test_options_the_receiver_refuses_leave_no_journal_behind(
         collect(tmp_path, port=0, settings=settings, **given)  # type: ignore[arg-type]
     assert not (tmp_path / "_journal").exists()
     assert _journal_threads() == before
+
+
+def test_a_relative_data_folder_stays_the_same_folder_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook opens ke.Collector("data", ...) and later changes its working folder: the
+    # journal kept its absolute path, but the lake (opened at the first flush) and the
+    # quarantine were made in the new folder's "data", so acknowledged events were flushed
+    # out of the journal into a lake the data folder does not hold.
+    (tmp_path / "first").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    collector = ke.Collector("data", SECRET)
+    try:
+        monkeypatch.chdir(tmp_path / "later")
+        good = testing.signed_request(testing.kirim_event(), SECRET)
+        bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
+
+        async def post() -> list[str]:
+            transport = httpx.ASGITransport(collector.receiver)
+            async with httpx.AsyncClient(transport=transport) as client:
+                answers = [
+                    await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
+                    for r in (good, bad)
+                ]
+            return [a.json()["outcome"] for a in answers]
+
+        assert asyncio.run(post()) == ["new", "quarantined"]
+        assert collector.flush().events == 1
+    finally:
+        collector.close()
+    data = tmp_path / "first" / "data"
+    assert Lake(data).events().collect()["event_id"].to_list() == [good.headers["X-Kirim-Event-Id"]]
+    assert len(list((data / "quarantine").rglob("*.body"))) == 1
+    assert not (tmp_path / "later" / "data").exists()

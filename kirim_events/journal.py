@@ -176,8 +176,9 @@ class Journal(KeyIndex):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
         # absolute: the file is checked again at every commit (_check_file), the quarantine
         # is written and the lake named (_record_target) long after; a relative path would
-        # name another folder once the process changes its working folder
-        self.data_dir = Path(data_dir).absolute()
+        # name another folder once the process changes its working folder. "~" expanded, as
+        # Lake (open_storage) expands it: the same words name the same folder for both
+        self.data_dir = Path(data_dir).expanduser().absolute()
         refuse_inside_lake(self.data_dir)
         self.path = journal_path(self.data_dir)
         self.retention = retention

@@ -103,7 +103,8 @@ class Collector:
         keys, path, tolerance = check_options(secrets, path, tolerance)
         # absolute: the lake opens at the first flush, after a notebook may have changed its
         # working folder; a relative path then made a lake in another folder than the journal
-        self.data_dir = Path(data_dir).absolute()
+        # ("~" expanded, as the journal and Lake do)
+        self.data_dir = Path(data_dir).expanduser().absolute()
         self._lake = lake
         self.flush_interval = flush_interval
         self._now = now

@@ -148,3 +148,36 @@ def test_a_relative_data_folder_stays_the_same_folder_after_a_change_of_director
     assert Lake(data).events().collect()["event_id"].to_list() == [good.headers["X-Kirim-Event-Id"]]
     assert len(list((data / "quarantine").rglob("*.body"))) == 1
     assert not (tmp_path / "later" / "data").exists()
+
+
+def test_a_data_folder_under_the_home_folder_holds_the_journal_and_the_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ke.Collector("~/kirim") took "~" literally for its journal and quarantine (a folder
+    # named "~" in the working folder) while Lake("~/kirim") expands it: the events were
+    # flushed out of that journal into a lake in another folder.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    collector = ke.Collector("~/kirim", SECRET)
+    try:
+        good = testing.signed_request(testing.kirim_event(), SECRET)
+        bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
+
+        async def post() -> list[str]:
+            transport = httpx.ASGITransport(collector.receiver)
+            async with httpx.AsyncClient(transport=transport) as client:
+                answers = [
+                    await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
+                    for r in (good, bad)
+                ]
+            return [a.json()["outcome"] for a in answers]
+
+        assert asyncio.run(post()) == ["new", "quarantined"]
+        assert collector.flush().events == 1
+    finally:
+        collector.close()
+    data = tmp_path / "home" / "kirim"
+    assert Lake(data).events().collect().height == 1
+    assert (data / "_journal" / "journal.sqlite3").is_file()
+    assert len(list((data / "quarantine").rglob("*.body"))) == 1
+    assert not (tmp_path / "~").exists()

@@ -115,6 +115,26 @@ def test_options_the_receiver_refuses_leave_no_journal_behind(
     assert _journal_threads() == before
 
 
+def _one_event_and_one_quarantined(collector: ke.Collector) -> str:
+    """POST a new event and a signed body that cannot be parsed to an in-process collector,
+    check their answers, flush; return the event's id."""
+    good = testing.signed_request(testing.kirim_event(), SECRET)
+    bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
+
+    async def post() -> list[str]:
+        transport = httpx.ASGITransport(collector.receiver)
+        async with httpx.AsyncClient(transport=transport) as client:
+            answers = [
+                await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
+                for r in (good, bad)
+            ]
+        return [a.json()["outcome"] for a in answers]
+
+    assert asyncio.run(post()) == ["new", "quarantined"]
+    assert collector.flush().events == 1
+    return good.headers["X-Kirim-Event-Id"]
+
+
 def test_a_relative_data_folder_stays_the_same_folder_after_a_change_of_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,24 +148,11 @@ def test_a_relative_data_folder_stays_the_same_folder_after_a_change_of_director
     collector = ke.Collector("data", SECRET)
     try:
         monkeypatch.chdir(tmp_path / "later")
-        good = testing.signed_request(testing.kirim_event(), SECRET)
-        bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
-
-        async def post() -> list[str]:
-            transport = httpx.ASGITransport(collector.receiver)
-            async with httpx.AsyncClient(transport=transport) as client:
-                answers = [
-                    await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
-                    for r in (good, bad)
-                ]
-            return [a.json()["outcome"] for a in answers]
-
-        assert asyncio.run(post()) == ["new", "quarantined"]
-        assert collector.flush().events == 1
+        event_id = _one_event_and_one_quarantined(collector)
     finally:
         collector.close()
     data = tmp_path / "first" / "data"
-    assert Lake(data).events().collect()["event_id"].to_list() == [good.headers["X-Kirim-Event-Id"]]
+    assert Lake(data).events().collect()["event_id"].to_list() == [event_id]
     assert len(list((data / "quarantine").rglob("*.body"))) == 1
     assert not (tmp_path / "later" / "data").exists()
 
@@ -160,20 +167,7 @@ def test_a_data_folder_under_the_home_folder_holds_the_journal_and_the_lake(
     monkeypatch.chdir(tmp_path)
     collector = ke.Collector("~/kirim", SECRET)
     try:
-        good = testing.signed_request(testing.kirim_event(), SECRET)
-        bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
-
-        async def post() -> list[str]:
-            transport = httpx.ASGITransport(collector.receiver)
-            async with httpx.AsyncClient(transport=transport) as client:
-                answers = [
-                    await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
-                    for r in (good, bad)
-                ]
-            return [a.json()["outcome"] for a in answers]
-
-        assert asyncio.run(post()) == ["new", "quarantined"]
-        assert collector.flush().events == 1
+        _one_event_and_one_quarantined(collector)
     finally:
         collector.close()
     data = tmp_path / "home" / "kirim"

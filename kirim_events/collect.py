@@ -101,7 +101,10 @@ class Collector:
         # journal's writer thread and connection stayed open, and a new journal stayed in
         # the folder (which then reads as a lake)
         keys, path, tolerance = check_options(secrets, path, tolerance)
-        self.data_dir = Path(data_dir)
+        # absolute: the lake opens at the first flush, after a notebook may have changed its
+        # working folder; a relative path then made a lake in another folder than the journal
+        # ("~" expanded, as the journal and Lake do)
+        self.data_dir = Path(data_dir).expanduser().absolute()
         self._lake = lake
         self.flush_interval = flush_interval
         self._now = now

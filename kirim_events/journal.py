@@ -174,11 +174,13 @@ class Journal(KeyIndex):
     ) -> None:
         if retention < timedelta(days=30):
             raise ValueError("retention must be at least 30 days (Kirim's replay horizon)")
-        self.data_dir = Path(data_dir)
+        # absolute: the file is checked again at every commit (_check_file), the quarantine
+        # is written and the lake named (_record_target) long after; a relative path would
+        # name another folder once the process changes its working folder. "~" expanded, as
+        # Lake (open_storage) expands it: the same words name the same folder for both
+        self.data_dir = Path(data_dir).expanduser().absolute()
         refuse_inside_lake(self.data_dir)
-        # absolute: the file is checked again at every commit (_check_file), and a relative
-        # path would name another file once the process changes its working folder
-        self.path = journal_path(self.data_dir.absolute())
+        self.path = journal_path(self.data_dir)
         self.retention = retention
         self._now = now
         self._max_batch = max_batch

@@ -163,7 +163,8 @@ class JournalView(KeyIndex):
     """
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.path = journal_path(data_dir)
+        # the folder Journal(data_dir) writes: "~" expanded, made absolute
+        self.path = journal_path(Path(data_dir).expanduser().absolute())
         self._wal = False  # how the next read opens: read-only mode (a WAL), else immutable
         if not self.path.is_file():
             raise StorageError(f"no journal at {self.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -112,3 +113,65 @@ def test_options_the_receiver_refuses_leave_no_journal_behind(
         collect(tmp_path, port=0, settings=settings, **given)  # type: ignore[arg-type]
     assert not (tmp_path / "_journal").exists()
     assert _journal_threads() == before
+
+
+def _one_event_and_one_quarantined(collector: ke.Collector) -> str:
+    """POST a new event and a signed body that cannot be parsed to an in-process collector,
+    check their answers, flush; return the event's id."""
+    good = testing.signed_request(testing.kirim_event(), SECRET)
+    bad = testing.signed_request(b'{"not": "a kirim body"}', SECRET)
+
+    async def post() -> list[str]:
+        transport = httpx.ASGITransport(collector.receiver)
+        async with httpx.AsyncClient(transport=transport) as client:
+            answers = [
+                await client.post(f"http://c{PATH}", content=r.body, headers=r.headers)
+                for r in (good, bad)
+            ]
+        return [a.json()["outcome"] for a in answers]
+
+    assert asyncio.run(post()) == ["new", "quarantined"]
+    assert collector.flush().events == 1
+    return good.headers["X-Kirim-Event-Id"]
+
+
+def test_a_relative_data_folder_stays_the_same_folder_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook opens ke.Collector("data", ...) and later changes its working folder: the
+    # journal kept its absolute path, but the lake (opened at the first flush) and the
+    # quarantine were made in the new folder's "data", so acknowledged events were flushed
+    # out of the journal into a lake the data folder does not hold.
+    (tmp_path / "first").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    collector = ke.Collector("data", SECRET)
+    try:
+        monkeypatch.chdir(tmp_path / "later")
+        event_id = _one_event_and_one_quarantined(collector)
+    finally:
+        collector.close()
+    data = tmp_path / "first" / "data"
+    assert Lake(data).events().collect()["event_id"].to_list() == [event_id]
+    assert len(list((data / "quarantine").rglob("*.body"))) == 1
+    assert not (tmp_path / "later" / "data").exists()
+
+
+def test_a_data_folder_under_the_home_folder_holds_the_journal_and_the_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ke.Collector("~/kirim") took "~" literally for its journal and quarantine (a folder
+    # named "~" in the working folder) while Lake("~/kirim") expands it: the events were
+    # flushed out of that journal into a lake in another folder.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    collector = ke.Collector("~/kirim", SECRET)
+    try:
+        _one_event_and_one_quarantined(collector)
+    finally:
+        collector.close()
+    data = tmp_path / "home" / "kirim"
+    assert Lake(data).events().collect().height == 1
+    assert (data / "_journal" / "journal.sqlite3").is_file()
+    assert len(list((data / "quarantine").rglob("*.body"))) == 1
+    assert not (tmp_path / "~").exists()

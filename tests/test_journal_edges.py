@@ -15,6 +15,7 @@ from test_journal import _hold, records
 from kirim_events import testing
 from kirim_events.errors import StorageError
 from kirim_events.journal import Journal
+from kirim_events.journal_index import JournalView
 from kirim_events.lake import Lake
 
 
@@ -104,3 +105,43 @@ def test_a_receipt_time_without_a_zone_is_refused_by_name(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="receipt received_at must be an aware datetime"):
             journal.submit([], [naive])
         assert journal.append([], [{"delivery_id": "wbd_2"}]) == []
+
+
+def test_a_relative_data_folder_is_the_folder_it_named_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its database file was held by its absolute path, but the quarantine and the record of
+    # the lake it flushes into took the relative one as it read after a change of folder:
+    # a body acknowledged as kept went to another folder's quarantine.
+    (tmp_path / "first").mkdir()
+    (tmp_path / "later").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    with Journal("data") as journal:
+        monkeypatch.chdir(tmp_path / "later")
+        kept = journal.quarantine(b"{", {"X-Kirim-Event-Id": "evt_1"}, "invalid_json")
+        journal.append(records(testing.kirim_event()))
+        journal.flush(Lake(tmp_path / "first" / "data"))
+        assert journal.flush_target() == "data folder"
+    assert kept.read_bytes() == b"{"
+    assert kept.is_relative_to(tmp_path / "first" / "data" / "quarantine")
+    assert not (tmp_path / "later" / "data").exists()
+
+
+def test_a_data_folder_under_the_home_folder_is_the_one_a_lake_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lake("~/kirim") expands "~"; Journal("~/kirim") made a folder named "~" in the working
+    # folder for the journal and the quarantine, and recorded its flushes as into another lake.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with Journal("~/kirim") as journal:
+        kept = journal.quarantine(b"{", {"X-Kirim-Event-Id": "evt_1"}, "invalid_json")
+        journal.append(records(testing.kirim_event()))
+        journal.flush(Lake("~/kirim"))
+        assert journal.flush_target() == "data folder"
+    assert JournalView("~/kirim").flush_target() == "data folder"  # a dry run's view of it
+    home = tmp_path / "home" / "kirim"
+    assert (home / "_journal" / "journal.sqlite3").is_file()
+    assert kept.is_relative_to(home / "quarantine")
+    assert Lake(home).events().collect().height == 1
+    assert not (tmp_path / "~").exists()

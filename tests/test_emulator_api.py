@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from loopback import serve
 
 import kirim_events
-from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
+from kirim_events.emulator import Emulator, EngineConfig, FaultConfig, WorldConfig
 from kirim_events.emulator.api import api_state
 from kirim_events.emulator.apistate import check_url
 
@@ -629,6 +629,35 @@ def test_bulk_replay_is_capped_at_1000() -> None:
     assert n_dead > 1000
     asyncio.run(main())
     assert len(emu.store.deliveries) == n_dead + 1000
+
+
+@pytest.mark.parametrize("name", ["message.status", "message.status_updated"])
+def test_either_name_of_the_status_event_filters_the_history_and_bulk_replay(name: str) -> None:
+    # The status event's two names (kirim-api.md §4.3, docs disagree) are one event, as in
+    # a subscription's list: event_type=message.status left out the third shape's
+    # message.status_updated rows (a backfill --event-type message.status lost them)
+    emu = _emulator(300, world=WorldConfig(third_shape_rate=0.5), read_limit=10**6)
+    for row in emu.store.deliveries:
+        row.status = "dead"
+    sub_id = next(iter(emu.store.subscriptions))
+    rows = emu.store.deliveries
+    statuses = [r.id for r in reversed(rows) if r.event_type.startswith("message.status")]
+    assert {r.event_type for r in rows if r.id in statuses} == {
+        "message.status",
+        "message.status_updated",
+    }
+
+    async def main() -> tuple[list[str], dict[str, Any]]:
+        async with _async_client(emu) as client:
+            ids, _ = await _walk(client, event_type=name)
+            body = {"subscription_id": sub_id, "event_type": name}
+            r = await client.post("/v1/webhook_deliveries/bulk_replay", json=body, headers=AUTH)
+            assert r.status_code == 202
+            return ids, r.json()["data"]
+
+    ids, replayed = asyncio.run(main())
+    assert ids == statuses
+    assert replayed == {"enqueued": len(statuses), "capped": False}
 
 
 # ------------------------------------------------------------------ a real loopback server

@@ -695,6 +695,46 @@ def test_pagination_over_a_loopback_uvicorn_server_with_faults() -> None:
 # ------------------------------------------------------------------ idempotency
 
 
+def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect() -> None:
+    # Starlette answered a path with a trailing "/" with a 307 to the path without it: an
+    # empty answer outside Kirim's envelope (no request id, no rate-limit headers) that
+    # httpx does not follow. Kirim documents its paths without one; whether it serves them
+    # with one is unknown, so the emulator says at once which path it serves.
+    emu = _emulator(5, read_limit=10**6, write_limit=10**6)
+    row = emu.store.deliveries[0]
+    sub_id = next(iter(emu.store.subscriptions))
+    paths = [
+        ("GET", "/v1/health"),
+        ("GET", "/v1/me"),
+        ("GET", "/v1/webhook_deliveries"),
+        ("GET", f"/v1/webhook_deliveries/{row.id}"),
+        ("POST", f"/v1/webhook_deliveries/{row.id}/replay"),
+        ("GET", "/v1/webhook_subscriptions"),
+        ("POST", "/v1/webhook_subscriptions"),
+        ("PATCH", f"/v1/webhook_subscriptions/{sub_id}"),
+    ]
+    body = {"url": "https://example.test/hook"}
+    with serve(emu.app) as base, httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
+        for method, path in paths:
+            kw: dict[str, Any] = {"json": body} if method != "GET" else {}
+            before = (len(emu.store.deliveries), len(emu.store.subscriptions))
+            r = client.request(method, path + "/", **kw)
+            assert r.status_code == 404, (method, path, r.status_code)
+            assert "location" not in r.headers
+            error = r.json()["error"]
+            assert (error["type"], error["code"]) == ("not_found", "resource_not_found")
+            assert error["message"].endswith(f"end without '/': {path}")
+            assert r.headers["X-Request-Id"] == error["request_id"]
+            assert "X-RateLimit-Remaining" in r.headers  # as on every 4xx (§7.2)
+            # nothing was done: no replay, no subscription
+            assert (len(emu.store.deliveries), len(emu.store.subscriptions)) == before
+            assert client.request(method, path, **kw).is_success, (method, path)
+        # a path no route serves with or without the slash names no other path
+        r = client.get("/v1/nothing_here/")
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == "GET /v1/nothing_here/"
+
+
 def test_idempotency_key_runs_a_post_once() -> None:
     emu = _emulator(20)
     row = emu.store.deliveries[0]

@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from kirim_events.config import Secret
 from kirim_events.emulator import routes
@@ -151,13 +151,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = {404: "resource_not_found", 405: "method_not_allowed"}.get(status, "internal_error")
     kind = {404: "not_found", 405: "invalid_request_error"}.get(status, "api_error")
     request_id = f"req_{hashlib.sha256(str(id(request)).encode()).hexdigest()[:26].upper()}"
-    error = {"type": kind, "code": code, "message": f"{request.method} {request.url.path}"}
+    message = f"{request.method} {request.url.path}"
+    if status == 404 and _routed_without_slash(request):
+        message += f"; the API's paths end without '/': {request.url.path.rstrip('/')}"
+    error = {"type": kind, "code": code, "message": message}
     error["request_id"] = request_id
     return JSONResponse(
         {"error": error, "request_id": request_id},
         status_code=status,
         headers={"X-Request-Id": request_id},
     )
+
+
+def _routed_without_slash(request: Request) -> bool:
+    """Whether ``request``'s path ends in "/" and a route serves it without (Starlette's own
+    test for its redirect, which the app turns off)."""
+    path = request.scope["path"]
+    if path == "/" or not path.endswith("/"):
+        return False
+    scope = {**request.scope, "path": path.rstrip("/")}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 def create_app(
@@ -235,6 +248,12 @@ def create_app(
     ]
     unrouted = _unrouted(api)
     app = Starlette(routes=table, exception_handlers={404: unrouted, 405: unrouted})
+    # A path with a trailing "/" is a 404 in the error envelope, not Starlette's 307 to the
+    # path without it: Kirim documents its paths without one (kirim-api.md §7) and whether
+    # it serves them with one is unknown, so a client that adds one must find out here, not
+    # from Kirim; and a 307 was an empty answer outside the envelope (no request id, no
+    # rate-limit headers) that httpx does not follow, with a Location built from Host.
+    app.router.redirect_slashes = False
     app.state.api = api
     return FaultInjector(
         app,

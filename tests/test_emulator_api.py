@@ -298,6 +298,31 @@ def test_bad_filter_times_and_unknown_paths() -> None:
     asyncio.run(main())
 
 
+def test_a_405_names_every_method_of_the_path_in_allow() -> None:
+    # RFC 9110 §15.5.6: a 405 carries Allow. The envelope left it out, and Starlette's
+    # named only the first route of a path: GET and HEAD for a subscription, whose PATCH
+    # and DELETE are routes of their own
+    emu = _emulator(5)
+    sub_id = next(iter(emu.store.subscriptions))
+    row_id = emu.store.deliveries[0].id
+    cases = {
+        ("PUT", f"/v1/webhook_subscriptions/{sub_id}"): "DELETE, GET, HEAD, PATCH",
+        ("DELETE", "/v1/webhook_subscriptions"): "GET, HEAD, POST",
+        ("GET", f"/v1/webhook_deliveries/{row_id}/replay"): "POST",
+        ("POST", "/v1/health"): "GET, HEAD",
+    }
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            for (method, path), allow in cases.items():
+                r = await client.request(method, path, headers=AUTH)
+                assert r.status_code == 405, (method, path)
+                assert r.json()["error"]["code"] == "method_not_allowed"
+                assert r.headers.get("Allow") == allow, (method, path)
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------------------------ rate limits
 
 

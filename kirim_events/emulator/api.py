@@ -156,11 +156,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message += f"; the API's paths end without '/': {request.url.path.rstrip('/')}"
     error = {"type": kind, "code": code, "message": message}
     error["request_id"] = request_id
+    headers = {"X-Request-Id": request_id}
+    if status == 405:
+        # RFC 9110 §15.5.6: a 405 names the methods the path has. Starlette's names only
+        # those of the first route of the path (GET and HEAD for a subscription, whose
+        # PATCH and DELETE are routes of their own), and the envelope left even that out
+        headers["Allow"] = ", ".join(_methods(request))
     return JSONResponse(
-        {"error": error, "request_id": request_id},
-        status_code=status,
-        headers={"X-Request-Id": request_id},
+        {"error": error, "request_id": request_id}, status_code=status, headers=headers
     )
+
+
+def _methods(request: Request) -> list[str]:
+    """Every method some route serves ``request``'s path with, sorted."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches({**request.scope, "method": "GET"})[0] is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _routed_without_slash(request: Request) -> bool:

@@ -17,8 +17,10 @@ from loopback import serve
 
 import kirim_events
 from kirim_events.emulator import Emulator, EngineConfig, FaultConfig, WorldConfig
-from kirim_events.emulator.api import api_state
+from kirim_events.emulator.api import api_state, create_app
 from kirim_events.emulator.apistate import check_url
+from kirim_events.emulator.store import Store
+from kirim_events.errors import ConfigError
 
 KEY = "kdv_live_abcdefghijklmnopqrstuvwx"
 SECRET = "whsec_api_test_secret"
@@ -251,6 +253,17 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
             assert health.status_code == 200
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad", ["my-test-key", "kdv_live_short", "kdv_test_" + "a" * 24])
+def test_an_api_key_no_request_could_match_is_a_config_error(bad: str) -> None:
+    # authenticate takes only kdv_live_ + 24 url-safe characters: such a key was accepted,
+    # and then every request was a 401 "invalid API key" without a word of why
+    with pytest.raises(ConfigError, match="API key 2 of 2 is no Kirim key") as caught:
+        Emulator(seed=1, api_keys=[KEY, bad])
+    assert bad not in str(caught.value)  # a secret is never shown
+    with pytest.raises(ConfigError):
+        create_app(Store(), api_keys=[kirim_events.Secret(bad)])
 
 
 def test_openapi_json_is_public() -> None:

@@ -37,6 +37,7 @@ from kirim_events.emulator import routes
 from kirim_events.emulator.apistate import (
     ANONYMOUS,
     BULK_REPLAY_CAP,
+    KEY_PATTERN,
     ApiError,
     ApiState,
     Handler,
@@ -44,6 +45,7 @@ from kirim_events.emulator.apistate import (
 )
 from kirim_events.emulator.faults import FaultConfig, FaultInjector
 from kirim_events.emulator.store import Store
+from kirim_events.errors import ConfigError
 
 __all__ = ["BULK_REPLAY_CAP", "ApiError", "api_state", "create_app"]
 
@@ -207,7 +209,8 @@ def create_app(
     store
         The emulator's subscriptions and deliveries.
     api_keys
-        Accepted ``kdv_live_`` keys.
+        Accepted ``kdv_live_`` keys (a ConfigError names one of another form by its place,
+        never its value: no request could authenticate with it).
     clock, rng
         Time source (rate limits, created_at of replays) and random source (request ids,
         faults).
@@ -230,6 +233,14 @@ def create_app(
     """
     rng = rng or random.Random(0)
     keys = tuple(k.reveal() if isinstance(k, Secret) else str(k) for k in api_keys)
+    for n, key in enumerate(keys, 1):
+        # a key no Bearer token can match (authenticate checks the form too) made every
+        # request a 401 "invalid API key" with no word of why; the key itself is not shown
+        if not KEY_PATTERN.match(key):
+            raise ConfigError(
+                f"API key {n} of {len(keys)} is no Kirim key: a key is kdv_live_ followed"
+                " by 24 url-safe characters (A-Z, a-z, 0-9, - and _)"
+            )
     api = ApiState(
         store=store,
         keys=keys,

@@ -64,7 +64,7 @@ class Emulator:
         one is generated from the seed when omitted (see :attr:`webhook_secrets`).
     api_keys
         ``kdv_live_`` keys the REST app accepts; one is generated when omitted
-        (see :attr:`api_keys`).
+        (see :attr:`api_keys`). A key of another form is a ConfigError.
     clock, sleep
         Injected time for the engine and the API (``time.time`` / real waiting by default).
     truth_path

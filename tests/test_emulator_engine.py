@@ -388,6 +388,21 @@ def test_a_subscription_to_either_name_of_the_status_event_gets_both_shapes() ->
     assert set(sent_to(inbound)) == {"message.received"}  # no other name is an alias
 
 
+@pytest.mark.parametrize("events", [["message.*"], ["Message.Status"], [], "message.status"])
+def test_subscribe_refuses_event_names_as_the_api_does(events: Any) -> None:
+    # POST /v1/webhook_subscriptions answers these 400; Emulator.subscribe took them, and a
+    # name no event type has (a string: its letters) was sent nothing, without a word,
+    # while an empty list subscribed to every type
+    emu = Emulator(seed=5, secrets=SECRET)
+    with pytest.raises(ConfigError, match="events must be a non-empty list of event names"):
+        emu.subscribe(URL, events=events)
+    assert emu.store.subscriptions == {}
+    assert emu.subscribe(URL, events=["message.status", "contact.created"]).events == [
+        "message.status",
+        "contact.created",
+    ]
+
+
 def test_disorder_delivers_statuses_out_of_order() -> None:
     _emu, receiver, _ = _live(600, seed=12, disorder=0.5, disorder_delay=30, concurrency=4)
     arrival = [

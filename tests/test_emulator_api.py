@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 import time
 from typing import Any
 
@@ -15,9 +16,11 @@ from hypothesis import strategies as st
 from loopback import serve
 
 import kirim_events
-from kirim_events.emulator import Emulator, EngineConfig, FaultConfig
-from kirim_events.emulator.api import api_state
+from kirim_events.emulator import Emulator, EngineConfig, FaultConfig, WorldConfig
+from kirim_events.emulator.api import api_state, create_app
 from kirim_events.emulator.apistate import check_url
+from kirim_events.emulator.store import Store
+from kirim_events.errors import ConfigError
 
 KEY = "kdv_live_abcdefghijklmnopqrstuvwx"
 SECRET = "whsec_api_test_secret"
@@ -252,6 +255,17 @@ def test_bad_auth_is_401_in_the_envelope(headers: dict[str, str]) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("bad", ["my-test-key", "kdv_live_short", "kdv_test_" + "a" * 24])
+def test_an_api_key_no_request_could_match_is_a_config_error(bad: str) -> None:
+    # authenticate takes only kdv_live_ + 24 url-safe characters: such a key was accepted,
+    # and then every request was a 401 "invalid API key" without a word of why
+    with pytest.raises(ConfigError, match="API key 2 of 2 is no Kirim key") as caught:
+        Emulator(seed=1, api_keys=[KEY, bad])
+    assert bad not in str(caught.value)  # a secret is never shown
+    with pytest.raises(ConfigError):
+        create_app(Store(), api_keys=[kirim_events.Secret(bad)])
+
+
 def test_openapi_json_is_public() -> None:
     # kirim-api.md §7.1: only /v1/health and /v1/openapi.json are public; the latter was a 404
     emu = _emulator(5)
@@ -294,6 +308,31 @@ def test_bad_filter_times_and_unknown_paths() -> None:
             r = await client.delete("/v1/webhook_deliveries")
             assert r.status_code == 405
             assert r.headers["X-RateLimit-Limit"] == "60"
+
+    asyncio.run(main())
+
+
+def test_a_405_names_every_method_of_the_path_in_allow() -> None:
+    # RFC 9110 §15.5.6: a 405 carries Allow. The envelope left it out, and Starlette's
+    # named only the first route of a path: GET and HEAD for a subscription, whose PATCH
+    # and DELETE are routes of their own
+    emu = _emulator(5)
+    sub_id = next(iter(emu.store.subscriptions))
+    row_id = emu.store.deliveries[0].id
+    cases = {
+        ("PUT", f"/v1/webhook_subscriptions/{sub_id}"): "DELETE, GET, HEAD, PATCH",
+        ("DELETE", "/v1/webhook_subscriptions"): "GET, HEAD, POST",
+        ("GET", f"/v1/webhook_deliveries/{row_id}/replay"): "POST",
+        ("POST", "/v1/health"): "GET, HEAD",
+    }
+
+    async def main() -> None:
+        async with _async_client(emu) as client:
+            for (method, path), allow in cases.items():
+                r = await client.request(method, path, headers=AUTH)
+                assert r.status_code == 405, (method, path)
+                assert r.json()["error"]["code"] == "method_not_allowed"
+                assert r.headers.get("Allow") == allow, (method, path)
 
     asyncio.run(main())
 
@@ -631,6 +670,35 @@ def test_bulk_replay_is_capped_at_1000() -> None:
     assert len(emu.store.deliveries) == n_dead + 1000
 
 
+@pytest.mark.parametrize("name", ["message.status", "message.status_updated"])
+def test_either_name_of_the_status_event_filters_the_history_and_bulk_replay(name: str) -> None:
+    # The status event's two names (kirim-api.md §4.3, docs disagree) are one event, as in
+    # a subscription's list: event_type=message.status left out the third shape's
+    # message.status_updated rows (a backfill --event-type message.status lost them)
+    emu = _emulator(300, world=WorldConfig(third_shape_rate=0.5), read_limit=10**6)
+    for row in emu.store.deliveries:
+        row.status = "dead"
+    sub_id = next(iter(emu.store.subscriptions))
+    rows = emu.store.deliveries
+    statuses = [r.id for r in reversed(rows) if r.event_type.startswith("message.status")]
+    assert {r.event_type for r in rows if r.id in statuses} == {
+        "message.status",
+        "message.status_updated",
+    }
+
+    async def main() -> tuple[list[str], dict[str, Any]]:
+        async with _async_client(emu) as client:
+            ids, _ = await _walk(client, event_type=name)
+            body = {"subscription_id": sub_id, "event_type": name}
+            r = await client.post("/v1/webhook_deliveries/bulk_replay", json=body, headers=AUTH)
+            assert r.status_code == 202
+            return ids, r.json()["data"]
+
+    ids, replayed = asyncio.run(main())
+    assert ids == statuses
+    assert replayed == {"enqueued": len(statuses), "capped": False}
+
+
 # ------------------------------------------------------------------ a real loopback server
 
 
@@ -664,6 +732,62 @@ def test_pagination_over_a_loopback_uvicorn_server_with_faults() -> None:
 
 
 # ------------------------------------------------------------------ idempotency
+
+
+def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect() -> None:
+    # Starlette answered a path with a trailing "/" with a 307 to the path without it: an
+    # empty answer outside Kirim's envelope (no request id, no rate-limit headers) that
+    # httpx does not follow. Kirim documents its paths without one; whether it serves them
+    # with one is unknown, so the emulator says at once which path it serves.
+    emu = _emulator(5, read_limit=10**6, write_limit=10**6)
+    row = emu.store.deliveries[0]
+    sub_id = next(iter(emu.store.subscriptions))
+    paths = [
+        ("GET", "/v1/health"),
+        ("GET", "/v1/me"),
+        ("GET", "/v1/webhook_deliveries"),
+        ("GET", f"/v1/webhook_deliveries/{row.id}"),
+        ("POST", f"/v1/webhook_deliveries/{row.id}/replay"),
+        ("GET", "/v1/webhook_subscriptions"),
+        ("POST", "/v1/webhook_subscriptions"),
+        ("PATCH", f"/v1/webhook_subscriptions/{sub_id}"),
+    ]
+    body = {"url": "https://example.test/hook"}
+    with serve(emu.app) as base, httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
+        for method, path in paths:
+            kw: dict[str, Any] = {"json": body} if method != "GET" else {}
+            before = (len(emu.store.deliveries), len(emu.store.subscriptions))
+            r = client.request(method, path + "/", **kw)
+            assert r.status_code == 404, (method, path, r.status_code)
+            assert "location" not in r.headers
+            error = r.json()["error"]
+            assert (error["type"], error["code"]) == ("not_found", "resource_not_found")
+            assert error["message"].endswith(f"end without '/': {path}")
+            assert r.headers["X-Request-Id"] == error["request_id"]
+            assert "X-RateLimit-Remaining" in r.headers  # as on every 4xx (§7.2)
+            # nothing was done: no replay, no subscription
+            assert (len(emu.store.deliveries), len(emu.store.subscriptions)) == before
+            assert client.request(method, path, **kw).is_success, (method, path)
+        # a path no route serves with or without the slash names no other path
+        r = client.get("/v1/nothing_here/")
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == "GET /v1/nothing_here/"
+
+
+def test_every_404_and_405_has_a_request_id_of_its_own() -> None:
+    # The router's errors took their req_ id from id(request), which Python reuses: over
+    # HTTP, 30 of 300 404s repeated another's id (a support ticket citing one names several
+    # requests), and half were no ULID (kirim-api.md §8: the first character is 0-7)
+    emu = _emulator(5, read_limit=10**6, write_limit=10**6)
+    ulid = re.compile(r"^req_[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+    with serve(emu.app) as base, httpx.Client(base_url=base, headers=AUTH, timeout=10) as client:
+        answers = [client.get("/v1/nothing_here") for _ in range(150)]
+        answers += [client.delete("/v1/webhook_deliveries") for _ in range(150)]
+    assert {r.status_code for r in answers} == {404, 405}
+    ids = [r.headers["X-Request-Id"] for r in answers]
+    assert len(set(ids)) == len(ids)
+    assert all(ulid.match(i) for i in ids), [i for i in ids if not ulid.match(i)][:3]
+    assert all(r.json()["error"]["request_id"] == r.headers["X-Request-Id"] for r in answers)
 
 
 def test_idempotency_key_runs_a_post_once() -> None:

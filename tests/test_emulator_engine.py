@@ -357,6 +357,52 @@ def test_duplicates_repeat_the_same_delivery_as_a_new_attempt() -> None:
     assert emu.unacknowledged_event_keys() == set()
 
 
+def test_a_subscription_to_either_name_of_the_status_event_gets_both_shapes() -> None:
+    # kirim-api.md §4.3: one page names the status event message.status_updated (the third
+    # shape's name), every other page message.status, and the receiver stores both as
+    # message.status. Names were matched exactly, so a subscription to message.status got
+    # no third-shape status body, and one to message.status_updated no Meta one.
+    clock = FakeClock()
+    emu = Emulator(
+        seed=5,
+        secrets=SECRET,
+        clock=clock,
+        sleep=clock.sleep,
+        world=WorldConfig(third_shape_rate=0.5),
+    )
+    everything = emu.subscribe(URL)
+    by_doc = emu.subscribe(URL + "/status", events=["message.status"])
+    by_alias = emu.subscribe(URL + "/status_updated", events=["message.status_updated"])
+    inbound = emu.subscribe(URL + "/received", events=["message.received"])
+    _run(emu.send(300, transport=httpx.ASGITransport(app=Receiver(clock=clock))))
+
+    def sent_to(sub: Any) -> Counter[str]:
+        rows = emu.store.deliveries
+        return Counter(r.event_type for r in rows if r.subscription_id == sub.id)
+
+    statuses = Counter(
+        {k: n for k, n in sent_to(everything).items() if k.startswith("message.status")}
+    )
+    assert set(statuses) == {"message.status", "message.status_updated"}
+    assert sent_to(by_doc) == sent_to(by_alias) == statuses
+    assert set(sent_to(inbound)) == {"message.received"}  # no other name is an alias
+
+
+@pytest.mark.parametrize("events", [["message.*"], ["Message.Status"], [], "message.status"])
+def test_subscribe_refuses_event_names_as_the_api_does(events: Any) -> None:
+    # POST /v1/webhook_subscriptions answers these 400; Emulator.subscribe took them, and a
+    # name no event type has (a string: its letters) was sent nothing, without a word,
+    # while an empty list subscribed to every type
+    emu = Emulator(seed=5, secrets=SECRET)
+    with pytest.raises(ConfigError, match="events must be a non-empty list of event names"):
+        emu.subscribe(URL, events=events)
+    assert emu.store.subscriptions == {}
+    assert emu.subscribe(URL, events=["message.status", "contact.created"]).events == [
+        "message.status",
+        "contact.created",
+    ]
+
+
 def test_disorder_delivers_statuses_out_of_order() -> None:
     _emu, receiver, _ = _live(600, seed=12, disorder=0.5, disorder_delay=30, concurrency=4)
     arrival = [

@@ -20,7 +20,6 @@ a hash of the filters; subscription URLs must be https, except loopback http URL
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import time
@@ -31,13 +30,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from kirim_events.config import Secret
 from kirim_events.emulator import routes
 from kirim_events.emulator.apistate import (
     ANONYMOUS,
     BULK_REPLAY_CAP,
+    KEY_PATTERN,
     ApiError,
     ApiState,
     Handler,
@@ -45,6 +45,7 @@ from kirim_events.emulator.apistate import (
 )
 from kirim_events.emulator.faults import FaultConfig, FaultInjector
 from kirim_events.emulator.store import Store
+from kirim_events.errors import ConfigError
 
 __all__ = ["BULK_REPLAY_CAP", "ApiError", "api_state", "create_app"]
 
@@ -103,7 +104,7 @@ def _unrouted(api: ApiState) -> Callable[[Request, Exception], Awaitable[Respons
     """The 404 / 405 for a path or method no route serves, with the caller's rate limits."""
 
     async def run(request: Request, exc: Exception) -> Response:
-        response = await _http_error(request, exc)
+        response = _http_error(request, exc, api.request_id())
         try:
             key = api.authenticate(request)
         except ApiError:
@@ -146,18 +147,46 @@ async def _idempotent(
     return status, payload, False
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+def _http_error(request: Request, exc: Exception, request_id: str) -> Response:
+    """The error envelope for ``exc`` (a 404 or 405 of the router), under ``request_id``: a
+    new ``req_`` ULID like every other answer's (one made from ``id(request)`` came again
+    for other requests, 30 times in 300 over HTTP, and was half the time no ULID)."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     code = {404: "resource_not_found", 405: "method_not_allowed"}.get(status, "internal_error")
     kind = {404: "not_found", 405: "invalid_request_error"}.get(status, "api_error")
-    request_id = f"req_{hashlib.sha256(str(id(request)).encode()).hexdigest()[:26].upper()}"
-    error = {"type": kind, "code": code, "message": f"{request.method} {request.url.path}"}
+    message = f"{request.method} {request.url.path}"
+    if status == 404 and _routed_without_slash(request):
+        message += f"; the API's paths end without '/': {request.url.path.rstrip('/')}"
+    error = {"type": kind, "code": code, "message": message}
     error["request_id"] = request_id
+    headers = {"X-Request-Id": request_id}
+    if status == 405:
+        # RFC 9110 §15.5.6: a 405 names the methods the path has. Starlette's names only
+        # those of the first route of the path (GET and HEAD for a subscription, whose
+        # PATCH and DELETE are routes of their own), and the envelope left even that out
+        headers["Allow"] = ", ".join(_methods(request))
     return JSONResponse(
-        {"error": error, "request_id": request_id},
-        status_code=status,
-        headers={"X-Request-Id": request_id},
+        {"error": error, "request_id": request_id}, status_code=status, headers=headers
     )
+
+
+def _methods(request: Request) -> list[str]:
+    """Every method some route serves ``request``'s path with, sorted."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches({**request.scope, "method": "GET"})[0] is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _routed_without_slash(request: Request) -> bool:
+    """Whether ``request``'s path ends in "/" and a route serves it without (Starlette's own
+    test for its redirect, which the app turns off)."""
+    path = request.scope["path"]
+    if path == "/" or not path.endswith("/"):
+        return False
+    scope = {**request.scope, "path": path.rstrip("/")}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 def create_app(
@@ -180,7 +209,8 @@ def create_app(
     store
         The emulator's subscriptions and deliveries.
     api_keys
-        Accepted ``kdv_live_`` keys.
+        Accepted ``kdv_live_`` keys (a ConfigError names one of another form by its place,
+        never its value: no request could authenticate with it).
     clock, rng
         Time source (rate limits, created_at of replays) and random source (request ids,
         faults).
@@ -203,6 +233,14 @@ def create_app(
     """
     rng = rng or random.Random(0)
     keys = tuple(k.reveal() if isinstance(k, Secret) else str(k) for k in api_keys)
+    for n, key in enumerate(keys, 1):
+        # a key no Bearer token can match (authenticate checks the form too) made every
+        # request a 401 "invalid API key" with no word of why; the key itself is not shown
+        if not KEY_PATTERN.match(key):
+            raise ConfigError(
+                f"API key {n} of {len(keys)} is no Kirim key: a key is kdv_live_ followed"
+                " by 24 url-safe characters (A-Z, a-z, 0-9, - and _)"
+            )
     api = ApiState(
         store=store,
         keys=keys,
@@ -235,6 +273,12 @@ def create_app(
     ]
     unrouted = _unrouted(api)
     app = Starlette(routes=table, exception_handlers={404: unrouted, 405: unrouted})
+    # A path with a trailing "/" is a 404 in the error envelope, not Starlette's 307 to the
+    # path without it: Kirim documents its paths without one (kirim-api.md §7) and whether
+    # it serves them with one is unknown, so a client that adds one must find out here, not
+    # from Kirim; and a 307 was an empty answer outside the envelope (no request id, no
+    # rate-limit headers) that httpx does not follow, with a Location built from Host.
+    app.router.redirect_slashes = False
     app.state.api = api
     return FaultInjector(
         app,

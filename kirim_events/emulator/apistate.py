@@ -19,7 +19,7 @@ from starlette.requests import Request
 from kirim_events.config import valid_host
 from kirim_events.emulator.faults import TokenBucket
 from kirim_events.emulator.ids import ulid
-from kirim_events.emulator.store import DeliveryRow, Store, Subscription
+from kirim_events.emulator.store import DeliveryRow, Store, Subscription, same_event_type
 from kirim_events.events import EVENT_TYPE_PATTERN, header_number
 from kirim_events.timearg import read_time
 
@@ -200,7 +200,9 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 def row_filter(f: dict[str, Any], cutoff: float | None = None) -> Callable[[DeliveryRow], bool]:
     """A predicate keeping delivery rows that match every given filter, created at or after
-    ``cutoff`` when given (the history window; not a filter, so cursors are not bound to it)."""
+    ``cutoff`` when given (the history window; not a filter, so cursors are not bound to it).
+    ``event_type`` matches as a subscription's list does: the status event's two names are
+    one (``message.status`` finds the third shape's ``message.status_updated`` rows)."""
 
     def keep(row: DeliveryRow) -> bool:
         return (
@@ -208,7 +210,7 @@ def row_filter(f: dict[str, Any], cutoff: float | None = None) -> Callable[[Deli
             and (cutoff is None or row.created_at >= cutoff)
             and (f["subscription_id"] is None or row.subscription_id == f["subscription_id"])
             and (f["status"] is None or row.status == f["status"])
-            and (f["event_type"] is None or row.event_type == f["event_type"])
+            and (f["event_type"] is None or same_event_type(row.event_type, f["event_type"]))
             and (f["event_id"] is None or row.event_id == f["event_id"])
             and (f["created_after"] is None or row.created_at >= f["created_after"])
             and (f["created_before"] is None or row.created_at < f["created_before"])

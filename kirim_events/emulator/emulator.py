@@ -14,6 +14,7 @@ import httpx
 
 from kirim_events.config import Secret, SecretLike, as_secrets
 from kirim_events.emulator.api import api_state, create_app
+from kirim_events.emulator.apistate import ApiError, check_events
 from kirim_events.emulator.engine import (
     Clock,
     DeliveryEngine,
@@ -64,7 +65,7 @@ class Emulator:
         one is generated from the seed when omitted (see :attr:`webhook_secrets`).
     api_keys
         ``kdv_live_`` keys the REST app accepts; one is generated when omitted
-        (see :attr:`api_keys`).
+        (see :attr:`api_keys`). A key of another form is a ConfigError.
     clock, sleep
         Injected time for the engine and the API (``time.time`` / real waiting by default).
     truth_path
@@ -155,10 +156,21 @@ class Emulator:
     ) -> Subscription:
         """Create a subscription signed with ``secrets`` (default :attr:`webhook_secrets`).
 
+        ``events`` names the event types sent to it (``None``: every one, ``["*"]``); names
+        are checked as ``POST /v1/webhook_subscriptions`` checks them.
+
         Raises ConfigError for an ``https://`` URL while ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
-        cannot be read (see :meth:`check_url`).
+        cannot be read (see :meth:`check_url`), and for an empty ``events`` or a name no
+        event type has (``message.*``: whether Kirim knows wildcards is unknown).
         """
         self.check_url(url)
+        if events is not None:
+            # as the REST API does (a 400 there): a name no type matches was never sent
+            # anything, without a word, and an empty list subscribed to every type
+            try:
+                events = check_events(events)
+            except ApiError as exc:
+                raise ConfigError(f"subscribe: {exc}: got {events!r}") from None
         chosen = list(as_secrets(secrets)) if secrets is not None else list(self.webhook_secrets)
         sub, _ = self.store.create_subscription(
             url,

@@ -19,8 +19,28 @@ from typing import Any
 from kirim_events.config import Secret
 from kirim_events.emulator.bodies import iso
 from kirim_events.emulator.ids import ulid, webhook_secret
+from kirim_events.events_record import canonical_type
 
-__all__ = ["AttemptRecord", "DeliveryRow", "SecretRecord", "Store", "Subscription"]
+__all__ = [
+    "AttemptRecord",
+    "DeliveryRow",
+    "SecretRecord",
+    "Store",
+    "Subscription",
+    "same_event_type",
+]
+
+
+def same_event_type(a: str, b: str) -> bool:
+    """Whether the event names ``a`` and ``b`` name one event type.
+
+    Names match exactly (kirim-api.md §7.5), except the status event's two names: Kirim's
+    ``/sending/receive-messages/`` page calls it ``message.status_updated`` where every other
+    page says ``message.status`` (§4.3, docs disagree), and our receiver stores both as
+    ``message.status``. A subscription (or history filter) naming either gets both, so a
+    handler subscribed to ``message.status`` is sent the third shape's status bodies too.
+    """
+    return a == b or canonical_type(a) == canonical_type(b)
 
 
 @dataclass(slots=True)
@@ -62,8 +82,9 @@ class Subscription:
     ordinal: int = 0  # created first, second, ...: what a run with the same seed repeats
 
     def matches(self, event_type: str) -> bool:
-        """Whether deliveries of ``event_type`` go to this subscription (``*`` = all)."""
-        return "*" in self.events or event_type in self.events
+        """Whether deliveries of ``event_type`` go to this subscription (``*`` = all; the
+        status event's two names are one, :func:`same_event_type`)."""
+        return "*" in self.events or any(same_event_type(event_type, e) for e in self.events)
 
     def active_secrets(self, now: float) -> list[Secret]:
         """Every secret that signs at ``now`` (one ``v1`` each)."""

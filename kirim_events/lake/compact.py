@@ -49,6 +49,7 @@ manifest is the one it planned from, and stops otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -64,7 +65,12 @@ import pyarrow as pa
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
-from kirim_events.lake.paths import compaction_file_name, is_our_file, parse_partition_dir
+from kirim_events.lake.paths import (
+    compaction_file_name,
+    is_compaction_file,
+    is_our_file,
+    parse_partition_dir,
+)
 from kirim_events.lake.reader import (
     EVENT_ORDER,
     REQUIRED_EVENT_COLUMNS,
@@ -102,6 +108,7 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 CLUSTER_ORDER = ("conversation_id", "message_id", "occurred_at", "event_key")
 
 Hook = Callable[[str], None]
+logger = logging.getLogger(__name__)
 TMP_TTL = 3_600.0
 
 
@@ -170,6 +177,42 @@ def _marker_ms(rel: str) -> int:
         return int(name.split("-")[1], 16)
     except (IndexError, ValueError):
         return 0
+
+
+def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str | None]]:
+    """The groups with no manifest whose partitions hold ``c-`` files: ``_state/compaction``
+    was lost (or a copy restored without it). Those files may be the only copy of the
+    events they hold, so the group is rewritten whole, as a full run does, merging every
+    file (see :mod:`kirim_events.lake.state`); its first manifest must cover every partition
+    holding one, or the partitions it left out would count none of theirs. A group never
+    compacted has no ``c-`` file and costs a listing of its partitions."""
+    found: set[tuple[str, str | None]] = set()
+    for table in ("events", "deliveries"):
+        for group in list_groups(storage, table):
+            rel = manifest_path(table, group)
+            if storage.read_bytes(rel) is not None:
+                continue
+            days = list_dates(storage, table, group)
+            holding = [
+                d
+                for d in days
+                if any(
+                    is_compaction_file(n)
+                    for n in parquet_names(storage, partition_dir(table, group, d))
+                )
+            ]
+            if holding:
+                found.add((table, group))
+                said = (
+                    f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
+                    f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
+                    "missing (was _state/compaction lost?): the group is rewritten whole "
+                    "from every file there, deduplicated, under a new manifest; no c- file is "
+                    "deleted unread"
+                )
+                report.warnings.append(said)
+                logger.warning("%s", said)
+    return found
 
 
 class _Group:
@@ -262,11 +305,15 @@ class _Group:
             self.hook("manifest_published")
         # Delete everything listed that the current manifest does not count: the replaced
         # files of this run, and leftovers of an earlier run that crashed before its deletes.
+        # A rewritten day's files were listed before its new ones were written: the new
+        # manifest lists files the listing lacks, and so would vouch for nothing there.
         doomed = [
             f"{self.folder(day)}/{name}"
             for day in members
             for name in sorted(
-                set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
+                set(listed[day]) - set(new.files[day])
+                if day in rewrite
+                else set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
             )
         ]
         if doomed and not rewrite:
@@ -489,9 +536,10 @@ def compact(
         _clean_tmp(storage, now())
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
-        if full:
-            for table in ("events", "deliveries"):
-                for group in list_groups(storage, table):
+        unvouched = _unvouched(storage, report)
+        for table in ("events", "deliveries"):
+            for group in list_groups(storage, table):
+                if full or (table, group) in unvouched:
                     days = set(list_dates(storage, table, group))
                     changes.setdefault((table, group), set()).update(days)
         for (table, group), days in sorted(
@@ -512,7 +560,7 @@ def compact(
                 report=report,
                 workers=workers or os.cpu_count() or 1,
                 check=check,
-                full=full,
+                full=full or (table, group) in unvouched,
             )
             seen = group_run.run()
             deleted_from.update(group_run.deleted_from)

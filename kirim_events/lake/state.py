@@ -14,6 +14,14 @@ last compaction produced (``files``, ``rows``) and the files it replaced (``repl
 Readers trust it thus: a compaction output (``c-...``) counts only if the manifest lists it;
 any other file counts unless the manifest lists it as replaced. A partition whose counted
 files are exactly its manifest files is *clean*: it holds each event_key once.
+
+A manifest cannot vouch for a partition when it is missing (``_state/compaction`` lost or
+restored from nothing) or lists a file of that partition that is not on disk (restored from
+an older copy than the data). There the partition's ``c-`` files may be the only copy of its
+compacted events, so every file counts and the partition is not clean: readers deduplicate
+it (every copy on disk is a copy of a real event, and the dedup rule keeps one of each), and
+compaction merges every file instead of deleting ``c-`` files as a crashed run's leftovers.
+A ``c-`` file is only ever ignored when a manifest that matches the disk leaves it out.
 """
 
 from __future__ import annotations
@@ -100,13 +108,15 @@ class Manifest:
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     replaced: dict[str, list[str]] = field(default_factory=dict)
+    missing: bool = False
+    """No manifest on disk: it vouches for no ``c-`` file (see module doc)."""
 
     @classmethod
     def load(cls, storage: Storage, rel: str) -> Manifest:
         """Read a manifest; a missing one is empty (generation 0)."""
         record = _load_json(storage, rel)
         if record is None:
-            return cls()
+            return cls(missing=True)
         try:
             parts = record["partitions"]
             return cls(
@@ -129,8 +139,16 @@ class Manifest:
         }
         storage.publish(rel, json.dumps(record, indent=1).encode())
 
+    def vouches(self, date: str, names: list[str]) -> bool:
+        """Whether this manifest says which of a partition's files (``names``, on disk)
+        count: it exists and every file it lists for the partition is there."""
+        return not self.missing and set(self.files.get(date, ())) <= set(names)
+
     def counted(self, date: str, names: list[str]) -> list[str]:
-        """Which of a partition's files readers count (see module doc)."""
+        """Which of a partition's files readers count (see module doc): all of them where
+        the manifest cannot vouch for the partition."""
+        if not self.vouches(date, names):
+            return sorted(names)
         listed = set(self.files.get(date, ()))
         replaced = set(self.replaced.get(date, ()))
         return sorted(

@@ -354,7 +354,9 @@ class Lake(AnalyticsMixin):
         type
             One event type or several; all types when None. Only those folders are read.
             A type Kirim also names otherwise (``message.status_updated``) is read under
-            the name the lake keeps it by (``message.status``).
+            the name the lake keeps it by (``message.status``), and so is the
+            ``type=message.status_updated`` folder of a lake written before that was so
+            (deduplicated with ``message.status``; the next compaction moves it there).
         since, until
             Inclusive bounds on ``occurred_at`` (a date as ``until`` means its whole day);
             only the matching ``date=`` folders are read.

@@ -18,6 +18,10 @@ deliveries) the steps are, with a crash possible between any two:
 5. ``markers_cleared``: delete the markers this run consumed. A crash before this leaves the
    markers, so the next run revisits the partitions and finishes the clean-up.
 
+Before the groups, each run moves the files of a legacy event folder (a
+``type=message.status_updated`` that versions before 01d6abb wrote) into the folder of the
+type it is stored as now, where the run then merges them (``_migrate_legacy``).
+
 At every point our readers see the old files or the new ones, never neither and never both.
 Plain engines (DuckDB/Polars on the folders) see one copy per event_key once a run finishes.
 
@@ -70,13 +74,16 @@ from kirim_events.lake.paths import (
     is_compaction_file,
     is_our_file,
     parse_partition_dir,
+    writer_file_name,
 )
 from kirim_events.lake.reader import (
     EVENT_ORDER,
+    LEGACY_GROUPS,
     REQUIRED_EVENT_COLUMNS,
     arrow_files,
     file_schema,
     first_copies,
+    group_dir,
     keep_first,
     list_dates,
     list_groups,
@@ -177,6 +184,95 @@ def _marker_ms(rel: str) -> int:
         return int(name.split("-")[1], 16)
     except (IndexError, ValueError):
         return 0
+
+
+def _migrate_legacy(
+    storage: Storage,
+    *,
+    writer_id: str,
+    now: Callable[[], float],
+    hook: Hook,
+    check: Callable[[], None],
+) -> set[str]:
+    """Move the files of legacy event folders (``reader.LEGACY_GROUPS``: a
+    ``type=message.status_updated`` written before 01d6abb) into the folder of the type they
+    are stored as now; return the folders it deleted from.
+
+    Crash-safe like the rest: (1) each file the legacy manifest counts is copied, as it is,
+    into the same date of the new type under a new writer name, its change marker first,
+    so this run's compaction of that type (or the next run's) merges it with the copies
+    already there, first received winning (the rows hold no ``type``: the folder names
+    it); (2) the legacy files' change markers are deleted; (3) the legacy files; (4) the
+    legacy manifest. Until (3) is done, readers read the legacy folder as the new type,
+    deduplicated with it (``reader.plan_table``); a crash anywhere leaves it to the next
+    run to copy again (the copies collapse at compaction) and go on. A plain reader sees
+    the copies twice until a run finishes, as during any compaction."""
+    deleted_from: set[str] = set()
+    present = set(list_groups(storage, "events"))
+    for old, new in LEGACY_GROUPS.items():
+        manifest_rel = manifest_path("events", old)
+        if old not in present:
+            if storage.read_bytes(manifest_rel) is not None:  # a crash before (4)
+                storage.delete(manifest_rel)
+            continue
+        check()
+        manifest = Manifest.load(storage, manifest_rel)
+        days = list_dates(storage, "events", old)
+        listed = {d: parquet_names(storage, partition_dir("events", old, d)) for d in days}
+        foreign = [
+            f"{partition_dir('events', old, d)}/{n}"
+            for d in days
+            for n in sorted(listed[d])
+            if not is_our_file(n)
+        ]
+        if foreign:
+            raise LakeError(
+                f"{foreign[0]} is not named as kirim-events names its files (put there by "
+                "hand?); move it out of the lake and run again"
+            )
+        ms, seq = int(now() * 1000), 0
+        for day in days:
+            folder = partition_dir("events", old, day)
+            for name in manifest.counted(day, list(listed[day])):
+                data = storage.read_bytes(f"{folder}/{name}")
+                if data is None:
+                    raise LakeError(f"{folder}/{name} vanished while it was being moved")
+                seq += 1
+                copy = writer_file_name(ms, seq, writer_id + "mv")
+                storage.publish_many(
+                    [
+                        (change_marker("events", new, day, copy), b""),
+                        (f"{partition_dir('events', new, day)}/{copy}", data),
+                    ],
+                    first=1,
+                )
+                hook("file_written")
+        # The markers of the files moved, before the files: a legacy folder is visited by
+        # every run whatever its markers, and a marker whose file a crash had deleted first
+        # would name a file never listed again. A marker whose file is not there after an
+        # hour is consumed too (see compact); one of an older collector still writing
+        # there, before its file, is left, and the next run moves the file.
+        stale = int((now() - TMP_TTL) * 1000)
+        cleared = False
+        for rel, _size in storage.list_files(f"_state/changes/{group_dir('events', old)}"):
+            marked = parse_partition_dir(rel.split("/")[-2], "date")
+            if marked is None:
+                continue
+            if marker_file_name(rel) in listed.get(marked, {}) or _marker_ms(rel) < stale:
+                storage.delete(rel)
+                deleted_from.update([rel.rsplit("/", 1)[0], rel.rsplit("/", 2)[0]])
+                cleared = True
+        if cleared:
+            hook("markers_cleared")
+        for day in days:
+            folder = partition_dir("events", old, day)
+            for name in sorted(listed[day]):
+                storage.delete(f"{folder}/{name}")
+                hook("file_deleted")
+            deleted_from.add(folder)
+        deleted_from.add(group_dir("events", old))
+        storage.delete(manifest_rel)
+    return deleted_from
 
 
 def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str | None]]:
@@ -534,11 +630,18 @@ def compact(
     owner = f"{writer_id}-{uuid.uuid4().hex[:8]}"
     with compaction_lock(storage, owner, now, warnings=report.warnings) as check:
         _clean_tmp(storage, now())
+        deleted_from |= _migrate_legacy(
+            storage, writer_id=writer_id, now=now, hook=step, check=check
+        )
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
         unvouched = _unvouched(storage, report)
+        for key in [k for k in changes if k[0] == "events" and k[1] in LEGACY_GROUPS]:
+            del changes[key]  # markers of files an older collector is still moving in
         for table in ("events", "deliveries"):
             for group in list_groups(storage, table):
+                if group in LEGACY_GROUPS:
+                    continue  # emptied above (but for files written since)
                 if full or (table, group) in unvouched:
                     days = set(list_dates(storage, table, group))
                     changes.setdefault((table, group), set()).update(days)

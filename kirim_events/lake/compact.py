@@ -5,8 +5,9 @@ visited, with their neighbours inside the dedup window, so the cost follows the 
 written since the last run, not the size of the lake; of those, only partitions that are not
 clean (or lost a copy to a neighbour) are rewritten. A full run (``full=True``) rewrites every
 partition holding files, first leaving a change marker in each (named after a file it holds,
-so the run consumes it as it would a writer's). Per group (one event type, or all
-deliveries) the steps are, with a crash possible between any two:
+so the run consumes it as it would a writer's); it is recorded as unfinished until every
+group is done, and the next run of either kind finishes one that crashed. Per group (one
+event type, or all deliveries) the steps are, with a crash possible between any two:
 
 1. ``planned``: list markers, the group's manifest and the partition files.
 2. ``file_written``: write the merged files under new ``c-<generation>-...`` names (temp
@@ -63,6 +64,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
@@ -91,7 +93,13 @@ from kirim_events.lake.reader import (
     parquet_names,
     polars_schema,
 )
-from kirim_events.lake.state import Manifest, check_version, manifest_path
+from kirim_events.lake.state import (
+    FULL_RUN_PATH,
+    FullRun,
+    Manifest,
+    check_version,
+    manifest_path,
+)
 from kirim_events.lake.storage import Staged, Storage
 from kirim_events.lake.writer import (
     change_marker,
@@ -133,6 +141,9 @@ class CompactionReport:
     files_deleted: int = 0
     seconds: float = 0.0
     touched: list[tuple[str, str | None, str]] = field(default_factory=list)
+    finished_full_run: str | None = None
+    """When a full compaction began that crashed or was stopped before it reached every
+    group, which this (normal) run finished: it rewrote the groups not reached."""
     warnings: list[str] = field(default_factory=list)
     """What the run's user should be told (also logged): an S3 lease only best effort."""
 
@@ -273,6 +284,17 @@ def _migrate_legacy(
         deleted_from.add(group_dir("events", old))
         storage.delete(manifest_rel)
     return deleted_from
+
+
+def _generations(storage: Storage) -> dict[str, int]:
+    """Every group's manifest path -> its generation (a full run's starting point)."""
+    return {
+        rel: Manifest.load(storage, rel).generation
+        for table in ("events", "deliveries")
+        for group in list_groups(storage, table)
+        if group not in LEGACY_GROUPS
+        for rel in [manifest_path(table, group)]
+    }
 
 
 def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str | None]]:
@@ -428,8 +450,9 @@ class _Group:
         making a later run clear them up. Each marker names a file the partition holds, so
         it is seen and consumed like a writer's (in this run, or in the next, which clears up
         after a crashed one: named after a ``c-`` file, it reads as long stale, so that run
-        consumes it even where it rewrites nothing, the partition being clean again, and
-        leaves the rewrite to a full run)."""
+        consumes it even where it rewrites nothing, the partition being clean again; the
+        groups not reached are rewritten by that run too, as the lake recorded the full run
+        as unfinished: :class:`~kirim_events.lake.state.FullRun`)."""
         if not days:
             return
         items = [(change_marker(self.table, self.group, d, counted[d][0]), b"") for d in days]
@@ -611,9 +634,12 @@ def compact(
     the schema changed (a partition compacted before keeps what the old rule kept, and
     columns since dropped) or after restoring a lake from a copy. It leaves a change marker
     in each partition before writing there, so the next run of either kind clears up after
-    a crash; a normal run rewrites no clean partition, so those a crashed full run did not
-    reach are rewritten by a full run only. ``report.partitions`` counts the partitions
-    rewritten.
+    a crash, and records itself as it begins (``_state/full-compaction.json``: every
+    group's manifest generation then); a run of either kind that finds the record rewrites
+    whole, as a full run does, every group whose generation has not moved (a group not
+    reached: its partitions are rewritten under one manifest) and deletes the record once
+    every group is done (``report.finished_full_run``). A normal run otherwise rewrites no
+    clean partition. ``report.partitions`` counts the partitions rewritten.
 
     See the module documentation for the steps and guarantees; ``hook(step)`` is called
     after each step (tests raise from it to simulate a crash there). Partitions of a group
@@ -636,13 +662,34 @@ def compact(
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
         unvouched = _unvouched(storage, report)
+        # groups rewritten whole, as a full run does: every group of a full run; a group
+        # with no manifest but c- files; the groups a crashed full run had not reached
+        whole = set(unvouched)
+        unfinished = FullRun.load(storage)
+        if full:
+            began = datetime.fromtimestamp(now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            FullRun(began, _generations(storage)).save(storage)
+        elif unfinished is not None:
+            left = unfinished.not_reached(storage)
+            whole |= {
+                (table, group)
+                for table in ("events", "deliveries")
+                for group in list_groups(storage, table)
+                if manifest_path(table, group) in left
+            }
+            report.finished_full_run = unfinished.started_at
+            logger.info(
+                "finishing the full compaction begun %s: %d group(s) not reached yet",
+                unfinished.started_at,
+                len(left),
+            )
         for key in [k for k in changes if k[0] == "events" and k[1] in LEGACY_GROUPS]:
             del changes[key]  # markers of files an older collector is still moving in
         for table in ("events", "deliveries"):
             for group in list_groups(storage, table):
                 if group in LEGACY_GROUPS:
                     continue  # emptied above (but for files written since)
-                if full or (table, group) in unvouched:
+                if full or (table, group) in whole:
                     days = set(list_dates(storage, table, group))
                     changes.setdefault((table, group), set()).update(days)
         for (table, group), days in sorted(
@@ -663,7 +710,7 @@ def compact(
                 report=report,
                 workers=workers or os.cpu_count() or 1,
                 check=check,
-                full=full or (table, group) in unvouched,
+                full=full or (table, group) in whole,
             )
             seen = group_run.run()
             deleted_from.update(group_run.deleted_from)
@@ -686,6 +733,8 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        if full or unfinished is not None:
+            storage.delete(FULL_RUN_PATH)  # every group reached: the full run is finished
     storage.remove_empty_folders(deleted_from)
     report.seconds = time.perf_counter() - started
     return report

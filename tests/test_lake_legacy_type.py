@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import pytest
 from test_lake import T0, ev, parquet_files
 from test_lake_compact import crashed_at_every_step, finished_by_a_normal_run, on_disk, winners
 
@@ -15,9 +16,10 @@ import kirim_events as ke
 LEGACY = "type=message.status_updated"
 
 
-def old_lake(root: Path) -> dict[str, str]:
+def old_lake(root: Path, *, compacted: bool = False) -> dict[str, str]:
     """A lake as kirim-events wrote it before 01d6abb, then written to by today's: returns the
-    winners (event_key -> payload) a careful reader expects, all of type message.status."""
+    winners (event_key -> payload) a careful reader expects, all of type message.status.
+    ``compacted``: the legacy folder holds only compacted files, none written since."""
     lake = ke.Lake(root, writer_id="old")
     status = "message.status"
     lake.write_events(
@@ -25,6 +27,8 @@ def old_lake(root: Path) -> dict[str, str]:
     )
     lake.compact()  # compacted there too: a manifest and c- files for the legacy folder
     lake.write_events([ev("s3", type=status, payload="s3-old", occurred=T0 + timedelta(days=1))])
+    if compacted:
+        lake.compact()
     # what the older parser did with a Kirim-native message.status_updated: the folder,
     # its compaction manifest and the change marker of the file written since, by hand
     for where in ("events", "_state/changes/events"):
@@ -52,8 +56,20 @@ def types_on_disk(root: Path) -> list[tuple[str, str]]:
     return sorted(duckdb.sql(sql).fetchall())
 
 
-def test_readers_read_a_legacy_folder_as_message_status_once(tmp_path: Path) -> None:
-    expected = old_lake(tmp_path)
+def by_type(lake: ke.Lake) -> list[tuple[str, str]]:
+    """(event_key, type) of every event our reader returns."""
+    return sorted(lake.events().select("event_key", "type").collect().rows())
+
+
+def expected_types(expected: dict[str, str]) -> list[tuple[str, str]]:
+    return sorted((k, "message.received" if k == "m1" else "message.status") for k in expected)
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_readers_read_a_legacy_folder_as_message_status_once(
+    tmp_path: Path, compacted: bool
+) -> None:
+    expected = old_lake(tmp_path, compacted=compacted)
     lake = ke.Lake(tmp_path)
     statuses = {k: v for k, v in expected.items() if k.startswith("s")}
     for name in ("message.status", "message.status_updated", ["message.status"]):
@@ -62,6 +78,7 @@ def test_readers_read_a_legacy_folder_as_message_status_once(tmp_path: Path) -> 
             (k, "message.status", v) for k, v in statuses.items()
         ), name
     assert winners(lake) == expected  # every type: no key twice, the first received copy
+    assert by_type(lake) == expected_types(expected)
     assert lake.sql("select distinct type from events order by 1").fetchall() == [
         ("message.received",),
         ("message.status",),
@@ -96,6 +113,7 @@ def test_a_crash_at_every_step_of_the_move_loses_nothing_and_counts_nothing_twic
     for step, root, lake in crashed_at_every_step(template, tmp_path):
         steps.append(step)
         assert winners(lake) == expected, f"after a crash at {step}"
+        assert by_type(lake) == expected_types(expected), step
         assert len(lake.events(type="message.status").collect()) == 4, step
         finished_by_a_normal_run(lake, root, expected, step)
         assert not (root / "events" / LEGACY).exists(), step

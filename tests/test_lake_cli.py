@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from waiting import wait_until
 
 import kirim_events as ke
 from kirim_events.cli import app
+from kirim_events.cli.compact import _STOPPED, _STOPPED_FULL_UNBEGUN, stopped_saying
 from kirim_events.filelock import file_lock
 from kirim_events.journal import Journal
 
@@ -256,9 +258,9 @@ def test_compact_stopped_says_nothing_is_lost(
 ) -> None:
     # Ctrl-C ended compact with exit 130 and not a word, SIGTERM (cron's timeout, systemd)
     # killed it; stopped while it waits for another process's flush, it says what it left.
-    # A --full run stopped is not finished by the next scheduled run, which rewrites no
-    # partition it left clean (those not reached yet keep the old dedup and schema): it
-    # said so all the same
+    # A --full run stopped before it began (here: waiting for the flush) left nothing for
+    # the next scheduled run to finish, and says to run it again (one stopped once begun:
+    # test_a_stopped_full_compaction_says_the_next_run_finishes_it)
     with Journal(tmp_path) as journal:
         journal.append([ev("a")])
     lock = tmp_path / "_journal" / "flush.lock"
@@ -278,10 +280,34 @@ def test_compact_stopped_says_nothing_is_lost(
     said = " ".join(err.decode().split())
     assert proc.returncode == code, said
     if full:
-        assert "interrupted: nothing is lost; the next kirim-events compact clears up" in said
+        assert "interrupted: nothing is lost; the full compaction had not begun" in said
         assert "run kirim-events compact --full again" in said
     else:
         assert "interrupted: nothing is lost; the next kirim-events compact finishes" in said
     assert "Traceback" not in said
     with Journal(tmp_path) as journal:  # still there, and the next run flushes it
         assert journal.flush(ke.Lake(tmp_path)).events == 1
+
+
+def test_a_stopped_full_compaction_says_the_next_run_finishes_it(tmp_path: Path) -> None:
+    # it said to run --full again, as a scheduled run left the partitions it had not
+    # reached; the lake now records the run, and the next one of either kind finishes it
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b", occurred=T0 + timedelta(days=3))])
+    lake.compact()
+    assert stopped_saying(lake, True) == _STOPPED_FULL_UNBEGUN  # nothing recorded yet
+
+    def stop(step: str) -> None:
+        if step == "file_written":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lake.compact(full=True, hook=stop)
+    said = stopped_saying(lake, True)
+    assert "the next kirim-events compact, scheduled or --full, finishes it" in said
+    assert "--full again" not in said
+    result = CliRunner().invoke(app, ["compact", "--no-flush", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"finished the --full run\W+begun\W+\d{4}-", result.output), result.output
+    assert lake.unfinished_full_compaction() is None
+    assert stopped_saying(lake, False) == _STOPPED

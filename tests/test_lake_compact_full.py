@@ -153,29 +153,82 @@ def test_a_crash_at_every_step_of_a_full_compaction_is_finished_by_a_normal_run(
     assert "file_written" in copies_left  # the case above did arise
 
 
-def test_a_full_compaction_crashed_at_any_step_is_finished_by_another_full_one(
+def old_schema_and_rule_lake(root: Path) -> None:
+    """old_rule_lake, plus a compacted events file from before the attempt signature stopped
+    being stored: deliveries come first in a full run, the events types after."""
+    lake = old_rule_lake(root)
+    lake.write_events([ev("a"), ev("b", type="message.status", occurred=T0 + timedelta(days=3))])
+    lake.compact()
+    for old in parquet_files(root / "events"):
+        table = pq.read_table(old)
+        pq.write_table(table.append_column("signature", pa.array(["t=1,v1=" + "cd" * 32])), old)
+    assert lake.stats()["clean"].all()
+
+
+def current_everywhere(root: Path, step: str) -> None:
+    """Every file through today's rule and schema, each row once, nothing left to finish."""
+    lake = ke.Lake(root)
+    assert lake.deliveries().collect().select("outcome").rows() == [("failed",)], step
+    assert plain_count(root, "deliveries") == 1, f"after a crash at {step}"
+    files = parquet_files(root / "events")
+    assert not [f for f in files if "signature" in pq.read_schema(f).names], step
+    glob = f"{root}/events/**/*.parquet"
+    rows = duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)")
+    assert sorted(r[0] for r in rows.fetchall()) == ["a", "b"], step  # plain SELECT * too
+    stats = lake.stats()
+    assert stats["clean"].all(), step
+    assert stats["leftover_files"].sum() == 0, step
+    assert not list((root / "_state/changes").rglob("*.changed")), step
+    assert lake.unfinished_full_compaction() is None, step
+    assert not (root / "_state/full-compaction.json").exists(), step
+
+
+@pytest.mark.parametrize("next_run", ["normal", "full"])
+def test_a_full_compaction_crashed_at_any_step_is_finished_by_the_next_run_of_either_kind(
+    tmp_path: Path, next_run: str
+) -> None:
+    # The scheduled run after a crashed full one cleared up but rewrote no clean partition:
+    # the types the full run had not reached kept the old rule's rows and the dropped
+    # column, and only another --full rewrote them. The lake now records the full run as
+    # it begins, and the next run of either kind finishes it.
+    template = tmp_path / "template"
+    old_schema_and_rule_lake(template)
+    finished = []
+    for step, root, lake in crashed_at_every_step(template, tmp_path, full=True):
+        assert lake.unfinished_full_compaction() is not None, step
+        report = lake.compact(full=next_run == "full")
+        if report.finished_full_run is not None:
+            finished.append(step)
+        current_everywhere(root, step)
+    if next_run == "normal":  # said so at every crash point
+        assert len(finished) == len(list((tmp_path).glob("crash*")))
+    else:
+        assert finished == []  # a full run is no finishing one: it does it all again
+
+
+def test_a_normal_run_finishing_a_full_one_rewrites_only_the_types_it_did_not_reach(
     tmp_path: Path,
 ) -> None:
-    # The scheduled run after a crashed full one clears up but rewrites no clean partition
-    # (test above): the old rule's second row of wbd_1 stays after a crash before its
-    # partition's new manifest. Another full run applies the current rule, whatever step
-    # the first one stopped at.
     template = tmp_path / "template"
-    old_rule_lake(template)
-    kept_by_a_normal_run = []
-    for step, root, lake in crashed_at_every_step(template, tmp_path, full=True):
-        normal = root.with_name(root.name + "-normal")
-        shutil.copytree(root, normal)
-        ke.Lake(normal).compact()
-        kept_by_a_normal_run += [step] if plain_count(normal, "deliveries") == 2 else []
-        lake.compact(full=True)
-        assert lake.deliveries().collect().select("outcome").rows() == [("failed",)], step
-        assert plain_count(root, "deliveries") == 1, f"after a crash at {step}"
-        stats = lake.stats()
-        assert stats["clean"].all()
-        assert stats["leftover_files"].sum() == 0
-        assert not list((root / "_state/changes").rglob("*.changed"))
-    assert kept_by_a_normal_run == ["planned", "file_written"]
+    old_schema_and_rule_lake(template)
+    root = tmp_path / "lake"
+    shutil.copytree(template, root)
+    lake = ke.Lake(root)
+
+    def stop_after_deliveries(step: str) -> None:
+        if step == "markers_cleared":  # the deliveries group's last step
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        lake.compact(full=True, hook=stop_after_deliveries)
+    began = lake.unfinished_full_compaction()
+    assert began is not None
+    report = lake.compact()
+    assert report.finished_full_run == began
+    assert {t for t, _g, _d in report.touched} == {"events"}  # deliveries were done
+    assert report.partitions == 2
+    current_everywhere(root, "markers_cleared")
+    assert lake.compact().finished_full_run is None
 
 
 def test_compact_full_on_the_command_line_rewrites_and_counts_clean_partitions(

@@ -280,15 +280,17 @@ def interrupt_code(exc: KeyboardInterrupt) -> int:
 
 
 @contextmanager
-def stops_saying(said: str) -> Iterator[None]:
+def stops_saying(said: str | Callable[[], str]) -> Iterator[None]:
     """Within the block, Ctrl+C and SIGTERM (:func:`sigterm_interrupts`) end the command
     with ``interrupted: <said>`` on stderr (what is kept, and how to go on) and exit 130 or
-    143 (:func:`interrupt_code`)."""
+    143 (:func:`interrupt_code`); a callable ``said`` is asked then, for what depends on how
+    far the command got."""
     try:
         with sigterm_interrupts():
             yield
     except KeyboardInterrupt as exc:
-        err_console.print(f"interrupted: {said}", soft_wrap=True)
+        text = said if isinstance(said, str) else said()
+        err_console.print(f"interrupted: {text}", soft_wrap=True)
         raise typer.Exit(interrupt_code(exc)) from None
 
 

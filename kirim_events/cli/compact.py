@@ -24,14 +24,33 @@ _STOPPED = (
     "nothing is lost; the next kirim-events compact finishes what this one began (until then"
     " a plain Parquet reader may see an event twice; Lake and its views do not)"
 )
-# A scheduled run clears what a stopped --full left half done, but rewrites no partition that
-# is clean: the ones not reached yet keep what the old dedup and schema kept
+# The lake records a full run once it begins rewriting (_state/full-compaction.json), and
+# the next run of either kind rewrites the groups it did not reach
 _STOPPED_FULL = (
-    "nothing is lost; the next kirim-events compact clears up what this one left half done"
-    " (until then a plain Parquet reader may see an event twice; Lake and its views do not),"
-    " but only a full one rewrites the partitions it did not reach: run kirim-events compact"
-    " --full again"
+    "nothing is lost; the lake records this full compaction as unfinished, and the next"
+    " kirim-events compact, scheduled or --full, finishes it (until then a plain Parquet reader"
+    " may see an event twice; Lake and its views do not)"
 )
+# stopped before that (while flushing the journal, or waiting for another flush)
+_STOPPED_FULL_UNBEGUN = (
+    "nothing is lost; the full compaction had not begun, and a scheduled run will not do it:"
+    " run kirim-events compact --full again"
+)
+
+
+def stopped_saying(lake: Lake | None, full: bool) -> str:
+    """What a stopped ``compact`` says it left: a full run is finished by the next run once
+    the lake records it, which it does as it begins (nothing to finish before then)."""
+    if not full:
+        return _STOPPED
+    try:
+        begun = lake is not None and lake.unfinished_full_compaction() is not None
+    except Exception:  # unreadable now (S3 gone?): say what holds either way
+        return (
+            "nothing is lost; if the full compaction had begun, the next kirim-events compact"
+            " finishes it; if not, run kirim-events compact --full again"
+        )
+    return _STOPPED_FULL if begun else _STOPPED_FULL_UNBEGUN
 
 
 @command("compact")
@@ -73,8 +92,9 @@ def compact_command(
     s = settings(data_dir=data)
     # SIGTERM (cron's timeout, systemd) as Ctrl-C: the run unwinds, releasing an S3 lease
     # that would otherwise block compactions for ten minutes, and says so
+    lake: Lake | None = None
     with (
-        stops_saying(_STOPPED_FULL if full else _STOPPED),
+        stops_saying(lambda: stopped_saying(lake, full)),
         errors_to_exit(lake=lake_uri or s.data_dir),
     ):
         if lake_uri is None:
@@ -91,6 +111,8 @@ def compact_command(
     if flushed is not None:
         table.add_row("journal: events flushed", f"{flushed.events:,}")
         table.add_row("journal: receipts flushed", f"{flushed.receipts:,}")
+    if report.finished_full_run is not None:
+        table.add_row("finished the --full run begun", report.finished_full_run)
     table.add_row("partitions rewritten", f"{report.partitions:,}")
     table.add_row("rows in / out", f"{report.rows_in:,} / {report.rows_out:,}")
     table.add_row("duplicates removed", f"{report.duplicates_removed:,}")

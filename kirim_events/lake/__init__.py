@@ -6,6 +6,7 @@ Layout (design.md)::
     DATA/deliveries/date=<YYYY-MM-DD>/<name>.parquet
     DATA/_state/lake.json                    schema version
     DATA/_state/compaction/...               compaction manifests
+    DATA/_state/full-compaction.json         a full compaction begun, not finished
     DATA/_state/changes/...                  partitions written since the last compaction
 
 The files hold EVENT_SCHEMA / DELIVERY_SCHEMA (``kirim_events.schema``) without the Hive
@@ -63,7 +64,13 @@ from kirim_events.lake.reader import (
 )
 from kirim_events.lake.s3failures import s3_failure
 from kirim_events.lake.sqlviews import create_stand_in, create_view
-from kirim_events.lake.state import VERSION_PATH, Manifest, check_version, manifest_path
+from kirim_events.lake.state import (
+    VERSION_PATH,
+    FullRun,
+    Manifest,
+    check_version,
+    manifest_path,
+)
 from kirim_events.lake.storage import Storage, open_storage
 from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
@@ -354,7 +361,9 @@ class Lake(AnalyticsMixin):
         type
             One event type or several; all types when None. Only those folders are read.
             A type Kirim also names otherwise (``message.status_updated``) is read under
-            the name the lake keeps it by (``message.status``).
+            the name the lake keeps it by (``message.status``), and so is the
+            ``type=message.status_updated`` folder of a lake written before that was so
+            (deduplicated with ``message.status``; the next compaction moves it there).
         since, until
             Inclusive bounds on ``occurred_at`` (a date as ``until`` means its whole day);
             only the matching ``date=`` folders are read.
@@ -559,7 +568,9 @@ class Lake(AnalyticsMixin):
         full
             Rewrite every partition, compacted or not, through the current dedup and file
             schema, not only those with change markers: after an upgrade that changed
-            either, or restoring a lake from a copy.
+            either, or restoring a lake from a copy. The lake records a full run as it
+            begins; one that crashed or was stopped is finished by the next run, full or
+            not (:meth:`unfinished_full_compaction`).
         target_file_bytes
             Aim for merged files of about this size (one file per partition below it).
         hook
@@ -603,6 +614,21 @@ class Lake(AnalyticsMixin):
             if failed is None:
                 raise
             raise failed from exc
+
+    def unfinished_full_compaction(self) -> str | None:
+        """When the full compaction (``compact(full=True)``) began that crashed or was
+        stopped before it reached every group (UTC, ISO text), or None. The next
+        :meth:`compact`, full or not, finishes it: it rewrites the groups not reached
+        through today's dedup and file schema (``CompactionReport.finished_full_run``).
+
+        Examples
+        --------
+        >>> import tempfile, kirim_events as ke
+        >>> ke.Lake(tempfile.mkdtemp()).unfinished_full_compaction() is None
+        True
+        """
+        record = FullRun.load(self.storage)
+        return None if record is None else record.started_at
 
     def _partitions(self) -> Iterator[_Partition]:
         """Every partition of both tables, with the files our readers count in it."""

@@ -5,8 +5,9 @@ visited, with their neighbours inside the dedup window, so the cost follows the 
 written since the last run, not the size of the lake; of those, only partitions that are not
 clean (or lost a copy to a neighbour) are rewritten. A full run (``full=True``) rewrites every
 partition holding files, first leaving a change marker in each (named after a file it holds,
-so the run consumes it as it would a writer's). Per group (one event type, or all
-deliveries) the steps are, with a crash possible between any two:
+so the run consumes it as it would a writer's); it is recorded as unfinished until every
+group is done, and the next run of either kind finishes one that crashed. Per group (one
+event type, or all deliveries) the steps are, with a crash possible between any two:
 
 1. ``planned``: list markers, the group's manifest and the partition files.
 2. ``file_written``: write the merged files under new ``c-<generation>-...`` names (temp
@@ -17,6 +18,10 @@ deliveries) the steps are, with a crash possible between any two:
 4. ``file_deleted``: delete the replaced files (and orphans of crashed runs).
 5. ``markers_cleared``: delete the markers this run consumed. A crash before this leaves the
    markers, so the next run revisits the partitions and finishes the clean-up.
+
+Before the groups, each run moves the files of a legacy event folder (a
+``type=message.status_updated`` that versions before 01d6abb wrote) into the folder of the
+type it is stored as now, where the run then merges them (``_migrate_legacy``).
 
 At every point our readers see the old files or the new ones, never neither and never both.
 Plain engines (DuckDB/Polars on the folders) see one copy per event_key once a run finishes.
@@ -49,6 +54,7 @@ manifest is the one it planned from, and stops otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -58,19 +64,28 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
 
 from kirim_events.errors import LakeError
 from kirim_events.lake.lock import compaction_lock
-from kirim_events.lake.paths import compaction_file_name, is_our_file, parse_partition_dir
+from kirim_events.lake.paths import (
+    compaction_file_name,
+    is_compaction_file,
+    is_our_file,
+    parse_partition_dir,
+    writer_file_name,
+)
 from kirim_events.lake.reader import (
     EVENT_ORDER,
+    LEGACY_GROUPS,
     REQUIRED_EVENT_COLUMNS,
     arrow_files,
     file_schema,
     first_copies,
+    group_dir,
     keep_first,
     list_dates,
     list_groups,
@@ -78,7 +93,13 @@ from kirim_events.lake.reader import (
     parquet_names,
     polars_schema,
 )
-from kirim_events.lake.state import Manifest, check_version, manifest_path
+from kirim_events.lake.state import (
+    FULL_RUN_PATH,
+    FullRun,
+    Manifest,
+    check_version,
+    manifest_path,
+)
 from kirim_events.lake.storage import Staged, Storage
 from kirim_events.lake.writer import (
     change_marker,
@@ -102,6 +123,7 @@ STEPS = ("planned", "file_written", "manifest_published", "file_deleted", "marke
 CLUSTER_ORDER = ("conversation_id", "message_id", "occurred_at", "event_key")
 
 Hook = Callable[[str], None]
+logger = logging.getLogger(__name__)
 TMP_TTL = 3_600.0
 
 
@@ -119,6 +141,9 @@ class CompactionReport:
     files_deleted: int = 0
     seconds: float = 0.0
     touched: list[tuple[str, str | None, str]] = field(default_factory=list)
+    finished_full_run: str | None = None
+    """When a full compaction began that crashed or was stopped before it reached every
+    group, which this (normal) run finished: it rewrote the groups not reached."""
     warnings: list[str] = field(default_factory=list)
     """What the run's user should be told (also logged): an S3 lease only best effort."""
 
@@ -170,6 +195,142 @@ def _marker_ms(rel: str) -> int:
         return int(name.split("-")[1], 16)
     except (IndexError, ValueError):
         return 0
+
+
+def _migrate_legacy(
+    storage: Storage,
+    *,
+    writer_id: str,
+    now: Callable[[], float],
+    hook: Hook,
+    check: Callable[[], None],
+) -> set[str]:
+    """Move the files of legacy event folders (``reader.LEGACY_GROUPS``: a
+    ``type=message.status_updated`` written before 01d6abb) into the folder of the type they
+    are stored as now; return the folders it deleted from.
+
+    Crash-safe like the rest: (1) each file the legacy manifest counts is copied, as it is,
+    into the same date of the new type under a new writer name, its change marker first,
+    so this run's compaction of that type (or the next run's) merges it with the copies
+    already there, first received winning (the rows hold no ``type``: the folder names
+    it); (2) the legacy files' change markers are deleted; (3) the legacy files; (4) the
+    legacy manifest. Until (3) is done, readers read the legacy folder as the new type,
+    deduplicated with it (``reader.plan_table``); a crash anywhere leaves it to the next
+    run to copy again (the copies collapse at compaction) and go on. A plain reader sees
+    the copies twice until a run finishes, as during any compaction."""
+    deleted_from: set[str] = set()
+    present = set(list_groups(storage, "events"))
+    for old, new in LEGACY_GROUPS.items():
+        manifest_rel = manifest_path("events", old)
+        if old not in present:
+            if storage.read_bytes(manifest_rel) is not None:  # a crash before (4)
+                storage.delete(manifest_rel)
+            continue
+        check()
+        manifest = Manifest.load(storage, manifest_rel)
+        days = list_dates(storage, "events", old)
+        listed = {d: parquet_names(storage, partition_dir("events", old, d)) for d in days}
+        foreign = [
+            f"{partition_dir('events', old, d)}/{n}"
+            for d in days
+            for n in sorted(listed[d])
+            if not is_our_file(n)
+        ]
+        if foreign:
+            raise LakeError(
+                f"{foreign[0]} is not named as kirim-events names its files (put there by "
+                "hand?); move it out of the lake and run again"
+            )
+        ms, seq = int(now() * 1000), 0
+        for day in days:
+            folder = partition_dir("events", old, day)
+            for name in manifest.counted(day, list(listed[day])):
+                data = storage.read_bytes(f"{folder}/{name}")
+                if data is None:
+                    raise LakeError(f"{folder}/{name} vanished while it was being moved")
+                seq += 1
+                copy = writer_file_name(ms, seq, writer_id + "mv")
+                storage.publish_many(
+                    [
+                        (change_marker("events", new, day, copy), b""),
+                        (f"{partition_dir('events', new, day)}/{copy}", data),
+                    ],
+                    first=1,
+                )
+                hook("file_written")
+        # The markers of the files moved, before the files: a legacy folder is visited by
+        # every run whatever its markers, and a marker whose file a crash had deleted first
+        # would name a file never listed again. A marker whose file is not there after an
+        # hour is consumed too (see compact); one of an older collector still writing
+        # there, before its file, is left, and the next run moves the file.
+        stale = int((now() - TMP_TTL) * 1000)
+        cleared = False
+        for rel, _size in storage.list_files(f"_state/changes/{group_dir('events', old)}"):
+            marked = parse_partition_dir(rel.split("/")[-2], "date")
+            if marked is None:
+                continue
+            if marker_file_name(rel) in listed.get(marked, {}) or _marker_ms(rel) < stale:
+                storage.delete(rel)
+                deleted_from.update([rel.rsplit("/", 1)[0], rel.rsplit("/", 2)[0]])
+                cleared = True
+        if cleared:
+            hook("markers_cleared")
+        for day in days:
+            folder = partition_dir("events", old, day)
+            for name in sorted(listed[day]):
+                storage.delete(f"{folder}/{name}")
+                hook("file_deleted")
+            deleted_from.add(folder)
+        deleted_from.add(group_dir("events", old))
+        storage.delete(manifest_rel)
+    return deleted_from
+
+
+def _generations(storage: Storage) -> dict[str, int]:
+    """Every group's manifest path -> its generation (a full run's starting point)."""
+    return {
+        rel: Manifest.load(storage, rel).generation
+        for table in ("events", "deliveries")
+        for group in list_groups(storage, table)
+        if group not in LEGACY_GROUPS
+        for rel in [manifest_path(table, group)]
+    }
+
+
+def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str | None]]:
+    """The groups with no manifest whose partitions hold ``c-`` files: ``_state/compaction``
+    was lost (or a copy restored without it). Those files may be the only copy of the
+    events they hold, so the group is rewritten whole, as a full run does, merging every
+    file (see :mod:`kirim_events.lake.state`); its first manifest must cover every partition
+    holding one, or the partitions it left out would count none of theirs. A group never
+    compacted has no ``c-`` file and costs a listing of its partitions."""
+    found: set[tuple[str, str | None]] = set()
+    for table in ("events", "deliveries"):
+        for group in list_groups(storage, table):
+            rel = manifest_path(table, group)
+            if storage.read_bytes(rel) is not None:
+                continue
+            days = list_dates(storage, table, group)
+            holding = [
+                d
+                for d in days
+                if any(
+                    is_compaction_file(n)
+                    for n in parquet_names(storage, partition_dir(table, group, d))
+                )
+            ]
+            if holding:
+                found.add((table, group))
+                said = (
+                    f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
+                    f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
+                    "missing (was _state/compaction lost?): the group is rewritten whole "
+                    "from every file there, deduplicated, under a new manifest; no c- file is "
+                    "deleted unread"
+                )
+                report.warnings.append(said)
+                logger.warning("%s", said)
+    return found
 
 
 class _Group:
@@ -262,11 +423,15 @@ class _Group:
             self.hook("manifest_published")
         # Delete everything listed that the current manifest does not count: the replaced
         # files of this run, and leftovers of an earlier run that crashed before its deletes.
+        # A rewritten day's files were listed before its new ones were written: the new
+        # manifest lists files the listing lacks, and so would vouch for nothing there.
         doomed = [
             f"{self.folder(day)}/{name}"
             for day in members
             for name in sorted(
-                set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
+                set(listed[day]) - set(new.files[day])
+                if day in rewrite
+                else set(listed[day]) - set(self.manifest.counted(day, list(listed[day])))
             )
         ]
         if doomed and not rewrite:
@@ -285,8 +450,9 @@ class _Group:
         making a later run clear them up. Each marker names a file the partition holds, so
         it is seen and consumed like a writer's (in this run, or in the next, which clears up
         after a crashed one: named after a ``c-`` file, it reads as long stale, so that run
-        consumes it even where it rewrites nothing, the partition being clean again, and
-        leaves the rewrite to a full run)."""
+        consumes it even where it rewrites nothing, the partition being clean again; the
+        groups not reached are rewritten by that run too, as the lake recorded the full run
+        as unfinished: :class:`~kirim_events.lake.state.FullRun`)."""
         if not days:
             return
         items = [(change_marker(self.table, self.group, d, counted[d][0]), b"") for d in days]
@@ -468,9 +634,12 @@ def compact(
     the schema changed (a partition compacted before keeps what the old rule kept, and
     columns since dropped) or after restoring a lake from a copy. It leaves a change marker
     in each partition before writing there, so the next run of either kind clears up after
-    a crash; a normal run rewrites no clean partition, so those a crashed full run did not
-    reach are rewritten by a full run only. ``report.partitions`` counts the partitions
-    rewritten.
+    a crash, and records itself as it begins (``_state/full-compaction.json``: every
+    group's manifest generation then); a run of either kind that finds the record rewrites
+    whole, as a full run does, every group whose generation has not moved (a group not
+    reached: its partitions are rewritten under one manifest) and deletes the record once
+    every group is done (``report.finished_full_run``). A normal run otherwise rewrites no
+    clean partition. ``report.partitions`` counts the partitions rewritten.
 
     See the module documentation for the steps and guarantees; ``hook(step)`` is called
     after each step (tests raise from it to simulate a crash there). Partitions of a group
@@ -487,11 +656,40 @@ def compact(
     owner = f"{writer_id}-{uuid.uuid4().hex[:8]}"
     with compaction_lock(storage, owner, now, warnings=report.warnings) as check:
         _clean_tmp(storage, now())
+        deleted_from |= _migrate_legacy(
+            storage, writer_id=writer_id, now=now, hook=step, check=check
+        )
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
+        unvouched = _unvouched(storage, report)
+        # groups rewritten whole, as a full run does: every group of a full run; a group
+        # with no manifest but c- files; the groups a crashed full run had not reached
+        whole = set(unvouched)
+        unfinished = FullRun.load(storage)
         if full:
-            for table in ("events", "deliveries"):
-                for group in list_groups(storage, table):
+            began = datetime.fromtimestamp(now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            FullRun(began, _generations(storage)).save(storage)
+        elif unfinished is not None:
+            left = unfinished.not_reached(storage)
+            whole |= {
+                (table, group)
+                for table in ("events", "deliveries")
+                for group in list_groups(storage, table)
+                if manifest_path(table, group) in left
+            }
+            report.finished_full_run = unfinished.started_at
+            logger.info(
+                "finishing the full compaction begun %s: %d group(s) not reached yet",
+                unfinished.started_at,
+                len(left),
+            )
+        for key in [k for k in changes if k[0] == "events" and k[1] in LEGACY_GROUPS]:
+            del changes[key]  # markers of files an older collector is still moving in
+        for table in ("events", "deliveries"):
+            for group in list_groups(storage, table):
+                if group in LEGACY_GROUPS:
+                    continue  # emptied above (but for files written since)
+                if full or (table, group) in whole:
                     days = set(list_dates(storage, table, group))
                     changes.setdefault((table, group), set()).update(days)
         for (table, group), days in sorted(
@@ -512,7 +710,7 @@ def compact(
                 report=report,
                 workers=workers or os.cpu_count() or 1,
                 check=check,
-                full=full,
+                full=full or (table, group) in whole,
             )
             seen = group_run.run()
             deleted_from.update(group_run.deleted_from)
@@ -535,6 +733,8 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        if full or unfinished is not None:
+            storage.delete(FULL_RUN_PATH)  # every group reached: the full run is finished
     storage.remove_empty_folders(deleted_from)
     report.seconds = time.perf_counter() - started
     return report

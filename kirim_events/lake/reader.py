@@ -30,6 +30,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from kirim_events.events_record import TYPE_ALIASES
 from kirim_events.lake.paths import decode_type, encode_type, parse_partition_dir
 from kirim_events.lake.state import Manifest, manifest_path
 from kirim_events.lake.storage import Storage
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DELIVERY_DEDUP_COLUMNS",
     "EVENT_FILE_SCHEMA",
+    "LEGACY_GROUPS",
     "READ_ATTEMPTS",
     "REQUIRED_EVENT_COLUMNS",
     "VANISHED_ERRORS",
@@ -111,11 +113,23 @@ class GroupPlan:
     clean: list[str] = field(default_factory=list)
     dedup: list[str] = field(default_factory=list)
     keep_dates: list[str] = field(default_factory=list)
+    as_type: str | None = None
+    """The type its rows are read as, when not the folder's own (a legacy folder)."""
 
     @property
     def type_value(self) -> str | None:
         """The decoded event type of this group."""
+        if self.as_type is not None:
+            return self.as_type
         return None if self.group is None else decode_type(self.group)
+
+
+LEGACY_GROUPS = {encode_type(old): encode_type(new) for old, new in TYPE_ALIASES.items()}
+"""Event folders older versions wrote (encoded type -> the encoded type it is stored as
+now). Before 01d6abb a Kirim-native ``message.status_updated`` went to
+``type=message.status_updated``; it is ``message.status`` now. Readers read such a folder
+as the type it aliases, deduplicated together with it, and compaction moves its files there
+(:func:`kirim_events.lake.compact.compact`)."""
 
 
 def list_groups(storage: Storage, table: str) -> list[str | None]:
@@ -179,8 +193,13 @@ def plan_group(
     lo: str | None = None,
     hi: str | None = None,
     window_days: int = 2,
+    forced: Callable[[list[str]], set[str]] | None = None,
 ) -> GroupPlan:
     """Decide which files of one group to read as is and which to deduplicate.
+
+    ``forced(dates)`` names the dates (of the group's ``dates``) deduplicated even where
+    clean: those within the window of a legacy folder read as this group
+    (:data:`LEGACY_GROUPS`), whose copies of its events are deduplicated with its own.
 
     A compaction that publishes its manifest and deletes the files it replaced while the
     folders are being listed would leave a plan that counts neither the old files nor the
@@ -190,7 +209,16 @@ def plan_group(
     rel = manifest_path(table, group)
     manifest = Manifest.load(storage, rel)
     for _ in range(_REPLANS):
-        plan = _plan_group(storage, table, group, manifest, lo=lo, hi=hi, window_days=window_days)
+        plan = _plan_group(
+            storage,
+            table,
+            group,
+            manifest,
+            lo=lo,
+            hi=hi,
+            window_days=window_days,
+            forced=forced,
+        )
         after = Manifest.load(storage, rel)
         if after.generation == manifest.generation:
             break
@@ -210,8 +238,10 @@ def _plan_group(
     lo: str | None,
     hi: str | None,
     window_days: int,
+    forced: Callable[[list[str]], set[str]] | None = None,
 ) -> GroupPlan:
     dates = list_dates(storage, table, group)
+    must = set() if forced is None else forced(dates)
     selected = [d for d in dates if (lo is None or d >= lo) and (hi is None or d <= hi)]
     counted: dict[str, list[str]] = {}
 
@@ -229,7 +259,7 @@ def _plan_group(
     plan = GroupPlan(table, group)
     to_dedup: set[str] = set()
     for day in selected:
-        if any(not manifest.is_clean(d, files(d)) for d in near(day)):
+        if day in must or any(not manifest.is_clean(d, files(d)) for d in near(day)):
             plan.keep_dates.append(day)
             to_dedup.update(near(day))
         else:
@@ -249,17 +279,44 @@ def plan_table(
     window_days: int = 2,
 ) -> list[GroupPlan]:
     """Plans for every group a query touches."""
-    if table == "events":
-        present = list_groups(storage, table)
-        groups: list[str | None] = (
-            list(present)
-            if types is None
-            else [g for g in dict.fromkeys(encode_type(t) for t in types) if g in present]
-        )
-    else:
-        groups = [None]
-        window_days = 0
-    return [plan_group(storage, table, g, lo=lo, hi=hi, window_days=window_days) for g in groups]
+    if table != "events":
+        return [plan_group(storage, table, None, lo=lo, hi=hi, window_days=0)]
+    present = list_groups(storage, table)
+    wanted = None if types is None else set(encode_type(t) for t in types)
+    groups = [g for g in present if g not in LEGACY_GROUPS and (wanted is None or g in wanted)]
+    plans = []
+    # a legacy folder: read as the type it aliases, every date deduplicated, and so are the
+    # dates of that type within the window of one of its dates (a copy may be in each)
+    legacy: dict[str, list[str]] = {}
+    for old, new in LEGACY_GROUPS.items():
+        if old in present and (wanted is None or new in wanted):
+            days = list_dates(storage, table, old)
+            legacy.setdefault(new, []).extend(days)
+            plans.append(
+                plan_group(
+                    storage,
+                    table,
+                    old,
+                    lo=lo,
+                    hi=hi,
+                    window_days=window_days,
+                    forced=lambda dates: set(dates),
+                )
+            )
+            plans[-1].as_type = decode_type(new)
+
+    def near_legacy(group: str | None) -> Callable[[list[str]], set[str]] | None:
+        if group not in legacy:
+            return None
+        return lambda dates: {
+            d for old in legacy[group] for d in near_days(old, window_days, set(dates))
+        }
+
+    plans += [
+        plan_group(storage, table, g, lo=lo, hi=hi, window_days=window_days, forced=near_legacy(g))
+        for g in groups
+    ]
+    return plans
 
 
 # ---------------------------------------------------------------------- Polars

@@ -14,6 +14,24 @@ last compaction produced (``files``, ``rows``) and the files it replaced (``repl
 Readers trust it thus: a compaction output (``c-...``) counts only if the manifest lists it;
 any other file counts unless the manifest lists it as replaced. A partition whose counted
 files are exactly its manifest files is *clean*: it holds each event_key once.
+
+A manifest cannot vouch for a partition when it is missing (``_state/compaction`` lost or
+restored from nothing) or lists a file of that partition that is not on disk (restored from
+an older copy than the data). There the partition's ``c-`` files may be the only copy of its
+compacted events, so every file counts and the partition is not clean: readers deduplicate
+it (every copy on disk is a copy of a real event, and the dedup rule keeps one of each), and
+compaction merges every file instead of deleting ``c-`` files as a crashed run's leftovers.
+A ``c-`` file is only ever ignored when a manifest that matches the disk leaves it out.
+
+A full compaction begun and not finished is recorded in ``_state/full-compaction.json``::
+
+    {"version": 1, "started_at": "2026-05-01T12:00:00Z",
+     "generations": {"_state/compaction/deliveries.json": 4, ...}}
+
+the generation of every group's manifest when it began. A full run rewrites a group's
+partitions under one manifest, so a group whose generation has not moved since was not
+reached; the next compaction, full or not, rewrites those groups as a full run would and
+then deletes the record (see :mod:`kirim_events.lake.compact`).
 """
 
 from __future__ import annotations
@@ -29,7 +47,9 @@ from kirim_events.schema import SCHEMA_VERSION
 
 __all__ = [
     "FORMAT",
+    "FULL_RUN_PATH",
     "MIN_READER_VERSION",
+    "FullRun",
     "Manifest",
     "check_version",
     "ensure_version",
@@ -39,6 +59,8 @@ __all__ = [
 FORMAT = "kirim-events-lake"
 MIN_READER_VERSION = 1
 VERSION_PATH = "_state/lake.json"
+FULL_RUN_PATH = "_state/full-compaction.json"
+FULL_RUN_VERSION = 1
 
 
 def _load_json(storage: Storage, rel: str) -> dict[str, Any] | None:
@@ -100,13 +122,15 @@ class Manifest:
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     replaced: dict[str, list[str]] = field(default_factory=dict)
+    missing: bool = False
+    """No manifest on disk: it vouches for no ``c-`` file (see module doc)."""
 
     @classmethod
     def load(cls, storage: Storage, rel: str) -> Manifest:
         """Read a manifest; a missing one is empty (generation 0)."""
         record = _load_json(storage, rel)
         if record is None:
-            return cls()
+            return cls(missing=True)
         try:
             parts = record["partitions"]
             return cls(
@@ -129,8 +153,16 @@ class Manifest:
         }
         storage.publish(rel, json.dumps(record, indent=1).encode())
 
+    def vouches(self, date: str, names: list[str]) -> bool:
+        """Whether this manifest says which of a partition's files (``names``, on disk)
+        count: it exists and every file it lists for the partition is there."""
+        return not self.missing and set(self.files.get(date, ())) <= set(names)
+
     def counted(self, date: str, names: list[str]) -> list[str]:
-        """Which of a partition's files readers count (see module doc)."""
+        """Which of a partition's files readers count (see module doc): all of them where
+        the manifest cannot vouch for the partition."""
+        if not self.vouches(date, names):
+            return sorted(names)
         listed = set(self.files.get(date, ()))
         replaced = set(self.replaced.get(date, ()))
         return sorted(
@@ -142,3 +174,47 @@ class Manifest:
         if not counted:
             return True
         return date in self.files and set(counted) == set(self.files[date])
+
+
+@dataclass
+class FullRun:
+    """A full compaction begun and not finished (see module doc)."""
+
+    started_at: str
+    generations: dict[str, int]
+    """Manifest path -> its generation when the full run began."""
+
+    @classmethod
+    def load(cls, storage: Storage) -> FullRun | None:
+        """The record of an unfinished full run, or None."""
+        record = _load_json(storage, FULL_RUN_PATH)
+        if record is None:
+            return None
+        version = record.get("version")
+        if not isinstance(version, int) or version > FULL_RUN_VERSION:
+            raise SchemaVersionError(
+                f"{storage.uri}/{FULL_RUN_PATH} has version {version!r}, which this "
+                f"kirim-events (version {FULL_RUN_VERSION}) does not know; upgrade it"
+            )
+        try:
+            generations = {str(k): int(v) for k, v in record["generations"].items()}
+            return cls(started_at=str(record["started_at"]), generations=generations)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LakeError(f"{storage.uri}/{FULL_RUN_PATH} is not valid: {exc}") from None
+
+    def save(self, storage: Storage) -> None:
+        """Publish atomically."""
+        record = {
+            "version": FULL_RUN_VERSION,
+            "started_at": self.started_at,
+            "generations": dict(sorted(self.generations.items())),
+        }
+        storage.publish(FULL_RUN_PATH, json.dumps(record, indent=1).encode())
+
+    def not_reached(self, storage: Storage) -> set[str]:
+        """The manifest paths whose generation has not moved since the run began."""
+        return {
+            rel
+            for rel, generation in self.generations.items()
+            if Manifest.load(storage, rel).generation == generation
+        }

@@ -1,0 +1,96 @@
+"""A lake whose compaction manifests were lost, or restored from an older copy than its data:
+the ``c-`` files no manifest vouches for are read and merged, never ignored or deleted."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from test_lake import T0, ev, parquet_files
+from test_lake_compact import (
+    _template,
+    crashed_at_every_step,
+    finished_by_a_normal_run,
+    on_disk,
+    winners,
+)
+
+import kirim_events as ke
+
+
+def lost_manifests(root: Path) -> dict[str, str]:
+    """A compacted lake, written to since, whose ``_state/compaction`` is gone (lake.json and
+    the change markers kept); returns the winners it holds."""
+    expected = _template(root)
+    ke.Lake(root).compact()  # every partition compacted: most events are in c- files only
+    assert all(f.name.startswith("c-") for f in parquet_files(root / "events"))
+    shutil.rmtree(root / "_state/compaction")
+    assert (root / "_state/lake.json").exists()
+    return expected
+
+
+def test_readers_count_the_compacted_files_of_a_lake_that_lost_its_manifests(
+    tmp_path: Path,
+) -> None:
+    expected = lost_manifests(tmp_path)
+    lake = ke.Lake(tmp_path)
+    assert winners(lake) == expected  # read as empty before: every c- file ignored
+    assert lake.deliveries().collect().height == 1
+    stats = lake.stats()
+    assert not stats["clean"].any()  # nothing vouches that each event is there once
+    assert stats["leftover_files"].sum() == 0
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_compaction_of_a_lake_that_lost_its_manifests_keeps_every_event(
+    tmp_path: Path, full: bool
+) -> None:
+    expected = lost_manifests(tmp_path)
+    before = parquet_files(tmp_path)
+    lake = ke.Lake(tmp_path)
+    report = lake.compact(full=full)  # --full deleted every c- file as a leftover
+    assert any("_state/compaction" in said for said in report.warnings)
+    assert report.partitions == len({f.parent for f in before})  # every one rewritten
+    assert winners(lake) == expected
+    assert on_disk(tmp_path) == sorted(expected)
+    assert lake.deliveries().collect().height == 1
+    stats = lake.stats()
+    assert stats["clean"].all()
+    assert stats["leftover_files"].sum() == 0
+    assert (tmp_path / "_state/compaction/deliveries.json").exists()
+    again = lake.compact()
+    assert (again.partitions, again.warnings) == (0, [])
+
+
+def test_a_crash_at_every_step_of_the_rebuilding_compaction_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    template = tmp_path / "template"
+    expected = lost_manifests(template)
+    for step, root, lake in crashed_at_every_step(template, tmp_path):
+        assert winners(lake) == expected, f"after a crash at {step}"
+        assert lake.deliveries().collect().height == 1, step
+        finished_by_a_normal_run(lake, root, expected, step)
+
+
+def test_manifests_restored_from_an_older_copy_than_the_data_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    lake = ke.Lake(tmp_path)
+    expected = _template(tmp_path)
+    lake.compact()
+    old = tmp_path.with_name("old-state")
+    shutil.copytree(tmp_path / "_state/compaction", old)
+    lake.write_events([ev("late", payload="late", occurred=T0 + timedelta(hours=1))])
+    expected["late"] = "late"
+    lake.compact()  # May 1's c- files replaced by newer ones, which the old manifest lacks
+    shutil.rmtree(tmp_path / "_state/compaction")
+    shutil.copytree(old, tmp_path / "_state/compaction")
+    reopened = ke.Lake(tmp_path)
+    assert winners(reopened) == expected  # May 1 read as empty before
+    reopened.compact(full=True)  # which deleted May 1's c- files before
+    assert winners(reopened) == expected
+    assert on_disk(tmp_path) == sorted(expected)
+    assert reopened.stats()["clean"].all()

@@ -501,6 +501,77 @@ def test_a_file_given_as_the_data_folder_is_said_so(tmp_path: Path, command: str
     assert afile.read_text() == "not a folder"
 
 
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` and the bytes of its files (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in folder.rglob("*")
+    }
+
+
+def _project_folder(tmp_path: Path) -> Path:
+    """A folder that is no lake: a project's, as a mistyped --data (or a cd into the wrong
+    folder with the default ./data) may name."""
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "README.md").write_text("# a project\n")
+    (folder / "src" / "main.py").write_text("print('hi')\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["backfill"], ["reconcile"], ["reconcile", "--dry-run"]])
+def test_a_folder_holding_other_things_is_refused_as_compact_refuses_it_and_left_as_it_was(
+    world: World, env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    # backfill wrote a lake (_journal, _state, events/, deliveries/) into a folder that
+    # compact and report refuse as "not a kirim-events lake" (exit 1, where "no lake at"
+    # exits 2)
+    folder = _project_folder(tmp_path)
+    before = _snapshot(folder)
+    since, until = window(world)
+    runner = CliRunner()
+    args = [*command, "--data", str(folder), "--since", since, "--until", until]
+    result = runner.invoke(app, args, env=env)
+    assert _snapshot(folder) == before  # not a file added, changed or removed
+    refused = runner.invoke(app, ["compact", "--data", str(folder)], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert result.exit_code == refused.exit_code, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line == refused.output.strip()
+    assert line.startswith(f"error: {folder} is not a kirim-events lake: it holds README.md, src")
+
+
+def test_collect_refuses_a_folder_holding_other_things_before_it_listens(tmp_path: Path) -> None:
+    folder = _project_folder(tmp_path)
+    before = _snapshot(folder)
+    env = {**os.environ, "KIRIM_WEBHOOK_SECRET": "whsec_x", "KIRIM_DATA_DIR": str(folder)}
+    cmd = [sys.executable, "-m", "kirim_events", "collect", "--port", str(free_port())]
+    try:  # (it collected into the folder until stopped)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("collect ran on a folder that is no lake")
+    assert done.returncode == 2, done.stderr
+    assert f"error: {folder} is not a kirim-events lake" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _snapshot(folder) == before
+
+
+def test_an_empty_folder_still_takes_a_new_lake(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The refusal is of other things only: an empty folder, a dot file in it (as
+    data/.gitkeep), takes a new lake (a folder not there yet is made: the tests above)."""
+    since, until = window(world)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".gitkeep").write_text("")
+    args = ["backfill", "--data", str(empty), "--since", since, "--until", until, "--no-progress"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    stored = set(lake_frames(empty)[1]["delivery_id"])
+    assert stored == {r.id for r in world.emu.store.deliveries}
+
+
 WINDOW_COMMANDS = [
     ["backfill"],
     ["reconcile"],

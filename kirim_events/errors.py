@@ -15,6 +15,7 @@
     │   └── ParseFailure                 the parser failed on it (logged: our bug, or odd JSON)
     ├── StorageError                   our own storage failed (retryable: answer 503)
     ├── LakeError                      the lake on disk is unusable
+    │   ├── NotALakeError                no lake there: missing, a file, or others' files
     │   └── SchemaVersionError           written by a newer, incompatible kirim-events
     ├── Interrupted                    a client's wait (Retry-After, backoff) cut short on stop
     └── ApiError                       an error from Kirim's REST API
@@ -124,6 +125,12 @@ class StorageError(KirimEventsError):
 
 class LakeError(KirimEventsError):
     """The lake cannot be used as asked."""
+
+
+class NotALakeError(LakeError):
+    """Raised when the location given for a lake holds none: a folder or bucket that does
+    not exist, a file, or a folder holding other things and none of a lake's. The location
+    is wrong (a setting to change, as a ConfigError), not the lake."""
 
 
 class SchemaVersionError(LakeError):

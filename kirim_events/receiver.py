@@ -294,6 +294,12 @@ def webhook_path(path: str) -> str:
     """``path`` as the receiver matches it (``/webhooks/kirim``), or ConfigError for one no
     subscription URL could name: a blank, ``%`` or another character a URL path holds only
     escaped, or a ``.`` / ``..`` segment (which clients resolve away)."""
+    if not path:
+        # not the root: --path "$WEBHOOK_PATH" with the variable unset took every POST to "/"
+        raise ConfigError(
+            "webhook path is blank: give one such as /webhooks/kirim (or / for the root, or"
+            " leave --path out)"
+        )
     segments = path.strip("/").split("/")
     if path.strip("/") and not all(
         _PATH_SEGMENT.fullmatch(seg) and seg not in (".", "..") for seg in segments

@@ -138,11 +138,14 @@ def test_a_run_stopped_by_ctrl_c_is_resumed_and_the_summary_names_its_filters(
 
 
 def _stopped_while_kirim_asks_to_wait(
-    args: list[str], data: Path, sig: signal.Signals, ready: Callable[[], bool] = lambda: True
+    args: list[str],
+    data: Path | None,
+    sig: signal.Signals,
+    ready: Callable[[], bool] = lambda: True,
 ) -> tuple[int, str]:
-    """Run ``kirim-events <args>`` against a Kirim answering every request 429 with
-    Retry-After: 600; once one was answered and ``ready()``, send ``sig``: its exit code and
-    its stderr (blanks folded)."""
+    """Run ``kirim-events <args>`` (``--data data`` unless None) against a Kirim answering
+    every request 429 with Retry-After: 600; once one was answered and ``ready()``, send
+    ``sig``: its exit code and its stderr (blanks folded)."""
     answered: list[int] = []
 
     async def busy(scope: Any, receive: Any, send: Any) -> None:
@@ -153,7 +156,8 @@ def _stopped_while_kirim_asks_to_wait(
 
     with serve(busy) as url:
         env = {**os.environ, "KIRIM_KEY": "kdv_live_" + "A" * 24, "KIRIM_API_URL": url}
-        cmd = [sys.executable, "-m", "kirim_events", *args, "--data", str(data)]
+        cmd = [sys.executable, "-m", "kirim_events", *args]
+        cmd += [] if data is None else ["--data", str(data)]
         # (a child of a background job would start with SIGINT ignored)
         interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -202,6 +206,29 @@ def test_reconcile_stopped_says_what_it_leaves(
     assert "interrupted: nothing is lost; events it imported wait in the journal" in said
     assert "the same command finishes the rest" in said
     assert "Traceback" not in said
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["deliveries", "list"], "nothing was changed: deliveries list only reads Kirim's history"),
+        (["deliveries", "replay", "wbd_1", "wbd_2"], "the replays answered above are queued at"
+         " Kirim; one asked for as it stopped may be too (deliveries list --event-id shows it),"
+         " the ids after it were not asked for"),
+        (["deliveries", "bulk-replay", "--subscription-id", "wbs_x"], "the bulk_replay calls"
+         " Kirim answered went ahead, one asked for as it stopped may have too, and the rest of"
+         " the window was not replayed: the same command replays it"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_deliveries_stopped_say_what_they_leave(
+    args: list[str], said: str, sig: signal.Signals, code: int
+) -> None:
+    # Ctrl-C ended them with exit 130 and not a word (SIGTERM with 143, killed)
+    returncode, err = _stopped_while_kirim_asks_to_wait(args, None, sig)
+    assert returncode == code, err
+    assert f"interrupted: {said}" in err
+    assert "Traceback" not in err
 
 
 def test_reconcile_dry_run_prints_the_plan(world: World, env: dict[str, str]) -> None:
@@ -501,6 +528,77 @@ def test_a_file_given_as_the_data_folder_is_said_so(tmp_path: Path, command: str
     assert afile.read_text() == "not a folder"
 
 
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` and the bytes of its files (None for a folder)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in folder.rglob("*")
+    }
+
+
+def _project_folder(tmp_path: Path) -> Path:
+    """A folder that is no lake: a project's, as a mistyped --data (or a cd into the wrong
+    folder with the default ./data) may name."""
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "README.md").write_text("# a project\n")
+    (folder / "src" / "main.py").write_text("print('hi')\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["backfill"], ["reconcile"], ["reconcile", "--dry-run"]])
+def test_a_folder_holding_other_things_is_refused_as_compact_refuses_it_and_left_as_it_was(
+    world: World, env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    # backfill wrote a lake (_journal, _state, events/, deliveries/) into a folder that
+    # compact and report refuse as "not a kirim-events lake" (exit 1, where "no lake at"
+    # exits 2)
+    folder = _project_folder(tmp_path)
+    before = _snapshot(folder)
+    since, until = window(world)
+    runner = CliRunner()
+    args = [*command, "--data", str(folder), "--since", since, "--until", until]
+    result = runner.invoke(app, args, env=env)
+    assert _snapshot(folder) == before  # not a file added, changed or removed
+    refused = runner.invoke(app, ["compact", "--data", str(folder)], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert result.exit_code == refused.exit_code, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line == refused.output.strip()
+    assert line.startswith(f"error: {folder} is not a kirim-events lake: it holds README.md, src")
+
+
+def test_collect_refuses_a_folder_holding_other_things_before_it_listens(tmp_path: Path) -> None:
+    folder = _project_folder(tmp_path)
+    before = _snapshot(folder)
+    env = {**os.environ, "KIRIM_WEBHOOK_SECRET": "whsec_x", "KIRIM_DATA_DIR": str(folder)}
+    cmd = [sys.executable, "-m", "kirim_events", "collect", "--port", str(free_port())]
+    try:  # (it collected into the folder until stopped)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("collect ran on a folder that is no lake")
+    assert done.returncode == 2, done.stderr
+    assert f"error: {folder} is not a kirim-events lake" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert _snapshot(folder) == before
+
+
+def test_an_empty_folder_still_takes_a_new_lake(
+    world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The refusal is of other things only: an empty folder, a dot file in it (as
+    data/.gitkeep), takes a new lake (a folder not there yet is made: the tests above)."""
+    since, until = window(world)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".gitkeep").write_text("")
+    args = ["backfill", "--data", str(empty), "--since", since, "--until", until, "--no-progress"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    stored = set(lake_frames(empty)[1]["delivery_id"])
+    assert stored == {r.id for r in world.emu.store.deliveries}
+
+
 WINDOW_COMMANDS = [
     ["backfill"],
     ["reconcile"],
@@ -686,6 +784,63 @@ def test_deliveries_list_says_kirim_has_more_only_when_a_higher_limit_shows_more
     cut, said = listed(len(dead) - 1)
     assert cut == every[:-1]
     assert f"note: the newest {len(dead) - 1} deliveries are shown; Kirim has more" in said
+
+
+class CountHistoryPages:
+    """ASGI middleware: counts the requests for pages of the delivery history."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.pages = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/webhook_deliveries":
+            self.pages += 1
+        await self.app(scope, receive, send)
+
+
+def test_deliveries_list_looks_a_bounded_way_past_the_limit_for_one_more_row(
+    tmp_path: Path,
+) -> None:
+    """With Kirim ignoring --since, every row past the newest ones is outside the range:
+    the look for one more matching row, to say "Kirim has more", walked the whole history,
+    page after page. It stops a couple of pages past the limit, and says more *may* exist."""
+    world = World(tmp_path / "collector", seed=8, events=120)  # its own: no replays added
+    try:
+        _look_ahead_is_bounded(world)
+    finally:
+        world.close()
+
+
+def _look_ahead_is_bounded(world: World) -> None:
+    newest = world.emu.store.deliveries[::-1]  # as Kirim lists them
+    assert [r.created_at for r in newest] == sorted((r.created_at for r in newest), reverse=True)
+    # --since between two rows a few ms apart: exactly the newest `limit` are in range
+    limit = next(k for k in range(2, len(newest))
+                 if newest[k - 1].created_at - newest[k].created_at > 0.002)  # fmt: skip
+    middle = (newest[limit - 1].created_at + newest[limit].created_at) / 2
+    since = datetime.fromtimestamp(middle, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # a history of more pages than the bound: the whole walk takes 5 or more
+    assert len(newest) > 4 * (limit + 1)
+    ignores = FaultConfig(ignored_filters=("created_after",))
+    counted = CountHistoryPages(create_app(world.emu.store, api_keys=world.emu.api_keys,
+                                           read_limit=6000, faults=ignores))  # fmt: skip
+    with serve(counted, log_level="error") as url:
+        env = {**os.environ, "KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+        args = ["deliveries", "list", "--since", since, "--limit", str(limit), "--json"]
+        result = CliRunner().invoke(app, args, env={**env, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert shown == [r.id for r in newest[:limit]]
+    # the page that filled --limit (pages of limit + 1 rows), then two more
+    assert counted.pages == 3
+    said = " ".join(result.stderr.split())
+    assert "Kirim has more" not in said  # no row past them matched: it is not known
+    assert (
+        f"note: the newest {limit} deliveries are shown; Kirim may have more: the 2 pages"
+        " read past them held no other match" in said
+    )
+    assert "outside --since" in said  # the rows Kirim ignored it on: said too
 
 
 def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:

@@ -97,6 +97,7 @@ def test_brackets_in_paths_and_messages_are_printed_as_they_are(
          "--truth"),
         (["collect", "--port", "99999"], "--port"),
         (["collect", "--flush-interval", "nan"], "flush interval"),
+        (["collect", "--path", ""], "webhook path is blank"),
         (["report", "--top", "99999999999999999999999"], "--top"),
         (["compact", "--target-mb", "99999999999999999999999999"], "--target-mb"),
     ],

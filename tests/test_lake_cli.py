@@ -311,3 +311,47 @@ def test_a_stopped_full_compaction_says_the_next_run_finishes_it(tmp_path: Path)
     assert re.search(r"finished the --full run\W+begun\W+\d{4}-", result.output), result.output
     assert lake.unfinished_full_compaction() is None
     assert stopped_saying(lake, False) == _STOPPED
+
+
+@pytest.mark.parametrize("command", ["report", "compact"])
+@pytest.mark.parametrize("option", ["--data", "--lake"])
+def test_every_location_holding_no_lake_exits_2_as_a_bad_option_does(
+    tmp_path: Path, command: str, option: str
+) -> None:
+    # "no lake at ..." exited 2 (the CLI's check) and "... is not a kirim-events lake" 1 (the
+    # library's): both say the same thing, a --data or --lake to change (docs/cli.md, "Exit
+    # codes")
+    (tmp_path / "data").mkdir()
+    foreign = tmp_path / "project"
+    (foreign / "src").mkdir(parents=True)
+    other_format = tmp_path / "other"
+    (other_format / "_state").mkdir(parents=True)
+    (other_format / "_state" / "lake.json").write_text('{"format": "someone-else"}')
+    wrong = {
+        tmp_path / "missing": "no lake at",
+        # --lake, which a journal may flush into, needs what kirim-events writes there
+        foreign: "is not a kirim-events lake: it holds src"
+        if option == "--data"
+        else "nothing kirim-events wrote is there",
+        other_format: "is not a kirim-events lake (_state/lake.json format)",
+    }
+    for where, said in wrong.items():
+        args = ["--data", str(where)]
+        if option == "--lake":
+            args = ["--data", str(tmp_path / "data"), "--lake", str(where)]
+        result = runner.invoke(app, [command, *args])
+        assert result.exit_code == 2, (where, result.output)
+        assert said in " ".join(result.output.split()), result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_the_library_says_no_lake_with_one_class_the_cli_maps_to_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    for where in ("missing", "project"):
+        with pytest.raises(ke.errors.NotALakeError, match="lake"):
+            ke.Lake(tmp_path / where).events().collect()
+    with pytest.raises(ke.errors.NotALakeError, match="is a file, not a lake's folder"):
+        ke.Lake(tmp_path / "afile")
+    assert issubclass(ke.errors.NotALakeError, ke.LakeError)  # code catching LakeError still does

@@ -1103,6 +1103,13 @@ def test_a_webhook_path_no_url_could_name_is_refused(path: str) -> None:
         receiver_module.webhook_path(path)
 
 
+def test_a_blank_webhook_path_is_refused_not_taken_for_the_root() -> None:
+    # "--path ''" (a --path "$WEBHOOK_PATH" with the variable unset) listened on "/": every
+    # POST to the server was taken for a webhook, with no word of it
+    with pytest.raises(ke.ConfigError, match="webhook path is blank"):
+        receiver_module.webhook_path("")
+
+
 @pytest.mark.parametrize(
     ("path", "kept"),
     [("/webhooks/kirim", "/webhooks/kirim"), ("hooks/", "/hooks"), ("/", "/"),

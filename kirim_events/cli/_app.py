@@ -22,8 +22,13 @@ from typer.core import TyperOption
 from kirim_events import __version__
 from kirim_events.config import Settings
 from kirim_events.demo import DEMO_MARKER
-from kirim_events.errors import AuthenticationError, ConfigError, KirimEventsError
-from kirim_events.lake import Lake
+from kirim_events.errors import (
+    AuthenticationError,
+    ConfigError,
+    KirimEventsError,
+    NotALakeError,
+)
+from kirim_events.lake import Lake, refuse_foreign_folder
 from kirim_events.lake.reader import vanished_file
 from kirim_events.lake.state import check_version
 from kirim_events.printable import printable
@@ -85,6 +90,7 @@ def require_folder(data_dir: Path, lake_uri: str | None = None) -> None:
         refuse_file(data_dir)
         if not data_dir.is_dir():
             raise ConfigError(f"no lake at {data_dir} (use --data DIR or KIRIM_DATA_DIR)")
+        refuse_foreign_folder(data_dir)  # before a journal there is opened or flushed
     elif (
         "://" not in lake_uri
         and (path := Path(lake_uri).expanduser()).exists()
@@ -116,8 +122,11 @@ def refuse_file(data_dir: Path) -> None:
 def refuse_demo_folder(data_dir: Path) -> None:
     """ConfigError when ``data_dir`` holds the demo's lake: real events stored beside the
     emulated ones would be counted with them (the demo writes ./data, the default folder);
-    or when it is a file."""
+    or when it is a file; NotALakeError when it holds other things and none of a lake's
+    (what ``compact`` and ``report`` refuse too: a command that writes refuses it before it
+    writes anything there)."""
     refuse_file(data_dir)
+    refuse_foreign_folder(data_dir)
     if (data_dir / DEMO_MARKER).is_file():
         raise ConfigError(
             f"{data_dir} holds the demo's emulated events ({DEMO_MARKER.as_posix()}): real "
@@ -180,6 +189,11 @@ def settings(**overrides: Any) -> Settings:
         return Settings.load(os.environ, **overrides)
 
 
+# Errors that exit 2, as a bad option does (docs/cli.md, "Exit codes"): a setting to change.
+# A --data or --lake that holds no lake is one: "no lake at ..." (the CLI's check) and
+# "... is not a kirim-events lake" (the library's) exited 2 and 1.
+BAD_SETTINGS = (ConfigError, NotALakeError)
+
 # What the engines raise on a lake file they cannot read (damaged, truncated, not Parquet).
 READ_ERRORS = (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException)
 
@@ -202,7 +216,8 @@ def _damaged(lake: str | Path) -> str | None:
 
 @contextmanager
 def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
-    """Render library errors as one red line and exit 1 (2 for configuration errors).
+    """Render library errors as one red line and exit 1 (2 for configuration errors and
+    for a ``--data`` or ``--lake`` that holds no lake, :data:`BAD_SETTINGS`).
 
     With ``lake``, a damaged file in that lake, which the engines fail to read, is one
     line too.
@@ -214,7 +229,7 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         for note in getattr(exc, "__notes__", ()):  # what else went wrong (add_note)
             print_note(note, stderr=True)
         note_refused_key(exc)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+        raise typer.Exit(2 if isinstance(exc, BAD_SETTINGS) else 1) from None
     except (*READ_ERRORS, FileNotFoundError) as exc:
         # only a damaged file, or one a compaction deleted under the read, is one line;
         # anything else may be a bug of ours: its traceback is what a report of it needs.

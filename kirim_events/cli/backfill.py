@@ -453,12 +453,27 @@ def deliveries_list(
     """
     if limit < 1:
         raise typer.BadParameter("--limit must be at least 1")
+    # Ctrl-C while Kirim pages ended it with exit 130 and not a word (SIGTERM: 143, killed)
+    with stops_saying("nothing was changed: deliveries list only reads Kirim's history"):
+        _list(since, until, HistoryFilter(subscription_id, status, event_type, event_id),
+              limit=limit, as_json=as_json)  # fmt: skip
+
+
+LOOK_AHEAD_PAGES = 2
+"""Pages ``deliveries list`` reads past the one that filled ``--limit``, looking for one
+more matching row (to say "Kirim has more"). A Kirim that ignores a filter (``--since``
+above all) answers with rows outside it: looking until one matched walked all 30 days of
+its history. Past these pages the list says more *may* exist."""
+
+
+def _list(
+    since: str | None, until: str | None, flt: HistoryFilter, *, limit: int, as_json: bool
+) -> None:
     client = _client()
     now = datetime.now(UTC)
     with errors_to_exit(), client:
         after, before = _window(since, until, now)
         shown: list[Delivery] = []
-        flt = HistoryFilter(subscription_id, status, event_type, event_id)
         tally = FilterTally()  # Kirim may ignore a filter: its rows outside are not shown
         # one row more than shown: the row that tells whether --limit cut the list
         pages = client.iter_pages(
@@ -467,8 +482,11 @@ def deliveries_list(
         # a matching row past the last one shown: --limit cut the list. Rows past it that
         # only Kirim kept (outside a filter it ignored) are no more: "Kirim has more (raise
         # --limit)" was said over them, and a higher --limit showed nothing new
-        more = False
+        more = maybe = False
+        past = 0  # whole pages read after the one that filled --limit
         for page, _ in pages:
+            if len(shown) >= limit:
+                past += 1
             for d in page.deliveries:
                 if not _in_range(d, after, before):
                     tally.outside[TIME_FILTER] += 1
@@ -482,15 +500,25 @@ def deliveries_list(
                     break
             if more:
                 break
+            if past >= LOOK_AHEAD_PAGES and page.has_more:
+                maybe = True  # Kirim has pages left, unread: what they hold is not known
+                break
     for note in tally.notes(flt, stored="shown"):
         print_note(note, stderr=True)  # stderr: --json output stays one object per line
     if not shown:  # not an empty table without a word
         print_note("no delivery in Kirim's history matches the range and filters", stderr=True)
         return
+    newest = "delivery is" if limit == 1 else f"{limit} deliveries are"
     if more:
-        newest = "delivery is" if limit == 1 else f"{limit} deliveries are"
-        note = f"the newest {newest} shown; Kirim has more (raise --limit)"
-        print_note(note, stderr=True)
+        print_note(f"the newest {newest} shown; Kirim has more (raise --limit)", stderr=True)
+    elif maybe:
+        print_note(
+            f"the newest {newest} shown; Kirim may have more: the"
+            f" {counted(LOOK_AHEAD_PAGES, 'page')} read past them held no other match (rows"
+            " outside the range or filters), and the rest of its history was not read (raise"
+            " --limit to look further)",
+            stderr=True,
+        )
     if as_json:
         for d in shown:
             row = {
@@ -528,7 +556,11 @@ def deliveries_replay(
     failed = 0
     refused: ApiError | None = None
     sent: dict[str, int] = {}  # replays asked for, per subscription (when it can be read)
-    with client:
+    stopped = (
+        "the replays answered above are queued at Kirim; one asked for as it stopped may be"
+        " too (deliveries list --event-id shows it), the ids after it were not asked for"
+    )
+    with stops_saying(stopped), client:
         for ident in ids:
             try:
                 with_errors = client.replay(ident)
@@ -582,7 +614,12 @@ def deliveries_bulk_replay(
     """
     client = _client()
     now = datetime.now(UTC)
-    with errors_to_exit(), client:
+    stopped = (
+        "the bulk_replay calls Kirim answered went ahead, one asked for as it stopped may"
+        " have too, and the rest of the window was not replayed: the same command replays it"
+        " (a delivery may then be sent twice; the collector deduplicates it)"
+    )
+    with stops_saying(stopped), errors_to_exit(), client:
         if status not in {"dead", "failed"}:
             raise ConfigError("--status must be 'dead' or 'failed'")
         lo, asked = _window(since, until, now)

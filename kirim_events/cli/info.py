@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from kirim_events.cli._app import DataOption, command, console, settings
-from kirim_events.config import api_base, shown_url
+from kirim_events.cli._app import DataOption, command, console, settings, stops_saying
+from kirim_events.config import Settings, api_base, shown_url
 
 
 @command("info")
 def info(data: DataOption = None) -> None:
     """Show the resolved settings; secrets are shown only as counts, never as values."""
-    s = settings(data_dir=data)
+    with stops_saying("nothing was changed: info only shows the settings"):
+        _show(settings(data_dir=data))
+
+
+def _show(s: Settings) -> None:
     table = Table("setting", "value", title="kirim-events settings")
     table.add_row("data dir", str(s.data_dir))
     table.add_row("API URL (KIRIM_API_URL)", shown_url(api_base(s.api_url)))

@@ -30,6 +30,7 @@ from kirim_events.cli._app import (
     print_note,
     require_folder,
     settings,
+    stops_saying,
 )
 from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal_index import JournalView, lake_identity
@@ -117,7 +118,11 @@ def report_command(
     collector's journal.
     """
     s = settings(data_dir=data)
-    with errors_to_exit(lake=lake_uri or s.data_dir):
+    said = "nothing was changed: report only reads the lake"
+    if html is not None:
+        said += f"; {html} may be left incomplete, run it again to write it whole"
+    # Ctrl-C in a long read ended it with exit 130 and not a word (SIGTERM: 143, killed)
+    with stops_saying(said), errors_to_exit(lake=lake_uri or s.data_dir):
         require_folder(s.data_dir, lake_uri)
         if html is not None:
             # "~/r.html" as --data and --lake read "~" (and write_html does): the check below

@@ -46,7 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from kirim_events.analytics import AnalyticsMixin
-from kirim_events.errors import ConfigError, LakeError
+from kirim_events.errors import ConfigError, LakeError, NotALakeError
 from kirim_events.events import KNOWN_TYPES, EventRecord, canonical_type
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
@@ -76,7 +76,7 @@ from kirim_events.lake.writer import Writer, partition_dir
 from kirim_events.sqltext import quote_identifier
 from kirim_events.timearg import TimeLike, to_utc
 
-__all__ = ["LAKE_ENTRIES", "STEPS", "CompactionReport", "Lake"]
+__all__ = ["LAKE_ENTRIES", "STEPS", "CompactionReport", "Lake", "refuse_foreign_folder"]
 
 
 _WRITER_ID = re.compile(r"[0-9a-z]{1,32}")
@@ -158,6 +158,32 @@ def _not_a_lake(root: str, foreign: list[str], nearby: str | None) -> str:
     return f"{text}; did you mean {nearby}?" if nearby else text
 
 
+def _foreign(names: Iterable[str]) -> list[str]:
+    """Of a folder's ``names``, the other things than a lake's, sorted; [] when it holds any
+    of a lake's entries (it is a lake). Dot files (data/.gitkeep) and a new volume's
+    lost+found are no one's content."""
+    names = list(names)
+    if any(name in LAKE_ENTRIES for name in names):
+        return []
+    return sorted(n for n in names if not n.startswith(".") and n != "lost+found")
+
+
+def refuse_foreign_folder(folder: str | PathLike[str]) -> None:
+    """NotALakeError when the local ``folder`` holds other things and none of a lake's;
+    a missing or empty folder, or a lake, passes (a new lake is made by its first write).
+
+    What a command that writes a lake checks before it writes: a mistyped --data (the
+    project folder, a home folder) would otherwise get a lake written into it, where the
+    commands that read refuse it (:meth:`Lake._require_folder`, with the same message).
+    """
+    root = os.fspath(folder)
+    if not os.path.isdir(root):
+        return
+    foreign = _foreign(os.listdir(root))
+    if foreign:
+        raise NotALakeError(_not_a_lake(root, foreign, _local_lake_near(root, foreign)))
+
+
 def _local_lake_near(root: str, foreign: list[str]) -> str | None:
     """A lake in a folder above local ``root``, or in one of its ``foreign`` folders."""
     here = os.path.abspath(root)
@@ -214,7 +240,7 @@ class Lake(AnalyticsMixin):
             root = self.storage.root
             nearby = _local_lake_near(root, [])
             hint = f"; did you mean {nearby}?" if nearby else ""
-            raise LakeError(f"{root} is a file, not a lake's folder{hint}")
+            raise NotALakeError(f"{root} is a file, not a lake's folder{hint}")
         check_version(self.storage)
         self.location = str(location)
         self.dedup_window_days = dedup_window_days
@@ -296,13 +322,13 @@ class Lake(AnalyticsMixin):
         root = self.storage.root
         if self.storage.local:
             if not os.path.isdir(root):
-                raise LakeError(f"no lake at {root}: the folder does not exist")
+                raise NotALakeError(f"no lake at {root}: the folder does not exist")
             names = os.listdir(root)
         else:
             # a missing prefix is a new, empty lake; a missing bucket (a typo) is no lake
             names = [entry.name for entry in self.storage.list_dir("")]
             if not names and self.storage.bucket_missing():
-                raise LakeError(
+                raise NotALakeError(
                     f"no lake at {self.location}: the bucket {self.storage.bucket} does not exist"
                 )
         if any(name in LAKE_ENTRIES for name in names):
@@ -310,16 +336,15 @@ class Lake(AnalyticsMixin):
             # paid once; a local folder is checked at each read, at the cost of a listdir
             self._known_lake = not self.storage.local
             return
-        # dot files (data/.gitkeep) and a new volume's lost+found are no one's content
-        foreign = sorted(n for n in names if not n.startswith(".") and n != "lost+found")
+        foreign = _foreign(names)
         if not foreign:  # an empty folder is a new lake; one holding other things is not one
             return
         if self.storage.local:
-            raise LakeError(_not_a_lake(root, foreign, _local_lake_near(root, foreign)))
+            raise NotALakeError(_not_a_lake(root, foreign, _local_lake_near(root, foreign)))
         # on S3 only a prefix below is looked at, one GET per candidate
         below = (n for n in foreign[:3] if self.storage.read_bytes(f"{n}/{VERSION_PATH}"))
         nearby = next((f"{self.location.rstrip('/')}/{n}" for n in below), None)
-        raise LakeError(_not_a_lake(self.location, foreign, nearby))
+        raise NotALakeError(_not_a_lake(self.location, foreign, nearby))
 
     def _plan(self, table: str, **where: Any) -> list[GroupPlan]:
         """The files to read of ``table`` (:func:`~kirim_events.lake.reader.plan_table`).
@@ -331,7 +356,7 @@ class Lake(AnalyticsMixin):
         plans = plan_table(self.storage, table, **where)
         nothing = not any(plan.clean or plan.dedup for plan in plans)
         if nothing and self._known_lake and self.storage.bucket_missing():
-            raise LakeError(
+            raise NotALakeError(
                 f"no lake at {self.location}: the bucket {self.storage.bucket} does not "
                 "exist (it did when this Lake first read it: deleted since?)"
             )

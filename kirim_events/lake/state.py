@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kirim_events.errors import LakeError, SchemaVersionError
+from kirim_events.errors import LakeError, NotALakeError, SchemaVersionError
 from kirim_events.lake.paths import is_compaction_file
 from kirim_events.lake.storage import Storage
 from kirim_events.schema import SCHEMA_VERSION
@@ -82,7 +82,7 @@ def check_version(storage: Storage) -> int | None:
     if record is None:
         return None
     if record.get("format") != FORMAT:
-        raise LakeError(f"{storage.uri} is not a kirim-events lake ({VERSION_PATH} format)")
+        raise NotALakeError(f"{storage.uri} is not a kirim-events lake ({VERSION_PATH} format)")
     version = record.get("schema_version")
     needs = record.get("min_reader_version", version)
     if not isinstance(version, int) or not isinstance(needs, int):

@@ -403,6 +403,20 @@ def test_subscribe_refuses_event_names_as_the_api_does(events: Any) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "events",
+    [("message.status", "contact.created"), iter(["message.status", "contact.created"])],
+)
+def test_subscribe_takes_event_names_in_any_sequence_not_only_a_list(events: Any) -> None:
+    # a tuple (or any iterable of names) was taken before the names were checked, as the
+    # store makes a list of it; the check then asked for a list and refused a tuple
+    emu = Emulator(seed=5, secrets=SECRET)
+    sub = emu.subscribe(URL, events=events)
+    assert sub.events == ["message.status", "contact.created"]
+    assert sub.matches("message.status_updated")
+    assert not sub.matches("message.received")
+
+
 def test_disorder_delivers_statuses_out_of_order() -> None:
     _emu, receiver, _ = _live(600, seed=12, disorder=0.5, disorder_delay=30, concurrency=4)
     arrival = [

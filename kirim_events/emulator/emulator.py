@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -150,14 +151,15 @@ class Emulator:
         self,
         url: str,
         *,
-        events: list[str] | None = None,
+        events: Iterable[str] | None = None,
         secrets: SecretLike | Iterable[SecretLike] | None = None,
         now: float | None = None,
     ) -> Subscription:
         """Create a subscription signed with ``secrets`` (default :attr:`webhook_secrets`).
 
-        ``events`` names the event types sent to it (``None``: every one, ``["*"]``); names
-        are checked as ``POST /v1/webhook_subscriptions`` checks them.
+        ``events`` names the event types sent to it, in a list, a tuple or any iterable
+        but a string (``None``: every one, ``["*"]``); names are checked as
+        ``POST /v1/webhook_subscriptions`` checks them.
 
         Raises ConfigError for an ``https://`` URL while ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
         cannot be read (see :meth:`check_url`), and for an empty ``events`` or a name no
@@ -167,10 +169,15 @@ class Emulator:
         if events is not None:
             # as the REST API does (a 400 there): a name no type matches was never sent
             # anything, without a word, and an empty list subscribed to every type
+            # any iterable of names, as the store takes them (a tuple was refused once the
+            # names were checked); a string is no list of names but its letters
+            given: Any = events
+            if isinstance(events, Iterable) and not isinstance(events, (str, bytes)):
+                given = list(events)
             try:
-                events = check_events(events)
+                events = check_events(given)
             except ApiError as exc:
-                raise ConfigError(f"subscribe: {exc}: got {events!r}") from None
+                raise ConfigError(f"subscribe: {exc}: got {given!r}") from None
         chosen = list(as_secrets(secrets)) if secrets is not None else list(self.webhook_secrets)
         sub, _ = self.store.create_subscription(
             url,

@@ -88,6 +88,19 @@ def test_emulate_sends_signed_webhooks_to_a_loopback_receiver(tmp_path: Path) ->
     assert "events never acknowledged" in result.output
 
 
+def test_no_api_ignores_kirim_key_whatever_its_form() -> None:
+    # --no-api serves no API, so KIRIM_KEY is not used (only checked when the API is
+    # served); ce7c207 made the Emulator refuse a key of another form, and the key set for
+    # the real Kirim (a test key, a newer form) then stopped emulate --no-api with exit 2
+    receiver = Receiver()
+    result = emulate_into(
+        receiver, "--events", "3", "--time-compression", "1000", env={"KIRIM_KEY": "other-key"}
+    )
+    assert result.exit_code == 0, result.output
+    assert receiver.bad == 0
+    assert len(receiver.event_keys()) == 3
+
+
 def test_the_truth_holds_the_events_sent_and_not_those_never_sent(tmp_path: Path) -> None:
     # --truth held every world event, those never sent too: here the subscription is
     # disabled after 24 failed deliveries (a 404 is permanent), and Kirim sends the later

@@ -420,7 +420,9 @@ def emulate(
             ),
             start=_start(start, span),
             secrets=s.webhook_secrets or None,
-            api_keys=[s.api_key] if s.api_key else [],
+            # only when the API is served: --no-api leaves KIRIM_KEY unchecked and unused,
+            # and the Emulator refuses a key of another form than kdv_live_ + 24 characters
+            api_keys=[s.api_key] if s.api_key and not no_api else [],
             retention_days=RETENTION_DAYS,
         )
         if send_to:

@@ -81,7 +81,7 @@ from kirim_events.history_slices import (
     walk_restarting,
 )
 from kirim_events.journal import Journal
-from kirim_events.journal_index import refuse_inside_lake
+from kirim_events.journal_index import data_folder, refuse_inside_lake
 from kirim_events.stopsignals import held
 from kirim_events.timearg import is_span, parse_when
 
@@ -739,7 +739,9 @@ def backfill(
     filters = {
         k: v for k, v in zip(_FILTERS, (subscription_id, status, event_type), strict=True) if v
     }
-    root = Path(data)
+    # "~" expanded as the journal and the lake expand it: the checkpoint and its lock sat in
+    # a folder named "~" where the run was, apart from the journal they go with
+    root = data_folder(data)
     bounds = (_asked(since, lo), _asked(until, hi_asked))
     key = _run_key(*bounds, filters, client.account)
     path = root / "_state" / "backfill" / f"{key}.json"

@@ -28,6 +28,7 @@ from types import FrameType
 from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
+from kirim_events.journal_index import data_folder
 from kirim_events.listen import listen_socket
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
@@ -104,7 +105,7 @@ class Collector:
         # absolute: the lake opens at the first flush, after a notebook may have changed its
         # working folder; a relative path then made a lake in another folder than the journal
         # ("~" expanded, as the journal and Lake do)
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.data_dir = data_folder(data_dir)
         self._lake = lake
         self.flush_interval = flush_interval
         self._now = now

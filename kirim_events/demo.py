@@ -45,7 +45,7 @@ from kirim_events.emulator.engine import EngineReport
 from kirim_events.emulator.model import Bundle
 from kirim_events.errors import ConfigError
 from kirim_events.filelock import file_lock
-from kirim_events.journal_index import journal_path
+from kirim_events.journal_index import data_folder, journal_path
 from kirim_events.lake import LAKE_ENTRIES, Lake
 from kirim_events.lake.reader import reread
 from kirim_events.listen import listen_socket
@@ -434,7 +434,9 @@ def run_demo(
         raise ConfigError("the demo's data folder name is blank: give a folder (default: data)")
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be 0 (a free one) to 65535, got {port}")
-    folder = Path(data_dir)
+    # "~" expanded as the collector and the lake expand it: the folder checked, locked and
+    # marked must be the one written (it was a folder named "~" where the demo ran)
+    folder = data_folder(data_dir)
     with contextlib.ExitStack() as held:
         # bound first: a busy port is refused before the folder is touched
         collector_sock = held.enter_context(listen_socket(HOST, port))
@@ -507,7 +509,8 @@ def run_demo(
         if cleared:
             report.notes.insert(
                 0,
-                f"{folder} held an earlier demo's lake: it was cleared, so this run started afresh",
+                f"{data_dir} held an earlier demo's lake: it was cleared, so this run started"
+                " afresh",
             )
         sealed = {"seed": seed, "scale": scale, "contents": _contents(folder)}
         # whole or not at all: a torn marker reads as unsealed, and the next run would clear

@@ -55,7 +55,13 @@ from kirim_events.atomicfile import fsync_dir, make_dirs
 from kirim_events.errors import StorageError
 from kirim_events.events import EventRecord
 from kirim_events.filelock import file_lock
-from kirim_events.journal_index import KeyIndex, journal_path, lake_identity, refuse_inside_lake
+from kirim_events.journal_index import (
+    KeyIndex,
+    data_folder,
+    journal_path,
+    lake_identity,
+    refuse_inside_lake,
+)
 from kirim_events.journal_quarantine import quarantine_once, write_quarantine
 from kirim_events.journal_rows import (
     EVENT_COLUMNS,
@@ -178,7 +184,7 @@ class Journal(KeyIndex):
         # is written and the lake named (_record_target) long after; a relative path would
         # name another folder once the process changes its working folder. "~" expanded, as
         # Lake (open_storage) expands it: the same words name the same folder for both
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.data_dir = data_folder(data_dir)
         refuse_inside_lake(self.data_dir)
         self.path = journal_path(self.data_dir)
         self.retention = retention

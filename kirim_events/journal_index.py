@@ -21,6 +21,7 @@ from kirim_events.journal_write import CHUNK
 __all__ = [
     "JournalView",
     "KeyIndex",
+    "data_folder",
     "enclosing_lake",
     "journal_path",
     "lake_identity",
@@ -28,6 +29,24 @@ __all__ = [
 ]
 
 _TRIES = 10  # reads made while a writer changes the file, before one in read-only mode
+
+
+def data_folder(data_dir: str | Path) -> Path:
+    """The data folder ``data_dir`` as every part names it: ``~`` expanded, as Lake expands
+    it, and made absolute (a process may change its working folder meanwhile).
+
+    Whatever takes a data folder (the journal, the collector, backfill, reconcile, the
+    demo) names it by this, so that "~/kirim" is one folder for the journal, its
+    checkpoints and quarantine, and the lake. ConfigError when ``~`` names no home folder
+    (a user this machine does not know, or no HOME and no entry for the user).
+    """
+    try:
+        return Path(data_dir).expanduser().absolute()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise ConfigError(
+            f"the data folder {str(data_dir)!r} starts with ~, but this machine knows no home"
+            " folder for it (a user it does not know, or HOME unset)"
+        ) from None
 
 
 def journal_path(data_dir: str | Path) -> Path:
@@ -164,7 +183,7 @@ class JournalView(KeyIndex):
 
     def __init__(self, data_dir: str | Path) -> None:
         # the folder Journal(data_dir) writes: "~" expanded, made absolute
-        self.path = journal_path(Path(data_dir).expanduser().absolute())
+        self.path = journal_path(data_folder(data_dir))
         self._wal = False  # how the next read opens: read-only mode (a WAL), else immutable
         if not self.path.is_file():
             raise StorageError(f"no journal at {self.path}")

@@ -58,7 +58,7 @@ from kirim_events.client import KirimClient
 from kirim_events.errors import ConfigError
 from kirim_events.history_filter import HistoryFilter
 from kirim_events.journal import Journal
-from kirim_events.journal_index import JournalView, KeyIndex, journal_path
+from kirim_events.journal_index import JournalView, KeyIndex, data_folder, journal_path
 from kirim_events.journal_quarantine import read_quarantine
 from kirim_events.reconcile_lake import check_lake, in_lake, lost_from_lake
 from kirim_events.reconcile_recovery import (
@@ -143,7 +143,9 @@ def reconcile(
     asked = None if until is None else parse_when(until, now=start, name="until")
     check_order(lo, asked, now=start)
     hi = start if asked is None else min(asked, start)
-    root = Path(data)
+    # "~" expanded as the journal and the lake expand it: the lake named by the words given
+    # was not the one the journal records (the run was refused) nor its quarantine read
+    root = data_folder(data)
     if lake is None:
         from kirim_events.lake import Lake
 

@@ -151,6 +151,25 @@ def test_backfill_with_429_5xx_latency_drops_and_a_kill_resumes_exactly(
     assert (tmp_path / "_state" / "backfill" / "done").is_dir()
 
 
+def test_a_data_folder_starting_with_a_tilde_keeps_its_checkpoint_beside_its_journal(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Journal and Lake expand "~" (a3f34c8); backfill kept its checkpoint and run lock under
+    # the words given, in a folder named "~" where it ran: a run from another folder did
+    # not resume, nor see the lock of one running
+    monkeypatch.setenv("HOME", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    since, until = world.window
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t)
+    backfill("~/kirim", client=client, since=since, until=until, now=t.clock)
+    assert list(elsewhere.iterdir()) == []
+    assert (tmp_path / "kirim" / "_state" / "backfill").is_dir()  # the finished run's
+    assert_lake_is_exactly_the_history(tmp_path / "kirim", world)
+
+
 def test_a_run_asked_for_a_span_ago_resumes_with_the_same_arguments(
     world: World, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 from test_journal import _hold, records
 
 from kirim_events import testing
-from kirim_events.errors import StorageError
+from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal import Journal
 from kirim_events.journal_index import JournalView
 from kirim_events.lake import Lake
@@ -145,3 +145,15 @@ def test_a_data_folder_under_the_home_folder_is_the_one_a_lake_opens(
     assert kept.is_relative_to(home / "quarantine")
     assert Lake(home).events().collect().height == 1
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("opener", [Journal, JournalView])
+def test_a_tilde_naming_no_home_folder_is_a_config_error(
+    opener: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pathlib raises RuntimeError ("Could not determine home directory.") for a user the
+    # machine does not know; Settings says so as a ConfigError, the journal let it through
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="starts with ~, but this machine knows no home"):
+        opener("~no_such_user_r2/kirim")
+    assert list(tmp_path.iterdir()) == []

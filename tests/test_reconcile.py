@@ -175,6 +175,31 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
     assert again.missing == []
 
 
+def test_a_data_folder_starting_with_a_tilde_is_the_folder_its_journal_and_lake_use(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Journal and Lake expand "~" (a3f34c8); reconcile took "~/data" as the words given:
+    # the lake it named (./~/data, made absolute) was not the one the journal records as
+    # its own ("data folder"), so the run was refused ("the journal flushes into the lake at
+    # the data folder, not the one reconciled"), and its quarantine was read from ./~/data
+    monkeypatch.setenv("HOME", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert world.home == tmp_path / "data"
+    truth = world.emu.unacknowledged_event_keys()
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t)
+    report = reconcile("~/data", client=client, since=since, until=until,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert {m.key for m in report.missing} == truth
+    assert report.imported == len(truth)
+    events, _ = lake_frames(world.home)
+    assert set(events["event_key"]) == world.history_keys
+    assert list(elsewhere.iterdir()) == []  # no folder named "~" made where it ran
+
+
 def test_a_body_over_the_collectors_limit_is_imported_from_the_history(tmp_path: Path) -> None:
     # docs/cli.md: a body over --max-body is answered 413 (never read past the limit, so not
     # quarantined) and Kirim takes that as final; reconcile brings it from the history

@@ -81,7 +81,7 @@ from kirim_events.history_slices import (
     walk_restarting,
 )
 from kirim_events.journal import Journal
-from kirim_events.journal_index import data_folder, refuse_inside_lake
+from kirim_events.journal_index import data_folder, refuse_foreign_folder, refuse_inside_lake
 from kirim_events.stopsignals import held
 from kirim_events.timearg import is_span, parse_when
 
@@ -747,6 +747,7 @@ def backfill(
     path = root / "_state" / "backfill" / f"{key}.json"
     check_order(lo, hi_asked, now=start)  # before the lock makes a folder for a bad range
     refuse_inside_lake(root)  # and before its checkpoint goes into another lake's folder
+    refuse_foreign_folder(root)  # or into a folder that is no lake (a project's)
     with _run_lock(path):
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # a killed save's; ours alone
             with contextlib.suppress(OSError):

@@ -28,7 +28,7 @@ from types import FrameType
 from kirim_events.config import SecretLike, Settings
 from kirim_events.errors import ConfigError
 from kirim_events.journal import FlushReport, Journal, LakeSink
-from kirim_events.journal_index import data_folder
+from kirim_events.journal_index import data_folder, refuse_foreign_folder
 from kirim_events.listen import listen_socket
 from kirim_events.receiver import (
     DEFAULT_BODY_TIMEOUT,
@@ -106,6 +106,7 @@ class Collector:
         # working folder; a relative path then made a lake in another folder than the journal
         # ("~" expanded, as the journal and Lake do)
         self.data_dir = data_folder(data_dir)
+        refuse_foreign_folder(self.data_dir)  # before its journal makes it look like a lake
         self._lake = lake
         self.flush_interval = flush_interval
         self._now = now

@@ -25,6 +25,7 @@ __all__ = [
     "enclosing_lake",
     "journal_path",
     "lake_identity",
+    "refuse_foreign_folder",
     "refuse_inside_lake",
 ]
 
@@ -86,6 +87,24 @@ def refuse_inside_lake(data_dir: str | Path) -> None:
             f"there would be lost to that lake and break its plain readers; use {lake} "
             "(--data DIR or KIRIM_DATA_DIR)"
         )
+
+
+def refuse_foreign_folder(data_dir: str | Path) -> None:
+    """NotALakeError when the data folder ``data_dir`` holds other things and none of a
+    lake's (:func:`kirim_events.lake.refuse_foreign_folder`, with its message), checked by
+    what makes a journal there (the collector, backfill, reconcile) before it writes: the
+    CLI alone checked, and a journal made by the library turned a project's folder into one
+    every command then took for a lake. Cheap: the lake's libraries load only to refuse."""
+    try:
+        names = os.listdir(data_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # made by the first write (a file is refused as the journal opens)
+    if any(name in _LAKE_FOLDERS for name in names):
+        return
+    if any(not name.startswith(".") and name != "lost+found" for name in names):
+        from kirim_events.lake import refuse_foreign_folder as refuse
+
+        refuse(data_dir)
 
 
 def lake_identity(lake: object, data_dir: str | Path) -> str | None:

@@ -58,7 +58,13 @@ from kirim_events.client import KirimClient
 from kirim_events.errors import ConfigError
 from kirim_events.history_filter import HistoryFilter
 from kirim_events.journal import Journal
-from kirim_events.journal_index import JournalView, KeyIndex, data_folder, journal_path
+from kirim_events.journal_index import (
+    JournalView,
+    KeyIndex,
+    data_folder,
+    journal_path,
+    refuse_foreign_folder,
+)
 from kirim_events.journal_quarantine import read_quarantine
 from kirim_events.reconcile_lake import check_lake, in_lake, lost_from_lake
 from kirim_events.reconcile_recovery import (
@@ -146,6 +152,8 @@ def reconcile(
     # "~" expanded as the journal and the lake expand it: the lake named by the words given
     # was not the one the journal records (the run was refused) nor its quarantine read
     root = data_folder(data)
+    if journal is None and not dry_run:
+        refuse_foreign_folder(root)  # before a journal is made there (a dry run makes none)
     if lake is None:
         from kirim_events.lake import Lake
 

@@ -583,6 +583,39 @@ def test_collect_refuses_a_folder_holding_other_things_before_it_listens(tmp_pat
     assert _snapshot(folder) == before
 
 
+def test_the_library_refuses_a_folder_holding_other_things_as_the_cli_does(
+    tmp_path: Path,
+) -> None:
+    # only the CLI checked: ke.Collector, backfill() and reconcile() made a journal in a
+    # project's folder, which then held _journal/ and passed for a lake with every command
+    import httpx
+
+    from kirim_events.backfill import backfill
+    from kirim_events.client import KirimClient
+    from kirim_events.collect import Collector
+    from kirim_events.errors import NotALakeError
+    from kirim_events.reconcile import reconcile
+
+    def no_request(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"asked Kirim {request.url} for a folder that is no lake")
+
+    client = KirimClient(
+        "https://api.test", "kdv_live_" + "A" * 24, transport=httpx.MockTransport(no_request)
+    )
+    folder = _project_folder(tmp_path)
+    before = _snapshot(folder)
+    said = f"{folder} is not a kirim-events lake: it holds README.md, src"
+    with pytest.raises(NotALakeError, match=re.escape(said)):
+        Collector(folder, ["whsec_x"])
+    with pytest.raises(NotALakeError, match=re.escape(said)):
+        backfill(folder, client=client, since="1d")
+    with pytest.raises(NotALakeError, match=re.escape(said)):
+        reconcile(folder, client=client, since="1d")
+    assert _snapshot(folder) == before
+    Collector(tmp_path / "new", ["whsec_x"]).close()  # a folder not there yet takes a lake
+    assert (tmp_path / "new" / "_journal").is_dir()
+
+
 def test_an_empty_folder_still_takes_a_new_lake(
     world: World, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -479,3 +479,30 @@ def test_a_bucket_deleted_after_the_lake_was_read_is_no_lake_not_an_empty_one(
     # an events type not in the lake lists nothing too: no bucket there either
     with pytest.raises(ke.LakeError, match=gone):
         lake.events("message.status").collect()
+
+
+def test_stats_and_damaged_files_of_a_missing_bucket_say_so_as_the_reads_do(
+    s3_env: dict[str, str],
+) -> None:
+    """``damaged_files()`` answered [] (no damaged file) for a mistyped bucket, and both it
+    and ``stats()`` listed a bucket deleted since the lake was first read as an empty lake
+    (an empty frame, no damage), where every read says there is no lake there."""
+    missing = ke.Lake("s3://no-such-bucket/x", env=s3_env)
+    no_bucket = "no lake at s3://no-such-bucket/x: the bucket no-such-bucket does not exist"
+    for check in (missing.damaged_files, missing.stats):
+        with pytest.raises(ke.LakeError, match=no_bucket):
+            check()
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket="doomed-stats")
+    lake = ke.Lake("s3://doomed-stats/lake", env=s3_env)
+    lake.write_events([ev("a")])
+    assert lake.stats()["rows"].to_list() == [1]  # the lake is seen, and not looked at again
+    assert lake.damaged_files() == []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="doomed-stats"):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket="doomed-stats", Key=obj["Key"])
+    client.delete_bucket(Bucket="doomed-stats")
+    gone = r"no lake at s3://doomed-stats/lake: the bucket doomed-stats does not exist \(it did"
+    for check in (lake.damaged_files, lake.stats):
+        with pytest.raises(ke.LakeError, match=gone):
+            check()

@@ -322,13 +322,18 @@ class Lake(AnalyticsMixin):
         planned again after a failure (:func:`~kirim_events.lake.reader.reread`): when an
         S3 lake seen before lists nothing, its bucket is looked for again."""
         plans = plan_table(self.storage, table, **where)
-        nothing = not any(plan.clean or plan.dedup for plan in plans)
-        if nothing and self._known_lake and self.storage.bucket_missing():
+        if not any(plan.clean or plan.dedup for plan in plans):
+            self._require_bucket()
+        return plans
+
+    def _require_bucket(self) -> None:
+        """LakeError when an S3 lake seen before (:meth:`_require_folder`) has lost its
+        bucket since: called when a listing found nothing, which a deleted bucket lists as."""
+        if self._known_lake and self.storage.bucket_missing():
             raise LakeError(
                 f"no lake at {self.location}: the bucket {self.storage.bucket} does not "
                 "exist (it did when this Lake first read it: deleted since?)"
             )
-        return plans
 
     def _range(
         self, since: TimeLike | None, until: TimeLike | None
@@ -605,7 +610,16 @@ class Lake(AnalyticsMixin):
             raise failed from exc
 
     def _partitions(self) -> Iterator[_Partition]:
-        """Every partition of both tables, with the files our readers count in it."""
+        """Every partition of both tables, with the files our readers count in it; none on
+        an S3 lake whose bucket was deleted since it was first read: LakeError, as a read."""
+        found = False
+        for part in self._each_partition():
+            found = True
+            yield part
+        if not found:
+            self._require_bucket()
+
+    def _each_partition(self) -> Iterator[_Partition]:
         for table in ("events", "deliveries"):
             for group in list_groups(self.storage, table):
                 manifest = Manifest.load(self.storage, manifest_path(table, group))
@@ -623,11 +637,12 @@ class Lake(AnalyticsMixin):
         or not Parquet), or events files without a column every event has (``event_key``,
         ``occurred_at``, ``received_at``: a Parquet file not written by kirim-events, whose
         rows would read as events with nulls), as paths relative to the lake. Reads each
-        file's footer only.
+        file's footer only. LakeError where there is no lake, as the readers raise it.
 
         A file listed that a compaction (in another process) deletes before its footer is
         read is not damaged: the files are listed again (:func:`~kirim_events.lake.reader.reread`).
         """
+        self._require_folder()  # no lake there (a mistyped bucket) is not a lake undamaged
         return reread(self._damaged_files, storage=self.storage)
 
     def _damaged_files(self) -> list[str]:

@@ -607,6 +607,8 @@ class Lake(AnalyticsMixin):
             failed = self.storage.s3_error(exc, action="read, write and delete in")
             if failed is None:
                 raise
+            for note in getattr(exc, "__notes__", ()):  # a lease left behind (lock.py)
+                failed.add_note(note)
             raise failed from exc
 
     def _partitions(self) -> Iterator[_Partition]:

@@ -485,3 +485,24 @@ def test_the_note_stays_on_a_read_error_worded_again_by_lake_compact(s3: dict[st
     notes = getattr(caught.value, "__notes__", [])
     assert len(notes) == 1
     assert notes[0].startswith(f"could not release the compaction lease of {uri} (")
+
+
+def test_compact_with_an_aws_profile_that_does_not_exist_is_one_line(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """pyarrow reads the lake with the keys given and ignores a missing profile; boto3,
+    which the lease is written with, refused to make its client (ProfileNotFound), and
+    ``compact`` ended in botocore's traceback."""
+    config = tmp_path / "aws-config"
+    config.write_text("[profile other]\nregion = us-east-1\n")
+    aws = {**s3, "AWS_PROFILE": "no-such-profile", "AWS_CONFIG_FILE": str(config)}
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", URI]
+    result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.output.strip() == (
+        f"error: cannot configure S3 access for the lake at {URI}: The config profile "
+        "(no-such-profile) could not be found (check AWS_PROFILE and the AWS config files)"
+    )

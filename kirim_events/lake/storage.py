@@ -548,7 +548,9 @@ class Storage:
 
         One per storage, made once even when threads ask at the same moment, from a session
         of its own: boto3's default session (``boto3.client``) is not safe to make clients
-        from in several threads at once, as two lakes used in two threads would."""
+        from in several threads at once, as two lakes used in two threads would. ConfigError
+        when boto3 cannot make one from the environment (an ``AWS_PROFILE`` naming no
+        profile): a compaction then stops before its lease, having done nothing."""
         with self._client_lock:
             return self._make_client()
 
@@ -566,8 +568,23 @@ class Storage:
                 "aws_secret_access_key": settings.get("secret_key"),
                 "aws_session_token": settings.get("session_token"),
             }
-            session = boto3.session.Session()
-            self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
+            from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+            try:
+                session = boto3.session.Session()
+                self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
+            except BotoCoreError as exc:
+                # an AWS_PROFILE naming no profile: pyarrow reads the lake without it (with
+                # the keys given), but boto3 makes no client (the lease, the folder markers)
+                hint = (
+                    "check AWS_PROFILE and the AWS config files"
+                    if isinstance(exc, ProfileNotFound)
+                    else "check the AWS environment"
+                )
+                raise ConfigError(
+                    self._scrub(f"cannot configure S3 access for the lake at {self.uri}: {exc}")
+                    + f" ({hint})"
+                ) from exc
         return self._client
 
     def sync_dirs(self, rels: Sequence[str]) -> None:

@@ -506,3 +506,27 @@ def test_stats_and_damaged_files_of_a_missing_bucket_say_so_as_the_reads_do(
     for check in (lake.damaged_files, lake.stats):
         with pytest.raises(ke.LakeError, match=gone):
             check()
+
+
+def test_a_filesystem_of_the_callers_with_a_path_that_is_not_s3_is_refused(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow names an S3 object ``bucket/key``: ``Lake("lake/team", filesystem=s3)`` wrote
+    the lake into ./lake/team on the local disk, the filesystem given silently unused."""
+    monkeypatch.chdir(tmp_path)
+    endpoint = s3_env["AWS_ENDPOINT_URL"].removeprefix("http://")
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        access_key=s3_env["AWS_ACCESS_KEY_ID"],
+        secret_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        region=s3_env["AWS_REGION"],
+    )
+    with pytest.raises(ke.ConfigError, match="filesystem= is for an s3://bucket/prefix lake"):
+        ke.Lake("lake/own-fs", filesystem=fs)
+    assert list(tmp_path.iterdir()) == []
+    # a local filesystem with a folder is what the folder alone means
+    ke.Lake("local", filesystem=pafs.LocalFileSystem()).write_events([ev("a")])
+    # and with s3:// the filesystem is used
+    ke.Lake("s3://lake/own-fs", filesystem=fs).write_events([ev("a")])
+    assert ke.Lake("s3://lake/own-fs", env=s3_env).events().collect().height == 1

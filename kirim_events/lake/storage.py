@@ -637,13 +637,22 @@ def open_storage(
     For S3 the standard AWS environment is used (``AWS_ACCESS_KEY_ID``,
     ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` /
     ``AWS_DEFAULT_REGION``) plus ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for
-    S3-compatible servers (MinIO, moto, R2). Pass ``filesystem=`` to supply your own.
+    S3-compatible servers (MinIO, moto, R2). Pass ``filesystem=`` to supply your own (for
+    an ``s3://`` location; ConfigError for a folder with any but a local filesystem).
     """
     text = os.fspath(location)
     if not text.startswith("s3://"):
         if "://" in text:
             raise ConfigError(  # shown without what may be a password or a token
                 f"unsupported lake location {shown_url(text)!r}: use a folder or s3://"
+            )
+        if filesystem is not None and filesystem.type_name != "local":
+            # pyarrow names an S3 object "bucket/key": taken for a folder, the lake went to
+            # the local disk and the filesystem given was never used
+            raise ConfigError(
+                f"filesystem= is for an s3://bucket/prefix lake; {text!r} is a local "
+                f"folder (for the {filesystem.type_name} filesystem given, write "
+                f"s3://{text.lstrip('/')})"
             )
         return Storage(
             str(Path(text).expanduser().resolve()),

@@ -163,6 +163,18 @@ def _local_lake_near(root: str, foreign: list[str]) -> str | None:
     )
 
 
+def _an_object(location: str, storage: Storage) -> str:
+    """Why the S3 object at ``location`` is refused, and the lake it lies in, if any."""
+    text = f"{location} is an object, not a lake's prefix"
+    bucket, _, key = storage.root.partition("/")
+    parts = key.split("/")[:-1]
+    for n in range(len(parts), -1, -1):  # the nearest lake above it: a HEAD each
+        above = "/".join([bucket, *parts[:n]])
+        if storage.is_object(f"{above}/{VERSION_PATH}"):
+            return f"{text}; did you mean s3://{above}?"
+    return text
+
+
 class Lake(AnalyticsMixin):
     """A kirim-events lake on a local folder or at ``s3://bucket/prefix``.
 
@@ -208,7 +220,9 @@ class Lake(AnalyticsMixin):
             nearby = _local_lake_near(root, [])
             hint = f"; did you mean {nearby}?" if nearby else ""
             raise LakeError(f"{root} is a file, not a lake's folder{hint}")
-        check_version(self.storage)
+        if check_version(self.storage) is None and self.storage.is_object():
+            # an object's URL (a Parquet file of the lake) read as a new, empty lake
+            raise LakeError(_an_object(str(location), self.storage))
         self.location = str(location)
         self.dedup_window_days = dedup_window_days
         self.as_of_ts: datetime | None = None

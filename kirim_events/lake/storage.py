@@ -293,6 +293,19 @@ class Storage:
             return False
         return bool(info.type == pafs.FileType.NotFound)
 
+    def is_object(self, path: str | None = None) -> bool:
+        """Whether an S3 lake's root (or ``path``, a full path of its filesystem) is an
+        object rather than a prefix: an object's URL given for a lake; False when local."""
+        if self.local:
+            return False
+        try:
+            info = self.fs.get_file_info(self.root if path is None else path)
+        except OSError:
+            # a HEAD denied (a policy on team/* for the lake at team): not known to be one;
+            # a store out of reach is met, and said, by the lake's next request
+            return False
+        return bool(info.type == pafs.FileType.File)
+
     def read_bytes(self, rel: str) -> bytes | None:
         """Whole file contents, or None when it does not exist."""
         path = self.full(rel)

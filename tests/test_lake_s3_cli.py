@@ -506,3 +506,19 @@ def test_compact_with_an_aws_profile_that_does_not_exist_is_one_line(
         f"error: cannot configure S3 access for the lake at {URI}: The config profile "
         "(no-such-profile) could not be found (check AWS_PROFILE and the AWS config files)"
     )
+
+
+def test_compact_with_an_aws_setting_boto3_cannot_read_is_one_line(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """botocore reads AWS_MAX_ATTEMPTS with int() as it makes the lease's client: a value
+    that is no number ended ``compact`` in a ValueError traceback."""
+    aws = {**s3, "AWS_MAX_ATTEMPTS": "three"}
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", URI]
+    result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.output.startswith(f"error: cannot configure S3 access for the lake at {URI}: ")
+    assert result.output.strip().endswith("(check the AWS environment)")

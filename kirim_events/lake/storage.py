@@ -586,9 +586,10 @@ class Storage:
             try:
                 session = boto3.session.Session()
                 self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
-            except BotoCoreError as exc:
+            except (BotoCoreError, ValueError) as exc:
                 # an AWS_PROFILE naming no profile: pyarrow reads the lake without it (with
-                # the keys given), but boto3 makes no client (the lease, the folder markers)
+                # the keys given), but boto3 makes no client (the lease, the folder markers);
+                # ValueError: a setting botocore reads with int() (AWS_MAX_ATTEMPTS=three)
                 hint = (
                     "check AWS_PROFILE and the AWS config files"
                     if isinstance(exc, ProfileNotFound)

@@ -479,3 +479,110 @@ def test_a_bucket_deleted_after_the_lake_was_read_is_no_lake_not_an_empty_one(
     # an events type not in the lake lists nothing too: no bucket there either
     with pytest.raises(ke.LakeError, match=gone):
         lake.events("message.status").collect()
+
+
+def test_stats_and_damaged_files_of_a_missing_bucket_say_so_as_the_reads_do(
+    s3_env: dict[str, str],
+) -> None:
+    """``damaged_files()`` answered [] (no damaged file) for a mistyped bucket, and both it
+    and ``stats()`` listed a bucket deleted since the lake was first read as an empty lake
+    (an empty frame, no damage), where every read says there is no lake there."""
+    missing = ke.Lake("s3://no-such-bucket/x", env=s3_env)
+    no_bucket = "no lake at s3://no-such-bucket/x: the bucket no-such-bucket does not exist"
+    for check in (missing.damaged_files, missing.stats):
+        with pytest.raises(ke.LakeError, match=no_bucket):
+            check()
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket="doomed-stats")
+    lake = ke.Lake("s3://doomed-stats/lake", env=s3_env)
+    lake.write_events([ev("a")])
+    assert lake.stats()["rows"].to_list() == [1]  # the lake is seen, and not looked at again
+    assert lake.damaged_files() == []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket="doomed-stats"):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket="doomed-stats", Key=obj["Key"])
+    client.delete_bucket(Bucket="doomed-stats")
+    gone = r"no lake at s3://doomed-stats/lake: the bucket doomed-stats does not exist \(it did"
+    for check in (lake.damaged_files, lake.stats):
+        with pytest.raises(ke.LakeError, match=gone):
+            check()
+
+
+def test_a_filesystem_of_the_callers_with_a_path_that_is_not_s3_is_refused(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow names an S3 object ``bucket/key``: ``Lake("lake/team", filesystem=s3)`` wrote
+    the lake into ./lake/team on the local disk, the filesystem given silently unused."""
+    monkeypatch.chdir(tmp_path)
+    endpoint = s3_env["AWS_ENDPOINT_URL"].removeprefix("http://")
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        access_key=s3_env["AWS_ACCESS_KEY_ID"],
+        secret_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        region=s3_env["AWS_REGION"],
+    )
+    with pytest.raises(ke.ConfigError, match="filesystem= is for an s3://bucket/prefix lake"):
+        ke.Lake("lake/own-fs", filesystem=fs)
+    assert list(tmp_path.iterdir()) == []
+    # a local filesystem with a folder is what the folder alone means
+    ke.Lake("local", filesystem=pafs.LocalFileSystem()).write_events([ev("a")])
+    # and with s3:// the filesystem is used
+    ke.Lake("s3://lake/own-fs", filesystem=fs).write_events([ev("a")])
+    assert ke.Lake("s3://lake/own-fs", env=s3_env).events().collect().height == 1
+
+
+def test_an_object_given_for_an_s3_lake_is_refused_naming_the_lake_it_is_in(
+    s3_env: dict[str, str],
+) -> None:
+    """A local file given for a lake is refused; an S3 object's URL (a Parquet file of the
+    lake, pasted from the console) read as a new, empty lake: zero rows, no error."""
+    lake = ke.Lake("s3://lake/objects", env=s3_env)
+    lake.write_events([ev("a")])
+    (part,) = [k for k in _keys(s3_env, "objects/events/") if k.endswith(".parquet")]
+    with pytest.raises(ke.LakeError, match="is an object, not a lake's prefix") as err:
+        ke.Lake(f"s3://lake/{part}", env=s3_env)
+    assert str(err.value).endswith("did you mean s3://lake/objects?")
+    s3_client(s3_env).put_object(Bucket="lake", Key="misc/notes.txt", Body=b"x")
+    notes = r"^s3://lake/misc/notes\.txt is an object, not a lake's prefix$"
+    with pytest.raises(ke.LakeError, match=notes):
+        ke.Lake("s3://lake/misc/notes.txt", env=s3_env)
+    assert ke.Lake("s3://lake/objects", env=s3_env).events().collect().height == 1
+    assert ke.Lake("s3://lake/objects-new", env=s3_env).events().collect().height == 0
+
+
+def test_a_user_allowed_only_below_a_new_lakes_prefix_may_open_it(s3_env: dict[str, str]) -> None:
+    """The look for an object at the lake's own key (``team``) is denied to a policy on
+    ``team/*``: that is no object, and the new lake opens as before."""
+    import json
+
+    import httpx
+
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    iam = iam_client(s3_env)
+    iam.create_user(UserName="below")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::lake"},
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": "arn:aws:s3:::lake/below/*",
+            },
+        ],
+    }
+    iam.put_user_policy(UserName="below", PolicyName="below", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="below")["AccessKey"]
+    env = {
+        **s3_env,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
+    try:
+        lake = ke.Lake("s3://lake/below", env=env)
+        lake.write_events([ev("a")])
+        assert ke.Lake("s3://lake/below", env=env).events().collect().height == 1
+    finally:
+        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()

@@ -424,3 +424,101 @@ def test_compact_tells_its_user_the_lease_is_only_best_effort(
         "starting at the same moment could both run; schedule one compactor per lake"
     ]
     assert sorted(ke.Lake(uri, env=s3).events().collect()["event_key"]) == ["a", "b"]
+
+
+NO_DELETE = [
+    {
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject"],
+        "Resource": "*",
+    }
+]
+"""A user allowed to read and write the lake but not to delete from it."""
+
+
+def test_a_compaction_that_fails_and_cannot_release_its_lease_says_so(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """A run that fails (here at deleting the files it replaced) and whose lease release
+    fails too left the lease for ten minutes with only the run's error shown: the warning
+    was in a report never returned, so the next run within ten minutes said "another
+    compaction ... holds the lease", as if one were running."""
+    uri = "s3://lake/no-delete"
+    lake = ke.Lake(uri, env=s3)
+    lake.write_events([ev("a")])
+    lake.write_events([ev("a"), ev("b")])
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", uri]
+    with user(s3, "no-delete", NO_DELETE) as aws:
+        result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 1, result.output
+    assert aws["AWS_SECRET_ACCESS_KEY"] not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"error: access denied by S3 to the lake at {uri} (DeleteObject")
+    assert len(lines) == 2, result.output
+    assert lines[1].startswith(f"note: could not release the compaction lease of {uri} (")
+    assert lines[1].endswith(
+        "it lapses by itself within 10 minutes, and a compaction started before then is refused"
+    )
+    # nothing lost, nothing counted twice by the lake's readers
+    assert sorted(ke.Lake(uri, env=s3).events().collect()["event_key"]) == ["a", "b"]
+
+
+def test_the_note_stays_on_a_read_error_worded_again_by_lake_compact(s3: dict[str, str]) -> None:
+    """pyarrow's OSError of a refused read of the files becomes a new StorageError in
+    ``Lake.compact``: the note of the lease left behind, added to pyarrow's error, must
+    move to the new one."""
+    uri = "s3://lake/no-read"
+    lake = ke.Lake(uri, env=s3)
+    lake.write_events([ev("a")])
+    lake.write_events([ev("a")])
+    records_no_delete = [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::lake"},
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": "arn:aws:s3:::lake/no-read/_state/*",
+        },
+    ]
+    with user(s3, "no-read", records_no_delete) as aws, pytest.raises(ke.StorageError) as caught:
+        ke.Lake(uri, env=aws).compact()
+    assert str(caught.value).startswith(f"access denied by S3 to the lake at {uri} (")
+    notes = getattr(caught.value, "__notes__", [])
+    assert len(notes) == 1
+    assert notes[0].startswith(f"could not release the compaction lease of {uri} (")
+
+
+def test_compact_with_an_aws_profile_that_does_not_exist_is_one_line(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """pyarrow reads the lake with the keys given and ignores a missing profile; boto3,
+    which the lease is written with, refused to make its client (ProfileNotFound), and
+    ``compact`` ended in botocore's traceback."""
+    config = tmp_path / "aws-config"
+    config.write_text("[profile other]\nregion = us-east-1\n")
+    aws = {**s3, "AWS_PROFILE": "no-such-profile", "AWS_CONFIG_FILE": str(config)}
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", URI]
+    result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.output.strip() == (
+        f"error: cannot configure S3 access for the lake at {URI}: The config profile "
+        "(no-such-profile) could not be found (check AWS_PROFILE and the AWS config files)"
+    )
+
+
+def test_compact_with_an_aws_setting_boto3_cannot_read_is_one_line(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """botocore reads AWS_MAX_ATTEMPTS with int() as it makes the lease's client: a value
+    that is no number ended ``compact`` in a ValueError traceback."""
+    aws = {**s3, "AWS_MAX_ATTEMPTS": "three"}
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", URI]
+    result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.output.startswith(f"error: cannot configure S3 access for the lake at {URI}: ")
+    assert result.output.strip().endswith("(check the AWS environment)")

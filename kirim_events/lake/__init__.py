@@ -196,6 +196,18 @@ def _local_lake_near(root: str, foreign: list[str]) -> str | None:
     )
 
 
+def _an_object(location: str, storage: Storage) -> str:
+    """Why the S3 object at ``location`` is refused, and the lake it lies in, if any."""
+    text = f"{location} is an object, not a lake's prefix"
+    bucket, _, key = storage.root.partition("/")
+    parts = key.split("/")[:-1]
+    for n in range(len(parts), -1, -1):  # the nearest lake above it: a HEAD each
+        above = "/".join([bucket, *parts[:n]])
+        if storage.is_object(f"{above}/{VERSION_PATH}"):
+            return f"{text}; did you mean s3://{above}?"
+    return text
+
+
 class Lake(AnalyticsMixin):
     """A kirim-events lake on a local folder or at ``s3://bucket/prefix``.
 
@@ -241,7 +253,9 @@ class Lake(AnalyticsMixin):
             nearby = _local_lake_near(root, [])
             hint = f"; did you mean {nearby}?" if nearby else ""
             raise NotALakeError(f"{root} is a file, not a lake's folder{hint}")
-        check_version(self.storage)
+        if check_version(self.storage) is None and self.storage.is_object():
+            # an object's URL (a Parquet file of the lake) read as a new, empty lake
+            raise NotALakeError(_an_object(str(location), self.storage))
         self.location = str(location)
         self.dedup_window_days = dedup_window_days
         self.as_of_ts: datetime | None = None
@@ -354,13 +368,18 @@ class Lake(AnalyticsMixin):
         planned again after a failure (:func:`~kirim_events.lake.reader.reread`): when an
         S3 lake seen before lists nothing, its bucket is looked for again."""
         plans = plan_table(self.storage, table, **where)
-        nothing = not any(plan.clean or plan.dedup for plan in plans)
-        if nothing and self._known_lake and self.storage.bucket_missing():
+        if not any(plan.clean or plan.dedup for plan in plans):
+            self._require_bucket()
+        return plans
+
+    def _require_bucket(self) -> None:
+        """NotALakeError when an S3 lake seen before (:meth:`_require_folder`) has lost its
+        bucket since: called when a listing found nothing, which a deleted bucket lists as."""
+        if self._known_lake and self.storage.bucket_missing():
             raise NotALakeError(
                 f"no lake at {self.location}: the bucket {self.storage.bucket} does not "
                 "exist (it did when this Lake first read it: deleted since?)"
             )
-        return plans
 
     def _range(
         self, since: TimeLike | None, until: TimeLike | None
@@ -638,6 +657,8 @@ class Lake(AnalyticsMixin):
             failed = self.storage.s3_error(exc, action="read, write and delete in")
             if failed is None:
                 raise
+            for note in getattr(exc, "__notes__", ()):  # a lease left behind (lock.py)
+                failed.add_note(note)
             raise failed from exc
 
     def unfinished_full_compaction(self) -> str | None:
@@ -656,7 +677,16 @@ class Lake(AnalyticsMixin):
         return None if record is None else record.started_at
 
     def _partitions(self) -> Iterator[_Partition]:
-        """Every partition of both tables, with the files our readers count in it."""
+        """Every partition of both tables, with the files our readers count in it; none on
+        an S3 lake whose bucket was deleted since it was first read: LakeError, as a read."""
+        found = False
+        for part in self._each_partition():
+            found = True
+            yield part
+        if not found:
+            self._require_bucket()
+
+    def _each_partition(self) -> Iterator[_Partition]:
         for table in ("events", "deliveries"):
             for group in list_groups(self.storage, table):
                 manifest = Manifest.load(self.storage, manifest_path(table, group))
@@ -674,11 +704,12 @@ class Lake(AnalyticsMixin):
         or not Parquet), or events files without a column every event has (``event_key``,
         ``occurred_at``, ``received_at``: a Parquet file not written by kirim-events, whose
         rows would read as events with nulls), as paths relative to the lake. Reads each
-        file's footer only.
+        file's footer only. LakeError where there is no lake, as the readers raise it.
 
         A file listed that a compaction (in another process) deletes before its footer is
         read is not damaged: the files are listed again (:func:`~kirim_events.lake.reader.reread`).
         """
+        self._require_folder()  # no lake there (a mistyped bucket) is not a lake undamaged
         return reread(self._damaged_files, storage=self.storage)
 
     def _damaged_files(self) -> list[str]:

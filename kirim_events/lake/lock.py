@@ -95,12 +95,21 @@ def _lease(
 
     thread = threading.Thread(target=keep_alive, name="compact-lease", daemon=True)
     thread.start()
+    failed: BaseException | None = None
     try:
         yield lease.check
+    except BaseException as exc:
+        failed = exc
+        raise
     finally:
         stop.set()
         thread.join()
-        lease.release()
+        said = lease.release()
+        if said is not None and failed is not None:
+            # the run ends with its error, not a report: the lease left behind must be
+            # told with it, or the next run's "another compaction ... holds the lease"
+            # reads as if one were running
+            failed.add_note(said)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,14 +234,16 @@ class _Lease:
             "nothing is lost, and the next run compacts what is left"
         )
 
-    def release(self) -> None:
+    def release(self) -> str | None:
         """Delete the lease if it is still ours; a failure is logged, not raised (it would
-        hide the error the run may be ending with; the lease then lapses by itself)."""
+        hide the error the run may be ending with; the lease then lapses by itself), and
+        returned (None when released) for a run that ends with an error to say it too."""
         try:
             with self.lock:
                 seen = self._record()
                 if seen.record is not None and seen.record.get("owner") == self.owner:
                     self._delete(seen)  # never another compaction's lease
+            return None
         except StorageError as exc:
             said = (
                 f"could not release the compaction lease of {self.storage.uri} ({exc}); it "
@@ -242,6 +253,7 @@ class _Lease:
             log.warning("%s", said)
             if self.warnings is not None:
                 self.warnings.append(said)  # the CLI shows it
+            return said
 
     def _delete(self, seen: _Seen) -> None:
         if self.conditional and seen.etag is not None:

@@ -293,6 +293,19 @@ class Storage:
             return False
         return bool(info.type == pafs.FileType.NotFound)
 
+    def is_object(self, path: str | None = None) -> bool:
+        """Whether an S3 lake's root (or ``path``, a full path of its filesystem) is an
+        object rather than a prefix: an object's URL given for a lake; False when local."""
+        if self.local:
+            return False
+        try:
+            info = self.fs.get_file_info(self.root if path is None else path)
+        except OSError:
+            # a HEAD denied (a policy on team/* for the lake at team): not known to be one;
+            # a store out of reach is met, and said, by the lake's next request
+            return False
+        return bool(info.type == pafs.FileType.File)
+
     def read_bytes(self, rel: str) -> bytes | None:
         """Whole file contents, or None when it does not exist."""
         path = self.full(rel)
@@ -548,7 +561,9 @@ class Storage:
 
         One per storage, made once even when threads ask at the same moment, from a session
         of its own: boto3's default session (``boto3.client``) is not safe to make clients
-        from in several threads at once, as two lakes used in two threads would."""
+        from in several threads at once, as two lakes used in two threads would. ConfigError
+        when boto3 cannot make one from the environment (an ``AWS_PROFILE`` naming no
+        profile): a compaction then stops before its lease, having done nothing."""
         with self._client_lock:
             return self._make_client()
 
@@ -566,8 +581,24 @@ class Storage:
                 "aws_secret_access_key": settings.get("secret_key"),
                 "aws_session_token": settings.get("session_token"),
             }
-            session = boto3.session.Session()
-            self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
+            from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+            try:
+                session = boto3.session.Session()
+                self._client = session.client("s3", **{k: v for k, v in kwargs.items() if v})
+            except (BotoCoreError, ValueError) as exc:
+                # an AWS_PROFILE naming no profile: pyarrow reads the lake without it (with
+                # the keys given), but boto3 makes no client (the lease, the folder markers);
+                # ValueError: a setting botocore reads with int() (AWS_MAX_ATTEMPTS=three)
+                hint = (
+                    "check AWS_PROFILE and the AWS config files"
+                    if isinstance(exc, ProfileNotFound)
+                    else "check the AWS environment"
+                )
+                raise ConfigError(
+                    self._scrub(f"cannot configure S3 access for the lake at {self.uri}: {exc}")
+                    + f" ({hint})"
+                ) from exc
         return self._client
 
     def sync_dirs(self, rels: Sequence[str]) -> None:
@@ -620,13 +651,22 @@ def open_storage(
     For S3 the standard AWS environment is used (``AWS_ACCESS_KEY_ID``,
     ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` /
     ``AWS_DEFAULT_REGION``) plus ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for
-    S3-compatible servers (MinIO, moto, R2). Pass ``filesystem=`` to supply your own.
+    S3-compatible servers (MinIO, moto, R2). Pass ``filesystem=`` to supply your own (for
+    an ``s3://`` location; ConfigError for a folder with any but a local filesystem).
     """
     text = os.fspath(location)
     if not text.startswith("s3://"):
         if "://" in text:
             raise ConfigError(  # shown without what may be a password or a token
                 f"unsupported lake location {shown_url(text)!r}: use a folder or s3://"
+            )
+        if filesystem is not None and filesystem.type_name != "local":
+            # pyarrow names an S3 object "bucket/key": taken for a folder, the lake went to
+            # the local disk and the filesystem given was never used
+            raise ConfigError(
+                f"filesystem= is for an s3://bucket/prefix lake; {text!r} is a local "
+                f"folder (for the {filesystem.type_name} filesystem given, write "
+                f"s3://{text.lstrip('/')})"
             )
         return Storage(
             str(Path(text).expanduser().resolve()),

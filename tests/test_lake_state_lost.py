@@ -94,3 +94,29 @@ def test_manifests_restored_from_an_older_copy_than_the_data_lose_nothing(
     assert winners(reopened) == expected
     assert on_disk(tmp_path) == sorted(expected)
     assert reopened.stats()["clean"].all()
+
+
+def test_manifests_restored_from_before_a_partition_was_first_compacted_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """The older manifest has no entry at all for a partition compacted since (far from the
+    others, so that run rewrote nothing else): its c- files are the only copy of its events."""
+    root = tmp_path / "lake"
+    lake = ke.Lake(root)
+    expected = _template(root)
+    lake.compact()
+    old = tmp_path / "old-state"
+    shutil.copytree(root / "_state/compaction", old)
+    lake.write_events([ev("june", payload="june", occurred=T0 + timedelta(days=40))])
+    expected["june"] = "june"
+    lake.compact()  # June's only file is a c- file now, which the old manifest does not know
+    june = root / "events/type=message.created/date=2026-06-10"
+    assert [f.name[:2] for f in june.iterdir()] == ["c-"]
+    shutil.rmtree(root / "_state/compaction")
+    shutil.copytree(old, root / "_state/compaction")
+    reopened = ke.Lake(root)
+    assert winners(reopened) == expected  # June read as empty
+    reopened.compact(full=True)  # which deleted June's c- file as a leftover
+    assert winners(reopened) == expected
+    assert on_disk(root) == sorted(expected)
+    assert reopened.stats()["clean"].all()

@@ -18,6 +18,7 @@ from test_lake_compact import (
 )
 
 import kirim_events as ke
+from kirim_events.lake.storage import Storage
 
 
 def lost_manifests(root: Path) -> dict[str, str]:
@@ -120,3 +121,32 @@ def test_manifests_restored_from_before_a_partition_was_first_compacted_lose_not
     assert winners(reopened) == expected
     assert on_disk(root) == sorted(expected)
     assert reopened.stats()["clean"].all()
+
+
+def test_a_healthy_lake_s_compaction_reads_no_manifest_of_a_type_it_does_not_compact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking for types that lost their manifest must not cost every run a read of every
+    type's manifest (on S3 a HEAD and a GET each), however few partitions it compacts."""
+    lake = ke.Lake(tmp_path)
+    types = ["message.created", "message.status", "conversation.closed", "contact.updated"]
+    lake.write_events(
+        [ev(f"{t}-{d}", type=t, occurred=T0 + timedelta(days=d)) for t in types for d in range(3)]
+    )
+    lake.compact()
+    read: list[str] = []
+    real = Storage.read_bytes
+
+    def spy(self: Storage, rel: str) -> bytes | None:
+        read.append(rel)
+        return real(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", spy)
+    assert lake.compact().partitions == 0
+    assert [r for r in read if r.startswith("_state/compaction/")] == []
+    lake.write_events([ev("new", type="message.status", occurred=T0)])
+    read.clear()
+    assert lake.compact().partitions == 1
+    assert {r for r in read if r.startswith("_state/compaction/")} == {
+        "_state/compaction/events/type=message.status.json"
+    }

@@ -150,3 +150,26 @@ def test_a_healthy_lake_s_compaction_reads_no_manifest_of_a_type_it_does_not_com
     assert {r for r in read if r.startswith("_state/compaction/")} == {
         "_state/compaction/events/type=message.status.json"
     }
+
+
+def test_a_first_compaction_stopped_before_its_manifest_is_not_called_lost_state(
+    tmp_path: Path,
+) -> None:
+    """The commonest way to a type with c- files and no manifest is a first compaction
+    stopped (a cron timeout) after writing and before publishing: the warning said only
+    "was _state/compaction lost?", sending the user to look for a lost folder."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("a", payload="copy", received=T0 + timedelta(1))])
+
+    def stop(step: str) -> None:
+        if step == "file_written":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lake.compact(hook=stop)
+    assert not (tmp_path / "_state/compaction").exists()
+    report = lake.compact()
+    assert len(report.warnings) == 1
+    assert "first compaction of this type stopped before it published" in report.warnings[0]
+    assert set(winners(lake)) == {"a"}
+    assert on_disk(tmp_path) == ["a"]

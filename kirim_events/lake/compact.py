@@ -303,8 +303,9 @@ def _unvouched(
     storage: Storage, report: CompactionReport, manifests: set[str]
 ) -> set[tuple[str, str | None]]:
     """The groups with no manifest whose partitions hold ``c-`` files: ``_state/compaction``
-    was lost (or a copy restored without it). Those files may be the only copy of the
-    events they hold, so the group is rewritten whole, as a full run does, merging every
+    was lost (or a copy restored without it), or the group's first compaction stopped after
+    writing files and before publishing its manifest. Those files may be the only copy of
+    the events they hold, so the group is rewritten whole, as a full run does, merging every
     file (see :mod:`kirim_events.lake.state`); its first manifest must cover every partition
     holding one, or the partitions it left out would count none of theirs. A group never
     compacted has no ``c-`` file and costs a listing of its partitions. ``manifests``: the
@@ -330,8 +331,9 @@ def _unvouched(
                 said = (
                     f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
                     f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
-                    "missing (was _state/compaction lost?): the group is rewritten whole "
-                    "from every file there, deduplicated, under a new manifest; no c- file is "
+                    "missing (the first compaction of this type stopped before it published "
+                    "it, or _state/compaction was lost): the group is rewritten whole from "
+                    "every file there, deduplicated, under a new manifest; no c- file is "
                     "deleted unread"
                 )
                 report.warnings.append(said)

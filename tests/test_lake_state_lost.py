@@ -79,21 +79,22 @@ def test_a_crash_at_every_step_of_the_rebuilding_compaction_loses_nothing(
 def test_manifests_restored_from_an_older_copy_than_the_data_lose_nothing(
     tmp_path: Path,
 ) -> None:
-    lake = ke.Lake(tmp_path)
-    expected = _template(tmp_path)
+    root = tmp_path / "lake"  # the older copy beside it, not beside every test's folder
+    lake = ke.Lake(root)
+    expected = _template(root)
     lake.compact()
-    old = tmp_path.with_name("old-state")
-    shutil.copytree(tmp_path / "_state/compaction", old)
+    old = tmp_path / "old-state"
+    shutil.copytree(root / "_state/compaction", old)
     lake.write_events([ev("late", payload="late", occurred=T0 + timedelta(hours=1))])
     expected["late"] = "late"
     lake.compact()  # May 1's c- files replaced by newer ones, which the old manifest lacks
-    shutil.rmtree(tmp_path / "_state/compaction")
-    shutil.copytree(old, tmp_path / "_state/compaction")
-    reopened = ke.Lake(tmp_path)
+    shutil.rmtree(root / "_state/compaction")
+    shutil.copytree(old, root / "_state/compaction")
+    reopened = ke.Lake(root)
     assert winners(reopened) == expected  # May 1 read as empty before
     reopened.compact(full=True)  # which deleted May 1's c- files before
     assert winners(reopened) == expected
-    assert on_disk(tmp_path) == sorted(expected)
+    assert on_disk(root) == sorted(expected)
     assert reopened.stats()["clean"].all()
 
 

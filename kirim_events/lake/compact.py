@@ -69,7 +69,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from kirim_events.errors import LakeError
+from kirim_events.errors import LakeError, SchemaVersionError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import (
     compaction_file_name,
@@ -286,6 +286,21 @@ def _migrate_legacy(
         deleted_from.add(group_dir("events", old))
         storage.delete(manifest_rel)
     return deleted_from
+
+
+def _unfinished(storage: Storage) -> FullRun | None:
+    """The record of a full run to finish (:class:`FullRun`); a damaged one is an error
+    saying what to do: a full run replaces it and does what the record was kept for."""
+    try:
+        return FullRun.load(storage)
+    except SchemaVersionError:
+        raise
+    except LakeError as exc:
+        raise LakeError(
+            f"{exc}. It records a full compaction begun and not finished; run kirim-events "
+            "compact --full (Lake.compact(full=True)), which rewrites every type and replaces "
+            "it"
+        ) from None
 
 
 def _generations(storage: Storage) -> dict[str, int]:
@@ -675,7 +690,8 @@ def compact(
         # groups rewritten whole, as a full run does: every group of a full run; a group
         # with no manifest but c- files; the groups a crashed full run had not reached
         whole = set(unvouched)
-        unfinished = FullRun.load(storage)
+        # a full run records itself over whatever record is there, even one it cannot read
+        unfinished = None if full else _unfinished(storage)
         if full:
             began = datetime.fromtimestamp(now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             FullRun(began, _generations(storage)).save(storage)

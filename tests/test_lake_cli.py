@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -355,3 +356,43 @@ def test_the_library_says_no_lake_with_one_class_the_cli_maps_to_exit_2(tmp_path
     with pytest.raises(ke.errors.NotALakeError, match="is a file, not a lake's folder"):
         ke.Lake(tmp_path / "afile")
     assert issubclass(ke.errors.NotALakeError, ke.LakeError)  # code catching LakeError still does
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+def test_a_full_compaction_stopped_before_it_began_is_not_taken_for_an_older_one(
+    tmp_path: Path,
+) -> None:
+    # An earlier --full that crashed left its record; this one, stopped while it waits for
+    # the flush, recorded nothing: it said the lake records *this* run and the next one
+    # finishes it, where the next one finishes only the older run's types not reached
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b", type="message.status")])
+    lake.compact()
+
+    def stop(step: str) -> None:
+        if step == "file_written":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lake.compact(full=True, hook=stop)
+    record = tmp_path / "_state/full-compaction.json"
+    older = json.loads(record.read_text()) | {"started_at": "2026-01-01T00:00:00Z"}
+    record.write_text(json.dumps(older))
+    with Journal(tmp_path) as journal:
+        journal.append([ev("c")])
+    lock = tmp_path / "_journal" / "flush.lock"
+    with file_lock(lock):  # another flush runs: compact's flush waits for it
+        argv = [sys.executable, "-m", "kirim_events", "compact", "--full", "--data", str(tmp_path)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: proc.poll() is not None or _has_open(proc.pid, lock), 60,
+                       interval=0.01, what="compact waiting for the flush lock")  # fmt: skip
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    said = " ".join(err.decode().split())
+    assert proc.returncode == 143, said
+    assert "interrupted: nothing is lost; the full compaction had not begun" in said
+    assert "run kirim-events compact --full again" in said
+    assert lake.unfinished_full_compaction() == "2026-01-01T00:00:00Z"  # still the older one

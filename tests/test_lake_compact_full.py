@@ -241,3 +241,23 @@ def test_compact_full_on_the_command_line_rewrites_and_counts_clean_partitions(
     reopened = ke.Lake(tmp_path)
     assert reopened.deliveries().collect().height == 1
     assert reopened.stats()["clean"].all()
+
+
+def test_an_unreadable_full_run_record_is_replaced_by_a_full_run_and_named_otherwise(
+    tmp_path: Path,
+) -> None:
+    # A damaged _state/full-compaction.json (a bad restore) stopped every compaction, the
+    # --full run too, which records itself over it, with "is not valid JSON" and no remedy
+    lake = ke.Lake(tmp_path)
+    lake.write_events(
+        [ev("a", payload="first"), ev("a", payload="copy", received=T0 + timedelta(1))]
+    )
+    record = tmp_path / "_state/full-compaction.json"
+    record.write_text('{"version": 1, "started_at": "2026')
+    with pytest.raises(ke.LakeError, match="compact --full"):
+        lake.compact()
+    report = lake.compact(full=True)
+    assert report.partitions == 1
+    assert not record.exists()
+    assert lake.unfinished_full_compaction() is None
+    assert lake.events().collect()["payload"].to_list() == ["first"]

@@ -18,6 +18,7 @@ from test_lake_compact import (
 )
 
 import kirim_events as ke
+from kirim_events.lake.storage import Storage
 
 
 def lost_manifests(root: Path) -> dict[str, str]:
@@ -78,19 +79,98 @@ def test_a_crash_at_every_step_of_the_rebuilding_compaction_loses_nothing(
 def test_manifests_restored_from_an_older_copy_than_the_data_lose_nothing(
     tmp_path: Path,
 ) -> None:
-    lake = ke.Lake(tmp_path)
-    expected = _template(tmp_path)
+    root = tmp_path / "lake"  # the older copy beside it, not beside every test's folder
+    lake = ke.Lake(root)
+    expected = _template(root)
     lake.compact()
-    old = tmp_path.with_name("old-state")
-    shutil.copytree(tmp_path / "_state/compaction", old)
+    old = tmp_path / "old-state"
+    shutil.copytree(root / "_state/compaction", old)
     lake.write_events([ev("late", payload="late", occurred=T0 + timedelta(hours=1))])
     expected["late"] = "late"
     lake.compact()  # May 1's c- files replaced by newer ones, which the old manifest lacks
-    shutil.rmtree(tmp_path / "_state/compaction")
-    shutil.copytree(old, tmp_path / "_state/compaction")
-    reopened = ke.Lake(tmp_path)
+    shutil.rmtree(root / "_state/compaction")
+    shutil.copytree(old, root / "_state/compaction")
+    reopened = ke.Lake(root)
     assert winners(reopened) == expected  # May 1 read as empty before
     reopened.compact(full=True)  # which deleted May 1's c- files before
     assert winners(reopened) == expected
-    assert on_disk(tmp_path) == sorted(expected)
+    assert on_disk(root) == sorted(expected)
     assert reopened.stats()["clean"].all()
+
+
+def test_manifests_restored_from_before_a_partition_was_first_compacted_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """The older manifest has no entry at all for a partition compacted since (far from the
+    others, so that run rewrote nothing else): its c- files are the only copy of its events."""
+    root = tmp_path / "lake"
+    lake = ke.Lake(root)
+    expected = _template(root)
+    lake.compact()
+    old = tmp_path / "old-state"
+    shutil.copytree(root / "_state/compaction", old)
+    lake.write_events([ev("june", payload="june", occurred=T0 + timedelta(days=40))])
+    expected["june"] = "june"
+    lake.compact()  # June's only file is a c- file now, which the old manifest does not know
+    june = root / "events/type=message.created/date=2026-06-10"
+    assert [f.name[:2] for f in june.iterdir()] == ["c-"]
+    shutil.rmtree(root / "_state/compaction")
+    shutil.copytree(old, root / "_state/compaction")
+    reopened = ke.Lake(root)
+    assert winners(reopened) == expected  # June read as empty
+    reopened.compact(full=True)  # which deleted June's c- file as a leftover
+    assert winners(reopened) == expected
+    assert on_disk(root) == sorted(expected)
+    assert reopened.stats()["clean"].all()
+
+
+def test_a_healthy_lake_s_compaction_reads_no_manifest_of_a_type_it_does_not_compact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking for types that lost their manifest must not cost every run a read of every
+    type's manifest (on S3 a HEAD and a GET each), however few partitions it compacts."""
+    lake = ke.Lake(tmp_path)
+    types = ["message.created", "message.status", "conversation.closed", "contact.updated"]
+    lake.write_events(
+        [ev(f"{t}-{d}", type=t, occurred=T0 + timedelta(days=d)) for t in types for d in range(3)]
+    )
+    lake.compact()
+    read: list[str] = []
+    real = Storage.read_bytes
+
+    def spy(self: Storage, rel: str) -> bytes | None:
+        read.append(rel)
+        return real(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", spy)
+    assert lake.compact().partitions == 0
+    assert [r for r in read if r.startswith("_state/compaction/")] == []
+    lake.write_events([ev("new", type="message.status", occurred=T0)])
+    read.clear()
+    assert lake.compact().partitions == 1
+    assert {r for r in read if r.startswith("_state/compaction/")} == {
+        "_state/compaction/events/type=message.status.json"
+    }
+
+
+def test_a_first_compaction_stopped_before_its_manifest_is_not_called_lost_state(
+    tmp_path: Path,
+) -> None:
+    """The commonest way to a type with c- files and no manifest is a first compaction
+    stopped (a cron timeout) after writing and before publishing: the warning said only
+    "was _state/compaction lost?", sending the user to look for a lost folder."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("a", payload="copy", received=T0 + timedelta(1))])
+
+    def stop(step: str) -> None:
+        if step == "file_written":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lake.compact(hook=stop)
+    assert not (tmp_path / "_state/compaction").exists()
+    report = lake.compact()
+    assert len(report.warnings) == 1
+    assert "first compaction of this type stopped before it published" in report.warnings[0]
+    assert set(winners(lake)) == {"a"}
+    assert on_disk(tmp_path) == ["a"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -38,13 +39,16 @@ _STOPPED_FULL_UNBEGUN = (
 )
 
 
-def stopped_saying(lake: Lake | None, full: bool) -> str:
+def stopped_saying(lake: Lake | None, full: bool, since: str = "") -> str:
     """What a stopped ``compact`` says it left: a full run is finished by the next run once
-    the lake records it, which it does as it begins (nothing to finish before then)."""
+    the lake records it, which it does as it begins (nothing to finish before then).
+    ``since``: when this command began (UTC, as the record writes it): a record begun
+    before is an older full run's, which the next run finishes, not this one."""
     if not full:
         return _STOPPED
     try:
-        begun = lake is not None and lake.unfinished_full_compaction() is not None
+        record = None if lake is None else lake.unfinished_full_compaction()
+        begun = record is not None and record >= since
     except Exception:  # unreadable now (S3 gone?): say what holds either way
         return (
             "nothing is lost; if the full compaction had begun, the next kirim-events compact"
@@ -93,8 +97,9 @@ def compact_command(
     # SIGTERM (cron's timeout, systemd) as Ctrl-C: the run unwinds, releasing an S3 lease
     # that would otherwise block compactions for ten minutes, and says so
     lake: Lake | None = None
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # as the lake records a run
     with (
-        stops_saying(lambda: stopped_saying(lake, full)),
+        stops_saying(lambda: stopped_saying(lake, full, since)),
         errors_to_exit(lake=lake_uri or s.data_dir),
     ):
         if lake_uri is None:

@@ -69,7 +69,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from kirim_events.errors import LakeError
+from kirim_events.errors import LakeError, SchemaVersionError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import (
     compaction_file_name,
@@ -204,6 +204,7 @@ def _migrate_legacy(
     now: Callable[[], float],
     hook: Hook,
     check: Callable[[], None],
+    manifests: set[str],
 ) -> set[str]:
     """Move the files of legacy event folders (``reader.LEGACY_GROUPS``: a
     ``type=message.status_updated`` written before 01d6abb) into the folder of the type they
@@ -217,13 +218,14 @@ def _migrate_legacy(
     legacy manifest. Until (3) is done, readers read the legacy folder as the new type,
     deduplicated with it (``reader.plan_table``); a crash anywhere leaves it to the next
     run to copy again (the copies collapse at compaction) and go on. A plain reader sees
-    the copies twice until a run finishes, as during any compaction."""
+    the copies twice until a run finishes, as during any compaction. ``manifests``: the
+    manifest paths on disk as the run began (none is read where none is there)."""
     deleted_from: set[str] = set()
     present = set(list_groups(storage, "events"))
     for old, new in LEGACY_GROUPS.items():
         manifest_rel = manifest_path("events", old)
         if old not in present:
-            if storage.read_bytes(manifest_rel) is not None:  # a crash before (4)
+            if manifest_rel in manifests:  # a crash before (4)
                 storage.delete(manifest_rel)
             continue
         check()
@@ -286,6 +288,21 @@ def _migrate_legacy(
     return deleted_from
 
 
+def _unfinished(storage: Storage) -> FullRun | None:
+    """The record of a full run to finish (:class:`FullRun`); a damaged one is an error
+    saying what to do: a full run replaces it and does what the record was kept for."""
+    try:
+        return FullRun.load(storage)
+    except SchemaVersionError:
+        raise
+    except LakeError as exc:
+        raise LakeError(
+            f"{exc}. It records a full compaction begun and not finished; run kirim-events "
+            "compact --full (Lake.compact(full=True)), which rewrites every type and replaces "
+            "it"
+        ) from None
+
+
 def _generations(storage: Storage) -> dict[str, int]:
     """Every group's manifest path -> its generation (a full run's starting point)."""
     return {
@@ -297,18 +314,23 @@ def _generations(storage: Storage) -> dict[str, int]:
     }
 
 
-def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str | None]]:
+def _unvouched(
+    storage: Storage, report: CompactionReport, manifests: set[str]
+) -> set[tuple[str, str | None]]:
     """The groups with no manifest whose partitions hold ``c-`` files: ``_state/compaction``
-    was lost (or a copy restored without it). Those files may be the only copy of the
-    events they hold, so the group is rewritten whole, as a full run does, merging every
+    was lost (or a copy restored without it), or the group's first compaction stopped after
+    writing files and before publishing its manifest. Those files may be the only copy of
+    the events they hold, so the group is rewritten whole, as a full run does, merging every
     file (see :mod:`kirim_events.lake.state`); its first manifest must cover every partition
     holding one, or the partitions it left out would count none of theirs. A group never
-    compacted has no ``c-`` file and costs a listing of its partitions."""
+    compacted has no ``c-`` file and costs a listing of its partitions. ``manifests``: the
+    manifest paths on disk (one listing: reading each group's manifest here cost every run,
+    however few partitions it compacts, a request or two per event type on S3)."""
     found: set[tuple[str, str | None]] = set()
     for table in ("events", "deliveries"):
         for group in list_groups(storage, table):
             rel = manifest_path(table, group)
-            if storage.read_bytes(rel) is not None:
+            if rel in manifests or group in LEGACY_GROUPS:  # legacy: moved, never compacted
                 continue
             days = list_dates(storage, table, group)
             holding = [
@@ -324,8 +346,9 @@ def _unvouched(storage: Storage, report: CompactionReport) -> set[tuple[str, str
                 said = (
                     f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
                     f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
-                    "missing (was _state/compaction lost?): the group is rewritten whole "
-                    "from every file there, deduplicated, under a new manifest; no c- file is "
+                    "missing (the first compaction of this type stopped before it published "
+                    "it, or _state/compaction was lost): the group is rewritten whole from "
+                    "every file there, deduplicated, under a new manifest; no c- file is "
                     "deleted unread"
                 )
                 report.warnings.append(said)
@@ -656,16 +679,19 @@ def compact(
     owner = f"{writer_id}-{uuid.uuid4().hex[:8]}"
     with compaction_lock(storage, owner, now, warnings=report.warnings) as check:
         _clean_tmp(storage, now())
+        # one listing of the manifests (only compaction writes them, and it holds the lake)
+        manifests = {rel for rel, _size in storage.list_files("_state/compaction")}
         deleted_from |= _migrate_legacy(
-            storage, writer_id=writer_id, now=now, hook=step, check=check
+            storage, writer_id=writer_id, now=now, hook=step, check=check, manifests=manifests
         )
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
-        unvouched = _unvouched(storage, report)
+        unvouched = _unvouched(storage, report, manifests)
         # groups rewritten whole, as a full run does: every group of a full run; a group
         # with no manifest but c- files; the groups a crashed full run had not reached
         whole = set(unvouched)
-        unfinished = FullRun.load(storage)
+        # a full run records itself over whatever record is there, even one it cannot read
+        unfinished = None if full else _unfinished(storage)
         if full:
             began = datetime.fromtimestamp(now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             FullRun(began, _generations(storage)).save(storage)

@@ -16,11 +16,14 @@ any other file counts unless the manifest lists it as replaced. A partition whos
 files are exactly its manifest files is *clean*: it holds each event_key once.
 
 A manifest cannot vouch for a partition when it is missing (``_state/compaction`` lost or
-restored from nothing) or lists a file of that partition that is not on disk (restored from
-an older copy than the data). There the partition's ``c-`` files may be the only copy of its
-compacted events, so every file counts and the partition is not clean: readers deduplicate
-it (every copy on disk is a copy of a real event, and the dedup rule keeps one of each), and
-compaction merges every file instead of deleting ``c-`` files as a crashed run's leftovers.
+restored from nothing), lists a file of that partition that is not on disk (restored from
+an older copy than the data), or lists none there while the partition holds a ``c-`` file
+(restored from a copy older than the partition's first compaction; or that compaction
+crashed before it published, and its output counts too, deduplicated). There the
+partition's ``c-`` files may be the only copy of its compacted events, so every file counts
+and the partition is not clean: readers deduplicate it (every copy on disk is a copy of a
+real event, and the dedup rule keeps one of each), and compaction merges every file instead
+of deleting ``c-`` files as a crashed run's leftovers.
 A ``c-`` file is only ever ignored when a manifest that matches the disk leaves it out.
 
 A full compaction begun and not finished is recorded in ``_state/full-compaction.json``::
@@ -155,8 +158,15 @@ class Manifest:
 
     def vouches(self, date: str, names: list[str]) -> bool:
         """Whether this manifest says which of a partition's files (``names``, on disk)
-        count: it exists and every file it lists for the partition is there."""
-        return not self.missing and set(self.files.get(date, ())) <= set(names)
+        count: it exists and every file it lists for the partition is there; where it lists
+        none (no entry: a partition first compacted after it was written, when restored
+        from an older copy), only if the partition holds no ``c-`` file either."""
+        if self.missing:
+            return False
+        listed = set(self.files.get(date, ()))
+        if not listed:
+            return not any(is_compaction_file(n) for n in names)
+        return listed <= set(names)
 
     def counted(self, date: str, names: list[str]) -> list[str]:
         """Which of a partition's files readers count (see module doc): all of them where

@@ -432,3 +432,26 @@ def test_a_release_that_fails_is_told_to_the_run_not_only_logged(
     assert "DeleteObject refused" in warnings[0]
     assert "lapses by itself within 10 minutes" in warnings[0]
     assert _lease_record(s3_env, "release-denied") is not None  # still there, as said
+
+
+def test_a_run_whose_lease_was_taken_over_leaves_the_full_run_record_to_the_new_owner(
+    s3_env: dict[str, str],
+) -> None:
+    # A full run's record says which types it has not reached; the run that took the lake
+    # over (this one's lease lapsed) may be a full run of its own, whose record this one
+    # deleted as it ended, so a crash of that run left its types unfinished for good.
+    lake = ke.Lake("s3://lake/full-record", env=s3_env)
+    lake.write_events([ev("a"), ev("b")])  # one type: no check between groups after it
+
+    def taken_over(step: str) -> None:
+        if step == "markers_cleared":
+            theirs = {"owner": "theirs", "until": 4_000_000_000.0}
+            lake.storage.publish(LEASE, json.dumps(theirs).encode())
+
+    report = lake.compact(full=True, hook=taken_over)
+    assert lake.unfinished_full_compaction() is not None
+    assert any("is left to it" in w for w in report.warnings), report.warnings
+    # the lease lapsed: the next run finds every type reached and clears the record
+    lake.storage.publish(LEASE, json.dumps({"owner": "theirs", "until": 0.0}).encode())
+    assert lake.compact().finished_full_run is not None
+    assert lake.unfinished_full_compaction() is None

@@ -760,7 +760,20 @@ def compact(
             if consumed:
                 step("markers_cleared")
         if full or unfinished is not None:
-            storage.delete(FULL_RUN_PATH)  # every group reached: the full run is finished
+            # every group reached: the full run is finished, unless the lake was taken over
+            # meanwhile (this run's lease lapsed), by a full run maybe, whose record this is
+            try:
+                check()
+            except LakeError:
+                said = (
+                    "another compaction took over the lease as this one ended: the record"
+                    f" of an unfinished full run ({FULL_RUN_PATH}) is left to it (the next"
+                    " run deletes it if it was this run's)"
+                )
+                report.warnings.append(said)
+                logger.warning("%s", said)
+            else:
+                storage.delete(FULL_RUN_PATH)
     storage.remove_empty_folders(deleted_from)
     report.seconds = time.perf_counter() - started
     return report

@@ -306,6 +306,11 @@ def stops_saying(said: str | Callable[[], str]) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         text = said if isinstance(said, str) else said()
         err_console.print(f"interrupted: {text}", soft_wrap=True)
+        # what else the run ended with (add_note), as errors_to_exit prints it: a compaction
+        # stopped that could not release its S3 lease says so (lake/lock.py), or the next
+        # run within ten minutes said "another compaction ... holds the lease" unexplained
+        for note in getattr(exc, "__notes__", ()):
+            print_note(note, stderr=True)
         raise typer.Exit(interrupt_code(exc)) from None
 
 

@@ -555,3 +555,24 @@ def test_a_compaction_stopped_that_cannot_release_its_lease_says_so(
         "it lapses by itself within 10 minutes, and a compaction started before then is refused"
     )
     assert sorted(ke.Lake(uri, env=s3).events().collect()["event_key"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("command", [["report"], ["compact", "--no-flush"]])
+def test_an_objects_url_given_for_lake_exits_2_naming_the_lake(
+    s3: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """A Parquet file's URL pasted for --lake is no lake there (NotALakeError): exit 2, as
+    docs/cli.md lists it, with the lake it lies in, and nothing written."""
+    from motos3 import s3_client
+
+    client = s3_client(s3)
+    listed = client.list_objects_v2(Bucket="lake", Prefix="team/events/")["Contents"]
+    part = next(o["Key"] for o in listed if o["Key"].endswith(".parquet"))
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"])
+    args = [*command, "--data", str(tmp_path), "--lake", f"s3://lake/{part}"]
+    result = runner.invoke(app, args, env=s3)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: s3://lake/{part} is an object, not a lake's prefix; did you mean {URI}?"
+    ]
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"]) == before

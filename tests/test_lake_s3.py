@@ -524,6 +524,12 @@ def test_a_filesystem_of_the_callers_with_a_path_that_is_not_s3_is_refused(
     )
     with pytest.raises(ke.ConfigError, match="filesystem= is for an s3://bucket/prefix lake"):
         ke.Lake("lake/own-fs", filesystem=fs)
+    # the location it says to write is one that works: not s3://./lake/own-fs (a bucket
+    # named ".") for ./lake/own-fs, nor a prefix with a "." or empty part
+    for given in ("./lake/own-fs", "lake/./own-fs", "lake//own-fs/", "/lake/own-fs"):
+        with pytest.raises(ke.ConfigError) as said:
+            ke.Lake(given, filesystem=fs)
+        assert str(said.value).endswith("write s3://lake/own-fs)"), str(said.value)
     assert list(tmp_path.iterdir()) == []
     # a local filesystem with a folder is what the folder alone means
     ke.Lake("local", filesystem=pafs.LocalFileSystem()).write_events([ev("a")])

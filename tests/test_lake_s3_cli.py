@@ -522,3 +522,84 @@ def test_compact_with_an_aws_setting_boto3_cannot_read_is_one_line(
     )
     assert result.output.startswith(f"error: cannot configure S3 access for the lake at {URI}: ")
     assert result.output.strip().endswith("(check the AWS environment)")
+
+
+def test_a_compaction_stopped_that_cannot_release_its_lease_says_so(
+    s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM (cron's timeout) ends a compaction with one 'interrupted: ...' line
+    and exit 130 or 143; when the lease could not be released on the way out, that line
+    alone let the next run within ten minutes say "another compaction ... holds the lease"
+    as if one were running: the note the run ends with is printed as an error's is."""
+    import kirim_events.lake.compact as compaction
+
+    uri = "s3://lake/no-delete-stopped"
+    lake = ke.Lake(uri, env=s3)
+    lake.write_events([ev("a")])
+    lake.write_events([ev("a"), ev("b")])
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C lands while the lease is held
+
+    monkeypatch.setattr(compaction, "_clean_tmp", stopped)
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", uri]
+    with user(s3, "no-delete-stopped", NO_DELETE) as aws:
+        result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 130, result.output
+    assert aws["AWS_SECRET_ACCESS_KEY"] not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2, result.output
+    assert lines[0].startswith("interrupted: nothing is lost")
+    assert lines[1].startswith(f"note: could not release the compaction lease of {uri} (")
+    assert lines[1].endswith(
+        "it lapses by itself within 10 minutes, and a compaction started before then is refused"
+    )
+    assert sorted(ke.Lake(uri, env=s3).events().collect()["event_key"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("command", [["report"], ["compact", "--no-flush"]])
+def test_an_objects_url_given_for_lake_exits_2_naming_the_lake(
+    s3: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """A Parquet file's URL pasted for --lake is no lake there (NotALakeError): exit 2, as
+    docs/cli.md lists it, with the lake it lies in, and nothing written."""
+    from motos3 import s3_client
+
+    client = s3_client(s3)
+    listed = client.list_objects_v2(Bucket="lake", Prefix="team/events/")["Contents"]
+    part = next(o["Key"] for o in listed if o["Key"].endswith(".parquet"))
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"])
+    args = [*command, "--data", str(tmp_path), "--lake", f"s3://lake/{part}"]
+    result = runner.invoke(app, args, env=s3)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: s3://lake/{part} is an object, not a lake's prefix; did you mean {URI}?"
+    ]
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket="lake")["Contents"]) == before
+
+
+def test_a_compaction_failing_on_a_damaged_file_that_cannot_release_its_lease_says_so(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    """A damaged file stops a compaction with the engines' error, which the CLI words as
+    one line naming the file; the note of a lease left behind was dropped there, so the
+    run after the file was moved out said "another compaction ... holds the lease"."""
+    from motos3 import s3_client
+
+    uri = "s3://lake/no-delete-damaged"
+    lake = ke.Lake(uri, env=s3)
+    lake.write_events([ev("a")])
+    lake.write_events([ev("a"), ev("b")])
+    client = s3_client(s3)
+    listed = client.list_objects_v2(Bucket="lake", Prefix="no-delete-damaged/events/")
+    part = next(o["Key"] for o in listed["Contents"] if o["Key"].endswith(".parquet"))
+    whole = client.get_object(Bucket="lake", Key=part)["Body"].read()
+    client.put_object(Bucket="lake", Key=part, Body=whole[: len(whole) // 2])  # truncated
+    args = ["compact", "--no-flush", "--data", str(tmp_path), "--lake", uri]
+    with user(s3, "no-delete-damaged", NO_DELETE) as aws:
+        result = runner.invoke(app, args, env=aws)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2, result.output
+    assert lines[0].startswith("error: 1 damaged or foreign Parquet file(s) in the lake at")
+    assert lines[1].startswith(f"note: could not release the compaction lease of {uri} (")

@@ -226,8 +226,7 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         yield
     except KirimEventsError as exc:
         print_error(exc)
-        for note in getattr(exc, "__notes__", ()):  # what else went wrong (add_note)
-            print_note(note, stderr=True)
+        print_notes(exc)
         note_refused_key(exc)
         raise typer.Exit(2 if isinstance(exc, BAD_SETTINGS) else 1) from None
     except (*READ_ERRORS, FileNotFoundError) as exc:
@@ -241,6 +240,7 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         if found is None:
             raise
         print_error(found)
+        print_notes(exc)  # a compaction stopped so that could not release its S3 lease
         raise typer.Exit(1) from None
     except OSError as exc:
         # pyarrow's own error for an S3 object deleted between its HEAD and its GET (no
@@ -249,7 +249,16 @@ def errors_to_exit(lake: str | Path | None = None) -> Iterator[None]:
         if lake is None or not vanished_file(exc):
             raise
         print_error(VANISHED)
+        print_notes(exc)
         raise typer.Exit(1) from None
+
+
+def print_notes(exc: BaseException) -> None:
+    """The notes an error or an interrupt carries (``add_note``: what else went wrong, as
+    an S3 lease a compaction could not release, lake/lock.py), one ``note:`` line each on
+    stderr, after the line that says how the command ended."""
+    for note in getattr(exc, "__notes__", ()):
+        print_note(note, stderr=True)
 
 
 VANISHED = (
@@ -306,6 +315,10 @@ def stops_saying(said: str | Callable[[], str]) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         text = said if isinstance(said, str) else said()
         err_console.print(f"interrupted: {text}", soft_wrap=True)
+        # what else the run ended with (add_note), as errors_to_exit prints it: a compaction
+        # stopped that could not release its S3 lease says so (lake/lock.py), or the next
+        # run within ten minutes said "another compaction ... holds the lease" unexplained
+        print_notes(exc)
         raise typer.Exit(interrupt_code(exc)) from None
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import posixpath
 import sys
 import threading
 import uuid
@@ -663,10 +664,13 @@ def open_storage(
         if filesystem is not None and filesystem.type_name != "local":
             # pyarrow names an S3 object "bucket/key": taken for a folder, the lake went to
             # the local disk and the filesystem given was never used
+            # the location to write instead, as open_storage takes it: "./lake/team" was
+            # said as s3://./lake/team (a bucket named "."), "lake/./team" with a "." part
+            parts = (p for p in posixpath.normpath(text).split("/") if p not in ("", ".", ".."))
             raise ConfigError(
                 f"filesystem= is for an s3://bucket/prefix lake; {text!r} is a local "
                 f"folder (for the {filesystem.type_name} filesystem given, write "
-                f"s3://{text.lstrip('/')})"
+                f"s3://{'/'.join(parts)})"
             )
         return Storage(
             str(Path(text).expanduser().resolve()),

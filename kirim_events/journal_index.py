@@ -19,6 +19,7 @@ from kirim_events.errors import ConfigError, StorageError
 from kirim_events.journal_write import CHUNK
 
 __all__ = [
+    "LAKE_ENTRIES",
     "JournalView",
     "KeyIndex",
     "data_folder",
@@ -55,8 +56,8 @@ def journal_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / "_journal" / "journal.sqlite3"
 
 
-_LAKE_FOLDERS = ("events", "deliveries", "quarantine", "_journal", "_state", "_tmp")
-"""A lake's own folders (``kirim_events.lake.LAKE_ENTRIES``; repeated here, as the journal
+LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
+"""A lake's own folders (``kirim_events.lake.LAKE_ENTRIES``: defined here, as the journal
 loads without the lake's libraries)."""
 
 
@@ -67,7 +68,7 @@ def enclosing_lake(data_dir: str | Path) -> tuple[Path, str] | None:
     here = Path(os.path.abspath(data_dir))
     for parent in here.parents:
         own = here.relative_to(parent).parts[0]
-        if own in _LAKE_FOLDERS and (
+        if own in LAKE_ENTRIES and (
             (parent / "_state" / "lake.json").is_file() or journal_path(parent).is_file()
         ):
             return parent, own
@@ -99,7 +100,7 @@ def refuse_foreign_folder(data_dir: str | Path) -> None:
         names = os.listdir(data_dir)
     except (FileNotFoundError, NotADirectoryError):
         return  # made by the first write (a file is refused as the journal opens)
-    if any(name in _LAKE_FOLDERS for name in names):
+    if any(name in LAKE_ENTRIES for name in names):
         return
     if any(not name.startswith(".") and name != "lost+found" for name in names):
         from kirim_events.lake import refuse_foreign_folder as refuse

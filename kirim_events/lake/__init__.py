@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError, LakeError, NotALakeError
 from kirim_events.events import KNOWN_TYPES, EventRecord, canonical_type
+from kirim_events.journal_index import LAKE_ENTRIES
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
@@ -141,11 +142,11 @@ def _one_edit(a: str, b: str) -> bool:
     return swapped or a[i + 1 :] == b[i + 1 :]
 
 
-# What kirim-events keeps at the top of a lake (design.md's layout). A folder holding none
-# of these but other things is not a lake: a path one level off (DATA/events, the project
-# folder above DATA) read as an empty lake, every helper answering zero rows. The demo
-# clears these, and only these, from a folder it wrote before.
-LAKE_ENTRIES = frozenset({"events", "deliveries", "quarantine", "_journal", "_state", "_tmp"})
+# LAKE_ENTRIES: what kirim-events keeps at the top of a lake (design.md's layout; defined
+# by the journal, which loads without the lake's libraries). A folder holding none of these
+# but other things is not a lake: a path one level off (DATA/events, the project folder
+# above DATA) read as an empty lake, every helper answering zero rows. The demo clears
+# these, and only these, from a folder it wrote before.
 
 
 def _not_a_lake(root: str, foreign: list[str], nearby: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,21 @@ import pytest
 from spies import Seen, spy_fsync
 
 from kirim_events.stopsignals import STOP_SIGNALS
+
+
+@pytest.fixture(autouse=True)
+def _library_logging() -> Iterator[None]:
+    """Each test starts with logging as a new process has it: a command run in-process
+    (``collect`` configures logging for the CLI, as its own process would) left a handler
+    on ``kirim_events``, and a later test's CLI output held log lines a real run never
+    prints (test_lake_s3_cli.py failed after test_cli_basics.py)."""
+    loggers = [logging.getLogger(name) for name in ("kirim_events", "uvicorn")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
 
 
 @pytest.fixture

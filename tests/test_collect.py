@@ -846,17 +846,11 @@ def test_logs_go_to_stderr_as_it_is_now(monkeypatch: pytest.MonkeyPatch) -> None
 
     from kirim_events.cli.collect import configure_logging
 
-    loggers = [logging.getLogger(name) for name in ("kirim_events", "uvicorn")]
-    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    try:
-        configure_logging()
-        first, second = io.StringIO(), io.StringIO()
-        monkeypatch.setattr(sys, "stderr", first)
-        logging.getLogger("kirim_events.x").warning("one")
-        first.close()
-        monkeypatch.setattr(sys, "stderr", second)
-        logging.getLogger("kirim_events.x").warning("two")
-        assert second.getvalue().rstrip().endswith("WARNING kirim_events.x: two")
-    finally:
-        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
-            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+    configure_logging()  # undone after the test (conftest's _library_logging)
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logging.getLogger("kirim_events.x").warning("one")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("kirim_events.x").warning("two")
+    assert second.getvalue().rstrip().endswith("WARNING kirim_events.x: two")

@@ -29,6 +29,18 @@ def _library_logging() -> Iterator[None]:
 
 
 @pytest.fixture
+def away_from_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``~`` is ``tmp_path`` and the working folder ``tmp_path / "elsewhere"`` (returned):
+    a path starting with ``~`` then names another folder than the same words taken as they
+    are (``./~/...``)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return elsewhere
+
+
+@pytest.fixture
 def before() -> Iterator[Seen]:
     """A known handler on SIGINT and SIGTERM for the test; the runner's own come back after."""
     saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}

@@ -152,20 +152,16 @@ def test_backfill_with_429_5xx_latency_drops_and_a_kill_resumes_exactly(
 
 
 def test_a_data_folder_starting_with_a_tilde_keeps_its_checkpoint_beside_its_journal(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tmp_path: Path, away_from_home: Path
 ) -> None:
     # Journal and Lake expand "~" (a3f34c8); backfill kept its checkpoint and run lock under
     # the words given, in a folder named "~" where it ran: a run from another folder did
     # not resume, nor see the lock of one running
-    monkeypatch.setenv("HOME", str(tmp_path))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
     since, until = world.window
     t = FakeTime(until.timestamp() + 3600)
     _, client = world.api(t)
     backfill("~/kirim", client=client, since=since, until=until, now=t.clock)
-    assert list(elsewhere.iterdir()) == []
+    assert list(away_from_home.iterdir()) == []
     assert (tmp_path / "kirim" / "_state" / "backfill").is_dir()  # the finished run's
     assert_lake_is_exactly_the_history(tmp_path / "kirim", world)
 

@@ -201,18 +201,15 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 
 def test_a_folder_starting_with_a_tilde_is_checked_where_the_demo_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, away_from_home: Path
 ) -> None:
     # the collector, journal and lake expand "~" (a3f34c8, a187a7f); run_demo checked,
     # locked and marked the words given, a folder named "~" where it ran, and wrote its
     # emulated events into ~/kirim all the same, beside the real ones there
-    monkeypatch.setenv("HOME", str(tmp_path))
     precious = tmp_path / "kirim" / "events" / "mine.parquet"
     precious.parent.mkdir(parents=True)
     precious.write_bytes(b"not the demo's")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    elsewhere = away_from_home
     with pytest.raises(ConfigError, match="not written by the demo"):
         run_demo("~/kirim", scale=0.02)
     assert sorted(p.name for p in (tmp_path / "kirim").iterdir()) == ["events"]

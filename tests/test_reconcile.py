@@ -176,16 +176,12 @@ def test_recovery_imports_from_payloads_and_the_lake_then_has_them(world: World)
 
 
 def test_a_data_folder_starting_with_a_tilde_is_the_folder_its_journal_and_lake_use(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tmp_path: Path, away_from_home: Path
 ) -> None:
     # Journal and Lake expand "~" (a3f34c8); reconcile took "~/data" as the words given:
     # the lake it named (./~/data, made absolute) was not the one the journal records as
     # its own ("data folder"), so the run was refused ("the journal flushes into the lake at
     # the data folder, not the one reconciled"), and its quarantine was read from ./~/data
-    monkeypatch.setenv("HOME", str(tmp_path))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
     assert world.home == tmp_path / "data"
     truth = world.emu.unacknowledged_event_keys()
     since, until = world.window
@@ -197,7 +193,7 @@ def test_a_data_folder_starting_with_a_tilde_is_the_folder_its_journal_and_lake_
     assert report.imported == len(truth)
     events, _ = lake_frames(world.home)
     assert set(events["event_key"]) == world.history_keys
-    assert list(elsewhere.iterdir()) == []  # no folder named "~" made where it ran
+    assert list(away_from_home.iterdir()) == []  # no folder named "~" made where it ran
 
 
 def test_a_body_over_the_collectors_limit_is_imported_from_the_history(tmp_path: Path) -> None:

@@ -290,6 +290,11 @@ def _short(cursor: str) -> str:
 _STREAM_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 
 
+_WAIT_SLICE = 0.25
+"""Longest single wait of a client's pause (seconds): how late a stop signal the kernel
+gave another thread is seen (:meth:`KirimClient._sleep`)."""
+
+
 class KirimClient:
     """A small synchronous client for Kirim's REST API (thread-safe).
 
@@ -396,7 +401,14 @@ class KirimClient:
 
     def _sleep(self, seconds: float) -> None:
         if self._sleep_fn is time.sleep:
-            self._interrupted.wait(seconds)
+            # In short waits: a signal the kernel hands to another thread (the journal's
+            # writer) only flags it, and Python runs the handler (Ctrl-C, SIGTERM) when the
+            # main thread next runs Python code; one wait of a 600 s Retry-After sat it out.
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0 and not self._interrupted.wait(
+                min(left, _WAIT_SLICE)
+            ):
+                pass
         elif not self._interrupted.is_set():
             self._sleep_fn(seconds)
         if self._interrupted.is_set():

@@ -303,19 +303,31 @@ def _unfinished(storage: Storage) -> FullRun | None:
         ) from None
 
 
-def _generations(storage: Storage) -> dict[str, int]:
-    """Every group's manifest path -> its generation (a full run's starting point)."""
-    return {
-        rel: Manifest.load(storage, rel).generation
+Groups = list[tuple[str, str | None]]
+"""Every group of both tables, legacy folders aside: (table, encoded type or None)."""
+
+
+def _groups(storage: Storage) -> Groups:
+    """The lake's groups, listed once per run (after the legacy folders are moved)."""
+    return [
+        (table, group)
         for table in ("events", "deliveries")
         for group in list_groups(storage, table)
         if group not in LEGACY_GROUPS
+    ]
+
+
+def _generations(storage: Storage, groups: Groups) -> dict[str, int]:
+    """Every group's manifest path -> its generation (a full run's starting point)."""
+    return {
+        rel: Manifest.load(storage, rel).generation
+        for table, group in groups
         for rel in [manifest_path(table, group)]
     }
 
 
 def _unvouched(
-    storage: Storage, report: CompactionReport, manifests: set[str]
+    storage: Storage, report: CompactionReport, manifests: set[str], groups: Groups
 ) -> set[tuple[str, str | None]]:
     """The groups with no manifest whose partitions hold ``c-`` files: ``_state/compaction``
     was lost (or a copy restored without it), or the group's first compaction stopped after
@@ -327,32 +339,31 @@ def _unvouched(
     manifest paths on disk (one listing: reading each group's manifest here cost every run,
     however few partitions it compacts, a request or two per event type on S3)."""
     found: set[tuple[str, str | None]] = set()
-    for table in ("events", "deliveries"):
-        for group in list_groups(storage, table):
-            rel = manifest_path(table, group)
-            if rel in manifests or group in LEGACY_GROUPS:  # legacy: moved, never compacted
-                continue
-            days = list_dates(storage, table, group)
-            holding = [
-                d
-                for d in days
-                if any(
-                    is_compaction_file(n)
-                    for n in parquet_names(storage, partition_dir(table, group, d))
-                )
-            ]
-            if holding:
-                found.add((table, group))
-                said = (
-                    f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
-                    f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
-                    "missing (the first compaction of this type stopped before it published "
-                    "it, or _state/compaction was lost): the group is rewritten whole from "
-                    "every file there, deduplicated, under a new manifest; no c- file is "
-                    "deleted unread"
-                )
-                report.warnings.append(said)
-                logger.warning("%s", said)
+    for table, group in groups:
+        rel = manifest_path(table, group)
+        if rel in manifests:
+            continue
+        days = list_dates(storage, table, group)
+        holding = [
+            d
+            for d in days
+            if any(
+                is_compaction_file(n)
+                for n in parquet_names(storage, partition_dir(table, group, d))
+            )
+        ]
+        if holding:
+            found.add((table, group))
+            said = (
+                f"{partition_dir(table, group, holding[0]).rsplit('/', 1)[0]}: "
+                f"{len(holding)} partition(s) hold compacted files (c-...) but {rel} is "
+                "missing (the first compaction of this type stopped before it published "
+                "it, or _state/compaction was lost): the group is rewritten whole from "
+                "every file there, deduplicated, under a new manifest; no c- file is "
+                "deleted unread"
+            )
+            report.warnings.append(said)
+            logger.warning("%s", said)
     return found
 
 
@@ -686,7 +697,8 @@ def compact(
         )
         markers = _markers(storage)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
-        unvouched = _unvouched(storage, report, manifests)
+        groups = _groups(storage)  # once: three steps below went over them, each listing
+        unvouched = _unvouched(storage, report, manifests, groups)
         # groups rewritten whole, as a full run does: every group of a full run; a group
         # with no manifest but c- files; the groups a crashed full run had not reached
         whole = set(unvouched)
@@ -694,15 +706,10 @@ def compact(
         unfinished = None if full else _unfinished(storage)
         if full:
             began = datetime.fromtimestamp(now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            FullRun(began, _generations(storage)).save(storage)
+            FullRun(began, _generations(storage, groups)).save(storage)
         elif unfinished is not None:
             left = unfinished.not_reached(storage)
-            whole |= {
-                (table, group)
-                for table in ("events", "deliveries")
-                for group in list_groups(storage, table)
-                if manifest_path(table, group) in left
-            }
+            whole |= {(t, g) for t, g in groups if manifest_path(t, g) in left}
             report.finished_full_run = unfinished.started_at
             logger.info(
                 "finishing the full compaction begun %s: %d group(s) not reached yet",
@@ -711,13 +718,10 @@ def compact(
             )
         for key in [k for k in changes if k[0] == "events" and k[1] in LEGACY_GROUPS]:
             del changes[key]  # markers of files an older collector is still moving in
-        for table in ("events", "deliveries"):
-            for group in list_groups(storage, table):
-                if group in LEGACY_GROUPS:
-                    continue  # emptied above (but for files written since)
-                if full or (table, group) in whole:
-                    days = set(list_dates(storage, table, group))
-                    changes.setdefault((table, group), set()).update(days)
+        for table, group in groups:  # a legacy folder is not one: emptied above
+            if full or (table, group) in whole:
+                days = set(list_dates(storage, table, group))
+                changes.setdefault((table, group), set()).update(days)
         for (table, group), days in sorted(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):

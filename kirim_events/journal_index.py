@@ -24,6 +24,7 @@ __all__ = [
     "KeyIndex",
     "data_folder",
     "enclosing_lake",
+    "foreign_entries",
     "journal_path",
     "lake_identity",
     "refuse_foreign_folder",
@@ -90,6 +91,16 @@ def refuse_inside_lake(data_dir: str | Path) -> None:
         )
 
 
+def foreign_entries(names: Iterable[str]) -> list[str]:
+    """Of a folder's ``names``, the other things than a lake's, sorted; [] when it holds any
+    of a lake's entries (:data:`LAKE_ENTRIES`: it is a lake). Dot files (data/.gitkeep) and
+    a new volume's lost+found are no one's content."""
+    names = list(names)
+    if any(name in LAKE_ENTRIES for name in names):
+        return []
+    return sorted(n for n in names if not n.startswith(".") and n != "lost+found")
+
+
 def refuse_foreign_folder(data_dir: str | Path) -> None:
     """NotALakeError when the data folder ``data_dir`` holds other things and none of a
     lake's (:func:`kirim_events.lake.refuse_foreign_folder`, with its message), checked by
@@ -100,9 +111,7 @@ def refuse_foreign_folder(data_dir: str | Path) -> None:
         names = os.listdir(data_dir)
     except (FileNotFoundError, NotADirectoryError):
         return  # made by the first write (a file is refused as the journal opens)
-    if any(name in LAKE_ENTRIES for name in names):
-        return
-    if any(not name.startswith(".") and name != "lost+found" for name in names):
+    if foreign_entries(names):
         from kirim_events.lake import refuse_foreign_folder as refuse
 
         refuse(data_dir)

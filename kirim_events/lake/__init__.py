@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from kirim_events.analytics import AnalyticsMixin
 from kirim_events.errors import ConfigError, LakeError, NotALakeError
 from kirim_events.events import KNOWN_TYPES, EventRecord, canonical_type
-from kirim_events.journal_index import LAKE_ENTRIES
+from kirim_events.journal_index import LAKE_ENTRIES, foreign_entries
 from kirim_events.lake.compact import STEPS, CompactionReport, Hook
 from kirim_events.lake.compact import compact as _compact
 from kirim_events.lake.paths import decode_type
@@ -159,16 +159,6 @@ def _not_a_lake(root: str, foreign: list[str], nearby: str | None) -> str:
     return f"{text}; did you mean {nearby}?" if nearby else text
 
 
-def _foreign(names: Iterable[str]) -> list[str]:
-    """Of a folder's ``names``, the other things than a lake's, sorted; [] when it holds any
-    of a lake's entries (it is a lake). Dot files (data/.gitkeep) and a new volume's
-    lost+found are no one's content."""
-    names = list(names)
-    if any(name in LAKE_ENTRIES for name in names):
-        return []
-    return sorted(n for n in names if not n.startswith(".") and n != "lost+found")
-
-
 def refuse_foreign_folder(folder: str | PathLike[str]) -> None:
     """NotALakeError when the local ``folder`` holds other things and none of a lake's;
     a missing or empty folder, or a lake, passes (a new lake is made by its first write).
@@ -180,7 +170,7 @@ def refuse_foreign_folder(folder: str | PathLike[str]) -> None:
     root = os.fspath(folder)
     if not os.path.isdir(root):
         return
-    foreign = _foreign(os.listdir(root))
+    foreign = foreign_entries(os.listdir(root))
     if foreign:
         raise NotALakeError(_not_a_lake(root, foreign, _local_lake_near(root, foreign)))
 
@@ -351,7 +341,7 @@ class Lake(AnalyticsMixin):
             # paid once; a local folder is checked at each read, at the cost of a listdir
             self._known_lake = not self.storage.local
             return
-        foreign = _foreign(names)
+        foreign = foreign_entries(names)
         if not foreign:  # an empty folder is a new lake; one holding other things is not one
             return
         if self.storage.local:

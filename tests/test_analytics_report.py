@@ -811,6 +811,78 @@ def test_html_report_charts_render_offline(tmp_path: Path) -> None:
     assert "Events received per day" in svg
 
 
+def _axis_texts(svg: str, axis: str) -> list[str]:
+    """The texts of the axis whose description starts with ``axis`` (``X-axis titled
+    'messages'``), in a chart drawn to SVG: its tick labels, then its title."""
+    group = svg.split(f'aria-label="{axis}', 1)[1].split("aria-label=", 1)[0]
+    return re.findall(r"<text[^>]*>([^<]*)</text>", group)
+
+
+def _young_lake(tmp_path: Path) -> ke.Lake:
+    """A lake early on: one message sent (received a day late), one failed, one
+    conversation assigned (no time to deliver, read or close yet): 2 events on its busier
+    day of receipt."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events(
+        [
+            status("wamid.A", "sent", 0, 86_400),
+            status("wamid.B", "failed", 0, 1, error=(131047, "Re-engagement message")),
+            conversation("evt_1", "assigned", "cnv_1", 0, 1, user="usr_a"),
+        ]
+    )
+    return lake
+
+
+def test_charts_of_a_few_messages_count_whole_messages(tmp_path: Path) -> None:
+    """Over 1 or 2 messages (or events) the count axes had ticks at 0.0, 0.5, 1.0 (1.5,
+    2.0): Vega's tickMinStep=1 still halves a domain that small."""
+    import vl_convert
+
+    lake = _young_lake(tmp_path)
+    axes = {
+        notebook.funnel_chart: "X-axis titled 'messages'",
+        notebook.failures_chart: "X-axis titled 'messages'",
+        notebook.health_chart: "Y-axis titled 'events'",
+    }
+    for chart, axis in axes.items():
+        svg = vl_convert.vegalite_to_svg(chart(lake).to_dict())
+        *ticks, _title = _axis_texts(svg, axis)
+        most = 1 if chart is notebook.failures_chart else 2
+        assert ticks == [str(n) for n in range(most + 1)], chart.__name__
+    many = pl.DataFrame({"stage": ["messages"], "messages": [12], "share": [1.0]})
+    svg = vl_convert.vegalite_to_svg(notebook.funnel_chart(many).to_dict())
+    *ticks, _title = _axis_texts(svg, "X-axis titled 'messages'")
+    assert ticks[0] == "0"
+    assert all(t.isdigit() for t in ticks)  # Vega's own ticks, whole
+
+
+def test_times_chart_without_a_time_yet_lays_out_its_rows(tmp_path: Path) -> None:
+    """With no time known (nothing delivered, read, closed, and no assignment timed), the
+    chart was a strip: the four metric names piled on one line, the axis labels on one
+    point. Each metric has its own row, and the axis its ticks."""
+    import vl_convert
+
+    lake = _young_lake(tmp_path)
+    summary = notebook.time_summary(lake, lake)
+    assert summary["median"].null_count() == summary.height  # nothing to draw
+    svg = vl_convert.vegalite_to_svg(notebook.times_chart(summary).to_dict())
+    rows = re.findall(
+        r'translate\(-?[\d.]+,(-?[\d.]+)\)"[^>]*>(time_to_\w+)</text>',
+        svg.split('aria-label="Y-axis', 1)[1],
+    )
+    assert [name for _, name in rows] == [m for m, _ in notebook.TIME_METRICS]
+    assert len({y for y, _ in rows}) == 4  # one row each
+    *ticks, _title = _axis_texts(svg, "X-axis titled 'time (symlog scale)'")
+    assert ticks == ["1 s", "10 s", "1 min", "10 min", "1 h", "10 h", "1 d", "10 d"]
+    assert re.findall(r">(median|p90)</text>", svg) == ["median", "p90"]  # the legend's
+    # times of 1 s to 5 s: the axis ends at the next tick (it ended at 5 s, its only tick
+    # 1 s, the bars running off it)
+    short = summary.with_columns(median=pl.lit(1.0), p90=pl.lit(5.0))
+    svg = vl_convert.vegalite_to_svg(notebook.times_chart(short).to_dict())
+    *ticks, _title = _axis_texts(svg, "X-axis titled 'time (symlog scale)'")
+    assert ticks == ["1 s", "10 s"]
+
+
 def test_report_figures_equal_plain_polars_over_an_emulated_lake(tmp_path: Path) -> None:
     """The printed funnel, rates, failure counts and delivery times, recomputed from the
     lake's raw status events with plain Polars (not the helpers the report uses)."""

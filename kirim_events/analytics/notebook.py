@@ -322,17 +322,27 @@ def require_chart_libraries() -> None:
         )
 
 
+def _count_axis(alt: Any, most: object) -> Any:
+    """An axis of whole counts (messages, events) whose largest value is ``most``.
+
+    Vega's ``tickMinStep=1`` keeps the ticks whole from 3 up, but over a domain of 1 it
+    still asks for two steps (0, 0.5, 1) and over 2 for four: a young lake's charts showed
+    half messages. There the ticks are given, one per whole number."""
+    top = most if isinstance(most, int | float) else 0
+    if top < 3:
+        return alt.Axis(tickMinStep=1, values=list(range(int(top) + 1)), format="d")
+    return alt.Axis(tickMinStep=1)
+
+
 def funnel_chart(funnel_frame: Frame) -> altair.Chart:
     """Horizontal bars: messages per funnel stage (from :func:`funnel`, or of a Lake)."""
     alt = _alt()
+    data = _summary(funnel_frame, ("stage", "messages", "share"), "funnel_chart", funnel, funnel)
     chart: altair.Chart = (
-        alt.Chart(
-            _summary(funnel_frame, ("stage", "messages", "share"), "funnel_chart", funnel, funnel),
-            title="Delivery funnel",
-        )
+        alt.Chart(data, title="Delivery funnel")
         .mark_bar()
         .encode(
-            x=alt.X("messages:Q", title="messages", axis=alt.Axis(tickMinStep=1)),
+            x=alt.X("messages:Q", title="messages", axis=_count_axis(alt, data["messages"].max())),
             y=alt.Y("stage:N", sort=None, title=None),
             tooltip=["stage", "messages", alt.Tooltip("share:Q", format=".1%")],
         )
@@ -364,7 +374,7 @@ def failures_chart(reasons: Frame, *, top: int = 10) -> altair.Chart:
         alt.Chart(data, title="Failure reasons")
         .mark_bar()
         .encode(
-            x=alt.X("messages:Q", axis=alt.Axis(tickMinStep=1)),  # whole messages
+            x=alt.X("messages:Q", axis=_count_axis(alt, data["messages"].max())),
             # labelLimit 0: the whole "label (code)", not cut before the code
             y=alt.Y("reason:N", sort="-x", title=None, axis=alt.Axis(labelLimit=0)),
             tooltip=["error_label", "error_code", "error_title", "messages"],
@@ -391,6 +401,16 @@ def times_chart(summary: Frame) -> altair.Chart:
     ).unpivot(
         index=["metric", "of"], on=["median", "p90"], variable_name="stat", value_name="seconds"
     )
+    # The stats and the time axis are given: Vega-Lite leaves the rows without a value out
+    # of the scales, so a young lake's chart (no message delivered, no conversation closed)
+    # drew a strip with its metric names piled up on one line. The axis ends at the first
+    # tick past the longest time (times of 5 s had one tick, 1 s, and bars running off it)
+    stats = alt.Scale(domain=["median", "p90"])
+    longest = cast("float | None", data["seconds"].max())
+    end = (
+        _TIME_TICKS[-1] if longest is None else next((t for t in _TIME_TICKS if t >= longest), None)
+    )
+    seconds = alt.Scale(type="symlog") if end is None else alt.Scale(type="symlog", domain=[0, end])
     chart: altair.Chart = (
         alt.Chart(data, title="Median and p90 times")
         .mark_bar()
@@ -399,14 +419,14 @@ def times_chart(summary: Frame) -> altair.Chart:
             # 10 d)
             x=alt.X(
                 "seconds:Q",
-                scale=alt.Scale(type="symlog"),
+                scale=seconds,
                 title="time (symlog scale)",
                 axis=alt.Axis(values=list(_TIME_TICKS), labelExpr=_TIME_LABEL),
             ),
             # messages' times, then conversations', as in the summary
             y=alt.Y("metric:N", title=None, sort=[m for m, _ in TIME_METRICS]),
-            yOffset="stat:N",
-            color="stat:N",
+            yOffset=alt.YOffset("stat:N", scale=stats),
+            color=alt.Color("stat:N", scale=stats),
             tooltip=["metric", "stat", alt.Tooltip("seconds:Q", format=".1f")],
         )
     )
@@ -425,12 +445,14 @@ def health_chart(health: Frame) -> altair.Chart:
         .filter(pl.col("n_events").is_not_null())
         .select(pl.col("day").cast(pl.String), "event_type", "n_events", "deliveries", "retry_rate")
     )
+    per_day = data.group_by("day").agg(pl.col("n_events").sum())["n_events"]
     chart: altair.Chart = (
         alt.Chart(data, title="Events received per day")
         .mark_bar()
         .encode(
             x=alt.X("day:O", title="day (UTC, received)"),
-            y=alt.Y("n_events:Q", title="events"),
+            # stacked: the tallest bar is a day's events of every type
+            y=alt.Y("n_events:Q", title="events", axis=_count_axis(alt, per_day.max())),
             color="event_type:N",
             tooltip=[
                 "day",

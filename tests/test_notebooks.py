@@ -138,3 +138,37 @@ def test_notebook_runs_on_a_lake_with_almost_nothing_in_it(
     """Pointed at one's own young lake, no cell may assume the demo's data (a read rate
     of None, no read message, no inbound message)."""
     _run(name, tiny_lake, monkeypatch)
+
+
+def _data_folder_of_first_cell(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, home: Path
+) -> Path:
+    """The folder the notebooks' first cell opens for KIRIM_DATA_DIR ``value`` (None:
+    unset), run from notebooks/ as Jupyter runs them: the cell up to its demo, which is not
+    run (nothing is written)."""
+    monkeypatch.setenv("HOME", str(home))
+    if value is None:
+        monkeypatch.delenv("KIRIM_DATA_DIR", raising=False)
+    else:
+        monkeypatch.setenv("KIRIM_DATA_DIR", value)
+    monkeypatch.chdir(NOTEBOOKS)
+    resolving, demo, _ = _first_code_cell(NAMES[0]).partition("\nif not any(")
+    assert demo  # the cell still checks for a lake before it makes one
+    scope: dict[str, Any] = {}
+    exec(compile(resolving, "first cell", "exec"), scope)  # noqa: S102 - our own notebook
+    return Path(scope["DATA"])
+
+
+def test_the_first_cell_reads_kirim_data_dir_as_the_cli_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """KIRIM_DATA_DIR=~/kirim (quoted in a shell, or from an env file) is the home folder's
+    kirim to the CLI; the notebooks opened a folder named "~" under the repository, found
+    no lake there and made the demo's. A blank value is unset to the CLI (./data); to the
+    notebooks it was the repository itself."""
+    root = NOTEBOOKS.parent
+    assert _data_folder_of_first_cell(monkeypatch, "~/kirim", tmp_path) == tmp_path / "kirim"
+    assert _data_folder_of_first_cell(monkeypatch, "  ", tmp_path) == root / "data"
+    assert _data_folder_of_first_cell(monkeypatch, None, tmp_path) == root / "data"
+    assert _data_folder_of_first_cell(monkeypatch, "lake2", tmp_path) == root / "lake2"
+    assert _data_folder_of_first_cell(monkeypatch, str(tmp_path), tmp_path) == tmp_path

@@ -883,6 +883,21 @@ def test_times_chart_without_a_time_yet_lays_out_its_rows(tmp_path: Path) -> Non
     assert ticks == ["1 s", "10 s"]
 
 
+def test_html_report_as_of_before_any_receipt_has_no_chart_of_receipts(tmp_path: Path) -> None:
+    """As of an instant when the events had happened but none had been received (the
+    demo's lake, whose events are dated the day before it ran), the page drew "Events
+    received per day" as an empty frame with one tick, 0."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events(_records())  # each received a second after it happened
+    before = build_report(lake.as_of(at(0.5)))  # the first events happened, none came
+    assert before.n_messages == 5
+    page = write_html(before, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Delivery funnel" in page
+    assert "Events received per day" not in page
+    later = write_html(build_report(lake), tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Events received per day" in later
+
+
 def test_report_figures_equal_plain_polars_over_an_emulated_lake(tmp_path: Path) -> None:
     """The printed funnel, rates, failure counts and delivery times, recomputed from the
     lake's raw status events with plain Polars (not the helpers the report uses)."""

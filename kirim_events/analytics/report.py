@@ -283,7 +283,9 @@ def report_html(report: Report, *, top: int = 10) -> str:
 def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
     """Write the report to a self-contained HTML file (opens offline): the terminal's figures
     as tables, then the charts; the failures chart shows the ``top`` most frequent reasons,
-    like the table. A report with nothing to show has no charts."""
+    like the table. A report with nothing to show has no charts; one without messages has
+    no funnel chart, without failures no failures chart, and without an event received (by
+    its ``as_of``) no chart of events received per day."""
     title = f"kirim-events report{_when(report)}"
     words = report_html(report, top=top)
     if is_empty(report):
@@ -295,5 +297,9 @@ def write_html(report: Report, path: str | Path, *, top: int = 10) -> Path:
         charts.append(notebook.funnel_chart(report.funnel))
     if report.failures.height:
         charts.append(notebook.failures_chart(report.failures, top=top))
-    charts += [notebook.times_chart(report.times), notebook.health_chart(report.health)]
+    charts.append(notebook.times_chart(report.times))
+    # as of an instant before the collector received anything (the demo's events, dated the
+    # day before it ran), no day has events: the chart was an empty frame with one tick, 0
+    if report.health["n_events"].is_not_null().any():
+        charts.append(notebook.health_chart(report.health))
     return notebook.save_html(charts, path, title=title, preface=words)

@@ -898,6 +898,48 @@ def test_html_report_as_of_before_any_receipt_has_no_chart_of_receipts(tmp_path:
     assert "Events received per day" in later
 
 
+def test_report_of_a_lake_of_refused_deliveries_says_so(tmp_path: Path) -> None:
+    """A collector whose secret is not Kirim's stores only its refusals; the report said
+    "the lake holds no events yet: kirim-events compact flushes what collect received", a
+    command that cannot help. It names the rejected (and quarantined) deliveries now."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from kirim_events import testing
+    from kirim_events.journal import Journal
+    from kirim_events.receiver import Receiver
+
+    now = time.time()
+    unreadable = b"not json"
+    requests = [
+        testing.signed_request(testing.kirim_event(), "whsec_kirims", timestamp=int(now)),
+        testing.signed_request(testing.kirim_event(), "whsec_kirims", timestamp=int(now)),
+        testing.signed_request(unreadable, "whsec_ours", timestamp=int(now)),
+    ]
+
+    async def deliver(receiver: Receiver) -> list[int]:
+        transport = httpx.ASGITransport(app=receiver)
+        async with httpx.AsyncClient(transport=transport, base_url="http://collector") as c:
+            return [
+                (await c.post("/webhooks/kirim", content=r.body, headers=r.headers)).status_code
+                for r in requests
+            ]
+
+    with Journal(tmp_path) as journal:
+        codes = asyncio.run(deliver(Receiver(journal, ["whsec_ours"], now=lambda: now)))
+        journal.flush(ke.Lake(tmp_path))
+    assert codes == [401, 401, 200]
+    result = runner.invoke(app, ["report", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "of the webhook deliveries received, 2 were rejected (a signature that" in said
+    assert "KIRIM_WEBHOOK_SECRET" in said
+    assert "and 1 was quarantined (signed, but not a body" in said
+    assert "compact" not in said
+
+
 def test_report_figures_equal_plain_polars_over_an_emulated_lake(tmp_path: Path) -> None:
     """The printed funnel, rates, failure counts and delivery times, recomputed from the
     lake's raw status events with plain Polars (not the helpers the report uses)."""

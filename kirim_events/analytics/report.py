@@ -167,9 +167,33 @@ def is_empty(report: Report) -> bool:
     return report.n_messages == 0 and report.n_conversations == 0
 
 
+def _refused(report: Report) -> str:
+    """The webhook deliveries the collector refused (by ``as_of``), in words; "" for none."""
+    said = []
+    rejected = int(report.health["rejected"].sum())
+    if rejected:
+        said.append(
+            f"{rejected:,} {'was' if rejected == 1 else 'were'} rejected (a signature that "
+            "matched no secret in KIRIM_WEBHOOK_SECRET, or a body too large or too slow: the "
+            "reason column of the deliveries table says which)"
+        )
+    quarantined = int(report.health["quarantined"].sum())
+    if quarantined:
+        said.append(
+            f"{quarantined:,} {'was' if quarantined == 1 else 'were'} quarantined (signed, "
+            "but not a body kirim-events could read: kept byte for byte in quarantine/)"
+        )
+    return " and ".join(said)
+
+
 def notes(report: Report) -> list[str]:
     """When the lake's events happened; and why there is nothing to show, when so."""
     if report.span is None:
+        refused = _refused(report)
+        if refused:
+            # "compact flushes what collect received" sent the analyst of a collector with a
+            # wrong secret, which stored nothing but its refusals, to a command that cannot help
+            return [f"(the lake holds no events: of the webhook deliveries received, {refused})"]
         return [
             "(the lake holds no events yet: `kirim-events compact` flushes what `collect` "
             "received, `kirim-events demo` makes an example lake)"

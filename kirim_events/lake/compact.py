@@ -100,7 +100,7 @@ from kirim_events.lake.state import (
     check_version,
     manifest_path,
 )
-from kirim_events.lake.storage import Staged, Storage
+from kirim_events.lake.storage import Staged, Storage, is_temp_name
 from kirim_events.lake.writer import (
     change_marker,
     marker_file_name,
@@ -153,12 +153,18 @@ class CompactionReport:
         return self.rows_in - self.rows_out
 
 
-def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[str]]]:
-    """Change markers: (table, group) -> date -> marker paths."""
+def _markers(
+    storage: Storage, temps: list[str]
+) -> dict[tuple[str, str | None], dict[str, list[str]]]:
+    """Change markers: (table, group) -> date -> marker paths; the temp files of markers
+    not yet renamed into place are added to ``temps`` instead."""
     found: dict[tuple[str, str | None], dict[str, list[str]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for rel, _size in storage.list_files("_state/changes"):
+        if is_temp_name(rel.rsplit("/", 1)[-1]):
+            temps.append(rel)
+            continue
         parts = rel.split("/")[2:]  # drop "_state", "changes"
         if len(parts) == 3 and parts[0] == "deliveries":
             table, group, day = "deliveries", None, parse_partition_dir(parts[1], "date")
@@ -178,12 +184,18 @@ def _clean_tmp(storage: Storage, now: float) -> None:
     """Remove temp files of writes that died before their rename (older than an hour)."""
     if not storage.local:
         return
-    folder = storage.full("_tmp")
-    for entry in storage.list_dir("_tmp"):
-        path = os.path.join(folder, entry.name)
+    _clean_temps(storage, [f"_tmp/{e.name}" for e in storage.list_dir("_tmp") if not e.is_dir], now)
+
+
+def _clean_temps(storage: Storage, rels: list[str], now: float) -> None:
+    """Remove those of these temp files (local) not modified for an hour: left by a write
+    that died before its rename. A younger one may be a write still going on."""
+    if not storage.local:
+        return
+    for rel in rels:
         try:
-            if not entry.is_dir and os.stat(path).st_mtime < now - TMP_TTL:
-                storage.delete(f"_tmp/{entry.name}")
+            if os.stat(storage.full(rel)).st_mtime < now - TMP_TTL:
+                storage.delete(rel)
         except FileNotFoundError:
             continue
 
@@ -412,7 +424,9 @@ class _Group:
         members = sorted(
             {d for c in self.changed if c in existing for d in near_days(c, self.window, existing)}
         )
-        listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
+        temps: list[str] = []
+        listed = {d: parquet_names(self.storage, self.folder(d), temps) for d in members}
+        _clean_temps(self.storage, temps, self.now())
         self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         # A full run rewrites clean partitions too: the dedup rule or the file schema may
@@ -692,10 +706,15 @@ def compact(
         _clean_tmp(storage, now())
         # one listing of the manifests (only compaction writes them, and it holds the lake)
         manifests = {rel for rel, _size in storage.list_files("_state/compaction")}
+        temps = [rel for rel in manifests if is_temp_name(rel.rsplit("/", 1)[-1])]
+        manifests.difference_update(temps)
         deleted_from |= _migrate_legacy(
             storage, writer_id=writer_id, now=now, hook=step, check=check, manifests=manifests
         )
-        markers = _markers(storage)
+        # temp files beside their targets (written so to a folder on another filesystem
+        # than _tmp), of manifests and markers; those of data files are met in _Group.run
+        markers = _markers(storage, temps)
+        _clean_temps(storage, temps, now())
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
         groups = _groups(storage)  # once: three steps below went over them, each listing
         unvouched = _unvouched(storage, report, manifests, groups)

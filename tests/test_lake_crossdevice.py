@@ -8,10 +8,7 @@ one filesystem."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,29 +25,14 @@ from kirim_events.lake import storage as storage_module
 MAY_1 = "events/type=message.created/date=2026-05-01"
 
 
-@pytest.fixture
-def elsewhere(tmp_path: Path) -> Iterator[Path]:
-    """An empty folder on another filesystem than ``tmp_path`` (removed after the test)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK):
-        pytest.skip("needs /dev/shm (a tmpfs) to have two filesystems")
-    if shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("/dev/shm is on the same filesystem as the test's folder")
-    folder = Path(tempfile.mkdtemp(dir=shm, prefix="kirim-events-test-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def temp_name(name: str) -> str:
     """The name a file is staged under beside its target (README: ``.<name>.<random>.tmp``)."""
     return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
-def moved(root: Path, name: str, elsewhere: Path) -> Path:
-    """``root/name`` made a symlink to a folder of ``elsewhere`` (returned)."""
-    target = elsewhere / name
+def moved(root: Path, name: str, other_disk: Path) -> Path:
+    """``root/name`` made a symlink to a folder of ``other_disk`` (returned)."""
+    target = other_disk / name
     target.mkdir(parents=True)
     (root / name).parent.mkdir(parents=True, exist_ok=True)
     (root / name).symlink_to(target, target_is_directory=True)
@@ -68,13 +50,13 @@ def temps(*folders: Path) -> list[Path]:
 
 
 def test_a_lake_whose_events_folder_is_on_another_disk_is_written_and_compacted(
-    tmp_path: Path, elsewhere: Path
+    tmp_path: Path, other_disk: Path
 ) -> None:
     """Every write failed with "Invalid cross-device link": files were staged in DATA/_tmp
     and renamed into DATA/events, another filesystem."""
     root = tmp_path / "data"
     root.mkdir()
-    far = moved(root, "events", elsewhere)
+    far = moved(root, "events", other_disk)
     lake = ke.Lake(root)
     lake.write_events([ev("a"), ev("b", occurred=T0 + timedelta(days=1))])
     lake.write_events([ev("a", payload="later copy", received=T0 + timedelta(hours=1))])
@@ -92,9 +74,9 @@ def test_a_lake_whose_events_folder_is_on_another_disk_is_written_and_compacted(
     assert temps(root, far) == []
 
 
-def test_the_journal_flushes_into_a_lake_on_another_disk(tmp_path: Path, elsewhere: Path) -> None:
+def test_the_journal_flushes_into_a_lake_on_another_disk(tmp_path: Path, other_disk: Path) -> None:
     """The collector's case: the events stayed in the journal and nothing was ever written."""
-    moved(tmp_path, "events", elsewhere)
+    moved(tmp_path, "events", other_disk)
     recs = records(testing.kirim_event())
     lake = ke.Lake(tmp_path)
     with Journal(tmp_path) as j:
@@ -105,13 +87,13 @@ def test_the_journal_flushes_into_a_lake_on_another_disk(tmp_path: Path, elsewhe
     assert lake.events().collect()["event_key"].to_list() == [recs[0].event_key]
 
 
-def test_state_and_tmp_on_other_disks_than_the_data(tmp_path: Path, elsewhere: Path) -> None:
+def test_state_and_tmp_on_other_disks_than_the_data(tmp_path: Path, other_disk: Path) -> None:
     """Markers and manifests (``_state``) on one filesystem, ``_tmp`` on another, the data on
     a third place: each file is staged where its rename can land."""
     root = tmp_path / "data"
     root.mkdir()
-    state = moved(root, "_state", elsewhere)
-    moved(root, "_tmp", elsewhere / "scratch")
+    state = moved(root, "_state", other_disk)
+    moved(root, "_tmp", other_disk / "scratch")
     lake = ke.Lake(root)
     lake.write_events([ev("a"), ev("a", payload="copy", received=T0 + timedelta(1))])
     assert list((state / "changes").rglob("*.changed"))
@@ -119,18 +101,18 @@ def test_state_and_tmp_on_other_disks_than_the_data(tmp_path: Path, elsewhere: P
     assert (state / "compaction/events/type=message.created.json").is_file()
     assert not (state / "changes/events/type=message.created/date=2026-05-01").exists()
     assert on_disk(root) == ["a"]
-    assert temps(root, elsewhere) == []
+    assert temps(root, other_disk) == []
 
 
 def test_each_filesystem_written_is_synced_before_and_after_the_renames(
-    tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, other_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One syncfs(2) per batch synced only the filesystem of the first folder (the change
     markers' in DATA/_state): the events file's rename on the other disk was not durable
     when write_events returned, and the journal deleted its rows."""
     root = tmp_path / "data"
     root.mkdir()
-    moved(root, "events", elsewhere)
+    moved(root, "events", other_disk)
     calls: list[tuple[str, int]] = []
     real_replace, real_fsync = os.replace, os.fsync
     real_syncfs = storage_module._syncfs
@@ -154,7 +136,7 @@ def test_each_filesystem_written_is_synced_before_and_after_the_renames(
     lake.write_events([ev("first")])  # the lake's own folders and state are made
     calls.clear()
     lake.write_events([ev("durable")])
-    far = elsewhere.stat().st_dev
+    far = other_disk.stat().st_dev
     renames = [i for i, call in enumerate(calls) if call == ("rename", far)]
     assert len(renames) == 1, calls
     assert ("sync", far) in calls[: renames[0]], calls  # the file's bytes

@@ -14,7 +14,9 @@ event type, or all deliveries) the steps are, with a crash possible between any 
    names, made durable, renamed into place; one hook call per file). Readers ignore ``c-``
    files the manifest does not list, so nothing changes for them yet.
 3. ``manifest_published``: publish the new manifest atomically -- the commit point. From now
-   on readers count the new files and ignore the replaced ones.
+   on readers count the new files and ignore the replaced ones. A run whose writes fail
+   before it (a full disk) deletes the files of step 2 it had put in place, which a plain
+   reader would count beside the files they merge (``_Group._drop_unpublished``).
 4. ``file_deleted``: delete the replaced files (and orphans of crashed runs).
 5. ``markers_cleared``: delete the markers this run consumed. A crash before this leaves the
    markers, so the next run revisits the partitions and finishes the clean-up.
@@ -69,7 +71,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from kirim_events.errors import LakeError, SchemaVersionError
+from kirim_events.errors import LakeError, SchemaVersionError, StorageError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import (
     compaction_file_name,
@@ -462,11 +464,16 @@ class _Group:
                     new.files[day], new.rows[day] = names, rows
                     new.replaced[day] = sorted(set(listed[day]) - set(names))
             self.storage.commit(staged, after_each=lambda _rel: self.hook("file_written"))
+            if rewrite:
+                self._still_ours()
+                new.save(self.storage, self.manifest_rel)
+        except (StorageError, LakeError):
+            self.storage.discard(staged)
+            self._drop_unpublished([s.rel for s in staged])
+            raise
         finally:
             self.storage.discard(staged)
         if rewrite:
-            self._still_ours()
-            new.save(self.storage, self.manifest_rel)
             self.manifest = new
             self.hook("manifest_published")
         # Delete everything listed that the current manifest does not count: the replaced
@@ -489,6 +496,25 @@ class _Group:
         self.deleted_from.update(rel.rsplit("/", 1)[0] for rel in doomed)
         self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
+
+    def _drop_unpublished(self, rels: list[str]) -> None:
+        """Delete this run's output files that are in place (renamed in; on S3, every one
+        written) when the run failed before its manifest counted them: a full disk, a write
+        refused. Readers of ours ignore them, but a plain reader counted each of their events
+        once more, and each failed run (a disk still full) left another copy of the group's
+        partitions, filling the disk further. None that the manifest now on storage counts
+        (a publish that failed after its rename); best effort: what is left is deleted by
+        the next run as the leftovers of a crashed one."""
+        if not rels:
+            return
+        try:
+            current = Manifest.load(self.storage, self.manifest_rel)
+            counted = {f"{self.folder(d)}/{n}" for d, names in current.files.items() for n in names}
+            for rel in rels:
+                if rel not in counted:
+                    self.storage.delete(rel)
+        except (StorageError, LakeError) as exc:
+            logger.warning("could not delete the files of a failed compaction: %s", exc)
 
     def _mark(self, days: list[str], counted: dict[str, list[str]]) -> None:
         """Leave a change marker in each of ``days`` before anything is written there.

@@ -13,6 +13,8 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
+import polars as pl
 import pytest
 from test_lake import T0, ev
 from test_lake_compact import on_disk, winners
@@ -61,4 +63,37 @@ def test_a_compaction_that_cannot_write_its_manifest_leaves_no_copy_behind(
     report = lake.compact()  # room again: the run goes through
     assert report.partitions == 150
     assert on_disk(tmp_path) == sorted(expected)
+    assert lake.stats()["clean"].all()
+
+
+def test_a_file_that_cannot_be_read_stops_only_its_own_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged file (a disk error, a copy cut short) failed every compaction at its type,
+    and the types after it in the run's order were never compacted again: a plain reader
+    kept counting their copies twice."""
+    lake = ke.Lake(tmp_path)
+    for payload in ("first", "copy"):
+        received = T0 + timedelta(seconds=1 if payload == "first" else 60)
+        lake.write_events(
+            [
+                ev(key, type=kind, payload=payload, received=received)
+                for key, kind in (("c", "contact.updated"), ("m", "message.created"))
+            ]
+        )
+    damaged = sorted((tmp_path / "events/type=contact.updated").rglob("*.parquet"))[0]
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])  # cut short
+    rel = str(damaged.relative_to(tmp_path))
+    for _ in range(2):  # the damaged type's markers stay: each run tries it again
+        with pytest.raises(pl.exceptions.ComputeError):  # as a read of the lake fails
+            lake.compact()
+        assert rel in caplog.text  # named in the log; the CLI names it (damaged_files)
+        assert lake.damaged_files() == [rel]
+        glob = f"{tmp_path}/events/type=message.created/**/*.parquet"
+        assert duckdb.sql(f"select event_key from read_parquet('{glob}')").fetchall() == [("m",)]
+        assert len(list(damaged.parent.glob("*.parquet"))) == 2  # left as it was
+    damaged.unlink()  # the user moves it out
+    lake.compact()
+    assert winners(lake) == {"c": "copy", "m": "first"}
     assert lake.stats()["clean"].all()

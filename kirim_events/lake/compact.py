@@ -381,6 +381,16 @@ def _unvouched(
     return found
 
 
+class UnreadableFiles(LakeError):
+    """Files of one group that cannot be read (damaged, cut short, not Parquet, no right to
+    read them): that group is left as it is, the others are compacted."""
+
+    def __init__(self, rels: list[str], cause: BaseException) -> None:
+        self.rels, self.cause = rels, cause
+        said = str(cause).strip().split("\n", 1)[0]
+        super().__init__(f"{', '.join(rels)} cannot be read ({type(cause).__name__}: {said})")
+
+
 class _Group:
     """Compaction of one group (an event type, or all deliveries)."""
 
@@ -572,6 +582,31 @@ class _Group:
         self.hook("file_deleted")
 
     def _read(self, day: str, names: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+        try:
+            return self._read_files(day, names, columns)
+        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+            bad = self._unreadable(day, names)
+            if not bad:
+                raise  # each file reads alone: a failure of the storage, not of a file
+            raise UnreadableFiles(bad, exc) from exc
+
+    def _unreadable(self, day: str, names: list[str]) -> list[str]:
+        """The files of ``names`` that cannot be read whole, each tried alone (an error path).
+        A failed S3 request is raised as it is: the file may be sound."""
+        bad = []
+        for name in names:
+            rel = f"{self.folder(day)}/{name}"
+            try:
+                arrow_files([self.storage.full(rel)], self.storage).to_table()
+            except (pa.ArrowException, OSError) as exc:
+                if (failed := self.storage.s3_error(exc)) is not None:
+                    raise failed from exc
+                bad.append(rel)
+        return bad
+
+    def _read_files(
+        self, day: str, names: list[str], columns: list[str] | None = None
+    ) -> pl.DataFrame:
         schema = file_schema(self.table)
         paths = [self.storage.full(f"{self.folder(day)}/{n}") for n in names]
         if not names:
@@ -767,6 +802,7 @@ def compact(
             if full or (table, group) in whole:
                 days = set(list_dates(storage, table, group))
                 changes.setdefault((table, group), set()).update(days)
+        unreadable: list[UnreadableFiles] = []
         for (table, group), days in sorted(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):
@@ -787,7 +823,14 @@ def compact(
                 check=check,
                 full=full or (table, group) in whole,
             )
-            seen = group_run.run()
+            try:
+                seen = group_run.run()
+            except UnreadableFiles as exc:
+                # One damaged file stopped every run at its group, and the groups after it
+                # were never compacted again: a plain reader counted their copies for good.
+                unreadable.append(exc)
+                logger.error("%s: its type is left as it is; the others are compacted", exc)
+                continue
             deleted_from.update(group_run.deleted_from)
             group_markers = markers[(table, group)]
             for day, rels in group_run.marked.items():
@@ -808,6 +851,10 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        if unreadable:
+            # the engine's own error, as a read of the lake raises it (the CLI names every
+            # damaged file then: Lake.damaged_files); the other groups are done
+            raise unreadable[0].cause
         if full or unfinished is not None:
             # every group reached: the full run is finished, unless the lake was taken over
             # meanwhile (this run's lease lapsed), by a full run maybe, whose record this is

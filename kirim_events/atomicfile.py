@@ -8,7 +8,8 @@ old file, or as no file at all. These helpers do both halves, in one place:
   the target, fsync the folder. Readers see the old bytes or the new ones, never a part.
 * :func:`write_new`: create a file that must not exist yet (``O_EXCL``), fsync it and its
   folder.
-* :func:`move_file`: rename, then fsync the folders that lost and gained the name.
+* :func:`move_file`: rename, then fsync the folders that lost and gained the name (a copy
+  and a removal across filesystems).
 * :func:`make_dirs`: ``mkdir -p`` that fsyncs the parent of every folder it creates.
 * :func:`fsync_dir`: fsync one folder.
 
@@ -19,6 +20,7 @@ temporary file is left behind and an existing target is untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -119,10 +121,23 @@ def replace_file(path: _PathLike, data: bytes | str) -> None:
 
 
 def move_file(src: _PathLike, dst: _PathLike) -> None:
-    """Rename ``src`` to ``dst`` (replacing it), then fsync the folder of each."""
-    os.replace(src, dst)
+    """Rename ``src`` to ``dst`` (replacing it), then fsync the folder of each.
+
+    Across filesystems (a folder that is a symlink to another disk), where a rename fails
+    with EXDEV, ``src`` is copied to ``dst`` by :func:`replace_file` and then removed: ``dst``
+    still appears whole or not at all, and a crash in between leaves both (never neither).
+    """
     src_dir = os.path.dirname(os.path.abspath(src))
     dst_dir = os.path.dirname(os.path.abspath(dst))
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        replace_file(dst, Path(src).read_bytes())  # fsyncs the copy and dst's folder
+        os.unlink(src)
+        fsync_dir(src_dir)
+        return
     fsync_dir(dst_dir)
     if src_dir != dst_dir:
         fsync_dir(src_dir)  # else the old name may come back after a crash, beside the new

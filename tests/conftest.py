@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +41,21 @@ def away_from_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     return elsewhere
+
+
+@pytest.fixture
+def other_disk(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder on another filesystem than ``tmp_path`` (removed after the test)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("needs /dev/shm (a tmpfs) to have two filesystems")
+    if shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the test's folder")
+    folder = Path(tempfile.mkdtemp(dir=shm, prefix="kirim-events-test-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

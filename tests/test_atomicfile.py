@@ -87,7 +87,7 @@ def test_write_new_without_fsync_syncs_nothing(tmp_path: Path, synced: list[Path
 def test_write_new_of_a_temporary_file_syncs_it_not_its_folder(
     tmp_path: Path, synced: list[Path]
 ) -> None:
-    # the lake's staged files: renamed elsewhere at commit, whose folder is synced then
+    # the lake's staged files: renamed other_disk at commit, whose folder is synced then
     write_new(tmp_path / "a.tmp", b"body", sync_folder=False)
     assert synced == [tmp_path / "a.tmp"]
 
@@ -126,3 +126,16 @@ def test_fsync_dir_refuses_a_file(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="Not a directory"):
         fsync_dir(tmp_path / "a")
+
+
+def test_move_file_to_another_filesystem_copies_then_removes(
+    tmp_path: Path, other_disk: Path, synced: list[Path]
+) -> None:
+    """A rename across filesystems fails with EXDEV: a backfill whose finished checkpoint
+    went to a done/ folder on another disk failed as the run ended."""
+    src, dst = tmp_path / "run.json", other_disk / "run-1.json"
+    src.write_bytes(b"cp")
+    dst.write_bytes(b"older")
+    move_file(src, dst)
+    assert (names(tmp_path), names(other_disk), dst.read_bytes()) == ([], ["run-1.json"], b"cp")
+    assert synced[-2:] == [other_disk, tmp_path]  # the copy's folder, then the source's

@@ -14,7 +14,9 @@ event type, or all deliveries) the steps are, with a crash possible between any 
    names, made durable, renamed into place; one hook call per file). Readers ignore ``c-``
    files the manifest does not list, so nothing changes for them yet.
 3. ``manifest_published``: publish the new manifest atomically -- the commit point. From now
-   on readers count the new files and ignore the replaced ones.
+   on readers count the new files and ignore the replaced ones. A run whose writes fail
+   before it (a full disk) deletes the files of step 2 it had put in place, which a plain
+   reader would count beside the files they merge (``_Group._drop_unpublished``).
 4. ``file_deleted``: delete the replaced files (and orphans of crashed runs).
 5. ``markers_cleared``: delete the markers this run consumed. A crash before this leaves the
    markers, so the next run revisits the partitions and finishes the clean-up.
@@ -69,7 +71,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from kirim_events.errors import LakeError, SchemaVersionError
+from kirim_events.errors import LakeError, SchemaVersionError, StorageError
 from kirim_events.lake.lock import compaction_lock
 from kirim_events.lake.paths import (
     compaction_file_name,
@@ -100,7 +102,7 @@ from kirim_events.lake.state import (
     check_version,
     manifest_path,
 )
-from kirim_events.lake.storage import Staged, Storage
+from kirim_events.lake.storage import Staged, Storage, is_temp_name
 from kirim_events.lake.writer import (
     change_marker,
     marker_file_name,
@@ -153,12 +155,18 @@ class CompactionReport:
         return self.rows_in - self.rows_out
 
 
-def _markers(storage: Storage) -> dict[tuple[str, str | None], dict[str, list[str]]]:
-    """Change markers: (table, group) -> date -> marker paths."""
+def _markers(
+    storage: Storage, temps: list[str]
+) -> dict[tuple[str, str | None], dict[str, list[str]]]:
+    """Change markers: (table, group) -> date -> marker paths; the temp files of markers
+    not yet renamed into place are added to ``temps`` instead."""
     found: dict[tuple[str, str | None], dict[str, list[str]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for rel, _size in storage.list_files("_state/changes"):
+        if is_temp_name(rel.rsplit("/", 1)[-1]):
+            temps.append(rel)
+            continue
         parts = rel.split("/")[2:]  # drop "_state", "changes"
         if len(parts) == 3 and parts[0] == "deliveries":
             table, group, day = "deliveries", None, parse_partition_dir(parts[1], "date")
@@ -178,12 +186,18 @@ def _clean_tmp(storage: Storage, now: float) -> None:
     """Remove temp files of writes that died before their rename (older than an hour)."""
     if not storage.local:
         return
-    folder = storage.full("_tmp")
-    for entry in storage.list_dir("_tmp"):
-        path = os.path.join(folder, entry.name)
+    _clean_temps(storage, [f"_tmp/{e.name}" for e in storage.list_dir("_tmp") if not e.is_dir], now)
+
+
+def _clean_temps(storage: Storage, rels: list[str], now: float) -> None:
+    """Remove those of these temp files (local) not modified for an hour: left by a write
+    that died before its rename. A younger one may be a write still going on."""
+    if not storage.local:
+        return
+    for rel in rels:
         try:
-            if not entry.is_dir and os.stat(path).st_mtime < now - TMP_TTL:
-                storage.delete(f"_tmp/{entry.name}")
+            if os.stat(storage.full(rel)).st_mtime < now - TMP_TTL:
+                storage.delete(rel)
         except FileNotFoundError:
             continue
 
@@ -367,6 +381,16 @@ def _unvouched(
     return found
 
 
+class UnreadableFiles(LakeError):
+    """Files of one group that cannot be read (damaged, cut short, not Parquet, no right to
+    read them): that group is left as it is, the others are compacted."""
+
+    def __init__(self, rels: list[str], cause: BaseException) -> None:
+        self.rels, self.cause = rels, cause
+        said = str(cause).strip().split("\n", 1)[0]
+        super().__init__(f"{', '.join(rels)} cannot be read ({type(cause).__name__}: {said})")
+
+
 class _Group:
     """Compaction of one group (an event type, or all deliveries)."""
 
@@ -412,7 +436,9 @@ class _Group:
         members = sorted(
             {d for c in self.changed if c in existing for d in near_days(c, self.window, existing)}
         )
-        listed = {d: parquet_names(self.storage, self.folder(d)) for d in members}
+        temps: list[str] = []
+        listed = {d: parquet_names(self.storage, self.folder(d), temps) for d in members}
+        _clean_temps(self.storage, temps, self.now())
         self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         # A full run rewrites clean partitions too: the dedup rule or the file schema may
@@ -448,11 +474,16 @@ class _Group:
                     new.files[day], new.rows[day] = names, rows
                     new.replaced[day] = sorted(set(listed[day]) - set(names))
             self.storage.commit(staged, after_each=lambda _rel: self.hook("file_written"))
+            if rewrite:
+                self._still_ours()
+                new.save(self.storage, self.manifest_rel)
+        except (StorageError, LakeError):
+            self.storage.discard(staged)
+            self._drop_unpublished([s.rel for s in staged])
+            raise
         finally:
             self.storage.discard(staged)
         if rewrite:
-            self._still_ours()
-            new.save(self.storage, self.manifest_rel)
             self.manifest = new
             self.hook("manifest_published")
         # Delete everything listed that the current manifest does not count: the replaced
@@ -475,6 +506,25 @@ class _Group:
         self.deleted_from.update(rel.rsplit("/", 1)[0] for rel in doomed)
         self.storage.sync_dirs([self.folder(d) for d in members])
         return seen
+
+    def _drop_unpublished(self, rels: list[str]) -> None:
+        """Delete this run's output files that are in place (renamed in; on S3, every one
+        written) when the run failed before its manifest counted them: a full disk, a write
+        refused. Readers of ours ignore them, but a plain reader counted each of their events
+        once more, and each failed run (a disk still full) left another copy of the group's
+        partitions, filling the disk further. None that the manifest now on storage counts
+        (a publish that failed after its rename); best effort: what is left is deleted by
+        the next run as the leftovers of a crashed one."""
+        if not rels:
+            return
+        try:
+            current = Manifest.load(self.storage, self.manifest_rel)
+            counted = {f"{self.folder(d)}/{n}" for d, names in current.files.items() for n in names}
+            for rel in rels:
+                if rel not in counted:
+                    self.storage.delete(rel)
+        except (StorageError, LakeError) as exc:
+            logger.warning("could not delete the files of a failed compaction: %s", exc)
 
     def _mark(self, days: list[str], counted: dict[str, list[str]]) -> None:
         """Leave a change marker in each of ``days`` before anything is written there.
@@ -532,6 +582,31 @@ class _Group:
         self.hook("file_deleted")
 
     def _read(self, day: str, names: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+        try:
+            return self._read_files(day, names, columns)
+        except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+            bad = self._unreadable(day, names)
+            if not bad:
+                raise  # each file reads alone: a failure of the storage, not of a file
+            raise UnreadableFiles(bad, exc) from exc
+
+    def _unreadable(self, day: str, names: list[str]) -> list[str]:
+        """The files of ``names`` that cannot be read whole, each tried alone (an error path).
+        A failed S3 request is raised as it is: the file may be sound."""
+        bad = []
+        for name in names:
+            rel = f"{self.folder(day)}/{name}"
+            try:
+                arrow_files([self.storage.full(rel)], self.storage).to_table()
+            except (pa.ArrowException, OSError) as exc:
+                if (failed := self.storage.s3_error(exc)) is not None:
+                    raise failed from exc
+                bad.append(rel)
+        return bad
+
+    def _read_files(
+        self, day: str, names: list[str], columns: list[str] | None = None
+    ) -> pl.DataFrame:
         schema = file_schema(self.table)
         paths = [self.storage.full(f"{self.folder(day)}/{n}") for n in names]
         if not names:
@@ -692,10 +767,15 @@ def compact(
         _clean_tmp(storage, now())
         # one listing of the manifests (only compaction writes them, and it holds the lake)
         manifests = {rel for rel, _size in storage.list_files("_state/compaction")}
+        temps = [rel for rel in manifests if is_temp_name(rel.rsplit("/", 1)[-1])]
+        manifests.difference_update(temps)
         deleted_from |= _migrate_legacy(
             storage, writer_id=writer_id, now=now, hook=step, check=check, manifests=manifests
         )
-        markers = _markers(storage)
+        # temp files beside their targets (written so to a folder on another filesystem
+        # than _tmp), of manifests and markers; those of data files are met in _Group.run
+        markers = _markers(storage, temps)
+        _clean_temps(storage, temps, now())
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
         groups = _groups(storage)  # once: three steps below went over them, each listing
         unvouched = _unvouched(storage, report, manifests, groups)
@@ -722,6 +802,7 @@ def compact(
             if full or (table, group) in whole:
                 days = set(list_dates(storage, table, group))
                 changes.setdefault((table, group), set()).update(days)
+        unreadable: list[UnreadableFiles] = []
         for (table, group), days in sorted(
             changes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
         ):
@@ -742,7 +823,14 @@ def compact(
                 check=check,
                 full=full or (table, group) in whole,
             )
-            seen = group_run.run()
+            try:
+                seen = group_run.run()
+            except UnreadableFiles as exc:
+                # One damaged file stopped every run at its group, and the groups after it
+                # were never compacted again: a plain reader counted their copies for good.
+                unreadable.append(exc)
+                logger.error("%s: its type is left as it is; the others are compacted", exc)
+                continue
             deleted_from.update(group_run.deleted_from)
             group_markers = markers[(table, group)]
             for day, rels in group_run.marked.items():
@@ -763,6 +851,10 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        if unreadable:
+            # the engine's own error, as a read of the lake raises it (the CLI names every
+            # damaged file then: Lake.damaged_files); the other groups are done
+            raise unreadable[0].cause
         if full or unfinished is not None:
             # every group reached: the full run is finished, unless the lake was taken over
             # meanwhile (this run's lease lapsed), by a full run maybe, whose record this is

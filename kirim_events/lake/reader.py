@@ -33,7 +33,7 @@ import pyarrow as pa
 from kirim_events.events_record import TYPE_ALIASES
 from kirim_events.lake.paths import decode_type, encode_type, parse_partition_dir
 from kirim_events.lake.state import Manifest, manifest_path
-from kirim_events.lake.storage import Storage
+from kirim_events.lake.storage import Storage, is_temp_name
 from kirim_events.lake.writer import partition_dir
 from kirim_events.schema import DELIVERY_SCHEMA, EVENT_SCHEMA
 
@@ -159,11 +159,18 @@ def list_dates(storage: Storage, table: str, group: str | None) -> list[str]:
     return sorted(dates)
 
 
-def parquet_names(storage: Storage, rel_dir: str) -> dict[str, int]:
-    """Parquet files in a partition folder (name -> size), hidden files skipped."""
+def parquet_names(storage: Storage, rel_dir: str, temps: list[str] | None = None) -> dict[str, int]:
+    """Parquet files in a partition folder (name -> size), hidden files skipped: among them
+    the temp files of writes not yet renamed into place (``storage.temp_name``), whose paths
+    are added to ``temps`` when it is given (compaction removes those of crashed writes)."""
+    entries = storage.list_dir(rel_dir)
+    if temps is not None:
+        temps.extend(
+            f"{rel_dir}/{e.name}" for e in entries if not e.is_dir and is_temp_name(e.name)
+        )
     return {
         e.name: e.size
-        for e in storage.list_dir(rel_dir)
+        for e in entries
         if not e.is_dir and e.name.endswith(".parquet") and e.name[0] not in "._"
     }
 

@@ -7,12 +7,17 @@ to it are relative to the lake root and use ``/``.
 Atomic publish:
 
 * local: write ``DATA/_tmp/<random>``, fsync the file, create the target folder (fsyncing
-  each new folder's parent), rename into place, fsync the target folder. A compaction may
+  each new folder's parent), rename into place, fsync the target folder. A target on another
+  filesystem than ``DATA/_tmp`` (``DATA/events`` a symlink to another disk) is staged beside
+  itself instead, as ``.<name>.<random>.tmp`` (a rename across filesystems fails with EXDEV):
+  hidden, so readers skip it, and removed by compaction when a crashed write left it. A
+  compaction may
   remove the target folder, found empty, between its creation and the rename
   (:meth:`Storage.remove_empty_folders`): the rename then fails with ENOENT, and the folder
   is made again and the rename retried (:meth:`Storage._move_in`). A batch of files
   (:meth:`Storage.publish_many`) is made durable with one ``syncfs(2)`` before and one after
-  the renames on Linux >= 5.8, the same guarantee at a fraction of the journal commits.
+  the renames on Linux >= 5.8 (per filesystem written to), the same guarantee at a fraction
+  of the journal commits.
   Readers see the whole file or nothing; nothing is ever overwritten in place except
   ``_state`` records, which are replaced by the same atomic rename.
 * S3: one PUT of the final key; S3 makes an object visible only once it is complete.
@@ -181,6 +186,9 @@ class Storage:
         self._s3_env = s3_env
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self.stage_beside = False
+        """Local: stage every file beside its target rather than in ``DATA/_tmp`` (done
+        anyway for a target on another filesystem than ``_tmp``: see :meth:`stage`)."""
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"
@@ -370,12 +378,29 @@ class Storage:
                 with self.fs.open_output_stream(self.full(rel)) as out:
                     out.write(data)
                 return Staged(rel, None)
-            tmp_dir = self.full("_tmp")
-            os.makedirs(tmp_dir, exist_ok=True)
-            tmp = os.path.join(tmp_dir, uuid.uuid4().hex)
-            # its folder needs no fsync: commit renames it elsewhere and syncs that folder
+            tmp = self._temp_path(self.full(rel))
+            # its folder needs no fsync: commit renames it into place and syncs that folder
             write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
             return Staged(rel, tmp)
+
+    def _temp_path(self, target: str) -> str:
+        """Where a local file bound for ``target`` is written first: ``DATA/_tmp`` when that
+        is on the target's filesystem, else beside the target (:func:`temp_name`).
+
+        A rename is atomic only within one filesystem; across two it fails with EXDEV
+        ("Invalid cross-device link"). ``DATA/events`` (or any folder of the lake) may be a
+        symlink to another disk: every write there failed, and the journal never flushed.
+        ``stage_beside=True`` stages every file beside its target."""
+        folder = os.path.dirname(target)
+        if not self.stage_beside:
+            tmp_dir = self.full("_tmp")
+            os.makedirs(tmp_dir, exist_ok=True)
+            if _device(folder) == os.stat(tmp_dir).st_dev:
+                return os.path.join(tmp_dir, uuid.uuid4().hex)
+        # the target's folder holds the temp file from now on, so a compaction finding it
+        # empty cannot remove it before the rename (remove_empty_folders)
+        make_dirs(folder, fsync=_SYNCFS is None)
+        return os.path.join(folder, temp_name(os.path.basename(target)))
 
     def commit(
         self, staged: Sequence[Staged], after_each: Callable[[str], None] | None = None
@@ -387,10 +412,10 @@ class Storage:
                 if after_each is not None:
                     after_each(s.rel)
             return
-        tmp_dir = self.full("_tmp")
         with _translate(self, "write", pending[0].rel):
             if _SYNCFS is not None:
-                _syncfs(tmp_dir)
+                for folder in _one_per_device([os.path.dirname(s.tmp) for s in pending if s.tmp]):
+                    _syncfs(folder)
             parents = {os.path.dirname(self.full(s.rel)): None for s in pending}
             for parent in parents:
                 make_dirs(parent, fsync=_SYNCFS is None)
@@ -434,8 +459,10 @@ class Storage:
                 s.tmp = None
 
     def _sync_paths(self, folders: list[str]) -> None:
-        if _SYNCFS is not None and folders:
-            _syncfs(folders[0])
+        if _SYNCFS is not None:
+            # one syncfs per filesystem: the folders may be on several (a symlinked events/)
+            for folder in _one_per_device(folders):
+                _syncfs(folder)
         else:
             for folder in folders:
                 with suppress(FileNotFoundError):  # a folder that is gone has nothing to sync
@@ -607,6 +634,47 @@ class Storage:
         if self.local and rels:
             with _translate(self, "sync", rels[0]):
                 self._sync_paths([self.full(r) for r in rels])
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_name(name: str) -> str:
+    """The name of a temp file staged beside the file ``name`` it becomes: ``.<name>.<random>
+    .tmp``. Hidden and not ending in ``.parquet``, so no reader takes a half-written one for
+    data (ours skip names starting with ``.``; a ``**/*.parquet`` glob does not match it);
+    compaction removes those of crashed writes (:func:`is_stale_temp`)."""
+    return f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`temp_name` gives (and ``atomicfile.replace_file`` too)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _device(folder: str) -> int:
+    """The filesystem (``st_dev``) ``folder`` is on, or would be on once made: that of its
+    nearest existing ancestor, symlinks followed."""
+    path = folder
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(path)
+            if parent == path:
+                raise
+            path = parent
+
+
+def _one_per_device(folders: Iterable[str]) -> list[str]:
+    """One of ``folders`` per filesystem they are on (those gone are skipped)."""
+    found: dict[int, str] = {}
+    for folder in folders:
+        try:
+            found.setdefault(os.stat(folder).st_dev, folder)
+        except FileNotFoundError:
+            continue  # a folder that is gone has nothing to sync
+    return list(found.values())
 
 
 def _find_syncfs() -> Callable[[int], int] | None:

@@ -238,3 +238,38 @@ def test_command_lines_in_the_docs_name_real_commands_and_their_options() -> Non
                 wrong.append(f"{doc}: {line} ({', '.join(sorted(extra))})")
     assert wrong == []
     assert checked > 20  # the README's and cli.md's examples were found
+
+
+def test_the_metrics_docs_cli_md_lists_are_the_ones_served() -> None:
+    """docs/cli.md lists what `GET /metrics` serves, for dashboards and alerts: a metric
+    added to or renamed in the receiver would leave the list behind."""
+    from kirim_events.receiver import Metrics
+
+    served = set(re.findall(r"^# TYPE (\S+) ", Metrics().render(0), flags=re.M))
+    paragraph = _sections()["collect"].split("`GET /metrics` serves", 1)[1].split("\n\n")[0]
+    listed = set(re.findall(r"`(kirim_events_\w+)", paragraph))
+    assert len(served) > 10
+    assert listed == served
+
+
+def test_the_readme_configuration_table_is_what_the_settings_read() -> None:
+    """README.md's table names every variable the settings read, with their defaults, and
+    the docs name no other KIRIM_ variable (one would be silently ignored)."""
+    from kirim_events.config import _ENV, Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(KIRIM_\w+)` \|.*\| ([^|]+) \|$", readme, flags=re.M))
+    assert set(rows) == set(_ENV)
+    defaults = Settings.load({})
+    for variable, said in rows.items():
+        value = getattr(defaults, _ENV[variable])
+        if value in (None, ()):
+            assert said.startswith("none"), variable
+        else:
+            shown = said.strip().strip("`")
+            assert shown == str(value) or Path(shown) == value, (variable, said, value)
+    named = {
+        v for doc in ("README.md", *_READER_DOCS, "docs/emulator.md")
+        for v in re.findall(r"KIRIM_[A-Z_]+", (ROOT / doc).read_text(encoding="utf-8"))
+    }  # fmt: skip
+    assert named <= set(_ENV)

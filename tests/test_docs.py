@@ -273,3 +273,37 @@ def test_the_readme_configuration_table_is_what_the_settings_read() -> None:
         for v in re.findall(r"KIRIM_[A-Z_]+", (ROOT / doc).read_text(encoding="utf-8"))
     }  # fmt: skip
     assert named <= set(_ENV)
+
+
+# options a synopsis may leave out: kept only so that old scripts still run
+_UNLISTED = {"emulate": {"--no-kirim-block"}}
+
+
+def test_each_synopsis_lists_every_option_bracketed_unless_required() -> None:
+    """The ``kirim-events X [--opt V] ...`` block opening a command's section is where a
+    reader looks first: it names every option, and brackets exactly the optional ones (a
+    required ``--since`` shown as ``[--since T]`` would read as optional)."""
+    sections = _sections()
+    wrong, checked = {}, 0
+    for name, cmd in _all():
+        blocks = re.findall(rf"```\n(kirim-events {name} .*?)```", sections[name], flags=re.S)
+        if not blocks:
+            assert hasattr(cmd, "commands"), f"no synopsis for {name}"  # a group's are below
+            continue
+        synopsis = " ".join(blocks[0].split())
+        outside = re.sub(r"\[[^\]]*\]", "", synopsis)
+        for param in cmd.params:
+            names = [o for o in param.opts if o.startswith("--")]
+            if getattr(param, "param_type_name", "") != "option" or not names:
+                continue
+            if set(names) <= _UNLISTED.get(name, set()):
+                continue
+            checked += 1
+            shown = [o for o in names if re.search(rf"(?<![\w-]){o}(?![\w-])", synopsis)]
+            alone = [o for o in names if re.search(rf"(?<![\w-]){o}(?![\w-])", outside)]
+            if not shown:
+                wrong[f"{name} {names[0]}"] = "not listed"
+            elif bool(alone) != bool(param.required):
+                wrong[f"{name} {names[0]}"] = "required" if param.required else "optional"
+    assert wrong == {}
+    assert checked > 40  # the synopses were found

@@ -455,6 +455,8 @@ def test_emulate_serves_only_the_last_30_days_of_history() -> None:
     assert "recorded 40 world events" in "".join(lines)
     assert r.status_code == 200
     assert r.json()["data"] == []
+    # and the summary says so: it counted 40 delivery rows and nothing else
+    assert "rows older than 30 days (purged: not served) │ 40" in "".join(lines)
 
 
 def refuse(request: httpx.Request) -> httpx.Response:

@@ -122,6 +122,10 @@ def _history(emu: Emulator) -> Table:
     table.add_row("delivery rows", str(len(emu.store.deliveries)))
     for status, n in sorted(Counter(row.status for row in emu.store.deliveries).items()):
         table.add_row(f"rows with status {status}", str(n))
+    # a --start over 30 days ago: the table counted rows the API then never listed
+    cutoff = emu.clock() - RETENTION_DAYS * 86400
+    if purged := sum(1 for row in emu.store.deliveries if row.created_at < cutoff):
+        table.add_row(f"rows older than {RETENTION_DAYS:g} days (purged: not served)", str(purged))
     return table
 
 

@@ -238,3 +238,72 @@ def test_command_lines_in_the_docs_name_real_commands_and_their_options() -> Non
                 wrong.append(f"{doc}: {line} ({', '.join(sorted(extra))})")
     assert wrong == []
     assert checked > 20  # the README's and cli.md's examples were found
+
+
+def test_the_metrics_docs_cli_md_lists_are_the_ones_served() -> None:
+    """docs/cli.md lists what `GET /metrics` serves, for dashboards and alerts: a metric
+    added to or renamed in the receiver would leave the list behind."""
+    from kirim_events.receiver import Metrics
+
+    served = set(re.findall(r"^# TYPE (\S+) ", Metrics().render(0), flags=re.M))
+    paragraph = _sections()["collect"].split("`GET /metrics` serves", 1)[1].split("\n\n")[0]
+    listed = set(re.findall(r"`(kirim_events_\w+)", paragraph))
+    assert len(served) > 10
+    assert listed == served
+
+
+def test_the_readme_configuration_table_is_what_the_settings_read() -> None:
+    """README.md's table names every variable the settings read, with their defaults, and
+    the docs name no other KIRIM_ variable (one would be silently ignored)."""
+    from kirim_events.config import _ENV, Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(KIRIM_\w+)` \|.*\| ([^|]+) \|$", readme, flags=re.M))
+    assert set(rows) == set(_ENV)
+    defaults = Settings.load({})
+    for variable, said in rows.items():
+        value = getattr(defaults, _ENV[variable])
+        if value in (None, ()):
+            assert said.startswith("none"), variable
+        else:
+            shown = said.strip().strip("`")
+            assert shown == str(value) or Path(shown) == value, (variable, said, value)
+    named = {
+        v for doc in ("README.md", *_READER_DOCS, "docs/emulator.md")
+        for v in re.findall(r"KIRIM_[A-Z_]+", (ROOT / doc).read_text(encoding="utf-8"))
+    }  # fmt: skip
+    assert named <= set(_ENV)
+
+
+# options a synopsis may leave out: kept only so that old scripts still run
+_UNLISTED = {"emulate": {"--no-kirim-block"}}
+
+
+def test_each_synopsis_lists_every_option_bracketed_unless_required() -> None:
+    """The ``kirim-events X [--opt V] ...`` block opening a command's section is where a
+    reader looks first: it names every option, and brackets exactly the optional ones (a
+    required ``--since`` shown as ``[--since T]`` would read as optional)."""
+    sections = _sections()
+    wrong, checked = {}, 0
+    for name, cmd in _all():
+        blocks = re.findall(rf"```\n(kirim-events {name} .*?)```", sections[name], flags=re.S)
+        if not blocks:
+            assert hasattr(cmd, "commands"), f"no synopsis for {name}"  # a group's are below
+            continue
+        synopsis = " ".join(blocks[0].split())
+        outside = re.sub(r"\[[^\]]*\]", "", synopsis)
+        for param in cmd.params:
+            names = [o for o in param.opts if o.startswith("--")]
+            if getattr(param, "param_type_name", "") != "option" or not names:
+                continue
+            if set(names) <= _UNLISTED.get(name, set()):
+                continue
+            checked += 1
+            shown = [o for o in names if re.search(rf"(?<![\w-]){o}(?![\w-])", synopsis)]
+            alone = [o for o in names if re.search(rf"(?<![\w-]){o}(?![\w-])", outside)]
+            if not shown:
+                wrong[f"{name} {names[0]}"] = "not listed"
+            elif bool(alone) != bool(param.required):
+                wrong[f"{name} {names[0]}"] = "required" if param.required else "optional"
+    assert wrong == {}
+    assert checked > 40  # the synopses were found

@@ -455,6 +455,8 @@ def test_emulate_serves_only_the_last_30_days_of_history() -> None:
     assert "recorded 40 world events" in "".join(lines)
     assert r.status_code == 200
     assert r.json()["data"] == []
+    # and the summary says so: it counted 40 delivery rows and nothing else
+    assert "rows older than 30 days (purged: not served) │ 40" in "".join(lines)
 
 
 def refuse(request: httpx.Request) -> httpx.Response:
@@ -499,6 +501,31 @@ def test_sending_to_an_unreachable_receiver_says_so_while_it_retries(
         "(--time-compression 3600); Ctrl+C stops sooner"
     )
     assert (m, " ".join(second.split())) == (n, f"{n} attempts, 0 acknowledged")  # no new
+
+
+def test_a_handler_refusing_every_delivery_401_gets_no_note_of_31_hours_of_retries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A wrong secret answers 401, which Kirim takes as final: each delivery ends `failed` at
+    # its first attempt. The note said "Kirim tries a failing delivery 8 times over about
+    # 31 h" all the same, as though the 401s would be retried.
+    from kirim_events.cli.emulate import _watch
+    from kirim_events.emulator import Emulator
+
+    async def main() -> str:
+        emu = Emulator(seed=1, secrets=SECRET, clock=asyncio.get_running_loop().time)
+        emu.subscribe("http://receiver.test/hook")
+        watch = asyncio.ensure_future(_watch(emu, api=False, every=0.3))
+        await emu.send(5, transport=httpx.ASGITransport(Receiver(answer=401)))
+        await asyncio.sleep(0.5)  # virtual time: the watch's first turn, at 0.3 s
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        assert {a.outcome for a in emu.store.attempts} == {"failed"}  # each one final
+        return " ".join(capsys.readouterr().out.split())
+
+    said = run(main(), start=1_790_000_000.0)
+    assert "failed in the last 0.3 s, the last: HTTP 401" in said  # the failures are shown
+    assert "note:" not in said
 
 
 def test_the_retry_note_says_how_to_shorten_the_wait() -> None:

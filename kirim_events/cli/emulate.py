@@ -122,6 +122,10 @@ def _history(emu: Emulator) -> Table:
     table.add_row("delivery rows", str(len(emu.store.deliveries)))
     for status, n in sorted(Counter(row.status for row in emu.store.deliveries).items()):
         table.add_row(f"rows with status {status}", str(n))
+    # a --start over 30 days ago: the table counted rows the API then never listed
+    cutoff = emu.clock() - RETENTION_DAYS * 86400
+    if purged := sum(1 for row in emu.store.deliveries if row.created_at < cutoff):
+        table.add_row(f"rows older than {RETENTION_DAYS:g} days (purged: not served)", str(purged))
     return table
 
 
@@ -490,8 +494,10 @@ async def _watch(
             why = last.error or f"HTTP {last.response_status_code}"
             line += f"; {len(failed):,} failed in the last {every:g} s, the last: {why}"
         console.print(line)
-        if failed and not when_busy and not noted:
-            noted = True  # once: the sending may go on for Kirim's whole retry window
+        # once, and only for a failure Kirim retries: a permanent 4xx (a wrong secret's 401)
+        # ends its delivery at once, and the note said it would be tried for 31 h
+        if any(a.outcome == "retry" for a in failed) and not when_busy and not noted:
+            noted = True  # the sending may go on for Kirim's whole retry window
             print_note(_retry_note(emu.engine_config.time_compression))
 
 

@@ -148,8 +148,32 @@ def ref_history(
     return out
 
 
+def _chains(assigns: list[Row], rounds: int = 4) -> dict[str, int]:
+    """Each assignment's place in the chain of its instant (docs: assignments at one instant
+    are ordered along their chain): 0 when its ``previous_user_id`` is the user of no other
+    assignment at that instant, else 1 + the largest place of those, ``rounds`` times over."""
+    chain = dict.fromkeys((e["event_key"] for e in assigns), 0)
+    for _ in range(rounds):
+        chain = {
+            y["event_key"]: max(
+                (
+                    chain[x["event_key"]] + 1
+                    for x in assigns
+                    if x["occurred_at"] == y["occurred_at"]
+                    and x["event_key"] != y["event_key"]
+                    and x["user_id"] is not None
+                    and x["user_id"] == y["previous_user_id"]
+                ),
+                default=0,
+            )
+            for y in assigns
+        }
+    return chain
+
+
 def _conversations(events: list[Row], as_of: datetime | None) -> dict[str, list[Row]]:
-    """Events per conversation in event-time order, each with ``_cycle`` (1 + close instants
+    """Events per conversation in event-time order (assignments at one instant along
+    their chain), each with ``_cycle`` (1 + close instants
     strictly before it) and, for assignments, ``_missing`` (its previous user is not the
     assignee before it, across closes) and ``_first`` (the conversation's first one)."""
     by: dict[str, list[Row]] = defaultdict(list)
@@ -157,7 +181,15 @@ def _conversations(events: list[Row], as_of: datetime | None) -> dict[str, list[
         if e["conversation_id"] is not None and (as_of is None or e["occurred_at"] <= as_of):
             by[e["conversation_id"]].append(dict(e))
     for rows in by.values():
-        rows.sort(key=lambda e: (e["occurred_at"], e["received_at"], e["event_key"]))
+        chain = _chains([e for e in rows if e["type"] == "conversation.assigned"])
+        rows.sort(
+            key=lambda e: (
+                e["occurred_at"],
+                chain.get(e["event_key"], 0),
+                e["received_at"],
+                e["event_key"],
+            )
+        )
         closes = {e["occurred_at"] for e in rows if e["type"] == "conversation.closed"}
         assignee, seen = None, False
         for e in rows:

@@ -377,6 +377,42 @@ def test_every_helper_follows_its_documented_rules_in_both_engines(seed: int) ->
             assert _keyed(got, keys) == expected, (view, engine)
 
 
+def _crowded_assignments(rng: random.Random) -> list[Row]:
+    """Mostly assignments of two conversations at three instants, arriving in any order:
+    chains, loops and unassignments at one instant are common (Kirim's whole seconds)."""
+    rows: list[Row] = []
+    for n in range(rng.randint(2, 10)):
+        occurred = t(rng.choice((0, 0, 0, 1, 1, 2)))
+        row: Row = dict.fromkeys(EVENT_SCHEMA.names)
+        row.update(
+            event_key=f"{rng.choice('abc')}{n}",
+            type=rng.choice(
+                ("conversation.assigned",) * 4 + ("conversation.closed", "message.received")
+            ),
+            occurred_at=occurred,
+            received_at=occurred + timedelta(seconds=rng.choice((0, 1, 5, 9))),
+            origin="webhook",
+            conversation_id=rng.choice(("cnv_1", "cnv_2")),
+            user_id=rng.choice(USERS),
+            previous_user_id=rng.choice(USERS),
+        )
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_assignments_at_one_instant_follow_their_chain_in_both_engines(seed: int) -> None:
+    rows = _crowded_assignments(random.Random(seed))
+    events = pl.from_arrow(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)).lazy()
+    con = duck(events, None)
+    for view in ("conversation_lifecycles", "conversation_cycles"):
+        helper, reference, keys = HELPERS[view]
+        expected = reference(rows, None, None)
+        for engine, got in (("polars", helper(events).collect()), ("duckdb", from_duck(con, view))):
+            assert _keyed(got, keys) == expected, (view, engine)
+
+
 def ref_health(events: list[Row], receipts: list[Row], as_of: datetime | None) -> dict[Any, Row]:
     out: dict[Any, Row] = defaultdict(dict)
     by: dict[Any, list[Row]] = defaultdict(list)

@@ -57,3 +57,30 @@ def test_an_unassignment_naming_nobody_is_no_first_assignment() -> None:
     ]
     got = row(both("conversation_lifecycles", records), conversation_id="cnv_5")
     assert (got["first_assigned_at"], got["missing_first_assignment"]) == (at(10), False)
+
+
+def test_assignments_of_one_second_follow_their_chain_not_their_arrival() -> None:
+    # Kirim's created_at has whole seconds: an assignment and the reassignment after it can
+    # share one. The reassignment arrived first (the other was retried); ordered by arrival,
+    # the helpers showed usr_a as the assignee and two missing transitions, and took the
+    # first assignment for unseen. Its previous_user_id names the one it follows.
+    records = [
+        conversation("evt_m", "message.received", "cnv_1", 0, 1),
+        conversation("evt_a", "assigned", "cnv_1", 5, 20, user="usr_a"),
+        conversation("evt_b", "assigned", "cnv_1", 5, 10, user="usr_b", previous="usr_a"),
+        # a chain of three in one second, arriving backwards
+        conversation("evt_m2", "message.received", "cnv_2", 0, 1),
+        conversation("evt_c", "assigned", "cnv_2", 5, 30, user="usr_a"),
+        conversation("evt_d", "assigned", "cnv_2", 5, 20, user="usr_b", previous="usr_a"),
+        conversation("evt_e", "assigned", "cnv_2", 5, 10, user="usr_c", previous="usr_b"),
+    ]
+    want = {
+        "cnv_1": ("usr_b", 0, False, at(5)),
+        "cnv_2": ("usr_c", 0, False, at(5)),
+    }
+    columns = ["assignee_id", "n_missing_assignments", "missing_first_assignment"]
+    for view in ("conversation_lifecycles", "conversation_cycles"):
+        got = both(view, records)
+        for cnv, expected in want.items():
+            found = row(got, conversation_id=cnv)
+            assert (*(found[c] for c in columns), found["first_assigned_at"]) == expected, view

@@ -148,8 +148,32 @@ def ref_history(
     return out
 
 
+def _chains(assigns: list[Row], rounds: int = 4) -> dict[str, int]:
+    """Each assignment's place in the chain of its instant (docs: assignments at one instant
+    are ordered along their chain): 0 when its ``previous_user_id`` is the user of no other
+    assignment at that instant, else 1 + the largest place of those, ``rounds`` times over."""
+    chain = dict.fromkeys((e["event_key"] for e in assigns), 0)
+    for _ in range(rounds):
+        chain = {
+            y["event_key"]: max(
+                (
+                    chain[x["event_key"]] + 1
+                    for x in assigns
+                    if x["occurred_at"] == y["occurred_at"]
+                    and x["event_key"] != y["event_key"]
+                    and x["user_id"] is not None
+                    and x["user_id"] == y["previous_user_id"]
+                ),
+                default=0,
+            )
+            for y in assigns
+        }
+    return chain
+
+
 def _conversations(events: list[Row], as_of: datetime | None) -> dict[str, list[Row]]:
-    """Events per conversation in event-time order, each with ``_cycle`` (1 + close instants
+    """Events per conversation in event-time order (assignments at one instant along
+    their chain), each with ``_cycle`` (1 + close instants
     strictly before it) and, for assignments, ``_missing`` (its previous user is not the
     assignee before it, across closes) and ``_first`` (the conversation's first one)."""
     by: dict[str, list[Row]] = defaultdict(list)
@@ -157,7 +181,15 @@ def _conversations(events: list[Row], as_of: datetime | None) -> dict[str, list[
         if e["conversation_id"] is not None and (as_of is None or e["occurred_at"] <= as_of):
             by[e["conversation_id"]].append(dict(e))
     for rows in by.values():
-        rows.sort(key=lambda e: (e["occurred_at"], e["received_at"], e["event_key"]))
+        chain = _chains([e for e in rows if e["type"] == "conversation.assigned"])
+        rows.sort(
+            key=lambda e: (
+                e["occurred_at"],
+                chain.get(e["event_key"], 0),
+                e["received_at"],
+                e["event_key"],
+            )
+        )
         closes = {e["occurred_at"] for e in rows if e["type"] == "conversation.closed"}
         assignee, seen = None, False
         for e in rows:
@@ -342,6 +374,42 @@ def test_every_helper_follows_its_documented_rules_in_both_engines(seed: int) ->
         expected = reference(rows, copies, instant)
         polars_rows = helper(events, copies=copies_frame, as_of=instant).collect()
         for engine, got in (("polars", polars_rows), ("duckdb", from_duck(con, view))):
+            assert _keyed(got, keys) == expected, (view, engine)
+
+
+def _crowded_assignments(rng: random.Random) -> list[Row]:
+    """Mostly assignments of two conversations at three instants, arriving in any order:
+    chains, loops and unassignments at one instant are common (Kirim's whole seconds)."""
+    rows: list[Row] = []
+    for n in range(rng.randint(2, 10)):
+        occurred = t(rng.choice((0, 0, 0, 1, 1, 2)))
+        row: Row = dict.fromkeys(EVENT_SCHEMA.names)
+        row.update(
+            event_key=f"{rng.choice('abc')}{n}",
+            type=rng.choice(
+                ("conversation.assigned",) * 4 + ("conversation.closed", "message.received")
+            ),
+            occurred_at=occurred,
+            received_at=occurred + timedelta(seconds=rng.choice((0, 1, 5, 9))),
+            origin="webhook",
+            conversation_id=rng.choice(("cnv_1", "cnv_2")),
+            user_id=rng.choice(USERS),
+            previous_user_id=rng.choice(USERS),
+        )
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_assignments_at_one_instant_follow_their_chain_in_both_engines(seed: int) -> None:
+    rows = _crowded_assignments(random.Random(seed))
+    events = pl.from_arrow(pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)).lazy()
+    con = duck(events, None)
+    for view in ("conversation_lifecycles", "conversation_cycles"):
+        helper, reference, keys = HELPERS[view]
+        expected = reference(rows, None, None)
+        for engine, got in (("polars", helper(events).collect()), ("duckdb", from_duck(con, view))):
             assert _keyed(got, keys) == expected, (view, engine)
 
 

@@ -187,6 +187,18 @@ def cut(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
 ORDER = ("occurred_at", "received_at", "event_key")
 """Event-time order; arrival and the key only break ties, so arrival order never decides."""
 
+ASSIGNMENT_ORDER = ("occurred_at", "_chain", "received_at", "event_key")
+"""Event-time order of ``conversation.assigned`` events: at one instant, along their chain
+(``_chain``: how many of that instant's assignments of the conversation come before it, as
+``previous_user_id`` names their users; see ``conversations.py``), then arrival and the key.
+Kirim's times have whole seconds, and an assignment and the reassignment after it can share
+one: by arrival alone, a retried first one came last, which named the wrong assignee and
+invented two missing transitions."""
+
+CHAIN_ROUNDS = 4
+"""How far ``_chain`` follows a chain of assignments at one instant: exact for chains of up
+to ``CHAIN_ROUNDS + 1`` assignments; longer ones (or loops) are left in part to arrival."""
+
 STATUS_ORDER = ("occurred_at", "received_at", "_rank", "event_key")
 """Event-time order of status events: at one instant, arrived together, the lower status
 first (one Meta body may list sent and delivered with the same timestamp; by the key alone

@@ -4,7 +4,10 @@ Kirim sends no opened or reopened event (kirim-api.md §6.2), so the lifecycle i
 from every event that carries a ``cnv_`` id (``conversation_id``), in event-time order, never
 arrival order. Rules, shared with the DuckDB views in ``sql.py``:
 
-* Order: ``occurred_at``, then ``received_at``, then ``event_key`` (a total order).
+* Order: ``occurred_at``, then ``received_at``, then ``event_key`` (a total order); but
+  assignments at one instant follow their chain first (``ASSIGNMENT_ORDER``): one whose
+  ``previous_user_id`` is the user of another assignment of the conversation at that
+  instant comes after it, whatever arrived first (Kirim's times have whole seconds).
 * Cycle: an event belongs to cycle ``1 + (instants of closes of this conversation earlier
   than its event time)``. So the first event opens cycle 1, any event *strictly after* a
   close opens the next cycle (a reopen), events at the very instant of a close still belong
@@ -34,6 +37,8 @@ from __future__ import annotations
 import polars as pl
 
 from kirim_events.analytics._common import (
+    ASSIGNMENT_ORDER,
+    CHAIN_ROUNDS,
     ORDER,
     FrameLike,
     copied,
@@ -72,8 +77,41 @@ def _keys(events: pl.LazyFrame, as_of: TimeLike | None) -> pl.LazyFrame:
     return cut(columns, as_of).filter(pl.col("conversation_id").is_not_null())
 
 
+def _with_chain(assigned: pl.LazyFrame) -> pl.LazyFrame:
+    """Add ``_chain``: how many assignments of the conversation at the same instant come
+    before this one along their chain (``ASSIGNMENT_ORDER``); 0 for nearly every row.
+
+    An assignment follows another of its instant when its ``previous_user_id`` is that
+    one's ``user_id``. ``_chain`` is 0 for one that follows none, else 1 + the largest
+    ``_chain`` of those it follows, taken ``CHAIN_ROUNDS`` times over the few linked pairs
+    (each round on the pairs alone; the rows are joined twice: to find the pairs, and to
+    take their ``_chain``). The same rule as the views' (``sql.py``).
+    """
+    ident = ["conversation_id", "occurred_at", "event_key"]
+    instant = ["conversation_id", "occurred_at"]
+    followed = assigned.select(
+        *instant, pl.col("user_id").alias("previous_user_id"), pl.col("event_key").alias("_p")
+    )
+    links = (
+        assigned.select(*ident, "previous_user_id")
+        .filter(pl.col("previous_user_id").is_not_null())  # most are first assignments
+        .join(followed, on=[*instant, "previous_user_id"], how="inner")
+        .filter(pl.col("event_key") != pl.col("_p"))
+        .select(*ident, "_p")
+    )
+    chain = links.group_by(ident).agg(pl.lit(1, dtype=pl.Int64).alias("_chain"))
+    for _ in range(CHAIN_ROUNDS - 1):
+        chain = (
+            links.join(chain.rename({"event_key": "_p"}), on=[*instant, "_p"], how="left")
+            .group_by(ident)
+            .agg((pl.col("_chain").fill_null(0).max() + 1).alias("_chain"))
+        )
+    return assigned.join(chain, on=ident, how="left").with_columns(pl.col("_chain").fill_null(0))
+
+
 def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """``conversation.assigned`` events in event-time order with ``_missing`` (module doc).
+    """``conversation.assigned`` events in event-time order (``ASSIGNMENT_ORDER``) with
+    ``_chain`` and ``_missing`` (module doc).
 
     The rows are sorted by conversation first, so the assignment before a row is the row
     above it when that row has the same conversation (none at a conversation's first row):
@@ -82,8 +120,8 @@ def _assignments(rows: pl.LazyFrame) -> pl.LazyFrame:
     """
     before = pl.when(~run_start("conversation_id")).then(pl.col("user_id").shift(1))
     return (
-        rows.filter(pl.col("type") == ASSIGNED)
-        .sort(["conversation_id", *ORDER])
+        _with_chain(rows.filter(pl.col("type") == ASSIGNED))
+        .sort(["conversation_id", *ASSIGNMENT_ORDER])
         .with_columns(_missing=pl.col("previous_user_id").ne_missing(before))
     )
 
@@ -226,7 +264,7 @@ def conversation_cycles(
     base = _with_cycle(rows, closes).group_by(keys).agg(_base_aggs())
     assigned = (
         _with_cycle(_assignments(rows), closes)
-        .sort([*keys, *ORDER])
+        .sort([*keys, *ASSIGNMENT_ORDER])
         .group_by(keys)
         .agg(
             pl.col("occurred_at")

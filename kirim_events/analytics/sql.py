@@ -9,6 +9,8 @@ Timestamps are TIMESTAMPTZ; days are taken in UTC whatever the session time zone
 from __future__ import annotations
 
 from kirim_events.analytics._common import (
+    ASSIGNMENT_ORDER,
+    CHAIN_ROUNDS,
     LABEL_OF,
     ORDER,
     OTHER_ERROR,
@@ -35,6 +37,7 @@ def _ascending(columns: tuple[str, ...]) -> str:
 
 _ORDER = _ascending(ORDER)
 _STATUS_ORDER = _ascending(STATUS_ORDER)
+_ASSIGNMENT_ORDER = _ascending(ASSIGNMENT_ORDER)
 
 
 def _in(values: tuple[str, ...] | list[str]) -> str:
@@ -214,6 +217,47 @@ def _conversation_rows(as_of: TimeLike | None, copies: str | None, kind: str | N
       WHERE conversation_id IS NOT NULL{only}{_cut(as_of)}"""
 
 
+def _chain_ctes(as_of: TimeLike | None, copies: str | None) -> str:
+    """CTEs ending in ``chained``: the assignments with ``_chain`` (conversations.py,
+    ``_with_chain``); the query must start with :func:`_with_copies`. The linked pairs are
+    computed once (``MATERIALIZED``: each round reads them) and are few."""
+    rows = _conversation_rows(as_of, copies, "conversation.assigned")
+    plain = (  # the pairs need no duplicate counts
+        "SELECT * FROM events WHERE conversation_id IS NOT NULL "
+        f"AND type = 'conversation.assigned'{_cut(as_of)}"
+    )
+    instant = "conversation_id, occurred_at"
+    rounds = [
+        f"_c1 AS (SELECT {instant}, event_key, 1::BIGINT AS _chain FROM _links "
+        f"GROUP BY {instant}, event_key)"
+    ]
+    for n in range(2, CHAIN_ROUNDS + 1):
+        rounds.append(
+            f"""_c{n} AS (
+      SELECT l.conversation_id, l.occurred_at, l.event_key,
+        (1 + max(coalesce(c._chain, 0)))::BIGINT AS _chain
+      FROM _links l LEFT JOIN _c{n - 1} c ON c.conversation_id = l.conversation_id
+        AND c.occurred_at = l.occurred_at AND c.event_key = l._p
+      GROUP BY l.conversation_id, l.occurred_at, l.event_key)"""
+        )
+    joined = ",\n    ".join(rounds)
+    return f"""
+    _links AS MATERIALIZED (
+      SELECT y.conversation_id, y.occurred_at, y.event_key, x.event_key AS _p
+      FROM (SELECT {instant}, event_key, previous_user_id FROM ({plain})
+        WHERE previous_user_id IS NOT NULL) y
+      JOIN (SELECT {instant}, event_key, user_id FROM ({plain})) x
+        ON x.conversation_id = y.conversation_id AND x.occurred_at = y.occurred_at
+        AND x.user_id = y.previous_user_id AND x.event_key <> y.event_key
+    ),
+    {joined},
+    chained AS (
+      SELECT r.*, coalesce(c._chain, 0)::BIGINT AS _chain
+      FROM ({rows}) r LEFT JOIN _c{CHAIN_ROUNDS} c ON c.conversation_id = r.conversation_id
+        AND c.occurred_at = r.occurred_at AND c.event_key = r.event_key
+    ),"""
+
+
 def _in_cycles(rows: str) -> str:
     """``rows`` with the cycle of each: an as-of join with the CTE ``marks``."""
     return f"""
@@ -247,18 +291,19 @@ def conversation_cycles_sql(as_of: TimeLike | None = None, copies: str | None = 
         sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
       FROM ({_in_cycles(_conversation_rows(as_of, copies))}) GROUP BY conversation_id, cycle
     ),
+    {_chain_ctes(as_of, copies)}
     a AS (
       SELECT t.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
-          PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
-      FROM ({_in_cycles(_conversation_rows(as_of, copies, "conversation.assigned"))}) t
+          PARTITION BY conversation_id ORDER BY {_ASSIGNMENT_ORDER}) AS _missing
+      FROM ({_in_cycles("SELECT * FROM chained")}) t
     ),
     ag AS (
       SELECT conversation_id, cycle,
         min(occurred_at) FILTER (WHERE user_id IS NOT NULL) AS _first_assigned,
-        first(_missing ORDER BY {_ORDER}) AS _missing_first,
+        first(_missing ORDER BY {_ASSIGNMENT_ORDER}) AS _missing_first,
         count(user_id)::BIGINT AS n_assignments,
         count(DISTINCT user_id)::BIGINT AS n_assignees,
-        last(user_id ORDER BY {_ORDER}) AS assignee_id,
+        last(user_id ORDER BY {_ASSIGNMENT_ORDER}) AS assignee_id,
         count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments
       FROM a GROUP BY conversation_id, cycle
     ),
@@ -307,19 +352,20 @@ def conversation_lifecycles_sql(as_of: TimeLike | None = None, copies: str | Non
         count(*)::BIGINT AS n_events, sum(_dups)::BIGINT AS n_duplicates, {_FIRST_OPENING}
       FROM ({_conversation_rows(as_of, copies)}) GROUP BY conversation_id
     ),
+    {_chain_ctes(as_of, copies)}
     a AS (
       SELECT r.*, previous_user_id IS DISTINCT FROM lag(user_id) OVER (
-          PARTITION BY conversation_id ORDER BY {_ORDER}) AS _missing
-      FROM ({_conversation_rows(as_of, copies, "conversation.assigned")}) r
+          PARTITION BY conversation_id ORDER BY {_ASSIGNMENT_ORDER}) AS _missing
+      FROM chained r
     ),
     ag AS (
       SELECT conversation_id,
         min(occurred_at) FILTER (WHERE user_id IS NOT NULL AND previous_user_id IS NULL)
           AS _first_root,
-        first(_missing ORDER BY {_ORDER}) AS _first_missing,
+        first(_missing ORDER BY {_ASSIGNMENT_ORDER}) AS _first_missing,
         count(user_id)::BIGINT AS n_assignments,
         count(DISTINCT user_id)::BIGINT AS n_assignees,
-        last(user_id ORDER BY {_ORDER}) AS assignee_id,
+        last(user_id ORDER BY {_ASSIGNMENT_ORDER}) AS assignee_id,
         count(*) FILTER (WHERE _missing)::BIGINT AS n_missing_assignments
       FROM a GROUP BY conversation_id
     ),

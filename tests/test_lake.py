@@ -752,6 +752,41 @@ def test_copies_tied_across_writers_resolve_the_same_way_everywhere(tmp_path: Pa
     assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
 
 
+def test_the_readme_query_keeps_the_readers_copy_whatever_the_sessions_null_order(
+    tmp_path: Path,
+) -> None:
+    """The README's plain queries are run in the reader's own DuckDB session, whose
+    ``default_null_order`` may be NULLS FIRST (Spark's ascending default too): copies tied
+    on received_at and ingest_seq (two writers in one millisecond), one without a
+    delivery_id, then kept the other copy than Lake does (nulls last). The queries now
+    say NULLS LAST themselves."""
+    clock = 1_780_000_000.0
+    first = ke.Lake(tmp_path, now=lambda: clock, writer_id="bbb")
+    second = ke.Lake(tmp_path, now=lambda: clock, writer_id="aaa")
+    keys = [f"k{i}" for i in range(10)]
+    first.write_events(
+        [dataclasses.replace(ev(k), delivery_id=None, payload="no id") for k in keys]
+    )
+    second.write_events(
+        [dataclasses.replace(ev(k), delivery_id="wbd_a", payload="id") for k in keys]
+    )
+    history = {"delivery_id": "h1", "attempt": 1, "origin": "backfill", "created_at": T0}
+    first.write_deliveries([{**history, "outcome": "pending"}])  # fetched at no known time
+    second.write_deliveries([{**history, "outcome": "failed", "received_at": T0}])
+    kept = {
+        "events": dict(first.events().select("event_key", "payload").collect().rows()),
+        "deliveries": first.deliveries().select("outcome").collect().rows(),
+    }
+    assert set(kept["events"].values()) == {"id"}  # nulls last
+    assert kept["deliveries"] == [("failed",)]
+    for order in ("nulls_first", "nulls_last"):
+        session = duckdb.connect()
+        session.execute(f"SET default_null_order = '{order}'")
+        events, deliveries = (session.sql(q) for q in readme_queries(tmp_path))
+        assert dict(events.select("event_key, payload").fetchall()) == kept["events"], order
+        assert deliveries.select("outcome").fetchall() == kept["deliveries"], order
+
+
 def test_a_file_deleted_while_its_folder_is_listed_hides_only_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

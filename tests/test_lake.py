@@ -917,3 +917,30 @@ def test_a_tied_copy_that_names_its_delivery_wins_over_one_that_does_not(tmp_pat
     expected = {k: "wbd_z" for k in keys}
     assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
     assert dict(first.sql("select event_key, delivery_id from events").fetchall()) == expected
+
+
+def test_the_readmes_word_on_reading_the_whole_data_folder_holds(tmp_path: Path) -> None:
+    """The README tells outside readers to read one table's folder at a time, and what each
+    engine does with all of DATA: DuckDB and Polars refuse it, but a pyarrow dataset of
+    DATA returned both tables' rows as one, silently (the README had said only the two
+    refused)."""
+    import pyarrow.dataset as ds
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    lake.write_deliveries([{"delivery_id": "w1", "attempt": 1, "received_at": T0}])
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    said = " ".join(readme.split())
+    with pytest.raises(duckdb.BinderException, match="Hive partition mismatch"):
+        duckdb.sql(f"select * from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=1)")
+    assert '(DuckDB: "Hive partition mismatch"' in said
+    with pytest.raises(pl.exceptions.SchemaFieldNotFoundError, match="type"):
+        pl.scan_parquet(f"{tmp_path}/**/*.parquet", hive_partitioning=True).collect()
+    assert "Polars: `SchemaFieldNotFoundError` on `type`" in said
+    mixed = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert mixed.num_rows == 3  # two events and a delivery row, as one table
+    assert "a pyarrow dataset of `DATA` does not" in said
+    one = ds.dataset(tmp_path / "events", format="parquet", partitioning="hive").to_table()
+    assert sorted(one["event_key"].to_pylist()) == ["a", "b"]
+    assert one.schema.field("date").type == pa.string()
+    assert "(pyarrow as text)" in said

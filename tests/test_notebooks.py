@@ -209,3 +209,16 @@ def test_the_first_cell_on_a_collectors_unflushed_journal_says_what_to_do_in_a_n
     scope: dict[str, Any] = {}
     exec(cell, scope)  # noqa: S102 - run again, as the message says
     assert scope["lake"].events().collect()["event_id"].to_list() == ["evt_REAL"]
+
+
+def test_the_quickstart_reads_a_lake_whose_path_holds_a_quote(
+    tiny_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart's plain DuckDB read put the data folder into the SQL text between
+    quotes: in a folder such as /home/o'brien/kirim it failed with DuckDB's "unterminated
+    string literal". The path is now passed as a parameter."""
+    import shutil
+
+    quoted = tmp_path / "o'brien" / "kirim"
+    shutil.copytree(tiny_lake, quoted)
+    _run(NAMES[0], quoted, monkeypatch)

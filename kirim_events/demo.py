@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -321,9 +322,9 @@ def _not_the_demos(folder: Path) -> str:
         return (
             f"{refusal}: it holds a collector's journal, events received but not flushed into"
             f" the lake yet. To read them, wait for the collector's next flush or run"
-            f" `kirim-events compact --data {folder}`, then read the lake again (in the"
-            f" notebooks: run the first cell again). For the demo instead, give it an empty"
-            f" folder ({ELSEWHERE})"
+            f" `kirim-events compact --data {shlex.quote(str(folder))}`, then read the lake"
+            f" again (in the notebooks: run the first cell again). For the demo instead, give"
+            f" it an empty folder ({ELSEWHERE})"
         )
     return (
         f"{refusal}; run the demo on an empty folder so it cannot mix with real data ({ELSEWHERE})"

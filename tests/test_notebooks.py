@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ def test_the_first_cell_on_a_collectors_unflushed_journal_says_what_to_do_in_a_n
     from kirim_events.events import parse_delivery
     from kirim_events.journal import Journal
 
-    data = tmp_path / "mine"
+    data = tmp_path / "my lake"  # a space: the command shown must copy and paste
     real = parse_delivery(testing.encode(testing.kirim_event(event_id="evt_REAL")), {})
     with Journal(data) as journal:
         assert journal.append(real) == [True]
@@ -201,7 +202,7 @@ def test_the_first_cell_on_a_collectors_unflushed_journal_says_what_to_do_in_a_n
         exec(cell, {})  # noqa: S102 - our own notebook
     message = str(refused.value)
     assert "collector's journal" in message
-    assert f"kirim-events compact --data {data}" in message
+    assert f"kirim-events compact --data {shlex.quote(str(data))}" in message
     assert "%env KIRIM_DATA_DIR=" in message  # the notebooks' way to another folder
     assert sorted(p.name for p in data.iterdir()) == ["_journal"]  # the demo wrote nothing
     result = CliRunner().invoke(app, ["compact", "--data", str(data)])

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -298,6 +299,38 @@ async def _run(
 DEMO_MARKER = Path("_state") / "demo.json"
 
 
+# How to give the demo another folder, from wherever it was started: its refusals reach
+# the CLI, a script and the notebooks' first cell (which runs it on KIRIM_DATA_DIR, read
+# when the cell runs), and "--data DIR" alone meant nothing in a notebook.
+ELSEWHERE = (
+    "kirim-events demo --data DIR; in Python run_demo(DIR); in the notebooks"
+    " %env KIRIM_DATA_DIR=DIR, then run the first cell again"
+)
+
+
+def _not_the_demos(folder: Path) -> str:
+    """Why the demo refuses ``folder``, a non-empty folder it did not write, and what to do.
+
+    A folder holding only a collector's journal (the notebooks' first cell ran before the
+    collector's first flush) is the user's own data on its way into the lake: flushing it is
+    what they want, not a demo beside it."""
+    refusal = f"{folder} is not empty and was not written by the demo"
+    lake_files = any(
+        path.is_file() for part in ("events", "deliveries") for path in (folder / part).rglob("*")
+    )
+    if journal_path(folder).is_file() and not lake_files:
+        return (
+            f"{refusal}: it holds a collector's journal, events received but not flushed into"
+            f" the lake yet. To read them, wait for the collector's next flush or run"
+            f" `kirim-events compact --data {shlex.quote(str(folder))}`, then read the lake"
+            f" again (in the notebooks: run the first cell again). For the demo instead, give"
+            f" it an empty folder ({ELSEWHERE})"
+        )
+    return (
+        f"{refusal}; run the demo on an empty folder so it cannot mix with real data ({ELSEWHERE})"
+    )
+
+
 def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
     """Make ``folder`` ready for a demo run, never touching data the demo did not write.
 
@@ -308,7 +341,7 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
     whether an earlier demo's lake was cleared.
     """
     if folder.exists() and not folder.is_dir():  # mkdir would say only "File exists"
-        raise ConfigError(f"{folder} is a file, not a folder: give the demo a folder (--data DIR)")
+        raise ConfigError(f"{folder} is a file, not a folder: give the demo a folder ({ELSEWHERE})")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -316,7 +349,7 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
     if not held.enter_context(file_lock(folder, wait=False)):
         raise ConfigError(
             f"a demo is running on {folder} now: let it finish, or run this one on another"
-            " --data DIR"
+            f" folder ({ELSEWHERE})"
         )
     try:
         present = [p for p in folder.iterdir() if p.name != ".gitkeep"]
@@ -326,10 +359,7 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
         return False
     marker = folder / DEMO_MARKER
     if not marker.is_file():
-        raise ConfigError(
-            f"{folder} is not empty and was not written by the demo; "
-            "run the demo on an empty folder (--data DIR) so it cannot mix with real data"
-        )
+        raise ConfigError(_not_the_demos(folder))
     try:
         sealed = json.loads(marker.read_text()).get("contents")
     except (OSError, ValueError, AttributeError):
@@ -337,7 +367,8 @@ def _prepare(folder: Path, held: contextlib.ExitStack) -> bool:
     if sealed is not None and sealed != _contents(folder):
         raise ConfigError(
             f"{folder} was written by the demo, but events were added since (a collector or a"
-            " backfill?), so the demo will not clear it; run the demo on another --data DIR"
+            f" backfill?), so the demo will not clear it; run the demo on another folder"
+            f" ({ELSEWHERE})"
         )
     # The marker unsealed first and its folder cleared last: a run stopped half way through
     # (Ctrl-C) leaves a folder the next one still takes as the demo's (it was refused, its

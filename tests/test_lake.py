@@ -752,6 +752,41 @@ def test_copies_tied_across_writers_resolve_the_same_way_everywhere(tmp_path: Pa
     assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
 
 
+def test_the_readme_query_keeps_the_readers_copy_whatever_the_sessions_null_order(
+    tmp_path: Path,
+) -> None:
+    """The README's plain queries are run in the reader's own DuckDB session, whose
+    ``default_null_order`` may be NULLS FIRST (Spark's ascending default too): copies tied
+    on received_at and ingest_seq (two writers in one millisecond), one without a
+    delivery_id, then kept the other copy than Lake does (nulls last). The queries now
+    say NULLS LAST themselves."""
+    clock = 1_780_000_000.0
+    first = ke.Lake(tmp_path, now=lambda: clock, writer_id="bbb")
+    second = ke.Lake(tmp_path, now=lambda: clock, writer_id="aaa")
+    keys = [f"k{i}" for i in range(10)]
+    first.write_events(
+        [dataclasses.replace(ev(k), delivery_id=None, payload="no id") for k in keys]
+    )
+    second.write_events(
+        [dataclasses.replace(ev(k), delivery_id="wbd_a", payload="id") for k in keys]
+    )
+    history = {"delivery_id": "h1", "attempt": 1, "origin": "backfill", "created_at": T0}
+    first.write_deliveries([{**history, "outcome": "pending"}])  # fetched at no known time
+    second.write_deliveries([{**history, "outcome": "failed", "received_at": T0}])
+    kept = {
+        "events": dict(first.events().select("event_key", "payload").collect().rows()),
+        "deliveries": first.deliveries().select("outcome").collect().rows(),
+    }
+    assert set(kept["events"].values()) == {"id"}  # nulls last
+    assert kept["deliveries"] == [("failed",)]
+    for order in ("nulls_first", "nulls_last"):
+        session = duckdb.connect()
+        session.execute(f"SET default_null_order = '{order}'")
+        events, deliveries = (session.sql(q) for q in readme_queries(tmp_path))
+        assert dict(events.select("event_key, payload").fetchall()) == kept["events"], order
+        assert deliveries.select("outcome").fetchall() == kept["deliveries"], order
+
+
 def test_a_file_deleted_while_its_folder_is_listed_hides_only_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -882,3 +917,30 @@ def test_a_tied_copy_that_names_its_delivery_wins_over_one_that_does_not(tmp_pat
     expected = {k: "wbd_z" for k in keys}
     assert dict(first.events().select("event_key", "delivery_id").collect().rows()) == expected
     assert dict(first.sql("select event_key, delivery_id from events").fetchall()) == expected
+
+
+def test_the_readmes_word_on_reading_the_whole_data_folder_holds(tmp_path: Path) -> None:
+    """The README tells outside readers to read one table's folder at a time, and what each
+    engine does with all of DATA: DuckDB and Polars refuse it, but a pyarrow dataset of
+    DATA returned both tables' rows as one, silently (the README had said only the two
+    refused)."""
+    import pyarrow.dataset as ds
+
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b")])
+    lake.write_deliveries([{"delivery_id": "w1", "attempt": 1, "received_at": T0}])
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    said = " ".join(readme.split())
+    with pytest.raises(duckdb.BinderException, match="Hive partition mismatch"):
+        duckdb.sql(f"select * from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=1)")
+    assert '(DuckDB: "Hive partition mismatch"' in said
+    with pytest.raises(pl.exceptions.SchemaFieldNotFoundError, match="type"):
+        pl.scan_parquet(f"{tmp_path}/**/*.parquet", hive_partitioning=True).collect()
+    assert "Polars: `SchemaFieldNotFoundError` on `type`" in said
+    mixed = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert mixed.num_rows == 3  # two events and a delivery row, as one table
+    assert "a pyarrow dataset of `DATA` does not" in said
+    one = ds.dataset(tmp_path / "events", format="parquet", partitioning="hive").to_table()
+    assert sorted(one["event_key"].to_pylist()) == ["a", "b"]
+    assert one.schema.field("date").type == pa.string()
+    assert "(pyarrow as text)" in said

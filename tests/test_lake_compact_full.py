@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -261,3 +262,37 @@ def test_an_unreadable_full_run_record_is_replaced_by_a_full_run_and_named_other
     assert not record.exists()
     assert lake.unfinished_full_compaction() is None
     assert lake.events().collect()["payload"].to_list() == ["first"]
+
+
+def test_the_readme_says_how_to_read_a_lake_compacted_with_the_signature_column(
+    tmp_path: Path,
+) -> None:
+    """Files compacted before the signature column was dropped keep it beside newer files
+    without it. Plain readers fail on such a lake, and the README's open-format section,
+    the page outside readers read, did not say so (only compact's --full row did): it now
+    names the failure, the --full that ends it, and the reader options meanwhile."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a"), ev("b", occurred=T0 + timedelta(days=3))])
+    lake.compact()
+    old, _new = parquet_files(tmp_path / "events")
+    table = pq.read_table(old)
+    pq.write_table(table.append_column("signature", pa.array(["t=1,v1=" + "cd" * 32])), old)
+    glob = f"{tmp_path}/events/**/*.parquet"
+    said = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    open_format = said.split("**Open format.**", 1)[1].split("## ", 1)[0]
+    with pytest.raises(duckdb.InvalidInputException, match="schema mismatch"):
+        duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true)").fetchall()
+    assert """(DuckDB's "schema mismatch", Polars' `ColumnNotFoundError`)""" in open_format
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        pl.scan_parquet(glob, hive_partitioning=True).collect()
+    assert "until one `kirim-events compact --full` has rewritten them" in open_format
+    assert "`union_by_name = true` (DuckDB)" in open_format
+    union = duckdb.sql(
+        f"select event_key from read_parquet('{glob}', hive_partitioning=true, union_by_name=true)"
+    )
+    assert sorted(r[0] for r in union.fetchall()) == ["a", "b"]
+    assert "`missing_columns='insert', extra_columns='ignore'` (Polars)" in open_format
+    frame = pl.scan_parquet(
+        glob, hive_partitioning=True, missing_columns="insert", extra_columns="ignore"
+    ).collect()
+    assert sorted(frame["event_key"]) == ["a", "b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,53 @@ def test_the_first_cell_reads_kirim_data_dir_as_the_cli_does(
     assert _data_folder_of_first_cell(monkeypatch, None, tmp_path) == root / "data"
     assert _data_folder_of_first_cell(monkeypatch, "lake2", tmp_path) == root / "lake2"
     assert _data_folder_of_first_cell(monkeypatch, str(tmp_path), tmp_path) == tmp_path
+
+
+def test_the_first_cell_on_a_collectors_unflushed_journal_says_what_to_do_in_a_notebook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """KIRIM_DATA_DIR names a collector's folder before its first flush: only ``_journal``.
+    The first cell found no lake and ran the demo, which refused the folder telling the
+    user to pass ``--data DIR``, a CLI option, in a notebook. The refusal now says how to
+    read the journal's events (flush it, run the cell again) and, in the notebooks' terms,
+    how to give the demo another folder; following it, the cell opens the user's events."""
+    from typer.testing import CliRunner
+
+    import kirim_events as ke
+    from kirim_events import testing
+    from kirim_events.cli import app
+    from kirim_events.events import parse_delivery
+    from kirim_events.journal import Journal
+
+    data = tmp_path / "my lake"  # a space: the command shown must copy and paste
+    real = parse_delivery(testing.encode(testing.kirim_event(event_id="evt_REAL")), {})
+    with Journal(data) as journal:
+        assert journal.append(real) == [True]
+    monkeypatch.setenv("KIRIM_DATA_DIR", str(data))
+    monkeypatch.chdir(NOTEBOOKS)
+    cell = compile(_first_code_cell(NAMES[0]), "first cell", "exec")
+    with pytest.raises(ke.ConfigError) as refused:
+        exec(cell, {})  # noqa: S102 - our own notebook
+    message = str(refused.value)
+    assert "collector's journal" in message
+    assert f"kirim-events compact --data {shlex.quote(str(data))}" in message
+    assert "%env KIRIM_DATA_DIR=" in message  # the notebooks' way to another folder
+    assert sorted(p.name for p in data.iterdir()) == ["_journal"]  # the demo wrote nothing
+    result = CliRunner().invoke(app, ["compact", "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    scope: dict[str, Any] = {}
+    exec(cell, scope)  # noqa: S102 - run again, as the message says
+    assert scope["lake"].events().collect()["event_id"].to_list() == ["evt_REAL"]
+
+
+def test_the_quickstart_reads_a_lake_whose_path_holds_a_quote(
+    tiny_lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart's plain DuckDB read put the data folder into the SQL text between
+    quotes: in a folder such as /home/o'brien/kirim it failed with DuckDB's "unterminated
+    string literal". The path is now passed as a parameter."""
+    import shutil
+
+    quoted = tmp_path / "o'brien" / "kirim"
+    shutil.copytree(tiny_lake, quoted)
+    _run(NAMES[0], quoted, monkeypatch)

@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -28,6 +29,7 @@ from typer.testing import CliRunner
 
 from kirim_events.cli import app
 from kirim_events.emulator import FaultConfig, create_app
+from kirim_events.emulator.store import Store
 from kirim_events.journal import Journal
 
 
@@ -918,6 +920,37 @@ def _look_ahead_is_bounded(world: World) -> None:
         " read past them held no other match" in said
     )
     assert "outside --since" in said  # the rows Kirim ignored it on: said too
+
+
+def test_deliveries_list_stops_paging_once_past_since_when_kirim_ignores_it() -> None:
+    """Fewer rows than --limit inside --since, and a Kirim that ignores the filter: the list
+    paged the rest of the history (all 30 days of it on a real account) looking for more.
+    The rows show newest first: past --since, none still to come can match."""
+    store = Store(rng=random.Random(5))
+    key = "kdv_live_" + "Since" * 4 + "xxxx"
+    sub, _ = store.create_subscription("http://127.0.0.1:9/hook", now=time.time() - 86400)
+    start = time.time() - 6 * 3600
+    for i in range(300):  # one a minute, over five hours
+        store.new_delivery(sub, event_id=f"evt_{i}", event_type="message.status",
+                           source="kirim", event_keys=(f"k{i}",), payload=b"{}",
+                           now=start + 60 * i)  # fmt: skip
+    newest = store.deliveries[::-1]
+    # three rows inside --since: the newest, a minute apart
+    since = datetime.fromtimestamp(newest[2].created_at - 30, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ignores = FaultConfig(ignored_filters=("created_after",))
+    counted = CountHistoryPages(create_app(store, api_keys=[key], read_limit=6000, faults=ignores))
+    with serve(counted, log_level="error") as url:
+        env = {**os.environ, "KIRIM_KEY": key, "KIRIM_API_URL": url}
+        args = ["deliveries", "list", "--since", since, "--limit", "10", "--json"]
+        result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert shown == [r.id for r in newest[:3]]  # every matching row, none lost
+    # one page of 11 rows: 3 inside, 8 older by minutes; the whole history is 28 pages
+    assert counted.pages == 1
+    said = " ".join(result.stderr.split())
+    assert "may have more" not in said
+    assert "outside --since" in said
 
 
 def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:

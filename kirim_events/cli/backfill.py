@@ -38,7 +38,9 @@ from kirim_events.cli._app import settings as load_settings
 from kirim_events.cli.listing import deliveries_view
 from kirim_events.client import Delivery, KirimClient, format_time
 from kirim_events.errors import ApiError, AuthenticationError, ConfigError, RateLimitTooLong
+from kirim_events.events import parse_time
 from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
+from kirim_events.history_slices import ORDER_SLACK, Slice
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
 from kirim_events.reconcile import (
@@ -484,9 +486,16 @@ def _list(
         # --limit)" was said over them, and a higher --limit showed nothing new
         more = maybe = False
         past = 0  # whole pages read after the one that filled --limit
+        # The order Kirim pages in, as its rows show it (kirim-api.md §7.3 only assumes
+        # newest first): newest first, no row after one older than --since (by more than
+        # the clock skew ORDER_SLACK allows) can be inside it. A Kirim ignoring --since
+        # (§7.4 only assumes the filter) was paged to the end of its history when fewer
+        # rows than --limit matched; an order not seen (yet) is read on, as before.
+        order = Slice(after="", before="")
         for page, _ in pages:
             if len(shown) >= limit:
                 past += 1
+            order.note_order(d.created_at for d in page.deliveries if d.created_at)
             for d in page.deliveries:
                 if not _in_range(d, after, before):
                     tally.outside[TIME_FILTER] += 1
@@ -498,7 +507,7 @@ def _list(
                 else:
                     more = True
                     break
-            if more:
+            if more or _past_since(order, after):
                 break
             if past >= LOOK_AHEAD_PAGES and page.has_more:
                 maybe = True  # Kirim has pages left, unread: what they hold is not known
@@ -533,6 +542,18 @@ def _list(
         return
     # the ids are what `deliveries replay` and `--event-id` take: whole, to be copied
     console.print(deliveries_view(shown, console))
+
+
+def _past_since(order: Slice, since: datetime | None) -> bool:
+    """Whether the rows read show Kirim paging newest first and already past ``since``, so
+    that no row still to come can be inside it."""
+    low = parse_time(order.low) if order.low else None
+    return (
+        since is not None
+        and low is not None
+        and order.direction() == "newest first"
+        and low + ORDER_SLACK < since
+    )
 
 
 def _in_range(d: Delivery, after: datetime | None, before: datetime | None) -> bool:

@@ -954,6 +954,35 @@ def test_deliveries_list_stops_paging_once_past_since_when_kirim_ignores_it() ->
     assert "outside --since" in said
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["deliveries", "list", "--event-id", ""],
+        ["deliveries", "list", "--status", " "],
+        ["deliveries", "list", "--event-type", ""],
+        ["deliveries", "list", "--subscription-id", ""],
+        ["deliveries", "bulk-replay", "--subscription-id", ""],
+        ["backfill", "--since", "1h", "--event-type", ""],
+        ["reconcile", "--since", "1h", "--subscription-id", ""],
+    ],
+)
+def test_an_empty_filter_is_refused_before_any_request(
+    world: World, args: list[str], tmp_path: Path
+) -> None:
+    """``--event-id "$ID"`` with ID unset: the empty filter was read as none, and the
+    command went over every row (listed all, stored all)."""
+    counted = CountHistoryPages(create_app(world.emu.store, api_keys=world.emu.api_keys,
+                                           read_limit=6000))  # fmt: skip
+    with serve(counted, log_level="error") as url:
+        env = {"KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+        data = [] if args[0] == "deliveries" else ["--data", str(tmp_path / "data")]
+        result = CliRunner().invoke(app, [*args, *data], env=env)
+    assert result.exit_code == 2, result.output
+    assert "must not be empty" in " ".join(result.output.split())
+    assert counted.pages == 0
+    assert not (tmp_path / "data").exists()
+
+
 def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:
     """Kirim documents only a row's id, object, status and replayed_from: a row without its
     time was given ``"created_at": "-"`` (the table's blank) in --json, where every other

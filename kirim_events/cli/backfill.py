@@ -93,11 +93,26 @@ UntilOption = Annotated[
     str | None,
     typer.Option("--until", help="End of the range (exclusive); default: now, fixed at start."),
 ]
+
+
+def _given(value: str | None) -> str | None:
+    """A filter given empty (``--event-id ""``: a shell variable not set) is refused: it
+    was read as no filter, and the command went over every row (``deliveries list`` showed
+    them, a backfill stored them all)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("must not be empty (leave the option out to take every value)")
+    return value
+
+
 SubscriptionOption = Annotated[
-    str | None, typer.Option("--subscription-id", help="Only this subscription (wbs_...).")
+    str | None,
+    typer.Option("--subscription-id", help="Only this subscription (wbs_...).", callback=_given),
 ]
 EventTypeOption = Annotated[
-    str | None, typer.Option("--event-type", help="Only this event type (e.g. message.status).")
+    str | None,
+    typer.Option(
+        "--event-type", help="Only this event type (e.g. message.status).", callback=_given
+    ),
 ]
 
 
@@ -166,7 +181,8 @@ def backfill_command(
     ] = 100,
     subscription_id: SubscriptionOption = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="Only deliveries in this Kirim status.")
+        str | None,
+        typer.Option("--status", help="Only deliveries in this Kirim status.", callback=_given),
     ] = None,
     event_type: EventTypeOption = None,
     no_progress: Annotated[
@@ -311,6 +327,7 @@ def reconcile_command(
             "--subscription-id",
             help="The subscription (wbs_...) that feeds this collector; needed when Kirim's "
             "history holds several.",
+            callback=_given,
         ),
     ] = None,
     lake_uri: Annotated[
@@ -441,11 +458,14 @@ def deliveries_list(
         str | None, typer.Option("--until", help="Created before (same forms); default: now.")
     ] = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="succeeded, pending, failed, dead...")
+        str | None,
+        typer.Option("--status", help="succeeded, pending, failed, dead...", callback=_given),
     ] = None,
     event_type: EventTypeOption = None,
     subscription_id: SubscriptionOption = None,
-    event_id: Annotated[str | None, typer.Option("--event-id", help="Only this event.")] = None,
+    event_id: Annotated[
+        str | None, typer.Option("--event-id", help="Only this event.", callback=_given)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Most rows to show.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -616,7 +636,10 @@ def _subscription_of(client: KirimClient, delivery_id: str) -> str | None:
 @command("bulk-replay", group=deliveries_app)
 def deliveries_bulk_replay(
     subscription_id: Annotated[
-        str, typer.Option("--subscription-id", help="The subscription (wbs_...); required.")
+        str,
+        typer.Option(
+            "--subscription-id", help="The subscription (wbs_...); required.", callback=_given
+        ),
     ],
     status: Annotated[str, typer.Option("--status", help="dead or failed.")] = "dead",
     event_type: EventTypeOption = None,

@@ -769,12 +769,18 @@ def _refuse_unsendable(
                 )
 
 
+def check_id(value: str) -> None:
+    """ValueError unless ``value`` can be an id in a path (no slash, no dot segment, not
+    empty): what the client's requests by id refuse, for a caller to check first."""
+    if not value or "/" in value or value in {".", ".."}:
+        raise ValueError(f"not a valid id: {value!r}")
+
+
 def _path_id(value: str) -> str:
     """``value`` as one path segment: a slash or a dot segment is refused, and the rest is
     escaped, so that the server reads exactly this id (``wbd_1#x`` went out as ``wbd_1``,
     and ``%2e%2e`` reached the server as ``..``)."""
-    if not value or "/" in value or value in {".", ".."}:
-        raise ValueError(f"not a valid id: {value!r}")
+    check_id(value)
     return quote(value, safe="")
 
 

@@ -983,6 +983,61 @@ def test_an_empty_filter_is_refused_before_any_request(
     assert not (tmp_path / "data").exists()
 
 
+class CountReplays:
+    """ASGI middleware: counts the replay requests (``POST .../{id}/replay``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.asked = app, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/replay"):
+            self.asked += 1
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def counting_replays(world: World) -> Iterator[tuple[CountReplays, dict[str, str]]]:
+    """The emulator's API, counting replay requests, and the CLI's environment for it."""
+    counted = CountReplays(create_app(world.emu.store, api_keys=world.emu.api_keys,
+                                      read_limit=6000, write_limit=6000))  # fmt: skip
+    with serve(counted, log_level="error") as url:
+        yield counted, {"KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+
+
+def test_deliveries_replay_checks_every_id_before_asking_for_any(world: World) -> None:
+    """``replay wbd_a ../x`` replayed wbd_a and then refused ../x (exit 1): bad input found
+    after something was done."""
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        bad = CliRunner().invoke(app, ["deliveries", "replay", dead[0].id, "../x"], env=env)
+    assert bad.exit_code == 2, bad.output
+    assert "nothing was replayed" in " ".join(bad.output.split())
+    assert counted.asked == 0
+
+
+def test_deliveries_replay_takes_an_id_given_twice_once(world: World) -> None:
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        twice = CliRunner().invoke(app, ["deliveries", "replay", dead[1].id, dead[1].id],
+                                   env=env)  # fmt: skip
+    assert twice.exit_code == 0, twice.output
+    assert counted.asked == 1
+
+
+def test_deliveries_replay_stops_at_a_key_kirim_refuses(world: World) -> None:
+    """A wrong key: every id was asked for and refused in turn, an error line each."""
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        wrong = {**env, "KIRIM_KEY": "kdv_live_" + "W" * 24}
+        refused = CliRunner().invoke(app, ["deliveries", "replay", *(r.id for r in dead[:3])],
+                                     env=wrong)  # fmt: skip
+    assert refused.exit_code == 1, refused.output
+    assert counted.asked == 1
+    said = " ".join(refused.stderr.split())
+    assert said.count("error:") == 1
+    assert "the 2 ids after it were not asked for" in said
+
+
 def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:
     """Kirim documents only a row's id, object, status and replayed_from: a row without its
     time was given ``"created_at": "-"`` (the table's blank) in --json, where every other
@@ -1159,7 +1214,8 @@ def test_replays_with_a_key_kirim_refuses_get_the_hint_once(env: dict[str, str])
     args = ["deliveries", "replay", "wbd_1", "wbd_2"]
     result = CliRunner().invoke(app, args, env={**env, "KIRIM_KEY": wrong})
     assert result.exit_code == 1, result.output
-    assert result.output.count("status=401") == 2
+    assert result.output.count("status=401") == 1  # not asked again for wbd_2, in vain
+    assert "note: the id after it was not asked for" in result.output
     assert result.output.count("note: Kirim refused the API key: check KIRIM_KEY") == 1
 
 

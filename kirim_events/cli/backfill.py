@@ -36,7 +36,7 @@ from kirim_events.cli._app import (
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.cli.listing import deliveries_view
-from kirim_events.client import Delivery, KirimClient, format_time
+from kirim_events.client import Delivery, KirimClient, check_id, format_time
 from kirim_events.errors import ApiError, AuthenticationError, ConfigError, RateLimitTooLong
 from kirim_events.events import parse_time
 from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
@@ -593,6 +593,16 @@ def deliveries_replay(
 
     Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
     """
+    # Each id once, and all of them checked before any is asked for: an id given twice was
+    # replayed twice, and a bad one (../x) was refused only after those before it went out.
+    ids = list(dict.fromkeys(ids))
+    for ident in ids:
+        try:
+            check_id(ident)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{printable(repr(ident))} is no delivery id (wbd_...): nothing was replayed"
+            ) from None
     client = _client()
     failed = 0
     refused: ApiError | None = None
@@ -605,10 +615,20 @@ def deliveries_replay(
         for ident in ids:
             try:
                 with_errors = client.replay(ident)
-            except (ApiError, ValueError) as exc:
+            except ApiError as exc:
                 failed += 1
                 print_error(f"{ident}: {exc}")
-                refused = exc if isinstance(exc, ApiError) else refused
+                refused = exc
+                if isinstance(exc, (AuthenticationError, RateLimitTooLong)):
+                    # the same answer waits for every id after it: one line, not one each
+                    left = len(ids) - ids.index(ident) - 1
+                    if left:
+                        after = (
+                            "the id after it was" if left == 1 else f"the {left} ids after it were"
+                        )
+                        print_note(f"{after} not asked for", stderr=True)
+                        failed += left
+                    break
                 continue
             answer = f"{with_errors.get('id', '?')} ({with_errors.get('status')})"
             console.print(f"{ident} -> {printable(answer)}")

@@ -3,7 +3,8 @@
 What it does (kirim-api.md §7):
 
 * ``Authorization: Bearer <KIRIM_KEY>``; the key is a :class:`~kirim_events.config.Secret` and
-  never appears in a repr, a log line or an error message.
+  never appears in a repr, a log line or an error message, nor in the lines httpx and httpcore
+  log of an answer that echoes it (:mod:`kirim_events.logsecrets`).
 * The error envelope ``{"error": {"type", "code", "message", "request_id"}}`` becomes an
   :class:`~kirim_events.errors.ApiError` subclass carrying ``status_code``, ``type``, ``code``
   and ``request_id`` (from the body, else the ``X-Request-Id`` header).
@@ -63,6 +64,7 @@ from kirim_events.errors import (
     RetryableApiError,
 )
 from kirim_events.events import parse_time
+from kirim_events.logsecrets import hide_in_logs, place_filter, stop_hiding
 from kirim_events.ratelimit import RateLimiter, retry_after
 from kirim_events.schema import INT32
 
@@ -373,6 +375,10 @@ class KirimClient:
             headers={"Authorization": f"Bearer {key.reveal()}", "User-Agent": _USER_AGENT},
             follow_redirects=False,
         )
+        # httpx logs each answer's reason phrase (INFO) and httpcore its headers (DEBUG): a
+        # server that echoes the Authorization header there must not get the key logged
+        hide_in_logs(key.reveal())
+        self._hiding = True
 
     def __repr__(self) -> str:
         return f"KirimClient({self._shown_base!r}, api_key=Secret('**********'))"
@@ -423,6 +429,9 @@ class KirimClient:
     def close(self) -> None:
         """Close the underlying connection pool."""
         self._http.close()
+        if self._hiding:
+            self._hiding = False
+            stop_hiding(self._key.reveal())
 
     def new_idempotency_key(self) -> str:
         """A UUIDv4 from the injected rng: one per logical operation (§7.2)."""
@@ -561,6 +570,7 @@ class KirimClient:
         """Send ``request`` and read its whole answer within ``answer_deadline`` seconds
         (httpx's timeout bounds each read, not the answer) and before :meth:`interrupt`."""
         deadline = time.monotonic() + self.answer_deadline
+        place_filter()  # on a logger the HTTP stack made since (kirim_events.logsecrets)
         response = self._http.send(request, stream=True)
         try:
             chunks = []
@@ -759,12 +769,18 @@ def _refuse_unsendable(
                 )
 
 
+def check_id(value: str) -> None:
+    """ValueError unless ``value`` can be an id in a path (no slash, no dot segment, not
+    empty): what the client's requests by id refuse, for a caller to check first."""
+    if not value or "/" in value or value in {".", ".."}:
+        raise ValueError(f"not a valid id: {value!r}")
+
+
 def _path_id(value: str) -> str:
     """``value`` as one path segment: a slash or a dot segment is refused, and the rest is
     escaped, so that the server reads exactly this id (``wbd_1#x`` went out as ``wbd_1``,
     and ``%2e%2e`` reached the server as ``..``)."""
-    if not value or "/" in value or value in {".", ".."}:
-        raise ValueError(f"not a valid id: {value!r}")
+    check_id(value)
     return quote(value, safe="")
 
 

@@ -219,7 +219,7 @@ def reconcile(
         report.near_purge = sum(
             1 for m in missing if m.first_seen is not None and m.first_seen <= report.warn_before
         )
-        plan_recovery(report, scan.terminal)
+        plan_recovery(report, scan.terminal, scan.replayed)
         if any(m.action in SENT_BY_KIRIM for m in missing):
             check_subscriptions(report, client)
         explain(report)

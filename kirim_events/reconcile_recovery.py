@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +22,23 @@ spends Kirim's write quota, 60 a minute on the smallest plan; a re-send is one m
 the collector's dedup index absorbs)."""
 
 
-def plan_recovery(report: ReconcileReport, terminal: list[tuple[str, str, datetime]]) -> None:
-    """Give each missing event its action; bulk windows where they cost fewer calls."""
+def plan_recovery(
+    report: ReconcileReport,
+    terminal: list[tuple[str, str, datetime]],
+    replayed: Collection[str] = frozenset(),
+) -> None:
+    """Give each missing event its action; bulk windows where they cost fewer calls.
+
+    A delivery in ``replayed`` (a replay of it is in the history) is replayed alone: it may
+    have left Kirim's dead-letter queue, which is all bulk_replay takes (kirim-api.md §3 says
+    a delivery waits there "until replayed"; the emulator reads it so), so a window would
+    send nothing for it, while a single replay takes any delivery."""
     for m in report.missing:
         m.action = "import" if m.records else "await" if m.pending else "replay"
     groups: dict[tuple[str, str], list[MissingEvent]] = {}
     for m in report.missing:
+        if m.delivery_id in replayed:
+            continue
         if m.action == "replay" and m.status in TERMINAL and m.subscription_id and m.created_at:
             groups.setdefault((m.subscription_id, m.status), []).append(m)
     for (sub, status), members in groups.items():

@@ -88,6 +88,7 @@ class Scan:
         self.chains: dict[str, _Chain] = {}
         self.acked: dict[str, _Chain] = {}  # acknowledged status chains, by candidate key
         self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
+        self.replayed: set[str] = set()  # ids of the rows a replay names in replayed_from
         self.received_at = received_at  # of the events it imports: the run's clock
 
     def seen(self, keys: list[str]) -> set[str]:
@@ -99,6 +100,8 @@ class Scan:
         for d in rows:
             if not self._ours(d):
                 continue
+            if d.replayed_from:
+                self.replayed.add(d.replayed_from)
             if d.status in TERMINAL and d.subscription_id and d.created_at:
                 self.terminal.append((d.subscription_id, d.status, d.created_at))
             if d.payload is not None:

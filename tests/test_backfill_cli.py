@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -28,6 +29,7 @@ from typer.testing import CliRunner
 
 from kirim_events.cli import app
 from kirim_events.emulator import FaultConfig, create_app
+from kirim_events.emulator.store import Store
 from kirim_events.journal import Journal
 
 
@@ -410,7 +412,8 @@ def test_deliveries_list_replay_and_bulk_replay(world: World, env: dict[str, str
     assert "status=404 code=resource_not_found" in missing.output
     assert env["KIRIM_KEY"] not in missing.output
 
-    n_dead = sum(1 for r in store.deliveries if r.status == "dead")
+    # dead[0], replayed above, has left the dead-letter queue (docs/emulator.md)
+    n_dead = sum(1 for r in store.deliveries if r.status == "dead" and r.id != dead[0].id)
     sub = dead[0].subscription_id
     bulk = runner.invoke(app, ["deliveries", "bulk-replay", "--subscription-id", sub,
                                "--since", "3650d"], env=env)  # fmt: skip
@@ -920,6 +923,121 @@ def _look_ahead_is_bounded(world: World) -> None:
     assert "outside --since" in said  # the rows Kirim ignored it on: said too
 
 
+def test_deliveries_list_stops_paging_once_past_since_when_kirim_ignores_it() -> None:
+    """Fewer rows than --limit inside --since, and a Kirim that ignores the filter: the list
+    paged the rest of the history (all 30 days of it on a real account) looking for more.
+    The rows show newest first: past --since, none still to come can match."""
+    store = Store(rng=random.Random(5))
+    key = "kdv_live_" + "Since" * 4 + "xxxx"
+    sub, _ = store.create_subscription("http://127.0.0.1:9/hook", now=time.time() - 86400)
+    start = time.time() - 6 * 3600
+    for i in range(300):  # one a minute, over five hours
+        store.new_delivery(sub, event_id=f"evt_{i}", event_type="message.status",
+                           source="kirim", event_keys=(f"k{i}",), payload=b"{}",
+                           now=start + 60 * i)  # fmt: skip
+    newest = store.deliveries[::-1]
+    # three rows inside --since: the newest, a minute apart
+    since = datetime.fromtimestamp(newest[2].created_at - 30, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ignores = FaultConfig(ignored_filters=("created_after",))
+    counted = CountHistoryPages(create_app(store, api_keys=[key], read_limit=6000, faults=ignores))
+    with serve(counted, log_level="error") as url:
+        env = {**os.environ, "KIRIM_KEY": key, "KIRIM_API_URL": url}
+        args = ["deliveries", "list", "--since", since, "--limit", "10", "--json"]
+        result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert shown == [r.id for r in newest[:3]]  # every matching row, none lost
+    # one page of 11 rows: 3 inside, 8 older by minutes; the whole history is 28 pages
+    assert counted.pages == 1
+    said = " ".join(result.stderr.split())
+    assert "may have more" not in said
+    assert "outside --since" in said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["deliveries", "list", "--event-id", ""],
+        ["deliveries", "list", "--status", " "],
+        ["deliveries", "list", "--event-type", ""],
+        ["deliveries", "list", "--subscription-id", ""],
+        ["deliveries", "bulk-replay", "--subscription-id", ""],
+        ["backfill", "--since", "1h", "--event-type", ""],
+        ["reconcile", "--since", "1h", "--subscription-id", ""],
+    ],
+)
+def test_an_empty_filter_is_refused_before_any_request(
+    world: World, args: list[str], tmp_path: Path
+) -> None:
+    """``--event-id "$ID"`` with ID unset: the empty filter was read as none, and the
+    command went over every row (listed all, stored all)."""
+    counted = CountHistoryPages(create_app(world.emu.store, api_keys=world.emu.api_keys,
+                                           read_limit=6000))  # fmt: skip
+    with serve(counted, log_level="error") as url:
+        env = {"KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+        data = [] if args[0] == "deliveries" else ["--data", str(tmp_path / "data")]
+        result = CliRunner().invoke(app, [*args, *data], env=env)
+    assert result.exit_code == 2, result.output
+    assert "must not be empty" in " ".join(result.output.split())
+    assert counted.pages == 0
+    assert not (tmp_path / "data").exists()
+
+
+class CountReplays:
+    """ASGI middleware: counts the replay requests (``POST .../{id}/replay``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.asked = app, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/replay"):
+            self.asked += 1
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def counting_replays(world: World) -> Iterator[tuple[CountReplays, dict[str, str]]]:
+    """The emulator's API, counting replay requests, and the CLI's environment for it."""
+    counted = CountReplays(create_app(world.emu.store, api_keys=world.emu.api_keys,
+                                      read_limit=6000, write_limit=6000))  # fmt: skip
+    with serve(counted, log_level="error") as url:
+        yield counted, {"KIRIM_KEY": world.emu.api_keys[0].reveal(), "KIRIM_API_URL": url}
+
+
+def test_deliveries_replay_checks_every_id_before_asking_for_any(world: World) -> None:
+    """``replay wbd_a ../x`` replayed wbd_a and then refused ../x (exit 1): bad input found
+    after something was done."""
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        bad = CliRunner().invoke(app, ["deliveries", "replay", dead[0].id, "../x"], env=env)
+    assert bad.exit_code == 2, bad.output
+    assert "nothing was replayed" in " ".join(bad.output.split())
+    assert counted.asked == 0
+
+
+def test_deliveries_replay_takes_an_id_given_twice_once(world: World) -> None:
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        twice = CliRunner().invoke(app, ["deliveries", "replay", dead[1].id, dead[1].id],
+                                   env=env)  # fmt: skip
+    assert twice.exit_code == 0, twice.output
+    assert counted.asked == 1
+
+
+def test_deliveries_replay_stops_at_a_key_kirim_refuses(world: World) -> None:
+    """A wrong key: every id was asked for and refused in turn, an error line each."""
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        wrong = {**env, "KIRIM_KEY": "kdv_live_" + "W" * 24}
+        refused = CliRunner().invoke(app, ["deliveries", "replay", *(r.id for r in dead[:3])],
+                                     env=wrong)  # fmt: skip
+    assert refused.exit_code == 1, refused.output
+    assert counted.asked == 1
+    said = " ".join(refused.stderr.split())
+    assert said.count("error:") == 1
+    assert "the 2 ids after it were not asked for" in said
+
+
 def test_deliveries_list_json_gives_null_for_what_kirim_did_not_return(world: World) -> None:
     """Kirim documents only a row's id, object, status and replayed_from: a row without its
     time was given ``"created_at": "-"`` (the table's blank) in --json, where every other
@@ -1096,7 +1214,8 @@ def test_replays_with_a_key_kirim_refuses_get_the_hint_once(env: dict[str, str])
     args = ["deliveries", "replay", "wbd_1", "wbd_2"]
     result = CliRunner().invoke(app, args, env={**env, "KIRIM_KEY": wrong})
     assert result.exit_code == 1, result.output
-    assert result.output.count("status=401") == 2
+    assert result.output.count("status=401") == 1  # not asked again for wbd_2, in vain
+    assert "note: the id after it was not asked for" in result.output
     assert result.output.count("note: Kirim refused the API key: check KIRIM_KEY") == 1
 
 

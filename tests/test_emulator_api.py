@@ -595,7 +595,8 @@ def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None
                 json={"subscription_id": sub_id, "status": "failed"},
                 headers=AUTH,
             )
-            assert r.json()["data"] == {"enqueued": len(failed), "capped": False}
+            # the one replayed alone has left the dead-letter queue (docs/emulator.md)
+            assert r.json()["data"] == {"enqueued": len(failed) - 1, "capped": False}
             for body in (
                 {"status": "failed"},
                 {"subscription_id": "wbs_short", "status": "failed"},
@@ -621,9 +622,70 @@ def test_replay_and_bulk_replay_make_new_rows_that_the_engine_delivers() -> None
 
     asyncio.run(main())
     replays = [r for r in emu.store.deliveries if r.replayed_from]
-    assert len(replays) == 1 + len([r for r in emu.store.deliveries if r.status == "failed"])
+    assert len(replays) == len([r for r in emu.store.deliveries if r.status == "failed"])
     assert all(r.status == "succeeded" for r in replays)
     assert all(emu.store.by_id[r.replayed_from].status == "failed" for r in replays)
+    assert emu.unacknowledged_event_keys() == set()
+
+
+def test_bulk_replay_takes_each_dead_delivery_once_and_then_its_replay_if_that_dies() -> None:
+    # kirim-api.md §3: a delivery "waits in the dead-letter queue until replayed"; §7.4: the
+    # original row is unchanged. Every bulk_replay re-sent every dead row again, however
+    # often its event had been delivered since: a handler saw the same events at each call.
+    clock = FakeClock()
+    emu = Emulator(seed=4, secrets=SECRET, api_keys=[KEY], clock=clock, sleep=clock.sleep,
+                   engine=EngineConfig(concurrency=4, auto_disable_after=10**6))  # fmt: skip
+    sub = emu.subscribe(URL)
+    broken = {"on": True}
+    got: list[str] = []
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        dies = broken["on"] and headers["x-kirim-event"] == "contact.created"
+        if not dies:
+            got.append(headers["x-kirim-event-id"])
+        await send({"type": "http.response.start", "status": 500 if dies else 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=handler)
+
+    async def bulk(client: httpx.AsyncClient) -> dict[str, Any]:
+        body = {"subscription_id": sub.id}  # status: dead by default
+        r = await client.post("/v1/webhook_deliveries/bulk_replay", json=body, headers=AUTH)
+        assert r.status_code == 202, r.text
+        data: dict[str, Any] = r.json()["data"]
+        return data
+
+    async def deliver() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await emu.engine.run(None, client=client)
+
+    async def main() -> None:
+        await emu.send(150, transport=transport)
+        dead = [r for r in emu.store.deliveries if r.status == "dead"]
+        assert dead
+        async with _async_client(emu) as client:
+            # the handler still broken: each replay dies too, and is the one the next takes
+            assert await bulk(client) == {"enqueued": len(dead), "capped": False}
+            await deliver()
+            again = [r for r in emu.store.deliveries if r.status == "dead" and r.replayed_from]
+            assert len(again) == len(dead)
+            assert await bulk(client) == {"enqueued": len(dead), "capped": False}
+            newest = [r for r in emu.store.deliveries if r.replayed_from][-len(dead) :]
+            assert {r.replayed_from for r in newest} == {r.id for r in again}
+            broken["on"] = False
+            await deliver()
+            # every dead event delivered: nothing is left in the queue to send again
+            assert await bulk(client) == {"enqueued": 0, "capped": False}
+            # the original rows are unchanged in the history (§7.4)
+            row = (await _get(client, f"/v1/webhook_deliveries/{dead[0].id}")).json()["data"]
+            assert row["status"] == "dead"
+        await deliver()
+
+    asyncio.run(main())
+    dead_events = {r.event_id for r in emu.store.deliveries if r.status == "dead"}
+    assert sorted(e for e in got if e in dead_events) == sorted(dead_events)  # each once
     assert emu.unacknowledged_event_keys() == set()
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from loopback import fails_then_hangs, free_port, serve
+from loopback import fails_then_hangs, free_port, serve, server_side_open
 from typer.testing import CliRunner
 from virtualtime import run
 from waiting import wait_until
@@ -383,6 +384,50 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
     assert "emulator stopped" in out
     assert SECRET not in out
     assert KEY not in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_ends_emulate_while_an_api_request_waits_out_its_fault_latency(
+    sig: signal.Signals,
+) -> None:
+    # uvicorn waited for every request in flight: one slowed by --fault-latency 3600 kept the
+    # command running through Ctrl-C and SIGTERM alike, for the hour
+    argv = ["emulate", "--port", "0", "--events", "5", "--fault-latency", "3600",
+            "--fault-latency-rate", "1"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kirim_events", *argv],
+        env=dict(os.environ, KIRIM_KEY=KEY, COLUMNS="200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: any("Ctrl+C stops" in line for line in lines), 20, interval=0.05,
+                   what=f"the API serving {lines}")  # fmt: skip
+        (serving,) = [line for line in lines if line.startswith("Kirim API emulator on")]
+        port = int(serving.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"GET /v1/webhook_deliveries HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+            )
+            client_port = sock.getsockname()[1]
+            wait_until(lambda: server_side_open(port, client_port), 10, interval=0.01,
+                       what="the request accepted")  # fmt: skip
+            time.sleep(0.5)  # read and handed to the app, which waits out its latency
+            proc.send_signal(sig)
+            proc.wait(timeout=60)  # not the hour
+        reader.join(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert "emulator stopped" in out
 
 
 def test_emulate_without_send_to_reports_the_history_it_serves() -> None:

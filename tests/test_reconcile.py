@@ -271,6 +271,35 @@ def test_without_payloads_kirim_replays_them_to_the_collector(world: World) -> N
     assert set(events.filter(events["event_key"].is_in(list(truth)))["origin"]) == {"webhook"}
 
 
+def test_a_dead_delivery_replayed_before_is_replayed_alone_not_by_a_window(
+    world: World, tmp_path: Path
+) -> None:
+    """A dead delivery that was replayed once (and taken) has left Kirim's dead-letter
+    queue, as the emulator reads kirim-api.md §3: a bulk_replay window sends nothing for
+    it. Reconcile into a folder that lacks those events (another data folder, a lake lost)
+    put them in windows and said they were asked for; none came."""
+    since, until = world.window
+    t = FakeTime(until.timestamp())
+    _, client = world.api(t, read_limit=10**6, write_limit=10**6,
+                          transport_wrapper=StripPayload)  # fmt: skip
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    assert len(dead) > 5
+    world.collector.healthy = True
+    subscription = dead[0].subscription_id
+    assert client.bulk_replay(subscription).enqueued == len(dead)
+    world.deliver_pending()  # each replay taken by the collector
+    n_rows = len(world.emu.store.deliveries)
+    t.sleep(60)
+    later = datetime.fromtimestamp(t.clock(), UTC)
+    report = reconcile(tmp_path / "elsewhere", client=client, since=since, until=later,
+                       now=t.clock)  # fmt: skip
+    assert report.errors == []
+    asked = {m.event_id for m in report.missing if m.action in ("replay", "bulk_replay")}
+    assert {r.event_id for r in dead} <= asked
+    sent = {r.event_id for r in world.emu.store.deliveries[n_rows:]}
+    assert asked - sent == set()  # every event reconcile asked for, Kirim sends again
+
+
 def test_warns_when_missing_events_are_near_the_purge(world: World) -> None:
     since, until = world.window
     t = FakeTime(until.timestamp() + 28 * 86400)  # 28 days later: 2 days before the purge

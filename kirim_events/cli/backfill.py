@@ -36,9 +36,11 @@ from kirim_events.cli._app import (
 )
 from kirim_events.cli._app import settings as load_settings
 from kirim_events.cli.listing import deliveries_view
-from kirim_events.client import Delivery, KirimClient, format_time
+from kirim_events.client import Delivery, KirimClient, check_id, format_time
 from kirim_events.errors import ApiError, AuthenticationError, ConfigError, RateLimitTooLong
+from kirim_events.events import parse_time
 from kirim_events.history_filter import TIME_FILTER, FilterTally, HistoryFilter
+from kirim_events.history_slices import ORDER_SLACK, Slice
 from kirim_events.lake import Lake
 from kirim_events.printable import printable
 from kirim_events.reconcile import (
@@ -91,11 +93,26 @@ UntilOption = Annotated[
     str | None,
     typer.Option("--until", help="End of the range (exclusive); default: now, fixed at start."),
 ]
+
+
+def _given(value: str | None) -> str | None:
+    """A filter given empty (``--event-id ""``: a shell variable not set) is refused: it
+    was read as no filter, and the command went over every row (``deliveries list`` showed
+    them, a backfill stored them all)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("must not be empty (leave the option out to take every value)")
+    return value
+
+
 SubscriptionOption = Annotated[
-    str | None, typer.Option("--subscription-id", help="Only this subscription (wbs_...).")
+    str | None,
+    typer.Option("--subscription-id", help="Only this subscription (wbs_...).", callback=_given),
 ]
 EventTypeOption = Annotated[
-    str | None, typer.Option("--event-type", help="Only this event type (e.g. message.status).")
+    str | None,
+    typer.Option(
+        "--event-type", help="Only this event type (e.g. message.status).", callback=_given
+    ),
 ]
 
 
@@ -164,7 +181,8 @@ def backfill_command(
     ] = 100,
     subscription_id: SubscriptionOption = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="Only deliveries in this Kirim status.")
+        str | None,
+        typer.Option("--status", help="Only deliveries in this Kirim status.", callback=_given),
     ] = None,
     event_type: EventTypeOption = None,
     no_progress: Annotated[
@@ -309,6 +327,7 @@ def reconcile_command(
             "--subscription-id",
             help="The subscription (wbs_...) that feeds this collector; needed when Kirim's "
             "history holds several.",
+            callback=_given,
         ),
     ] = None,
     lake_uri: Annotated[
@@ -439,11 +458,14 @@ def deliveries_list(
         str | None, typer.Option("--until", help="Created before (same forms); default: now.")
     ] = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="succeeded, pending, failed, dead...")
+        str | None,
+        typer.Option("--status", help="succeeded, pending, failed, dead...", callback=_given),
     ] = None,
     event_type: EventTypeOption = None,
     subscription_id: SubscriptionOption = None,
-    event_id: Annotated[str | None, typer.Option("--event-id", help="Only this event.")] = None,
+    event_id: Annotated[
+        str | None, typer.Option("--event-id", help="Only this event.", callback=_given)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Most rows to show.")] = 25,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -484,9 +506,16 @@ def _list(
         # --limit)" was said over them, and a higher --limit showed nothing new
         more = maybe = False
         past = 0  # whole pages read after the one that filled --limit
+        # The order Kirim pages in, as its rows show it (kirim-api.md §7.3 only assumes
+        # newest first): newest first, no row after one older than --since (by more than
+        # the clock skew ORDER_SLACK allows) can be inside it. A Kirim ignoring --since
+        # (§7.4 only assumes the filter) was paged to the end of its history when fewer
+        # rows than --limit matched; an order not seen (yet) is read on, as before.
+        order = Slice(after="", before="")
         for page, _ in pages:
             if len(shown) >= limit:
                 past += 1
+            order.note_order(d.created_at for d in page.deliveries if d.created_at)
             for d in page.deliveries:
                 if not _in_range(d, after, before):
                     tally.outside[TIME_FILTER] += 1
@@ -498,7 +527,7 @@ def _list(
                 else:
                     more = True
                     break
-            if more:
+            if more or _past_since(order, after):
                 break
             if past >= LOOK_AHEAD_PAGES and page.has_more:
                 maybe = True  # Kirim has pages left, unread: what they hold is not known
@@ -535,6 +564,18 @@ def _list(
     console.print(deliveries_view(shown, console))
 
 
+def _past_since(order: Slice, since: datetime | None) -> bool:
+    """Whether the rows read show Kirim paging newest first and already past ``since``, so
+    that no row still to come can be inside it."""
+    low = parse_time(order.low) if order.low else None
+    return (
+        since is not None
+        and low is not None
+        and order.direction() == "newest first"
+        and low + ORDER_SLACK < since
+    )
+
+
 def _in_range(d: Delivery, after: datetime | None, before: datetime | None) -> bool:
     """Whether ``d`` is inside ``[after, before)`` (a row without a time cannot be shown
     outside it)."""
@@ -552,6 +593,16 @@ def deliveries_replay(
 
     Needs KIRIM_KEY (and KIRIM_API_URL for a non-default Kirim).
     """
+    # Each id once, and all of them checked before any is asked for: an id given twice was
+    # replayed twice, and a bad one (../x) was refused only after those before it went out.
+    ids = list(dict.fromkeys(ids))
+    for ident in ids:
+        try:
+            check_id(ident)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{printable(repr(ident))} is no delivery id (wbd_...): nothing was replayed"
+            ) from None
     client = _client()
     failed = 0
     refused: ApiError | None = None
@@ -564,10 +615,20 @@ def deliveries_replay(
         for ident in ids:
             try:
                 with_errors = client.replay(ident)
-            except (ApiError, ValueError) as exc:
+            except ApiError as exc:
                 failed += 1
                 print_error(f"{ident}: {exc}")
-                refused = exc if isinstance(exc, ApiError) else refused
+                refused = exc
+                if isinstance(exc, (AuthenticationError, RateLimitTooLong)):
+                    # the same answer waits for every id after it: one line, not one each
+                    left = len(ids) - ids.index(ident) - 1
+                    if left:
+                        after = (
+                            "the id after it was" if left == 1 else f"the {left} ids after it were"
+                        )
+                        print_note(f"{after} not asked for", stderr=True)
+                        failed += left
+                    break
                 continue
             answer = f"{with_errors.get('id', '?')} ({with_errors.get('status')})"
             console.print(f"{ident} -> {printable(answer)}")
@@ -595,7 +656,10 @@ def _subscription_of(client: KirimClient, delivery_id: str) -> str | None:
 @command("bulk-replay", group=deliveries_app)
 def deliveries_bulk_replay(
     subscription_id: Annotated[
-        str, typer.Option("--subscription-id", help="The subscription (wbs_...); required.")
+        str,
+        typer.Option(
+            "--subscription-id", help="The subscription (wbs_...); required.", callback=_given
+        ),
     ],
     status: Annotated[str, typer.Option("--status", help="dead or failed.")] = "dead",
     event_type: EventTypeOption = None,

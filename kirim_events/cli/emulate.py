@@ -48,6 +48,10 @@ from kirim_events.timearg import parse_when
 # are stamped a little after their events.
 _END_MARGIN = 60
 _HISTORY_URL = "https://example.invalid/webhooks/kirim"
+STOP_GRACE = 3
+"""Seconds a stop waits for the API's requests in flight (the emulator answers at once but
+for the latency its faults add) before it cuts them off."""
+
 # Kirim purges delivery rows 30 days after creation (kirim-api.md §3): the API serves that window
 RETENTION_DAYS = 30.0
 # a lost_ack is a 2xx the emulator sends again, as if the answer never reached Kirim
@@ -513,9 +517,12 @@ async def _run(
     loop = asyncio.get_running_loop()
 
     def request_stop() -> None:
+        if stop.is_set() and server is not None:
+            server.server.force_exit = True  # a second Ctrl-C: leave the requests in flight
         stop.set()
         emu.stop()
         if server is not None:
+            emu.app.cut_latency()  # the requests --fault-latency slows are answered now
             server.request_stop()
 
     server: Served | None = None
@@ -529,7 +536,11 @@ async def _run(
             raise typer.Exit(2) from None  # as collect: a setting to change, as any ConfigError
         # The command owns SIGINT/SIGTERM (to stop sending too, and exit 0), not uvicorn;
         # uvicorn's own log format, as before Served (its default log_config).
-        server = Served(emu.app, sock, log_config=uvicorn.config.LOGGING_CONFIG)
+        # A request in flight holds the stop only so long: uvicorn waits for every one by
+        # default, and one slowed by --fault-latency (an hour, say) kept the command running
+        # through Ctrl-C and SIGTERM alike (the stop now cuts that latency short, too).
+        server = Served(emu.app, sock, log_config=uvicorn.config.LOGGING_CONFIG,
+                        timeout_graceful_shutdown=STOP_GRACE)  # fmt: skip
         port = server.port  # the one taken, when 0 asked for any free one
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

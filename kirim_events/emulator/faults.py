@@ -35,6 +35,7 @@ HISTORY_FILTERS = (
 )
 """The filters of ``GET /v1/webhook_deliveries`` (what ``ignored_filters`` may name)."""
 _HISTORY_PATH = "/v1/webhook_deliveries"
+_LATENCY_SLICE = 0.1  # seconds: how late a latency wait sees :meth:`FaultInjector.cut_latency`
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -108,6 +109,20 @@ class FaultInjector:
         self.rng = rng or random.Random(0)
         self.sleep = sleep
         self.injected = {"error": 0, "latency": 0, "drop": 0, "lost_answer": 0}
+        self.latency_cut = False
+
+    def cut_latency(self) -> None:
+        """End the latency waits under way, and skip those to come (the server is stopping:
+        a request slowed by an hour held the stop of ``emulate`` for the hour)."""
+        self.latency_cut = True
+
+    async def _wait(self, seconds: float) -> None:
+        if self.sleep is not asyncio.sleep:  # an injected clock: one wait, as asked
+            await self.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not self.latency_cut and (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, _LATENCY_SLICE))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.config
@@ -119,7 +134,7 @@ class FaultInjector:
         roll = self.rng.random
         if cfg.latency and roll() < cfg.latency_rate:
             self.injected["latency"] += 1
-            await self.sleep(cfg.latency)
+            await self._wait(cfg.latency)
         if roll() < cfg.error_rate:
             self.injected["error"] += 1
             await _error_503(send, self.rng)

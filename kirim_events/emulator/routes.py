@@ -109,7 +109,13 @@ async def bulk_replay(request: Request, api: ApiState) -> tuple[int, dict[str, A
         "created_before": time_param(body.get("created_before"), "created_before"),
     }
     keep = row_filter(filters, api.cutoff())
-    matched = [row for row in api.store.deliveries if keep(row)]
+    # Only the dead-letter queue: a delivery "waits in the DLQ until replayed or purged"
+    # (kirim-api.md §3), while §7.4 says a replay leaves the original row unchanged (so still
+    # dead or failed). Read together: a row once replayed, alone or in bulk, has left the
+    # queue though its status stays. Replaying it again at every call re-sent each dead
+    # event, however often it had been delivered since (docs/emulator.md says so).
+    replayed = api.store.replayed
+    matched = [row for row in api.store.deliveries if keep(row) and row.id not in replayed]
     now = api.clock()
     for row in matched[:BULK_REPLAY_CAP]:
         api.store.replay(row, now=now)

@@ -194,6 +194,9 @@ class Store:
         self.held: dict[str, list[DeliveryRow]] = {}
         # subscription -> keys of events never sent to it (it was disabled: Kirim keeps no row)
         self.unsent: dict[str, set[str]] = {}
+        # ids of the rows a replay was made of: out of the dead-letter queue, so bulk_replay
+        # passes them over (their rows are unchanged: still dead or failed in the history)
+        self.replayed: set[str] = set()
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -316,6 +319,7 @@ class Store:
             now=now,
             replayed_from=original.id,
         )
+        self.replayed.add(original.id)
         if self.on_enqueue is not None:
             self.on_enqueue(row)
         return row

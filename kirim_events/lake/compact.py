@@ -587,20 +587,23 @@ class _Group:
         except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
             bad = self._unreadable(day, names)
             if not bad:
-                raise  # each file reads alone: a failure of the storage, not of a file
+                # each file reads alone, or S3 refused or dropped a request: a failure of the
+                # storage, not of a file, raised as it was (the run words it, with what the
+                # credentials must be allowed to do)
+                raise
             raise UnreadableFiles(bad, exc) from exc
 
     def _unreadable(self, day: str, names: list[str]) -> list[str]:
-        """The files of ``names`` that cannot be read whole, each tried alone (an error path).
-        A failed S3 request is raised as it is: the file may be sound."""
+        """The files of ``names`` that cannot be read whole, each tried alone (an error path);
+        none when S3 failed a request instead: the file may be sound."""
         bad = []
         for name in names:
             rel = f"{self.folder(day)}/{name}"
             try:
                 arrow_files([self.storage.full(rel)], self.storage).to_table()
             except (pa.ArrowException, OSError) as exc:
-                if (failed := self.storage.s3_error(exc)) is not None:
-                    raise failed from exc
+                if self.storage.s3_error(exc) is not None:
+                    return []
                 bad.append(rel)
         return bad
 

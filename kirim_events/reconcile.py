@@ -78,6 +78,7 @@ from kirim_events.reconcile_report import ACTIONS, BulkWindow, MissingEvent, Rec
 from kirim_events.reconcile_scan import Scan, walk
 from kirim_events.reconcile_scan import acknowledged as acknowledged
 from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
+from kirim_events.subscription_health import alerts, read_statuses
 from kirim_events.timearg import parse_when
 
 # all but reconcile are defined in reconcile_* (acknowledged too, imported ``as`` itself):
@@ -168,6 +169,11 @@ def reconcile(
     try:
         ours = check_lake(index, lake, root, report)
         scan = walk(client, lo, hi, Scan(index, subscription_id, received_at=start), report)
+        streaks = scan.streaks.streaks()
+        # every run, one request: a subscription Kirim disabled gets no new events and makes
+        # no history row of them, so a run that found nothing missing looked like a recovery
+        statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
+        report.subscriptions = alerts(statuses, streaks, subscription_id)
         lost = None if ours is False else lost_from_lake(lake, scan, index, report, ours)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
@@ -221,7 +227,7 @@ def reconcile(
         )
         plan_recovery(report, scan.terminal)
         if any(m.action in SENT_BY_KIRIM for m in missing):
-            check_subscriptions(report, client)
+            check_subscriptions(report, client, statuses)
         explain(report)
         report.unparseable = len(scan.unparseable)
         if not dry_run:

@@ -15,6 +15,7 @@ from kirim_events.history_filter import TIME_FILTER, HistoryFilter
 from kirim_events.history_slices import HISTORY_OVERLAP, Slice, untimed_mark, walk_restarting
 from kirim_events.journal_index import KeyIndex
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
+from kirim_events.subscription_health import FailureStreaks
 
 __all__ = ["HASH_SEED", "Lost", "Scan", "acknowledged", "hashes", "walk"]
 
@@ -89,6 +90,7 @@ class Scan:
         self.acked: dict[str, _Chain] = {}  # acknowledged status chains, by candidate key
         self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
         self.received_at = received_at  # of the events it imports: the run's clock
+        self.streaks = FailureStreaks()  # failures at the newest end, per subscription
 
     def seen(self, keys: list[str]) -> set[str]:
         return self.journal.seen(keys) if self.journal is not None and keys else set()
@@ -99,6 +101,7 @@ class Scan:
         for d in rows:
             if not self._ours(d):
                 continue
+            self.streaks.see(d)
             if d.status in TERMINAL and d.subscription_id and d.created_at:
                 self.terminal.append((d.subscription_id, d.status, d.created_at))
             if d.payload is not None:

@@ -39,6 +39,12 @@ within ``warn_days`` of Kirim's 30-day purge. Recovery, unless ``dry_run``:
    (windows planned to hold at most 1000 rows; a ``capped`` answer splits its window and
    repeats), else one ``replay`` each. Every call goes through the client's write-rate pacing.
 
+Every run, dry or not and whatever it finds, also reads the subscriptions once (one request
+after the walk) and reports in ``subscriptions`` those Kirim sends nothing to (disabled: their
+new events make no history row, so no reconcile finds them) or whose newest deliveries all
+failed (:mod:`kirim_events.subscription_health`); a read that fails is one line in
+``subscriptions_unread``, and the run goes on.
+
 The library never prints; the CLI renders the :class:`ReconcileReport`. This module runs the
 steps; ``reconcile_scan`` walks the history, ``reconcile_lake`` checks the lake,
 ``reconcile_recovery`` plans and recovers, ``reconcile_windows`` cuts and sends bulk replays,

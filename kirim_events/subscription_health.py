@@ -96,8 +96,9 @@ class FailureStreaks:
     (rows may come in any order, from parallel slices: thread-safe)."""
 
     _ok: dict[str, datetime] = field(default_factory=dict)
-    _failed: dict[str, list[tuple[datetime, int]]] = field(default_factory=dict)
-    _codes: dict[tuple[str, datetime], int | None] = field(default_factory=dict)
+    # the newest failures per subscription: (created_at, arrival number, response code), a
+    # min-heap of at most _KEPT (the number breaks ties, so codes are never compared)
+    _failed: dict[str, list[tuple[datetime, int, int | None]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _n: int = 0
 
@@ -115,14 +116,11 @@ class FailureStreaks:
             elif d.status in _TERMINAL:
                 heap = self._failed.setdefault(sub, [])
                 self._n += 1
-                item = (when, self._n)
-                self._codes[(sub, when)] = code
+                item = (when, self._n, code)
                 if len(heap) < _KEPT:
                     heapq.heappush(heap, item)
                 else:
-                    dropped = heapq.heappushpop(heap, item)
-                    if dropped is not item:
-                        self._codes.pop((sub, dropped[0]), None)
+                    heapq.heappushpop(heap, item)
 
     def streaks(self) -> dict[str, tuple[int, int | None]]:
         """``{subscription: (failures in a row at its newest end, newest one's code)}``, for
@@ -131,9 +129,9 @@ class FailureStreaks:
         with self._lock:
             for sub, heap in self._failed.items():
                 ok = self._ok.get(sub)
-                newer = [w for w, _ in heap if ok is None or w > ok]
+                newer = [f for f in heap if ok is None or f[0] > ok]
                 if len(newer) >= FAILING_STREAK:
-                    out[sub] = (len(newer), self._codes.get((sub, max(newer))))
+                    out[sub] = (len(newer), max(newer)[2])
         return out
 
 

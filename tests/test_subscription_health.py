@@ -25,7 +25,7 @@ from kirim_events.journal import Journal
 from kirim_events.lake import Lake
 from kirim_events.receiver import Receiver
 from kirim_events.reconcile import reconcile
-from kirim_events.subscription_health import FAILING_STREAK, FailureStreaks
+from kirim_events.subscription_health import FAILING_STREAK, FailureStreaks, SubscriptionAlert
 
 SUBS = "GET /v1/webhook_subscriptions"
 
@@ -207,3 +207,14 @@ def test_only_failures_newer_than_the_newest_success_count_in_any_order() -> Non
     assert streaks.streaks() == {}
     streaks.see(_row(100, 100, "pending", 503))  # not terminal yet: not a failure
     assert streaks.streaks() == {}
+
+
+def test_a_long_streak_keeps_bounded_memory_and_says_so() -> None:
+    streaks = FailureStreaks()
+    for n in range(250):
+        streaks.see(_row(n, n, "failed", 401 if n == 249 else 500))
+    ((sub, (failing, code)),) = streaks.streaks().items()
+    assert (sub, failing, code) == ("wbs_a", 100, 401)  # the newest 100 are kept
+    alert = SubscriptionAlert(sub, "active", failing, code)
+    assert "newest 100+ deliveries" in alert.message
+    assert "is failing" in alert.message

@@ -86,7 +86,8 @@ class SubscriptionAlert:
             )
         return (
             f"subscription {sub} is failing:{why}. Kirim disables a subscription after 24"
-            " failed deliveries in a row; fix the collector, then run reconcile"
+            " failed deliveries in a row: fix the collector, then run reconcile (this warning"
+            " ends once a newer delivery is acknowledged)"
         )
 
 

@@ -83,6 +83,12 @@ from kirim_events.history_slices import (
 from kirim_events.journal import Journal
 from kirim_events.journal_index import data_folder, refuse_foreign_folder, refuse_inside_lake
 from kirim_events.stopsignals import held
+from kirim_events.subscription_health import (
+    FailureStreaks,
+    SubscriptionAlert,
+    alerts,
+    read_statuses,
+)
 from kirim_events.timearg import is_span, parse_when
 
 __all__ = [
@@ -417,6 +423,12 @@ class BackfillReport:
     seconds: float = 0.0
     checkpoint: str = ""
     errors: list[str] = field(default_factory=list)
+    subscriptions: list[SubscriptionAlert] = field(default_factory=list)
+    """Subscriptions Kirim sends nothing to (disabled: their new events make no history row,
+    so no backfill finds them) or whose newest deliveries read all failed; read once per
+    run, after the walk (not counted in ``requests``, the history's)."""
+    subscriptions_unread: str | None = None
+    """Why the subscriptions could not be read (one line), when they could not."""
 
 
 # --------------------------------------------------------------------------- the run
@@ -436,8 +448,10 @@ class _Run:
         progress: Callable[[BackfillProgress], None] | None,
         clock: Callable[[], float],
         whole: tuple[datetime, datetime] | None = None,
+        streaks: FailureStreaks | None = None,
     ) -> None:
         self.client, self.journal, self.cp, self.path = client, journal, cp, path
+        self.streaks = streaks or FailureStreaks()  # the run's, across its walks
         self.report, self.page_size, self.progress, self.clock = report, page_size, progress, clock
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -564,6 +578,7 @@ class _Run:
                 read.append(d.created_at)
             if not tally.keep(self.filter, d):
                 continue  # Kirim ignored a filter (counted, said once at the end)
+            self.streaks.see(d)
             untimed += d.created_at is None
             reason = None
             try:
@@ -797,13 +812,14 @@ def backfill(
                 report.flushed_deliveries = flushed.receipts
 
             runs: list[_Run] = []
+            streaks = FailureStreaks()
             try:
                 for walk in walks:
                     if runs:  # the old range is walked: the rest's checkpoint replaces it
                         _finish(path, then=walk)
                     told = _told_in_part(progress, walks, runs, now)
                     whole = (report.since, report.until)
-                    run = _Run(client, jr, walk, path, report, page_size, told, now, whole)
+                    run = _Run(client, jr, walk, path, report, page_size, told, now, whole, streaks)
                     runs.append(run)
                     run.say_due()
                     _walk_all(run, client, walk.slices, min(slices, len(walk.slices)))
@@ -834,6 +850,10 @@ def backfill(
             report.seconds = now() - start.timestamp()
             if own_journal:
                 jr.close()
+        # once per run: a disabled subscription's new events make no history row, so a
+        # backfill that stored every row looked complete while Kirim sent nothing new
+        statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
+        report.subscriptions = alerts(statuses, streaks.streaks(), subscription_id)
         return report
 
 

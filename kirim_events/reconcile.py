@@ -39,6 +39,12 @@ within ``warn_days`` of Kirim's 30-day purge. Recovery, unless ``dry_run``:
    (windows planned to hold at most 1000 rows; a ``capped`` answer splits its window and
    repeats), else one ``replay`` each. Every call goes through the client's write-rate pacing.
 
+Every run, dry or not and whatever it finds, also reads the subscriptions once (one request
+after the walk) and reports in ``subscriptions`` those Kirim sends nothing to (disabled: their
+new events make no history row, so no reconcile finds them) or whose newest deliveries all
+failed (:mod:`kirim_events.subscription_health`); a read that fails is one line in
+``subscriptions_unread``, and the run goes on.
+
 The library never prints; the CLI renders the :class:`ReconcileReport`. This module runs the
 steps; ``reconcile_scan`` walks the history, ``reconcile_lake`` checks the lake,
 ``reconcile_recovery`` plans and recovers, ``reconcile_windows`` cuts and sends bulk replays,
@@ -78,6 +84,7 @@ from kirim_events.reconcile_report import ACTIONS, BulkWindow, MissingEvent, Rec
 from kirim_events.reconcile_scan import Scan, walk
 from kirim_events.reconcile_scan import acknowledged as acknowledged
 from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
+from kirim_events.subscription_health import alerts, read_statuses
 from kirim_events.timearg import parse_when
 
 # all but reconcile are defined in reconcile_* (acknowledged too, imported ``as`` itself):
@@ -168,6 +175,11 @@ def reconcile(
     try:
         ours = check_lake(index, lake, root, report)
         scan = walk(client, lo, hi, Scan(index, subscription_id, received_at=start), report)
+        streaks = scan.streaks.streaks()
+        # every run, one request: a subscription Kirim disabled gets no new events and makes
+        # no history row of them, so a run that found nothing missing looked like a recovery
+        statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
+        report.subscriptions = alerts(statuses, streaks, subscription_id)
         lost = None if ours is False else lost_from_lake(lake, scan, index, report, ours)
         if lost is not None:
             # rare: walk again, keeping the events of those hashes this time
@@ -221,7 +233,7 @@ def reconcile(
         )
         plan_recovery(report, scan.terminal, scan.replayed)
         if any(m.action in SENT_BY_KIRIM for m in missing):
-            check_subscriptions(report, client)
+            check_subscriptions(report, client, statuses)
         explain(report)
         report.unparseable = len(scan.unparseable)
         if not dry_run:

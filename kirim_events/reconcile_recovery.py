@@ -60,11 +60,15 @@ def plan_recovery(
 SENT_BY_KIRIM = ("replay", "bulk_replay", "await")  # actions that need Kirim to deliver
 
 
-def check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
+def check_subscriptions(
+    report: ReconcileReport, client: KirimClient, known: dict[str, str | None] | None = None
+) -> None:
     """Hold the replays to a subscription Kirim does not send to (``disabled`` after its
     auto-disable, kirim-api.md §3): they would only wait in its queue, and every run of
     reconcile would add more; and say that its pending deliveries are held, not retried.
-    A subscription that cannot be read is replayed to, with a note.
+    A subscription that cannot be read is replayed to, with a note. ``known``: the
+    statuses the run already read (:func:`~kirim_events.subscription_health.read_statuses`),
+    not asked for again.
     """
     subs = {
         m.subscription_id
@@ -72,16 +76,19 @@ def check_subscriptions(report: ReconcileReport, client: KirimClient) -> None:
         if m.action in SENT_BY_KIRIM and m.subscription_id is not None
     }
     for sub in sorted(subs):
-        try:
-            status = client.get_subscription(sub).get("status")
-        except RateLimitTooLong:
-            raise
-        except ApiError as exc:
-            report.notes.append(
-                f"cannot read subscription {sub} ({exc}): taken to be active (its missing events"
-                " are replayed or awaited as the plan says)"
-            )
-            continue
+        if known is not None and sub in known:
+            status = known[sub]
+        else:
+            try:
+                status = client.get_subscription(sub).get("status")
+            except RateLimitTooLong:
+                raise
+            except ApiError as exc:
+                report.notes.append(
+                    f"cannot read subscription {sub} ({exc}): taken to be active (its missing"
+                    " events are replayed or awaited as the plan says)"
+                )
+                continue
         if status is None or status == "active":
             continue
         held = [m for m in report.missing if m.subscription_id == sub and m.action != "import"]

@@ -10,6 +10,7 @@ from kirim_events.client import Delivery
 from kirim_events.errors import ApiError
 from kirim_events.events import EventRecord
 from kirim_events.history_filter import FilterTally
+from kirim_events.subscription_health import SubscriptionAlert
 
 __all__ = ["ACTIONS", "TERMINAL", "BulkWindow", "MissingEvent", "ReconcileReport"]
 
@@ -87,6 +88,10 @@ class ReconcileReport:
     # ``errors``): what they were, not only what they said (a 401 names the key to check)
     failures: list[ApiError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a look, not a failure
+    # subscriptions Kirim sends nothing to (disabled) or whose newest deliveries all failed:
+    # said on every run, also when nothing is missing (new events then make no history row)
+    subscriptions: list[SubscriptionAlert] = field(default_factory=list)
+    subscriptions_unread: str | None = None  # why they could not be read (one line), if so
 
     @property
     def by_type_day(self) -> list[tuple[str, str, int]]:

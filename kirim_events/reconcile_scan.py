@@ -15,6 +15,7 @@ from kirim_events.history_filter import TIME_FILTER, HistoryFilter
 from kirim_events.history_slices import HISTORY_OVERLAP, Slice, untimed_mark, walk_restarting
 from kirim_events.journal_index import KeyIndex
 from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
+from kirim_events.subscription_health import FailureStreaks
 
 __all__ = ["HASH_SEED", "Lost", "Scan", "acknowledged", "hashes", "walk"]
 
@@ -90,6 +91,7 @@ class Scan:
         self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
         self.replayed: set[str] = set()  # ids of the rows a replay names in replayed_from
         self.received_at = received_at  # of the events it imports: the run's clock
+        self.streaks = FailureStreaks()  # failures at the newest end, per subscription
 
     def seen(self, keys: list[str]) -> set[str]:
         return self.journal.seen(keys) if self.journal is not None and keys else set()
@@ -102,6 +104,7 @@ class Scan:
                 continue
             if d.replayed_from:
                 self.replayed.add(d.replayed_from)
+            self.streaks.see(d)
             if d.status in TERMINAL and d.subscription_id and d.created_at:
                 self.terminal.append((d.subscription_id, d.status, d.created_at))
             if d.payload is not None:

@@ -47,6 +47,19 @@ def test_info_hides_secrets() -> None:
     assert "kdv_x" not in result.output
 
 
+def test_info_names_the_variable_of_every_setting() -> None:
+    # "data dir" and "signature tolerance" were shown without KIRIM_DATA_DIR and
+    # KIRIM_TOLERANCE, while every other row named its variable
+    from kirim_events.config import _ENV
+
+    result = runner.invoke(app, ["info"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "│" in line]  # not the head's ┃
+    assert len(rows) == len(_ENV)
+    for variable in _ENV:
+        assert sum(f"({variable})" in row for row in rows) == 1, (variable, result.output)
+
+
 def test_info_shows_the_api_url_the_client_uses() -> None:
     # "/v1" was shown though the client strips it
     url = "https://kirim.example/v1/"

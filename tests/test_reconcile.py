@@ -471,10 +471,13 @@ class History:
         self.pages = 0  # history pages served
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.startswith("/v1/webhook_subscriptions/"):
+        if request.url.path.startswith("/v1/webhook_subscriptions"):
             if self.sub_status is None:
                 error = {"type": "invalid_request_error", "code": "resource_not_found"}
                 return httpx.Response(404, json={"error": error})
+            if request.url.path == "/v1/webhook_subscriptions":  # the list: ours alone
+                subs = [{"id": OURS, "status": self.sub_status}]
+                return httpx.Response(200, json={"data": subs, "has_more": False})
             sub = {"id": request.url.path.split("/")[-1], "status": self.sub_status}
             return httpx.Response(200, json={"data": sub})
         if request.method == "GET":
@@ -509,7 +512,7 @@ class ExclusiveHistory(History):
     """A Kirim whose ``created_after`` and ``created_before`` both exclude their instant."""
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "GET" or "/webhook_subscriptions/" in request.url.path:
+        if request.method != "GET" or "/webhook_subscriptions" in request.url.path:
             return super().handler(request)
         lo, hi = (_at(request.url.params[k]) for k in ("created_after", "created_before"))
         rows = [r for r in self.rows if lo < _at(r["created_at"]) < hi]
@@ -1117,7 +1120,7 @@ class OverlappingHistory(History):
     had not had our endpoint's answer yet at the first read (``pending``)."""
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "GET" or "/webhook_subscriptions/" in request.url.path:
+        if request.method != "GET" or "/webhook_subscriptions" in request.url.path:
             return super().handler(request)
         self.pages += 1
         first = request.url.params.get("cursor") is None

@@ -50,6 +50,7 @@ from kirim_events.reconcile import (
     bulk_replay_window,
     reconcile,
 )
+from kirim_events.subscription_health import SubscriptionAlert
 from kirim_events.timearg import parse_when
 
 _FLAGS = ("--since", "--until")  # the library's errors name its arguments; ours, the flags
@@ -302,6 +303,20 @@ def _render_backfill(r: BackfillReport, said: set[str]) -> None:
     for note in r.notes:
         if note not in said:
             print_note(note)
+    _render_subscriptions(r.subscriptions, r.subscriptions_unread)
+
+
+def _render_subscriptions(alerts: list[SubscriptionAlert], unread: str | None) -> None:
+    """The subscriptions Kirim sends nothing to, or whose deliveries all fail: a warning
+    each, on every run (a run that stored or recovered everything it found looked like the
+    end of the trouble), without failing it; one note when they could not be read."""
+    for alert in alerts:
+        console.print(
+            Text.assemble(("warning:", "bold yellow"), " ", printable(alert.message)),
+            soft_wrap=True,
+        )
+    if unread is not None:
+        print_note(unread)
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -428,6 +443,7 @@ def _render_reconcile(r: ReconcileReport) -> None:
         )
     for note in r.notes:
         print_note(note)
+    _render_subscriptions(r.subscriptions, r.subscriptions_unread)
     for line in r.errors:
         print_error(line)
     note_refused_key(*r.failures)  # once, not per call

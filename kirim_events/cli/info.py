@@ -17,10 +17,11 @@ def info(data: DataOption = None) -> None:
 
 def _show(s: Settings) -> None:
     table = Table("setting", "value", title="kirim-events settings")
-    table.add_row("data dir", str(s.data_dir))
+    table.add_row("data dir (KIRIM_DATA_DIR)", str(s.data_dir))
     table.add_row("API URL (KIRIM_API_URL)", shown_url(api_base(s.api_url)))
     table.add_row("API key (KIRIM_KEY)", "set" if s.api_key else "not set")
     table.add_row("webhook secrets (KIRIM_WEBHOOK_SECRET)", f"{len(s.webhook_secrets)} configured")
-    table.add_row("signature tolerance", "off" if s.tolerance is None else f"{s.tolerance} s")
+    tolerance = "off" if s.tolerance is None else f"{s.tolerance} s"
+    table.add_row("signature tolerance (KIRIM_TOLERANCE)", tolerance)
     table.add_row("log format (KIRIM_LOG_FORMAT)", s.log_format)
     console.print(table)

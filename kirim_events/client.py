@@ -904,7 +904,9 @@ def _error_from(
     etype, code, message, rid = (
         None if t is None else hide(t) for t in (etype, code, message, rid)
     )
-    text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
+    # the reason phrase too: a gateway's "401 refused Bearer kdv_live_..." put the key in
+    # the error (so in the CLI's error line and kirim_events.client's log) when no JSON came
+    text = f"{method} {path}: {message or hide(response.reason_phrase) or 'error'}"
     if 300 <= status < 400 and "Location" in response.headers:
         # not followed (the key must not go where it points); say where, without a query
         text += f" (redirected to {shown_url(hide(response.headers['Location']))})"

@@ -13,7 +13,7 @@ import pytest
 
 from kirim_events.client import KirimClient
 from kirim_events.config import Secret
-from kirim_events.errors import AuthenticationError
+from kirim_events.errors import ApiError, AuthenticationError
 
 KEY = "kdv_live_" + "Echo" * 6
 
@@ -106,3 +106,24 @@ def test_a_key_is_hidden_while_any_client_with_it_is_open(
     second.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert lines == ["echo **********"]
+
+
+@pytest.mark.parametrize("status", [b"401", b"404", b"502"])
+def test_an_error_worded_from_a_reason_phrase_echoing_the_key_hides_it(
+    status: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A gateway's page (no Kirim error envelope) under a status line quoting the key: the
+    # error took the reason phrase as its message, key and all, and the CLI printed it, as
+    # did kirim_events.client's "giving up" log line (no logger the filter sits on).
+    caplog.set_level(logging.DEBUG)
+    line = b"HTTP/1.1 " + status + b" refused Bearer " + KEY.encode()
+    with (
+        echoing_server(line, [], b"<html>refused</html>") as url,
+        KirimClient(url, Secret(KEY), max_attempts=1) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.request("GET", "/v1/me")
+    assert KEY not in str(raised.value)
+    assert "refused Bearer **********" in str(raised.value)  # the phrase is kept, blanked
+    assert "kirim api error (giving up)" in caplog.text
+    assert KEY not in caplog.text

@@ -771,8 +771,11 @@ def _refuse_unsendable(
 
 def check_id(value: str) -> None:
     """ValueError unless ``value`` can be an id in a path (no slash, no dot segment, not
-    empty): what the client's requests by id refuse, for a caller to check first."""
-    if not value or "/" in value or value in {".", ".."}:
+    empty, Unicode text): what the client's requests by id refuse, for a caller to check
+    first. A lone surrogate (a command-line byte that is no UTF-8) made quote() raise
+    UnicodeEncodeError: deliveries replay, which checks ids first, then met it as a
+    traceback."""
+    if not value or "/" in value or value in {".", ".."} or _unicode(value) is not value:
         raise ValueError(f"not a valid id: {value!r}")
 
 

@@ -127,3 +127,24 @@ def test_an_error_worded_from_a_reason_phrase_echoing_the_key_hides_it(
     assert "refused Bearer **********" in str(raised.value)  # the phrase is kept, blanked
     assert "kirim api error (giving up)" in caplog.text
     assert KEY not in caplog.text
+
+
+def test_a_key_with_a_backslash_or_quotes_is_hidden_as_httpcore_writes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # httpcore logs the headers as bytes reprs: a backslash doubled, a quote escaped. A key
+    # holding them (KirimClient takes any printable ASCII) was logged in that form, which
+    # the filter did not look for.
+    key = "kdv_live_Echo\\Echo'Echo\"EchoEcho"
+    escaped = repr(key.encode())[2:-1]
+    assert escaped != key
+    caplog.set_level(logging.DEBUG)
+    with (
+        echoing_server(b"HTTP/1.1 200 OK", [b"X-Seen: " + key.encode()], b"{}") as url,
+        KirimClient(url, Secret(key), max_attempts=1) as client,
+    ):
+        client.request("GET", "/v1/me")
+    assert "httpcore.http11" in {record.name for record in caplog.records}
+    assert escaped not in caplog.text
+    assert key not in caplog.text
+    assert "(b'X-Seen', b'**********')" in caplog.text

@@ -64,7 +64,7 @@ from kirim_events.errors import (
     RetryableApiError,
 )
 from kirim_events.events import parse_time
-from kirim_events.logsecrets import hide_in_logs, place_filter, stop_hiding
+from kirim_events.logsecrets import blank, hide_in_logs, place_filter, stop_hiding
 from kirim_events.ratelimit import RateLimiter, retry_after
 from kirim_events.schema import INT32
 
@@ -393,7 +393,7 @@ class KirimClient:
     def _hide(self, text: str) -> str:
         """``text`` with the API key blanked out: an error a server or a proxy words may
         echo the request's Authorization header."""
-        return text.replace(self._key.reveal(), str(self._key))
+        return blank(text, self._key.reveal(), str(self._key))
 
     def interrupt(self) -> None:
         """Cut short every wait of this client (Retry-After, backoff, pacing) until

@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["hide_in_logs", "place_filter", "stop_hiding"]
+__all__ = ["blank", "hide_in_logs", "place_filter", "stop_hiding"]
 
 _FAMILIES = ("httpx", "httpcore", "h11", "h2", "hpack")
 """Loggers (and their children) of the HTTP stack under KirimClient."""
@@ -84,6 +84,14 @@ def _forms(keys: Iterable[str]) -> tuple[str, ...]:
         escaped = key.replace("\\", "\\\\")
         forms.update((key, escaped, escaped.replace("'", "\\'")))
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+def blank(text: str, key: str, shown: str = _HIDDEN) -> str:
+    """``text`` with ``key`` as ``shown``, in each of the forms :func:`_forms` names (an
+    error's text quoting a status line as bytes holds the key as a repr writes it)."""
+    for form in _forms([key]):
+        text = text.replace(form, shown)
+    return text
 
 
 _FILTER = _KeyFilter()

@@ -148,3 +148,19 @@ def test_a_key_with_a_backslash_or_quotes_is_hidden_as_httpcore_writes_it(
     assert escaped not in caplog.text
     assert key not in caplog.text
     assert "(b'X-Seen', b'**********')" in caplog.text
+
+
+def test_an_error_quoting_a_status_line_as_bytes_hides_a_key_with_a_backslash() -> None:
+    # h11 refuses a status line it cannot read and quotes it as bytes: the error's text
+    # held such a key as a repr writes it (backslash doubled), past the client's blanking.
+    key = "kdv_live_Echo\\Echo\\EchoEchoEcho"
+    with (
+        echoing_server(b"HTTP/1.1 4O1 refused Bearer " + key.encode(), [], b"{}") as url,
+        KirimClient(url, Secret(key), max_attempts=1) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.request("GET", "/v1/me")
+    said = str(raised.value)
+    assert "illegal status line" in said  # the error is the one that quotes it
+    assert repr(key.encode())[2:-1] not in said
+    assert key not in said

@@ -64,7 +64,7 @@ from kirim_events.errors import (
     RetryableApiError,
 )
 from kirim_events.events import parse_time
-from kirim_events.logsecrets import hide_in_logs, place_filter, stop_hiding
+from kirim_events.logsecrets import blank, hide_in_logs, place_filter, stop_hiding
 from kirim_events.ratelimit import RateLimiter, retry_after
 from kirim_events.schema import INT32
 
@@ -393,7 +393,7 @@ class KirimClient:
     def _hide(self, text: str) -> str:
         """``text`` with the API key blanked out: an error a server or a proxy words may
         echo the request's Authorization header."""
-        return text.replace(self._key.reveal(), str(self._key))
+        return blank(text, self._key.reveal(), str(self._key))
 
     def interrupt(self) -> None:
         """Cut short every wait of this client (Retry-After, backoff, pacing) until
@@ -771,8 +771,11 @@ def _refuse_unsendable(
 
 def check_id(value: str) -> None:
     """ValueError unless ``value`` can be an id in a path (no slash, no dot segment, not
-    empty): what the client's requests by id refuse, for a caller to check first."""
-    if not value or "/" in value or value in {".", ".."}:
+    empty, Unicode text): what the client's requests by id refuse, for a caller to check
+    first. A lone surrogate (a command-line byte that is no UTF-8) made quote() raise
+    UnicodeEncodeError: deliveries replay, which checks ids first, then met it as a
+    traceback."""
+    if not value or "/" in value or value in {".", ".."} or _unicode(value) is not value:
         raise ValueError(f"not a valid id: {value!r}")
 
 
@@ -904,7 +907,9 @@ def _error_from(
     etype, code, message, rid = (
         None if t is None else hide(t) for t in (etype, code, message, rid)
     )
-    text = f"{method} {path}: {message or response.reason_phrase or 'error'}"
+    # the reason phrase too: a gateway's "401 refused Bearer kdv_live_..." put the key in
+    # the error (so in the CLI's error line and kirim_events.client's log) when no JSON came
+    text = f"{method} {path}: {message or hide(response.reason_phrase) or 'error'}"
     if 300 <= status < 400 and "Location" in response.headers:
         # not followed (the key must not go where it points); say where, without a query
         text += f" (redirected to {shown_url(hide(response.headers['Location']))})"

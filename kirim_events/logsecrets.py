@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterable
 
-__all__ = ["hide_in_logs", "place_filter", "stop_hiding"]
+__all__ = ["blank", "hide_in_logs", "place_filter", "stop_hiding"]
 
 _FAMILIES = ("httpx", "httpcore", "h11", "h2", "hpack")
 """Loggers (and their children) of the HTTP stack under KirimClient."""
@@ -47,7 +48,7 @@ class _KeyFilter(logging.Filter):
     def add(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
-            self.keys = tuple(self._counts)
+            self.keys = _forms(self._counts)
 
     def remove(self, key: str) -> None:
         with self._lock:
@@ -55,7 +56,7 @@ class _KeyFilter(logging.Filter):
                 self._counts[key] -= 1
             else:
                 self._counts.pop(key, None)
-            self.keys = tuple(self._counts)
+            self.keys = _forms(self._counts)
 
     def filter(self, record: logging.LogRecord) -> bool:
         keys = self.keys
@@ -71,6 +72,26 @@ class _KeyFilter(logging.Filter):
         if hidden != message:
             record.msg, record.args = hidden, ()
         return True
+
+
+def _forms(keys: Iterable[str]) -> tuple[str, ...]:
+    """Each key as a record may hold it: as it is, and as the ``repr`` of a text or bytes
+    holding it writes it (httpcore logs each header as ``b'...'``: a backslash doubled, a
+    quote escaped when both kinds are in it), longest first. A key is printable ASCII
+    (:func:`~kirim_events.config.checked_api_key`): nothing else is escaped."""
+    forms: set[str] = set()
+    for key in keys:
+        escaped = key.replace("\\", "\\\\")
+        forms.update((key, escaped, escaped.replace("'", "\\'")))
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def blank(text: str, key: str, shown: str = _HIDDEN) -> str:
+    """``text`` with ``key`` as ``shown``, in each of the forms :func:`_forms` names (an
+    error's text quoting a status line as bytes holds the key as a repr writes it)."""
+    for form in _forms([key]):
+        text = text.replace(form, shown)
+    return text
 
 
 _FILTER = _KeyFilter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from kirim_events.backfill import delivery_row
 from kirim_events.client import BULK_REPLAY_CAP, KirimClient
 from kirim_events.errors import ApiError, AuthenticationError, RateLimitTooLong
 from kirim_events.journal import Journal
-from kirim_events.reconcile_report import TERMINAL, MissingEvent, ReconcileReport
+from kirim_events.reconcile_report import TERMINAL, BulkWindow, MissingEvent, ReconcileReport
 from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
 
 __all__ = ["SENT_BY_KIRIM", "check_subscriptions", "explain", "plan_recovery", "recover"]
@@ -24,15 +25,18 @@ the collector's dedup index absorbs)."""
 
 def plan_recovery(
     report: ReconcileReport,
-    terminal: list[tuple[str, str, datetime]],
+    terminal: list[tuple[str, str, datetime, str | None]],
     replayed: Collection[str] = frozenset(),
 ) -> None:
     """Give each missing event its action; bulk windows where they cost fewer calls.
 
-    A delivery in ``replayed`` (a replay of it is in the history) is replayed alone: it may
-    have left Kirim's dead-letter queue, which is all bulk_replay takes (kirim-api.md §3 says
-    a delivery waits there "until replayed"; the emulator reads it so), so a window would
-    send nothing for it, while a single replay takes any delivery."""
+    ``terminal`` holds the history's dead and failed rows (subscription, status, created,
+    id). A delivery in ``replayed`` (a replay of it is in the history) is replayed alone: it
+    may have left Kirim's dead-letter queue, which is all bulk_replay takes (kirim-api.md §3
+    says a delivery waits there "until replayed"; the emulator reads it so), so a window
+    would send nothing for it, while a single replay takes any delivery; nor is it counted
+    in a window's rows, which :func:`recover` checks Kirim's ``enqueued`` against."""
+    queued = [(sub, st, at) for sub, st, at, ident in terminal if ident not in replayed]
     for m in report.missing:
         m.action = "import" if m.records else "await" if m.pending else "replay"
     groups: dict[tuple[str, str], list[MissingEvent]] = {}
@@ -45,8 +49,9 @@ def plan_recovery(
         # the windows must hold the very rows chosen for replay, not each event's first one
         first = min(m.created_at for m in members if m.created_at)
         last = max(m.created_at for m in members if m.created_at)
-        rows = [r for r in terminal if r[0] == sub and r[1] == status and first <= r[2] <= last]
-        windows = plan_windows(rows)
+        rows = [r for r in queued if r[0] == sub and r[1] == status and first <= r[2] <= last]
+        # recover checks Kirim's enqueued against the queued rows strictly inside each window
+        windows = [_least(w, queued) for w in plan_windows(rows)]
         unique_deliveries = {m.delivery_id for m in members}
         crowded = any(w.rows > BULK_REPLAY_CAP for w in windows)  # Kirim would cap it
         needless = sum(w.rows for w in windows) - len(unique_deliveries)
@@ -159,9 +164,64 @@ def recover(
                 report.errors.append(f"replay {m.delivery_id}: {exc}")
                 report.failures.append(exc)
         for w in report.windows:
+            enqueued, errors = report.bulk_enqueued, len(report.errors)
             bulk_replay_window(client, w, report)
+            if len(report.errors) == errors and report.bulk_enqueued - enqueued < w.least:
+                _replay_left_out(report, client, w, report.bulk_enqueued - enqueued, done)
     except (RateLimitTooLong, AuthenticationError) as exc:
         # every further call would be refused the same way (a key refused: one error line,
         # not one per delivery)
         report.errors.append(f"replays stopped: {exc}")
         report.failures.append(exc)
+
+
+def _least(w: BulkWindow, queued: list[tuple[str, str, datetime]]) -> BulkWindow:
+    """``w`` with ``least`` the queued rows of its subscription and status strictly between
+    its edges (those within its margin past the first and last member too): Kirim enqueues
+    each of them, whichever of its ends it includes, unless it has left the queue."""
+    least = sum(
+        1
+        for sub, status, at in queued
+        if (sub, status) == (w.subscription_id, w.status)
+        and w.created_after < at < w.created_before
+    )
+    return dataclasses.replace(w, least=least)
+
+
+def _replay_left_out(
+    report: ReconcileReport, client: KirimClient, w: BulkWindow, enqueued: int, done: set[str]
+) -> None:
+    """Replay alone each missing event of window ``w``, for which Kirim enqueued fewer
+    deliveries than the history shows there: some had left its dead-letter queue, replayed
+    before by a replay the walk did not see (created after ``--until``: an earlier
+    reconcile of the same range whose replays died too, say), and a window sends nothing
+    for those (kirim-api.md §3; the emulator's reading). Which ones Kirim left out is not
+    said, so every missing event of the window is replayed alone: those it did enqueue
+    come twice, and the collector's dedup index absorbs them."""
+    members = [
+        m
+        for m in report.missing
+        if m.action == "bulk_replay"
+        and m.delivery_id
+        and m.delivery_id not in done
+        and (m.subscription_id, m.status) == (w.subscription_id, w.status)
+        and m.created_at is not None
+        and w.created_after <= m.created_at <= w.created_before
+    ]
+    report.notes.append(
+        f"bulk_replay of {w.status} deliveries {w.created_after.isoformat()} to"
+        f" {w.created_before.isoformat()} enqueued {enqueued} of the {w.least} the history"
+        " shows: the others had left Kirim's dead-letter queue (replayed before), so its"
+        f" {len(members)} missing event(s) were replayed one by one"
+    )
+    for m in members:
+        assert m.delivery_id is not None
+        done.add(m.delivery_id)
+        try:
+            client.replay(m.delivery_id)
+            report.replayed += 1
+        except (RateLimitTooLong, AuthenticationError):
+            raise
+        except ApiError as exc:
+            report.errors.append(f"replay {m.delivery_id}: {exc}")
+            report.failures.append(exc)

@@ -58,6 +58,10 @@ class BulkWindow:
     created_after: datetime
     created_before: datetime
     rows: int  # terminal rows of that status the history shows in the window
+    # of those, the rows still in Kirim's dead-letter queue (no replay of them in the
+    # history) strictly inside the window: the least Kirim enqueues for it (reconcile's
+    # plan; 0 when not known)
+    least: int = 0
 
 
 @dataclass

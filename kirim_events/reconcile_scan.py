@@ -88,7 +88,8 @@ class Scan:
         self.parent: dict[str, str] = {}
         self.chains: dict[str, _Chain] = {}
         self.acked: dict[str, _Chain] = {}  # acknowledged status chains, by candidate key
-        self.terminal: list[tuple[str, str, datetime]] = []  # (subscription, status, created)
+        # (subscription, status, created, delivery id) of the dead and failed rows
+        self.terminal: list[tuple[str, str, datetime, str | None]] = []
         self.replayed: set[str] = set()  # ids of the rows a replay names in replayed_from
         self.received_at = received_at  # of the events it imports: the run's clock
         self.streaks = FailureStreaks()  # failures at the newest end, per subscription
@@ -106,7 +107,7 @@ class Scan:
                 self.replayed.add(d.replayed_from)
             self.streaks.see(d)
             if d.status in TERMINAL and d.subscription_id and d.created_at:
-                self.terminal.append((d.subscription_id, d.status, d.created_at))
+                self.terminal.append((d.subscription_id, d.status, d.created_at, d.id))
             if d.payload is not None:
                 try:
                     found = delivery_events(d, received_at=self.received_at)

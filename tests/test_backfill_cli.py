@@ -1015,6 +1015,22 @@ def test_deliveries_replay_checks_every_id_before_asking_for_any(world: World) -
     assert counted.asked == 0
 
 
+def test_deliveries_replay_refuses_an_id_that_is_no_unicode_before_asking_for_any(
+    world: World,
+) -> None:
+    """A byte that is no UTF-8 on the command line ($'\\xff') reaches Python as a lone
+    surrogate: quote() raised UnicodeEncodeError as the id went out, a traceback (it was an
+    error line before the ids were checked first, which now let it through)."""
+    dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
+    with counting_replays(world) as (counted, env):
+        bad = CliRunner().invoke(app, ["deliveries", "replay", dead[0].id, "wbd_\udcff"],
+                                 env=env)  # fmt: skip
+    assert bad.exit_code == 2, bad.output
+    assert not isinstance(bad.exception, UnicodeError)
+    assert "nothing was replayed" in " ".join(re.sub("[│╭╮╰╯─]", " ", bad.output).split())
+    assert counted.asked == 0
+
+
 def test_deliveries_replay_takes_an_id_given_twice_once(world: World) -> None:
     dead = [r for r in world.emu.store.deliveries if r.status == "dead"]
     with counting_replays(world) as (counted, env):

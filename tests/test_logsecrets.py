@@ -13,7 +13,7 @@ import pytest
 
 from kirim_events.client import KirimClient
 from kirim_events.config import Secret
-from kirim_events.errors import AuthenticationError
+from kirim_events.errors import ApiError, AuthenticationError
 
 KEY = "kdv_live_" + "Echo" * 6
 
@@ -106,3 +106,61 @@ def test_a_key_is_hidden_while_any_client_with_it_is_open(
     second.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert lines == ["echo **********"]
+
+
+@pytest.mark.parametrize("status", [b"401", b"404", b"502"])
+def test_an_error_worded_from_a_reason_phrase_echoing_the_key_hides_it(
+    status: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A gateway's page (no Kirim error envelope) under a status line quoting the key: the
+    # error took the reason phrase as its message, key and all, and the CLI printed it, as
+    # did kirim_events.client's "giving up" log line (no logger the filter sits on).
+    caplog.set_level(logging.DEBUG)
+    line = b"HTTP/1.1 " + status + b" refused Bearer " + KEY.encode()
+    with (
+        echoing_server(line, [], b"<html>refused</html>") as url,
+        KirimClient(url, Secret(KEY), max_attempts=1) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.request("GET", "/v1/me")
+    assert KEY not in str(raised.value)
+    assert "refused Bearer **********" in str(raised.value)  # the phrase is kept, blanked
+    assert "kirim api error (giving up)" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_a_key_with_a_backslash_or_quotes_is_hidden_as_httpcore_writes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # httpcore logs the headers as bytes reprs: a backslash doubled, a quote escaped. A key
+    # holding them (KirimClient takes any printable ASCII) was logged in that form, which
+    # the filter did not look for.
+    key = "kdv_live_Echo\\Echo'Echo\"EchoEcho"
+    escaped = repr(key.encode())[2:-1]
+    assert escaped != key
+    caplog.set_level(logging.DEBUG)
+    with (
+        echoing_server(b"HTTP/1.1 200 OK", [b"X-Seen: " + key.encode()], b"{}") as url,
+        KirimClient(url, Secret(key), max_attempts=1) as client,
+    ):
+        client.request("GET", "/v1/me")
+    assert "httpcore.http11" in {record.name for record in caplog.records}
+    assert escaped not in caplog.text
+    assert key not in caplog.text
+    assert "(b'X-Seen', b'**********')" in caplog.text
+
+
+def test_an_error_quoting_a_status_line_as_bytes_hides_a_key_with_a_backslash() -> None:
+    # h11 refuses a status line it cannot read and quotes it as bytes: the error's text
+    # held such a key as a repr writes it (backslash doubled), past the client's blanking.
+    key = "kdv_live_Echo\\Echo\\EchoEchoEcho"
+    with (
+        echoing_server(b"HTTP/1.1 4O1 refused Bearer " + key.encode(), [], b"{}") as url,
+        KirimClient(url, Secret(key), max_attempts=1) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.request("GET", "/v1/me")
+    said = str(raised.value)
+    assert "illegal status line" in said  # the error is the one that quotes it
+    assert repr(key.encode())[2:-1] not in said
+    assert key not in said

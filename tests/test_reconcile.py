@@ -1342,3 +1342,51 @@ def test_a_capped_window_halved_on_a_row_still_replays_it(tmp_path: Path) -> Non
     assert not report.errors
     replayed = {r.replayed_from for r in emu.store.deliveries if r.replayed_from}
     assert replayed == set(originals)
+
+
+@pytest.mark.parametrize("rerun_until", ["range end", "now"])
+def test_a_rerun_after_replays_that_died_recovers_every_event(
+    world: World, rerun_until: str
+) -> None:
+    """A first recovery's replays died too (the collector still broken): the replay rows
+    are dead or failed in turn, their originals out of Kirim's dead-letter queue. A rerun of
+    the same range (--until its end, as a daily job reconciling yesterday runs) sees the
+    originals but not their replays, made after --until: its windows were sent, Kirim
+    enqueued nothing for those rows, and reconcile said they were replayed in bulk while
+    the lake still lacked them. Reconcile now checks each window's enqueued against the
+    queued rows it holds and replays the events of a window that fell short one by one;
+    with the replays in the range (--until now) the windows take them, nothing alone."""
+    since, until = world.window
+    t = FakeTime(until.timestamp() + 3600)
+    _, client = world.api(t, read_limit=10**6, write_limit=10**6,
+                          transport_wrapper=StripPayload)  # fmt: skip
+    rows = world.emu.store.deliveries
+    dead = [r for r in rows if r.status == "dead"]
+    failed = [r for r in rows if r.status == "failed"]
+    assert len(dead) > 5
+    assert len(failed) > 3
+    assert client.bulk_replay(dead[0].subscription_id).enqueued == len(dead)
+    for r in failed[:3]:
+        client.replay(r.id)
+    world.deliver_pending()  # the collector is still broken: each replay dies in turn
+    assert world.emu.unacknowledged_event_keys() == world.history_keys - lake_keys(world)
+    world.collector.healthy = True
+    t.sleep(3600)
+    end = until if rerun_until == "range end" else datetime.fromtimestamp(t.clock(), UTC)
+    report = reconcile(world.home, client=client, since=since, until=end,
+                       journal=world.journal, now=t.clock)  # fmt: skip
+    assert report.errors == []
+    assert report.actions["bulk_replay"] > 0
+    world.deliver_pending()
+    assert lake_keys(world) == world.history_keys  # every event, as the ground truth says
+    assert world.emu.unacknowledged_event_keys() == set()
+    if rerun_until == "now":  # the windows took the replays: nothing was asked twice
+        assert report.replayed == 0
+    else:
+        assert report.replayed == len(report.missing)
+        assert any("left Kirim's dead-letter queue" in note for note in report.notes)
+
+
+def lake_keys(world: World) -> set[str]:
+    events, _ = lake_frames(world.home)
+    return set(events["event_key"].to_list())

@@ -229,3 +229,28 @@ def test_a_flush_on_one_filesystem_costs_no_more_calls_than_before(
     assert calls["stat"] <= 18
     assert calls["mkdir"] == 0
     assert set(winners(lake)) == {"a0", "b0", "c0", "a1", "b1", "c1"}
+
+
+def test_a_temp_file_too_young_to_remove_keeps_its_partition_visited(tmp_path: Path) -> None:
+    """A compaction killed between the renames of its merged files leaves the temp files of
+    the others beside their targets (on a lake on several filesystems). The run after it,
+    within the hour, spared them (a write may still be going on) and consumed the markers
+    of their partitions: no later run visited those partitions again, and the temp files
+    (merged files, up to the target size each) stayed for good."""
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    lake.storage.stage_beside = True
+    lake.write_events([ev("a"), ev("a", payload="copy", received=T0 + timedelta(1))])
+    partition = tmp_path / MAY_1
+    left = partition / temp_name("c-00000001-01a23d89fbb6-5811f707cb9f-0.parquet")
+    left.write_bytes(next(partition.glob("*.parquet")).read_bytes())
+    os.utime(left, (clock[0] - 60, clock[0] - 60))  # the killed run's, a minute ago
+    assert lake.compact().partitions == 1
+    assert left.exists()  # it may be a write going on
+    assert list((tmp_path / "_state/changes").rglob("*.changed"))  # the partition is revisited
+    clock[0] += 2 * 3600
+    lake.compact()
+    assert not left.exists()
+    assert not list((tmp_path / "_state/changes").rglob("*.changed"))
+    assert on_disk(tmp_path) == ["a"]
+    assert temps(tmp_path) == []

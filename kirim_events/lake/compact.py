@@ -189,17 +189,22 @@ def _clean_tmp(storage: Storage, now: float) -> None:
     _clean_temps(storage, [f"_tmp/{e.name}" for e in storage.list_dir("_tmp") if not e.is_dir], now)
 
 
-def _clean_temps(storage: Storage, rels: list[str], now: float) -> None:
+def _clean_temps(storage: Storage, rels: list[str], now: float) -> list[str]:
     """Remove those of these temp files (local) not modified for an hour: left by a write
-    that died before its rename. A younger one may be a write still going on."""
+    that died before its rename. A younger one may be a write still going on: those are
+    returned (left for a later run)."""
     if not storage.local:
-        return
+        return []
+    young = []
     for rel in rels:
         try:
             if os.stat(storage.full(rel)).st_mtime < now - TMP_TTL:
                 storage.delete(rel)
+            else:
+                young.append(rel)
         except FileNotFoundError:
             continue
+    return young
 
 
 def _marker_ms(rel: str) -> int:
@@ -422,6 +427,7 @@ class _Group:
         self.lock = threading.Lock()
         self.deleted_from: set[str] = set()  # folders a file was deleted from
         self.marked: dict[str, list[str]] = {}  # markers a full run left: day -> paths
+        self.unsettled: set[str] = set()  # days holding a temp file too young to remove
 
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
@@ -438,7 +444,13 @@ class _Group:
         )
         temps: list[str] = []
         listed = {d: parquet_names(self.storage, self.folder(d), temps) for d in members}
-        _clean_temps(self.storage, temps, self.now())
+        young = _clean_temps(self.storage, temps, self.now())
+        # a temp file too young to remove keeps its partition's markers (compact), so that a
+        # later run visits the partition again and removes it once it is an hour old: left
+        # by a run killed between its renames, it would else stay for good
+        self.unsettled = {
+            d for d in members if any(t.startswith(f"{self.folder(d)}/") for t in young)
+        }
         self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         # A full run rewrites clean partitions too: the dedup rule or the file schema may
@@ -843,6 +855,7 @@ def compact(
             consumed = [
                 rel
                 for day, day_markers in group_markers.items()
+                if day not in group_run.unsettled
                 for rel in day_markers
                 if (day, marker_file_name(rel)) in seen or _marker_ms(rel) < stale
             ]

@@ -188,8 +188,15 @@ def test_a_temp_file_left_beside_its_target_is_never_read_and_is_removed_later(
     assert (report.files_in, report.rows_in) == (1, 1)  # not the temp files
     assert not half.exists()
     assert not complete.exists()
-    assert not marker.exists()
     assert fresh.exists()
+    # the marker's temp file names its partition, which holds one too young to remove:
+    # kept, so that a later run visits the partition again
+    assert marker.exists()
+    assert list(winners(lake)) == ["a"]
+    clock[0] += 7200  # the write going on was killed too
+    lake.compact()
+    assert not marker.exists()
+    assert not fresh.exists()
     assert list(winners(lake)) == ["a"]
 
 
@@ -254,3 +261,34 @@ def test_a_temp_file_too_young_to_remove_keeps_its_partition_visited(tmp_path: P
     assert not list((tmp_path / "_state/changes").rglob("*.changed"))
     assert on_disk(tmp_path) == ["a"]
     assert temps(tmp_path) == []
+
+
+def test_a_write_killed_before_its_first_rename_has_its_temp_files_removed(
+    tmp_path: Path,
+) -> None:
+    """A flush killed after staging its files and before renaming any leaves the temp files
+    of its change markers (in ``_state/changes``) and of its data files (beside their
+    targets): no marker names that partition, so no run but a full one visited it, and the
+    data files' temp files stayed for good. The markers' temp files name the partition."""
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    lake.storage.stage_beside = True
+    lake.write_events([ev("a")])
+    lake.compact()  # the partition is clean: no marker names it
+    partition = tmp_path / MAY_1
+    name = "w-0000000000aa-000001-gone"
+    data = partition / temp_name(f"{name}.parquet")
+    data.write_bytes(next(partition.glob("*.parquet")).read_bytes())
+    marker = tmp_path / "_state/changes" / MAY_1 / temp_name(f"{name}.changed")
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    os.utime(marker, (clock[0] - 60, clock[0] - 60))  # staged first
+    os.utime(data, (clock[0] - 59, clock[0] - 59))
+    clock[0] += 3600 - 59.5  # the marker's is an hour old, the data file's not quite
+    lake.compact()
+    assert data.exists()
+    assert marker.exists()  # kept, so that the partition is visited again
+    clock[0] += 3600
+    lake.compact()
+    assert temps(tmp_path) == []
+    assert on_disk(tmp_path) == ["a"]

@@ -156,17 +156,19 @@ class CompactionReport:
 
 
 def _markers(
-    storage: Storage, temps: list[str]
+    storage: Storage, temps: dict[str, tuple[str, str | None, str] | None]
 ) -> dict[tuple[str, str | None], dict[str, list[str]]]:
     """Change markers: (table, group) -> date -> marker paths; the temp files of markers
-    not yet renamed into place are added to ``temps`` instead."""
+    not yet renamed into place are added to ``temps`` instead, with their partitions
+    (table, group, date): a write killed before its first rename left its data files'
+    temp files there too, and no marker will ever name that partition for them."""
     found: dict[tuple[str, str | None], dict[str, list[str]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for rel, _size in storage.list_files("_state/changes"):
-        if is_temp_name(rel.rsplit("/", 1)[-1]):
-            temps.append(rel)
-            continue
+        temp = is_temp_name(rel.rsplit("/", 1)[-1])
+        if temp:
+            temps[rel] = None
         parts = rel.split("/")[2:]  # drop "_state", "changes"
         if len(parts) == 3 and parts[0] == "deliveries":
             table, group, day = "deliveries", None, parse_partition_dir(parts[1], "date")
@@ -177,7 +179,9 @@ def _markers(
                 continue
         else:
             continue
-        if day is not None:
+        if day is not None and temp:
+            temps[rel] = (table, group, day)
+        elif day is not None:
             found[(table, group)][day].append(rel)
     return found
 
@@ -786,9 +790,16 @@ def compact(
         )
         # temp files beside their targets (written so to a folder on another filesystem
         # than _tmp), of manifests and markers; those of data files are met in _Group.run
-        markers = _markers(storage, temps)
         _clean_temps(storage, temps, now())
+        # the temp files of markers are removed after the groups, those of a partition that
+        # holds a temp file too young to remove left for a later run to visit it again
+        marker_temps: dict[str, tuple[str, str | None, str] | None] = {}
+        markers = _markers(storage, marker_temps)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
+        for where in marker_temps.values():
+            if where is not None:
+                changes.setdefault(where[:2], set()).add(where[2])
+        unsettled: set[tuple[str, str | None, str]] = set()
         groups = _groups(storage)  # once: three steps below went over them, each listing
         unvouched = _unvouched(storage, report, manifests, groups)
         # groups rewritten whole, as a full run does: every group of a full run; a group
@@ -838,12 +849,14 @@ def compact(
             try:
                 seen = group_run.run()
             except UnreadableFiles as exc:
+                unsettled.update((table, group, day) for day in group_run.unsettled)
                 # One damaged file stopped every run at its group, and the groups after it
                 # were never compacted again: a plain reader counted their copies for good.
                 unreadable.append(exc)
                 logger.error("%s: its type is left as it is; the others are compacted", exc)
                 continue
             deleted_from.update(group_run.deleted_from)
+            unsettled.update((table, group, day) for day in group_run.unsettled)
             group_markers = markers[(table, group)]
             for day, rels in group_run.marked.items():
                 group_markers[day].extend(r for r in rels if r not in group_markers[day])
@@ -864,6 +877,9 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        _clean_temps(
+            storage, [rel for rel, where in marker_temps.items() if where not in unsettled], now()
+        )
         if unreadable:
             # the engine's own error, as a read of the lake raises it (the CLI names every
             # damaged file then: Lake.damaged_files); the other groups are done

@@ -292,3 +292,35 @@ def test_a_write_killed_before_its_first_rename_has_its_temp_files_removed(
     lake.compact()
     assert temps(tmp_path) == []
     assert on_disk(tmp_path) == ["a"]
+
+
+def test_a_file_staged_beside_a_folder_a_compaction_removes_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer staging beside its target makes the partition folder, then creates its temp
+    file there: a compaction that empties and removes that folder in between made the
+    write fail (ENOENT), as the rename did before it was retried (``Storage._move_in``)."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a", received=T0 + timedelta(hours=1), payload="late")])
+    lake.write_events([ev("a", occurred=T0 + timedelta(days=1), received=T0, payload="early")])
+    folder = tmp_path / MAY_1  # the compaction empties it
+    writer = ke.Lake(tmp_path, writer_id="other")
+    writer.storage.stage_beside = True
+    real_open = os.open
+    removed = []
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if not removed and os.path.basename(path).startswith(".w-"):
+            removed.append(True)  # first, between the writer's mkdir and its temp file
+            lake.compact()
+            removed[0] = not folder.exists()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    writer.write_events([ev("b", payload="b")])
+    monkeypatch.undo()
+    assert removed == [True]  # the compaction did remove the folder under the writer
+    assert winners(lake) == {"a": "early", "b": "b"}
+    lake.compact()
+    assert on_disk(tmp_path) == ["a", "b"]
+    assert temps(tmp_path) == []

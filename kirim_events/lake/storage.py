@@ -382,8 +382,19 @@ class Storage:
                     out.write(data)
                 return Staged(rel, None)
             tmp, dev = self._temp_path(self.full(rel))
-            # its folder needs no fsync: commit renames it into place and syncs that folder
-            write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
+            for attempt in range(_RENAME_TRIES):
+                try:
+                    # its folder needs no fsync: commit renames it into place and syncs it
+                    write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
+                    break
+                except FileNotFoundError:
+                    # staged beside its target: a compaction may have removed the folder,
+                    # found empty, since _temp_path made it (as between a commit's mkdir
+                    # and rename: _move_in); made again, as a rename would
+                    folder = os.path.dirname(tmp)
+                    if folder != os.path.dirname(self.full(rel)) or attempt == _RENAME_TRIES - 1:
+                        raise
+                    make_dirs(folder, fsync=_SYNCFS is None)
             return Staged(rel, tmp, dev)
 
     def _temp_path(self, target: str) -> tuple[str, int]:

@@ -789,7 +789,7 @@ def compact(
             storage, writer_id=writer_id, now=now, hook=step, check=check, manifests=manifests
         )
         # temp files beside their targets (written so to a folder on another filesystem
-        # than _tmp), of manifests and markers; those of data files are met in _Group.run
+        # than _tmp) of manifests; those of data files are met in _Group.run
         _clean_temps(storage, temps, now())
         # the temp files of markers are removed after the groups, those of a partition that
         # holds a temp file too young to remove left for a later run to visit it again

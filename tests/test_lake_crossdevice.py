@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_journal import records
@@ -186,6 +188,139 @@ def test_a_temp_file_left_beside_its_target_is_never_read_and_is_removed_later(
     assert (report.files_in, report.rows_in) == (1, 1)  # not the temp files
     assert not half.exists()
     assert not complete.exists()
-    assert not marker.exists()
     assert fresh.exists()
+    # the marker's temp file names its partition, which holds one too young to remove:
+    # kept, so that a later run visits the partition again
+    assert marker.exists()
     assert list(winners(lake)) == ["a"]
+    clock[0] += 7200  # the write going on was killed too
+    lake.compact()
+    assert not marker.exists()
+    assert not fresh.exists()
+    assert list(winners(lake)) == ["a"]
+
+
+def test_a_flush_on_one_filesystem_costs_no_more_calls_than_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector's flush path, on the usual lake (one filesystem): staging a file stats
+    its folder and ``_tmp`` (which ``os.makedirs`` of ``_tmp`` did anyway: a stat, a mkdir
+    and a stat), and the syncs before and after the renames find each filesystem from the
+    staging. The cross-filesystem staging had added a stat of every temp file's folder and
+    of every target folder per batch: 42 stats and 6 mkdirs for 6 files, from 18 and 6."""
+    lake = ke.Lake(tmp_path)
+
+    def batch(n: int) -> list[ke.EventRecord]:
+        return [
+            ev(f"a{n}"),
+            ev(f"b{n}", type="contact.updated"),
+            ev(f"c{n}", occurred=T0 + timedelta(days=1)),
+        ]
+
+    lake.write_events(batch(0))  # the folders are made
+    calls: dict[str, int] = {"stat": 0, "mkdir": 0}
+
+    def counting(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def counted(*args: object, **kwargs: object) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(os, name, counting(name))
+    lake.write_events(batch(1))  # three files and their three change markers
+    monkeypatch.undo()
+    assert calls["stat"] <= 18
+    assert calls["mkdir"] == 0
+    assert set(winners(lake)) == {"a0", "b0", "c0", "a1", "b1", "c1"}
+
+
+def test_a_temp_file_too_young_to_remove_keeps_its_partition_visited(tmp_path: Path) -> None:
+    """A compaction killed between the renames of its merged files leaves the temp files of
+    the others beside their targets (on a lake on several filesystems). The run after it,
+    within the hour, spared them (a write may still be going on) and consumed the markers
+    of their partitions: no later run visited those partitions again, and the temp files
+    (merged files, up to the target size each) stayed for good."""
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    lake.storage.stage_beside = True
+    lake.write_events([ev("a"), ev("a", payload="copy", received=T0 + timedelta(1))])
+    partition = tmp_path / MAY_1
+    left = partition / temp_name("c-00000001-01a23d89fbb6-5811f707cb9f-0.parquet")
+    left.write_bytes(next(partition.glob("*.parquet")).read_bytes())
+    os.utime(left, (clock[0] - 60, clock[0] - 60))  # the killed run's, a minute ago
+    assert lake.compact().partitions == 1
+    assert left.exists()  # it may be a write going on
+    assert list((tmp_path / "_state/changes").rglob("*.changed"))  # the partition is revisited
+    clock[0] += 2 * 3600
+    lake.compact()
+    assert not left.exists()
+    assert not list((tmp_path / "_state/changes").rglob("*.changed"))
+    assert on_disk(tmp_path) == ["a"]
+    assert temps(tmp_path) == []
+
+
+def test_a_write_killed_before_its_first_rename_has_its_temp_files_removed(
+    tmp_path: Path,
+) -> None:
+    """A flush killed after staging its files and before renaming any leaves the temp files
+    of its change markers (in ``_state/changes``) and of its data files (beside their
+    targets): no marker names that partition, so no run but a full one visited it, and the
+    data files' temp files stayed for good. The markers' temp files name the partition."""
+    clock = [1_800_000_000.0]
+    lake = ke.Lake(tmp_path, now=lambda: clock[0])
+    lake.storage.stage_beside = True
+    lake.write_events([ev("a")])
+    lake.compact()  # the partition is clean: no marker names it
+    partition = tmp_path / MAY_1
+    name = "w-0000000000aa-000001-gone"
+    data = partition / temp_name(f"{name}.parquet")
+    data.write_bytes(next(partition.glob("*.parquet")).read_bytes())
+    marker = tmp_path / "_state/changes" / MAY_1 / temp_name(f"{name}.changed")
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    os.utime(marker, (clock[0] - 60, clock[0] - 60))  # staged first
+    os.utime(data, (clock[0] - 59, clock[0] - 59))
+    clock[0] += 3600 - 59.5  # the marker's is an hour old, the data file's not quite
+    lake.compact()
+    assert data.exists()
+    assert marker.exists()  # kept, so that the partition is visited again
+    clock[0] += 3600
+    lake.compact()
+    assert temps(tmp_path) == []
+    assert on_disk(tmp_path) == ["a"]
+
+
+def test_a_file_staged_beside_a_folder_a_compaction_removes_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer staging beside its target makes the partition folder, then creates its temp
+    file there: a compaction that empties and removes that folder in between made the
+    write fail (ENOENT), as the rename did before it was retried (``Storage._move_in``)."""
+    lake = ke.Lake(tmp_path)
+    lake.write_events([ev("a", received=T0 + timedelta(hours=1), payload="late")])
+    lake.write_events([ev("a", occurred=T0 + timedelta(days=1), received=T0, payload="early")])
+    folder = tmp_path / MAY_1  # the compaction empties it
+    writer = ke.Lake(tmp_path, writer_id="other")
+    writer.storage.stage_beside = True
+    real_open = os.open
+    removed = []
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if not removed and os.path.basename(path).startswith(".w-"):
+            removed.append(True)  # first, between the writer's mkdir and its temp file
+            lake.compact()
+            removed[0] = not folder.exists()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    writer.write_events([ev("b", payload="b")])
+    monkeypatch.undo()
+    assert removed == [True]  # the compaction did remove the folder under the writer
+    assert winners(lake) == {"a": "early", "b": "b"}
+    lake.compact()
+    assert on_disk(tmp_path) == ["a", "b"]
+    assert temps(tmp_path) == []

@@ -156,17 +156,19 @@ class CompactionReport:
 
 
 def _markers(
-    storage: Storage, temps: list[str]
+    storage: Storage, temps: dict[str, tuple[str, str | None, str] | None]
 ) -> dict[tuple[str, str | None], dict[str, list[str]]]:
     """Change markers: (table, group) -> date -> marker paths; the temp files of markers
-    not yet renamed into place are added to ``temps`` instead."""
+    not yet renamed into place are added to ``temps`` instead, with their partitions
+    (table, group, date): a write killed before its first rename left its data files'
+    temp files there too, and no marker will ever name that partition for them."""
     found: dict[tuple[str, str | None], dict[str, list[str]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for rel, _size in storage.list_files("_state/changes"):
-        if is_temp_name(rel.rsplit("/", 1)[-1]):
-            temps.append(rel)
-            continue
+        temp = is_temp_name(rel.rsplit("/", 1)[-1])
+        if temp:
+            temps[rel] = None
         parts = rel.split("/")[2:]  # drop "_state", "changes"
         if len(parts) == 3 and parts[0] == "deliveries":
             table, group, day = "deliveries", None, parse_partition_dir(parts[1], "date")
@@ -177,7 +179,9 @@ def _markers(
                 continue
         else:
             continue
-        if day is not None:
+        if day is not None and temp:
+            temps[rel] = (table, group, day)
+        elif day is not None:
             found[(table, group)][day].append(rel)
     return found
 
@@ -189,17 +193,22 @@ def _clean_tmp(storage: Storage, now: float) -> None:
     _clean_temps(storage, [f"_tmp/{e.name}" for e in storage.list_dir("_tmp") if not e.is_dir], now)
 
 
-def _clean_temps(storage: Storage, rels: list[str], now: float) -> None:
+def _clean_temps(storage: Storage, rels: list[str], now: float) -> list[str]:
     """Remove those of these temp files (local) not modified for an hour: left by a write
-    that died before its rename. A younger one may be a write still going on."""
+    that died before its rename. A younger one may be a write still going on: those are
+    returned (left for a later run)."""
     if not storage.local:
-        return
+        return []
+    young = []
     for rel in rels:
         try:
             if os.stat(storage.full(rel)).st_mtime < now - TMP_TTL:
                 storage.delete(rel)
+            else:
+                young.append(rel)
         except FileNotFoundError:
             continue
+    return young
 
 
 def _marker_ms(rel: str) -> int:
@@ -422,6 +431,7 @@ class _Group:
         self.lock = threading.Lock()
         self.deleted_from: set[str] = set()  # folders a file was deleted from
         self.marked: dict[str, list[str]] = {}  # markers a full run left: day -> paths
+        self.unsettled: set[str] = set()  # days holding a temp file too young to remove
 
     def folder(self, day: str) -> str:
         return partition_dir(self.table, self.group, day)
@@ -438,7 +448,13 @@ class _Group:
         )
         temps: list[str] = []
         listed = {d: parquet_names(self.storage, self.folder(d), temps) for d in members}
-        _clean_temps(self.storage, temps, self.now())
+        young = _clean_temps(self.storage, temps, self.now())
+        # a temp file too young to remove keeps its partition's markers (compact), so that a
+        # later run visits the partition again and removes it once it is an hour old: left
+        # by a run killed between its renames, it would else stay for good
+        self.unsettled = {
+            d for d in members if any(t.startswith(f"{self.folder(d)}/") for t in young)
+        }
         self._refuse_foreign(listed)
         counted = {d: self.manifest.counted(d, list(listed[d])) for d in members}
         # A full run rewrites clean partitions too: the dedup rule or the file schema may
@@ -776,10 +792,17 @@ def compact(
             storage, writer_id=writer_id, now=now, hook=step, check=check, manifests=manifests
         )
         # temp files beside their targets (written so to a folder on another filesystem
-        # than _tmp), of manifests and markers; those of data files are met in _Group.run
-        markers = _markers(storage, temps)
+        # than _tmp) of manifests; those of data files are met in _Group.run
         _clean_temps(storage, temps, now())
+        # the temp files of markers are removed after the groups, those of a partition that
+        # holds a temp file too young to remove left for a later run to visit it again
+        marker_temps: dict[str, tuple[str, str | None, str] | None] = {}
+        markers = _markers(storage, marker_temps)
         changes: dict[tuple[str, str | None], set[str]] = {k: set(v) for k, v in markers.items()}
+        for where in marker_temps.values():
+            if where is not None:
+                changes.setdefault(where[:2], set()).add(where[2])
+        unsettled: set[tuple[str, str | None, str]] = set()
         groups = _groups(storage)  # once: three steps below went over them, each listing
         unvouched = _unvouched(storage, report, manifests, groups)
         # groups rewritten whole, as a full run does: every group of a full run; a group
@@ -829,12 +852,14 @@ def compact(
             try:
                 seen = group_run.run()
             except UnreadableFiles as exc:
+                unsettled.update((table, group, day) for day in group_run.unsettled)
                 # One damaged file stopped every run at its group, and the groups after it
                 # were never compacted again: a plain reader counted their copies for good.
                 unreadable.append(exc)
                 logger.error("%s: its type is left as it is; the others are compacted", exc)
                 continue
             deleted_from.update(group_run.deleted_from)
+            unsettled.update((table, group, day) for day in group_run.unsettled)
             group_markers = markers[(table, group)]
             for day, rels in group_run.marked.items():
                 group_markers[day].extend(r for r in rels if r not in group_markers[day])
@@ -846,6 +871,7 @@ def compact(
             consumed = [
                 rel
                 for day, day_markers in group_markers.items()
+                if day not in group_run.unsettled
                 for rel in day_markers
                 if (day, marker_file_name(rel)) in seen or _marker_ms(rel) < stale
             ]
@@ -854,6 +880,9 @@ def compact(
             deleted_from.update(rel.rsplit("/", 1)[0] for rel in consumed)
             if consumed:
                 step("markers_cleared")
+        _clean_temps(
+            storage, [rel for rel, where in marker_temps.items() if where not in unsettled], now()
+        )
         if unreadable:
             # the engine's own error, as a read of the lake raises it (the CLI names every
             # damaged file then: Lake.damaged_files); the other groups are done

@@ -90,6 +90,9 @@ class Staged:
 
     rel: str
     tmp: str | None
+    dev: int | None = None
+    """Local: the filesystem (``st_dev``) of the temp file, the target's own: :meth:`Storage.
+    commit` syncs each filesystem once, found by it rather than by a stat of every folder."""
 
 
 @contextmanager
@@ -378,29 +381,48 @@ class Storage:
                 with self.fs.open_output_stream(self.full(rel)) as out:
                     out.write(data)
                 return Staged(rel, None)
-            tmp = self._temp_path(self.full(rel))
-            # its folder needs no fsync: commit renames it into place and syncs that folder
-            write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
-            return Staged(rel, tmp)
+            tmp, dev = self._temp_path(self.full(rel))
+            for attempt in range(_RENAME_TRIES):
+                try:
+                    # its folder needs no fsync: commit renames it into place and syncs it
+                    write_new(tmp, data, fsync=_SYNCFS is None, sync_folder=False)
+                    break
+                except FileNotFoundError:
+                    # staged beside its target: a compaction may have removed the folder,
+                    # found empty, since _temp_path made it (as between a commit's mkdir
+                    # and rename: _move_in); made again, as a rename would
+                    folder = os.path.dirname(tmp)
+                    if folder != os.path.dirname(self.full(rel)) or attempt == _RENAME_TRIES - 1:
+                        raise
+                    make_dirs(folder, fsync=_SYNCFS is None)
+            return Staged(rel, tmp, dev)
 
-    def _temp_path(self, target: str) -> str:
-        """Where a local file bound for ``target`` is written first: ``DATA/_tmp`` when that
-        is on the target's filesystem, else beside the target (:func:`temp_name`).
+    def _temp_path(self, target: str) -> tuple[str, int]:
+        """Where a local file bound for ``target`` is written first, and the filesystem
+        (``st_dev``) of both: ``DATA/_tmp`` when that is on the target's filesystem, else
+        beside the target (:func:`temp_name`).
 
         A rename is atomic only within one filesystem; across two it fails with EXDEV
         ("Invalid cross-device link"). ``DATA/events`` (or any folder of the lake) may be a
         symlink to another disk: every write there failed, and the journal never flushed.
-        ``stage_beside=True`` stages every file beside its target."""
+        ``stage_beside=True`` stages every file beside its target. Two stats per file on
+        the collector's flush path (the target's folder, ``_tmp``), as many calls as the
+        ``os.makedirs`` of ``_tmp`` alone made before."""
         folder = os.path.dirname(target)
+        dev = _device(folder)
         if not self.stage_beside:
             tmp_dir = self.full("_tmp")
-            os.makedirs(tmp_dir, exist_ok=True)
-            if _device(folder) == os.stat(tmp_dir).st_dev:
-                return os.path.join(tmp_dir, uuid.uuid4().hex)
+            try:
+                tmp_dev = os.stat(tmp_dir).st_dev
+            except FileNotFoundError:
+                os.makedirs(tmp_dir, exist_ok=True)
+                tmp_dev = os.stat(tmp_dir).st_dev
+            if dev == tmp_dev:
+                return os.path.join(tmp_dir, uuid.uuid4().hex), dev
         # the target's folder holds the temp file from now on, so a compaction finding it
         # empty cannot remove it before the rename (remove_empty_folders)
         make_dirs(folder, fsync=_SYNCFS is None)
-        return os.path.join(folder, temp_name(os.path.basename(target)))
+        return os.path.join(folder, temp_name(os.path.basename(target))), dev
 
     def commit(
         self, staged: Sequence[Staged], after_each: Callable[[str], None] | None = None
@@ -413,17 +435,21 @@ class Storage:
                     after_each(s.rel)
             return
         with _translate(self, "write", pending[0].rel):
+            # one syncfs per filesystem written (each temp file is on its target's), known
+            # from the staging: no stat of each folder, on the collector's flush path
             if _SYNCFS is not None:
-                for folder in _one_per_device([os.path.dirname(s.tmp) for s in pending if s.tmp]):
-                    _syncfs(folder)
-            parents = {os.path.dirname(self.full(s.rel)): None for s in pending}
+                _syncfs_each((s.dev, os.path.dirname(s.tmp)) for s in pending if s.tmp)
+            parents = {os.path.dirname(self.full(s.rel)): s.dev for s in pending}
             for parent in parents:
                 make_dirs(parent, fsync=_SYNCFS is None)
             for s in pending:
                 self._move_in(s)
                 if after_each is not None:
                     after_each(s.rel)
-            self._sync_paths(list(parents))
+            if _SYNCFS is not None:
+                _syncfs_each((dev, parent) for parent, dev in parents.items())
+            else:
+                self._sync_paths(list(parents))
 
     def _move_in(self, staged: Staged) -> None:
         """Rename a staged temp file to its target, whose folder :meth:`commit` made.
@@ -675,6 +701,21 @@ def _one_per_device(folders: Iterable[str]) -> list[str]:
         except FileNotFoundError:
             continue  # a folder that is gone has nothing to sync
     return list(found.values())
+
+
+def _syncfs_each(folders: Iterable[tuple[int | None, str]]) -> None:
+    """One ``syncfs`` per filesystem of these ``(st_dev, folder)``, on the first of its
+    folders still there (one that is gone has nothing to sync)."""
+    by_device: dict[int | None, dict[str, None]] = {}
+    for dev, folder in folders:
+        by_device.setdefault(dev, {})[folder] = None
+    for candidates in by_device.values():
+        for folder in candidates:
+            try:
+                _syncfs(folder)
+            except FileNotFoundError:
+                continue
+            break
 
 
 def _find_syncfs() -> Callable[[int], int] | None:

@@ -89,6 +89,10 @@ def _with_chain(assigned: pl.LazyFrame) -> pl.LazyFrame:
     """
     ident = ["conversation_id", "occurred_at", "event_key"]
     instant = ["conversation_id", "occurred_at"]
+    # read once: the three uses below project and filter apart, so without the cache Polars
+    # scanned the assignments' files three times (at 3M events the chain added 12% to the
+    # lifecycles' CPU time on one thread, 3% with the cache)
+    assigned = assigned.cache()
     followed = assigned.select(
         *instant, pl.col("user_id").alias("previous_user_id"), pl.col("event_key").alias("_p")
     )

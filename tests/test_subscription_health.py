@@ -218,3 +218,79 @@ def test_a_long_streak_keeps_bounded_memory_and_says_so() -> None:
     alert = SubscriptionAlert(sub, "active", failing, code)
     assert "newest 100+ deliveries" in alert.message
     assert "is failing" in alert.message
+
+
+def answering(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """ASGI middleware factory: the subscription endpoints answer ``status`` with ``body``."""
+
+    class Answer:
+        def __init__(self, app: ASGI) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            path = scope.get("path", "")
+            if scope.get("type") == "http" and path.startswith("/v1/webhook_subscriptions"):
+                head = [(b"content-type", b"application/json"), *(headers or [])]
+                await send({"type": "http.response.start", "status": status, "headers": head})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.app(scope, receive, send)
+
+    return Answer
+
+
+BUSY = b'{"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "x"}}'
+DOWN = b'{"error": {"type": "api_error", "code": "internal_error", "message": "down"}}'
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [answering(429, BUSY, [(b"retry-after", b"120")]), answering(503, DOWN)],
+    ids=["429", "503"],
+)
+def test_a_busy_or_failing_subscription_read_is_asked_once_and_is_one_note(
+    mixup: MixUp, wrap: Any
+) -> None:
+    # it was retried as a history page is: a 429 asking for 2 minutes was waited out up to
+    # 32 times, a 503 asked 8 times with backoff, after the run's work was done
+    (sub,) = mixup.emu.store.subscriptions
+    lo, hi = mixup.window
+    for named in (None, sub):
+        transport, client, t = mixup.api(wrap)
+        began = t.clock()
+        report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock,
+                          subscription_id=named)  # fmt: skip
+        path = SUBS if named is None else f"{SUBS}/{sub}"
+        assert transport.paths[path] == 1
+        assert t.clock() - began < 60  # no Retry-After waited out, no backoff
+        assert report.subscriptions_unread is not None
+        assert report.subscriptions_unread.startswith("cannot read the subscriptions")
+
+
+NO_ROUTE = b'{"detail": "Not Found"}'
+NOT_KIRIMS = b'{"error": {"type": "not_found", "code": "resource_not_found", "message": "no"}}'
+
+
+@pytest.mark.parametrize(
+    ("wrap", "named", "said"),
+    [
+        (answering(404, NO_ROUTE), False, False),
+        (answering(404, NOT_KIRIMS), False, False),  # the list: no id to be wrong
+        (answering(405, NO_ROUTE), False, False),
+        (answering(404, NO_ROUTE), True, False),
+        (answering(405, NO_ROUTE), True, False),
+        (answering(404, NOT_KIRIMS), True, True),  # Kirim says there is no such subscription
+    ],
+)
+def test_a_kirim_without_the_subscription_endpoints_gets_no_note_on_every_run(
+    mixup: MixUp, wrap: Any, named: bool, said: bool
+) -> None:
+    (sub,) = mixup.emu.store.subscriptions
+    transport, client, t = mixup.api(wrap)
+    lo, hi = mixup.window
+    report = reconcile(mixup.home, client=client, since=lo, until=hi, now=t.clock, dry_run=True,
+                       subscription_id=sub if named else None)  # fmt: skip
+    assert (report.subscriptions_unread is not None) == said
+    assert transport.paths[f"{SUBS}/{sub}" if named else SUBS] == 1
+    (alert,) = report.subscriptions  # the failures read from the history are said all the same
+    assert alert.failing >= 24

@@ -87,6 +87,7 @@ from kirim_events.subscription_health import (
     FailureStreaks,
     SubscriptionAlert,
     alerts,
+    reaches_now,
     read_statuses,
 )
 from kirim_events.timearg import is_span, parse_when
@@ -853,7 +854,14 @@ def backfill(
         # once per run: a disabled subscription's new events make no history row, so a
         # backfill that stored every row looked complete while Kirim sent nothing new
         statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
-        report.subscriptions = alerts(statuses, streaks.streaks(), subscription_id)
+        # the failures at the newest end of what was read are the subscription's newest only
+        # when every row up to now was read in this run: not with --status dead (each row a
+        # failure), an --event-type, an --until in the past, nor a resumed run (the pages
+        # of the newer slices may have been read by the run that was stopped)
+        newest = not (status or event_type or resumed) and reaches_now(hi_asked, start)
+        report.subscriptions = alerts(
+            statuses, streaks.streaks() if newest else {}, subscription_id
+        )
         return report
 
 

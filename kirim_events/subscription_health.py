@@ -26,6 +26,7 @@ __all__ = [
     "FailureStreaks",
     "SubscriptionAlert",
     "alerts",
+    "reaches_now",
     "read_statuses",
     "reenable_hint",
 ]
@@ -134,6 +135,13 @@ class FailureStreaks:
                 if len(newer) >= FAILING_STREAK:
                     out[sub] = (len(newer), max(newer)[2])
         return out
+
+
+def reaches_now(until: datetime | None, start: datetime) -> bool:
+    """Whether a range ending at ``until`` (None: now) holds a subscription's newest rows as
+    of ``start``, the run's clock: a range that ends in the past may be followed by newer
+    deliveries that succeeded, so its failures say nothing of the subscription now."""
+    return until is None or until >= start
 
 
 def read_statuses(

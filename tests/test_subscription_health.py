@@ -294,3 +294,34 @@ def test_a_kirim_without_the_subscription_endpoints_gets_no_note_on_every_run(
     assert transport.paths[f"{SUBS}/{sub}" if named else SUBS] == 1
     (alert,) = report.subscriptions  # the failures read from the history are said all the same
     assert alert.failing >= 24
+
+
+def test_a_run_that_did_not_read_the_newest_rows_claims_no_failing_streak(mixup: MixUp) -> None:
+    # fixed: active again, the right secret; the replays (the newer deliveries) got a 2xx
+    (sub,) = mixup.emu.store.subscriptions
+    client = mixup.api()[1]
+    client.request("PATCH", f"/v1/webhook_subscriptions/{sub}", json_body={"status": "active"})
+    for row in [r for r in mixup.emu.store.deliveries if r.status == "failed"][:3]:
+        client.replay(row.id)
+    mixup.deliver(mixup.emu.webhook_secrets)
+    assert [r.status for r in mixup.emu.store.deliveries[-3:]] == ["succeeded"] * 3
+    lo, hi = mixup.window
+    rows = mixup.emu.store.deliveries
+    first_ok = min(r.created_at for r in rows if r.status == "succeeded")
+    failed = [r.created_at for r in rows if r.status == "failed" and r.created_at < first_ok]
+    assert len(failed) >= FAILING_STREAK
+    past = datetime.fromtimestamp(max(failed), UTC) + timedelta(microseconds=1)
+    runs: list[dict[str, Any]] = [
+        {"until": hi},  # the whole history up to now: nothing to say
+        {"until": hi, "status": "failed"},  # every row read a failure: was 'failing'
+        {"until": past},  # a range that ends before the fix: was 'failing'
+    ]
+    for kw in runs:
+        _, client, t = mixup.api()
+        report = backfill(mixup.home, client=client, since=lo, now=t.clock, **kw)
+        assert report.rows >= FAILING_STREAK  # the failures were read
+        assert report.subscriptions == [], kw
+    _, client, t = mixup.api()
+    report = reconcile(mixup.home, client=client, since=lo, until=past, now=t.clock,
+                       dry_run=True)  # fmt: skip
+    assert report.subscriptions == []

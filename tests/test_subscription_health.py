@@ -325,3 +325,35 @@ def test_a_run_that_did_not_read_the_newest_rows_claims_no_failing_streak(mixup:
     report = reconcile(mixup.home, client=client, since=lo, until=past, now=t.clock,
                        dry_run=True)  # fmt: skip
     assert report.subscriptions == []
+
+
+class Killed(BaseException):
+    """The process ended mid-run (not an error the run catches)."""
+
+
+def test_a_resumed_backfill_claims_no_failing_streak(mixup: MixUp) -> None:
+    # fixed, the newer deliveries acknowledged; a backfill stopped after its first page (the
+    # newest rows, newest first) resumed with the older ones, all failures: it said 'failing'
+    (sub,) = mixup.emu.store.subscriptions
+    client = mixup.api()[1]
+    client.request("PATCH", f"/v1/webhook_subscriptions/{sub}", json_body={"status": "active"})
+    for row in [r for r in mixup.emu.store.deliveries if r.status == "failed"][:3]:
+        client.replay(row.id)
+    mixup.deliver(mixup.emu.webhook_secrets)
+    ok = sum(r.status == "succeeded" for r in mixup.emu.store.deliveries)
+    lo, hi = mixup.window
+
+    def stop(p: Any) -> None:
+        if p.pages == 1:
+            raise Killed
+
+    _, client, t = mixup.api()
+    with pytest.raises(Killed):
+        backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock, slices=1,
+                 page_size=ok, progress=stop)  # fmt: skip
+    _, client, t = mixup.api()
+    report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock, slices=1,
+                      page_size=ok)  # fmt: skip
+    assert report.resumed
+    assert report.rows >= FAILING_STREAK
+    assert report.subscriptions == []

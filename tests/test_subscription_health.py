@@ -357,3 +357,36 @@ def test_a_resumed_backfill_claims_no_failing_streak(mixup: MixUp) -> None:
     assert report.resumed
     assert report.rows >= FAILING_STREAK
     assert report.subscriptions == []
+
+
+class CtrlCOnSubscriptions(httpx.BaseTransport):
+    """A transport where Ctrl-C lands while the subscriptions are asked for."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/webhook_subscriptions"):
+            raise KeyboardInterrupt
+        return self.inner.handle_request(request)
+
+
+def test_ctrl_c_while_the_subscriptions_are_read_leaves_a_run_that_resumes_at_once(
+    mixup: MixUp,
+) -> None:
+    # the CLI then says 'the same command resumes the run': the checkpoint was already
+    # finished, so the same command walked the whole range again
+    transport, client, t = mixup.api()
+    lo, hi = mixup.window
+    stopping = KirimClient("http://kirim.test", mixup.emu.api_keys[0], sleep=t.sleep,
+                           clock=t.clock, transport=CtrlCOnSubscriptions(transport))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        backfill(mixup.home, client=stopping, since=lo, until=hi, now=t.clock)
+    pages = transport.paths["GET /v1/webhook_deliveries"]
+    assert pages >= 1
+    report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock)
+    assert report.resumed
+    assert transport.paths["GET /v1/webhook_deliveries"] == pages  # nothing walked again
+    assert report.requests == 0  # the history's: the subscription read is not counted
+    (alert,) = report.subscriptions
+    assert alert.disabled

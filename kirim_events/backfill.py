@@ -87,6 +87,7 @@ from kirim_events.subscription_health import (
     FailureStreaks,
     SubscriptionAlert,
     alerts,
+    reaches_now,
     read_statuses,
 )
 from kirim_events.timearg import is_span, parse_when
@@ -799,6 +800,7 @@ def backfill(
         own_journal = journal is None
         jr = journal or Journal(root)
         sent0, retries0 = client.requests_sent, client.retries
+        unread = 0  # requests of the subscription read
         try:
 
             def flush_journal() -> None:
@@ -843,17 +845,28 @@ def backfill(
             report.notes.extend(report.filtered.notes(runs[0].filter))
             if flush:
                 flush_journal()
+            # once per run: a disabled subscription's new events make no history row, so a
+            # backfill that stored every row looked complete while Kirim sent nothing new.
+            # Before the checkpoint is finished: a Ctrl-C here leaves a run that resumes
+            # at once (it said "the same command resumes the run" and walked it all again)
+            before = client.requests_sent
+            statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
+            unread = client.requests_sent - before  # not the history's
             _finish(path)
         finally:
-            report.requests = client.requests_sent - sent0
+            report.requests = client.requests_sent - sent0 - unread
             report.retries = client.retries - retries0
             report.seconds = now() - start.timestamp()
             if own_journal:
                 jr.close()
-        # once per run: a disabled subscription's new events make no history row, so a
-        # backfill that stored every row looked complete while Kirim sent nothing new
-        statuses, report.subscriptions_unread = read_statuses(client, subscription_id)
-        report.subscriptions = alerts(statuses, streaks.streaks(), subscription_id)
+        # the failures at the newest end of what was read are the subscription's newest only
+        # when every row up to now was read in this run: not with --status dead (each row a
+        # failure), an --event-type, an --until in the past, nor a resumed run (the pages
+        # of the newer slices may have been read by the run that was stopped)
+        newest = not (status or event_type or resumed) and reaches_now(hi_asked, start)
+        report.subscriptions = alerts(
+            statuses, streaks.streaks() if newest else {}, subscription_id
+        )
         return report
 
 

@@ -449,10 +449,13 @@ class KirimClient:
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        retry: bool = True,
     ) -> dict[str, Any]:
         """Send one API request with pacing and retries; return the decoded JSON object.
 
-        See :meth:`_ask`, which this is with no parsing beyond the JSON object.
+        See :meth:`_ask`, which this is with no parsing beyond the JSON object. With
+        ``retry=False`` it is sent once: its first error is raised, a 429 too, without
+        waiting (for a request a run can do without).
         """
         return self._ask(
             method,
@@ -461,6 +464,7 @@ class KirimClient:
             params=params,
             json_body=json_body,
             idempotency_key=idempotency_key,
+            retry=retry,
         )
 
     def _ask(
@@ -472,6 +476,7 @@ class KirimClient:
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        retry: bool = True,
     ) -> _T:
         """Send one API request with pacing and retries; return ``parse(body, where)`` of
         the decoded JSON object (``where`` names the request for messages). An answer that
@@ -551,6 +556,7 @@ class KirimClient:
             failures = attempt - limited - garbled  # each kind has its own budget
             if (
                 not error.retryable
+                or not retry
                 or failures >= self.max_attempts
                 or limited >= RATE_LIMITED_ATTEMPTS * self.max_attempts
             ):
@@ -696,10 +702,12 @@ class KirimClient:
         body = self.request("GET", f"/v1/webhook_deliveries/{_path_id(delivery_id)}")
         return Delivery.from_api(_data_object(body))
 
-    def get_subscription(self, subscription_id: str) -> dict[str, Any]:
+    def get_subscription(self, subscription_id: str, *, retry: bool = True) -> dict[str, Any]:
         """``GET /v1/webhook_subscriptions/{id}`` (assumed endpoint): the subscription object
-        (``status`` is ``active``, or ``disabled`` after Kirim's auto-disable)."""
-        body = self.request("GET", f"/v1/webhook_subscriptions/{_path_id(subscription_id)}")
+        (``status`` is ``active``, or ``disabled`` after Kirim's auto-disable); ``retry`` as
+        for :meth:`request`."""
+        path = f"/v1/webhook_subscriptions/{_path_id(subscription_id)}"
+        body = self.request("GET", path, retry=retry)
         return _data_object(body)
 
     def replay(self, delivery_id: str, *, idempotency_key: str | None = None) -> dict[str, Any]:

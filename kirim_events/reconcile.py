@@ -84,7 +84,7 @@ from kirim_events.reconcile_report import ACTIONS, BulkWindow, MissingEvent, Rec
 from kirim_events.reconcile_scan import Scan, walk
 from kirim_events.reconcile_scan import acknowledged as acknowledged
 from kirim_events.reconcile_windows import bulk_replay_window, plan_windows
-from kirim_events.subscription_health import alerts, read_statuses
+from kirim_events.subscription_health import alerts, reaches_now, read_statuses
 from kirim_events.timearg import parse_when
 
 # all but reconcile are defined in reconcile_* (acknowledged too, imported ``as`` itself):
@@ -175,7 +175,8 @@ def reconcile(
     try:
         ours = check_lake(index, lake, root, report)
         scan = walk(client, lo, hi, Scan(index, subscription_id, received_at=start), report)
-        streaks = scan.streaks.streaks()
+        # newest only when the range reaches now: an --until in the past ends older rows
+        streaks = scan.streaks.streaks() if reaches_now(asked, start) else {}
         # every run, one request: a subscription Kirim disabled gets no new events and makes
         # no history row of them, so a run that found nothing missing looked like a recovery
         statuses, report.subscriptions_unread = read_statuses(client, subscription_id)

@@ -26,6 +26,7 @@ __all__ = [
     "FailureStreaks",
     "SubscriptionAlert",
     "alerts",
+    "reaches_now",
     "read_statuses",
     "reenable_hint",
 ]
@@ -136,19 +137,36 @@ class FailureStreaks:
         return out
 
 
+def reaches_now(until: datetime | None, start: datetime) -> bool:
+    """Whether a range ending at ``until`` (None: now) holds a subscription's newest rows as
+    of ``start``, the run's clock: a range that ends in the past may be followed by newer
+    deliveries that succeeded, so its failures say nothing of the subscription now."""
+    return until is None or until >= start
+
+
 def read_statuses(
     client: KirimClient, subscription_id: str | None
 ) -> tuple[dict[str, str | None], str | None]:
     """One request: the subscription named (``GET /v1/webhook_subscriptions/{id}``), else
     the first page of every subscription the key sees (``GET /v1/webhook_subscriptions``,
     listed by integrators). Returns ``({id: status}, None)``, or ``({}, why)`` when Kirim
-    would not say: the run goes on without it."""
+    would not say: the run goes on without it.
+
+    Sent once, never retried: a 429 or a 5xx is one note, not minutes of waiting after the
+    run's work is done. A Kirim without the endpoint (404 or 405: kirim-api.md §7.5 has the
+    list only from integrators, the single read assumed) gets no note, which would be said
+    on every run; a 404 in Kirim's own error envelope for a named subscription (no such id)
+    does."""
     try:
         if subscription_id is not None:
-            one = client.get_subscription(subscription_id)
+            one = client.get_subscription(subscription_id, retry=False)
             return {subscription_id: _status(one)}, None
-        body = client.request("GET", "/v1/webhook_subscriptions", params={"limit": "100"})
+        body = client.request(
+            "GET", "/v1/webhook_subscriptions", params={"limit": "100"}, retry=False
+        )
     except ApiError as exc:  # a 429 asking for hours too: the run's work is done or to do
+        if _no_endpoint(exc, named=subscription_id is not None):
+            return {}, None
         why = f"cannot read the subscriptions ({exc}): whether Kirim still sends to them is unknown"
         return {}, why
     items = body.get("data")
@@ -161,6 +179,16 @@ def read_statuses(
         and s.get("object", "webhook_subscription") == "webhook_subscription"
     }
     return subs, None
+
+
+def _no_endpoint(exc: ApiError, *, named: bool) -> bool:
+    """Whether ``exc`` says this Kirim has no such endpoint (not that it refused to answer)."""
+    if exc.status_code == 405:
+        return True
+    if exc.status_code != 404:
+        return False
+    # the list has no id to be wrong; a named one's 404 with Kirim's error object is its id's
+    return not named or (exc.type is None and exc.code is None)
 
 
 def _status(sub: dict[str, object]) -> str | None:

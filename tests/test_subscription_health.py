@@ -218,3 +218,175 @@ def test_a_long_streak_keeps_bounded_memory_and_says_so() -> None:
     alert = SubscriptionAlert(sub, "active", failing, code)
     assert "newest 100+ deliveries" in alert.message
     assert "is failing" in alert.message
+
+
+def answering(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """ASGI middleware factory: the subscription endpoints answer ``status`` with ``body``."""
+
+    class Answer:
+        def __init__(self, app: ASGI) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            path = scope.get("path", "")
+            if scope.get("type") == "http" and path.startswith("/v1/webhook_subscriptions"):
+                head = [(b"content-type", b"application/json"), *(headers or [])]
+                await send({"type": "http.response.start", "status": status, "headers": head})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.app(scope, receive, send)
+
+    return Answer
+
+
+BUSY = b'{"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "x"}}'
+DOWN = b'{"error": {"type": "api_error", "code": "internal_error", "message": "down"}}'
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [answering(429, BUSY, [(b"retry-after", b"120")]), answering(503, DOWN)],
+    ids=["429", "503"],
+)
+def test_a_busy_or_failing_subscription_read_is_asked_once_and_is_one_note(
+    mixup: MixUp, wrap: Any
+) -> None:
+    # it was retried as a history page is: a 429 asking for 2 minutes was waited out up to
+    # 32 times, a 503 asked 8 times with backoff, after the run's work was done
+    (sub,) = mixup.emu.store.subscriptions
+    lo, hi = mixup.window
+    for named in (None, sub):
+        transport, client, t = mixup.api(wrap)
+        began = t.clock()
+        report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock,
+                          subscription_id=named)  # fmt: skip
+        path = SUBS if named is None else f"{SUBS}/{sub}"
+        assert transport.paths[path] == 1
+        assert t.clock() - began < 60  # no Retry-After waited out, no backoff
+        assert report.subscriptions_unread is not None
+        assert report.subscriptions_unread.startswith("cannot read the subscriptions")
+
+
+NO_ROUTE = b'{"detail": "Not Found"}'
+NOT_KIRIMS = b'{"error": {"type": "not_found", "code": "resource_not_found", "message": "no"}}'
+
+
+@pytest.mark.parametrize(
+    ("wrap", "named", "said"),
+    [
+        (answering(404, NO_ROUTE), False, False),
+        (answering(404, NOT_KIRIMS), False, False),  # the list: no id to be wrong
+        (answering(405, NO_ROUTE), False, False),
+        (answering(404, NO_ROUTE), True, False),
+        (answering(405, NO_ROUTE), True, False),
+        (answering(404, NOT_KIRIMS), True, True),  # Kirim says there is no such subscription
+    ],
+)
+def test_a_kirim_without_the_subscription_endpoints_gets_no_note_on_every_run(
+    mixup: MixUp, wrap: Any, named: bool, said: bool
+) -> None:
+    (sub,) = mixup.emu.store.subscriptions
+    transport, client, t = mixup.api(wrap)
+    lo, hi = mixup.window
+    report = reconcile(mixup.home, client=client, since=lo, until=hi, now=t.clock, dry_run=True,
+                       subscription_id=sub if named else None)  # fmt: skip
+    assert (report.subscriptions_unread is not None) == said
+    assert transport.paths[f"{SUBS}/{sub}" if named else SUBS] == 1
+    (alert,) = report.subscriptions  # the failures read from the history are said all the same
+    assert alert.failing >= 24
+
+
+def test_a_run_that_did_not_read_the_newest_rows_claims_no_failing_streak(mixup: MixUp) -> None:
+    # fixed: active again, the right secret; the replays (the newer deliveries) got a 2xx
+    (sub,) = mixup.emu.store.subscriptions
+    client = mixup.api()[1]
+    client.request("PATCH", f"/v1/webhook_subscriptions/{sub}", json_body={"status": "active"})
+    for row in [r for r in mixup.emu.store.deliveries if r.status == "failed"][:3]:
+        client.replay(row.id)
+    mixup.deliver(mixup.emu.webhook_secrets)
+    assert [r.status for r in mixup.emu.store.deliveries[-3:]] == ["succeeded"] * 3
+    lo, hi = mixup.window
+    rows = mixup.emu.store.deliveries
+    first_ok = min(r.created_at for r in rows if r.status == "succeeded")
+    failed = [r.created_at for r in rows if r.status == "failed" and r.created_at < first_ok]
+    assert len(failed) >= FAILING_STREAK
+    past = datetime.fromtimestamp(max(failed), UTC) + timedelta(microseconds=1)
+    runs: list[dict[str, Any]] = [
+        {"until": hi},  # the whole history up to now: nothing to say
+        {"until": hi, "status": "failed"},  # every row read a failure: was 'failing'
+        {"until": past},  # a range that ends before the fix: was 'failing'
+    ]
+    for kw in runs:
+        _, client, t = mixup.api()
+        report = backfill(mixup.home, client=client, since=lo, now=t.clock, **kw)
+        assert report.rows >= FAILING_STREAK  # the failures were read
+        assert report.subscriptions == [], kw
+    _, client, t = mixup.api()
+    report = reconcile(mixup.home, client=client, since=lo, until=past, now=t.clock,
+                       dry_run=True)  # fmt: skip
+    assert report.subscriptions == []
+
+
+class Killed(BaseException):
+    """The process ended mid-run (not an error the run catches)."""
+
+
+def test_a_resumed_backfill_claims_no_failing_streak(mixup: MixUp) -> None:
+    # fixed, the newer deliveries acknowledged; a backfill stopped after its first page (the
+    # newest rows, newest first) resumed with the older ones, all failures: it said 'failing'
+    (sub,) = mixup.emu.store.subscriptions
+    client = mixup.api()[1]
+    client.request("PATCH", f"/v1/webhook_subscriptions/{sub}", json_body={"status": "active"})
+    for row in [r for r in mixup.emu.store.deliveries if r.status == "failed"][:3]:
+        client.replay(row.id)
+    mixup.deliver(mixup.emu.webhook_secrets)
+    ok = sum(r.status == "succeeded" for r in mixup.emu.store.deliveries)
+    lo, hi = mixup.window
+
+    def stop(p: Any) -> None:
+        if p.pages == 1:
+            raise Killed
+
+    _, client, t = mixup.api()
+    with pytest.raises(Killed):
+        backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock, slices=1,
+                 page_size=ok, progress=stop)  # fmt: skip
+    _, client, t = mixup.api()
+    report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock, slices=1,
+                      page_size=ok)  # fmt: skip
+    assert report.resumed
+    assert report.rows >= FAILING_STREAK
+    assert report.subscriptions == []
+
+
+class CtrlCOnSubscriptions(httpx.BaseTransport):
+    """A transport where Ctrl-C lands while the subscriptions are asked for."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/webhook_subscriptions"):
+            raise KeyboardInterrupt
+        return self.inner.handle_request(request)
+
+
+def test_ctrl_c_while_the_subscriptions_are_read_leaves_a_run_that_resumes_at_once(
+    mixup: MixUp,
+) -> None:
+    # the CLI then says 'the same command resumes the run': the checkpoint was already
+    # finished, so the same command walked the whole range again
+    transport, client, t = mixup.api()
+    lo, hi = mixup.window
+    stopping = KirimClient("http://kirim.test", mixup.emu.api_keys[0], sleep=t.sleep,
+                           clock=t.clock, transport=CtrlCOnSubscriptions(transport))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        backfill(mixup.home, client=stopping, since=lo, until=hi, now=t.clock)
+    pages = transport.paths["GET /v1/webhook_deliveries"]
+    assert pages >= 1
+    report = backfill(mixup.home, client=client, since=lo, until=hi, now=t.clock)
+    assert report.resumed
+    assert transport.paths["GET /v1/webhook_deliveries"] == pages  # nothing walked again
+    assert report.requests == 0  # the history's: the subscription read is not counted
+    (alert,) = report.subscriptions
+    assert alert.disabled

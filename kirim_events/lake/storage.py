@@ -669,7 +669,7 @@ def temp_name(name: str) -> str:
     """The name of a temp file staged beside the file ``name`` it becomes: ``.<name>.<random>
     .tmp``. Hidden and not ending in ``.parquet``, so no reader takes a half-written one for
     data (ours skip names starting with ``.``; a ``**/*.parquet`` glob does not match it);
-    compaction removes those of crashed writes (:func:`is_stale_temp`)."""
+    compaction removes those of crashed writes (``compact._clean_temps``)."""
     return f".{name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
 
 

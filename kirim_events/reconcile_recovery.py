@@ -152,17 +152,8 @@ def recover(
     done: set[str] = set()
     try:
         for m in report.missing:
-            if m.action != "replay" or not m.delivery_id or m.delivery_id in done:
-                continue
-            done.add(m.delivery_id)
-            try:
-                client.replay(m.delivery_id)
-                report.replayed += 1
-            except (RateLimitTooLong, AuthenticationError):
-                raise
-            except ApiError as exc:
-                report.errors.append(f"replay {m.delivery_id}: {exc}")
-                report.failures.append(exc)
+            if m.action == "replay" and m.delivery_id and m.delivery_id not in done:
+                _replay_one(report, client, m.delivery_id, done)
         for w in report.windows:
             enqueued, errors = report.bulk_enqueued, len(report.errors)
             bulk_replay_window(client, w, report)
@@ -216,12 +207,20 @@ def _replay_left_out(
     )
     for m in members:
         assert m.delivery_id is not None
-        done.add(m.delivery_id)
-        try:
-            client.replay(m.delivery_id)
-            report.replayed += 1
-        except (RateLimitTooLong, AuthenticationError):
-            raise
-        except ApiError as exc:
-            report.errors.append(f"replay {m.delivery_id}: {exc}")
-            report.failures.append(exc)
+        _replay_one(report, client, m.delivery_id, done)
+
+
+def _replay_one(
+    report: ReconcileReport, client: KirimClient, delivery_id: str, done: set[str]
+) -> None:
+    """Replay one delivery (noted in ``done``); a refusal is an error line, except those
+    every further call would get too (a key refused, a long rate limit), which are raised."""
+    done.add(delivery_id)
+    try:
+        client.replay(delivery_id)
+        report.replayed += 1
+    except (RateLimitTooLong, AuthenticationError):
+        raise
+    except ApiError as exc:
+        report.errors.append(f"replay {delivery_id}: {exc}")
+        report.failures.append(exc)

@@ -332,12 +332,13 @@ def test_emulate_sends_and_serves_the_api_until_sigterm() -> None:
         _send_andserve(target, receiver)
 
 
-def _send_andserve(target: str, receiver: Receiver) -> None:
-    # --port 0: a free port, which the first line names (no race for a port picked before)
-    env = dict(os.environ, KIRIM_KEY=KEY, KIRIM_WEBHOOK_SECRET=SECRET)
-    argv = ["emulate", "--port", "0", "--events", "120", "--send-to", f"{target}/hook"]
+def _run_emulate(
+    argv: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """``kirim-events <argv>`` in a process of its own, its output (stderr too) collected line
+    by line into the returned list by a reader thread, as it comes."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kirim_events", *argv, "--time-compression", "1000"],
+        [sys.executable, "-m", "kirim_events", *argv],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -347,6 +348,14 @@ def _send_andserve(target: str, receiver: Receiver) -> None:
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
+    return proc, lines, reader
+
+
+def _send_andserve(target: str, receiver: Receiver) -> None:
+    # --port 0: a free port, which the first line names (no race for a port picked before)
+    env = dict(os.environ, KIRIM_KEY=KEY, KIRIM_WEBHOOK_SECRET=SECRET)
+    argv = ["emulate", "--port", "0", "--events", "120", "--send-to", f"{target}/hook"]
+    proc, lines, reader = _run_emulate([*argv, "--time-compression", "1000"], env)
 
     def full_page() -> list[Any] | None:
         with contextlib.suppress(httpx.TransportError):
@@ -394,17 +403,7 @@ def test_a_stop_ends_emulate_while_an_api_request_waits_out_its_fault_latency(
     # command running through Ctrl-C and SIGTERM alike, for the hour
     argv = ["emulate", "--port", "0", "--events", "5", "--fault-latency", "3600",
             "--fault-latency-rate", "1"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kirim_events", *argv],
-        env=dict(os.environ, KIRIM_KEY=KEY, COLUMNS="200"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
+    proc, lines, reader = _run_emulate(argv, dict(os.environ, KIRIM_KEY=KEY, COLUMNS="200"))
     try:
         wait_until(lambda: any("Ctrl+C stops" in line for line in lines), 20, interval=0.05,
                    what=f"the API serving {lines}")  # fmt: skip
